@@ -1,0 +1,22 @@
+// Package testenv finds the real services (PostgreSQL, SoftHSM2) that scripts/test starts.
+// Without them a test skips, unless STRONGROOM_REQUIRE_INTEGRATION=1 (set by scripts/test),
+// where a missing service fails the run so that CI can never pass by skipping.
+package testenv
+
+import (
+	"os"
+	"testing"
+)
+
+// Get returns the environment variable name or skips (or fails, when integration is required).
+func Get(t testing.TB, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		if os.Getenv("STRONGROOM_REQUIRE_INTEGRATION") == "1" {
+			t.Fatalf("%s is not set but STRONGROOM_REQUIRE_INTEGRATION=1: run ./scripts/test", name)
+		}
+		t.Skipf("%s not set; ./scripts/test starts the real service", name)
+	}
+	return v
+}
