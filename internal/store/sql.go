@@ -1,0 +1,287 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// dialect holds what differs between SQLite and PostgreSQL for our few statements.
+type dialect struct {
+	name      string
+	bytesType string
+	dollar    bool // $1 placeholders instead of ?
+	isUnique  func(error) bool
+}
+
+// sqlStore implements Store over database/sql for both backends.
+type sqlStore struct {
+	db *sql.DB
+	d  dialect
+}
+
+var _ Store = (*sqlStore)(nil)
+
+// migrations are applied in order, once each; never edit one that has shipped.
+var migrations = []string{
+	`CREATE TABLE keys (
+		id TEXT PRIMARY KEY,
+		kek_id TEXT NOT NULL,
+		wrapped {{bytes}} NOT NULL,
+		created_at BIGINT NOT NULL
+	);
+	CREATE TABLE versions (
+		model TEXT NOT NULL,
+		version TEXT NOT NULL,
+		classification TEXT NOT NULL,
+		owner TEXT NOT NULL,
+		env TEXT NOT NULL,
+		key_id TEXT NOT NULL REFERENCES keys(id),
+		signature {{bytes}} NOT NULL,
+		created_at BIGINT NOT NULL,
+		PRIMARY KEY (model, version)
+	);
+	CREATE TABLE files (
+		model TEXT NOT NULL,
+		version TEXT NOT NULL,
+		path TEXT NOT NULL,
+		size BIGINT NOT NULL,
+		sha256 TEXT NOT NULL,
+		blob TEXT NOT NULL,
+		PRIMARY KEY (model, version, path),
+		FOREIGN KEY (model, version) REFERENCES versions(model, version)
+	)`,
+}
+
+func (s *sqlStore) q(query string) string {
+	if !s.d.dollar {
+		return query
+	}
+	var b strings.Builder
+	n := 0
+	for _, r := range query {
+		if r == '?' {
+			n++
+			b.WriteString("$" + strconv.Itoa(n))
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+func (s *sqlStore) migrate(ctx context.Context) error {
+	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)`); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	var have int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations`).Scan(&have); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	for i := have; i < len(migrations); i++ {
+		err := s.tx(ctx, func(tx *sql.Tx) error {
+			for _, stmt := range strings.Split(strings.ReplaceAll(migrations[i], "{{bytes}}", s.d.bytesType), ";") {
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return err
+				}
+			}
+			_, err := tx.ExecContext(ctx, s.q(`INSERT INTO schema_migrations (version) VALUES (?)`), i+1)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("store: migration %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+func (s *sqlStore) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+func (s *sqlStore) Close() error { return s.db.Close() }
+
+func (s *sqlStore) PutKey(ctx context.Context, k Key) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO keys (id, kek_id, wrapped, created_at) VALUES (?, ?, ?, ?)`),
+		k.ID, k.KEKID, k.Wrapped, k.CreatedAt.UnixNano())
+	if err != nil && s.d.isUnique(err) {
+		return fmt.Errorf("store: key %s: %w", k.ID, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("store: put key: %w", err)
+	}
+	return nil
+}
+
+const keyCols = `id, kek_id, wrapped, created_at`
+
+func scanKey(row interface{ Scan(...any) error }) (Key, error) {
+	var k Key
+	var ts int64
+	err := row.Scan(&k.ID, &k.KEKID, &k.Wrapped, &ts)
+	k.CreatedAt = time.Unix(0, ts).UTC()
+	return k, err
+}
+
+func (s *sqlStore) GetKey(ctx context.Context, id string) (Key, error) {
+	k, err := scanKey(s.db.QueryRowContext(ctx, s.q(`SELECT `+keyCols+` FROM keys WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Key{}, fmt.Errorf("store: key %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Key{}, fmt.Errorf("store: get key: %w", err)
+	}
+	return k, nil
+}
+
+func (s *sqlStore) ListKeys(ctx context.Context) ([]Key, error) {
+	return listKeys(ctx, s.db)
+}
+
+type querier interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func listKeys(ctx context.Context, db querier) ([]Key, error) {
+	rows, err := db.QueryContext(ctx, `SELECT `+keyCols+` FROM keys ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list keys: %w", err)
+	}
+	defer rows.Close()
+	var out []Key
+	for rows.Next() {
+		k, err := scanKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: list keys: %w", err)
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) RewrapKeys(ctx context.Context, fn func(Key) (Key, error)) (int, error) {
+	n := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		keys, err := listKeys(ctx, tx)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			nk, err := fn(k)
+			if err != nil {
+				return fmt.Errorf("key %s: %w", k.ID, err)
+			}
+			if _, err := tx.ExecContext(ctx, s.q(`UPDATE keys SET kek_id = ?, wrapped = ? WHERE id = ?`), nk.KEKID, nk.Wrapped, k.ID); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: rewrap: %w", err)
+	}
+	return n, nil
+}
+
+func (s *sqlStore) CreateVersion(ctx context.Context, v Version) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO versions (model, version, classification, owner, env, key_id, signature, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
+			v.Model, v.Version, v.Classification, v.Owner, v.Env, v.KeyID, v.Signature, v.CreatedAt.UnixNano())
+		if err != nil {
+			return err
+		}
+		for _, f := range v.Files {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO files (model, version, path, size, sha256, blob) VALUES (?, ?, ?, ?, ?, ?)`),
+				v.Model, v.Version, f.Path, f.Size, f.SHA256, f.Blob); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && s.d.isUnique(err) {
+		return fmt.Errorf("store: %s@%s: %w", v.Model, v.Version, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("store: create version: %w", err)
+	}
+	return nil
+}
+
+const versionCols = `model, version, classification, owner, env, key_id, signature, created_at`
+
+func (s *sqlStore) GetVersion(ctx context.Context, model, version string) (Version, error) {
+	vs, err := s.versions(ctx, `WHERE model = ? AND version = ?`, model, version)
+	if err != nil {
+		return Version{}, err
+	}
+	if len(vs) == 0 {
+		return Version{}, fmt.Errorf("store: model %s@%s: %w", model, version, ErrNotFound)
+	}
+	return vs[0], nil
+}
+
+func (s *sqlStore) ListVersions(ctx context.Context, model string) ([]Version, error) {
+	if model == "" {
+		return s.versions(ctx, ``)
+	}
+	return s.versions(ctx, `WHERE model = ?`, model)
+}
+
+func (s *sqlStore) versions(ctx context.Context, where string, args ...any) ([]Version, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+versionCols+` FROM versions `+where+` ORDER BY model, created_at, version`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: list versions: %w", err)
+	}
+	var out []Version
+	for rows.Next() {
+		var v Version
+		var ts int64
+		if err := rows.Scan(&v.Model, &v.Version, &v.Classification, &v.Owner, &v.Env, &v.KeyID, &v.Signature, &ts); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("store: list versions: %w", err)
+		}
+		v.CreatedAt = time.Unix(0, ts).UTC()
+		out = append(out, v)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: list versions: %w", err)
+	}
+	for i := range out {
+		if out[i].Files, err = s.files(ctx, out[i].Model, out[i].Version); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func (s *sqlStore) files(ctx context.Context, model, version string) ([]File, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT path, size, sha256, blob FROM files WHERE model = ? AND version = ? ORDER BY path`), model, version)
+	if err != nil {
+		return nil, fmt.Errorf("store: files: %w", err)
+	}
+	defer rows.Close()
+	var out []File
+	for rows.Next() {
+		var f File
+		if err := rows.Scan(&f.Path, &f.Size, &f.SHA256, &f.Blob); err != nil {
+			return nil, fmt.Errorf("store: files: %w", err)
+		}
+		out = append(out, f)
+	}
+	return out, rows.Err()
+}

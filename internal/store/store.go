@@ -1,0 +1,62 @@
+// Package store persists Strongroom's state (data keys, the model inventory) behind one
+// small interface with two backends: embedded SQLite and PostgreSQL.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors callers act on.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+)
+
+// Key is a data encryption key, stored only wrapped by a key-encryption key.
+type Key struct {
+	ID        string // 32 hex digits; the key id in every sealed file's header
+	KEKID     string
+	Wrapped   []byte
+	CreatedAt time.Time
+}
+
+// File is one sealed file of a model version.
+type File struct {
+	Path   string // slash-separated, relative to the model directory
+	Size   int64  // plaintext bytes
+	SHA256 string // hex digest of the plaintext
+	Blob   string // blob store name of the sealed file
+}
+
+// Version is one imported version of a model.
+type Version struct {
+	Model          string
+	Version        string
+	Classification string
+	Owner          string
+	Env            string
+	KeyID          string
+	Signature      []byte // OMS v1.0 Sigstore bundle (model.sig)
+	Files          []File // sorted by Path
+	CreatedAt      time.Time
+}
+
+// Store is what the inventory and the key manager need from persistence.
+type Store interface {
+	PutKey(ctx context.Context, k Key) error
+	GetKey(ctx context.Context, id string) (Key, error)
+	ListKeys(ctx context.Context) ([]Key, error)
+	// RewrapKeys passes every key to fn inside one transaction and stores what fn returns;
+	// if fn or the store fails for any key, no key changes.
+	RewrapKeys(ctx context.Context, fn func(Key) (Key, error)) (int, error)
+
+	// CreateVersion records a version and its files atomically; ErrExists if present.
+	CreateVersion(ctx context.Context, v Version) error
+	GetVersion(ctx context.Context, model, version string) (Version, error)
+	// ListVersions lists versions of model, or of every model when model is "".
+	ListVersions(ctx context.Context, model string) ([]Version, error)
+
+	Close() error
+}

@@ -1,0 +1,171 @@
+// Package storetest is the conformance suite every store.Store backend passes.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// Run runs the suite; open returns a new, empty store for each subtest.
+func Run(t *testing.T, open func(t *testing.T) store.Store) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s store.Store)
+	}{
+		{"Keys", testKeys},
+		{"Rewrap", testRewrap},
+		{"RewrapAllOrNothing", testRewrapAllOrNothing},
+		{"Versions", testVersions},
+		{"VersionNeedsKey", testVersionNeedsKey},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := open(t)
+			defer s.Close()
+			tc.fn(t, s)
+		})
+	}
+}
+
+var ts = time.Date(2026, 11, 27, 10, 0, 0, 123456789, time.UTC)
+
+func key(id string) store.Key {
+	return store.Key{ID: id, KEKID: "local-1", Wrapped: []byte{1, 2, 3, 0, 255}, CreatedAt: ts}
+}
+
+func testKeys(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if _, err := s.GetKey(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetKey(missing) = %v, want ErrNotFound", err)
+	}
+	for _, id := range []string{"b", "a"} {
+		if err := s.PutKey(ctx, key(id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutKey(ctx, key("a")); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("PutKey(dup) = %v, want ErrExists", err)
+	}
+	got, err := s.GetKey(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(key("a"), got); diff != "" {
+		t.Fatalf("GetKey (-want +got):\n%s", diff)
+	}
+	all, err := s.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]store.Key{key("a"), key("b")}, all); diff != "" {
+		t.Fatalf("ListKeys (-want +got):\n%s", diff)
+	}
+}
+
+func testRewrap(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	for _, id := range []string{"a", "b"} {
+		s.PutKey(ctx, key(id))
+	}
+	n, err := s.RewrapKeys(ctx, func(k store.Key) (store.Key, error) {
+		k.KEKID, k.Wrapped = "local-2", append([]byte("new-"), k.ID...)
+		return k, nil
+	})
+	if err != nil || n != 2 {
+		t.Fatalf("RewrapKeys = %d, %v", n, err)
+	}
+	got, _ := s.GetKey(ctx, "b")
+	if got.KEKID != "local-2" || string(got.Wrapped) != "new-b" {
+		t.Fatalf("after rewrap: %+v", got)
+	}
+}
+
+func testRewrapAllOrNothing(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	for _, id := range []string{"a", "b", "c"} {
+		s.PutKey(ctx, key(id))
+	}
+	_, err := s.RewrapKeys(ctx, func(k store.Key) (store.Key, error) {
+		if k.ID == "b" {
+			return k, errors.New("token unavailable")
+		}
+		k.KEKID = "local-2"
+		return k, nil
+	})
+	if err == nil {
+		t.Fatal("RewrapKeys ignored a failure")
+	}
+	all, _ := s.ListKeys(ctx)
+	for _, k := range all {
+		if k.KEKID != "local-1" {
+			t.Fatalf("key %s changed although the rewrap failed", k.ID)
+		}
+	}
+}
+
+func version(model, v string, files ...string) store.Version {
+	out := store.Version{Model: model, Version: v, Classification: "restricted", Owner: "team-a", Env: "prod",
+		KeyID: "k", Signature: []byte(`{"sig":1}`), CreatedAt: ts}
+	for i, f := range files {
+		out.Files = append(out.Files, store.File{Path: f, Size: int64(i * 1000), SHA256: fmt.Sprintf("%064x", i), Blob: "blob-" + f})
+	}
+	return out
+}
+
+func testVersions(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	s.PutKey(ctx, key("k"))
+	if _, err := s.GetVersion(ctx, "m", "1"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("GetVersion(missing) = %v", err)
+	}
+	v1 := version("m", "1", "config.json", "model.safetensors")
+	v2 := version("m", "2", "a/b.gguf")
+	v2.CreatedAt = ts.Add(time.Hour)
+	other := version("n", "1")
+	for _, v := range []store.Version{v2, v1, other} {
+		if err := s.CreateVersion(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateVersion(ctx, v1); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("CreateVersion(dup) = %v, want ErrExists", err)
+	}
+	got, err := s.GetVersion(ctx, "m", "1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(v1, got); diff != "" {
+		t.Fatalf("GetVersion (-want +got):\n%s", diff)
+	}
+	list, err := s.ListVersions(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]store.Version{v1, v2}, list); diff != "" {
+		t.Fatalf("ListVersions(m) (-want +got):\n%s", diff)
+	}
+	all, _ := s.ListVersions(ctx, "")
+	if len(all) != 3 {
+		t.Fatalf("ListVersions(\"\") = %d versions, want 3", len(all))
+	}
+}
+
+// testVersionNeedsKey: a version cannot point at a key that does not exist, and a failed
+// create leaves nothing behind.
+func testVersionNeedsKey(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	v := version("m", "1", "x")
+	v.KeyID = "missing"
+	if err := s.CreateVersion(ctx, v); err == nil {
+		t.Fatal("version with unknown key accepted")
+	}
+	if all, _ := s.ListVersions(ctx, ""); len(all) != 0 {
+		t.Fatal("failed create left a version behind")
+	}
+}
