@@ -53,11 +53,12 @@ func testKEK(t *testing.T, k, other KEK) {
 }
 
 func newLocal(t *testing.T, name string) *Local {
-	p := filepath.Join(t.TempDir(), name)
-	if _, err := GenerateLocal(p); err != nil {
+	dir := t.TempDir()
+	id, err := GenerateLocal(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := OpenLocal(p)
+	k, err := OpenLocal(LocalPath(dir, id))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,12 +71,13 @@ func TestLocal(t *testing.T) {
 
 func TestLocalRefusesBadFiles(t *testing.T) {
 	dir := t.TempDir()
-	p := filepath.Join(dir, "kek")
-	if _, err := GenerateLocal(p); err != nil {
+	id, err := GenerateLocal(dir)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := GenerateLocal(p); err == nil {
-		t.Fatal("GenerateLocal overwrote an existing key")
+	p := LocalPath(dir, id)
+	if k, err := OpenLocal(p); err != nil || k.ID() != id {
+		t.Fatalf("OpenLocal: %v", err)
 	}
 	os.Chmod(p, 0o640)
 	if _, err := OpenLocal(p); err == nil || !strings.Contains(err.Error(), "chmod 600") {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -24,8 +25,12 @@ type Local struct {
 
 var _ KEK = (*Local)(nil)
 
-// GenerateLocal writes a new random KEK to path (mode 0600, never overwriting) and returns its id.
-func GenerateLocal(path string) (string, error) {
+// LocalPath is where a local KEK with the given id lives in dir.
+func LocalPath(dir, id string) string { return filepath.Join(dir, id+".kek") }
+
+// GenerateLocal writes a new random KEK to dir/ID.kek (mode 0600, never overwriting) and
+// returns its id.
+func GenerateLocal(dir string) (string, error) {
 	var key [32]byte
 	var idb [8]byte
 	if _, err := rand.Read(key[:]); err != nil {
@@ -34,6 +39,7 @@ func GenerateLocal(path string) (string, error) {
 	defer clear(key[:])
 	rand.Read(idb[:])
 	id := "local-" + hex.EncodeToString(idb[:])
+	path := LocalPath(dir, id)
 	line := fmt.Sprintf("%s %s %s\n", localPrefix, id, base64.StdEncoding.EncodeToString(key[:]))
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {

@@ -1,0 +1,150 @@
+// Package config finds the data directory, reads its one config file and applies
+// environment overrides; Defaults are what `strongroom init` and `strongroom dev` write.
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/strongroom/strongroom/internal/fsutil"
+)
+
+// FileName is the config file inside the data directory.
+const FileName = "config.json"
+
+// Config is the whole configuration. Relative paths are relative to the data directory.
+type Config struct {
+	// Store is a SQLite file path or a postgres:// URL.
+	Store string `json:"store"`
+	// Blobs is the directory of sealed files.
+	Blobs string `json:"blobs"`
+	// SigningKey is the PEM ECDSA (P-256 or P-384) key that signs model manifests.
+	SigningKey string `json:"signing_key"`
+	KMS        KMS    `json:"kms"`
+}
+
+// KMS selects the key-encryption key that wraps new data keys. Keys wrapped earlier name
+// their own KEK and are found by its id.
+type KMS struct {
+	// Current is the id of the KEK that wraps new keys: "local-…" or "pkcs11:TOKEN/LABEL".
+	Current string `json:"current"`
+	// KeyDir holds local KEK files, one per id.
+	KeyDir string `json:"key_dir"`
+	PKCS11 PKCS11 `json:"pkcs11,omitzero"`
+}
+
+// PKCS11 names the token; the PIN comes from the environment variable PINEnv, never the file.
+type PKCS11 struct {
+	Module     string `json:"module,omitempty"`
+	TokenLabel string `json:"token_label,omitempty"`
+	PINEnv     string `json:"pin_env,omitempty"`
+}
+
+// Defaults is the embedded default configuration.
+func Defaults() Config {
+	return Config{
+		Store:      "strongroom.db",
+		Blobs:      "blobs",
+		SigningKey: "keys/signing.pem",
+		KMS:        KMS{KeyDir: "keys", PKCS11: PKCS11{PINEnv: "STRONGROOM_PKCS11_PIN"}},
+	}
+}
+
+// DataDir resolves the data directory: flag, else $STRONGROOM_DATA, else ./strongroom-data.
+func DataDir(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv("STRONGROOM_DATA"); env != "" {
+		return env
+	}
+	return "strongroom-data"
+}
+
+// ErrNoDataDir means the data directory has not been initialized.
+var ErrNoDataDir = errors.New("data directory not initialized (run `strongroom init`)")
+
+// Load reads path (default DATA/config.json), applies environment overrides and resolves
+// relative paths against dataDir.
+func Load(dataDir, path string) (Config, error) {
+	if path == "" {
+		path = filepath.Join(dataDir, FileName)
+	}
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) && path == filepath.Join(dataDir, FileName) {
+		return Config{}, fmt.Errorf("%s: %w", dataDir, ErrNoDataDir)
+	}
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	c := Defaults()
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	c.applyEnv()
+	c.resolve(dataDir)
+	return c, c.Validate()
+}
+
+func (c *Config) applyEnv() {
+	for env, dst := range map[string]*string{
+		"STRONGROOM_STORE":          &c.Store,
+		"STRONGROOM_KMS_CURRENT":    &c.KMS.Current,
+		"STRONGROOM_PKCS11_MODULE":  &c.KMS.PKCS11.Module,
+		"STRONGROOM_PKCS11_TOKEN":   &c.KMS.PKCS11.TokenLabel,
+		"STRONGROOM_PKCS11_PIN_ENV": &c.KMS.PKCS11.PINEnv,
+	} {
+		if v := os.Getenv(env); v != "" {
+			*dst = v
+		}
+	}
+}
+
+func (c *Config) resolve(dataDir string) {
+	abs := func(p *string) {
+		if *p != "" && !filepath.IsAbs(*p) {
+			*p = filepath.Join(dataDir, *p)
+		}
+	}
+	if !isURL(c.Store) {
+		abs(&c.Store)
+	}
+	abs(&c.Blobs)
+	abs(&c.SigningKey)
+	abs(&c.KMS.KeyDir)
+}
+
+func isURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+// Validate checks the configuration in one place.
+func (c *Config) Validate() error {
+	switch {
+	case c.Store == "":
+		return errors.New("config: store is empty")
+	case c.Blobs == "":
+		return errors.New("config: blobs is empty")
+	case c.SigningKey == "":
+		return errors.New("config: signing_key is empty")
+	case c.KMS.Current == "":
+		return errors.New("config: kms.current is empty")
+	}
+	return nil
+}
+
+// Write stores c at path atomically (temp file, fsync, rename), mode 0600.
+func Write(path string, c Config) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(path, append(b, '\n'), 0o600)
+}
