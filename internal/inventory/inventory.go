@@ -1,0 +1,124 @@
+// Package inventory imports model directories sealed, records models, versions, files,
+// digests and classification, signs each version's manifest (OMS v1.0) and verifies and
+// unseals them again.
+package inventory
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/kms"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// Errors callers map to exit codes and statuses.
+var (
+	// ErrBadInput is a malformed name, version, reference or directory: a usage error.
+	ErrBadInput = errors.New("bad input")
+	ErrNotFound = store.ErrNotFound
+	ErrExists   = store.ErrExists
+)
+
+// Meta describes a version being imported.
+type Meta struct {
+	Name           string
+	Version        string
+	Classification string // free text: "public", "restricted", "export-controlled:4E091"
+	Owner          string
+	Env            string
+}
+
+var (
+	nameRE    = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,127}$`)
+	versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$`)
+)
+
+// Validate checks a Meta before any work is done.
+func (m Meta) Validate() error {
+	if err := checkRef(m.Name, m.Version); err != nil {
+		return err
+	}
+	if strings.TrimSpace(m.Classification) == "" {
+		return fmt.Errorf("%w: classification is required (e.g. public, restricted, export-controlled:4E091)", ErrBadInput)
+	}
+	return nil
+}
+
+func checkRef(name, version string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("%w: model name %q: want lowercase letters, digits, '.', '_' or '-'", ErrBadInput, name)
+	}
+	if !versionRE.MatchString(version) {
+		return fmt.Errorf("%w: version %q: want letters, digits, '.', '_', '+' or '-'", ErrBadInput, version)
+	}
+	return nil
+}
+
+// ParseRef splits "NAME:VERSION".
+func ParseRef(ref string) (name, version string, err error) {
+	name, version, ok := strings.Cut(ref, ":")
+	if !ok {
+		return "", "", fmt.Errorf("%w: model reference %q: want NAME:VERSION", ErrBadInput, ref)
+	}
+	return name, version, checkRef(name, version)
+}
+
+// Config wires an Inventory.
+type Config struct {
+	Store  store.Store
+	Blobs  store.Blobs
+	Keys   *kms.Keyring
+	Signer *ecdsa.PrivateKey // signs manifests; its public key verifies them
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Inventory is the model inventory.
+type Inventory struct {
+	st     store.Store
+	blobs  store.Blobs
+	keys   *kms.Keyring
+	signer *ecdsa.PrivateKey
+	log    *slog.Logger
+	now    func() time.Time
+
+	afterRead func(path string) // test hook: runs after a file is read, before it is re-checked
+}
+
+// New checks cfg and returns an Inventory.
+func New(cfg Config) (*Inventory, error) {
+	if cfg.Store == nil || cfg.Blobs == nil || cfg.Keys == nil || cfg.Signer == nil {
+		return nil, errors.New("inventory: store, blobs, keys and signer are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Inventory{st: cfg.Store, blobs: cfg.Blobs, keys: cfg.Keys, signer: cfg.Signer, log: cfg.Logger, now: cfg.Now}, nil
+}
+
+// Get returns one version.
+func (inv *Inventory) Get(ctx context.Context, name, version string) (store.Version, error) {
+	if err := checkRef(name, version); err != nil {
+		return store.Version{}, err
+	}
+	return inv.st.GetVersion(ctx, name, version)
+}
+
+// List returns the versions of one model, or of all models when name is "".
+func (inv *Inventory) List(ctx context.Context, name string) ([]store.Version, error) {
+	return inv.st.ListVersions(ctx, name)
+}
+
+// fileContext binds a sealed file to its place in the inventory (see package seal).
+func fileContext(name, version, path string) string {
+	return name + "@" + version + "/" + path
+}
