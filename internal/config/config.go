@@ -75,10 +75,22 @@ func Load(dataDir, path string) (Config, error) {
 	if path == "" {
 		path = filepath.Join(dataDir, FileName)
 	}
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) && path == filepath.Join(dataDir, FileName) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) && path == filepath.Join(dataDir, FileName) {
 		return Config{}, fmt.Errorf("%s: %w", dataDir, ErrNoDataDir)
 	}
+	c, err := ReadRaw(path)
+	if err != nil {
+		return Config{}, err
+	}
+	c.applyEnv()
+	c.resolve(dataDir)
+	return c, c.Validate()
+}
+
+// ReadRaw reads a config file as written, without environment overrides or path
+// resolution, for commands that update it.
+func ReadRaw(path string) (Config, error) {
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
@@ -88,9 +100,7 @@ func Load(dataDir, path string) (Config, error) {
 	if err := dec.Decode(&c); err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
-	c.applyEnv()
-	c.resolve(dataDir)
-	return c, c.Validate()
+	return c, nil
 }
 
 func (c *Config) applyEnv() {

@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/strongroom/strongroom/internal/fsutil"
 )
 
 // A local key file is one line: "strongroom-kek-v1 ID BASE64KEY\n", mode 0600.
@@ -58,12 +60,8 @@ func GenerateLocal(dir string) (string, error) {
 
 // OpenLocal loads a key file. It refuses a file that group or others can read or write.
 func OpenLocal(path string) (*Local, error) {
-	st, err := os.Stat(path)
-	if err != nil {
+	if err := fsutil.CheckPrivate(path); err != nil {
 		return nil, fmt.Errorf("kms: key file: %w", err)
-	}
-	if mode := st.Mode().Perm(); mode&0o077 != 0 {
-		return nil, fmt.Errorf("kms: key file %s has mode %04o: group or others can access it; chmod 600 it", path, mode)
 	}
 	raw, err := os.ReadFile(path)
 	if err != nil {

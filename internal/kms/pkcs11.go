@@ -2,6 +2,9 @@ package kms
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -20,6 +23,7 @@ type PKCS11Config struct {
 // performed by the token. One session, serialized, because sessions are not thread-safe.
 type PKCS11 struct {
 	mu      sync.Mutex
+	module  string
 	ctx     *pkcs11.Ctx
 	session pkcs11.SessionHandle
 	key     pkcs11.ObjectHandle
@@ -34,18 +38,14 @@ func OpenPKCS11(cfg PKCS11Config, create bool) (*PKCS11, error) {
 	if cfg.Module == "" || cfg.TokenLabel == "" || cfg.KeyLabel == "" {
 		return nil, fmt.Errorf("kms: pkcs11 needs module, token label and key label")
 	}
-	p := pkcs11.New(cfg.Module)
-	if p == nil {
-		return nil, fmt.Errorf("kms: cannot load PKCS#11 module %s", cfg.Module)
+	p, err := acquireModule(cfg.Module)
+	if err != nil {
+		return nil, err
 	}
-	k := &PKCS11{ctx: p, id: "pkcs11:" + cfg.TokenLabel + "/" + cfg.KeyLabel}
+	k := &PKCS11{ctx: p, module: cfg.Module, id: "pkcs11:" + cfg.TokenLabel + "/" + cfg.KeyLabel}
 	fail := func(what string, err error) (*PKCS11, error) {
 		k.Close()
 		return nil, fmt.Errorf("kms: pkcs11 %s: %w", what, err)
-	}
-	if err := p.Initialize(); err != nil {
-		p.Destroy()
-		return nil, fmt.Errorf("kms: pkcs11 initialize: %w", err)
 	}
 	slots, err := p.GetSlotList(true)
 	if err != nil {
@@ -65,8 +65,17 @@ func OpenPKCS11(cfg PKCS11Config, create bool) (*PKCS11, error) {
 	if k.session, err = p.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION); err != nil {
 		return fail("open session", err)
 	}
+	// Login is per application and token: another KEK on the same token may have done it,
+	// in which case the token cannot check this PIN, so we compare it with the one that did.
 	if err := p.Login(k.session, pkcs11.CKU_USER, cfg.PIN); err != nil {
-		return fail("login", err)
+		if !errors.Is(err, pkcs11.Error(pkcs11.CKR_USER_ALREADY_LOGGED_IN)) {
+			return fail("login", err)
+		}
+		if !samePIN(cfg.Module, cfg.TokenLabel, cfg.PIN) {
+			return fail("login", pkcs11.Error(pkcs11.CKR_PIN_INCORRECT))
+		}
+	} else {
+		rememberPIN(cfg.Module, cfg.TokenLabel, cfg.PIN)
 	}
 	k.key, found, err = k.find(cfg.KeyLabel)
 	if err != nil {
@@ -157,7 +166,9 @@ func (k *PKCS11) Unwrap(_ context.Context, wrapped, aad []byte) ([]byte, error) 
 	return gcmUnwrap(func(n, ct, a []byte) ([]byte, error) { return k.gcm(false, n, ct, a) }, k.id, wrapped, aad)
 }
 
-// Close logs out and unloads the module.
+// Close ends the session and releases the module. It does not call C_Logout, which would
+// log out every other session of this process on the token; the token logs out when its
+// last session closes.
 func (k *PKCS11) Close() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -165,11 +176,75 @@ func (k *PKCS11) Close() error {
 		return nil
 	}
 	if k.session != 0 {
-		k.ctx.Logout(k.session)
 		k.ctx.CloseSession(k.session)
 	}
-	k.ctx.Finalize()
-	k.ctx.Destroy()
+	releaseModule(k.module)
 	k.ctx = nil
 	return nil
+}
+
+// A PKCS#11 module is initialized once per process (C_Initialize is process-wide), so
+// loaded modules are shared and reference-counted; this is the one package-level state.
+var modules = struct {
+	sync.Mutex
+	m map[string]*loadedModule
+}{m: map[string]*loadedModule{}}
+
+type loadedModule struct {
+	ctx  *pkcs11.Ctx
+	refs int
+	pins map[string][32]byte // token label -> SHA-256 of the PIN that logged in
+}
+
+func rememberPIN(module, token, pin string) {
+	modules.Lock()
+	defer modules.Unlock()
+	if lm, ok := modules.m[module]; ok {
+		lm.pins[token] = sha256.Sum256([]byte(pin))
+	}
+}
+
+func samePIN(module, token, pin string) bool {
+	modules.Lock()
+	defer modules.Unlock()
+	lm, ok := modules.m[module]
+	if !ok {
+		return false
+	}
+	want, ok := lm.pins[token]
+	got := sha256.Sum256([]byte(pin))
+	return ok && subtle.ConstantTimeCompare(want[:], got[:]) == 1
+}
+
+func acquireModule(path string) (*pkcs11.Ctx, error) {
+	modules.Lock()
+	defer modules.Unlock()
+	if lm, ok := modules.m[path]; ok {
+		lm.refs++
+		return lm.ctx, nil
+	}
+	p := pkcs11.New(path)
+	if p == nil {
+		return nil, fmt.Errorf("kms: cannot load PKCS#11 module %s", path)
+	}
+	if err := p.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		p.Destroy()
+		return nil, fmt.Errorf("kms: pkcs11 initialize: %w", err)
+	}
+	modules.m[path] = &loadedModule{ctx: p, refs: 1, pins: map[string][32]byte{}}
+	return p, nil
+}
+
+func releaseModule(path string) {
+	modules.Lock()
+	defer modules.Unlock()
+	lm, ok := modules.m[path]
+	if !ok {
+		return
+	}
+	if lm.refs--; lm.refs == 0 {
+		lm.ctx.Finalize()
+		lm.ctx.Destroy()
+		delete(modules.m, path)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -26,6 +27,10 @@ func Open(ctx context.Context, dsn string) (Store, error) {
 // OpenSQLite opens (creating) a SQLite database file in WAL mode with full fsync, so that
 // a committed row survives a crash.
 func OpenSQLite(ctx context.Context, path string) (Store, error) {
+	// The database holds wrapped keys and the inventory: readable by its owner only.
+	if f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o600); err == nil {
+		f.Close()
+	}
 	q := url.Values{}
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)"} {
 		q.Add("_pragma", p)

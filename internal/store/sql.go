@@ -213,7 +213,7 @@ func (s *sqlStore) CreateVersion(ctx context.Context, v Version) error {
 		return nil
 	})
 	if err != nil && s.d.isUnique(err) {
-		return fmt.Errorf("store: %s@%s: %w", v.Model, v.Version, ErrExists)
+		return fmt.Errorf("model %s:%s: %w", v.Model, v.Version, ErrExists)
 	}
 	if err != nil {
 		return fmt.Errorf("store: create version: %w", err)
@@ -229,7 +229,7 @@ func (s *sqlStore) GetVersion(ctx context.Context, model, version string) (Versi
 		return Version{}, err
 	}
 	if len(vs) == 0 {
-		return Version{}, fmt.Errorf("store: model %s@%s: %w", model, version, ErrNotFound)
+		return Version{}, fmt.Errorf("model %s:%s: %w", model, version, ErrNotFound)
 	}
 	return vs[0], nil
 }

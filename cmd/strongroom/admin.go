@@ -1,0 +1,148 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/app"
+)
+
+func initCmd(g *globals) *cobra.Command {
+	var o app.InitOptions
+	c := &cobra.Command{
+		Use:   "init",
+		Short: "Create the data directory: config, key-encryption key, signing key",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := app.Init(cmd.Context(), g.dataDir(), o)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), map[string]string{"data": g.dataDir(), "kek": c.KMS.Current})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "initialized %s (KEK %s)\n", g.dataDir(), c.KMS.Current)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&o.KMS, "kms", "local", "key-encryption key provider: local or pkcs11")
+	f.StringVar(&o.Store, "store", "", "store: SQLite path or postgres:// URL (default: SQLite in the data directory)")
+	f.StringVar(&o.PKCS11.Module, "pkcs11-module", "", "PKCS#11 module path")
+	f.StringVar(&o.PKCS11.TokenLabel, "pkcs11-token", "", "PKCS#11 token label")
+	f.StringVar(&o.PKCS11.PINEnv, "pkcs11-pin-env", "STRONGROOM_PKCS11_PIN", "environment variable holding the user PIN")
+	f.StringVar(&o.PKCS11KeyLbl, "pkcs11-key-label", "strongroom-kek", "label of the AES key on the token (created if missing)")
+	return c
+}
+
+func devCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "dev",
+		Short: "Run everything in one process with embedded defaults",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := g.logger(cmd.ErrOrStderr())
+			a, vs, err := app.Dev(cmd.Context(), g.dataDir(), log)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "data directory %s: demo model sealed and verified\n\n", g.dataDir())
+			if err := printVersions(g, cmd, vs); err != nil {
+				return err
+			}
+			fmt.Fprintln(w)
+			app.PrintEnv(w, g.dataDir())
+			return nil
+		},
+	}
+}
+
+func kmsCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "kms", Short: "Manage key-encryption keys"}
+	var o app.RotateOptions
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Make a new KEK and re-wrap every data key under it (weights are not re-encrypted)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := g.open(cmd)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			o.ConfigPath = g.config
+			oldID, newID, n, err := a.Rotate(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), map[string]any{"old": oldID, "new": newID, "rewrapped": n})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "rotated %s -> %s: %d data keys re-wrapped\n", oldID, newID, n)
+			if !o.DestroyOld {
+				fmt.Fprintf(cmd.OutOrStdout(), "the old KEK is no longer used; destroy it (--destroy-old for a local key file)\n")
+			}
+			return nil
+		},
+	}
+	f := rotate.Flags()
+	f.StringVar(&o.To, "to", "", "provider of the new KEK: local or pkcs11 (default: the current one)")
+	f.StringVar(&o.PKCS11Label, "pkcs11-key-label", "", "label for the new key on the token")
+	f.BoolVar(&o.DestroyOld, "destroy-old", false, "delete the old local key file once the rotation is recorded")
+	c.AddCommand(rotate)
+	return c
+}
+
+func sealCmd(g *globals) *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "seal FILE -o OUT.srs",
+		Short: "Seal one file under a new data key kept in the keyring",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return usagef("seal: -o OUT.srs is required")
+			}
+			a, err := g.open(cmd)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			id, err := a.SealFile(cmd.Context(), args[0], out)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), map[string]string{"out": out, "key_id": id})
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "sealed %s -> %s (key %s)\n", args[0], out, id)
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&out, "out", "o", "", "output file")
+	return c
+}
+
+func unsealCmd(g *globals) *cobra.Command {
+	var out string
+	c := &cobra.Command{
+		Use:   "unseal IN.srs -o OUT|-",
+		Short: "Decrypt one sealed file (- for stdout)",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return usagef("unseal: -o OUT (or - for stdout) is required")
+			}
+			a, err := g.open(cmd)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			return a.UnsealFile(cmd.Context(), args[0], out)
+		},
+	}
+	c.Flags().StringVarP(&out, "out", "o", "", "output file, or - for stdout")
+	return c
+}

@@ -1,0 +1,127 @@
+// Command strongroom keeps model weights sealed and access to them under control.
+// Subcommands only: the logic lives in internal/.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/app"
+	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/inventory"
+)
+
+// version is set with -ldflags "-X main.version=…"; otherwise the module build info.
+var version = ""
+
+type globals struct {
+	data    string
+	config  string
+	json    bool
+	verbose bool
+}
+
+func (g *globals) dataDir() string { return config.DataDir(g.data) }
+
+func (g *globals) logger(w io.Writer) *slog.Logger {
+	level := slog.LevelWarn
+	if g.verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+func (g *globals) open(cmd *cobra.Command) (*app.App, error) {
+	return app.Open(cmd.Context(), g.dataDir(), g.config, g.logger(cmd.ErrOrStderr()))
+}
+
+func (g *globals) printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// usageError marks errors that are the caller's fault: exit 2.
+type usageError struct{ error }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "strongroom",
+		Short:         "Keep model weights sealed and access to them under control",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.data, "data", "", "data directory (default $STRONGROOM_DATA, else ./strongroom-data)")
+	pf.StringVar(&g.config, "config", "", "config file (default DATA/config.json)")
+	pf.BoolVar(&g.json, "json", false, "print data as JSON")
+	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log progress to stderr")
+	root.AddCommand(initCmd(g), versionCmd(g), devCmd(g), modelCmd(g), sealCmd(g), unsealCmd(g), kmsCmd(g))
+	return root
+}
+
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s takes %d argument(s), got %d (usage: %s)", cmd.CommandPath(), n, len(args), cmd.UseLine())
+		}
+		return nil
+	}
+}
+
+func versionCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			v := version
+			if bi, ok := debug.ReadBuildInfo(); ok && v == "" {
+				v = bi.Main.Version
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), map[string]string{"version": v})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "strongroom %s\n", v)
+			return nil
+		},
+	}
+}
+
+// exitCode maps an error to the exit codes of DESIGN.md: 2 bad usage, 1 failure.
+func exitCode(err error) int {
+	var ue usageError
+	if errors.As(err, &ue) || errors.Is(err, inventory.ErrBadInput) {
+		return 2
+	}
+	return 1
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := newRoot()
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintf(stderr, "strongroom: %v\n", err)
+		return exitCode(err)
+	}
+	return 0
+}
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/inventory"
+	"github.com/strongroom/strongroom/internal/refmodel"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+func modelCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "model", Short: "Import, list, verify and unseal models"}
+	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g))
+	return c
+}
+
+// versionView is the JSON shape of a version; the signature is shown by size only.
+type versionView struct {
+	Model          string       `json:"model"`
+	Version        string       `json:"version"`
+	Classification string       `json:"classification"`
+	Owner          string       `json:"owner"`
+	Env            string       `json:"env"`
+	KeyID          string       `json:"key_id"`
+	Created        time.Time    `json:"created"`
+	Bytes          int64        `json:"bytes"`
+	SignatureBytes int          `json:"signature_bytes"`
+	Files          []store.File `json:"files,omitempty"`
+}
+
+func view(v store.Version, withFiles bool) versionView {
+	out := versionView{Model: v.Model, Version: v.Version, Classification: v.Classification, Owner: v.Owner, Env: v.Env,
+		KeyID: v.KeyID, Created: v.CreatedAt, SignatureBytes: len(v.Signature)}
+	for _, f := range v.Files {
+		out.Bytes += f.Size
+	}
+	if withFiles {
+		out.Files = v.Files
+	}
+	return out
+}
+
+func modelImportCmd(g *globals) *cobra.Command {
+	var m inventory.Meta
+	c := &cobra.Command{
+		Use:   "import DIR --name N --version V --classification C",
+		Short: "Seal every file of a model directory and record it in the inventory",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := m.Validate(); err != nil {
+				return err
+			}
+			a, err := g.open(cmd)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			v, err := a.Inventory.Import(cmd.Context(), args[0], m)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), view(v, true))
+			}
+			vv := view(v, false)
+			fmt.Fprintf(cmd.OutOrStdout(), "imported %s:%s: %d files, %d bytes sealed, classification %s\n", v.Model, v.Version, len(v.Files), vv.Bytes, v.Classification)
+			return nil
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&m.Name, "name", "", "model name (required)")
+	f.StringVar(&m.Version, "version", "", "version (required)")
+	f.StringVar(&m.Classification, "classification", "", "classification, e.g. public, restricted, export-controlled:4E091 (required)")
+	f.StringVar(&m.Owner, "owner", "", "owning team or person")
+	f.StringVar(&m.Env, "env", "", "environment, e.g. prod")
+	return c
+}
+
+func modelLsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ls [NAME]",
+		Short: "List model versions",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := g.open(cmd)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			name := ""
+			if len(args) == 1 {
+				name = args[0]
+			}
+			vs, err := a.Inventory.List(cmd.Context(), name)
+			if err != nil {
+				return err
+			}
+			return printVersions(g, cmd, vs)
+		},
+	}
+}
+
+func printVersions(g *globals, cmd *cobra.Command, vs []store.Version) error {
+	views := make([]versionView, 0, len(vs))
+	for _, v := range vs {
+		views = append(views, view(v, false))
+	}
+	if g.json {
+		return g.printJSON(cmd.OutOrStdout(), views)
+	}
+	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MODEL\tVERSION\tCLASSIFICATION\tOWNER\tENV\tFILES\tBYTES\tCREATED")
+	for i, v := range views {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", v.Model, v.Version, v.Classification, v.Owner, v.Env, len(vs[i].Files), v.Bytes, v.Created.Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func refCmd(g *globals, use, short string, fn func(cmd *cobra.Command, g *globals, name, version string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, version, err := inventory.ParseRef(args[0])
+			if err != nil {
+				return err
+			}
+			return fn(cmd, g, name, version)
+		},
+	}
+}
+
+func modelShowCmd(g *globals) *cobra.Command {
+	return refCmd(g, "show NAME:VERSION", "Show a version and its files", func(cmd *cobra.Command, g *globals, name, version string) error {
+		a, err := g.open(cmd)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		v, err := a.Inventory.Get(cmd.Context(), name, version)
+		if err != nil {
+			return err
+		}
+		vv := view(v, true)
+		if g.json {
+			return g.printJSON(cmd.OutOrStdout(), vv)
+		}
+		w := cmd.OutOrStdout()
+		fmt.Fprintf(w, "model:          %s\nversion:        %s\nclassification: %s\nowner:          %s\nenv:            %s\nkey id:         %s\ncreated:        %s\nsignature:      OMS v1.0 bundle, %d bytes\n",
+			v.Model, v.Version, v.Classification, v.Owner, v.Env, v.KeyID, v.CreatedAt.Format(time.RFC3339), len(v.Signature))
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "FILE\tBYTES\tSHA256")
+		for _, f := range v.Files {
+			fmt.Fprintf(tw, "%s\t%d\t%s\n", f.Path, f.Size, f.SHA256)
+		}
+		return tw.Flush()
+	})
+}
+
+func modelVerifyCmd(g *globals) *cobra.Command {
+	return refCmd(g, "verify NAME:VERSION", "Check the signature, decrypt and hash every file", func(cmd *cobra.Command, g *globals, name, version string) error {
+		a, err := g.open(cmd)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		v, err := a.Inventory.Verify(cmd.Context(), name, version)
+		if err != nil {
+			return err
+		}
+		if g.json {
+			return g.printJSON(cmd.OutOrStdout(), map[string]any{"model": name, "version": version, "ok": true, "files": len(v.Files)})
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "ok: %s:%s: signature valid, %d files decrypted and match their signed digests\n", name, version, len(v.Files))
+		return nil
+	})
+}
+
+func modelUnsealCmd(g *globals) *cobra.Command {
+	var out string
+	c := refCmd(g, "unseal NAME:VERSION --out DIR", "Write a version's plaintext files and model.sig to DIR", func(cmd *cobra.Command, g *globals, name, version string) error {
+		if out == "" {
+			return usagef("unseal writes plaintext only where asked: --out DIR is required")
+		}
+		a, err := g.open(cmd)
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		v, err := a.Inventory.Unseal(cmd.Context(), name, version, out)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "unsealed %s:%s: %d files and model.sig in %s\n", name, version, len(v.Files), out)
+		return nil
+	})
+	c.Flags().StringVar(&out, "out", "", "output directory (must not exist or be empty)")
+	return c
+}
+
+func modelSynthCmd(g *globals) *cobra.Command {
+	o := refmodel.DefaultSynth()
+	var minBytes int64
+	c := &cobra.Command{
+		Use:   "synth DIR",
+		Short: "Write a synthetic model directory (config, tokenizer, safetensors) for tests and demos",
+		Args:  exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.MinBytes = minBytes
+			if err := refmodel.Synthesize(args[0], o); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", args[0])
+			return nil
+		},
+	}
+	c.Flags().Int64Var(&minBytes, "min-bytes", 0, "pad model.safetensors to at least this many bytes")
+	c.Flags().IntVar(&o.Layers, "layers", o.Layers, "layers")
+	c.Flags().IntVar(&o.Hidden, "hidden", o.Hidden, "hidden size")
+	c.Flags().IntVar(&o.Vocab, "vocab", o.Vocab, "vocabulary size")
+	c.Flags().Uint64Var(&o.Seed, "seed", o.Seed, "random seed")
+	return c
+}

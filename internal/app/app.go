@@ -1,0 +1,220 @@
+// Package app wires Strongroom's pieces together from a data directory and its config, so
+// that every command and the dev server build them the same way.
+package app
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/inventory"
+	"github.com/strongroom/strongroom/internal/kms"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// App is an opened data directory.
+type App struct {
+	DataDir   string
+	Config    config.Config
+	Store     store.Store
+	Blobs     store.Blobs
+	KEK       kms.KEK
+	Keys      *kms.Keyring
+	Inventory *inventory.Inventory
+	Log       *slog.Logger
+}
+
+// InitOptions choose the KEK provider for a new data directory.
+type InitOptions struct {
+	KMS          string // "local" (default) or "pkcs11"
+	PKCS11       config.PKCS11
+	PKCS11KeyLbl string // key label on the token; created if missing
+	Store        string // optional store DSN (default: SQLite in the data directory)
+}
+
+// Init creates a data directory: config, KEK, manifest signing key (all 0600). It refuses
+// to touch a directory that already has a config.
+func Init(ctx context.Context, dataDir string, o InitOptions) (config.Config, error) {
+	cfgPath := filepath.Join(dataDir, config.FileName)
+	if _, err := os.Stat(cfgPath); err == nil {
+		return config.Config{}, fmt.Errorf("init: %s already exists", cfgPath)
+	}
+	if err := os.MkdirAll(filepath.Join(dataDir, "keys"), 0o700); err != nil {
+		return config.Config{}, fmt.Errorf("init: %w", err)
+	}
+	if err := os.Chmod(dataDir, 0o700); err != nil {
+		return config.Config{}, fmt.Errorf("init: %w", err)
+	}
+	c := config.Defaults()
+	if o.Store != "" {
+		c.Store = o.Store
+	}
+	switch o.KMS {
+	case "", "local":
+		id, err := kms.GenerateLocal(filepath.Join(dataDir, c.KMS.KeyDir))
+		if err != nil {
+			return c, fmt.Errorf("init: %w", err)
+		}
+		c.KMS.Current = id
+	case "pkcs11":
+		if o.PKCS11.PINEnv == "" {
+			o.PKCS11.PINEnv = c.KMS.PKCS11.PINEnv
+		}
+		c.KMS.PKCS11 = o.PKCS11
+		k, err := kms.OpenPKCS11(pkcs11Config(c.KMS.PKCS11, o.PKCS11KeyLbl), true)
+		if err != nil {
+			return c, fmt.Errorf("init: %w", err)
+		}
+		c.KMS.Current = k.ID()
+		k.Close()
+	default:
+		return c, fmt.Errorf("init: unknown kms provider %q (want local or pkcs11)", o.KMS)
+	}
+	if err := writeSigningKey(filepath.Join(dataDir, c.SigningKey)); err != nil {
+		return c, fmt.Errorf("init: %w", err)
+	}
+	if err := config.Write(cfgPath, c); err != nil {
+		return c, fmt.Errorf("init: %w", err)
+	}
+	return c, nil
+}
+
+func pkcs11Config(p config.PKCS11, keyLabel string) kms.PKCS11Config {
+	return kms.PKCS11Config{Module: p.Module, TokenLabel: p.TokenLabel, PIN: os.Getenv(p.PINEnv), KeyLabel: keyLabel}
+}
+
+func writeSigningKey(path string) error {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return err
+	}
+	defer clear(der)
+	if err := fsutil.WriteFileAtomic(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		return err
+	}
+	return fsutil.WriteFileAtomic(PublicKeyPath(path), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
+}
+
+// PublicKeyPath is where the signing key's public half is kept, for outside verifiers.
+func PublicKeyPath(signingKey string) string {
+	return strings.TrimSuffix(signingKey, ".pem") + ".pub.pem"
+}
+
+func readSigningKey(path string) (*ecdsa.PrivateKey, error) {
+	if err := fsutil.CheckPrivate(path); err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	defer clear(b)
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("signing key %s: no PEM block", path)
+	}
+	defer clear(blk.Bytes)
+	k, err := x509.ParsePKCS8PrivateKey(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("signing key %s: %w", path, err)
+	}
+	ec, ok := k.(*ecdsa.PrivateKey)
+	if !ok || (ec.Curve != elliptic.P256() && ec.Curve != elliptic.P384()) {
+		return nil, fmt.Errorf("signing key %s: want an ECDSA P-256 or P-384 key", path)
+	}
+	return ec, nil
+}
+
+// Open loads the config and opens the store, KEK, keyring and inventory.
+func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*App, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, err := config.Load(dataDir, configPath)
+	if err != nil {
+		return nil, err
+	}
+	a := &App{DataDir: dataDir, Config: c, Log: log}
+	fail := func(err error) (*App, error) {
+		a.Close()
+		return nil, err
+	}
+	signer, err := readSigningKey(c.SigningKey)
+	if err != nil {
+		return fail(err)
+	}
+	if a.KEK, err = a.ResolveKEK(ctx, c.KMS.Current); err != nil {
+		return fail(err)
+	}
+	if a.Store, err = store.Open(ctx, c.Store); err != nil {
+		return fail(err)
+	}
+	if a.Blobs, err = store.NewFSBlobs(c.Blobs); err != nil {
+		return fail(err)
+	}
+	a.Keys = kms.NewKeyring(a.Store, a.KEK, a.ResolveKEK, nil)
+	if a.Inventory, err = inventory.New(inventory.Config{Store: a.Store, Blobs: a.Blobs, Keys: a.Keys, Signer: signer, Logger: log}); err != nil {
+		return fail(err)
+	}
+	return a, nil
+}
+
+// ResolveKEK opens a KEK by id: "local-…" from the key directory, "pkcs11:TOKEN/LABEL"
+// from the configured module with the PIN from the configured environment variable.
+func (a *App) ResolveKEK(_ context.Context, id string) (kms.KEK, error) {
+	switch {
+	case strings.HasPrefix(id, "local-") && !strings.ContainsAny(id, `/\`):
+		k, err := kms.OpenLocal(kms.LocalPath(a.Config.KMS.KeyDir, id))
+		if err != nil {
+			return nil, err // not a typed nil in the interface
+		}
+		return k, nil
+	case strings.HasPrefix(id, "pkcs11:"):
+		token, label, ok := strings.Cut(strings.TrimPrefix(id, "pkcs11:"), "/")
+		if !ok {
+			return nil, fmt.Errorf("kms: bad KEK id %q", id)
+		}
+		p := a.Config.KMS.PKCS11
+		p.TokenLabel = token
+		k, err := kms.OpenPKCS11(pkcs11Config(p, label), false)
+		if err != nil {
+			return nil, err
+		}
+		return k, nil
+	}
+	return nil, fmt.Errorf("kms: unknown KEK id %q", id)
+}
+
+// Close releases everything Open acquired.
+func (a *App) Close() error {
+	var errs []error
+	if a.Keys != nil {
+		errs = append(errs, a.Keys.Close())
+	}
+	if a.KEK != nil {
+		errs = append(errs, a.KEK.Close())
+	}
+	if a.Store != nil {
+		errs = append(errs, a.Store.Close())
+	}
+	return errors.Join(errs...)
+}
