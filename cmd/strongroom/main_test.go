@@ -50,6 +50,17 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 			ts.Check(os.Chmod(k, os.FileMode(mode)))
 		}
 	},
+	// swapkek DATA OTHER: put OTHER's local key file in place of DATA's.
+	"swapkek": func(ts *testscript.TestScript, neg bool, args []string) {
+		ours, _ := filepath.Glob(filepath.Join(ts.MkAbs(args[0]), "keys", "*.kek"))
+		theirs, _ := filepath.Glob(filepath.Join(ts.MkAbs(args[1]), "keys", "*.kek"))
+		if len(ours) != 1 || len(theirs) != 1 {
+			ts.Fatalf("want one key file in each data directory")
+		}
+		b, err := os.ReadFile(theirs[0])
+		ts.Check(err)
+		ts.Check(os.WriteFile(ours[0], b, 0o600))
+	},
 	// grepr TEXT DIR: whether any file under DIR contains TEXT.
 	"grepr": func(ts *testscript.TestScript, neg bool, args []string) {
 		found := ""

@@ -187,6 +187,9 @@ func (a *App) ResolveKEK(_ context.Context, id string) (kms.KEK, error) {
 		if err != nil {
 			return nil, err // not a typed nil in the interface
 		}
+		if k.ID() != id {
+			return nil, fmt.Errorf("kms: key file %s holds KEK %s, not %s", kms.LocalPath(a.Config.KMS.KeyDir, id), k.ID(), id)
+		}
 		return k, nil
 	case strings.HasPrefix(id, "pkcs11:"):
 		token, label, ok := strings.Cut(strings.TrimPrefix(id, "pkcs11:"), "/")

@@ -29,8 +29,26 @@ type env struct {
 
 func newEnv(t *testing.T, blobs func(store.Blobs) store.Blobs) *env {
 	t.Helper()
-	ctx := context.Background()
 	dir := t.TempDir()
+	model := filepath.Join(dir, "model")
+	o := refmodel.DefaultSynth()
+	o.MinBytes = 3 << 20 // several chunks
+	if err := refmodel.Synthesize(model, o); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(model, "sub"), 0o755)
+	os.WriteFile(filepath.Join(model, "sub", "notes.txt"), []byte("nested file\n"), 0o644)
+	e := newEnvAt(t, dir, model)
+	if blobs != nil {
+		e.inv.blobs = blobs(e.inv.blobs)
+	}
+	return e
+}
+
+// newEnvAt builds an inventory whose database, keys and blobs live in dir.
+func newEnvAt(t testing.TB, dir, model string) *env {
+	t.Helper()
+	ctx := context.Background()
 	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "db"))
 	if err != nil {
 		t.Fatal(err)
@@ -48,23 +66,11 @@ func newEnv(t *testing.T, blobs func(store.Blobs) store.Blobs) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b store.Blobs = fb
-	if blobs != nil {
-		b = blobs(fb)
-	}
 	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	inv, err := New(Config{Store: st, Blobs: b, Keys: kms.NewKeyring(st, kek, nil, nil), Signer: signer})
+	inv, err := New(Config{Store: st, Blobs: fb, Keys: kms.NewKeyring(st, kek, nil, nil), Signer: signer})
 	if err != nil {
 		t.Fatal(err)
 	}
-	model := filepath.Join(dir, "model")
-	o := refmodel.DefaultSynth()
-	o.MinBytes = 3 << 20 // several chunks
-	if err := refmodel.Synthesize(model, o); err != nil {
-		t.Fatal(err)
-	}
-	os.MkdirAll(filepath.Join(model, "sub"), 0o755)
-	os.WriteFile(filepath.Join(model, "sub", "notes.txt"), []byte("nested file\n"), 0o644)
 	return &env{inv: inv, st: st, blobs: filepath.Join(dir, "blobs"), model: model}
 }
 

@@ -38,7 +38,7 @@ func workerCount(n int) int {
 
 func newPipe(workers, bufSize int, work func(*slot) error, drain func(*slot) error) *pipe {
 	workers = workerCount(workers)
-	slots := 2*workers + 2
+	slots := max(2*workers+2, 16) // enough in flight to keep every core busy; memory stays bounded
 	p := &pipe{
 		jobs:    make(chan *slot, slots),
 		order:   make(chan *slot, slots),
