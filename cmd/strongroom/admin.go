@@ -66,12 +66,7 @@ func kmsCmd(g *globals) *cobra.Command {
 		Use:   "rotate",
 		Short: "Make a new KEK and re-wrap every data key under it (weights are not re-encrypted)",
 		Args:  exactArgs(0),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			a, err := g.open(cmd)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
 			o.ConfigPath = g.config
 			oldID, newID, n, err := a.Rotate(cmd.Context(), o)
 			if err != nil {
@@ -85,7 +80,7 @@ func kmsCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "the old KEK is no longer used; destroy it (--destroy-old for a local key file)\n")
 			}
 			return nil
-		},
+		}),
 	}
 	f := rotate.Flags()
 	f.StringVar(&o.To, "to", "", "provider of the new KEK: local or pkcs11 (default: the current one)")
@@ -101,15 +96,7 @@ func sealCmd(g *globals) *cobra.Command {
 		Use:   "seal FILE -o OUT.srs",
 		Short: "Seal one file under a new data key kept in the keyring",
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if out == "" {
-				return usagef("seal: -o OUT.srs is required")
-			}
-			a, err := g.open(cmd)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
 			id, err := a.SealFile(cmd.Context(), args[0], out)
 			if err != nil {
 				return err
@@ -119,8 +106,9 @@ func sealCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "sealed %s -> %s (key %s)\n", args[0], out, id)
 			return nil
-		},
+		}),
 	}
+	c.PreRunE = requireFlag(&out, "seal: -o OUT.srs is required")
 	c.Flags().StringVarP(&out, "out", "o", "", "output file")
 	return c
 }
@@ -131,18 +119,11 @@ func unsealCmd(g *globals) *cobra.Command {
 		Use:   "unseal IN.srs -o OUT|-",
 		Short: "Decrypt one sealed file (- for stdout)",
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if out == "" {
-				return usagef("unseal: -o OUT (or - for stdout) is required")
-			}
-			a, err := g.open(cmd)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
 			return a.UnsealFile(cmd.Context(), args[0], out)
-		},
+		}),
 	}
+	c.PreRunE = requireFlag(&out, "unseal: -o OUT (or - for stdout) is required")
 	c.Flags().StringVarP(&out, "out", "o", "", "output file, or - for stdout")
 	return c
 }

@@ -40,8 +40,16 @@ func (g *globals) logger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
-func (g *globals) open(cmd *cobra.Command) (*app.App, error) {
-	return app.Open(cmd.Context(), g.dataDir(), g.config, g.logger(cmd.ErrOrStderr()))
+// withApp opens the data directory for a command and closes it after.
+func (g *globals) withApp(fn func(cmd *cobra.Command, a *app.App, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		a, err := app.Open(cmd.Context(), g.dataDir(), g.config, g.logger(cmd.ErrOrStderr()))
+		if err != nil {
+			return err
+		}
+		defer a.Close()
+		return fn(cmd, a, args)
+	}
 }
 
 func (g *globals) printJSON(w io.Writer, v any) error {
@@ -54,6 +62,17 @@ func (g *globals) printJSON(w io.Writer, v any) error {
 type usageError struct{ error }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// requireFlag is a PreRunE that fails with a usage error, before any data is opened, when
+// the flag behind v is empty.
+func requireFlag(v *string, msg string) func(*cobra.Command, []string) error {
+	return func(*cobra.Command, []string) error {
+		if *v == "" {
+			return usagef("%s", msg)
+		}
+		return nil
+	}
+}
 
 func newRoot() *cobra.Command {
 	g := &globals{}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/testenv"
@@ -60,6 +61,26 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		b, err := os.ReadFile(theirs[0])
 		ts.Check(err)
 		ts.Check(os.WriteFile(ours[0], b, 0o600))
+	},
+	// waitbig DIR BYTES: wait (up to 60s) until a file under DIR is at least BYTES long.
+	"waitbig": func(ts *testscript.TestScript, neg bool, args []string) {
+		want, _ := strconv.ParseInt(args[1], 10, 64)
+		for range 12000 {
+			found := false
+			filepath.WalkDir(ts.MkAbs(args[0]), func(p string, d fs.DirEntry, err error) error {
+				if err == nil && d.Type().IsRegular() {
+					if fi, err := d.Info(); err == nil && fi.Size() >= want {
+						found = true
+					}
+				}
+				return nil
+			})
+			if found {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		ts.Fatalf("no file of %d bytes under %s", want, args[0])
 	},
 	// grepr TEXT DIR: whether any file under DIR contains TEXT.
 	"grepr": func(ts *testscript.TestScript, neg bool, args []string) {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/app"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
@@ -13,7 +14,7 @@ import (
 
 func modelCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "model", Short: "Import, list, verify and unseal models"}
-	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g))
+	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g))
 	return c
 }
 
@@ -46,18 +47,11 @@ func view(v store.Version, withFiles bool) versionView {
 func modelImportCmd(g *globals) *cobra.Command {
 	var m inventory.Meta
 	c := &cobra.Command{
-		Use:   "import DIR --name N --version V --classification C",
-		Short: "Seal every file of a model directory and record it in the inventory",
-		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := m.Validate(); err != nil {
-				return err
-			}
-			a, err := g.open(cmd)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
+		Use:     "import DIR --name N --version V --classification C",
+		Short:   "Seal every file of a model directory and record it in the inventory",
+		Args:    exactArgs(1),
+		PreRunE: func(*cobra.Command, []string) error { return m.Validate() },
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
 			v, err := a.Inventory.Import(cmd.Context(), args[0], m)
 			if err != nil {
 				return err
@@ -68,7 +62,7 @@ func modelImportCmd(g *globals) *cobra.Command {
 			vv := view(v, false)
 			fmt.Fprintf(cmd.OutOrStdout(), "imported %s:%s: %d files, %d bytes sealed, classification %s\n", v.Model, v.Version, len(v.Files), vv.Bytes, v.Classification)
 			return nil
-		},
+		}),
 	}
 	f := c.Flags()
 	f.StringVar(&m.Name, "name", "", "model name (required)")
@@ -84,12 +78,7 @@ func modelLsCmd(g *globals) *cobra.Command {
 		Use:   "ls [NAME]",
 		Short: "List model versions",
 		Args:  cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := g.open(cmd)
-			if err != nil {
-				return err
-			}
-			defer a.Close()
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
 			name := ""
 			if len(args) == 1 {
 				name = args[0]
@@ -99,7 +88,7 @@ func modelLsCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return printVersions(g, cmd, vs)
-		},
+		}),
 	}
 }
 
@@ -119,7 +108,7 @@ func printVersions(g *globals, cmd *cobra.Command, vs []store.Version) error {
 	return tw.Flush()
 }
 
-func refCmd(g *globals, use, short string, fn func(cmd *cobra.Command, g *globals, name, version string) error) *cobra.Command {
+func refCmd(g *globals, use, short string, fn func(cmd *cobra.Command, a *app.App, name, version string) error) *cobra.Command {
 	return &cobra.Command{
 		Use:   use,
 		Short: short,
@@ -129,18 +118,15 @@ func refCmd(g *globals, use, short string, fn func(cmd *cobra.Command, g *global
 			if err != nil {
 				return err
 			}
-			return fn(cmd, g, name, version)
+			return g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+				return fn(cmd, a, name, version)
+			})(cmd, args)
 		},
 	}
 }
 
 func modelShowCmd(g *globals) *cobra.Command {
-	return refCmd(g, "show NAME:VERSION", "Show a version and its files", func(cmd *cobra.Command, g *globals, name, version string) error {
-		a, err := g.open(cmd)
-		if err != nil {
-			return err
-		}
-		defer a.Close()
+	return refCmd(g, "show NAME:VERSION", "Show a version and its files", func(cmd *cobra.Command, a *app.App, name, version string) error {
 		v, err := a.Inventory.Get(cmd.Context(), name, version)
 		if err != nil {
 			return err
@@ -162,12 +148,7 @@ func modelShowCmd(g *globals) *cobra.Command {
 }
 
 func modelVerifyCmd(g *globals) *cobra.Command {
-	return refCmd(g, "verify NAME:VERSION", "Check the signature, decrypt and hash every file", func(cmd *cobra.Command, g *globals, name, version string) error {
-		a, err := g.open(cmd)
-		if err != nil {
-			return err
-		}
-		defer a.Close()
+	return refCmd(g, "verify NAME:VERSION", "Check the signature, decrypt and hash every file", func(cmd *cobra.Command, a *app.App, name, version string) error {
 		v, err := a.Inventory.Verify(cmd.Context(), name, version)
 		if err != nil {
 			return err
@@ -182,15 +163,7 @@ func modelVerifyCmd(g *globals) *cobra.Command {
 
 func modelUnsealCmd(g *globals) *cobra.Command {
 	var out string
-	c := refCmd(g, "unseal NAME:VERSION --out DIR", "Write a version's plaintext files and model.sig to DIR", func(cmd *cobra.Command, g *globals, name, version string) error {
-		if out == "" {
-			return usagef("unseal writes plaintext only where asked: --out DIR is required")
-		}
-		a, err := g.open(cmd)
-		if err != nil {
-			return err
-		}
-		defer a.Close()
+	c := refCmd(g, "unseal NAME:VERSION --out DIR", "Write a version's plaintext files and model.sig to DIR", func(cmd *cobra.Command, a *app.App, name, version string) error {
 		v, err := a.Inventory.Unseal(cmd.Context(), name, version, out)
 		if err != nil {
 			return err
@@ -198,6 +171,7 @@ func modelUnsealCmd(g *globals) *cobra.Command {
 		fmt.Fprintf(cmd.OutOrStdout(), "unsealed %s:%s: %d files and model.sig in %s\n", name, version, len(v.Files), out)
 		return nil
 	})
+	c.PreRunE = requireFlag(&out, "unseal writes plaintext only where asked: --out DIR is required")
 	c.Flags().StringVar(&out, "out", "", "output directory (must not exist or be empty)")
 	return c
 }
@@ -223,5 +197,27 @@ func modelSynthCmd(g *globals) *cobra.Command {
 	c.Flags().IntVar(&o.Hidden, "hidden", o.Hidden, "hidden size")
 	c.Flags().IntVar(&o.Vocab, "vocab", o.Vocab, "vocabulary size")
 	c.Flags().Uint64Var(&o.Seed, "seed", o.Seed, "random seed")
+	return c
+}
+
+func modelGCCmd(g *globals) *cobra.Command {
+	var grace time.Duration
+	c := &cobra.Command{
+		Use:   "gc",
+		Short: "Remove keys and sealed blobs left by failed or killed imports",
+		Args:  exactArgs(0),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			rep, err := a.Inventory.GC(cmd.Context(), grace)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), rep)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d orphan keys and %d blobs\n", rep.Keys, rep.Blobs)
+			return nil
+		}),
+	}
+	c.Flags().DurationVar(&grace, "grace", time.Hour, "leave keys younger than this (an import may still be running)")
 	return c
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/seal"
+	"github.com/strongroom/strongroom/internal/store"
 )
 
 // SealFile seals one file under a fresh data key (stored wrapped in the keyring) and
@@ -21,7 +22,7 @@ func (a *App) SealFile(ctx context.Context, in, out string) (string, error) {
 		return "", err
 	}
 	defer src.Close()
-	id, dek, err := a.Keys.NewKey(ctx)
+	id, dek, err := a.Keys.NewKey(ctx, store.PurposeFile)
 	if err != nil {
 		return "", err
 	}

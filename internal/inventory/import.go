@@ -72,7 +72,7 @@ func listFiles(dir string) ([]string, error) {
 // version. The plaintext is read once, in constant memory. The version row is written
 // last, in one transaction, so a failed or killed import leaves no version behind and
 // can simply be run again.
-func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (store.Version, error) {
+func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (v store.Version, err error) {
 	if err := meta.Validate(); err != nil {
 		return store.Version{}, err
 	}
@@ -85,12 +85,17 @@ func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (store.
 	if err != nil {
 		return store.Version{}, err
 	}
-	keyID, dek, err := inv.keys.NewKey(ctx)
+	keyID, dek, err := inv.keys.NewKey(ctx, store.PurposeModel)
 	if err != nil {
 		return store.Version{}, err
 	}
 	defer clear(dek)
-	v := store.Version{
+	defer func() {
+		if err != nil {
+			inv.discard(ctx, hex.EncodeToString(keyID[:]))
+		}
+	}()
+	v = store.Version{
 		Model: meta.Name, Version: meta.Version, Classification: meta.Classification,
 		Owner: meta.Owner, Env: meta.Env, KeyID: hex.EncodeToString(keyID[:]), CreatedAt: inv.now().UTC(),
 	}

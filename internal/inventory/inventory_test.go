@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/strongroom/strongroom/internal/kms"
 	"github.com/strongroom/strongroom/internal/modelsig"
@@ -284,5 +285,58 @@ func TestVerifyDetectsAlteredRecord(t *testing.T) {
 	other.signer, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if _, err := other.Verify(ctx, "demo", "1.0.0"); !errors.Is(err, ErrIntegrity) {
 		t.Fatalf("foreign signer: %v", err)
+	}
+}
+
+func TestFailedImportCleansUp(t *testing.T) {
+	ctx := context.Background()
+	n := 2
+	e := newEnv(t, func(b store.Blobs) store.Blobs { return fullDisk{b, &n} })
+	if _, err := e.inv.Import(ctx, e.model, meta); err == nil {
+		t.Fatal("import on a full disk succeeded")
+	}
+	if keys, _ := e.st.ListKeys(ctx); len(keys) != 0 {
+		t.Fatalf("%d key rows left by a failed import", len(keys))
+	}
+	if names, _ := e.inv.blobs.List(ctx); len(names) != 0 {
+		t.Fatalf("blobs left by a failed import: %v", names)
+	}
+}
+
+// TestGC: what a killed import leaves (a model key and blobs no version names) goes, after
+// the grace period; versions' keys and single-file keys stay.
+func TestGC(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, nil)
+	if _, err := e.inv.Import(ctx, e.model, meta); err != nil {
+		t.Fatal(err)
+	}
+	// A killed import: key row and one committed blob, no version.
+	id, dek, _ := e.inv.keys.NewKey(ctx, store.PurposeModel)
+	clear(dek)
+	orphanKey := hex.EncodeToString(id[:])
+	p, _ := e.inv.blobs.Create(ctx, orphanKey+"/0.srs")
+	p.Write([]byte("sealed bytes"))
+	p.Commit()
+	fid, fdek, _ := e.inv.keys.NewKey(ctx, store.PurposeFile)
+	clear(fdek)
+
+	rep, err := e.inv.GC(ctx, time.Hour)
+	if err != nil || rep != (GCReport{}) {
+		t.Fatalf("GC within grace = %+v, %v", rep, err)
+	}
+	e.inv.now = func() time.Time { return time.Now().Add(2 * time.Hour) }
+	rep, err = e.inv.GC(ctx, time.Hour)
+	if err != nil || rep != (GCReport{Keys: 1, Blobs: 1}) {
+		t.Fatalf("GC = %+v, %v", rep, err)
+	}
+	if _, err := e.st.GetKey(ctx, orphanKey); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal("orphan key kept")
+	}
+	if _, err := e.st.GetKey(ctx, hex.EncodeToString(fid[:])); err != nil {
+		t.Fatal("single-file key collected")
+	}
+	if _, err := e.inv.Verify(ctx, "demo", "1.0.0"); err != nil {
+		t.Fatalf("GC damaged a version: %v", err)
 	}
 }

@@ -45,9 +45,9 @@ func NewKeyring(s KeyStore, current KEK, resolve Resolver, now func() time.Time)
 // Current is the KEK that wraps new keys.
 func (r *Keyring) Current() KEK { return r.current }
 
-// NewKey makes a fresh DEK, stores it wrapped and returns its id and the plaintext key,
-// which the caller clears after use.
-func (r *Keyring) NewKey(ctx context.Context) (id [16]byte, dek []byte, err error) {
+// NewKey makes a fresh DEK for purpose (store.PurposeModel or store.PurposeFile), stores it
+// wrapped and returns its id and the plaintext key, which the caller clears after use.
+func (r *Keyring) NewKey(ctx context.Context, purpose string) (id [16]byte, dek []byte, err error) {
 	if _, err := rand.Read(id[:]); err != nil {
 		return id, nil, err
 	}
@@ -58,7 +58,7 @@ func (r *Keyring) NewKey(ctx context.Context) (id [16]byte, dek []byte, err erro
 	hexID := hex.EncodeToString(id[:])
 	wrapped, err := r.current.Wrap(ctx, dek, []byte(hexID))
 	if err == nil {
-		err = r.store.PutKey(ctx, store.Key{ID: hexID, KEKID: r.current.ID(), Wrapped: wrapped, CreatedAt: r.now().UTC()})
+		err = r.store.PutKey(ctx, store.Key{ID: hexID, KEKID: r.current.ID(), Wrapped: wrapped, Purpose: purpose, CreatedAt: r.now().UTC()})
 	}
 	if err != nil {
 		clear(dek)

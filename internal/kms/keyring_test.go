@@ -41,7 +41,7 @@ func TestKeyringRotate(t *testing.T) {
 	ring := NewKeyring(s, a, nil, nil)
 	want := map[string][]byte{}
 	for range 3 {
-		id, dek, err := ring.NewKey(ctx)
+		id, dek, err := ring.NewKey(ctx, store.PurposeModel)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +104,7 @@ func TestKeyringRotateToHSM(t *testing.T) {
 	s := newStore(t)
 	local := newLocal(t, "a")
 	ring := NewKeyring(s, local, nil, nil)
-	id, dek, err := ring.NewKey(ctx)
+	id, dek, err := ring.NewKey(ctx, store.PurposeModel)
 	if err != nil {
 		t.Fatal(err)
 	}

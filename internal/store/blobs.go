@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,6 +34,9 @@ type PendingBlob interface {
 type Blobs interface {
 	Create(ctx context.Context, name string) (PendingBlob, error)
 	Open(ctx context.Context, name string) (Blob, error)
+	// List returns the names of all committed blobs.
+	List(ctx context.Context) ([]string, error)
+	Delete(ctx context.Context, name string) error
 }
 
 // FSBlobs keeps blobs as files under a directory. Writes go to a temp file that is
@@ -138,4 +142,45 @@ func (b *FSBlobs) Open(_ context.Context, name string) (Blob, error) {
 		return nil, fmt.Errorf("blobs: %w", err)
 	}
 	return &fsBlob{File: f, size: st.Size()}, nil
+}
+
+// List walks the directory for committed blobs.
+func (b *FSBlobs) List(_ context.Context) ([]string, error) {
+	var names []string
+	err := filepath.WalkDir(b.dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(b.dir, p)
+		if d.IsDir() && rel == ".tmp" {
+			return filepath.SkipDir
+		}
+		if d.Type().IsRegular() {
+			names = append(names, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("blobs: list: %w", err)
+	}
+	return names, nil
+}
+
+// Delete removes a blob, and its directory once empty.
+func (b *FSBlobs) Delete(_ context.Context, name string) error {
+	p, err := b.path(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("blobs: %s: %w", name, ErrNotFound)
+		}
+		return fmt.Errorf("blobs: %w", err)
+	}
+	dir := filepath.Dir(p)
+	if dir != b.dir && os.Remove(dir) == nil { // fails harmlessly while other blobs remain
+		dir = b.dir
+	}
+	return fsutil.SyncDir(dir)
 }

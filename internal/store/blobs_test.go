@@ -52,6 +52,19 @@ func TestFSBlobs(t *testing.T) {
 			t.Fatalf("bad name %q accepted", bad)
 		}
 	}
+	names, err := b.List(ctx)
+	if err != nil || len(names) != 1 || names[0] != "k1/0.srs" {
+		t.Fatalf("List = %v, %v", names, err)
+	}
+	if err := b.Delete(ctx, "k1/0.srs"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(ctx, "k1/0.srs"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "k1")); !os.IsNotExist(err) {
+		t.Fatal("empty blob directory left")
+	}
 	// A crashed writer's temp file is cleaned up on the next start.
 	os.WriteFile(filepath.Join(dir, ".tmp", "stale"), []byte("x"), 0o600)
 	if _, err := NewFSBlobs(dir); err != nil {

@@ -55,6 +55,7 @@ var migrations = []string{
 		PRIMARY KEY (model, version, path),
 		FOREIGN KEY (model, version) REFERENCES versions(model, version)
 	)`,
+	`ALTER TABLE keys ADD COLUMN purpose TEXT NOT NULL DEFAULT 'file'`,
 }
 
 func (s *sqlStore) q(query string) string {
@@ -114,8 +115,11 @@ func (s *sqlStore) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 func (s *sqlStore) Close() error { return s.db.Close() }
 
 func (s *sqlStore) PutKey(ctx context.Context, k Key) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO keys (id, kek_id, wrapped, created_at) VALUES (?, ?, ?, ?)`),
-		k.ID, k.KEKID, k.Wrapped, k.CreatedAt.UnixNano())
+	if k.Purpose != PurposeModel && k.Purpose != PurposeFile {
+		return fmt.Errorf("store: key %s: purpose %q", k.ID, k.Purpose)
+	}
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO keys (id, kek_id, wrapped, purpose, created_at) VALUES (?, ?, ?, ?, ?)`),
+		k.ID, k.KEKID, k.Wrapped, k.Purpose, k.CreatedAt.UnixNano())
 	if err != nil && s.d.isUnique(err) {
 		return fmt.Errorf("store: key %s: %w", k.ID, ErrExists)
 	}
@@ -125,12 +129,12 @@ func (s *sqlStore) PutKey(ctx context.Context, k Key) error {
 	return nil
 }
 
-const keyCols = `id, kek_id, wrapped, created_at`
+const keyCols = `id, kek_id, wrapped, purpose, created_at`
 
 func scanKey(row interface{ Scan(...any) error }) (Key, error) {
 	var k Key
 	var ts int64
-	err := row.Scan(&k.ID, &k.KEKID, &k.Wrapped, &ts)
+	err := row.Scan(&k.ID, &k.KEKID, &k.Wrapped, &k.Purpose, &ts)
 	k.CreatedAt = time.Unix(0, ts).UTC()
 	return k, err
 }
@@ -194,6 +198,17 @@ func (s *sqlStore) RewrapKeys(ctx context.Context, fn func(Key) (Key, error)) (i
 		return 0, fmt.Errorf("store: rewrap: %w", err)
 	}
 	return n, nil
+}
+
+func (s *sqlStore) DeleteKey(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM keys WHERE id = ?`), id)
+	if err != nil {
+		return fmt.Errorf("store: delete key %s: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("store: key %s: %w", id, ErrNotFound)
+	}
+	return nil
 }
 
 func (s *sqlStore) CreateVersion(ctx context.Context, v Version) error {

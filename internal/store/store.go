@@ -19,8 +19,16 @@ type Key struct {
 	ID        string // 32 hex digits; the key id in every sealed file's header
 	KEKID     string
 	Wrapped   []byte
+	Purpose   string // PurposeModel or PurposeFile
 	CreatedAt time.Time
 }
+
+// Key purposes: a model key belongs to one model version and is garbage once no version
+// names it; a file key seals a single file outside the inventory and is never collected.
+const (
+	PurposeModel = "model"
+	PurposeFile  = "file"
+)
 
 // File is one sealed file of a model version.
 type File struct {
@@ -51,6 +59,8 @@ type Store interface {
 	// RewrapKeys passes every key to fn inside one transaction and stores what fn returns;
 	// if fn or the store fails for any key, no key changes.
 	RewrapKeys(ctx context.Context, fn func(Key) (Key, error)) (int, error)
+	// DeleteKey removes a key; it fails while a version still names the key.
+	DeleteKey(ctx context.Context, id string) error
 
 	// CreateVersion records a version and its files atomically; ErrExists if present.
 	CreateVersion(ctx context.Context, v Version) error

@@ -23,6 +23,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"RewrapAllOrNothing", testRewrapAllOrNothing},
 		{"Versions", testVersions},
 		{"VersionNeedsKey", testVersionNeedsKey},
+		{"DeleteKey", testDeleteKey},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -36,7 +37,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 var ts = time.Date(2026, 11, 27, 10, 0, 0, 123456789, time.UTC)
 
 func key(id string) store.Key {
-	return store.Key{ID: id, KEKID: "local-1", Wrapped: []byte{1, 2, 3, 0, 255}, CreatedAt: ts}
+	return store.Key{ID: id, KEKID: "local-1", Wrapped: []byte{1, 2, 3, 0, 255}, Purpose: store.PurposeModel, CreatedAt: ts}
 }
 
 func testKeys(t *testing.T, s store.Store) {
@@ -167,5 +168,37 @@ func testVersionNeedsKey(t *testing.T, s store.Store) {
 	}
 	if all, _ := s.ListVersions(ctx, ""); len(all) != 0 {
 		t.Fatal("failed create left a version behind")
+	}
+}
+
+func testDeleteKey(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	s.PutKey(ctx, key("k"))
+	s.PutKey(ctx, key("free"))
+	fileKey := key("f")
+	fileKey.Purpose = store.PurposeFile
+	s.PutKey(ctx, fileKey)
+	if got, _ := s.GetKey(ctx, "f"); got.Purpose != store.PurposeFile {
+		t.Fatalf("purpose = %q", got.Purpose)
+	}
+	bad := key("x")
+	bad.Purpose = "other"
+	if err := s.PutKey(ctx, bad); err == nil {
+		t.Fatal("unknown purpose accepted")
+	}
+	if err := s.CreateVersion(ctx, version("m", "1", "a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteKey(ctx, "k"); err == nil {
+		t.Fatal("deleted a key that a version names")
+	}
+	if err := s.DeleteKey(ctx, "free"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.GetKey(ctx, "free"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("deleted key still there: %v", err)
+	}
+	if err := s.DeleteKey(ctx, "free"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
 	}
 }
