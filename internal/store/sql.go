@@ -56,6 +56,16 @@ var migrations = []string{
 		FOREIGN KEY (model, version) REFERENCES versions(model, version)
 	)`,
 	`ALTER TABLE keys ADD COLUMN purpose TEXT NOT NULL DEFAULT 'file'`,
+	`CREATE TABLE audit_events (
+		idx BIGINT PRIMARY KEY,
+		ts BIGINT NOT NULL,
+		kind TEXT NOT NULL,
+		principal TEXT NOT NULL,
+		decision TEXT NOT NULL,
+		raw {{bytes}} NOT NULL
+	);
+	CREATE INDEX audit_events_principal ON audit_events (principal, ts);
+	CREATE INDEX audit_events_kind ON audit_events (kind, ts)`,
 }
 
 func (s *sqlStore) q(query string) string {
@@ -297,6 +307,66 @@ func (s *sqlStore) files(ctx context.Context, model, version string) ([]File, er
 			return nil, fmt.Errorf("store: files: %w", err)
 		}
 		out = append(out, f)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) IndexAudit(ctx context.Context, evs []AuditEvent) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		for _, e := range evs {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO audit_events (idx, ts, kind, principal, decision, raw) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (idx) DO NOTHING`),
+				int64(e.Index), e.TS.UnixNano(), e.Kind, e.Principal, e.Decision, e.Raw); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: index audit events: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) AuditIndexed(ctx context.Context) (uint64, error) {
+	var n sql.NullInt64
+	if err := s.db.QueryRowContext(ctx, `SELECT MAX(idx) FROM audit_events`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("store: audit index size: %w", err)
+	}
+	if !n.Valid {
+		return 0, nil
+	}
+	return uint64(n.Int64) + 1, nil
+}
+
+func (s *sqlStore) SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error) {
+	where, args := []string{"ts >= ?"}, []any{q.Since.UnixNano()}
+	if q.Since.IsZero() {
+		args[0] = int64(0)
+	}
+	if q.Principal != "" {
+		where, args = append(where, "principal = ?"), append(args, q.Principal)
+	}
+	if q.Kind != "" {
+		where, args = append(where, "kind = ?"), append(args, q.Kind)
+	}
+	query := `SELECT idx, ts, kind, principal, decision, raw FROM audit_events WHERE ` + strings.Join(where, " AND ") + ` ORDER BY idx`
+	if q.Limit > 0 {
+		query += ` LIMIT ` + strconv.Itoa(q.Limit)
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(query), args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: search audit: %w", err)
+	}
+	defer rows.Close()
+	var out []AuditEvent
+	for rows.Next() {
+		var e AuditEvent
+		var idx, ts int64
+		if err := rows.Scan(&idx, &ts, &e.Kind, &e.Principal, &e.Decision, &e.Raw); err != nil {
+			return nil, fmt.Errorf("store: search audit: %w", err)
+		}
+		e.Index, e.TS = uint64(idx), time.Unix(0, ts).UTC()
+		out = append(out, e)
 	}
 	return out, rows.Err()
 }

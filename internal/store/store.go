@@ -51,6 +51,25 @@ type Version struct {
 	CreatedAt      time.Time
 }
 
+// AuditEvent is one audit log entry as the search index holds it; the log is the record,
+// the index only finds entries (and can be rebuilt from the log).
+type AuditEvent struct {
+	Index     uint64
+	TS        time.Time
+	Kind      string
+	Principal string
+	Decision  string
+	Raw       []byte // the entry's canonical bytes
+}
+
+// AuditQuery selects indexed events; empty fields match everything.
+type AuditQuery struct {
+	Principal string
+	Kind      string
+	Since     time.Time
+	Limit     int // 0: no limit
+}
+
 // Store is what the inventory and the key manager need from persistence.
 type Store interface {
 	PutKey(ctx context.Context, k Key) error
@@ -67,6 +86,12 @@ type Store interface {
 	GetVersion(ctx context.Context, model, version string) (Version, error)
 	// ListVersions lists versions of model, or of every model when model is "".
 	ListVersions(ctx context.Context, model string) ([]Version, error)
+
+	// IndexAudit adds events to the audit search index; an index already present is skipped.
+	IndexAudit(ctx context.Context, evs []AuditEvent) error
+	// AuditIndexed is one more than the highest index in the search index (0 when empty).
+	AuditIndexed(ctx context.Context) (uint64, error)
+	SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
 
 	Close() error
 }

@@ -24,6 +24,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Versions", testVersions},
 		{"VersionNeedsKey", testVersionNeedsKey},
 		{"DeleteKey", testDeleteKey},
+		{"AuditIndex", testAuditIndex},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -200,5 +201,40 @@ func testDeleteKey(t *testing.T, s store.Store) {
 	}
 	if err := s.DeleteKey(ctx, "free"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("second delete: %v", err)
+	}
+}
+
+func testAuditIndex(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if n, err := s.AuditIndexed(ctx); err != nil || n != 0 {
+		t.Fatalf("empty AuditIndexed = %d, %v", n, err)
+	}
+	ev := func(i uint64, kind, who string, at time.Duration) store.AuditEvent {
+		return store.AuditEvent{Index: i, TS: ts.Add(at), Kind: kind, Principal: who, Decision: "allow", Raw: []byte(fmt.Sprintf(`{"i":%d}`, i))}
+	}
+	evs := []store.AuditEvent{ev(0, "model.import", "alice", 0), ev(1, "model.unseal", "bob", time.Minute), ev(2, "model.unseal", "alice", 2*time.Minute)}
+	if err := s.IndexAudit(ctx, evs[:2]); err != nil {
+		t.Fatal(err)
+	}
+	// Re-indexing overlapping events is idempotent.
+	if err := s.IndexAudit(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.AuditIndexed(ctx); n != 3 {
+		t.Fatalf("AuditIndexed = %d, want 3", n)
+	}
+	got, err := s.SearchAudit(ctx, store.AuditQuery{Principal: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]store.AuditEvent{evs[0], evs[2]}, got); diff != "" {
+		t.Fatalf("by principal (-want +got):\n%s", diff)
+	}
+	got, _ = s.SearchAudit(ctx, store.AuditQuery{Kind: "model.unseal", Since: ts.Add(90 * time.Second)})
+	if diff := cmp.Diff([]store.AuditEvent{evs[2]}, got); diff != "" {
+		t.Fatalf("by kind and time (-want +got):\n%s", diff)
+	}
+	if got, _ := s.SearchAudit(ctx, store.AuditQuery{Limit: 1}); len(got) != 1 {
+		t.Fatalf("limit: %d events", len(got))
 	}
 }

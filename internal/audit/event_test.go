@@ -1,0 +1,93 @@
+package audit
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+var ts0 = time.Date(2026, 11, 27, 10, 0, 0, 5, time.UTC)
+
+func TestEventCanonical(t *testing.T) {
+	e := Event{V: 1, TS: ts0, Kind: "model.import", Actor: map[string]string{"user": "alice", "host": "h1"},
+		Subject: map[string]string{"model": "m", "version": "1"}, Decision: Allow, Fields: map[string]string{"files": "3"}}
+	b, err := e.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Golden bytes: key order and encoding never change once shipped.
+	want := `{"v":1,"ts":"2026-11-27T10:00:00.000000005Z","kind":"model.import","actor":{"host":"h1","user":"alice"},"subject":{"model":"m","version":"1"},"decision":"allow","reason":"","fields":{"files":"3"}}`
+	if string(b) != want {
+		t.Fatalf("canonical form changed:\n got %s\nwant %s", b, want)
+	}
+	back, err := ParseEvent(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := back.Marshal()
+	if !bytes.Equal(again, b) {
+		t.Fatal("round trip changed the bytes")
+	}
+}
+
+func TestEventRejects(t *testing.T) {
+	for _, e := range []Event{
+		{V: 2, TS: ts0, Kind: "a.b"},
+		{V: 1, Kind: "a.b"},
+		{V: 1, TS: ts0, Kind: "nokind"},
+		{V: 1, TS: ts0, Kind: "a.b", Decision: "maybe"},
+		{V: 1, TS: ts0, Kind: "a.b", Reason: strings.Repeat("x", MaxEventSize)},
+	} {
+		if _, err := e.Marshal(); !errors.Is(err, ErrEvent) {
+			t.Fatalf("%+v accepted: %v", e, err)
+		}
+	}
+	for _, raw := range []string{
+		`{"v":1}`,
+		`{"v":1,"ts":"2026-11-27T10:00:00Z","kind":"a.b","actor":{},"subject":{},"decision":"","reason":"","fields":{},"extra":1}`,
+		`{"v":1,"ts":"2026-11-27T10:00:00Z","kind":"a.b","actor":{},"subject":{},"decision":"","reason":"","fields":{}} `,
+		`{"ts":"2026-11-27T10:00:00Z","v":1,"kind":"a.b","actor":{},"subject":{},"decision":"","reason":"","fields":{}}`,
+	} {
+		if _, err := ParseEvent([]byte(raw)); err == nil {
+			t.Fatalf("accepted %s", raw)
+		}
+	}
+}
+
+func TestRedactor(t *testing.T) {
+	r, err := NewRedactor(bytes.Repeat([]byte{7}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := r.Digest("the prompt")
+	if !strings.HasPrefix(d, "hmac-sha256:") || strings.Contains(d, "prompt") {
+		t.Fatalf("digest %q", d)
+	}
+	if !r.Matches(d, "the prompt") || r.Matches(d, "another") {
+		t.Fatal("Matches wrong")
+	}
+	other, _ := NewRedactor(bytes.Repeat([]byte{8}, 32))
+	if other.Digest("the prompt") == d {
+		t.Fatal("digest does not depend on the key")
+	}
+	if _, err := NewRedactor([]byte("short")); err == nil {
+		t.Fatal("short key accepted")
+	}
+}
+
+func FuzzParseEvent(f *testing.F) {
+	f.Add([]byte(`{"v":1,"ts":"2026-11-27T10:00:00.000000005Z","kind":"model.import","actor":{},"subject":{},"decision":"allow","reason":"","fields":{}}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := ParseEvent(b)
+		if err != nil {
+			return
+		}
+		again, err := e.Marshal()
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("accepted bytes do not round-trip: %v", err)
+		}
+	})
+}

@@ -1,0 +1,78 @@
+package audit
+
+import (
+	"bytes"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/transparency-dev/tessera/api"
+)
+
+func rel(base, p string) string {
+	r, _ := filepath.Rel(base, p)
+	return r
+}
+
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(to, rel(from, p))
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, b, 0o644)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func replaceIn(t *testing.T, path, old, new string, n int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte(old)) {
+		t.Fatalf("%s does not contain %q", path, old)
+	}
+	os.WriteFile(path, bytes.Replace(b, []byte(old), []byte(new), n), 0o644)
+}
+
+func flip(t *testing.T, path string, off int) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[off] ^= 1
+	os.WriteFile(path, b, 0o644)
+}
+
+// rewriteBundle decodes an entry bundle, changes its entries and encodes it again.
+func rewriteBundle(t *testing.T, path string, fn func([][]byte) [][]byte) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b api.EntryBundle
+	if err := b.UnmarshalText(raw); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for _, e := range fn(b.Entries) {
+		out = append(out, byte(len(e)>>8), byte(len(e)))
+		out = append(out, e...)
+	}
+	os.WriteFile(path, out, 0o644)
+}

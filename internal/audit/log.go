@@ -1,0 +1,257 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/api"
+	"github.com/transparency-dev/tessera/api/layout"
+	"github.com/transparency-dev/tessera/storage/posix"
+	"golang.org/x/mod/sumdb/note"
+	"k8s.io/klog/v2"
+)
+
+// ErrUnavailable means the log could not record an event; callers refuse the operation the
+// event was for (fail closed).
+var ErrUnavailable = errors.New("audit log unavailable")
+
+// Index is the search index beside the log (the store).
+type Index interface {
+	IndexAudit(ctx context.Context, evs []store.AuditEvent) error
+	AuditIndexed(ctx context.Context) (uint64, error)
+}
+
+// Config configures a Log. Zero values take the defaults set in Open.
+type Config struct {
+	Dir                string      // tessera POSIX directory; served read-only at /log/
+	Signer             note.Signer // the deployment's Ed25519 log key
+	Index              Index       // optional search index
+	Witnesses          *tessera.WitnessGroup
+	WitnessTimeout     time.Duration
+	BatchMaxSize       uint          // default 1024
+	BatchMaxAge        time.Duration // default 10ms: the longest an event waits for companions
+	CheckpointInterval time.Duration // default 200ms
+	Logger             *slog.Logger
+}
+
+// Log is the audit log.
+type Log struct {
+	add      tessera.AddFn
+	shutdown func(context.Context) error
+	cancel   context.CancelFunc
+	reader   tessera.LogReader
+	idx      Index
+	log      *slog.Logger
+	origin   string
+
+	mu      sync.Mutex
+	lastErr error
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// Open opens (creating) the log in cfg.Dir and brings the search index up to date.
+func Open(ctx context.Context, cfg Config) (*Log, error) {
+	if cfg.Dir == "" || cfg.Signer == nil {
+		return nil, errors.New("audit: log directory and signer are required")
+	}
+	if cfg.BatchMaxSize == 0 {
+		cfg.BatchMaxSize = 1024
+	}
+	if cfg.BatchMaxAge == 0 {
+		cfg.BatchMaxAge = 10 * time.Millisecond
+	}
+	if cfg.CheckpointInterval == 0 {
+		cfg.CheckpointInterval = 200 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	driver, err := posix.New(ctx, posix.Config{Path: cfg.Dir})
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	opts := tessera.NewAppendOptions().
+		WithCheckpointSigner(cfg.Signer).
+		WithBatching(cfg.BatchMaxSize, cfg.BatchMaxAge).
+		WithCheckpointInterval(cfg.CheckpointInterval).
+		WithPushback(1 << 16)
+	if cfg.Witnesses != nil {
+		opts = opts.WithWitnesses(*cfg.Witnesses, &tessera.WitnessOptions{Timeout: cfg.WitnessTimeout})
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	quietDependencies()
+	// The appender's background work (integration, checkpoints) outlives the caller's ctx
+	// and ends in Close.
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	app, shutdown, reader, err := tessera.NewAppender(bg, driver, opts)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("audit: open log: %w", err)
+	}
+	l := &Log{add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
+		origin: cfg.Signer.Name(), stop: make(chan struct{}), done: make(chan struct{})}
+	if err := l.catchUp(ctx); err != nil {
+		l.log.Warn("audit index behind the log", "err", err)
+	}
+	go l.indexLoop()
+	return l, nil
+}
+
+// Origin is the log's name in its checkpoints.
+func (l *Log) Origin() string { return l.origin }
+
+// Future resolves to an event's index once it is durable.
+type Future func() (uint64, error)
+
+// Submit queues an event for the log and returns at once; the gateway's hot path calls
+// Submit for many requests and resolves the futures together. The event is durable only
+// when its future returns without error.
+func (l *Log) Submit(ctx context.Context, ev Event) Future {
+	b, err := ev.Marshal()
+	if err != nil {
+		return func() (uint64, error) { return 0, err }
+	}
+	f := l.add(ctx, tessera.NewEntry(b))
+	return func() (uint64, error) {
+		i, err := f()
+		if err != nil {
+			err = fmt.Errorf("%w: %v", ErrUnavailable, err)
+			l.setErr(err)
+			return 0, err
+		}
+		l.setErr(nil)
+		return i.Index, nil
+	}
+}
+
+// Record returns only once the event is sequenced and durable on disk, with its index.
+// An error means it was not recorded: the caller must refuse what it was about to do.
+func (l *Log) Record(ctx context.Context, ev Event) (uint64, error) {
+	return l.Submit(ctx, ev)()
+}
+
+func (l *Log) setErr(err error) {
+	l.mu.Lock()
+	if err != nil {
+		l.log.Error("audit log cannot record", "err", err)
+	}
+	l.lastErr = err
+	l.mu.Unlock()
+}
+
+// Healthy returns the last recording error, nil while the log records.
+func (l *Log) Healthy() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastErr
+}
+
+// IntegratedSize is the number of durable entries.
+func (l *Log) IntegratedSize(ctx context.Context) (uint64, error) { return l.reader.IntegratedSize(ctx) }
+
+// Checkpoint returns the latest published checkpoint.
+func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) { return l.reader.ReadCheckpoint(ctx) }
+
+// Reader gives read access to tiles and entry bundles.
+func (l *Log) Reader() tessera.LogReader { return l.reader }
+
+func (l *Log) indexLoop() {
+	defer close(l.done)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			if err := l.catchUp(context.Background()); err != nil {
+				l.log.Warn("audit index behind the log", "err", err)
+			}
+		}
+	}
+}
+
+// catchUp indexes entries the search index does not have yet, reading them from the log.
+func (l *Log) catchUp(ctx context.Context) error {
+	if l.idx == nil {
+		return nil
+	}
+	from, err := l.idx.AuditIndexed(ctx)
+	if err != nil {
+		return err
+	}
+	size, err := l.reader.IntegratedSize(ctx)
+	if err != nil || from >= size {
+		return err
+	}
+	return ReadEntries(ctx, l.reader.ReadEntryBundle, from, size, func(batch []store.AuditEvent) error {
+		return l.idx.IndexAudit(ctx, batch)
+	})
+}
+
+// ReadEntries reads entries [from, size) of a log of the given size and passes them, in
+// bundles, to fn as index records.
+func ReadEntries(ctx context.Context, readBundle func(ctx context.Context, i uint64, p uint8) ([]byte, error), from, size uint64, fn func([]store.AuditEvent) error) error {
+	for from < size {
+		bundleIdx := from / layout.EntryBundleWidth
+		partial := uint8(0)
+		if end := (bundleIdx + 1) * layout.EntryBundleWidth; end > size {
+			partial = uint8(size - bundleIdx*layout.EntryBundleWidth)
+		}
+		raw, err := readBundle(ctx, bundleIdx, partial)
+		if err != nil {
+			return fmt.Errorf("entry bundle %d: %w", bundleIdx, err)
+		}
+		var b api.EntryBundle
+		if err := b.UnmarshalText(raw); err != nil {
+			return fmt.Errorf("entry bundle %d: %w", bundleIdx, err)
+		}
+		var batch []store.AuditEvent
+		for i, e := range b.Entries {
+			idx := bundleIdx*layout.EntryBundleWidth + uint64(i)
+			if idx < from || idx >= size {
+				continue
+			}
+			ae := store.AuditEvent{Index: idx, Raw: e}
+			if ev, err := ParseEvent(e); err == nil {
+				ae.TS, ae.Kind, ae.Decision, ae.Principal = ev.TS, ev.Kind, ev.Decision, ev.Actor["principal"]
+			} else {
+				ae.Kind = "invalid"
+			}
+			batch = append(batch, ae)
+		}
+		if err := fn(batch); err != nil {
+			return err
+		}
+		from = (bundleIdx + 1) * layout.EntryBundleWidth
+	}
+	return nil
+}
+
+// Close waits until a published checkpoint covers every recorded event, then stops.
+func (l *Log) Close(ctx context.Context) error {
+	err := l.shutdown(ctx)
+	close(l.stop)
+	<-l.done
+	err = errors.Join(err, l.catchUp(ctx))
+	l.cancel()
+	return err
+}
+
+// quietDependencies stops tessera's klog from writing to stderr: the CLI's stderr carries
+// one-line errors only. klog is process-global, hence the once.
+var quietDependencies = sync.OnceFunc(func() {
+	klog.LogToStderr(false)
+	klog.SetOutput(io.Discard)
+})
