@@ -39,6 +39,7 @@ type Config struct {
 	BatchMaxSize       uint          // default 1024
 	BatchMaxAge        time.Duration // default 10ms: the longest an event waits for companions
 	CheckpointInterval time.Duration // default 200ms
+	ShutdownTimeout    time.Duration // how long Close waits for a covering checkpoint; default 30s
 	Logger             *slog.Logger
 }
 
@@ -72,6 +73,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if cfg.CheckpointInterval == 0 {
 		cfg.CheckpointInterval = 200 * time.Millisecond
 	}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -83,7 +87,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		WithCheckpointSigner(cfg.Signer).
 		WithBatching(cfg.BatchMaxSize, cfg.BatchMaxAge).
 		WithCheckpointInterval(cfg.CheckpointInterval).
-		WithPushback(1 << 16)
+		WithPushback(1 << 16).
+		WithShutdownTimeout(cfg.ShutdownTimeout)
 	if cfg.Witnesses != nil {
 		opts = opts.WithWitnesses(*cfg.Witnesses, &tessera.WitnessOptions{Timeout: cfg.WitnessTimeout})
 	}
