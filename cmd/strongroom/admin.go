@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
@@ -36,9 +37,10 @@ func initCmd(g *globals) *cobra.Command {
 }
 
 func devCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var listen string
+	c := &cobra.Command{
 		Use:   "dev",
-		Short: "Run everything in one process with embedded defaults",
+		Short: "Run everything in one process with embedded defaults (until interrupted)",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := g.logger(cmd.ErrOrStderr())
@@ -53,10 +55,22 @@ func devCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(w)
-			app.PrintEnv(w, g.dataDir())
-			return nil
+			if listen == "" {
+				listen = a.Config.AdminListen
+			}
+			_, vkey, err := a.LogVerifier()
+			if err != nil {
+				return err
+			}
+			return serveUntilDone(cmd.Context(), listen, adminMux(a), log, func(addr net.Addr) {
+				app.PrintEnv(w, g.dataDir())
+				fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\nSTRONGROOM_LOG_URL=http://%s/log/\nSTRONGROOM_LOG_VKEY=%s\n", addr, addr, vkey)
+				fmt.Fprintf(w, "\nverify the log: strongroom audit verify --log http://%s/log/ --vkey '%s'\n(interrupt to stop)\n", addr, vkey)
+			})
 		},
 	}
+	c.Flags().StringVar(&listen, "admin-listen", "", "control-plane address (default 127.0.0.1:8081)")
+	return c
 }
 
 func kmsCmd(g *globals) *cobra.Command {

@@ -47,7 +47,13 @@ func (g *globals) withApp(fn func(cmd *cobra.Command, a *app.App, args []string)
 		if err != nil {
 			return err
 		}
-		defer a.Close()
+		defer func() {
+			// The operation is done and its events are durable; a late checkpoint (say, a
+			// witness quorum not met) is worth a warning, not a failure.
+			if err := a.Close(); err != nil {
+				fmt.Fprintf(cmd.ErrOrStderr(), "strongroom: warning: %v\n", err)
+			}
+		}()
 		return fn(cmd, a, args)
 	}
 }
@@ -88,7 +94,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.config, "config", "", "config file (default DATA/config.json)")
 	pf.BoolVar(&g.json, "json", false, "print data as JSON")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log progress to stderr")
-	root.AddCommand(initCmd(g), versionCmd(g), devCmd(g), modelCmd(g), sealCmd(g), unsealCmd(g), kmsCmd(g))
+	root.AddCommand(initCmd(g), versionCmd(g), devCmd(g), serveCmd(g), modelCmd(g), sealCmd(g), unsealCmd(g), kmsCmd(g), auditCmd(g), witnessCmd(g))
 	return root
 }
 

@@ -3,13 +3,17 @@ package main
 import (
 	"bytes"
 	"io/fs"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
@@ -81,6 +85,62 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 			time.Sleep(5 * time.Millisecond)
 		}
 		ts.Fatalf("no file of %d bytes under %s", want, args[0])
+	},
+	// waithttp URL: wait (up to 60s) until GET URL answers 200.
+	"waithttp": func(ts *testscript.TestScript, neg bool, args []string) {
+		for range 600 {
+			if resp, err := http.Get(args[0]); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					return
+				}
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		ts.Fatalf("%s never answered 200", args[0])
+	},
+	// editentry DIR OLD NEW: replace text in the first entry bundle of the log in DIR.
+	"editentry": func(ts *testscript.TestScript, neg bool, args []string) {
+		matches, _ := filepath.Glob(filepath.Join(ts.MkAbs(args[0]), "tile", "entries", "000*"))
+		if len(matches) == 0 {
+			ts.Fatalf("no entry bundle under %s", args[0])
+		}
+		p := matches[0]
+		if st, _ := os.Stat(p); st.IsDir() {
+			inner, _ := filepath.Glob(filepath.Join(p, "*"))
+			p = inner[len(inner)-1]
+		}
+		b, err := os.ReadFile(p)
+		ts.Check(err)
+		if !bytes.Contains(b, []byte(args[1])) {
+			ts.Fatalf("%s does not contain %q", p, args[1])
+		}
+		ts.Check(os.WriteFile(p, bytes.Replace(b, []byte(args[1]), []byte(args[2]), 1), 0o644))
+	},
+	// waitport ADDR: wait (up to 60s) until a TCP connection to ADDR succeeds.
+	"waitport": func(ts *testscript.TestScript, neg bool, args []string) {
+		for range 600 {
+			if c, err := net.Dial("tcp", args[0]); err == nil {
+				c.Close()
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		ts.Fatalf("nothing listens on %s", args[0])
+	},
+	// witnessconfig DATA QUORUM URL VKEYFILE [URL VKEYFILE]...: set the log's witness policy.
+	"witnessconfig": func(ts *testscript.TestScript, neg bool, args []string) {
+		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
+		c, err := config.ReadRaw(path)
+		ts.Check(err)
+		c.Audit.Quorum, _ = strconv.Atoi(args[1])
+		c.Audit.Witnesses = nil
+		for i := 2; i+1 < len(args); i += 2 {
+			vk, err := os.ReadFile(ts.MkAbs(args[i+1]))
+			ts.Check(err)
+			c.Audit.Witnesses = append(c.Audit.Witnesses, config.Witness{URL: args[i], VKey: strings.TrimSpace(string(vk))})
+		}
+		ts.Check(config.Write(path, c))
 	},
 	// grepr TEXT DIR: whether any file under DIR contains TEXT.
 	"grepr": func(ts *testscript.TestScript, neg bool, args []string) {

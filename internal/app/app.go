@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/inventory"
@@ -32,7 +33,10 @@ type App struct {
 	KEK       kms.KEK
 	Keys      *kms.Keyring
 	Inventory *inventory.Inventory
+	AuditLog  *audit.Log
+	Redactor  *audit.Redactor
 	Log       *slog.Logger
+	actor     map[string]string
 }
 
 // InitOptions choose the KEK provider for a new data directory.
@@ -87,7 +91,15 @@ func Init(ctx context.Context, dataDir string, o InitOptions) (config.Config, er
 	if err := config.Write(cfgPath, c); err != nil {
 		return c, fmt.Errorf("init: %w", err)
 	}
-	return c, nil
+	// The first entry of the log: the deployment and its keys came into being.
+	a, err := Open(ctx, dataDir, "", nil)
+	if err != nil {
+		return c, fmt.Errorf("init: %w", err)
+	}
+	vkey, _ := os.ReadFile(LogVKeyPath(a.Config.Audit.LogKey))
+	err = a.Audit(ctx, "deployment.init", audit.Allow, "", map[string]string{"data_dir": dataDir},
+		map[string]string{"kek": c.KMS.Current, "log_vkey": strings.TrimSpace(string(vkey))})
+	return c, errors.Join(err, a.Close())
 }
 
 func pkcs11Config(p config.PKCS11, keyLabel string) kms.PKCS11Config {
@@ -171,8 +183,11 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 	if a.Blobs, err = store.NewFSBlobs(c.Blobs); err != nil {
 		return fail(err)
 	}
+	if err := a.openAudit(ctx); err != nil {
+		return fail(err)
+	}
 	a.Keys = kms.NewKeyring(a.Store, a.KEK, a.ResolveKEK, nil)
-	if a.Inventory, err = inventory.New(inventory.Config{Store: a.Store, Blobs: a.Blobs, Keys: a.Keys, Signer: signer, Logger: log}); err != nil {
+	if a.Inventory, err = inventory.New(inventory.Config{Store: a.Store, Blobs: a.Blobs, Keys: a.Keys, Signer: signer, Auditor: a, Logger: log}); err != nil {
 		return fail(err)
 	}
 	return a, nil
@@ -210,6 +225,10 @@ func (a *App) ResolveKEK(_ context.Context, id string) (kms.KEK, error) {
 // Close releases everything Open acquired.
 func (a *App) Close() error {
 	var errs []error
+	if a.AuditLog != nil {
+		// Waits until a published checkpoint covers what this process recorded.
+		errs = append(errs, a.AuditLog.Close(context.Background()))
+	}
 	if a.Keys != nil {
 		errs = append(errs, a.Keys.Close())
 	}

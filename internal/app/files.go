@@ -35,7 +35,11 @@ func (a *App) SealFile(ctx context.Context, in, out string) (string, error) {
 		_, rerr := sw.ReadFrom(src)
 		return errors.Join(rerr, sw.Close())
 	})
-	return hex.EncodeToString(id[:]), err
+	keyID := hex.EncodeToString(id[:])
+	if err == nil {
+		err = a.Audit(ctx, "file.seal", "allow", "", map[string]string{"file": filepath.Base(in)}, map[string]string{"key_id": keyID, "out": out})
+	}
+	return keyID, err
 }
 
 // UnsealFile decrypts a file sealed by SealFile to out ("-" for stdout). A regular output
@@ -54,7 +58,11 @@ func (a *App) UnsealFile(ctx context.Context, in, out string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", in, err)
 	}
-	dek, err := a.Keys.Key(ctx, hex.EncodeToString(h.KeyID[:]))
+	keyID := hex.EncodeToString(h.KeyID[:])
+	if err := a.Audit(ctx, "file.unseal", "allow", "", map[string]string{"file": filepath.Base(in)}, map[string]string{"key_id": keyID, "out": out}); err != nil {
+		return err // no record, no plaintext
+	}
+	dek, err := a.Keys.Key(ctx, keyID)
 	if err != nil {
 		return err
 	}

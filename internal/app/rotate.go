@@ -55,8 +55,14 @@ func (a *App) Rotate(ctx context.Context, o RotateOptions) (oldID, newID string,
 	default:
 		return oldID, "", 0, fmt.Errorf("rotate: unknown kms provider %q", to)
 	}
+	ids := map[string]string{"old_kek": oldID, "new_kek": next.ID()}
+	if err := a.Audit(ctx, "kms.rotate", "allow", "", nil, ids); err != nil {
+		next.Close()
+		return oldID, next.ID(), 0, err
+	}
 	if n, err = a.Keys.Rotate(ctx, next); err != nil {
 		next.Close()
+		a.Audit(ctx, "kms.rotate", "deny", err.Error(), nil, ids)
 		return oldID, next.ID(), 0, err
 	}
 	// Record the new current KEK in the on-disk config (paths as written, not resolved).

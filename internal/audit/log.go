@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -163,7 +163,9 @@ func (l *Log) Healthy() error {
 }
 
 // IntegratedSize is the number of durable entries.
-func (l *Log) IntegratedSize(ctx context.Context) (uint64, error) { return l.reader.IntegratedSize(ctx) }
+func (l *Log) IntegratedSize(ctx context.Context) (uint64, error) {
+	return l.reader.IntegratedSize(ctx)
+}
 
 // Checkpoint returns the latest published checkpoint.
 func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) { return l.reader.ReadCheckpoint(ctx) }

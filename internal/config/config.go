@@ -26,6 +26,25 @@ type Config struct {
 	// SigningKey is the PEM ECDSA (P-256 or P-384) key that signs model manifests.
 	SigningKey string `json:"signing_key"`
 	KMS        KMS    `json:"kms"`
+	Audit      Audit  `json:"audit"`
+	// AdminListen is where `serve` and `dev` expose the log (/log/) and health.
+	AdminListen string `json:"admin_listen"`
+}
+
+// Audit configures the transparency log of security events.
+type Audit struct {
+	LogDir  string `json:"log_dir"`  // tessera POSIX directory
+	LogKey  string `json:"log_key"`  // signed-note private key of the log (Ed25519)
+	HMACKey string `json:"hmac_key"` // 32-byte key for digests of sensitive fields
+	// Witnesses that must cosign before a checkpoint is published; Quorum of them.
+	Witnesses []Witness `json:"witnesses,omitempty"`
+	Quorum    int       `json:"quorum,omitempty"`
+}
+
+// Witness is one tlog-witness: its cosignature/v1 verifier key and base URL.
+type Witness struct {
+	VKey string `json:"vkey"`
+	URL  string `json:"url"`
 }
 
 // KMS selects the key-encryption key that wraps new data keys. Keys wrapped earlier name
@@ -48,10 +67,12 @@ type PKCS11 struct {
 // Defaults is the embedded default configuration.
 func Defaults() Config {
 	return Config{
-		Store:      "strongroom.db",
-		Blobs:      "blobs",
-		SigningKey: "keys/signing.pem",
-		KMS:        KMS{KeyDir: "keys", PKCS11: PKCS11{PINEnv: "STRONGROOM_PKCS11_PIN"}},
+		Store:       "strongroom.db",
+		Blobs:       "blobs",
+		SigningKey:  "keys/signing.pem",
+		KMS:         KMS{KeyDir: "keys", PKCS11: PKCS11{PINEnv: "STRONGROOM_PKCS11_PIN"}},
+		Audit:       Audit{LogDir: "log", LogKey: "keys/log.key", HMACKey: "keys/audit-hmac.key"},
+		AdminListen: "127.0.0.1:8081",
 	}
 }
 
@@ -110,6 +131,7 @@ func (c *Config) applyEnv() {
 		"STRONGROOM_PKCS11_MODULE":  &c.KMS.PKCS11.Module,
 		"STRONGROOM_PKCS11_TOKEN":   &c.KMS.PKCS11.TokenLabel,
 		"STRONGROOM_PKCS11_PIN_ENV": &c.KMS.PKCS11.PINEnv,
+		"STRONGROOM_ADMIN_LISTEN":   &c.AdminListen,
 	} {
 		if v := os.Getenv(env); v != "" {
 			*dst = v
@@ -129,6 +151,9 @@ func (c *Config) resolve(dataDir string) {
 	abs(&c.Blobs)
 	abs(&c.SigningKey)
 	abs(&c.KMS.KeyDir)
+	abs(&c.Audit.LogDir)
+	abs(&c.Audit.LogKey)
+	abs(&c.Audit.HMACKey)
 }
 
 func isURL(s string) bool {
@@ -146,6 +171,10 @@ func (c *Config) Validate() error {
 		return errors.New("config: signing_key is empty")
 	case c.KMS.Current == "":
 		return errors.New("config: kms.current is empty")
+	case c.Audit.LogDir == "" || c.Audit.LogKey == "" || c.Audit.HMACKey == "":
+		return errors.New("config: audit.log_dir, audit.log_key and audit.hmac_key are required")
+	case c.Audit.Quorum < 0 || c.Audit.Quorum > len(c.Audit.Witnesses):
+		return fmt.Errorf("config: audit.quorum %d with %d witnesses", c.Audit.Quorum, len(c.Audit.Witnesses))
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package inventory
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -61,7 +62,7 @@ func (inv *Inventory) GC(ctx context.Context, grace time.Duration) (GCReport, er
 	if rep.Keys > 0 {
 		inv.log.Info("gc", "keys", rep.Keys, "blobs", rep.Blobs)
 	}
-	return rep, nil
+	return rep, inv.audit.Audit(ctx, "model.gc", "allow", "", nil, map[string]string{"keys": fmt.Sprint(rep.Keys), "blobs": fmt.Sprint(rep.Blobs)})
 }
 
 // discard removes the blobs and key of an import that failed, best effort; GC catches

@@ -93,6 +93,8 @@ func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (v stor
 	defer func() {
 		if err != nil {
 			inv.discard(ctx, hex.EncodeToString(keyID[:]))
+			// Best effort: the import is failing anyway.
+			inv.audit.Audit(context.WithoutCancel(ctx), "model.import", "deny", err.Error(), subject(meta.Name, meta.Version), nil)
 		}
 	}()
 	v = store.Version{
@@ -115,6 +117,17 @@ func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (v stor
 	}
 	if v.Signature, err = modelsig.Sign(inv.signer, meta.Name, resources); err != nil {
 		return store.Version{}, err
+	}
+	var total int64
+	for _, f := range v.Files {
+		total += f.Size
+	}
+	manifest := sha256.Sum256(v.Signature)
+	if err := inv.audit.Audit(ctx, "model.import", "allow", "", subject(meta.Name, meta.Version), map[string]string{
+		"classification": meta.Classification, "owner": meta.Owner, "env": meta.Env, "key_id": v.KeyID,
+		"files": fmt.Sprint(len(v.Files)), "bytes": fmt.Sprint(total), "model_sig_sha256": hex.EncodeToString(manifest[:]),
+	}); err != nil {
+		return store.Version{}, err // not recorded, so not imported
 	}
 	if err := inv.st.CreateVersion(ctx, v); err != nil {
 		return store.Version{}, err

@@ -69,14 +69,21 @@ func ParseRef(ref string) (name, version string, err error) {
 	return name, version, checkRef(name, version)
 }
 
+// Auditor records security events. An error means the event was not recorded, and the
+// operation it was for must not go on (fail closed).
+type Auditor interface {
+	Audit(ctx context.Context, kind, decision, reason string, subject, fields map[string]string) error
+}
+
 // Config wires an Inventory.
 type Config struct {
-	Store  store.Store
-	Blobs  store.Blobs
-	Keys   *kms.Keyring
-	Signer *ecdsa.PrivateKey // signs manifests; its public key verifies them
-	Logger *slog.Logger
-	Now    func() time.Time
+	Store   store.Store
+	Blobs   store.Blobs
+	Keys    *kms.Keyring
+	Signer  *ecdsa.PrivateKey // signs manifests; its public key verifies them
+	Auditor Auditor
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // Inventory is the model inventory.
@@ -85,6 +92,7 @@ type Inventory struct {
 	blobs  store.Blobs
 	keys   *kms.Keyring
 	signer *ecdsa.PrivateKey
+	audit  Auditor
 	log    *slog.Logger
 	now    func() time.Time
 
@@ -93,8 +101,8 @@ type Inventory struct {
 
 // New checks cfg and returns an Inventory.
 func New(cfg Config) (*Inventory, error) {
-	if cfg.Store == nil || cfg.Blobs == nil || cfg.Keys == nil || cfg.Signer == nil {
-		return nil, errors.New("inventory: store, blobs, keys and signer are required")
+	if cfg.Store == nil || cfg.Blobs == nil || cfg.Keys == nil || cfg.Signer == nil || cfg.Auditor == nil {
+		return nil, errors.New("inventory: store, blobs, keys, signer and auditor are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -102,7 +110,7 @@ func New(cfg Config) (*Inventory, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Inventory{st: cfg.Store, blobs: cfg.Blobs, keys: cfg.Keys, signer: cfg.Signer, log: cfg.Logger, now: cfg.Now}, nil
+	return &Inventory{st: cfg.Store, blobs: cfg.Blobs, keys: cfg.Keys, signer: cfg.Signer, audit: cfg.Auditor, log: cfg.Logger, now: cfg.Now}, nil
 }
 
 // Get returns one version.
@@ -121,4 +129,16 @@ func (inv *Inventory) List(ctx context.Context, name string) ([]store.Version, e
 // fileContext binds a sealed file to its place in the inventory (see package seal).
 func fileContext(name, version, path string) string {
 	return name + "@" + version + "/" + path
+}
+
+func subject(name, version string) map[string]string {
+	return map[string]string{"model": name, "version": version}
+}
+
+// decision turns an operation's outcome into an audit decision and reason.
+func decision(err error) (string, string) {
+	if err != nil {
+		return "deny", err.Error()
+	}
+	return "allow", ""
 }

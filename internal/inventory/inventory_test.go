@@ -21,7 +21,23 @@ import (
 	"github.com/strongroom/strongroom/internal/store"
 )
 
+// fakeAuditor is a unit-test double of our own Auditor interface; the real log is tested
+// in package audit and end to end in the CLI scripts.
+type fakeAuditor struct {
+	events []string // "kind decision"
+	fail   error
+}
+
+func (f *fakeAuditor) Audit(_ context.Context, kind, decision, reason string, _, _ map[string]string) error {
+	if f.fail != nil {
+		return f.fail
+	}
+	f.events = append(f.events, kind+" "+decision)
+	return nil
+}
+
 type env struct {
+	audit *fakeAuditor
 	inv   *Inventory
 	st    store.Store
 	blobs string
@@ -68,11 +84,12 @@ func newEnvAt(t testing.TB, dir, model string) *env {
 		t.Fatal(err)
 	}
 	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	inv, err := New(Config{Store: st, Blobs: fb, Keys: kms.NewKeyring(st, kek, nil, nil), Signer: signer})
+	fa := &fakeAuditor{}
+	inv, err := New(Config{Store: st, Blobs: fb, Keys: kms.NewKeyring(st, kek, nil, nil), Signer: signer, Auditor: fa})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{inv: inv, st: st, blobs: filepath.Join(dir, "blobs"), model: model}
+	return &env{audit: fa, inv: inv, st: st, blobs: filepath.Join(dir, "blobs"), model: model}
 }
 
 var meta = Meta{Name: "demo", Version: "1.0.0", Classification: "export-controlled:4E091", Owner: "lab", Env: "prod"}
@@ -338,5 +355,41 @@ func TestGC(t *testing.T) {
 	}
 	if _, err := e.inv.Verify(ctx, "demo", "1.0.0"); err != nil {
 		t.Fatalf("GC damaged a version: %v", err)
+	}
+}
+
+// TestAuditFailClosed: when the audit log cannot record, nothing is imported and no
+// plaintext is released; the events that were recorded say what happened.
+func TestAuditFailClosed(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, nil)
+	if _, err := e.inv.Import(ctx, e.model, meta); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.inv.Verify(ctx, "demo", "1.0.0"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"model.import allow", "model.verify allow"}
+	if strings.Join(e.audit.events, ",") != strings.Join(want, ",") {
+		t.Fatalf("events %v, want %v", e.audit.events, want)
+	}
+	e.audit.fail = errors.New("audit log unavailable")
+	out := filepath.Join(t.TempDir(), "out")
+	if _, err := e.inv.Unseal(ctx, "demo", "1.0.0", out); err == nil {
+		t.Fatal("unsealed without an audit record")
+	}
+	if entries, _ := os.ReadDir(out); len(entries) != 0 {
+		t.Fatalf("plaintext written without an audit record: %d files", len(entries))
+	}
+	m := meta
+	m.Version = "2"
+	if _, err := e.inv.Import(ctx, e.model, m); err == nil {
+		t.Fatal("imported without an audit record")
+	}
+	if _, err := e.st.GetVersion(ctx, "demo", "2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal("version recorded without an audit record")
+	}
+	if _, err := e.inv.Verify(ctx, "demo", "1.0.0"); err == nil {
+		t.Fatal("verify reported success without an audit record")
 	}
 }

@@ -55,12 +55,16 @@ func (inv *Inventory) OpenFile(ctx context.Context, v store.Version, f store.Fil
 
 // forEachFile checks the manifest, unwraps the data key and streams each file's plaintext
 // into the writer that open returns, checking size and SHA-256 against the signed record.
-func (inv *Inventory) forEachFile(ctx context.Context, name, version string, open func(store.File) (io.Writer, func(ok bool) error, error)) (store.Version, error) {
+// before runs once the manifest checks out and before any key is unwrapped.
+func (inv *Inventory) forEachFile(ctx context.Context, name, version string, before func(store.Version) error, open func(store.File) (io.Writer, func(ok bool) error, error)) (store.Version, error) {
 	v, err := inv.Get(ctx, name, version)
 	if err != nil {
 		return v, err
 	}
 	if err := inv.checkManifest(v); err != nil {
+		return v, err
+	}
+	if err := before(v); err != nil {
 		return v, err
 	}
 	dek, err := inv.keys.Key(ctx, v.KeyID)
@@ -113,9 +117,14 @@ func (inv *Inventory) copyFile(ctx context.Context, v store.Version, f store.Fil
 // Verify re-checks the signature and decrypts and hashes every file. The error names the
 // first bad file and chunk.
 func (inv *Inventory) Verify(ctx context.Context, name, version string) (store.Version, error) {
-	return inv.forEachFile(ctx, name, version, func(store.File) (io.Writer, func(bool) error, error) {
+	v, err := inv.forEachFile(ctx, name, version, func(store.Version) error { return nil }, func(store.File) (io.Writer, func(bool) error, error) {
 		return io.Discard, func(bool) error { return nil }, nil
 	})
+	d, reason := decision(err)
+	if aerr := inv.audit.Audit(ctx, "model.verify", d, reason, subject(name, version), map[string]string{"files": fmt.Sprint(len(v.Files))}); aerr != nil {
+		return v, errors.Join(err, aerr)
+	}
+	return v, err
 }
 
 // Unseal writes the plaintext of every file, and model.sig, into outDir, which must not
@@ -127,7 +136,16 @@ func (inv *Inventory) Unseal(ctx context.Context, name, version, outDir string) 
 	if err := os.MkdirAll(outDir, 0o700); err != nil {
 		return store.Version{}, err
 	}
-	v, err := inv.forEachFile(ctx, name, version, func(f store.File) (io.Writer, func(bool) error, error) {
+	abs, _ := filepath.Abs(outDir)
+	released := false
+	v, err := inv.forEachFile(ctx, name, version, func(store.Version) error {
+		// Plaintext leaves the vault only once the release is on the record.
+		if err := inv.audit.Audit(ctx, "model.unseal", "allow", "", subject(name, version), map[string]string{"out": abs}); err != nil {
+			return err
+		}
+		released = true
+		return nil
+	}, func(f store.File) (io.Writer, func(bool) error, error) {
 		dst := filepath.Join(outDir, filepath.FromSlash(f.Path))
 		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 			return nil, nil, err
@@ -149,6 +167,9 @@ func (inv *Inventory) Unseal(ctx context.Context, name, version, outDir string) 
 		}, nil
 	})
 	if err != nil {
+		if released { // best effort: say the release did not complete, and why
+			inv.audit.Audit(context.WithoutCancel(ctx), "model.unseal", "deny", err.Error(), subject(name, version), map[string]string{"out": abs})
+		}
 		return v, err
 	}
 	return v, fsutil.WriteFileAtomic(filepath.Join(outDir, "model.sig"), v.Signature, 0o644)

@@ -1,0 +1,349 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/app"
+	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/tessera/client"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// logSource is where an audit command reads the log: a URL or a directory, and the key.
+type logSource struct {
+	log       string
+	vkey      string
+	vkeyFile  string
+	witnesses []string
+	wfiles    []string
+	quorum    int
+}
+
+// readKeys reads one verifier key per file.
+func readKeys(files []string) ([]string, error) {
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, usagef("%v", err)
+		}
+		out = append(out, strings.TrimSpace(string(b)))
+	}
+	return out, nil
+}
+
+func (s *logSource) flags(c *cobra.Command) {
+	f := c.Flags()
+	f.StringVar(&s.log, "log", "", "log base URL (http://…/log/) or directory (default: this data directory's log)")
+	f.StringVar(&s.vkey, "vkey", "", "the log's verifier key (default: this data directory's keys/log.pub)")
+	f.StringVar(&s.vkeyFile, "vkey-file", "", "file holding the log's verifier key")
+	f.StringArrayVar(&s.witnesses, "witness", nil, "a witness's cosignature verifier key (repeatable)")
+	f.StringArrayVar(&s.wfiles, "witness-file", nil, "file holding a witness's cosignature verifier key (repeatable)")
+	f.IntVar(&s.quorum, "quorum", 0, "how many of the --witness keys must have cosigned (default: all given)")
+}
+
+// open resolves the fetcher and verification options; only the public key and HTTP (or
+// file) access are needed, no database.
+func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error) {
+	var o audit.VerifyOptions
+	vkey := s.vkey
+	if vkey == "" && s.vkeyFile != "" {
+		b, err := os.ReadFile(s.vkeyFile)
+		if err != nil {
+			return nil, o, usagef("--vkey-file: %v", err)
+		}
+		vkey = strings.TrimSpace(string(b))
+	}
+	logLoc := s.log
+	if vkey == "" || logLoc == "" {
+		c, err := config.Load(g.dataDir(), g.config)
+		if err != nil {
+			return nil, o, usagef("give --log and --vkey, or run inside a data directory: %v", err)
+		}
+		if vkey == "" {
+			b, err := os.ReadFile(app.LogVKeyPath(c.Audit.LogKey))
+			if err != nil {
+				return nil, o, err
+			}
+			vkey = strings.TrimSpace(string(b))
+		}
+		if logLoc == "" {
+			logLoc = c.Audit.LogDir
+		}
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		return nil, o, usagef("bad log verifier key: %v", err)
+	}
+	o.LogKey = v
+	fromFiles, err := readKeys(s.wfiles)
+	if err != nil {
+		return nil, o, err
+	}
+	var ws []config.Witness
+	for _, w := range append(s.witnesses, fromFiles...) {
+		ws = append(ws, config.Witness{VKey: w})
+	}
+	if o.Witnesses, err = app.WitnessVerifiers(ws); err != nil {
+		return nil, o, usageError{err}
+	}
+	o.Quorum = s.quorum
+	if o.Quorum == 0 {
+		o.Quorum = len(o.Witnesses)
+	}
+	if strings.HasPrefix(logLoc, "http://") || strings.HasPrefix(logLoc, "https://") {
+		u, err := url.Parse(logLoc)
+		if err != nil {
+			return nil, o, usagef("--log: %v", err)
+		}
+		f, err := client.NewHTTPFetcher(u, nil)
+		return f, o, err
+	}
+	return client.FileFetcher{Root: logLoc}, o, nil
+}
+
+func auditCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "audit", Short: "Verify, search and export the transparency log of security events"}
+	c.AddCommand(auditVerifyCmd(g), auditProofCmd(g), auditSearchCmd(g), auditExportCmd(g))
+	return c
+}
+
+func auditVerifyCmd(g *globals) *cobra.Command {
+	var src logSource
+	var statePath string
+	c := &cobra.Command{
+		Use:   "verify",
+		Short: "Check the log's signature, cosignatures, every entry and tile, and consistency with the last run",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, o, err := src.open(g)
+			if err != nil {
+				return err
+			}
+			if b, err := os.ReadFile(statePath); err == nil {
+				var prior audit.State
+				if err := json.Unmarshal(b, &prior); err != nil {
+					return fmt.Errorf("state file %s: %w", statePath, err)
+				}
+				o.Prior = &prior
+			} else if !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+			st, err := audit.Verify(cmd.Context(), f, o)
+			if err != nil {
+				return err
+			}
+			b, _ := json.MarshalIndent(st, "", "  ")
+			if err := fsutil.WriteFileAtomic(statePath, b, 0o644); err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), map[string]any{"ok": true, "origin": st.Origin, "size": st.Size, "root": st.Root})
+			}
+			prev := "first run"
+			if o.Prior != nil {
+				prev = fmt.Sprintf("consistent with size %d seen before", o.Prior.Size)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ok: log %s: %d entries and their tiles match the signed checkpoint (root %s), %d witness cosignatures, %s\n",
+				st.Origin, st.Size, base64.StdEncoding.EncodeToString(st.Root), o.Quorum, prev)
+			return nil
+		},
+	}
+	src.flags(c)
+	c.Flags().StringVar(&statePath, "state", "strongroom-verify-state.json", "where the last accepted checkpoint is kept between runs")
+	return c
+}
+
+// checkpointOf fetches and checks the log's current checkpoint.
+func checkpointOf(ctx context.Context, f audit.Fetcher, o audit.VerifyOptions) (uint64, []byte, error) {
+	raw, err := f.ReadCheckpoint(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	cp, err := audit.OpenCheckpoint(raw, o)
+	if err != nil {
+		return 0, nil, err
+	}
+	return cp.Size, cp.Hash, nil
+}
+
+// provenEntry is one entry with its inclusion proof against a signed checkpoint.
+type provenEntry struct {
+	Index    uint64          `json:"index"`
+	Event    json.RawMessage `json:"event"`
+	TreeSize uint64          `json:"tree_size"`
+	Root     []byte          `json:"root"`
+	Proof    []string        `json:"proof"`
+}
+
+func prove(ctx context.Context, f audit.Fetcher, size uint64, root []byte, index uint64, entry []byte) (provenEntry, error) {
+	p, err := audit.InclusionProof(ctx, f, index, size)
+	if err != nil {
+		return provenEntry{}, err
+	}
+	if err := audit.VerifyInclusion(entry, index, size, p, root); err != nil {
+		return provenEntry{}, err
+	}
+	return provenEntry{Index: index, Event: entry, TreeSize: size, Root: root, Proof: audit.EncodeProof(p)}, nil
+}
+
+func auditProofCmd(g *globals) *cobra.Command {
+	var src logSource
+	var index uint64
+	c := &cobra.Command{
+		Use:   "proof --index N",
+		Short: "Print entry N with its inclusion proof in the current signed checkpoint",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, o, err := src.open(g)
+			if err != nil {
+				return err
+			}
+			size, root, err := checkpointOf(cmd.Context(), f, o)
+			if err != nil {
+				return err
+			}
+			if index >= size {
+				return fmt.Errorf("entry %d is not in the signed checkpoint (size %d)", index, size)
+			}
+			var entry []byte
+			err = audit.ReadEntries(cmd.Context(), f.ReadEntryBundle, index, index+1, func(evs []store.AuditEvent) error {
+				entry = evs[0].Raw
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			pe, err := prove(cmd.Context(), f, size, root, index, entry)
+			if err != nil {
+				return err
+			}
+			return g.printJSON(cmd.OutOrStdout(), pe)
+		},
+	}
+	src.flags(c)
+	c.Flags().Uint64Var(&index, "index", 0, "entry index")
+	c.MarkFlagRequired("index")
+	return c
+}
+
+func auditExportCmd(g *globals) *cobra.Command {
+	var src logSource
+	c := &cobra.Command{
+		Use:   "export",
+		Short: "Write every entry of the signed checkpoint as JSONL with its inclusion proof",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f, o, err := src.open(g)
+			if err != nil {
+				return err
+			}
+			size, root, err := checkpointOf(cmd.Context(), f, o)
+			if err != nil {
+				return err
+			}
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			return audit.ReadEntries(cmd.Context(), f.ReadEntryBundle, 0, size, func(evs []store.AuditEvent) error {
+				for _, e := range evs {
+					pe, err := prove(cmd.Context(), f, size, root, e.Index, e.Raw)
+					if err != nil {
+						return err
+					}
+					if err := enc.Encode(pe); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		},
+	}
+	src.flags(c)
+	return c
+}
+
+func auditSearchCmd(g *globals) *cobra.Command {
+	var q store.AuditQuery
+	var since string
+	c := &cobra.Command{
+		Use:   "search [--principal P] [--kind K] [--since T]",
+		Short: "Find events through the index kept in the store (JSONL)",
+		Args:  exactArgs(0),
+		PreRunE: func(*cobra.Command, []string) error {
+			if since == "" {
+				return nil
+			}
+			if d, err := time.ParseDuration(since); err == nil {
+				q.Since = time.Now().Add(-d)
+				return nil
+			}
+			t, err := time.Parse(time.RFC3339, since)
+			if err != nil {
+				return usagef("--since %q: want RFC 3339 time or a duration such as 24h", since)
+			}
+			q.Since = t
+			return nil
+		},
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			evs, err := a.Store.SearchAudit(cmd.Context(), q)
+			if err != nil {
+				return err
+			}
+			for _, e := range evs {
+				fmt.Fprintf(cmd.OutOrStdout(), "{\"index\":%d,\"event\":%s}\n", e.Index, e.Raw)
+			}
+			return nil
+		}),
+	}
+	c.Flags().StringVar(&q.Principal, "principal", "", "actor principal, e.g. os:alice@host")
+	c.Flags().StringVar(&q.Kind, "kind", "", "event kind, e.g. model.unseal")
+	c.Flags().StringVar(&since, "since", "", "RFC 3339 time or duration ago (24h)")
+	c.Flags().IntVar(&q.Limit, "limit", 0, "at most this many events")
+	return c
+}
+
+func witnessCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "witness", Short: "Run a C2SP tlog-witness that cosigns checkpoints of logs it follows"}
+	var name, keyPath string
+	initC := &cobra.Command{
+		Use:   "init --name NAME --key FILE",
+		Short: "Make a witness key; prints the cosignature verifier key to give to logs and verifiers",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			skey, vkey, err := note.GenerateKey(rand.Reader, name)
+			if err != nil {
+				return usagef("witness name %q: %v", name, err)
+			}
+			if _, err := os.Stat(keyPath); err == nil {
+				return fmt.Errorf("%s exists; not overwriting a witness key", keyPath)
+			}
+			if err := fsutil.WriteFileAtomic(keyPath, []byte(skey+"\n"), 0o600); err != nil {
+				return err
+			}
+			cv, err := cosignatureVKey(vkey)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), cv)
+			return nil
+		},
+	}
+	initC.Flags().StringVar(&name, "name", "", "witness name, e.g. witness.example.org")
+	initC.Flags().StringVar(&keyPath, "key", "", "private key file to write (0600)")
+	initC.MarkFlagRequired("name")
+	initC.MarkFlagRequired("key")
+	c.AddCommand(initC, witnessServeCmd(g))
+	return c
+}

@@ -1,0 +1,170 @@
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/fsutil"
+	f_note "github.com/transparency-dev/formats/note"
+	"github.com/transparency-dev/tessera"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// LogVKeyPath is where the log's public (verifier) key is kept beside its private key.
+func LogVKeyPath(logKey string) string { return strings.TrimSuffix(logKey, ".key") + ".pub" }
+
+// ensureAuditKeys creates the log key and the HMAC key if they are missing, which happens
+// for a new data directory and for one created before the log existed. It refuses to make
+// a new log key for a log that already has entries: that would orphan its history.
+func ensureAuditKeys(c config.Config) error {
+	if _, err := os.Stat(c.Audit.HMACKey); errors.Is(err, os.ErrNotExist) {
+		k := make([]byte, 32)
+		rand.Read(k)
+		if err := fsutil.WriteFileAtomic(c.Audit.HMACKey, k, 0o600); err != nil {
+			return fmt.Errorf("audit key: %w", err)
+		}
+		clear(k)
+	}
+	if _, err := os.Stat(c.Audit.LogKey); err == nil {
+		return nil
+	}
+	if _, err := os.Stat(filepath.Join(c.Audit.LogDir, "checkpoint")); err == nil {
+		return fmt.Errorf("audit: log key %s is missing but the log has entries: restore the key", c.Audit.LogKey)
+	}
+	host, _ := os.Hostname()
+	var suffix [4]byte
+	rand.Read(suffix[:])
+	origin := fmt.Sprintf("strongroom.local/%s/%x", sanitizeName(host), suffix)
+	skey, vkey, err := note.GenerateKey(rand.Reader, origin)
+	if err != nil {
+		return err
+	}
+	if err := fsutil.WriteFileAtomic(c.Audit.LogKey, []byte(skey+"\n"), 0o600); err != nil {
+		return fmt.Errorf("audit log key: %w", err)
+	}
+	return fsutil.WriteFileAtomic(LogVKeyPath(c.Audit.LogKey), []byte(vkey+"\n"), 0o644)
+}
+
+func sanitizeName(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r > ' ' && r < 0x7f && r != '+' && r != '/' {
+			b.WriteRune(r)
+		}
+	}
+	if b.Len() == 0 {
+		return "host"
+	}
+	return b.String()
+}
+
+func readKeyFile(path string) (string, error) {
+	if err := fsutil.CheckPrivate(path); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(path)
+	return strings.TrimSpace(string(b)), err
+}
+
+// LogVerifier reads the log's public key from the data directory.
+func (a *App) LogVerifier() (note.Verifier, string, error) {
+	b, err := os.ReadFile(LogVKeyPath(a.Config.Audit.LogKey))
+	if err != nil {
+		return nil, "", err
+	}
+	vkey := strings.TrimSpace(string(b))
+	v, err := note.NewVerifier(vkey)
+	return v, vkey, err
+}
+
+// WitnessVerifiers returns the configured witnesses' cosignature verifiers.
+func WitnessVerifiers(ws []config.Witness) ([]note.Verifier, error) {
+	var out []note.Verifier
+	for _, w := range ws {
+		v, err := f_note.NewVerifierForCosignatureV1(w.VKey)
+		if err != nil {
+			return nil, fmt.Errorf("witness key %q: %w", w.VKey, err)
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (a *App) openAudit(ctx context.Context) error {
+	c := a.Config
+	if err := ensureAuditKeys(c); err != nil {
+		return err
+	}
+	skey, err := readKeyFile(c.Audit.LogKey)
+	if err != nil {
+		return fmt.Errorf("audit log key: %w", err)
+	}
+	signer, err := note.NewSigner(skey)
+	if err != nil {
+		return fmt.Errorf("audit log key: %w", err)
+	}
+	hk, err := os.ReadFile(c.Audit.HMACKey)
+	if err != nil {
+		return fmt.Errorf("audit HMAC key: %w", err)
+	}
+	defer clear(hk)
+	if a.Redactor, err = audit.NewRedactor(hk); err != nil {
+		return err
+	}
+	// A command waits this long at exit for a (witnessed) checkpoint that covers its events;
+	// they are durable before that either way.
+	cfg := audit.Config{Dir: c.Audit.LogDir, Signer: signer, Index: a.Store, Logger: a.Log,
+		ShutdownTimeout: 5 * time.Second, WitnessTimeout: 3 * time.Second}
+	if len(c.Audit.Witnesses) > 0 {
+		// tessera takes a witness policy in the sigsum policy syntax.
+		var p strings.Builder
+		var names []string
+		for i, w := range c.Audit.Witnesses {
+			fmt.Fprintf(&p, "witness w%d %s %s\n", i, w.VKey, w.URL)
+			names = append(names, fmt.Sprintf("w%d", i))
+		}
+		fmt.Fprintf(&p, "group g %d %s\nquorum g\n", c.Audit.Quorum, strings.Join(names, " "))
+		group, err := tessera.NewWitnessGroupFromPolicy([]byte(p.String()))
+		if err != nil {
+			return fmt.Errorf("audit witness policy: %w", err)
+		}
+		cfg.Witnesses = &group
+	}
+	a.AuditLog, err = audit.Open(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	a.actor = processActor()
+	return nil
+}
+
+// processActor names who runs this process: the OS user on this host.
+func processActor() map[string]string {
+	name := strconv.Itoa(os.Getuid())
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return map[string]string{"principal": "os:" + name + "@" + host, "pid": strconv.Itoa(os.Getpid())}
+}
+
+// Audit records a security event and returns only once it is durable; an error means it
+// was not recorded and the caller must not go on (fail closed).
+func (a *App) Audit(ctx context.Context, kind, decision, reason string, subject, fields map[string]string) error {
+	_, err := a.AuditLog.Record(ctx, audit.Event{V: 1, TS: time.Now().UTC(), Kind: kind, Actor: a.actor,
+		Subject: subject, Decision: decision, Reason: reason, Fields: fields})
+	if err != nil {
+		return fmt.Errorf("%s refused: %w", kind, err)
+	}
+	return nil
+}
