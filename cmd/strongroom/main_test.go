@@ -142,6 +142,10 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		}
 		ts.Check(config.Write(path, c))
 	},
+	// corruptstate LOGDIR: make the log's tree state unreadable, so nothing can be recorded.
+	"corruptstate": func(ts *testscript.TestScript, neg bool, args []string) {
+		ts.Check(os.WriteFile(filepath.Join(ts.MkAbs(args[0]), ".state", "treeState"), []byte("not json"), 0o644))
+	},
 	// grepr TEXT DIR: whether any file under DIR contains TEXT.
 	"grepr": func(ts *testscript.TestScript, neg bool, args []string) {
 		found := ""

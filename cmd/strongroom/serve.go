@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
 	"github.com/strongroom/strongroom/internal/audit"
@@ -26,6 +27,7 @@ func cosignatureVKey(vkey string) (string, error) { return f_note.VKeyToCosignat
 func adminMux(a *app.App) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/log/", http.StripPrefix("/log", audit.Handler(a.Config.Audit.LogDir)))
+	mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := a.AuditLog.Healthy(); err != nil {
 			http.Error(w, "audit log cannot record", http.StatusServiceUnavailable)

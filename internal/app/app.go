@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/fsutil"
@@ -34,6 +35,7 @@ type App struct {
 	Keys      *kms.Keyring
 	Inventory *inventory.Inventory
 	AuditLog  *audit.Log
+	Metrics   *prometheus.Registry
 	Redactor  *audit.Redactor
 	Log       *slog.Logger
 	actor     map[string]string
@@ -165,7 +167,7 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 	if err != nil {
 		return nil, err
 	}
-	a := &App{DataDir: dataDir, Config: c, Log: log}
+	a := &App{DataDir: dataDir, Config: c, Log: log, Metrics: prometheus.NewRegistry()}
 	fail := func(err error) (*App, error) {
 		a.Close()
 		return nil, err

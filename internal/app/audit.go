@@ -123,7 +123,7 @@ func (a *App) openAudit(ctx context.Context) error {
 	}
 	// A command waits this long at exit for a (witnessed) checkpoint that covers its events;
 	// they are durable before that either way.
-	cfg := audit.Config{Dir: c.Audit.LogDir, Signer: signer, Index: a.Store, Logger: a.Log,
+	cfg := audit.Config{Dir: c.Audit.LogDir, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,
 		ShutdownTimeout: 5 * time.Second, WitnessTimeout: 3 * time.Second}
 	if len(c.Audit.Witnesses) > 0 {
 		// tessera takes a witness policy in the sigsum policy syntax.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/tessera"
 	"github.com/transparency-dev/tessera/api"
@@ -36,10 +37,11 @@ type Config struct {
 	Index              Index       // optional search index
 	Witnesses          *tessera.WitnessGroup
 	WitnessTimeout     time.Duration
-	BatchMaxSize       uint          // default 1024
-	BatchMaxAge        time.Duration // default 10ms: the longest an event waits for companions
-	CheckpointInterval time.Duration // default 200ms
-	ShutdownTimeout    time.Duration // how long Close waits for a covering checkpoint; default 30s
+	BatchMaxSize       uint                  // default 1024
+	BatchMaxAge        time.Duration         // default 10ms: the longest an event waits for companions
+	CheckpointInterval time.Duration         // default 200ms
+	ShutdownTimeout    time.Duration         // how long Close waits for a covering checkpoint; default 30s
+	Metrics            prometheus.Registerer // optional: records, failures, health
 	Logger             *slog.Logger
 }
 
@@ -53,6 +55,8 @@ type Log struct {
 	log      *slog.Logger
 	origin   string
 
+	records *prometheus.CounterVec
+	healthy prometheus.Gauge
 	mu      sync.Mutex
 	lastErr error
 	stop    chan struct{}
@@ -106,6 +110,19 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	l := &Log{add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), stop: make(chan struct{}), done: make(chan struct{})}
+	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
+		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
+	l.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_log_healthy",
+		Help: "1 while the audit log records, 0 after a recording failure."})
+	l.healthy.Set(1)
+	if cfg.Metrics != nil {
+		for _, c := range []prometheus.Collector{l.records, l.healthy} {
+			if err := cfg.Metrics.Register(c); err != nil {
+				cancel()
+				return nil, fmt.Errorf("audit: metrics: %w", err)
+			}
+		}
+	}
 	if err := l.catchUp(ctx); err != nil {
 		l.log.Warn("audit index behind the log", "err", err)
 	}
@@ -150,6 +167,11 @@ func (l *Log) setErr(err error) {
 	l.mu.Lock()
 	if err != nil {
 		l.log.Error("audit log cannot record", "err", err)
+		l.records.WithLabelValues("failed").Inc()
+		l.healthy.Set(0)
+	} else {
+		l.records.WithLabelValues("ok").Inc()
+		l.healthy.Set(1)
 	}
 	l.lastErr = err
 	l.mu.Unlock()

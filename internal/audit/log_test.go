@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/tessera/api/layout"
 	"github.com/transparency-dev/tessera/client"
@@ -268,5 +270,34 @@ func TestConcurrentRecord(t *testing.T) {
 	}
 	if st, err := tl.verify(nil); err != nil || st.Size != 400 {
 		t.Fatalf("verify: %v", err)
+	}
+}
+
+// TestFailureVisible: when the log cannot record, Record fails with ErrUnavailable, Healthy
+// reports it and the metrics count it.
+func TestFailureVisible(t *testing.T) {
+	tl := openTestLog(t)
+	reg := prometheus.NewRegistry()
+	tl.log.Close(context.Background())
+	l, err := Open(context.Background(), Config{Dir: tl.dir, Signer: tl.signer, Metrics: reg, ShutdownTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close(context.Background())
+	if _, err := l.Record(context.Background(), event(0)); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(tl.dir, ".state", "treeState"), []byte("not json"), 0o644)
+	if _, err := l.Record(context.Background(), event(1)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Record on a broken log: %v", err)
+	}
+	if l.Healthy() == nil {
+		t.Fatal("Healthy() is nil after a failure")
+	}
+	if got := testutil.ToFloat64(l.records.WithLabelValues("failed")); got != 1 {
+		t.Fatalf("failed records metric = %v", got)
+	}
+	if got := testutil.ToFloat64(l.healthy); got != 0 {
+		t.Fatalf("healthy gauge = %v", got)
 	}
 }
