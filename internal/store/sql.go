@@ -66,6 +66,24 @@ var migrations = []string{
 	);
 	CREATE INDEX audit_events_principal ON audit_events (principal, ts);
 	CREATE INDEX audit_events_kind ON audit_events (kind, ts)`,
+	`CREATE TABLE principals (
+		id TEXT PRIMARY KEY,
+		tenant TEXT NOT NULL,
+		roles TEXT NOT NULL,
+		org TEXT NOT NULL,
+		country TEXT NOT NULL,
+		screening TEXT NOT NULL,
+		created_at BIGINT NOT NULL
+	);
+	CREATE TABLE api_keys (
+		id TEXT PRIMARY KEY,
+		principal TEXT NOT NULL REFERENCES principals(id),
+		hash {{bytes}} NOT NULL,
+		models TEXT NOT NULL,
+		expires_at BIGINT NOT NULL,
+		revoked_at BIGINT NOT NULL,
+		created_at BIGINT NOT NULL
+	)`,
 }
 
 func (s *sqlStore) q(query string) string {
@@ -369,4 +387,142 @@ func (s *sqlStore) SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent,
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+func joinList(l []string) string { return strings.Join(l, ",") }
+
+func splitList(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+func nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromNanos(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func (s *sqlStore) PutPrincipal(ctx context.Context, p Principal) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO principals (id, tenant, roles, org, country, screening, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO UPDATE SET tenant = excluded.tenant, roles = excluded.roles, org = excluded.org, country = excluded.country, screening = excluded.screening`),
+		p.ID, p.Tenant, joinList(p.Roles), p.Org, p.Country, p.Screening, nanos(p.CreatedAt))
+	if err != nil {
+		return fmt.Errorf("store: put principal: %w", err)
+	}
+	return nil
+}
+
+const principalCols = `id, tenant, roles, org, country, screening, created_at`
+
+func scanPrincipal(row interface{ Scan(...any) error }) (Principal, error) {
+	var p Principal
+	var roles string
+	var ts int64
+	err := row.Scan(&p.ID, &p.Tenant, &roles, &p.Org, &p.Country, &p.Screening, &ts)
+	p.Roles, p.CreatedAt = splitList(roles), fromNanos(ts)
+	return p, err
+}
+
+func (s *sqlStore) GetPrincipal(ctx context.Context, id string) (Principal, error) {
+	p, err := scanPrincipal(s.db.QueryRowContext(ctx, s.q(`SELECT `+principalCols+` FROM principals WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return p, fmt.Errorf("principal %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return p, fmt.Errorf("store: get principal: %w", err)
+	}
+	return p, nil
+}
+
+func (s *sqlStore) ListPrincipals(ctx context.Context) ([]Principal, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+principalCols+` FROM principals ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("store: list principals: %w", err)
+	}
+	defer rows.Close()
+	var out []Principal
+	for rows.Next() {
+		p, err := scanPrincipal(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: list principals: %w", err)
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) PutAPIKey(ctx context.Context, k APIKey) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO api_keys (id, principal, hash, models, expires_at, revoked_at, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+		k.ID, k.Principal, k.Hash, joinList(k.Models), nanos(k.ExpiresAt), nanos(k.RevokedAt), nanos(k.CreatedAt))
+	if err != nil && s.d.isUnique(err) {
+		return fmt.Errorf("store: api key %s: %w", k.ID, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("store: put api key: %w", err)
+	}
+	return nil
+}
+
+const apiKeyCols = `id, principal, hash, models, expires_at, revoked_at, created_at`
+
+func scanAPIKey(row interface{ Scan(...any) error }) (APIKey, error) {
+	var k APIKey
+	var models string
+	var exp, rev, ts int64
+	err := row.Scan(&k.ID, &k.Principal, &k.Hash, &models, &exp, &rev, &ts)
+	k.Models, k.ExpiresAt, k.RevokedAt, k.CreatedAt = splitList(models), fromNanos(exp), fromNanos(rev), fromNanos(ts)
+	return k, err
+}
+
+func (s *sqlStore) GetAPIKey(ctx context.Context, id string) (APIKey, error) {
+	k, err := scanAPIKey(s.db.QueryRowContext(ctx, s.q(`SELECT `+apiKeyCols+` FROM api_keys WHERE id = ?`), id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return k, fmt.Errorf("api key %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return k, fmt.Errorf("store: get api key: %w", err)
+	}
+	return k, nil
+}
+
+func (s *sqlStore) ListAPIKeys(ctx context.Context, principal string) ([]APIKey, error) {
+	q, args := `SELECT `+apiKeyCols+` FROM api_keys ORDER BY principal, created_at, id`, []any{}
+	if principal != "" {
+		q, args = `SELECT `+apiKeyCols+` FROM api_keys WHERE principal = ? ORDER BY created_at, id`, []any{principal}
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(q), args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: list api keys: %w", err)
+	}
+	defer rows.Close()
+	var out []APIKey
+	for rows.Next() {
+		k, err := scanAPIKey(rows)
+		if err != nil {
+			return nil, fmt.Errorf("store: list api keys: %w", err)
+		}
+		out = append(out, k)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) UpdateAPIKey(ctx context.Context, id string, expires, revoked time.Time) error {
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE api_keys SET expires_at = ?, revoked_at = ? WHERE id = ?`), nanos(expires), nanos(revoked), id)
+	if err != nil {
+		return fmt.Errorf("store: update api key: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("api key %s: %w", id, ErrNotFound)
+	}
+	return nil
 }

@@ -70,6 +70,28 @@ type AuditQuery struct {
 	Limit     int // 0: no limit
 }
 
+// Principal is a caller of the gateway: a person or service in a tenant.
+type Principal struct {
+	ID        string
+	Tenant    string
+	Roles     []string
+	Org       string
+	Country   string // ISO 3166-1 alpha-2 country of registration
+	Screening string // "clear", "pending" (blocked until reviewed), "denied"
+	CreatedAt time.Time
+}
+
+// APIKey is an API key as stored: never the secret, only its SHA-256.
+type APIKey struct {
+	ID        string // public key id, the prefix shown in `key ls`
+	Principal string
+	Hash      []byte // SHA-256 of the secret part
+	Models    []string
+	ExpiresAt time.Time // zero: never
+	RevokedAt time.Time // zero: live
+	CreatedAt time.Time
+}
+
 // Store is what the inventory and the key manager need from persistence.
 type Store interface {
 	PutKey(ctx context.Context, k Key) error
@@ -86,6 +108,15 @@ type Store interface {
 	GetVersion(ctx context.Context, model, version string) (Version, error)
 	// ListVersions lists versions of model, or of every model when model is "".
 	ListVersions(ctx context.Context, model string) ([]Version, error)
+
+	PutPrincipal(ctx context.Context, p Principal) error // insert or replace
+	GetPrincipal(ctx context.Context, id string) (Principal, error)
+	ListPrincipals(ctx context.Context) ([]Principal, error)
+	PutAPIKey(ctx context.Context, k APIKey) error
+	GetAPIKey(ctx context.Context, id string) (APIKey, error)
+	ListAPIKeys(ctx context.Context, principal string) ([]APIKey, error)
+	// UpdateAPIKey sets expiry and revocation of a key.
+	UpdateAPIKey(ctx context.Context, id string, expires, revoked time.Time) error
 
 	// IndexAudit adds events to the audit search index; an index already present is skipped.
 	IndexAudit(ctx context.Context, evs []AuditEvent) error

@@ -25,6 +25,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"VersionNeedsKey", testVersionNeedsKey},
 		{"DeleteKey", testDeleteKey},
 		{"AuditIndex", testAuditIndex},
+		{"PrincipalsAndKeys", testPrincipalsAndKeys},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -236,5 +237,58 @@ func testAuditIndex(t *testing.T, s store.Store) {
 	}
 	if got, _ := s.SearchAudit(ctx, store.AuditQuery{Limit: 1}); len(got) != 1 {
 		t.Fatalf("limit: %d events", len(got))
+	}
+}
+
+func testPrincipalsAndKeys(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	p := store.Principal{ID: "alice", Tenant: "acme", Roles: []string{"researcher", "admin"}, Org: "Acme", Country: "DE", Screening: "clear", CreatedAt: ts}
+	if err := s.PutPrincipal(ctx, p); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetPrincipal(ctx, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(p, got); diff != "" {
+		t.Fatalf("principal (-want +got):\n%s", diff)
+	}
+	p.Screening = "pending"
+	s.PutPrincipal(ctx, p)
+	if got, _ := s.GetPrincipal(ctx, "alice"); got.Screening != "pending" {
+		t.Fatal("PutPrincipal did not update")
+	}
+	if _, err := s.GetPrincipal(ctx, "bob"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing principal: %v", err)
+	}
+	k := store.APIKey{ID: "k1", Principal: "alice", Hash: []byte{1, 2}, Models: []string{"m1", "m2"}, ExpiresAt: ts.Add(time.Hour), CreatedAt: ts}
+	if err := s.PutAPIKey(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutAPIKey(ctx, k); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("duplicate key id: %v", err)
+	}
+	if err := s.PutAPIKey(ctx, store.APIKey{ID: "k2", Principal: "nobody", Hash: []byte{1}, CreatedAt: ts}); err == nil {
+		t.Fatal("key for an unknown principal accepted")
+	}
+	gk, err := s.GetAPIKey(ctx, "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(k, gk); diff != "" {
+		t.Fatalf("api key (-want +got):\n%s", diff)
+	}
+	if err := s.UpdateAPIKey(ctx, "k1", ts.Add(time.Minute), ts.Add(2*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	gk, _ = s.GetAPIKey(ctx, "k1")
+	if !gk.RevokedAt.Equal(ts.Add(2*time.Minute)) || !gk.ExpiresAt.Equal(ts.Add(time.Minute)) {
+		t.Fatalf("update: %+v", gk)
+	}
+	if ks, _ := s.ListAPIKeys(ctx, "alice"); len(ks) != 1 {
+		t.Fatalf("ListAPIKeys = %d", len(ks))
+	}
+	if err := s.UpdateAPIKey(ctx, "nope", ts, ts); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("update missing: %v", err)
 	}
 }

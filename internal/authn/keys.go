@@ -1,0 +1,202 @@
+// Package authn establishes who is calling: API keys (shown once, stored as a hash under a
+// public key id), with expiry, revocation and rotation with an overlap window.
+package authn
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// ErrUnauthenticated is any failure to establish the caller; the reason goes to the
+// operator's log, never to the client.
+var ErrUnauthenticated = errors.New("unauthenticated")
+
+// Store is what authn needs from persistence.
+type Store interface {
+	GetPrincipal(ctx context.Context, id string) (store.Principal, error)
+	PutAPIKey(ctx context.Context, k store.APIKey) error
+	GetAPIKey(ctx context.Context, id string) (store.APIKey, error)
+	UpdateAPIKey(ctx context.Context, id string, expires, revoked time.Time) error
+}
+
+// Principal is an authenticated caller.
+type Principal struct {
+	store.Principal
+	KeyID  string
+	Models []string // models the key is limited to; empty: any the policy allows
+}
+
+// MayUse reports whether the key is limited away from model.
+func (p *Principal) MayUse(model string) bool {
+	return len(p.Models) == 0 || slices.Contains(p.Models, model)
+}
+
+// Token format: "sr_" + 16 hex digits of key id + "." + 43 base64url characters of secret.
+const (
+	tokenPrefix = "sr_"
+	idLen       = 16
+	secretLen   = 32
+)
+
+// Keys issues and checks API keys. Verified keys are cached for CacheTTL, so a revocation
+// takes effect on every gateway within that time.
+type Keys struct {
+	st       Store
+	now      func() time.Time
+	cacheTTL time.Duration
+
+	mu    sync.RWMutex
+	cache map[string]cached
+}
+
+type cached struct {
+	key       store.APIKey
+	principal store.Principal
+	at        time.Time
+}
+
+// NewKeys returns a key manager; now may be nil.
+func NewKeys(st Store, now func() time.Time, cacheTTL time.Duration) *Keys {
+	if now == nil {
+		now = time.Now
+	}
+	return &Keys{st: st, now: now, cacheTTL: cacheTTL, cache: map[string]cached{}}
+}
+
+// Create issues a key for principal and returns the token (show it once) and the record.
+func (k *Keys) Create(ctx context.Context, principal string, ttl time.Duration, models []string) (string, store.APIKey, error) {
+	if _, err := k.st.GetPrincipal(ctx, principal); err != nil {
+		return "", store.APIKey{}, err
+	}
+	var idb [idLen / 2]byte
+	secret := make([]byte, secretLen)
+	if _, err := rand.Read(idb[:]); err != nil {
+		return "", store.APIKey{}, err
+	}
+	rand.Read(secret)
+	defer clear(secret)
+	h := sha256.Sum256(secret)
+	rec := store.APIKey{ID: hex.EncodeToString(idb[:]), Principal: principal, Hash: h[:], Models: models, CreatedAt: k.now().UTC()}
+	if ttl > 0 {
+		rec.ExpiresAt = rec.CreatedAt.Add(ttl)
+	}
+	if err := k.st.PutAPIKey(ctx, rec); err != nil {
+		return "", store.APIKey{}, err
+	}
+	return tokenPrefix + rec.ID + "." + base64.RawURLEncoding.EncodeToString(secret), rec, nil
+}
+
+// Rotate issues a new key like id and lets the old one live for overlap more.
+func (k *Keys) Rotate(ctx context.Context, id string, overlap time.Duration) (string, store.APIKey, error) {
+	old, err := k.st.GetAPIKey(ctx, id)
+	if err != nil {
+		return "", store.APIKey{}, err
+	}
+	if !old.RevokedAt.IsZero() {
+		return "", store.APIKey{}, fmt.Errorf("api key %s is revoked", id)
+	}
+	var ttl time.Duration
+	if !old.ExpiresAt.IsZero() {
+		ttl = old.ExpiresAt.Sub(old.CreatedAt)
+	}
+	tok, rec, err := k.Create(ctx, old.Principal, ttl, old.Models)
+	if err != nil {
+		return "", store.APIKey{}, err
+	}
+	end := k.now().UTC().Add(overlap)
+	if !old.ExpiresAt.IsZero() && old.ExpiresAt.Before(end) {
+		end = old.ExpiresAt
+	}
+	if err := k.st.UpdateAPIKey(ctx, id, end, time.Time{}); err != nil {
+		return "", store.APIKey{}, err
+	}
+	k.forget(id)
+	return tok, rec, nil
+}
+
+// Revoke ends a key now.
+func (k *Keys) Revoke(ctx context.Context, id string) error {
+	old, err := k.st.GetAPIKey(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := k.st.UpdateAPIKey(ctx, id, old.ExpiresAt, k.now().UTC()); err != nil {
+		return err
+	}
+	k.forget(id)
+	return nil
+}
+
+func (k *Keys) forget(id string) {
+	k.mu.Lock()
+	delete(k.cache, id)
+	k.mu.Unlock()
+}
+
+// ParseToken splits a token into key id and secret.
+func ParseToken(tok string) (string, []byte, error) {
+	rest, ok := strings.CutPrefix(tok, tokenPrefix)
+	if !ok || len(rest) < idLen+1 || rest[idLen] != '.' {
+		return "", nil, errors.New("not a strongroom API key")
+	}
+	id := rest[:idLen]
+	if _, err := hex.DecodeString(id); err != nil {
+		return "", nil, errors.New("bad key id")
+	}
+	secret, err := base64.RawURLEncoding.Strict().DecodeString(rest[idLen+1:])
+	if err != nil || len(secret) != secretLen {
+		return "", nil, errors.New("bad key secret")
+	}
+	return id, secret, nil
+}
+
+// Authenticate checks a bearer token and returns the principal. Every failure is
+// ErrUnauthenticated, wrapped with the reason for the operator.
+func (k *Keys) Authenticate(ctx context.Context, tok string) (*Principal, error) {
+	id, secret, err := ParseToken(tok)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
+	}
+	defer clear(secret)
+	now := k.now()
+	k.mu.RLock()
+	c, ok := k.cache[id]
+	k.mu.RUnlock()
+	if !ok || now.Sub(c.at) > k.cacheTTL {
+		key, err := k.st.GetAPIKey(ctx, id)
+		if err != nil {
+			return nil, fmt.Errorf("%w: key %s: %v", ErrUnauthenticated, id, err)
+		}
+		p, err := k.st.GetPrincipal(ctx, key.Principal)
+		if err != nil {
+			return nil, fmt.Errorf("%w: key %s: %v", ErrUnauthenticated, id, err)
+		}
+		c = cached{key: key, principal: p, at: now}
+		k.mu.Lock()
+		k.cache[id] = c
+		k.mu.Unlock()
+	}
+	h := sha256.Sum256(secret)
+	if subtle.ConstantTimeCompare(h[:], c.key.Hash) != 1 {
+		return nil, fmt.Errorf("%w: key %s: wrong secret", ErrUnauthenticated, id)
+	}
+	if !c.key.RevokedAt.IsZero() && !now.Before(c.key.RevokedAt) {
+		return nil, fmt.Errorf("%w: key %s revoked", ErrUnauthenticated, id)
+	}
+	if !c.key.ExpiresAt.IsZero() && !now.Before(c.key.ExpiresAt) {
+		return nil, fmt.Errorf("%w: key %s expired", ErrUnauthenticated, id)
+	}
+	return &Principal{Principal: c.principal, KeyID: id, Models: c.key.Models}, nil
+}
