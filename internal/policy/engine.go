@@ -1,0 +1,90 @@
+package policy
+
+import (
+	"context"
+	"crypto/sha256"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"time"
+)
+
+// Engine serves decisions from the current set and reloads the policy directory when it
+// changes, without dropping requests: a set that fails to load or validate is refused and
+// the previous one stays in force.
+type Engine struct {
+	dir     string
+	log     *slog.Logger
+	cur     atomic.Pointer[Set]
+	version atomic.Value // [32]byte digest of the files last loaded
+	errs    atomic.Int64
+}
+
+// NewEngine loads dir (which may be "" for the baseline only).
+func NewEngine(dir string, log *slog.Logger) (*Engine, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	e := &Engine{dir: dir, log: log}
+	s, err := Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	e.cur.Store(s)
+	e.version.Store(e.digest())
+	return e, nil
+}
+
+// Decide uses the current set.
+func (e *Engine) Decide(r Request) Decision { return e.cur.Load().Decide(r) }
+
+// ReloadErrors counts reloads that were refused.
+func (e *Engine) ReloadErrors() int64 { return e.errs.Load() }
+
+func (e *Engine) digest() [32]byte {
+	h := sha256.New()
+	if e.dir != "" {
+		matches, _ := filepath.Glob(filepath.Join(e.dir, "*.cedar"))
+		for _, m := range matches {
+			b, _ := os.ReadFile(m)
+			h.Write([]byte(m))
+			h.Write(b)
+		}
+	}
+	var d [32]byte
+	h.Sum(d[:0])
+	return d
+}
+
+// Reload loads the directory if its contents changed; it reports whether a new set is in force.
+func (e *Engine) Reload() (bool, error) {
+	d := e.digest()
+	if d == e.version.Load().([32]byte) {
+		return false, nil
+	}
+	s, err := Load(e.dir)
+	if err != nil {
+		e.errs.Add(1)
+		e.log.Error("policy reload refused; previous policies stay in force", "err", err)
+		return false, err
+	}
+	e.cur.Store(s)
+	e.version.Store(d)
+	e.log.Info("policies reloaded", "files", len(s.Files()))
+	return true, nil
+}
+
+// Watch reloads every interval until ctx ends.
+func (e *Engine) Watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			e.Reload()
+		}
+	}
+}

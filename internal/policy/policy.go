@@ -1,0 +1,211 @@
+// Package policy decides every request with Cedar: a schema of principals, tenants, models
+// and request context, baseline policies plus the operator's policy files, default deny,
+// and the name of the policy behind every decision (for the operator, never the client).
+package policy
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/cedar-policy/cedar-go"
+	xast "github.com/cedar-policy/cedar-go/x/exp/ast"
+	"github.com/cedar-policy/cedar-go/x/exp/schema"
+	"github.com/cedar-policy/cedar-go/x/exp/schema/validate"
+)
+
+//go:embed schema.cedarschema
+var schemaText []byte
+
+//go:embed baseline.cedar
+var baselineText []byte
+
+// Actions.
+const (
+	ActionInfer = "infer"
+	ActionList  = "list"
+)
+
+// Principal, Model and Context are the inputs of a decision.
+type Principal struct {
+	ID, Tenant, Org, Country, Screening string
+	Roles                               []string
+}
+
+type Model struct {
+	Name             string
+	Classification   string
+	AllowedCountries []string
+	DeniedCountries  []string
+}
+
+type Context struct {
+	Endpoint      string
+	ClientCountry string // "" when unknown
+	IP            string
+	HourUTC       int
+	MFAAgeS       int64 // -1 when no MFA
+	Stream        bool
+	Logprobs      bool
+	TopLogprobs   int
+	LogitBias     bool
+	N             int
+	MaxTokens     int
+}
+
+// Request is one question to the policy.
+type Request struct {
+	Principal Principal
+	Action    string
+	Model     Model
+	Context   Context
+}
+
+// Decision is the answer; Policies names what decided it, for the operator.
+type Decision struct {
+	Allow    bool
+	Policies []string
+	Errors   []string
+}
+
+// Reason is a one-line reason for logs and audit.
+func (d Decision) Reason() string {
+	switch {
+	case len(d.Errors) > 0:
+		return "policy evaluation error: " + strings.Join(d.Errors, "; ")
+	case d.Allow:
+		return "permitted by " + strings.Join(d.Policies, ",")
+	case len(d.Policies) > 0:
+		return "forbidden by " + strings.Join(d.Policies, ",")
+	}
+	return "no policy permits (default deny)"
+}
+
+// Set is a compiled, validated policy set.
+type Set struct {
+	ps    *cedar.PolicySet
+	files []string
+}
+
+// Load compiles the baseline and every *.cedar file in dir (dir may be ""), validating
+// each policy against the schema. Any error rejects the whole set.
+func Load(dir string) (*Set, error) {
+	var sch schema.Schema
+	sch.SetFilename("schema.cedarschema")
+	if err := sch.UnmarshalCedar(schemaText); err != nil {
+		return nil, fmt.Errorf("policy schema: %w", err)
+	}
+	res, err := sch.Resolve()
+	if err != nil {
+		return nil, fmt.Errorf("policy schema: %w", err)
+	}
+	v := validate.New(res)
+	docs := map[string][]byte{"baseline.cedar": baselineText}
+	var files []string
+	if dir != "" {
+		matches, err := filepath.Glob(filepath.Join(dir, "*.cedar"))
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range matches {
+			b, err := os.ReadFile(m)
+			if err != nil {
+				return nil, err
+			}
+			docs[m] = b
+			files = append(files, m)
+		}
+	}
+	names := make([]string, 0, len(docs))
+	for n := range docs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	ps := cedar.NewPolicySet()
+	var errs []error
+	for _, name := range names {
+		list, err := cedar.NewPolicyListFromBytes(name, docs[name])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			continue
+		}
+		for i, p := range list {
+			id := cedar.PolicyID(fmt.Sprintf("%s#%d", filepath.Base(name), i))
+			if a, ok := p.Annotations()["id"]; ok {
+				id = cedar.PolicyID(a)
+			}
+			if err := v.Policy(string(id), (*xast.Policy)(p.AST())); err != nil {
+				errs = append(errs, fmt.Errorf("%s: policy %s: %w", name, id, err))
+				continue
+			}
+			if !ps.Add(id, p) {
+				errs = append(errs, fmt.Errorf("%s: policy id %s used twice", name, id))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &Set{ps: ps, files: files}, nil
+}
+
+// Files lists the operator policy files in the set.
+func (s *Set) Files() []string { return s.files }
+
+func strSet(xs []string) cedar.Set {
+	vals := make([]cedar.Value, len(xs))
+	for i, x := range xs {
+		vals[i] = cedar.String(x)
+	}
+	return cedar.NewSet(vals...)
+}
+
+// Decide evaluates a request. Evaluation errors deny.
+func (s *Set) Decide(r Request) Decision {
+	tenant := cedar.NewEntityUID("Tenant", cedar.String(r.Principal.Tenant))
+	pUID := cedar.NewEntityUID("Principal", cedar.String(r.Principal.ID))
+	mUID := cedar.NewEntityUID("Model", cedar.String(r.Model.Name))
+	entities := cedar.EntityMap{
+		tenant: {UID: tenant},
+		pUID: {UID: pUID, Parents: cedar.NewEntityUIDSet(tenant), Attributes: cedar.NewRecord(cedar.RecordMap{
+			"roles": strSet(r.Principal.Roles), "org": cedar.String(r.Principal.Org),
+			"country": cedar.String(r.Principal.Country), "screening": cedar.String(r.Principal.Screening),
+		})},
+		mUID: {UID: mUID, Attributes: cedar.NewRecord(cedar.RecordMap{
+			"classification":        cedar.String(r.Model.Classification),
+			"allowed_countries":     strSet(r.Model.AllowedCountries),
+			"has_allowed_countries": cedar.Boolean(len(r.Model.AllowedCountries) > 0),
+			"denied_countries":      strSet(r.Model.DeniedCountries),
+		})},
+	}
+	c := r.Context
+	req := cedar.Request{
+		Principal: pUID,
+		Action:    cedar.NewEntityUID("Action", cedar.String(r.Action)),
+		Resource:  mUID,
+		Context: cedar.NewRecord(cedar.RecordMap{
+			"endpoint": cedar.String(c.Endpoint), "client_country": cedar.String(c.ClientCountry), "ip": cedar.String(c.IP),
+			"hour_utc": cedar.Long(c.HourUTC), "mfa_age_s": cedar.Long(c.MFAAgeS), "stream": cedar.Boolean(c.Stream),
+			"logprobs": cedar.Boolean(c.Logprobs), "top_logprobs": cedar.Long(c.TopLogprobs), "logit_bias": cedar.Boolean(c.LogitBias),
+			"n": cedar.Long(c.N), "max_tokens": cedar.Long(c.MaxTokens),
+		}),
+	}
+	ok, diag := cedar.Authorize(s.ps, entities, req)
+	d := Decision{Allow: ok == cedar.Allow}
+	for _, rsn := range diag.Reasons {
+		d.Policies = append(d.Policies, string(rsn.PolicyID))
+	}
+	for _, e := range diag.Errors {
+		d.Errors = append(d.Errors, fmt.Sprintf("%s: %s", e.PolicyID, e.Message))
+	}
+	if len(d.Errors) > 0 {
+		d.Allow = false
+	}
+	slices.Sort(d.Policies)
+	return d
+}

@@ -1,0 +1,164 @@
+package policy
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func baseline(t *testing.T) *Set {
+	s, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func req(roles []string, class, country string) Request {
+	return Request{
+		Principal: Principal{ID: "p", Tenant: "t", Roles: roles, Screening: "clear"},
+		Action:    ActionInfer,
+		Model:     Model{Name: "m", Classification: class},
+		Context:   Context{Endpoint: "chat", ClientCountry: country, MFAAgeS: -1, N: 1},
+	}
+}
+
+// TestMatrix: roles × classification × country × feature flags, case by case.
+func TestMatrix(t *testing.T) {
+	s := baseline(t)
+	type flags struct{ logitBias, wideLogprobs bool }
+	for _, roles := range [][]string{nil, {"researcher"}, {"licensee"}, {"intern"}} {
+		for _, class := range []string{"public", "restricted", "export-controlled:4E091"} {
+			for _, country := range []string{"US", "DE", "", "IR", "KP", "UA-43"} {
+				for _, f := range []flags{{}, {logitBias: true}, {wideLogprobs: true}} {
+					r := req(roles, class, country)
+					r.Context.LogitBias = f.logitBias
+					if f.wideLogprobs {
+						r.Context.Logprobs, r.Context.TopLogprobs = true, 20
+					}
+					cleared := strings.Contains(fmt.Sprint(roles), "researcher") || strings.Contains(fmt.Sprint(roles), "licensee")
+					embargoed := country == "IR" || country == "KP" || country == "UA-43"
+					want := !embargoed
+					if class != "public" {
+						want = want && cleared && country != "" && !f.logitBias && !f.wideLogprobs
+					}
+					d := s.Decide(r)
+					if d.Allow != want {
+						t.Errorf("roles=%v class=%s country=%q flags=%+v: allow=%v, want %v (%s)", roles, class, country, f, d.Allow, want, d.Reason())
+					}
+					if !d.Allow && d.Reason() == "" {
+						t.Errorf("deny without a reason")
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestReasonsAndModelCountryLists(t *testing.T) {
+	s := baseline(t)
+	r := req([]string{"researcher"}, "restricted", "IR")
+	if d := s.Decide(r); d.Allow || d.Reason() != "forbidden by forbid-embargoed-countries" {
+		t.Fatalf("embargo: %+v %s", d, d.Reason())
+	}
+	r = req(nil, "restricted", "US")
+	if d := s.Decide(r); d.Allow || d.Reason() != "no policy permits (default deny)" {
+		t.Fatalf("default deny: %s", d.Reason())
+	}
+	r = req([]string{"researcher"}, "restricted", "FR")
+	r.Model.AllowedCountries = []string{"US", "DE"}
+	if d := s.Decide(r); d.Allow || !strings.Contains(d.Reason(), "forbid-outside-model-allowed-countries") {
+		t.Fatalf("allow list: %s", d.Reason())
+	}
+	r.Context.ClientCountry = "DE"
+	if d := s.Decide(r); !d.Allow {
+		t.Fatalf("allowed country denied: %s", d.Reason())
+	}
+	r.Model.DeniedCountries = []string{"DE"}
+	if d := s.Decide(r); d.Allow {
+		t.Fatal("denied country allowed")
+	}
+	r = req([]string{"researcher"}, "public", "US")
+	r.Principal.Screening = "pending"
+	if d := s.Decide(r); d.Allow || !strings.Contains(d.Reason(), "forbid-unscreened-principals") {
+		t.Fatalf("screening: %s", d.Reason())
+	}
+}
+
+func TestLoadRejectsInvalidPolicies(t *testing.T) {
+	for name, text := range map[string]string{
+		"syntax":    `permit (principal, action, resource) when { `,
+		"bad attr":  `permit (principal, action, resource) when { principal.salary > 3 };`,
+		"bad type":  `permit (principal, action, resource) when { resource.classification > 3 };`,
+		"bad scope": `permit (principal == Tenant::"x", action, resource);`,
+		"dup id":    `@id("forbid-embargoed-countries") forbid (principal, action, resource);`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, "p.cedar"), []byte(text), 0o644)
+			if _, err := Load(dir); err == nil {
+				t.Fatal("invalid policy accepted")
+			}
+		})
+	}
+}
+
+func TestEngineReload(t *testing.T) {
+	dir := t.TempDir()
+	e, err := NewEngine(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := req(nil, "public", "US")
+	if !e.Decide(r).Allow {
+		t.Fatal("baseline denies public")
+	}
+	// An operator forbids a tenant: reloaded, in force.
+	os.WriteFile(filepath.Join(dir, "tenant.cedar"), []byte(`@id("block-tenant-t") forbid (principal in Tenant::"t", action, resource);`), 0o644)
+	if changed, err := e.Reload(); !changed || err != nil {
+		t.Fatalf("reload: %v %v", changed, err)
+	}
+	if d := e.Decide(r); d.Allow || d.Reason() != "forbidden by block-tenant-t" {
+		t.Fatalf("after reload: %s", d.Reason())
+	}
+	// A broken edit is refused; the previous set stays in force.
+	os.WriteFile(filepath.Join(dir, "tenant.cedar"), []byte(`forbid (principal in Tenant::"t", action, resource`), 0o644)
+	if _, err := e.Reload(); err == nil {
+		t.Fatal("broken policy accepted")
+	}
+	if e.Decide(r).Allow || e.ReloadErrors() != 1 {
+		t.Fatal("previous policies not kept after a refused reload")
+	}
+}
+
+func TestRunFile(t *testing.T) {
+	s := baseline(t)
+	res, err := RunFile(s, "testdata/cases.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) < 5 {
+		t.Fatalf("%d cases", len(res))
+	}
+	for _, r := range res {
+		if !r.Passed {
+			t.Errorf("%s: want %s, got %s", r.Case, r.Want, r.Got.Reason())
+		}
+	}
+	os.WriteFile(filepath.Join(t.TempDir(), "x"), nil, 0o644)
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("cases:\n  - name: x\n    expect: maybe\n"), 0o644)
+	if _, err := RunFile(s, bad); err == nil {
+		t.Fatal("bad expect accepted")
+	}
+}
+
+func BenchmarkDecide(b *testing.B) {
+	s, _ := Load("")
+	r := req([]string{"researcher"}, "restricted", "US")
+	for b.Loop() {
+		s.Decide(r)
+	}
+}
