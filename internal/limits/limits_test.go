@@ -1,0 +1,87 @@
+package limits
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { return c.t }
+
+func TestLocalRPM(t *testing.T) {
+	c := &clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
+	l := NewLocal(c.now)
+	sc := []Scope{{Name: "key:a", Limits: Limits{RPM: 3}}}
+	for i := range 3 {
+		done, d, _ := l.Admit(context.Background(), sc, 1)
+		if d != nil {
+			t.Fatalf("request %d denied: %+v", i, d)
+		}
+		done(1)
+	}
+	_, d, _ := l.Admit(context.Background(), sc, 1)
+	if d == nil || d.What != "rpm" || d.RetryAfter <= 0 || d.RetryAfter > 20*time.Second {
+		t.Fatalf("4th request: %+v", d)
+	}
+	c.t = c.t.Add(20 * time.Second)
+	if _, d, _ := l.Admit(context.Background(), sc, 1); d != nil {
+		t.Fatalf("after refill: %+v", d)
+	}
+	// Another key is not affected.
+	if _, d, _ := l.Admit(context.Background(), []Scope{{Name: "key:b", Limits: Limits{RPM: 3}}}, 1); d != nil {
+		t.Fatal("other key limited")
+	}
+}
+
+func TestLocalTPMRefundAndBudget(t *testing.T) {
+	c := &clock{t: time.Date(2026, 11, 27, 23, 0, 0, 0, time.UTC)}
+	l := NewLocal(c.now)
+	sc := []Scope{{Name: "tenant:t", Limits: Limits{TPM: 1000, DailyTokens: 1500}}}
+	done, d, _ := l.Admit(context.Background(), sc, 900)
+	if d != nil {
+		t.Fatal(d)
+	}
+	done(100) // used far less than estimated: refunded
+	done(5000) // second call is ignored
+	if _, d, _ := l.Admit(context.Background(), sc, 800); d != nil {
+		t.Fatalf("after refund: %+v", d)
+	}
+	// 100 + 800 used of 1500 today; 700 more does not fit the budget.
+	c.t = c.t.Add(2 * time.Minute)
+	_, d, _ = l.Admit(context.Background(), sc, 700)
+	if d == nil || d.What != "daily_tokens" || d.RetryAfter != 58*time.Minute {
+		t.Fatalf("budget: %+v", d)
+	}
+	c.t = c.t.Add(time.Hour) // next day
+	if _, d, _ := l.Admit(context.Background(), sc, 700); d != nil {
+		t.Fatalf("new day: %+v", d)
+	}
+}
+
+func TestLocalConcurrentAndAllScopes(t *testing.T) {
+	l := NewLocal(nil)
+	sc := []Scope{{Name: "key:a", Limits: Limits{Concurrent: 1}}, {Name: "model:m", Limits: Limits{RPM: 100}}}
+	done, d, _ := l.Admit(context.Background(), sc, 1)
+	if d != nil {
+		t.Fatal(d)
+	}
+	if _, d, _ := l.Admit(context.Background(), sc, 1); d == nil || d.What != "concurrent" || d.Scope != "key:a" {
+		t.Fatalf("second concurrent: %+v", d)
+	}
+	done(1)
+	if _, d, _ := l.Admit(context.Background(), sc, 1); d != nil {
+		t.Fatalf("after release: %+v", d)
+	}
+	// A request denied by one scope charges none.
+	l2 := NewLocal(nil)
+	sc2 := []Scope{{Name: "model:m", Limits: Limits{RPM: 1}}, {Name: "key:z", Limits: Limits{RPM: 1, Concurrent: 1}}}
+	l2.Admit(context.Background(), sc2[1:], 0)
+	if _, d, _ := l2.Admit(context.Background(), sc2, 0); d == nil {
+		t.Fatal("admitted past key limit")
+	}
+	if _, d, _ := l2.Admit(context.Background(), sc2[:1], 0); d != nil {
+		t.Fatalf("model scope charged by a denied request: %+v", d)
+	}
+}
