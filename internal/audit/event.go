@@ -27,6 +27,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"regexp"
 	"time"
 )
@@ -139,6 +140,13 @@ func (r *Redactor) Digest(value string) string {
 	m.Write([]byte(value))
 	return "hmac-sha256:" + hex.EncodeToString(m.Sum(nil))
 }
+
+// NewHash returns an HMAC to feed a large value (a streamed answer) piece by piece;
+// finish it with HashDigest.
+func (r *Redactor) NewHash() hash.Hash { return hmac.New(sha256.New, r.key) }
+
+// HashDigest formats a NewHash result like Digest.
+func HashDigest(h hash.Hash) string { return "hmac-sha256:" + hex.EncodeToString(h.Sum(nil)) }
 
 // Matches reports, in constant time, whether digest is Digest(value).
 func (r *Redactor) Matches(digest, value string) bool {

@@ -55,12 +55,14 @@ type Log struct {
 	log      *slog.Logger
 	origin   string
 
-	records *prometheus.CounterVec
-	healthy prometheus.Gauge
-	mu      sync.Mutex
-	lastErr error
-	stop    chan struct{}
-	done    chan struct{}
+	records   *prometheus.CounterVec
+	healthy   prometheus.Gauge
+	mu        sync.Mutex
+	lastErr   error
+	stop      chan struct{}
+	closeOnce sync.Once
+	pending   sync.WaitGroup
+	done      chan struct{}
 }
 
 // Open opens (creating) the log in cfg.Dir and brings the search index up to date.
@@ -133,7 +135,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 // Origin is the log's name in its checkpoints.
 func (l *Log) Origin() string { return l.origin }
 
-// Future resolves to an event's index once it is durable.
+// Future resolves to an event's index once it is durable. Every future must be resolved:
+// Close waits for all of them.
 type Future func() (uint64, error)
 
 // Submit queues an event for the log and returns at once; the gateway's hot path calls
@@ -144,8 +147,10 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	if err != nil {
 		return func() (uint64, error) { return 0, err }
 	}
+	l.pending.Add(1)
 	f := l.add(ctx, tessera.NewEntry(b))
-	return func() (uint64, error) {
+	return sync.OnceValues(func() (uint64, error) {
+		defer l.pending.Done()
 		i, err := f()
 		if err != nil {
 			err = fmt.Errorf("%w: %v", ErrUnavailable, err)
@@ -154,7 +159,7 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 		}
 		l.setErr(nil)
 		return i.Index, nil
-	}
+	})
 }
 
 // Record returns only once the event is sequenced and durable on disk, with its index.
@@ -269,12 +274,17 @@ func ReadEntries(ctx context.Context, readBundle func(ctx context.Context, i uin
 }
 
 // Close waits until a published checkpoint covers every recorded event, then stops.
+// Close may be called more than once; later calls return nil.
 func (l *Log) Close(ctx context.Context) error {
-	err := l.shutdown(ctx)
-	close(l.stop)
-	<-l.done
-	err = errors.Join(err, l.catchUp(ctx))
-	l.cancel()
+	var err error
+	l.closeOnce.Do(func() {
+		l.pending.Wait() // every submitted event is durable (or failed) before shutdown
+		err = l.shutdown(ctx)
+		close(l.stop)
+		<-l.done
+		err = errors.Join(err, l.catchUp(ctx))
+		l.cancel()
+	})
 	return err
 }
 

@@ -43,7 +43,7 @@ func TestLocalTPMRefundAndBudget(t *testing.T) {
 	if d != nil {
 		t.Fatal(d)
 	}
-	done(100) // used far less than estimated: refunded
+	done(100)  // used far less than estimated: refunded
 	done(5000) // second call is ignored
 	if _, d, _ := l.Admit(context.Background(), sc, 800); d != nil {
 		t.Fatalf("after refund: %+v", d)

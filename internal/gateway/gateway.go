@@ -1,0 +1,565 @@
+// Package gateway is the OpenAI-compatible data plane in front of every inference
+// endpoint: it authenticates, asks the policy, applies limits and hardening, proxies to
+// the model server (streaming chunk by chunk), counts usage, and records every request.
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/limits"
+	"github.com/strongroom/strongroom/internal/policy"
+)
+
+// Interfaces the gateway consumes.
+type (
+	Authenticator interface {
+		Authenticate(ctx context.Context, token string) (*authn.Principal, error)
+	}
+	Decider interface {
+		Decide(policy.Request) policy.Decision
+	}
+	// Geo maps a client address to an ISO country code, "" when unknown.
+	Geo interface {
+		Country(ip netip.Addr) string
+	}
+	Auditor interface {
+		Submit(ctx context.Context, ev audit.Event) audit.Future
+		Healthy() error
+	}
+	// Detector sees every request's features (the request trace of DESIGN.md).
+	Detector interface {
+		Observe(o Observation)
+	}
+)
+
+// Observation is one request as the detectors see it.
+type Observation struct {
+	TS               time.Time
+	Principal        string
+	Tenant           string
+	IP               string
+	Model            string
+	Endpoint         string
+	Prompt           []byte // raw JSON of messages/prompt/input; memory only, never logged
+	MaxTokens        int
+	Logprobs         bool
+	TopLogprobs      int
+	LogitBias        map[string]float64
+	N                int
+	PromptTokens     int
+	CompletionTokens int
+	Decision         string
+}
+
+// Route sends a model to its servers.
+type Route struct {
+	Model            string        `json:"model"`
+	Upstreams        []string      `json:"upstreams"` // base URLs ending in /v1
+	UpstreamKey      string        `json:"upstream_key,omitempty"`
+	Classification   string        `json:"classification"`
+	AllowedCountries []string      `json:"allowed_countries,omitempty"`
+	DeniedCountries  []string      `json:"denied_countries,omitempty"`
+	Hardening        *Hardening    `json:"hardening,omitempty"`
+	Limits           limits.Limits `json:"limits,omitempty"`
+}
+
+// Config wires a Gateway.
+type Config struct {
+	Routes          []Route
+	Auth            Authenticator
+	Policy          Decider
+	Geo             Geo // nil: every country unknown
+	Limiter         limits.Limiter
+	KeyLimits       limits.Limits
+	TenantLimits    limits.Limits
+	Audit           Auditor
+	Redactor        *audit.Redactor
+	Detector        Detector // nil: none
+	TrustedProxies  []netip.Prefix
+	MaxBody         int64         // default 4 MiB
+	UpstreamTimeout time.Duration // time to the upstream's response headers; default 60s
+	Logger          *slog.Logger
+	Now             func() time.Time
+}
+
+// Gateway is an http.Handler for /v1/.
+type Gateway struct {
+	cfg    Config
+	routes map[string]*Route
+	names  []string
+	client *http.Client
+	log    *slog.Logger
+	down   sync.Map // upstream URL -> time it was found down
+	pool   sync.Pool
+}
+
+// New checks cfg and sets defaults in one place.
+func New(cfg Config) (*Gateway, error) {
+	if cfg.Auth == nil || cfg.Policy == nil || cfg.Limiter == nil || cfg.Audit == nil || cfg.Redactor == nil {
+		return nil, errors.New("gateway: auth, policy, limiter, audit and redactor are required")
+	}
+	if cfg.MaxBody == 0 {
+		cfg.MaxBody = 4 << 20
+	}
+	if cfg.UpstreamTimeout == 0 {
+		cfg.UpstreamTimeout = 60 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	g := &Gateway{cfg: cfg, routes: map[string]*Route{}, log: cfg.Logger}
+	for i := range cfg.Routes {
+		r := &cfg.Routes[i]
+		if r.Model == "" || len(r.Upstreams) == 0 || r.Classification == "" {
+			return nil, fmt.Errorf("gateway: route %d needs model, upstreams and classification", i)
+		}
+		if r.Hardening == nil {
+			h := DefaultHardening()
+			r.Hardening = &h
+		}
+		if _, dup := g.routes[r.Model]; dup {
+			return nil, fmt.Errorf("gateway: model %s routed twice", r.Model)
+		}
+		g.routes[r.Model] = r
+		g.names = append(g.names, r.Model)
+	}
+	g.client = &http.Client{Transport: &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: cfg.UpstreamTimeout,
+		DisableCompression:    true,
+	}}
+	g.pool.New = func() any { return new(bytes.Buffer) }
+	return g, nil
+}
+
+// ServeHTTP routes the OpenAI endpoints.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/v1/models":
+		if r.Method != http.MethodGet {
+			errMethod.write(w)
+			return
+		}
+		g.models(w, r)
+	case "/v1/chat/completions":
+		g.infer(w, r, "chat")
+	case "/v1/completions":
+		g.infer(w, r, "completions")
+	case "/v1/embeddings":
+		g.infer(w, r, "embeddings")
+	default:
+		errNotFound.write(w)
+	}
+}
+
+func (g *Gateway) authenticate(r *http.Request) (*authn.Principal, error) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return nil, fmt.Errorf("%w: no bearer token", authn.ErrUnauthenticated)
+	}
+	return g.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(tok))
+}
+
+// clientIP is the peer address, or the address the trusted proxy in front of us reports.
+func (g *Gateway) clientIP(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range g.cfg.TrustedProxies {
+		if p.Contains(ip) {
+			if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+				parts := strings.Split(xff, ",")
+				if fwd, err := netip.ParseAddr(strings.TrimSpace(parts[len(parts)-1])); err == nil {
+					return fwd.Unmap()
+				}
+			}
+			break
+		}
+	}
+	return ip
+}
+
+func (g *Gateway) country(ip netip.Addr) string {
+	if g.cfg.Geo == nil || !ip.IsValid() {
+		return ""
+	}
+	return g.cfg.Geo.Country(ip)
+}
+
+func policyPrincipal(p *authn.Principal) policy.Principal {
+	return policy.Principal{ID: p.ID, Tenant: p.Tenant, Org: p.Org, Country: p.Country, Screening: p.Screening, Roles: p.Roles}
+}
+
+func policyModel(rt *Route) policy.Model {
+	return policy.Model{Name: rt.Model, Classification: rt.Classification, AllowedCountries: rt.AllowedCountries, DeniedCountries: rt.DeniedCountries}
+}
+
+func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
+	p, err := g.authenticate(r)
+	if err != nil {
+		g.log.Info("unauthenticated", "err", err)
+		errUnauthenticated.write(w)
+		return
+	}
+	ip := g.clientIP(r)
+	ctx := policy.Context{Endpoint: "models", ClientCountry: g.country(ip), IP: ip.String(), HourUTC: g.cfg.Now().UTC().Hour(), MFAAgeS: -1}
+	type model struct {
+		ID      string `json:"id"`
+		Object  string `json:"object"`
+		Created int64  `json:"created"`
+		OwnedBy string `json:"owned_by"`
+	}
+	out := struct {
+		Object string  `json:"object"`
+		Data   []model `json:"data"`
+	}{Object: "list", Data: []model{}}
+	for _, name := range g.names {
+		rt := g.routes[name]
+		if !p.MayUse(name) {
+			continue
+		}
+		if d := g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionList, Model: policyModel(rt), Context: ctx}); d.Allow {
+			out.Data = append(out.Data, model{ID: name, Object: "model", OwnedBy: "strongroom"})
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(out)
+}
+
+// reqState carries one inference request through the pipeline.
+type reqState struct {
+	start    time.Time
+	endpoint string
+	p        *authn.Principal
+	ip       netip.Addr
+	country  string
+	route    *Route
+	feat     features
+	prompt   []byte
+	decision string
+	reason   string
+	status   int
+	usage    Usage
+	outHash  hash.Hash
+}
+
+func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
+	st := &reqState{start: g.cfg.Now(), endpoint: endpoint, decision: audit.Deny}
+	defer g.finish(r.Context(), st)
+	if r.Method != http.MethodPost {
+		st.fail(w, errMethod, "method "+r.Method)
+		return
+	}
+	p, err := g.authenticate(r)
+	if err != nil {
+		st.fail(w, errUnauthenticated, err.Error())
+		return
+	}
+	st.p = p
+	buf := g.pool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer g.pool.Put(buf)
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, g.cfg.MaxBody)); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			st.fail(w, errTooLarge, "body over limit")
+			return
+		}
+		st.fail(w, badRequest("Could not read the request body."), err.Error())
+		return
+	}
+	body := buf.Bytes()
+	if err := json.Unmarshal(body, &st.feat); err != nil {
+		st.fail(w, badRequest("Request body is not valid JSON for this endpoint."), err.Error())
+		return
+	}
+	rt, ok := g.routes[st.feat.Model]
+	if !ok || !p.MayUse(st.feat.Model) {
+		st.fail(w, errModelNotFound, "model "+st.feat.Model+" not routed or not allowed for this key")
+		return
+	}
+	st.route = rt
+	st.ip = g.clientIP(r)
+	st.country = g.country(st.ip)
+	logprobs, top := st.feat.logprobs()
+	n := 1
+	if st.feat.N != nil {
+		n = *st.feat.N
+	}
+	d := g.cfg.Policy.Decide(policy.Request{
+		Principal: policyPrincipal(p), Action: policy.ActionInfer, Model: policyModel(rt),
+		Context: policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(),
+			MFAAgeS: -1, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.feat.LogitBias) > 0,
+			N: n, MaxTokens: st.feat.maxTokens()},
+	})
+	if !d.Allow {
+		st.fail(w, errForbidden, d.Reason())
+		return
+	}
+	if err := g.cfg.Audit.Healthy(); err != nil {
+		st.fail(w, errAuditDown, "audit log unhealthy: "+err.Error())
+		return
+	}
+	upBody, err := rt.Hardening.apply(body, &st.feat, endpoint)
+	if err != nil {
+		var ae *apiError
+		if errors.As(err, &ae) {
+			st.fail(w, ae, "hardening: "+ae.message)
+		} else {
+			st.fail(w, badRequest("Invalid request."), err.Error())
+		}
+		return
+	}
+	st.prompt = bytes.Clone(promptOf(body)) // body goes back to the pool; the detectors keep this
+	est := estimateTokens(len(st.prompt)) + st.feat.maxTokens()
+	if est == 0 {
+		est = estimateTokens(len(body))
+	}
+	scopes := []limits.Scope{
+		{Name: "key:" + p.KeyID, Limits: g.cfg.KeyLimits},
+		{Name: "tenant:" + p.Tenant, Limits: g.cfg.TenantLimits},
+		{Name: "model:" + rt.Model, Limits: rt.Limits},
+	}
+	done, denied, err := g.cfg.Limiter.Admit(r.Context(), scopes, est)
+	if err != nil {
+		st.fail(w, errForbidden, "limiter unavailable: "+err.Error())
+		return
+	}
+	if denied != nil {
+		st.fail(w, rateLimited(denied.RetryAfter), fmt.Sprintf("limit %s on %s", denied.What, denied.Scope))
+		return
+	}
+	st.decision, st.reason = audit.Allow, d.Reason()
+	st.outHash = g.cfg.Redactor.NewHash()
+	g.proxy(w, r, st, upBody)
+	done(st.usage.PromptTokens + st.usage.CompletionTokens)
+}
+
+func (st *reqState) fail(w http.ResponseWriter, e *apiError, reason string) {
+	st.status, st.reason = e.status, reason
+	if st.decision == audit.Allow && e.status >= 500 {
+		st.reason = "upstream: " + reason
+	}
+	e.write(w)
+}
+
+// promptOf returns the raw JSON of the prompt-bearing field.
+func promptOf(body []byte) []byte {
+	var f struct {
+		Messages json.RawMessage `json:"messages"`
+		Prompt   json.RawMessage `json:"prompt"`
+		Input    json.RawMessage `json:"input"`
+	}
+	json.Unmarshal(body, &f)
+	switch {
+	case f.Messages != nil:
+		return f.Messages
+	case f.Prompt != nil:
+		return f.Prompt
+	}
+	return f.Input
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, body []byte) {
+	var resp *http.Response
+	var err error
+	for _, base := range st.route.Upstreams {
+		if t, ok := g.down.Load(base); ok && time.Since(t.(time.Time)) < 5*time.Second {
+			continue
+		}
+		req, rerr := http.NewRequestWithContext(r.Context(), http.MethodPost, strings.TrimSuffix(base, "/")+"/"+upstreamPath(st.endpoint), bytes.NewReader(body))
+		if rerr != nil {
+			err = rerr
+			continue
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if st.feat.Stream {
+			req.Header.Set("Accept", "text/event-stream")
+		}
+		if st.route.UpstreamKey != "" {
+			req.Header.Set("Authorization", "Bearer "+st.route.UpstreamKey)
+		}
+		resp, err = g.client.Do(req)
+		if err == nil {
+			g.down.Delete(base)
+			break
+		}
+		if !isDialError(err) {
+			break // only connection failures are retried: the request may have run
+		}
+		g.down.Store(base, time.Now())
+	}
+	if err != nil || resp == nil {
+		var ne net.Error
+		switch {
+		case r.Context().Err() != nil:
+			st.status, st.reason = 499, "client went away"
+		case errors.As(err, &ne) && ne.Timeout():
+			st.fail(w, errUpstreamSlow, fmt.Sprint(err))
+		default:
+			st.fail(w, errUpstreamDown, fmt.Sprint(err))
+		}
+		return
+	}
+	defer resp.Body.Close()
+	st.status = resp.StatusCode
+	h := w.Header()
+	for _, k := range []string{"Content-Type", "Cache-Control", "X-Request-Id"} {
+		if v := resp.Header.Get(k); v != "" {
+			h.Set(k, v)
+		}
+	}
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		g.stream(w, resp.Body, st)
+		return
+	}
+	out := g.pool.Get().(*bytes.Buffer)
+	out.Reset()
+	defer g.pool.Put(out)
+	if _, err := out.ReadFrom(io.LimitReader(resp.Body, 64<<20)); err != nil {
+		st.fail(w, errUpstreamDown, "reading upstream: "+err.Error())
+		return
+	}
+	w.WriteHeader(resp.StatusCode)
+	w.Write(out.Bytes())
+	st.outHash.Write(out.Bytes())
+	if u, ok := parseUsage(out.Bytes()); ok {
+		st.usage = u
+	} else {
+		st.usage = Usage{PromptTokens: estimateTokens(len(st.prompt)), CompletionTokens: estimateTokens(out.Len()), Estimated: true}
+	}
+}
+
+func upstreamPath(endpoint string) string {
+	if endpoint == "chat" {
+		return "chat/completions"
+	}
+	return endpoint
+}
+
+var (
+	dataPrefix   = []byte("data: ")
+	emptyChoices = []byte(`"choices":[]`)
+)
+
+// stream passes server-sent events through one by one, flushing each, and reads the usage
+// block; a usage-only event the client did not ask for (we asked upstream for it) is not
+// forwarded.
+func (g *Gateway) stream(w http.ResponseWriter, body io.Reader, st *reqState) {
+	fl, _ := w.(http.Flusher)
+	w.WriteHeader(st.status)
+	clientWantsUsage := st.feat.StreamOpts != nil && st.feat.StreamOpts.IncludeUsage
+	br := bufio.NewReaderSize(body, 32<<10)
+	var outBytes int
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			forward := true
+			if payload, ok := bytes.CutPrefix(line, dataPrefix); ok {
+				if u, ok := parseUsage(payload); ok {
+					st.usage = u
+					if !clientWantsUsage && bytes.Contains(payload, emptyChoices) {
+						forward = false
+						br.ReadSlice('\n') // the blank line that ends the event
+					}
+				}
+				st.outHash.Write(payload)
+				outBytes += len(payload)
+			}
+			if forward {
+				if _, werr := w.Write(line); werr != nil {
+					st.reason = "client went away mid-stream"
+					return
+				}
+				if len(line) == 1 && fl != nil { // end of an event
+					fl.Flush()
+				}
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if err != nil {
+			break
+		}
+	}
+	if fl != nil {
+		fl.Flush()
+	}
+	if st.usage == (Usage{}) {
+		st.usage = Usage{PromptTokens: estimateTokens(len(st.prompt)), CompletionTokens: estimateTokens(outBytes), Estimated: true}
+	}
+}
+
+// finish records the request: one audit event (submitted, not awaited; a failure marks the
+// log unhealthy and later requests are refused) and one observation for the detectors.
+func (g *Gateway) finish(ctx context.Context, st *reqState) {
+	ev := audit.Event{V: 1, TS: st.start.UTC(), Kind: "gateway.request", Decision: st.decision, Reason: st.reason,
+		Actor:   map[string]string{},
+		Subject: map[string]string{"endpoint": st.endpoint},
+		Fields: map[string]string{
+			"status": fmt.Sprint(st.status), "country": st.country, "ip": g.cfg.Redactor.Digest(st.ip.String()),
+			"prompt_tokens": fmt.Sprint(st.usage.PromptTokens), "completion_tokens": fmt.Sprint(st.usage.CompletionTokens),
+			"latency_ms": fmt.Sprint(g.cfg.Now().Sub(st.start).Milliseconds()),
+		}}
+	if st.usage.Estimated {
+		ev.Fields["usage_estimated"] = "true"
+	}
+	if st.p != nil {
+		ev.Actor = map[string]string{"principal": st.p.ID, "tenant": st.p.Tenant, "key_id": st.p.KeyID}
+	}
+	if st.route != nil {
+		ev.Subject["model"] = st.route.Model
+	}
+	if st.prompt != nil {
+		ev.Fields["prompt_hmac"] = g.cfg.Redactor.Digest(string(st.prompt))
+	}
+	if st.outHash != nil {
+		ev.Fields["output_hmac"] = audit.HashDigest(st.outHash)
+	}
+	if st.decision == audit.Deny {
+		g.log.Info("request denied", "principal", ev.Actor["principal"], "model", ev.Subject["model"], "status", st.status, "reason", st.reason)
+	}
+	fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), ev)
+	go fut() // resolution marks the log unhealthy on failure
+	if g.cfg.Detector != nil && st.p != nil {
+		logprobs, top := st.feat.logprobs()
+		n := 1
+		if st.feat.N != nil {
+			n = *st.feat.N
+		}
+		g.cfg.Detector.Observe(Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ip.String(),
+			Model: st.feat.Model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: st.feat.maxTokens(), Logprobs: logprobs,
+			TopLogprobs: top, LogitBias: st.feat.LogitBias, N: n, PromptTokens: st.usage.PromptTokens,
+			CompletionTokens: st.usage.CompletionTokens, Decision: st.decision})
+	}
+}
