@@ -3,9 +3,12 @@ package main
 import (
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
+	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/store"
 )
 
 func initCmd(g *globals) *cobra.Command {
@@ -37,14 +40,15 @@ func initCmd(g *globals) *cobra.Command {
 }
 
 func devCmd(g *globals) *cobra.Command {
-	var listen string
+	var listen, adminListen string
 	c := &cobra.Command{
 		Use:   "dev",
 		Short: "Run everything in one process with embedded defaults (until interrupted)",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
 			log := g.logger(cmd.ErrOrStderr())
-			a, vs, err := app.Dev(cmd.Context(), g.dataDir(), log)
+			a, vs, err := app.Dev(ctx, g.dataDir(), log)
 			if err != nil {
 				return err
 			}
@@ -55,21 +59,41 @@ func devCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(w)
-			if listen == "" {
-				listen = a.Config.AdminListen
+			runtimeURL, stop, err := a.StartDevRuntime(ctx)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			if err := a.AddPrincipal(ctx, store.Principal{ID: "dev", Tenant: "dev", Roles: []string{"researcher"}, Country: "US"}); err != nil {
+				return err
+			}
+			tok, _, err := a.CreateKey(ctx, "dev", 24*time.Hour, nil)
+			if err != nil {
+				return err
+			}
+			gw, err := a.OpenGateway(ctx, gateway.Route{Model: app.DevModel.Name, Upstreams: []string{runtimeURL}, Classification: app.DevModel.Classification})
+			if err != nil {
+				return err
 			}
 			_, vkey, err := a.LogVerifier()
 			if err != nil {
 				return err
 			}
-			return serveUntilDone(cmd.Context(), listen, adminMux(a), log, func(addr net.Addr) {
-				app.PrintEnv(w, g.dataDir())
-				fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\nSTRONGROOM_LOG_URL=http://%s/log/\nSTRONGROOM_LOG_VKEY=%s\n", addr, addr, vkey)
-				fmt.Fprintf(w, "\nverify the log: strongroom audit verify --log http://%s/log/ --vkey '%s'\n(interrupt to stop)\n", addr, vkey)
-			})
+			if listen == "" {
+				listen = a.Config.Gateway.Listen
+			}
+			if adminListen == "" {
+				adminListen = a.Config.AdminListen
+			}
+			env := app.DevEnv{DataDir: g.dataDir(), APIKey: tok, LogVKey: vkey}
+			return serveAll(ctx, log, []listener{
+				{addr: listen, h: gw, ready: func(addr net.Addr) { env.URL = "http://" + addr.String() + "/v1" }},
+				{addr: adminListen, h: adminMux(a), ready: func(addr net.Addr) { env.AdminURL = "http://" + addr.String() }},
+			}, func() { env.Print(w) })
 		},
 	}
-	c.Flags().StringVar(&listen, "admin-listen", "", "control-plane address (default 127.0.0.1:8081)")
+	c.Flags().StringVar(&listen, "listen", "", "gateway address (default 127.0.0.1:8080)")
+	c.Flags().StringVar(&adminListen, "admin-listen", "", "control-plane address (default 127.0.0.1:8081)")
 	return c
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io/fs"
 	"net"
 	"net/http"
@@ -12,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/openai/openai-go/v3"
+	"github.com/openai/openai-go/v3/option"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/testenv"
@@ -145,6 +148,27 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 	// corruptstate LOGDIR: make the log's tree state unreadable, so nothing can be recorded.
 	"corruptstate": func(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Check(os.WriteFile(filepath.Join(ts.MkAbs(args[0]), ".state", "treeState"), []byte("not json"), 0o644))
+	},
+	// chat ENVFILE TEXT: a chat completion through the gateway described by a dev.env file,
+	// with the official openai-go client; fails unless it answers.
+	"chat": func(ts *testscript.TestScript, neg bool, args []string) {
+		raw, err := os.ReadFile(ts.MkAbs(args[0]))
+		ts.Check(err)
+		env := map[string]string{}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok {
+				env[k] = v
+			}
+		}
+		c := openai.NewClient(option.WithBaseURL(env["STRONGROOM_URL"]+"/"), option.WithAPIKey(env["STRONGROOM_API_KEY"]), option.WithMaxRetries(0))
+		resp, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
+			Model: env["STRONGROOM_MODEL"], Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(args[1])}, MaxTokens: openai.Int(8)})
+		if (err == nil) == neg {
+			ts.Fatalf("chat: %v", err)
+		}
+		if err == nil && len(resp.Choices) != 1 {
+			ts.Fatalf("chat: %d choices", len(resp.Choices))
+		}
 	},
 	// grepr TEXT DIR: whether any file under DIR contains TEXT.
 	"grepr": func(ts *testscript.TestScript, neg bool, args []string) {

@@ -38,46 +38,81 @@ func adminMux(a *app.App) *http.ServeMux {
 	return mux
 }
 
-// serveUntilDone serves h on addr until ctx ends; ready is called with the bound address.
-func serveUntilDone(ctx context.Context, addr string, h http.Handler, log *slog.Logger, ready func(net.Addr)) error {
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	ready(ln.Addr())
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		log.Info("shutting down")
-		if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+// listener is one address to serve, with a hook once it is bound.
+type listener struct {
+	addr  string
+	h     http.Handler
+	ready func(net.Addr)
+}
+
+// serveAll binds every listener, calls allReady, and serves until ctx ends.
+func serveAll(ctx context.Context, log *slog.Logger, ls []listener, allReady func()) error {
+	var srvs []*http.Server
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, s := range srvs {
+				s.Close()
+			}
 			return err
 		}
-		return nil
+		l.ready(ln.Addr())
+		srv := &http.Server{Handler: l.h, ReadHeaderTimeout: 10 * time.Second}
+		srvs = append(srvs, srv)
+		go func() { errc <- srv.Serve(ln) }()
 	}
+	allReady()
+	var err error
+	select {
+	case err = <-errc:
+	case <-ctx.Done():
+		log.Info("shutting down")
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range srvs {
+		if e := s.Shutdown(sctx); e != nil && !errors.Is(e, http.ErrServerClosed) {
+			err = errors.Join(err, e)
+		}
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// serveUntilDone serves one handler.
+func serveUntilDone(ctx context.Context, addr string, h http.Handler, log *slog.Logger, ready func(net.Addr)) error {
+	return serveAll(ctx, log, []listener{{addr: addr, h: h, ready: ready}}, func() {})
 }
 
 func serveCmd(g *globals) *cobra.Command {
-	var listen string
+	var listen, adminListen string
 	c := &cobra.Command{
 		Use:   "serve",
-		Short: "Serve the control plane: the transparency log at /log/ and /healthz",
+		Short: "Serve the gateway (/v1/) and the control plane (the log at /log/, /healthz, /metrics)",
 		Args:  exactArgs(0),
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
 			if listen == "" {
-				listen = a.Config.AdminListen
+				listen = a.Config.Gateway.Listen
 			}
-			return serveUntilDone(cmd.Context(), listen, adminMux(a), a.Log, func(addr net.Addr) {
-				fmt.Fprintf(cmd.OutOrStdout(), "STRONGROOM_ADMIN_URL=http://%s\n", addr)
-			})
+			if adminListen == "" {
+				adminListen = a.Config.AdminListen
+			}
+			gw, err := a.OpenGateway(cmd.Context())
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			return serveAll(cmd.Context(), a.Log, []listener{
+				{addr: listen, h: gw, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=http://%s/v1\n", addr) }},
+				{addr: adminListen, h: adminMux(a), ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
+			}, func() {})
 		}),
 	}
-	c.Flags().StringVar(&listen, "admin-listen", "", "address (default from config: 127.0.0.1:8081)")
+	c.Flags().StringVar(&listen, "listen", "", "gateway address (default from config: 127.0.0.1:8080)")
+	c.Flags().StringVar(&adminListen, "admin-listen", "", "control-plane address (default from config: 127.0.0.1:8081)")
 	return c
 }
 

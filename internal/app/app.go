@@ -56,8 +56,10 @@ func Init(ctx context.Context, dataDir string, o InitOptions) (config.Config, er
 	if _, err := os.Stat(cfgPath); err == nil {
 		return config.Config{}, fmt.Errorf("init: %s already exists", cfgPath)
 	}
-	if err := os.MkdirAll(filepath.Join(dataDir, "keys"), 0o700); err != nil {
-		return config.Config{}, fmt.Errorf("init: %w", err)
+	for _, d := range []string{"keys", "policies"} {
+		if err := os.MkdirAll(filepath.Join(dataDir, d), 0o700); err != nil {
+			return config.Config{}, fmt.Errorf("init: %w", err)
+		}
 	}
 	if err := os.Chmod(dataDir, 0o700); err != nil {
 		return config.Config{}, fmt.Errorf("init: %w", err)
@@ -156,6 +158,11 @@ func readSigningKey(path string) (*ecdsa.PrivateKey, error) {
 		return nil, fmt.Errorf("signing key %s: want an ECDSA P-256 or P-384 key", path)
 	}
 	return ec, nil
+}
+
+// LoadConfig reads the config without opening anything.
+func LoadConfig(dataDir, configPath string) (config.Config, error) {
+	return config.Load(dataDir, configPath)
 }
 
 // Open loads the config and opens the store, KEK, keyring and inventory.

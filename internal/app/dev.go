@@ -6,10 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
@@ -62,9 +66,64 @@ func Dev(ctx context.Context, dataDir string, log *slog.Logger) (*App, []store.V
 	return a, vs, nil
 }
 
-// PrintEnv writes the machine-readable lines scripts rely on (DESIGN.md, "Dev default").
-func PrintEnv(w io.Writer, dataDir string) {
-	abs, _ := filepath.Abs(dataDir)
-	fmt.Fprintf(w, "STRONGROOM_DATA=%s\n", abs)
-	fmt.Fprintf(w, "STRONGROOM_MODEL=%s\n", DevModel.Name)
+// DevEnv are the machine-readable lines scripts rely on (DESIGN.md, "Dev default").
+type DevEnv struct {
+	DataDir, URL, APIKey, AdminURL, LogVKey string
+}
+
+// Print writes them, then a curl example; the KEY=VALUE lines also go to DATA/dev.env
+// (0600) for scripts to source.
+func (e DevEnv) Print(w io.Writer) {
+	abs, _ := filepath.Abs(e.DataDir)
+	env := fmt.Sprintf("STRONGROOM_URL=%s\nSTRONGROOM_API_KEY=%s\nSTRONGROOM_MODEL=%s\nSTRONGROOM_ADMIN_URL=%s\nSTRONGROOM_LOG_URL=%s/log/\nSTRONGROOM_LOG_VKEY=%s\nSTRONGROOM_DATA=%s\n",
+		e.URL, e.APIKey, DevModel.Name, e.AdminURL, e.AdminURL, e.LogVKey, abs)
+	fsutil.WriteFileAtomic(filepath.Join(e.DataDir, "dev.env"), []byte(env), 0o600)
+	io.WriteString(w, env)
+	fmt.Fprintf(w, "\ntry: curl -s %s/chat/completions -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":16}'\n",
+		e.URL, e.APIKey, DevModel.Name)
+	fmt.Fprintf(w, "verify the log: strongroom audit verify --log %s/log/ --vkey '%s'\n(interrupt to stop)\n", e.AdminURL, e.LogVKey)
+}
+
+// StartDevRuntime loads the demo model's weights from its sealed file into memory (never
+// to disk) and serves them with the reference runtime on a loopback port. It returns the
+// runtime's base URL (ending in /v1). Issue 5 replaces this with leased custody.
+func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
+	v, err := a.Inventory.Get(ctx, DevModel.Name, DevModel.Version)
+	if err != nil {
+		return "", nil, err
+	}
+	var weights *store.File
+	for i := range v.Files {
+		if v.Files[i].Path == "model.safetensors" {
+			weights = &v.Files[i]
+		}
+	}
+	if weights == nil {
+		return "", nil, fmt.Errorf("%s:%s has no model.safetensors", v.Model, v.Version)
+	}
+	if err := a.Audit(ctx, "model.load", "allow", "", map[string]string{"model": v.Model, "version": v.Version},
+		map[string]string{"runtime": "refmodel", "into": "memory"}); err != nil {
+		return "", nil, err
+	}
+	dek, err := a.Keys.Key(ctx, v.KeyID)
+	if err != nil {
+		return "", nil, err
+	}
+	r, closer, err := a.Inventory.OpenFile(ctx, v, *weights, dek)
+	clear(dek)
+	if err != nil {
+		return "", nil, err
+	}
+	m, err := refmodel.LoadModel(r, r.Size())
+	closer.Close()
+	if err != nil {
+		return "", nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: &refmodel.Server{Name: DevModel.Name, Model: m}, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String() + "/v1", func() { srv.Close() }, nil
 }

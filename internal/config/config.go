@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/limits"
 )
 
 // FileName is the config file inside the data directory.
@@ -28,7 +30,20 @@ type Config struct {
 	KMS        KMS    `json:"kms"`
 	Audit      Audit  `json:"audit"`
 	// AdminListen is where `serve` and `dev` expose the log (/log/) and health.
-	AdminListen string `json:"admin_listen"`
+	AdminListen string  `json:"admin_listen"`
+	Gateway     Gateway `json:"gateway"`
+}
+
+// Gateway configures the inference data plane.
+type Gateway struct {
+	Listen          string          `json:"listen"`
+	PolicyDir       string          `json:"policy_dir"` // operator *.cedar files, on top of the baseline
+	Routes          []gateway.Route `json:"routes,omitempty"`
+	KeyLimits       limits.Limits   `json:"key_limits,omitzero"`
+	TenantLimits    limits.Limits   `json:"tenant_limits,omitzero"`
+	TrustedProxies  []string        `json:"trusted_proxies,omitempty"`
+	MaxBodyBytes    int64           `json:"max_body_bytes,omitempty"`
+	UpstreamTimeout string          `json:"upstream_timeout,omitempty"` // e.g. "60s"
 }
 
 // Audit configures the transparency log of security events.
@@ -73,6 +88,7 @@ func Defaults() Config {
 		KMS:         KMS{KeyDir: "keys", PKCS11: PKCS11{PINEnv: "STRONGROOM_PKCS11_PIN"}},
 		Audit:       Audit{LogDir: "log", LogKey: "keys/log.key", HMACKey: "keys/audit-hmac.key"},
 		AdminListen: "127.0.0.1:8081",
+		Gateway:     Gateway{Listen: "127.0.0.1:8080", PolicyDir: "policies"},
 	}
 }
 
@@ -132,6 +148,7 @@ func (c *Config) applyEnv() {
 		"STRONGROOM_PKCS11_TOKEN":   &c.KMS.PKCS11.TokenLabel,
 		"STRONGROOM_PKCS11_PIN_ENV": &c.KMS.PKCS11.PINEnv,
 		"STRONGROOM_ADMIN_LISTEN":   &c.AdminListen,
+		"STRONGROOM_LISTEN":         &c.Gateway.Listen,
 	} {
 		if v := os.Getenv(env); v != "" {
 			*dst = v
@@ -154,6 +171,7 @@ func (c *Config) resolve(dataDir string) {
 	abs(&c.Audit.LogDir)
 	abs(&c.Audit.LogKey)
 	abs(&c.Audit.HMACKey)
+	abs(&c.Gateway.PolicyDir)
 }
 
 func isURL(s string) bool {

@@ -1,0 +1,96 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/limits"
+	"github.com/strongroom/strongroom/internal/policy"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// Keys is the API key manager over this data directory's store.
+func (a *App) APIKeys() *authn.Keys { return authn.NewKeys(a.Store, nil, 5*time.Second) }
+
+// OpenGateway builds the data plane from the config; extra routes (dev's runtime) are added.
+// The policy engine reloads the policy directory until ctx ends.
+func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway.Gateway, error) {
+	gc := a.Config.Gateway
+	if err := os.MkdirAll(gc.PolicyDir, 0o700); err != nil {
+		return nil, err
+	}
+	eng, err := policy.NewEngine(gc.PolicyDir, a.Log)
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	go eng.Watch(ctx, 2*time.Second)
+	var proxies []netip.Prefix
+	for _, p := range gc.TrustedProxies {
+		pr, err := netip.ParsePrefix(p)
+		if err != nil {
+			return nil, fmt.Errorf("gateway.trusted_proxies: %w", err)
+		}
+		proxies = append(proxies, pr)
+	}
+	var timeout time.Duration
+	if gc.UpstreamTimeout != "" {
+		if timeout, err = time.ParseDuration(gc.UpstreamTimeout); err != nil {
+			return nil, fmt.Errorf("gateway.upstream_timeout: %w", err)
+		}
+	}
+	return gateway.New(gateway.Config{
+		Routes: append(append([]gateway.Route{}, gc.Routes...), extra...),
+		Auth:   a.APIKeys(), Policy: eng, Limiter: limits.NewLocal(nil),
+		KeyLimits: gc.KeyLimits, TenantLimits: gc.TenantLimits,
+		Audit: a.AuditLog, Redactor: a.Redactor, TrustedProxies: proxies,
+		MaxBody: gc.MaxBodyBytes, UpstreamTimeout: timeout, Logger: a.Log,
+	})
+}
+
+// AddPrincipal creates or updates a principal, on the record.
+func (a *App) AddPrincipal(ctx context.Context, p store.Principal) error {
+	if p.Screening == "" {
+		p.Screening = "clear"
+	}
+	if p.CreatedAt.IsZero() {
+		p.CreatedAt = time.Now().UTC()
+	}
+	if err := a.Audit(ctx, "principal.put", "allow", "", map[string]string{"principal": p.ID},
+		map[string]string{"tenant": p.Tenant, "roles": fmt.Sprint(p.Roles), "country": p.Country, "screening": p.Screening}); err != nil {
+		return err
+	}
+	return a.Store.PutPrincipal(ctx, p)
+}
+
+// CreateKey issues an API key, on the record (the secret never is).
+func (a *App) CreateKey(ctx context.Context, principal string, ttl time.Duration, models []string) (string, store.APIKey, error) {
+	tok, rec, err := a.APIKeys().Create(ctx, principal, ttl, models)
+	if err != nil {
+		return "", rec, err
+	}
+	return tok, rec, a.Audit(ctx, "key.create", "allow", "", map[string]string{"principal": principal, "key_id": rec.ID},
+		map[string]string{"models": fmt.Sprint(models), "expires": rec.ExpiresAt.Format(time.RFC3339)})
+}
+
+// RotateKey issues a successor key; the old one lives for overlap more.
+func (a *App) RotateKey(ctx context.Context, id string, overlap time.Duration) (string, store.APIKey, error) {
+	tok, rec, err := a.APIKeys().Rotate(ctx, id, overlap)
+	if err != nil {
+		return "", rec, err
+	}
+	return tok, rec, a.Audit(ctx, "key.rotate", "allow", "", map[string]string{"principal": rec.Principal, "key_id": id},
+		map[string]string{"new_key_id": rec.ID, "overlap": overlap.String()})
+}
+
+// RevokeKey ends a key now.
+func (a *App) RevokeKey(ctx context.Context, id string) error {
+	if err := a.Audit(ctx, "key.revoke", "allow", "", map[string]string{"key_id": id}, nil); err != nil {
+		return err
+	}
+	return a.APIKeys().Revoke(ctx, id)
+}
