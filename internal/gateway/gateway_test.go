@@ -80,7 +80,7 @@ func loadModel(t testing.TB) *refmodel.Model {
 	return m
 }
 
-func newFixture(t *testing.T, mutate func(*Config)) *fixture {
+func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()

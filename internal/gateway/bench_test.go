@@ -1,0 +1,111 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/refmodel"
+)
+
+type nopDetector struct{}
+
+func (nopDetector) Observe(Observation) {}
+
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// load sends b.N requests from `conns` goroutines and reports req/s, p50/p99 latency and
+// the process's CPU per request (client, server and upstream share the process, so the
+// CPU figure is comparable between rows, not an absolute gateway cost).
+func load(b *testing.B, target, key string, conns int) {
+	tr := &http.Transport{MaxIdleConnsPerHost: conns, MaxIdleConns: conns}
+	client := &http.Client{Transport: tr}
+	body := `{"model":"demo","max_tokens":256,"messages":[{"role":"user","content":"hello there"}]}`
+	var mu sync.Mutex
+	var lat []time.Duration
+	next := make(chan struct{}, conns)
+	var wg sync.WaitGroup
+	cpu0 := cpuTime()
+	b.ResetTimer()
+	for range conns {
+		wg.Go(func() {
+			var mine []time.Duration
+			for range next {
+				t0 := time.Now()
+				req, _ := http.NewRequest(http.MethodPost, target+"/v1/chat/completions", strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				if key != "" {
+					req.Header.Set("Authorization", "Bearer "+key)
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					b.Errorf("status %d", resp.StatusCode)
+					return
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			mu.Lock()
+			lat = append(lat, mine...)
+			mu.Unlock()
+		})
+	}
+	for range b.N {
+		next <- struct{}{}
+	}
+	close(next)
+	wg.Wait()
+	b.StopTimer()
+	cpu := cpuTime() - cpu0
+	slices.Sort(lat)
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/req")
+}
+
+// BenchmarkProxy: direct to the upstream, a tuned bare httputil.ReverseProxy, and the
+// gateway with its whole pipeline, against an upstream returning a 1 KiB completion.
+func BenchmarkProxy(b *testing.B) {
+	const conns = 64
+	upstream := httptest.NewServer(&refmodel.Server{Name: "demo", Fixed: strings.Repeat("x", 1024)})
+	defer upstream.Close()
+	b.Run("direct", func(b *testing.B) { load(b, upstream.URL, "", conns) })
+
+	u, _ := url.Parse(upstream.URL)
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.Transport = &http.Transport{MaxIdleConns: 1024, MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second}
+	bare := httptest.NewServer(rp)
+	defer bare.Close()
+	b.Run("bare-reverseproxy", func(b *testing.B) { load(b, bare.URL, "", conns) })
+
+	b.Run("gateway", func(b *testing.B) {
+		f := newFixture(b, func(c *Config) {
+			c.Routes = []Route{{Model: "demo", Upstreams: []string{upstream.URL + "/v1"}, Classification: "public"}}
+			c.Detector = nopDetector{}
+		})
+		defer f.log.Close(context.Background())
+		load(b, f.srv.URL, f.alice, conns)
+	})
+}
+
+var _ = fmt.Sprint
