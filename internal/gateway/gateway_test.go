@@ -395,6 +395,7 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("upstream request not cancelled after the client left")
 	}
+	f.srv.Close() // waits for the gateway's handler, which records the request, to return
 	f.log.Close(context.Background())
 	evs, _ := f.st.SearchAudit(context.Background(), store.AuditQuery{Kind: "gateway.request"})
 	if len(evs) != 1 {
