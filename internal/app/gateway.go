@@ -9,6 +9,7 @@ import (
 
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/geo"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
@@ -43,7 +44,23 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 			return nil, fmt.Errorf("gateway.upstream_timeout: %w", err)
 		}
 	}
+	var loc gateway.Geo
+	switch {
+	case gc.GeoMMDB != "":
+		m, err := geo.OpenMMDB(gc.GeoMMDB)
+		if err != nil {
+			return nil, err
+		}
+		loc = m
+	default:
+		if r, err := geo.OpenTor(geo.TorGeoIP4, geo.TorGeoIP6); err == nil {
+			loc = r
+		} else {
+			a.Log.Warn("no geolocation: every client country is unknown, so only public models are served", "err", err)
+		}
+	}
 	return gateway.New(gateway.Config{
+		Geo:    loc,
 		Routes: append(append([]gateway.Route{}, gc.Routes...), extra...),
 		Auth:   a.APIKeys(), Policy: eng, Limiter: limits.NewLocal(nil),
 		KeyLimits: gc.KeyLimits, TenantLimits: gc.TenantLimits,

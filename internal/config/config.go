@@ -42,6 +42,7 @@ type Gateway struct {
 	KeyLimits       limits.Limits   `json:"key_limits,omitzero"`
 	TenantLimits    limits.Limits   `json:"tenant_limits,omitzero"`
 	TrustedProxies  []string        `json:"trusted_proxies,omitempty"`
+	GeoMMDB         string          `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
 	MaxBodyBytes    int64           `json:"max_body_bytes,omitempty"`
 	UpstreamTimeout string          `json:"upstream_timeout,omitempty"` // e.g. "60s"
 }

@@ -414,3 +414,51 @@ func TestAuditUnhealthyDenies(t *testing.T) {
 		t.Fatalf("unhealthy audit: %d %v", resp.StatusCode, m)
 	}
 }
+
+type mapGeo map[string]string
+
+func (m mapGeo) Country(ip netip.Addr) string { return m[ip.String()] }
+
+// TestGeoAndProxies: the forwarding header counts only from a trusted proxy; an embargoed
+// country is refused even for a public model, an unknown one for a restricted model.
+func TestGeoAndProxies(t *testing.T) {
+	f := newFixture(t, func(c *Config) {
+		c.Geo = mapGeo{"127.0.0.1": "US", "203.0.113.5": "IR", "198.51.100.1": "DE"}
+		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	})
+	g2 := newFixture(t, func(c *Config) { c.Geo = mapGeo{"127.0.0.1": "US", "203.0.113.5": "IR"} }) // no trusted proxies
+	do := func(srvURL, model, xff string) int {
+		req, _ := http.NewRequest(http.MethodPost, srvURL+"/v1/chat/completions",
+			strings.NewReader(`{"model":"`+model+`","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+f.alice)
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := do(f.srv.URL, "frontier", "198.51.100.1"); s != 200 {
+		t.Fatalf("DE via trusted proxy: %d", s)
+	}
+	if s := do(f.srv.URL, "demo", "203.0.113.5"); s != 403 {
+		t.Fatalf("IR via trusted proxy: %d", s)
+	}
+	if s := do(f.srv.URL, "frontier", "192.0.2.9"); s != 403 {
+		t.Fatalf("unknown country on a restricted model: %d", s)
+	}
+	// Without a trusted proxy the header is ignored: the peer (US) counts.
+	alice2 := g2.alice
+	req, _ := http.NewRequest(http.MethodPost, g2.srv.URL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"demo","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+alice2)
+	req.Header.Set("X-Forwarded-For", "203.0.113.5")
+	resp, _ := http.DefaultClient.Do(req)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("spoofed X-Forwarded-For from an untrusted peer changed the country: %d", resp.StatusCode)
+	}
+}
