@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/geo"
@@ -59,10 +60,22 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 			a.Log.Warn("no geolocation: every client country is unknown, so only public models are served", "err", err)
 		}
 	}
+	var lim, fallback limits.Limiter = limits.NewLocal(nil), nil
+	if gc.RedisURL != "" {
+		opt, err := redis.ParseURL(gc.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("gateway.redis_url: %w", err)
+		}
+		lim = limits.NewRedis(redis.NewClient(opt), "strongroom:limits:", nil)
+		if gc.LocalFallbackPublic {
+			fallback = limits.NewLocal(nil)
+		}
+	}
 	return gateway.New(gateway.Config{
-		Geo:    loc,
-		Routes: append(append([]gateway.Route{}, gc.Routes...), extra...),
-		Auth:   a.APIKeys(), Policy: eng, Limiter: limits.NewLocal(nil),
+		Geo:             loc,
+		FallbackLimiter: fallback,
+		Routes:          append(append([]gateway.Route{}, gc.Routes...), extra...),
+		Auth:            a.APIKeys(), Policy: eng, Limiter: lim,
 		KeyLimits: gc.KeyLimits, TenantLimits: gc.TenantLimits,
 		Audit: a.AuditLog, Redactor: a.Redactor, TrustedProxies: proxies,
 		MaxBody: gc.MaxBodyBytes, UpstreamTimeout: timeout, Logger: a.Log,

@@ -62,6 +62,8 @@ type Log struct {
 	lastErr   error
 	stop      chan struct{}
 	closeOnce sync.Once
+	closeMu   sync.RWMutex
+	closed    bool
 	pending   sync.WaitGroup
 	done      chan struct{}
 }
@@ -148,7 +150,13 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	if err != nil {
 		return func() (uint64, error) { return 0, err }
 	}
+	l.closeMu.RLock()
+	if l.closed {
+		l.closeMu.RUnlock()
+		return func() (uint64, error) { return 0, fmt.Errorf("%w: log closed", ErrUnavailable) }
+	}
 	l.pending.Add(1)
+	l.closeMu.RUnlock()
 	f := l.add(ctx, tessera.NewEntry(b))
 	return sync.OnceValues(func() (uint64, error) {
 		defer l.pending.Done()
@@ -288,6 +296,9 @@ func ReadEntries(ctx context.Context, readBundle func(ctx context.Context, i uin
 func (l *Log) Close(ctx context.Context) error {
 	var err error
 	l.closeOnce.Do(func() {
+		l.closeMu.Lock()
+		l.closed = true // no Submit after this point, so Wait cannot race an Add
+		l.closeMu.Unlock()
 		l.pending.Wait() // every submitted event is durable (or failed) before shutdown
 		err = l.shutdown(ctx)
 		close(l.stop)

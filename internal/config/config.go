@@ -36,15 +36,20 @@ type Config struct {
 
 // Gateway configures the inference data plane.
 type Gateway struct {
-	Listen          string          `json:"listen"`
-	PolicyDir       string          `json:"policy_dir"` // operator *.cedar files, on top of the baseline
-	Routes          []gateway.Route `json:"routes,omitempty"`
-	KeyLimits       limits.Limits   `json:"key_limits,omitzero"`
-	TenantLimits    limits.Limits   `json:"tenant_limits,omitzero"`
-	TrustedProxies  []string        `json:"trusted_proxies,omitempty"`
-	GeoMMDB         string          `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
-	MaxBodyBytes    int64           `json:"max_body_bytes,omitempty"`
-	UpstreamTimeout string          `json:"upstream_timeout,omitempty"` // e.g. "60s"
+	Listen         string          `json:"listen"`
+	PolicyDir      string          `json:"policy_dir"` // operator *.cedar files, on top of the baseline
+	Routes         []gateway.Route `json:"routes,omitempty"`
+	KeyLimits      limits.Limits   `json:"key_limits,omitzero"`
+	TenantLimits   limits.Limits   `json:"tenant_limits,omitzero"`
+	TrustedProxies []string        `json:"trusted_proxies,omitempty"`
+	GeoMMDB        string          `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
+	// RedisURL makes limits global across gateway replicas; empty: in-process limits.
+	RedisURL string `json:"redis_url,omitempty"`
+	// LocalFallbackPublic: while Redis is down, public models fall back to in-process limits
+	// (with an alert); restricted models are always refused then.
+	LocalFallbackPublic bool   `json:"local_fallback_public"`
+	MaxBodyBytes        int64  `json:"max_body_bytes,omitempty"`
+	UpstreamTimeout     string `json:"upstream_timeout,omitempty"` // e.g. "60s"
 }
 
 // Audit configures the transparency log of security events.
@@ -89,7 +94,7 @@ func Defaults() Config {
 		KMS:         KMS{KeyDir: "keys", PKCS11: PKCS11{PINEnv: "STRONGROOM_PKCS11_PIN"}},
 		Audit:       Audit{LogDir: "log", LogKey: "keys/log.key", HMACKey: "keys/audit-hmac.key"},
 		AdminListen: "127.0.0.1:8081",
-		Gateway:     Gateway{Listen: "127.0.0.1:8080", PolicyDir: "policies"},
+		Gateway:     Gateway{Listen: "127.0.0.1:8080", PolicyDir: "policies", LocalFallbackPublic: true},
 	}
 }
 
@@ -150,6 +155,7 @@ func (c *Config) applyEnv() {
 		"STRONGROOM_PKCS11_PIN_ENV": &c.KMS.PKCS11.PINEnv,
 		"STRONGROOM_ADMIN_LISTEN":   &c.AdminListen,
 		"STRONGROOM_LISTEN":         &c.Gateway.Listen,
+		"STRONGROOM_REDIS_URL":      &c.Gateway.RedisURL,
 	} {
 		if v := os.Getenv(env); v != "" {
 			*dst = v

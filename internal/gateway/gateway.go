@@ -81,11 +81,14 @@ type Route struct {
 
 // Config wires a Gateway.
 type Config struct {
-	Routes          []Route
-	Auth            Authenticator
-	Policy          Decider
-	Geo             Geo // nil: every country unknown
-	Limiter         limits.Limiter
+	Routes  []Route
+	Auth    Authenticator
+	Policy  Decider
+	Geo     Geo // nil: every country unknown
+	Limiter limits.Limiter
+	// FallbackLimiter, if set, takes over for public models while Limiter fails (Redis
+	// down); restricted models are refused then.
+	FallbackLimiter limits.Limiter
 	KeyLimits       limits.Limits
 	TenantLimits    limits.Limits
 	Audit           Auditor
@@ -345,8 +348,12 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		{Name: "model:" + rt.Model, Limits: rt.Limits},
 	}
 	done, denied, err := g.cfg.Limiter.Admit(r.Context(), scopes, est)
+	if err != nil && g.cfg.FallbackLimiter != nil && rt.Classification == "public" {
+		g.log.Error("ALERT shared limiter unavailable; local limits for public model", "model", rt.Model, "err", err)
+		done, denied, err = g.cfg.FallbackLimiter.Admit(r.Context(), scopes, est)
+	}
 	if err != nil {
-		st.fail(w, errForbidden, "limiter unavailable: "+err.Error())
+		st.fail(w, errLimitsDown, "limiter unavailable: "+err.Error())
 		return
 	}
 	if denied != nil {

@@ -130,11 +130,12 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Cleanups run last-registered first: the server stops (its handlers return) before the
+	// log closes.
+	t.Cleanup(func() { l.Close(context.Background()) })
 	srv := httptest.NewServer(gw)
 	t.Cleanup(srv.Close)
-	f := &fixture{gw: gw, srv: srv, st: st, log: l, logDir: logDir, up: rec, alice: alice, bob: bob, limiter: lim}
-	t.Cleanup(func() { l.Close(context.Background()) })
-	return f
+	return &fixture{gw: gw, srv: srv, st: st, log: l, logDir: logDir, up: rec, alice: alice, bob: bob, limiter: lim}
 }
 
 type fixedGeo string
@@ -460,5 +461,28 @@ func TestGeoAndProxies(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 {
 		t.Fatalf("spoofed X-Forwarded-For from an untrusted peer changed the country: %d", resp.StatusCode)
+	}
+}
+
+type downLimiter struct{}
+
+func (downLimiter) Admit(context.Context, []limits.Scope, int) (func(int), *limits.Denied, error) {
+	return nil, nil, errors.New("redis: connection refused")
+}
+
+// TestLimiterDown: with the shared limiter down, restricted models are refused and public
+// ones fall back to local limits.
+func TestLimiterDown(t *testing.T) {
+	f := newFixture(t, func(c *Config) {
+		c.Limiter = downLimiter{}
+		c.FallbackLimiter = limits.NewLocal(nil)
+	})
+	url := f.srv.URL + "/v1/chat/completions"
+	msg := `"max_tokens":2,"messages":[{"role":"user","content":"hi"}]`
+	if resp, _ := post(t, url, f.alice, `{"model":"demo",`+msg+`}`); resp.StatusCode != 200 {
+		t.Fatalf("public model with limiter down: %d", resp.StatusCode)
+	}
+	if resp, m := post(t, url, f.alice, `{"model":"frontier",`+msg+`}`); resp.StatusCode != 503 || errCode(m) != "limits_unavailable" {
+		t.Fatalf("restricted model with limiter down: %d %v", resp.StatusCode, m)
 	}
 }

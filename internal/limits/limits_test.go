@@ -10,9 +10,23 @@ type clock struct{ t time.Time }
 
 func (c *clock) now() time.Time { return c.t }
 
-func TestLocalRPM(t *testing.T) {
+// newLimiter makes a fresh limiter of one backend on a clock.
+type newLimiter func(t *testing.T, now func() time.Time) Limiter
+
+// conformance runs the behaviour every Limiter backend must have.
+func conformance(t *testing.T, mk newLimiter) {
+	t.Run("RPM", func(t *testing.T) { testRPM(t, mk) })
+	t.Run("TPMRefundAndBudget", func(t *testing.T) { testTPMRefundAndBudget(t, mk) })
+	t.Run("ConcurrentAndAllScopes", func(t *testing.T) { testConcurrentAndAllScopes(t, mk) })
+}
+
+func TestLocal(t *testing.T) {
+	conformance(t, func(t *testing.T, now func() time.Time) Limiter { return NewLocal(now) })
+}
+
+func testRPM(t *testing.T, mk newLimiter) {
 	c := &clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
-	l := NewLocal(c.now)
+	l := mk(t, c.now)
 	sc := []Scope{{Name: "key:a", Limits: Limits{RPM: 3}}}
 	for i := range 3 {
 		done, d, _ := l.Admit(context.Background(), sc, 1)
@@ -22,7 +36,7 @@ func TestLocalRPM(t *testing.T) {
 		done(1)
 	}
 	_, d, _ := l.Admit(context.Background(), sc, 1)
-	if d == nil || d.What != "rpm" || d.RetryAfter <= 0 || d.RetryAfter > 20*time.Second {
+	if d == nil || d.What != "rpm" || d.RetryAfter <= 0 || d.RetryAfter > 21*time.Second {
 		t.Fatalf("4th request: %+v", d)
 	}
 	c.t = c.t.Add(20 * time.Second)
@@ -35,9 +49,9 @@ func TestLocalRPM(t *testing.T) {
 	}
 }
 
-func TestLocalTPMRefundAndBudget(t *testing.T) {
+func testTPMRefundAndBudget(t *testing.T, mk newLimiter) {
 	c := &clock{t: time.Date(2026, 11, 27, 23, 0, 0, 0, time.UTC)}
-	l := NewLocal(c.now)
+	l := mk(t, c.now)
 	sc := []Scope{{Name: "tenant:t", Limits: Limits{TPM: 1000, DailyTokens: 1500}}}
 	done, d, _ := l.Admit(context.Background(), sc, 900)
 	if d != nil {
@@ -60,8 +74,8 @@ func TestLocalTPMRefundAndBudget(t *testing.T) {
 	}
 }
 
-func TestLocalConcurrentAndAllScopes(t *testing.T) {
-	l := NewLocal(nil)
+func testConcurrentAndAllScopes(t *testing.T, mk newLimiter) {
+	l := mk(t, nil)
 	sc := []Scope{{Name: "key:a", Limits: Limits{Concurrent: 1}}, {Name: "model:m", Limits: Limits{RPM: 100}}}
 	done, d, _ := l.Admit(context.Background(), sc, 1)
 	if d != nil {
@@ -75,7 +89,7 @@ func TestLocalConcurrentAndAllScopes(t *testing.T) {
 		t.Fatalf("after release: %+v", d)
 	}
 	// A request denied by one scope charges none.
-	l2 := NewLocal(nil)
+	l2 := mk(t, nil)
 	sc2 := []Scope{{Name: "model:m", Limits: Limits{RPM: 1}}, {Name: "key:z", Limits: Limits{RPM: 1, Concurrent: 1}}}
 	l2.Admit(context.Background(), sc2[1:], 0)
 	if _, d, _ := l2.Admit(context.Background(), sc2, 0); d == nil {
