@@ -31,7 +31,11 @@ func principalCmd(g *globals) *cobra.Command {
 			if err := a.AddPrincipal(cmd.Context(), p); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "principal %s (tenant %s) saved\n", p.ID, p.Tenant)
+			saved, err := a.Store.GetPrincipal(cmd.Context(), p.ID)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "principal %s (tenant %s) saved, screening %s\n", saved.ID, saved.Tenant, saved.Screening)
 			return nil
 		}),
 	}
@@ -61,7 +65,20 @@ func principalCmd(g *globals) *cobra.Command {
 			return tw.Flush()
 		}),
 	}
-	c.AddCommand(add, ls)
+	screen := &cobra.Command{
+		Use:   "screen",
+		Short: "Screen every principal against the denied-party list again (after a list update)",
+		Args:  exactArgs(0),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			blocked, err := a.Rescreen(cmd.Context())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d principal(s) newly blocked pending review: %s\n", len(blocked), strings.Join(blocked, ","))
+			return nil
+		}),
+	}
+	c.AddCommand(add, ls, screen)
 	return c
 }
 

@@ -170,6 +170,14 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 			ts.Fatalf("chat: %d choices", len(resp.Choices))
 		}
 	},
+	// screeninglist DATA FILE: configure FILE as the data directory's denied-party list.
+	"screeninglist": func(ts *testscript.TestScript, neg bool, args []string) {
+		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
+		c, err := config.ReadRaw(path)
+		ts.Check(err)
+		c.Gateway.ScreeningList = ts.MkAbs(args[1])
+		ts.Check(config.Write(path, c))
+	},
 	// grepr TEXT DIR: whether any file under DIR contains TEXT.
 	"grepr": func(ts *testscript.TestScript, neg bool, args []string) {
 		found := ""

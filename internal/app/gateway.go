@@ -82,10 +82,77 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	})
 }
 
-// AddPrincipal creates or updates a principal, on the record.
+// screeningList loads the configured denied-party list, or nil when none is configured.
+func (a *App) screeningList() (*policy.ScreeningList, error) {
+	path := a.Config.Gateway.ScreeningList
+	if path == "" {
+		return nil, nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("screening list: %w", err)
+	}
+	defer f.Close()
+	return policy.ParseScreeningList(f)
+}
+
+// screen checks a principal's id and organization against the list; a hit blocks the
+// principal ("pending") until someone reviews it and sets "clear" again by hand.
+func (a *App) screen(ctx context.Context, l *policy.ScreeningList, p *store.Principal) error {
+	if l == nil || p.Screening == "pending" || p.Screening == "denied" {
+		return nil
+	}
+	var hits []policy.Hit
+	for _, name := range []string{p.ID, p.Org} {
+		if name != "" {
+			hits = append(hits, l.Screen(name, 0.92)...)
+		}
+	}
+	if len(hits) == 0 {
+		return nil
+	}
+	p.Screening = "pending"
+	return a.Audit(ctx, "principal.screening_hit", "deny", "denied-party list match; blocked pending review",
+		map[string]string{"principal": p.ID}, map[string]string{"match": hits[0].Name, "source": hits[0].Source, "score": fmt.Sprintf("%.3f", hits[0].Score), "hits": fmt.Sprint(len(hits))})
+}
+
+// Rescreen checks every principal against the (reloaded) list; it returns those blocked now.
+func (a *App) Rescreen(ctx context.Context) ([]string, error) {
+	l, err := a.screeningList()
+	if err != nil || l == nil {
+		return nil, err
+	}
+	ps, err := a.Store.ListPrincipals(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var blocked []string
+	for _, p := range ps {
+		before := p.Screening
+		if err := a.screen(ctx, l, &p); err != nil {
+			return blocked, err
+		}
+		if p.Screening != before {
+			if err := a.Store.PutPrincipal(ctx, p); err != nil {
+				return blocked, err
+			}
+			blocked = append(blocked, p.ID)
+		}
+	}
+	return blocked, nil
+}
+
+// AddPrincipal creates or updates a principal, screened and on the record.
 func (a *App) AddPrincipal(ctx context.Context, p store.Principal) error {
 	if p.Screening == "" {
 		p.Screening = "clear"
+	}
+	l, err := a.screeningList()
+	if err != nil {
+		return err // no screening, no principal: fail closed
+	}
+	if err := a.screen(ctx, l, &p); err != nil {
+		return err
 	}
 	if p.CreatedAt.IsZero() {
 		p.CreatedAt = time.Now().UTC()

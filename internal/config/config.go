@@ -43,6 +43,8 @@ type Gateway struct {
 	TenantLimits   limits.Limits   `json:"tenant_limits,omitzero"`
 	TrustedProxies []string        `json:"trusted_proxies,omitempty"`
 	GeoMMDB        string          `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
+	// ScreeningList is a consolidated denied-party CSV (name, alt names, country, source).
+	ScreeningList string `json:"screening_list,omitempty"`
 	// RedisURL makes limits global across gateway replicas; empty: in-process limits.
 	RedisURL string `json:"redis_url,omitempty"`
 	// LocalFallbackPublic: while Redis is down, public models fall back to in-process limits
