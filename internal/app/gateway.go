@@ -71,6 +71,12 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 			fallback = limits.NewLocal(nil)
 		}
 	}
+	auth := authn.Chain{Keys: a.APIKeys()}
+	if gc.OIDC != nil {
+		if auth.OIDC, err = authn.NewOIDC(ctx, *gc.OIDC, a.Store, nil); err != nil {
+			return nil, err
+		}
+	}
 	return gateway.New(gateway.Config{
 		Geo:             loc,
 		FallbackLimiter: fallback,

@@ -35,7 +35,8 @@ type Store interface {
 type Principal struct {
 	store.Principal
 	KeyID  string
-	Models []string // models the key is limited to; empty: any the policy allows
+	Models []string  // models the key is limited to; empty: any the policy allows
+	MFAAt  time.Time // when the caller last passed MFA (OIDC "auth_time" with an MFA "amr"); zero: never
 }
 
 // MayUse reports whether the key is limited away from model.

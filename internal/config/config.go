@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/limits"
@@ -43,6 +44,8 @@ type Gateway struct {
 	TenantLimits   limits.Limits   `json:"tenant_limits,omitzero"`
 	TrustedProxies []string        `json:"trusted_proxies,omitempty"`
 	GeoMMDB        string          `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
+	// OIDC, if set, lets JWT bearer tokens from this identity provider in (besides API keys).
+	OIDC *authn.OIDCConfig `json:"oidc,omitempty"`
 	// ScreeningList is a consolidated denied-party CSV (name, alt names, country, source).
 	ScreeningList string `json:"screening_list,omitempty"`
 	// RedisURL makes limits global across gateway replicas; empty: in-process limits.

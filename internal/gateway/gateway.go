@@ -313,10 +313,14 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	if st.feat.N != nil {
 		n = *st.feat.N
 	}
+	mfaAge := int64(-1)
+	if !p.MFAAt.IsZero() {
+		mfaAge = int64(st.start.Sub(p.MFAAt).Seconds())
+	}
 	d := g.cfg.Policy.Decide(policy.Request{
 		Principal: policyPrincipal(p), Action: policy.ActionInfer, Model: policyModel(rt),
 		Context: policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(),
-			MFAAgeS: -1, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.feat.LogitBias) > 0,
+			MFAAgeS: mfaAge, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.feat.LogitBias) > 0,
 			N: n, MaxTokens: st.feat.maxTokens()},
 	})
 	if !d.Allow {

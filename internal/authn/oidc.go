@@ -1,0 +1,103 @@
+package authn
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+)
+
+// OIDCConfig names the identity provider whose bearer tokens (JWTs) the gateway accepts.
+type OIDCConfig struct {
+	Issuer         string        `json:"issuer"`
+	Audience       string        `json:"audience"`
+	JWKSURL        string        `json:"jwks_url"`
+	PrincipalClaim string        `json:"principal_claim,omitempty"` // default "sub"
+	ClockSkew      time.Duration `json:"clock_skew,omitempty"`      // default 60s
+}
+
+// OIDC verifies JWT bearer tokens against the provider's JWKS (signature, issuer,
+// audience, expiry with clock skew). The token's principal must be registered in the
+// store, so that screening and tenant attributes apply to federated users too.
+type OIDC struct {
+	v     *oidc.IDTokenVerifier
+	st    Store
+	claim string
+}
+
+// NewOIDC returns a verifier; keys are fetched from the JWKS URL on first use and refreshed
+// when a token names an unknown key id.
+func NewOIDC(ctx context.Context, cfg OIDCConfig, st Store, now func() time.Time) (*OIDC, error) {
+	if cfg.Issuer == "" || cfg.Audience == "" || cfg.JWKSURL == "" {
+		return nil, fmt.Errorf("oidc: issuer, audience and jwks_url are required")
+	}
+	if now == nil {
+		now = time.Now
+	}
+	if cfg.ClockSkew == 0 {
+		cfg.ClockSkew = time.Minute
+	}
+	if cfg.PrincipalClaim == "" {
+		cfg.PrincipalClaim = "sub"
+	}
+	ks := oidc.NewRemoteKeySet(ctx, cfg.JWKSURL)
+	skew := cfg.ClockSkew
+	v := oidc.NewVerifier(cfg.Issuer, ks, &oidc.Config{
+		ClientID:             cfg.Audience,
+		SupportedSigningAlgs: []string{oidc.RS256, oidc.ES256, oidc.ES384, oidc.EdDSA},
+		// Expiry is checked against a clock set back by the allowed skew.
+		Now: func() time.Time { return now().Add(-skew) },
+	})
+	return &OIDC{v: v, st: st, claim: cfg.PrincipalClaim}, nil
+}
+
+// Authenticate verifies a JWT and returns the registered principal it names.
+func (o *OIDC) Authenticate(ctx context.Context, tok string) (*Principal, error) {
+	idt, err := o.v.Verify(ctx, tok)
+	if err != nil {
+		return nil, fmt.Errorf("%w: jwt: %v", ErrUnauthenticated, err)
+	}
+	var claims map[string]any
+	if err := idt.Claims(&claims); err != nil {
+		return nil, fmt.Errorf("%w: jwt claims: %v", ErrUnauthenticated, err)
+	}
+	id, _ := claims[o.claim].(string)
+	if id == "" {
+		return nil, fmt.Errorf("%w: jwt has no %q claim", ErrUnauthenticated, o.claim)
+	}
+	p, err := o.st.GetPrincipal(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("%w: jwt principal %s: %v", ErrUnauthenticated, id, err)
+	}
+	out := &Principal{Principal: p, KeyID: "jwt"}
+	if rs, ok := claims["roles"].([]any); ok {
+		for _, r := range rs {
+			if s, ok := r.(string); ok && !slices.Contains(out.Roles, s) {
+				out.Roles = append(out.Roles, s)
+			}
+		}
+	}
+	if amr, ok := claims["amr"].([]any); ok && slices.ContainsFunc(amr, func(v any) bool { return v == "mfa" || v == "otp" || v == "hwk" }) {
+		if at, ok := claims["auth_time"].(float64); ok {
+			out.MFAAt = time.Unix(int64(at), 0)
+		}
+	}
+	return out, nil
+}
+
+// Chain sends strongroom API keys to Keys and anything else to OIDC (if configured).
+type Chain struct {
+	Keys *Keys
+	OIDC *OIDC
+}
+
+// Authenticate implements the gateway's Authenticator.
+func (c Chain) Authenticate(ctx context.Context, tok string) (*Principal, error) {
+	if strings.HasPrefix(tok, tokenPrefix) || c.OIDC == nil {
+		return c.Keys.Authenticate(ctx, tok)
+	}
+	return c.OIDC.Authenticate(ctx, tok)
+}
