@@ -1,0 +1,91 @@
+package detect
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+// TestSuite: over the simulated suite, every attack principal is detected within the
+// issue's budgets and no benign principal-day is flagged. Several seeds, so the test does
+// not pass by one lucky draw.
+func TestSuite(t *testing.T) {
+	for _, seed := range []uint64{1, 2, 3} {
+		for _, intensity := range []float64{1, 0.3} {
+			reqs, err := Simulate("all", seed, intensity)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res := Evaluate(reqs, New(Config{}))
+			t.Logf("seed %d intensity %.1f:\n%s", seed, intensity, res.Table())
+			if res.FalsePositiveDays != 0 {
+				t.Errorf("seed %d: false positives: %v", seed, res.FalsePositiveDetails)
+			}
+			budget := map[string]int{"logit-harvest": 200, "probing": 100, "egress": 400}
+			for name, sc := range res.Attacks {
+				if sc.Detected != sc.Principals {
+					t.Errorf("seed %d intensity %.1f: %s detected %d of %d", seed, intensity, name, sc.Detected, sc.Principals)
+				}
+				for _, q := range sc.QueriesToDetection {
+					if q > budget[name] {
+						t.Errorf("seed %d: %s took %d queries, budget %d", seed, name, q, budget[name])
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestBoundedMemory(t *testing.T) {
+	e := New(Config{MaxPrincipals: 10})
+	reqs, _ := Simulate("benign-chat", 1, 1)
+	for i := range reqs {
+		e.Observe(i, &reqs[i])
+	}
+	if e.Principals() > 10 {
+		t.Fatalf("%d principals tracked, cap 10", e.Principals())
+	}
+}
+
+func TestReadTrace(t *testing.T) {
+	reqs, _ := Simulate("probing", 4, 1)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for _, r := range reqs {
+		enc.Encode(r)
+	}
+	n := 0
+	if err := ReadTrace(&buf, func(i int, r *Request) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if n != len(reqs) {
+		t.Fatalf("read %d of %d", n, len(reqs))
+	}
+	for _, bad := range []string{"{", `{"ts":"2026-11-01T00:00:00Z"}`, `{"principal":"p"}`} {
+		if err := ReadTrace(strings.NewReader(bad+"\n"), func(int, *Request) error { return nil }); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+}
+
+func FuzzReadTrace(f *testing.F) {
+	f.Add(`{"ts":"2026-11-01T00:00:00Z","principal":"p","prompt":"hello","params":{"logit_bias":{"5":100},"logprobs":true}}`)
+	f.Fuzz(func(t *testing.T, s string) {
+		e := New(Config{})
+		ReadTrace(strings.NewReader(s), func(i int, r *Request) error {
+			e.Observe(i, r)
+			return nil
+		})
+	})
+}
+
+func BenchmarkObserve(b *testing.B) {
+	reqs, _ := Simulate("all", 1, 1)
+	e := New(Config{})
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		e.Observe(i, &reqs[i%len(reqs)])
+	}
+}

@@ -1,0 +1,198 @@
+package detect
+
+import (
+	"container/list"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+)
+
+// Config tunes the detectors; zero values take the defaults in New.
+type Config struct {
+	// Logit harvesting: alert once a principal has had logprobs for this many distinct
+	// logit-biased token ids on one model.
+	HarvestTokens int
+	// Vocab is the vocabulary size used to report the leakage meter (full logit vectors).
+	Vocab int
+	// Probing: alert when this many of the last ProbeWindow prompts are near-duplicates
+	// (SimHash within ProbeBits, not identical) of an earlier prompt in the window.
+	ProbeWindow, ProbeHits, ProbeBits int
+	// Egress: alert when a principal's completion tokens in the current hour exceed
+	// EgressFactor times its hourly baseline (and EgressFloor), after EgressWarmup hours.
+	EgressFactor float64
+	EgressFloor  int
+	EgressWarmup int
+	// MaxPrincipals bounds memory: the least recently seen principal is forgotten.
+	MaxPrincipals int
+	// Actions per detector: "alert", "throttle", "strip_logprobs", "suspend".
+	Actions map[string]string
+}
+
+func (c *Config) defaults() {
+	set := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	set(&c.HarvestTokens, 64)
+	set(&c.Vocab, 4096)
+	set(&c.ProbeWindow, 64)
+	set(&c.ProbeHits, 16)
+	set(&c.ProbeBits, 6)
+	set(&c.EgressFloor, 200_000)
+	set(&c.EgressWarmup, 24)
+	set(&c.MaxPrincipals, 100_000)
+	if c.EgressFactor == 0 {
+		c.EgressFactor = 10
+	}
+	if c.Actions == nil {
+		c.Actions = map[string]string{}
+	}
+	for d, a := range map[string]string{"logit_harvest": "strip_logprobs", "probing": "throttle", "egress": "alert"} {
+		if _, ok := c.Actions[d]; !ok {
+			c.Actions[d] = a
+		}
+	}
+}
+
+// Engine runs every detector over a request stream.
+type Engine struct {
+	cfg Config
+	mu  sync.Mutex
+	ps  map[string]*list.Element
+	lru *list.List
+}
+
+// principalState is what the engine keeps per principal: bounded whatever the traffic.
+type principalState struct {
+	name string
+	// logit harvesting: biased token ids seen with logprobs, per model (capped).
+	biased map[string]map[int32]struct{}
+	// probing: ring of recent prompt sketches and whether each was a near-duplicate.
+	sketch []uint64
+	exact  []uint64
+	near   []bool
+	pos    int
+	nearN  int
+	// egress: tokens this hour, and an EWMA of past hours.
+	hour      int64
+	hourToks  int
+	baseline  float64
+	hoursSeen int
+	// alerts already raised, so each detector alerts once per principal.
+	alerted map[string]bool
+}
+
+// New returns an engine.
+func New(cfg Config) *Engine {
+	cfg.defaults()
+	return &Engine{cfg: cfg, ps: map[string]*list.Element{}, lru: list.New()}
+}
+
+func (e *Engine) state(p string) *principalState {
+	if el, ok := e.ps[p]; ok {
+		e.lru.MoveToFront(el)
+		return el.Value.(*principalState)
+	}
+	if e.lru.Len() >= e.cfg.MaxPrincipals {
+		old := e.lru.Back()
+		e.lru.Remove(old)
+		delete(e.ps, old.Value.(*principalState).name)
+	}
+	st := &principalState{name: p, biased: map[string]map[int32]struct{}{}, alerted: map[string]bool{},
+		sketch: make([]uint64, e.cfg.ProbeWindow), exact: make([]uint64, e.cfg.ProbeWindow), near: make([]bool, e.cfg.ProbeWindow)}
+	e.ps[p] = e.lru.PushFront(st)
+	return st
+}
+
+// Principals is how many principals are tracked.
+func (e *Engine) Principals() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.lru.Len()
+}
+
+// Observe runs the detectors on one request; index is its position in the stream. It
+// returns the alerts this request raised (each detector alerts once per principal).
+func (e *Engine) Observe(index int, r *Request) []Alert {
+	var sk, ex uint64
+	if r.Prompt != "" {
+		sk, ex = simhash(r.Prompt), exactHash(r.Prompt)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st := e.state(r.Principal)
+	var out []Alert
+	raise := func(det string, score float64, evidence string) {
+		if st.alerted[det] {
+			return
+		}
+		st.alerted[det] = true
+		out = append(out, Alert{Principal: r.Principal, Detector: det, Index: index, TS: r.TS, Score: score,
+			Action: e.cfg.Actions[det], Evidence: evidence})
+	}
+
+	// 1. Logit/logprob harvesting: logit_bias sweeps read back through logprobs.
+	if len(r.Params.LogitBias) > 0 && (r.Params.Logprobs || r.Params.TopLogprobs > 0) {
+		set := st.biased[r.Model]
+		if set == nil {
+			set = map[int32]struct{}{}
+			st.biased[r.Model] = set
+		}
+		for tok, bias := range r.Params.LogitBias {
+			if math.Abs(bias) < 1 || len(set) >= 4*e.cfg.Vocab {
+				continue
+			}
+			if id, err := strconv.Atoi(tok); err == nil {
+				set[int32(id)] = struct{}{}
+			}
+		}
+		if len(set) >= e.cfg.HarvestTokens {
+			leak := float64(len(set)) / float64(e.cfg.Vocab)
+			raise("logit_harvest", leak, fmt.Sprintf("logprobs read for %d distinct biased token ids on %s (%.3f of a %d-token logit vector)", len(set), r.Model, leak, e.cfg.Vocab))
+		}
+	}
+
+	// 2. Perturbation probing: near-duplicate prompts in a sliding window.
+	if r.Prompt != "" {
+		near := false
+		for i, s := range st.sketch {
+			if (s != 0 || st.exact[i] != 0) && st.exact[i] != ex && hamming(s, sk) <= e.cfg.ProbeBits {
+				near = true
+				break
+			}
+		}
+		if st.near[st.pos] {
+			st.nearN--
+		}
+		st.sketch[st.pos], st.exact[st.pos], st.near[st.pos] = sk, ex, near
+		if near {
+			st.nearN++
+		}
+		st.pos = (st.pos + 1) % len(st.sketch)
+		if st.nearN >= e.cfg.ProbeHits {
+			raise("probing", float64(st.nearN)/float64(len(st.sketch)), fmt.Sprintf("%d of the last %d prompts are small edits of another", st.nearN, len(st.sketch)))
+		}
+	}
+
+	// 3. Egress against the principal's own hourly baseline.
+	h := r.TS.Unix() / 3600
+	if h != st.hour {
+		if st.hour != 0 {
+			gap := min(h-st.hour, 48)
+			for range gap - 1 { // idle hours pull the baseline down
+				st.baseline *= 0.9
+			}
+			st.baseline = 0.9*st.baseline + 0.1*float64(st.hourToks)
+			st.hoursSeen++
+		}
+		st.hour, st.hourToks = h, 0
+	}
+	st.hourToks += r.CompletionTokens
+	if st.hoursSeen >= e.cfg.EgressWarmup && st.hourToks > e.cfg.EgressFloor && float64(st.hourToks) > e.cfg.EgressFactor*st.baseline {
+		raise("egress", float64(st.hourToks)/max(st.baseline, 1), fmt.Sprintf("%d completion tokens this hour, baseline %.0f", st.hourToks, st.baseline))
+	}
+	return out
+}
+
