@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/geo"
 	"github.com/strongroom/strongroom/internal/limits"
@@ -77,7 +78,12 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 			return nil, err
 		}
 	}
+	// Detectors watch every request; their responses (throttle, strip logprobs, suspend)
+	// hold in this process for 24h. (Not shared across replicas yet.)
+	resp := detect.NewResponder(detect.New(detect.Config{}), a.AuditLog, a.Log, 24*time.Hour)
 	return gateway.New(gateway.Config{
+		Detector:        resp,
+		Sanctions:       resp,
 		Geo:             loc,
 		FallbackLimiter: fallback,
 		Routes:          append(append([]gateway.Route{}, gc.Routes...), extra...),

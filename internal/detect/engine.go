@@ -72,6 +72,7 @@ type principalState struct {
 	// probing: ring of recent prompt sketches and whether each was a near-duplicate.
 	sketch []uint64
 	exact  []uint64
+	plen   []int32
 	near   []bool
 	pos    int
 	nearN  int
@@ -101,7 +102,8 @@ func (e *Engine) state(p string) *principalState {
 		delete(e.ps, old.Value.(*principalState).name)
 	}
 	st := &principalState{name: p, biased: map[string]map[int32]struct{}{}, alerted: map[string]bool{},
-		sketch: make([]uint64, e.cfg.ProbeWindow), exact: make([]uint64, e.cfg.ProbeWindow), near: make([]bool, e.cfg.ProbeWindow)}
+		sketch: make([]uint64, e.cfg.ProbeWindow), exact: make([]uint64, e.cfg.ProbeWindow), plen: make([]int32, e.cfg.ProbeWindow),
+		near: make([]bool, e.cfg.ProbeWindow)}
 	e.ps[p] = e.lru.PushFront(st)
 	return st
 }
@@ -154,11 +156,15 @@ func (e *Engine) Observe(index int, r *Request) []Alert {
 		}
 	}
 
-	// 2. Perturbation probing: near-duplicate prompts in a sliding window.
+	// 2. Perturbation probing: near-duplicate prompts in a sliding window. A small edit keeps
+	// the length within a few bytes; a conversation that grows turn by turn (agents) or a
+	// retry of the identical prompt is not probing.
 	if r.Prompt != "" {
 		near := false
+		pl := int32(min(len(r.Prompt), math.MaxInt32))
 		for i, s := range st.sketch {
-			if (s != 0 || st.exact[i] != 0) && st.exact[i] != ex && hamming(s, sk) <= e.cfg.ProbeBits {
+			d := pl - st.plen[i]
+			if st.plen[i] != 0 && st.exact[i] != ex && d <= 16 && d >= -16 && hamming(s, sk) <= e.cfg.ProbeBits {
 				near = true
 				break
 			}
@@ -166,7 +172,7 @@ func (e *Engine) Observe(index int, r *Request) []Alert {
 		if st.near[st.pos] {
 			st.nearN--
 		}
-		st.sketch[st.pos], st.exact[st.pos], st.near[st.pos] = sk, ex, near
+		st.sketch[st.pos], st.exact[st.pos], st.plen[st.pos], st.near[st.pos] = sk, ex, pl, near
 		if near {
 			st.nearN++
 		}
@@ -195,4 +201,3 @@ func (e *Engine) Observe(index int, r *Request) []Alert {
 	}
 	return out
 }
-

@@ -1,11 +1,23 @@
 package detect
 
 import (
-	"hash/maphash"
 	"math/bits"
 )
 
-var seed = maphash.MakeSeed()
+// hash64 is FNV-1a with a splitmix64 finalizer: fixed (replays and evaluations are
+// reproducible across processes) and well mixed in every bit, which SimHash needs.
+func hash64(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	return h ^ h>>31
+}
 
 // maxFeatures bounds the work per prompt: the first and last 64 word bigrams.
 const maxFeatures = 128
@@ -51,17 +63,13 @@ func simhash(s string) uint64 {
 			acc[k] += int(h>>k&1)*2 - 1
 		}
 	}
-	var h maphash.Hash
-	h.SetSeed(seed)
 	for i := 0; i < n; i++ {
-		h.Reset()
-		h.WriteString(words[i])
 		if n < 8 || i+1 < n {
+			h := hash64(words[i])
 			if i+1 < n {
-				h.WriteByte(' ')
-				h.WriteString(words[i+1])
+				h = hash64(words[i+1]) ^ bits.RotateLeft64(h, 17)
 			}
-			add(h.Sum64())
+			add(h)
 		}
 	}
 	var out uint64
@@ -75,4 +83,4 @@ func simhash(s string) uint64 {
 
 func hamming(a, b uint64) int { return bits.OnesCount64(a ^ b) }
 
-func exactHash(s string) uint64 { return maphash.String(seed, s) }
+func exactHash(s string) uint64 { return hash64(s) }

@@ -46,6 +46,11 @@ type (
 	Detector interface {
 		Observe(o Observation)
 	}
+	// Sanctions says which detector-imposed action is in force for a principal:
+	// "" (none), "throttle", "strip_logprobs" or "suspend".
+	Sanctions interface {
+		Sanction(principal string) string
+	}
 )
 
 // Observation is one request as the detectors see it.
@@ -93,7 +98,8 @@ type Config struct {
 	TenantLimits    limits.Limits
 	Audit           Auditor
 	Redactor        *audit.Redactor
-	Detector        Detector // nil: none
+	Detector        Detector  // nil: none
+	Sanctions       Sanctions // nil: none
 	TrustedProxies  []netip.Prefix
 	MaxBody         int64         // default 4 MiB
 	UpstreamTimeout time.Duration // time to the upstream's response headers; default 60s
@@ -283,6 +289,14 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	st.p = p
+	sanction := ""
+	if g.cfg.Sanctions != nil {
+		sanction = g.cfg.Sanctions.Sanction(p.ID)
+	}
+	if sanction == "suspend" {
+		st.fail(w, errForbidden, "principal suspended by the extraction detector")
+		return
+	}
 	buf := g.pool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer g.pool.Put(buf)
@@ -331,7 +345,11 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		st.fail(w, errAuditDown, "audit log unhealthy: "+err.Error())
 		return
 	}
-	upBody, err := rt.Hardening.apply(body, &st.feat, endpoint)
+	hard := *rt.Hardening
+	if sanction == "strip_logprobs" { // detector response: no more logit information
+		hard.MaxTopLogprobs, hard.LogitBias = -1, "reject"
+	}
+	upBody, err := hard.apply(body, &st.feat, endpoint)
 	if err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {
@@ -350,6 +368,9 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		{Name: "key:" + p.KeyID, Limits: g.cfg.KeyLimits},
 		{Name: "tenant:" + p.Tenant, Limits: g.cfg.TenantLimits},
 		{Name: "model:" + rt.Model, Limits: rt.Limits},
+	}
+	if sanction == "throttle" {
+		scopes = append(scopes, limits.Scope{Name: "sanction:" + p.ID, Limits: limits.Limits{RPM: 6, Concurrent: 1}})
 	}
 	done, denied, err := g.cfg.Limiter.Admit(r.Context(), scopes, est)
 	if err != nil && g.cfg.FallbackLimiter != nil && rt.Classification == "public" {

@@ -41,8 +41,9 @@ func LoadModel(r io.ReaderAt, size int64) (*Model, error) {
 // Vocab is the vocabulary size; tokens are bytes modulo it.
 func (m *Model) Vocab() int { return m.vocab }
 
-// Logprobs returns log-softmax scores of the next token after last, at temperature t.
-func (m *Model) Logprobs(last int, t float64, out []float64) []float64 {
+// Logprobs returns log-softmax scores of the next token after last, at temperature t, with
+// bias (token -> added logit, OpenAI's logit_bias) applied before the softmax.
+func (m *Model) Logprobs(last int, t float64, bias map[int]float64, out []float64) []float64 {
 	out = out[:0]
 	e := m.embed[(last%m.vocab)*m.hidden : (last%m.vocab+1)*m.hidden]
 	maxv := math.Inf(-1)
@@ -52,7 +53,7 @@ func (m *Model) Logprobs(last int, t float64, out []float64) []float64 {
 		for i := range e {
 			s += e[i] * h[i]
 		}
-		x := float64(s) * 8 / max(t, 1e-3)
+		x := float64(s)*8/max(t, 1e-3) + bias[v]
 		out = append(out, x)
 		maxv = max(maxv, x)
 	}
@@ -82,7 +83,7 @@ type Alt struct {
 
 // Generate continues prompt for n tokens. Temperature 0 is greedy; otherwise sampling with
 // the given seed. top is how many alternatives to report per step.
-func (m *Model) Generate(prompt []byte, n int, temperature float64, seed uint64, top int) []Step {
+func (m *Model) Generate(prompt []byte, n int, temperature float64, seed uint64, top int, bias map[int]float64) []Step {
 	last := 0
 	if len(prompt) > 0 {
 		last = int(prompt[len(prompt)-1])
@@ -91,7 +92,7 @@ func (m *Model) Generate(prompt []byte, n int, temperature float64, seed uint64,
 	lp := make([]float64, 0, m.vocab)
 	steps := make([]Step, 0, n)
 	for range n {
-		lp = m.Logprobs(last, max(temperature, 1), lp)
+		lp = m.Logprobs(last, max(temperature, 1), bias, lp)
 		tok := 0
 		if temperature <= 0 {
 			for v := range lp {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -22,16 +23,17 @@ type genReq struct {
 	Messages []struct {
 		Content any `json:"content"`
 	} `json:"messages"`
-	Prompt      any      `json:"prompt"`
-	Input       any      `json:"input"`
-	MaxTokens   *int     `json:"max_tokens"`
-	MaxCompl    *int     `json:"max_completion_tokens"`
-	Temperature *float64 `json:"temperature"`
-	Seed        *uint64  `json:"seed"`
-	Stream      bool     `json:"stream"`
-	Logprobs    any      `json:"logprobs"`
-	TopLogprobs int      `json:"top_logprobs"`
-	N           int      `json:"n"`
+	Prompt      any                `json:"prompt"`
+	Input       any                `json:"input"`
+	MaxTokens   *int               `json:"max_tokens"`
+	MaxCompl    *int               `json:"max_completion_tokens"`
+	Temperature *float64           `json:"temperature"`
+	Seed        *uint64            `json:"seed"`
+	Stream      bool               `json:"stream"`
+	Logprobs    any                `json:"logprobs"`
+	TopLogprobs int                `json:"top_logprobs"`
+	LogitBias   map[string]float64 `json:"logit_bias"`
+	N           int                `json:"n"`
 	StreamOpts  *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
@@ -150,7 +152,16 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, prompt 
 		if req.Seed != nil {
 			seed = *req.Seed
 		}
-		steps = s.Model.Generate([]byte(prompt), n, temp, seed, req.TopLogprobs)
+		var bias map[int]float64
+		for k, v := range req.LogitBias {
+			if id, err := strconv.Atoi(k); err == nil && id >= 0 && id < s.Model.vocab {
+				if bias == nil {
+					bias = map[int]float64{}
+				}
+				bias[id] = max(-100, min(100, v))
+			}
+		}
+		steps = s.Model.Generate([]byte(prompt), n, temp, seed, min(req.TopLogprobs, 20), bias)
 		for _, st := range steps {
 			text = append(text, TokenText(st.Token))
 		}
