@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -116,6 +117,9 @@ type Gateway struct {
 	log    *slog.Logger
 	down   sync.Map // upstream URL -> time it was found down
 	pool   sync.Pool
+	// noiseKey keys the deterministic logprob noise; random per process is enough, since
+	// its purpose is only that repeats of one query see the same value.
+	noiseKey []byte
 }
 
 // New checks cfg and sets defaults in one place.
@@ -160,6 +164,8 @@ func New(cfg Config) (*Gateway, error) {
 		DisableCompression:    true,
 	}}
 	g.pool.New = func() any { return new(bytes.Buffer) }
+	g.noiseKey = make([]byte, 32)
+	rand.Read(g.noiseKey)
 	return g, nil
 }
 
@@ -274,6 +280,7 @@ type reqState struct {
 	status   int
 	usage    Usage
 	outHash  hash.Hash
+	shaper   *logprobShaper // nil unless logprobs are requested and the route shapes them
 }
 
 func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
@@ -385,6 +392,10 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		st.fail(w, rateLimited(denied.RetryAfter), fmt.Sprintf("limit %s on %s", denied.What, denied.Scope))
 		return
 	}
+	if lp, _ := st.feat.logprobs(); lp && (hard.RoundLogprobs > 0 || hard.LogprobNoise > 0) {
+		st.shaper = &logprobShaper{decimals: hard.RoundLogprobs, sigma: hard.LogprobNoise, key: g.noiseKey,
+			ctx: []byte(p.ID + "\x00" + g.cfg.Redactor.Digest(string(st.prompt)))}
+	}
 	st.decision, st.reason = audit.Allow, d.Reason()
 	st.outHash = g.cfg.Redactor.NewHash()
 	g.proxy(w, r, st, upBody)
@@ -481,9 +492,13 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		st.fail(w, errUpstreamDown, "reading upstream: "+err.Error())
 		return
 	}
+	respBody := out.Bytes()
+	if st.shaper != nil {
+		respBody = st.shaper.rewrite(respBody)
+	}
 	w.WriteHeader(resp.StatusCode)
-	w.Write(out.Bytes())
-	st.outHash.Write(out.Bytes())
+	w.Write(respBody)
+	st.outHash.Write(respBody)
 	if u, ok := parseUsage(out.Bytes()); ok {
 		st.usage = u
 	} else {
@@ -526,6 +541,11 @@ func (g *Gateway) stream(w http.ResponseWriter, body io.Reader, st *reqState) {
 				}
 				st.outHash.Write(payload)
 				outBytes += len(payload)
+			}
+			if forward && st.shaper != nil {
+				if payload, ok := bytes.CutPrefix(line, dataPrefix); ok && bytes.Contains(payload, []byte(`"logprob"`)) {
+					line = append(append([]byte("data: "), st.shaper.rewrite(bytes.TrimRight(payload, "\n"))...), '\n')
+				}
 			}
 			if forward {
 				if _, werr := w.Write(line); werr != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -484,5 +485,91 @@ func TestLimiterDown(t *testing.T) {
 	}
 	if resp, m := post(t, url, f.alice, `{"model":"frontier",`+msg+`}`); resp.StatusCode != 503 || errCode(m) != "limits_unavailable" {
 		t.Fatalf("restricted model with limiter down: %d %v", resp.StatusCode, m)
+	}
+}
+
+// TestLogprobShaping: rounded and noised logprobs; the noise repeats for a repeated query
+// (so averaging does not remove it), streams are shaped too.
+func TestLogprobShaping(t *testing.T) {
+	f := newFixture(t, func(c *Config) {
+		c.Routes[0].Hardening = &Hardening{LogitBias: "strip", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 64, RoundLogprobs: 2, LogprobNoise: 0.5}
+	})
+	url := f.srv.URL + "/v1/chat/completions"
+	body := `{"model":"demo","max_tokens":4,"logprobs":true,"top_logprobs":3,"messages":[{"role":"user","content":"hello"}]}`
+	get := func() []float64 {
+		_, m := post(t, url, f.alice, body)
+		var out []float64
+		c := m["choices"].([]any)[0].(map[string]any)
+		for _, e := range c["logprobs"].(map[string]any)["content"].([]any) {
+			em := e.(map[string]any)
+			out = append(out, em["logprob"].(float64))
+			for _, tp := range em["top_logprobs"].([]any) {
+				out = append(out, tp.(map[string]any)["logprob"].(float64))
+			}
+		}
+		return out
+	}
+	a, b := get(), get()
+	if len(a) != 16 {
+		t.Fatalf("%d logprobs", len(a))
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			t.Fatalf("noise differs between identical queries: %v vs %v", a, b)
+		}
+		if r := math.Round(a[i]*100) / 100; r != a[i] || a[i] > 0 {
+			t.Fatalf("logprob %v not rounded to 2 decimals or positive", a[i])
+		}
+	}
+	// Streamed chunks are shaped as well.
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(strings.Replace(body, `"max_tokens":4`, `"max_tokens":4,"stream":true`, 1)))
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	n := 0
+	for _, line := range strings.Split(string(raw), "\n") {
+		payload, ok := strings.CutPrefix(line, "data: ")
+		if !ok || !strings.Contains(payload, `"logprob"`) {
+			continue
+		}
+		var ch map[string]any
+		if err := json.Unmarshal([]byte(payload), &ch); err != nil {
+			t.Fatalf("shaped chunk is not JSON: %s", payload)
+		}
+		v := ch["choices"].([]any)[0].(map[string]any)["logprobs"].(map[string]any)["content"].([]any)[0].(map[string]any)["logprob"].(float64)
+		if math.Round(v*100)/100 != v {
+			t.Fatalf("streamed logprob %v not rounded", v)
+		}
+		n++
+	}
+	if n != 4 {
+		t.Fatalf("%d shaped stream chunks, want 4", n)
+	}
+}
+
+func TestLogprobNoiseIsKeyedAndCentered(t *testing.T) {
+	s1 := &logprobShaper{sigma: 0.5, key: []byte("k"), ctx: []byte("alice")}
+	s2 := &logprobShaper{sigma: 0.5, key: []byte("k"), ctx: []byte("bob")}
+	var sum, sumSq float64
+	same := 0
+	const n = 20000
+	for i := range n {
+		a := s1.noise(i, "x")
+		sum += a
+		sumSq += a * a
+		if a == s2.noise(i, "x") {
+			same++
+		}
+	}
+	mean, std := sum/n, math.Sqrt(sumSq/n-(sum/n)*(sum/n))
+	if math.Abs(mean) > 0.02 || math.Abs(std-0.5) > 0.02 {
+		t.Fatalf("noise mean %.4f std %.4f, want 0 and 0.5", mean, std)
+	}
+	if same > 0 {
+		t.Fatalf("%d identical noise values across principals", same)
 	}
 }

@@ -15,6 +15,11 @@ type Hardening struct {
 	MaxTopLogprobs int `json:"max_top_logprobs"`
 	MaxN           int `json:"max_n"`
 	MaxTokens      int `json:"max_tokens"`
+	// RoundLogprobs rounds returned logprobs to this many decimals (0: off).
+	RoundLogprobs int `json:"round_logprobs,omitempty"`
+	// LogprobNoise adds Gaussian noise of this standard deviation (nats) to returned
+	// logprobs, the same for a repeated query so that averaging does not remove it (0: off).
+	LogprobNoise float64 `json:"logprob_noise,omitempty"`
 }
 
 // DefaultHardening is what applies when a route sets none.
