@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,7 @@ type listener struct {
 	addr  string
 	h     http.Handler
 	ready func(net.Addr)
+	tls   *tls.Config // nil: plain HTTP
 }
 
 // serveAll binds every listener, calls allReady, and serves until ctx ends.
@@ -58,7 +60,10 @@ func serveAll(ctx context.Context, log *slog.Logger, ls []listener, allReady fun
 			return err
 		}
 		l.ready(ln.Addr())
-		srv := &http.Server{Handler: l.h, ReadHeaderTimeout: 10 * time.Second}
+		if l.tls != nil {
+			ln = tls.NewListener(ln, l.tls)
+		}
+		srv := &http.Server{Handler: l.h, ReadHeaderTimeout: 10 * time.Second, TLSConfig: l.tls}
 		srvs = append(srvs, srv)
 		go func() { errc <- srv.Serve(ln) }()
 	}
@@ -104,9 +109,17 @@ func serveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			tc, err := a.GatewayTLS()
+			if err != nil {
+				return err
+			}
+			scheme := "http"
+			if tc != nil {
+				scheme = "https"
+			}
 			w := cmd.OutOrStdout()
 			return serveAll(cmd.Context(), a.Log, []listener{
-				{addr: listen, h: gw, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=http://%s/v1\n", addr) }},
+				{addr: listen, h: gw, tls: tc, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=%s://%s/v1\n", scheme, addr) }},
 				{addr: adminListen, h: adminMux(a), ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
 			}, func() {})
 		}),

@@ -2,6 +2,8 @@ package app
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/netip"
 	"os"
@@ -81,7 +83,12 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	// Detectors watch every request; their responses (throttle, strip logprobs, suspend)
 	// hold in this process for 24h. (Not shared across replicas yet.)
 	resp := detect.NewResponder(detect.New(detect.Config{}), a.AuditLog, a.Log, 24*time.Hour)
+	var certs gateway.CertAuthenticator
+	if gc.TLS != nil && gc.TLS.ClientCAFile != "" {
+		certs = authn.Certs{St: a.Store}
+	}
 	return gateway.New(gateway.Config{
+		Certs:           certs,
 		Detector:        resp,
 		Sanctions:       resp,
 		Geo:             loc,
@@ -202,4 +209,29 @@ func (a *App) RevokeKey(ctx context.Context, id string) error {
 		return err
 	}
 	return a.APIKeys().Revoke(ctx, id)
+}
+
+// GatewayTLS is the gateway listener's TLS configuration, nil for plain HTTP.
+func (a *App) GatewayTLS() (*tls.Config, error) {
+	t := a.Config.Gateway.TLS
+	if t == nil {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("gateway.tls: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if t.ClientCAFile != "" {
+		pem, err := os.ReadFile(t.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("gateway.tls.client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("gateway.tls.client_ca_file: no certificates in %s", t.ClientCAFile)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.VerifyClientCertIfGiven
+	}
+	return cfg, nil
 }

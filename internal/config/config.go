@@ -44,6 +44,9 @@ type Gateway struct {
 	TenantLimits   limits.Limits   `json:"tenant_limits,omitzero"`
 	TrustedProxies []string        `json:"trusted_proxies,omitempty"`
 	GeoMMDB        string          `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
+	// TLS for the gateway listener; with ClientCAFile, client certificates from that CA
+	// identify principals (mTLS), bearer tokens still work without one.
+	TLS *TLS `json:"tls,omitempty"`
 	// OIDC, if set, lets JWT bearer tokens from this identity provider in (besides API keys).
 	OIDC *authn.OIDCConfig `json:"oidc,omitempty"`
 	// ScreeningList is a consolidated denied-party CSV (name, alt names, country, source).
@@ -65,6 +68,13 @@ type Audit struct {
 	// Witnesses that must cosign before a checkpoint is published; Quorum of them.
 	Witnesses []Witness `json:"witnesses,omitempty"`
 	Quorum    int       `json:"quorum,omitempty"`
+}
+
+// TLS names the gateway's certificate, key and optional client CA (PEM files).
+type TLS struct {
+	CertFile     string `json:"cert_file"`
+	KeyFile      string `json:"key_file"`
+	ClientCAFile string `json:"client_ca_file,omitempty"`
 }
 
 // Witness is one tlog-witness: its cosignature/v1 verifier key and base URL.

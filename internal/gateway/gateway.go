@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,10 @@ import (
 type (
 	Authenticator interface {
 		Authenticate(ctx context.Context, token string) (*authn.Principal, error)
+	}
+	// CertAuthenticator maps a TLS-verified client certificate to a principal (mTLS).
+	CertAuthenticator interface {
+		AuthenticateCert(ctx context.Context, cert *x509.Certificate) (*authn.Principal, error)
 	}
 	Decider interface {
 		Decide(policy.Request) policy.Decision
@@ -89,6 +94,7 @@ type Route struct {
 type Config struct {
 	Routes  []Route
 	Auth    Authenticator
+	Certs   CertAuthenticator // nil: client certificates are not used
 	Policy  Decider
 	Geo     Geo // nil: every country unknown
 	Limiter limits.Limiter
@@ -190,6 +196,11 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (g *Gateway) authenticate(r *http.Request) (*authn.Principal, error) {
+	// A client certificate verified by the TLS layer identifies the caller; without one,
+	// the bearer token does.
+	if g.cfg.Certs != nil && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.Header.Get("Authorization") == "" {
+		return g.cfg.Certs.AuthenticateCert(r.Context(), r.TLS.VerifiedChains[0][0])
+	}
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
 		return nil, fmt.Errorf("%w: no bearer token", authn.ErrUnauthenticated)

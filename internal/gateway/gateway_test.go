@@ -3,13 +3,21 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
 	"io"
 	"math"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -571,5 +579,70 @@ func TestLogprobNoiseIsKeyedAndCentered(t *testing.T) {
 	}
 	if same > 0 {
 		t.Fatalf("%d identical noise values across principals", same)
+	}
+}
+
+// TestMTLS: a client certificate from the configured CA identifies a registered principal;
+// one from another CA is refused by TLS; no certificate falls back to the bearer token.
+func TestMTLS(t *testing.T) {
+	f := newFixture(t, func(c *Config) {})
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "strongroom test CA"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	ca, _ := x509.ParseCertificate(caDER)
+	client := func(signer *x509.Certificate, signerKey *ecdsa.PrivateKey, principal string) tls.Certificate {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		u, _ := url.Parse(authn.PrincipalURIPrefix + principal)
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "ignored"}, URIs: []*url.URL{u},
+			ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+		der, _ := x509.CreateCertificate(rand.Reader, tmpl, signer, &k.PublicKey, signerKey)
+		return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: k}
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	gw, _ := New(Config{Routes: f.gw.cfg.Routes, Auth: f.gw.cfg.Auth, Certs: authn.Certs{St: f.st}, Policy: f.gw.cfg.Policy,
+		Limiter: limits.NewLocal(nil), Audit: f.log, Redactor: f.gw.cfg.Redactor, Geo: fixedGeo("US")})
+	srv := httptest.NewUnstartedServer(gw)
+	srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}
+	srv.StartTLS()
+	defer srv.Close()
+	do := func(cert *tls.Certificate, bearer string) int {
+		tr := srv.Client().Transport.(*http.Transport).Clone()
+		if cert != nil {
+			tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
+		}
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions",
+			strings.NewReader(`{"model":"frontier","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`))
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		resp, err := (&http.Client{Transport: tr}).Do(req)
+		if err != nil {
+			return -1 // refused by TLS
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	alice := client(ca, caKey, "alice")
+	if s := do(&alice, ""); s != 200 {
+		t.Fatalf("alice by certificate: %d", s)
+	}
+	bob := client(ca, caKey, "bob") // registered, but no role for the restricted model
+	if s := do(&bob, ""); s != 403 {
+		t.Fatalf("bob by certificate: %d", s)
+	}
+	ghost := client(ca, caKey, "ghost")
+	if s := do(&ghost, ""); s != 401 {
+		t.Fatalf("unregistered principal: %d", s)
+	}
+	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	selfSigned := client(&x509.Certificate{SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: "evil CA"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}, otherKey, "alice")
+	if s := do(&selfSigned, ""); s != -1 && s != 401 {
+		t.Fatalf("certificate from another CA: %d", s)
+	}
+	if s := do(nil, f.alice); s != 200 {
+		t.Fatalf("no certificate, bearer token: %d", s)
 	}
 }
