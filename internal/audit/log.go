@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/tessera"
@@ -312,6 +313,7 @@ func (l *Log) Close(ctx context.Context) error {
 // quietDependencies stops tessera's klog from writing to stderr: the CLI's stderr carries
 // one-line errors only. klog is process-global, hence the once.
 var quietDependencies = sync.OnceFunc(func() {
+	klog.SetLogger(logr.Discard())
 	klog.LogToStderr(false)
 	klog.SetOutput(io.Discard)
 })
