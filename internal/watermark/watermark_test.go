@@ -1,0 +1,133 @@
+package watermark
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// sampler draws tokens from synthetic logits with a controlled entropy, optionally
+// watermarked with key.
+func sample(rng *rand.Rand, key *Key, n, vocab int, temp float64) []int {
+	toks := []int{rng.IntN(vocab)}
+	logits := make([]float64, vocab)
+	for range n {
+		for i := range logits {
+			logits[i] = rng.NormFloat64() * temp
+		}
+		if key != nil {
+			key.Bias(toks[len(toks)-1], logits)
+		}
+		maxv := math.Inf(-1)
+		for _, l := range logits {
+			maxv = math.Max(maxv, l)
+		}
+		var z float64
+		for _, l := range logits {
+			z += math.Exp(l - maxv)
+		}
+		u, acc, pick := rng.Float64()*z, 0.0, vocab-1
+		for i, l := range logits {
+			acc += math.Exp(l - maxv)
+			if u <= acc {
+				pick = i
+				break
+			}
+		}
+		toks = append(toks, pick)
+	}
+	return toks
+}
+
+func keys(t *testing.T, tenants ...string) []*Key {
+	var out []*Key
+	for _, tn := range tenants {
+		k, err := DeriveKey(bytes.Repeat([]byte{9}, 32), tn, DefaultParams())
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// TestRates: TPR at T=200 with high entropy, robustness to 20% random replacement, the
+// tenant is named, and the false-positive rate on unwatermarked text stays near nominal.
+func TestRates(t *testing.T) {
+	ks := keys(t, "acme", "globex", "initech")
+	rng := rand.New(rand.NewPCG(1, 2))
+	const vocab, runs, alpha = 1000, 300, 1e-3
+	tp, tpNoisy, named, fp := 0, 0, 0, 0
+	for range runs {
+		toks := sample(rng, ks[0], 200, vocab, 1.0) // ~6.3 nats of entropy per token
+		if ks[0].Detect(toks).Verdict(alpha) {
+			tp++
+		}
+		noisy := append([]int(nil), toks...)
+		for i := range noisy {
+			if rng.Float64() < 0.2 {
+				noisy[i] = rng.IntN(vocab)
+			}
+		}
+		if ks[0].Detect(noisy).Verdict(alpha) {
+			tpNoisy++
+		}
+		if all := DetectAll(ks, toks); all[0].Tenant == "acme" && all[0].Verdict(alpha) {
+			named++
+		}
+		if ks[0].Detect(sample(rng, nil, 200, vocab, 1.0)).Verdict(alpha) {
+			fp++
+		}
+	}
+	t.Logf("TPR %.3f, TPR after 20%% replacement %.3f, tenant named %.3f, FP %d/%d", float64(tp)/runs, float64(tpNoisy)/runs, float64(named)/runs, fp, runs)
+	if float64(tp)/runs < 0.98 || float64(tpNoisy)/runs < 0.95 || float64(named)/runs < 0.98 {
+		t.Fatal("detection below target")
+	}
+	if fp > 3 { // nominal 0.3 expected in 300
+		t.Fatalf("%d false positives in %d at alpha %g", fp, runs, alpha)
+	}
+}
+
+func TestRepeatsNotScoredTwice(t *testing.T) {
+	k := keys(t, "acme")[0]
+	toks := []int{1, 2, 1, 2, 1, 2, 1, 2}
+	if s := k.Detect(toks); s.Scored != 2 {
+		t.Fatalf("scored %d, want 2 distinct pairs", s.Scored)
+	}
+}
+
+func TestSplice(t *testing.T) {
+	k := keys(t, "acme")[0]
+	rng := rand.New(rand.NewPCG(3, 4))
+	doc := sample(rng, nil, 2400, 1000, 1.0)
+	doc = append(doc, sample(rng, k, 200, 1000, 1.0)...)
+	doc = append(doc, sample(rng, nil, 2400, 1000, 1.0)...)
+	if k.Detect(doc).Verdict(1e-3) {
+		t.Log("whole document also flagged")
+	}
+	start, s := k.Window(doc, 200)
+	if !s.Verdict(1e-3) || start < 2200 || start > 2600 {
+		t.Fatalf("splice: window at %d, %+v", start, s)
+	}
+}
+
+func TestBinomTail(t *testing.T) {
+	if p := binomTail(10, 0, 0.25); p != 1 {
+		t.Fatal(p)
+	}
+	if p := binomTail(4, 4, 0.5); math.Abs(p-1.0/16) > 1e-12 {
+		t.Fatal(p)
+	}
+	if p := binomTail(200, 120, 0.25); p > 1e-20 {
+		t.Fatal(p)
+	}
+}
+
+func BenchmarkBias(b *testing.B) {
+	k, _ := DeriveKey(bytes.Repeat([]byte{9}, 32), "acme", DefaultParams())
+	logits := make([]float64, 32000)
+	for i := 0; b.Loop(); i++ {
+		k.Bias(i%32000, logits)
+	}
+}
