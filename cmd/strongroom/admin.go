@@ -71,7 +71,7 @@ func devCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			gw, err := a.OpenGateway(ctx, gateway.Route{Model: app.DevModel.Name, Upstreams: []string{runtimeURL}, Classification: app.DevModel.Classification})
+			gw, err := a.OpenGateway(ctx, gateway.Route{Model: app.DevModel.Name, Upstreams: []string{runtimeURL}, Classification: app.DevModel.Classification, Watermark: true})
 			if err != nil {
 				return err
 			}

@@ -178,6 +178,25 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		c.Gateway.ScreeningList = ts.MkAbs(args[1])
 		ts.Check(config.Write(path, c))
 	},
+	// chatsave ENVFILE PROMPT TOKENS OUTFILE: a sampled (temperature 1.5) chat completion of
+	// TOKENS tokens through the dev gateway, its text saved to OUTFILE.
+	"chatsave": func(ts *testscript.TestScript, neg bool, args []string) {
+		raw, err := os.ReadFile(ts.MkAbs(args[0]))
+		ts.Check(err)
+		env := map[string]string{}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if k, v, ok := strings.Cut(line, "="); ok {
+				env[k] = v
+			}
+		}
+		n, _ := strconv.Atoi(args[2])
+		c := openai.NewClient(option.WithBaseURL(env["STRONGROOM_URL"]+"/"), option.WithAPIKey(env["STRONGROOM_API_KEY"]), option.WithMaxRetries(0))
+		resp, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
+			Model: env["STRONGROOM_MODEL"], Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(args[1])},
+			MaxTokens: openai.Int(int64(n)), Temperature: openai.Float(1.5)})
+		ts.Check(err)
+		ts.Check(os.WriteFile(ts.MkAbs(args[3]), []byte(resp.Choices[0].Message.Content), 0o644))
+	},
 	// grepr TEXT DIR: whether any file under DIR contains TEXT.
 	"grepr": func(ts *testscript.TestScript, neg bool, args []string) {
 		found := ""

@@ -168,3 +168,20 @@ func (a *App) Audit(ctx context.Context, kind, decision, reason string, subject,
 	}
 	return nil
 }
+
+// WatermarkSecret is the deployment's watermark secret (keys/watermark.key, 32 bytes, 0600),
+// created on first use; tenant keys are derived from it.
+func (a *App) WatermarkSecret() ([]byte, error) {
+	p := filepath.Join(a.Config.KMS.KeyDir, "watermark.key")
+	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+		k := make([]byte, 32)
+		rand.Read(k)
+		if err := fsutil.WriteFileAtomic(p, k, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	if err := fsutil.CheckPrivate(p); err != nil {
+		return nil, err
+	}
+	return os.ReadFile(p)
+}

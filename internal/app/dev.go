@@ -17,6 +17,7 @@ import (
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
+	"github.com/strongroom/strongroom/internal/watermark"
 )
 
 // DevModel is the demo model `strongroom dev` synthesizes, seals and verifies.
@@ -123,7 +124,18 @@ func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	srv := &http.Server{Handler: &refmodel.Server{Name: DevModel.Name, Model: m}, ReadHeaderTimeout: 10 * time.Second}
+	secret, err := a.WatermarkSecret()
+	if err != nil {
+		return "", nil, err
+	}
+	wm := func(tenant string) func(int, []float64) {
+		k, err := watermark.DeriveKey(secret, tenant, watermark.DefaultParams())
+		if err != nil {
+			return nil
+		}
+		return k.Bias
+	}
+	srv := &http.Server{Handler: &refmodel.Server{Name: DevModel.Name, Model: m, Watermark: wm}, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	return "http://" + ln.Addr().String() + "/v1", func() { srv.Close() }, nil
 }

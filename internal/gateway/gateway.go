@@ -80,14 +80,17 @@ type Observation struct {
 
 // Route sends a model to its servers.
 type Route struct {
-	Model            string        `json:"model"`
-	Upstreams        []string      `json:"upstreams"` // base URLs ending in /v1
-	UpstreamKey      string        `json:"upstream_key,omitempty"`
-	Classification   string        `json:"classification"`
-	AllowedCountries []string      `json:"allowed_countries,omitempty"`
-	DeniedCountries  []string      `json:"denied_countries,omitempty"`
-	Hardening        *Hardening    `json:"hardening,omitempty"`
-	Limits           limits.Limits `json:"limits,omitempty"`
+	Model            string     `json:"model"`
+	Upstreams        []string   `json:"upstreams"` // base URLs ending in /v1
+	UpstreamKey      string     `json:"upstream_key,omitempty"`
+	Classification   string     `json:"classification"`
+	AllowedCountries []string   `json:"allowed_countries,omitempty"`
+	DeniedCountries  []string   `json:"denied_countries,omitempty"`
+	Hardening        *Hardening `json:"hardening,omitempty"`
+	// Watermark asks the model server to watermark outputs with the caller's tenant key
+	// (header X-Strongroom-Tenant, set only here).
+	Watermark bool          `json:"watermark,omitempty"`
+	Limits    limits.Limits `json:"limits,omitempty"`
 }
 
 // Config wires a Gateway.
@@ -461,6 +464,9 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		}
 		if st.route.UpstreamKey != "" {
 			req.Header.Set("Authorization", "Bearer "+st.route.UpstreamKey)
+		}
+		if st.route.Watermark {
+			req.Header.Set("X-Strongroom-Tenant", st.p.Tenant)
 		}
 		resp, err = g.client.Do(req)
 		if err == nil {

@@ -81,34 +81,65 @@ type Alt struct {
 	Logprob float64
 }
 
+// Printable reports whether a token renders as itself: sampling is restricted to these, so
+// that text maps back to tokens exactly (Tokenize), which watermark detection needs.
+// Reported logprobs are the model's own, over the whole vocabulary.
+func Printable(tok int) bool { return tok >= 32 && tok < 127 }
+
+// Tokenize maps text back to tokens (the inverse of TokenText for generated text).
+func Tokenize(text string) []int {
+	out := make([]int, len(text))
+	for i := 0; i < len(text); i++ {
+		out[i] = int(text[i])
+	}
+	return out
+}
+
 // Generate continues prompt for n tokens. Temperature 0 is greedy; otherwise sampling with
-// the given seed. top is how many alternatives to report per step.
-func (m *Model) Generate(prompt []byte, n int, temperature float64, seed uint64, top int, bias map[int]float64) []Step {
+// the given seed. top is how many alternatives to report per step. hook, if set, may change
+// the sampling log-probabilities (a watermark) after the previous token.
+func (m *Model) Generate(prompt []byte, n int, temperature float64, seed uint64, top int, bias map[int]float64, hook func(prev int, lp []float64)) []Step {
 	last := 0
 	if len(prompt) > 0 {
 		last = int(prompt[len(prompt)-1])
 	}
 	rng := rand.New(rand.NewPCG(seed, uint64(len(prompt))))
 	lp := make([]float64, 0, m.vocab)
+	sp := make([]float64, m.vocab)
 	steps := make([]Step, 0, n)
 	for range n {
 		lp = m.Logprobs(last, max(temperature, 1), bias, lp)
-		tok := 0
+		copy(sp, lp)
+		if hook != nil {
+			hook(last, sp)
+		}
+		for v := range sp {
+			if !Printable(v) {
+				sp[v] = math.Inf(-1)
+			}
+		}
+		tok := 32
 		if temperature <= 0 {
-			for v := range lp {
-				if lp[v] > lp[tok] {
+			for v := range sp {
+				if sp[v] > sp[tok] {
 					tok = v
 				}
 			}
 		} else {
-			u, acc := rng.Float64(), 0.0
-			for v := range lp {
-				acc += math.Exp(lp[v])
-				if u <= acc {
+			maxv, z := math.Inf(-1), 0.0
+			for _, x := range sp {
+				maxv = math.Max(maxv, x)
+			}
+			for _, x := range sp {
+				z += math.Exp(x - maxv)
+			}
+			u, acc := rng.Float64()*z, 0.0
+			for v := range sp {
+				acc += math.Exp(sp[v] - maxv)
+				if u <= acc && !math.IsInf(sp[v], -1) {
 					tok = v
 					break
 				}
-				tok = v
 			}
 		}
 		s := Step{Token: tok, Logprob: lp[tok]}
@@ -136,13 +167,11 @@ func hasAlt(a []Alt, v int) bool {
 	return false
 }
 
-// TokenText renders a token as printable text: letters, digits and space map to themselves,
-// other bytes to a letter, so that answers are readable.
+// TokenText renders a token: printable bytes as themselves (all that is ever sampled),
+// others as \xNN (they appear only among reported alternatives).
 func TokenText(tok int) string {
-	b := byte(tok)
-	switch {
-	case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9', b == ' ':
-		return string(b)
+	if Printable(tok) {
+		return string(rune(tok))
 	}
-	return fmt.Sprintf("%c", 'a'+b%26)
+	return fmt.Sprintf("\\x%02x", tok)
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/strongroom/strongroom/internal/watermark"
 )
 
 func TestSynthesizeAndLoad(t *testing.T) {
@@ -26,12 +28,12 @@ func TestSynthesizeAndLoad(t *testing.T) {
 		t.Fatalf("vocab %d", m.Vocab())
 	}
 	// Deterministic at temperature 0; logit_bias moves the choice.
-	a := m.Generate([]byte("hi"), 5, 0, 1, 3, nil)
-	b2 := m.Generate([]byte("hi"), 5, 0, 1, 3, nil)
+	a := m.Generate([]byte("hi"), 5, 0, 1, 3, nil, nil)
+	b2 := m.Generate([]byte("hi"), 5, 0, 1, 3, nil, nil)
 	if len(a) != 5 || a[0].Token != b2[0].Token || len(a[0].Top) != 3 {
 		t.Fatalf("generate: %+v", a)
 	}
-	forced := m.Generate([]byte("hi"), 1, 0, 1, 1, map[int]float64{42: 100})
+	forced := m.Generate([]byte("hi"), 1, 0, 1, 1, map[int]float64{42: 100}, nil)
 	if forced[0].Token != 42 {
 		t.Fatalf("logit_bias ignored: %+v", forced)
 	}
@@ -82,4 +84,35 @@ func FuzzSafetensors(f *testing.F) {
 		}
 		LoadModel(bytes.NewReader(b), int64(len(b)))
 	})
+}
+
+// TestWatermarkedGeneration: text sampled with a tenant's watermark hook is detected under
+// that tenant's key after re-tokenizing the text, and not under another's.
+func TestWatermarkedGeneration(t *testing.T) {
+	dir := t.TempDir()
+	Synthesize(dir, DefaultSynth())
+	b, _ := os.ReadFile(filepath.Join(dir, "model.safetensors"))
+	m, _ := LoadModel(bytes.NewReader(b), int64(len(b)))
+	secret := bytes.Repeat([]byte{5}, 32)
+	acme, _ := watermark.DeriveKey(secret, "acme", watermark.DefaultParams())
+	other, _ := watermark.DeriveKey(secret, "globex", watermark.DefaultParams())
+	var text []byte
+	for _, st := range m.Generate([]byte("once upon a time"), 300, 1.5, 7, 0, nil, acme.Bias) {
+		text = append(text, TokenText(st.Token)...)
+	}
+	toks := Tokenize(string(text))
+	if s := acme.Detect(toks); !s.Verdict(1e-3) {
+		t.Fatalf("watermark not found: %+v", s)
+	}
+	if s := other.Detect(toks); s.Verdict(1e-3) {
+		t.Fatalf("another tenant's key matched: %+v", s)
+	}
+	var plain []byte
+	for _, st := range m.Generate([]byte("once upon a time"), 300, 1.5, 7, 0, nil, nil) {
+		plain = append(plain, TokenText(st.Token)...)
+	}
+	if s := acme.Detect(Tokenize(string(plain))); s.Verdict(1e-3) {
+		t.Fatalf("unwatermarked text flagged: %+v", s)
+	}
+	t.Logf("watermarked z=%.1f", acme.Detect(toks).Z)
 }

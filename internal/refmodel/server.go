@@ -15,7 +15,10 @@ type Server struct {
 	Model *Model // nil: Fixed answers only
 	// Fixed, when set, is the completion text of every answer (load tests: no model work).
 	Fixed string
-	Now   func() time.Time
+	// Watermark, if set, returns the watermark hook for a tenant (nil: none). The tenant
+	// comes from the X-Strongroom-Tenant header, which only the gateway sets.
+	Watermark func(tenant string) func(prev int, lp []float64)
+	Now       func() time.Time
 }
 
 type genReq struct {
@@ -104,7 +107,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		oaiError(w, http.StatusNotFound, "unknown endpoint")
 		return
 	}
-	s.complete(w, &req, path == "/chat/completions", prompt)
+	var hook func(int, []float64)
+	if t := r.Header.Get("X-Strongroom-Tenant"); t != "" && s.Watermark != nil {
+		hook = s.Watermark(t)
+	}
+	s.complete(w, &req, path == "/chat/completions", prompt, hook)
 }
 
 func (s *Server) embeddings(w http.ResponseWriter, input string) {
@@ -132,7 +139,7 @@ type tokenLogprob struct {
 	TopLogprobs []tokenLogprob `json:"top_logprobs,omitempty"`
 }
 
-func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, prompt string) {
+func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, prompt string, hook func(int, []float64)) {
 	n := 16
 	if req.MaxCompl != nil {
 		n = *req.MaxCompl
@@ -161,7 +168,7 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, prompt 
 				bias[id] = max(-100, min(100, v))
 			}
 		}
-		steps = s.Model.Generate([]byte(prompt), n, temp, seed, min(req.TopLogprobs, 20), bias)
+		steps = s.Model.Generate([]byte(prompt), n, temp, seed, min(req.TopLogprobs, 20), bias, hook)
 		for _, st := range steps {
 			text = append(text, TokenText(st.Token))
 		}
