@@ -167,17 +167,21 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 	return c
 }
 
-// checkpointOf fetches and checks the log's current checkpoint.
-func checkpointOf(ctx context.Context, f audit.Fetcher, o audit.VerifyOptions) (uint64, []byte, error) {
+// checkpoint opens the log and fetches and checks its current checkpoint.
+func (s *logSource) checkpoint(ctx context.Context, g *globals) (audit.Fetcher, uint64, []byte, error) {
+	f, o, err := s.open(g)
+	if err != nil {
+		return nil, 0, nil, err
+	}
 	raw, err := f.ReadCheckpoint(ctx)
 	if err != nil {
-		return 0, nil, err
+		return nil, 0, nil, err
 	}
 	cp, err := audit.OpenCheckpoint(raw, o)
 	if err != nil {
-		return 0, nil, err
+		return nil, 0, nil, err
 	}
-	return cp.Size, cp.Hash, nil
+	return f, cp.Size, cp.Hash, nil
 }
 
 // provenEntry is one entry with its inclusion proof against a signed checkpoint.
@@ -208,11 +212,7 @@ func auditProofCmd(g *globals) *cobra.Command {
 		Short: "Print entry N with its inclusion proof in the current signed checkpoint",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, o, err := src.open(g)
-			if err != nil {
-				return err
-			}
-			size, root, err := checkpointOf(cmd.Context(), f, o)
+			f, size, root, err := src.checkpoint(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
@@ -247,11 +247,7 @@ func auditExportCmd(g *globals) *cobra.Command {
 		Short: "Write every entry of the signed checkpoint as JSONL with its inclusion proof",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, o, err := src.open(g)
-			if err != nil {
-				return err
-			}
-			size, root, err := checkpointOf(cmd.Context(), f, o)
+			f, size, root, err := src.checkpoint(cmd.Context(), g)
 			if err != nil {
 				return err
 			}

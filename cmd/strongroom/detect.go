@@ -18,14 +18,9 @@ func detectCmd(g *globals) *cobra.Command {
 		Short: "Run the detectors over a recorded trace; alerts as JSONL",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := os.Open(trace)
-			if err != nil {
-				return usagef("--trace: %v", err)
-			}
-			defer f.Close()
 			e := detect.New(detect.Config{})
 			enc := json.NewEncoder(cmd.OutOrStdout())
-			return detect.ReadTrace(f, func(i int, r *detect.Request) error {
+			return readTraceFile(trace, func(i int, r *detect.Request) error {
 				for _, a := range e.Observe(i, r) {
 					a.Evidence = ""
 					if err := enc.Encode(a); err != nil {
@@ -78,13 +73,8 @@ func detectCmd(g *globals) *cobra.Command {
 		Short: "Score the detectors against a labelled trace: FPR per principal-day, TPR, queries to detection",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := os.Open(trace)
-			if err != nil {
-				return usagef("--trace: %v", err)
-			}
-			defer f.Close()
 			var reqs []detect.Request
-			if err := detect.ReadTrace(f, func(_ int, r *detect.Request) error { reqs = append(reqs, *r); return nil }); err != nil {
+			if err := readTraceFile(trace, func(_ int, r *detect.Request) error { reqs = append(reqs, *r); return nil }); err != nil {
 				return err
 			}
 			res := detect.Evaluate(reqs, detect.New(detect.Config{}))
@@ -98,4 +88,13 @@ func detectCmd(g *globals) *cobra.Command {
 	eval.Flags().StringVar(&trace, "trace", "", "labelled trace file")
 	c.AddCommand(replay, simulate, eval)
 	return c
+}
+
+func readTraceFile(path string, fn func(int, *detect.Request) error) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return usagef("--trace: %v", err)
+	}
+	defer f.Close()
+	return detect.ReadTrace(f, fn)
 }

@@ -152,17 +152,9 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 	// chat ENVFILE TEXT: a chat completion through the gateway described by a dev.env file,
 	// with the official openai-go client; fails unless it answers.
 	"chat": func(ts *testscript.TestScript, neg bool, args []string) {
-		raw, err := os.ReadFile(ts.MkAbs(args[0]))
-		ts.Check(err)
-		env := map[string]string{}
-		for _, line := range strings.Split(string(raw), "\n") {
-			if k, v, ok := strings.Cut(line, "="); ok {
-				env[k] = v
-			}
-		}
-		c := openai.NewClient(option.WithBaseURL(env["STRONGROOM_URL"]+"/"), option.WithAPIKey(env["STRONGROOM_API_KEY"]), option.WithMaxRetries(0))
+		c, model := devClient(ts, args[0])
 		resp, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
-			Model: env["STRONGROOM_MODEL"], Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(args[1])}, MaxTokens: openai.Int(8)})
+			Model: model, Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(args[1])}, MaxTokens: openai.Int(8)})
 		if (err == nil) == neg {
 			ts.Fatalf("chat: %v", err)
 		}
@@ -181,18 +173,10 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 	// chatsave ENVFILE PROMPT TOKENS OUTFILE: a sampled (temperature 1.5) chat completion of
 	// TOKENS tokens through the dev gateway, its text saved to OUTFILE.
 	"chatsave": func(ts *testscript.TestScript, neg bool, args []string) {
-		raw, err := os.ReadFile(ts.MkAbs(args[0]))
-		ts.Check(err)
-		env := map[string]string{}
-		for _, line := range strings.Split(string(raw), "\n") {
-			if k, v, ok := strings.Cut(line, "="); ok {
-				env[k] = v
-			}
-		}
 		n, _ := strconv.Atoi(args[2])
-		c := openai.NewClient(option.WithBaseURL(env["STRONGROOM_URL"]+"/"), option.WithAPIKey(env["STRONGROOM_API_KEY"]), option.WithMaxRetries(0))
+		c, model := devClient(ts, args[0])
 		resp, err := c.Chat.Completions.New(context.Background(), openai.ChatCompletionNewParams{
-			Model: env["STRONGROOM_MODEL"], Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(args[1])},
+			Model: model, Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage(args[1])},
 			MaxTokens: openai.Int(int64(n)), Temperature: openai.Float(1.5)})
 		ts.Check(err)
 		ts.Check(os.WriteFile(ts.MkAbs(args[3]), []byte(resp.Choices[0].Message.Content), 0o644))
@@ -227,4 +211,18 @@ func TestScriptsHSM(t *testing.T) {
 		}
 		return nil
 	}})
+}
+
+// devClient is an openai-go client for the gateway a dev.env file describes, and its model.
+func devClient(ts *testscript.TestScript, envFile string) (openai.Client, string) {
+	raw, err := os.ReadFile(ts.MkAbs(envFile))
+	ts.Check(err)
+	env := map[string]string{}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			env[k] = v
+		}
+	}
+	c := openai.NewClient(option.WithBaseURL(env["STRONGROOM_URL"]+"/"), option.WithAPIKey(env["STRONGROOM_API_KEY"]), option.WithMaxRetries(0))
+	return c, env["STRONGROOM_MODEL"]
 }
