@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/refmodel"
 )
 
@@ -108,4 +109,28 @@ func BenchmarkProxy(b *testing.B) {
 	})
 }
 
-var _ = fmt.Sprint
+// nopAudit accepts every event without recording it: the "log off" row.
+type nopAudit struct{}
+
+func (nopAudit) Submit(context.Context, audit.Event) audit.Future {
+	return func() (uint64, error) { return 0, nil }
+}
+func (nopAudit) Healthy() error { return nil }
+
+// BenchmarkAuditCost: the gateway with its transparency log on and off, same run.
+func BenchmarkAuditCost(b *testing.B) {
+	const conns = 64
+	upstream := httptest.NewServer(&refmodel.Server{Name: "demo", Fixed: strings.Repeat("x", 1024)})
+	defer upstream.Close()
+	for _, on := range []bool{false, true} {
+		b.Run(fmt.Sprintf("log=%v", on), func(b *testing.B) {
+			f := newFixture(b, func(c *Config) {
+				c.Routes = []Route{{Model: "demo", Upstreams: []string{upstream.URL + "/v1"}, Classification: "public"}}
+				if !on {
+					c.Audit = nopAudit{}
+				}
+			})
+			load(b, f.srv.URL, f.alice, conns)
+		})
+	}
+}
