@@ -17,6 +17,8 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
@@ -181,6 +183,47 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		ts.Check(err)
 		ts.Check(os.WriteFile(ts.MkAbs(args[3]), []byte(resp.Choices[0].Message.Content), 0o644))
 	},
+	// gatewayconfig DATA REDIS_URL UPSTREAM RPM: route model demo to UPSTREAM (public), key
+	// limit RPM per minute, limits in Redis.
+	"gatewayconfig": func(ts *testscript.TestScript, neg bool, args []string) {
+		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
+		c, err := config.ReadRaw(path)
+		ts.Check(err)
+		rpm, _ := strconv.Atoi(args[3])
+		c.Gateway.RedisURL = args[1]
+		c.Gateway.Routes = []gateway.Route{{Model: "demo", Upstreams: []string{args[2]}, Classification: "public"}}
+		c.Gateway.KeyLimits = limits.Limits{RPM: rpm}
+		ts.Check(config.Write(path, c))
+	},
+	// hammer KEYFILE N WANT URL...: N chat requests spread over the gateways; exactly WANT
+	// must be admitted (200) and the rest refused with 429.
+	"hammer": func(ts *testscript.TestScript, neg bool, args []string) {
+		key, err := os.ReadFile(ts.MkAbs(args[0]))
+		ts.Check(err)
+		n, _ := strconv.Atoi(args[1])
+		want, _ := strconv.Atoi(args[2])
+		urls := args[3:]
+		ok, limited := 0, 0
+		for i := range n {
+			req, _ := http.NewRequest(http.MethodPost, urls[i%len(urls)]+"/v1/chat/completions",
+				strings.NewReader(`{"model":"demo","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`))
+			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+			resp, err := http.DefaultClient.Do(req)
+			ts.Check(err)
+			resp.Body.Close()
+			switch resp.StatusCode {
+			case 200:
+				ok++
+			case 429:
+				limited++
+			default:
+				ts.Fatalf("request %d: status %d", i, resp.StatusCode)
+			}
+		}
+		if ok != want || limited != n-want {
+			ts.Fatalf("admitted %d and limited %d of %d, want %d admitted", ok, limited, n, want)
+		}
+	},
 	// grepr TEXT DIR: whether any file under DIR contains TEXT.
 	"grepr": func(ts *testscript.TestScript, neg bool, args []string) {
 		found := ""
@@ -200,7 +243,7 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 
 // TestScriptsHSM runs the scripts that need the SoftHSM2 token and PostgreSQL from scripts/test.
 func TestScriptsHSM(t *testing.T) {
-	vars := []string{"SOFTHSM2_CONF", "STRONGROOM_TEST_PKCS11_MODULE", "STRONGROOM_TEST_PKCS11_TOKEN", "STRONGROOM_TEST_PKCS11_PIN", "STRONGROOM_TEST_POSTGRES"}
+	vars := []string{"SOFTHSM2_CONF", "STRONGROOM_TEST_PKCS11_MODULE", "STRONGROOM_TEST_PKCS11_TOKEN", "STRONGROOM_TEST_PKCS11_PIN", "STRONGROOM_TEST_POSTGRES", "STRONGROOM_TEST_REDIS"}
 	vals := map[string]string{}
 	for _, v := range vars {
 		vals[v] = testenv.Get(t, v)
