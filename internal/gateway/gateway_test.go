@@ -215,7 +215,9 @@ func TestOpenAIClient(t *testing.T) {
 		t.Fatalf("embeddings: %v", err)
 	}
 
-	// Every request is in the audit log with tokens and HMAC'd prompt and output.
+	// Every request is in the audit log with tokens and HMAC'd prompt and output. The
+	// handler records after the client has its answer: stop the server first.
+	f.srv.Close()
 	f.log.Close(ctx)
 	evs, err := f.st.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.request", Principal: "alice"})
 	if err != nil {
