@@ -87,7 +87,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	if gc.TLS != nil && gc.TLS.ClientCAFile != "" {
 		certs = authn.Certs{St: a.Store}
 	}
-	return gateway.New(gateway.Config{
+	gw, err := gateway.New(gateway.Config{
 		Certs:           certs,
 		Detector:        resp,
 		Sanctions:       resp,
@@ -99,6 +99,11 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		Audit: a.AuditLog, Redactor: a.Redactor, TrustedProxies: proxies,
 		MaxBody: gc.MaxBodyBytes, UpstreamTimeout: timeout, Logger: a.Log,
 	})
+	if err != nil {
+		return nil, err
+	}
+	go gw.HealthCheck(ctx, 10*time.Second)
+	return gw, nil
 }
 
 // screeningList loads the configured denied-party list, or nil when none is configured.

@@ -178,6 +178,50 @@ func New(cfg Config) (*Gateway, error) {
 	return g, nil
 }
 
+// HealthCheck probes every upstream's /models every interval until ctx ends: an upstream
+// that does not answer 200 is skipped (as after a failed connection) until it does.
+func (g *Gateway) HealthCheck(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		for _, rt := range g.routes {
+			for _, base := range rt.Upstreams {
+				g.probe(ctx, rt, base)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (g *Gateway) probe(ctx context.Context, rt *Route, base string) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/models", nil)
+	if err != nil {
+		return
+	}
+	if rt.UpstreamKey != "" {
+		req.Header.Set("Authorization", "Bearer "+rt.UpstreamKey)
+	}
+	resp, err := g.client.Do(req)
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	if err != nil || resp.StatusCode != http.StatusOK {
+		if _, was := g.down.Load(base); !was {
+			g.log.Warn("upstream unhealthy", "model", rt.Model, "upstream", base)
+		}
+		g.down.Store(base, time.Now())
+		return
+	}
+	g.down.Delete(base)
+}
+
 // ServeHTTP routes the OpenAI endpoints.
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {

@@ -648,3 +648,49 @@ func TestMTLS(t *testing.T) {
 		t.Fatalf("no certificate, bearer token: %d", s)
 	}
 }
+
+// TestHealthCheck: an upstream whose /models fails is skipped in favour of a healthy one.
+func TestHealthCheck(t *testing.T) {
+	var sick atomicBool
+	hits := make(chan string, 100)
+	mk := func(name string, unhealthy *atomicBool) *httptest.Server {
+		return httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.HasSuffix(r.URL.Path, "/models") {
+				if unhealthy != nil && unhealthy.get() {
+					http.Error(w, "down", 503)
+					return
+				}
+				w.Write([]byte(`{"data":[]}`))
+				return
+			}
+			hits <- name
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte(`{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}`))
+		}))
+	}
+	a, b := mk("a", &sick), mk("b", nil)
+	defer a.Close()
+	defer b.Close()
+	f := newFixture(t, func(c *Config) {
+		c.Routes = []Route{{Model: "demo", Upstreams: []string{a.URL + "/v1", b.URL + "/v1"}, Classification: "public"}}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sick.set(true)
+	go f.gw.HealthCheck(ctx, 50*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
+	if resp, _ := post(t, f.srv.URL+"/v1/chat/completions", f.alice, `{"model":"demo","messages":[]}`); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	if got := <-hits; got != "b" {
+		t.Fatalf("request went to the unhealthy upstream %s", got)
+	}
+}
+
+type atomicBool struct {
+	mu sync.Mutex
+	v  bool
+}
+
+func (a *atomicBool) get() bool  { a.mu.Lock(); defer a.mu.Unlock(); return a.v }
+func (a *atomicBool) set(v bool) { a.mu.Lock(); a.v = v; a.mu.Unlock() }
