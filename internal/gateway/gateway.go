@@ -424,7 +424,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		}
 		return
 	}
-	st.prompt = bytes.Clone(promptOf(body)) // body goes back to the pool; the detectors keep this
+	st.prompt = bytes.Clone(st.feat.prompt()) // body goes back to the pool; the detectors keep this
 	est := estimateTokens(len(st.prompt)) + st.feat.maxTokens()
 	if est == 0 {
 		est = estimateTokens(len(body))
@@ -466,23 +466,6 @@ func (st *reqState) fail(w http.ResponseWriter, e *apiError, reason string) {
 		st.reason = "upstream: " + reason
 	}
 	e.write(w)
-}
-
-// promptOf returns the raw JSON of the prompt-bearing field.
-func promptOf(body []byte) []byte {
-	var f struct {
-		Messages json.RawMessage `json:"messages"`
-		Prompt   json.RawMessage `json:"prompt"`
-		Input    json.RawMessage `json:"input"`
-	}
-	json.Unmarshal(body, &f)
-	switch {
-	case f.Messages != nil:
-		return f.Messages
-	case f.Prompt != nil:
-		return f.Prompt
-	}
-	return f.Input
 }
 
 func isDialError(err error) bool {

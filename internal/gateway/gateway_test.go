@@ -694,3 +694,17 @@ type atomicBool struct {
 
 func (a *atomicBool) get() bool  { a.mu.Lock(); defer a.mu.Unlock(); return a.v }
 func (a *atomicBool) set(v bool) { a.mu.Lock(); a.v = v; a.mu.Unlock() }
+
+func TestParseUsage(t *testing.T) {
+	for in, want := range map[string]Usage{
+		`{"choices":[{"message":{"content":"the \"usage\": 3"}}],"usage":{"prompt_tokens":5,"completion_tokens":7}}`: {PromptTokens: 5, CompletionTokens: 7},
+		`{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[]}`:                                       {PromptTokens: 1, CompletionTokens: 2},
+		`{"choices":[]}`:              {},
+		`{"usage":null,"choices":[]}`: {},
+	} {
+		got, _ := parseUsage([]byte(in))
+		if got != want {
+			t.Errorf("%s: %+v, want %+v", in, got, want)
+		}
+	}
+}

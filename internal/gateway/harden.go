@@ -40,6 +40,21 @@ type features struct {
 	StreamOpts  *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
+	// The prompt-bearing field of each endpoint, kept raw (one parse of the body serves all).
+	Messages json.RawMessage `json:"messages"`
+	Prompt   json.RawMessage `json:"prompt"`
+	Input    json.RawMessage `json:"input"`
+}
+
+// prompt returns the raw JSON of the prompt-bearing field.
+func (f *features) prompt() []byte {
+	switch {
+	case f.Messages != nil:
+		return f.Messages
+	case f.Prompt != nil:
+		return f.Prompt
+	}
+	return f.Input
 }
 
 func (f *features) logprobs() (bool, int) {

@@ -12,18 +12,22 @@ type Usage struct {
 	Estimated        bool `json:"-"`
 }
 
-// parseUsage reads the usage block of an OpenAI response or stream chunk, if any.
+var usageKey = []byte(`"usage":`)
+
+// parseUsage reads the usage block of an OpenAI response or stream chunk, if any. It
+// decodes only the object after the last "usage" key (responses put it last), not the
+// whole answer; a "usage" inside generated text is a JSON string, so its quote is escaped
+// and does not match.
 func parseUsage(b []byte) (Usage, bool) {
-	if !bytes.Contains(b, []byte(`"usage"`)) {
+	i := bytes.LastIndex(b, usageKey)
+	if i < 0 {
 		return Usage{}, false
 	}
-	var r struct {
-		Usage *Usage `json:"usage"`
-	}
-	if json.Unmarshal(b, &r) != nil || r.Usage == nil {
+	var u *Usage
+	if json.NewDecoder(bytes.NewReader(b[i+len(usageKey):])).Decode(&u) != nil || u == nil {
 		return Usage{}, false
 	}
-	return *r.Usage, true
+	return *u, true
 }
 
 // estimateTokens is the fallback when an upstream gives no usage: about 4 bytes a token.
