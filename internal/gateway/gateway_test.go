@@ -698,7 +698,7 @@ func (a *atomicBool) set(v bool) { a.mu.Lock(); a.v = v; a.mu.Unlock() }
 func TestParseUsage(t *testing.T) {
 	for in, want := range map[string]Usage{
 		`{"choices":[{"message":{"content":"the \"usage\": 3"}}],"usage":{"prompt_tokens":5,"completion_tokens":7}}`: {PromptTokens: 5, CompletionTokens: 7},
-		`{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[]}`:                                       {PromptTokens: 1, CompletionTokens: 2},
+		`{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[]}`:                                           {PromptTokens: 1, CompletionTokens: 2},
 		`{"choices":[]}`:              {},
 		`{"usage":null,"choices":[]}`: {},
 	} {
