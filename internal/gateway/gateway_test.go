@@ -708,3 +708,29 @@ func TestParseUsage(t *testing.T) {
 		}
 	}
 }
+
+// FuzzRequestAndResponse: the parsers of client bodies and upstream answers never panic,
+// and a hardened body is still JSON without the stripped fields.
+func FuzzRequestAndResponse(f *testing.F) {
+	f.Add([]byte(`{"model":"m","logit_bias":{"1":5},"logprobs":true,"top_logprobs":20,"n":9,"max_tokens":99999,"stream":true,"messages":[]}`))
+	f.Add([]byte(`{"model":"m","logprobs":7,"prompt":"x"}`))
+	f.Add([]byte(`{"choices":[{"logprobs":{"content":[{"token":"a","logprob":-1.5,"top_logprobs":[{"token":"b","logprob":-2}]}]}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}`))
+	h := DefaultHardening()
+	s := &logprobShaper{decimals: 2, sigma: 0.3, key: []byte("k"), ctx: []byte("c")}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var feat features
+		if json.Unmarshal(body, &feat) == nil {
+			feat.logprobs()
+			feat.prompt()
+			out, err := h.apply(body, &feat, "chat")
+			if err == nil && !json.Valid(out) {
+				t.Fatalf("hardened body is not JSON: %q", out)
+			}
+			if err == nil && len(feat.LogitBias) > 0 && bytes.Contains(out, []byte(`"logit_bias"`)) && !bytes.Equal(out, body) {
+				t.Fatalf("logit_bias survived stripping: %q", out)
+			}
+		}
+		parseUsage(body)
+		s.rewrite(body)
+	})
+}
