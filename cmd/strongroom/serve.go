@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
@@ -137,10 +136,7 @@ func witnessServeCmd(g *globals) *cobra.Command {
 		Short: "Serve POST /add-checkpoint for the given logs",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := fsutil.CheckPrivate(keyPath); err != nil {
-				return err
-			}
-			raw, err := os.ReadFile(keyPath)
+			raw, err := fsutil.ReadPrivate(keyPath)
 			if err != nil {
 				return err
 			}

@@ -136,10 +136,7 @@ func PublicKeyPath(signingKey string) string {
 }
 
 func readSigningKey(path string) (*ecdsa.PrivateKey, error) {
-	if err := fsutil.CheckPrivate(path); err != nil {
-		return nil, fmt.Errorf("signing key: %w", err)
-	}
-	b, err := os.ReadFile(path)
+	b, err := fsutil.ReadPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("signing key: %w", err)
 	}

@@ -69,10 +69,7 @@ func sanitizeName(s string) string {
 }
 
 func readKeyFile(path string) (string, error) {
-	if err := fsutil.CheckPrivate(path); err != nil {
-		return "", err
-	}
-	b, err := os.ReadFile(path)
+	b, err := fsutil.ReadPrivate(path)
 	return strings.TrimSpace(string(b)), err
 }
 
@@ -180,8 +177,5 @@ func (a *App) WatermarkSecret() ([]byte, error) {
 			return nil, err
 		}
 	}
-	if err := fsutil.CheckPrivate(p); err != nil {
-		return nil, err
-	}
-	return os.ReadFile(p)
+	return fsutil.ReadPrivate(p)
 }

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera/client"
 )
 
@@ -118,4 +120,8 @@ func BenchmarkInclusionProof(b *testing.B) {
 			}
 		}
 	})
+}
+
+func rootFromProof(entry []byte, index, size uint64, p [][]byte) ([]byte, error) {
+	return proof.RootFromInclusionProof(rfc6962.DefaultHasher, index, size, rfc6962.DefaultHasher.HashLeaf(entry), p)
 }

@@ -224,7 +224,3 @@ func EncodeProof(p [][]byte) []string {
 	}
 	return out
 }
-
-func rootFromProof(entry []byte, index, size uint64, p [][]byte) ([]byte, error) {
-	return proof.RootFromInclusionProof(rfc6962.DefaultHasher, index, size, rfc6962.DefaultHasher.HashLeaf(entry), p)
-}

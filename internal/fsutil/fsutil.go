@@ -3,6 +3,7 @@ package fsutil
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -46,14 +47,20 @@ func SyncDir(dir string) error {
 	return d.Sync()
 }
 
-// CheckPrivate refuses a secret file that group or others can access.
-func CheckPrivate(path string) error {
-	st, err := os.Stat(path)
+// ReadPrivate reads a secret file, refusing one that group or others can access. The mode
+// is checked on the opened file, so the file read is the file checked.
+func ReadPrivate(path string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
 	}
 	if mode := st.Mode().Perm(); mode&0o077 != 0 {
-		return fmt.Errorf("%s has mode %04o: group or others can access it; chmod 600 it", path, mode)
+		return nil, fmt.Errorf("%s has mode %04o: group or others can access it; chmod 600 it", path, mode)
 	}
-	return nil
+	return io.ReadAll(f)
 }

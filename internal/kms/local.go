@@ -60,10 +60,7 @@ func GenerateLocal(dir string) (string, error) {
 
 // OpenLocal loads a key file. It refuses a file that group or others can read or write.
 func OpenLocal(path string) (*Local, error) {
-	if err := fsutil.CheckPrivate(path); err != nil {
-		return nil, fmt.Errorf("kms: key file: %w", err)
-	}
-	raw, err := os.ReadFile(path)
+	raw, err := fsutil.ReadPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("kms: key file: %w", err)
 	}
