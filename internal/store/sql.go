@@ -84,6 +84,76 @@ var migrations = []string{
 		revoked_at BIGINT NOT NULL,
 		created_at BIGINT NOT NULL
 	)`,
+	`CREATE TABLE runtimes (
+		id TEXT PRIMARY KEY,
+		env TEXT NOT NULL,
+		region TEXT NOT NULL,
+		jurisdiction TEXT NOT NULL,
+		host TEXT NOT NULL,
+		owner TEXT NOT NULL,
+		cert_serial TEXT NOT NULL,
+		cert_expires BIGINT NOT NULL,
+		created_at BIGINT NOT NULL,
+		revoked_at BIGINT NOT NULL
+	);
+	CREATE TABLE join_tokens (
+		id TEXT PRIMARY KEY,
+		hash {{bytes}} NOT NULL,
+		env TEXT NOT NULL,
+		region TEXT NOT NULL,
+		jurisdiction TEXT NOT NULL,
+		host TEXT NOT NULL,
+		owner TEXT NOT NULL,
+		expires_at BIGINT NOT NULL,
+		used_at BIGINT NOT NULL,
+		created_at BIGINT NOT NULL
+	);
+	CREATE TABLE leases (
+		id TEXT PRIMARY KEY,
+		runtime TEXT NOT NULL,
+		model TEXT NOT NULL,
+		version TEXT NOT NULL,
+		key_id TEXT NOT NULL,
+		attestation TEXT NOT NULL,
+		bytes BIGINT NOT NULL,
+		granted_at BIGINT NOT NULL,
+		expires_at BIGINT NOT NULL,
+		revoked_at BIGINT NOT NULL,
+		reason TEXT NOT NULL
+	);
+	CREATE INDEX leases_revoked ON leases (revoked_at);
+	CREATE TABLE approval_requests (
+		id TEXT PRIMARY KEY,
+		kind TEXT NOT NULL,
+		requester TEXT NOT NULL,
+		runtime TEXT NOT NULL,
+		model TEXT NOT NULL,
+		version TEXT NOT NULL,
+		needed INTEGER NOT NULL,
+		state TEXT NOT NULL,
+		created_at BIGINT NOT NULL,
+		expires_at BIGINT NOT NULL
+	);
+	CREATE TABLE approvals (
+		request_id TEXT NOT NULL REFERENCES approval_requests(id),
+		approver TEXT NOT NULL,
+		decision TEXT NOT NULL,
+		at BIGINT NOT NULL,
+		PRIMARY KEY (request_id, approver)
+	);
+	CREATE TABLE totp (
+		principal TEXT PRIMARY KEY REFERENCES principals(id),
+		key_id TEXT NOT NULL,
+		sealed {{bytes}} NOT NULL,
+		last_step BIGINT NOT NULL
+	);
+	CREATE TABLE egress (
+		day TEXT NOT NULL,
+		runtime TEXT NOT NULL,
+		bytes BIGINT NOT NULL,
+		PRIMARY KEY (day, runtime)
+	);
+	ALTER TABLE versions ADD COLUMN disabled_at BIGINT NOT NULL DEFAULT 0`,
 }
 
 func (s *sqlStore) q(query string) string {
@@ -264,7 +334,7 @@ func (s *sqlStore) CreateVersion(ctx context.Context, v Version) error {
 	return nil
 }
 
-const versionCols = `model, version, classification, owner, env, key_id, signature, created_at`
+const versionCols = `model, version, classification, owner, env, key_id, signature, created_at, disabled_at`
 
 func (s *sqlStore) GetVersion(ctx context.Context, model, version string) (Version, error) {
 	vs, err := s.versions(ctx, `WHERE model = ? AND version = ?`, model, version)
@@ -292,12 +362,12 @@ func (s *sqlStore) versions(ctx context.Context, where string, args ...any) ([]V
 	var out []Version
 	for rows.Next() {
 		var v Version
-		var ts int64
-		if err := rows.Scan(&v.Model, &v.Version, &v.Classification, &v.Owner, &v.Env, &v.KeyID, &v.Signature, &ts); err != nil {
+		var ts, dis int64
+		if err := rows.Scan(&v.Model, &v.Version, &v.Classification, &v.Owner, &v.Env, &v.KeyID, &v.Signature, &ts, &dis); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("store: list versions: %w", err)
 		}
-		v.CreatedAt = time.Unix(0, ts).UTC()
+		v.CreatedAt, v.DisabledAt = time.Unix(0, ts).UTC(), fromNanos(dis)
 		out = append(out, v)
 	}
 	rows.Close()

@@ -49,6 +49,7 @@ type Version struct {
 	Signature      []byte // OMS v1.0 Sigstore bundle (model.sig)
 	Files          []File // sorted by Path
 	CreatedAt      time.Time
+	DisabledAt     time.Time // zero: enabled; disabled versions get no leases
 }
 
 // AuditEvent is one audit log entry as the search index holds it; the log is the record,
@@ -123,6 +124,8 @@ type Store interface {
 	// AuditIndexed is one more than the highest index in the search index (0 when empty).
 	AuditIndexed(ctx context.Context) (uint64, error)
 	SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
+
+	Custody
 
 	Close() error
 }

@@ -26,6 +26,12 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DeleteKey", testDeleteKey},
 		{"AuditIndex", testAuditIndex},
 		{"PrincipalsAndKeys", testPrincipalsAndKeys},
+		{"RuntimesAndTokens", testRuntimesAndTokens},
+		{"Leases", testLeases},
+		{"Approvals", testApprovals},
+		{"TOTP", testTOTP},
+		{"Egress", testEgress},
+		{"DisableVersion", testDisableVersion},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

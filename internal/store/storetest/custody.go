@@ -1,0 +1,230 @@
+package storetest
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+func testRuntimesAndTokens(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	r := store.Runtime{ID: "rt1", Env: "prod", Region: "eu-west", Jurisdiction: "DE", Host: "gpu-1", Owner: "alice",
+		CertSerial: "abc", CertExpires: ts.Add(time.Hour), CreatedAt: ts}
+	if err := s.PutRuntime(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	r.RevokedAt = ts.Add(time.Minute)
+	if err := s.PutRuntime(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetRuntime(ctx, "rt1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(r, got); diff != "" {
+		t.Fatalf("runtime (-want +got):\n%s", diff)
+	}
+	if _, err := s.GetRuntime(ctx, "rt2"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing runtime: %v", err)
+	}
+	if rs, _ := s.ListRuntimes(ctx); len(rs) != 1 {
+		t.Fatalf("ListRuntimes = %v", rs)
+	}
+
+	tok := store.JoinToken{ID: "t1", Hash: []byte{9}, Env: "prod", Owner: "alice", ExpiresAt: ts.Add(time.Hour), CreatedAt: ts}
+	if err := s.PutJoinToken(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	// Many concurrent uses: exactly one wins.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for range 8 {
+		wg.Go(func() {
+			if _, err := s.UseJoinToken(ctx, "t1", ts.Add(time.Second)); err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			} else if !errors.Is(err, store.ErrConflict) {
+				t.Errorf("use: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("join token used %d times", wins)
+	}
+	if _, err := s.UseJoinToken(ctx, "nope", ts); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown token: %v", err)
+	}
+}
+
+func testLeases(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	mk := func(id, rt, model string) store.Lease {
+		return store.Lease{ID: id, Runtime: rt, Model: model, Version: "1", KeyID: "k", Attestation: "dev", Bytes: 10,
+			GrantedAt: ts, ExpiresAt: ts.Add(10 * time.Minute)}
+	}
+	for _, l := range []store.Lease{mk("l1", "rt1", "m"), mk("l2", "rt2", "m"), mk("l3", "rt1", "other")} {
+		if err := s.PutLease(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutLease(ctx, mk("l1", "rt1", "m")); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("duplicate lease: %v", err)
+	}
+	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{Runtime: "rt1"}); len(ls) != 2 {
+		t.Fatalf("by runtime: %d", len(ls))
+	}
+	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{LiveAt: ts.Add(11 * time.Minute)}); len(ls) != 0 {
+		t.Fatalf("expired leases listed live: %d", len(ls))
+	}
+	if err := s.ExtendLease(ctx, "l1", ts.Add(20*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{LiveAt: ts.Add(11 * time.Minute)}); len(ls) != 1 || ls[0].ID != "l1" {
+		t.Fatalf("extended lease not live: %v", ls)
+	}
+	rev, err := s.RevokeLeases(ctx, store.LeaseQuery{Model: "m"}, ts.Add(time.Minute), "test")
+	if err != nil || len(rev) != 2 {
+		t.Fatalf("revoke by model: %v %v", rev, err)
+	}
+	if rev, _ := s.RevokeLeases(ctx, store.LeaseQuery{Model: "m"}, ts.Add(2*time.Minute), "again"); len(rev) != 0 {
+		t.Fatalf("revoked twice: %v", rev)
+	}
+	if err := s.ExtendLease(ctx, "l1", ts.Add(30*time.Minute)); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("renewing a revoked lease: %v", err)
+	}
+	if err := s.ExtendLease(ctx, "nope", ts); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("renewing a missing lease: %v", err)
+	}
+	l, err := s.GetLease(ctx, "l2")
+	if err != nil || l.Reason != "test" || !l.RevokedAt.Equal(ts.Add(time.Minute)) {
+		t.Fatalf("revoked lease: %+v %v", l, err)
+	}
+	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{RevokedAfter: ts}); len(ls) != 2 {
+		t.Fatalf("revoked after: %d", len(ls))
+	}
+}
+
+func testApprovals(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	r := store.ApprovalRequest{ID: "a1", Kind: "lease", Requester: "alice", Runtime: "rt1", Model: "m", Version: "1", Needed: 2,
+		State: store.StatePending, CreatedAt: ts, ExpiresAt: ts.Add(time.Hour)}
+	if err := s.CreateApproval(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.FindApproval(ctx, "lease", "rt1", "m", "1", ts.Add(time.Minute)); err != nil || got.ID != "a1" {
+		t.Fatalf("find: %v %v", got, err)
+	}
+	if _, err := s.FindApproval(ctx, "lease", "rt1", "m", "1", ts.Add(2*time.Hour)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("expired request found: %v", err)
+	}
+	got, err := s.Decide(ctx, "a1", store.Approval{Approver: "bob", Decision: "approve", At: ts})
+	if err != nil || got.State != store.StatePending {
+		t.Fatalf("first approval: %+v %v", got, err)
+	}
+	if _, err := s.Decide(ctx, "a1", store.Approval{Approver: "bob", Decision: "approve", At: ts}); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("same approver twice: %v", err)
+	}
+	if err := s.ConsumeApproval(ctx, "a1"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("consumed while pending: %v", err)
+	}
+	got, err = s.Decide(ctx, "a1", store.Approval{Approver: "carol", Decision: "approve", At: ts.Add(time.Second)})
+	if err != nil || got.State != store.StateApproved || len(got.Approvals) != 2 {
+		t.Fatalf("second approval: %+v %v", got, err)
+	}
+	if _, err := s.Decide(ctx, "a1", store.Approval{Approver: "dave", Decision: "approve", At: ts}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("decision on an approved request: %v", err)
+	}
+	if err := s.ConsumeApproval(ctx, "a1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ConsumeApproval(ctx, "a1"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("consumed twice: %v", err)
+	}
+	r.ID, r.CreatedAt = "a2", ts.Add(time.Minute)
+	s.CreateApproval(ctx, r)
+	if got, err := s.Decide(ctx, "a2", store.Approval{Approver: "bob", Decision: "deny", At: ts}); err != nil || got.State != store.StateDenied {
+		t.Fatalf("deny: %+v %v", got, err)
+	}
+	if rs, _ := s.ListApprovals(ctx, store.StateDenied); len(rs) != 1 || rs[0].ID != "a2" {
+		t.Fatalf("list denied: %v", rs)
+	}
+	if _, err := s.GetApproval(ctx, "zz"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing: %v", err)
+	}
+}
+
+func testTOTP(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	s.PutPrincipal(ctx, store.Principal{ID: "bob", Tenant: "acme", Screening: "clear", CreatedAt: ts})
+	if err := s.PutTOTP(ctx, store.TOTP{Principal: "bob", KeyID: "k", Sealed: []byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UseTOTPStep(ctx, "bob", 100); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []int64{100, 99} {
+		if err := s.UseTOTPStep(ctx, "bob", step); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("step %d reused: %v", step, err)
+		}
+	}
+	if got, err := s.GetTOTP(ctx, "bob"); err != nil || got.LastStep != 100 {
+		t.Fatalf("get: %+v %v", got, err)
+	}
+	if _, err := s.GetTOTP(ctx, "eve"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing: %v", err)
+	}
+}
+
+func testEgress(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if err := s.ChargeEgress(ctx, "2026-11-27", "rt1", 60, 100, 150); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ChargeEgress(ctx, "2026-11-27", "rt1", 60, 100, 150); !errors.Is(err, store.ErrOverBudget) {
+		t.Fatalf("per-runtime budget: %v", err)
+	}
+	if err := s.ChargeEgress(ctx, "2026-11-27", "rt2", 80, 100, 150); err != nil {
+		t.Fatal(err) // 140 of 150 in total
+	}
+	if err := s.ChargeEgress(ctx, "2026-11-27", "rt2", 20, 100, 150); !errors.Is(err, store.ErrOverBudget) {
+		t.Fatalf("total budget: %v", err)
+	}
+	if err := s.ChargeEgress(ctx, "2026-11-27", "rt1", 30, 100, 150); !errors.Is(err, store.ErrOverBudget) {
+		t.Fatalf("refused charge counted: %v", err) // rt2's refused 20 must not count: 140+30 > 150 still
+	}
+	if err := s.ChargeEgress(ctx, "2026-11-27", "rt1", 10, 100, 150); err != nil {
+		t.Fatalf("charge within both budgets: %v", err)
+	}
+	if err := s.ChargeEgress(ctx, "2026-11-28", "rt1", 100, 100, 0); err != nil {
+		t.Fatalf("a new day: %v", err)
+	}
+}
+
+func testDisableVersion(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	if err := s.PutKey(ctx, key("k")); err != nil {
+		t.Fatal(err)
+	}
+	v := version("m", "1", "a")
+	if err := s.CreateVersion(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetVersionDisabled(ctx, "m", "1", ts); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.GetVersion(ctx, "m", "1")
+	if !got.DisabledAt.Equal(ts) {
+		t.Fatalf("disabled at %v", got.DisabledAt)
+	}
+	if err := s.SetVersionDisabled(ctx, "m", "2", ts); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing version: %v", err)
+	}
+}
