@@ -1,20 +1,35 @@
 package custody
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/pquerna/otp/totp"
+	"github.com/strongroom/strongroom/internal/attest"
+	"github.com/strongroom/strongroom/internal/kms"
+	"github.com/strongroom/strongroom/internal/store"
 )
 
-type clock struct{ t time.Time }
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
 
-func (c *clock) now() time.Time { return c.t }
+func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 type recorder struct {
 	mu     sync.Mutex
@@ -32,130 +47,400 @@ func (r *recorder) audit(_ context.Context, kind, decision, reason string, _, _ 
 	return nil
 }
 
-var dek = bytes.Repeat([]byte{7}, 32)
-
-func setup(t *testing.T) (*Manager, *clock, *recorder, *bool) {
-	c := &clock{t: time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)}
-	rec := &recorder{}
-	allow := true
-	keys := func(_ context.Context, model, version string) (string, string, []byte, error) {
-		if model != "frontier" {
-			return "", "", nil, errors.New("unknown model")
+func (r *recorder) has(kind string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.events {
+		if e == kind {
+			return true
 		}
-		return "key-1", "restricted", bytes.Clone(dek), nil
 	}
-	decide := func(_ context.Context, r Request, class string) (bool, string) {
-		if !allow || r.Runtime.Env != "prod" {
-			return false, "runtime not permitted for " + class
-		}
-		return true, "prod runtime"
-	}
-	return NewManager(decide, keys, rec.audit, 10*time.Minute, c.now), c, rec, &allow
+	return false
 }
 
-func runtimeKey(t *testing.T) *ecdh.PrivateKey {
-	k, err := ecdh.X25519().GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+type env struct {
+	svc   *Service
+	st    store.Store
+	keys  *kms.Keyring
+	clk   *clock
+	rec   *recorder
+	srv   *httptest.Server
+	allow bool
+	dir   string
 }
 
-func TestGrantOpenRenewRevoke(t *testing.T) {
+func newEnv(t *testing.T, mod func(*Config)) *env {
+	t.Helper()
 	ctx := context.Background()
-	m, c, rec, allow := setup(t)
-	priv := runtimeKey(t)
-	rt := Runtime{ID: "rt-1", Env: "prod", Region: "eu"}
-	l, sealed, err := m.Grant(ctx, Request{Runtime: rt, Model: "frontier", Version: "1", PublicKey: priv.PublicKey().Bytes()})
+	dir := t.TempDir()
+	st, err := store.OpenSQLite(ctx, filepath.Join(dir, "db.sqlite"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if bytes.Contains(sealed, dek) {
-		t.Fatal("sealed key contains the plaintext key")
+	t.Cleanup(func() { st.Close() })
+	kekID, err := kms.GenerateLocal(dir)
+	if err != nil {
+		t.Fatal(err)
 	}
-	got, err := OpenKey(priv, l, sealed)
-	if err != nil || !bytes.Equal(got, dek) {
-		t.Fatalf("runtime could not open its key: %v", err)
+	kek, err := kms.OpenLocal(kms.LocalPath(dir, kekID))
+	if err != nil {
+		t.Fatal(err)
 	}
-	// Another runtime's key, or the sealed key under another lease, does not open.
-	if _, err := OpenKey(runtimeKey(t), l, sealed); err == nil {
-		t.Fatal("another runtime opened the key")
+	e := &env{st: st, clk: &clock{t: time.Now().UTC()}, rec: &recorder{}, allow: true, dir: dir}
+	e.keys = kms.NewKeyring(st, kek, nil, e.clk.now)
+	id, dek, err := e.keys.NewKey(ctx, store.PurposeModel)
+	if err != nil {
+		t.Fatal(err)
 	}
-	other := *l
-	other.ID = "another-lease"
-	if _, err := OpenKey(priv, &other, sealed); err == nil {
+	clear(dek)
+	for _, p := range []store.Principal{
+		{ID: "alice", Tenant: "lab", Roles: []string{"researcher"}, Screening: "clear"},
+		{ID: "bob", Tenant: "lab", Roles: []string{"custodian"}, Screening: "clear"},
+		{ID: "carol", Tenant: "lab", Roles: []string{"admin"}, Screening: "clear"},
+		{ID: "eve", Tenant: "lab", Roles: []string{"researcher"}, Screening: "clear"},
+	} {
+		st.PutPrincipal(ctx, p)
+	}
+	for _, v := range []store.Version{
+		{Model: "frontier", Version: "1", Classification: "restricted", KeyID: hex.EncodeToString(id[:]), Signature: []byte("{}"),
+			Files: []store.File{{Path: "model.safetensors", Size: 1000, SHA256: "00", Blob: "b1"}}},
+		{Model: "small", Version: "1", Classification: "public", KeyID: hex.EncodeToString(id[:]), Signature: []byte("{}"),
+			Files: []store.File{{Path: "model.safetensors", Size: 400, SHA256: "00", Blob: "b2"}}},
+	} {
+		if err := st.CreateVersion(ctx, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca, err := LoadOrCreateCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Store: st, Keys: e.keys, Audit: e.rec.audit, CA: ca, Now: e.clk.now,
+		Attest:    attest.Set{Verifiers: map[string]attest.Verifier{attest.TypeDev: attest.Dev{}}},
+		Approvals: map[string]int{"restricted": 2},
+		Decide: func(_ context.Context, d Decision) (bool, string) {
+			if !e.allow || d.Runtime.Env == "dev" {
+				return false, "policy says no"
+			}
+			return true, "ok"
+		},
+		PollInterval: 10 * time.Millisecond,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	if e.svc, err = New(cfg); err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	t.Cleanup(cancel)
+	go e.svc.Run(runCtx)
+	e.srv = httptest.NewUnstartedServer(e.svc.Handler())
+	if e.srv.TLS, err = ca.ServerTLS([]string{"127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	e.srv.StartTLS()
+	t.Cleanup(e.srv.Close)
+	return e
+}
+
+func (e *env) join(t *testing.T, envName string) *Identity {
+	t.Helper()
+	tok, err := e.svc.CreateJoinToken(context.Background(), Attributes{Env: envName, Region: "eu-west", Jurisdiction: "DE", Host: "gpu-1", Owner: "alice"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := Join(context.Background(), e.srv.URL, tok.String(), filepath.Join(t.TempDir(), "rt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+// lease asks for a lease with fresh dev attestation and returns the runtime's HPKE key.
+func lease(t *testing.T, id *Identity, model string) (*LeaseResponse, *ecdh.PrivateKey, error) {
+	t.Helper()
+	ctx := context.Background()
+	c := id.Client()
+	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	n, err := c.Nonce(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	ev, err := attest.DevEvidence(id.Key, attest.Binding(priv.PublicKey().Bytes(), n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Lease(ctx, LeaseRequestWire{Model: model, Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: n, Evidence: ev})
+	return r, priv, err
+}
+
+func (e *env) code(t *testing.T, who string) string {
+	t.Helper()
+	url, err := e.svc.EnrollTOTP(context.Background(), who)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := url[strings.Index(url, "secret=")+7:]
+	secret = secret[:strings.IndexAny(secret+"&", "&")]
+	code, err := totp.GenerateCode(secret, e.clk.now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+func TestJoinLeaseRenewRevokeOverHTTP(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	id := e.join(t, "prod")
+	// The identity survives a reload from its directory.
+	id, err := LoadIdentity(id.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, priv, err := lease(t, id, "small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dek, err := OpenKey(priv, r.Lease, r.SealedKey)
+	if err != nil || len(dek) != 32 {
+		t.Fatalf("open key: %v", err)
+	}
+	want, _ := e.keys.Key(ctx, r.Lease.KeyID)
+	if !bytes.Equal(dek, want) {
+		t.Fatal("released key is not the version's key")
+	}
+	other := r.Lease
+	other.ID = "ls-other"
+	if _, err := OpenKey(priv, other, r.SealedKey); err == nil {
 		t.Fatal("sealed key opened under another lease")
 	}
-	// Renewal extends; a policy change is enforced at renewal.
-	c.t = c.t.Add(5 * time.Minute)
-	nl, err := m.Renew(ctx, l.ID)
-	if err != nil || !nl.ExpiresAt.Equal(c.t.Add(10*time.Minute)) {
-		t.Fatalf("renew: %+v %v", nl, err)
+	if deps, _ := e.svc.Live(ctx, store.LeaseQuery{Model: "small"}); len(deps) != 1 || deps[0].Runtime.Host != "gpu-1" {
+		t.Fatalf("deployments: %+v", deps)
 	}
-	*allow = false
-	if _, err := m.Renew(ctx, l.ID); !errors.Is(err, ErrDenied) {
-		t.Fatalf("renew after policy change: %v", err)
+	c := id.Client()
+	e.clk.add(3 * time.Minute)
+	l, err := c.Renew(ctx, r.Lease.ID)
+	if err != nil || !l.ExpiresAt.Equal(e.clk.now().Add(10*time.Minute)) {
+		t.Fatalf("renew: %+v %v", l, err)
 	}
-	*allow = true
-	if live := m.Live(); len(live) != 1 || live[0].Runtime.Host != "" || live[0].Model != "frontier" {
-		t.Fatalf("live: %+v", live)
+	e.allow = false
+	if _, err := c.Renew(ctx, r.Lease.ID); !errors.Is(err, ErrDenied) {
+		t.Fatalf("renewal after a policy change: %v", err)
 	}
-	// Revocation by model ends it; renewal after revocation is refused.
-	revoked, err := m.Revoke(ctx, Selector{Model: "frontier"}, "incident")
-	if err != nil || len(revoked) != 1 {
-		t.Fatalf("revoke: %v %v", revoked, err)
-	}
-	if _, err := m.Renew(ctx, l.ID); !errors.Is(err, ErrRevoked) {
-		t.Fatalf("renew after revoke: %v", err)
-	}
-	if len(m.Live()) != 0 {
-		t.Fatal("revoked lease still live")
-	}
-	want := "lease.grant allow,lease.renew allow,lease.renew deny,lease.revoke allow,lease.renew deny"
-	if got := strings.Join(rec.events, ","); got != want {
-		t.Fatalf("audit trail %q, want %q", got, want)
-	}
-}
+	e.allow = true
 
-func TestExpiryDenialAndFailClosed(t *testing.T) {
-	ctx := context.Background()
-	m, c, rec, _ := setup(t)
-	priv := runtimeKey(t)
-	req := Request{Runtime: Runtime{ID: "rt", Env: "prod"}, Model: "frontier", Version: "1", PublicKey: priv.PublicKey().Bytes()}
-	l, _, err := m.Grant(ctx, req)
+	w, err := c.Watch(ctx, r.Lease.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.t = c.t.Add(11 * time.Minute)
-	if _, err := m.Renew(ctx, l.ID); !errors.Is(err, ErrExpired) {
-		t.Fatalf("renew after expiry: %v", err)
+	defer w.Close()
+	sc := bufio.NewScanner(w)
+	if !sc.Scan() || sc.Text() != "ok" {
+		t.Fatalf("watch first line %q", sc.Text())
 	}
-	dev := req
-	dev.Runtime.Env = "dev"
-	if _, _, err := m.Grant(ctx, dev); !errors.Is(err, ErrDenied) {
-		t.Fatalf("dev runtime on a restricted model: %v", err)
+	// Revoked through another store handle, as the CLI does: the poller must push it.
+	other2, err := store.OpenSQLite(ctx, filepath.Join(e.dir, "db.sqlite"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	bad := req
-	bad.PublicKey = []byte("short")
-	if _, _, err := m.Grant(ctx, bad); err == nil {
-		t.Fatal("bad runtime key accepted")
+	defer other2.Close()
+	if ls, err := other2.RevokeLeases(ctx, store.LeaseQuery{Lease: r.Lease.ID}, time.Now(), "incident 7"); err != nil || len(ls) != 1 {
+		t.Fatalf("revoke: %v %v", ls, err)
 	}
-	rec.fail = true
-	if _, sealed, err := m.Grant(ctx, req); err == nil || sealed != nil {
-		t.Fatal("key released without an audit record")
+	if !sc.Scan() || sc.Text() != "revoked incident 7" {
+		t.Fatalf("watch after revoke: %q %v", sc.Text(), sc.Err())
 	}
-	if _, err := m.Renew(ctx, "nope"); !errors.Is(err, ErrUnknown) {
-		t.Fatalf("unknown lease: %v", err)
+	if _, err := c.Renew(ctx, r.Lease.ID); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("renewal after revoke: %v", err)
 	}
-}
-
-func BenchmarkGrant(b *testing.B) {
-	m, _, _, _ := setup(&testing.T{})
-	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
-	req := Request{Runtime: Runtime{ID: "rt", Env: "prod"}, Model: "frontier", Version: "1", PublicKey: priv.PublicKey().Bytes()}
-	for b.Loop() {
-		if _, _, err := m.Grant(context.Background(), req); err != nil {
-			b.Fatal(err)
+	if _, _, err := c.File(ctx, r.Lease.ID, "model.safetensors"); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("file after revoke: %v", err)
+	}
+	// Runtime revocation: its certificate no longer opens anything.
+	if _, err := e.svc.RevokeRuntime(ctx, id.RuntimeID(), "host compromised"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := lease(t, id, "small"); !errors.Is(err, ErrRuntimeRevoked) {
+		t.Fatalf("revoked runtime: %v", err)
+	}
+	for _, k := range []string{"runtime.join allow", "lease.grant allow", "lease.renew allow", "lease.renew deny", "runtime.revoke allow", "runtime.auth deny"} {
+		if !e.rec.has(k) {
+			t.Errorf("no %q in the audit trail %v", k, e.rec.events)
 		}
 	}
 }
+
+func TestJoinRefusals(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	tok, _ := e.svc.CreateJoinToken(ctx, Attributes{Env: "prod", Owner: "alice"}, time.Minute)
+	if _, err := Join(ctx, e.srv.URL, tok.String(), t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Join(ctx, e.srv.URL, tok.String(), t.TempDir()); !errors.Is(err, ErrJoinToken) {
+		t.Fatalf("token reused: %v", err)
+	}
+	tok2, _ := e.svc.CreateJoinToken(ctx, Attributes{Env: "prod", Owner: "alice"}, time.Minute)
+	e.clk.add(2 * time.Minute)
+	if _, err := Join(ctx, e.srv.URL, tok2.String(), t.TempDir()); !errors.Is(err, ErrJoinToken) {
+		t.Fatalf("expired token: %v", err)
+	}
+	tok3, _ := e.svc.CreateJoinToken(ctx, Attributes{Env: "prod", Owner: "alice"}, time.Hour)
+	bad := tok3
+	bad.Secret = strings.Repeat("A", 43)
+	if _, err := Join(ctx, e.srv.URL, bad.String(), t.TempDir()); !errors.Is(err, ErrJoinToken) {
+		t.Fatalf("wrong secret: %v", err)
+	}
+	if _, err := Join(ctx, e.srv.URL, tok3.String(), t.TempDir()); !errors.Is(err, ErrJoinToken) {
+		t.Fatalf("a token whose secret was guessed wrong stays usable: %v", err)
+	}
+	tok4, _ := e.svc.CreateJoinToken(ctx, Attributes{Env: "prod", Owner: "alice"}, time.Hour)
+	tok4.Pin = strings.Repeat("0", 64)
+	if _, err := Join(ctx, e.srv.URL, tok4.String(), t.TempDir()); err == nil || !strings.Contains(err.Error(), "pinned") {
+		t.Fatalf("control plane with another CA: %v", err)
+	}
+	if _, err := e.svc.CreateJoinToken(ctx, Attributes{Env: "moon", Owner: "alice"}, time.Hour); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("bad env: %v", err)
+	}
+	// Without a client certificate nothing but join answers.
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := hc.Post(e.srv.URL+"/custody/v1/nonce", "application/json", strings.NewReader("{}"))
+	if err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("nonce without a certificate: %v %v", resp, err)
+	}
+}
+
+func TestAttestationRefusals(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	id := e.join(t, "prod")
+	c := id.Client()
+	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	other, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	n, _ := c.Nonce(ctx)
+	ev, _ := attest.DevEvidence(id.Key, attest.Binding(other.PublicKey().Bytes(), n))
+	if _, err := c.Lease(ctx, LeaseRequestWire{Model: "small", Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: n, Evidence: ev}); !errors.Is(err, ErrAttestation) {
+		t.Fatalf("evidence bound to another key: %v", err)
+	}
+	// The nonce was spent by that attempt: replaying good evidence fails.
+	ev, _ = attest.DevEvidence(id.Key, attest.Binding(priv.PublicKey().Bytes(), n))
+	if _, err := c.Lease(ctx, LeaseRequestWire{Model: "small", Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: n, Evidence: ev}); !errors.Is(err, ErrReplay) {
+		t.Fatalf("replayed nonce: %v", err)
+	}
+	n2, _ := c.Nonce(ctx)
+	if _, err := c.Lease(ctx, LeaseRequestWire{Model: "small", Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: n2, Evidence: attest.Evidence{Type: "sev-snp", Blob: []byte{1}}}); !errors.Is(err, ErrAttestation) {
+		t.Fatalf("unsupported evidence type: %v", err)
+	}
+	dev := e.join(t, "dev")
+	if _, _, err := lease(t, dev, "small"); !errors.Is(err, ErrDenied) {
+		t.Fatalf("policy refusal: %v", err)
+	}
+	if _, _, err := lease(t, id, "nope"); !errors.Is(err, ErrUnknown) {
+		t.Fatalf("unknown model: %v", err)
+	}
+	if !e.rec.has("lease.grant deny") {
+		t.Fatal("refusals not recorded")
+	}
+}
+
+func TestTwoPersonRule(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	id := e.join(t, "prod")
+	_, _, err := lease(t, id, "frontier")
+	if !errors.Is(err, ErrPendingApproval) {
+		t.Fatalf("restricted lease without approvals: %v", err)
+	}
+	_, _, err = lease(t, id, "frontier") // asking again finds the same request
+	rs, _ := e.svc.Approvals(ctx, store.StatePending)
+	if len(rs) != 1 || rs[0].Requester != "alice" || rs[0].Needed != 2 {
+		t.Fatalf("pending requests: %+v (%v)", rs, err)
+	}
+	req := rs[0].ID
+	// The requester (the runtime's owner) cannot approve; nor can a non-custodian.
+	if _, err := e.svc.Decide(ctx, req, "alice", e.code(t, "alice"), true); !errors.Is(err, ErrApproval) {
+		t.Fatalf("self-approval: %v", err)
+	}
+	if _, err := e.svc.Decide(ctx, req, "eve", e.code(t, "eve"), true); !errors.Is(err, ErrApproval) {
+		t.Fatalf("approval without the role: %v", err)
+	}
+	if _, err := e.svc.Decide(ctx, req, "bob", "000000", true); !errors.Is(err, ErrApproval) {
+		t.Fatalf("wrong TOTP: %v", err)
+	}
+	code := e.code(t, "bob")
+	if r, err := e.svc.Decide(ctx, req, "bob", code, true); err != nil || r.State != store.StatePending {
+		t.Fatalf("first approval: %+v %v", r, err)
+	}
+	if _, err := e.svc.Decide(ctx, req, "bob", code, true); !errors.Is(err, ErrApproval) {
+		t.Fatalf("second approval by the same person: %v", err)
+	}
+	if _, _, err := lease(t, id, "frontier"); !errors.Is(err, ErrPendingApproval) {
+		t.Fatalf("released with one of two approvals: %v", err)
+	}
+	if r, err := e.svc.Decide(ctx, req, "carol", e.code(t, "carol"), true); err != nil || r.State != store.StateApproved {
+		t.Fatalf("second approval: %+v %v", r, err)
+	}
+	r, priv, err := lease(t, id, "frontier")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenKey(priv, r.Lease, r.SealedKey); err != nil {
+		t.Fatal(err)
+	}
+	// The approval was for one release: the next launch asks again.
+	if _, _, err := lease(t, id, "frontier"); !errors.Is(err, ErrPendingApproval) {
+		t.Fatalf("approval reused: %v", err)
+	}
+	// Expired requests cannot be approved.
+	rs, _ = e.svc.Approvals(ctx, store.StatePending)
+	e.clk.add(2 * time.Hour)
+	if _, err := e.svc.Decide(ctx, rs[0].ID, "carol", e.code(t, "carol"), true); !errors.Is(err, ErrApproval) {
+		t.Fatalf("approval of an expired request: %v", err)
+	}
+	for _, k := range []string{"approval.request allow", "approval.approve allow", "approval.approve deny", "lease.grant pending", "lease.grant allow"} {
+		if !e.rec.has(k) {
+			t.Errorf("no %q in the audit trail", k)
+		}
+	}
+}
+
+func TestEgressBudgetDisableAndFailClosed(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.EgressPerRuntime = 1000 })
+	ctx := context.Background()
+	id := e.join(t, "prod")
+	for range 2 {
+		if _, _, err := lease(t, id, "small"); err != nil { // 400 bytes each
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := lease(t, id, "small"); !errors.Is(err, ErrEgress) {
+		t.Fatalf("third 400-byte release within a 1000-byte budget: %v", err)
+	}
+	if !e.rec.has("alert.egress deny") {
+		t.Fatal("no egress alert")
+	}
+	e.clk.add(24 * time.Hour) // a new day
+	r, _, err := lease(t, id, "small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls, err := e.svc.DisableVersion(ctx, "small", "1", "weights leaked")
+	if err != nil || len(ls) == 0 {
+		t.Fatalf("disable: %v %v", ls, err)
+	}
+	if _, err := id.Client().Renew(ctx, r.Lease.ID); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("renewal on a disabled version: %v", err)
+	}
+	if _, _, err := lease(t, id, "small"); !errors.Is(err, ErrDisabled) {
+		t.Fatalf("lease on a disabled version: %v", err)
+	}
+	e.rec.mu.Lock()
+	e.rec.fail = true
+	e.rec.mu.Unlock()
+	if _, _, err := lease(t, id, "small"); err == nil || !strings.Contains(err.Error(), "unavailable") {
+		t.Fatalf("audit down: %v", err)
+	}
+}
+

@@ -1,0 +1,365 @@
+package custody
+
+import (
+	"context"
+	"crypto/ecdh"
+	"crypto/hpke"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/attest"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// The HPKE suite: X25519 DHKEM, HKDF-SHA256, AES-256-GCM.
+var (
+	kdf  = hpke.HKDFSHA256()
+	aead = hpke.AES256GCM()
+)
+
+// LeaseRequest is a runtime's request for a model version's key.
+type LeaseRequest struct {
+	Model, Version string
+	PublicKey      []byte // X25519, fresh per launch
+	Nonce          []byte // from Nonce, single use
+	Evidence       attest.Evidence
+}
+
+// Grant is a granted lease: the version's files and its DEK sealed to the runtime's key.
+type Grant struct {
+	Lease     store.Lease
+	SealedKey []byte
+	Files     []store.File
+}
+
+// PendingError says a release waits for approvals.
+type PendingError struct{ Request store.ApprovalRequest }
+
+func (e *PendingError) Error() string {
+	have := 0
+	for _, a := range e.Request.Approvals {
+		if a.Decision == "approve" {
+			have++
+		}
+	}
+	return fmt.Sprintf("approval request %s needs %d approvals (%d so far): strongroom approval approve %s", e.Request.ID, e.Request.Needed, have, e.Request.ID)
+}
+
+func (e *PendingError) Unwrap() error { return ErrPendingApproval }
+
+// info binds a sealed key to its lease, so it cannot be replayed under another.
+func info(l store.Lease) []byte {
+	return []byte("strongroom/custody/v1\x00" + l.ID + "\x00" + l.Model + "@" + l.Version + "\x00" + l.Runtime + "\x00" + l.KeyID)
+}
+
+func leaseSubject(l store.Lease) map[string]string {
+	return map[string]string{"lease": l.ID, "runtime": l.Runtime, "model": l.Model, "version": l.Version}
+}
+
+func versionBytes(v store.Version) int64 {
+	var n int64
+	for _, f := range v.Files {
+		n += f.Size
+	}
+	return n
+}
+
+// Grant decides, charges, records and returns a lease. The plaintext DEK never leaves this
+// function unsealed. Every refusal is an audit event with its reason.
+func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r LeaseRequest) (*Grant, error) {
+	now := s.now()
+	l := store.Lease{ID: "ls-" + newID(10), Runtime: rt.ID, Model: r.Model, Version: r.Version, GrantedAt: now, ExpiresAt: now.Add(s.cfg.LeaseTTL)}
+	fields := map[string]string{"env": rt.Env, "region": rt.Region, "jurisdiction": rt.Jurisdiction, "host": rt.Host}
+	deny := func(sentinel error, reason string) (*Grant, error) {
+		if err := s.audit(ctx, "lease.grant", "deny", reason, leaseSubject(l), fields); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %s", sentinel, reason)
+	}
+	pub, err := ecdh.X25519().NewPublicKey(r.PublicKey)
+	if err != nil {
+		return deny(ErrBadRequest, "runtime key is not an X25519 public key")
+	}
+	hpub, err := hpke.NewDHKEMPublicKey(pub)
+	if err != nil {
+		return deny(ErrBadRequest, "runtime key: "+err.Error())
+	}
+	if !s.takeNonce(rt.ID, r.Nonce) {
+		return deny(ErrReplay, "attestation nonce unknown, expired, used or issued to another runtime")
+	}
+	v, err := s.cfg.Store.GetVersion(ctx, r.Model, r.Version)
+	if errors.Is(err, store.ErrNotFound) {
+		return deny(ErrUnknown, "no such model version")
+	}
+	if err != nil {
+		return nil, err
+	}
+	fields["classification"] = v.Classification
+	if !v.DisabledAt.IsZero() {
+		return deny(ErrDisabled, "model version disabled since "+v.DisabledAt.Format(time.RFC3339))
+	}
+	res, err := s.cfg.Attest.Verify(ctx, r.Evidence, attest.Claims{Binding: attest.Binding(r.PublicKey, r.Nonce), Identity: identity})
+	if err != nil {
+		return deny(ErrAttestation, err.Error())
+	}
+	l.Attestation = res.String()
+	fields["attestation"], fields["measurement_allowed"] = l.Attestation, strconv.FormatBool(res.Allowed)
+	if ok, reason := s.cfg.Decide(ctx, Decision{Runtime: rt, Model: v.Model, Version: v.Version, Classification: v.Classification, Attestation: res}); !ok {
+		return deny(ErrDenied, reason)
+	}
+	approval, err := s.approvalFor(ctx, "lease", rt.Owner, rt.ID, v)
+	if err != nil {
+		var pe *PendingError
+		if errors.As(err, &pe) {
+			fields["approval"] = pe.Request.ID
+			s.audit(ctx, "lease.grant", "pending", "waiting for approvals", leaseSubject(l), fields)
+		}
+		return nil, err
+	}
+	l.KeyID, l.Bytes = v.KeyID, versionBytes(v)
+	fields["bytes"] = strconv.FormatInt(l.Bytes, 10)
+	if err := s.cfg.Store.ChargeEgress(ctx, now.Format(time.DateOnly), rt.ID, l.Bytes, s.cfg.EgressPerRuntime, s.cfg.EgressTotal); err != nil {
+		if errors.Is(err, store.ErrOverBudget) {
+			s.audit(ctx, "alert.egress", "deny", "daily egress budget exhausted", map[string]string{"runtime": rt.ID}, fields)
+			return deny(ErrEgress, fmt.Sprintf("releasing %d more bytes would pass the daily egress budget", l.Bytes))
+		}
+		return nil, err
+	}
+	if approval != "" {
+		if err := s.cfg.Store.ConsumeApproval(ctx, approval); err != nil {
+			return deny(ErrApproval, "approval "+approval+" no longer valid: "+err.Error())
+		}
+		fields["approval"] = approval
+	}
+	dek, err := s.cfg.Keys.Key(ctx, v.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	sealed, err := hpke.Seal(hpub, kdf, aead, info(l), dek)
+	clear(dek)
+	if err != nil {
+		return nil, err
+	}
+	// Persisted before it is recorded, so that a revocation can find every recorded lease;
+	// a lease whose grant could not be recorded is revoked at once and not released.
+	if err := s.cfg.Store.PutLease(ctx, l); err != nil {
+		return nil, err
+	}
+	fields["expires"] = l.ExpiresAt.Format(time.RFC3339)
+	if err := s.audit(ctx, "lease.grant", "allow", "", leaseSubject(l), fields); err != nil {
+		s.cfg.Store.RevokeLeases(context.WithoutCancel(ctx), store.LeaseQuery{Lease: l.ID}, now, "grant not recorded")
+		return nil, err
+	}
+	return &Grant{Lease: l, SealedKey: sealed, Files: v.Files}, nil
+}
+
+// OpenKey is the runtime's side: it opens the sealed DEK with its ephemeral private key.
+func OpenKey(priv *ecdh.PrivateKey, l store.Lease, sealed []byte) ([]byte, error) {
+	hpriv, err := hpke.NewDHKEMPrivateKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	dek, err := hpke.Open(hpriv, kdf, aead, info(l), sealed)
+	if err != nil {
+		return nil, fmt.Errorf("custody: cannot open the sealed key of lease %s: %w", l.ID, err)
+	}
+	return dek, nil
+}
+
+// attestationOf rebuilds a lease's attestation result for renewal decisions; the allowlist
+// is applied as it stands now, so removing a measurement stops renewals.
+func (s *Service) attestationOf(l store.Lease) attest.Result {
+	typ, meas, _ := strings.Cut(l.Attestation, ":")
+	r := attest.Result{Type: typ, Measurement: meas, TEE: typ == attest.TypeSEV || typ == attest.TypeTDX}
+	for _, m := range s.cfg.Attest.Allow[typ] {
+		if r.TEE && strings.EqualFold(m, meas) {
+			r.Allowed = true
+		}
+	}
+	return r
+}
+
+// Renew extends a live lease held by rt after asking the policy again.
+func (s *Service) Renew(ctx context.Context, rt store.Runtime, id string) (store.Lease, error) {
+	l, err := s.cfg.Store.GetLease(ctx, id)
+	if errors.Is(err, store.ErrNotFound) || (err == nil && l.Runtime != rt.ID) {
+		s.audit(ctx, "lease.renew", "deny", "no such lease for this runtime", map[string]string{"lease": id, "runtime": rt.ID}, nil)
+		return l, fmt.Errorf("%w: lease %s", ErrUnknown, id)
+	}
+	if err != nil {
+		return l, err
+	}
+	now := s.now()
+	deny := func(sentinel error, reason string) (store.Lease, error) {
+		if err := s.audit(ctx, "lease.renew", "deny", reason, leaseSubject(l), nil); err != nil {
+			return l, err
+		}
+		return l, fmt.Errorf("%w: %s", sentinel, reason)
+	}
+	switch {
+	case !l.RevokedAt.IsZero():
+		return deny(ErrRevoked, "revoked: "+l.Reason)
+	case !now.Before(l.ExpiresAt):
+		return deny(ErrExpired, "expired at "+l.ExpiresAt.Format(time.RFC3339))
+	}
+	v, err := s.cfg.Store.GetVersion(ctx, l.Model, l.Version)
+	if err != nil {
+		return l, err
+	}
+	if !v.DisabledAt.IsZero() {
+		return deny(ErrDisabled, "model version disabled")
+	}
+	if ok, reason := s.cfg.Decide(ctx, Decision{Runtime: rt, Model: l.Model, Version: l.Version, Classification: v.Classification,
+		Attestation: s.attestationOf(l), Renewal: true}); !ok {
+		return deny(ErrDenied, reason)
+	}
+	if err := s.audit(ctx, "lease.renew", "allow", "", leaseSubject(l), nil); err != nil {
+		return l, err
+	}
+	exp := now.Add(s.cfg.LeaseTTL)
+	if err := s.cfg.Store.ExtendLease(ctx, id, exp); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return l, fmt.Errorf("%w: revoked during renewal", ErrRevoked)
+		}
+		return l, err
+	}
+	l.ExpiresAt = exp
+	return l, nil
+}
+
+// Revoke ends every live lease q matches, records each, and tells their runtimes.
+func (s *Service) Revoke(ctx context.Context, q store.LeaseQuery, reason string) ([]store.Lease, error) {
+	ls, err := s.cfg.Store.RevokeLeases(ctx, q, s.now(), reason)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, l := range ls {
+		s.notify(l.ID, reason)
+		errs = append(errs, s.audit(ctx, "lease.revoke", "allow", reason, leaseSubject(l), nil))
+	}
+	return ls, errors.Join(errs...)
+}
+
+// DisableVersion stops new leases on a version and revokes the live ones.
+func (s *Service) DisableVersion(ctx context.Context, model, version, reason string) ([]store.Lease, error) {
+	if err := s.audit(ctx, "model.disable", "allow", reason, map[string]string{"model": model, "version": version}, nil); err != nil {
+		return nil, err
+	}
+	if err := s.cfg.Store.SetVersionDisabled(ctx, model, version, s.now()); err != nil {
+		return nil, err
+	}
+	return s.Revoke(ctx, store.LeaseQuery{Model: model, Version: version}, "model disabled: "+reason)
+}
+
+// Deployment is a live lease with where it runs: the inventory of where weights are now.
+type Deployment struct {
+	Lease   store.Lease
+	Runtime store.Runtime
+}
+
+// Live lists the live leases q matches with their runtimes.
+func (s *Service) Live(ctx context.Context, q store.LeaseQuery) ([]Deployment, error) {
+	q.LiveAt = s.now()
+	ls, err := s.cfg.Store.ListLeases(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Deployment, 0, len(ls))
+	for _, l := range ls {
+		rt, err := s.cfg.Store.GetRuntime(ctx, l.Runtime)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Deployment{Lease: l, Runtime: rt})
+	}
+	return out, nil
+}
+
+// Watch returns a channel that receives the revocation reason of lease id (once), and a
+// function to stop watching. A lease already revoked is reported at once.
+func (s *Service) Watch(ctx context.Context, id string) (<-chan string, func(), error) {
+	ch := make(chan string, 1)
+	s.mu.Lock()
+	s.watchers[id] = append(s.watchers[id], ch)
+	s.mu.Unlock()
+	stop := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		ws := s.watchers[id]
+		for i, w := range ws {
+			if w == ch {
+				s.watchers[id] = append(ws[:i], ws[i+1:]...)
+				break
+			}
+		}
+		if len(s.watchers[id]) == 0 {
+			delete(s.watchers, id)
+		}
+	}
+	l, err := s.cfg.Store.GetLease(ctx, id)
+	if err != nil {
+		stop()
+		return nil, nil, err
+	}
+	if !l.RevokedAt.IsZero() {
+		ch <- l.Reason
+	}
+	return ch, stop, nil
+}
+
+func (s *Service) notify(id, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.notified[id] = s.now()
+	for _, ch := range s.watchers[id] {
+		select {
+		case ch <- reason:
+		default:
+		}
+	}
+}
+
+// Run picks up revocations made by other processes (the CLI writes the store directly)
+// and pushes them to watchers, until ctx ends.
+func (s *Service) Run(ctx context.Context) {
+	t := time.NewTicker(s.cfg.PollInterval)
+	defer t.Stop()
+	since := s.now().Add(-time.Minute)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// Look back a little: another process may commit a revocation stamped slightly
+		// before the newest one already seen.
+		ls, err := s.cfg.Store.ListLeases(ctx, store.LeaseQuery{RevokedAfter: since.Add(-5 * time.Second)})
+		if err != nil {
+			s.cfg.Log.Error("custody: polling revocations", "err", err)
+			continue
+		}
+		now := s.now()
+		for _, l := range ls {
+			s.mu.Lock()
+			_, seen := s.notified[l.ID]
+			s.mu.Unlock()
+			if !seen {
+				s.notify(l.ID, l.Reason)
+			}
+			if l.RevokedAt.After(since) {
+				since = l.RevokedAt
+			}
+		}
+		s.mu.Lock()
+		for id, at := range s.notified {
+			if now.Sub(at) > time.Minute {
+				delete(s.notified, id)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
