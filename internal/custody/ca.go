@@ -102,7 +102,9 @@ func serial() *big.Int {
 }
 
 // CertPEM encodes a DER certificate.
-func CertPEM(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}) }
+func CertPEM(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
 
 // ParseCertPEM decodes the first certificate in PEM text.
 func ParseCertPEM(b []byte) (*x509.Certificate, error) {

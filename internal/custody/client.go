@@ -176,7 +176,9 @@ type APIError struct {
 	Code, Message string
 }
 
-func (e *APIError) Error() string { return fmt.Sprintf("control plane: %s (%d %s)", e.Message, e.Status, e.Code) }
+func (e *APIError) Error() string {
+	return fmt.Sprintf("control plane: %s (%d %s)", e.Message, e.Status, e.Code)
+}
 
 func (e *APIError) Unwrap() error { return errFromCode(e.Code) }
 

@@ -28,7 +28,7 @@ type clock struct {
 	t  time.Time
 }
 
-func (c *clock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
 func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
 
 type recorder struct {
@@ -443,4 +443,3 @@ func TestEgressBudgetDisableAndFailClosed(t *testing.T) {
 		t.Fatalf("audit down: %v", err)
 	}
 }
-

@@ -39,9 +39,9 @@ type (
 		Evidence  attest.Evidence `json:"evidence"`
 	}
 	LeaseResponse struct {
-		Lease     store.Lease           `json:"lease"`
-		SealedKey []byte                `json:"sealed_key,omitempty"`
-		Files     []store.File          `json:"files,omitempty"`
+		Lease     store.Lease            `json:"lease"`
+		SealedKey []byte                 `json:"sealed_key,omitempty"`
+		Files     []store.File           `json:"files,omitempty"`
 		Approval  *store.ApprovalRequest `json:"approval,omitempty"` // set with 202: waiting for approvals
 	}
 	ErrorResponse struct {

@@ -29,11 +29,11 @@ type Runtime struct {
 // JoinToken is a one-time token, stored as the SHA-256 of its secret, that names the
 // attributes the runtime joining with it gets.
 type JoinToken struct {
-	ID                                  string
-	Hash                                []byte
-	Env, Region, Jurisdiction, Host     string
-	Owner                               string
-	ExpiresAt, UsedAt, CreatedAt        time.Time
+	ID                              string
+	Hash                            []byte
+	Env, Region, Jurisdiction, Host string
+	Owner                           string
+	ExpiresAt, UsedAt, CreatedAt    time.Time
 }
 
 // Lease is a release of a model version's key to a runtime.
