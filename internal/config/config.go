@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/fsutil"
@@ -33,6 +34,44 @@ type Config struct {
 	// AdminListen is where `serve` and `dev` expose the log (/log/) and health.
 	AdminListen string  `json:"admin_listen"`
 	Gateway     Gateway `json:"gateway"`
+	Custody     Custody `json:"custody"`
+}
+
+// Custody configures the release of model keys to runtimes.
+type Custody struct {
+	// Listen is the custody API (TLS; runtimes authenticate with certificates from CADir).
+	Listen      string   `json:"listen"`
+	ServerNames []string `json:"server_names,omitempty"` // names and IPs in its certificate, besides 127.0.0.1 and localhost
+	CADir       string   `json:"ca_dir"`
+	LeaseTTL    Duration `json:"lease_ttl,omitzero"`
+	ApprovalTTL Duration `json:"approval_ttl,omitzero"`
+	// Approvals is the two-person (k-person) rule: classification → approvals needed.
+	Approvals map[string]int `json:"approvals,omitempty"`
+	// Daily egress budgets in sealed bytes released by leases (0: unlimited).
+	EgressPerRuntimeDaily int64 `json:"egress_per_runtime_daily,omitempty"`
+	EgressTotalDaily      int64 `json:"egress_total_daily,omitempty"`
+	// Measurements allowlists launch measurements (hex) per attestation type ("sev-snp", "tdx").
+	Measurements map[string][]string `json:"measurements,omitempty"`
+	// AllowDebugGuests accepts SEV-SNP guests whose policy allows debugging (never in prod).
+	AllowDebugGuests bool `json:"allow_debug_guests,omitempty"`
+}
+
+// Duration is a time.Duration written as "10m" in JSON.
+type Duration struct{ time.Duration }
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
 }
 
 // Gateway configures the inference data plane.
@@ -110,6 +149,8 @@ func Defaults() Config {
 		Audit:       Audit{LogDir: "log", LogKey: "keys/log.key", HMACKey: "keys/audit-hmac.key"},
 		AdminListen: "127.0.0.1:8081",
 		Gateway:     Gateway{Listen: "127.0.0.1:8080", PolicyDir: "policies", LocalFallbackPublic: true},
+		Custody: Custody{Listen: "127.0.0.1:8443", CADir: "custody", LeaseTTL: Duration{10 * time.Minute}, ApprovalTTL: Duration{time.Hour},
+			Approvals: map[string]int{"restricted": 2}},
 	}
 }
 
@@ -171,6 +212,7 @@ func (c *Config) applyEnv() {
 		"STRONGROOM_ADMIN_LISTEN":   &c.AdminListen,
 		"STRONGROOM_LISTEN":         &c.Gateway.Listen,
 		"STRONGROOM_REDIS_URL":      &c.Gateway.RedisURL,
+		"STRONGROOM_CUSTODY_LISTEN": &c.Custody.Listen,
 	} {
 		if v := os.Getenv(env); v != "" {
 			*dst = v
@@ -194,6 +236,7 @@ func (c *Config) resolve(dataDir string) {
 	abs(&c.Audit.LogKey)
 	abs(&c.Audit.HMACKey)
 	abs(&c.Gateway.PolicyDir)
+	abs(&c.Custody.CADir)
 }
 
 func isURL(s string) bool {
@@ -213,6 +256,10 @@ func (c *Config) Validate() error {
 		return errors.New("config: kms.current is empty")
 	case c.Audit.LogDir == "" || c.Audit.LogKey == "" || c.Audit.HMACKey == "":
 		return errors.New("config: audit.log_dir, audit.log_key and audit.hmac_key are required")
+	case c.Custody.CADir == "":
+		return errors.New("config: custody.ca_dir is empty")
+	case c.Custody.LeaseTTL.Duration < time.Minute:
+		return fmt.Errorf("config: custody.lease_ttl %s is under a minute", c.Custody.LeaseTTL)
 	case c.Audit.Quorum < 0 || c.Audit.Quorum > len(c.Audit.Witnesses):
 		return fmt.Errorf("config: audit.quorum %d with %d witnesses", c.Audit.Quorum, len(c.Audit.Witnesses))
 	}

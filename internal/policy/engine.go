@@ -39,6 +39,9 @@ func NewEngine(dir string, log *slog.Logger) (*Engine, error) {
 // Decide uses the current set.
 func (e *Engine) Decide(r Request) Decision { return e.cur.Load().Decide(r) }
 
+// DecideLease evaluates a lease request against the current set.
+func (e *Engine) DecideLease(r LeaseRequest) Decision { return e.cur.Load().DecideLease(r) }
+
 // ReloadErrors counts reloads that were refused.
 func (e *Engine) ReloadErrors() int64 { return e.errs.Load() }
 

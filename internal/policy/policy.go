@@ -29,6 +29,7 @@ var baselineText []byte
 const (
 	ActionInfer = "infer"
 	ActionList  = "list"
+	ActionLease = "lease"
 )
 
 // Principal, Model and Context are the inputs of a decision.
@@ -169,19 +170,15 @@ func strSet(xs []string) cedar.Set {
 func (s *Set) Decide(r Request) Decision {
 	tenant := cedar.NewEntityUID("Tenant", cedar.String(r.Principal.Tenant))
 	pUID := cedar.NewEntityUID("Principal", cedar.String(r.Principal.ID))
-	mUID := cedar.NewEntityUID("Model", cedar.String(r.Model.Name))
+	m := modelEntity(r.Model)
+	mUID := m.UID
 	entities := cedar.EntityMap{
 		tenant: {UID: tenant},
 		pUID: {UID: pUID, Parents: cedar.NewEntityUIDSet(tenant), Attributes: cedar.NewRecord(cedar.RecordMap{
 			"roles": strSet(r.Principal.Roles), "org": cedar.String(r.Principal.Org),
 			"country": cedar.String(r.Principal.Country), "screening": cedar.String(r.Principal.Screening),
 		})},
-		mUID: {UID: mUID, Attributes: cedar.NewRecord(cedar.RecordMap{
-			"classification":        cedar.String(r.Model.Classification),
-			"allowed_countries":     strSet(r.Model.AllowedCountries),
-			"has_allowed_countries": cedar.Boolean(len(r.Model.AllowedCountries) > 0),
-			"denied_countries":      strSet(r.Model.DeniedCountries),
-		})},
+		mUID: m,
 	}
 	c := r.Context
 	req := cedar.Request{
@@ -195,6 +192,57 @@ func (s *Set) Decide(r Request) Decision {
 			"n": cedar.Long(c.N), "max_tokens": cedar.Long(c.MaxTokens),
 		}),
 	}
+	return s.authorize(entities, req)
+}
+
+func modelEntity(m Model) cedar.Entity {
+	return cedar.Entity{UID: cedar.NewEntityUID("Model", cedar.String(m.Name)), Attributes: cedar.NewRecord(cedar.RecordMap{
+		"classification":        cedar.String(m.Classification),
+		"allowed_countries":     strSet(m.AllowedCountries),
+		"has_allowed_countries": cedar.Boolean(len(m.AllowedCountries) > 0),
+		"denied_countries":      strSet(m.DeniedCountries),
+	})}
+}
+
+// Runtime is a custody runtime as policy sees it.
+type Runtime struct {
+	ID, Env, Region, Jurisdiction, Host, Owner string
+}
+
+// LeaseRequest asks whether a runtime may hold a lease on (receive the key of) a model.
+type LeaseRequest struct {
+	Runtime            Runtime
+	Model              Model
+	Attestation        string
+	TEE                bool
+	MeasurementAllowed bool
+	Debug              bool
+	Renewal            bool
+}
+
+// DecideLease evaluates a lease request (action "lease"). Evaluation errors deny.
+func (s *Set) DecideLease(r LeaseRequest) Decision {
+	rUID := cedar.NewEntityUID("Runtime", cedar.String(r.Runtime.ID))
+	m := modelEntity(r.Model)
+	entities := cedar.EntityMap{
+		rUID: {UID: rUID, Attributes: cedar.NewRecord(cedar.RecordMap{
+			"env": cedar.String(r.Runtime.Env), "region": cedar.String(r.Runtime.Region), "jurisdiction": cedar.String(r.Runtime.Jurisdiction),
+			"host": cedar.String(r.Runtime.Host), "owner": cedar.String(r.Runtime.Owner),
+		})},
+		m.UID: m,
+	}
+	return s.authorize(entities, cedar.Request{
+		Principal: rUID,
+		Action:    cedar.NewEntityUID("Action", cedar.String(ActionLease)),
+		Resource:  m.UID,
+		Context: cedar.NewRecord(cedar.RecordMap{
+			"attestation": cedar.String(r.Attestation), "tee": cedar.Boolean(r.TEE), "measurement_allowed": cedar.Boolean(r.MeasurementAllowed),
+			"debug": cedar.Boolean(r.Debug), "renewal": cedar.Boolean(r.Renewal),
+		}),
+	})
+}
+
+func (s *Set) authorize(entities cedar.EntityMap, req cedar.Request) Decision {
 	ok, diag := cedar.Authorize(s.ps, entities, req)
 	d := Decision{Allow: ok == cedar.Allow}
 	for _, rsn := range diag.Reasons {

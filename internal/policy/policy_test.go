@@ -162,3 +162,48 @@ func BenchmarkDecide(b *testing.B) {
 		s.Decide(r)
 	}
 }
+
+// TestLeaseMatrix: runtime env × classification × attestation × jurisdiction.
+func TestLeaseMatrix(t *testing.T) {
+	s := baseline(t)
+	type att struct {
+		name                string
+		tee, allowed, debug bool
+	}
+	atts := []att{{"dev", false, false, false}, {"sev-snp", true, false, false}, {"sev-snp", true, true, false}, {"tdx", true, true, true}}
+	for _, env := range []string{"prod", "staging", "dev"} {
+		for _, class := range []string{"public", "internal", "restricted"} {
+			for _, a := range atts {
+				for _, j := range []string{"DE", "IR", ""} {
+					d := s.DecideLease(LeaseRequest{Runtime: Runtime{ID: "rt", Env: env, Jurisdiction: j}, Model: Model{Name: "m", Classification: class},
+						Attestation: a.name, TEE: a.tee, MeasurementAllowed: a.allowed, Debug: a.debug})
+					want := j != "IR"
+					switch class {
+					case "internal":
+						want = want && env != "dev"
+					case "restricted":
+						want = want && env == "prod" && a.tee && a.allowed && !a.debug
+					}
+					if d.Allow != want {
+						t.Errorf("env=%s class=%s att=%+v jurisdiction=%q: allow=%v want %v (%s)", env, class, a, j, d.Allow, want, d.Reason())
+					}
+				}
+			}
+		}
+	}
+	// A model's own jurisdiction list binds leases too.
+	d := s.DecideLease(LeaseRequest{Runtime: Runtime{ID: "rt", Env: "prod", Jurisdiction: "FR"}, Model: Model{Name: "m", Classification: "public", AllowedCountries: []string{"US"}}})
+	if d.Allow {
+		t.Fatal("lease outside the model's allowed jurisdictions")
+	}
+	// An operator may permit dev attestation for restricted models in a lab, by policy file.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "lab.cedar"), []byte(`permit (principal, action == Action::"lease", resource) when { principal.env == "staging" && context.attestation == "dev" };`), 0o644)
+	lab, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := lab.DecideLease(LeaseRequest{Runtime: Runtime{ID: "rt", Env: "staging", Jurisdiction: "DE"}, Model: Model{Name: "m", Classification: "restricted"}, Attestation: "dev"}); !d.Allow {
+		t.Fatalf("lab permit: %s", d.Reason())
+	}
+}
