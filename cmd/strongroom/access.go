@@ -54,15 +54,9 @@ func principalCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.json {
-				return g.printJSON(cmd.OutOrStdout(), ps)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTENANT\tROLES\tORG\tCOUNTRY\tSCREENING")
-			for _, p := range ps {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", p.ID, p.Tenant, strings.Join(p.Roles, ","), p.Org, p.Country, p.Screening)
-			}
-			return tw.Flush()
+			return printList(g, cmd.OutOrStdout(), ps, "ID\tTENANT\tROLES\tORG\tCOUNTRY\tSCREENING", func(p store.Principal) string {
+				return strings.Join([]string{p.ID, p.Tenant, strings.Join(p.Roles, ","), p.Org, p.Country, p.Screening}, "\t")
+			})
 		}),
 	}
 	screen := &cobra.Command{
@@ -78,7 +72,7 @@ func principalCmd(g *globals) *cobra.Command {
 			return nil
 		}),
 	}
-	c.AddCommand(add, ls, screen)
+	c.AddCommand(add, ls, screen, principalTOTPCmd(g))
 	return c
 }
 

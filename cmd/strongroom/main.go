@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
@@ -64,6 +65,20 @@ func (g *globals) printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// printList prints items as JSON with --json, else as a table: header, then row(item) for
+// each (tab-separated columns).
+func printList[T any](g *globals, w io.Writer, items []T, header string, row func(T) string) error {
+	if g.json {
+		return g.printJSON(w, items)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, it := range items {
+		fmt.Fprintln(tw, row(it))
+	}
+	return tw.Flush()
+}
+
 // usageError marks errors that are the caller's fault: exit 2.
 type usageError struct{ error }
 
@@ -94,7 +109,8 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.config, "config", "", "config file (default DATA/config.json)")
 	pf.BoolVar(&g.json, "json", false, "print data as JSON")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log progress to stderr")
-	root.AddCommand(initCmd(g), versionCmd(g), devCmd(g), serveCmd(g), modelCmd(g), sealCmd(g), unsealCmd(g), kmsCmd(g), auditCmd(g), witnessCmd(g), principalCmd(g), keyCmd(g), policyCmd(g), detectCmd(g), refmodelCmd(g), watermarkCmd(g))
+	root.AddCommand(initCmd(g), versionCmd(g), devCmd(g), serveCmd(g), modelCmd(g), sealCmd(g), unsealCmd(g), kmsCmd(g), auditCmd(g), witnessCmd(g), principalCmd(g), keyCmd(g), policyCmd(g), detectCmd(g), refmodelCmd(g), watermarkCmd(g),
+		runtimeCmd(g), leaseCmd(g), approvalCmd(g), runCmd(g))
 	return root
 }
 
@@ -128,6 +144,10 @@ func versionCmd(g *globals) *cobra.Command {
 
 // exitCode maps an error to the exit codes of DESIGN.md: 2 bad usage, 1 failure.
 func exitCode(err error) int {
+	var ee exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
 	var ue usageError
 	if errors.As(err, &ue) || errors.Is(err, inventory.ErrBadInput) {
 		return 2
@@ -143,7 +163,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintf(stderr, "strongroom: %v\n", err)
+		if err.Error() != "" {
+			fmt.Fprintf(stderr, "strongroom: %v\n", err)
+		}
 		return exitCode(err)
 	}
 	return 0

@@ -14,7 +14,7 @@ import (
 
 func modelCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "model", Short: "Import, list, verify and unseal models"}
-	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g))
+	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g), modelDisableCmd(g))
 	return c
 }
 
@@ -162,8 +162,13 @@ func modelVerifyCmd(g *globals) *cobra.Command {
 }
 
 func modelUnsealCmd(g *globals) *cobra.Command {
-	var out string
-	c := refCmd(g, "unseal NAME:VERSION --out DIR", "Write a version's plaintext files and model.sig to DIR", func(cmd *cobra.Command, a *app.App, name, version string) error {
+	var out, as string
+	c := refCmd(g, "unseal NAME:VERSION --out DIR [--as PRINCIPAL]", "Write a version's plaintext files and model.sig to DIR", func(cmd *cobra.Command, a *app.App, name, version string) error {
+		// The two-person rule covers unsealing to disk too: a classification that needs
+		// approvals needs them for the named requester, once per unseal.
+		if err := a.RequireUnsealApproval(cmd.Context(), name, version, as); err != nil {
+			return err
+		}
 		v, err := a.Inventory.Unseal(cmd.Context(), name, version, out)
 		if err != nil {
 			return err
@@ -173,6 +178,7 @@ func modelUnsealCmd(g *globals) *cobra.Command {
 	})
 	c.PreRunE = requireFlag(&out, "unseal writes plaintext only where asked: --out DIR is required")
 	c.Flags().StringVar(&out, "out", "", "output directory (must not exist or be empty)")
+	c.Flags().StringVar(&as, "as", "", "requesting principal (required for classifications that need approvals)")
 	return c
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -92,10 +93,10 @@ func serveUntilDone(ctx context.Context, addr string, h http.Handler, log *slog.
 }
 
 func serveCmd(g *globals) *cobra.Command {
-	var listen, adminListen string
+	var listen, adminListen, custodyListen string
 	c := &cobra.Command{
 		Use:   "serve",
-		Short: "Serve the gateway (/v1/) and the control plane (the log at /log/, /healthz, /metrics)",
+		Short: "Serve the gateway (/v1/), the control plane (the log at /log/, /healthz, /metrics) and the custody API",
 		Args:  exactArgs(0),
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
 			if listen == "" {
@@ -117,15 +118,39 @@ func serveCmd(g *globals) *cobra.Command {
 				scheme = "https"
 			}
 			w := cmd.OutOrStdout()
+			cl, err := custodyListener(cmd.Context(), a, custodyListen, w)
+			if err != nil {
+				return err
+			}
 			return serveAll(cmd.Context(), a.Log, []listener{
 				{addr: listen, h: gw, tls: tc, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=%s://%s/v1\n", scheme, addr) }},
 				{addr: adminListen, h: adminMux(a), ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
+				cl,
 			}, func() {})
 		}),
 	}
 	c.Flags().StringVar(&listen, "listen", "", "gateway address (default from config: 127.0.0.1:8080)")
 	c.Flags().StringVar(&adminListen, "admin-listen", "", "control-plane address (default from config: 127.0.0.1:8081)")
+	c.Flags().StringVar(&custodyListen, "custody-listen", "", "custody API address, TLS (default from config: 127.0.0.1:8443)")
 	return c
+}
+
+// custodyListener starts the custody service (and its revocation poller) and returns its
+// TLS listener.
+func custodyListener(ctx context.Context, a *app.App, addr string, w io.Writer) (listener, error) {
+	if addr == "" {
+		addr = a.Config.Custody.Listen
+	}
+	svc, err := a.Custody(ctx)
+	if err != nil {
+		return listener{}, err
+	}
+	tc, err := a.CustodyTLS(addr)
+	if err != nil {
+		return listener{}, err
+	}
+	go svc.Run(ctx)
+	return listener{addr: addr, h: svc.Handler(), tls: tc, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_CUSTODY_URL=https://%s\n", addr) }}, nil
 }
 
 func witnessServeCmd(g *globals) *cobra.Command {

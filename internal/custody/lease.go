@@ -115,7 +115,10 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 		var pe *PendingError
 		if errors.As(err, &pe) {
 			fields["approval"] = pe.Request.ID
-			s.audit(ctx, "lease.grant", "pending", "waiting for approvals", leaseSubject(l), fields)
+			// Not released (yet): a deny on the record, with the request it waits for.
+			if err := s.audit(ctx, "lease.grant", "deny", "waiting for approvals", leaseSubject(l), fields); err != nil {
+				return nil, err
+			}
 		}
 		return nil, err
 	}
