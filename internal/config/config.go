@@ -258,8 +258,8 @@ func (c *Config) Validate() error {
 		return errors.New("config: audit.log_dir, audit.log_key and audit.hmac_key are required")
 	case c.Custody.CADir == "":
 		return errors.New("config: custody.ca_dir is empty")
-	case c.Custody.LeaseTTL.Duration < time.Minute:
-		return fmt.Errorf("config: custody.lease_ttl %s is under a minute", c.Custody.LeaseTTL)
+	case c.Custody.LeaseTTL.Duration < time.Second:
+		return fmt.Errorf("config: custody.lease_ttl %s is under a second", c.Custody.LeaseTTL)
 	case c.Audit.Quorum < 0 || c.Audit.Quorum > len(c.Audit.Witnesses):
 		return fmt.Errorf("config: audit.quorum %d with %d witnesses", c.Audit.Quorum, len(c.Audit.Witnesses))
 	}
