@@ -143,3 +143,23 @@ func TestControlPlaneVanishes(t *testing.T) {
 		t.Fatal("engine alive after the lease could not be renewed")
 	}
 }
+
+// Renewals keep the engine running past the lease's first expiry; the lease's expiry moves.
+func TestRenewalsKeepEngine(t *testing.T) {
+	e := apptest.New(t, func(c *config.Config, _ string) { c.Custody.LeaseTTL = config.Duration{Duration: 1500 * time.Millisecond} })
+	e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": randBytes(1000)})
+	id := e.Join(t, "prod")
+	started := make(chan int, 1)
+	ch := start(launcher.Config{Identity: id, Model: "m", Version: "1", Command: []string{"sleep", "60"}, TempDir: t.TempDir(),
+		Started: func(pid int) { started <- pid }})
+	pid := <-started
+	time.Sleep(3 * time.Second) // two lifetimes
+	live, _ := e.Svc.Live(context.Background(), store.LeaseQuery{Model: "m"})
+	if !alive(pid) || len(live) != 1 {
+		t.Fatalf("engine alive %v, live leases %d after two lease lifetimes", alive(pid), len(live))
+	}
+	e.Svc.Revoke(context.Background(), store.LeaseQuery{Model: "m"}, "done")
+	if r := <-ch; r.out.Code != launcher.ExitRevoked {
+		t.Fatalf("outcome %+v", r.out)
+	}
+}

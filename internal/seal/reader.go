@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // Slicer is implemented by sources that hold the sealed file in memory (such as Bytes);
@@ -136,7 +137,12 @@ func (r *Reader) chunkLen(i int64) int64 {
 
 // chunk reads and decrypts chunk i into buf (capacity >= chunk size + tag) and returns
 // the plaintext, which aliases buf.
-func (r *Reader) chunk(buf []byte, i int64) ([]byte, error) {
+func (r *Reader) chunk(buf []byte, i int64) ([]byte, error) { return r.open(buf, buf, i) }
+
+// open decrypts chunk i into dst (capacity >= its plaintext), reading the ciphertext into
+// scratch (capacity >= chunk size + tag) unless the source can hand out a slice. dst may
+// alias scratch.
+func (r *Reader) open(dst, scratch []byte, i int64) ([]byte, error) {
 	n := r.chunkLen(i) + tagSize
 	off := HeaderSize + i*(r.cs+tagSize)
 	var ct []byte
@@ -144,7 +150,7 @@ func (r *Reader) chunk(buf []byte, i int64) ([]byte, error) {
 		ct = sl.Slice(off, n) // decrypt straight from memory, saving a copy
 	}
 	if int64(len(ct)) != n {
-		ct = buf[:n]
+		ct = scratch[:n]
 		if m, err := r.src.ReadAt(ct, off); int64(m) < n {
 			if err == nil || err == io.EOF {
 				err = ErrTruncated
@@ -153,7 +159,7 @@ func (r *Reader) chunk(buf []byte, i int64) ([]byte, error) {
 		}
 	}
 	final := i == r.nchunks-1
-	pt, err := r.aead.Open(buf[:0], nonce(uint64(i), final), ct, nil)
+	pt, err := r.aead.Open(dst[:0], nonce(uint64(i), final), ct, nil)
 	if err != nil {
 		// A chunk that opens as non-final where a final one belongs means the file was cut
 		// at a chunk boundary; say so rather than "altered".
@@ -169,6 +175,37 @@ func (r *Reader) chunk(buf []byte, i int64) ([]byte, error) {
 		return nil, r.errAt(i, ErrAuth)
 	}
 	return pt, nil
+}
+
+// DecryptAt decrypts the whole file on all cores, each worker writing the chunks it
+// decrypts at their plaintext offsets in w (a file: pwrite, no ordering and no pipe). On
+// error w holds partial plaintext that the caller must discard.
+func (r *Reader) DecryptAt(w io.WriterAt) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, workerCount(r.workers))
+	for k := range errs {
+		wg.Go(func() {
+			scratch := make([]byte, r.cs+tagSize)
+			for {
+				i := next.Add(1) - 1
+				if i >= r.nchunks {
+					return
+				}
+				pt, err := r.open(scratch, scratch, i)
+				if err == nil {
+					_, err = w.WriteAt(pt, i*r.cs)
+				}
+				if err != nil {
+					errs[k] = err
+					next.Store(r.nchunks) // the others stop too
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // ReadAt implements io.ReaderAt over the plaintext.
