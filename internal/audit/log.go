@@ -78,7 +78,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		cfg.BatchMaxSize = 1024
 	}
 	if cfg.BatchMaxAge == 0 {
-		cfg.BatchMaxAge = 5 * time.Millisecond
+		cfg.BatchMaxAge = 10 * time.Millisecond
 	}
 	if cfg.CheckpointInterval == 0 {
 		cfg.CheckpointInterval = 200 * time.Millisecond
