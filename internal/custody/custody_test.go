@@ -69,7 +69,7 @@ type env struct {
 	dir   string
 }
 
-func newEnv(t *testing.T, mod func(*Config)) *env {
+func newEnv(t testing.TB, mod func(*Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -442,4 +442,35 @@ func TestEgressBudgetDisableAndFailClosed(t *testing.T) {
 	if _, _, err := lease(t, id, "small"); err == nil || !strings.Contains(err.Error(), "unavailable") {
 		t.Fatalf("audit down: %v", err)
 	}
+}
+
+func FuzzParseJoinToken(f *testing.F) {
+	f.Add("srj_0123456789abcdef." + strings.Repeat("A", 43) + "." + strings.Repeat("a", 64))
+	f.Add("srj_..")
+	f.Fuzz(func(t *testing.T, s string) {
+		tok, err := ParseJoinToken(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseJoinToken(tok.String())
+		if err != nil || again != tok {
+			t.Fatalf("round trip: %q -> %+v -> %v", s, tok, err)
+		}
+	})
+}
+
+// FuzzJoinBody: the one unauthenticated endpoint never panics and answers 4xx to garbage.
+func FuzzJoinBody(f *testing.F) {
+	e := newEnv(f, nil)
+	f.Add([]byte(`{"token":"srj_x","csr":"AAAA"}`))
+	f.Add([]byte(`{}`))
+	f.Add([]byte(`{"token":1}`))
+	h := e.svc.Handler()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/custody/v1/join", bytes.NewReader(body)))
+		if rec.Code < 400 || rec.Code >= 500 {
+			t.Fatalf("status %d for %q", rec.Code, body)
+		}
+	})
 }

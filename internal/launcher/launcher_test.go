@@ -146,7 +146,9 @@ func TestControlPlaneVanishes(t *testing.T) {
 
 // Renewals keep the engine running past the lease's first expiry; the lease's expiry moves.
 func TestRenewalsKeepEngine(t *testing.T) {
-	e := apptest.New(t, func(c *config.Config, _ string) { c.Custody.LeaseTTL = config.Duration{Duration: 1500 * time.Millisecond} })
+	e := apptest.New(t, func(c *config.Config, _ string) {
+		c.Custody.LeaseTTL = config.Duration{Duration: 1500 * time.Millisecond}
+	})
 	e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": randBytes(1000)})
 	id := e.Join(t, "prod")
 	started := make(chan int, 1)
