@@ -29,7 +29,20 @@ type versionView struct {
 	Created        time.Time    `json:"created"`
 	Bytes          int64        `json:"bytes"`
 	SignatureBytes int          `json:"signature_bytes"`
+	Disabled       *time.Time   `json:"disabled,omitempty"`
 	Files          []store.File `json:"files,omitempty"`
+	// Deployments are the live leases on the version: where its weights are decrypted now.
+	Deployments []deploymentView `json:"deployments,omitempty"`
+}
+
+type deploymentView struct {
+	Lease       string    `json:"lease"`
+	Runtime     string    `json:"runtime"`
+	Host        string    `json:"host"`
+	Region      string    `json:"region"`
+	Attestation string    `json:"attestation"`
+	Since       time.Time `json:"since"`
+	Expires     time.Time `json:"expires"`
 }
 
 func view(v store.Version, withFiles bool) versionView {
@@ -40,6 +53,9 @@ func view(v store.Version, withFiles bool) versionView {
 	}
 	if withFiles {
 		out.Files = v.Files
+	}
+	if !v.DisabledAt.IsZero() {
+		out.Disabled = &v.DisabledAt
 	}
 	return out
 }
@@ -132,16 +148,35 @@ func modelShowCmd(g *globals) *cobra.Command {
 			return err
 		}
 		vv := view(v, true)
+		live, err := a.Store.ListLeases(cmd.Context(), store.LeaseQuery{Model: name, Version: version, LiveAt: time.Now()})
+		if err != nil {
+			return err
+		}
+		for _, l := range live {
+			rt, _ := a.Store.GetRuntime(cmd.Context(), l.Runtime)
+			vv.Deployments = append(vv.Deployments, deploymentView{Lease: l.ID, Runtime: l.Runtime, Host: rt.Host, Region: rt.Region,
+				Attestation: l.Attestation, Since: l.GrantedAt, Expires: l.ExpiresAt})
+		}
 		if g.json {
 			return g.printJSON(cmd.OutOrStdout(), vv)
 		}
 		w := cmd.OutOrStdout()
 		fmt.Fprintf(w, "model:          %s\nversion:        %s\nclassification: %s\nowner:          %s\nenv:            %s\nkey id:         %s\ncreated:        %s\nsignature:      OMS v1.0 bundle, %d bytes\n",
 			v.Model, v.Version, v.Classification, v.Owner, v.Env, v.KeyID, v.CreatedAt.Format(time.RFC3339), len(v.Signature))
+		if vv.Disabled != nil {
+			fmt.Fprintf(w, "disabled:       %s\n", vv.Disabled.Format(time.RFC3339))
+		}
+		fmt.Fprintf(w, "live leases:    %d\n", len(vv.Deployments))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "FILE\tBYTES\tSHA256")
 		for _, f := range v.Files {
 			fmt.Fprintf(tw, "%s\t%d\t%s\n", f.Path, f.Size, f.SHA256)
+		}
+		if len(vv.Deployments) > 0 {
+			fmt.Fprintln(tw, "\nLEASE\tRUNTIME\tHOST\tREGION\tATTESTATION\tSINCE")
+			for _, d := range vv.Deployments {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.Lease, d.Runtime, d.Host, d.Region, d.Attestation, d.Since.Format(time.RFC3339))
+			}
 		}
 		return tw.Flush()
 	})

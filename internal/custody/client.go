@@ -21,6 +21,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
@@ -33,12 +34,23 @@ type Identity struct {
 	Dir    string
 	Server string
 	Key    *ecdsa.PrivateKey
-	Cert   *x509.Certificate
+	Cert   *x509.Certificate // as loaded or joined; RenewCert replaces it (under mu)
 	CA     *x509.Certificate
+
+	mu sync.Mutex
 }
 
+func (id *Identity) cert() *x509.Certificate {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	return id.Cert
+}
+
+// NotAfter is when the current certificate expires.
+func (id *Identity) NotAfter() time.Time { return id.cert().NotAfter }
+
 // RuntimeID is the runtime's id (its certificate's common name).
-func (id *Identity) RuntimeID() string { return id.Cert.Subject.CommonName }
+func (id *Identity) RuntimeID() string { return id.cert().Subject.CommonName }
 
 // Join creates a key, exchanges token for a certificate at server and saves the identity
 // in dir. The control plane is authenticated by the CA pin inside the token.
@@ -107,7 +119,7 @@ func (id *Identity) save() error {
 		name string
 		b    []byte
 		mode os.FileMode
-	}{{"runtime.key", kpem, 0o600}, {"runtime.crt", CertPEM(id.Cert.Raw), 0o644}, {"ca.crt", CertPEM(id.CA.Raw), 0o644}, {"server", []byte(id.Server + "\n"), 0o644}} {
+	}{{"runtime.key", kpem, 0o600}, {"runtime.crt", CertPEM(id.cert().Raw), 0o644}, {"ca.crt", CertPEM(id.CA.Raw), 0o644}, {"server", []byte(id.Server + "\n"), 0o644}} {
 		if err := fsutil.WriteFileAtomic(filepath.Join(id.Dir, f.name), f.b, f.mode); err != nil {
 			return err
 		}
@@ -164,7 +176,7 @@ func (id *Identity) Client() *Client {
 		MinVersion: tls.VersionTLS13,
 		RootCAs:    pool,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return &tls.Certificate{Certificate: [][]byte{id.Cert.Raw}, PrivateKey: id.Key}, nil
+			return &tls.Certificate{Certificate: [][]byte{id.cert().Raw}, PrivateKey: id.Key}, nil
 		},
 	}}
 	return &Client{id: id, http: &http.Client{Transport: tr}}
@@ -257,7 +269,9 @@ func (c *Client) RenewCert(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	c.id.mu.Lock()
 	c.id.Cert = cert
+	c.id.mu.Unlock()
 	return c.id.save()
 }
 

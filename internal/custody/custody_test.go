@@ -220,6 +220,17 @@ func TestJoinLeaseRenewRevokeOverHTTP(t *testing.T) {
 		t.Fatalf("deployments: %+v", deps)
 	}
 	c := id.Client()
+	// Certificate renewal: a new certificate, saved, recorded, and the runtime keeps working.
+	before := id.Cert.SerialNumber
+	if err := c.RenewCert(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if id.Cert.SerialNumber.Cmp(before) == 0 {
+		t.Fatal("renewed certificate has the old serial")
+	}
+	if again, _ := LoadIdentity(id.Dir); again.Cert.SerialNumber.Cmp(id.Cert.SerialNumber) != 0 {
+		t.Fatal("renewed certificate not saved")
+	}
 	e.clk.add(3 * time.Minute)
 	l, err := c.Renew(ctx, r.Lease.ID)
 	if err != nil || !l.ExpiresAt.Equal(e.clk.now().Add(10*time.Minute)) {
@@ -265,7 +276,7 @@ func TestJoinLeaseRenewRevokeOverHTTP(t *testing.T) {
 	if _, _, err := lease(t, id, "small"); !errors.Is(err, ErrRuntimeRevoked) {
 		t.Fatalf("revoked runtime: %v", err)
 	}
-	for _, k := range []string{"runtime.join allow", "lease.grant allow", "lease.renew allow", "lease.renew deny", "runtime.revoke allow", "runtime.auth deny"} {
+	for _, k := range []string{"runtime.join allow", "runtime.cert allow", "lease.grant allow", "lease.renew allow", "lease.renew deny", "runtime.revoke allow", "runtime.auth deny"} {
 		if !e.rec.has(k) {
 			t.Errorf("no %q in the audit trail %v", k, e.rec.events)
 		}

@@ -147,7 +147,7 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 		return Outcome{Code: 1}, err
 	}
 	client := cfg.Identity.Client()
-	if time.Until(cfg.Identity.Cert.NotAfter) < 8*time.Hour {
+	if time.Until(cfg.Identity.NotAfter()) < 8*time.Hour {
 		if err := client.RenewCert(ctx); err != nil {
 			cfg.Log.Warn("launcher: certificate renewal failed", "err", err)
 		}
@@ -480,6 +480,11 @@ func renew(ctx context.Context, cfg *Config, c *custody.Client, l store.Lease, s
 		}
 		if time.Now().Before(next) {
 			continue
+		}
+		if time.Until(cfg.Identity.NotAfter()) < 8*time.Hour {
+			if err := c.RenewCert(ctx); err != nil {
+				cfg.Log.Warn("launcher: certificate renewal failed", "err", err)
+			}
 		}
 		nl, err := c.Renew(ctx, l.ID)
 		switch {
