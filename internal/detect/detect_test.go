@@ -17,12 +17,15 @@ func TestSuite(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res := Evaluate(reqs, New(Config{}))
+			res := Evaluate(reqs, New(Config{ClusterEvery: 500}))
 			t.Logf("seed %d intensity %.1f:\n%s", seed, intensity, res.Table())
 			if res.FalsePositiveDays != 0 {
 				t.Errorf("seed %d: false positives: %v", seed, res.FalsePositiveDetails)
 			}
-			budget := map[string]int{"logit-harvest": 200, "probing": 100, "egress": 400}
+			budget := map[string]int{"logit-harvest": 200, "probing": 100, "egress": 400, "distillation": 2000, "hydra": 1 << 30}
+			if f := res.Attacks["hydra"].CampaignFraction; f >= 0.25 {
+				t.Errorf("seed %d intensity %.1f: hydra campaign flagged after %.2f of its queries (budget 0.25)", seed, intensity, f)
+			}
 			for name, sc := range res.Attacks {
 				if sc.Detected != sc.Principals {
 					t.Errorf("seed %d intensity %.1f: %s detected %d of %d", seed, intensity, name, sc.Detected, sc.Principals)

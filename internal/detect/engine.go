@@ -6,6 +6,7 @@ import (
 	"math"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Config tunes the detectors; zero values take the defaults in New.
@@ -23,6 +24,18 @@ type Config struct {
 	EgressFactor float64
 	EgressFloor  int
 	EgressWarmup int
+	// Distillation, per principal and UTC day: alert from DistillMinRequests requests and
+	// DistillMinTokens output tokens, when outputs average DistillMeanOutput tokens, the
+	// principal was active in DistillActiveHours hours, and the prompts are templated or
+	// ask for reasoning.
+	DistillMinRequests, DistillMinTokens, DistillMeanOutput, DistillActiveHours int
+	// Hydra: groups of at least HydraMinMembers principals linked by shared templates
+	// within HydraWindow, together HydraMinTokens output tokens, started within
+	// HydraStartSpread of each other or from few networks. ClusterEvery > 0 clusters every
+	// that many requests inside Observe (replay, evaluation); 0 leaves it to the caller
+	// (the gateway's responder runs it in the background).
+	HydraMinMembers, HydraMinTokens, ClusterEvery int
+	HydraWindow, HydraStartSpread               time.Duration
 	// MaxPrincipals bounds memory: the least recently seen principal is forgotten.
 	MaxPrincipals int
 	// Actions per detector: "alert", "throttle", "strip_logprobs", "suspend".
@@ -43,13 +56,26 @@ func (c *Config) defaults() {
 	set(&c.EgressFloor, 200_000)
 	set(&c.EgressWarmup, 24)
 	set(&c.MaxPrincipals, 100_000)
+	set(&c.DistillMinRequests, 300)
+	set(&c.DistillMinTokens, 150_000)
+	set(&c.DistillMeanOutput, 250)
+	set(&c.DistillActiveHours, 10)
+	set(&c.HydraMinMembers, 10)
+	set(&c.HydraMinTokens, 100_000)
+	if c.HydraWindow == 0 {
+		c.HydraWindow = 72 * time.Hour
+	}
+	if c.HydraStartSpread == 0 {
+		c.HydraStartSpread = 6 * time.Hour
+	}
 	if c.EgressFactor == 0 {
 		c.EgressFactor = 10
 	}
 	if c.Actions == nil {
 		c.Actions = map[string]string{}
 	}
-	for d, a := range map[string]string{"logit_harvest": "strip_logprobs", "probing": "throttle", "egress": "alert"} {
+	for d, a := range map[string]string{"logit_harvest": "strip_logprobs", "probing": "throttle", "egress": "alert",
+		"distillation": "throttle", "hydra": "suspend"} {
 		if _, ok := c.Actions[d]; !ok {
 			c.Actions[d] = a
 		}
@@ -58,10 +84,11 @@ func (c *Config) defaults() {
 
 // Engine runs every detector over a request stream.
 type Engine struct {
-	cfg Config
-	mu  sync.Mutex
-	ps  map[string]*list.Element
-	lru *list.List
+	cfg  Config
+	mu   sync.Mutex
+	ps   map[string]*list.Element
+	lru  *list.List
+	seen int
 }
 
 // principalState is what the engine keeps per principal: bounded whatever the traffic.
@@ -81,6 +108,9 @@ type principalState struct {
 	hourToks  int
 	baseline  float64
 	hoursSeen int
+	// distillation: the current UTC day; hydra: the sketch clustering reads.
+	day dayStats
+	hy  hydraSketch
 	// alerts already raised, so each detector alerts once per principal.
 	alerted map[string]bool
 }
@@ -118,9 +148,50 @@ func (e *Engine) Principals() int {
 // Observe runs the detectors on one request; index is its position in the stream. It
 // returns the alerts this request raised (each detector alerts once per principal).
 func (e *Engine) Observe(index int, r *Request) []Alert {
-	var sk, ex uint64
+	out := e.observe(index, r)
+	if e.cfg.ClusterEvery > 0 {
+		e.mu.Lock()
+		e.seen++
+		due := e.seen%e.cfg.ClusterEvery == 0
+		e.mu.Unlock()
+		if due {
+			out = append(out, e.CampaignAlerts(index, r.TS)...)
+		}
+	}
+	return out
+}
+
+// CampaignAlerts clusters (see Cluster) and returns a "hydra" alert for every member of a
+// campaign not alerted before.
+func (e *Engine) CampaignAlerts(index int, now time.Time) []Alert {
+	cs := e.Cluster(now)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []Alert
+	for _, c := range cs {
+		for _, m := range c.Members {
+			el, ok := e.ps[m]
+			if !ok {
+				continue
+			}
+			st := el.Value.(*principalState)
+			if st.alerted["hydra"] {
+				continue
+			}
+			st.alerted["hydra"] = true
+			out = append(out, Alert{Principal: m, Detector: "hydra", Index: index, TS: now, Score: float64(len(c.Members)),
+				Action: e.cfg.Actions["hydra"], Evidence: c.Evidence})
+		}
+	}
+	return out
+}
+
+func (e *Engine) observe(index int, r *Request) []Alert {
+	var sk, ex, skel uint64
+	cot := false
 	if r.Prompt != "" {
 		sk, ex = simhash(r.Prompt), exactHash(r.Prompt)
+		skel, cot = skeleton(r.Prompt), asksForReasoning(r.Prompt)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -199,5 +270,14 @@ func (e *Engine) Observe(index int, r *Request) []Alert {
 	if st.hoursSeen >= e.cfg.EgressWarmup && st.hourToks > e.cfg.EgressFloor && float64(st.hourToks) > e.cfg.EgressFactor*st.baseline {
 		raise("egress", float64(st.hourToks)/max(st.baseline, 1), fmt.Sprintf("%d completion tokens this hour, baseline %.0f", st.hourToks, st.baseline))
 	}
+
+	// 4. Distillation over the principal's day; 5. the sketch hydra clustering reads.
+	st.day.observe(r, skel, cot)
+	if !st.alerted["distillation"] {
+		if score, ev, ok := e.cfg.distillation(&st.day); ok {
+			raise("distillation", score, ev)
+		}
+	}
+	st.hy.observe(r, skel)
 	return out
 }

@@ -20,6 +20,9 @@ type AttackScore struct {
 	// QueriesToDetection are, per detected principal, how many of its attack requests came
 	// before the alert (inclusive).
 	QueriesToDetection []int
+	// CampaignFraction is, for multi-key attacks, the share of the whole campaign's attack
+	// requests sent before its first alert (1 if never detected).
+	CampaignFraction float64 `json:",omitempty"`
 }
 
 // FPR is false-positive principal-days over benign principal-days.
@@ -44,23 +47,32 @@ func Evaluate(reqs []Request, e *Engine) *EvalResult {
 	fpDays := map[string]bool{}
 	attackCount := map[string]int{}
 	detectedAt := map[string]int{}
+	campTotal, campSeen, campAt := map[string]int{}, map[string]int{}, map[string]int{}
+	for _, r := range reqs {
+		if r.Label != "" && r.Label == attackOf[r.Principal] {
+			campTotal[r.Label]++
+		}
+	}
 	for i := range reqs {
 		r := &reqs[i]
-		day := r.Principal + "@" + r.TS.Format("2006-01-02")
 		if attackOf[r.Principal] == "" {
-			benignDays[day] = true
+			benignDays[r.Principal+"@"+r.TS.Format("2006-01-02")] = true
 		}
 		if r.Label == attackOf[r.Principal] && r.Label != "" {
 			attackCount[r.Principal]++
+			campSeen[r.Label]++
 		}
 		for _, a := range e.Observe(i, r) {
 			if lbl := attackOf[a.Principal]; lbl != "" {
+				if _, seen := campAt[lbl]; !seen {
+					campAt[lbl] = campSeen[lbl]
+				}
 				if _, seen := detectedAt[a.Principal]; !seen {
 					detectedAt[a.Principal] = attackCount[a.Principal]
 				}
-			} else if !fpDays[day] {
-				fpDays[day] = true
-				res.FalsePositiveDetails = append(res.FalsePositiveDetails, fmt.Sprintf("%s %s: %s", day, a.Detector, a.Evidence))
+			} else if aday := a.Principal + "@" + a.TS.Format("2006-01-02"); !fpDays[aday] {
+				fpDays[aday] = true
+				res.FalsePositiveDetails = append(res.FalsePositiveDetails, fmt.Sprintf("%s %s: %s", aday, a.Detector, a.Evidence))
 			}
 		}
 	}
@@ -77,8 +89,12 @@ func Evaluate(reqs []Request, e *Engine) *EvalResult {
 			sc.QueriesToDetection = append(sc.QueriesToDetection, q)
 		}
 	}
-	for _, sc := range res.Attacks {
+	for lbl, sc := range res.Attacks {
 		sort.Ints(sc.QueriesToDetection)
+		sc.CampaignFraction = 1
+		if at, ok := campAt[lbl]; ok {
+			sc.CampaignFraction = float64(at) / float64(max(campTotal[lbl], 1))
+		}
 	}
 	return res
 }
@@ -94,7 +110,12 @@ func (r *EvalResult) Table() string {
 	sort.Strings(names)
 	for _, n := range names {
 		sc := r.Attacks[n]
-		fmt.Fprintf(&b, "%-14s detected %d/%d (TPR %.2f), queries to detection %v\n", n, sc.Detected, sc.Principals, float64(sc.Detected)/float64(max(sc.Principals, 1)), sc.QueriesToDetection)
+		q := sc.QueriesToDetection
+		if len(q) > 8 {
+			q = []int{q[0], q[len(q)/2], q[len(q)-1]} // min, median, max
+		}
+		fmt.Fprintf(&b, "%-14s detected %d/%d (TPR %.2f), queries to detection %v, campaign share before first alert %.3f\n", n, sc.Detected, sc.Principals,
+			float64(sc.Detected)/float64(max(sc.Principals, 1)), q, sc.CampaignFraction)
 	}
 	return b.String()
 }
