@@ -35,7 +35,7 @@ type Config struct {
 	// that many requests inside Observe (replay, evaluation); 0 leaves it to the caller
 	// (the gateway's responder runs it in the background).
 	HydraMinMembers, HydraMinTokens, ClusterEvery int
-	HydraWindow, HydraStartSpread               time.Duration
+	HydraWindow, HydraStartSpread                 time.Duration
 	// MaxPrincipals bounds memory: the least recently seen principal is forgotten.
 	MaxPrincipals int
 	// Actions per detector: "alert", "throttle", "strip_logprobs", "suspend".

@@ -62,7 +62,9 @@ func (s *sim) sentence(n, topic int) string {
 	return strings.Join(ws, " ")
 }
 
-func (s *sim) ip(net int) string { return fmt.Sprintf("%d.%d.%d.%d", 11+net/65536%200, net/256%256, net%256, 2+s.rng.IntN(250)) }
+func (s *sim) ip(net int) string {
+	return fmt.Sprintf("%d.%d.%d.%d", 11+net/65536%200, net/256%256, net%256, 2+s.rng.IntN(250))
+}
 
 func (s *sim) randIP() string { return s.ip(s.rng.IntN(1 << 22)) }
 
