@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,6 +21,8 @@ import (
 
 	"github.com/pquerna/otp/totp"
 	"github.com/rogpeppe/go-internal/testscript"
+	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -87,5 +94,45 @@ func init() {
 			time.Sleep(100 * time.Millisecond)
 		}
 		ts.Fatalf("process %d is still alive", pid)
+	}
+}
+
+func init() {
+	// detectconfig DATA UPSTREAM: route model demo to UPSTREAM with logit_bias and top-5
+	// logprobs allowed, and a logit-harvest threshold of 20 biased tokens.
+	scriptCmds["detectconfig"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
+		c, err := config.ReadRaw(path)
+		ts.Check(err)
+		c.Gateway.Routes = []gateway.Route{{Model: "demo", Upstreams: []string{args[1]}, Classification: "public",
+			Hardening: &gateway.Hardening{LogitBias: "allow", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 16}}}
+		c.Detect.HarvestTokens = 20
+		ts.Check(config.Write(path, c))
+	}
+	// harvest KEYFILE URL N: N one-token requests, each biasing 5 new token ids and reading
+	// top-5 logprobs (a logit-harvesting sweep); prints how many were answered with logprobs.
+	scriptCmds["harvest"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		key, err := os.ReadFile(ts.MkAbs(args[0]))
+		ts.Check(err)
+		n, _ := strconv.Atoi(args[2])
+		withLogprobs := 0
+		for i := range n {
+			bias := map[string]int{}
+			for k := range 5 {
+				bias[strconv.Itoa((i*5+k)%256)] = 100
+			}
+			b, _ := json.Marshal(map[string]any{"model": "demo", "max_tokens": 1, "logprobs": true, "top_logprobs": 5, "logit_bias": bias,
+				"messages": []any{map[string]string{"role": "user", "content": "the same prompt"}}})
+			req, _ := http.NewRequest(http.MethodPost, args[1]+"/v1/chat/completions", bytes.NewReader(b))
+			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+			resp, err := http.DefaultClient.Do(req)
+			ts.Check(err)
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 && bytes.Contains(body, []byte(`"top_logprobs":[{`)) {
+				withLogprobs++
+			}
+		}
+		fmt.Fprintf(ts.Stdout(), "answered with logprobs: %d of %d\n", withLogprobs, n)
 	}
 }

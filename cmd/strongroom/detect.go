@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/detect"
 )
 
@@ -14,11 +16,15 @@ func detectCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "detect", Short: "Run the extraction and abuse detectors over traces"}
 	var trace string
 	replay := &cobra.Command{
-		Use:   "replay --trace FILE.jsonl",
-		Short: "Run the detectors over a recorded trace; alerts as JSONL",
+		Use:   "replay --trace FILE.jsonl [--config FILE]",
+		Short: "Run the detectors over a recorded trace; alerts as JSONL (detectors tuned by the config's \"detect\" section)",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e := detect.New(detect.Config{})
+			dc, err := g.detectConfig()
+			if err != nil {
+				return err
+			}
+			e := detect.New(dc)
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			return readTraceFile(trace, func(i int, r *detect.Request) error {
 				for _, a := range e.Observe(i, r) {
@@ -77,7 +83,11 @@ func detectCmd(g *globals) *cobra.Command {
 			if err := readTraceFile(trace, func(_ int, r *detect.Request) error { reqs = append(reqs, *r); return nil }); err != nil {
 				return err
 			}
-			res := detect.Evaluate(reqs, detect.New(detect.Config{}))
+			dc, err := g.detectConfig()
+			if err != nil {
+				return err
+			}
+			res := detect.Evaluate(reqs, detect.New(dc))
 			if g.json {
 				return g.printJSON(cmd.OutOrStdout(), res)
 			}
@@ -86,8 +96,44 @@ func detectCmd(g *globals) *cobra.Command {
 		},
 	}
 	eval.Flags().StringVar(&trace, "trace", "", "labelled trace file")
-	c.AddCommand(replay, simulate, eval)
+	calibrate := &cobra.Command{
+		Use:   "calibrate --trace BENIGN.jsonl",
+		Short: "Nearest-neighbour prompt distances of benign traffic: the probing threshold at the 0.1st percentile",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var reqs []detect.Request
+			if err := readTraceFile(trace, func(_ int, r *detect.Request) error { reqs = append(reqs, *r); return nil }); err != nil {
+				return err
+			}
+			c := detect.Calibrate(reqs, 64)
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), c)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d prompts with an earlier prompt of the same principal in the window\nnearest-neighbour SimHash distance: p0.1 %d, p1 %d, p50 %d bits\nsuggested detect.probe_bits: %d\n",
+				c.N, c.P001, c.P01, c.P50, c.Suggested)
+			return nil
+		},
+	}
+	calibrate.Flags().StringVar(&trace, "trace", "", "trace of benign traffic (labels other than benign are skipped)")
+	c.AddCommand(replay, simulate, eval, calibrate)
 	return c
+}
+
+// detectConfig is the "detect" section of --config FILE (or of the data directory's
+// config when it exists), else the defaults.
+func (g *globals) detectConfig() (detect.Config, error) {
+	path := g.config
+	if path == "" {
+		path = filepath.Join(g.dataDir(), config.FileName)
+		if _, err := os.Stat(path); err != nil {
+			return detect.Config{}, nil
+		}
+	}
+	c, err := config.ReadRaw(path)
+	if err != nil {
+		return detect.Config{}, usageError{err}
+	}
+	return c.Detect, nil
 }
 
 func readTraceFile(path string, fn func(int, *detect.Request) error) error {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/witness"
 	f_note "github.com/transparency-dev/formats/note"
@@ -93,7 +95,8 @@ func serveUntilDone(ctx context.Context, addr string, h http.Handler, log *slog.
 }
 
 func serveCmd(g *globals) *cobra.Command {
-	var listen, adminListen, custodyListen string
+	var listen, adminListen, custodyListen, recordTrace string
+	var recordPrompts bool
 	c := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the gateway (/v1/), the control plane (the log at /log/, /healthz, /metrics) and the custody API",
@@ -104,6 +107,27 @@ func serveCmd(g *globals) *cobra.Command {
 			}
 			if adminListen == "" {
 				adminListen = a.Config.AdminListen
+			}
+			if recordTrace != "" {
+				f, err := os.OpenFile(recordTrace, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+				if err != nil {
+					return err
+				}
+				redact := a.Redactor.Digest // prompts as keyed digests unless the operator opts in
+				if recordPrompts {
+					redact = nil
+				}
+				tw := detect.NewTraceWriter(f, redact)
+				defer func() {
+					if err := tw.Close(); err != nil {
+						a.Log.Error("trace", "err", err)
+					}
+					f.Close()
+					if n := tw.Dropped(); n > 0 {
+						fmt.Fprintf(cmd.ErrOrStderr(), "strongroom: warning: %d requests not recorded in %s (writer fell behind)\n", n, recordTrace)
+					}
+				}()
+				a.TraceRecorder = tw
 			}
 			gw, err := a.OpenGateway(cmd.Context())
 			if err != nil {
@@ -132,6 +156,8 @@ func serveCmd(g *globals) *cobra.Command {
 	c.Flags().StringVar(&listen, "listen", "", "gateway address (default from config: 127.0.0.1:8080)")
 	c.Flags().StringVar(&adminListen, "admin-listen", "", "control-plane address (default from config: 127.0.0.1:8081)")
 	c.Flags().StringVar(&custodyListen, "custody-listen", "", "custody API address, TLS (default from config: 127.0.0.1:8443)")
+	c.Flags().StringVar(&recordTrace, "record-trace", "", "append every gateway request to this trace file (JSONL, for detect replay)")
+	c.Flags().BoolVar(&recordPrompts, "record-prompts", false, "record prompts in the clear in the trace (default: keyed HMAC digests)")
 	return c
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/kms"
 	"github.com/strongroom/strongroom/internal/store"
@@ -38,7 +39,9 @@ type App struct {
 	Metrics   *prometheus.Registry
 	Redactor  *audit.Redactor
 	Log       *slog.Logger
-	actor     map[string]string
+	// TraceRecorder, if set before OpenGateway, also receives every request (--record-trace).
+	TraceRecorder gateway.Detector
+	actor         map[string]string
 }
 
 // InitOptions choose the KEK provider for a new data directory.

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -12,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/detect"
+	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/geo"
 	"github.com/strongroom/strongroom/internal/limits"
@@ -80,16 +82,23 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 			return nil, err
 		}
 	}
-	// Detectors watch every request; their responses (throttle, strip logprobs, suspend)
-	// hold in this process for 24h. (Not shared across replicas yet.)
-	resp := detect.NewResponder(detect.New(detect.Config{}), a.AuditLog, a.Log, 24*time.Hour)
+	// Detectors watch every request; their responses (throttle, step-up, strip logprobs,
+	// suspend) hold in this process. (Not shared across replicas yet.)
+	resp, err := a.Responder(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var certs gateway.CertAuthenticator
 	if gc.TLS != nil && gc.TLS.ClientCAFile != "" {
 		certs = authn.Certs{St: a.Store}
 	}
+	var det gateway.Detector = resp
+	if a.TraceRecorder != nil {
+		det = detect.Tee{resp, a.TraceRecorder}
+	}
 	gw, err := gateway.New(gateway.Config{
 		Certs:           certs,
-		Detector:        resp,
+		Detector:        det,
 		Sanctions:       resp,
 		Geo:             loc,
 		FallbackLimiter: fallback,
@@ -239,4 +248,25 @@ func (a *App) GatewayTLS() (*tls.Config, error) {
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.VerifyClientCertIfGiven
 	}
 	return cfg, nil
+}
+
+// Responder builds the detectors' responder from config: incidents in the store, the
+// webhook, the sanction duration; hydra clustering runs every 10 seconds until ctx ends.
+func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
+	ac := a.Config.Alerts
+	var secret []byte
+	if ac.Webhook != "" {
+		if ac.WebhookSecretFile == "" {
+			return nil, fmt.Errorf("alerts.webhook needs alerts.webhook_secret_file")
+		}
+		s, err := fsutil.ReadPrivate(ac.WebhookSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("alerts.webhook_secret_file: %w", err)
+		}
+		secret = bytes.TrimSpace(s)
+	}
+	r := detect.NewResponder(detect.New(a.Config.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
+		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log})
+	go r.Run(ctx, 10*time.Second)
+	return r, nil
 }

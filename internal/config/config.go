@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/limits"
@@ -35,6 +36,19 @@ type Config struct {
 	AdminListen string  `json:"admin_listen"`
 	Gateway     Gateway `json:"gateway"`
 	Custody     Custody `json:"custody"`
+	// Detect tunes the extraction and abuse detectors (see internal/detect.Config).
+	Detect detect.Config `json:"detect,omitzero"`
+	Alerts Alerts        `json:"alerts,omitzero"`
+}
+
+// Alerts configures what happens on a detector alert besides the audit event and incident.
+type Alerts struct {
+	// Webhook receives each incident as JSON; WebhookSecretFile (0600, in the data
+	// directory by default) keys the X-Strongroom-Signature HMAC.
+	Webhook           string `json:"webhook,omitempty"`
+	WebhookSecretFile string `json:"webhook_secret_file,omitempty"`
+	// SanctionDuration is how long a detector's action holds (default 24h).
+	SanctionDuration Duration `json:"sanction_duration,omitzero"`
 }
 
 // Custody configures the release of model keys to runtimes.
@@ -237,6 +251,7 @@ func (c *Config) resolve(dataDir string) {
 	abs(&c.Audit.HMACKey)
 	abs(&c.Gateway.PolicyDir)
 	abs(&c.Custody.CADir)
+	abs(&c.Alerts.WebhookSecretFile)
 }
 
 func isURL(s string) bool {

@@ -13,33 +13,42 @@ import (
 type Config struct {
 	// Logit harvesting: alert once a principal has had logprobs for this many distinct
 	// logit-biased token ids on one model.
-	HarvestTokens int
+	HarvestTokens int `json:"harvest_tokens,omitempty"`
 	// Vocab is the vocabulary size used to report the leakage meter (full logit vectors).
-	Vocab int
+	Vocab int `json:"vocab,omitempty"`
 	// Probing: alert when this many of the last ProbeWindow prompts are near-duplicates
 	// (SimHash within ProbeBits, not identical) of an earlier prompt in the window.
-	ProbeWindow, ProbeHits, ProbeBits int
+	ProbeWindow int `json:"probe_window,omitempty"`
+	ProbeHits   int `json:"probe_hits,omitempty"`
+	ProbeBits   int `json:"probe_bits,omitempty"`
 	// Egress: alert when a principal's completion tokens in the current hour exceed
 	// EgressFactor times its hourly baseline (and EgressFloor), after EgressWarmup hours.
-	EgressFactor float64
-	EgressFloor  int
-	EgressWarmup int
+	EgressFactor float64 `json:"egress_factor,omitempty"`
+	EgressFloor  int     `json:"egress_floor,omitempty"`
+	EgressWarmup int     `json:"egress_warmup_hours,omitempty"`
 	// Distillation, per principal and UTC day: alert from DistillMinRequests requests and
 	// DistillMinTokens output tokens, when outputs average DistillMeanOutput tokens, the
 	// principal was active in DistillActiveHours hours, and the prompts are templated or
 	// ask for reasoning.
-	DistillMinRequests, DistillMinTokens, DistillMeanOutput, DistillActiveHours int
+	DistillMinRequests int `json:"distill_min_requests,omitempty"`
+	DistillMinTokens   int `json:"distill_min_tokens,omitempty"`
+	DistillMeanOutput  int `json:"distill_mean_output,omitempty"`
+	DistillActiveHours int `json:"distill_active_hours,omitempty"`
 	// Hydra: groups of at least HydraMinMembers principals linked by shared templates
-	// within HydraWindow, together HydraMinTokens output tokens, started within
-	// HydraStartSpread of each other or from few networks. ClusterEvery > 0 clusters every
-	// that many requests inside Observe (replay, evaluation); 0 leaves it to the caller
-	// (the gateway's responder runs it in the background).
-	HydraMinMembers, HydraMinTokens, ClusterEvery int
-	HydraWindow, HydraStartSpread                 time.Duration
+	// within HydraWindowHours, together HydraMinTokens output tokens, each on a narrow
+	// slice of topics that together cover far more, started within HydraStartSpreadMinutes
+	// of each other or from few networks. ClusterEvery > 0 clusters every that many
+	// requests inside Observe (replay, evaluation); 0 leaves it to the caller (the
+	// gateway's responder runs it in the background).
+	HydraMinMembers         int `json:"hydra_min_members,omitempty"`
+	HydraMinTokens          int `json:"hydra_min_tokens,omitempty"`
+	HydraWindowHours        int `json:"hydra_window_hours,omitempty"`
+	HydraStartSpreadMinutes int `json:"hydra_start_spread_minutes,omitempty"`
+	ClusterEvery            int `json:"cluster_every,omitempty"`
 	// MaxPrincipals bounds memory: the least recently seen principal is forgotten.
-	MaxPrincipals int
-	// Actions per detector: "alert", "throttle", "strip_logprobs", "suspend".
-	Actions map[string]string
+	MaxPrincipals int `json:"max_principals,omitempty"`
+	// Actions per detector: "alert", "throttle", "step_up", "strip_logprobs", "suspend".
+	Actions map[string]string `json:"actions,omitempty"`
 }
 
 func (c *Config) defaults() {
@@ -62,12 +71,8 @@ func (c *Config) defaults() {
 	set(&c.DistillActiveHours, 10)
 	set(&c.HydraMinMembers, 10)
 	set(&c.HydraMinTokens, 100_000)
-	if c.HydraWindow == 0 {
-		c.HydraWindow = 72 * time.Hour
-	}
-	if c.HydraStartSpread == 0 {
-		c.HydraStartSpread = 6 * time.Hour
-	}
+	set(&c.HydraWindowHours, 72)
+	set(&c.HydraStartSpreadMinutes, 360)
 	if c.EgressFactor == 0 {
 		c.EgressFactor = 10
 	}

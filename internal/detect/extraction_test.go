@@ -63,7 +63,7 @@ func setup(t *testing.T, protect bool) (url, key string, hidden int) {
 		Auth: keys, Policy: eng, Limiter: limits.NewLocal(nil), Audit: l, Redactor: red,
 	}
 	if protect {
-		r := detect.NewResponder(detect.New(detect.Config{Vocab: o.Vocab}), l, nil, time.Hour)
+		r := detect.NewResponder(detect.New(detect.Config{Vocab: o.Vocab}), detect.ResponderConfig{Audit: l, Incidents: st, Duration: time.Hour})
 		cfg.Detector, cfg.Sanctions = r, r
 	}
 	gw, err := gateway.New(cfg)

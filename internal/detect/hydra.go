@@ -150,7 +150,7 @@ func (e *Engine) Cluster(now time.Time) []Campaign {
 	var ms []member
 	for el := e.lru.Front(); el != nil; el = el.Next() {
 		st := el.Value.(*principalState)
-		if st.hy.reqs >= 3 && now.Sub(st.hy.last) <= e.cfg.HydraWindow {
+		if st.hy.reqs >= 3 && now.Sub(st.hy.last) <= time.Duration(e.cfg.HydraWindowHours)*time.Hour {
 			ms = append(ms, member{st.name, st.hy})
 		}
 	}
@@ -218,7 +218,7 @@ func (e *Engine) Cluster(now time.Time) []Campaign {
 		sort.Slice(firsts, func(a, b int) bool { return firsts[a].Before(firsts[b]) })
 		// Spread of start times across the middle 80% of members.
 		lo, hi := firsts[len(firsts)/10], firsts[len(firsts)-1-len(firsts)/10]
-		together := hi.Sub(lo) <= e.cfg.HydraStartSpread
+		together := hi.Sub(lo) <= time.Duration(e.cfg.HydraStartSpreadMinutes)*time.Minute
 		concentrated := float64(len(nets)) <= 0.3*float64(len(idx))
 		mean := float64(c.Tokens) / float64(max(c.Requests, 1))
 		c.Networks, c.Templates = len(nets), len(skels)

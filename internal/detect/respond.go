@@ -1,14 +1,23 @@
 package detect
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/store"
 )
 
 // Auditor records alerts and the actions taken.
@@ -16,47 +25,81 @@ type Auditor interface {
 	Submit(ctx context.Context, ev audit.Event) audit.Future
 }
 
+// IncidentStore keeps incident records and finds a principal's recent requests in the log.
+type IncidentStore interface {
+	CreateIncident(ctx context.Context, in store.Incident) error
+	SearchAudit(ctx context.Context, q store.AuditQuery) ([]store.AuditEvent, error)
+}
+
+// ResponderConfig wires a Responder. Zero values take defaults.
+type ResponderConfig struct {
+	Audit     Auditor       // required
+	Incidents IncidentStore // nil: no incident records
+	// Webhook receives every incident as JSON, signed with WebhookSecret in the header
+	// X-Strongroom-Signature: sha256=<hex HMAC-SHA256 of the body>.
+	Webhook       string
+	WebhookSecret []byte
+	HTTP          *http.Client
+	Duration      time.Duration // how long an action holds; default 24h
+	Log           *slog.Logger
+	Now           func() time.Time
+}
+
 // Responder connects the engine to the gateway: it observes every request, records each
-// alert in the audit log, and imposes the configured action on the principal for a while.
+// alert and each action in the audit log, opens an incident pointing at the log entries
+// that are its evidence, calls the webhook, and imposes the configured action on the
+// principal for a while.
 type Responder struct {
-	e        *Engine
-	audit    Auditor
-	log      *slog.Logger
-	duration time.Duration
-	now      func() time.Time
+	e   *Engine
+	cfg ResponderConfig
 
 	mu        sync.Mutex
 	sanctions map[string]sanction
 	index     int
+	pending   sync.WaitGroup
 }
 
 type sanction struct {
-	action string
-	until  time.Time
+	action       string
+	since, until time.Time
 }
 
-var _ gateway.Detector = (*Responder)(nil)
+var (
+	_ gateway.Detector  = (*Responder)(nil)
+	_ gateway.Sanctions = (*Responder)(nil)
+)
 
-// NewResponder imposes actions for duration (default 24h).
-func NewResponder(e *Engine, a Auditor, log *slog.Logger, duration time.Duration) *Responder {
-	if duration == 0 {
-		duration = 24 * time.Hour
+// NewResponder returns a responder for e.
+func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
+	if cfg.Duration == 0 {
+		cfg.Duration = 24 * time.Hour
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Responder{e: e, audit: a, log: log, duration: duration, now: time.Now, sanctions: map[string]sanction{}}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.HTTP == nil {
+		cfg.HTTP = &http.Client{Timeout: 10 * time.Second}
+	}
+	return &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}}
 }
 
-// Observe implements gateway.Detector.
-func (r *Responder) Observe(o gateway.Observation) {
+// FromObservation is the detectors' view of a gateway request.
+func FromObservation(o gateway.Observation) Request {
 	bias := map[string]float64(nil)
 	if len(o.LogitBias) > 0 {
 		bias = o.LogitBias
 	}
-	req := Request{TS: o.TS, Principal: o.Principal, IP: o.IP, Model: o.Model, Endpoint: o.Endpoint, Prompt: string(o.Prompt),
+	return Request{TS: o.TS, Principal: o.Principal, IP: o.IP, Model: o.Model, Endpoint: o.Endpoint, Prompt: string(o.Prompt),
 		Params:       Params{MaxTokens: o.MaxTokens, Logprobs: o.Logprobs, TopLogprobs: o.TopLogprobs, LogitBias: bias, N: o.N},
 		PromptTokens: o.PromptTokens, CompletionTokens: o.CompletionTokens}
+}
+
+// Observe implements gateway.Detector.
+func (r *Responder) Observe(o gateway.Observation) {
+	req := FromObservation(o)
 	r.mu.Lock()
 	idx := r.index
 	r.index++
@@ -66,38 +109,155 @@ func (r *Responder) Observe(o gateway.Observation) {
 	}
 }
 
-var severity = map[string]int{"alert": 1, "throttle": 2, "strip_logprobs": 3, "suspend": 4}
-
-func (r *Responder) act(a Alert) {
-	r.log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action)
-	ev := audit.Event{V: 1, TS: r.now().UTC(), Kind: "detect.alert", Decision: audit.Deny, Reason: a.Evidence,
-		Actor:   map[string]string{"principal": "strongroom/detect"},
-		Subject: map[string]string{"principal": a.Principal},
-		Fields:  map[string]string{"detector": a.Detector, "score": fmt.Sprintf("%.4f", a.Score), "action": a.Action}}
-	f := r.audit.Submit(context.Background(), ev)
-	go f()
-	if severity[a.Action] < 2 {
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	cur := r.sanctions[a.Principal]
-	if severity[a.Action] >= severity[cur.action] {
-		r.sanctions[a.Principal] = sanction{action: a.Action, until: r.now().Add(r.duration)}
+// Run clusters principals every interval (hydra campaigns) until ctx ends.
+func (r *Responder) Run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for _, a := range r.e.CampaignAlerts(-1, r.cfg.Now()) {
+				r.act(a)
+			}
+		}
 	}
 }
 
-// Sanction implements gateway.Sanctions: the action in force for a principal, or "".
-func (r *Responder) Sanction(principal string) string {
+// Wait waits for incident records and webhooks in flight (tests, shutdown).
+func (r *Responder) Wait() { r.pending.Wait() }
+
+var severity = map[string]int{"alert": 1, "throttle": 2, "step_up": 3, "strip_logprobs": 4, "suspend": 5}
+
+func (r *Responder) act(a Alert) {
+	now := r.cfg.Now().UTC()
+	r.cfg.Log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action)
+	alert := r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.alert", Decision: audit.Deny, Reason: a.Evidence,
+		Actor:   map[string]string{"principal": "strongroom/detect"},
+		Subject: map[string]string{"principal": a.Principal},
+		Fields:  map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": a.Action}})
+	var action audit.Future
+	if severity[a.Action] >= 2 {
+		r.mu.Lock()
+		cur := r.sanctions[a.Principal]
+		if severity[a.Action] >= severity[cur.action] || now.After(cur.until) {
+			r.sanctions[a.Principal] = sanction{action: a.Action, since: now, until: now.Add(r.cfg.Duration)}
+		}
+		r.mu.Unlock()
+		action = r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.action", Decision: audit.Deny,
+			Reason:  a.Action + " for " + r.cfg.Duration.String(),
+			Actor:   map[string]string{"principal": "strongroom/detect"},
+			Subject: map[string]string{"principal": a.Principal},
+			Fields:  map[string]string{"detector": a.Detector, "action": a.Action, "until": now.Add(r.cfg.Duration).Format(time.RFC3339)}})
+	}
+	r.pending.Add(1)
+	go func() {
+		defer r.pending.Done()
+		r.openIncident(a, now, alert, action)
+	}()
+}
+
+// Incident is the JSON a webhook receives.
+type Incident struct {
+	ID        string    `json:"id"`
+	Principal string    `json:"principal"`
+	Detector  string    `json:"detector"`
+	Action    string    `json:"action"`
+	Score     float64   `json:"score"`
+	Summary   string    `json:"summary"`
+	Evidence  []uint64  `json:"evidence"` // audit-log indices
+	OpenedAt  time.Time `json:"opened_at"`
+}
+
+// openIncident waits for the alert (and action) to be in the log, collects the principal's
+// requests of the last hour from the search index as further evidence, stores the
+// incident and calls the webhook.
+func (r *Responder) openIncident(a Alert, now time.Time, alert, action audit.Future) {
+	var ev []uint64
+	for _, f := range []audit.Future{alert, action} {
+		if f == nil {
+			continue
+		}
+		if idx, err := f(); err == nil {
+			ev = append(ev, idx)
+		} else {
+			r.cfg.Log.Error("detect: alert not recorded", "principal", a.Principal, "err", err)
+		}
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	in := Incident{ID: "inc-" + hex.EncodeToString(b), Principal: a.Principal, Detector: a.Detector, Action: a.Action, Score: a.Score,
+		Summary: a.Evidence, OpenedAt: now}
+	ctx := context.Background()
+	if r.cfg.Incidents != nil {
+		reqs, err := r.cfg.Incidents.SearchAudit(ctx, store.AuditQuery{Principal: a.Principal, Kind: "gateway.request", Since: now.Add(-time.Hour), Limit: 200})
+		if err != nil {
+			r.cfg.Log.Error("detect: evidence search", "err", err)
+		}
+		for _, e := range reqs {
+			ev = append(ev, e.Index)
+		}
+	}
+	in.Evidence = ev
+	if r.cfg.Incidents != nil {
+		if err := r.cfg.Incidents.CreateIncident(ctx, store.Incident{ID: in.ID, Principal: in.Principal, Detector: in.Detector, Action: in.Action,
+			Score: in.Score, Summary: in.Summary, Evidence: in.Evidence, State: "open", OpenedAt: now}); err != nil {
+			r.cfg.Log.Error("detect: incident not stored", "err", err)
+		}
+	}
+	if r.cfg.Webhook != "" {
+		if err := r.post(in); err != nil {
+			r.cfg.Log.Error("detect: webhook failed", "incident", in.ID, "err", err)
+		}
+	}
+}
+
+// Sign is the webhook signature header value for body.
+func Sign(secret, body []byte) string {
+	m := hmac.New(sha256.New, secret)
+	m.Write(body)
+	return "sha256=" + hex.EncodeToString(m.Sum(nil))
+}
+
+func (r *Responder) post(in Incident) error {
+	body, _ := json.Marshal(in)
+	var last error
+	for attempt := range 3 {
+		if attempt > 0 {
+			time.Sleep(time.Duration(attempt) * 500 * time.Millisecond)
+		}
+		req, err := http.NewRequest(http.MethodPost, r.cfg.Webhook, bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("X-Strongroom-Signature", Sign(r.cfg.WebhookSecret, body))
+		resp, err := r.cfg.HTTP.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode < 300 {
+				return nil
+			}
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		last = err
+	}
+	return last
+}
+
+// Sanction implements gateway.Sanctions: the action in force for a principal (or "") and
+// since when.
+func (r *Responder) Sanction(principal string) (string, time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	s, ok := r.sanctions[principal]
 	if !ok {
-		return ""
+		return "", time.Time{}
 	}
-	if r.now().After(s.until) {
+	if r.cfg.Now().After(s.until) {
 		delete(r.sanctions, principal)
-		return ""
+		return "", time.Time{}
 	}
-	return s.action
+	return s.action, s.since
 }

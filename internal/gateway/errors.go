@@ -19,6 +19,7 @@ type apiError struct {
 
 var (
 	errUnauthenticated = &apiError{status: http.StatusUnauthorized, typ: "invalid_request_error", code: "invalid_api_key", message: "Invalid or missing API key."}
+	errStepUp          = &apiError{status: http.StatusUnauthorized, typ: "invalid_request_error", code: "insufficient_user_authentication", message: "Re-authenticate with multi-factor authentication to continue."}
 	errForbidden       = &apiError{status: http.StatusForbidden, typ: "invalid_request_error", code: "permission_denied", message: "This request is not permitted."}
 	errModelNotFound   = &apiError{status: http.StatusNotFound, typ: "invalid_request_error", code: "model_not_found", message: "The model does not exist or you do not have access to it."}
 	errTooLarge        = &apiError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error", code: "request_too_large", message: "Request body too large."}

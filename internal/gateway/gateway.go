@@ -52,10 +52,11 @@ type (
 	Detector interface {
 		Observe(o Observation)
 	}
-	// Sanctions says which detector-imposed action is in force for a principal:
-	// "" (none), "throttle", "strip_logprobs" or "suspend".
+	// Sanctions says which detector-imposed action is in force for a principal, and since
+	// when: "" (none), "throttle", "strip_logprobs", "step_up" (fresh MFA after since) or
+	// "suspend".
 	Sanctions interface {
-		Sanction(principal string) string
+		Sanction(principal string) (action string, since time.Time)
 	}
 )
 
@@ -354,12 +355,18 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	st.p = p
-	sanction := ""
+	sanction, since := "", time.Time{}
 	if g.cfg.Sanctions != nil {
-		sanction = g.cfg.Sanctions.Sanction(p.ID)
+		sanction, since = g.cfg.Sanctions.Sanction(p.ID)
 	}
-	if sanction == "suspend" {
+	switch {
+	case sanction == "suspend":
 		st.fail(w, errForbidden, "principal suspended by the extraction detector")
+		return
+	case sanction == "step_up" && !p.MFAAt.After(since):
+		// RFC 9470: the caller must authenticate again, with MFA, after the alert.
+		w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_user_authentication", error_description="fresh multi-factor authentication required", max_age=0`)
+		st.fail(w, errStepUp, "step-up required by the extraction detector")
 		return
 	}
 	buf := g.pool.Get().(*bytes.Buffer)

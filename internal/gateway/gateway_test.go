@@ -734,3 +734,47 @@ func FuzzRequestAndResponse(f *testing.F) {
 		s.rewrite(body)
 	})
 }
+
+type fixedSanction struct {
+	action string
+	since  time.Time
+}
+
+func (s fixedSanction) Sanction(string) (string, time.Time) { return s.action, s.since }
+
+// mfaAuth wraps an authenticator: the token "mfa:<key>" is that key's principal after a
+// fresh MFA (as an OIDC token with auth_time and amr would be).
+type mfaAuth struct{ Authenticator }
+
+func (m mfaAuth) Authenticate(ctx context.Context, tok string) (*authn.Principal, error) {
+	key, fresh := strings.CutPrefix(tok, "mfa:")
+	p, err := m.Authenticator.Authenticate(ctx, key)
+	if err == nil && fresh {
+		cp := *p
+		cp.MFAAt = time.Now()
+		p = &cp
+	}
+	return p, err
+}
+
+// TestStepUp: a step_up sanction answers 401 insufficient_user_authentication (RFC 9470)
+// until the caller authenticates with MFA after the sanction began; suspend is 403.
+func TestStepUp(t *testing.T) {
+	body := `{"model":"demo","messages":[{"role":"user","content":"hi"}],"max_tokens":2}`
+	f := newFixture(t, func(c *Config) {
+		c.Auth = mfaAuth{c.Auth}
+		c.Sanctions = fixedSanction{"step_up", time.Now().Add(-time.Minute)}
+	})
+	resp, m := post(t, f.srv.URL+"/v1/chat/completions", f.alice, body)
+	if resp.StatusCode != 401 || errCode(m) != "insufficient_user_authentication" ||
+		!strings.Contains(resp.Header.Get("WWW-Authenticate"), `error="insufficient_user_authentication"`) {
+		t.Fatalf("without fresh MFA: %d %v %q", resp.StatusCode, m, resp.Header.Get("WWW-Authenticate"))
+	}
+	if resp, m := post(t, f.srv.URL+"/v1/chat/completions", "mfa:"+f.alice, body); resp.StatusCode != 200 {
+		t.Fatalf("after fresh MFA: %d %v", resp.StatusCode, m)
+	}
+	g := newFixture(t, func(c *Config) { c.Sanctions = fixedSanction{"suspend", time.Now()} })
+	if resp, m := post(t, g.srv.URL+"/v1/chat/completions", g.alice, body); resp.StatusCode != 403 {
+		t.Fatalf("suspended: %d %v", resp.StatusCode, m)
+	}
+}

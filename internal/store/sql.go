@@ -154,6 +154,20 @@ var migrations = []string{
 		PRIMARY KEY (day, runtime)
 	);
 	ALTER TABLE versions ADD COLUMN disabled_at BIGINT NOT NULL DEFAULT 0`,
+	`CREATE TABLE incidents (
+		id TEXT PRIMARY KEY,
+		principal TEXT NOT NULL,
+		detector TEXT NOT NULL,
+		action TEXT NOT NULL,
+		score DOUBLE PRECISION NOT NULL,
+		summary TEXT NOT NULL,
+		evidence TEXT NOT NULL,
+		state TEXT NOT NULL,
+		opened_at BIGINT NOT NULL,
+		closed_at BIGINT NOT NULL,
+		note TEXT NOT NULL
+	);
+	CREATE INDEX incidents_state ON incidents (state, opened_at)`,
 }
 
 func (s *sqlStore) q(query string) string {
@@ -436,6 +450,13 @@ func (s *sqlStore) SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent,
 	}
 	if q.Kind != "" {
 		where, args = append(where, "kind = ?"), append(args, q.Kind)
+	}
+	if len(q.Indexes) > 0 {
+		marks := make([]string, len(q.Indexes))
+		for i, x := range q.Indexes {
+			marks[i], args = "?", append(args, int64(x))
+		}
+		where = append(where, "idx IN ("+strings.Join(marks, ", ")+")")
 	}
 	query := `SELECT idx, ts, kind, principal, decision, raw FROM audit_events WHERE ` + strings.Join(where, " AND ") + ` ORDER BY idx`
 	if q.Limit > 0 {

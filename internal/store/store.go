@@ -68,7 +68,8 @@ type AuditQuery struct {
 	Principal string
 	Kind      string
 	Since     time.Time
-	Limit     int // 0: no limit
+	Limit     int      // 0: no limit
+	Indexes   []uint64 // non-empty: only these entries
 }
 
 // Principal is a caller of the gateway: a person or service in a tenant.
@@ -126,6 +127,7 @@ type Store interface {
 	SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
 
 	Custody
+	Incidents
 
 	Close() error
 }

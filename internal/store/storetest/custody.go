@@ -228,3 +228,40 @@ func testDisableVersion(t *testing.T, s store.Store) {
 		t.Fatalf("missing version: %v", err)
 	}
 }
+
+func testIncidents(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	in := store.Incident{ID: "inc-1", Principal: "mallory", Detector: "logit_harvest", Action: "strip_logprobs", Score: 0.25,
+		Summary: "biased logprobs", Evidence: []uint64{7, 42, 1 << 40}, State: "open", OpenedAt: ts}
+	if err := s.CreateIncident(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateIncident(ctx, in); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	got, err := s.GetIncident(ctx, "inc-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(in, got); diff != "" {
+		t.Fatalf("incident (-want +got):\n%s", diff)
+	}
+	in2 := in
+	in2.ID, in2.OpenedAt = "inc-2", ts.Add(time.Minute)
+	s.CreateIncident(ctx, in2)
+	if l, _ := s.ListIncidents(ctx, "open"); len(l) != 2 || l[0].ID != "inc-2" {
+		t.Fatalf("open incidents newest first: %+v", l)
+	}
+	if err := s.CloseIncident(ctx, "inc-1", ts.Add(time.Hour), "false positive: eval harness"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CloseIncident(ctx, "inc-1", ts.Add(time.Hour), "again"); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("closed twice: %v", err)
+	}
+	if err := s.CloseIncident(ctx, "nope", ts, ""); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("missing: %v", err)
+	}
+	if l, _ := s.ListIncidents(ctx, "closed"); len(l) != 1 || l[0].Note != "false positive: eval harness" {
+		t.Fatalf("closed: %+v", l)
+	}
+}

@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"TOTP", testTOTP},
 		{"Egress", testEgress},
 		{"DisableVersion", testDisableVersion},
+		{"Incidents", testIncidents},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -243,6 +244,10 @@ func testAuditIndex(t *testing.T, s store.Store) {
 	}
 	if got, _ := s.SearchAudit(ctx, store.AuditQuery{Limit: 1}); len(got) != 1 {
 		t.Fatalf("limit: %d events", len(got))
+	}
+	got, _ = s.SearchAudit(ctx, store.AuditQuery{Indexes: []uint64{evs[2].Index, evs[0].Index, 999}})
+	if diff := cmp.Diff([]store.AuditEvent{evs[0], evs[2]}, got); diff != "" {
+		t.Fatalf("by indexes (-want +got):\n%s", diff)
 	}
 }
 

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/app"
+	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+func incidentCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "incident", Short: "Incidents opened by detector alerts, with their evidence in the audit log"}
+	var state string
+	ls := &cobra.Command{
+		Use: "ls [--state open|closed|all]", Short: "List incidents, newest first", Args: exactArgs(0),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			if state == "all" {
+				state = ""
+			}
+			is, err := a.Store.ListIncidents(cmd.Context(), state)
+			if err != nil {
+				return err
+			}
+			return printList(g, cmd.OutOrStdout(), is, "INCIDENT\tOPENED\tPRINCIPAL\tDETECTOR\tACTION\tSTATE\tEVIDENCE", func(in store.Incident) string {
+				return strings.Join([]string{in.ID, in.OpenedAt.Format(time.RFC3339), in.Principal, in.Detector, in.Action, in.State,
+					strconv.Itoa(len(in.Evidence)) + " entries"}, "\t")
+			})
+		}),
+	}
+	ls.Flags().StringVar(&state, "state", "open", "which incidents")
+	show := &cobra.Command{
+		Use: "show ID", Short: "Show an incident and the audit-log entries that are its evidence", Args: exactArgs(1),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
+			in, err := a.Store.GetIncident(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), in)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "incident:  %s (%s)\nopened:    %s\nprincipal: %s\ndetector:  %s (score %.4f)\naction:    %s\nsummary:   %s\n",
+				in.ID, in.State, in.OpenedAt.Format(time.RFC3339), in.Principal, in.Detector, in.Score, in.Action, in.Summary)
+			if in.State == "closed" {
+				fmt.Fprintf(w, "closed:    %s: %s\n", in.ClosedAt.Format(time.RFC3339), in.Note)
+			}
+			fmt.Fprintf(w, "evidence:  %d audit-log entries (strongroom audit proof --index N proves each)\n", len(in.Evidence))
+			evs, err := a.Store.SearchAudit(cmd.Context(), store.AuditQuery{Indexes: in.Evidence})
+			if err != nil {
+				return err
+			}
+			found := map[uint64][]byte{}
+			for _, e := range evs {
+				found[e.Index] = e.Raw
+			}
+			for _, idx := range in.Evidence {
+				if raw, ok := found[idx]; ok {
+					fmt.Fprintf(w, "  %d %s\n", idx, raw)
+				} else {
+					fmt.Fprintf(w, "  %d (not in the search index yet)\n", idx)
+				}
+			}
+			return nil
+		}),
+	}
+	var note string
+	closeC := &cobra.Command{
+		Use: "close ID --note TEXT", Short: "Close an incident (recorded)", Args: exactArgs(1),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
+			if note == "" {
+				return usagef("--note is required: say why it is closed")
+			}
+			if err := a.Audit(cmd.Context(), "incident.close", audit.Allow, note, map[string]string{"incident": args[0]}, nil); err != nil {
+				return err
+			}
+			if err := a.Store.CloseIncident(cmd.Context(), args[0], time.Now(), note); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "incident %s closed\n", args[0])
+			return nil
+		}),
+	}
+	closeC.Flags().StringVar(&note, "note", "", "why it is closed (recorded)")
+	c.AddCommand(ls, show, closeC)
+	return c
+}

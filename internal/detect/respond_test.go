@@ -1,0 +1,148 @@
+package detect
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// seqAudit hands out log indices in order and keeps the events.
+type seqAudit struct {
+	mu  sync.Mutex
+	evs []audit.Event
+}
+
+func (a *seqAudit) Submit(_ context.Context, ev audit.Event) audit.Future {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.evs = append(a.evs, ev)
+	idx := uint64(100 + len(a.evs))
+	return func() (uint64, error) { return idx, nil }
+}
+
+func (a *seqAudit) kinds() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var ks []string
+	for _, e := range a.evs {
+		ks = append(ks, e.Kind+":"+e.Fields["action"])
+	}
+	return strings.Join(ks, ",")
+}
+
+// TestResponderIncidentWebhookSanction: an alert becomes an audit event, an action event, a
+// sanction, an incident whose evidence names the log entries (the alert, the action, the
+// principal's recent requests in the index), and a signed webhook call.
+func TestResponderIncidentWebhookSanction(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	st.IndexAudit(ctx, []store.AuditEvent{{Index: 7, TS: now.Add(-time.Minute), Kind: "gateway.request", Principal: "mallory", Decision: "allow", Raw: []byte("{}")},
+		{Index: 8, TS: now.Add(-2 * time.Hour), Kind: "gateway.request", Principal: "mallory", Decision: "allow", Raw: []byte("{}")},
+		{Index: 9, TS: now.Add(-time.Minute), Kind: "gateway.request", Principal: "alice", Decision: "allow", Raw: []byte("{}")}})
+	secret := []byte("webhook-secret")
+	got := make(chan Incident, 1)
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if r.Header.Get("X-Strongroom-Signature") != Sign(secret, body) {
+			http.Error(w, "bad signature", 401)
+			return
+		}
+		var in Incident
+		json.Unmarshal(body, &in)
+		got <- in
+	}))
+	defer hook.Close()
+	aud := &seqAudit{}
+	r := NewResponder(New(Config{HarvestTokens: 10}), ResponderConfig{Audit: aud, Incidents: st, Webhook: hook.URL, WebhookSecret: secret, Duration: time.Hour})
+	if a, _ := r.Sanction("mallory"); a != "" {
+		t.Fatalf("sanction before any alert: %q", a)
+	}
+	for i := range 3 {
+		bias := map[string]float64{}
+		for k := range 5 {
+			bias[string(rune('0'+i))+string(rune('0'+k))] = 100
+		}
+		r.Observe(gateway.Observation{TS: now, Principal: "mallory", Model: "m", Prompt: []byte("p"), Logprobs: true, TopLogprobs: 5, LogitBias: bias})
+	}
+	r.Wait()
+	action, since := r.Sanction("mallory")
+	if action != "strip_logprobs" || since.IsZero() {
+		t.Fatalf("sanction %q since %v", action, since)
+	}
+	if k := aud.kinds(); k != "detect.alert:strip_logprobs,detect.action:strip_logprobs" {
+		t.Fatalf("audit events %s", k)
+	}
+	select {
+	case in := <-got:
+		if in.Principal != "mallory" || in.Detector != "logit_harvest" || !strings.HasPrefix(in.ID, "inc-") {
+			t.Fatalf("webhook incident %+v", in)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no webhook call")
+	}
+	is, _ := st.ListIncidents(ctx, "open")
+	if len(is) != 1 {
+		t.Fatalf("incidents: %+v", is)
+	}
+	// The alert (101), the action (102), mallory's request of the last hour (7) — not the
+	// older one, not alice's.
+	if ev := is[0].Evidence; len(ev) != 3 || ev[0] != 101 || ev[1] != 102 || ev[2] != 7 {
+		t.Fatalf("evidence %v", ev)
+	}
+	if a, _ := r.Sanction("alice"); a != "" {
+		t.Fatalf("alice sanctioned: %q", a)
+	}
+}
+
+func TestTraceWriterRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	tw := NewTraceWriter(&buf, func(s string) string { return "hmac:" + s[:1] })
+	Tee{tw}.Observe(gateway.Observation{TS: time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC), Principal: "p", IP: "10.0.0.1", Model: "m",
+		Endpoint: "chat", Prompt: []byte("secret prompt"), Logprobs: true, TopLogprobs: 3, CompletionTokens: 9})
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(buf.String(), "secret") {
+		t.Fatalf("prompt recorded in the clear: %s", buf.String())
+	}
+	var n int
+	err := ReadTrace(&buf, func(i int, r *Request) error {
+		n++
+		if r.Principal != "p" || r.Prompt != "hmac:s" || r.Params.TopLogprobs != 3 || r.CompletionTokens != 9 || r.IP != "10.0.0.1" {
+			t.Fatalf("replayed %+v", r)
+		}
+		return nil
+	})
+	if err != nil || n != 1 {
+		t.Fatalf("read %d: %v", n, err)
+	}
+}
+
+func TestCalibrate(t *testing.T) {
+	reqs, _ := Simulate("benign-chat", 3, 1)
+	c := Calibrate(reqs, 64)
+	if c.N < 1000 || c.P001 > c.P01 || c.P01 > c.P50 {
+		t.Fatalf("calibration %+v", c)
+	}
+	// The default probing threshold sits below what benign chat reaches.
+	if c.Suggested < New(Config{}).cfg.ProbeBits {
+		t.Fatalf("benign nearest-neighbour distances reach %d bits at p0.1, under the default threshold %d", c.P001, New(Config{}).cfg.ProbeBits)
+	}
+}
