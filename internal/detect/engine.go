@@ -45,6 +45,12 @@ type Config struct {
 	HydraWindowHours        int `json:"hydra_window_hours,omitempty"`
 	HydraStartSpreadMinutes int `json:"hydra_start_spread_minutes,omitempty"`
 	ClusterEvery            int `json:"cluster_every,omitempty"`
+	// PradaW: the "prada" detector alerts when the Shapiro–Wilk W of a principal's last 64
+	// nearest-neighbour prompt distances falls below it (0: off). Off by default: on the
+	// simulated suite it does not separate probers (W ≈ 0.89–0.90, a narrow but normal-looking
+	// distribution) from agents with growing conversations (W down to 0.71). W is always
+	// computed and reported in probing alerts as a second opinion.
+	PradaW float64 `json:"prada_w,omitempty"`
 	// MaxPrincipals bounds memory: the least recently seen principal is forgotten.
 	MaxPrincipals int `json:"max_principals,omitempty"`
 	// Actions per detector: "alert", "throttle", "step_up", "strip_logprobs", "suspend".
@@ -80,7 +86,7 @@ func (c *Config) defaults() {
 		c.Actions = map[string]string{}
 	}
 	for d, a := range map[string]string{"logit_harvest": "strip_logprobs", "probing": "throttle", "egress": "alert",
-		"distillation": "throttle", "hydra": "suspend"} {
+		"distillation": "throttle", "hydra": "suspend", "prada": "alert"} {
 		if _, ok := c.Actions[d]; !ok {
 			c.Actions[d] = a
 		}
@@ -114,8 +120,9 @@ type principalState struct {
 	baseline  float64
 	hoursSeen int
 	// distillation: the current UTC day; hydra: the sketch clustering reads.
-	day dayStats
-	hy  hydraSketch
+	day   dayStats
+	hy    hydraSketch
+	prada pradaState
 	// alerts already raised, so each detector alerts once per principal.
 	alerted map[string]bool
 }
@@ -237,12 +244,23 @@ func (e *Engine) observe(index int, r *Request) []Alert {
 	// retry of the identical prompt is not probing.
 	if r.Prompt != "" {
 		near := false
+		best := -1 // nearest earlier, non-identical prompt in the window (for PRADA)
 		pl := int32(min(len(r.Prompt), math.MaxInt32))
 		for i, s := range st.sketch {
-			d := pl - st.plen[i]
-			if st.plen[i] != 0 && st.exact[i] != ex && d <= 16 && d >= -16 && hamming(s, sk) <= e.cfg.ProbeBits {
+			if st.plen[i] == 0 || st.exact[i] == ex {
+				continue
+			}
+			h := hamming(s, sk)
+			if best < 0 || h < best {
+				best = h
+			}
+			if d := pl - st.plen[i]; d <= 16 && d >= -16 && h <= e.cfg.ProbeBits {
 				near = true
-				break
+			}
+		}
+		if best >= 0 {
+			if w, ok := st.prada.add(best); ok && w < e.cfg.PradaW {
+				raise("prada", 1-w, fmt.Sprintf("nearest-neighbour distances of the last %d prompts are far from normal (Shapiro-Wilk W %.3f)", pradaN, w))
 			}
 		}
 		if st.near[st.pos] {
@@ -254,7 +272,11 @@ func (e *Engine) observe(index int, r *Request) []Alert {
 		}
 		st.pos = (st.pos + 1) % len(st.sketch)
 		if st.nearN >= e.cfg.ProbeHits {
-			raise("probing", float64(st.nearN)/float64(len(st.sketch)), fmt.Sprintf("%d of the last %d prompts are small edits of another", st.nearN, len(st.sketch)))
+			second := "PRADA: too few prompts for a second opinion"
+			if st.prada.n >= pradaN {
+				second = fmt.Sprintf("PRADA second opinion: Shapiro-Wilk W %.3f of nearest-neighbour distances", st.prada.w)
+			}
+			raise("probing", float64(st.nearN)/float64(len(st.sketch)), fmt.Sprintf("%d of the last %d prompts are small edits of another; %s", st.nearN, len(st.sketch), second))
 		}
 	}
 
