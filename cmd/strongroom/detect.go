@@ -120,20 +120,25 @@ func detectCmd(g *globals) *cobra.Command {
 }
 
 // detectConfig is the "detect" section of --config FILE (or of the data directory's
-// config when it exists), else the defaults.
+// config when it exists), else the defaults; replays cluster every 500 requests unless
+// the config says otherwise (the gateway clusters on a timer instead).
 func (g *globals) detectConfig() (detect.Config, error) {
+	var dc detect.Config
 	path := g.config
 	if path == "" {
 		path = filepath.Join(g.dataDir(), config.FileName)
-		if _, err := os.Stat(path); err != nil {
-			return detect.Config{}, nil
+	}
+	if _, err := os.Stat(path); err == nil || g.config != "" {
+		c, err := config.ReadRaw(path)
+		if err != nil {
+			return dc, usageError{err}
 		}
+		dc = c.Detect
 	}
-	c, err := config.ReadRaw(path)
-	if err != nil {
-		return detect.Config{}, usageError{err}
+	if dc.ClusterEvery == 0 {
+		dc.ClusterEvery = 500
 	}
-	return c.Detect, nil
+	return dc, nil
 }
 
 func readTraceFile(path string, fn func(int, *detect.Request) error) error {
