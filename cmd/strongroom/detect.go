@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/config"
@@ -70,7 +71,7 @@ func detectCmd(g *globals) *cobra.Command {
 			return f.Close()
 		},
 	}
-	simulate.Flags().StringVar(&scenario, "scenario", "all", "scenario: benign-chat, benign-batch, benign-agent, benign-logitbias, logit-harvest, probing, egress, all")
+	simulate.Flags().StringVar(&scenario, "scenario", "all", "scenario: "+strings.Join(detect.Scenarios, ", "))
 	simulate.Flags().StringVar(&out, "out", "trace.jsonl", "output file")
 	simulate.Flags().Uint64Var(&seed, "seed", 1, "random seed")
 	simulate.Flags().Float64Var(&intensity, "intensity", 1, "attack intensity (0.2: low and slow)")

@@ -1,6 +1,8 @@
 // Package detect watches the request stream for model extraction and abuse — logit
-// harvesting, perturbation probing, egress anomalies — scores each principal with bounded
-// state and O(1) amortized work per request, and turns alerts into responses.
+// harvesting, perturbation probing, egress anomalies, distillation, and distributed
+// ("hydra") campaigns over many keys — scores each principal with bounded state and O(1)
+// amortized work per request (campaign clustering runs off the hot path), and turns
+// alerts into responses: audit events, incidents, webhooks and sanctions.
 //
 // # Request Trace Format
 //
