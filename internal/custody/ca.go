@@ -1,6 +1,7 @@
 package custody
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -29,42 +30,51 @@ type CA struct {
 	key  *ecdsa.PrivateKey
 }
 
-// LoadOrCreateCA reads dir/ca.crt and dir/ca.key, creating them on first use.
+// LoadOrCreateCA reads the CA from dir/ca.key (0600: its key and certificate), creating
+// it on first use, and keeps dir/ca.crt (the certificate alone, for operators) in step.
+// Creation is safe against concurrent processes: the first file linked into place wins.
 func LoadOrCreateCA(dir string) (*CA, error) {
-	crtPath, keyPath := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
+	keyPath, crtPath := filepath.Join(dir, "ca.key"), filepath.Join(dir, "ca.crt")
 	if _, err := os.Stat(keyPath); errors.Is(err, os.ErrNotExist) {
-		if err := createCA(dir, crtPath, keyPath); err != nil {
+		if err := createCA(dir, keyPath); err != nil {
 			return nil, err
 		}
 	}
-	kb, err := fsutil.ReadPrivate(keyPath)
+	b, err := fsutil.ReadPrivate(keyPath)
 	if err != nil {
 		return nil, fmt.Errorf("custody: CA key: %w", err)
 	}
-	defer clear(kb)
-	blk, _ := pem.Decode(kb)
-	if blk == nil {
-		return nil, fmt.Errorf("custody: %s: not PEM", keyPath)
+	defer clear(b)
+	ca := &CA{}
+	for rest := b; ; {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		switch blk.Type {
+		case "EC PRIVATE KEY":
+			if ca.key, err = x509.ParseECPrivateKey(blk.Bytes); err != nil {
+				return nil, fmt.Errorf("custody: CA key: %w", err)
+			}
+		case "CERTIFICATE":
+			if ca.Cert, err = x509.ParseCertificate(blk.Bytes); err != nil {
+				return nil, fmt.Errorf("custody: CA certificate: %w", err)
+			}
+		}
 	}
-	key, err := x509.ParseECPrivateKey(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("custody: CA key: %w", err)
+	if ca.key == nil || ca.Cert == nil || !ca.key.PublicKey.Equal(ca.Cert.PublicKey) {
+		return nil, fmt.Errorf("custody: %s must hold the CA key and its certificate", keyPath)
 	}
-	cb, err := os.ReadFile(crtPath)
-	if err != nil {
-		return nil, err
+	if cur, err := os.ReadFile(crtPath); err != nil || !bytes.Equal(cur, CertPEM(ca.Cert.Raw)) {
+		if err := fsutil.WriteFileAtomic(crtPath, CertPEM(ca.Cert.Raw), 0o644); err != nil {
+			return nil, err
+		}
 	}
-	cert, err := ParseCertPEM(cb)
-	if err != nil {
-		return nil, fmt.Errorf("custody: CA certificate: %w", err)
-	}
-	if !key.PublicKey.Equal(cert.PublicKey) {
-		return nil, fmt.Errorf("custody: %s does not match %s", keyPath, crtPath)
-	}
-	return &CA{Cert: cert, key: key}, nil
+	return ca, nil
 }
 
-func createCA(dir, crtPath, keyPath string) error {
+func createCA(dir, keyPath string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -87,13 +97,30 @@ func createCA(dir, crtPath, keyPath string) error {
 	if err != nil {
 		return err
 	}
-	kpem := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
-	defer clear(kpem)
+	body := append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), CertPEM(der)...)
+	defer clear(body)
 	clear(kder)
-	if err := fsutil.WriteFileAtomic(keyPath, kpem, 0o600); err != nil {
+	tmp, err := os.CreateTemp(dir, ".ca-*.tmp")
+	if err != nil {
 		return err
 	}
-	return fsutil.WriteFileAtomic(crtPath, CertPEM(der), 0o644)
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(body); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	// link fails if another process got there first; then its CA is the CA.
+	if err := os.Link(tmp.Name(), keyPath); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return fsutil.SyncDir(dir)
 }
 
 func serial() *big.Int {

@@ -485,3 +485,36 @@ func FuzzJoinBody(f *testing.F) {
 		}
 	})
 }
+
+// Concurrent first starts agree on one CA.
+func TestCAConcurrentCreate(t *testing.T) {
+	dir := t.TempDir()
+	pins := make(chan string, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			ca, err := LoadOrCreateCA(dir)
+			if err != nil {
+				t.Error(err)
+				pins <- ""
+				return
+			}
+			pins <- ca.Pin()
+		})
+	}
+	wg.Wait()
+	close(pins)
+	first := ""
+	for p := range pins {
+		if first == "" {
+			first = p
+		}
+		if p != first || p == "" {
+			t.Fatalf("processes loaded different CAs: %q vs %q", p, first)
+		}
+	}
+	again, err := LoadOrCreateCA(dir)
+	if err != nil || again.Pin() != first {
+		t.Fatalf("reload: %v", err)
+	}
+}
