@@ -3,6 +3,8 @@ package detect
 import (
 	"bytes"
 	"encoding/json"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -90,5 +92,27 @@ func BenchmarkObserve(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		e.Observe(i, &reqs[i%len(reqs)])
+	}
+}
+
+// BenchmarkMemoryPerPrincipal: heap per tracked principal after each of 20,000 principals
+// sent 20 requests of the mixed suite (logit-bias senders carry their token sets on top).
+func BenchmarkMemoryPerPrincipal(b *testing.B) {
+	reqs, _ := Simulate("all", 1, 1)
+	const principals = 20_000
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		e := New(Config{MaxPrincipals: principals})
+		for i := range principals * 20 {
+			r := reqs[i%len(reqs)]
+			r.Principal = "p" + strconv.Itoa(i%principals)
+			e.Observe(i, &r)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(e.Principals()), "bytes/principal")
+		runtime.KeepAlive(e)
 	}
 }
