@@ -92,15 +92,41 @@ func writeJSON(path string, v any) error {
 	return os.WriteFile(path, append(b, '\n'), 0o644)
 }
 
-// writeSafetensors writes the safetensors layout: u64 little-endian header length, a JSON
-// header of dtype, shape and data offsets per tensor, then the raw tensor bytes.
+// writeSafetensors writes the reference bigram model's tensors (F32).
 func writeSafetensors(path string, ts []tensor, seed uint64) error {
+	seedBytes := [32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16), byte(seed >> 24)}
+	rng := rand.New(rand.NewChaCha8(seedBytes))
+	raw := rand.NewChaCha8(seedBytes)
+	block := make([]byte, 1<<20)
+	var buf [4]byte
+	return writeSafetensorsWith(path, ts, "F32", 4, func(t tensor, w *bufio.Writer) {
+		if t.name == "padding.weight" {
+			// Bulk filler for big benchmark files: random bytes, fast to generate.
+			for left := t.elems() * 4; left > 0; left -= int64(len(block)) {
+				n := min(left, int64(len(block)))
+				raw.Read(block[:n])
+				w.Write(block[:n])
+			}
+			return
+		}
+		scale := 1 / math.Sqrt(float64(t.shape[len(t.shape)-1]))
+		for range t.elems() {
+			binary.LittleEndian.PutUint32(buf[:], math.Float32bits(float32(rng.NormFloat64()*scale)))
+			w.Write(buf[:])
+		}
+	})
+}
+
+// writeSafetensorsWith writes the safetensors layout — u64 little-endian header length, a
+// JSON header of dtype, shape and data offsets per tensor (sorted by name), then the raw
+// tensor bytes, which fill writes for each tensor in that order.
+func writeSafetensorsWith(path string, ts []tensor, dtype string, width int64, fill func(t tensor, w *bufio.Writer)) error {
 	slices.SortFunc(ts, func(a, b tensor) int { return strings.Compare(a.name, b.name) })
 	hdr := map[string]any{"__metadata__": map[string]string{"format": "pt", "generator": "strongroom refmodel"}}
 	var off int64
 	for _, t := range ts {
-		n := t.elems() * 4
-		hdr[t.name] = map[string]any{"dtype": "F32", "shape": t.shape, "data_offsets": []int64{off, off + n}}
+		n := t.elems() * width
+		hdr[t.name] = map[string]any{"dtype": dtype, "shape": t.shape, "data_offsets": []int64{off, off + n}}
 		off += n
 	}
 	hb, err := json.Marshal(hdr)
@@ -117,26 +143,8 @@ func writeSafetensors(path string, ts []tensor, seed uint64) error {
 	w := bufio.NewWriterSize(f, 1<<20)
 	binary.Write(w, binary.LittleEndian, uint64(len(hb)))
 	w.Write(hb)
-	seedBytes := [32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16), byte(seed >> 24)}
-	rng := rand.New(rand.NewChaCha8(seedBytes))
-	raw := rand.NewChaCha8(seedBytes)
-	var buf [4]byte
-	block := make([]byte, 1<<20)
 	for _, t := range ts {
-		if t.name == "padding.weight" {
-			// Bulk filler for big benchmark files: random bytes, fast to generate.
-			for left := t.elems() * 4; left > 0; left -= int64(len(block)) {
-				n := min(left, int64(len(block)))
-				raw.Read(block[:n])
-				w.Write(block[:n])
-			}
-			continue
-		}
-		scale := 1 / math.Sqrt(float64(t.shape[len(t.shape)-1]))
-		for range t.elems() {
-			binary.LittleEndian.PutUint32(buf[:], math.Float32bits(float32(rng.NormFloat64()*scale)))
-			w.Write(buf[:])
-		}
+		fill(t, w)
 	}
 	if err := w.Flush(); err != nil {
 		f.Close()
