@@ -219,25 +219,76 @@ func modelUnsealCmd(g *globals) *cobra.Command {
 
 func modelSynthCmd(g *globals) *cobra.Command {
 	o := refmodel.DefaultSynth()
+	l := refmodel.SmallLlama()
 	var minBytes int64
+	var arch, out string
+	var layers, vocab int
+	var seed uint64
 	c := &cobra.Command{
-		Use:   "synth DIR",
-		Short: "Write a synthetic model directory (config, tokenizer, safetensors) for tests and demos",
-		Args:  exactArgs(1),
+		Use:   "synth (DIR | --out DIR) [--arch bigram|llama] [--layers L --dim D --heads H --kv-heads K --vocab V --seed S]",
+		Short: "Write a synthetic model directory (config, tokenizer, safetensors) for tests, benchmarks and demos",
+		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			o.MinBytes = minBytes
-			if err := refmodel.Synthesize(args[0], o); err != nil {
-				return err
+			if len(args) == 1 {
+				out = args[0]
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", args[0])
+			if out == "" {
+				return usagef("give the output directory (DIR or --out DIR)")
+			}
+			set := func(name string) bool { return cmd.Flags().Changed(name) }
+			switch arch {
+			case "bigram":
+				o.MinBytes = minBytes
+				if set("layers") {
+					o.Layers = layers
+				}
+				if set("vocab") {
+					o.Vocab = vocab
+				}
+				if set("seed") {
+					o.Seed = seed
+				}
+				if err := refmodel.Synthesize(out, o); err != nil {
+					return err
+				}
+			case "llama":
+				if set("layers") {
+					l.Layers = layers
+				}
+				if set("vocab") {
+					l.Vocab = vocab
+				}
+				if set("seed") {
+					l.Seed = seed
+				}
+				if err := refmodel.SynthesizeLlama(out, l); err != nil {
+					return usageError{err}
+				}
+				cfg := refmodel.LlamaConfig{HiddenSize: l.Dim, IntermediateSize: l.Intermediate, NumLayers: l.Layers, NumHeads: l.Heads,
+					NumKVHeads: l.KVHeads, VocabSize: l.Vocab, TieWordEmbeddings: l.Tied}
+				fmt.Fprintf(cmd.OutOrStdout(), "llama: %d layers, dim %d, %d heads (%d kv), vocab %d: %.1fM parameters\n",
+					l.Layers, l.Dim, l.Heads, l.KVHeads, l.Vocab, float64(cfg.Params())/1e6)
+			default:
+				return usagef("--arch %q: want bigram or llama", arch)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", out)
 			return nil
 		},
 	}
-	c.Flags().Int64Var(&minBytes, "min-bytes", 0, "pad model.safetensors to at least this many bytes")
-	c.Flags().IntVar(&o.Layers, "layers", o.Layers, "layers")
-	c.Flags().IntVar(&o.Hidden, "hidden", o.Hidden, "hidden size")
-	c.Flags().IntVar(&o.Vocab, "vocab", o.Vocab, "vocabulary size")
-	c.Flags().Uint64Var(&o.Seed, "seed", o.Seed, "random seed")
+	f := c.Flags()
+	f.StringVar(&out, "out", "", "output directory")
+	f.StringVar(&arch, "arch", "bigram", "bigram (the byte-level reference model) or llama (a Llama-family transformer with a BPE tokenizer)")
+	f.Int64Var(&minBytes, "min-bytes", 0, "bigram: pad model.safetensors to at least this many bytes")
+	f.IntVar(&layers, "layers", 0, "layers (bigram default 2, llama 6)")
+	f.IntVar(&o.Hidden, "hidden", o.Hidden, "bigram: hidden size")
+	f.IntVar(&vocab, "vocab", 0, "vocabulary size (bigram default 256, llama 8192)")
+	f.Uint64Var(&seed, "seed", 1, "random seed")
+	f.IntVar(&l.Dim, "dim", l.Dim, "llama: model dimension")
+	f.IntVar(&l.Heads, "heads", l.Heads, "llama: attention heads")
+	f.IntVar(&l.KVHeads, "kv-heads", l.KVHeads, "llama: key/value heads (grouped-query attention)")
+	f.IntVar(&l.Intermediate, "intermediate", l.Intermediate, "llama: MLP width")
+	f.StringVar(&l.DType, "dtype", "F32", "llama: weight type F32, BF16 or F16")
+	f.BoolVar(&l.Tied, "tied", false, "llama: tie the output head to the embedding")
 	return c
 }
 

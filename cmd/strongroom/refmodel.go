@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -24,6 +25,12 @@ func refmodelCmd(g *globals) *cobra.Command {
 			switch {
 			case fixed > 0:
 				srv.Fixed = strings.Repeat("x", fixed)
+			case dir != "" && isLlama(dir):
+				lm, err := refmodel.LoadLlamaLM(dir)
+				if err != nil {
+					return err
+				}
+				srv.LM = lm
 			case dir != "":
 				f, err := os.Open(filepath.Join(dir, "model.safetensors"))
 				if err != nil {
@@ -55,4 +62,16 @@ func refmodelCmd(g *globals) *cobra.Command {
 	f.StringVar(&listen, "listen", "127.0.0.1:8090", "address")
 	c.AddCommand(serve)
 	return c
+}
+
+// isLlama says whether a model directory's config.json names the Llama family.
+func isLlama(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		return false
+	}
+	var c struct {
+		ModelType string `json:"model_type"`
+	}
+	return json.Unmarshal(b, &c) == nil && (c.ModelType == "llama" || c.ModelType == "mistral")
 }

@@ -12,7 +12,8 @@ import (
 // Server is an OpenAI-compatible HTTP server for one model: the dev upstream.
 type Server struct {
 	Name  string
-	Model *Model // nil: Fixed answers only
+	LM    LM     // the model served; when nil, Model (the bigram model) is
+	Model *Model // nil with LM nil: Fixed answers only
 	// Fixed, when set, is the completion text of every answer (load tests: no model work).
 	Fixed string
 	// Watermark, if set, returns the watermark hook for a tenant (nil: none). The tenant
@@ -24,13 +25,15 @@ type Server struct {
 type genReq struct {
 	Model    string `json:"model"`
 	Messages []struct {
-		Content any `json:"content"`
+		Role    string `json:"role"`
+		Content any    `json:"content"`
 	} `json:"messages"`
 	Prompt      any                `json:"prompt"`
 	Input       any                `json:"input"`
 	MaxTokens   *int               `json:"max_tokens"`
 	MaxCompl    *int               `json:"max_completion_tokens"`
 	Temperature *float64           `json:"temperature"`
+	TopP        *float64           `json:"top_p"`
 	Seed        *uint64            `json:"seed"`
 	Stream      bool               `json:"stream"`
 	Logprobs    any                `json:"logprobs"`
@@ -93,10 +96,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var prompt string
+	var msgs []ChatMessage
 	switch path {
 	case "/chat/completions":
 		for _, m := range req.Messages {
-			prompt += textOf(m.Content)
+			msgs = append(msgs, ChatMessage{Role: m.Role, Content: textOf(m.Content)})
 		}
 	case "/completions":
 		prompt = textOf(req.Prompt)
@@ -111,7 +115,17 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if t := r.Header.Get("X-Strongroom-Tenant"); t != "" && s.Watermark != nil {
 		hook = s.Watermark(t)
 	}
-	s.complete(w, &req, path == "/chat/completions", prompt, hook)
+	s.complete(w, &req, path == "/chat/completions", msgs, prompt, hook)
+}
+
+func (s *Server) lm() LM {
+	if s.LM != nil {
+		return s.LM
+	}
+	if s.Model != nil {
+		return bigramLM{s.Model}
+	}
+	return nil
 }
 
 func (s *Server) embeddings(w http.ResponseWriter, input string) {
@@ -139,7 +153,7 @@ type tokenLogprob struct {
 	TopLogprobs []tokenLogprob `json:"top_logprobs,omitempty"`
 }
 
-func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, prompt string, hook func(int, []float64)) {
+func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []ChatMessage, prompt string, hook func(int, []float64)) {
 	n := 16
 	if req.MaxCompl != nil {
 		n = *req.MaxCompl
@@ -149,32 +163,46 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, prompt 
 	n = max(0, min(n, 4096))
 	var text []string
 	var steps []Step
-	if s.Fixed != "" || s.Model == nil {
+	lm := s.lm()
+	promptTokens := (len(prompt) + 3) / 4
+	if s.Fixed != "" || lm == nil {
 		text = []string{s.Fixed}
 	} else {
-		temp, seed := 0.0, uint64(0)
+		o := GenOptions{N: n, Top: min(req.TopLogprobs, 20), Hook: hook, TopP: 1}
 		if req.Temperature != nil {
-			temp = *req.Temperature
+			o.Temperature = *req.Temperature
+		}
+		if req.TopP != nil {
+			o.TopP = *req.TopP
 		}
 		if req.Seed != nil {
-			seed = *req.Seed
+			o.Seed = *req.Seed
 		}
-		var bias map[int]float64
 		for k, v := range req.LogitBias {
-			if id, err := strconv.Atoi(k); err == nil && id >= 0 && id < s.Model.vocab {
-				if bias == nil {
-					bias = map[int]float64{}
+			if id, err := strconv.Atoi(k); err == nil && id >= 0 && id < lm.Vocab() {
+				if o.Bias == nil {
+					o.Bias = map[int]float64{}
 				}
-				bias[id] = max(-100, min(100, v))
+				o.Bias[id] = max(-100, min(100, v))
 			}
 		}
-		steps = s.Model.Generate([]byte(prompt), n, temp, seed, min(req.TopLogprobs, 20), bias, hook)
+		toks := lm.PromptTokens(msgs, prompt, chat)
+		promptTokens = len(toks)
+		var err error
+		if steps, err = lm.Generate(toks, o); err != nil {
+			oaiError(w, http.StatusBadRequest, err.Error())
+			return
+		}
 		for _, st := range steps {
-			text = append(text, TokenText(st.Token))
+			text = append(text, lm.TokenText(st.Token))
 		}
 	}
+	finish := "length"
+	if len(steps) < n && s.Fixed == "" {
+		finish = "stop"
+	}
 	wantLogprobs := req.Logprobs == true || (req.Logprobs != nil && req.Logprobs != false)
-	usage := map[string]int{"prompt_tokens": len(prompt), "completion_tokens": len(text), "total_tokens": len(prompt) + len(text)}
+	usage := map[string]int{"prompt_tokens": promptTokens, "completion_tokens": len(text), "total_tokens": promptTokens + len(text)}
 	if s.Fixed != "" {
 		usage["completion_tokens"] = (len(s.Fixed) + 3) / 4
 		usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
@@ -189,15 +217,15 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, prompt 
 		if !wantLogprobs || i >= len(steps) {
 			return nil
 		}
-		t := tokenLogprob{Token: text[i], Logprob: steps[i].Logprob, Bytes: []int{steps[i].Token}}
+		t := tokenLogprob{Token: text[i], Logprob: steps[i].Logprob, Bytes: lm.TokenBytes(steps[i].Token)}
 		for _, a := range steps[i].Top {
-			t.TopLogprobs = append(t.TopLogprobs, tokenLogprob{Token: TokenText(a.Token), Logprob: a.Logprob, Bytes: []int{a.Token}})
+			t.TopLogprobs = append(t.TopLogprobs, tokenLogprob{Token: lm.TokenText(a.Token), Logprob: a.Logprob, Bytes: lm.TokenBytes(a.Token)})
 		}
 		return &choiceLogprobs{Content: []tokenLogprob{t}}
 	}
 	if !req.Stream {
 		full := strings.Join(text, "")
-		choice := map[string]any{"index": 0, "finish_reason": "length"}
+		choice := map[string]any{"index": 0, "finish_reason": finish}
 		if chat {
 			choice["message"] = map[string]any{"role": "assistant", "content": full}
 			if wantLogprobs {
@@ -245,7 +273,7 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, prompt 
 		}
 		send(map[string]any{"id": id, "object": chunkObj, "created": created, "model": s.Name, "choices": []any{choice}})
 	}
-	final := map[string]any{"index": 0, "finish_reason": "length"}
+	final := map[string]any{"index": 0, "finish_reason": finish}
 	if chat {
 		final["delta"] = map[string]any{}
 	} else {

@@ -1,0 +1,137 @@
+package refmodel
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func llamaServer(t *testing.T) *httptest.Server {
+	t.Helper()
+	lm, err := LoadLlamaLM(filepath.Join("testdata", "tiny-f32"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(&Server{Name: "tiny", LM: lm})
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+type chatResp struct {
+	Choices []struct {
+		Message      struct{ Content string }
+		FinishReason string `json:"finish_reason"`
+		Logprobs     struct {
+			Content []struct {
+				Token       string
+				Logprob     float64
+				TopLogprobs []struct {
+					Token   string
+					Logprob float64
+					Bytes   []int
+				} `json:"top_logprobs"`
+			}
+		}
+	}
+	Usage struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+	}
+}
+
+func chat(t *testing.T, url string, body map[string]any) chatResp {
+	t.Helper()
+	body["model"] = "tiny"
+	if _, ok := body["messages"]; !ok {
+		body["messages"] = []map[string]string{{"role": "system", "content": "be brief"}, {"role": "user", "content": "the model weights"}}
+	}
+	b, _ := json.Marshal(body)
+	resp, err := http.Post(url+"/v1/chat/completions", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	var r chatResp
+	json.NewDecoder(resp.Body).Decode(&r)
+	return r
+}
+
+// TestLlamaServer: real log-softmax logprobs, logit_bias, seeded sampling, top_p, and the
+// same text streamed as not.
+func TestLlamaServer(t *testing.T) {
+	srv := llamaServer(t)
+	r := chat(t, srv.URL, map[string]any{"max_tokens": 6, "temperature": 0, "logprobs": true, "top_logprobs": 5})
+	c := r.Choices[0]
+	if len(c.Logprobs.Content) == 0 || r.Usage.CompletionTokens != len(c.Logprobs.Content) || r.Usage.PromptTokens < 10 {
+		t.Fatalf("response %+v", r)
+	}
+	for _, step := range c.Logprobs.Content {
+		tops := step.TopLogprobs
+		if len(tops) != 5 || tops[0].Logprob < tops[4].Logprob || tops[0].Logprob > 0 {
+			t.Fatalf("top logprobs %+v", tops)
+		}
+		if step.Token != tops[0].Token { // greedy picks the most likely token
+			t.Fatalf("greedy token %q is not the top one %q", step.Token, tops[0].Token)
+		}
+		mass := 0.0
+		for _, a := range tops {
+			mass += math.Exp(a.Logprob)
+		}
+		if mass > 1+1e-9 {
+			t.Fatalf("top-5 probability mass %g > 1", mass)
+		}
+	}
+	// logit_bias +100 on one token makes it the answer.
+	biased := chat(t, srv.URL, map[string]any{"max_tokens": 3, "temperature": 0, "logit_bias": map[string]float64{"104": 100}})
+	if biased.Choices[0].Message.Content != "hhh" {
+		t.Fatalf("biased answer %q", biased.Choices[0].Message.Content)
+	}
+	// Seeded sampling is reproducible; another seed differs.
+	a := chat(t, srv.URL, map[string]any{"max_tokens": 12, "temperature": 1, "seed": 3})
+	b := chat(t, srv.URL, map[string]any{"max_tokens": 12, "temperature": 1, "seed": 3})
+	d := chat(t, srv.URL, map[string]any{"max_tokens": 12, "temperature": 1, "seed": 4})
+	if a.Choices[0].Message.Content != b.Choices[0].Message.Content || a.Choices[0].Message.Content == d.Choices[0].Message.Content {
+		t.Fatalf("seeded sampling: %q %q %q", a.Choices[0].Message.Content, b.Choices[0].Message.Content, d.Choices[0].Message.Content)
+	}
+	// top_p tiny: only the most likely token survives, so sampling equals greedy.
+	g := chat(t, srv.URL, map[string]any{"max_tokens": 6, "temperature": 0})
+	p := chat(t, srv.URL, map[string]any{"max_tokens": 6, "temperature": 1, "top_p": 1e-9, "seed": 9})
+	if g.Choices[0].Message.Content != p.Choices[0].Message.Content {
+		t.Fatalf("top_p→0 %q differs from greedy %q", p.Choices[0].Message.Content, g.Choices[0].Message.Content)
+	}
+	// Streaming sends the same text as one answer.
+	body, _ := json.Marshal(map[string]any{"model": "tiny", "max_tokens": 6, "temperature": 0, "stream": true,
+		"messages": []map[string]string{{"role": "system", "content": "be brief"}, {"role": "user", "content": "the model weights"}}})
+	resp, err := http.Post(srv.URL+"/v1/chat/completions", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var streamed strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok || line == "[DONE]" {
+			continue
+		}
+		var ch struct {
+			Choices []struct{ Delta struct{ Content string } }
+		}
+		json.Unmarshal([]byte(line), &ch)
+		if len(ch.Choices) > 0 {
+			streamed.WriteString(ch.Choices[0].Delta.Content)
+		}
+	}
+	if streamed.String() != g.Choices[0].Message.Content {
+		t.Fatalf("streamed %q, answered %q", streamed.String(), g.Choices[0].Message.Content)
+	}
+}
