@@ -61,8 +61,8 @@ func (b bigramLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
 	return b.m.Generate(p, o.N, o.Temperature, o.Seed, o.Top, o.Bias, o.Hook), nil
 }
 
-func (b bigramLM) TokenText(tok int) string  { return TokenText(tok) }
-func (b bigramLM) TokenBytes(tok int) []int  { return []int{tok} }
+func (b bigramLM) TokenText(tok int) string { return TokenText(tok) }
+func (b bigramLM) TokenBytes(tok int) []int { return []int{tok} }
 
 // LlamaLM serves a Llama-family model with its tokenizer and the Llama 3 chat template.
 type LlamaLM struct {
