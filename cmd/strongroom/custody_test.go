@@ -136,3 +136,19 @@ func init() {
 		fmt.Fprintf(ts.Stdout(), "answered with logprobs: %d of %d\n", withLogprobs, n)
 	}
 }
+
+func init() {
+	// wmdetect URL KEYFILE TEXTFILE: POST the text to the control API's watermark endpoint
+	// with --all-tenants; prints the status and the body.
+	scriptCmds["wmdetect"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		key := strings.TrimSpace(ts.ReadFile(args[1]))
+		body, _ := json.Marshal(map[string]any{"text": ts.ReadFile(args[2]), "all_tenants": true})
+		req, _ := http.NewRequest(http.MethodPost, args[0]+"/v1/watermark/detect", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		ts.Check(err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		fmt.Fprintf(ts.Stdout(), "status %d\n%s\n", resp.StatusCode, b)
+	}
+}

@@ -31,6 +31,7 @@ func adminMux(a *app.App) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/log/", http.StripPrefix("/log", audit.Handler(a.Config.Audit.LogDir)))
 	mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
+	mux.Handle("/v1/watermark/detect", a.WatermarkHandler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := a.AuditLog.Healthy(); err != nil {
 			http.Error(w, "audit log cannot record", http.StatusServiceUnavailable)

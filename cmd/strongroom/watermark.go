@@ -1,25 +1,21 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
-	"github.com/strongroom/strongroom/internal/refmodel"
-	"github.com/strongroom/strongroom/internal/watermark"
 )
 
 func watermarkCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "watermark", Short: "Detect keyed output watermarks"}
-	var tenant string
-	var all bool
-	var alpha float64
-	var window int
+	var q app.WatermarkQuery
 	detectC := &cobra.Command{
-		Use:   "detect (--tenant T | --all-tenants) [FILE]",
-		Short: "Score a text for a tenant's watermark (reference-runtime tokenization)",
+		Use:   "detect (--tenant T | --all-tenants) [--model NAME:VER] [--scheme greenlist|synthid] [--window N] [FILE]",
+		Short: "Score a text for tenants' watermarks (tokenized as the model does)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
 			var in io.Reader = os.Stdin
@@ -35,63 +31,39 @@ func watermarkCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			secret, err := a.WatermarkSecret()
+			q.Text = string(text)
+			rs, err := a.DetectWatermark(cmd.Context(), q)
+			if errors.Is(err, app.ErrBadQuery) {
+				return usageError{err}
+			}
 			if err != nil {
 				return err
 			}
-			defer clear(secret)
-			tenants := []string{tenant}
-			if all {
-				ps, err := a.Store.ListPrincipals(cmd.Context())
-				if err != nil {
-					return err
-				}
-				seen := map[string]bool{}
-				tenants = nil
-				for _, p := range ps {
-					if !seen[p.Tenant] {
-						seen[p.Tenant] = true
-						tenants = append(tenants, p.Tenant)
-					}
-				}
-			} else if tenant == "" {
-				return usagef("give --tenant T or --all-tenants")
-			}
-			var keys []*watermark.Key
-			for _, t := range tenants {
-				k, err := watermark.DeriveKey(secret, t, watermark.DefaultParams())
-				if err != nil {
-					return err
-				}
-				keys = append(keys, k)
-			}
-			toks := refmodel.Tokenize(string(text))
-			var scores []watermark.Score
-			if window > 0 && len(keys) == 1 {
-				start, s := keys[0].Window(toks, window)
-				fmt.Fprintf(cmd.ErrOrStderr(), "best window starts at token %d\n", start)
-				scores = []watermark.Score{s}
-			} else {
-				scores = watermark.DetectAll(keys, toks)
-			}
 			if g.json {
-				return g.printJSON(cmd.OutOrStdout(), scores)
+				return g.printJSON(cmd.OutOrStdout(), rs)
 			}
-			for _, s := range scores {
+			for _, r := range rs {
 				verdict := "not watermarked"
-				if s.Verdict(alpha) {
+				if r.Watermarked {
 					verdict = "WATERMARKED"
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "tenant %s: %d tokens scored, %d green, z=%.2f, p=%.3g: %s (at FPR %g)\n", s.Tenant, s.Scored, s.Green, s.Z, s.P, verdict, alpha)
+				where := ""
+				if q.Window > 0 {
+					where = fmt.Sprintf(", best window at token %d", r.WindowStart)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "tenant %s: %s, %d tokens scored, score %.4f, z=%.2f, p=%.3g%s: %s (at FPR %g)\n",
+					r.Tenant, r.Scheme, r.Scored, r.Score, r.Z, r.P, where, verdict, q.FPR)
 			}
 			return nil
 		}),
 	}
 	f := detectC.Flags()
-	f.StringVar(&tenant, "tenant", "", "tenant whose key to test")
-	f.BoolVar(&all, "all-tenants", false, "test every tenant (p-values corrected for the number tested)")
-	f.Float64Var(&alpha, "fpr", 1e-3, "false-positive rate for the verdict")
-	f.IntVar(&window, "window", 0, "find the most watermarked span of this many tokens")
+	f.StringVar(&q.Tenant, "tenant", "", "tenant whose key to test")
+	f.BoolVar(&q.AllTenants, "all-tenants", false, "test every tenant (p-values corrected for the number tested)")
+	f.StringVar(&q.Model, "model", "", "NAME:VERSION whose tokenizer to use (default: bytes, the reference bigram model)")
+	f.StringVar(&q.Scheme, "scheme", "greenlist", "greenlist (Kirchenbauer et al.) or synthid (tournament)")
+	f.Float64Var(&q.FPR, "fpr", 1e-3, "false-positive rate for the verdict")
+	f.IntVar(&q.Window, "window", 0, "find the most watermarked span of this many tokens")
 	c.AddCommand(detectC)
 	return c
 }

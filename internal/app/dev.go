@@ -128,12 +128,12 @@ func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	wm := func(tenant string) func(int, []float64) {
+	wm := func(tenant string) func([]int, []float64) {
 		k, err := watermark.DeriveKey(secret, tenant, watermark.DefaultParams())
 		if err != nil {
 			return nil
 		}
-		return k.Bias
+		return func(ctx []int, lp []float64) { k.Bias(ctx[len(ctx)-1], lp) }
 	}
 	srv := &http.Server{Handler: &refmodel.Server{Name: DevModel.Name, Model: m, Watermark: wm}, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)

@@ -26,7 +26,8 @@ type ChatMessage struct {
 
 // GenOptions control sampling. Temperature 0 is greedy. TopP < 1 samples from the
 // smallest set of tokens whose probability reaches TopP. Bias is OpenAI's logit_bias.
-// Hook, if set, may change the sampling log-probabilities after token prev (a watermark).
+// Hook, if set, may change the sampling log-probabilities given the context so far (prompt
+// and generated tokens): a watermark.
 // Reported logprobs are the model's log-softmax with the bias applied, at temperature 1.
 type GenOptions struct {
 	N           int
@@ -35,7 +36,7 @@ type GenOptions struct {
 	Seed        uint64
 	Top         int
 	Bias        map[int]float64
-	Hook        func(prev int, lp []float64)
+	Hook        func(ctx []int, lp []float64)
 }
 
 // bigramLM serves the byte-level bigram Model.
@@ -58,7 +59,11 @@ func (b bigramLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
 	for i, t := range prompt {
 		p[i] = byte(t)
 	}
-	return b.m.Generate(p, o.N, o.Temperature, o.Seed, o.Top, o.Bias, o.Hook), nil
+	var hook func(int, []float64)
+	if o.Hook != nil {
+		hook = func(prev int, lp []float64) { o.Hook([]int{prev}, lp) } // the bigram model's context is one token
+	}
+	return b.m.Generate(p, o.N, o.Temperature, o.Seed, o.Top, o.Bias, hook), nil
 }
 
 func (b bigramLM) TokenText(tok int) string { return TokenText(tok) }
@@ -135,7 +140,7 @@ func (l *LlamaLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
 	rng := rand.New(rand.NewPCG(o.Seed, uint64(len(prompt))))
 	v := m.Cfg.VocabSize
 	lp, sp := make([]float64, v), make([]float64, v)
-	prev := prompt[len(prompt)-1]
+	ctx := append([]int(nil), prompt...)
 	var steps []Step
 	for range o.N {
 		// Reported: log-softmax of logits + bias. Sampling: the same, over temperature.
@@ -152,7 +157,7 @@ func (l *LlamaLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
 		}
 		logSoftmax(sp)
 		if o.Hook != nil {
-			o.Hook(prev, sp)
+			o.Hook(ctx, sp)
 		}
 		tok := sample(sp, temp, o.TopP, rng)
 		st := Step{Token: tok, Logprob: lp[tok]}
@@ -164,7 +169,7 @@ func (l *LlamaLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
 		if err := m.Forward(s, tok, logits); err != nil {
 			return steps, err
 		}
-		prev = tok
+		ctx = append(ctx, tok)
 	}
 	return steps, nil
 }

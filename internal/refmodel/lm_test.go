@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/strongroom/strongroom/internal/watermark"
 )
 
 func llamaServer(t *testing.T) *httptest.Server {
@@ -134,4 +136,46 @@ func TestLlamaServer(t *testing.T) {
 	if streamed.String() != g.Choices[0].Message.Content {
 		t.Fatalf("streamed %q, answered %q", streamed.String(), g.Choices[0].Message.Content)
 	}
+}
+
+// TestTournamentOnLlama: text the tiny transformer samples through a tenant's tournament
+// watermark is found under that tenant's key — from the sampled tokens and from the text
+// re-tokenized — and not under another's; unwatermarked text is not flagged.
+func TestTournamentOnLlama(t *testing.T) {
+	lm, err := LoadLlamaLM(filepath.Join("testdata", "tiny-f32"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := bytes.Repeat([]byte{5}, 32)
+	acme, _ := watermark.DeriveTournament(secret, "acme")
+	other, _ := watermark.DeriveTournament(secret, "globex")
+	prompt := lm.PromptTokens([]ChatMessage{{Role: "user", Content: "the model weights"}}, "", true)
+	gen := func(hook func([]int, []float64), seed uint64) []int {
+		steps, err := lm.Generate(prompt, GenOptions{N: 34, Temperature: 1, TopP: 1, Seed: seed, Hook: hook})
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks := append([]int(nil), prompt[len(prompt)-4:]...)
+		for _, s := range steps {
+			toks = append(toks, s.Token)
+		}
+		return toks
+	}
+	var wm, plain []int
+	for seed := range uint64(8) { // 8 answers of 34 tokens (the tiny model has 64 positions)
+		wm = append(wm, gen(acme.Apply, seed)...)
+		plain = append(plain, gen(nil, seed)...)
+	}
+	if s := acme.Detect(wm); !s.Verdict(1e-3) {
+		t.Fatalf("watermark not found in sampled tokens: %v", s)
+	}
+	if s := other.Detect(wm); s.Verdict(1e-3) {
+		t.Fatalf("another tenant's key matched: %v", s)
+	}
+	if s := acme.Detect(plain); s.Verdict(1e-3) {
+		t.Fatalf("unwatermarked text flagged: %v", s)
+	}
+	retok := lm.T.Encode(lm.T.Decode(wm))
+	s := acme.Detect(retok)
+	t.Logf("sampled tokens: %v; re-tokenized text (%d vs %d tokens): %v", acme.Detect(wm), len(retok), len(wm), s)
 }

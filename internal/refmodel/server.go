@@ -18,7 +18,7 @@ type Server struct {
 	Fixed string
 	// Watermark, if set, returns the watermark hook for a tenant (nil: none). The tenant
 	// comes from the X-Strongroom-Tenant header, which only the gateway sets.
-	Watermark func(tenant string) func(prev int, lp []float64)
+	Watermark func(tenant string) func(ctx []int, lp []float64)
 	Now       func() time.Time
 }
 
@@ -111,7 +111,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		oaiError(w, http.StatusNotFound, "unknown endpoint")
 		return
 	}
-	var hook func(int, []float64)
+	var hook func([]int, []float64)
 	if t := r.Header.Get("X-Strongroom-Tenant"); t != "" && s.Watermark != nil {
 		hook = s.Watermark(t)
 	}
@@ -153,7 +153,7 @@ type tokenLogprob struct {
 	TopLogprobs []tokenLogprob `json:"top_logprobs,omitempty"`
 }
 
-func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []ChatMessage, prompt string, hook func(int, []float64)) {
+func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []ChatMessage, prompt string, hook func([]int, []float64)) {
 	n := 16
 	if req.MaxCompl != nil {
 		n = *req.MaxCompl
