@@ -142,7 +142,7 @@ func init() {
 	// with --all-tenants; prints the status and the body.
 	scriptCmds["wmdetect"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		key := strings.TrimSpace(ts.ReadFile(args[1]))
-		body, _ := json.Marshal(map[string]any{"text": ts.ReadFile(args[2]), "all_tenants": true})
+		body, _ := json.Marshal(map[string]any{"text": ts.ReadFile(args[2]), "all_tenants": true, "model": "strongroom-demo:2.0.0"})
 		req, _ := http.NewRequest(http.MethodPost, args[0]+"/v1/watermark/detect", bytes.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+key)
 		resp, err := http.DefaultClient.Do(req)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -10,11 +11,12 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/refmodel"
+	"github.com/strongroom/strongroom/internal/watermark"
 )
 
 func refmodelCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "refmodel", Short: "The reference runtime"}
-	var dir, name, listen string
+	var dir, name, listen, wmScheme string
 	var fixed int
 	serve := &cobra.Command{
 		Use:   "serve (--model-dir DIR | --fixed BYTES) --listen ADDR",
@@ -50,6 +52,13 @@ func refmodelCmd(g *globals) *cobra.Command {
 			default:
 				return usagef("give --model-dir or --fixed")
 			}
+			if wmScheme != "" {
+				wm, err := watermarkFromEnv(wmScheme)
+				if err != nil {
+					return err
+				}
+				srv.Watermark = wm
+			}
 			return serveUntilDone(cmd.Context(), listen, srv, g.logger(cmd.ErrOrStderr()), func(addr net.Addr) {
 				fmt.Fprintf(cmd.OutOrStdout(), "refmodel %s on http://%s/v1\n", name, addr)
 			})
@@ -60,6 +69,7 @@ func refmodelCmd(g *globals) *cobra.Command {
 	f.IntVar(&fixed, "fixed", 0, "answer every request with this many bytes (load tests)")
 	f.StringVar(&name, "name", "demo", "model name to serve")
 	f.StringVar(&listen, "listen", "127.0.0.1:8090", "address")
+	f.StringVar(&wmScheme, "watermark", "", "watermark outputs per tenant (greenlist or synthid) with the secret in $STRONGROOM_WATERMARK_SECRET (hex)")
 	c.AddCommand(serve)
 	return c
 }
@@ -74,4 +84,33 @@ func isLlama(dir string) bool {
 		ModelType string `json:"model_type"`
 	}
 	return json.Unmarshal(b, &c) == nil && (c.ModelType == "llama" || c.ModelType == "mistral")
+}
+
+// watermarkFromEnv builds the per-tenant watermark hook from the hex secret the launcher
+// passes in $STRONGROOM_WATERMARK_SECRET (removed from this process's environment).
+func watermarkFromEnv(scheme string) (func(string) func([]int, []float64), error) {
+	secret, err := hex.DecodeString(os.Getenv("STRONGROOM_WATERMARK_SECRET"))
+	os.Unsetenv("STRONGROOM_WATERMARK_SECRET")
+	if err != nil || len(secret) < 32 {
+		return nil, usagef("--watermark needs a hex secret of 32+ bytes in $STRONGROOM_WATERMARK_SECRET")
+	}
+	switch scheme {
+	case "greenlist":
+		return func(tenant string) func([]int, []float64) {
+			k, err := watermark.DeriveKey(secret, tenant, watermark.DefaultParams())
+			if err != nil {
+				return nil
+			}
+			return func(ctx []int, lp []float64) { k.Bias(ctx[len(ctx)-1], lp) }
+		}, nil
+	case "synthid":
+		return func(tenant string) func([]int, []float64) {
+			k, err := watermark.DeriveTournament(secret, tenant)
+			if err != nil {
+				return nil
+			}
+			return k.Apply
+		}, nil
+	}
+	return nil, usagef("--watermark %q: want greenlist or synthid", scheme)
 }

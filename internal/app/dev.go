@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,11 +18,13 @@ import (
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
-	"github.com/strongroom/strongroom/internal/watermark"
+	"github.com/strongroom/strongroom/internal/custody"
+	"github.com/strongroom/strongroom/internal/launcher"
 )
 
-// DevModel is the demo model `strongroom dev` synthesizes, seals and verifies.
-var DevModel = inventory.Meta{Name: "strongroom-demo", Version: "1.0.0", Classification: "public", Owner: "strongroom-dev", Env: "dev"}
+// DevModel is the demo model `strongroom dev` synthesizes, seals and verifies: a ~15M
+// parameter Llama-family transformer with a byte-level BPE tokenizer.
+var DevModel = inventory.Meta{Name: "strongroom-demo", Version: "2.0.0", Classification: "public", Owner: "strongroom-dev", Env: "dev"}
 
 // Dev does what `strongroom dev` does today: initialize the data directory if needed,
 // synthesize the demo model, import it sealed (once), verify every file and return the
@@ -45,9 +48,9 @@ func Dev(ctx context.Context, dataDir string, log *slog.Logger) (*App, []store.V
 	if errors.Is(err, store.ErrNotFound) {
 		src := filepath.Join(dataDir, "demo-model")
 		os.RemoveAll(src)
-		o := refmodel.DefaultSynth()
+		o := refmodel.SmallLlama()
 		o.Name = DevModel.Name
-		if err := refmodel.Synthesize(src, o); err != nil {
+		if err := refmodel.SynthesizeLlama(src, o); err != nil {
 			return fail(err)
 		}
 		_, err = a.Inventory.Import(ctx, src, DevModel)
@@ -85,57 +88,92 @@ func (e DevEnv) Print(w io.Writer) {
 	fmt.Fprintf(w, "verify the log: strongroom audit verify --log %s/log/ --vkey '%s'\n(interrupt to stop)\n", e.AdminURL, e.LogVKey)
 }
 
-// StartDevRuntime loads the demo model's weights from its sealed file into memory (never
-// to disk) and serves them with the reference runtime on a loopback port. It returns the
-// runtime's base URL (ending in /v1). Issue 5 replaces this with leased custody.
+// StartDevRuntime runs the demo model the way a production runtime runs: the custody API
+// on an ephemeral loopback port, a runtime identity joined once into DATA/runtime, and
+// `strongroom run` semantics in process — a lease, the weights decrypted into memfds, and
+// `strongroom refmodel serve` over them as the engine, watermarking per tenant. It returns
+// the engine's base URL (ending in /v1) and a function that stops it.
 func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
-	v, err := a.Inventory.Get(ctx, DevModel.Name, DevModel.Version)
+	svc, err := a.Custody(ctx)
 	if err != nil {
 		return "", nil, err
 	}
-	var weights *store.File
-	for i := range v.Files {
-		if v.Files[i].Path == "model.safetensors" {
-			weights = &v.Files[i]
+	ctx, cancel := context.WithCancel(ctx)
+	fail := func(err error) (string, func(), error) {
+		cancel()
+		return "", nil, err
+	}
+	go svc.Run(ctx)
+	tc, err := a.CustodyTLS("127.0.0.1:0")
+	if err != nil {
+		return fail(err)
+	}
+	cln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fail(err)
+	}
+	csrv := &http.Server{Handler: svc.Handler(), TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second}
+	go csrv.ServeTLS(cln, "", "")
+	custodyURL := "https://" + cln.Addr().String()
+
+	idDir := filepath.Join(a.DataDir, "runtime")
+	id, err := custody.LoadIdentity(idDir)
+	if err == nil {
+		id.Server = custodyURL // the dev control plane listens on a new port each run
+	} else {
+		if err := a.AddPrincipal(ctx, store.Principal{ID: "strongroom-dev", Tenant: "dev", Roles: []string{"custodian"}, Country: "US"}); err != nil {
+			return fail(err)
+		}
+		tok, err := svc.CreateJoinToken(ctx, custody.Attributes{Env: "dev", Region: "local", Jurisdiction: "US", Host: "localhost", Owner: "strongroom-dev"}, 10*time.Minute)
+		if err != nil {
+			return fail(err)
+		}
+		if id, err = custody.Join(ctx, custodyURL, tok.String(), idDir); err != nil {
+			return fail(err)
 		}
 	}
-	if weights == nil {
-		return "", nil, fmt.Errorf("%s:%s has no model.safetensors", v.Model, v.Version)
-	}
-	if err := a.Audit(ctx, "model.load", "allow", "", map[string]string{"model": v.Model, "version": v.Version},
-		map[string]string{"runtime": "refmodel", "into": "memory"}); err != nil {
-		return "", nil, err
-	}
-	dek, err := a.Keys.Key(ctx, v.KeyID)
+	// The engine's port, chosen here so the gateway knows where to send requests.
+	eln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", nil, err
+		return fail(err)
 	}
-	r, closer, err := a.Inventory.OpenFile(ctx, v, *weights, dek)
-	clear(dek)
-	if err != nil {
-		return "", nil, err
-	}
-	m, err := refmodel.LoadModel(r, r.Size())
-	closer.Close()
-	if err != nil {
-		return "", nil, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
+	engineAddr := eln.Addr().String()
+	eln.Close()
 	secret, err := a.WatermarkSecret()
 	if err != nil {
-		return "", nil, err
+		return fail(err)
 	}
-	wm := func(tenant string) func([]int, []float64) {
-		k, err := watermark.DeriveKey(secret, tenant, watermark.DefaultParams())
-		if err != nil {
-			return nil
+	env := []string{"STRONGROOM_WATERMARK_SECRET=" + hex.EncodeToString(secret)}
+	clear(secret)
+	self := os.Args[0] // the strongroom binary (under testscript, the link that dispatches to it)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		out, err := launcher.Run(ctx, launcher.Config{Identity: id, Model: DevModel.Name, Version: DevModel.Version, Log: a.Log,
+			Command: []string{self, "refmodel", "serve", "--model-dir", "{weights_dir}", "--listen", engineAddr, "--name", DevModel.Name, "--watermark", "greenlist"},
+			Env:     env, KillGrace: 2 * time.Second, Stdout: io.Discard, Stderr: os.Stderr})
+		if err != nil || (out.Code != 0 && ctx.Err() == nil) {
+			a.Log.Error("dev runtime stopped", "reason", out.Reason, "code", out.Code, "err", err)
 		}
-		return func(ctx []int, lp []float64) { k.Bias(ctx[len(ctx)-1], lp) }
+	}()
+	stop := func() {
+		cancel()
+		<-done
+		csrv.Close()
 	}
-	srv := &http.Server{Handler: &refmodel.Server{Name: DevModel.Name, Model: m, Watermark: wm}, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	return "http://" + ln.Addr().String() + "/v1", func() { srv.Close() }, nil
+	// Wait for the engine to answer (it loads 60 MB of weights from its memfds).
+	for range 600 {
+		if resp, err := http.Get("http://" + engineAddr + "/v1/models"); err == nil {
+			resp.Body.Close()
+			return "http://" + engineAddr + "/v1", stop, nil
+		}
+		select {
+		case <-done:
+			stop()
+			return "", nil, errors.New("dev runtime: the engine stopped before serving (see the log)")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	stop()
+	return "", nil, errors.New("dev runtime: the engine did not start within 60 s")
 }

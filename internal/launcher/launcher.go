@@ -61,6 +61,8 @@ type Config struct {
 	Started func(pid int)
 	// TempDir holds the directory of /proc/self/fd links; default os.TempDir().
 	TempDir string
+	// Env is added to the engine's environment.
+	Env []string
 }
 
 // Outcome says why a run ended.
@@ -372,7 +374,7 @@ func supervise(ctx context.Context, cfg *Config, c *custody.Client, l store.Leas
 	}
 	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = cfg.Stdout, cfg.Stderr
-	cmd.Env = append(os.Environ(), "STRONGROOM_WEIGHTS_DIR="+dir, "STRONGROOM_WEIGHTS="+weights, "STRONGROOM_LEASE="+l.ID)
+	cmd.Env = append(append(os.Environ(), cfg.Env...), "STRONGROOM_WEIGHTS_DIR="+dir, "STRONGROOM_WEIGHTS="+weights, "STRONGROOM_LEASE="+l.ID)
 	for _, f := range files.list {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, f.f)
 	}

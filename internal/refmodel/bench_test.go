@@ -2,6 +2,8 @@ package refmodel
 
 import (
 	"fmt"
+
+	"github.com/strongroom/strongroom/internal/watermark"
 	"path/filepath"
 	"testing"
 	"time"
@@ -70,6 +72,31 @@ func BenchmarkDecode(b *testing.B) {
 			b.ReportMetric(tps/roof, "of-roofline")
 			b.ReportMetric(bw/1e9, "copy-GB/s")
 			b.ReportMetric(float64(m.Cfg.Params())/1e6, "Mparams")
+			// Watermark cost per token at this vocabulary, as a share of decode time.
+			perTok := el / float64(n)
+			lp := make([]float64, m.Cfg.VocabSize)
+			for k, x := range logits {
+				lp[k] = float64(x)
+			}
+			logSoftmax(lp)
+			secret := make([]byte, 32)
+			gl, _ := watermark.DeriveKey(secret, "t", watermark.DefaultParams())
+			tk, _ := watermark.DeriveTournament(secret, "t")
+			buf := make([]float64, len(lp))
+			ctx := []int{1, 2, 3, 4}
+			for _, w := range []struct {
+				name string
+				f    func()
+			}{{"greenlist", func() { gl.Bias(ctx[3], buf) }}, {"synthid", func() { tk.Apply(ctx, buf) }}} {
+				t1 := time.Now()
+				const reps = 200
+				for i := range reps {
+					copy(buf, lp)
+					ctx[3] = i
+					w.f()
+				}
+				b.ReportMetric(time.Since(t1).Seconds()/reps/perTok*100, w.name+"-%-of-decode")
+			}
 			b.Logf("%s: %s", c.name, fmt.Sprintf("%.1f tokens/s, roofline %.1f", tps, roof))
 		})
 	}

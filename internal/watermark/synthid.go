@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
-	"sort"
 )
 
 // Tournament is a SynthID-Text-style watermark (Dathathri et al., Nature 2024): at each
@@ -77,12 +76,7 @@ func gbits(seed uint64, tok int) uint64 {
 // distribution given the context ctx (the tokens so far): tokens outside the top K get −∞.
 func (t *Tournament) Apply(ctx []int, lp []float64) {
 	k := min(t.TopK, len(lp))
-	idx := make([]int, len(lp))
-	for i := range idx {
-		idx[i] = i
-	}
-	sort.Slice(idx, func(a, b int) bool { return lp[idx[a]] > lp[idx[b]] })
-	cand := idx[:k]
+	cand := topIndices(lp, k)
 	q := make([]float64, k)
 	z := 0.0
 	for i, c := range cand {
@@ -196,4 +190,27 @@ func (t *Tournament) Window(tokens []int, w int) (start int, s TournamentScore) 
 	}
 	s.P = math.Min(1, s.P*float64(tries))
 	return start, s
+}
+
+// topIndices returns the indices of the k largest values, largest first, in one pass
+// (insertion into a small sorted buffer; no full sort of the vocabulary).
+func topIndices(lp []float64, k int) []int {
+	top := make([]int, 0, k)
+	for i, v := range lp {
+		if len(top) == k && v <= lp[top[k-1]] {
+			continue
+		}
+		j := len(top)
+		if j < k {
+			top = append(top, i)
+		} else {
+			j = k - 1
+		}
+		for j > 0 && lp[top[j-1]] < v {
+			top[j] = top[j-1]
+			j--
+		}
+		top[j] = i
+	}
+	return top
 }

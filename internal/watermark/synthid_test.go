@@ -2,6 +2,8 @@ package watermark
 
 import (
 	"bytes"
+	"cmp"
+	"slices"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -223,5 +225,25 @@ func BenchmarkTournamentApply(b *testing.B) {
 		copy(buf, lp)
 		ctx[3] = i
 		k.Apply(ctx, buf)
+	}
+}
+
+func TestTopIndices(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	for _, n := range []int{1, 5, 64, 1000} {
+		lp := make([]float64, n)
+		for i := range lp {
+			lp[i] = rng.NormFloat64()
+		}
+		k := min(64, n)
+		got := topIndices(lp, k)
+		sorted := make([]int, n)
+		for i := range sorted {
+			sorted[i] = i
+		}
+		slices.SortFunc(sorted, func(a, b int) int { return cmp.Compare(lp[b], lp[a]) })
+		if !slices.Equal(got, sorted[:k]) {
+			t.Fatalf("n=%d: top indices differ", n)
+		}
 	}
 }
