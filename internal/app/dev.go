@@ -14,12 +14,12 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/custody"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/inventory"
+	"github.com/strongroom/strongroom/internal/launcher"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
-	"github.com/strongroom/strongroom/internal/custody"
-	"github.com/strongroom/strongroom/internal/launcher"
 )
 
 // DevModel is the demo model `strongroom dev` synthesizes, seals and verifies: a ~15M

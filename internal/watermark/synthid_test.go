@@ -3,9 +3,9 @@ package watermark
 import (
 	"bytes"
 	"cmp"
-	"slices"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
