@@ -236,6 +236,9 @@ func modelSynthCmd(g *globals) *cobra.Command {
 				return usagef("give the output directory (DIR or --out DIR)")
 			}
 			set := func(name string) bool { return cmd.Flags().Changed(name) }
+			if set("min-bytes") && !set("arch") {
+				arch = "bigram"
+			}
 			switch arch {
 			case "bigram":
 				o.MinBytes = minBytes
@@ -266,7 +269,7 @@ func modelSynthCmd(g *globals) *cobra.Command {
 				}
 				cfg := refmodel.LlamaConfig{HiddenSize: l.Dim, IntermediateSize: l.Intermediate, NumLayers: l.Layers, NumHeads: l.Heads,
 					NumKVHeads: l.KVHeads, VocabSize: l.Vocab, TieWordEmbeddings: l.Tied}
-				fmt.Fprintf(cmd.OutOrStdout(), "llama: %d layers, dim %d, %d heads (%d kv), vocab %d: %.1fM parameters\n",
+				fmt.Fprintf(cmd.OutOrStdout(), "llama: %d layers, dim %d, %d heads (%d kv), vocab %d: %.2fM parameters\n",
 					l.Layers, l.Dim, l.Heads, l.KVHeads, l.Vocab, float64(cfg.Params())/1e6)
 			default:
 				return usagef("--arch %q: want bigram or llama", arch)
@@ -277,7 +280,7 @@ func modelSynthCmd(g *globals) *cobra.Command {
 	}
 	f := c.Flags()
 	f.StringVar(&out, "out", "", "output directory")
-	f.StringVar(&arch, "arch", "bigram", "bigram (the byte-level reference model) or llama (a Llama-family transformer with a BPE tokenizer)")
+	f.StringVar(&arch, "arch", "llama", "llama (a Llama-family transformer with a BPE tokenizer) or bigram (the byte-level reference model; implied by --min-bytes)")
 	f.Int64Var(&minBytes, "min-bytes", 0, "bigram: pad model.safetensors to at least this many bytes")
 	f.IntVar(&layers, "layers", 0, "layers (bigram default 2, llama 6)")
 	f.IntVar(&o.Hidden, "hidden", o.Hidden, "bigram: hidden size")

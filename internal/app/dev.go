@@ -146,12 +146,17 @@ func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
 	env := []string{"STRONGROOM_WATERMARK_SECRET=" + hex.EncodeToString(secret)}
 	clear(secret)
 	self := os.Args[0] // the strongroom binary (under testscript, the link that dispatches to it)
+	runDir := filepath.Join(a.DataDir, "run")
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return fail(err)
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		out, err := launcher.Run(ctx, launcher.Config{Identity: id, Model: DevModel.Name, Version: DevModel.Version, Log: a.Log,
 			Command: []string{self, "refmodel", "serve", "--model-dir", "{weights_dir}", "--listen", engineAddr, "--name", DevModel.Name, "--watermark", "greenlist"},
-			Env:     env, KillGrace: 2 * time.Second, Stdout: io.Discard, Stderr: os.Stderr})
+			Env:     env, KillGrace: 2 * time.Second, Stdout: io.Discard, Stderr: os.Stderr,
+			TempDir: runDir}) // the /proc/self/fd links stay inside the data directory too
 		if err != nil || (out.Code != 0 && ctx.Err() == nil) {
 			a.Log.Error("dev runtime stopped", "reason", out.Reason, "code", out.Code, "err", err)
 		}
