@@ -326,20 +326,21 @@ func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
 
 // reqState carries one inference request through the pipeline.
 type reqState struct {
-	start    time.Time
-	endpoint string
-	p        *authn.Principal
-	ip       netip.Addr
-	country  string
-	route    *Route
-	feat     features
-	prompt   []byte
-	decision string
-	reason   string
-	status   int
-	usage    Usage
-	outHash  hash.Hash
-	shaper   *logprobShaper // nil unless logprobs are requested and the route shapes them
+	start     time.Time
+	watermark bool // the engine is asked to watermark this answer
+	endpoint  string
+	p         *authn.Principal
+	ip        netip.Addr
+	country   string
+	route     *Route
+	feat      features
+	prompt    []byte
+	decision  string
+	reason    string
+	status    int
+	usage     Usage
+	outHash   hash.Hash
+	shaper    *logprobShaper // nil unless logprobs are requested and the route shapes them
 }
 
 func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
@@ -412,6 +413,14 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	if !d.Allow {
 		st.fail(w, errForbidden, d.Reason())
 		return
+	}
+	// Policy decides per model and tenant whether the outputs carry the tenant's watermark
+	// (on routes whose engine can watermark).
+	if rt.Watermark {
+		st.watermark = g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionWatermark, Model: policyModel(rt),
+			Context: policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(), MFAAgeS: mfaAge,
+				Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.feat.LogitBias) > 0, N: n, MaxTokens: st.feat.maxTokens()},
+		}).Allow
 	}
 	if err := g.cfg.Audit.Healthy(); err != nil {
 		st.fail(w, errAuditDown, "audit log unhealthy: "+err.Error())
@@ -499,7 +508,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		if st.route.UpstreamKey != "" {
 			req.Header.Set("Authorization", "Bearer "+st.route.UpstreamKey)
 		}
-		if st.route.Watermark {
+		if st.watermark {
 			req.Header.Set("X-Strongroom-Tenant", st.p.Tenant)
 		}
 		resp, err = g.client.Do(req)
@@ -636,6 +645,9 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 		}}
 	if st.usage.Estimated {
 		ev.Fields["usage_estimated"] = "true"
+	}
+	if st.watermark {
+		ev.Fields["watermarked"] = "true"
 	}
 	if st.p != nil {
 		ev.Actor = map[string]string{"principal": st.p.ID, "tenant": st.p.Tenant, "key_id": st.p.KeyID}

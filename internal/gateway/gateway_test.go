@@ -39,16 +39,17 @@ import (
 // recorder wraps an upstream to see what the gateway sent and whether the request context
 // was cancelled.
 type recorder struct {
-	h         http.Handler
-	mu        sync.Mutex
-	lastBody  []byte
-	cancelled chan struct{}
+	h          http.Handler
+	mu         sync.Mutex
+	lastBody   []byte
+	lastTenant string // X-Strongroom-Tenant of the last request
+	cancelled  chan struct{}
 }
 
 func (rc *recorder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b, _ := io.ReadAll(r.Body)
 	rc.mu.Lock()
-	rc.lastBody = b
+	rc.lastBody, rc.lastTenant = b, r.Header.Get("X-Strongroom-Tenant")
 	rc.mu.Unlock()
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	rc.h.ServeHTTP(w, r)
@@ -776,5 +777,35 @@ func TestStepUp(t *testing.T) {
 	g := newFixture(t, func(c *Config) { c.Sanctions = fixedSanction{"suspend", time.Now()} })
 	if resp, m := post(t, g.srv.URL+"/v1/chat/completions", g.alice, body); resp.StatusCode != 403 {
 		t.Fatalf("suspended: %d %v", resp.StatusCode, m)
+	}
+}
+
+// TestWatermarkPolicy: on a watermarking route the engine is told the tenant unless policy
+// forbids watermarking for that tenant; the audit event says which.
+func TestWatermarkPolicy(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "exempt.cedar"), []byte(`forbid (principal in Tenant::"exempt", action == Action::"watermark", resource);`), 0o644)
+	eng, err := policy.NewEngine(dir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, func(c *Config) {
+		c.Policy = eng
+		c.Routes[0].Watermark = true
+	})
+	ctx := context.Background()
+	f.st.PutPrincipal(ctx, store.Principal{ID: "carol", Tenant: "exempt", Roles: []string{"researcher"}, Screening: "clear"})
+	carol, _, _ := authn.NewKeys(f.st, nil, time.Second).Create(ctx, "carol", 0, nil)
+	body := `{"model":"demo","messages":[{"role":"user","content":"hi"}],"max_tokens":2}`
+	for _, c := range []struct{ key, want string }{{f.alice, "acme"}, {carol, ""}} {
+		if resp, m := post(t, f.srv.URL+"/v1/chat/completions", c.key, body); resp.StatusCode != 200 {
+			t.Fatalf("%d %v", resp.StatusCode, m)
+		}
+		f.up.mu.Lock()
+		got := f.up.lastTenant
+		f.up.mu.Unlock()
+		if got != c.want {
+			t.Fatalf("engine told tenant %q, want %q", got, c.want)
+		}
 	}
 }

@@ -30,6 +30,8 @@ const (
 	ActionInfer = "infer"
 	ActionList  = "list"
 	ActionLease = "lease"
+	// ActionWatermark: whether a principal's outputs from a model carry its tenant's watermark.
+	ActionWatermark = "watermark"
 )
 
 // Principal, Model and Context are the inputs of a decision.
