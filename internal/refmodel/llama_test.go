@@ -1,6 +1,7 @@
 package refmodel
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"math"
@@ -101,4 +102,42 @@ func TestF16(t *testing.T) {
 	if got := math.Float32bits(math.Float32frombits(uint32(f32ToHalf(1.00390625, "BF16")) << 16)); got != math.Float32bits(1.0) && got != math.Float32bits(1.0078125) {
 		t.Fatalf("bf16 rounding: %x", got)
 	}
+}
+
+// FuzzTokenizer: any tokenizer.json either fails to parse or encodes and decodes text
+// without panicking; a parsed tokenizer round-trips text exactly.
+func FuzzTokenizer(f *testing.F) {
+	good, _ := os.ReadFile(filepath.Join("testdata", "tiny-f32", "tokenizer.json"))
+	f.Add(good, "hello world")
+	f.Add([]byte(`{"model":{"type":"BPE","vocab":{},"merges":[]}}`), "x")
+	f.Add([]byte(`{"model":{"type":"BPE","vocab":{"a":0},"merges":["a a"]}}`), "aa")
+	f.Fuzz(func(t *testing.T, js []byte, text string) {
+		tk, err := ParseTokenizer(js)
+		if err != nil {
+			return
+		}
+		if got := tk.Decode(tk.Encode(text)); got != text {
+			t.Fatalf("round trip %q -> %q", text, got)
+		}
+	})
+}
+
+// FuzzLlamaConfig: configs that pass the checks never make the loader panic on a
+// mismatched weights file.
+func FuzzLlamaConfig(f *testing.F) {
+	cfg, _ := os.ReadFile(filepath.Join("testdata", "tiny-f32", "config.json"))
+	weights, _ := os.ReadFile(filepath.Join("testdata", "tiny-bf16", "model.safetensors"))
+	f.Add(cfg)
+	f.Add([]byte(`{"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":3,"vocab_size":4}`))
+	f.Fuzz(func(t *testing.T, js []byte) {
+		var c LlamaConfig
+		if json.Unmarshal(js, &c) != nil {
+			return
+		}
+		if m, err := NewLlama(c, bytes.NewReader(weights), int64(len(weights))); err == nil {
+			s := m.NewState()
+			logits := make([]float32, m.Cfg.VocabSize)
+			m.Forward(s, 1, logits)
+		}
+	})
 }
