@@ -88,3 +88,39 @@ func incidentCmd(g *globals) *cobra.Command {
 	c.AddCommand(ls, show, closeC)
 	return c
 }
+
+func sanctionCmd(g *globals) *cobra.Command {
+	c := &cobra.Command{Use: "sanction", Short: "Detector sanctions in force (shared by every gateway through the store)"}
+	ls := &cobra.Command{
+		Use: "ls", Short: "List sanctions in force", Args: exactArgs(0),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			ss, err := a.Store.ListSanctions(cmd.Context(), time.Now())
+			if err != nil {
+				return err
+			}
+			return printList(g, cmd.OutOrStdout(), ss, "PRINCIPAL\tACTION\tDETECTOR\tSINCE\tUNTIL", func(s store.Sanction) string {
+				return strings.Join([]string{s.Principal, s.Action, s.Detector, s.Since.Format(time.RFC3339), s.Until.Format(time.RFC3339)}, "\t")
+			})
+		}),
+	}
+	var reason string
+	lift := &cobra.Command{
+		Use: "lift PRINCIPAL --reason TEXT", Short: "Lift a principal's sanction (gateways drop it within 2 seconds)", Args: exactArgs(1),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
+			if reason == "" {
+				return usagef("--reason is required")
+			}
+			if err := a.Audit(cmd.Context(), "detect.lift", audit.Allow, reason, map[string]string{"principal": args[0]}, nil); err != nil {
+				return err
+			}
+			if err := a.Store.LiftSanction(cmd.Context(), args[0]); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "sanction on %s lifted\n", args[0])
+			return nil
+		}),
+	}
+	lift.Flags().StringVar(&reason, "reason", "", "why (recorded)")
+	c.AddCommand(ls, lift)
+	return c
+}

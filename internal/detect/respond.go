@@ -25,10 +25,13 @@ type Auditor interface {
 	Submit(ctx context.Context, ev audit.Event) audit.Future
 }
 
-// IncidentStore keeps incident records and finds a principal's recent requests in the log.
+// IncidentStore keeps incident records and sanctions, and finds a principal's recent
+// requests in the log.
 type IncidentStore interface {
 	CreateIncident(ctx context.Context, in store.Incident) error
 	SearchAudit(ctx context.Context, q store.AuditQuery) ([]store.AuditEvent, error)
+	PutSanction(ctx context.Context, s store.Sanction) error
+	ListSanctions(ctx context.Context, now time.Time) ([]store.Sanction, error)
 }
 
 // ResponderConfig wires a Responder. Zero values take defaults.
@@ -54,7 +57,8 @@ type Responder struct {
 	cfg ResponderConfig
 
 	mu        sync.Mutex
-	sanctions map[string]sanction
+	sanctions map[string]sanction // imposed by this process
+	shared    map[string]sanction // in the store: imposed by any gateway, or lifted
 	index     int
 	pending   sync.WaitGroup
 }
@@ -62,6 +66,7 @@ type Responder struct {
 type sanction struct {
 	action       string
 	since, until time.Time
+	persisted    bool
 }
 
 var (
@@ -83,7 +88,7 @@ func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
 	if cfg.HTTP == nil {
 		cfg.HTTP = &http.Client{Timeout: 10 * time.Second}
 	}
-	return &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}}
+	return &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{}}
 }
 
 // FromObservation is the detectors' view of a gateway request.
@@ -109,10 +114,14 @@ func (r *Responder) Observe(o gateway.Observation) {
 	}
 }
 
-// Run clusters principals every interval (hydra campaigns) until ctx ends.
+// Run clusters principals every interval (hydra campaigns) and reloads the shared
+// sanctions every 2 seconds, until ctx ends.
 func (r *Responder) Run(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	reload := time.NewTicker(2 * time.Second)
+	defer reload.Stop()
+	r.Refresh(ctx)
 	for {
 		select {
 		case <-ctx.Done():
@@ -121,6 +130,34 @@ func (r *Responder) Run(ctx context.Context, every time.Duration) {
 			for _, a := range r.e.CampaignAlerts(-1, r.cfg.Now()) {
 				r.act(a)
 			}
+		case <-reload.C:
+			r.Refresh(ctx)
+		}
+	}
+}
+
+// Refresh loads the sanctions in force from the store: those other gateways imposed
+// apply here too, and a sanction this process imposed that is gone from the store was
+// lifted. A store that cannot be read keeps what is known (sanctions fail closed).
+func (r *Responder) Refresh(ctx context.Context) {
+	if r.cfg.Incidents == nil {
+		return
+	}
+	ss, err := r.cfg.Incidents.ListSanctions(ctx, r.cfg.Now())
+	if err != nil {
+		r.cfg.Log.Error("detect: loading sanctions", "err", err)
+		return
+	}
+	shared := make(map[string]sanction, len(ss))
+	for _, s := range ss {
+		shared[s.Principal] = sanction{action: s.Action, since: s.Since, until: s.Until, persisted: true}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.shared = shared
+	for p, s := range r.sanctions {
+		if _, ok := shared[p]; s.persisted && !ok {
+			delete(r.sanctions, p)
 		}
 	}
 }
@@ -138,11 +175,13 @@ func (r *Responder) act(a Alert) {
 		Subject: map[string]string{"principal": a.Principal},
 		Fields:  map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": a.Action}})
 	var action audit.Future
+	var imposed *store.Sanction
 	if severity[a.Action] >= 2 {
 		r.mu.Lock()
 		cur := r.sanctions[a.Principal]
 		if severity[a.Action] >= severity[cur.action] || now.After(cur.until) {
 			r.sanctions[a.Principal] = sanction{action: a.Action, since: now, until: now.Add(r.cfg.Duration)}
+			imposed = &store.Sanction{Principal: a.Principal, Action: a.Action, Detector: a.Detector, Since: now, Until: now.Add(r.cfg.Duration)}
 		}
 		r.mu.Unlock()
 		action = r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.action", Decision: audit.Deny,
@@ -154,6 +193,18 @@ func (r *Responder) act(a Alert) {
 	r.pending.Add(1)
 	go func() {
 		defer r.pending.Done()
+		if imposed != nil && r.cfg.Incidents != nil {
+			if err := r.cfg.Incidents.PutSanction(context.Background(), *imposed); err != nil {
+				r.cfg.Log.Error("detect: sanction not shared", "principal", imposed.Principal, "err", err)
+			} else {
+				r.mu.Lock()
+				if s, ok := r.sanctions[imposed.Principal]; ok && s.since.Equal(imposed.Since) {
+					s.persisted = true
+					r.sanctions[imposed.Principal] = s
+				}
+				r.mu.Unlock()
+			}
+		}
 		r.openIncident(a, now, alert, action)
 	}()
 }
@@ -246,18 +297,25 @@ func (r *Responder) post(in Incident) error {
 	return last
 }
 
-// Sanction implements gateway.Sanctions: the action in force for a principal (or "") and
-// since when.
+// Sanction implements gateway.Sanctions: the strongest action in force for a principal
+// (or ""), imposed here or by another gateway, and since when.
 func (r *Responder) Sanction(principal string) (string, time.Time) {
+	now := r.cfg.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s, ok := r.sanctions[principal]
-	if !ok {
-		return "", time.Time{}
+	best := sanction{}
+	for _, m := range []map[string]sanction{r.sanctions, r.shared} {
+		s, ok := m[principal]
+		if !ok {
+			continue
+		}
+		if now.After(s.until) {
+			delete(m, principal)
+			continue
+		}
+		if severity[s.action] > severity[best.action] {
+			best = s
+		}
 	}
-	if r.cfg.Now().After(s.until) {
-		delete(r.sanctions, principal)
-		return "", time.Time{}
-	}
-	return s.action, s.since
+	return best.action, best.since
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -144,5 +145,49 @@ func TestCalibrate(t *testing.T) {
 	// The default probing threshold sits below what benign chat reaches.
 	if c.Suggested < New(Config{}).cfg.ProbeBits {
 		t.Fatalf("benign nearest-neighbour distances reach %d bits at p0.1, under the default threshold %d", c.P001, New(Config{}).cfg.ProbeBits)
+	}
+}
+
+// TestSharedSanctions: a sanction one gateway imposes holds in another that shares the
+// store (and after a restart); lifting it in the store ends it everywhere.
+func TestSharedSanctions(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	mk := func() *Responder {
+		return NewResponder(New(Config{HarvestTokens: 10}), ResponderConfig{Audit: &seqAudit{}, Incidents: st, Duration: time.Hour})
+	}
+	a, b := mk(), mk()
+	now := time.Now()
+	for i := range 3 {
+		bias := map[string]float64{}
+		for k := range 5 {
+			bias[strconv.Itoa(i*5+k)] = 100
+		}
+		a.Observe(gateway.Observation{TS: now, Principal: "mallory", Model: "m", Prompt: []byte("p"), Logprobs: true, TopLogprobs: 5, LogitBias: bias})
+	}
+	a.Wait()
+	if s, _ := b.Sanction("mallory"); s != "" {
+		t.Fatalf("b sanctioned before loading: %q", s)
+	}
+	b.Refresh(ctx)
+	if s, _ := b.Sanction("mallory"); s != "strip_logprobs" {
+		t.Fatalf("b: %q", s)
+	}
+	if s, _ := mk().Sanction("mallory"); s != "" {
+		t.Fatal("a fresh responder knows before refreshing")
+	}
+	if err := st.LiftSanction(ctx, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+	a.Refresh(ctx)
+	b.Refresh(ctx)
+	for _, r := range []*Responder{a, b} {
+		if s, _ := r.Sanction("mallory"); s != "" {
+			t.Fatalf("lifted sanction still in force: %q", s)
+		}
 	}
 }

@@ -26,8 +26,20 @@ type Incident struct {
 	Note      string // why it was closed
 }
 
-// Incidents persists incident records.
+// Sanction is a detector's action in force on a principal, shared by every gateway.
+type Sanction struct {
+	Principal, Action, Detector string
+	Since, Until                time.Time
+}
+
+// Incidents persists incident records and sanctions.
 type Incidents interface {
+	// PutSanction records a sanction, replacing the principal's previous one.
+	PutSanction(ctx context.Context, s Sanction) error
+	// ListSanctions lists sanctions still in force at now.
+	ListSanctions(ctx context.Context, now time.Time) ([]Sanction, error)
+	// LiftSanction removes a principal's sanction; ErrNotFound if there is none.
+	LiftSanction(ctx context.Context, principal string) error
 	CreateIncident(ctx context.Context, in Incident) error
 	GetIncident(ctx context.Context, id string) (Incident, error)
 	// ListIncidents lists incidents in state ("" for all), newest first.
@@ -100,6 +112,38 @@ func (s *sqlStore) CloseIncident(ctx context.Context, id string, at time.Time, n
 			return err
 		}
 		return fmt.Errorf("incident %s is not open: %w", id, ErrConflict)
+	}
+	return nil
+}
+
+func (s *sqlStore) PutSanction(ctx context.Context, sn Sanction) error {
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO sanctions (principal, action, detector, since, until_at) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (principal) DO UPDATE SET action = excluded.action, detector = excluded.detector, since = excluded.since, until_at = excluded.until_at`),
+		sn.Principal, sn.Action, sn.Detector, nanos(sn.Since), nanos(sn.Until))
+	if err != nil {
+		return fmt.Errorf("store: put sanction: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) ListSanctions(ctx context.Context, now time.Time) ([]Sanction, error) {
+	return list(ctx, s.db, s.q(`SELECT principal, action, detector, since, until_at FROM sanctions WHERE until_at > ? ORDER BY principal`), []any{nanos(now)},
+		func(row interface{ Scan(...any) error }) (Sanction, error) {
+			var sn Sanction
+			var a, b int64
+			err := row.Scan(&sn.Principal, &sn.Action, &sn.Detector, &a, &b)
+			sn.Since, sn.Until = fromNanos(a), fromNanos(b)
+			return sn, err
+		})
+}
+
+func (s *sqlStore) LiftSanction(ctx context.Context, principal string) error {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM sanctions WHERE principal = ?`), principal)
+	if err != nil {
+		return fmt.Errorf("store: lift sanction: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("sanction on %s: %w", principal, ErrNotFound)
 	}
 	return nil
 }

@@ -168,6 +168,13 @@ var migrations = []string{
 		note TEXT NOT NULL
 	);
 	CREATE INDEX incidents_state ON incidents (state, opened_at)`,
+	`CREATE TABLE sanctions (
+		principal TEXT PRIMARY KEY,
+		action TEXT NOT NULL,
+		detector TEXT NOT NULL,
+		since BIGINT NOT NULL,
+		until_at BIGINT NOT NULL
+	)`,
 }
 
 func (s *sqlStore) q(query string) string {

@@ -265,3 +265,27 @@ func testIncidents(t *testing.T, s store.Store) {
 		t.Fatalf("closed: %+v", l)
 	}
 }
+
+func testSanctions(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	a := store.Sanction{Principal: "mallory", Action: "throttle", Detector: "probing", Since: ts, Until: ts.Add(time.Hour)}
+	if err := s.PutSanction(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	a.Action = "suspend"
+	s.PutSanction(ctx, a)
+	s.PutSanction(ctx, store.Sanction{Principal: "old", Action: "suspend", Since: ts.Add(-2 * time.Hour), Until: ts.Add(-time.Hour)})
+	got, err := s.ListSanctions(ctx, ts.Add(time.Minute))
+	if err != nil || len(got) != 1 || got[0].Action != "suspend" || !got[0].Until.Equal(ts.Add(time.Hour)) {
+		t.Fatalf("sanctions in force: %+v %v", got, err)
+	}
+	if err := s.LiftSanction(ctx, "mallory"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.LiftSanction(ctx, "mallory"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("lift twice: %v", err)
+	}
+	if got, _ := s.ListSanctions(ctx, ts); len(got) != 0 {
+		t.Fatalf("lifted sanction listed: %+v", got)
+	}
+}

@@ -33,6 +33,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Egress", testEgress},
 		{"DisableVersion", testDisableVersion},
 		{"Incidents", testIncidents},
+		{"Sanctions", testSanctions},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
