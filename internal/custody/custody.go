@@ -97,6 +97,7 @@ type Service struct {
 
 	mu       sync.Mutex
 	nonces   map[string]nonce
+	issued   map[string][]string // runtime → its outstanding nonces, oldest first
 	watchers map[string][]chan string // lease id → subscribers
 	notified map[string]time.Time     // revocations already pushed
 }
@@ -129,7 +130,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, nonces: map[string]nonce{}, watchers: map[string][]chan string{}, notified: map[string]time.Time{}}, nil
+	return &Service{cfg: cfg, nonces: map[string]nonce{}, issued: map[string][]string{}, watchers: map[string][]chan string{}, notified: map[string]time.Time{}}, nil
 }
 
 // LeaseTTL is the lease lifetime (runtimes renew at a third of it).
@@ -152,6 +153,10 @@ func (s *Service) audit(ctx context.Context, kind, decision, reason string, subj
 	return nil
 }
 
+// maxNonces is how many unused nonces one runtime may hold; asking for more retires its
+// oldest, so a runtime cannot grow the control plane's memory.
+const maxNonces = 32
+
 // Nonce issues a single-use challenge for a runtime's next attestation (valid 2 minutes).
 func (s *Service) Nonce(runtime string) []byte {
 	b := make([]byte, 32)
@@ -159,12 +164,20 @@ func (s *Service) Nonce(runtime string) []byte {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for k, n := range s.nonces {
-		if now.After(n.expires) {
+	live := s.issued[runtime][:0]
+	for _, k := range s.issued[runtime] {
+		if n, ok := s.nonces[k]; ok && !now.After(n.expires) {
+			live = append(live, k)
+		} else {
 			delete(s.nonces, k)
 		}
 	}
+	if len(live) >= maxNonces {
+		delete(s.nonces, live[0])
+		live = live[1:]
+	}
 	s.nonces[string(b)] = nonce{runtime: runtime, expires: now.Add(2 * time.Minute)}
+	s.issued[runtime] = append(live, string(b))
 	return b
 }
 

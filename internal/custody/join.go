@@ -101,21 +101,30 @@ func (s *Service) Join(ctx context.Context, token string, csr *x509.CertificateR
 		return deny("certificate request signature invalid")
 	}
 	now := s.now()
-	row, err := s.cfg.Store.UseJoinToken(ctx, t.ID, now)
+	// The secret is compared (in constant time) and expiry checked before the token is
+	// spent: a wrong guess, which cannot succeed against 256 bits, does not burn it for
+	// its owner (its id appears in the audit log).
+	errWrong, errExpired := errors.New("wrong token secret"), errors.New("token expired")
+	row, err := s.cfg.Store.UseJoinToken(ctx, t.ID, now, func(row store.JoinToken) error {
+		if subtle.ConstantTimeCompare(tokenHash(t.Secret), row.Hash) != 1 {
+			return errWrong
+		}
+		if !now.Before(row.ExpiresAt) {
+			return errExpired
+		}
+		return nil
+	})
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return deny("unknown token")
 	case errors.Is(err, store.ErrConflict):
 		return deny("token already used")
+	case errors.Is(err, errWrong):
+		return deny("wrong token secret")
+	case errors.Is(err, errExpired):
+		return deny("token expired at " + row.ExpiresAt.Format(time.RFC3339))
 	case err != nil:
 		return store.Runtime{}, nil, err
-	}
-	// The token is spent either way now: a wrong secret burns it, so guessing is one try.
-	if subtle.ConstantTimeCompare(tokenHash(t.Secret), row.Hash) != 1 {
-		return deny("wrong token secret")
-	}
-	if !now.Before(row.ExpiresAt) {
-		return deny("token expired at " + row.ExpiresAt.Format(time.RFC3339))
 	}
 	rt := store.Runtime{ID: "rt-" + newID(8), Env: row.Env, Region: row.Region, Jurisdiction: row.Jurisdiction, Host: row.Host,
 		Owner: row.Owner, CreatedAt: now}

@@ -89,9 +89,10 @@ type Custody interface {
 	ListRuntimes(ctx context.Context) ([]Runtime, error)
 
 	PutJoinToken(ctx context.Context, t JoinToken) error
-	// UseJoinToken marks the token used at now and returns it; ErrConflict if it was used.
-	// Expiry is the caller's check (it needs the token's attributes for the audit event).
-	UseJoinToken(ctx context.Context, id string, now time.Time) (JoinToken, error)
+	// UseJoinToken marks the token used at now and returns it, if check accepts it (the
+	// caller compares the secret and checks expiry); ErrConflict if it was used. A token
+	// that check refuses stays unused, and check's error is returned.
+	UseJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error)
 
 	PutLease(ctx context.Context, l Lease) error
 	GetLease(ctx context.Context, id string) (Lease, error)
@@ -194,7 +195,7 @@ func (s *sqlStore) PutJoinToken(ctx context.Context, t JoinToken) error {
 	return nil
 }
 
-func (s *sqlStore) UseJoinToken(ctx context.Context, id string, now time.Time) (JoinToken, error) {
+func (s *sqlStore) UseJoinToken(ctx context.Context, id string, now time.Time, check func(JoinToken) error) (JoinToken, error) {
 	var t JoinToken
 	var exp, used, ts int64
 	err := s.db.QueryRowContext(ctx, s.q(`SELECT `+tokenCols+` FROM join_tokens WHERE id = ?`), id).
@@ -208,6 +209,9 @@ func (s *sqlStore) UseJoinToken(ctx context.Context, id string, now time.Time) (
 	t.ExpiresAt, t.UsedAt, t.CreatedAt = fromNanos(exp), fromNanos(used), fromNanos(ts)
 	if used != 0 {
 		return t, fmt.Errorf("join token %s: already used: %w", id, ErrConflict)
+	}
+	if err := check(t); err != nil {
+		return t, err
 	}
 	// The conditional update is what makes the token single-use under concurrency.
 	res, err := s.db.ExecContext(ctx, s.q(`UPDATE join_tokens SET used_at = ? WHERE id = ? AND used_at = 0`), nanos(now), id)

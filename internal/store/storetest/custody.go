@@ -46,7 +46,7 @@ func testRuntimesAndTokens(t *testing.T, s store.Store) {
 	wins := 0
 	for range 8 {
 		wg.Go(func() {
-			if _, err := s.UseJoinToken(ctx, "t1", ts.Add(time.Second)); err == nil {
+			if _, err := s.UseJoinToken(ctx, "t1", ts.Add(time.Second), func(store.JoinToken) error { return nil }); err == nil {
 				mu.Lock()
 				wins++
 				mu.Unlock()
@@ -59,8 +59,17 @@ func testRuntimesAndTokens(t *testing.T, s store.Store) {
 	if wins != 1 {
 		t.Fatalf("join token used %d times", wins)
 	}
-	if _, err := s.UseJoinToken(ctx, "nope", ts); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.UseJoinToken(ctx, "nope", ts, func(store.JoinToken) error { return nil }); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("unknown token: %v", err)
+	}
+	// A refused check leaves the token unused.
+	s.PutJoinToken(ctx, store.JoinToken{ID: "t2", Hash: []byte{1}, Env: "prod", Owner: "alice", ExpiresAt: ts.Add(time.Hour), CreatedAt: ts})
+	refuse := errors.New("wrong secret")
+	if _, err := s.UseJoinToken(ctx, "t2", ts, func(store.JoinToken) error { return refuse }); !errors.Is(err, refuse) {
+		t.Fatalf("refused check: %v", err)
+	}
+	if _, err := s.UseJoinToken(ctx, "t2", ts, func(store.JoinToken) error { return nil }); err != nil {
+		t.Fatalf("token unusable after a refused check: %v", err)
 	}
 }
 
