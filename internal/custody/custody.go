@@ -97,7 +97,7 @@ type Service struct {
 
 	mu       sync.Mutex
 	nonces   map[string]nonce
-	issued   map[string][]string // runtime → its outstanding nonces, oldest first
+	issued   map[string][]string      // runtime → its outstanding nonces, oldest first
 	watchers map[string][]chan string // lease id → subscribers
 	notified map[string]time.Time     // revocations already pushed
 }
