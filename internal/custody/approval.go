@@ -187,12 +187,16 @@ func (s *Service) checkTOTP(ctx context.Context, principal, code string, now tim
 	return errors.New("wrong TOTP code")
 }
 
-func gcmSeal(key, plain, aad []byte) ([]byte, error) {
+func newGCM(key []byte) (cipher.AEAD, error) {
 	b, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, err
 	}
-	g, err := cipher.NewGCM(b)
+	return cipher.NewGCM(b)
+}
+
+func gcmSeal(key, plain, aad []byte) ([]byte, error) {
+	g, err := newGCM(key)
 	if err != nil {
 		return nil, err
 	}
@@ -202,11 +206,7 @@ func gcmSeal(key, plain, aad []byte) ([]byte, error) {
 }
 
 func gcmOpen(key, sealed, aad []byte) ([]byte, error) {
-	b, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	g, err := cipher.NewGCM(b)
+	g, err := newGCM(key)
 	if err != nil {
 		return nil, err
 	}

@@ -121,8 +121,13 @@ func decode(r *http.Request, v any) error {
 	return nil
 }
 
-func parseCSR(der []byte) (*x509.CertificateRequest, error) {
-	csr, err := x509.ParseCertificateRequest(der)
+// decodeCSR decodes the body into req and parses the DER certificate request it carries
+// in *der.
+func decodeCSR(r *http.Request, req any, der *[]byte) (*x509.CertificateRequest, error) {
+	if err := decode(r, req); err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(*der)
 	if err != nil {
 		return nil, fmt.Errorf("%w: certificate request: %v", ErrBadRequest, err)
 	}
@@ -163,11 +168,7 @@ func (s *Service) runtime(h func(http.ResponseWriter, *http.Request, store.Runti
 
 func (s *Service) handleJoin(w http.ResponseWriter, r *http.Request) {
 	var req JoinRequest
-	if err := decode(r, &req); err != nil {
-		s.fail(w, err)
-		return
-	}
-	csr, err := parseCSR(req.CSR)
+	csr, err := decodeCSR(r, &req, &req.CSR)
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -182,11 +183,7 @@ func (s *Service) handleJoin(w http.ResponseWriter, r *http.Request) {
 
 func (s *Service) handleCert(w http.ResponseWriter, r *http.Request, rt store.Runtime) {
 	var req CertRequest
-	if err := decode(r, &req); err != nil {
-		s.fail(w, err)
-		return
-	}
-	csr, err := parseCSR(req.CSR)
+	csr, err := decodeCSR(r, &req, &req.CSR)
 	if err != nil {
 		s.fail(w, err)
 		return

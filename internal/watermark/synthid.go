@@ -175,21 +175,7 @@ func (s TournamentScore) String() string {
 // Window finds the most watermarked span of w tokens; the p-value is corrected for the
 // number of windows tried.
 func (t *Tournament) Window(tokens []int, w int) (start int, s TournamentScore) {
-	if len(tokens) <= w {
-		return 0, t.Detect(tokens)
-	}
-	s.P = 2
-	step := max(1, w/4)
-	tries := 0
-	for i := 0; i+w <= len(tokens); i += step {
-		tries++
-		sc := t.Detect(tokens[i : i+w])
-		if sc.P < s.P {
-			start, s = i, sc
-		}
-	}
-	s.P = math.Min(1, s.P*float64(tries))
-	return start, s
+	return bestWindow(tokens, w, t.Detect, func(s *TournamentScore) *float64 { return &s.P })
 }
 
 // topIndices returns the indices of the k largest values, largest first, in one pass

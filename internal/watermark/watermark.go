@@ -165,19 +165,24 @@ func DetectAll(keys []*Key, tokens []int) []Score {
 // Window finds the most watermarked span of width w tokens (a watermarked passage inside a
 // long mixed document); the p-value is corrected for the number of windows tried.
 func (k *Key) Window(tokens []int, w int) (start int, s Score) {
+	return bestWindow(tokens, w, k.Detect, func(s *Score) *float64 { return &s.P })
+}
+
+// bestWindow scores windows of w tokens every w/4 and returns the start and score of the
+// one with the smallest p-value, corrected (Bonferroni) for the number of windows tried.
+func bestWindow[S any](tokens []int, w int, detect func([]int) S, p func(*S) *float64) (int, S) {
 	if len(tokens) <= w {
-		return 0, k.Detect(tokens)
+		return 0, detect(tokens)
 	}
-	s.P = 2
-	step := max(1, w/4)
-	tries := 0
-	for i := 0; i+w <= len(tokens); i += step {
+	var best S
+	start, tries := 0, 0
+	*p(&best) = 2
+	for i := 0; i+w <= len(tokens); i += max(1, w/4) {
 		tries++
-		sc := k.Detect(tokens[i : i+w])
-		if sc.P < s.P {
-			start, s = i, sc
+		if sc := detect(tokens[i : i+w]); *p(&sc) < *p(&best) {
+			start, best = i, sc
 		}
 	}
-	s.P = math.Min(1, s.P*float64(tries))
-	return start, s
+	*p(&best) = math.Min(1, *p(&best)*float64(tries))
+	return start, best
 }
