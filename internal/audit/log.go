@@ -67,7 +67,16 @@ type Log struct {
 	closed    bool
 	pending   sync.WaitGroup
 	done      chan struct{}
+
+	// recent holds index records of events this process appended, keyed by log index,
+	// so that the index catch-up need not read them back from disk and parse them.
+	recentMu sync.Mutex
+	recent   map[uint64]store.AuditEvent
 }
+
+// maxRecent bounds recent: beyond it (an index that cannot keep up) entries are read back
+// from the log instead.
+const maxRecent = 1 << 18
 
 // Open opens (creating) the log in cfg.Dir and brings the search index up to date.
 func Open(ctx context.Context, cfg Config) (*Log, error) {
@@ -114,7 +123,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		cancel()
 		return nil, fmt.Errorf("audit: open log: %w", err)
 	}
-	l := &Log{add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
+	l := &Log{recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), stop: make(chan struct{}), done: make(chan struct{})}
 	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
 		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
@@ -168,6 +177,13 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 			return 0, err
 		}
 		l.setErr(nil)
+		if l.idx != nil {
+			l.recentMu.Lock()
+			if len(l.recent) < maxRecent {
+				l.recent[i.Index] = store.AuditEvent{Index: i.Index, TS: ev.TS, Kind: ev.Kind, Principal: ev.Actor["principal"], Decision: ev.Decision, Raw: b}
+			}
+			l.recentMu.Unlock()
+		}
 		return i.Index, nil
 	})
 }
@@ -238,6 +254,38 @@ func (l *Log) catchUp(ctx context.Context) error {
 	size, err := l.reader.IntegratedSize(ctx)
 	if err != nil || from >= size {
 		return err
+	}
+	// Entries this process appended are indexed from memory, in order, as far as they
+	// reach; the rest (other processes' events, a restart, a full buffer) from the log.
+	var batch []store.AuditEvent
+	l.recentMu.Lock()
+	for i := from; i < size; i++ {
+		e, ok := l.recent[i]
+		if !ok {
+			break
+		}
+		batch = append(batch, e)
+		delete(l.recent, i)
+	}
+	for i := range l.recent {
+		if i < from {
+			delete(l.recent, i) // indexed already (read back from the log)
+		}
+	}
+	l.recentMu.Unlock()
+	if len(batch) > 0 {
+		if err := l.idx.IndexAudit(ctx, batch); err != nil {
+			l.recentMu.Lock()
+			for _, e := range batch { // keep them for the next round
+				l.recent[e.Index] = e
+			}
+			l.recentMu.Unlock()
+			return err
+		}
+		from += uint64(len(batch))
+		if from >= size {
+			return nil
+		}
 	}
 	return ReadEntries(ctx, l.reader.ReadEntryBundle, from, size, func(batch []store.AuditEvent) error {
 		return l.idx.IndexAudit(ctx, batch)

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/google/go-cmp/cmp"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -117,6 +118,19 @@ func TestRecordVerifyIndex(t *testing.T) {
 	got, err := tl.st.SearchAudit(context.Background(), store.AuditQuery{Principal: "user1", Kind: "model.unseal"})
 	if err != nil || len(got) != 100 {
 		t.Fatalf("search: %d events, %v", len(got), err)
+	}
+	// The index built from memory matches what reading the log back from disk gives.
+	all, _ := tl.st.SearchAudit(context.Background(), store.AuditQuery{})
+	var fromDisk []store.AuditEvent
+	err = ReadEntries(context.Background(), client.FileFetcher{Root: tl.dir}.ReadEntryBundle, 0, 300, func(b []store.AuditEvent) error {
+		fromDisk = append(fromDisk, b...)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(fromDisk, all); diff != "" {
+		t.Fatalf("index from memory differs from the log (-disk +index):\n%s", diff)
 	}
 	// Reopen, append more: consistent with the state accepted before.
 	tl.reopen(t)
