@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
+	"github.com/strongroom/strongroom/internal/attest"
 	"github.com/strongroom/strongroom/internal/custody"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/launcher"
@@ -285,7 +286,7 @@ type exitError struct {
 func (e exitError) Error() string { return e.msg }
 
 func runCmd(g *globals) *cobra.Command {
-	var ref, identity, token, server, blobs string
+	var ref, identity, token, server, blobs, attestType string
 	var verify bool
 	var grace time.Duration
 	c := &cobra.Command{
@@ -309,8 +310,12 @@ Exit status: the engine's own, or 77 lease refused, 78 lease revoked, 75 renewal
 			if err != nil {
 				return err
 			}
+			at, err := attest.NewAttestor(attestType, id.Key)
+			if err != nil {
+				return err
+			}
 			out, err := launcher.Run(cmd.Context(), launcher.Config{
-				Identity: id, Model: name, Version: version, Command: args, BlobDir: blobs, VerifyDigest: verify,
+				Identity: id, Model: name, Version: version, Command: args, BlobDir: blobs, VerifyDigest: verify, Evidence: at.Evidence,
 				KillGrace: grace, Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr(), Log: g.logger(cmd.ErrOrStderr()),
 			})
 			if err != nil {
@@ -330,5 +335,6 @@ Exit status: the engine's own, or 77 lease refused, 78 lease revoked, 75 renewal
 	f.StringVar(&blobs, "blobs", "", "read sealed files from this directory (shared blob storage) instead of downloading them")
 	f.BoolVar(&verify, "verify-digest", false, "also check every file's SHA-256 against the inventory (sealed chunks are authenticated either way)")
 	f.DurationVar(&grace, "kill-grace", 5*time.Second, "time between SIGTERM and SIGKILL")
+	f.StringVar(&attestType, "attest", "dev", "attestation: dev (software key), sev-snp or tdx (the guest's attestation device)")
 	return c
 }

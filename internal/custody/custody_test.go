@@ -7,6 +7,7 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"net/http"
@@ -17,9 +18,14 @@ import (
 	"testing"
 	"time"
 
+	sevabi "github.com/google/go-sev-guest/abi"
+	labi "github.com/google/go-sev-guest/client/linuxabi"
+	sevtest "github.com/google/go-sev-guest/testing"
+	sevtrust "github.com/google/go-sev-guest/verify/trust"
 	"github.com/pquerna/otp/totp"
 	"github.com/strongroom/strongroom/internal/attest"
 	"github.com/strongroom/strongroom/internal/kms"
+	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -539,5 +545,93 @@ func TestNonceCap(t *testing.T) {
 	}
 	if !e.svc.takeNonce("rt-x", last) || e.svc.takeNonce("rt-x", last) {
 		t.Fatal("latest nonce must work exactly once")
+	}
+}
+
+// sevGuest is a mock SEV-SNP guest: go-sev-guest's test device signs, with its test-only
+// AMD chain, a non-debug report with our measurement over whatever report data it is asked.
+type sevGuest struct {
+	qp          *sevtest.QuoteProvider
+	measurement [48]byte
+}
+
+func (g *sevGuest) GetRawQuote(data [64]byte) ([]uint8, error) {
+	r := sevtest.TestRawReport(data)
+	binary.LittleEndian.PutUint64(r[0x08:0x10], sevabi.SnpPolicyToBytes(sevabi.SnpPolicy{Debug: false}))
+	copy(r[0x90:0x90+48], g.measurement[:])
+	g.qp.Device.ReportDataRsp[hex.EncodeToString(data[:])] = &sevtest.GetReportResponse{Resp: labi.SnpReportRespABI{Data: r}}
+	return g.qp.GetRawQuote(data)
+}
+
+// TestRestrictedLeaseOnSEVSNP: with the baseline Cedar policy, a restricted model's key goes
+// to a prod runtime whose SEV-SNP report (bound to its HPKE key and the nonce) verifies, is
+// not debuggable and carries an allowlisted measurement — after two approvals — and never
+// to the same runtime attesting in software.
+func TestRestrictedLeaseOnSEVSNP(t *testing.T) {
+	qp, err := sevtest.TcQuoteProvider(nil, &sevtest.DeviceOptions{Now: time.Now(), Product: sevabi.DefaultSevProduct()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest := &sevGuest{qp: qp}
+	rand.Read(guest.measurement[:])
+	line := sevtest.GetProductLine()
+	roots := map[string][]*sevtrust.AMDRootCerts{line: {{Product: line, ProductCerts: &sevtrust.ProductCerts{Ark: qp.Device.Signer.Ark, Ask: qp.Device.Signer.Ask}}}}
+	set, err := policy.Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, func(c *Config) {
+		c.Attest.Verifiers[attest.TypeSEV] = &attest.SEV{Roots: roots}
+		c.Attest.Allow = map[string][]string{attest.TypeSEV: {hex.EncodeToString(guest.measurement[:])}}
+		c.Decide = func(_ context.Context, d Decision) (bool, string) {
+			rt := d.Runtime
+			dec := set.DecideLease(policy.LeaseRequest{Runtime: policy.Runtime{ID: rt.ID, Env: rt.Env, Jurisdiction: rt.Jurisdiction},
+				Model: policy.Model{Name: d.Model, Classification: d.Classification}, Attestation: d.Attestation.Type,
+				TEE: d.Attestation.TEE, MeasurementAllowed: d.Attestation.Allowed, Debug: d.Attestation.Debug, Renewal: d.Renewal})
+			return dec.Allow, dec.Reason()
+		}
+	})
+	ctx := context.Background()
+	id := e.join(t, "prod")
+	if _, _, err := lease(t, id, "frontier"); !errors.Is(err, ErrDenied) {
+		t.Fatalf("restricted model with software attestation: %v", err)
+	}
+	sevLease := func() (*LeaseResponse, *ecdh.PrivateKey, error) {
+		c := id.Client()
+		priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
+		n, err := c.Nonce(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		ev, err := attest.Hardware{Type: attest.TypeSEV, Source: guest}.Evidence(attest.Binding(priv.PublicKey().Bytes(), n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := c.Lease(ctx, LeaseRequestWire{Model: "frontier", Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: n, Evidence: ev})
+		return r, priv, err
+	}
+	if _, _, err := sevLease(); !errors.Is(err, ErrPendingApproval) {
+		t.Fatalf("attested restricted lease should wait for approvals: %v", err)
+	}
+	rs, _ := e.svc.Approvals(ctx, store.StatePending)
+	for _, who := range []string{"bob", "carol"} {
+		if _, err := e.svc.Decide(ctx, rs[0].ID, who, e.code(t, who), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, priv, err := sevLease()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Lease.Attestation != "sev-snp:"+hex.EncodeToString(guest.measurement[:]) {
+		t.Fatalf("lease attestation %q", r.Lease.Attestation)
+	}
+	if _, err := OpenKey(priv, r.Lease, r.SealedKey); err != nil {
+		t.Fatal(err)
+	}
+	// Renewal re-decides with the allowlist as it stands: removing the measurement ends it.
+	e.svc.cfg.Attest.Allow = nil
+	if _, err := id.Client().Renew(ctx, r.Lease.ID); !errors.Is(err, ErrDenied) {
+		t.Fatalf("renewal after the measurement left the allowlist: %v", err)
 	}
 }
