@@ -42,7 +42,7 @@ func (s *Service) approvalFor(ctx context.Context, kind, requester, subject stri
 		if err := s.cfg.Store.CreateApproval(ctx, r); err != nil {
 			return "", err
 		}
-		return "", &PendingError{Request: r}
+		return "", &PendingError{Request: r, Created: true}
 	}
 	if err != nil {
 		return "", err

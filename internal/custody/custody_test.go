@@ -372,6 +372,17 @@ func TestTwoPersonRule(t *testing.T) {
 		t.Fatalf("restricted lease without approvals: %v", err)
 	}
 	_, _, err = lease(t, id, "frontier") // asking again finds the same request
+	e.rec.mu.Lock()
+	pendingDenies := 0
+	for _, ev := range e.rec.events {
+		if ev == "lease.grant deny" {
+			pendingDenies++
+		}
+	}
+	e.rec.mu.Unlock()
+	if pendingDenies != 1 {
+		t.Fatalf("%d pending denials recorded for one request and two polls, want 1", pendingDenies)
+	}
 	rs, _ := e.svc.Approvals(ctx, store.StatePending)
 	if len(rs) != 1 || rs[0].Requester != "alice" || rs[0].Needed != 2 {
 		t.Fatalf("pending requests: %+v (%v)", rs, err)

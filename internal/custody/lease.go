@@ -35,8 +35,12 @@ type Grant struct {
 	Files     []store.File
 }
 
-// PendingError says a release waits for approvals.
-type PendingError struct{ Request store.ApprovalRequest }
+// PendingError says a release waits for approvals; Created is set on the call that opened
+// the request.
+type PendingError struct {
+	Request store.ApprovalRequest
+	Created bool
+}
 
 func (e *PendingError) Error() string {
 	have := 0
@@ -113,9 +117,10 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 	approval, err := s.approvalFor(ctx, "lease", rt.Owner, rt.ID, v)
 	if err != nil {
 		var pe *PendingError
-		if errors.As(err, &pe) {
+		if errors.As(err, &pe) && pe.Created {
+			// Not released (yet): a deny on the record, with the request it waits for —
+			// once, not for every poll of a runtime waiting for its approvals.
 			fields["approval"] = pe.Request.ID
-			// Not released (yet): a deny on the record, with the request it waits for.
 			if err := s.audit(ctx, "lease.grant", "deny", "waiting for approvals", leaseSubject(l), fields); err != nil {
 				return nil, err
 			}
