@@ -149,14 +149,7 @@ func (s *sqlStore) PutRuntime(ctx context.Context, r Runtime) error {
 }
 
 func (s *sqlStore) GetRuntime(ctx context.Context, id string) (Runtime, error) {
-	r, err := scanRuntime(s.db.QueryRowContext(ctx, s.q(`SELECT `+runtimeCols+` FROM runtimes WHERE id = ?`), id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return r, fmt.Errorf("runtime %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return r, fmt.Errorf("store: get runtime: %w", err)
-	}
-	return r, nil
+	return getOne(ctx, s, scanRuntime, "runtime "+id, "get runtime", `SELECT `+runtimeCols+` FROM runtimes WHERE id = ?`, id)
 }
 
 func (s *sqlStore) ListRuntimes(ctx context.Context) ([]Runtime, error) {
@@ -248,14 +241,7 @@ func (s *sqlStore) PutLease(ctx context.Context, l Lease) error {
 }
 
 func (s *sqlStore) GetLease(ctx context.Context, id string) (Lease, error) {
-	l, err := scanLease(s.db.QueryRowContext(ctx, s.q(`SELECT `+leaseCols+` FROM leases WHERE id = ?`), id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return l, fmt.Errorf("lease %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return l, fmt.Errorf("store: get lease: %w", err)
-	}
-	return l, nil
+	return getOne(ctx, s, scanLease, "lease "+id, "get lease", `SELECT `+leaseCols+` FROM leases WHERE id = ?`, id)
 }
 
 func leaseWhere(q LeaseQuery) (string, []any) {
@@ -467,16 +453,10 @@ func (s *sqlStore) PutTOTP(ctx context.Context, t TOTP) error {
 }
 
 func (s *sqlStore) GetTOTP(ctx context.Context, principal string) (TOTP, error) {
-	var t TOTP
-	err := s.db.QueryRowContext(ctx, s.q(`SELECT principal, key_id, sealed, last_step FROM totp WHERE principal = ?`), principal).
-		Scan(&t.Principal, &t.KeyID, &t.Sealed, &t.LastStep)
-	if errors.Is(err, sql.ErrNoRows) {
-		return t, fmt.Errorf("totp for %s: %w", principal, ErrNotFound)
-	}
-	if err != nil {
-		return t, fmt.Errorf("store: get totp: %w", err)
-	}
-	return t, nil
+	return getOne(ctx, s, func(row interface{ Scan(...any) error }) (TOTP, error) {
+		var t TOTP
+		return t, row.Scan(&t.Principal, &t.KeyID, &t.Sealed, &t.LastStep)
+	}, "totp for "+principal, "get totp", `SELECT principal, key_id, sealed, last_step FROM totp WHERE principal = ?`, principal)
 }
 
 func (s *sqlStore) UseTOTPStep(ctx context.Context, principal string, step int64) error {

@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -85,14 +83,7 @@ func (s *sqlStore) CreateIncident(ctx context.Context, in Incident) error {
 }
 
 func (s *sqlStore) GetIncident(ctx context.Context, id string) (Incident, error) {
-	in, err := scanIncident(s.db.QueryRowContext(ctx, s.q(`SELECT `+incidentCols+` FROM incidents WHERE id = ?`), id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return in, fmt.Errorf("incident %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return in, fmt.Errorf("store: get incident: %w", err)
-	}
-	return in, nil
+	return getOne(ctx, s, scanIncident, "incident "+id, "get incident", `SELECT `+incidentCols+` FROM incidents WHERE id = ?`, id)
 }
 
 func (s *sqlStore) ListIncidents(ctx context.Context, state string) ([]Incident, error) {

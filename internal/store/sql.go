@@ -233,6 +233,19 @@ func (s *sqlStore) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 
 func (s *sqlStore) Close() error { return s.db.Close() }
 
+// getOne runs a query for one row: no row is ErrNotFound, named by what; other failures
+// are named by op.
+func getOne[T any](ctx context.Context, s *sqlStore, scan func(interface{ Scan(...any) error }) (T, error), what, op, query string, args ...any) (T, error) {
+	v, err := scan(s.db.QueryRowContext(ctx, s.q(query), args...))
+	if errors.Is(err, sql.ErrNoRows) {
+		return v, fmt.Errorf("%s: %w", what, ErrNotFound)
+	}
+	if err != nil {
+		return v, fmt.Errorf("store: %s: %w", op, err)
+	}
+	return v, nil
+}
+
 func (s *sqlStore) PutKey(ctx context.Context, k Key) error {
 	if k.Purpose != PurposeModel && k.Purpose != PurposeFile {
 		return fmt.Errorf("store: key %s: purpose %q", k.ID, k.Purpose)
@@ -259,14 +272,7 @@ func scanKey(row interface{ Scan(...any) error }) (Key, error) {
 }
 
 func (s *sqlStore) GetKey(ctx context.Context, id string) (Key, error) {
-	k, err := scanKey(s.db.QueryRowContext(ctx, s.q(`SELECT `+keyCols+` FROM keys WHERE id = ?`), id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return Key{}, fmt.Errorf("store: key %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return Key{}, fmt.Errorf("store: get key: %w", err)
-	}
-	return k, nil
+	return getOne(ctx, s, scanKey, "store: key "+id, "get key", `SELECT `+keyCols+` FROM keys WHERE id = ?`, id)
 }
 
 func (s *sqlStore) ListKeys(ctx context.Context) ([]Key, error) {
@@ -532,14 +538,7 @@ func scanPrincipal(row interface{ Scan(...any) error }) (Principal, error) {
 }
 
 func (s *sqlStore) GetPrincipal(ctx context.Context, id string) (Principal, error) {
-	p, err := scanPrincipal(s.db.QueryRowContext(ctx, s.q(`SELECT `+principalCols+` FROM principals WHERE id = ?`), id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return p, fmt.Errorf("principal %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return p, fmt.Errorf("store: get principal: %w", err)
-	}
-	return p, nil
+	return getOne(ctx, s, scanPrincipal, "principal "+id, "get principal", `SELECT `+principalCols+` FROM principals WHERE id = ?`, id)
 }
 
 func (s *sqlStore) ListPrincipals(ctx context.Context) ([]Principal, error) {
@@ -583,14 +582,7 @@ func scanAPIKey(row interface{ Scan(...any) error }) (APIKey, error) {
 }
 
 func (s *sqlStore) GetAPIKey(ctx context.Context, id string) (APIKey, error) {
-	k, err := scanAPIKey(s.db.QueryRowContext(ctx, s.q(`SELECT `+apiKeyCols+` FROM api_keys WHERE id = ?`), id))
-	if errors.Is(err, sql.ErrNoRows) {
-		return k, fmt.Errorf("api key %s: %w", id, ErrNotFound)
-	}
-	if err != nil {
-		return k, fmt.Errorf("store: get api key: %w", err)
-	}
-	return k, nil
+	return getOne(ctx, s, scanAPIKey, "api key "+id, "get api key", `SELECT `+apiKeyCols+` FROM api_keys WHERE id = ?`, id)
 }
 
 func (s *sqlStore) ListAPIKeys(ctx context.Context, principal string) ([]APIKey, error) {
