@@ -239,31 +239,33 @@ func modelSynthCmd(g *globals) *cobra.Command {
 			if set("min-bytes") && !set("arch") {
 				arch = "bigram"
 			}
+			// --layers, --vocab and --seed apply to whichever architecture is chosen.
+			var layersDst, vocabDst *int
+			var seedDst *uint64
+			switch arch {
+			case "bigram":
+				layersDst, vocabDst, seedDst = &o.Layers, &o.Vocab, &o.Seed
+			case "llama":
+				layersDst, vocabDst, seedDst = &l.Layers, &l.Vocab, &l.Seed
+			default:
+				return usagef("--arch %q: want bigram or llama", arch)
+			}
+			if set("layers") {
+				*layersDst = layers
+			}
+			if set("vocab") {
+				*vocabDst = vocab
+			}
+			if set("seed") {
+				*seedDst = seed
+			}
 			switch arch {
 			case "bigram":
 				o.MinBytes = minBytes
-				if set("layers") {
-					o.Layers = layers
-				}
-				if set("vocab") {
-					o.Vocab = vocab
-				}
-				if set("seed") {
-					o.Seed = seed
-				}
 				if err := refmodel.Synthesize(out, o); err != nil {
 					return err
 				}
 			case "llama":
-				if set("layers") {
-					l.Layers = layers
-				}
-				if set("vocab") {
-					l.Vocab = vocab
-				}
-				if set("seed") {
-					l.Seed = seed
-				}
 				if err := refmodel.SynthesizeLlama(out, l); err != nil {
 					return usageError{err}
 				}
@@ -271,8 +273,6 @@ func modelSynthCmd(g *globals) *cobra.Command {
 					NumKVHeads: l.KVHeads, VocabSize: l.Vocab, TieWordEmbeddings: l.Tied}
 				fmt.Fprintf(cmd.OutOrStdout(), "llama: %d layers, dim %d, %d heads (%d kv), vocab %d: %.2fM parameters\n",
 					l.Layers, l.Dim, l.Heads, l.KVHeads, l.Vocab, float64(cfg.Params())/1e6)
-			default:
-				return usagef("--arch %q: want bigram or llama", arch)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s\n", out)
 			return nil
