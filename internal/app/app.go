@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/audit"
@@ -23,6 +24,7 @@ import (
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/kms"
+	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -42,6 +44,9 @@ type App struct {
 	// TraceRecorder, if set before OpenGateway, also receives every request (--record-trace).
 	TraceRecorder gateway.Detector
 	actor         map[string]string
+
+	policyMu sync.Mutex
+	policy   *policy.Engine
 }
 
 // InitOptions choose the KEK provider for a new data directory.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"os"
-	"time"
 
 	"crypto/tls"
 
@@ -23,14 +21,10 @@ func (a *App) Custody(ctx context.Context) (*custody.Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(a.Config.Gateway.PolicyDir, 0o700); err != nil {
+	eng, err := a.Policy(ctx)
+	if err != nil {
 		return nil, err
 	}
-	eng, err := policy.NewEngine(a.Config.Gateway.PolicyDir, a.Log)
-	if err != nil {
-		return nil, fmt.Errorf("policies: %w", err)
-	}
-	go eng.Watch(ctx, 2*time.Second)
 	decide := func(_ context.Context, d custody.Decision) (bool, string) {
 		m := policy.Model{Name: d.Model, Classification: d.Classification}
 		for _, r := range a.Config.Gateway.Routes {

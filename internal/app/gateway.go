@@ -28,14 +28,10 @@ func (a *App) APIKeys() *authn.Keys { return authn.NewKeys(a.Store, nil, 5*time.
 // The policy engine reloads the policy directory until ctx ends.
 func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway.Gateway, error) {
 	gc := a.Config.Gateway
-	if err := os.MkdirAll(gc.PolicyDir, 0o700); err != nil {
+	eng, err := a.Policy(ctx)
+	if err != nil {
 		return nil, err
 	}
-	eng, err := policy.NewEngine(gc.PolicyDir, a.Log)
-	if err != nil {
-		return nil, fmt.Errorf("policies: %w", err)
-	}
-	go eng.Watch(ctx, 2*time.Second)
 	var proxies []netip.Prefix
 	for _, p := range gc.TrustedProxies {
 		pr, err := netip.ParsePrefix(p)
@@ -269,4 +265,25 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log})
 	go r.Run(ctx, 10*time.Second)
 	return r, nil
+}
+
+// Policy is the data directory's Cedar engine (baseline plus the policy directory), one
+// per App whatever asks for it (gateway, custody); the first caller's ctx bounds its
+// reloading of the policy directory.
+func (a *App) Policy(ctx context.Context) (*policy.Engine, error) {
+	a.policyMu.Lock()
+	defer a.policyMu.Unlock()
+	if a.policy != nil {
+		return a.policy, nil
+	}
+	if err := os.MkdirAll(a.Config.Gateway.PolicyDir, 0o700); err != nil {
+		return nil, err
+	}
+	eng, err := policy.NewEngine(a.Config.Gateway.PolicyDir, a.Log)
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	go eng.Watch(ctx, 2*time.Second)
+	a.policy = eng
+	return eng, nil
 }
