@@ -82,7 +82,7 @@ func tsample(rng *rand.Rand, k *Tournament, n, vocab int, scale float64) ([]int,
 func TestTournamentRates(t *testing.T) {
 	ks := tkeys(t, "acme", "globex", "initech")
 	rng := rand.New(rand.NewPCG(3, 4))
-	const vocab, runs, alpha = 1000, 200, 1e-3
+	const vocab, runs, alpha = 1000, 600, 1e-3
 	scale := 4.0 // ≈ 2.3–2.5 nats per token over 1,000 tokens
 	tp, tpNoisy, named, fp := 0, 0, 0, 0
 	var ent float64
@@ -121,7 +121,7 @@ func TestTournamentRates(t *testing.T) {
 	if ent < 2.3 {
 		t.Fatalf("entropy %.2f below the target's 2.3 nats", ent)
 	}
-	if float64(tp)/runs < 0.98 || float64(tpNoisy)/runs < 0.95 || float64(named)/runs < 0.95 || fp > 2 {
+	if float64(tp)/runs < 0.98 || float64(tpNoisy)/runs < 0.95 || float64(named)/runs < 0.95 || fp > 3 {
 		t.Fatalf("rates below target")
 	}
 }
@@ -171,13 +171,13 @@ func TestTournamentSpliceAndThreshold(t *testing.T) {
 		t.Fatalf("thresholds %g, %g", th200, th2000)
 	}
 	// Repeated context+token pairs are scored once: a 20-token span written twice scores
-	// 19 + 4 tokens (only the first 4 of the copy have new contexts).
+	// 19 + H tokens (only the first H of the copy have new contexts).
 	span := make([]int, 20)
 	for i := range span {
 		span[i] = 100 + i
 	}
-	if s := k.Detect(append(append([]int{}, span...), span...)); s.Scored != 23 {
-		t.Fatalf("scored %d of a repeated span, want 23", s.Scored)
+	if s := k.Detect(append(append([]int{}, span...), span...)); s.Scored != 19+k.H {
+		t.Fatalf("scored %d of a repeated span, want %d", s.Scored, 19+k.H)
 	}
 }
 
