@@ -29,7 +29,10 @@ import (
 	"fmt"
 	"hash"
 	"regexp"
+	"slices"
+	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // MaxEventSize caps one encoded event.
@@ -74,28 +77,115 @@ func (e *Event) Validate() error {
 }
 
 // Marshal returns the canonical bytes of an event (see the package doc).
+//
+// The bytes are those encoding/json produces for Event with HTML escaping off (sorted map
+// keys, its string escapes); this encoder writes them without reflection, because the
+// gateway marshals one event per request. FuzzMarshalMatchesJSON holds the two equal.
 func (e *Event) Marshal() ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
-	c := *e
-	c.TS = c.TS.UTC()
-	for _, m := range []*map[string]string{&c.Actor, &c.Subject, &c.Fields} {
-		if *m == nil {
-			*m = map[string]string{}
+	ts := e.TS.UTC()
+	if y := ts.Year(); y < 0 || y > 9999 {
+		return nil, fmt.Errorf("%w: timestamp year %d", ErrEvent, y)
+	}
+	b := make([]byte, 0, 512)
+	b = append(b, `{"v":`...)
+	b = strconv.AppendInt(b, int64(e.V), 10)
+	b = append(b, `,"ts":"`...)
+	b = ts.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","kind":`...)
+	b = appendJSONString(b, e.Kind)
+	b = append(b, `,"actor":`...)
+	b = appendJSONMap(b, e.Actor)
+	b = append(b, `,"subject":`...)
+	b = appendJSONMap(b, e.Subject)
+	b = append(b, `,"decision":`...)
+	b = appendJSONString(b, e.Decision)
+	b = append(b, `,"reason":`...)
+	b = appendJSONString(b, e.Reason)
+	b = append(b, `,"fields":`...)
+	b = appendJSONMap(b, e.Fields)
+	b = append(b, '}')
+	if len(b) > MaxEventSize {
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrEvent, len(b), MaxEventSize)
+	}
+	return b, nil
+}
+
+// appendJSONMap writes a flat string map with its keys sorted, as encoding/json does.
+func appendJSONMap(b []byte, m map[string]string) []byte {
+	var small [16]string
+	keys := small[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
 		}
+		b = appendJSONString(b, k)
+		b = append(b, ':')
+		b = appendJSONString(b, m[k])
 	}
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(c); err != nil {
-		return nil, err
+	return append(b, '}')
+}
+
+// appendJSONString writes s as encoding/json does with HTML escaping off: ", \ and
+// control characters escaped (\b \f \n \r \t by name), invalid UTF-8 as \ufffd, and
+// U+2028/U+2029 escaped.
+func appendJSONString(b []byte, s string) []byte {
+	const hexDigits = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, s[start:i]...)
+			b = append(b, `\u202`...)
+			b = append(b, hexDigits[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
 	}
-	out := bytes.TrimSuffix(b.Bytes(), []byte("\n"))
-	if len(out) > MaxEventSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrEvent, len(out), MaxEventSize)
-	}
-	return out, nil
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 // ParseEvent decodes an entry strictly: unknown keys, trailing data and non-canonical

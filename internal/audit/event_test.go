@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -90,4 +91,54 @@ func FuzzParseEvent(f *testing.F) {
 			t.Fatalf("accepted bytes do not round-trip: %v", err)
 		}
 	})
+}
+
+// jsonMarshal is the reference: what encoding/json writes for an event (the format was
+// defined by it; Marshal must produce the same bytes without reflection).
+func jsonMarshal(e Event) ([]byte, error) {
+	e.TS = e.TS.UTC()
+	for _, m := range []*map[string]string{&e.Actor, &e.Subject, &e.Fields} {
+		if *m == nil {
+			*m = map[string]string{}
+		}
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(e); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
+func FuzzMarshalMatchesJSON(f *testing.F) {
+	f.Add(int64(5), "alice", "h\"1\\<>&", "m\u2028\u2029\x00\x1f\x7f\b\f\n\r\t", "reason \xff\xfe é 😀", "k", "v")
+	f.Add(int64(-62135596800000000), "", "", "", "", "", "")
+	f.Fuzz(func(t *testing.T, nanos int64, a, b, c, reason, k, v string) {
+		e := Event{V: 1, TS: time.Unix(0, nanos), Kind: "gateway.request", Decision: Deny, Reason: reason,
+			Actor: map[string]string{"principal": a, b: c}, Subject: map[string]string{c: a}, Fields: map[string]string{k: v, "x" + k: b}}
+		got, err := e.Marshal()
+		want, werr := jsonMarshal(e)
+		if werr != nil || len(want) > MaxEventSize {
+			if err == nil {
+				t.Fatalf("Marshal accepted what encoding/json refuses: %v", werr)
+			}
+			return
+		}
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("Marshal differs from encoding/json (%v):\n got %q\nwant %q", err, got, want)
+		}
+	})
+}
+
+func TestMarshalFarTimestamps(t *testing.T) {
+	for _, ts := range []time.Time{time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC), time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		e := Event{V: 1, TS: ts, Kind: "a.b"}
+		if _, err := e.Marshal(); !errors.Is(err, ErrEvent) {
+			t.Fatalf("year %d accepted: %v", ts.Year(), err)
+		}
+		if _, err := jsonMarshal(e); err == nil {
+			t.Fatalf("encoding/json accepts year %d: the reference changed", ts.Year())
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -426,11 +427,27 @@ func (s *sqlStore) files(ctx context.Context, model, version string) ([]File, er
 	return out, rows.Err()
 }
 
+// indexRows is how many events one INSERT of the audit index carries (6 parameters each,
+// well inside SQLite's and PostgreSQL's parameter limits). One statement per event cost the
+// gateway ≈ 10 µs of CPU per request (statement preparation dominated).
+const indexRows = 128
+
 func (s *sqlStore) IndexAudit(ctx context.Context, evs []AuditEvent) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		for _, e := range evs {
-			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO audit_events (idx, ts, kind, principal, decision, raw) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (idx) DO NOTHING`),
-				int64(e.Index), e.TS.UnixNano(), e.Kind, e.Principal, e.Decision, e.Raw); err != nil {
+		query, rows := "", 0
+		args := make([]any, 0, 6*indexRows)
+		for chunk := range slices.Chunk(evs, indexRows) {
+			if len(chunk) != rows {
+				rows = len(chunk)
+				query = s.q(`INSERT INTO audit_events (idx, ts, kind, principal, decision, raw) VALUES ` +
+					strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?), ", len(chunk)), ", ") +
+					` ON CONFLICT (idx) DO NOTHING`)
+			}
+			args = args[:0]
+			for _, e := range chunk {
+				args = append(args, int64(e.Index), e.TS.UnixNano(), e.Kind, e.Principal, e.Decision, e.Raw)
+			}
+			if _, err := tx.ExecContext(ctx, query, args...); err != nil {
 				return err
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -249,6 +250,29 @@ func testAuditIndex(t *testing.T, s store.Store) {
 	got, _ = s.SearchAudit(ctx, store.AuditQuery{Indexes: []uint64{evs[2].Index, evs[0].Index, 999}})
 	if diff := cmp.Diff([]store.AuditEvent{evs[0], evs[2]}, got); diff != "" {
 		t.Fatalf("by indexes (-want +got):\n%s", diff)
+	}
+	// A batch larger than one INSERT carries (several statements, a short last one),
+	// overlapping what is indexed already.
+	var many []store.AuditEvent
+	for i := range uint64(300) {
+		many = append(many, ev(2+i, "gateway.request", fmt.Sprintf("p%d", i%7), time.Hour+time.Duration(i)*time.Millisecond))
+	}
+	if err := s.IndexAudit(ctx, many); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := s.AuditIndexed(ctx); n != 302 {
+		t.Fatalf("AuditIndexed = %d after a large batch, want 302", n)
+	}
+	got, _ = s.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.request", Principal: "p3", Limit: 1000})
+	var want []store.AuditEvent
+	for _, e := range many[1:] { // many[0] has index 2, indexed before as model.unseal
+		if e.Principal == "p3" {
+			want = append(want, e)
+		}
+	}
+	slices.SortFunc(got, func(a, b store.AuditEvent) int { return int(a.Index) - int(b.Index) })
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("large batch (-want +got):\n%s", diff)
 	}
 }
 
