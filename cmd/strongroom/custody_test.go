@@ -107,23 +107,34 @@ func init() {
 		c.Gateway.Routes = []gateway.Route{{Model: "demo", Upstreams: []string{args[1]}, Classification: "public",
 			Hardening: &gateway.Hardening{LogitBias: "allow", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 16}}}
 		c.Detect.HarvestTokens = 20
+		if len(args) > 2 {
+			c.Gateway.RedisURL = args[2] // replicas share detection
+		}
 		ts.Check(config.Write(path, c))
 	}
-	// harvest KEYFILE URL N: N one-token requests, each biasing 5 new token ids and reading
-	// top-5 logprobs (a logit-harvesting sweep); prints how many were answered with logprobs.
+	// harvest KEYFILE URL[,URL...] N [PAUSE]: N one-token requests, each biasing 5 new token
+	// ids and reading top-5 logprobs (a logit-harvesting sweep), spread round-robin over the
+	// gateways, PAUSE apart; prints how many were answered with logprobs.
 	scriptCmds["harvest"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		key, err := os.ReadFile(ts.MkAbs(args[0]))
 		ts.Check(err)
+		urls := strings.Split(args[1], ",")
 		n, _ := strconv.Atoi(args[2])
+		var pause time.Duration
+		if len(args) > 3 {
+			pause, err = time.ParseDuration(args[3])
+			ts.Check(err)
+		}
 		withLogprobs := 0
 		for i := range n {
+			time.Sleep(pause)
 			bias := map[string]int{}
 			for k := range 5 {
 				bias[strconv.Itoa((i*5+k)%256)] = 100
 			}
 			b, _ := json.Marshal(map[string]any{"model": "demo", "max_tokens": 1, "logprobs": true, "top_logprobs": 5, "logit_bias": bias,
 				"messages": []any{map[string]string{"role": "user", "content": "the same prompt"}}})
-			req, _ := http.NewRequest(http.MethodPost, args[1]+"/v1/chat/completions", bytes.NewReader(b))
+			req, _ := http.NewRequest(http.MethodPost, urls[i%len(urls)]+"/v1/chat/completions", bytes.NewReader(b))
 			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
 			resp, err := http.DefaultClient.Do(req)
 			ts.Check(err)

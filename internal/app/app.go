@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/redis/go-redis/v9"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -47,6 +48,8 @@ type App struct {
 
 	policyMu sync.Mutex
 	policy   *policy.Engine
+	redisMu  sync.Mutex
+	redis    *redis.Client
 }
 
 // InitOptions choose the KEK provider for a new data directory.
@@ -251,6 +254,9 @@ func (a *App) Close() error {
 	}
 	if a.Store != nil {
 		errs = append(errs, a.Store.Close())
+	}
+	if a.redis != nil {
+		errs = append(errs, a.redis.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -63,11 +63,11 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	}
 	var lim, fallback limits.Limiter = limits.NewLocal(nil), nil
 	if gc.RedisURL != "" {
-		opt, err := redis.ParseURL(gc.RedisURL)
+		rdb, err := a.Redis()
 		if err != nil {
-			return nil, fmt.Errorf("gateway.redis_url: %w", err)
+			return nil, err
 		}
-		lim = limits.NewRedis(redis.NewClient(opt), "strongroom:limits:", nil)
+		lim = limits.NewRedis(rdb, "strongroom:limits:", nil)
 		if gc.LocalFallbackPublic {
 			fallback = limits.NewLocal(nil)
 		}
@@ -78,8 +78,8 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 			return nil, err
 		}
 	}
-	// Detectors watch every request; their responses (throttle, step-up, strip logprobs,
-	// suspend) hold in this process. (Not shared across replicas yet.)
+	// Detectors watch every request; with gateway.redis_url they see every replica's
+	// requests (detect.Bus), and sanctions are shared through the store.
 	resp, err := a.Responder(ctx)
 	if err != nil {
 		return nil, err
@@ -261,10 +261,32 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 		}
 		secret = bytes.TrimSpace(s)
 	}
+	var bus detect.Bus
+	if a.Config.Gateway.RedisURL != "" {
+		rdb, err := a.Redis()
+		if err != nil {
+			return nil, err
+		}
+		bus = detect.NewRedisBus(rdb, "strongroom:detect:")
+	}
 	r := detect.NewResponder(detect.New(a.Config.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
-		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log})
+		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log, Bus: bus})
 	go r.Run(ctx, 10*time.Second)
 	return r, nil
+}
+
+// Redis is the client for gateway.redis_url (limits and shared detection), one per App.
+func (a *App) Redis() (*redis.Client, error) {
+	a.redisMu.Lock()
+	defer a.redisMu.Unlock()
+	if a.redis == nil {
+		opt, err := redis.ParseURL(a.Config.Gateway.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("gateway.redis_url: %w", err)
+		}
+		a.redis = redis.NewClient(opt)
+	}
+	return a.redis, nil
 }
 
 // Policy is the data directory's Cedar engine (baseline plus the policy directory), one

@@ -198,13 +198,41 @@ func (e *Engine) CampaignAlerts(index int, now time.Time) []Alert {
 	return out
 }
 
-func (e *Engine) observe(index int, r *Request) []Alert {
-	var sk, ex, skel uint64
-	cot := false
+// Features are what the detectors take from a request's prompt and client address:
+// hashes and counts of fixed size, never the text or the address, so that they can travel
+// between gateway replicas (see Relay) without carrying prompts.
+type Features struct {
+	PromptLen  int32    `json:"len,omitempty"` // bytes; 0: no prompt
+	Sim        uint64   `json:"sim,omitempty"` // SimHash of word bigrams (probing)
+	Exact      uint64   `json:"exact,omitempty"`
+	Skel       uint64   `json:"skel,omitempty"` // template skeleton (distillation, hydra)
+	CoT        bool     `json:"cot,omitempty"`  // asks for reasoning
+	Topics     [16]uint64 `json:"topics"` // content-word buckets (hydra)
+	TopicWords int      `json:"words,omitempty"`
+	Net        uint64   `json:"net,omitempty"` // hash of the client's /24 or /48; 0: none
+}
+
+// ExtractFeatures computes r's features.
+func ExtractFeatures(r *Request) Features {
+	f := Features{Net: netOf(r.IP)}
 	if r.Prompt != "" {
-		sk, ex = simhash(r.Prompt), exactHash(r.Prompt)
-		skel, cot = skeleton(r.Prompt), asksForReasoning(r.Prompt)
+		f.PromptLen = int32(min(len(r.Prompt), math.MaxInt32))
+		f.Sim, f.Exact = simhash(r.Prompt), exactHash(r.Prompt)
+		f.Skel, f.CoT = skeleton(r.Prompt), asksForReasoning(r.Prompt)
+		f.TopicWords = addTopics(&f.Topics, r.Prompt)
 	}
+	return f
+}
+
+func (e *Engine) observe(index int, r *Request) []Alert {
+	f := ExtractFeatures(r)
+	return e.ObserveFeatures(index, r, &f)
+}
+
+// ObserveFeatures is Observe for a request whose prompt and address were already reduced
+// to f (r.Prompt and r.IP are not read).
+func (e *Engine) ObserveFeatures(index int, r *Request, f *Features) []Alert {
+	sk, ex, skel, cot := f.Sim, f.Exact, f.Skel, f.CoT
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	st := e.state(r.Principal)
@@ -242,10 +270,10 @@ func (e *Engine) observe(index int, r *Request) []Alert {
 	// 2. Perturbation probing: near-duplicate prompts in a sliding window. A small edit keeps
 	// the length within a few bytes; a conversation that grows turn by turn (agents) or a
 	// retry of the identical prompt is not probing.
-	if r.Prompt != "" {
+	if f.PromptLen > 0 {
 		near := false
 		best := -1 // nearest earlier, non-identical prompt in the window (for PRADA)
-		pl := int32(min(len(r.Prompt), math.MaxInt32))
+		pl := f.PromptLen
 		for i, s := range st.sketch {
 			if st.plen[i] == 0 || st.exact[i] == ex {
 				continue
@@ -305,6 +333,6 @@ func (e *Engine) observe(index int, r *Request) []Alert {
 			raise("distillation", score, ev)
 		}
 	}
-	st.hy.observe(r, skel)
+	st.hy.observe(r, f)
 	return out
 }

@@ -27,8 +27,9 @@ type hydraSketch struct {
 	words     int        // content words hashed into them
 }
 
-// addTopics sets the buckets of up to 32 content words (4+ bytes) after the first four.
-func (h *hydraSketch) addTopics(p string) {
+// addTopics sets the buckets of up to 32 content words (4+ bytes) after the first four,
+// and returns how many it hashed.
+func addTopics(topics *[16]uint64, p string) int {
 	word, n := 0, 0
 	for i := 0; i < len(p) && n < 32; {
 		for i < len(p) && (p[i] == ' ' || p[i] == '\n' || p[i] == '\t') {
@@ -40,13 +41,13 @@ func (h *hydraSketch) addTopics(p string) {
 		}
 		if word >= 4 && j-i >= 4 {
 			b := hashLower(p[i:j]) % 1024
-			h.topics[b/64] |= 1 << (b % 64)
-			h.words++
+			topics[b/64] |= 1 << (b % 64)
 			n++
 		}
 		word++
 		i = j
 	}
+	return n
 }
 
 func (h *hydraSketch) coverage() int {
@@ -77,8 +78,12 @@ func netOf(ip string) uint64 {
 	return h | 1 // never 0, which means "none"
 }
 
-func (h *hydraSketch) observe(r *Request, sk uint64) {
-	h.addTopics(r.Prompt)
+func (h *hydraSketch) observe(r *Request, f *Features) {
+	sk := f.Skel
+	for i, w := range f.Topics {
+		h.topics[i] |= w
+	}
+	h.words += f.TopicWords
 	if h.first.IsZero() {
 		h.first = r.TS
 	}
@@ -103,7 +108,7 @@ func (h *hydraSketch) observe(r *Request, sk uint64) {
 		}
 		h.skels[lo] = skelCount{h: sk, n: h.skels[lo].n + 1}
 	}
-	if n := netOf(r.IP); n != 0 && !slices.Contains(h.nets[:], n) {
+	if n := f.Net; n != 0 && !slices.Contains(h.nets[:], n) {
 		copy(h.nets[1:], h.nets[:len(h.nets)-1])
 		h.nets[0] = n
 	}

@@ -46,6 +46,9 @@ type ResponderConfig struct {
 	Duration      time.Duration // how long an action holds; default 24h
 	Log           *slog.Logger
 	Now           func() time.Time
+	// Bus shares detection between gateway replicas (see Bus); nil: this process's
+	// traffic only. Run must be running for shared detection.
+	Bus Bus
 }
 
 // Responder connects the engine to the gateway: it observes every request, records each
@@ -61,6 +64,7 @@ type Responder struct {
 	shared    map[string]sanction // in the store: imposed by any gateway, or lifted
 	index     int
 	pending   sync.WaitGroup
+	relay     *relay // nil without a bus
 }
 
 type sanction struct {
@@ -88,7 +92,11 @@ func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
 	if cfg.HTTP == nil {
 		cfg.HTTP = &http.Client{Timeout: 10 * time.Second}
 	}
-	return &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{}}
+	r := &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{}}
+	if cfg.Bus != nil {
+		r.relay = newRelay(cfg.Bus)
+	}
+	return r
 }
 
 // FromObservation is the detectors' view of a gateway request.
@@ -105,6 +113,10 @@ func FromObservation(o gateway.Observation) Request {
 // Observe implements gateway.Detector.
 func (r *Responder) Observe(o gateway.Observation) {
 	req := FromObservation(o)
+	if r.relay != nil {
+		r.observeShared(&req)
+		return
+	}
 	r.mu.Lock()
 	idx := r.index
 	r.index++
@@ -114,9 +126,14 @@ func (r *Responder) Observe(o gateway.Observation) {
 	}
 }
 
-// Run clusters principals every interval (hydra campaigns) and reloads the shared
-// sanctions every 2 seconds, until ctx ends.
+// Run clusters principals every interval (hydra campaigns), reloads the shared
+// sanctions every 2 seconds and, with a bus, publishes and reads observations, until ctx
+// ends.
 func (r *Responder) Run(ctx context.Context, every time.Duration) {
+	if r.relay != nil {
+		go r.publish(ctx)
+		go r.consume(ctx)
+	}
 	t := time.NewTicker(every)
 	defer t.Stop()
 	reload := time.NewTicker(2 * time.Second)
@@ -128,7 +145,7 @@ func (r *Responder) Run(ctx context.Context, every time.Duration) {
 			return
 		case <-t.C:
 			for _, a := range r.e.CampaignAlerts(-1, r.cfg.Now()) {
-				r.act(a)
+				r.actClaimed(a)
 			}
 		case <-reload.C:
 			r.Refresh(ctx)
@@ -167,14 +184,13 @@ func (r *Responder) Wait() { r.pending.Wait() }
 
 var severity = map[string]int{"alert": 1, "throttle": 2, "step_up": 3, "strip_logprobs": 4, "suspend": 5}
 
-func (r *Responder) act(a Alert) {
+func (r *Responder) act(a Alert) { r.actAs(a, true) }
+
+// actAs imposes a's action on the principal in this process; with record (this replica
+// raised or claimed the alert) it also writes the alert and action to the audit log, shares
+// the sanction through the store and opens the incident.
+func (r *Responder) actAs(a Alert, record bool) {
 	now := r.cfg.Now().UTC()
-	r.cfg.Log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action)
-	alert := r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.alert", Decision: audit.Deny, Reason: a.Evidence,
-		Actor:   map[string]string{"principal": "strongroom/detect"},
-		Subject: map[string]string{"principal": a.Principal},
-		Fields:  map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": a.Action}})
-	var action audit.Future
 	var imposed *store.Sanction
 	if severity[a.Action] >= 2 {
 		r.mu.Lock()
@@ -184,6 +200,17 @@ func (r *Responder) act(a Alert) {
 			imposed = &store.Sanction{Principal: a.Principal, Action: a.Action, Detector: a.Detector, Since: now, Until: now.Add(r.cfg.Duration)}
 		}
 		r.mu.Unlock()
+	}
+	if !record {
+		return
+	}
+	r.cfg.Log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action)
+	alert := r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.alert", Decision: audit.Deny, Reason: a.Evidence,
+		Actor:   map[string]string{"principal": "strongroom/detect"},
+		Subject: map[string]string{"principal": a.Principal},
+		Fields:  map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": a.Action}})
+	var action audit.Future
+	if severity[a.Action] >= 2 {
 		action = r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.action", Decision: audit.Deny,
 			Reason:  a.Action + " for " + r.cfg.Duration.String(),
 			Actor:   map[string]string{"principal": "strongroom/detect"},

@@ -1,0 +1,315 @@
+package detect
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Gateway replicas share detection through a Bus: every replica publishes the requests it
+// serves and every replica reads everyone's, so that each one's engine sees all traffic
+// (a principal spread over replicas by a load balancer, or a hydra campaign's keys, look
+// the same as behind one gateway). What travels is a request's Features and parameters —
+// hashes and counts, never prompts or client addresses. Each replica imposes the actions
+// its engine raises at once; the audit events, shared sanction, incident and webhook come
+// from the one replica that claims the alert first, so an alert is recorded once.
+//
+// When the bus fails, a replica falls back to detecting on its own traffic (and records
+// its own alerts) until the bus works again: detection degrades, it does not stop.
+
+// Bus carries observations between gateway replicas.
+type Bus interface {
+	// Publish appends records to the shared stream, in order.
+	Publish(ctx context.Context, recs [][]byte) error
+	// Read waits (up to about a second) for records after cursor; "" starts at the
+	// records published from now on. It returns the cursor to pass next.
+	Read(ctx context.Context, cursor string) (next string, recs [][]byte, err error)
+	// Claim reports whether this caller is the first to claim key within ttl.
+	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
+}
+
+// wireObs is one request on the bus.
+type wireObs struct {
+	Req Request  `json:"r"` // Prompt and IP are empty: F holds what detectors need of them
+	F   Features `json:"f"`
+}
+
+// relay is a Responder's link to the bus.
+type relay struct {
+	bus      Bus
+	out      chan wireObs
+	degraded atomic.Bool
+	dropped  atomic.Int64
+}
+
+// relayQueue bounds the observations waiting to be published; beyond it a replica detects
+// the overflow on its own.
+const relayQueue = 1 << 14
+
+func newRelay(bus Bus) *relay { return &relay{bus: bus, out: make(chan wireObs, relayQueue)} }
+
+// enqueue hands an observation to the publisher, or reports that it could not.
+func (rl *relay) enqueue(w wireObs) bool {
+	if rl.degraded.Load() {
+		return false
+	}
+	select {
+	case rl.out <- w:
+		return true
+	default:
+		rl.dropped.Add(1)
+		return false
+	}
+}
+
+// Degraded reports whether the responder is detecting on this replica's traffic alone
+// because the bus failed.
+func (r *Responder) Degraded() bool { return r.relay != nil && r.relay.degraded.Load() }
+
+// observeShared enqueues o for every replica, or detects on it here when the bus is
+// unavailable.
+func (r *Responder) observeShared(req *Request) {
+	w := wireObs{Req: *req, F: ExtractFeatures(req)}
+	w.Req.Prompt, w.Req.IP = "", ""
+	if !r.relay.enqueue(w) {
+		r.observeAlone(w)
+	}
+}
+
+// observeAlone detects on a request this replica could not share (kept apart so that the
+// common path's wireObs stays on the stack).
+//
+//go:noinline
+func (r *Responder) observeAlone(w wireObs) { r.observeLocal(&w.Req, &w.F, true) }
+
+// observeLocal runs the engine on one request and acts on its alerts; record says whether
+// this replica records them (see actAs) without claiming.
+func (r *Responder) observeLocal(req *Request, f *Features, record bool) {
+	r.mu.Lock()
+	idx := r.index
+	r.index++
+	r.mu.Unlock()
+	for _, a := range r.e.ObserveFeatures(idx, req, f) {
+		if record {
+			r.act(a)
+		} else {
+			r.actClaimed(a)
+		}
+	}
+}
+
+// actClaimed imposes a's action here and records it only if this replica claims the alert
+// first. A claim that cannot be made (bus down) records it anyway: an alert recorded twice
+// is better than one lost.
+func (r *Responder) actClaimed(a Alert) {
+	if r.relay == nil {
+		r.act(a)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	won, err := r.relay.bus.Claim(ctx, claimKey(a), claimTTL)
+	if err != nil {
+		r.cfg.Log.Error("detect: claiming an alert on the bus; recording it here", "err", err)
+	}
+	r.actAs(a, won || err != nil)
+}
+
+// claimTTL is how long a claim keeps other replicas from recording the same alert: they
+// raise it within moments of each other when they have seen the same stream.
+const claimTTL = 10 * time.Minute
+
+// claimKey names an alert the same way on every replica. An alert raised by a request
+// carries that request's timestamp, which every replica reading the same stream shares
+// (and a later, separate alert does not); a campaign alert (raised by the periodic
+// clustering, at each replica's own moment) is named by detector and principal alone.
+func claimKey(a Alert) string {
+	k := "alert:" + a.Detector + ":" + a.Principal
+	if a.Index >= 0 {
+		k += ":" + strconv.FormatInt(a.TS.UnixNano(), 36)
+	}
+	return k
+}
+
+// publish sends queued observations in batches until ctx ends. A failed batch is detected
+// on here, and the relay stays degraded (local detection) until a publish succeeds.
+func (r *Responder) publish(ctx context.Context) {
+	batch := make([]wireObs, 0, 256)
+	recs := make([][]byte, 0, 256)
+	retry := time.NewTicker(time.Second)
+	defer retry.Stop()
+	for {
+		batch, recs = batch[:0], recs[:0]
+		select {
+		case <-ctx.Done():
+			return
+		case w := <-r.relay.out:
+			batch = append(batch, w)
+		case <-retry.C:
+			if !r.relay.degraded.Load() {
+				continue
+			}
+			// Probe the bus with an empty batch; success ends the degraded mode.
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := r.relay.bus.Publish(pctx, nil)
+			cancel()
+			if err == nil {
+				r.relay.degraded.Store(false)
+				r.cfg.Log.Info("detect: bus is back; detection is shared again")
+			}
+			continue
+		}
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case w := <-r.relay.out:
+				batch = append(batch, w)
+			default:
+				break fill
+			}
+		}
+		for i := range batch {
+			b, err := json.Marshal(&batch[i])
+			if err != nil {
+				continue // not reachable for these types
+			}
+			recs = append(recs, b)
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		err := r.relay.bus.Publish(pctx, recs)
+		cancel()
+		if err != nil {
+			if !r.relay.degraded.Swap(true) {
+				r.cfg.Log.Error("detect: bus unavailable; detecting on this replica's traffic alone", "err", err)
+			}
+			for i := range batch {
+				r.observeLocal(&batch[i].Req, &batch[i].F, true)
+			}
+		}
+	}
+}
+
+// consume reads every replica's observations from the bus and detects on them until ctx
+// ends.
+func (r *Responder) consume(ctx context.Context) {
+	cursor := ""
+	for ctx.Err() == nil {
+		next, recs, err := r.relay.bus.Read(ctx, cursor)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.cfg.Log.Error("detect: reading the bus", "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+			continue
+		}
+		cursor = next
+		for _, b := range recs {
+			w, err := decodeWire(b)
+			if err != nil {
+				r.cfg.Log.Warn("detect: malformed record on the bus", "err", err)
+				continue
+			}
+			r.observeLocal(&w.Req, &w.F, false)
+		}
+	}
+}
+
+// decodeWire parses one record from the bus (outside data: another process wrote it).
+func decodeWire(b []byte) (wireObs, error) {
+	var w wireObs
+	if err := json.Unmarshal(b, &w); err != nil {
+		return w, fmt.Errorf("detect bus: record: %w", err)
+	}
+	switch {
+	case w.Req.Principal == "":
+		return w, errors.New("detect bus: record without a principal")
+	case w.Req.TS.IsZero():
+		return w, errors.New("detect bus: record without a timestamp")
+	case w.F.PromptLen < 0 || w.F.TopicWords < 0 || w.Req.PromptTokens < 0 || w.Req.CompletionTokens < 0:
+		return w, errors.New("detect bus: record with a negative count")
+	}
+	return w, nil
+}
+
+// RedisBus is a Bus on a Redis stream (observations) and SET NX keys (claims).
+type RedisBus struct {
+	rdb    redis.UniversalClient
+	prefix string
+	maxLen int64
+}
+
+// NewRedisBus uses keys under prefix (e.g. "strongroom:detect:"); the stream keeps about
+// the last 100,000 observations.
+func NewRedisBus(rdb redis.UniversalClient, prefix string) *RedisBus {
+	return &RedisBus{rdb: rdb, prefix: prefix, maxLen: 100_000}
+}
+
+func (b *RedisBus) stream() string { return b.prefix + "obs" }
+
+// Publish implements Bus; with no records it checks that Redis answers.
+func (b *RedisBus) Publish(ctx context.Context, recs [][]byte) error {
+	if len(recs) == 0 {
+		return b.rdb.Ping(ctx).Err()
+	}
+	_, err := b.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, rec := range recs {
+			p.XAdd(ctx, &redis.XAddArgs{Stream: b.stream(), MaxLen: b.maxLen, Approx: true, Values: []any{"o", rec}})
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("detect bus: publish: %w", err)
+	}
+	return nil
+}
+
+// Read implements Bus.
+func (b *RedisBus) Read(ctx context.Context, cursor string) (string, [][]byte, error) {
+	if cursor == "" {
+		// Start after the newest entry now in the stream ("$" would lose what is published
+		// between two reads if it were passed again).
+		last, err := b.rdb.XRevRangeN(ctx, b.stream(), "+", "-", 1).Result()
+		if err != nil {
+			return "", nil, fmt.Errorf("detect bus: %w", err)
+		}
+		cursor = "0-0"
+		if len(last) == 1 {
+			cursor = last[0].ID
+		}
+	}
+	res, err := b.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{b.stream(), cursor}, Count: 1024, Block: time.Second}).Result()
+	if errors.Is(err, redis.Nil) {
+		return cursor, nil, nil
+	}
+	if err != nil {
+		return cursor, nil, fmt.Errorf("detect bus: read: %w", err)
+	}
+	var recs [][]byte
+	for _, s := range res {
+		for _, m := range s.Messages {
+			cursor = m.ID
+			if v, ok := m.Values["o"].(string); ok {
+				recs = append(recs, []byte(v))
+			}
+		}
+	}
+	return cursor, recs, nil
+}
+
+// Claim implements Bus.
+func (b *RedisBus) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
+	ok, err := b.rdb.SetNX(ctx, b.prefix+"claim:"+key, time.Now().UTC().Format(time.RFC3339Nano), ttl).Result()
+	if err != nil {
+		return false, fmt.Errorf("detect bus: claim: %w", err)
+	}
+	return ok, nil
+}

@@ -1,0 +1,374 @@
+package detect
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/testenv"
+)
+
+// memBus is an in-memory Bus for the relay's logic; RedisBus is tested on a real Redis.
+type memBus struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	recs   [][]byte
+	claims map[string]bool
+	fail   bool
+}
+
+func newMemBus() *memBus {
+	b := &memBus{claims: map[string]bool{}}
+	b.cond = sync.NewCond(&b.mu)
+	return b
+}
+
+func (b *memBus) Publish(_ context.Context, recs [][]byte) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fail {
+		return errors.New("bus down")
+	}
+	for _, r := range recs {
+		b.recs = append(b.recs, bytes.Clone(r))
+	}
+	b.cond.Broadcast()
+	return nil
+}
+
+func (b *memBus) Read(ctx context.Context, cursor string) (string, [][]byte, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, _ := strconv.Atoi(cursor) // "" is 0: the tests' buses start empty
+	if n == len(b.recs) && ctx.Err() == nil {
+		stop := context.AfterFunc(ctx, func() { b.mu.Lock(); b.cond.Broadcast(); b.mu.Unlock() })
+		t := time.AfterFunc(100*time.Millisecond, func() { b.mu.Lock(); b.cond.Broadcast(); b.mu.Unlock() })
+		b.cond.Wait()
+		stop()
+		t.Stop()
+	}
+	out := append([][]byte(nil), b.recs[n:]...)
+	return strconv.Itoa(len(b.recs)), out, nil
+}
+
+func (b *memBus) Claim(_ context.Context, key string, _ time.Duration) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fail {
+		return false, errors.New("bus down")
+	}
+	if b.claims[key] {
+		return false, nil
+	}
+	b.claims[key] = true
+	return true, nil
+}
+
+// sweep is request i of a logit-harvesting sweep: 5 new biased token ids, top-5 logprobs.
+func sweep(i int) gateway.Observation {
+	bias := map[string]float64{}
+	for k := range 5 {
+		bias[strconv.Itoa(i*5+k)] = 100
+	}
+	return gateway.Observation{TS: time.Now(), Principal: "mallory", IP: "198.51.100.7", Model: "m",
+		Prompt: []byte("the secret prompt text"), Logprobs: true, TopLogprobs: 5, LogitBias: bias}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+func countKind(a *seqAudit, kind string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	n := 0
+	for _, e := range a.evs {
+		if e.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// TestSharedDetectionAcrossReplicas: a sweep spread over two replicas by a load balancer
+// — each sees half, 10 biased ids, below the threshold of 20 — is detected by both
+// replicas' engines through the bus; both strip logprobs at once, and the alert is
+// recorded once. Prompts and client addresses never travel on the bus.
+func TestSharedDetectionAcrossReplicas(t *testing.T) {
+	bus := newMemBus()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var rs []*Responder
+	var auds []*seqAudit
+	for range 2 {
+		a := &seqAudit{}
+		r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: a, Duration: time.Hour, Bus: bus})
+		go r.Run(ctx, time.Hour)
+		rs, auds = append(rs, r), append(auds, a)
+	}
+	for i := range 4 {
+		rs[i%2].Observe(sweep(i))
+	}
+	for i, r := range rs {
+		waitFor(t, "replica "+strconv.Itoa(i)+" to strip logprobs", func() bool { a, _ := r.Sanction("mallory"); return a == "strip_logprobs" })
+	}
+	rs[0].Wait()
+	rs[1].Wait()
+	if n := countKind(auds[0], "detect.alert") + countKind(auds[1], "detect.alert"); n != 1 {
+		t.Fatalf("alert recorded %d times across replicas, want once", n)
+	}
+	bus.mu.Lock()
+	defer bus.mu.Unlock()
+	if len(bus.recs) != 4 {
+		t.Fatalf("%d records on the bus, want 4", len(bus.recs))
+	}
+	for _, rec := range bus.recs {
+		if bytes.Contains(rec, []byte("secret prompt")) || bytes.Contains(rec, []byte("198.51.100")) {
+			t.Fatalf("prompt or address on the bus: %s", rec)
+		}
+	}
+}
+
+// TestLocalReplicasMissSplitSweep is the baseline of the test above: without a bus the
+// same split sweep raises nothing on either replica.
+func TestLocalReplicasMissSplitSweep(t *testing.T) {
+	var rs []*Responder
+	for range 2 {
+		rs = append(rs, NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: &seqAudit{}, Duration: time.Hour}))
+	}
+	for i := range 4 {
+		rs[i%2].Observe(sweep(i))
+	}
+	for _, r := range rs {
+		if a, _ := r.Sanction("mallory"); a != "" {
+			t.Fatalf("a replica saw enough alone: %q", a)
+		}
+	}
+}
+
+// TestBusDownDetectsLocally: with the bus failing, a replica detects on its own traffic
+// and records its alerts; when the bus is back it shares again.
+func TestBusDownDetectsLocally(t *testing.T) {
+	bus := newMemBus()
+	bus.fail = true
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	aud := &seqAudit{}
+	r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: aud, Duration: time.Hour, Bus: bus})
+	go r.Run(ctx, time.Hour)
+	for i := range 4 {
+		r.Observe(sweep(i))
+		if i == 0 {
+			waitFor(t, "degraded mode", r.Degraded)
+		}
+	}
+	waitFor(t, "local detection", func() bool { a, _ := r.Sanction("mallory"); return a == "strip_logprobs" })
+	r.Wait()
+	if n := countKind(aud, "detect.alert"); n != 1 {
+		t.Fatalf("%d alerts recorded, want 1", n)
+	}
+	bus.mu.Lock()
+	bus.fail = false
+	bus.mu.Unlock()
+	waitFor(t, "shared mode again", func() bool { return !r.Degraded() })
+}
+
+// TestRedisBus runs RedisBus against a real Redis (STRONGROOM_TEST_REDIS, started by
+// scripts/test): records come back in order after the cursor, a reader that starts late
+// sees only what follows, and a claim is won once.
+func TestRedisBus(t *testing.T) {
+	opt, err := redis.ParseURL(testenv.Get(t, "STRONGROOM_TEST_REDIS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	ctx := context.Background()
+	prefix := "test:" + strings.ReplaceAll(t.Name(), "/", "_") + ":" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+	defer rdb.Del(ctx, prefix+"obs")
+	b := NewRedisBus(rdb, prefix)
+	if err := b.Publish(ctx, [][]byte{[]byte("old")}); err != nil {
+		t.Fatal(err)
+	}
+	// A reader starting now does not see "old".
+	cur, recs, err := b.Read(ctx, "")
+	if err != nil || len(recs) != 0 {
+		t.Fatalf("first read: %q, %v", recs, err)
+	}
+	if err := b.Publish(ctx, [][]byte{[]byte("a"), []byte("b")}); err != nil {
+		t.Fatal(err)
+	}
+	cur, recs, err = b.Read(ctx, cur)
+	if err != nil || len(recs) != 2 || string(recs[0]) != "a" || string(recs[1]) != "b" {
+		t.Fatalf("read: %q, %v", recs, err)
+	}
+	b.Publish(ctx, [][]byte{[]byte("c")})
+	if _, recs, _ = b.Read(ctx, cur); len(recs) != 1 || string(recs[0]) != "c" {
+		t.Fatalf("read after cursor: %q", recs)
+	}
+	if err := b.Publish(ctx, nil); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	key := "alert:logit_harvest:" + prefix
+	defer rdb.Del(ctx, prefix+"claim:"+key)
+	if won, err := b.Claim(ctx, key, time.Minute); !won || err != nil {
+		t.Fatalf("first claim: %v, %v", won, err)
+	}
+	if won, err := b.Claim(ctx, key, time.Minute); won || err != nil {
+		t.Fatalf("second claim: %v, %v", won, err)
+	}
+	// A Redis that is gone is an error, not an empty stream.
+	dead := NewRedisBus(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}), prefix)
+	if err := dead.Publish(ctx, [][]byte{[]byte("x")}); err == nil {
+		t.Fatal("publish to a dead Redis succeeded")
+	}
+	if _, err := dead.Claim(ctx, key, time.Minute); err == nil {
+		t.Fatal("claim on a dead Redis succeeded")
+	}
+}
+
+// countBus accepts and counts records; reads wait for ctx (nothing comes back).
+type countBus struct{ n atomic.Int64 }
+
+func (c *countBus) Publish(_ context.Context, recs [][]byte) error {
+	c.n.Add(int64(len(recs)))
+	return nil
+}
+func (c *countBus) Read(ctx context.Context, cur string) (string, [][]byte, error) {
+	<-ctx.Done()
+	return cur, nil, ctx.Err()
+}
+func (c *countBus) Claim(context.Context, string, time.Duration) (bool, error) { return true, nil }
+
+func observations(b *testing.B) []gateway.Observation {
+	reqs, _ := Simulate("all", 1, 1)
+	obs := make([]gateway.Observation, len(reqs))
+	for i, r := range reqs {
+		obs[i] = gateway.Observation{TS: r.TS, Principal: r.Principal, IP: r.IP, Model: r.Model, Endpoint: r.Endpoint, Prompt: []byte(r.Prompt),
+			MaxTokens: r.Params.MaxTokens, Logprobs: r.Params.Logprobs, TopLogprobs: r.Params.TopLogprobs, LogitBias: r.Params.LogitBias,
+			N: r.Params.N, PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens}
+	}
+	return obs
+}
+
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkRelay: what the gateway's request path pays per request for detection —
+// locally (the whole engine) and with a bus (features and a queue hand-off) — and, with a
+// real Redis, the whole shared path: process CPU per request for publishing every request
+// to the stream, reading it back and running the engine on it.
+func BenchmarkRelay(b *testing.B) {
+	obs := observations(b)
+	silent := func() *seqAudit { return &seqAudit{} }
+	b.Run("local", func(b *testing.B) {
+		r := NewResponder(New(Config{}), ResponderConfig{Audit: silent(), Duration: time.Hour})
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			r.Observe(obs[i%len(obs)])
+		}
+	})
+	b.Run("shared-hotpath", func(b *testing.B) {
+		// The queue is drained without publishing: this is the request path's share.
+		r := NewResponder(New(Config{}), ResponderConfig{Audit: silent(), Duration: time.Hour, Bus: &countBus{}})
+		done := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case <-r.relay.out:
+				case <-done:
+					return
+				}
+			}
+		}()
+		defer close(done)
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			r.Observe(obs[i%len(obs)])
+		}
+		b.ReportMetric(float64(r.relay.dropped.Load())/float64(b.N), "overflow/req")
+	})
+	b.Run("shared-redis-total", func(b *testing.B) {
+		url := os.Getenv("STRONGROOM_TEST_REDIS")
+		if url == "" {
+			b.Skip("STRONGROOM_TEST_REDIS not set")
+		}
+		opt, _ := redis.ParseURL(url)
+		rdb := redis.NewClient(opt)
+		defer rdb.Close()
+		prefix := "bench:" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+		defer rdb.Del(context.Background(), prefix+"obs")
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		eng := New(Config{})
+		r := NewResponder(eng, ResponderConfig{Audit: silent(), Duration: time.Hour, Bus: NewRedisBus(rdb, prefix)})
+		go r.Run(ctx, time.Hour)
+		time.Sleep(100 * time.Millisecond) // the consumer starts at the stream's end
+		cpu0 := cpuNow()
+		b.ResetTimer()
+		for i := range b.N {
+			for len(r.relay.out) > relayQueue/2 { // a gateway's pace, not a burst of b.N
+				time.Sleep(100 * time.Microsecond)
+			}
+			r.Observe(obs[i%len(obs)])
+		}
+		if r.relay.dropped.Load() > 0 || r.Degraded() {
+			b.Fatal("queue overflowed or bus failed")
+		}
+		for {
+			r.mu.Lock()
+			done := r.index >= b.N
+			r.mu.Unlock()
+			if done {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		b.StopTimer()
+		b.ReportMetric(float64((cpuNow()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/req")
+		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+	})
+}
+
+// FuzzBusRecord: whatever another process writes to the bus, decoding refuses it or the
+// engine takes it without panicking.
+func FuzzBusRecord(f *testing.F) {
+	for i := range 3 {
+		r := FromObservation(sweep(i))
+		w := wireObs{Req: r, F: ExtractFeatures(&r)}
+		b, _ := json.Marshal(&w)
+		f.Add(b)
+	}
+	f.Add([]byte(`{"r":{"ts":"2026-11-27T00:00:00Z","principal":"p","params":{"logit_bias":{"-1":1e308}}},"f":{"len":-1}}`))
+	f.Add([]byte(`{}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		w, err := decodeWire(b)
+		if err != nil {
+			return
+		}
+		e := New(Config{HarvestTokens: 20, ClusterEvery: 1})
+		for i := range 3 {
+			e.ObserveFeatures(i, &w.Req, &w.F)
+		}
+		e.CampaignAlerts(3, w.Req.TS)
+	})
+}
