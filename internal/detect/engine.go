@@ -202,14 +202,14 @@ func (e *Engine) CampaignAlerts(index int, now time.Time) []Alert {
 // hashes and counts of fixed size, never the text or the address, so that they can travel
 // between gateway replicas (see Relay) without carrying prompts.
 type Features struct {
-	PromptLen  int32    `json:"len,omitempty"` // bytes; 0: no prompt
-	Sim        uint64   `json:"sim,omitempty"` // SimHash of word bigrams (probing)
-	Exact      uint64   `json:"exact,omitempty"`
-	Skel       uint64   `json:"skel,omitempty"` // template skeleton (distillation, hydra)
-	CoT        bool     `json:"cot,omitempty"`  // asks for reasoning
-	Topics     [16]uint64 `json:"topics"` // content-word buckets (hydra)
-	TopicWords int      `json:"words,omitempty"`
-	Net        uint64   `json:"net,omitempty"` // hash of the client's /24 or /48; 0: none
+	PromptLen  int32      `json:"len,omitempty"` // bytes; 0: no prompt
+	Sim        uint64     `json:"sim,omitempty"` // SimHash of word bigrams (probing)
+	Exact      uint64     `json:"exact,omitempty"`
+	Skel       uint64     `json:"skel,omitempty"` // template skeleton (distillation, hydra)
+	CoT        bool       `json:"cot,omitempty"`  // asks for reasoning
+	Topics     [16]uint64 `json:"topics"`         // content-word buckets (hydra)
+	TopicWords int        `json:"words,omitempty"`
+	Net        uint64     `json:"net,omitempty"` // hash of the client's /24 or /48; 0: none
 }
 
 // ExtractFeatures computes r's features.

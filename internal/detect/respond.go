@@ -30,6 +30,7 @@ type Auditor interface {
 type IncidentStore interface {
 	CreateIncident(ctx context.Context, in store.Incident) error
 	SearchAudit(ctx context.Context, q store.AuditQuery) ([]store.AuditEvent, error)
+	AuditIndexed(ctx context.Context) (uint64, error)
 	PutSanction(ctx context.Context, s store.Sanction) error
 	ListSanctions(ctx context.Context, now time.Time) ([]store.Sanction, error)
 }
@@ -46,6 +47,10 @@ type ResponderConfig struct {
 	Duration      time.Duration // how long an action holds; default 24h
 	Log           *slog.Logger
 	Now           func() time.Time
+	// EvidenceWait bounds how long an incident waits for the search index to reach its
+	// alert (the index trails the log by up to a second), so that the requests just before
+	// the alert are part of the evidence; default 5s.
+	EvidenceWait time.Duration
 	// Bus shares detection between gateway replicas (see Bus); nil: this process's
 	// traffic only. Run must be running for shared detection.
 	Bus Bus
@@ -91,6 +96,9 @@ func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
 	}
 	if cfg.HTTP == nil {
 		cfg.HTTP = &http.Client{Timeout: 10 * time.Second}
+	}
+	if cfg.EvidenceWait == 0 {
+		cfg.EvidenceWait = 5 * time.Second
 	}
 	r := &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{}}
 	if cfg.Bus != nil {
@@ -263,6 +271,9 @@ func (r *Responder) openIncident(a Alert, now time.Time, alert, action audit.Fut
 			r.cfg.Log.Error("detect: alert not recorded", "principal", a.Principal, "err", err)
 		}
 	}
+	if len(ev) > 0 && r.cfg.Incidents != nil {
+		r.waitIndexed(ev[0])
+	}
 	b := make([]byte, 8)
 	rand.Read(b)
 	in := Incident{ID: "inc-" + hex.EncodeToString(b), Principal: a.Principal, Detector: a.Detector, Action: a.Action, Score: a.Score,
@@ -288,6 +299,23 @@ func (r *Responder) openIncident(a Alert, now time.Time, alert, action audit.Fut
 		if err := r.post(in); err != nil {
 			r.cfg.Log.Error("detect: webhook failed", "incident", in.ID, "err", err)
 		}
+	}
+}
+
+// waitIndexed waits, up to EvidenceWait, until the search index holds log entry idx
+// (and so every request logged before the alert).
+func (r *Responder) waitIndexed(idx uint64) {
+	deadline := time.Now().Add(r.cfg.EvidenceWait)
+	for {
+		n, err := r.cfg.Incidents.AuditIndexed(context.Background())
+		if err == nil && n > idx {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.cfg.Log.Warn("detect: search index behind the alert; incident evidence may miss the latest requests", "alert", idx, "indexed", n, "err", err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

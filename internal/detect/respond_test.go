@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -72,6 +73,14 @@ func TestResponderIncidentWebhookSanction(t *testing.T) {
 	defer hook.Close()
 	aud := &seqAudit{}
 	r := NewResponder(New(Config{HarvestTokens: 10}), ResponderConfig{Audit: aud, Incidents: st, Webhook: hook.URL, WebhookSecret: secret, Duration: time.Hour})
+	// The search index trails the log: mallory's latest request (100) and the alert and
+	// action (101, 102) reach it only after the alert is raised. The incident waits for it.
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		st.IndexAudit(ctx, []store.AuditEvent{{Index: 100, TS: now, Kind: "gateway.request", Principal: "mallory", Decision: "allow", Raw: []byte("{}")},
+			{Index: 101, TS: now, Kind: "detect.alert", Principal: "strongroom/detect", Decision: "deny", Raw: []byte("{}")},
+			{Index: 102, TS: now, Kind: "detect.action", Principal: "strongroom/detect", Decision: "deny", Raw: []byte("{}")}})
+	}()
 	if a, _ := r.Sanction("mallory"); a != "" {
 		t.Fatalf("sanction before any alert: %q", a)
 	}
@@ -102,9 +111,10 @@ func TestResponderIncidentWebhookSanction(t *testing.T) {
 	if len(is) != 1 {
 		t.Fatalf("incidents: %+v", is)
 	}
-	// The alert (101), the action (102), mallory's request of the last hour (7) — not the
-	// older one, not alice's.
-	if ev := is[0].Evidence; len(ev) != 3 || ev[0] != 101 || ev[1] != 102 || ev[2] != 7 {
+	// The alert (101), the action (102), mallory's requests of the last hour (7, and 100,
+	// indexed after the alert) — not the older one, not alice's.
+	ev := is[0].Evidence
+	if len(ev) != 4 || ev[0] != 101 || ev[1] != 102 || !slices.Equal(slices.Sorted(slices.Values(ev[2:])), []uint64{7, 100}) {
 		t.Fatalf("evidence %v", ev)
 	}
 	if a, _ := r.Sanction("alice"); a != "" {
@@ -158,7 +168,7 @@ func TestSharedSanctions(t *testing.T) {
 	}
 	defer st.Close()
 	mk := func() *Responder {
-		return NewResponder(New(Config{HarvestTokens: 10}), ResponderConfig{Audit: &seqAudit{}, Incidents: st, Duration: time.Hour})
+		return NewResponder(New(Config{HarvestTokens: 10}), ResponderConfig{Audit: &seqAudit{}, Incidents: st, Duration: time.Hour, EvidenceWait: time.Millisecond})
 	}
 	a, b := mk(), mk()
 	now := time.Now()
