@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/redis/go-redis/v9"
+	"github.com/strongroom/strongroom/internal/detect"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -50,6 +51,8 @@ type App struct {
 	policy   *policy.Engine
 	redisMu  sync.Mutex
 	redis    *redis.Client
+	// responders opened by Responder: Close waits for their incidents in flight.
+	responders []*detect.Responder
 }
 
 // InitOptions choose the KEK provider for a new data directory.
@@ -242,6 +245,9 @@ func (a *App) ResolveKEK(_ context.Context, id string) (kms.KEK, error) {
 // Close releases everything Open acquired.
 func (a *App) Close() error {
 	var errs []error
+	for _, r := range a.responders {
+		r.Wait() // incidents and webhooks in flight, while the log and store are open
+	}
 	if a.AuditLog != nil {
 		// Waits until a published checkpoint covers what this process recorded.
 		errs = append(errs, a.AuditLog.Close(context.Background()))
