@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/launcher"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/watermark"
 )
@@ -23,6 +24,12 @@ func refmodelCmd(g *globals) *cobra.Command {
 		Short: "Serve a plain model directory (or fixed answers, for load tests) OpenAI-compatibly",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			// The engine holds plaintext weights (and the watermark secret) in memory: no
+			// core dumps, no ptrace attach by other processes of the same user. (The
+			// launcher's own hardening does not survive exec, so an engine must do this.)
+			if err := launcher.Harden(); err != nil {
+				return err
+			}
 			srv := &refmodel.Server{Name: name}
 			switch {
 			case fixed > 0:
