@@ -35,7 +35,10 @@ func BenchmarkGrant(b *testing.B) {
 	var grants, seals, decides []time.Duration
 	for b.Loop() {
 		t0 := time.Now()
-		n := e.Svc.Nonce(rt.ID)
+		n, err := e.Svc.Nonce(ctx, rt.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
 		ev, err := attest.DevEvidence(id.Key, attest.Binding(pub, n))
 		if err != nil {
 			b.Fatal(err)

@@ -96,15 +96,8 @@ type Service struct {
 	cfg Config
 
 	mu       sync.Mutex
-	nonces   map[string]nonce
-	issued   map[string][]string      // runtime → its outstanding nonces, oldest first
 	watchers map[string][]chan string // lease id → subscribers
 	notified map[string]time.Time     // revocations already pushed
-}
-
-type nonce struct {
-	runtime string
-	expires time.Time
 }
 
 // New checks cfg and returns a Service.
@@ -130,7 +123,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, nonces: map[string]nonce{}, issued: map[string][]string{}, watchers: map[string][]chan string{}, notified: map[string]time.Time{}}, nil
+	return &Service{cfg: cfg, watchers: map[string][]chan string{}, notified: map[string]time.Time{}}, nil
 }
 
 // LeaseTTL is the lease lifetime (runtimes renew at a third of it).
@@ -154,37 +147,24 @@ func (s *Service) audit(ctx context.Context, kind, decision, reason string, subj
 }
 
 // maxNonces is how many unused nonces one runtime may hold; asking for more retires its
-// oldest, so a runtime cannot grow the control plane's memory.
+// oldest, so a runtime cannot grow the store.
 const maxNonces = 32
 
-// Nonce issues a single-use challenge for a runtime's next attestation (valid 2 minutes).
-func (s *Service) Nonce(runtime string) []byte {
+// nonceTTL is how long a nonce waits for the attestation that uses it.
+const nonceTTL = 2 * time.Minute
+
+// Nonce issues a single-use challenge for a runtime's next attestation. Nonces live in the
+// store, so that any control-plane replica can take one another issued.
+func (s *Service) Nonce(ctx context.Context, runtime string) ([]byte, error) {
 	b := make([]byte, 32)
 	rand.Read(b)
 	now := s.now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	live := s.issued[runtime][:0]
-	for _, k := range s.issued[runtime] {
-		if n, ok := s.nonces[k]; ok && !now.After(n.expires) {
-			live = append(live, k)
-		} else {
-			delete(s.nonces, k)
-		}
+	if err := s.cfg.Store.IssueNonce(ctx, runtime, b, now, now.Add(nonceTTL), maxNonces); err != nil {
+		return nil, fmt.Errorf("custody: %w", err)
 	}
-	if len(live) >= maxNonces {
-		delete(s.nonces, live[0])
-		live = live[1:]
-	}
-	s.nonces[string(b)] = nonce{runtime: runtime, expires: now.Add(2 * time.Minute)}
-	s.issued[runtime] = append(live, string(b))
-	return b
+	return b, nil
 }
 
-func (s *Service) takeNonce(runtime string, b []byte) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n, ok := s.nonces[string(b)]
-	delete(s.nonces, string(b))
-	return ok && n.runtime == runtime && !s.now().After(n.expires)
+func (s *Service) takeNonce(ctx context.Context, runtime string, b []byte) (bool, error) {
+	return s.cfg.Store.TakeNonce(ctx, runtime, b, s.now())
 }

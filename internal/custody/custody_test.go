@@ -537,25 +537,50 @@ func TestCAConcurrentCreate(t *testing.T) {
 	}
 }
 
-// A runtime asking for many nonces keeps at most maxNonces; the oldest stop working.
-func TestNonceCap(t *testing.T) {
+// A runtime asking for many nonces keeps at most maxNonces; the oldest stop working. Nonces
+// live in the store: a second control-plane replica on the same store takes what the first
+// issued (once), and a store that fails refuses the lease.
+func TestNonces(t *testing.T) {
 	e := newEnv(t, nil)
-	first := e.svc.Nonce("rt-x")
+	ctx := context.Background()
+	nonce := func() []byte {
+		n, err := e.svc.Nonce(ctx, "rt-x")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	first := nonce()
 	var last []byte
 	for range maxNonces + 10 {
-		last = e.svc.Nonce("rt-x")
+		last = nonce()
 	}
-	e.svc.mu.Lock()
-	n := len(e.svc.nonces)
-	e.svc.mu.Unlock()
-	if n != maxNonces {
-		t.Fatalf("%d nonces held, cap %d", n, maxNonces)
-	}
-	if e.svc.takeNonce("rt-x", first) {
+	if ok, _ := e.svc.takeNonce(ctx, "rt-x", first); ok {
 		t.Fatal("evicted nonce accepted")
 	}
-	if !e.svc.takeNonce("rt-x", last) || e.svc.takeNonce("rt-x", last) {
-		t.Fatal("latest nonce must work exactly once")
+	if ok, _ := e.svc.takeNonce(ctx, "rt-x", last); !ok {
+		t.Fatal("latest nonce refused")
+	}
+	if ok, _ := e.svc.takeNonce(ctx, "rt-x", last); ok {
+		t.Fatal("nonce accepted twice")
+	}
+	other, err := New(e.svc.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := nonce()
+	if ok, err := other.takeNonce(ctx, "rt-x", n); !ok || err != nil {
+		t.Fatalf("another replica could not take the nonce: %v, %v", ok, err)
+	}
+	if ok, _ := e.svc.takeNonce(ctx, "rt-x", n); ok {
+		t.Fatal("nonce taken on both replicas")
+	}
+	e.st.Close()
+	if _, err := e.svc.Nonce(ctx, "rt-x"); err == nil {
+		t.Fatal("nonce issued without a store")
+	}
+	if ok, err := e.svc.takeNonce(ctx, "rt-x", last); ok || err == nil {
+		t.Fatalf("take without a store: %v, %v", ok, err)
 	}
 }
 

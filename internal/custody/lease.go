@@ -91,7 +91,13 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 	if err != nil {
 		return deny(ErrBadRequest, "runtime key: "+err.Error())
 	}
-	if !s.takeNonce(rt.ID, r.Nonce) {
+	if ok, err := s.takeNonce(ctx, rt.ID, r.Nonce); err != nil {
+		// Fail closed: without the nonce check there is no lease.
+		if aerr := s.audit(ctx, "lease.grant", "deny", "nonce store unavailable", leaseSubject(l), fields); aerr != nil {
+			return nil, aerr
+		}
+		return nil, fmt.Errorf("custody: %w", err)
+	} else if !ok {
 		return deny(ErrReplay, "attestation nonce unknown, expired, used or issued to another runtime")
 	}
 	v, err := s.cfg.Store.GetVersion(ctx, r.Model, r.Version)

@@ -141,7 +141,12 @@ func (s *Service) Handler() http.Handler {
 	mux.HandleFunc("POST /custody/v1/join", s.handleJoin)
 	mux.HandleFunc("POST /custody/v1/cert", s.runtime(s.handleCert))
 	mux.HandleFunc("POST /custody/v1/nonce", s.runtime(func(w http.ResponseWriter, r *http.Request, rt store.Runtime) {
-		writeJSON(w, http.StatusOK, NonceResponse{Nonce: s.Nonce(rt.ID)})
+		n, err := s.Nonce(r.Context(), rt.ID)
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, NonceResponse{Nonce: n})
 	}))
 	mux.HandleFunc("POST /custody/v1/leases", s.runtime(s.handleGrant))
 	mux.HandleFunc("POST /custody/v1/leases/{id}/renew", s.runtime(s.handleRenew))

@@ -119,6 +119,14 @@ type Custody interface {
 	// UseTOTPStep records step as used; ErrConflict if it is not above the last one used.
 	UseTOTPStep(ctx context.Context, principal string, step int64) error
 
+	// IssueNonce stores a single-use attestation challenge for runtime, valid until
+	// expires; expired nonces (anyone's) are dropped, and the runtime's oldest beyond max
+	// are retired, so that no runtime can grow the table.
+	IssueNonce(ctx context.Context, runtime string, nonce []byte, now, expires time.Time, max int) error
+	// TakeNonce consumes a nonce: true only if it was issued to runtime and is unexpired at
+	// now. A nonce is gone after the first take, whoever presents it.
+	TakeNonce(ctx context.Context, runtime string, nonce []byte, now time.Time) (bool, error)
+
 	// ChargeEgress adds n bytes to runtime's and to the total count of day, unless either
 	// would pass its budget (0: unlimited): then nothing is charged and ErrOverBudget.
 	ChargeEgress(ctx context.Context, day, runtime string, n, perRuntime, total int64) error
@@ -468,6 +476,56 @@ func (s *sqlStore) UseTOTPStep(ctx context.Context, principal string, step int64
 		return fmt.Errorf("totp for %s: code already used: %w", principal, ErrConflict)
 	}
 	return nil
+}
+
+func (s *sqlStore) IssueNonce(ctx context.Context, runtime string, nonce []byte, now, expires time.Time, max int) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM custody_nonces WHERE expires_at <= ?`), now.UnixNano()); err != nil {
+			return err
+		}
+		// seq orders a runtime's nonces (clocks tie); two issues racing on PostgreSQL may
+		// share one, and the tie is broken by the nonce bytes.
+		if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO custody_nonces (nonce, runtime, seq, expires_at)
+			SELECT ?, ?, COALESCE(MAX(seq), 0) + 1, ? FROM custody_nonces WHERE runtime = ?`),
+			nonce, runtime, expires.UnixNano(), runtime); err != nil {
+			return err
+		}
+		// Keep the runtime's newest max.
+		_, err := tx.ExecContext(ctx, s.q(`DELETE FROM custody_nonces WHERE runtime = ? AND nonce NOT IN (
+			SELECT nonce FROM custody_nonces WHERE runtime = ? ORDER BY seq DESC, nonce DESC LIMIT ?)`), runtime, runtime, max)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: issue nonce: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) TakeNonce(ctx context.Context, runtime string, nonce []byte, now time.Time) (bool, error) {
+	ok := false
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var owner string
+		var expires int64
+		err := tx.QueryRowContext(ctx, s.q(`SELECT runtime, expires_at FROM custody_nonces WHERE nonce = ?`), nonce).Scan(&owner, &expires)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, s.q(`DELETE FROM custody_nonces WHERE nonce = ?`), nonce)
+		if err != nil {
+			return err
+		}
+		// Two takes racing: only the one whose DELETE removed the row may succeed.
+		n, _ := res.RowsAffected()
+		ok = n == 1 && owner == runtime && now.UnixNano() < expires
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("store: take nonce: %w", err)
+	}
+	return ok, nil
 }
 
 // TotalEgress is the runtime name under which a day's total is counted.

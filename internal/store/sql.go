@@ -176,6 +176,14 @@ var migrations = []string{
 		since BIGINT NOT NULL,
 		until_at BIGINT NOT NULL
 	)`,
+	`CREATE TABLE custody_nonces (
+		nonce {{bytes}} PRIMARY KEY,
+		runtime TEXT NOT NULL,
+		seq BIGINT NOT NULL,
+		expires_at BIGINT NOT NULL
+	);
+	CREATE INDEX custody_nonces_runtime ON custody_nonces (runtime, seq);
+	CREATE INDEX custody_nonces_expiry ON custody_nonces (expires_at)`,
 }
 
 func (s *sqlStore) q(query string) string {

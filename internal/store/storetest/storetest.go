@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"DisableVersion", testDisableVersion},
 		{"Incidents", testIncidents},
 		{"Sanctions", testSanctions},
+		{"Nonces", testNonces},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -326,5 +328,49 @@ func testPrincipalsAndKeys(t *testing.T, s store.Store) {
 	}
 	if err := s.UpdateAPIKey(ctx, "nope", ts, ts); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("update missing: %v", err)
+	}
+}
+
+func testNonces(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	n := func(i int) []byte { return []byte(fmt.Sprintf("nonce-%02d-%s", i, strings.Repeat("x", 20))) }
+	exp := ts.Add(2 * time.Minute)
+	if err := s.IssueNonce(ctx, "rt-a", n(1), ts, exp, 4); err != nil {
+		t.Fatal(err)
+	}
+	// Another runtime's take burns it: nobody can use it after.
+	if ok, err := s.TakeNonce(ctx, "rt-b", n(1), ts); ok || err != nil {
+		t.Fatalf("another runtime took the nonce: %v, %v", ok, err)
+	}
+	if ok, _ := s.TakeNonce(ctx, "rt-a", n(1), ts); ok {
+		t.Fatal("nonce usable after another runtime presented it")
+	}
+	// Single use; unknown nonces refused.
+	s.IssueNonce(ctx, "rt-a", n(2), ts, exp, 4)
+	if ok, err := s.TakeNonce(ctx, "rt-a", n(2), ts.Add(time.Minute)); !ok || err != nil {
+		t.Fatalf("first take: %v, %v", ok, err)
+	}
+	if ok, _ := s.TakeNonce(ctx, "rt-a", n(2), ts.Add(time.Minute)); ok {
+		t.Fatal("nonce taken twice")
+	}
+	if ok, _ := s.TakeNonce(ctx, "rt-a", []byte("never issued"), ts); ok {
+		t.Fatal("unknown nonce accepted")
+	}
+	// Expired.
+	s.IssueNonce(ctx, "rt-a", n(3), ts, exp, 4)
+	if ok, _ := s.TakeNonce(ctx, "rt-a", n(3), exp); ok {
+		t.Fatal("expired nonce accepted")
+	}
+	// At most max per runtime: issuing more retires the oldest (issued in one clock tick).
+	for i := 10; i < 16; i++ {
+		if err := s.IssueNonce(ctx, "rt-c", n(16-i+20), ts, exp.Add(time.Hour), 4); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 10; i < 16; i++ {
+		ok, err := s.TakeNonce(ctx, "rt-c", n(16-i+20), ts.Add(time.Minute))
+		if err != nil || ok != (i >= 12) {
+			t.Fatalf("nonce %d of 6 with a cap of 4: take = %v, %v", i-9, ok, err)
+		}
 	}
 }
