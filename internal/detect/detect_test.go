@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestSuite: over the simulated suite, every attack principal is detected within the
@@ -115,4 +116,40 @@ func BenchmarkMemoryPerPrincipal(b *testing.B) {
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(e.Principals()), "bytes/principal")
 		runtime.KeepAlive(e)
 	}
+}
+
+// BenchmarkClusterStall: the request path's worst wait while the background clustering
+// reads 100,000 principals' sketches (it shares the engine lock with Observe).
+func BenchmarkClusterStall(b *testing.B) {
+	reqs, _ := Simulate("all", 1, 1)
+	const principals = 100_000
+	e := New(Config{MaxPrincipals: principals})
+	for i := range principals * 5 {
+		r := reqs[i%len(reqs)]
+		r.Principal = "p" + strconv.Itoa(i%principals)
+		e.Observe(i, &r)
+	}
+	now := reqs[len(reqs)-1].TS
+	var worst, total time.Duration
+	for b.Loop() {
+		done := make(chan struct{})
+		go func() { e.Cluster(now); close(done) }()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+			default:
+				r := reqs[i%len(reqs)]
+				t0 := time.Now()
+				e.Observe(i, &r)
+				worst = max(worst, time.Since(t0))
+				continue
+			}
+			break
+		}
+		t0 := time.Now()
+		e.Cluster(now)
+		total += time.Since(t0)
+	}
+	b.ReportMetric(float64(worst.Microseconds()), "worst-observe-µs")
+	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "cluster-ms")
 }

@@ -114,6 +114,9 @@ func (h *hydraSketch) observe(r *Request, f *Features) {
 	}
 }
 
+// clusterChunk is how many principals' sketches Cluster copies per hold of the engine lock.
+const clusterChunk = 1024
+
 // Campaign is a group of principals the clustering links and scores as one actor.
 type Campaign struct {
 	Members   []string
@@ -147,19 +150,30 @@ func (u unionFind) union(a, b string) {
 // HydraMinMembers keys, none of them heavy alone, together output-heavy, and concentrated
 // in few networks or started together.
 func (e *Engine) Cluster(now time.Time) []Campaign {
-	e.mu.Lock()
 	type member struct {
 		name string
 		h    hydraSketch
 	}
-	var ms []member
+	// The request path waits on the engine lock: take the list of states in one short
+	// hold, then copy their sketches a chunk at a time (a state evicted in between is
+	// read as it was; CampaignAlerts skips principals no longer tracked).
+	e.mu.Lock()
+	sts := make([]*principalState, 0, e.lru.Len())
 	for el := e.lru.Front(); el != nil; el = el.Next() {
-		st := el.Value.(*principalState)
-		if st.hy.reqs >= 3 && now.Sub(st.hy.last) <= time.Duration(e.cfg.HydraWindowHours)*time.Hour {
-			ms = append(ms, member{st.name, st.hy})
-		}
+		sts = append(sts, el.Value.(*principalState))
 	}
 	e.mu.Unlock()
+	ms := make([]member, 0, len(sts))
+	window := time.Duration(e.cfg.HydraWindowHours) * time.Hour
+	for chunk := range slices.Chunk(sts, clusterChunk) {
+		e.mu.Lock()
+		for _, st := range chunk {
+			if st.hy.reqs >= 3 && now.Sub(st.hy.last) <= window {
+				ms = append(ms, member{st.name, st.hy})
+			}
+		}
+		e.mu.Unlock()
+	}
 
 	// Link by shared main skeletons (a skeleton counts for a principal when it is at
 	// least a quarter of its requests).
