@@ -108,7 +108,10 @@ func init() {
 			Hardening: &gateway.Hardening{LogitBias: "allow", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 16}}}
 		c.Detect.HarvestTokens = 20
 		if len(args) > 2 {
-			c.Gateway.RedisURL = args[2] // replicas share detection
+			// Replicas share detection; the prefix is this run's, so that history another
+			// run left in the same Redis is not replayed into this one.
+			c.Gateway.RedisURL = args[2]
+			c.Gateway.RedisPrefix = fmt.Sprintf("test:%x:", sha256.Sum256([]byte(ts.Getenv("WORK"))))[:24] + ":"
 		}
 		ts.Check(config.Write(path, c))
 	}

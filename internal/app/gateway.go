@@ -67,7 +67,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		if err != nil {
 			return nil, err
 		}
-		lim = limits.NewRedis(rdb, "strongroom:limits:", nil)
+		lim = limits.NewRedis(rdb, a.redisPrefix()+"limits:", nil)
 		if gc.LocalFallbackPublic {
 			fallback = limits.NewLocal(nil)
 		}
@@ -267,7 +267,7 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 		if err != nil {
 			return nil, err
 		}
-		bus = detect.NewRedisBus(rdb, "strongroom:detect:")
+		bus = detect.NewRedisBus(rdb, a.redisPrefix()+"detect:")
 	}
 	r := detect.NewResponder(detect.New(a.Config.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
 		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log, Bus: bus})
@@ -288,6 +288,13 @@ func (a *App) Redis() (*redis.Client, error) {
 		a.redis = redis.NewClient(opt)
 	}
 	return a.redis, nil
+}
+
+func (a *App) redisPrefix() string {
+	if p := a.Config.Gateway.RedisPrefix; p != "" {
+		return p
+	}
+	return "strongroom:"
 }
 
 // Policy is the data directory's Cedar engine (baseline plus the policy directory), one

@@ -104,8 +104,12 @@ type Gateway struct {
 	OIDC *authn.OIDCConfig `json:"oidc,omitempty"`
 	// ScreeningList is a consolidated denied-party CSV (name, alt names, country, source).
 	ScreeningList string `json:"screening_list,omitempty"`
-	// RedisURL makes limits global across gateway replicas; empty: in-process limits.
+	// RedisURL makes limits global across gateway replicas and lets them share detection;
+	// empty: in-process limits and detection.
 	RedisURL string `json:"redis_url,omitempty"`
+	// RedisPrefix starts every key this deployment uses in Redis (default "strongroom:"),
+	// so that deployments can share a Redis.
+	RedisPrefix string `json:"redis_prefix,omitempty"`
 	// LocalFallbackPublic: while Redis is down, public models fall back to in-process limits
 	// (with an alert); restricted models are always refused then.
 	LocalFallbackPublic bool   `json:"local_fallback_public"`

@@ -28,7 +28,7 @@ type Bus interface {
 	// Publish appends records to the shared stream, in order.
 	Publish(ctx context.Context, recs [][]byte) error
 	// Read waits (up to about a second) for records after cursor; "" starts at the
-	// records published from now on. It returns the cursor to pass next.
+	// oldest record the bus still holds. It returns the cursor to pass next.
 	Read(ctx context.Context, cursor string) (next string, recs [][]byte, err error)
 	// Claim reports whether this caller is the first to claim key within ttl.
 	Claim(ctx context.Context, key string, ttl time.Duration) (bool, error)
@@ -43,6 +43,7 @@ type wireObs struct {
 // relay is a Responder's link to the bus.
 type relay struct {
 	bus      Bus
+	started  time.Time // requests before this are history (see consume)
 	out      chan wireObs
 	degraded atomic.Bool
 	dropped  atomic.Int64
@@ -52,7 +53,9 @@ type relay struct {
 // the overflow on its own.
 const relayQueue = 1 << 14
 
-func newRelay(bus Bus) *relay { return &relay{bus: bus, out: make(chan wireObs, relayQueue)} }
+func newRelay(bus Bus, now time.Time) *relay {
+	return &relay{bus: bus, started: now, out: make(chan wireObs, relayQueue)}
+}
 
 // enqueue hands an observation to the publisher, or reports that it could not.
 func (rl *relay) enqueue(w wireObs) bool {
@@ -86,19 +89,29 @@ func (r *Responder) observeShared(req *Request) {
 // common path's wireObs stays on the stack).
 //
 //go:noinline
-func (r *Responder) observeAlone(w wireObs) { r.observeLocal(&w.Req, &w.F, true) }
+func (r *Responder) observeAlone(w wireObs) { r.observeLocal(&w.Req, &w.F, actRecord) }
 
-// observeLocal runs the engine on one request and acts on its alerts; record says whether
-// this replica records them (see actAs) without claiming.
-func (r *Responder) observeLocal(req *Request, f *Features, record bool) {
+// How observeLocal treats the alerts a request raises.
+type actMode int
+
+const (
+	actRecord actMode = iota // impose and record them (this replica's own, unshared traffic)
+	actClaim                 // impose them; record them if this replica claims them first
+	actQuiet                 // neither: the request predates this replica, whose engine is
+	// catching up on history that the replicas running then acted on
+)
+
+// observeLocal runs the engine on one request and acts on its alerts as mode says.
+func (r *Responder) observeLocal(req *Request, f *Features, mode actMode) {
 	r.mu.Lock()
 	idx := r.index
 	r.index++
 	r.mu.Unlock()
 	for _, a := range r.e.ObserveFeatures(idx, req, f) {
-		if record {
+		switch mode {
+		case actRecord:
 			r.act(a)
-		} else {
+		case actClaim:
 			r.actClaimed(a)
 		}
 	}
@@ -189,14 +202,17 @@ func (r *Responder) publish(ctx context.Context) {
 				r.cfg.Log.Error("detect: bus unavailable; detecting on this replica's traffic alone", "err", err)
 			}
 			for i := range batch {
-				r.observeLocal(&batch[i].Req, &batch[i].F, true)
+				r.observeLocal(&batch[i].Req, &batch[i].F, actRecord)
 			}
 		}
 	}
 }
 
 // consume reads every replica's observations from the bus and detects on them until ctx
-// ends.
+// ends. It starts with the history the bus still holds, so that a replica that starts (or
+// restarts, in a rolling deploy) knows what the others saw: requests served before its
+// responder was created only feed its engine; alerts they raise were the running
+// replicas' to act on.
 func (r *Responder) consume(ctx context.Context) {
 	cursor := ""
 	for ctx.Err() == nil {
@@ -218,7 +234,11 @@ func (r *Responder) consume(ctx context.Context) {
 				r.cfg.Log.Warn("detect: malformed record on the bus", "err", err)
 				continue
 			}
-			r.observeLocal(&w.Req, &w.F, false)
+			mode := actClaim
+			if w.Req.TS.Before(r.relay.started) {
+				mode = actQuiet
+			}
+			r.observeLocal(&w.Req, &w.F, mode)
 		}
 	}
 }
@@ -248,7 +268,7 @@ type RedisBus struct {
 }
 
 // NewRedisBus uses keys under prefix (e.g. "strongroom:detect:"); the stream keeps about
-// the last 100,000 observations.
+// the last 100,000 observations (a starting replica replays them: about a second).
 func NewRedisBus(rdb redis.UniversalClient, prefix string) *RedisBus {
 	return &RedisBus{rdb: rdb, prefix: prefix, maxLen: 100_000}
 }
@@ -275,16 +295,7 @@ func (b *RedisBus) Publish(ctx context.Context, recs [][]byte) error {
 // Read implements Bus.
 func (b *RedisBus) Read(ctx context.Context, cursor string) (string, [][]byte, error) {
 	if cursor == "" {
-		// Start after the newest entry now in the stream ("$" would lose what is published
-		// between two reads if it were passed again).
-		last, err := b.rdb.XRevRangeN(ctx, b.stream(), "+", "-", 1).Result()
-		if err != nil {
-			return "", nil, fmt.Errorf("detect bus: %w", err)
-		}
-		cursor = "0-0"
-		if len(last) == 1 {
-			cursor = last[0].ID
-		}
+		cursor = "0-0" // the oldest entry still in the stream
 	}
 	res, err := b.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{b.stream(), cursor}, Count: 1024, Block: time.Second}).Result()
 	if errors.Is(err, redis.Nil) {

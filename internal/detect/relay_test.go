@@ -145,6 +145,47 @@ func TestSharedDetectionAcrossReplicas(t *testing.T) {
 	}
 }
 
+// TestStartingReplicaReplaysHistory: a replica that starts after others have served part
+// of a sweep replays the bus's history into its engine, so the rest of the sweep alerts
+// there as it would have on the others; history alone (an attacker the running replicas
+// already handled) is not alerted again.
+func TestStartingReplicaReplaysHistory(t *testing.T) {
+	bus := newMemBus()
+	earlier := time.Now().Add(-time.Minute)
+	publish := func(o gateway.Observation) {
+		r := FromObservation(o)
+		w := wireObs{Req: r, F: ExtractFeatures(&r)}
+		w.Req.Prompt, w.Req.IP = "", ""
+		b, _ := json.Marshal(&w)
+		bus.Publish(context.Background(), [][]byte{b})
+	}
+	for i := range 4 { // handled before: a whole sweep by another principal
+		o := sweep(i)
+		o.TS, o.Principal = earlier, "old-mallory"
+		publish(o)
+	}
+	for i := range 3 { // the first three requests of mallory's sweep
+		o := sweep(i)
+		o.TS = earlier
+		publish(o)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	aud := &seqAudit{}
+	r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: aud, Duration: time.Hour, Bus: bus})
+	go r.Run(ctx, time.Hour)
+	waitFor(t, "history replayed", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.index == 7 })
+	if a, _ := r.Sanction("old-mallory"); a != "" || countKind(aud, "detect.alert") != 0 {
+		t.Fatalf("history re-alerted: sanction %q, %s", a, aud.kinds())
+	}
+	r.Observe(sweep(3))
+	waitFor(t, "the sweep's fourth request to alert", func() bool { a, _ := r.Sanction("mallory"); return a == "strip_logprobs" })
+	r.Wait()
+	if n := countKind(aud, "detect.alert"); n != 1 {
+		t.Fatalf("%d alerts recorded, want 1 (mallory)", n)
+	}
+}
+
 // TestLocalReplicasMissSplitSweep is the baseline of the test above: without a bus the
 // same split sweep raises nothing on either replica.
 func TestLocalReplicasMissSplitSweep(t *testing.T) {
@@ -206,10 +247,13 @@ func TestRedisBus(t *testing.T) {
 	if err := b.Publish(ctx, [][]byte{[]byte("old")}); err != nil {
 		t.Fatal(err)
 	}
-	// A reader starting now does not see "old".
+	// A reader starting now begins with the history.
 	cur, recs, err := b.Read(ctx, "")
-	if err != nil || len(recs) != 0 {
+	if err != nil || len(recs) != 1 || string(recs[0]) != "old" {
 		t.Fatalf("first read: %q, %v", recs, err)
+	}
+	if _, recs, _ := b.Read(ctx, cur); len(recs) != 0 {
+		t.Fatalf("read at the end: %q", recs)
 	}
 	if err := b.Publish(ctx, [][]byte{[]byte("a"), []byte("b")}); err != nil {
 		t.Fatal(err)

@@ -102,7 +102,7 @@ func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
 	}
 	r := &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{}}
 	if cfg.Bus != nil {
-		r.relay = newRelay(cfg.Bus)
+		r.relay = newRelay(cfg.Bus, cfg.Now())
 	}
 	return r
 }
