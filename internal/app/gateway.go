@@ -270,7 +270,7 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 		bus = detect.NewRedisBus(rdb, a.redisPrefix()+"detect:")
 	}
 	r := detect.NewResponder(detect.New(a.Config.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
-		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log, Bus: bus})
+		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log, Bus: bus, Metrics: a.Metrics})
 	go r.Run(ctx, 10*time.Second)
 	a.responders = append(a.responders, r)
 	return r, nil

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/testenv"
@@ -211,13 +212,33 @@ func TestBusDownDetectsLocally(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	aud := &seqAudit{}
-	r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: aud, Duration: time.Hour, Bus: bus})
+	reg := prometheus.NewRegistry()
+	r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: aud, Duration: time.Hour, Bus: bus, Metrics: reg})
+	degraded := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "strongroom_detect_bus_degraded" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no strongroom_detect_bus_degraded metric")
+		return 0
+	}
+	if degraded() != 0 {
+		t.Fatal("degraded before any failure")
+	}
 	go r.Run(ctx, time.Hour)
 	for i := range 4 {
 		r.Observe(sweep(i))
 		if i == 0 {
 			waitFor(t, "degraded mode", r.Degraded)
 		}
+	}
+	if degraded() != 1 {
+		t.Fatal("metric does not show the degraded mode")
 	}
 	waitFor(t, "local detection", func() bool { a, _ := r.Sanction("mallory"); return a == "strip_logprobs" })
 	r.Wait()

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/store"
@@ -54,6 +55,9 @@ type ResponderConfig struct {
 	// Bus shares detection between gateway replicas (see Bus); nil: this process's
 	// traffic only. Run must be running for shared detection.
 	Bus Bus
+	// Metrics, if set, receives the bus's health: strongroom_detect_bus_degraded (1 while
+	// this replica detects alone) and strongroom_detect_bus_overflow_total.
+	Metrics prometheus.Registerer
 }
 
 // Responder connects the engine to the gateway: it observes every request, records each
@@ -103,8 +107,33 @@ func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
 	r := &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{}}
 	if cfg.Bus != nil {
 		r.relay = newRelay(cfg.Bus, cfg.Now())
+		if cfg.Metrics != nil {
+			registerBusMetrics(r, cfg.Metrics)
+		}
 	}
 	return r
+}
+
+// registerBusMetrics exposes the bus's health (a failure to register is logged: metrics
+// are not worth refusing to detect).
+func registerBusMetrics(r *Responder, reg prometheus.Registerer) {
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_detect_bus_degraded",
+			Help: "1 while this gateway detects on its own traffic only because the detection bus (Redis) failed."},
+			func() float64 {
+				if r.Degraded() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "strongroom_detect_bus_overflow_total",
+			Help: "Requests detected on locally because the queue to the detection bus was full."},
+			func() float64 { return float64(r.relay.dropped.Load()) }),
+	} {
+		if err := reg.Register(c); err != nil {
+			r.cfg.Log.Error("detect: metrics", "err", err)
+		}
+	}
 }
 
 // FromObservation is the detectors' view of a gateway request.
