@@ -215,17 +215,25 @@ func (r *Responder) publish(ctx context.Context) {
 // replicas' to act on.
 func (r *Responder) consume(ctx context.Context) {
 	cursor := ""
+	failing := false
 	for ctx.Err() == nil {
 		next, recs, err := r.relay.bus.Read(ctx, cursor)
 		if err != nil {
 			if ctx.Err() == nil {
-				r.cfg.Log.Error("detect: reading the bus", "err", err)
+				if !failing { // once per outage, not once a second
+					r.cfg.Log.Error("detect: reading the bus", "err", err)
+				}
+				failing = true
 				select {
 				case <-ctx.Done():
 				case <-time.After(time.Second):
 				}
 			}
 			continue
+		}
+		if failing {
+			r.cfg.Log.Info("detect: reading the bus again")
+			failing = false
 		}
 		cursor = next
 		for _, b := range recs {
