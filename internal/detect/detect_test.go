@@ -3,6 +3,7 @@ package detect
 import (
 	"bytes"
 	"encoding/json"
+	"math/bits"
 	"runtime"
 	"strconv"
 	"strings"
@@ -152,4 +153,43 @@ func BenchmarkClusterStall(b *testing.B) {
 	}
 	b.ReportMetric(float64(worst.Microseconds()), "worst-observe-µs")
 	b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "cluster-ms")
+}
+
+// TestEditPlace: a swapped, inserted or deleted word at j is placed at j near the start and
+// at endWords + (equal words after it) near the end; the word set differs in at most two
+// bits per edited word.
+func TestEditPlace(t *testing.T) {
+	base := strings.Fields("w00 w01 w02 w03 w04 w05 w06 w07 w08 w09 w10 w11 w12 w13 w14 w15 w16 w17 w18 w19 w20 w21 w22 w23 w24 w25 w26 w27 w28 w29 w30 w31 w32 w33 w34 w35 w36 w37 w38 w39")
+	edit := func(kind string, j int) string {
+		ws := append([]string(nil), base...)
+		switch kind {
+		case "swap":
+			ws[j] = "zzz"
+		case "insert":
+			ws = append(ws[:j], append([]string{"zzz"}, ws[j:]...)...)
+		case "delete":
+			ws = append(ws[:j], ws[j+1:]...)
+		}
+		return strings.Join(ws, " ")
+	}
+	_, set0, ends0 := promptSigs(strings.Join(base, " "))
+	for _, kind := range []string{"swap", "insert", "delete"} {
+		for _, j := range []int{0, 5, 15, 30, 39} {
+			_, set, ends := promptSigs(edit(kind, j))
+			want := j
+			if j >= endWords {
+				after := len(base) - 1 - j // equal words after the edit
+				if kind == "insert" {
+					after++ // the original word j follows the inserted one
+				}
+				want = endWords + min(after, endWords-1)
+			}
+			if got := editPlace(&ends0, &ends); int(got) != want {
+				t.Errorf("%s at %d: place %d, want %d", kind, j, got, want)
+			}
+			if d := bits.OnesCount64(set[0]^set0[0]) + bits.OnesCount64(set[1]^set0[1]); d > 2 {
+				t.Errorf("%s at %d: word sets differ in %d bits", kind, j, d)
+			}
+		}
+	}
 }

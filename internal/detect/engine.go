@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"fmt"
 	"math"
+	"math/bits"
 	"strconv"
 	"sync"
 	"time"
@@ -17,10 +18,17 @@ type Config struct {
 	// Vocab is the vocabulary size used to report the leakage meter (full logit vectors).
 	Vocab int `json:"vocab,omitempty"`
 	// Probing: alert when this many of the last ProbeWindow prompts are near-duplicates
-	// (SimHash within ProbeBits, not identical) of an earlier prompt in the window.
+	// of an earlier prompt in the window, not identical — SimHash of word bigrams within
+	// ProbeBits (character edits), or word sets differing in at most ProbeWords bits of
+	// their 128-bit signatures (about ProbeWords/2 words swapped, inserted or deleted) —
+	// and those edits fall in at least ProbeSpread different places of the prompt. (A
+	// template whose slots are a word or two also yields prompts a few words apart, but
+	// always at the same places: its slots.)
 	ProbeWindow int `json:"probe_window,omitempty"`
 	ProbeHits   int `json:"probe_hits,omitempty"`
 	ProbeBits   int `json:"probe_bits,omitempty"`
+	ProbeWords  int `json:"probe_words,omitempty"`
+	ProbeSpread int `json:"probe_spread,omitempty"`
 	// Egress: alert when a principal's completion tokens in the current hour exceed
 	// EgressFactor times its hourly baseline (and EgressFloor), after EgressWarmup hours.
 	EgressFactor float64 `json:"egress_factor,omitempty"`
@@ -68,6 +76,8 @@ func (c *Config) defaults() {
 	set(&c.ProbeWindow, 64)
 	set(&c.ProbeHits, 16)
 	set(&c.ProbeBits, 6)
+	set(&c.ProbeWords, 6)
+	set(&c.ProbeSpread, 6)
 	set(&c.EgressFloor, 200_000)
 	set(&c.EgressWarmup, 24)
 	set(&c.MaxPrincipals, 100_000)
@@ -107,11 +117,9 @@ type principalState struct {
 	name string
 	// logit harvesting: biased token ids seen with logprobs, per model (capped).
 	biased map[string]map[int32]struct{}
-	// probing: ring of recent prompt sketches and whether each was a near-duplicate.
-	sketch []uint64
-	exact  []uint64
-	plen   []int32
-	near   []bool
+	// probing: ring of the last ProbeWindow prompts (grown as they come, so a principal
+	// with few requests holds few) and how many were near-duplicates.
+	probes []probe
 	pos    int
 	nearN  int
 	// egress: tokens this hour, and an EWMA of past hours.
@@ -125,6 +133,29 @@ type principalState struct {
 	prada pradaState
 	// alerts already raised, so each detector alerts once per principal.
 	alerted map[string]bool
+}
+
+// probe is what the probing detector keeps of one prompt.
+type probe struct {
+	sketch uint64
+	exact  uint64
+	wset   [2]uint64
+	ends   [endWords * 2]uint8 // word hashes at the prompt's start and end
+	plen   int32
+	near   bool
+	where  int8 // where its edit of a near-duplicate starts (editPlace); -1: none
+}
+
+// spread is in how many different places (editPlace) the near-duplicates in the window
+// were edited.
+func (st *principalState) spread() int {
+	var places uint64
+	for i := range st.probes {
+		if p := &st.probes[i]; p.near && p.where >= 0 {
+			places |= 1 << uint(p.where)
+		}
+	}
+	return bits.OnesCount64(places)
 }
 
 // New returns an engine.
@@ -143,9 +174,7 @@ func (e *Engine) state(p string) *principalState {
 		e.lru.Remove(old)
 		delete(e.ps, old.Value.(*principalState).name)
 	}
-	st := &principalState{name: p, biased: map[string]map[int32]struct{}{}, alerted: map[string]bool{},
-		sketch: make([]uint64, e.cfg.ProbeWindow), exact: make([]uint64, e.cfg.ProbeWindow), plen: make([]int32, e.cfg.ProbeWindow),
-		near: make([]bool, e.cfg.ProbeWindow)}
+	st := &principalState{name: p, biased: map[string]map[int32]struct{}{}, alerted: map[string]bool{}}
 	e.ps[p] = e.lru.PushFront(st)
 	return st
 }
@@ -202,14 +231,16 @@ func (e *Engine) CampaignAlerts(index int, now time.Time) []Alert {
 // hashes and counts of fixed size, never the text or the address, so that they can travel
 // between gateway replicas (see Relay) without carrying prompts.
 type Features struct {
-	PromptLen  int32      `json:"len,omitempty"` // bytes; 0: no prompt
-	Sim        uint64     `json:"sim,omitempty"` // SimHash of word bigrams (probing)
-	Exact      uint64     `json:"exact,omitempty"`
-	Skel       uint64     `json:"skel,omitempty"` // template skeleton (distillation, hydra)
-	CoT        bool       `json:"cot,omitempty"`  // asks for reasoning
-	Topics     [16]uint64 `json:"topics"`         // content-word buckets (hydra)
-	TopicWords int        `json:"words,omitempty"`
-	Net        uint64     `json:"net,omitempty"` // hash of the client's /24 or /48; 0: none
+	PromptLen  int32               `json:"len,omitempty"` // bytes; 0: no prompt
+	Sim        uint64              `json:"sim,omitempty"` // SimHash of word bigrams (probing)
+	WordSet    [2]uint64           `json:"wset"`          // 128-bit signature of the set of words (probing)
+	Ends       [endWords * 2]uint8 `json:"ends"`          // 8-bit hashes of the first and last words (probing)
+	Exact      uint64              `json:"exact,omitempty"`
+	Skel       uint64              `json:"skel,omitempty"` // template skeleton (distillation, hydra)
+	CoT        bool                `json:"cot,omitempty"`  // asks for reasoning
+	Topics     [16]uint64          `json:"topics"`         // content-word buckets (hydra)
+	TopicWords int                 `json:"words,omitempty"`
+	Net        uint64              `json:"net,omitempty"` // hash of the client's /24 or /48; 0: none
 }
 
 // ExtractFeatures computes r's features.
@@ -217,7 +248,8 @@ func ExtractFeatures(r *Request) Features {
 	f := Features{Net: netOf(r.IP)}
 	if r.Prompt != "" {
 		f.PromptLen = int32(min(len(r.Prompt), math.MaxInt32))
-		f.Sim, f.Exact = simhash(r.Prompt), exactHash(r.Prompt)
+		f.Sim, f.WordSet, f.Ends = promptSigs(r.Prompt)
+		f.Exact = exactHash(r.Prompt)
 		f.Skel, f.CoT = skeleton(r.Prompt), asksForReasoning(r.Prompt)
 		f.TopicWords = addTopics(&f.Topics, r.Prompt)
 	}
@@ -274,16 +306,24 @@ func (e *Engine) ObserveFeatures(index int, r *Request, f *Features) []Alert {
 		near := false
 		best := -1 // nearest earlier, non-identical prompt in the window (for PRADA)
 		pl := f.PromptLen
-		for i, s := range st.sketch {
-			if st.plen[i] == 0 || st.exact[i] == ex {
+		where := int8(-1)
+		n := len(st.probes)
+		for k := 1; k <= n; k++ { // newest first: the place is taken against the latest near-duplicate
+			q := &st.probes[(st.pos-k+n)%n]
+			if q.exact == ex {
 				continue
 			}
-			h := hamming(s, sk)
+			h := hamming(q.sketch, sk)
 			if best < 0 || h < best {
 				best = h
 			}
-			if d := pl - st.plen[i]; d <= 16 && d >= -16 && h <= e.cfg.ProbeBits {
-				near = true
+			d := pl - q.plen
+			if d > 48 || d < -48 || where >= 0 {
+				continue
+			}
+			if (d <= 16 && d >= -16 && h <= e.cfg.ProbeBits) ||
+				bits.OnesCount64(q.wset[0]^f.WordSet[0])+bits.OnesCount64(q.wset[1]^f.WordSet[1]) <= e.cfg.ProbeWords {
+				near, where = true, editPlace(&q.ends, &f.Ends)
 			}
 		}
 		if best >= 0 {
@@ -291,20 +331,25 @@ func (e *Engine) ObserveFeatures(index int, r *Request, f *Features) []Alert {
 				raise("prada", 1-w, fmt.Sprintf("nearest-neighbour distances of the last %d prompts are far from normal (Shapiro-Wilk W %.3f)", pradaN, w))
 			}
 		}
-		if st.near[st.pos] {
-			st.nearN--
+		p := probe{sketch: sk, exact: ex, wset: f.WordSet, ends: f.Ends, plen: pl, near: near, where: where}
+		if len(st.probes) < e.cfg.ProbeWindow {
+			st.probes = append(st.probes, p)
+		} else {
+			if st.probes[st.pos].near {
+				st.nearN--
+			}
+			st.probes[st.pos] = p
 		}
-		st.sketch[st.pos], st.exact[st.pos], st.plen[st.pos], st.near[st.pos] = sk, ex, pl, near
 		if near {
 			st.nearN++
 		}
-		st.pos = (st.pos + 1) % len(st.sketch)
-		if st.nearN >= e.cfg.ProbeHits {
+		st.pos = (st.pos + 1) % e.cfg.ProbeWindow
+		if st.nearN >= e.cfg.ProbeHits && st.spread() >= e.cfg.ProbeSpread {
 			second := "PRADA: too few prompts for a second opinion"
 			if st.prada.n >= pradaN {
 				second = fmt.Sprintf("PRADA second opinion: Shapiro-Wilk W %.3f of nearest-neighbour distances", st.prada.w)
 			}
-			raise("probing", float64(st.nearN)/float64(len(st.sketch)), fmt.Sprintf("%d of the last %d prompts are small edits of another; %s", st.nearN, len(st.sketch), second))
+			raise("probing", float64(st.nearN)/float64(e.cfg.ProbeWindow), fmt.Sprintf("%d of the last %d prompts are small edits of another, at %d different places; %s", st.nearN, len(st.probes), st.spread(), second))
 		}
 	}
 

@@ -12,7 +12,7 @@ import (
 // Scenarios the simulator knows. "all" mixes every benign population with every attack.
 var Scenarios = []string{
 	"benign-chat", "benign-batch", "benign-agent", "benign-logitbias", "benign-eval", "benign-rag", "benign-classifier",
-	"benign-writer", "benign-fleet",
+	"benign-writer", "benign-fleet", "benign-slots",
 	"logit-harvest", "probing", "egress", "distillation", "hydra", "all",
 }
 
@@ -91,6 +91,7 @@ func Simulate(scenario string, seed uint64, intensity float64) ([]Request, error
 		"benign-classifier": func() { s.benignClassifier(3) },
 		"benign-writer":     func() { s.benignWriter(6) },
 		"benign-fleet":      func() { s.benignFleet(15) },
+		"benign-slots":      func() { s.benignSlots() },
 		"logit-harvest":     func() { s.logitHarvest(3, intensity) },
 		"probing":           func() { s.probing(3, intensity) },
 		"egress":            func() { s.egress(2, intensity) },
@@ -253,6 +254,41 @@ func (s *sim) benignWriter(writers int) {
 	}
 }
 
+// benignSlots: templated jobs whose slots are a word or two (product copy, arithmetic
+// evaluations, translations of single words) — consecutive prompts differ by a few words,
+// like word-level probing, but in short prompts and at fixed places.
+func (s *sim) benignSlots() {
+	colors := strings.Fields("red blue green black white grey navy beige olive coral amber teal ivory plum")
+	stuff := strings.Fields("leather cotton linen wool silk denim suede canvas bamboo steel oak glass")
+	items := strings.Fields("bag shirt jacket lamp chair table scarf wallet watch bottle mug desk sofa belt hat")
+	langs := strings.Fields("French German Spanish Italian Dutch Polish Swedish Portuguese Czech Greek")
+	jobs := []func() string{
+		func() string {
+			return fmt.Sprintf("Write a short product description for a %s %s %s in a friendly tone.",
+				colors[s.rng.IntN(len(colors))], stuff[s.rng.IntN(len(stuff))], items[s.rng.IntN(len(items))])
+		},
+		func() string {
+			return fmt.Sprintf("What is %d + %d? Answer with a number only.", s.rng.IntN(1000), s.rng.IntN(1000))
+		},
+		func() string {
+			return fmt.Sprintf("Translate the word %s into %s and use it in one example sentence.", s.sentence(1, -1), langs[s.rng.IntN(len(langs))])
+		},
+		func() string {
+			return fmt.Sprintf("Suggest five catchy blog post titles about %s %s for small business owners.", s.sentence(1, -1), s.sentence(1, -1))
+		},
+	}
+	for j, gen := range jobs {
+		p := fmt.Sprintf("slots-job-%d", j)
+		ip := s.randIP()
+		for day := range 2 {
+			for i := range 500 {
+				s.add(Request{TS: s.at(float64(day*24) + 10 + 3*float64(i)/500), Principal: p, IP: ip, Model: "frontier", Endpoint: "completions",
+					Prompt: gen(), PromptTokens: 25, CompletionTokens: 60, Label: "benign"})
+			}
+		}
+	}
+}
+
 // benignFleet: one customer's replicas, each with its own key, started together behind one
 // network, sharing a template, with overlapping content — the hard negative for hydra.
 func (s *sim) benignFleet(keys int) {
@@ -285,22 +321,45 @@ func (s *sim) logitHarvest(attackers int, intensity float64) {
 	}
 }
 
-// probing: finite-difference style edits of one prompt.
+// probing: edits of one prompt — character edits (finite differences), word swaps and word
+// insertions/deletions (jailbreak search), one kind per attacker in turn.
 func (s *sim) probing(attackers int, intensity float64) {
 	for a := range attackers {
 		p := fmt.Sprintf("prober-%d", a)
 		ip := s.randIP()
-		base := []byte(s.sentence(40, -1))
+		base := s.sentence(40, -1)
 		n := int(300 * intensity)
 		for i := range n {
-			b := append([]byte(nil), base...)
-			for range 1 + s.rng.IntN(2) {
-				j := s.rng.IntN(len(b))
-				if b[j] != ' ' {
-					b[j] = byte('a' + s.rng.IntN(26))
+			var prompt string
+			switch a % 3 {
+			case 0:
+				b := []byte(base)
+				for range 1 + s.rng.IntN(2) {
+					j := s.rng.IntN(len(b))
+					if b[j] != ' ' {
+						b[j] = byte('a' + s.rng.IntN(26))
+					}
 				}
+				prompt = string(b)
+			case 1:
+				ws := strings.Fields(base)
+				for range 1 + s.rng.IntN(3) {
+					ws[s.rng.IntN(len(ws))] = s.sentence(1, -1)
+				}
+				prompt = strings.Join(ws, " ")
+			default:
+				ws := strings.Fields(base)
+				for range 1 + s.rng.IntN(2) {
+					j := s.rng.IntN(len(ws))
+					if s.rng.IntN(2) == 0 {
+						ws = append(ws[:j], ws[j+1:]...)
+					} else {
+						ws = append(ws[:j], append([]string{s.sentence(1, -1)}, ws[j:]...)...)
+					}
+				}
+				prompt = strings.Join(ws, " ")
 			}
-			s.add(Request{TS: s.at(20 + float64(i)*0.02/intensity), Principal: p, IP: ip, Model: "frontier", Endpoint: "chat", Prompt: string(b),
+			s.add(Request{TS: s.at(20 + float64(i)*0.02/intensity), Principal: p, IP: ip, Model: "frontier", Endpoint: "chat", Prompt: prompt,
 				Params: Params{Logprobs: true, TopLogprobs: 5}, PromptTokens: 60, CompletionTokens: 5, Label: "probing"})
 		}
 	}
