@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -227,6 +228,9 @@ func TestOpenAIClient(t *testing.T) {
 	if len(evs) != 4 {
 		t.Fatalf("%d gateway.request events for alice, want 4", len(evs))
 	}
+	// Events are logged when each handler finishes, which need not be in request order;
+	// their timestamps are the requests' starts.
+	slices.SortFunc(evs, func(a, b store.AuditEvent) int { return a.TS.Compare(b.TS) })
 	for _, e := range evs {
 		ev, _ := audit.ParseEvent(e.Raw)
 		if ev.Decision != "allow" || !strings.HasPrefix(ev.Fields["prompt_hmac"], "hmac-sha256:") || strings.Contains(string(e.Raw), "hello") {
