@@ -91,14 +91,16 @@ func (r *Responder) observeShared(req *Request) {
 //go:noinline
 func (r *Responder) observeAlone(w wireObs) { r.observeLocal(&w.Req, &w.F, actRecord) }
 
-// How observeLocal treats the alerts a request raises.
+// How observeLocal treats the alerts a request raises: actRecord imposes and records them
+// (this replica's own, unshared traffic); actClaim imposes them and records them if this
+// replica claims them first; actQuiet does neither (the request predates this replica,
+// whose engine is catching up on history that the replicas running then acted on).
 type actMode int
 
 const (
-	actRecord actMode = iota // impose and record them (this replica's own, unshared traffic)
-	actClaim                 // impose them; record them if this replica claims them first
-	actQuiet                 // neither: the request predates this replica, whose engine is
-	// catching up on history that the replicas running then acted on
+	actRecord actMode = iota
+	actClaim
+	actQuiet
 )
 
 // observeLocal runs the engine on one request and acts on its alerts as mode says.
