@@ -539,7 +539,8 @@ func TestCAConcurrentCreate(t *testing.T) {
 
 // A runtime asking for many nonces keeps at most maxNonces; the oldest stop working. Nonces
 // live in the store: a second control-plane replica on the same store takes what the first
-// issued (once), and a store that fails refuses the lease.
+// issued (once), and without the store neither issuing nor taking succeeds (Grant turns a
+// take error into a refused lease).
 func TestNonces(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := context.Background()
