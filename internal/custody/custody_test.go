@@ -539,8 +539,8 @@ func TestCAConcurrentCreate(t *testing.T) {
 
 // A runtime asking for many nonces keeps at most maxNonces; the oldest stop working. Nonces
 // live in the store: a second control-plane replica on the same store takes what the first
-// issued (once), and without the store neither issuing nor taking succeeds (Grant turns a
-// take error into a refused lease).
+// issued (once), and without the store neither issuing nor taking succeeds, and a grant is
+// refused (and audited) rather than waved through.
 func TestNonces(t *testing.T) {
 	e := newEnv(t, nil)
 	ctx := context.Background()
@@ -582,6 +582,16 @@ func TestNonces(t *testing.T) {
 	}
 	if ok, err := e.svc.takeNonce(ctx, "rt-x", last); ok || err == nil {
 		t.Fatalf("take without a store: %v, %v", ok, err)
+	}
+	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	_, err = e.svc.Grant(ctx, store.Runtime{ID: "rt-x", Env: "prod"}, nil, LeaseRequest{Model: "small", Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: last})
+	if err == nil || errors.Is(err, ErrReplay) {
+		t.Fatalf("grant without the nonce store: %v", err)
+	}
+	e.rec.mu.Lock()
+	defer e.rec.mu.Unlock()
+	if got := e.rec.events[len(e.rec.events)-1]; got != "lease.grant deny" {
+		t.Fatalf("last audit event %q, want the refused grant", got)
 	}
 }
 
