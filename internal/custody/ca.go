@@ -100,27 +100,8 @@ func createCA(dir, keyPath string) error {
 	body := append(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), CertPEM(der)...)
 	defer clear(body)
 	clear(kder)
-	tmp, err := os.CreateTemp(dir, ".ca-*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(body); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	// link fails if another process got there first; then its CA is the CA.
-	if err := os.Link(tmp.Name(), keyPath); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	return fsutil.SyncDir(dir)
+	// If another process got there first, its CA is the CA.
+	return fsutil.CreateFileOnce(keyPath, body, 0o600)
 }
 
 func serial() *big.Int {
