@@ -92,12 +92,7 @@ func TestTournamentRates(t *testing.T) {
 		if ks[0].Detect(toks).Verdict(alpha) {
 			tp++
 		}
-		noisy := append([]int(nil), toks...)
-		for i := range noisy {
-			if rng.Float64() < 0.2 {
-				noisy[i] = rng.IntN(vocab)
-			}
-		}
+		noisy := replaceAtRandom(rng, toks, 0.2, vocab)
 		if ks[0].Detect(noisy).Verdict(alpha) {
 			tpNoisy++
 		}

@@ -64,12 +64,7 @@ func TestRates(t *testing.T) {
 		if ks[0].Detect(toks).Verdict(alpha) {
 			tp++
 		}
-		noisy := append([]int(nil), toks...)
-		for i := range noisy {
-			if rng.Float64() < 0.2 {
-				noisy[i] = rng.IntN(vocab)
-			}
-		}
+		noisy := replaceAtRandom(rng, toks, 0.2, vocab)
 		if ks[0].Detect(noisy).Verdict(alpha) {
 			tpNoisy++
 		}
@@ -157,4 +152,16 @@ func BenchmarkFPR(b *testing.B) {
 	}
 	b.ReportMetric(float64(fp3)/texts/float64(b.N), "fpr@1e-3")
 	b.ReportMetric(float64(fp4)/texts/float64(b.N), "fpr@1e-4")
+}
+
+// replaceAtRandom returns a copy of toks with each token replaced, with probability p, by
+// one drawn uniformly from the vocabulary (the robustness attack of the targets).
+func replaceAtRandom(rng *rand.Rand, toks []int, p float64, vocab int) []int {
+	out := append([]int(nil), toks...)
+	for i := range out {
+		if rng.Float64() < p {
+			out[i] = rng.IntN(vocab)
+		}
+	}
+	return out
 }
