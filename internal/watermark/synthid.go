@@ -67,7 +67,8 @@ func (t *Tournament) seed(ctx []int) uint64 {
 	return binary.BigEndian.Uint64(m.Sum(nil))
 }
 
-// gbits are the m g-values of token tok after a context with the given seed (bit l = g_l).
+// gbits are the m g-values of token tok after a context with the given seed (bit l = g_l):
+// a splitmix64 mix of (seed, token), which the green list also uses as its keyed hash.
 func gbits(seed uint64, tok int) uint64 {
 	x := seed ^ (uint64(tok)+1)*0x9e3779b97f4a7c15
 	x ^= x >> 30

@@ -63,15 +63,7 @@ func (k *Key) seedFor(prev int) uint64 {
 
 // green reports whether tok is green after a context with the given seed: a keyed hash of
 // (seed, token) below γ·2^64. O(1) per token, no permutation materialized.
-func (k *Key) green(seed uint64, tok int) bool {
-	x := seed ^ (uint64(tok)+1)*0x9e3779b97f4a7c15
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x < k.threshold
-}
+func (k *Key) green(seed uint64, tok int) bool { return gbits(seed, tok) < k.threshold }
 
 // Bias adds δ to the logits of the green tokens after prev (the sampling-time hook).
 func (k *Key) Bias(prev int, logits []float64) {
