@@ -89,11 +89,7 @@ func hashLower(s string) uint64 {
 		h ^= uint64(c)
 		h *= 1099511628211
 	}
-	h ^= h >> 30
-	h *= 0xbf58476d1ce4e5b9
-	h ^= h >> 27
-	h *= 0x94d049bb133111eb
-	return h ^ h>>31
+	return mix64(h)
 }
 
 func (d *dayStats) observe(r *Request, sk uint64, cot bool) {

@@ -12,6 +12,11 @@ func hash64(s string) uint64 {
 		h ^= uint64(s[i])
 		h *= 1099511628211
 	}
+	return mix64(h)
+}
+
+// mix64 is the splitmix64 finalizer.
+func mix64(h uint64) uint64 {
 	h ^= h >> 30
 	h *= 0xbf58476d1ce4e5b9
 	h ^= h >> 27
