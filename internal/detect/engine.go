@@ -189,17 +189,8 @@ func (e *Engine) Principals() int {
 // Observe runs the detectors on one request; index is its position in the stream. It
 // returns the alerts this request raised (each detector alerts once per principal).
 func (e *Engine) Observe(index int, r *Request) []Alert {
-	out := e.observe(index, r)
-	if e.cfg.ClusterEvery > 0 {
-		e.mu.Lock()
-		e.seen++
-		due := e.seen%e.cfg.ClusterEvery == 0
-		e.mu.Unlock()
-		if due {
-			out = append(out, e.CampaignAlerts(index, r.TS)...)
-		}
-	}
-	return out
+	f := ExtractFeatures(r)
+	return e.ObserveFeatures(index, r, &f)
 }
 
 // CampaignAlerts clusters (see Cluster) and returns a "hydra" alert for every member of a
@@ -256,14 +247,23 @@ func ExtractFeatures(r *Request) Features {
 	return f
 }
 
-func (e *Engine) observe(index int, r *Request) []Alert {
-	f := ExtractFeatures(r)
-	return e.ObserveFeatures(index, r, &f)
-}
-
 // ObserveFeatures is Observe for a request whose prompt and address were already reduced
 // to f (r.Prompt and r.IP are not read).
 func (e *Engine) ObserveFeatures(index int, r *Request, f *Features) []Alert {
+	out := e.observe(index, r, f)
+	if e.cfg.ClusterEvery > 0 {
+		e.mu.Lock()
+		e.seen++
+		due := e.seen%e.cfg.ClusterEvery == 0
+		e.mu.Unlock()
+		if due {
+			out = append(out, e.CampaignAlerts(index, r.TS)...)
+		}
+	}
+	return out
+}
+
+func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 	sk, ex, skel, cot := f.Sim, f.Exact, f.Skel, f.CoT
 	e.mu.Lock()
 	defer e.mu.Unlock()

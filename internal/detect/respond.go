@@ -154,13 +154,8 @@ func (r *Responder) Observe(o gateway.Observation) {
 		r.observeShared(&req)
 		return
 	}
-	r.mu.Lock()
-	idx := r.index
-	r.index++
-	r.mu.Unlock()
-	for _, a := range r.e.Observe(idx, &req) {
-		r.act(a)
-	}
+	f := ExtractFeatures(&req)
+	r.observeLocal(&req, &f, actRecord)
 }
 
 // Run clusters principals every interval (hydra campaigns), reloads the shared
