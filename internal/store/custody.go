@@ -502,30 +502,18 @@ func (s *sqlStore) IssueNonce(ctx context.Context, runtime string, nonce []byte,
 }
 
 func (s *sqlStore) TakeNonce(ctx context.Context, runtime string, nonce []byte, now time.Time) (bool, error) {
-	ok := false
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var owner string
-		var expires int64
-		err := tx.QueryRowContext(ctx, s.q(`SELECT runtime, expires_at FROM custody_nonces WHERE nonce = ?`), nonce).Scan(&owner, &expires)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		res, err := tx.ExecContext(ctx, s.q(`DELETE FROM custody_nonces WHERE nonce = ?`), nonce)
-		if err != nil {
-			return err
-		}
-		// Two takes racing: only the one whose DELETE removed the row may succeed.
-		n, _ := res.RowsAffected()
-		ok = n == 1 && owner == runtime && now.UnixNano() < expires
-		return nil
-	})
+	// One statement removes the nonce and says whose it was: of two takes racing, only the
+	// one whose DELETE removed the row sees it.
+	var owner string
+	var expires int64
+	err := s.db.QueryRowContext(ctx, s.q(`DELETE FROM custody_nonces WHERE nonce = ? RETURNING runtime, expires_at`), nonce).Scan(&owner, &expires)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
 	if err != nil {
 		return false, fmt.Errorf("store: take nonce: %w", err)
 	}
-	return ok, nil
+	return owner == runtime && now.UnixNano() < expires, nil
 }
 
 // TotalEgress is the runtime name under which a day's total is counted.
