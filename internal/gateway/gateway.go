@@ -333,7 +333,8 @@ type reqState struct {
 	ip        netip.Addr
 	country   string
 	route     *Route
-	feat      features
+	feat      features // after hardening: what the engine is sent
+	asked     askedFor // what the client asked for: what policy and the detectors judge
 	prompt    []byte
 	decision  string
 	reason    string
@@ -383,10 +384,12 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	body := buf.Bytes()
-	if err := json.Unmarshal(body, &st.feat); err != nil {
-		st.fail(w, badRequest("Request body is not valid JSON for this endpoint."), err.Error())
+	feat, err := parseRequest(body, endpoint)
+	if err != nil {
+		st.fail(w, badRequest("Invalid request body: "+err.Error()+"."), err.Error())
 		return
 	}
+	st.feat = *feat
 	rt, ok := g.routes[st.feat.Model]
 	if !ok || !p.MayUse(st.feat.Model) {
 		st.fail(w, errModelNotFound, "model "+st.feat.Model+" not routed or not allowed for this key")
@@ -395,11 +398,8 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	st.route = rt
 	st.ip = g.clientIP(r)
 	st.country = g.country(st.ip)
-	logprobs, top := st.feat.logprobs()
-	n := 1
-	if st.feat.N != nil {
-		n = *st.feat.N
-	}
+	st.asked = asked(&st.feat)
+	logprobs, top, n := st.asked.Logprobs, st.asked.TopLogprobs, st.asked.N
 	mfaAge := int64(-1)
 	if !p.MFAAt.IsZero() {
 		mfaAge = int64(st.start.Sub(p.MFAAt).Seconds())
@@ -407,8 +407,8 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	d := g.cfg.Policy.Decide(policy.Request{
 		Principal: policyPrincipal(p), Action: policy.ActionInfer, Model: policyModel(rt),
 		Context: policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(),
-			MFAAgeS: mfaAge, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.feat.LogitBias) > 0,
-			N: n, MaxTokens: st.feat.maxTokens()},
+			MFAAgeS: mfaAge, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.asked.LogitBias) > 0,
+			N: n, MaxTokens: st.asked.MaxTokens},
 	})
 	if !d.Allow {
 		st.fail(w, errForbidden, d.Reason())
@@ -419,7 +419,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	if rt.Watermark {
 		st.watermark = g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionWatermark, Model: policyModel(rt),
 			Context: policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(), MFAAgeS: mfaAge,
-				Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.feat.LogitBias) > 0, N: n, MaxTokens: st.feat.maxTokens()},
+				Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.asked.LogitBias) > 0, N: n, MaxTokens: st.asked.MaxTokens},
 		}).Allow
 	}
 	if err := g.cfg.Audit.Healthy(); err != nil {
@@ -584,7 +584,7 @@ var (
 func (g *Gateway) stream(w http.ResponseWriter, body io.Reader, st *reqState) {
 	fl, _ := w.(http.Flusher)
 	w.WriteHeader(st.status)
-	clientWantsUsage := st.feat.StreamOpts != nil && st.feat.StreamOpts.IncludeUsage
+	clientWantsUsage := st.feat.IncludeUsage
 	br := bufio.NewReaderSize(body, 32<<10)
 	var outBytes int
 	for {
@@ -667,14 +667,10 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 	fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), ev)
 	go fut() // resolution marks the log unhealthy on failure
 	if g.cfg.Detector != nil && st.p != nil {
-		logprobs, top := st.feat.logprobs()
-		n := 1
-		if st.feat.N != nil {
-			n = *st.feat.N
-		}
+		a := st.asked
 		g.cfg.Detector.Observe(Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ip.String(),
-			Model: st.feat.Model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: st.feat.maxTokens(), Logprobs: logprobs,
-			TopLogprobs: top, LogitBias: st.feat.LogitBias, N: n, PromptTokens: st.usage.PromptTokens,
+			Model: st.feat.Model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: a.MaxTokens, Logprobs: a.Logprobs,
+			TopLogprobs: a.TopLogprobs, LogitBias: a.LogitBias, N: a.N, PromptTokens: st.usage.PromptTokens,
 			CompletionTokens: st.usage.CompletionTokens, Decision: st.decision})
 	}
 }

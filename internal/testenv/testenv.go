@@ -5,6 +5,7 @@ package testenv
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -19,4 +20,18 @@ func Get(t testing.TB, name string) string {
 		t.Skipf("%s not set; ./scripts/test starts the real service", name)
 	}
 	return v
+}
+
+// Python returns the path of python3, the outside JSON parser some tests put behind the
+// gateway (scripts/test installs it), or skips/fails like Get.
+func Python(t testing.TB) string {
+	t.Helper()
+	p, err := exec.LookPath("python3")
+	if err != nil {
+		if os.Getenv("STRONGROOM_REQUIRE_INTEGRATION") == "1" {
+			t.Fatal("python3 not found but STRONGROOM_REQUIRE_INTEGRATION=1: run ./scripts/test")
+		}
+		t.Skip("python3 not found; ./scripts/test installs it")
+	}
+	return p
 }

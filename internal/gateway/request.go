@@ -1,0 +1,515 @@
+package gateway
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"strconv"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/go-json-experiment/json/jsontext"
+)
+
+// # Request-parsing contract
+//
+// The gateway judges a request on one strict decoding of its body, and the engine receives
+// bytes in which every field that decoding judged means the same thing to any JSON decoder
+// that matches names exactly (Python's json, pydantic, serde) or case-insensitively (Go's
+// encoding/json). A body is refused with 400 unless:
+//
+//   - it is one JSON object (RFC 8259), valid UTF-8, no trailing data, nesting ≤ maxDepth;
+//   - no object anywhere holds two names that are equal, or equal under Unicode simple case
+//     folding ("n" and "N", "logit_bias" and "logit_biaſ");
+//   - no top-level name folds to a field the gateway judges without being spelled exactly
+//     like it ("MODEL", "Logit_Bias" alone are refused, not passed through);
+//   - each judged field has its declared JSON type: counts (n, best_of, max_tokens,
+//     max_completion_tokens, top_logprobs, prompt_logprobs, completions' logprobs) are
+//     integer literals in [0, 2^31) — 1e1, 20.0 and "20" are refused, not read as 0 —
+//     or null; stream and echo are booleans or null; model is a string; logit_bias is an
+//     object of canonical decimal token ids to numbers, or null.
+//
+// What is forwarded: the body unchanged when hardening edits nothing (the common case);
+// otherwise the same members in the same order with their original bytes, less the members
+// hardening removes, with the values it caps replaced, and any member it adds appended.
+// The prompt-bearing field of the endpoint (chat: messages, completions: prompt,
+// embeddings: input) is forwarded byte for byte and is what the log digests and the
+// detectors see.
+
+const maxDepth = 64
+
+// judged are the top-level fields the gateway reads; a case variant of one is refused.
+var judged = map[string]bool{
+	"model": true, "messages": true, "prompt": true, "input": true, "stream": true, "stream_options": true,
+	"max_tokens": true, "max_completion_tokens": true, "n": true, "best_of": true, "logprobs": true,
+	"top_logprobs": true, "prompt_logprobs": true, "logit_bias": true, "echo": true,
+}
+
+// features are the request fields that policy, limits and hardening look at.
+type features struct {
+	Model          string
+	Stream         bool
+	MaxTokens      *int
+	MaxCompl       *int
+	N              *int
+	BestOf         *int
+	LogprobsOn     bool // chat: logprobs true
+	LogprobsN      *int // completions: the count
+	TopLogprobs    *int
+	PromptLogprobs *int
+	Echo           bool
+	LogitBias      map[string]float64
+	IncludeUsage   bool // stream_options.include_usage
+	Prompt         []byte
+	members        []member // top-level members in order, for rewriting
+}
+
+// member is one top-level name/value pair as byte offsets into the body.
+type member struct {
+	name             string
+	nameStart        int // the opening quote of the name
+	valStart, valEnd int
+}
+
+// errBadRequest marks a body the contract refuses; its text is the one-line reason.
+type errBadRequest struct{ msg string }
+
+func (e *errBadRequest) Error() string { return e.msg }
+
+func refuse(format string, a ...any) error { return &errBadRequest{fmt.Sprintf(format, a...)} }
+
+// parseRequest decodes body strictly for endpoint ("chat", "completions", "embeddings").
+func parseRequest(body []byte, endpoint string) (*features, error) {
+	f := &features{}
+	dec := jsontext.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.ReadToken()
+	if err != nil {
+		return nil, refuse("body is not JSON: %v", err)
+	}
+	if tok.Kind() != '{' {
+		return nil, refuse("body is not a JSON object")
+	}
+	names := foldSet{}
+	promptField := map[string]string{"chat": "messages", "completions": "prompt", "embeddings": "input"}[endpoint]
+	for dec.PeekKind() != '}' {
+		prev := int(dec.InputOffset())
+		nt, err := readToken(dec)
+		if err != nil {
+			return nil, err
+		}
+		name := nt.String()
+		nameEnd := int(dec.InputOffset())
+		if err := names.add(name); err != nil {
+			return nil, err
+		}
+		if !judged[name] {
+			if k := foldKey(name); judged[k] || judgedFold[k] {
+				return nil, refuse("unknown field %q (field names are case-sensitive)", name)
+			}
+		}
+		m := member{name: name, nameStart: prev + bytes.IndexByte(body[prev:nameEnd], '"')}
+		m.valStart = nameEnd + bytes.IndexByte(body[nameEnd:], ':') + 1
+		m.valStart += len(body[m.valStart:]) - len(bytes.TrimLeft(body[m.valStart:], " \t\r\n"))
+		if err := f.field(dec, body, name, promptField, &m); err != nil {
+			return nil, err
+		}
+		m.valEnd = int(dec.InputOffset())
+		if name == promptField {
+			f.Prompt = body[m.valStart:m.valEnd]
+		}
+		f.members = append(f.members, m)
+	}
+	dec.ReadToken() // '}'
+	if _, err := dec.ReadToken(); err != io.EOF {
+		return nil, refuse("trailing data after the JSON object")
+	}
+	return f, nil
+}
+
+// judgedFold holds the fold keys of judged names that are not their own fold key (none
+// today: every judged name is lower-case ASCII); kept so that a future name cannot slip.
+var judgedFold = func() map[string]bool {
+	m := map[string]bool{}
+	for n := range judged {
+		m[foldKey(n)] = true
+	}
+	return m
+}()
+
+// field reads the value of one top-level member.
+func (f *features) field(dec *jsontext.Decoder, body []byte, name, promptField string, m *member) error {
+	var err error
+	switch name {
+	case "model":
+		var s *string
+		if s, err = readString(dec, name); err == nil && s != nil {
+			f.Model = *s
+		}
+	case "stream":
+		f.Stream, err = readBool(dec, name)
+	case "echo":
+		f.Echo, err = readBool(dec, name)
+	case "max_tokens":
+		f.MaxTokens, err = readCount(dec, body, name)
+	case "max_completion_tokens":
+		f.MaxCompl, err = readCount(dec, body, name)
+	case "n":
+		f.N, err = readCount(dec, body, name)
+	case "best_of":
+		f.BestOf, err = readCount(dec, body, name)
+	case "top_logprobs":
+		f.TopLogprobs, err = readCount(dec, body, name)
+	case "prompt_logprobs":
+		f.PromptLogprobs, err = readCount(dec, body, name)
+	case "logprobs":
+		if dec.PeekKind() == '0' { // completions: the number of logprobs
+			f.LogprobsN, err = readCount(dec, body, name)
+		} else {
+			f.LogprobsOn, err = readBool(dec, name)
+		}
+	case "logit_bias":
+		f.LogitBias, err = readBias(dec, body)
+	case "stream_options":
+		f.IncludeUsage, err = readStreamOptions(dec)
+	default:
+		err = skipChecked(dec, 1)
+	}
+	return err
+}
+
+func readToken(dec *jsontext.Decoder) (jsontext.Token, error) {
+	t, err := dec.ReadToken()
+	if err != nil {
+		return t, refuse("body is not valid JSON: %v", err)
+	}
+	return t, nil
+}
+
+func readString(dec *jsontext.Decoder, name string) (*string, error) {
+	t, err := readToken(dec)
+	switch {
+	case err != nil:
+		return nil, err
+	case t.Kind() == 'n':
+		return nil, nil
+	case t.Kind() != '"':
+		return nil, refuse("%s must be a string", name)
+	}
+	s := t.String()
+	return &s, nil
+}
+
+func readBool(dec *jsontext.Decoder, name string) (bool, error) {
+	t, err := readToken(dec)
+	switch {
+	case err != nil:
+		return false, err
+	case t.Kind() == 'n' || t.Kind() == 'f':
+		return false, nil
+	case t.Kind() == 't':
+		return true, nil
+	}
+	return false, refuse("%s must be a boolean", name)
+}
+
+// readCount reads a non-negative integer literal below 2^31, or null.
+func readCount(dec *jsontext.Decoder, body []byte, name string) (*int, error) {
+	t, err := readToken(dec)
+	switch {
+	case err != nil:
+		return nil, err
+	case t.Kind() == 'n':
+		return nil, nil
+	case t.Kind() != '0':
+		return nil, refuse("%s must be an integer", name)
+	}
+	end := int(dec.InputOffset())
+	raw := lastNumber(body[:end])
+	v, err := strconv.ParseUint(string(raw), 10, 31)
+	if err != nil {
+		return nil, refuse("%s must be an integer from 0 to 2147483647 written without fraction or exponent", name)
+	}
+	n := int(v)
+	return &n, nil
+}
+
+// lastNumber returns the JSON number that ends b.
+func lastNumber(b []byte) []byte {
+	i := len(b)
+	for i > 0 && bytes.IndexByte([]byte("0123456789+-.eE"), b[i-1]) >= 0 {
+		i--
+	}
+	return b[i:]
+}
+
+func readBias(dec *jsontext.Decoder, body []byte) (map[string]float64, error) {
+	t, err := readToken(dec)
+	switch {
+	case err != nil:
+		return nil, err
+	case t.Kind() == 'n':
+		return nil, nil
+	case t.Kind() != '{':
+		return nil, refuse("logit_bias must be an object")
+	}
+	m := map[string]float64{}
+	for dec.PeekKind() != '}' {
+		kt, err := readToken(dec)
+		if err != nil {
+			return nil, err
+		}
+		k := kt.String()
+		if _, err := strconv.ParseUint(k, 10, 31); err != nil || (len(k) > 1 && k[0] == '0') {
+			return nil, refuse("logit_bias keys must be token ids in canonical decimal form")
+		}
+		vt, err := readToken(dec)
+		if err != nil {
+			return nil, err
+		}
+		if vt.Kind() != '0' {
+			return nil, refuse("logit_bias values must be numbers")
+		}
+		v, err := strconv.ParseFloat(string(lastNumber(body[:dec.InputOffset()])), 64)
+		if err != nil {
+			return nil, refuse("logit_bias value out of range")
+		}
+		m[k] = v // names are unique: the decoder refuses duplicates
+	}
+	dec.ReadToken()
+	return m, nil
+}
+
+func readStreamOptions(dec *jsontext.Decoder) (bool, error) {
+	t, err := readToken(dec)
+	switch {
+	case err != nil:
+		return false, err
+	case t.Kind() == 'n':
+		return false, nil
+	case t.Kind() != '{':
+		return false, refuse("stream_options must be an object")
+	}
+	names, usage := foldSet{}, false
+	for dec.PeekKind() != '}' {
+		kt, err := readToken(dec)
+		if err != nil {
+			return false, err
+		}
+		k := kt.String()
+		if err := names.add(k); err != nil {
+			return false, err
+		}
+		switch {
+		case k == "include_usage":
+			if usage, err = readBool(dec, "stream_options.include_usage"); err != nil {
+				return false, err
+			}
+		case foldKey(k) == "include_usage":
+			return false, refuse("unknown field %q (field names are case-sensitive)", k)
+		default:
+			if err := skipChecked(dec, 2); err != nil {
+				return false, err
+			}
+		}
+	}
+	dec.ReadToken()
+	return usage, nil
+}
+
+// skipChecked reads one value, refusing fold-equal names in any object within it.
+func skipChecked(dec *jsontext.Decoder, depth int) error {
+	if depth > maxDepth {
+		return refuse("JSON nested deeper than %d", maxDepth)
+	}
+	t, err := readToken(dec)
+	if err != nil {
+		return err
+	}
+	switch t.Kind() {
+	case '{':
+		var names foldSet
+		for dec.PeekKind() != '}' {
+			kt, err := readToken(dec)
+			if err != nil {
+				return err
+			}
+			if err := names.add(kt.String()); err != nil {
+				return err
+			}
+			if err := skipChecked(dec, depth+1); err != nil {
+				return err
+			}
+		}
+		_, err = dec.ReadToken()
+	case '[':
+		for dec.PeekKind() != ']' {
+			if dec.PeekKind() == 0 {
+				_, err := dec.ReadToken()
+				return refuse("body is not valid JSON: %v", err)
+			}
+			if err := skipChecked(dec, depth+1); err != nil {
+				return err
+			}
+		}
+		_, err = dec.ReadToken()
+	}
+	if err != nil {
+		return refuse("body is not valid JSON: %v", err)
+	}
+	return nil
+}
+
+// foldSet refuses a name that folds to one already seen in the same object. Small objects
+// (the usual case) are a slice.
+type foldSet []string
+
+func (s *foldSet) add(name string) error {
+	k := foldKey(name)
+	for _, o := range *s {
+		if o == k {
+			return refuse("duplicate field %q (names differing only in case are duplicates)", name)
+		}
+	}
+	*s = append(*s, k)
+	return nil
+}
+
+// foldKey maps s to a representative of its Unicode simple-case-folding class: the
+// smallest rune of each rune's fold orbit, so that strings.EqualFold(a, b) exactly when
+// foldKey(a) == foldKey(b).
+func foldKey(s string) string {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		for i := 0; i < len(s); i++ {
+			if c := s[i]; 'A' <= c && c <= 'Z' {
+				b := []byte(s)
+				for j := i; j < len(b); j++ {
+					if 'A' <= b[j] && b[j] <= 'Z' {
+						b[j] += 'a' - 'A'
+					}
+				}
+				return string(b)
+			}
+		}
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for _, r := range s {
+		m := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			m = min(m, f)
+		}
+		if m < utf8.RuneSelf && 'A' <= m && m <= 'Z' {
+			m += 'a' - 'A' // ASCII names fold to lower case, as in the fast path
+		}
+		b = utf8.AppendRune(b, m)
+	}
+	return string(b)
+}
+
+// prompt returns the raw JSON of the endpoint's prompt-bearing field.
+func (f *features) prompt() []byte { return f.Prompt }
+
+// logprobs says whether any token logprobs are asked for, and the most alternatives asked
+// for per token. Engines return the sampled token's logprob for a count of 0 (vLLM:
+// completions' logprobs 0, prompt_logprobs 0), and some honour top_logprobs without
+// logprobs: all of those count.
+func (f *features) logprobs() (bool, int) {
+	top := 0
+	for _, p := range []*int{f.LogprobsN, f.TopLogprobs, f.PromptLogprobs} {
+		if p != nil {
+			top = max(top, *p)
+		}
+	}
+	return f.LogprobsOn || f.LogprobsN != nil || f.PromptLogprobs != nil || top > 0, top
+}
+
+func (f *features) maxTokens() int {
+	switch {
+	case f.MaxCompl != nil:
+		return *f.MaxCompl
+	case f.MaxTokens != nil:
+		return *f.MaxTokens
+	}
+	return 0
+}
+
+func (f *features) n() int {
+	if f.N != nil {
+		return *f.N
+	}
+	return 1
+}
+
+// rewrite returns body with the named members removed (value nil) or set to the given raw
+// JSON, members not in body appended in the order given; original bytes are kept for the
+// rest.
+func (f *features) rewrite(body []byte, edits []edit) []byte {
+	out := make([]byte, 0, len(body)+64)
+	out = append(out, '{')
+	done := make([]bool, len(edits))
+	for _, m := range f.members {
+		val := body[m.valStart:m.valEnd]
+		for i, e := range edits {
+			if e.name == m.name {
+				val, done[i] = e.value, true
+			}
+		}
+		if val == nil {
+			continue
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = append(out, rawName(body, m)...)
+		out = append(out, ':')
+		out = append(out, val...)
+	}
+	for i, e := range edits {
+		if done[i] || e.value == nil {
+			continue
+		}
+		if len(out) > 1 {
+			out = append(out, ',')
+		}
+		out = strconv.AppendQuote(out, e.name)
+		out = append(out, ':')
+		out = append(out, e.value...)
+	}
+	return append(out, '}')
+}
+
+// rawName is the member's name as written (between nameStart and the colon, trimmed).
+func rawName(body []byte, m member) []byte {
+	return bytes.TrimRight(body[m.nameStart:bytes.LastIndexByte(body[:m.valStart], ':')], " \t\r\n")
+}
+
+type edit struct {
+	name  string
+	value []byte // nil: remove
+}
+
+// askedFor is what a request asks of the model before hardening: what the policy judges
+// and the detectors see.
+type askedFor struct {
+	Logprobs    bool
+	TopLogprobs int
+	N           int
+	MaxTokens   int
+	LogitBias   map[string]float64
+}
+
+func asked(f *features) askedFor {
+	on, top := f.logprobs()
+	n := f.n()
+	if f.BestOf != nil {
+		n = max(n, *f.BestOf)
+	}
+	return askedFor{Logprobs: on, TopLogprobs: top, N: n, MaxTokens: f.maxTokens(), LogitBias: f.LogitBias}
+}
