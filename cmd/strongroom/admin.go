@@ -86,7 +86,11 @@ func devCmd(g *globals) *cobra.Command {
 				adminListen = a.Config.AdminListen
 			}
 			env := app.DevEnv{DataDir: g.dataDir(), APIKey: tok, LogVKey: vkey}
-			return serveAll(ctx, log, []listener{
+			guard, err := a.NetGuard()
+			if err != nil {
+				return err
+			}
+			return serveAll(ctx, log, guard, []listener{
 				{addr: listen, h: gw, ready: func(addr net.Addr) { env.URL = "http://" + addr.String() + "/v1" }},
 				{addr: adminListen, h: adminMux(a), ready: func(addr net.Addr) { env.AdminURL = "http://" + addr.String() }},
 			}, func() { env.Print(w) })

@@ -19,6 +19,7 @@ import (
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/netguard"
 	"github.com/strongroom/strongroom/internal/witness"
 	f_note "github.com/transparency-dev/formats/note"
 	"golang.org/x/mod/sumdb/note"
@@ -50,8 +51,15 @@ type listener struct {
 	tls   *tls.Config // nil: plain HTTP
 }
 
-// serveAll binds every listener, calls allReady, and serves until ctx ends.
-func serveAll(ctx context.Context, log *slog.Logger, ls []listener, allReady func()) error {
+// serveAll binds every listener, calls allReady, and serves until ctx ends. Every
+// listener goes through guard (connection caps and timeouts); nil: a guard with defaults.
+func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls []listener, allReady func()) error {
+	if guard == nil {
+		var err error
+		if guard, err = netguard.New(netguard.Limits{}, log, nil); err != nil {
+			return err
+		}
+	}
 	var srvs []*http.Server
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
@@ -63,10 +71,11 @@ func serveAll(ctx context.Context, log *slog.Logger, ls []listener, allReady fun
 			return err
 		}
 		l.ready(ln.Addr())
+		ln = guard.Listener(ln)
 		if l.tls != nil {
 			ln = tls.NewListener(ln, l.tls)
 		}
-		srv := &http.Server{Handler: l.h, ReadHeaderTimeout: 10 * time.Second, TLSConfig: l.tls}
+		srv := guard.Server(l.h, l.tls)
 		srvs = append(srvs, srv)
 		go func() { errc <- srv.Serve(ln) }()
 	}
@@ -92,7 +101,7 @@ func serveAll(ctx context.Context, log *slog.Logger, ls []listener, allReady fun
 
 // serveUntilDone serves one handler.
 func serveUntilDone(ctx context.Context, addr string, h http.Handler, log *slog.Logger, ready func(net.Addr)) error {
-	return serveAll(ctx, log, []listener{{addr: addr, h: h, ready: ready}}, func() {})
+	return serveAll(ctx, log, nil, []listener{{addr: addr, h: h, ready: ready}}, func() {})
 }
 
 func serveCmd(g *globals) *cobra.Command {
@@ -147,7 +156,11 @@ func serveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serveAll(cmd.Context(), a.Log, []listener{
+			guard, err := a.NetGuard()
+			if err != nil {
+				return err
+			}
+			return serveAll(cmd.Context(), a.Log, guard, []listener{
 				{addr: listen, h: gw, tls: tc, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=%s://%s/v1\n", scheme, addr) }},
 				{addr: adminListen, h: adminMux(a), ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
 				cl,

@@ -26,6 +26,7 @@ import (
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/kms"
+	"github.com/strongroom/strongroom/internal/netguard"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
 )
@@ -53,6 +54,9 @@ type App struct {
 	redis    *redis.Client
 	// responders opened by Responder: Close waits for their incidents in flight.
 	responders []*detect.Responder
+	guardOnce  sync.Once
+	guard      *netguard.Guard
+	guardErr   error
 }
 
 // InitOptions choose the KEK provider for a new data directory.

@@ -112,8 +112,13 @@ func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
 	if err != nil {
 		return fail(err)
 	}
-	csrv := &http.Server{Handler: svc.Handler(), TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second}
-	go csrv.ServeTLS(cln, "", "")
+	guard, err := a.NetGuard()
+	if err != nil {
+		cln.Close()
+		return fail(err)
+	}
+	csrv := guard.Server(svc.Handler(), tc)
+	go csrv.ServeTLS(guard.Listener(cln), "", "")
 	custodyURL := "https://" + cln.Addr().String()
 
 	idDir := filepath.Join(a.DataDir, "runtime")

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"github.com/strongroom/strongroom/internal/netguard"
 	"net/netip"
 	"os"
 	"time"
@@ -32,13 +33,9 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	if err != nil {
 		return nil, err
 	}
-	var proxies []netip.Prefix
-	for _, p := range gc.TrustedProxies {
-		pr, err := netip.ParsePrefix(p)
-		if err != nil {
-			return nil, fmt.Errorf("gateway.trusted_proxies: %w", err)
-		}
-		proxies = append(proxies, pr)
+	proxies, err := trustedProxies(gc.TrustedProxies)
+	if err != nil {
+		return nil, err
 	}
 	var timeout time.Duration
 	if gc.UpstreamTimeout != "" {
@@ -316,4 +313,30 @@ func (a *App) Policy(ctx context.Context) (*policy.Engine, error) {
 	go eng.Watch(ctx, 2*time.Second)
 	a.policy = eng
 	return eng, nil
+}
+
+func trustedProxies(ps []string) ([]netip.Prefix, error) {
+	var proxies []netip.Prefix
+	for _, p := range ps {
+		pr, err := netip.ParsePrefix(p)
+		if err != nil {
+			return nil, fmt.Errorf("gateway.trusted_proxies: %w", err)
+		}
+		proxies = append(proxies, pr)
+	}
+	return proxies, nil
+}
+
+// NetGuard is the one connection guard of every listener this process serves (built once).
+func (a *App) NetGuard() (*netguard.Guard, error) {
+	a.guardOnce.Do(func() {
+		c := a.Config.Gateway.Connections
+		var exempt []netip.Prefix
+		if exempt, a.guardErr = trustedProxies(a.Config.Gateway.TrustedProxies); a.guardErr != nil {
+			return
+		}
+		a.guard, a.guardErr = netguard.New(netguard.Limits{MaxConns: c.MaxConns, MaxConnsPerIP: c.MaxConnsPerIP, Exempt: exempt,
+			HeaderTimeout: c.HeaderTimeout.Duration, BodyTimeout: c.BodyTimeout.Duration, IdleTimeout: c.IdleTimeout.Duration}, a.Log, a.Metrics)
+	})
+	return a.guard, a.guardErr
 }

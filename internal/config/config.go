@@ -112,9 +112,21 @@ type Gateway struct {
 	RedisPrefix string `json:"redis_prefix,omitempty"`
 	// LocalFallbackPublic: while Redis is down, public models fall back to in-process limits
 	// (with an alert); restricted models are always refused then.
-	LocalFallbackPublic bool   `json:"local_fallback_public"`
-	MaxBodyBytes        int64  `json:"max_body_bytes,omitempty"`
-	UpstreamTimeout     string `json:"upstream_timeout,omitempty"` // e.g. "60s"
+	LocalFallbackPublic bool        `json:"local_fallback_public"`
+	MaxBodyBytes        int64       `json:"max_body_bytes,omitempty"`
+	UpstreamTimeout     string      `json:"upstream_timeout,omitempty"` // e.g. "60s"
+	Connections         Connections `json:"connections,omitzero"`
+}
+
+// Connections bounds every listener (gateway, control plane, custody) together: open
+// connections overall and per client address (trusted proxies exempt), and how long a
+// connection may take over its headers and body or sit idle. Zero: defaults (DESIGN.md).
+type Connections struct {
+	MaxConns      int      `json:"max_conns,omitempty"`
+	MaxConnsPerIP int      `json:"max_conns_per_ip,omitempty"`
+	HeaderTimeout Duration `json:"header_timeout,omitzero"`
+	BodyTimeout   Duration `json:"body_timeout,omitzero"`
+	IdleTimeout   Duration `json:"idle_timeout,omitzero"`
 }
 
 // Audit configures the transparency log of security events.
