@@ -35,7 +35,7 @@ func adminMux(a *app.App) *http.ServeMux {
 	mux.Handle("/v1/watermark/detect", a.WatermarkHandler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := a.AuditLog.Healthy(); err != nil {
-			http.Error(w, "audit log cannot record", http.StatusServiceUnavailable)
+			http.Error(w, "audit log cannot record: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

@@ -8,7 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -68,6 +71,12 @@ type Log struct {
 	pending   sync.WaitGroup
 	done      chan struct{}
 
+	// writable is nil while the log directory accepts writes (probed every probeEvery);
+	// else why not. Submit refuses at once then, before tessera can meet the condition
+	// itself: its POSIX driver panics when it cannot open its lock file.
+	writable  atomic.Pointer[error]
+	probePath string
+
 	// recent holds index records of events this process appended, keyed by log index,
 	// so that the index catch-up need not read them back from disk and parse them.
 	recentMu sync.Mutex
@@ -123,7 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		cancel()
 		return nil, fmt.Errorf("audit: open log: %w", err)
 	}
-	l := &Log{recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
+	l := &Log{probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), stop: make(chan struct{}), done: make(chan struct{})}
 	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
 		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
@@ -141,8 +150,51 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if err := l.catchUp(ctx); err != nil {
 		l.log.Warn("audit index behind the log", "err", err)
 	}
+	l.probe()
 	go l.indexLoop()
+	go l.probeLoop()
 	return l, nil
+}
+
+// probeEvery is how often the log directory's writability is checked: the longest a
+// read-only or full directory (or a process out of file descriptors) goes unnoticed.
+const probeEvery = 50 * time.Millisecond
+
+// probe opens (creating) a file beside tessera's lock file for writing. It must not be the
+// lock file itself: closing any descriptor of it would drop this process's fcntl lock.
+func (l *Log) probe() {
+	f, err := os.OpenFile(l.probePath, os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o644)
+	if err == nil {
+		err = f.Close()
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: log directory not writable: %v", ErrUnavailable, err)
+		if l.writable.Swap(&err) == nil {
+			l.log.Error("ALERT audit log directory not writable; refusing what needs a record", "err", err)
+			l.healthy.Set(0)
+		}
+		return
+	}
+	if l.writable.Swap(nil) != nil {
+		l.log.Warn("audit log directory writable again")
+		l.mu.Lock()
+		l.lastErr = nil // the failures were the directory's; the next record proves it
+		l.mu.Unlock()
+		l.healthy.Set(1)
+	}
+}
+
+func (l *Log) probeLoop() {
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+			l.probe()
+		}
+	}
 }
 
 // Origin is the log's name in its checkpoints.
@@ -159,6 +211,10 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	b, err := ev.Marshal()
 	if err != nil {
 		return func() (uint64, error) { return 0, err }
+	}
+	if werr := l.writable.Load(); werr != nil {
+		l.records.WithLabelValues("failed").Inc()
+		return func() (uint64, error) { return 0, *werr }
 	}
 	l.closeMu.RLock()
 	if l.closed {
@@ -210,6 +266,9 @@ func (l *Log) setErr(err error) {
 
 // Healthy returns the last recording error, nil while the log records.
 func (l *Log) Healthy() error {
+	if werr := l.writable.Load(); werr != nil {
+		return *werr
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.lastErr
