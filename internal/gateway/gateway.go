@@ -256,25 +256,46 @@ func (g *Gateway) authenticate(r *http.Request) (*authn.Principal, error) {
 	return g.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(tok))
 }
 
-// clientIP is the peer address, or the address the trusted proxy in front of us reports.
+// clientIP is the peer address or, behind trusted proxies, the rightmost address in
+// X-Forwarded-For (all header lines taken as one list, in order) that is not itself a
+// trusted proxy. An entry that is not an address makes the client unknown (the zero
+// Addr), never an earlier, attacker-written entry.
 func (g *Gateway) clientIP(r *http.Request) netip.Addr {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
 		return netip.Addr{}
 	}
 	ip := ap.Addr().Unmap()
-	for _, p := range g.cfg.TrustedProxies {
-		if p.Contains(ip) {
-			if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
-				parts := strings.Split(xff, ",")
-				if fwd, err := netip.ParseAddr(strings.TrimSpace(parts[len(parts)-1])); err == nil {
-					return fwd.Unmap()
-				}
+	if !g.trusted(ip) {
+		return ip
+	}
+	lines := r.Header.Values("X-Forwarded-For")
+	for i := len(lines) - 1; i >= 0; i-- {
+		hops := strings.Split(lines[i], ",")
+		for j := len(hops) - 1; j >= 0; j-- {
+			h := strings.TrimSpace(hops[j])
+			if h == "" {
+				continue
 			}
-			break
+			fwd, err := netip.ParseAddr(h)
+			if err != nil {
+				return netip.Addr{}
+			}
+			if ip = fwd.Unmap(); !g.trusted(ip) {
+				return ip
+			}
 		}
 	}
-	return ip
+	return ip // every hop a trusted proxy: the leftmost one
+}
+
+func (g *Gateway) trusted(ip netip.Addr) bool {
+	for _, p := range g.cfg.TrustedProxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *Gateway) country(ip netip.Addr) string {
@@ -345,7 +366,7 @@ type reqState struct {
 }
 
 func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
-	st := &reqState{start: g.cfg.Now(), endpoint: endpoint, decision: audit.Deny}
+	st := &reqState{start: g.cfg.Now(), endpoint: endpoint, decision: audit.Deny, ip: g.clientIP(r)}
 	defer g.finish(r.Context(), st)
 	if r.Method != http.MethodPost {
 		st.fail(w, errMethod, "method "+r.Method)
@@ -396,7 +417,6 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	st.route = rt
-	st.ip = g.clientIP(r)
 	st.country = g.country(st.ip)
 	st.asked = asked(&st.feat)
 	logprobs, top, n := st.asked.Logprobs, st.asked.TopLogprobs, st.asked.N
@@ -639,10 +659,13 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 		Actor:   map[string]string{},
 		Subject: map[string]string{"endpoint": st.endpoint},
 		Fields: map[string]string{
-			"status": fmt.Sprint(st.status), "country": st.country, "ip": g.cfg.Redactor.Digest(st.ip.String()),
+			"status": fmt.Sprint(st.status), "country": st.country,
 			"prompt_tokens": fmt.Sprint(st.usage.PromptTokens), "completion_tokens": fmt.Sprint(st.usage.CompletionTokens),
 			"latency_ms": fmt.Sprint(g.cfg.Now().Sub(st.start).Milliseconds()),
 		}}
+	if st.ip.IsValid() {
+		ev.Fields["ip"] = g.cfg.Redactor.Digest(st.ip.String())
+	}
 	if st.usage.Estimated {
 		ev.Fields["usage_estimated"] = "true"
 	}

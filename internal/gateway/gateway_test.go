@@ -444,12 +444,12 @@ func TestGeoAndProxies(t *testing.T) {
 		c.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
 	})
 	g2 := newFixture(t, func(c *Config) { c.Geo = mapGeo{"127.0.0.1": "US", "203.0.113.5": "IR"} }) // no trusted proxies
-	do := func(srvURL, model, xff string) int {
+	do := func(srvURL, model string, xff ...string) int {
 		req, _ := http.NewRequest(http.MethodPost, srvURL+"/v1/chat/completions",
 			strings.NewReader(`{"model":"`+model+`","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`))
 		req.Header.Set("Authorization", "Bearer "+f.alice)
-		if xff != "" {
-			req.Header.Set("X-Forwarded-For", xff)
+		for _, line := range xff {
+			req.Header.Add("X-Forwarded-For", line)
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -466,6 +466,18 @@ func TestGeoAndProxies(t *testing.T) {
 	}
 	if s := do(f.srv.URL, "frontier", "192.0.2.9"); s != 403 {
 		t.Fatalf("unknown country on a restricted model: %d", s)
+	}
+	// Two header lines are one list: the client is the rightmost untrusted hop (IR), not
+	// the first line's address (issue 12, finding 6).
+	if s := do(f.srv.URL, "demo", "198.51.100.1", "203.0.113.5"); s != 403 {
+		t.Fatalf("embargoed country in a second X-Forwarded-For line: %d", s)
+	}
+	if s := do(f.srv.URL, "frontier", "203.0.113.5", "198.51.100.1, 127.0.0.9"); s != 200 {
+		t.Fatalf("trusted hops skipped from the right: %d", s)
+	}
+	// A hop that is not an address makes the client unknown, not the entry left of it.
+	if s := do(f.srv.URL, "frontier", "198.51.100.1, not-an-ip"); s != 403 {
+		t.Fatalf("garbage hop: %d", s)
 	}
 	// Without a trusted proxy the header is ignored: the peer (US) counts.
 	alice2 := g2.alice
