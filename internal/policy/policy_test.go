@@ -207,3 +207,34 @@ func TestLeaseMatrix(t *testing.T) {
 		t.Fatalf("lab permit: %s", d.Reason())
 	}
 }
+
+// TestPrincipalCountry: where a principal is registered binds like where it connects from
+// (issue 12, finding 8): an embargoed registration is refused from an allowed address,
+// and a model's country lists apply to it too.
+func TestPrincipalCountry(t *testing.T) {
+	s := baseline(t)
+	for _, tc := range []struct {
+		registered, from string
+		allowed, denied  []string
+		want             bool
+		reason           string
+	}{
+		{"IR", "US", nil, nil, false, "forbid-embargoed-principal-countries"},
+		{"KP", "DE", nil, nil, false, "forbid-embargoed-principal-countries"},
+		{"US", "US", nil, nil, true, ""},
+		{"", "US", nil, nil, true, ""},
+		{"CN", "US", nil, []string{"CN"}, false, "forbid-model-denied-principal-countries"},
+		{"FR", "US", []string{"US"}, nil, false, "forbid-outside-model-allowed-principal-countries"},
+		{"US", "US", []string{"US"}, nil, true, ""},
+	} {
+		for _, class := range []string{"public", "restricted"} {
+			r := req([]string{"researcher"}, class, tc.from)
+			r.Principal.Country = tc.registered
+			r.Model.AllowedCountries, r.Model.DeniedCountries = tc.allowed, tc.denied
+			d := s.Decide(r)
+			if d.Allow != tc.want || (!tc.want && !strings.Contains(d.Reason(), tc.reason)) {
+				t.Errorf("registered %q from %q (%s, allowed %v, denied %v): allow=%v %s", tc.registered, tc.from, class, tc.allowed, tc.denied, d.Allow, d.Reason())
+			}
+		}
+	}
+}
