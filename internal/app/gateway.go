@@ -104,7 +104,11 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	if err != nil {
 		return nil, err
 	}
+	if err := a.Metrics.Register(gw.Collector()); err != nil {
+		return nil, err
+	}
 	go gw.HealthCheck(ctx, 10*time.Second)
+	go gw.SummarizeRefusals(ctx, 10*time.Second)
 	return gw, nil
 }
 

@@ -127,6 +127,7 @@ type Gateway struct {
 	log    *slog.Logger
 	down   sync.Map // upstream URL -> time it was found down
 	pool   sync.Pool
+	refused *refusals
 	// noiseKey keys the deterministic logprob noise; random per process is enough, since
 	// its purpose is only that repeats of one query see the same value.
 	noiseKey []byte
@@ -149,7 +150,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	g := &Gateway{cfg: cfg, routes: map[string]*Route{}, log: cfg.Logger}
+	g := &Gateway{cfg: cfg, routes: map[string]*Route{}, log: cfg.Logger, refused: newRefusals()}
 	for i := range cfg.Routes {
 		r := &cfg.Routes[i]
 		if r.Model == "" || len(r.Upstreams) == 0 || r.Classification == "" {
@@ -655,6 +656,10 @@ func (g *Gateway) stream(w http.ResponseWriter, body io.Reader, st *reqState) {
 // finish records the request: one audit event (submitted, not awaited; a failure marks the
 // log unhealthy and later requests are refused) and one observation for the detectors.
 func (g *Gateway) finish(ctx context.Context, st *reqState) {
+	if st.p == nil && st.decision == audit.Deny {
+		g.refused.add(st.ip, g.country(st.ip), st.status, st.start)
+		return
+	}
 	ev := audit.Event{V: 1, TS: st.start.UTC(), Kind: "gateway.request", Decision: st.decision, Reason: st.reason,
 		Actor:   map[string]string{},
 		Subject: map[string]string{"endpoint": st.endpoint},

@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"math/big"
@@ -27,6 +28,7 @@ import (
 	"time"
 
 	"github.com/openai/openai-go/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
@@ -823,5 +825,53 @@ func TestWatermarkPolicy(t *testing.T) {
 		if got != c.want {
 			t.Fatalf("engine told tenant %q, want %q", got, c.want)
 		}
+	}
+}
+
+// TestUnauthenticatedFlood: keyless requests are all counted, but recorded as one summary
+// per source network and window, not one log entry each (issue 12, finding 11).
+func TestUnauthenticatedFlood(t *testing.T) {
+	f := newFixture(t, nil)
+	ctx := context.Background()
+	const n = 500
+	body := `{"model":"demo","messages":[{"role":"user","content":"hi"}]}`
+	for i := range n {
+		key := ""
+		if i%2 == 1 {
+			key = "sr_0000000000000000.AAAA"
+		}
+		if resp, _ := post(t, f.srv.URL+"/v1/chat/completions", key, body); resp.StatusCode != 401 {
+			t.Fatalf("keyless request: %d", resp.StatusCode)
+		}
+	}
+	if resp, _ := post(t, f.srv.URL+"/v1/chat/completions", f.alice, body); resp.StatusCode != 200 {
+		t.Fatalf("authenticated request: %d", resp.StatusCode)
+	}
+	f.srv.Close()
+	f.gw.FlushRefusals(ctx)
+	f.log.Close(ctx)
+	sums, err := f.st.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.unauthenticated"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sums) != 1 {
+		t.Fatalf("%d summaries, want 1 (one network, one status)", len(sums))
+	}
+	var ev audit.Event
+	if err := json.Unmarshal(sums[0].Raw, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Fields["count"] != fmt.Sprint(n) || ev.Fields["status"] != "401" {
+		t.Fatalf("summary %+v", ev.Fields)
+	}
+	reqs, _ := f.st.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.request"})
+	if len(reqs) != 1 {
+		t.Fatalf("%d gateway.request events, want only the authenticated one", len(reqs))
+	}
+	if all, _ := f.st.SearchAudit(ctx, store.AuditQuery{}); len(all) != 2 {
+		t.Fatalf("log holds %d entries after %d refusals and one request, want 2", len(all), n)
+	}
+	if got := testutil.ToFloat64(f.gw.refused.counter.WithLabelValues("401")); got != n {
+		t.Fatalf("counter %v, want %d", got, n)
 	}
 }
