@@ -120,13 +120,13 @@ type Config struct {
 
 // Gateway is an http.Handler for /v1/.
 type Gateway struct {
-	cfg    Config
-	routes map[string]*Route
-	names  []string
-	client *http.Client
-	log    *slog.Logger
-	down   sync.Map // upstream URL -> time it was found down
-	pool   sync.Pool
+	cfg     Config
+	routes  map[string]*Route
+	names   []string
+	client  *http.Client
+	log     *slog.Logger
+	down    sync.Map // upstream URL -> time it was found down
+	pool    sync.Pool
 	refused *refusals
 	// noiseKey keys the deterministic logprob noise; random per process is enough, since
 	// its purpose is only that repeats of one query see the same value.

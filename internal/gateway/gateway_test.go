@@ -28,8 +28,8 @@ import (
 	"time"
 
 	"github.com/openai/openai-go/v3"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/limits"
