@@ -38,6 +38,10 @@ func adminMux(a *app.App) *http.ServeMux {
 			http.Error(w, "audit log cannot record: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
+		if err := a.StoreHealthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	return mux

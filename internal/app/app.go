@@ -54,6 +54,8 @@ type App struct {
 	redis    *redis.Client
 	// responders opened by Responder: Close waits for their incidents in flight.
 	responders []*detect.Responder
+	storeWatch *storeWatch
+	storeAlert sync.Once
 	guardOnce  sync.Once
 	guard      *netguard.Guard
 	guardErr   error
@@ -113,6 +115,16 @@ func Init(ctx context.Context, dataDir string, o InitOptions) (config.Config, er
 	if err := config.Write(cfgPath, c); err != nil {
 		return c, fmt.Errorf("init: %w", err)
 	}
+	// The store is created here, once; later opens refuse a missing one.
+	resolved, err := config.Load(dataDir, "")
+	if err != nil {
+		return c, fmt.Errorf("init: %w", err)
+	}
+	st, err := store.Open(ctx, resolved.Store)
+	if err != nil {
+		return c, fmt.Errorf("init: %w", err)
+	}
+	st.Close()
 	// The first entry of the log: the deployment and its keys came into being.
 	a, err := Open(ctx, dataDir, "", nil)
 	if err != nil {
@@ -201,8 +213,18 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 	if a.KEK, err = a.ResolveKEK(ctx, c.KMS.Current); err != nil {
 		return fail(err)
 	}
+	if p := sqlitePath(c.Store); p != "" {
+		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			return fail(fmt.Errorf("%w: %s does not exist but %s was initialised; restore it from a backup (an empty store would forget every key and revocation)", ErrStoreMissing, p, dataDir))
+		}
+	}
 	if a.Store, err = store.Open(ctx, c.Store); err != nil {
 		return fail(err)
+	}
+	if p := sqlitePath(c.Store); p != "" {
+		if a.storeWatch, err = watchStore(p); err != nil {
+			return fail(err)
+		}
 	}
 	if a.Blobs, err = store.NewFSBlobs(c.Blobs); err != nil {
 		return fail(err)

@@ -98,7 +98,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		Routes:          append(append([]gateway.Route{}, gc.Routes...), extra...),
 		Auth:            a.APIKeys(), Policy: eng, Limiter: lim,
 		KeyLimits: gc.KeyLimits, TenantLimits: gc.TenantLimits,
-		Audit: a.AuditLog, Redactor: a.Redactor, TrustedProxies: proxies,
+		Audit: a.AuditLog, Health: a.StoreHealthy, Redactor: a.Redactor, TrustedProxies: proxies,
 		MaxBody: gc.MaxBodyBytes, UpstreamTimeout: timeout, Logger: a.Log,
 	})
 	if err != nil {

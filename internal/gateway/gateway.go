@@ -108,6 +108,9 @@ type Config struct {
 	KeyLimits       limits.Limits
 	TenantLimits    limits.Limits
 	Audit           Auditor
+	// Health, if set, must be nil for requests to be served (the store is still the data
+	// directory's); checked with the audit log's health.
+	Health          func() error
 	Redactor        *audit.Redactor
 	Detector        Detector  // nil: none
 	Sanctions       Sanctions // nil: none
@@ -446,6 +449,12 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	if err := g.cfg.Audit.Healthy(); err != nil {
 		st.fail(w, errAuditDown, "audit log unhealthy: "+err.Error())
 		return
+	}
+	if g.cfg.Health != nil {
+		if err := g.cfg.Health(); err != nil {
+			st.fail(w, errUnavailable, err.Error())
+			return
+		}
 	}
 	hard := *rt.Hardening
 	if sanction == "strip_logprobs" { // detector response: no more logit information

@@ -432,6 +432,11 @@ func TestAuditUnhealthyDenies(t *testing.T) {
 	if resp.StatusCode != 503 || errCode(m) != "audit_unavailable" {
 		t.Fatalf("unhealthy audit: %d %v", resp.StatusCode, m)
 	}
+	g := newFixture(t, func(c *Config) { c.Health = func() error { return errors.New("store replaced") } })
+	resp, m = post(t, g.srv.URL+"/v1/chat/completions", g.alice, `{"model":"demo","messages":[{"role":"user","content":"hi"}]}`)
+	if resp.StatusCode != 503 || errCode(m) != "service_unavailable" {
+		t.Fatalf("unhealthy store: %d %v", resp.StatusCode, m)
+	}
 }
 
 type mapGeo map[string]string
