@@ -7,7 +7,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
-	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -59,7 +58,7 @@ func devCmd(g *globals) *cobra.Command {
 				return err
 			}
 			fmt.Fprintln(w)
-			runtimeURL, stop, err := a.StartDevRuntime(ctx)
+			route, stop, err := a.StartDevRuntime(ctx)
 			if err != nil {
 				return err
 			}
@@ -71,7 +70,7 @@ func devCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			gw, err := a.OpenGateway(ctx, gateway.Route{Model: app.DevModel.Name, Upstreams: []string{runtimeURL}, Classification: app.DevModel.Classification, Watermark: true})
+			gw, err := a.OpenGateway(ctx, route)
 			if err != nil {
 				return err
 			}

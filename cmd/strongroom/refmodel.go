@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/launcher"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/watermark"
@@ -59,7 +60,21 @@ func refmodelCmd(g *globals) *cobra.Command {
 			default:
 				return usagef("give --model-dir or --fixed")
 			}
+			// The engine's secret: only the gateway holding it may use the engine or name a
+			// tenant to watermark for (package engineauth).
+			if k := os.Getenv(engineauth.KeyEnv); k != "" {
+				key, err := hex.DecodeString(k)
+				os.Unsetenv(engineauth.KeyEnv)
+				if err != nil || len(key) < 16 {
+					return usagef("$%s must be a hex secret of 16+ bytes", engineauth.KeyEnv)
+				}
+				srv.APIKey = []byte(k) // the bearer token is the hex string, as the gateway sends it
+				clear(key)
+			}
 			if wmScheme != "" {
+				if srv.APIKey == nil {
+					return usagef("--watermark needs the engine secret in $%s: without it any caller could name the tenant", engineauth.KeyEnv)
+				}
 				wm, err := watermarkFromEnv(wmScheme)
 				if err != nil {
 					return err

@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/custody"
+	"github.com/strongroom/strongroom/internal/engineauth"
+	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/launcher"
@@ -93,15 +96,15 @@ func (e DevEnv) Print(w io.Writer) {
 // `strongroom run` semantics in process — a lease, the weights decrypted into memfds, and
 // `strongroom refmodel serve` over them as the engine, watermarking per tenant. It returns
 // the engine's base URL (ending in /v1) and a function that stops it.
-func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
+func (a *App) StartDevRuntime(ctx context.Context) (gateway.Route, func(), error) {
 	svc, err := a.Custody(ctx)
 	if err != nil {
-		return "", nil, err
+		return gateway.Route{}, nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	fail := func(err error) (string, func(), error) {
+	fail := func(err error) (gateway.Route, func(), error) {
 		cancel()
-		return "", nil, err
+		return gateway.Route{}, nil, err
 	}
 	go svc.Run(ctx)
 	tc, err := a.CustodyTLS("127.0.0.1:0")
@@ -148,7 +151,12 @@ func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
 	if err != nil {
 		return fail(err)
 	}
-	env := []string{"STRONGROOM_WATERMARK_SECRET=" + hex.EncodeToString(secret)}
+	// One secret per run between the gateway and the engine (package engineauth).
+	engineKey := make([]byte, 32)
+	rand.Read(engineKey)
+	engineKeyHex := hex.EncodeToString(engineKey)
+	clear(engineKey)
+	env := []string{"STRONGROOM_WATERMARK_SECRET=" + hex.EncodeToString(secret), engineauth.KeyEnv + "=" + engineKeyHex}
 	clear(secret)
 	self := os.Args[0] // the strongroom binary (under testscript, the link that dispatches to it)
 	runDir := filepath.Join(a.DataDir, "run")
@@ -175,15 +183,16 @@ func (a *App) StartDevRuntime(ctx context.Context) (string, func(), error) {
 	for range 600 {
 		if resp, err := http.Get("http://" + engineAddr + "/v1/models"); err == nil {
 			resp.Body.Close()
-			return "http://" + engineAddr + "/v1", stop, nil
+			return gateway.Route{Model: DevModel.Name, Upstreams: []string{"http://" + engineAddr + "/v1"}, UpstreamKey: engineKeyHex,
+				Classification: DevModel.Classification, Watermark: true}, stop, nil
 		}
 		select {
 		case <-done:
 			stop()
-			return "", nil, errors.New("dev runtime: the engine stopped before serving (see the log)")
+			return gateway.Route{}, nil, errors.New("dev runtime: the engine stopped before serving (see the log)")
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 	stop()
-	return "", nil, errors.New("dev runtime: the engine did not start within 60 s")
+	return gateway.Route{}, nil, errors.New("dev runtime: the engine did not start within 60 s")
 }

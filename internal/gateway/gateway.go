@@ -24,6 +24,7 @@ import (
 
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/policy"
 )
@@ -89,7 +90,7 @@ type Route struct {
 	DeniedCountries  []string   `json:"denied_countries,omitempty"`
 	Hardening        *Hardening `json:"hardening,omitempty"`
 	// Watermark asks the model server to watermark outputs with the caller's tenant key
-	// (header X-Strongroom-Tenant, set only here).
+	// (header X-Strongroom-Tenant, signed with UpstreamKey: package engineauth).
 	Watermark bool          `json:"watermark,omitempty"`
 	Limits    limits.Limits `json:"limits,omitempty"`
 }
@@ -158,6 +159,9 @@ func New(cfg Config) (*Gateway, error) {
 		r := &cfg.Routes[i]
 		if r.Model == "" || len(r.Upstreams) == 0 || r.Classification == "" {
 			return nil, fmt.Errorf("gateway: route %d needs model, upstreams and classification", i)
+		}
+		if r.Watermark && r.UpstreamKey == "" {
+			return nil, fmt.Errorf("gateway: route %s watermarks but has no upstream_key to sign the tenant with", r.Model)
 		}
 		if r.Hardening == nil {
 			h := DefaultHardening()
@@ -351,22 +355,23 @@ func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
 
 // reqState carries one inference request through the pipeline.
 type reqState struct {
-	start     time.Time
-	watermark bool // the engine is asked to watermark this answer
-	endpoint  string
-	p         *authn.Principal
-	ip        netip.Addr
-	country   string
-	route     *Route
-	feat      features // after hardening: what the engine is sent
-	asked     askedFor // what the client asked for: what policy and the detectors judge
-	prompt    []byte
-	decision  string
-	reason    string
-	status    int
-	usage     Usage
-	outHash   hash.Hash
-	shaper    *logprobShaper // nil unless logprobs are requested and the route shapes them
+	start       time.Time
+	watermark   bool // the engine is asked to watermark this answer
+	watermarked bool // and said it did
+	endpoint    string
+	p           *authn.Principal
+	ip          netip.Addr
+	country     string
+	route       *Route
+	feat        features // after hardening: what the engine is sent
+	asked       askedFor // what the client asked for: what policy and the detectors judge
+	prompt      []byte
+	decision    string
+	reason      string
+	status      int
+	usage       Usage
+	outHash     hash.Hash
+	shaper      *logprobShaper // nil unless logprobs are requested and the route shapes them
 }
 
 func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
@@ -428,12 +433,10 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	if !p.MFAAt.IsZero() {
 		mfaAge = int64(st.start.Sub(p.MFAAt).Seconds())
 	}
-	d := g.cfg.Policy.Decide(policy.Request{
-		Principal: policyPrincipal(p), Action: policy.ActionInfer, Model: policyModel(rt),
-		Context: policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(),
-			MFAAgeS: mfaAge, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.asked.LogitBias) > 0,
-			N: n, MaxTokens: st.asked.MaxTokens},
-	})
+	pctx := policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(),
+		MFAAgeS: mfaAge, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.asked.LogitBias) > 0,
+		N: n, MaxTokens: st.asked.MaxTokens, TemperatureMilli: st.asked.TemperatureMilli}
+	d := g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionInfer, Model: policyModel(rt), Context: pctx})
 	if !d.Allow {
 		st.fail(w, errForbidden, d.Reason())
 		return
@@ -441,10 +444,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	// Policy decides per model and tenant whether the outputs carry the tenant's watermark
 	// (on routes whose engine can watermark).
 	if rt.Watermark {
-		st.watermark = g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionWatermark, Model: policyModel(rt),
-			Context: policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(), MFAAgeS: mfaAge,
-				Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.asked.LogitBias) > 0, N: n, MaxTokens: st.asked.MaxTokens},
-		}).Allow
+		st.watermark = g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionWatermark, Model: policyModel(rt), Context: pctx}).Allow
 	}
 	if err := g.cfg.Audit.Healthy(); err != nil {
 		st.fail(w, errAuditDown, "audit log unhealthy: "+err.Error())
@@ -539,7 +539,8 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 			req.Header.Set("Authorization", "Bearer "+st.route.UpstreamKey)
 		}
 		if st.watermark {
-			req.Header.Set("X-Strongroom-Tenant", st.p.Tenant)
+			req.Header.Set(engineauth.TenantHeader, st.p.Tenant)
+			req.Header.Set(engineauth.TenantSigHeader, engineauth.SignTenant([]byte(st.route.UpstreamKey), st.p.Tenant, body))
 		}
 		resp, err = g.client.Do(req)
 		if err == nil {
@@ -565,6 +566,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	}
 	defer resp.Body.Close()
 	st.status = resp.StatusCode
+	st.watermarked = st.watermark && resp.Header.Get(engineauth.WatermarkHeader) == "applied"
 	h := w.Header()
 	for _, k := range []string{"Content-Type", "Cache-Control", "X-Request-Id"} {
 		if v := resp.Header.Get(k); v != "" {
@@ -684,7 +686,8 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 		ev.Fields["usage_estimated"] = "true"
 	}
 	if st.watermark {
-		ev.Fields["watermarked"] = "true"
+		ev.Fields["watermark_requested"] = "true"
+		ev.Fields["watermarked"] = fmt.Sprint(st.watermarked) // what the engine did
 	}
 	if st.p != nil {
 		ev.Actor = map[string]string{"principal": st.p.ID, "tenant": st.p.Tenant, "key_id": st.p.KeyID}

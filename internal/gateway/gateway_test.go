@@ -27,11 +27,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
@@ -46,6 +48,7 @@ type recorder struct {
 	mu         sync.Mutex
 	lastBody   []byte
 	lastTenant string // X-Strongroom-Tenant of the last request
+	url        string
 	cancelled  chan struct{}
 }
 
@@ -109,10 +112,12 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	bob, _, _ := keys.Create(ctx, "bob", 0, nil)
 	m := loadModel(t)
 	mux := http.NewServeMux()
-	mux.Handle("/demo/", http.StripPrefix("/demo", &refmodel.Server{Name: "demo", Model: m}))
-	mux.Handle("/frontier/", http.StripPrefix("/frontier", &refmodel.Server{Name: "frontier", Model: m}))
+	wm := func(tenant string) func([]int, []float64) { return func([]int, []float64) {} }
+	mux.Handle("/demo/", http.StripPrefix("/demo", &refmodel.Server{Name: "demo", Model: m, APIKey: []byte(engineKey), Watermark: wm}))
+	mux.Handle("/frontier/", http.StripPrefix("/frontier", &refmodel.Server{Name: "frontier", Model: m, APIKey: []byte(engineKey)}))
 	rec := &recorder{h: mux, cancelled: make(chan struct{}, 1)}
 	up := httptest.NewServer(rec)
+	rec.url = up.URL
 	t.Cleanup(up.Close)
 	skey, _, _ := note.GenerateKey(nil, "strongroom.test/gw")
 	signer, _ := note.NewSigner(skey)
@@ -129,8 +134,8 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	lim := limits.NewLocal(nil)
 	cfg := Config{
 		Routes: []Route{
-			{Model: "demo", Upstreams: []string{up.URL + "/demo/v1"}, Classification: "public"},
-			{Model: "frontier", Upstreams: []string{up.URL + "/frontier/v1"}, Classification: "restricted",
+			{Model: "demo", Upstreams: []string{up.URL + "/demo/v1"}, UpstreamKey: engineKey, Classification: "public"},
+			{Model: "frontier", Upstreams: []string{up.URL + "/frontier/v1"}, UpstreamKey: engineKey, Classification: "restricted",
 				Hardening: &Hardening{LogitBias: "reject", MaxTopLogprobs: 2, MaxN: 1, MaxTokens: 64}},
 		},
 		Auth: keys, Policy: eng, Limiter: lim, Audit: l, Redactor: red,
@@ -150,6 +155,9 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	t.Cleanup(srv.Close)
 	return &fixture{gw: gw, srv: srv, st: st, log: l, logDir: logDir, up: rec, alice: alice, bob: bob, limiter: lim}
 }
+
+// engineKey is the fixture engines' bearer secret (what the launcher hands engine and gateway).
+const engineKey = "engine-secret"
 
 type fixedGeo string
 
@@ -352,7 +360,7 @@ func TestUpstreamFailures(t *testing.T) {
 		c.Routes = append(c.Routes,
 			Route{Model: "slow", Upstreams: []string{slow.URL + "/v1"}, Classification: "public"},
 			Route{Model: "dead", Upstreams: []string{deadURL + "/v1"}, Classification: "public"},
-			Route{Model: "failover", Upstreams: []string{deadURL + "/v1", c.Routes[0].Upstreams[0]}, Classification: "public"},
+			Route{Model: "failover", Upstreams: []string{deadURL + "/v1", c.Routes[0].Upstreams[0]}, UpstreamKey: engineKey, Classification: "public"},
 		)
 	})
 	url := f.srv.URL + "/v1/chat/completions"
@@ -808,6 +816,8 @@ func TestStepUp(t *testing.T) {
 func TestWatermarkPolicy(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "exempt.cedar"), []byte(`forbid (principal in Tenant::"exempt", action == Action::"watermark", resource);`), 0o644)
+	// Tenant "strict" must be watermarked detectably: no greedy decoding (issue 12, finding 10).
+	os.WriteFile(filepath.Join(dir, "strict.cedar"), []byte(`forbid (principal in Tenant::"strict", action == Action::"infer", resource) when { context.temperature_milli < 500 };`), 0o644)
 	eng, err := policy.NewEngine(dir, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -830,6 +840,57 @@ func TestWatermarkPolicy(t *testing.T) {
 		if got != c.want {
 			t.Fatalf("engine told tenant %q, want %q", got, c.want)
 		}
+	}
+	f.st.PutPrincipal(ctx, store.Principal{ID: "dave", Tenant: "strict", Roles: []string{"researcher"}, Screening: "clear"})
+	dave, _, _ := authn.NewKeys(f.st, nil, time.Second).Create(ctx, "dave", 0, nil)
+	for temp, want := range map[string]int{"": 403, `"temperature":0.2,`: 403, `"temperature":0.7,`: 200} {
+		if resp, _ := post(t, f.srv.URL+"/v1/chat/completions", dave, `{`+temp+body[1:]); resp.StatusCode != want {
+			t.Fatalf("strict tenant with %q: %d, want %d", temp, resp.StatusCode, want)
+		}
+	}
+	// The engine is not open to callers other than the gateway, and a tenant it is told
+	// must be signed by the gateway for this body (issue 12, finding 7).
+	direct := func(hdr map[string]string) int {
+		req, _ := http.NewRequest(http.MethodPost, f.up.url+"/demo/v1/chat/completions", strings.NewReader(body))
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := direct(nil); s != 401 {
+		t.Fatalf("engine without credentials: %d", s)
+	}
+	if s := direct(map[string]string{"Authorization": "Bearer " + engineKey, "X-Strongroom-Tenant": "acme"}); s != 401 {
+		t.Fatalf("unsigned tenant: %d", s)
+	}
+	if s := direct(map[string]string{"Authorization": "Bearer " + engineKey, "X-Strongroom-Tenant": "acme",
+		"X-Strongroom-Tenant-Sig": engineauth.SignTenant([]byte(engineKey), "acme", []byte(`{"other":"body"}`))}); s != 401 {
+		t.Fatalf("tenant signature moved from another body: %d", s)
+	}
+	// The log says what the engine did: greedy decoding (temperature 0, the default) is not
+	// watermarked, sampling is.
+	for _, temp := range []string{"", `"temperature":0.8,`} {
+		if resp, m := post(t, f.srv.URL+"/v1/chat/completions", f.alice, `{`+temp+body[1:]); resp.StatusCode != 200 {
+			t.Fatalf("%d %v", resp.StatusCode, m)
+		}
+	}
+	f.srv.Close()
+	f.log.Close(ctx)
+	evs, _ := f.st.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.request", Principal: "alice"})
+	var marks []string
+	for _, e := range evs {
+		var ev audit.Event
+		json.Unmarshal(e.Raw, &ev)
+		marks = append(marks, ev.Fields["watermarked"])
+	}
+	slices.Sort(marks)
+	if d := cmp.Diff([]string{"false", "false", "true"}, marks); d != "" {
+		t.Fatalf("watermarked fields (-want +got):\n%s", d)
 	}
 }
 

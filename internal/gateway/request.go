@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"unicode"
 	"unicode/utf8"
@@ -42,7 +43,7 @@ const maxDepth = 64
 var judged = map[string]bool{
 	"model": true, "messages": true, "prompt": true, "input": true, "stream": true, "stream_options": true,
 	"max_tokens": true, "max_completion_tokens": true, "n": true, "best_of": true, "logprobs": true,
-	"top_logprobs": true, "prompt_logprobs": true, "logit_bias": true, "echo": true,
+	"top_logprobs": true, "prompt_logprobs": true, "logit_bias": true, "echo": true, "temperature": true,
 }
 
 // features are the request fields that policy, limits and hardening look at.
@@ -60,6 +61,7 @@ type features struct {
 	Echo           bool
 	LogitBias      map[string]float64
 	IncludeUsage   bool // stream_options.include_usage
+	Temperature    *float64
 	Prompt         []byte
 	members        []member // top-level members in order, for rewriting
 }
@@ -169,6 +171,8 @@ func (f *features) field(dec *jsontext.Decoder, body []byte, name, promptField s
 		}
 	case "logit_bias":
 		f.LogitBias, err = readBias(dec, body)
+	case "temperature":
+		f.Temperature, err = readNumber(dec, body, name)
 	case "stream_options":
 		f.IncludeUsage, err = readStreamOptions(dec)
 	default:
@@ -240,6 +244,24 @@ func lastNumber(b []byte) []byte {
 		i--
 	}
 	return b[i:]
+}
+
+// readNumber reads a JSON number (any form) or null; a string is refused ("0.7" is not 0.7).
+func readNumber(dec *jsontext.Decoder, body []byte, name string) (*float64, error) {
+	t, err := readToken(dec)
+	switch {
+	case err != nil:
+		return nil, err
+	case t.Kind() == 'n':
+		return nil, nil
+	case t.Kind() != '0':
+		return nil, refuse("%s must be a number", name)
+	}
+	v, err := strconv.ParseFloat(string(lastNumber(body[:dec.InputOffset()])), 64)
+	if err != nil || v < 0 || v > 100 {
+		return nil, refuse("%s out of range", name)
+	}
+	return &v, nil
 }
 
 func readBias(dec *jsontext.Decoder, body []byte) (map[string]float64, error) {
@@ -498,11 +520,12 @@ type edit struct {
 // askedFor is what a request asks of the model before hardening: what the policy judges
 // and the detectors see.
 type askedFor struct {
-	Logprobs    bool
-	TopLogprobs int
-	N           int
-	MaxTokens   int
-	LogitBias   map[string]float64
+	Logprobs         bool
+	TopLogprobs      int
+	N                int
+	MaxTokens        int
+	LogitBias        map[string]float64
+	TemperatureMilli int64 // -1: not given
 }
 
 func asked(f *features) askedFor {
@@ -511,5 +534,9 @@ func asked(f *features) askedFor {
 	if f.BestOf != nil {
 		n = max(n, *f.BestOf)
 	}
-	return askedFor{Logprobs: on, TopLogprobs: top, N: n, MaxTokens: f.maxTokens(), LogitBias: f.LogitBias}
+	temp := int64(-1)
+	if f.Temperature != nil {
+		temp = int64(math.Round(*f.Temperature * 1000))
+	}
+	return askedFor{Logprobs: on, TopLogprobs: top, N: n, MaxTokens: f.maxTokens(), LogitBias: f.LogitBias, TemperatureMilli: temp}
 }

@@ -50,6 +50,8 @@ type Case struct {
 		LogitBias     bool   `yaml:"logit_bias"`
 		N             int    `yaml:"n"`
 		MaxTokens     int    `yaml:"max_tokens"`
+		// TemperatureMilli: absent is -1 (left to the engine), as in requests.
+		TemperatureMilli *int64 `yaml:"temperature_milli"`
 	} `yaml:"context"`
 	Expect string `yaml:"expect"`
 }
@@ -61,12 +63,16 @@ func (c Case) Request() Request {
 		a = ActionInfer
 	}
 	p, m, x := c.Principal, c.Model, c.Context
+	temp := int64(-1)
+	if x.TemperatureMilli != nil {
+		temp = *x.TemperatureMilli
+	}
 	return Request{
 		Principal: Principal{ID: p.ID, Tenant: p.Tenant, Org: p.Org, Country: p.Country, Screening: p.Screening, Roles: p.Roles},
 		Action:    a,
 		Model:     Model{Name: m.Name, Classification: m.Classification, AllowedCountries: m.AllowedCountries, DeniedCountries: m.DeniedCountries},
 		Context: Context{Endpoint: x.Endpoint, ClientCountry: x.ClientCountry, IP: x.IP, HourUTC: x.HourUTC, MFAAgeS: x.MFAAgeS,
-			Stream: x.Stream, Logprobs: x.Logprobs, TopLogprobs: x.TopLogprobs, LogitBias: x.LogitBias, N: x.N, MaxTokens: x.MaxTokens},
+			Stream: x.Stream, Logprobs: x.Logprobs, TopLogprobs: x.TopLogprobs, LogitBias: x.LogitBias, N: x.N, MaxTokens: x.MaxTokens, TemperatureMilli: temp},
 	}
 }
 

@@ -59,6 +59,10 @@ type Context struct {
 	LogitBias     bool
 	N             int
 	MaxTokens     int
+	// TemperatureMilli is the sampling temperature × 1000, -1 when the request leaves it to
+	// the engine (often greedy). A policy can require sampling where outputs must carry a
+	// detectable watermark (greedy decoding carries none).
+	TemperatureMilli int64
 }
 
 // Request is one question to the policy.
@@ -191,7 +195,7 @@ func (s *Set) Decide(r Request) Decision {
 			"endpoint": cedar.String(c.Endpoint), "client_country": cedar.String(c.ClientCountry), "ip": cedar.String(c.IP),
 			"hour_utc": cedar.Long(c.HourUTC), "mfa_age_s": cedar.Long(c.MFAAgeS), "stream": cedar.Boolean(c.Stream),
 			"logprobs": cedar.Boolean(c.Logprobs), "top_logprobs": cedar.Long(c.TopLogprobs), "logit_bias": cedar.Boolean(c.LogitBias),
-			"n": cedar.Long(c.N), "max_tokens": cedar.Long(c.MaxTokens),
+			"n": cedar.Long(c.N), "max_tokens": cedar.Long(c.MaxTokens), "temperature_milli": cedar.Long(c.TemperatureMilli),
 		}),
 	}
 	return s.authorize(entities, req)

@@ -1,8 +1,11 @@
 package refmodel
 
 import (
+	"io"
+
 	"encoding/json"
 	"fmt"
+	"github.com/strongroom/strongroom/internal/engineauth"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,9 +20,12 @@ type Server struct {
 	// Fixed, when set, is the completion text of every answer (load tests: no model work).
 	Fixed string
 	// Watermark, if set, returns the watermark hook for a tenant (nil: none). The tenant
-	// comes from the X-Strongroom-Tenant header, which only the gateway sets.
+	// comes from the X-Strongroom-Tenant header, signed by the gateway with APIKey
+	// (package engineauth); without APIKey no tenant is believed and nothing is marked.
 	Watermark func(tenant string) func(ctx []int, lp []float64)
-	Now       func() time.Time
+	// APIKey, if set, is the secret every request must carry as its bearer token.
+	APIKey []byte
+	Now    func() time.Time
 }
 
 type genReq struct {
@@ -76,6 +82,10 @@ func textOf(v any) string {
 
 // ServeHTTP implements /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if len(s.APIKey) > 0 && !engineauth.Authorized(r, s.APIKey) {
+		oaiError(w, http.StatusUnauthorized, "invalid engine credentials")
+		return
+	}
 	path := strings.TrimPrefix(r.URL.Path, "/v1")
 	if path == "/models" {
 		w.Header().Set("Content-Type", "application/json")
@@ -87,7 +97,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req genReq
-	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 8<<20)).Decode(&req); err != nil {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<20))
+	if err != nil || json.Unmarshal(body, &req) != nil {
 		oaiError(w, http.StatusBadRequest, "invalid JSON body")
 		return
 	}
@@ -112,8 +123,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var hook func([]int, []float64)
-	if t := r.Header.Get("X-Strongroom-Tenant"); t != "" && s.Watermark != nil {
-		hook = s.Watermark(t)
+	if t := r.Header.Get(engineauth.TenantHeader); t != "" {
+		if !engineauth.VerifyTenant(s.APIKey, t, r.Header.Get(engineauth.TenantSigHeader), body) {
+			oaiError(w, http.StatusUnauthorized, "tenant not signed by the gateway")
+			return
+		}
+		if s.Watermark != nil {
+			hook = s.Watermark(t)
+		}
+	}
+	// Say whether the answer carries the mark: greedy decoding (temperature 0, the default
+	// here) leaves no detectable green-list bias, so it is not claimed.
+	if hook != nil && (req.Temperature == nil || *req.Temperature <= 0) {
+		hook = nil
+	}
+	if hook != nil {
+		w.Header().Set(engineauth.WatermarkHeader, "applied")
+	} else {
+		w.Header().Set(engineauth.WatermarkHeader, "none")
 	}
 	s.complete(w, &req, path == "/chat/completions", msgs, prompt, hook)
 }
