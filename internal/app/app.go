@@ -21,6 +21,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/gateway"
@@ -54,6 +55,8 @@ type App struct {
 	redis    *redis.Client
 	// responders opened by Responder: Close waits for their incidents in flight.
 	responders []*detect.Responder
+	keysOnce   sync.Once
+	keys       *authn.Keys
 	storeWatch *storeWatch
 	storeAlert sync.Once
 	guardOnce  sync.Once

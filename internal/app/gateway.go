@@ -23,7 +23,13 @@ import (
 )
 
 // Keys is the API key manager over this data directory's store.
-func (a *App) APIKeys() *authn.Keys { return authn.NewKeys(a.Store, nil, 5*time.Second) }
+// APIKeys is the process's one key manager (built once), so that a key revoked through
+// this process stops working here at once; other processes' revocations arrive through
+// its Watch (started with the gateway).
+func (a *App) APIKeys() *authn.Keys {
+	a.keysOnce.Do(func() { a.keys = authn.NewKeys(a.Store, nil, 5*time.Second) })
+	return a.keys
+}
 
 // OpenGateway builds the data plane from the config; extra routes (dev's runtime) are added.
 // The policy engine reloads the policy directory until ctx ends.
@@ -70,6 +76,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		}
 	}
 	auth := authn.Chain{Keys: a.APIKeys()}
+	go auth.Keys.Watch(ctx, keyWatchInterval)
 	if gc.OIDC != nil {
 		if auth.OIDC, err = authn.NewOIDC(ctx, *gc.OIDC, a.Store, nil); err != nil {
 			return nil, err
@@ -96,7 +103,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		Geo:             loc,
 		FallbackLimiter: fallback,
 		Routes:          append(append([]gateway.Route{}, gc.Routes...), extra...),
-		Auth:            a.APIKeys(), Policy: eng, Limiter: lim,
+		Auth:            auth, Policy: eng, Limiter: lim,
 		KeyLimits: gc.KeyLimits, TenantLimits: gc.TenantLimits,
 		Audit: a.AuditLog, Health: a.StoreHealthy, Redactor: a.Redactor, TrustedProxies: proxies,
 		MaxBody: gc.MaxBodyBytes, UpstreamTimeout: timeout, Logger: a.Log,
@@ -111,6 +118,9 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	go gw.SummarizeRefusals(ctx, 10*time.Second)
 	return gw, nil
 }
+
+// keyWatchInterval bounds how long a key revoked by another process keeps working here.
+const keyWatchInterval = 250 * time.Millisecond
 
 // screeningList loads the configured denied-party list, or nil when none is configured.
 func (a *App) screeningList() (*policy.ScreeningList, error) {

@@ -29,6 +29,7 @@ type Store interface {
 	PutAPIKey(ctx context.Context, k store.APIKey) error
 	GetAPIKey(ctx context.Context, id string) (store.APIKey, error)
 	UpdateAPIKey(ctx context.Context, id string, expires, revoked time.Time) error
+	RevokedAPIKeys(ctx context.Context, since time.Time) ([]string, error)
 }
 
 // Principal is an authenticated caller.
@@ -51,8 +52,9 @@ const (
 	secretLen   = 32
 )
 
-// Keys issues and checks API keys. Verified keys are cached for CacheTTL, so a revocation
-// takes effect on every gateway within that time.
+// Keys issues and checks API keys. Verified keys are cached for CacheTTL; a revocation
+// takes effect at once in the process that revokes, and on every other replica within the
+// interval of its Watch.
 type Keys struct {
 	st       Store
 	now      func() time.Time
@@ -138,6 +140,42 @@ func (k *Keys) Revoke(ctx context.Context, id string) error {
 	}
 	k.forget(id)
 	return nil
+}
+
+// revocationSkew is how far back Watch looks beyond its last poll, for clocks of other
+// hosts (revocation times are the revoker's clock) and commits that land late.
+const revocationSkew = time.Minute
+
+// Watch drops revoked keys from the cache every interval until ctx ends, so that a key
+// revoked by another process (the CLI, another replica) stops working here within one
+// interval. A failed poll empties the cache (every key is checked against the store again).
+func (k *Keys) Watch(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	since := k.now().Add(-revocationSkew)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := k.now()
+		ids, err := k.st.RevokedAPIKeys(ctx, since)
+		if err != nil {
+			k.mu.Lock()
+			clear(k.cache)
+			k.mu.Unlock()
+			continue
+		}
+		k.mu.Lock()
+		for _, id := range ids {
+			if c, ok := k.cache[id]; ok && c.key.RevokedAt.IsZero() {
+				delete(k.cache, id)
+			}
+		}
+		k.mu.Unlock()
+		since = now.Add(-revocationSkew)
+	}
 }
 
 func (k *Keys) forget(id string) {

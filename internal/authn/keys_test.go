@@ -103,3 +103,38 @@ func FuzzParseToken(f *testing.F) {
 		}
 	})
 }
+
+// TestRevocationByAnotherProcess: a key revoked by another process (the CLI, another
+// replica: here a second Keys on the same store) stops working within Watch's interval, not
+// after the cache TTL (issue 12, finding 12).
+func TestRevocationByAnotherProcess(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.PutPrincipal(ctx, store.Principal{ID: "alice", Tenant: "acme", Screening: "clear"})
+	gateway := NewKeys(st, nil, time.Hour) // a long TTL: only Watch can make it notice
+	tok, rec, err := gateway.Create(ctx, "alice", 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gateway.Authenticate(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewKeys(st, nil, time.Hour).Revoke(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gateway.Authenticate(ctx, tok); err != nil {
+		t.Fatal("cache dropped without Watch: the test would not show Watch works")
+	}
+	go gateway.Watch(ctx, 10*time.Millisecond)
+	for {
+		if _, err := gateway.Authenticate(ctx, tok); errors.Is(err, ErrUnauthenticated) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -631,6 +631,23 @@ func (s *sqlStore) ListAPIKeys(ctx context.Context, principal string) ([]APIKey,
 	return out, rows.Err()
 }
 
+func (s *sqlStore) RevokedAPIKeys(ctx context.Context, since time.Time) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id FROM api_keys WHERE revoked_at > ? ORDER BY id`), nanos(since))
+	if err != nil {
+		return nil, fmt.Errorf("store: revoked api keys: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("store: revoked api keys: %w", err)
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
 func (s *sqlStore) UpdateAPIKey(ctx context.Context, id string, expires, revoked time.Time) error {
 	res, err := s.db.ExecContext(ctx, s.q(`UPDATE api_keys SET expires_at = ?, revoked_at = ? WHERE id = ?`), nanos(expires), nanos(revoked), id)
 	if err != nil {

@@ -117,6 +117,9 @@ type Store interface {
 	PutAPIKey(ctx context.Context, k APIKey) error
 	GetAPIKey(ctx context.Context, id string) (APIKey, error)
 	ListAPIKeys(ctx context.Context, principal string) ([]APIKey, error)
+	// RevokedAPIKeys lists the keys whose revocation time is after since: what a replica's
+	// key cache must drop.
+	RevokedAPIKeys(ctx context.Context, since time.Time) ([]string, error)
 	// UpdateAPIKey sets expiry and revocation of a key.
 	UpdateAPIKey(ctx context.Context, id string, expires, revoked time.Time) error
 

@@ -326,6 +326,11 @@ func testPrincipalsAndKeys(t *testing.T, s store.Store) {
 	if ks, _ := s.ListAPIKeys(ctx, "alice"); len(ks) != 1 {
 		t.Fatalf("ListAPIKeys = %d", len(ks))
 	}
+	for since, want := range map[time.Duration][]string{time.Minute: {"k1"}, 2 * time.Minute: nil} {
+		if ids, err := s.RevokedAPIKeys(ctx, ts.Add(since)); err != nil || !slices.Equal(ids, want) {
+			t.Fatalf("RevokedAPIKeys(ts+%v) = %v %v, want %v", since, ids, err, want)
+		}
+	}
 	if err := s.UpdateAPIKey(ctx, "nope", ts, ts); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("update missing: %v", err)
 	}

@@ -1,0 +1,99 @@
+package app
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/refmodel"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// TestGatewayAcceptsConfiguredOIDC: with gateway.oidc configured, the gateway OpenGateway
+// builds accepts the provider's JWTs besides API keys (it was once handed API keys only),
+// and a key revoked through the app stops working at once.
+func TestGatewayAcceptsConfiguredOIDC(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &priv.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	}))
+	defer jwks.Close()
+	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
+	defer engine.Close()
+
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, err := Init(ctx, dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, config.FileName)
+	c, err := config.ReadRaw(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Gateway.OIDC = &authn.OIDCConfig{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}
+	if err := config.Write(cfgPath, c); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(ctx, dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.AddPrincipal(ctx, store.Principal{ID: "fed-user", Tenant: "acme", Country: "US"}); err != nil {
+		t.Fatal(err)
+	}
+	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret", Classification: "public"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gw)
+	defer srv.Close()
+
+	signer, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: priv}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
+	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Issuer: "https://idp.test", Audience: jwt.Audience{"strongroom"}, Subject: "fed-user",
+		IssuedAt: jwt.NewNumericDate(time.Now()), Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour))}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	call := func(bearer string) int {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+bearer)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := call(tok); s != 200 {
+		t.Fatalf("OIDC token: %d", s)
+	}
+	key, rec, err := a.CreateKey(ctx, "fed-user", time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := call(key); s != 200 {
+		t.Fatalf("API key: %d", s)
+	}
+	if err := a.RevokeKey(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if s := call(key); s != 401 {
+		t.Fatalf("revoked key through the same app: %d", s)
+	}
+}
