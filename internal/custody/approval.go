@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pquerna/otp"
@@ -24,13 +25,41 @@ var ApproverRoles = []string{"custodian", "admin"}
 var totpOpts = totp.ValidateOpts{Period: 30, Skew: 1, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1}
 
 // approvalFor returns "" when v's classification needs no approvals, the id of an approved
-// request to consume, or a *PendingError (creating the request if there is none).
-func (s *Service) approvalFor(ctx context.Context, kind, requester, subject string, v store.Version) (string, error) {
+// request to consume, or a *PendingError (creating the request if there is none). named is
+// the request the caller waits on, if any: its denial is ErrRejected and its expiry
+// ErrApproval, so that a refused release ends the wait instead of filing a new request.
+func (s *Service) approvalFor(ctx context.Context, kind, requester, subject string, v store.Version, named string) (string, error) {
 	k := s.cfg.Approvals[v.Classification]
 	if k <= 0 {
 		return "", nil
 	}
 	now := s.now()
+	if named != "" {
+		r, err := s.cfg.Store.GetApproval(ctx, named)
+		if errors.Is(err, store.ErrNotFound) || (err == nil && (r.Kind != kind || r.Runtime != subject || r.Model != v.Model || r.Version != v.Version)) {
+			return "", fmt.Errorf("%w: approval request %s is not one for this release", ErrApproval, named)
+		}
+		if err != nil {
+			return "", err
+		}
+		switch {
+		case r.State == store.StateDenied:
+			var by []string
+			for _, a := range r.Approvals {
+				if a.Decision != "approve" {
+					by = append(by, a.Approver)
+				}
+			}
+			return "", fmt.Errorf("%w: approval request %s denied by %s", ErrRejected, r.ID, strings.Join(by, ", "))
+		case r.State == store.StateConsumed:
+			return "", fmt.Errorf("%w: approval request %s was already used", ErrApproval, r.ID)
+		case !now.Before(r.ExpiresAt):
+			return "", fmt.Errorf("%w: approval request %s expired at %s", ErrApproval, r.ID, r.ExpiresAt.Format(time.RFC3339))
+		case r.State == store.StateApproved:
+			return r.ID, nil
+		}
+		return "", &PendingError{Request: r}
+	}
 	r, err := s.cfg.Store.FindApproval(ctx, kind, subject, v.Model, v.Version, now)
 	if errors.Is(err, store.ErrNotFound) {
 		r = store.ApprovalRequest{ID: "ap-" + newID(6), Kind: kind, Requester: requester, Runtime: subject, Model: v.Model, Version: v.Version,
@@ -56,7 +85,7 @@ func (s *Service) approvalFor(ctx context.Context, kind, requester, subject stri
 // RequireApproval gates an unseal to disk by requester: nil when v needs no approvals, or
 // when request id is approved for exactly this (consuming it); a *PendingError otherwise.
 func (s *Service) RequireApproval(ctx context.Context, requester string, v store.Version) error {
-	id, err := s.approvalFor(ctx, "unseal", requester, "principal:"+requester, v)
+	id, err := s.approvalFor(ctx, "unseal", requester, "principal:"+requester, v, "")
 	if err != nil || id == "" {
 		return err
 	}

@@ -26,6 +26,7 @@ var (
 	ErrReplay          = errors.New("nonce unknown, expired or already used")
 	ErrPendingApproval = errors.New("waiting for approvals")
 	ErrApproval        = errors.New("approval refused")
+	ErrRejected        = errors.New("release denied by an approver")
 	ErrEgress          = errors.New("egress budget exhausted")
 	ErrRevoked         = errors.New("lease revoked")
 	ErrExpired         = errors.New("lease expired")

@@ -10,9 +10,11 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -40,16 +42,18 @@ func (c *clock) add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unloc
 type recorder struct {
 	mu     sync.Mutex
 	events []string
+	raw    []map[string]string // each event's fields
 	fail   bool
 }
 
-func (r *recorder) audit(_ context.Context, kind, decision, reason string, _, _ map[string]string) error {
+func (r *recorder) audit(_ context.Context, kind, decision, reason string, _, fields map[string]string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail {
 		return errors.New("log down")
 	}
 	r.events = append(r.events, kind+" "+decision)
+	r.raw = append(r.raw, maps.Clone(fields))
 	return nil
 }
 
@@ -163,8 +167,15 @@ func (e *env) join(t *testing.T, envName string) *Identity {
 	return id
 }
 
-// lease asks for a lease with fresh dev attestation and returns the runtime's HPKE key.
+// lease asks for a lease with fresh dev attestation and returns the runtime's HPKE key; the
+// runtime says it contains its engine with a subreaper.
 func lease(t *testing.T, id *Identity, model string) (*LeaseResponse, *ecdh.PrivateKey, error) {
+	t.Helper()
+	return leaseWith(t, id, LeaseRequestWire{Model: model, Containment: "subreaper"})
+}
+
+// leaseWith asks for a lease as req says, with fresh dev attestation.
+func leaseWith(t *testing.T, id *Identity, req LeaseRequestWire) (*LeaseResponse, *ecdh.PrivateKey, error) {
 	t.Helper()
 	ctx := context.Background()
 	c := id.Client()
@@ -177,7 +188,8 @@ func lease(t *testing.T, id *Identity, model string) (*LeaseResponse, *ecdh.Priv
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := c.Lease(ctx, LeaseRequestWire{Model: model, Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: n, Evidence: ev})
+	req.Version, req.PublicKey, req.Nonce, req.Evidence = "1", priv.PublicKey().Bytes(), n, ev
+	r, err := c.Lease(ctx, req)
 	return r, priv, err
 }
 
@@ -435,6 +447,66 @@ func TestTwoPersonRule(t *testing.T) {
 	}
 }
 
+// Restricted weights go only to runtimes that contain the engine's process tree; the
+// containment is on the record.
+func TestContainmentRequired(t *testing.T) {
+	e := newEnv(t, nil)
+	id := e.join(t, "prod")
+	for _, mode := range []string{"", "none", "bogus"} {
+		if _, _, err := leaseWith(t, id, LeaseRequestWire{Model: "frontier", Containment: mode}); !errors.Is(err, ErrDenied) || !strings.Contains(err.Error(), "contains the engine") {
+			t.Fatalf("restricted lease with containment %q: %v", mode, err)
+		}
+	}
+	if rs, _ := e.svc.Approvals(context.Background(), ""); len(rs) != 0 {
+		t.Fatalf("an uncontained runtime filed approval requests: %+v", rs)
+	}
+	if _, _, err := leaseWith(t, id, LeaseRequestWire{Model: "small", Containment: "none"}); err != nil {
+		t.Fatalf("unrestricted lease without containment: %v", err)
+	}
+	if _, _, err := leaseWith(t, id, LeaseRequestWire{Model: "frontier", Containment: "cgroup"}); !errors.Is(err, ErrPendingApproval) {
+		t.Fatalf("contained restricted lease: %v", err)
+	}
+	e.rec.mu.Lock()
+	defer e.rec.mu.Unlock()
+	if !slices.ContainsFunc(e.rec.raw, func(f map[string]string) bool { return f["containment"] == "cgroup" }) {
+		t.Fatal("containment not recorded with the grant decision")
+	}
+}
+
+// A runtime waiting on a request that is denied ends its wait: the denial is its answer,
+// and no new request is filed.
+func TestDenialEndsWait(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	id := e.join(t, "prod")
+	r, _, err := lease(t, id, "frontier")
+	if !errors.Is(err, ErrPendingApproval) {
+		t.Fatalf("restricted lease: %v", err)
+	}
+	req := r.Approval.ID
+	if _, _, err := leaseWith(t, id, LeaseRequestWire{Model: "frontier", Containment: "cgroup", Approval: req}); !errors.Is(err, ErrPendingApproval) {
+		t.Fatalf("poll on a pending request: %v", err)
+	}
+	if d, err := e.svc.Decide(ctx, req, "bob", e.code(t, "bob"), false); err != nil || d.State != store.StateDenied {
+		t.Fatalf("deny: %+v %v", d, err)
+	}
+	_, _, err = leaseWith(t, id, LeaseRequestWire{Model: "frontier", Containment: "cgroup", Approval: req})
+	if !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "denied by bob") {
+		t.Fatalf("poll after the denial: %v", err)
+	}
+	if st, _ := Status(err); st != http.StatusForbidden {
+		t.Fatalf("status %d", st)
+	}
+	if rs, _ := e.svc.Approvals(ctx, store.StatePending); len(rs) != 0 {
+		t.Fatalf("a new request was filed after the denial: %+v", rs)
+	}
+	// Someone else's request cannot be named.
+	other := e.join(t, "prod")
+	if _, _, err := leaseWith(t, other, LeaseRequestWire{Model: "frontier", Containment: "cgroup", Approval: req}); !errors.Is(err, ErrApproval) {
+		t.Fatalf("another runtime's request: %v", err)
+	}
+}
+
 func TestEgressBudgetDisableAndFailClosed(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.EgressPerRuntime = 1000 })
 	ctx := context.Background()
@@ -654,7 +726,7 @@ func TestRestrictedLeaseOnSEVSNP(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := c.Lease(ctx, LeaseRequestWire{Model: "frontier", Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: n, Evidence: ev})
+		r, err := c.Lease(ctx, LeaseRequestWire{Model: "frontier", Version: "1", PublicKey: priv.PublicKey().Bytes(), Nonce: n, Evidence: ev, Containment: "cgroup"})
 		return r, priv, err
 	}
 	if _, _, err := sevLease(); !errors.Is(err, ErrPendingApproval) {

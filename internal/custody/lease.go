@@ -26,6 +26,8 @@ type LeaseRequest struct {
 	PublicKey      []byte // X25519, fresh per launch
 	Nonce          []byte // from Nonce, single use
 	Evidence       attest.Evidence
+	Containment    string // how the runtime holds the engine's process tree (see Contained)
+	Approval       string // the approval request the runtime waits on, if any
 }
 
 // Grant is a granted lease: the version's files and its DEK sealed to the runtime's key.
@@ -120,15 +122,26 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 	if ok, reason := s.cfg.Decide(ctx, Decision{Runtime: rt, Model: v.Model, Version: v.Version, Classification: v.Classification, Attestation: res}); !ok {
 		return deny(ErrDenied, reason)
 	}
-	approval, err := s.approvalFor(ctx, "lease", rt.Owner, rt.ID, v)
+	fields["containment"] = r.Containment
+	if s.needsContainment(v.Classification) && !Contained(r.Containment) {
+		return deny(ErrDenied, fmt.Sprintf("a %s model needs a runtime that contains the engine's process tree (cgroup or subreaper), this one has %q",
+			v.Classification, r.Containment))
+	}
+	approval, err := s.approvalFor(ctx, "lease", rt.Owner, rt.ID, v, r.Approval)
 	if err != nil {
 		var pe *PendingError
-		if errors.As(err, &pe) && pe.Created {
+		switch {
+		case errors.As(err, &pe) && pe.Created:
 			// Not released (yet): a deny on the record, with the request it waits for —
 			// once, not for every poll of a runtime waiting for its approvals.
 			fields["approval"] = pe.Request.ID
 			if err := s.audit(ctx, "lease.grant", "deny", "waiting for approvals", leaseSubject(l), fields); err != nil {
 				return nil, err
+			}
+		case errors.Is(err, ErrRejected) || errors.Is(err, ErrApproval):
+			fields["approval"] = r.Approval
+			if aerr := s.audit(ctx, "lease.grant", "deny", err.Error(), leaseSubject(l), fields); aerr != nil {
+				return nil, aerr
 			}
 		}
 		return nil, err
@@ -168,6 +181,17 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 		return nil, err
 	}
 	return &Grant{Lease: l, SealedKey: sealed, Files: v.Files}, nil
+}
+
+// Contained says whether a runtime's declared containment holds the engine's whole process
+// tree (see launcher.Config.Containment). The declaration is as trustworthy as the runtime
+// binary, which attestation measures on TEE hosts.
+func Contained(mode string) bool { return mode == "cgroup" || mode == "subreaper" }
+
+// needsContainment: restricted models, and any classification that needs approvals, are
+// released only to runtimes that contain the engine's process tree.
+func (s *Service) needsContainment(classification string) bool {
+	return classification == "restricted" || s.cfg.Approvals[classification] > 0
 }
 
 // OpenKey is the runtime's side: it opens the sealed DEK with its ephemeral private key.

@@ -37,6 +37,12 @@ type (
 		PublicKey []byte          `json:"public_key"`
 		Nonce     []byte          `json:"nonce"`
 		Evidence  attest.Evidence `json:"evidence"`
+		// Containment is how the runtime holds the engine's process tree: "cgroup",
+		// "subreaper" or "none" (absent: none).
+		Containment string `json:"containment,omitempty"`
+		// Approval names the approval request the runtime waits on; its denial or expiry
+		// ends the wait instead of filing a new request.
+		Approval string `json:"approval,omitempty"`
 	}
 	LeaseResponse struct {
 		Lease     store.Lease            `json:"lease"`
@@ -67,6 +73,7 @@ var codes = []struct {
 	{ErrDenied, http.StatusForbidden, "denied"},
 	{ErrAttestation, http.StatusForbidden, "attestation"},
 	{ErrReplay, http.StatusForbidden, "replay"},
+	{ErrRejected, http.StatusForbidden, "approval_denied"},
 	{ErrApproval, http.StatusForbidden, "approval"},
 	{ErrDisabled, http.StatusForbidden, "disabled"},
 	{ErrUnknown, http.StatusNotFound, "not_found"},
