@@ -108,9 +108,58 @@ func (e *Event) Marshal() ([]byte, error) {
 	b = appendJSONMap(b, e.Fields)
 	b = append(b, '}')
 	if len(b) > MaxEventSize {
-		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrEvent, len(b), MaxEventSize)
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), MaxEventSize)
 	}
 	return b, nil
+}
+
+// ErrTooLarge marks an event over MaxEventSize; Truncated makes one that fits.
+var ErrTooLarge = fmt.Errorf("%w: too large", ErrEvent)
+
+// truncatedValue is the longest string value a truncated event keeps.
+const truncatedValue = 1 << 10
+
+// Truncated returns a copy of e that fits MaxEventSize: every actor, subject and field
+// value and the reason are cut to 1 KiB (at a character boundary) with a marker saying how
+// much was cut, and fields.truncated is set. If that is still too large (too many fields),
+// the fields are replaced by the marker alone. The log never drops an event for its size.
+func (e Event) Truncated() Event {
+	cut := func(v string) string {
+		if len(v) <= truncatedValue {
+			return v
+		}
+		n := truncatedValue
+		for n > 0 && !utf8.RuneStart(v[n]) {
+			n--
+		}
+		return v[:n] + "…[truncated " + strconv.Itoa(len(v)-n) + " bytes]"
+	}
+	cutMap := func(m map[string]string) map[string]string {
+		out := make(map[string]string, len(m))
+		for k, v := range m {
+			out[cut(k)] = cut(v)
+		}
+		return out
+	}
+	t := e
+	t.Reason, t.Actor, t.Subject, t.Fields = cut(e.Reason), cutMap(e.Actor), cutMap(e.Subject), cutMap(e.Fields)
+	t.Fields["truncated"] = "true"
+	if b, err := t.Marshal(); err == nil && len(b) <= MaxEventSize {
+		return t
+	}
+	capMap := func(m map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range m {
+			if len(out) == 16 {
+				break
+			}
+			out[cut(k)] = cut(v)
+		}
+		return out
+	}
+	t.Actor, t.Subject = capMap(e.Actor), capMap(e.Subject)
+	t.Fields = map[string]string{"truncated": "true", "dropped_fields": strconv.Itoa(len(e.Fields))}
+	return t
 }
 
 // appendJSONMap writes a flat string map with its keys sorted, as encoding/json does.

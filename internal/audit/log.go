@@ -209,7 +209,13 @@ type Future func() (uint64, error)
 // when its future returns without error.
 func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	b, err := ev.Marshal()
+	if errors.Is(err, ErrTooLarge) {
+		ev = ev.Truncated()
+		b, err = ev.Marshal()
+	}
 	if err != nil {
+		l.records.WithLabelValues("failed").Inc()
+		l.log.Error("audit event not recorded", "kind", ev.Kind, "err", err)
 		return func() (uint64, error) { return 0, err }
 	}
 	if werr := l.writable.Load(); werr != nil {

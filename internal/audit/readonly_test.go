@@ -2,10 +2,16 @@ package audit
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
+
+	"github.com/strongroom/strongroom/internal/store"
 )
 
 // TestReadOnlyLogDir makes the log directory read-only under a running log (a read-only
@@ -52,4 +58,60 @@ func waitFor(t *testing.T, cond func() bool) {
 	for !cond() {
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// TestOversizedEventTruncated: an event over MaxEventSize is recorded truncated, with a
+// marker, never dropped (issue 12, finding 12).
+func TestOversizedEventTruncated(t *testing.T) {
+	tl := openTestLog(t)
+	ctx := context.Background()
+	big := strings.Repeat("é", 40<<10) // 80 KiB of two-byte characters
+	many := map[string]string{}
+	for i := range 5000 {
+		many[fmt.Sprintf("f%05d", i)] = strings.Repeat("x", 100)
+	}
+	for _, ev := range []Event{
+		{V: 1, TS: time.Now(), Kind: "test.big", Reason: big, Fields: map[string]string{"prompt": big, "small": "kept"}},
+		{V: 1, TS: time.Now(), Kind: "test.many", Actor: map[string]string{"principal": "p"}, Fields: many},
+	} {
+		i, err := tl.log.Record(ctx, ev)
+		if err != nil {
+			t.Fatalf("%s: %v", ev.Kind, err)
+		}
+		raw, err := readEntry(ctx, tl.log, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Event
+		if err := json.Unmarshal(raw, &got); err != nil || !utf8.Valid(raw) {
+			t.Fatalf("%s: stored entry not valid JSON/UTF-8: %v", ev.Kind, err)
+		}
+		if got.Fields["truncated"] != "true" || len(raw) > MaxEventSize {
+			t.Fatalf("%s: %d bytes, fields %v", ev.Kind, len(raw), len(got.Fields))
+		}
+		if ev.Kind == "test.big" && (got.Fields["small"] != "kept" || !strings.Contains(got.Reason, "…[truncated ")) {
+			t.Fatalf("big: small field %q, reason tail %q", got.Fields["small"], got.Reason[len(got.Reason)-40:])
+		}
+		if ev.Kind == "test.many" && (got.Fields["dropped_fields"] != "5000" || got.Actor["principal"] != "p") {
+			t.Fatalf("many: %v %v", got.Fields, got.Actor)
+		}
+	}
+}
+
+// readEntry reads entry i back from the log's bundles.
+func readEntry(ctx context.Context, l *Log, i uint64) ([]byte, error) {
+	size, err := l.IntegratedSize(ctx)
+	for err == nil && size <= i {
+		time.Sleep(10 * time.Millisecond)
+		size, err = l.IntegratedSize(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var raw []byte
+	err = ReadEntries(ctx, l.Reader().ReadEntryBundle, i, i+1, func(b []store.AuditEvent) error {
+		raw = b[0].Raw
+		return nil
+	})
+	return raw, err
 }
