@@ -286,7 +286,7 @@ type exitError struct {
 func (e exitError) Error() string { return e.msg }
 
 func runCmd(g *globals) *cobra.Command {
-	var ref, identity, token, server, blobs, attestType string
+	var ref, identity, token, server, blobs, attestType, containment, cgroupParent string
 	var verify bool
 	var grace time.Duration
 	c := &cobra.Command{
@@ -294,7 +294,12 @@ func runCmd(g *globals) *cobra.Command {
 		Short: "Lease a model, decrypt it into memory and run an engine on it until the lease ends",
 		Long: `Runs ENGINE with the model's files as memfd paths: {weights_dir} is a directory of links to
 them, {weights} the main weights file; also $STRONGROOM_WEIGHTS_DIR and $STRONGROOM_WEIGHTS.
-Exit status: the engine's own, or 77 lease refused, 78 lease revoked, 75 renewal lost, 130 interrupted.`,
+The engine's whole process tree is contained (--containment): by a cgroup v2 per run killed
+with cgroup.kill where cgroups are writable, else by a reaper process that is the tree's
+subreaper; either way every descendant dies with the lease, and with the launcher.
+Restricted models are refused to uncontained runs.
+Exit status: the engine's own, or 77 lease refused, 78 lease revoked, 79 release denied by
+an approver, 75 renewal lost, 130 interrupted.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if ref == "" || identity == "" || len(args) == 0 {
 				return usagef("--model, --identity and an engine command (after --) are required")
@@ -317,6 +322,7 @@ Exit status: the engine's own, or 77 lease refused, 78 lease revoked, 75 renewal
 			out, err := launcher.Run(cmd.Context(), launcher.Config{
 				Identity: id, Model: name, Version: version, Command: args, BlobDir: blobs, VerifyDigest: verify, Evidence: at.Evidence,
 				KillGrace: grace, Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr(), Log: g.logger(cmd.ErrOrStderr()),
+				Containment: containment, CgroupParent: cgroupParent,
 			})
 			if err != nil {
 				return exitError{out.Code, err.Error()}
@@ -336,5 +342,7 @@ Exit status: the engine's own, or 77 lease refused, 78 lease revoked, 75 renewal
 	f.BoolVar(&verify, "verify-digest", false, "also check every file's SHA-256 against the inventory (sealed chunks are authenticated either way)")
 	f.DurationVar(&grace, "kill-grace", 5*time.Second, "time between SIGTERM and SIGKILL")
 	f.StringVar(&attestType, "attest", "dev", "attestation: dev (software key), sev-snp or tdx (the guest's attestation device)")
+	f.StringVar(&containment, "containment", "", "how the engine's process tree is held: cgroup, subreaper or none (default: the best available)")
+	f.StringVar(&cgroupParent, "cgroup-parent", "", "cgroup v2 directory to make run cgroups in (default: the launcher's own cgroup)")
 	return c
 }

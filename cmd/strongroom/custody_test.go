@@ -83,6 +83,35 @@ func init() {
 		}
 		ts.Fatalf("%s never appeared", args[0])
 	}
+	// heldcanary: some process holds $CANARY in an open memfd (negated: none does — every
+	// process's fds are searched).
+	scriptCmds["heldcanary"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		canary := []byte(ts.Getenv("CANARY"))
+		procs, err := os.ReadDir("/proc")
+		ts.Check(err)
+		var held []string
+		for _, p := range procs {
+			if _, err := strconv.Atoi(p.Name()); err != nil {
+				continue
+			}
+			fds, _ := os.ReadDir("/proc/" + p.Name() + "/fd")
+			for _, fd := range fds {
+				f := "/proc/" + p.Name() + "/fd/" + fd.Name()
+				if t, err := os.Readlink(f); err != nil || !strings.HasPrefix(t, "/memfd:") {
+					continue
+				}
+				if b, err := os.ReadFile(f); err == nil && bytes.Contains(b, canary) {
+					held = append(held, "pid "+p.Name()+" fd "+fd.Name())
+				}
+			}
+		}
+		if neg && len(held) > 0 {
+			ts.Fatalf("the canary is held: %s", strings.Join(held, ", "))
+		}
+		if !neg && len(held) == 0 {
+			ts.Fatalf("no process holds the canary")
+		}
+	}
 	// dead PIDFILE: the process whose pid is in PIDFILE is gone (within 5 seconds).
 	scriptCmds["dead"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		pid, err := strconv.Atoi(strings.TrimSpace(ts.ReadFile(args[0])))

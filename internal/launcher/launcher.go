@@ -19,7 +19,9 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -36,6 +38,7 @@ const (
 	ExitRenewalLost = 75 // EX_TEMPFAIL: the control plane could not renew the lease in time
 	ExitDenied      = 77 // EX_NOPERM: the lease was refused
 	ExitRevoked     = 78 // the lease was revoked (or the version disabled)
+	ExitRejected    = 79 // an approver denied the release this run waited for
 	ExitInterrupted = 130
 )
 
@@ -63,6 +66,15 @@ type Config struct {
 	TempDir string
 	// Env is added to the engine's environment.
 	Env []string
+	// Containment is how the engine's whole process tree is held and killed: "" (the best
+	// available), "cgroup" (a cgroup v2 per run, killed with cgroup.kill), "subreaper"
+	// (a reaper process that is the tree's subreaper and kills it through pidfds) or
+	// "none" (the engine's process group only; the control plane refuses restricted
+	// models then). Required modes that cannot be set up fail the run before any lease.
+	Containment string
+	// CgroupParent is the cgroup v2 directory run cgroups are made in; default the
+	// launcher's own.
+	CgroupParent string
 }
 
 // Outcome says why a run ended.
@@ -85,6 +97,21 @@ func (c *Config) defaults() {
 	if c.Stderr == nil {
 		c.Stderr = os.Stderr
 	}
+	// The engine's output is copied in by another goroutine while the launcher writes its
+	// own lines: a writer that is not a file gets a lock (and loses ReadFrom, which
+	// bytes.Buffer would run against concurrent writes).
+	if _, ok := c.Stderr.(*os.File); !ok {
+		lw := &lockedWriter{w: c.Stderr}
+		if c.Stdout == c.Stderr {
+			c.Stdout = lw
+		}
+		c.Stderr = lw
+	}
+	if _, ok := c.Stdout.(*os.File); !ok {
+		if _, ok := c.Stdout.(*lockedWriter); !ok {
+			c.Stdout = &lockedWriter{w: c.Stdout}
+		}
+	}
 	if c.Evidence == nil {
 		key := c.Identity.Key
 		c.Evidence = func(b [64]byte) (attest.Evidence, error) { return attest.DevEvidence(key, b) }
@@ -92,6 +119,17 @@ func (c *Config) defaults() {
 	if c.TempDir == "" {
 		c.TempDir = os.TempDir()
 	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // Harden makes this process undumpable (no core dumps, no ptrace attach by the same user)
@@ -104,8 +142,10 @@ func Harden() error {
 }
 
 // acquire asks for the lease until granted, refused or ctx ends, saying what it waits for.
-func acquire(ctx context.Context, cfg *Config, c *custody.Client, pub []byte) (*custody.LeaseResponse, error) {
-	said := ""
+// The request it waits on is named in every poll, so that a denial ends the wait instead
+// of filing a new request.
+func acquire(ctx context.Context, cfg *Config, c *custody.Client, pub []byte, containment string) (*custody.LeaseResponse, error) {
+	said, waiting := "", ""
 	for {
 		n, err := c.Nonce(ctx)
 		if err != nil {
@@ -115,10 +155,12 @@ func acquire(ctx context.Context, cfg *Config, c *custody.Client, pub []byte) (*
 		if err != nil {
 			return nil, fmt.Errorf("launcher: attestation: %w", err)
 		}
-		r, err := c.Lease(ctx, custody.LeaseRequestWire{Model: cfg.Model, Version: cfg.Version, PublicKey: pub, Nonce: n, Evidence: ev})
+		r, err := c.Lease(ctx, custody.LeaseRequestWire{Model: cfg.Model, Version: cfg.Version, PublicKey: pub, Nonce: n, Evidence: ev,
+			Containment: containment, Approval: waiting})
 		if !errors.Is(err, custody.ErrPendingApproval) {
 			return r, err
 		}
+		waiting = r.Approval.ID
 		have := 0
 		for _, a := range r.Approval.Approvals {
 			if a.Decision == "approve" {
@@ -148,6 +190,29 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 	if err := Harden(); err != nil {
 		return Outcome{Code: 1}, err
 	}
+	cgParent := cfg.CgroupParent
+	if cgParent == "" {
+		cgParent, _ = OwnCgroup()
+	}
+	if n := sweep(cfg.TempDir, cgParent); n > 0 {
+		cfg.Log.Info("launcher: removed leftovers of launchers that were killed", "count", n)
+	}
+	// The tree's keeper exists before the lease is asked for: the control plane is told
+	// which containment holds the engine, and refuses restricted models without one.
+	k, err := startKeeper(&cfg)
+	if err != nil {
+		return Outcome{Code: 1}, err
+	}
+	defer k.close()
+	switch k.mode {
+	case ModeCgroup:
+		fmt.Fprintf(cfg.Stderr, "strongroom run: engine tree contained by cgroup %s\n", k.cgroup)
+	case ModeSubreaper:
+		fmt.Fprintf(cfg.Stderr, "strongroom run: engine tree contained by a subreaper (no cgroup: %s)\n", k.note)
+	default:
+		fmt.Fprintf(cfg.Stderr, "strongroom run: engine tree NOT contained (%s); only unrestricted models can be leased\n", k.note)
+	}
+	cfg.Log.Info("launcher: containment", "mode", k.mode, "cgroup", k.cgroup, "note", k.note)
 	client := cfg.Identity.Client()
 	if time.Until(cfg.Identity.NotAfter()) < 8*time.Hour {
 		if err := client.RenewCert(ctx); err != nil {
@@ -158,10 +223,13 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 	if err != nil {
 		return Outcome{Code: 1}, err
 	}
-	grant, err := acquire(ctx, &cfg, client, priv.PublicKey().Bytes())
+	grant, err := acquire(ctx, &cfg, client, priv.PublicKey().Bytes(), k.mode)
 	if err != nil {
-		if errors.Is(err, context.Canceled) {
+		switch {
+		case errors.Is(err, context.Canceled):
 			return Outcome{Code: ExitInterrupted, Reason: "interrupted while waiting"}, err
+		case errors.Is(err, custody.ErrRejected):
+			return Outcome{Code: ExitRejected, Reason: err.Error()}, err
 		}
 		return Outcome{Code: ExitDenied, Reason: err.Error()}, err
 	}
@@ -175,7 +243,7 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 		return Outcome{Code: 1, Lease: grant.Lease.ID}, err
 	}
 	defer files.close()
-	return supervise(ctx, &cfg, client, grant.Lease, files)
+	return supervise(ctx, &cfg, client, grant.Lease, files, k)
 }
 
 // memFile is one decrypted file in memory.
@@ -337,9 +405,13 @@ func primary(files []memFile) int {
 	return 0
 }
 
+// linkDirPrefix names link directories; the launcher's pid follows, so that a later start
+// can remove those of launchers that were killed.
+const linkDirPrefix = "strongroom-weights-"
+
 // layout makes a private directory of links to the engine's /proc/self/fd entries.
 func layout(cfg *Config, files *memFiles) (string, error) {
-	dir, err := os.MkdirTemp(cfg.TempDir, "strongroom-weights-")
+	dir, err := os.MkdirTemp(cfg.TempDir, linkDirPrefix+strconv.Itoa(os.Getpid())+"-*")
 	if err != nil {
 		return "", err
 	}
@@ -362,7 +434,7 @@ type stop struct {
 }
 
 // supervise starts the engine and ends it on revocation, lost renewal or interruption.
-func supervise(ctx context.Context, cfg *Config, c *custody.Client, l store.Lease, files *memFiles) (Outcome, error) {
+func supervise(ctx context.Context, cfg *Config, c *custody.Client, l store.Lease, files *memFiles, k *keeper) (Outcome, error) {
 	dir, err := layout(cfg, files)
 	if err != nil {
 		return Outcome{Code: 1, Lease: l.ID}, err
@@ -372,23 +444,25 @@ func supervise(ctx context.Context, cfg *Config, c *custody.Client, l store.Leas
 	for i, a := range cfg.Command {
 		args[i] = strings.NewReplacer("{weights_dir}", dir, "{weights}", weights).Replace(a)
 	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr = cfg.Stdout, cfg.Stderr
-	cmd.Env = append(append(os.Environ(), cfg.Env...), "STRONGROOM_WEIGHTS_DIR="+dir, "STRONGROOM_WEIGHTS="+weights, "STRONGROOM_LEASE="+l.ID)
-	for _, f := range files.list {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, f.f)
+	fds := make([]string, len(files.list))
+	for i := range files.list {
+		fds[i] = strconv.Itoa(3 + i)
 	}
-	// Own process group, so the whole engine tree is signalled; killed if we die.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return Outcome{Code: 1, Lease: l.ID}, fmt.Errorf("launcher: start engine: %w", err)
+	env := append(append(os.Environ(), cfg.Env...), "STRONGROOM_WEIGHTS_DIR="+dir, "STRONGROOM_WEIGHTS="+weights, "STRONGROOM_LEASE="+l.ID,
+		"STRONGROOM_WEIGHTS_FDS="+strings.Join(fds, ","), "STRONGROOM_CONTAINMENT="+k.mode)
+	var t tree
+	if k.mode == ModeNone {
+		t, err = startDirect(cfg, args, env, files)
+	} else {
+		t, err = startContained(cfg, k, args, env, dir, files)
 	}
-	cfg.Log.Info("launcher: engine started", "pid", cmd.Process.Pid, "lease", l.ID)
+	if err != nil {
+		return Outcome{Code: 1, Lease: l.ID}, err
+	}
+	cfg.Log.Info("launcher: engine started", "pid", t.pid(), "lease", l.ID, "containment", k.mode)
 	if cfg.Started != nil {
-		cfg.Started(cmd.Process.Pid)
+		cfg.Started(t.pid())
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -398,32 +472,118 @@ func supervise(ctx context.Context, cfg *Config, c *custody.Client, l store.Leas
 
 	var why stop
 	select {
-	case err := <-exited:
-		code := 0
-		if ee, ok := err.(*exec.ExitError); ok {
-			code = ee.ExitCode()
-			if code < 0 {
-				code = 1
-			}
-		} else if err != nil {
-			code = 1
-		}
-		return Outcome{Code: code, Reason: "engine exited", Lease: l.ID}, nil
+	case e := <-t.done():
+		return Outcome{Code: e.code, Reason: "engine exited" + e.note, Lease: l.ID}, nil
 	case why = <-stops:
 	case <-ctx.Done():
 		why = stop{ExitInterrupted, "interrupted"}
 	}
-	pgid := cmd.Process.Pid
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(cfg.KillGrace):
-		syscall.Kill(-pgid, syscall.SIGKILL)
-		<-exited
-	}
-	syscall.Kill(-pgid, syscall.SIGKILL) // whatever of the group is left
-	fmt.Fprintf(cfg.Stderr, "strongroom run: %s; engine stopped\n", why.reason)
+	t.stop()
+	e := <-t.done()
+	fmt.Fprintf(cfg.Stderr, "strongroom run: %s; engine stopped%s\n", why.reason, e.note)
 	return Outcome{Code: why.code, Reason: why.reason, Lease: l.ID}, nil
+}
+
+// tree is the running engine with its descendants.
+type tree interface {
+	pid() int
+	// stop sends SIGTERM to the engine's process group and kills everything left once
+	// the engine exits or the kill grace runs out.
+	stop()
+	// done yields once, when the engine has exited and (as far as the containment can
+	// tell) every descendant is dead.
+	done() <-chan treeEnd
+}
+
+type treeEnd struct {
+	code int
+	note string // said after "engine exited"/"engine stopped" when the tree's end is in doubt
+}
+
+func exitCode(code int) int {
+	if code < 0 {
+		return 1
+	}
+	return code
+}
+
+// contained is an engine run by the reaper.
+type contained struct {
+	enginePid int
+	k         *keeper
+	end       chan treeEnd
+}
+
+func startContained(cfg *Config, k *keeper, args, env []string, dir string, files *memFiles) (*contained, error) {
+	fs := make([]*os.File, len(files.list))
+	for i, f := range files.list {
+		fs[i] = f.f
+	}
+	pid, err := k.run(args, env, dir, cfg.KillGrace, fs)
+	if err != nil {
+		return nil, err
+	}
+	t := &contained{enginePid: pid, k: k, end: make(chan treeEnd, 1)}
+	go func() {
+		code, ok := k.wait()
+		if !ok {
+			t.end <- treeEnd{code: 1, note: " (the reaper died; its cgroup, if any, was killed)"}
+			return
+		}
+		t.end <- treeEnd{code: exitCode(code)}
+	}()
+	return t, nil
+}
+
+func (t *contained) pid() int             { return t.enginePid }
+func (t *contained) stop()                { t.k.stop() }
+func (t *contained) done() <-chan treeEnd { return t.end }
+
+// direct is an engine started without a reaper: only its process group is signalled.
+type direct struct {
+	cmd   *exec.Cmd
+	grace time.Duration
+	end   chan treeEnd
+	once  sync.Once
+}
+
+func startDirect(cfg *Config, args, env []string, files *memFiles) (*direct, error) {
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Stdout, cmd.Stderr = cfg.Stdout, cfg.Stderr
+	cmd.Env = env
+	for _, f := range files.list {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f.f)
+	}
+	// Own process group, so the group is signalled; killed if we die. Descendants that
+	// leave the group, or outlive us, are not held.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = time.Second
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("launcher: start engine: %w", err)
+	}
+	t := &direct{cmd: cmd, grace: cfg.KillGrace, end: make(chan treeEnd, 1)}
+	go func() {
+		err := cmd.Wait()
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // whatever of the group is left
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			code = 1
+		}
+		t.end <- treeEnd{code: exitCode(code), note: " (uncontained: descendants outside its process group may remain)"}
+	}()
+	return t, nil
+}
+
+func (t *direct) pid() int             { return t.cmd.Process.Pid }
+func (t *direct) done() <-chan treeEnd { return t.end }
+func (t *direct) stop() {
+	t.once.Do(func() {
+		pgid := t.cmd.Process.Pid
+		syscall.Kill(-pgid, syscall.SIGTERM)
+		time.AfterFunc(t.grace, func() { syscall.Kill(-pgid, syscall.SIGKILL) })
+	})
 }
 
 // watch follows the revocation stream, reconnecting when it drops.
