@@ -35,6 +35,11 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "foreign_keys(1)", "busy_timeout(10000)"} {
 		q.Add("_pragma", p)
 	}
+	// BEGIN IMMEDIATE: a transaction takes the write lock when it begins, waiting for it
+	// under busy_timeout. A deferred one that reads and then writes fails at once with
+	// SQLITE_BUSY when another process wrote in between (the busy handler cannot help a
+	// stale read snapshot) — what `approval approve` hit while `serve` ran.
+	q.Set("_txlock", "immediate")
 	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
 	if err != nil {
 		return nil, fmt.Errorf("store: sqlite %s: %w", path, err)
@@ -43,6 +48,9 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 	s := &sqlStore{db: db, d: dialect{name: "sqlite", bytesType: "BLOB", isUnique: func(err error) bool {
 		var se *sqlite.Error
 		return errors.As(err, &se) && (se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY || se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE)
+	}, isBusy: func(err error) bool {
+		var se *sqlite.Error
+		return errors.As(err, &se) && (se.Code()&0xff == sqlite3.SQLITE_BUSY || se.Code()&0xff == sqlite3.SQLITE_LOCKED)
 	}}}
 	return s.start(ctx, path)
 }
@@ -56,6 +64,9 @@ func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 	s := &sqlStore{db: db, d: dialect{name: "postgres", bytesType: "BYTEA", dollar: true, isUnique: func(err error) bool {
 		var pe *pgconn.PgError
 		return errors.As(err, &pe) && pe.Code == "23505"
+	}, isBusy: func(err error) bool {
+		var pe *pgconn.PgError // serialization failure, deadlock detected
+		return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
 	}}}
 	return s.start(ctx, "postgres")
 }

@@ -17,6 +17,7 @@ type dialect struct {
 	bytesType string
 	dollar    bool // $1 placeholders instead of ?
 	isUnique  func(error) bool
+	isBusy    func(error) bool // contention that a retry can get past
 }
 
 // sqlStore implements Store over database/sql for both backends.
@@ -228,7 +229,27 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 	return nil
 }
 
+// txAttempts bounds how often a transaction that lost to contention is run again (each
+// attempt may already have waited busy_timeout for SQLite's write lock).
+const txAttempts = 5
+
+// tx runs fn in a transaction, again (from the start) when it failed on contention.
 func (s *sqlStore) tx(ctx context.Context, fn func(*sql.Tx) error) error {
+	var err error
+	for attempt := range txAttempts {
+		if err = s.tx1(ctx, fn); err == nil || s.d.isBusy == nil || !s.d.isBusy(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt+1) * 20 * time.Millisecond):
+		}
+	}
+	return err
+}
+
+func (s *sqlStore) tx1(ctx context.Context, fn func(*sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err

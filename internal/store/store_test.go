@@ -24,6 +24,52 @@ func TestSQLite(t *testing.T) {
 	})
 }
 
+// TestSQLiteConcurrentWriters: two handles on one file, as `serve` and the CLI have.
+func TestSQLiteConcurrentWriters(t *testing.T) {
+	storetest.Concurrent(t, func(t *testing.T) (store.Store, store.Store) {
+		p := filepath.Join(t.TempDir(), "db.sqlite")
+		a, err := store.OpenSQLite(context.Background(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := store.OpenSQLite(context.Background(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a, b
+	})
+}
+
+// TestPostgresConcurrentWriters: two pools on one schema.
+func TestPostgresConcurrentWriters(t *testing.T) {
+	dsn := testenv.Get(t, "STRONGROOM_TEST_POSTGRES")
+	admin, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	storetest.Concurrent(t, func(t *testing.T) (store.Store, store.Store) {
+		var b [6]byte
+		rand.Read(b[:])
+		schema := "t_" + hex.EncodeToString(b[:])
+		if _, err := admin.Exec(`CREATE SCHEMA ` + schema); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { admin.Exec(`DROP SCHEMA ` + schema + ` CASCADE`) })
+		u, _ := url.Parse(dsn)
+		q := u.Query()
+		q.Set("search_path", schema)
+		u.RawQuery = q.Encode()
+		var out [2]store.Store
+		for i := range out {
+			if out[i], err = store.Open(context.Background(), u.String()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return out[0], out[1]
+	})
+}
+
 // TestPostgres runs the suite against the real server from scripts/test, one fresh schema
 // per subtest.
 func TestPostgres(t *testing.T) {
