@@ -10,9 +10,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/inventory"
+	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/watermark"
 )
@@ -183,12 +185,10 @@ func (a *App) modelTokenizer(ctx context.Context, ref string) (*refmodel.Tokeniz
 	return nil, nil
 }
 
-// WatermarkRoles may call the detection endpoint.
-var WatermarkRoles = []string{"admin", "security", "custodian"}
-
 // WatermarkHandler serves POST /v1/watermark/detect on the control API: a JSON
-// WatermarkQuery in, {"results": [...]} out; the caller's API key must belong to a
-// principal with one of WatermarkRoles.
+// WatermarkQuery in, {"results": [...]} out. The policy decides who may ask
+// (watermark_detect: by default screened principals with the admin, security or custodian
+// role), and every question is recorded.
 func (a *App) WatermarkHandler() http.Handler {
 	keys := a.APIKeys()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -211,15 +211,38 @@ func (a *App) WatermarkHandler() http.Handler {
 			fail(http.StatusUnauthorized, "invalid API key")
 			return
 		}
-		if !slices.ContainsFunc(p.Roles, func(role string) bool { return slices.Contains(WatermarkRoles, role) }) {
-			fail(http.StatusForbidden, "watermark detection needs the admin, security or custodian role")
-			return
-		}
 		var q WatermarkQuery
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&q); err != nil {
 			fail(http.StatusBadRequest, "request body: "+err.Error())
+			return
+		}
+		eng, err := a.Policy(r.Context())
+		if err != nil {
+			fail(http.StatusServiceUnavailable, "policy unavailable")
+			return
+		}
+		model := q.Model
+		if model == "" {
+			model = "*"
+		}
+		d := eng.Decide(policy.Request{Action: policy.ActionWatermarkDetect, Model: policy.Model{Name: model},
+			Principal: policy.Principal{ID: p.ID, Tenant: p.Tenant, Org: p.Org, Country: p.Country, Screening: p.Screening, Roles: p.Roles},
+			Context:   policy.Context{Endpoint: "watermark_detect", MFAAgeS: -1, TemperatureMilli: -1}})
+		decision := audit.Deny
+		if d.Allow {
+			decision = audit.Allow
+		}
+		if _, err := a.AuditLog.Record(r.Context(), audit.Event{V: 1, TS: time.Now().UTC(), Kind: "watermark.detect", Decision: decision, Reason: d.Reason(),
+			Actor:   map[string]string{"principal": p.ID, "tenant": p.Tenant, "key_id": p.KeyID},
+			Subject: map[string]string{"model": q.Model, "tenant": q.Tenant},
+			Fields:  map[string]string{"all_tenants": fmt.Sprint(q.AllTenants), "text_hmac": a.Redactor.Digest(q.Text)}}); err != nil {
+			fail(http.StatusServiceUnavailable, "cannot record the query")
+			return
+		}
+		if !d.Allow {
+			fail(http.StatusForbidden, "watermark detection is not permitted for this principal")
 			return
 		}
 		rs, err := a.DetectWatermark(r.Context(), q)

@@ -32,6 +32,8 @@ const (
 	ActionLease = "lease"
 	// ActionWatermark: whether a principal's outputs from a model carry its tenant's watermark.
 	ActionWatermark = "watermark"
+	// ActionWatermarkDetect: whether a principal may ask whose watermark a text carries.
+	ActionWatermarkDetect = "watermark_detect"
 )
 
 // Principal, Model and Context are the inputs of a decision.

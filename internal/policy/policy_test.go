@@ -238,3 +238,27 @@ func TestPrincipalCountry(t *testing.T) {
 		}
 	}
 }
+
+// TestWatermarkDetect: who may ask whose watermark a text carries is the policy's to say,
+// screening included (issue 12, finding 12).
+func TestWatermarkDetect(t *testing.T) {
+	s := baseline(t)
+	for _, tc := range []struct {
+		roles     []string
+		screening string
+		want      bool
+	}{
+		{[]string{"security"}, "clear", true},
+		{[]string{"admin"}, "clear", true},
+		{[]string{"custodian"}, "clear", true},
+		{[]string{"researcher"}, "clear", false},
+		{[]string{"security"}, "pending", false},
+		{[]string{"security"}, "blocked", false},
+	} {
+		r := Request{Principal: Principal{ID: "p", Tenant: "t", Roles: tc.roles, Screening: tc.screening}, Action: ActionWatermarkDetect,
+			Model: Model{Name: "*"}, Context: Context{Endpoint: "watermark_detect", MFAAgeS: -1, TemperatureMilli: -1}}
+		if d := s.Decide(r); d.Allow != tc.want {
+			t.Errorf("%v %s: allow=%v (%s)", tc.roles, tc.screening, d.Allow, d.Reason())
+		}
+	}
+}
