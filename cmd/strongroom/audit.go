@@ -133,6 +133,9 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if statePath == "" {
+				statePath = defaultStatePath(o.LogKey.Name(), o.LogKey.KeyHash())
+			}
 			if b, err := os.ReadFile(statePath); err == nil {
 				var prior audit.State
 				if err := json.Unmarshal(b, &prior); err != nil {
@@ -163,8 +166,20 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 		},
 	}
 	src.flags(c)
-	c.Flags().StringVar(&statePath, "state", "strongroom-verify-state.json", "where the last accepted checkpoint is kept between runs")
+	c.Flags().StringVar(&statePath, "state", "", "where the last accepted checkpoint is kept between runs (default: strongroom-verify-state.ORIGIN.json, one per log)")
 	return c
+}
+
+// defaultStatePath is one state file per log (origin and key), so that verifying a second
+// log never reads the first one's checkpoint as its own history.
+func defaultStatePath(origin string, keyHash uint32) string {
+	safe := strings.Map(func(r rune) rune {
+		if r == '.' || r == '-' || r == '_' || ('a' <= r && r <= 'z') || ('A' <= r && r <= 'Z') || ('0' <= r && r <= '9') {
+			return r
+		}
+		return '_'
+	}, origin)
+	return fmt.Sprintf("strongroom-verify-state.%s.%08x.json", safe, keyHash)
 }
 
 // checkpoint opens the log and fetches and checks its current checkpoint.
