@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"strconv"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -80,10 +81,22 @@ func (e *errBadRequest) Error() string { return e.msg }
 
 func refuse(format string, a ...any) error { return &errBadRequest{fmt.Sprintf(format, a...)} }
 
+// pooledDecoder keeps a decoder's buffers between requests.
+type pooledDecoder struct {
+	r   bytes.Reader
+	dec jsontext.Decoder
+}
+
+var decoders = sync.Pool{New: func() any { return new(pooledDecoder) }}
+
 // parseRequest decodes body strictly for endpoint ("chat", "completions", "embeddings").
 func parseRequest(body []byte, endpoint string) (*features, error) {
 	f := &features{}
-	dec := jsontext.NewDecoder(bytes.NewReader(body))
+	d := decoders.Get().(*pooledDecoder)
+	defer decoders.Put(d)
+	d.r.Reset(body)
+	d.dec.Reset(&d.r)
+	dec := &d.dec
 	tok, err := dec.ReadToken()
 	if err != nil {
 		return nil, refuse("body is not JSON: %v", err)
