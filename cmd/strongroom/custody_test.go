@@ -112,6 +112,21 @@ func init() {
 			ts.Fatalf("no process holds the canary")
 		}
 	}
+	// waitnolease MODEL: wait (up to 30 s) until no lease on MODEL is live in $STRONGROOM_DATA.
+	scriptCmds["waitnolease"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		st, err := store.OpenSQLite(context.Background(), filepath.Join(ts.Getenv("STRONGROOM_DATA"), "strongroom.db"))
+		ts.Check(err)
+		defer st.Close()
+		for range 3000 {
+			ls, err := st.ListLeases(context.Background(), store.LeaseQuery{Model: args[0], LiveAt: time.Now()})
+			ts.Check(err)
+			if len(ls) == 0 {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		ts.Fatalf("a lease on %s is still live", args[0])
+	}
 	// dead PIDFILE: the process whose pid is in PIDFILE is gone (within 5 seconds).
 	scriptCmds["dead"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		pid, err := strconv.Atoi(strings.TrimSpace(ts.ReadFile(args[0])))

@@ -87,6 +87,12 @@ type Config struct {
 	// Daily egress budgets in sealed bytes released (0: unlimited).
 	EgressPerRuntime, EgressTotal int64
 	PollInterval                  time.Duration // how often revocations by other processes are picked up; default 100ms
+	// WatchGrace is how long a lease outlives its runtime's watch stream: when the stream
+	// drops and no replica sees it come back within this, the lease ends; default 5s.
+	WatchGrace time.Duration
+	// StaleAfter ends a lease whose runtime no replica has heard from for this long
+	// (replicas holding a watch stream note it every Heartbeat); default 30s.
+	StaleAfter time.Duration
 
 	Now func() time.Time
 	Log *slog.Logger
@@ -99,6 +105,8 @@ type Service struct {
 	mu       sync.Mutex
 	watchers map[string][]chan string // lease id → subscribers
 	notified map[string]time.Time     // revocations already pushed
+	life     context.Context          // Run's: lease ending runs only while the service runs
+	started  time.Time                // when Run started (staleness counts from then at the earliest)
 }
 
 // New checks cfg and returns a Service.
@@ -117,6 +125,12 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.PollInterval <= 0 {
 		cfg.PollInterval = 100 * time.Millisecond
+	}
+	if cfg.WatchGrace <= 0 {
+		cfg.WatchGrace = 5 * time.Second
+	}
+	if cfg.StaleAfter <= 0 {
+		cfg.StaleAfter = 30 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

@@ -135,6 +135,7 @@ func newEnv(t testing.TB, mod func(*Config)) *env {
 			return true, "ok"
 		},
 		PollInterval: 10 * time.Millisecond,
+		StaleAfter:   24 * time.Hour, // tests move the clock by hours; the ones about staleness set it
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -752,5 +753,77 @@ func TestRestrictedLeaseOnSEVSNP(t *testing.T) {
 	e.svc.cfg.Attest.Allow = nil
 	if _, err := id.Client().Renew(ctx, r.Lease.ID); !errors.Is(err, ErrDenied) {
 		t.Fatalf("renewal after the measurement left the allowlist: %v", err)
+	}
+}
+
+// waitEnded waits for lease id to be ended by the control plane and returns it.
+func waitEnded(t *testing.T, st store.Store, id string) store.Lease {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if l, err := st.GetLease(context.Background(), id); err == nil && !l.RevokedAt.IsZero() {
+			return l
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("lease %s never ended", id)
+	return store.Lease{}
+}
+
+// A runtime whose watch stream drops and does not come back loses its lease, on the
+// record; one that stops renewing loses it at expiry; one nobody hears from, after
+// StaleAfter.
+func TestLeaseEndsWhenRuntimeGone(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.WatchGrace = 50 * time.Millisecond; c.StaleAfter = time.Hour })
+	ctx := context.Background()
+	id := e.join(t, "prod")
+	r, _, err := lease(t, id, "small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := id.Client().Watch(ctx, r.Lease.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(body).ReadString('\n')
+	if line != "ok\n" {
+		t.Fatalf("watch said %q", line)
+	}
+	body.Close() // the launcher is gone
+	l := waitEnded(t, e.st, r.Lease.ID)
+	if !strings.Contains(l.Reason, "watch stream dropped") {
+		t.Fatalf("reason %q", l.Reason)
+	}
+	if ds, _ := e.svc.Live(ctx, store.LeaseQuery{Model: "small"}); len(ds) != 0 {
+		t.Fatalf("live after its runtime left: %+v", ds)
+	}
+	if !e.rec.has("lease.end allow") {
+		t.Fatal("the end is not on the record")
+	}
+	if _, err := id.Client().Renew(ctx, r.Lease.ID); !errors.Is(err, ErrRevoked) {
+		t.Fatalf("renewing an ended lease: %v", err)
+	}
+
+	// Not renewed: ended at expiry.
+	r, _, err = lease(t, id, "small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clk.add(e.svc.LeaseTTL() + time.Second)
+	if l := waitEnded(t, e.st, r.Lease.ID); !strings.Contains(l.Reason, "expired without renewal") {
+		t.Fatalf("reason %q", l.Reason)
+	}
+}
+
+func TestStaleLeaseEnds(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.StaleAfter = 10 * time.Second })
+	id := e.join(t, "prod")
+	r, _, err := lease(t, id, "small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clk.add(11 * time.Second) // never watched, never renewed: nobody has heard from it
+	if l := waitEnded(t, e.st, r.Lease.ID); !strings.Contains(l.Reason, "not heard from") {
+		t.Fatalf("reason %q", l.Reason)
 	}
 }

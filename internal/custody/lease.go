@@ -77,7 +77,7 @@ func versionBytes(v store.Version) int64 {
 // function unsealed. Every refusal is an audit event with its reason.
 func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r LeaseRequest) (*Grant, error) {
 	now := s.now()
-	l := store.Lease{ID: "ls-" + newID(10), Runtime: rt.ID, Model: r.Model, Version: r.Version, GrantedAt: now, ExpiresAt: now.Add(s.cfg.LeaseTTL)}
+	l := store.Lease{ID: "ls-" + newID(10), Runtime: rt.ID, Model: r.Model, Version: r.Version, GrantedAt: now, ExpiresAt: now.Add(s.cfg.LeaseTTL), SeenAt: now}
 	fields := map[string]string{"env": rt.Env, "region": rt.Region, "jurisdiction": rt.Jurisdiction, "host": rt.Host}
 	deny := func(sentinel error, reason string) (*Grant, error) {
 		if err := s.audit(ctx, "lease.grant", "deny", reason, leaseSubject(l), fields); err != nil {
@@ -265,6 +265,9 @@ func (s *Service) Renew(ctx context.Context, rt store.Runtime, id string) (store
 		return l, err
 	}
 	l.ExpiresAt = exp
+	if err := s.cfg.Store.TouchLeases(ctx, []string{id}, now); err != nil {
+		s.cfg.Log.Warn("custody: noting a renewal", "lease", id, "err", err)
+	}
 	return l, nil
 }
 
@@ -362,16 +365,29 @@ func (s *Service) notify(id, reason string) {
 }
 
 // Run picks up revocations made by other processes (the CLI writes the store directly)
-// and pushes them to watchers, until ctx ends.
+// and pushes them to watchers, notes the runtimes whose watch streams it holds as heard
+// from, and ends leases whose runtimes are gone, until ctx ends.
 func (s *Service) Run(ctx context.Context) {
 	t := time.NewTicker(s.cfg.PollInterval)
 	defer t.Stop()
 	since := s.now().Add(-time.Minute)
+	s.mu.Lock()
+	s.life, s.started = ctx, s.now()
+	s.mu.Unlock()
+	var lastTouch, lastSweep time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if now := s.now(); now.Sub(lastTouch) >= Heartbeat {
+			s.touchWatched(ctx, now)
+			lastTouch = now
+		}
+		if now := s.now(); now.Sub(lastSweep) >= time.Second {
+			s.sweep(ctx, now)
+			lastSweep = now
 		}
 		// Look back a little: another process may commit a revocation stamped slightly
 		// before the newest one already seen.
@@ -400,4 +416,85 @@ func (s *Service) Run(ctx context.Context) {
 		}
 		s.mu.Unlock()
 	}
+}
+
+// touchWatched notes every lease whose watch stream this process holds as heard from.
+func (s *Service) touchWatched(ctx context.Context, now time.Time) {
+	s.mu.Lock()
+	ids := make([]string, 0, len(s.watchers))
+	for id := range s.watchers {
+		ids = append(ids, id)
+	}
+	s.mu.Unlock()
+	if len(ids) == 0 {
+		return
+	}
+	if err := s.cfg.Store.TouchLeases(ctx, ids, now); err != nil {
+		s.cfg.Log.Error("custody: noting watched leases", "err", err)
+	}
+}
+
+// sweep ends leases that expired unrenewed, and leases whose runtime no replica has heard
+// from for StaleAfter (only once this process has run that long: a restarted control
+// plane gives runtimes time to reconnect first).
+func (s *Service) sweep(ctx context.Context, now time.Time) {
+	type cause struct {
+		q      store.LeaseQuery
+		reason string
+	}
+	causes := []cause{{store.LeaseQuery{ExpiredBy: now}, "ended: expired without renewal"}}
+	s.mu.Lock()
+	started := s.started
+	s.mu.Unlock()
+	if now.Sub(started) >= s.cfg.StaleAfter {
+		causes = append(causes, cause{store.LeaseQuery{SeenBefore: now.Add(-s.cfg.StaleAfter)},
+			fmt.Sprintf("ended: runtime not heard from for %s", s.cfg.StaleAfter)})
+	}
+	for _, c := range causes {
+		ls, err := s.cfg.Store.RevokeLeases(ctx, c.q, now, c.reason)
+		if err != nil {
+			s.cfg.Log.Error("custody: ending leases", "err", err)
+			continue
+		}
+		for _, l := range ls {
+			s.ended(ctx, l)
+		}
+	}
+}
+
+// ended records a lease that ended because its runtime went away, and tells any watcher.
+func (s *Service) ended(ctx context.Context, l store.Lease) {
+	s.notify(l.ID, l.Reason)
+	fields := map[string]string{"last_seen": l.SeenAt.Format(time.RFC3339Nano), "expires": l.ExpiresAt.Format(time.RFC3339)}
+	if err := s.audit(ctx, "lease.end", "allow", l.Reason, leaseSubject(l), fields); err != nil {
+		s.cfg.Log.Error("custody: lease ended but not recorded", "lease", l.ID, "err", err)
+	}
+}
+
+// watchDropped ends lease id WatchGrace after its watch stream (connection seq) dropped,
+// unless a stream for it connected since, here or at another replica.
+func (s *Service) watchDropped(id string, seq int64, at time.Time) {
+	s.mu.Lock()
+	life := s.life
+	s.mu.Unlock()
+	if life == nil {
+		return
+	}
+	go func() {
+		select {
+		case <-life.Done():
+			return
+		case <-time.After(s.cfg.WatchGrace):
+		}
+		reason := fmt.Sprintf("ended: the runtime's watch stream dropped at %s and did not come back within %s",
+			at.Format(time.RFC3339Nano), s.cfg.WatchGrace)
+		l, ok, err := s.cfg.Store.EndUnwatchedLease(life, id, seq, s.now(), reason)
+		if err != nil {
+			s.cfg.Log.Error("custody: ending an unwatched lease", "lease", id, "err", err)
+			return
+		}
+		if ok {
+			s.ended(life, l)
+		}
+	}()
 }

@@ -254,7 +254,12 @@ func (s *Service) handleWatch(w http.ResponseWriter, r *http.Request, rt store.R
 		s.fail(w, err)
 		return
 	}
-	defer stop()
+	seq, err := s.cfg.Store.WatchLease(r.Context(), id, s.now())
+	if err != nil {
+		stop()
+		s.fail(w, err)
+		return
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -264,18 +269,23 @@ func (s *Service) handleWatch(w http.ResponseWriter, r *http.Request, rt store.R
 	line := "ok\n"
 	for {
 		if _, err := io.WriteString(w, line); err != nil || rc.Flush() != nil {
-			return
+			break
 		}
 		select {
 		case <-r.Context().Done():
-			return
 		case reason := <-ch:
 			io.WriteString(w, "revoked "+oneLine(reason)+"\n")
 			rc.Flush()
+			stop()
 			return
 		case <-t.C:
+			continue
 		}
+		break
 	}
+	// The runtime is gone, or only its connection: the lease ends unless it reconnects.
+	stop()
+	s.watchDropped(id, seq, s.now())
 }
 
 func oneLine(s string) string {

@@ -257,6 +257,7 @@ func TestLauncherKilled(t *testing.T) {
 			if h := holders(t, canary, name); len(h) < treeSize {
 				t.Fatalf("the canary scan sees %d holders, want at least %d:\n%s", len(h), treeSize, strings.Join(h, "\n"))
 			}
+			killedAt := time.Now()
 			cmd.Process.Signal(syscall.SIGKILL)
 			<-exited
 			if living := waitDead(pids, 10*time.Second); len(living) > 0 {
@@ -281,6 +282,17 @@ func TestLauncherKilled(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
+			// The control plane saw the watch stream drop and ends the lease, on the record.
+			for {
+				if ls, _ := e.Svc.Live(context.Background(), store.LeaseQuery{Model: model}); len(ls) == 0 {
+					break
+				}
+				if time.Since(killedAt) > 20*time.Second {
+					t.Fatal("the lease is still live 20 s after its launcher was killed")
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			t.Logf("launcher killed → lease ended: %v", time.Since(killedAt).Round(time.Millisecond))
 		})
 	}
 }

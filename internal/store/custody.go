@@ -42,7 +42,8 @@ type Lease struct {
 	Attestation                        string // verifier type and measurement, e.g. "sev-snp:ab12…"
 	Bytes                              int64  // sealed bytes the lease unlocks (its egress charge)
 	GrantedAt, ExpiresAt, RevokedAt    time.Time
-	Reason                             string // why it was revoked
+	Reason                             string    // why it was revoked
+	SeenAt                             time.Time // when the runtime holding it was last heard from
 }
 
 // LeaseQuery selects leases; empty fields match everything.
@@ -50,6 +51,8 @@ type LeaseQuery struct {
 	Lease, Runtime, Model, Version string
 	LiveAt                         time.Time // non-zero: only leases unrevoked and unexpired at this time
 	RevokedAfter                   time.Time // non-zero: only leases revoked after this time
+	ExpiredBy                      time.Time // non-zero: only leases expired at this time
+	SeenBefore                     time.Time // non-zero: only leases whose runtime was last heard from before this time
 }
 
 // ApprovalRequest asks k distinct approvers to allow a release (a lease or an unseal).
@@ -101,6 +104,15 @@ type Custody interface {
 	ExtendLease(ctx context.Context, id string, expires time.Time) error
 	// RevokeLeases revokes every unrevoked lease q matches and returns them.
 	RevokeLeases(ctx context.Context, q LeaseQuery, at time.Time, reason string) ([]Lease, error)
+	// WatchLease records that lease id's watch stream was (re)connected at `at` and returns
+	// the connection's sequence number; ErrNotFound for an unknown lease.
+	WatchLease(ctx context.Context, id string, at time.Time) (int64, error)
+	// TouchLeases records that the runtimes holding the unrevoked leases ids were heard
+	// from at `at` (never moving a lease's time back).
+	TouchLeases(ctx context.Context, ids []string, at time.Time) error
+	// EndUnwatchedLease revokes lease id only if no watch stream connected after
+	// connection seq (the one that dropped) and it is unrevoked; ok reports whether it did.
+	EndUnwatchedLease(ctx context.Context, id string, seq int64, at time.Time, reason string) (l Lease, ok bool, err error)
 
 	CreateApproval(ctx context.Context, r ApprovalRequest) error
 	GetApproval(ctx context.Context, id string) (ApprovalRequest, error)
@@ -226,19 +238,19 @@ func (s *sqlStore) UseJoinToken(ctx context.Context, id string, now time.Time, c
 	return t, nil
 }
 
-const leaseCols = `id, runtime, model, version, key_id, attestation, bytes, granted_at, expires_at, revoked_at, reason`
+const leaseCols = `id, runtime, model, version, key_id, attestation, bytes, granted_at, expires_at, revoked_at, reason, seen_at`
 
 func scanLease(row interface{ Scan(...any) error }) (Lease, error) {
 	var l Lease
-	var g, e, r int64
-	err := row.Scan(&l.ID, &l.Runtime, &l.Model, &l.Version, &l.KeyID, &l.Attestation, &l.Bytes, &g, &e, &r, &l.Reason)
-	l.GrantedAt, l.ExpiresAt, l.RevokedAt = fromNanos(g), fromNanos(e), fromNanos(r)
+	var g, e, r, seen int64
+	err := row.Scan(&l.ID, &l.Runtime, &l.Model, &l.Version, &l.KeyID, &l.Attestation, &l.Bytes, &g, &e, &r, &l.Reason, &seen)
+	l.GrantedAt, l.ExpiresAt, l.RevokedAt, l.SeenAt = fromNanos(g), fromNanos(e), fromNanos(r), fromNanos(seen)
 	return l, err
 }
 
 func (s *sqlStore) PutLease(ctx context.Context, l Lease) error {
-	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO leases (`+leaseCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		l.ID, l.Runtime, l.Model, l.Version, l.KeyID, l.Attestation, l.Bytes, nanos(l.GrantedAt), nanos(l.ExpiresAt), nanos(l.RevokedAt), l.Reason)
+	_, err := s.db.ExecContext(ctx, s.q(`INSERT INTO leases (`+leaseCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		l.ID, l.Runtime, l.Model, l.Version, l.KeyID, l.Attestation, l.Bytes, nanos(l.GrantedAt), nanos(l.ExpiresAt), nanos(l.RevokedAt), l.Reason, nanos(l.SeenAt))
 	if err != nil && s.d.isUnique(err) {
 		return fmt.Errorf("lease %s: %w", l.ID, ErrExists)
 	}
@@ -264,6 +276,12 @@ func leaseWhere(q LeaseQuery) (string, []any) {
 	}
 	if !q.RevokedAfter.IsZero() {
 		where, args = append(where, "revoked_at > ?"), append(args, q.RevokedAfter.UnixNano())
+	}
+	if !q.ExpiredBy.IsZero() {
+		where, args = append(where, "expires_at <= ?"), append(args, q.ExpiredBy.UnixNano())
+	}
+	if !q.SeenBefore.IsZero() {
+		where, args = append(where, "seen_at < ?"), append(args, q.SeenBefore.UnixNano())
 	}
 	return strings.Join(where, " AND "), args
 }
@@ -308,6 +326,49 @@ func (s *sqlStore) RevokeLeases(ctx context.Context, q LeaseQuery, at time.Time,
 		return nil, fmt.Errorf("store: revoke leases: %w", err)
 	}
 	return out, nil
+}
+
+func (s *sqlStore) WatchLease(ctx context.Context, id string, at time.Time) (int64, error) {
+	var seq int64
+	err := s.db.QueryRowContext(ctx, s.q(`UPDATE leases SET watch_seq = watch_seq + 1,
+		seen_at = CASE WHEN seen_at < ? THEN ? ELSE seen_at END WHERE id = ? RETURNING watch_seq`), nanos(at), nanos(at), id).Scan(&seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("lease %s: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("store: watch lease: %w", err)
+	}
+	return seq, nil
+}
+
+func (s *sqlStore) TouchLeases(ctx context.Context, ids []string, at time.Time) error {
+	for len(ids) > 0 {
+		n := min(len(ids), 500)
+		args := []any{nanos(at)}
+		for _, id := range ids[:n] {
+			args = append(args, id)
+		}
+		args = append(args, nanos(at))
+		_, err := s.db.ExecContext(ctx, s.q(`UPDATE leases SET seen_at = ? WHERE id IN (?`+strings.Repeat(", ?", n-1)+`) AND revoked_at = 0 AND seen_at < ?`), args...)
+		if err != nil {
+			return fmt.Errorf("store: touch leases: %w", err)
+		}
+		ids = ids[n:]
+	}
+	return nil
+}
+
+func (s *sqlStore) EndUnwatchedLease(ctx context.Context, id string, seq int64, at time.Time, reason string) (Lease, bool, error) {
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE leases SET revoked_at = ?, reason = ? WHERE id = ? AND revoked_at = 0 AND watch_seq = ?`),
+		nanos(at), reason, id, seq)
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("store: end lease: %w", err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return Lease{}, false, nil
+	}
+	l, err := s.GetLease(ctx, id)
+	return l, err == nil, err
 }
 
 const approvalCols = `id, kind, requester, runtime, model, version, needed, state, created_at, expires_at`

@@ -185,6 +185,8 @@ var migrations = []string{
 	);
 	CREATE INDEX custody_nonces_runtime ON custody_nonces (runtime, seq);
 	CREATE INDEX custody_nonces_expiry ON custody_nonces (expires_at)`,
+	`ALTER TABLE leases ADD COLUMN seen_at BIGINT NOT NULL DEFAULT 0;
+	ALTER TABLE leases ADD COLUMN watch_seq BIGINT NOT NULL DEFAULT 0`,
 }
 
 func (s *sqlStore) q(query string) string {

@@ -119,6 +119,60 @@ func testLeases(t *testing.T, s store.Store) {
 	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{RevokedAfter: ts}); len(ls) != 2 {
 		t.Fatalf("revoked after: %d", len(ls))
 	}
+	testLeaseLiveness(t, s)
+}
+
+// testLeaseLiveness: when a lease's runtime was last heard from, watch-stream generations,
+// and ending a lease whose stream dropped unless it came back.
+func testLeaseLiveness(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	l := store.Lease{ID: "w1", Runtime: "rt1", Model: "w", Version: "1", KeyID: "k", GrantedAt: ts, ExpiresAt: ts.Add(10 * time.Minute), SeenAt: ts}
+	if err := s.PutLease(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.WatchLease(ctx, "nope", ts); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("watching a missing lease: %v", err)
+	}
+	seq1, err := s.WatchLease(ctx, "w1", ts.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TouchLeases(ctx, []string{"w1", "nope"}, ts.Add(5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.TouchLeases(ctx, []string{"w1"}, ts.Add(2*time.Second)); err != nil { // never back
+		t.Fatal(err)
+	}
+	if got, _ := s.GetLease(ctx, "w1"); !got.SeenAt.Equal(ts.Add(5 * time.Second)) {
+		t.Fatalf("seen at %v, want %v", got.SeenAt, ts.Add(5*time.Second))
+	}
+	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{Model: "w", SeenBefore: ts.Add(5 * time.Second)}); len(ls) != 0 {
+		t.Fatalf("seen before: %v", ls)
+	}
+	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{Model: "w", SeenBefore: ts.Add(6 * time.Second)}); len(ls) != 1 {
+		t.Fatalf("seen before: %v", ls)
+	}
+	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{Model: "w", ExpiredBy: ts.Add(10 * time.Minute)}); len(ls) != 1 {
+		t.Fatalf("expired by: %v", ls)
+	}
+	if ls, _ := s.ListLeases(ctx, store.LeaseQuery{Model: "w", ExpiredBy: ts.Add(9 * time.Minute)}); len(ls) != 0 {
+		t.Fatalf("expired by: %v", ls)
+	}
+	// The stream came back (another replica): the dropped one does not end the lease.
+	seq2, err := s.WatchLease(ctx, "w1", ts.Add(6*time.Second))
+	if err != nil || seq2 <= seq1 {
+		t.Fatalf("second watch: %d after %d (%v)", seq2, seq1, err)
+	}
+	if _, ok, err := s.EndUnwatchedLease(ctx, "w1", seq1, ts.Add(7*time.Second), "gone"); ok || err != nil {
+		t.Fatalf("ended a lease whose stream came back: %v %v", ok, err)
+	}
+	got, ok, err := s.EndUnwatchedLease(ctx, "w1", seq2, ts.Add(8*time.Second), "gone")
+	if !ok || err != nil || got.Reason != "gone" || !got.RevokedAt.Equal(ts.Add(8*time.Second)) {
+		t.Fatalf("ending an unwatched lease: %+v %v %v", got, ok, err)
+	}
+	if _, ok, _ := s.EndUnwatchedLease(ctx, "w1", seq2, ts.Add(9*time.Second), "twice"); ok {
+		t.Fatal("ended twice")
+	}
 }
 
 func testApprovals(t *testing.T, s store.Store) {
