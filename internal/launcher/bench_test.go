@@ -25,10 +25,15 @@ func quantiles(b *testing.B, name string, ds []time.Duration) {
 	b.ReportMetric(ms(ds[(len(ds)*99)/100]), name+"-p99-ms")
 }
 
-// BenchmarkRevokeToDeath: from `lease revoke` to the engine process reaped, with the
-// revocation written by another store handle (what the CLI does: the control plane's
-// poller picks it up and pushes it down the watch stream) and in process; baseline: SIGTERM
-// to a plain child and reaping it. Run with -benchtime 100x.
+// BenchmarkRevokeToDeath: from the control plane's decision to revoke to every process of
+// the engine's tree dead and reaped, for each containment this machine has. The engine is
+// treeEngine (a setsid'd child, a double-forked orphan, a child that ignores SIGTERM, a
+// plain child). Decisions are made in process (Service.Revoke) and, alternately, written
+// to the store by another handle as the CLI does (the control plane's poller picks them up
+// and pushes them down the watch stream). Baseline, in the same run: SIGKILL to a bare
+// process group of the same tree started without the launcher, until its members are
+// dead (the setsid'd child escapes the group; it is cleaned up untimed). Run with
+// -benchtime 20x or more.
 func BenchmarkRevokeToDeath(b *testing.B) {
 	e := apptest.New(b, nil)
 	e.Import(b, "m", "1", "public", map[string][]byte{"w.bin": randBytes(1 << 20)})
@@ -38,40 +43,98 @@ func BenchmarkRevokeToDeath(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cli.Close()
-	var viaStore, inProc, base []time.Duration
-	run := func(revoke func()) time.Duration {
-		started := make(chan int, 1)
-		ch := start(launcher.Config{Identity: id, Model: "m", Version: "1", Command: []string{"sleep", "60"}, TempDir: b.TempDir(),
-			Stderr: io.Discard, Started: func(pid int) { started <- pid }})
-		<-started
-		time.Sleep(200 * time.Millisecond) // let the watch stream connect: revocation is pushed, not found at connect
-		t0 := time.Now()
-		revoke()
-		r := <-ch
-		d := time.Since(t0)
-		if r.out.Code != launcher.ExitRevoked {
-			b.Fatalf("outcome %+v %v", r.out, r.err)
+	for _, mode := range benchModes() {
+		b.Run(mode, func(b *testing.B) {
+			var viaStore, inProc, base []time.Duration
+			run := func(revoke func()) time.Duration {
+				pidsFile := filepath.Join(b.TempDir(), "pids")
+				ch := start(launcher.Config{Identity: id, Model: "m", Version: "1", Containment: mode, TempDir: b.TempDir(), Stderr: io.Discard,
+					Env: []string{"PIDS=" + pidsFile}, Command: []string{"sh", "-c", treeEngine}})
+				pids := waitPids(b, pidsFile, treeSize)
+				waitWatched(b, e, "m")
+				t0 := time.Now()
+				revoke()
+				r := <-ch
+				d := time.Since(t0)
+				if r.out.Code != launcher.ExitRevoked {
+					b.Fatalf("outcome %+v %v", r.out, r.err)
+				}
+				if living := waitDead(pids, 0); len(living) > 0 {
+					b.Fatalf("alive after the run ended: %v", living)
+				}
+				return d
+			}
+			for i := 0; b.Loop(); i++ {
+				if i%2 == 0 {
+					inProc = append(inProc, run(func() { e.Svc.Revoke(context.Background(), store.LeaseQuery{Model: "m"}, "bench") }))
+				} else {
+					viaStore = append(viaStore, run(func() { cli.RevokeLeases(context.Background(), store.LeaseQuery{Model: "m"}, time.Now(), "bench") }))
+				}
+				base = append(base, bareGroupKill(b))
+			}
+			quantiles(b, "inproc-revoke", inProc)
+			if len(viaStore) > 0 {
+				quantiles(b, "cli-revoke", viaStore)
+			}
+			quantiles(b, "baseline-pgkill", base)
+		})
+	}
+}
+
+func benchModes() []string {
+	ms := []string{launcher.ModeSubreaper}
+	if cg, err := launcher.OwnCgroup(); err == nil {
+		if d, err := os.MkdirTemp(cg, "strongroom-probe-"); err == nil {
+			syscall.Rmdir(d)
+			ms = append(ms, launcher.ModeCgroup)
 		}
-		return d
 	}
-	for i := 0; b.Loop(); i++ {
-		if i%2 == 0 {
-			viaStore = append(viaStore, run(func() { cli.RevokeLeases(context.Background(), store.LeaseQuery{Model: "m"}, time.Now(), "bench") }))
-		} else {
-			inProc = append(inProc, run(func() { e.Svc.Revoke(context.Background(), store.LeaseQuery{Model: "m"}, "bench") }))
+	return ms
+}
+
+// waitWatched waits until the live lease on model has its watch stream connected (the
+// control plane notes the runtime as heard from then), so that revocation is pushed.
+func waitWatched(tb testing.TB, e *apptest.Env, model string) {
+	tb.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		ls, _ := e.Svc.Live(context.Background(), store.LeaseQuery{Model: model})
+		if len(ls) == 1 && ls[0].Lease.SeenAt.After(ls[0].Lease.GrantedAt) {
+			return
 		}
-		cmd := exec.Command("sleep", "60")
-		cmd.Start()
-		t0 := time.Now()
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-		base = append(base, time.Since(t0))
+		time.Sleep(2 * time.Millisecond)
 	}
-	quantiles(b, "cli-revoke", viaStore)
-	if len(inProc) > 0 {
-		quantiles(b, "inproc-revoke", inProc)
+	tb.Fatal("the watch stream never connected")
+}
+
+// bareGroupKill starts treeEngine without a launcher in its own process group, and times
+// SIGKILL to the group until the group's members are dead.
+func bareGroupKill(tb testing.TB) time.Duration {
+	pidsFile := filepath.Join(tb.TempDir(), "pids")
+	cmd := exec.Command("sh", "-c", treeEngine)
+	cmd.Env = append(os.Environ(), "PIDS="+pidsFile)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
 	}
-	quantiles(b, "baseline-kill", base)
+	pids := waitPids(tb, pidsFile, treeSize)
+	pgid := cmd.Process.Pid
+	var group []int
+	for _, p := range pids {
+		if g, err := syscall.Getpgid(p); err == nil && g == pgid {
+			group = append(group, p)
+		}
+	}
+	t0 := time.Now()
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	cmd.Wait()
+	waitDead(group, 10*time.Second)
+	d := time.Since(t0)
+	for _, p := range pids { // the escapees
+		syscall.Kill(p, syscall.SIGKILL)
+	}
+	waitDead(pids, 10*time.Second)
+	return d
 }
 
 // BenchmarkStartToExec1GiB: launcher start to engine exec for a 1 GiB model (one file),

@@ -79,7 +79,7 @@ func holders(t *testing.T, canary []byte, name string) []string {
 }
 
 // waitLines waits until file p has n lines and returns them as pids.
-func waitPids(t *testing.T, p string, n int) []int {
+func waitPids(t testing.TB, p string, n int) []int {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
@@ -320,5 +320,25 @@ func TestSweepLeftovers(t *testing.T) {
 	}
 	if _, err := os.Stat(live); err != nil {
 		t.Fatal("a live launcher's link directory was removed")
+	}
+}
+
+// Without containment (asked for), the engine still runs and says so; the control plane
+// refuses restricted models to such runs (custody.TestContainmentRequired).
+func TestNoContainment(t *testing.T) {
+	e := apptest.New(t, nil)
+	e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": randBytes(1000)})
+	id := e.Join(t, "prod")
+	var stderr bytes.Buffer
+	r := <-start(launcher.Config{Identity: id, Model: "m", Version: "1", Containment: launcher.ModeNone, TempDir: t.TempDir(), Stderr: &stderr,
+		Command: []string{"sh", "-c", `test "$STRONGROOM_CONTAINMENT" = none && exit 4`}})
+	if r.err != nil || r.out.Code != 4 {
+		t.Fatalf("outcome %+v %v\n%s", r.out, r.err, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "NOT contained") {
+		t.Fatalf("stderr:\n%s", stderr.String())
+	}
+	if r := <-start(launcher.Config{Identity: id, Model: "m", Version: "1", Containment: "bogus", TempDir: t.TempDir(), Command: []string{"true"}}); r.err == nil {
+		t.Fatal("unknown containment accepted")
 	}
 }
