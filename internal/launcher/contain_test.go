@@ -263,6 +263,7 @@ func TestLauncherKilled(t *testing.T) {
 			if living := waitDead(pids, 10*time.Second); len(living) > 0 {
 				t.Fatalf("alive 10 s after the launcher was killed: %v\n%s", living, out.String())
 			}
+			t.Logf("launcher killed → every descendant dead: %v", time.Since(killedAt).Round(time.Millisecond))
 			if h := holders(t, canary, name); len(h) > 0 {
 				t.Fatalf("plaintext still held after the launcher was killed:\n%s", strings.Join(h, "\n"))
 			}

@@ -44,12 +44,17 @@ import (
 const reaperEnv = "STRONGROOM_REAPER"
 
 func init() {
-	if v, ok := os.LookupEnv(reaperEnv); ok && os.Getenv("STRONGROOM_REAPER_PPID") == strconv.Itoa(os.Getppid()) {
-		if v == "probe" {
-			os.Exit(0)
-		}
-		os.Exit(reaperMain(v))
+	v, ok := os.LookupEnv(reaperEnv)
+	if !ok {
+		return
 	}
+	if os.Getenv("STRONGROOM_REAPER_PPID") != strconv.Itoa(os.Getppid()) {
+		os.Exit(1) // the launcher died while starting it: nothing to hold
+	}
+	if v == "probe" {
+		os.Exit(0)
+	}
+	os.Exit(reaperMain(v))
 }
 
 // Cgroup v2 mode names and the run-cgroup prefix (the sweep at start looks for it).
