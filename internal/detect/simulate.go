@@ -9,12 +9,13 @@ import (
 	"time"
 )
 
-// Scenarios the simulator knows. "all" mixes every benign population with every attack.
-var Scenarios = []string{
+// Scenarios the simulator knows. "all" mixes every benign population listed before it with
+// every attack; the hard negatives of issue 14 (populations.go) come after it, not in "all".
+var Scenarios = append([]string{
 	"benign-chat", "benign-batch", "benign-agent", "benign-logitbias", "benign-eval", "benign-rag", "benign-classifier",
 	"benign-writer", "benign-fleet", "benign-slots",
 	"logit-harvest", "probing", "egress", "distillation", "hydra", "all",
-}
+}, hardNegativeScenarios...)
 
 // general words every topic shares; topic words are synthesized per topic so that topics
 // have their own vocabularies (hydra campaigns split the topic space between their keys).
@@ -98,8 +99,14 @@ func Simulate(scenario string, seed uint64, intensity float64) ([]Request, error
 		"distillation":      func() { s.distillation(2, intensity) },
 		"hydra":             func() { s.hydra(50, intensity) },
 	}
+	for n, g := range s.hardNegativeGens() {
+		gens[n] = g
+	}
 	if scenario == "all" {
-		for _, n := range Scenarios[:len(Scenarios)-1] {
+		for _, n := range Scenarios {
+			if n == "all" {
+				break
+			}
 			gens[n]()
 		}
 	} else if g, ok := gens[scenario]; ok {
