@@ -129,18 +129,18 @@ func TestControlPlaneVanishes(t *testing.T) {
 	e := apptest.New(t, func(c *config.Config, _ string) { c.Custody.LeaseTTL = config.Duration{Duration: 3 * time.Second} })
 	e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": randBytes(1000)})
 	id := e.Join(t, "prod")
-	started := make(chan int, 1)
-	ch := start(launcher.Config{Identity: id, Model: "m", Version: "1", Command: []string{"sleep", "60"}, TempDir: t.TempDir(),
-		RenewGrace: 500 * time.Millisecond, Started: func(pid int) { started <- pid }})
-	pid := <-started
+	pidsFile := filepath.Join(t.TempDir(), "pids")
+	ch := start(launcher.Config{Identity: id, Model: "m", Version: "1", Command: []string{"sh", "-c", treeEngine}, TempDir: t.TempDir(),
+		Env: []string{"PIDS=" + pidsFile}, RenewGrace: 500 * time.Millisecond})
+	pids := waitPids(t, pidsFile, treeSize)
 	e.Server.CloseClientConnections()
 	e.Server.Close()
 	r := <-ch
 	if r.err != nil || r.out.Code != launcher.ExitRenewalLost || !strings.Contains(r.out.Reason, "could not be renewed") {
 		t.Fatalf("outcome %+v %v", r.out, r.err)
 	}
-	if alive(pid) {
-		t.Fatal("engine alive after the lease could not be renewed")
+	if living := waitDead(pids, 0); len(living) > 0 {
+		t.Fatalf("alive after the lease could not be renewed: %v", living)
 	}
 }
 
