@@ -7,8 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/strongroom/strongroom/internal/app"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/detect"
 )
@@ -116,7 +119,57 @@ func detectCmd(g *globals) *cobra.Command {
 		},
 	}
 	calibrate.Flags().StringVar(&trace, "trace", "", "trace of benign traffic (labels other than benign are skipped)")
-	c.AddCommand(replay, simulate, eval, calibrate)
+	c.AddCommand(replay, simulate, eval, calibrate, detectModeCmd(g, "promote", "enforce"), detectModeCmd(g, "demote", "shadow"), detectReportCmd(g))
+	return c
+}
+
+// detectModeCmd moves a detector between shadow mode (alerts recorded, nothing imposed)
+// and enforcement.
+func detectModeCmd(g *globals, verb, mode string) *cobra.Command {
+	short := "Enforce a detector's actions (after reading detect report)"
+	if mode == "shadow" {
+		short = "Put a detector back in shadow mode: alerts recorded, nothing imposed"
+	}
+	return &cobra.Command{
+		Use:   verb + " DETECTOR|all",
+		Short: short,
+		Args:  exactArgs(1),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
+			if err := a.SetDetectorMode(cmd.Context(), args[0], mode); err != nil {
+				return usageError{err}
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %s (running gateways apply it within seconds)\n", args[0], mode)
+			return nil
+		}),
+	}
+}
+
+func detectReportCmd(g *globals) *cobra.Command {
+	var days int
+	c := &cobra.Command{
+		Use:   "report [--days N]",
+		Short: "Per detector and day: principals alerted over principals active (alerts per principal-day), and the mode in force",
+		Args:  exactArgs(0),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			if days < 1 || days > 366 {
+				return usagef("--days must be 1 to 366")
+			}
+			rows, err := a.DetectReport(cmd.Context(), days, time.Now())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), rows)
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "DETECTOR\tMODE\tDAY\tALERTED\tACTIVE\tRATE\tSANCTIONED")
+			for _, r := range rows {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%.4f\t%d\n", r.Detector, r.Mode, r.Day, r.Alerted, r.Active, r.Rate, r.Sanctioned)
+			}
+			return w.Flush()
+		}),
+	}
+	c.Flags().IntVar(&days, "days", 7, "how many UTC days back, today included")
 	return c
 }
 

@@ -34,17 +34,18 @@ import (
 
 // App is an opened data directory.
 type App struct {
-	DataDir   string
-	Config    config.Config
-	Store     store.Store
-	Blobs     store.Blobs
-	KEK       kms.KEK
-	Keys      *kms.Keyring
-	Inventory *inventory.Inventory
-	AuditLog  *audit.Log
-	Metrics   *prometheus.Registry
-	Redactor  *audit.Redactor
-	Log       *slog.Logger
+	DataDir    string
+	ConfigPath string // --config, "" for DATA/config.json
+	Config     config.Config
+	Store      store.Store
+	Blobs      store.Blobs
+	KEK        kms.KEK
+	Keys       *kms.Keyring
+	Inventory  *inventory.Inventory
+	AuditLog   *audit.Log
+	Metrics    *prometheus.Registry
+	Redactor   *audit.Redactor
+	Log        *slog.Logger
 	// TraceRecorder, if set before OpenGateway, also receives every request (--record-trace).
 	TraceRecorder gateway.Detector
 	actor         map[string]string
@@ -88,6 +89,9 @@ func Init(ctx context.Context, dataDir string, o InitOptions) (config.Config, er
 		return config.Config{}, fmt.Errorf("init: %w", err)
 	}
 	c := config.Defaults()
+	// A new deployment watches before it acts: every detector starts in shadow mode until
+	// the operator promotes it (`detect promote`), having read `detect report`.
+	c.Detect.Modes = map[string]string{"*": "shadow"}
 	if o.Store != "" {
 		c.Store = o.Store
 	}
@@ -204,7 +208,7 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 	if err != nil {
 		return nil, err
 	}
-	a := &App{DataDir: dataDir, Config: c, Log: log, Metrics: prometheus.NewRegistry()}
+	a := &App{DataDir: dataDir, ConfigPath: configPath, Config: c, Log: log, Metrics: prometheus.NewRegistry()}
 	fail := func(err error) (*App, error) {
 		a.Close()
 		return nil, err

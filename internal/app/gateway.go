@@ -283,6 +283,7 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 	r := detect.NewResponder(detect.New(a.Config.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
 		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log, Bus: bus, Metrics: a.Metrics})
 	go r.Run(ctx, 10*time.Second)
+	go a.watchDetectModes(ctx, r, 2*time.Second)
 	a.responders = append(a.responders, r)
 	return r, nil
 }

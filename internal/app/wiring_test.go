@@ -97,3 +97,38 @@ func TestGatewayAcceptsConfiguredOIDC(t *testing.T) {
 		t.Fatalf("revoked key through the same app: %d", s)
 	}
 }
+
+// TestDetectorModesReachRunningGateway: a new deployment starts every detector in shadow
+// mode; `detect promote` (SetDetectorMode) reaches the running responder without a restart.
+func TestDetectorModesReachRunningGateway(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, err := Init(ctx, dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(ctx, dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	r, err := a.Responder(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := r.Mode("probing"); m != "shadow" {
+		t.Fatalf("new deployment: probing %s, want shadow", m)
+	}
+	if err := a.SetDetectorMode(ctx, "probing", "enforce"); err != nil {
+		t.Fatal(err)
+	}
+	for r.Mode("probing") != "enforce" { // the watcher polls every 2 s
+		time.Sleep(20 * time.Millisecond)
+	}
+	if m := r.Mode("distillation"); m != "shadow" {
+		t.Fatalf("promoting probing changed distillation to %s", m)
+	}
+	if err := a.SetDetectorMode(ctx, "nope", "enforce"); err == nil {
+		t.Fatal("unknown detector accepted")
+	}
+}

@@ -61,8 +61,43 @@ type Config struct {
 	PradaW float64 `json:"prada_w,omitempty"`
 	// MaxPrincipals bounds memory: the least recently seen principal is forgotten.
 	MaxPrincipals int `json:"max_principals,omitempty"`
-	// Actions per detector: "alert", "throttle", "step_up", "strip_logprobs", "suspend".
+	// Actions per detector: "alert", "throttle", "step_up", "strip_logprobs", "suspend": the
+	// action once evidence has accumulated (the top of the detector's ladder).
 	Actions map[string]string `json:"actions,omitempty"`
+	// Ladders: per detector, the action of its first, second, … alert on one principal
+	// (the last step repeats). A detector re-arms after each alert, so each step needs as
+	// much new evidence as the first (probing: a fresh window of near-duplicates; harvesting:
+	// twice the distinct biased ids; distillation: another day; egress: another hour).
+	// Default: probing and distillation ["alert", action] — the first alert carries evidence
+	// and a score, the sanction comes with the second —, the others [action].
+	Ladders map[string][]string `json:"ladders,omitempty"`
+	// Modes: per detector ("*" for any not named) "enforce" or "shadow" (alerts recorded,
+	// incidents opened, nothing imposed). A new deployment starts every detector in shadow
+	// (config.Defaults); a config without modes enforces (deployments from before modes).
+	Modes map[string]string `json:"modes,omitempty"`
+}
+
+// Detectors are the detectors' names.
+var Detectors = []string{"logit_harvest", "probing", "egress", "distillation", "hydra", "prada"}
+
+// Mode is "shadow" or "enforce" for detector d.
+func (c *Config) Mode(d string) string {
+	if m, ok := c.Modes[d]; ok {
+		return m
+	}
+	if m, ok := c.Modes["*"]; ok {
+		return m
+	}
+	return "enforce"
+}
+
+// actionAt is the action of detector d's step-th alert (1-based) on one principal.
+func (c *Config) actionAt(d string, step int) string {
+	l := c.Ladders[d]
+	if len(l) == 0 {
+		return c.Actions[d]
+	}
+	return l[min(step, len(l))-1]
 }
 
 func (c *Config) defaults() {
@@ -101,6 +136,22 @@ func (c *Config) defaults() {
 			c.Actions[d] = a
 		}
 	}
+	ladders := map[string][]string{}
+	for d, l := range c.Ladders {
+		ladders[d] = l
+	}
+	for _, d := range Detectors {
+		if len(ladders[d]) > 0 {
+			continue
+		}
+		switch d {
+		case "probing", "distillation":
+			ladders[d] = []string{"alert", c.Actions[d]}
+		default:
+			ladders[d] = []string{c.Actions[d]}
+		}
+	}
+	c.Ladders = ladders
 }
 
 // Engine runs every detector over a request stream.
@@ -131,8 +182,11 @@ type principalState struct {
 	day   dayStats
 	hy    hydraSketch
 	prada pradaState
-	// alerts already raised, so each detector alerts once per principal.
-	alerted map[string]bool
+	// alerts raised per detector (the ladder step of the next one is this + 1), and when
+	// the re-arming detectors last alerted (distillation: UTC day; egress: hour).
+	alerted    map[string]int
+	distillDay int64
+	egressHour int64
 }
 
 // probe is what the probing detector keeps of one prompt.
@@ -174,7 +228,7 @@ func (e *Engine) state(p string) *principalState {
 		e.lru.Remove(old)
 		delete(e.ps, old.Value.(*principalState).name)
 	}
-	st := &principalState{name: p, biased: map[string]map[int32]struct{}{}, alerted: map[string]bool{}}
+	st := &principalState{name: p, biased: map[string]map[int32]struct{}{}, alerted: map[string]int{}}
 	e.ps[p] = e.lru.PushFront(st)
 	return st
 }
@@ -207,12 +261,12 @@ func (e *Engine) CampaignAlerts(index int, now time.Time) []Alert {
 				continue
 			}
 			st := el.Value.(*principalState)
-			if st.alerted["hydra"] {
+			if st.alerted["hydra"] > 0 {
 				continue
 			}
-			st.alerted["hydra"] = true
+			st.alerted["hydra"] = 1
 			out = append(out, Alert{Principal: m, Detector: "hydra", Index: index, TS: now, Score: float64(len(c.Members)),
-				Action: e.cfg.Actions["hydra"], Evidence: c.Evidence})
+				Action: e.cfg.actionAt("hydra", 1), Step: 1, Evidence: c.Evidence})
 		}
 	}
 	return out
@@ -269,13 +323,13 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 	defer e.mu.Unlock()
 	st := e.state(r.Principal)
 	var out []Alert
+	// raise records the detector's next alert on this principal; the caller has checked
+	// that the detector is armed (each re-arms on its own evidence, see Config.Ladders).
 	raise := func(det string, score float64, evidence string) {
-		if st.alerted[det] {
-			return
-		}
-		st.alerted[det] = true
+		st.alerted[det]++
+		step := st.alerted[det]
 		out = append(out, Alert{Principal: r.Principal, Detector: det, Index: index, TS: r.TS, Score: score,
-			Action: e.cfg.Actions[det], Evidence: evidence})
+			Action: e.cfg.actionAt(det, step), Step: step, Evidence: evidence})
 	}
 
 	// 1. Logit/logprob harvesting: logit_bias sweeps read back through logprobs.
@@ -293,7 +347,7 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 				set[int32(id)] = struct{}{}
 			}
 		}
-		if len(set) >= e.cfg.HarvestTokens {
+		if len(set) >= e.cfg.HarvestTokens<<min(st.alerted["logit_harvest"], 16) {
 			leak := float64(len(set)) / float64(e.cfg.Vocab)
 			raise("logit_harvest", leak, fmt.Sprintf("logprobs read for %d distinct biased token ids on %s (%.3f of a %d-token logit vector)", len(set), r.Model, leak, e.cfg.Vocab))
 		}
@@ -327,7 +381,7 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 			}
 		}
 		if best >= 0 {
-			if w, ok := st.prada.add(best); ok && w < e.cfg.PradaW {
+			if w, ok := st.prada.add(best); ok && w < e.cfg.PradaW && st.alerted["prada"] == 0 {
 				raise("prada", 1-w, fmt.Sprintf("nearest-neighbour distances of the last %d prompts are far from normal (Shapiro-Wilk W %.3f)", pradaN, w))
 			}
 		}
@@ -350,6 +404,7 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 				second = fmt.Sprintf("PRADA second opinion: Shapiro-Wilk W %.3f of nearest-neighbour distances", st.prada.w)
 			}
 			raise("probing", float64(st.nearN)/float64(e.cfg.ProbeWindow), fmt.Sprintf("%d of the last %d prompts are small edits of another, at %d different places; %s", st.nearN, len(st.probes), st.spread(), second))
+			st.probes, st.pos, st.nearN = st.probes[:0], 0, 0 // re-arm: the next step needs a fresh window
 		}
 	}
 
@@ -367,14 +422,17 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 		st.hour, st.hourToks = h, 0
 	}
 	st.hourToks += r.CompletionTokens
-	if st.hoursSeen >= e.cfg.EgressWarmup && st.hourToks > e.cfg.EgressFloor && float64(st.hourToks) > e.cfg.EgressFactor*st.baseline {
+	if st.hoursSeen >= e.cfg.EgressWarmup && st.hourToks > e.cfg.EgressFloor && float64(st.hourToks) > e.cfg.EgressFactor*st.baseline &&
+		st.egressHour != h {
+		st.egressHour = h
 		raise("egress", float64(st.hourToks)/max(st.baseline, 1), fmt.Sprintf("%d completion tokens this hour, baseline %.0f", st.hourToks, st.baseline))
 	}
 
 	// 4. Distillation over the principal's day; 5. the sketch hydra clustering reads.
 	st.day.observe(r, skel, cot)
-	if !st.alerted["distillation"] {
+	if day := r.TS.Unix() / 86400; st.distillDay != day {
 		if score, ev, ok := e.cfg.distillation(&st.day); ok {
+			st.distillDay = day
 			raise("distillation", score, ev)
 		}
 	}

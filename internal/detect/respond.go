@@ -72,6 +72,7 @@ type Responder struct {
 	sanctions map[string]sanction // imposed by this process
 	shared    map[string]sanction // in the store: imposed by any gateway, or lifted
 	index     int
+	modes     map[string]string // live detector modes (SetModes), else the engine's config
 	pending   sync.WaitGroup
 	relay     *relay // nil without a bus
 }
@@ -218,13 +219,34 @@ var severity = map[string]int{"alert": 1, "throttle": 2, "step_up": 3, "strip_lo
 
 func (r *Responder) act(a Alert) { r.actAs(a, true) }
 
+// SetModes replaces the detectors' modes (Config.Modes) while running: promoting a
+// detector from shadow to enforce applies to the next alert.
+func (r *Responder) SetModes(m map[string]string) {
+	r.mu.Lock()
+	r.modes = m
+	r.mu.Unlock()
+}
+
+// Mode is "shadow" or "enforce" for detector d now.
+func (r *Responder) Mode(d string) string {
+	r.mu.Lock()
+	m := r.modes
+	r.mu.Unlock()
+	if m == nil {
+		return r.e.cfg.Mode(d)
+	}
+	c := Config{Modes: m}
+	return c.Mode(d)
+}
+
 // actAs imposes a's action on the principal in this process; with record (this replica
 // raised or claimed the alert) it also writes the alert and action to the audit log, shares
 // the sanction through the store and opens the incident.
 func (r *Responder) actAs(a Alert, record bool) {
 	now := r.cfg.Now().UTC()
 	var imposed *store.Sanction
-	if severity[a.Action] >= 2 {
+	mode := r.Mode(a.Detector)
+	if severity[a.Action] >= 2 && mode == "enforce" {
 		r.mu.Lock()
 		cur := r.sanctions[a.Principal]
 		if severity[a.Action] >= severity[cur.action] || now.After(cur.until) {
@@ -236,13 +258,21 @@ func (r *Responder) actAs(a Alert, record bool) {
 	if !record {
 		return
 	}
-	r.cfg.Log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action)
+	fields := map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": a.Action,
+		"step": strconv.Itoa(max(a.Step, 1)), "mode": mode}
+	if mode != "enforce" && a.Action != "alert" { // shadow: what would have been imposed, nothing is
+		fields["action"], fields["would_action"] = "alert", a.Action
+		a.Evidence = "[shadow mode: would " + a.Action + "] " + a.Evidence
+		a.Action = "alert"
+	}
+	r.cfg.Log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action,
+		"step", a.Step, "mode", mode)
 	alert := r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.alert", Decision: audit.Deny, Reason: a.Evidence,
 		Actor:   map[string]string{"principal": "strongroom/detect"},
 		Subject: map[string]string{"principal": a.Principal},
-		Fields:  map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": a.Action}})
+		Fields:  fields})
 	var action audit.Future
-	if severity[a.Action] >= 2 {
+	if severity[a.Action] >= 2 && mode == "enforce" {
 		action = r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.action", Decision: audit.Deny,
 			Reason:  a.Action + " for " + r.cfg.Duration.String(),
 			Actor:   map[string]string{"principal": "strongroom/detect"},

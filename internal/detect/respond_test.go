@@ -201,3 +201,59 @@ func TestSharedSanctions(t *testing.T) {
 		}
 	}
 }
+
+// TestShadowModeAndLadder: a detector in shadow mode records its alerts (with what it would
+// have done) and imposes nothing; promoted, its alerts climb its ladder as evidence
+// accumulates — probing's first alert is a recorded alert, its second a throttle (issue 14).
+func TestShadowModeAndLadder(t *testing.T) {
+	reqs, _ := Simulate("probing", 5, 1)
+	prober := ""
+	for _, q := range reqs {
+		if q.Label == "probing" {
+			prober = q.Principal
+			break
+		}
+	}
+	run := func(modes map[string]string, promoteAfter int) (*seqAudit, *Responder) {
+		aud := &seqAudit{}
+		r := NewResponder(New(Config{Modes: modes}), ResponderConfig{Audit: aud, Duration: time.Hour})
+		alerts := 0
+		for i := range reqs {
+			if reqs[i].Principal != prober {
+				continue
+			}
+			f := ExtractFeatures(&reqs[i])
+			r.observeLocal(&reqs[i], &f, actRecord)
+			if n := strings.Count(aud.kinds(), "detect.alert"); n != alerts {
+				alerts = n
+				if alerts == promoteAfter {
+					r.SetModes(map[string]string{"*": "enforce"})
+				}
+			}
+		}
+		r.Wait()
+		return aud, r
+	}
+	aud, r := run(map[string]string{"*": "shadow"}, -1)
+	if act, _ := r.Sanction(prober); act != "" {
+		t.Fatalf("shadow mode imposed %q", act)
+	}
+	k := aud.kinds()
+	if !strings.HasPrefix(k, "detect.alert:alert,detect.alert:alert") || strings.Contains(k, "detect.action") {
+		t.Fatalf("shadow: %s", k)
+	}
+	aud.mu.Lock()
+	second := aud.evs[1]
+	aud.mu.Unlock()
+	if second.Fields["mode"] != "shadow" || second.Fields["would_action"] != "throttle" || second.Fields["step"] != "2" {
+		t.Fatalf("shadow alert fields: %v", second.Fields)
+	}
+	// Promoted after the first alert: the second climbs to the ladder's sanction.
+	aud, r = run(map[string]string{"*": "shadow"}, 1)
+	if act, _ := r.Sanction(prober); act != "throttle" {
+		t.Fatalf("promoted: sanction %q", act)
+	}
+	if k := aud.kinds(); !strings.HasPrefix(k, "detect.alert:alert,detect.alert:throttle,detect.action:throttle") {
+		t.Fatalf("promoted: %s", k)
+	}
+}

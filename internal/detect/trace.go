@@ -61,6 +61,7 @@ type Alert struct {
 	TS        time.Time `json:"ts"`
 	Score     float64   `json:"score"`
 	Action    string    `json:"action"`
+	Step      int       `json:"step,omitempty"` // 1 for the detector's first alert on the principal, 2 for the next…
 	Evidence  string    `json:"evidence,omitempty"`
 }
 

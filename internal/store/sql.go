@@ -654,6 +654,25 @@ func (s *sqlStore) ListAPIKeys(ctx context.Context, principal string) ([]APIKey,
 	return out, rows.Err()
 }
 
+func (s *sqlStore) AuditPrincipalsPerDay(ctx context.Context, kind string, since time.Time) (map[string]int, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT ts / 86400000000000, COUNT(DISTINCT principal) FROM audit_events WHERE kind = ? AND ts >= ? GROUP BY 1`),
+		kind, since.UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("store: principals per day: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var d int64
+		var n int
+		if err := rows.Scan(&d, &n); err != nil {
+			return nil, fmt.Errorf("store: principals per day: %w", err)
+		}
+		out[time.Unix(d*86400, 0).UTC().Format("2006-01-02")] = n
+	}
+	return out, rows.Err()
+}
+
 func (s *sqlStore) RevokedAPIKeys(ctx context.Context, since time.Time) ([]string, error) {
 	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id FROM api_keys WHERE revoked_at > ? ORDER BY id`), nanos(since))
 	if err != nil {

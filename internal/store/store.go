@@ -117,6 +117,9 @@ type Store interface {
 	PutAPIKey(ctx context.Context, k APIKey) error
 	GetAPIKey(ctx context.Context, id string) (APIKey, error)
 	ListAPIKeys(ctx context.Context, principal string) ([]APIKey, error)
+	// AuditPrincipalsPerDay counts, per UTC day ("2006-01-02") since since, the distinct
+	// principals of the indexed events of kind (the detectors' denominators).
+	AuditPrincipalsPerDay(ctx context.Context, kind string, since time.Time) (map[string]int, error)
 	// RevokedAPIKeys lists the keys whose revocation time is after since: what a replica's
 	// key cache must drop.
 	RevokedAPIKeys(ctx context.Context, since time.Time) ([]string, error)

@@ -265,6 +265,17 @@ func testAuditIndex(t *testing.T, s store.Store) {
 	if n, _ := s.AuditIndexed(ctx); n != 302 {
 		t.Fatalf("AuditIndexed = %d after a large batch, want 302", n)
 	}
+	// Distinct principals per UTC day: the 299 new gateway.request events (p0…p6) fall an
+	// hour after ts; a day later, one more principal.
+	s.IndexAudit(ctx, []store.AuditEvent{ev(400, "gateway.request", "late", 25*time.Hour)})
+	days, err := s.AuditPrincipalsPerDay(ctx, "gateway.request", ts.Add(-time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d0, d1 := ts.Add(time.Hour).UTC().Format("2006-01-02"), ts.Add(25*time.Hour).UTC().Format("2006-01-02")
+	if d0 == d1 || days[d0] != 7 || days[d1] != 1 || len(days) != 2 {
+		t.Fatalf("AuditPrincipalsPerDay = %v (days %s, %s)", days, d0, d1)
+	}
 	got, _ = s.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.request", Principal: "p3", Limit: 1000})
 	var want []store.AuditEvent
 	for _, e := range many[1:] { // many[0] has index 2, indexed before as model.unseal
