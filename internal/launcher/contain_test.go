@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -341,5 +342,34 @@ func TestNoContainment(t *testing.T) {
 	}
 	if r := <-start(launcher.Config{Identity: id, Model: "m", Version: "1", Containment: "bogus", TempDir: t.TempDir(), Command: []string{"true"}}); r.err == nil {
 		t.Fatal("unknown containment accepted")
+	}
+}
+
+// A descendant privileged enough to leave the run's cgroup is still the reaper's
+// descendant, and dies too.
+func TestCgroupEscapeeDies(t *testing.T) {
+	if !slices.Contains(modes(t), launcher.ModeCgroup) {
+		t.Skip("cgroup v2 not writable here")
+	}
+	cg, _ := launcher.OwnCgroup()
+	e := apptest.New(t, nil)
+	e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": randBytes(1000)})
+	id := e.Join(t, "prod")
+	pidsFile := filepath.Join(t.TempDir(), "pids")
+	ch := start(launcher.Config{Identity: id, Model: "m", Version: "1", Containment: launcher.ModeCgroup, TempDir: t.TempDir(), Stderr: io.Discard,
+		Env: []string{"PIDS=" + pidsFile, "OUT=" + filepath.Join(cg, "cgroup.procs")},
+		Command: []string{"sh", "-c", `echo $$ >> "$PIDS"; setsid sh -c 'echo $$ > "$OUT" && echo $$ >> "$PIDS"; exec sleep 600' & wait`}})
+	pids := waitPids(t, pidsFile, 2)
+	if b, _ := os.ReadFile("/proc/" + strconv.Itoa(pids[1]) + "/cgroup"); strings.Contains(string(b), "strongroom-run-") {
+		t.Fatalf("the escapee did not leave the run's cgroup: %s", b)
+	}
+	if _, err := e.Svc.Revoke(context.Background(), store.LeaseQuery{Model: "m"}, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if r := <-ch; r.out.Code != launcher.ExitRevoked {
+		t.Fatalf("outcome %+v %v", r.out, r.err)
+	}
+	if living := waitDead(pids, 0); len(living) > 0 {
+		t.Fatalf("alive after revocation: %v", living)
 	}
 }

@@ -303,10 +303,15 @@ func reapAll(engine int, exited chan<- int, gone chan<- struct{}) {
 // killAll kills every descendant and returns when none is left.
 func (r *reaper) killAll(gone <-chan struct{}) {
 	if r.cgroup != "" {
-		// cgroup.kill is atomic against forks racing with it.
+		// cgroup.kill is atomic against forks racing with it. A descendant privileged
+		// enough to move itself out of the cgroup is still the reaper's descendant: the
+		// passes below find it.
 		if err := os.WriteFile(filepath.Join(r.cgroup, "cgroup.kill"), []byte("1"), 0); err == nil {
-			<-gone
-			return
+			select {
+			case <-gone:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
 	}
 	for {
