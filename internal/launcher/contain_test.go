@@ -357,7 +357,7 @@ func TestCgroupEscapeeDies(t *testing.T) {
 	id := e.Join(t, "prod")
 	pidsFile := filepath.Join(t.TempDir(), "pids")
 	ch := start(launcher.Config{Identity: id, Model: "m", Version: "1", Containment: launcher.ModeCgroup, TempDir: t.TempDir(), Stderr: io.Discard,
-		Env: []string{"PIDS=" + pidsFile, "OUT=" + filepath.Join(cg, "cgroup.procs")},
+		Env:     []string{"PIDS=" + pidsFile, "OUT=" + filepath.Join(cg, "cgroup.procs")},
 		Command: []string{"sh", "-c", `echo $$ >> "$PIDS"; setsid sh -c 'echo $$ > "$OUT" && echo $$ >> "$PIDS"; exec sleep 600' & wait`}})
 	pids := waitPids(t, pidsFile, 2)
 	if b, _ := os.ReadFile("/proc/" + strconv.Itoa(pids[1]) + "/cgroup"); strings.Contains(string(b), "strongroom-run-") {
