@@ -373,3 +373,18 @@ func TestCgroupEscapeeDies(t *testing.T) {
 		t.Fatalf("alive after revocation: %v", living)
 	}
 }
+
+// An engine that cannot be started fails the run, and leaves nothing behind.
+func TestEngineNotFound(t *testing.T) {
+	e := apptest.New(t, nil)
+	e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": randBytes(1000)})
+	id := e.Join(t, "prod")
+	tmp := t.TempDir()
+	r := <-start(launcher.Config{Identity: id, Model: "m", Version: "1", TempDir: tmp, Stderr: io.Discard, Command: []string{"/nonexistent/engine"}})
+	if r.err == nil || r.out.Code != 1 || !strings.Contains(r.err.Error(), "start engine") {
+		t.Fatalf("outcome %+v %v", r.out, r.err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(tmp, "strongroom-weights-*")); len(left) > 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+}
