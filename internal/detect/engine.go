@@ -24,11 +24,19 @@ type Config struct {
 	// and those edits fall in at least ProbeSpread different places of the prompt. (A
 	// template whose slots are a word or two also yields prompts a few words apart, but
 	// always at the same places: its slots.)
-	ProbeWindow int `json:"probe_window,omitempty"`
-	ProbeHits   int `json:"probe_hits,omitempty"`
-	ProbeBits   int `json:"probe_bits,omitempty"`
-	ProbeWords  int `json:"probe_words,omitempty"`
-	ProbeSpread int `json:"probe_spread,omitempty"`
+	//
+	// The count is per base prompt: a near-duplicate joins the family of the prompt it is
+	// a near-duplicate of, and only one family's members count. A prober perturbs one or a
+	// few base prompts many times; a chat user retries many different prompts a few times
+	// each, which makes many small families. And the family's edits must be dispersed:
+	// at most ProbeTop3 of them in its three most edited places (a phrasing reused with
+	// different words in its slots is edited at the slots; typo retries add a few places).
+	ProbeWindow int     `json:"probe_window,omitempty"`
+	ProbeHits   int     `json:"probe_hits,omitempty"`
+	ProbeTop3   float64 `json:"probe_top3,omitempty"`
+	ProbeBits   int     `json:"probe_bits,omitempty"`
+	ProbeWords  int     `json:"probe_words,omitempty"`
+	ProbeSpread int     `json:"probe_spread,omitempty"`
 	// Egress: alert when a principal's completion tokens in the current hour exceed
 	// EgressFactor times its hourly baseline (and EgressFloor), after EgressWarmup hours.
 	EgressFactor float64 `json:"egress_factor,omitempty"`
@@ -52,7 +60,10 @@ type Config struct {
 	HydraMinTokens          int `json:"hydra_min_tokens,omitempty"`
 	HydraWindowHours        int `json:"hydra_window_hours,omitempty"`
 	HydraStartSpreadMinutes int `json:"hydra_start_spread_minutes,omitempty"`
-	ClusterEvery            int `json:"cluster_every,omitempty"`
+	// HydraCore: the group's most shared template must link at least this share of its
+	// members (one pipeline, not users chained through popular phrasings).
+	HydraCore    float64 `json:"hydra_core,omitempty"`
+	ClusterEvery int     `json:"cluster_every,omitempty"`
 	// PradaW: the "prada" detector alerts when the Shapiro–Wilk W of a principal's last 64
 	// nearest-neighbour prompt distances falls below it (0: off). Off by default: on the
 	// simulated suite it does not separate probers (W ≈ 0.89–0.90, a narrow but normal-looking
@@ -113,6 +124,12 @@ func (c *Config) defaults() {
 	set(&c.ProbeBits, 6)
 	set(&c.ProbeWords, 6)
 	set(&c.ProbeSpread, 6)
+	if c.HydraCore == 0 {
+		c.HydraCore = 0.6
+	}
+	if c.ProbeTop3 == 0 {
+		c.ProbeTop3 = 0.6
+	}
 	set(&c.EgressFloor, 200_000)
 	set(&c.EgressWarmup, 24)
 	set(&c.MaxPrincipals, 100_000)
@@ -170,9 +187,10 @@ type principalState struct {
 	biased map[string]map[int32]struct{}
 	// probing: ring of the last ProbeWindow prompts (grown as they come, so a principal
 	// with few requests holds few) and how many were near-duplicates.
-	probes []probe
-	pos    int
-	nearN  int
+	probes  []probe
+	pos     int
+	nearN   int
+	familyN int32 // the next family id
 	// egress: tokens this hour, and an EWMA of past hours.
 	hour      int64
 	hourToks  int
@@ -197,19 +215,45 @@ type probe struct {
 	ends   [endWords * 2]uint8 // word hashes at the prompt's start and end
 	plen   int32
 	near   bool
-	where  int8 // where its edit of a near-duplicate starts (editPlace); -1: none
+	where  int8  // where its edit of a near-duplicate starts (editPlace); -1: none
+	family int32 // the base prompt's family: inherited from the near-duplicate it edits
 }
 
-// spread is in how many different places (editPlace) the near-duplicates in the window
-// were edited.
-func (st *principalState) spread() int {
-	var places uint64
+// family is what the probing detector knows of one base prompt's family in the window.
+type family struct {
+	edits  int     // members that are near-duplicates (not the base)
+	places int     // distinct edit places
+	top3   float64 // share of the edits in the three most edited places
+}
+
+// familyOf gathers the window's members of family id.
+func (st *principalState) familyOf(id int32) family {
+	var hist [endWords * 2]int
+	var f family
 	for i := range st.probes {
-		if p := &st.probes[i]; p.near && p.where >= 0 {
-			places |= 1 << uint(p.where)
+		if p := &st.probes[i]; p.family == id && p.near && p.where >= 0 {
+			f.edits++
+			hist[p.where]++
 		}
 	}
-	return bits.OnesCount64(places)
+	var t [3]int
+	for _, n := range hist {
+		if n > 0 {
+			f.places++
+		}
+		switch {
+		case n > t[0]:
+			t[0], t[1], t[2] = n, t[0], t[1]
+		case n > t[1]:
+			t[1], t[2] = n, t[1]
+		case n > t[2]:
+			t[2] = n
+		}
+	}
+	if f.edits > 0 {
+		f.top3 = float64(t[0]+t[1]+t[2]) / float64(f.edits)
+	}
+	return f
 }
 
 // New returns an engine.
@@ -361,6 +405,7 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 		best := -1 // nearest earlier, non-identical prompt in the window (for PRADA)
 		pl := f.PromptLen
 		where := int8(-1)
+		fam := int32(-1)
 		n := len(st.probes)
 		for k := 1; k <= n; k++ { // newest first: the place is taken against the latest near-duplicate
 			q := &st.probes[(st.pos-k+n)%n]
@@ -377,7 +422,7 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 			}
 			if (d <= 16 && d >= -16 && h <= e.cfg.ProbeBits) ||
 				bits.OnesCount64(q.wset[0]^f.WordSet[0])+bits.OnesCount64(q.wset[1]^f.WordSet[1]) <= e.cfg.ProbeWords {
-				near, where = true, editPlace(&q.ends, &f.Ends)
+				near, where, fam = true, editPlace(&q.ends, &f.Ends), q.family
 			}
 		}
 		if best >= 0 {
@@ -385,7 +430,11 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 				raise("prada", 1-w, fmt.Sprintf("nearest-neighbour distances of the last %d prompts are far from normal (Shapiro-Wilk W %.3f)", pradaN, w))
 			}
 		}
-		p := probe{sketch: sk, exact: ex, wset: f.WordSet, ends: f.Ends, plen: pl, near: near, where: where}
+		if fam < 0 {
+			fam = st.familyN
+			st.familyN++
+		}
+		p := probe{sketch: sk, exact: ex, wset: f.WordSet, ends: f.Ends, plen: pl, near: near, where: where, family: fam}
 		if len(st.probes) < e.cfg.ProbeWindow {
 			st.probes = append(st.probes, p)
 		} else {
@@ -398,13 +447,16 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 			st.nearN++
 		}
 		st.pos = (st.pos + 1) % e.cfg.ProbeWindow
-		if st.nearN >= e.cfg.ProbeHits && st.spread() >= e.cfg.ProbeSpread {
-			second := "PRADA: too few prompts for a second opinion"
-			if st.prada.n >= pradaN {
-				second = fmt.Sprintf("PRADA second opinion: Shapiro-Wilk W %.3f of nearest-neighbour distances", st.prada.w)
+		if near && st.nearN >= e.cfg.ProbeHits {
+			if fm := st.familyOf(fam); fm.edits >= e.cfg.ProbeHits && fm.places >= e.cfg.ProbeSpread && fm.top3 <= e.cfg.ProbeTop3 {
+				second := "PRADA: too few prompts for a second opinion"
+				if st.prada.n >= pradaN {
+					second = fmt.Sprintf("PRADA second opinion: Shapiro-Wilk W %.3f of nearest-neighbour distances", st.prada.w)
+				}
+				raise("probing", float64(fm.edits)/float64(e.cfg.ProbeWindow), fmt.Sprintf("%d of the last %d prompts are small edits of one base prompt, at %d different places (%.0f%% in the three most edited); %s",
+					fm.edits, len(st.probes), fm.places, 100*fm.top3, second))
+				st.probes, st.pos, st.nearN = st.probes[:0], 0, 0 // re-arm: the next step needs a fresh window
 			}
-			raise("probing", float64(st.nearN)/float64(e.cfg.ProbeWindow), fmt.Sprintf("%d of the last %d prompts are small edits of another, at %d different places; %s", st.nearN, len(st.probes), st.spread(), second))
-			st.probes, st.pos, st.nearN = st.probes[:0], 0, 0 // re-arm: the next step needs a fresh window
 		}
 	}
 

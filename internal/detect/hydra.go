@@ -206,7 +206,7 @@ func (e *Engine) Cluster(now time.Time) []Campaign {
 		nets := map[uint64]bool{}
 		var firsts []time.Time
 		heavyAlone := 0
-		skels := map[uint64]bool{}
+		skels := map[uint64]int{} // template -> members it links
 		var union [16]uint64
 		cover, words := 0, 0
 		for _, i := range idx {
@@ -221,7 +221,7 @@ func (e *Engine) Cluster(now time.Time) []Campaign {
 			}
 			for _, s := range m.h.skels {
 				if s.n*4 >= m.h.reqs {
-					skels[s.h] = true
+					skels[s.h]++
 				}
 			}
 			firsts = append(firsts, m.h.first)
@@ -249,14 +249,22 @@ func (e *Engine) Cluster(now time.Time) []Campaign {
 		spread := float64(u) / max(float64(cover)/float64(len(idx)), 1)
 		narrow := float64(cover) <= 0.5*float64(words)
 		complementary := words >= 40*len(idx) && narrow && spread >= 3
+		// One pipeline: the most shared template links most members. Ordinary users who
+		// reuse popular phrasings are chained pair by pair through many templates, none of
+		// which most of the group uses.
+		core := 0
+		for _, n := range skels {
+			core = max(core, n)
+		}
+		cohesive := float64(core) >= e.cfg.HydraCore*float64(len(idx))
 		if heavyAlone*2 > len(idx) || mean < float64(e.cfg.DistillMeanOutput) || c.Tokens < e.cfg.HydraMinTokens ||
-			!complementary || !(together || concentrated) {
+			!complementary || !(together || concentrated) || !cohesive {
 			continue
 		}
 		sort.Strings(c.Members)
 		c.Detected = now
-		c.Evidence = fmt.Sprintf("%d keys share %d prompt template(s); together %d requests, %d output tokens (%.0f per request) from %d networks; starts within %s; together they cover %.1f× the topics of one key",
-			len(idx), len(skels), c.Requests, c.Tokens, mean, len(nets), hi.Sub(lo).Round(time.Minute), spread)
+		c.Evidence = fmt.Sprintf("%d keys share %d prompt template(s), one of them used by %d; together %d requests, %d output tokens (%.0f per request) from %d networks; starts within %s; together they cover %.1f× the topics of one key",
+			len(idx), len(skels), core, c.Requests, c.Tokens, mean, len(nets), hi.Sub(lo).Round(time.Minute), spread)
 		out = append(out, c)
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Members[0] < out[b].Members[0] })
