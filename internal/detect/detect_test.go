@@ -200,7 +200,7 @@ func TestEditPlace(t *testing.T) {
 // 0.1% false principal-days (here: none on one tuning seed each; the held-out seeds are
 // evaluated in docs/PERFORMANCE.md, not here).
 func TestHardNegatives(t *testing.T) {
-	for _, sc := range []string{"benign-retry", "benign-phrasings", "benign-wildchat-mix", "benign-translate", "benign-support", "benign-toolagent", "benign-fewshot"} {
+	for _, sc := range []string{"benign-retry", "benign-phrasings", "benign-wildchat-mix", "benign-codeassist", "benign-translate", "benign-support", "benign-toolagent", "benign-fewshot"} {
 		reqs, err := Simulate(sc, 2, 1)
 		if err != nil {
 			t.Fatal(err)

@@ -125,7 +125,7 @@ func (c *Config) defaults() {
 	set(&c.ProbeWords, 6)
 	set(&c.ProbeSpread, 6)
 	if c.HydraCore == 0 {
-		c.HydraCore = 0.6
+		c.HydraCore = 0.75
 	}
 	if c.ProbeTop3 == 0 {
 		c.ProbeTop3 = 0.6
@@ -217,6 +217,17 @@ type probe struct {
 	near   bool
 	where  int8  // where its edit of a near-duplicate starts (editPlace); -1: none
 	family int32 // the base prompt's family: inherited from the near-duplicate it edits
+	drift  bool  // not a near-duplicate of the family's earliest prompt in the window
+}
+
+// nearDup says whether prompt f is within scale times the near-duplicate distances of q
+// (h: their SimHash distance), at most 16 or 48 bytes longer or shorter. Two perturbations
+// of one base are up to two edits apart: the family's earliest prompt is compared at scale
+// 2; a prompt that grows (a prefix typed on, a draft extended) leaves the length window.
+func (e *Engine) nearDup(q *probe, f *Features, h, scale int) bool {
+	d := f.PromptLen - q.plen
+	return (d <= 16 && d >= -16 && h <= scale*e.cfg.ProbeBits) ||
+		(d <= 48 && d >= -48 && bits.OnesCount64(q.wset[0]^f.WordSet[0])+bits.OnesCount64(q.wset[1]^f.WordSet[1]) <= scale*e.cfg.ProbeWords)
 }
 
 // family is what the probing detector knows of one base prompt's family in the window.
@@ -231,7 +242,7 @@ func (st *principalState) familyOf(id int32) family {
 	var hist [endWords * 2]int
 	var f family
 	for i := range st.probes {
-		if p := &st.probes[i]; p.family == id && p.near && p.where >= 0 {
+		if p := &st.probes[i]; p.family == id && p.near && !p.drift && p.where >= 0 {
 			f.edits++
 			hist[p.where]++
 		}
@@ -420,9 +431,19 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 			if d > 48 || d < -48 || where >= 0 {
 				continue
 			}
-			if (d <= 16 && d >= -16 && h <= e.cfg.ProbeBits) ||
-				bits.OnesCount64(q.wset[0]^f.WordSet[0])+bits.OnesCount64(q.wset[1]^f.WordSet[1]) <= e.cfg.ProbeWords {
+			if e.nearDup(q, f, h, 1) {
 				near, where, fam = true, editPlace(&q.ends, &f.Ends), q.family
+			}
+		}
+		// A prober's perturbations stay edits of the base; a document edited and resent
+		// (code, drafts) drifts away from it. Only the first are the family's edits.
+		drift := false
+		if near {
+			for k := n; k >= 1; k-- { // oldest first: the family's earliest prompt in the window
+				if q := &st.probes[(st.pos-k+n)%n]; q.family == fam {
+					drift = q.exact != ex && !e.nearDup(q, f, hamming(q.sketch, sk), 2)
+					break
+				}
 			}
 		}
 		if best >= 0 {
@@ -434,7 +455,7 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 			fam = st.familyN
 			st.familyN++
 		}
-		p := probe{sketch: sk, exact: ex, wset: f.WordSet, ends: f.Ends, plen: pl, near: near, where: where, family: fam}
+		p := probe{sketch: sk, exact: ex, wset: f.WordSet, ends: f.Ends, plen: pl, near: near, where: where, family: fam, drift: drift}
 		if len(st.probes) < e.cfg.ProbeWindow {
 			st.probes = append(st.probes, p)
 		} else {
