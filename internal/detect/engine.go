@@ -62,7 +62,11 @@ type Config struct {
 	HydraStartSpreadMinutes int `json:"hydra_start_spread_minutes,omitempty"`
 	// HydraCore: the group's most shared template must link at least this share of its
 	// members (one pipeline, not users chained through popular phrasings).
-	HydraCore    float64 `json:"hydra_core,omitempty"`
+	HydraCore float64 `json:"hydra_core,omitempty"`
+	// HydraDensity: and the members must use the same templates — of all (member, group
+	// template) pairs at least this share used — clones of one pipeline, not personal mixes
+	// of popular phrasings that overlap.
+	HydraDensity float64 `json:"hydra_density,omitempty"`
 	ClusterEvery int     `json:"cluster_every,omitempty"`
 	// PradaW: the "prada" detector alerts when the Shapiro–Wilk W of a principal's last 64
 	// nearest-neighbour prompt distances falls below it (0: off). Off by default: on the
@@ -126,6 +130,9 @@ func (c *Config) defaults() {
 	set(&c.ProbeSpread, 6)
 	if c.HydraCore == 0 {
 		c.HydraCore = 0.75
+	}
+	if c.HydraDensity == 0 {
+		c.HydraDensity = 0.5
 	}
 	if c.ProbeTop3 == 0 {
 		c.ProbeTop3 = 0.6

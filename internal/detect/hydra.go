@@ -179,9 +179,13 @@ func (e *Engine) Cluster(now time.Time) []Campaign {
 	// least a quarter of its requests).
 	uf := unionFind{}
 	bySkel := map[uint64][]string{}
+	users := map[uint64]int{} // principals that used a template at all (among their top 6)
 	for _, m := range ms {
 		uf[m.name] = m.name
 		for _, s := range m.h.skels {
+			if s.n > 0 {
+				users[s.h]++
+			}
 			if s.n > 0 && s.n*4 >= m.h.reqs {
 				bySkel[s.h] = append(bySkel[s.h], m.name)
 			}
@@ -252,19 +256,28 @@ func (e *Engine) Cluster(now time.Time) []Campaign {
 		// One pipeline: the most shared template links most members. Ordinary users who
 		// reuse popular phrasings are chained pair by pair through many templates, none of
 		// which most of the group uses.
-		core := 0
-		for _, n := range skels {
-			core = max(core, n)
+		core, links, coreSkel := 0, 0, uint64(0)
+		for h, n := range skels {
+			if n > core || (n == core && h < coreSkel) {
+				core, coreSkel = n, h
+			}
+			links += n
 		}
-		cohesive := float64(core) >= e.cfg.HydraCore*float64(len(idx))
+		// A popular phrasing — a template many principals outside the group use too — is
+		// no pipeline of the group's own.
+		popular := users[coreSkel] > 2*len(idx)
+		// Clones: the members use the same templates (a pipeline run under many keys), not
+		// each a different personal mix that overlaps the others'.
+		density := float64(links) / float64(len(idx)*max(len(skels), 1))
+		cohesive := float64(core) >= e.cfg.HydraCore*float64(len(idx)) && density >= e.cfg.HydraDensity && !popular
 		if heavyAlone*2 > len(idx) || mean < float64(e.cfg.DistillMeanOutput) || c.Tokens < e.cfg.HydraMinTokens ||
 			!complementary || !(together || concentrated) || !cohesive {
 			continue
 		}
 		sort.Strings(c.Members)
 		c.Detected = now
-		c.Evidence = fmt.Sprintf("%d keys share %d prompt template(s), one of them used by %d; together %d requests, %d output tokens (%.0f per request) from %d networks; starts within %s; together they cover %.1f× the topics of one key",
-			len(idx), len(skels), core, c.Requests, c.Tokens, mean, len(nets), hi.Sub(lo).Round(time.Minute), spread)
+		c.Evidence = fmt.Sprintf("%d keys share %d prompt template(s), one of them used by %d (and by %d principals in all), density %.2f; together %d requests, %d output tokens (%.0f per request) from %d networks; starts within %s; together they cover %.1f× the topics of one key",
+			len(idx), len(skels), core, users[coreSkel], density, c.Requests, c.Tokens, mean, len(nets), hi.Sub(lo).Round(time.Minute), spread)
 		out = append(out, c)
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Members[0] < out[b].Members[0] })
