@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -208,5 +209,49 @@ func init() {
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
 		fmt.Fprintf(ts.Stdout(), "status %d\n%s\n", resp.StatusCode, b)
+	}
+}
+
+func init() {
+	// hostileconfig DATA UPSTREAM: routes echo-public (public, default hardening) and
+	// echo-restricted (restricted) to UPSTREAM; listeners close idle and silent connections
+	// after 1 s.
+	scriptCmds["hostileconfig"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
+		c, err := config.ReadRaw(path)
+		ts.Check(err)
+		c.Gateway.Routes = []gateway.Route{{Model: "echo-public", Upstreams: []string{args[1]}, Classification: "public"},
+			{Model: "echo-restricted", Upstreams: []string{args[1]}, Classification: "restricted"}}
+		c.Gateway.Connections = config.Connections{HeaderTimeout: config.Duration{Duration: time.Second}, IdleTimeout: config.Duration{Duration: time.Second}}
+		ts.Check(config.Write(path, c))
+	}
+	// rawpost URL KEYFILE|- BODY STATUS: POST BODY as it is to URL/v1/chat/completions; the
+	// status must be STATUS; the response body goes to stdout.
+	scriptCmds["rawpost"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		req, _ := http.NewRequest(http.MethodPost, args[0]+"/v1/chat/completions", strings.NewReader(args[2]))
+		if args[1] != "-" {
+			key, err := os.ReadFile(ts.MkAbs(args[1]))
+			ts.Check(err)
+			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+		}
+		resp, err := http.DefaultClient.Do(req)
+		ts.Check(err)
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		ts.Stdout().Write(b)
+		if want, _ := strconv.Atoi(args[3]); resp.StatusCode != want {
+			ts.Fatalf("status %d, want %d: %s", resp.StatusCode, want, b)
+		}
+	}
+	// idleclosed ADDR: a connection that sends nothing is closed by the server (within 20 s).
+	scriptCmds["idleclosed"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		c, err := net.Dial("tcp", args[0])
+		ts.Check(err)
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		_, err = io.Copy(io.Discard, c)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			ts.Fatalf("silent connection to %s still open after 20 s", args[0])
+		}
 	}
 }

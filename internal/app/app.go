@@ -56,6 +56,7 @@ type App struct {
 	redis    *redis.Client
 	// responders opened by Responder: Close waits for their incidents in flight.
 	responders []*detect.Responder
+	gateways   []*gateway.Gateway
 	keysOnce   sync.Once
 	keys       *authn.Keys
 	storeWatch *storeWatch
@@ -280,6 +281,9 @@ func (a *App) Close() error {
 	var errs []error
 	for _, r := range a.responders {
 		r.Wait() // incidents and webhooks in flight, while the log and store are open
+	}
+	for _, g := range a.gateways {
+		g.FlushRefusals(context.Background()) // the last window's summaries, before the log closes
 	}
 	if a.AuditLog != nil {
 		// Waits until a published checkpoint covers what this process recorded.

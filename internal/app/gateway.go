@@ -116,6 +116,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	}
 	go gw.HealthCheck(ctx, 10*time.Second)
 	go gw.SummarizeRefusals(ctx, 10*time.Second)
+	a.gateways = append(a.gateways, gw) // Close records their last refusal summaries
 	return gw, nil
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An OpenAI-shaped upstream that parses JSON the way vLLM's Python stack does (json.loads:
 names matched exactly, the last duplicate wins) and answers with what it understood, as the
-assistant's content. Prints its port on stdout once listening. Test use only."""
+assistant's content. Usage: echo_upstream.py [HOST [PORT]]; prints its port on stdout once
+listening. Test use only (also copied into cmd/strongroom/testdata/hostile.txt)."""
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,6 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b)
 
 
-srv = ThreadingHTTPServer((sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1", 0), Handler)
+srv = ThreadingHTTPServer((sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1", int(sys.argv[2]) if len(sys.argv) > 2 else 0), Handler)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
