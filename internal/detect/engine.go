@@ -79,8 +79,8 @@ type Config struct {
 	// Actions per detector: "alert", "throttle", "step_up", "strip_logprobs", "suspend": the
 	// action once evidence has accumulated (the top of the detector's ladder).
 	Actions map[string]string `json:"actions,omitempty"`
-	// Ladders: per detector, the action of its first, second, … alert on one principal
-	// (the last step repeats). A detector re-arms after each alert, so each step needs as
+	// Ladders: per detector, the action of its first, second, … alert on one principal;
+	// a detector alerts once per step, so as many times as its ladder has steps. It re-arms after each alert, so each step needs as
 	// much new evidence as the first (probing: a fresh window of near-duplicates; harvesting:
 	// twice the distinct biased ids; distillation: another day; egress: another hour).
 	// Default: probing and distillation ["alert", action] — the first alert carries evidence
@@ -388,6 +388,9 @@ func (e *Engine) observe(index int, r *Request, f *Features) []Alert {
 	// raise records the detector's next alert on this principal; the caller has checked
 	// that the detector is armed (each re-arms on its own evidence, see Config.Ladders).
 	raise := func(det string, score float64, evidence string) {
+		if st.alerted[det] >= len(e.cfg.Ladders[det]) {
+			return // the top of the ladder is reached: more alerts would add nothing
+		}
 		st.alerted[det]++
 		step := st.alerted[det]
 		out = append(out, Alert{Principal: r.Principal, Detector: det, Index: index, TS: r.TS, Score: score,
