@@ -70,6 +70,11 @@ func devCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if a.Config.Gateway.UpstreamTimeout == "" {
+				// The reference runtime generates on the CPU: a long answer (or a race-enabled
+				// test build) takes minutes, not the 60 s production default.
+				a.Config.Gateway.UpstreamTimeout = "5m"
+			}
 			gw, err := a.OpenGateway(ctx, route)
 			if err != nil {
 				return err
