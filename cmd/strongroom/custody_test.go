@@ -229,6 +229,7 @@ func init() {
 	// status must be STATUS; the response body goes to stdout.
 	scriptCmds["rawpost"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		req, _ := http.NewRequest(http.MethodPost, args[0]+"/v1/chat/completions", strings.NewReader(args[2]))
+		req.Close = true // a fresh connection: the server closes idle ones after 1 s here
 		if args[1] != "-" {
 			key, err := os.ReadFile(ts.MkAbs(args[1]))
 			ts.Check(err)
