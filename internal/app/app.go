@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/audit"
@@ -36,16 +37,19 @@ import (
 type App struct {
 	DataDir    string
 	ConfigPath string // --config, "" for DATA/config.json
-	Config     config.Config
-	Store      store.Store
-	Blobs      store.Blobs
-	KEK        kms.KEK
-	Keys       *kms.Keyring
-	Inventory  *inventory.Inventory
-	AuditLog   *audit.Log
-	Metrics    *prometheus.Registry
-	Redactor   *audit.Redactor
-	Log        *slog.Logger
+	// KeyWatchInterval is how often a gateway polls the store for keys revoked elsewhere
+	// (default 250 ms; with Redis, revocations also arrive at once by publish).
+	KeyWatchInterval time.Duration
+	Config           config.Config
+	Store            store.Store
+	Blobs            store.Blobs
+	KEK              kms.KEK
+	Keys             *kms.Keyring
+	Inventory        *inventory.Inventory
+	AuditLog         *audit.Log
+	Metrics          *prometheus.Registry
+	Redactor         *audit.Redactor
+	Log              *slog.Logger
 	// TraceRecorder, if set before OpenGateway, also receives every request (--record-trace).
 	TraceRecorder gateway.Detector
 	actor         map[string]string

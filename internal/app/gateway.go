@@ -76,7 +76,10 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		}
 	}
 	auth := authn.Chain{Keys: a.APIKeys()}
-	go auth.Keys.Watch(ctx, keyWatchInterval)
+	go auth.Keys.Watch(ctx, a.keyWatchInterval())
+	if gc.RedisURL != "" {
+		go a.followRevocations(ctx, auth.Keys)
+	}
 	if gc.OIDC != nil {
 		if auth.OIDC, err = authn.NewOIDC(ctx, *gc.OIDC, a.Store, nil); err != nil {
 			return nil, err
@@ -119,9 +122,6 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	a.gateways = append(a.gateways, gw) // Close records their last refusal summaries
 	return gw, nil
 }
-
-// keyWatchInterval bounds how long a key revoked by another process keeps working here.
-const keyWatchInterval = 250 * time.Millisecond
 
 // screeningList loads the configured denied-party list, or nil when none is configured.
 func (a *App) screeningList() (*policy.ScreeningList, error) {
@@ -221,6 +221,7 @@ func (a *App) RotateKey(ctx context.Context, id string, overlap time.Duration) (
 	if err != nil {
 		return "", rec, err
 	}
+	a.announceRevocation(ctx, id) // its expiry moved
 	return tok, rec, a.Audit(ctx, "key.rotate", "allow", "", map[string]string{"principal": rec.Principal, "key_id": id},
 		map[string]string{"new_key_id": rec.ID, "overlap": overlap.String()})
 }
@@ -230,7 +231,11 @@ func (a *App) RevokeKey(ctx context.Context, id string) error {
 	if err := a.Audit(ctx, "key.revoke", "allow", "", map[string]string{"key_id": id}, nil); err != nil {
 		return err
 	}
-	return a.APIKeys().Revoke(ctx, id)
+	if err := a.APIKeys().Revoke(ctx, id); err != nil {
+		return err
+	}
+	a.announceRevocation(ctx, id)
+	return nil
 }
 
 // GatewayTLS is the gateway listener's TLS configuration, nil for plain HTTP.

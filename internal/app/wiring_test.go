@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // TestGatewayAcceptsConfiguredOIDC: with gateway.oidc configured, the gateway OpenGateway
@@ -130,5 +132,76 @@ func TestDetectorModesReachRunningGateway(t *testing.T) {
 	}
 	if err := a.SetDetectorMode(ctx, "nope", "enforce"); err == nil {
 		t.Fatal("unknown detector accepted")
+	}
+}
+
+// TestRevocationAnnouncedThroughRedis: with gateway.redis_url, a key revoked by another
+// process stops working at a running gateway at once — its store poll is an hour here, so
+// only the announcement can do it (issue 12, finding 12).
+func TestRevocationAnnouncedThroughRedis(t *testing.T) {
+	redisURL := testenv.Get(t, "STRONGROOM_TEST_REDIS")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
+	defer engine.Close()
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, err := Init(ctx, dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, config.FileName)
+	c, _ := config.ReadRaw(cfgPath)
+	c.Gateway.RedisURL, c.Gateway.RedisPrefix = redisURL, fmt.Sprintf("test-revoke-%d:", time.Now().UnixNano())
+	if err := config.Write(cfgPath, c); err != nil {
+		t.Fatal(err)
+	}
+	a, err := Open(ctx, dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	a.KeyWatchInterval = time.Hour
+	a.AddPrincipal(ctx, store.Principal{ID: "p", Tenant: "t", Country: "US"})
+	tok, rec, err := a.CreateKey(ctx, "p", time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret", Classification: "public"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gw)
+	defer srv.Close()
+	call := func() int {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := call(); s != 200 {
+		t.Fatalf("before revocation: %d", s)
+	}
+	rdb, _ := a.Redis()
+	for { // the gateway's subscription is up
+		n, err := rdb.PubSubNumSub(ctx, a.revocationChannel()).Result()
+		if err == nil && n[a.revocationChannel()] > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Another process revokes: the store changes behind this gateway's cache, and the
+	// revoking process announces it.
+	if err := authn.NewKeys(a.Store, nil, time.Hour).Revoke(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+	if s := call(); s != 200 {
+		t.Fatalf("cache dropped without the announcement (%d): the test would prove nothing", s)
+	}
+	a.announceRevocation(ctx, rec.ID)
+	for call() != 401 {
+		time.Sleep(5 * time.Millisecond)
 	}
 }

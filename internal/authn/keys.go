@@ -178,6 +178,10 @@ func (k *Keys) Watch(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// Forget drops key id from the cache: the next use reads it from the store (a revocation
+// announced by another process).
+func (k *Keys) Forget(id string) { k.forget(id) }
+
 func (k *Keys) forget(id string) {
 	k.mu.Lock()
 	delete(k.cache, id)
