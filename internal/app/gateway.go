@@ -357,7 +357,8 @@ func (a *App) NetGuard() (*netguard.Guard, error) {
 			return
 		}
 		a.guard, a.guardErr = netguard.New(netguard.Limits{MaxConns: c.MaxConns, MaxConnsPerIP: c.MaxConnsPerIP, Exempt: exempt,
-			HeaderTimeout: c.HeaderTimeout.Duration, BodyTimeout: c.BodyTimeout.Duration, IdleTimeout: c.IdleTimeout.Duration}, a.Log, a.Metrics)
+			HeaderTimeout: c.HeaderTimeout.Duration, BodyTimeout: c.BodyTimeout.Duration, IdleTimeout: c.IdleTimeout.Duration,
+			PeerTimeout: c.PeerTimeout.Duration}, a.Log, a.Metrics)
 	})
 	return a.guard, a.guardErr
 }

@@ -127,6 +127,7 @@ type Connections struct {
 	HeaderTimeout Duration `json:"header_timeout,omitzero"`
 	BodyTimeout   Duration `json:"body_timeout,omitzero"`
 	IdleTimeout   Duration `json:"idle_timeout,omitzero"`
+	PeerTimeout   Duration `json:"peer_timeout,omitzero"`
 }
 
 // Audit configures the transparency log of security events.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // Limits are a Guard's caps. Zero values take the defaults of New.
@@ -32,6 +33,10 @@ type Limits struct {
 	HeaderTimeout time.Duration // request line and headers, TLS handshake included; default 10s
 	BodyTimeout   time.Duration // the request body, from the end of the headers; default 60s
 	IdleTimeout   time.Duration // between requests on a keep-alive connection; default 30s
+	// PeerTimeout drops a connection whose peer stops acknowledging (a host that vanished
+	// without closing: power, network cut) — TCP keepalive probes and TCP_USER_TIMEOUT —
+	// so long streams (custody watches) end and their leases with them; default 30s.
+	PeerTimeout time.Duration
 }
 
 // fdReserve is the file descriptors kept out of reach of client connections.
@@ -66,6 +71,9 @@ func New(lim Limits, log *slog.Logger, reg prometheus.Registerer) (*Guard, error
 	}
 	if lim.IdleTimeout == 0 {
 		lim.IdleTimeout = 30 * time.Second
+	}
+	if lim.PeerTimeout == 0 {
+		lim.PeerTimeout = 30 * time.Second
 	}
 	if lim.MaxConns < 1 || lim.MaxConnsPerIP < 1 || lim.HeaderTimeout < 0 || lim.BodyTimeout < 0 || lim.IdleTimeout < 0 {
 		return nil, errors.New("netguard: limits must be positive")
@@ -156,6 +164,7 @@ func (g *Guard) admit(c net.Conn) net.Conn {
 		g.perIP[ip]++
 		g.mu.Unlock()
 	}
+	peerTimeout(c, g.lim.PeerTimeout)
 	return &conn{Conn: c, release: sync.OnceFunc(func() {
 		if capped {
 			g.mu.Lock()
@@ -169,9 +178,9 @@ func (g *Guard) admit(c net.Conn) net.Conn {
 }
 
 func (g *Guard) reject(c net.Conn, limit string, ip netip.Addr) {
-	c.Close()
 	g.rejected.WithLabelValues(limit).Inc()
-	g.nrejected.Add(1)
+	g.nrejected.Add(1) // counted before the client can see the close
+	c.Close()
 	now := time.Now().Unix()
 	if last := g.lastWarn.Load(); now-last >= 60 && g.lastWarn.CompareAndSwap(last, now) {
 		g.log.Error("ALERT connection limit reached; refusing connections", "limit", limit, "max_conns", g.lim.MaxConns,
@@ -228,4 +237,21 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 		b.lift()
 	}
 	return n, err
+}
+
+// peerTimeout makes the kernel give up on a peer that stops acknowledging: keepalive probes
+// on an idle connection, and TCP_USER_TIMEOUT for data left unacknowledged (a stream being
+// written to a vanished host). Best effort: a socket that refuses keeps the defaults.
+func peerTimeout(c net.Conn, d time.Duration) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	probe := max(d/6, time.Second)
+	tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: probe, Interval: probe, Count: 3})
+	if rc, err := tc.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
+		})
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func serve(t *testing.T, lim Limits, h http.Handler) (*Guard, string) {
@@ -187,5 +189,44 @@ func TestDefaultMaxConnsFromRlimit(t *testing.T) {
 	}
 	if n := DefaultMaxConns(); 3*n+fdReserve > int(rl.Cur)+3*64 {
 		t.Fatalf("default cap %d leaves no reserve under %d", n, rl.Cur)
+	}
+}
+
+// TestPeerTimeout: accepted connections carry keepalive probes and TCP_USER_TIMEOUT, so a
+// peer that vanishes without closing (a runtime host cut off mid-watch) is dropped.
+func TestPeerTimeout(t *testing.T) {
+	g, err := New(Limits{PeerTimeout: 12 * time.Second}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	gl := g.Listener(ln)
+	go func() {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+		}
+	}()
+	c, err := gl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, err := c.(*conn).Conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var userTimeout, keepalive int
+	rc.Control(func(fd uintptr) {
+		userTimeout, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT)
+		keepalive, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+	})
+	if userTimeout != 12000 || keepalive != 1 {
+		t.Fatalf("TCP_USER_TIMEOUT %d ms, SO_KEEPALIVE %d", userTimeout, keepalive)
 	}
 }
