@@ -125,7 +125,7 @@ func parseRequest(body []byte, endpoint string) (*features, error) {
 		m := member{name: name, nameStart: prev + bytes.IndexByte(body[prev:nameEnd], '"')}
 		m.valStart = nameEnd + bytes.IndexByte(body[nameEnd:], ':') + 1
 		m.valStart += len(body[m.valStart:]) - len(bytes.TrimLeft(body[m.valStart:], " \t\r\n"))
-		if err := f.field(dec, body, name, promptField, &m); err != nil {
+		if err := f.field(dec, name); err != nil {
 			return nil, err
 		}
 		m.valEnd = int(dec.InputOffset())
@@ -152,7 +152,7 @@ var judgedFold = func() map[string]bool {
 }()
 
 // field reads the value of one top-level member.
-func (f *features) field(dec *jsontext.Decoder, body []byte, name, promptField string, m *member) error {
+func (f *features) field(dec *jsontext.Decoder, name string) error {
 	var err error
 	switch name {
 	case "model":
@@ -165,27 +165,27 @@ func (f *features) field(dec *jsontext.Decoder, body []byte, name, promptField s
 	case "echo":
 		f.Echo, err = readBool(dec, name)
 	case "max_tokens":
-		f.MaxTokens, err = readCount(dec, body, name)
+		f.MaxTokens, err = readCount(dec, name)
 	case "max_completion_tokens":
-		f.MaxCompl, err = readCount(dec, body, name)
+		f.MaxCompl, err = readCount(dec, name)
 	case "n":
-		f.N, err = readCount(dec, body, name)
+		f.N, err = readCount(dec, name)
 	case "best_of":
-		f.BestOf, err = readCount(dec, body, name)
+		f.BestOf, err = readCount(dec, name)
 	case "top_logprobs":
-		f.TopLogprobs, err = readCount(dec, body, name)
+		f.TopLogprobs, err = readCount(dec, name)
 	case "prompt_logprobs":
-		f.PromptLogprobs, err = readCount(dec, body, name)
+		f.PromptLogprobs, err = readCount(dec, name)
 	case "logprobs":
 		if dec.PeekKind() == '0' { // completions: the number of logprobs
-			f.LogprobsN, err = readCount(dec, body, name)
+			f.LogprobsN, err = readCount(dec, name)
 		} else {
 			f.LogprobsOn, err = readBool(dec, name)
 		}
 	case "logit_bias":
-		f.LogitBias, err = readBias(dec, body)
+		f.LogitBias, err = readBias(dec)
 	case "temperature":
-		f.Temperature, err = readNumber(dec, body, name)
+		f.Temperature, err = readNumber(dec, name)
 	case "stream_options":
 		f.IncludeUsage, err = readStreamOptions(dec)
 	default:
@@ -229,20 +229,28 @@ func readBool(dec *jsontext.Decoder, name string) (bool, error) {
 	return false, refuse("%s must be a boolean", name)
 }
 
-// readCount reads a non-negative integer literal below 2^31, or null.
-func readCount(dec *jsontext.Decoder, body []byte, name string) (*int, error) {
+// numberToken reads a JSON number, returned as written, or null (nil); anything else is
+// refused as not being what (a string "20" is not the number 20).
+func numberToken(dec *jsontext.Decoder, name, what string) (string, bool, error) {
 	t, err := readToken(dec)
 	switch {
 	case err != nil:
-		return nil, err
+		return "", false, err
 	case t.Kind() == 'n':
-		return nil, nil
+		return "", false, nil
 	case t.Kind() != '0':
-		return nil, refuse("%s must be an integer", name)
+		return "", false, refuse("%s must be %s", name, what)
 	}
-	end := int(dec.InputOffset())
-	raw := lastNumber(body[:end])
-	v, err := strconv.ParseUint(string(raw), 10, 31)
+	return t.String(), true, nil // a number token's String is its text
+}
+
+// readCount reads a non-negative integer literal below 2^31, or null.
+func readCount(dec *jsontext.Decoder, name string) (*int, error) {
+	raw, ok, err := numberToken(dec, name, "an integer")
+	if !ok {
+		return nil, err
+	}
+	v, err := strconv.ParseUint(raw, 10, 31)
 	if err != nil {
 		return nil, refuse("%s must be an integer from 0 to 2147483647 written without fraction or exponent", name)
 	}
@@ -250,34 +258,20 @@ func readCount(dec *jsontext.Decoder, body []byte, name string) (*int, error) {
 	return &n, nil
 }
 
-// lastNumber returns the JSON number that ends b.
-func lastNumber(b []byte) []byte {
-	i := len(b)
-	for i > 0 && bytes.IndexByte([]byte("0123456789+-.eE"), b[i-1]) >= 0 {
-		i--
-	}
-	return b[i:]
-}
-
-// readNumber reads a JSON number (any form) or null; a string is refused ("0.7" is not 0.7).
-func readNumber(dec *jsontext.Decoder, body []byte, name string) (*float64, error) {
-	t, err := readToken(dec)
-	switch {
-	case err != nil:
+// readNumber reads a JSON number (any form) in [0, 100], or null.
+func readNumber(dec *jsontext.Decoder, name string) (*float64, error) {
+	raw, ok, err := numberToken(dec, name, "a number")
+	if !ok {
 		return nil, err
-	case t.Kind() == 'n':
-		return nil, nil
-	case t.Kind() != '0':
-		return nil, refuse("%s must be a number", name)
 	}
-	v, err := strconv.ParseFloat(string(lastNumber(body[:dec.InputOffset()])), 64)
+	v, err := strconv.ParseFloat(raw, 64)
 	if err != nil || v < 0 || v > 100 {
 		return nil, refuse("%s out of range", name)
 	}
 	return &v, nil
 }
 
-func readBias(dec *jsontext.Decoder, body []byte) (map[string]float64, error) {
+func readBias(dec *jsontext.Decoder) (map[string]float64, error) {
 	t, err := readToken(dec)
 	switch {
 	case err != nil:
@@ -297,14 +291,14 @@ func readBias(dec *jsontext.Decoder, body []byte) (map[string]float64, error) {
 		if _, err := strconv.ParseUint(k, 10, 31); err != nil || (len(k) > 1 && k[0] == '0') {
 			return nil, refuse("logit_bias keys must be token ids in canonical decimal form")
 		}
-		vt, err := readToken(dec)
-		if err != nil {
+		raw, ok, err := numberToken(dec, "logit_bias values", "numbers")
+		if !ok {
+			if err == nil {
+				err = refuse("logit_bias values must be numbers")
+			}
 			return nil, err
 		}
-		if vt.Kind() != '0' {
-			return nil, refuse("logit_bias values must be numbers")
-		}
-		v, err := strconv.ParseFloat(string(lastNumber(body[:dec.InputOffset()])), 64)
+		v, err := strconv.ParseFloat(raw, 64)
 		if err != nil {
 			return nil, refuse("logit_bias value out of range")
 		}
