@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"testing"
 	"time"
 )
@@ -14,15 +13,7 @@ import (
 // started afterwards refuses to create an empty one (issue 12, finding 9).
 func TestStoreDeletedUnderRunningProcess(t *testing.T) {
 	ctx := context.Background()
-	dir := filepath.Join(t.TempDir(), "data")
-	if _, err := Init(ctx, dir, InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	a, err := Open(ctx, dir, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a, dir := initApp(t, ctx, nil)
 	if err := a.StoreHealthy(); err != nil {
 		t.Fatalf("fresh store unhealthy: %v", err)
 	}

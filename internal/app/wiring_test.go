@@ -24,6 +24,33 @@ import (
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
+// initApp initialises a data directory, lets edit change its config (nil: defaults), and
+// opens it; the App is closed when the test ends.
+func initApp(t *testing.T, ctx context.Context, edit func(*config.Config)) (*App, string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "data")
+	if _, err := Init(ctx, dir, InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		cfgPath := filepath.Join(dir, config.FileName)
+		c, err := config.ReadRaw(cfgPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		edit(&c)
+		if err := config.Write(cfgPath, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := Open(ctx, dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a, dir
+}
+
 // TestGatewayAcceptsConfiguredOIDC: with gateway.oidc configured, the gateway OpenGateway
 // builds accepts the provider's JWTs besides API keys (it was once handed API keys only),
 // and a key revoked through the app stops working at once.
@@ -38,24 +65,9 @@ func TestGatewayAcceptsConfiguredOIDC(t *testing.T) {
 	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
 	defer engine.Close()
 
-	dir := filepath.Join(t.TempDir(), "data")
-	if _, err := Init(ctx, dir, InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cfgPath := filepath.Join(dir, config.FileName)
-	c, err := config.ReadRaw(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Gateway.OIDC = &authn.OIDCConfig{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}
-	if err := config.Write(cfgPath, c); err != nil {
-		t.Fatal(err)
-	}
-	a, err := Open(ctx, dir, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a, _ := initApp(t, ctx, func(c *config.Config) {
+		c.Gateway.OIDC = &authn.OIDCConfig{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}
+	})
 	if err := a.AddPrincipal(ctx, store.Principal{ID: "fed-user", Tenant: "acme", Country: "US"}); err != nil {
 		t.Fatal(err)
 	}
@@ -105,15 +117,7 @@ func TestGatewayAcceptsConfiguredOIDC(t *testing.T) {
 func TestDetectorModesReachRunningGateway(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := filepath.Join(t.TempDir(), "data")
-	if _, err := Init(ctx, dir, InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	a, err := Open(ctx, dir, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a, _ := initApp(t, ctx, nil)
 	r, err := a.Responder(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -144,21 +148,9 @@ func TestRevocationAnnouncedThroughRedis(t *testing.T) {
 	defer cancel()
 	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
 	defer engine.Close()
-	dir := filepath.Join(t.TempDir(), "data")
-	if _, err := Init(ctx, dir, InitOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cfgPath := filepath.Join(dir, config.FileName)
-	c, _ := config.ReadRaw(cfgPath)
-	c.Gateway.RedisURL, c.Gateway.RedisPrefix = redisURL, fmt.Sprintf("test-revoke-%d:", time.Now().UnixNano())
-	if err := config.Write(cfgPath, c); err != nil {
-		t.Fatal(err)
-	}
-	a, err := Open(ctx, dir, "", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a, _ := initApp(t, ctx, func(c *config.Config) {
+		c.Gateway.RedisURL, c.Gateway.RedisPrefix = redisURL, fmt.Sprintf("test-revoke-%d:", time.Now().UnixNano())
+	})
 	a.KeyWatchInterval = time.Hour
 	a.AddPrincipal(ctx, store.Principal{ID: "p", Tenant: "t", Country: "US"})
 	tok, rec, err := a.CreateKey(ctx, "p", time.Hour, nil)
