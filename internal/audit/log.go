@@ -152,7 +152,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	l.probe()
 	go l.indexLoop()
-	go l.probeLoop()
+	go l.every(probeEvery, l.probe)
 	return l, nil
 }
 
@@ -184,15 +184,16 @@ func (l *Log) probe() {
 	}
 }
 
-func (l *Log) probeLoop() {
-	t := time.NewTicker(probeEvery)
+// every calls fn every d until Close.
+func (l *Log) every(d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-l.stop:
 			return
 		case <-t.C:
-			l.probe()
+			fn()
 		}
 	}
 }
@@ -293,18 +294,11 @@ func (l *Log) Reader() tessera.LogReader { return l.reader }
 
 func (l *Log) indexLoop() {
 	defer close(l.done)
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stop:
-			return
-		case <-t.C:
-			if err := l.catchUp(context.Background()); err != nil {
-				l.log.Warn("audit index behind the log", "err", err)
-			}
+	l.every(time.Second, func() {
+		if err := l.catchUp(context.Background()); err != nil {
+			l.log.Warn("audit index behind the log", "err", err)
 		}
-	}
+	})
 }
 
 // catchUp indexes entries the search index does not have yet, reading them from the log.
