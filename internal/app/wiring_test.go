@@ -51,6 +51,30 @@ func initApp(t *testing.T, ctx context.Context, edit func(*config.Config)) (*App
 	return a, dir
 }
 
+// serveGateway opens a's gateway with one public model "m" on a fixed-answer engine and
+// returns a function that sends a chat request with a bearer token and gives its status.
+func serveGateway(t *testing.T, ctx context.Context, a *App) func(bearer string) int {
+	t.Helper()
+	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
+	t.Cleanup(engine.Close)
+	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret", Classification: "public"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gw)
+	t.Cleanup(srv.Close)
+	return func(bearer string) int {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+		req.Header.Set("Authorization", "Bearer "+bearer)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+}
+
 // TestGatewayAcceptsConfiguredOIDC: with gateway.oidc configured, the gateway OpenGateway
 // builds accepts the provider's JWTs besides API keys (it was once handed API keys only),
 // and a key revoked through the app stops working at once.
@@ -62,37 +86,18 @@ func TestGatewayAcceptsConfiguredOIDC(t *testing.T) {
 		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &priv.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
 	}))
 	defer jwks.Close()
-	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
-	defer engine.Close()
-
 	a, _ := initApp(t, ctx, func(c *config.Config) {
 		c.Gateway.OIDC = &authn.OIDCConfig{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}
 	})
 	if err := a.AddPrincipal(ctx, store.Principal{ID: "fed-user", Tenant: "acme", Country: "US"}); err != nil {
 		t.Fatal(err)
 	}
-	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret", Classification: "public"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(gw)
-	defer srv.Close()
-
+	call := serveGateway(t, ctx, a)
 	signer, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: priv}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
 	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Issuer: "https://idp.test", Audience: jwt.Audience{"strongroom"}, Subject: "fed-user",
 		IssuedAt: jwt.NewNumericDate(time.Now()), Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour))}).Serialize()
 	if err != nil {
 		t.Fatal(err)
-	}
-	call := func(bearer string) int {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
-		req.Header.Set("Authorization", "Bearer "+bearer)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
 	}
 	if s := call(tok); s != 200 {
 		t.Fatalf("OIDC token: %d", s)
@@ -146,8 +151,6 @@ func TestRevocationAnnouncedThroughRedis(t *testing.T) {
 	redisURL := testenv.Get(t, "STRONGROOM_TEST_REDIS")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
-	defer engine.Close()
 	a, _ := initApp(t, ctx, func(c *config.Config) {
 		c.Gateway.RedisURL, c.Gateway.RedisPrefix = redisURL, fmt.Sprintf("test-revoke-%d:", time.Now().UnixNano())
 	})
@@ -157,22 +160,8 @@ func TestRevocationAnnouncedThroughRedis(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret", Classification: "public"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(gw)
-	defer srv.Close()
-	call := func() int {
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions", strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
-		req.Header.Set("Authorization", "Bearer "+tok)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
-	}
+	serve := serveGateway(t, ctx, a)
+	call := func() int { return serve(tok) }
 	if s := call(); s != 200 {
 		t.Fatalf("before revocation: %d", s)
 	}
