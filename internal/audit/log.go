@@ -69,7 +69,7 @@ type Log struct {
 	closeMu   sync.RWMutex
 	closed    bool
 	pending   sync.WaitGroup
-	done      chan struct{}
+	loops     sync.WaitGroup // the index catch-up and the writability probe; Close waits
 
 	// writable is nil while the log directory accepts writes (probed every probeEvery);
 	// else why not. Submit refuses at once then, before tessera can meet the condition
@@ -133,7 +133,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		return nil, fmt.Errorf("audit: open log: %w", err)
 	}
 	l := &Log{probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
-		origin: cfg.Signer.Name(), stop: make(chan struct{}), done: make(chan struct{})}
+		origin: cfg.Signer.Name(), stop: make(chan struct{})}
 	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
 		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
 	l.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_log_healthy",
@@ -151,8 +151,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.log.Warn("audit index behind the log", "err", err)
 	}
 	l.probe()
-	go l.indexLoop()
-	go l.every(probeEvery, l.probe)
+	l.loops.Go(l.indexLoop)
+	l.loops.Go(func() { l.every(probeEvery, l.probe) })
 	return l, nil
 }
 
@@ -293,7 +293,6 @@ func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) { return l.reader.
 func (l *Log) Reader() tessera.LogReader { return l.reader }
 
 func (l *Log) indexLoop() {
-	defer close(l.done)
 	l.every(time.Second, func() {
 		if err := l.catchUp(context.Background()); err != nil {
 			l.log.Warn("audit index behind the log", "err", err)
@@ -410,7 +409,7 @@ func (l *Log) Close(ctx context.Context) error {
 		l.pending.Wait() // every submitted event is durable (or failed) before shutdown
 		err = l.shutdown(ctx)
 		close(l.stop)
-		<-l.done
+		l.loops.Wait() // no probe writes into the directory after Close
 		err = errors.Join(err, l.catchUp(ctx))
 		l.cancel()
 	})
