@@ -131,6 +131,14 @@ func ParseTokenizer(b []byte) (*Tokenizer, error) {
 // Size is the number of token ids (the largest id + 1).
 func (t *Tokenizer) Size() int { return len(t.inv) }
 
+// Has says whether id stands for a token (ids past the vocabulary and holes in it do not).
+func (t *Tokenizer) Has(id int) bool {
+	if _, ok := t.specInv[id]; ok {
+		return true
+	}
+	return id >= 0 && id < len(t.inv) && t.inv[id] != ""
+}
+
 // Special returns the id of a special token.
 func (t *Tokenizer) Special(s string) (int, bool) { id, ok := t.special[s]; return id, ok }
 

@@ -140,18 +140,28 @@ func (l *LlamaLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
 	rng := rand.New(rand.NewPCG(o.Seed, uint64(len(prompt))))
 	v := m.Cfg.VocabSize
 	lp, sp := make([]float64, v), make([]float64, v)
+	// Ids the tokenizer lacks (a model's vocabulary padded past its tokenizer's) are no
+	// tokens: they have no text to report or sample, so they carry no probability.
+	absent := make([]bool, v)
+	for k := range absent {
+		absent[k] = !l.T.Has(k)
+	}
 	ctx := append([]int(nil), prompt...)
 	var steps []Step
 	for range o.N {
-		// Reported: log-softmax of logits + bias. Sampling: the same, over temperature.
+		// Reported: log-softmax of logits + bias over the tokenizer's tokens. Sampling: the
+		// same, over temperature.
 		for k, x := range logits {
 			lp[k] = float64(x) + o.Bias[k]
+			if absent[k] {
+				lp[k] = math.Inf(-1)
+			}
 		}
 		logSoftmax(lp)
 		temp := o.Temperature
 		for k := range sp {
 			sp[k] = lp[k] / max(temp, 1e-6)
-			if _, special := l.T.specInv[k]; special && !(hasEOT && k == eot) || k >= l.T.Size() {
+			if _, special := l.T.specInv[k]; special && !(hasEOT && k == eot) || absent[k] {
 				sp[k] = math.Inf(-1) // never sample control tokens or ids the tokenizer lacks
 			}
 		}
@@ -240,9 +250,12 @@ func topK(lp []float64, k int) []Alt {
 	for range k {
 		best := -1
 		for v := range lp {
-			if (best < 0 || lp[v] > lp[best]) && !hasAlt(out, v) {
+			if (best < 0 || lp[v] > lp[best]) && !hasAlt(out, v) && !math.IsInf(lp[v], -1) {
 				best = v
 			}
+		}
+		if best < 0 { // fewer tokens than asked for
+			break
 		}
 		out = append(out, Alt{Token: best, Logprob: lp[best]})
 	}
