@@ -209,6 +209,9 @@ func (m *Llama) NewState() *State {
 	return s
 }
 
+// Hidden is the final (normalized) hidden state of the last token fed to Forward.
+func (s *State) Hidden() []float32 { return s.h }
+
 // Pos is the number of tokens consumed.
 func (s *State) Pos() int { return s.pos }
 
@@ -289,7 +292,8 @@ func (m *Llama) rope(v []float32, heads, pos int) {
 }
 
 // Forward feeds one token at the state's next position and writes the next-token logits
-// (vocab) into logits.
+// (vocab) into logits; with logits nil it skips the LM head (embeddings need only the
+// final hidden state, State.Hidden).
 func (m *Llama) Forward(s *State, token int, logits []float32) error {
 	c := m.Cfg
 	if token < 0 || token >= c.VocabSize {
@@ -357,7 +361,9 @@ func (m *Llama) Forward(s *State, token int, logits []float32) error {
 		}
 	}
 	rmsnorm(s.h, s.x, m.norm, c.RMSNormEps)
-	m.matvec(logits, m.lmHead, s.h)
+	if logits != nil {
+		m.matvec(logits, m.lmHead, s.h)
+	}
 	s.pos++
 	return nil
 }

@@ -1,15 +1,16 @@
 package refmodel
 
 import (
-	"io"
-
 	"encoding/json"
 	"fmt"
-	"github.com/strongroom/strongroom/internal/engineauth"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/strongroom/strongroom/internal/engineauth"
 )
 
 // Server is an OpenAI-compatible HTTP server for one model: the dev upstream.
@@ -42,10 +43,10 @@ type genReq struct {
 	TopP        *float64           `json:"top_p"`
 	Seed        *uint64            `json:"seed"`
 	Stream      bool               `json:"stream"`
-	Logprobs    any                `json:"logprobs"`
+	Logprobs    json.RawMessage    `json:"logprobs"` // chat: a boolean; completions: a count
 	TopLogprobs int                `json:"top_logprobs"`
 	LogitBias   map[string]float64 `json:"logit_bias"`
-	N           int                `json:"n"`
+	N           *int               `json:"n"`
 	StreamOpts  *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
@@ -102,6 +103,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		oaiError(w, http.StatusBadRequest, "invalid JSON body")
 		return
 	}
+	if req.Model == "" {
+		oaiError(w, http.StatusBadRequest, "you must provide a model parameter")
+		return
+	}
 	if req.Model != s.Name {
 		oaiError(w, http.StatusNotFound, "model not found")
 		return
@@ -116,7 +121,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/completions":
 		prompt = textOf(req.Prompt)
 	case "/embeddings":
-		s.embeddings(w, textOf(req.Input))
+		s.embeddings(w, body)
 		return
 	default:
 		oaiError(w, http.StatusNotFound, "unknown endpoint")
@@ -155,20 +160,6 @@ func (s *Server) lm() LM {
 	return nil
 }
 
-func (s *Server) embeddings(w http.ResponseWriter, input string) {
-	vec := make([]float64, 16)
-	if s.Model != nil && len(input) > 0 {
-		e := s.Model.embed[(int(input[len(input)-1])%s.Model.vocab)*s.Model.hidden:]
-		for i := range vec {
-			vec[i] = float64(e[i%s.Model.hidden])
-		}
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(map[string]any{"object": "list", "model": s.Name,
-		"data":  []any{map[string]any{"object": "embedding", "index": 0, "embedding": vec}},
-		"usage": map[string]int{"prompt_tokens": len(input), "total_tokens": len(input)}})
-}
-
 type choiceLogprobs struct {
 	Content []tokenLogprob `json:"content"`
 }
@@ -177,25 +168,81 @@ type tokenLogprob struct {
 	Token       string         `json:"token"`
 	Logprob     float64        `json:"logprob"`
 	Bytes       []int          `json:"bytes"`
-	TopLogprobs []tokenLogprob `json:"top_logprobs,omitempty"`
+	TopLogprobs []tokenLogprob `json:"top_logprobs"`
+}
+
+// legacyLogprobs is the completions endpoint's logprobs object: per token its text, its
+// logprob, the top alternatives (text → logprob) and its character offset in the
+// completion text.
+type legacyLogprobs struct {
+	Tokens        []string             `json:"tokens"`
+	TokenLogprobs []float64            `json:"token_logprobs"`
+	TopLogprobs   []map[string]float64 `json:"top_logprobs"`
+	TextOffset    []int                `json:"text_offset"`
+}
+
+// maxChoices caps n: every choice is a full generation on the CPU.
+const maxChoices = 16
+
+// choice is one generated answer.
+type choice struct {
+	steps []Step
+	text  []string // per token
+}
+
+// logprobsAsked reads the logprobs member: chat takes a boolean (the count is
+// top_logprobs), completions a count of alternatives (0: the sampled token's only).
+func logprobsAsked(req *genReq, chat bool) (on bool, top int, err error) {
+	raw := strings.TrimSpace(string(req.Logprobs))
+	if raw == "" || raw == "null" || raw == "false" {
+		return false, 0, nil
+	}
+	if chat {
+		if raw != "true" {
+			return false, 0, fmt.Errorf("logprobs must be a boolean")
+		}
+		return true, req.TopLogprobs, nil
+	}
+	n, err := strconv.Atoi(raw)
+	if err != nil || n < 0 {
+		return false, 0, fmt.Errorf("logprobs must be a non-negative integer for completions")
+	}
+	return true, n, nil
 }
 
 func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []ChatMessage, prompt string, hook func([]int, []float64)) {
-	n := 16
+	maxTok := 16
 	if req.MaxCompl != nil {
-		n = *req.MaxCompl
+		maxTok = *req.MaxCompl
 	} else if req.MaxTokens != nil {
-		n = *req.MaxTokens
+		maxTok = *req.MaxTokens
 	}
-	n = max(0, min(n, 4096))
-	var text []string
-	var steps []Step
+	maxTok = max(0, min(maxTok, 4096))
+	wantLogprobs, top, err := logprobsAsked(req, chat)
+	if err != nil {
+		oaiError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	top = max(0, min(top, 20))
+	nChoices := 1
+	if req.N != nil {
+		nChoices = *req.N
+	}
+	if nChoices < 1 || nChoices > maxChoices {
+		oaiError(w, http.StatusBadRequest, fmt.Sprintf("n must be from 1 to %d", maxChoices))
+		return
+	}
+	choices := make([]choice, nChoices)
 	lm := s.lm()
 	promptTokens := (len(prompt) + 3) / 4
+	completionTokens := 0
 	if s.Fixed != "" || lm == nil {
-		text = []string{s.Fixed}
+		for i := range choices {
+			choices[i].text = []string{s.Fixed}
+		}
+		completionTokens = nChoices * ((len(s.Fixed) + 3) / 4)
 	} else {
-		o := GenOptions{N: n, Top: min(req.TopLogprobs, 20), Hook: hook, TopP: 1}
+		o := GenOptions{N: maxTok, Top: top, Hook: hook, TopP: 1}
 		if req.Temperature != nil {
 			o.Temperature = *req.Temperature
 		}
@@ -215,59 +262,84 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []
 		}
 		toks := lm.PromptTokens(msgs, prompt, chat)
 		promptTokens = len(toks)
-		var err error
-		if steps, err = lm.Generate(toks, o); err != nil {
-			oaiError(w, http.StatusBadRequest, err.Error())
-			return
+		seed := o.Seed
+		for i := range choices {
+			o.Seed = seed + uint64(i) // n samples, not n copies of one
+			steps, err := lm.Generate(toks, o)
+			if err != nil {
+				oaiError(w, http.StatusBadRequest, err.Error())
+				return
+			}
+			choices[i].steps = steps
+			for _, st := range steps {
+				choices[i].text = append(choices[i].text, lm.TokenText(st.Token))
+			}
+			completionTokens += len(steps)
 		}
-		for _, st := range steps {
-			text = append(text, lm.TokenText(st.Token))
+	}
+	finish := func(c *choice) string {
+		if len(c.steps) < maxTok && s.Fixed == "" {
+			return "stop"
 		}
+		return "length"
 	}
-	finish := "length"
-	if len(steps) < n && s.Fixed == "" {
-		finish = "stop"
-	}
-	wantLogprobs := req.Logprobs == true || (req.Logprobs != nil && req.Logprobs != false)
-	usage := map[string]int{"prompt_tokens": promptTokens, "completion_tokens": len(text), "total_tokens": promptTokens + len(text)}
-	if s.Fixed != "" {
-		usage["completion_tokens"] = (len(s.Fixed) + 3) / 4
-		usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-	}
+	usage := map[string]int{"prompt_tokens": promptTokens, "completion_tokens": completionTokens, "total_tokens": promptTokens + completionTokens}
 	id := fmt.Sprintf("cmpl-%d", s.now().UnixNano())
 	created := s.now().Unix()
 	obj := "text_completion"
 	if chat {
 		obj = "chat.completion"
 	}
-	lp := func(i int) *choiceLogprobs {
-		if !wantLogprobs || i >= len(steps) {
+	// logprobs of c's tokens [from, to): chat's content list, or completions' legacy
+	// arrays with offsets counted from offset (characters of text before from).
+	logprobs := func(c *choice, from, to, offset int) any {
+		if !wantLogprobs {
 			return nil
 		}
-		t := tokenLogprob{Token: text[i], Logprob: steps[i].Logprob, Bytes: lm.TokenBytes(steps[i].Token)}
-		for _, a := range steps[i].Top {
-			t.TopLogprobs = append(t.TopLogprobs, tokenLogprob{Token: lm.TokenText(a.Token), Logprob: a.Logprob, Bytes: lm.TokenBytes(a.Token)})
+		to = min(to, len(c.steps))
+		if chat {
+			out := &choiceLogprobs{Content: []tokenLogprob{}}
+			for i := from; i < to; i++ {
+				t := tokenLogprob{Token: c.text[i], Logprob: c.steps[i].Logprob, Bytes: lm.TokenBytes(c.steps[i].Token), TopLogprobs: []tokenLogprob{}}
+				for _, a := range c.steps[i].Top {
+					t.TopLogprobs = append(t.TopLogprobs, tokenLogprob{Token: lm.TokenText(a.Token), Logprob: a.Logprob, Bytes: lm.TokenBytes(a.Token)})
+				}
+				out.Content = append(out.Content, t)
+			}
+			return out
 		}
-		return &choiceLogprobs{Content: []tokenLogprob{t}}
+		out := &legacyLogprobs{Tokens: []string{}, TokenLogprobs: []float64{}, TopLogprobs: []map[string]float64{}, TextOffset: []int{}}
+		for i := from; i < to; i++ {
+			out.Tokens = append(out.Tokens, c.text[i])
+			out.TokenLogprobs = append(out.TokenLogprobs, c.steps[i].Logprob)
+			alts := map[string]float64{}
+			for _, a := range c.steps[i].Top {
+				if t := lm.TokenText(a.Token); !hasKey(alts, t) {
+					alts[t] = a.Logprob // two ids of one text: the likelier (Top is sorted)
+				}
+			}
+			out.TopLogprobs = append(out.TopLogprobs, alts)
+			out.TextOffset = append(out.TextOffset, offset)
+			offset += utf8.RuneCountInString(c.text[i])
+		}
+		return out
 	}
 	if !req.Stream {
-		full := strings.Join(text, "")
-		choice := map[string]any{"index": 0, "finish_reason": finish}
-		if chat {
-			choice["message"] = map[string]any{"role": "assistant", "content": full}
-			if wantLogprobs {
-				all := &choiceLogprobs{}
-				for i := range steps {
-					all.Content = append(all.Content, lp(i).Content...)
-				}
-				choice["logprobs"] = all
+		out := make([]any, len(choices))
+		for i := range choices {
+			c := &choices[i]
+			full := strings.Join(c.text, "")
+			ch := map[string]any{"index": i, "finish_reason": finish(c), "logprobs": logprobs(c, 0, len(c.steps), 0)}
+			if chat {
+				ch["message"] = map[string]any{"role": "assistant", "content": full}
+			} else {
+				ch["text"] = full
 			}
-		} else {
-			choice["text"] = full
+			out[i] = ch
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{"id": id, "object": obj, "created": created, "model": s.Name,
-			"choices": []any{choice}, "usage": usage})
+			"choices": out, "usage": usage})
 		return
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
@@ -284,29 +356,34 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []
 			fl.Flush()
 		}
 	}
-	for i, t := range text {
-		choice := map[string]any{"index": 0, "finish_reason": nil}
-		if chat {
-			delta := map[string]any{"content": t}
-			if i == 0 {
-				delta["role"] = "assistant"
+	for ci := range choices {
+		c := &choices[ci]
+		offset := 0
+		for i, t := range c.text {
+			ch := map[string]any{"index": ci, "finish_reason": nil}
+			if chat {
+				delta := map[string]any{"content": t}
+				if i == 0 {
+					delta["role"] = "assistant"
+				}
+				ch["delta"] = delta
+			} else {
+				ch["text"] = t
 			}
-			choice["delta"] = delta
-			if l := lp(i); l != nil {
-				choice["logprobs"] = l
+			if l := logprobs(c, i, i+1, offset); l != nil {
+				ch["logprobs"] = l
 			}
-		} else {
-			choice["text"] = t
+			offset += utf8.RuneCountInString(t)
+			send(map[string]any{"id": id, "object": chunkObj, "created": created, "model": s.Name, "choices": []any{ch}})
 		}
-		send(map[string]any{"id": id, "object": chunkObj, "created": created, "model": s.Name, "choices": []any{choice}})
+		final := map[string]any{"index": ci, "finish_reason": finish(c)}
+		if chat {
+			final["delta"] = map[string]any{}
+		} else {
+			final["text"] = ""
+		}
+		send(map[string]any{"id": id, "object": chunkObj, "created": created, "model": s.Name, "choices": []any{final}})
 	}
-	final := map[string]any{"index": 0, "finish_reason": finish}
-	if chat {
-		final["delta"] = map[string]any{}
-	} else {
-		final["text"] = ""
-	}
-	send(map[string]any{"id": id, "object": chunkObj, "created": created, "model": s.Name, "choices": []any{final}})
 	if req.StreamOpts != nil && req.StreamOpts.IncludeUsage {
 		send(map[string]any{"id": id, "object": chunkObj, "created": created, "model": s.Name, "choices": []any{}, "usage": usage})
 	}
@@ -315,3 +392,5 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []
 		fl.Flush()
 	}
 }
+
+func hasKey(m map[string]float64, k string) bool { _, ok := m[k]; return ok }
