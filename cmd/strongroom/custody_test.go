@@ -23,7 +23,6 @@ import (
 	"github.com/pquerna/otp/totp"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/config"
-	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -143,14 +142,13 @@ func init() {
 }
 
 func init() {
-	// detectconfig DATA UPSTREAM: route model demo to UPSTREAM with logit_bias and top-5
-	// logprobs allowed, and a logit-harvest threshold of 20 biased tokens.
+	// detectconfig DATA UPSTREAM: route model demo to UPSTREAM and set a logit-harvest
+	// threshold of 20 biased tokens (the script imports demo and sets its record).
 	scriptCmds["detectconfig"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
 		c, err := config.ReadRaw(path)
 		ts.Check(err)
-		c.Gateway.Routes = []gateway.Route{{Model: "demo", Upstreams: []string{args[1]}, Classification: "public",
-			Hardening: &gateway.Hardening{LogitBias: "allow", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 16}}}
+		c.Gateway.Routes = []config.Route{{Model: "demo", Upstreams: []string{args[1]}}}
 		c.Detect.HarvestTokens = 20
 		if len(args) > 2 {
 			// Replicas share detection; the prefix is this run's, so that history another
@@ -213,15 +211,14 @@ func init() {
 }
 
 func init() {
-	// hostileconfig DATA UPSTREAM: routes echo-public (public, default hardening) and
-	// echo-restricted (restricted) to UPSTREAM; listeners close idle and silent connections
-	// after 1 s.
+	// hostileconfig DATA UPSTREAM: routes echo-public and echo-restricted to UPSTREAM (the
+	// script imports them); listeners close idle and silent connections after 1 s.
 	scriptCmds["hostileconfig"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
 		c, err := config.ReadRaw(path)
 		ts.Check(err)
-		c.Gateway.Routes = []gateway.Route{{Model: "echo-public", Upstreams: []string{args[1]}, Classification: "public"},
-			{Model: "echo-restricted", Upstreams: []string{args[1]}, Classification: "restricted"}}
+		c.Gateway.Routes = []config.Route{{Model: "echo-public", Upstreams: []string{args[1]}},
+			{Model: "echo-restricted", Upstreams: []string{args[1]}}}
 		c.Gateway.Connections = config.Connections{HeaderTimeout: config.Duration{Duration: time.Second}, IdleTimeout: config.Duration{Duration: time.Second}}
 		ts.Check(config.Write(path, c))
 	}

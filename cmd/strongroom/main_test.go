@@ -17,7 +17,6 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/config"
-	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
@@ -183,15 +182,15 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		ts.Check(err)
 		ts.Check(os.WriteFile(ts.MkAbs(args[3]), []byte(resp.Choices[0].Message.Content), 0o644))
 	},
-	// gatewayconfig DATA REDIS_URL UPSTREAM RPM: route model demo to UPSTREAM (public), key
-	// limit RPM per minute, limits in Redis.
+	// gatewayconfig DATA REDIS_URL UPSTREAM RPM: route model demo to UPSTREAM, key limit RPM
+	// per minute, limits in Redis.
 	"gatewayconfig": func(ts *testscript.TestScript, neg bool, args []string) {
 		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
 		c, err := config.ReadRaw(path)
 		ts.Check(err)
 		rpm, _ := strconv.Atoi(args[3])
 		c.Gateway.RedisURL = args[1]
-		c.Gateway.Routes = []gateway.Route{{Model: "demo", Upstreams: []string{args[2]}, Classification: "public"}}
+		c.Gateway.Routes = []config.Route{{Model: "demo", Upstreams: []string{args[2]}}}
 		c.Gateway.KeyLimits = limits.Limits{RPM: rpm}
 		ts.Check(config.Write(path, c))
 	},

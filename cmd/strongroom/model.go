@@ -8,29 +8,36 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
 	"github.com/strongroom/strongroom/internal/inventory"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
 func modelCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "model", Short: "Import, list, verify and unseal models"}
-	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g), modelDisableCmd(g))
+	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g), modelDisableCmd(g), modelSetCmd(g))
 	return c
 }
 
 // versionView is the JSON shape of a version; the signature is shown by size only.
 type versionView struct {
-	Model          string       `json:"model"`
-	Version        string       `json:"version"`
-	Classification string       `json:"classification"`
-	Owner          string       `json:"owner"`
-	Env            string       `json:"env"`
-	KeyID          string       `json:"key_id"`
-	Created        time.Time    `json:"created"`
-	Bytes          int64        `json:"bytes"`
-	SignatureBytes int          `json:"signature_bytes"`
-	Disabled       *time.Time   `json:"disabled,omitempty"`
-	Files          []store.File `json:"files,omitempty"`
+	Model          string `json:"model"`
+	Version        string `json:"version"`
+	Classification string `json:"classification"`
+	Owner          string `json:"owner"`
+	// The rest of the model record: what the gateway and custody enforce.
+	AllowedCountries []string           `json:"allowed_countries,omitempty"`
+	DeniedCountries  []string           `json:"denied_countries,omitempty"`
+	Watermark        bool               `json:"watermark"`
+	Hardening        modelrec.Hardening `json:"hardening"`
+	HardeningDefault bool               `json:"hardening_default"`
+	Env              string             `json:"env"`
+	KeyID            string             `json:"key_id"`
+	Created          time.Time          `json:"created"`
+	Bytes            int64              `json:"bytes"`
+	SignatureBytes   int                `json:"signature_bytes"`
+	Disabled         *time.Time         `json:"disabled,omitempty"`
+	Files            []store.File       `json:"files,omitempty"`
 	// Deployments are the live leases on the version: where its weights are decrypted now.
 	Deployments []deploymentView `json:"deployments,omitempty"`
 }
@@ -47,7 +54,9 @@ type deploymentView struct {
 
 func view(v store.Version, withFiles bool) versionView {
 	out := versionView{Model: v.Model, Version: v.Version, Classification: v.Classification, Owner: v.Owner, Env: v.Env,
-		KeyID: v.KeyID, Created: v.CreatedAt, SignatureBytes: len(v.Signature)}
+		KeyID: v.KeyID, Created: v.CreatedAt, SignatureBytes: len(v.Signature),
+		AllowedCountries: v.AllowedCountries, DeniedCountries: v.DeniedCountries, Watermark: v.Watermark,
+		Hardening: v.Attrs().EffectiveHardening(), HardeningDefault: v.Hardening == nil}
 	for _, f := range v.Files {
 		out.Bytes += f.Size
 	}
@@ -166,6 +175,8 @@ func modelShowCmd(g *globals) *cobra.Command {
 		if vv.Disabled != nil {
 			fmt.Fprintf(w, "disabled:       %s\n", vv.Disabled.Format(time.RFC3339))
 		}
+		fmt.Fprintf(w, "countries:      %s\ndenied:         %s\nwatermark:      %v\nhardening:      %s\n",
+			listOr(v.AllowedCountries, "any"), listOr(v.DeniedCountries, "none"), v.Watermark, hardeningText(vv.Hardening, vv.HardeningDefault))
 		fmt.Fprintf(w, "live leases:    %d\n", len(vv.Deployments))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "FILE\tBYTES\tSHA256")

@@ -28,6 +28,7 @@ import (
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/kms"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/netguard"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
@@ -40,16 +41,18 @@ type App struct {
 	// KeyWatchInterval is how often a gateway polls the store for keys revoked elsewhere
 	// (default 250 ms; with Redis, revocations also arrive at once by publish).
 	KeyWatchInterval time.Duration
-	Config           config.Config
-	Store            store.Store
-	Blobs            store.Blobs
-	KEK              kms.KEK
-	Keys             *kms.Keyring
-	Inventory        *inventory.Inventory
-	AuditLog         *audit.Log
-	Metrics          *prometheus.Registry
-	Redactor         *audit.Redactor
-	Log              *slog.Logger
+	// ModelWatchInterval is how often the model records are re-read (default 1 s).
+	ModelWatchInterval time.Duration
+	Config             config.Config
+	Store              store.Store
+	Blobs              store.Blobs
+	KEK                kms.KEK
+	Keys               *kms.Keyring
+	Inventory          *inventory.Inventory
+	AuditLog           *audit.Log
+	Metrics            *prometheus.Registry
+	Redactor           *audit.Redactor
+	Log                *slog.Logger
 	// TraceRecorder, if set before OpenGateway, also receives every request (--record-trace).
 	TraceRecorder gateway.Detector
 	actor         map[string]string
@@ -68,6 +71,23 @@ type App struct {
 	guardOnce  sync.Once
 	guard      *netguard.Guard
 	guardErr   error
+	modelsMu   sync.Mutex
+	models     *modelrec.Table
+
+	// The App's own goroutines (goBackground) run until Close cancels bg and waits.
+	bg     context.Context
+	bgStop context.CancelFunc
+	bgWG   sync.WaitGroup
+}
+
+// goBackground runs f in a goroutine the App owns: f's context ends at Close, which
+// waits for f to return before closing what f may use.
+func (a *App) goBackground(f func(ctx context.Context)) {
+	a.bgWG.Add(1)
+	go func() {
+		defer a.bgWG.Done()
+		f(a.bg)
+	}()
 }
 
 // InitOptions choose the KEK provider for a new data directory.
@@ -214,6 +234,7 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 		return nil, err
 	}
 	a := &App{DataDir: dataDir, ConfigPath: configPath, Config: c, Log: log, Metrics: prometheus.NewRegistry()}
+	a.bg, a.bgStop = context.WithCancel(context.Background())
 	fail := func(err error) (*App, error) {
 		a.Close()
 		return nil, err
@@ -283,6 +304,10 @@ func (a *App) ResolveKEK(_ context.Context, id string) (kms.KEK, error) {
 // Close releases everything Open acquired.
 func (a *App) Close() error {
 	var errs []error
+	if a.bgStop != nil {
+		a.bgStop()
+		a.bgWG.Wait()
+	}
 	for _, r := range a.responders {
 		r.Wait() // incidents and webhooks in flight, while the log and store are open
 	}

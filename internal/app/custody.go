@@ -9,6 +9,8 @@ import (
 
 	"github.com/strongroom/strongroom/internal/attest"
 	"github.com/strongroom/strongroom/internal/custody"
+	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/policy"
 )
 
@@ -26,12 +28,8 @@ func (a *App) Custody(ctx context.Context) (*custody.Service, error) {
 		return nil, err
 	}
 	decide := func(_ context.Context, d custody.Decision) (bool, string) {
-		m := policy.Model{Name: d.Model, Classification: d.Classification}
-		for _, r := range a.Config.Gateway.Routes {
-			if r.Model == d.Model {
-				m.AllowedCountries, m.DeniedCountries = r.AllowedCountries, r.DeniedCountries
-			}
-		}
+		// The same record, and the same mapping to Cedar, as the gateway's.
+		m := gateway.PolicyModel(modelrec.Record{Name: d.Model, Version: d.Version, Attrs: d.Attrs})
 		rt := d.Runtime
 		dec := eng.DecideLease(policy.LeaseRequest{
 			Runtime:     policy.Runtime{ID: rt.ID, Env: rt.Env, Region: rt.Region, Jurisdiction: rt.Jurisdiction, Host: rt.Host, Owner: rt.Owner},

@@ -12,6 +12,7 @@ import (
 	"github.com/strongroom/strongroom/internal/app/apptest"
 	"github.com/strongroom/strongroom/internal/attest"
 	"github.com/strongroom/strongroom/internal/custody"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/policy"
 )
 
@@ -61,5 +62,51 @@ func BenchmarkGrant(b *testing.B) {
 		slices.Sort(m.ds)
 		b.ReportMetric(float64(m.ds[len(m.ds)/2])/1e6, m.name+"-p50-ms")
 		b.ReportMetric(float64(m.ds[len(m.ds)*99/100])/1e6, m.name+"-p99-ms")
+	}
+}
+
+// TestLeaseFollowsModelRecord: custody judges a lease by the same inventory record the
+// gateway serves from: a runtime in a country the record denies (or does not allow) gets
+// no key, and the change applies to the next request.
+func TestLeaseFollowsModelRecord(t *testing.T) {
+	e := apptest.New(t, nil)
+	e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": make([]byte, 64)})
+	id := e.Join(t, "prod") // jurisdiction DE
+	ctx := context.Background()
+	rt, err := e.App.Store.GetRuntime(ctx, id.RuntimeID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	pub := priv.PublicKey().Bytes()
+	grant := func() error {
+		n, err := e.Svc.Nonce(ctx, rt.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := attest.DevEvidence(id.Key, attest.Binding(pub, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = e.Svc.Grant(ctx, rt, &id.Key.PublicKey, custody.LeaseRequest{Model: "m", Version: "1", PublicKey: pub, Nonce: n, Evidence: ev})
+		return err
+	}
+	if err := grant(); err != nil {
+		t.Fatalf("no restriction: %v", err)
+	}
+	for _, c := range []struct {
+		attrs modelrec.Attrs
+		ok    bool
+	}{
+		{modelrec.Attrs{Classification: "public", DeniedCountries: []string{"DE"}}, false},
+		{modelrec.Attrs{Classification: "public", AllowedCountries: []string{"US"}}, false},
+		{modelrec.Attrs{Classification: "public", AllowedCountries: []string{"US", "DE"}}, true},
+	} {
+		if _, err := e.App.Inventory.SetAttrs(ctx, "m", "1", c.attrs, "ops"); err != nil {
+			t.Fatal(err)
+		}
+		if err := grant(); (err == nil) != c.ok {
+			t.Fatalf("%+v: grant err %v, want ok=%v", c.attrs, err, c.ok)
+		}
 	}
 }

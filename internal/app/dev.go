@@ -56,9 +56,16 @@ func Dev(ctx context.Context, dataDir string, log *slog.Logger) (*App, []store.V
 		if err := refmodel.SynthesizeLlama(src, o); err != nil {
 			return fail(err)
 		}
-		_, err = a.Inventory.Import(ctx, src, DevModel)
+		var v store.Version
+		v, err = a.Inventory.Import(ctx, src, DevModel)
 		// The plaintext demo directory is gone once sealed: weights are never kept in the clear.
 		os.RemoveAll(src)
+		if err == nil {
+			// The demo's record: outputs watermarked per tenant (change it with `model set`).
+			attrs := v.Attrs()
+			attrs.Watermark = true
+			_, err = a.Inventory.SetAttrs(ctx, DevModel.Name, DevModel.Version, attrs, "strongroom-dev")
+		}
 	}
 	if err != nil {
 		return fail(err)
@@ -183,8 +190,7 @@ func (a *App) StartDevRuntime(ctx context.Context) (gateway.Route, func(), error
 	for range 600 {
 		if resp, err := http.Get("http://" + engineAddr + "/v1/models"); err == nil {
 			resp.Body.Close()
-			return gateway.Route{Model: DevModel.Name, Upstreams: []string{"http://" + engineAddr + "/v1"}, UpstreamKey: engineKeyHex,
-				Classification: DevModel.Classification, Watermark: true}, stop, nil
+			return gateway.Route{Model: DevModel.Name, Upstreams: []string{"http://" + engineAddr + "/v1"}, UpstreamKey: engineKeyHex}, stop, nil
 		}
 		select {
 		case <-done:

@@ -34,6 +34,13 @@ func (a *App) APIKeys() *authn.Keys {
 // OpenGateway builds the data plane from the config; extra routes (dev's runtime) are added.
 // The policy engine reloads the policy directory until ctx ends.
 func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway.Gateway, error) {
+	if _, err := a.MigrateRoutes(ctx); err != nil {
+		return nil, err
+	}
+	models, err := a.ModelRecords(ctx)
+	if err != nil {
+		return nil, err
+	}
 	gc := a.Config.Gateway
 	eng, err := a.Policy(ctx)
 	if err != nil {
@@ -105,7 +112,8 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		Sanctions:       resp,
 		Geo:             loc,
 		FallbackLimiter: fallback,
-		Routes:          append(append([]gateway.Route{}, gc.Routes...), extra...),
+		Routes:          append(gatewayRoutes(gc.Routes), extra...),
+		Models:          models,
 		Auth:            auth, Policy: eng, Limiter: lim,
 		KeyLimits: gc.KeyLimits, TenantLimits: gc.TenantLimits,
 		Audit: a.AuditLog, Health: a.StoreHealthy, Redactor: a.Redactor, TrustedProxies: proxies,

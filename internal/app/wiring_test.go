@@ -19,6 +19,7 @@ import (
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/strongroom/strongroom/internal/testenv"
@@ -51,13 +52,26 @@ func initApp(t *testing.T, ctx context.Context, edit func(*config.Config)) (*App
 	return a, dir
 }
 
+// importModel synthesizes a small model and imports it as name:version.
+func importModel(t *testing.T, ctx context.Context, a *App, name, version, classification string) {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), "model")
+	if err := refmodel.Synthesize(src, refmodel.SynthOptions{Layers: 1, Hidden: 8, Vocab: 16}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Inventory.Import(ctx, src, inventory.Meta{Name: name, Version: version, Classification: classification}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // serveGateway opens a's gateway with one public model "m" on a fixed-answer engine and
 // returns a function that sends a chat request with a bearer token and gives its status.
 func serveGateway(t *testing.T, ctx context.Context, a *App) func(bearer string) int {
 	t.Helper()
+	importModel(t, ctx, a, "m", "1", "public")
 	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
 	t.Cleanup(engine.Close)
-	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret", Classification: "public"})
+	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,8 @@ import (
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/fsutil"
-	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/limits"
+	"github.com/strongroom/strongroom/internal/modelrec"
 )
 
 // FileName is the config file inside the data directory.
@@ -90,13 +90,13 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // Gateway configures the inference data plane.
 type Gateway struct {
-	Listen         string          `json:"listen"`
-	PolicyDir      string          `json:"policy_dir"` // operator *.cedar files, on top of the baseline
-	Routes         []gateway.Route `json:"routes,omitempty"`
-	KeyLimits      limits.Limits   `json:"key_limits,omitzero"`
-	TenantLimits   limits.Limits   `json:"tenant_limits,omitzero"`
-	TrustedProxies []string        `json:"trusted_proxies,omitempty"`
-	GeoMMDB        string          `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
+	Listen         string        `json:"listen"`
+	PolicyDir      string        `json:"policy_dir"` // operator *.cedar files, on top of the baseline
+	Routes         []Route       `json:"routes,omitempty"`
+	KeyLimits      limits.Limits `json:"key_limits,omitzero"`
+	TenantLimits   limits.Limits `json:"tenant_limits,omitzero"`
+	TrustedProxies []string      `json:"trusted_proxies,omitempty"`
+	GeoMMDB        string        `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
 	// TLS for the gateway listener; with ClientCAFile, client certificates from that CA
 	// identify principals (mTLS), bearer tokens still work without one.
 	TLS *TLS `json:"tls,omitempty"`
@@ -116,6 +116,34 @@ type Gateway struct {
 	MaxBodyBytes        int64       `json:"max_body_bytes,omitempty"`
 	UpstreamTimeout     string      `json:"upstream_timeout,omitempty"` // e.g. "60s"
 	Connections         Connections `json:"connections,omitzero"`
+}
+
+// Route says where a model is served (gateway.Route): the model clients ask for ("NAME:VERSION",
+// or "NAME" for the newest enabled version in the inventory), its engines and their key,
+// and limits. What may be done with the model is its inventory record (`strongroom model
+// set`), never the route.
+type Route struct {
+	Model       string        `json:"model"`
+	Upstreams   []string      `json:"upstreams"`
+	UpstreamKey string        `json:"upstream_key,omitempty"`
+	Limits      limits.Limits `json:"limits,omitzero"`
+	LegacyAttrs
+}
+
+// LegacyAttrs are the model attributes routes carried before the inventory became the one
+// record of them (issue 15). They are read only so that `serve` can move them into the
+// inventory (app.MigrateRoutes) and rewrite the file without them.
+type LegacyAttrs struct {
+	Classification   string              `json:"classification,omitempty"`
+	AllowedCountries []string            `json:"allowed_countries,omitempty"`
+	DeniedCountries  []string            `json:"denied_countries,omitempty"`
+	Hardening        *modelrec.Hardening `json:"hardening,omitempty"`
+	Watermark        bool                `json:"watermark,omitempty"`
+}
+
+// Set reports whether any legacy attribute is present.
+func (l LegacyAttrs) Set() bool {
+	return l.Classification != "" || len(l.AllowedCountries) > 0 || len(l.DeniedCountries) > 0 || l.Hardening != nil || l.Watermark
 }
 
 // Connections bounds every listener (gateway, control plane, custody) together: open

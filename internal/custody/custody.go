@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/attest"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -54,7 +55,7 @@ type Keys interface {
 type Decision struct {
 	Runtime        store.Runtime
 	Model, Version string
-	Classification string
+	Attrs          modelrec.Attrs // the version's inventory record
 	Attestation    attest.Result
 	Renewal        bool
 }

@@ -706,7 +706,7 @@ func TestRestrictedLeaseOnSEVSNP(t *testing.T) {
 		c.Decide = func(_ context.Context, d Decision) (bool, string) {
 			rt := d.Runtime
 			dec := set.DecideLease(policy.LeaseRequest{Runtime: policy.Runtime{ID: rt.ID, Env: rt.Env, Jurisdiction: rt.Jurisdiction},
-				Model: policy.Model{Name: d.Model, Classification: d.Classification}, Attestation: d.Attestation.Type,
+				Model: policy.Model{Name: d.Model, Classification: d.Attrs.Classification}, Attestation: d.Attestation.Type,
 				TEE: d.Attestation.TEE, MeasurementAllowed: d.Attestation.Allowed, Debug: d.Attestation.Debug, Renewal: d.Renewal})
 			return dec.Allow, dec.Reason()
 		}

@@ -119,7 +119,7 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 	}
 	l.Attestation = res.String()
 	fields["attestation"], fields["measurement_allowed"] = l.Attestation, strconv.FormatBool(res.Allowed)
-	if ok, reason := s.cfg.Decide(ctx, Decision{Runtime: rt, Model: v.Model, Version: v.Version, Classification: v.Classification, Attestation: res}); !ok {
+	if ok, reason := s.cfg.Decide(ctx, Decision{Runtime: rt, Model: v.Model, Version: v.Version, Attrs: v.Attrs(), Attestation: res}); !ok {
 		return deny(ErrDenied, reason)
 	}
 	fields["containment"] = r.Containment
@@ -250,7 +250,7 @@ func (s *Service) Renew(ctx context.Context, rt store.Runtime, id string) (store
 	if !v.DisabledAt.IsZero() {
 		return deny(ErrDisabled, "model version disabled")
 	}
-	if ok, reason := s.cfg.Decide(ctx, Decision{Runtime: rt, Model: l.Model, Version: l.Version, Classification: v.Classification,
+	if ok, reason := s.cfg.Decide(ctx, Decision{Runtime: rt, Model: l.Model, Version: l.Version, Attrs: v.Attrs(),
 		Attestation: s.attestationOf(l), Renewal: true}); !ok {
 		return deny(ErrDenied, reason)
 	}

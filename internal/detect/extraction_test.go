@@ -20,6 +20,7 @@ import (
 	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/limits"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
@@ -58,8 +59,9 @@ func setup(t *testing.T, protect bool) (url, key string, hidden int) {
 	red, _ := audit.NewRedactor(bytes.Repeat([]byte{2}, 32))
 	eng, _ := policy.NewEngine("", nil)
 	cfg := gateway.Config{
-		Routes: []gateway.Route{{Model: "demo", Upstreams: []string{up.URL + "/v1"}, Classification: "public",
-			Hardening: &gateway.Hardening{LogitBias: "allow", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 16}}},
+		Routes: []gateway.Route{{Model: "demo", Upstreams: []string{up.URL + "/v1"}}},
+		Models: modelrec.NewTable(modelrec.Record{Name: "demo", Version: "1", Attrs: modelrec.Attrs{Classification: "public",
+			Hardening: &gateway.Hardening{LogitBias: "allow", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 16}}}),
 		Auth: keys, Policy: eng, Limiter: limits.NewLocal(nil), Audit: l, Redactor: red,
 	}
 	if protect {

@@ -101,7 +101,7 @@ func BenchmarkProxy(b *testing.B) {
 
 	b.Run("gateway", func(b *testing.B) {
 		f := newFixture(b, func(c *Config) {
-			c.Routes = []Route{{Model: "demo", Upstreams: []string{upstream.URL + "/v1"}, Classification: "public"}}
+			c.Routes = []Route{{Model: "demo", Upstreams: []string{upstream.URL + "/v1"}}}
 			c.Detector = nopDetector{}
 		})
 		defer f.log.Close(context.Background())
@@ -125,7 +125,7 @@ func BenchmarkAuditCost(b *testing.B) {
 	for _, on := range []bool{false, true} {
 		b.Run(fmt.Sprintf("log=%v", on), func(b *testing.B) {
 			f := newFixture(b, func(c *Config) {
-				c.Routes = []Route{{Model: "demo", Upstreams: []string{upstream.URL + "/v1"}, Classification: "public"}}
+				c.Routes = []Route{{Model: "demo", Upstreams: []string{upstream.URL + "/v1"}}}
 				if !on {
 					c.Audit = nopAudit{}
 				}

@@ -18,18 +18,19 @@ type apiError struct {
 }
 
 var (
-	errUnauthenticated = &apiError{status: http.StatusUnauthorized, typ: "invalid_request_error", code: "invalid_api_key", message: "Invalid or missing API key."}
-	errStepUp          = &apiError{status: http.StatusUnauthorized, typ: "invalid_request_error", code: "insufficient_user_authentication", message: "Re-authenticate with multi-factor authentication to continue."}
-	errForbidden       = &apiError{status: http.StatusForbidden, typ: "invalid_request_error", code: "permission_denied", message: "This request is not permitted."}
-	errModelNotFound   = &apiError{status: http.StatusNotFound, typ: "invalid_request_error", code: "model_not_found", message: "The model does not exist or you do not have access to it."}
-	errTooLarge        = &apiError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error", code: "request_too_large", message: "Request body too large."}
-	errNotFound        = &apiError{status: http.StatusNotFound, typ: "invalid_request_error", code: "not_found", message: "Unknown endpoint."}
-	errMethod          = &apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error", code: "method_not_allowed", message: "Method not allowed."}
-	errUpstreamDown    = &apiError{status: http.StatusBadGateway, typ: "server_error", code: "upstream_unavailable", message: "The model server is unavailable."}
-	errUpstreamSlow    = &apiError{status: http.StatusGatewayTimeout, typ: "server_error", code: "upstream_timeout", message: "The model server did not answer in time."}
-	errLimitsDown      = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "limits_unavailable", message: "The service cannot apply rate limits right now; try again later."}
-	errUnavailable     = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "service_unavailable", message: "The service cannot serve requests right now; try again later."}
-	errAuditDown       = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "audit_unavailable", message: "The service cannot record requests right now; try again later."}
+	errUnauthenticated  = &apiError{status: http.StatusUnauthorized, typ: "invalid_request_error", code: "invalid_api_key", message: "Invalid or missing API key."}
+	errStepUp           = &apiError{status: http.StatusUnauthorized, typ: "invalid_request_error", code: "insufficient_user_authentication", message: "Re-authenticate with multi-factor authentication to continue."}
+	errForbidden        = &apiError{status: http.StatusForbidden, typ: "invalid_request_error", code: "permission_denied", message: "This request is not permitted."}
+	errModelNotFound    = &apiError{status: http.StatusNotFound, typ: "invalid_request_error", code: "model_not_found", message: "The model does not exist or you do not have access to it."}
+	errTooLarge         = &apiError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error", code: "request_too_large", message: "Request body too large."}
+	errNotFound         = &apiError{status: http.StatusNotFound, typ: "invalid_request_error", code: "not_found", message: "Unknown endpoint."}
+	errMethod           = &apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error", code: "method_not_allowed", message: "Method not allowed."}
+	errModelUnavailable = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "model_unavailable", message: "The model is not available right now."}
+	errUpstreamDown     = &apiError{status: http.StatusBadGateway, typ: "server_error", code: "upstream_unavailable", message: "The model server is unavailable."}
+	errUpstreamSlow     = &apiError{status: http.StatusGatewayTimeout, typ: "server_error", code: "upstream_timeout", message: "The model server did not answer in time."}
+	errLimitsDown       = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "limits_unavailable", message: "The service cannot apply rate limits right now; try again later."}
+	errUnavailable      = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "service_unavailable", message: "The service cannot serve requests right now; try again later."}
+	errAuditDown        = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "audit_unavailable", message: "The service cannot record requests right now; try again later."}
 )
 
 func badRequest(msg string) *apiError {

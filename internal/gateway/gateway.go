@@ -26,6 +26,7 @@ import (
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/limits"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/policy"
 )
 
@@ -80,24 +81,26 @@ type Observation struct {
 	Decision         string
 }
 
-// Route sends a model to its servers.
+// Route says where a model is served, nothing more: what may be done with it
+// (classification, countries, hardening, watermarking) is its inventory record
+// (package modelrec), looked up on every request in Config.Models.
 type Route struct {
-	Model            string     `json:"model"`
-	Upstreams        []string   `json:"upstreams"` // base URLs ending in /v1
-	UpstreamKey      string     `json:"upstream_key,omitempty"`
-	Classification   string     `json:"classification"`
-	AllowedCountries []string   `json:"allowed_countries,omitempty"`
-	DeniedCountries  []string   `json:"denied_countries,omitempty"`
-	Hardening        *Hardening `json:"hardening,omitempty"`
-	// Watermark asks the model server to watermark outputs with the caller's tenant key
-	// (header X-Strongroom-Tenant, signed with UpstreamKey: package engineauth).
-	Watermark bool          `json:"watermark,omitempty"`
-	Limits    limits.Limits `json:"limits,omitempty"`
+	// Model is the name clients ask for: "NAME:VERSION" serves that version, "NAME" the
+	// newest enabled version of NAME in the inventory.
+	Model     string   `json:"model"`
+	Upstreams []string `json:"upstreams"` // base URLs ending in /v1
+	// UpstreamKey is the engine's bearer and signs the watermark tenant (package
+	// engineauth); required to serve a model whose record asks for watermarking.
+	UpstreamKey string        `json:"upstream_key,omitempty"`
+	Limits      limits.Limits `json:"limits,omitzero"`
 }
 
 // Config wires a Gateway.
 type Config struct {
-	Routes  []Route
+	Routes []Route
+	// Models holds every model version's record; a route whose model has none (or only a
+	// disabled one) is not served.
+	Models  modelrec.Resolver
 	Auth    Authenticator
 	Certs   CertAuthenticator // nil: client certificates are not used
 	Policy  Decider
@@ -139,8 +142,8 @@ type Gateway struct {
 
 // New checks cfg and sets defaults in one place.
 func New(cfg Config) (*Gateway, error) {
-	if cfg.Auth == nil || cfg.Policy == nil || cfg.Limiter == nil || cfg.Audit == nil || cfg.Redactor == nil {
-		return nil, errors.New("gateway: auth, policy, limiter, audit and redactor are required")
+	if cfg.Auth == nil || cfg.Policy == nil || cfg.Limiter == nil || cfg.Audit == nil || cfg.Redactor == nil || cfg.Models == nil {
+		return nil, errors.New("gateway: auth, policy, limiter, audit, redactor and model records are required")
 	}
 	if cfg.MaxBody == 0 {
 		cfg.MaxBody = 4 << 20
@@ -157,15 +160,8 @@ func New(cfg Config) (*Gateway, error) {
 	g := &Gateway{cfg: cfg, routes: map[string]*Route{}, log: cfg.Logger, refused: newRefusals()}
 	for i := range cfg.Routes {
 		r := &cfg.Routes[i]
-		if r.Model == "" || len(r.Upstreams) == 0 || r.Classification == "" {
-			return nil, fmt.Errorf("gateway: route %d needs model, upstreams and classification", i)
-		}
-		if r.Watermark && r.UpstreamKey == "" {
-			return nil, fmt.Errorf("gateway: route %s watermarks but has no upstream_key to sign the tenant with", r.Model)
-		}
-		if r.Hardening == nil {
-			h := DefaultHardening()
-			r.Hardening = &h
+		if r.Model == "" || len(r.Upstreams) == 0 {
+			return nil, fmt.Errorf("gateway: route %d needs model and upstreams", i)
 		}
 		if _, dup := g.routes[r.Model]; dup {
 			return nil, fmt.Errorf("gateway: model %s routed twice", r.Model)
@@ -317,8 +313,15 @@ func policyPrincipal(p *authn.Principal) policy.Principal {
 	return policy.Principal{ID: p.ID, Tenant: p.Tenant, Org: p.Org, Country: p.Country, Screening: p.Screening, Roles: p.Roles}
 }
 
-func policyModel(rt *Route) policy.Model {
-	return policy.Model{Name: rt.Model, Classification: rt.Classification, AllowedCountries: rt.AllowedCountries, DeniedCountries: rt.DeniedCountries}
+// PolicyModel is the model as Cedar sees it: its inventory name and record.
+func PolicyModel(rec modelrec.Record) policy.Model {
+	return policy.Model{Name: rec.Name, Classification: rec.Attrs.Classification, AllowedCountries: rec.Attrs.AllowedCountries, DeniedCountries: rec.Attrs.DeniedCountries}
+}
+
+// record is the inventory record rt serves now; false when there is none or it is disabled.
+func (g *Gateway) record(rt *Route) (modelrec.Record, bool) {
+	rec, ok := g.cfg.Models.Resolve(rt.Model)
+	return rec, ok && !rec.Disabled
 }
 
 func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
@@ -341,11 +344,14 @@ func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
 		Data   []model `json:"data"`
 	}{Object: "list", Data: []model{}}
 	for _, name := range g.names {
-		rt := g.routes[name]
 		if !p.MayUse(name) {
 			continue
 		}
-		if d := g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionList, Model: policyModel(rt), Context: ctx}); d.Allow {
+		rec, ok := g.record(g.routes[name])
+		if !ok {
+			continue
+		}
+		if d := g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionList, Model: PolicyModel(rec), Context: ctx}); d.Allow {
 			out.Data = append(out.Data, model{ID: name, Object: "model", OwnedBy: "strongroom"})
 		}
 	}
@@ -363,8 +369,9 @@ type reqState struct {
 	ip          netip.Addr
 	country     string
 	route       *Route
-	feat        features // after hardening: what the engine is sent
-	asked       askedFor // what the client asked for: what policy and the detectors judge
+	rec         modelrec.Record // the route's inventory record when the request came
+	feat        features        // after hardening: what the engine is sent
+	asked       askedFor        // what the client asked for: what policy and the detectors judge
 	prompt      []byte
 	decision    string
 	reason      string
@@ -426,6 +433,12 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	st.route = rt
+	rec, ok := g.record(rt)
+	if !ok {
+		st.fail(w, errModelUnavailable, "model "+rt.Model+" has no enabled inventory record")
+		return
+	}
+	st.rec = rec
 	st.country = g.country(st.ip)
 	st.asked = asked(&st.feat)
 	logprobs, top, n := st.asked.Logprobs, st.asked.TopLogprobs, st.asked.N
@@ -436,15 +449,22 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	pctx := policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(),
 		MFAAgeS: mfaAge, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.asked.LogitBias) > 0,
 		N: n, MaxTokens: st.asked.MaxTokens, TemperatureMilli: st.asked.TemperatureMilli}
-	d := g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionInfer, Model: policyModel(rt), Context: pctx})
+	pm := PolicyModel(rec)
+	d := g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionInfer, Model: pm, Context: pctx})
 	if !d.Allow {
 		st.fail(w, errForbidden, d.Reason())
 		return
 	}
 	// Policy decides per model and tenant whether the outputs carry the tenant's watermark
 	// (on routes whose engine can watermark).
-	if rt.Watermark {
-		st.watermark = g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionWatermark, Model: policyModel(rt), Context: pctx}).Allow
+	if rec.Attrs.Watermark {
+		if rt.UpstreamKey == "" {
+			// Without the engine key the tenant cannot be signed: the engine would not mark.
+			g.log.Error("ALERT model record asks for watermarking but its route has no upstream_key", "model", rt.Model)
+			st.fail(w, errModelUnavailable, "watermarking model "+rt.Model+" routed without upstream_key")
+			return
+		}
+		st.watermark = g.cfg.Policy.Decide(policy.Request{Principal: policyPrincipal(p), Action: policy.ActionWatermark, Model: pm, Context: pctx}).Allow
 	}
 	if err := g.cfg.Audit.Healthy(); err != nil {
 		st.fail(w, errAuditDown, "audit log unhealthy: "+err.Error())
@@ -456,11 +476,11 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 			return
 		}
 	}
-	hard := *rt.Hardening
+	hard := rec.Attrs.EffectiveHardening()
 	if sanction == "strip_logprobs" { // detector response: no more logit information
 		hard.MaxTopLogprobs, hard.LogitBias = -1, "reject"
 	}
-	upBody, err := hard.apply(body, &st.feat, endpoint)
+	upBody, err := applyHardening(hard, body, &st.feat, endpoint)
 	if err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) {
@@ -484,7 +504,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		scopes = append(scopes, limits.Scope{Name: "sanction:" + p.ID, Limits: limits.Limits{RPM: 6, Concurrent: 1}})
 	}
 	done, denied, err := g.cfg.Limiter.Admit(r.Context(), scopes, est)
-	if err != nil && g.cfg.FallbackLimiter != nil && rt.Classification == "public" {
+	if err != nil && g.cfg.FallbackLimiter != nil && rec.Attrs.Classification == "public" {
 		g.log.Error("ALERT shared limiter unavailable; local limits for public model", "model", rt.Model, "err", err)
 		done, denied, err = g.cfg.FallbackLimiter.Admit(r.Context(), scopes, est)
 	}
@@ -694,6 +714,9 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 	}
 	if st.route != nil {
 		ev.Subject["model"] = st.route.Model
+		if st.rec.Version != "" {
+			ev.Subject["version"] = st.rec.Version
+		}
 	}
 	if st.prompt != nil {
 		ev.Fields["prompt_hmac"] = g.cfg.Redactor.Digest(string(st.prompt))

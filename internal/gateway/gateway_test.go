@@ -35,6 +35,7 @@ import (
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/limits"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
@@ -134,8 +135,12 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	lim := limits.NewLocal(nil)
 	cfg := Config{
 		Routes: []Route{
-			{Model: "demo", Upstreams: []string{up.URL + "/demo/v1"}, UpstreamKey: engineKey, Classification: "public"},
-			{Model: "frontier", Upstreams: []string{up.URL + "/frontier/v1"}, UpstreamKey: engineKey, Classification: "restricted",
+			{Model: "demo", Upstreams: []string{up.URL + "/demo/v1"}, UpstreamKey: engineKey},
+			{Model: "frontier", Upstreams: []string{up.URL + "/frontier/v1"}, UpstreamKey: engineKey},
+		},
+		Models: records{
+			"demo": {Classification: "public"},
+			"frontier": {Classification: "restricted",
 				Hardening: &Hardening{LogitBias: "reject", MaxTopLogprobs: 2, MaxN: 1, MaxTokens: 64}},
 		},
 		Auth: keys, Policy: eng, Limiter: lim, Audit: l, Redactor: red,
@@ -158,6 +163,15 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 
 // engineKey is the fixture engines' bearer secret (what the launcher hands engine and gateway).
 const engineKey = "engine-secret"
+
+// records is the fixtures' model records (model name -> attributes, version "1").
+type records map[string]modelrec.Attrs
+
+func (r records) Resolve(ref string) (modelrec.Record, bool) {
+	name, _ := modelrec.SplitRef(ref)
+	a, ok := r[name]
+	return modelrec.Record{Name: name, Version: "1", Attrs: a}, ok
+}
 
 type fixedGeo string
 
@@ -358,10 +372,13 @@ func TestUpstreamFailures(t *testing.T) {
 	f := newFixture(t, func(c *Config) {
 		c.UpstreamTimeout = 300 * time.Millisecond
 		c.Routes = append(c.Routes,
-			Route{Model: "slow", Upstreams: []string{slow.URL + "/v1"}, Classification: "public"},
-			Route{Model: "dead", Upstreams: []string{deadURL + "/v1"}, Classification: "public"},
-			Route{Model: "failover", Upstreams: []string{deadURL + "/v1", c.Routes[0].Upstreams[0]}, UpstreamKey: engineKey, Classification: "public"},
+			Route{Model: "slow", Upstreams: []string{slow.URL + "/v1"}},
+			Route{Model: "dead", Upstreams: []string{deadURL + "/v1"}},
+			Route{Model: "failover", Upstreams: []string{deadURL + "/v1", c.Routes[0].Upstreams[0]}, UpstreamKey: engineKey},
 		)
+		for _, m := range []string{"slow", "dead", "failover"} {
+			c.Models.(records)[m] = modelrec.Attrs{Classification: "public"}
+		}
 	})
 	url := f.srv.URL + "/v1/chat/completions"
 	msg := `"messages":[{"role":"user","content":"hi"}]`
@@ -401,7 +418,8 @@ func TestClientDisconnectCancelsUpstream(t *testing.T) {
 	}))
 	defer up.Close()
 	f := newFixture(t, func(c *Config) {
-		c.Routes = append(c.Routes, Route{Model: "endless", Upstreams: []string{up.URL + "/v1"}, Classification: "public"})
+		c.Routes = append(c.Routes, Route{Model: "endless", Upstreams: []string{up.URL + "/v1"}})
+		c.Models.(records)["endless"] = modelrec.Attrs{Classification: "public"}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.srv.URL+"/v1/chat/completions",
@@ -534,7 +552,7 @@ func TestLimiterDown(t *testing.T) {
 // (so averaging does not remove it), streams are shaped too.
 func TestLogprobShaping(t *testing.T) {
 	f := newFixture(t, func(c *Config) {
-		c.Routes[0].Hardening = &Hardening{LogitBias: "strip", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 64, RoundLogprobs: 2, LogprobNoise: 0.5}
+		c.Models.(records)["demo"] = modelrec.Attrs{Classification: "public", Hardening: &Hardening{LogitBias: "strip", MaxTopLogprobs: 5, MaxN: 1, MaxTokens: 64, RoundLogprobs: 2, LogprobNoise: 0.5}}
 	})
 	url := f.srv.URL + "/v1/chat/completions"
 	body := `{"model":"demo","max_tokens":4,"logprobs":true,"top_logprobs":3,"messages":[{"role":"user","content":"hello"}]}`
@@ -635,7 +653,7 @@ func TestMTLS(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
-	gw, _ := New(Config{Routes: f.gw.cfg.Routes, Auth: f.gw.cfg.Auth, Certs: authn.Certs{St: f.st}, Policy: f.gw.cfg.Policy,
+	gw, _ := New(Config{Routes: f.gw.cfg.Routes, Models: f.gw.cfg.Models, Auth: f.gw.cfg.Auth, Certs: authn.Certs{St: f.st}, Policy: f.gw.cfg.Policy,
 		Limiter: limits.NewLocal(nil), Audit: f.log, Redactor: f.gw.cfg.Redactor, Geo: fixedGeo("US")})
 	srv := httptest.NewUnstartedServer(gw)
 	srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}
@@ -704,7 +722,7 @@ func TestHealthCheck(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	f := newFixture(t, func(c *Config) {
-		c.Routes = []Route{{Model: "demo", Upstreams: []string{a.URL + "/v1", b.URL + "/v1"}, Classification: "public"}}
+		c.Routes = []Route{{Model: "demo", Upstreams: []string{a.URL + "/v1", b.URL + "/v1"}}}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -754,7 +772,7 @@ func FuzzRequestAndResponse(f *testing.F) {
 		if json.Unmarshal(body, &feat) == nil {
 			feat.logprobs()
 			feat.prompt()
-			out, err := h.apply(body, &feat, "chat")
+			out, err := applyHardening(h, body, &feat, "chat")
 			if err == nil && !json.Valid(out) {
 				t.Fatalf("hardened body is not JSON: %q", out)
 			}
@@ -824,7 +842,7 @@ func TestWatermarkPolicy(t *testing.T) {
 	}
 	f := newFixture(t, func(c *Config) {
 		c.Policy = eng
-		c.Routes[0].Watermark = true
+		c.Models.(records)["demo"] = modelrec.Attrs{Classification: "public", Watermark: true}
 	})
 	ctx := context.Background()
 	f.st.PutPrincipal(ctx, store.Principal{ID: "carol", Tenant: "exempt", Roles: []string{"researcher"}, Screening: "clear"})
@@ -939,5 +957,78 @@ func TestUnauthenticatedFlood(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(f.gw.refused.counter.WithLabelValues("401")); got != n {
 		t.Fatalf("counter %v, want %d", got, n)
+	}
+}
+
+// TestModelRecord: what may be done with a model comes from its inventory record, read on
+// every request: a route without a record (or whose version is disabled) is not served,
+// and a change to the record (countries, hardening) applies to the next request without a
+// new gateway. "NAME" routes follow the newest enabled version.
+func TestModelRecord(t *testing.T) {
+	tbl := modelrec.NewTable()
+	f := newFixture(t, func(c *Config) {
+		c.Routes = append(c.Routes, Route{Model: "demo:2", Upstreams: c.Routes[0].Upstreams, UpstreamKey: engineKey})
+		c.Models = tbl
+	})
+	url := f.srv.URL + "/v1/chat/completions"
+	body := func(model string) string {
+		return `{"model":"` + model + `","max_tokens":2,"logit_bias":{"5":1},"messages":[{"role":"user","content":"hi"}]}`
+	}
+	status := func(model string) int {
+		t.Helper()
+		resp, _ := post(t, url, f.alice, body(model))
+		return resp.StatusCode
+	}
+	if got := status("demo"); got != http.StatusServiceUnavailable {
+		t.Fatalf("no record: status %d, want 503", got)
+	}
+	t0 := time.Now()
+	v1 := modelrec.Record{Name: "demo", Version: "1", Created: t0, Attrs: modelrec.Attrs{Classification: "public", Hardening: &Hardening{LogitBias: "allow", MaxN: 1, MaxTokens: 8}}}
+	v2 := modelrec.Record{Name: "demo", Version: "2", Created: t0.Add(time.Second), Attrs: modelrec.Attrs{Classification: "public"}}
+	tbl.Set([]modelrec.Record{v1, v2})
+	// "demo" is the newest version, 2, with default hardening: logit_bias stripped.
+	if got := status("demo"); got != 200 {
+		t.Fatalf("status %d", got)
+	}
+	if _, ok := f.up.body()["logit_bias"]; ok {
+		t.Fatal("demo (v2, default hardening) forwarded logit_bias")
+	}
+	// Disable v2: "demo" falls back to v1 (logit_bias allowed); "demo:2" is not served.
+	v2.Disabled = true
+	tbl.Set([]modelrec.Record{v1, v2})
+	if got := status("demo"); got != 200 {
+		t.Fatalf("status %d", got)
+	}
+	if _, ok := f.up.body()["logit_bias"]; !ok {
+		t.Fatal("demo (v1, logit_bias allowed) did not forward logit_bias")
+	}
+	if got := status("demo:2"); got != http.StatusServiceUnavailable {
+		t.Fatalf("disabled demo:2: status %d, want 503", got)
+	}
+	// Countries: the fixture's clients are in the US.
+	v1.Attrs.DeniedCountries = []string{"US"}
+	tbl.Set([]modelrec.Record{v1, v2})
+	if got := status("demo"); got != http.StatusForbidden {
+		t.Fatalf("denied country: status %d, want 403", got)
+	}
+	v1.Attrs.DeniedCountries, v1.Attrs.AllowedCountries = nil, []string{"GB"}
+	tbl.Set([]modelrec.Record{v1, v2})
+	if got := status("demo"); got != http.StatusForbidden {
+		t.Fatalf("not an allowed country: status %d, want 403", got)
+	}
+	v1.Attrs.AllowedCountries = []string{"GB", "US"}
+	tbl.Set([]modelrec.Record{v1, v2})
+	if got := status("demo"); got != 200 {
+		t.Fatalf("allowed country: status %d", got)
+	}
+	// The record's version is in the log entry (recorded after the answer: stop first).
+	f.srv.Close()
+	f.log.Close(context.Background())
+	evs, err := f.st.SearchAudit(context.Background(), store.AuditQuery{Kind: "gateway.request"})
+	if err != nil || len(evs) == 0 {
+		t.Fatalf("no request events: %v", err)
+	}
+	if !bytes.Contains(evs[len(evs)-1].Raw, []byte(`"version":"1"`)) {
+		t.Fatalf("last request event does not name the version: %s", evs[len(evs)-1].Raw)
 	}
 }

@@ -1,34 +1,22 @@
 package gateway
 
-import "strconv"
+import (
+	"strconv"
 
-// Hardening caps the request features used for logit-based extraction (Carlini et al. 2024,
-// "Stealing Part of a Production Language Model"; Finlayson et al. 2024): logit_bias,
-// logprobs and top_logprobs, n and max_tokens.
-type Hardening struct {
-	// LogitBias: "reject" (400), "strip" (removed silently) or "allow".
-	LogitBias string `json:"logit_bias"`
-	// MaxTopLogprobs caps top_logprobs; -1 forbids logprobs altogether (stripped).
-	MaxTopLogprobs int `json:"max_top_logprobs"`
-	MaxN           int `json:"max_n"`
-	MaxTokens      int `json:"max_tokens"`
-	// RoundLogprobs rounds returned logprobs to this many decimals (0: off).
-	RoundLogprobs int `json:"round_logprobs,omitempty"`
-	// LogprobNoise adds Gaussian noise of this standard deviation (nats) to returned
-	// logprobs, the same for a repeated query so that averaging does not remove it (0: off).
-	LogprobNoise float64 `json:"logprob_noise,omitempty"`
-}
+	"github.com/strongroom/strongroom/internal/modelrec"
+)
 
-// DefaultHardening is what applies when a route sets none.
-func DefaultHardening() Hardening {
-	return Hardening{LogitBias: "strip", MaxTopLogprobs: 5, MaxN: 4, MaxTokens: 4096}
-}
+// Hardening is a model record's request caps (package modelrec).
+type Hardening = modelrec.Hardening
 
-// apply returns the request body to send upstream: unchanged when nothing needs changing
+// DefaultHardening is what applies when a record sets none.
+func DefaultHardening() Hardening { return modelrec.DefaultHardening() }
+
+// applyHardening returns the request body to send upstream: unchanged when nothing needs changing
 // (the common case, no re-encoding), else rewritten member by member (request.go). It also
 // updates f to what is forwarded, so that f describes the engine's view of the request.
 // Streams get include_usage so that tokens can be counted.
-func (h Hardening) apply(body []byte, f *features, endpoint string) ([]byte, error) {
+func applyHardening(h Hardening, body []byte, f *features, endpoint string) ([]byte, error) {
 	var edits []edit
 	set := func(name string, v int) { edits = append(edits, edit{name, strconv.AppendInt(nil, int64(v), 10)}) }
 	drop := func(names ...string) {

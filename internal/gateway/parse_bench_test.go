@@ -79,7 +79,7 @@ func BenchmarkParse(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := h.apply(body, f, "chat"); err != nil {
+				if _, err := applyHardening(h, body, f, "chat"); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -60,8 +60,12 @@ func TestHostileBodies(t *testing.T) {
 	det := &captureDetector{}
 	f := newFixture(t, func(c *Config) {
 		c.Routes = []Route{
-			{Model: "echo-public", Upstreams: []string{echo}, Classification: "public"},
-			{Model: "echo-restricted", Upstreams: []string{echo}, Classification: "restricted",
+			{Model: "echo-public", Upstreams: []string{echo}},
+			{Model: "echo-restricted", Upstreams: []string{echo}},
+		}
+		c.Models = records{
+			"echo-public": {Classification: "public"},
+			"echo-restricted": {Classification: "restricted",
 				Hardening: &Hardening{LogitBias: "reject", MaxTopLogprobs: 2, MaxN: 1, MaxTokens: 64}},
 		}
 		c.Detector = det
@@ -276,7 +280,7 @@ func FuzzDifferential(f *testing.F) {
 			return // refused: nothing is forwarded
 		}
 		judged := asked(feat)
-		out, err := hard.apply(body, feat, endpoint)
+		out, err := applyHardening(hard, body, feat, endpoint)
 		if err != nil {
 			return
 		}

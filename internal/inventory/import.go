@@ -101,6 +101,13 @@ func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (v stor
 		Model: meta.Name, Version: meta.Version, Classification: meta.Classification,
 		Owner: meta.Owner, Env: meta.Env, KeyID: hex.EncodeToString(keyID[:]), CreatedAt: inv.now().UTC(),
 	}
+	// A new version keeps the newest earlier version's country lists, watermarking and
+	// hardening: a route that serves "NAME" moves to it, and must not lose a restriction.
+	inherited, err := inv.inherit(ctx, meta.Name)
+	if err != nil {
+		return store.Version{}, err
+	}
+	v.AllowedCountries, v.DeniedCountries, v.Watermark, v.Hardening = inherited.AllowedCountries, inherited.DeniedCountries, inherited.Watermark, inherited.Hardening
 	var resources []modelsig.Resource
 	for i, rel := range paths {
 		if err := ctx.Err(); err != nil {
@@ -126,6 +133,7 @@ func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (v stor
 	if err := inv.audit.Audit(ctx, "model.import", "allow", "", subject(meta.Name, meta.Version), map[string]string{
 		"classification": meta.Classification, "owner": meta.Owner, "env": meta.Env, "key_id": v.KeyID,
 		"files": fmt.Sprint(len(v.Files)), "bytes": fmt.Sprint(total), "model_sig_sha256": hex.EncodeToString(manifest[:]),
+		"attrs": attrsJSON(v.Attrs()),
 	}); err != nil {
 		return store.Version{}, err // not recorded, so not imported
 	}

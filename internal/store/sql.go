@@ -3,12 +3,15 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/modelrec"
 )
 
 // dialect holds what differs between SQLite and PostgreSQL for our few statements.
@@ -187,6 +190,9 @@ var migrations = []string{
 	CREATE INDEX custody_nonces_expiry ON custody_nonces (expires_at)`,
 	`ALTER TABLE leases ADD COLUMN seen_at BIGINT NOT NULL DEFAULT 0;
 	ALTER TABLE leases ADD COLUMN watch_seq BIGINT NOT NULL DEFAULT 0`,
+	// Issue 15: the inventory is the one record of a model version's attributes.
+	`ALTER TABLE versions ADD COLUMN attrs TEXT NOT NULL DEFAULT '';
+	ALTER TABLE versions ADD COLUMN attrs_at BIGINT NOT NULL DEFAULT 0`,
 }
 
 func (s *sqlStore) q(query string) string {
@@ -370,9 +376,13 @@ func (s *sqlStore) DeleteKey(ctx context.Context, id string) error {
 
 func (s *sqlStore) CreateVersion(ctx context.Context, v Version) error {
 	err := s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO versions (model, version, classification, owner, env, key_id, signature, created_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`),
-			v.Model, v.Version, v.Classification, v.Owner, v.Env, v.KeyID, v.Signature, v.CreatedAt.UnixNano())
+		extra, err := marshalExtra(v.Attrs())
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO versions (model, version, classification, owner, env, key_id, signature, created_at, attrs, attrs_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+			v.Model, v.Version, v.Classification, v.Owner, v.Env, v.KeyID, v.Signature, v.CreatedAt.UnixNano(), extra, nanos(v.AttrsAt))
 		if err != nil {
 			return err
 		}
@@ -393,7 +403,61 @@ func (s *sqlStore) CreateVersion(ctx context.Context, v Version) error {
 	return nil
 }
 
-const versionCols = `model, version, classification, owner, env, key_id, signature, created_at, disabled_at`
+const versionCols = `model, version, classification, owner, env, key_id, signature, created_at, disabled_at, attrs, attrs_at`
+
+// extraAttrs is what the attrs column holds: the attributes besides classification and
+// owner, which have columns of their own.
+type extraAttrs struct {
+	AllowedCountries []string            `json:"allowed_countries,omitempty"`
+	DeniedCountries  []string            `json:"denied_countries,omitempty"`
+	Watermark        bool                `json:"watermark,omitempty"`
+	Hardening        *modelrec.Hardening `json:"hardening,omitempty"`
+}
+
+func marshalExtra(a modelrec.Attrs) (string, error) {
+	b, err := json.Marshal(extraAttrs{a.AllowedCountries, a.DeniedCountries, a.Watermark, a.Hardening})
+	return string(b), err
+}
+
+func (v *Version) setExtra(col string) error {
+	if col == "" {
+		return nil
+	}
+	var e extraAttrs
+	if err := json.Unmarshal([]byte(col), &e); err != nil {
+		return fmt.Errorf("store: model %s:%s attributes: %w", v.Model, v.Version, err)
+	}
+	v.AllowedCountries, v.DeniedCountries, v.Watermark, v.Hardening = e.AllowedCountries, e.DeniedCountries, e.Watermark, e.Hardening
+	return nil
+}
+
+func (s *sqlStore) SetVersionAttrs(ctx context.Context, model, version string, a modelrec.Attrs, at time.Time) error {
+	extra, err := marshalExtra(a)
+	if err != nil {
+		return err
+	}
+	res, err := s.db.ExecContext(ctx, s.q(`UPDATE versions SET classification = ?, owner = ?, attrs = ?, attrs_at = ? WHERE model = ? AND version = ?`),
+		a.Classification, a.Owner, extra, at.UnixNano(), model, version)
+	if err != nil {
+		return fmt.Errorf("store: set attributes of %s:%s: %w", model, version, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("model %s:%s: %w", model, version, ErrNotFound)
+	}
+	return nil
+}
+
+func (s *sqlStore) ModelRecords(ctx context.Context) ([]modelrec.Record, error) {
+	vs, err := s.scanVersions(ctx, ``)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]modelrec.Record, len(vs))
+	for i, v := range vs {
+		out[i] = v.Record()
+	}
+	return out, nil
+}
 
 func (s *sqlStore) GetVersion(ctx context.Context, model, version string) (Version, error) {
 	vs, err := s.versions(ctx, `WHERE model = ? AND version = ?`, model, version)
@@ -414,6 +478,20 @@ func (s *sqlStore) ListVersions(ctx context.Context, model string) ([]Version, e
 }
 
 func (s *sqlStore) versions(ctx context.Context, where string, args ...any) ([]Version, error) {
+	out, err := s.scanVersions(ctx, where, args...)
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		if out[i].Files, err = s.files(ctx, out[i].Model, out[i].Version); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// scanVersions reads versions without their files.
+func (s *sqlStore) scanVersions(ctx context.Context, where string, args ...any) ([]Version, error) {
 	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+versionCols+` FROM versions `+where+` ORDER BY model, created_at, version`), args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: list versions: %w", err)
@@ -421,22 +499,22 @@ func (s *sqlStore) versions(ctx context.Context, where string, args ...any) ([]V
 	var out []Version
 	for rows.Next() {
 		var v Version
-		var ts, dis int64
-		if err := rows.Scan(&v.Model, &v.Version, &v.Classification, &v.Owner, &v.Env, &v.KeyID, &v.Signature, &ts, &dis); err != nil {
+		var ts, dis, at int64
+		var extra string
+		if err := rows.Scan(&v.Model, &v.Version, &v.Classification, &v.Owner, &v.Env, &v.KeyID, &v.Signature, &ts, &dis, &extra, &at); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("store: list versions: %w", err)
 		}
-		v.CreatedAt, v.DisabledAt = time.Unix(0, ts).UTC(), fromNanos(dis)
+		v.CreatedAt, v.DisabledAt, v.AttrsAt = time.Unix(0, ts).UTC(), fromNanos(dis), fromNanos(at)
+		if err := v.setExtra(extra); err != nil {
+			rows.Close()
+			return nil, err
+		}
 		out = append(out, v)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("store: list versions: %w", err)
-	}
-	for i := range out {
-		if out[i].Files, err = s.files(ctx, out[i].Model, out[i].Version); err != nil {
-			return nil, err
-		}
 	}
 	return out, nil
 }

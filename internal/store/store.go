@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/modelrec"
 )
 
 // Sentinel errors callers act on.
@@ -50,6 +52,29 @@ type Version struct {
 	Files          []File // sorted by Path
 	CreatedAt      time.Time
 	DisabledAt     time.Time // zero: enabled; disabled versions get no leases
+	// The rest of the model record (package modelrec), besides Classification and Owner.
+	AllowedCountries []string
+	DeniedCountries  []string
+	Watermark        bool
+	Hardening        *modelrec.Hardening
+	AttrsAt          time.Time // when the attributes were last set
+}
+
+// Attrs is the version's model record attributes.
+func (v Version) Attrs() modelrec.Attrs {
+	return modelrec.Attrs{Classification: v.Classification, Owner: v.Owner, AllowedCountries: v.AllowedCountries,
+		DeniedCountries: v.DeniedCountries, Watermark: v.Watermark, Hardening: v.Hardening}
+}
+
+// SetAttrs replaces the version's attributes with a.
+func (v *Version) SetAttrs(a modelrec.Attrs) {
+	v.Classification, v.Owner, v.AllowedCountries, v.DeniedCountries, v.Watermark, v.Hardening =
+		a.Classification, a.Owner, a.AllowedCountries, a.DeniedCountries, a.Watermark, a.Hardening
+}
+
+// Record is the version as the gateway and custody read it.
+func (v Version) Record() modelrec.Record {
+	return modelrec.Record{Name: v.Model, Version: v.Version, Attrs: v.Attrs(), Created: v.CreatedAt, Disabled: !v.DisabledAt.IsZero()}
 }
 
 // AuditEvent is one audit log entry as the search index holds it; the log is the record,
@@ -110,6 +135,10 @@ type Store interface {
 	GetVersion(ctx context.Context, model, version string) (Version, error)
 	// ListVersions lists versions of model, or of every model when model is "".
 	ListVersions(ctx context.Context, model string) ([]Version, error)
+	// SetVersionAttrs replaces a version's model record attributes (ErrNotFound if absent).
+	SetVersionAttrs(ctx context.Context, model, version string, a modelrec.Attrs, at time.Time) error
+	// ModelRecords lists every version's record (no files): what gateways and custody read.
+	ModelRecords(ctx context.Context) ([]modelrec.Record, error)
 
 	PutPrincipal(ctx context.Context, p Principal) error // insert or replace
 	GetPrincipal(ctx context.Context, id string) (Principal, error)
