@@ -243,6 +243,10 @@ func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v1/embeddings":
 		g.infer(w, r, "embeddings")
 	default:
+		if id, ok := modelPath(r.URL.Path); ok {
+			g.retrieveModel(w, r, id)
+			return
+		}
 		errNotFound.write(w)
 	}
 }
@@ -427,6 +431,10 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	st.feat = *feat
+	if st.feat.Model == "" {
+		st.fail(w, errNoModel, "no model")
+		return
+	}
 	rt, ok := g.routes[st.feat.Model]
 	if !ok || !p.MayUse(st.feat.Model) {
 		st.fail(w, errModelNotFound, "model "+st.feat.Model+" not routed or not allowed for this key")
@@ -480,6 +488,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	if sanction == "strip_logprobs" { // detector response: no more logit information
 		hard.MaxTopLogprobs, hard.LogitBias = -1, "reject"
 	}
+	before := sent(&st.feat)
 	upBody, err := applyHardening(hard, body, &st.feat, endpoint)
 	if err != nil {
 		var ae *apiError
@@ -490,6 +499,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		}
 		return
 	}
+	setHardened(w, before, &st.feat)
 	st.prompt = bytes.Clone(st.feat.prompt()) // body goes back to the pool; the detectors keep this
 	est := estimateTokens(len(st.prompt)) + st.feat.maxTokens()
 	if est == 0 {

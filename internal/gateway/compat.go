@@ -1,0 +1,147 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// OpenAI compatibility beyond the proxied endpoints: GET /v1/models/{id}, the 400 for a
+// request without a model, and the header that says what hardening changed.
+
+// HardenedHeader lists the request fields hardening stripped or capped, in the order of
+// hardenedFields, as FIELD=stripped or FIELD=VALUE (the value forwarded), comma-separated:
+// "logit_bias=stripped,top_logprobs=5". Absent when nothing the client sent was changed.
+const HardenedHeader = "X-Strongroom-Hardened"
+
+var errNoModel = badRequest("you must provide a model parameter")
+
+// retrieveModel answers GET /v1/models/{id} with the model object when the caller's
+// listing has it, and with the same 404 for a model that does not exist and for one the
+// caller may not use, so that an answer never tells a model exists.
+func (g *Gateway) retrieveModel(w http.ResponseWriter, r *http.Request, id string) {
+	if r.Method != http.MethodGet {
+		errMethod.write(w)
+		return
+	}
+	// The listing is the one place that decides what a caller may see: ask it.
+	lw := &bufferedWriter{header: http.Header{}, status: http.StatusOK}
+	g.models(lw, r)
+	if lw.status != http.StatusOK {
+		lw.copyTo(w)
+		return
+	}
+	var list struct {
+		Data []json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(lw.body.Bytes(), &list); err != nil {
+		errUnavailable.write(w)
+		return
+	}
+	for _, m := range list.Data {
+		var entry struct {
+			ID string `json:"id"`
+		}
+		if json.Unmarshal(m, &entry) == nil && entry.ID == id {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(append(bytes.Clone(m), '\n'))
+			return
+		}
+	}
+	errModelNotFound.write(w)
+}
+
+// bufferedWriter holds a response in memory.
+type bufferedWriter struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (b *bufferedWriter) Header() http.Header         { return b.header }
+func (b *bufferedWriter) Write(p []byte) (int, error) { return b.body.Write(p) }
+func (b *bufferedWriter) WriteHeader(status int)      { b.status = status }
+
+func (b *bufferedWriter) copyTo(w http.ResponseWriter) {
+	for k, v := range b.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(b.status)
+	w.Write(b.body.Bytes())
+}
+
+// modelPath returns the id of a /v1/models/{id} path.
+func modelPath(path string) (string, bool) {
+	id, ok := strings.CutPrefix(path, "/v1/models/")
+	return id, ok && id != ""
+}
+
+// sentFields is what the client sent of the fields hardening strips or caps.
+type sentFields struct {
+	logitBias, logprobsOn bool
+	counts                []*int // as hardenedCounts
+}
+
+// hardenedCounts are the count fields hardening caps or strips, in header order.
+func hardenedCounts(f *features) []struct {
+	name string
+	v    *int
+} {
+	return []struct {
+		name string
+		v    *int
+	}{{"logprobs", f.LogprobsN}, {"top_logprobs", f.TopLogprobs}, {"prompt_logprobs", f.PromptLogprobs},
+		{"n", f.N}, {"best_of", f.BestOf}, {"max_tokens", f.MaxTokens}, {"max_completion_tokens", f.MaxCompl}}
+}
+
+// sent copies what the client asked before hardening changes f.
+func sent(f *features) sentFields {
+	s := sentFields{logitBias: len(f.LogitBias) > 0, logprobsOn: f.LogprobsOn}
+	for _, c := range hardenedCounts(f) {
+		var v *int
+		if c.v != nil {
+			n := *c.v
+			v = &n
+		}
+		s.counts = append(s.counts, v)
+	}
+	return s
+}
+
+// hardened is the HardenedHeader value for what hardening made of the client's request
+// (before) in f: "" when it changed nothing the client sent.
+func hardened(before sentFields, f *features) string {
+	var b []byte
+	add := func(name, v string) {
+		if len(b) > 0 {
+			b = append(b, ',')
+		}
+		b = append(append(append(b, name...), '='), v...)
+	}
+	if before.logitBias && len(f.LogitBias) == 0 {
+		add("logit_bias", "stripped")
+	}
+	if before.logprobsOn && !f.LogprobsOn {
+		add("logprobs", "stripped")
+	}
+	for i, c := range hardenedCounts(f) {
+		was := before.counts[i]
+		switch {
+		case was == nil:
+		case c.v == nil:
+			add(c.name, "stripped")
+		case *c.v < *was:
+			add(c.name, strconv.Itoa(*c.v))
+		}
+	}
+	return string(b)
+}
+
+// setHardened says in the response what hardening changed of the request.
+func setHardened(w http.ResponseWriter, before sentFields, f *features) {
+	if v := hardened(before, f); v != "" {
+		w.Header().Set(HardenedHeader, v)
+	}
+}
