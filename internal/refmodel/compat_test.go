@@ -14,6 +14,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
 )
@@ -209,4 +210,30 @@ func fuzzModel(f *testing.F) *Model {
 		f.Fatal(err)
 	}
 	return m
+}
+
+// TestGenerateNSharesPrefill: n continuations from one prefill are exactly what n separate
+// generations with seeds seed, seed+1, … give.
+func TestGenerateNSharesPrefill(t *testing.T) {
+	lm, err := LoadLlamaLM(filepath.Join("testdata", "tiny-f32"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := lm.PromptTokens([]ChatMessage{{Role: "user", Content: "the model weights"}}, "", true)
+	o := GenOptions{N: 6, Temperature: 1, TopP: 1, Seed: 3, Top: 2}
+	got, err := lm.GenerateN(prompt, o, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		oi := o
+		oi.Seed += uint64(i)
+		want, err := lm.Generate(prompt, oi)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got[i]); diff != "" {
+			t.Fatalf("continuation %d (-separate +shared):\n%s", i, diff)
+		}
+	}
 }

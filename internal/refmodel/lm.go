@@ -122,6 +122,16 @@ func (l *LlamaLM) TokenBytes(tok int) []int {
 
 // Generate prefills the prompt and samples up to N tokens; it stops early after <|eot_id|>.
 func (l *LlamaLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
+	out, err := l.GenerateN(prompt, o, 1)
+	if len(out) == 0 {
+		return nil, err
+	}
+	return out[0], err
+}
+
+// GenerateN samples n continuations of one prompt, prefilled once: continuation i is
+// sampled with seed o.Seed+i from its own copy of the prompt's KV cache.
+func (l *LlamaLM) GenerateN(prompt []int, o GenOptions, n int) ([][]Step, error) {
 	m := l.M
 	if len(prompt) == 0 {
 		prompt = []int{0}
@@ -136,19 +146,39 @@ func (l *LlamaLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
 			return nil, err
 		}
 	}
-	eot, hasEOT := l.T.Special("<|eot_id|>")
-	rng := rand.New(rand.NewPCG(o.Seed, uint64(len(prompt))))
-	v := m.Cfg.VocabSize
-	lp, sp := make([]float64, v), make([]float64, v)
 	// Ids the tokenizer lacks (a model's vocabulary padded past its tokenizer's) are no
 	// tokens: they have no text to report or sample, so they carry no probability.
-	absent := make([]bool, v)
+	absent := make([]bool, m.Cfg.VocabSize)
 	for k := range absent {
 		absent[k] = !l.T.Has(k)
 	}
+	out := make([][]Step, 0, n)
+	for i := range n {
+		si, li := s, logits
+		if i < n-1 { // the last continuation may use the prefill itself
+			si, li = s.Clone(), append([]float32(nil), logits...)
+		}
+		oi := o
+		oi.Seed += uint64(i)
+		steps, err := l.decode(si, li, prompt, oi, absent)
+		out = append(out, steps)
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// decode samples up to o.N tokens from a state that has consumed prompt and whose
+// next-token logits are logits.
+func (l *LlamaLM) decode(s *State, logits []float32, prompt []int, o GenOptions, absent []bool) ([]Step, error) {
+	eot, hasEOT := l.T.Special("<|eot_id|>")
+	rng := rand.New(rand.NewPCG(o.Seed, uint64(len(prompt))))
+	v := len(logits)
+	lp, sp := make([]float64, v), make([]float64, v)
 	ctx := append([]int(nil), prompt...)
 	var steps []Step
-	for range o.N {
+	for i := range o.N {
 		// Reported: log-softmax of logits + bias over the tokenizer's tokens. Sampling: the
 		// same, over temperature.
 		for k, x := range logits {
@@ -173,10 +203,10 @@ func (l *LlamaLM) Generate(prompt []int, o GenOptions) ([]Step, error) {
 		st := Step{Token: tok, Logprob: lp[tok]}
 		st.Top = topK(lp, o.Top)
 		steps = append(steps, st)
-		if hasEOT && tok == eot {
+		if hasEOT && tok == eot || i == o.N-1 { // no forward pass for logits nobody reads
 			break
 		}
-		if err := m.Forward(s, tok, logits); err != nil {
+		if err := l.M.Forward(s, tok, logits); err != nil {
 			return steps, err
 		}
 		ctx = append(ctx, tok)

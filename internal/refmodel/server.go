@@ -262,14 +262,12 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []
 		}
 		toks := lm.PromptTokens(msgs, prompt, chat)
 		promptTokens = len(toks)
-		seed := o.Seed
-		for i := range choices {
-			o.Seed = seed + uint64(i) // n samples, not n copies of one
-			steps, err := lm.Generate(toks, o)
-			if err != nil {
-				oaiError(w, http.StatusBadRequest, err.Error())
-				return
-			}
+		all, err := generateN(lm, toks, o, nChoices)
+		if err != nil {
+			oaiError(w, http.StatusBadRequest, err.Error())
+			return
+		}
+		for i, steps := range all {
 			choices[i].steps = steps
 			for _, st := range steps {
 				choices[i].text = append(choices[i].text, lm.TokenText(st.Token))
@@ -391,6 +389,27 @@ func (s *Server) complete(w http.ResponseWriter, req *genReq, chat bool, msgs []
 	if fl != nil {
 		fl.Flush()
 	}
+}
+
+// generateN samples n continuations, continuation i with seed o.Seed+i (n samples, not n
+// copies of one); an LM that can share the prompt's prefill among them does.
+func generateN(lm LM, prompt []int, o GenOptions, n int) ([][]Step, error) {
+	if g, ok := lm.(interface {
+		GenerateN(prompt []int, o GenOptions, n int) ([][]Step, error)
+	}); ok {
+		return g.GenerateN(prompt, o, n)
+	}
+	out := make([][]Step, n)
+	seed := o.Seed
+	for i := range out {
+		o.Seed = seed + uint64(i)
+		steps, err := lm.Generate(prompt, o)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = steps
+	}
+	return out, nil
 }
 
 func hasKey(m map[string]float64, k string) bool { _, ok := m[k]; return ok }
