@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"net"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
@@ -66,7 +65,7 @@ func devCmd(g *globals) *cobra.Command {
 			if err := a.AddPrincipal(ctx, store.Principal{ID: "dev", Tenant: "dev", Roles: []string{"researcher"}, Country: "US"}); err != nil {
 				return err
 			}
-			tok, _, err := a.CreateKey(ctx, "dev", 24*time.Hour, nil)
+			tok, err := a.DevKey(ctx)
 			if err != nil {
 				return err
 			}

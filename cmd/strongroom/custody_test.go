@@ -54,7 +54,7 @@ func init() {
 		st, err := store.OpenSQLite(context.Background(), filepath.Join(ts.Getenv("STRONGROOM_DATA"), "strongroom.db"))
 		ts.Check(err)
 		defer st.Close()
-		for range 300 {
+		for deadline := time.Now().Add(readyLimit); time.Now().Before(deadline); {
 			rs, err := st.ListApprovals(context.Background(), store.StatePending)
 			ts.Check(err)
 			if len(rs) > 0 {
@@ -75,7 +75,7 @@ func init() {
 	}
 	// waitfile FILE: wait until FILE exists and is not empty.
 	scriptCmds["waitfile"] = func(ts *testscript.TestScript, neg bool, args []string) {
-		for range 600 {
+		for deadline := time.Now().Add(readyLimit); time.Now().Before(deadline); {
 			if fi, err := os.Stat(ts.MkAbs(args[0])); err == nil && fi.Size() > 0 {
 				return
 			}
@@ -117,7 +117,7 @@ func init() {
 		st, err := store.OpenSQLite(context.Background(), filepath.Join(ts.Getenv("STRONGROOM_DATA"), "strongroom.db"))
 		ts.Check(err)
 		defer st.Close()
-		for range 3000 {
+		for deadline := time.Now().Add(readyLimit); time.Now().Before(deadline); {
 			ls, err := st.ListLeases(context.Background(), store.LeaseQuery{Model: args[0], LiveAt: time.Now()})
 			ts.Check(err)
 			if len(ls) == 0 {

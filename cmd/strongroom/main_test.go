@@ -90,9 +90,10 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		}
 		ts.Fatalf("no file of %d bytes under %s", want, args[0])
 	},
-	// waithttp URL: wait (up to 60s) until GET URL answers 200.
+	// waithttp URL: wait until GET URL answers 200 (the limit, readyLimit, is generous: a
+	// loaded 2-core machine running race-enabled binaries starts slowly).
 	"waithttp": func(ts *testscript.TestScript, neg bool, args []string) {
-		for range 600 {
+		for deadline := time.Now().Add(readyLimit); time.Now().Before(deadline); {
 			if resp, err := http.Get(args[0]); err == nil {
 				resp.Body.Close()
 				if resp.StatusCode == http.StatusOK {
@@ -121,9 +122,9 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		}
 		ts.Check(os.WriteFile(p, bytes.Replace(b, []byte(args[1]), []byte(args[2]), 1), 0o644))
 	},
-	// waitport ADDR: wait (up to 60s) until a TCP connection to ADDR succeeds.
+	// waitport ADDR: wait (up to readyLimit) until a TCP connection to ADDR succeeds.
 	"waitport": func(ts *testscript.TestScript, neg bool, args []string) {
-		for range 600 {
+		for deadline := time.Now().Add(readyLimit); time.Now().Before(deadline); {
 			if c, err := net.Dial("tcp", args[0]); err == nil {
 				c.Close()
 				return
@@ -255,14 +256,17 @@ func TestScriptsHSM(t *testing.T) {
 	}})
 }
 
+// readyLimit bounds every wait for a service to become ready in the scripts.
+const readyLimit = 5 * time.Minute
+
 // devClient is an openai-go client for the gateway a dev.env file describes, and its model.
 func devClient(ts *testscript.TestScript, envFile string) (openai.Client, string) {
 	raw, err := os.ReadFile(ts.MkAbs(envFile))
 	ts.Check(err)
 	env := map[string]string{}
 	for _, line := range strings.Split(string(raw), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok {
-			env[k] = v
+		if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok {
+			env[k] = strings.Trim(v, "'")
 		}
 	}
 	c := openai.NewClient(option.WithBaseURL(env["STRONGROOM_URL"]+"/"), option.WithAPIKey(env["STRONGROOM_API_KEY"]), option.WithMaxRetries(0))

@@ -53,6 +53,8 @@ type listener struct {
 	h     http.Handler
 	ready func(net.Addr)
 	tls   *tls.Config // nil: plain HTTP
+	// onShutdown, if set, runs when shutdown starts: long-lived streams end then.
+	onShutdown func()
 }
 
 // serveAll binds every listener, calls allReady, and serves until ctx ends. Every
@@ -80,6 +82,9 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 			ln = tls.NewListener(ln, l.tls)
 		}
 		srv := guard.Server(l.h, l.tls)
+		if l.onShutdown != nil {
+			srv.RegisterOnShutdown(l.onShutdown)
+		}
 		srvs = append(srvs, srv)
 		go func() { errc <- srv.Serve(ln) }()
 	}
@@ -93,7 +98,13 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	for _, s := range srvs {
-		if e := s.Shutdown(sctx); e != nil && !errors.Is(e, http.ErrServerClosed) {
+		e := s.Shutdown(sctx)
+		if errors.Is(e, context.DeadlineExceeded) {
+			// Requests still running after the grace (a long generation, a stream): cut them.
+			log.Info("closing connections still busy after the shutdown grace", "addr", s.Addr)
+			e = s.Close()
+		}
+		if e != nil && !errors.Is(e, http.ErrServerClosed) {
 			err = errors.Join(err, e)
 		}
 	}
@@ -194,7 +205,8 @@ func custodyListener(ctx context.Context, a *app.App, addr string, w io.Writer) 
 		return listener{}, err
 	}
 	go svc.Run(ctx)
-	return listener{addr: addr, h: svc.Handler(), tls: tc, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_CUSTODY_URL=https://%s\n", addr) }}, nil
+	return listener{addr: addr, h: svc.Handler(), tls: tc, onShutdown: svc.Shutdown,
+		ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_CUSTODY_URL=https://%s\n", addr) }}, nil
 }
 
 func witnessServeCmd(g *globals) *cobra.Command {

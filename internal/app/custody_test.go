@@ -14,6 +14,7 @@ import (
 	"github.com/strongroom/strongroom/internal/custody"
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/policy"
+	"github.com/strongroom/strongroom/internal/store"
 )
 
 // BenchmarkGrant: one lease grant without approvals — nonce, dev attestation, Cedar policy,
@@ -107,6 +108,52 @@ func TestLeaseFollowsModelRecord(t *testing.T) {
 		}
 		if err := grant(); (err == nil) != c.ok {
 			t.Fatalf("%+v: grant err %v, want ok=%v", c.attrs, err, c.ok)
+		}
+	}
+}
+
+// TestReleaseLease: a runtime hands its own lease back and it ends at once; another
+// runtime cannot end it; releasing twice is not an error.
+func TestReleaseLease(t *testing.T) {
+	e := apptest.New(t, nil)
+	e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": make([]byte, 64)})
+	ctx := context.Background()
+	ids := []*custody.Identity{e.Join(t, "prod"), e.Join(t, "prod")}
+	var rts []store.Runtime
+	for _, id := range ids {
+		rt, err := e.App.Store.GetRuntime(ctx, id.RuntimeID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rts = append(rts, rt)
+	}
+	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	pub := priv.PublicKey().Bytes()
+	n, err := e.Svc.Nonce(ctx, rts[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, _ := attest.DevEvidence(ids[0].Key, attest.Binding(pub, n))
+	g, err := e.Svc.Grant(ctx, rts[0], &ids[0].Key.PublicKey, custody.LeaseRequest{Model: "m", Version: "1", PublicKey: pub, Nonce: n, Evidence: ev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := func() int {
+		ls, err := e.App.Store.ListLeases(ctx, store.LeaseQuery{Model: "m", LiveAt: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(ls)
+	}
+	if _, err := e.Svc.Release(ctx, rts[1], g.Lease.ID); err == nil || live() != 1 {
+		t.Fatalf("another runtime released the lease: %v, live %d", err, live())
+	}
+	for range 2 {
+		if _, err := e.Svc.Release(ctx, rts[0], g.Lease.ID); err != nil {
+			t.Fatal(err)
+		}
+		if live() != 0 {
+			t.Fatal("released lease still live")
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/config"
@@ -85,17 +86,71 @@ type DevEnv struct {
 	DataDir, URL, APIKey, AdminURL, LogVKey string
 }
 
-// Print writes them, then a curl example; the KEY=VALUE lines also go to DATA/dev.env
-// (0600) for scripts to source.
+// Print writes them, then a curl example; the same lines, each with `export` and its
+// value shell-quoted, go to DATA/dev.env (0600), so that `. strongroom-data/dev.env` puts
+// them in a shell's environment and the programs it starts (an SDK reads
+// OPENAI_BASE_URL and OPENAI_API_KEY, set there too).
 func (e DevEnv) Print(w io.Writer) {
 	abs, _ := filepath.Abs(e.DataDir)
-	env := fmt.Sprintf("STRONGROOM_URL=%s\nSTRONGROOM_API_KEY=%s\nSTRONGROOM_MODEL=%s\nSTRONGROOM_ADMIN_URL=%s\nSTRONGROOM_LOG_URL=%s/log/\nSTRONGROOM_LOG_VKEY=%s\nSTRONGROOM_DATA=%s\n",
-		e.URL, e.APIKey, DevModel.Name, e.AdminURL, e.AdminURL, e.LogVKey, abs)
-	fsutil.WriteFileAtomic(filepath.Join(e.DataDir, "dev.env"), []byte(env), 0o600)
-	io.WriteString(w, env)
+	vars := [][2]string{{"STRONGROOM_URL", e.URL}, {"STRONGROOM_API_KEY", e.APIKey}, {"STRONGROOM_MODEL", DevModel.Name},
+		{"STRONGROOM_ADMIN_URL", e.AdminURL}, {"STRONGROOM_LOG_URL", e.AdminURL + "/log/"}, {"STRONGROOM_LOG_VKEY", e.LogVKey},
+		{"STRONGROOM_DATA", abs}}
+	var env, file strings.Builder
+	for _, v := range vars {
+		fmt.Fprintf(&env, "%s=%s\n", v[0], v[1])
+		fmt.Fprintf(&file, "export %s=%s\n", v[0], shellQuote(v[1]))
+	}
+	fmt.Fprintf(&file, "export OPENAI_BASE_URL=%s\nexport OPENAI_API_KEY=%s\n", shellQuote(e.URL), shellQuote(e.APIKey))
+	fsutil.WriteFileAtomic(filepath.Join(e.DataDir, "dev.env"), []byte(file.String()), 0o600)
+	io.WriteString(w, env.String())
+	fmt.Fprintf(w, "(in a shell: . %s)\n", filepath.Join(e.DataDir, "dev.env"))
 	fmt.Fprintf(w, "\ntry: curl -s %s/chat/completions -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":16}'\n",
 		e.URL, e.APIKey, DevModel.Name)
 	fmt.Fprintf(w, "verify the log: strongroom audit verify --log %s/log/ --vkey '%s'\n(interrupt to stop)\n", e.AdminURL, e.LogVKey)
+}
+
+// shellQuote quotes v for a POSIX shell when it holds anything but plain characters.
+func shellQuote(v string) string {
+	if v != "" && strings.Trim(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:+=@,%") == "" {
+		return v
+	}
+	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
+}
+
+// DevKey is the dev principal's API key: the one the last run wrote to DATA/dev.env while
+// it still authenticates and has a day left, else a new one (30 days). A rerun reuses it,
+// so runs do not pile up valid keys.
+func (a *App) DevKey(ctx context.Context) (string, error) {
+	if tok := readDevEnv(filepath.Join(a.DataDir, "dev.env"))["STRONGROOM_API_KEY"]; tok != "" {
+		if p, err := a.APIKeys().Authenticate(ctx, tok); err == nil && p.ID == "dev" {
+			if k, err := a.Store.GetAPIKey(ctx, p.KeyID); err == nil && time.Until(k.ExpiresAt) > 24*time.Hour {
+				return tok, nil
+			}
+		}
+	}
+	tok, _, err := a.CreateKey(ctx, "dev", 30*24*time.Hour, nil)
+	return tok, err
+}
+
+// readDevEnv reads NAME=VALUE lines (with or without "export ", values as shellQuote
+// writes them); a missing or unreadable file is empty.
+func readDevEnv(path string) map[string]string {
+	out := map[string]string{}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return out
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		if !ok {
+			continue
+		}
+		if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
+			v = strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")
+		}
+		out[k] = v
+	}
+	return out
 }
 
 // StartDevRuntime runs the demo model the way a production runtime runs: the custody API
@@ -186,8 +241,9 @@ func (a *App) StartDevRuntime(ctx context.Context) (gateway.Route, func(), error
 		<-done
 		csrv.Close()
 	}
-	// Wait for the engine to answer (it loads 60 MB of weights from its memfds).
-	for range 600 {
+	// Wait for the engine to answer (it loads 60 MB of weights from its memfds; a loaded
+	// machine running a race-enabled build takes long): readiness, with a generous limit.
+	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); {
 		if resp, err := http.Get("http://" + engineAddr + "/v1/models"); err == nil {
 			resp.Body.Close()
 			return gateway.Route{Model: DevModel.Name, Upstreams: []string{"http://" + engineAddr + "/v1"}, UpstreamKey: engineKeyHex}, stop, nil
@@ -200,5 +256,5 @@ func (a *App) StartDevRuntime(ctx context.Context) (gateway.Route, func(), error
 		}
 	}
 	stop()
-	return gateway.Route{}, nil, errors.New("dev runtime: the engine did not start within 60 s")
+	return gateway.Route{}, nil, errors.New("dev runtime: the engine did not start within 5 minutes")
 }

@@ -255,6 +255,12 @@ func (c *Client) Renew(ctx context.Context, id string) (store.Lease, error) {
 	return r.Lease, do(ctx, c.http, http.MethodPost, c.url("leases/"+url.PathEscape(id)+"/renew"), struct{}{}, &r)
 }
 
+// Release ends a lease this runtime no longer needs.
+func (c *Client) Release(ctx context.Context, id string) (store.Lease, error) {
+	var r LeaseResponse
+	return r.Lease, do(ctx, c.http, http.MethodPost, c.url("leases/"+url.PathEscape(id)+"/release"), struct{}{}, &r)
+}
+
 // RenewCert gets a fresh certificate for the identity's key and saves it.
 func (c *Client) RenewCert(ctx context.Context) error {
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "runtime"}}, c.id.Key)

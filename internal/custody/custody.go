@@ -108,7 +108,14 @@ type Service struct {
 	notified map[string]time.Time     // revocations already pushed
 	life     context.Context          // Run's: lease ending runs only while the service runs
 	started  time.Time                // when Run started (staleness counts from then at the earliest)
+	closing  chan struct{}            // closed by Shutdown: watch streams end
+	shutOnce sync.Once
 }
+
+// Shutdown ends the open watch streams (the server is stopping; runtimes reconnect to
+// another replica or when it is back), so that an HTTP server's graceful shutdown need not
+// wait for them. Register it with http.Server.RegisterOnShutdown.
+func (s *Service) Shutdown() { s.shutOnce.Do(func() { close(s.closing) }) }
 
 // New checks cfg and returns a Service.
 func New(cfg Config) (*Service, error) {
@@ -139,7 +146,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{cfg: cfg, watchers: map[string][]chan string{}, notified: map[string]time.Time{}}, nil
+	return &Service{cfg: cfg, watchers: map[string][]chan string{}, notified: map[string]time.Time{}, closing: make(chan struct{})}, nil
 }
 
 // LeaseTTL is the lease lifetime (runtimes renew at a third of it).

@@ -271,6 +271,27 @@ func (s *Service) Renew(ctx context.Context, rt store.Runtime, id string) (store
 	return l, nil
 }
 
+// Release ends a lease its own runtime no longer needs (the engine stopped cleanly): the
+// lease is over at once instead of at its expiry, and `lease ls` stops showing it live.
+// Releasing a lease that already ended is not an error.
+func (s *Service) Release(ctx context.Context, rt store.Runtime, id string) (store.Lease, error) {
+	l, err := s.cfg.Store.GetLease(ctx, id)
+	if err != nil || l.Runtime != rt.ID {
+		return store.Lease{}, fmt.Errorf("%w: lease %s", ErrUnknown, id)
+	}
+	if !l.RevokedAt.IsZero() || !s.now().Before(l.ExpiresAt) {
+		return l, nil
+	}
+	ls, err := s.Revoke(ctx, store.LeaseQuery{Lease: id}, "released by its runtime")
+	if err != nil {
+		return l, err
+	}
+	if len(ls) == 1 {
+		l = ls[0]
+	}
+	return l, nil
+}
+
 // Revoke ends every live lease q matches, records each, and tells their runtimes.
 func (s *Service) Revoke(ctx context.Context, q store.LeaseQuery, reason string) ([]store.Lease, error) {
 	ls, err := s.cfg.Store.RevokeLeases(ctx, q, s.now(), reason)

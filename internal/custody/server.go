@@ -157,6 +157,14 @@ func (s *Service) Handler() http.Handler {
 	}))
 	mux.HandleFunc("POST /custody/v1/leases", s.runtime(s.handleGrant))
 	mux.HandleFunc("POST /custody/v1/leases/{id}/renew", s.runtime(s.handleRenew))
+	mux.HandleFunc("POST /custody/v1/leases/{id}/release", s.runtime(func(w http.ResponseWriter, r *http.Request, rt store.Runtime) {
+		l, err := s.Release(r.Context(), rt, r.PathValue("id"))
+		if err != nil {
+			s.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, LeaseResponse{Lease: l})
+	}))
 	mux.HandleFunc("GET /custody/v1/leases/{id}/watch", s.runtime(s.handleWatch))
 	mux.HandleFunc("GET /custody/v1/leases/{id}/files/{path...}", s.runtime(s.handleFile))
 	return mux
@@ -272,6 +280,10 @@ func (s *Service) handleWatch(w http.ResponseWriter, r *http.Request, rt store.R
 			break
 		}
 		select {
+		case <-s.closing:
+			// The server is stopping, not the runtime going away: no lease ends for it.
+			stop()
+			return
 		case <-r.Context().Done():
 		case reason := <-ch:
 			io.WriteString(w, "revoked "+oneLine(reason)+"\n")

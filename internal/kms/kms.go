@@ -73,3 +73,11 @@ func softGCM(key []byte) (cipher.AEAD, error) {
 	}
 	return cipher.NewGCM(block)
 }
+
+// PKCS11Config names a token and an AES-256 key on it.
+type PKCS11Config struct {
+	Module     string // path of the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so
+	TokenLabel string
+	PIN        string // user PIN; read from the environment or a file by the caller, never logged
+	KeyLabel   string
+}

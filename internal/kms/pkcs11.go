@@ -1,3 +1,5 @@
+//go:build cgo
+
 package kms
 
 import (
@@ -10,14 +12,6 @@ import (
 
 	"github.com/miekg/pkcs11"
 )
-
-// PKCS11Config names a token and an AES-256 key on it.
-type PKCS11Config struct {
-	Module     string // path of the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so
-	TokenLabel string
-	PIN        string // user PIN; read from the environment or a file by the caller, never logged
-	KeyLabel   string
-}
 
 // PKCS11 is a KEK that never leaves the token: wrapping is AES-256-GCM (CKM_AES_GCM)
 // performed by the token. One session, serialized, because sessions are not thread-safe.

@@ -473,6 +473,7 @@ func supervise(ctx context.Context, cfg *Config, c *custody.Client, l store.Leas
 	var why stop
 	select {
 	case e := <-t.done():
+		release(cfg, c, l, e.note)
 		return Outcome{Code: e.code, Reason: "engine exited" + e.note, Lease: l.ID}, nil
 	case why = <-stops:
 	case <-ctx.Done():
@@ -481,7 +482,28 @@ func supervise(ctx context.Context, cfg *Config, c *custody.Client, l store.Leas
 	t.stop()
 	e := <-t.done()
 	fmt.Fprintf(cfg.Stderr, "strongroom run: %s; engine stopped%s\n", why.reason, e.note)
+	if why.code == ExitInterrupted {
+		release(cfg, c, l, e.note)
+	}
 	return Outcome{Code: why.code, Reason: why.reason, Lease: l.ID}, nil
+}
+
+// release hands the lease back once the engine is gone, so that it ends now rather than at
+// its expiry. Only when the whole tree is known dead (note empty): a lease whose engine may
+// live on stays on record until it expires. Best effort, with its own short deadline (the
+// run's context is usually cancelled by then).
+func release(cfg *Config, c *custody.Client, l store.Lease, note string) {
+	if note != "" {
+		fmt.Fprintf(cfg.Stderr, "strongroom run: lease %s kept until it expires at %s (the engine's end is in doubt)\n", l.ID, l.ExpiresAt.Format(time.RFC3339))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Release(ctx, l.ID); err != nil {
+		fmt.Fprintf(cfg.Stderr, "strongroom run: lease %s not released (%v); it ends at %s\n", l.ID, err, l.ExpiresAt.Format(time.RFC3339))
+		return
+	}
+	fmt.Fprintf(cfg.Stderr, "strongroom run: lease %s released\n", l.ID)
 }
 
 // tree is the running engine with its descendants.
