@@ -78,6 +78,16 @@ func modelPath(path string) (string, bool) {
 	return id, ok && id != ""
 }
 
+// generations is how many completions the engine is asked to generate (n, or best_of
+// when larger): what a request may cost is that many times max_tokens.
+func (f *features) generations() int {
+	g := f.n()
+	if f.BestOf != nil {
+		g = max(g, *f.BestOf)
+	}
+	return max(g, 1)
+}
+
 // sentFields is what the client sent of the fields hardening strips or caps.
 type sentFields struct {
 	logitBias, logprobsOn bool

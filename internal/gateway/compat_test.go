@@ -13,6 +13,7 @@ import (
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
+	"github.com/strongroom/strongroom/internal/limits"
 )
 
 // TestOpenAICompat drives the gateway (over the bigram reference runtime) with the
@@ -273,5 +274,19 @@ func TestHardenedHeaderValue(t *testing.T) {
 				t.Fatalf("got %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestLimitsCountChoices: admission charges max_tokens once per choice, so n (now served)
+// cannot multiply a token budget.
+func TestLimitsCountChoices(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.KeyLimits = limits.Limits{DailyTokens: 100} })
+	url := f.srv.URL + "/v1/chat/completions"
+	msg := `"messages":[{"role":"user","content":"hi"}]`
+	if resp, _ := post(t, url, f.alice, `{"model":"demo","max_tokens":30,"n":4,`+msg+`}`); resp.StatusCode != 429 {
+		t.Fatalf("4 × 30 tokens against a budget of 100: %d", resp.StatusCode)
+	}
+	if resp, _ := post(t, url, f.alice, `{"model":"demo","max_tokens":30,`+msg+`}`); resp.StatusCode != 200 {
+		t.Fatalf("30 tokens against a budget of 100: %d", resp.StatusCode)
 	}
 }

@@ -501,7 +501,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	}
 	setHardened(w, before, &st.feat)
 	st.prompt = bytes.Clone(st.feat.prompt()) // body goes back to the pool; the detectors keep this
-	est := estimateTokens(len(st.prompt)) + st.feat.maxTokens()
+	est := estimateTokens(len(st.prompt)) + st.feat.maxTokens()*st.feat.generations()
 	if est == 0 {
 		est = estimateTokens(len(body))
 	}
