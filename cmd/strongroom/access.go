@@ -122,18 +122,43 @@ func keyCmd(g *globals) *cobra.Command {
 		}),
 	}
 	rotate.Flags().DurationVar(&overlap, "overlap", 24*time.Hour, "how long the old key keeps working")
+	var revokeAll string
 	revoke := &cobra.Command{
-		Use:   "revoke ID",
-		Short: "Revoke a key now",
-		Args:  exactArgs(1),
-		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
-			if err := a.RevokeKey(cmd.Context(), args[0]); err != nil {
-				return err
+		Use:   "revoke (ID | --principal P)",
+		Short: "Revoke a key now, or every live key of a principal",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if (len(args) == 1) == (revokeAll != "") || len(args) > 1 {
+				return usagef("give one key ID or --principal P")
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "key %s revoked\n", args[0])
+			return nil
+		},
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
+			ids := args
+			if revokeAll != "" {
+				ks, err := a.Store.ListAPIKeys(cmd.Context(), revokeAll)
+				if err != nil {
+					return err
+				}
+				ids = nil
+				for _, k := range ks {
+					if k.RevokedAt.IsZero() && (k.ExpiresAt.IsZero() || time.Now().Before(k.ExpiresAt)) {
+						ids = append(ids, k.ID)
+					}
+				}
+				if len(ids) == 0 {
+					return fmt.Errorf("principal %s has no live keys", revokeAll)
+				}
+			}
+			for _, id := range ids {
+				if err := a.RevokeKey(cmd.Context(), id); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "key %s revoked\n", id)
+			}
 			return nil
 		}),
 	}
+	revoke.Flags().StringVar(&revokeAll, "principal", "", "revoke every live key of this principal")
 	ls := &cobra.Command{
 		Use:   "ls [--principal P]",
 		Short: "List keys (ids, never secrets)",

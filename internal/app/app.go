@@ -96,6 +96,8 @@ type InitOptions struct {
 	PKCS11       config.PKCS11
 	PKCS11KeyLbl string // key label on the token; created if missing
 	Store        string // optional store DSN (default: SQLite in the data directory)
+	// InternalCountry: gateway.internal_country (where loopback and private clients are).
+	InternalCountry string
 }
 
 // Init creates a data directory: config, KEK, manifest signing key (all 0600). It refuses
@@ -120,6 +122,10 @@ func Init(ctx context.Context, dataDir string, o InitOptions) (config.Config, er
 	if o.Store != "" {
 		c.Store = o.Store
 	}
+	if o.InternalCountry != "" && (len(o.InternalCountry) != 2 || strings.ToUpper(o.InternalCountry) != o.InternalCountry) {
+		return c, fmt.Errorf("init: --internal-country %q: want an ISO 3166-1 alpha-2 code such as US", o.InternalCountry)
+	}
+	c.Gateway.InternalCountry = o.InternalCountry
 	switch o.KMS {
 	case "", "local":
 		id, err := kms.GenerateLocal(filepath.Join(dataDir, c.KMS.KeyDir))

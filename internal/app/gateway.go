@@ -68,8 +68,15 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		if r, err := geo.OpenTor(geo.TorGeoIP4, geo.TorGeoIP6); err == nil {
 			loc = r
 		} else {
-			a.Log.Warn("no geolocation: every client country is unknown, so only public models are served", "err", err)
+			if gc.InternalCountry == "" {
+				a.Log.Warn("no geolocation: every client country is unknown, so only public models are served", "err", err)
+			} else {
+				a.Log.Warn("no geolocation: clients outside the internal networks are of unknown country, so only public models are served to them", "err", err)
+			}
 		}
+	}
+	if gc.InternalCountry != "" {
+		loc = geo.Internal{Home: gc.InternalCountry, Next: loc}
 	}
 	var lim, fallback limits.Limiter = limits.NewLocal(nil), nil
 	if gc.RedisURL != "" {

@@ -97,6 +97,10 @@ type Gateway struct {
 	TenantLimits   limits.Limits `json:"tenant_limits,omitzero"`
 	TrustedProxies []string      `json:"trusted_proxies,omitempty"`
 	GeoMMDB        string        `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
+	// InternalCountry is where the deployment's own networks are (ISO 3166-1 alpha-2):
+	// clients on loopback, private and link-local addresses, which no database places, are
+	// there. Empty: unknown (then only public models are served to them).
+	InternalCountry string `json:"internal_country,omitempty"`
 	// TLS for the gateway listener; with ClientCAFile, client certificates from that CA
 	// identify principals (mTLS), bearer tokens still work without one.
 	TLS *TLS `json:"tls,omitempty"`
@@ -320,6 +324,8 @@ func (c *Config) Validate() error {
 		return errors.New("config: custody.ca_dir is empty")
 	case c.Custody.LeaseTTL.Duration < time.Second:
 		return fmt.Errorf("config: custody.lease_ttl %s is under a second", c.Custody.LeaseTTL)
+	case c.Gateway.InternalCountry != "" && (len(c.Gateway.InternalCountry) != 2 || strings.ToUpper(c.Gateway.InternalCountry) != c.Gateway.InternalCountry):
+		return fmt.Errorf("config: gateway.internal_country %q is not an ISO 3166-1 alpha-2 code", c.Gateway.InternalCountry)
 	case c.Audit.Quorum < 0 || c.Audit.Quorum > len(c.Audit.Witnesses):
 		return fmt.Errorf("config: audit.quorum %d with %d witnesses", c.Audit.Quorum, len(c.Audit.Witnesses))
 	}

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -552,8 +553,15 @@ func isDialError(err error) bool {
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, body []byte) {
 	var resp *http.Response
 	var err error
+	// Upstreams found down in the last 5 s are skipped while another one is not: when all
+	// are, each is tried anyway (an engine that just started must not wait for the probe).
+	recent := func(base string) bool {
+		t, ok := g.down.Load(base)
+		return ok && time.Since(t.(time.Time)) < 5*time.Second
+	}
+	allDown := !slices.ContainsFunc(st.route.Upstreams, func(b string) bool { return !recent(b) })
 	for _, base := range st.route.Upstreams {
-		if t, ok := g.down.Load(base); ok && time.Since(t.(time.Time)) < 5*time.Second {
+		if !allDown && recent(base) {
 			continue
 		}
 		req, rerr := http.NewRequestWithContext(r.Context(), http.MethodPost, strings.TrimSuffix(base, "/")+"/"+upstreamPath(st.endpoint), bytes.NewReader(body))

@@ -15,6 +15,7 @@ import (
 	"io"
 	"math"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -1030,5 +1031,35 @@ func TestModelRecord(t *testing.T) {
 	}
 	if !bytes.Contains(evs[len(evs)-1].Raw, []byte(`"version":"1"`)) {
 		t.Fatalf("last request event does not name the version: %s", evs[len(evs)-1].Raw)
+	}
+}
+
+// TestLateEngine: an engine that starts after the gateway found its address down is used
+// at once when it is the route's only upstream (the down mark only steers between
+// upstreams), not after the next health probe.
+func TestLateEngine(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	f := newFixture(t, func(c *Config) {
+		c.Routes = append(c.Routes, Route{Model: "late", Upstreams: []string{"http://" + addr + "/v1"}})
+		c.Models.(records)["late"] = modelrec.Attrs{Classification: "public"}
+	})
+	body := `{"model":"late","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`
+	if resp, _ := post(t, f.srv.URL+"/v1/chat/completions", f.alice, body); resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("no engine yet: status %d", resp.StatusCode)
+	}
+	ln, err = net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("port %s taken meanwhile: %v", addr, err)
+	}
+	srv := &http.Server{Handler: &refmodel.Server{Name: "late", Fixed: "ok"}}
+	go srv.Serve(ln)
+	defer srv.Close()
+	if resp, m := post(t, f.srv.URL+"/v1/chat/completions", f.alice, body); resp.StatusCode != 200 {
+		t.Fatalf("engine up: status %d %v", resp.StatusCode, m)
 	}
 }

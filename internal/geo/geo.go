@@ -148,3 +148,22 @@ func (r *Ranges) Country(ip netip.Addr) string {
 
 // Close implements Locator.
 func (r *Ranges) Close() error { return nil }
+
+// Internal places the deployment's own networks: loopback, private (RFC 1918, RFC 4193)
+// and link-local clients are in Home, which no public database can say; every other
+// address is Next's (nil Next: unknown). An empty Home leaves them unknown.
+type Internal struct {
+	Home string
+	Next interface{ Country(netip.Addr) string }
+}
+
+func (in Internal) Country(ip netip.Addr) string {
+	ip = ip.Unmap()
+	if in.Home != "" && (ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast()) {
+		return in.Home
+	}
+	if in.Next == nil {
+		return ""
+	}
+	return in.Next.Country(ip)
+}

@@ -85,3 +85,19 @@ func FuzzTorParse(f *testing.F) {
 		}
 	})
 }
+
+func TestInternal(t *testing.T) {
+	next := Internal{} // stands in for a database that knows nothing
+	in := Internal{Home: "US", Next: next}
+	for addr, want := range map[string]string{
+		"127.0.0.1": "US", "::1": "US", "10.1.2.3": "US", "192.168.0.9": "US", "172.16.0.1": "US", "fd00::1": "US",
+		"::ffff:10.0.0.1": "US", "169.254.1.1": "US", "8.8.8.8": "", "172.32.0.1": "", "2001:4860::1": "",
+	} {
+		if got := in.Country(netip.MustParseAddr(addr)); got != want {
+			t.Errorf("%s: %q, want %q", addr, got, want)
+		}
+	}
+	if got := (Internal{}).Country(netip.MustParseAddr("127.0.0.1")); got != "" {
+		t.Errorf("no internal country: %q", got)
+	}
+}
