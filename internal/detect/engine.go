@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/obs"
 )
 
 // Config tunes the detectors; zero values take the defaults in New.
@@ -78,14 +80,14 @@ type Config struct {
 	MaxPrincipals int `json:"max_principals,omitempty"`
 	// Actions per detector: "alert", "throttle", "step_up", "strip_logprobs", "suspend": the
 	// action once evidence has accumulated (the top of the detector's ladder).
-	Actions map[string]string `json:"actions,omitempty"`
+	Actions map[string]obs.Action `json:"actions,omitempty"`
 	// Ladders: per detector, the action of its first, second, … alert on one principal;
 	// a detector alerts once per step, so as many times as its ladder has steps. It re-arms after each alert, so each step needs as
 	// much new evidence as the first (probing: a fresh window of near-duplicates; harvesting:
 	// twice the distinct biased ids; distillation: another day; egress: another hour).
 	// Default: probing and distillation ["alert", action] — the first alert carries evidence
 	// and a score, the sanction comes with the second —, the others [action].
-	Ladders map[string][]string `json:"ladders,omitempty"`
+	Ladders map[string][]obs.Action `json:"ladders,omitempty"`
 	// Modes: per detector ("*" for any not named) "enforce" or "shadow" (alerts recorded,
 	// incidents opened, nothing imposed). A new deployment starts every detector in shadow
 	// (config.Defaults); a config without modes enforces (deployments from before modes).
@@ -107,7 +109,7 @@ func (c *Config) Mode(d string) string {
 }
 
 // actionAt is the action of detector d's step-th alert (1-based) on one principal.
-func (c *Config) actionAt(d string, step int) string {
+func (c *Config) actionAt(d string, step int) obs.Action {
 	l := c.Ladders[d]
 	if len(l) == 0 {
 		return c.Actions[d]
@@ -152,15 +154,15 @@ func (c *Config) defaults() {
 		c.EgressFactor = 10
 	}
 	if c.Actions == nil {
-		c.Actions = map[string]string{}
+		c.Actions = map[string]obs.Action{}
 	}
-	for d, a := range map[string]string{"logit_harvest": "strip_logprobs", "probing": "throttle", "egress": "alert",
-		"distillation": "throttle", "hydra": "suspend", "prada": "alert"} {
+	for d, a := range map[string]obs.Action{"logit_harvest": obs.StripLogprobs, "probing": obs.Throttle, "egress": obs.Alert,
+		"distillation": obs.Throttle, "hydra": obs.Suspend, "prada": obs.Alert} {
 		if _, ok := c.Actions[d]; !ok {
 			c.Actions[d] = a
 		}
 	}
-	ladders := map[string][]string{}
+	ladders := map[string][]obs.Action{}
 	for d, l := range c.Ladders {
 		ladders[d] = l
 	}
@@ -170,9 +172,9 @@ func (c *Config) defaults() {
 		}
 		switch d {
 		case "probing", "distillation":
-			ladders[d] = []string{"alert", c.Actions[d]}
+			ladders[d] = []obs.Action{obs.Alert, c.Actions[d]}
 		default:
-			ladders[d] = []string{c.Actions[d]}
+			ladders[d] = []obs.Action{c.Actions[d]}
 		}
 	}
 	c.Ladders = ladders

@@ -7,14 +7,14 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/obs"
 )
 
 // Tee hands every observation to each detector in turn.
-type Tee []gateway.Detector
+type Tee []obs.Observer
 
-// Observe implements gateway.Detector.
-func (t Tee) Observe(o gateway.Observation) {
+// Observe implements obs.Observer.
+func (t Tee) Observe(o obs.Observation) {
 	for _, d := range t {
 		d.Observe(o)
 	}
@@ -59,8 +59,8 @@ func NewTraceWriter(w io.Writer, redact func(string) string) *TraceWriter {
 	return t
 }
 
-// Observe implements gateway.Detector.
-func (t *TraceWriter) Observe(o gateway.Observation) {
+// Observe implements obs.Observer.
+func (t *TraceWriter) Observe(o obs.Observation) {
 	r := FromObservation(o)
 	select {
 	case t.ch <- r:

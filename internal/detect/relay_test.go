@@ -16,7 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
@@ -77,12 +77,12 @@ func (b *memBus) Claim(_ context.Context, key string, _ time.Duration) (bool, er
 }
 
 // sweep is request i of a logit-harvesting sweep: 5 new biased token ids, top-5 logprobs.
-func sweep(i int) gateway.Observation {
+func sweep(i int) obs.Observation {
 	bias := map[string]float64{}
 	for k := range 5 {
 		bias[strconv.Itoa(i*5+k)] = 100
 	}
-	return gateway.Observation{TS: time.Now(), Principal: "mallory", IP: "198.51.100.7", Model: "m",
+	return obs.Observation{TS: time.Now(), Principal: "mallory", IP: "198.51.100.7", Model: "m",
 		Prompt: []byte("the secret prompt text"), Logprobs: true, TopLogprobs: 5, LogitBias: bias}
 }
 
@@ -153,7 +153,7 @@ func TestSharedDetectionAcrossReplicas(t *testing.T) {
 func TestStartingReplicaReplaysHistory(t *testing.T) {
 	bus := newMemBus()
 	earlier := time.Now().Add(-time.Minute)
-	publish := func(o gateway.Observation) {
+	publish := func(o obs.Observation) {
 		r := FromObservation(o)
 		w := wireObs{Req: r, F: ExtractFeatures(&r)}
 		w.Req.Prompt, w.Req.IP = "", ""
@@ -321,15 +321,15 @@ func (c *countBus) Read(ctx context.Context, cur string) (string, [][]byte, erro
 }
 func (c *countBus) Claim(context.Context, string, time.Duration) (bool, error) { return true, nil }
 
-func observations(b *testing.B) []gateway.Observation {
+func observations(b *testing.B) []obs.Observation {
 	reqs, _ := Simulate("all", 1, 1)
-	obs := make([]gateway.Observation, len(reqs))
+	out := make([]obs.Observation, len(reqs))
 	for i, r := range reqs {
-		obs[i] = gateway.Observation{TS: r.TS, Principal: r.Principal, IP: r.IP, Model: r.Model, Endpoint: r.Endpoint, Prompt: []byte(r.Prompt),
+		out[i] = obs.Observation{TS: r.TS, Principal: r.Principal, IP: r.IP, Model: r.Model, Endpoint: r.Endpoint, Prompt: []byte(r.Prompt),
 			MaxTokens: r.Params.MaxTokens, Logprobs: r.Params.Logprobs, TopLogprobs: r.Params.TopLogprobs, LogitBias: r.Params.LogitBias,
 			N: r.Params.N, PromptTokens: r.PromptTokens, CompletionTokens: r.CompletionTokens}
 	}
-	return obs
+	return out
 }
 
 func cpuNow() time.Duration {

@@ -17,7 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/audit"
-	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -78,14 +78,13 @@ type Responder struct {
 }
 
 type sanction struct {
-	action       string
+	action       obs.Action
 	since, until time.Time
 	persisted    bool
 }
 
 var (
-	_ gateway.Detector  = (*Responder)(nil)
-	_ gateway.Sanctions = (*Responder)(nil)
+	_ obs.Observer = (*Responder)(nil)
 )
 
 // NewResponder returns a responder for e.
@@ -138,7 +137,7 @@ func registerBusMetrics(r *Responder, reg prometheus.Registerer) {
 }
 
 // FromObservation is the detectors' view of a gateway request.
-func FromObservation(o gateway.Observation) Request {
+func FromObservation(o obs.Observation) Request {
 	bias := map[string]float64(nil)
 	if len(o.LogitBias) > 0 {
 		bias = o.LogitBias
@@ -148,8 +147,8 @@ func FromObservation(o gateway.Observation) Request {
 		PromptTokens: o.PromptTokens, CompletionTokens: o.CompletionTokens}
 }
 
-// Observe implements gateway.Detector.
-func (r *Responder) Observe(o gateway.Observation) {
+// Observe implements obs.Observer.
+func (r *Responder) Observe(o obs.Observation) {
 	req := FromObservation(o)
 	if r.relay != nil {
 		r.observeShared(&req)
@@ -200,7 +199,7 @@ func (r *Responder) Refresh(ctx context.Context) {
 	}
 	shared := make(map[string]sanction, len(ss))
 	for _, s := range ss {
-		shared[s.Principal] = sanction{action: s.Action, since: s.Since, until: s.Until, persisted: true}
+		shared[s.Principal] = sanction{action: obs.Action(s.Action), since: s.Since, until: s.Until, persisted: true}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -214,8 +213,6 @@ func (r *Responder) Refresh(ctx context.Context) {
 
 // Wait waits for incident records and webhooks in flight (tests, shutdown).
 func (r *Responder) Wait() { r.pending.Wait() }
-
-var severity = map[string]int{"alert": 1, "throttle": 2, "step_up": 3, "strip_logprobs": 4, "suspend": 5}
 
 func (r *Responder) act(a Alert) { r.actAs(a, true) }
 
@@ -246,24 +243,24 @@ func (r *Responder) actAs(a Alert, record bool) {
 	now := r.cfg.Now().UTC()
 	var imposed *store.Sanction
 	mode := r.Mode(a.Detector)
-	if severity[a.Action] >= 2 && mode == "enforce" {
+	if a.Action.Sanction() && mode == "enforce" {
 		r.mu.Lock()
 		cur := r.sanctions[a.Principal]
-		if severity[a.Action] >= severity[cur.action] || now.After(cur.until) {
+		if a.Action.Severity() >= cur.action.Severity() || now.After(cur.until) {
 			r.sanctions[a.Principal] = sanction{action: a.Action, since: now, until: now.Add(r.cfg.Duration)}
-			imposed = &store.Sanction{Principal: a.Principal, Action: a.Action, Detector: a.Detector, Since: now, Until: now.Add(r.cfg.Duration)}
+			imposed = &store.Sanction{Principal: a.Principal, Action: string(a.Action), Detector: a.Detector, Since: now, Until: now.Add(r.cfg.Duration)}
 		}
 		r.mu.Unlock()
 	}
 	if !record {
 		return
 	}
-	fields := map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": a.Action,
+	fields := map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": string(a.Action),
 		"step": strconv.Itoa(max(a.Step, 1)), "mode": mode}
-	if mode != "enforce" && a.Action != "alert" { // shadow: what would have been imposed, nothing is
-		fields["action"], fields["would_action"] = "alert", a.Action
-		a.Evidence = "[shadow mode: would " + a.Action + "] " + a.Evidence
-		a.Action = "alert"
+	if mode != "enforce" && a.Action != obs.Alert { // shadow: what would have been imposed, nothing is
+		fields["action"], fields["would_action"] = string(obs.Alert), string(a.Action)
+		a.Evidence = "[shadow mode: would " + string(a.Action) + "] " + a.Evidence
+		a.Action = obs.Alert
 	}
 	r.cfg.Log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action,
 		"step", a.Step, "mode", mode)
@@ -272,12 +269,12 @@ func (r *Responder) actAs(a Alert, record bool) {
 		Subject: map[string]string{"principal": a.Principal},
 		Fields:  fields})
 	var action audit.Future
-	if severity[a.Action] >= 2 && mode == "enforce" {
+	if a.Action.Sanction() && mode == "enforce" {
 		action = r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.action", Decision: audit.Deny,
-			Reason:  a.Action + " for " + r.cfg.Duration.String(),
+			Reason:  string(a.Action) + " for " + r.cfg.Duration.String(),
 			Actor:   map[string]string{"principal": "strongroom/detect"},
 			Subject: map[string]string{"principal": a.Principal},
-			Fields:  map[string]string{"detector": a.Detector, "action": a.Action, "until": now.Add(r.cfg.Duration).Format(time.RFC3339)}})
+			Fields:  map[string]string{"detector": a.Detector, "action": string(a.Action), "until": now.Add(r.cfg.Duration).Format(time.RFC3339)}})
 	}
 	r.pending.Add(1)
 	go func() {
@@ -300,14 +297,14 @@ func (r *Responder) actAs(a Alert, record bool) {
 
 // Incident is the JSON a webhook receives.
 type Incident struct {
-	ID        string    `json:"id"`
-	Principal string    `json:"principal"`
-	Detector  string    `json:"detector"`
-	Action    string    `json:"action"`
-	Score     float64   `json:"score"`
-	Summary   string    `json:"summary"`
-	Evidence  []uint64  `json:"evidence"` // audit-log indices
-	OpenedAt  time.Time `json:"opened_at"`
+	ID        string     `json:"id"`
+	Principal string     `json:"principal"`
+	Detector  string     `json:"detector"`
+	Action    obs.Action `json:"action"`
+	Score     float64    `json:"score"`
+	Summary   string     `json:"summary"`
+	Evidence  []uint64   `json:"evidence"` // audit-log indices
+	OpenedAt  time.Time  `json:"opened_at"`
 }
 
 // openIncident waits for the alert (and action) to be in the log, collects the principal's
@@ -344,7 +341,7 @@ func (r *Responder) openIncident(a Alert, now time.Time, alert, action audit.Fut
 	}
 	in.Evidence = ev
 	if r.cfg.Incidents != nil {
-		if err := r.cfg.Incidents.CreateIncident(ctx, store.Incident{ID: in.ID, Principal: in.Principal, Detector: in.Detector, Action: in.Action,
+		if err := r.cfg.Incidents.CreateIncident(ctx, store.Incident{ID: in.ID, Principal: in.Principal, Detector: in.Detector, Action: string(in.Action),
 			Score: in.Score, Summary: in.Summary, Evidence: in.Evidence, State: "open", OpenedAt: now}); err != nil {
 			r.cfg.Log.Error("detect: incident not stored", "err", err)
 		}
@@ -406,9 +403,9 @@ func (r *Responder) post(in Incident) error {
 	return last
 }
 
-// Sanction implements gateway.Sanctions: the strongest action in force for a principal
+// Sanction is what the gateway enforces (gateway.Sanctions): the strongest action in force for a principal
 // (or ""), imposed here or by another gateway, and since when.
-func (r *Responder) Sanction(principal string) (string, time.Time) {
+func (r *Responder) Sanction(principal string) (obs.Action, time.Time) {
 	now := r.cfg.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -422,7 +419,7 @@ func (r *Responder) Sanction(principal string) (string, time.Time) {
 			delete(m, principal)
 			continue
 		}
-		if severity[s.action] > severity[best.action] {
+		if s.action.Severity() > best.action.Severity() {
 			best = s
 		}
 	}

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
-	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -89,7 +89,7 @@ func TestResponderIncidentWebhookSanction(t *testing.T) {
 		for k := range 5 {
 			bias[string(rune('0'+i))+string(rune('0'+k))] = 100
 		}
-		r.Observe(gateway.Observation{TS: now, Principal: "mallory", Model: "m", Prompt: []byte("p"), Logprobs: true, TopLogprobs: 5, LogitBias: bias})
+		r.Observe(obs.Observation{TS: now, Principal: "mallory", Model: "m", Prompt: []byte("p"), Logprobs: true, TopLogprobs: 5, LogitBias: bias})
 	}
 	r.Wait()
 	action, since := r.Sanction("mallory")
@@ -125,7 +125,7 @@ func TestResponderIncidentWebhookSanction(t *testing.T) {
 func TestTraceWriterRoundTrip(t *testing.T) {
 	var buf bytes.Buffer
 	tw := NewTraceWriter(&buf, func(s string) string { return "hmac:" + s[:1] })
-	Tee{tw}.Observe(gateway.Observation{TS: time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC), Principal: "p", IP: "10.0.0.1", Model: "m",
+	Tee{tw}.Observe(obs.Observation{TS: time.Date(2026, 11, 27, 1, 0, 0, 0, time.UTC), Principal: "p", IP: "10.0.0.1", Model: "m",
 		Endpoint: "chat", Prompt: []byte("secret prompt"), Logprobs: true, TopLogprobs: 3, CompletionTokens: 9})
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
@@ -177,7 +177,7 @@ func TestSharedSanctions(t *testing.T) {
 		for k := range 5 {
 			bias[strconv.Itoa(i*5+k)] = 100
 		}
-		a.Observe(gateway.Observation{TS: now, Principal: "mallory", Model: "m", Prompt: []byte("p"), Logprobs: true, TopLogprobs: 5, LogitBias: bias})
+		a.Observe(obs.Observation{TS: now, Principal: "mallory", Model: "m", Prompt: []byte("p"), Logprobs: true, TopLogprobs: 5, LogitBias: bias})
 	}
 	a.Wait()
 	if s, _ := b.Sanction("mallory"); s != "" {

@@ -24,6 +24,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/obs"
 )
 
 // MaxLine caps one trace line.
@@ -55,14 +57,14 @@ type Request struct {
 
 // Alert is a detector's finding about a principal.
 type Alert struct {
-	Principal string    `json:"principal"`
-	Detector  string    `json:"detector"`
-	Index     int       `json:"index"`
-	TS        time.Time `json:"ts"`
-	Score     float64   `json:"score"`
-	Action    string    `json:"action"`
-	Step      int       `json:"step,omitempty"` // 1 for the detector's first alert on the principal, 2 for the next…
-	Evidence  string    `json:"evidence,omitempty"`
+	Principal string     `json:"principal"`
+	Detector  string     `json:"detector"`
+	Index     int        `json:"index"`
+	TS        time.Time  `json:"ts"`
+	Score     float64    `json:"score"`
+	Action    obs.Action `json:"action"`
+	Step      int        `json:"step,omitempty"` // 1 for the detector's first alert on the principal, 2 for the next…
+	Evidence  string     `json:"evidence,omitempty"`
 }
 
 // ReadTrace calls fn for every request of a JSONL trace, with its line index.

@@ -16,12 +16,13 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/refmodel"
 )
 
 type nopDetector struct{}
 
-func (nopDetector) Observe(Observation) {}
+func (nopDetector) Observe(obs.Observation) {}
 
 func cpuTime() time.Duration {
 	var ru syscall.Rusage

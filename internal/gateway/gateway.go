@@ -28,6 +28,7 @@ import (
 	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/modelrec"
+	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/policy"
 )
 
@@ -53,34 +54,14 @@ type (
 	}
 	// Detector sees every request's features (the request trace of DESIGN.md).
 	Detector interface {
-		Observe(o Observation)
+		Observe(o obs.Observation)
 	}
 	// Sanctions says which detector-imposed action is in force for a principal, and since
-	// when: "" (none), "throttle", "strip_logprobs", "step_up" (fresh MFA after since) or
-	// "suspend".
+	// when: obs.None, Throttle, StripLogprobs, StepUp (fresh MFA after since) or Suspend.
 	Sanctions interface {
-		Sanction(principal string) (action string, since time.Time)
+		Sanction(principal string) (action obs.Action, since time.Time)
 	}
 )
-
-// Observation is one request as the detectors see it.
-type Observation struct {
-	TS               time.Time
-	Principal        string
-	Tenant           string
-	IP               string
-	Model            string
-	Endpoint         string
-	Prompt           []byte // raw JSON of messages/prompt/input; memory only, never logged
-	MaxTokens        int
-	Logprobs         bool
-	TopLogprobs      int
-	LogitBias        map[string]float64
-	N                int
-	PromptTokens     int
-	CompletionTokens int
-	Decision         string
-}
 
 // Route says where a model is served, nothing more: what may be done with it
 // (classification, countries, hardening, watermarking) is its inventory record
@@ -399,15 +380,15 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	st.p = p
-	sanction, since := "", time.Time{}
+	sanction, since := obs.None, time.Time{}
 	if g.cfg.Sanctions != nil {
 		sanction, since = g.cfg.Sanctions.Sanction(p.ID)
 	}
 	switch {
-	case sanction == "suspend":
+	case sanction == obs.Suspend:
 		st.fail(w, errForbidden, "principal suspended by the extraction detector")
 		return
-	case sanction == "step_up" && !p.MFAAt.After(since):
+	case sanction == obs.StepUp && !p.MFAAt.After(since):
 		// RFC 9470: the caller must authenticate again, with MFA, after the alert.
 		w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_user_authentication", error_description="fresh multi-factor authentication required", max_age=0`)
 		st.fail(w, errStepUp, "step-up required by the extraction detector")
@@ -486,7 +467,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		}
 	}
 	hard := rec.Attrs.EffectiveHardening()
-	if sanction == "strip_logprobs" { // detector response: no more logit information
+	if sanction == obs.StripLogprobs { // detector response: no more logit information
 		hard.MaxTopLogprobs, hard.LogitBias = -1, "reject"
 	}
 	before := sent(&st.feat)
@@ -511,7 +492,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		{Name: "tenant:" + p.Tenant, Limits: g.cfg.TenantLimits},
 		{Name: "model:" + rt.Model, Limits: rt.Limits},
 	}
-	if sanction == "throttle" {
+	if sanction == obs.Throttle {
 		scopes = append(scopes, limits.Scope{Name: "sanction:" + p.ID, Limits: limits.Limits{RPM: 6, Concurrent: 1}})
 	}
 	done, denied, err := g.cfg.Limiter.Admit(r.Context(), scopes, est)
@@ -749,7 +730,7 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 	go fut() // resolution marks the log unhealthy on failure
 	if g.cfg.Detector != nil && st.p != nil {
 		a := st.asked
-		g.cfg.Detector.Observe(Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ip.String(),
+		g.cfg.Detector.Observe(obs.Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ip.String(),
 			Model: st.feat.Model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: a.MaxTokens, Logprobs: a.Logprobs,
 			TopLogprobs: a.TopLogprobs, LogitBias: a.LogitBias, N: a.N, PromptTokens: st.usage.PromptTokens,
 			CompletionTokens: st.usage.CompletionTokens, Decision: st.decision})

@@ -37,6 +37,7 @@ import (
 	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/modelrec"
+	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
@@ -787,11 +788,11 @@ func FuzzRequestAndResponse(f *testing.F) {
 }
 
 type fixedSanction struct {
-	action string
+	action obs.Action
 	since  time.Time
 }
 
-func (s fixedSanction) Sanction(string) (string, time.Time) { return s.action, s.since }
+func (s fixedSanction) Sanction(string) (obs.Action, time.Time) { return s.action, s.since }
 
 // mfaAuth wraps an authenticator: the token "mfa:<key>" is that key's principal after a
 // fresh MFA (as an OIDC token with auth_time and amr would be).

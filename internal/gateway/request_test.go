@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
@@ -36,19 +37,19 @@ func pythonEcho(t *testing.T) string {
 }
 
 type captureDetector struct {
-	mu  sync.Mutex
-	obs []Observation
+	mu   sync.Mutex
+	seen []obs.Observation
 }
 
-func (c *captureDetector) Observe(o Observation) {
+func (c *captureDetector) Observe(o obs.Observation) {
 	c.mu.Lock()
-	c.obs = append(c.obs, o)
+	c.seen = append(c.seen, o)
 	c.mu.Unlock()
 }
-func (c *captureDetector) last() Observation {
+func (c *captureDetector) last() obs.Observation {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.obs[len(c.obs)-1]
+	return c.seen[len(c.seen)-1]
 }
 
 // TestHostileBodies sends, through the gateway, the bodies with which an attacker made the
