@@ -60,8 +60,13 @@ type Log struct {
 	log      *slog.Logger
 	origin   string
 
-	records   *prometheus.CounterVec
-	healthy   prometheus.Gauge
+	records *prometheus.CounterVec
+	healthy prometheus.Gauge
+	// Log lag: events submitted and not yet durable, the time each took to become durable,
+	// and entries integrated but not yet in the search index.
+	inflight  atomic.Int64
+	durable   prometheus.Histogram
+	indexLag  prometheus.Gauge
 	mu        sync.Mutex
 	lastErr   error
 	stop      chan struct{}
@@ -139,8 +144,14 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	l.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_log_healthy",
 		Help: "1 while the audit log records, 0 after a recording failure."})
 	l.healthy.Set(1)
+	l.durable = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "strongroom_audit_durable_seconds",
+		Help: "Time from submitting an event to its being sequenced and durable.", Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
+	l.indexLag = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_index_lag_entries",
+		Help: "Log entries integrated but not yet in the search index (audit search)."})
+	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_inflight_events",
+		Help: "Events submitted to the log and not yet durable."}, func() float64 { return float64(l.inflight.Load()) })
 	if cfg.Metrics != nil {
-		for _, c := range []prometheus.Collector{l.records, l.healthy} {
+		for _, c := range []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, inflight} {
 			if err := cfg.Metrics.Register(c); err != nil {
 				cancel()
 				return nil, fmt.Errorf("audit: metrics: %w", err)
@@ -230,10 +241,14 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	}
 	l.pending.Add(1)
 	l.closeMu.RUnlock()
+	l.inflight.Add(1)
+	t0 := time.Now()
 	f := l.add(ctx, tessera.NewEntry(b))
 	return sync.OnceValues(func() (uint64, error) {
 		defer l.pending.Done()
 		i, err := f()
+		l.inflight.Add(-1)
+		l.durable.Observe(time.Since(t0).Seconds())
 		if err != nil {
 			err = fmt.Errorf("%w: %v", ErrUnavailable, err)
 			l.setErr(err)
@@ -313,6 +328,12 @@ func (l *Log) catchUp(ctx context.Context) error {
 	if err != nil || from >= size {
 		return err
 	}
+	l.indexLag.Set(float64(size - from))
+	defer func() {
+		if done, err := l.idx.AuditIndexed(ctx); err == nil && done <= size {
+			l.indexLag.Set(float64(size - done))
+		}
+	}()
 	// Entries this process appended are indexed from memory, in order, as far as they
 	// reach; the rest (other processes' events, a restart, a full buffer) from the log.
 	var batch []store.AuditEvent

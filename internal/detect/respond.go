@@ -74,7 +74,8 @@ type Responder struct {
 	index     int
 	modes     map[string]string // live detector modes (SetModes), else the engine's config
 	pending   sync.WaitGroup
-	relay     *relay // nil without a bus
+	relay     *relay                 // nil without a bus
+	alerts    *prometheus.CounterVec // detector, action (what was imposed; "alert" in shadow), mode
 }
 
 type sanction struct {
@@ -104,7 +105,14 @@ func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
 	if cfg.EvidenceWait == 0 {
 		cfg.EvidenceWait = 5 * time.Second
 	}
-	r := &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{}}
+	r := &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{},
+		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_detect_alerts_total",
+			Help: "Detector alerts recorded, by detector, action imposed (alert: none) and mode (enforce, shadow)."}, []string{"detector", "action", "mode"})}
+	if cfg.Metrics != nil {
+		if err := cfg.Metrics.Register(r.alerts); err != nil {
+			cfg.Log.Error("detect: metrics", "err", err)
+		}
+	}
 	if cfg.Bus != nil {
 		r.relay = newRelay(cfg.Bus, cfg.Now())
 		if cfg.Metrics != nil {
@@ -262,6 +270,7 @@ func (r *Responder) actAs(a Alert, record bool) {
 		a.Evidence = "[shadow mode: would " + string(a.Action) + "] " + a.Evidence
 		a.Action = obs.Alert
 	}
+	r.alerts.WithLabelValues(a.Detector, string(a.Action), mode).Inc()
 	r.cfg.Log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action,
 		"step", a.Step, "mode", mode)
 	alert := r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.alert", Decision: audit.Deny, Reason: a.Evidence,

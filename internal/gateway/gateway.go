@@ -30,6 +30,7 @@ import (
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/policy"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Interfaces the gateway consumes.
@@ -105,6 +106,8 @@ type Config struct {
 	UpstreamTimeout time.Duration // time to the upstream's response headers; default 60s
 	Logger          *slog.Logger
 	Now             func() time.Time
+	// Tracer, if set, traces requests and engine calls (OpenTelemetry; trace.go).
+	Tracer trace.Tracer
 }
 
 // Gateway is an http.Handler for /v1/.
@@ -117,6 +120,7 @@ type Gateway struct {
 	down    sync.Map // upstream URL -> time it was found down
 	pool    sync.Pool
 	refused *refusals
+	metrics *metrics
 	// noiseKey keys the deterministic logprob noise; random per process is enough, since
 	// its purpose is only that repeats of one query see the same value.
 	noiseKey []byte
@@ -139,7 +143,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	g := &Gateway{cfg: cfg, routes: map[string]*Route{}, log: cfg.Logger, refused: newRefusals()}
+	g := &Gateway{cfg: cfg, routes: map[string]*Route{}, log: cfg.Logger, refused: newRefusals(), metrics: newMetrics()}
 	for i := range cfg.Routes {
 		r := &cfg.Routes[i]
 		if r.Model == "" || len(r.Upstreams) == 0 {
@@ -347,29 +351,35 @@ func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
 
 // reqState carries one inference request through the pipeline.
 type reqState struct {
-	start       time.Time
-	watermark   bool // the engine is asked to watermark this answer
-	watermarked bool // and said it did
-	endpoint    string
-	p           *authn.Principal
-	ip          netip.Addr
-	country     string
-	route       *Route
-	rec         modelrec.Record // the route's inventory record when the request came
-	feat        features        // after hardening: what the engine is sent
-	asked       askedFor        // what the client asked for: what policy and the detectors judge
-	prompt      []byte
-	decision    string
-	reason      string
-	status      int
-	usage       Usage
-	outHash     hash.Hash
-	shaper      *logprobShaper // nil unless logprobs are requested and the route shapes them
+	start        time.Time
+	watermark    bool // the engine is asked to watermark this answer
+	watermarked  bool // and said it did
+	endpoint     string
+	p            *authn.Principal
+	ip           netip.Addr
+	country      string
+	route        *Route
+	rec          modelrec.Record // the route's inventory record when the request came
+	feat         features        // after hardening: what the engine is sent
+	asked        askedFor        // what the client asked for: what policy and the detectors judge
+	prompt       []byte
+	decision     string
+	reason       string
+	status       int
+	code         string          // the error code answered, if refused (a bounded metric label)
+	traceCtx     context.Context // the request's trace context (its span's, when tracing)
+	upstreamWait time.Duration   // forwarding to the engine's response headers
+	usage        Usage
+	outHash      hash.Hash
+	shaper       *logprobShaper // nil unless logprobs are requested and the route shapes them
 }
 
 func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
 	st := &reqState{start: g.cfg.Now(), endpoint: endpoint, decision: audit.Deny, ip: g.clientIP(r)}
 	defer g.finish(r.Context(), st)
+	ctx, span := g.startSpan(r, endpoint)
+	st.traceCtx = ctx
+	defer endSpan(span, st)
 	if r.Method != http.MethodPost {
 		st.fail(w, errMethod, "method "+r.Method)
 		return
@@ -519,7 +529,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 }
 
 func (st *reqState) fail(w http.ResponseWriter, e *apiError, reason string) {
-	st.status, st.reason = e.status, reason
+	st.status, st.reason, st.code = e.status, reason, e.code
 	if st.decision == audit.Allow && e.status >= 500 {
 		st.reason = "upstream: " + reason
 	}
@@ -561,7 +571,11 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 			req.Header.Set(engineauth.TenantHeader, st.p.Tenant)
 			req.Header.Set(engineauth.TenantSigHeader, engineauth.SignTenant([]byte(st.route.UpstreamKey), st.p.Tenant, body))
 		}
+		span := g.upstreamSpan(st.traceCtx, req, base)
+		t0 := time.Now()
 		resp, err = g.client.Do(req)
+		st.upstreamWait = time.Since(t0)
+		span.End()
 		if err == nil {
 			g.down.Delete(base)
 			break
@@ -686,6 +700,7 @@ func (g *Gateway) stream(w http.ResponseWriter, body io.Reader, st *reqState) {
 // finish records the request: one audit event (submitted, not awaited; a failure marks the
 // log unhealthy and later requests are refused) and one observation for the detectors.
 func (g *Gateway) finish(ctx context.Context, st *reqState) {
+	g.metrics.observe(st, g.cfg.Now())
 	if st.p == nil && st.decision == audit.Deny {
 		g.refused.add(st.ip, g.country(st.ip), st.status, st.start)
 		return

@@ -25,6 +25,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +38,8 @@ import (
 	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/modelrec"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
@@ -1062,5 +1065,75 @@ func TestLateEngine(t *testing.T) {
 	defer srv.Close()
 	if resp, m := post(t, f.srv.URL+"/v1/chat/completions", f.alice, body); resp.StatusCode != 200 {
 		t.Fatalf("engine up: status %d %v", resp.StatusCode, m)
+	}
+}
+
+// TestTracing: with a tracer, a request's span continues the client's W3C trace context,
+// the engine receives a traceparent of the same trace (a child of the gateway's span), and
+// the spans carry the routed model and status but not the prompt.
+func TestTracing(t *testing.T) {
+	exp := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
+	defer tp.Shutdown(context.Background())
+	var seen atomic.Value
+	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.Header.Get("traceparent"))
+		(&refmodel.Server{Name: "traced", Fixed: "ok"}).ServeHTTP(w, r)
+	}))
+	defer engine.Close()
+	f := newFixture(t, func(c *Config) {
+		c.Tracer = tp.Tracer("strongroom/gateway")
+		c.Routes = append(c.Routes, Route{Model: "traced", Upstreams: []string{engine.URL + "/v1"}})
+		c.Models.(records)["traced"] = modelrec.Attrs{Classification: "public"}
+	})
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"traced","max_tokens":2,"messages":[{"role":"user","content":"SECRET-PROMPT"}]}`))
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	tp2, _ := seen.Load().(string)
+	if !strings.HasPrefix(tp2, "00-"+traceID+"-") || strings.Contains(tp2, "00f067aa0ba902b7") {
+		t.Fatalf("engine got traceparent %q: want trace %s with the gateway's own span id", tp2, traceID)
+	}
+	var spans tracetest.SpanStubs
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if spans = exp.GetSpans(); len(spans) == 2 {
+			break
+		}
+	}
+	if len(spans) != 2 {
+		t.Fatalf("%d spans, want gateway and upstream", len(spans))
+	}
+	byName := map[string]tracetest.SpanStub{}
+	for _, s := range spans {
+		byName[s.Name] = s
+		if s.SpanContext.TraceID().String() != traceID {
+			t.Errorf("span %s in trace %s", s.Name, s.SpanContext.TraceID())
+		}
+		for _, a := range s.Attributes {
+			if strings.Contains(a.Value.Emit(), "SECRET-PROMPT") {
+				t.Errorf("span %s carries the prompt in %s", s.Name, a.Key)
+			}
+		}
+	}
+	gw, up := byName["gateway chat"], byName["upstream"]
+	if up.Parent.SpanID() != gw.SpanContext.SpanID() || !strings.Contains(tp2, up.SpanContext.SpanID().String()) {
+		t.Fatalf("upstream span is not the gateway span's child named in traceparent: %+v", spans)
+	}
+	attrs := map[string]string{}
+	for _, a := range gw.Attributes {
+		attrs[string(a.Key)] = a.Value.Emit()
+	}
+	if attrs["gen_ai.request.model"] != "traced" || attrs["http.response.status_code"] != "200" || attrs["strongroom.decision"] != "allow" {
+		t.Fatalf("gateway span attributes %v", attrs)
 	}
 }

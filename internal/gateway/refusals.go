@@ -43,8 +43,11 @@ func newRefusals() *refusals {
 			Help: "Requests refused before the caller was identified, by status; the log records them as summaries per source network."}, []string{"status"})}
 }
 
-// Collector exposes the refusal counter (register it on the control plane's registry).
-func (g *Gateway) Collector() prometheus.Collector { return g.refused.counter }
+// Collector exposes the gateway's metrics: requests, denials by reason, latency, upstream
+// latency, tokens and unauthenticated refusals (register it on the control plane's registry).
+func (g *Gateway) Collector() prometheus.Collector {
+	return append(collectors{g.refused.counter}, g.metrics.all...)
+}
 
 func sourceNet(ip netip.Addr) string {
 	if !ip.IsValid() {
