@@ -23,6 +23,7 @@ import (
 	"github.com/pquerna/otp/totp"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -149,7 +150,10 @@ func init() {
 		c, err := config.ReadRaw(path)
 		ts.Check(err)
 		c.Gateway.Routes = []config.Route{{Model: "demo", Upstreams: []string{args[1]}}}
-		c.Detect.HarvestTokens = 20
+		dc, err := detect.ParseConfig(c.Detect)
+		ts.Check(err)
+		dc.HarvestTokens = 20
+		c.Detect = dc.JSON()
 		if len(args) > 2 {
 			// Replicas share detection; the prefix is this run's, so that history another
 			// run left in the same Redis is not replayed into this one.

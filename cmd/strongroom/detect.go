@@ -187,7 +187,9 @@ func (g *globals) detectConfig() (detect.Config, error) {
 		if err != nil {
 			return dc, usageError{err}
 		}
-		dc = c.Detect
+		if dc, err = detect.ParseConfig(c.Detect); err != nil {
+			return dc, usageError{err}
+		}
 	}
 	if dc.ClusterEvery == 0 {
 		dc.ClusterEvery = 500

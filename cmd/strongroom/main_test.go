@@ -17,7 +17,6 @@ import (
 	"github.com/openai/openai-go/v3/option"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/config"
-	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
@@ -192,7 +191,7 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		rpm, _ := strconv.Atoi(args[3])
 		c.Gateway.RedisURL = args[1]
 		c.Gateway.Routes = []config.Route{{Model: "demo", Upstreams: []string{args[2]}}}
-		c.Gateway.KeyLimits = limits.Limits{RPM: rpm}
+		c.Gateway.KeyLimits = config.Limits{RPM: rpm}
 		ts.Check(config.Write(path, c))
 	},
 	// hammer KEYFILE N WANT URL...: N chat requests spread over the gateways; exactly WANT

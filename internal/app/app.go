@@ -44,6 +44,7 @@ type App struct {
 	// ModelWatchInterval is how often the model records are re-read (default 1 s).
 	ModelWatchInterval time.Duration
 	Config             config.Config
+	Detect             detect.Config // Config.Detect parsed (detect.ParseConfig)
 	Store              store.Store
 	Blobs              store.Blobs
 	KEK                kms.KEK
@@ -118,7 +119,7 @@ func Init(ctx context.Context, dataDir string, o InitOptions) (config.Config, er
 	c := config.Defaults()
 	// A new deployment watches before it acts: every detector starts in shadow mode until
 	// the operator promotes it (`detect promote`), having read `detect report`.
-	c.Detect.Modes = map[string]string{"*": "shadow"}
+	c.Detect = detect.Config{Modes: map[string]string{"*": "shadow"}}.JSON()
 	if o.Store != "" {
 		c.Store = o.Store
 	}
@@ -227,7 +228,11 @@ func readSigningKey(path string) (*ecdsa.PrivateKey, error) {
 
 // LoadConfig reads the config without opening anything.
 func LoadConfig(dataDir, configPath string) (config.Config, error) {
-	return config.Load(dataDir, configPath)
+	c, err := config.Load(dataDir, configPath)
+	if err == nil {
+		_, err = detect.ParseConfig(c.Detect) // the section config leaves to detect
+	}
+	return c, err
 }
 
 // Open loads the config and opens the store, KEK, keyring and inventory.
@@ -239,7 +244,11 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 	if err != nil {
 		return nil, err
 	}
-	a := &App{DataDir: dataDir, ConfigPath: configPath, Config: c, Log: log, Metrics: prometheus.NewRegistry()}
+	dc, err := detect.ParseConfig(c.Detect)
+	if err != nil {
+		return nil, err
+	}
+	a := &App{DataDir: dataDir, ConfigPath: configPath, Config: c, Detect: dc, Log: log, Metrics: prometheus.NewRegistry()}
 	a.bg, a.bgStop = context.WithCancel(context.Background())
 	fail := func(err error) (*App, error) {
 		a.Close()

@@ -38,9 +38,12 @@ func (a *App) SetDetectorMode(ctx context.Context, det, mode string) error {
 	if err != nil {
 		return err
 	}
-	old := c.Detect.Modes
-	modes := map[string]string{"*": c.Detect.Mode("*")} // a config without modes enforces everything
-	for k, v := range old {
+	dc, err := detect.ParseConfig(c.Detect)
+	if err != nil {
+		return err
+	}
+	modes := map[string]string{"*": dc.Mode("*")} // a config without modes enforces everything
+	for k, v := range dc.Modes {
 		modes[k] = v
 	}
 	if det == "all" {
@@ -48,7 +51,8 @@ func (a *App) SetDetectorMode(ctx context.Context, det, mode string) error {
 	} else {
 		modes[det] = mode
 	}
-	c.Detect.Modes = modes
+	dc.Modes = modes
+	c.Detect = dc.JSON()
 	if err := a.Audit(ctx, "detect.mode", audit.Allow, "", map[string]string{"detector": det}, map[string]string{"mode": mode}); err != nil {
 		return err
 	}
@@ -72,7 +76,12 @@ func (a *App) watchDetectModes(ctx context.Context, r *detect.Responder, every t
 			a.Log.Error("detect: config not re-read; detector modes unchanged", "err", err)
 			continue
 		}
-		modes := c.Detect.Modes
+		dc, err := detect.ParseConfig(c.Detect)
+		if err != nil {
+			a.Log.Error("detect: config not re-read; detector modes unchanged", "err", err)
+			continue
+		}
+		modes := dc.Modes
 		if modes == nil {
 			modes = map[string]string{"*": "enforce"}
 		}
@@ -120,9 +129,11 @@ func (a *App) DetectReport(ctx context.Context, days int, now time.Time) ([]Dete
 			sanctioned[k][ev.Subject["principal"]] = true
 		}
 	}
-	modes := detect.Config{Modes: a.Config.Detect.Modes}
+	modes := detect.Config{Modes: a.Detect.Modes}
 	if c, err := config.ReadRaw(a.configFile()); err == nil {
-		modes.Modes = c.Detect.Modes
+		if dc, err := detect.ParseConfig(c.Detect); err == nil {
+			modes.Modes = dc.Modes
+		}
 	}
 	var out []DetectorDay
 	for d := since; !d.After(now); d = d.AddDate(0, 0, 1) {

@@ -95,7 +95,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		go a.followRevocations(ctx, auth.Keys)
 	}
 	if gc.OIDC != nil {
-		if auth.OIDC, err = authn.NewOIDC(ctx, *gc.OIDC, a.Store, nil); err != nil {
+		if auth.OIDC, err = authn.NewOIDC(ctx, authn.OIDCConfig(*gc.OIDC), a.Store, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -122,7 +122,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		Routes:          append(gatewayRoutes(gc.Routes), extra...),
 		Models:          models,
 		Auth:            auth, Policy: eng, Limiter: lim,
-		KeyLimits: gc.KeyLimits, TenantLimits: gc.TenantLimits,
+		KeyLimits: limits.Limits(gc.KeyLimits), TenantLimits: limits.Limits(gc.TenantLimits),
 		Audit: a.AuditLog, Health: a.StoreHealthy, Redactor: a.Redactor, TrustedProxies: proxies,
 		MaxBody: gc.MaxBodyBytes, UpstreamTimeout: timeout, Logger: a.Log,
 	})
@@ -301,7 +301,7 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 		}
 		bus = detect.NewRedisBus(rdb, a.redisPrefix()+"detect:")
 	}
-	r := detect.NewResponder(detect.New(a.Config.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
+	r := detect.NewResponder(detect.New(a.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
 		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log, Bus: bus, Metrics: a.Metrics})
 	go r.Run(ctx, 10*time.Second)
 	go a.watchDetectModes(ctx, r, 2*time.Second)

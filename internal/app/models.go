@@ -9,6 +9,7 @@ import (
 
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/gateway"
+	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/modelrec"
 )
 
@@ -68,7 +69,7 @@ func (a *App) watchModels(ctx context.Context, t *modelrec.Table, interval time.
 func gatewayRoutes(rs []config.Route) []gateway.Route {
 	out := make([]gateway.Route, len(rs))
 	for i, r := range rs {
-		out[i] = gateway.Route{Model: r.Model, Upstreams: r.Upstreams, UpstreamKey: r.UpstreamKey, Limits: r.Limits}
+		out[i] = gateway.Route{Model: r.Model, Upstreams: r.Upstreams, UpstreamKey: r.UpstreamKey, Limits: limits.Limits(r.Limits)}
 	}
 	return out
 }
@@ -105,7 +106,11 @@ func (a *App) MigrateRoutes(ctx context.Context) ([]string, error) {
 			if l.Classification != "" {
 				next.Classification = l.Classification
 			}
-			next.AllowedCountries, next.DeniedCountries, next.Hardening, next.Watermark = l.AllowedCountries, l.DeniedCountries, l.Hardening, l.Watermark
+			next.AllowedCountries, next.DeniedCountries, next.Hardening, next.Watermark = l.AllowedCountries, l.DeniedCountries, nil, l.Watermark
+			if l.Hardening != nil {
+				h := modelrec.Hardening(*l.Hardening)
+				next.Hardening = &h
+			}
 			if attrsEqual(next, rec.Attrs) {
 				continue
 			}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/store"
 )
@@ -81,7 +82,7 @@ func TestMigrateRoutes(t *testing.T) {
 		}
 	}
 	legacy(config.Route{Model: "m", Upstreams: []string{"http://127.0.0.1:1/v1"}, LegacyAttrs: config.LegacyAttrs{Classification: "restricted",
-		DeniedCountries: []string{"IR"}, Hardening: &modelrec.Hardening{LogitBias: "reject", MaxTopLogprobs: -1, MaxN: 1, MaxTokens: 64}}})
+		DeniedCountries: []string{"IR"}, Hardening: &config.Hardening{LogitBias: "reject", MaxTopLogprobs: -1, MaxN: 1, MaxTokens: 64}}})
 	if raw, _ := os.ReadFile(cfgPath); !strings.Contains(string(raw), `"denied_countries"`) {
 		t.Fatalf("legacy config not written as before:\n%s", raw)
 	}
@@ -128,5 +129,20 @@ func TestMigrateRoutes(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(cfgPath); string(after) != string(before) {
 		t.Fatal("config rewritten although the migration failed")
+	}
+}
+
+// TestExampleDetectSection: config holds the detect section as raw JSON, so the example
+// config's is checked here, strictly, by the package that owns it.
+func TestExampleDetectSection(t *testing.T) {
+	c, err := config.ReadRaw("../../docs/config.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Detect) == 0 {
+		t.Fatal("docs/config.example.json has no detect section")
+	}
+	if _, err := detect.ParseConfig(c.Detect); err != nil {
+		t.Fatal(err)
 	}
 }

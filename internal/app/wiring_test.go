@@ -101,7 +101,7 @@ func TestGatewayAcceptsConfiguredOIDC(t *testing.T) {
 	}))
 	defer jwks.Close()
 	a, _ := initApp(t, ctx, func(c *config.Config) {
-		c.Gateway.OIDC = &authn.OIDCConfig{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}
+		c.Gateway.OIDC = &config.OIDC{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}
 	})
 	if err := a.AddPrincipal(ctx, store.Principal{ID: "fed-user", Tenant: "acme", Country: "US"}); err != nil {
 		t.Fatal(err)

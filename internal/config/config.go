@@ -12,17 +12,17 @@ import (
 	"strings"
 	"time"
 
-	"github.com/strongroom/strongroom/internal/authn"
-	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/fsutil"
-	"github.com/strongroom/strongroom/internal/limits"
-	"github.com/strongroom/strongroom/internal/modelrec"
 )
 
 // FileName is the config file inside the data directory.
 const FileName = "config.json"
 
 // Config is the whole configuration. Relative paths are relative to the data directory.
+//
+// It is plain data: this package imports no domain package. Sections shaped like a
+// domain package's own type (Limits, OIDC, Hardening) convert to it in internal/app; the
+// detectors' tunables stay raw JSON that internal/detect parses (detect.ParseConfig).
 type Config struct {
 	// Store is a SQLite file path or a postgres:// URL.
 	Store string `json:"store"`
@@ -36,9 +36,10 @@ type Config struct {
 	AdminListen string  `json:"admin_listen"`
 	Gateway     Gateway `json:"gateway"`
 	Custody     Custody `json:"custody"`
-	// Detect tunes the extraction and abuse detectors (see internal/detect.Config).
-	Detect detect.Config `json:"detect,omitzero"`
-	Alerts Alerts        `json:"alerts,omitzero"`
+	// Detect tunes the extraction and abuse detectors: a detect.Config as JSON, read
+	// strictly by detect.ParseConfig when the data directory is opened.
+	Detect json.RawMessage `json:"detect,omitempty"`
+	Alerts Alerts          `json:"alerts,omitzero"`
 }
 
 // Alerts configures what happens on a detector alert besides the audit event and incident.
@@ -90,13 +91,13 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 // Gateway configures the inference data plane.
 type Gateway struct {
-	Listen         string        `json:"listen"`
-	PolicyDir      string        `json:"policy_dir"` // operator *.cedar files, on top of the baseline
-	Routes         []Route       `json:"routes,omitempty"`
-	KeyLimits      limits.Limits `json:"key_limits,omitzero"`
-	TenantLimits   limits.Limits `json:"tenant_limits,omitzero"`
-	TrustedProxies []string      `json:"trusted_proxies,omitempty"`
-	GeoMMDB        string        `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
+	Listen         string   `json:"listen"`
+	PolicyDir      string   `json:"policy_dir"` // operator *.cedar files, on top of the baseline
+	Routes         []Route  `json:"routes,omitempty"`
+	KeyLimits      Limits   `json:"key_limits,omitzero"`
+	TenantLimits   Limits   `json:"tenant_limits,omitzero"`
+	TrustedProxies []string `json:"trusted_proxies,omitempty"`
+	GeoMMDB        string   `json:"geo_mmdb,omitempty"` // MaxMind-format country database; else tor-geoipdb if installed
 	// InternalCountry is where the deployment's own networks are (ISO 3166-1 alpha-2):
 	// clients on loopback, private and link-local addresses, which no database places, are
 	// there. Empty: unknown (then only public models are served to them).
@@ -105,7 +106,7 @@ type Gateway struct {
 	// identify principals (mTLS), bearer tokens still work without one.
 	TLS *TLS `json:"tls,omitempty"`
 	// OIDC, if set, lets JWT bearer tokens from this identity provider in (besides API keys).
-	OIDC *authn.OIDCConfig `json:"oidc,omitempty"`
+	OIDC *OIDC `json:"oidc,omitempty"`
 	// ScreeningList is a consolidated denied-party CSV (name, alt names, country, source).
 	ScreeningList string `json:"screening_list,omitempty"`
 	// RedisURL makes limits global across gateway replicas and lets them share detection;
@@ -127,10 +128,10 @@ type Gateway struct {
 // and limits. What may be done with the model is its inventory record (`strongroom model
 // set`), never the route.
 type Route struct {
-	Model       string        `json:"model"`
-	Upstreams   []string      `json:"upstreams"`
-	UpstreamKey string        `json:"upstream_key,omitempty"`
-	Limits      limits.Limits `json:"limits,omitzero"`
+	Model       string   `json:"model"`
+	Upstreams   []string `json:"upstreams"`
+	UpstreamKey string   `json:"upstream_key,omitempty"`
+	Limits      Limits   `json:"limits,omitzero"`
 	LegacyAttrs
 }
 
@@ -138,16 +139,43 @@ type Route struct {
 // record of them (issue 15). They are read only so that `serve` can move them into the
 // inventory (app.MigrateRoutes) and rewrite the file without them.
 type LegacyAttrs struct {
-	Classification   string              `json:"classification,omitempty"`
-	AllowedCountries []string            `json:"allowed_countries,omitempty"`
-	DeniedCountries  []string            `json:"denied_countries,omitempty"`
-	Hardening        *modelrec.Hardening `json:"hardening,omitempty"`
-	Watermark        bool                `json:"watermark,omitempty"`
+	Classification   string     `json:"classification,omitempty"`
+	AllowedCountries []string   `json:"allowed_countries,omitempty"`
+	DeniedCountries  []string   `json:"denied_countries,omitempty"`
+	Hardening        *Hardening `json:"hardening,omitempty"`
+	Watermark        bool       `json:"watermark,omitempty"`
 }
 
 // Set reports whether any legacy attribute is present.
 func (l LegacyAttrs) Set() bool {
 	return l.Classification != "" || len(l.AllowedCountries) > 0 || len(l.DeniedCountries) > 0 || l.Hardening != nil || l.Watermark
+}
+
+// Limits is a limits.Limits (rpm, tpm, concurrency, daily tokens per key, tenant or model).
+type Limits struct {
+	RPM         int   `json:"rpm,omitempty"`
+	TPM         int   `json:"tpm,omitempty"`
+	Concurrent  int   `json:"concurrent,omitempty"`
+	DailyTokens int64 `json:"daily_tokens,omitempty"`
+}
+
+// OIDC is an authn.OIDCConfig: the identity provider whose JWTs are accepted.
+type OIDC struct {
+	Issuer         string        `json:"issuer"`
+	Audience       string        `json:"audience"`
+	JWKSURL        string        `json:"jwks_url"`
+	PrincipalClaim string        `json:"principal_claim,omitempty"` // default "sub"
+	ClockSkew      time.Duration `json:"clock_skew,omitempty"`      // nanoseconds; default 60s
+}
+
+// Hardening is a modelrec.Hardening, as legacy routes carried it.
+type Hardening struct {
+	LogitBias      string  `json:"logit_bias"`
+	MaxTopLogprobs int     `json:"max_top_logprobs"`
+	MaxN           int     `json:"max_n"`
+	MaxTokens      int     `json:"max_tokens"`
+	RoundLogprobs  int     `json:"round_logprobs,omitempty"`
+	LogprobNoise   float64 `json:"logprob_noise,omitempty"`
 }
 
 // Connections bounds every listener (gateway, control plane, custody) together: open

@@ -115,6 +115,7 @@ func TestRules(t *testing.T) {
 		{"internal/attest", "works offline on reports", nil},
 		{"internal/fsutil", "below everything", nil},
 		{"internal/store", "store is below everything", []string{"internal/fsutil", "internal/modelrec"}},
+		{"internal/config", "config holds plain data; app converts it to the domain packages' types", []string{"internal/fsutil"}},
 	}
 	for _, r := range only {
 		if _, ok := g[r.pkg]; !ok {

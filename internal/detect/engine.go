@@ -1,7 +1,9 @@
 package detect
 
 import (
+	"bytes"
 	"container/list"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/bits"
@@ -92,6 +94,28 @@ type Config struct {
 	// incidents opened, nothing imposed). A new deployment starts every detector in shadow
 	// (config.Defaults); a config without modes enforces (deployments from before modes).
 	Modes map[string]string `json:"modes,omitempty"`
+}
+
+// ParseConfig reads a config file's "detect" section strictly (an unknown key is an
+// error, as everywhere in the config file); an empty section is the zero Config, whose
+// defaults New sets.
+func ParseConfig(raw []byte) (Config, error) {
+	var c Config
+	if len(bytes.TrimSpace(raw)) == 0 || string(bytes.TrimSpace(raw)) == "null" {
+		return c, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("config: detect: %w", err)
+	}
+	return c, nil
+}
+
+// JSON is c as a config file's "detect" section (the inverse of ParseConfig).
+func (c Config) JSON() json.RawMessage {
+	b, _ := json.Marshal(c) // maps, numbers and strings only: cannot fail
+	return b
 }
 
 // Detectors are the detectors' names.
