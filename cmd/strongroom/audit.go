@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"strings"
@@ -110,8 +113,12 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 			return nil, o, usagef("--log: %v", err)
 		}
 		f, err := client.NewHTTPFetcher(u, nil)
+		o.Bundles = func(ctx context.Context, name string) ([]byte, error) {
+			return httpGet(ctx, u.JoinPath("batches", name).String())
+		}
 		return f, o, err
 	}
+	o.Bundles = audit.DirBundles{Dir: logLoc}.Bundle
 	return client.FileFetcher{Root: logLoc}, o, nil
 }
 
@@ -184,19 +191,24 @@ func defaultStatePath(origin string, keyHash uint32) string {
 
 // checkpoint opens the log and fetches and checks its current checkpoint.
 func (s *logSource) checkpoint(ctx context.Context, g *globals) (audit.Fetcher, uint64, []byte, error) {
+	f, _, size, root, err := s.checkpointWith(ctx, g)
+	return f, size, root, err
+}
+
+func (s *logSource) checkpointWith(ctx context.Context, g *globals) (audit.Fetcher, audit.VerifyOptions, uint64, []byte, error) {
 	f, o, err := s.open(g)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, o, 0, nil, err
 	}
 	raw, err := f.ReadCheckpoint(ctx)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, o, 0, nil, err
 	}
 	cp, err := audit.OpenCheckpoint(raw, o)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, o, 0, nil, err
 	}
-	return f, cp.Size, cp.Hash, nil
+	return f, o, cp.Size, cp.Hash, nil
 }
 
 // provenEntry is one entry with its inclusion proof against a signed checkpoint.
@@ -206,6 +218,18 @@ type provenEntry struct {
 	TreeSize uint64          `json:"tree_size"`
 	Root     []byte          `json:"root"`
 	Proof    []string        `json:"proof"`
+	// Record, for a request record (index from audit search, bit 62 set): the record and
+	// its RFC 6962 inclusion proof in the batch the entry above commits to.
+	Record *provenRecord `json:"record,omitempty"`
+}
+
+type provenRecord struct {
+	Index     uint64          `json:"index"`
+	Event     json.RawMessage `json:"event"`
+	Position  int             `json:"position"`
+	Records   int             `json:"records"`
+	BatchRoot string          `json:"batch_root"`
+	Proof     []string        `json:"proof"`
 }
 
 func prove(ctx context.Context, f audit.Fetcher, size uint64, root []byte, index uint64, entry []byte) (provenEntry, error) {
@@ -219,18 +243,46 @@ func prove(ctx context.Context, f audit.Fetcher, size uint64, root []byte, index
 	return provenEntry{Index: index, Event: entry, TreeSize: size, Root: root, Proof: audit.EncodeProof(p)}, nil
 }
 
+// proveRecord proves record pos of the batch entry: the bundle is checked against the
+// entry, then the record's inclusion proof is made and checked against the batch root.
+func proveRecord(ctx context.Context, o audit.VerifyOptions, entry []byte, index uint64, pos int) (*provenRecord, error) {
+	ev, err := audit.ParseEvent(entry)
+	if err != nil || ev.Kind != audit.KindBatch {
+		return nil, fmt.Errorf("record %d: entry is not a batch of request records", index)
+	}
+	b, err := o.Bundles(ctx, ev.Subject["bundle"])
+	if err != nil {
+		return nil, err
+	}
+	recs, err := audit.CheckBatch(ev, b)
+	if err != nil {
+		return nil, err
+	}
+	p, err := audit.BatchInclusion(recs, pos)
+	if err != nil {
+		return nil, fmt.Errorf("record %d: %w", index, err)
+	}
+	root, _ := hex.DecodeString(ev.Fields["root"])
+	if err := audit.VerifyRecord(recs[pos], uint64(pos), uint64(len(recs)), p, root); err != nil {
+		return nil, err
+	}
+	return &provenRecord{Index: index, Event: recs[pos], Position: pos, Records: len(recs), BatchRoot: ev.Fields["root"], Proof: audit.EncodeProof(p)}, nil
+}
+
 func auditProofCmd(g *globals) *cobra.Command {
 	var src logSource
 	var index uint64
 	c := &cobra.Command{
 		Use:   "proof --index N",
-		Short: "Print entry N with its inclusion proof in the current signed checkpoint",
+		Short: "Print entry N (or request record N, from audit search) with its inclusion proof in the current signed checkpoint",
 		Args:  exactArgs(0),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, size, root, err := src.checkpoint(cmd.Context(), g)
+			f, o, size, root, err := src.checkpointWith(cmd.Context(), g)
 			if err != nil {
 				return err
 			}
+			recordIndex := index
+			index, pos, isRecord := audit.SplitRecordIndex(index)
 			if index >= size {
 				return fmt.Errorf("entry %d is not in the signed checkpoint (size %d)", index, size)
 			}
@@ -245,6 +297,11 @@ func auditProofCmd(g *globals) *cobra.Command {
 			pe, err := prove(cmd.Context(), f, size, root, index, entry)
 			if err != nil {
 				return err
+			}
+			if isRecord {
+				if pe.Record, err = proveRecord(cmd.Context(), o, entry, recordIndex, pos); err != nil {
+					return err
+				}
 			}
 			return g.printJSON(cmd.OutOrStdout(), pe)
 		},
@@ -357,4 +414,27 @@ func witnessCmd(g *globals) *cobra.Command {
 	initC.MarkFlagRequired("key")
 	c.AddCommand(initC, witnessServeCmd(g))
 	return c
+}
+
+// httpGet fetches a log resource (a batch bundle), refusing anything but 200 and bodies
+// over the bundle limit.
+func httpGet(ctx context.Context, u string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	const limit = audit.MaxBatch*(audit.MaxEventSize+10) + 64
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err == nil && len(b) > limit {
+		err = fmt.Errorf("GET %s: over %d bytes", u, limit)
+	}
+	return b, err
 }

@@ -32,6 +32,8 @@ import (
 	"github.com/strongroom/strongroom/internal/netguard"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // App is an opened data directory.
@@ -63,17 +65,22 @@ type App struct {
 	redisMu  sync.Mutex
 	redis    *redis.Client
 	// responders opened by Responder: Close waits for their incidents in flight.
-	responders []*detect.Responder
-	gateways   []*gateway.Gateway
-	keysOnce   sync.Once
-	keys       *authn.Keys
-	storeWatch *storeWatch
-	storeAlert sync.Once
-	guardOnce  sync.Once
-	guard      *netguard.Guard
-	guardErr   error
-	modelsMu   sync.Mutex
-	models     *modelrec.Table
+	responders     []*detect.Responder
+	gateways       []*gateway.Gateway
+	keysOnce       sync.Once
+	keys           *authn.Keys
+	storeWatch     *storeWatch
+	storeAlert     sync.Once
+	guardOnce      sync.Once
+	guard          *netguard.Guard
+	guardErr       error
+	modelsMu       sync.Mutex
+	models         *modelrec.Table
+	batchOnce      sync.Once
+	batcher        *audit.Batcher
+	tracerMu       sync.Mutex
+	tracer         trace.Tracer
+	tracerProvider *sdktrace.TracerProvider
 
 	// The App's own goroutines (goBackground) run until Close cancels bg and waits.
 	bg     context.Context
@@ -274,6 +281,9 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 			return fail(err)
 		}
 	}
+	if err := a.registerStoreMetrics(); err != nil {
+		return fail(err)
+	}
 	if a.Blobs, err = store.NewFSBlobs(c.Blobs); err != nil {
 		return fail(err)
 	}
@@ -329,6 +339,10 @@ func (a *App) Close() error {
 	for _, g := range a.gateways {
 		g.FlushRefusals(context.Background()) // the last window's summaries, before the log closes
 	}
+	if a.batcher != nil {
+		a.batcher.Close() // the last batch of request records, while the log is open
+	}
+	errs = append(errs, a.closeTracing())
 	if a.AuditLog != nil {
 		// Waits until a published checkpoint covers what this process recorded.
 		errs = append(errs, a.AuditLog.Close(context.Background()))

@@ -42,6 +42,10 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		return nil, err
 	}
 	gc := a.Config.Gateway
+	tracer, err := a.Tracer()
+	if err != nil {
+		return nil, err
+	}
 	eng, err := a.Policy(ctx)
 	if err != nil {
 		return nil, err
@@ -125,6 +129,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		KeyLimits: limits.Limits(gc.KeyLimits), TenantLimits: limits.Limits(gc.TenantLimits),
 		Audit: a.AuditLog, Health: a.StoreHealthy, Redactor: a.Redactor, TrustedProxies: proxies,
 		MaxBody: gc.MaxBodyBytes, UpstreamTimeout: timeout, Logger: a.Log,
+		Records: a.RequestRecords(), Tracer: tracer,
 	})
 	if err != nil {
 		return nil, err

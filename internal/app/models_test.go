@@ -22,13 +22,7 @@ func TestModelSetReachesRunningGateways(t *testing.T) {
 	ctx := context.Background()
 	a, dir := initApp(t, ctx, nil)
 	a.ModelWatchInterval = 20 * time.Millisecond
-	if err := a.AddPrincipal(ctx, store.Principal{ID: "alice", Tenant: "t", Country: "US"}); err != nil {
-		t.Fatal(err)
-	}
-	key, _, err := a.APIKeys().Create(ctx, "alice", 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := alice(t, ctx, a)
 	send := serveGateway(t, ctx, a)
 	if got := send(key); got != http.StatusOK {
 		t.Fatalf("before: status %d", got)

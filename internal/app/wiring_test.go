@@ -64,6 +64,19 @@ func importModel(t *testing.T, ctx context.Context, a *App, name, version, class
 	}
 }
 
+// alice registers principal alice (tenant t, US) and returns a new API key of hers.
+func alice(t *testing.T, ctx context.Context, a *App) string {
+	t.Helper()
+	if err := a.AddPrincipal(ctx, store.Principal{ID: "alice", Tenant: "t", Country: "US"}); err != nil {
+		t.Fatal(err)
+	}
+	key, _, err := a.APIKeys().Create(ctx, "alice", 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
 // serveGateway opens a's gateway with one public model "m" on a fixed-answer engine and
 // returns a function that sends a chat request with a bearer token and gives its status.
 func serveGateway(t *testing.T, ctx context.Context, a *App) func(bearer string) int {

@@ -30,6 +30,12 @@ func Handler(dir string) http.Handler {
 		case p == "checkpoint":
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Header().Set("Cache-Control", "no-cache")
+		case strings.HasPrefix(p, "batches/") && validBundleName(strings.TrimPrefix(p, "batches/")):
+			// Request batches' bundles: content-addressed, so immutable.
+			name := strings.TrimPrefix(p, "batches/")
+			w.Header().Set("Content-Type", "application/octet-stream")
+			w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+			p = "batches/" + name[:2] + "/" + name
 		case tilePath.MatchString(p):
 			w.Header().Set("Content-Type", "application/octet-stream")
 			if !strings.Contains(p, ".p/") {

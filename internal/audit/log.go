@@ -48,6 +48,8 @@ type Config struct {
 	ShutdownTimeout    time.Duration         // how long Close waits for a covering checkpoint; default 30s
 	Metrics            prometheus.Registerer // optional: records, failures, health
 	Logger             *slog.Logger
+	// Bundles keeps request batches' records (batch.go); default DirBundles{Dir}.
+	Bundles BundleStore
 }
 
 // Log is the audit log.
@@ -62,6 +64,11 @@ type Log struct {
 
 	records *prometheus.CounterVec
 	healthy prometheus.Gauge
+	bundles BundleStore
+	// bundleRecs holds the records of batches this process committed, by bundle name,
+	// until the index has them (then they are read back from the bundle store).
+	bundleMu   sync.Mutex
+	bundleRecs map[string][][]byte
 	// Log lag: events submitted and not yet durable, the time each took to become durable,
 	// and entries integrated but not yet in the search index.
 	inflight  atomic.Int64
@@ -138,7 +145,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		return nil, fmt.Errorf("audit: open log: %w", err)
 	}
 	l := &Log{probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
-		origin: cfg.Signer.Name(), stop: make(chan struct{})}
+		origin: cfg.Signer.Name(), stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][][]byte{}}
+	if l.bundles == nil {
+		l.bundles = DirBundles{Dir: cfg.Dir}
+	}
 	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
 		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
 	l.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_log_healthy",
@@ -353,7 +363,7 @@ func (l *Log) catchUp(ctx context.Context) error {
 	}
 	l.recentMu.Unlock()
 	if len(batch) > 0 {
-		if err := l.idx.IndexAudit(ctx, batch); err != nil {
+		if err := l.indexWithRecords(ctx, batch); err != nil {
 			l.recentMu.Lock()
 			for _, e := range batch { // keep them for the next round
 				l.recent[e.Index] = e
@@ -367,8 +377,86 @@ func (l *Log) catchUp(ctx context.Context) error {
 		}
 	}
 	return ReadEntries(ctx, l.reader.ReadEntryBundle, from, size, func(batch []store.AuditEvent) error {
-		return l.idx.IndexAudit(ctx, batch)
+		return l.indexWithRecords(ctx, batch)
 	})
+}
+
+// indexWithRecords indexes entries, and for each request batch among them its records
+// (RecordIndex numbers), read from this process's memory or the bundle store. A batch
+// whose bundle cannot be read is an error: the index waits rather than skip records.
+func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) error {
+	out := evs
+	for _, e := range evs {
+		if e.Kind != KindBatch {
+			continue
+		}
+		ev, err := ParseEvent(e.Raw)
+		if err != nil {
+			return fmt.Errorf("batch entry %d: %w", e.Index, err)
+		}
+		name := ev.Subject["bundle"]
+		l.bundleMu.Lock()
+		recs, ok := l.bundleRecs[name]
+		l.bundleMu.Unlock()
+		if !ok {
+			b, err := l.bundles.Bundle(ctx, name)
+			if err != nil {
+				return fmt.Errorf("batch entry %d: bundle %s: %w", e.Index, name, err)
+			}
+			if recs, err = CheckBatch(ev, b); err != nil {
+				return fmt.Errorf("batch entry %d: %w", e.Index, err)
+			}
+		}
+		if len(out) == len(evs) {
+			out = append([]store.AuditEvent(nil), evs...) // do not append into the caller's slice
+		}
+		for pos, r := range recs {
+			out = append(out, indexRecord(RecordIndex(e.Index, pos), r))
+		}
+	}
+	if err := l.idx.IndexAudit(ctx, out); err != nil {
+		return err
+	}
+	l.bundleMu.Lock()
+	for _, e := range evs {
+		if e.Kind == KindBatch {
+			if ev, err := ParseEvent(e.Raw); err == nil {
+				delete(l.bundleRecs, ev.Subject["bundle"])
+			}
+		}
+	}
+	l.bundleMu.Unlock()
+	return nil
+}
+
+// rememberRecords keeps a committed batch's records for the index (bounded: past the
+// bound they are read back from the bundle store).
+func (l *Log) rememberRecords(name string, recs [][]byte) {
+	l.bundleMu.Lock()
+	if len(l.bundleRecs) < 64 {
+		l.bundleRecs[name] = recs
+	}
+	l.bundleMu.Unlock()
+}
+
+// indexRecord is an entry's (or a batched record's) row in the search index: it needs four
+// fields, not a canonical check (Verify does that).
+func indexRecord(idx uint64, raw []byte) store.AuditEvent {
+	ae := store.AuditEvent{Index: idx, Raw: raw}
+	var ev struct {
+		TS       time.Time `json:"ts"`
+		Kind     string    `json:"kind"`
+		Decision string    `json:"decision"`
+		Actor    struct {
+			Principal string `json:"principal"`
+		} `json:"actor"`
+	}
+	if json.Unmarshal(raw, &ev) == nil {
+		ae.TS, ae.Kind, ae.Decision, ae.Principal = ev.TS, ev.Kind, ev.Decision, ev.Actor.Principal
+	} else {
+		ae.Kind = "invalid"
+	}
+	return ae
 }
 
 // ReadEntries reads entries [from, size) of a log of the given size and passes them, in
@@ -394,22 +482,7 @@ func ReadEntries(ctx context.Context, readBundle func(ctx context.Context, i uin
 			if idx < from || idx >= size {
 				continue
 			}
-			ae := store.AuditEvent{Index: idx, Raw: e}
-			// The index needs four fields, not a canonical check (Verify does that).
-			var ev struct {
-				TS       time.Time `json:"ts"`
-				Kind     string    `json:"kind"`
-				Decision string    `json:"decision"`
-				Actor    struct {
-					Principal string `json:"principal"`
-				} `json:"actor"`
-			}
-			if json.Unmarshal(e, &ev) == nil {
-				ae.TS, ae.Kind, ae.Decision, ae.Principal = ev.TS, ev.Kind, ev.Decision, ev.Actor.Principal
-			} else {
-				ae.Kind = "invalid"
-			}
-			batch = append(batch, ae)
+			batch = append(batch, indexRecord(idx, e))
 		}
 		if err := fn(batch); err != nil {
 			return err

@@ -46,6 +46,9 @@ type VerifyOptions struct {
 	Witnesses []note.Verifier // cosignature/v1 verifiers of the witnesses
 	Quorum    int             // how many of Witnesses must have cosigned
 	Prior     *State          // last accepted state, or nil on first use
+	// Bundles reads request batches' bundles (batch.go): every batch entry's records are
+	// checked against it. Nil: a log with batch entries fails to verify.
+	Bundles func(ctx context.Context, name string) ([]byte, error)
 }
 
 // OpenCheckpoint checks a checkpoint's log signature and witness quorum and parses it.
@@ -139,6 +142,9 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 			if err := tree.Append(rfc6962.DefaultHasher.HashLeaf(e), visit); err != nil {
 				return State{}, err
 			}
+			if err := checkBatchEntry(ctx, e, next, o); err != nil {
+				return State{}, err
+			}
 			next++
 		}
 	}
@@ -161,6 +167,31 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 		return State{}, securityf("fork: the first %d entries no longer hash to the root accepted before", o.Prior.Size)
 	}
 	return State{Origin: cp.Origin, Size: cp.Size, Root: cp.Hash, Checkpoint: raw}, nil
+}
+
+// batchKind marks a batch entry in its canonical bytes (ParseEvent confirms).
+var batchKind = []byte(`"kind":"` + KindBatch + `"`)
+
+// checkBatchEntry checks a request batch's records against the entry committing to them.
+func checkBatchEntry(ctx context.Context, entry []byte, index uint64, o VerifyOptions) error {
+	if !bytes.Contains(entry, batchKind) {
+		return nil
+	}
+	ev, err := ParseEvent(entry)
+	if err != nil || ev.Kind != KindBatch {
+		return nil
+	}
+	if o.Bundles == nil {
+		return fmt.Errorf("entry %d is a batch of request records, and no source of batch bundles was given", index)
+	}
+	b, err := o.Bundles(ctx, ev.Subject["bundle"])
+	if err != nil {
+		return securityf("entry %d: batch bundle %s unreadable (deleted?): %v", index, ev.Subject["bundle"], err)
+	}
+	if _, err := CheckBatch(ev, b); err != nil {
+		return fmt.Errorf("entry %d: %w", index, err)
+	}
+	return nil
 }
 
 func checkTiles(ctx context.Context, f Fetcher, size uint64, nodes map[compact.NodeID][]byte) error {

@@ -40,6 +40,8 @@ type Config struct {
 	// strictly by detect.ParseConfig when the data directory is opened.
 	Detect json.RawMessage `json:"detect,omitempty"`
 	Alerts Alerts          `json:"alerts,omitzero"`
+	// Telemetry: OpenTelemetry traces.
+	Telemetry Telemetry `json:"telemetry,omitzero"`
 }
 
 // Alerts configures what happens on a detector alert besides the audit event and incident.
@@ -198,6 +200,19 @@ type Audit struct {
 	// Witnesses that must cosign before a checkpoint is published; Quorum of them.
 	Witnesses []Witness `json:"witnesses,omitempty"`
 	Quorum    int       `json:"quorum,omitempty"`
+	// Request records are committed in batches, one log entry per batch (audit/batch.go):
+	// at most RequestBatchRecords (default 1024, at most 4096) or after RequestBatchDelay
+	// (default 100ms) from the batch's first record.
+	RequestBatchRecords int      `json:"request_batch_records,omitempty"`
+	RequestBatchDelay   Duration `json:"request_batch_delay,omitzero"`
+}
+
+// Telemetry exports OpenTelemetry traces (gateway → engine) when OTLPEndpoint is set.
+type Telemetry struct {
+	// OTLPEndpoint is an OTLP/HTTP collector, e.g. http://127.0.0.1:4318 (traces go to
+	// /v1/traces unless the URL has a path).
+	OTLPEndpoint string `json:"otlp_endpoint,omitempty"`
+	ServiceName  string `json:"service_name,omitempty"` // default "strongroom"
 }
 
 // TLS names the gateway's certificate, key and optional client CA (PEM files).

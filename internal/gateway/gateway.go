@@ -95,6 +95,9 @@ type Config struct {
 	KeyLimits       limits.Limits
 	TenantLimits    limits.Limits
 	Audit           Auditor
+	// Records, if set, takes the per-request events (audit.Batcher: one log entry per
+	// batch); else they go to Audit one entry each.
+	Records Auditor
 	// Health, if set, must be nil for requests to be served (the store is still the data
 	// directory's); checked with the audit log's health.
 	Health          func() error
@@ -741,8 +744,13 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 	if st.decision == audit.Deny {
 		g.log.Info("request denied", "principal", ev.Actor["principal"], "model", ev.Subject["model"], "status", st.status, "reason", st.reason)
 	}
-	fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), ev)
-	go fut() // resolution marks the log unhealthy on failure
+	if g.cfg.Records != nil {
+		// The batcher marks the log unhealthy itself when a batch fails: nothing to wait on.
+		g.cfg.Records.Submit(context.WithoutCancel(ctx), ev)
+	} else {
+		fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), ev)
+		go fut() // resolution marks the log unhealthy on failure
+	}
 	if g.cfg.Detector != nil && st.p != nil {
 		a := st.asked
 		g.cfg.Detector.Observe(obs.Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ip.String(),

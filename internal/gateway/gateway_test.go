@@ -38,12 +38,12 @@ import (
 	"github.com/strongroom/strongroom/internal/engineauth"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/modelrec"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"golang.org/x/mod/sumdb/note"
 )
 
