@@ -24,6 +24,7 @@ import (
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/custody"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/inventory"
@@ -76,6 +77,11 @@ type App struct {
 	guardErr       error
 	modelsMu       sync.Mutex
 	models         *modelrec.Table
+	custodyMu      sync.Mutex
+	custody        *custody.Service
+	caOnce         sync.Once
+	ca             *custody.CA
+	caErr          error
 	batchOnce      sync.Once
 	batcher        *audit.Batcher
 	tracerMu       sync.Mutex

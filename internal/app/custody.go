@@ -14,12 +14,33 @@ import (
 	"github.com/strongroom/strongroom/internal/policy"
 )
 
-// Custody builds the custody service: the runtime CA in custody.ca_dir, Cedar lease
-// policy from the gateway's policy directory (reloaded as it changes), the attestation
-// verifiers with the configured measurement allowlist, approvals and egress budgets.
+// Custody is the process's one custody service, built on first use: the runtime CA in
+// custody.ca_dir, Cedar lease policy from the gateway's policy directory (the App's one
+// engine, reloaded as it changes), the attestation verifiers with the configured
+// measurement allowlist, approvals and egress budgets. Its Run (lease expiry, revocation
+// polling) is started by whoever serves it.
 func (a *App) Custody(ctx context.Context) (*custody.Service, error) {
+	a.custodyMu.Lock()
+	defer a.custodyMu.Unlock()
+	if a.custody != nil {
+		return a.custody, nil
+	}
+	svc, err := a.newCustody(ctx)
+	if err == nil {
+		a.custody = svc
+	}
+	return svc, err
+}
+
+// custodyCA is the runtime CA, loaded (or created) once.
+func (a *App) custodyCA() (*custody.CA, error) {
+	a.caOnce.Do(func() { a.ca, a.caErr = custody.LoadOrCreateCA(a.Config.Custody.CADir) })
+	return a.ca, a.caErr
+}
+
+func (a *App) newCustody(ctx context.Context) (*custody.Service, error) {
 	cc := a.Config.Custody
-	ca, err := custody.LoadOrCreateCA(cc.CADir)
+	ca, err := a.custodyCA()
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +79,7 @@ func (a *App) Custody(ctx context.Context) (*custody.Service, error) {
 // CustodyTLS is the custody listener's TLS config: a server certificate from the CA for
 // 127.0.0.1, localhost, the listen host and custody.server_names.
 func (a *App) CustodyTLS(listen string) (*tls.Config, error) {
-	ca, err := custody.LoadOrCreateCA(a.Config.Custody.CADir)
+	ca, err := a.custodyCA()
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdh"
 	"crypto/hpke"
 	"crypto/rand"
+	"crypto/x509"
 	"slices"
 	"testing"
 	"time"
@@ -155,5 +156,37 @@ func TestReleaseLease(t *testing.T) {
 		if live() != 0 {
 			t.Fatal("released lease still live")
 		}
+	}
+}
+
+// TestCustodyBuiltOnce: the App builds one custody service and loads one CA: every caller
+// (serve's listener, dev's runtime, unseal approvals, the CLI) shares them, and the TLS
+// certificate the listener serves chains to the CA the service issues runtimes from.
+func TestCustodyBuiltOnce(t *testing.T) {
+	e := apptest.New(t, nil)
+	ctx := context.Background()
+	s1, err := e.App.Custody(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := e.App.Custody(ctx)
+	if err != nil || s1 != s2 || s1 != e.Svc {
+		t.Fatalf("custody built more than once: %p %p %p (%v)", s1, s2, e.Svc, err)
+	}
+	tc, err := e.App.CustodyTLS("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := tc.Certificates[0].Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(tc.Certificates[0].Certificate[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	id := e.Join(t, "prod")
+	roots := x509.NewCertPool()
+	roots.AddCert(id.CA)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots}); err != nil {
+		t.Fatalf("listener certificate does not chain to the runtimes' CA: %v", err)
 	}
 }

@@ -1,8 +1,3 @@
-// Package custody releases a model version's data key only to a runtime that joined with a
-// one-time token, holds a certificate from Strongroom's CA, proves with fresh attestation that
-// its ephemeral key lives where it claims, is allowed by policy, has the approvals its model's
-// classification needs and is within its egress budget — sealed to that key with HPKE (RFC
-// 9180), under a short lease that renewals re-check and revocation ends, all on the record.
 package custody
 
 import (

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"maps"
 	"net/http"
@@ -825,5 +826,25 @@ func TestStaleLeaseEnds(t *testing.T) {
 	e.clk.add(11 * time.Second) // never watched, never renewed: nobody has heard from it
 	if l := waitEnded(t, e.st, r.Lease.ID); !strings.Contains(l.Reason, "not heard from") {
 		t.Fatalf("reason %q", l.Reason)
+	}
+}
+
+// TestWireNames: the protocol's JSON names are the spec's (doc.go), not Go field names.
+func TestWireNames(t *testing.T) {
+	b, err := json.Marshal(LeaseResponse{Lease: store.Lease{ID: "ls-1", ExpiresAt: time.Unix(1, 0)}, SealedKey: []byte{1},
+		Files:    []store.File{{Path: "w", Size: 1, SHA256: "ab", Blob: "b"}},
+		Approval: &store.ApprovalRequest{ID: "ap-1", Approvals: []store.Approval{{Approver: "a", Decision: "approve"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"lease":{"id":"ls-1"`, `"expires_at":"1970-01-01T00:00:01Z"`, `"sealed_key":"AQ=="`,
+		`"files":[{"path":"w","size":1,"sha256":"ab","blob":"b"}]`, `"approvals":[{"approver":"a","decision":"approve"`, `"key_id":`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("%s lacks %s", b, want)
+		}
+	}
+	jr, _ := json.Marshal(JoinResponse{Runtime: store.Runtime{ID: "rt-1", Jurisdiction: "DE"}})
+	if !strings.Contains(string(jr), `"runtime":{"id":"rt-1","env":"","region":"","jurisdiction":"DE"`) {
+		t.Errorf("join response %s", jr)
 	}
 }

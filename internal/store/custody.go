@@ -20,10 +20,16 @@ var (
 
 // Runtime is an inference runtime that joined with a token and holds a certificate.
 type Runtime struct {
-	ID, Env, Region, Jurisdiction, Host string
-	Owner                               string // principal who created its join token
-	CertSerial                          string
-	CertExpires, CreatedAt, RevokedAt   time.Time
+	ID           string    `json:"id"`
+	Env          string    `json:"env"`
+	Region       string    `json:"region"`
+	Jurisdiction string    `json:"jurisdiction"`
+	Host         string    `json:"host"`
+	Owner        string    `json:"owner"` // principal who created its join token
+	CertSerial   string    `json:"cert_serial"`
+	CertExpires  time.Time `json:"cert_expires"`
+	CreatedAt    time.Time `json:"created_at"`
+	RevokedAt    time.Time `json:"revoked_at"`
 }
 
 // JoinToken is a one-time token, stored as the SHA-256 of its secret, that names the
@@ -38,12 +44,18 @@ type JoinToken struct {
 
 // Lease is a release of a model version's key to a runtime.
 type Lease struct {
-	ID, Runtime, Model, Version, KeyID string
-	Attestation                        string // verifier type and measurement, e.g. "sev-snp:ab12…"
-	Bytes                              int64  // sealed bytes the lease unlocks (its egress charge)
-	GrantedAt, ExpiresAt, RevokedAt    time.Time
-	Reason                             string    // why it was revoked
-	SeenAt                             time.Time // when the runtime holding it was last heard from
+	ID          string    `json:"id"`
+	Runtime     string    `json:"runtime"`
+	Model       string    `json:"model"`
+	Version     string    `json:"version"`
+	KeyID       string    `json:"key_id"`
+	Attestation string    `json:"attestation"` // verifier type and measurement, e.g. "sev-snp:ab12…"
+	Bytes       int64     `json:"bytes"`       // sealed bytes the lease unlocks (its egress charge)
+	GrantedAt   time.Time `json:"granted_at"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	RevokedAt   time.Time `json:"revoked_at"`
+	Reason      string    `json:"reason"`  // why it was revoked
+	SeenAt      time.Time `json:"seen_at"` // when the runtime holding it was last heard from
 }
 
 // LeaseQuery selects leases; empty fields match everything.
@@ -57,17 +69,24 @@ type LeaseQuery struct {
 
 // ApprovalRequest asks k distinct approvers to allow a release (a lease or an unseal).
 type ApprovalRequest struct {
-	ID, Kind, Requester, Runtime, Model, Version string
-	Needed                                       int
-	State                                        string // pending, approved, denied, consumed
-	CreatedAt, ExpiresAt                         time.Time
-	Approvals                                    []Approval
+	ID        string     `json:"id"`
+	Kind      string     `json:"kind"` // "lease" or "unseal"
+	Requester string     `json:"requester"`
+	Runtime   string     `json:"runtime"`
+	Model     string     `json:"model"`
+	Version   string     `json:"version"`
+	Needed    int        `json:"needed"`
+	State     string     `json:"state"` // pending, approved, denied, consumed
+	CreatedAt time.Time  `json:"created_at"`
+	ExpiresAt time.Time  `json:"expires_at"`
+	Approvals []Approval `json:"approvals"`
 }
 
 // Approval is one approver's decision on a request.
 type Approval struct {
-	Approver, Decision string // "approve" or "deny"
-	At                 time.Time
+	Approver string    `json:"approver"`
+	Decision string    `json:"decision"` // "approve" or "deny"
+	At       time.Time `json:"at"`
 }
 
 // Approval request states.

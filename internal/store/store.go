@@ -34,10 +34,10 @@ const (
 
 // File is one sealed file of a model version.
 type File struct {
-	Path   string // slash-separated, relative to the model directory
-	Size   int64  // plaintext bytes
-	SHA256 string // hex digest of the plaintext
-	Blob   string // blob store name of the sealed file
+	Path   string `json:"path"`   // slash-separated, relative to the model directory
+	Size   int64  `json:"size"`   // plaintext bytes
+	SHA256 string `json:"sha256"` // hex digest of the plaintext
+	Blob   string `json:"blob"`   // blob store name of the sealed file
 }
 
 // Version is one imported version of a model.
