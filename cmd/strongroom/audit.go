@@ -85,6 +85,9 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 		}
 		if logLoc == "" {
 			logLoc = c.Audit.LogDir
+			if c.Audit.LogDB != "" {
+				logLoc = c.Audit.LogDB
+			}
 		}
 	}
 	v, err := note.NewVerifier(vkey)
@@ -117,6 +120,14 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 			return httpGet(ctx, u.JoinPath("batches", name).String())
 		}
 		return f, o, err
+	}
+	if audit.IsSQLLog(logLoc) {
+		r, bundles, _, err := audit.OpenSQLReader(context.Background(), logLoc) // closed at exit
+		if err != nil {
+			return nil, o, err
+		}
+		o.Bundles = bundles.Bundle
+		return r, o, nil
 	}
 	o.Bundles = audit.DirBundles{Dir: logLoc}.Bundle
 	return client.FileFetcher{Root: logLoc}, o, nil

@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
-	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/netguard"
@@ -30,7 +29,7 @@ func cosignatureVKey(vkey string) (string, error) { return f_note.VKeyToCosignat
 // adminMux is the control-plane listener: the log, read-only, and health.
 func adminMux(a *app.App) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("/log/", http.StripPrefix("/log", audit.Handler(a.Config.Audit.LogDir)))
+	mux.Handle("/log/", http.StripPrefix("/log", a.AuditLog.Handler()))
 	mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
 	mux.Handle("/v1/watermark/detect", a.WatermarkHandler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {

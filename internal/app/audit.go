@@ -38,6 +38,9 @@ func ensureAuditKeys(c config.Config) error {
 	if _, err := os.Stat(c.Audit.LogKey); err == nil {
 		return nil
 	}
+	if c.Audit.LogDB != "" {
+		return fmt.Errorf("audit: log key %s is missing and the log is shared (audit.log_db): copy keys/log.key and keys/log.pub from a replica", c.Audit.LogKey)
+	}
 	if _, err := os.Stat(filepath.Join(c.Audit.LogDir, "checkpoint")); err == nil {
 		return fmt.Errorf("audit: log key %s is missing but the log has entries: restore the key", c.Audit.LogKey)
 	}
@@ -120,7 +123,7 @@ func (a *App) openAudit(ctx context.Context) error {
 	}
 	// A command waits this long at exit for a (witnessed) checkpoint that covers its events;
 	// they are durable before that either way.
-	cfg := audit.Config{Dir: c.Audit.LogDir, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,
+	cfg := audit.Config{Dir: c.Audit.LogDir, DB: c.Audit.LogDB, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,
 		ShutdownTimeout: 5 * time.Second, WitnessTimeout: 3 * time.Second}
 	if len(c.Audit.Witnesses) > 0 {
 		// tessera takes a witness policy in the sigsum policy syntax.

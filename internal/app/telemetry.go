@@ -64,7 +64,7 @@ func (a *App) closeTracing() error {
 func (a *App) RequestRecords() *audit.Batcher {
 	a.batchOnce.Do(func() {
 		ac := a.Config.Audit
-		a.batcher = audit.NewBatcher(a.AuditLog, audit.DirBundles{Dir: ac.LogDir},
+		a.batcher = audit.NewBatcher(a.AuditLog, a.AuditLog.Bundles(),
 			audit.BatcherConfig{MaxRecords: ac.RequestBatchRecords, MaxDelay: ac.RequestBatchDelay.Duration})
 	})
 	return a.batcher

@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"github.com/transparency-dev/tessera"
 	"github.com/transparency-dev/tessera/api"
 	"github.com/transparency-dev/tessera/api/layout"
+	tmysql "github.com/transparency-dev/tessera/storage/mysql"
 	"github.com/transparency-dev/tessera/storage/posix"
 	"golang.org/x/mod/sumdb/note"
 	"k8s.io/klog/v2"
@@ -37,14 +39,17 @@ type Index interface {
 
 // Config configures a Log. Zero values take the defaults set in Open.
 type Config struct {
-	Dir                string      // tessera POSIX directory; served read-only at /log/
+	Dir string // tessera POSIX directory; served read-only at /log/
+	// DB, when set, puts the log on a shared MariaDB/MySQL engine ("mysql://DSN", see
+	// sqllog.go) instead of Dir: every replica appends, one signs checkpoints.
+	DB                 string
 	Signer             note.Signer // the deployment's Ed25519 log key
 	Index              Index       // optional search index
 	Witnesses          *tessera.WitnessGroup
 	WitnessTimeout     time.Duration
 	BatchMaxSize       uint                  // default 1024
 	BatchMaxAge        time.Duration         // default 10ms: the longest an event waits for companions
-	CheckpointInterval time.Duration         // default 200ms
+	CheckpointInterval time.Duration         // default 200ms (1s, the driver's least, with DB)
 	ShutdownTimeout    time.Duration         // how long Close waits for a covering checkpoint; default 30s
 	Metrics            prometheus.Registerer // optional: records, failures, health
 	Logger             *slog.Logger
@@ -61,6 +66,9 @@ type Log struct {
 	idx      Index
 	log      *slog.Logger
 	origin   string
+	dir      string
+	db       *sql.DB // the shared engine, nil for a POSIX log
+	leader   *leader // with db: holds the checkpoint signer's lock
 
 	records *prometheus.CounterVec
 	healthy prometheus.Gauge
@@ -101,8 +109,8 @@ const maxRecent = 1 << 18
 
 // Open opens (creating) the log in cfg.Dir and brings the search index up to date.
 func Open(ctx context.Context, cfg Config) (*Log, error) {
-	if cfg.Dir == "" || cfg.Signer == nil {
-		return nil, errors.New("audit: log directory and signer are required")
+	if (cfg.Dir == "" && cfg.DB == "") || cfg.Signer == nil {
+		return nil, errors.New("audit: log directory (or database) and signer are required")
 	}
 	if cfg.BatchMaxSize == 0 {
 		cfg.BatchMaxSize = 1024
@@ -119,21 +127,52 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	driver, err := posix.New(ctx, posix.Config{Path: cfg.Dir})
-	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+	var (
+		driver tessera.Driver
+		db     *sql.DB
+		ld     *leader
+		signer = cfg.Signer
+	)
+	if cfg.DB != "" {
+		var err error
+		if db, err = openSQL(ctx, cfg.DB); err != nil {
+			return nil, err
+		}
+		quietDependencies()
+		st, err := tmysql.New(ctx, db)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, RedactDSN(cfg.DB), err)
+		}
+		if err := checkOrigin(ctx, st, cfg.Signer.Name()); err != nil {
+			db.Close()
+			return nil, err
+		}
+		driver = st
+		ld = &leader{db: db, name: signerLockName, log: cfg.Logger}
+		ld.tick(ctx)
+		signer = leaderSigner{Signer: cfg.Signer, l: ld}
+		cfg.CheckpointInterval = max(cfg.CheckpointInterval, time.Second)
+		if cfg.Bundles == nil {
+			cfg.Bundles = SQLBundles{DB: db}
+		}
+	} else {
+		var err error
+		if driver, err = posix.New(ctx, posix.Config{Path: cfg.Dir}); err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
+		if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+			return nil, fmt.Errorf("audit: %w", err)
+		}
 	}
 	opts := tessera.NewAppendOptions().
-		WithCheckpointSigner(cfg.Signer).
+		WithCheckpointSigner(signer).
 		WithBatching(cfg.BatchMaxSize, cfg.BatchMaxAge).
 		WithCheckpointInterval(cfg.CheckpointInterval).
 		WithPushback(1 << 16).
 		WithShutdownTimeout(cfg.ShutdownTimeout)
 	if cfg.Witnesses != nil {
 		opts = opts.WithWitnesses(*cfg.Witnesses, &tessera.WitnessOptions{Timeout: cfg.WitnessTimeout})
-	}
-	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
 	}
 	quietDependencies()
 	// The appender's background work (integration, checkpoints) outlives the caller's ctx
@@ -142,9 +181,16 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	app, shutdown, reader, err := tessera.NewAppender(bg, driver, opts)
 	if err != nil {
 		cancel()
+		if db != nil {
+			ld.release()
+			db.Close()
+		}
 		return nil, fmt.Errorf("audit: open log: %w", err)
 	}
-	l := &Log{probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
+	if db != nil {
+		reader = trimReader{reader}
+	}
+	l := &Log{dir: cfg.Dir, db: db, leader: ld, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][][]byte{}}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
@@ -160,8 +206,15 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		Help: "Log entries integrated but not yet in the search index (audit search)."})
 	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_inflight_events",
 		Help: "Events submitted to the log and not yet durable."}, func() float64 { return float64(l.inflight.Load()) })
+	signing := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_log_signer",
+		Help: "1 while this replica signs the log's checkpoints (always, for a log on local disk)."}, func() float64 {
+		if l.Signer() {
+			return 1
+		}
+		return 0
+	})
 	if cfg.Metrics != nil {
-		for _, c := range []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, inflight} {
+		for _, c := range []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, inflight, signing} {
 			if err := cfg.Metrics.Register(c); err != nil {
 				cancel()
 				return nil, fmt.Errorf("audit: metrics: %w", err)
@@ -174,8 +227,17 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	l.probe()
 	l.loops.Go(l.indexLoop)
 	l.loops.Go(func() { l.every(probeEvery, l.probe) })
+	if ld != nil {
+		l.loops.Go(func() { l.every(leaderPoll, func() { ld.tick(bg) }) })
+	}
 	return l, nil
 }
+
+// Bundles is where this log keeps request batches' bundles.
+func (l *Log) Bundles() BundleStore { return l.bundles }
+
+// Signer says whether this process signs the log's checkpoints now.
+func (l *Log) Signer() bool { return l.leader == nil || l.leader.held.Load() }
 
 // probeEvery is how often the log directory's writability is checked: the longest a
 // read-only or full directory (or a process out of file descriptors) goes unnoticed.
@@ -183,21 +245,35 @@ const probeEvery = 50 * time.Millisecond
 
 // probe opens (creating) a file beside tessera's lock file for writing. It must not be the
 // lock file itself: closing any descriptor of it would drop this process's fcntl lock.
+// A log on a shared engine is probed with a ping instead: a replica that cannot reach
+// it refuses what needs a record at once rather than after a failed append.
 func (l *Log) probe() {
-	f, err := os.OpenFile(l.probePath, os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o644)
-	if err == nil {
-		err = f.Close()
+	var err error
+	if l.db != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if err = l.db.PingContext(ctx); err != nil {
+			err = fmt.Errorf("%w: log database unreachable: %v", ErrUnavailable, err)
+		}
+		cancel()
+	} else {
+		var f *os.File
+		f, err = os.OpenFile(l.probePath, os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o644)
+		if err == nil {
+			err = f.Close()
+		}
+		if err != nil {
+			err = fmt.Errorf("%w: log directory not writable: %v", ErrUnavailable, err)
+		}
 	}
 	if err != nil {
-		err = fmt.Errorf("%w: log directory not writable: %v", ErrUnavailable, err)
 		if l.writable.Swap(&err) == nil {
-			l.log.Error("ALERT audit log directory not writable; refusing what needs a record", "err", err)
+			l.log.Error("ALERT audit log storage unavailable; refusing what needs a record", "err", err)
 			l.healthy.Set(0)
 		}
 		return
 	}
 	if l.writable.Swap(nil) != nil {
-		l.log.Warn("audit log directory writable again")
+		l.log.Warn("audit log storage available again")
 		l.mu.Lock()
 		l.lastErr = nil // the failures were the directory's; the next record proves it
 		l.mu.Unlock()
@@ -506,6 +582,10 @@ func (l *Log) Close(ctx context.Context) error {
 		l.loops.Wait() // no probe writes into the directory after Close
 		err = errors.Join(err, l.catchUp(ctx))
 		l.cancel()
+		if l.db != nil {
+			l.leader.release() // the next replica signs without waiting for a dead socket
+			l.db.Close()
+		}
 	})
 	return err
 }

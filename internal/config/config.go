@@ -194,7 +194,11 @@ type Connections struct {
 
 // Audit configures the transparency log of security events.
 type Audit struct {
-	LogDir  string `json:"log_dir"`  // tessera POSIX directory
+	LogDir string `json:"log_dir"` // tessera POSIX directory
+	// LogDB puts the log on a shared MariaDB/MySQL engine instead of LogDir, for a fleet of
+	// replicas: "mysql://user:password@tcp(host:port)/database" (go-sql-driver DSN). Empty:
+	// the POSIX log in LogDir. Keep the password out of the file with STRONGROOM_LOG_DB.
+	LogDB   string `json:"log_db,omitempty"`
 	LogKey  string `json:"log_key"`  // signed-note private key of the log (Ed25519)
 	HMACKey string `json:"hmac_key"` // 32-byte key for digests of sensitive fields
 	// Witnesses that must cosign before a checkpoint is published; Quorum of them.
@@ -311,6 +315,7 @@ func ReadRaw(path string) (Config, error) {
 func (c *Config) applyEnv() {
 	for env, dst := range map[string]*string{
 		"STRONGROOM_STORE":          &c.Store,
+		"STRONGROOM_LOG_DB":         &c.Audit.LogDB,
 		"STRONGROOM_KMS_CURRENT":    &c.KMS.Current,
 		"STRONGROOM_PKCS11_MODULE":  &c.KMS.PKCS11.Module,
 		"STRONGROOM_PKCS11_TOKEN":   &c.KMS.PKCS11.TokenLabel,

@@ -1,0 +1,324 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	stdlog "log"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/transparency-dev/tessera"
+	tmysql "github.com/transparency-dev/tessera/storage/mysql"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// The log on a shared SQL engine (issue 16): every replica of a fleet appends to one tree
+// kept by tessera's storage/mysql driver in one MariaDB/MySQL database (sequencing, tiles,
+// entry bundles, checkpoint), request batches' bundles live in a table beside it, and one
+// replica at a time signs checkpoints: the one holding the named lock signerLockName on a
+// dedicated connection (leader below).
+
+// tesseraSchema is tessera v1.0.4's storage/mysql/schema.sql, statement by statement, and
+// the table of request batches' bundles.
+var tesseraSchema = []string{
+	"CREATE TABLE IF NOT EXISTS `Tessera` (`id` TINYINT UNSIGNED NOT NULL, `compatibilityVersion` BIGINT UNSIGNED NOT NULL, PRIMARY KEY (`id`))",
+	"INSERT IGNORE INTO `Tessera` (`id`, `compatibilityVersion`) VALUES (0, 1)",
+	"CREATE TABLE IF NOT EXISTS `Checkpoint` (`id` TINYINT UNSIGNED NOT NULL, `note` MEDIUMBLOB NOT NULL, `published_at` BIGINT NOT NULL, PRIMARY KEY(`id`))",
+	"CREATE TABLE IF NOT EXISTS `TreeState` (`id` TINYINT UNSIGNED NOT NULL, `size` BIGINT UNSIGNED NOT NULL, `root` TINYBLOB NOT NULL, PRIMARY KEY(`id`))",
+	"CREATE TABLE IF NOT EXISTS `Subtree` (`level` TINYINT UNSIGNED NOT NULL, `index` BIGINT UNSIGNED NOT NULL, `nodes` MEDIUMBLOB NOT NULL, PRIMARY KEY(`level`, `index`))",
+	"CREATE TABLE IF NOT EXISTS `TiledLeaves` (`tile_index` BIGINT UNSIGNED NOT NULL, `size` SMALLINT UNSIGNED NOT NULL, `data` LONGBLOB NOT NULL, PRIMARY KEY(`tile_index`))",
+	"CREATE TABLE IF NOT EXISTS `StrongroomBatch` (`name` CHAR(64) NOT NULL, `data` LONGBLOB NOT NULL, PRIMARY KEY(`name`))",
+}
+
+// signerLockName is the MariaDB named lock whose holder signs checkpoints.
+const signerLockName = "strongroom.log.signer"
+
+// IsSQLLog says whether a log location is a MariaDB/MySQL DSN rather than a directory.
+func IsSQLLog(loc string) bool { return strings.HasPrefix(loc, "mysql://") }
+
+// ParseLogDSN turns "mysql://user:pass@tcp(host:port)/db?params" into a driver config,
+// with the settings the log relies on: dial and I/O timeouts, so that a replica whose
+// engine is gone learns it within seconds and refuses what needs a record.
+func ParseLogDSN(loc string) (*mysql.Config, error) {
+	dsn, ok := strings.CutPrefix(loc, "mysql://")
+	if !ok {
+		return nil, errors.New("audit: log database must be a mysql:// DSN")
+	}
+	c, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		// The driver's error may quote the DSN, password and all: say only what is wrong.
+		return nil, fmt.Errorf("audit: log database %s: malformed DSN", RedactDSN(loc))
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 3 * time.Second
+	}
+	if c.ReadTimeout == 0 {
+		c.ReadTimeout = 30 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
+	return c, nil
+}
+
+// RedactDSN hides a DSN's password: "mysql://user:***@tcp(host)/db". What it cannot parse
+// it hides whole, keeping the scheme.
+func RedactDSN(loc string) string {
+	scheme, rest, ok := strings.Cut(loc, "://")
+	if !ok {
+		scheme, rest = "", loc
+	} else {
+		scheme += "://"
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return scheme + rest
+	}
+	cred := rest[:at]
+	if user, _, hasPass := strings.Cut(cred, ":"); hasPass {
+		return scheme + user + ":***" + rest[at:]
+	}
+	return scheme + rest
+}
+
+// openSQL opens the log database and creates its tables if missing.
+func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
+	quietDriver()
+	c, err := ParseLogDSN(loc)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := mysql.NewConnector(c)
+	if err != nil {
+		return nil, fmt.Errorf("audit: log database %s: %v", RedactDSN(loc), err)
+	}
+	db := sql.OpenDB(conn)
+	db.SetMaxOpenConns(32)
+	db.SetMaxIdleConns(16)
+	db.SetConnMaxLifetime(10 * time.Minute)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for _, q := range tesseraSchema {
+		if _, err := db.ExecContext(pctx, q); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("%w: log database %s: schema: %v", ErrUnavailable, RedactDSN(loc), err)
+		}
+	}
+	return db, nil
+}
+
+// SQLBundles keeps request batches' bundles in the log database (table StrongroomBatch),
+// so that every replica serves, verifies and indexes every batch.
+type SQLBundles struct{ DB *sql.DB }
+
+func (s SQLBundles) PutBundle(ctx context.Context, name string, b []byte) error {
+	if !validBundleName(name) {
+		return fmt.Errorf("%w: bundle name %q", ErrEvent, name)
+	}
+	// Content-addressed: a second write of the same name is the same bytes.
+	_, err := s.DB.ExecContext(ctx, "INSERT IGNORE INTO `StrongroomBatch` (`name`, `data`) VALUES (?, ?)", name, b)
+	return err
+}
+
+func (s SQLBundles) Bundle(ctx context.Context, name string) ([]byte, error) {
+	if !validBundleName(name) {
+		return nil, fmt.Errorf("%w: bundle name %q", ErrEvent, name)
+	}
+	var b []byte
+	err := s.DB.QueryRowContext(ctx, "SELECT `data` FROM `StrongroomBatch` WHERE `name` = ?", name).Scan(&b)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, os.ErrNotExist
+	}
+	return b, err
+}
+
+// leader holds the checkpoint signer's lock: GET_LOCK on one dedicated connection. The
+// server releases a named lock when its connection ends, so a replica that dies (its
+// socket closed by the kernel) hands the lock over at once; one whose host vanishes, when
+// the server drops the silent connection (session wait_timeout leaderIdle). Every
+// replica tries to take the lock every leaderPoll.
+type leader struct {
+	db   *sql.DB
+	name string
+	log  *slog.Logger
+	held atomic.Bool
+
+	mu   sync.Mutex // serializes use of conn
+	conn *sql.Conn  // the lock's connection, nil while not held
+}
+
+const (
+	leaderPoll = 250 * time.Millisecond
+	leaderIdle = 5 // seconds: the server's wait_timeout on the lock's connection
+)
+
+func (l *leader) tick(ctx context.Context) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if l.conn != nil {
+		if err := l.conn.PingContext(ctx); err == nil {
+			return
+		}
+		l.drop("lock connection lost")
+	}
+	c, err := l.db.Conn(ctx)
+	if err != nil {
+		return
+	}
+	var got sql.NullInt64
+	if _, err := c.ExecContext(ctx, fmt.Sprintf("SET SESSION wait_timeout = %d", leaderIdle)); err == nil {
+		err = c.QueryRowContext(ctx, "SELECT GET_LOCK(?, 0)", l.name).Scan(&got)
+	}
+	if !got.Valid || got.Int64 != 1 {
+		c.Close()
+		return
+	}
+	l.conn = c
+	l.held.Store(true)
+	l.log.Info("audit log: this replica signs checkpoints now", "lock", l.name)
+}
+
+// drop forgets the lock (l.mu held).
+func (l *leader) drop(why string) {
+	if l.conn == nil {
+		return
+	}
+	l.conn.Raw(func(any) error { return driver.ErrBadConn }) // never back into the pool
+	l.conn.Close()
+	l.conn = nil
+	if l.held.Swap(false) {
+		l.log.Warn("audit log: this replica no longer signs checkpoints", "why", why)
+	}
+}
+
+// check asks the server whether this replica still holds the lock.
+func (l *leader) check(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == nil {
+		return ErrNotSigner
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	var mine sql.NullInt64
+	if err := l.conn.QueryRowContext(ctx, "SELECT IS_USED_LOCK(?) = CONNECTION_ID()", l.name).Scan(&mine); err != nil {
+		l.drop(err.Error())
+		return ErrNotSigner
+	}
+	if !mine.Valid || mine.Int64 != 1 {
+		l.drop("lock taken by another replica")
+		return ErrNotSigner
+	}
+	return nil
+}
+
+func (l *leader) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		l.conn.ExecContext(ctx, "DO RELEASE_LOCK(?)", l.name)
+		cancel()
+		l.drop("closed")
+	}
+}
+
+// ErrNotSigner is what a replica that does not hold the signer's lock answers when tessera
+// asks it to sign a checkpoint: its publish attempt fails and the leader's stands.
+var ErrNotSigner = errors.New("audit: not the checkpoint signer")
+
+// leaderSigner signs only while its replica holds the lock (asked of the server each time).
+type leaderSigner struct {
+	note.Signer
+	l *leader
+}
+
+func (s leaderSigner) Sign(msg []byte) ([]byte, error) {
+	if err := s.l.check(context.Background()); err != nil {
+		return nil, err
+	}
+	return s.Signer.Sign(msg)
+}
+
+// checkOrigin refuses a replica whose log key is not the one that signed the shared log's
+// checkpoint: every replica must hold the same key (copy keys/log.key and keys/log.pub).
+func checkOrigin(ctx context.Context, r tessera.LogReader, origin string) error {
+	cp, err := r.ReadCheckpoint(ctx)
+	if errors.Is(err, os.ErrNotExist) || (err == nil && len(cp) == 0) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%w: read checkpoint: %v", ErrUnavailable, err)
+	}
+	got, _, _ := bytes.Cut(cp, []byte("\n"))
+	if string(got) != origin {
+		return fmt.Errorf("audit: the shared log is %q but this replica's log key is %q: copy keys/log.key and keys/log.pub from a replica", got, origin)
+	}
+	return nil
+}
+
+// trimReader answers partial tiles and entry bundles with exactly the width asked: tessera's
+// SQL driver returns the largest it has, and tlog-tiles clients (and ReadEntries) need
+// exactly p hashes or entries.
+type trimReader struct{ tessera.LogReader }
+
+func (r trimReader) ReadTile(ctx context.Context, level, index uint64, p uint8) ([]byte, error) {
+	t, err := r.LogReader.ReadTile(ctx, level, index, p)
+	if err == nil && p > 0 && len(t) > int(p)*32 {
+		t = t[:int(p)*32]
+	}
+	return t, err
+}
+
+func (r trimReader) ReadEntryBundle(ctx context.Context, index uint64, p uint8) ([]byte, error) {
+	b, err := r.LogReader.ReadEntryBundle(ctx, index, p)
+	if err != nil || p == 0 {
+		return b, err
+	}
+	// SPEC: https://c2sp.org/tlog-tiles — an entry bundle is a sequence of
+	// uint16-length-prefixed entries.
+	off := 0
+	for range p {
+		if off+2 > len(b) {
+			return nil, fmt.Errorf("entry bundle %d: %d entries, %d asked: %w", index, p, p, os.ErrNotExist)
+		}
+		off += 2 + int(binary.BigEndian.Uint16(b[off:]))
+		if off > len(b) {
+			return nil, fmt.Errorf("entry bundle %d: truncated", index)
+		}
+	}
+	return b[:off], nil
+}
+
+// OpenSQLReader reads a log on a shared engine (for `audit verify` inside a replica's data
+// directory): its checkpoint, tiles and entry bundles, and its batches' bundles.
+func OpenSQLReader(ctx context.Context, loc string) (tessera.LogReader, BundleStore, func() error, error) {
+	db, err := openSQL(ctx, loc)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	quietDependencies()
+	st, err := tmysql.New(ctx, db)
+	if err != nil {
+		db.Close()
+		return nil, nil, nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, RedactDSN(loc), err)
+	}
+	return trimReader{st}, SQLBundles{DB: db}, db.Close, nil
+}
+
+// quietDriver stops go-sql-driver/mysql's process-global logger from writing to stderr
+// ("packets.go: unexpected EOF" when a connection drops): failures reach callers as errors.
+var quietDriver = sync.OnceFunc(func() { mysql.SetLogger(stdlog.New(io.Discard, "", 0)) })

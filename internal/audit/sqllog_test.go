@@ -1,0 +1,268 @@
+package audit
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/strongroom/strongroom/internal/testenv"
+	"github.com/transparency-dev/tessera/client"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// sqlTestLog is a fresh database on the MariaDB that scripts/test starts
+// (STRONGROOM_TEST_MARIADB), dropped at the end of the test; it returns its mysql:// DSN.
+func sqlTestDB(t testing.TB) string {
+	t.Helper()
+	base := testenv.Get(t, "STRONGROOM_TEST_MARIADB")
+	c, err := ParseLogDSN(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := sql.Open("mysql", c.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r [6]byte
+	rand.Read(r[:])
+	name := "srtest_" + hex.EncodeToString(r[:])
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		admin.Exec("DROP DATABASE " + name)
+		admin.Close()
+	})
+	c.DBName = name
+	return "mysql://" + c.FormatDSN()
+}
+
+func openSQLTestLog(t testing.TB, dsn string, s note.Signer) *Log {
+	t.Helper()
+	l, err := Open(context.Background(), Config{DB: dsn, Signer: s, ShutdownTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// TestSQLLogReplicas: two replicas of one log on MariaDB both append (entries and request
+// batches), exactly one signs, and /log/ served by either is the same tree, which
+// verifies with its batches. Closing the signer hands signing to the other at once.
+func TestSQLLogReplicas(t *testing.T) {
+	dsn := sqlTestDB(t)
+	s, v, _ := newKeys(t, "strongroom.test/shared")
+	a := openSQLTestLog(t, dsn, s)
+	b := openSQLTestLog(t, dsn, s)
+	if a.Signer() == b.Signer() {
+		t.Fatalf("signers: a %v, b %v; want exactly one", a.Signer(), b.Signer())
+	}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for _, l := range []*Log{a, b} {
+		wg.Go(func() {
+			bt := NewBatcher(l, l.Bundles(), BatcherConfig{MaxRecords: 50, MaxDelay: 20 * time.Millisecond})
+			var fs []Future
+			for i := range 120 {
+				fs = append(fs, l.Submit(ctx, event(i)), bt.Submit(ctx, requestEvent(i)))
+			}
+			for _, f := range fs {
+				if _, err := f(); err != nil {
+					t.Error(err)
+				}
+			}
+			bt.Close()
+		})
+	}
+	wg.Wait()
+	size, err := a.IntegratedSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 240 entries, and 120 records per replica in batches of at most 50.
+	if size < 240+6 || size > 240+2*120 {
+		t.Fatalf("size %d", size)
+	}
+	srvA := httptest.NewServer(a.Handler())
+	defer srvA.Close()
+	srvB := httptest.NewServer(b.Handler())
+	defer srvB.Close()
+	// Wait for a checkpoint covering everything, then verify through each replica.
+	deadline := time.Now().Add(10 * time.Second)
+	var states []State
+	for _, srv := range []*httptest.Server{srvA, srvB} {
+		u, _ := url.Parse(srv.URL + "/")
+		f, err := client.NewHTTPFetcher(u, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Batch bundles over HTTP too, from the same replica.
+		o := VerifyOptions{LogKey: v, Bundles: func(ctx context.Context, name string) ([]byte, error) {
+			resp, err := http.Get(srv.URL + "/batches/" + name)
+			if err != nil {
+				return nil, err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return nil, fmt.Errorf("batch %s: %s", name, resp.Status)
+			}
+			return io.ReadAll(resp.Body)
+		}}
+		for {
+			st, err := Verify(ctx, f, o)
+			if err == nil && st.Size == size {
+				states = append(states, st)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v (size %d of %d)", srv.URL, err, st.Size, size)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	if string(states[0].Root) != string(states[1].Root) {
+		t.Fatal("replicas serve different trees")
+	}
+	// Failover: the signer closes (releasing the lock); the other signs within a poll.
+	signer, other := a, b
+	if !a.Signer() {
+		signer, other = b, a
+	}
+	if err := signer.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if _, err := other.Record(ctx, event(999)); err != nil {
+		t.Fatal(err)
+	}
+	waitCheckpoint(t, other, size+1, t0, "after the signer closed")
+	t.Logf("failover after a clean close: checkpoint signed by the other replica %v later", time.Since(t0).Round(time.Millisecond))
+	if err := other.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSQLLogSignerDies: the signer's lock connection is killed on the server (what a dead
+// process or a dropped host looks like to MariaDB); another replica signs within
+// leaderPoll plus a checkpoint interval, and the old one stops claiming to sign.
+func TestSQLLogSignerDies(t *testing.T) {
+	dsn := sqlTestDB(t)
+	s, _, _ := newKeys(t, "strongroom.test/shared")
+	a := openSQLTestLog(t, dsn, s)
+	defer a.Close(context.Background())
+	b := openSQLTestLog(t, dsn, s)
+	defer b.Close(context.Background())
+	ctx := context.Background()
+	signer, other := a, b
+	if !a.Signer() {
+		signer, other = b, a
+	}
+	// The lock holder's connection id, from the server.
+	c, _ := ParseLogDSN(dsn)
+	admin, err := sql.Open("mysql", c.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	var id int64
+	if err := admin.QueryRow("SELECT IS_USED_LOCK(?)", signerLockName).Scan(&id); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Record(ctx, event(1)); err != nil {
+		t.Fatal(err)
+	}
+	size, _ := other.IntegratedSize(ctx)
+	t0 := time.Now()
+	if _, err := admin.Exec(fmt.Sprintf("KILL %d", id)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Record(ctx, event(2)); err != nil {
+		t.Fatal(err)
+	}
+	// Whichever replica polls first takes the lock (the old signer's process is alive and
+	// may win it back); a checkpoint covering the new entry follows, and one replica claims.
+	waitCheckpoint(t, other, size+1, t0, "after the lock's loss")
+	t.Logf("signer's lock connection killed: a checkpoint signed %v later", time.Since(t0).Round(time.Millisecond))
+	time.Sleep(2 * leaderPoll)
+	var holder int64
+	if err := admin.QueryRow("SELECT IS_USED_LOCK(?)", signerLockName).Scan(&holder); err != nil || holder == id {
+		t.Fatalf("lock holder %d (killed %d): %v", holder, id, err)
+	}
+	if signer.Signer() == other.Signer() {
+		t.Fatalf("signers: %v and %v; want exactly one", signer.Signer(), other.Signer())
+	}
+}
+
+// TestSQLLogOrigin: a replica with another log key refuses to open the shared log.
+func TestSQLLogOrigin(t *testing.T) {
+	dsn := sqlTestDB(t)
+	s, _, _ := newKeys(t, "strongroom.test/shared")
+	a := openSQLTestLog(t, dsn, s)
+	if _, err := a.Record(context.Background(), event(1)); err != nil {
+		t.Fatal(err)
+	}
+	a.Close(context.Background())
+	s2, _, _ := newKeys(t, "strongroom.test/other")
+	if _, err := Open(context.Background(), Config{DB: dsn, Signer: s2}); err == nil || !strings.Contains(err.Error(), "copy keys/log.key") {
+		t.Fatalf("a replica with another key opened the shared log: %v", err)
+	}
+}
+
+// TestSQLLogCredentials: a DSN's password appears in no error and no log line, including
+// when the engine cannot be reached.
+func TestSQLLogCredentials(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"mysql://u:s3cret@tcp(h:3306)/db?tls=true", "mysql://u:***@tcp(h:3306)/db?tls=true"},
+		{"mysql://u:p@ss:w@rd@tcp(h)/db", "mysql://u:***@tcp(h)/db"},
+		{"mysql://u@tcp(h)/db", "mysql://u@tcp(h)/db"},
+		{"mysql://tcp(h)/db", "mysql://tcp(h)/db"},
+	} {
+		if got := RedactDSN(tc.in); got != tc.want {
+			t.Errorf("RedactDSN(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	const pw = "hunter2-never-printed"
+	c := mysql.NewConfig()
+	c.User, c.Passwd, c.Net, c.Addr, c.DBName = "u", pw, "tcp", "127.0.0.1:1", "db"
+	c.Timeout = 200 * time.Millisecond
+	var logs strings.Builder
+	s, _, _ := newKeys(t, "strongroom.test/shared")
+	_, err := Open(context.Background(), Config{DB: "mysql://" + c.FormatDSN(), Signer: s, Logger: newTextLogger(&logs)})
+	if err == nil {
+		t.Fatal("opened a log on a closed port")
+	}
+	if strings.Contains(err.Error(), pw) || strings.Contains(logs.String(), pw) {
+		t.Fatalf("password in error or logs: %v / %s", err, logs.String())
+	}
+	if _, err := ParseLogDSN("mysql://u:" + pw + "@tcp(h/db"); err == nil || strings.Contains(err.Error(), pw) {
+		t.Fatalf("malformed DSN: %v", err)
+	}
+}
+
+func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// waitCheckpoint waits up to 5 s from t0 for l's published checkpoint to cover size.
+func waitCheckpoint(t *testing.T, l *Log, size uint64, t0 time.Time, what string) {
+	t.Helper()
+	for {
+		if cp, err := l.Checkpoint(context.Background()); err == nil && cpSize(cp) >= size {
+			return
+		}
+		if time.Since(t0) > 5*time.Second {
+			t.Fatalf("no checkpoint of size %d within 5s %s", size, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
