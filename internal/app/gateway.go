@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/fsutil"
@@ -307,6 +308,7 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 		bus = detect.NewRedisBus(rdb, a.redisPrefix()+"detect:")
 	}
 	r := detect.NewResponder(detect.New(a.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
+		Records: a.RequestRecords(), RecordsDelay: max(time.Second, 3*a.requestBatchDelay()), LogSize: a.AuditLog.IntegratedSize,
 		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log, Bus: bus, Metrics: a.Metrics})
 	go r.Run(ctx, 10*time.Second)
 	go a.watchDetectModes(ctx, r, 2*time.Second)
@@ -381,4 +383,12 @@ func (a *App) NetGuard() (*netguard.Guard, error) {
 			PeerTimeout: c.PeerTimeout.Duration}, a.Log, a.Metrics)
 	})
 	return a.guard, a.guardErr
+}
+
+// requestBatchDelay is how long a request record may wait for its batch.
+func (a *App) requestBatchDelay() time.Duration {
+	if d := a.Config.Audit.RequestBatchDelay.Duration; d > 0 {
+		return d
+	}
+	return audit.DefaultBatchDelay
 }

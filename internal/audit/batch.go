@@ -45,6 +45,9 @@ const KindBatch = "audit.batch"
 
 const bundleMagic = "strongroom-batch/v1\n"
 
+// DefaultBatchDelay is how long a batch waits for companions after its first record.
+const DefaultBatchDelay = 100 * time.Millisecond
+
 // MaxBatch bounds the records of one batch (and so a record's position, below 2^16).
 const MaxBatch = 4096
 
@@ -235,6 +238,7 @@ type Batcher struct {
 	mu      sync.Mutex
 	cur     *pendingBatch   // filling
 	ready   []*pendingBatch // full, waiting for the committer
+	last    *pendingBatch   // the last batch handed to the committer
 	kick    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
@@ -263,7 +267,7 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 		cfg.MaxRecords = 1024
 	}
 	if cfg.MaxDelay <= 0 {
-		cfg.MaxDelay = 100 * time.Millisecond
+		cfg.MaxDelay = DefaultBatchDelay
 	}
 	b := &Batcher{log: l, bundles: bundles, maxRecords: cfg.MaxRecords, maxDelay: cfg.MaxDelay,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
@@ -301,6 +305,7 @@ func (b *Batcher) Submit(ctx context.Context, ev Event) Future {
 	full := len(p.records) >= b.maxRecords
 	if full {
 		b.ready = append(b.ready, p)
+		b.last = p
 		b.cur = nil
 	}
 	b.mu.Unlock()
@@ -362,8 +367,38 @@ func (b *Batcher) take() *pendingBatch {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	p := b.cur
+	if p != nil {
+		b.last = p
+	}
 	b.cur = nil
 	return p
+}
+
+// Barrier commits the records submitted so far without waiting for the batch to fill or
+// age, and returns the log index of the batch entry that covers them (false: none was
+// ever submitted). Detectors call it before gathering an incident's evidence.
+func (b *Batcher) Barrier(ctx context.Context) (uint64, bool, error) {
+	b.mu.Lock()
+	if b.cur != nil {
+		b.ready = append(b.ready, b.cur)
+		b.last = b.cur
+		b.cur = nil
+	}
+	p := b.last
+	b.mu.Unlock()
+	if p == nil {
+		return 0, false, nil
+	}
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case <-p.finished:
+		return p.index, p.err == nil, p.err
+	case <-ctx.Done():
+		return 0, false, ctx.Err()
+	}
 }
 
 // commit writes the bundle, then the entry, and resolves the batch's futures.

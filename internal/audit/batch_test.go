@@ -195,3 +195,26 @@ func FuzzDecodeBundle(f *testing.F) {
 		}
 	})
 }
+
+// TestBarrier: Barrier commits waiting records at once (not after MaxDelay) and names the
+// entry that covers them.
+func TestBarrier(t *testing.T) {
+	tl := openTestLog(t)
+	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 1000, MaxDelay: time.Hour})
+	defer b.Close()
+	if _, ok, err := b.Barrier(context.Background()); ok || err != nil {
+		t.Fatalf("empty batcher: ok %v err %v", ok, err)
+	}
+	f := b.Submit(context.Background(), requestEvent(1))
+	idx, ok, err := b.Barrier(context.Background())
+	if err != nil || !ok {
+		t.Fatalf("barrier: %v %v", ok, err)
+	}
+	rec, err := f()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if entry, _, _ := SplitRecordIndex(rec); entry != idx {
+		t.Fatalf("record in entry %d, barrier says %d", entry, idx)
+	}
+}

@@ -52,6 +52,15 @@ type ResponderConfig struct {
 	// alert (the index trails the log by up to a second), so that the requests just before
 	// the alert are part of the evidence; default 5s.
 	EvidenceWait time.Duration
+	// Records, if set, batches request records (audit.Batcher): an incident first commits
+	// what it holds (Barrier), then waits RecordsDelay for other replicas' batches and
+	// takes the log's size then (LogSize) as how far the index must reach, so that the
+	// requests before the alert, on every replica, are in the evidence.
+	Records interface {
+		Barrier(ctx context.Context) (uint64, bool, error)
+	}
+	RecordsDelay time.Duration
+	LogSize      func(ctx context.Context) (uint64, error)
 	// Bus shares detection between gateway replicas (see Bus); nil: this process's
 	// traffic only. Run must be running for shared detection.
 	Bus Bus
@@ -332,7 +341,21 @@ func (r *Responder) openIncident(a Alert, now time.Time, alert, action audit.Fut
 		}
 	}
 	if len(ev) > 0 && r.cfg.Incidents != nil {
-		r.waitIndexed(ev[0])
+		upTo := ev[0]
+		if r.cfg.Records != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.EvidenceWait)
+			if idx, ok, err := r.cfg.Records.Barrier(ctx); err == nil && ok {
+				upTo = max(upTo, idx)
+			}
+			cancel()
+			time.Sleep(r.cfg.RecordsDelay) // other replicas commit their batches within it
+			if r.cfg.LogSize != nil {
+				if n, err := r.cfg.LogSize(context.Background()); err == nil && n > 0 {
+					upTo = max(upTo, n-1)
+				}
+			}
+		}
+		r.waitIndexed(upTo)
 	}
 	b := make([]byte, 8)
 	rand.Read(b)
