@@ -111,6 +111,7 @@ func TestRules(t *testing.T) {
 		{"internal/seal", "works offline on files", nil},
 		{"internal/modelsig", "works offline on files", nil},
 		{"internal/watermark", "works offline on texts", nil},
+		{"internal/fingerprint", "works offline on weight files", nil},
 		{"internal/geo", "works offline on databases", nil},
 		{"internal/attest", "works offline on reports", nil},
 		{"internal/fsutil", "below everything", nil},

@@ -1,7 +1,6 @@
 package refmodel
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -366,54 +365,4 @@ func (m *Llama) Forward(s *State, token int, logits []float32) error {
 	}
 	s.pos++
 	return nil
-}
-
-// Floats reads a tensor as float32 from F32, BF16 or F16 storage.
-func (s *Safetensors) Floats(name string) ([]float32, []int64, error) {
-	ti, ok := s.Tensors[name]
-	if !ok {
-		return nil, nil, fmt.Errorf("safetensors: no tensor %q", name)
-	}
-	if ti.DType == "F32" {
-		return s.F32(name)
-	}
-	if ti.DType != "BF16" && ti.DType != "F16" {
-		return nil, nil, fmt.Errorf("safetensors: tensor %q is %s, want F32, BF16 or F16", name, ti.DType)
-	}
-	buf := make([]byte, ti.DataOffsets[1]-ti.DataOffsets[0])
-	if _, err := s.r.ReadAt(buf, s.base+ti.DataOffsets[0]); err != nil {
-		return nil, nil, fmt.Errorf("safetensors: tensor %q: %w", name, err)
-	}
-	out := make([]float32, len(buf)/2)
-	for k := range out {
-		h := binary.LittleEndian.Uint16(buf[2*k:])
-		if ti.DType == "BF16" {
-			out[k] = math.Float32frombits(uint32(h) << 16)
-		} else {
-			out[k] = f16ToF32(h)
-		}
-	}
-	clear(buf)
-	return out, ti.Shape, nil
-}
-
-// f16ToF32 converts IEEE 754 half precision, subnormals and specials included.
-func f16ToF32(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := uint32(h>>10) & 0x1f
-	frac := uint32(h) & 0x3ff
-	switch {
-	case exp == 0 && frac == 0:
-		return math.Float32frombits(sign)
-	case exp == 0: // subnormal: normalize
-		e := uint32(127 - 15 + 1)
-		for frac&0x400 == 0 {
-			frac <<= 1
-			e--
-		}
-		return math.Float32frombits(sign | e<<23 | (frac&0x3ff)<<13)
-	case exp == 0x1f:
-		return math.Float32frombits(sign | 0xff<<23 | frac<<13)
-	}
-	return math.Float32frombits(sign | (exp+127-15)<<23 | frac<<13)
 }

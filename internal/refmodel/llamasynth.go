@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/strongroom/strongroom/internal/fingerprint"
 )
 
 // LlamaSynth shapes a synthesized Llama-family model directory.
@@ -164,31 +166,8 @@ func writeTensors(path string, ts []tensor, seed uint64, dtype string) error {
 
 // f32ToHalf encodes dtype "BF16" (round to nearest even) or "F16" (IEEE 754 half).
 func f32ToHalf(x float32, dtype string) uint16 {
-	b := math.Float32bits(x)
 	if dtype == "BF16" {
-		return uint16((b + 0x7fff + (b>>16)&1) >> 16)
+		return fingerprint.F32ToBF16(x)
 	}
-	sign := uint16(b>>16) & 0x8000
-	exp := int((b>>23)&0xff) - 127 + 15
-	frac := b & 0x7fffff
-	switch {
-	case exp >= 0x1f:
-		return sign | 0x7c00
-	case exp <= 0:
-		if exp < -10 {
-			return sign
-		}
-		frac |= 0x800000
-		shift := uint(14 - exp)
-		h := uint16(frac >> shift)
-		if frac>>(shift-1)&1 == 1 {
-			h++
-		}
-		return sign | h
-	}
-	h := sign | uint16(exp)<<10 | uint16(frac>>13)
-	if frac&0x1000 != 0 {
-		h++
-	}
-	return h
+	return fingerprint.F32ToF16(x)
 }
