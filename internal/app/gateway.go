@@ -130,7 +130,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		KeyLimits: limits.Limits(gc.KeyLimits), TenantLimits: limits.Limits(gc.TenantLimits),
 		Audit: a.AuditLog, Health: a.StoreHealthy, Redactor: a.Redactor, TrustedProxies: proxies,
 		MaxBody: gc.MaxBodyBytes, UpstreamTimeout: timeout, Logger: a.Log,
-		Records: a.RequestRecords(), Tracer: tracer,
+		Records: a.RequestRecords(), RecordAnswers: !a.Config.Audit.AsyncRequestRecords, Tracer: tracer,
 	})
 	if err != nil {
 		return nil, err

@@ -46,7 +46,7 @@ const KindBatch = "audit.batch"
 const bundleMagic = "strongroom-batch/v1\n"
 
 // DefaultBatchDelay is how long a batch waits for companions after its first record.
-const DefaultBatchDelay = 100 * time.Millisecond
+const DefaultBatchDelay = 20 * time.Millisecond
 
 // MaxBatch bounds the records of one batch (and so a record's position, below 2^16).
 const MaxBatch = 4096
@@ -255,7 +255,7 @@ type pendingBatch struct {
 	err      error
 }
 
-// BatcherConfig tunes a Batcher (zero: 1024 records, 100 ms).
+// BatcherConfig tunes a Batcher (zero: 1024 records, DefaultBatchDelay).
 type BatcherConfig struct {
 	MaxRecords int
 	MaxDelay   time.Duration

@@ -157,7 +157,7 @@ func BenchmarkStreamChunks(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				st := &reqState{status: 200, outHash: red.NewHash()}
-				g.stream(w, strings.NewReader(body), st)
+				g.stream(context.Background(), w, strings.NewReader(body), st)
 			}
 		})
 	}

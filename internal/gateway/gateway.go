@@ -111,6 +111,11 @@ type Config struct {
 	Now             func() time.Time
 	// Tracer, if set, traces requests and engine calls (OpenTelemetry; trace.go).
 	Tracer trace.Tracer
+	// RecordAnswers (with Records): an answer's last bytes — the body, or a stream's
+	// "data: [DONE]" — go out only once its record is durable in the log (group commit:
+	// the wait is the batch delay), so every answer a client has in full is on the record;
+	// an answer that cannot be recorded is not completed (503, or a stream without [DONE]).
+	RecordAnswers bool
 }
 
 // Gateway is an http.Handler for /v1/.
@@ -370,6 +375,7 @@ type reqState struct {
 	reason       string
 	status       int
 	code         string          // the error code answered, if refused (a bounded metric label)
+	recorded     bool            // the request's event is in the log already (recordAnswer)
 	traceCtx     context.Context // the request's trace context (its span's, when tracing)
 	upstreamWait time.Duration   // forwarding to the engine's response headers
 	usage        Usage
@@ -610,7 +616,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		}
 	}
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		g.stream(w, resp.Body, st)
+		g.stream(r.Context(), w, resp.Body, st)
 		return
 	}
 	out := g.pool.Get().(*bytes.Buffer)
@@ -624,14 +630,20 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	if st.shaper != nil {
 		respBody = st.shaper.rewrite(respBody)
 	}
-	w.WriteHeader(resp.StatusCode)
-	w.Write(respBody)
 	st.outHash.Write(respBody)
 	if u, ok := parseUsage(out.Bytes()); ok {
 		st.usage = u
 	} else {
 		st.usage = Usage{PromptTokens: estimateTokens(len(st.prompt)), CompletionTokens: estimateTokens(out.Len()), Estimated: true}
 	}
+	if err := g.recordAnswer(r.Context(), st); err != nil {
+		st.recorded = false // the refusal is recorded (or fails) in finish
+		st.decision = audit.Deny
+		st.fail(w, errAuditDown, "answer not recorded: "+err.Error())
+		return
+	}
+	w.WriteHeader(resp.StatusCode)
+	w.Write(respBody)
 }
 
 func upstreamPath(endpoint string) string {
@@ -649,8 +661,12 @@ var (
 // stream passes server-sent events through one by one, flushing each, and reads the usage
 // block; a usage-only event the client did not ask for (we asked upstream for it) is not
 // forwarded.
-func (g *Gateway) stream(w http.ResponseWriter, body io.Reader, st *reqState) {
+// doneEvent is the OpenAI stream's last event.
+var doneEvent = []byte("data: [DONE]")
+
+func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Reader, st *reqState) {
 	fl, _ := w.(http.Flusher)
+	var done []byte // the held "data: [DONE]" event, sent once the record is durable
 	w.WriteHeader(st.status)
 	clientWantsUsage := st.feat.IncludeUsage
 	br := bufio.NewReaderSize(body, 32<<10)
@@ -669,6 +685,13 @@ func (g *Gateway) stream(w http.ResponseWriter, body io.Reader, st *reqState) {
 				}
 				st.outHash.Write(payload)
 				outBytes += len(payload)
+			}
+			if forward && g.cfg.RecordAnswers && g.cfg.Records != nil && bytes.Equal(bytes.TrimRight(line, "\r\n"), doneEvent) {
+				done = append(done, line...)
+				forward = false
+			} else if done != nil && len(bytes.TrimRight(line, "\r\n")) == 0 {
+				done = append(done, line...) // the blank line that ends it
+				forward = false
 			}
 			if forward && st.shaper != nil {
 				if payload, ok := bytes.CutPrefix(line, dataPrefix); ok && bytes.Contains(payload, []byte(`"logprob"`)) {
@@ -698,6 +721,20 @@ func (g *Gateway) stream(w http.ResponseWriter, body io.Reader, st *reqState) {
 	if st.usage == (Usage{}) {
 		st.usage = Usage{PromptTokens: estimateTokens(len(st.prompt)), CompletionTokens: estimateTokens(outBytes), Estimated: true}
 	}
+	if done == nil {
+		return
+	}
+	if err := g.recordAnswer(ctx, st); err != nil {
+		// The stream stays without its end: the client must not take it as complete.
+		st.recorded = false
+		st.reason = "answer not recorded: " + err.Error()
+		g.log.Error("ALERT answer not recorded; stream left without [DONE]", "err", err)
+		return
+	}
+	w.Write(done)
+	if fl != nil {
+		fl.Flush()
+	}
 }
 
 // finish records the request: one audit event (submitted, not awaited; a failure marks the
@@ -708,6 +745,42 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 		g.refused.add(st.ip, g.country(st.ip), st.status, st.start)
 		return
 	}
+	if !st.recorded {
+		ev := g.requestEvent(st)
+		if st.decision == audit.Deny {
+			g.log.Info("request denied", "principal", ev.Actor["principal"], "model", ev.Subject["model"], "status", st.status, "reason", st.reason)
+		}
+		if g.cfg.Records != nil {
+			// The batcher marks the log unhealthy itself when a batch fails: nothing to wait on.
+			g.cfg.Records.Submit(context.WithoutCancel(ctx), ev)
+		} else {
+			fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), ev)
+			go fut() // resolution marks the log unhealthy on failure
+		}
+	}
+	if g.cfg.Detector != nil && st.p != nil {
+		a := st.asked
+		g.cfg.Detector.Observe(obs.Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ip.String(),
+			Model: st.feat.Model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: a.MaxTokens, Logprobs: a.Logprobs,
+			TopLogprobs: a.TopLogprobs, LogitBias: a.LogitBias, N: a.N, PromptTokens: st.usage.PromptTokens,
+			CompletionTokens: st.usage.CompletionTokens, Decision: st.decision})
+	}
+}
+
+// recordAnswer records a served answer before its last bytes go out (Config.RecordAnswers):
+// the request's event is submitted and awaited, so an answer the client has in full is in
+// the log. An error means the answer must not be completed.
+func (g *Gateway) recordAnswer(ctx context.Context, st *reqState) error {
+	if !g.cfg.RecordAnswers || g.cfg.Records == nil {
+		return nil
+	}
+	st.recorded = true
+	_, err := g.cfg.Records.Submit(context.WithoutCancel(ctx), g.requestEvent(st))()
+	return err
+}
+
+// requestEvent is the request's log record.
+func (g *Gateway) requestEvent(st *reqState) audit.Event {
 	ev := audit.Event{V: 1, TS: st.start.UTC(), Kind: "gateway.request", Decision: st.decision, Reason: st.reason,
 		Actor:   map[string]string{},
 		Subject: map[string]string{"endpoint": st.endpoint},
@@ -741,21 +814,5 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 	if st.outHash != nil {
 		ev.Fields["output_hmac"] = audit.HashDigest(st.outHash)
 	}
-	if st.decision == audit.Deny {
-		g.log.Info("request denied", "principal", ev.Actor["principal"], "model", ev.Subject["model"], "status", st.status, "reason", st.reason)
-	}
-	if g.cfg.Records != nil {
-		// The batcher marks the log unhealthy itself when a batch fails: nothing to wait on.
-		g.cfg.Records.Submit(context.WithoutCancel(ctx), ev)
-	} else {
-		fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), ev)
-		go fut() // resolution marks the log unhealthy on failure
-	}
-	if g.cfg.Detector != nil && st.p != nil {
-		a := st.asked
-		g.cfg.Detector.Observe(obs.Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ip.String(),
-			Model: st.feat.Model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: a.MaxTokens, Logprobs: a.Logprobs,
-			TopLogprobs: a.TopLogprobs, LogitBias: a.LogitBias, N: a.N, PromptTokens: st.usage.PromptTokens,
-			CompletionTokens: st.usage.CompletionTokens, Decision: st.decision})
-	}
+	return ev
 }

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"math/big"
 	"net"
@@ -1136,4 +1137,72 @@ func TestTracing(t *testing.T) {
 	if attrs["gen_ai.request.model"] != "traced" || attrs["http.response.status_code"] != "200" || attrs["strongroom.decision"] != "allow" {
 		t.Fatalf("gateway span attributes %v", attrs)
 	}
+}
+
+// failingRecords refuses every record, as a log that cannot write does.
+type failingRecords struct{}
+
+func (failingRecords) Submit(context.Context, audit.Event) audit.Future {
+	return func() (uint64, error) { return 0, audit.ErrUnavailable }
+}
+func (failingRecords) Healthy() error { return nil }
+
+// TestRecordAnswers: with RecordAnswers, an answer the client has in full is in the log —
+// its batch bundle is on disk when the response arrives — and an answer that cannot be
+// recorded is not completed: 503 instead of the body, a stream without [DONE].
+func TestRecordAnswers(t *testing.T) {
+	var b *audit.Batcher
+	f := newFixture(t, func(c *Config) { c.RecordAnswers = true })
+	b = audit.NewBatcher(f.log, audit.DirBundles{Dir: f.logDir}, audit.BatcherConfig{MaxDelay: 5 * time.Millisecond})
+	t.Cleanup(b.Close)
+	f.gw.cfg.Records = b
+	url := f.srv.URL + "/v1/chat/completions"
+	body := `{"model":"demo","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`
+	bundles := func() (n int) {
+		filepath.WalkDir(filepath.Join(f.logDir, "batches"), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				if raw, _ := os.ReadFile(p); bytes.Contains(raw, []byte(`"principal":"alice"`)) {
+					n++
+				}
+			}
+			return nil
+		})
+		return n
+	}
+	if resp, m := post(t, url, f.alice, body); resp.StatusCode != 200 {
+		t.Fatalf("status %d %v", resp.StatusCode, m)
+	}
+	if bundles() != 1 {
+		t.Fatal("the answer arrived before its record was written")
+	}
+	stream := `{"model":"demo","max_tokens":2,"stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	resp, raw := postRaw(t, url, f.alice, stream)
+	if resp.StatusCode != 200 || !strings.HasSuffix(strings.TrimSpace(raw), "data: [DONE]") {
+		t.Fatalf("stream: %d %q", resp.StatusCode, raw)
+	}
+	if bundles() != 2 {
+		t.Fatal("the stream ended before its record was written")
+	}
+
+	f.gw.cfg.Records = failingRecords{}
+	if resp, m := post(t, url, f.alice, body); resp.StatusCode != http.StatusServiceUnavailable || m["choices"] != nil {
+		t.Fatalf("unrecordable answer: %d %v", resp.StatusCode, m)
+	}
+	resp, raw = postRaw(t, url, f.alice, stream)
+	if strings.Contains(raw, "[DONE]") {
+		t.Fatalf("an unrecorded stream was completed: %q", raw)
+	}
+}
+
+func postRaw(t *testing.T, url, key, body string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
 }
