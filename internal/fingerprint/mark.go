@@ -118,4 +118,3 @@ func Embed(m *Model, model, licensee Key) {
 		}
 	}
 }
-

@@ -193,6 +193,18 @@ var migrations = []string{
 	// Issue 15: the inventory is the one record of a model version's attributes.
 	`ALTER TABLE versions ADD COLUMN attrs TEXT NOT NULL DEFAULT '';
 	ALTER TABLE versions ADD COLUMN attrs_at BIGINT NOT NULL DEFAULT 0`,
+	// Issue 17: fingerprinted copies per licensee.
+	`CREATE TABLE exports (
+		id TEXT PRIMARY KEY,
+		model TEXT NOT NULL,
+		version TEXT NOT NULL,
+		licensee TEXT NOT NULL,
+		by_whom TEXT NOT NULL,
+		sha256 TEXT NOT NULL,
+		log_index BIGINT NOT NULL,
+		created_at BIGINT NOT NULL
+	);
+	CREATE INDEX exports_model ON exports (model, version, created_at)`,
 }
 
 func (s *sqlStore) q(query string) string {

@@ -163,6 +163,7 @@ type Store interface {
 
 	Custody
 	Incidents
+	Exports
 
 	Close() error
 }

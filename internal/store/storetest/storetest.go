@@ -37,6 +37,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Incidents", testIncidents},
 		{"Sanctions", testSanctions},
 		{"Nonces", testNonces},
+		{"Exports", testExports},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -388,5 +389,32 @@ func testNonces(t *testing.T, s store.Store) {
 		if err != nil || ok != (i >= 12) {
 			t.Fatalf("nonce %d of 6 with a cap of 4: take = %v, %v", i-9, ok, err)
 		}
+	}
+}
+
+func testExports(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	a := store.Export{ID: "e1", Model: "m", Version: "1", Licensee: "acme", By: "os:alice@h", SHA256: "ab", LogIndex: 7, CreatedAt: ts}
+	b := store.Export{ID: "e2", Model: "m", Version: "2", Licensee: "initech", By: "os:bob@h", SHA256: "cd", LogIndex: 9, CreatedAt: ts.Add(time.Second)}
+	for _, e := range []store.Export{a, b} {
+		if err := s.CreateExport(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.CreateExport(ctx, a); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("CreateExport(dup) = %v, want ErrExists", err)
+	}
+	got, err := s.ListExports(ctx, "m", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]store.Export{a, b}, got); diff != "" {
+		t.Errorf("ListExports (-want +got):\n%s", diff)
+	}
+	if got, _ := s.ListExports(ctx, "m", "2"); len(got) != 1 || got[0].ID != "e2" {
+		t.Errorf("ListExports(m, 2) = %+v", got)
+	}
+	if got, _ := s.ListExports(ctx, "other", ""); len(got) != 0 {
+		t.Errorf("ListExports(other) = %+v", got)
 	}
 }
