@@ -15,7 +15,7 @@ import (
 
 func modelCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "model", Short: "Import, list, verify and unseal models"}
-	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g), modelDisableCmd(g), modelSetCmd(g))
+	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g), modelDisableCmd(g), modelSetCmd(g), modelExportCmd(g))
 	return c
 }
 
@@ -40,6 +40,8 @@ type versionView struct {
 	Files            []store.File       `json:"files,omitempty"`
 	// Deployments are the live leases on the version: where its weights are decrypted now.
 	Deployments []deploymentView `json:"deployments,omitempty"`
+	// Exports are the licensees' fingerprinted copies (model export).
+	Exports []store.Export `json:"exports,omitempty"`
 }
 
 type deploymentView struct {
@@ -166,6 +168,9 @@ func modelShowCmd(g *globals) *cobra.Command {
 			vv.Deployments = append(vv.Deployments, deploymentView{Lease: l.ID, Runtime: l.Runtime, Host: rt.Host, Region: rt.Region,
 				Attestation: l.Attestation, Since: l.GrantedAt, Expires: l.ExpiresAt})
 		}
+		if vv.Exports, err = a.Store.ListExports(cmd.Context(), name, version); err != nil {
+			return err
+		}
 		if g.json {
 			return g.printJSON(cmd.OutOrStdout(), vv)
 		}
@@ -187,6 +192,12 @@ func modelShowCmd(g *globals) *cobra.Command {
 			fmt.Fprintln(tw, "\nLEASE\tRUNTIME\tHOST\tREGION\tATTESTATION\tSINCE")
 			for _, d := range vv.Deployments {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", d.Lease, d.Runtime, d.Host, d.Region, d.Attestation, d.Since.Format(time.RFC3339))
+			}
+		}
+		if len(vv.Exports) > 0 {
+			fmt.Fprintln(tw, "\nEXPORT\tLICENSEE\tBY\tWHEN\tSHA256\tLOG")
+			for _, e := range vv.Exports {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\n", e.ID, e.Licensee, e.By, e.CreatedAt.Format(time.RFC3339), e.SHA256, e.LogIndex)
 			}
 		}
 		return tw.Flush()

@@ -171,8 +171,11 @@ func (a *App) Audit(ctx context.Context, kind, decision, reason string, subject,
 
 // WatermarkSecret is the deployment's watermark secret (keys/watermark.key, 32 bytes, 0600),
 // created on first use; tenant keys are derived from it.
-func (a *App) WatermarkSecret() ([]byte, error) {
-	p := filepath.Join(a.Config.KMS.KeyDir, "watermark.key")
+func (a *App) WatermarkSecret() ([]byte, error) { return a.deploymentSecret("watermark.key") }
+
+// deploymentSecret reads keys/NAME (32 bytes, 0600), created on first use.
+func (a *App) deploymentSecret(name string) ([]byte, error) {
+	p := filepath.Join(a.Config.KMS.KeyDir, name)
 	if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
 		k := make([]byte, 32)
 		rand.Read(k)

@@ -1,6 +1,8 @@
 package fingerprint
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -82,16 +84,7 @@ func Load(path string) (*Model, error) {
 	slices.Sort(files)
 	m := &Model{Path: path, Format: "hf-dir"}
 	if b, err := os.ReadFile(filepath.Join(path, "config.json")); err == nil {
-		var cfg struct {
-			Heads   int `json:"num_attention_heads"`
-			KVHeads int `json:"num_key_value_heads"`
-		}
-		if json.Unmarshal(b, &cfg) == nil {
-			m.Heads, m.KVHeads = cfg.Heads, cfg.KVHeads
-			if m.KVHeads == 0 {
-				m.KVHeads = m.Heads
-			}
-		}
+		m.Heads, m.KVHeads = HeadsFromConfig(b)
 	}
 	var total int64
 	for _, f := range files {
@@ -235,4 +228,74 @@ func countLayers(m *Model) int {
 		}
 	}
 	return n
+}
+
+// HeadsFromConfig reads the attention head counts of a Hugging Face config.json (0 when
+// absent).
+func HeadsFromConfig(b []byte) (heads, kvHeads int) {
+	var cfg struct {
+		Heads   int `json:"num_attention_heads"`
+		KVHeads int `json:"num_key_value_heads"`
+	}
+	if json.Unmarshal(b, &cfg) != nil {
+		return 0, 0
+	}
+	if cfg.KVHeads == 0 {
+		cfg.KVHeads = cfg.Heads
+	}
+	return cfg.Heads, cfg.KVHeads
+}
+
+// Digest is the SHA-256 of a file, or for a directory of the manifest of its regular files
+// ("SHA256  PATH\n" per file, sorted, as sha256sum prints them).
+func Digest(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if !fi.IsDir() {
+		return fileDigest(path)
+	}
+	files := map[string]string{}
+	err = filepath.WalkDir(path, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		h, err := fileDigest(p)
+		rel, _ := filepath.Rel(path, p)
+		files[filepath.ToSlash(rel)] = h
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	return ManifestDigest(files), nil
+}
+
+// ManifestDigest is the SHA-256 of "SHA256  PATH\n" per file (path → hex digest), sorted
+// by path: sha256sum's output, so `sha256sum -c` checks a copy file by file.
+func ManifestDigest(files map[string]string) string {
+	paths := make([]string, 0, len(files))
+	for p := range files {
+		paths = append(paths, p)
+	}
+	slices.Sort(paths)
+	h := sha256.New()
+	for _, p := range paths {
+		fmt.Fprintf(h, "%s  %s\n", files[p], p)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func fileDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -34,6 +34,7 @@ type Score struct {
 	Licensee string  `json:"licensee"`
 	Z        float64 `json:"z"`
 	P        float64 `json:"p_value"` // Hoeffding bound × candidates tested
+	Log10P   float64 `json:"log10_p"` // the same, as a power of ten (P underflows past 1e-308)
 }
 
 // Verdicts of a trace.
@@ -118,11 +119,11 @@ func Trace(orig, suspect *Model, model Key, cands []Candidate, threshold float64
 		if den > 0 {
 			z = num / den
 		}
-		p := 1.0
+		lp := 0.0
 		if z > 0 {
-			p = math.Min(1, float64(len(cands))*math.Exp(-z*z/2))
+			lp = math.Min(0, math.Log10(float64(len(cands)))-z*z/2/math.Ln10)
 		}
-		res.Scores = append(res.Scores, Score{Licensee: c.Licensee, Z: z, P: p})
+		res.Scores = append(res.Scores, Score{Licensee: c.Licensee, Z: z, P: math.Pow(10, lp), Log10P: lp})
 	}
 	slices.SortFunc(res.Scores, func(a, b Score) int {
 		if a.Z != b.Z {
