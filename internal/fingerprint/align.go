@@ -161,6 +161,8 @@ func Align(orig, suspect *Model) (*Model, AlignReport) {
 	return &out, rep
 }
 
+const matchDims = 256
+
 func isIdentity(perm []int, sign []float32) bool {
 	for i, p := range perm {
 		if p != i || (sign != nil && sign[i] < 0) {
@@ -237,23 +239,28 @@ func dot(a, b []float32) float64 {
 // original unit: the sum over k of |cosine| is the likeness; identity when the diagonal
 // already matches well, else each unit's best match, made one-to-one greedily.
 func matchUnitsDims(o, s [][]float32, dims []int, n int) ([]int, []float32) {
+	// Units are compared on their first matchDims entries: enough to tell a unit from
+	// hundreds of others, and it bounds the n² comparisons' cost on wide layers.
 	norm := func(x []float32, dim int) []float32 {
-		out := make([]float32, len(x))
+		use := min(dim, matchDims)
+		out := make([]float32, n*use)
 		for u := range n {
-			v := x[u*dim : (u+1)*dim]
+			v := x[u*dim : u*dim+use]
 			l := math.Sqrt(dot(v, v))
 			if l == 0 {
 				l = 1
 			}
 			for i := range v {
-				out[u*dim+i] = float32(float64(v[i]) / l)
+				out[u*use+i] = float32(float64(v[i]) / l)
 			}
 		}
 		return out
 	}
 	on, sn := make([][]float32, len(o)), make([][]float32, len(s))
+	dims = slices.Clone(dims)
 	for k := range o {
 		on[k], sn[k] = norm(o[k], dims[k]), norm(s[k], dims[k])
+		dims[k] = min(dims[k], matchDims)
 	}
 	sim := func(j, i int) float64 {
 		var t float64
