@@ -121,4 +121,3 @@ func cloneFP(m *fingerprint.Model) *fingerprint.Model {
 	}
 	return &c
 }
-

@@ -1,0 +1,174 @@
+package fingerprint
+
+import (
+	"io/fs"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// Likeness (spec). A suspect is compared with a protected model after MatchNames and
+// Align: for each 2-D tensor present in both with one shape, the cosine of the two
+// weight vectors. The score is the mean cosine over those tensors, weighted by size. An
+// unrelated model scores near what an independent model of the same shapes scores after
+// the same alignment (alignment picks each unit's best match, so that is above 0); Null
+// measures it on k Gaussian surrogates with each tensor's RMS, and a suspect's z is
+// (score − their mean) / their standard deviation.
+
+// TensorScore is one tensor's likeness.
+type TensorScore struct {
+	Name   string  `json:"name"`
+	Cosine float64 `json:"cosine"`
+}
+
+// Similarity is a suspect's likeness to one protected model.
+type Similarity struct {
+	Score   float64       `json:"score"`
+	Matched int           `json:"tensors_matched"`
+	Renamed int           `json:"tensors_renamed"`
+	Align   AlignReport   `json:"alignment"`
+	Tensors []TensorScore `json:"tensors"`
+}
+
+// Comparable says whether suspect shares at least one 2-D tensor shape with orig.
+func Comparable(orig, suspect *Model) bool {
+	shapes := map[string]bool{}
+	for i := range orig.Tensors {
+		if Marked(&orig.Tensors[i]) {
+			shapes[shapeKey(orig.Tensors[i].Shape)] = true
+		}
+	}
+	for i := range suspect.Tensors {
+		if Marked(&suspect.Tensors[i]) && shapes[shapeKey(suspect.Tensors[i].Shape)] {
+			return true
+		}
+	}
+	return false
+}
+
+func shapeKey(s []int64) string {
+	b := make([]string, len(s))
+	for i, d := range s {
+		b[i] = itoa(d)
+	}
+	return strings.Join(b, "x")
+}
+
+// Compare scores suspect's likeness to orig.
+func Compare(orig, suspect *Model) Similarity {
+	s, renamed := MatchNames(orig, suspect)
+	s, rep := Align(orig, s)
+	sim := Similarity{Renamed: renamed, Align: rep}
+	var num, den float64
+	for i := range orig.Tensors {
+		o := &orig.Tensors[i]
+		t := s.Get(o.Name)
+		if !Marked(o) || t == nil || !slices.Equal(o.Shape, t.Shape) {
+			continue
+		}
+		c := cosine(o.Data, t.Data)
+		sim.Tensors = append(sim.Tensors, TensorScore{o.Name, c})
+		num += c * float64(len(o.Data))
+		den += float64(len(o.Data))
+	}
+	sim.Matched = len(sim.Tensors)
+	if den > 0 {
+		sim.Score = num / den
+	}
+	return sim
+}
+
+// Surrogate is an unrelated model shaped like m: Gaussian weights with each tensor's RMS.
+func Surrogate(m *Model, seed uint64) *Model {
+	rng := rand.New(rand.NewPCG(seed, 0x5eed))
+	out := &Model{Format: "surrogate", Heads: m.Heads, KVHeads: m.KVHeads, Tensors: make([]Tensor, len(m.Tensors))}
+	for i, t := range m.Tensors {
+		d := make([]float32, len(t.Data))
+		s := RMS(t.Data)
+		for k := range d {
+			d[k] = float32(rng.NormFloat64() * s)
+		}
+		out.Tensors[i] = Tensor{Name: t.Name, Shape: t.Shape, Data: d}
+	}
+	return out
+}
+
+// Null is the mean and standard deviation of Compare's score for k surrogates of orig.
+func Null(orig *Model, k int) (mean, sd float64) {
+	xs := make([]float64, k)
+	for i := range xs {
+		xs[i] = Compare(orig, Surrogate(orig, uint64(i+1))).Score
+	}
+	return MeanSD(xs)
+}
+
+// MeanSD is the sample mean and standard deviation.
+func MeanSD(xs []float64) (mean, sd float64) {
+	for _, x := range xs {
+		mean += x
+	}
+	mean /= float64(len(xs))
+	for _, x := range xs {
+		sd += (x - mean) * (x - mean)
+	}
+	if len(xs) > 1 {
+		sd = math.Sqrt(sd / float64(len(xs)-1))
+	}
+	return mean, sd
+}
+
+// Find walks paths and calls fn for each model it finds: a Hugging Face directory
+// (config.json and *.safetensors; not descended into), a *.safetensors or *.gguf file, or a
+// file that starts with the GGUF magic. A path that cannot be read is passed with its error.
+func Find(paths []string, fn func(path string, err error)) {
+	for _, root := range paths {
+		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				fn(p, err)
+				if d != nil && d.IsDir() {
+					return fs.SkipDir
+				}
+				return nil
+			}
+			if d.IsDir() {
+				if isHFDir(p) {
+					fn(p, nil)
+					return fs.SkipDir
+				}
+				return nil
+			}
+			if !d.Type().IsRegular() {
+				return nil
+			}
+			if strings.HasSuffix(p, ".safetensors") || strings.HasSuffix(p, ".gguf") || hasGGUFMagic(p) {
+				fn(p, nil)
+			}
+			return nil
+		})
+		if err != nil {
+			fn(root, err)
+		}
+	}
+}
+
+func isHFDir(dir string) bool {
+	if _, err := os.Stat(filepath.Join(dir, "config.json")); err != nil {
+		return false
+	}
+	m, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	return len(m) > 0
+}
+
+func hasGGUFMagic(p string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var b [4]byte
+	n, _ := f.Read(b[:])
+	return n == 4 && string(b[:]) == "GGUF"
+}
