@@ -15,7 +15,7 @@ import (
 
 func modelCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "model", Short: "Import, list, verify and unseal models"}
-	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g), modelDisableCmd(g), modelSetCmd(g), modelExportCmd(g))
+	c.AddCommand(modelImportCmd(g), modelLsCmd(g), modelShowCmd(g), modelVerifyCmd(g), modelUnsealCmd(g), modelSynthCmd(g), modelGCCmd(g), modelDisableCmd(g), modelSetCmd(g), modelExportCmd(g), modelRegisterCmd(g))
 	return c
 }
 
@@ -37,6 +37,7 @@ type versionView struct {
 	Bytes            int64              `json:"bytes"`
 	SignatureBytes   int                `json:"signature_bytes"`
 	Disabled         *time.Time         `json:"disabled,omitempty"`
+	External         bool               `json:"external,omitempty"` // a record only: weights not held
 	Files            []store.File       `json:"files,omitempty"`
 	// Deployments are the live leases on the version: where its weights are decrypted now.
 	Deployments []deploymentView `json:"deployments,omitempty"`
@@ -57,7 +58,7 @@ type deploymentView struct {
 func view(v store.Version, withFiles bool) versionView {
 	out := versionView{Model: v.Model, Version: v.Version, Classification: v.Classification, Owner: v.Owner, Env: v.Env,
 		KeyID: v.KeyID, Created: v.CreatedAt, SignatureBytes: len(v.Signature),
-		AllowedCountries: v.AllowedCountries, DeniedCountries: v.DeniedCountries, Watermark: v.Watermark,
+		AllowedCountries: v.AllowedCountries, DeniedCountries: v.DeniedCountries, Watermark: v.Watermark, External: v.External,
 		Hardening: v.Attrs().EffectiveHardening(), HardeningDefault: v.Hardening == nil}
 	for _, f := range v.Files {
 		out.Bytes += f.Size

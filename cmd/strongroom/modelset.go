@@ -121,3 +121,31 @@ func hardeningText(h modelrec.Hardening, isDefault bool) string {
 	}
 	return s
 }
+
+// modelRegisterCmd records an external model: served from engines whose weights
+// Strongroom does not hold, with a record like any other (then `model set` it).
+func modelRegisterCmd(g *globals) *cobra.Command {
+	var classification, owner, by string
+	var countries, denied []string
+	c := refCmd(g, "register NAME:VERSION --classification C [--owner O] [--countries CC,..] [--deny-countries CC,..]",
+		"Record a model served from engines whose weights Strongroom does not hold (a record only: no leases, no unseal)",
+		func(cmd *cobra.Command, a *app.App, name, version string) error {
+			v, err := a.Inventory.Register(cmd.Context(), name, version, modelrec.Attrs{Classification: classification, Owner: owner,
+				AllowedCountries: countryList(countries), DeniedCountries: countryList(denied)}, by)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), view(v, false))
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "registered external model %s:%s, classification %s\n", name, version, v.Classification)
+			return nil
+		})
+	f := c.Flags()
+	f.StringVar(&classification, "classification", "", "classification (required)")
+	f.StringVar(&owner, "owner", "", "owning team or person")
+	f.StringSliceVar(&countries, "countries", nil, "the only countries it may be used from")
+	f.StringSliceVar(&denied, "deny-countries", nil, "countries always refused")
+	f.StringVar(&by, "as", "", "who registers it (recorded)")
+	return c
+}

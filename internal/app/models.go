@@ -106,11 +106,7 @@ func (a *App) MigrateRoutes(ctx context.Context) ([]string, error) {
 			if l.Classification != "" {
 				next.Classification = l.Classification
 			}
-			next.AllowedCountries, next.DeniedCountries, next.Hardening, next.Watermark = l.AllowedCountries, l.DeniedCountries, nil, l.Watermark
-			if l.Hardening != nil {
-				h := modelrec.Hardening(*l.Hardening)
-				next.Hardening = &h
-			}
+			next.AllowedCountries, next.DeniedCountries, next.Hardening, next.Watermark = l.AllowedCountries, l.DeniedCountries, legacyHardening(l), l.Watermark
 			if attrsEqual(next, rec.Attrs) {
 				continue
 			}
@@ -120,7 +116,21 @@ func (a *App) MigrateRoutes(ctx context.Context) ([]string, error) {
 			changed = append(changed, rec.Ref())
 		}
 		if !found {
-			return changed, fmt.Errorf("route %s carries model attributes but %s is not in the inventory: import it (strongroom model import) or remove the route", r.Model, r.Model)
+			// A route to an engine whose weights Strongroom does not hold: its attributes
+			// become an external model's record ("NAME" routes: version "external").
+			if version == "" {
+				version = "external"
+			}
+			l := r.LegacyAttrs
+			attrs := modelrec.Attrs{Classification: l.Classification, AllowedCountries: l.AllowedCountries, DeniedCountries: l.DeniedCountries,
+				Hardening: legacyHardening(l), Watermark: l.Watermark}
+			if attrs.Classification == "" {
+				return changed, fmt.Errorf("route %s carries model attributes but no classification, and %s is not in the inventory: import it or register it (strongroom model register)", r.Model, r.Model)
+			}
+			if _, err := a.Inventory.Register(ctx, name, version, attrs, "config-migration"); err != nil {
+				return changed, fmt.Errorf("route %s: %w", r.Model, err)
+			}
+			changed = append(changed, name+":"+version)
 		}
 	}
 	path := a.ConfigPath
@@ -149,4 +159,12 @@ func attrsEqual(x, y modelrec.Attrs) bool {
 	return x.Classification == y.Classification && x.Owner == y.Owner && x.Watermark == y.Watermark &&
 		slices.Equal(x.AllowedCountries, y.AllowedCountries) && slices.Equal(x.DeniedCountries, y.DeniedCountries) &&
 		hx == hy && (x.Hardening == nil) == (y.Hardening == nil)
+}
+
+func legacyHardening(l config.LegacyAttrs) *modelrec.Hardening {
+	if l.Hardening == nil {
+		return nil
+	}
+	h := modelrec.Hardening(*l.Hardening)
+	return &h
 }

@@ -107,8 +107,27 @@ func TestMigrateRoutes(t *testing.T) {
 	}
 	b.Close() // the log's index is complete once it closes
 
-	// A route for a model the inventory does not have: refused, the file untouched.
-	legacy(config.Route{Model: "ghost", Upstreams: []string{"http://127.0.0.1:1/v1"}, LegacyAttrs: config.LegacyAttrs{Classification: "restricted"}})
+	// A route for a model the inventory does not have (an engine whose weights Strongroom
+	// does not hold): its attributes become an external model's record.
+	legacy(config.Route{Model: "ghost", Upstreams: []string{"http://127.0.0.1:1/v1"}, LegacyAttrs: config.LegacyAttrs{Classification: "restricted", DeniedCountries: []string{"CN"}}})
+	c0, err := Open(ctx, dir, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := c0.MigrateRoutes(ctx); err != nil || strings.Join(changed, " ") != "ghost:external" {
+		t.Fatalf("external migration: %v %v", changed, err)
+	}
+	g, err := c0.Inventory.Get(ctx, "ghost", "external")
+	if err != nil || !g.External || g.Classification != "restricted" || strings.Join(g.DeniedCountries, ",") != "CN" {
+		t.Fatalf("ghost:external %+v %v", g, err)
+	}
+	if _, err := c0.Inventory.Verify(ctx, "ghost", "external"); err == nil {
+		t.Fatal("an external model verified as if it had weights")
+	}
+	c0.Close()
+	// Attributes without a classification for a model the inventory does not have:
+	// refused, the file untouched.
+	legacy(config.Route{Model: "phantom", Upstreams: []string{"http://127.0.0.1:1/v1"}, LegacyAttrs: config.LegacyAttrs{DeniedCountries: []string{"CN"}}})
 	before, _ := os.ReadFile(cfgPath)
 	c, err := Open(ctx, dir, "", nil)
 	if err != nil {
@@ -118,7 +137,7 @@ func TestMigrateRoutes(t *testing.T) {
 	if evs, _ := c.Store.SearchAudit(ctx, store.AuditQuery{Kind: "model.set"}); len(evs) != 2 {
 		t.Fatalf("%d model.set events, want 2", len(evs))
 	}
-	if _, err := c.OpenGateway(ctx); err == nil || !strings.Contains(err.Error(), "ghost is not in the inventory") {
+	if _, err := c.OpenGateway(ctx); err == nil || !strings.Contains(err.Error(), "phantom is not in the inventory") {
 		t.Fatalf("gateway opened with an unmigratable route: %v", err)
 	}
 	if after, _ := os.ReadFile(cfgPath); string(after) != string(before) {

@@ -113,6 +113,9 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 	if !v.DisabledAt.IsZero() {
 		return deny(ErrDisabled, "model version disabled since "+v.DisabledAt.Format(time.RFC3339))
 	}
+	if v.External {
+		return deny(ErrUnknown, "an external model: Strongroom holds no weights for it")
+	}
 	res, err := s.cfg.Attest.Verify(ctx, r.Evidence, attest.Claims{Binding: attest.Binding(r.PublicKey, r.Nonce), Identity: identity})
 	if err != nil {
 		return deny(ErrAttestation, err.Error())

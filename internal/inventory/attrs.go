@@ -40,6 +40,34 @@ func (inv *Inventory) SetAttrs(ctx context.Context, name, version string, a mode
 	return v, nil
 }
 
+// Register records an external model version: one served from engines whose weights
+// Strongroom does not hold (no files, no key, nothing to lease or unseal), so that the
+// gateway has its record — classification, countries, hardening — like any other. The
+// registration is logged ("model.register") before it is stored.
+func (inv *Inventory) Register(ctx context.Context, name, version string, a modelrec.Attrs, by string) (store.Version, error) {
+	if err := checkRef(name, version); err != nil {
+		return store.Version{}, err
+	}
+	if err := a.Validate(); err != nil {
+		return store.Version{}, fmt.Errorf("%w: %s:%s: %v", ErrBadInput, name, version, err)
+	}
+	if _, err := inv.st.GetVersion(ctx, name, version); err == nil {
+		return store.Version{}, fmt.Errorf("model %s:%s: %w", name, version, ErrExists)
+	}
+	now := inv.now().UTC()
+	v := store.Version{Model: name, Version: version, CreatedAt: now, AttrsAt: now, External: true}
+	v.SetAttrs(a)
+	if err := inv.audit.Audit(ctx, "model.register", "allow", "", subject(name, version), map[string]string{
+		"by": by, "attrs": attrsJSON(a), "external": "true",
+	}); err != nil {
+		return store.Version{}, err
+	}
+	if err := inv.st.CreateExternalVersion(ctx, v); err != nil {
+		return store.Version{}, err
+	}
+	return v, nil
+}
+
 // inherit returns the attributes of the newest version of name (zero if none).
 func (inv *Inventory) inherit(ctx context.Context, name string) (modelrec.Attrs, error) {
 	recs, err := inv.st.ModelRecords(ctx)

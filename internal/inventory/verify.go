@@ -61,6 +61,9 @@ func (inv *Inventory) forEachFile(ctx context.Context, name, version string, bef
 	if err != nil {
 		return v, err
 	}
+	if v.External {
+		return v, fmt.Errorf("%w: %s:%s is an external model (a record only): Strongroom holds no weights for it", ErrBadInput, name, version)
+	}
 	if err := inv.checkManifest(v); err != nil {
 		return v, err
 	}

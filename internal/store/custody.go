@@ -636,12 +636,14 @@ func (s *sqlStore) ChargeEgress(ctx context.Context, day, runtime string, n, per
 }
 
 func (s *sqlStore) SetVersionDisabled(ctx context.Context, model, version string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE versions SET disabled_at = ? WHERE model = ? AND version = ?`), nanos(at), model, version)
-	if err != nil {
-		return fmt.Errorf("store: disable version: %w", err)
+	for _, table := range []string{"versions", "external_models"} {
+		res, err := s.db.ExecContext(ctx, s.q(`UPDATE `+table+` SET disabled_at = ? WHERE model = ? AND version = ?`), nanos(at), model, version)
+		if err != nil {
+			return fmt.Errorf("store: disable version: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			return nil
+		}
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("model %s:%s: %w", model, version, ErrNotFound)
-	}
-	return nil
+	return fmt.Errorf("model %s:%s: %w", model, version, ErrNotFound)
 }

@@ -205,6 +205,22 @@ var migrations = []string{
 		created_at BIGINT NOT NULL
 	);
 	CREATE INDEX exports_model ON exports (model, version, created_at)`,
+	// Issue 15: model versions served from engines whose weights Strongroom does not hold
+	// (records only: no files, no key, no leases). Same columns as versions.
+	`CREATE TABLE external_models (
+		model TEXT NOT NULL,
+		version TEXT NOT NULL,
+		classification TEXT NOT NULL,
+		owner TEXT NOT NULL,
+		env TEXT NOT NULL,
+		key_id TEXT NOT NULL,
+		signature {{bytes}} NOT NULL,
+		created_at BIGINT NOT NULL,
+		disabled_at BIGINT NOT NULL DEFAULT 0,
+		attrs TEXT NOT NULL DEFAULT '',
+		attrs_at BIGINT NOT NULL DEFAULT 0,
+		PRIMARY KEY (model, version)
+	)`,
 }
 
 func (s *sqlStore) q(query string) string {
@@ -448,15 +464,17 @@ func (s *sqlStore) SetVersionAttrs(ctx context.Context, model, version string, a
 	if err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, s.q(`UPDATE versions SET classification = ?, owner = ?, attrs = ?, attrs_at = ? WHERE model = ? AND version = ?`),
-		a.Classification, a.Owner, extra, at.UnixNano(), model, version)
-	if err != nil {
-		return fmt.Errorf("store: set attributes of %s:%s: %w", model, version, err)
+	for _, table := range []string{"versions", "external_models"} {
+		res, err := s.db.ExecContext(ctx, s.q(`UPDATE `+table+` SET classification = ?, owner = ?, attrs = ?, attrs_at = ? WHERE model = ? AND version = ?`),
+			a.Classification, a.Owner, extra, at.UnixNano(), model, version)
+		if err != nil {
+			return fmt.Errorf("store: set attributes of %s:%s: %w", model, version, err)
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			return nil
+		}
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("model %s:%s: %w", model, version, ErrNotFound)
-	}
-	return nil
+	return fmt.Errorf("model %s:%s: %w", model, version, ErrNotFound)
 }
 
 func (s *sqlStore) ModelRecords(ctx context.Context) ([]modelrec.Record, error) {
@@ -482,6 +500,34 @@ func (s *sqlStore) GetVersion(ctx context.Context, model, version string) (Versi
 	return vs[0], nil
 }
 
+// CreateExternalVersion records a version served from engines whose weights Strongroom
+// does not hold: a model record without files or key; ErrExists if the version exists.
+func (s *sqlStore) CreateExternalVersion(ctx context.Context, v Version) error {
+	extra, err := marshalExtra(v.Attrs())
+	if err != nil {
+		return err
+	}
+	err = s.tx(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, s.q(`SELECT COUNT(*) FROM versions WHERE model = ? AND version = ?`), v.Model, v.Version).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return ErrExists
+		}
+		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO external_models (model, version, classification, owner, env, key_id, signature, created_at, attrs, attrs_at)
+			VALUES (?, ?, ?, ?, ?, '', ?, ?, ?, ?)`), v.Model, v.Version, v.Classification, v.Owner, v.Env, []byte{}, v.CreatedAt.UnixNano(), extra, nanos(v.AttrsAt))
+		return err
+	})
+	if errors.Is(err, ErrExists) || (err != nil && s.d.isUnique(err)) {
+		return fmt.Errorf("model %s:%s: %w", v.Model, v.Version, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("store: create external version: %w", err)
+	}
+	return nil
+}
+
 func (s *sqlStore) ListVersions(ctx context.Context, model string) ([]Version, error) {
 	if model == "" {
 		return s.versions(ctx, ``)
@@ -495,6 +541,9 @@ func (s *sqlStore) versions(ctx context.Context, where string, args ...any) ([]V
 		return nil, err
 	}
 	for i := range out {
+		if out[i].External {
+			continue
+		}
 		if out[i].Files, err = s.files(ctx, out[i].Model, out[i].Version); err != nil {
 			return nil, err
 		}
@@ -502,9 +551,21 @@ func (s *sqlStore) versions(ctx context.Context, where string, args ...any) ([]V
 	return out, nil
 }
 
-// scanVersions reads versions without their files.
+// scanVersions reads versions without their files: imported ones, then external ones.
 func (s *sqlStore) scanVersions(ctx context.Context, where string, args ...any) ([]Version, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+versionCols+` FROM versions `+where+` ORDER BY model, created_at, version`), args...)
+	out, err := s.scanTable(ctx, "versions", where, args...)
+	if err != nil {
+		return nil, err
+	}
+	ext, err := s.scanTable(ctx, "external_models", where, args...)
+	for i := range ext {
+		ext[i].External = true
+	}
+	return append(out, ext...), err
+}
+
+func (s *sqlStore) scanTable(ctx context.Context, table, where string, args ...any) ([]Version, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT `+versionCols+` FROM `+table+` `+where+` ORDER BY model, created_at, version`), args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: list versions: %w", err)
 	}

@@ -58,6 +58,9 @@ type Version struct {
 	Watermark        bool
 	Hardening        *modelrec.Hardening
 	AttrsAt          time.Time // when the attributes were last set
+	// External: served from engines whose weights Strongroom does not hold — a model
+	// record only (no files, no key: nothing to lease, unseal or verify).
+	External bool
 }
 
 // Attrs is the version's model record attributes.
@@ -135,6 +138,8 @@ type Store interface {
 	GetVersion(ctx context.Context, model, version string) (Version, error)
 	// ListVersions lists versions of model, or of every model when model is "".
 	ListVersions(ctx context.Context, model string) ([]Version, error)
+	// CreateExternalVersion records an external version (a record without weights).
+	CreateExternalVersion(ctx context.Context, v Version) error
 	// SetVersionAttrs replaces a version's model record attributes (ErrNotFound if absent).
 	SetVersionAttrs(ctx context.Context, model, version string, a modelrec.Attrs, at time.Time) error
 	// ModelRecords lists every version's record (no files): what gateways and custody read.

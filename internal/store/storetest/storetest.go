@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Sanctions", testSanctions},
 		{"Nonces", testNonces},
 		{"Exports", testExports},
+		{"ExternalVersions", testExternalVersions},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -416,5 +417,38 @@ func testExports(t *testing.T, s store.Store) {
 	}
 	if got, _ := s.ListExports(ctx, "other", ""); len(got) != 0 {
 		t.Errorf("ListExports(other) = %+v", got)
+	}
+}
+
+// testExternalVersions: an external version (a record without weights) is found, listed and
+// updated like an imported one, marked External, without files; names stay unique.
+func testExternalVersions(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	ts := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	v := store.Version{Model: "vendor", Version: "1", Classification: "public", Owner: "o", CreatedAt: ts, DeniedCountries: []string{"IR"}}
+	if err := s.CreateExternalVersion(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.CreateExternalVersion(ctx, v); !errors.Is(err, store.ErrExists) {
+		t.Fatalf("twice: %v", err)
+	}
+	got, err := s.GetVersion(ctx, "vendor", "1")
+	if err != nil || !got.External || len(got.Files) != 0 || got.Classification != "public" || len(got.DeniedCountries) != 1 {
+		t.Fatalf("get: %+v %v", got, err)
+	}
+	a := got.Attrs()
+	a.Classification = "restricted"
+	if err := s.SetVersionAttrs(ctx, "vendor", "1", a, ts.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetVersionDisabled(ctx, "vendor", "1", ts.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := s.ModelRecords(ctx)
+	if err != nil || len(recs) != 1 || recs[0].Attrs.Classification != "restricted" || !recs[0].Disabled {
+		t.Fatalf("records: %+v %v", recs, err)
+	}
+	if vs, err := s.ListVersions(ctx, "vendor"); err != nil || len(vs) != 1 || !vs[0].External {
+		t.Fatalf("list: %+v %v", vs, err)
 	}
 }
