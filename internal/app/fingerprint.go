@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -71,7 +70,7 @@ func (a *App) ProtectedModel(ctx context.Context, name, version string) (*finger
 		}
 	}
 	if len(m.Tensors) == 0 {
-		return nil, fmt.Errorf("%w: %s:%s has no safetensors weights", inventory.ErrBadInput, name, version)
+		return nil, fmt.Errorf("%w: %w: %s:%s", inventory.ErrBadInput, errNoWeights, name, version)
 	}
 	return m, nil
 }
@@ -87,6 +86,8 @@ func (a *App) readSealed(ctx context.Context, v store.Version, f store.File, dek
 	defer closer.Close()
 	return io.ReadAll(io.NewSectionReader(r, 0, r.Size()))
 }
+
+var errNoWeights = errors.New("no safetensors weights")
 
 // ExportResult describes a fingerprinted copy.
 type ExportResult struct {
@@ -274,31 +275,9 @@ func (a *App) Trace(ctx context.Context, name, version, path string, extra []str
 	if err != nil {
 		return nil, err
 	}
-	exps, err := a.Store.ListExports(ctx, name, version)
+	mk, cands, err := a.traceCandidates(ctx, name, version, extra)
 	if err != nil {
 		return nil, err
-	}
-	names := slices.Clone(extra)
-	for _, e := range exps {
-		names = append(names, e.Licensee)
-	}
-	slices.Sort(names)
-	names = slices.Compact(names)
-	mk, secret, err := a.fingerprintModelKey(ref)
-	if err != nil {
-		return nil, err
-	}
-	defer clear(secret)
-	var cands []fingerprint.Candidate
-	for _, n := range names {
-		if err := checkLicensee(n); err != nil {
-			return nil, err
-		}
-		k, err := fingerprint.LicenseeKey(secret, ref, n)
-		if err != nil {
-			return nil, err
-		}
-		cands = append(cands, fingerprint.Candidate{Licensee: n, Key: k})
 	}
 	r := fingerprint.Trace(orig, suspect, mk, cands, threshold)
 	res := &TraceResult{TraceResult: r, Model: ref, Path: path, SHA256: digest}
