@@ -21,6 +21,9 @@ type AlignReport struct {
 	Residual bool `json:"residual_permuted"` // the residual stream's dimensions were permuted
 	Groups   int  `json:"unit_groups_permuted"`
 	Flips    int  `json:"signs_flipped"`
+	// Unrelated: a sample of units matched no original unit better than chance, so the
+	// alignment stopped there (the weights are not a permuted copy).
+	Unrelated bool `json:"unrelated,omitempty"`
 }
 
 // unit groups of a Llama layer: units are rows (or columns when col) of these tensors.
@@ -66,7 +69,12 @@ func Align(orig, suspect *Model) (*Model, AlignReport) {
 		}
 		rows := min(o.Rows(), 4096)
 		ov, sv := transpose(o.Data[:rows*o.Cols()], rows, o.Cols()), transpose(s.Data[:rows*s.Cols()], rows, s.Cols())
-		perm, sign = matchUnits([][]float32{ov}, [][]float32{sv}, o.Cols(), rows)
+		var unrelated bool
+		perm, sign, unrelated = matchUnits([][]float32{ov}, [][]float32{sv}, o.Cols(), rows)
+		if unrelated {
+			rep.Unrelated = true
+			return &out, rep
+		}
 		break
 	}
 	if perm != nil && !isIdentity(perm, sign) {
@@ -126,9 +134,10 @@ func Align(orig, suspect *Model) (*Model, AlignReport) {
 				continue
 			}
 			// each tensor of the group gets the group's permutation and its own signs
-			perm, _ := matchUnitsDims(ou, su, dims, n)
-			if perm == nil {
-				continue
+			perm, unrelated := matchUnitsDims(ou, su, dims, n)
+			if unrelated {
+				rep.Unrelated = true
+				return &out, rep
 			}
 			changed := false
 			names := append(slices.Clone(g.rows), g.cols...)
@@ -161,7 +170,14 @@ func Align(orig, suspect *Model) (*Model, AlignReport) {
 	return &out, rep
 }
 
-const matchDims = 256
+// Unit matching: units compared on their first matchDims entries; probeUnits sampled to
+// tell a permuted copy (likeness near 1) from unrelated weights (the best of n random
+// cosines over 256 entries is about sqrt(2 ln n / 256) ≈ 0.25 for n = 2,000).
+const (
+	matchDims     = 256
+	probeUnits    = 64
+	probeLikeness = 0.5
+)
 
 func isIdentity(perm []int, sign []float32) bool {
 	for i, p := range perm {
@@ -206,12 +222,12 @@ func applyUnits(x []float32, rows, cols int, perm []int, sign []float32, col boo
 	return out
 }
 
-func matchUnits(o, s [][]float32, n, dim int) ([]int, []float32) {
-	perm, _ := matchUnitsDims(o, s, []int{dim}, n)
-	if perm == nil {
-		return nil, nil
+func matchUnits(o, s [][]float32, n, dim int) ([]int, []float32, bool) {
+	perm, unrelated := matchUnitsDims(o, s, []int{dim}, n)
+	if unrelated {
+		return nil, nil, true
 	}
-	return perm, unitSigns(o[0], s[0], dim, perm)
+	return perm, unitSigns(o[0], s[0], dim, perm), false
 }
 
 // unitSigns is the sign of the cosine between each suspect unit and the original unit it
@@ -237,8 +253,10 @@ func dot(a, b []float32) float64 {
 
 // matchUnitsDims assigns each of the n suspect units (rows of s[k], dims[k] wide) to an
 // original unit: the sum over k of |cosine| is the likeness; identity when the diagonal
-// already matches well, else each unit's best match, made one-to-one greedily.
-func matchUnitsDims(o, s [][]float32, dims []int, n int) ([]int, []float32) {
+// already matches well, else each unit's best match, made one-to-one greedily. unrelated
+// is true (and no permutation made) when a sample of probeUnits suspect units matches
+// original units no better than chance (mean best likeness under probeLikeness).
+func matchUnitsDims(o, s [][]float32, dims []int, n int) (perm []int, unrelated bool) {
 	// Units are compared on their first matchDims entries: enough to tell a unit from
 	// hundreds of others, and it bounds the n² comparisons' cost on wide layers.
 	norm := func(x []float32, dim int) []float32 {
@@ -269,14 +287,28 @@ func matchUnitsDims(o, s [][]float32, dims []int, n int) ([]int, []float32) {
 		}
 		return t / float64(len(on))
 	}
-	perm := make([]int, n)
+	perm = make([]int, n)
 	var diag float64
 	for j := range n {
 		perm[j] = j
 		diag += sim(j, j)
 	}
 	if diag/float64(n) > 0.5 {
-		return perm, nil
+		return perm, false
+	}
+	var probe float64
+	step := max(1, n/probeUnits)
+	k := 0
+	for j := 0; j < n; j += step {
+		best := 0.0
+		for i := range n {
+			best = max(best, sim(j, i))
+		}
+		probe += best
+		k++
+	}
+	if probe/float64(k) < probeLikeness {
+		return nil, true
 	}
 	S := make([]float32, n*n)
 	var wg sync.WaitGroup
@@ -309,7 +341,7 @@ func matchUnitsDims(o, s [][]float32, dims []int, n int) ([]int, []float32) {
 		used[best] = true
 	}
 	if !collide {
-		return perm, nil
+		return perm, false
 	}
 	// greedy one-to-one: strongest pairs first
 	type pair struct {
@@ -338,5 +370,5 @@ func matchUnitsDims(o, s [][]float32, dims []int, n int) ([]int, []float32) {
 			perm[p.j], done[p.j], used[p.i] = p.i, true, true
 		}
 	}
-	return perm, nil
+	return perm, false
 }

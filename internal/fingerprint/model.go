@@ -9,8 +9,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // Tensor is one weight tensor as float32, row-major.
@@ -138,6 +141,7 @@ func readSafetensors(r io.ReaderAt, size int64) (*Model, error) {
 	}
 	m := &Model{Format: "safetensors"}
 	var total int64
+	var names []string
 	for _, name := range st.Names() {
 		ti := st.Tensors[name]
 		if !slices.Contains([]string{"F32", "F16", "BF16", "I8"}, ti.DType) {
@@ -147,13 +151,40 @@ func readSafetensors(r io.ReaderAt, size int64) (*Model, error) {
 		if total > MaxModelBytes {
 			return nil, fmt.Errorf("more than %d bytes of weights", int64(MaxModelBytes))
 		}
-		data, shape, err := st.Floats(name)
-		if err != nil {
-			return nil, err
-		}
-		m.Tensors = append(m.Tensors, Tensor{Name: name, Shape: shape, Data: data})
+		names = append(names, name)
+	}
+	m.Tensors = make([]Tensor, len(names))
+	err = parallel(len(names), func(i int) error {
+		data, shape, err := st.Floats(names[i])
+		m.Tensors[i] = Tensor{Name: names[i], Shape: shape, Data: data}
+		return err
+	})
+	if err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// parallel runs fn(0..n-1) on GOMAXPROCS goroutines and returns the first error.
+func parallel(n int, fn func(i int) error) error {
+	var next atomic.Int64
+	errs := make([]error, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for w := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || errs[w] != nil {
+					return
+				}
+				errs[w] = fn(i)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 func readGGUF(r io.ReaderAt, size int64) (*Model, error) {
@@ -176,9 +207,13 @@ func readGGUF(r io.ReaderAt, size int64) (*Model, error) {
 		if total > MaxModelBytes {
 			return nil, fmt.Errorf("more than %d bytes of weights", int64(MaxModelBytes))
 		}
+	}
+	m.Tensors = make([]Tensor, len(g.Tensors))
+	err = parallel(len(g.Tensors), func(i int) error {
+		t := g.Tensors[i]
 		data, shape, err := g.Floats(t.Name)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		name := t.Name
 		if hf, ok := GGUFToHF(name); ok {
@@ -187,7 +222,11 @@ func readGGUF(r io.ReaderAt, size int64) (*Model, error) {
 				data = PermuteRope(data, int(shape[0]), int(shape[1]), h, true)
 			}
 		}
-		m.Tensors = append(m.Tensors, Tensor{Name: name, Shape: shape, Data: data})
+		m.Tensors[i] = Tensor{Name: name, Shape: shape, Data: data}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return m, nil
 }

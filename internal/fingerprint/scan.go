@@ -62,17 +62,24 @@ func Compare(orig, suspect *Model) Similarity {
 	s, renamed := MatchNames(orig, suspect)
 	s, rep := Align(orig, s)
 	sim := Similarity{Renamed: renamed, Align: rep}
-	var num, den float64
+	type pair struct{ o, t *Tensor }
+	var pairs []pair
 	for i := range orig.Tensors {
 		o := &orig.Tensors[i]
 		t := s.Get(o.Name)
-		if !Marked(o) || t == nil || !slices.Equal(o.Shape, t.Shape) {
-			continue
+		if Marked(o) && t != nil && slices.Equal(o.Shape, t.Shape) {
+			pairs = append(pairs, pair{o, t})
 		}
-		c := cosine(o.Data, t.Data)
-		sim.Tensors = append(sim.Tensors, TensorScore{o.Name, c})
-		num += c * float64(len(o.Data))
-		den += float64(len(o.Data))
+	}
+	sim.Tensors = make([]TensorScore, len(pairs))
+	parallel(len(pairs), func(i int) error {
+		sim.Tensors[i] = TensorScore{pairs[i].o.Name, cosine(pairs[i].o.Data, pairs[i].t.Data)}
+		return nil
+	})
+	var num, den float64
+	for i, p := range pairs {
+		num += sim.Tensors[i].Cosine * float64(len(p.o.Data))
+		den += float64(len(p.o.Data))
 	}
 	sim.Matched = len(sim.Tensors)
 	if den > 0 {

@@ -1,0 +1,73 @@
+package fingerprint
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// BenchmarkScanThroughput measures, in one run over the same files (BF16 safetensors,
+// page cache warm): the raw read rate, reading and decoding (Load), and the scanner's
+// comparison against a protected model of other shapes (rejected on shape: the common
+// case in the wild) and of the same shapes (full alignment: the worst case).
+//
+//	go test -run '^$' -bench ScanThroughput -benchtime 1x ./internal/fingerprint
+func BenchmarkScanThroughput(b *testing.B) {
+	sh := shape{4, 512, 1408, 4096, 8, 4}
+	dir := b.TempDir()
+	var files []string
+	var total int64
+	for i := range 4 {
+		m := synthModel(uint64(500+i), sh.layers, sh.d, sh.ff, sh.vocab, sh.heads, sh.kv)
+		p := filepath.Join(dir, "m"+itoa(int64(i))+".safetensors")
+		if err := os.WriteFile(p, toSafetensors(b, m, "BF16"), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		fi, _ := os.Stat(p)
+		files, total = append(files, p), total+fi.Size()
+	}
+	same := synthModel(1, sh.layers, sh.d, sh.ff, sh.vocab, sh.heads, sh.kv)
+	other := synthModel(2, 2, 256, 512, 1000, 4, 4)
+	mbs := func(d time.Duration) float64 { return float64(total) / 1e6 / d.Seconds() }
+	for _, f := range files { // warm the page cache for both measurements
+		os.ReadFile(f)
+	}
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		for _, f := range files {
+			if _, err := os.ReadFile(f); err != nil {
+				b.Fatal(err)
+			}
+		}
+		raw := time.Since(t0)
+		t0 = time.Now()
+		var ms []*Model
+		for _, f := range files {
+			m, err := Load(f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ms = append(ms, m)
+		}
+		load := time.Since(t0)
+		t0 = time.Now()
+		for _, m := range ms {
+			if Comparable(other, m) {
+				Compare(other, m)
+			}
+		}
+		reject := load + time.Since(t0)
+		t0 = time.Now()
+		for _, m := range ms {
+			Compare(same, m)
+		}
+		full := load + time.Since(t0)
+		b.ReportMetric(mbs(raw), "raw-MB/s")
+		b.ReportMetric(mbs(load), "load-MB/s")
+		b.ReportMetric(mbs(reject), "scan-other-shapes-MB/s")
+		b.ReportMetric(mbs(full), "scan-same-shapes-MB/s")
+		b.ReportMetric(float64(total)/1e6, "MB")
+	}
+}
