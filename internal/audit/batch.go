@@ -46,7 +46,7 @@ const KindBatch = "audit.batch"
 const bundleMagic = "strongroom-batch/v1\n"
 
 // DefaultBatchDelay is how long a batch waits for companions after its first record.
-const DefaultBatchDelay = 20 * time.Millisecond
+const DefaultBatchDelay = 10 * time.Millisecond
 
 // MaxBatch bounds the records of one batch (and so a record's position, below 2^16).
 const MaxBatch = 4096

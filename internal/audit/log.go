@@ -48,7 +48,7 @@ type Config struct {
 	Witnesses          *tessera.WitnessGroup
 	WitnessTimeout     time.Duration
 	BatchMaxSize       uint                  // default 1024
-	BatchMaxAge        time.Duration         // default 10ms: the longest an event waits for companions
+	BatchMaxAge        time.Duration         // default 2ms (request records come in batches of their own: audit.Batcher): the longest an event waits for companions
 	CheckpointInterval time.Duration         // default 200ms (1s, the driver's least, with DB)
 	ShutdownTimeout    time.Duration         // how long Close waits for a covering checkpoint; default 30s
 	Metrics            prometheus.Registerer // optional: records, failures, health
@@ -116,7 +116,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		cfg.BatchMaxSize = 1024
 	}
 	if cfg.BatchMaxAge == 0 {
-		cfg.BatchMaxAge = 10 * time.Millisecond
+		cfg.BatchMaxAge = 2 * time.Millisecond
 	}
 	if cfg.CheckpointInterval == 0 {
 		cfg.CheckpointInterval = 200 * time.Millisecond

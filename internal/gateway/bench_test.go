@@ -118,19 +118,30 @@ func (nopAudit) Submit(context.Context, audit.Event) audit.Future {
 }
 func (nopAudit) Healthy() error { return nil }
 
-// BenchmarkAuditCost: the gateway with its transparency log on and off, same run.
+// BenchmarkAuditCost: the gateway with its transparency log off, with one log entry per
+// request, and with request records in batches whose answers wait for their batch (what
+// `serve` runs: audit.Batcher, RecordAnswers), same run.
 func BenchmarkAuditCost(b *testing.B) {
 	const conns = 64
 	upstream := httptest.NewServer(&refmodel.Server{Name: "demo", Fixed: strings.Repeat("x", 1024)})
 	defer upstream.Close()
-	for _, on := range []bool{false, true} {
-		b.Run(fmt.Sprintf("log=%v", on), func(b *testing.B) {
+	for _, mode := range []string{"off", "per-request", "batched-async", "batched"} {
+		b.Run("log="+mode, func(b *testing.B) {
+			var batcher *audit.Batcher
 			f := newFixture(b, func(c *Config) {
 				c.Routes = []Route{{Model: "demo", Upstreams: []string{upstream.URL + "/v1"}}}
-				if !on {
+				switch mode {
+				case "off":
 					c.Audit = nopAudit{}
+				case "batched":
+					c.RecordAnswers = true
 				}
 			})
+			if strings.HasPrefix(mode, "batched") {
+				batcher = audit.NewBatcher(f.log, audit.DirBundles{Dir: f.logDir}, audit.BatcherConfig{})
+				f.gw.cfg.Records = batcher
+				defer batcher.Close()
+			}
 			load(b, f.srv.URL, f.alice, conns)
 		})
 	}
