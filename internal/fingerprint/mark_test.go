@@ -78,8 +78,8 @@ func TestTraceAttacks(t *testing.T) {
 			if len(c.named) == 1 && (r.Verdict != VerdictLicensee || got[0] != c.named[0]) {
 				t.Fatalf("verdict %q %v, want %v; best %+v", r.Verdict, got, c.named, r.Scores[:2])
 			}
-			if len(c.named) == 2 && len(got) == 0 {
-				t.Fatalf("collusion: nobody named; best %+v", r.Scores[:2])
+			if len(c.named) == 2 && (r.Verdict != VerdictCollusion || !slices.Equal(got, c.named)) {
+				t.Fatalf("collusion: verdict %q %v; best %+v", r.Verdict, got, r.Scores[:2])
 			}
 			t.Logf("%s: z=%.1f p=%.2g tensors=%d align=%+v renamed=%d", c.name, r.Scores[0].Z, r.Scores[0].P, r.Tensors, r.Align, r.Renamed)
 		})
