@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -129,44 +130,64 @@ func (a *App) Scan(ctx context.Context, paths []string, o ScanOptions) ([]ScanFi
 			return
 		}
 		f.Format = m.Format
-		var best *protected
-		var bestSim fingerprint.Similarity
-		f.Z = -1e9
+		// every protected version the model derives from is traced (versions can share
+		// weights); the one whose licensee's mark is found is reported, else the likeliest
+		type cand struct {
+			p   *protected
+			sim fingerprint.Similarity
+			z   float64
+			tr  *fingerprint.TraceResult
+		}
+		var cs []cand
 		for i := range prot {
 			p := &prot[i]
 			if !fingerprint.Comparable(p.m, m) {
 				continue
 			}
 			sim := fingerprint.Compare(p.m, m)
-			z := (sim.Score - p.mean) / max(p.sd, 1e-9)
-			if z > f.Z {
-				best, bestSim, f.Z = p, sim, z
-			}
+			cs = append(cs, cand{p: p, sim: sim, z: (sim.Score - p.mean) / max(p.sd, 1e-9)})
 		}
-		if best == nil {
-			f.Z = 0
+		if len(cs) == 0 {
 			return
 		}
-		f.Model, f.Score, f.NullMean, f.NullSD, f.NullK = best.name+":"+best.version, bestSim.Score, best.mean, best.sd, o.Null
+		slices.SortStableFunc(cs, func(x, y cand) int { return cmp.Compare(y.z, x.z) })
+		best := cs[0]
+		if best.z >= o.MinZ {
+			if f.SHA256, err = fingerprint.Digest(path); err != nil {
+				f.Error = oneLine(err)
+				return
+			}
+			bestP := 1.0
+			for i := range cs {
+				c := &cs[i]
+				if c.z < o.MinZ {
+					break
+				}
+				mk, cands, err := a.traceCandidates(ctx, c.p.name, c.p.version, nil)
+				if err != nil {
+					ferr = err
+					return
+				}
+				c.tr = fingerprint.Trace(c.p.m, m, mk, cands, o.Threshold)
+				if i == 0 || (len(c.tr.Named) > 0 && c.tr.Scores[0].Log10P < bestP) {
+					best = *c
+					if len(c.tr.Named) > 0 {
+						bestP = c.tr.Scores[0].Log10P
+					}
+				}
+			}
+		}
+		f.Model, f.Score, f.Z, f.NullMean, f.NullSD, f.NullK = best.p.name+":"+best.p.version, best.sim.Score, best.z, best.p.mean, best.p.sd, o.Null
 		if f.Z < o.MinZ {
 			return
 		}
-		f.Derived, f.Sim = true, &bestSim
-		if f.SHA256, err = fingerprint.Digest(path); err != nil {
-			f.Error = oneLine(err)
-			return
-		}
-		mk, cands, err := a.traceCandidates(ctx, best.name, best.version, nil)
-		if err != nil {
-			ferr = err
-			return
-		}
-		f.Trace = fingerprint.Trace(best.m, m, mk, cands, o.Threshold)
+		f.Derived, f.Sim, f.Trace = true, &best.sim, best.tr
+		chosen := best.p
 		fields := map[string]string{"path": path, "sha256": f.SHA256, "score": strconv.FormatFloat(f.Score, 'f', 4, 64),
 			"z": strconv.FormatFloat(f.Z, 'f', 1, 64), "verdict": f.Trace.Verdict, "named": strings.Join(f.Trace.Named, ","),
 			"tool": "strongroom scan", "method": "fingerprint/v1"}
 		f.LogIndex, err = a.AuditLog.Record(ctx, audit.Event{V: 1, TS: time.Now().UTC(), Kind: "scan.finding", Actor: a.actor,
-			Subject: map[string]string{"model": best.name, "version": best.version}, Decision: audit.Allow, Fields: fields})
+			Subject: map[string]string{"model": chosen.name, "version": chosen.version}, Decision: audit.Allow, Fields: fields})
 		if err != nil {
 			ferr = fmt.Errorf("scan.finding refused: %w", err)
 		}
