@@ -67,7 +67,7 @@ func Align(orig, suspect *Model) (*Model, AlignReport) {
 		if o == nil || s == nil || len(o.Data) != len(s.Data) || len(o.Shape) != 2 {
 			continue
 		}
-		rows := min(o.Rows(), 4096)
+		rows := min(o.Rows(), matchDims) // units are compared on this many entries
 		ov, sv := transpose(o.Data[:rows*o.Cols()], rows, o.Cols()), transpose(s.Data[:rows*s.Cols()], rows, s.Cols())
 		var unrelated bool
 		perm, sign, unrelated = matchUnits([][]float32{ov}, [][]float32{sv}, o.Cols(), rows)
