@@ -77,6 +77,9 @@ type App struct {
 	guardErr       error
 	modelsMu       sync.Mutex
 	models         *modelrec.Table
+	authOnce       sync.Once
+	auth           authn.Chain
+	authErr        error
 	custodyMu      sync.Mutex
 	custody        *custody.Service
 	caOnce         sync.Once

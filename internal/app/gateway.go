@@ -32,6 +32,18 @@ func (a *App) APIKeys() *authn.Keys {
 	return a.keys
 }
 
+// Authenticator is the process's one authentication chain — API keys (APIKeys) and, with
+// gateway.oidc, JWTs from that issuer — shared by the gateway and the control API.
+func (a *App) Authenticator() (authn.Chain, error) {
+	a.authOnce.Do(func() {
+		a.auth = authn.Chain{Keys: a.APIKeys()}
+		if o := a.Config.Gateway.OIDC; o != nil {
+			a.auth.OIDC, a.authErr = authn.NewOIDC(a.bg, authn.OIDCConfig(*o), a.Store, nil)
+		}
+	})
+	return a.auth, a.authErr
+}
+
 // OpenGateway builds the data plane from the config; extra routes (dev's runtime) are added.
 // The policy engine reloads the policy directory until ctx ends.
 func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway.Gateway, error) {
@@ -94,15 +106,13 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 			fallback = limits.NewLocal(nil)
 		}
 	}
-	auth := authn.Chain{Keys: a.APIKeys()}
+	auth, err := a.Authenticator()
+	if err != nil {
+		return nil, err
+	}
 	go auth.Keys.Watch(ctx, a.keyWatchInterval())
 	if gc.RedisURL != "" {
 		go a.followRevocations(ctx, auth.Keys)
-	}
-	if gc.OIDC != nil {
-		if auth.OIDC, err = authn.NewOIDC(ctx, authn.OIDCConfig(*gc.OIDC), a.Store, nil); err != nil {
-			return nil, err
-		}
 	}
 	// Detectors watch every request; with gateway.redis_url they see every replica's
 	// requests (detect.Bus), and sanctions are shared through the store.

@@ -190,7 +190,6 @@ func (a *App) modelTokenizer(ctx context.Context, ref string) (*refmodel.Tokeniz
 // (watermark_detect: by default screened principals with the admin, security or custodian
 // role), and every question is recorded.
 func (a *App) WatermarkHandler() http.Handler {
-	keys := a.APIKeys()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fail := func(status int, msg string) {
 			w.Header().Set("Content-Type", "application/json")
@@ -201,14 +200,14 @@ func (a *App) WatermarkHandler() http.Handler {
 			fail(http.StatusMethodNotAllowed, "POST a JSON query")
 			return
 		}
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
-			fail(http.StatusUnauthorized, "an API key is required")
+		auth, err := a.Authenticator()
+		if err != nil {
+			fail(http.StatusServiceUnavailable, "authentication unavailable")
 			return
 		}
-		p, err := keys.Authenticate(r.Context(), strings.TrimSpace(tok))
+		p, err := auth.Request(r) // the gateway's chain: API keys, and OIDC tokens when configured
 		if err != nil {
-			fail(http.StatusUnauthorized, "invalid API key")
+			fail(http.StatusUnauthorized, "a valid API key or token is required")
 			return
 		}
 		var q WatermarkQuery

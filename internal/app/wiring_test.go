@@ -129,6 +129,21 @@ func TestGatewayAcceptsConfiguredOIDC(t *testing.T) {
 	if s := call(tok); s != 200 {
 		t.Fatalf("OIDC token: %d", s)
 	}
+	// The control API's watermark detection authenticates with the same chain: the OIDC
+	// token gets past authentication (403: fed-user has no security role), a bad one not.
+	wm := func(bearer string) int {
+		req := httptest.NewRequest(http.MethodPost, "/v1/watermark/detect", strings.NewReader(`{"text":"x","all_tenants":true}`))
+		req.Header.Set("Authorization", "Bearer "+bearer)
+		rw := httptest.NewRecorder()
+		a.WatermarkHandler().ServeHTTP(rw, req)
+		return rw.Code
+	}
+	if s := wm(tok); s != http.StatusForbidden {
+		t.Fatalf("watermark detection with the OIDC token: %d, want 403 (authenticated, not permitted)", s)
+	}
+	if s := wm(tok + "x"); s != http.StatusUnauthorized {
+		t.Fatalf("watermark detection with a forged token: %d", s)
+	}
 	key, rec, err := a.CreateKey(ctx, "fed-user", time.Hour, nil)
 	if err != nil {
 		t.Fatal(err)

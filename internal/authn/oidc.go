@@ -3,6 +3,7 @@ package authn
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -92,6 +93,16 @@ func (o *OIDC) Authenticate(ctx context.Context, tok string) (*Principal, error)
 type Chain struct {
 	Keys *Keys
 	OIDC *OIDC
+}
+
+// Request authenticates an HTTP request's bearer token (API key or, with OIDC, a JWT): the
+// one reading of Authorization for every listener that takes one (gateway, control API).
+func (c Chain) Request(r *http.Request) (*Principal, error) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return nil, fmt.Errorf("%w: no bearer token", ErrUnauthenticated)
+	}
+	return c.Authenticate(r.Context(), strings.TrimSpace(tok))
 }
 
 // Authenticate implements the gateway's Authenticator.

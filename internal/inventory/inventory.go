@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/kms"
+	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -75,9 +76,22 @@ type Auditor interface {
 	Audit(ctx context.Context, kind, decision, reason string, subject, fields map[string]string) error
 }
 
+// Store is the persistence the inventory needs: versions and their records, and the key
+// table (garbage collection of keys and blobs of failed imports).
+type Store interface {
+	CreateVersion(ctx context.Context, v store.Version) error
+	CreateExternalVersion(ctx context.Context, v store.Version) error
+	GetVersion(ctx context.Context, model, version string) (store.Version, error)
+	ListVersions(ctx context.Context, model string) ([]store.Version, error)
+	SetVersionAttrs(ctx context.Context, model, version string, a modelrec.Attrs, at time.Time) error
+	ModelRecords(ctx context.Context) ([]modelrec.Record, error)
+	ListKeys(ctx context.Context) ([]store.Key, error)
+	DeleteKey(ctx context.Context, id string) error
+}
+
 // Config wires an Inventory.
 type Config struct {
-	Store   store.Store
+	Store   Store
 	Blobs   store.Blobs
 	Keys    *kms.Keyring
 	Signer  *ecdsa.PrivateKey // signs manifests; its public key verifies them
@@ -88,7 +102,7 @@ type Config struct {
 
 // Inventory is the model inventory.
 type Inventory struct {
-	st     store.Store
+	st     Store
 	blobs  store.Blobs
 	keys   *kms.Keyring
 	signer *ecdsa.PrivateKey
