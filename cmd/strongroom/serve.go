@@ -66,12 +66,13 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 		}
 	}
 	var srvs []*http.Server
+	var lns []net.Listener
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
-			for _, s := range srvs {
-				s.Close()
+			for _, bound := range lns {
+				bound.Close() // not served yet: closing the server would not close it
 			}
 			return err
 		}
@@ -85,9 +86,14 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 			srv.RegisterOnShutdown(l.onShutdown)
 		}
 		srvs = append(srvs, srv)
-		go func() { errc <- srv.Serve(ln) }()
+		lns = append(lns, ln)
 	}
+	// Everything is bound; what readiness promises (dev.env written, addresses printed) is
+	// done before the first request is answered — a /healthz 200 implies it.
 	allReady()
+	for i, srv := range srvs {
+		go func() { errc <- srv.Serve(lns[i]) }()
+	}
 	var err error
 	select {
 	case err = <-errc:
