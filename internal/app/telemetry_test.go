@@ -36,9 +36,9 @@ func TestOTLPTraces(t *testing.T) {
 	a, _ := initApp(t, ctx, func(c *config.Config) { c.Telemetry.OTLPEndpoint = collector.URL })
 	key := alice(t, ctx, a)
 	importModel(t, ctx, a, "m", "1", "public")
-	var engineTP string
+	var seen sync.Map // path → traceparent (the gateway's health probe calls the engine too)
 	engine := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		engineTP = r.Header.Get("traceparent")
+		seen.Store(r.URL.Path, r.Header.Get("traceparent"))
 		(&refmodel.Server{Name: "m", Fixed: "ok"}).ServeHTTP(w, r)
 	}))
 	defer engine.Close()
@@ -58,6 +58,8 @@ func TestOTLPTraces(t *testing.T) {
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
+	v, _ := seen.Load("/v1/chat/completions")
+	engineTP, _ := v.(string)
 	if resp.StatusCode != 200 || !strings.HasPrefix(engineTP, "00-"+traceID+"-") {
 		t.Fatalf("status %d, engine traceparent %q", resp.StatusCode, engineTP)
 	}
