@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -178,10 +177,7 @@ func detectReportCmd(g *globals) *cobra.Command {
 // the config says otherwise (the gateway clusters on a timer instead).
 func (g *globals) detectConfig() (detect.Config, error) {
 	var dc detect.Config
-	path := g.config
-	if path == "" {
-		path = filepath.Join(g.dataDir(), config.FileName)
-	}
+	path := g.configPath()
 	if _, err := os.Stat(path); err == nil || g.config != "" {
 		c, err := config.ReadRaw(path)
 		if err != nil {

@@ -260,14 +260,7 @@ const readyLimit = 5 * time.Minute
 
 // devClient is an openai-go client for the gateway a dev.env file describes, and its model.
 func devClient(ts *testscript.TestScript, envFile string) (openai.Client, string) {
-	raw, err := os.ReadFile(ts.MkAbs(envFile))
-	ts.Check(err)
-	env := map[string]string{}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "="); ok {
-			env[k] = strings.Trim(v, "'")
-		}
-	}
+	env := devEnv(ts, envFile)
 	c := openai.NewClient(option.WithBaseURL(env["STRONGROOM_URL"]+"/"), option.WithAPIKey(env["STRONGROOM_API_KEY"]), option.WithMaxRetries(0))
 	return c, env["STRONGROOM_MODEL"]
 }

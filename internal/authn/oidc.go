@@ -98,11 +98,20 @@ type Chain struct {
 // Request authenticates an HTTP request's bearer token (API key or, with OIDC, a JWT): the
 // one reading of Authorization for every listener that takes one (gateway, control API).
 func (c Chain) Request(r *http.Request) (*Principal, error) {
+	tok, err := Bearer(r)
+	if err != nil {
+		return nil, err
+	}
+	return c.Authenticate(r.Context(), tok)
+}
+
+// Bearer is the request's bearer token (RFC 6750 Authorization header).
+func Bearer(r *http.Request) (string, error) {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
-		return nil, fmt.Errorf("%w: no bearer token", ErrUnauthenticated)
+		return "", fmt.Errorf("%w: no bearer token", ErrUnauthenticated)
 	}
-	return c.Authenticate(r.Context(), strings.TrimSpace(tok))
+	return strings.TrimSpace(tok), nil
 }
 
 // Authenticate implements the gateway's Authenticator.

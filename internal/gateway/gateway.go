@@ -251,11 +251,11 @@ func (g *Gateway) authenticate(r *http.Request) (*authn.Principal, error) {
 	if g.cfg.Certs != nil && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && r.Header.Get("Authorization") == "" {
 		return g.cfg.Certs.AuthenticateCert(r.Context(), r.TLS.VerifiedChains[0][0])
 	}
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return nil, fmt.Errorf("%w: no bearer token", authn.ErrUnauthenticated)
+	tok, err := authn.Bearer(r)
+	if err != nil {
+		return nil, err
 	}
-	return g.cfg.Auth.Authenticate(r.Context(), strings.TrimSpace(tok))
+	return g.cfg.Auth.Authenticate(r.Context(), tok)
 }
 
 // clientIP is the peer address or, behind trusted proxies, the rightmost address in

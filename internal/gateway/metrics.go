@@ -42,11 +42,7 @@ func (m *metrics) observe(st *reqState, end time.Time) {
 	if st.route != nil {
 		model = st.route.Model
 	}
-	status := st.status
-	if status == 0 {
-		status = 200
-	}
-	m.requests.WithLabelValues(st.endpoint, model, strconv.Itoa(status)).Inc()
+	m.requests.WithLabelValues(st.endpoint, model, strconv.Itoa(statusOf(st))).Inc()
 	if st.code != "" {
 		m.denials.WithLabelValues(st.endpoint, st.code).Inc()
 	}
