@@ -113,8 +113,10 @@ type Config struct {
 	Tracer trace.Tracer
 	// RecordAnswers (with Records): an answer's last bytes — the body, or a stream's
 	// "data: [DONE]" — go out only once its record is durable in the log (group commit:
-	// the wait is the batch delay), so every answer a client has in full is on the record;
-	// an answer that cannot be recorded is not completed (503, or a stream without [DONE]).
+	// the wait is the batch delay), so every completed answer is on the record; an answer
+	// that cannot be recorded is not completed (503, or a stream without [DONE]). A stream's
+	// content chunks go out as they come: a client that ignores [DONE] has them before
+	// the record is durable.
 	RecordAnswers bool
 }
 
