@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -222,64 +221,6 @@ func (s *logSource) checkpointWith(ctx context.Context, g *globals) (audit.Fetch
 	return f, o, cp.Size, cp.Hash, nil
 }
 
-// provenEntry is one entry with its inclusion proof against a signed checkpoint.
-type provenEntry struct {
-	Index    uint64          `json:"index"`
-	Event    json.RawMessage `json:"event"`
-	TreeSize uint64          `json:"tree_size"`
-	Root     []byte          `json:"root"`
-	Proof    []string        `json:"proof"`
-	// Record, for a request record (index from audit search, bit 62 set): the record and
-	// its RFC 6962 inclusion proof in the batch the entry above commits to.
-	Record *provenRecord `json:"record,omitempty"`
-}
-
-type provenRecord struct {
-	Index     uint64          `json:"index"`
-	Event     json.RawMessage `json:"event"`
-	Position  int             `json:"position"`
-	Records   int             `json:"records"`
-	BatchRoot string          `json:"batch_root"`
-	Proof     []string        `json:"proof"`
-}
-
-func prove(ctx context.Context, f audit.Fetcher, size uint64, root []byte, index uint64, entry []byte) (provenEntry, error) {
-	p, err := audit.InclusionProof(ctx, f, index, size)
-	if err != nil {
-		return provenEntry{}, err
-	}
-	if err := audit.VerifyInclusion(entry, index, size, p, root); err != nil {
-		return provenEntry{}, err
-	}
-	return provenEntry{Index: index, Event: entry, TreeSize: size, Root: root, Proof: audit.EncodeProof(p)}, nil
-}
-
-// proveRecord proves record pos of the batch entry: the bundle is checked against the
-// entry, then the record's inclusion proof is made and checked against the batch root.
-func proveRecord(ctx context.Context, o audit.VerifyOptions, entry []byte, index uint64, pos int) (*provenRecord, error) {
-	ev, err := audit.ParseEvent(entry)
-	if err != nil || ev.Kind != audit.KindBatch {
-		return nil, fmt.Errorf("record %d: entry is not a batch of request records", index)
-	}
-	b, err := o.Bundles(ctx, ev.Subject["bundle"])
-	if err != nil {
-		return nil, err
-	}
-	recs, err := audit.CheckBatch(ev, b)
-	if err != nil {
-		return nil, err
-	}
-	p, err := audit.BatchInclusion(recs, pos)
-	if err != nil {
-		return nil, fmt.Errorf("record %d: %w", index, err)
-	}
-	root, _ := hex.DecodeString(ev.Fields["root"])
-	if err := audit.VerifyRecord(recs[pos], uint64(pos), uint64(len(recs)), p, root); err != nil {
-		return nil, err
-	}
-	return &provenRecord{Index: index, Event: recs[pos], Position: pos, Records: len(recs), BatchRoot: ev.Fields["root"], Proof: audit.EncodeProof(p)}, nil
-}
-
 func auditProofCmd(g *globals) *cobra.Command {
 	var src logSource
 	var index uint64
@@ -292,27 +233,9 @@ func auditProofCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			recordIndex := index
-			index, pos, isRecord := audit.SplitRecordIndex(index)
-			if index >= size {
-				return fmt.Errorf("entry %d is not in the signed checkpoint (size %d)", index, size)
-			}
-			var entry []byte
-			err = audit.ReadEntries(cmd.Context(), f.ReadEntryBundle, index, index+1, func(evs []store.AuditEvent) error {
-				entry = evs[0].Raw
-				return nil
-			})
+			pe, err := audit.Prove(cmd.Context(), f, o, size, root, index)
 			if err != nil {
 				return err
-			}
-			pe, err := prove(cmd.Context(), f, size, root, index, entry)
-			if err != nil {
-				return err
-			}
-			if isRecord {
-				if pe.Record, err = proveRecord(cmd.Context(), o, entry, recordIndex, pos); err != nil {
-					return err
-				}
 			}
 			return g.printJSON(cmd.OutOrStdout(), pe)
 		},
@@ -337,7 +260,7 @@ func auditExportCmd(g *globals) *cobra.Command {
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			return audit.ReadEntries(cmd.Context(), f.ReadEntryBundle, 0, size, func(evs []store.AuditEvent) error {
 				for _, e := range evs {
-					pe, err := prove(cmd.Context(), f, size, root, e.Index, e.Raw)
+					pe, err := audit.ProveEntry(cmd.Context(), f, size, root, e.Index, e.Raw)
 					if err != nil {
 						return err
 					}

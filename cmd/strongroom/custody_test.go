@@ -229,20 +229,27 @@ func init() {
 	// rawpost URL KEYFILE|- BODY STATUS: POST BODY as it is to URL/v1/chat/completions; the
 	// status must be STATUS; the response body goes to stdout.
 	scriptCmds["rawpost"] = func(ts *testscript.TestScript, neg bool, args []string) {
-		req, _ := http.NewRequest(http.MethodPost, args[0]+"/v1/chat/completions", strings.NewReader(args[2]))
-		req.Close = true // a fresh connection: the server closes idle ones after 1 s here
-		if args[1] != "-" {
-			key, err := os.ReadFile(ts.MkAbs(args[1]))
-			ts.Check(err)
-			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-		}
-		resp, err := http.DefaultClient.Do(req)
-		ts.Check(err)
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
+		status, b := rawPost(ts, args)
 		ts.Stdout().Write(b)
-		if want, _ := strconv.Atoi(args[3]); resp.StatusCode != want {
-			ts.Fatalf("status %d, want %d: %s", resp.StatusCode, want, b)
+		if want, _ := strconv.Atoi(args[3]); status != want {
+			ts.Fatalf("status %d, want %d: %s", status, want, b)
+		}
+	}
+	// rawpostuntil: rawpost until the status is the wanted one (up to readyLimit), for
+	// changes other processes make that a gateway applies within its watch interval.
+	scriptCmds["rawpostuntil"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		want, _ := strconv.Atoi(args[3])
+		deadline := time.Now().Add(readyLimit)
+		for {
+			status, b := rawPost(ts, args)
+			if status == want {
+				ts.Stdout().Write(b)
+				return
+			}
+			if time.Now().After(deadline) {
+				ts.Fatalf("status %d after %s, want %d: %s", status, readyLimit, want, b)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	// idleclosed ADDR: a connection that sends nothing is closed by the server (within 20 s).
@@ -256,4 +263,21 @@ func init() {
 			ts.Fatalf("silent connection to %s still open after 20 s", args[0])
 		}
 	}
+}
+
+// rawPost posts body args[2] to args[0]'s chat completions with the key in file args[1]
+// ("-": none).
+func rawPost(ts *testscript.TestScript, args []string) (int, []byte) {
+	req, _ := http.NewRequest(http.MethodPost, args[0]+"/v1/chat/completions", strings.NewReader(args[2]))
+	req.Close = true // a fresh connection: the server closes idle ones after 1 s here
+	if args[1] != "-" {
+		key, err := os.ReadFile(ts.MkAbs(args[1]))
+		ts.Check(err)
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	ts.Check(err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
 }

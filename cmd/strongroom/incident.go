@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
@@ -85,7 +86,23 @@ func incidentCmd(g *globals) *cobra.Command {
 		}),
 	}
 	closeC.Flags().StringVar(&note, "note", "", "why it is closed (recorded)")
-	c.AddCommand(ls, show, closeC)
+	var format, out string
+	rep := &cobra.Command{
+		Use: "report ID [--format pdf|json] [--out FILE]", Short: "A structured incident report with every cited log entry proven (schema: docs/incident-report.schema.json)", Args: exactArgs(1),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
+			if format != "json" && format != "pdf" {
+				return usagef("--format %q: pdf or json", format)
+			}
+			r, err := a.IncidentReportData(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return writeOut(cmd.OutOrStdout(), out, func(w io.Writer) error { return r.Write(w, format) })
+		}),
+	}
+	rep.Flags().StringVar(&format, "format", "json", "pdf or json")
+	rep.Flags().StringVar(&out, "out", "", "file to write (default: standard output)")
+	c.AddCommand(ls, show, closeC, rep)
 	return c
 }
 

@@ -109,7 +109,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.config, "config", "", "config file (default DATA/config.json)")
 	pf.BoolVar(&g.json, "json", false, "print data as JSON")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log progress to stderr")
-	root.AddCommand(initCmd(g), versionCmd(g), devCmd(g), serveCmd(g), modelCmd(g), routeCmd(g), sealCmd(g), unsealCmd(g), kmsCmd(g), auditCmd(g), witnessCmd(g), principalCmd(g), keyCmd(g), policyCmd(g), detectCmd(g), refmodelCmd(g), watermarkCmd(g),
+	root.AddCommand(initCmd(g), versionCmd(g), devCmd(g), serveCmd(g), modelCmd(g), routeCmd(g), sealCmd(g), unsealCmd(g), kmsCmd(g), auditCmd(g), reportCmd(g), witnessCmd(g), principalCmd(g), keyCmd(g), policyCmd(g), detectCmd(g), refmodelCmd(g), watermarkCmd(g),
 		runtimeCmd(g), leaseCmd(g), approvalCmd(g), runCmd(g), incidentCmd(g), sanctionCmd(g), traceCmd(g), scanCmd(g))
 	return root
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/strongroom/strongroom/internal/app"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/fsutil"
-	"github.com/strongroom/strongroom/internal/store"
 )
 
 // scanMethod describes, in the evidence, how the finding was made.
@@ -148,31 +147,23 @@ func writeEvidence(ctx context.Context, g *globals, dir string, f app.ScanFindin
 
 // waitProof proves a just-recorded entry in the log's signed checkpoint, waiting (up to
 // 30 s) for a checkpoint that covers it.
-func waitProof(ctx context.Context, g *globals, index uint64) (provenEntry, error) {
+func waitProof(ctx context.Context, g *globals, index uint64) (audit.ProvenEntry, error) {
 	var src logSource
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		f, _, size, root, err := src.checkpointWith(ctx, g)
+		f, o, size, root, err := src.checkpointWith(ctx, g)
 		if err != nil {
-			return provenEntry{}, err
+			return audit.ProvenEntry{}, err
 		}
 		if index < size {
-			var entry []byte
-			err = audit.ReadEntries(ctx, f.ReadEntryBundle, index, index+1, func(evs []store.AuditEvent) error {
-				entry = evs[0].Raw
-				return nil
-			})
-			if err != nil {
-				return provenEntry{}, err
-			}
-			return prove(ctx, f, size, root, index, entry)
+			return audit.Prove(ctx, f, o, size, root, index)
 		}
 		if time.Now().After(deadline) {
-			return provenEntry{}, fmt.Errorf("log entry %d is not in a signed checkpoint after 30 s (size %d)", index, size)
+			return audit.ProvenEntry{}, fmt.Errorf("log entry %d is not in a signed checkpoint after 30 s (size %d)", index, size)
 		}
 		select {
 		case <-ctx.Done():
-			return provenEntry{}, ctx.Err()
+			return audit.ProvenEntry{}, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

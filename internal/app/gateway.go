@@ -349,7 +349,8 @@ func (a *App) redisPrefix() string {
 
 // Policy is the data directory's Cedar engine (baseline plus the policy directory), one
 // per App whatever asks for it (gateway, custody); the first caller's ctx bounds its
-// reloading of the policy directory.
+// reloading of the policy directory. Every set is recorded ("policy.load": each file's
+// SHA-256) before it comes into force; one that cannot be recorded does not.
 func (a *App) Policy(ctx context.Context) (*policy.Engine, error) {
 	a.policyMu.Lock()
 	defer a.policyMu.Unlock()
@@ -359,7 +360,14 @@ func (a *App) Policy(ctx context.Context) (*policy.Engine, error) {
 	if err := os.MkdirAll(a.Config.Gateway.PolicyDir, 0o700); err != nil {
 		return nil, err
 	}
-	eng, err := policy.NewEngine(a.Config.Gateway.PolicyDir, a.Log)
+	eng, err := policy.NewRecordedEngine(a.Config.Gateway.PolicyDir, a.Log, func(s *policy.Set) error {
+		// The set in force is on the record (the compliance report's configuration).
+		fields := map[string]string{}
+		for name, d := range s.Digests() {
+			fields["sha256:"+name] = d
+		}
+		return a.Audit(context.WithoutCancel(ctx), "policy.load", audit.Allow, "", map[string]string{"policy_set": s.Digest()}, fields)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
 	}

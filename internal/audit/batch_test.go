@@ -218,3 +218,31 @@ func TestBarrier(t *testing.T) {
 		t.Fatalf("record in entry %d, barrier says %d", entry, idx)
 	}
 }
+
+// TestReadEntry: every entry of a checkpoint can be read and proven, also those integrated
+// together (no partial bundle was ever written at their index+1).
+func TestReadEntry(t *testing.T) {
+	tl := openTestLog(t)
+	tl.record(t, 40) // submitted together: few integrations
+	tl.close(t)
+	f := client.FileFetcher{Root: tl.dir}
+	raw, err := f.ReadCheckpoint(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := OpenCheckpoint(raw, VerifyOptions{LogKey: tl.vkey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range cp.Size {
+		pe, err := Prove(context.Background(), f, VerifyOptions{LogKey: tl.vkey}, cp.Size, cp.Hash, i)
+		if err != nil {
+			t.Fatalf("entry %d of %d: %v", i, cp.Size, err)
+		}
+		e := event(int(i))
+		want, _ := e.Marshal()
+		if !bytes.Equal(pe.Event, want) {
+			t.Fatalf("entry %d: %s", i, pe.Event)
+		}
+	}
+}

@@ -24,7 +24,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -33,6 +32,8 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	jsonv2 "github.com/go-json-experiment/json"
 )
 
 // MaxEventSize caps one encoded event.
@@ -243,14 +244,11 @@ func ParseEvent(b []byte) (*Event, error) {
 	if len(b) > MaxEventSize {
 		return nil, fmt.Errorf("%w: %d bytes", ErrEvent, len(b))
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
+	// go-json-experiment: also refuses duplicate keys and invalid UTF-8, and decodes about
+	// twice as fast as encoding/json (report.BenchmarkCompliance walks every record).
 	var e Event
-	if err := dec.Decode(&e); err != nil {
+	if err := jsonv2.Unmarshal(b, &e, jsonv2.RejectUnknownMembers(true)); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrEvent, err)
-	}
-	if dec.More() {
-		return nil, fmt.Errorf("%w: trailing data", ErrEvent)
 	}
 	again, err := e.Marshal()
 	if err != nil {

@@ -808,6 +808,7 @@ func (g *Gateway) requestEvent(st *reqState) audit.Event {
 		ev.Subject["model"] = st.route.Model
 		if st.rec.Version != "" {
 			ev.Subject["version"] = st.rec.Version
+			ev.Fields["classification"] = st.rec.Attrs.Classification
 		}
 	}
 	if st.prompt != nil {

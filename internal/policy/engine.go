@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 // the previous one stays in force.
 type Engine struct {
 	dir     string
+	record  func(*Set) error
 	log     *slog.Logger
 	cur     atomic.Pointer[Set]
 	version atomic.Value // [32]byte digest of the files last loaded
@@ -23,13 +25,25 @@ type Engine struct {
 
 // NewEngine loads dir (which may be "" for the baseline only).
 func NewEngine(dir string, log *slog.Logger) (*Engine, error) {
+	return NewRecordedEngine(dir, log, nil)
+}
+
+// NewRecordedEngine is NewEngine that calls record with every set before it comes into
+// force (the first included); a set that record refuses does not come into force — at
+// start the engine is not made, on reload the previous set stays.
+func NewRecordedEngine(dir string, log *slog.Logger, record func(*Set) error) (*Engine, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e := &Engine{dir: dir, log: log}
+	e := &Engine{dir: dir, log: log, record: record}
 	s, err := Load(dir)
 	if err != nil {
 		return nil, err
+	}
+	if record != nil {
+		if err := record(s); err != nil {
+			return nil, fmt.Errorf("policy set not recorded: %w", err)
+		}
 	}
 	e.cur.Store(s)
 	e.version.Store(e.digest())
@@ -71,6 +85,13 @@ func (e *Engine) Reload() (bool, error) {
 		e.errs.Add(1)
 		e.log.Error("policy reload refused; previous policies stay in force", "err", err)
 		return false, err
+	}
+	if e.record != nil {
+		if err := e.record(s); err != nil {
+			e.errs.Add(1)
+			e.log.Error("ALERT policy change not recorded; previous policies stay in force", "err", err)
+			return false, err
+		}
 	}
 	e.cur.Store(s)
 	e.version.Store(d)

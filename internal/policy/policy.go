@@ -4,9 +4,12 @@
 package policy
 
 import (
+	"crypto/sha256"
 	_ "embed"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -97,8 +100,9 @@ func (d Decision) Reason() string {
 
 // Set is a compiled, validated policy set.
 type Set struct {
-	ps    *cedar.PolicySet
-	files []string
+	ps      *cedar.PolicySet
+	files   []string
+	digests map[string]string // file base name → hex SHA-256 of its bytes, baseline included
 }
 
 // Load compiles the baseline and every *.cedar file in dir (dir may be ""), validating
@@ -160,7 +164,26 @@ func Load(dir string) (*Set, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	return &Set{ps: ps, files: files}, nil
+	digests := make(map[string]string, len(docs))
+	for name, b := range docs {
+		sum := sha256.Sum256(b)
+		digests[filepath.Base(name)] = hex.EncodeToString(sum[:])
+	}
+	return &Set{ps: ps, files: files, digests: digests}, nil
+}
+
+// Digests names each file of the set (baseline.cedar included) with the hex SHA-256 of
+// its bytes.
+func (s *Set) Digests() map[string]string { return maps.Clone(s.digests) }
+
+// Digest is the set's one digest: SHA-256 over its files' names and digests, in order.
+func (s *Set) Digest() string {
+	names := slices.Sorted(maps.Keys(s.digests))
+	h := sha256.New()
+	for _, n := range names {
+		fmt.Fprintf(h, "%s %s\n", s.digests[n], n)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Files lists the operator policy files in the set.
