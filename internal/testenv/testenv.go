@@ -24,14 +24,18 @@ func Get(t testing.TB, name string) string {
 
 // Python returns the path of python3, the outside JSON parser some tests put behind the
 // gateway (scripts/test installs it), or skips/fails like Get.
-func Python(t testing.TB) string {
+func Python(t testing.TB) string { return Program(t, "python3") }
+
+// Program returns the path of a program scripts/test installs (python3, pdftoppm), or
+// skips/fails like Get.
+func Program(t testing.TB, name string) string {
 	t.Helper()
-	p, err := exec.LookPath("python3")
+	p, err := exec.LookPath(name)
 	if err != nil {
 		if os.Getenv("STRONGROOM_REQUIRE_INTEGRATION") == "1" {
-			t.Fatal("python3 not found but STRONGROOM_REQUIRE_INTEGRATION=1: run ./scripts/test")
+			t.Fatalf("%s not found but STRONGROOM_REQUIRE_INTEGRATION=1: run ./scripts/test", name)
 		}
-		t.Skip("python3 not found; ./scripts/test installs it")
+		t.Skipf("%s not found; ./scripts/test installs it", name)
 	}
 	return p
 }
