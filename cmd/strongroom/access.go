@@ -15,13 +15,13 @@ import (
 func principalCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "principal", Short: "Manage the principals (people, services) that hold API keys"}
 	var p store.Principal
-	var roles string
+	var roles, screening string
 	add := &cobra.Command{
 		Use:   "add ID --tenant T [--roles r1,r2] [--org O] [--country CC] [--screening clear|pending]",
 		Short: "Create or update a principal",
 		Args:  exactArgs(1),
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
-			p.ID = args[0]
+			p.ID, p.Screening = args[0], store.Screening(screening)
 			if p.Tenant == "" {
 				return usagef("--tenant is required")
 			}
@@ -44,7 +44,7 @@ func principalCmd(g *globals) *cobra.Command {
 	f.StringVar(&roles, "roles", "", "comma-separated roles, e.g. researcher,licensee")
 	f.StringVar(&p.Org, "org", "", "organization")
 	f.StringVar(&p.Country, "country", "", "country of registration (ISO 3166-1 alpha-2)")
-	f.StringVar(&p.Screening, "screening", "clear", "screening status: clear, pending or denied")
+	f.StringVar(&screening, "screening", string(store.ScreeningClear), "screening status: clear, pending or denied")
 	ls := &cobra.Command{
 		Use:   "ls",
 		Short: "List principals",
@@ -55,7 +55,7 @@ func principalCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return printList(g, cmd.OutOrStdout(), ps, "ID\tTENANT\tROLES\tORG\tCOUNTRY\tSCREENING", func(p store.Principal) string {
-				return strings.Join([]string{p.ID, p.Tenant, strings.Join(p.Roles, ","), p.Org, p.Country, p.Screening}, "\t")
+				return strings.Join([]string{p.ID, p.Tenant, strings.Join(p.Roles, ","), p.Org, p.Country, string(p.Screening)}, "\t")
 			})
 		}),
 	}

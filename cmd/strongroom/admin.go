@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
+	"github.com/strongroom/strongroom/internal/gateway"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -75,7 +76,7 @@ func devCmd(g *globals) *cobra.Command {
 				// test build) takes minutes, not the 60 s production default.
 				a.Config.Gateway.UpstreamTimeout = "5m"
 			}
-			gw, err := a.OpenGateway(ctx, route)
+			gw, err := a.OpenGateway(ctx, app.GatewayOptions{Routes: []gateway.Route{route}})
 			if err != nil {
 				return err
 			}

@@ -75,7 +75,7 @@ func incidentCmd(g *globals) *cobra.Command {
 			if note == "" {
 				return usagef("--note is required: say why it is closed")
 			}
-			if err := a.Audit(cmd.Context(), "incident.close", audit.Allow, note, map[string]string{"incident": args[0]}, nil); err != nil {
+			if err := a.Audit(cmd.Context(), audit.Event{Kind: audit.KindIncidentClose, Decision: audit.Allow, Reason: note, Subject: map[string]string{"incident": args[0]}}); err != nil {
 				return err
 			}
 			if err := a.Store.CloseIncident(cmd.Context(), args[0], time.Now(), note); err != nil {
@@ -127,7 +127,7 @@ func sanctionCmd(g *globals) *cobra.Command {
 			if reason == "" {
 				return usagef("--reason is required")
 			}
-			if err := a.Audit(cmd.Context(), "detect.lift", audit.Allow, reason, map[string]string{"principal": args[0]}, nil); err != nil {
+			if err := a.Audit(cmd.Context(), audit.Event{Kind: audit.KindDetectLift, Decision: audit.Allow, Reason: reason, Subject: map[string]string{"principal": args[0]}}); err != nil {
 				return err
 			}
 			if err := a.Store.LiftSanction(cmd.Context(), args[0]); err != nil {

@@ -138,6 +138,7 @@ func serveCmd(g *globals) *cobra.Command {
 			if adminListen == "" {
 				adminListen = a.Config.AdminListen
 			}
+			var o app.GatewayOptions
 			if recordTrace != "" {
 				f, err := os.OpenFile(recordTrace, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 				if err != nil {
@@ -157,9 +158,9 @@ func serveCmd(g *globals) *cobra.Command {
 						fmt.Fprintf(cmd.ErrOrStderr(), "strongroom: warning: %d requests not recorded in %s (writer fell behind)\n", n, recordTrace)
 					}
 				}()
-				a.TraceRecorder = tw
+				o.Trace = tw
 			}
-			gw, err := a.OpenGateway(cmd.Context())
+			gw, err := a.OpenGateway(cmd.Context(), o)
 			if err != nil {
 				return err
 			}

@@ -57,9 +57,7 @@ type App struct {
 	Metrics            *prometheus.Registry
 	Redactor           *audit.Redactor
 	Log                *slog.Logger
-	// TraceRecorder, if set before OpenGateway, also receives every request (--record-trace).
-	TraceRecorder gateway.Detector
-	actor         map[string]string
+	actor              map[string]string
 
 	policyMu sync.Mutex
 	policy   *policy.Engine
@@ -186,8 +184,7 @@ func Init(ctx context.Context, dataDir string, o InitOptions) (config.Config, er
 		return c, fmt.Errorf("init: %w", err)
 	}
 	vkey, _ := os.ReadFile(LogVKeyPath(a.Config.Audit.LogKey))
-	err = a.Audit(ctx, "deployment.init", audit.Allow, "", map[string]string{"data_dir": dataDir},
-		map[string]string{"kek": c.KMS.Current, "log_vkey": strings.TrimSpace(string(vkey))})
+	err = a.Audit(ctx, audit.Event{Kind: audit.KindDeploymentInit, Decision: audit.Allow, Subject: map[string]string{"data_dir": dataDir}, Fields: map[string]string{"kek": c.KMS.Current, "log_vkey": strings.TrimSpace(string(vkey))}})
 	return c, errors.Join(err, a.Close())
 }
 

@@ -159,14 +159,24 @@ func processActor() map[string]string {
 }
 
 // Audit records a security event and returns only once it is durable; an error means it
-// was not recorded and the caller must not go on (fail closed).
-func (a *App) Audit(ctx context.Context, kind, decision, reason string, subject, fields map[string]string) error {
-	_, err := a.AuditLog.Record(ctx, audit.Event{V: 1, TS: time.Now().UTC(), Kind: kind, Actor: a.actor,
-		Subject: subject, Decision: decision, Reason: reason, Fields: fields})
-	if err != nil {
-		return fmt.Errorf("%s refused: %w", kind, err)
+// was not recorded and the caller must not go on (fail closed). The event's version and
+// time are set here, and its actor, when the caller names none, is this process.
+func (a *App) Audit(ctx context.Context, ev audit.Event) error {
+	_, err := a.record(ctx, ev)
+	return err
+}
+
+// record is Audit returning the entry's index.
+func (a *App) record(ctx context.Context, ev audit.Event) (uint64, error) {
+	ev.V, ev.TS = 1, time.Now().UTC()
+	if ev.Actor == nil {
+		ev.Actor = a.actor
 	}
-	return nil
+	idx, err := a.AuditLog.Record(ctx, ev)
+	if err != nil {
+		return 0, fmt.Errorf("%s refused: %w", ev.Kind, err)
+	}
+	return idx, nil
 }
 
 // WatermarkSecret is the deployment's watermark secret (keys/watermark.key, 32 bytes, 0600),

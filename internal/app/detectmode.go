@@ -53,7 +53,7 @@ func (a *App) SetDetectorMode(ctx context.Context, det, mode string) error {
 	}
 	dc.Modes = modes
 	c.Detect = dc.JSON()
-	if err := a.Audit(ctx, "detect.mode", audit.Allow, "", map[string]string{"detector": det}, map[string]string{"mode": mode}); err != nil {
+	if err := a.Audit(ctx, audit.Event{Kind: audit.KindDetectMode, Decision: audit.Allow, Subject: map[string]string{"detector": det}, Fields: map[string]string{"mode": mode}}); err != nil {
 		return err
 	}
 	return config.Write(path, c)
@@ -105,11 +105,11 @@ type DetectorDay struct {
 // operator reads to judge a detector's precision before promoting it.
 func (a *App) DetectReport(ctx context.Context, days int, now time.Time) ([]DetectorDay, error) {
 	since := now.UTC().Truncate(24*time.Hour).AddDate(0, 0, -(days - 1))
-	active, err := a.Store.AuditPrincipalsPerDay(ctx, "gateway.request", since)
+	active, err := a.Store.AuditPrincipalsPerDay(ctx, string(audit.KindRequest), since)
 	if err != nil {
 		return nil, err
 	}
-	evs, err := a.Store.SearchAudit(ctx, store.AuditQuery{Kind: "detect.alert", Since: since})
+	evs, err := a.Store.SearchAudit(ctx, store.AuditQuery{Kind: string(audit.KindDetectAlert), Since: since})
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/seal"
 	"github.com/strongroom/strongroom/internal/store"
@@ -37,7 +38,7 @@ func (a *App) SealFile(ctx context.Context, in, out string) (string, error) {
 	})
 	keyID := hex.EncodeToString(id[:])
 	if err == nil {
-		err = a.Audit(ctx, "file.seal", "allow", "", map[string]string{"file": filepath.Base(in)}, map[string]string{"key_id": keyID, "out": out})
+		err = a.Audit(ctx, audit.Event{Kind: audit.KindFileSeal, Decision: audit.Allow, Subject: map[string]string{"file": filepath.Base(in)}, Fields: map[string]string{"key_id": keyID, "out": out}})
 	}
 	return keyID, err
 }
@@ -59,7 +60,7 @@ func (a *App) UnsealFile(ctx context.Context, in, out string) error {
 		return fmt.Errorf("%s: %w", in, err)
 	}
 	keyID := hex.EncodeToString(h.KeyID[:])
-	if err := a.Audit(ctx, "file.unseal", "allow", "", map[string]string{"file": filepath.Base(in)}, map[string]string{"key_id": keyID, "out": out}); err != nil {
+	if err := a.Audit(ctx, audit.Event{Kind: audit.KindFileUnseal, Decision: audit.Allow, Subject: map[string]string{"file": filepath.Base(in)}, Fields: map[string]string{"key_id": keyID, "out": out}}); err != nil {
 		return err // no record, no plaintext
 	}
 	dek, err := a.Keys.Key(ctx, keyID)

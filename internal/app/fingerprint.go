@@ -198,7 +198,7 @@ func (a *App) Export(ctx context.Context, name, version, licensee, out, as strin
 		by = as
 	}
 	// on the record before the copy appears under its names (fail closed)
-	idx, err := a.AuditLog.Record(ctx, audit.Event{V: 1, TS: time.Now().UTC(), Kind: "model.export", Actor: a.actor,
+	idx, err := a.record(ctx, audit.Event{Kind: audit.KindModelExport,
 		Subject: map[string]string{"model": name, "version": version}, Decision: audit.Allow,
 		Fields: map[string]string{"licensee": licensee, "export": res.ID, "sha256": res.SHA256, "out": res.Out, "requester": as, "files": strconv.Itoa(len(res.Files))}})
 	if err != nil {
@@ -286,7 +286,7 @@ func (a *App) Trace(ctx context.Context, name, version, path string, extra []str
 		fields["best_z"] = strconv.FormatFloat(r.Scores[0].Z, 'f', 2, 64)
 		fields["best_p"] = strconv.FormatFloat(r.Scores[0].P, 'g', 3, 64)
 	}
-	res.LogIndex, err = a.AuditLog.Record(ctx, audit.Event{V: 1, TS: time.Now().UTC(), Kind: "model.trace", Actor: a.actor,
+	res.LogIndex, err = a.record(ctx, audit.Event{Kind: audit.KindModelTrace,
 		Subject: map[string]string{"model": name, "version": version}, Decision: audit.Allow, Fields: fields})
 	if err != nil {
 		return nil, fmt.Errorf("model.trace refused: %w", err)

@@ -20,6 +20,7 @@ import (
 	"github.com/strongroom/strongroom/internal/geo"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/policy"
+	"github.com/strongroom/strongroom/internal/screening"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -44,9 +45,15 @@ func (a *App) Authenticator() (authn.Chain, error) {
 	return a.auth, a.authErr
 }
 
-// OpenGateway builds the data plane from the config; extra routes (dev's runtime) are added.
-// The policy engine reloads the policy directory until ctx ends.
-func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway.Gateway, error) {
+// GatewayOptions are what a command adds to the configured gateway.
+type GatewayOptions struct {
+	Routes []gateway.Route  // beyond the config's (dev's runtime)
+	Trace  gateway.Detector // also receives every request (serve --record-trace)
+}
+
+// OpenGateway builds the data plane from the config and o. The policy engine reloads the
+// policy directory until ctx ends.
+func (a *App) OpenGateway(ctx context.Context, o GatewayOptions) (*gateway.Gateway, error) {
 	if _, err := a.MigrateRoutes(ctx); err != nil {
 		return nil, err
 	}
@@ -125,8 +132,8 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		certs = authn.Certs{St: a.Store}
 	}
 	var det gateway.Detector = resp
-	if a.TraceRecorder != nil {
-		det = detect.Tee{resp, a.TraceRecorder}
+	if o.Trace != nil {
+		det = detect.Tee{resp, o.Trace}
 	}
 	gw, err := gateway.New(gateway.Config{
 		Certs:           certs,
@@ -134,7 +141,7 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 		Sanctions:       resp,
 		Geo:             loc,
 		FallbackLimiter: fallback,
-		Routes:          append(gatewayRoutes(gc.Routes), extra...),
+		Routes:          append(gatewayRoutes(gc.Routes), o.Routes...),
 		Models:          models,
 		Auth:            auth, Policy: eng, Limiter: lim,
 		KeyLimits: limits.Limits(gc.KeyLimits), TenantLimits: limits.Limits(gc.TenantLimits),
@@ -154,86 +161,17 @@ func (a *App) OpenGateway(ctx context.Context, extra ...gateway.Route) (*gateway
 	return gw, nil
 }
 
-// screeningList loads the configured denied-party list, or nil when none is configured.
-func (a *App) screeningList() (*policy.ScreeningList, error) {
-	path := a.Config.Gateway.ScreeningList
-	if path == "" {
-		return nil, nil
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("screening list: %w", err)
-	}
-	defer f.Close()
-	return policy.ParseScreeningList(f)
-}
-
-// screen checks a principal's id and organization against the list; a hit blocks the
-// principal ("pending") until someone reviews it and sets "clear" again by hand.
-func (a *App) screen(ctx context.Context, l *policy.ScreeningList, p *store.Principal) error {
-	if l == nil || p.Screening == "pending" || p.Screening == "denied" {
-		return nil
-	}
-	var hits []policy.Hit
-	for _, name := range []string{p.ID, p.Org} {
-		if name != "" {
-			hits = append(hits, l.Screen(name, 0.92)...)
-		}
-	}
-	if len(hits) == 0 {
-		return nil
-	}
-	p.Screening = "pending"
-	return a.Audit(ctx, "principal.screening_hit", "deny", "denied-party list match; blocked pending review",
-		map[string]string{"principal": p.ID}, map[string]string{"match": hits[0].Name, "source": hits[0].Source, "score": fmt.Sprintf("%.3f", hits[0].Score), "hits": fmt.Sprint(len(hits))})
+// Screening is the deployment's denied-party screening of principals.
+func (a *App) Screening() *screening.Screener {
+	return &screening.Screener{List: a.Config.Gateway.ScreeningList, Store: a.Store, Audit: a, Now: time.Now}
 }
 
 // Rescreen checks every principal against the (reloaded) list; it returns those blocked now.
-func (a *App) Rescreen(ctx context.Context) ([]string, error) {
-	l, err := a.screeningList()
-	if err != nil || l == nil {
-		return nil, err
-	}
-	ps, err := a.Store.ListPrincipals(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var blocked []string
-	for _, p := range ps {
-		before := p.Screening
-		if err := a.screen(ctx, l, &p); err != nil {
-			return blocked, err
-		}
-		if p.Screening != before {
-			if err := a.Store.PutPrincipal(ctx, p); err != nil {
-				return blocked, err
-			}
-			blocked = append(blocked, p.ID)
-		}
-	}
-	return blocked, nil
-}
+func (a *App) Rescreen(ctx context.Context) ([]string, error) { return a.Screening().Rescreen(ctx) }
 
 // AddPrincipal creates or updates a principal, screened and on the record.
 func (a *App) AddPrincipal(ctx context.Context, p store.Principal) error {
-	if p.Screening == "" {
-		p.Screening = "clear"
-	}
-	l, err := a.screeningList()
-	if err != nil {
-		return err // no screening, no principal: fail closed
-	}
-	if err := a.screen(ctx, l, &p); err != nil {
-		return err
-	}
-	if p.CreatedAt.IsZero() {
-		p.CreatedAt = time.Now().UTC()
-	}
-	if err := a.Audit(ctx, "principal.put", "allow", "", map[string]string{"principal": p.ID},
-		map[string]string{"tenant": p.Tenant, "roles": fmt.Sprint(p.Roles), "country": p.Country, "screening": p.Screening}); err != nil {
-		return err
-	}
-	return a.Store.PutPrincipal(ctx, p)
+	return a.Screening().Put(ctx, p)
 }
 
 // CreateKey issues an API key, on the record (the secret never is).
@@ -242,8 +180,7 @@ func (a *App) CreateKey(ctx context.Context, principal string, ttl time.Duration
 	if err != nil {
 		return "", rec, err
 	}
-	return tok, rec, a.Audit(ctx, "key.create", "allow", "", map[string]string{"principal": principal, "key_id": rec.ID},
-		map[string]string{"models": fmt.Sprint(models), "expires": rec.ExpiresAt.Format(time.RFC3339)})
+	return tok, rec, a.Audit(ctx, audit.Event{Kind: audit.KindKeyCreate, Decision: audit.Allow, Subject: map[string]string{"principal": principal, "key_id": rec.ID}, Fields: map[string]string{"models": fmt.Sprint(models), "expires": rec.ExpiresAt.Format(time.RFC3339)}})
 }
 
 // RotateKey issues a successor key; the old one lives for overlap more.
@@ -253,13 +190,12 @@ func (a *App) RotateKey(ctx context.Context, id string, overlap time.Duration) (
 		return "", rec, err
 	}
 	a.announceRevocation(ctx, id) // its expiry moved
-	return tok, rec, a.Audit(ctx, "key.rotate", "allow", "", map[string]string{"principal": rec.Principal, "key_id": id},
-		map[string]string{"new_key_id": rec.ID, "overlap": overlap.String()})
+	return tok, rec, a.Audit(ctx, audit.Event{Kind: audit.KindKeyRotate, Decision: audit.Allow, Subject: map[string]string{"principal": rec.Principal, "key_id": id}, Fields: map[string]string{"new_key_id": rec.ID, "overlap": overlap.String()}})
 }
 
 // RevokeKey ends a key now.
 func (a *App) RevokeKey(ctx context.Context, id string) error {
-	if err := a.Audit(ctx, "key.revoke", "allow", "", map[string]string{"key_id": id}, nil); err != nil {
+	if err := a.Audit(ctx, audit.Event{Kind: audit.KindKeyRevoke, Decision: audit.Allow, Subject: map[string]string{"key_id": id}}); err != nil {
 		return err
 	}
 	if err := a.APIKeys().Revoke(ctx, id); err != nil {
@@ -366,7 +302,7 @@ func (a *App) Policy(ctx context.Context) (*policy.Engine, error) {
 		for name, d := range s.Digests() {
 			fields["sha256:"+name] = d
 		}
-		return a.Audit(context.WithoutCancel(ctx), "policy.load", audit.Allow, "", map[string]string{"policy_set": s.Digest()}, fields)
+		return a.Audit(context.WithoutCancel(ctx), audit.Event{Kind: audit.KindPolicyLoad, Decision: audit.Allow, Subject: map[string]string{"policy_set": s.Digest()}, Fields: fields})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)

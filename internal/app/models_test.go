@@ -137,7 +137,7 @@ func TestMigrateRoutes(t *testing.T) {
 	if evs, _ := c.Store.SearchAudit(ctx, store.AuditQuery{Kind: "model.set"}); len(evs) != 2 {
 		t.Fatalf("%d model.set events, want 2", len(evs))
 	}
-	if _, err := c.OpenGateway(ctx); err == nil || !strings.Contains(err.Error(), "phantom is not in the inventory") {
+	if _, err := c.OpenGateway(ctx, GatewayOptions{}); err == nil || !strings.Contains(err.Error(), "phantom is not in the inventory") {
 		t.Fatalf("gateway opened with an unmigratable route: %v", err)
 	}
 	if after, _ := os.ReadFile(cfgPath); string(after) != string(before) {

@@ -40,8 +40,11 @@ func (a *App) IncidentReportData(ctx context.Context, id string) (*report.Incide
 		return nil, err
 	}
 	var related []uint64
-	for _, q := range []struct{ kind, key, val string }{{"incident.close", "incident", in.ID}, {"detect.lift", "principal", in.Principal}} {
-		evs, err := a.Store.SearchAudit(ctx, store.AuditQuery{Kind: q.kind, Since: in.OpenedAt})
+	for _, q := range []struct {
+		kind     audit.Kind
+		key, val string
+	}{{audit.KindIncidentClose, "incident", in.ID}, {audit.KindDetectLift, "principal", in.Principal}} {
+		evs, err := a.Store.SearchAudit(ctx, store.AuditQuery{Kind: string(q.kind), Since: in.OpenedAt})
 		if err != nil {
 			return nil, err
 		}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/kms"
 )
@@ -56,13 +57,13 @@ func (a *App) Rotate(ctx context.Context, o RotateOptions) (oldID, newID string,
 		return oldID, "", 0, fmt.Errorf("rotate: unknown kms provider %q", to)
 	}
 	ids := map[string]string{"old_kek": oldID, "new_kek": next.ID()}
-	if err := a.Audit(ctx, "kms.rotate", "allow", "", nil, ids); err != nil {
+	if err := a.Audit(ctx, audit.Event{Kind: audit.KindKMSRotate, Decision: audit.Allow, Fields: ids}); err != nil {
 		next.Close()
 		return oldID, next.ID(), 0, err
 	}
 	if n, err = a.Keys.Rotate(ctx, next); err != nil {
 		next.Close()
-		a.Audit(ctx, "kms.rotate", "deny", err.Error(), nil, ids)
+		a.Audit(ctx, audit.Event{Kind: audit.KindKMSRotate, Decision: audit.Deny, Reason: err.Error(), Fields: ids})
 		return oldID, next.ID(), 0, err
 	}
 	// Record the new current KEK in the on-disk config (paths as written, not resolved).

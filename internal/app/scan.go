@@ -186,7 +186,7 @@ func (a *App) Scan(ctx context.Context, paths []string, o ScanOptions) ([]ScanFi
 		fields := map[string]string{"path": path, "sha256": f.SHA256, "score": strconv.FormatFloat(f.Score, 'f', 4, 64),
 			"z": strconv.FormatFloat(f.Z, 'f', 1, 64), "verdict": f.Trace.Verdict, "named": strings.Join(f.Trace.Named, ","),
 			"tool": "strongroom scan", "method": "fingerprint/v1"}
-		f.LogIndex, err = a.AuditLog.Record(ctx, audit.Event{V: 1, TS: time.Now().UTC(), Kind: "scan.finding", Actor: a.actor,
+		f.LogIndex, err = a.record(ctx, audit.Event{Kind: audit.KindScanFinding,
 			Subject: map[string]string{"model": chosen.name, "version": chosen.version}, Decision: audit.Allow, Fields: fields})
 		if err != nil {
 			ferr = fmt.Errorf("scan.finding refused: %w", err)
@@ -201,8 +201,8 @@ func (a *App) Scan(ctx context.Context, paths []string, o ScanOptions) ([]ScanFi
 			derived++
 		}
 	}
-	if err := a.Audit(ctx, "scan.run", audit.Allow, "", nil, map[string]string{"models_found": strconv.Itoa(len(out)),
-		"derived": strconv.Itoa(derived), "protected": strconv.Itoa(len(prot)), "bytes": strconv.FormatInt(total, 10)}); err != nil {
+	if err := a.Audit(ctx, audit.Event{Kind: audit.KindScanRun, Decision: audit.Allow, Fields: map[string]string{"models_found": strconv.Itoa(len(out)),
+		"derived": strconv.Itoa(derived), "protected": strconv.Itoa(len(prot)), "bytes": strconv.FormatInt(total, 10)}}); err != nil {
 		return out, err
 	}
 	return out, ctx.Err()

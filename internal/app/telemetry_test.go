@@ -42,7 +42,7 @@ func TestOTLPTraces(t *testing.T) {
 		(&refmodel.Server{Name: "m", Fixed: "ok"}).ServeHTTP(w, r)
 	}))
 	defer engine.Close()
-	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}})
+	gw, err := a.OpenGateway(ctx, GatewayOptions{Routes: []gateway.Route{{Model: "m", Upstreams: []string{engine.URL + "/v1"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/inventory"
@@ -138,7 +137,7 @@ func (a *App) DetectWatermark(ctx context.Context, q WatermarkQuery) ([]Watermar
 	if len(out) > 0 {
 		fields["best_tenant"], fields["watermarked"] = out[0].Tenant, strconv.FormatBool(out[0].Watermarked)
 	}
-	if err := a.Audit(ctx, "watermark.detect", audit.Allow, "", nil, fields); err != nil {
+	if err := a.Audit(ctx, audit.Event{Kind: audit.KindWatermarkDetect, Decision: audit.Allow, Fields: fields}); err != nil {
 		return nil, err
 	}
 	return out, nil
@@ -227,13 +226,13 @@ func (a *App) WatermarkHandler() http.Handler {
 			model = "*"
 		}
 		d := eng.Decide(policy.Request{Action: policy.ActionWatermarkDetect, Model: policy.Model{Name: model},
-			Principal: policy.Principal{ID: p.ID, Tenant: p.Tenant, Org: p.Org, Country: p.Country, Screening: p.Screening, Roles: p.Roles},
+			Principal: policy.Principal{ID: p.ID, Tenant: p.Tenant, Org: p.Org, Country: p.Country, Screening: string(p.Screening), Roles: p.Roles},
 			Context:   policy.Context{Endpoint: "watermark_detect", MFAAgeS: -1, TemperatureMilli: -1}})
 		decision := audit.Deny
 		if d.Allow {
 			decision = audit.Allow
 		}
-		if _, err := a.AuditLog.Record(r.Context(), audit.Event{V: 1, TS: time.Now().UTC(), Kind: "watermark.detect", Decision: decision, Reason: d.Reason(),
+		if err := a.Audit(r.Context(), audit.Event{Kind: audit.KindWatermarkDetect, Decision: decision, Reason: d.Reason(),
 			Actor:   map[string]string{"principal": p.ID, "tenant": p.Tenant, "key_id": p.KeyID},
 			Subject: map[string]string{"model": q.Model, "tenant": q.Tenant},
 			Fields:  map[string]string{"all_tenants": fmt.Sprint(q.AllTenants), "text_hmac": a.Redactor.Digest(q.Text)}}); err != nil {

@@ -84,7 +84,7 @@ func serveGateway(t *testing.T, ctx context.Context, a *App) func(bearer string)
 	importModel(t, ctx, a, "m", "1", "public")
 	engine := httptest.NewServer(&refmodel.Server{Name: "m", Fixed: "ok", APIKey: []byte("engine-secret")})
 	t.Cleanup(engine.Close)
-	gw, err := a.OpenGateway(ctx, gateway.Route{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret"})
+	gw, err := a.OpenGateway(ctx, GatewayOptions{Routes: []gateway.Route{{Model: "m", Upstreams: []string{engine.URL + "/v1"}, UpstreamKey: "engine-secret"}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,7 @@ import (
 // resolves only once the entry is durable.
 
 // KindBatch is the log entry that commits to a batch of request records.
-const KindBatch = "audit.batch"
+const KindBatch Kind = "audit.batch"
 
 const bundleMagic = "strongroom-batch/v1\n"
 

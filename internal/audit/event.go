@@ -7,7 +7,7 @@
 // Each log entry is one event: a JSON object with keys in this order, no insignificant
 // whitespace, no trailing newline:
 //
-//	{"v":1,"ts":RFC3339Nano UTC,"kind":"model.import|model.unseal|kms.rotate|...",
+//	{"v":1,"ts":RFC3339Nano UTC,"kind":KIND (see Event kinds below),
 //	 "actor":{...},"subject":{...},"decision":"allow|deny","reason":"...","fields":{...}}
 //
 // actor, subject and fields are flat string maps whose keys are sorted (encoding/json does
@@ -17,6 +17,69 @@
 // operator asks) appear only as "hmac-sha256:HEX", an HMAC-SHA256 under the deployment's
 // audit key, so that whoever holds the value can show it was logged without the log
 // revealing it. An entry is at most MaxEventSize bytes.
+//
+// # Event kinds
+//
+// Every kind Strongroom writes is a constant in kinds.go (type Kind); readers match on
+// the constants. By who records them:
+//
+//	The deployment and its keys:
+//	  deployment.init          init made the data directory
+//	  kms.rotate               the KEK was rotated (allow) or the rotation failed (deny)
+//	  policy.load              a Cedar policy set came into force (each file's SHA-256)
+//	  file.seal                one file sealed
+//	  file.unseal              one file unsealed
+//
+//	The inventory:
+//	  model.import             a version was sealed, signed and listed
+//	  model.register           an external model's record was created
+//	  model.set                a version's record changed (before, after, by)
+//	  model.verify             signature and digests checked
+//	  model.unseal             weights written out in the clear (approved)
+//	  model.disable            no more leases on a version
+//	  model.gc                 unused keys and blobs removed
+//	  model.export             a per-licensee marked copy was made
+//	  model.trace              a suspect copy was traced to a licensee (or none)
+//	  scan.run                 a scan ran
+//	  scan.finding             a scanned model derives from a protected one
+//
+//	Principals and keys:
+//	  principal.put            a principal was created or changed
+//	  principal.screening_hit  a denied-party list matched
+//	  principal.totp           a TOTP secret was enrolled
+//	  key.create
+//	  key.rotate
+//	  key.revoke
+//	  watermark.detect         text was checked for a tenant's watermark
+//
+//	Custody:
+//	  runtime.token            a join token was issued
+//	  runtime.join             a runtime joined (or was refused)
+//	  runtime.cert             a runtime's certificate was renewed
+//	  runtime.revoke           a runtime's identity was revoked
+//	  runtime.auth             a runtime's certificate was refused
+//	  lease.grant              a lease was granted or refused
+//	  lease.renew              a lease was renewed or its renewal refused
+//	  lease.revoke             a lease was revoked
+//	  lease.end                a lease ended (released, expired)
+//	  approval.request         a restricted action waits for approvers
+//	  approval.approve         an approver approved (or was refused)
+//	  approval.deny            an approver denied (or was refused)
+//	  alert.egress             a daily egress budget ran out
+//
+//	The gateway:
+//	  gateway.request          one request record (in a batch)
+//	  gateway.unauthenticated  refusals before identification, summed
+//
+//	Detection and response:
+//	  detect.alert             a detector flagged a principal
+//	  detect.action            a sanction was imposed
+//	  detect.lift              a sanction was lifted
+//	  detect.mode              a detector was promoted or demoted (shadow/enforce)
+//	  incident.close           an incident was closed, with a note
+//
+//	Request batches:
+//	  audit.batch              a batch of request records: bundle digest, record count, Merkle root (batch.go)
 package audit
 
 import (
@@ -49,7 +112,7 @@ const (
 type Event struct {
 	V        int               `json:"v"`
 	TS       time.Time         `json:"ts"`
-	Kind     string            `json:"kind"`
+	Kind     Kind              `json:"kind"`
 	Actor    map[string]string `json:"actor"`
 	Subject  map[string]string `json:"subject"`
 	Decision string            `json:"decision"`
@@ -69,7 +132,7 @@ func (e *Event) Validate() error {
 		return fmt.Errorf("%w: version %d", ErrEvent, e.V)
 	case e.TS.IsZero():
 		return fmt.Errorf("%w: no timestamp", ErrEvent)
-	case !kindRE.MatchString(e.Kind):
+	case !kindRE.MatchString(string(e.Kind)):
 		return fmt.Errorf("%w: kind %q", ErrEvent, e.Kind)
 	case e.Decision != "" && e.Decision != Allow && e.Decision != Deny:
 		return fmt.Errorf("%w: decision %q", ErrEvent, e.Decision)
@@ -96,7 +159,7 @@ func (e *Event) Marshal() ([]byte, error) {
 	b = append(b, `,"ts":"`...)
 	b = ts.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","kind":`...)
-	b = appendJSONString(b, e.Kind)
+	b = appendJSONString(b, string(e.Kind))
 	b = append(b, `,"actor":`...)
 	b = appendJSONMap(b, e.Actor)
 	b = append(b, `,"subject":`...)

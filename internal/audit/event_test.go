@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -140,5 +142,33 @@ func TestMarshalFarTimestamps(t *testing.T) {
 		if _, err := jsonMarshal(e); err == nil {
 			t.Fatalf("encoding/json accepts year %d: the reference changed", ts.Year())
 		}
+	}
+}
+
+// TestKindsDocumented: every kind constant is valid and listed in the package doc, and
+// none is listed twice (the doc is the list readers go by).
+func TestKindsDocumented(t *testing.T) {
+	src, err := os.ReadFile("kinds.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, _ := os.ReadFile("event.go")
+	re := regexp.MustCompile(`(Kind\w+)\s+Kind = "([^"]+)"`)
+	seen := map[string]bool{}
+	for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+		k := m[2]
+		if seen[k] {
+			t.Errorf("%s defined twice", k)
+		}
+		seen[k] = true
+		if !kindRE.MatchString(k) {
+			t.Errorf("%s: not a valid kind", k)
+		}
+		if !regexp.MustCompile(`(?m)^//\t  ` + regexp.QuoteMeta(k) + `\s`).Match(doc) {
+			t.Errorf("%s is not listed in the package doc (event.go)", k)
+		}
+	}
+	if len(seen) < 40 {
+		t.Fatalf("only %d kinds found in kinds.go", len(seen))
 	}
 }

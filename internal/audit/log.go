@@ -344,7 +344,7 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 		if l.idx != nil {
 			l.recentMu.Lock()
 			if len(l.recent) < maxRecent {
-				l.recent[i.Index] = store.AuditEvent{Index: i.Index, TS: ev.TS, Kind: ev.Kind, Principal: ev.Actor["principal"], Decision: ev.Decision, Raw: b}
+				l.recent[i.Index] = store.AuditEvent{Index: i.Index, TS: ev.TS, Kind: string(ev.Kind), Principal: ev.Actor["principal"], Decision: ev.Decision, Raw: b}
 			}
 			l.recentMu.Unlock()
 		}
@@ -463,7 +463,7 @@ func (l *Log) catchUp(ctx context.Context) error {
 func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) error {
 	out := evs
 	for _, e := range evs {
-		if e.Kind != KindBatch {
+		if e.Kind != string(KindBatch) {
 			continue
 		}
 		ev, err := ParseEvent(e.Raw)
@@ -495,7 +495,7 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 	}
 	l.bundleMu.Lock()
 	for _, e := range evs {
-		if e.Kind == KindBatch {
+		if e.Kind == string(KindBatch) {
 			if ev, err := ParseEvent(e.Raw); err == nil {
 				delete(l.bundleRecs, ev.Subject["bundle"])
 			}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pquerna/otp"
 	"github.com/pquerna/otp/totp"
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -64,8 +65,7 @@ func (s *Service) approvalFor(ctx context.Context, kind, requester, subject stri
 	if errors.Is(err, store.ErrNotFound) {
 		r = store.ApprovalRequest{ID: "ap-" + newID(6), Kind: kind, Requester: requester, Runtime: subject, Model: v.Model, Version: v.Version,
 			Needed: k, State: store.StatePending, CreatedAt: now, ExpiresAt: now.Add(s.cfg.ApprovalTTL)}
-		if err := s.audit(ctx, "approval.request", "allow", "", map[string]string{"approval": r.ID, "model": v.Model, "version": v.Version},
-			map[string]string{"kind": kind, "requester": requester, "subject": subject, "needed": strconv.Itoa(k)}); err != nil {
+		if err := s.audit(ctx, audit.Event{Kind: audit.KindApprovalRequest, Decision: audit.Allow, Subject: map[string]string{"approval": r.ID, "model": v.Model, "version": v.Version}, Fields: map[string]string{"kind": kind, "requester": requester, "subject": subject, "needed": strconv.Itoa(k)}}); err != nil {
 			return "", err
 		}
 		if err := s.cfg.Store.CreateApproval(ctx, r); err != nil {
@@ -100,13 +100,13 @@ func (s *Service) Approvals(ctx context.Context, state string) ([]store.Approval
 // Decide records approver's decision on request id after checking a fresh TOTP code. The
 // requester cannot decide their own request; only custodians and admins decide.
 func (s *Service) Decide(ctx context.Context, id, approver, code string, approve bool) (store.ApprovalRequest, error) {
-	decision := "deny"
+	decision, kind := "deny", audit.KindApprovalDeny
 	if approve {
-		decision = "approve"
+		decision, kind = "approve", audit.KindApprovalApprove
 	}
 	subject := map[string]string{"approval": id, "approver": approver}
 	refuse := func(reason string) (store.ApprovalRequest, error) {
-		if err := s.audit(ctx, "approval."+decision, "deny", reason, subject, nil); err != nil {
+		if err := s.audit(ctx, audit.Event{Kind: kind, Decision: audit.Deny, Reason: reason, Subject: subject}); err != nil {
 			return store.ApprovalRequest{}, err
 		}
 		return store.ApprovalRequest{}, fmt.Errorf("%w: %s", ErrApproval, reason)
@@ -141,7 +141,7 @@ func (s *Service) Decide(ctx context.Context, id, approver, code string, approve
 	if err := s.checkTOTP(ctx, approver, code, now); err != nil {
 		return refuse(err.Error())
 	}
-	if err := s.audit(ctx, "approval."+decision, "allow", "", subject, map[string]string{"requester": r.Requester, "kind": r.Kind}); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: kind, Decision: audit.Allow, Subject: subject, Fields: map[string]string{"requester": r.Requester, "kind": r.Kind}}); err != nil {
 		return r, err
 	}
 	out, err := s.cfg.Store.Decide(ctx, id, store.Approval{Approver: approver, Decision: decision, At: now})
@@ -170,7 +170,7 @@ func (s *Service) EnrollTOTP(ctx context.Context, principal string) (string, err
 	if err != nil {
 		return "", err
 	}
-	if err := s.audit(ctx, "principal.totp", "allow", "enrolled", map[string]string{"principal": principal}, nil); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindPrincipalTOTP, Decision: audit.Allow, Reason: "enrolled", Subject: map[string]string{"principal": principal}}); err != nil {
 		return "", err
 	}
 	if err := s.cfg.Store.PutTOTP(ctx, store.TOTP{Principal: principal, KeyID: hex.EncodeToString(id[:]), Sealed: sealed}); err != nil {

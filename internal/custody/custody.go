@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/attest"
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/store"
 )
@@ -60,7 +61,7 @@ type Decider func(ctx context.Context, d Decision) (allow bool, reason string)
 
 // Auditor records an event; an error means it was not recorded, and the release must not
 // happen.
-type Auditor func(ctx context.Context, kind, decision, reason string, subject, fields map[string]string) error
+type Auditor func(ctx context.Context, ev audit.Event) error
 
 // Config wires a Service. Zero durations take the defaults in New.
 type Config struct {
@@ -156,9 +157,9 @@ func newID(n int) string {
 }
 
 // audit records and logs a failure to record (the caller refuses then).
-func (s *Service) audit(ctx context.Context, kind, decision, reason string, subject, fields map[string]string) error {
-	if err := s.cfg.Audit(ctx, kind, decision, reason, subject, fields); err != nil {
-		s.cfg.Log.Error("custody: audit failed; refusing", "kind", kind, "err", err)
+func (s *Service) audit(ctx context.Context, ev audit.Event) error {
+	if err := s.cfg.Audit(ctx, ev); err != nil {
+		s.cfg.Log.Error("custody: audit failed; refusing", "kind", ev.Kind, "err", err)
 		return fmt.Errorf("custody: audit unavailable: %w", err)
 	}
 	return nil

@@ -27,6 +27,7 @@ import (
 	sevtrust "github.com/google/go-sev-guest/verify/trust"
 	"github.com/pquerna/otp/totp"
 	"github.com/strongroom/strongroom/internal/attest"
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/kms"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
@@ -47,14 +48,14 @@ type recorder struct {
 	fail   bool
 }
 
-func (r *recorder) audit(_ context.Context, kind, decision, reason string, _, fields map[string]string) error {
+func (r *recorder) audit(_ context.Context, ev audit.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail {
 		return errors.New("log down")
 	}
-	r.events = append(r.events, kind+" "+decision)
-	r.raw = append(r.raw, maps.Clone(fields))
+	r.events = append(r.events, string(ev.Kind)+" "+ev.Decision)
+	r.raw = append(r.raw, maps.Clone(ev.Fields))
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -71,7 +72,7 @@ func (s *Service) CreateJoinToken(ctx context.Context, a Attributes, ttl time.Du
 	now := s.now()
 	row := store.JoinToken{ID: t.ID, Hash: tokenHash(t.Secret), Env: a.Env, Region: a.Region, Jurisdiction: a.Jurisdiction, Host: a.Host,
 		Owner: a.Owner, ExpiresAt: now.Add(ttl), CreatedAt: now}
-	if err := s.audit(ctx, "runtime.token", "allow", "", map[string]string{"token": t.ID}, attrFields(a)); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindRuntimeToken, Decision: audit.Allow, Subject: map[string]string{"token": t.ID}, Fields: attrFields(a)}); err != nil {
 		return JoinToken{}, err
 	}
 	if err := s.cfg.Store.PutJoinToken(ctx, row); err != nil {
@@ -88,11 +89,11 @@ func attrFields(a Attributes) map[string]string {
 func (s *Service) Join(ctx context.Context, token string, csr *x509.CertificateRequest) (store.Runtime, *x509.Certificate, error) {
 	t, err := ParseJoinToken(token)
 	if err != nil {
-		s.audit(ctx, "runtime.join", "deny", "malformed token", nil, nil)
+		s.audit(ctx, audit.Event{Kind: audit.KindRuntimeJoin, Decision: audit.Deny, Reason: "malformed token"})
 		return store.Runtime{}, nil, err
 	}
 	deny := func(reason string) (store.Runtime, *x509.Certificate, error) {
-		if err := s.audit(ctx, "runtime.join", "deny", reason, map[string]string{"token": t.ID}, nil); err != nil {
+		if err := s.audit(ctx, audit.Event{Kind: audit.KindRuntimeJoin, Decision: audit.Deny, Reason: reason, Subject: map[string]string{"token": t.ID}}); err != nil {
 			return store.Runtime{}, nil, err
 		}
 		return store.Runtime{}, nil, fmt.Errorf("%w: %s", ErrJoinToken, reason)
@@ -136,8 +137,7 @@ func (s *Service) Join(ctx context.Context, token string, csr *x509.CertificateR
 	if err := s.cfg.Store.PutRuntime(ctx, rt); err != nil {
 		return store.Runtime{}, nil, err
 	}
-	if err := s.audit(ctx, "runtime.join", "allow", "", map[string]string{"token": t.ID, "runtime": rt.ID},
-		attrFields(Attributes{rt.Env, rt.Region, rt.Jurisdiction, rt.Host, rt.Owner})); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindRuntimeJoin, Decision: audit.Allow, Subject: map[string]string{"token": t.ID, "runtime": rt.ID}, Fields: attrFields(Attributes{rt.Env, rt.Region, rt.Jurisdiction, rt.Host, rt.Owner})}); err != nil {
 		return store.Runtime{}, nil, err
 	}
 	return rt, cert, nil
@@ -169,7 +169,7 @@ func (s *Service) RenewCert(ctx context.Context, rt store.Runtime, csr *x509.Cer
 		return nil, err
 	}
 	rt.CertSerial, rt.CertExpires = hex.EncodeToString(cert.SerialNumber.Bytes()), cert.NotAfter.UTC()
-	if err := s.audit(ctx, "runtime.cert", "allow", "", map[string]string{"runtime": rt.ID}, map[string]string{"expires": rt.CertExpires.Format(time.RFC3339)}); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindRuntimeCert, Decision: audit.Allow, Subject: map[string]string{"runtime": rt.ID}, Fields: map[string]string{"expires": rt.CertExpires.Format(time.RFC3339)}}); err != nil {
 		return nil, err
 	}
 	return cert, s.cfg.Store.PutRuntime(ctx, rt)
@@ -187,7 +187,7 @@ func (s *Service) RevokeRuntime(ctx context.Context, id, reason string) ([]store
 			return nil, err
 		}
 	}
-	if err := s.audit(ctx, "runtime.revoke", "allow", reason, map[string]string{"runtime": id}, nil); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindRuntimeRevoke, Decision: audit.Allow, Reason: reason, Subject: map[string]string{"runtime": id}}); err != nil {
 		return nil, err
 	}
 	return s.Revoke(ctx, store.LeaseQuery{Runtime: id}, "runtime revoked: "+reason)

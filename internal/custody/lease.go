@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/attest"
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -80,7 +81,7 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 	l := store.Lease{ID: "ls-" + newID(10), Runtime: rt.ID, Model: r.Model, Version: r.Version, GrantedAt: now, ExpiresAt: now.Add(s.cfg.LeaseTTL), SeenAt: now}
 	fields := map[string]string{"env": rt.Env, "region": rt.Region, "jurisdiction": rt.Jurisdiction, "host": rt.Host}
 	deny := func(sentinel error, reason string) (*Grant, error) {
-		if err := s.audit(ctx, "lease.grant", "deny", reason, leaseSubject(l), fields); err != nil {
+		if err := s.audit(ctx, audit.Event{Kind: audit.KindLeaseGrant, Decision: audit.Deny, Reason: reason, Subject: leaseSubject(l), Fields: fields}); err != nil {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w: %s", sentinel, reason)
@@ -95,7 +96,7 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 	}
 	if ok, err := s.takeNonce(ctx, rt.ID, r.Nonce); err != nil {
 		// Fail closed: without the nonce check there is no lease.
-		if aerr := s.audit(ctx, "lease.grant", "deny", "nonce store unavailable", leaseSubject(l), fields); aerr != nil {
+		if aerr := s.audit(ctx, audit.Event{Kind: audit.KindLeaseGrant, Decision: audit.Deny, Reason: "nonce store unavailable", Subject: leaseSubject(l), Fields: fields}); aerr != nil {
 			return nil, aerr
 		}
 		return nil, fmt.Errorf("custody: %w", err)
@@ -138,12 +139,12 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 			// Not released (yet): a deny on the record, with the request it waits for —
 			// once, not for every poll of a runtime waiting for its approvals.
 			fields["approval"] = pe.Request.ID
-			if err := s.audit(ctx, "lease.grant", "deny", "waiting for approvals", leaseSubject(l), fields); err != nil {
+			if err := s.audit(ctx, audit.Event{Kind: audit.KindLeaseGrant, Decision: audit.Deny, Reason: "waiting for approvals", Subject: leaseSubject(l), Fields: fields}); err != nil {
 				return nil, err
 			}
 		case errors.Is(err, ErrRejected) || errors.Is(err, ErrApproval):
 			fields["approval"] = r.Approval
-			if aerr := s.audit(ctx, "lease.grant", "deny", err.Error(), leaseSubject(l), fields); aerr != nil {
+			if aerr := s.audit(ctx, audit.Event{Kind: audit.KindLeaseGrant, Decision: audit.Deny, Reason: err.Error(), Subject: leaseSubject(l), Fields: fields}); aerr != nil {
 				return nil, aerr
 			}
 		}
@@ -153,7 +154,7 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 	fields["bytes"] = strconv.FormatInt(l.Bytes, 10)
 	if err := s.cfg.Store.ChargeEgress(ctx, now.Format(time.DateOnly), rt.ID, l.Bytes, s.cfg.EgressPerRuntime, s.cfg.EgressTotal); err != nil {
 		if errors.Is(err, store.ErrOverBudget) {
-			s.audit(ctx, "alert.egress", "deny", "daily egress budget exhausted", map[string]string{"runtime": rt.ID}, fields)
+			s.audit(ctx, audit.Event{Kind: audit.KindAlertEgress, Decision: audit.Deny, Reason: "daily egress budget exhausted", Subject: map[string]string{"runtime": rt.ID}, Fields: fields})
 			return deny(ErrEgress, fmt.Sprintf("releasing %d more bytes would pass the daily egress budget", l.Bytes))
 		}
 		return nil, err
@@ -179,7 +180,7 @@ func (s *Service) Grant(ctx context.Context, rt store.Runtime, identity any, r L
 		return nil, err
 	}
 	fields["expires"] = l.ExpiresAt.Format(time.RFC3339)
-	if err := s.audit(ctx, "lease.grant", "allow", "", leaseSubject(l), fields); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindLeaseGrant, Decision: audit.Allow, Subject: leaseSubject(l), Fields: fields}); err != nil {
 		s.cfg.Store.RevokeLeases(context.WithoutCancel(ctx), store.LeaseQuery{Lease: l.ID}, now, "grant not recorded")
 		return nil, err
 	}
@@ -227,7 +228,7 @@ func (s *Service) attestationOf(l store.Lease) attest.Result {
 func (s *Service) Renew(ctx context.Context, rt store.Runtime, id string) (store.Lease, error) {
 	l, err := s.cfg.Store.GetLease(ctx, id)
 	if errors.Is(err, store.ErrNotFound) || (err == nil && l.Runtime != rt.ID) {
-		s.audit(ctx, "lease.renew", "deny", "no such lease for this runtime", map[string]string{"lease": id, "runtime": rt.ID}, nil)
+		s.audit(ctx, audit.Event{Kind: audit.KindLeaseRenew, Decision: audit.Deny, Reason: "no such lease for this runtime", Subject: map[string]string{"lease": id, "runtime": rt.ID}})
 		return l, fmt.Errorf("%w: lease %s", ErrUnknown, id)
 	}
 	if err != nil {
@@ -235,7 +236,7 @@ func (s *Service) Renew(ctx context.Context, rt store.Runtime, id string) (store
 	}
 	now := s.now()
 	deny := func(sentinel error, reason string) (store.Lease, error) {
-		if err := s.audit(ctx, "lease.renew", "deny", reason, leaseSubject(l), nil); err != nil {
+		if err := s.audit(ctx, audit.Event{Kind: audit.KindLeaseRenew, Decision: audit.Deny, Reason: reason, Subject: leaseSubject(l)}); err != nil {
 			return l, err
 		}
 		return l, fmt.Errorf("%w: %s", sentinel, reason)
@@ -257,7 +258,7 @@ func (s *Service) Renew(ctx context.Context, rt store.Runtime, id string) (store
 		Attestation: s.attestationOf(l), Renewal: true}); !ok {
 		return deny(ErrDenied, reason)
 	}
-	if err := s.audit(ctx, "lease.renew", "allow", "", leaseSubject(l), nil); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindLeaseRenew, Decision: audit.Allow, Subject: leaseSubject(l)}); err != nil {
 		return l, err
 	}
 	exp := now.Add(s.cfg.LeaseTTL)
@@ -304,14 +305,14 @@ func (s *Service) Revoke(ctx context.Context, q store.LeaseQuery, reason string)
 	var errs []error
 	for _, l := range ls {
 		s.notify(l.ID, reason)
-		errs = append(errs, s.audit(ctx, "lease.revoke", "allow", reason, leaseSubject(l), nil))
+		errs = append(errs, s.audit(ctx, audit.Event{Kind: audit.KindLeaseRevoke, Decision: audit.Allow, Reason: reason, Subject: leaseSubject(l)}))
 	}
 	return ls, errors.Join(errs...)
 }
 
 // DisableVersion stops new leases on a version and revokes the live ones.
 func (s *Service) DisableVersion(ctx context.Context, model, version, reason string) ([]store.Lease, error) {
-	if err := s.audit(ctx, "model.disable", "allow", reason, map[string]string{"model": model, "version": version}, nil); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindModelDisable, Decision: audit.Allow, Reason: reason, Subject: map[string]string{"model": model, "version": version}}); err != nil {
 		return nil, err
 	}
 	if err := s.cfg.Store.SetVersionDisabled(ctx, model, version, s.now()); err != nil {
@@ -490,7 +491,7 @@ func (s *Service) sweep(ctx context.Context, now time.Time) {
 func (s *Service) ended(ctx context.Context, l store.Lease) {
 	s.notify(l.ID, l.Reason)
 	fields := map[string]string{"last_seen": l.SeenAt.Format(time.RFC3339Nano), "expires": l.ExpiresAt.Format(time.RFC3339)}
-	if err := s.audit(ctx, "lease.end", "allow", l.Reason, leaseSubject(l), fields); err != nil {
+	if err := s.audit(ctx, audit.Event{Kind: audit.KindLeaseEnd, Decision: audit.Allow, Reason: l.Reason, Subject: leaseSubject(l), Fields: fields}); err != nil {
 		s.cfg.Log.Error("custody: lease ended but not recorded", "lease", l.ID, "err", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/attest"
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -178,7 +179,7 @@ func (s *Service) runtime(h func(http.ResponseWriter, *http.Request, store.Runti
 		}
 		rt, err := s.Authenticate(r.Context(), r.TLS.VerifiedChains[0][0])
 		if err != nil {
-			s.audit(r.Context(), "runtime.auth", "deny", err.Error(), map[string]string{"runtime": r.TLS.VerifiedChains[0][0].Subject.CommonName}, nil)
+			s.audit(r.Context(), audit.Event{Kind: audit.KindRuntimeAuth, Decision: audit.Deny, Reason: err.Error(), Subject: map[string]string{"runtime": r.TLS.VerifiedChains[0][0].Subject.CommonName}})
 			s.fail(w, err)
 			return
 		}

@@ -100,7 +100,7 @@ func countKind(a *seqAudit, kind string) int {
 	defer a.mu.Unlock()
 	n := 0
 	for _, e := range a.evs {
-		if e.Kind == kind {
+		if string(e.Kind) == kind {
 			n++
 		}
 	}

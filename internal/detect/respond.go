@@ -282,13 +282,13 @@ func (r *Responder) actAs(a Alert, record bool) {
 	r.alerts.WithLabelValues(a.Detector, string(a.Action), mode).Inc()
 	r.cfg.Log.Warn("ALERT extraction/abuse detector", "principal", a.Principal, "detector", a.Detector, "score", a.Score, "action", a.Action,
 		"step", a.Step, "mode", mode)
-	alert := r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.alert", Decision: audit.Deny, Reason: a.Evidence,
+	alert := r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: audit.KindDetectAlert, Decision: audit.Deny, Reason: a.Evidence,
 		Actor:   map[string]string{"principal": "strongroom/detect"},
 		Subject: map[string]string{"principal": a.Principal},
 		Fields:  fields})
 	var action audit.Future
 	if a.Action.Sanction() && mode == "enforce" {
-		action = r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: "detect.action", Decision: audit.Deny,
+		action = r.cfg.Audit.Submit(context.Background(), audit.Event{V: 1, TS: now, Kind: audit.KindDetectAction, Decision: audit.Deny,
 			Reason:  string(a.Action) + " for " + r.cfg.Duration.String(),
 			Actor:   map[string]string{"principal": "strongroom/detect"},
 			Subject: map[string]string{"principal": a.Principal},
@@ -363,7 +363,7 @@ func (r *Responder) openIncident(a Alert, now time.Time, alert, action audit.Fut
 		Summary: a.Evidence, OpenedAt: now}
 	ctx := context.Background()
 	if r.cfg.Incidents != nil {
-		reqs, err := r.cfg.Incidents.SearchAudit(ctx, store.AuditQuery{Principal: a.Principal, Kind: "gateway.request", Since: now.Add(-time.Hour), Limit: 200})
+		reqs, err := r.cfg.Incidents.SearchAudit(ctx, store.AuditQuery{Principal: a.Principal, Kind: string(audit.KindRequest), Since: now.Add(-time.Hour), Limit: 200})
 		if err != nil {
 			r.cfg.Log.Error("detect: evidence search", "err", err)
 		}

@@ -39,7 +39,7 @@ func (a *seqAudit) kinds() string {
 	defer a.mu.Unlock()
 	var ks []string
 	for _, e := range a.evs {
-		ks = append(ks, e.Kind+":"+e.Fields["action"])
+		ks = append(ks, string(e.Kind)+":"+e.Fields["action"])
 	}
 	return strings.Join(ks, ",")
 }

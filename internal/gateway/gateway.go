@@ -310,7 +310,7 @@ func (g *Gateway) country(ip netip.Addr) string {
 }
 
 func policyPrincipal(p *authn.Principal) policy.Principal {
-	return policy.Principal{ID: p.ID, Tenant: p.Tenant, Org: p.Org, Country: p.Country, Screening: p.Screening, Roles: p.Roles}
+	return policy.Principal{ID: p.ID, Tenant: p.Tenant, Org: p.Org, Country: p.Country, Screening: string(p.Screening), Roles: p.Roles}
 }
 
 // PolicyModel is the model as Cedar sees it: its inventory name and record.
@@ -783,7 +783,7 @@ func (g *Gateway) recordAnswer(ctx context.Context, st *reqState) error {
 
 // requestEvent is the request's log record.
 func (g *Gateway) requestEvent(st *reqState) audit.Event {
-	ev := audit.Event{V: 1, TS: st.start.UTC(), Kind: "gateway.request", Decision: st.decision, Reason: st.reason,
+	ev := audit.Event{V: 1, TS: st.start.UTC(), Kind: audit.KindRequest, Decision: st.decision, Reason: st.reason,
 		Actor:   map[string]string{},
 		Subject: map[string]string{"endpoint": st.endpoint},
 		Fields: map[string]string{

@@ -89,7 +89,7 @@ func (g *Gateway) FlushRefusals(ctx context.Context) {
 		if net == "" {
 			net = "unknown-or-overflow"
 		}
-		ev := audit.Event{V: 1, TS: s.first.UTC(), Kind: "gateway.unauthenticated", Decision: audit.Deny,
+		ev := audit.Event{V: 1, TS: s.first.UTC(), Kind: audit.KindUnauthenticated, Decision: audit.Deny,
 			Reason:  "refused before the caller was identified",
 			Actor:   map[string]string{"network": g.cfg.Redactor.Digest(net)},
 			Subject: map[string]string{},

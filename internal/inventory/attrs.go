@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/store"
 )
@@ -25,9 +26,9 @@ func (inv *Inventory) SetAttrs(ctx context.Context, name, version string, a mode
 		return store.Version{}, err
 	}
 	before := v.Attrs()
-	if err := inv.audit.Audit(ctx, "model.set", "allow", "", subject(name, version), map[string]string{
+	if err := inv.audit.Audit(ctx, audit.Event{Kind: audit.KindModelSet, Decision: audit.Allow, Subject: subject(name, version), Fields: map[string]string{
 		"by": by, "before": attrsJSON(before), "after": attrsJSON(a),
-	}); err != nil {
+	}}); err != nil {
 		return store.Version{}, err // not recorded, so not changed
 	}
 	now := inv.now().UTC()
@@ -57,9 +58,9 @@ func (inv *Inventory) Register(ctx context.Context, name, version string, a mode
 	now := inv.now().UTC()
 	v := store.Version{Model: name, Version: version, CreatedAt: now, AttrsAt: now, External: true}
 	v.SetAttrs(a)
-	if err := inv.audit.Audit(ctx, "model.register", "allow", "", subject(name, version), map[string]string{
+	if err := inv.audit.Audit(ctx, audit.Event{Kind: audit.KindModelRegister, Decision: audit.Allow, Subject: subject(name, version), Fields: map[string]string{
 		"by": by, "attrs": attrsJSON(a), "external": "true",
-	}); err != nil {
+	}}); err != nil {
 		return store.Version{}, err
 	}
 	if err := inv.st.CreateExternalVersion(ctx, v); err != nil {

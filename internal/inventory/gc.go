@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -62,7 +63,7 @@ func (inv *Inventory) GC(ctx context.Context, grace time.Duration) (GCReport, er
 	if rep.Keys > 0 {
 		inv.log.Info("gc", "keys", rep.Keys, "blobs", rep.Blobs)
 	}
-	return rep, inv.audit.Audit(ctx, "model.gc", "allow", "", nil, map[string]string{"keys": fmt.Sprint(rep.Keys), "blobs": fmt.Sprint(rep.Blobs)})
+	return rep, inv.audit.Audit(ctx, audit.Event{Kind: audit.KindModelGC, Decision: audit.Allow, Fields: map[string]string{"keys": fmt.Sprint(rep.Keys), "blobs": fmt.Sprint(rep.Blobs)}})
 }
 
 // discard removes the blobs and key of an import that failed, best effort; GC catches

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/modelsig"
 	"github.com/strongroom/strongroom/internal/seal"
 	"github.com/strongroom/strongroom/internal/store"
@@ -94,7 +95,7 @@ func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (v stor
 		if err != nil {
 			inv.discard(ctx, hex.EncodeToString(keyID[:]))
 			// Best effort: the import is failing anyway.
-			inv.audit.Audit(context.WithoutCancel(ctx), "model.import", "deny", err.Error(), subject(meta.Name, meta.Version), nil)
+			inv.audit.Audit(context.WithoutCancel(ctx), audit.Event{Kind: audit.KindModelImport, Decision: audit.Deny, Reason: err.Error(), Subject: subject(meta.Name, meta.Version)})
 		}
 	}()
 	v = store.Version{
@@ -130,11 +131,11 @@ func (inv *Inventory) Import(ctx context.Context, dir string, meta Meta) (v stor
 		total += f.Size
 	}
 	manifest := sha256.Sum256(v.Signature)
-	if err := inv.audit.Audit(ctx, "model.import", "allow", "", subject(meta.Name, meta.Version), map[string]string{
+	if err := inv.audit.Audit(ctx, audit.Event{Kind: audit.KindModelImport, Decision: audit.Allow, Subject: subject(meta.Name, meta.Version), Fields: map[string]string{
 		"classification": meta.Classification, "owner": meta.Owner, "env": meta.Env, "key_id": v.KeyID,
 		"files": fmt.Sprint(len(v.Files)), "bytes": fmt.Sprint(total), "model_sig_sha256": hex.EncodeToString(manifest[:]),
 		"attrs": attrsJSON(v.Attrs()),
-	}); err != nil {
+	}}); err != nil {
 		return store.Version{}, err // not recorded, so not imported
 	}
 	if err := inv.st.CreateVersion(ctx, v); err != nil {

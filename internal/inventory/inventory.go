@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/kms"
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/store"
@@ -73,7 +74,7 @@ func ParseRef(ref string) (name, version string, err error) {
 // Auditor records security events. An error means the event was not recorded, and the
 // operation it was for must not go on (fail closed).
 type Auditor interface {
-	Audit(ctx context.Context, kind, decision, reason string, subject, fields map[string]string) error
+	Audit(ctx context.Context, ev audit.Event) error
 }
 
 // Store is the persistence the inventory needs: versions and their records, and the key

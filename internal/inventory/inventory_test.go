@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/kms"
 	"github.com/strongroom/strongroom/internal/modelsig"
 	"github.com/strongroom/strongroom/internal/refmodel"
@@ -28,11 +29,11 @@ type fakeAuditor struct {
 	fail   error
 }
 
-func (f *fakeAuditor) Audit(_ context.Context, kind, decision, reason string, _, _ map[string]string) error {
+func (f *fakeAuditor) Audit(_ context.Context, ev audit.Event) error {
 	if f.fail != nil {
 		return f.fail
 	}
-	f.events = append(f.events, kind+" "+decision)
+	f.events = append(f.events, string(ev.Kind)+" "+ev.Decision)
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/modelsig"
 	"github.com/strongroom/strongroom/internal/seal"
@@ -124,7 +125,7 @@ func (inv *Inventory) Verify(ctx context.Context, name, version string) (store.V
 		return io.Discard, func(bool) error { return nil }, nil
 	})
 	d, reason := decision(err)
-	if aerr := inv.audit.Audit(ctx, "model.verify", d, reason, subject(name, version), map[string]string{"files": fmt.Sprint(len(v.Files))}); aerr != nil {
+	if aerr := inv.audit.Audit(ctx, audit.Event{Kind: audit.KindModelVerify, Decision: d, Reason: reason, Subject: subject(name, version), Fields: map[string]string{"files": fmt.Sprint(len(v.Files))}}); aerr != nil {
 		return v, errors.Join(err, aerr)
 	}
 	return v, err
@@ -143,7 +144,7 @@ func (inv *Inventory) Unseal(ctx context.Context, name, version, outDir string) 
 	released := false
 	v, err := inv.forEachFile(ctx, name, version, func(store.Version) error {
 		// Plaintext leaves the vault only once the release is on the record.
-		if err := inv.audit.Audit(ctx, "model.unseal", "allow", "", subject(name, version), map[string]string{"out": abs}); err != nil {
+		if err := inv.audit.Audit(ctx, audit.Event{Kind: audit.KindModelUnseal, Decision: audit.Allow, Subject: subject(name, version), Fields: map[string]string{"out": abs}}); err != nil {
 			return err
 		}
 		released = true
@@ -171,7 +172,7 @@ func (inv *Inventory) Unseal(ctx context.Context, name, version, outDir string) 
 	})
 	if err != nil {
 		if released { // best effort: say the release did not complete, and why
-			inv.audit.Audit(context.WithoutCancel(ctx), "model.unseal", "deny", err.Error(), subject(name, version), map[string]string{"out": abs})
+			inv.audit.Audit(context.WithoutCancel(ctx), audit.Event{Kind: audit.KindModelUnseal, Decision: audit.Deny, Reason: err.Error(), Subject: subject(name, version), Fields: map[string]string{"out": abs}})
 		}
 		return v, err
 	}

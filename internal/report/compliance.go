@@ -114,11 +114,11 @@ type Policy struct {
 
 // Change is a model record created or changed during the period.
 type Change struct {
-	At       time.Time `json:"at"`
-	LogIndex uint64    `json:"log_index"`
-	Kind     string    `json:"kind"`
-	Model    string    `json:"model"`
-	By       string    `json:"by"`
+	At       time.Time  `json:"at"`
+	LogIndex uint64     `json:"log_index"`
+	Kind     audit.Kind `json:"kind"`
+	Model    string     `json:"model"`
+	By       string     `json:"by"`
 }
 
 // Compliance computes the report for period p at the log's current checkpoint. now is the
@@ -194,7 +194,7 @@ func (c *counter) add(e Entry) error {
 		c.started, c.f.LogStart = true, ev.TS.UTC()
 	}
 	c.learn(ev)
-	if ev.Kind == "policy.load" && ev.TS.Before(c.p.From) {
+	if ev.Kind == audit.KindPolicyLoad && ev.TS.Before(c.p.From) {
 		c.policy = policyOf(e)
 	}
 	if !c.p.has(ev.TS) || ev.Kind == audit.KindBatch {
@@ -202,17 +202,17 @@ func (c *counter) add(e Entry) error {
 	}
 	c.f.Entries++
 	switch ev.Kind {
-	case "gateway.request":
+	case audit.KindRequest:
 		c.request(ev)
-	case "gateway.unauthenticated":
+	case audit.KindUnauthenticated:
 		n, _ := strconv.Atoi(ev.Fields["count"])
 		c.f.Unauthenticated += n
-	case "principal.screening_hit":
+	case audit.KindScreeningHit:
 		who := ev.Subject["principal"]
 		c.pending[who] = append(c.pending[who], len(c.f.Screening))
 		c.f.Screening = append(c.f.Screening, Hit{At: ev.TS.UTC(), Principal: who, Match: ev.Fields["match"],
 			Source: ev.Fields["source"], Score: ev.Fields["score"], LogIndex: e.Index, Review: "pending"})
-	case "principal.put":
+	case audit.KindPrincipalPut:
 		who := ev.Subject["principal"]
 		if st := ev.Fields["screening"]; st != "" && st != "pending" {
 			for _, i := range c.pending[who] {
@@ -221,11 +221,11 @@ func (c *counter) add(e Entry) error {
 			}
 			delete(c.pending, who)
 		}
-	case "lease.grant":
+	case audit.KindLeaseGrant:
 		c.lease(ev)
-	case "policy.load":
+	case audit.KindPolicyLoad:
 		c.f.Policies = append(c.f.Policies, *policyOf(e))
-	case "model.import", "model.register", "model.set":
+	case audit.KindModelImport, audit.KindModelRegister, audit.KindModelSet:
 		by := ev.Fields["by"]
 		if by == "" {
 			by = ev.Actor["principal"]
@@ -240,11 +240,11 @@ func (c *counter) add(e Entry) error {
 func (c *counter) learn(ev *audit.Event) {
 	var class string
 	switch ev.Kind {
-	case "model.import":
+	case audit.KindModelImport:
 		class = ev.Fields["classification"]
-	case "model.register", "model.set":
+	case audit.KindModelRegister, audit.KindModelSet:
 		raw := ev.Fields["attrs"]
-		if ev.Kind == "model.set" {
+		if ev.Kind == audit.KindModelSet {
 			raw = ev.Fields["after"]
 		}
 		var a struct {

@@ -68,21 +68,21 @@ type ModelRef struct {
 
 // Action is a response: a sanction, a lifted sanction, the incident's closing.
 type Action struct {
-	At       time.Time `json:"at"`
-	Kind     string    `json:"kind"`
-	Action   string    `json:"action"`
-	By       string    `json:"by"`
-	Reason   string    `json:"reason"`
-	LogIndex uint64    `json:"log_index"`
+	At       time.Time  `json:"at"`
+	Kind     audit.Kind `json:"kind"`
+	Action   string     `json:"action"`
+	By       string     `json:"by"`
+	Reason   string     `json:"reason"`
+	LogIndex uint64     `json:"log_index"`
 }
 
 // Moment is one line of the timeline.
 type Moment struct {
-	At       time.Time `json:"at"`
-	Kind     string    `json:"kind"`
-	Decision string    `json:"decision"`
-	What     string    `json:"what"`
-	LogIndex uint64    `json:"log_index"`
+	At       time.Time  `json:"at"`
+	Kind     audit.Kind `json:"kind"`
+	Decision string     `json:"decision"`
+	What     string     `json:"what"`
+	LogIndex uint64     `json:"log_index"`
 }
 
 // Mappings fill public report formats from the incident.
@@ -143,25 +143,25 @@ func Incident(ctx context.Context, src Source, in IncidentInput) (*IncidentRepor
 		if p := ev.Subject["principal"]; p != "" {
 			principals[p] = true
 		}
-		if p := ev.Actor["principal"]; p != "" && ev.Kind == "gateway.request" {
+		if p := ev.Actor["principal"]; p != "" && ev.Kind == audit.KindRequest {
 			principals[p] = true
 		}
-		if m := ev.Subject["model"]; m != "" && ev.Kind == "gateway.request" {
+		if m := ev.Subject["model"]; m != "" && ev.Kind == audit.KindRequest {
 			models[ModelRef{Model: m, Version: ev.Subject["version"], Classification: ev.Fields["classification"]}] = true
 		}
 		if c := ev.Fields["country"]; c != "" {
 			countries[c] = true
 		}
 		switch ev.Kind {
-		case "detect.alert":
+		case audit.KindDetectAlert:
 			if r.Detection.LogIndex == nil {
 				i := idx
 				r.Detection.LogIndex, r.Detection.DetectedAt, r.Detection.Evidence = &i, ev.TS.UTC(), ev.Reason
 			}
-		case "detect.action", "detect.lift", "incident.close":
+		case audit.KindDetectAction, audit.KindDetectLift, audit.KindIncidentClose:
 			act := ev.Fields["action"]
 			if act == "" {
-				act = map[string]string{"detect.lift": "lift sanction", "incident.close": "close incident"}[ev.Kind]
+				act = map[audit.Kind]string{audit.KindDetectLift: "lift sanction", audit.KindIncidentClose: "close incident"}[ev.Kind]
 			}
 			r.Actions = append(r.Actions, Action{At: ev.TS.UTC(), Kind: ev.Kind, Action: act, By: ev.Actor["principal"], Reason: ev.Reason, LogIndex: idx})
 		}
@@ -191,18 +191,18 @@ func sortedKeys(m map[string]bool) []string {
 // describe says in one line what an event is.
 func describe(ev *audit.Event) string {
 	switch ev.Kind {
-	case "gateway.request":
+	case audit.KindRequest:
 		s := fmt.Sprintf("%s %s by %s: %s, status %s", ev.Subject["endpoint"], ev.Subject["model"], ev.Actor["principal"], ev.Decision, ev.Fields["status"])
 		if ev.Reason != "" {
 			s += " (" + ev.Reason + ")"
 		}
 		return s
-	case "detect.alert":
+	case audit.KindDetectAlert:
 		return fmt.Sprintf("detector %s alerted on %s (score %s): %s", ev.Fields["detector"], ev.Subject["principal"], ev.Fields["score"], ev.Reason)
-	case "detect.action":
+	case audit.KindDetectAction:
 		return fmt.Sprintf("%s imposed on %s until %s", ev.Fields["action"], ev.Subject["principal"], ev.Fields["until"])
 	}
-	s := ev.Kind
+	s := string(ev.Kind)
 	if ev.Decision != "" {
 		s += " " + ev.Decision
 	}

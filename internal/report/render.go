@@ -107,7 +107,7 @@ func (r *ComplianceReport) csv(w io.Writer) error {
 	}
 	c.Write([]string{"model_change", "at", "kind", "model", "by", "log_index"})
 	for _, m := range f.ModelChanges {
-		c.Write([]string{"model_change", ts(m.At), m.Kind, m.Model, m.By, strconv.FormatUint(m.LogIndex, 10)})
+		c.Write([]string{"model_change", ts(m.At), string(m.Kind), m.Model, m.By, strconv.FormatUint(m.LogIndex, 10)})
 	}
 	c.Flush()
 	return c.Error()
@@ -208,7 +208,7 @@ func (r *ComplianceReport) pdf(w io.Writer) error {
 	d.heading("Model record changes")
 	rows = nil
 	for _, m := range f.ModelChanges {
-		rows = append(rows, []string{ts(m.At), m.Kind, m.Model, m.By, strconv.FormatUint(m.LogIndex, 10)})
+		rows = append(rows, []string{ts(m.At), string(m.Kind), m.Model, m.By, strconv.FormatUint(m.LogIndex, 10)})
 	}
 	d.table([]float64{35, 30, 45, 50, 20}, []string{"At", "Kind", "Model", "By", "Entry"}, rows)
 	d.heading("Signed checkpoint")
@@ -249,7 +249,7 @@ func (r *IncidentReport) pdf(w io.Writer) error {
 	d.heading("Timeline")
 	rows = nil
 	for _, m := range r.Timeline {
-		rows = append(rows, []string{ts(m.At), m.Kind, m.What, strconv.FormatUint(m.LogIndex, 10)})
+		rows = append(rows, []string{ts(m.At), string(m.Kind), m.What, strconv.FormatUint(m.LogIndex, 10)})
 	}
 	d.table([]float64{35, 28, 92, 25}, []string{"At", "Kind", "What", "Entry"}, rows)
 	d.heading("EU AI Act Article 73 fields")

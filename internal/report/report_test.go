@@ -53,7 +53,7 @@ func newFixture(t testing.TB) *fixture {
 	return &fixture{dir: dir, log: l, b: audit.NewBatcher(l, audit.DirBundles{Dir: dir}, audit.BatcherConfig{MaxDelay: time.Millisecond}), vkey: v, idx: map[string]uint64{}}
 }
 
-func ev(at time.Duration, kind, decision, reason string, actor, subject, fields map[string]string) audit.Event {
+func ev(at time.Duration, kind audit.Kind, decision, reason string, actor, subject, fields map[string]string) audit.Event {
 	return audit.Event{V: 1, TS: t0.Add(at), Kind: kind, Decision: decision, Reason: reason, Actor: actor, Subject: subject, Fields: fields}
 }
 
@@ -398,7 +398,7 @@ func TestIncident(t *testing.T) {
 	}
 	var acts []string
 	for _, a := range r.Actions {
-		acts = append(acts, a.Kind+"="+a.Action)
+		acts = append(acts, string(a.Kind)+"="+a.Action)
 	}
 	if d := cmp.Diff([]string{"detect.action=suspend", "incident.close=close incident"}, acts); d != "" {
 		t.Fatal(d)

@@ -100,6 +100,21 @@ type AuditQuery struct {
 	Indexes   []uint64 // non-empty: only these entries
 }
 
+// Screening is a principal's denied-party screening state.
+type Screening string
+
+// Screening states.
+const (
+	ScreeningClear   Screening = "clear"   // no list match, or reviewed and cleared
+	ScreeningPending Screening = "pending" // a list matched: blocked until someone reviews it
+	ScreeningDenied  Screening = "denied"  // reviewed: a denied party
+)
+
+// Valid reports whether s is one of the screening states.
+func (s Screening) Valid() bool {
+	return s == ScreeningClear || s == ScreeningPending || s == ScreeningDenied
+}
+
 // Principal is a caller of the gateway: a person or service in a tenant.
 type Principal struct {
 	ID        string
@@ -107,7 +122,7 @@ type Principal struct {
 	Roles     []string
 	Org       string
 	Country   string // ISO 3166-1 alpha-2 country of registration
-	Screening string // "clear", "pending" (blocked until reviewed), "denied"
+	Screening Screening
 	CreatedAt time.Time
 }
 

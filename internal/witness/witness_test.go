@@ -48,7 +48,7 @@ func record(t *testing.T, l *audit.Log, n int, kind string) {
 	t.Helper()
 	var fs []audit.Future
 	for i := range n {
-		fs = append(fs, l.Submit(context.Background(), audit.Event{V: 1, TS: time.Unix(int64(i), 0), Kind: kind}))
+		fs = append(fs, l.Submit(context.Background(), audit.Event{V: 1, TS: time.Unix(int64(i), 0), Kind: audit.Kind(kind)}))
 	}
 	for _, f := range fs {
 		if _, err := f(); err != nil {

@@ -1,0 +1,63 @@
+package audit
+
+// Kind names what an event records. Every kind Strongroom writes is listed here; a
+// reader (search, reports, the console) matches on these constants, never on literals.
+type Kind string
+
+// Kinds, by who records them.
+const (
+	// The deployment and its keys.
+	KindDeploymentInit Kind = "deployment.init" // init made the data directory
+	KindKMSRotate      Kind = "kms.rotate"      // the KEK was rotated (allow) or the rotation failed (deny)
+	KindPolicyLoad     Kind = "policy.load"     // a Cedar policy set came into force (each file's SHA-256)
+	KindFileSeal       Kind = "file.seal"       // one file sealed
+	KindFileUnseal     Kind = "file.unseal"     // one file unsealed
+
+	// The inventory.
+	KindModelImport   Kind = "model.import"   // a version was sealed, signed and listed
+	KindModelRegister Kind = "model.register" // an external model's record was created
+	KindModelSet      Kind = "model.set"      // a version's record changed (before, after, by)
+	KindModelVerify   Kind = "model.verify"   // signature and digests checked
+	KindModelUnseal   Kind = "model.unseal"   // weights written out in the clear (approved)
+	KindModelDisable  Kind = "model.disable"  // no more leases on a version
+	KindModelGC       Kind = "model.gc"       // unused keys and blobs removed
+	KindModelExport   Kind = "model.export"   // a per-licensee marked copy was made
+	KindModelTrace    Kind = "model.trace"    // a suspect copy was traced to a licensee (or none)
+	KindScanRun       Kind = "scan.run"       // a scan ran
+	KindScanFinding   Kind = "scan.finding"   // a scanned model derives from a protected one
+
+	// Principals and keys.
+	KindPrincipalPut    Kind = "principal.put"           // a principal was created or changed
+	KindScreeningHit    Kind = "principal.screening_hit" // a denied-party list matched
+	KindPrincipalTOTP   Kind = "principal.totp"          // a TOTP secret was enrolled
+	KindKeyCreate       Kind = "key.create"
+	KindKeyRotate       Kind = "key.rotate"
+	KindKeyRevoke       Kind = "key.revoke"
+	KindWatermarkDetect Kind = "watermark.detect" // text was checked for a tenant's watermark
+
+	// Custody.
+	KindRuntimeToken    Kind = "runtime.token"    // a join token was issued
+	KindRuntimeJoin     Kind = "runtime.join"     // a runtime joined (or was refused)
+	KindRuntimeCert     Kind = "runtime.cert"     // a runtime's certificate was renewed
+	KindRuntimeRevoke   Kind = "runtime.revoke"   // a runtime's identity was revoked
+	KindRuntimeAuth     Kind = "runtime.auth"     // a runtime's certificate was refused
+	KindLeaseGrant      Kind = "lease.grant"      // a lease was granted or refused
+	KindLeaseRenew      Kind = "lease.renew"      // a lease was renewed or its renewal refused
+	KindLeaseRevoke     Kind = "lease.revoke"     // a lease was revoked
+	KindLeaseEnd        Kind = "lease.end"        // a lease ended (released, expired)
+	KindApprovalRequest Kind = "approval.request" // a restricted action waits for approvers
+	KindApprovalApprove Kind = "approval.approve" // an approver approved (or was refused)
+	KindApprovalDeny    Kind = "approval.deny"    // an approver denied (or was refused)
+	KindAlertEgress     Kind = "alert.egress"     // a daily egress budget ran out
+
+	// The gateway.
+	KindRequest         Kind = "gateway.request"         // one request record (in a batch)
+	KindUnauthenticated Kind = "gateway.unauthenticated" // refusals before identification, summed
+
+	// Detection and response.
+	KindDetectAlert   Kind = "detect.alert"   // a detector flagged a principal
+	KindDetectAction  Kind = "detect.action"  // a sanction was imposed
+	KindDetectLift    Kind = "detect.lift"    // a sanction was lifted
+	KindDetectMode    Kind = "detect.mode"    // a detector was promoted or demoted (shadow/enforce)
+	KindIncidentClose Kind = "incident.close" // an incident was closed, with a note
+)
