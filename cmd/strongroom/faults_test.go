@@ -1,16 +1,19 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
 	_ "github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/audit"
 )
@@ -65,8 +68,30 @@ func (p *dbPath) cut(down bool) {
 
 var (
 	dbPathsMu sync.Mutex
-	dbPaths   = map[*testscript.TestScript]*dbPath{}
+	dbPaths   = map[*testscript.TestScript]map[string]*dbPath{}
 )
+
+// newDBPath starts a cuttable path to target for the script, under name.
+func newDBPath(ts *testscript.TestScript, name, target string) *dbPath {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ts.Check(err)
+	p := &dbPath{target: target, conns: map[net.Conn]bool{}, ln: ln}
+	go p.serve()
+	ts.Defer(func() { ln.Close(); p.cut(true) })
+	if dbPaths[ts] == nil {
+		dbPaths[ts] = map[string]*dbPath{}
+	}
+	dbPaths[ts][name] = p
+	return p
+}
+
+func cutOrRestore(ts *testscript.TestScript, name, verb string) {
+	p := dbPaths[ts][name]
+	if p == nil || (verb != "cut" && verb != "restore") {
+		ts.Fatalf("%s new first; then %s cut|restore", name, name)
+	}
+	p.cut(verb == "cut")
+}
 
 func init() {
 	// logdb new: a fresh database on the test MariaDB ($STRONGROOM_TEST_MARIADB, dropped at
@@ -75,34 +100,49 @@ func init() {
 	scriptCmds["logdb"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		dbPathsMu.Lock()
 		defer dbPathsMu.Unlock()
-		switch args[0] {
-		case "new":
-			c, err := audit.ParseLogDSN(ts.Getenv("STRONGROOM_TEST_MARIADB"))
-			ts.Check(err)
-			admin, err := sql.Open("mysql", c.FormatDSN())
-			ts.Check(err)
-			var r [6]byte
-			rand.Read(r[:])
-			name := "srscript_" + hex.EncodeToString(r[:])
-			_, err = admin.Exec("CREATE DATABASE " + name)
-			ts.Check(err)
-			ts.Defer(func() {
-				admin.Exec("DROP DATABASE " + name)
-				admin.Close()
-			})
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			ts.Check(err)
-			p := &dbPath{target: c.Addr, conns: map[net.Conn]bool{}, ln: ln}
-			go p.serve()
-			ts.Defer(func() { ln.Close(); p.cut(true) })
-			dbPaths[ts] = p
-			c.DBName, c.Addr = name, ln.Addr().String()
-			ts.Setenv("STRONGROOM_LOG_DB", "mysql://"+c.FormatDSN())
-		case "cut", "restore":
-			dbPaths[ts].cut(args[0] == "cut")
-		default:
-			ts.Fatalf("logdb new|cut|restore")
+		if args[0] != "new" {
+			cutOrRestore(ts, "logdb", args[0])
+			return
 		}
+		c, err := audit.ParseLogDSN(ts.Getenv("STRONGROOM_TEST_MARIADB"))
+		ts.Check(err)
+		admin, err := sql.Open("mysql", c.FormatDSN())
+		ts.Check(err)
+		name := "srscript_" + randHex()
+		_, err = admin.Exec("CREATE DATABASE " + name)
+		ts.Check(err)
+		ts.Defer(func() {
+			admin.Exec("DROP DATABASE " + name)
+			admin.Close()
+		})
+		p := newDBPath(ts, "logdb", c.Addr)
+		c.DBName, c.Addr = name, p.ln.Addr().String()
+		ts.Setenv("STRONGROOM_LOG_DB", "mysql://"+c.FormatDSN())
+	}
+	// storedb new: a fresh database on the test PostgreSQL ($STRONGROOM_TEST_POSTGRES,
+	// dropped at the end), reached through a cuttable path; sets $STRONGROOM_STORE to it.
+	// storedb cut | restore: the store goes away, and comes back.
+	scriptCmds["storedb"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		dbPathsMu.Lock()
+		defer dbPathsMu.Unlock()
+		if args[0] != "new" {
+			cutOrRestore(ts, "storedb", args[0])
+			return
+		}
+		u, err := url.Parse(ts.Getenv("STRONGROOM_TEST_POSTGRES"))
+		ts.Check(err)
+		admin, err := pgx.Connect(context.Background(), u.String())
+		ts.Check(err)
+		name := "srscript_" + randHex()
+		_, err = admin.Exec(context.Background(), "CREATE DATABASE "+name)
+		ts.Check(err)
+		ts.Defer(func() {
+			admin.Exec(context.Background(), "DROP DATABASE "+name+" WITH (FORCE)")
+			admin.Close(context.Background())
+		})
+		p := newDBPath(ts, "storedb", u.Host)
+		u.Host, u.Path = p.ln.Addr().String(), "/"+name
+		ts.Setenv("STRONGROOM_STORE", u.String())
 	}
 	// waitstatus URL STATUS: wait until GET URL answers STATUS.
 	scriptCmds["waitstatus"] = func(ts *testscript.TestScript, neg bool, args []string) {
@@ -116,4 +156,10 @@ func init() {
 		}
 		ts.Fatalf("%s never answered %s", args[0], args[1])
 	}
+}
+
+func randHex() string {
+	var r [6]byte
+	rand.Read(r[:])
+	return hex.EncodeToString(r[:])
 }

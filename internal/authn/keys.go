@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/store"
@@ -22,6 +23,15 @@ import (
 // ErrUnauthenticated is any failure to establish the caller; the reason goes to the
 // operator's log, never to the client.
 var ErrUnauthenticated = errors.New("unauthenticated")
+
+// ErrStoreUnavailable: the caller could not be established because the store cannot be
+// reached (not a bad key: the gateway answers 503, not 401).
+var ErrStoreUnavailable = errors.New("store unavailable")
+
+// StoreGrace is how long, once the store cannot be reached, keys verified before keep
+// working — marked Unverified, which the gateway serves only for public models. After
+// it, every key is refused until the store is back.
+const StoreGrace = time.Minute
 
 // Store is what authn needs from persistence.
 type Store interface {
@@ -38,6 +48,9 @@ type Principal struct {
 	KeyID  string
 	Models []string  // models the key is limited to; empty: any the policy allows
 	MFAAt  time.Time // when the caller last passed MFA (OIDC "auth_time" with an MFA "amr"); zero: never
+	// Unverified: the store cannot be reached, so a revocation made elsewhere since the
+	// key was last read may not be known here (see StoreGrace).
+	Unverified bool
 }
 
 // MayUse reports whether the key is limited away from model.
@@ -62,6 +75,9 @@ type Keys struct {
 
 	mu    sync.RWMutex
 	cache map[string]cached
+	// failingSince is when Watch's polls of the store began to fail (unix ns; 0: they
+	// succeed).
+	failingSince atomic.Int64
 }
 
 type cached struct {
@@ -148,7 +164,7 @@ const revocationSkew = time.Minute
 
 // Watch drops revoked keys from the cache every interval until ctx ends, so that a key
 // revoked by another process (the CLI, another replica) stops working here within one
-// interval. A failed poll empties the cache (every key is checked against the store again).
+// interval. While polls fail, cached keys are Unverified, and after StoreGrace refused.
 func (k *Keys) Watch(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -162,9 +178,7 @@ func (k *Keys) Watch(ctx context.Context, interval time.Duration) {
 		now := k.now()
 		ids, err := k.st.RevokedAPIKeys(ctx, since)
 		if err != nil {
-			k.mu.Lock()
-			clear(k.cache)
-			k.mu.Unlock()
+			k.failingSince.CompareAndSwap(0, now.UnixNano())
 			continue
 		}
 		k.mu.Lock()
@@ -174,6 +188,7 @@ func (k *Keys) Watch(ctx context.Context, interval time.Duration) {
 			}
 		}
 		k.mu.Unlock()
+		k.failingSince.Store(0)
 		since = now.Add(-revocationSkew)
 	}
 }
@@ -217,19 +232,23 @@ func (k *Keys) Authenticate(ctx context.Context, tok string) (*Principal, error)
 	k.mu.RLock()
 	c, ok := k.cache[id]
 	k.mu.RUnlock()
+	failing := k.failingSince.Load()
+	if failing != 0 && now.Sub(time.Unix(0, failing)) > StoreGrace {
+		ok = false // past the grace: only a key read from the store now is good
+	}
+	unverified := failing != 0
 	if !ok || now.Sub(c.at) > k.cacheTTL {
-		key, err := k.st.GetAPIKey(ctx, id)
-		if err != nil {
-			return nil, fmt.Errorf("%w: key %s: %v", ErrUnauthenticated, id, err)
+		fresh, err := k.load(ctx, id, now)
+		switch {
+		case err == nil:
+			c, unverified = fresh, false
+			k.mu.Lock()
+			k.cache[id] = c
+			k.mu.Unlock()
+		case errors.Is(err, ErrUnauthenticated) || !ok || failing == 0:
+			return nil, err
 		}
-		p, err := k.st.GetPrincipal(ctx, key.Principal)
-		if err != nil {
-			return nil, fmt.Errorf("%w: key %s: %v", ErrUnauthenticated, id, err)
-		}
-		c = cached{key: key, principal: p, at: now}
-		k.mu.Lock()
-		k.cache[id] = c
-		k.mu.Unlock()
+		// The store is unreachable and Watch knows it: the cached key, unverified.
 	}
 	h := sha256.Sum256(secret)
 	if subtle.ConstantTimeCompare(h[:], c.key.Hash) != 1 {
@@ -241,5 +260,21 @@ func (k *Keys) Authenticate(ctx context.Context, tok string) (*Principal, error)
 	if !c.key.ExpiresAt.IsZero() && !now.Before(c.key.ExpiresAt) {
 		return nil, fmt.Errorf("%w: key %s expired", ErrUnauthenticated, id)
 	}
-	return &Principal{Principal: c.principal, KeyID: id, Models: c.key.Models}, nil
+	return &Principal{Principal: c.principal, KeyID: id, Models: c.key.Models, Unverified: unverified}, nil
+}
+
+// load reads key id and its principal: ErrUnauthenticated when either does not exist,
+// ErrStoreUnavailable when the store cannot say.
+func (k *Keys) load(ctx context.Context, id string, now time.Time) (cached, error) {
+	key, err := k.st.GetAPIKey(ctx, id)
+	if err == nil {
+		var p store.Principal
+		if p, err = k.st.GetPrincipal(ctx, key.Principal); err == nil {
+			return cached{key: key, principal: p, at: now}, nil
+		}
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return cached{}, fmt.Errorf("%w: key %s: %v", ErrUnauthenticated, id, err)
+	}
+	return cached{}, fmt.Errorf("%w: key %s: %v", ErrStoreUnavailable, id, err)
 }

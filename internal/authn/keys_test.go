@@ -5,6 +5,7 @@ import (
 	"errors"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -136,5 +137,85 @@ func TestRevocationByAnotherProcess(t *testing.T) {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// downStore is a store that can be made unreachable.
+type downStore struct {
+	store.Store
+	down atomic.Bool
+}
+
+var errDown = errors.New("connection refused")
+
+func (d *downStore) GetAPIKey(ctx context.Context, id string) (store.APIKey, error) {
+	if d.down.Load() {
+		return store.APIKey{}, errDown
+	}
+	return d.Store.GetAPIKey(ctx, id)
+}
+
+func (d *downStore) RevokedAPIKeys(ctx context.Context, since time.Time) ([]string, error) {
+	if d.down.Load() {
+		return nil, errDown
+	}
+	return d.Store.RevokedAPIKeys(ctx, since)
+}
+
+type atomicClock struct{ ns atomic.Int64 }
+
+func (c *atomicClock) now() time.Time      { return time.Unix(0, c.ns.Load()) }
+func (c *atomicClock) add(d time.Duration) { c.ns.Add(int64(d)) }
+func (c *atomicClock) set(t time.Time)     { c.ns.Store(t.UnixNano()) }
+
+// TestStoreOutage: the store going away is not a bad key. Keys verified before the
+// outage go on working, marked Unverified (the gateway serves them public models only),
+// for StoreGrace; unknown keys, and every key after the grace, are ErrStoreUnavailable
+// (503), never ErrUnauthenticated (401); when the store is back, keys are verified again.
+func TestStoreOutage(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, _, st := setup(t)
+	ds := &downStore{Store: st}
+	clk := &atomicClock{}
+	clk.set(time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC))
+	k := NewKeys(ds, clk.now, 5*time.Second)
+	tok, _, err := k.Create(ctx, "alice", 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, _ := k.Create(ctx, "alice", 0, nil)
+	if p, err := k.Authenticate(ctx, tok); err != nil || p.Unverified {
+		t.Fatalf("before the outage: %+v %v", p, err)
+	}
+	go k.Watch(ctx, time.Millisecond)
+	ds.down.Store(true)
+	for k.failingSince.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	clk.add(10 * time.Second) // past the cache TTL: the store is asked, and cannot answer
+	p, err := k.Authenticate(ctx, tok)
+	if err != nil || !p.Unverified || p.ID != "alice" {
+		t.Fatalf("a known key during the outage: %+v %v", p, err)
+	}
+	if _, err := k.Authenticate(ctx, other); !errors.Is(err, ErrStoreUnavailable) || errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("a key never seen here during the outage: %v", err)
+	}
+	if _, err := k.Authenticate(ctx, "sr_0123456789abcdef.AAAA"); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("a malformed token during the outage: %v", err)
+	}
+	clk.add(StoreGrace)
+	if _, err := k.Authenticate(ctx, tok); !errors.Is(err, ErrStoreUnavailable) {
+		t.Fatalf("after the grace: %v", err)
+	}
+	ds.down.Store(false)
+	if p, err := k.Authenticate(ctx, tok); err != nil || p.Unverified {
+		t.Fatalf("the store is back: %+v %v", p, err)
+	}
+	for k.failingSince.Load() != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if p, err := k.Authenticate(ctx, other); err != nil || p.Unverified {
+		t.Fatalf("the store is back, Watch too: %+v %v", p, err)
 	}
 }

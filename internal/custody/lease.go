@@ -400,6 +400,7 @@ func (s *Service) Run(ctx context.Context) {
 	s.life, s.started = ctx, s.now()
 	s.mu.Unlock()
 	var lastTouch, lastSweep time.Time
+	failing := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -418,8 +419,15 @@ func (s *Service) Run(ctx context.Context) {
 		// before the newest one already seen.
 		ls, err := s.cfg.Store.ListLeases(ctx, store.LeaseQuery{RevokedAfter: since.Add(-5 * time.Second)})
 		if err != nil {
-			s.cfg.Log.Error("custody: polling revocations", "err", err)
+			if !failing { // once per outage, not every poll
+				s.cfg.Log.Error("ALERT custody: cannot poll revocations; renewals fail until the store is back", "err", err)
+			}
+			failing = true
 			continue
+		}
+		if failing {
+			s.cfg.Log.Info("custody: polling revocations again")
+			failing = false
 		}
 		now := s.now()
 		for _, l := range ls {

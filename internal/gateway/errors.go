@@ -30,6 +30,7 @@ var (
 	errUpstreamSlow     = &apiError{status: http.StatusGatewayTimeout, typ: "server_error", code: "upstream_timeout", message: "The model server did not answer in time."}
 	errLimitsDown       = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "limits_unavailable", message: "The service cannot apply rate limits right now; try again later."}
 	errUnavailable      = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "service_unavailable", message: "The service cannot serve requests right now; try again later."}
+	errStoreDown        = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "store_unavailable", message: "The service cannot verify credentials right now; try again later."}
 	errAuditDown        = &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "audit_unavailable", message: "The service cannot record requests right now; try again later."}
 )
 

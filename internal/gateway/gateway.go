@@ -260,6 +260,15 @@ func (g *Gateway) authenticate(r *http.Request) (*authn.Principal, error) {
 	return g.cfg.Auth.Authenticate(r.Context(), tok)
 }
 
+// authError is the answer to a failed authentication: 503 when the store could not say,
+// else 401.
+func authError(err error) *apiError {
+	if errors.Is(err, authn.ErrStoreUnavailable) {
+		return errStoreDown
+	}
+	return errUnauthenticated
+}
+
 // clientIP is the peer address or, behind trusted proxies, the rightmost address in
 // X-Forwarded-For (all header lines taken as one list, in order) that is not itself a
 // trusted proxy. An entry that is not an address makes the client unknown (the zero
@@ -328,7 +337,7 @@ func (g *Gateway) models(w http.ResponseWriter, r *http.Request) {
 	p, err := g.authenticate(r)
 	if err != nil {
 		g.log.Info("unauthenticated", "err", err)
-		errUnauthenticated.write(w)
+		authError(err).write(w)
 		return
 	}
 	ip := g.clientIP(r)
@@ -397,7 +406,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	}
 	p, err := g.authenticate(r)
 	if err != nil {
-		st.fail(w, errUnauthenticated, err.Error())
+		st.fail(w, authError(err), err.Error())
 		return
 	}
 	st.p = p
@@ -450,6 +459,12 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	st.rec = rec
+	if p.Unverified && rec.Attrs.Classification != "public" {
+		// The store is unreachable: a revocation or sanction made elsewhere may be unseen.
+		// Public models are served for authn.StoreGrace; nothing else is.
+		st.fail(w, errStoreDown, "store unreachable: "+rec.Attrs.Classification+" model refused to an unverified key")
+		return
+	}
 	st.country = g.country(st.ip)
 	st.asked = asked(&st.feat)
 	logprobs, top, n := st.asked.Logprobs, st.asked.TopLogprobs, st.asked.N
