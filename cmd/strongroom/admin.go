@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
@@ -90,19 +91,40 @@ func devCmd(g *globals) *cobra.Command {
 			if adminListen == "" {
 				adminListen = a.Config.AdminListen
 			}
-			env := app.DevEnv{DataDir: g.dataDir(), APIKey: tok, LogVKey: vkey}
+			ckey, ctotp, err := a.DevConsoleLogin(ctx)
+			if err != nil {
+				return err
+			}
+			env := app.DevEnv{DataDir: g.dataDir(), APIKey: tok, LogVKey: vkey, ConsoleKey: ckey, ConsoleTOTP: ctotp}
 			guard, err := a.NetGuard()
+			if err != nil {
+				return err
+			}
+			admin, err := adminMux(ctx, a)
 			if err != nil {
 				return err
 			}
 			return serveAll(ctx, log, guard, []listener{
 				{addr: listen, h: gw, ready: func(addr net.Addr) { env.URL = "http://" + addr.String() + "/v1" }},
-				{addr: adminListen, h: adminMux(a), ready: func(addr net.Addr) { env.AdminURL = "http://" + addr.String() }},
+				{addr: adminListen, h: admin, ready: func(addr net.Addr) { env.AdminURL = "http://" + addr.String() }},
 			}, func() { env.Print(w) })
 		},
 	}
 	c.Flags().StringVar(&listen, "listen", "", "gateway address (default 127.0.0.1:8080)")
 	c.Flags().StringVar(&adminListen, "admin-listen", "", "control-plane address (default 127.0.0.1:8081)")
+	c.AddCommand(&cobra.Command{
+		Use:   "code",
+		Short: "Print the dev console administrator's current TOTP code (from DATA/dev.env)",
+		Args:  exactArgs(0),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			code, err := app.DevCode(g.dataDir(), time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), code)
+			return nil
+		},
+	})
 	return c
 }
 

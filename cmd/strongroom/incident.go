@@ -9,7 +9,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
-	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -75,10 +74,7 @@ func incidentCmd(g *globals) *cobra.Command {
 			if note == "" {
 				return usagef("--note is required: say why it is closed")
 			}
-			if err := a.Audit(cmd.Context(), audit.Event{Kind: audit.KindIncidentClose, Decision: audit.Allow, Reason: note, Subject: map[string]string{"incident": args[0]}}); err != nil {
-				return err
-			}
-			if err := a.Store.CloseIncident(cmd.Context(), args[0], time.Now(), note); err != nil {
+			if err := a.CloseIncident(cmd.Context(), args[0], note); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "incident %s closed\n", args[0])
@@ -127,10 +123,7 @@ func sanctionCmd(g *globals) *cobra.Command {
 			if reason == "" {
 				return usagef("--reason is required")
 			}
-			if err := a.Audit(cmd.Context(), audit.Event{Kind: audit.KindDetectLift, Decision: audit.Allow, Reason: reason, Subject: map[string]string{"principal": args[0]}}); err != nil {
-				return err
-			}
-			if err := a.Store.LiftSanction(cmd.Context(), args[0]); err != nil {
+			if err := a.LiftSanction(cmd.Context(), args[0], reason); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "sanction on %s lifted\n", args[0])

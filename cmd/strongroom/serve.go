@@ -26,9 +26,16 @@ import (
 
 func cosignatureVKey(vkey string) (string, error) { return f_note.VKeyToCosignatureV1(vkey) }
 
-// adminMux is the control-plane listener: the log, read-only, and health.
-func adminMux(a *app.App) *http.ServeMux {
+// adminMux is the control-plane listener: the log, read-only, health, metrics, watermark
+// detection and the console (/console/).
+func adminMux(ctx context.Context, a *app.App) (*http.ServeMux, error) {
+	con, err := a.Console(ctx)
+	if err != nil {
+		return nil, err
+	}
 	mux := http.NewServeMux()
+	mux.Handle("/console/", con.Handler())
+	mux.Handle("/{$}", http.RedirectHandler("/console/", http.StatusSeeOther))
 	mux.Handle("/log/", http.StripPrefix("/log", a.AuditLog.Handler()))
 	mux.Handle("/metrics", promhttp.HandlerFor(a.Metrics, promhttp.HandlerOpts{}))
 	mux.Handle("/v1/watermark/detect", a.WatermarkHandler())
@@ -43,7 +50,7 @@ func adminMux(a *app.App) *http.ServeMux {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	return mux
+	return mux, nil
 }
 
 // listener is one address to serve, with a hook once it is bound.
@@ -181,9 +188,13 @@ func serveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			admin, err := adminMux(cmd.Context(), a)
+			if err != nil {
+				return err
+			}
 			return serveAll(cmd.Context(), a.Log, guard, []listener{
 				{addr: listen, h: gw, tls: tc, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=%s://%s/v1\n", scheme, addr) }},
-				{addr: adminListen, h: adminMux(a), ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
+				{addr: adminListen, h: admin, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
 				cl,
 			}, func() {})
 		}),

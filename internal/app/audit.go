@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -166,11 +167,16 @@ func (a *App) Audit(ctx context.Context, ev audit.Event) error {
 	return err
 }
 
-// record is Audit returning the entry's index.
+// record is Audit returning the entry's index. A person acting through the console
+// (audit.WithActor) is the actor when the caller names none, with this process beside them.
 func (a *App) record(ctx context.Context, ev audit.Event) (uint64, error) {
 	ev.V, ev.TS = 1, time.Now().UTC()
 	if ev.Actor == nil {
 		ev.Actor = a.actor
+		if who := audit.ActorFrom(ctx); who != nil {
+			ev.Actor = maps.Clone(who)
+			ev.Actor["process"] = a.actor["principal"]
+		}
 	}
 	idx, err := a.AuditLog.Record(ctx, ev)
 	if err != nil {

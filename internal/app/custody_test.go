@@ -128,17 +128,7 @@ func TestReleaseLease(t *testing.T) {
 		}
 		rts = append(rts, rt)
 	}
-	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
-	pub := priv.PublicKey().Bytes()
-	n, err := e.Svc.Nonce(ctx, rts[0].ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev, _ := attest.DevEvidence(ids[0].Key, attest.Binding(pub, n))
-	g, err := e.Svc.Grant(ctx, rts[0], &ids[0].Key.PublicKey, custody.LeaseRequest{Model: "m", Version: "1", PublicKey: pub, Nonce: n, Evidence: ev})
-	if err != nil {
-		t.Fatal(err)
-	}
+	lease := e.Lease(t, ids[0], "m", "1")
 	live := func() int {
 		ls, err := e.App.Store.ListLeases(ctx, store.LeaseQuery{Model: "m", LiveAt: time.Now()})
 		if err != nil {
@@ -146,11 +136,11 @@ func TestReleaseLease(t *testing.T) {
 		}
 		return len(ls)
 	}
-	if _, err := e.Svc.Release(ctx, rts[1], g.Lease.ID); err == nil || live() != 1 {
+	if _, err := e.Svc.Release(ctx, rts[1], lease.ID); err == nil || live() != 1 {
 		t.Fatalf("another runtime released the lease: %v, live %d", err, live())
 	}
 	for range 2 {
-		if _, err := e.Svc.Release(ctx, rts[0], g.Lease.ID); err != nil {
+		if _, err := e.Svc.Release(ctx, rts[0], lease.ID); err != nil {
 			t.Fatal(err)
 		}
 		if live() != 0 {

@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
 	"io"
 	"log/slog"
 	"net"
@@ -84,6 +86,9 @@ func Dev(ctx context.Context, dataDir string, log *slog.Logger) (*App, []store.V
 // DevEnv are the machine-readable lines scripts rely on (DESIGN.md, "Dev default").
 type DevEnv struct {
 	DataDir, URL, APIKey, AdminURL, LogVKey string
+	// The console's dev administrator: an API key and its TOTP secret (otpauth:// URL;
+	// `strongroom dev code` prints the current code).
+	ConsoleKey, ConsoleTOTP string
 }
 
 // Print writes them, then a curl example; the same lines, each with `export` and its
@@ -94,7 +99,8 @@ func (e DevEnv) Print(w io.Writer) {
 	abs, _ := filepath.Abs(e.DataDir)
 	vars := [][2]string{{"STRONGROOM_URL", e.URL}, {"STRONGROOM_API_KEY", e.APIKey}, {"STRONGROOM_MODEL", DevModel.Name},
 		{"STRONGROOM_ADMIN_URL", e.AdminURL}, {"STRONGROOM_LOG_URL", e.AdminURL + "/log/"}, {"STRONGROOM_LOG_VKEY", e.LogVKey},
-		{"STRONGROOM_DATA", abs}}
+		{"STRONGROOM_DATA", abs}, {"STRONGROOM_CONSOLE_URL", e.AdminURL + "/console/"}, {"STRONGROOM_CONSOLE_KEY", e.ConsoleKey},
+		{"STRONGROOM_CONSOLE_TOTP", e.ConsoleTOTP}}
 	var env, file strings.Builder
 	for _, v := range vars {
 		fmt.Fprintf(&env, "%s=%s\n", v[0], v[1])
@@ -106,6 +112,7 @@ func (e DevEnv) Print(w io.Writer) {
 	fmt.Fprintf(w, "(in a shell: . %s)\n", filepath.Join(e.DataDir, "dev.env"))
 	fmt.Fprintf(w, "\ntry: curl -s %s/chat/completions -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":16}'\n",
 		e.URL, e.APIKey, DevModel.Name)
+	fmt.Fprintf(w, "console: %s/console/ as %s with STRONGROOM_CONSOLE_KEY and the code from `strongroom dev code`\n", e.AdminURL, DevAdmin)
 	fmt.Fprintf(w, "verify the log: strongroom audit verify --log %s/log/ --vkey '%s'\n(interrupt to stop)\n", e.AdminURL, e.LogVKey)
 }
 
@@ -130,6 +137,50 @@ func (a *App) DevKey(ctx context.Context) (string, error) {
 	}
 	tok, _, err := a.CreateKey(ctx, "dev", 30*24*time.Hour, nil)
 	return tok, err
+}
+
+// DevAdmin is the console administrator `strongroom dev` creates.
+const DevAdmin = "dev-admin"
+
+// DevConsoleLogin is the dev administrator's API key and TOTP secret: the ones the last run
+// wrote to DATA/dev.env while they still work, else new ones.
+func (a *App) DevConsoleLogin(ctx context.Context) (key, totpURL string, err error) {
+	env := readDevEnv(filepath.Join(a.DataDir, "dev.env"))
+	if _, err := a.Store.GetPrincipal(ctx, DevAdmin); err != nil {
+		if err := a.AddPrincipal(ctx, store.Principal{ID: DevAdmin, Tenant: "dev", Roles: []string{"admin"}, Country: "US"}); err != nil {
+			return "", "", err
+		}
+	}
+	key = env["STRONGROOM_CONSOLE_KEY"]
+	if p, err := a.APIKeys().Authenticate(ctx, key); err != nil || p.ID != DevAdmin {
+		if key, _, err = a.CreateKey(ctx, DevAdmin, 30*24*time.Hour, nil); err != nil {
+			return "", "", err
+		}
+	}
+	totpURL = env["STRONGROOM_CONSOLE_TOTP"]
+	if _, err := a.Store.GetTOTP(ctx, DevAdmin); err != nil || totpURL == "" {
+		svc, err := a.Custody(ctx)
+		if err != nil {
+			return "", "", err
+		}
+		if totpURL, err = svc.EnrollTOTP(ctx, DevAdmin); err != nil {
+			return "", "", err
+		}
+	}
+	return key, totpURL, nil
+}
+
+// DevCode is the current TOTP code of the dev administrator (from DATA/dev.env).
+func DevCode(dataDir string, now time.Time) (string, error) {
+	u := readDevEnv(filepath.Join(dataDir, "dev.env"))["STRONGROOM_CONSOLE_TOTP"]
+	if u == "" {
+		return "", fmt.Errorf("no STRONGROOM_CONSOLE_TOTP in %s: run strongroom dev first", filepath.Join(dataDir, "dev.env"))
+	}
+	k, err := otp.NewKeyFromURL(u)
+	if err != nil {
+		return "", err
+	}
+	return totp.GenerateCodeCustom(k.Secret(), now, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
 }
 
 // readDevEnv reads NAME=VALUE lines (with or without "export ", values as shellQuote

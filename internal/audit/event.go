@@ -78,6 +78,12 @@
 //	  detect.mode              a detector was promoted or demoted (shadow/enforce)
 //	  incident.close           an incident was closed, with a note
 //
+//	The console (what its users do is recorded under the kinds above, the user as actor):
+//	  console.login            a sign-in (allow) or a refused one (deny), with its method
+//	  console.stepup           a TOTP step-up for destructive actions
+//	  console.action           an operation asked for, before it is done (deny: refused)
+//	  console.audit_export     the audit explorer's export, with its query
+//
 //	Request batches:
 //	  audit.batch              a batch of request records: bundle digest, record count, Merkle root (batch.go)
 package audit

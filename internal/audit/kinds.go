@@ -60,4 +60,11 @@ const (
 	KindDetectLift    Kind = "detect.lift"    // a sanction was lifted
 	KindDetectMode    Kind = "detect.mode"    // a detector was promoted or demoted (shadow/enforce)
 	KindIncidentClose Kind = "incident.close" // an incident was closed, with a note
+
+	// The console (internal/web); what its users do is recorded under the kinds above,
+	// with the user as actor.
+	KindConsoleLogin  Kind = "console.login"        // a sign-in (allow) or a refused one (deny), with its method
+	KindConsoleStepUp Kind = "console.stepup"       // a TOTP step-up for destructive actions
+	KindConsoleAction Kind = "console.action"       // an operation asked for, before it is done (deny: refused)
+	KindConsoleExport Kind = "console.audit_export" // the audit explorer's export, with its query
 )

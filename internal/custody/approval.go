@@ -100,6 +100,19 @@ func (s *Service) Approvals(ctx context.Context, state string) ([]store.Approval
 // Decide records approver's decision on request id after checking a fresh TOTP code. The
 // requester cannot decide their own request; only custodians and admins decide.
 func (s *Service) Decide(ctx context.Context, id, approver, code string, approve bool) (store.ApprovalRequest, error) {
+	return s.DecideWith(ctx, ApprovalDecision{ID: id, Approver: approver, Code: code, Approve: approve})
+}
+
+// ApprovalDecision is an approver's answer to an approval request; Justification, if any, is
+// recorded with it (the console asks for one).
+type ApprovalDecision struct {
+	ID, Approver, Code, Justification string
+	Approve                           bool
+}
+
+// DecideWith is Decide with a justification.
+func (s *Service) DecideWith(ctx context.Context, d ApprovalDecision) (store.ApprovalRequest, error) {
+	id, approver, code, approve := d.ID, d.Approver, d.Code, d.Approve
 	decision, kind := "deny", audit.KindApprovalDeny
 	if approve {
 		decision, kind = "approve", audit.KindApprovalApprove
@@ -141,7 +154,11 @@ func (s *Service) Decide(ctx context.Context, id, approver, code string, approve
 	if err := s.checkTOTP(ctx, approver, code, now); err != nil {
 		return refuse(err.Error())
 	}
-	if err := s.audit(ctx, audit.Event{Kind: kind, Decision: audit.Allow, Subject: subject, Fields: map[string]string{"requester": r.Requester, "kind": r.Kind}}); err != nil {
+	fields := map[string]string{"requester": r.Requester, "kind": r.Kind}
+	if d.Justification != "" {
+		fields["justification"] = d.Justification
+	}
+	if err := s.audit(ctx, audit.Event{Kind: kind, Decision: audit.Allow, Subject: subject, Fields: fields}); err != nil {
 		return r, err
 	}
 	out, err := s.cfg.Store.Decide(ctx, id, store.Approval{Approver: approver, Decision: decision, At: now})
@@ -180,6 +197,12 @@ func (s *Service) EnrollTOTP(ctx context.Context, principal string) (string, err
 }
 
 func totpAAD(principal string) []byte { return []byte("strongroom/totp/v1\x00" + principal) }
+
+// VerifyTOTP checks principal's TOTP code (each 30-second step accepted once): the console's
+// second factor at sign-in and its step-up before destructive actions.
+func (s *Service) VerifyTOTP(ctx context.Context, principal, code string) error {
+	return s.checkTOTP(ctx, principal, code, s.now())
+}
 
 // checkTOTP accepts a code of the current, previous or next 30-second step, once.
 func (s *Service) checkTOTP(ctx context.Context, principal, code string, now time.Time) error {

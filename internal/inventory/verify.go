@@ -178,3 +178,8 @@ func (inv *Inventory) Unseal(ctx context.Context, name, version, outDir string) 
 	}
 	return v, fsutil.WriteFileAtomic(filepath.Join(outDir, "model.sig"), v.Signature, 0o644)
 }
+
+// CheckSignature verifies a version's OMS signature with the deployment's signing key and
+// that it vouches for exactly the recorded digests, without reading the sealed files (the
+// console's signature status; Verify also decrypts and hashes every file).
+func (inv *Inventory) CheckSignature(v store.Version) error { return inv.checkManifest(v) }

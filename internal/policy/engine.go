@@ -56,6 +56,9 @@ func (e *Engine) Decide(r Request) Decision { return e.cur.Load().Decide(r) }
 // DecideLease evaluates a lease request against the current set.
 func (e *Engine) DecideLease(r LeaseRequest) Decision { return e.cur.Load().DecideLease(r) }
 
+// DecideConsole evaluates a console request with the current set.
+func (e *Engine) DecideConsole(r ConsoleRequest) Decision { return e.cur.Load().DecideConsole(r) }
+
 // ReloadErrors counts reloads that were refused.
 func (e *Engine) ReloadErrors() int64 { return e.errs.Load() }
 

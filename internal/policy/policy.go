@@ -37,6 +37,10 @@ const (
 	ActionWatermark = "watermark"
 	// ActionWatermarkDetect: whether a principal may ask whose watermark a text carries.
 	ActionWatermarkDetect = "watermark_detect"
+	// ActionConsoleView and ActionConsoleAct: whether a console user may see, or perform,
+	// an operation (ConsoleRequest).
+	ActionConsoleView = "console_view"
+	ActionConsoleAct  = "console_act"
 )
 
 // Principal, Model and Context are the inputs of a decision.
@@ -270,6 +274,37 @@ func (s *Set) DecideLease(r LeaseRequest) Decision {
 			"attestation": cedar.String(r.Attestation), "tee": cedar.Boolean(r.TEE), "measurement_allowed": cedar.Boolean(r.MeasurementAllowed),
 			"debug": cedar.Boolean(r.Debug), "renewal": cedar.Boolean(r.Renewal),
 		}),
+	})
+}
+
+// ConsoleRequest asks whether a console user may view or perform an operation.
+type ConsoleRequest struct {
+	Principal   Principal
+	Action      string // ActionConsoleView or ActionConsoleAct
+	Operation   string // e.g. "lease.revoke"
+	Destructive bool
+	MFAAgeS     int64 // seconds since the user's last TOTP step-up, -1 when none
+	Login       string
+}
+
+// DecideConsole evaluates a console request. Evaluation errors deny.
+func (s *Set) DecideConsole(r ConsoleRequest) Decision {
+	tenant := cedar.NewEntityUID("Tenant", cedar.String(r.Principal.Tenant))
+	pUID := cedar.NewEntityUID("Principal", cedar.String(r.Principal.ID))
+	oUID := cedar.NewEntityUID("Operation", cedar.String(r.Operation))
+	entities := cedar.EntityMap{
+		tenant: {UID: tenant},
+		pUID: {UID: pUID, Parents: cedar.NewEntityUIDSet(tenant), Attributes: cedar.NewRecord(cedar.RecordMap{
+			"roles": strSet(r.Principal.Roles), "org": cedar.String(r.Principal.Org),
+			"country": cedar.String(r.Principal.Country), "screening": cedar.String(r.Principal.Screening),
+		})},
+		oUID: {UID: oUID, Attributes: cedar.NewRecord(cedar.RecordMap{"destructive": cedar.Boolean(r.Destructive)})},
+	}
+	return s.authorize(entities, cedar.Request{
+		Principal: pUID,
+		Action:    cedar.NewEntityUID("Action", cedar.String(r.Action)),
+		Resource:  oUID,
+		Context:   cedar.NewRecord(cedar.RecordMap{"mfa_age_s": cedar.Long(r.MFAAgeS), "login": cedar.String(r.Login)}),
 	})
 }
 

@@ -262,3 +262,34 @@ func TestWatermarkDetect(t *testing.T) {
 		}
 	}
 }
+
+func TestConsole(t *testing.T) {
+	s := baseline(t)
+	for _, tc := range []struct {
+		name      string
+		roles     []string
+		screening string
+		action    string
+		op        string
+		destr     bool
+		mfa       int64
+		want      bool
+	}{
+		{"security sees", []string{"security"}, "clear", ActionConsoleView, "inventory", false, -1, true},
+		{"researcher does not", []string{"researcher"}, "clear", ActionConsoleView, "inventory", false, -1, false},
+		{"unscreened admin does not", []string{"admin"}, "pending", ActionConsoleView, "inventory", false, -1, false},
+		{"admin acts", []string{"admin"}, "clear", ActionConsoleAct, "key.create", false, -1, true},
+		{"admin revokes after step-up", []string{"admin"}, "clear", ActionConsoleAct, "lease.revoke", true, 10, true},
+		{"admin revokes without step-up", []string{"admin"}, "clear", ActionConsoleAct, "lease.revoke", true, -1, false},
+		{"admin revokes with a stale step-up", []string{"admin"}, "clear", ActionConsoleAct, "lease.revoke", true, 301, false},
+		{"custodian decides", []string{"custodian"}, "clear", ActionConsoleAct, "approval.decide", true, 5, true},
+		{"custodian does not revoke keys", []string{"custodian"}, "clear", ActionConsoleAct, "key.revoke", true, 5, false},
+		{"security does not act", []string{"security"}, "clear", ActionConsoleAct, "lease.revoke", true, 5, false},
+	} {
+		d := s.DecideConsole(ConsoleRequest{Principal: Principal{ID: "p", Tenant: "t", Roles: tc.roles, Screening: tc.screening},
+			Action: tc.action, Operation: tc.op, Destructive: tc.destr, MFAAgeS: tc.mfa, Login: "api_key_totp"})
+		if d.Allow != tc.want {
+			t.Errorf("%s: allow=%v (%s)", tc.name, d.Allow, d.Reason())
+		}
+	}
+}

@@ -665,6 +665,12 @@ func (s *sqlStore) SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent,
 	if q.Kind != "" {
 		where, args = append(where, "kind = ?"), append(args, q.Kind)
 	}
+	if !q.Until.IsZero() {
+		where, args = append(where, "ts < ?"), append(args, q.Until.UnixNano())
+	}
+	if q.Before > 0 {
+		where, args = append(where, "idx < ?"), append(args, int64(q.Before))
+	}
 	if len(q.Indexes) > 0 {
 		marks := make([]string, len(q.Indexes))
 		for i, x := range q.Indexes {
@@ -673,6 +679,9 @@ func (s *sqlStore) SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent,
 		where = append(where, "idx IN ("+strings.Join(marks, ", ")+")")
 	}
 	query := `SELECT idx, ts, kind, principal, decision, raw FROM audit_events WHERE ` + strings.Join(where, " AND ") + ` ORDER BY idx`
+	if q.Desc {
+		query += ` DESC`
+	}
 	if q.Limit > 0 {
 		query += ` LIMIT ` + strconv.Itoa(q.Limit)
 	}
@@ -690,6 +699,29 @@ func (s *sqlStore) SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent,
 		}
 		e.Index, e.TS = uint64(idx), time.Unix(0, ts).UTC()
 		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func (s *sqlStore) AuditHistogram(ctx context.Context, kind string, since time.Time, bucket time.Duration) ([]AuditBucket, error) {
+	if bucket <= 0 {
+		return nil, fmt.Errorf("store: audit histogram: bucket %v", bucket)
+	}
+	b := bucket.Nanoseconds()
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT ts / ?, decision, COUNT(*) FROM audit_events WHERE kind = ? AND ts >= ? GROUP BY 1, 2 ORDER BY 1, 2`),
+		b, kind, since.UnixNano())
+	if err != nil {
+		return nil, fmt.Errorf("store: audit histogram: %w", err)
+	}
+	defer rows.Close()
+	var out []AuditBucket
+	for rows.Next() {
+		var n, c int64
+		var d string
+		if err := rows.Scan(&n, &d, &c); err != nil {
+			return nil, fmt.Errorf("store: audit histogram: %w", err)
+		}
+		out = append(out, AuditBucket{Start: time.Unix(0, n*b).UTC(), Decision: d, Count: int(c)})
 	}
 	return out, rows.Err()
 }
@@ -740,6 +772,10 @@ func scanPrincipal(row interface{ Scan(...any) error }) (Principal, error) {
 
 func (s *sqlStore) GetPrincipal(ctx context.Context, id string) (Principal, error) {
 	return getOne(ctx, s, scanPrincipal, "principal "+id, "get principal", `SELECT `+principalCols+` FROM principals WHERE id = ?`, id)
+}
+
+func (s *sqlStore) PrincipalsPage(ctx context.Context, after string, limit int) ([]Principal, error) {
+	return list(ctx, s.db, s.q(`SELECT `+principalCols+` FROM principals WHERE id > ? ORDER BY id LIMIT `+strconv.Itoa(max(limit, 1))), []any{after}, scanPrincipal)
 }
 
 func (s *sqlStore) ListPrincipals(ctx context.Context) ([]Principal, error) {

@@ -98,6 +98,18 @@ type AuditQuery struct {
 	Since     time.Time
 	Limit     int      // 0: no limit
 	Indexes   []uint64 // non-empty: only these entries
+	// Until, non-zero: only events before it. Before, non-zero: only entries whose index is
+	// below it (keyset pagination). Desc: newest (highest index) first.
+	Until  time.Time
+	Before uint64
+	Desc   bool
+}
+
+// AuditBucket counts indexed events of one decision in one time bucket.
+type AuditBucket struct {
+	Start    time.Time
+	Decision string
+	Count    int
 }
 
 // Screening is a principal's denied-party screening state.
@@ -163,6 +175,9 @@ type Store interface {
 	PutPrincipal(ctx context.Context, p Principal) error // insert or replace
 	GetPrincipal(ctx context.Context, id string) (Principal, error)
 	ListPrincipals(ctx context.Context) ([]Principal, error)
+	// PrincipalsPage lists at most limit principals whose id is after `after`, by id (a
+	// page of a long list; "" starts at the first).
+	PrincipalsPage(ctx context.Context, after string, limit int) ([]Principal, error)
 	PutAPIKey(ctx context.Context, k APIKey) error
 	GetAPIKey(ctx context.Context, id string) (APIKey, error)
 	ListAPIKeys(ctx context.Context, principal string) ([]APIKey, error)
@@ -180,6 +195,9 @@ type Store interface {
 	// AuditIndexed is one more than the highest index in the search index (0 when empty).
 	AuditIndexed(ctx context.Context) (uint64, error)
 	SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
+	// AuditHistogram counts the indexed events of kind since since per bucket (a time
+	// span) and decision, oldest bucket first.
+	AuditHistogram(ctx context.Context, kind string, since time.Time, bucket time.Duration) ([]AuditBucket, error)
 
 	Custody
 	Incidents

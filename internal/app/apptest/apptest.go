@@ -5,13 +5,18 @@ package apptest
 
 import (
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/pquerna/otp"
+	"github.com/pquerna/otp/totp"
 	"github.com/strongroom/strongroom/internal/app"
+	"github.com/strongroom/strongroom/internal/attest"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/custody"
 	"github.com/strongroom/strongroom/internal/inventory"
@@ -104,4 +109,76 @@ func (e *Env) Join(tb testing.TB, env string) *custody.Identity {
 		tb.Fatal(err)
 	}
 	return id
+}
+
+// Lease grants a lease on name:version to the runtime of id (dev attestation), as
+// `strongroom run` asks for one.
+func (e *Env) Lease(tb testing.TB, id *custody.Identity, name, version string) store.Lease {
+	tb.Helper()
+	ctx := context.Background()
+	rt, err := e.App.Store.GetRuntime(ctx, id.RuntimeID())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	pub := priv.PublicKey().Bytes()
+	n, err := e.Svc.Nonce(ctx, rt.ID)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ev, _ := attest.DevEvidence(id.Key, attest.Binding(pub, n))
+	g, err := e.Svc.Grant(ctx, rt, &id.Key.PublicKey, custody.LeaseRequest{Model: name, Version: version, PublicKey: pub, Nonce: n, Evidence: ev})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return g.Lease
+}
+
+// Person is a principal with an API key and an enrolled TOTP secret: a console user or an
+// approver. Code gives a valid code for a later 30-second step than the last it gave (a
+// code works once), waiting for the next step when it must.
+type Person struct {
+	ID, Key string
+	secret  string
+	last    int64
+}
+
+// Person creates principal id with roles, an API key and TOTP.
+func (e *Env) Person(tb testing.TB, id string, roles ...string) *Person {
+	tb.Helper()
+	ctx := context.Background()
+	if err := e.App.AddPrincipal(ctx, store.Principal{ID: id, Tenant: "lab", Roles: roles, Country: "DE"}); err != nil {
+		tb.Fatal(err)
+	}
+	tok, _, err := e.App.CreateKey(ctx, id, time.Hour, nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	u, err := e.Svc.EnrollTOTP(ctx, id)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k, err := otp.NewKeyFromURL(u)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &Person{ID: id, Key: tok, secret: k.Secret()}
+}
+
+// Code is the next usable TOTP code.
+func (p *Person) Code(tb testing.TB) string {
+	tb.Helper()
+	for {
+		now := time.Now().Unix() / 30
+		step := max(p.last+1, now-1)
+		if step <= now+1 {
+			p.last = step
+			c, err := totp.GenerateCodeCustom(p.secret, time.Unix(step*30, 0), totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
+			if err != nil {
+				tb.Fatal(err)
+			}
+			return c
+		}
+		time.Sleep(time.Until(time.Unix((now+1)*30, 0)) + 10*time.Millisecond)
+	}
 }

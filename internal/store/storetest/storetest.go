@@ -289,6 +289,39 @@ func testAuditIndex(t *testing.T, s store.Store) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Fatalf("large batch (-want +got):\n%s", diff)
 	}
+
+	// Pages, newest first: keyset on the index, bounded in time.
+	got, _ = s.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.request", Desc: true, Limit: 3})
+	if idx := indexes(got); !slices.Equal(idx, []uint64{400, 301, 300}) {
+		t.Fatalf("newest first: %v", idx)
+	}
+	got, _ = s.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.request", Desc: true, Limit: 2, Before: 300})
+	if idx := indexes(got); !slices.Equal(idx, []uint64{299, 298}) {
+		t.Fatalf("next page: %v", idx)
+	}
+	got, _ = s.SearchAudit(ctx, store.AuditQuery{Until: ts.Add(90 * time.Second)})
+	if idx := indexes(got); !slices.Equal(idx, []uint64{0, 1}) {
+		t.Fatalf("until: %v", idx)
+	}
+	// Requests per hour and decision: 299 in the hour after ts, one a day later.
+	s.IndexAudit(ctx, []store.AuditEvent{{Index: 401, TS: ts.Add(time.Hour + time.Minute), Kind: "gateway.request", Principal: "p1", Decision: "deny", Raw: []byte(`{}`)}})
+	hist, err := s.AuditHistogram(ctx, "gateway.request", ts, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h0 := ts.Add(time.Hour).Truncate(time.Hour)
+	wantHist := []store.AuditBucket{{Start: h0, Decision: "allow", Count: 299}, {Start: h0, Decision: "deny", Count: 1}, {Start: h0.Add(24 * time.Hour), Decision: "allow", Count: 1}}
+	if diff := cmp.Diff(wantHist, hist); diff != "" {
+		t.Fatalf("histogram (-want +got):\n%s", diff)
+	}
+}
+
+func indexes(evs []store.AuditEvent) []uint64 {
+	var out []uint64
+	for _, e := range evs {
+		out = append(out, e.Index)
+	}
+	return out
 }
 
 func testPrincipalsAndKeys(t *testing.T, s store.Store) {
@@ -311,6 +344,27 @@ func testPrincipalsAndKeys(t *testing.T, s store.Store) {
 	}
 	if _, err := s.GetPrincipal(ctx, "bob"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("missing principal: %v", err)
+	}
+	for _, id := range []string{"carol", "bob", "dave"} {
+		s.PutPrincipal(ctx, store.Principal{ID: id, Tenant: "acme", Screening: "clear", CreatedAt: ts})
+	}
+	var pages [][]string
+	for after := ""; ; {
+		ps, err := s.PrincipalsPage(ctx, after, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ps) == 0 {
+			break
+		}
+		var ids []string
+		for _, p := range ps {
+			ids = append(ids, p.ID)
+		}
+		pages, after = append(pages, ids), ps[len(ps)-1].ID
+	}
+	if diff := cmp.Diff([][]string{{"alice", "bob", "carol"}, {"dave"}}, pages); diff != "" {
+		t.Fatalf("principal pages (-want +got):\n%s", diff)
 	}
 	k := store.APIKey{ID: "k1", Principal: "alice", Hash: []byte{1, 2}, Models: []string{"m1", "m2"}, ExpiresAt: ts.Add(time.Hour), CreatedAt: ts}
 	if err := s.PutAPIKey(ctx, k); err != nil {
