@@ -100,13 +100,13 @@ func devCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			admin, err := adminMux(ctx, a)
+			admin, stopAdmin, err := adminMux(ctx, a)
 			if err != nil {
 				return err
 			}
 			return serveAll(ctx, log, guard, []listener{
 				{addr: listen, h: gw, ready: func(addr net.Addr) { env.URL = "http://" + addr.String() + "/v1" }},
-				{addr: adminListen, h: admin, ready: func(addr net.Addr) { env.AdminURL = "http://" + addr.String() }},
+				{addr: adminListen, h: admin, onShutdown: stopAdmin, ready: func(addr net.Addr) { env.AdminURL = "http://" + addr.String() }},
 			}, func() { env.Print(w) })
 		},
 	}

@@ -28,10 +28,10 @@ func cosignatureVKey(vkey string) (string, error) { return f_note.VKeyToCosignat
 
 // adminMux is the control-plane listener: the log, read-only, health, metrics, watermark
 // detection and the console (/console/).
-func adminMux(ctx context.Context, a *app.App) (*http.ServeMux, error) {
+func adminMux(ctx context.Context, a *app.App) (*http.ServeMux, func(), error) {
 	con, err := a.Console(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/console/", con.Handler())
@@ -50,7 +50,7 @@ func adminMux(ctx context.Context, a *app.App) (*http.ServeMux, error) {
 		}
 		fmt.Fprintln(w, "ok")
 	})
-	return mux, nil
+	return mux, con.Shutdown, nil
 }
 
 // listener is one address to serve, with a hook once it is bound.
@@ -188,13 +188,13 @@ func serveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			admin, err := adminMux(cmd.Context(), a)
+			admin, stopAdmin, err := adminMux(cmd.Context(), a)
 			if err != nil {
 				return err
 			}
 			return serveAll(cmd.Context(), a.Log, guard, []listener{
 				{addr: listen, h: gw, tls: tc, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=%s://%s/v1\n", scheme, addr) }},
-				{addr: adminListen, h: admin, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
+				{addr: adminListen, h: admin, onShutdown: stopAdmin, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
 				cl,
 			}, func() {})
 		}),

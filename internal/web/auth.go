@@ -2,6 +2,7 @@ package web
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -17,9 +18,10 @@ import (
 // req is one signed-in request: its session, the principal as the store has it now, and a
 // context whose recorded events name that principal as actor.
 type req struct {
-	s   *session
-	p   store.Principal
-	ctx context.Context
+	s     *session
+	p     store.Principal
+	ctx   context.Context
+	state string // a live page's state (JSON), taken before the page reads what it shows
 }
 
 func (q *req) mfaAge(now time.Time) int64 {
@@ -71,6 +73,14 @@ func (c *Console) view(op string, fn func(w http.ResponseWriter, r *http.Request
 		if !d.Allow {
 			c.fail(w, r, q, errorf(http.StatusForbidden, "the policy does not let %s see this page (%s)", q.p.ID, d.Reason()))
 			return
+		}
+		if live[op] {
+			// Before the page's own reads: a change in between reloads the page once more,
+			// never leaves it stale.
+			if st, err := c.snapshot(q); err == nil {
+				b, _ := json.Marshal(st)
+				q.state = string(b)
+			}
 		}
 		if err := fn(w, r, q); err != nil {
 			c.fail(w, r, q, err)

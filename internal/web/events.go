@@ -106,6 +106,8 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, q *req) error {
 		select {
 		case <-r.Context().Done():
 			return nil
+		case <-c.stop:
+			return nil
 		case <-tick.C:
 		}
 	}

@@ -120,8 +120,11 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, q *req) error
 		total[b.Decision] += b.Count
 		maxN = max(maxN, allow[i], deny[i])
 	}
-	var bars []bar
+	var bars, ticks []bar
 	for i := range allow {
+		if i%4 == 0 {
+			ticks = append(ticks, bar{X: i * 24, Label: since.Add(time.Duration(i) * time.Hour).UTC().Format("15:04")})
+		}
 		h := since.Add(time.Duration(i) * time.Hour).UTC().Format("15:00")
 		ha, hd := allow[i]*100/maxN, deny[i]*100/maxN
 		bars = append(bars, bar{X: i * 24, Y: 100 - ha, W: 10, H: ha, Label: fmt.Sprintf("%s: %d allowed", h, allow[i]), Class: "allow"},
@@ -163,7 +166,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, q *req) error
 		return err
 	}
 	c.render(w, r, q, http.StatusOK, "overview", "Overview", map[string]any{
-		"Bars": bars, "Allowed": total[audit.Allow], "Denied": total[audit.Deny], "Since": since,
+		"Bars": bars, "Ticks": ticks, "Allowed": total[audit.Allow], "Denied": total[audit.Deny], "Since": since,
 		"Countries": countries, "Sampled": len(evs), "Incidents": head(incidents, 20), "OpenIncidents": len(incidents), "Deployments": deps,
 	})
 	return nil
@@ -303,6 +306,7 @@ type entry struct {
 	Subject  map[string]string
 	Fields   map[string]string
 	Raw      string
+	Opened   bool // the incident's own opening or closing, not a log entry
 }
 
 func toEntry(e store.AuditEvent) entry {
@@ -324,7 +328,10 @@ func (c *Console) incident(w http.ResponseWriter, r *http.Request, q *req) error
 	if err != nil {
 		return err
 	}
-	var timeline []entry
+	timeline := []entry{{TS: in.OpenedAt, Kind: "incident opened", Opened: true}}
+	if !in.ClosedAt.IsZero() {
+		timeline = append(timeline, entry{TS: in.ClosedAt, Kind: "incident closed", Reason: in.Note, Opened: true})
+	}
 	for _, e := range evs {
 		timeline = append(timeline, toEntry(e))
 	}

@@ -20,8 +20,12 @@ type page struct {
 	Flash       string
 	Path        string // this page, for forms that come back to it
 	LogVKey     string
+	State       string // the live state this page was rendered at (JSON), for app.js
 	Data        any
 }
+
+// live are the pages that reload when the state they show changes.
+var live = map[string]bool{"overview": true, "inventory": true, "leases": true, "approvals": true, "incidents": true, "incident": true}
 
 var funcs = template.FuncMap{
 	"ts": func(t time.Time) string {
@@ -71,6 +75,7 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, q *req, status 
 		if !q.s.stepUp.IsZero() && c.cfg.Now().Sub(q.s.stepUp) < c.cfg.StepUpFor {
 			pg.StepUpUntil = q.s.stepUp.Add(c.cfg.StepUpFor)
 		}
+		pg.State = q.state
 		if q.s.flash != "" {
 			pg.Flash = q.s.flash
 			c.sessions.update(q.s.key, func(s *session) { s.flash = "" })

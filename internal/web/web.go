@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
@@ -101,7 +102,13 @@ type Console struct {
 	pages    map[string]*template.Template
 	mux      *http.ServeMux
 	static   http.Handler
+	stop     chan struct{} // closed by Shutdown: live streams end
+	stopOnce sync.Once
 }
+
+// Shutdown ends the live-update streams (http.Server.RegisterOnShutdown), which would
+// otherwise hold a graceful shutdown for its whole grace.
+func (c *Console) Shutdown() { c.stopOnce.Do(func() { close(c.stop) }) }
 
 // New checks cfg, sets defaults and parses the templates.
 func New(cfg Config) (*Console, error) {
@@ -126,7 +133,7 @@ func New(cfg Config) (*Console, error) {
 	def(&cfg.MaxAge, 8*time.Hour)
 	def(&cfg.StepUpFor, 5*time.Minute)
 	def(&cfg.Events, time.Second)
-	c := &Console{cfg: cfg, sessions: newSessions(cfg.IdleTimeout, cfg.MaxAge, cfg.Now), limiter: newLimiter(cfg.Now)}
+	c := &Console{stop: make(chan struct{}), cfg: cfg, sessions: newSessions(cfg.IdleTimeout, cfg.MaxAge, cfg.Now), limiter: newLimiter(cfg.Now)}
 	var err error
 	if c.pages, err = parsePages(); err != nil {
 		return nil, err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/strongroom/strongroom/internal/app/apptest"
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/strongroom/strongroom/internal/web"
 )
@@ -49,7 +50,12 @@ func (failingAudit) Audit(context.Context, audit.Event) error {
 
 func newHarness(t *testing.T, wrap func(web.Ops) web.Ops) *harness {
 	t.Helper()
-	e := apptest.New(t, nil)
+	return newHarnessConfig(t, wrap, nil)
+}
+
+func newHarnessConfig(t *testing.T, wrap func(web.Ops) web.Ops, mod func(c *config.Config, dataDir string)) *harness {
+	t.Helper()
+	e := apptest.New(t, mod)
 	h := &harness{e: e, clock: &clock{}}
 	vkey, err := e.App.LogVKey()
 	if err != nil {

@@ -11,17 +11,18 @@
   if (!follows || !window.EventSource) return;
   var typing = false;
   document.addEventListener("input", function () { typing = true; });
+  function key(st) { return follows.map(function (k) { return String(st[k]); }).join("|"); }
   var last = null;
+  try { last = key(JSON.parse(document.body.dataset.state)); } catch (e) { /* no state: the first event sets it */ }
   var es = new EventSource("/console/events");
   es.addEventListener("state", function (ev) {
-    var st = JSON.parse(ev.data);
-    var key = follows.map(function (k) { return String(st[k]); }).join("|");
-    if (last !== null && key !== last && !typing) {
+    var k = key(JSON.parse(ev.data));
+    if (last !== null && k !== last && !typing) {
       es.close();
       window.location.reload();
       return;
     }
-    last = key;
+    last = k;
   });
   es.addEventListener("signedout", function () { es.close(); window.location.assign("/console/login"); });
 })();
