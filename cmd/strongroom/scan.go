@@ -109,7 +109,7 @@ func writeEvidence(ctx context.Context, g *globals, dir string, f app.ScanFindin
 	e := map[string]any{
 		"v": 1, "made": time.Now().UTC().Format(time.RFC3339), "tool": "strongroom scan", "tool_version": ver, "method": scanMethod,
 		"file":      map[string]any{"path": f.Path, "sha256": f.SHA256, "bytes": f.Bytes, "format": f.Format},
-		"protected": f.Model, "score": f.Score, "z": f.Z,
+		"protected": f.Model, "score": f.Score, "z": f.Z, "invariant_score": f.Sim.Invariant, "invariant_z": f.InvZ,
 		"null":    map[string]any{"mean": f.NullMean, "sd": f.NullSD, "models": f.NullK},
 		"tensors": f.Sim.Tensors, "alignment": f.Sim.Align, "tensors_renamed": f.Sim.Renamed,
 		"trace": f.Trace, "log_entry": proof,
@@ -123,6 +123,7 @@ func writeEvidence(ctx context.Context, g *globals, dir string, f app.ScanFindin
 	fmt.Fprintf(&md, "# Takedown evidence: %s\n\n", filepath.Base(f.Path))
 	fmt.Fprintf(&md, "- File: `%s` (%s, %d bytes), SHA-256 `%s`\n", f.Path, f.Format, f.Bytes, f.SHA256)
 	fmt.Fprintf(&md, "- Derived from protected model **%s**: likeness %.4f, %.0f standard deviations above unrelated models (null %.4f ± %.4f over %d)\n", f.Model, f.Score, f.Z, f.NullMean, f.NullSD, f.NullK)
+	fmt.Fprintf(&md, "- Second signal, unit-invariant products of weight matrices (needs no unit matching): %.4f, %.0f standard deviations above unrelated models\n", f.Sim.Invariant, f.InvZ)
 	if f.Trace != nil {
 		switch len(f.Trace.Named) {
 		case 0:

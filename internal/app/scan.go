@@ -36,15 +36,17 @@ type ScanProgress struct {
 
 // ScanFinding is what the scanner says about one model found.
 type ScanFinding struct {
-	Path     string                   `json:"path"`
-	Format   string                   `json:"format,omitempty"`
-	Bytes    int64                    `json:"bytes"`
-	SHA256   string                   `json:"sha256,omitempty"` // of the file or directory manifest (derived models only)
-	Error    string                   `json:"error,omitempty"`
-	Derived  bool                     `json:"derived"`
-	Model    string                   `json:"model,omitempty"` // best-matching protected NAME:VERSION
-	Score    float64                  `json:"score"`
-	Z        float64                  `json:"z"`
+	Path    string  `json:"path"`
+	Format  string  `json:"format,omitempty"`
+	Bytes   int64   `json:"bytes"`
+	SHA256  string  `json:"sha256,omitempty"` // of the file or directory manifest (derived models only)
+	Error   string  `json:"error,omitempty"`
+	Derived bool    `json:"derived"`
+	Model   string  `json:"model,omitempty"` // best-matching protected NAME:VERSION
+	Score   float64 `json:"score"`
+	Z       float64 `json:"z"`
+	// InvZ is the second signal's z (unit-invariant products, fingerprint/invariant.go).
+	InvZ     float64                  `json:"invariant_z"`
 	NullMean float64                  `json:"null_mean"`
 	NullSD   float64                  `json:"null_sd"`
 	NullK    int                      `json:"null_models"`
@@ -56,7 +58,7 @@ type ScanFinding struct {
 type protected struct {
 	name, version string
 	m             *fingerprint.Model
-	mean, sd      float64
+	null          fingerprint.NullStats
 }
 
 // Scan walks paths for models (safetensors, GGUF, Hugging Face directories) and says of
@@ -97,7 +99,7 @@ func (a *App) Scan(ctx context.Context, paths []string, o ScanOptions) ([]ScanFi
 			return nil, err
 		}
 		p := protected{name: name, version: version, m: m}
-		p.mean, p.sd = fingerprint.Null(m, o.Null)
+		p.null = fingerprint.Null(m, o.Null)
 		prot = append(prot, p)
 	}
 	if len(prot) == 0 {
@@ -145,7 +147,7 @@ func (a *App) Scan(ctx context.Context, paths []string, o ScanOptions) ([]ScanFi
 				continue
 			}
 			sim := fingerprint.Compare(p.m, m)
-			cs = append(cs, cand{p: p, sim: sim, z: (sim.Score - p.mean) / max(p.sd, 1e-9)})
+			cs = append(cs, cand{p: p, sim: sim, z: (sim.Score - p.null.Mean) / max(p.null.SD, 1e-9)})
 		}
 		if len(cs) == 0 {
 			return
@@ -177,14 +179,15 @@ func (a *App) Scan(ctx context.Context, paths []string, o ScanOptions) ([]ScanFi
 				}
 			}
 		}
-		f.Model, f.Score, f.Z, f.NullMean, f.NullSD, f.NullK = best.p.name+":"+best.p.version, best.sim.Score, best.z, best.p.mean, best.p.sd, o.Null
+		f.Model, f.Score, f.Z, f.NullMean, f.NullSD, f.NullK = best.p.name+":"+best.p.version, best.sim.Score, best.z, best.p.null.Mean, best.p.null.SD, o.Null
+		f.InvZ = (best.sim.Invariant - best.p.null.InvMean) / max(best.p.null.InvSD, 1e-9)
 		if f.Z < o.MinZ {
 			return
 		}
 		f.Derived, f.Sim, f.Trace = true, &best.sim, best.tr
 		chosen := best.p
 		fields := map[string]string{"path": path, "sha256": f.SHA256, "score": strconv.FormatFloat(f.Score, 'f', 4, 64),
-			"z": strconv.FormatFloat(f.Z, 'f', 1, 64), "verdict": f.Trace.Verdict, "named": strings.Join(f.Trace.Named, ","),
+			"z": strconv.FormatFloat(f.Z, 'f', 1, 64), "invariant_z": strconv.FormatFloat(f.InvZ, 'f', 1, 64), "verdict": f.Trace.Verdict, "named": strings.Join(f.Trace.Named, ","),
 			"tool": "strongroom scan", "method": "fingerprint/v1"}
 		f.LogIndex, err = a.record(ctx, audit.Event{Kind: audit.KindScanFinding,
 			Subject: map[string]string{"model": chosen.name, "version": chosen.version}, Decision: audit.Allow, Fields: fields})

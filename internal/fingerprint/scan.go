@@ -31,6 +31,11 @@ type Similarity struct {
 	Renamed int           `json:"tensors_renamed"`
 	Align   AlignReport   `json:"alignment"`
 	Tensors []TensorScore `json:"tensors"`
+	// Invariant is the second signal (invariant.go): the likeness of products of weight
+	// matrices that unit permutations and sign flips leave unchanged, per layer in
+	// Invariants.
+	Invariant  float64       `json:"invariant_score"`
+	Invariants []TensorScore `json:"invariants"`
 }
 
 // Comparable says whether suspect shares at least one 2-D tensor shape with orig.
@@ -85,6 +90,7 @@ func Compare(orig, suspect *Model) Similarity {
 	if den > 0 {
 		sim.Score = num / den
 	}
+	sim.Invariant, sim.Invariants = invariants(orig, s)
 	return sim
 }
 
@@ -103,13 +109,25 @@ func Surrogate(m *Model, seed uint64) *Model {
 	return out
 }
 
-// Null is the mean and standard deviation of Compare's score for k surrogates of orig.
-func Null(orig *Model, k int) (mean, sd float64) {
-	xs := make([]float64, k)
+// NullStats is what unrelated models score: the mean and standard deviation of both
+// signals over k surrogates.
+type NullStats struct {
+	Mean, SD       float64 // Score
+	InvMean, InvSD float64 // Invariant
+	K              int
+}
+
+// Null measures Compare's two signals on k surrogates of orig.
+func Null(orig *Model, k int) NullStats {
+	xs, is := make([]float64, k), make([]float64, k)
 	for i := range xs {
-		xs[i] = Compare(orig, Surrogate(orig, uint64(i+1))).Score
+		sim := Compare(orig, Surrogate(orig, uint64(i+1)))
+		xs[i], is[i] = sim.Score, sim.Invariant
 	}
-	return MeanSD(xs)
+	n := NullStats{K: k}
+	n.Mean, n.SD = MeanSD(xs)
+	n.InvMean, n.InvSD = MeanSD(is)
+	return n
 }
 
 // MeanSD is the sample mean and standard deviation.

@@ -3,6 +3,7 @@ package fingerprint
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,19 +63,24 @@ func TestScanLikeness(t *testing.T) {
 			a := markedCopy(t, orig, model, "lic-007")
 			other := synthModel(999, sh.layers, sh.d, sh.ff, sh.vocab, sh.heads, sh.kv)
 			start := time.Now()
-			mean, sd := Null(orig, 20)
+			null := Null(orig, 20)
+			mean, sd := null.Mean, null.SD
 			nullTime := time.Since(start)
-			var unrelated []float64
+			var unrelated, unrelatedInv []float64
 			for i := range 20 {
 				u := synthModel(uint64(200+i), sh.layers, sh.d, sh.ff, sh.vocab, sh.heads, sh.kv)
-				unrelated = append(unrelated, Compare(orig, u).Score)
+				sim := Compare(orig, u)
+				unrelated, unrelatedInv = append(unrelated, sim.Score), append(unrelatedInv, sim.Invariant)
 			}
+			im, is := MeanSD(unrelatedInv)
+			maxUI := slices.Max(unrelatedInv)
+			t.Logf("second signal (unit-invariant products): 20 unrelated models %.4f ± %.4f, max %.4f", im, is, maxUI)
 			um, us := MeanSD(unrelated)
 			cands := candidates(t, model, 1000)
 			minZ, maxU := math.Inf(1), slices.Max(unrelated)
 			t.Logf("%.1fM params: surrogate null %.4f ± %.4f (%v for 20); 20 unrelated models %.4f ± %.4f, max %.4f",
 				sh.params()/1e6, mean, sd, nullTime.Round(time.Millisecond), um, us, maxU)
-			t.Logf("| copy | score | z vs unrelated | z vs surrogates | licensee named | trace z |")
+			t.Logf("| copy | score | z vs unrelated | z vs surrogates | licensee named | trace z | invariant | invariant z |")
 			for _, d := range derived(t, a, other) {
 				sim := Compare(orig, d.m)
 				z := (sim.Score - um) / us
@@ -86,7 +92,11 @@ func TestScanLikeness(t *testing.T) {
 						t.Errorf("%s: innocent licensee %s named", d.name, n)
 					}
 				}
-				t.Logf("| %s | %.4f | %.0f | %.0f | %v | %.1f |", d.name, sim.Score, z, zs, tr.Named, tr.Scores[0].Z)
+				zi := (sim.Invariant - im) / is
+				t.Logf("| %s | %.4f | %.0f | %.0f | %v | %.1f | %.4f | %.0f |", d.name, sim.Score, z, zs, tr.Named, tr.Scores[0].Z, sim.Invariant, zi)
+				if sim.Invariant <= maxUI {
+					t.Errorf("%s: invariant score %.4f not above every unrelated model (max %.4f)", d.name, sim.Invariant, maxUI)
+				}
 				if sim.Score <= maxU {
 					t.Errorf("%s: score %.4f not above every unrelated model (max %.4f): AUC < 1", d.name, sim.Score, maxU)
 				}
@@ -121,5 +131,37 @@ func TestFind(t *testing.T) {
 	want := []string{"a/hf", "a/q.bin", "loose.safetensors"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("Find: %v, want %v", got, want)
+	}
+}
+
+// TestInvariantsNeedNoUnitMatching: the second signal sees through a permutation of every
+// layer's MLP units with the function-preserving sign flips (up rows and down columns)
+// without any unit alignment — where the tensors themselves no longer look alike — and
+// says nothing for an unrelated model.
+func TestInvariantsNeedNoUnitMatching(t *testing.T) {
+	orig := synthModel(100, 2, 64, 172, 300, 4, 2)
+	c := cloneModel(orig)
+	rng := rand.New(rand.NewPCG(9, 9))
+	for l := 0; c.Get(fmt.Sprintf("model.layers.%d.mlp.up_proj.weight", l)) != nil; l++ {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		up, gate, down := c.Get(p+"mlp.up_proj.weight"), c.Get(p+"mlp.gate_proj.weight"), c.Get(p+"mlp.down_proj.weight")
+		perm := rng.Perm(up.Rows())
+		sign := make([]float32, up.Rows())
+		for i := range sign {
+			sign[i] = float32(1 - 2*rng.IntN(2))
+		}
+		up.Data = applyUnits(up.Data, up.Rows(), up.Cols(), perm, sign, false)
+		gate.Data = applyUnits(gate.Data, gate.Rows(), gate.Cols(), perm, nil, false)
+		down.Data = applyUnits(down.Data, down.Rows(), down.Cols(), perm, sign, true)
+	}
+	if cos := cosine(orig.Get("model.layers.0.mlp.up_proj.weight").Data, c.Get("model.layers.0.mlp.up_proj.weight").Data); math.Abs(cos) > 0.1 {
+		t.Fatalf("the permuted tensor still looks alike (cosine %.3f): the test shows nothing", cos)
+	}
+	score, per := invariants(orig, c)
+	if score < 0.999 || len(per) != 2 {
+		t.Fatalf("invariant score %.4f over %d products, want ≈1 over 2", score, len(per))
+	}
+	if u, _ := invariants(orig, synthModel(7, 2, 64, 172, 300, 4, 2)); math.Abs(u) > 0.2 {
+		t.Fatalf("unrelated model's invariant score %.4f", u)
 	}
 }

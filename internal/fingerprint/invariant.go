@@ -1,0 +1,104 @@
+package fingerprint
+
+import (
+	"math/rand/v2"
+	"slices"
+)
+
+// Invariants (spec). The second likeness signal: a product of a layer's weight matrices
+// that a permutation of its MLP units, with the function-preserving sign flips (an up row
+// and its down column together; the gate's cannot be flipped through SiLU), leaves
+// unchanged — down·up (d × d) — so that no unit matching is needed, only the residual
+// stream's alignment that Align does first. (down·gate is not: a flipped down column
+// changes it.) Each product P is sketched as P·R = down·(up·R) with a
+// fixed Gaussian R (d × sketchCols, seeded by the shape), which costs 2·d·ff·sketchCols
+// per product instead of d²·ff. A layer's invariant likeness is the cosine of the two
+// models' sketches; the model's is their mean weighted by size. Unrelated models' sketches
+// are independent, so their cosine is near 0 whatever alignment did. Attention (o·v per
+// head) is not included.
+
+const sketchCols = 8
+
+// invariantPairs are the (left, right) tensors whose product is unit-invariant.
+var invariantPairs = [][2]string{
+	{"mlp.down_proj.weight", "mlp.up_proj.weight"},
+}
+
+// sketchR is the fixed right factor for inner dimension d.
+func sketchR(d int) []float32 {
+	rng := rand.New(rand.NewPCG(uint64(d), 0x1a7a))
+	r := make([]float32, d*sketchCols)
+	for i := range r {
+		r[i] = float32(rng.NormFloat64())
+	}
+	return r
+}
+
+// sketch returns left·(right·R) for left [d, f] and right [f, d], row-major.
+func sketch(left, right *Tensor, r []float32) []float32 {
+	return mulK(left.Data, left.Rows(), right.Rows(), mulK(right.Data, right.Rows(), right.Cols(), r))
+}
+
+// mulK multiplies a [rows, cols] by b [cols, sketchCols], row-major.
+func mulK(a []float32, rows, cols int, b []float32) []float32 {
+	out := make([]float32, rows*sketchCols)
+	for i := range rows {
+		o := out[i*sketchCols : (i+1)*sketchCols]
+		for j, w := range a[i*cols : (i+1)*cols] {
+			bj := b[j*sketchCols : (j+1)*sketchCols]
+			for c := range o {
+				o[c] += w * bj[c]
+			}
+		}
+	}
+	return out
+}
+
+// invariants compares the unit-invariant products of orig and an aligned suspect: one
+// score per layer and product present in both with the same shapes, and their mean
+// weighted by size (0 when there are none).
+func invariants(orig, aligned *Model) (float64, []TensorScore) {
+	type job struct {
+		name           string
+		ol, or, sl, sr *Tensor
+	}
+	var jobs []job
+	for l := 0; ; l++ {
+		p := "model.layers." + itoa(int64(l)) + "."
+		if orig.Get(p+"input_layernorm.weight") == nil && orig.Get(p+"mlp.up_proj.weight") == nil {
+			break
+		}
+		for _, pr := range invariantPairs {
+			ol, or := orig.Get(p+pr[0]), orig.Get(p+pr[1])
+			sl, sr := aligned.Get(p+pr[0]), aligned.Get(p+pr[1])
+			if ol == nil || or == nil || sl == nil || sr == nil || len(ol.Shape) != 2 || len(or.Shape) != 2 ||
+				!slices.Equal(ol.Shape, sl.Shape) || !slices.Equal(or.Shape, sr.Shape) || ol.Cols() != or.Rows() {
+				continue
+			}
+			jobs = append(jobs, job{p + pr[0] + "·" + pr[1], ol, or, sl, sr})
+		}
+	}
+	scores := make([]TensorScore, len(jobs))
+	rs := map[int][]float32{}
+	for _, j := range jobs {
+		if rs[j.or.Cols()] == nil {
+			rs[j.or.Cols()] = sketchR(j.or.Cols())
+		}
+	}
+	parallel(len(jobs), func(i int) error {
+		j := jobs[i]
+		r := rs[j.or.Cols()]
+		scores[i] = TensorScore{j.name, cosine(sketch(j.ol, j.or, r), sketch(j.sl, j.sr, r))}
+		return nil
+	})
+	var num, den float64
+	for i, j := range jobs {
+		w := float64(len(j.ol.Data) + len(j.or.Data))
+		num += scores[i].Cosine * w
+		den += w
+	}
+	if den == 0 {
+		return 0, scores
+	}
+	return num / den, scores
+}
