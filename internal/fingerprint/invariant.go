@@ -10,21 +10,26 @@ import (
 // and its down column together; the gate's cannot be flipped through SiLU), leaves
 // unchanged — down·up (d × d) — so that no unit matching is needed, only the residual
 // stream's alignment that Align does first. (down·gate is not: a flipped down column
-// changes it.) Each product P is sketched as P·R = down·(up·R) with a
-// fixed Gaussian R (d × sketchCols, seeded by the shape), which costs 2·d·ff·sketchCols
-// per product instead of d²·ff. A layer's invariant likeness is the cosine of the two
+// changes it.) Each product P is sketched as S·P·R = (S·down)·(up·R) with a fixed
+// Gaussian R (d × sketchCols, seeded by the shape) and S a fixed choice of at most
+// sketchRows of down's rows, which costs ff·(d + sketchRows)·sketchCols per product
+// instead of d²·ff. A layer's invariant likeness is the cosine of the two
 // models' sketches; the model's is their mean weighted by size. Unrelated models' sketches
 // are independent, so their cosine is near 0 whatever alignment did. Attention (o·v per
 // head) is not included.
 
-const sketchCols = 8
+const (
+	sketchCols = 4
+	sketchRows = 128
+)
 
 // invariantPairs are the (left, right) tensors whose product is unit-invariant.
 var invariantPairs = [][2]string{
 	{"mlp.down_proj.weight", "mlp.up_proj.weight"},
 }
 
-// sketchR is the fixed right factor for inner dimension d.
+// sketchR is the fixed right factor for inner dimension d, stored by column (sketchCols
+// vectors of length d).
 func sketchR(d int) []float32 {
 	rng := rand.New(rand.NewPCG(uint64(d), 0x1a7a))
 	r := make([]float32, d*sketchCols)
@@ -34,24 +39,42 @@ func sketchR(d int) []float32 {
 	return r
 }
 
-// sketch returns left·(right·R) for left [d, f] and right [f, d], row-major.
+// sketch returns S·left·(right·R) for left [d, f] and right [f, d], row-major.
 func sketch(left, right *Tensor, r []float32) []float32 {
-	return mulK(left.Data, left.Rows(), right.Rows(), mulK(right.Data, right.Rows(), right.Cols(), r))
-}
-
-// mulK multiplies a [rows, cols] by b [cols, sketchCols], row-major.
-func mulK(a []float32, rows, cols int, b []float32) []float32 {
-	out := make([]float32, rows*sketchCols)
-	for i := range rows {
-		o := out[i*sketchCols : (i+1)*sketchCols]
-		for j, w := range a[i*cols : (i+1)*cols] {
-			bj := b[j*sketchCols : (j+1)*sketchCols]
-			for c := range o {
-				o[c] += w * bj[c]
-			}
+	f, d := right.Rows(), right.Cols()
+	mid := make([]float32, sketchCols*f) // (right·R)ᵀ: sketchCols vectors of length f
+	for i := range f {
+		row := right.Data[i*d : (i+1)*d]
+		for c := range sketchCols {
+			mid[c*f+i] = dot32(row, r[c*d:(c+1)*d])
+		}
+	}
+	step := max(1, left.Rows()/sketchRows)
+	var out []float32
+	for i := 0; i < left.Rows(); i += step {
+		row := left.Data[i*f : (i+1)*f]
+		for c := range sketchCols {
+			out = append(out, dot32(row, mid[c*f:(c+1)*f]))
 		}
 	}
 	return out
+}
+
+// dot32 is the dot product of equal-length vectors, four partial sums at a time.
+func dot32(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return s0 + s1 + s2 + s3
 }
 
 // invariants compares the unit-invariant products of orig and an aligned suspect: one
