@@ -99,7 +99,7 @@ type countryRow struct {
 func (c *Console) overview(w http.ResponseWriter, r *http.Request, q *req) error {
 	now := c.cfg.Now()
 	since := now.Add(-24 * time.Hour).Truncate(time.Hour)
-	hist, err := c.cfg.Store.AuditHistogram(q.ctx, "gateway.request", since, time.Hour)
+	hist, err := c.cfg.Store.AuditHistogram(q.ctx, string(audit.KindRequest), since, time.Hour)
 	if err != nil {
 		return err
 	}
@@ -130,13 +130,20 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, q *req) error
 		bars = append(bars, bar{X: i * 24, Y: 100 - ha, W: 10, H: ha, Label: fmt.Sprintf("%s: %d allowed", h, allow[i]), Class: "allow"},
 			bar{X: i*24 + 11, Y: 100 - hd, W: 10, H: hd, Label: fmt.Sprintf("%s: %d denied", h, deny[i]), Class: "deny"})
 	}
-	// Traffic by country: the latest 2,000 requests (a bounded read).
-	evs, err := c.cfg.Store.SearchAudit(q.ctx, store.AuditQuery{Kind: "gateway.request", Since: since, Desc: true, Limit: 2000})
+	// Traffic by country: the latest 2,000 requests of the day (a bounded read, newest
+	// first by index; older ones are skipped here rather than by the query, which would
+	// then have to sort the whole day).
+	evs, err := c.cfg.Store.SearchAudit(q.ctx, store.AuditQuery{Kind: string(audit.KindRequest), Desc: true, Limit: 2000})
 	if err != nil {
 		return err
 	}
 	byCountry := map[string]int{}
+	sampled := 0
 	for _, e := range evs {
+		if e.TS.Before(since) {
+			continue
+		}
+		sampled++
 		var ev struct {
 			Fields map[string]string `json:"fields"`
 		}
@@ -167,7 +174,7 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request, q *req) error
 	}
 	c.render(w, r, q, http.StatusOK, "overview", "Overview", map[string]any{
 		"Bars": bars, "Ticks": ticks, "Allowed": total[audit.Allow], "Denied": total[audit.Deny], "Since": since,
-		"Countries": countries, "Sampled": len(evs), "Incidents": head(incidents, 20), "OpenIncidents": len(incidents), "Deployments": deps,
+		"Countries": countries, "Sampled": sampled, "Incidents": head(incidents, 20), "OpenIncidents": len(incidents), "Deployments": deps,
 	})
 	return nil
 }

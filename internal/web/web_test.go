@@ -48,12 +48,12 @@ func (failingAudit) Audit(context.Context, audit.Event) error {
 	return errors.New("log unavailable")
 }
 
-func newHarness(t *testing.T, wrap func(web.Ops) web.Ops) *harness {
+func newHarness(t testing.TB, wrap func(web.Ops) web.Ops) *harness {
 	t.Helper()
 	return newHarnessConfig(t, wrap, nil)
 }
 
-func newHarnessConfig(t *testing.T, wrap func(web.Ops) web.Ops, mod func(c *config.Config, dataDir string)) *harness {
+func newHarnessConfig(t testing.TB, wrap func(web.Ops) web.Ops, mod func(c *config.Config, dataDir string)) *harness {
 	t.Helper()
 	e := apptest.New(t, mod)
 	h := &harness{e: e, clock: &clock{}}
@@ -78,13 +78,13 @@ func newHarnessConfig(t *testing.T, wrap func(web.Ops) web.Ops, mod func(c *conf
 
 // browser is a cookie-keeping client that does not follow redirects.
 type browser struct {
-	t    *testing.T
+	t    testing.TB
 	h    *harness
 	c    *http.Client
 	csrf string
 }
 
-func (h *harness) browser(t *testing.T) *browser {
+func (h *harness) browser(t testing.TB) *browser {
 	jar, _ := cookiejar.New(nil)
 	return &browser{t: t, h: h, c: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
