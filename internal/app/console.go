@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/custody"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
@@ -148,5 +150,34 @@ func (a *App) Console(ctx context.Context) (*web.Console, error) {
 		return nil, err
 	}
 	return web.New(web.Config{Ops: a, Store: a.Store, LogVKey: vkey, PolicyDir: a.Config.Gateway.PolicyDir,
-		Digest: a.Redactor.Digest, Log: a.Log})
+		Digest: a.Redactor.Digest, Log: a.Log, OIDC: a.consoleOIDC(ctx)})
+}
+
+// consoleOIDC is the console's identity-provider sign-in, if configured. A provider that
+// cannot be discovered at start leaves the console with API key + TOTP only (and says so):
+// the control plane still serves the log and health.
+func (a *App) consoleOIDC(ctx context.Context) *web.OIDC {
+	c := a.Config.Console.OIDC
+	if c == nil {
+		return nil
+	}
+	fail := func(err error) *web.OIDC {
+		a.Log.Error("ALERT: console sign-in with the identity provider is off", "issuer", c.Issuer, "err", err)
+		return nil
+	}
+	if c.RedirectURL == "" {
+		return fail(errors.New("console.oidc.redirect_url is required"))
+	}
+	l, err := authn.DiscoverLogin(ctx, c.Issuer, c.ClientID, c.PrincipalClaim, nil)
+	if err != nil {
+		return fail(err)
+	}
+	secret := ""
+	if c.ClientSecretEnv != "" {
+		if secret = os.Getenv(c.ClientSecretEnv); secret == "" {
+			return fail(fmt.Errorf("$%s (console.oidc.client_secret_env) is empty", c.ClientSecretEnv))
+		}
+	}
+	return &web.OIDC{AuthURL: l.AuthURL, TokenURL: l.TokenURL, ClientID: c.ClientID, ClientSecret: secret,
+		RedirectURL: c.RedirectURL, Scopes: c.Scopes, Verify: l.Verify}
 }

@@ -121,3 +121,58 @@ func (c Chain) Authenticate(ctx context.Context, tok string) (*Principal, error)
 	}
 	return c.OIDC.Authenticate(ctx, tok)
 }
+
+// Login is an OpenID Connect provider for interactive sign-in (the console): its
+// endpoints, found by discovery, and a check of the ID tokens it issues to one client.
+type Login struct {
+	AuthURL, TokenURL string
+	v                 *oidc.IDTokenVerifier
+	claim             string
+}
+
+// DiscoverLogin reads issuer's discovery document (through hc, nil: the default client)
+// and returns its login endpoints and ID-token check for clientID; claim names the
+// principal (default "sub").
+func DiscoverLogin(ctx context.Context, issuer, clientID, claim string, hc *http.Client) (*Login, error) {
+	if issuer == "" || clientID == "" {
+		return nil, fmt.Errorf("oidc login: issuer and client_id are required")
+	}
+	if hc != nil {
+		ctx = oidc.ClientContext(ctx, hc)
+	}
+	p, err := oidc.NewProvider(ctx, issuer)
+	if err != nil {
+		return nil, fmt.Errorf("oidc login: discovery: %w", err)
+	}
+	if claim == "" {
+		claim = "sub"
+	}
+	// The key set fetches keys with the client given to discovery, for the provider's lifetime.
+	return &Login{AuthURL: p.Endpoint().AuthURL, TokenURL: p.Endpoint().TokenURL, claim: claim,
+		v: p.VerifierContext(oidc.ClientContext(context.Background(), clientOrDefault(hc)), &oidc.Config{ClientID: clientID})}, nil
+}
+
+func clientOrDefault(hc *http.Client) *http.Client {
+	if hc == nil {
+		return http.DefaultClient
+	}
+	return hc
+}
+
+// Verify checks an ID token (signature, issuer, audience, expiry) and returns the
+// principal it names and its nonce.
+func (l *Login) Verify(ctx context.Context, raw string) (principal, nonce string, err error) {
+	idt, err := l.v.Verify(ctx, raw)
+	if err != nil {
+		return "", "", fmt.Errorf("%w: id token: %v", ErrUnauthenticated, err)
+	}
+	var claims map[string]any
+	if err := idt.Claims(&claims); err != nil {
+		return "", "", fmt.Errorf("%w: id token claims: %v", ErrUnauthenticated, err)
+	}
+	id, _ := claims[l.claim].(string)
+	if id == "" {
+		return "", "", fmt.Errorf("%w: id token has no %q claim", ErrUnauthenticated, l.claim)
+	}
+	return id, idt.Nonce, nil
+}

@@ -42,6 +42,29 @@ type Config struct {
 	Alerts Alerts          `json:"alerts,omitzero"`
 	// Telemetry: OpenTelemetry traces.
 	Telemetry Telemetry `json:"telemetry,omitzero"`
+	// Console: the security console at ADMIN/console/.
+	Console Console `json:"console,omitzero"`
+}
+
+// Console configures the security console's sign-in besides API key + TOTP.
+type Console struct {
+	// OIDC, if set, offers sign-in through this identity provider (authorization code with
+	// PKCE); its users must be registered principals.
+	OIDC *ConsoleOIDC `json:"oidc,omitempty"`
+}
+
+// ConsoleOIDC is the console's client at an OpenID Connect provider.
+type ConsoleOIDC struct {
+	// Issuer is discovered at ISSUER/.well-known/openid-configuration.
+	Issuer   string `json:"issuer"`
+	ClientID string `json:"client_id"`
+	// ClientSecretEnv names the environment variable holding the client secret ("" for a
+	// public client: PKCE alone), so the secret is never in the file.
+	ClientSecretEnv string `json:"client_secret_env,omitempty"`
+	// RedirectURL is this console's /console/oidc/callback as the provider knows it.
+	RedirectURL    string   `json:"redirect_url"`
+	PrincipalClaim string   `json:"principal_claim,omitempty"` // default "sub"
+	Scopes         []string `json:"scopes,omitempty"`          // default ["openid"]
 }
 
 // Alerts configures what happens on a detector alert besides the audit event and incident.

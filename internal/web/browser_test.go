@@ -270,6 +270,7 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("pdftoppm: %v\n%s", err, b)
 	}
 
+	h.events(t, store.AuditQuery{Kind: "lease.revoke"}) // the search index trails the log by up to a second
 	do("audit", chromedp.Navigate(u+"/console/audit?kind=lease.revoke"), chromedp.WaitVisible(css("#audit")), screenshot("audit"))
 	if a := text("#audit"); !strings.Contains(a, "lease.revoke") || !strings.Contains(a, h.admin.ID) {
 		t.Fatalf("the revocation is not in the audit explorer under its actor:\n%s", a)
