@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"runtime/debug"
 	"syscall"
 	"text/tabwriter"
@@ -158,6 +159,13 @@ func exitCode(err error) int {
 func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// STRONGROOM_CPUPROFILE=FILE profiles the whole command (for `serve` under a load
+	// generator that starts it, as ../shared/bench/peers does); the profile is written at exit.
+	if path := os.Getenv("STRONGROOM_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	root := newRoot()
 	root.SetArgs(args)
 	root.SetOut(stdout)

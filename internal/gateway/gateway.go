@@ -720,7 +720,9 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 					st.reason = "client went away mid-stream"
 					return
 				}
-				if len(line) == 1 && fl != nil { // end of an event
+				// End of an event: flush unless more of the upstream's bytes are already
+				// here (they go out in the same write; nothing waits on the upstream).
+				if len(line) == 1 && fl != nil && br.Buffered() == 0 {
 					fl.Flush()
 				}
 			}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -1205,4 +1206,58 @@ func postRaw(t *testing.T, url, key, body string) (*http.Response, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp, string(b)
+}
+
+// TestStreamEventsNotHeld: each event the upstream sends reaches the client before the
+// upstream sends the next one (the gateway coalesces only events already received; it never
+// waits on the upstream with an event unsent). The upstream here sends its second event only
+// once the client has read the first: a held event would hang the test.
+func TestStreamEventsNotHeld(t *testing.T) {
+	got := make(chan struct{})
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Write([]byte(`{"object":"list","data":[]}`))
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		ev := func(s string) {
+			fmt.Fprintf(w, "data: %s\n\n", s)
+			w.(http.Flusher).Flush()
+		}
+		ev(`{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"one"}}]}`)
+		select {
+		case <-got:
+		case <-r.Context().Done():
+			return
+		}
+		ev(`{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"two"}}]}`)
+		ev("[DONE]")
+	}))
+	defer up.Close()
+	f := newFixture(t, func(c *Config) { c.Routes[0].Upstreams = []string{up.URL + "/v1"} })
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"demo","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	var seen []string
+	for {
+		line, err := br.ReadString('\n')
+		if strings.Contains(line, `"one"`) {
+			close(got)
+		}
+		if strings.HasPrefix(line, "data: ") {
+			seen = append(seen, strings.TrimSpace(line))
+		}
+		if err != nil {
+			break
+		}
+	}
+	if len(seen) != 3 || !strings.Contains(seen[1], `"two"`) || seen[2] != "data: [DONE]" {
+		t.Fatalf("events: %q", seen)
+	}
 }
