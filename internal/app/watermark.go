@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/inventory"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
@@ -205,6 +206,10 @@ func (a *App) WatermarkHandler() http.Handler {
 			return
 		}
 		p, err := auth.Request(r) // the gateway's chain: API keys, and OIDC tokens when configured
+		if errors.Is(err, authn.ErrStoreUnavailable) {
+			fail(http.StatusServiceUnavailable, "credentials cannot be verified right now")
+			return
+		}
 		if err != nil {
 			fail(http.StatusUnauthorized, "a valid API key or token is required")
 			return

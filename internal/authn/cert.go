@@ -31,7 +31,7 @@ func (c Certs) AuthenticateCert(ctx context.Context, cert *x509.Certificate) (*P
 	}
 	p, err := c.St.GetPrincipal(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("%w: certificate principal %s: %v", ErrUnauthenticated, id, err)
+		return nil, lookupErr("certificate principal "+id, err)
 	}
 	return &Principal{Principal: p, KeyID: "mtls:" + cert.SerialNumber.Text(16)}, nil
 }

@@ -273,8 +273,14 @@ func (k *Keys) load(ctx context.Context, id string, now time.Time) (cached, erro
 			return cached{key: key, principal: p, at: now}, nil
 		}
 	}
+	return cached{}, lookupErr("key "+id, err)
+}
+
+// lookupErr is a failed store lookup of a caller's record: ErrUnauthenticated when the
+// record does not exist, ErrStoreUnavailable when the store cannot say.
+func lookupErr(what string, err error) error {
 	if errors.Is(err, store.ErrNotFound) {
-		return cached{}, fmt.Errorf("%w: key %s: %v", ErrUnauthenticated, id, err)
+		return fmt.Errorf("%w: %s: %v", ErrUnauthenticated, what, err)
 	}
-	return cached{}, fmt.Errorf("%w: key %s: %v", ErrStoreUnavailable, id, err)
+	return fmt.Errorf("%w: %s: %v", ErrStoreUnavailable, what, err)
 }

@@ -71,7 +71,7 @@ func (o *OIDC) Authenticate(ctx context.Context, tok string) (*Principal, error)
 	}
 	p, err := o.st.GetPrincipal(ctx, id)
 	if err != nil {
-		return nil, fmt.Errorf("%w: jwt principal %s: %v", ErrUnauthenticated, id, err)
+		return nil, lookupErr("jwt principal "+id, err)
 	}
 	out := &Principal{Principal: p, KeyID: "jwt"}
 	if rs, ok := claims["roles"].([]any); ok {
