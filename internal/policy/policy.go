@@ -107,6 +107,7 @@ type Set struct {
 	ps      *cedar.PolicySet
 	files   []string
 	digests map[string]string // file base name → hex SHA-256 of its bytes, baseline included
+	cache   decisionCache     // Decide's answers (cache.go)
 }
 
 // Load compiles the baseline and every *.cedar file in dir (dir may be ""), validating
@@ -201,8 +202,20 @@ func strSet(xs []string) cedar.Set {
 	return cedar.NewSet(vals...)
 }
 
-// Decide evaluates a request. Evaluation errors deny.
+// Decide evaluates a request. Evaluation errors deny. The answer may be shared with other
+// callers: do not modify its slices.
 func (s *Set) Decide(r Request) Decision {
+	k := r.key()
+	if d, ok := s.cache.get(k); ok {
+		return d
+	}
+	d := s.decide(r)
+	s.cache.put(k, d)
+	return d
+}
+
+// decide evaluates a request with Cedar.
+func (s *Set) decide(r Request) Decision {
 	tenant := cedar.NewEntityUID("Tenant", cedar.String(r.Principal.Tenant))
 	pUID := cedar.NewEntityUID("Principal", cedar.String(r.Principal.ID))
 	m := modelEntity(r.Model)

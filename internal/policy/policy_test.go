@@ -155,14 +155,6 @@ func TestRunFile(t *testing.T) {
 	}
 }
 
-func BenchmarkDecide(b *testing.B) {
-	s, _ := Load("")
-	r := req([]string{"researcher"}, "restricted", "US")
-	for b.Loop() {
-		s.Decide(r)
-	}
-}
-
 // TestLeaseMatrix: runtime env × classification × attestation × jurisdiction.
 func TestLeaseMatrix(t *testing.T) {
 	s := baseline(t)
