@@ -11,8 +11,8 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/pprof"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 	"text/tabwriter"
 
