@@ -77,3 +77,25 @@ func (a *App) IncidentReport(ctx context.Context, id, format string) (body []byt
 	}
 	return b.Bytes(), report.Formats[format], nil
 }
+
+// ComplianceReport renders the compliance report over [from, to) (zero from: the log's
+// start; zero to: now) in format (json, csv, html or pdf), at the log's current checkpoint.
+func (a *App) ComplianceReport(ctx context.Context, from, to time.Time, format string) (body []byte, contentType string, err error) {
+	ct, ok := report.Formats[format]
+	if !ok {
+		return nil, "", fmt.Errorf("report format %q: json, csv, html or pdf", format)
+	}
+	src, err := a.ReportSource()
+	if err != nil {
+		return nil, "", err
+	}
+	r, err := report.Compliance(ctx, src, report.Period{From: from, To: to}, time.Now(), Tool())
+	if err != nil {
+		return nil, "", err
+	}
+	var b bytes.Buffer
+	if err := r.Write(&b, format); err != nil {
+		return nil, "", err
+	}
+	return b.Bytes(), ct, nil
+}

@@ -2,6 +2,7 @@ package web
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/report"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -38,6 +40,7 @@ func (c *Console) routes() {
 	m.HandleFunc("/console/proof", c.view("audit", c.proof))
 	m.HandleFunc("/console/audit", c.view("audit", c.auditPage))
 	m.HandleFunc("/console/audit/export", c.view("audit.export", c.auditExport))
+	m.HandleFunc("/console/reports/compliance", c.view("report.compliance", c.complianceReport))
 	m.HandleFunc("/console/policies", c.view("policies", c.policies))
 	m.HandleFunc("/console/events", c.view("events", c.events))
 
@@ -360,6 +363,47 @@ func (c *Console) incidentReport(w http.ResponseWriter, r *http.Request, q *req)
 	}
 	w.Header().Set("Content-Type", ct)
 	w.Header().Set("Content-Disposition", `attachment; filename="incident-`+safeName(id)+`.pdf"`)
+	w.Write(body)
+	return nil
+}
+
+// complianceReport downloads the compliance report over ?from=&to= (RFC 3339 times or
+// dates; empty: the log's start, now) as ?format= (pdf, html, csv, json).
+func (c *Console) complianceReport(w http.ResponseWriter, r *http.Request, q *req) error {
+	rep, ok := c.cfg.Ops.(complianceReporter)
+	if !ok {
+		return errorf(http.StatusNotImplemented, "%v", errNoReport)
+	}
+	var when [2]time.Time
+	for i, name := range []string{"from", "to"} {
+		v := strings.TrimSpace(r.URL.Query().Get(name))
+		if v == "" {
+			continue
+		}
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			if t, err = time.Parse("2006-01-02", v); err != nil {
+				return errorf(http.StatusBadRequest, "%s: give an RFC 3339 time or a date (2006-01-02)", name)
+			}
+		}
+		when[i] = t
+	}
+	format := r.URL.Query().Get("format")
+	if format == "" {
+		format = "pdf"
+	}
+	if _, ok := report.Formats[format]; !ok {
+		return errorf(http.StatusBadRequest, "format: pdf, html, csv or json")
+	}
+	body, ct, err := rep.ComplianceReport(q.ctx, when[0], when[1], format)
+	if errors.Is(err, report.ErrPeriod) {
+		return errorf(http.StatusBadRequest, "%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", ct)
+	w.Header().Set("Content-Disposition", `attachment; filename="compliance-report.`+safeName(format)+`"`)
 	w.Write(body)
 	return nil
 }

@@ -59,6 +59,11 @@ type incidentReporter interface {
 	IncidentReport(ctx context.Context, id, format string) (body []byte, contentType string, err error)
 }
 
+// complianceReporter is the compliance report (internal/report through the App).
+type complianceReporter interface {
+	ComplianceReport(ctx context.Context, from, to time.Time, format string) (body []byte, contentType string, err error)
+}
+
 // Store is what the console reads directly: lists and pages of state.
 type Store interface {
 	ListVersions(ctx context.Context, model string) ([]store.Version, error)
