@@ -720,9 +720,10 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 					st.reason = "client went away mid-stream"
 					return
 				}
-				// End of an event: flush unless more of the upstream's bytes are already
-				// here (they go out in the same write; nothing waits on the upstream).
-				if len(line) == 1 && fl != nil && br.Buffered() == 0 {
+				// End of an event: flush unless a whole next event is already here (it
+				// goes out in the same write; nothing waits on the upstream, not even
+				// behind half an event).
+				if len(line) == 1 && fl != nil && !eventBuffered(br) {
 					fl.Flush()
 				}
 			}
@@ -755,6 +756,14 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 		fl.Flush()
 	}
 }
+
+// eventBuffered reports whether br already holds a whole event (up to its blank line).
+func eventBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, eventEnd)
+}
+
+var eventEnd = []byte("\n\n")
 
 // finish records the request: one audit event (submitted, not awaited; a failure marks the
 // log unhealthy and later requests are refused) and one observation for the detectors.

@@ -1224,13 +1224,16 @@ func TestStreamEventsNotHeld(t *testing.T) {
 			fmt.Fprintf(w, "data: %s\n\n", s)
 			w.(http.Flusher).Flush()
 		}
-		ev(`{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"one"}}]}`)
+		// The first event and half of the second in one write: the first must not wait for
+		// the rest of the second.
+		fmt.Fprint(w, `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"one"}}]}`+"\n\n"+`data: {"id":"c",`)
+		w.(http.Flusher).Flush()
 		select {
 		case <-got:
 		case <-r.Context().Done():
 			return
 		}
-		ev(`{"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"two"}}]}`)
+		fmt.Fprint(w, `"object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"two"}}]}`+"\n\n")
 		ev("[DONE]")
 	}))
 	defer up.Close()
