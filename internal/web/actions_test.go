@@ -1,11 +1,14 @@
 package web_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -99,6 +102,33 @@ func TestFailClosed(t *testing.T) {
 	if res := b.login(h.admin, h.admin.Code(t)); res.StatusCode != http.StatusServiceUnavailable || sessionCookie(res) != nil {
 		t.Fatalf("sign-in while the log cannot record: %s", res.Status)
 	}
+	// Signed in while the log worked; then it stops: a revocation is refused, undone.
+	var down atomic.Bool
+	h = newHarness(t, func(o web.Ops) web.Ops { return &switchedAudit{Ops: o, down: &down} })
+	h.e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": make([]byte, 64)})
+	l := h.e.Lease(t, h.e.Join(t, "prod"), "m", "1")
+	b = h.browser(t)
+	b.signIn(h.admin)
+	down.Store(true)
+	if res, body := b.post("/console/leases/revoke", url.Values{"id": {l.ID}, "reason": {"x"}, "confirm": {l.ID}}); res.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "cannot record") {
+		t.Fatalf("revoke while the log cannot record: %s", res.Status)
+	}
+	if h.liveLeases(t) != 1 {
+		t.Fatal("lease revoked although the action could not be recorded")
+	}
+}
+
+// switchedAudit is a log that stops recording when down is set.
+type switchedAudit struct {
+	web.Ops
+	down *atomic.Bool
+}
+
+func (s *switchedAudit) Audit(ctx context.Context, ev audit.Event) error {
+	if s.down.Load() {
+		return errors.New("log unavailable")
+	}
+	return s.Ops.Audit(ctx, ev)
 }
 
 // TestBruteForce: wrong codes are limited per principal (and address), each recorded;
@@ -133,5 +163,43 @@ func TestBruteForce(t *testing.T) {
 	}
 	if deny != 27 {
 		t.Fatalf("%d refused sign-ins recorded, want 27", deny)
+	}
+}
+
+// TestEvents: the live-update stream sends the state, then a new one when a lease ends,
+// and says so when the session ends.
+func TestEvents(t *testing.T) {
+	h := newHarness(t, nil)
+	h.e.Import(t, "m", "1", "public", map[string][]byte{"w.bin": make([]byte, 64)})
+	l := h.e.Lease(t, h.e.Join(t, "prod"), "m", "1")
+	b := h.browser(t)
+	b.signIn(h.admin)
+	req, _ := http.NewRequest(http.MethodGet, h.srv.URL+"/console/events", nil)
+	res, err := b.c.Do(req)
+	if err != nil || res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "text/event-stream" {
+		t.Fatalf("events: %v %v", res, err)
+	}
+	defer res.Body.Close()
+	sc := bufio.NewScanner(res.Body)
+	next := func() string {
+		t.Helper()
+		for sc.Scan() {
+			if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				return d
+			}
+		}
+		t.Fatalf("stream ended: %v", sc.Err())
+		return ""
+	}
+	if first := next(); !strings.Contains(first, l.ID) {
+		t.Fatalf("first state: %s", first)
+	}
+	if _, err := h.e.App.RevokeLease(context.Background(), l.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if st := next(); !strings.Contains(st, l.ID) {
+			break
+		}
 	}
 }

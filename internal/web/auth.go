@@ -77,7 +77,7 @@ func (c *Console) view(op string, fn func(w http.ResponseWriter, r *http.Request
 		if live[op] {
 			// Before the page's own reads: a change in between reloads the page once more,
 			// never leaves it stale.
-			if st, err := c.snapshot(q); err == nil {
+			if st, err := c.snapshot(q.ctx); err == nil {
 				b, _ := json.Marshal(st)
 				q.state = string(b)
 			}

@@ -1,10 +1,13 @@
 package web
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/store"
@@ -21,39 +24,105 @@ type state struct {
 	Log       uint64 `json:"log"`
 }
 
-func (c *Console) snapshot(q *req) (state, error) {
+func (c *Console) snapshot(ctx context.Context) (state, error) {
 	var st state
-	ls, err := c.cfg.Store.ListLeases(q.ctx, store.LeaseQuery{LiveAt: c.cfg.Now()})
+	ls, err := c.cfg.Store.ListLeases(ctx, store.LeaseQuery{LiveAt: c.cfg.Now()})
 	if err != nil {
 		return st, err
 	}
 	for _, l := range ls {
 		st.Leases += l.ID + " "
 	}
-	ps, err := c.cfg.Store.ListApprovals(q.ctx, store.StatePending)
+	ps, err := c.cfg.Store.ListApprovals(ctx, store.StatePending)
 	if err != nil {
 		return st, err
 	}
 	st.Approvals = len(ps)
-	in, err := c.cfg.Store.ListIncidents(q.ctx, "open")
+	in, err := c.cfg.Store.ListIncidents(ctx, "open")
 	if err != nil {
 		return st, err
 	}
 	st.Incidents = len(in)
-	ss, err := c.cfg.Store.ListSanctions(q.ctx, c.cfg.Now())
+	ss, err := c.cfg.Store.ListSanctions(ctx, c.cfg.Now())
 	if err != nil {
 		return st, err
 	}
 	st.Sanctions = len(ss)
-	if st.Log, err = c.cfg.Store.AuditIndexed(q.ctx); err != nil {
+	if st.Log, err = c.cfg.Store.AuditIndexed(ctx); err != nil {
 		return st, err
 	}
 	return st, nil
 }
 
-// events streams server-sent events: the state now, then each change (looked for every
-// Events interval), with a comment every 15 s to keep the connection open. A session holds
-// at most a few streams; the stream ends when the session does.
+// hub reads the state once per Events interval while any stream is open — not once per
+// stream — and wakes every stream when it changes. The state is the same for every
+// user (it says only that something changed; the page itself is authorized).
+type hub struct {
+	mu      sync.Mutex
+	subs    int
+	state   []byte
+	changed chan struct{} // closed and replaced at each change
+	stop    chan struct{} // the running poller's: closed when the last stream ends
+}
+
+func (c *Console) subscribe() func() {
+	h := &c.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.changed == nil {
+		h.changed = make(chan struct{})
+	}
+	h.subs++
+	if h.subs == 1 {
+		h.state = nil // the last poller's state may be old: streams wait for a fresh one
+		h.stop = make(chan struct{})
+		go c.poll(h.stop)
+	}
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.subs--; h.subs == 0 {
+			close(h.stop)
+		}
+	}
+}
+
+func (c *Console) poll(stop chan struct{}) {
+	h := &c.hub
+	t := time.NewTicker(c.cfg.Events)
+	defer t.Stop()
+	for {
+		if st, err := c.snapshot(context.Background()); err == nil {
+			b, _ := json.Marshal(st)
+			h.mu.Lock()
+			if !bytes.Equal(b, h.state) {
+				h.state = b
+				close(h.changed)
+				h.changed = make(chan struct{})
+			}
+			h.mu.Unlock()
+		} else {
+			c.cfg.Log.Error("console: live state", "err", err)
+		}
+		select {
+		case <-stop:
+			return
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Console) current() ([]byte, chan struct{}) {
+	c.hub.mu.Lock()
+	defer c.hub.mu.Unlock()
+	return c.hub.state, c.hub.changed
+}
+
+// events streams server-sent events: the state, then each change, with a comment every
+// 15 s to keep the connection open. A session holds at most a few streams; a stream ends
+// with its session (checked every few seconds) and at shutdown.
 func (c *Console) events(w http.ResponseWriter, r *http.Request, q *req) error {
 	fl, ok := w.(http.Flusher)
 	if !ok {
@@ -71,30 +140,24 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, q *req) error {
 		return errorf(http.StatusTooManyRequests, "too many live streams for this session")
 	}
 	defer c.sessions.update(q.s.key, func(s *session) { s.streams-- })
+	defer c.subscribe()()
 	rc := http.NewResponseController(w)
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.WriteHeader(http.StatusOK)
+	fl.Flush()
+	check := time.NewTicker(5 * time.Second)
+	defer check.Stop()
 	var last []byte
-	tick := time.NewTicker(c.cfg.Events)
-	defer tick.Stop()
 	quiet := time.Now()
 	for {
 		rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
-		if c.sessions.get(readCookie(r, sessionCookie)) == nil {
-			fmt.Fprint(w, "event: signedout\ndata: {}\n\n")
-			fl.Flush()
-			return nil
-		}
-		st, err := c.snapshot(q)
-		if err == nil {
-			b, _ := json.Marshal(st)
-			if string(b) != string(last) {
-				if _, err := fmt.Fprintf(w, "event: state\ndata: %s\n\n", b); err != nil {
-					return nil
-				}
-				fl.Flush()
-				last, quiet = b, time.Now()
+		cur, changed := c.current()
+		if cur != nil && !bytes.Equal(cur, last) {
+			if _, err := fmt.Fprintf(w, "event: state\ndata: %s\n\n", cur); err != nil {
+				return nil
 			}
+			fl.Flush()
+			last, quiet = cur, time.Now()
 		}
 		if time.Since(quiet) > 15*time.Second {
 			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
@@ -108,7 +171,13 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, q *req) error {
 			return nil
 		case <-c.stop:
 			return nil
-		case <-tick.C:
+		case <-changed:
+		case <-check.C:
+			if !c.sessions.alive(readCookie(r, sessionCookie)) {
+				fmt.Fprint(w, "event: signedout\ndata: {}\n\n")
+				fl.Flush()
+				return nil
+			}
 		}
 	}
 }

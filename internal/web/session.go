@@ -36,7 +36,7 @@ type sessions struct {
 }
 
 func newSessions(idle, maxAge time.Duration, now func() time.Time) *sessions {
-	return &sessions{m: map[[32]byte]*session{}, idle: idle, maxAge: maxAge, now: now, maxPerSession: 4}
+	return &sessions{m: map[[32]byte]*session{}, idle: idle, maxAge: maxAge, now: now, maxPerSession: 8}
 }
 
 // create starts a signed-in session and returns its cookie value.
@@ -71,6 +71,17 @@ func (s *sessions) get(id string) *session {
 	ss.seen = now
 	cp := *ss
 	return &cp
+}
+
+// alive reports whether cookie value id names a live session, without marking it seen
+// (an open live-update stream does not keep a session from its idle expiry).
+func (s *sessions) alive(id string) bool {
+	k := sha256.Sum256([]byte(id))
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.m[k]
+	return ss != nil && now.Sub(ss.seen) <= s.idle && now.Sub(ss.created) <= s.maxAge
 }
 
 func (s *sessions) update(key [32]byte, fn func(*session)) {

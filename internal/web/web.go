@@ -109,6 +109,7 @@ type Console struct {
 	static   http.Handler
 	stop     chan struct{} // closed by Shutdown: live streams end
 	stopOnce sync.Once
+	hub      hub
 }
 
 // Shutdown ends the live-update streams (http.Server.RegisterOnShutdown), which would

@@ -14,8 +14,16 @@
   function key(st) { return follows.map(function (k) { return String(st[k]); }).join("|"); }
   var last = null;
   try { last = key(JSON.parse(document.body.dataset.state)); } catch (e) { /* no state: the first event sets it */ }
-  var es = new EventSource("/console/events");
-  es.addEventListener("state", function (ev) {
+  var es;
+  function connect() {
+    es = new EventSource("/console/events");
+    es.addEventListener("state", onState);
+    es.addEventListener("signedout", function () { es.close(); window.location.assign("/console/login"); });
+    // An answer that is not a stream (too many streams, the server restarting) closes the
+    // source for good: try again later rather than stop following.
+    es.onerror = function () { if (es.readyState === EventSource.CLOSED) setTimeout(connect, 3000); };
+  }
+  function onState(ev) {
     var k = key(JSON.parse(ev.data));
     if (last !== null && k !== last && !typing) {
       es.close();
@@ -23,6 +31,6 @@
       return;
     }
     last = k;
-  });
-  es.addEventListener("signedout", function () { es.close(); window.location.assign("/console/login"); });
+  }
+  connect();
 })();
