@@ -203,3 +203,44 @@ func TestEvents(t *testing.T) {
 		}
 	}
 }
+
+// TestApprovalDecision: deciding a request takes the approver's own fresh TOTP code, a
+// justification (recorded with the decision) and the request id typed; the requester
+// cannot approve their own request.
+func TestApprovalDecision(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	now := time.Now()
+	if err := h.e.App.Store.CreateApproval(ctx, store.ApprovalRequest{ID: "ap-1", Kind: "lease", Requester: "owner", Runtime: "rt-1", Model: "m", Version: "1",
+		Needed: 1, State: store.StatePending, CreatedAt: now, ExpiresAt: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	b := h.browser(t)
+	b.signIn(h.admin)
+	decide := func(code, justification, confirm string) *http.Response {
+		res, _ := b.post("/console/approvals/decide", url.Values{"id": {"ap-1"}, "decision": {"approve"}, "totp": {code}, "justification": {justification}, "confirm": {confirm}})
+		return res
+	}
+	if res := decide(h.admin.Code(t), "", "ap-1"); res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("without a justification: %s", res.Status)
+	}
+	if res := decide("000000", "quarterly eval", "ap-1"); res.StatusCode != http.StatusForbidden {
+		t.Fatalf("with a wrong code: %s", res.Status)
+	}
+	if res := decide(h.admin.Code(t), "quarterly eval", "ap-1"); res.StatusCode != http.StatusSeeOther {
+		t.Fatalf("approve: %s", res.Status)
+	}
+	if r, _ := h.e.App.Store.GetApproval(ctx, "ap-1"); r.State != store.StateApproved {
+		t.Fatalf("request is %s", r.State)
+	}
+	evs := h.events(t, store.AuditQuery{Kind: "approval.approve"})
+	var ev audit.Event
+	for _, e := range evs {
+		if e.Decision == audit.Allow {
+			json.Unmarshal(e.Raw, &ev)
+		}
+	}
+	if ev.Fields["justification"] != "quarterly eval" || ev.Actor["principal"] != h.admin.ID {
+		t.Fatalf("approval recorded as %+v", ev)
+	}
+}

@@ -277,6 +277,7 @@ func TestBrowser(t *testing.T) {
 	}
 	do("principals and policies",
 		chromedp.Navigate(u+"/console/principals"), chromedp.WaitVisible(css("#principals")), screenshot("principals"),
+		chromedp.Click(css(`a[href="/console/principals/`+h.admin.ID+`"]`)), chromedp.WaitVisible(css("#keys")), screenshot("principal-keys"),
 		chromedp.Navigate(u+"/console/policies"), chromedp.WaitVisible(css("#validation")), screenshot("policies"))
 	// The same page served with another key than the log's: the browser refuses the proofs.
 	_, otherVKey, err := note.GenerateKey(nil, "strongroom.local/impostor")
