@@ -243,13 +243,7 @@ func unitSigns(o, s []float32, dim int, perm []int) []float32 {
 	return sg
 }
 
-func dot(a, b []float32) float64 {
-	var s float32
-	for i := range a {
-		s += a[i] * b[i]
-	}
-	return float64(s)
-}
+func dot(a, b []float32) float64 { return float64(dot32(a, b)) }
 
 // matchUnitsDims assigns each of the n suspect units (rows of s[k], dims[k] wide) to an
 // original unit: the sum over k of |cosine| is the likeness; identity when the diagonal
