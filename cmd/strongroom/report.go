@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -99,17 +98,15 @@ func reportVerifyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return usagef("%v", err)
 			}
-			var r report.ComplianceReport
-			dec := json.NewDecoder(bytes.NewReader(b))
-			dec.DisallowUnknownFields()
-			if err := dec.Decode(&r); err != nil {
+			r, err := report.ParseCompliance(b)
+			if err != nil {
 				return usagef("%s: not a JSON compliance report: %v", args[0], err)
 			}
 			fetch, o, err := src.open(g)
 			if err != nil {
 				return err
 			}
-			if err := report.Verify(cmd.Context(), report.Source{Fetch: fetch, Opts: o}, &r); err != nil {
+			if err := report.Verify(cmd.Context(), report.Source{Fetch: fetch, Opts: o}, r); err != nil {
 				if errors.Is(err, report.ErrMismatch) {
 					return fmt.Errorf("report does NOT verify: %w", err)
 				}

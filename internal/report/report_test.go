@@ -186,14 +186,23 @@ func TestCompliance(t *testing.T) {
 		t.Fatal(err)
 	}
 	decode := func() *ComplianceReport {
-		var c ComplianceReport
-		if err := json.Unmarshal(buf.Bytes(), &c); err != nil {
+		c, err := ParseCompliance(buf.Bytes())
+		if err != nil {
 			t.Fatal(err)
 		}
-		return &c
+		return c
 	}
 	if err := Verify(ctx, f.src(), decode()); err != nil {
 		t.Fatalf("verify: %v", err)
+	}
+	// A duplicated key (a reader taking the first would see 999 allowed, one taking the
+	// last the true figure) is refused before anything is verified.
+	dup := bytes.Replace(buf.Bytes(), []byte(`"allowed": 2,`), []byte(`"allowed": 999, "allowed": 2,`), 1)
+	if bytes.Equal(dup, buf.Bytes()) {
+		t.Fatal("the duplicate was not planted")
+	}
+	if _, err := ParseCompliance(dup); err == nil {
+		t.Fatal("a report with a duplicated key was accepted")
 	}
 	c := decode()
 	c.Figures.Traffic[3].Allowed++

@@ -7,6 +7,8 @@ import (
 	"fmt"
 
 	"github.com/strongroom/strongroom/internal/audit"
+
+	jsonv2 "github.com/go-json-experiment/json"
 )
 
 // ErrMismatch is a report whose figures differ from those the log gives.
@@ -64,4 +66,16 @@ func clip(b []byte) string {
 		return string(b[:120]) + "…"
 	}
 	return string(b)
+}
+
+// ParseCompliance reads a JSON compliance report strictly: unknown members, duplicate
+// names and invalid UTF-8 are refused, so that the figures verified are the ones any other
+// JSON reader of the file sees (a duplicate key could show a person one number and the
+// verifier another).
+func ParseCompliance(b []byte) (*ComplianceReport, error) {
+	var r ComplianceReport
+	if err := jsonv2.Unmarshal(b, &r, jsonv2.RejectUnknownMembers(true)); err != nil {
+		return nil, err
+	}
+	return &r, nil
 }
