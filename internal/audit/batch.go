@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -226,57 +227,144 @@ func SplitRecordIndex(i uint64) (entry uint64, pos int, ok bool) {
 	return (i &^ (1 << 62)) >> 16, int(i & 0xffff), true
 }
 
-// Batcher gathers request records into batches: one log entry per batch, committed when
-// MaxRecords are waiting or MaxDelay has passed since the first. One goroutine commits; a
-// record costs its marshalling and a slice append under a mutex on the caller's side.
+// Batcher gathers request records into batches, one log entry per batch of at most
+// MaxRecords. Without a journal a batch is committed when MaxRecords are waiting or
+// MaxDelay has passed since its first record, and its futures resolve once its entry is
+// durable. With a journal (BatcherConfig.Journal: a log on local disk, journal.go) a group
+// of records gathered for MaxDelay is durable after one append to the journal, where the
+// futures resolve, and the journal is folded into the log every FoldEvery. One goroutine
+// commits (and one folds); a record costs its marshalling and a slice append under a mutex
+// on the caller's side.
 type Batcher struct {
 	log        *Log
 	bundles    BundleStore
 	maxRecords int
 	maxDelay   time.Duration
+	foldEvery  time.Duration
 
 	mu      sync.Mutex
 	cur     *pendingBatch   // filling
 	ready   []*pendingBatch // full, waiting for the committer
-	last    *pendingBatch   // the last batch handed to the committer
+	last    *pendingBatch   // the last batch handed to the committer (no journal)
 	kick    chan struct{}
 	stop    chan struct{}
 	done    chan struct{}
 	closed  bool
 	closeMu sync.Once
+	broken  error // the journal cannot be used: every record is refused
+
+	// With a journal: the committer sends closed segments (and barriers) to the folder.
+	j        *journal
+	barrier  chan chan barrierResult
+	folds    chan foldItem
+	foldDone chan struct{}
+	lastIdx  uint64 // the folder's last batch entry
+	folded   bool   // the folder has made one
 }
 
 type pendingBatch struct {
 	records  [][]byte
-	first    time.Time
-	last     time.Time
 	finished chan struct{}
 	index    uint64
 	err      error
 }
 
-// BatcherConfig tunes a Batcher (zero: 1024 records, DefaultBatchDelay).
-type BatcherConfig struct {
-	MaxRecords int
-	MaxDelay   time.Duration
+type barrierResult struct {
+	index uint64
+	ok    bool
+	err   error
 }
 
-// NewBatcher starts a batcher on l, storing bundles in bundles.
+type foldItem struct {
+	seg  *segment
+	done chan barrierResult // a barrier: answered once every segment before it is folded
+}
+
+// BatcherConfig tunes a Batcher (zero: 1024 records, DefaultBatchDelay, no journal).
+type BatcherConfig struct {
+	MaxRecords int
+	MaxDelay   time.Duration // with a journal: how long a group gathers (DefaultGroupDelay)
+	// Journal is a directory for the request-record journal (journal.go); only for a log on
+	// local disk — a replica of a fleet must not hold records the shared log lacks.
+	Journal   string
+	FoldEvery time.Duration // with a journal: how often it is folded into the log (DefaultFoldEvery)
+}
+
+// DefaultGroupDelay is how long a group of records gathers before one journal append.
+const DefaultGroupDelay = 5 * time.Millisecond
+
+// DefaultFoldEvery is how often the journal is folded into the log: the checkpoint
+// interval, before which no record is in a signed checkpoint anyway.
+const DefaultFoldEvery = 200 * time.Millisecond
+
+// NewBatcher starts a batcher on l, storing bundles in bundles. With a journal, segments
+// a dead process left are folded first; a journal that cannot be opened or folded makes
+// every record fail (and the log unhealthy) rather than lose or reorder records.
 func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 	if cfg.MaxRecords <= 0 || cfg.MaxRecords > MaxBatch {
 		cfg.MaxRecords = 1024
 	}
 	if cfg.MaxDelay <= 0 {
 		cfg.MaxDelay = DefaultBatchDelay
+		if cfg.Journal != "" {
+			cfg.MaxDelay = DefaultGroupDelay
+		}
 	}
-	b := &Batcher{log: l, bundles: bundles, maxRecords: cfg.MaxRecords, maxDelay: cfg.MaxDelay,
+	if cfg.FoldEvery <= 0 {
+		cfg.FoldEvery = DefaultFoldEvery
+	}
+	b := &Batcher{log: l, bundles: bundles, maxRecords: cfg.MaxRecords, maxDelay: cfg.MaxDelay, foldEvery: cfg.FoldEvery,
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
-	go b.run()
+	if cfg.Journal == "" {
+		go b.run()
+		return b
+	}
+	b.barrier, b.folds, b.foldDone = make(chan chan barrierResult), make(chan foldItem, 1024), make(chan struct{})
+	if err := b.openJournal(cfg.Journal); err != nil {
+		b.broken = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
+		l.log.Error("ALERT request journal unusable; refusing what needs a record", "err", err)
+		l.setErr(b.broken)
+		close(b.done)
+		close(b.foldDone)
+		return b
+	}
+	go b.foldLoop()
+	go b.runJournal()
 	return b
 }
 
-// Submit adds a record. Its Future resolves once the batch holding it is durable in the
-// log, with the record's RecordIndex.
+// openJournal opens the journal and folds what an earlier process left in it, skipping
+// batches the log already has.
+func (b *Batcher) openJournal(dir string) error {
+	j, left, err := openJournal(dir)
+	if err != nil {
+		return err
+	}
+	b.j = j
+	if len(left) == 0 {
+		return nil
+	}
+	n := uint64(0)
+	for _, seg := range left {
+		n += uint64(len(seg.recs)/b.maxRecords + 1)
+	}
+	have, err := b.log.recentBatches(context.Background(), 4096+n)
+	if err != nil {
+		return fmt.Errorf("reading the log's last entries: %w", err)
+	}
+	for i := range left {
+		if err := b.fold(&left[i], have); err != nil {
+			return err
+		}
+	}
+	b.log.log.Warn("request records a stopped process left in the journal are in the log", "segments", len(left))
+	return nil
+}
+
+// Submit adds a record. Its Future resolves once the record is durable: without a journal
+// once its batch entry is in the log, with the record's RecordIndex; with a journal once
+// its group is in the journal, with index 0 (its place in the log is fixed when the journal
+// is folded: Barrier).
 func (b *Batcher) Submit(ctx context.Context, ev Event) Future {
 	raw, err := ev.Marshal()
 	if errors.Is(err, ErrTooLarge) {
@@ -286,7 +374,7 @@ func (b *Batcher) Submit(ctx context.Context, ev Event) Future {
 	if err != nil {
 		return func() (uint64, error) { return 0, err }
 	}
-	if werr := b.log.Healthy(); werr != nil {
+	if werr := b.Healthy(); werr != nil {
 		return func() (uint64, error) { return 0, werr }
 	}
 	b.mu.Lock()
@@ -296,12 +384,11 @@ func (b *Batcher) Submit(ctx context.Context, ev Event) Future {
 	}
 	p := b.cur
 	if p == nil {
-		p = &pendingBatch{first: ev.TS, finished: make(chan struct{})}
+		p = &pendingBatch{finished: make(chan struct{})}
 		b.cur = p
 	}
 	pos := len(p.records)
 	p.records = append(p.records, raw)
-	p.last = ev.TS
 	full := len(p.records) >= b.maxRecords
 	if full {
 		b.ready = append(b.ready, p)
@@ -315,17 +402,23 @@ func (b *Batcher) Submit(ctx context.Context, ev Event) Future {
 		default:
 		}
 	}
+	journaled := b.j != nil
 	return func() (uint64, error) {
 		<-p.finished
-		if p.err != nil {
+		if p.err != nil || journaled {
 			return 0, p.err
 		}
 		return RecordIndex(p.index, pos), nil
 	}
 }
 
-// Healthy is the log's health.
-func (b *Batcher) Healthy() error { return b.log.Healthy() }
+// Healthy is nil while records can be made durable.
+func (b *Batcher) Healthy() error {
+	if b.broken != nil {
+		return b.broken
+	}
+	return b.log.Healthy()
+}
 
 func (b *Batcher) run() {
 	defer close(b.done)
@@ -355,6 +448,134 @@ func (b *Batcher) run() {
 	}
 }
 
+// runJournal is the committer with a journal: groups go to the journal as they come;
+// the open segment is closed and handed to the folder when it holds MaxRecords or has
+// been open FoldEvery, and at a barrier or Close.
+func (b *Batcher) runJournal() {
+	defer close(b.done)
+	group, fold := time.NewTimer(time.Hour), time.NewTimer(time.Hour)
+	group.Stop()
+	fold.Stop()
+	groupArmed, foldArmed := false, false
+	write := func(ps ...*pendingBatch) {
+		for _, p := range ps {
+			b.journalCommit(p)
+		}
+		if len(b.j.recs) >= b.maxRecords {
+			b.rotate()
+		} else if len(b.j.recs) > 0 && !foldArmed {
+			fold.Reset(b.foldEvery)
+			foldArmed = true
+		}
+	}
+	for {
+		select {
+		case <-b.stop:
+			write(b.takeReady()...)
+			write(b.take())
+			b.rotate()
+			close(b.folds)
+			<-b.foldDone
+			b.j.close()
+			return
+		case <-b.kick:
+			write(b.takeReady()...)
+			if !groupArmed {
+				group.Reset(b.maxDelay)
+				groupArmed = true
+			}
+		case <-group.C:
+			groupArmed = false
+			write(b.take())
+		case <-fold.C:
+			foldArmed = false
+			b.rotate()
+		case reply := <-b.barrier:
+			write(b.takeReady()...)
+			write(b.take())
+			b.rotate()
+			b.folds <- foldItem{done: reply}
+		}
+	}
+}
+
+// journalCommit makes a group durable in the journal and resolves its futures.
+func (b *Batcher) journalCommit(p *pendingBatch) {
+	if p == nil || len(p.records) == 0 {
+		return
+	}
+	defer close(p.finished)
+	if err := b.j.append(p.records); err != nil {
+		p.err = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
+		b.log.records.WithLabelValues("failed").Add(float64(len(p.records)))
+		b.log.setErr(p.err)
+	}
+}
+
+// rotate hands the open segment to the folder.
+func (b *Batcher) rotate() {
+	seg, err := b.j.rotate()
+	if seg != nil {
+		b.folds <- foldItem{seg: seg}
+	}
+	if err != nil {
+		// The next append retries the segment; until then groups fail (closed).
+		b.log.log.Error("ALERT request journal: cannot start a segment", "err", err)
+	}
+}
+
+// foldLoop folds closed segments into the log in order, and answers barriers.
+func (b *Batcher) foldLoop() {
+	defer close(b.foldDone)
+	var failed error
+	for it := range b.folds {
+		if it.seg != nil && failed == nil { // after a failure (only at Close) the rest wait for the next process, in order
+			failed = b.foldRetrying(it.seg)
+		}
+		if it.done != nil {
+			it.done <- barrierResult{index: b.lastIdx, ok: b.folded && failed == nil, err: failed}
+		}
+	}
+}
+
+// foldRetrying folds a segment, retrying while the log refuses (its records are durable in
+// the journal meanwhile, and the log's failure refuses new records); after Close it gives
+// up and leaves the segment for the next process.
+func (b *Batcher) foldRetrying(seg *segment) error {
+	for {
+		err := b.fold(seg, nil)
+		if err == nil {
+			return nil
+		}
+		b.log.log.Error("ALERT request records durable in the journal are not yet in the log; retrying", "segment", filepath.Base(seg.path), "err", err)
+		select {
+		case <-b.stop:
+			return err
+		case <-time.After(b.foldEvery):
+		}
+	}
+}
+
+// fold commits a segment's records as batch entries of at most MaxRecords, from where an
+// earlier attempt stopped, skipping batches in have, then removes the segment's file.
+func (b *Batcher) fold(seg *segment, have map[string]bool) error {
+	for len(seg.recs) > 0 {
+		chunk := seg.recs[:min(len(seg.recs), b.maxRecords)]
+		if _, name := EncodeBundle(chunk); !have[name] {
+			idx, err := b.commitRecords(chunk)
+			if err != nil {
+				return err
+			}
+			b.lastIdx, b.folded = idx, true
+		}
+		seg.recs = seg.recs[len(chunk):]
+	}
+	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 func (b *Batcher) takeReady() []*pendingBatch {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -375,9 +596,29 @@ func (b *Batcher) take() *pendingBatch {
 }
 
 // Barrier commits the records submitted so far without waiting for the batch to fill or
-// age, and returns the log index of the batch entry that covers them (false: none was
-// ever submitted). Detectors call it before gathering an incident's evidence.
+// age (with a journal: folds the journal), and returns the log index of the batch entry
+// that covers them (false: none was ever submitted). Detectors call it before gathering
+// an incident's evidence.
 func (b *Batcher) Barrier(ctx context.Context) (uint64, bool, error) {
+	if b.broken != nil {
+		return 0, false, b.broken
+	}
+	if b.j != nil {
+		reply := make(chan barrierResult, 1)
+		select {
+		case b.barrier <- reply:
+		case <-b.done:
+			return 0, false, fmt.Errorf("%w: log closed", ErrUnavailable)
+		case <-ctx.Done():
+			return 0, false, ctx.Err()
+		}
+		select {
+		case r := <-reply:
+			return r.index, r.ok, r.err
+		case <-ctx.Done():
+			return 0, false, ctx.Err()
+		}
+	}
 	b.mu.Lock()
 	if b.cur != nil {
 		b.ready = append(b.ready, b.cur)
@@ -407,23 +648,39 @@ func (b *Batcher) commit(p *pendingBatch) {
 		return
 	}
 	defer close(p.finished)
+	p.index, p.err = b.commitRecords(p.records)
+}
+
+// commitRecords writes records' bundle, then their batch entry, and returns its index.
+func (b *Batcher) commitRecords(recs [][]byte) (uint64, error) {
 	ctx := context.Background()
-	bundle, name := EncodeBundle(p.records)
+	bundle, name := EncodeBundle(recs)
 	if err := b.bundles.PutBundle(ctx, name, bundle); err != nil {
-		p.err = fmt.Errorf("%w: batch bundle: %v", ErrUnavailable, err)
-		b.log.records.WithLabelValues("failed").Add(float64(len(p.records)))
-		b.log.setErr(p.err)
-		return
+		err = fmt.Errorf("%w: batch bundle: %v", ErrUnavailable, err)
+		b.log.records.WithLabelValues("failed").Add(float64(len(recs)))
+		b.log.setErr(err)
+		return 0, err
 	}
-	ev := Event{V: 1, TS: p.last.UTC(), Kind: KindBatch, Decision: Allow,
+	first, last := recordTime(recs[0]), recordTime(recs[len(recs)-1])
+	ev := Event{V: 1, TS: last, Kind: KindBatch, Decision: Allow,
 		Actor:   map[string]string{"principal": "strongroom/gateway"},
 		Subject: map[string]string{"bundle": name},
-		Fields: map[string]string{"records": strconv.Itoa(len(p.records)), "root": hex.EncodeToString(BatchRoot(p.records)),
-			"first_ts": p.first.UTC().Format(time.RFC3339Nano), "last_ts": p.last.UTC().Format(time.RFC3339Nano)}}
-	p.index, p.err = b.log.Record(ctx, ev)
-	if p.err == nil && b.log.idx != nil {
-		b.log.rememberRecords(name, p.records)
+		Fields: map[string]string{"records": strconv.Itoa(len(recs)), "root": hex.EncodeToString(BatchRoot(recs)),
+			"first_ts": first.Format(time.RFC3339Nano), "last_ts": last.Format(time.RFC3339Nano)}}
+	idx, err := b.log.Record(ctx, ev)
+	if err == nil && b.log.idx != nil {
+		b.log.rememberRecords(name, recs)
 	}
+	return idx, err
+}
+
+// recordTime is a record's own time (UTC; zero if it has none).
+func recordTime(raw []byte) time.Time {
+	var ev struct {
+		TS time.Time `json:"ts"`
+	}
+	json.Unmarshal(raw, &ev)
+	return ev.TS.UTC()
 }
 
 // Close commits what is waiting and stops; later Submits fail.

@@ -60,30 +60,25 @@ func TestCrashHelper(t *testing.T) {
 	wg.Wait()
 }
 
-// TestKillUnderLoad: kill -9 a process that is recording under load; after restart every
-// acknowledged event is in the log, at its index, and the tree verifies.
-func TestKillUnderLoad(t *testing.T) {
-	if testing.Short() {
-		t.Skip("spawns a process")
-	}
-	dir := filepath.Join(t.TempDir(), "log")
-	skey, vkey, _ := note.GenerateKey(nil, "strongroom.test/crash")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$", "-test.v=false")
-	cmd.Env = append(os.Environ(), "AUDIT_CRASH_DIR="+dir, "AUDIT_CRASH_SKEY="+skey)
+// ackedUntilKilled runs the test helper in a child process with env, reads its "ack ..."
+// lines for at least 1.5 s and until it has acknowledged min, kills it with SIGKILL, and
+// returns what follows "ack " on each line.
+func ackedUntilKilled(t *testing.T, helper string, min int, env ...string) []string {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+helper+"$", "-test.v=false")
+	cmd.Env = append(os.Environ(), env...)
 	stdout, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	acked := map[uint64]string{}
+	var acked []string
 	sc := bufio.NewScanner(stdout)
 	deadline := time.Now().Add(1500 * time.Millisecond)
 	for sc.Scan() {
-		var idx uint64
-		var sum string
-		if _, err := fmt.Sscanf(sc.Text(), "ack %d %s", &idx, &sum); err == nil {
-			acked[idx] = sum
+		if rest, ok := strings.CutPrefix(sc.Text(), "ack "); ok {
+			acked = append(acked, rest)
 		}
-		if time.Now().After(deadline) && len(acked) > 500 {
+		if time.Now().After(deadline) && len(acked) > min {
 			break
 		}
 	}
@@ -92,7 +87,25 @@ func TestKillUnderLoad(t *testing.T) {
 	if len(acked) == 0 {
 		t.Fatal("the child acknowledged nothing")
 	}
+	return acked
+}
 
+// TestKillUnderLoad: kill -9 a process that is recording under load; after restart every
+// acknowledged event is in the log, at its index, and the tree verifies.
+func TestKillUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns a process")
+	}
+	dir := filepath.Join(t.TempDir(), "log")
+	skey, vkey, _ := note.GenerateKey(nil, "strongroom.test/crash")
+	acked := map[uint64]string{}
+	for _, line := range ackedUntilKilled(t, "TestCrashHelper", 500, "AUDIT_CRASH_DIR="+dir, "AUDIT_CRASH_SKEY="+skey) {
+		var idx uint64
+		var sum string
+		if _, err := fmt.Sscanf(line, "%d %s", &idx, &sum); err == nil {
+			acked[idx] = sum
+		}
+	}
 	s, _ := note.NewSigner(skey)
 	v, _ := note.NewVerifier(vkey)
 	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "db"))

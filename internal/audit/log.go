@@ -236,6 +236,31 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 // Bundles is where this log keeps request batches' bundles.
 func (l *Log) Bundles() BundleStore { return l.bundles }
 
+// Shared says whether the log is on a shared engine (a fleet) rather than local disk.
+func (l *Log) Shared() bool { return l.db != nil }
+
+// recentBatches names the bundles of the batch entries among the log's last n entries.
+func (l *Log) recentBatches(ctx context.Context, n uint64) (map[string]bool, error) {
+	size, err := l.reader.IntegratedSize(ctx)
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	err = ReadEntries(ctx, l.reader.ReadEntryBundle, size-min(size, n), size, func(evs []store.AuditEvent) error {
+		for _, e := range evs {
+			if e.Kind == string(KindBatch) {
+				ev, err := ParseEvent(e.Raw)
+				if err != nil {
+					return fmt.Errorf("batch entry %d: %w", e.Index, err)
+				}
+				have[ev.Subject["bundle"]] = true
+			}
+		}
+		return nil
+	})
+	return have, err
+}
+
 // Signer says whether this process signs the log's checkpoints now.
 func (l *Log) Signer() bool { return l.leader == nil || l.leader.held.Load() }
 

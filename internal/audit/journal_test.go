@@ -1,0 +1,358 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/tessera/client"
+	"golang.org/x/mod/sumdb/note"
+)
+
+// loggedRecords reads every request record of a verified log, in log order.
+func loggedRecords(t *testing.T, dir string, vkey note.Verifier) [][]byte {
+	t.Helper()
+	ctx := context.Background()
+	st, err := Verify(ctx, client.FileFetcher{Root: dir}, VerifyOptions{LogKey: vkey, Bundles: DirBundles{Dir: dir}.Bundle})
+	if err != nil {
+		t.Fatalf("log does not verify: %v", err)
+	}
+	var out [][]byte
+	err = ReadEntries(ctx, client.FileFetcher{Root: dir}.ReadEntryBundle, 0, st.Size, func(evs []store.AuditEvent) error {
+		for _, e := range evs {
+			if e.Kind != string(KindBatch) {
+				continue
+			}
+			ev, err := ParseEvent(e.Raw)
+			if err != nil {
+				return err
+			}
+			recs, err := BatchRecords(ctx, VerifyOptions{Bundles: DirBundles{Dir: dir}.Bundle}, ev)
+			if err != nil {
+				return err
+			}
+			out = append(out, recs...)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// wantInOrder: the log holds requestEvent(0..n-1), each once, in order.
+func wantInOrder(t *testing.T, recs [][]byte, n int) {
+	t.Helper()
+	if len(recs) != n {
+		t.Fatalf("%d records in the log, want %d", len(recs), n)
+	}
+	for i, r := range recs {
+		ev := requestEvent(i)
+		if want, _ := ev.Marshal(); string(r) != string(want) {
+			t.Fatalf("record %d of the log is not the %dth submitted", i, i)
+		}
+	}
+}
+
+// TestJournal: with a journal, records are durable when their futures resolve (before any
+// batch entry), reach the log in order, one batch entry per MaxRecords, when the journal is
+// folded (here: by Barrier and Close), are searchable one by one, and the log verifies.
+func TestJournal(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, MaxDelay: time.Millisecond, FoldEvery: time.Hour, Journal: jdir})
+	ctx := context.Background()
+	if _, ok, err := b.Barrier(ctx); ok || err != nil {
+		t.Fatalf("barrier before any record: ok %v err %v", ok, err)
+	}
+	size0, _ := tl.log.IntegratedSize(ctx)
+	var fs []Future
+	for i := range 150 {
+		fs = append(fs, b.Submit(ctx, requestEvent(i)))
+	}
+	for _, f := range fs {
+		if _, err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Durable in the journal (one segment rotated at 100 records may be folding); the rest
+	// wait for the fold, which FoldEvery (an hour) has not asked for.
+	segs, _ := filepath.Glob(filepath.Join(jdir, "*.wal"))
+	var journaled int
+	for _, s := range segs {
+		recs, err := readSegment(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		journaled += len(recs)
+	}
+	if journaled < 50 {
+		t.Fatalf("%d records in the journal's segments after 150 resolved, want at least the 50 not yet folded", journaled)
+	}
+	idx, ok, err := b.Barrier(ctx)
+	if err != nil || !ok {
+		t.Fatalf("barrier: %d %v %v", idx, ok, err)
+	}
+	if size, _ := tl.log.IntegratedSize(ctx); idx < size0 || idx >= size || size-size0 != 2 {
+		t.Fatalf("after the barrier the log grew from %d to %d (last batch %d), want two batch entries", size0, size, idx)
+	}
+	for i := range 30 {
+		fs = append(fs, b.Submit(ctx, requestEvent(150+i)))
+	}
+	for _, f := range fs {
+		if _, err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Close()
+	if _, err := b.Submit(ctx, requestEvent(0))(); err == nil {
+		t.Fatal("a closed batcher accepted a record")
+	}
+	if segs, _ := filepath.Glob(filepath.Join(jdir, "*.wal")); len(segs) != 0 {
+		t.Fatalf("segments left after Close: %v", segs)
+	}
+	tl.close(t)
+	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 180)
+	got, err := tl.st.SearchAudit(ctx, store.AuditQuery{Principal: "p1", Kind: "gateway.request"})
+	if err != nil || len(got) != 180/4 {
+		t.Fatalf("search: %d records, %v", len(got), err)
+	}
+}
+
+// TestJournalRefold: a process that died after folding a segment's batches but before
+// removing the segment leaves it behind; the next process must not log those records twice.
+// A segment left unfolded is folded, before any new record.
+func TestJournalRefold(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	ctx := context.Background()
+	// A dead process's journal: two segments, the first already folded.
+	j, _, err := openJournal(jdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first, second [][]byte
+	for i := range 60 {
+		ev := requestEvent(i)
+		raw, _ := ev.Marshal()
+		if i < 25 {
+			first = append(first, raw)
+		} else {
+			second = append(second, raw)
+		}
+	}
+	if err := j.append(first[:10]); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(first[10:]); err != nil {
+		t.Fatal(err)
+	}
+	seg1, err := j.rotate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(second); err != nil {
+		t.Fatal(err)
+	}
+	j.close()
+	saved, _ := os.ReadFile(seg1.path)
+	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 20}
+	if err := folder.fold(seg1, nil); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(seg1.path, saved, 0o600) // as if the process died before removing it
+
+	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 20, Journal: jdir})
+	if err := b.Healthy(); err != nil {
+		t.Fatal(err)
+	}
+	ev := requestEvent(60)
+	if _, err := b.Submit(ctx, ev)(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	tl.close(t)
+	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 61)
+}
+
+// TestJournalUnusable: a journal that cannot be opened refuses every record and makes the
+// log unhealthy (fail closed); a damaged segment is not skipped.
+func TestJournalUnusable(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	os.MkdirAll(jdir, 0o700)
+	os.WriteFile(filepath.Join(jdir, segmentName(3)), []byte("not a journal"), 0o600)
+	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{Journal: jdir})
+	defer b.Close()
+	if _, err := b.Submit(context.Background(), requestEvent(0))(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("record with a damaged journal: %v", err)
+	}
+	if tl.log.Healthy() == nil || b.Healthy() == nil {
+		t.Fatal("log healthy with an unusable journal")
+	}
+	if _, _, err := b.Barrier(context.Background()); err == nil {
+		t.Fatal("barrier on an unusable journal")
+	}
+}
+
+// TestParseSegmentTorn: a crash can cut only the last frame; what it held was never
+// acknowledged, and the frames before it are read whole.
+func TestParseSegmentTorn(t *testing.T) {
+	dir := t.TempDir()
+	j, _, err := openJournal(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.append([][]byte{[]byte(`{"a":1}`), []byte(`{"b":2}`)})
+	j.append([][]byte{[]byte(`{"c":3}`)})
+	path := j.f.Name()
+	j.close()
+	whole, _ := os.ReadFile(path)
+	if recs, err := parseSegment(whole, "s"); err != nil || len(recs) != 3 {
+		t.Fatalf("whole: %d %v", len(recs), err)
+	}
+	last := len(journalMagic) + 8 + 2*(1+7)
+	for cut := last; cut < len(whole); cut++ {
+		recs, err := parseSegment(whole[:cut], "s")
+		if err != nil || len(recs) != 2 {
+			t.Fatalf("cut at %d: %d records, %v", cut, len(recs), err)
+		}
+	}
+	bad := append([]byte(nil), whole...)
+	bad[len(bad)-1] ^= 1 // the last frame's CRC fails: torn
+	if recs, err := parseSegment(bad, "s"); err != nil || len(recs) != 2 {
+		t.Fatalf("flipped last byte: %d %v", len(recs), err)
+	}
+	for cut := range len(journalMagic) {
+		if recs, err := parseSegment(whole[:cut], "s"); err != nil || len(recs) != 0 {
+			t.Fatalf("header cut at %d: %d %v", cut, len(recs), err)
+		}
+	}
+	// A frame whose CRC holds but whose records do not parse is damage, not a torn write.
+	payload := []byte{0x7f, 'x'}
+	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(payload)))
+	frame = binary.LittleEndian.AppendUint32(frame, crc32.Checksum(payload, castagnoli))
+	if _, err := parseSegment(append([]byte(journalMagic), append(frame, payload...)...), "s"); err == nil {
+		t.Fatal("malformed records in a whole frame accepted")
+	}
+}
+
+func FuzzParseSegment(f *testing.F) {
+	f.Add([]byte(journalMagic))
+	f.Add(append([]byte(journalMagic), 2, 0, 0, 0, 0, 0, 0, 0, 1, 'x'))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		recs, err := parseSegment(b, "fuzz")
+		if err != nil {
+			return
+		}
+		n := 0
+		for _, r := range recs {
+			if len(r) > MaxEventSize {
+				t.Fatal("record over the size cap")
+			}
+			n += len(r)
+		}
+		if n > len(b) {
+			t.Fatal("more record bytes than input")
+		}
+	})
+}
+
+// TestJournalCrashHelper is the child of TestJournalKillUnderLoad: it submits request
+// records from many goroutines through a journaled batcher and prints "ack SHA256" once
+// each record's future has resolved.
+func TestJournalCrashHelper(t *testing.T) {
+	dir, skey := os.Getenv("AUDIT_JOURNAL_DIR"), os.Getenv("AUDIT_CRASH_SKEY")
+	if dir == "" {
+		t.Skip("child process of TestJournalKillUnderLoad")
+	}
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(context.Background(), Config{Dir: dir, Signer: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := NewBatcher(l, DirBundles{Dir: dir}, BatcherConfig{MaxRecords: 64, Journal: filepath.Join(dir, "journal"), FoldEvery: 20 * time.Millisecond})
+	var mu sync.Mutex
+	out := bufio.NewWriter(os.Stdout)
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				ev := Event{V: 1, TS: time.Now().UTC(), Kind: KindRequest, Actor: map[string]string{"principal": fmt.Sprintf("g%d", g)},
+					Fields: map[string]string{"i": fmt.Sprint(i), "pad": strings.Repeat("x", 300)}}
+				raw, _ := ev.Marshal()
+				if _, err := b.Submit(context.Background(), ev)(); err != nil {
+					return
+				}
+				h := sha256.Sum256(raw)
+				mu.Lock()
+				fmt.Fprintf(out, "ack %s\n", hex.EncodeToString(h[:]))
+				out.Flush()
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestJournalKillUnderLoad: kill -9 a process whose request records go through the
+// journal, while folds run; after restart every acknowledged record is in the log exactly
+// once and the log verifies.
+func TestJournalKillUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns a process")
+	}
+	dir := filepath.Join(t.TempDir(), "log")
+	skey, vkey, _ := note.GenerateKey(nil, "strongroom.test/journal-crash")
+	acked := map[string]bool{}
+	for _, line := range ackedUntilKilled(t, "TestJournalCrashHelper", 2000, "AUDIT_JOURNAL_DIR="+dir, "AUDIT_CRASH_SKEY="+skey) {
+		acked[line] = true
+	}
+	s, _ := note.NewSigner(skey)
+	v, _ := note.NewVerifier(vkey)
+	l, err := Open(context.Background(), Config{Dir: dir, Signer: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, "journal", "*.wal"))
+	b := NewBatcher(l, DirBundles{Dir: dir}, BatcherConfig{Journal: filepath.Join(dir, "journal")})
+	if err := b.Healthy(); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	if err := l.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, r := range loggedRecords(t, dir, v) {
+		h := sha256.Sum256(r)
+		seen[hex.EncodeToString(h[:])]++
+	}
+	for sum := range acked {
+		if seen[sum] != 1 {
+			t.Fatalf("acknowledged record %s… is in the log %d times", sum[:12], seen[sum])
+		}
+	}
+	for sum, n := range seen {
+		if n != 1 {
+			t.Fatalf("record %s… in the log %d times", sum[:12], n)
+		}
+	}
+	t.Logf("%d acknowledged records (%d in the log), %d segments left by the killed process", len(acked), len(seen), len(left))
+}
