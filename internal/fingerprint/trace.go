@@ -23,6 +23,12 @@ import (
 // tested (Bonferroni), so the chance that any innocent licensee is named is at most the
 // threshold, for any copy.
 
+// residualPart is one tensor's weighted residual over its keyed subset.
+type residualPart struct {
+	name string
+	v    []float32
+}
+
 // Candidate is a licensee to test.
 type Candidate struct {
 	Licensee string
@@ -66,19 +72,20 @@ func Trace(orig, suspect *Model, model Key, cands []Candidate, threshold float64
 	s, renamed := MatchNames(orig, suspect)
 	s, rep := Align(orig, s)
 	res := &TraceResult{Threshold: threshold, Renamed: renamed, Align: rep, Candidates: len(cands)}
-	// the weighted residual over every subset element, tensor by tensor
-	type part struct {
-		name string
-		v    []float32
-	}
-	var parts []part
-	var den float64
+	// the weighted residual over every subset element, tensor by tensor (in parallel:
+	// drawing the subsets is a ChaCha8 draw per weight)
+	type pair struct{ o, t *Tensor }
+	var pairs []pair
 	for i := range orig.Tensors {
 		o := &orig.Tensors[i]
-		t := s.Get(o.Name)
-		if !Marked(o) || t == nil || !slices.Equal(o.Shape, t.Shape) {
-			continue
+		if t := s.Get(o.Name); Marked(o) && t != nil && slices.Equal(o.Shape, t.Shape) {
+			pairs = append(pairs, pair{o, t})
 		}
+	}
+	parts := make([]residualPart, len(pairs))
+	dens := make([]float64, len(pairs))
+	parallel(len(pairs), func(i int) error {
+		o, t := pairs[i].o, pairs[i].t
 		var so, oo float64
 		for k := range o.Data {
 			so += float64(t.Data[k]) * float64(o.Data[k])
@@ -93,28 +100,31 @@ func Trace(orig, suspect *Model, model Key, cands []Candidate, threshold float64
 			rr += float64(r[j]) * float64(r[j])
 		}
 		if rr == 0 || len(sub) == 0 {
-			continue
+			return nil
 		}
 		w := Amplitude * RMS(o.Data) / (rr / float64(len(sub)))
 		for j := range r {
 			r[j] *= float32(w)
 		}
-		den += w * w * rr
-		parts = append(parts, part{o.Name, r})
-		res.Tensors++
-		res.Elements += len(sub)
-	}
-	den = math.Sqrt(den)
-	for _, c := range cands {
-		var num float64
-		for _, p := range parts {
-			signs := c.Key.Signs(p.name, len(p.v))
-			var acc float32
-			for j, x := range p.v {
-				acc += x * float32(signs[j])
-			}
-			num += float64(acc)
+		dens[i], parts[i] = w*w*rr, residualPart{o.Name, r}
+		return nil
+	})
+	var den float64
+	kept := parts[:0]
+	for i, p := range parts {
+		if p.v == nil {
+			continue
 		}
+		den += dens[i]
+		kept = append(kept, p)
+		res.Tensors++
+		res.Elements += len(p.v)
+	}
+	parts = kept
+	den = math.Sqrt(den)
+	sums := signedSums(parts, cands)
+	for ci, c := range cands {
+		num := sums[ci]
 		z := 0.0
 		if den > 0 {
 			z = num / den
