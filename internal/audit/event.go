@@ -69,6 +69,8 @@
 //
 //	The gateway:
 //	  gateway.request          one request record (in a batch)
+//	  gateway.stream_start     a streamed answer's record before its first byte (in a
+//	                           batch); its gateway.request follows at the stream's end
 //	  gateway.unauthenticated  refusals before identification, summed
 //
 //	Detection and response:

@@ -52,6 +52,7 @@ const (
 
 	// The gateway.
 	KindRequest         Kind = "gateway.request"         // one request record (in a batch)
+	KindStreamStart     Kind = "gateway.stream_start"    // a stream's record before its first byte (in a batch)
 	KindUnauthenticated Kind = "gateway.unauthenticated" // refusals before identification, summed
 
 	// Detection and response.

@@ -684,6 +684,16 @@ var doneEvent = []byte("data: [DONE]")
 func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Reader, st *reqState) {
 	fl, _ := w.(http.Flusher)
 	var done []byte // the held "data: [DONE]" event, sent once the record is durable
+	if g.cfg.RecordAnswers && g.cfg.Records != nil {
+		// Content goes out as it comes, and a client may not wait for [DONE]: so the stream's
+		// start is on the record before its first byte (who, which model, from where, the
+		// prompt's HMAC); its usage and output HMAC follow in the request's record at the end.
+		if err := g.recordStreamStart(ctx, st); err != nil {
+			st.decision = audit.Deny
+			st.fail(w, errAuditDown, "stream not recorded: "+err.Error())
+			return
+		}
+	}
 	w.WriteHeader(st.status)
 	clientWantsUsage := st.feat.IncludeUsage
 	br := bufio.NewReaderSize(body, 32<<10)
@@ -804,6 +814,17 @@ func (g *Gateway) recordAnswer(ctx context.Context, st *reqState) error {
 	}
 	st.recorded = true
 	_, err := g.cfg.Records.Submit(context.WithoutCancel(ctx), g.requestEvent(st))()
+	return err
+}
+
+// recordStreamStart records a stream's start and waits until the record is durable.
+func (g *Gateway) recordStreamStart(ctx context.Context, st *reqState) error {
+	ev := g.requestEvent(st)
+	ev.Kind = audit.KindStreamStart
+	for _, k := range []string{"prompt_tokens", "completion_tokens", "latency_ms"} {
+		delete(ev.Fields, k)
+	}
+	_, err := g.cfg.Records.Submit(context.WithoutCancel(ctx), ev)()
 	return err
 }
 

@@ -1153,7 +1153,27 @@ func (failingRecords) Healthy() error { return nil }
 // recorded is not completed: 503 instead of the body, a stream without [DONE].
 func TestRecordAnswers(t *testing.T) {
 	var b *audit.Batcher
-	f := newFixture(t, func(c *Config) { c.RecordAnswers = true })
+	hold := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Write([]byte(`{"object":"list","data":[]}`))
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"one"}}]}`+"\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-hold:
+		case <-r.Context().Done():
+		}
+	}))
+	defer slow.Close()
+	defer close(hold)
+	f := newFixture(t, func(c *Config) {
+		c.RecordAnswers = true
+		c.Routes = append(c.Routes, Route{Model: "slow", Upstreams: []string{slow.URL + "/v1"}})
+		c.Models.(records)["slow"] = modelrec.Attrs{Classification: "public"}
+	})
 	b = audit.NewBatcher(f.log, audit.DirBundles{Dir: f.logDir}, audit.BatcherConfig{MaxDelay: 5 * time.Millisecond})
 	t.Cleanup(b.Close)
 	f.gw.cfg.Records = b
@@ -1181,8 +1201,47 @@ func TestRecordAnswers(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.HasSuffix(strings.TrimSpace(raw), "data: [DONE]") {
 		t.Fatalf("stream: %d %q", resp.StatusCode, raw)
 	}
-	if bundles() != 2 {
+	if bundles() < 2 {
 		t.Fatal("the stream ended before its record was written")
+	}
+	starts := func() (n int) {
+		filepath.WalkDir(filepath.Join(f.logDir, "batches"), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				raw, _ := os.ReadFile(p)
+				n += bytes.Count(raw, []byte(`"kind":"gateway.stream_start"`))
+			}
+			return nil
+		})
+		return n
+	}
+	if starts() != 1 {
+		t.Fatalf("%d stream start records, want 1", starts())
+	}
+	// The start is durable before the first byte: an upstream that sends one event and
+	// then waits lets the client read that event only once the start record is written.
+	started := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(strings.Replace(stream, `"demo"`, `"slow"`, 1)))
+		req.Header.Set("Authorization", "Bearer "+f.alice)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			started <- -1
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			started <- -resp.StatusCode
+			return
+		}
+		buf := make([]byte, 16)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil {
+			started <- -2
+			return
+		}
+		started <- starts()
+	}()
+	if n := <-started; n != 2 {
+		t.Fatalf("first bytes of a stream read with %d start records on disk, want 2", n)
 	}
 
 	f.gw.cfg.Records = failingRecords{}
@@ -1190,8 +1249,8 @@ func TestRecordAnswers(t *testing.T) {
 		t.Fatalf("unrecordable answer: %d %v", resp.StatusCode, m)
 	}
 	resp, raw = postRaw(t, url, f.alice, stream)
-	if strings.Contains(raw, "[DONE]") {
-		t.Fatalf("an unrecorded stream was completed: %q", raw)
+	if resp.StatusCode != http.StatusServiceUnavailable || strings.Contains(raw, "data:") {
+		t.Fatalf("an unrecorded stream was started: %d %q", resp.StatusCode, raw)
 	}
 }
 
