@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -263,7 +263,7 @@ type Batcher struct {
 }
 
 type pendingBatch struct {
-	records  [][]byte
+	records  []store.AuditEvent // Raw: the canonical event; the rest for the search index
 	finished chan struct{}
 	index    uint64
 	err      error
@@ -388,7 +388,7 @@ func (b *Batcher) Submit(ctx context.Context, ev Event) Future {
 		b.cur = p
 	}
 	pos := len(p.records)
-	p.records = append(p.records, raw)
+	p.records = append(p.records, store.AuditEvent{TS: ev.TS, Kind: string(ev.Kind), Principal: ev.Actor["principal"], Decision: ev.Decision, Raw: raw})
 	full := len(p.records) >= b.maxRecords
 	if full {
 		b.ready = append(b.ready, p)
@@ -561,7 +561,7 @@ func (b *Batcher) foldRetrying(seg *segment) error {
 func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 	for len(seg.recs) > 0 {
 		chunk := seg.recs[:min(len(seg.recs), b.maxRecords)]
-		if _, name := EncodeBundle(chunk); !have[name] {
+		if _, name := EncodeBundle(raws(chunk)); !have[name] {
 			idx, err := b.commitRecords(chunk)
 			if err != nil {
 				return err
@@ -652,20 +652,21 @@ func (b *Batcher) commit(p *pendingBatch) {
 }
 
 // commitRecords writes records' bundle, then their batch entry, and returns its index.
-func (b *Batcher) commitRecords(recs [][]byte) (uint64, error) {
+func (b *Batcher) commitRecords(recs []store.AuditEvent) (uint64, error) {
 	ctx := context.Background()
-	bundle, name := EncodeBundle(recs)
+	rs := raws(recs)
+	bundle, name := EncodeBundle(rs)
 	if err := b.bundles.PutBundle(ctx, name, bundle); err != nil {
 		err = fmt.Errorf("%w: batch bundle: %v", ErrUnavailable, err)
 		b.log.records.WithLabelValues("failed").Add(float64(len(recs)))
 		b.log.setErr(err)
 		return 0, err
 	}
-	first, last := recordTime(recs[0]), recordTime(recs[len(recs)-1])
+	first, last := recs[0].TS.UTC(), recs[len(recs)-1].TS.UTC()
 	ev := Event{V: 1, TS: last, Kind: KindBatch, Decision: Allow,
 		Actor:   map[string]string{"principal": "strongroom/gateway"},
 		Subject: map[string]string{"bundle": name},
-		Fields: map[string]string{"records": strconv.Itoa(len(recs)), "root": hex.EncodeToString(BatchRoot(recs)),
+		Fields: map[string]string{"records": strconv.Itoa(len(recs)), "root": hex.EncodeToString(BatchRoot(rs)),
 			"first_ts": first.Format(time.RFC3339Nano), "last_ts": last.Format(time.RFC3339Nano)}}
 	idx, err := b.log.Record(ctx, ev)
 	if err == nil && b.log.idx != nil {
@@ -674,13 +675,13 @@ func (b *Batcher) commitRecords(recs [][]byte) (uint64, error) {
 	return idx, err
 }
 
-// recordTime is a record's own time (UTC; zero if it has none).
-func recordTime(raw []byte) time.Time {
-	var ev struct {
-		TS time.Time `json:"ts"`
+// raws is the records' canonical bytes.
+func raws(recs []store.AuditEvent) [][]byte {
+	out := make([][]byte, len(recs))
+	for i, r := range recs {
+		out[i] = r.Raw
 	}
-	json.Unmarshal(raw, &ev)
-	return ev.TS.UTC()
+	return out
 }
 
 // Close commits what is waiting and stops; later Submits fail.

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/store"
 	"golang.org/x/sys/unix"
 )
 
@@ -48,14 +49,14 @@ type journal struct {
 	dir  string
 	f    *os.File
 	seq  uint64
-	recs [][]byte // the open segment's records, in order
+	recs []store.AuditEvent // the open segment's records, in order
 	buf  []byte
 }
 
 // segment is a closed journal segment: its file and its records.
 type segment struct {
 	path string
-	recs [][]byte
+	recs []store.AuditEvent
 }
 
 func segmentName(seq uint64) string { return fmt.Sprintf("%016x.wal", seq) }
@@ -87,9 +88,13 @@ func openJournal(dir string) (*journal, []segment, error) {
 	var left []segment
 	for _, seq := range seqs {
 		p := filepath.Join(dir, segmentName(seq))
-		recs, err := readSegment(p)
+		raw, err := readSegment(p)
 		if err != nil {
 			return nil, nil, err
+		}
+		recs := make([]store.AuditEvent, len(raw))
+		for i, r := range raw {
+			recs[i] = indexRecord(0, r)
 		}
 		left = append(left, segment{path: p, recs: recs})
 		j.seq = seq + 1
@@ -122,14 +127,14 @@ func (j *journal) start() error {
 
 // append writes one group of records as a frame and syncs it: when it returns nil the
 // records survive a crash.
-func (j *journal) append(recs [][]byte) error {
+func (j *journal) append(recs []store.AuditEvent) error {
 	if j.f == nil {
 		return errors.New("journal closed")
 	}
 	b := append(j.buf[:0], make([]byte, 8)...)
 	for _, r := range recs {
-		b = binary.AppendUvarint(b, uint64(len(r)))
-		b = append(b, r...)
+		b = binary.AppendUvarint(b, uint64(len(r.Raw)))
+		b = append(b, r.Raw...)
 	}
 	if len(b)-8 > maxFrame {
 		return fmt.Errorf("journal frame of %d bytes", len(b)-8)

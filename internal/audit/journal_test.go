@@ -130,6 +130,13 @@ func TestJournal(t *testing.T) {
 	if err != nil || len(got) != 180/4 {
 		t.Fatalf("search: %d records, %v", len(got), err)
 	}
+	// Rows made from the submitted events (not parsed) are the rows parsed from the bytes.
+	for _, r := range got {
+		want := indexRecord(r.Index, r.Raw)
+		if !r.TS.Equal(want.TS) || r.Kind != want.Kind || r.Principal != want.Principal || r.Decision != want.Decision {
+			t.Fatalf("index row %+v, parsed from its record %+v", r, want)
+		}
+	}
 }
 
 // TestJournalRefold: a process that died after folding a segment's batches but before
@@ -144,14 +151,14 @@ func TestJournalRefold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var first, second [][]byte
+	var first, second []store.AuditEvent
 	for i := range 60 {
 		ev := requestEvent(i)
 		raw, _ := ev.Marshal()
 		if i < 25 {
-			first = append(first, raw)
+			first = append(first, indexRecord(0, raw))
 		} else {
-			second = append(second, raw)
+			second = append(second, indexRecord(0, raw))
 		}
 	}
 	if err := j.append(first[:10]); err != nil {
@@ -216,8 +223,8 @@ func TestParseSegmentTorn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	j.append([][]byte{[]byte(`{"a":1}`), []byte(`{"b":2}`)})
-	j.append([][]byte{[]byte(`{"c":3}`)})
+	j.append([]store.AuditEvent{{Raw: []byte(`{"a":1}`)}, {Raw: []byte(`{"b":2}`)}})
+	j.append([]store.AuditEvent{{Raw: []byte(`{"c":3}`)}})
 	path := j.f.Name()
 	j.close()
 	whole, _ := os.ReadFile(path)

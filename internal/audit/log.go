@@ -76,7 +76,7 @@ type Log struct {
 	// bundleRecs holds the records of batches this process committed, by bundle name,
 	// until the index has them (then they are read back from the bundle store).
 	bundleMu   sync.Mutex
-	bundleRecs map[string][][]byte
+	bundleRecs map[string][]store.AuditEvent
 	// Log lag: events submitted and not yet durable, the time each took to become durable,
 	// and entries integrated but not yet in the search index.
 	inflight  atomic.Int64
@@ -191,7 +191,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		reader = trimReader{reader}
 	}
 	l := &Log{dir: cfg.Dir, db: db, leader: ld, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
-		origin: cfg.Signer.Name(), stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][][]byte{}}
+		origin: cfg.Signer.Name(), stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{}}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
 	}
@@ -496,22 +496,28 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 			return fmt.Errorf("batch entry %d: %w", e.Index, err)
 		}
 		name := ev.Subject["bundle"]
-		l.bundleMu.Lock()
-		recs, ok := l.bundleRecs[name]
-		l.bundleMu.Unlock()
-		if !ok {
-			b, err := l.bundles.Bundle(ctx, name)
-			if err != nil {
-				return fmt.Errorf("batch entry %d: bundle %s: %w", e.Index, name, err)
-			}
-			if recs, err = CheckBatch(ev, b); err != nil {
-				return fmt.Errorf("batch entry %d: %w", e.Index, err)
-			}
-		}
 		if len(out) == len(evs) {
 			out = append([]store.AuditEvent(nil), evs...) // do not append into the caller's slice
 		}
-		for pos, r := range recs {
+		l.bundleMu.Lock()
+		recs, ok := l.bundleRecs[name]
+		l.bundleMu.Unlock()
+		if ok { // this process's batch: the fields were kept from the events, not parsed
+			for pos, r := range recs {
+				r.Index = RecordIndex(e.Index, pos)
+				out = append(out, r)
+			}
+			continue
+		}
+		b, err := l.bundles.Bundle(ctx, name)
+		if err != nil {
+			return fmt.Errorf("batch entry %d: bundle %s: %w", e.Index, name, err)
+		}
+		raw, err := CheckBatch(ev, b)
+		if err != nil {
+			return fmt.Errorf("batch entry %d: %w", e.Index, err)
+		}
+		for pos, r := range raw {
 			out = append(out, indexRecord(RecordIndex(e.Index, pos), r))
 		}
 	}
@@ -532,7 +538,7 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 
 // rememberRecords keeps a committed batch's records for the index (bounded: past the
 // bound they are read back from the bundle store).
-func (l *Log) rememberRecords(name string, recs [][]byte) {
+func (l *Log) rememberRecords(name string, recs []store.AuditEvent) {
 	l.bundleMu.Lock()
 	if len(l.bundleRecs) < 64 {
 		l.bundleRecs[name] = recs

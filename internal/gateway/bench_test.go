@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -119,13 +120,14 @@ func (nopAudit) Submit(context.Context, audit.Event) audit.Future {
 func (nopAudit) Healthy() error { return nil }
 
 // BenchmarkAuditCost: the gateway with its transparency log off, with one log entry per
-// request, and with request records in batches whose answers wait for their batch (what
-// `serve` runs: audit.Batcher, RecordAnswers), same run.
+// request, with request records in batches whose answers wait for their batch entry (a
+// fleet's replicas: audit.Batcher, RecordAnswers), and whose answers wait for the journal
+// (what `serve` runs on a log on local disk), same run; the search index is on in all.
 func BenchmarkAuditCost(b *testing.B) {
 	const conns = 64
 	upstream := httptest.NewServer(&refmodel.Server{Name: "demo", Fixed: strings.Repeat("x", 1024)})
 	defer upstream.Close()
-	for _, mode := range []string{"off", "per-request", "batched-async", "batched"} {
+	for _, mode := range []string{"off", "per-request", "batched-async", "batched", "journal"} {
 		b.Run("log="+mode, func(b *testing.B) {
 			var batcher *audit.Batcher
 			f := newFixture(b, func(c *Config) {
@@ -133,12 +135,16 @@ func BenchmarkAuditCost(b *testing.B) {
 				switch mode {
 				case "off":
 					c.Audit = nopAudit{}
-				case "batched":
+				case "batched", "journal":
 					c.RecordAnswers = true
 				}
 			})
-			if strings.HasPrefix(mode, "batched") {
-				batcher = audit.NewBatcher(f.log, audit.DirBundles{Dir: f.logDir}, audit.BatcherConfig{})
+			if mode != "off" && mode != "per-request" {
+				bc := audit.BatcherConfig{}
+				if mode == "journal" {
+					bc.Journal = filepath.Join(f.logDir, "journal")
+				}
+				batcher = audit.NewBatcher(f.log, audit.DirBundles{Dir: f.logDir}, bc)
 				f.gw.cfg.Records = batcher
 				defer batcher.Close()
 			}
