@@ -125,7 +125,8 @@ func (a *App) openAudit(ctx context.Context) error {
 	// A command waits this long at exit for a (witnessed) checkpoint that covers its events;
 	// they are durable before that either way.
 	cfg := audit.Config{Dir: c.Audit.LogDir, DB: c.Audit.LogDB, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,
-		ShutdownTimeout: 5 * time.Second, WitnessTimeout: 3 * time.Second}
+		ShutdownTimeout: 5 * time.Second, WitnessTimeout: 3 * time.Second,
+		Journal: a.requestJournal(), JournalBatch: c.Audit.RequestBatchRecords}
 	if len(c.Audit.Witnesses) > 0 {
 		// tessera takes a witness policy in the sigsum policy syntax.
 		var p strings.Builder
@@ -200,4 +201,14 @@ func (a *App) deploymentSecret(name string) ([]byte, error) {
 		}
 	}
 	return fsutil.ReadPrivate(p)
+}
+
+// requestJournal is the directory of the request-record journal (audit/journal.go) for a
+// log on this host's disk; none for a log on a shared engine: a fleet's replicas commit
+// each batch to the shared log, so a dead host holds no record the others lack.
+func (a *App) requestJournal() string {
+	if a.Config.Audit.LogDB != "" {
+		return ""
+	}
+	return filepath.Join(a.Config.Audit.LogDir, "journal")
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"path/filepath"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
@@ -65,14 +64,8 @@ func (a *App) closeTracing() error {
 func (a *App) RequestRecords() *audit.Batcher {
 	a.batchOnce.Do(func() {
 		ac := a.Config.Audit
-		bc := audit.BatcherConfig{MaxRecords: ac.RequestBatchRecords, MaxDelay: ac.RequestBatchDelay.Duration}
-		if !a.AuditLog.Shared() {
-			// A log on this host's disk: records are durable in a journal beside it and folded
-			// into it every checkpoint interval (audit/journal.go). A fleet's replicas commit
-			// each batch to the shared log instead: a dead host must not hold records.
-			bc.Journal = filepath.Join(ac.LogDir, "journal")
-		}
-		a.batcher = audit.NewBatcher(a.AuditLog, a.AuditLog.Bundles(), bc)
+		a.batcher = audit.NewBatcher(a.AuditLog, a.AuditLog.Bundles(), audit.BatcherConfig{MaxRecords: ac.RequestBatchRecords,
+			MaxDelay: ac.RequestBatchDelay.Duration, Journal: a.requestJournal()})
 	})
 	return a.batcher
 }

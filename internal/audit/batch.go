@@ -324,6 +324,9 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 		b.broken = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		l.log.Error("ALERT request journal unusable; refusing what needs a record", "err", err)
 		l.setErr(b.broken)
+		if b.j != nil {
+			b.j.close()
+		}
 		close(b.done)
 		close(b.foldDone)
 		return b
@@ -333,31 +336,53 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 	return b
 }
 
-// openJournal opens the journal and folds what an earlier process left in it, skipping
-// batches the log already has.
-func (b *Batcher) openJournal(dir string) error {
-	j, left, err := openJournal(dir)
+// openJournal folds what dead processes left in the journal (Open did at the log's
+// opening; one may have died since), then opens this process's own.
+func (b *Batcher) openJournal(root string) error {
+	if err := b.foldDead(root); err != nil {
+		return err
+	}
+	j, err := openJournal(root)
 	if err != nil {
 		return err
 	}
 	b.j = j
-	if len(left) == 0 {
-		return nil
-	}
-	n := uint64(0)
-	for _, seg := range left {
-		n += uint64(len(seg.recs)/b.maxRecords + 1)
-	}
-	have, err := b.log.recentBatches(context.Background(), 4096+n)
+	return nil
+}
+
+// foldDead folds the segments of dead processes' journals under root into the log,
+// skipping batches already among its last entries, and removes their directories.
+func (b *Batcher) foldDead(root string) error {
+	left, dead, err := deadJournals(root)
 	if err != nil {
-		return fmt.Errorf("reading the log's last entries: %w", err)
+		return err
 	}
-	for i := range left {
-		if err := b.fold(&left[i], have); err != nil {
+	defer func() {
+		for _, o := range dead {
+			o.lock.Close() // on success removeOrphan has closed it already
+		}
+	}()
+	if len(left) > 0 {
+		n := uint64(0)
+		for _, seg := range left {
+			n += uint64(len(seg.recs)/b.maxRecords + 1)
+		}
+		have, err := b.log.recentBatches(context.Background(), 4096+n)
+		if err != nil {
+			return fmt.Errorf("reading the log's last entries: %w", err)
+		}
+		for i := range left {
+			if err := b.fold(&left[i], have); err != nil {
+				return err
+			}
+		}
+		b.log.log.Warn("request records of a stopped process folded from its journal into the log", "segments", len(left))
+	}
+	for _, o := range dead {
+		if err := removeOrphan(o); err != nil {
 			return err
 		}
 	}
-	b.log.log.Warn("request records a stopped process left in the journal are in the log", "segments", len(left))
 	return nil
 }
 

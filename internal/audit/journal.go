@@ -2,7 +2,9 @@ package audit
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -30,7 +32,7 @@ import (
 // directory folds them before it takes a record, skipping any batch the log already has
 // (a fold that died between its entry and the segment's removal).
 //
-//	segment = "strongroom-journal/v1\n" || frame*         (DIR/<16 hex digits>.wal)
+//	segment = "strongroom-journal/v1\n" || frame*         (DIR/<process>/<16 hex digits>.wal)
 //	frame   = u32le(len(payload)) || u32le(CRC-32C(payload)) || payload
 //	payload = (uvarint(len(event)) || event)*             one group of records
 //
@@ -46,7 +48,8 @@ const maxFrame = MaxBatch * (MaxEventSize + binary.MaxVarintLen64)
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type journal struct {
-	dir  string
+	dir  string   // this process's own directory under the journal root
+	lock *os.File // flock'ed for the process's life: others leave the directory alone
 	f    *os.File
 	seq  uint64
 	recs []store.AuditEvent // the open segment's records, in order
@@ -59,17 +62,109 @@ type segment struct {
 	recs []store.AuditEvent
 }
 
+// orphan is the journal directory of a process that is gone, locked by this one until its
+// segments are folded (then removed).
+type orphan struct {
+	dir  string
+	lock *os.File
+}
+
 func segmentName(seq uint64) string { return fmt.Sprintf("%016x.wal", seq) }
 
-// openJournal opens (creating) the journal in dir and returns the segments an earlier
-// process left there, oldest first, then starts a new segment after them.
-func openJournal(dir string) (*journal, []segment, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, err
+// openJournal opens this process's journal under root. Processes sharing a data directory
+// (replicas on one host, like the log itself) each write their own directory,
+// root/<random id>, holding an exclusive flock on its "lock" file while they live.
+func openJournal(root string) (*journal, error) {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, err
 	}
-	ents, err := os.ReadDir(dir)
+	j, err := claimJournalDir(root)
+	if err != nil {
+		return nil, err
+	}
+	if err := j.start(); err != nil {
+		j.close()
+		return nil, err
+	}
+	return j, nil
+}
+
+// deadJournals returns the segments of every journal directory under root whose lock it
+// can take — their process is gone — oldest first per directory, with those directories,
+// still locked, to remove once the segments are folded.
+func deadJournals(root string) ([]segment, []orphan, error) {
+	ents, err := os.ReadDir(root)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
 	if err != nil {
 		return nil, nil, err
+	}
+	var left []segment
+	var dead []orphan
+	for _, e := range ents {
+		d := filepath.Join(root, e.Name())
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue // a directory being claimed is still dot-named
+		}
+		lock, err := os.OpenFile(filepath.Join(d, "lock"), os.O_RDWR|syscall.O_CLOEXEC, 0)
+		if err != nil {
+			continue // removed meanwhile, or never claimed
+		}
+		if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+			lock.Close() // its process lives (or it is this process's own)
+			continue
+		}
+		segs, err := readSegments(d)
+		if err != nil {
+			lock.Close()
+			for _, o := range dead {
+				o.lock.Close()
+			}
+			return nil, nil, err
+		}
+		left = append(left, segs...)
+		dead = append(dead, orphan{dir: d, lock: lock})
+	}
+	return left, dead, nil
+}
+
+// claimJournalDir makes this process's directory: created under a dot name, locked, then
+// renamed into place, so that no other process ever sees it unlocked.
+func claimJournalDir(root string) (*journal, error) {
+	id := make([]byte, 8)
+	rand.Read(id)
+	name := hex.EncodeToString(id)
+	tmp := filepath.Join(root, ".new-"+name)
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return nil, err
+	}
+	lock, err := os.OpenFile(filepath.Join(tmp, "lock"), os.O_CREATE|os.O_EXCL|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	if err == nil {
+		if err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+			lock.Close()
+		}
+	}
+	if err == nil {
+		if err = os.Rename(tmp, filepath.Join(root, name)); err == nil {
+			err = fsutil.SyncDir(root)
+		}
+		if err != nil {
+			lock.Close()
+		}
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	return &journal{dir: filepath.Join(root, name), lock: lock}, nil
+}
+
+// readSegments reads the segments in dir, oldest first.
+func readSegments(dir string) ([]segment, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
 	}
 	var seqs []uint64
 	for _, e := range ents {
@@ -77,37 +172,40 @@ func openJournal(dir string) (*journal, []segment, error) {
 		if !ok || len(hexSeq) != 16 || !e.Type().IsRegular() {
 			continue
 		}
-		seq, err := strconv.ParseUint(hexSeq, 16, 64)
-		if err != nil {
-			continue
+		if seq, err := strconv.ParseUint(hexSeq, 16, 64); err == nil {
+			seqs = append(seqs, seq)
 		}
-		seqs = append(seqs, seq)
 	}
 	slices.Sort(seqs)
-	j := &journal{dir: dir}
-	var left []segment
+	var out []segment
 	for _, seq := range seqs {
 		p := filepath.Join(dir, segmentName(seq))
 		raw, err := readSegment(p)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		recs := make([]store.AuditEvent, len(raw))
 		for i, r := range raw {
 			recs[i] = indexRecord(0, r)
 		}
-		left = append(left, segment{path: p, recs: recs})
-		j.seq = seq + 1
+		out = append(out, segment{path: p, recs: recs})
 	}
-	if err := j.start(); err != nil {
-		return nil, nil, err
-	}
-	return j, left, nil
+	return out, nil
+}
+
+// removeOrphan removes a dead process's journal directory once its segments are folded.
+func removeOrphan(o orphan) error {
+	err := os.RemoveAll(o.dir)
+	o.lock.Close()
+	return err
 }
 
 // start creates the next segment; its name is durable before any record is written to it.
+// A failed start is retried under the next number (the failed file may be left behind).
 func (j *journal) start() error {
-	f, err := os.OpenFile(filepath.Join(j.dir, segmentName(j.seq)), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+	seq := j.seq
+	j.seq++
+	f, err := os.OpenFile(filepath.Join(j.dir, segmentName(seq)), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -119,6 +217,7 @@ func (j *journal) start() error {
 	}
 	if err != nil {
 		f.Close()
+		os.Remove(f.Name())
 		return err
 	}
 	j.f = f
@@ -129,7 +228,9 @@ func (j *journal) start() error {
 // records survive a crash.
 func (j *journal) append(recs []store.AuditEvent) error {
 	if j.f == nil {
-		return errors.New("journal closed")
+		if err := j.start(); err != nil {
+			return err
+		}
 	}
 	b := append(j.buf[:0], make([]byte, 8)...)
 	for _, r := range recs {
@@ -155,27 +256,33 @@ func (j *journal) append(recs []store.AuditEvent) error {
 // rotate closes the open segment and starts the next; the closed one is returned for
 // folding (nil when it held no record: it is removed).
 func (j *journal) rotate() (*segment, error) {
-	seg := &segment{path: j.f.Name(), recs: j.recs}
-	j.f.Close()
-	j.f, j.recs = nil, nil
-	if len(seg.recs) == 0 {
-		os.Remove(seg.path)
-		seg = nil
+	var seg *segment
+	if j.f != nil {
+		seg = &segment{path: j.f.Name(), recs: j.recs}
+		j.f.Close()
+		j.f, j.recs = nil, nil
+		if len(seg.recs) == 0 {
+			os.Remove(seg.path)
+			seg = nil
+		}
 	}
-	j.seq++
 	return seg, j.start()
 }
 
-// close closes the open segment, removing it when it holds no record.
+// close closes the open segment, removing it when it holds no record, and, when no
+// segment is left (every one folded), the process's directory; then drops the lock.
 func (j *journal) close() {
-	if j.f == nil {
-		return
+	if j.f != nil {
+		j.f.Close()
+		if len(j.recs) == 0 {
+			os.Remove(j.f.Name())
+		}
+		j.f = nil
 	}
-	j.f.Close()
-	if len(j.recs) == 0 {
-		os.Remove(j.f.Name())
+	if segs, err := filepath.Glob(filepath.Join(j.dir, "*.wal")); err == nil && len(segs) == 0 {
+		os.RemoveAll(j.dir)
 	}
-	j.f = nil
+	j.lock.Close()
 }
 
 // readSegment reads a segment's records. A short or corrupt last frame is a write a crash

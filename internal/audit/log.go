@@ -55,6 +55,11 @@ type Config struct {
 	Logger             *slog.Logger
 	// Bundles keeps request batches' records (batch.go); default DirBundles{Dir}.
 	Bundles BundleStore
+	// Journal is the request-record journal's directory (journal.go; a log on local disk
+	// only): Open folds what dead processes left there, JournalBatch records per batch
+	// entry (default 1024), before it brings the index up to date.
+	Journal      string
+	JournalBatch int
 }
 
 // Log is the audit log.
@@ -221,6 +226,17 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 			}
 		}
 	}
+	if cfg.Journal != "" && db == nil {
+		fb := &Batcher{log: l, bundles: l.bundles, maxRecords: cfg.JournalBatch}
+		if fb.maxRecords <= 0 || fb.maxRecords > MaxBatch {
+			fb.maxRecords = 1024
+		}
+		if err := fb.foldDead(cfg.Journal); err != nil {
+			err = fmt.Errorf("audit: request journal %s: %w", cfg.Journal, err)
+			l.Close(ctx)
+			return nil, err
+		}
+	}
 	if err := l.catchUp(ctx); err != nil {
 		l.log.Warn("audit index behind the log", "err", err)
 	}
@@ -235,9 +251,6 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 
 // Bundles is where this log keeps request batches' bundles.
 func (l *Log) Bundles() BundleStore { return l.bundles }
-
-// Shared says whether the log is on a shared engine (a fleet) rather than local disk.
-func (l *Log) Shared() bool { return l.db != nil }
 
 // recentBatches names the bundles of the batch entries among the log's last n entries.
 func (l *Log) recentBatches(ctx context.Context, n uint64) (map[string]bool, error) {
