@@ -290,18 +290,19 @@ func matchUnitsDims(o, s [][]float32, dims []int, n int) (perm []int, unrelated 
 	if diag/float64(n) > 0.5 {
 		return perm, false
 	}
-	var probe float64
 	step := max(1, n/probeUnits)
-	k := 0
-	for j := 0; j < n; j += step {
-		best := 0.0
+	bests := make([]float64, (n+step-1)/step)
+	parallel(len(bests), func(k int) error {
 		for i := range n {
-			best = max(best, sim(j, i))
+			bests[k] = max(bests[k], sim(k*step, i))
 		}
-		probe += best
-		k++
+		return nil
+	})
+	var probe float64
+	for _, b := range bests {
+		probe += b
 	}
-	if probe/float64(k) < probeLikeness {
+	if probe/float64(len(bests)) < probeLikeness {
 		return nil, true
 	}
 	S := make([]float32, n*n)

@@ -39,25 +39,50 @@ func sketchR(d int) []float32 {
 	return r
 }
 
-// sketch returns S·left·(right·R) for left [d, f] and right [f, d], row-major.
+// sketch returns S·left·(right·R) for left [d, f] and right [f, d], row-major. r is
+// stored by column; the sketch's four columns are computed in one pass over each row
+// (dot4), so that each weight is loaded once.
 func sketch(left, right *Tensor, r []float32) []float32 {
 	f, d := right.Rows(), right.Cols()
-	mid := make([]float32, sketchCols*f) // (right·R)ᵀ: sketchCols vectors of length f
+	rt := interleave4(r, d)
+	mid := make([]float32, sketchCols*f) // right·R, row i's four values together
 	for i := range f {
-		row := right.Data[i*d : (i+1)*d]
-		for c := range sketchCols {
-			mid[c*f+i] = dot32(row, r[c*d:(c+1)*d])
-		}
+		mid[4*i], mid[4*i+1], mid[4*i+2], mid[4*i+3] = dot4(right.Data[i*d:(i+1)*d], rt)
 	}
 	step := max(1, left.Rows()/sketchRows)
 	var out []float32
 	for i := 0; i < left.Rows(); i += step {
-		row := left.Data[i*f : (i+1)*f]
-		for c := range sketchCols {
-			out = append(out, dot32(row, mid[c*f:(c+1)*f]))
+		a, b, c, e := dot4(left.Data[i*f:(i+1)*f], mid)
+		out = append(out, a, b, c, e)
+	}
+	return out
+}
+
+// dot4 computes the sketch's columns together: there must be four.
+var _ = [1]struct{}{}[sketchCols-4]
+
+// interleave4 turns four column vectors of length n into n rows of four.
+func interleave4(cols []float32, n int) []float32 {
+	out := make([]float32, 4*n)
+	for c := range 4 {
+		for k, v := range cols[c*n : (c+1)*n] {
+			out[4*k+c] = v
 		}
 	}
 	return out
+}
+
+// dot4 is the dot product of x with each column of m, an n × 4 row-major matrix.
+func dot4(x, m []float32) (s0, s1, s2, s3 float32) {
+	m = m[:4*len(x)]
+	for k, v := range x {
+		q := m[4*k : 4*k+4 : 4*k+4]
+		s0 += v * q[0]
+		s1 += v * q[1]
+		s2 += v * q[2]
+		s3 += v * q[3]
+	}
+	return
 }
 
 // dot32 is the dot product of equal-length vectors, four partial sums at a time.

@@ -237,3 +237,21 @@ func FuzzReadSafetensors(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeBF16Exact: the four-at-a-time BF16 decoder widens every value exactly as
+// BF16ToF32 does, for every length around its step of four.
+func TestDecodeBF16Exact(t *testing.T) {
+	for n := range 11 {
+		b := make([]byte, 2*n)
+		for i := range b {
+			b[i] = byte(37*i + 11)
+		}
+		out := make([]float32, n)
+		decode("BF16", b, out)
+		for i := range n {
+			if want := BF16ToF32(uint16(b[2*i]) | uint16(b[2*i+1])<<8); math.Float32bits(out[i]) != math.Float32bits(want) {
+				t.Fatalf("n=%d: element %d is %#x, want %#x", n, i, math.Float32bits(out[i]), math.Float32bits(want))
+			}
+		}
+	}
+}

@@ -150,8 +150,17 @@ func decode(dtype string, b []byte, out []float32) {
 		}
 	case "BF16":
 		b = b[:2*len(out)]
-		for i := range out {
-			out[i] = math.Float32frombits(uint32(b[2*i])<<16 | uint32(b[2*i+1])<<24)
+		i := 0
+		for ; i+4 <= len(out); i += 4 { // four at a time: one 8-byte load
+			x := binary.LittleEndian.Uint64(b[2*i:])
+			o := out[i : i+4 : i+4]
+			o[0] = math.Float32frombits(uint32(x) << 16)
+			o[1] = math.Float32frombits(uint32(x) &^ 0xffff)
+			o[2] = math.Float32frombits(uint32(x>>32) << 16)
+			o[3] = math.Float32frombits(uint32(x>>32) &^ 0xffff)
+		}
+		for ; i < len(out); i++ {
+			out[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*i:])) << 16)
 		}
 	case "F16":
 		for i := range out {

@@ -17,6 +17,16 @@ import (
 // the same alignment (alignment picks each unit's best match, so that is above 0); Null
 // measures it on k Gaussian surrogates with each tensor's RMS, and a suspect's z is
 // (score − their mean) / their standard deviation.
+//
+// First pass. When Align's probe finds the suspect's units no more like the original's
+// than chance (AlignReport.Unrelated), each cosine is first estimated on one run of 256
+// weights in sampleEvery. If the sampled score is within sampleBound standard errors of 0
+// (its standard error for independent weights: sqrt(Σ w_T² / n_T), w_T a tensor's share
+// of the weights and n_T the weights sampled from it), that estimate is the score: it is
+// indistinguishable from an unrelated model's, and its z against the full-precision null
+// of Null stays under sampleBound·sqrt(sampleEvery) ≈ 5.7, below any "derived" threshold.
+// Otherwise every weight is compared. A derived copy's alignment is not "unrelated", so its
+// score is always exact; Null compares every weight of its surrogates.
 
 // TensorScore is one tensor's likeness.
 type TensorScore struct {
@@ -36,7 +46,16 @@ type Similarity struct {
 	// Invariants.
 	Invariant  float64       `json:"invariant_score"`
 	Invariants []TensorScore `json:"invariants"`
+	// Sampled: the score is the first pass's estimate from one run of 256 weights in
+	// sampleEvery (a model the alignment probe called unrelated, scoring like one).
+	Sampled bool `json:"cosines_sampled,omitempty"`
 }
+
+// The first pass on a model the alignment probe calls unrelated.
+const (
+	sampleEvery = 8
+	sampleBound = 2.0 // standard errors of the sampled score
+)
 
 // Comparable says whether suspect shares at least one 2-D tensor shape with orig.
 func Comparable(orig, suspect *Model) bool {
@@ -63,7 +82,11 @@ func shapeKey(s []int64) string {
 }
 
 // Compare scores suspect's likeness to orig.
-func Compare(orig, suspect *Model) Similarity {
+func Compare(orig, suspect *Model) Similarity { return compare(orig, suspect, true) }
+
+// compare scores suspect's likeness to orig, with the first pass (sampled cosines) when
+// firstPass is set and the alignment calls the suspect unrelated.
+func compare(orig, suspect *Model, firstPass bool) Similarity {
 	s, renamed := MatchNames(orig, suspect)
 	s, rep := Align(orig, s)
 	sim := Similarity{Renamed: renamed, Align: rep}
@@ -76,19 +99,34 @@ func Compare(orig, suspect *Model) Similarity {
 			pairs = append(pairs, pair{o, t})
 		}
 	}
-	sim.Tensors = make([]TensorScore, len(pairs))
-	parallel(len(pairs), func(i int) error {
-		sim.Tensors[i] = TensorScore{pairs[i].o.Name, cosine(pairs[i].o.Data, pairs[i].t.Data)}
-		return nil
-	})
-	var num, den float64
-	for i, p := range pairs {
-		num += sim.Tensors[i].Cosine * float64(len(p.o.Data))
-		den += float64(len(p.o.Data))
+	var total float64
+	for _, p := range pairs {
+		total += float64(len(p.o.Data))
 	}
-	sim.Matched = len(sim.Tensors)
-	if den > 0 {
-		sim.Score = num / den
+	sim.Matched = len(pairs)
+	sim.Tensors = make([]TensorScore, len(pairs))
+	score := func(stride int) (mean, se float64) {
+		ns := make([]int, len(pairs))
+		parallel(len(pairs), func(i int) error {
+			c, n := cosineRuns(pairs[i].o.Data, pairs[i].t.Data, stride)
+			sim.Tensors[i], ns[i] = TensorScore{pairs[i].o.Name, c}, n
+			return nil
+		})
+		var v float64
+		for i, p := range pairs {
+			w := float64(len(p.o.Data)) / total
+			mean += sim.Tensors[i].Cosine * w
+			v += w * w / float64(max(ns[i], 1))
+		}
+		return mean, math.Sqrt(v)
+	}
+	if total > 0 && firstPass && rep.Unrelated {
+		if mean, se := score(sampleEvery); math.Abs(mean) <= sampleBound*se {
+			sim.Score, sim.Sampled = mean, true
+		}
+	}
+	if total > 0 && !sim.Sampled {
+		sim.Score, _ = score(1)
 	}
 	sim.Invariant, sim.Invariants = invariants(orig, s)
 	return sim
@@ -121,7 +159,7 @@ type NullStats struct {
 func Null(orig *Model, k int) NullStats {
 	xs, is := make([]float64, k), make([]float64, k)
 	for i := range xs {
-		sim := Compare(orig, Surrogate(orig, uint64(i+1)))
+		sim := compare(orig, Surrogate(orig, uint64(i+1)), false)
 		xs[i], is[i] = sim.Score, sim.Invariant
 	}
 	n := NullStats{K: k}

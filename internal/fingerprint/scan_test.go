@@ -208,3 +208,35 @@ func TestInvariantsNeedNoUnitMatching(t *testing.T) {
 		t.Fatalf("unrelated model's invariant score %.4f", u)
 	}
 }
+
+// TestFirstPass: an unrelated model of the protected model's shapes is scored on a sample
+// of its weights, with a z against the full-precision null far below "derived"; a model
+// the alignment probe calls unrelated but whose weights carry 10% of the original's gets
+// every weight compared; a derived copy is never sampled.
+func TestFirstPass(t *testing.T) {
+	orig := synthModel(100, 2, 128, 256, 512, 4, 2)
+	null := Null(orig, 20)
+	for seed := range uint64(20) {
+		u := Compare(orig, synthModel(300+seed, 2, 128, 256, 512, 4, 2))
+		if z := (u.Score - null.Mean) / null.SD; !u.Sampled || math.Abs(z) > sampleBound*math.Sqrt(sampleEvery)+1 {
+			t.Fatalf("unrelated model %d: sampled %v, z %.1f", seed, u.Sampled, z)
+		}
+	}
+	faint := cloneModel(synthModel(400, 2, 128, 256, 512, 4, 2))
+	for i := range faint.Tensors {
+		o := orig.Tensors[i].Data
+		for k := range faint.Tensors[i].Data {
+			faint.Tensors[i].Data[k] = 0.995*faint.Tensors[i].Data[k] + 0.1*o[k]
+		}
+	}
+	f := Compare(orig, faint)
+	if !f.Align.Unrelated || f.Sampled || f.Score < 0.05 {
+		t.Fatalf("faint copy: probe unrelated %v, sampled %v, score %.4f; want unrelated, every weight, ≈0.1", f.Align.Unrelated, f.Sampled, f.Score)
+	}
+	if full := compare(orig, faint, false); full.Score != f.Score {
+		t.Fatalf("faint copy: score %.6f, every weight %.6f", f.Score, full.Score)
+	}
+	if d := Compare(orig, attackNoise(orig, 0.5, 1)); d.Sampled {
+		t.Fatalf("a derived copy was sampled")
+	}
+}

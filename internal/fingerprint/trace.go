@@ -195,9 +195,17 @@ func MatchNames(orig, suspect *Model) (*Model, int) {
 }
 
 func cosine(a, b []float32) float64 {
+	c, _ := cosineRuns(a, b, 1)
+	return c
+}
+
+// cosineRuns is the cosine over every stride-th run of 256 elements (all of them when
+// stride is 1), and how many elements that was.
+func cosineRuns(a, b []float32, stride int) (float64, int) {
 	// one pass, float32 partial sums over short runs (exact enough, and twice as fast)
 	var d, aa, bb float64
-	for i := 0; i < len(a); i += 256 {
+	n := 0
+	for i := 0; i < len(a); i += 256 * stride {
 		x, y := a[i:min(i+256, len(a))], b[i:min(i+256, len(a))]
 		var pd, pa, pb float32
 		for k := range x {
@@ -205,12 +213,12 @@ func cosine(a, b []float32) float64 {
 			pa += x[k] * x[k]
 			pb += y[k] * y[k]
 		}
-		d, aa, bb = d+float64(pd), aa+float64(pa), bb+float64(pb)
+		d, aa, bb, n = d+float64(pd), aa+float64(pa), bb+float64(pb), n+len(x)
 	}
 	if aa == 0 || bb == 0 {
-		return 0
+		return 0, n
 	}
-	return d / math.Sqrt(aa*bb)
+	return d / math.Sqrt(aa*bb), n
 }
 
 func dot64(a, b []float32) float64 {
