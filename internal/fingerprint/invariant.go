@@ -1,6 +1,7 @@
 package fingerprint
 
 import (
+	"math"
 	"math/rand/v2"
 	"slices"
 )
@@ -39,15 +40,16 @@ func sketchR(d int) []float32 {
 	return r
 }
 
-// sketch returns S·left·(right·R) for left [d, f] and right [f, d], row-major. r is
-// stored by column; the sketch's four columns are computed in one pass over each row
-// (dot4), so that each weight is loaded once.
-func sketch(left, right *Tensor, r []float32) []float32 {
+// sketch returns S·left·(right·R) for left [d, f] and right [f, d], row-major, with R's
+// first k rows (all d of them but in the first pass: right·R then reads k of each row's d
+// weights). r is stored by column; the sketch's four columns are computed in one pass
+// over each row (dot4), so that each weight is loaded once.
+func sketch(left, right *Tensor, r []float32, k int) []float32 {
 	f, d := right.Rows(), right.Cols()
-	rt := interleave4(r, d)
+	rt := interleave4(r, d)[:4*k]
 	mid := make([]float32, sketchCols*f) // right·R, row i's four values together
 	for i := range f {
-		mid[4*i], mid[4*i+1], mid[4*i+2], mid[4*i+3] = dot4(right.Data[i*d:(i+1)*d], rt)
+		mid[4*i], mid[4*i+1], mid[4*i+2], mid[4*i+3] = dot4(right.Data[i*d:i*d+k], rt)
 	}
 	step := max(1, left.Rows()/sketchRows)
 	var out []float32
@@ -103,9 +105,13 @@ func dot32(a, b []float32) float32 {
 }
 
 // invariants compares the unit-invariant products of orig and an aligned suspect: one
-// score per layer and product present in both with the same shapes, and their mean
-// weighted by size (0 when there are none).
-func invariants(orig, aligned *Model) (float64, []TensorScore) {
+// score per layer and product present in both with the same shapes, their mean weighted
+// by size (0 when there are none), and that mean's standard error for independent
+// weights (sqrt(Σ w² / sketch length)). In the first pass R keeps its first
+// d/sampleEvery rows (at least 32): the products stay unit-invariant (R acts on the
+// residual stream, which is aligned), and an unrelated model's score has the same
+// distribution, at an eighth of the cost of right·R.
+func invariants(orig, aligned *Model, firstPass bool) (score float64, per []TensorScore, se float64) {
 	type job struct {
 		name           string
 		ol, or, sl, sr *Tensor
@@ -127,6 +133,7 @@ func invariants(orig, aligned *Model) (float64, []TensorScore) {
 		}
 	}
 	scores := make([]TensorScore, len(jobs))
+	lens := make([]int, len(jobs))
 	rs := map[int][]float32{}
 	for _, j := range jobs {
 		if rs[j.or.Cols()] == nil {
@@ -135,18 +142,27 @@ func invariants(orig, aligned *Model) (float64, []TensorScore) {
 	}
 	parallel(len(jobs), func(i int) error {
 		j := jobs[i]
-		r := rs[j.or.Cols()]
-		scores[i] = TensorScore{j.name, cosine(sketch(j.ol, j.or, r), sketch(j.sl, j.sr, r))}
+		d := j.or.Cols()
+		k := d
+		if firstPass {
+			k = min(d, max(32, d/sampleEvery))
+		}
+		o := sketch(j.ol, j.or, rs[d], k)
+		scores[i], lens[i] = TensorScore{j.name, cosine(o, sketch(j.sl, j.sr, rs[d], k))}, len(o)
 		return nil
 	})
-	var num, den float64
+	var num, den, v float64
 	for i, j := range jobs {
 		w := float64(len(j.ol.Data) + len(j.or.Data))
 		num += scores[i].Cosine * w
 		den += w
 	}
 	if den == 0 {
-		return 0, scores
+		return 0, scores, 0
 	}
-	return num / den, scores
+	for i, j := range jobs {
+		w := float64(len(j.ol.Data)+len(j.or.Data)) / den
+		v += w * w / float64(max(lens[i], 1))
+	}
+	return num / den, scores, math.Sqrt(v)
 }

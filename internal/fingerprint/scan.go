@@ -25,8 +25,10 @@ import (
 // of the weights and n_T the weights sampled from it), that estimate is the score: it is
 // indistinguishable from an unrelated model's, and its z against the full-precision null
 // of Null stays under sampleBound·sqrt(sampleEvery) ≈ 5.7, below any "derived" threshold.
-// Otherwise every weight is compared. A derived copy's alignment is not "unrelated", so its
-// score is always exact; Null compares every weight of its surrogates.
+// Otherwise every weight is compared. The second signal (invariants) of a sampled model
+// is first computed the same way on a cheaper sketch, and in full if it stands out. A
+// derived copy's alignment is not "unrelated", so its scores are always exact; Null
+// compares every weight of its surrogates.
 
 // TensorScore is one tensor's likeness.
 type TensorScore struct {
@@ -46,8 +48,9 @@ type Similarity struct {
 	// Invariants.
 	Invariant  float64       `json:"invariant_score"`
 	Invariants []TensorScore `json:"invariants"`
-	// Sampled: the score is the first pass's estimate from one run of 256 weights in
-	// sampleEvery (a model the alignment probe called unrelated, scoring like one).
+	// Sampled: Score is the first pass's estimate from one run of 256 weights in
+	// sampleEvery, for a model the alignment probe called unrelated and that scores like
+	// one (Invariant then too comes from a cheaper sketch, unless it stood out).
 	Sampled bool `json:"cosines_sampled,omitempty"`
 }
 
@@ -128,7 +131,13 @@ func compare(orig, suspect *Model, firstPass bool) Similarity {
 	if total > 0 && !sim.Sampled {
 		sim.Score, _ = score(1)
 	}
-	sim.Invariant, sim.Invariants = invariants(orig, s)
+	if sim.Sampled {
+		if inv, per, se := invariants(orig, s, true); math.Abs(inv) <= sampleBound*se {
+			sim.Invariant, sim.Invariants = inv, per
+			return sim
+		}
+	}
+	sim.Invariant, sim.Invariants, _ = invariants(orig, s, false)
 	return sim
 }
 

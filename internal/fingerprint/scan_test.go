@@ -183,28 +183,15 @@ func TestFind(t *testing.T) {
 // says nothing for an unrelated model.
 func TestInvariantsNeedNoUnitMatching(t *testing.T) {
 	orig := synthModel(100, 2, 64, 172, 300, 4, 2)
-	c := cloneModel(orig)
-	rng := rand.New(rand.NewPCG(9, 9))
-	for l := 0; c.Get(fmt.Sprintf("model.layers.%d.mlp.up_proj.weight", l)) != nil; l++ {
-		p := fmt.Sprintf("model.layers.%d.", l)
-		up, gate, down := c.Get(p+"mlp.up_proj.weight"), c.Get(p+"mlp.gate_proj.weight"), c.Get(p+"mlp.down_proj.weight")
-		perm := rng.Perm(up.Rows())
-		sign := make([]float32, up.Rows())
-		for i := range sign {
-			sign[i] = float32(1 - 2*rng.IntN(2))
-		}
-		up.Data = applyUnits(up.Data, up.Rows(), up.Cols(), perm, sign, false)
-		gate.Data = applyUnits(gate.Data, gate.Rows(), gate.Cols(), perm, nil, false)
-		down.Data = applyUnits(down.Data, down.Rows(), down.Cols(), perm, sign, true)
-	}
+	c := attackPermuteMLP(orig, 9)
 	if cos := cosine(orig.Get("model.layers.0.mlp.up_proj.weight").Data, c.Get("model.layers.0.mlp.up_proj.weight").Data); math.Abs(cos) > 0.1 {
 		t.Fatalf("the permuted tensor still looks alike (cosine %.3f): the test shows nothing", cos)
 	}
-	score, per := invariants(orig, c)
+	score, per, _ := invariants(orig, c, false)
 	if score < 0.999 || len(per) != 2 {
 		t.Fatalf("invariant score %.4f over %d products, want ≈1 over 2", score, len(per))
 	}
-	if u, _ := invariants(orig, synthModel(7, 2, 64, 172, 300, 4, 2)); math.Abs(u) > 0.2 {
+	if u, _, _ := invariants(orig, synthModel(7, 2, 64, 172, 300, 4, 2), false); math.Abs(u) > 0.2 {
 		t.Fatalf("unrelated model's invariant score %.4f", u)
 	}
 }
@@ -239,4 +226,37 @@ func TestFirstPass(t *testing.T) {
 	if d := Compare(orig, attackNoise(orig, 0.5, 1)); d.Sampled {
 		t.Fatalf("a derived copy was sampled")
 	}
+	// the MLPs of orig with their units permuted (sign flips included), everything else
+	// unrelated: the probe calls it unrelated and the cosines are sampled, but the second
+	// signal still sees the MLPs
+	mlp := synthModel(500, 2, 128, 256, 512, 4, 2)
+	perm := attackPermuteMLP(orig, 7)
+	for i := range mlp.Tensors {
+		if strings.Contains(mlp.Tensors[i].Name, ".mlp.") {
+			mlp.Tensors[i] = *perm.Get(mlp.Tensors[i].Name)
+		}
+	}
+	if m := Compare(orig, mlp); !m.Sampled || m.Invariant < 0.99 {
+		t.Fatalf("permuted MLPs: sampled %v, invariant %.4f; want sampled, ≈1", m.Sampled, m.Invariant)
+	}
+}
+
+// attackPermuteMLP permutes every layer's MLP units with the function-preserving sign
+// flips (up rows and down columns).
+func attackPermuteMLP(m *Model, seed uint64) *Model {
+	c := cloneModel(m)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	for l := 0; c.Get(fmt.Sprintf("model.layers.%d.mlp.up_proj.weight", l)) != nil; l++ {
+		p := fmt.Sprintf("model.layers.%d.", l)
+		up, gate, down := c.Get(p+"mlp.up_proj.weight"), c.Get(p+"mlp.gate_proj.weight"), c.Get(p+"mlp.down_proj.weight")
+		perm := rng.Perm(up.Rows())
+		sign := make([]float32, up.Rows())
+		for i := range sign {
+			sign[i] = float32(1 - 2*rng.IntN(2))
+		}
+		up.Data = applyUnits(up.Data, up.Rows(), up.Cols(), perm, sign, false)
+		gate.Data = applyUnits(gate.Data, gate.Rows(), gate.Cols(), perm, nil, false)
+		down.Data = applyUnits(down.Data, down.Rows(), down.Cols(), perm, sign, true)
+	}
+	return c
 }
