@@ -391,6 +391,7 @@ type reqState struct {
 	upstreamWait time.Duration   // forwarding to the engine's response headers
 	usage        Usage
 	outHash      hash.Hash
+	streamStart  audit.Future   // the stream's start record, submitted when the request was forwarded
 	shaper       *logprobShaper // nil unless logprobs are requested and the route shapes them
 }
 
@@ -570,6 +571,11 @@ func isDialError(err error) bool {
 func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, body []byte) {
 	var resp *http.Response
 	var err error
+	if st.feat.Stream && g.cfg.RecordAnswers && g.cfg.Records != nil {
+		// The stream's start record goes to the log now and is awaited before the first
+		// byte (stream): its commit overlaps the engine's time to first token.
+		st.streamStart = g.cfg.Records.Submit(context.WithoutCancel(r.Context()), g.streamStartEvent(st))
+	}
 	// Upstreams found down in the last 5 s are skipped while another one is not: when all
 	// are, each is tried anyway (an engine that just started must not wait for the probe).
 	recent := func(base string) bool {
@@ -688,7 +694,11 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 		// Content goes out as it comes, and a client may not wait for [DONE]: so the stream's
 		// start is on the record before its first byte (who, which model, from where, the
 		// prompt's HMAC); its usage and output HMAC follow in the request's record at the end.
-		if err := g.recordStreamStart(ctx, st); err != nil {
+		start := st.streamStart
+		if start == nil { // an engine that streams without being asked to
+			start = g.cfg.Records.Submit(context.WithoutCancel(ctx), g.streamStartEvent(st))
+		}
+		if _, err := start(); err != nil {
 			st.decision = audit.Deny
 			st.fail(w, errAuditDown, "stream not recorded: "+err.Error())
 			return
@@ -817,15 +827,15 @@ func (g *Gateway) recordAnswer(ctx context.Context, st *reqState) error {
 	return err
 }
 
-// recordStreamStart records a stream's start and waits until the record is durable.
-func (g *Gateway) recordStreamStart(ctx context.Context, st *reqState) error {
+// streamStartEvent is a stream's start record: the request's record as it stands when
+// the request is forwarded (no status, usage, latency or output yet).
+func (g *Gateway) streamStartEvent(st *reqState) audit.Event {
 	ev := g.requestEvent(st)
 	ev.Kind = audit.KindStreamStart
-	for _, k := range []string{"prompt_tokens", "completion_tokens", "latency_ms"} {
+	for _, k := range []string{"status", "prompt_tokens", "completion_tokens", "latency_ms"} {
 		delete(ev.Fields, k)
 	}
-	_, err := g.cfg.Records.Submit(context.WithoutCancel(ctx), ev)()
-	return err
+	return ev
 }
 
 // requestEvent is the request's log record.
