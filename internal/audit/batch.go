@@ -254,12 +254,13 @@ type Batcher struct {
 	broken  error // the journal cannot be used: every record is refused
 
 	// With a journal: the committer sends closed segments (and barriers) to the folder.
-	j        *journal
-	barrier  chan chan barrierResult
-	folds    chan foldItem
-	foldDone chan struct{}
-	lastIdx  uint64 // the folder's last batch entry
-	folded   bool   // the folder has made one
+	j           *journal
+	journalRoot string
+	barrier     chan chan barrierResult
+	folds       chan foldItem
+	foldDone    chan struct{}
+	lastIdx     uint64 // the folder's last batch entry
+	folded      bool   // the folder has made one
 }
 
 type pendingBatch struct {
@@ -320,6 +321,7 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 		return b
 	}
 	b.barrier, b.folds, b.foldDone = make(chan chan barrierResult), make(chan foldItem, 1024), make(chan struct{})
+	b.journalRoot = cfg.Journal
 	if err := b.openJournal(cfg.Journal); err != nil {
 		b.broken = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		l.log.Error("ALERT request journal unusable; refusing what needs a record", "err", err)
@@ -481,6 +483,8 @@ func (b *Batcher) runJournal() {
 	group, fold := time.NewTimer(time.Hour), time.NewTimer(time.Hour)
 	group.Stop()
 	fold.Stop()
+	probe := time.NewTicker(b.foldEvery)
+	defer probe.Stop()
 	groupArmed, foldArmed := false, false
 	write := func(ps ...*pendingBatch) {
 		for _, p := range ps {
@@ -515,6 +519,14 @@ func (b *Batcher) runJournal() {
 		case <-fold.C:
 			foldArmed = false
 			b.rotate()
+		case <-probe.C:
+			// After a failed append (a full or read-only disk) an empty frame is the probe:
+			// records are taken again once one is durable.
+			if b.log.journalErr.Load() != nil {
+				if err := b.j.append(nil); err == nil {
+					b.log.setJournalErr(nil)
+				}
+			}
 		case reply := <-b.barrier:
 			write(b.takeReady()...)
 			write(b.take())
@@ -533,7 +545,7 @@ func (b *Batcher) journalCommit(p *pendingBatch) {
 	if err := b.j.append(p.records); err != nil {
 		p.err = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		b.log.records.WithLabelValues("failed").Add(float64(len(p.records)))
-		b.log.setErr(p.err)
+		b.log.setJournalErr(p.err)
 	}
 }
 
@@ -550,18 +562,35 @@ func (b *Batcher) rotate() {
 }
 
 // foldLoop folds closed segments into the log in order, and answers barriers.
+// It also folds, every DeadJournalEvery, the journals of processes that died while this
+// one runs (replicas sharing the data directory).
 func (b *Batcher) foldLoop() {
 	defer close(b.foldDone)
 	var failed error
-	for it := range b.folds {
-		if it.seg != nil && failed == nil { // after a failure (only at Close) the rest wait for the next process, in order
-			failed = b.foldRetrying(it.seg)
-		}
-		if it.done != nil {
-			it.done <- barrierResult{index: b.lastIdx, ok: b.folded && failed == nil, err: failed}
+	dead := time.NewTicker(DeadJournalEvery)
+	defer dead.Stop()
+	for {
+		select {
+		case it, ok := <-b.folds:
+			if !ok {
+				return
+			}
+			if it.seg != nil && failed == nil { // after a failure (only at Close) the rest wait for the next process, in order
+				failed = b.foldRetrying(it.seg)
+			}
+			if it.done != nil {
+				it.done <- barrierResult{index: b.lastIdx, ok: b.folded && failed == nil, err: failed}
+			}
+		case <-dead.C:
+			if err := b.foldDead(b.journalRoot); err != nil {
+				b.log.log.Error("ALERT a stopped process's request journal cannot be folded into the log", "err", err)
+			}
 		}
 	}
 }
+
+// DeadJournalEvery is how often a running batcher looks for journals of dead processes.
+var DeadJournalEvery = 5 * time.Second
 
 // foldRetrying folds a segment, retrying while the log refuses (its records are durable in
 // the journal meanwhile, and the log's failure refuses new records); after Close it gives

@@ -116,6 +116,10 @@ func deadJournals(root string) ([]segment, []orphan, error) {
 			continue
 		}
 		segs, err := readSegments(d)
+		if errors.Is(err, os.ErrNotExist) {
+			lock.Close() // its process removed it on a clean exit as we looked
+			continue
+		}
 		if err != nil {
 			lock.Close()
 			for _, o := range dead {

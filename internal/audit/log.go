@@ -101,6 +101,9 @@ type Log struct {
 	// itself: its POSIX driver panics when it cannot open its lock file.
 	writable  atomic.Pointer[error]
 	probePath string
+	// journalErr is nil while the request-record journal takes appends (journal.go); its
+	// batcher sets and clears it (an empty frame appended is its probe).
+	journalErr atomic.Pointer[error]
 
 	// recent holds index records of events this process appended, keyed by log index,
 	// so that the index catch-up need not read them back from disk and parse them.
@@ -410,10 +413,30 @@ func (l *Log) setErr(err error) {
 	l.mu.Unlock()
 }
 
+// setJournalErr records whether the request-record journal takes appends.
+func (l *Log) setJournalErr(err error) {
+	if err != nil {
+		if l.journalErr.Swap(&err) == nil {
+			l.log.Error("ALERT request journal cannot append; refusing what needs a record", "err", err)
+			l.healthy.Set(0)
+		}
+		return
+	}
+	if l.journalErr.Swap(nil) != nil {
+		l.log.Warn("request journal appends again")
+		if l.Healthy() == nil {
+			l.healthy.Set(1)
+		}
+	}
+}
+
 // Healthy returns the last recording error, nil while the log records.
 func (l *Log) Healthy() error {
 	if werr := l.writable.Load(); werr != nil {
 		return *werr
+	}
+	if jerr := l.journalErr.Load(); jerr != nil {
+		return *jerr
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -56,6 +56,16 @@ func openTestLog(t testing.TB) *testLog {
 	return tl
 }
 
+// openTestLogAt is openTestLog with the log in dir (the index stays in a temp directory).
+func openTestLogAt(t testing.TB, dir string) *testLog {
+	t.Helper()
+	tl := openTestLog(t)
+	tl.close(t)
+	tl.dir = dir
+	tl.reopen(t)
+	return tl
+}
+
 func (tl *testLog) reopen(t testing.TB) {
 	l, err := Open(context.Background(), Config{Dir: tl.dir, Signer: tl.signer, Index: tl.st, CheckpointInterval: 100 * time.Millisecond})
 	if err != nil {
