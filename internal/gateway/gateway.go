@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -844,9 +845,9 @@ func (g *Gateway) requestEvent(st *reqState) audit.Event {
 		Actor:   map[string]string{},
 		Subject: map[string]string{"endpoint": st.endpoint},
 		Fields: map[string]string{
-			"status": fmt.Sprint(st.status), "country": st.country,
-			"prompt_tokens": fmt.Sprint(st.usage.PromptTokens), "completion_tokens": fmt.Sprint(st.usage.CompletionTokens),
-			"latency_ms": fmt.Sprint(g.cfg.Now().Sub(st.start).Milliseconds()),
+			"status": strconv.Itoa(st.status), "country": st.country,
+			"prompt_tokens": strconv.Itoa(st.usage.PromptTokens), "completion_tokens": strconv.Itoa(st.usage.CompletionTokens),
+			"latency_ms": strconv.FormatInt(g.cfg.Now().Sub(st.start).Milliseconds(), 10),
 		}}
 	if st.ip.IsValid() {
 		ev.Fields["ip"] = g.cfg.Redactor.Digest(st.ip.String())
@@ -856,7 +857,7 @@ func (g *Gateway) requestEvent(st *reqState) audit.Event {
 	}
 	if st.watermark {
 		ev.Fields["watermark_requested"] = "true"
-		ev.Fields["watermarked"] = fmt.Sprint(st.watermarked) // what the engine did
+		ev.Fields["watermarked"] = strconv.FormatBool(st.watermarked) // what the engine did
 	}
 	if st.p != nil {
 		ev.Actor = map[string]string{"principal": st.p.ID, "tenant": st.p.Tenant, "key_id": st.p.KeyID}
