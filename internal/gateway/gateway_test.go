@@ -1168,7 +1168,6 @@ func TestRecordAnswers(t *testing.T) {
 		}
 	}))
 	defer slow.Close()
-	defer close(hold)
 	f := newFixture(t, func(c *Config) {
 		c.RecordAnswers = true
 		c.Routes = append(c.Routes, Route{Model: "slow", Upstreams: []string{slow.URL + "/v1"}})
@@ -1240,9 +1239,24 @@ func TestRecordAnswers(t *testing.T) {
 		}
 		started <- starts()
 	}()
-	if n := <-started; n != 2 {
+	n := <-started
+	close(hold)
+	if n != 2 {
 		t.Fatalf("first bytes of a stream read with %d start records on disk, want 2", n)
 	}
+	// That request is over (its end recorded) before the configuration changes under it.
+	for slowRecords := 0; slowRecords < 2; {
+		slowRecords = 0
+		filepath.WalkDir(filepath.Join(f.logDir, "batches"), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				raw, _ := os.ReadFile(p)
+				slowRecords += bytes.Count(raw, []byte(`"model":"slow"`))
+			}
+			return nil
+		})
+		time.Sleep(5 * time.Millisecond)
+	}
+	b.Barrier(context.Background()) // and ordered after it: its Submit released the batcher's lock
 
 	f.gw.cfg.Records = failingRecords{}
 	if resp, m := post(t, url, f.alice, body); resp.StatusCode != http.StatusServiceUnavailable || m["choices"] != nil {
