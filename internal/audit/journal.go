@@ -190,6 +190,11 @@ func readSegments(dir string) ([]segment, error) {
 		}
 		recs := make([]store.AuditEvent, len(raw))
 		for i, r := range raw {
+			// Only what Submit could have written is folded: a record that is not a
+			// canonical event is damage (or a plant), and the segment is refused whole.
+			if _, err := ParseEvent(r); err != nil {
+				return nil, fmt.Errorf("%s: record %d: %w", p, i, err)
+			}
 			recs[i] = indexRecord(0, r)
 		}
 		out = append(out, segment{path: p, recs: recs})

@@ -219,6 +219,34 @@ func TestJournalUnusable(t *testing.T) {
 	}
 }
 
+// TestJournalPlantedRecord: a whole, CRC-correct frame whose record is not a canonical
+// event (damage, or a plant by someone with write access) is not folded: opening the log
+// fails naming the segment, and nothing of it reaches the log.
+func TestJournalPlantedRecord(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	j, err := openJournal(jdir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := requestEvent(0)
+	good, _ := ev.Marshal()
+	if err := j.append([]store.AuditEvent{{Raw: good}, {Raw: []byte(`{"v":1,"kind":"gateway.request"}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	j.close()
+	size, _ := tl.log.IntegratedSize(context.Background())
+	tl.close(t)
+	_, err = Open(context.Background(), Config{Dir: tl.dir, Signer: tl.signer, Journal: jdir})
+	if err == nil || !strings.Contains(err.Error(), ".wal: record 1") {
+		t.Fatalf("open with a planted record: %v", err)
+	}
+	tl.reopen(t)
+	if n, _ := tl.log.IntegratedSize(context.Background()); n != size {
+		t.Fatalf("the log grew from %d to %d", size, n)
+	}
+}
+
 // TestParseSegmentTorn: a crash can cut only the last frame; what it held was never
 // acknowledged, and the frames before it are read whole.
 func TestParseSegmentTorn(t *testing.T) {
