@@ -685,8 +685,70 @@ var (
 // stream passes server-sent events through one by one, flushing each, and reads the usage
 // block; a usage-only event the client did not ask for (we asked upstream for it) is not
 // forwarded.
-// doneEvent is the OpenAI stream's last event.
-var doneEvent = []byte("data: [DONE]")
+// isDone reports whether a line is the OpenAI stream's last event, "data: [DONE]", in any
+// spelling the event-stream grammar or a lenient client accepts: the space after the colon
+// is optional, and a value that merely starts with [DONE] counts (fail closed: such a line
+// is held until the answer is recorded).
+func isDone(line []byte) bool {
+	v, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
+	return ok && bytes.HasPrefix(bytes.TrimPrefix(v, []byte(" ")), []byte("[DONE]"))
+}
+
+// lfReader turns the bare CR line ends the event-stream grammar allows into LF, so that the
+// stream loop, which splits lines at LF, sees every line (a [DONE] hidden in a CR-ended
+// line would otherwise pass unrecognized). CRLF is left as it is. A CR at the end of a read
+// is held back until the next byte says which it is.
+type lfReader struct {
+	r    io.Reader
+	held bool // a CR was held back
+}
+
+func (l *lfReader) Read(p []byte) (int, error) {
+	if len(p) < 2 {
+		return l.r.Read(p)
+	}
+	off := 0
+	if l.held {
+		off = 1
+	}
+	n, err := l.r.Read(p[off:])
+	if l.held {
+		if n == 0 {
+			if err != nil { // the stream ended after the CR: it ended a line
+				l.held = false
+				p[0] = '\n'
+				return 1, err
+			}
+			return 0, nil
+		}
+		p[0] = '\n'
+		if p[1] == '\n' {
+			p[0] = '\r'
+		}
+		l.held = false
+		n++
+	}
+	for i := 0; i < n; {
+		j := bytes.IndexByte(p[i:n], '\r')
+		if j < 0 {
+			break
+		}
+		i += j
+		switch {
+		case i+1 < n:
+			if p[i+1] != '\n' {
+				p[i] = '\n'
+			}
+		case err != nil:
+			p[i] = '\n'
+		default:
+			l.held = true
+			n--
+		}
+		i++
+	}
+	return n, err
+}
 
 func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Reader, st *reqState) {
 	fl, _ := w.(http.Flusher)
@@ -707,7 +769,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 	}
 	w.WriteHeader(st.status)
 	clientWantsUsage := st.feat.IncludeUsage
-	br := bufio.NewReaderSize(body, 32<<10)
+	br := bufio.NewReaderSize(&lfReader{r: body}, 32<<10)
 	var outBytes int
 	for {
 		line, err := br.ReadSlice('\n')
@@ -724,11 +786,8 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				st.outHash.Write(payload)
 				outBytes += len(payload)
 			}
-			if forward && g.cfg.RecordAnswers && g.cfg.Records != nil && bytes.Equal(bytes.TrimRight(line, "\r\n"), doneEvent) {
-				done = append(done, line...)
-				forward = false
-			} else if done != nil && len(bytes.TrimRight(line, "\r\n")) == 0 {
-				done = append(done, line...) // the blank line that ends it
+			if forward && g.cfg.RecordAnswers && g.cfg.Records != nil && (done != nil || isDone(line)) {
+				done = append(done, line...) // [DONE], and whatever follows it, waits for the record
 				forward = false
 			}
 			if forward && st.shaper != nil {
@@ -755,6 +814,9 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 		if err != nil {
 			break
 		}
+	}
+	if ctx.Err() != nil {
+		st.reason = "client went away mid-stream" // the record must not read as a whole answer
 	}
 	if fl != nil {
 		fl.Flush()

@@ -1,0 +1,252 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/modelrec"
+)
+
+// Attacks on "acknowledged means recorded" at the gateway (outside security test).
+
+// startOnlyRecords makes a stream's start record durable but refuses every other record
+// (the log fails between a stream's start and its end).
+type startOnlyRecords struct {
+	mu    sync.Mutex
+	kinds []audit.Kind
+}
+
+func (r *startOnlyRecords) Submit(_ context.Context, ev audit.Event) audit.Future {
+	r.mu.Lock()
+	r.kinds = append(r.kinds, ev.Kind)
+	r.mu.Unlock()
+	if ev.Kind == audit.KindStreamStart {
+		return func() (uint64, error) { return 0, nil }
+	}
+	return func() (uint64, error) { return 0, audit.ErrUnavailable }
+}
+func (*startOnlyRecords) Healthy() error { return nil }
+
+// sseDone reports whether an SSE client (per the WHATWG event-stream rules: "data:" with
+// one optional space) reads an event whose data is "[DONE]", the end of an OpenAI stream.
+func sseDone(body string) bool {
+	body = strings.ReplaceAll(strings.ReplaceAll(body, "\r\n", "\n"), "\r", "\n")
+	for _, line := range strings.Split(body, "\n") {
+		v, ok := strings.CutPrefix(line, "data:")
+		if !ok {
+			continue
+		}
+		v = strings.TrimPrefix(v, " ")
+		if v == "[DONE]" {
+			return true
+		}
+	}
+	return false
+}
+
+// TestAttackStreamDoneSpellings: the engine ends its stream with a [DONE] event spelled as
+// the event-stream format allows but not byte for byte "data: [DONE]" (no space after the
+// colon, a CR line ending alone). The answer's record cannot be made durable: the client
+// must not read a [DONE] (it would take the answer as complete, unrecorded).
+func TestAttackStreamDoneSpellings(t *testing.T) {
+	for name, c := range map[string]struct{ eol, done string }{
+		"canonical":           {"\n", "data: [DONE]\n\n"},
+		"crlf":                {"\r\n", "data: [DONE]\r\n\r\n"},
+		"no space":            {"\n", "data:[DONE]\n\n"},
+		"cr line ending":      {"\n", "data: [DONE]\r\r"},
+		"cr lines throughout": {"\r", "data: [DONE]\r\r"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			eng := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					w.Write([]byte(`{"object":"list","data":[]}`))
+					return
+				}
+				w.Header().Set("Content-Type", "text/event-stream")
+				fmt.Fprint(w, `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"one"}}]}`+c.eol+c.eol)
+				fmt.Fprint(w, c.done)
+			}))
+			defer eng.Close()
+			f := newFixture(t, func(c *Config) {
+				c.RecordAnswers = true
+				c.Routes = append(c.Routes, Route{Model: "eng", Upstreams: []string{eng.URL + "/v1"}})
+				c.Models.(records)["eng"] = modelrec.Attrs{Classification: "public"}
+			})
+			recs := &startOnlyRecords{}
+			f.gw.cfg.Records = recs
+			resp, raw := postRaw(t, f.srv.URL+"/v1/chat/completions", f.alice,
+				`{"model":"eng","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+			if sseDone(raw) {
+				t.Fatalf("the client read [DONE] though the answer's record failed (status %d, records submitted %v): %q",
+					resp.StatusCode, recs.kinds, raw)
+			}
+		})
+	}
+}
+
+// TestAttackUnaskedStream: the client did not ask for a stream, the engine streams anyway.
+// Its start record cannot be made durable: no byte of the stream may reach the client.
+func TestAttackUnaskedStream(t *testing.T) {
+	eng := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Write([]byte(`{"object":"list","data":[]}`))
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+		fmt.Fprint(w, `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"SECRET"}}]}`+"\n\n")
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	defer eng.Close()
+	f := newFixture(t, func(c *Config) {
+		c.RecordAnswers = true
+		c.Routes = append(c.Routes, Route{Model: "eng", Upstreams: []string{eng.URL + "/v1"}})
+		c.Models.(records)["eng"] = modelrec.Attrs{Classification: "public"}
+	})
+	f.gw.cfg.Records = failingRecords{}
+	resp, raw := postRaw(t, f.srv.URL+"/v1/chat/completions", f.alice,
+		`{"model":"eng","messages":[{"role":"user","content":"hi"}]}`)
+	if strings.Contains(raw, "SECRET") || sseDone(raw) {
+		t.Fatalf("an unrecorded, unasked stream reached the client: %d %q", resp.StatusCode, raw)
+	}
+}
+
+// allRecords makes every record durable at once and keeps them.
+type allRecords struct {
+	mu  sync.Mutex
+	evs []audit.Event
+}
+
+func (r *allRecords) Submit(_ context.Context, ev audit.Event) audit.Future {
+	r.mu.Lock()
+	r.evs = append(r.evs, ev)
+	r.mu.Unlock()
+	return func() (uint64, error) { return 0, nil }
+}
+func (*allRecords) Healthy() error { return nil }
+
+// TestAttackClientGoneMidStream: the client reads the first event of an endless stream and
+// disconnects. The stream's start was recorded before its first byte; the request's own
+// record still follows (the stream was served in part), and no [DONE] was ever sent.
+func TestAttackClientGoneMidStream(t *testing.T) {
+	eng := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Write([]byte(`{"object":"list","data":[]}`))
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		for {
+			if _, err := fmt.Fprint(w, `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"x"}}]}`+"\n\n"); err != nil {
+				return
+			}
+			w.(http.Flusher).Flush()
+			select {
+			case <-r.Context().Done():
+				return
+			default:
+			}
+		}
+	}))
+	defer eng.Close()
+	f := newFixture(t, func(c *Config) {
+		c.RecordAnswers = true
+		c.Routes = append(c.Routes, Route{Model: "eng", Upstreams: []string{eng.URL + "/v1"}})
+		c.Models.(records)["eng"] = modelrec.Attrs{Classification: "public"}
+	})
+	recs := &allRecords{}
+	f.gw.cfg.Records = recs
+	req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/v1/chat/completions",
+		strings.NewReader(`{"model":"eng","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+f.alice)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if _, err := resp.Body.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	recs.mu.Lock()
+	first := len(recs.evs) > 0 && recs.evs[0].Kind == audit.KindStreamStart
+	recs.mu.Unlock()
+	if !first {
+		t.Fatal("a stream's first byte read with no start record")
+	}
+	resp.Body.Close() // the client goes away
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		recs.mu.Lock()
+		var final *audit.Event
+		for i := range recs.evs {
+			if recs.evs[i].Kind == audit.KindRequest {
+				final = &recs.evs[i]
+			}
+		}
+		recs.mu.Unlock()
+		if final != nil {
+			if !strings.Contains(final.Reason, "went away") {
+				t.Fatalf("request record after the client left: status %s reason %q — reads as a whole answer", final.Fields["status"], final.Reason)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no request record 10 s after the client left mid-stream")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// lfReference is what lfReader must produce: every bare CR (one not followed by LF) as LF.
+func lfReference(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\r' && (i+1 == len(s) || s[i+1] != '\n') {
+			b.WriteByte('\n')
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// FuzzLFReader: whatever the upstream's line ends and however its bytes are split between
+// reads, the stream loop sees the bytes with bare CRs as LFs and nothing else changed.
+func FuzzLFReader(f *testing.F) {
+	f.Add("data: a\r\rdata: [DONE]\r\r", uint8(1))
+	f.Add("data: a\r\n\r\ndata: [DONE]\r\n\r\n", uint8(3))
+	f.Add("\r", uint8(1))
+	f.Add("a\r\r\n\rb", uint8(2))
+	f.Fuzz(func(t *testing.T, s string, chunk uint8) {
+		size := int(chunk%7) + 2
+		r := &lfReader{r: &chunked{s: s, n: size}}
+		got, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := lfReference(s); string(got) != want {
+			t.Fatalf("chunks of %d: %q → %q, want %q", size, s, got, want)
+		}
+	})
+}
+
+// chunked hands out s in reads of at most n bytes.
+type chunked struct {
+	s string
+	n int
+}
+
+func (c *chunked) Read(p []byte) (int, error) {
+	if len(c.s) == 0 {
+		return 0, io.EOF
+	}
+	k := copy(p[:min(len(p), c.n)], c.s)
+	c.s = c.s[k:]
+	return k, nil
+}
