@@ -85,6 +85,7 @@ type App struct {
 	caErr          error
 	batchOnce      sync.Once
 	batcher        *audit.Batcher
+	journalKey     []byte // MACs the request journal's frames (derived from the audit key)
 	tracerMu       sync.Mutex
 	tracer         trace.Tracer
 	tracerProvider *sdktrace.TracerProvider

@@ -2,7 +2,9 @@ package app
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
@@ -122,11 +124,16 @@ func (a *App) openAudit(ctx context.Context) error {
 	if a.Redactor, err = audit.NewRedactor(hk); err != nil {
 		return err
 	}
+	// The request journal's frames are MACed under a key derived from the audit key: records
+	// waiting there cannot be altered, reordered or moved without it (audit/journal.go).
+	jm := hmac.New(sha256.New, hk)
+	jm.Write([]byte("strongroom/request-journal/v2"))
+	a.journalKey = jm.Sum(nil)
 	// A command waits this long at exit for a (witnessed) checkpoint that covers its events;
 	// they are durable before that either way.
 	cfg := audit.Config{Dir: c.Audit.LogDir, DB: c.Audit.LogDB, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,
 		ShutdownTimeout: 5 * time.Second, WitnessTimeout: 3 * time.Second,
-		Journal: a.requestJournal(), JournalBatch: c.Audit.RequestBatchRecords}
+		Journal: a.requestJournal(), JournalBatch: c.Audit.RequestBatchRecords, JournalKey: a.journalKey}
 	if len(c.Audit.Witnesses) > 0 {
 		// tessera takes a witness policy in the sigsum policy syntax.
 		var p strings.Builder

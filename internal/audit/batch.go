@@ -256,6 +256,7 @@ type Batcher struct {
 	// With a journal: the committer sends closed segments (and barriers) to the folder.
 	j           *journal
 	journalRoot string
+	journalKey  []byte
 	barrier     chan chan barrierResult
 	folds       chan foldItem
 	foldDone    chan struct{}
@@ -289,6 +290,9 @@ type BatcherConfig struct {
 	// local disk — a replica of a fleet must not hold records the shared log lacks.
 	Journal   string
 	FoldEvery time.Duration // with a journal: how often it is folded into the log (DefaultFoldEvery)
+	// JournalKey MACs the journal's frames (journal.go); serve derives it from the audit
+	// key. Without it frames carry only a CRC.
+	JournalKey []byte
 }
 
 // DefaultGroupDelay is how long a group of records gathers before one journal append.
@@ -321,7 +325,7 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 		return b
 	}
 	b.barrier, b.folds, b.foldDone = make(chan chan barrierResult), make(chan foldItem, 1024), make(chan struct{})
-	b.journalRoot = cfg.Journal
+	b.journalRoot, b.journalKey = cfg.Journal, cfg.JournalKey
 	if err := b.openJournal(cfg.Journal); err != nil {
 		b.broken = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		l.log.Error("ALERT request journal unusable; refusing what needs a record", "err", err)
@@ -344,7 +348,7 @@ func (b *Batcher) openJournal(root string) error {
 	if err := b.foldDead(root); err != nil {
 		return err
 	}
-	j, err := openJournal(root)
+	j, err := openJournal(root, b.maxRecords, b.journalKey)
 	if err != nil {
 		return err
 	}
@@ -355,10 +359,7 @@ func (b *Batcher) openJournal(root string) error {
 // foldDead folds the segments of dead processes' journals under root into the log,
 // skipping batches already among its last entries, and removes their directories.
 func (b *Batcher) foldDead(root string) error {
-	left, dead, err := deadJournals(root)
-	if err != nil {
-		return err
-	}
+	left, dead, derr := deadJournals(root, b.journalKey)
 	defer func() {
 		for _, o := range dead {
 			o.lock.Close() // on success removeOrphan has closed it already
@@ -385,7 +386,7 @@ func (b *Batcher) foldDead(root string) error {
 			return err
 		}
 	}
-	return nil
+	return derr // a directory that could not be read: its records wait, the operator is told
 }
 
 // Submit adds a record. Its Future resolves once the record is durable: without a journal
@@ -546,6 +547,11 @@ func (b *Batcher) journalCommit(p *pendingBatch) {
 		p.err = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		b.log.records.WithLabelValues("failed").Add(float64(len(p.records)))
 		b.log.setJournalErr(p.err)
+		// Nothing more goes after a failed (perhaps partial) frame: the segment is cut back
+		// and folded with what it acknowledged; the next group starts a new one.
+		if seg := b.j.abandon(); seg != nil {
+			b.folds <- foldItem{seg: seg}
+		}
 	}
 }
 
@@ -613,14 +619,21 @@ func (b *Batcher) foldRetrying(seg *segment) error {
 // fold commits a segment's records as batch entries of at most MaxRecords, from where an
 // earlier attempt stopped, skipping batches in have, then removes the segment's file.
 func (b *Batcher) fold(seg *segment, have map[string]bool) error {
+	per := seg.batch // cut as its writer would have (a refold recognizes its batches)
+	if per <= 0 || per > MaxBatch {
+		per = b.maxRecords
+	}
 	for len(seg.recs) > 0 {
-		chunk := seg.recs[:min(len(seg.recs), b.maxRecords)]
+		chunk := seg.recs[:min(len(seg.recs), per)]
 		if _, name := EncodeBundle(raws(chunk)); !have[name] {
 			idx, err := b.commitRecords(chunk)
 			if err != nil {
 				return err
 			}
 			b.lastIdx, b.folded = idx, true
+			if have != nil {
+				have[name] = true // the same records met again in this pass are not folded twice
+			}
 		}
 		seg.recs = seg.recs[len(chunk):]
 	}

@@ -2,7 +2,9 @@ package audit
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -32,15 +34,28 @@ import (
 // directory folds them before it takes a record, skipping any batch the log already has
 // (a fold that died between its entry and the segment's removal).
 //
-//	segment = "strongroom-journal/v1\n" || frame*         (DIR/<process>/<16 hex digits>.wal)
-//	frame   = u32le(len(payload)) || u32le(CRC-32C(payload)) || payload
+//	segment = "strongroom-journal/v2\n" || u32le(batch) || u8(keyed) || frame*
+//	                                                         (DIR/<process>/<16 hex digits>.wal)
+//	frame   = u32le(len(payload)) || u32le(CRC-32C(payload)) || payload || mac?
 //	payload = (uvarint(len(event)) || event)*             one group of records
+//	mac     = HMAC-SHA256(key, previous mac || payload)     when keyed; the first frame's
+//	          "previous mac" is HMAC-SHA256(key, segment file name)
 //
+// batch is the records per batch entry the segment's writer folds with, so that a refold
+// by another process cuts the same batches (and recognizes those already in the log).
 // Each frame is synced before its records' futures resolve and before the next frame is
-// written, so only a segment's last frame can be torn by a crash, and a torn frame held
-// no acknowledged record: reading stops at the first frame that is short or fails its CRC.
+// written; after a failed append the segment is closed (cut back to its last whole frame)
+// and the next group starts a new one. So only a segment's last frame can be torn by a
+// crash, and a torn frame held no acknowledged record: a short or CRC-failing frame at the
+// end ends the segment, anywhere else it is damage and the segment is refused. With a key
+// (the deployment's audit key, derived), a frame whose MAC fails is refused too: records
+// cannot be altered, reordered or moved between segments while they wait in the journal
+// without the key. Dropping a segment's last frames cannot be told from a crash.
 
-const journalMagic = "strongroom-journal/v1\n"
+const journalMagic = "strongroom-journal/v2\n"
+
+// journalHeader is the magic, the batch size and the keyed flag.
+const journalHeader = len(journalMagic) + 4 + 1
 
 // maxFrame bounds a frame's payload (a group of at most MaxBatch records).
 const maxFrame = MaxBatch * (MaxEventSize + binary.MaxVarintLen64)
@@ -48,18 +63,24 @@ const maxFrame = MaxBatch * (MaxEventSize + binary.MaxVarintLen64)
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type journal struct {
-	dir  string   // this process's own directory under the journal root
-	lock *os.File // flock'ed for the process's life: others leave the directory alone
-	f    *os.File
-	seq  uint64
-	recs []store.AuditEvent // the open segment's records, in order
-	buf  []byte
+	root  string
+	dir   string   // this process's own directory under the journal root
+	lock  *os.File // flock'ed for the process's life: others leave the directory alone
+	f     *os.File
+	seq   uint64
+	batch int                // records per batch entry, written in each segment's header
+	key   []byte             // MAC key; nil: frames carry no MAC
+	mac   []byte             // the open segment's last MAC
+	size  int64              // the open segment's bytes up to its last whole frame
+	recs  []store.AuditEvent // the open segment's records, in order
+	buf   []byte
 }
 
-// segment is a closed journal segment: its file and its records.
+// segment is a closed journal segment: its file, its records, its batch size.
 type segment struct {
-	path string
-	recs []store.AuditEvent
+	path  string
+	recs  []store.AuditEvent
+	batch int
 }
 
 // orphan is the journal directory of a process that is gone, locked by this one until its
@@ -74,12 +95,12 @@ func segmentName(seq uint64) string { return fmt.Sprintf("%016x.wal", seq) }
 // openJournal opens this process's journal under root. Processes sharing a data directory
 // (replicas on one host, like the log itself) each write their own directory,
 // root/<random id>, holding an exclusive flock on its "lock" file while they live.
-func openJournal(root string) (*journal, error) {
+func openJournal(root string, batch int, key []byte) (*journal, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
-	j, err := claimJournalDir(root)
-	if err != nil {
+	j := &journal{root: root, batch: batch, key: key}
+	if err := j.claim(); err != nil {
 		return nil, err
 	}
 	if err := j.start(); err != nil {
@@ -91,8 +112,9 @@ func openJournal(root string) (*journal, error) {
 
 // deadJournals returns the segments of every journal directory under root whose lock it
 // can take — their process is gone — oldest first per directory, with those directories,
-// still locked, to remove once the segments are folded.
-func deadJournals(root string) ([]segment, []orphan, error) {
+// still locked, to remove once the segments are folded. A directory whose segments cannot
+// be read is left alone (unlocked) and named in the error; the others are returned.
+func deadJournals(root string, key []byte) ([]segment, []orphan, error) {
 	ents, err := os.ReadDir(root)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil, nil
@@ -102,46 +124,51 @@ func deadJournals(root string) ([]segment, []orphan, error) {
 	}
 	var left []segment
 	var dead []orphan
+	var errs []error
 	for _, e := range ents {
 		d := filepath.Join(root, e.Name())
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue // a directory being claimed is still dot-named
 		}
-		lock, err := os.OpenFile(filepath.Join(d, "lock"), os.O_RDWR|syscall.O_CLOEXEC, 0)
+		// A claimed directory always has its lock file; one without it lost it (removed
+		// by hand): its segments are still acknowledged records, so the lock is made anew.
+		lock, err := os.OpenFile(filepath.Join(d, "lock"), os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // removed as we looked (a clean exit)
+		}
 		if err != nil {
-			continue // removed meanwhile, or never claimed
+			errs = append(errs, err)
+			continue
 		}
 		if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
 			lock.Close() // its process lives (or it is this process's own)
 			continue
 		}
-		segs, err := readSegments(d)
+		segs, err := readSegments(d, key)
 		if errors.Is(err, os.ErrNotExist) {
-			lock.Close() // its process removed it on a clean exit as we looked
+			lock.Close()
 			continue
 		}
 		if err != nil {
 			lock.Close()
-			for _, o := range dead {
-				o.lock.Close()
-			}
-			return nil, nil, err
+			errs = append(errs, err)
+			continue
 		}
 		left = append(left, segs...)
 		dead = append(dead, orphan{dir: d, lock: lock})
 	}
-	return left, dead, nil
+	return left, dead, errors.Join(errs...)
 }
 
-// claimJournalDir makes this process's directory: created under a dot name, locked, then
-// renamed into place, so that no other process ever sees it unlocked.
-func claimJournalDir(root string) (*journal, error) {
+// claim makes this process's directory: created under a dot name, locked, then renamed into
+// place, so that no other process ever sees it unlocked.
+func (j *journal) claim() error {
 	id := make([]byte, 8)
 	rand.Read(id)
 	name := hex.EncodeToString(id)
-	tmp := filepath.Join(root, ".new-"+name)
+	tmp := filepath.Join(j.root, ".new-"+name)
 	if err := os.Mkdir(tmp, 0o700); err != nil {
-		return nil, err
+		return err
 	}
 	lock, err := os.OpenFile(filepath.Join(tmp, "lock"), os.O_CREATE|os.O_EXCL|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
 	if err == nil {
@@ -150,8 +177,8 @@ func claimJournalDir(root string) (*journal, error) {
 		}
 	}
 	if err == nil {
-		if err = os.Rename(tmp, filepath.Join(root, name)); err == nil {
-			err = fsutil.SyncDir(root)
+		if err = os.Rename(tmp, filepath.Join(j.root, name)); err == nil {
+			err = fsutil.SyncDir(j.root)
 		}
 		if err != nil {
 			lock.Close()
@@ -159,13 +186,27 @@ func claimJournalDir(root string) (*journal, error) {
 	}
 	if err != nil {
 		os.RemoveAll(tmp)
-		return nil, err
+		return err
 	}
-	return &journal{dir: filepath.Join(root, name), lock: lock}, nil
+	if j.lock != nil {
+		j.lock.Close()
+	}
+	j.dir, j.lock, j.seq = filepath.Join(j.root, name), lock, 0
+	return nil
 }
 
-// readSegments reads the segments in dir, oldest first.
-func readSegments(dir string) ([]segment, error) {
+// ours reports whether the process's directory is still there with its lock file.
+func (j *journal) ours() bool {
+	st, err := os.Stat(filepath.Join(j.dir, "lock"))
+	if err != nil {
+		return false
+	}
+	lst, err := j.lock.Stat()
+	return err == nil && os.SameFile(st, lst)
+}
+
+// readSegments reads the segments in dir, oldest first. Only canonical names count.
+func readSegments(dir string, key []byte) ([]segment, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
@@ -173,10 +214,10 @@ func readSegments(dir string) ([]segment, error) {
 	var seqs []uint64
 	for _, e := range ents {
 		hexSeq, ok := strings.CutSuffix(e.Name(), ".wal")
-		if !ok || len(hexSeq) != 16 || !e.Type().IsRegular() {
+		if !ok || !e.Type().IsRegular() {
 			continue
 		}
-		if seq, err := strconv.ParseUint(hexSeq, 16, 64); err == nil {
+		if seq, err := strconv.ParseUint(hexSeq, 16, 64); err == nil && segmentName(seq) == e.Name() {
 			seqs = append(seqs, seq)
 		}
 	}
@@ -184,7 +225,7 @@ func readSegments(dir string) ([]segment, error) {
 	var out []segment
 	for _, seq := range seqs {
 		p := filepath.Join(dir, segmentName(seq))
-		raw, err := readSegment(p)
+		raw, batch, err := readSegment(p, key)
 		if err != nil {
 			return nil, err
 		}
@@ -197,7 +238,7 @@ func readSegments(dir string) ([]segment, error) {
 			}
 			recs[i] = indexRecord(0, r)
 		}
-		out = append(out, segment{path: p, recs: recs})
+		out = append(out, segment{path: p, recs: recs, batch: batch})
 	}
 	return out, nil
 }
@@ -210,15 +251,28 @@ func removeOrphan(o orphan) error {
 }
 
 // start creates the next segment; its name is durable before any record is written to it.
-// A failed start is retried under the next number (the failed file may be left behind).
+// A process whose directory was removed under it claims a new one first. A failed start is
+// retried under the next number.
 func (j *journal) start() error {
+	if !j.ours() {
+		if err := j.claim(); err != nil {
+			return err
+		}
+	}
 	seq := j.seq
 	j.seq++
-	f, err := os.OpenFile(filepath.Join(j.dir, segmentName(seq)), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+	name := segmentName(seq)
+	f, err := os.OpenFile(filepath.Join(j.dir, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err = f.WriteString(journalMagic); err == nil {
+	hdr := binary.LittleEndian.AppendUint32([]byte(journalMagic), uint32(j.batch))
+	keyed := byte(0)
+	if j.key != nil {
+		keyed = 1
+	}
+	hdr = append(hdr, keyed)
+	if _, err = f.Write(hdr); err == nil {
 		err = f.Sync()
 	}
 	if err == nil {
@@ -229,17 +283,37 @@ func (j *journal) start() error {
 		os.Remove(f.Name())
 		return err
 	}
-	j.f = f
+	j.f, j.size, j.mac = f, int64(len(hdr)), firstMAC(j.key, name)
 	return nil
 }
 
+func firstMAC(key []byte, name string) []byte {
+	if key == nil {
+		return nil
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(name))
+	return m.Sum(nil)
+}
+
+func nextMAC(key, prev, payload []byte) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write(prev)
+	m.Write(payload)
+	return m.Sum(nil)
+}
+
 // append writes one group of records as a frame and syncs it: when it returns nil the
-// records survive a crash.
+// records survive a crash. After an error the segment must be abandoned (abandon).
 func (j *journal) append(recs []store.AuditEvent) error {
 	if j.f == nil {
 		if err := j.start(); err != nil {
 			return err
 		}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(j.f.Fd()), &st); err != nil || st.Nlink == 0 {
+		return errors.New("journal segment removed from under the process")
 	}
 	b := append(j.buf[:0], make([]byte, 8)...)
 	for _, r := range recs {
@@ -251,6 +325,11 @@ func (j *journal) append(recs []store.AuditEvent) error {
 	}
 	binary.LittleEndian.PutUint32(b[0:], uint32(len(b)-8))
 	binary.LittleEndian.PutUint32(b[4:], crc32.Checksum(b[8:], castagnoli))
+	var mac []byte
+	if j.key != nil {
+		mac = nextMAC(j.key, j.mac, b[8:])
+		b = append(b, mac...)
+	}
 	j.buf = b
 	if _, err := j.f.Write(b); err != nil {
 		return err
@@ -258,8 +337,30 @@ func (j *journal) append(recs []store.AuditEvent) error {
 	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
 		return err
 	}
+	j.size += int64(len(b))
+	j.mac = mac
 	j.recs = append(j.recs, recs...)
 	return nil
+}
+
+// abandon closes the open segment after a failed append, cut back to its last whole frame
+// (best effort: a crash before the cut leaves a torn last frame, which reading drops), and
+// returns it for folding (nil when it held no acknowledged record). The next append starts
+// a new segment, so nothing is ever written after a torn frame.
+func (j *journal) abandon() *segment {
+	if j.f == nil {
+		return nil
+	}
+	j.f.Truncate(j.size)
+	unix.Fdatasync(int(j.f.Fd()))
+	seg := &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
+	j.f.Close()
+	j.f, j.recs = nil, nil
+	if len(seg.recs) == 0 {
+		os.Remove(seg.path)
+		return nil
+	}
+	return seg
 }
 
 // rotate closes the open segment and starts the next; the closed one is returned for
@@ -267,7 +368,7 @@ func (j *journal) append(recs []store.AuditEvent) error {
 func (j *journal) rotate() (*segment, error) {
 	var seg *segment
 	if j.f != nil {
-		seg = &segment{path: j.f.Name(), recs: j.recs}
+		seg = &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
 		j.f.Close()
 		j.f, j.recs = nil, nil
 		if len(seg.recs) == 0 {
@@ -288,50 +389,96 @@ func (j *journal) close() {
 		}
 		j.f = nil
 	}
-	if segs, err := filepath.Glob(filepath.Join(j.dir, "*.wal")); err == nil && len(segs) == 0 {
+	if segs, err := filepath.Glob(filepath.Join(j.dir, "*.wal")); err == nil && len(segs) == 0 && j.ours() {
 		os.RemoveAll(j.dir)
 	}
 	j.lock.Close()
 }
 
-// readSegment reads a segment's records. A short or corrupt last frame is a write a crash
-// cut off (its records were never acknowledged) and ends the segment; a frame whose CRC
-// holds but whose records do not parse is an error.
-func readSegment(path string) ([][]byte, error) {
+// readSegment reads a segment's records and batch size (see parseSegment).
+func readSegment(path string, key []byte) ([][]byte, int, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return parseSegment(b, path)
+	return parseSegment(b, filepath.Base(path), key)
 }
 
-func parseSegment(b []byte, name string) ([][]byte, error) {
+// parseSegment reads a segment. A short or CRC-failing frame at the end is a write a crash
+// cut off (its records were never acknowledged) and ends the segment; one with whole
+// frames after it, a frame whose records do not parse, a MAC that fails, or a segment
+// written without a MAC when a key is given (or with one when none is) is an error.
+func parseSegment(b []byte, name string, key []byte) ([][]byte, int, error) {
 	rest, ok := bytes.CutPrefix(b, []byte(journalMagic))
 	if !ok {
 		if strings.HasPrefix(journalMagic, string(b)) {
-			return nil, nil // created, cut before its header was whole: no record in it
+			return nil, 0, nil // created, cut before its header was whole: no record in it
 		}
-		return nil, fmt.Errorf("%w: %s: not a strongroom journal segment", ErrEvent, name)
+		return nil, 0, fmt.Errorf("%w: %s: not a strongroom journal segment (v2)", ErrEvent, name)
 	}
+	if len(rest) < 5 {
+		return nil, 0, nil // the same, cut inside the header
+	}
+	batch := int(binary.LittleEndian.Uint32(rest))
+	keyed := rest[4]
+	rest = rest[5:]
+	macLen := 0
+	switch {
+	case keyed > 1 || batch < 1 || batch > MaxBatch:
+		return nil, 0, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
+	case keyed == 1 && key == nil:
+		return nil, 0, fmt.Errorf("%w: %s: written with a MAC key, none given", ErrEvent, name)
+	case keyed == 0 && key != nil:
+		return nil, 0, fmt.Errorf("%w: %s: no MAC, a key is configured (altered?)", ErrEvent, name)
+	case keyed == 1:
+		macLen = sha256.Size
+	}
+	mac := firstMAC(key, name)
 	var recs [][]byte
-	for len(rest) >= 8 {
+	for len(rest) > 0 {
+		if len(rest) < 8 || allZero(rest) {
+			break // torn: the last frame's header cut, or space the crash left unwritten
+		}
 		n := uint64(binary.LittleEndian.Uint32(rest[0:4]))
-		if n > maxFrame || n > uint64(len(rest)-8) {
-			break // torn
+		whole := 8 + n + uint64(macLen)
+		if n > maxFrame || whole > uint64(len(rest)) {
+			if n <= maxFrame {
+				break // torn: the last frame, cut short
+			}
+			return nil, 0, fmt.Errorf("%w: %s: frame of %d bytes", ErrEvent, name, n)
 		}
 		payload := rest[8 : 8+n]
 		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(rest[4:8]) {
-			break // torn
+			if whole == uint64(len(rest)) {
+				break // torn: the last frame, written in part
+			}
+			return nil, 0, fmt.Errorf("%w: %s: damaged frame with whole frames after it", ErrEvent, name)
+		}
+		if key != nil {
+			want := nextMAC(key, mac, payload)
+			if !hmac.Equal(want, rest[8+n:whole]) {
+				return nil, 0, fmt.Errorf("%w: %s: frame MAC fails (records altered, reordered or moved)", ErrEvent, name)
+			}
+			mac = want
 		}
 		for len(payload) > 0 {
 			m, k := binary.Uvarint(payload)
 			if k <= 0 || m > uint64(len(payload)-k) || m > MaxEventSize {
-				return nil, fmt.Errorf("%w: %s: malformed record in a whole frame", ErrEvent, name)
+				return nil, 0, fmt.Errorf("%w: %s: malformed record in a whole frame", ErrEvent, name)
 			}
 			recs = append(recs, payload[k:k+int(m)])
 			payload = payload[k+int(m):]
 		}
-		rest = rest[8+n:]
+		rest = rest[whole:]
 	}
-	return recs, nil
+	return recs, batch, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -38,7 +38,7 @@ func rawRecs(from, to int) []store.AuditEvent {
 func TestAttackJournalCorruptMiddleFrame(t *testing.T) {
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	j, err := openJournal(jdir)
+	j, err := openJournal(jdir, 100, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,8 +49,8 @@ func TestAttackJournalCorruptMiddleFrame(t *testing.T) {
 		}
 	}
 	path := j.f.Name()
-	j.close()                            // the process dies: its directory stays, unlocked
-	flip(t, path, len(journalMagic)+8+3) // a byte inside the first frame's payload
+	j.close()                        // the process dies: its directory stays, unlocked
+	flip(t, path, journalHeader+8+3) // a byte inside the first frame's payload
 
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, Journal: jdir})
 	healthy := b.Healthy()
@@ -82,7 +82,7 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 func TestAttackJournalRefoldOtherBatchSize(t *testing.T) {
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	j, err := openJournal(jdir)
+	j, err := openJournal(jdir, 20, nil) // the dead process folded in batches of 20
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestAttackJournalPartialWriteThenCrash(t *testing.T) {
 		}
 	}
 	// SIGKILL now: the next process reads the segments on disk (none was folded since).
-	segs, err := readSegments(b.j.dir)
+	segs, err := readSegments(b.j.dir, nil)
 	if err != nil {
 		t.Logf("the next start refuses the journal (operator told): %v", err)
 		return
@@ -237,7 +237,7 @@ func (g *gateBundles) PutBundle(ctx context.Context, name string, b []byte) erro
 
 // parsedUpTo is where parseSegment stops reading a segment.
 func parsedUpTo(b []byte) int {
-	off := len(journalMagic)
+	off := journalHeader
 	for len(b)-off >= 8 {
 		n := int(binary.LittleEndian.Uint32(b[off:]))
 		if n > maxFrame || n > len(b)-off-8 || crc32.Checksum(b[off+8:off+8+n], castagnoli) != binary.LittleEndian.Uint32(b[off+4:]) {
@@ -255,7 +255,7 @@ func parsedUpTo(b []byte) int {
 func TestAttackJournalPlantedAlias(t *testing.T) {
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	j, err := openJournal(jdir)
+	j, err := openJournal(jdir, 100, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,7 +319,7 @@ func TestAttackJournalDirRemoved(t *testing.T) {
 	segs, _ := filepath.Glob(filepath.Join(jdir, "*", "*.wal"))
 	found := 0
 	for _, p := range segs {
-		recs, _ := readSegment(p)
+		recs, _, _ := readSegment(p, nil)
 		for _, r := range recs {
 			if acked[string(r)] {
 				found++
@@ -395,7 +395,8 @@ func TestAttackJournalCloseRace(t *testing.T) {
 func TestAttackJournalAlteredSegment(t *testing.T) {
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	j, err := openJournal(jdir)
+	key := []byte("the deployment's journal key, as serve derives it")
+	j, err := openJournal(jdir, 100, key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,8 +405,9 @@ func TestAttackJournalAlteredSegment(t *testing.T) {
 	}
 	path := j.f.Name()
 	j.close()
-	// The attacker re-frames the segment with record 3 changed ("p3" becomes "p9").
-	raws, err := readSegment(path)
+	// The attacker re-frames the segment with record 3 changed ("p3" becomes "p9"); without
+	// the key there is no MAC to give it, so it is written as an unkeyed segment.
+	raws, _, err := readSegment(path, key)
 	if err != nil || len(raws) != 10 {
 		t.Fatal(raws, err)
 	}
@@ -417,13 +419,14 @@ func TestAttackJournalAlteredSegment(t *testing.T) {
 		payload = binary.AppendUvarint(payload, uint64(len(r)))
 		payload = append(payload, r...)
 	}
-	seg := []byte(journalMagic)
+	seg := binary.LittleEndian.AppendUint32([]byte(journalMagic), 100)
+	seg = append(seg, 0)
 	seg = binary.LittleEndian.AppendUint32(seg, uint32(len(payload)))
 	seg = binary.LittleEndian.AppendUint32(seg, crc32.Checksum(payload, castagnoli))
 	seg = append(seg, payload...)
 	os.WriteFile(path, seg, 0o600)
 
-	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, Journal: jdir})
+	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, Journal: jdir, JournalKey: key})
 	healthy := b.Healthy()
 	b.Close()
 	if healthy != nil {
@@ -445,7 +448,7 @@ func TestAttackJournalAlteredSegment(t *testing.T) {
 func TestAttackJournalLockRemoved(t *testing.T) {
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	j, err := openJournal(jdir)
+	j, err := openJournal(jdir, 100, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

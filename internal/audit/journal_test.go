@@ -94,7 +94,7 @@ func TestJournal(t *testing.T) {
 	segs, _ := filepath.Glob(filepath.Join(jdir, "*", "*.wal"))
 	var journaled int
 	for _, s := range segs {
-		recs, err := readSegment(s)
+		recs, _, err := readSegment(s, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +150,7 @@ func TestJournalRefold(t *testing.T) {
 	jdir := filepath.Join(tl.dir, "journal")
 	ctx := context.Background()
 	// A dead process's journal: two segments, the first already folded.
-	j, err := openJournal(jdir)
+	j, err := openJournal(jdir, 20, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func TestJournalUnusable(t *testing.T) {
 func TestJournalPlantedRecord(t *testing.T) {
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	j, err := openJournal(jdir)
+	j, err := openJournal(jdir, 100, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestJournalPlantedRecord(t *testing.T) {
 // acknowledged, and the frames before it are read whole.
 func TestParseSegmentTorn(t *testing.T) {
 	dir := t.TempDir()
-	j, err := openJournal(dir)
+	j, err := openJournal(dir, 100, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,23 +260,23 @@ func TestParseSegmentTorn(t *testing.T) {
 	path := j.f.Name()
 	j.close()
 	whole, _ := os.ReadFile(path)
-	if recs, err := parseSegment(whole, "s"); err != nil || len(recs) != 3 {
+	if recs, _, err := parseSegment(whole, "s", nil); err != nil || len(recs) != 3 {
 		t.Fatalf("whole: %d %v", len(recs), err)
 	}
-	last := len(journalMagic) + 8 + 2*(1+7)
+	last := journalHeader + 8 + 2*(1+7)
 	for cut := last; cut < len(whole); cut++ {
-		recs, err := parseSegment(whole[:cut], "s")
+		recs, _, err := parseSegment(whole[:cut], "s", nil)
 		if err != nil || len(recs) != 2 {
 			t.Fatalf("cut at %d: %d records, %v", cut, len(recs), err)
 		}
 	}
 	bad := append([]byte(nil), whole...)
 	bad[len(bad)-1] ^= 1 // the last frame's CRC fails: torn
-	if recs, err := parseSegment(bad, "s"); err != nil || len(recs) != 2 {
+	if recs, _, err := parseSegment(bad, "s", nil); err != nil || len(recs) != 2 {
 		t.Fatalf("flipped last byte: %d %v", len(recs), err)
 	}
-	for cut := range len(journalMagic) {
-		if recs, err := parseSegment(whole[:cut], "s"); err != nil || len(recs) != 0 {
+	for cut := range journalHeader {
+		if recs, _, err := parseSegment(whole[:cut], "s", nil); err != nil || len(recs) != 0 {
 			t.Fatalf("header cut at %d: %d %v", cut, len(recs), err)
 		}
 	}
@@ -284,16 +284,21 @@ func TestParseSegmentTorn(t *testing.T) {
 	payload := []byte{0x7f, 'x'}
 	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(payload)))
 	frame = binary.LittleEndian.AppendUint32(frame, crc32.Checksum(payload, castagnoli))
-	if _, err := parseSegment(append([]byte(journalMagic), append(frame, payload...)...), "s"); err == nil {
+	if _, _, err := parseSegment(append(testHeader(), append(frame, payload...)...), "s", nil); err == nil {
 		t.Fatal("malformed records in a whole frame accepted")
 	}
 }
 
+// testHeader is an unkeyed segment's header (batches of 100).
+func testHeader() []byte {
+	return append(binary.LittleEndian.AppendUint32([]byte(journalMagic), 100), 0)
+}
+
 func FuzzParseSegment(f *testing.F) {
-	f.Add([]byte(journalMagic))
-	f.Add(append([]byte(journalMagic), 2, 0, 0, 0, 0, 0, 0, 0, 1, 'x'))
+	f.Add(testHeader())
+	f.Add(append(testHeader(), 2, 0, 0, 0, 0, 0, 0, 0, 1, 'x'))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		recs, err := parseSegment(b, "fuzz")
+		recs, _, err := parseSegment(b, "fuzz", nil)
 		if err != nil {
 			return
 		}
@@ -427,7 +432,7 @@ func TestJournalSharedRoot(t *testing.T) {
 	}
 	a.Close()
 	// A replica dies (its journal left, unlocked) while b runs: b folds it in its own time.
-	j, err := openJournal(jdir)
+	j, err := openJournal(jdir, 100, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -543,4 +548,42 @@ func TestJournalDiskFull(t *testing.T) {
 	tl.close(t)
 	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), n)
 	t.Logf("%d records acknowledged, %d refused while full", n, refused)
+}
+
+// TestJournalKeyed: with a MAC key a dead process's journal folds as without one; under
+// another key (or none) it is refused, not folded.
+func TestJournalKeyed(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		readKey   []byte
+		wantFolds bool
+	}{{"same key", []byte("k1"), true}, {"other key", []byte("k2"), false}, {"no key", nil, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			tl := openTestLog(t)
+			jdir := filepath.Join(tl.dir, "journal")
+			j, err := openJournal(jdir, 100, []byte("k1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var recs []store.AuditEvent
+			for i := range 12 {
+				ev := requestEvent(i)
+				raw, _ := ev.Marshal()
+				recs = append(recs, indexRecord(0, raw))
+			}
+			j.append(recs[:5])
+			j.append(recs[5:])
+			j.close()
+			b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{Journal: jdir, JournalKey: tc.readKey})
+			healthy := b.Healthy()
+			b.Close()
+			if (healthy == nil) != tc.wantFolds {
+				t.Fatalf("healthy %v, want folds %v", healthy, tc.wantFolds)
+			}
+			tl.close(t)
+			if tc.wantFolds {
+				wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 12)
+			}
+		})
+	}
 }

@@ -60,6 +60,7 @@ type Config struct {
 	// entry (default 1024), before it brings the index up to date.
 	Journal      string
 	JournalBatch int
+	JournalKey   []byte // the journal's MAC key (BatcherConfig.JournalKey)
 }
 
 // Log is the audit log.
@@ -230,7 +231,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		}
 	}
 	if cfg.Journal != "" && db == nil {
-		fb := &Batcher{log: l, bundles: l.bundles, maxRecords: cfg.JournalBatch}
+		fb := &Batcher{log: l, bundles: l.bundles, maxRecords: cfg.JournalBatch, journalKey: cfg.JournalKey}
 		if fb.maxRecords <= 0 || fb.maxRecords > MaxBatch {
 			fb.maxRecords = 1024
 		}
