@@ -526,6 +526,8 @@ func (b *Batcher) runJournal() {
 			if b.log.journalErr.Load() != nil {
 				if err := b.j.append(nil); err == nil {
 					b.log.setJournalErr(nil)
+				} else if seg := b.j.abandon(); seg != nil { // never write after a partial frame
+					b.folds <- foldItem{seg: seg}
 				}
 			}
 		case reply := <-b.barrier:
