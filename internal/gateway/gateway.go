@@ -705,7 +705,7 @@ type lfReader struct {
 
 func (l *lfReader) Read(p []byte) (int, error) {
 	if len(p) < 2 {
-		return l.r.Read(p)
+		return 0, io.ErrShortBuffer // read through a bufio.Reader: a held CR needs a byte of room
 	}
 	off := 0
 	if l.held {
