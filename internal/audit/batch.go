@@ -368,7 +368,7 @@ func (b *Batcher) foldDead(root string) error {
 	if len(left) > 0 {
 		n := uint64(0)
 		for _, seg := range left {
-			n += uint64(len(seg.recs)/b.maxRecords + 1)
+			n += uint64(len(seg.recs)/max(seg.batch, 1) + 1)
 		}
 		have, err := b.log.recentBatches(context.Background(), 4096+n)
 		if err != nil {
@@ -526,8 +526,8 @@ func (b *Batcher) runJournal() {
 			if b.log.journalErr.Load() != nil {
 				if err := b.j.append(nil); err == nil {
 					b.log.setJournalErr(nil)
-				} else if seg := b.j.abandon(); seg != nil { // never write after a partial frame
-					b.folds <- foldItem{seg: seg}
+				} else {
+					b.abandonSegment() // never write after a partial frame
 				}
 			}
 		case reply := <-b.barrier:
@@ -549,11 +549,16 @@ func (b *Batcher) journalCommit(p *pendingBatch) {
 		p.err = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		b.log.records.WithLabelValues("failed").Add(float64(len(p.records)))
 		b.log.setJournalErr(p.err)
-		// Nothing more goes after a failed (perhaps partial) frame: the segment is cut back
-		// and folded with what it acknowledged; the next group starts a new one.
-		if seg := b.j.abandon(); seg != nil {
-			b.folds <- foldItem{seg: seg}
-		}
+		b.abandonSegment()
+	}
+}
+
+// abandonSegment follows a failed append: nothing more goes after a (perhaps partial)
+// frame, so the segment is cut back and folded with what it acknowledged, and the next
+// group starts a new one.
+func (b *Batcher) abandonSegment() {
+	if seg := b.j.abandon(); seg != nil {
+		b.folds <- foldItem{seg: seg}
 	}
 }
 

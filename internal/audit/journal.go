@@ -348,11 +348,26 @@ func (j *journal) append(recs []store.AuditEvent) error {
 // returns it for folding (nil when it held no acknowledged record). The next append starts
 // a new segment, so nothing is ever written after a torn frame.
 func (j *journal) abandon() *segment {
+	if j.f != nil {
+		j.f.Truncate(j.size)
+		unix.Fdatasync(int(j.f.Fd()))
+	}
+	return j.closeSegment()
+}
+
+// rotate closes the open segment and starts the next; the closed one is returned for
+// folding (nil when it held no record).
+func (j *journal) rotate() (*segment, error) {
+	seg := j.closeSegment()
+	return seg, j.start()
+}
+
+// closeSegment closes the open segment and returns it with its records; one that holds no
+// record is removed and nil returned.
+func (j *journal) closeSegment() *segment {
 	if j.f == nil {
 		return nil
 	}
-	j.f.Truncate(j.size)
-	unix.Fdatasync(int(j.f.Fd()))
 	seg := &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
 	j.f.Close()
 	j.f, j.recs = nil, nil
@@ -363,32 +378,10 @@ func (j *journal) abandon() *segment {
 	return seg
 }
 
-// rotate closes the open segment and starts the next; the closed one is returned for
-// folding (nil when it held no record: it is removed).
-func (j *journal) rotate() (*segment, error) {
-	var seg *segment
-	if j.f != nil {
-		seg = &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
-		j.f.Close()
-		j.f, j.recs = nil, nil
-		if len(seg.recs) == 0 {
-			os.Remove(seg.path)
-			seg = nil
-		}
-	}
-	return seg, j.start()
-}
-
-// close closes the open segment, removing it when it holds no record, and, when no
-// segment is left (every one folded), the process's directory; then drops the lock.
+// close closes the open segment (its records, if any, stay for the next process), and,
+// when no segment is left (every one folded), the process's directory; then drops the lock.
 func (j *journal) close() {
-	if j.f != nil {
-		j.f.Close()
-		if len(j.recs) == 0 {
-			os.Remove(j.f.Name())
-		}
-		j.f = nil
-	}
+	j.closeSegment()
 	if segs, err := filepath.Glob(filepath.Join(j.dir, "*.wal")); err == nil && len(segs) == 0 && j.ours() {
 		os.RemoveAll(j.dir)
 	}

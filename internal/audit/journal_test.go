@@ -154,16 +154,7 @@ func TestJournalRefold(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var first, second []store.AuditEvent
-	for i := range 60 {
-		ev := requestEvent(i)
-		raw, _ := ev.Marshal()
-		if i < 25 {
-			first = append(first, indexRecord(0, raw))
-		} else {
-			second = append(second, indexRecord(0, raw))
-		}
-	}
+	first, second := rawRecs(0, 25), rawRecs(25, 60)
 	if err := j.append(first[:10]); err != nil {
 		t.Fatal(err)
 	}
@@ -436,13 +427,7 @@ func TestJournalSharedRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var recs []store.AuditEvent
-	for i := range 5 {
-		ev := requestEvent(20 + i)
-		raw, _ := ev.Marshal()
-		recs = append(recs, indexRecord(0, raw))
-	}
-	if err := j.append(recs); err != nil {
+	if err := j.append(rawRecs(20, 25)); err != nil {
 		t.Fatal(err)
 	}
 	j.close()
@@ -565,12 +550,7 @@ func TestJournalKeyed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var recs []store.AuditEvent
-			for i := range 12 {
-				ev := requestEvent(i)
-				raw, _ := ev.Marshal()
-				recs = append(recs, indexRecord(0, raw))
-			}
+			recs := rawRecs(0, 12)
 			j.append(recs[:5])
 			j.append(recs[5:])
 			j.close()
