@@ -694,6 +694,9 @@ func isDone(line []byte) bool {
 	return ok && bytes.HasPrefix(bytes.TrimPrefix(v, []byte(" ")), []byte("[DONE]"))
 }
 
+// maxHeldAfterDone bounds what is held from [DONE] on until the answer's record is durable.
+const maxHeldAfterDone = 64 << 10
+
 // lfReader turns the bare CR line ends the event-stream grammar allows into LF, so that the
 // stream loop, which splits lines at LF, sees every line (a [DONE] hidden in a CR-ended
 // line would otherwise pass unrecognized). CRLF is left as it is. A CR at the end of a read
@@ -787,6 +790,12 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				outBytes += len(payload)
 			}
 			if forward && g.cfg.RecordAnswers && g.cfg.Records != nil && (done != nil || isDone(line)) {
+				if len(done)+len(line) > maxHeldAfterDone {
+					// An engine that goes on after [DONE] is not held in memory without bound:
+					// the rest is dropped and the stream ends here.
+					st.reason = "engine sent more than 64 KiB after [DONE]; the rest dropped"
+					break
+				}
 				done = append(done, line...) // [DONE], and whatever follows it, waits for the record
 				forward = false
 			}

@@ -92,6 +92,40 @@ func TestAttackStreamDoneSpellings(t *testing.T) {
 	}
 }
 
+// TestStreamFloodAfterDone: an engine that goes on sending after [DONE] (4 MiB) is not held
+// in memory without bound (maxHeldAfterDone): the stream ends, recorded, with [DONE] and at
+// most the bound's worth of what followed it.
+func TestStreamFloodAfterDone(t *testing.T) {
+	eng := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Write([]byte(`{"object":"list","data":[]}`))
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, `data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"one"}}]}`+"\n\ndata: [DONE]\n\n")
+		line := "data: " + strings.Repeat("x", 1000) + "\n\n"
+		for range 4 << 10 {
+			if _, err := fmt.Fprint(w, line); err != nil {
+				return
+			}
+		}
+	}))
+	defer eng.Close()
+	f := newFixture(t, func(c *Config) {
+		c.RecordAnswers = true
+		c.Routes = append(c.Routes, Route{Model: "eng", Upstreams: []string{eng.URL + "/v1"}})
+		c.Models.(records)["eng"] = modelrec.Attrs{Classification: "public"}
+	})
+	b := audit.NewBatcher(f.log, audit.DirBundles{Dir: f.logDir}, audit.BatcherConfig{MaxDelay: time.Millisecond})
+	defer b.Close()
+	f.gw.cfg.Records = b
+	_, raw := postRaw(t, f.srv.URL+"/v1/chat/completions", f.alice,
+		`{"model":"eng","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+	if !strings.Contains(raw, "data: [DONE]") || len(raw) > 2*maxHeldAfterDone {
+		t.Fatalf("stream with a flood after [DONE]: %d bytes, [DONE] %v", len(raw), strings.Contains(raw, "data: [DONE]"))
+	}
+}
+
 // TestAttackUnaskedStream: the client did not ask for a stream, the engine streams anyway.
 // Its start record cannot be made durable: no byte of the stream may reach the client.
 func TestAttackUnaskedStream(t *testing.T) {
