@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -332,12 +331,6 @@ func observations(b *testing.B) []obs.Observation {
 	return out
 }
 
-func cpuNow() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // BenchmarkRelay: what the gateway's request path pays per request for detection —
 // locally (the whole engine) and with a bus (features and a queue hand-off) — and, with a
 // real Redis, the whole shared path: process CPU per request for publishing every request
@@ -387,7 +380,7 @@ func BenchmarkRelay(b *testing.B) {
 		eng := New(Config{})
 		r := NewResponder(eng, ResponderConfig{Audit: silent(), Duration: time.Hour, Bus: NewRedisBus(rdb, prefix)})
 		go r.Run(ctx, time.Hour)
-		cpu0 := cpuNow()
+		cpu0 := testenv.CPUTime()
 		b.ResetTimer()
 		for i := range b.N {
 			for len(r.relay.out) > relayQueue/2 { // a gateway's pace, not a burst of b.N
@@ -408,7 +401,7 @@ func BenchmarkRelay(b *testing.B) {
 			time.Sleep(time.Millisecond)
 		}
 		b.StopTimer()
-		b.ReportMetric(float64((cpuNow()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/req")
+		b.ReportMetric(float64((testenv.CPUTime()-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/req")
 		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 	})
 }

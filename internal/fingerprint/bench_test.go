@@ -3,9 +3,10 @@ package fingerprint
 import (
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // BenchmarkScanThroughput measures, in one run over the same files (BF16 safetensors,
@@ -36,11 +37,7 @@ func BenchmarkScanThroughput(b *testing.B) {
 	}
 	// CPU time per MB alongside: on a machine shared with other work, the wall-clock
 	// rates swing with the load; the CPU spent per MB much less so.
-	cpu := func() time.Duration {
-		var ru syscall.Rusage
-		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-	}
+	cpu := testenv.CPUTime
 	cpums := func(d time.Duration) float64 { return d.Seconds() * 1e3 / (float64(total) / 1e6) }
 	var raw, load, reject, full, loadCPU, fullCPU time.Duration
 	b.ResetTimer()

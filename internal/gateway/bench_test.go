@@ -12,24 +12,18 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/refmodel"
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 type nopDetector struct{}
 
 func (nopDetector) Observe(obs.Observation) {}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // load sends b.N requests from `conns` goroutines and reports req/s, p50/p99 latency and
 // the process's CPU per request (client, server and upstream share the process, so the
@@ -42,7 +36,7 @@ func load(b *testing.B, target, key string, conns int) {
 	var lat []time.Duration
 	next := make(chan struct{}, conns)
 	var wg sync.WaitGroup
-	cpu0 := cpuTime()
+	cpu0 := testenv.CPUTime()
 	b.ResetTimer()
 	for range conns {
 		wg.Go(func() {
@@ -78,7 +72,7 @@ func load(b *testing.B, target, key string, conns int) {
 	close(next)
 	wg.Wait()
 	b.StopTimer()
-	cpu := cpuTime() - cpu0
+	cpu := testenv.CPUTime() - cpu0
 	slices.Sort(lat)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -234,6 +235,22 @@ var migrations = []string{
 	CREATE INDEX audit_events_kind_idx ON audit_events (kind, idx);
 	CREATE INDEX audit_events_kind_ts_decision ON audit_events (kind, ts, decision);
 	DROP INDEX audit_events_kind`,
+	// 15: request records indexed one row per (batch entry, principal, kind); see
+	// auditgroups.go. meta precedes raws so that counting reads no record bytes.
+	`CREATE TABLE audit_record_groups (
+		entry BIGINT NOT NULL,
+		principal TEXT NOT NULL,
+		kind TEXT NOT NULL,
+		ts_min BIGINT NOT NULL,
+		ts_max BIGINT NOT NULL,
+		n INTEGER NOT NULL,
+		meta {{bytes}} NOT NULL,
+		raws {{bytes}} NOT NULL,
+		PRIMARY KEY (entry, principal, kind)
+	);
+	CREATE INDEX audit_record_groups_principal ON audit_record_groups (principal, kind, entry);
+	CREATE INDEX audit_record_groups_kind ON audit_record_groups (kind, entry);
+	CREATE INDEX audit_record_groups_kind_ts ON audit_record_groups (kind, ts_max)`,
 }
 
 func (s *sqlStore) q(query string) string {
@@ -634,6 +651,19 @@ func (s *sqlStore) indexQuery(rows int) string {
 }
 
 func (s *sqlStore) IndexAudit(ctx context.Context, evs []AuditEvent) error {
+	var recs []AuditEvent
+	if i := slices.IndexFunc(evs, func(e AuditEvent) bool { return isRecordIndex(e.Index) }); i >= 0 {
+		entries := slices.Clone(evs[:i])
+		recs = make([]AuditEvent, 0, len(evs)-i)
+		for _, e := range evs[i:] {
+			if isRecordIndex(e.Index) {
+				recs = append(recs, e)
+			} else {
+				entries = append(entries, e)
+			}
+		}
+		evs = entries
+	}
 	if len(evs) >= indexRows {
 		s.indexOnce.Do(func() { s.indexStmt, s.indexErr = s.db.PrepareContext(context.Background(), s.indexQuery(indexRows)) })
 		if s.indexErr != nil {
@@ -662,7 +692,7 @@ func (s *sqlStore) IndexAudit(ctx context.Context, evs []AuditEvent) error {
 				return err
 			}
 		}
-		return nil
+		return s.indexRecordGroups(ctx, tx, recs)
 	})
 	if err != nil {
 		return fmt.Errorf("store: index audit events: %w", err)
@@ -684,6 +714,20 @@ func (s *sqlStore) AuditIndexed(ctx context.Context) (uint64, error) {
 }
 
 func (s *sqlStore) SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error) {
+	evs, err := s.searchEntries(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := s.searchRecords(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return mergeByIndex(evs, recs, q.Desc, q.Limit), nil
+}
+
+// searchEntries answers q from audit_events (entries, and request records indexed one row
+// each by earlier versions).
+func (s *sqlStore) searchEntries(ctx context.Context, q AuditQuery) ([]AuditEvent, error) {
 	where, args := []string{"1 = 1"}, []any{}
 	if !q.Since.IsZero() {
 		where, args = append(where, "ts >= ?"), append(args, q.Since.UnixNano())
@@ -737,22 +781,40 @@ func (s *sqlStore) AuditHistogram(ctx context.Context, kind string, since time.T
 		return nil, fmt.Errorf("store: audit histogram: bucket %v", bucket)
 	}
 	b := bucket.Nanoseconds()
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT ts / ?, decision, COUNT(*) FROM audit_events WHERE kind = ? AND ts >= ? GROUP BY 1, 2 ORDER BY 1, 2`),
+	type key struct {
+		n        int64
+		decision string
+	}
+	counts := map[key]int{}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT ts / ?, decision, COUNT(*) FROM audit_events WHERE kind = ? AND ts >= ? GROUP BY 1, 2`),
 		b, kind, since.UnixNano())
 	if err != nil {
 		return nil, fmt.Errorf("store: audit histogram: %w", err)
 	}
 	defer rows.Close()
-	var out []AuditBucket
 	for rows.Next() {
-		var n, c int64
-		var d string
-		if err := rows.Scan(&n, &d, &c); err != nil {
+		var k key
+		var c int
+		if err := rows.Scan(&k.n, &k.decision, &c); err != nil {
 			return nil, fmt.Errorf("store: audit histogram: %w", err)
 		}
-		out = append(out, AuditBucket{Start: time.Unix(0, n*b).UTC(), Decision: d, Count: int(c)})
+		counts[k] += c
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: audit histogram: %w", err)
+	}
+	err = s.eachGroupRecord(ctx, kind, since.UnixNano(), func(e AuditEvent) { counts[key{e.TS.UnixNano() / b, e.Decision}]++ })
+	if err != nil {
+		return nil, fmt.Errorf("store: audit histogram: %w", err)
+	}
+	out := make([]AuditBucket, 0, len(counts))
+	for k, c := range counts {
+		out = append(out, AuditBucket{Start: unixNanoUTC(k.n * b), Decision: k.decision, Count: c})
+	}
+	slices.SortFunc(out, func(x, y AuditBucket) int {
+		return cmp.Or(x.Start.Compare(y.Start), strings.Compare(x.Decision, y.Decision))
+	})
+	return out, nil
 }
 
 func joinList(l []string) string { return strings.Join(l, ",") }
@@ -873,22 +935,39 @@ func (s *sqlStore) ListAPIKeys(ctx context.Context, principal string) ([]APIKey,
 }
 
 func (s *sqlStore) AuditPrincipalsPerDay(ctx context.Context, kind string, since time.Time) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT ts / 86400000000000, COUNT(DISTINCT principal) FROM audit_events WHERE kind = ? AND ts >= ? GROUP BY 1`),
+	const day = int64(24 * time.Hour)
+	seen := map[int64]map[string]bool{}
+	add := func(d int64, principal string) {
+		if seen[d] == nil {
+			seen[d] = map[string]bool{}
+		}
+		seen[d][principal] = true
+	}
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT DISTINCT ts / 86400000000000, principal FROM audit_events WHERE kind = ? AND ts >= ?`),
 		kind, since.UnixNano())
 	if err != nil {
 		return nil, fmt.Errorf("store: principals per day: %w", err)
 	}
 	defer rows.Close()
-	out := map[string]int{}
 	for rows.Next() {
 		var d int64
-		var n int
-		if err := rows.Scan(&d, &n); err != nil {
+		var p string
+		if err := rows.Scan(&d, &p); err != nil {
 			return nil, fmt.Errorf("store: principals per day: %w", err)
 		}
-		out[time.Unix(d*86400, 0).UTC().Format("2006-01-02")] = n
+		add(d, p)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: principals per day: %w", err)
+	}
+	if err := s.eachGroupRecord(ctx, kind, since.UnixNano(), func(e AuditEvent) { add(e.TS.UnixNano()/day, e.Principal) }); err != nil {
+		return nil, fmt.Errorf("store: principals per day: %w", err)
+	}
+	out := make(map[string]int, len(seen))
+	for d, ps := range seen {
+		out[dayKey(d)] = len(ps)
+	}
+	return out, nil
 }
 
 func (s *sqlStore) RevokedAPIKeys(ctx context.Context, since time.Time) ([]string, error) {

@@ -6,7 +6,9 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Get returns the environment variable name or skips (or fails, when integration is required).
@@ -38,4 +40,12 @@ func Program(t testing.TB, name string) string {
 		t.Skipf("%s not found; ./scripts/test installs it", name)
 	}
 	return p
+}
+
+// CPUTime is the CPU (user and system) this process has used: benchmarks report CPU per
+// operation next to wall time, which on a shared machine swings with the load.
+func CPUTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
