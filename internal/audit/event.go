@@ -11,7 +11,11 @@
 //	 "actor":{...},"subject":{...},"decision":"allow|deny","reason":"...","fields":{...}}
 //
 // actor, subject and fields are flat string maps whose keys are sorted (encoding/json does
-// this), so the bytes of an event are a function of its content. decision and reason may
+// this), so the bytes of an event are a function of its content; strings are escaped as
+// encoding/json escapes them with HTML escaping off, except that invalid UTF-8 is written
+// as the character U+FFFD (so that every entry parses and marshals back to itself: a
+// request record with a stray byte once made its journal segment unreadable after a
+// crash). decision and reason may
 // be empty for events that are not decisions. Secrets never appear; values that would
 // disclose what happened without being secret (prompts, outputs, client IPs when the
 // operator asks) appear only as "hmac-sha256:HEX", an HMAC-SHA256 under the deployment's
@@ -98,9 +102,11 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"regexp"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -145,14 +151,24 @@ func (e *Event) Validate() error {
 	case e.Decision != "" && e.Decision != Allow && e.Decision != Deny:
 		return fmt.Errorf("%w: decision %q", ErrEvent, e.Decision)
 	}
+	// Keys are the code's names: two invalid ones would both be written as U+FFFD, a
+	// duplicate key that no strict parser reads.
+	for _, m := range []map[string]string{e.Actor, e.Subject, e.Fields} {
+		for k := range m {
+			if !utf8.ValidString(k) {
+				return fmt.Errorf("%w: key %q is not UTF-8", ErrEvent, k)
+			}
+		}
+	}
 	return nil
 }
 
 // Marshal returns the canonical bytes of an event (see the package doc).
 //
 // The bytes are those encoding/json produces for Event with HTML escaping off (sorted map
-// keys, its string escapes); this encoder writes them without reflection, because the
-// gateway marshals one event per request. FuzzMarshalMatchesJSON holds the two equal.
+// keys, its string escapes) once invalid UTF-8 is replaced by U+FFFD; this encoder writes
+// them without reflection. FuzzMarshalMatchesJSON holds the two equal, and every event's
+// bytes parsed back by ParseEvent.
 func (e *Event) Marshal() ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
@@ -254,9 +270,23 @@ func appendJSONMap(b []byte, m map[string]string) []byte {
 	return append(b, '}')
 }
 
-// appendJSONString writes s as encoding/json does with HTML escaping off: ", \ and
-// control characters escaped (\b \f \n \r \t by name), invalid UTF-8 as \ufffd, and
-// U+2028/U+2029 escaped.
+// ValidUTF8 is s as an entry's bytes carry it: each invalid UTF-8 byte as U+FFFD (what a
+// parse of the entry gives back; the search index keeps the same).
+func ValidUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return string([]rune(s))
+}
+
+// AppendJSONString appends s as a JSON string exactly as the canonical form writes it (a
+// caller that writes a record's canonical bytes itself, the gateway's request records).
+func AppendJSONString(b []byte, s string) []byte { return appendJSONString(b, s) }
+
+// appendJSONString writes s as encoding/json does with HTML escaping off — ", \ and
+// control characters escaped (\b \f \n \r \t by name), U+2028/U+2029 escaped — except
+// that each invalid UTF-8 byte becomes the character U+FFFD (encoding/json writes the
+// escape \ufffd, which does not survive a parse and a marshal unchanged).
 func appendJSONString(b []byte, s string) []byte {
 	const hexDigits = "0123456789abcdef"
 	b = append(b, '"')
@@ -292,8 +322,10 @@ func appendJSONString(b []byte, s string) []byte {
 		r, size := utf8.DecodeRuneInString(s[i:])
 		switch {
 		case r == utf8.RuneError && size == 1:
+			// Written as the character itself, not encoding/json's \ufffd escape: a parse
+			// gives U+FFFD, which must marshal back to the same bytes (ParseEvent's check).
 			b = append(b, s[start:i]...)
-			b = append(b, `\ufffd`...)
+			b = append(b, "\uFFFD"...)
 		case r == '\u2028' || r == '\u2029':
 			b = append(b, s[start:i]...)
 			b = append(b, `\u202`...)
@@ -332,29 +364,62 @@ func ParseEvent(b []byte) (*Event, error) {
 }
 
 // Redactor replaces sensitive values by keyed digests.
-type Redactor struct{ key []byte }
+type Redactor struct {
+	key []byte
+	// macs holds keyed HMACs for reuse: the gateway digests two or three values per
+	// request, and keying one (two SHA-256 blocks, four allocations) cost more than the
+	// digest of a short value.
+	macs sync.Pool
+}
 
 // NewRedactor uses a deployment's audit HMAC key (32 bytes).
 func NewRedactor(key []byte) (*Redactor, error) {
 	if len(key) != 32 {
 		return nil, fmt.Errorf("audit: HMAC key is %d bytes, want 32", len(key))
 	}
-	return &Redactor{key: bytes.Clone(key)}, nil
+	r := &Redactor{key: bytes.Clone(key)}
+	r.macs.New = func() any { return hmac.New(sha256.New, r.key) }
+	return r, nil
 }
+
+const digestPrefix = "hmac-sha256:"
 
 // Digest returns "hmac-sha256:HEX" of value.
 func (r *Redactor) Digest(value string) string {
-	m := hmac.New(sha256.New, r.key)
-	m.Write([]byte(value))
-	return "hmac-sha256:" + hex.EncodeToString(m.Sum(nil))
+	m := r.NewHash()
+	io.WriteString(m, value)
+	d := HashDigest(m)
+	r.Release(m)
+	return d
+}
+
+// DigestBytes is Digest of a value held as bytes (no copy into a string).
+func (r *Redactor) DigestBytes(value []byte) string {
+	m := r.NewHash()
+	m.Write(value)
+	d := HashDigest(m)
+	r.Release(m)
+	return d
 }
 
 // NewHash returns an HMAC to feed a large value (a streamed answer) piece by piece;
-// finish it with HashDigest.
-func (r *Redactor) NewHash() hash.Hash { return hmac.New(sha256.New, r.key) }
+// finish it with HashDigest, and hand it back with Release once it is no longer used.
+func (r *Redactor) NewHash() hash.Hash { return r.macs.Get().(hash.Hash) }
+
+// Release hands back a NewHash HMAC for reuse (it is reset).
+func (r *Redactor) Release(h hash.Hash) {
+	h.Reset()
+	r.macs.Put(h)
+}
 
 // HashDigest formats a NewHash result like Digest.
-func HashDigest(h hash.Hash) string { return "hmac-sha256:" + hex.EncodeToString(h.Sum(nil)) }
+func HashDigest(h hash.Hash) string {
+	var sum [sha256.Size]byte
+	var out [len(digestPrefix) + 2*sha256.Size]byte
+	copy(out[:], digestPrefix)
+	hex.Encode(out[len(digestPrefix):], h.Sum(sum[:0]))
+	return string(out[:])
+}
 
 // Matches reports, in constant time, whether digest is Digest(value).
 func (r *Redactor) Matches(digest, value string) bool {

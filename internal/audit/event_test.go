@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 var ts0 = time.Date(2026, 11, 27, 10, 0, 0, 5, time.UTC)
@@ -120,7 +121,23 @@ func FuzzMarshalMatchesJSON(f *testing.F) {
 		e := Event{V: 1, TS: time.Unix(0, nanos), Kind: "gateway.request", Decision: Deny, Reason: reason,
 			Actor: map[string]string{"principal": a, b: c}, Subject: map[string]string{c: a}, Fields: map[string]string{k: v, "x" + k: b}}
 		got, err := e.Marshal()
-		want, werr := jsonMarshal(e)
+		if !utf8.ValidString(b) || !utf8.ValidString(c) || !utf8.ValidString(k) { // b, c, k are keys
+			if !errors.Is(err, ErrEvent) {
+				t.Fatalf("Marshal accepted a key that is not UTF-8: %v", err)
+			}
+			return
+		}
+		// The reference: encoding/json once each invalid byte is U+FFFD (string([]rune(s))).
+		valid := func(m map[string]string) map[string]string {
+			out := map[string]string{}
+			for k, v := range m {
+				out[string([]rune(k))] = string([]rune(v))
+			}
+			return out
+		}
+		ve := e
+		ve.Reason, ve.Actor, ve.Subject, ve.Fields = string([]rune(e.Reason)), valid(e.Actor), valid(e.Subject), valid(e.Fields)
+		want, werr := jsonMarshal(ve)
 		if werr != nil || len(want) > MaxEventSize {
 			if err == nil {
 				t.Fatalf("Marshal accepted what encoding/json refuses: %v", werr)
@@ -129,6 +146,9 @@ func FuzzMarshalMatchesJSON(f *testing.F) {
 		}
 		if err != nil || !bytes.Equal(got, want) {
 			t.Fatalf("Marshal differs from encoding/json (%v):\n got %q\nwant %q", err, got, want)
+		}
+		if _, err := ParseEvent(got); err != nil {
+			t.Fatalf("an event's own bytes do not parse back: %v: %q", err, got)
 		}
 	})
 }

@@ -386,7 +386,7 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 		if l.idx != nil {
 			l.recentMu.Lock()
 			if len(l.recent) < maxRecent {
-				l.recent[i.Index] = store.AuditEvent{Index: i.Index, TS: ev.TS, Kind: string(ev.Kind), Principal: ev.Actor["principal"], Decision: ev.Decision, Raw: b}
+				l.recent[i.Index] = store.AuditEvent{Index: i.Index, TS: ev.TS, Kind: string(ev.Kind), Principal: ValidUTF8(ev.Actor["principal"]), Decision: ev.Decision, Raw: b}
 			}
 			l.recentMu.Unlock()
 		}

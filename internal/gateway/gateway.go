@@ -31,6 +31,7 @@ import (
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/policy"
+	"github.com/strongroom/strongroom/internal/store"
 	"go.opentelemetry.io/otel/trace"
 )
 
@@ -52,6 +53,12 @@ type (
 	}
 	Auditor interface {
 		Submit(ctx context.Context, ev audit.Event) audit.Future
+		Healthy() error
+	}
+	// RecordSink takes request records already in canonical bytes (audit.Batcher's
+	// SubmitEncoded): the gateway writes them without building an audit.Event.
+	RecordSink interface {
+		SubmitEncoded(ctx context.Context, rec store.AuditEvent) audit.Future
 		Healthy() error
 	}
 	// Detector sees every request's features (the request trace of DESIGN.md).
@@ -98,7 +105,7 @@ type Config struct {
 	Audit           Auditor
 	// Records, if set, takes the per-request events (audit.Batcher: one log entry per
 	// batch); else they go to Audit one entry each.
-	Records Auditor
+	Records RecordSink
 	// Health, if set, must be nil for requests to be served (the store is still the data
 	// directory's); checked with the audit log's health.
 	Health          func() error
@@ -575,7 +582,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	if st.feat.Stream && g.cfg.RecordAnswers && g.cfg.Records != nil {
 		// The stream's start record goes to the log now and is awaited before the first
 		// byte (stream): its commit overlaps the engine's time to first token.
-		st.streamStart = g.cfg.Records.Submit(context.WithoutCancel(r.Context()), g.streamStartEvent(st))
+		st.streamStart = g.cfg.Records.SubmitEncoded(context.WithoutCancel(r.Context()), g.requestRecord(st, audit.KindStreamStart))
 	}
 	// Upstreams found down in the last 5 s are skipped while another one is not: when all
 	// are, each is tried anyway (an engine that just started must not wait for the probe).
@@ -762,7 +769,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 		// prompt's HMAC); its usage and output HMAC follow in the request's record at the end.
 		start := st.streamStart
 		if start == nil { // an engine that streams without being asked to
-			start = g.cfg.Records.Submit(context.WithoutCancel(ctx), g.streamStartEvent(st))
+			start = g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindStreamStart))
 		}
 		if _, err := start(); err != nil {
 			st.decision = audit.Deny
@@ -866,17 +873,27 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 		return
 	}
 	if !st.recorded {
-		ev := g.requestEvent(st)
 		if st.decision == audit.Deny {
-			g.log.Info("request denied", "principal", ev.Actor["principal"], "model", ev.Subject["model"], "status", st.status, "reason", st.reason)
+			var principal, model string
+			if st.p != nil {
+				principal = st.p.ID
+			}
+			if st.route != nil {
+				model = st.route.Model
+			}
+			g.log.Info("request denied", "principal", principal, "model", model, "status", st.status, "reason", st.reason)
 		}
 		if g.cfg.Records != nil {
 			// The batcher marks the log unhealthy itself when a batch fails: nothing to wait on.
-			g.cfg.Records.Submit(context.WithoutCancel(ctx), ev)
+			g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindRequest))
 		} else {
-			fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), ev)
+			fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), g.requestEvent(st))
 			go fut() // resolution marks the log unhealthy on failure
 		}
+	}
+	if st.outHash != nil {
+		g.cfg.Redactor.Release(st.outHash)
+		st.outHash = nil
 	}
 	if g.cfg.Detector != nil && st.p != nil {
 		a := st.asked
@@ -895,7 +912,7 @@ func (g *Gateway) recordAnswer(ctx context.Context, st *reqState) error {
 		return nil
 	}
 	st.recorded = true
-	_, err := g.cfg.Records.Submit(context.WithoutCancel(ctx), g.requestEvent(st))()
+	_, err := g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindRequest))()
 	return err
 }
 
@@ -908,6 +925,109 @@ func (g *Gateway) streamStartEvent(st *reqState) audit.Event {
 		delete(ev.Fields, k)
 	}
 	return ev
+}
+
+// requestRecord is the request's log record (kind KindRequest), or its stream's start
+// record (KindStreamStart), in canonical bytes: exactly what audit.Event.Marshal gives for
+// requestEvent's (streamStartEvent's) event — TestRequestRecordCanonical holds them equal —
+// written without its maps, key by key in sorted order. A record over audit.MaxEventSize
+// (a very long reason) goes the event's way, to be truncated.
+func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent {
+	rec := store.AuditEvent{TS: st.start.UTC(), Kind: string(kind), Decision: st.decision}
+	if st.p != nil {
+		rec.Principal = audit.ValidUTF8(st.p.ID)
+	}
+	start := kind == audit.KindStreamStart
+	b := make([]byte, 0, 768)
+	b = append(b, `{"v":1,"ts":"`...)
+	b = rec.TS.AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","kind":`...)
+	b = audit.AppendJSONString(b, rec.Kind)
+	b = append(b, `,"actor":{`...)
+	if st.p != nil {
+		b = append(b, `"key_id":`...)
+		b = audit.AppendJSONString(b, st.p.KeyID)
+		b = append(b, `,"principal":`...)
+		b = audit.AppendJSONString(b, st.p.ID)
+		b = append(b, `,"tenant":`...)
+		b = audit.AppendJSONString(b, st.p.Tenant)
+	}
+	b = append(b, `},"subject":{"endpoint":`...)
+	b = audit.AppendJSONString(b, st.endpoint)
+	versioned := st.route != nil && st.rec.Version != ""
+	if st.route != nil {
+		b = append(b, `,"model":`...)
+		b = audit.AppendJSONString(b, st.route.Model)
+		if versioned {
+			b = append(b, `,"version":`...)
+			b = audit.AppendJSONString(b, st.rec.Version)
+		}
+	}
+	b = append(b, `},"decision":`...)
+	b = audit.AppendJSONString(b, st.decision)
+	b = append(b, `,"reason":`...)
+	b = audit.AppendJSONString(b, st.reason)
+	b = append(b, `,"fields":{`...)
+	field := func(k, v string) {
+		if b[len(b)-1] != '{' {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, k...) // our own keys: nothing to escape
+		b = append(b, `":`...)
+		b = audit.AppendJSONString(b, v)
+	}
+	var num [20]byte
+	itoa := func(n int64) string { return string(strconv.AppendInt(num[:0], n, 10)) }
+	if versioned {
+		field("classification", st.rec.Attrs.Classification)
+	}
+	if !start {
+		field("completion_tokens", itoa(int64(st.usage.CompletionTokens)))
+	}
+	field("country", st.country)
+	if st.ip.IsValid() {
+		field("ip", g.cfg.Redactor.Digest(st.ip.String()))
+	}
+	if !start {
+		field("latency_ms", itoa(g.cfg.Now().Sub(st.start).Milliseconds()))
+	}
+	if st.outHash != nil {
+		field("output_hmac", audit.HashDigest(st.outHash))
+	}
+	if st.prompt != nil {
+		field("prompt_hmac", g.cfg.Redactor.DigestBytes(st.prompt))
+	}
+	if !start {
+		field("prompt_tokens", itoa(int64(st.usage.PromptTokens)))
+		field("status", itoa(int64(st.status)))
+	}
+	if st.usage.Estimated {
+		field("usage_estimated", "true")
+	}
+	if st.watermark {
+		field("watermark_requested", "true")
+		field("watermarked", strconv.FormatBool(st.watermarked))
+	}
+	b = append(b, "}}"...)
+	if y := rec.TS.Year(); len(b) > audit.MaxEventSize || y < 0 || y > 9999 {
+		ev := g.requestEvent(st)
+		if start {
+			ev = g.streamStartEvent(st)
+		}
+		raw, err := ev.Marshal()
+		if errors.Is(err, audit.ErrTooLarge) {
+			ev = ev.Truncated()
+			raw, err = ev.Marshal()
+		}
+		if err != nil {
+			raw = nil // SubmitEncoded refuses an empty record: the request fails closed
+		}
+		rec.Raw = raw
+		return rec
+	}
+	rec.Raw = b
+	return rec
 }
 
 // requestEvent is the request's log record.

@@ -1143,8 +1143,23 @@ func TestTracing(t *testing.T) {
 // failingRecords refuses every record, as a log that cannot write does.
 type failingRecords struct{}
 
-func (failingRecords) Submit(context.Context, audit.Event) audit.Future {
+func (failingRecords) SubmitEncoded(_ context.Context, rec store.AuditEvent) audit.Future {
+	mustParseRecord(rec)
 	return func() (uint64, error) { return 0, audit.ErrUnavailable }
+}
+
+// mustParseRecord reads a request record as the log's verifier does (strict, canonical
+// form only) and checks the index fields the gateway gave with it; a fake record sink
+// panics on a record the real log would refuse.
+func mustParseRecord(rec store.AuditEvent) *audit.Event {
+	ev, err := audit.ParseEvent(rec.Raw)
+	if err != nil {
+		panic(fmt.Sprintf("request record not canonical: %v: %s", err, rec.Raw))
+	}
+	if string(ev.Kind) != rec.Kind || ev.Actor["principal"] != rec.Principal || ev.Decision != rec.Decision || !ev.TS.Equal(rec.TS) {
+		panic(fmt.Sprintf("index fields %+v do not match the record %s", rec, rec.Raw))
+	}
+	return ev
 }
 func (failingRecords) Healthy() error { return nil }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/modelrec"
+	"github.com/strongroom/strongroom/internal/store"
 )
 
 // Attacks on "acknowledged means recorded" at the gateway (outside security test).
@@ -24,7 +25,8 @@ type startOnlyRecords struct {
 	kinds []audit.Kind
 }
 
-func (r *startOnlyRecords) Submit(_ context.Context, ev audit.Event) audit.Future {
+func (r *startOnlyRecords) SubmitEncoded(_ context.Context, rec store.AuditEvent) audit.Future {
+	ev := mustParseRecord(rec)
 	r.mu.Lock()
 	r.kinds = append(r.kinds, ev.Kind)
 	r.mu.Unlock()
@@ -158,9 +160,10 @@ type allRecords struct {
 	evs []audit.Event
 }
 
-func (r *allRecords) Submit(_ context.Context, ev audit.Event) audit.Future {
+func (r *allRecords) SubmitEncoded(_ context.Context, rec store.AuditEvent) audit.Future {
+	ev := mustParseRecord(rec)
 	r.mu.Lock()
-	r.evs = append(r.evs, ev)
+	r.evs = append(r.evs, *ev)
 	r.mu.Unlock()
 	return func() (uint64, error) { return 0, nil }
 }

@@ -38,6 +38,7 @@ type recordGroup struct {
 	principal, kind string
 	tsMin, tsMax    int64
 	n               int
+	size            int // of raws
 	meta, raws      []byte
 }
 
@@ -60,6 +61,10 @@ func groupRecords(recs []AuditEvent) []*recordGroup {
 		}
 		g.tsMin, g.tsMax = min(g.tsMin, ts), max(g.tsMax, ts)
 		g.n++
+		g.size += len(e.Raw)
+	}
+	for _, g := range out {
+		g.meta, g.raws = make([]byte, 0, g.n*24), make([]byte, 0, g.size)
 	}
 	// meta stores times relative to the group's earliest (non-negative, short varints).
 	for _, e := range recs {

@@ -1,0 +1,83 @@
+package gateway
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/modelrec"
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// TestRequestRecordCanonical: the request records the gateway writes itself (requestRecord)
+// are byte for byte what audit.Event.Marshal gives for the same request's event — over
+// random requests with every optional part on or off and hostile strings (quotes,
+// backslashes, control characters, invalid UTF-8, U+2028, HTML) — and parse as canonical.
+// A record over the size limit is truncated as Submit would.
+func TestRequestRecordCanonical(t *testing.T) {
+	red, err := audit.NewRedactor(bytes.Repeat([]byte{7}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 1, 7, 30, 0, 123456789, time.UTC)
+	g := &Gateway{cfg: Config{Redactor: red, Now: func() time.Time { return now }}}
+	rng := rand.New(rand.NewPCG(3, 4))
+	odd := []string{"", "plain", `q"uote`, `back\slash`, "ctl\x00\x01\x1f\n\t\r", "bad\xff\xfeutf8", "sep\u2028\u2029", "<html>&amp;", "ünïcödé 漢字 🙂"}
+	str := func() string { return odd[rng.IntN(len(odd))] + odd[rng.IntN(len(odd))] }
+	for i := range 3000 {
+		st := &reqState{start: now.Add(-time.Duration(rng.IntN(5000)) * time.Millisecond), endpoint: str(), country: str(),
+			decision: []string{audit.Allow, audit.Deny, ""}[rng.IntN(3)], reason: str(), status: rng.IntN(600),
+			watermark: rng.IntN(2) == 0, watermarked: rng.IntN(2) == 0,
+			usage: Usage{PromptTokens: rng.IntN(1 << 20), CompletionTokens: rng.IntN(1 << 20), Estimated: rng.IntN(2) == 0}}
+		if rng.IntN(4) > 0 {
+			st.p = &authn.Principal{Principal: store.Principal{ID: str(), Tenant: str()}, KeyID: str()}
+		}
+		if rng.IntN(4) > 0 {
+			st.route = &Route{Model: str()}
+			if rng.IntN(2) == 0 {
+				st.rec = modelrec.Record{Version: "v" + str()}
+				st.rec.Attrs.Classification = str()
+			}
+		}
+		if rng.IntN(3) > 0 {
+			st.ip = netip.AddrFrom4([4]byte{10, 0, byte(i), 1})
+		}
+		if rng.IntN(3) > 0 {
+			st.prompt = []byte(str())
+		}
+		if rng.IntN(3) > 0 {
+			st.outHash = red.NewHash()
+			st.outHash.Write([]byte(str()))
+		}
+		if i%500 == 0 {
+			st.reason = strings.Repeat("r", audit.MaxEventSize) // over the limit: truncated
+		}
+		for _, kind := range []audit.Kind{audit.KindRequest, audit.KindStreamStart} {
+			ev := g.requestEvent(st)
+			if kind == audit.KindStreamStart {
+				ev = g.streamStartEvent(st)
+			}
+			want, err := ev.Marshal()
+			if i%500 == 0 {
+				ev = ev.Truncated()
+				want, err = ev.Marshal()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := g.requestRecord(st, kind)
+			if !bytes.Equal(rec.Raw, want) {
+				t.Fatalf("request %d (%s):\n got %s\nwant %s", i, kind, rec.Raw, want)
+			}
+			got := mustParseRecord(rec)
+			if got.Kind != kind {
+				t.Fatalf("kind %s, want %s", got.Kind, kind)
+			}
+		}
+	}
+}
