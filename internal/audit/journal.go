@@ -26,11 +26,10 @@ import (
 // records costs tessera's POSIX driver a rewrite of the entry bundle, the tiles and the
 // tree state, each through a synced temporary file and a directory fsync: at a batch every
 // 10 ms that was a third of the gateway's CPU. A record only needs to be durable before
-// its answer completes; its place in a signed checkpoint comes at the next checkpoint
-// (200 ms) at the earliest anyway. So with a journal a group of records is durable after
-// one append and one fdatasync here, and the journal is folded into the log — one batch
-// entry per MaxRecords records, as without it — every FoldEvery, and at once by Barrier
-// and Close. A process that dies leaves its unfolded segments; the next Batcher on the
+// its answer completes; its place in a signed checkpoint can wait. So with a journal a
+// group of records is durable after one append and one fdatasync here, and the journal is
+// folded into the log — one batch entry per MaxRecords records (MaxBatch by default), as
+// without it — every FoldEvery (1 s), and at once by Barrier and Close. A process that dies leaves its unfolded segments; the next Batcher on the
 // directory folds them before it takes a record, skipping any batch the log already has
 // (a fold that died between its entry and the segment's removal).
 //

@@ -231,7 +231,8 @@ type Audit struct {
 	// at most RequestBatchRecords (default 1024, at most 4096) or after RequestBatchDelay
 	// (default 10ms) from the batch's first record. With a log on local disk records are
 	// made durable in a journal in groups gathered for RequestBatchDelay (default 5ms) and
-	// folded into batches every 200ms (audit/journal.go).
+	// folded every second into batches of RequestBatchRecords (default 4096 then;
+	// audit/journal.go).
 	RequestBatchRecords int      `json:"request_batch_records,omitempty"`
 	RequestBatchDelay   Duration `json:"request_batch_delay,omitzero"`
 	// AsyncRequestRecords lets answers go out before their records are durable (lower
