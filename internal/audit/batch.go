@@ -650,7 +650,11 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 	}
 	for len(seg.recs) > 0 {
 		chunk := seg.recs[:min(len(seg.recs), per)]
-		if _, name := EncodeBundle(raws(chunk)); !have[name] {
+		var name string
+		if have != nil { // a dead journal's: skip what the log has (a live fold has no such)
+			_, name = EncodeBundle(raws(chunk))
+		}
+		if have == nil || !have[name] {
 			idx, err := b.commitRecords(chunk)
 			if err != nil {
 				return err

@@ -142,6 +142,30 @@ type Gateway struct {
 	// noiseKey keys the deterministic logprob noise; random per process is enough, since
 	// its purpose is only that repeats of one query see the same value.
 	noiseKey []byte
+	// ipDigests caches client addresses' keyed digests for their records (a client sends
+	// many requests from one address); cleared when it holds maxIPDigests.
+	ipMu      sync.Mutex
+	ipDigests map[netip.Addr]string
+}
+
+const maxIPDigests = 1 << 14
+
+// ipDigest is the record's digest of a client address (audit.Redactor.Digest of its text).
+func (g *Gateway) ipDigest(ip netip.Addr) string {
+	g.ipMu.Lock()
+	d, ok := g.ipDigests[ip]
+	g.ipMu.Unlock()
+	if ok {
+		return d
+	}
+	d = g.cfg.Redactor.Digest(ip.String())
+	g.ipMu.Lock()
+	if g.ipDigests == nil || len(g.ipDigests) >= maxIPDigests {
+		g.ipDigests = make(map[netip.Addr]string)
+	}
+	g.ipDigests[ip] = d
+	g.ipMu.Unlock()
+	return d
 }
 
 // New checks cfg and sets defaults in one place.
@@ -987,7 +1011,7 @@ func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent 
 	}
 	field("country", st.country)
 	if st.ip.IsValid() {
-		field("ip", g.cfg.Redactor.Digest(st.ip.String()))
+		field("ip", g.ipDigest(st.ip))
 	}
 	if !start {
 		field("latency_ms", itoa(g.cfg.Now().Sub(st.start).Milliseconds()))
@@ -1041,7 +1065,7 @@ func (g *Gateway) requestEvent(st *reqState) audit.Event {
 			"latency_ms": strconv.FormatInt(g.cfg.Now().Sub(st.start).Milliseconds(), 10),
 		}}
 	if st.ip.IsValid() {
-		ev.Fields["ip"] = g.cfg.Redactor.Digest(st.ip.String())
+		ev.Fields["ip"] = g.ipDigest(st.ip)
 	}
 	if st.usage.Estimated {
 		ev.Fields["usage_estimated"] = "true"
