@@ -756,8 +756,10 @@ func TestParseUsage(t *testing.T) {
 	for in, want := range map[string]Usage{
 		`{"choices":[{"message":{"content":"the \"usage\": 3"}}],"usage":{"prompt_tokens":5,"completion_tokens":7}}`: {PromptTokens: 5, CompletionTokens: 7},
 		`{"usage":{"prompt_tokens":1,"completion_tokens":2},"choices":[]}`:                                           {PromptTokens: 1, CompletionTokens: 2},
-		`{"choices":[]}`:              {},
-		`{"usage":null,"choices":[]}`: {},
+		`{"choices":[]}`:                        {},
+		`{"usage":null,"choices":[]}`:           {},
+		`{"usage": null}`:                       {},
+		"{\"usage\": \n {\"prompt_tokens\":3}}": {PromptTokens: 3},
 	} {
 		got, _ := parseUsage([]byte(in))
 		if got != want {

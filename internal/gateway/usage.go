@@ -26,8 +26,12 @@ func parseUsage(b []byte) (Usage, bool) {
 	if i < 0 {
 		return Usage{}, false
 	}
+	rest := b[i+len(usageKey):]
+	if bytes.HasPrefix(bytes.TrimLeft(rest, " \t\r\n"), []byte("null")) {
+		return Usage{}, false // every chunk of a stream with include_usage, but the last
+	}
 	var u *Usage
-	if json.NewDecoder(bytes.NewReader(b[i+len(usageKey):])).Decode(&u) != nil || u == nil {
+	if json.NewDecoder(bytes.NewReader(rest)).Decode(&u) != nil || u == nil {
 		return Usage{}, false
 	}
 	return *u, true
