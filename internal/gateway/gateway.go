@@ -941,11 +941,11 @@ func (g *Gateway) recordAnswer(ctx context.Context, st *reqState) error {
 }
 
 // streamStartEvent is a stream's start record: the request's record as it stands when
-// the request is forwarded (no status, usage, latency or output yet).
+// the request is forwarded (no status, usage, latency or output HMAC yet).
 func (g *Gateway) streamStartEvent(st *reqState) audit.Event {
 	ev := g.requestEvent(st)
 	ev.Kind = audit.KindStreamStart
-	for _, k := range []string{"status", "prompt_tokens", "completion_tokens", "latency_ms"} {
+	for _, k := range []string{"status", "prompt_tokens", "completion_tokens", "latency_ms", "output_hmac"} {
 		delete(ev.Fields, k)
 	}
 	return ev
@@ -1016,7 +1016,7 @@ func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent 
 	if !start {
 		field("latency_ms", itoa(g.cfg.Now().Sub(st.start).Milliseconds()))
 	}
-	if st.outHash != nil {
+	if st.outHash != nil && !start {
 		field("output_hmac", audit.HashDigest(st.outHash))
 	}
 	if st.prompt != nil {

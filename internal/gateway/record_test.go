@@ -78,6 +78,14 @@ func TestRequestRecordCanonical(t *testing.T) {
 			if got.Kind != kind {
 				t.Fatalf("kind %s, want %s", got.Kind, kind)
 			}
+			_, hasOut := got.Fields["output_hmac"]
+			_, hasStatus := got.Fields["status"]
+			if kind == audit.KindStreamStart && (hasOut || hasStatus) {
+				t.Fatalf("a stream's start record carries an outcome: %s", rec.Raw)
+			}
+			if kind == audit.KindRequest && (!hasStatus || hasOut != (st.outHash != nil)) {
+				t.Fatalf("a request's record without its outcome: %s", rec.Raw)
+			}
 		}
 	}
 	// The address digests come from a cache: each is still the Redactor's digest, also
