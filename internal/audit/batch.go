@@ -458,6 +458,24 @@ func (b *Batcher) SubmitEncoded(ctx context.Context, rec store.AuditEvent) Futur
 	}
 }
 
+// CommitNow ends the group being gathered: its records are committed at once instead of
+// at the end of the group (batch) delay. The gateway calls it when every request it is
+// serving waits on a record — no one is left to join the group, so waiting longer only
+// adds latency.
+func (b *Batcher) CommitNow() {
+	b.mu.Lock()
+	if p := b.cur; p != nil && len(p.records) > 0 {
+		b.ready = append(b.ready, p)
+		b.last = p
+		b.cur = nil
+	}
+	b.mu.Unlock()
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
 // Healthy is nil while records can be made durable.
 func (b *Batcher) Healthy() error {
 	if b.broken != nil {

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
@@ -146,6 +147,24 @@ type Gateway struct {
 	// many requests from one address); cleared when it holds maxIPDigests.
 	ipMu      sync.Mutex
 	ipDigests map[netip.Addr]string
+	// inflight counts requests being served, waiting those of them blocked on a record's
+	// future (awaitRecord).
+	inflight, waiting atomic.Int64
+}
+
+// awaitRecord waits for a record to be durable. When every request in flight is waiting
+// on a record, the records' group is committed now (audit.Batcher.CommitNow): nobody is
+// left to join it, and its delay would only add latency (under a closed loop of clients,
+// a rate lost to latency).
+func (g *Gateway) awaitRecord(f audit.Future) error {
+	if g.waiting.Add(1) >= g.inflight.Load() {
+		if c, ok := g.cfg.Records.(interface{ CommitNow() }); ok {
+			c.CommitNow()
+		}
+	}
+	_, err := f()
+	g.waiting.Add(-1)
+	return err
 }
 
 const maxIPDigests = 1 << 14
@@ -430,6 +449,8 @@ type reqState struct {
 func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
 	st := &reqState{start: g.cfg.Now(), endpoint: endpoint, decision: audit.Deny, ip: g.clientIP(r)}
 	defer g.finish(r.Context(), st)
+	g.inflight.Add(1)
+	defer g.inflight.Add(-1)
 	ctx, span := g.startSpan(r, endpoint)
 	st.traceCtx = ctx
 	defer endSpan(span, st)
@@ -795,7 +816,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 		if start == nil { // an engine that streams without being asked to
 			start = g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindStreamStart))
 		}
-		if _, err := start(); err != nil {
+		if err := g.awaitRecord(start); err != nil {
 			st.decision = audit.Deny
 			st.fail(w, errAuditDown, "stream not recorded: "+err.Error())
 			return
@@ -936,8 +957,7 @@ func (g *Gateway) recordAnswer(ctx context.Context, st *reqState) error {
 		return nil
 	}
 	st.recorded = true
-	_, err := g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindRequest))()
-	return err
+	return g.awaitRecord(g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindRequest)))
 }
 
 // streamStartEvent is a stream's start record: the request's record as it stands when

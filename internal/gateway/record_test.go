@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"net/netip"
 	"strings"
@@ -100,6 +101,45 @@ func TestRequestRecordCanonical(t *testing.T) {
 			}
 		} else {
 			g.ipDigest(a)
+		}
+	}
+}
+
+// TestLoneRequestNotDelayed: a request alone in the gateway does not wait out the group
+// delay for its record (nobody can join the group): with a delay of an hour, an answer and
+// a stream still complete, their records durable — in fleet mode (batches) and with the
+// journal.
+func TestLoneRequestNotDelayed(t *testing.T) {
+	for _, journal := range []bool{false, true} {
+		f := newFixture(t, func(c *Config) { c.RecordAnswers = true })
+		cfg := audit.BatcherConfig{MaxDelay: time.Hour}
+		if journal {
+			cfg.Journal, cfg.FoldEvery = t.TempDir(), time.Hour
+		}
+		b := audit.NewBatcher(f.log, audit.DirBundles{Dir: f.logDir}, cfg)
+		t.Cleanup(b.Close)
+		f.gw.cfg.Records = b
+		url := f.srv.URL + "/v1/chat/completions"
+		done := make(chan string, 1)
+		go func() {
+			if resp, _ := postRaw(t, url, f.alice, `{"model":"demo","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`); resp.StatusCode != 200 {
+				done <- fmt.Sprintf("status %d", resp.StatusCode)
+				return
+			}
+			resp, raw := postRaw(t, url, f.alice, `{"model":"demo","max_tokens":2,"stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+			if resp.StatusCode != 200 || !strings.HasSuffix(strings.TrimSpace(raw), "data: [DONE]") {
+				done <- fmt.Sprintf("stream %d %q", resp.StatusCode, raw)
+				return
+			}
+			done <- ""
+		}()
+		select {
+		case msg := <-done:
+			if msg != "" {
+				t.Fatalf("journal %v: %s", journal, msg)
+			}
+		case <-time.After(2 * time.Minute): // the group delay is an hour; a request takes ms
+			t.Fatalf("journal %v: a lone request waited out the group delay", journal)
 		}
 	}
 }
