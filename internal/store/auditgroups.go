@@ -234,6 +234,8 @@ func cmpIndex(a, b AuditEvent, desc bool) int {
 }
 
 // mergeByIndex merges two answers sorted in the same order, keeping at most limit (0: all).
+// A record in both (indexed one row each by an earlier version, then again in a group:
+// only if the index were ever rebuilt over old rows) is kept once.
 func mergeByIndex(a, b []AuditEvent, desc bool, limit int) []AuditEvent {
 	if len(b) == 0 {
 		return a
@@ -243,9 +245,12 @@ func mergeByIndex(a, b []AuditEvent, desc bool, limit int) []AuditEvent {
 	}
 	out := make([]AuditEvent, 0, len(a)+len(b))
 	for len(a) > 0 && len(b) > 0 && (limit <= 0 || len(out) < limit) {
-		if cmpIndex(a[0], b[0], desc) <= 0 {
+		switch c := cmpIndex(a[0], b[0], desc); {
+		case c == 0:
+			out, a, b = append(out, a[0]), a[1:], b[1:]
+		case c < 0:
 			out, a = append(out, a[0]), a[1:]
-		} else {
+		default:
 			out, b = append(out, b[0]), b[1:]
 		}
 	}

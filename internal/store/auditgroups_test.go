@@ -1,6 +1,7 @@
 package store
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -55,5 +56,27 @@ func TestGroupRoundTrip(t *testing.T) {
 	}
 	if err := eachRecord(5, "p", "k", 0, gs[0].meta[:len(gs[0].meta)-1], gs[0].raws, func(AuditEvent) {}); err == nil {
 		t.Fatal("a cut group expanded without error")
+	}
+}
+
+func TestMergeByIndex(t *testing.T) {
+	ev := func(i uint64) AuditEvent { return AuditEvent{Index: i} }
+	idx := func(evs []AuditEvent) (out []uint64) {
+		for _, e := range evs {
+			out = append(out, e.Index)
+		}
+		return out
+	}
+	a, b := []AuditEvent{ev(1), ev(4), ev(6)}, []AuditEvent{ev(2), ev(4), ev(7)}
+	if got := idx(mergeByIndex(a, b, false, 0)); !slices.Equal(got, []uint64{1, 2, 4, 6, 7}) {
+		t.Fatalf("ascending: %v", got)
+	}
+	if got := idx(mergeByIndex(a, b, false, 3)); !slices.Equal(got, []uint64{1, 2, 4}) {
+		t.Fatalf("limit: %v", got)
+	}
+	slices.Reverse(a)
+	slices.Reverse(b)
+	if got := idx(mergeByIndex(a, b, true, 0)); !slices.Equal(got, []uint64{7, 6, 4, 2, 1}) {
+		t.Fatalf("descending: %v", got)
 	}
 }
