@@ -171,14 +171,22 @@ func sessionCookie(res *http.Response) *http.Cookie {
 func (h *harness) events(t *testing.T, q store.AuditQuery) []store.AuditEvent {
 	t.Helper()
 	ctx := context.Background()
-	// The search index trails the log by up to a second.
-	deadline := time.Now().Add(5 * time.Second)
-	size, _ := h.e.App.AuditLog.IntegratedSize(ctx)
-	for time.Now().Before(deadline) {
-		if n, _ := h.e.App.Store.AuditIndexed(ctx); n >= size {
+	// Request records wait in the journal until a fold (every second) or a barrier, and the
+	// search index trails the log by up to a second: fold now, then wait for the index to
+	// reach the log (a generous bound, failing loudly rather than reading a stale index).
+	want, _ := h.e.App.AuditLog.IntegratedSize(ctx)
+	if idx, ok, err := h.e.App.RequestRecords().Barrier(ctx); err != nil {
+		t.Fatal(err)
+	} else if ok {
+		want = max(want, idx+1)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if n, _ := h.e.App.Store.AuditIndexed(ctx); n >= want {
 			break
 		}
-		time.Sleep(50 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("the search index did not reach log entry %d in a minute", want)
+		}
 	}
 	evs, err := h.e.App.Store.SearchAudit(ctx, q)
 	if err != nil {
