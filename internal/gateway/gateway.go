@@ -1067,7 +1067,7 @@ func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent 
 		if err != nil {
 			raw = nil // SubmitEncoded refuses an empty record: the request fails closed
 		}
-		rec.Raw = raw
+		rec.Raw, rec.Principal = raw, audit.ValidUTF8(ev.Actor["principal"]) // as cut
 		return rec
 	}
 	rec.Raw = b

@@ -80,3 +80,40 @@ func TestMergeByIndex(t *testing.T) {
 		t.Fatalf("descending: %v", got)
 	}
 }
+
+// TestNextPage: paging newest first with NextPage ends, reading every event once, also
+// when a page ends exactly at log entry 0 (Before 0 means "no bound").
+func TestNextPage(t *testing.T) {
+	evs := make([]AuditEvent, 10)
+	for i := range evs {
+		evs[i] = AuditEvent{Index: uint64(9 - i)}
+	}
+	page := func(q AuditQuery) []AuditEvent { // a store's answer over evs
+		var out []AuditEvent
+		for _, e := range evs {
+			if (q.Before == 0 || e.Index < q.Before) && len(out) < q.Limit {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	q, seen := AuditQuery{Desc: true, Limit: 5}, map[uint64]int{}
+	for pages := 0; ; pages++ {
+		if pages > len(evs) {
+			t.Fatal("paging did not end")
+		}
+		p := page(q)
+		for _, e := range p {
+			seen[e.Index]++
+		}
+		var more bool
+		if q, more = q.NextPage(p); !more {
+			break
+		}
+	}
+	for i := range uint64(10) {
+		if seen[i] != 1 {
+			t.Fatalf("event %d read %d times", i, seen[i])
+		}
+	}
+}

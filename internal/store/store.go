@@ -105,6 +105,17 @@ type AuditQuery struct {
 	Desc   bool
 }
 
+// NextPage is the query for the page that follows page, newest first (q.Desc), and false
+// when none can: page was short, or it ended at log entry 0 (Before 0 means "no bound", so
+// a pager that set it would start over from the newest event — forever, for an export).
+func (q AuditQuery) NextPage(page []AuditEvent) (AuditQuery, bool) {
+	if q.Limit <= 0 || len(page) < q.Limit || page[len(page)-1].Index == 0 {
+		return q, false
+	}
+	q.Before = page[len(page)-1].Index
+	return q, true
+}
+
 // AuditBucket counts indexed events of one decision in one time bucket.
 type AuditBucket struct {
 	Start    time.Time

@@ -52,9 +52,11 @@ func (c *Console) auditPage(w http.ResponseWriter, r *http.Request, q *req) erro
 	next := ""
 	if len(evs) > pageSize {
 		evs = evs[:pageSize]
-		v := r.URL.Query()
-		v.Set("before", strconv.FormatUint(evs[pageSize-1].Index, 10))
-		next = "/console/audit?" + v.Encode()
+		if last := evs[pageSize-1].Index; last > 0 { // nothing is below entry 0
+			v := r.URL.Query()
+			v.Set("before", strconv.FormatUint(last, 10))
+			next = "/console/audit?" + v.Encode()
+		}
 	}
 	rows := make([]entry, len(evs))
 	for i, e := range evs {
@@ -95,10 +97,10 @@ func (c *Console) auditExport(w http.ResponseWriter, r *http.Request, q *req) er
 				return nil
 			}
 		}
-		if len(evs) < aq.Limit {
+		var more bool
+		if aq, more = aq.NextPage(evs); !more {
 			return nil
 		}
-		aq.Before = evs[len(evs)-1].Index
 	}
 }
 
