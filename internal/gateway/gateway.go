@@ -158,13 +158,25 @@ type Gateway struct {
 // a rate lost to latency).
 func (g *Gateway) awaitRecord(f audit.Future) error {
 	if g.waiting.Add(1) >= g.inflight.Load() {
-		if c, ok := g.cfg.Records.(interface{ CommitNow() }); ok {
-			c.CommitNow()
-		}
+		g.commitNow()
 	}
 	_, err := f()
 	g.waiting.Add(-1)
 	return err
+}
+
+// leave ends a request's count in flight; if it was the last one not waiting on a record
+// (denied, its client gone, a stream ended without [DONE]), the others' group is committed.
+func (g *Gateway) leave() {
+	if n := g.inflight.Add(-1); n > 0 && g.waiting.Load() >= n {
+		g.commitNow()
+	}
+}
+
+func (g *Gateway) commitNow() {
+	if c, ok := g.cfg.Records.(interface{ CommitNow() }); ok {
+		c.CommitNow()
+	}
 }
 
 const maxIPDigests = 1 << 14
@@ -450,7 +462,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	st := &reqState{start: g.cfg.Now(), endpoint: endpoint, decision: audit.Deny, ip: g.clientIP(r)}
 	defer g.finish(r.Context(), st)
 	g.inflight.Add(1)
-	defer g.inflight.Add(-1)
+	defer g.leave()
 	ctx, span := g.startSpan(r, endpoint)
 	st.traceCtx = ctx
 	defer endSpan(span, st)

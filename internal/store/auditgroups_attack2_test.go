@@ -229,11 +229,11 @@ func TestAttackSearchAuditIsAPlainFilter(t *testing.T) {
 	}
 }
 
-// TestAttackPagingPastEntryZero: keyset paging as the console's export does it (pages of
-// Limit, newest first, the next page Before the last one's index, stop at a short page)
+// TestAttackPagingPastEntryZero: keyset paging as the console's export does it (pages
+// of Limit, newest first, AuditQuery.NextPage)
 // over exactly Limit matching events, the oldest being the log's first entry (index 0):
-// every event is read once and the paging ends. Before is "no bound" when zero, so a
-// page ending at entry 0 cannot say "nothing before it".
+// every event is read once and the paging ends (Before 0 means "no bound": a pager that
+// set it after a page ending at entry 0 started over, forever).
 func TestAttackPagingPastEntryZero(t *testing.T) {
 	ctx := context.Background()
 	s, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
@@ -263,10 +263,10 @@ func TestAttackPagingPastEntryZero(t *testing.T) {
 		for _, e := range page {
 			seen[e.Index]++
 		}
-		if len(page) < q.Limit {
+		var more bool
+		if q, more = q.NextPage(page); !more { // how the console's export pages
 			break
 		}
-		q.Before = page[len(page)-1].Index
 	}
 	for i := range uint64(n) {
 		if seen[i] != 1 {
