@@ -461,6 +461,15 @@ func TestJournalSharedRoot(t *testing.T) {
 // (A read-only remount cannot be tested like the log's: the kernel refuses it while the
 // journal holds a segment open for writing.)
 func TestJournalDiskFull(t *testing.T) {
+	// The whole log on the full disk (a fold's bundle write fails too, and recovers through
+	// the fold's retry), and the journal alone on it (the log's disk has room: only the
+	// journal's own probe can end the refusal).
+	for _, journalOnly := range []bool{false, true} {
+		t.Run(map[bool]string{false: "log", true: "journal only"}[journalOnly], func(t *testing.T) { testJournalDiskFull(t, journalOnly) })
+	}
+}
+
+func testJournalDiskFull(t *testing.T, journalOnly bool) {
 	fs := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", fs).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs (needs root with mount rights): %v %s", err, out)
@@ -470,10 +479,17 @@ func TestJournalDiskFull(t *testing.T) {
 			t.Errorf("umount: %v %s", err, out)
 		}
 	})
-	tl := openTestLogAt(t, filepath.Join(fs, "log"))
+	logDir, jdir := filepath.Join(fs, "log"), ""
+	if journalOnly {
+		logDir, jdir = filepath.Join(t.TempDir(), "log"), filepath.Join(fs, "journal")
+	}
+	tl := openTestLogAt(t, logDir)
+	if jdir == "" {
+		jdir = filepath.Join(tl.dir, "journal")
+	}
 	ctx := context.Background()
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxDelay: time.Millisecond, FoldEvery: 20 * time.Millisecond,
-		Journal: filepath.Join(tl.dir, "journal")})
+		Journal: jdir})
 	n := 0
 	submit := func() error {
 		_, err := b.Submit(ctx, requestEvent(n))()
