@@ -1154,15 +1154,33 @@ func (failingRecords) SubmitEncoded(_ context.Context, rec store.AuditEvent) aud
 // form only) and checks the index fields the gateway gave with it; a fake record sink
 // panics on a record the real log would refuse.
 func mustParseRecord(rec store.AuditEvent) *audit.Event {
-	ev, err := audit.ParseEvent(rec.Raw)
+	ev, err := parseRecord(rec)
 	if err != nil {
-		panic(fmt.Sprintf("request record not canonical: %v: %s", err, rec.Raw))
-	}
-	if string(ev.Kind) != rec.Kind || ev.Actor["principal"] != rec.Principal || ev.Decision != rec.Decision || !ev.TS.Equal(rec.TS) {
-		panic(fmt.Sprintf("index fields %+v do not match the record %s", rec, rec.Raw))
+		panic(fmt.Sprintf("%v: %.200s", err, rec.Raw))
 	}
 	return ev
 }
+
+// parseRecord is the check behind mustParseRecord: the record parses strictly and its
+// index fields are those its bytes carry.
+func parseRecord(rec store.AuditEvent) (*audit.Event, error) {
+	ev, err := audit.ParseEvent(rec.Raw)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("record not canonical: %v", err)
+	case string(ev.Kind) != rec.Kind:
+		return nil, fmt.Errorf("index kind %q, bytes %q", rec.Kind, ev.Kind)
+	case ev.Actor["principal"] != rec.Principal:
+		return nil, fmt.Errorf("index principal (%d bytes) %.40q..., bytes carry (%d bytes) %.40q...",
+			len(rec.Principal), rec.Principal, len(ev.Actor["principal"]), ev.Actor["principal"])
+	case ev.Decision != rec.Decision:
+		return nil, fmt.Errorf("index decision %q, bytes %q", rec.Decision, ev.Decision)
+	case !ev.TS.Equal(rec.TS):
+		return nil, fmt.Errorf("index ts %v, bytes %v", rec.TS, ev.TS)
+	}
+	return ev, nil
+}
+
 func (failingRecords) Healthy() error { return nil }
 
 // TestRecordAnswers: with RecordAnswers, an answer the client has in full is in the log —
