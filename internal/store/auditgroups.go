@@ -50,7 +50,8 @@ func groupRecords(recs []AuditEvent) []*recordGroup {
 	}
 	var out []*recordGroup
 	at := map[key]*recordGroup{}
-	for _, e := range recs {
+	of := make([]*recordGroup, len(recs)) // each record's group, for the second pass
+	for i, e := range recs {
 		k := key{recordEntry(e.Index), e.Principal, e.Kind}
 		g := at[k]
 		ts := e.TS.UnixNano()
@@ -62,13 +63,14 @@ func groupRecords(recs []AuditEvent) []*recordGroup {
 		g.tsMin, g.tsMax = min(g.tsMin, ts), max(g.tsMax, ts)
 		g.n++
 		g.size += len(e.Raw)
+		of[i] = g
 	}
 	for _, g := range out {
 		g.meta, g.raws = make([]byte, 0, g.n*24), make([]byte, 0, g.size)
 	}
 	// meta stores times relative to the group's earliest (non-negative, short varints).
-	for _, e := range recs {
-		g := at[key{recordEntry(e.Index), e.Principal, e.Kind}]
+	for i, e := range recs {
+		g := of[i]
 		g.meta = binary.AppendUvarint(g.meta, e.Index&(1<<recordShift-1))
 		g.meta = binary.AppendUvarint(g.meta, uint64(e.TS.UnixNano()-g.tsMin))
 		g.meta = binary.AppendUvarint(g.meta, uint64(len(e.Decision)))
