@@ -135,6 +135,7 @@ type Gateway struct {
 	routes  map[string]*Route
 	names   []string
 	client  *http.Client
+	engines *engineClient
 	log     *slog.Logger
 	down    sync.Map // upstream URL -> time it was found down
 	pool    sync.Pool
@@ -236,6 +237,7 @@ func New(cfg Config) (*Gateway, error) {
 		ResponseHeaderTimeout: cfg.UpstreamTimeout,
 		DisableCompression:    true,
 	}}
+	g.engines = newEngineClient(cfg.UpstreamTimeout, g.client)
 	g.pool.New = func() any { return new(bytes.Buffer) }
 	g.noiseKey = make([]byte, 32)
 	rand.Read(g.noiseKey)
@@ -670,7 +672,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		}
 		span := g.upstreamSpan(st.traceCtx, req, base)
 		t0 := time.Now()
-		resp, err = g.client.Do(req)
+		resp, err = g.engines.Do(req, body)
 		st.upstreamWait = time.Since(t0)
 		span.End()
 		if err == nil {

@@ -1,0 +1,316 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// engineClient is the gateway's HTTP/1.1 client to plain-http engines: the request is
+// written and its answer read on the request's own goroutine over a pooled keep-alive
+// connection. net/http's Transport hands every request to two goroutines per connection
+// (its read and write loops) and back; under load those hand-offs were a quarter of the
+// gateway's CPU (docs/PERFORMANCE.md, "The engine client"). The answer is parsed by
+// net/http's own http.ReadResponse. https engines go through the Transport (fallback).
+//
+// What the Transport did that this keeps: a connection is reused only after its answer
+// was read to the end and did not ask to close; a pooled connection the engine closed
+// while it sat idle is found (a non-blocking peek) and not used; a request whose write
+// failed on a reused connection is sent again on a new one (the engine cannot have had
+// all of it); the request's context cancels it at any point (the connection is closed);
+// the time to the answer's headers is bounded (timeout), as are the headers' size.
+type engineClient struct {
+	dialer  net.Dialer
+	timeout time.Duration // to the answer's headers
+	maxIdle int           // idle connections kept per engine address
+	idleFor time.Duration // an idle connection older than this is closed, not reused
+	// peekAfter: a connection idle this long is peeked at (idleOpen) before it is reused.
+	// One that went back to the pool moments ago is reused without the syscall (under
+	// load, most are; the peek was 2.7 % of the gateway's CPU): if its engine closed it
+	// meanwhile, the request is sent again on a new connection (Do).
+	peekAfter time.Duration
+	fallback  *http.Client
+
+	mu   sync.Mutex
+	idle map[string][]*engineConn
+	// resent counts requests sent again because their engine had closed the connection.
+	resent atomic.Int64
+}
+
+// maxEngineHeader bounds an engine answer's status line and headers.
+const maxEngineHeader = 1 << 20
+
+var errEngineHeaderTooLong = errors.New("engine answer's headers exceed 1 MiB")
+
+type engineConn struct {
+	c     net.Conn
+	br    *bufio.Reader
+	bw    *bufio.Writer
+	addr  string
+	since time.Time // idle since
+	// left bounds what the reader may still take while headers are read (-1: no bound).
+	left int
+	got  int // bytes read since the request went out
+}
+
+func (ec *engineConn) Read(p []byte) (int, error) {
+	if ec.left >= 0 {
+		if ec.left == 0 {
+			return 0, errEngineHeaderTooLong
+		}
+		if len(p) > ec.left {
+			p = p[:ec.left]
+		}
+	}
+	n, err := ec.c.Read(p)
+	ec.got += n
+	if ec.left >= 0 {
+		ec.left -= n
+	}
+	return n, err
+}
+
+func newEngineClient(timeout time.Duration, fallback *http.Client) *engineClient {
+	return &engineClient{
+		dialer:    net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
+		timeout:   timeout,
+		maxIdle:   256,
+		idleFor:   90 * time.Second,
+		peekAfter: 50 * time.Millisecond,
+		fallback:  fallback,
+		idle:      map[string][]*engineConn{},
+	}
+}
+
+// Do sends req, whose body is body (req.Body is not read on this path), and returns the
+// answer; its Body must be closed. req's Header goes out as it is, with Host and
+// Content-Length.
+func (cl *engineClient) Do(req *http.Request, body []byte) (*http.Response, error) {
+	if req.URL.Scheme != "http" {
+		return cl.fallback.Do(req)
+	}
+	addr := req.URL.Host
+	if req.URL.Port() == "" {
+		addr = net.JoinHostPort(req.URL.Hostname(), "80")
+	}
+	ctx := req.Context()
+	for attempt := 0; ; attempt++ {
+		ec, reused, err := cl.conn(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := cl.roundTrip(ctx, ec, req, body)
+		if err == nil {
+			return resp, nil
+		}
+		ec.c.Close()
+		if errors.Is(err, errEngineHeader) {
+			return nil, err
+		}
+		if reused && ec.got == 0 && attempt == 0 && ctx.Err() == nil && closedByPeer(err) {
+			// The engine closed the kept-alive connection as the request went out, before
+			// sending a byte of an answer (an idle timeout, a graceful restart): sent
+			// again, once, on a new connection (see peekAfter).
+			cl.resent.Add(1)
+			continue
+		}
+		return nil, err
+	}
+}
+
+// closedByPeer: the error of a write or read on a connection the peer had closed.
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http.Request, body []byte) (resp *http.Response, err error) {
+	stop := context.AfterFunc(ctx, func() { ec.c.Close() })
+	defer func() {
+		if err != nil {
+			stop()
+			if ctx.Err() != nil {
+				err = ctx.Err()
+			}
+		}
+	}()
+	ec.got = 0
+	if err := writeEngineRequest(ec.bw, req, body); err != nil {
+		return nil, err
+	}
+	if err := ec.bw.Flush(); err != nil {
+		return nil, err
+	}
+	if cl.timeout > 0 {
+		ec.c.SetReadDeadline(time.Now().Add(cl.timeout))
+	}
+	ec.left = maxEngineHeader
+	for {
+		// 1xx answers before the answer (100 Continue, 103 Early Hints) are skipped, as
+		// the Transport does; all of them count toward the headers' bound.
+		resp, err = http.ReadResponse(ec.br, req)
+		if err != nil || resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+	}
+	if err != nil && ec.left == 0 {
+		err = errEngineHeaderTooLong // whatever the parser made of the cut headers
+	}
+	ec.left = -1
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 599 {
+		// 101 is no answer to a POST, and a status outside HTTP's classes would be relayed
+		// to the client (net/http's server panics on some).
+		return nil, fmt.Errorf("engine answered with status %d", resp.StatusCode)
+	}
+	if cl.timeout > 0 {
+		ec.c.SetReadDeadline(time.Time{})
+	}
+	resp.Body = &engineBody{cl: cl, ec: ec, r: resp.Body, stop: stop, keep: !resp.Close}
+	return resp, nil
+}
+
+var errEngineHeader = errors.New("engine request: invalid header")
+
+// writeEngineRequest writes req's request line and headers, and body.
+func writeEngineRequest(w *bufio.Writer, req *http.Request, body []byte) error {
+	w.WriteString(req.Method)
+	w.WriteByte(' ')
+	w.WriteString(req.URL.RequestURI())
+	w.WriteString(" HTTP/1.1\r\nHost: ")
+	w.WriteString(req.URL.Host)
+	w.WriteString("\r\nContent-Length: ")
+	var nb [20]byte
+	w.Write(strconv.AppendInt(nb[:0], int64(len(body)), 10))
+	w.WriteString("\r\n")
+	for k, vs := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return errEngineHeader
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return errEngineHeader
+			}
+			w.WriteString(k)
+			w.WriteString(": ")
+			w.WriteString(v)
+			w.WriteString("\r\n")
+		}
+	}
+	w.WriteString("\r\n")
+	_, err := w.Write(body)
+	return err
+}
+
+// conn is a pooled connection to addr that the engine has not closed, or a new one.
+func (cl *engineClient) conn(ctx context.Context, addr string) (*engineConn, bool, error) {
+	now := time.Now()
+	for {
+		cl.mu.Lock()
+		list := cl.idle[addr]
+		if len(list) == 0 {
+			cl.mu.Unlock()
+			break
+		}
+		ec := list[len(list)-1]
+		list[len(list)-1] = nil
+		cl.idle[addr] = list[:len(list)-1]
+		cl.mu.Unlock()
+		idle := now.Sub(ec.since)
+		if idle < cl.idleFor && (idle < cl.peekAfter || idleOpen(ec.c)) {
+			return ec, true, nil
+		}
+		ec.c.Close()
+	}
+	c, err := cl.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	ec := &engineConn{c: c, addr: addr, left: -1}
+	ec.br = bufio.NewReaderSize(ec, 16<<10)
+	ec.bw = bufio.NewWriterSize(c, 8<<10)
+	return ec, false, nil
+}
+
+func (cl *engineClient) put(ec *engineConn) {
+	ec.since = time.Now()
+	cl.mu.Lock()
+	if list := cl.idle[ec.addr]; len(list) < cl.maxIdle {
+		cl.idle[ec.addr] = append(list, ec)
+		cl.mu.Unlock()
+		return
+	}
+	cl.mu.Unlock()
+	ec.c.Close()
+}
+
+// idleOpen reports whether an idle connection is still open and quiet: a non-blocking
+// peek finds nothing to read (an engine's close, or bytes it should not have sent, mean
+// it is not reused).
+func idleOpen(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	open := false
+	var b [1]byte
+	err = rc.Read(func(fd uintptr) bool {
+		_, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		open = rerr == syscall.EAGAIN
+		return true
+	})
+	return err == nil && open
+}
+
+// engineBody is an answer's body: its connection goes back to the pool once the body
+// was read to its end (and the answer did not ask to close), else it is closed.
+type engineBody struct {
+	cl   *engineClient
+	ec   *engineConn
+	r    io.ReadCloser
+	stop func() bool
+	keep bool
+	eof  bool
+}
+
+func (b *engineBody) Read(p []byte) (int, error) {
+	if b.ec == nil {
+		return 0, errors.New("engine answer: body closed")
+	}
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *engineBody) Close() error {
+	ec := b.ec
+	if ec == nil {
+		return nil
+	}
+	b.ec = nil
+	// The context's AfterFunc closed the connection if stop finds it already run.
+	if b.stop() && b.eof && b.keep && ec.br.Buffered() == 0 {
+		b.cl.put(ec)
+		return nil
+	}
+	return ec.c.Close()
+}

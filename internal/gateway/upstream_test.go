@@ -1,0 +1,430 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// rawEngine is an engine on a raw TCP listener: answer writes each answer's bytes for
+// the request it was given (the n-th on its connection, counted from 0), and says whether
+// to close the connection after it. It counts connections and requests.
+type rawEngine struct {
+	ln     net.Listener
+	conns  atomic.Int64
+	reqs   atomic.Int64
+	closed chan struct{} // a connection was closed by the engine
+	mu     sync.Mutex
+	bodies []string
+}
+
+func newRawEngine(t *testing.T, answer func(n int, body string) (string, bool)) *rawEngine {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &rawEngine{ln: ln, closed: make(chan struct{}, 100)}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			e.conns.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for n := 0; ; n++ {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					b, _ := io.ReadAll(req.Body)
+					e.reqs.Add(1)
+					e.mu.Lock()
+					e.bodies = append(e.bodies, string(b))
+					e.mu.Unlock()
+					out, closeAfter := answer(n, string(b))
+					if _, err := io.WriteString(c, out); err != nil {
+						return
+					}
+					if closeAfter {
+						c.Close()
+						e.closed <- struct{}{}
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return e
+}
+
+func (e *rawEngine) url() string { return "http://" + e.ln.Addr().String() + "/v1" }
+
+func okAnswer(body string) string {
+	return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+}
+
+func engineDo(t *testing.T, cl *engineClient, ctx context.Context, url, body string) (int, string, error) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/chat/completions", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := cl.Do(req, []byte(body))
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func TestEngineClientReusesConnections(t *testing.T) {
+	e := newRawEngine(t, func(n int, body string) (string, bool) { return okAnswer(`{"echo":` + body + `}`), false })
+	cl := newEngineClient(time.Minute, http.DefaultClient)
+	for i := range 50 {
+		body := `{"i":` + strconv.Itoa(i) + `}`
+		code, got, err := engineDo(t, cl, context.Background(), e.url(), body)
+		if err != nil || code != 200 || got != `{"echo":`+body+`}` {
+			t.Fatalf("request %d: %d %q %v", i, code, got, err)
+		}
+	}
+	if n := e.conns.Load(); n != 1 {
+		t.Fatalf("50 requests in a row took %d connections, want 1", n)
+	}
+}
+
+// An engine that closes the connection after each answer without saying so: the next
+// request must not fail, whether the close is found by the peek (idle connections) or
+// when the request goes out (connections just back in the pool: sent again, once).
+func TestEngineClientEngineClosesIdle(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		peek   time.Duration
+		resent int64
+	}{{"peeked", 0, 0}, {"resent", time.Hour, 4}} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRawEngine(t, func(n int, body string) (string, bool) { return okAnswer(`{}`), true })
+			cl := newEngineClient(time.Minute, http.DefaultClient)
+			cl.peekAfter = tc.peek
+			for i := range 5 {
+				if code, _, err := engineDo(t, cl, context.Background(), e.url(), `{}`); err != nil || code != 200 {
+					t.Fatalf("request %d: %d %v", i, code, err)
+				}
+				<-e.closed // the engine's close has happened before the next request
+			}
+			if n := e.reqs.Load(); n != 5 {
+				t.Fatalf("engine saw %d requests, want 5 (each once)", n)
+			}
+			if n := cl.resent.Load(); n != tc.resent {
+				t.Fatalf("%d requests sent again, want %d", n, tc.resent)
+			}
+		})
+	}
+}
+
+// Only a connection the engine closed before answering is sent again: an engine that
+// drops the connection after part of an answer is an error, and the request is not
+// repeated (it may have run).
+func TestEngineClientNoRepeatAfterPartialAnswer(t *testing.T) {
+	e := newRawEngine(t, func(n int, body string) (string, bool) {
+		if n == 0 {
+			return okAnswer(`{}`), false
+		}
+		return "HTTP/1.1 200 OK\r\nContent-Len", true
+	})
+	cl := newEngineClient(time.Minute, http.DefaultClient)
+	cl.peekAfter = time.Hour
+	if code, _, err := engineDo(t, cl, context.Background(), e.url(), `{}`); err != nil || code != 200 {
+		t.Fatalf("first: %d %v", code, err)
+	}
+	if _, _, err := engineDo(t, cl, context.Background(), e.url(), `{}`); err == nil {
+		t.Fatal("a cut answer's request succeeded")
+	}
+	if n := e.reqs.Load(); n != 2 {
+		t.Fatalf("engine saw %d requests, want 2", n)
+	}
+}
+
+// An answer that asks to close, an answer read to the connection's end, bytes after the
+// answer's end (a smuggled second answer), and a body the caller did not read to its end:
+// none of these connections is reused.
+func TestEngineClientDoesNotReuse(t *testing.T) {
+	smuggled := okAnswer(`{"smuggled":true}`)
+	cases := []struct {
+		name   string
+		answer string
+		read   int // bytes of the body read before Close; -1 all
+		want   string
+	}{
+		{"connection close", "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", -1, "{}"},
+		{"http/1.0 to eof", "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{}", -1, "{}"},
+		{"bytes after the answer", okAnswer(`{}`) + smuggled, -1, "{}"},
+		{"body not read", okAnswer(`{"long":"` + strings.Repeat("x", 100<<10) + `"}`), 10, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newRawEngine(t, func(n int, body string) (string, bool) {
+				return tc.answer, strings.HasPrefix(tc.answer, "HTTP/1.0")
+			})
+			cl := newEngineClient(time.Minute, http.DefaultClient)
+			for i := range 3 {
+				req, _ := http.NewRequest(http.MethodPost, e.url()+"/chat/completions", nil)
+				resp, err := cl.Do(req, []byte(`{}`))
+				if err != nil {
+					t.Fatalf("request %d: %v", i, err)
+				}
+				var got []byte
+				if tc.read < 0 {
+					got, err = io.ReadAll(resp.Body)
+				} else {
+					_, err = io.ReadFull(resp.Body, make([]byte, tc.read))
+				}
+				resp.Body.Close()
+				if err != nil || (tc.read < 0 && string(got) != tc.want) {
+					t.Fatalf("request %d: %q %v", i, got, err)
+				}
+			}
+			if n := e.conns.Load(); n != 3 {
+				t.Fatalf("3 requests took %d connections, want 3", n)
+			}
+		})
+	}
+}
+
+func TestEngineClientBadAnswers(t *testing.T) {
+	t.Run("headers over 1 MiB", func(t *testing.T) {
+		e := newRawEngine(t, func(n int, body string) (string, bool) {
+			return "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", 2<<20) + "\r\nContent-Length: 0\r\n\r\n", false
+		})
+		_, _, err := engineDo(t, newEngineClient(time.Minute, http.DefaultClient), context.Background(), e.url(), `{}`)
+		if !errors.Is(err, errEngineHeaderTooLong) {
+			t.Fatalf("got %v, want %v", err, errEngineHeaderTooLong)
+		}
+	})
+	t.Run("1xx before the answer", func(t *testing.T) {
+		e := newRawEngine(t, func(n int, body string) (string, bool) {
+			return "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" + okAnswer(`{"ok":1}`), false
+		})
+		code, got, err := engineDo(t, newEngineClient(time.Minute, http.DefaultClient), context.Background(), e.url(), `{}`)
+		if err != nil || code != 200 || got != `{"ok":1}` {
+			t.Fatalf("got %d %q %v", code, got, err)
+		}
+	})
+	t.Run("endless 1xx", func(t *testing.T) {
+		e := newRawEngine(t, func(n int, body string) (string, bool) {
+			return strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", 50000) + okAnswer(`{}`), false
+		})
+		_, _, err := engineDo(t, newEngineClient(time.Minute, http.DefaultClient), context.Background(), e.url(), `{}`)
+		if !errors.Is(err, errEngineHeaderTooLong) {
+			t.Fatalf("got %v, want %v", err, errEngineHeaderTooLong)
+		}
+	})
+	t.Run("no answer in time", func(t *testing.T) {
+		e := newRawEngine(t, func(n int, body string) (string, bool) { select {} })
+		_, _, err := engineDo(t, newEngineClient(50*time.Millisecond, http.DefaultClient), context.Background(), e.url(), `{}`)
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("got %v, want a timeout", err)
+		}
+	})
+}
+
+// A header value with a line break is refused before anything goes out: the engine sees
+// no request (no header injection through a tenant name or a key).
+func TestEngineClientRefusesHeaderInjection(t *testing.T) {
+	e := newRawEngine(t, func(n int, body string) (string, bool) { return okAnswer(`{}`), false })
+	cl := newEngineClient(time.Minute, http.DefaultClient)
+	for _, v := range []string{"a\r\nX-Injected: 1", "a\nb", "a\x00b"} {
+		req, _ := http.NewRequest(http.MethodPost, e.url()+"/chat/completions", nil)
+		req.Header.Set("X-Tenant", v)
+		if _, err := cl.Do(req, []byte(`{}`)); !errors.Is(err, errEngineHeader) {
+			t.Fatalf("%q: got %v", v, err)
+		}
+	}
+	if code, _, err := engineDo(t, cl, context.Background(), e.url(), `{}`); err != nil || code != 200 {
+		t.Fatalf("a good request after: %d %v", code, err)
+	}
+	if n := e.reqs.Load(); n != 1 {
+		t.Fatalf("engine saw %d requests, want 1", n)
+	}
+}
+
+// Cancelling the request's context while it waits for the answer ends it at once with the
+// context's error, and the connection is not reused.
+func TestEngineClientCancel(t *testing.T) {
+	release := make(chan struct{})
+	e := newRawEngine(t, func(n int, body string) (string, bool) {
+		if n == 0 && body == `{"wait":1}` {
+			<-release
+		}
+		return okAnswer(`{}`), false
+	})
+	defer close(release)
+	cl := newEngineClient(time.Minute, http.DefaultClient)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := engineDo(t, cl, ctx, e.url(), `{"wait":1}`)
+		errc <- err
+	}()
+	for e.reqs.Load() == 0 {
+		time.Sleep(time.Millisecond) // until the engine has the request
+	}
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	if code, _, err := engineDo(t, cl, context.Background(), e.url(), `{}`); err != nil || code != 200 {
+		t.Fatalf("after: %d %v", code, err)
+	}
+	if n := e.conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2 (the cancelled one not reused)", n)
+	}
+}
+
+// The request on the wire is what the engine's parser reads: method, path, Host, length,
+// headers, body.
+func TestEngineClientRequestBytes(t *testing.T) {
+	var seen *http.Request
+	var mu sync.Mutex
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = r
+		seen.Body = io.NopCloser(bytes.NewReader(b))
+		mu.Unlock()
+		w.Write([]byte(`{}`))
+	})}
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	go srv.Serve(ln)
+	defer srv.Close()
+	cl := newEngineClient(time.Minute, http.DefaultClient)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/v1/chat/completions?x=1", nil)
+	req.Header.Set("Authorization", "Bearer k")
+	req.Header.Add("X-Two", "a")
+	req.Header.Add("X-Two", "b")
+	resp, err := cl.Do(req, []byte(`{"model":"m"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	b, _ := io.ReadAll(seen.Body)
+	if seen.Method != "POST" || seen.URL.RequestURI() != "/v1/chat/completions?x=1" || seen.Host != ln.Addr().String() ||
+		seen.ContentLength != 13 || string(b) != `{"model":"m"}` || seen.Header.Get("Authorization") != "Bearer k" ||
+		strings.Join(seen.Header.Values("X-Two"), ",") != "a,b" {
+		t.Fatalf("engine saw %s %s host %s len %d %q %v", seen.Method, seen.URL, seen.Host, seen.ContentLength, b, seen.Header)
+	}
+}
+
+// answerConn is a connection whose peer, once something was written, sends answer (and
+// swallows what is written).
+type answerConn struct {
+	net.Conn // nil: only Read, Write, Close and the deadlines are used
+	r        *bytes.Reader
+	once     sync.Once
+	wrote    chan struct{}
+}
+
+func newAnswerConn(answer []byte) *answerConn {
+	return &answerConn{r: bytes.NewReader(answer), wrote: make(chan struct{})}
+}
+
+func (c *answerConn) Read(p []byte) (int, error) { <-c.wrote; return c.r.Read(p) }
+func (c *answerConn) Write(p []byte) (int, error) {
+	c.once.Do(func() { close(c.wrote) })
+	return len(p), nil
+}
+func (c *answerConn) Close() error                       { return nil }
+func (c *answerConn) SetReadDeadline(time.Time) error    { return nil }
+func (c *answerConn) SetDeadline(time.Time) error        { return nil }
+func (c *answerConn) SetWriteDeadline(t time.Time) error { return nil }
+func (c *answerConn) LocalAddr() net.Addr                { return &net.TCPAddr{} }
+func (c *answerConn) RemoteAddr() net.Addr               { return &net.TCPAddr{} }
+
+// FuzzEngineAnswer: whatever an engine answers, the engine client agrees with net/http's
+// Transport, read over the same bytes: both fail, or both give the same status, the same
+// body (or both fail reading it), and the client reuses the connection only when the
+// answer was framed and nothing followed it.
+func FuzzEngineAnswer(f *testing.F) {
+	for _, s := range []string{
+		okAnswer(`{"ok":1}`),
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}}",
+		"HTTP/1.0 200 OK\r\n\r\nuntil the end",
+		"HTTP/1.1 100 Continue\r\n\r\n" + okAnswer(`{}`),
+		strings.Repeat("HTTP/1.1 100 Continue\r\n\r\n", 6) + okAnswer(`{}`),
+		"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+		"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\n\r\n",
+		"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+		"HTTP/1.1 200 OK\nContent-Length: 2\n\n{}",
+		"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+		"HTTP/1.1 999 Odd\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n",
+		"",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		if len(answer) > 64<<10 {
+			return
+		}
+		req := func() *http.Request {
+			r, _ := http.NewRequest(http.MethodPost, "http://engine.test/v1/chat/completions", bytes.NewReader([]byte(`{}`)))
+			return r
+		}
+		read := func(resp *http.Response, err error) (int, []byte, error, error) {
+			if err != nil {
+				return 0, nil, err, nil
+			}
+			b, berr := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			return resp.StatusCode, b, nil, berr
+		}
+		tr := &http.Transport{DisableCompression: true, DialContext: func(context.Context, string, string) (net.Conn, error) {
+			return newAnswerConn(answer), nil
+		}}
+		defer tr.CloseIdleConnections()
+		wantCode, wantBody, wantErr, wantBodyErr := read((&http.Client{Transport: tr}).Do(req()))
+
+		cl := newEngineClient(time.Minute, nil)
+		ec := &engineConn{c: newAnswerConn(answer), addr: "engine.test:80", left: -1}
+		ec.br = bufio.NewReaderSize(ec, 16<<10)
+		ec.bw = bufio.NewWriterSize(ec.c, 8<<10)
+		resp, err := cl.roundTrip(context.Background(), ec, req(), []byte(`{}`))
+		code, body, err, bodyErr := read(resp, err)
+		if resp != nil {
+			resp.Body.Close()
+		}
+		if wantErr == nil && (wantCode < 200 || wantCode > 599) { // 101, or no HTTP status: refused
+			if err == nil {
+				t.Fatalf("answer %q: status %d taken as an answer", answer, wantCode)
+			}
+			return
+		}
+		if (err == nil) != (wantErr == nil) || code != wantCode || !bytes.Equal(body, wantBody) || (bodyErr == nil) != (wantBodyErr == nil) {
+			t.Fatalf("answer %q:\nclient    %d %q %v %v\ntransport %d %q %v %v", answer, code, body, err, bodyErr, wantCode, wantBody, wantErr, wantBodyErr)
+		}
+		if len(cl.idle["engine.test:80"]) == 1 && (resp.Close || ec.br.Buffered() > 0 || ec.c.(*answerConn).r.Len() > 0) {
+			t.Fatalf("answer %q: connection reused with bytes left over", answer)
+		}
+	})
+}
