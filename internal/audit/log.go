@@ -204,6 +204,11 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
 	}
+	// The search index keeps request records' bytes out of its rows and reads them from
+	// their bundles, checked against the batch's entry (store.RecordSource).
+	if rs, ok := cfg.Index.(interface{ SetRecordSource(store.RecordSource) }); ok {
+		rs.SetRecordSource(l.batchRecords)
+	}
 	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
 		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
 	l.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_log_healthy",
@@ -251,6 +256,23 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.loops.Go(func() { l.every(leaderPoll, func() { ld.tick(bg) }) })
 	}
 	return l, nil
+}
+
+// batchRecords is a batch entry's records, read from its bundle and checked against the
+// entry (CheckBatch): altered, dropped or reordered records are an error, not an answer.
+func (l *Log) batchRecords(ctx context.Context, entry []byte) ([][]byte, error) {
+	ev, err := ParseEvent(entry)
+	if err != nil {
+		return nil, err
+	}
+	if ev.Kind != KindBatch {
+		return nil, fmt.Errorf("entry is a %s, not a batch", ev.Kind)
+	}
+	b, err := l.bundles.Bundle(ctx, ev.Subject["bundle"])
+	if err != nil {
+		return nil, err
+	}
+	return CheckBatch(ev, b)
 }
 
 // Bundles is where this log keeps request batches' bundles.

@@ -21,11 +21,26 @@ import (
 // bytes, in the same order, in `raws`. SearchAudit, AuditHistogram and AuditPrincipalsPerDay
 // expand the groups, so callers still see one AuditEvent per record. Entries (and request
 // records indexed one row each by earlier versions) stay in audit_events.
+//
+// Once the log has given the store a RecordSource (audit.Open does), groups keep no bytes
+// of their own (`bundled` 1, an empty `raws`; `meta` still has each record's length): the records are in
+// their batch's bundle already, and writing them into the index a second time was most of
+// the index's cost (copies into SQLite's pages and its WAL). A search fills them in from
+// the bundle, which the source checks against the batch's log entry, so what a search
+// returns is what the log holds.
+
+// RecordSource gives the records of a batch — their canonical bytes, in batch order — from
+// the batch's log entry (its canonical bytes). An error fails the search that needed them.
+type RecordSource func(ctx context.Context, batchEntry []byte) ([][]byte, error)
+
+// SetRecordSource makes the index keep request records' bytes out of its groups and read
+// them through src. Set it before the first IndexAudit; it applies to groups indexed after.
+func (s *sqlStore) SetRecordSource(src RecordSource) { s.records.Store(&src) }
 
 const (
 	recordBit   = 1 << 62
 	recordShift = 16
-	// groupRows is how many groups one INSERT carries (8 parameters each).
+	// groupRows is how many groups one INSERT carries (9 parameters each).
 	groupRows = 64
 )
 
@@ -40,10 +55,12 @@ type recordGroup struct {
 	n               int
 	size            int // of raws
 	meta, raws      []byte
+	bundled         bool // raws are not kept: they are in the batch's bundle
 }
 
-// groupRecords gathers records (RecordIndex numbers) into rows, in order of first appearance.
-func groupRecords(recs []AuditEvent) []*recordGroup {
+// groupRecords gathers records (RecordIndex numbers) into rows, in order of first appearance;
+// with raws false, the rows keep no record bytes (an empty raws, see RecordSource).
+func groupRecords(recs []AuditEvent, raws bool) []*recordGroup {
 	type key struct {
 		entry           uint64
 		principal, kind string
@@ -56,13 +73,15 @@ func groupRecords(recs []AuditEvent) []*recordGroup {
 		g := at[k]
 		ts := e.TS.UnixNano()
 		if g == nil {
-			g = &recordGroup{entry: k.entry, principal: e.Principal, kind: e.Kind, tsMin: ts, tsMax: ts}
+			g = &recordGroup{entry: k.entry, principal: e.Principal, kind: e.Kind, tsMin: ts, tsMax: ts, bundled: !raws}
 			at[k] = g
 			out = append(out, g)
 		}
 		g.tsMin, g.tsMax = min(g.tsMin, ts), max(g.tsMax, ts)
 		g.n++
-		g.size += len(e.Raw)
+		if raws {
+			g.size += len(e.Raw)
+		}
 		of[i] = g
 	}
 	for _, g := range out {
@@ -76,16 +95,19 @@ func groupRecords(recs []AuditEvent) []*recordGroup {
 		g.meta = binary.AppendUvarint(g.meta, uint64(len(e.Decision)))
 		g.meta = append(g.meta, e.Decision...)
 		g.meta = binary.AppendUvarint(g.meta, uint64(len(e.Raw)))
-		g.raws = append(g.raws, e.Raw...)
+		if raws {
+			g.raws = append(g.raws, e.Raw...)
+		}
 	}
 	return out
 }
 
 var errGroup = errors.New("store: damaged request-record group in the audit index")
 
-// eachRecord expands a group row. raws may be nil (the caller needs no Raw): records then
-// have none. The group's bytes come from our own database, but are checked all the same.
-func eachRecord(entry uint64, principal, kind string, tsMin int64, meta, raws []byte, fn func(AuditEvent)) error {
+// eachRecord expands a group row. raws may be nil (the caller needs no Raw, or the group
+// keeps none): records then have none, and fn is given each record's length. The group's
+// bytes come from our own database, but are checked all the same.
+func eachRecord(entry uint64, principal, kind string, tsMin int64, meta, raws []byte, fn func(e AuditEvent, size int)) error {
 	next := func() (uint64, bool) {
 		v, n := binary.Uvarint(meta)
 		if n <= 0 {
@@ -115,7 +137,7 @@ func eachRecord(entry uint64, principal, kind string, tsMin int64, meta, raws []
 			}
 			e.Raw, raws = raws[:rl:rl], raws[rl:]
 		}
-		fn(e)
+		fn(e, int(rl))
 	}
 	return nil
 }
@@ -123,14 +145,18 @@ func eachRecord(entry uint64, principal, kind string, tsMin int64, meta, raws []
 // indexRecordGroups writes records' groups inside an IndexAudit transaction; a group
 // already present is skipped (a batch's records are always indexed together).
 func (s *sqlStore) indexRecordGroups(ctx context.Context, tx *sql.Tx, recs []AuditEvent) error {
-	args := make([]any, 0, 8*groupRows)
-	for chunk := range slices.Chunk(groupRecords(recs), groupRows) {
+	args := make([]any, 0, 9*groupRows)
+	for chunk := range slices.Chunk(groupRecords(recs, s.records.Load() == nil), groupRows) {
 		args = args[:0]
 		for _, g := range chunk {
-			args = append(args, int64(g.entry), g.principal, g.kind, g.tsMin, g.tsMax, g.n, g.meta, g.raws)
+			bundled := 0
+			if g.bundled {
+				bundled = 1
+			}
+			args = append(args, int64(g.entry), g.principal, g.kind, g.tsMin, g.tsMax, g.n, g.meta, g.raws, bundled)
 		}
-		q := `INSERT INTO audit_record_groups (entry, principal, kind, ts_min, ts_max, n, meta, raws) VALUES ` +
-			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?), ", len(chunk)), ", ") +
+		q := `INSERT INTO audit_record_groups (entry, principal, kind, ts_min, ts_max, n, meta, raws, bundled) VALUES ` +
+			strings.TrimSuffix(strings.Repeat("(?, ?, ?, ?, ?, ?, ?, ?, ?), ", len(chunk)), ", ") +
 			` ON CONFLICT (entry, principal, kind) DO NOTHING`
 		if _, err := tx.ExecContext(ctx, s.q(q), args...); err != nil {
 			return err
@@ -178,7 +204,7 @@ func (s *sqlStore) searchRecords(ctx context.Context, q AuditQuery) ([]AuditEven
 	if q.Kind != "" {
 		where, args = append(where, "kind = ?"), append(args, q.Kind)
 	}
-	query := `SELECT entry, principal, kind, ts_min, meta, raws FROM audit_record_groups WHERE ` + strings.Join(where, " AND ") + ` ORDER BY entry`
+	query := `SELECT entry, principal, kind, ts_min, meta, raws, bundled FROM audit_record_groups WHERE ` + strings.Join(where, " AND ") + ` ORDER BY entry`
 	if q.Desc {
 		query += ` DESC`
 	}
@@ -193,10 +219,14 @@ func (s *sqlStore) searchRecords(ctx context.Context, q AuditQuery) ([]AuditEven
 		out, cur = append(out, cur...), cur[:0]
 	}
 	var curEntry int64 = -1
-	keep := func(e AuditEvent) {
+	sizes := map[uint64]int{} // records whose bytes are in their bundle: their length
+	keep := func(e AuditEvent, size int) {
 		if (want != nil && !want[e.Index]) || (q.Before > 0 && e.Index >= q.Before) ||
 			(!q.Since.IsZero() && e.TS.UnixNano() < since) || (!q.Until.IsZero() && e.TS.UnixNano() >= until) {
 			return
+		}
+		if e.Raw == nil {
+			sizes[e.Index] = size // the bundle's record must have the indexed length
 		}
 		cur = append(cur, e)
 	}
@@ -204,7 +234,8 @@ func (s *sqlStore) searchRecords(ctx context.Context, q AuditQuery) ([]AuditEven
 		var entry, tsMin int64
 		var principal, kind string
 		var meta, raws []byte
-		if err := rows.Scan(&entry, &principal, &kind, &tsMin, &meta, &raws); err != nil {
+		var bundled int
+		if err := rows.Scan(&entry, &principal, &kind, &tsMin, &meta, &raws, &bundled); err != nil {
 			return nil, fmt.Errorf("store: search audit: %w", err)
 		}
 		if entry != curEntry {
@@ -214,6 +245,11 @@ func (s *sqlStore) searchRecords(ctx context.Context, q AuditQuery) ([]AuditEven
 			}
 			curEntry = entry
 		}
+		if bundled != 0 {
+			raws = nil // in the batch's bundle (fillRecords)
+		} else if raws == nil {
+			raws = []byte{} // kept here, all of them empty: not "none"
+		}
 		if err := eachRecord(uint64(entry), principal, kind, tsMin, meta, raws, keep); err != nil {
 			return nil, fmt.Errorf("%w (entry %d)", err, entry)
 		}
@@ -221,11 +257,82 @@ func (s *sqlStore) searchRecords(ctx context.Context, q AuditQuery) ([]AuditEven
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("store: search audit: %w", err)
 	}
+	rows.Close()
 	flush()
 	if q.Limit > 0 && len(out) > q.Limit {
 		out = out[:q.Limit]
 	}
+	if err := s.fillRecords(ctx, out, sizes); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+var errNoRecordSource = errors.New("store: request records' bytes are in the log's bundles, and this store was given no way to read them (audit.Open sets one)")
+
+// fillRecords gives the records that have no Raw theirs, from their batches' bundles.
+func (s *sqlStore) fillRecords(ctx context.Context, evs []AuditEvent, sizes map[uint64]int) error {
+	var entries []any
+	seen := map[uint64]bool{}
+	for _, e := range evs {
+		if n := recordEntry(e.Index); e.Raw == nil && !seen[n] {
+			seen[n] = true
+			entries = append(entries, int64(n))
+		}
+	}
+	if len(entries) == 0 {
+		return nil
+	}
+	src := s.records.Load()
+	if src == nil {
+		return errNoRecordSource
+	}
+	type batchEntry struct {
+		idx uint64
+		raw []byte
+	}
+	var found []batchEntry
+	for chunk := range slices.Chunk(entries, 500) {
+		rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, raw FROM audit_events WHERE idx IN (`+
+			strings.TrimSuffix(strings.Repeat("?, ", len(chunk)), ", ")+`)`), chunk...)
+		if err != nil {
+			return fmt.Errorf("store: search audit: %w", err)
+		}
+		for rows.Next() {
+			var idx int64
+			var raw []byte
+			if err := rows.Scan(&idx, &raw); err != nil {
+				rows.Close()
+				return fmt.Errorf("store: search audit: %w", err)
+			}
+			found = append(found, batchEntry{uint64(idx), raw})
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("store: search audit: %w", err)
+		}
+	}
+	// The source is called with no rows open: it may read the same database.
+	batches := map[uint64][][]byte{}
+	for _, b := range found {
+		recs, err := (*src)(ctx, b.raw)
+		if err != nil {
+			return fmt.Errorf("store: search audit: batch entry %d: %w", b.idx, err)
+		}
+		batches[b.idx] = recs
+	}
+	for i, e := range evs {
+		if e.Raw != nil {
+			continue
+		}
+		recs, ok := batches[recordEntry(e.Index)]
+		pos := int(e.Index & (1<<recordShift - 1))
+		if !ok || pos >= len(recs) || len(recs[pos]) != sizes[e.Index] {
+			return fmt.Errorf("%w (record %d of entry %d is not in its bundle as indexed)", errGroup, pos, recordEntry(e.Index))
+		}
+		evs[i].Raw = recs[pos]
+	}
+	return nil
 }
 
 func cmpIndex(a, b AuditEvent, desc bool) int {
@@ -278,7 +385,7 @@ func (s *sqlStore) eachGroupRecord(ctx context.Context, kind string, since int64
 		if err := rows.Scan(&entry, &principal, &tsMin, &meta); err != nil {
 			return err
 		}
-		err := eachRecord(uint64(entry), principal, kind, tsMin, meta, nil, func(e AuditEvent) {
+		err := eachRecord(uint64(entry), principal, kind, tsMin, meta, nil, func(e AuditEvent, _ int) {
 			if e.TS.UnixNano() >= since {
 				fn(e)
 			}

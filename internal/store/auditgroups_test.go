@@ -13,12 +13,12 @@ func FuzzEachRecord(f *testing.F) {
 	gs := groupRecords([]AuditEvent{
 		{Index: recordBit | 5<<recordShift | 3, TS: t0, Kind: "k", Principal: "p", Decision: "allow", Raw: []byte(`{"a":1}`)},
 		{Index: recordBit | 5<<recordShift | 9, TS: t0.Add(time.Second), Kind: "k", Principal: "p", Decision: "", Raw: []byte(`{}`)},
-	})
+	}, true)
 	f.Add(gs[0].meta, gs[0].raws)
 	f.Add([]byte{0x80}, []byte{})
 	f.Fuzz(func(t *testing.T, meta, raws []byte) {
 		n := 0
-		err := eachRecord(5, "p", "k", 0, meta, raws, func(e AuditEvent) {
+		err := eachRecord(5, "p", "k", 0, meta, raws, func(e AuditEvent, _ int) {
 			n++
 			if e.Index>>recordShift != recordBit>>recordShift|5 {
 				t.Fatalf("index %x outside entry 5", e.Index)
@@ -37,24 +37,44 @@ func TestGroupRoundTrip(t *testing.T) {
 		{Index: recordBit | 5<<recordShift | 1, TS: t0, Kind: "k", Principal: "q", Decision: "deny", Raw: []byte(`{"b":2}`)},
 		{Index: recordBit | 5<<recordShift | 2, TS: t0.Add(2 * time.Second), Kind: "k", Principal: "p", Decision: "", Raw: []byte(`{}`)},
 	}
-	gs := groupRecords(in)
+	for _, keep := range []bool{true, false} {
+		testGroupRoundTrip(t, in, keep)
+	}
+}
+
+func testGroupRoundTrip(t *testing.T, in []AuditEvent, keep bool) {
+	gs := groupRecords(in, keep)
 	if len(gs) != 2 || gs[0].n != 2 || gs[1].n != 1 || gs[0].tsMax-gs[0].tsMin != int64(time.Second) {
 		t.Fatalf("groups %+v", gs)
 	}
 	var out []AuditEvent
+	var sizes []int
 	for _, g := range gs {
-		if err := eachRecord(g.entry, g.principal, g.kind, g.tsMin, g.meta, g.raws, func(e AuditEvent) { out = append(out, e) }); err != nil {
+		if !keep && len(g.raws) != 0 {
+			t.Fatalf("group kept %d bytes of records", len(g.raws))
+		}
+		raws := g.raws
+		if !keep {
+			raws = nil
+		}
+		if err := eachRecord(g.entry, g.principal, g.kind, g.tsMin, g.meta, raws, func(e AuditEvent, n int) {
+			out, sizes = append(out, e), append(sizes, n)
+		}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	want := []AuditEvent{in[0], in[2], in[1]}
 	for i := range want {
+		wantRaw := string(want[i].Raw)
+		if !keep {
+			wantRaw = ""
+		}
 		if out[i].Index != want[i].Index || !out[i].TS.Equal(want[i].TS) || out[i].Decision != want[i].Decision ||
-			out[i].Principal != want[i].Principal || string(out[i].Raw) != string(want[i].Raw) {
-			t.Fatalf("record %d: %+v, want %+v", i, out[i], want[i])
+			out[i].Principal != want[i].Principal || string(out[i].Raw) != wantRaw || sizes[i] != len(want[i].Raw) {
+			t.Fatalf("record %d: %+v (size %d), want %+v", i, out[i], sizes[i], want[i])
 		}
 	}
-	if err := eachRecord(5, "p", "k", 0, gs[0].meta[:len(gs[0].meta)-1], gs[0].raws, func(AuditEvent) {}); err == nil {
+	if err := eachRecord(5, "p", "k", 0, gs[0].meta[:len(gs[0].meta)-1], gs[0].raws, func(AuditEvent, int) {}); err == nil {
 		t.Fatal("a cut group expanded without error")
 	}
 }

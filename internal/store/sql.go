@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/modelrec"
@@ -34,6 +35,9 @@ type sqlStore struct {
 	indexOnce sync.Once
 	indexStmt *sql.Stmt
 	indexErr  error
+	// records, once set (SetRecordSource), gives request records' bytes from their batch's
+	// bundle: groups indexed after that keep none of their own (auditgroups.go).
+	records atomic.Pointer[RecordSource]
 }
 
 var _ Store = (*sqlStore)(nil)
@@ -251,6 +255,9 @@ var migrations = []string{
 	CREATE INDEX audit_record_groups_principal ON audit_record_groups (principal, kind, entry);
 	CREATE INDEX audit_record_groups_kind ON audit_record_groups (kind, entry);
 	CREATE INDEX audit_record_groups_kind_ts ON audit_record_groups (kind, ts_max)`,
+	// 16: bundled = 1: the group keeps no record bytes; they are read from the batch's
+	// bundle (auditgroups.go, RecordSource).
+	`ALTER TABLE audit_record_groups ADD COLUMN bundled INTEGER NOT NULL DEFAULT 0`,
 }
 
 func (s *sqlStore) q(query string) string {

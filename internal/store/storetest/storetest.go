@@ -28,7 +28,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"VersionNeedsKey", testVersionNeedsKey},
 		{"DeleteKey", testDeleteKey},
 		{"AuditIndex", testAuditIndex},
-		{"AuditRecordGroups", testAuditRecordGroups},
+		{"AuditRecordGroups", func(t *testing.T, s store.Store) { testAuditRecordGroups(t, s, false) }},
+		{"AuditRecordGroupsFromBundles", func(t *testing.T, s store.Store) { testAuditRecordGroups(t, s, true) }},
 		{"PrincipalsAndKeys", testPrincipalsAndKeys},
 		{"RuntimesAndTokens", testRuntimesAndTokens},
 		{"Leases", testLeases},
@@ -320,9 +321,31 @@ func testAuditIndex(t *testing.T, s store.Store) {
 
 // testAuditRecordGroups checks the index of batched request records (RecordIndex numbers,
 // kept in groups by the SQL stores) against a plain filter of the same events, over random
-// queries: every field of AuditQuery, both orders, limits that cut inside a batch.
-func testAuditRecordGroups(t *testing.T, s store.Store) {
+// queries: every field of AuditQuery, both orders, limits that cut inside a batch. With
+// fromBundles, the store is given a RecordSource (as audit.Open does) before indexing, so
+// the records' bytes come from their "bundles" (here, a map the source reads by the batch
+// entry's bytes); a source that fails, or gives records that differ from what was indexed,
+// fails the search.
+func testAuditRecordGroups(t *testing.T, s store.Store, fromBundles bool) {
 	ctx := context.Background()
+	bundles := map[string][][]byte{}
+	var srcErr error
+	if fromBundles {
+		rs, ok := s.(interface{ SetRecordSource(store.RecordSource) })
+		if !ok {
+			t.Fatalf("%T has no SetRecordSource", s)
+		}
+		rs.SetRecordSource(func(_ context.Context, entry []byte) ([][]byte, error) {
+			if srcErr != nil {
+				return nil, srcErr
+			}
+			recs, ok := bundles[string(entry)]
+			if !ok {
+				return nil, fmt.Errorf("no bundle for %s", entry)
+			}
+			return recs, nil
+		})
+	}
 	rng := rand.New(rand.NewPCG(7, 9))
 	t0 := time.Date(2026, 11, 30, 23, 0, 0, 0, time.UTC) // the records straddle midnight
 	kinds := []string{"gateway.request", "gateway.stream_start"}
@@ -339,9 +362,12 @@ func testAuditRecordGroups(t *testing.T, s store.Store) {
 		// a batch entry and its records.
 		call := []store.AuditEvent{{Index: 2 * entry, TS: t0.Add(time.Duration(entry) * 5 * time.Minute), Kind: kinds[entry%2],
 			Principal: fmt.Sprintf("p%d", entry%5), Decision: "allow", Raw: []byte(fmt.Sprintf(`{"entry":%d}`, entry))}}
-		call = append(call, store.AuditEvent{Index: 2*entry + 1, TS: call[0].TS, Kind: "audit.batch", Raw: []byte(`{}`)})
+		batch := fmt.Sprintf(`{"batch":%d}`, 2*entry+1)
+		call = append(call, store.AuditEvent{Index: 2*entry + 1, TS: call[0].TS, Kind: "audit.batch", Raw: []byte(batch)})
 		for pos := range rng.IntN(80) {
-			call = append(call, rec(2*entry+1, pos))
+			r := rec(2*entry+1, pos)
+			call = append(call, r)
+			bundles[batch] = append(bundles[batch], r.Raw)
 		}
 		all = append(all, call...)
 		calls = append(calls, call)
@@ -402,6 +428,24 @@ func testAuditRecordGroups(t *testing.T, s store.Store) {
 		}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Fatalf("query %d %+v (-want +got):\n%s", i, q, diff)
+		}
+	}
+	if fromBundles {
+		q := store.AuditQuery{Kind: "gateway.request"}
+		srcErr = errors.New("bundle store down")
+		if _, err := s.SearchAudit(ctx, q); err == nil || !strings.Contains(err.Error(), "bundle store down") {
+			t.Fatalf("search with the bundles unreadable: %v, want their error", err)
+		}
+		srcErr = nil
+		for b, recs := range bundles {
+			if len(recs) > 0 {
+				recs[0] = append(recs[0], ' ') // a record that differs from what was indexed
+				bundles[b] = recs[1:]          // and one dropped
+				break
+			}
+		}
+		if _, err := s.SearchAudit(ctx, store.AuditQuery{}); err == nil {
+			t.Fatal("search over a bundle that lost a record succeeded")
 		}
 	}
 	since := t0.Add(17 * time.Minute)
