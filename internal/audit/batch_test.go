@@ -173,10 +173,33 @@ func TestBatchIndexFromDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Close(context.Background())
-	got, _ := st2.SearchAudit(context.Background(), store.AuditQuery{Kind: "gateway.request"})
-	if len(got) != 25 {
-		t.Fatalf("%d records indexed from disk, want 25", len(got))
+	defer l.Close(context.Background())
+	// The index keeps no record bytes: a search reads them from the bundles, checked against
+	// their batch entries. An altered bundle fails the search; a restored one answers.
+	files, _ := filepath.Glob(filepath.Join(tl.dir, "batches", "*", "*"))
+	if len(files) != 3 {
+		t.Fatalf("%d bundles, want 3", len(files))
+	}
+	orig, _ := os.ReadFile(files[1])
+	altered := bytes.Replace(orig, []byte(`"p1"`), []byte(`"p9"`), 1)
+	if bytes.Equal(altered, orig) {
+		t.Fatal("nothing to alter in the bundle")
+	}
+	os.WriteFile(files[1], altered, 0o644)
+	if _, err := st2.SearchAudit(context.Background(), store.AuditQuery{Kind: "gateway.request"}); err == nil {
+		t.Fatal("a search over an altered bundle succeeded")
+	}
+	os.WriteFile(files[1], orig, 0o644)
+	got, err := st2.SearchAudit(context.Background(), store.AuditQuery{Kind: "gateway.request"})
+	if err != nil || len(got) != 25 {
+		t.Fatalf("%d records indexed from disk, want 25 (%v)", len(got), err)
+	}
+	for i, e := range got {
+		ev := requestEvent(i)
+		want, _ := ev.Marshal()
+		if !bytes.Equal(e.Raw, want) || e.Principal != fmt.Sprintf("p%d", i%4) {
+			t.Fatalf("record %d: %s (principal %s), want %s", i, e.Raw, e.Principal, want)
+		}
 	}
 }
 

@@ -83,6 +83,10 @@ type Log struct {
 	// until the index has them (then they are read back from the bundle store).
 	bundleMu   sync.Mutex
 	bundleRecs map[string][]store.AuditEvent
+	// checked keeps the records of the last few bundles a search read (batchRecords), by
+	// name: a bundle is named by its digest, so what was checked once stays true.
+	checkedMu sync.Mutex
+	checked   []checkedBundle
 	// Log lag: events submitted and not yet durable, the time each took to become durable,
 	// and entries integrated but not yet in the search index.
 	inflight  atomic.Int64
@@ -258,9 +262,26 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	return l, nil
 }
 
+type checkedBundle struct {
+	entry string // the batch entry's bytes
+	recs  [][]byte
+}
+
+// checkedBundles is how many bundles' records batchRecords keeps (≤ MaxBatch records each).
+const checkedBundles = 4
+
 // batchRecords is a batch entry's records, read from its bundle and checked against the
 // entry (CheckBatch): altered, dropped or reordered records are an error, not an answer.
+// Console pages read the newest batches again and again: the last few are kept.
 func (l *Log) batchRecords(ctx context.Context, entry []byte) ([][]byte, error) {
+	l.checkedMu.Lock()
+	for _, c := range l.checked {
+		if c.entry == string(entry) {
+			l.checkedMu.Unlock()
+			return c.recs, nil
+		}
+	}
+	l.checkedMu.Unlock()
 	ev, err := ParseEvent(entry)
 	if err != nil {
 		return nil, err
@@ -272,7 +293,17 @@ func (l *Log) batchRecords(ctx context.Context, entry []byte) ([][]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	return CheckBatch(ev, b)
+	recs, err := CheckBatch(ev, b)
+	if err != nil {
+		return nil, err
+	}
+	l.checkedMu.Lock()
+	if len(l.checked) == checkedBundles {
+		l.checked = l.checked[1:]
+	}
+	l.checked = append(l.checked, checkedBundle{string(entry), recs})
+	l.checkedMu.Unlock()
+	return recs, nil
 }
 
 // Bundles is where this log keeps request batches' bundles.

@@ -330,7 +330,7 @@ func (s *sqlStore) fillRecords(ctx context.Context, evs []AuditEvent, sizes map[
 		if !ok || pos >= len(recs) || len(recs[pos]) != sizes[e.Index] {
 			return fmt.Errorf("%w (record %d of entry %d is not in its bundle as indexed)", errGroup, pos, recordEntry(e.Index))
 		}
-		evs[i].Raw = recs[pos]
+		evs[i].Raw = recs[pos][:len(recs[pos]):len(recs[pos])]
 	}
 	return nil
 }
