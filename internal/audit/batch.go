@@ -524,9 +524,7 @@ func (b *Batcher) runJournal() {
 	defer probe.Stop()
 	groupArmed, foldArmed := false, false
 	write := func(ps ...*pendingBatch) {
-		for _, p := range ps {
-			b.journalCommit(p)
-		}
+		b.journalCommit(ps...)
 		if len(b.j.recs) >= b.maxRecords {
 			b.rotate()
 		} else if len(b.j.recs) > 0 && !foldArmed {
@@ -575,17 +573,32 @@ func (b *Batcher) runJournal() {
 	}
 }
 
-// journalCommit makes a group durable in the journal and resolves its futures.
-func (b *Batcher) journalCommit(p *pendingBatch) {
-	if p == nil || len(p.records) == 0 {
+// journalCommit makes groups durable in the journal — one frame each, one write and one
+// fdatasync for all (several are ready when CommitNow ran during the last fdatasync) — and
+// resolves their futures.
+func (b *Batcher) journalCommit(ps ...*pendingBatch) {
+	live := ps[:0:0]
+	var groups [][]store.AuditEvent
+	n := 0
+	for _, p := range ps {
+		if p != nil && len(p.records) > 0 {
+			live, groups, n = append(live, p), append(groups, p.records), n+len(p.records)
+		}
+	}
+	if len(live) == 0 {
 		return
 	}
-	defer close(p.finished)
-	if err := b.j.append(p.records); err != nil {
-		p.err = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
-		b.log.records.WithLabelValues("failed").Add(float64(len(p.records)))
-		b.log.setJournalErr(p.err)
+	if err := b.j.appendGroups(groups...); err != nil {
+		err = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
+		for _, p := range live {
+			p.err = err
+		}
+		b.log.records.WithLabelValues("failed").Add(float64(n))
+		b.log.setJournalErr(err)
 		b.abandonSegment()
+	}
+	for _, p := range live {
+		close(p.finished)
 	}
 }
 

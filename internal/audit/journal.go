@@ -304,7 +304,12 @@ func nextMAC(key, prev, payload []byte) []byte {
 
 // append writes one group of records as a frame and syncs it: when it returns nil the
 // records survive a crash. After an error the segment must be abandoned (abandon).
-func (j *journal) append(recs []store.AuditEvent) error {
+func (j *journal) append(recs []store.AuditEvent) error { return j.appendGroups(recs) }
+
+// appendGroups appends one frame per group (an empty group: an empty frame, the disk
+// probe) and makes them durable together: one write, one fdatasync. The frames are those
+// that appending each group alone would write.
+func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	if j.f == nil {
 		if err := j.start(); err != nil {
 			return err
@@ -314,20 +319,25 @@ func (j *journal) append(recs []store.AuditEvent) error {
 	if err := unix.Fstat(int(j.f.Fd()), &st); err != nil || st.Nlink == 0 {
 		return errors.New("journal segment removed from under the process")
 	}
-	b := append(j.buf[:0], make([]byte, 8)...)
-	for _, r := range recs {
-		b = binary.AppendUvarint(b, uint64(len(r.Raw)))
-		b = append(b, r.Raw...)
-	}
-	if len(b)-8 > maxFrame {
-		return fmt.Errorf("journal frame of %d bytes", len(b)-8)
-	}
-	binary.LittleEndian.PutUint32(b[0:], uint32(len(b)-8))
-	binary.LittleEndian.PutUint32(b[4:], crc32.Checksum(b[8:], castagnoli))
-	var mac []byte
-	if j.key != nil {
-		mac = nextMAC(j.key, j.mac, b[8:])
-		b = append(b, mac...)
+	b := j.buf[:0]
+	mac := j.mac
+	for _, recs := range groups {
+		start := len(b)
+		b = append(b, make([]byte, 8)...)
+		for _, r := range recs {
+			b = binary.AppendUvarint(b, uint64(len(r.Raw)))
+			b = append(b, r.Raw...)
+		}
+		frame := b[start+8:]
+		if len(frame) > maxFrame {
+			return fmt.Errorf("journal frame of %d bytes", len(frame))
+		}
+		binary.LittleEndian.PutUint32(b[start:], uint32(len(frame)))
+		binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(frame, castagnoli))
+		if j.key != nil {
+			mac = nextMAC(j.key, mac, frame)
+			b = append(b, mac...)
+		}
 	}
 	j.buf = b
 	if _, err := j.f.Write(b); err != nil {
@@ -338,7 +348,9 @@ func (j *journal) append(recs []store.AuditEvent) error {
 	}
 	j.size += int64(len(b))
 	j.mac = mac
-	j.recs = append(j.recs, recs...)
+	for _, recs := range groups {
+		j.recs = append(j.recs, recs...)
+	}
 	return nil
 }
 
