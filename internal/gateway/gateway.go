@@ -756,8 +756,11 @@ var (
 // is optional, and a value that merely starts with [DONE] counts (fail closed: such a line
 // is held until the answer is recorded).
 func isDone(line []byte) bool {
-	v, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
-	return ok && bytes.HasPrefix(bytes.TrimPrefix(v, []byte(" ")), []byte("[DONE]"))
+	v, ok := bytes.CutPrefix(line, []byte("data:"))
+	if len(v) > 0 && v[0] == ' ' {
+		v = v[1:]
+	}
+	return ok && bytes.HasPrefix(v, []byte("[DONE]")) // the line's end cannot be part of the prefix
 }
 
 // maxHeldAfterDone bounds what is held from [DONE] on until the answer's record is durable.
@@ -865,12 +868,25 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				done = append(done, line...) // [DONE], and whatever follows it, waits for the record
 				forward = false
 			}
+			shaped := false
 			if forward && st.shaper != nil {
 				if payload, ok := bytes.CutPrefix(line, dataPrefix); ok && bytes.Contains(payload, []byte(`"logprob"`)) {
 					line = append(append([]byte("data: "), st.shaper.rewrite(bytes.TrimRight(payload, "\n"))...), '\n')
+					shaped = true
 				}
 			}
 			if forward {
+				end := len(line) == 1 // the blank line that ends an event
+				if !end && !shaped && err == nil && br.Buffered() > 0 {
+					// The blank line that ends this event is here already: it goes out in the
+					// same Write. It is the byte right after line in the reader's buffer (no
+					// fill happens while a byte is buffered), so line reaches over it.
+					if nb, _ := br.Peek(1); nb[0] == '\n' {
+						line = line[:len(line)+1]
+						br.Discard(1)
+						end = true
+					}
+				}
 				if _, werr := w.Write(line); werr != nil {
 					st.reason = "client went away mid-stream"
 					return
@@ -878,7 +894,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				// End of an event: flush unless a whole next event is already here (it
 				// goes out in the same write; nothing waits on the upstream, not even
 				// behind half an event).
-				if len(line) == 1 && fl != nil && !eventBuffered(br) {
+				if end && fl != nil && !eventBuffered(br) {
 					fl.Flush()
 				}
 			}

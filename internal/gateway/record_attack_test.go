@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -286,4 +287,69 @@ func (c *chunked) Read(p []byte) (int, error) {
 	k := copy(p[:min(len(p), c.n)], c.s)
 	c.s = c.s[k:]
 	return k, nil
+}
+
+// TestStreamRelayedByteExact: whatever the engine's framing — events cut at any byte across
+// writes, blank lines arriving alone or with the next event, comments, named events,
+// multi-line data, CRLF line ends — the client reads the engine's bytes exactly (the
+// gateway joins an event's blank line to its last line when both are buffered; that must
+// never drop, double or move a byte), with and without the answer's record held for [DONE].
+func TestStreamRelayedByteExact(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	var events []string
+	for i := range 300 {
+		ev := fmt.Sprintf(`data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"t%d"}}]}`, i) + "\n"
+		switch rng.IntN(6) {
+		case 0:
+			ev = ": keep-alive\n" + ev
+		case 1:
+			ev = "event: message\n" + ev
+		case 2:
+			ev = "data: {\"multi\":\ndata: \"line\"}\n"
+		case 3:
+			ev = strings.ReplaceAll(ev, "\n", "\r\n") + "\r\n"
+		case 4:
+			ev = strings.ReplaceAll(ev, "\n", "\r") + "\r" // bare CR line ends
+		}
+		if !strings.HasSuffix(ev, "\r\n") && !strings.HasSuffix(ev, "\r\r") {
+			ev += "\n"
+		}
+		events = append(events, ev)
+	}
+	want := strings.Join(events, "") + "data: [DONE]\n\n"
+	for _, record := range []bool{false, true} {
+		t.Run(fmt.Sprintf("record=%v", record), func(t *testing.T) {
+			eng := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					w.Write([]byte(`{"object":"list","data":[]}`))
+					return
+				}
+				w.Header().Set("Content-Type", "text/event-stream")
+				for rest := want; rest != ""; {
+					n := min(len(rest), 1+rng.IntN(400))
+					io.WriteString(w, rest[:n])
+					w.(http.Flusher).Flush()
+					rest = rest[n:]
+				}
+			}))
+			defer eng.Close()
+			f := newFixture(t, func(c *Config) {
+				c.RecordAnswers = record
+				c.Routes = append(c.Routes, Route{Model: "eng", Upstreams: []string{eng.URL + "/v1"}})
+				c.Models.(records)["eng"] = modelrec.Attrs{Classification: "public"}
+			})
+			_, raw := postRaw(t, f.srv.URL+"/v1/chat/completions", f.alice,
+				`{"model":"eng","stream":true,"messages":[{"role":"user","content":"hi"}]}`)
+			// The gateway reads bare CR line ends as LF (lfReader); CRLF stays.
+			exp := strings.ReplaceAll(strings.ReplaceAll(strings.ReplaceAll(want, "\r\n", "\x00"), "\r", "\n"), "\x00", "\r\n")
+			if raw != exp {
+				i := 0
+				for i < len(raw) && i < len(exp) && raw[i] == exp[i] {
+					i++
+				}
+				t.Fatalf("relayed stream differs at byte %d of %d (got %d bytes): got %q, want %q", i, len(exp), len(raw),
+					raw[max(0, i-40):min(len(raw), i+40)], exp[max(0, i-40):min(len(exp), i+40)])
+			}
+		})
+	}
 }
