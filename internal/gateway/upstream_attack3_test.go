@@ -25,51 +25,6 @@ import (
 	"time"
 )
 
-// a3Engine is a raw TCP engine whose connections are each served by serve (conn counted
-// from 0). heads counts request heads the engine parsed (any connection).
-type a3Engine struct {
-	ln    net.Listener
-	conns atomic.Int64
-	heads atomic.Int64
-}
-
-func newA3Engine(t *testing.T, serve func(e *a3Engine, c net.Conn, br *bufio.Reader, conn int64)) *a3Engine {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &a3Engine{ln: ln}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			n := e.conns.Add(1) - 1
-			go func() {
-				defer c.Close()
-				serve(e, c, bufio.NewReader(c), n)
-			}()
-		}
-	}()
-	return e
-}
-
-func (e *a3Engine) url() string { return "http://" + e.ln.Addr().String() + "/v1" }
-
-// readReq reads one request (head and body) and counts it.
-func (e *a3Engine) readReq(br *bufio.Reader) (*http.Request, string, error) {
-	req, err := http.ReadRequest(br)
-	if err != nil {
-		return nil, "", err
-	}
-	e.heads.Add(1)
-	b, err := io.ReadAll(req.Body)
-	return req, string(b), err
-}
-
 // readLikeGateway reads an answer's body as proxy does (bytes.Buffer.ReadFrom through a
 // LimitReader) into a buffer that already has room (a warm pool buffer), and closes it.
 func readLikeGateway(resp *http.Response) (string, error) {
@@ -119,7 +74,7 @@ func waitPending(t *testing.T, ec *engineConn) {
 func TestAttack3SmuggledAnswerBeyondBuffer(t *testing.T) {
 	written := make(chan struct{}, 1)
 	pad := strings.Repeat("x", 40<<10)
-	e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+	e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 		for i := 0; ; i++ {
 			_, body, err := e.readReq(br)
 			if err != nil {
@@ -183,7 +138,7 @@ func TestAttack3LateBytesAfterAnswer(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			release := make(chan struct{})
-			e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, conn int64) {
+			e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, conn int64) {
 				for i := 0; ; i++ {
 					_, body, err := e.readReq(br)
 					if err != nil {
@@ -256,7 +211,7 @@ func TestAttack3GatewayDuplicateAnswerLeaksToNextTenant(t *testing.T) {
 		})
 		return okAnswer(string(b))
 	}
-	e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+	e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 		for {
 			req, body, err := e.readReq(br)
 			if err != nil {
@@ -344,7 +299,7 @@ func TestAttack3PipelinedJunkInBuffer(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, conn int64) {
+			e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, conn int64) {
 				for i := 0; ; i++ {
 					_, body, err := e.readReq(br)
 					if err != nil {
@@ -380,7 +335,7 @@ func TestAttack3PipelinedJunkInBuffer(t *testing.T) {
 // early (413 after its head, before reading the body) and closes. The engine did send an
 // answer, so the request must not be sent again; net/http's Transport returns the 413.
 func TestAttack3EarlyAnswerThenCloseIsNotResent(t *testing.T) {
-	e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+	e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 		for i := 0; ; i++ {
 			req, err := http.ReadRequest(br)
 			if err != nil {
@@ -425,7 +380,7 @@ func TestAttack3EngineNeverReadsBody(t *testing.T) {
 func a3NeverReadsBody(t *testing.T, size int) {
 	hold := make(chan struct{})
 	defer close(hold)
-	e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+	e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
@@ -463,7 +418,7 @@ func TestAttack3TrickledHeaders(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			stop := make(chan struct{})
 			defer close(stop)
-			e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+			e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 				if _, _, err := e.readReq(br); err != nil {
 					return
 				}
@@ -506,7 +461,7 @@ func TestAttack3TrickledHeaders(t *testing.T) {
 // connection once the client closed it.
 func TestAttack3HeaderInjectionAfterBufferFlush(t *testing.T) {
 	got := make(chan int, 4)
-	e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+	e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 		n, _ := io.Copy(io.Discard, br)
 		got <- int(n)
 	})
@@ -537,7 +492,7 @@ func TestAttack3HeaderInjectionAfterBufferFlush(t *testing.T) {
 // closes without a byte of answer (it may have run it). The client does not send it again
 // (an earlier version resent it once; the Transport would not resend a POST either).
 func TestAttack3ResendAfterSilentClose(t *testing.T) {
-	e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, conn int64) {
+	e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, conn int64) {
 		for i := 0; ; i++ {
 			if _, _, err := e.readReq(br); err != nil {
 				return
@@ -568,7 +523,7 @@ func TestAttack3ResendAfterSilentClose(t *testing.T) {
 func TestAttack3CancelMidBody(t *testing.T) {
 	closed := make(chan struct{}, 1)
 	sent := make(chan struct{}, 1)
-	e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+	e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 		if _, _, err := e.readReq(br); err != nil {
 			return
 		}
@@ -603,7 +558,7 @@ func TestAttack3GatewayClientGoesAway(t *testing.T) {
 		t.Run(phase, func(t *testing.T) {
 			closed := make(chan struct{}, 4)
 			got := make(chan struct{}, 4)
-			e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+			e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 				req, _, err := e.readReq(br)
 				if err != nil {
 					return
@@ -653,7 +608,7 @@ func TestAttack3TransportControls(t *testing.T) {
 	t.Run("late bytes", func(t *testing.T) {
 		release := make(chan struct{})
 		dropped := make(chan struct{}, 1)
-		e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, conn int64) {
+		e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, conn int64) {
 			for i := 0; ; i++ {
 				_, body, err := e.readReq(br)
 				if err != nil {
@@ -693,7 +648,7 @@ func TestAttack3TransportControls(t *testing.T) {
 		}
 	})
 	t.Run("early 413", func(t *testing.T) {
-		e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+		e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 			for {
 				req, err := http.ReadRequest(br)
 				if err != nil {
@@ -731,7 +686,7 @@ func TestAttack3TransportControls(t *testing.T) {
 	t.Run("never reads body", func(t *testing.T) {
 		hold := make(chan struct{})
 		defer close(hold)
-		e := newA3Engine(t, func(e *a3Engine, c net.Conn, br *bufio.Reader, _ int64) {
+		e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 			if _, err := http.ReadRequest(br); err == nil {
 				<-hold
 			}

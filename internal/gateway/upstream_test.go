@@ -16,25 +16,21 @@ import (
 	"time"
 )
 
-// rawEngine is an engine on a raw TCP listener: answer writes each answer's bytes for
-// the request it was given (the n-th on its connection, counted from 0), and says whether
-// to close the connection after it. It counts connections and requests.
-type rawEngine struct {
-	ln     net.Listener
-	conns  atomic.Int64
-	reqs   atomic.Int64
-	closed chan struct{} // a connection was closed by the engine
-	mu     sync.Mutex
-	bodies []string
+// tcpEngine is an engine on a raw TCP listener whose connections are each served by serve
+// (conn counted from 0). heads counts request heads the engine parsed (any connection).
+type tcpEngine struct {
+	ln    net.Listener
+	conns atomic.Int64
+	heads atomic.Int64
 }
 
-func newRawEngine(t *testing.T, answer func(n int, body string) (string, bool)) *rawEngine {
+func newTCPEngine(t *testing.T, serve func(e *tcpEngine, c net.Conn, br *bufio.Reader, conn int64)) *tcpEngine {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &rawEngine{ln: ln, closed: make(chan struct{}, 100)}
+	e := &tcpEngine{ln: ln}
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -42,37 +38,59 @@ func newRawEngine(t *testing.T, answer func(n int, body string) (string, bool)) 
 			if err != nil {
 				return
 			}
-			e.conns.Add(1)
+			n := e.conns.Add(1) - 1
 			go func() {
 				defer c.Close()
-				br := bufio.NewReader(c)
-				for n := 0; ; n++ {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					b, _ := io.ReadAll(req.Body)
-					e.reqs.Add(1)
-					e.mu.Lock()
-					e.bodies = append(e.bodies, string(b))
-					e.mu.Unlock()
-					out, closeAfter := answer(n, string(b))
-					if _, err := io.WriteString(c, out); err != nil {
-						return
-					}
-					if closeAfter {
-						c.Close()
-						e.closed <- struct{}{}
-						return
-					}
-				}
+				serve(e, c, bufio.NewReader(c), n)
 			}()
 		}
 	}()
 	return e
 }
 
-func (e *rawEngine) url() string { return "http://" + e.ln.Addr().String() + "/v1" }
+func (e *tcpEngine) url() string { return "http://" + e.ln.Addr().String() + "/v1" }
+
+// readReq reads one request (head and body) and counts it.
+func (e *tcpEngine) readReq(br *bufio.Reader) (*http.Request, string, error) {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return nil, "", err
+	}
+	e.heads.Add(1)
+	b, err := io.ReadAll(req.Body)
+	return req, string(b), err
+}
+
+// rawEngine is a tcpEngine that answers each request with answer's bytes for it (the n-th
+// on its connection, counted from 0, and its body), closing the connection after it when
+// answer says so.
+type rawEngine struct {
+	*tcpEngine
+	closed chan struct{} // a connection was closed by the engine
+}
+
+func newRawEngine(t *testing.T, answer func(n int, body string) (string, bool)) *rawEngine {
+	t.Helper()
+	e := &rawEngine{closed: make(chan struct{}, 100)}
+	e.tcpEngine = newTCPEngine(t, func(te *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
+		for n := 0; ; n++ {
+			_, body, err := te.readReq(br)
+			if err != nil {
+				return
+			}
+			out, closeAfter := answer(n, body)
+			if _, err := io.WriteString(c, out); err != nil {
+				return
+			}
+			if closeAfter {
+				c.Close()
+				e.closed <- struct{}{}
+				return
+			}
+		}
+	})
+	return e
+}
 
 func okAnswer(body string) string {
 	return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
@@ -120,7 +138,7 @@ func TestEngineClientEngineClosesIdle(t *testing.T) {
 		}
 		<-e.closed // the engine's close has happened before the next request
 	}
-	if n, c := e.reqs.Load(), e.conns.Load(); n != 5 || c != 5 {
+	if n, c := e.heads.Load(), e.conns.Load(); n != 5 || c != 5 {
 		t.Fatalf("engine saw %d requests on %d connections, want 5 on 5", n, c)
 	}
 }
@@ -143,7 +161,7 @@ func TestEngineClientNeverResends(t *testing.T) {
 		if _, _, err := engineDo(t, cl, context.Background(), e.url(), `{}`); err == nil {
 			t.Fatalf("answer %q: the request succeeded", second)
 		}
-		if n := e.reqs.Load(); n != 2 {
+		if n := e.heads.Load(); n != 2 {
 			t.Fatalf("answer %q: engine saw %d requests, want 2 (each once)", second, n)
 		}
 	}
@@ -284,7 +302,7 @@ func TestEngineClientRefusesHeaderInjection(t *testing.T) {
 	if code, _, err := engineDo(t, cl, context.Background(), e.url(), `{}`); err != nil || code != 200 {
 		t.Fatalf("a good request after: %d %v", code, err)
 	}
-	if n := e.reqs.Load(); n != 1 {
+	if n := e.heads.Load(); n != 1 {
 		t.Fatalf("engine saw %d requests, want 1", n)
 	}
 }
@@ -307,7 +325,7 @@ func TestEngineClientCancel(t *testing.T) {
 		_, _, err := engineDo(t, cl, ctx, e.url(), `{"wait":1}`)
 		errc <- err
 	}()
-	for e.reqs.Load() == 0 {
+	for e.heads.Load() == 0 {
 		time.Sleep(time.Millisecond) // until the engine has the request
 	}
 	cancel()
