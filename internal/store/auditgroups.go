@@ -272,12 +272,12 @@ var errNoRecordSource = errors.New("store: request records' bytes are in the log
 
 // fillRecords gives the records that have no Raw theirs, from their batches' bundles.
 func (s *sqlStore) fillRecords(ctx context.Context, evs []AuditEvent, sizes map[uint64]int) error {
-	var entries []any
+	var entries []uint64
 	seen := map[uint64]bool{}
 	for _, e := range evs {
 		if n := recordEntry(e.Index); e.Raw == nil && !seen[n] {
 			seen[n] = true
-			entries = append(entries, int64(n))
+			entries = append(entries, n)
 		}
 	}
 	if len(entries) == 0 {
@@ -287,39 +287,21 @@ func (s *sqlStore) fillRecords(ctx context.Context, evs []AuditEvent, sizes map[
 	if src == nil {
 		return errNoRecordSource
 	}
-	type batchEntry struct {
-		idx uint64
-		raw []byte
-	}
-	var found []batchEntry
-	for chunk := range slices.Chunk(entries, 500) {
-		rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, raw FROM audit_events WHERE idx IN (`+
-			strings.TrimSuffix(strings.Repeat("?, ", len(chunk)), ", ")+`)`), chunk...)
-		if err != nil {
-			return fmt.Errorf("store: search audit: %w", err)
-		}
-		for rows.Next() {
-			var idx int64
-			var raw []byte
-			if err := rows.Scan(&idx, &raw); err != nil {
-				rows.Close()
-				return fmt.Errorf("store: search audit: %w", err)
-			}
-			found = append(found, batchEntry{uint64(idx), raw})
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("store: search audit: %w", err)
-		}
-	}
-	// The source is called with no rows open: it may read the same database.
+	// The batch entries' own bytes, from audit_events (searchEntries returns with no rows
+	// open: the source may read the same database).
 	batches := map[uint64][][]byte{}
-	for _, b := range found {
-		recs, err := (*src)(ctx, b.raw)
+	for chunk := range slices.Chunk(entries, 500) {
+		found, err := s.searchEntries(ctx, AuditQuery{Indexes: chunk})
 		if err != nil {
-			return fmt.Errorf("store: search audit: batch entry %d: %w", b.idx, err)
+			return err
 		}
-		batches[b.idx] = recs
+		for _, b := range found {
+			recs, err := (*src)(ctx, b.Raw)
+			if err != nil {
+				return fmt.Errorf("store: search audit: batch entry %d: %w", b.Index, err)
+			}
+			batches[b.Index] = recs
+		}
 	}
 	for i, e := range evs {
 		if e.Raw != nil {
