@@ -35,7 +35,7 @@ import (
 // headers are checked before a byte is written.
 type engineClient struct {
 	dialer   net.Dialer
-	timeout  time.Duration // to the answer's headers
+	timeout  time.Duration // to write the request and read the answer's headers
 	maxIdle  int           // idle connections kept per engine address
 	idleFor  time.Duration // an idle connection older than this is closed, not reused
 	fallback *http.Client
