@@ -372,7 +372,12 @@ func (s *Service) Watch(ctx context.Context, id string) (<-chan string, func(), 
 		return nil, nil, err
 	}
 	if !l.RevokedAt.IsZero() {
-		ch <- l.Reason
+		// A revocation between registering and reading the lease may have been sent by
+		// notify already (the channel holds one reason): never block on a second.
+		select {
+		case ch <- l.Reason:
+		default:
+		}
 	}
 	return ch, stop, nil
 }
