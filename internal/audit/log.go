@@ -161,8 +161,13 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 			db.Close()
 			return nil, err
 		}
+		dbName, err := databaseName(ctx, db)
+		if err != nil {
+			db.Close()
+			return nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, RedactDSN(cfg.DB), err)
+		}
 		driver = st
-		ld = &leader{db: db, name: signerLockName, log: cfg.Logger}
+		ld = &leader{db: db, name: signerLock(dbName), log: cfg.Logger}
 		ld.tick(ctx)
 		signer = leaderSigner{Signer: cfg.Signer, l: ld}
 		cfg.CheckpointInterval = max(cfg.CheckpointInterval, time.Second)

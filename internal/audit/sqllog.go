@@ -3,9 +3,11 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"database/sql/driver"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -26,8 +28,8 @@ import (
 // The log on a shared SQL engine (issue 16): every replica of a fleet appends to one tree
 // kept by tessera's storage/mysql driver in one MariaDB/MySQL database (sequencing, tiles,
 // entry bundles, checkpoint), request batches' bundles live in a table beside it, and one
-// replica at a time signs checkpoints: the one holding the named lock signerLockName on a
-// dedicated connection (leader below).
+// replica at a time signs checkpoints: the one holding the log's named lock (signerLock) on
+// a dedicated connection (leader below).
 
 // tesseraSchema is tessera v1.0.4's storage/mysql/schema.sql, statement by statement, and
 // the table of request batches' bundles.
@@ -41,8 +43,31 @@ var tesseraSchema = []string{
 	"CREATE TABLE IF NOT EXISTS `StrongroomBatch` (`name` CHAR(64) NOT NULL, `data` LONGBLOB NOT NULL, PRIMARY KEY(`name`))",
 }
 
-// signerLockName is the MariaDB named lock whose holder signs checkpoints.
-const signerLockName = "strongroom.log.signer"
+// signerLock is the name of the MariaDB named lock whose holder signs the checkpoints of
+// the log in database db. Named locks are the server's, not a database's: one name for
+// every log would let a replica of one log (another tenant's, a test's) hold the signing
+// of every other log on the engine, which would then publish no checkpoint at all. A
+// lock name is at most 64 characters, so a long database name is hashed.
+func signerLock(db string) string {
+	const prefix = "strongroom.log.signer/"
+	if len(prefix)+len(db) <= 64 {
+		return prefix + db
+	}
+	h := sha256.Sum256([]byte(db))
+	return prefix + "sha256:" + hex.EncodeToString(h[:16])
+}
+
+// databaseName asks the server which database the log's connections use.
+func databaseName(ctx context.Context, db *sql.DB) (string, error) {
+	var name sql.NullString
+	if err := db.QueryRowContext(ctx, "SELECT DATABASE()").Scan(&name); err != nil {
+		return "", err
+	}
+	if !name.Valid || name.String == "" {
+		return "", errors.New("the DSN names no database")
+	}
+	return name.String, nil
+}
 
 // IsSQLLog says whether a log location is a MariaDB/MySQL DSN rather than a directory.
 func IsSQLLog(loc string) bool { return strings.HasPrefix(loc, "mysql://") }

@@ -177,7 +177,7 @@ func TestSQLLogSignerDies(t *testing.T) {
 	}
 	defer admin.Close()
 	var id int64
-	if err := admin.QueryRow("SELECT IS_USED_LOCK(?)", signerLockName).Scan(&id); err != nil {
+	if err := admin.QueryRow("SELECT IS_USED_LOCK(?)", signer.leader.name).Scan(&id); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := other.Record(ctx, event(1)); err != nil {
@@ -197,7 +197,7 @@ func TestSQLLogSignerDies(t *testing.T) {
 	t.Logf("signer's lock connection killed: a checkpoint signed %v later", time.Since(t0).Round(time.Millisecond))
 	time.Sleep(2 * leaderPoll)
 	var holder int64
-	if err := admin.QueryRow("SELECT IS_USED_LOCK(?)", signerLockName).Scan(&holder); err != nil || holder == id {
+	if err := admin.QueryRow("SELECT IS_USED_LOCK(?)", signer.leader.name).Scan(&holder); err != nil || holder == id {
 		t.Fatalf("lock holder %d (killed %d): %v", holder, id, err)
 	}
 	if signer.Signer() == other.Signer() {
@@ -264,5 +264,41 @@ func waitCheckpoint(t *testing.T, l *Log, size uint64, t0 time.Time, what string
 			t.Fatalf("no checkpoint of size %d within 5s %s", size, what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSQLLogsShareAnEngine: two logs in two databases of one engine (two tenants, or a
+// test beside a fleet) each have their own signer. Named locks are the server's: with one
+// lock name for every log, the first log's replica held the signing of the second, which
+// then published no checkpoint at all (seen in CI as a fleet script whose log had none).
+func TestSQLLogsShareAnEngine(t *testing.T) {
+	s1, _, _ := newKeys(t, "strongroom.test/one")
+	s2, _, _ := newKeys(t, "strongroom.test/two")
+	a := openSQLTestLog(t, sqlTestDB(t), s1)
+	defer a.Close(context.Background())
+	b := openSQLTestLog(t, sqlTestDB(t), s2)
+	defer b.Close(context.Background())
+	if !a.Signer() || !b.Signer() {
+		t.Fatalf("signers: a %v, b %v; each log's only replica must sign", a.Signer(), b.Signer())
+	}
+	ctx := context.Background()
+	t0 := time.Now()
+	for _, l := range []*Log{a, b} {
+		if _, err := l.Record(ctx, event(1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitCheckpoint(t, a, 1, t0, "of the first log")
+	waitCheckpoint(t, b, 1, t0, "of the second log")
+}
+
+func TestSignerLockName(t *testing.T) {
+	if got := signerLock("fleet"); got != "strongroom.log.signer/fleet" {
+		t.Fatalf("signerLock(fleet) = %q", got)
+	}
+	long := strings.Repeat("d", 64) // MariaDB's longest database name
+	a, b := signerLock(long), signerLock(long[:63]+"e")
+	if len(a) > 64 || len(b) > 64 || a == b {
+		t.Fatalf("long names: %q, %q (at most 64 characters, distinct)", a, b)
 	}
 }
