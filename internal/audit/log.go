@@ -703,7 +703,11 @@ func (l *Log) Close(ctx context.Context) error {
 		l.closed = true // no Submit after this point, so Wait cannot race an Add
 		l.closeMu.Unlock()
 		l.pending.Wait() // every submitted event is durable (or failed) before shutdown
-		err = l.shutdown(ctx)
+		if err = l.shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+			// The entries are durable; only their checkpoint is late (a shared log's signer
+			// is another replica, or the witnesses are slow): the next one covers them.
+			err = fmt.Errorf("audit log: no checkpoint covering this process's entries was published before closing (they are recorded; a later checkpoint covers them): %w", err)
+		}
 		close(l.stop)
 		l.loops.Wait() // no probe writes into the directory after Close
 		err = errors.Join(err, l.catchUp(ctx))

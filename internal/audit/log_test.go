@@ -325,3 +325,20 @@ func TestFailureVisible(t *testing.T) {
 		t.Fatalf("healthy gauge = %v", got)
 	}
 }
+
+// TestVerifyNoCheckpointYet: a log that has published no checkpoint (new, or a shared log
+// whose signer has not signed yet) is reported as such over HTTP, not as a missing file.
+func TestVerifyNoCheckpointYet(t *testing.T) {
+	_, v, _ := newKeys(t, "strongroom.test/empty")
+	srv := httptest.NewServer(http.StripPrefix("/log", Handler(t.TempDir())))
+	defer srv.Close()
+	u, _ := url.Parse(srv.URL + "/log/")
+	f, err := client.NewHTTPFetcher(u, srv.Client())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Verify(context.Background(), f, VerifyOptions{LogKey: v})
+	if err == nil || !strings.Contains(err.Error(), "no signed checkpoint yet") {
+		t.Fatalf("verify of a log without a checkpoint: %v", err)
+	}
+}

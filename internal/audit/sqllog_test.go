@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -300,5 +301,41 @@ func TestSignerLockName(t *testing.T) {
 	a, b := signerLock(long), signerLock(long[:63]+"e")
 	if len(a) > 64 || len(b) > 64 || a == b {
 		t.Fatalf("long names: %q, %q (at most 64 characters, distinct)", a, b)
+	}
+}
+
+// TestSQLLogCloseWithoutSigner: a replica that never signs (another holds the log's lock and
+// publishes nothing) closes with a late-checkpoint error that says its entries are recorded.
+func TestSQLLogCloseWithoutSigner(t *testing.T) {
+	dsn := sqlTestDB(t)
+	c, _ := ParseLogDSN(dsn)
+	holder, err := sql.Open("mysql", c.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	conn, err := holder.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var got int
+	if err := conn.QueryRowContext(context.Background(), "SELECT GET_LOCK(?, 0)", signerLock(c.DBName)).Scan(&got); err != nil || got != 1 {
+		t.Fatalf("take the signer's lock: %d, %v", got, err)
+	}
+	s, _, _ := newKeys(t, "strongroom.test/shared")
+	l, err := Open(context.Background(), Config{DB: dsn, Signer: s, ShutdownTimeout: 1500 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Signer() {
+		t.Fatal("signs while another connection holds the log's lock")
+	}
+	if _, err := l.Record(context.Background(), event(1)); err != nil {
+		t.Fatal(err)
+	}
+	err = l.Close(context.Background())
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "they are recorded") {
+		t.Fatalf("close without a signer: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
@@ -88,6 +89,11 @@ func OpenCheckpoint(raw []byte, o VerifyOptions) (*log.Checkpoint, error) {
 // still extends what was accepted before (no fork, no rollback). It returns the new state.
 func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 	raw, err := f.ReadCheckpoint(ctx)
+	if errors.Is(err, os.ErrNotExist) {
+		// A new log (or a shared one whose signer has not published yet): say so, rather
+		// than "file does not exist" about a URL.
+		return State{}, fmt.Errorf("fetch checkpoint: the log has no signed checkpoint yet (%w)", err)
+	}
 	if err != nil {
 		return State{}, fmt.Errorf("fetch checkpoint: %w", err)
 	}
