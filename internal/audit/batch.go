@@ -52,7 +52,8 @@ const DefaultBatchDelay = 10 * time.Millisecond
 // MaxBatch bounds the records of one batch (and so a record's position, below 2^16).
 const MaxBatch = 4096
 
-// BundleStore keeps batch bundles beside the log.
+// BundleStore keeps batch bundles beside the log. PutBundle must not keep b after it
+// returns: the batcher writes its next bundle into the same buffer.
 type BundleStore interface {
 	PutBundle(ctx context.Context, name string, b []byte) error
 	Bundle(ctx context.Context, name string) ([]byte, error)
@@ -101,11 +102,21 @@ func validBundleName(s string) bool {
 
 // EncodeBundle is the bundle of records (canonical event bytes) and its name.
 func EncodeBundle(records [][]byte) (bundle []byte, name string) {
+	return AppendBundle(nil, records)
+}
+
+// AppendBundle is EncodeBundle writing into dst's storage (dst[:0], grown if it is too
+// small): a batcher reuses one buffer for its bundles, each a few MB, instead of leaving
+// one to the garbage collector (and the runtime's scavenger) per fold.
+func AppendBundle(dst []byte, records [][]byte) (bundle []byte, name string) {
 	n := len(bundleMagic)
 	for _, r := range records {
 		n += binary.MaxVarintLen64 + len(r)
 	}
-	b := make([]byte, 0, n)
+	b := dst[:0]
+	if cap(b) < n {
+		b = make([]byte, 0, n)
+	}
 	b = append(b, bundleMagic...)
 	for _, r := range records {
 		b = binary.AppendUvarint(b, uint64(len(r)))
@@ -262,6 +273,8 @@ type Batcher struct {
 	foldDone    chan struct{}
 	lastIdx     uint64 // the folder's last batch entry
 	folded      bool   // the folder has made one
+
+	bundleBuf []byte // the last bundle's storage, reused by commitRecords (one goroutine at a time)
 }
 
 type pendingBatch struct {
@@ -782,7 +795,8 @@ func (b *Batcher) commit(p *pendingBatch) {
 func (b *Batcher) commitRecords(recs []store.AuditEvent) (uint64, error) {
 	ctx := context.Background()
 	rs := raws(recs)
-	bundle, name := EncodeBundle(rs)
+	bundle, name := AppendBundle(b.bundleBuf, rs)
+	b.bundleBuf = bundle
 	if err := b.bundles.PutBundle(ctx, name, bundle); err != nil {
 		err = fmt.Errorf("%w: batch bundle: %v", ErrUnavailable, err)
 		b.log.records.WithLabelValues("failed").Add(float64(len(recs)))

@@ -277,3 +277,22 @@ func TestReadEntry(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendBundleReuse: a bundle written into the last one's storage is byte for byte
+// EncodeBundle's, whether the buffer was larger (no tail of the last) or too small.
+func TestAppendBundleReuse(t *testing.T) {
+	big := [][]byte{[]byte(strings.Repeat("a", 3000)), []byte("b")}
+	small := [][]byte{[]byte("c"), []byte("dd")}
+	var buf []byte
+	for _, recs := range [][][]byte{big, small, big} {
+		want, wantName := EncodeBundle(recs)
+		got, name := AppendBundle(buf, recs)
+		if !bytes.Equal(got, want) || name != wantName {
+			t.Fatalf("reused buffer: %d bytes %s, want %d bytes %s", len(got), name, len(want), wantName)
+		}
+		if dec, err := DecodeBundle(got); err != nil || len(dec) != len(recs) {
+			t.Fatalf("decode: %d records, %v", len(dec), err)
+		}
+		buf = got
+	}
+}
