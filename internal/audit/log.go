@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -581,7 +582,12 @@ func (l *Log) catchUp(ctx context.Context) error {
 // (RecordIndex numbers), read from this process's memory or the bundle store. A batch
 // whose bundle cannot be read is an error: the index waits rather than skip records.
 func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) error {
-	out := evs
+	type batch struct {
+		index uint64
+		ev    *Event
+	}
+	var batches []batch
+	records := 0
 	for _, e := range evs {
 		if e.Kind != string(KindBatch) {
 			continue
@@ -590,42 +596,48 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 		if err != nil {
 			return fmt.Errorf("batch entry %d: %w", e.Index, err)
 		}
-		name := ev.Subject["bundle"]
-		if len(out) == len(evs) {
-			out = append([]store.AuditEvent(nil), evs...) // do not append into the caller's slice
+		batches = append(batches, batch{e.Index, ev})
+		if n, err := strconv.Atoi(ev.Fields["records"]); err == nil && n > 0 && n <= MaxBatch {
+			records += n
 		}
+	}
+	if len(batches) == 0 {
+		return l.idx.IndexAudit(ctx, evs)
+	}
+	// One allocation for the entries and their records (a batch holds up to MaxBatch): grown
+	// record by record, this slice was most of the index's CPU.
+	out := make([]store.AuditEvent, len(evs), len(evs)+records)
+	copy(out, evs) // do not append into the caller's slice
+	for _, bt := range batches {
+		name := bt.ev.Subject["bundle"]
 		l.bundleMu.Lock()
 		recs, ok := l.bundleRecs[name]
 		l.bundleMu.Unlock()
 		if ok { // this process's batch: the fields were kept from the events, not parsed
 			for pos, r := range recs {
-				r.Index = RecordIndex(e.Index, pos)
+				r.Index = RecordIndex(bt.index, pos)
 				out = append(out, r)
 			}
 			continue
 		}
 		b, err := l.bundles.Bundle(ctx, name)
 		if err != nil {
-			return fmt.Errorf("batch entry %d: bundle %s: %w", e.Index, name, err)
+			return fmt.Errorf("batch entry %d: bundle %s: %w", bt.index, name, err)
 		}
-		raw, err := CheckBatch(ev, b)
+		raw, err := CheckBatch(bt.ev, b)
 		if err != nil {
-			return fmt.Errorf("batch entry %d: %w", e.Index, err)
+			return fmt.Errorf("batch entry %d: %w", bt.index, err)
 		}
 		for pos, r := range raw {
-			out = append(out, indexRecord(RecordIndex(e.Index, pos), r))
+			out = append(out, indexRecord(RecordIndex(bt.index, pos), r))
 		}
 	}
 	if err := l.idx.IndexAudit(ctx, out); err != nil {
 		return err
 	}
 	l.bundleMu.Lock()
-	for _, e := range evs {
-		if e.Kind == string(KindBatch) {
-			if ev, err := ParseEvent(e.Raw); err == nil {
-				delete(l.bundleRecs, ev.Subject["bundle"])
-			}
-		}
+	for _, bt := range batches {
+		delete(l.bundleRecs, bt.ev.Subject["bundle"])
 	}
 	l.bundleMu.Unlock()
 	return nil
