@@ -46,11 +46,20 @@ var tesseraSchema = []string{
 // signerLock is the name of the MariaDB named lock whose holder signs the checkpoints of
 // the log in database db. Named locks are the server's, not a database's: one name for
 // every log would let a replica of one log (another tenant's, a test's) hold the signing
-// of every other log on the engine, which would then publish no checkpoint at all. A
-// lock name is at most 64 characters, so a long database name is hashed.
+// of every other log on the engine, which would then publish no checkpoint at all. The
+// database's name is used as it is when it is short and plain (lower-case letters, digits,
+// "_"); any other is hashed: lock names are at most 64 characters, and the server may
+// compare them without regard to case where database names ("Fleet", "fleet") differ.
 func signerLock(db string) string {
 	const prefix = "strongroom.log.signer/"
-	if len(prefix)+len(db) <= 64 {
+	plain := len(prefix)+len(db) <= 64
+	for _, c := range db {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_') {
+			plain = false
+			break
+		}
+	}
+	if plain {
 		return prefix + db
 	}
 	h := sha256.Sum256([]byte(db))

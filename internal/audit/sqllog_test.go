@@ -302,6 +302,16 @@ func TestSignerLockName(t *testing.T) {
 	if len(a) > 64 || len(b) > 64 || a == b {
 		t.Fatalf("long names: %q, %q (at most 64 characters, distinct)", a, b)
 	}
+	// Names that differ only in case, or carry characters a lock name may treat otherwise,
+	// get distinct (hashed) locks.
+	names := map[string]string{}
+	for _, db := range []string{"fleet", "Fleet", "FLEET", "fleet-a", "fleet$a", "fléet"} {
+		l := signerLock(db)
+		if prev, dup := names[strings.ToLower(l)]; dup || len(l) > 64 {
+			t.Fatalf("signerLock(%q) = %q: same (case-folded) as %q's, or too long", db, l, prev)
+		}
+		names[strings.ToLower(l)] = db
+	}
 }
 
 // TestSQLLogCloseWithoutSigner: a replica that never signs (another holds the log's lock and
