@@ -95,6 +95,7 @@ type Log struct {
 	indexLag  prometheus.Gauge
 	mu        sync.Mutex
 	lastErr   error
+	lastRetry time.Time // the last write probe after a failure (probe's goroutine only)
 	stop      chan struct{}
 	closeOnce sync.Once
 	closeMu   sync.RWMutex
@@ -379,6 +380,45 @@ func (l *Log) probe() {
 		l.lastErr = nil // the failures were the directory's; the next record proves it
 		l.mu.Unlock()
 		l.healthy.Set(1)
+		return
+	}
+	l.retryAfterFailure()
+}
+
+// retryWriteEvery spaces the write probes of a log whose last recording failed.
+const retryWriteEvery = 500 * time.Millisecond
+
+// retryAfterFailure clears a recording failure once the storage takes a write again. The
+// storage stayed reachable (or the probe above would have cleared it on its return), so
+// only a write tells: a failed bundle write — a query killed, a connection reset — left
+// lastErr set, every record was refused while it was, and so no record could ever clear
+// it (an outside test kept a fleet replica refusing for good after one reset). The write
+// is the empty bundle's: content-addressed, named by no batch, harmless to write again.
+func (l *Log) retryAfterFailure() {
+	l.mu.Lock()
+	failed := l.lastErr
+	l.mu.Unlock()
+	if failed == nil || time.Since(l.lastRetry) < retryWriteEvery {
+		return
+	}
+	l.lastRetry = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	b, name := EncodeBundle(nil)
+	if err := l.bundles.PutBundle(ctx, name, b); err != nil {
+		return
+	}
+	l.mu.Lock()
+	cleared := l.lastErr == failed // a newer failure stands
+	if cleared {
+		l.lastErr = nil
+	}
+	l.mu.Unlock()
+	if cleared {
+		l.log.Warn("audit log storage takes writes again after a recording failure", "failure", failed)
+		if l.Healthy() == nil {
+			l.healthy.Set(1)
+		}
 	}
 }
 
