@@ -159,7 +159,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 			db.Close()
 			return nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, RedactDSN(cfg.DB), err)
 		}
-		if err := checkOrigin(ctx, st, cfg.Signer.Name()); err != nil {
+		if err := checkOrigin(ctx, st, cfg.Signer); err != nil {
 			db.Close()
 			return nil, err
 		}

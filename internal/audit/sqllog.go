@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -289,7 +290,7 @@ func (s leaderSigner) Sign(msg []byte) ([]byte, error) {
 
 // checkOrigin refuses a replica whose log key is not the one that signed the shared log's
 // checkpoint: every replica must hold the same key (copy keys/log.key and keys/log.pub).
-func checkOrigin(ctx context.Context, r tessera.LogReader, origin string) error {
+func checkOrigin(ctx context.Context, r tessera.LogReader, s note.Signer) error {
 	cp, err := r.ReadCheckpoint(ctx)
 	if errors.Is(err, os.ErrNotExist) || (err == nil && len(cp) == 0) {
 		return nil
@@ -298,10 +299,36 @@ func checkOrigin(ctx context.Context, r tessera.LogReader, origin string) error 
 		return fmt.Errorf("%w: read checkpoint: %v", ErrUnavailable, err)
 	}
 	got, _, _ := bytes.Cut(cp, []byte("\n"))
-	if string(got) != origin {
-		return fmt.Errorf("audit: the shared log is %q but this replica's log key is %q: copy keys/log.key and keys/log.pub from a replica", got, origin)
+	if string(got) != s.Name() {
+		return fmt.Errorf("audit: the shared log is %q but this replica's log key is %q: copy keys/log.key and keys/log.pub from a replica", got, s.Name())
+	}
+	// The same name is not the same key: a replica with another key of that name would sign
+	// checkpoints no verifier accepts (an outside test had one take the signer's lock).
+	if !signedByKey(cp, s.Name(), s.KeyHash()) {
+		return fmt.Errorf("audit: the shared log's checkpoint was not signed by this replica's log key (same name %q, another key): copy keys/log.key and keys/log.pub from a replica", s.Name())
 	}
 	return nil
+}
+
+// signedByKey reports whether a signed note carries a signature line of the key named name
+// with hash keyHash (the note format's "— name base64(hash || signature)"). It does not
+// check the signature itself: it tells a replica's own key from another of the same name.
+func signedByKey(msg []byte, name string, keyHash uint32) bool {
+	i := bytes.LastIndex(msg, []byte("\n\n"))
+	if i < 0 {
+		return false
+	}
+	for _, line := range strings.Split(string(msg[i+2:]), "\n") {
+		rest, ok := strings.CutPrefix(line, "\u2014 "+name+" ")
+		if !ok {
+			continue
+		}
+		sig, err := base64.StdEncoding.DecodeString(rest)
+		if err == nil && len(sig) >= 4 && binary.BigEndian.Uint32(sig) == keyHash {
+			return true
+		}
+	}
+	return false
 }
 
 // trimReader answers partial tiles and entry bundles with exactly the width asked: tessera's

@@ -349,3 +349,26 @@ func TestSQLLogCloseWithoutSigner(t *testing.T) {
 		t.Fatalf("close without a signer: %v", err)
 	}
 }
+
+// TestSignedByKey: a checkpoint signed by the replica's key (beside a witness's cosignature)
+// is recognized; one signed by another key of the same name, or unsigned text, is not.
+func TestSignedByKey(t *testing.T) {
+	mine, _, _ := newKeys(t, "strongroom.test/shared")
+	other, _, _ := newKeys(t, "strongroom.test/shared")
+	witness, _, _ := newKeys(t, "witness.test/w1")
+	body := "strongroom.test/shared\n3\nq6vS9Wg0SsmMHh6bVG5YQ7OUS7ESl2MKhFjGqJwHzlM=\n"
+	signed, err := note.Sign(&note.Note{Text: body}, mine, witness)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !signedByKey(signed, mine.Name(), mine.KeyHash()) {
+		t.Fatalf("own signature not recognized:\n%s", signed)
+	}
+	if signedByKey(signed, other.Name(), other.KeyHash()) {
+		t.Fatal("another key of the same name recognized")
+	}
+	forged, _ := note.Sign(&note.Note{Text: body}, other)
+	if signedByKey(forged, mine.Name(), mine.KeyHash()) || signedByKey([]byte(body), mine.Name(), mine.KeyHash()) {
+		t.Fatal("a note without this key's signature recognized")
+	}
+}
