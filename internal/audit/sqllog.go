@@ -205,6 +205,7 @@ func (l *leader) tick(ctx context.Context) {
 	defer cancel()
 	if l.conn != nil {
 		if err := l.conn.PingContext(ctx); err == nil {
+			l.checkPublished(ctx)
 			return
 		}
 		l.drop("lock connection lost")
@@ -224,6 +225,34 @@ func (l *leader) tick(ctx context.Context) {
 	l.conn = c
 	l.held.Store(true)
 	l.log.Info("audit log: this replica signs checkpoints now", "lock", l.name)
+}
+
+// publishSkew is how far ahead of the signer's clock the checkpoint's publication time may
+// be before the signer takes it for a clock gone wrong or an altered row.
+const publishSkew = 5 * time.Second
+
+// checkPublished keeps checkpoints coming. tessera's driver publishes only once the last
+// publication (Checkpoint.published_at, a replica's clock in ms) is an interval old, so a
+// time in the future — a replica whose clock ran ahead, or someone with write access to the
+// database — stops publication without an error: records stay durable but reach no signed
+// checkpoint, and verifiers keep accepting the old one (an outside test set it a year
+// ahead). The signer resets such a time, with an alert. Called with the lock held.
+func (l *leader) checkPublished(ctx context.Context) {
+	var at int64
+	if err := l.db.QueryRowContext(ctx, "SELECT `published_at` FROM `Checkpoint` WHERE `id` = 0").Scan(&at); err != nil {
+		return // no checkpoint yet, or the engine is away: the next tick sees
+	}
+	if at <= time.Now().Add(publishSkew).UnixMilli() {
+		return
+	}
+	res, err := l.db.ExecContext(ctx, "UPDATE `Checkpoint` SET `published_at` = 0 WHERE `id` = 0 AND `published_at` = ?", at)
+	if err != nil {
+		return
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		l.log.Error("ALERT audit log: the checkpoint's publication time was in the future (a replica's clock ahead, or the row altered); reset so that checkpoints are published again",
+			"published_at", time.UnixMilli(at).UTC())
+	}
 }
 
 // drop forgets the lock (l.mu held).
