@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -90,9 +91,15 @@ type Log struct {
 	checked   []checkedBundle
 	// Log lag: events submitted and not yet durable, the time each took to become durable,
 	// and entries integrated but not yet in the search index.
-	inflight  atomic.Int64
-	durable   prometheus.Histogram
-	indexLag  prometheus.Gauge
+	inflight atomic.Int64
+	durable  prometheus.Histogram
+	indexLag prometheus.Gauge
+	cpLag    prometheus.Gauge
+	// The checkpoint watch (watchCheckpoint, the index loop's goroutine only): the published
+	// size last seen, since when, and whether the stall was alerted.
+	cpSeen    uint64
+	cpSince   time.Time
+	cpStalled bool
 	mu        sync.Mutex
 	lastErr   error
 	lastRetry time.Time // the last write probe after a failure (probe's goroutine only)
@@ -229,6 +236,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		Help: "Time from submitting an event to its being sequenced and durable.", Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
 	l.indexLag = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_index_lag_entries",
 		Help: "Log entries integrated but not yet in the search index (audit search)."})
+	l.cpLag = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_checkpoint_lag_entries",
+		Help: "Log entries integrated but not yet covered by the published checkpoint."})
 	inflight := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_inflight_events",
 		Help: "Events submitted to the log and not yet durable."}, func() float64 { return float64(l.inflight.Load()) })
 	signing := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_log_signer",
@@ -239,7 +248,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		return 0
 	})
 	if cfg.Metrics != nil {
-		for _, c := range []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, inflight, signing} {
+		for _, c := range []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing} {
 			if err := cfg.Metrics.Register(c); err != nil {
 				cancel()
 				return nil, fmt.Errorf("audit: metrics: %w", err)
@@ -559,7 +568,58 @@ func (l *Log) indexLoop() {
 		if err := l.catchUp(context.Background()); err != nil {
 			l.log.Warn("audit index behind the log", "err", err)
 		}
+		l.watchCheckpoint(time.Now())
 	})
+}
+
+// CheckpointStall is how long entries may wait, integrated, for a signed checkpoint before
+// the log alerts: far above the publication interval (1 s on a shared engine) and a
+// signer's failover (seconds), so that only a stuck publication trips it — a witness
+// quorum not met, a signer that cannot sign, a tampered or skewed publication time.
+var CheckpointStall = 30 * time.Second
+
+// watchCheckpoint sets strongroom_audit_checkpoint_lag_entries and alerts (once, until it
+// recovers) when the published checkpoint has not grown for CheckpointStall while entries
+// wait for it. Records stay durable meanwhile; what stalls is their proof to outsiders.
+func (l *Log) watchCheckpoint(now time.Time) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	size, err := l.reader.IntegratedSize(ctx)
+	if err != nil {
+		return
+	}
+	var published uint64
+	if cp, err := l.reader.ReadCheckpoint(ctx); err == nil {
+		published, _ = checkpointSize(cp)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	lag := size - min(size, published)
+	l.cpLag.Set(float64(lag))
+	if lag == 0 || published != l.cpSeen || l.cpSince.IsZero() {
+		l.cpSeen, l.cpSince = published, now
+		if l.cpStalled {
+			l.cpStalled = false
+			l.log.Warn("audit log: checkpoints are published again", "checkpoint_size", published, "integrated", size)
+		}
+		return
+	}
+	if !l.cpStalled && now.Sub(l.cpSince) >= CheckpointStall {
+		l.cpStalled = true
+		l.log.Error("ALERT audit log: entries are durable but no signed checkpoint covers them", "waiting_entries", lag,
+			"checkpoint_size", published, "for", now.Sub(l.cpSince).Round(time.Second), "signer_here", l.Signer())
+	}
+}
+
+// checkpointSize is a checkpoint's tree size (its second line).
+func checkpointSize(cp []byte) (uint64, bool) {
+	_, rest, ok := bytes.Cut(cp, []byte("\n"))
+	line, _, ok2 := bytes.Cut(rest, []byte("\n"))
+	if !ok || !ok2 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(line), 10, 64)
+	return n, err == nil
 }
 
 // catchUp indexes entries the search index does not have yet, reading them from the log.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/testenv"
 	"github.com/transparency-dev/tessera/client"
 	"golang.org/x/mod/sumdb/note"
@@ -370,5 +371,84 @@ func TestSignedByKey(t *testing.T) {
 	forged, _ := note.Sign(&note.Note{Text: body}, other)
 	if signedByKey(forged, mine.Name(), mine.KeyHash()) || signedByKey([]byte(body), mine.Name(), mine.KeyHash()) {
 		t.Fatal("a note without this key's signature recognized")
+	}
+}
+
+// syncBuffer is a log sink safe for the log's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestSQLLogCheckpointStallAlert: entries that no checkpoint covers for CheckpointStall (a
+// signer that never publishes: here another connection holds the log's lock) raise one
+// ALERT and show in strongroom_audit_checkpoint_lag_entries; a checkpoint ends it.
+func TestSQLLogCheckpointStallAlert(t *testing.T) {
+	old := CheckpointStall
+	CheckpointStall = 2 * time.Second
+	defer func() { CheckpointStall = old }()
+	dsn := sqlTestDB(t)
+	c, _ := ParseLogDSN(dsn)
+	holder, err := sql.Open("mysql", c.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	conn, err := holder.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	if err := conn.QueryRowContext(context.Background(), "SELECT GET_LOCK(?, 0)", signerLock(c.DBName)).Scan(&got); err != nil || got != 1 {
+		t.Fatalf("take the signer's lock: %d, %v", got, err)
+	}
+	s, _, _ := newKeys(t, "strongroom.test/shared")
+	var logs syncBuffer
+	reg := prometheus.NewRegistry()
+	l, err := Open(context.Background(), Config{DB: dsn, Signer: s, ShutdownTimeout: 3 * time.Second, Logger: newTextLogger(&logs), Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close(context.Background())
+	if _, err := l.Record(context.Background(), event(1)); err != nil {
+		t.Fatal(err)
+	}
+	lag := func() float64 {
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "strongroom_audit_checkpoint_lag_entries" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		return -1
+	}
+	for t0 := time.Now(); !strings.Contains(logs.String(), "no signed checkpoint covers them"); time.Sleep(100 * time.Millisecond) {
+		if time.Since(t0) > 10*time.Second {
+			t.Fatalf("no stall alert within 10 s (lag gauge %v); logs:\n%s", lag(), logs.String())
+		}
+	}
+	if lag() < 1 {
+		t.Fatalf("lag gauge %v during the stall", lag())
+	}
+	conn.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", signerLock(c.DBName)) // the replica takes it and publishes
+	for t0 := time.Now(); !strings.Contains(logs.String(), "checkpoints are published again"); time.Sleep(100 * time.Millisecond) {
+		if time.Since(t0) > 10*time.Second {
+			t.Fatalf("no recovery within 10 s (lag gauge %v); logs:\n%s", lag(), logs.String())
+		}
+	}
+	if n := strings.Count(logs.String(), "no signed checkpoint covers them"); n != 1 {
+		t.Fatalf("%d stall alerts, want 1", n)
 	}
 }
