@@ -319,21 +319,7 @@ func TestSignerLockName(t *testing.T) {
 // publishes nothing) closes with a late-checkpoint error that says its entries are recorded.
 func TestSQLLogCloseWithoutSigner(t *testing.T) {
 	dsn := sqlTestDB(t)
-	c, _ := ParseLogDSN(dsn)
-	holder, err := sql.Open("mysql", c.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close()
-	conn, err := holder.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	var got int
-	if err := conn.QueryRowContext(context.Background(), "SELECT GET_LOCK(?, 0)", signerLock(c.DBName)).Scan(&got); err != nil || got != 1 {
-		t.Fatalf("take the signer's lock: %d, %v", got, err)
-	}
+	holdSignerLock(t, dsn)
 	s, _, _ := newKeys(t, "strongroom.test/shared")
 	l, err := Open(context.Background(), Config{DB: dsn, Signer: s, ShutdownTimeout: 1500 * time.Millisecond})
 	if err != nil {
@@ -400,20 +386,7 @@ func TestSQLLogCheckpointStallAlert(t *testing.T) {
 	CheckpointStall = 2 * time.Second
 	defer func() { CheckpointStall = old }()
 	dsn := sqlTestDB(t)
-	c, _ := ParseLogDSN(dsn)
-	holder, err := sql.Open("mysql", c.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer holder.Close()
-	conn, err := holder.Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got int
-	if err := conn.QueryRowContext(context.Background(), "SELECT GET_LOCK(?, 0)", signerLock(c.DBName)).Scan(&got); err != nil || got != 1 {
-		t.Fatalf("take the signer's lock: %d, %v", got, err)
-	}
+	release := holdSignerLock(t, dsn)
 	s, _, _ := newKeys(t, "strongroom.test/shared")
 	var logs syncBuffer
 	reg := prometheus.NewRegistry()
@@ -442,7 +415,7 @@ func TestSQLLogCheckpointStallAlert(t *testing.T) {
 	if lag() < 1 {
 		t.Fatalf("lag gauge %v during the stall", lag())
 	}
-	conn.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", signerLock(c.DBName)) // the replica takes it and publishes
+	release() // the replica takes the lock and publishes
 	for t0 := time.Now(); !strings.Contains(logs.String(), "checkpoints are published again"); time.Sleep(100 * time.Millisecond) {
 		if time.Since(t0) > 10*time.Second {
 			t.Fatalf("no recovery within 10 s (lag gauge %v); logs:\n%s", lag(), logs.String())
@@ -451,4 +424,30 @@ func TestSQLLogCheckpointStallAlert(t *testing.T) {
 	if n := strings.Count(logs.String(), "no signed checkpoint covers them"); n != 1 {
 		t.Fatalf("%d stall alerts, want 1", n)
 	}
+}
+
+// holdSignerLock takes the log's signer lock in dsn's database on a connection of its own,
+// as a replica that never publishes would; release (also at the test's end) lets it go.
+func holdSignerLock(t *testing.T, dsn string) (release func()) {
+	t.Helper()
+	c, _ := ParseLogDSN(dsn)
+	holder, err := sql.Open("mysql", c.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := holder.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	if err := conn.QueryRowContext(context.Background(), "SELECT GET_LOCK(?, 0)", signerLock(c.DBName)).Scan(&got); err != nil || got != 1 {
+		t.Fatalf("take the signer's lock: %d, %v", got, err)
+	}
+	release = sync.OnceFunc(func() {
+		conn.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", signerLock(c.DBName))
+		conn.Close()
+		holder.Close()
+	})
+	t.Cleanup(release)
+	return release
 }
