@@ -38,44 +38,20 @@ import (
 
 // ---- helpers ----
 
-// a2Admin is a connection pool to the database of dsn (or to the server, db "").
-func a2Admin(t testing.TB, dsn string) *sql.DB {
+// a2OpenVia opens the log in dsn's database through the cuttable proxy p; it is closed at
+// the end of the test (with a 3 s bound: the engine may be cut then).
+func a2OpenVia(t testing.TB, p *a2Proxy, dsn string, s note.Signer) *Log {
 	t.Helper()
-	c, err := ParseLogDSN(dsn)
+	l, err := Open(context.Background(), Config{DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
-	}
-	db, err := sql.Open("mysql", c.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
-// a2DB creates a database with exactly this name (backtick-quoted) and returns its DSN.
-func a2DB(t testing.TB, name string) string {
-	t.Helper()
-	base := testenv.Get(t, "STRONGROOM_TEST_MARIADB")
-	c, err := ParseLogDSN(base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, err := sql.Open("mysql", c.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := "`" + strings.ReplaceAll(name, "`", "``") + "`"
-	if _, err := admin.Exec("CREATE DATABASE " + q); err != nil {
-		admin.Close()
-		t.Fatalf("create database %q: %v", name, err)
 	}
 	t.Cleanup(func() {
-		admin.Exec("DROP DATABASE " + q)
-		admin.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		l.Close(ctx)
+		cancel()
 	})
-	c.DBName = name
-	return "mysql://" + c.FormatDSN()
+	return l
 }
 
 func a2Rand() string {
@@ -337,7 +313,7 @@ func TestAttack2TamperRows(t *testing.T) {
 	if _, err := Verify(ctx, f, o); err != nil {
 		t.Fatalf("baseline: %v", err)
 	}
-	db := a2Admin(t, dsn)
+	db := testAdmin(t, dsn)
 
 	// The batch entries, their bundles' names and bytes, in log order.
 	type batchRow struct {
@@ -512,7 +488,7 @@ func TestAttack2RollbackAndFork(t *testing.T) {
 	if err := l.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	db := a2Admin(t, dsn)
+	db := testAdmin(t, dsn)
 	// 1. The Checkpoint row rolled back to the older signed checkpoint.
 	if _, err := db.Exec("UPDATE `Checkpoint` SET `note` = ? WHERE `id` = 0", s1.Checkpoint); err != nil {
 		t.Fatal(err)
@@ -672,7 +648,7 @@ func TestAttack2FreezeCheckpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 	a2WaitVerify(t, l, v, 1, nil)
-	db := a2Admin(t, dsn)
+	db := testAdmin(t, dsn)
 	if _, err := db.Exec("UPDATE `Checkpoint` SET `published_at` = ? WHERE `id` = 0", time.Now().Add(365*24*time.Hour).UnixMilli()); err != nil {
 		t.Fatal(err)
 	}
@@ -776,14 +752,14 @@ func a2TwoLogs(t *testing.T, dsnA, dsnB string) {
 // TestAttack2DBNamesCaseOnly: two logs in databases whose names differ only in case.
 func TestAttack2DBNamesCaseOnly(t *testing.T) {
 	var lc int
-	if err := a2Admin(t, testenv.Get(t, "STRONGROOM_TEST_MARIADB")).QueryRow("SELECT @@lower_case_table_names").Scan(&lc); err != nil {
+	if err := testAdmin(t, testenv.Get(t, "STRONGROOM_TEST_MARIADB")).QueryRow("SELECT @@lower_case_table_names").Scan(&lc); err != nil {
 		t.Fatal(err)
 	}
 	if lc != 0 {
 		t.Skipf("lower_case_table_names = %d: database names are not case-sensitive here", lc)
 	}
 	r := a2Rand()
-	a2TwoLogs(t, a2DB(t, "srCase_"+r), a2DB(t, "srcase_"+r))
+	a2TwoLogs(t, namedTestDB(t, "srCase_"+r), namedTestDB(t, "srcase_"+r))
 }
 
 // TestAttack2DBNameLockCollision: a 64-character database name and the (legal, quoted)
@@ -793,7 +769,7 @@ func TestAttack2DBNameLockCollision(t *testing.T) {
 	long += strings.Repeat("x", 64-len(long))
 	h := sha256.Sum256([]byte(long))
 	short := "sha256:" + hex.EncodeToString(h[:16])
-	a2TwoLogs(t, a2DB(t, long), a2DB(t, short))
+	a2TwoLogs(t, namedTestDB(t, long), namedTestDB(t, short))
 }
 
 // TestAttack2DBNamesOdd: logs in databases named with '-', '$', a backtick, and 64
@@ -809,7 +785,7 @@ func TestAttack2DBNamesOdd(t *testing.T) {
 	}
 	var logs []lg
 	for i, n := range names {
-		dsn := a2DB(t, n)
+		dsn := namedTestDB(t, n)
 		s, v, _ := newKeys(t, fmt.Sprintf("strongroom.test/odd%d", i))
 		l, err := Open(ctx, Config{DB: dsn, Signer: s, ShutdownTimeout: 2 * time.Second})
 		if err != nil {
@@ -904,7 +880,7 @@ func TestAttack2DurableAcrossKills(t *testing.T) {
 	ctx := context.Background()
 	l := openSQLTestLog(t, dsn, s)
 	bt := NewBatcher(l, l.Bundles(), BatcherConfig{MaxRecords: 32, MaxDelay: 5 * time.Millisecond})
-	admin := a2Admin(t, testenv.Get(t, "STRONGROOM_TEST_MARIADB"))
+	admin := testAdmin(t, testenv.Get(t, "STRONGROOM_TEST_MARIADB"))
 	c, _ := ParseLogDSN(dsn)
 	type got struct {
 		raw    []byte
@@ -1175,15 +1151,7 @@ func TestAttack2Outage(t *testing.T) {
 			s, v, _ := newKeys(t, "strongroom.test/outage")
 			ctx := context.Background()
 			p := newA2Proxy(t, a2Target(t, dsn))
-			l, err := Open(ctx, Config{DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: 2 * time.Second})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() {
-				cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-				l.Close(cctx)
-				cancel()
-			}()
+			l := a2OpenVia(t, p, dsn, s)
 			bt := NewBatcher(l, l.Bundles(), BatcherConfig{MaxRecords: 8, MaxDelay: 5 * time.Millisecond})
 			defer bt.Close()
 			if _, err := bt.Submit(ctx, requestEvent(0))(); err != nil {
@@ -1250,15 +1218,7 @@ func TestAttack2TransientFailurePoisonsBatcher(t *testing.T) {
 	s, v, _ := newKeys(t, "strongroom.test/resets")
 	ctx := context.Background()
 	p := newA2Proxy(t, a2Target(t, dsn))
-	l, err := Open(ctx, Config{DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		l.Close(cctx)
-		cancel()
-	}()
+	l := a2OpenVia(t, p, dsn, s)
 	bt := NewBatcher(l, l.Bundles(), BatcherConfig{MaxRecords: 256, MaxDelay: 2 * time.Millisecond})
 	defer bt.Close()
 	pad := strings.Repeat("z", 3000) // big bundles: an INSERT in flight when a reset comes
@@ -1304,7 +1264,7 @@ func TestAttack2TransientFailurePoisonsBatcher(t *testing.T) {
 	// 2. Deterministic: the next bundle INSERT waits on a table lock and is killed (KILL
 	// QUERY: its connection, and every other, stays up).
 	if err := l.Healthy(); err == nil {
-		admin := a2Admin(t, dsn)
+		admin := testAdmin(t, dsn)
 		locker, err := admin.Conn(ctx)
 		if err != nil {
 			t.Fatal(err)

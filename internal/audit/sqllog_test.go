@@ -24,12 +24,20 @@ import (
 	"golang.org/x/mod/sumdb/note"
 )
 
-// sqlTestLog is a fresh database on the MariaDB that scripts/test starts
+// sqlTestDB is a fresh database on the MariaDB that scripts/test starts
 // (STRONGROOM_TEST_MARIADB), dropped at the end of the test; it returns its mysql:// DSN.
 func sqlTestDB(t testing.TB) string {
 	t.Helper()
-	base := testenv.Get(t, "STRONGROOM_TEST_MARIADB")
-	c, err := ParseLogDSN(base)
+	var r [6]byte
+	rand.Read(r[:])
+	return namedTestDB(t, "srtest_"+hex.EncodeToString(r[:]))
+}
+
+// namedTestDB creates a database with exactly this name (backtick-quoted: any name the
+// server allows) on the test MariaDB, dropped at the end of the test, and returns its DSN.
+func namedTestDB(t testing.TB, name string) string {
+	t.Helper()
+	c, err := ParseLogDSN(testenv.Get(t, "STRONGROOM_TEST_MARIADB"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,18 +45,33 @@ func sqlTestDB(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r [6]byte
-	rand.Read(r[:])
-	name := "srtest_" + hex.EncodeToString(r[:])
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatal(err)
+	q := "`" + strings.ReplaceAll(name, "`", "``") + "`"
+	if _, err := admin.Exec("CREATE DATABASE " + q); err != nil {
+		admin.Close()
+		t.Fatalf("create database %q: %v", name, err)
 	}
 	t.Cleanup(func() {
-		admin.Exec("DROP DATABASE " + name)
+		admin.Exec("DROP DATABASE " + q)
 		admin.Close()
 	})
 	c.DBName = name
 	return "mysql://" + c.FormatDSN()
+}
+
+// testAdmin is a connection pool to the database of dsn (or to the server, db ""), closed
+// at the end of the test.
+func testAdmin(t testing.TB, dsn string) *sql.DB {
+	t.Helper()
+	c, err := ParseLogDSN(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("mysql", c.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }
 
 func openSQLTestLog(t testing.TB, dsn string, s note.Signer) *Log {
@@ -431,11 +454,7 @@ func TestSQLLogCheckpointStallAlert(t *testing.T) {
 func holdSignerLock(t *testing.T, dsn string) (release func()) {
 	t.Helper()
 	c, _ := ParseLogDSN(dsn)
-	holder, err := sql.Open("mysql", c.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := holder.Conn(context.Background())
+	conn, err := testAdmin(t, dsn).Conn(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +465,6 @@ func holdSignerLock(t *testing.T, dsn string) (release func()) {
 	release = sync.OnceFunc(func() {
 		conn.ExecContext(context.Background(), "DO RELEASE_LOCK(?)", signerLock(c.DBName))
 		conn.Close()
-		holder.Close()
 	})
 	t.Cleanup(release)
 	return release
