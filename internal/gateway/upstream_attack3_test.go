@@ -138,24 +138,9 @@ func TestAttack3LateBytesAfterAnswer(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			release := make(chan struct{})
-			e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, conn int64) {
-				for i := 0; ; i++ {
-					_, body, err := e.readReq(br)
-					if err != nil {
-						return
-					}
-					out := okAnswer(`{"echo":` + body + `}`)
-					if conn == 0 && i == 0 {
-						out = tc.first
-					}
-					if _, err := io.WriteString(c, out); err != nil {
-						return
-					}
-					if conn == 0 && i == 0 {
-						<-release
-						io.WriteString(c, late)
-					}
-				}
+			e := firstAnswerEngine(t, tc.first, func(c net.Conn) {
+				<-release
+				io.WriteString(c, late)
 			})
 			defer func() {
 				select {
@@ -299,21 +284,7 @@ func TestAttack3PipelinedJunkInBuffer(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, conn int64) {
-				for i := 0; ; i++ {
-					_, body, err := e.readReq(br)
-					if err != nil {
-						return
-					}
-					out := okAnswer(`{"echo":` + body + `}`)
-					if conn == 0 && i == 0 {
-						out = tc.first
-					}
-					if _, err := io.WriteString(c, out); err != nil {
-						return
-					}
-				}
-			})
+			e := firstAnswerEngine(t, tc.first, nil)
 			cl := newEngineClient(time.Minute, http.DefaultClient)
 			code, a, err := engineDo(t, cl, context.Background(), e.url(), `{"t":"A"}`)
 			t.Logf("A: %d %q %v", code, a, err)
@@ -709,6 +680,30 @@ func TestAttack3TransportControls(t *testing.T) {
 		case <-time.After(time.Second):
 			cancel()
 			t.Logf("Transport also held past ResponseHeaderTimeout (1s); after cancel: %v", <-done)
+		}
+	})
+}
+
+// firstAnswerEngine answers the first request on its first connection with the raw bytes
+// first, then calls after (if any) on that connection; every other request gets an echo.
+func firstAnswerEngine(t *testing.T, first string, after func(c net.Conn)) *tcpEngine {
+	return newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, conn int64) {
+		for i := 0; ; i++ {
+			_, body, err := e.readReq(br)
+			if err != nil {
+				return
+			}
+			out := okAnswer(`{"echo":` + body + `}`)
+			firstOne := conn == 0 && i == 0
+			if firstOne {
+				out = first
+			}
+			if _, err := io.WriteString(c, out); err != nil {
+				return
+			}
+			if firstOne && after != nil {
+				after(c)
+			}
 		}
 	})
 }
