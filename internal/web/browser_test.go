@@ -104,7 +104,7 @@ func TestBrowser(t *testing.T) {
 	shot := 0
 	screenshot := func(name string) chromedp.Action[chromedp.Void] {
 		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			png, err := chromedp.FullScreenshot(100)(ctx, tg)
+			png, err := again(chromedp.FullScreenshot(100), nil)(ctx, tg)
 			if err != nil {
 				return err
 			}
@@ -116,20 +116,41 @@ func TestBrowser(t *testing.T) {
 		t.Helper()
 		sctx, cancel := context.WithTimeout(bctx, 30*time.Second)
 		defer cancel()
-		if err := chromedp.Do(sctx, steps...); err != nil {
+		for i, step := range steps {
+			err := chromedp.Do(sctx, step)
+			if err == nil {
+				continue
+			}
+			err = fmt.Errorf("step %d of %d: %w", i+1, len(steps), err)
 			chromedp.Do(bctx, screenshot("FAILED-"+strings.ReplaceAll(what, " ", "-")))
-			t.Fatalf("%s: %v (screenshot in %s)", what, err, out)
+			page, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`location.href + "\n" + document.body.innerText.slice(0, 2000)`))
+			t.Fatalf("%s: %v (screenshot in %s); the page:\n%s", what, err, out, page)
 		}
 	}
+	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
+	// ask evaluates js in the page until its value satisfies ok.
+	ask := func(js string, ok func(string) bool) chromedp.Action[string] {
+		return again(chromedp.Evaluate[string](js), ok)
+	}
+	// shown waits for an element to be shown, across reloads.
+	shown := func(sel string) chromedp.Action[chromedp.Void] {
+		js := `(() => { const e = document.querySelector(` + strconv.Quote(sel) + `); return e !== null && e.getClientRects().length > 0 ? "shown" : "" })()`
+		return func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+			_, err := ask(js, func(v string) bool { return v == "shown" })(ctx, tg)
+			return chromedp.Void{}, err
+		}
+	}
+	// text is an element's text, across reloads.
 	text := func(sel string) string {
 		t.Helper()
-		s, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(sel)))
+		sctx, cancel := context.WithTimeout(bctx, 30*time.Second)
+		defer cancel()
+		s, err := chromedp.Run(sctx, ask(`(() => { const e = document.querySelector(`+strconv.Quote(sel)+`); return e === null ? null : e.innerText })()`, nil))
 		if err != nil {
 			t.Fatalf("read %s: %v", sel, err)
 		}
 		return s
 	}
-	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
 	u := h.srv.URL
 	// The browser lives as long as the context of the first call: bctx, not a step's.
 	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
@@ -174,7 +195,7 @@ func TestBrowser(t *testing.T) {
 		chromedp.Submit(css(row+`form`)),
 		// The request leaves the pending list (the page may reload live once more as the
 		// runtime takes its lease, so the one-time message is not waited for).
-		chromedp.WaitVisible(css("#no-pending")),
+		shown("#no-pending"),
 		screenshot("approvals-approved"))
 	if d := text("#decided"); !strings.Contains(d, pending.ID) || !strings.Contains(d, h.admin.ID+":approve") {
 		t.Fatalf("after approving: %q", d)
@@ -183,7 +204,7 @@ func TestBrowser(t *testing.T) {
 	// The leases page, opened before the runtime has its lease, shows it once it has: the
 	// live update reloads it.
 	do("leases", chromedp.Navigate(u+"/console/leases"), chromedp.WaitVisible(css("#leases")),
-		chromedp.WaitVisible(css("tr.lease")), screenshot("leases-live"))
+		shown("tr.lease"), screenshot("leases-live"))
 	var pid int
 	waitFor(t, 10*time.Second, "the engine", func() bool {
 		b, _ := os.ReadFile(pidFile)
@@ -200,7 +221,7 @@ func TestBrowser(t *testing.T) {
 		chromedp.SendKeys(css(`tr.lease input[name=reason]`), "end of evaluation"),
 		chromedp.SendKeys(css(`tr.lease input[name=confirm]`), leaseID),
 		chromedp.Submit(css(`tr.lease form`)),
-		chromedp.WaitVisible(css("#no-leases")),
+		shown("#no-leases"),
 		screenshot("leases-revoked"))
 	select {
 	case r := <-runDone:
@@ -305,6 +326,32 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("proofs under another key: %q %v", bad, err)
 	}
 
+}
+
+// again runs a until it succeeds and ok (if not nil) accepts its value, or ctx ends. Console
+// pages reload themselves (the live update) at any moment, and a reload landing in the
+// middle of a chromedp action can swallow its answer for good (node queries that never see
+// the new document, a screenshot that never returns): each attempt gets a few seconds (twice
+// as many as the last: a slow machine is not a swallowed answer), and the pages that follow
+// live state are read by asking the page itself, again.
+func again[T any](a chromedp.Action[T], ok func(T) bool) chromedp.Action[T] {
+	return func(ctx context.Context, tg *chromedp.Target) (T, error) {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for try := 5 * time.Second; ; try *= 2 {
+			actx, cancel := context.WithTimeout(ctx, try)
+			v, err := a(actx, tg)
+			cancel()
+			if err == nil && (ok == nil || ok(v)) {
+				return v, nil
+			}
+			select {
+			case <-ctx.Done():
+				return v, fmt.Errorf("%w (last attempt: %v)", ctx.Err(), err)
+			case <-tick.C:
+			}
+		}
+	}
 }
 
 func waitFor(t *testing.T, d time.Duration, what string, ok func() bool) {
