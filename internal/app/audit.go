@@ -133,7 +133,10 @@ func (a *App) openAudit(ctx context.Context) error {
 	// they are durable before that either way.
 	cfg := audit.Config{Dir: c.Audit.LogDir, DB: c.Audit.LogDB, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,
 		ShutdownTimeout: 5 * time.Second, WitnessTimeout: 3 * time.Second,
-		Journal: a.requestJournal(), JournalBatch: c.Audit.RequestBatchRecords, JournalKey: a.journalKey}
+		Journal: a.requestJournal(), JournalBatch: c.Audit.RequestBatchRecords, JournalKey: a.journalKey,
+		// Every entry this process appends carries a MAC under a key derived from the audit
+		// key (the same in every replica); on a shared engine the signer checks them.
+		EntryKey: audit.EntryKey(hk)}
 	if len(c.Audit.Witnesses) > 0 {
 		// tessera takes a witness policy in the sigsum policy syntax.
 		var p strings.Builder

@@ -272,7 +272,7 @@ func TestReadEntry(t *testing.T) {
 		}
 		e := event(int(i))
 		want, _ := e.Marshal()
-		if !bytes.Equal(pe.Event, want) {
+		if want = sealEntry(testEntryKey, tl.signer.Name(), want); !bytes.Equal(pe.Event, want) {
 			t.Fatalf("entry %d: %s", i, pe.Event)
 		}
 	}

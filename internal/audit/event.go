@@ -20,7 +20,9 @@
 // disclose what happened without being secret (prompts, outputs, client IPs when the
 // operator asks) appear only as "hmac-sha256:HEX", an HMAC-SHA256 under the deployment's
 // audit key, so that whoever holds the value can show it was logged without the log
-// revealing it. An entry is at most MaxEventSize bytes.
+// revealing it. An entry is at most MaxEventSize bytes. An entry a replica appends has one
+// more, last member, "mac":"<64 lower-case hex>": its entry MAC (entrymac.go), which the
+// checkpoint signer checks; request records inside a batch's bundle carry none.
 //
 // # Event kinds
 //
@@ -103,6 +105,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -113,8 +116,8 @@ import (
 	jsonv2 "github.com/go-json-experiment/json"
 )
 
-// MaxEventSize caps one encoded event.
-const MaxEventSize = 64 << 10
+// MaxEventSize caps one encoded event: tessera writes an entry's length in 16 bits.
+const MaxEventSize = 1<<16 - 1
 
 // Decisions.
 const (
@@ -132,6 +135,9 @@ type Event struct {
 	Decision string            `json:"decision"`
 	Reason   string            `json:"reason"`
 	Fields   map[string]string `json:"fields"`
+	// MAC is the entry MAC a replica adds as it appends (entrymac.go); empty in events
+	// built by callers, and in request records (their batch entry carries one).
+	MAC string `json:"mac,omitempty"`
 }
 
 var kindRE = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$`)
@@ -194,6 +200,10 @@ func (e *Event) Marshal() ([]byte, error) {
 	b = appendJSONString(b, e.Reason)
 	b = append(b, `,"fields":`...)
 	b = appendJSONMap(b, e.Fields)
+	if e.MAC != "" {
+		b = append(b, `,"mac":`...)
+		b = appendJSONString(b, e.MAC)
+	}
 	b = append(b, '}')
 	if len(b) > MaxEventSize {
 		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(b), MaxEventSize)
@@ -207,46 +217,56 @@ var ErrTooLarge = fmt.Errorf("%w: too large", ErrEvent)
 // truncatedValue is the longest string value a truncated event keeps.
 const truncatedValue = 1 << 10
 
-// Truncated returns a copy of e that fits MaxEventSize: every actor, subject and field
-// value and the reason are cut to 1 KiB (at a character boundary) with a marker saying how
-// much was cut, and fields.truncated is set. If that is still too large (too many fields),
-// the fields are replaced by the marker alone. The log never drops an event for its size.
+// Truncated returns a copy of e that fits MaxEventSize with room for the entry MAC: every
+// actor, subject and field value and the reason are cut to 1 KiB (at a character boundary)
+// with a marker saying how much was cut, and fields.truncated is set. If that is still too
+// large (too many fields), the fields are replaced by the marker alone and the actor and
+// subject keep 8 members each; if even that is too large (values that JSON escaping makes
+// six times longer), they keep 64 bytes each. The log never drops an event for its size.
 func (e Event) Truncated() Event {
-	cut := func(v string) string {
-		if len(v) <= truncatedValue {
+	cut := func(v string, limit int) string {
+		if len(v) <= limit {
 			return v
 		}
-		n := truncatedValue
+		n := limit
 		for n > 0 && !utf8.RuneStart(v[n]) {
 			n--
 		}
 		return v[:n] + "…[truncated " + strconv.Itoa(len(v)-n) + " bytes]"
 	}
-	cutMap := func(m map[string]string) map[string]string {
-		out := make(map[string]string, len(m))
-		for k, v := range m {
-			out[cut(k)] = cut(v)
+	cutMap := func(m map[string]string, members, limit int) map[string]string {
+		out := make(map[string]string, min(len(m), members))
+		if v, ok := m["principal"]; ok { // who, first: the rest in key order
+			out["principal"] = cut(v, limit)
 		}
-		return out
-	}
-	t := e
-	t.Reason, t.Actor, t.Subject, t.Fields = cut(e.Reason), cutMap(e.Actor), cutMap(e.Subject), cutMap(e.Fields)
-	t.Fields["truncated"] = "true"
-	if b, err := t.Marshal(); err == nil && len(b) <= MaxEventSize {
-		return t
-	}
-	capMap := func(m map[string]string) map[string]string {
-		out := map[string]string{}
-		for k, v := range m {
-			if len(out) == 16 {
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			if len(out) == members {
 				break
 			}
-			out[cut(k)] = cut(v)
+			if k != "principal" {
+				out[cut(k, limit)] = cut(m[k], limit)
+			}
 		}
 		return out
 	}
-	t.Actor, t.Subject = capMap(e.Actor), capMap(e.Subject)
+	fits := func(t Event) bool {
+		b, err := t.Marshal()
+		return err == nil && len(b) <= MaxEventSize-macSuffix
+	}
+	t := e
+	t.Reason, t.Actor, t.Subject, t.Fields = cut(e.Reason, truncatedValue), cutMap(e.Actor, len(e.Actor), truncatedValue),
+		cutMap(e.Subject, len(e.Subject), truncatedValue), cutMap(e.Fields, len(e.Fields), truncatedValue)
+	t.Fields["truncated"] = "true"
+	if fits(t) {
+		return t
+	}
 	t.Fields = map[string]string{"truncated": "true", "dropped_fields": strconv.Itoa(len(e.Fields))}
+	for _, limit := range []int{truncatedValue, 64} {
+		t.Reason, t.Actor, t.Subject = cut(e.Reason, limit), cutMap(e.Actor, 8, limit), cutMap(e.Subject, 8, limit)
+		if fits(t) {
+			break
+		}
+	}
 	return t
 }
 

@@ -76,3 +76,6 @@ func rewriteBundle(t *testing.T, path string, fn func([][]byte) [][]byte) {
 	}
 	os.WriteFile(path, out, 0o644)
 }
+
+// testEntryKey is the entry MAC key the tests' shared-log replicas hold (EntryKey).
+var testEntryKey = EntryKey([]byte("strongroom test audit HMAC key, 32 bytes"))

@@ -63,6 +63,10 @@ type Config struct {
 	Journal      string
 	JournalBatch int
 	JournalKey   []byte // the journal's MAC key (BatcherConfig.JournalKey)
+	// EntryKey (EntryKey(audit HMAC key), the same in every replica) seals each entry this
+	// process appends with a MAC, and with DB the signer checks every entry's before it
+	// signs (entrymac.go). Without it entries carry no MAC and a database writer can append.
+	EntryKey []byte
 }
 
 // Log is the audit log.
@@ -76,6 +80,7 @@ type Log struct {
 	origin   string
 	dir      string
 	db       *sql.DB // the shared engine, nil for a POSIX log
+	entryKey []byte  // seals appended entries (entrymac.go); nil: no MACs
 	leader   *leader // with db: holds the checkpoint signer's lock
 
 	records *prometheus.CounterVec
@@ -153,6 +158,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		driver tessera.Driver
 		db     *sql.DB
 		ld     *leader
+		ls     *leaderSigner
 		signer = cfg.Signer
 	)
 	if cfg.DB != "" {
@@ -178,7 +184,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		driver = st
 		ld = &leader{db: db, name: signerLock(dbName), log: cfg.Logger}
 		ld.tick(ctx)
-		signer = leaderSigner{Signer: cfg.Signer, l: ld}
+		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger}
+		signer = ls
 		cfg.CheckpointInterval = max(cfg.CheckpointInterval, time.Second)
 		if cfg.Bundles == nil {
 			cfg.Bundles = SQLBundles{DB: db}
@@ -216,9 +223,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	if db != nil {
 		reader = trimReader{reader}
+		ls.reader.Store(&reader)
 	}
 	l := &Log{dir: cfg.Dir, db: db, leader: ld, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
-		origin: cfg.Signer.Name(), stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{}}
+		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{}}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
 	}
@@ -456,10 +464,17 @@ type Future func() (uint64, error)
 // Submit for many requests and resolves the futures together. The event is durable only
 // when its future returns without error.
 func (l *Log) Submit(ctx context.Context, ev Event) Future {
+	ev.MAC = ""
 	b, err := ev.Marshal()
+	if err == nil && l.entryKey != nil && len(b)+macSuffix > MaxEventSize {
+		err = ErrTooLarge // too large once sealed
+	}
 	if errors.Is(err, ErrTooLarge) {
 		ev = ev.Truncated()
 		b, err = ev.Marshal()
+	}
+	if err == nil && l.entryKey != nil {
+		b = sealEntry(l.entryKey, l.origin, b)
 	}
 	if err != nil {
 		l.records.WithLabelValues("failed").Inc()

@@ -67,7 +67,7 @@ func openTestLogAt(t testing.TB, dir string) *testLog {
 }
 
 func (tl *testLog) reopen(t testing.TB) {
-	l, err := Open(context.Background(), Config{Dir: tl.dir, Signer: tl.signer, Index: tl.st, CheckpointInterval: 100 * time.Millisecond})
+	l, err := Open(context.Background(), Config{Dir: tl.dir, Signer: tl.signer, Index: tl.st, CheckpointInterval: 100 * time.Millisecond, EntryKey: testEntryKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,7 +160,7 @@ func TestRecordVerifyIndex(t *testing.T) {
 		}
 		ev := event(int(i % 300))
 		b, _ := ev.Marshal()
-		if err := VerifyInclusion(b, i, cp.Size, p, cp.Hash); err != nil {
+		if err := VerifyInclusion(sealEntry(testEntryKey, tl.signer.Name(), b), i, cp.Size, p, cp.Hash); err != nil {
 			t.Fatalf("entry %d: %v", i, err)
 		}
 		if err := VerifyInclusion([]byte("forged"), i, cp.Size, p, cp.Hash); !errors.Is(err, ErrSecurity) {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/tessera"
 	tmysql "github.com/transparency-dev/tessera/storage/mysql"
 	"golang.org/x/mod/sumdb/note"
@@ -304,17 +305,78 @@ func (l *leader) release() {
 // asks it to sign a checkpoint: its publish attempt fails and the leader's stands.
 var ErrNotSigner = errors.New("audit: not the checkpoint signer")
 
-// leaderSigner signs only while its replica holds the lock (asked of the server each time).
+// leaderSigner signs only while its replica holds the lock (asked of the server each time),
+// and, with an entry key, only trees whose every entry since the last checkpoint carries a
+// replica's MAC (entrymac.go).
 type leaderSigner struct {
 	note.Signer
 	l *leader
+
+	key    []byte                            // entry MAC key; nil: entries are not checked
+	reader atomic.Pointer[tessera.LogReader] // set once the appender exists
+	log    *slog.Logger
+
+	mu      sync.Mutex // tessera signs from one goroutine; the lock keeps it so
+	checked uint64     // entries [0, checked) are known good
+	bad     uint64     // the last entry alerted on, +1
 }
 
-func (s leaderSigner) Sign(msg []byte) ([]byte, error) {
-	if err := s.l.check(context.Background()); err != nil {
+func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.l.check(ctx); err != nil {
 		return nil, err
 	}
+	if s.key != nil {
+		if err := s.checkEntries(ctx, msg); err != nil {
+			return nil, err
+		}
+	}
 	return s.Signer.Sign(msg)
+}
+
+// checkEntries checks the MAC of every entry of the checkpoint body msg's tree that the
+// last checkpoint did not cover: a checkpoint this key signed vouches for the entries
+// before its size.
+func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
+	r := s.reader.Load()
+	if r == nil {
+		return errors.New("audit: the signer's reader is not ready")
+	}
+	size, ok := checkpointSize(msg)
+	if !ok {
+		return fmt.Errorf("audit: checkpoint to sign has no size: %.40q", msg)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.checked < size {
+		if cp, err := (*r).ReadCheckpoint(ctx); err == nil && signedBy(s.Signer, cp) {
+			if n, ok := checkpointSize(cp); ok && n > s.checked {
+				s.checked = min(n, size)
+			}
+		}
+	}
+	if s.checked >= size {
+		return nil
+	}
+	err := ReadEntries(ctx, (*r).ReadEntryBundle, s.checked, size, func(evs []store.AuditEvent) error {
+		for _, e := range evs {
+			if err := checkEntry(s.key, s.Name(), e.Raw); err != nil {
+				return fmt.Errorf("entry %d: %w", e.Index, err)
+			}
+			s.checked = e.Index + 1
+		}
+		return nil
+	})
+	if errors.Is(err, ErrEntryMAC) {
+		if s.bad != s.checked+1 {
+			s.bad = s.checked + 1
+			s.log.Error("ALERT audit log: an entry in the shared log was not written by a replica (someone with write access to the log's database appended it); no checkpoint will cover it — the log publishes no checkpoint past it until this is resolved",
+				"entry", s.checked, "err", err)
+		}
+		return err
+	}
+	return err
 }
 
 // checkOrigin refuses a replica whose log key is not the one that signed the shared log's
@@ -333,31 +395,27 @@ func checkOrigin(ctx context.Context, r tessera.LogReader, s note.Signer) error 
 	}
 	// The same name is not the same key: a replica with another key of that name would sign
 	// checkpoints no verifier accepts (an outside test had one take the signer's lock).
-	if !signedByKey(cp, s.Name(), s.KeyHash()) {
+	if !signedBy(s, cp) {
 		return fmt.Errorf("audit: the shared log's checkpoint was not signed by this replica's log key (same name %q, another key): copy keys/log.key and keys/log.pub from a replica", s.Name())
 	}
 	return nil
 }
 
-// signedByKey reports whether a signed note carries a signature line of the key named name
-// with hash keyHash (the note format's "— name base64(hash || signature)"). It does not
-// check the signature itself: it tells a replica's own key from another of the same name.
-func signedByKey(msg []byte, name string, keyHash uint32) bool {
-	i := bytes.LastIndex(msg, []byte("\n\n"))
+// signedBy reports whether the signed note msg carries s's signature of its text. Ed25519
+// signatures are deterministic, so signing the text again gives the very line to look
+// for: this checks the signature itself with the signer alone (another key of the same
+// name, or a line with this key's hash and a made-up signature, is not s's).
+func signedBy(s note.Signer, msg []byte) bool {
+	i := bytes.Index(msg, []byte("\n\n"))
 	if i < 0 {
 		return false
 	}
-	for _, line := range strings.Split(string(msg[i+2:]), "\n") {
-		rest, ok := strings.CutPrefix(line, "\u2014 "+name+" ")
-		if !ok {
-			continue
-		}
-		sig, err := base64.StdEncoding.DecodeString(rest)
-		if err == nil && len(sig) >= 4 && binary.BigEndian.Uint32(sig) == keyHash {
-			return true
-		}
+	sig, err := s.Sign(msg[:i+1])
+	if err != nil {
+		return false
 	}
-	return false
+	line := "\n\u2014 " + s.Name() + " " + base64.StdEncoding.EncodeToString(append(binary.BigEndian.AppendUint32(nil, s.KeyHash()), sig...)) + "\n"
+	return bytes.Contains(msg[i:], []byte(line))
 }
 
 // trimReader answers partial tiles and entry bundles with exactly the width asked: tessera's

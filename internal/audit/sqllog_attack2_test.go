@@ -42,7 +42,7 @@ import (
 // the end of the test (with a 3 s bound: the engine may be cut then).
 func a2OpenVia(t testing.TB, p *a2Proxy, dsn string, s note.Signer) *Log {
 	t.Helper()
-	l, err := Open(context.Background(), Config{DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: 2 * time.Second})
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -561,13 +561,17 @@ func (s failSigner) Sign(msg []byte) ([]byte, error) { return nil, errors.New("n
 // TestAttack2ForgedAppend: someone with write access to the database and no log key
 // appends a batch of forged request records (with its bundle) through tessera's own
 // storage driver, as any replica appends. The replica holding the key signs checkpoints
-// over what the database holds. Verify must not accept the forged records.
+// over what the database holds. The forged entry has no replica's entry MAC: the signer
+// must never sign a checkpoint that covers it (nor any later one), and must say so.
 func TestAttack2ForgedAppend(t *testing.T) {
-	t.Skip("known limit (docs/DESIGN.md, \"Known limit: write access to the log database is append authority\"): entries are not authenticated per replica; remove this skip when the signer checks replica MACs before signing")
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack2")
 	ctx := context.Background()
-	l := openSQLTestLog(t, dsn, s)
+	var logs syncBuffer
+	l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(&logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer l.Close(ctx)
 	a2Batch(t, l, 0, 5)
 	size, _ := l.IntegratedSize(ctx)
@@ -603,7 +607,8 @@ func TestAttack2ForgedAppend(t *testing.T) {
 	entry := Event{V: 1, TS: ts0, Kind: KindBatch, Decision: Allow, Actor: map[string]string{"principal": "strongroom/gateway"},
 		Subject: map[string]string{"bundle": name},
 		Fields: map[string]string{"records": "1", "root": hex.EncodeToString(BatchRoot(recs)),
-			"first_ts": ts0.Format(time.RFC3339Nano), "last_ts": ts0.Format(time.RFC3339Nano)}}
+			"first_ts": ts0.Format(time.RFC3339Nano), "last_ts": ts0.Format(time.RFC3339Nano)},
+		MAC: strings.Repeat("0", 64)} // a made-up MAC of the right form
 	eb, _ := entry.Marshal()
 	idx, err := app.Add(ctx, tessera.NewEntry(eb))()
 	if err != nil {
@@ -613,30 +618,35 @@ func TestAttack2ForgedAppend(t *testing.T) {
 	shutdown(sctx)
 	cancel()
 	t.Logf("forged batch entry appended at index %d without the key", idx.Index)
-	// The key holder's next checkpoint covers it.
-	f, bundles := a2Fetch(t, l.Handler())
-	deadline := time.Now().Add(8 * time.Second)
-	for {
-		st, err := Verify(ctx, f, VerifyOptions{LogKey: v, Bundles: bundles})
-		if err != nil {
-			t.Logf("Verify reports: %v", err)
-			return
-		}
-		if st.Size > idx.Index {
-			t.Errorf("a forged request record (principal \"attacker\") appended with database access only is in the signed checkpoint of size %d and Verify accepts it", st.Size)
-			return
-		}
+	// Authentic entries after it: the tree grows, the signer is asked to sign it.
+	if _, err := l.Record(ctx, event(100)); err != nil {
+		t.Fatal(err)
+	}
+	alert := fmt.Sprintf("entry=%d", idx.Index)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(logs.String(), alert) {
 		if time.Now().After(deadline) {
-			t.Logf("the forged entry was never signed (size %d)", st.Size)
-			return
+			t.Fatalf("no ALERT naming entry %d within 30 s; logs:\n%s", idx.Index, logs.String())
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "ALERT audit log: an entry in the shared log was not written by a replica") {
+		t.Fatalf("logs:\n%s", logs.String())
+	}
+	// The signer has been asked at least once since: the published tree stops before it.
+	f, bundles := a2Fetch(t, l.Handler())
+	st2, err := Verify(ctx, f, VerifyOptions{LogKey: v, Bundles: bundles})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st2.Size > idx.Index {
+		t.Fatalf("a forged request record (principal \"attacker\") appended with database access only is in the signed checkpoint of size %d", st2.Size)
+	}
+	if n := strings.Count(logs.String(), alert); n != 1 {
+		t.Errorf("the ALERT for entry %d was logged %d times; want once", idx.Index, n)
 	}
 }
 
-// TestAttack2FreezeCheckpoints: with write access, the Checkpoint row's published_at is set
-// a year ahead. A record then reported durable must reach a signed checkpoint (and so a
-// verifier) within seconds, or the log must say it is unhealthy; a verifier otherwise
 // keeps accepting the old checkpoint, with no error, while the log silently omits it.
 func TestAttack2FreezeCheckpoints(t *testing.T) {
 	dsn := sqlTestDB(t)
@@ -688,7 +698,7 @@ func TestAttack2ImpostorKeySameOrigin(t *testing.T) {
 	if err := a.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	b, err := Open(ctx, Config{DB: dsn, Signer: s2, ShutdownTimeout: 5 * time.Second})
+	b, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s2, ShutdownTimeout: 5 * time.Second})
 	if err != nil {
 		t.Logf("refused: %v", err)
 		return
@@ -710,12 +720,12 @@ func a2TwoLogs(t *testing.T, dsnA, dsnB string) {
 	ctx := context.Background()
 	sa, va, _ := newKeys(t, "strongroom.test/a")
 	sb, vb, _ := newKeys(t, "strongroom.test/b")
-	a, err := Open(ctx, Config{DB: dsnA, Signer: sa, ShutdownTimeout: 2 * time.Second})
+	a, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsnA, Signer: sa, ShutdownTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("open A: %v", err)
 	}
 	defer a.Close(ctx)
-	b, err := Open(ctx, Config{DB: dsnB, Signer: sb, ShutdownTimeout: 2 * time.Second})
+	b, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsnB, Signer: sb, ShutdownTimeout: 2 * time.Second})
 	if err != nil {
 		t.Fatalf("open B: %v", err)
 	}
@@ -787,7 +797,7 @@ func TestAttack2DBNamesOdd(t *testing.T) {
 	for i, n := range names {
 		dsn := namedTestDB(t, n)
 		s, v, _ := newKeys(t, fmt.Sprintf("strongroom.test/odd%d", i))
-		l, err := Open(ctx, Config{DB: dsn, Signer: s, ShutdownTimeout: 2 * time.Second})
+		l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: 2 * time.Second})
 		if err != nil {
 			t.Errorf("database %q: %v", n, err)
 			continue
@@ -829,7 +839,7 @@ func TestAttack2SignerPartitioned(t *testing.T) {
 	s, v, _ := newKeys(t, "strongroom.test/shared")
 	ctx := context.Background()
 	p := newA2Proxy(t, a2Target(t, dsn))
-	a, err := Open(ctx, Config{DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: time.Second})
+	a, err := Open(ctx, Config{EntryKey: testEntryKey, DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -972,7 +982,7 @@ func TestAttack2DurableAcrossKills(t *testing.T) {
 	for _, d := range durable {
 		ok := false
 		if !d.record {
-			ok = bytes.Equal(ents[d.idx], d.raw)
+			ok = bytes.Equal(ents[d.idx], sealEntry(testEntryKey, s.Name(), d.raw))
 		} else if entry, pos, isRec := SplitRecordIndex(d.idx); isRec {
 			if ev, err := ParseEvent(ents[entry]); err == nil && ev.Kind == KindBatch {
 				if b, err := l2.Bundles().Bundle(ctx, ev.Subject["bundle"]); err == nil {
@@ -1013,7 +1023,7 @@ func TestAttack2NoPasswordAnywhere(t *testing.T) {
 	ctx := context.Background()
 	s, v, _ := newKeys(t, "strongroom.test/pw")
 	try := func(what, dsn string) {
-		_, err := Open(ctx, Config{DB: dsn, Signer: s, Logger: logger, ShutdownTimeout: time.Second})
+		_, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s, Logger: logger, ShutdownTimeout: time.Second})
 		if err == nil {
 			t.Errorf("%s: opened", what)
 			return
@@ -1067,7 +1077,7 @@ func TestAttack2NoPasswordAnywhere(t *testing.T) {
 	// A real log through a proxy, then the engine lost: errors, health, handler, verify.
 	dsn := sqlTestDB(t)
 	p := newA2Proxy(t, a2Target(t, dsn))
-	l, err := Open(ctx, Config{DB: p.dsnVia(t, dsn), Signer: s, Logger: logger, ShutdownTimeout: time.Second})
+	l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: p.dsnVia(t, dsn), Signer: s, Logger: logger, ShutdownTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1109,7 +1119,7 @@ func TestAttack2NoPasswordAnywhere(t *testing.T) {
 	cancel()
 	// Another key on this log.
 	s2, _, _ := newKeys(t, "strongroom.test/other")
-	if _, err := Open(ctx, Config{DB: dsn, Signer: s2, Logger: logger}); err != nil {
+	if _, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s2, Logger: logger}); err != nil {
 		texts = append(texts, "origin: "+err.Error())
 	}
 	logMu.Lock()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -76,7 +78,7 @@ func testAdmin(t testing.TB, dsn string) *sql.DB {
 
 func openSQLTestLog(t testing.TB, dsn string, s note.Signer) *Log {
 	t.Helper()
-	l, err := Open(context.Background(), Config{DB: dsn, Signer: s, ShutdownTimeout: 10 * time.Second})
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +242,7 @@ func TestSQLLogOrigin(t *testing.T) {
 	}
 	a.Close(context.Background())
 	s2, _, _ := newKeys(t, "strongroom.test/other")
-	if _, err := Open(context.Background(), Config{DB: dsn, Signer: s2}); err == nil || !strings.Contains(err.Error(), "copy keys/log.key") {
+	if _, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Signer: s2}); err == nil || !strings.Contains(err.Error(), "copy keys/log.key") {
 		t.Fatalf("a replica with another key opened the shared log: %v", err)
 	}
 }
@@ -264,7 +266,7 @@ func TestSQLLogCredentials(t *testing.T) {
 	c.Timeout = 200 * time.Millisecond
 	var logs strings.Builder
 	s, _, _ := newKeys(t, "strongroom.test/shared")
-	_, err := Open(context.Background(), Config{DB: "mysql://" + c.FormatDSN(), Signer: s, Logger: newTextLogger(&logs)})
+	_, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: "mysql://" + c.FormatDSN(), Signer: s, Logger: newTextLogger(&logs)})
 	if err == nil {
 		t.Fatal("opened a log on a closed port")
 	}
@@ -344,7 +346,7 @@ func TestSQLLogCloseWithoutSigner(t *testing.T) {
 	dsn := sqlTestDB(t)
 	holdSignerLock(t, dsn)
 	s, _, _ := newKeys(t, "strongroom.test/shared")
-	l, err := Open(context.Background(), Config{DB: dsn, Signer: s, ShutdownTimeout: 1500 * time.Millisecond})
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: 1500 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,9 +362,10 @@ func TestSQLLogCloseWithoutSigner(t *testing.T) {
 	}
 }
 
-// TestSignedByKey: a checkpoint signed by the replica's key (beside a witness's cosignature)
-// is recognized; one signed by another key of the same name, or unsigned text, is not.
-func TestSignedByKey(t *testing.T) {
+// TestSignedBy: a checkpoint signed by the replica's key (beside a witness's cosignature)
+// is recognized; one signed by another key of the same name, a line with this key's name
+// and hash over a made-up signature, or unsigned text, is not.
+func TestSignedBy(t *testing.T) {
 	mine, _, _ := newKeys(t, "strongroom.test/shared")
 	other, _, _ := newKeys(t, "strongroom.test/shared")
 	witness, _, _ := newKeys(t, "witness.test/w1")
@@ -371,15 +374,23 @@ func TestSignedByKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !signedByKey(signed, mine.Name(), mine.KeyHash()) {
+	if !signedBy(mine, signed) {
 		t.Fatalf("own signature not recognized:\n%s", signed)
 	}
-	if signedByKey(signed, other.Name(), other.KeyHash()) {
+	if signedBy(other, signed) {
 		t.Fatal("another key of the same name recognized")
 	}
 	forged, _ := note.Sign(&note.Note{Text: body}, other)
-	if signedByKey(forged, mine.Name(), mine.KeyHash()) || signedByKey([]byte(body), mine.Name(), mine.KeyHash()) {
+	if signedBy(mine, forged) || signedBy(mine, []byte(body)) {
 		t.Fatal("a note without this key's signature recognized")
+	}
+	made := append([]byte(body+"\n\u2014 "+mine.Name()+" "), base64.StdEncoding.EncodeToString(append(binary.BigEndian.AppendUint32(nil, mine.KeyHash()), make([]byte, 64)...))+"\n"...)
+	if signedBy(mine, made) {
+		t.Fatal("a made-up signature under this key's hash recognized")
+	}
+	other2 := []byte(strings.Replace(string(signed), "\n3\n", "\n4\n", 1)) // another tree, the same signature lines
+	if signedBy(mine, other2) {
+		t.Fatal("a signature moved to another checkpoint recognized")
 	}
 }
 
@@ -413,7 +424,7 @@ func TestSQLLogCheckpointStallAlert(t *testing.T) {
 	s, _, _ := newKeys(t, "strongroom.test/shared")
 	var logs syncBuffer
 	reg := prometheus.NewRegistry()
-	l, err := Open(context.Background(), Config{DB: dsn, Signer: s, ShutdownTimeout: 3 * time.Second, Logger: newTextLogger(&logs), Metrics: reg})
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: 3 * time.Second, Logger: newTextLogger(&logs), Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
