@@ -672,7 +672,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		}
 		span := g.upstreamSpan(st.traceCtx, req, base)
 		t0 := time.Now()
-		resp, err = g.engines.Do(req, body)
+		resp, err = g.engines.DoFor(st.p.Tenant, req, body)
 		st.upstreamWait = time.Since(t0)
 		span.End()
 		if err == nil {

@@ -33,16 +33,26 @@ import (
 // context cancels it at any point (the connection is closed); the time to write the
 // request and read the answer's headers is bounded (timeout), as are the headers' size;
 // headers are checked before a byte is written.
+//
+// Pools are per tenant and engine address: a connection carries one tenant's requests
+// only, so whatever desynchronizes one (an engine answering twice, a flaw in this client)
+// can only hand a tenant an answer meant for itself. Idle connections are closed after
+// idleFor by a sweep that runs while any are pooled.
 type engineClient struct {
-	dialer   net.Dialer
-	timeout  time.Duration // to write the request and read the answer's headers
-	maxIdle  int           // idle connections kept per engine address
-	idleFor  time.Duration // an idle connection older than this is closed, not reused
-	fallback *http.Client
-
-	mu   sync.Mutex
-	idle map[string][]*engineConn
+	dialer    net.Dialer
+	timeout   time.Duration // to write the request and read the answer's headers
+	maxIdle   int           // idle connections kept per pool (tenant and engine address)
+	maxTotal  int           // idle connections kept in all pools together
+	idleFor   time.Duration // an idle connection older than this is closed, not reused
+	fallback  *http.Client
+	mu        sync.Mutex
+	idle      map[poolKey][]*engineConn
+	idleTotal int
+	sweeping  bool // a sweep is scheduled (cl.mu)
 }
+
+// poolKey names a pool of idle engine connections.
+type poolKey struct{ tenant, addr string }
 
 // maxEngineHeader bounds an engine answer's status line and headers.
 const maxEngineHeader = 1 << 20
@@ -53,7 +63,7 @@ type engineConn struct {
 	c     net.Conn
 	br    *bufio.Reader
 	bw    *bufio.Writer
-	addr  string
+	pool  poolKey
 	since time.Time // idle since
 	// left bounds what the reader may still take while headers are read (-1: no bound).
 	left int
@@ -80,16 +90,22 @@ func newEngineClient(timeout time.Duration, fallback *http.Client) *engineClient
 		dialer:   net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		timeout:  timeout,
 		maxIdle:  256,
+		maxTotal: 1024,
 		idleFor:  90 * time.Second,
 		fallback: fallback,
-		idle:     map[string][]*engineConn{},
+		idle:     map[poolKey][]*engineConn{},
 	}
 }
 
-// Do sends req, whose body is body (req.Body is not read on this path), and returns the
-// answer; its Body must be closed. req's Header goes out as it is, with Host and
-// Content-Length.
+// Do is DoFor with the pool of no tenant.
 func (cl *engineClient) Do(req *http.Request, body []byte) (*http.Response, error) {
+	return cl.DoFor("", req, body)
+}
+
+// DoFor sends tenant's req, whose body is body (req.Body is not read on this path), over a
+// connection of tenant's pool and returns the answer; its Body must be closed. req's Header
+// goes out as it is, with Host and Content-Length.
+func (cl *engineClient) DoFor(tenant string, req *http.Request, body []byte) (*http.Response, error) {
 	if req.URL.Scheme != "http" {
 		return cl.fallback.Do(req)
 	}
@@ -101,7 +117,7 @@ func (cl *engineClient) Do(req *http.Request, body []byte) (*http.Response, erro
 		return nil, err
 	}
 	ctx := req.Context()
-	ec, err := cl.conn(ctx, addr)
+	ec, err := cl.conn(ctx, poolKey{tenant, addr})
 	if err != nil {
 		return nil, err
 	}
@@ -203,45 +219,96 @@ func writeEngineRequest(w *bufio.Writer, req *http.Request, body []byte) {
 	w.Write(body)
 }
 
-// conn is a pooled connection to addr that the engine has not closed, or a new one.
-func (cl *engineClient) conn(ctx context.Context, addr string) (*engineConn, error) {
+// conn is a connection of pool that the engine has not closed, or a new one.
+func (cl *engineClient) conn(ctx context.Context, pool poolKey) (*engineConn, error) {
 	now := time.Now()
 	for {
 		cl.mu.Lock()
-		list := cl.idle[addr]
+		list := cl.idle[pool]
 		if len(list) == 0 {
 			cl.mu.Unlock()
 			break
 		}
 		ec := list[len(list)-1]
 		list[len(list)-1] = nil
-		cl.idle[addr] = list[:len(list)-1]
+		cl.take(pool, list[:len(list)-1])
 		cl.mu.Unlock()
 		if now.Sub(ec.since) < cl.idleFor && idleOpen(ec.c) {
 			return ec, nil
 		}
 		ec.c.Close()
 	}
-	c, err := cl.dialer.DialContext(ctx, "tcp", addr)
+	c, err := cl.dialer.DialContext(ctx, "tcp", pool.addr)
 	if err != nil {
 		return nil, err
 	}
-	ec := &engineConn{c: c, addr: addr, left: -1}
+	ec := &engineConn{c: c, pool: pool, left: -1}
 	ec.br = bufio.NewReaderSize(ec, 16<<10)
 	ec.bw = bufio.NewWriterSize(c, 8<<10)
 	return ec, nil
 }
 
+// take sets pool's idle list to list, one shorter than it was (cl.mu held).
+func (cl *engineClient) take(pool poolKey, list []*engineConn) {
+	cl.idleTotal--
+	if len(list) == 0 {
+		delete(cl.idle, pool) // tenants come and go: no empty pools left behind
+		return
+	}
+	cl.idle[pool] = list
+}
+
 func (cl *engineClient) put(ec *engineConn) {
 	ec.since = time.Now()
 	cl.mu.Lock()
-	if list := cl.idle[ec.addr]; len(list) < cl.maxIdle {
-		cl.idle[ec.addr] = append(list, ec)
+	if list := cl.idle[ec.pool]; len(list) < cl.maxIdle && cl.idleTotal < cl.maxTotal {
+		cl.idle[ec.pool] = append(list, ec)
+		cl.idleTotal++
+		if !cl.sweeping {
+			cl.sweeping = true
+			time.AfterFunc(cl.idleFor, cl.sweep)
+		}
 		cl.mu.Unlock()
 		return
 	}
 	cl.mu.Unlock()
 	ec.c.Close()
+}
+
+// sweep closes the connections idle for idleFor or longer, and comes back while any are
+// left: an engine's idle connections do not wait for the next request to be closed.
+func (cl *engineClient) sweep() {
+	now := time.Now()
+	var old []*engineConn
+	cl.mu.Lock()
+	next := time.Duration(0)
+	for pool, list := range cl.idle {
+		keep := list[:0]
+		for _, ec := range list { // oldest first: put appends
+			if age := now.Sub(ec.since); age >= cl.idleFor {
+				old = append(old, ec)
+				continue
+			} else if next == 0 || cl.idleFor-age < next {
+				next = cl.idleFor - age
+			}
+			keep = append(keep, ec)
+		}
+		clear(list[len(keep):])
+		cl.idleTotal -= len(list) - len(keep)
+		if len(keep) == 0 {
+			delete(cl.idle, pool)
+		} else {
+			cl.idle[pool] = keep
+		}
+	}
+	cl.sweeping = next > 0
+	if cl.sweeping {
+		time.AfterFunc(next, cl.sweep)
+	}
+	cl.mu.Unlock()
+	for _, ec := range old {
+		ec.c.Close()
+	}
 }
 
 // idleOpen reports whether an idle connection is still open and quiet: a non-blocking

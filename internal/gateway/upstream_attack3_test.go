@@ -44,12 +44,18 @@ func a3Post(t *testing.T, ctx context.Context, url, body string) *http.Request {
 	return req
 }
 
-// pooled returns the one idle connection kept for addr (nil if none).
+// pooled returns the one idle connection kept for addr, whichever tenant's (nil if none).
 func (cl *engineClient) a3Pooled(addr string) *engineConn {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	if l := cl.idle[addr]; len(l) == 1 {
-		return l[0]
+	var found []*engineConn
+	for k, l := range cl.idle {
+		if k.addr == addr {
+			found = append(found, l...)
+		}
+	}
+	if len(found) == 1 {
+		return found[0]
 	}
 	return nil
 }

@@ -98,12 +98,18 @@ func okAnswer(body string) string {
 
 func engineDo(t *testing.T, cl *engineClient, ctx context.Context, url, body string) (int, string, error) {
 	t.Helper()
+	return engineDoFor(t, cl, "", ctx, url, body)
+}
+
+// engineDoFor is engineDo for tenant's pool.
+func engineDoFor(t *testing.T, cl *engineClient, tenant string, ctx context.Context, url, body string) (int, string, error) {
+	t.Helper()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/chat/completions", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := cl.Do(req, []byte(body))
+	resp, err := cl.DoFor(tenant, req, []byte(body))
 	if err != nil {
 		return 0, "", err
 	}
@@ -448,7 +454,7 @@ func FuzzEngineAnswer(f *testing.F) {
 		wantCode, wantBody, wantErr, wantBodyErr := read((&http.Client{Transport: tr}).Do(req()))
 
 		cl := newEngineClient(time.Minute, nil)
-		ec := &engineConn{c: newAnswerConn(answer), addr: "engine.test:80", left: -1}
+		ec := &engineConn{c: newAnswerConn(answer), pool: poolKey{addr: "engine.test:80"}, left: -1}
 		ec.br = bufio.NewReaderSize(ec, 16<<10)
 		ec.bw = bufio.NewWriterSize(ec.c, 8<<10)
 		resp, err := cl.roundTrip(context.Background(), ec, req(), []byte(`{}`))
@@ -465,7 +471,7 @@ func FuzzEngineAnswer(f *testing.F) {
 		if (err == nil) != (wantErr == nil) || code != wantCode || !bytes.Equal(body, wantBody) || (bodyErr == nil) != (wantBodyErr == nil) {
 			t.Fatalf("answer %q:\nclient    %d %q %v %v\ntransport %d %q %v %v", answer, code, body, err, bodyErr, wantCode, wantBody, wantErr, wantBodyErr)
 		}
-		if len(cl.idle["engine.test:80"]) == 1 && (resp.Close || ec.br.Buffered() > 0 || ec.c.(*answerConn).r.Len() > 0) {
+		if len(cl.idle[poolKey{addr: "engine.test:80"}]) == 1 && (resp.Close || ec.br.Buffered() > 0 || ec.c.(*answerConn).r.Len() > 0) {
 			t.Fatalf("answer %q: connection reused with bytes left over", answer)
 		}
 	})
