@@ -8,6 +8,10 @@ import (
 	"testing"
 
 	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/client"
 )
 
 // TestEntryMAC: a sealed entry checks under its key and origin, parses as the event it
@@ -118,4 +122,77 @@ func FuzzCheckEntry(f *testing.F) {
 			t.Fatalf("accepted %q, which sealEntry does not write", e)
 		}
 	})
+}
+
+// TestSignerChecksTree: before it signs, the shared log's signer proves that the root it is
+// asked to sign commits to exactly the entries it checked, extending the tree it signed
+// before: a root over other leaves (tiles or tree state written by someone else), a tree
+// smaller than one signed, or another root at a signed size is refused as a security error.
+// (On a real log on local disk: the proofs are built from its tiles, as from the database's.)
+func TestSignerChecksTree(t *testing.T) {
+	tl := openTestLog(t)
+	tl.record(t, 300) // two entry bundles, a partial tile
+	tl.close(t)
+	ctx := context.Background()
+	f := client.FileFetcher{Root: tl.dir}
+	var r tessera.LogReader = fileReader{f}
+	signed, _ := f.ReadCheckpoint(ctx)
+	var cp log.Checkpoint
+	if _, err := cp.Unmarshal(signed); err != nil {
+		t.Fatal(err)
+	}
+	var logs syncBuffer
+	s := &leaderSigner{Signer: tl.signer, key: testEntryKey, log: newTextLogger(&logs)}
+	if err := s.extends(ctx, r, cp); err != nil {
+		t.Fatalf("the real tree: %v", err)
+	}
+	s.checked, s.root = 100, nil
+	var mid log.Checkpoint
+	mid.Size = 100
+	if mid.Hash, _ = treeRoot(t, ctx, f, 100); mid.Hash == nil {
+		t.Fatal("no root at 100")
+	}
+	s.root = mid.Hash
+	if err := s.extends(ctx, r, cp); err != nil {
+		t.Fatalf("from size 100 to %d: %v", cp.Size, err)
+	}
+	other := cp
+	other.Hash = bytes.Clone(cp.Hash)
+	other.Hash[0] ^= 1
+	for name, c := range map[string]struct {
+		checked uint64
+		root    []byte
+		cand    log.Checkpoint
+	}{
+		"a root over other leaves":           {0, nil, other},
+		"a root over other leaves, from 100": {100, mid.Hash, other},
+		"rolled back":                        {cp.Size, cp.Hash, mid},
+		"forked":                             {cp.Size, other.Hash, cp},
+	} {
+		s.checked, s.root = c.checked, c.root
+		if err := s.extends(ctx, r, c.cand); !errors.Is(err, ErrSecurity) {
+			t.Errorf("%s: %v; want a security error", name, err)
+		}
+	}
+}
+
+// fileReader is a tessera.LogReader over a log's files (what extends reads).
+type fileReader struct{ client.FileFetcher }
+
+func (fileReader) NextIndex(context.Context) (uint64, error)      { return 0, errors.New("unused") }
+func (fileReader) IntegratedSize(context.Context) (uint64, error) { return 0, errors.New("unused") }
+
+// treeRoot is the root of the log's first size entries, from its tiles.
+func treeRoot(t *testing.T, ctx context.Context, f client.FileFetcher, size uint64) ([]byte, error) {
+	t.Helper()
+	var leaves [][]byte
+	if err := ReadEntries(ctx, f.ReadEntryBundle, 0, size, func(evs []store.AuditEvent) error {
+		for _, e := range evs {
+			leaves = append(leaves, rfc6962.DefaultHasher.HashLeaf(e.Raw))
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return mth(leaves), nil
 }

@@ -22,7 +22,11 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/client"
 	tmysql "github.com/transparency-dev/tessera/storage/mysql"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -317,8 +321,9 @@ type leaderSigner struct {
 	log    *slog.Logger
 
 	mu      sync.Mutex // tessera signs from one goroutine; the lock keeps it so
-	checked uint64     // entries [0, checked) are known good
-	bad     uint64     // the last entry alerted on, +1
+	checked uint64     // the tree of entries [0, checked) is known good,
+	root    []byte     // with this root
+	alerted string     // the last ALERT's cause
 }
 
 func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
@@ -335,48 +340,86 @@ func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
 	return s.Signer.Sign(msg)
 }
 
-// checkEntries checks the MAC of every entry of the checkpoint body msg's tree that the
-// last checkpoint did not cover: a checkpoint this key signed vouches for the entries
-// before its size.
+// checkEntries checks, before the tree of the checkpoint body msg is signed, that it is the
+// tree last signed (the last checkpoint this key signed, or the last tree this signer
+// checked) with entries appended that each carry a replica's MAC: a consistency proof from
+// the old root to the new one, and for every new entry its MAC and an inclusion proof of
+// its bytes in the new root, all built from the log's tiles. A root that commits to other
+// leaves than the entries read (tiles or tree state written by someone else), a tree
+// smaller than one already signed, or an entry without a valid MAC is refused with an
+// ALERT, once per cause.
 func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 	r := s.reader.Load()
 	if r == nil {
 		return errors.New("audit: the signer's reader is not ready")
 	}
-	size, ok := checkpointSize(msg)
-	if !ok {
-		return fmt.Errorf("audit: checkpoint to sign has no size: %.40q", msg)
+	var cand log.Checkpoint
+	if _, err := cand.Unmarshal(msg); err != nil {
+		return fmt.Errorf("audit: checkpoint to sign: %v", err)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.checked < size {
-		if cp, err := (*r).ReadCheckpoint(ctx); err == nil && signedBy(s.Signer, cp) {
-			if n, ok := checkpointSize(cp); ok && n > s.checked {
-				s.checked = min(n, size)
-			}
+	if cp, err := (*r).ReadCheckpoint(ctx); err == nil && signedBy(s.Signer, cp) {
+		var pub log.Checkpoint
+		if _, err := pub.Unmarshal(cp); err == nil && pub.Size > s.checked {
+			s.checked, s.root = pub.Size, pub.Hash
 		}
 	}
-	if s.checked >= size {
+	err := s.extends(ctx, *r, cand)
+	if err == nil {
+		s.checked, s.root = cand.Size, cand.Hash
 		return nil
 	}
-	err := ReadEntries(ctx, (*r).ReadEntryBundle, s.checked, size, func(evs []store.AuditEvent) error {
+	if errors.Is(err, ErrSecurity) {
+		if why := err.Error(); why != s.alerted {
+			s.alerted = why
+			s.log.Error("ALERT audit log: an entry in the shared log was not written by a replica, or its tree was altered (someone with write access to the log's database); no checkpoint will cover it — the log publishes none past it until this is resolved",
+				"err", err)
+		}
+	}
+	return err
+}
+
+// extends checks that cand is the checked tree (size s.checked, root s.root) with entries
+// appended that replicas wrote (s.mu held).
+func (s *leaderSigner) extends(ctx context.Context, r tessera.LogReader, cand log.Checkpoint) error {
+	switch {
+	case cand.Size < s.checked:
+		return securityf("the tree to sign (size %d) is smaller than one already signed (%d): the tree state was rolled back", cand.Size, s.checked)
+	case cand.Size == s.checked:
+		if s.checked > 0 && !bytes.Equal(cand.Hash, s.root) {
+			return securityf("the tree to sign (size %d) has another root than the one signed at that size: a fork", cand.Size)
+		}
+		return nil
+	}
+	pb, err := client.NewProofBuilder(ctx, cand.Size, r.ReadTile)
+	if err != nil {
+		return err
+	}
+	if s.checked > 0 {
+		p, err := pb.ConsistencyProof(ctx, s.checked, cand.Size)
+		if err != nil {
+			return err
+		}
+		if err := proof.VerifyConsistency(rfc6962.DefaultHasher, s.checked, cand.Size, p, s.root, cand.Hash); err != nil {
+			return securityf("the tree to sign (size %d) does not extend the one signed at size %d: %v", cand.Size, s.checked, err)
+		}
+	}
+	return ReadEntries(ctx, r.ReadEntryBundle, s.checked, cand.Size, func(evs []store.AuditEvent) error {
 		for _, e := range evs {
 			if err := checkEntry(s.key, s.Name(), e.Raw); err != nil {
-				return fmt.Errorf("entry %d: %w", e.Index, err)
+				return securityf("entry %d: %v", e.Index, err)
 			}
-			s.checked = e.Index + 1
+			p, err := pb.InclusionProof(ctx, e.Index)
+			if err != nil {
+				return err
+			}
+			if err := VerifyInclusion(e.Raw, e.Index, cand.Size, p, cand.Hash); err != nil {
+				return securityf("the root to sign (size %d) does not commit to entry %d as the log holds it: %v", cand.Size, e.Index, err)
+			}
 		}
 		return nil
 	})
-	if errors.Is(err, ErrEntryMAC) {
-		if s.bad != s.checked+1 {
-			s.bad = s.checked + 1
-			s.log.Error("ALERT audit log: an entry in the shared log was not written by a replica (someone with write access to the log's database appended it); no checkpoint will cover it — the log publishes no checkpoint past it until this is resolved",
-				"entry", s.checked, "err", err)
-		}
-		return err
-	}
-	return err
 }
 
 // checkOrigin refuses a replica whose log key is not the one that signed the shared log's

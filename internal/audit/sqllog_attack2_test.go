@@ -622,7 +622,7 @@ func TestAttack2ForgedAppend(t *testing.T) {
 	if _, err := l.Record(ctx, event(100)); err != nil {
 		t.Fatal(err)
 	}
-	alert := fmt.Sprintf("entry=%d", idx.Index)
+	alert := fmt.Sprintf("entry %d: log entry not written by a replica", idx.Index)
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(logs.String(), alert) {
 		if time.Now().After(deadline) {
