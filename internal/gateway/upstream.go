@@ -48,7 +48,8 @@ type engineClient struct {
 	mu        sync.Mutex
 	idle      map[poolKey][]*engineConn
 	idleTotal int
-	sweeping  bool // a sweep is scheduled (cl.mu)
+	sweeping  bool                    // a sweep is scheduled (cl.mu)
+	tenants   map[string]*http.Client // fallbackFor's, by tenant (cl.mu)
 }
 
 // poolKey names a pool of idle engine connections.
@@ -94,7 +95,27 @@ func newEngineClient(timeout time.Duration, fallback *http.Client) *engineClient
 		idleFor:  90 * time.Second,
 		fallback: fallback,
 		idle:     map[poolKey][]*engineConn{},
+		tenants:  map[string]*http.Client{},
 	}
+}
+
+// fallbackFor is tenant's client for the engines this client does not speak to (https):
+// the fallback's Transport cloned once per tenant, so that connections there, too, carry
+// one tenant's requests (each clone keeps its idle connections 90 s at most).
+func (cl *engineClient) fallbackFor(tenant string) *http.Client {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if c := cl.tenants[tenant]; c != nil {
+		return c
+	}
+	tr, ok := cl.fallback.Transport.(*http.Transport)
+	if !ok {
+		return cl.fallback
+	}
+	c := *cl.fallback
+	c.Transport = tr.Clone()
+	cl.tenants[tenant] = &c
+	return &c
 }
 
 // Do is DoFor with the pool of no tenant.
@@ -107,7 +128,7 @@ func (cl *engineClient) Do(req *http.Request, body []byte) (*http.Response, erro
 // goes out as it is, with Host and Content-Length.
 func (cl *engineClient) DoFor(tenant string, req *http.Request, body []byte) (*http.Response, error) {
 	if req.URL.Scheme != "http" {
-		return cl.fallback.Do(req)
+		return cl.fallbackFor(tenant).Do(req)
 	}
 	addr := req.URL.Host
 	if req.URL.Port() == "" {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"sync"
 	"testing"
@@ -188,6 +189,45 @@ func TestGatewayEnginePoolsPerTenant(t *testing.T) {
 	for c := range byTenant["acme"] {
 		if byTenant["globex"][c] {
 			t.Fatalf("tenants acme and globex shared engine connection %q: %v", c, byTenant)
+		}
+	}
+	if len(byTenant["acme"]) != 1 || len(byTenant["globex"]) != 1 {
+		t.Fatalf("each tenant's sequential requests should reuse one connection: %v", byTenant)
+	}
+}
+
+// TestEngineTLSPoolsPerTenant: https engines go through net/http's Transport; there too a
+// connection carries one tenant's requests.
+func TestEngineTLSPoolsPerTenant(t *testing.T) {
+	var mu sync.Mutex
+	ids := map[string]int{}
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		id, ok := ids[r.RemoteAddr]
+		if !ok {
+			id = len(ids)
+			ids[r.RemoteAddr] = id
+		}
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, id)
+	}))
+	defer srv.Close()
+	cl := newEngineClient(time.Minute, srv.Client())
+	byTenant := map[string]map[string]bool{}
+	for _, tenant := range []string{"acme", "globex", "acme", "globex", "acme"} {
+		_, conn, err := engineDoFor(t, cl, tenant, context.Background(), srv.URL+"/v1", `{}`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if byTenant[tenant] == nil {
+			byTenant[tenant] = map[string]bool{}
+		}
+		byTenant[tenant][conn] = true
+	}
+	for c := range byTenant["acme"] {
+		if byTenant["globex"][c] {
+			t.Fatalf("tenants shared a TLS connection to the engine: %v", byTenant)
 		}
 	}
 	if len(byTenant["acme"]) != 1 || len(byTenant["globex"]) != 1 {
