@@ -103,6 +103,7 @@ type Log struct {
 	// The checkpoint watch (watchCheckpoint, the index loop's goroutine only): the published
 	// size last seen, since when, and whether the stall was alerted.
 	cpSeen    uint64
+	cpSize    uint64 // the integrated size last read
 	cpSince   time.Time
 	cpStalled bool
 	mu        sync.Mutex
@@ -595,23 +596,31 @@ var CheckpointStall = 30 * time.Second
 
 // watchCheckpoint sets strongroom_audit_checkpoint_lag_entries and alerts (once, until it
 // recovers) when the published checkpoint has not grown for CheckpointStall while entries
-// wait for it. Records stay durable meanwhile; what stalls is their proof to outsiders.
+// wait for it, or could not be read that long (its table renamed, locked or altered by
+// someone with access to the database: publication then stops too, and tessera's own
+// errors go to a logger nobody reads). Records stay durable meanwhile; what stalls is their
+// proof to outsiders.
 func (l *Log) watchCheckpoint(now time.Time) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
+	var why error // the checkpoint or the tree's size could not be read
 	size, err := l.reader.IntegratedSize(ctx)
 	if err != nil {
-		return
+		size, why = l.cpSize, err
 	}
-	var published uint64
+	l.cpSize = size
+	published, read := l.cpSeen, false
 	if cp, err := l.reader.ReadCheckpoint(ctx); err == nil {
 		published, _ = checkpointSize(cp)
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return
+		read = true
+	} else if errors.Is(err, os.ErrNotExist) {
+		published, read = 0, true
+	} else {
+		why = err
 	}
 	lag := size - min(size, published)
 	l.cpLag.Set(float64(lag))
-	if lag == 0 || published != l.cpSeen || l.cpSince.IsZero() {
+	if (read && (published != l.cpSeen || l.cpSince.IsZero())) || (why == nil && lag == 0) {
 		l.cpSeen, l.cpSince = published, now
 		if l.cpStalled {
 			l.cpStalled = false
@@ -619,10 +628,16 @@ func (l *Log) watchCheckpoint(now time.Time) {
 		}
 		return
 	}
+	if l.cpSince.IsZero() {
+		l.cpSince = now
+	}
 	if !l.cpStalled && now.Sub(l.cpSince) >= CheckpointStall {
 		l.cpStalled = true
-		l.log.Error("ALERT audit log: entries are durable but no signed checkpoint covers them", "waiting_entries", lag,
-			"checkpoint_size", published, "for", now.Sub(l.cpSince).Round(time.Second), "signer_here", l.Signer())
+		args := []any{"waiting_entries", lag, "checkpoint_size", published, "for", now.Sub(l.cpSince).Round(time.Second), "signer_here", l.Signer()}
+		if why != nil {
+			args = append(args, "unreadable", why.Error())
+		}
+		l.log.Error("ALERT audit log: entries are durable but no signed checkpoint covers them", args...)
 	}
 }
 

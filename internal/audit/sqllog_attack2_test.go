@@ -567,12 +567,7 @@ func TestAttack2ForgedAppend(t *testing.T) {
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack2")
 	ctx := context.Background()
-	var logs syncBuffer
-	l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(&logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close(ctx)
+	l, logs := a3Open(t, dsn, s, &syncBuffer{})
 	a2Batch(t, l, 0, 5)
 	size, _ := l.IntegratedSize(ctx)
 	a2WaitVerify(t, l, v, size, nil)
