@@ -82,6 +82,7 @@ type Log struct {
 	db       *sql.DB // the shared engine, nil for a POSIX log
 	entryKey []byte  // seals appended entries (entrymac.go); nil: no MACs
 	leader   *leader // with db: holds the checkpoint signer's lock
+	signer   *leaderSigner
 
 	records *prometheus.CounterVec
 	healthy prometheus.Gauge
@@ -185,7 +186,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		driver = st
 		ld = &leader{db: db, name: signerLock(dbName), log: cfg.Logger}
 		ld.tick(ctx)
-		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger}
+		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger,
+			refusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_signer_refusals_total",
+				Help: "Checkpoints this replica refused to sign because the shared log's database holds what no replica wrote (an entry without a valid MAC, a root over other leaves, a rolled-back or forked tree)."})}
 		signer = ls
 		cfg.CheckpointInterval = max(cfg.CheckpointInterval, time.Second)
 		if cfg.Bundles == nil {
@@ -226,7 +229,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		reader = trimReader{reader}
 		ls.reader.Store(&reader)
 	}
-	l := &Log{dir: cfg.Dir, db: db, leader: ld, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
+	l := &Log{dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{}}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
@@ -256,8 +259,12 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		}
 		return 0
 	})
+	collectors := []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing}
+	if ls != nil {
+		collectors = append(collectors, ls.refusals)
+	}
 	if cfg.Metrics != nil {
-		for _, c := range []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing} {
+		for _, c := range collectors {
 			if err := cfg.Metrics.Register(c); err != nil {
 				cancel()
 				return nil, fmt.Errorf("audit: metrics: %w", err)

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
@@ -324,6 +325,8 @@ type leaderSigner struct {
 	checked uint64     // the tree of entries [0, checked) is known good,
 	root    []byte     // with this root
 	alerted string     // the last ALERT's cause
+
+	refusals prometheus.Counter // strongroom_audit_signer_refusals_total
 }
 
 func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
@@ -371,6 +374,7 @@ func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 		return nil
 	}
 	if errors.Is(err, ErrSecurity) {
+		s.refusals.Inc()
 		if why := err.Error(); why != s.alerted {
 			s.alerted = why
 			s.log.Error("ALERT audit log: an entry in the shared log was not written by a replica, or its tree was altered (someone with write access to the log's database); no checkpoint will cover it — the log publishes none past it until this is resolved",

@@ -27,6 +27,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/strongroom/strongroom/internal/testenv"
 	"github.com/transparency-dev/tessera"
@@ -636,6 +637,9 @@ func TestAttack2ForgedAppend(t *testing.T) {
 	}
 	if st2.Size > idx.Index {
 		t.Fatalf("a forged request record (principal \"attacker\") appended with database access only is in the signed checkpoint of size %d", st2.Size)
+	}
+	if n := testutil.ToFloat64(l.signer.refusals); n < 1 {
+		t.Errorf("strongroom_audit_signer_refusals_total is %v after a refusal", n)
 	}
 	if n := strings.Count(logs.String(), alert); n != 1 {
 		t.Errorf("the ALERT for entry %d was logged %d times; want once", idx.Index, n)
