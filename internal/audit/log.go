@@ -103,8 +103,9 @@ type Log struct {
 	cpLag    prometheus.Gauge
 	// The checkpoint watch (watchCheckpoint, the index loop's goroutine only): the published
 	// size last seen, since when, and whether the stall was alerted.
-	cpSeen    uint64
+	cpSeen    uint64 // the largest published size seen
 	cpSize    uint64 // the integrated size last read
+	cpBack    bool   // the published checkpoint is older than one seen (alerted)
 	cpSince   time.Time
 	cpStalled bool
 	mu        sync.Mutex
@@ -186,9 +187,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		driver = st
 		ld = &leader{db: db, name: signerLock(dbName), log: cfg.Logger}
 		ld.tick(ctx)
-		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger,
+		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger, floorPath: floorPath(cfg.Dir),
 			refusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_signer_refusals_total",
 				Help: "Checkpoints this replica refused to sign because the shared log's database holds what no replica wrote (an entry without a valid MAC, a root over other leaves, a rolled-back or forked tree)."})}
+		ls.loadFloor()
 		signer = ls
 		cfg.CheckpointInterval = max(cfg.CheckpointInterval, time.Second)
 		if cfg.Bundles == nil {
@@ -620,8 +622,18 @@ func (l *Log) watchCheckpoint(now time.Time) {
 	if cp, err := l.reader.ReadCheckpoint(ctx); err == nil {
 		published, _ = checkpointSize(cp)
 		read = true
+		older := published < l.cpSeen
+		if l.signer != nil && l.signer.observe(cp) {
+			older = true
+		}
+		if older && !l.cpBack {
+			l.log.Error("ALERT audit log: the published checkpoint went back to an older one (the log's database rolled back or its Checkpoint row replaced); this replica will not sign a tree smaller than, or forked from, the largest it has seen",
+				"published_size", published, "largest_seen", max(l.cpSeen, l.signerFloor()))
+		}
+		l.cpBack = older
+		published = max(published, l.cpSeen) // progress is a larger tree, not another one
 	} else if errors.Is(err, os.ErrNotExist) {
-		published, read = 0, true
+		published, read = l.cpSeen, true // none, or removed: no progress either way
 	} else {
 		why = err
 	}
@@ -646,6 +658,17 @@ func (l *Log) watchCheckpoint(now time.Time) {
 		}
 		l.log.Error("ALERT audit log: entries are durable but no signed checkpoint covers them", args...)
 	}
+}
+
+// signerFloor is the size of the largest signed checkpoint this replica of a shared log has
+// seen (0 for a log on local disk).
+func (l *Log) signerFloor() uint64 {
+	if l.signer == nil {
+		return 0
+	}
+	l.signer.mu.Lock()
+	defer l.signer.mu.Unlock()
+	return l.signer.seen
 }
 
 // checkpointSize is a checkpoint's tree size (its second line).

@@ -15,6 +15,7 @@ import (
 	stdlog "log"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
@@ -325,6 +327,12 @@ type leaderSigner struct {
 	checked uint64     // the tree of entries [0, checked) is known good,
 	root    []byte     // with this root
 	alerted string     // the last ALERT's cause
+	// floorPath keeps, on this replica's own disk, the largest checkpoint it has seen
+	// signed by the log key ("" : memory only). The database's Checkpoint row is the
+	// attacker's to write — an older authentic checkpoint put back, or none — so a replica
+	// that restarts or takes over signing starts from what it saw itself, never lower.
+	floorPath string
+	seen      uint64 // the size of the largest checkpoint seen signed (kept at floorPath)
 
 	refusals prometheus.Counter // strongroom_audit_signer_refusals_total
 }
@@ -340,7 +348,13 @@ func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
 			return nil, err
 		}
 	}
-	return s.Signer.Sign(msg)
+	sig, err := s.Signer.Sign(msg)
+	if err == nil {
+		// What this replica signs is its floor from now on, published or not: it will not
+		// sign a smaller tree, or another at this size, even after a restart.
+		s.observe(append(append(bytes.Clone(msg), '\n'), sigLine(s.Signer, sig)...))
+	}
+	return sig, err
 }
 
 // checkEntries checks, before the tree of the checkpoint body msg is signed, that it is the
@@ -360,14 +374,11 @@ func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 	if _, err := cand.Unmarshal(msg); err != nil {
 		return fmt.Errorf("audit: checkpoint to sign: %v", err)
 	}
+	if cp, err := (*r).ReadCheckpoint(ctx); err == nil {
+		s.observe(cp)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if cp, err := (*r).ReadCheckpoint(ctx); err == nil && signedBy(s.Signer, cp) {
-		var pub log.Checkpoint
-		if _, err := pub.Unmarshal(cp); err == nil && pub.Size > s.checked {
-			s.checked, s.root = pub.Size, pub.Hash
-		}
-	}
 	err := s.extends(ctx, *r, cand)
 	if err == nil {
 		s.checked, s.root = cand.Size, cand.Hash
@@ -382,6 +393,62 @@ func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 		}
 	}
 	return err
+}
+
+// observe raises the signer's starting point to cp when cp is a checkpoint the log key
+// signed of a larger tree (and keeps it on disk); it reports whether cp is smaller than the
+// starting point (a checkpoint put back: the database rolled back). Any replica observes
+// the published checkpoint every second, so one that takes over signing knows how far the
+// log had come.
+func (s *leaderSigner) observe(cp []byte) (older bool) {
+	if !signedBy(s.Signer, cp) {
+		return false
+	}
+	var c log.Checkpoint
+	if _, err := c.Unmarshal(cp); err != nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.Size > s.checked {
+		s.checked, s.root = c.Size, c.Hash
+	}
+	if c.Size < s.seen {
+		return true
+	}
+	if c.Size == s.seen && s.seen > 0 {
+		return false
+	}
+	s.seen = c.Size
+	if s.floorPath != "" {
+		err := os.MkdirAll(filepath.Dir(s.floorPath), 0o700)
+		if err == nil {
+			err = fsutil.WriteFileAtomic(s.floorPath, cp, 0o600)
+		}
+		if err != nil {
+			s.log.Warn("audit log: cannot keep the last signed checkpoint on this replica's disk", "err", err)
+		}
+	}
+	return false
+}
+
+// floorPath is where a replica whose local directory is dir keeps the last signed
+// checkpoint it saw of the shared log ("" without one).
+func floorPath(dir string) string {
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, ".state", "shared-log-checkpoint")
+}
+
+// loadFloor starts the signer from the checkpoint kept on this replica's disk, if any.
+func (s *leaderSigner) loadFloor() {
+	if s.floorPath == "" {
+		return
+	}
+	if cp, err := os.ReadFile(s.floorPath); err == nil {
+		s.observe(cp)
+	}
 }
 
 // extends checks that cand is the checked tree (size s.checked, root s.root) with entries
@@ -461,8 +528,12 @@ func signedBy(s note.Signer, msg []byte) bool {
 	if err != nil {
 		return false
 	}
-	line := "\n\u2014 " + s.Name() + " " + base64.StdEncoding.EncodeToString(append(binary.BigEndian.AppendUint32(nil, s.KeyHash()), sig...)) + "\n"
-	return bytes.Contains(msg[i:], []byte(line))
+	return bytes.Contains(msg[i:], []byte("\n"+sigLine(s, sig)))
+}
+
+// sigLine is the signed note's line for s's signature sig: "— name base64(hash || sig)".
+func sigLine(s note.Signer, sig []byte) string {
+	return "\u2014 " + s.Name() + " " + base64.StdEncoding.EncodeToString(append(binary.BigEndian.AppendUint32(nil, s.KeyHash()), sig...)) + "\n"
 }
 
 // trimReader answers partial tiles and entry bundles with exactly the width asked: tessera's

@@ -261,6 +261,26 @@ func a2Target(t testing.TB, dsn string) string {
 	return c.Addr
 }
 
+// a2TwoCheckpoints records events 0..4, waits for a verified checkpoint of size 5 (s1),
+// then 5..9 and one of size 10 (s2).
+func a2TwoCheckpoints(t testing.TB, l *Log, v note.Verifier) (s1, s2 State) {
+	t.Helper()
+	ctx := context.Background()
+	for i := range 10 {
+		if _, err := l.Record(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 4 {
+			s1 = a2WaitVerify(t, l, v, 5, nil)
+		}
+	}
+	s2 = a2WaitVerify(t, l, v, 10, &s1)
+	if s1.Size != 5 || s2.Size != 10 {
+		t.Fatalf("sizes %d, %d", s1.Size, s2.Size)
+	}
+	return s1, s2
+}
+
 // a2Batch records n request records through a batcher on l and returns their raw bytes.
 func a2Batch(t testing.TB, l *Log, from, n int) [][]byte {
 	t.Helper()
@@ -471,21 +491,7 @@ func TestAttack2RollbackAndFork(t *testing.T) {
 	s, v, _ := newKeys(t, "strongroom.test/attack2")
 	ctx := context.Background()
 	l := openSQLTestLog(t, dsn, s)
-	for i := range 5 {
-		if _, err := l.Record(ctx, event(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s1 := a2WaitVerify(t, l, v, 5, nil)
-	for i := 5; i < 10; i++ {
-		if _, err := l.Record(ctx, event(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	s2 := a2WaitVerify(t, l, v, 10, &s1)
-	if s1.Size != 5 || s2.Size != 10 {
-		t.Fatalf("sizes %d, %d", s1.Size, s2.Size)
-	}
+	s1, s2 := a2TwoCheckpoints(t, l, v)
 	if err := l.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
