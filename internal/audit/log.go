@@ -291,7 +291,18 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	l.loops.Go(l.indexLoop)
 	l.loops.Go(func() { l.every(probeEvery, l.probe) })
 	if ld != nil {
-		l.loops.Go(func() { l.every(leaderPoll, func() { ld.tick(bg) }) })
+		l.loops.Go(func() {
+			l.every(leaderPoll, func() {
+				ld.tick(bg)
+				// Every replica learns each checkpoint within a lock poll of its publication,
+				// so that one taking over signing starts from the latest (observe).
+				ctx, cancel := context.WithTimeout(bg, time.Second)
+				if cp, err := l.reader.ReadCheckpoint(ctx); err == nil {
+					ls.observe(cp)
+				}
+				cancel()
+			})
+		})
 	}
 	return l, nil
 }

@@ -315,9 +315,7 @@ func TestAttack3RootSubstitutionViaTessera(t *testing.T) {
 // table (do) and undoes it at the end (undo); promise 3: publication stops only with an
 // ALERT (CheckpointStall lowered to 3 s; we wait four times as long).
 func a3Stall(t *testing.T, name string, do func(t *testing.T, db *sql.DB) (undo func())) {
-	old := CheckpointStall
-	CheckpointStall = 3 * time.Second
-	defer func() { CheckpointStall = old }()
+	lowerCheckpointStall(t, 3*time.Second)
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack3s")
 	ctx := context.Background()

@@ -227,6 +227,15 @@ func TestAttack4FailoverReplayedCheckpointFork(t *testing.T) {
 		t.Fatalf("signers: a %v b %v", a.Signer(), b.Signer())
 	}
 	s1, s2, leaves := a4Setup(t, a, v, db)
+	// b reads each published checkpoint within a lock poll (250 ms). An attack inside that
+	// window, before b has seen s2, is the documented residual (DESIGN.md, "The signer's
+	// floor"; witnesses close it): this test attacks after it.
+	for deadline := time.Now().Add(10 * time.Second); b.signerFloor() < s2.Size; {
+		if time.Now().After(deadline) {
+			t.Fatalf("replica b never saw the published checkpoint of size %d (its floor: %d)", s2.Size, b.signerFloor())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	dbName, err := databaseName(ctx, db)
 	if err != nil {
 		t.Fatal(err)
@@ -342,9 +351,7 @@ func TestAttack4OldEntrySwappedBelowChecked(t *testing.T) {
 // reads in a row never see the same size. Entries recorded after are durable and never
 // covered.
 func TestAttack4StallFlippingCheckpoints(t *testing.T) {
-	old := CheckpointStall
-	CheckpointStall = 3 * time.Second
-	defer func() { CheckpointStall = old }()
+	lowerCheckpointStall(t, 3*time.Second)
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack4s")
 	ctx := context.Background()

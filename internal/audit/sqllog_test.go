@@ -394,6 +394,14 @@ func TestSignedBy(t *testing.T) {
 	}
 }
 
+// lowerCheckpointStall sets CheckpointStall to d for the test, and back after the logs it
+// opens afterwards are closed (their watches read it until then): call it first.
+func lowerCheckpointStall(t *testing.T, d time.Duration) {
+	old := CheckpointStall
+	CheckpointStall = d
+	t.Cleanup(func() { CheckpointStall = old })
+}
+
 // syncBuffer is a log sink safe for the log's goroutines.
 type syncBuffer struct {
 	mu sync.Mutex
@@ -416,9 +424,7 @@ func (s *syncBuffer) String() string {
 // signer that never publishes: here another connection holds the log's lock) raise one
 // ALERT and show in strongroom_audit_checkpoint_lag_entries; a checkpoint ends it.
 func TestSQLLogCheckpointStallAlert(t *testing.T) {
-	old := CheckpointStall
-	CheckpointStall = 2 * time.Second
-	defer func() { CheckpointStall = old }()
+	lowerCheckpointStall(t, 2*time.Second)
 	dsn := sqlTestDB(t)
 	release := holdSignerLock(t, dsn)
 	s, _, _ := newKeys(t, "strongroom.test/shared")
