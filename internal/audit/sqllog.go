@@ -397,9 +397,9 @@ func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 
 // observe raises the signer's starting point to cp when cp is a checkpoint the log key
 // signed of a larger tree (and keeps it on disk); it reports whether cp is smaller than the
-// starting point (a checkpoint put back: the database rolled back). Any replica observes
-// the published checkpoint every second, so one that takes over signing knows how far the
-// log had come.
+// starting point (a checkpoint put back: the database rolled back). Every replica observes
+// the published checkpoint at each lock poll (250 ms), so one that takes over signing knows
+// how far the log had come. Without an entry key the signer checks nothing, this included.
 func (s *leaderSigner) observe(cp []byte) (older bool) {
 	if !signedBy(s.Signer, cp) {
 		return false
