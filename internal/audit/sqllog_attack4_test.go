@@ -153,30 +153,9 @@ func a4ForkedLeaves(leaves [][]byte) [][]byte {
 // not bind positions). The restarted signer has no memory; its baseline is the row, s1;
 // the fork extends s1 consistently. Promise 1 + 4: no signed checkpoint forks from s2.
 func TestAttack4RestartReplayedCheckpointFork(t *testing.T) {
-	dsn := sqlTestDB(t)
-	s, v, _ := newKeys(t, "strongroom.test/attack4r")
-	ctx := context.Background()
-	db := testAdmin(t, dsn)
-	disk := t.TempDir() // the replica's own data directory, kept across its restart
-	l := a4Replica(t, dsn, s, disk, &syncBuffer{})
-	s1, s2, leaves := a4Setup(t, l, v, db)
-	if err := l.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// The attacker, replica down.
-	a4Rewrite(t, db, a4ForkedLeaves(leaves), s1.Checkpoint)
-	// The replica restarts.
-	logs := &syncBuffer{}
-	l2 := a4Replica(t, dsn, s, disk, logs)
-	if cp, raw, ok := a4WaitFork(t, db, v, s2, leaves, 6*time.Second); ok {
-		t.Errorf("PROMISE 1/4 BROKEN: after a restart, the log key signed a checkpoint of size %d, root %x, forking from the earlier signed checkpoint of size %d, root %x (entries 5..9 replaced by copies of 0..4); ALERT logged: %v, refusals %v; checkpoint:\n%s",
-			cp.Size, cp.Hash, s2.Size, s2.Root, strings.Contains(logs.String(), "ALERT"), testutil.ToFloat64(l2.signer.refusals), raw)
-		return
-	}
-	if !strings.Contains(logs.String(), "ALERT audit log") {
-		t.Errorf("PROMISE 2 BROKEN: no fork signed, but no ALERT either; replica log:\n%s", logs.String())
-	}
-	t.Logf("held; replica log:\n%s", logs.String())
+	a4RestartAttack(t, "strongroom.test/attack4r", "entries 5..9 replaced by copies of 0..4", func(db *sql.DB, s1 State, leaves [][]byte) {
+		a4Rewrite(t, db, a4ForkedLeaves(leaves), s1.Checkpoint)
+	})
 }
 
 // TestAttack4RestartDeletedCheckpointShrink: the same with the Checkpoint row deleted (no
@@ -184,26 +163,35 @@ func TestAttack4RestartReplayedCheckpointFork(t *testing.T) {
 // tree) and the tree rolled back to 3 entries with one dropped: authentic entries 0, 1, 3.
 // Promise 1: no signed checkpoint for a tree smaller than (and forking from) s2.
 func TestAttack4RestartDeletedCheckpointShrink(t *testing.T) {
+	a4RestartAttack(t, "strongroom.test/attack4d", "the tree shrunk to 3 entries, entry 2 dropped", func(db *sql.DB, _ State, leaves [][]byte) {
+		a4Rewrite(t, db, [][]byte{leaves[0], leaves[1], leaves[3]}, nil)
+	})
+}
+
+// a4RestartAttack: a replica with its own data directory signs s1 (size 5) and s2 (size 10)
+// and stops; the attacker, with SQL only, rewrites the database (rewrite); the replica
+// restarts. Promises 1 + 4: no checkpoint signed that forks from s2 (another root at its
+// size, or a smaller tree that is no honest prefix); promise 2: an ALERT instead.
+func a4RestartAttack(t *testing.T, origin, what string, rewrite func(db *sql.DB, s1 State, leaves [][]byte)) {
 	dsn := sqlTestDB(t)
-	s, v, _ := newKeys(t, "strongroom.test/attack4d")
-	ctx := context.Background()
+	s, v, _ := newKeys(t, origin)
 	db := testAdmin(t, dsn)
-	disk := t.TempDir()
+	disk := t.TempDir() // the replica's own data directory, kept across its restart
 	l := a4Replica(t, dsn, s, disk, &syncBuffer{})
-	_, s2, leaves := a4Setup(t, l, v, db)
-	if err := l.Close(ctx); err != nil {
+	s1, s2, leaves := a4Setup(t, l, v, db)
+	if err := l.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	a4Rewrite(t, db, [][]byte{leaves[0], leaves[1], leaves[3]}, nil)
+	rewrite(db, s1, leaves) // the attacker, replica down
 	logs := &syncBuffer{}
-	l2 := a4Replica(t, dsn, s, disk, logs)
+	l2 := a4Replica(t, dsn, s, disk, logs) // the replica restarts
 	if cp, raw, ok := a4WaitFork(t, db, v, s2, leaves, 6*time.Second); ok {
-		t.Errorf("PROMISE 1/4 BROKEN: after a restart, the log key signed a checkpoint of size %d (smaller than the earlier signed %d, and entry 2 dropped: root %x is no prefix of it); ALERT logged: %v, refusals %v; checkpoint:\n%s",
-			cp.Size, s2.Size, cp.Hash, strings.Contains(logs.String(), "ALERT"), testutil.ToFloat64(l2.signer.refusals), raw)
+		t.Errorf("PROMISE 1/4 BROKEN: after a restart (%s), the log key signed a checkpoint of size %d, root %x, forking from the earlier signed checkpoint of size %d, root %x; ALERT logged: %v, refusals %v; checkpoint:\n%s",
+			what, cp.Size, cp.Hash, s2.Size, s2.Root, strings.Contains(logs.String(), "ALERT"), testutil.ToFloat64(l2.signer.refusals), raw)
 		return
 	}
 	if !strings.Contains(logs.String(), "ALERT audit log") {
-		t.Errorf("PROMISE 2 BROKEN: no shrunken tree signed, but no ALERT either; replica log:\n%s", logs.String())
+		t.Errorf("PROMISE 2 BROKEN: nothing forked signed (%s), but no ALERT either; replica log:\n%s", what, logs.String())
 	}
 	t.Logf("held; replica log:\n%s", logs.String())
 }

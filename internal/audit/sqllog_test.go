@@ -11,9 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -22,7 +19,6 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/testenv"
-	"github.com/transparency-dev/tessera/client"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -122,31 +118,16 @@ func TestSQLLogReplicas(t *testing.T) {
 	if size < 240+6 || size > 240+2*120 {
 		t.Fatalf("size %d", size)
 	}
-	srvA := httptest.NewServer(a.Handler())
-	defer srvA.Close()
-	srvB := httptest.NewServer(b.Handler())
-	defer srvB.Close()
-	// Wait for a checkpoint covering everything, then verify through each replica.
+	// Wait for a checkpoint covering everything, then verify through each replica's /log/
+	// (batch bundles over HTTP too, from the same replica).
 	deadline := time.Now().Add(10 * time.Second)
 	var states []State
-	for _, srv := range []*httptest.Server{srvA, srvB} {
-		u, _ := url.Parse(srv.URL + "/")
-		f, err := client.NewHTTPFetcher(u, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// Batch bundles over HTTP too, from the same replica.
-		o := VerifyOptions{LogKey: v, Bundles: func(ctx context.Context, name string) ([]byte, error) {
-			resp, err := http.Get(srv.URL + "/batches/" + name)
-			if err != nil {
-				return nil, err
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				return nil, fmt.Errorf("batch %s: %s", name, resp.Status)
-			}
-			return io.ReadAll(resp.Body)
-		}}
+	for _, r := range []struct {
+		name string
+		l    *Log
+	}{{"a", a}, {"b", b}} {
+		f, bundles := a2Fetch(t, r.l.Handler())
+		o := VerifyOptions{LogKey: v, Bundles: bundles}
 		for {
 			st, err := Verify(ctx, f, o)
 			if err == nil && st.Size == size {
@@ -154,7 +135,7 @@ func TestSQLLogReplicas(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: %v (size %d of %d)", srv.URL, err, st.Size, size)
+				t.Fatalf("replica %s: %v (size %d of %d)", r.name, err, st.Size, size)
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
