@@ -36,11 +36,14 @@ func EntryKey(auditKey []byte) []byte {
 	return m.Sum(nil)
 }
 
-func entryMAC(key []byte, origin string, body []byte) []byte {
+// entryMAC is the MAC of the body made of parts, in order.
+func entryMAC(key []byte, origin string, body ...[]byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte(origin))
 	m.Write([]byte{'\n'})
-	m.Write(body)
+	for _, b := range body {
+		m.Write(b)
+	}
 	return m.Sum(nil)
 }
 
@@ -66,9 +69,7 @@ func checkEntry(key []byte, origin string, e []byte) error {
 		return fmt.Errorf("%w: no MAC", ErrEntryMAC)
 	}
 	got := e[n-2-2*sha256.Size : n-2]
-	body := make([]byte, 0, n-macSuffix)
-	body = append(append(body, e[:n-1-macSuffix]...), '}')
-	want := hex.AppendEncode(nil, entryMAC(key, origin, body))
+	want := hex.AppendEncode(nil, entryMAC(key, origin, e[:n-1-macSuffix], []byte{'}'})) // the body, unsealed
 	if !hmac.Equal(got, want) {
 		return ErrEntryMAC
 	}
