@@ -272,8 +272,14 @@ func (cl *engineClient) conn(ctx context.Context, pool poolKey) (*engineConn, er
 // take sets pool's idle list to list, one shorter than it was (cl.mu held).
 func (cl *engineClient) take(pool poolKey, list []*engineConn) {
 	cl.idleTotal--
+	cl.setIdle(pool, list)
+}
+
+// setIdle sets pool's idle list (cl.mu held); an empty pool is deleted: tenants come and
+// go, and no empty pools are left behind.
+func (cl *engineClient) setIdle(pool poolKey, list []*engineConn) {
 	if len(list) == 0 {
-		delete(cl.idle, pool) // tenants come and go: no empty pools left behind
+		delete(cl.idle, pool)
 		return
 	}
 	cl.idle[pool] = list
@@ -316,11 +322,7 @@ func (cl *engineClient) sweep() {
 		}
 		clear(list[len(keep):])
 		cl.idleTotal -= len(list) - len(keep)
-		if len(keep) == 0 {
-			delete(cl.idle, pool)
-		} else {
-			cl.idle[pool] = keep
-		}
+		cl.setIdle(pool, keep)
 	}
 	cl.sweeping = next > 0
 	if cl.sweeping {
