@@ -235,14 +235,16 @@ func init() {
 			ts.Fatalf("status %d, want %d: %s", status, want, b)
 		}
 	}
-	// rawpostuntil: rawpost until the status is the wanted one (up to readyLimit), for
-	// changes other processes make that a gateway applies within its watch interval.
+	// rawpostuntil URL KEYFILE BODY STATUS [TEXT]: rawpost until the status is the wanted
+	// one, and the answer holds TEXT when given (up to readyLimit), for changes other
+	// processes make that a gateway applies within its watch interval — one 503 can turn
+	// into another as the gateway notices a service come back.
 	scriptCmds["rawpostuntil"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		want, _ := strconv.Atoi(args[3])
 		deadline := time.Now().Add(readyLimit)
 		for {
 			status, b := rawPost(ts, args)
-			if status == want {
+			if status == want && (len(args) < 5 || bytes.Contains(b, []byte(args[4]))) {
 				ts.Stdout().Write(b)
 				return
 			}
