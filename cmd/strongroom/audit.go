@@ -134,13 +134,48 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 
 func auditCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "audit", Short: "Verify, search and export the transparency log of security events"}
-	c.AddCommand(auditVerifyCmd(g), auditProofCmd(g), auditSearchCmd(g), auditExportCmd(g))
+	c.AddCommand(auditVerifyCmd(g), auditProofCmd(g), auditSearchCmd(g), auditExportCmd(g), auditAcknowledgeCmd(g))
+	return c
+}
+
+func auditAcknowledgeCmd(g *globals) *cobra.Command {
+	var index uint64
+	var reason string
+	c := &cobra.Command{
+		Use:   "acknowledge --entry N --reason TEXT",
+		Short: "Record that log entry N was not written by a replica (no valid entry MAC), so that checkpoints go on past it",
+		Long: `An entry appended to a shared log by someone with access to its database, not by a
+replica, has no valid entry MAC: the checkpoint signer refuses every tree that holds it,
+with an ALERT naming it. The entry stays in the log (it is append-only). After looking at
+it, an operator records that it is foreign: an entry of kind audit.foreign_entry naming it
+and the hash of its bytes. The signer then signs trees that hold both, and
+'audit verify --hmac-key' reports the entry as foreign and acknowledged.`,
+		Args: exactArgs(0),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			if strings.TrimSpace(reason) == "" {
+				return usagef("--reason: say what was found (it goes into the log)")
+			}
+			at, err := a.AcknowledgeForeignEntry(cmd.Context(), index, reason)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), map[string]any{"entry": index, "acknowledged_at": at})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "entry %d acknowledged as foreign by entry %d\n", index, at)
+			return nil
+		}),
+	}
+	c.Flags().Uint64Var(&index, "entry", 0, "index of the foreign entry (from the signer's ALERT)")
+	c.Flags().StringVar(&reason, "reason", "", "what the investigation found (recorded in the log)")
+	c.MarkFlagRequired("entry")
+	c.MarkFlagRequired("reason")
 	return c
 }
 
 func auditVerifyCmd(g *globals) *cobra.Command {
 	var src logSource
-	var statePath string
+	var statePath, hmacKey string
 	c := &cobra.Command{
 		Use:   "verify",
 		Short: "Check the log's signature, cosignatures, every entry and tile, and consistency with the last run",
@@ -162,7 +197,16 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 			} else if !errors.Is(err, os.ErrNotExist) {
 				return err
 			}
+			if hmacKey != "" {
+				k, err := os.ReadFile(hmacKey)
+				if err != nil {
+					return usagef("--hmac-key: %v", err)
+				}
+				o.EntryKey = audit.EntryKey(k)
+				clear(k)
+			}
 			st, err := audit.Verify(cmd.Context(), f, o)
+			clear(o.EntryKey)
 			if err != nil {
 				return err
 			}
@@ -171,7 +215,11 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json {
-				return g.printJSON(cmd.OutOrStdout(), map[string]any{"ok": true, "origin": st.Origin, "size": st.Size, "root": st.Root})
+				out := map[string]any{"ok": true, "origin": st.Origin, "size": st.Size, "root": st.Root}
+				if hmacKey != "" {
+					out["foreign_acknowledged"], out["unsealed_before_macs"] = append([]uint64{}, st.Foreign...), st.Unsealed
+				}
+				return g.printJSON(cmd.OutOrStdout(), out)
 			}
 			prev := "first run"
 			if o.Prior != nil {
@@ -179,10 +227,15 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "ok: log %s: %d entries and their tiles match the signed checkpoint (root %s), %d witness cosignatures, %s\n",
 				st.Origin, st.Size, base64.StdEncoding.EncodeToString(st.Root), o.Quorum, prev)
+			if hmacKey != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "entry MACs: a replica wrote every entry, except %d foreign, each acknowledged (entries %v), and %d from before entry MACs\n",
+					len(st.Foreign), st.Foreign, st.Unsealed)
+			}
 			return nil
 		},
 	}
 	src.flags(c)
+	c.Flags().StringVar(&hmacKey, "hmac-key", "", "the deployment's audit HMAC key (keys/audit-hmac.key; operators only): also check that a replica wrote every entry")
 	c.Flags().StringVar(&statePath, "state", "", "where the last accepted checkpoint is kept between runs (default: strongroom-verify-state.ORIGIN.json, one per log)")
 	return c
 }

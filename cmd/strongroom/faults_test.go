@@ -5,10 +5,15 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,6 +21,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/transparency-dev/tessera"
+	tmysql "github.com/transparency-dev/tessera/storage/mysql"
 )
 
 // A cuttable TCP path to the shared log's database: the replicas reach MariaDB through it,
@@ -97,9 +104,16 @@ func init() {
 	// logdb new: a fresh database on the test MariaDB ($STRONGROOM_TEST_MARIADB, dropped at
 	// the end), reached through a cuttable path; sets $STRONGROOM_LOG_DB to it.
 	// logdb cut | restore: make the database unreachable to the replicas, and back.
+	// logdb forge VKEYFILE: append an entry (a lease grant to "attacker") to the log named
+	// by the verifier key through tessera's own MySQL driver, as someone with write access
+	// to the database and no key would; sets $FORGED to its index.
 	scriptCmds["logdb"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		dbPathsMu.Lock()
 		defer dbPathsMu.Unlock()
+		if args[0] == "forge" {
+			forgeEntry(ts, args[1])
+			return
+		}
 		if args[0] != "new" {
 			cutOrRestore(ts, "logdb", args[0])
 			return
@@ -116,7 +130,9 @@ func init() {
 			admin.Close()
 		})
 		p := newDBPath(ts, "logdb", c.Addr)
-		c.DBName, c.Addr = name, p.ln.Addr().String()
+		c.DBName = name
+		ts.Setenv("STRONGROOM_TEST_LOGDB_DIRECT", c.FormatDSN())
+		c.Addr = p.ln.Addr().String()
 		ts.Setenv("STRONGROOM_LOG_DB", "mysql://"+c.FormatDSN())
 	}
 	// storedb new: a fresh database on the test PostgreSQL ($STRONGROOM_TEST_POSTGRES,
@@ -163,3 +179,35 @@ func randHex() string {
 	rand.Read(r[:])
 	return hex.EncodeToString(r[:])
 }
+
+// forgeEntry appends an unsealed entry to the script's log database (logdb forge).
+func forgeEntry(ts *testscript.TestScript, vkeyFile string) {
+	vkey, err := os.ReadFile(ts.MkAbs(vkeyFile))
+	ts.Check(err)
+	origin, _, _ := strings.Cut(string(vkey), "+")
+	db, err := sql.Open("mysql", ts.Getenv("STRONGROOM_TEST_LOGDB_DIRECT"))
+	ts.Check(err)
+	defer db.Close()
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop() // tessera's loops end with it, before the database closes
+	st, err := tmysql.New(ctx, db)
+	ts.Check(err)
+	app, shutdown, _, err := tessera.NewAppender(ctx, st, tessera.NewAppendOptions().
+		WithCheckpointSigner(noKey(origin)).WithCheckpointInterval(time.Second).WithBatching(1, 10*time.Millisecond))
+	ts.Check(err)
+	entry := fmt.Sprintf(`{"v":1,"ts":%q,"kind":"lease.grant","actor":{"principal":"attacker"},"subject":{"model":"sec:1"},"decision":"allow","reason":"","fields":{}}`,
+		time.Now().UTC().Format(time.RFC3339Nano))
+	idx, err := app.Add(ctx, tessera.NewEntry([]byte(entry)))()
+	ts.Check(err)
+	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	shutdown(sctx) // its checkpoint is never signed: it has no key
+	cancel()
+	ts.Setenv("FORGED", strconv.FormatUint(idx.Index, 10))
+}
+
+// noKey has a log's name and no key: it cannot sign a checkpoint.
+type noKey string
+
+func (s noKey) Name() string                { return string(s) }
+func (s noKey) KeyHash() uint32             { return 1 }
+func (s noKey) Sign([]byte) ([]byte, error) { return nil, errors.New("no key") }

@@ -178,6 +178,17 @@ func (a *App) Audit(ctx context.Context, ev audit.Event) error {
 	return err
 }
 
+// AcknowledgeForeignEntry records, after an operator has looked at it, that log entry index
+// was not written by a replica (audit/foreign.go): the signer can then go on past it. It
+// returns the acknowledgement's index.
+func (a *App) AcknowledgeForeignEntry(ctx context.Context, index uint64, reason string) (uint64, error) {
+	ev, err := a.AuditLog.ForeignEntry(ctx, index, reason)
+	if err != nil {
+		return 0, err
+	}
+	return a.record(ctx, ev)
+}
+
 // record is Audit returning the entry's index. A person acting through the console
 // (audit.WithActor) is the actor when the caller names none, with this process beside them.
 func (a *App) record(ctx context.Context, ev audit.Event) (uint64, error) {

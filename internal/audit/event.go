@@ -94,6 +94,10 @@
 //
 //	Request batches:
 //	  audit.batch              a batch of request records: bundle digest, record count, Merkle root (batch.go)
+//
+//	The log itself:
+//	  audit.foreign_entry      an operator acknowledged an entry no replica wrote: its index and leaf hash (foreign.go)
+//	  audit.unsealed_entry     never written: the search index's kind for a shared log's unsealed entries
 package audit
 
 import (

@@ -62,6 +62,12 @@ const (
 	KindDetectMode    Kind = "detect.mode"    // a detector was promoted or demoted (shadow/enforce)
 	KindIncidentClose Kind = "incident.close" // an incident was closed, with a note
 
+	// The log itself (the batch entry, KindBatch, is in batch.go).
+	KindForeignEntry Kind = "audit.foreign_entry" // an operator acknowledged an entry no replica wrote (foreign.go)
+	// KindUnsealedEntry is never written: the search index lists a shared log's entries
+	// that no replica sealed under it (Log.markUnsealed), whatever kind they claim.
+	KindUnsealedEntry Kind = "audit.unsealed_entry"
+
 	// The console (internal/web); what its users do is recorded under the kinds above,
 	// with the user as actor.
 	KindConsoleLogin  Kind = "console.login"        // a sign-in (allow) or a refused one (deny), with its method

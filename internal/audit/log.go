@@ -745,8 +745,25 @@ func (l *Log) catchUp(ctx context.Context) error {
 		}
 	}
 	return ReadEntries(ctx, l.reader.ReadEntryBundle, from, size, func(batch []store.AuditEvent) error {
+		l.markUnsealed(batch)
 		return l.indexWithRecords(ctx, batch)
 	})
+}
+
+// markUnsealed lists, in the search index, a shared log's entries that no replica sealed
+// (entrymac.go: appended by someone with access to the database) under KindUnsealedEntry,
+// with no principal: a search by kind or principal does not return them as what they
+// claim to be, and a forged batch's records are not indexed as requests. Their bytes are
+// kept. (On a log on local disk, entries from before entry MACs are unsealed: not marked.)
+func (l *Log) markUnsealed(evs []store.AuditEvent) {
+	if l.db == nil || l.entryKey == nil {
+		return
+	}
+	for i := range evs {
+		if checkEntry(l.entryKey, l.origin, evs[i].Raw) != nil {
+			evs[i].Kind, evs[i].Principal, evs[i].Decision = string(KindUnsealedEntry), "", ""
+		}
+	}
 }
 
 // indexWithRecords indexes entries, and for each request batch among them its records

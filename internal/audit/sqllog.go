@@ -476,11 +476,12 @@ func (s *leaderSigner) extends(ctx context.Context, r tessera.LogReader, cand lo
 			return securityf("the tree to sign (size %d) does not extend the one signed at size %d: %v", cand.Size, s.checked, err)
 		}
 	}
-	return ReadEntries(ctx, r.ReadEntryBundle, s.checked, cand.Size, func(evs []store.AuditEvent) error {
+	// Every new entry must be sealed, or be a foreign entry an operator acknowledged in a
+	// sealed entry after it in this tree (foreign.go).
+	seals := sealCheck{key: s.key, origin: s.Name()}
+	err = ReadEntries(ctx, r.ReadEntryBundle, s.checked, cand.Size, func(evs []store.AuditEvent) error {
 		for _, e := range evs {
-			if err := checkEntry(s.key, s.Name(), e.Raw); err != nil {
-				return securityf("entry %d: %v", e.Index, err)
-			}
+			seals.add(e.Index, e.Raw)
 			p, err := pb.InclusionProof(ctx, e.Index)
 			if err != nil {
 				return err
@@ -491,6 +492,14 @@ func (s *leaderSigner) extends(ctx context.Context, r tessera.LogReader, cand lo
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	acked, err := seals.unacknowledged()
+	if err == nil && len(acked) > 0 {
+		s.log.Warn("audit log: signing a tree that holds foreign entries an operator acknowledged", "entries", acked, "size", cand.Size)
+	}
+	return err
 }
 
 // checkOrigin refuses a replica whose log key is not the one that signed the shared log's

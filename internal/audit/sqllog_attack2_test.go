@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -565,6 +564,30 @@ func (s failSigner) Name() string                    { return s.name }
 func (s failSigner) KeyHash() uint32                 { return 1 }
 func (s failSigner) Sign(msg []byte) ([]byte, error) { return nil, errors.New("no key") }
 
+// a2AppendForged appends entry to dsn's log (named origin) through tessera's own MySQL
+// driver, as someone with write access to the database and no key would.
+func a2AppendForged(t testing.TB, dsn, origin string, entry []byte) tessera.Index {
+	t.Helper()
+	ctx := context.Background()
+	st, err := tmysql.New(ctx, testAdmin(t, dsn))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, shutdown, _, err := tessera.NewAppender(ctx, st, tessera.NewAppendOptions().
+		WithCheckpointSigner(failSigner{name: origin}).WithCheckpointInterval(time.Second).WithBatching(1, 10*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, err := app.Add(ctx, tessera.NewEntry(entry))()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	shutdown(sctx)
+	cancel()
+	return idx
+}
+
 // TestAttack2ForgedAppend: someone with write access to the database and no log key
 // appends a batch of forged request records (with its bundle) through tessera's own
 // storage driver, as any replica appends. The replica holding the key signs checkpoints
@@ -580,21 +603,7 @@ func TestAttack2ForgedAppend(t *testing.T) {
 	a2WaitVerify(t, l, v, size, nil)
 
 	// The attacker: a database connection, no key.
-	c, _ := ParseLogDSN(dsn)
-	db, err := sql.Open("mysql", c.FormatDSN())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	st, err := tmysql.New(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app, shutdown, _, err := tessera.NewAppender(ctx, st, tessera.NewAppendOptions().
-		WithCheckpointSigner(failSigner{name: s.Name()}).WithCheckpointInterval(time.Second).WithBatching(1, 10*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := testAdmin(t, dsn)
 	forged := []Event{{V: 1, TS: ts0, Kind: KindRequest, Actor: map[string]string{"principal": "attacker"},
 		Subject: map[string]string{"model": "m"}, Decision: Allow, Fields: map[string]string{"status": "200", "note": "never happened"}}}
 	var recs [][]byte
@@ -612,13 +621,7 @@ func TestAttack2ForgedAppend(t *testing.T) {
 			"first_ts": ts0.Format(time.RFC3339Nano), "last_ts": ts0.Format(time.RFC3339Nano)},
 		MAC: strings.Repeat("0", 64)} // a made-up MAC of the right form
 	eb, _ := entry.Marshal()
-	idx, err := app.Add(ctx, tessera.NewEntry(eb))()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	shutdown(sctx)
-	cancel()
+	idx := a2AppendForged(t, dsn, s.Name(), eb)
 	t.Logf("forged batch entry appended at index %d without the key", idx.Index)
 	// Authentic entries after it: the tree grows, the signer is asked to sign it.
 	if _, err := l.Record(ctx, event(100)); err != nil {

@@ -39,6 +39,12 @@ type State struct {
 	Size       uint64 `json:"size"`
 	Root       []byte `json:"root"`
 	Checkpoint []byte `json:"checkpoint"`
+
+	// With VerifyOptions.EntryKey: entries without a replica's MAC that an operator
+	// acknowledged (foreign.go), and entries from before entry MACs (no "mac" member, ahead
+	// of the log's first sealed entry). Reported, not kept between runs.
+	Foreign  []uint64 `json:"-"`
+	Unsealed uint64   `json:"-"`
 }
 
 // VerifyOptions say whom to trust.
@@ -50,6 +56,10 @@ type VerifyOptions struct {
 	// Bundles reads request batches' bundles (batch.go): every batch entry's records are
 	// checked against it. Nil: a log with batch entries fails to verify.
 	Bundles func(ctx context.Context, name string) ([]byte, error)
+	// EntryKey (EntryKey of the deployment's audit HMAC key: operators only) also checks
+	// every entry's MAC: an entry no replica wrote fails verification unless an operator
+	// acknowledged it in the log (foreign.go).
+	EntryKey []byte
 }
 
 // OpenCheckpoint checks a checkpoint's log signature and witness quorum and parses it.
@@ -119,6 +129,7 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 	}
 	var priorRoot []byte
 	next := uint64(0)
+	seals := sealCheck{key: o.EntryKey, origin: cp.Origin, legacy: true}
 	for bundle := uint64(0); next < cp.Size; bundle++ {
 		p := layout.PartialTileSize(0, bundle, cp.Size)
 		rawBundle, err := f.ReadEntryBundle(ctx, bundle, p)
@@ -151,6 +162,9 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 			if err := checkBatchEntry(ctx, e, next, o); err != nil {
 				return State{}, err
 			}
+			if o.EntryKey != nil {
+				seals.add(next, e)
+			}
 			next++
 		}
 	}
@@ -172,7 +186,11 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 	if o.Prior != nil && o.Prior.Size > 0 && !bytes.Equal(priorRoot, o.Prior.Root) {
 		return State{}, securityf("fork: the first %d entries no longer hash to the root accepted before", o.Prior.Size)
 	}
-	return State{Origin: cp.Origin, Size: cp.Size, Root: cp.Hash, Checkpoint: raw}, nil
+	foreign, err := seals.unacknowledged()
+	if err != nil {
+		return State{}, err
+	}
+	return State{Origin: cp.Origin, Size: cp.Size, Root: cp.Hash, Checkpoint: raw, Foreign: foreign, Unsealed: seals.old}, nil
 }
 
 // batchKind marks a batch entry in its canonical bytes (ParseEvent confirms).
