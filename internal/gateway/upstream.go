@@ -48,8 +48,14 @@ type engineClient struct {
 	mu        sync.Mutex
 	idle      map[poolKey][]*engineConn
 	idleTotal int
-	sweeping  bool                    // a sweep is scheduled (cl.mu)
-	tenants   map[string]*http.Client // fallbackFor's, by tenant (cl.mu)
+	sweeping  bool                     // a sweep is scheduled (cl.mu)
+	tenants   map[string]*tenantClient // fallbackFor's, by tenant (cl.mu)
+}
+
+// tenantClient is a tenant's https client and when it was last asked for.
+type tenantClient struct {
+	c    *http.Client
+	used time.Time
 }
 
 // poolKey names a pool of idle engine connections.
@@ -95,27 +101,33 @@ func newEngineClient(timeout time.Duration, fallback *http.Client) *engineClient
 		idleFor:  90 * time.Second,
 		fallback: fallback,
 		idle:     map[poolKey][]*engineConn{},
-		tenants:  map[string]*http.Client{},
+		tenants:  map[string]*tenantClient{},
 	}
 }
 
 // fallbackFor is tenant's client for the engines this client does not speak to (https):
 // the fallback's Transport cloned once per tenant, so that connections there, too, carry
-// one tenant's requests (each clone keeps its idle connections 90 s at most).
+// one tenant's requests (each clone keeps its idle connections 90 s at most). A tenant's
+// clone not asked for in idleFor is dropped by the sweep, its idle connections closed:
+// tenants that come and go do not leave a Transport each behind.
 func (cl *engineClient) fallbackFor(tenant string) *http.Client {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if c := cl.tenants[tenant]; c != nil {
-		return c
-	}
 	tr, ok := cl.fallback.Transport.(*http.Transport)
 	if !ok {
 		return cl.fallback
 	}
-	c := *cl.fallback
-	c.Transport = tr.Clone()
-	cl.tenants[tenant] = &c
-	return &c
+	now := time.Now()
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	tc := cl.tenants[tenant]
+	if tc == nil {
+		c := *cl.fallback
+		c.Transport = tr.Clone()
+		tc = &tenantClient{c: &c}
+		cl.tenants[tenant] = tc
+	}
+	tc.used = now
+	cl.sweepLater()
+	return tc.c
 }
 
 // Do is DoFor with the pool of no tenant.
@@ -291,10 +303,7 @@ func (cl *engineClient) put(ec *engineConn) {
 	if list := cl.idle[ec.pool]; len(list) < cl.maxIdle && cl.idleTotal < cl.maxTotal {
 		cl.idle[ec.pool] = append(list, ec)
 		cl.idleTotal++
-		if !cl.sweeping {
-			cl.sweeping = true
-			time.AfterFunc(cl.idleFor, cl.sweep)
-		}
+		cl.sweepLater()
 		cl.mu.Unlock()
 		return
 	}
@@ -324,6 +333,15 @@ func (cl *engineClient) sweep() {
 		cl.idleTotal -= len(list) - len(keep)
 		cl.setIdle(pool, keep)
 	}
+	var unused []*http.Client
+	for tenant, tc := range cl.tenants {
+		if age := now.Sub(tc.used); age >= cl.idleFor {
+			unused = append(unused, tc.c)
+			delete(cl.tenants, tenant)
+		} else if next == 0 || cl.idleFor-age < next {
+			next = cl.idleFor - age
+		}
+	}
 	cl.sweeping = next > 0
 	if cl.sweeping {
 		time.AfterFunc(next, cl.sweep)
@@ -331,6 +349,17 @@ func (cl *engineClient) sweep() {
 	cl.mu.Unlock()
 	for _, ec := range old {
 		ec.c.Close()
+	}
+	for _, c := range unused {
+		c.CloseIdleConnections()
+	}
+}
+
+// sweepLater schedules a sweep if none is (cl.mu held).
+func (cl *engineClient) sweepLater() {
+	if !cl.sweeping {
+		cl.sweeping = true
+		time.AfterFunc(cl.idleFor, cl.sweep)
 	}
 }
 

@@ -234,3 +234,54 @@ func TestEngineTLSPoolsPerTenant(t *testing.T) {
 		t.Fatalf("each tenant's sequential requests should reuse one connection: %v", byTenant)
 	}
 }
+
+// TestEngineTLSTenantsSwept: a tenant's https client not used for idleFor is dropped and
+// its idle connections closed — tenants that come and go leave no Transport behind — and
+// the tenant's next request gets a fresh one.
+func TestEngineTLSTenantsSwept(t *testing.T) {
+	var mu sync.Mutex
+	open := 0
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{}`)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch s {
+		case http.StateNew:
+			open++
+		case http.StateClosed, http.StateHijacked:
+			open--
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	cl := newEngineClient(time.Minute, srv.Client())
+	cl.idleFor = 20 * time.Millisecond
+	for _, tenant := range []string{"t1", "t2", "t3"} {
+		if _, _, err := engineDoFor(t, cl, tenant, context.Background(), srv.URL+"/v1", `{}`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for {
+		cl.mu.Lock()
+		n := len(cl.tenants)
+		cl.mu.Unlock()
+		mu.Lock()
+		o := open
+		mu.Unlock()
+		if n == 0 && o == 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, _, err := engineDoFor(t, cl, "t1", context.Background(), srv.URL+"/v1", `{}`); err != nil {
+		t.Fatal(err)
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if len(cl.tenants) != 1 || !cl.sweeping {
+		t.Fatalf("after a new request: %d tenant clients, sweep scheduled %v; want 1, true", len(cl.tenants), cl.sweeping)
+	}
+}
