@@ -140,34 +140,37 @@ func auditCmd(g *globals) *cobra.Command {
 
 func auditAcknowledgeCmd(g *globals) *cobra.Command {
 	var index uint64
-	var reason string
+	var reason, leafHash string
 	c := &cobra.Command{
-		Use:   "acknowledge --entry N --reason TEXT",
+		Use:   "acknowledge --entry N --reason TEXT [--leaf-hash HEX]",
 		Short: "Record that log entry N was not written by a replica (no valid entry MAC), so that checkpoints go on past it",
 		Long: `An entry appended to a shared log by someone with access to its database, not by a
 replica, has no valid entry MAC: the checkpoint signer refuses every tree that holds it,
 with an ALERT naming it. The entry stays in the log (it is append-only). After looking at
 it, an operator records that it is foreign: an entry of kind audit.foreign_entry naming it
 and the hash of its bytes. The signer then signs trees that hold both, and
-'audit verify --hmac-key' reports the entry as foreign and acknowledged.`,
+'audit verify --hmac-key' reports the entry as foreign and acknowledged. The command prints
+the leaf hash it acknowledged; --leaf-hash refuses unless the entry's bytes still hash to
+the value given (what the operator inspected).`,
 		Args: exactArgs(0),
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
 			if strings.TrimSpace(reason) == "" {
 				return usagef("--reason: say what was found (it goes into the log)")
 			}
-			at, err := a.AcknowledgeForeignEntry(cmd.Context(), index, reason)
+			at, h, err := a.AcknowledgeForeignEntry(cmd.Context(), index, reason, leafHash)
 			if err != nil {
 				return err
 			}
 			if g.json {
-				return g.printJSON(cmd.OutOrStdout(), map[string]any{"entry": index, "acknowledged_at": at})
+				return g.printJSON(cmd.OutOrStdout(), map[string]any{"entry": index, "leaf_hash": h, "acknowledged_at": at})
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "entry %d acknowledged as foreign by entry %d\n", index, at)
+			fmt.Fprintf(cmd.OutOrStdout(), "entry %d (leaf hash %s) acknowledged as foreign by entry %d\n", index, h, at)
 			return nil
 		}),
 	}
 	c.Flags().Uint64Var(&index, "entry", 0, "index of the foreign entry (from the signer's ALERT)")
 	c.Flags().StringVar(&reason, "reason", "", "what the investigation found (recorded in the log)")
+	c.Flags().StringVar(&leafHash, "leaf-hash", "", "refuse unless the entry's leaf hash (hex, RFC 6962) is this")
 	c.MarkFlagRequired("entry")
 	c.MarkFlagRequired("reason")
 	return c
@@ -176,6 +179,7 @@ and the hash of its bytes. The signer then signs trees that hold both, and
 func auditVerifyCmd(g *globals) *cobra.Command {
 	var src logSource
 	var statePath, hmacKey string
+	var legacy bool
 	c := &cobra.Command{
 		Use:   "verify",
 		Short: "Check the log's signature, cosignatures, every entry and tile, and consistency with the last run",
@@ -202,7 +206,7 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return usagef("--hmac-key: %v", err)
 				}
-				o.EntryKey = audit.EntryKey(k)
+				o.EntryKey, o.LegacyUnsealed = audit.EntryKey(k), legacy
 				clear(k)
 			}
 			st, err := audit.Verify(cmd.Context(), f, o)
@@ -236,6 +240,7 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 	}
 	src.flags(c)
 	c.Flags().StringVar(&hmacKey, "hmac-key", "", "the deployment's audit HMAC key (keys/audit-hmac.key; operators only): also check that a replica wrote every entry")
+	c.Flags().BoolVar(&legacy, "legacy-unsealed", false, "with --hmac-key: accept unsealed entries ahead of the first sealed one (a log on local disk begun before entry MACs; never a shared log)")
 	c.Flags().StringVar(&statePath, "state", "", "where the last accepted checkpoint is kept between runs (default: strongroom-verify-state.ORIGIN.json, one per log)")
 	return c
 }

@@ -180,13 +180,19 @@ func (a *App) Audit(ctx context.Context, ev audit.Event) error {
 
 // AcknowledgeForeignEntry records, after an operator has looked at it, that log entry index
 // was not written by a replica (audit/foreign.go): the signer can then go on past it. It
-// returns the acknowledgement's index.
-func (a *App) AcknowledgeForeignEntry(ctx context.Context, index uint64, reason string) (uint64, error) {
+// returns the acknowledgement's index and the entry's leaf hash (hex); with wantHash, it
+// refuses unless the entry's leaf hash is that.
+func (a *App) AcknowledgeForeignEntry(ctx context.Context, index uint64, reason, wantHash string) (uint64, string, error) {
 	ev, err := a.AuditLog.ForeignEntry(ctx, index, reason)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	return a.record(ctx, ev)
+	h := ev.Subject["leaf_hash"]
+	if wantHash != "" && !strings.EqualFold(wantHash, h) {
+		return 0, "", fmt.Errorf("entry %d's leaf hash is %s, not %s: its bytes are not the ones inspected", index, h, wantHash)
+	}
+	at, err := a.record(ctx, ev)
+	return at, h, err
 }
 
 // record is Audit returning the entry's index. A person acting through the console

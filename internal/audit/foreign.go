@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/transparency-dev/merkle/rfc6962"
-
-	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/tessera/api"
+	"github.com/transparency-dev/tessera/api/layout"
 )
 
 // Foreign entries: the incident workflow after someone wrote to the shared log's database.
@@ -43,11 +43,21 @@ func ForeignEntryEvent(index uint64, entry []byte, reason string) Event {
 var ErrNotForeign = errors.New("the entry carries a valid entry MAC (a replica wrote it): nothing to acknowledge")
 
 // ForeignEntry reads entry index from the log and returns the event acknowledging it as
-// foreign, for the caller to record (with its actor). It refuses an entry a replica wrote,
-// one past the log's end, and a log opened without the entry key.
+// foreign, for the caller to record (with its actor). It refuses: a log opened without the
+// entry key; an index past the log's end; an entry a signed checkpoint of this replica's
+// already covers (the signer checked its MAC before signing it: bytes that differ now were
+// altered after, which the scrubber reports, and acknowledging them would put a false
+// statement in the log); bytes that are not what the log's tree holds at that index (an
+// entry bundle rewritten after the append: acknowledging them could not clear the signer,
+// DESIGN.md says what can); and an entry a replica wrote.
 func (l *Log) ForeignEntry(ctx context.Context, index uint64, reason string) (Event, error) {
 	if l.entryKey == nil {
 		return Event{}, errors.New("audit: the log was opened without the entry key")
+	}
+	if l.signer != nil {
+		if signed, _ := l.signer.trusted(); index < signed {
+			return Event{}, fmt.Errorf("audit: entry %d is covered by a checkpoint signed of size %d; its MAC was checked before signing: %w", index, signed, ErrNotForeign)
+		}
 	}
 	size, err := l.reader.IntegratedSize(ctx)
 	if err != nil {
@@ -56,25 +66,36 @@ func (l *Log) ForeignEntry(ctx context.Context, index uint64, reason string) (Ev
 	if index >= size {
 		return Event{}, fmt.Errorf("audit: entry %d: the log holds %d entries", index, size)
 	}
-	var raw []byte
-	err = ReadEntries(ctx, l.reader.ReadEntryBundle, index, index+1, func(evs []store.AuditEvent) error {
-		for _, e := range evs {
-			if e.Index == index {
-				raw = bytes.Clone(e.Raw)
-			}
-		}
-		return nil
-	})
+	raw, err := ReadEntry(ctx, l.reader, index, size)
 	if err != nil {
 		return Event{}, err
 	}
-	if raw == nil {
-		return Event{}, fmt.Errorf("audit: entry %d not found in its bundle", index)
+	if err := leafInTiles(ctx, l.reader, index, size, raw); err != nil {
+		return Event{}, err
 	}
 	if checkEntry(l.entryKey, l.origin, raw) == nil {
 		return Event{}, fmt.Errorf("audit: entry %d: %w", index, ErrNotForeign)
 	}
 	return ForeignEntryEvent(index, raw, reason), nil
+}
+
+// leafInTiles checks that entry's leaf hash is the one the log's level-0 tile holds at
+// index (in the tree of the given size).
+func leafInTiles(ctx context.Context, f Fetcher, index, size uint64, entry []byte) error {
+	tileIdx := index / layout.TileWidth
+	raw, err := f.ReadTile(ctx, 0, tileIdx, layout.PartialTileSize(0, tileIdx, size))
+	if err != nil {
+		return fmt.Errorf("audit: entry %d: tile 0/%d: %w", index, tileIdx, err)
+	}
+	var t api.HashTile
+	if err := t.UnmarshalText(raw); err != nil {
+		return securityf("entry %d: tile 0/%d malformed: %v", index, tileIdx, err)
+	}
+	pos := index % layout.TileWidth
+	if uint64(len(t.Nodes)) <= pos || !bytes.Equal(t.Nodes[pos], rfc6962.DefaultHasher.HashLeaf(entry)) {
+		return securityf("entry %d: the bytes its bundle holds are not the leaf the log's tree holds at that index (the bundle was rewritten after the append); an acknowledgement of them cannot clear the signer: the database must be repaired", index)
+	}
+	return nil
 }
 
 // sealCheck checks the entry MACs of consecutive entries and tracks foreign ones and their
@@ -85,7 +106,7 @@ type sealCheck struct {
 	legacy bool // entries without a "mac" member are from before entry MACs while no sealed one came yet
 
 	sealed  bool              // a sealed entry was seen
-	old     uint64            // unsealed entries before the first sealed one (legacy)
+	old     map[uint64][]byte // unsealed entries before the first sealed one (legacy), index → leaf hash
 	foreign map[uint64][]byte // index → leaf hash of entries without a valid MAC
 	acks    map[uint64][][]byte
 }
@@ -93,14 +114,18 @@ type sealCheck struct {
 // add checks entry index (its bytes raw).
 func (c *sealCheck) add(index uint64, raw []byte) {
 	if err := checkEntry(c.key, c.origin, raw); err != nil {
+		h := rfc6962.DefaultHasher.HashLeaf(raw)
 		if c.legacy && !c.sealed && !bytes.Contains(raw, []byte(`"mac":`)) {
-			c.old++
+			if c.old == nil {
+				c.old = map[uint64][]byte{}
+			}
+			c.old[index] = h
 			return
 		}
 		if c.foreign == nil {
 			c.foreign = map[uint64][]byte{}
 		}
-		c.foreign[index] = rfc6962.DefaultHasher.HashLeaf(raw)
+		c.foreign[index] = h
 		return
 	}
 	c.sealed = true
@@ -123,22 +148,36 @@ func (c *sealCheck) add(index uint64, raw []byte) {
 }
 
 // unacknowledged returns the first foreign entry without a later acknowledgement of its
-// bytes, as an error (nil if there is none), and the acknowledged ones, in order.
+// bytes, as an error (nil if there is none), and the acknowledged ones, in order. A legacy
+// entry that an operator acknowledged as foreign is foreign.
 func (c *sealCheck) unacknowledged() (acked []uint64, err error) {
+	for i, h := range c.old {
+		if c.acked(i, h) {
+			delete(c.old, i)
+			if c.foreign == nil {
+				c.foreign = map[uint64][]byte{}
+			}
+			c.foreign[i] = h
+		}
+	}
 	for i := range c.foreign {
 		acked = append(acked, i)
 	}
 	slices.Sort(acked)
 	for _, i := range acked {
-		ok := false
-		for _, h := range c.acks[i] {
-			if subtle.ConstantTimeCompare(h, c.foreign[i]) == 1 {
-				ok = true
-			}
-		}
-		if !ok {
+		if !c.acked(i, c.foreign[i]) {
 			return nil, securityf("entry %d: %v", i, ErrEntryMAC)
 		}
 	}
 	return acked, nil
+}
+
+// acked reports whether a sealed acknowledgement after entry i names its leaf hash h.
+func (c *sealCheck) acked(i uint64, h []byte) bool {
+	for _, a := range c.acks[i] {
+		if subtle.ConstantTimeCompare(a, h) == 1 {
+			return true
+		}
+	}
+	return false
 }

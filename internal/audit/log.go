@@ -2,6 +2,7 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -53,6 +54,7 @@ type Config struct {
 	BatchMaxAge        time.Duration         // default 2ms (request records come in batches of their own: audit.Batcher): the longest an event waits for companions
 	CheckpointInterval time.Duration         // default 200ms (1s, the driver's least, with DB)
 	ShutdownTimeout    time.Duration         // how long Close waits for a covering checkpoint; default 30s
+	ScrubEvery         time.Duration         // a shared log: one step of the history walk (scrub.go); default DefaultScrubEvery
 	Metrics            prometheus.Registerer // optional: records, failures, health
 	Logger             *slog.Logger
 	// Bundles keeps request batches' records (batch.go); default DirBundles{Dir}.
@@ -79,9 +81,10 @@ type Log struct {
 	log      *slog.Logger
 	origin   string
 	dir      string
-	db       *sql.DB // the shared engine, nil for a POSIX log
-	entryKey []byte  // seals appended entries (entrymac.go); nil: no MACs
-	leader   *leader // with db: holds the checkpoint signer's lock
+	db       *sql.DB   // the shared engine, nil for a POSIX log
+	scrub    *scrubber // a shared log's history walk (scrub.go), nil for a POSIX log
+	entryKey []byte    // seals appended entries (entrymac.go); nil: no MACs
+	leader   *leader   // with db: holds the checkpoint signer's lock
 	signer   *leaderSigner
 
 	records *prometheus.CounterVec
@@ -263,7 +266,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	})
 	collectors := []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing}
 	if ls != nil {
-		collectors = append(collectors, ls.refusals)
+		l.scrub = newScrubber()
+		collectors = append(collectors, ls.refusals, l.scrub.failures)
 	}
 	if cfg.Metrics != nil {
 		for _, c := range collectors {
@@ -290,6 +294,15 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	l.probe()
 	l.loops.Go(l.indexLoop)
 	l.loops.Go(func() { l.every(probeEvery, l.probe) })
+	if l.scrub != nil {
+		l.loops.Go(func() {
+			l.every(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery), func() {
+				ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+				defer cancel()
+				l.scrubStep(ctx)
+			})
+		})
+	}
 	if ld != nil {
 		l.loops.Go(func() {
 			l.every(leaderPoll, func() {
@@ -298,7 +311,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 				// so that one taking over signing starts from the latest (observe).
 				ctx, cancel := context.WithTimeout(bg, time.Second)
 				if cp, err := l.reader.ReadCheckpoint(ctx); err == nil {
-					ls.observe(cp)
+					ls.observe(cp, true)
 				}
 				cancel()
 			})
@@ -634,7 +647,7 @@ func (l *Log) watchCheckpoint(now time.Time) {
 		published, _ = checkpointSize(cp)
 		read = true
 		older := published < l.cpSeen
-		if l.signer != nil && l.signer.observe(cp) {
+		if l.signer != nil && l.signer.observe(cp, true) {
 			older = true
 		}
 		if older && !l.cpBack {
@@ -862,7 +875,11 @@ func indexRecord(idx uint64, raw []byte) store.AuditEvent {
 }
 
 // ReadEntries reads entries [from, size) of a log of the given size and passes them, in
-// bundles, to fn as index records.
+// bundles, to fn as index records. A bundle that holds fewer entries than its place in
+// the tree says (256, or the partial width), or a full one that holds more, is a security
+// error: the storage's own row size is the attacker's to write, and entries skipped here
+// would be skipped by every check that reads through it (an outside test got a forged
+// entry signed by cutting it out of its full bundle).
 func ReadEntries(ctx context.Context, readBundle func(ctx context.Context, i uint64, p uint8) ([]byte, error), from, size uint64, fn func([]store.AuditEvent) error) error {
 	for from < size {
 		bundleIdx := from / layout.EntryBundleWidth
@@ -877,6 +894,13 @@ func ReadEntries(ctx context.Context, readBundle func(ctx context.Context, i uin
 		var b api.EntryBundle
 		if err := b.UnmarshalText(raw); err != nil {
 			return fmt.Errorf("entry bundle %d: %w", bundleIdx, err)
+		}
+		want := uint64(layout.EntryBundleWidth)
+		if partial != 0 {
+			want = uint64(partial)
+		}
+		if n := uint64(len(b.Entries)); n < want || (partial == 0 && n > want) {
+			return securityf("entry bundle %d holds %d entries, want %d (entries deleted or inserted)", bundleIdx, n, want)
 		}
 		var batch []store.AuditEvent
 		for i, e := range b.Entries {

@@ -41,6 +41,9 @@ func ReadEntry(ctx context.Context, f Fetcher, index, size uint64) ([]byte, erro
 	// sizes the log was integrated at, so one at index+1 may never have existed.
 	var entry []byte
 	err := ReadEntries(ctx, f.ReadEntryBundle, index, size, func(evs []store.AuditEvent) error {
+		if len(evs) == 0 || evs[0].Index != index {
+			return securityf("entry %d missing from its bundle", index)
+		}
 		entry = evs[0].Raw
 		return errFound
 	})

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -333,6 +334,11 @@ type leaderSigner struct {
 	// that restarts or takes over signing starts from what it saw itself, never lower.
 	floorPath string
 	seen      uint64 // the size of the largest checkpoint seen signed (kept at floorPath)
+	// published is the size of the largest checkpoint read from the database's row: what a
+	// published one must not go below. Not seen: this replica's own signature comes before
+	// tessera writes the row (or fails to), and the row read in between is not a rollback
+	// (an outside test's runs raised that ALERT falsely).
+	published uint64
 
 	refusals prometheus.Counter // strongroom_audit_signer_refusals_total
 }
@@ -352,7 +358,7 @@ func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
 	if err == nil {
 		// What this replica signs is its floor from now on, published or not: it will not
 		// sign a smaller tree, or another at this size, even after a restart.
-		s.observe(append(append(bytes.Clone(msg), '\n'), sigLine(s.Signer, sig)...))
+		s.observe(append(append(bytes.Clone(msg), '\n'), sigLine(s.Signer, sig)...), false)
 	}
 	return sig, err
 }
@@ -375,7 +381,7 @@ func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 		return fmt.Errorf("audit: checkpoint to sign: %v", err)
 	}
 	if cp, err := (*r).ReadCheckpoint(ctx); err == nil {
-		s.observe(cp)
+		s.observe(cp, true)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -386,7 +392,7 @@ func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 	}
 	if errors.Is(err, ErrSecurity) {
 		s.refusals.Inc()
-		if why := err.Error(); why != s.alerted {
+		if why := alertCause(err); why != s.alerted {
 			s.alerted = why
 			s.log.Error("ALERT audit log: an entry in the shared log was not written by a replica, or its tree was altered (someone with write access to the log's database); no checkpoint will cover it — the log publishes none past it until this is resolved",
 				"err", err)
@@ -395,12 +401,20 @@ func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 	return err
 }
 
+// sizesAndHashes are the parts of a refusal that change as the tree grows.
+var sizesAndHashes = regexp.MustCompile(`size \d+|\[[0-9 \n]+\]`)
+
+// alertCause is what tells two ALERTs apart: the error without tree sizes and hashes, so
+// that a signer refusing the same entry at every new tree size says so once.
+func alertCause(err error) string { return sizesAndHashes.ReplaceAllString(err.Error(), "") }
+
 // observe raises the signer's starting point to cp when cp is a checkpoint the log key
-// signed of a larger tree (and keeps it on disk); it reports whether cp is smaller than the
-// starting point (a checkpoint put back: the database rolled back). Every replica observes
-// the published checkpoint at each lock poll (250 ms), so one that takes over signing knows
-// how far the log had come. Without an entry key the signer checks nothing, this included.
-func (s *leaderSigner) observe(cp []byte) (older bool) {
+// signed of a larger tree (and keeps it on disk). For cp read from the database's row
+// (published), it reports whether cp is smaller than one read there before (a checkpoint
+// put back: the database rolled back). Every replica observes the published checkpoint at
+// each lock poll (250 ms), so one that takes over signing knows how far the log had come.
+// Without an entry key the signer checks nothing, this included.
+func (s *leaderSigner) observe(cp []byte, published bool) (older bool) {
 	if !signedBy(s.Signer, cp) {
 		return false
 	}
@@ -413,8 +427,14 @@ func (s *leaderSigner) observe(cp []byte) (older bool) {
 	if c.Size > s.checked {
 		s.checked, s.root = c.Size, c.Hash
 	}
+	if published {
+		if c.Size < s.published {
+			return true
+		}
+		s.published = c.Size
+	}
 	if c.Size < s.seen {
-		return true
+		return false
 	}
 	if c.Size == s.seen && s.seen > 0 {
 		return false
@@ -447,7 +467,7 @@ func (s *leaderSigner) loadFloor() {
 		return
 	}
 	if cp, err := os.ReadFile(s.floorPath); err == nil {
-		s.observe(cp)
+		s.observe(cp, false) // perhaps signed here and never published: a floor, not a rollback mark
 	}
 }
 

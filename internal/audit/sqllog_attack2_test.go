@@ -568,24 +568,38 @@ func (s failSigner) Sign(msg []byte) ([]byte, error) { return nil, errors.New("n
 // driver, as someone with write access to the database and no key would.
 func a2AppendForged(t testing.TB, dsn, origin string, entry []byte) tessera.Index {
 	t.Helper()
+	return a2AppendAll(t, dsn, origin, [][]byte{entry})[0]
+}
+
+// a2AppendAll is a2AppendForged for entries in one sequencing batch (one transaction).
+func a2AppendAll(t testing.TB, dsn, origin string, entries [][]byte) []tessera.Index {
+	t.Helper()
 	ctx := context.Background()
 	st, err := tmysql.New(ctx, testAdmin(t, dsn))
 	if err != nil {
 		t.Fatal(err)
 	}
 	app, shutdown, _, err := tessera.NewAppender(ctx, st, tessera.NewAppendOptions().
-		WithCheckpointSigner(failSigner{name: origin}).WithCheckpointInterval(time.Second).WithBatching(1, 10*time.Millisecond))
+		WithCheckpointSigner(failSigner{name: origin}).WithCheckpointInterval(time.Second).WithBatching(uint(len(entries)), time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	idx, err := app.Add(ctx, tessera.NewEntry(entry))()
-	if err != nil {
-		t.Fatal(err)
+	var fs []tessera.IndexFuture
+	for _, e := range entries {
+		fs = append(fs, app.Add(ctx, tessera.NewEntry(e)))
+	}
+	var out []tessera.Index
+	for _, f := range fs {
+		idx, err := f()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, idx)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	shutdown(sctx)
 	cancel()
-	return idx
+	return out
 }
 
 // TestAttack2ForgedAppend: someone with write access to the database and no log key

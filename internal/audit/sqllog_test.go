@@ -467,3 +467,42 @@ func holdSignerLock(t *testing.T, dsn string) (release func()) {
 	t.Cleanup(release)
 	return release
 }
+
+// TestObservePublished: a checkpoint this replica signed raises its floor (it never signs
+// below it) but is not what the database's row is held to: the row read right after the
+// signature, before tessera writes it, is not a rollback. A row that goes below one read
+// before is.
+func TestObservePublished(t *testing.T) {
+	s, _, _ := newKeys(t, "strongroom.test/observe")
+	cp := func(size int) []byte {
+		t.Helper()
+		b, err := note.Sign(&note.Note{Text: fmt.Sprintf("%s\n%d\nq6vS9Wg0SsmMHh6bVG5YQ7OUS7ESl2MKhFjGqJwHzlM=\n", s.Name(), size)}, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ls := &leaderSigner{Signer: s, log: newTextLogger(io.Discard)}
+	if ls.observe(cp(3), true) {
+		t.Fatal("the first row read is older than nothing")
+	}
+	if ls.observe(cp(6), false) || ls.observe(cp(3), true) {
+		t.Fatal("the row read after this replica signed size 6, before it is written, taken for a rollback")
+	}
+	if n, _ := ls.trusted(); n != 6 {
+		t.Fatalf("floor %d after signing 6", n)
+	}
+	if ls.observe(cp(7), true) || !ls.observe(cp(5), true) {
+		t.Fatal("a row going from 7 back to 5 not reported")
+	}
+}
+
+// TestAlertCause: a refusal repeated as the tree grows is one cause; another entry is another.
+func TestAlertCause(t *testing.T) {
+	a := securityf("the root to sign (size %d) does not commit to entry %d as the log holds it: calculated root:\n%v\n does not match", 3, 1, []byte{1, 2, 3})
+	b := securityf("the root to sign (size %d) does not commit to entry %d as the log holds it: calculated root:\n%v\n does not match", 9, 1, []byte{7, 8})
+	c := securityf("the root to sign (size %d) does not commit to entry %d as the log holds it: calculated root:\n%v\n does not match", 9, 2, []byte{7, 8})
+	if alertCause(a) != alertCause(b) || alertCause(b) == alertCause(c) {
+		t.Fatalf("causes:\n%q\n%q\n%q", alertCause(a), alertCause(b), alertCause(c))
+	}
+}

@@ -60,6 +60,11 @@ type VerifyOptions struct {
 	// every entry's MAC: an entry no replica wrote fails verification unless an operator
 	// acknowledged it in the log (foreign.go).
 	EntryKey []byte
+	// LegacyUnsealed (with EntryKey) tolerates entries without a "mac" member ahead of the
+	// log's first sealed one, counted in State.Unsealed: a log on local disk started by a
+	// version from before entry MACs. Never for a shared log: there, an attacker who empties
+	// a new log's first bundle could pass forged entries off as legacy.
+	LegacyUnsealed bool
 }
 
 // OpenCheckpoint checks a checkpoint's log signature and witness quorum and parses it.
@@ -129,7 +134,7 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 	}
 	var priorRoot []byte
 	next := uint64(0)
-	seals := sealCheck{key: o.EntryKey, origin: cp.Origin, legacy: true}
+	seals := sealCheck{key: o.EntryKey, origin: cp.Origin, legacy: o.LegacyUnsealed}
 	for bundle := uint64(0); next < cp.Size; bundle++ {
 		p := layout.PartialTileSize(0, bundle, cp.Size)
 		rawBundle, err := f.ReadEntryBundle(ctx, bundle, p)
@@ -190,7 +195,7 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
-	return State{Origin: cp.Origin, Size: cp.Size, Root: cp.Hash, Checkpoint: raw, Foreign: foreign, Unsealed: seals.old}, nil
+	return State{Origin: cp.Origin, Size: cp.Size, Root: cp.Hash, Checkpoint: raw, Foreign: foreign, Unsealed: uint64(len(seals.old))}, nil
 }
 
 // batchKind marks a batch entry in its canonical bytes (ParseEvent confirms).
