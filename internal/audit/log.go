@@ -266,7 +266,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	})
 	collectors := []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing}
 	if ls != nil {
-		l.scrub = newScrubber()
+		l.scrub = newScrubber(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery))
 		collectors = append(collectors, ls.refusals, l.scrub.failures)
 	}
 	if cfg.Metrics != nil {
@@ -296,7 +296,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	l.loops.Go(func() { l.every(probeEvery, l.probe) })
 	if l.scrub != nil {
 		l.loops.Go(func() {
-			l.every(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery), func() {
+			l.every(l.scrub.every, func() {
 				ctx, cancel := context.WithTimeout(bg, 10*time.Second)
 				defer cancel()
 				l.scrubStep(ctx)

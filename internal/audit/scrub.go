@@ -39,16 +39,34 @@ const DefaultScrubEvery = time.Second
 // scrubBundleEvery is how many steps apart a batch's bundle is checked too.
 const scrubBundleEvery = 10
 
+// scrubStallSteps is how many steps the history walk may fail to advance (reads failing)
+// before it alerts: 5 minutes at the default pace.
+const scrubStallSteps = 300
+
+// deleted turns "not found" from the log's storage — an entry bundle, a tile or a batch's
+// bundle of a tree this replica trusts — into the security error it is: what a signed
+// checkpoint covers was there.
+func deleted(err error) error {
+	if err != nil && !errors.Is(err, ErrSecurity) && errors.Is(err, os.ErrNotExist) {
+		return securityf("deleted from the log's storage: %v", err)
+	}
+	return err
+}
+
 type scrubber struct {
 	next      uint64       // the next entry to check
 	nextBatch uint64       // where the search for the next batch entry to check resumes
 	steps     atomic.Int64 // steps taken (tests read it)
 	alerted   string
 	failures  prometheus.Counter
+	every     time.Duration // one step
+	stall     time.Duration // scrubStallSteps steps
+	since     time.Time     // when the walk last advanced (or first failed to)
+	stalled   bool          // the stall ALERT was raised
 }
 
-func newScrubber() *scrubber {
-	return &scrubber{failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_scrub_failures_total",
+func newScrubber(every time.Duration) *scrubber {
+	return &scrubber{every: every, stall: scrubStallSteps * every, failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_scrub_failures_total",
 		Help: "Times this replica found the shared log's history altered after it was signed (an entry or a batch's bundle that no longer matches the tree it trusts)."})}
 }
 
@@ -72,13 +90,24 @@ func (l *Log) scrubStep(ctx context.Context) {
 	}
 	from := sc.next
 	to := min(size, (from/layout.EntryBundleWidth+1)*layout.EntryBundleWidth)
-	err := l.proveRange(ctx, from, to, size, root, nil)
+	err := deleted(l.proveRange(ctx, from, to, size, root, nil))
 	if err == nil || errors.Is(err, ErrSecurity) { // past a bad bundle too: the walk goes on
 		sc.next = to
 		sc.steps.Add(1)
 	}
 	if err == nil && sc.steps.Load()%scrubBundleEvery == 0 {
-		err = l.scrubBatch(ctx, size, root)
+		err = deleted(l.scrubBatch(ctx, size, root))
+	}
+	now := time.Now()
+	if err == nil || errors.Is(err, ErrSecurity) {
+		sc.since, sc.stalled = now, false
+	} else if sc.since.IsZero() {
+		sc.since = now
+	} else if !sc.stalled && now.Sub(sc.since) >= sc.stall {
+		// A read that keeps failing (a table locked or renamed, a tile row made unreadable)
+		// would otherwise stop the walk without a word.
+		sc.stalled = true
+		l.log.Error("ALERT audit log: the walk over the shared log's history has not advanced", "for", now.Sub(sc.since).Round(time.Second), "at_entry", sc.next, "err", err)
 	}
 	switch {
 	case err == nil:

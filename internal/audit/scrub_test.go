@@ -81,3 +81,49 @@ func TestScrubFindsAlteredHistory(t *testing.T) {
 		t.Errorf("strongroom_audit_scrub_failures_total is %v after two alterations", n)
 	}
 }
+
+// TestScrubDeletedAndStalled: a signed entry bundle's row deleted is an alteration (named,
+// not retried in silence), and a walk whose reads keep failing (the tiles' table renamed)
+// raises its own ALERT after scrubStallSteps steps.
+func TestScrubDeletedAndStalled(t *testing.T) {
+	dsn := sqlTestDB(t)
+	s, v, _ := newKeys(t, "strongroom.test/scrub2")
+	ctx := context.Background()
+	db := testAdmin(t, dsn)
+	logs := &syncBuffer{}
+	l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: time.Second,
+		Logger: newTextLogger(logs), ScrubEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close(context.Background()) })
+	for i := range 3 {
+		if _, err := l.Record(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a2WaitVerify(t, l, v, 3, nil)
+	var data []byte
+	var size int
+	if err := db.QueryRow("SELECT `size`, `data` FROM `TiledLeaves` WHERE `tile_index` = 0").Scan(&size, &data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("DELETE FROM `TiledLeaves` WHERE `tile_index` = 0"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(logs.String(), "history was altered after it was signed") && strings.Contains(logs.String(), "deleted from the log's storage")
+	})
+	if _, err := db.Exec("INSERT INTO `TiledLeaves` (`tile_index`, `size`, `data`) VALUES (0, ?, ?)", size, data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("RENAME TABLE `Subtree` TO `Subtree_gone`"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		return strings.Contains(logs.String(), "the walk over the shared log's history has not advanced")
+	})
+	if _, err := db.Exec("RENAME TABLE `Subtree_gone` TO `Subtree`"); err != nil {
+		t.Fatal(err)
+	}
+}
