@@ -311,7 +311,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 				// so that one taking over signing starts from the latest (observe).
 				ctx, cancel := context.WithTimeout(bg, time.Second)
 				if cp, err := l.reader.ReadCheckpoint(ctx); err == nil {
-					ls.observe(cp, true)
+					// A floor, not a rollback mark: only the watch, reading the row in
+					// one sequence, judges rollbacks (answers on two pooled connections
+					// can be handled out of order: an outside test saw a false ALERT).
+					ls.observe(cp, false)
 				}
 				cancel()
 			})
@@ -643,7 +646,11 @@ func (l *Log) watchCheckpoint(now time.Time) {
 	}
 	l.cpSize = size
 	published, read := l.cpSeen, false
-	if cp, err := l.reader.ReadCheckpoint(ctx); err == nil {
+	if cp, err := l.reader.ReadCheckpoint(ctx); err == nil && l.signer != nil && !signedBy(l.signer.Signer, cp) {
+		// A shared log's row not signed by the log key says nothing: its sizes are the
+		// attacker's (one claiming 2^64-1 entries made the lag 0 and silenced this watch).
+		why = fmt.Errorf("the published checkpoint is not signed by the log key")
+	} else if err == nil {
 		published, _ = checkpointSize(cp)
 		read = true
 		older := published < l.cpSeen
@@ -893,7 +900,7 @@ func ReadEntries(ctx context.Context, readBundle func(ctx context.Context, i uin
 		}
 		var b api.EntryBundle
 		if err := b.UnmarshalText(raw); err != nil {
-			return fmt.Errorf("entry bundle %d: %w", bundleIdx, err)
+			return securityf("entry bundle %d malformed: %v", bundleIdx, err)
 		}
 		want := uint64(layout.EntryBundleWidth)
 		if partial != 0 {

@@ -1,14 +1,17 @@
 package audit
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/transparency-dev/tessera/api"
 	"github.com/transparency-dev/tessera/api/layout"
 	"github.com/transparency-dev/tessera/client"
 
@@ -56,13 +59,21 @@ func deleted(err error) error {
 type scrubber struct {
 	next      uint64       // the next entry to check
 	nextBatch uint64       // where the search for the next batch entry to check resumes
+	end       uint64       // the walk's end: the trusted size when it began (growth does not push it)
+	batchEnd  uint64       // the batch walk's end, likewise
 	steps     atomic.Int64 // steps taken (tests read it)
-	alerted   string
+	alerted   string       // the last alteration ALERT's cause (cleared by a clean walk)
+	failed    bool         // this walk found an alteration
 	failures  prometheus.Counter
 	every     time.Duration // one step
 	stall     time.Duration // scrubStallSteps steps
-	since     time.Time     // when the walk last advanced (or first failed to)
+	since     time.Time     // when the entry walk last advanced (or first failed to)
+	bsince    time.Time     // the same for the batch walk
 	stalled   bool          // the stall ALERT was raised
+	began     time.Time     // when this walk began
+	slow      bool          // the slow-walk ALERT was raised for this walk
+	tries     int           // steps tried in this window of scrubStallSteps
+	misses    int           // of which failed to read
 }
 
 func newScrubber(every time.Duration) *scrubber {
@@ -85,61 +96,114 @@ func (l *Log) scrubStep(ctx context.Context) {
 	if size == 0 {
 		return
 	}
-	if sc.next >= size {
-		sc.next = 0
+	now := time.Now()
+	if sc.next >= sc.end {
+		// A walk ends where the trusted tree ended when it began: a log growing faster
+		// than the walk cannot keep it at the head (an outside test did).
+		if !sc.failed {
+			sc.alerted = "" // a clean walk: the next alteration is news, even of the same entry
+		}
+		sc.next, sc.end, sc.failed, sc.began, sc.slow = 0, size, false, now, false
 	}
 	from := sc.next
-	to := min(size, (from/layout.EntryBundleWidth+1)*layout.EntryBundleWidth)
+	to := min(sc.end, (from/layout.EntryBundleWidth+1)*layout.EntryBundleWidth)
 	err := deleted(l.proveRange(ctx, from, to, size, root, nil))
 	if err == nil || errors.Is(err, ErrSecurity) { // past a bad bundle too: the walk goes on
 		sc.next = to
 		sc.steps.Add(1)
-	}
-	if err == nil && sc.steps.Load()%scrubBundleEvery == 0 {
-		err = deleted(l.scrubBatch(ctx, size, root))
-	}
-	now := time.Now()
-	if err == nil || errors.Is(err, ErrSecurity) {
-		sc.since, sc.stalled = now, false
-	} else if sc.since.IsZero() {
 		sc.since = now
-	} else if !sc.stalled && now.Sub(sc.since) >= sc.stall {
-		// A read that keeps failing (a table locked or renamed, a tile row made unreadable)
-		// would otherwise stop the walk without a word.
-		sc.stalled = true
-		l.log.Error("ALERT audit log: the walk over the shared log's history has not advanced", "for", now.Sub(sc.since).Round(time.Second), "at_entry", sc.next, "err", err)
 	}
-	switch {
-	case err == nil:
-	case errors.Is(err, ErrSecurity):
+	var berr error
+	if sc.steps.Load()%scrubBundleEvery == 0 {
+		berr = deleted(l.scrubBatch(ctx, size, root))
+		if berr == nil || errors.Is(berr, ErrSecurity) {
+			sc.bsince = now
+		}
+	}
+	for _, e := range []error{err, berr} {
+		if e == nil || !errors.Is(e, ErrSecurity) {
+			continue
+		}
 		sc.failures.Inc()
-		if why := alertCause(err); why != sc.alerted {
+		sc.failed = true
+		if why := alertCause(e); why != sc.alerted {
 			sc.alerted = why
 			l.log.Error("ALERT audit log: the shared log's history was altered after it was signed (someone with write access to the log's database); /log/ and audit search serve the altered bytes, verifiers will reject the log",
-				"err", err, "trusted_size", size)
+				"err", e, "trusted_size", size)
 		}
-	default:
-		l.log.Debug("audit scrub: will retry", "err", err)
+	}
+	// A walk whose reads keep failing, or that a throttled storage lets advance only now
+	// and then, would otherwise stop or crawl without a word.
+	for _, w := range []struct {
+		since time.Time
+		err   error
+	}{{sc.since, err}, {sc.bsince, berr}} {
+		if w.err == nil || errors.Is(w.err, ErrSecurity) || w.since.IsZero() || now.Sub(w.since) < sc.stall || sc.stalled {
+			continue
+		}
+		sc.stalled = true
+		l.log.Error("ALERT audit log: the walk over the shared log's history has not advanced", "for", now.Sub(w.since).Round(time.Second), "at_entry", sc.next, "err", w.err)
+	}
+	if err == nil && berr == nil {
+		sc.stalled = false
+	}
+	if sc.since.IsZero() {
+		sc.since = now
+	}
+	if sc.bsince.IsZero() {
+		sc.bsince = now
+	}
+	// A walk takes end/256 steps; one taking over four times that (plus the stall allowance)
+	// is being slowed down.
+	if budget := time.Duration(4*(sc.end/layout.EntryBundleWidth+1)+scrubStallSteps) * sc.every; !sc.slow && now.Sub(sc.began) > budget {
+		sc.slow = true
+		l.log.Error("ALERT audit log: the walk over the shared log's history is far behind its pace (reads failing or slowed)", "walk_began", sc.began.Format(time.RFC3339), "at_entry", sc.next, "walk_end", sc.end)
+	}
+	// Storage that fails most reads but lets one through now and then (throttling the walk
+	// without ever stalling it for scrubStallSteps in a row).
+	sc.tries++
+	if (err != nil && !errors.Is(err, ErrSecurity)) || (berr != nil && !errors.Is(berr, ErrSecurity)) {
+		sc.misses++
+		l.log.Debug("audit scrub: will retry", "err", cmp.Or(err, berr))
+	}
+	if sc.tries == scrubStallSteps {
+		if 2*sc.misses > sc.tries {
+			l.log.Error("ALERT audit log: most reads of the walk over the shared log's history fail", "failed", sc.misses, "of", sc.tries, "at_entry", sc.next, "err", cmp.Or(err, berr))
+		}
+		sc.tries, sc.misses = 0, 0
 	}
 }
 
 // proveRange checks entries [from, to) against the tree of size and root: each one's bytes
-// must be included at its index. fn, if not nil, sees each checked entry.
+// must be included at its index. Every entry of the range is checked; the error names all
+// that fail. Tiles are checked as they are read (checkedTile): tessera's proof builder
+// reports its fetcher's errors as text, so a missing or malformed tile would otherwise read
+// as a transient failure. fn, if not nil, sees each entry that proved.
 func (l *Log) proveRange(ctx context.Context, from, to, size uint64, root []byte, fn func(store.AuditEvent) (bool, error)) error {
-	pb, err := client.NewProofBuilder(ctx, size, l.reader.ReadTile)
+	var tileErr error
+	readTile := func(ctx context.Context, level, index uint64, p uint8) ([]byte, error) {
+		t, err := checkedTile(ctx, l.reader.ReadTile, level, index, p)
+		if err != nil && tileErr == nil && errors.Is(err, ErrSecurity) {
+			tileErr = err
+		}
+		return t, err
+	}
+	pb, err := client.NewProofBuilder(ctx, size, readTile)
 	if err != nil {
-		return err
+		return cmp.Or(tileErr, err)
 	}
 	errStop := errors.New("stop")
 	var fnErr error
+	var bad []uint64
 	err = ReadEntries(ctx, l.reader.ReadEntryBundle, from, to, func(evs []store.AuditEvent) error {
 		for _, e := range evs {
 			p, err := pb.InclusionProof(ctx, e.Index)
 			if err != nil {
-				return err
+				return cmp.Or(tileErr, err)
 			}
-			if err := VerifyInclusion(e.Raw, e.Index, size, p, root); err != nil {
-				return securityf("entry %d no longer matches the signed tree of size %d: %v", e.Index, size, err)
+			if VerifyInclusion(e.Raw, e.Index, size, p, root) != nil {
+				bad = append(bad, e.Index)
+				continue
 			}
 			if fn != nil {
 				stop, err := fn(e)
@@ -151,22 +215,55 @@ func (l *Log) proveRange(ctx context.Context, from, to, size uint64, root []byte
 		}
 		return nil
 	})
-	if err == errStop {
+	switch {
+	case len(bad) > 0:
+		why := make([]string, len(bad))
+		for i, b := range bad {
+			why[i] = fmt.Sprintf("entry %d no longer matches the signed tree of size %d", b, size)
+		}
+		return securityf("%s", strings.Join(why, "; "))
+	case err == errStop:
 		return fnErr
 	}
 	return err
+}
+
+// checkedTile reads a tile and checks its form: present, parsable, and exactly as many
+// hashes as its place in the tree says (p, or 256 for a full tile). Anything else is an
+// alteration of what a trusted checkpoint covers.
+func checkedTile(ctx context.Context, read func(context.Context, uint64, uint64, uint8) ([]byte, error), level, index uint64, p uint8) ([]byte, error) {
+	raw, err := read(ctx, level, index, p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, securityf("tile %d/%d deleted from the log's storage", level, index)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var t api.HashTile
+	if err := t.UnmarshalText(raw); err != nil {
+		return nil, securityf("tile %d/%d malformed: %v", level, index, err)
+	}
+	want := layout.TileWidth
+	if p != 0 {
+		want = int(p)
+	}
+	if len(t.Nodes) != want {
+		return nil, securityf("tile %d/%d holds %d hashes, want %d", level, index, len(t.Nodes), want)
+	}
+	return raw, nil
 }
 
 // scrubBatch checks the bundle of the next batch entry at or after sc.nextBatch (wrapping
 // to the start), its entry proved first.
 func (l *Log) scrubBatch(ctx context.Context, size uint64, root []byte) error {
 	sc := l.scrub
-	if sc.nextBatch >= size {
-		sc.nextBatch = 0
+	if sc.nextBatch >= sc.batchEnd {
+		sc.nextBatch, sc.batchEnd = 0, size
 	}
 	from := sc.nextBatch
-	to := min(size, (from/layout.EntryBundleWidth+1)*layout.EntryBundleWidth)
-	return l.proveRange(ctx, from, to, size, root, func(e store.AuditEvent) (bool, error) {
+	to := min(sc.batchEnd, (from/layout.EntryBundleWidth+1)*layout.EntryBundleWidth)
+	checked := false // a batch's bundle was read (its error, if any, is that bundle's)
+	err := l.proveRange(ctx, from, to, size, root, func(e store.AuditEvent) (bool, error) {
 		var ev *Event
 		if e.Kind == string(KindBatch) {
 			ev, _ = ParseEvent(e.Raw)
@@ -175,6 +272,7 @@ func (l *Log) scrubBatch(ctx context.Context, size uint64, root []byte) error {
 			sc.nextBatch = e.Index + 1
 			return false, nil
 		}
+		checked = true
 		b, err := l.bundles.Bundle(ctx, ev.Subject["bundle"])
 		switch {
 		case errors.Is(err, os.ErrNotExist):
@@ -189,4 +287,8 @@ func (l *Log) scrubBatch(ctx context.Context, size uint64, root []byte) error {
 		sc.nextBatch = e.Index + 1
 		return true, err
 	})
+	if errors.Is(err, ErrSecurity) && !checked {
+		sc.nextBatch = to // entries that no longer prove (the entry walk names them): past them
+	}
+	return err
 }

@@ -381,7 +381,7 @@ func (s *leaderSigner) checkEntries(ctx context.Context, msg []byte) error {
 		return fmt.Errorf("audit: checkpoint to sign: %v", err)
 	}
 	if cp, err := (*r).ReadCheckpoint(ctx); err == nil {
-		s.observe(cp, true)
+		s.observe(cp, false)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -586,13 +586,13 @@ func (r trimReader) ReadEntryBundle(ctx context.Context, index uint64, p uint8) 
 	// SPEC: https://c2sp.org/tlog-tiles — an entry bundle is a sequence of
 	// uint16-length-prefixed entries.
 	off := 0
-	for range p {
+	for i := range p {
 		if off+2 > len(b) {
-			return nil, fmt.Errorf("entry bundle %d: %d entries, %d asked: %w", index, p, p, os.ErrNotExist)
+			return nil, fmt.Errorf("entry bundle %d: %d entries, %d asked: %w", index, i, p, os.ErrNotExist)
 		}
 		off += 2 + int(binary.BigEndian.Uint16(b[off:]))
 		if off > len(b) {
-			return nil, fmt.Errorf("entry bundle %d: truncated", index)
+			return nil, securityf("entry bundle %d: entry %d truncated", index, i)
 		}
 	}
 	return b[:off], nil
