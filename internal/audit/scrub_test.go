@@ -18,23 +18,12 @@ import (
 func TestScrubFindsAlteredHistory(t *testing.T) {
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/scrub")
-	ctx := context.Background()
 	db := testAdmin(t, dsn)
-	logs := &syncBuffer{}
-	l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: time.Second,
-		Logger: newTextLogger(logs), ScrubEvery: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close(context.Background()) })
-	for i := range 3 {
-		if _, err := l.Record(ctx, event(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	l, logs := a6Replica(t, dsn, s, 10*time.Millisecond)
+	a5Fill(t, l, 3)
 	a2Batch(t, l, 0, 5) // entry 3: a batch of five records
 	for i := 4; i < 6; i++ {
-		if _, err := l.Record(ctx, event(i)); err != nil {
+		if _, err := l.Record(context.Background(), event(i)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -88,20 +77,9 @@ func TestScrubFindsAlteredHistory(t *testing.T) {
 func TestScrubDeletedAndStalled(t *testing.T) {
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/scrub2")
-	ctx := context.Background()
 	db := testAdmin(t, dsn)
-	logs := &syncBuffer{}
-	l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: time.Second,
-		Logger: newTextLogger(logs), ScrubEvery: 5 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close(context.Background()) })
-	for i := range 3 {
-		if _, err := l.Record(ctx, event(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	l, logs := a6Replica(t, dsn, s, 5*time.Millisecond)
+	a5Fill(t, l, 3)
 	a2WaitVerify(t, l, v, 3, nil)
 	var data []byte
 	var size int
