@@ -219,7 +219,7 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if g.json {
-				out := map[string]any{"ok": true, "origin": st.Origin, "size": st.Size, "root": st.Root}
+				out := map[string]any{"ok": true, "origin": st.Origin, "size": st.Size, "root": st.Root, "copies": append([]audit.Copy{}, st.Copies...)}
 				if hmacKey != "" {
 					out["foreign_acknowledged"], out["unsealed_before_macs"] = append([]uint64{}, st.Foreign...), st.Unsealed
 				}
@@ -234,6 +234,9 @@ func auditVerifyCmd(g *globals) *cobra.Command {
 			if hmacKey != "" {
 				fmt.Fprintf(cmd.OutOrStdout(), "entry MACs: a replica wrote every entry, except %d foreign, each acknowledged (entries %v), and %d from before entry MACs\n",
 					len(st.Foreign), st.Foreign, st.Unsealed)
+			}
+			for _, c := range st.Copies {
+				fmt.Fprintf(cmd.OutOrStdout(), "copy: entry %d repeats entry %d byte for byte (appended again through the log's database, or a batch folded twice); it says nothing new and is counted once\n", c.Index, c.Of)
 			}
 			return nil
 		},

@@ -107,11 +107,27 @@ func init() {
 	// logdb forge VKEYFILE: append an entry (a lease grant to "attacker") to the log named
 	// by the verifier key through tessera's own MySQL driver, as someone with write access
 	// to the database and no key would; sets $FORGED to its index.
+	// logdb copy VKEYFILE N: append a byte copy of entry N the same way; sets $COPY to its
+	// index.
 	scriptCmds["logdb"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		dbPathsMu.Lock()
 		defer dbPathsMu.Unlock()
-		if args[0] == "forge" {
-			forgeEntry(ts, args[1])
+		switch args[0] {
+		case "forge":
+			entry := fmt.Sprintf(`{"v":1,"ts":%q,"kind":"lease.grant","actor":{"principal":"attacker"},"subject":{"model":"sec:1"},"decision":"allow","reason":"","fields":{}}`,
+				time.Now().UTC().Format(time.RFC3339Nano))
+			ts.Setenv("FORGED", strconv.FormatUint(appendDirect(ts, args[1], func(context.Context, *tmysql.Storage) []byte { return []byte(entry) }), 10))
+			return
+		case "copy":
+			n, err := strconv.ParseUint(args[2], 10, 64)
+			ts.Check(err)
+			ts.Setenv("COPY", strconv.FormatUint(appendDirect(ts, args[1], func(ctx context.Context, st *tmysql.Storage) []byte {
+				size, err := st.IntegratedSize(ctx)
+				ts.Check(err)
+				raw, err := audit.ReadEntry(ctx, st, n, size)
+				ts.Check(err)
+				return raw
+			}), 10))
 			return
 		}
 		if args[0] != "new" {
@@ -180,8 +196,10 @@ func randHex() string {
 	return hex.EncodeToString(r[:])
 }
 
-// forgeEntry appends an unsealed entry to the script's log database (logdb forge).
-func forgeEntry(ts *testscript.TestScript, vkeyFile string) {
+// appendDirect appends the entry that entry returns to the script's log database through
+// tessera's own driver, as someone with write access to the database and no key would
+// (logdb forge, logdb copy), and returns its index.
+func appendDirect(ts *testscript.TestScript, vkeyFile string, entry func(context.Context, *tmysql.Storage) []byte) uint64 {
 	vkey, err := os.ReadFile(ts.MkAbs(vkeyFile))
 	ts.Check(err)
 	origin, _, _ := strings.Cut(string(vkey), "+")
@@ -195,14 +213,12 @@ func forgeEntry(ts *testscript.TestScript, vkeyFile string) {
 	app, shutdown, _, err := tessera.NewAppender(ctx, st, tessera.NewAppendOptions().
 		WithCheckpointSigner(noKey(origin)).WithCheckpointInterval(time.Second).WithBatching(1, 10*time.Millisecond))
 	ts.Check(err)
-	entry := fmt.Sprintf(`{"v":1,"ts":%q,"kind":"lease.grant","actor":{"principal":"attacker"},"subject":{"model":"sec:1"},"decision":"allow","reason":"","fields":{}}`,
-		time.Now().UTC().Format(time.RFC3339Nano))
-	idx, err := app.Add(ctx, tessera.NewEntry([]byte(entry)))()
+	idx, err := app.Add(ctx, tessera.NewEntry(entry(ctx, st)))()
 	ts.Check(err)
 	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	shutdown(sctx) // its checkpoint is never signed: it has no key
 	cancel()
-	ts.Setenv("FORGED", strconv.FormatUint(idx.Index, 10))
+	return idx.Index
 }
 
 // noKey has a log's name and no key: it cannot sign a checkpoint.

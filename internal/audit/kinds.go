@@ -1,5 +1,7 @@
 package audit
 
+import "github.com/strongroom/strongroom/internal/store"
+
 // Kind names what an event records. Every kind Strongroom writes is listed here; a
 // reader (search, reports, the console) matches on these constants, never on literals.
 type Kind string
@@ -67,6 +69,9 @@ const (
 	// KindUnsealedEntry is never written: the search index lists a shared log's entries
 	// that no replica sealed under it (Log.markUnsealed), whatever kind they claim.
 	KindUnsealedEntry Kind = "audit.unsealed_entry"
+	// KindCopiedEntry is never written: the search index lists an entry whose bytes repeat
+	// an earlier entry's under it, with no principal (store/auditcopies.go).
+	KindCopiedEntry Kind = store.KindCopiedEntry
 
 	// The console (internal/web); what its users do is recorded under the kinds above,
 	// with the user as actor.

@@ -38,6 +38,7 @@ var ErrUnavailable = errors.New("audit log unavailable")
 type Index interface {
 	IndexAudit(ctx context.Context, evs []store.AuditEvent) error
 	AuditIndexed(ctx context.Context) (uint64, error)
+	AuditDigests(ctx context.Context, digests [][32]byte) (map[[32]byte]uint64, error)
 }
 
 // Config configures a Log. Zero values take the defaults set in Open.
@@ -786,10 +787,41 @@ func (l *Log) markUnsealed(evs []store.AuditEvent) {
 	}
 }
 
+// markCopies gives entries their digests and lists, in the search index, an entry whose
+// bytes repeat an earlier entry's (store/auditcopies.go: appended again by someone with
+// access to the log's database, or a batch folded twice after an append whose outcome was
+// lost) under KindCopiedEntry, with no principal and no decision: it is counted once, and a
+// copied batch's records are not indexed again. Each copy raises an ALERT.
+func (l *Log) markCopies(ctx context.Context, evs []store.AuditEvent) error {
+	ds := make([][32]byte, len(evs))
+	for i := range evs {
+		ds[i] = store.EntryDigest(evs[i].Raw)
+		evs[i].Digest = ds[i][:]
+	}
+	seen, err := l.idx.AuditDigests(ctx, ds)
+	if err != nil {
+		return err
+	}
+	for i := range evs {
+		e := &evs[i]
+		if first, ok := seen[ds[i]]; ok && first < e.Index {
+			l.log.Error("ALERT audit log: an entry repeats an earlier entry byte for byte (a copy appended through the log's database, or a batch folded twice); the search index counts it once",
+				"entry", e.Index, "copy_of", first, "kind", e.Kind)
+			e.Kind, e.Principal, e.Decision = string(KindCopiedEntry), "", ""
+			continue
+		}
+		seen[ds[i]] = e.Index
+	}
+	return nil
+}
+
 // indexWithRecords indexes entries, and for each request batch among them its records
 // (RecordIndex numbers), read from this process's memory or the bundle store. A batch
 // whose bundle cannot be read is an error: the index waits rather than skip records.
 func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) error {
+	if err := l.markCopies(ctx, evs); err != nil {
+		return err
+	}
 	type batch struct {
 		index uint64
 		ev    *Event

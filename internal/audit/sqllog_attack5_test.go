@@ -24,7 +24,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -515,17 +514,7 @@ func TestAttack5IndexForged(t *testing.T) {
 	s, _, _ := newKeys(t, "strongroom.test/attack5i")
 	ctx := context.Background()
 	db := testAdmin(t, dsn)
-	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	logs := &syncBuffer{}
-	l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Signer: s, Index: st, ShutdownTimeout: time.Second, Logger: newTextLogger(logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close(context.Background()) })
+	l, st, _ := indexedReplica(t, dsn, s)
 	if _, err := l.Record(ctx, event(0)); err != nil {
 		t.Fatal(err)
 	}

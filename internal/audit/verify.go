@@ -45,6 +45,16 @@ type State struct {
 	// of the log's first sealed entry). Reported, not kept between runs.
 	Foreign  []uint64 `json:"-"`
 	Unsealed uint64   `json:"-"`
+	// Copies are entries whose bytes repeat an earlier entry's (store/auditcopies.go),
+	// found by every run: each says nothing new, and the search index counts it once.
+	// Reported, not a failure (a batch folded twice after a lost answer is one too).
+	Copies []Copy `json:"-"`
+}
+
+// Copy is an entry whose bytes are those of an earlier entry, Of.
+type Copy struct {
+	Index uint64 `json:"entry"`
+	Of    uint64 `json:"copy_of"`
 }
 
 // VerifyOptions say whom to trust.
@@ -135,6 +145,8 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 	var priorRoot []byte
 	next := uint64(0)
 	seals := sealCheck{key: o.EntryKey, origin: cp.Origin, legacy: o.LegacyUnsealed}
+	seen := map[[32]byte]uint64{} // leaf hash → first entry with it
+	var copies []Copy
 	for bundle := uint64(0); next < cp.Size; bundle++ {
 		p := layout.PartialTileSize(0, bundle, cp.Size)
 		rawBundle, err := f.ReadEntryBundle(ctx, bundle, p)
@@ -161,8 +173,14 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 					return State{}, err
 				}
 			}
-			if err := tree.Append(rfc6962.DefaultHasher.HashLeaf(e), visit); err != nil {
+			leaf := rfc6962.DefaultHasher.HashLeaf(e)
+			if err := tree.Append(leaf, visit); err != nil {
 				return State{}, err
+			}
+			if first, ok := seen[[32]byte(leaf)]; ok {
+				copies = append(copies, Copy{Index: next, Of: first})
+			} else {
+				seen[[32]byte(leaf)] = next
 			}
 			if err := checkBatchEntry(ctx, e, next, o); err != nil {
 				return State{}, err
@@ -195,7 +213,7 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
-	return State{Origin: cp.Origin, Size: cp.Size, Root: cp.Hash, Checkpoint: raw, Foreign: foreign, Unsealed: uint64(len(seals.old))}, nil
+	return State{Origin: cp.Origin, Size: cp.Size, Root: cp.Hash, Checkpoint: raw, Foreign: foreign, Unsealed: uint64(len(seals.old)), Copies: copies}, nil
 }
 
 // batchKind marks a batch entry in its canonical bytes (ParseEvent confirms).

@@ -232,14 +232,14 @@ var migrations = []string{
 		attrs_at BIGINT NOT NULL DEFAULT 0,
 		PRIMARY KEY (model, version)
 	)`,
-	// 14: the console's pages of the search index, newest first by index within a
+	// 13: the console's pages of the search index, newest first by index within a
 	// principal or a kind, and its per-hour counts without reading the rows.
 	`CREATE INDEX audit_events_principal_idx ON audit_events (principal, idx);
 	CREATE INDEX audit_events_principal_kind_idx ON audit_events (principal, kind, idx);
 	CREATE INDEX audit_events_kind_idx ON audit_events (kind, idx);
 	CREATE INDEX audit_events_kind_ts_decision ON audit_events (kind, ts, decision);
 	DROP INDEX audit_events_kind`,
-	// 15: request records indexed one row per (batch entry, principal, kind); see
+	// 14: request records indexed one row per (batch entry, principal, kind); see
 	// auditgroups.go. meta precedes raws so that counting reads no record bytes.
 	`CREATE TABLE audit_record_groups (
 		entry BIGINT NOT NULL,
@@ -255,10 +255,20 @@ var migrations = []string{
 	CREATE INDEX audit_record_groups_principal ON audit_record_groups (principal, kind, entry);
 	CREATE INDEX audit_record_groups_kind ON audit_record_groups (kind, entry);
 	CREATE INDEX audit_record_groups_kind_ts ON audit_record_groups (kind, ts_max)`,
-	// 16: bundled = 1: the group keeps no record bytes; they are read from the batch's
+	// 15: bundled = 1: the group keeps no record bytes; they are read from the batch's
 	// bundle (auditgroups.go, RecordSource).
 	`ALTER TABLE audit_record_groups ADD COLUMN bundled INTEGER NOT NULL DEFAULT 0`,
+	// 16: each log entry's digest, to list byte copies as copies (auditcopies.go); the
+	// entries indexed before are given theirs by backfillDigests.
+	`CREATE TABLE audit_entry_digests (
+		idx BIGINT PRIMARY KEY,
+		digest {{bytes}} NOT NULL
+	);
+	CREATE INDEX audit_entry_digests_digest ON audit_entry_digests (digest, idx)`,
 }
+
+// migrationDigests is the version of the migration that adds audit_entry_digests.
+const migrationDigests = 16
 
 func (s *sqlStore) q(query string) string {
 	if !s.d.dollar {
@@ -289,6 +299,11 @@ func (s *sqlStore) migrate(ctx context.Context) error {
 		err := s.tx(ctx, func(tx *sql.Tx) error {
 			for _, stmt := range strings.Split(strings.ReplaceAll(migrations[i], "{{bytes}}", s.d.bytesType), ";") {
 				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return err
+				}
+			}
+			if i+1 == migrationDigests {
+				if err := s.backfillDigests(ctx, tx); err != nil {
 					return err
 				}
 			}
@@ -698,6 +713,9 @@ func (s *sqlStore) IndexAudit(ctx context.Context, evs []AuditEvent) error {
 			if err != nil {
 				return err
 			}
+		}
+		if err := s.indexDigests(ctx, tx, evs); err != nil {
+			return err
 		}
 		return s.indexRecordGroups(ctx, tx, recs)
 	})

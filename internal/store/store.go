@@ -89,6 +89,9 @@ type AuditEvent struct {
 	Principal string
 	Decision  string
 	Raw       []byte // the entry's canonical bytes
+	// Digest is the entry's EntryDigest, given by the indexer: IndexAudit keeps it for
+	// AuditDigests (auditcopies.go). Records and events without one keep none.
+	Digest []byte
 }
 
 // AuditQuery selects indexed events; empty fields match everything.
@@ -205,6 +208,9 @@ type Store interface {
 	IndexAudit(ctx context.Context, evs []AuditEvent) error
 	// AuditIndexed is one more than the highest index in the search index (0 when empty).
 	AuditIndexed(ctx context.Context) (uint64, error)
+	// AuditDigests returns, for each of digests (EntryDigest) an indexed entry has, the
+	// lowest index of an entry with those bytes (auditcopies.go).
+	AuditDigests(ctx context.Context, digests [][32]byte) (map[[32]byte]uint64, error)
 	SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
 	// AuditHistogram counts the indexed events of kind since since per bucket (a time
 	// span) and decision, oldest bucket first.

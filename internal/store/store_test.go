@@ -116,3 +116,55 @@ func TestPostgresUnreachable(t *testing.T) {
 		t.Fatal("unreachable postgres opened")
 	}
 }
+
+// TestSQLiteDigestBackfill: a store indexed before migration 16 gets its entries' digests
+// when it is opened by this version, and a copy among them is listed as one (its record
+// groups dropped).
+func TestSQLiteDigestBackfill(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "db.sqlite")
+	s, err := store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := []byte(`{"kind":"audit.batch","n":1}`)
+	evs := []store.AuditEvent{
+		{Index: 0, Kind: "audit.batch", Principal: "strongroom/gateway", Decision: "allow", Raw: batch},
+		{Index: 1, Kind: "model.unseal", Principal: "alice", Decision: "allow", Raw: []byte(`{"x":1}`)},
+		{Index: 2, Kind: "audit.batch", Principal: "strongroom/gateway", Decision: "allow", Raw: batch},
+		{Index: 1<<62 | 0<<16, Kind: "gateway.request", Principal: "bob", Decision: "allow", Raw: []byte(`{"r":0}`)},
+		{Index: 1<<62 | 2<<16, Kind: "gateway.request", Principal: "bob", Decision: "allow", Raw: []byte(`{"r":0}`)},
+	}
+	if err := s.IndexAudit(ctx, evs); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// Back to the schema before migration 16, as an older version left it.
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`DROP TABLE audit_entry_digests`, `DELETE FROM schema_migrations WHERE version >= 16`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	s, err = store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	got, err := s.AuditDigests(ctx, [][32]byte{store.EntryDigest(batch), store.EntryDigest([]byte(`{"x":1}`))})
+	if err != nil || len(got) != 2 || got[store.EntryDigest(batch)] != 0 || got[store.EntryDigest([]byte(`{"x":1}`))] != 1 {
+		t.Fatalf("digests after the backfill: %v %v", got, err)
+	}
+	copies, err := s.SearchAudit(ctx, store.AuditQuery{Kind: store.KindCopiedEntry})
+	if err != nil || len(copies) != 1 || copies[0].Index != 2 || copies[0].Principal != "" {
+		t.Fatalf("copies after the backfill: %+v %v", copies, err)
+	}
+	recs, err := s.SearchAudit(ctx, store.AuditQuery{Kind: "gateway.request"})
+	if err != nil || len(recs) != 1 || recs[0].Index != 1<<62 {
+		t.Fatalf("records after the backfill: %+v %v; want the original batch's only", recs, err)
+	}
+}
