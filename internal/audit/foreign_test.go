@@ -88,6 +88,7 @@ func TestSealCheck(t *testing.T) {
 // the log's end. Once an operator has acknowledged both, checkpoints cover them and what
 // came after; Verify with the key names them, and without it (an outsider) still passes.
 func TestForeignEntryAcknowledged(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/foreign")
 	ctx := context.Background()

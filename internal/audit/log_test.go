@@ -71,6 +71,9 @@ func (tl *testLog) reopen(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A log a test leaves open would go on reading package variables (CheckpointStall)
+	// that later tests set: closed at the test's end, if the test did not (Close is once).
+	t.Cleanup(func() { l.Close(context.Background()) })
 	tl.log = l
 }
 

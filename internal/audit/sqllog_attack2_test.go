@@ -308,6 +308,7 @@ func a2Batch(t testing.TB, l *Log, from, n int) [][]byte {
 // Checkpoint are altered (and restored). Verify, over the handler any replica serves with
 // bundles read from the database, must report every alteration.
 func TestAttack2TamperRows(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack2")
 	l := openSQLTestLog(t, dsn, s)
@@ -486,6 +487,7 @@ func TestAttack2TamperRows(t *testing.T) {
 // restarting with the key) appends other entries in place of durable ones. A verifier
 // holding the state it accepted last must refuse both.
 func TestAttack2RollbackAndFork(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack2")
 	ctx := context.Background()
@@ -608,6 +610,7 @@ func a2AppendAll(t testing.TB, dsn, origin string, entries [][]byte) []tessera.I
 // over what the database holds. The forged entry has no replica's entry MAC: the signer
 // must never sign a checkpoint that covers it (nor any later one), and must say so.
 func TestAttack2ForgedAppend(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack2")
 	ctx := context.Background()
@@ -671,6 +674,7 @@ func TestAttack2ForgedAppend(t *testing.T) {
 
 // keeps accepting the old checkpoint, with no error, while the log silently omits it.
 func TestAttack2FreezeCheckpoints(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack2")
 	ctx := context.Background()
@@ -708,6 +712,7 @@ func TestAttack2FreezeCheckpoints(t *testing.T) {
 // TestAttack2ImpostorKeySameOrigin: a replica whose log key has the log's name but is
 // another key must refuse to open the shared log.
 func TestAttack2ImpostorKeySameOrigin(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s1, v1, _ := newKeys(t, "strongroom.test/shared")
 	s2, _, _ := newKeys(t, "strongroom.test/shared") // same name, another key
@@ -783,6 +788,7 @@ func a2TwoLogs(t *testing.T, dsnA, dsnB string) {
 
 // TestAttack2DBNamesCaseOnly: two logs in databases whose names differ only in case.
 func TestAttack2DBNamesCaseOnly(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	var lc int
 	if err := testAdmin(t, testenv.Get(t, "STRONGROOM_TEST_MARIADB")).QueryRow("SELECT @@lower_case_table_names").Scan(&lc); err != nil {
 		t.Fatal(err)
@@ -797,6 +803,7 @@ func TestAttack2DBNamesCaseOnly(t *testing.T) {
 // TestAttack2DBNameLockCollision: a 64-character database name and the (legal, quoted)
 // name "sha256:<its hashed lock suffix>".
 func TestAttack2DBNameLockCollision(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	long := "srlong_" + a2Rand()
 	long += strings.Repeat("x", 64-len(long))
 	h := sha256.Sum256([]byte(long))
@@ -807,6 +814,7 @@ func TestAttack2DBNameLockCollision(t *testing.T) {
 // TestAttack2DBNamesOdd: logs in databases named with '-', '$', a backtick, and 64
 // characters (two differing only in the last) all open, sign and verify at once.
 func TestAttack2DBNamesOdd(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	r := a2Rand()
 	long := "sr_" + r + "_" + strings.Repeat("y", 64-len(r)-5)
 	names := []string{"sr-dash-" + r, "sr$dollar$" + r, "sr`tick`" + r, long + "1", long + "2"}
@@ -857,6 +865,7 @@ func TestAttack2DBNamesOdd(t *testing.T) {
 // black-holed, not closed); the other replica signs a checkpoint covering its new entry
 // within seconds, and once the partition heals exactly one replica signs.
 func TestAttack2SignerPartitioned(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/shared")
 	ctx := context.Background()
@@ -907,6 +916,7 @@ func TestAttack2SignerPartitioned(t *testing.T) {
 // again and again; then the replica restarts. Every record whose future resolved
 // without error must be in the verified log, at its index, byte for byte.
 func TestAttack2DurableAcrossKills(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack2")
 	ctx := context.Background()
@@ -1177,6 +1187,7 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 // entries and request records, without hanging); when the engine is back it recovers
 // without reopening: healthy, records, and a checkpoint covering them verifies.
 func TestAttack2Outage(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	for _, mode := range []string{"refused", "blackholed"} {
 		t.Run(mode, func(t *testing.T) {
 			dsn := sqlTestDB(t)

@@ -227,6 +227,7 @@ func a3Plant(t *testing.T, db *sql.DB, n uint64, principal string) ([][]byte, []
 // a forged request batch (no MAC). The signer checks the decoy, signs the forged tree;
 // the attacker then swaps the decoy for the forged entry. Promise 1: never covered.
 func TestAttack3RootSubstitution(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack3")
 	ctx := context.Background()
@@ -252,6 +253,7 @@ func TestAttack3RootSubstitution(t *testing.T) {
 // the forged entry with the driver, replaces it by a decoy in TiledLeaves only, and lets
 // the publication go; once signed, puts the forged entry back.
 func TestAttack3RootSubstitutionViaTessera(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack3t")
 	ctx := context.Background()
@@ -425,6 +427,7 @@ func TestAttack3StallPublishedAtType(t *testing.T) {
 // plants the substituted tree (a3Plant). Promise 4: no window in which a forged entry
 // gets signed — whichever replica signs next.
 func TestAttack3RootSubstitutionAcrossFailover(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack3f")
 	ctx := context.Background()

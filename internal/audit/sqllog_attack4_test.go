@@ -153,6 +153,7 @@ func a4ForkedLeaves(leaves [][]byte) [][]byte {
 // not bind positions). The restarted signer has no memory; its baseline is the row, s1;
 // the fork extends s1 consistently. Promise 1 + 4: no signed checkpoint forks from s2.
 func TestAttack4RestartReplayedCheckpointFork(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	a4RestartAttack(t, "strongroom.test/attack4r", "entries 5..9 replaced by copies of 0..4", func(db *sql.DB, s1 State, leaves [][]byte) {
 		a4Rewrite(t, db, a4ForkedLeaves(leaves), s1.Checkpoint)
 	})
@@ -163,6 +164,7 @@ func TestAttack4RestartReplayedCheckpointFork(t *testing.T) {
 // tree) and the tree rolled back to 3 entries with one dropped: authentic entries 0, 1, 3.
 // Promise 1: no signed checkpoint for a tree smaller than (and forking from) s2.
 func TestAttack4RestartDeletedCheckpointShrink(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	a4RestartAttack(t, "strongroom.test/attack4d", "the tree shrunk to 3 entries, entry 2 dropped", func(db *sql.DB, _ State, leaves [][]byte) {
 		a4Rewrite(t, db, [][]byte{leaves[0], leaves[1], leaves[3]}, nil)
 	})
@@ -204,6 +206,7 @@ func a4RestartAttack(t *testing.T, origin, what string, rewrite func(db *sql.DB,
 // replica is told apart here through the test's handles, as an attacker would through
 // PROCESSLIST). b's baseline is the row: s1. Promise 1 + 4.
 func TestAttack4FailoverReplayedCheckpointFork(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack4f")
 	ctx := context.Background()
@@ -293,6 +296,7 @@ func TestAttack4FailoverReplayedCheckpointFork(t *testing.T) {
 // holds: a verifier reading the log reports entry 2 as altered, and the forged record does
 // not prove against any signed root.
 func TestAttack4OldEntrySwappedBelowChecked(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack4o")
 	ctx := context.Background()

@@ -192,6 +192,7 @@ func a6Forged(principal string) []byte {
 // bundle that does not parse is a plain error: the walk retries the same place in silence,
 // counts nothing and, 300 steps later, says only that it "has not advanced".
 func TestAttack6TilesAndBundleBytes(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	cases := []struct {
 		name string
 		do   func(t *testing.T, db *sql.DB)
@@ -235,6 +236,7 @@ func TestAttack6TilesAndBundleBytes(t *testing.T) {
 // the full entry bundle: plain parse errors, the walk only stalls. (d) a 257th entry in the
 // full bundle is refused by ReadEntries as a security error: reported.
 func TestAttack6FullTileAndBundle(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	cases := []struct {
 		name   string
 		sql    string
@@ -272,6 +274,7 @@ func TestAttack6FullTileAndBundle(t *testing.T) {
 // step proving the bundle stops at the first bad entry, and the walk goes on to the next
 // bundle. While the first stays altered, the second is never named, however many walks.
 func TestAttack6SecondAlterationMasked(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	_, _, db, l, logs := a6Log(t, "attack6-mask", 6, 5*time.Millisecond)
 	leaves := a6Bundle(t, db, 0)
 	leaves[1] = a6Forged("decoy")
@@ -294,6 +297,7 @@ func TestAttack6SecondAlterationMasked(t *testing.T) {
 // walks. A month later the attacker alters entry 1 again (other bytes): the walk sees it
 // (the failure counter moves), but raises no ALERT.
 func TestAttack6RealteredAfterRepair(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	_, _, db, l, logs := a6Log(t, "attack6-again", 6, 5*time.Millisecond)
 	leaves := a6Bundle(t, db, 0)
 	forged := append([][]byte{}, leaves...)
@@ -344,6 +348,7 @@ func a6Lines(s, sub string) string {
 // bundle 0 behind and the log grows ~900 entries/s, entry 5 is altered: the walk then
 // checks twice the entries the log held at the alteration and never returns to it.
 func TestAttack6WalkOutrunByGrowth(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	_, _, db, l, logs := a6Log(t, "attack6-outrun", 300, DefaultScrubEvery)
 	// The batch walk's first step (step 10) goes over bundle 0; the next one (step 20)
 	// starts at entry 256.
@@ -410,6 +415,7 @@ func TestAttack6WalkOutrunByGrowth(t *testing.T) {
 // and read every other batch through it — then alters the next batch's bundle. Neither the
 // alteration nor the stall is ever reported.
 func TestAttack6BatchWalkFrozen(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack6-batchfreeze")
 	db := testAdmin(t, dsn)
@@ -499,6 +505,7 @@ func TestAttack6BatchWalkFrozen(t *testing.T) {
 // walk of a million-entry log at the default pace takes months instead of an hour —
 // and no ALERT is raised.
 func TestAttack6WalkThrottled(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	_, _, db, l, logs := a6Log(t, "attack6-throttle", 6, 5*time.Millisecond)
 	s0, t0 := l.scrub.steps.Load(), time.Now()
 	a6Until(time.Second, func() bool { return false })
@@ -777,6 +784,7 @@ func TestAttack6NormalActivityNoAlert(t *testing.T) {
 // full bundle with one entry fewer, and one with an entry split in two (257). ReadEntries
 // must refuse each; so must ReadEntry and Verify.
 func TestAttack6ShortBundlesRefused(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	_, v, db, l, _ := a6Log(t, "attack6-short", 260, time.Hour)
 	ctx := context.Background()
 	full := a6Bundle(t, db, 0)

@@ -54,6 +54,7 @@ func TestSQLLogReplicaProcess(t *testing.T) {
 // entries within the documented bound, and the tree (with every batch) verifies through
 // its /log/.
 func TestSQLLogSignerKilled(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	skey, vkey, err := note.GenerateKey(rand.Reader, "strongroom.test/shared")
 	if err != nil {

@@ -24,6 +24,10 @@ import (
 
 // sqlTestDB is a fresh database on the MariaDB that scripts/test starts
 // (STRONGROOM_TEST_MARIADB), dropped at the end of the test; it returns its mysql:// DSN.
+// The tests on a database of their own mostly wait (on checkpoints, signer locks, the
+// scrubber's steps), so the long ones run in parallel (t.Parallel), two at a time on two
+// cores — except those that change a package variable (lowerCheckpointStall,
+// DeadJournalEvery) and those that assert no false ALERT under normal timing.
 func sqlTestDB(t testing.TB) string {
 	t.Helper()
 	var r [6]byte
@@ -85,6 +89,7 @@ func openSQLTestLog(t testing.TB, dsn string, s note.Signer) *Log {
 // batches), exactly one signs, and /log/ served by either is the same tree, which
 // verifies with its batches. Closing the signer hands signing to the other at once.
 func TestSQLLogReplicas(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/shared")
 	a := openSQLTestLog(t, dsn, s)
@@ -166,6 +171,7 @@ func TestSQLLogReplicas(t *testing.T) {
 // process or a dropped host looks like to MariaDB); another replica signs within
 // leaderPoll plus a checkpoint interval, and the old one stops claiming to sign.
 func TestSQLLogSignerDies(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, _, _ := newKeys(t, "strongroom.test/shared")
 	a := openSQLTestLog(t, dsn, s)
@@ -280,6 +286,7 @@ func waitCheckpoint(t *testing.T, l *Log, size uint64, t0 time.Time, what string
 // lock name for every log, the first log's replica held the signing of the second, which
 // then published no checkpoint at all (seen in CI as a fleet script whose log had none).
 func TestSQLLogsShareAnEngine(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	s1, _, _ := newKeys(t, "strongroom.test/one")
 	s2, _, _ := newKeys(t, "strongroom.test/two")
 	a := openSQLTestLog(t, sqlTestDB(t), s1)
