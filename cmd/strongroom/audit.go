@@ -134,7 +134,7 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 
 func auditCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "audit", Short: "Verify, search and export the transparency log of security events"}
-	c.AddCommand(auditVerifyCmd(g), auditProofCmd(g), auditSearchCmd(g), auditExportCmd(g), auditAcknowledgeCmd(g))
+	c.AddCommand(auditVerifyCmd(g), auditProofCmd(g), auditSearchCmd(g), auditExportCmd(g), auditAcknowledgeCmd(g), auditRepairCmd(g))
 	return c
 }
 
@@ -168,12 +168,62 @@ the value given (what the operator inspected).`,
 			return nil
 		}),
 	}
-	c.Flags().Uint64Var(&index, "entry", 0, "index of the foreign entry (from the signer's ALERT)")
-	c.Flags().StringVar(&reason, "reason", "", "what the investigation found (recorded in the log)")
+	incidentFlags(c, &index, &reason, "index of the foreign entry (from the signer's ALERT)")
 	c.Flags().StringVar(&leafHash, "leaf-hash", "", "refuse unless the entry's leaf hash (hex, RFC 6962) is this")
+	return c
+}
+
+func auditRepairCmd(g *globals) *cobra.Command {
+	var index uint64
+	var reason, evidence string
+	c := &cobra.Command{
+		Use:   "repair --entry N --reason TEXT --evidence FILE",
+		Short: "Cut a shared log's unsigned tail back to entry N, whose bytes are not its leaf, and append again what replicas sealed after it",
+		Long: `When someone with write access to the shared log's database appends an entry and then
+overwrites its bytes, the tree holds a leaf nobody can show: the signer refuses every tree
+from then on ("does not commit to entry N as the log holds it"), and 'audit acknowledge'
+cannot help (it says the database must be repaired). This command is that repair. In one
+transaction it cuts the tree back to entry N, appends again, in order, every later entry a
+replica sealed whose bytes are its leaf, and appends a sealed entry of kind
+audit.log_repair naming N and every entry dropped (N, entries no replica wrote, entries
+whose bytes are not their leaf). Signed history is never rewritten: N must be above every
+checkpoint the log key signed. The dropped entries' bytes are written to --evidence before
+the repair commits. Stop every replica of the log first: this process must hold the
+checkpoint signer's lock. Entries after N get new indexes; the search index reads them again.`,
+		Args: exactArgs(0),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			if strings.TrimSpace(reason) == "" {
+				return usagef("--reason: say what was found (it goes into the log)")
+			}
+			if evidence == "" {
+				return usagef("--evidence: a file for the dropped entries' bytes")
+			}
+			r, err := a.RepairLog(cmd.Context(), index, reason, evidence)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return g.printJSON(cmd.OutOrStdout(), map[string]any{"entry": r.Entry, "old_size": r.OldSize, "moved": r.Moved,
+					"dropped": len(r.Dropped), "repair_entry": r.At, "size": r.Size, "evidence": evidence})
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "repaired: the tree was cut back to entry %d (it held %d entries); %d sealed entries appended again, %d dropped (evidence in %s); repair recorded as entry %d\n",
+				r.Entry, r.OldSize, r.Moved, len(r.Dropped), evidence, r.At)
+			return nil
+		}),
+	}
+	incidentFlags(c, &index, &reason, "the entry whose bytes are not its leaf (from the signer's ALERT)")
+	c.Flags().StringVar(&evidence, "evidence", "", "where the dropped entries (their bytes and leaf hashes) are written, as JSON")
+	c.MarkFlagRequired("evidence")
+	return c
+}
+
+// incidentFlags are the --entry and --reason of the commands an operator answers a log
+// incident with (both required).
+func incidentFlags(c *cobra.Command, index *uint64, reason *string, entryHelp string) {
+	c.Flags().Uint64Var(index, "entry", 0, entryHelp)
+	c.Flags().StringVar(reason, "reason", "", "what the investigation found (recorded in the log)")
 	c.MarkFlagRequired("entry")
 	c.MarkFlagRequired("reason")
-	return c
 }
 
 func auditVerifyCmd(g *globals) *cobra.Command {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -22,6 +24,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/api"
 	tmysql "github.com/transparency-dev/tessera/storage/mysql"
 )
 
@@ -109,6 +112,9 @@ func init() {
 	// to the database and no key would; sets $FORGED to its index.
 	// logdb copy VKEYFILE N: append a byte copy of entry N the same way; sets $COPY to its
 	// index.
+	// logdb poison VKEYFILE: append a forged entry the same way, then overwrite its bytes in
+	// its entry bundle (the tree keeps the leaf of bytes nobody holds any more); sets
+	// $POISONED to its index.
 	scriptCmds["logdb"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		dbPathsMu.Lock()
 		defer dbPathsMu.Unlock()
@@ -117,6 +123,27 @@ func init() {
 			entry := fmt.Sprintf(`{"v":1,"ts":%q,"kind":"lease.grant","actor":{"principal":"attacker"},"subject":{"model":"sec:1"},"decision":"allow","reason":"","fields":{}}`,
 				time.Now().UTC().Format(time.RFC3339Nano))
 			ts.Setenv("FORGED", strconv.FormatUint(appendDirect(ts, args[1], func(context.Context, *tmysql.Storage) []byte { return []byte(entry) }), 10))
+			return
+		case "poison":
+			idx := appendDirect(ts, args[1], func(context.Context, *tmysql.Storage) []byte {
+				return []byte(`{"v":1,"ts":"2026-01-01T00:00:00Z","kind":"lease.grant","actor":{"principal":"attacker"},"subject":{},"decision":"allow","reason":"","fields":{}}`)
+			})
+			db, err := sql.Open("mysql", ts.Getenv("STRONGROOM_TEST_LOGDB_DIRECT"))
+			ts.Check(err)
+			defer db.Close()
+			var data []byte
+			ts.Check(db.QueryRow("SELECT `data` FROM `TiledLeaves` WHERE `tile_index` = ?", idx/256).Scan(&data))
+			var b api.EntryBundle
+			ts.Check(b.UnmarshalText(data))
+			b.Entries[idx%256] = bytes.Replace(b.Entries[idx%256], []byte("attacker"), []byte("decoy---"), 1)
+			var out []byte
+			for _, e := range b.Entries {
+				out = binary.BigEndian.AppendUint16(out, uint16(len(e)))
+				out = append(out, e...)
+			}
+			_, err = db.Exec("UPDATE `TiledLeaves` SET `data` = ? WHERE `tile_index` = ?", out, idx/256)
+			ts.Check(err)
+			ts.Setenv("POISONED", strconv.FormatUint(idx, 10))
 			return
 		case "copy":
 			n, err := strconv.ParseUint(args[2], 10, 64)

@@ -5,6 +5,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -193,6 +194,24 @@ func (a *App) AcknowledgeForeignEntry(ctx context.Context, index uint64, reason,
 	}
 	at, err := a.record(ctx, ev)
 	return at, h, err
+}
+
+// RepairLog repairs the shared log's poisoned tail from entry index (audit.Log.Repair: the
+// tree is cut back to the entry whose bytes are not its leaf, and the sealed entries after
+// it are appended again). The report — with the bytes of every entry dropped — is written
+// to evidence (JSON, 0600) before the repair commits; the repair does not happen unless it
+// is written.
+func (a *App) RepairLog(ctx context.Context, index uint64, reason, evidence string) (audit.RepairReport, error) {
+	return a.AuditLog.Repair(ctx, index, reason, a.actor, func(r audit.RepairReport) error {
+		b, err := json.MarshalIndent(r, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := fsutil.WriteFileAtomic(evidence, append(b, '\n'), 0o600); err != nil {
+			return fmt.Errorf("evidence %s: %w", evidence, err)
+		}
+		return nil
+	})
 }
 
 // record is Audit returning the entry's index. A person acting through the console

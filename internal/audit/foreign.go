@@ -93,7 +93,7 @@ func leafInTiles(ctx context.Context, f Fetcher, index, size uint64, entry []byt
 	}
 	pos := index % layout.TileWidth
 	if uint64(len(t.Nodes)) <= pos || !bytes.Equal(t.Nodes[pos], rfc6962.DefaultHasher.HashLeaf(entry)) {
-		return securityf("entry %d: the bytes its bundle holds are not the leaf the log's tree holds at that index (the bundle was rewritten after the append); an acknowledgement of them cannot clear the signer: the database must be repaired", index)
+		return securityf("entry %d: the bytes its bundle holds are not the leaf the log's tree holds at that index (the bundle was rewritten after the append); an acknowledgement of them cannot clear the signer: the database must be repaired (strongroom audit repair --entry %d)", index, index)
 	}
 	return nil
 }

@@ -39,6 +39,7 @@ type Index interface {
 	IndexAudit(ctx context.Context, evs []store.AuditEvent) error
 	AuditIndexed(ctx context.Context) (uint64, error)
 	AuditDigests(ctx context.Context, digests [][32]byte) (map[[32]byte]uint64, error)
+	ForgetAudit(ctx context.Context, from uint64) error // after Repair
 }
 
 // Config configures a Log. Zero values take the defaults set in Open.

@@ -125,6 +125,7 @@ func a5Refused(l *Log, n float64) func() bool {
 // ALERT at all. The attacker then drops the trigger and puts the bytes back: every verifier
 // without the HMAC key accepts a signed checkpoint covering a forged, unacknowledged entry.
 func TestAttack5TruncatedFullBundle(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack5t")
 	ctx := context.Background()
@@ -203,6 +204,7 @@ func a5AppendMany(t *testing.T, dsn, origin string, entries [][]byte) {
 // (`audit verify --hmac-key`) must fail on 256 unacknowledged foreign entries; its legacy
 // rule takes them for entries "from before entry MACs" and passes.
 func TestAttack5TruncatedBundleAsLegacy(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack5b")
 	ctx := context.Background()
@@ -253,10 +255,11 @@ func TestAttack5TruncatedBundleAsLegacy(t *testing.T) {
 // acknowledge --entry N` read X and acknowledged hash(X), which the tree does not hold:
 // a useless statement in the log, and the signer still refused. Now ForeignEntry checks
 // the bytes against the tree's level-0 tile and refuses, saying the database must be
-// repaired (DESIGN.md, "Entry MACs": no repair command is built; the tree has a leaf whose
-// bytes only the attacker had). What holds: nothing false is signed, and no
+// repaired (the tree has a leaf whose bytes only the attacker had); `audit repair` does
+// that (repair.go, TestRepairPoisonedTail). What holds: nothing false is signed, and no
 // acknowledgement of bytes the tree does not hold is written.
 func TestAttack5UnknownLeafDoS(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	ctx := context.Background()
 	dsn, s, v, db, l, logs, _ := a5Start(t, "strongroom.test/attack5d")
 
@@ -316,6 +319,7 @@ func TestAttack5UnknownLeafDoS(t *testing.T) {
 // MACs" (State.Unsealed), and Foreign is empty — `audit verify --hmac-key` tells the
 // operator the log was clean apart from a pre-MAC entry.
 func TestAttack5AckedForeignBeforeFirstSealed(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack5l")
 	ctx := context.Background()
@@ -351,6 +355,7 @@ func TestAttack5AckedForeignBeforeFirstSealed(t *testing.T) {
 // fleet's sealed word that a genuine, signed record is forged; the attacker puts the bytes
 // back and every check passes again, the false acknowledgement staying in the log.
 func TestAttack5AcknowledgeGenuineEntry(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack5g")
 	ctx := context.Background()
@@ -421,6 +426,7 @@ func a5RewriteTail(t *testing.T, tx *sql.Tx, entries [][]byte) {
 // holds F2 (another forged entry) and the acknowledgement — a byte copy, its MAC still
 // valid — follows it; then releases the row. P1: no signed checkpoint covers F2.
 func TestAttack5SwapAfterOperatorRead(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	ctx := context.Background()
 	dsn, s, v, db, l, logs, _ := a5Start(t, "strongroom.test/attack5s")
 	f1 := unsealed(t, a5Forged("harmless-looking"))
@@ -473,6 +479,7 @@ func TestAttack5SwapAfterOperatorRead(t *testing.T) {
 // acknowledgement (valid MAC: it does not bind its position). The copy names n, not n2:
 // the signer must not sign past n2.
 func TestAttack5AckReplayedForCopy(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack5r")
 	ctx := context.Background()
@@ -510,6 +517,7 @@ func TestAttack5AckReplayedForCopy(t *testing.T) {
 // are appended with SQL only. The search index must list both as audit.unsealed_entry with
 // no principal, and index none of the batch's records.
 func TestAttack5IndexForged(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, _, _ := newKeys(t, "strongroom.test/attack5i")
 	ctx := context.Background()

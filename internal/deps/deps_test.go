@@ -117,7 +117,8 @@ func TestRules(t *testing.T) {
 		{"internal/geo", "works offline on databases", nil},
 		{"internal/attest", "works offline on reports", nil},
 		{"internal/fsutil", "below everything", nil},
-		{"internal/store", "store is below everything", []string{"internal/fsutil", "internal/modelrec"}},
+		{"internal/sqlutil", "below everything", nil},
+		{"internal/store", "store is below everything", []string{"internal/fsutil", "internal/modelrec", "internal/sqlutil"}},
 		{"internal/config", "config holds plain data; app converts it to the domain packages' types", []string{"internal/fsutil"}},
 	}
 	for _, r := range only {

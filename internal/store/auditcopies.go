@@ -131,3 +131,30 @@ func (s *sqlStore) backfillDigests(ctx context.Context, tx *sql.Tx) error {
 	}
 	return nil
 }
+
+// ForgetAudit removes from the index every entry from index from on, their request records
+// and their digests: the log's tail was rebuilt (audit.Log.Repair), and the index reads it
+// again from the log.
+func (s *sqlStore) ForgetAudit(ctx context.Context, from uint64) error {
+	records := int64(recordBit | from<<recordShift) // the first record of entry from
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		for _, st := range []struct {
+			q   string
+			arg int64
+		}{
+			{`DELETE FROM audit_events WHERE idx >= ? AND idx < 4611686018427387904`, int64(from)},
+			{`DELETE FROM audit_events WHERE idx >= ?`, records}, // records indexed one row each by earlier versions
+			{`DELETE FROM audit_record_groups WHERE entry >= ?`, int64(from)},
+			{`DELETE FROM audit_entry_digests WHERE idx >= ?`, int64(from)},
+		} {
+			if _, err := tx.ExecContext(ctx, s.q(st.q), st.arg); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: forget audit entries from %d: %w", from, err)
+	}
+	return nil
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/modelrec"
+	"github.com/strongroom/strongroom/internal/sqlutil"
 )
 
 // dialect holds what differs between SQLite and PostgreSQL for our few statements.
@@ -338,15 +339,7 @@ func (s *sqlStore) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 }
 
 func (s *sqlStore) tx1(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return err
-	}
-	return tx.Commit()
+	return sqlutil.InTx(ctx, s.db, fn)
 }
 
 func (s *sqlStore) Close() error { return s.db.Close() }

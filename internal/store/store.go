@@ -211,6 +211,9 @@ type Store interface {
 	// AuditDigests returns, for each of digests (EntryDigest) an indexed entry has, the
 	// lowest index of an entry with those bytes (auditcopies.go).
 	AuditDigests(ctx context.Context, digests [][32]byte) (map[[32]byte]uint64, error)
+	// ForgetAudit removes entries from index from on (and their records and digests) from
+	// the index: the log's unsigned tail was rebuilt (audit.Log.Repair).
+	ForgetAudit(ctx context.Context, from uint64) error
 	SearchAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
 	// AuditHistogram counts the indexed events of kind since since per bucket (a time
 	// span) and decision, oldest bucket first.

@@ -1,0 +1,21 @@
+// Package sqlutil holds what the store and the shared log both do with database/sql.
+package sqlutil
+
+import (
+	"context"
+	"database/sql"
+)
+
+// InTx runs fn in a transaction on db: committed when fn returns nil, rolled back when it
+// returns an error (which InTx returns).
+func InTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
