@@ -30,16 +30,18 @@ import (
 // signer refuses every tree from then on (TestAttack5UnknownLeafDoS). Entries after it,
 // the fleet's records among them, are durable but never covered.
 //
-// Repair cuts the tree back to the poisoned entry P and appends again, in order, every
-// entry after it that a replica sealed and whose bytes are its leaf, then a sealed entry of
-// kind KindLogRepair saying what was done. It refuses unless P is above every checkpoint
+// Repair cuts the tree back to the poisoned entry P and appends again, in the order the
+// database holds them, the entries from P on that a replica sealed (their MAC says a
+// replica wrote those bytes, whatever leaf the tiles show), then a sealed entry of kind
+// KindLogRepair saying what was done. It refuses unless P is above every checkpoint
 // the log key signed that this replica knows (its floor and the database's row): signed
 // history is never rewritten, only the unsigned tail, which no outsider holds a proof of.
 // It runs in one transaction that holds the tree state's row, as tessera's own appends do,
 // so replicas appending meanwhile wait for it and go on from the repaired tree; nothing a
-// replica sealed is lost, and a crash leaves the tree as it was. Entries dropped (P, entries
-// without a valid MAC, entries whose bytes are not their leaf) are returned with the bytes
-// the database held, for the incident's evidence; the repair entry names each.
+// replica sealed is lost, and a crash leaves the tree as it was. Entries dropped — those no
+// replica wrote, P's bytes among them unless they are a sealed entry's — are returned with
+// the bytes the database held, for the incident's evidence; the repair entry names them
+// (the first 100, and how many).
 //
 // What moves: a re-appended entry's index, so the search index forgets everything from P
 // on and reads it again from the log; a request record's index (RecordIndex) moves with its
@@ -186,20 +188,19 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	if matches(p) {
 		return rep, fmt.Errorf("audit: repair: entry %d's bytes are its leaf: nothing to repair (an entry no replica wrote is acknowledged: audit acknowledge)", p)
 	}
-	// What stays: the sealed entries after p whose bytes are their leaves.
+	// What stays: every entry from p on that a replica sealed, whether or not the tree's
+	// leaf is its hash (the MAC says a replica wrote these bytes; a leaf altered in the
+	// tiles must not cost the fleet a record). What goes: what no replica wrote.
 	var kept [][]byte
 	for i := p; i < n; i++ {
 		e := entries[i-first]
-		why := ""
-		switch {
-		case !matches(i):
-			why = "its bytes are not its leaf"
-		case checkEntry(l.entryKey, l.origin, e) != nil:
-			why = "not written by a replica (no valid entry MAC)"
-		}
-		if why == "" {
+		if checkEntry(l.entryKey, l.origin, e) == nil {
 			kept = append(kept, e)
 			continue
+		}
+		why := "not written by a replica (no valid entry MAC)"
+		if !matches(i) {
+			why = "its bytes are not its leaf, and no replica wrote them"
 		}
 		rep.Dropped = append(rep.Dropped, Dropped{Index: i, LeafHash: hex.EncodeToString(leaves[i-first]), Why: why, Bytes: bytes.Clone(e)})
 	}

@@ -40,8 +40,8 @@ func poisonEntry(t *testing.T, db *sql.DB, i uint64, with []byte) {
 // TestRepairPoisonedTail: the remedy for TestAttack5UnknownLeafDoS. After 301 signed
 // entries, the attacker appends an entry and overwrites its bytes (the tree holds a leaf
 // nobody can show), and later an unsealed entry; replicas append 300 sealed entries around
-// them, across entry bundles and tiles, and a second replica keeps appending while the
-// operator repairs. The signer refuses until the repair; after it, a checkpoint covers
+// them, across entry bundles and tiles, alters the tree's leaf of one of them, and a
+// second replica keeps appending while the operator repairs. The signer refuses until the repair; after it, a checkpoint covers
 // every sealed entry — each present once, in order, the second replica's included — and
 // the repair entry; the two entries the attacker wrote are gone from the tree and returned
 // as evidence; verify (which recomputes every tile from the entries) accepts the tree, and
@@ -92,6 +92,17 @@ func TestRepairPoisonedTail(t *testing.T) {
 	}
 	if len(tail) != 280 {
 		t.Fatalf("%d sealed entries after the poisoned one, want 280", len(tail))
+	}
+	// The attacker also alters the tree's leaf for a sealed entry after it: the repair must
+	// not drop a replica's entry for what the tiles say.
+	alteredLeaf := bad + 7
+	var nodes []byte
+	if err := db.QueryRow("SELECT `nodes` FROM `Subtree` WHERE `level` = 0 AND `index` = ?", alteredLeaf/256).Scan(&nodes); err != nil {
+		t.Fatal(err)
+	}
+	copy(nodes[32*(alteredLeaf%256):], bytes.Repeat([]byte{0xee}, 32))
+	if _, err := db.Exec("UPDATE `Subtree` SET `nodes` = ? WHERE `level` = 0 AND `index` = ?", nodes, alteredLeaf/256); err != nil {
+		t.Fatal(err)
 	}
 	// A second replica appends while the repair runs.
 	l2, _ := a6Replica(t, dsn, s, time.Second)
