@@ -139,3 +139,40 @@ func indexedReplica(t *testing.T, dsn string, s note.Signer) (*Log, store.Store,
 	t.Cleanup(func() { l.Close(context.Background()) })
 	return l, st, logs
 }
+
+// TestIndexOfAnotherLog: a store whose search index was built from one log is opened with
+// another (a data directory whose log moved to a shared engine keeps its origin). The
+// index must not go on holding the first log's entries as the second's: it is rebuilt,
+// with an ALERT.
+func TestIndexOfAnotherLog(t *testing.T) {
+	ctx := context.Background()
+	tl := openTestLog(t)
+	for i := range 3 {
+		if _, err := tl.log.Record(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tl.close(t)
+	logs := &syncBuffer{}
+	l, err := Open(ctx, Config{Dir: filepath.Join(t.TempDir(), "other"), Signer: tl.signer, Index: tl.st, EntryKey: testEntryKey, Logger: newTextLogger(logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := Event{V: 1, TS: ts0, Kind: KindLeaseGrant, Actor: map[string]string{"principal": "runtime-9"}, Decision: Allow}
+	if _, err := l.Record(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "ALERT audit log: the search index holds another log's entries") {
+		t.Errorf("no ALERT; log:\n%s", logs.String())
+	}
+	got, err := tl.st.SearchAudit(ctx, store.AuditQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Index != 0 || got[0].Kind != string(KindLeaseGrant) {
+		t.Errorf("the index after the log changed: %+v; want the new log's one entry", got)
+	}
+}

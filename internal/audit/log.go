@@ -136,6 +136,9 @@ type Log struct {
 	// so that the index catch-up need not read them back from disk and parse them.
 	recentMu sync.Mutex
 	recent   map[uint64]store.AuditEvent
+	// idxOwned: the search index was found to hold this log's entries (ownIndex), checked
+	// once per process; only catchUp (never concurrently) reads and sets it.
+	idxOwned bool
 }
 
 // maxRecent bounds recent: beyond it (an index that cannot keep up) entries are read back
@@ -725,8 +728,16 @@ func (l *Log) catchUp(ctx context.Context) error {
 		return err
 	}
 	size, err := l.reader.IntegratedSize(ctx)
-	if err != nil || from >= size {
+	if err != nil {
 		return err
+	}
+	if !l.idxOwned {
+		if from, err = l.ownIndex(ctx, from, size); err != nil {
+			return err
+		}
+	}
+	if from >= size {
+		return nil
 	}
 	l.indexLag.Set(float64(size - from))
 	defer func() {
@@ -770,6 +781,39 @@ func (l *Log) catchUp(ctx context.Context) error {
 		l.markUnsealed(batch)
 		return l.indexWithRecords(ctx, batch)
 	})
+}
+
+// ownIndex checks, once, that the search index holds this log's entries: its entry 0 must
+// have the bytes of the log's entry 0 (store/auditcopies.go keeps each entry's digest). A
+// data directory whose log moved (from local disk to a shared engine: the same origin, a
+// new log) or two logs writing one store would otherwise leave another log's entries
+// where this log's should be — searched, counted and proved as this log's — and this
+// log's first entries never indexed. Such an index is rebuilt from this log, with an
+// ALERT. It returns where indexing goes on from.
+func (l *Log) ownIndex(ctx context.Context, from, size uint64) (uint64, error) {
+	if from == 0 || size == 0 {
+		l.idxOwned = size > 0
+		return from, nil
+	}
+	first, err := ReadEntry(ctx, l.reader, 0, size)
+	if err != nil {
+		return from, err
+	}
+	d := store.EntryDigest(first)
+	seen, err := l.idx.AuditDigests(ctx, [][32]byte{d})
+	if err != nil {
+		return from, err
+	}
+	if at, ok := seen[d]; !ok || at != 0 {
+		l.log.Error("ALERT audit log: the search index holds another log's entries (the log moved to another engine, or two logs share one store); it is rebuilt from this log",
+			"indexed", from, "log_size", size)
+		if err := l.idx.ForgetAudit(ctx, 0); err != nil {
+			return from, err
+		}
+		from = 0
+	}
+	l.idxOwned = true
+	return from, nil
 }
 
 // markUnsealed lists, in the search index, a shared log's entries that no replica sealed
