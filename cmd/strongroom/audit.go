@@ -183,13 +183,14 @@ func auditRepairCmd(g *globals) *cobra.Command {
 overwrites its bytes, the tree holds a leaf nobody can show: the signer refuses every tree
 from then on ("does not commit to entry N as the log holds it"), and 'audit acknowledge'
 cannot help (it says the database must be repaired). This command is that repair. In one
-transaction it cuts the tree back to entry N, appends again, in order, every later entry a
-replica sealed whose bytes are its leaf, and appends a sealed entry of kind
-audit.log_repair naming N and every entry dropped (N, entries no replica wrote, entries
-whose bytes are not their leaf). Signed history is never rewritten: N must be above every
-checkpoint the log key signed. The dropped entries' bytes are written to --evidence before
-the repair commits. Stop every replica of the log first: this process must hold the
-checkpoint signer's lock. Entries after N get new indexes; the search index reads them again.`,
+transaction it rebuilds the unsigned part of the tree from the bytes the database holds:
+from the last tree the log key signed (signed history is never rewritten), entries before
+N stay in place, and from N on every entry a replica sealed is appended again (in the
+tree's order where it can tell), entries no replica wrote are dropped, and a sealed entry
+of kind audit.log_repair names N and every leaf the old tree held that the new one does
+not. What the database held at each such place is written to --evidence before the repair
+commits. Stop every replica of the log first: this process must hold the checkpoint
+signer's lock. Entries after N get new indexes; the search index reads them again.`,
 		Args: exactArgs(0),
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
 			if strings.TrimSpace(reason) == "" {

@@ -24,27 +24,7 @@ func TestCopiedEntries(t *testing.T) {
 	s, v, _ := newKeys(t, "strongroom.test/copies")
 	ctx := context.Background()
 	l, st, logs := indexedReplica(t, dsn, s)
-	b := NewBatcher(l, l.Bundles(), BatcherConfig{MaxRecords: 100, MaxDelay: time.Hour})
-	t.Cleanup(b.Close)
-	var fs []Future
-	for i := range 10 {
-		fs = append(fs, b.Submit(ctx, Event{V: 1, TS: ts0.Add(time.Duration(i) * time.Millisecond), Kind: KindRequest,
-			Actor: map[string]string{"principal": "p1"}, Subject: map[string]string{"model": "m"}, Decision: Allow}))
-	}
-	batch, ok, err := b.Barrier(ctx)
-	if err != nil || !ok {
-		t.Fatalf("barrier: %d %v %v", batch, ok, err)
-	}
-	for _, f := range fs {
-		if _, err := f(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	grant := Event{V: 1, TS: ts0, Kind: KindLeaseGrant, Actor: map[string]string{"principal": "runtime-1"}, Subject: map[string]string{"model": "m"}, Decision: Allow}
-	sec, err := l.Record(ctx, grant)
-	if err != nil {
-		t.Fatal(err)
-	}
+	batch, sec := batchAndGrant(t, l)
 	size, err := l.reader.IntegratedSize(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -175,4 +155,32 @@ func TestIndexOfAnotherLog(t *testing.T) {
 	if len(got) != 1 || got[0].Index != 0 || got[0].Kind != string(KindLeaseGrant) {
 		t.Errorf("the index after the log changed: %+v; want the new log's one entry", got)
 	}
+}
+
+// batchAndGrant records, through l, a batch of 10 request records of principal p1 and a
+// lease grant to runtime-1, and returns their entries' indexes.
+func batchAndGrant(t *testing.T, l *Log) (batch, grant uint64) {
+	t.Helper()
+	ctx := context.Background()
+	b := NewBatcher(l, l.Bundles(), BatcherConfig{MaxRecords: 100, MaxDelay: time.Hour})
+	t.Cleanup(b.Close)
+	var fs []Future
+	for i := range 10 {
+		fs = append(fs, b.Submit(ctx, Event{V: 1, TS: ts0.Add(time.Duration(i) * time.Millisecond), Kind: KindRequest,
+			Actor: map[string]string{"principal": "p1"}, Subject: map[string]string{"model": "m"}, Decision: Allow}))
+	}
+	batch, ok, err := b.Barrier(ctx)
+	if err != nil || !ok {
+		t.Fatalf("barrier: %d %v %v", batch, ok, err)
+	}
+	for _, f := range fs {
+		if _, err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := Event{V: 1, TS: ts0, Kind: KindLeaseGrant, Actor: map[string]string{"principal": "runtime-1"}, Subject: map[string]string{"model": "m"}, Decision: Allow}
+	if grant, err = l.Record(ctx, g); err != nil {
+		t.Fatal(err)
+	}
+	return batch, grant
 }

@@ -39,6 +39,7 @@ type Index interface {
 	IndexAudit(ctx context.Context, evs []store.AuditEvent) error
 	AuditIndexed(ctx context.Context) (uint64, error)
 	AuditDigests(ctx context.Context, digests [][32]byte) (map[[32]byte]uint64, error)
+	AuditDigestsAt(ctx context.Context, idxs []uint64) (map[uint64][32]byte, error)
 	ForgetAudit(ctx context.Context, from uint64) error // after Repair
 }
 
@@ -137,8 +138,9 @@ type Log struct {
 	recentMu sync.Mutex
 	recent   map[uint64]store.AuditEvent
 	// idxOwned: the search index was found to hold this log's entries (ownIndex), checked
-	// once per process; only catchUp (never concurrently) reads and sets it.
+	// once per process; only catchUp (indexMu held) reads and sets it.
 	idxOwned bool
+	indexMu  sync.Mutex
 }
 
 // maxRecent bounds recent: beyond it (an index that cannot keep up) entries are read back
@@ -723,6 +725,8 @@ func (l *Log) catchUp(ctx context.Context) error {
 	if l.idx == nil {
 		return nil
 	}
+	l.indexMu.Lock() // one catch-up at a time, and none during a repair (Repair)
+	defer l.indexMu.Unlock()
 	from, err := l.idx.AuditIndexed(ctx)
 	if err != nil {
 		return err
@@ -735,6 +739,9 @@ func (l *Log) catchUp(ctx context.Context) error {
 		if from, err = l.ownIndex(ctx, from, size); err != nil {
 			return err
 		}
+	}
+	if from, err = l.indexTip(ctx, from, size); err != nil {
+		return err
 	}
 	if from >= size {
 		return nil
@@ -814,6 +821,61 @@ func (l *Log) ownIndex(ctx context.Context, from, size uint64) (uint64, error) {
 	}
 	l.idxOwned = true
 	return from, nil
+}
+
+// indexTip checks, at each catch-up, that the last entry the index holds is the log's entry
+// at that index (their digests). It is not when the unsigned tail was rebuilt (Repair, in
+// this process or another) after the index read it, or when the log's size went back: the
+// index then finds where it and the log part — they agree up to a point; a binary search
+// over entries — and forgets from there, to read the rest again. An index past the log's
+// end forgets what lies past it. It returns where indexing goes on from.
+func (l *Log) indexTip(ctx context.Context, from, size uint64) (uint64, error) {
+	if from == 0 || size == 0 {
+		return from, nil
+	}
+	agrees := func(i uint64) (bool, error) {
+		raw, err := ReadEntry(ctx, l.reader, i, size)
+		if err != nil {
+			return false, err
+		}
+		got, err := l.idx.AuditDigestsAt(ctx, []uint64{i})
+		if err != nil {
+			return false, err
+		}
+		d, ok := got[i]
+		return !ok || d == store.EntryDigest(raw), nil // no digest kept: cannot tell
+	}
+	top := min(from, size) - 1
+	ok, err := agrees(top)
+	if err != nil {
+		return from, err
+	}
+	forgetFrom := size // the index past the log's end
+	if !ok {
+		lo, hi := uint64(0), top // the first entry that disagrees is in [lo, hi]; hi does
+		for lo < hi {
+			mid := lo + (hi-lo)/2
+			ok, err := agrees(mid)
+			if err != nil {
+				return from, err
+			}
+			if ok {
+				lo = mid + 1
+			} else {
+				hi = mid
+			}
+		}
+		forgetFrom = lo
+	}
+	if forgetFrom >= from {
+		return from, nil
+	}
+	l.log.Warn("audit index: the index held entries the log no longer holds there (its unsigned tail was rebuilt, or its size went back); they are indexed again",
+		"from", forgetFrom, "indexed", from, "log_size", size)
+	if err := l.idx.ForgetAudit(ctx, forgetFrom); err != nil {
+		return from, err
+	}
+	return forgetFrom, nil
 }
 
 // markUnsealed lists, in the search index, a shared log's entries that no replica sealed

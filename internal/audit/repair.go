@@ -2,17 +2,20 @@ package audit
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/sqlutil"
+	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera/api"
@@ -30,38 +33,50 @@ import (
 // signer refuses every tree from then on (TestAttack5UnknownLeafDoS). Entries after it,
 // the fleet's records among them, are durable but never covered.
 //
-// Repair cuts the tree back to the poisoned entry P and appends again, in the order the
-// database holds them, the entries from P on that a replica sealed (their MAC says a
-// replica wrote those bytes, whatever leaf the tiles show), then a sealed entry of kind
-// KindLogRepair saying what was done. It refuses unless P is above every checkpoint
-// the log key signed that this replica knows (its floor and the database's row): signed
-// history is never rewritten, only the unsigned tail, which no outsider holds a proof of.
+// Repair rebuilds the unsigned part of the tree from the bytes the database holds. It starts
+// from the largest tree the log key signed that this replica knows (its floor, or the
+// database's Checkpoint row), whose root the tiles must still give (else it refuses:
+// restore them first); signed history is never rewritten. Entries from the floor to P stay
+// where they are, their leaves now their bytes' hashes (an unsealed one among them is then
+// acknowledged as usual). From P on, every entry a replica sealed is appended again — its
+// MAC says a replica wrote those bytes, whatever leaf the tiles show — in the tree's order
+// where its leaf is still in the tree and the database's where it is not (an attacker who
+// swaps two entries' bytes does not choose their order); entries no replica sealed are
+// dropped. Last comes a sealed entry of kind KindLogRepair naming P, P's leaf in the old
+// tree, and every leaf the old tree held from the floor on that the new one does not, with
+// why (the first 100, and how many). The entry bundles are read as rows, whatever size the
+// tree state claims (an attacker can lower it), and tiles at every level are rewritten
+// from the floor on, then read back: they must give the root computed, or nothing is
+// changed. A repair that would rebuild the tree there is is refused (nothing to repair).
+//
 // It runs in one transaction that holds the tree state's row, as tessera's own appends do,
 // so replicas appending meanwhile wait for it and go on from the repaired tree; nothing a
-// replica sealed is lost, and a crash leaves the tree as it was. Entries dropped — those no
-// replica wrote, P's bytes among them unless they are a sealed entry's — are returned with
-// the bytes the database held, for the incident's evidence; the repair entry names them
-// (the first 100, and how many).
+// replica sealed is lost, and a crash (or a panic: sqlutil.InTx rolls back) leaves the
+// tree as it was. The report, with the bytes the database held at every position named,
+// goes to the caller's keep before the commit.
 //
 // What moves: a re-appended entry's index, so the search index forgets everything from P
 // on and reads it again from the log; a request record's index (RecordIndex) moves with its
 // batch entry. Replicas must be stopped while it runs: a replica's memory of the entries
-// it appended and has not indexed yet would otherwise be indexed at their old places.
+// it appended and has not indexed yet would otherwise be indexed at their old places, and
+// only the repairing process's index forgets (this process holding the signer's lock is
+// all that is checked).
 
 // maxRepairNamed is how many dropped entries a repair entry lists one by one.
 const maxRepairNamed = 100
 
 // RepairReport says what Repair did.
 type RepairReport struct {
-	Entry   uint64    // the poisoned entry the tree was cut back to
-	OldSize uint64    // the tree's size before
+	Entry   uint64    // P: entries from here on that a replica sealed were appended again
+	OldSize uint64    // the entries the database held before (or the tree state's size, if larger)
 	Moved   int       // sealed entries appended again, in their order
-	Dropped []Dropped // entries not appended again, P first
+	Dropped []Dropped // positions whose old leaf, or entry, the new tree does not hold
 	At      uint64    // the repair entry's index
 	Size    uint64    // the tree's size after
 }
 
-// Dropped is an entry Repair did not append again, with the bytes the database held.
+// Dropped is a position whose leaf in the old tree the new tree does not hold, or whose
+// entry (no replica's) it does not append again, with the bytes the database held there.
 type Dropped struct {
 	Index    uint64 `json:"index"`
 	LeafHash string `json:"leaf_hash"` // the tree's leaf, hex
@@ -85,6 +100,8 @@ func (l *Log) Repair(ctx context.Context, entry uint64, reason string, actor map
 	if err := l.leader.check(ctx); err != nil {
 		return RepairReport{}, fmt.Errorf("audit: repair: another replica holds the checkpoint signer's lock (%w): stop every replica of this log first", err)
 	}
+	l.indexMu.Lock() // no catch-up reads the log before the repair and indexes after it
+	defer l.indexMu.Unlock()
 	var rep RepairReport
 	err := sqlutil.InTx(ctx, l.db, func(tx *sql.Tx) error {
 		var err error
@@ -128,87 +145,184 @@ func (f txFetcher) ReadTile(ctx context.Context, level, index uint64, p uint8) (
 	return nodes[:32*want], nil
 }
 
-func (f txFetcher) bundle(ctx context.Context, index uint64, want int) ([][]byte, error) {
-	var size int
-	var data []byte
-	if err := f.tx.QueryRowContext(ctx, "SELECT `size`, `data` FROM `TiledLeaves` WHERE `tile_index` = ? FOR UPDATE", index).Scan(&size, &data); err != nil {
-		return nil, fmt.Errorf("entry bundle %d: %w", index, err)
+// entriesFrom reads every entry bundle row from bundle b on, whatever the tree state says
+// the log's size is (an attacker can lower it), as one run of entries: rows must follow
+// each other, and every row but the last must be full.
+func (f txFetcher) entriesFrom(ctx context.Context, b uint64) ([][]byte, error) {
+	rows, err := f.tx.QueryContext(ctx, "SELECT `tile_index`, `data` FROM `TiledLeaves` WHERE `tile_index` >= ? ORDER BY `tile_index` FOR UPDATE", b)
+	if err != nil {
+		return nil, err
 	}
-	var b api.EntryBundle
-	if err := b.UnmarshalText(data); err != nil || size != want || len(b.Entries) != want {
-		return nil, securityf("entry bundle %d: %d entries (row says %d), want %d: repair it by hand", index, len(b.Entries), size, want)
+	defer rows.Close()
+	var out [][]byte
+	next := b
+	for rows.Next() {
+		var idx uint64
+		var data []byte
+		if err := rows.Scan(&idx, &data); err != nil {
+			return nil, err
+		}
+		var eb api.EntryBundle
+		if err := eb.UnmarshalText(data); err != nil {
+			return nil, securityf("entry bundle %d malformed: %v: restore it, or remove it by hand", idx, err)
+		}
+		if idx != next || (len(out) > 0 && len(out)%layout.EntryBundleWidth != 0) || len(eb.Entries) > layout.EntryBundleWidth {
+			return nil, securityf("entry bundles from %d: bundle %d follows %d entries, holding %d: bundles are missing, short or overfull; restore them, or remove the stray rows by hand", b, idx, len(out), len(eb.Entries))
+		}
+		out = append(out, eb.Entries...)
+		next++
 	}
-	return b.Entries, nil
+	return out, rows.Err()
+}
+
+// floorTree is the largest tree the log key signed that this replica knows: the tree its
+// signer trusts, or the database's Checkpoint row when that is larger and signed.
+func (l *Log) floorTree(ctx context.Context, tx *sql.Tx) (uint64, []byte) {
+	size, root := l.signer.trusted()
+	var note []byte
+	if err := tx.QueryRowContext(ctx, "SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&note); err == nil && signedBy(l.signer.Signer, note) {
+		var c log.Checkpoint
+		if _, err := c.Unmarshal(note); err == nil && c.Size > size {
+			size, root = c.Size, c.Hash
+		}
+	}
+	return size, root
 }
 
 func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string, actor map[string]string) (RepairReport, error) {
 	rep := RepairReport{Entry: p}
-	var oldRoot []byte
-	if err := tx.QueryRowContext(ctx, "SELECT `size`, `root` FROM `TreeState` WHERE `id` = 0 FOR UPDATE").Scan(&rep.OldSize, &oldRoot); err != nil {
+	var treeSize uint64
+	var treeRoot []byte
+	if err := tx.QueryRowContext(ctx, "SELECT `size`, `root` FROM `TreeState` WHERE `id` = 0 FOR UPDATE").Scan(&treeSize, &treeRoot); err != nil {
 		return rep, fmt.Errorf("audit: repair: tree state: %w", err)
 	}
-	n := rep.OldSize
-	if p >= n {
-		return rep, fmt.Errorf("audit: repair: entry %d: the log holds %d entries", p, n)
-	}
-	floor, _ := l.signer.trusted()
-	var note []byte
-	if err := tx.QueryRowContext(ctx, "SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&note); err == nil && signedBy(l.signer.Signer, note) {
-		if c, ok := checkpointSize(note); ok {
-			floor = max(floor, c)
-		}
-	}
+	floor, floorRoot := l.floorTree(ctx, tx)
 	if p < floor {
 		return rep, securityf("repair: entry %d is covered by a checkpoint the log key signed (size %d): signed history is never rewritten", p, floor)
 	}
 	f := txFetcher{tx}
-	// Every entry from the first bundle that holds the floor, with its leaf from the tiles.
 	first := floor / layout.EntryBundleWidth * layout.EntryBundleWidth
-	leaves, err := client.FetchLeafHashes(ctx, f.ReadTile, first, n-first, n)
+	entries, err := f.entriesFrom(ctx, first/layout.EntryBundleWidth)
 	if err != nil {
-		return rep, fmt.Errorf("audit: repair: leaves %d–%d: %w", first, n, err)
+		return rep, fmt.Errorf("audit: repair: %w", err)
 	}
-	var entries [][]byte
-	for b := first / layout.EntryBundleWidth; b*layout.EntryBundleWidth < n; b++ {
-		want := int(min(n-b*layout.EntryBundleWidth, layout.EntryBundleWidth))
-		es, err := f.bundle(ctx, b, want)
-		if err != nil {
-			return rep, fmt.Errorf("audit: repair: %w", err)
+	n := first + uint64(len(entries)) // what the database holds, whatever TreeState says
+	rep.OldSize = max(n, treeSize)
+	if p >= n {
+		return rep, fmt.Errorf("audit: repair: entry %d: the database holds %d entries", p, n)
+	}
+	if treeSize < floor || treeSize > n {
+		return rep, securityf("repair: the tree state's size %d is below the signed tree (%d) or past the entries the database holds (%d): repair it by hand", treeSize, floor, n)
+	}
+	// The signed tree from its tiles: what the rebuilt tree starts from.
+	nodes, err := client.FetchRangeNodes(ctx, floor, f.ReadTile)
+	if err != nil {
+		return rep, fmt.Errorf("audit: repair: the signed tree at %d: %w", floor, err)
+	}
+	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	tree, err := rf.NewRange(0, floor, slices.Clone(nodes))
+	if err != nil {
+		return rep, err
+	}
+	if floor > 0 {
+		if r, err := tree.GetRootHash(nil); err != nil || !bytes.Equal(r, floorRoot) {
+			return rep, securityf("repair: the tiles under the signed tree (size %d) do not hash to its root: they were altered (the scrubber names where); restore them first", floor)
 		}
-		entries = append(entries, es...)
 	}
-	matches := func(i uint64) bool {
-		return bytes.Equal(rfc6962.DefaultHasher.HashLeaf(entries[i-first]), leaves[i-first])
+	// The leaves the tree holds now, from the floor to its size (for the order and the evidence).
+	var oldLeaves [][]byte
+	if treeSize > floor {
+		if oldLeaves, err = client.FetchLeafHashes(ctx, f.ReadTile, floor, treeSize-floor, treeSize); err != nil {
+			return rep, fmt.Errorf("audit: repair: leaves %d–%d: %w", floor, treeSize, err)
+		}
 	}
+	leafAt := func(i uint64) []byte { // the tree's leaf at i, or nil past its size
+		if i < treeSize {
+			return oldLeaves[i-floor]
+		}
+		return nil
+	}
+	// The new tree: entries from the floor to p stay where they are, their leaves those of
+	// their bytes; from p on, the entries a replica sealed, in the tree's order where their
+	// leaf is still in the tree, in the database's order where it is not.
+	var newEntries [][]byte
 	for i := floor; i < p; i++ {
-		if !matches(i) {
-			return rep, securityf("repair: entry %d's bytes are not its leaf either: repair from the first such entry, %d", i, i)
-		}
+		newEntries = append(newEntries, entries[i-first])
 	}
-	if matches(p) {
-		return rep, fmt.Errorf("audit: repair: entry %d's bytes are its leaf: nothing to repair (an entry no replica wrote is acknowledged: audit acknowledge)", p)
+	type keptEntry struct {
+		key uint64
+		e   []byte
 	}
-	// What stays: every entry from p on that a replica sealed, whether or not the tree's
-	// leaf is its hash (the MAC says a replica wrote these bytes; a leaf altered in the
-	// tiles must not cost the fleet a record). What goes: what no replica wrote.
-	var kept [][]byte
+	byLeaf := map[string][]uint64{} // the tree's positions from p on, by leaf
+	for i := p; i < treeSize; i++ {
+		byLeaf[string(leafAt(i))] = append(byLeaf[string(leafAt(i))], i)
+	}
+	var kept []keptEntry
 	for i := p; i < n; i++ {
 		e := entries[i-first]
-		if checkEntry(l.entryKey, l.origin, e) == nil {
-			kept = append(kept, e)
+		if checkEntry(l.entryKey, l.origin, e) != nil {
 			continue
 		}
-		why := "not written by a replica (no valid entry MAC)"
-		if !matches(i) {
-			why = "its bytes are not its leaf, and no replica wrote them"
+		key := i
+		h := string(rfc6962.DefaultHasher.HashLeaf(e))
+		if at := byLeaf[h]; len(at) > 0 {
+			key, byLeaf[h] = at[0], at[1:]
 		}
-		rep.Dropped = append(rep.Dropped, Dropped{Index: i, LeafHash: hex.EncodeToString(leaves[i-first]), Why: why, Bytes: bytes.Clone(e)})
+		kept = append(kept, keptEntry{key, e})
+	}
+	slices.SortStableFunc(kept, func(a, b keptEntry) int { return cmp.Compare(a.key, b.key) })
+	for _, k := range kept {
+		newEntries = append(newEntries, k.e)
 	}
 	rep.Moved = len(kept)
+	// What the repair takes out: every leaf of the tree from the floor on that the new tree
+	// does not hold, and every entry from p on that no replica sealed.
+	inNew := map[string]bool{}
+	for _, e := range newEntries {
+		inNew[string(rfc6962.DefaultHasher.HashLeaf(e))] = true
+	}
+	for i := floor; i < n; i++ {
+		e := entries[i-first]
+		leaf := leafAt(i)
+		var why string
+		switch {
+		case i >= p && checkEntry(l.entryKey, l.origin, e) != nil:
+			why = "not written by a replica (no valid entry MAC)"
+			if leaf != nil && !bytes.Equal(leaf, rfc6962.DefaultHasher.HashLeaf(e)) {
+				why += "; the tree's leaf here is not its bytes' hash"
+			}
+		case leaf != nil && !inNew[string(leaf)]:
+			why = "the tree's leaf here is not the hash of any entry kept (the bytes it committed to are gone)"
+		default:
+			continue
+		}
+		if leaf == nil {
+			leaf = rfc6962.DefaultHasher.HashLeaf(e)
+		}
+		rep.Dropped = append(rep.Dropped, Dropped{Index: i, LeafHash: hex.EncodeToString(leaf), Why: why, Bytes: bytes.Clone(e)})
+	}
+	// Nothing to repair: the tree rebuilt is the tree there is.
+	check := tree
+	for _, e := range newEntries {
+		if err := check.Append(rfc6962.DefaultHasher.HashLeaf(e), nil); err != nil {
+			return rep, err
+		}
+	}
+	if r, err := check.GetRootHash(nil); err == nil && bytes.Equal(r, treeRoot) && floor+uint64(len(newEntries)) == treeSize && len(rep.Dropped) == 0 {
+		return rep, fmt.Errorf("audit: repair: the tree from entry %d on is what the database's entries hash to, and a replica wrote each: nothing to repair (an entry no replica wrote before it is acknowledged: audit acknowledge)", p)
+	}
+	if tree, err = rf.NewRange(0, floor, slices.Clone(nodes)); err != nil {
+		return rep, err
+	}
+
+	pLeaf := leafAt(p)
+	if pLeaf == nil {
+		pLeaf = rfc6962.DefaultHasher.HashLeaf(entries[p-first])
+	}
 	ev := Event{V: 1, TS: time.Now().UTC(), Kind: KindLogRepair, Actor: actor, Decision: Allow, Reason: reason,
-		Subject: map[string]string{"entry": strconv.FormatUint(p, 10), "leaf_hash": rep.Dropped[0].LeafHash},
-		Fields: map[string]string{"old_size": strconv.FormatUint(n, 10), "moved": strconv.Itoa(len(kept)),
-			"dropped": strconv.Itoa(len(rep.Dropped))}}
+		Subject: map[string]string{"entry": strconv.FormatUint(p, 10), "leaf_hash": hex.EncodeToString(pLeaf)},
+		Fields: map[string]string{"old_size": strconv.FormatUint(rep.OldSize, 10), "floor": strconv.FormatUint(floor, 10),
+			"moved": strconv.Itoa(len(kept)), "dropped": strconv.Itoa(len(rep.Dropped))}}
 	var named []string
 	for _, d := range rep.Dropped[:min(len(rep.Dropped), maxRepairNamed)] {
 		named = append(named, strconv.FormatUint(d.Index, 10)+":"+d.LeafHash)
@@ -218,20 +332,10 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	if err != nil {
 		return rep, err
 	}
-	kept = append(kept, sealEntry(l.entryKey, l.origin, body))
+	newEntries = append(newEntries, sealEntry(l.entryKey, l.origin, body))
 
-	// The tree over [0, p) from its tiles, and the new leaves appended to it.
-	nodes, err := client.FetchRangeNodes(ctx, p, f.ReadTile)
-	if err != nil {
-		return rep, fmt.Errorf("audit: repair: the tree at %d: %w", p, err)
-	}
-	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
-	tree, err := rf.NewRange(0, p, nodes)
-	if err != nil {
-		return rep, err
-	}
-	newLeaves := make([][]byte, len(kept))
-	for i, e := range kept {
+	newLeaves := make([][]byte, len(newEntries))
+	for i, e := range newEntries {
 		if len(e) > MaxEventSize {
 			return rep, fmt.Errorf("audit: repair: an entry of %d bytes", len(e))
 		}
@@ -244,12 +348,20 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	if err != nil {
 		return rep, err
 	}
-	size := p + uint64(len(kept))
-	if err := writeTiles(ctx, tx, f, p, n, size, newLeaves); err != nil {
+	size := floor + uint64(len(newEntries))
+	if err := writeTiles(ctx, tx, f, floor, rep.OldSize, size, newLeaves); err != nil {
 		return rep, fmt.Errorf("audit: repair: tiles: %w", err)
 	}
-	if err := writeBundles(ctx, tx, entries[p/layout.EntryBundleWidth*layout.EntryBundleWidth-first:p-first], p, kept); err != nil {
+	if err := writeBundles(ctx, tx, entries[:floor-first], floor, newEntries); err != nil {
 		return rep, fmt.Errorf("audit: repair: entry bundles: %w", err)
+	}
+	// The tiles as written must give the root computed: read them back.
+	if nodes, err := client.FetchRangeNodes(ctx, size, f.ReadTile); err != nil {
+		return rep, fmt.Errorf("audit: repair: the rebuilt tree: %w", err)
+	} else if r, err := rf.NewRange(0, size, nodes); err != nil {
+		return rep, err
+	} else if got, err := r.GetRootHash(nil); err != nil || !bytes.Equal(got, root) {
+		return rep, fmt.Errorf("audit: repair: the rebuilt tiles do not give the rebuilt root (a bug): nothing was changed")
 	}
 	if _, err := tx.ExecContext(ctx, "UPDATE `TreeState` SET `size` = ?, `root` = ? WHERE `id` = 0", size, root); err != nil {
 		return rep, fmt.Errorf("audit: repair: tree state: %w", err)
@@ -265,7 +377,8 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 func writeTiles(ctx context.Context, tx *sql.Tx, f txFetcher, p, oldSize, size uint64, leaves [][]byte) error {
 	var below []byte // the level below's nodes, from its first rewritten tile's start
 	var belowStart uint64
-	for level := uint64(0); oldSize>>(8*level) > 0 || size>>(8*level) > 0; level++ {
+	level := uint64(0)
+	for ; oldSize>>(8*level) > 0 || size>>(8*level) > 0; level++ {
 		keep := p >> (8 * level)                            // nodes of this height wholly before p
 		start := keep / layout.TileWidth * layout.TileWidth // the first rewritten tile's first node
 		var nodes []byte
@@ -295,7 +408,9 @@ func writeTiles(ctx context.Context, tx *sql.Tx, f txFetcher, p, oldSize, size u
 		}
 		below, belowStart = nodes, start
 	}
-	return nil
+	// No tile above the tree's height (a stray row would be read as part of the tree).
+	_, err := tx.ExecContext(ctx, "DELETE FROM `Subtree` WHERE `level` >= ?", level)
+	return err
 }
 
 // subtreeRoot is the root of the perfect tree over 256 node hashes (concatenated).

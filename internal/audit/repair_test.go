@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/tessera/api"
 	"github.com/transparency-dev/tessera/api/layout"
 )
@@ -79,9 +80,6 @@ func TestRepairPoisonedTail(t *testing.T) {
 	want := fmt.Sprintf("does not commit to entry %d as the log holds it", bad)
 	waitFor(t, func() bool { return strings.Contains(logs.String(), want) })
 
-	if _, err := l.Repair(ctx, bad-1, "not poisoned", nil, nil); err == nil || !strings.Contains(err.Error(), "nothing to repair") {
-		t.Fatalf("repair of an entry whose bytes are its leaf: %v", err)
-	}
 	// The sealed tail as it stands, in order: what the repair must append again.
 	var tail []string
 	before := a2Entries(t, l.reader)
@@ -105,7 +103,8 @@ func TestRepairPoisonedTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A second replica appends while the repair runs.
-	l2, _ := a6Replica(t, dsn, s, time.Second)
+	l2, st2, _ := indexedReplica(t, dsn, s) // with its own search index, read before the repair
+	waitFor(t, func() bool { n, _ := st2.AuditIndexed(ctx); return n > foreign })
 	if _, err := l2.Repair(ctx, bad, "not the signer", nil, nil); err == nil || !strings.Contains(err.Error(), "stop every replica") {
 		t.Fatalf("repair from a replica that does not hold the signer's lock: %v", err)
 	}
@@ -122,11 +121,16 @@ func TestRepairPoisonedTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	wg.Wait()
-	if len(kept.Dropped) != 2 {
+	// A healthy tail: nothing to repair (or, if the signer covered it meanwhile, signed).
+	again, err := l.Repair(ctx, rep.At, "nothing wrong", nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "nothing to repair") && !strings.Contains(err.Error(), "signed history is never rewritten") {
+		t.Fatalf("repair of a healthy tail: %+v %v", again, err)
+	}
+	if len(kept.Dropped) != 3 {
 		t.Fatalf("evidence kept: %+v", kept)
 	}
-	if rep.Entry != bad || len(rep.Dropped) != 2 || rep.Dropped[0].Index != bad || rep.Dropped[1].Index != foreign ||
-		!bytes.Contains(rep.Dropped[0].Bytes, []byte("decoy")) || !strings.Contains(rep.Dropped[1].Why, "entry MAC") {
+	if rep.Entry != bad || len(rep.Dropped) != 3 || rep.Dropped[0].Index != bad || rep.Dropped[1].Index != alteredLeaf || rep.Dropped[2].Index != foreign ||
+		!bytes.Contains(rep.Dropped[0].Bytes, []byte("decoy")) || !strings.Contains(rep.Dropped[2].Why, "entry MAC") {
 		t.Fatalf("repair report: entry %d, dropped %+v", rep.Entry, rep.Dropped)
 	}
 	last, err := l.Record(ctx, event(9999))
@@ -154,7 +158,7 @@ func TestRepairPoisonedTail(t *testing.T) {
 		}
 		if ev.Kind == KindLogRepair {
 			repairs++
-			if i != rep.At || ev.Subject["entry"] != fmt.Sprint(bad) || ev.Fields["dropped"] != "2" || ev.Actor["principal"] != "operator" {
+			if i != rep.At || ev.Subject["entry"] != fmt.Sprint(bad) || ev.Fields["dropped"] != "3" || ev.Actor["principal"] != "operator" {
 				t.Errorf("repair entry at %d (report %d): %s", i, rep.At, e)
 			}
 		}
@@ -176,5 +180,33 @@ func TestRepairPoisonedTail(t *testing.T) {
 	}
 	if len(theirs) != 150 {
 		t.Errorf("%d of the other replica's 150 entries in the log after the repair", len(theirs))
+	}
+	// The other replica's index held the tail at its old places: it must come to hold the
+	// log's entries, each where the log has it.
+	var diff string
+	converged := func() bool {
+		got, err := st2.SearchAudit(ctx, store.AuditQuery{})
+		if err != nil {
+			diff = err.Error()
+			return false
+		}
+		n := 0
+		for _, e := range got {
+			if _, _, rec := SplitRecordIndex(e.Index); rec {
+				continue
+			}
+			if e.Index >= vs.Size || !bytes.Equal(e.Raw, entries[e.Index]) {
+				diff = fmt.Sprintf("entry %d indexed with other bytes than the log's", e.Index)
+				return false
+			}
+			n++
+		}
+		diff = fmt.Sprintf("%d entries indexed, the log holds %d", n, vs.Size)
+		return uint64(n) >= vs.Size
+	}
+	for deadline := time.Now().Add(30 * time.Second); !converged(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the other replica's index after the repair: %s", diff)
+		}
 	}
 }

@@ -7,12 +7,18 @@ import (
 )
 
 // InTx runs fn in a transaction on db: committed when fn returns nil, rolled back when it
-// returns an error (which InTx returns).
-func InTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) error {
+// returns an error (which InTx returns) or panics (the panic goes on).
+func InTx(ctx context.Context, db *sql.DB, fn func(*sql.Tx) error) (err error) {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			tx.Rollback()
+			panic(r)
+		}
+	}()
 	if err := fn(tx); err != nil {
 		tx.Rollback()
 		return err

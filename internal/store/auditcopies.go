@@ -128,6 +128,11 @@ func (s *sqlStore) backfillDigests(ctx context.Context, tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM audit_record_groups WHERE entry = ?`), idx); err != nil {
 			return err
 		}
+		// Records that earlier versions indexed one row each, under the copy's entry.
+		first := int64(recordBit | uint64(idx)<<recordShift)
+		if _, err := tx.ExecContext(ctx, s.q(`DELETE FROM audit_events WHERE idx >= ? AND idx < ?`), first, first+1<<recordShift); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -157,4 +162,35 @@ func (s *sqlStore) ForgetAudit(ctx context.Context, from uint64) error {
 		return fmt.Errorf("store: forget audit entries from %d: %w", from, err)
 	}
 	return nil
+}
+
+// AuditDigestsAt returns the digests the index keeps for entries idxs (those it has).
+func (s *sqlStore) AuditDigestsAt(ctx context.Context, idxs []uint64) (map[uint64][32]byte, error) {
+	out := map[uint64][32]byte{}
+	for chunk := range slices.Chunk(idxs, digestRows) {
+		args := make([]any, len(chunk))
+		for i, x := range chunk {
+			args[i] = int64(x)
+		}
+		rows, err := s.db.QueryContext(ctx, s.q(`SELECT idx, digest FROM audit_entry_digests WHERE idx IN (`+
+			strings.TrimSuffix(strings.Repeat("?, ", len(chunk)), ", ")+`)`), args...)
+		if err != nil {
+			return nil, fmt.Errorf("store: audit entry digests: %w", err)
+		}
+		for rows.Next() {
+			var idx int64
+			var d []byte
+			if err := rows.Scan(&idx, &d); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("store: audit entry digests: %w", err)
+			}
+			if len(d) == 32 {
+				out[uint64(idx)] = [32]byte(d)
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return nil, fmt.Errorf("store: audit entry digests: %w", err)
+		}
+	}
+	return out, nil
 }

@@ -211,6 +211,8 @@ type Store interface {
 	// AuditDigests returns, for each of digests (EntryDigest) an indexed entry has, the
 	// lowest index of an entry with those bytes (auditcopies.go).
 	AuditDigests(ctx context.Context, digests [][32]byte) (map[[32]byte]uint64, error)
+	// AuditDigestsAt returns the digests the index keeps for entries idxs (those it has).
+	AuditDigestsAt(ctx context.Context, idxs []uint64) (map[uint64][32]byte, error)
 	// ForgetAudit removes entries from index from on (and their records and digests) from
 	// the index: the log's unsigned tail was rebuilt (audit.Log.Repair).
 	ForgetAudit(ctx context.Context, from uint64) error

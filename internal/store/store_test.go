@@ -135,6 +135,8 @@ func TestSQLiteDigestBackfill(t *testing.T) {
 		{Index: 1<<62 | 0<<16, Kind: "gateway.request", Principal: "bob", Decision: "allow", Raw: []byte(`{"r":0}`)},
 		{Index: 1<<62 | 2<<16, Kind: "gateway.request", Principal: "bob", Decision: "allow", Raw: []byte(`{"r":0}`)},
 	}
+	// A record an earlier version indexed one row of its own (in audit_events), under the copy.
+	oldRow := store.AuditEvent{Index: 1<<62 | 2<<16 | 1, Kind: "gateway.request", Principal: "bob", Decision: "allow", Raw: []byte(`{"r":1}`)}
 	if err := s.IndexAudit(ctx, evs); err != nil {
 		t.Fatal(err)
 	}
@@ -142,6 +144,10 @@ func TestSQLiteDigestBackfill(t *testing.T) {
 	// Back to the schema before migration 16, as an older version left it.
 	db, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`INSERT INTO audit_events (idx, ts, kind, principal, decision, raw) VALUES (?, 0, ?, ?, ?, ?)`,
+		int64(oldRow.Index), oldRow.Kind, oldRow.Principal, oldRow.Decision, oldRow.Raw); err != nil {
 		t.Fatal(err)
 	}
 	for _, q := range []string{`DROP TABLE audit_entry_digests`, `DELETE FROM schema_migrations WHERE version >= 16`} {
