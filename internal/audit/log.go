@@ -141,6 +141,9 @@ type Log struct {
 	// once per process; only catchUp (indexMu held) reads and sets it.
 	idxOwned bool
 	indexMu  sync.Mutex
+	// validated: the index's entries below it were compared with the log's, entry by entry,
+	// once a checkpoint this replica trusts covered them (validateIndex; indexMu held).
+	validated uint64
 }
 
 // maxRecent bounds recent: beyond it (an index that cannot keep up) entries are read back
@@ -743,6 +746,9 @@ func (l *Log) catchUp(ctx context.Context) error {
 	if from, err = l.indexTip(ctx, from, size); err != nil {
 		return err
 	}
+	if from, err = l.validateIndex(ctx, from, size); err != nil {
+		return err
+	}
 	if from >= size {
 		return nil
 	}
@@ -798,6 +804,9 @@ func (l *Log) catchUp(ctx context.Context) error {
 // log's first entries never indexed. Such an index is rebuilt from this log, with an
 // ALERT. It returns where indexing goes on from.
 func (l *Log) ownIndex(ctx context.Context, from, size uint64) (uint64, error) {
+	if l.signer != nil { // entries under a tree this replica trusted at start were validated before
+		l.validated, _ = l.signer.trusted()
+	}
 	if from == 0 || size == 0 {
 		l.idxOwned = size > 0
 		return from, nil
@@ -876,6 +885,55 @@ func (l *Log) indexTip(ctx context.Context, from, size uint64) (uint64, error) {
 		return from, err
 	}
 	return forgetFrom, nil
+}
+
+// validateIndex compares, entry by entry, the index with a shared log's entries that a
+// checkpoint this replica trusts has come to cover since the last time: a repair (in any
+// replica) rewrites only the unsigned part of the tree, so entries the index read before
+// they were signed may have moved; once signed, they stay. indexTip catches a rebuilt tail
+// at the index's tip; this catches what the tip does not show (a byte copy placed where the
+// tip was, an index stopped mid-way). A difference is indexed again from the first one.
+// Entries under the tree the replica trusted when it started were validated before.
+func (l *Log) validateIndex(ctx context.Context, from, size uint64) (uint64, error) {
+	if l.db == nil || l.signer == nil {
+		return from, nil
+	}
+	signed, _ := l.signer.trusted()
+	end := min(signed, from, size)
+	if end <= l.validated {
+		return from, nil
+	}
+	bad := end
+	err := ReadEntries(ctx, l.reader.ReadEntryBundle, l.validated, end, func(batch []store.AuditEvent) error {
+		idxs := make([]uint64, len(batch))
+		for i, e := range batch {
+			idxs[i] = e.Index
+		}
+		got, err := l.idx.AuditDigestsAt(ctx, idxs)
+		if err != nil {
+			return err
+		}
+		for _, e := range batch {
+			if d, ok := got[e.Index]; (!ok || d != store.EntryDigest(e.Raw)) && e.Index < bad {
+				bad = e.Index
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return from, err
+	}
+	if bad == end {
+		l.validated = end
+		return from, nil
+	}
+	l.log.Warn("audit index: the index held entries the log no longer holds there (its unsigned tail was rebuilt after they were indexed); they are indexed again",
+		"from", bad, "indexed", from, "log_size", size)
+	if err := l.idx.ForgetAudit(ctx, bad); err != nil {
+		return from, err
+	}
+	l.validated = bad
+	return bad, nil
 }
 
 // markUnsealed lists, in the search index, a shared log's entries that no replica sealed

@@ -175,6 +175,88 @@ func (f txFetcher) entriesFrom(ctx context.Context, b uint64) ([][]byte, error) 
 	return out, rows.Err()
 }
 
+// level0From reads the level-0 tiles from the one holding entry first on, as rows, and
+// returns their leaves from first on, up to the first tile that is missing or partial.
+func (f txFetcher) level0From(ctx context.Context, first uint64) ([][]byte, error) {
+	rows, err := f.tx.QueryContext(ctx, "SELECT `index`, `nodes` FROM `Subtree` WHERE `level` = 0 AND `index` >= ? ORDER BY `index`", first/layout.TileWidth)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out [][]byte
+	next := first / layout.TileWidth
+	for rows.Next() {
+		var idx uint64
+		var nodes []byte
+		if err := rows.Scan(&idx, &nodes); err != nil {
+			return nil, err
+		}
+		if idx != next || len(nodes)%32 != 0 || len(nodes) > 32*layout.TileWidth {
+			break
+		}
+		for j := 0; j < len(nodes); j += 32 {
+			out = append(out, nodes[j:j+32])
+		}
+		if len(nodes) < 32*layout.TileWidth {
+			break
+		}
+		next++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	skip := int(first % layout.TileWidth)
+	if len(out) < skip {
+		return nil, nil
+	}
+	return out[skip:], nil
+}
+
+// checkTilesBack reads back the tiles the rebuilt tree of size holds from the floor on and
+// compares them with the tree computed: the root, every leaf from the floor on, and every
+// complete node above them against its children.
+func checkTilesBack(ctx context.Context, f txFetcher, floor, size uint64, leaves [][]byte, root []byte) error {
+	nodes, err := client.FetchRangeNodes(ctx, size, f.ReadTile)
+	if err != nil {
+		return fmt.Errorf("audit: repair: the rebuilt tree: %w", err)
+	}
+	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	r, err := rf.NewRange(0, size, nodes)
+	if err != nil {
+		return err
+	}
+	if got, err := r.GetRootHash(nil); err != nil || !bytes.Equal(got, root) {
+		return securityf("repair: the rebuilt tiles do not give the rebuilt root (a trigger, or a bug): nothing was changed")
+	}
+	got, err := client.FetchLeafHashes(ctx, f.ReadTile, floor, size-floor, size)
+	if err != nil {
+		return fmt.Errorf("audit: repair: the rebuilt leaves: %w", err)
+	}
+	for i := range leaves {
+		if !bytes.Equal(got[i], leaves[i]) {
+			return securityf("repair: the rebuilt tile's leaf at %d is not the entry's (a trigger?): nothing was changed", floor+uint64(i))
+		}
+	}
+	for level := uint64(1); size>>(8*level) > 0; level++ {
+		for j := floor >> (8 * level); j < size>>(8*level); j++ {
+			ti := j / layout.TileWidth
+			t, err := f.ReadTile(ctx, level, ti, uint8(min(size>>(8*level)-ti*layout.TileWidth, layout.TileWidth)%layout.TileWidth))
+			if err != nil {
+				return fmt.Errorf("audit: repair: tile %d/%d read back: %w", level, ti, err)
+			}
+			kids, err := f.ReadTile(ctx, level-1, j, 0)
+			if err != nil {
+				return fmt.Errorf("audit: repair: tile %d/%d read back: %w", level-1, j, err)
+			}
+			pos := j % layout.TileWidth
+			if !bytes.Equal(t[32*pos:32*pos+32], subtreeRoot(kids)) {
+				return securityf("repair: the rebuilt tile %d/%d's node %d is not its children's root (a trigger?): nothing was changed", level, ti, pos)
+			}
+		}
+	}
+	return nil
+}
+
 // floorTree is the largest tree the log key signed that this replica knows: the tree its
 // signer trusts, or the database's Checkpoint row when that is larger and signed.
 func (l *Log) floorTree(ctx context.Context, tx *sql.Tx) (uint64, []byte) {
@@ -211,9 +293,6 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	if p >= n {
 		return rep, fmt.Errorf("audit: repair: entry %d: the database holds %d entries", p, n)
 	}
-	if treeSize < floor || treeSize > n {
-		return rep, securityf("repair: the tree state's size %d is below the signed tree (%d) or past the entries the database holds (%d): repair it by hand", treeSize, floor, n)
-	}
 	// The signed tree from its tiles: what the rebuilt tree starts from.
 	nodes, err := client.FetchRangeNodes(ctx, floor, f.ReadTile)
 	if err != nil {
@@ -229,19 +308,26 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 			return rep, securityf("repair: the tiles under the signed tree (size %d) do not hash to its root: they were altered (the scrubber names where); restore them first", floor)
 		}
 	}
-	// The leaves the tree holds now, from the floor to its size (for the order and the evidence).
-	var oldLeaves [][]byte
-	if treeSize > floor {
-		if oldLeaves, err = client.FetchLeafHashes(ctx, f.ReadTile, floor, treeSize-floor, treeSize); err != nil {
-			return rep, fmt.Errorf("audit: repair: leaves %d–%d: %w", floor, treeSize, err)
-		}
+	// The leaves the tiles hold from the floor on, read as rows whatever size the tree state
+	// claims (an attacker can lower it): for the order and the evidence. And the signed
+	// entries before the floor in its bundle, which are written back, must be the leaves
+	// the signed tree holds.
+	tileLeaves, err := f.level0From(ctx, first)
+	if err != nil {
+		return rep, fmt.Errorf("audit: repair: %w", err)
 	}
-	leafAt := func(i uint64) []byte { // the tree's leaf at i, or nil past its size
-		if i < treeSize {
-			return oldLeaves[i-floor]
+	leafAt := func(i uint64) []byte { // the tiles' leaf at i (i ≥ first), nil where they hold none
+		if i-first < uint64(len(tileLeaves)) {
+			return tileLeaves[i-first]
 		}
 		return nil
 	}
+	for i := first; i < floor; i++ {
+		if !bytes.Equal(leafAt(i), rfc6962.DefaultHasher.HashLeaf(entries[i-first])) {
+			return rep, securityf("repair: signed entry %d's bytes are not the leaf its signed tree holds (altered after signing; the scrubber names it): restore them first", i)
+		}
+	}
+	oldEnd := max(first+uint64(len(tileLeaves)), floor)
 	// The new tree: entries from the floor to p stay where they are, their leaves those of
 	// their bytes; from p on, the entries a replica sealed, in the tree's order where their
 	// leaf is still in the tree, in the database's order where it is not.
@@ -254,7 +340,7 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		e   []byte
 	}
 	byLeaf := map[string][]uint64{} // the tree's positions from p on, by leaf
-	for i := p; i < treeSize; i++ {
+	for i := p; i < oldEnd; i++ {
 		byLeaf[string(leafAt(i))] = append(byLeaf[string(leafAt(i))], i)
 	}
 	var kept []keptEntry
@@ -281,11 +367,19 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	for _, e := range newEntries {
 		inNew[string(rfc6962.DefaultHasher.HashLeaf(e))] = true
 	}
-	for i := floor; i < n; i++ {
-		e := entries[i-first]
+	for i := floor; i < max(n, oldEnd); i++ {
+		var e []byte
+		if i < n {
+			e = entries[i-first]
+		}
 		leaf := leafAt(i)
 		var why string
 		switch {
+		case e == nil:
+			if inNew[string(leaf)] {
+				continue
+			}
+			why = "the tree holds a leaf here and the database no entry"
 		case i >= p && checkEntry(l.entryKey, l.origin, e) != nil:
 			why = "not written by a replica (no valid entry MAC)"
 			if leaf != nil && !bytes.Equal(leaf, rfc6962.DefaultHasher.HashLeaf(e)) {
@@ -337,7 +431,7 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	newLeaves := make([][]byte, len(newEntries))
 	for i, e := range newEntries {
 		if len(e) > MaxEventSize {
-			return rep, fmt.Errorf("audit: repair: an entry of %d bytes", len(e))
+			return rep, fmt.Errorf("audit: repair: entry %d (in the new tree) has %d bytes, more than an entry may", floor+uint64(i), len(e))
 		}
 		newLeaves[i] = rfc6962.DefaultHasher.HashLeaf(e)
 		if err := tree.Append(newLeaves[i], nil); err != nil {
@@ -349,22 +443,37 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		return rep, err
 	}
 	size := floor + uint64(len(newEntries))
-	if err := writeTiles(ctx, tx, f, floor, rep.OldSize, size, newLeaves); err != nil {
+	if err := writeTiles(ctx, tx, f, floor, max(rep.OldSize, oldEnd), size, newLeaves); err != nil {
 		return rep, fmt.Errorf("audit: repair: tiles: %w", err)
 	}
 	if err := writeBundles(ctx, tx, entries[:floor-first], floor, newEntries); err != nil {
 		return rep, fmt.Errorf("audit: repair: entry bundles: %w", err)
 	}
-	// The tiles as written must give the root computed: read them back.
-	if nodes, err := client.FetchRangeNodes(ctx, size, f.ReadTile); err != nil {
-		return rep, fmt.Errorf("audit: repair: the rebuilt tree: %w", err)
-	} else if r, err := rf.NewRange(0, size, nodes); err != nil {
-		return rep, err
-	} else if got, err := r.GetRootHash(nil); err != nil || !bytes.Equal(got, root) {
-		return rep, fmt.Errorf("audit: repair: the rebuilt tiles do not give the rebuilt root (a bug): nothing was changed")
-	}
 	if _, err := tx.ExecContext(ctx, "UPDATE `TreeState` SET `size` = ?, `root` = ? WHERE `id` = 0", size, root); err != nil {
 		return rep, fmt.Errorf("audit: repair: tree state: %w", err)
+	}
+	// Read back everything written (a trigger may have changed it within this transaction):
+	// the entries, every tile from the floor on, the tree state.
+	back, err := f.entriesFrom(ctx, first/layout.EntryBundleWidth)
+	if err != nil {
+		return rep, fmt.Errorf("audit: repair: reading the rebuilt entries back: %w", err)
+	}
+	want := append(slices.Clone(entries[:floor-first]), newEntries...)
+	if len(back) != len(want) {
+		return rep, securityf("repair: the entry bundles read back hold %d entries, not the %d written (a trigger?): nothing was changed", len(back), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(back[i], want[i]) {
+			return rep, securityf("repair: entry %d read back is not what was written (a trigger?): nothing was changed", first+uint64(i))
+		}
+	}
+	if err := checkTilesBack(ctx, f, floor, size, newLeaves, root); err != nil {
+		return rep, err
+	}
+	var gotSize uint64
+	var gotRoot []byte
+	if err := tx.QueryRowContext(ctx, "SELECT `size`, `root` FROM `TreeState` WHERE `id` = 0").Scan(&gotSize, &gotRoot); err != nil || gotSize != size || !bytes.Equal(gotRoot, root) {
+		return rep, securityf("repair: the tree state read back is not what was written (a trigger?): nothing was changed")
 	}
 	rep.At, rep.Size = size-1, size
 	return rep, nil

@@ -315,17 +315,28 @@ func TestAttack7RepairEvidence(t *testing.T) {
 // replica's records in an order the attacker chose, against the order the tree held.
 func TestAttack7RepairReorders(t *testing.T) {
 	t.Parallel() // see sqlTestDB
+	a7RepairReorders(t, "strongroom.test/attack7order", false)
+}
+
+// a7RepairReorders is TestAttack7RepairReorders; with lower, the attacker also lowers
+// TreeState.size to P+1 (TestAttack8RepairCutReorders), hiding the tiles' leaves after P
+// from a repair that would read them only up to it.
+func a7RepairReorders(t *testing.T, name string, lower bool) {
 	ctx := context.Background()
-	dsn, _, v, db, l, _, _ := a5Start(t, "strongroom.test/attack7order")
+	dsn, _, v, db, l, _, _ := a5Start(t, name)
 	bad := a7Poisoned(t, dsn, l, 20, 30, nil)
 	es := a2Entries(t, l.reader)
 	first, second := bad+3, bad+6
 	poisonEntry(t, db, first, es[second])
 	poisonEntry(t, db, second, es[first])
-
+	how := "the attacker swapped their bytes"
+	if lower {
+		a6Exec(t, db, "UPDATE `TreeState` SET `size` = ? WHERE `id` = 0", bad+1)
+		how += fmt.Sprintf(" and lowered TreeState.size to %d", bad+1)
+	}
 	rep, err := l.Repair(ctx, bad, "incident: poisoned tail", map[string]string{"principal": "operator"}, func(RepairReport) error { return nil })
 	if err != nil {
-		t.Logf("held: the repair refused a tail whose sealed entries are not their leaves: %v", err)
+		t.Logf("held: the repair refused: %v", err)
 		return
 	}
 	st := a2WaitVerify(t, l, v, rep.Size, nil)
@@ -335,8 +346,8 @@ func TestAttack7RepairReorders(t *testing.T) {
 		t.Fatalf("PROMISE R3 BROKEN: after the repair entry n=%s is at %v and n=%s at %v", a7Field(es[first]), a, a7Field(es[second]), b)
 	}
 	if a[0] > b[0] {
-		t.Fatalf("PROMISE R3 BROKEN: the replica appended n=%s (entry %d) before n=%s (entry %d), and the tree's leaves said so; after the repair the attacker's order is signed (checkpoint size %d): n=%s at %d after n=%s at %d",
-			a7Field(es[first]), first, a7Field(es[second]), second, st.Size, a7Field(es[first]), a[0], a7Field(es[second]), b[0])
+		t.Fatalf("PROMISE R3 BROKEN: the tiles held n=%s (entry %d) before n=%s (entry %d); %s; Repair(%d) appended them in the attacker's order, signed (checkpoint size %d): n=%s at %d after n=%s at %d",
+			a7Field(es[first]), first, a7Field(es[second]), second, how, bad, st.Size, a7Field(es[first]), a[0], a7Field(es[second]), b[0])
 	}
 	t.Logf("held: the sealed entries kept the tree's order (%d before %d)", a[0], b[0])
 }
