@@ -734,8 +734,12 @@ func TestAttack6RollbackAlertFromJitter(t *testing.T) {
 func TestAttack6NormalActivityNoAlert(t *testing.T) {
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack6-normal")
-	a, alogs := a6Replica(t, dsn, s, 2*time.Millisecond)
-	b, blogs := a6Replica(t, dsn, s, 2*time.Millisecond)
+	// A step every 10 ms: at 2 ms, a machine busy with the rest of the suite (and -race)
+	// could not keep the walk's pace, and the slow-walk ALERT (300 steps of slack: 0.6 s)
+	// fired on an unaltered log — true of the walk, false as a sign of an attack.
+	const normalStep = 10 * time.Millisecond
+	a, alogs := a6Replica(t, dsn, s, normalStep)
+	b, blogs := a6Replica(t, dsn, s, normalStep)
 	work := func(l *Log, from, n int) {
 		var wg sync.WaitGroup
 		wg.Go(func() { a5Fill(t, l, n) })
@@ -757,7 +761,7 @@ func TestAttack6NormalActivityNoAlert(t *testing.T) {
 	if err := signer.Close(context.Background()); err != nil {
 		t.Logf("close signer: %v", err)
 	}
-	c, clogs := a6Replica(t, dsn, s, 2*time.Millisecond)
+	c, clogs := a6Replica(t, dsn, s, normalStep)
 	wg.Go(func() { work(other, 2000, 60) })
 	wg.Go(func() { work(c, 3000, 60) })
 	wg.Wait()
