@@ -62,6 +62,9 @@ import (
 // only the repairing process's index forgets (this process holding the signer's lock is
 // all that is checked).
 
+// maxEvidence bounds the bytes of dropped entries a repair keeps for the evidence.
+const maxEvidence = 64 << 20
+
 // maxRepairNamed is how many dropped entries a repair entry lists one by one.
 const maxRepairNamed = 100
 
@@ -148,7 +151,7 @@ func (f txFetcher) ReadTile(ctx context.Context, level, index uint64, p uint8) (
 // entriesFrom reads every entry bundle row from bundle b on, whatever the tree state says
 // the log's size is (an attacker can lower it), as one run of entries: rows must follow
 // each other, and every row but the last must be full.
-func (f txFetcher) entriesFrom(ctx context.Context, b uint64) ([][]byte, error) {
+func (f txFetcher) entriesFrom(ctx context.Context, b uint64, retain func(i uint64, e []byte) bool) ([][]byte, error) {
 	rows, err := f.tx.QueryContext(ctx, "SELECT `tile_index`, `data` FROM `TiledLeaves` WHERE `tile_index` >= ? ORDER BY `tile_index` FOR UPDATE", b)
 	if err != nil {
 		return nil, err
@@ -169,7 +172,12 @@ func (f txFetcher) entriesFrom(ctx context.Context, b uint64) ([][]byte, error) 
 		if idx != next || (len(out) > 0 && len(out)%layout.EntryBundleWidth != 0) || len(eb.Entries) > layout.EntryBundleWidth {
 			return nil, securityf("entry bundles from %d: bundle %d follows %d entries, holding %d: bundles are missing, short or overfull; restore them, or remove the stray rows by hand", b, idx, len(out), len(eb.Entries))
 		}
-		out = append(out, eb.Entries...)
+		for _, e := range eb.Entries {
+			if retain != nil && !retain(b*layout.EntryBundleWidth+uint64(len(out)), e) {
+				e = nil // not kept: the caller knows it is there, not what it holds
+			}
+			out = append(out, e)
+		}
 		next++
 	}
 	return out, rows.Err()
@@ -284,7 +292,17 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	}
 	f := txFetcher{tx}
 	first := floor / layout.EntryBundleWidth * layout.EntryBundleWidth
-	entries, err := f.entriesFrom(ctx, first/layout.EntryBundleWidth)
+	// Every entry is read; kept in memory are those before p and those a replica sealed, and
+	// the others only up to maxEvidence bytes (an attacker can insert any amount: an outside
+	// test's 400 MB of junk rows took 2.5 times that in memory).
+	evidence := 0
+	entries, err := f.entriesFrom(ctx, first/layout.EntryBundleWidth, func(i uint64, e []byte) bool {
+		if i < p || checkEntry(l.entryKey, l.origin, e) == nil {
+			return true
+		}
+		evidence += len(e)
+		return evidence <= maxEvidence
+	})
 	if err != nil {
 		return rep, fmt.Errorf("audit: repair: %w", err)
 	}
@@ -328,26 +346,26 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		}
 	}
 	oldEnd := max(first+uint64(len(tileLeaves)), floor)
-	// The new tree: entries from the floor to p stay where they are, their leaves those of
-	// their bytes; from p on, the entries a replica sealed, in the tree's order where their
-	// leaf is still in the tree, in the database's order where it is not.
-	var newEntries [][]byte
-	for i := floor; i < p; i++ {
-		newEntries = append(newEntries, entries[i-first])
-	}
+	// The new tree: the entries from the floor on — before p all of them (an unsealed one
+	// there is acknowledged as usual), from p on those a replica sealed — in the tree's order
+	// where their leaf is still in the tree, the database's where it is not (an attacker who
+	// swaps two entries' bytes, before p or after, does not choose their order).
 	type keptEntry struct {
 		key uint64
 		e   []byte
 	}
-	byLeaf := map[string][]uint64{} // the tree's positions from p on, by leaf
-	for i := p; i < oldEnd; i++ {
+	byLeaf := map[string][]uint64{} // the tree's positions from the floor on, by leaf
+	for i := floor; i < oldEnd; i++ {
 		byLeaf[string(leafAt(i))] = append(byLeaf[string(leafAt(i))], i)
 	}
 	var kept []keptEntry
-	for i := p; i < n; i++ {
+	for i := floor; i < n; i++ {
 		e := entries[i-first]
-		if checkEntry(l.entryKey, l.origin, e) != nil {
+		if i >= p && checkEntry(l.entryKey, l.origin, e) != nil {
 			continue
+		}
+		if i >= p {
+			rep.Moved++
 		}
 		key := i
 		h := string(rfc6962.DefaultHasher.HashLeaf(e))
@@ -357,10 +375,10 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		kept = append(kept, keptEntry{key, e})
 	}
 	slices.SortStableFunc(kept, func(a, b keptEntry) int { return cmp.Compare(a.key, b.key) })
+	var newEntries [][]byte
 	for _, k := range kept {
 		newEntries = append(newEntries, k.e)
 	}
-	rep.Moved = len(kept)
 	// What the repair takes out: every leaf of the tree from the floor on that the new tree
 	// does not hold, and every entry from p on that no replica sealed.
 	inNew := map[string]bool{}
@@ -375,14 +393,16 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		leaf := leafAt(i)
 		var why string
 		switch {
-		case e == nil:
+		case i >= n:
 			if inNew[string(leaf)] {
 				continue
 			}
 			why = "the tree holds a leaf here and the database no entry"
 		case i >= p && checkEntry(l.entryKey, l.origin, e) != nil:
 			why = "not written by a replica (no valid entry MAC)"
-			if leaf != nil && !bytes.Equal(leaf, rfc6962.DefaultHasher.HashLeaf(e)) {
+			if e == nil {
+				why += "; its bytes are not kept (the evidence is over its bound)"
+			} else if leaf != nil && !bytes.Equal(leaf, rfc6962.DefaultHasher.HashLeaf(e)) {
 				why += "; the tree's leaf here is not its bytes' hash"
 			}
 		case leaf != nil && !inNew[string(leaf)]:
@@ -390,10 +410,10 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		default:
 			continue
 		}
-		if leaf == nil {
+		if leaf == nil && e != nil {
 			leaf = rfc6962.DefaultHasher.HashLeaf(e)
 		}
-		rep.Dropped = append(rep.Dropped, Dropped{Index: i, LeafHash: hex.EncodeToString(leaf), Why: why, Bytes: bytes.Clone(e)})
+		rep.Dropped = append(rep.Dropped, Dropped{Index: i, LeafHash: hex.EncodeToString(leaf), Why: why, Bytes: e})
 	}
 	// Nothing to repair: the tree rebuilt is the tree there is.
 	check := tree
@@ -416,7 +436,7 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	ev := Event{V: 1, TS: time.Now().UTC(), Kind: KindLogRepair, Actor: actor, Decision: Allow, Reason: reason,
 		Subject: map[string]string{"entry": strconv.FormatUint(p, 10), "leaf_hash": hex.EncodeToString(pLeaf)},
 		Fields: map[string]string{"old_size": strconv.FormatUint(rep.OldSize, 10), "floor": strconv.FormatUint(floor, 10),
-			"moved": strconv.Itoa(len(kept)), "dropped": strconv.Itoa(len(rep.Dropped))}}
+			"moved": strconv.Itoa(rep.Moved), "dropped": strconv.Itoa(len(rep.Dropped))}}
 	var named []string
 	for _, d := range rep.Dropped[:min(len(rep.Dropped), maxRepairNamed)] {
 		named = append(named, strconv.FormatUint(d.Index, 10)+":"+d.LeafHash)
@@ -454,7 +474,7 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	}
 	// Read back everything written (a trigger may have changed it within this transaction):
 	// the entries, every tile from the floor on, the tree state.
-	back, err := f.entriesFrom(ctx, first/layout.EntryBundleWidth)
+	back, err := f.entriesFrom(ctx, first/layout.EntryBundleWidth, nil)
 	if err != nil {
 		return rep, fmt.Errorf("audit: repair: reading the rebuilt entries back: %w", err)
 	}
