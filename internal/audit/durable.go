@@ -27,11 +27,14 @@ const maxMine = 1 << 17
 type mineEntry struct {
 	index uint64
 	raw   []byte
+	// after: the tree this replica trusted when it appended the entry. Nothing below it is
+	// ever rewritten; above it a repair may move the entry (to a lower index, too).
+	after uint64
 }
 
 // rememberMine keeps an entry this process appended to a shared log, for checkMine.
 func (l *Log) rememberMine(index uint64, raw []byte) {
-	if l.db == nil {
+	if l.db == nil || l.signer == nil {
 		return
 	}
 	l.mineMu.Lock()
@@ -43,12 +46,14 @@ func (l *Log) rememberMine(index uint64, raw []byte) {
 		l.mineFull = true
 		return
 	}
-	l.mine = append(l.mine, mineEntry{index, raw})
+	after, _ := l.signer.trusted()
+	l.mine = append(l.mine, mineEntry{index, raw, after})
 }
 
 // checkMine looks for the entries this replica appended that a checkpoint it trusts now
-// covers among the signed entries from the first of them on, and appends again, with an
-// ALERT, any that is not there.
+// covers among the signed entries above the trees it trusted when it appended them (a
+// repair moves entries, never below those), and appends again, with an ALERT, any that is
+// not there.
 func (l *Log) checkMine(ctx context.Context) {
 	if l.db == nil || l.signer == nil {
 		return
@@ -67,7 +72,7 @@ func (l *Log) checkMine(ctx context.Context) {
 	if len(due) == 0 {
 		return
 	}
-	from := slices.MinFunc(due, func(a, b mineEntry) int { return cmp.Compare(a.index, b.index) }).index
+	from := slices.MinFunc(due, func(a, b mineEntry) int { return cmp.Compare(a.after, b.after) }).after
 	present := map[[32]byte]bool{}
 	if err := ReadEntries(ctx, l.reader.ReadEntryBundle, from, signed, func(batch []store.AuditEvent) error {
 		for _, e := range batch {

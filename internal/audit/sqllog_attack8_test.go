@@ -56,8 +56,8 @@ func a8Open(t *testing.T, dsn string, s note.Signer, st store.Store) (*Log, *syn
 func a8IndexWrong(t *testing.T, st store.Store, es map[uint64][]byte) []string {
 	t.Helper()
 	all, err := st.SearchAudit(context.Background(), store.AuditQuery{Limit: 100000})
-	if err != nil {
-		t.Fatal(err)
+	if err != nil { // a search over an index that disagrees with the log can fail: not there yet
+		return []string{"search: " + err.Error()}
 	}
 	var wrong []string
 	held := map[uint64]bool{}
