@@ -47,7 +47,9 @@ func (l *Log) rememberMine(index uint64, raw []byte) {
 		return
 	}
 	after, _ := l.signer.trusted()
-	l.mine = append(l.mine, mineEntry{index, raw, after})
+	// The future that gives the index may be read after a checkpoint covered the entry:
+	// what it was appended above is then its index, at most.
+	l.mine = append(l.mine, mineEntry{index, raw, min(after, index)})
 }
 
 // checkMine looks for the entries this replica appended that a checkpoint it trusts now
