@@ -124,6 +124,19 @@ func a7Positions(t *testing.T, l *Log) map[string][]uint64 {
 	return out
 }
 
+// a7Lost is the "n" field of each of sealed (entries' bytes) that l's log no longer holds.
+func a7Lost(t *testing.T, l *Log, sealed []string) []string {
+	t.Helper()
+	after := a7Positions(t, l)
+	var lost []string
+	for _, e := range sealed {
+		if len(after[e]) == 0 {
+			lost = append(lost, a7Field([]byte(e)))
+		}
+	}
+	return lost
+}
+
 // a7Field is the "n" field of an entry (for messages).
 func a7Field(e []byte) string {
 	ev, err := ParseEvent(e)
@@ -163,13 +176,7 @@ func TestAttack7RepairTreeStateCut(t *testing.T) {
 		t.Logf("held: the repair refused a tree state below the entries the database holds: %v", err)
 		return
 	}
-	after := a7Positions(t, l)
-	var lost []string
-	for _, e := range sealedBefore {
-		if len(after[e]) == 0 {
-			lost = append(lost, a7Field([]byte(e)))
-		}
-	}
+	lost := a7Lost(t, l, sealedBefore)
 	inEvidence := 0
 	for _, d := range kept.Dropped {
 		if checkEntry(testEntryKey, l.Origin(), d.Bytes) == nil {

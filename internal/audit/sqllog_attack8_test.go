@@ -155,13 +155,7 @@ func TestAttack8RepairBundleTrigger(t *testing.T) {
 		t.Logf("held: the repair refused: %v", err)
 		return
 	}
-	after := a7Positions(t, l)
-	var lost []string
-	for _, e := range sealedBefore {
-		if len(after[e]) == 0 {
-			lost = append(lost, a7Field([]byte(e)))
-		}
-	}
+	lost := a7Lost(t, l, sealedBefore)
 	inKeep := false
 	for _, d := range kept.Dropped {
 		if a7Field(d.Bytes) == "2005" {
