@@ -190,7 +190,14 @@ tree's order where it can tell), entries no replica wrote are dropped, and a sea
 of kind audit.log_repair names N and every leaf the old tree held that the new one does
 not. What the database held at each such place is written to --evidence before the repair
 commits. Stop every replica of the log first: this process must hold the checkpoint
-signer's lock. Entries after N get new indexes; the search index reads them again.`,
+signer's lock. Entries after N get new indexes; the search index reads them again.
+
+Before anything changes, every witness of the log's policy is asked (over its own
+protocol) whether it holds a checkpoint past the last tree this replica knows signed: a
+data directory that never saw the latest checkpoint, or an older checkpoint put back in
+the database, must not let a repair rewrite entries already published. The repair is
+refused when a witness holds a larger tree or another tree of that size, or when fewer
+than the quorum answer.`,
 		Args: exactArgs(0),
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
 			if strings.TrimSpace(reason) == "" {
@@ -205,10 +212,12 @@ signer's lock. Entries after N get new indexes; the search index reads them agai
 			}
 			if g.json {
 				return g.printJSON(cmd.OutOrStdout(), map[string]any{"entry": r.Entry, "old_size": r.OldSize, "moved": r.Moved,
-					"dropped": len(r.Dropped), "repair_entry": r.At, "size": r.Size, "evidence": evidence})
+					"dropped": len(r.Dropped), "repair_entry": r.At, "size": r.Size, "evidence": evidence,
+					"witnesses_configured": r.Witnesses.Configured, "witnesses_answered": r.Witnesses.Answered})
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "repaired: the tree was cut back to entry %d (it held %d entries); %d sealed entries appended again, %d dropped (evidence in %s); repair recorded as entry %d\n",
 				r.Entry, r.OldSize, r.Moved, len(r.Dropped), evidence, r.At)
+			fmt.Fprintf(cmd.OutOrStdout(), "witnesses: %s\n", r.Witnesses)
 			return nil
 		}),
 	}

@@ -89,6 +89,9 @@ type Log struct {
 	entryKey []byte    // seals appended entries (entrymac.go); nil: no MACs
 	leader   *leader   // with db: holds the checkpoint signer's lock
 	signer   *leaderSigner
+	// witnesses is the log's witness policy (nil: none); a repair asks them (repairwitness.go).
+	witnesses      *tessera.WitnessGroup
+	witnessTimeout time.Duration
 
 	records *prometheus.CounterVec
 	healthy prometheus.Gauge
@@ -248,7 +251,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		ls.reader.Store(&reader)
 	}
 	l := &Log{dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
-		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{}}
+		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{},
+		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
 	}

@@ -76,6 +76,8 @@ type RepairReport struct {
 	Dropped []Dropped // positions whose old leaf, or entry, the new tree does not hold
 	At      uint64    // the repair entry's index
 	Size    uint64    // the tree's size after
+	// Witnesses: what the witnesses said of the floor (repairwitness.go).
+	Witnesses WitnessCheck
 }
 
 // Dropped is a position whose leaf in the old tree the new tree does not hold, or whose
@@ -290,6 +292,11 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	if p < floor {
 		return rep, securityf("repair: entry %d is covered by a checkpoint the log key signed (size %d): signed history is never rewritten", p, floor)
 	}
+	wc, err := l.checkFloorWitnessed(ctx, floor, floorRoot)
+	rep.Witnesses = wc
+	if err != nil {
+		return rep, err
+	}
 	f := txFetcher{tx}
 	first := floor / layout.EntryBundleWidth * layout.EntryBundleWidth
 	// Every entry is read; kept in memory are those before p and those a replica sealed, and
@@ -436,7 +443,7 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	ev := Event{V: 1, TS: time.Now().UTC(), Kind: KindLogRepair, Actor: actor, Decision: Allow, Reason: reason,
 		Subject: map[string]string{"entry": strconv.FormatUint(p, 10), "leaf_hash": hex.EncodeToString(pLeaf)},
 		Fields: map[string]string{"old_size": strconv.FormatUint(rep.OldSize, 10), "floor": strconv.FormatUint(floor, 10),
-			"moved": strconv.Itoa(rep.Moved), "dropped": strconv.Itoa(len(rep.Dropped))}}
+			"moved": strconv.Itoa(rep.Moved), "dropped": strconv.Itoa(len(rep.Dropped)), "witnesses": rep.Witnesses.String()}}
 	var named []string
 	for _, d := range rep.Dropped[:min(len(rep.Dropped), maxRepairNamed)] {
 		named = append(named, strconv.FormatUint(d.Index, 10)+":"+d.LeafHash)
