@@ -292,11 +292,6 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	if p < floor {
 		return rep, securityf("repair: entry %d is covered by a checkpoint the log key signed (size %d): signed history is never rewritten", p, floor)
 	}
-	wc, err := l.checkFloorWitnessed(ctx, floor, floorRoot)
-	rep.Witnesses = wc
-	if err != nil {
-		return rep, err
-	}
 	f := txFetcher{tx}
 	first := floor / layout.EntryBundleWidth * layout.EntryBundleWidth
 	// Every entry is read; kept in memory are those before p and those a replica sealed, and
@@ -332,6 +327,17 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		if r, err := tree.GetRootHash(nil); err != nil || !bytes.Equal(r, floorRoot) {
 			return rep, securityf("repair: the tiles under the signed tree (size %d) do not hash to its root: they were altered (the scrubber names where); restore them first", floor)
 		}
+	}
+	wc, err := l.checkFloorWitnessed(ctx, floor, floorRoot, func(from uint64) ([][]byte, error) {
+		pb, err := client.NewProofBuilder(ctx, floor, f.ReadTile)
+		if err != nil {
+			return nil, err
+		}
+		return pb.ConsistencyProof(ctx, from, floor)
+	})
+	rep.Witnesses = wc
+	if err != nil {
+		return rep, err
 	}
 	// The leaves the tiles hold from the floor on, read as rows whatever size the tree state
 	// claims (an attacker can lower it): for the order and the evidence. And the signed

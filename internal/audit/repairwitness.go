@@ -3,8 +3,10 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -24,18 +26,21 @@ import (
 // signed checkpoint for. The witnesses saw every checkpoint published (tessera publishes
 // none without their quorum), so before the repair changes anything each configured
 // witness is asked for the tree it holds, over its own protocol (C2SP tlog-witness): an
-// add-checkpoint for the floor's tree with "old" set to the floor. A witness holding that
-// very tree cosigns it again (200: nothing changes); one holding another size answers
-// 409 with that size; one holding another tree of that size answers 422 (a fork). The
-// repair goes on only when at least the policy's quorum answered and none holds a larger
-// tree or another tree at the floor.
+// add-checkpoint of the floor's tree with "old" set to the floor. A witness holding that
+// very tree cosigns it again (200); one holding another size answers 409 with that size,
+// and one holding a smaller tree is then sent the floor's tree with a consistency proof
+// from its size, which it cosigns (moving it to the floor: an authentic checkpoint); one
+// holding another tree answers 422 (a fork). Only a 200 carrying the witness's valid
+// cosignature of the floor's tree counts as an answer: a 409 or 422 is unauthenticated, so
+// one can only make the repair refuse, never let it through. The repair goes on when at
+// least the policy's quorum answered and none holds a larger tree or another tree.
 
 // WitnessCheck is what the witnesses said of a repair's floor.
 type WitnessCheck struct {
 	Configured int      // witnesses in the log's policy (0: none, nothing was checked)
-	Quorum     int      // how many must answer
-	Answered   int      // witnesses that hold the floor's tree or a smaller one
-	Unanswered []string // "URL: why" for each that did not answer usably
+	Quorum     int      // how many must cosign the floor's tree
+	Answered   int      // witnesses that cosigned it
+	Unanswered []string // "URL: why" for each that did not
 }
 
 // String is the check for a person: one line.
@@ -43,88 +48,118 @@ func (w WitnessCheck) String() string {
 	if w.Configured == 0 {
 		return "no witnesses configured: the floor was not checked against any"
 	}
-	return fmt.Sprintf("%d of %d witnesses (quorum %d) hold no checkpoint past the floor", w.Answered, w.Configured, w.Quorum)
-}
-
-// witnessProbeBody is an add-checkpoint request body for the tree (size, root), signed by
-// s, with old size = size: it changes no witness's state.
-func witnessProbeBody(s note.Signer, origin string, size uint64, root []byte) ([]byte, error) {
-	if size == 0 {
-		root = rfc6962.DefaultHasher.EmptyRoot()
-	}
-	signed, err := note.Sign(&note.Note{Text: string(log.Checkpoint{Origin: origin, Size: size, Hash: root}.Marshal())}, s)
-	if err != nil {
-		return nil, err
-	}
-	return append(fmt.Appendf(nil, "old %d\n\n", size), signed...), nil
+	return fmt.Sprintf("%d of %d witnesses (quorum %d) cosigned the floor's tree and hold none past it", w.Answered, w.Configured, w.Quorum)
 }
 
 // checkFloorWitnessed asks every configured witness whether it holds a tree past the
-// repair's floor (see above). An error means the repair must not go on.
-func (l *Log) checkFloorWitnessed(ctx context.Context, floor uint64, root []byte) (WitnessCheck, error) {
+// repair's floor (see above); proof gives the consistency proof from a smaller tree to the
+// floor's. An error means the repair must not go on.
+func (l *Log) checkFloorWitnessed(ctx context.Context, floor uint64, root []byte, proof func(from uint64) ([][]byte, error)) (WitnessCheck, error) {
 	var wc WitnessCheck
 	if l.witnesses == nil {
 		return wc, nil
 	}
-	urls := make([]string, 0, len(l.witnesses.Endpoints()))
-	for u := range l.witnesses.Endpoints() {
-		urls = append(urls, u)
-	}
-	slices.Sort(urls)
+	ends := l.witnesses.Endpoints()
+	urls := slices.Sorted(maps.Keys(ends))
 	wc.Configured, wc.Quorum = len(urls), max(l.witnesses.N, 1)
 	if wc.Configured == 0 {
 		return wc, nil
 	}
-	body, err := witnessProbeBody(l.signer.Signer, l.origin, floor, root)
+	if floor == 0 {
+		root = rfc6962.DefaultHasher.EmptyRoot()
+	}
+	signed, err := note.Sign(&note.Note{Text: string(log.Checkpoint{Origin: l.origin, Size: floor, Hash: root}.Marshal())}, l.signer.Signer)
 	if err != nil {
 		return wc, fmt.Errorf("audit: repair: signing the floor's checkpoint for the witnesses: %w", err)
 	}
-	client := &http.Client{Timeout: max(l.witnessTimeout, 3*time.Second)}
+	w := witnessProbe{client: &http.Client{Timeout: max(l.witnessTimeout, 3*time.Second)}, cp: signed, floor: floor}
 	for _, u := range urls {
-		size, why, err := probeWitness(ctx, client, u, body, floor)
-		switch {
-		case err != nil:
+		w.url, w.key = u, ends[u]
+		why, err := w.ask(ctx, proof)
+		if err != nil {
 			return wc, err
-		case why != "":
-			wc.Unanswered = append(wc.Unanswered, u+": "+why)
-		case size > floor:
-			return wc, securityf("repair: witness %s holds a checkpoint of size %d, past this repair's floor %d: the floor (this replica's trusted tree or the database's Checkpoint row) is behind the published log — put the latest signed checkpoint back in the Checkpoint row, then repair", u, size, floor)
-		default:
-			wc.Answered++
 		}
+		if why != "" {
+			wc.Unanswered = append(wc.Unanswered, u+": "+why)
+			continue
+		}
+		wc.Answered++
 	}
 	if wc.Answered < wc.Quorum {
-		return wc, fmt.Errorf("%w: repair: only %d of %d witnesses answered (quorum %d), so the floor (size %d) cannot be checked against the published log: %s",
+		return wc, fmt.Errorf("%w: repair: only %d of %d witnesses cosigned the floor's tree (quorum %d), so the floor (size %d) cannot be checked against the published log: %s",
 			ErrUnavailable, wc.Answered, wc.Configured, wc.Quorum, floor, strings.Join(wc.Unanswered, "; "))
 	}
 	return wc, nil
 }
 
-// probeWitness sends body to a witness's add-checkpoint URL and returns the size it holds
-// (floor on 200), or why its answer is unusable; an error is a fork at the floor.
-func probeWitness(ctx context.Context, client *http.Client, url string, body []byte, floor uint64) (size uint64, why string, err error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-	if err != nil {
-		return 0, err.Error(), nil
+// witnessProbe asks one witness about the floor's tree.
+type witnessProbe struct {
+	client *http.Client
+	cp     []byte // the floor's checkpoint, signed by the log key
+	floor  uint64
+	url    string
+	key    note.Verifier // the witness's cosignature key
+}
+
+// ask returns "" when the witness cosigned the floor's tree, else why its answer does not
+// count; an error (a larger tree, a fork) means the repair must not go on.
+func (w witnessProbe) ask(ctx context.Context, proof func(from uint64) ([][]byte, error)) (string, error) {
+	status, b, why := w.post(ctx, w.floor, nil)
+	if status == http.StatusConflict {
+		held, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		switch {
+		case perr != nil || held == w.floor:
+			return "409 without a usable tree size", nil
+		case held > w.floor:
+			return "", securityf("repair: witness %s holds a checkpoint of size %d, past this repair's floor %d: the floor (this replica's trusted tree or the database's Checkpoint row) is behind the published log — put the latest signed checkpoint back in the Checkpoint row, then repair", w.url, held, w.floor)
+		}
+		var p [][]byte
+		if held > 0 {
+			var err error
+			if p, err = proof(held); err != nil {
+				return "", fmt.Errorf("audit: repair: a consistency proof from %d to the floor %d: %w", held, w.floor, err)
+			}
+		}
+		status, b, why = w.post(ctx, held, p)
+		if status == http.StatusConflict {
+			if n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); n > w.floor {
+				return "", securityf("repair: witness %s holds a checkpoint of size %d, past this repair's floor %d: put the latest signed checkpoint back in the Checkpoint row, then repair", w.url, n, w.floor)
+			}
+		}
 	}
-	resp, err := client.Do(req)
+	switch status {
+	case http.StatusOK:
+		if _, err := note.Open(append(append(slices.Clip(w.cp[:bytes.Index(w.cp, []byte("\n\n"))+1]), '\n'), b...), note.VerifierList(w.key)); err != nil {
+			return "200 without a valid cosignature of the floor's tree", nil
+		}
+		return "", nil
+	case http.StatusUnprocessableEntity:
+		return "", securityf("repair: witness %s does not take the floor's tree (size %d) as an extension of the tree it holds (422): a fork, or tiles under the floor altered; nothing was changed", w.url, w.floor)
+	case 0:
+		return why, nil
+	default:
+		return fmt.Sprintf("status %d", status), nil
+	}
+}
+
+// post sends an add-checkpoint request (old size old, its proof) and returns the status and
+// body; status 0 with why when the witness could not be reached.
+func (w witnessProbe) post(ctx context.Context, old uint64, proof [][]byte) (int, []byte, string) {
+	body := fmt.Appendf(nil, "old %d\n", old)
+	for _, h := range proof {
+		body = base64.StdEncoding.AppendEncode(body, h)
+		body = append(body, '\n')
+	}
+	body = append(append(body, '\n'), w.cp...)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.url, bytes.NewReader(body))
 	if err != nil {
-		return 0, "unreachable: " + err.Error(), nil
+		return 0, nil, err.Error()
+	}
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return 0, nil, "unreachable: " + err.Error()
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-	switch resp.StatusCode {
-	case http.StatusOK:
-		return floor, "", nil
-	case http.StatusConflict:
-		n, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-		if perr != nil {
-			return 0, "409 without a tree size", nil
-		}
-		return n, "", nil
-	case http.StatusUnprocessableEntity:
-		return 0, "", securityf("repair: witness %s holds another tree of size %d than the floor's (a fork): nothing was changed", url, floor)
-	default:
-		return 0, fmt.Sprintf("status %d", resp.StatusCode), nil
-	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, b, ""
 }

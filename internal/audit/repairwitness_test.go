@@ -1,10 +1,12 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -19,56 +21,83 @@ import (
 	"golang.org/x/mod/sumdb/note"
 )
 
+// witnessMode is how a test witness answers: as itself, or as a network attacker in front
+// of it would.
+const (
+	witnessUp      = iota
+	witnessDown    // 503
+	witnessLies    // 409 "0": claims to hold nothing, whatever it holds
+	witnessFake200 // 200 with a cosignature line of another key
+)
+
+// testWitness is a real witness over loopback behind a switch of witnessMode.
+func testWitness(t *testing.T, name string, s note.Signer, v note.Verifier) (tessera.Witness, *atomic.Int32) {
+	t.Helper()
+	skey, vkey, _ := note.GenerateKey(rand.Reader, name)
+	cs, err := f_note.NewSignerForCosignatureV1(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cv, _ := f_note.VKeyToCosignatureV1(vkey)
+	ws, err := witness.New(witness.Config{Signer: cs, Logs: map[string]note.Verifier{s.Name(): v}, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fakeKey, _, _ := note.GenerateKey(rand.Reader, name)
+	fake, _ := f_note.NewSignerForCosignatureV1(fakeKey)
+	mode := &atomic.Int32{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch mode.Load() {
+		case witnessDown:
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		case witnessLies:
+			w.WriteHeader(http.StatusConflict)
+			io.WriteString(w, "0\n")
+		case witnessFake200:
+			signed, _ := note.Sign(&note.Note{Text: s.Name() + "\n1\nAAAA\n"}, fake)
+			_, sig, _ := bytes.Cut(signed, []byte("\n\n"))
+			w.Write(sig)
+		default:
+			ws.ServeHTTP(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	w, err := tessera.NewWitness(cv, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, mode
+}
+
 // TestRepairFloorBehindWitness: a repair's floor is the largest signed tree its replica
 // knows. An attacker with write access to the shared log's database puts an older signed
 // checkpoint back in the Checkpoint row and overwrites an entry that a later checkpoint —
 // cosigned by the log's witness — covers; the operator repairs from a data directory that
 // never saw the later checkpoint. Without the witnesses the repair would take the old
 // checkpoint as its floor and rewrite published entries. It must be refused (and change
-// nothing); a repair whose witnesses cannot be asked is refused too; once the latest
-// checkpoint is back, a repair of a poisoned unsigned entry goes through, with the
-// witness's answer in its log entry.
+// nothing). A repair whose witnesses do not cosign the floor's tree is refused too — an
+// unreachable one, and a network attacker's 409 ("I hold nothing") or forged 200; once the
+// latest checkpoint is back, a repair of a poisoned unsigned entry goes through, the witness
+// that was behind is brought to the floor with a consistency proof, and the witnesses'
+// answer is in the repair's log entry.
 func TestRepairFloorBehindWitness(t *testing.T) {
 	t.Parallel() // see sqlTestDB
 	ctx := context.Background()
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/repair-witness")
 	db := testAdmin(t, dsn)
-
-	wskey, wvkey, _ := note.GenerateKey(rand.Reader, "witness.test/w1")
-	cs, err := f_note.NewSignerForCosignatureV1(wskey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cv, _ := f_note.VKeyToCosignatureV1(wvkey)
-	ws, err := witness.New(witness.Config{Signer: cs, Logs: map[string]note.Verifier{s.Name(): v}, StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var down atomic.Bool
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if down.Load() {
-			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-			return
-		}
-		ws.ServeHTTP(w, r)
-	}))
-	defer srv.Close()
-	u, _ := url.Parse(srv.URL)
-	w, err := tessera.NewWitness(cv, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	group := tessera.NewWitnessGroup(1, w)
-	open := func() (*Log, *syncBuffer) {
-		logs := &syncBuffer{}
+	w1, mode1 := testWitness(t, "witness.test/w1", s, v)
+	w2, mode2 := testWitness(t, "witness.test/w2", s, v)
+	group := tessera.NewWitnessGroup(1, w1, w2)
+	open := func() *Log {
 		l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Dir: t.TempDir(), Signer: s, Witnesses: &group, WitnessTimeout: 3 * time.Second,
-			ShutdownTimeout: time.Second, Logger: newTextLogger(logs)})
+			ShutdownTimeout: time.Second, Logger: newTextLogger(&syncBuffer{})})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { l.Close(ctx) })
-		return l, logs
+		return l
 	}
 	record := func(l *Log, n int) {
 		for i := range n {
@@ -85,15 +114,17 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 		return b
 	}
 
-	l1, _ := open()
+	l1 := open()
 	record(l1, 10)
 	a := a2WaitVerify(t, l1, v, 10, nil).Size
 	older := checkpointRow()
+	mode2.Store(witnessDown) // it misses the checkpoints from here on: it stays behind
 	record(l1, 10)
 	b := a2WaitVerify(t, l1, v, a+10, nil).Size
 	latest := checkpointRow()
 	orig := a2Entries(t, l1.reader)
 	l1.Close(ctx)
+	mode2.Store(witnessUp)
 
 	// The attack: the older checkpoint back in the row, a published entry overwritten.
 	if _, err := db.Exec("UPDATE `Checkpoint` SET `note` = ? WHERE `id` = 0", older); err != nil {
@@ -102,7 +133,7 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 	signedEntry := a + 2
 	poisonEntry(t, db, signedEntry, unsealed(t, a5Forged("rewritten after publication")))
 
-	l2, _ := open() // a data directory that never saw checkpoint b
+	l2 := open() // a data directory that never saw checkpoint b
 	before := a2Entries(t, l2.reader)
 	waitFor(t, func() bool { return l2.leader.check(ctx) == nil })
 	rep, err := l2.Repair(ctx, signedEntry, "the signer refuses", nil, nil)
@@ -114,8 +145,8 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 	}
 
 	// The operator's remedy: the entry and the latest checkpoint back from a backup. The
-	// published entry stays out of reach; a poisoned entry past it can be repaired — but
-	// not while the witness is away.
+	// published entry stays out of reach; a poisoned entry past it can be repaired — once
+	// the witnesses cosign the floor's tree.
 	poisonEntry(t, db, signedEntry, orig[signedEntry])
 	if _, err := db.Exec("UPDATE `Checkpoint` SET `note` = ? WHERE `id` = 0", latest); err != nil {
 		t.Fatal(err)
@@ -123,26 +154,81 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 	if _, err := l2.Repair(ctx, signedEntry, "signed", nil, nil); !errors.Is(err, ErrSecurity) || !strings.Contains(err.Error(), "signed history is never rewritten") {
 		t.Fatalf("repair of a witnessed entry once the row is right: %v", err)
 	}
-	down.Store(true) // and so no checkpoint is published past the entries below
 	bad := a2AppendForged(t, dsn, s.Name(), unsealed(t, a5Forged("attacker"))).Index
 	poisonEntry(t, db, bad, unsealed(t, a5Forged("decoy")))
 	if bad < b {
 		t.Fatalf("forged entry at %d, below the witnessed tree %d", bad, b)
 	}
-	if _, err := l2.Repair(ctx, bad, "witness away", nil, nil); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "only 0 of 1 witnesses answered") || !strings.Contains(err.Error(), "status 503") {
-		t.Fatalf("repair with its witness away: %v", err)
+	for _, c := range []struct {
+		m1, m2 int32
+		want   []string
+	}{
+		{witnessDown, witnessDown, []string{"only 0 of 2 witnesses cosigned", "status 503"}},
+		{witnessLies, witnessFake200, []string{"only 0 of 2 witnesses cosigned", "status 409", "200 without a valid cosignature"}},
+	} {
+		mode1.Store(c.m1)
+		mode2.Store(c.m2)
+		_, err := l2.Repair(ctx, bad, "witnesses away", nil, nil)
+		for _, w := range c.want {
+			if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), w) {
+				t.Fatalf("repair with witnesses %d and %d: %v (want %q)", c.m1, c.m2, err, w)
+			}
+		}
 	}
-	down.Store(false)
+	mode1.Store(witnessUp)
+	mode2.Store(witnessUp)
 	rep, err = l2.Repair(ctx, bad, "incident 12", nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.Witnesses.Configured != 1 || rep.Witnesses.Answered != 1 || len(rep.Dropped) != 1 || rep.Dropped[0].Index != bad {
+	if rep.Witnesses.Configured != 2 || rep.Witnesses.Answered != 2 || len(rep.Dropped) != 1 || rep.Dropped[0].Index != bad {
 		t.Fatalf("repair report: %+v", rep)
 	}
 	ev, err := ParseEvent(a2Entries(t, l2.reader)[rep.At])
-	if err != nil || ev.Kind != KindLogRepair || ev.Fields["witnesses"] != "1 of 1 witnesses (quorum 1) hold no checkpoint past the floor" {
+	if err != nil || ev.Kind != KindLogRepair || ev.Fields["witnesses"] != "2 of 2 witnesses (quorum 1) cosigned the floor's tree and hold none past it" {
 		t.Fatalf("repair entry: %+v %v", ev, err)
 	}
 	a2WaitVerify(t, l2, v, rep.At+1, nil)
+}
+
+// answerWith is an http.RoundTripper that answers every request with one status and body.
+type answerWith struct {
+	status int
+	body   []byte
+}
+
+func (a answerWith) RoundTrip(r *http.Request) (*http.Response, error) {
+	return &http.Response{StatusCode: a.status, Body: io.NopCloser(bytes.NewReader(a.body)), Header: http.Header{}, Request: r}, nil
+}
+
+// FuzzWitnessAnswer: whatever a witness (or someone in front of it) answers, a repair's
+// probe does not panic, and only a cosignature by the witness's own key counts as an answer.
+func FuzzWitnessAnswer(f *testing.F) {
+	s, _, _ := newKeys(f, "strongroom.test/fuzz-witness")
+	skey, vkey, _ := note.GenerateKey(rand.Reader, "witness.test/fuzz")
+	cs, _ := f_note.NewSignerForCosignatureV1(skey)
+	cv, _ := f_note.VKeyToCosignatureV1(vkey)
+	key, err := f_note.NewVerifierForCosignatureV1(cv)
+	if err != nil {
+		f.Fatal(err)
+	}
+	cp, _ := note.Sign(&note.Note{Text: s.Name() + "\n5\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n"}, s)
+	other, _ := note.Sign(&note.Note{Text: s.Name() + "\n5\nAAAA\n"}, cs)
+	_, otherSig, _ := bytes.Cut(other, []byte("\n\n"))
+	for _, seed := range []struct {
+		status int
+		body   string
+	}{{200, string(otherSig)}, {409, "3\n"}, {409, "99\n"}, {409, "x"}, {422, ""}, {200, "— witness.test/fuzz AAAA\n"}, {500, "boom"}} {
+		f.Add(seed.status, []byte(seed.body))
+	}
+	f.Fuzz(func(t *testing.T, status int, body []byte) {
+		if status < 100 || status > 999 {
+			return
+		}
+		w := witnessProbe{client: &http.Client{Transport: answerWith{status, body}}, cp: cp, floor: 5, url: "http://witness.invalid/add-checkpoint", key: key}
+		why, err := w.ask(context.Background(), func(uint64) ([][]byte, error) { return nil, nil })
+		if err == nil && why == "" {
+			t.Fatalf("status %d body %q counted as the witness's cosignature", status, body)
+		}
+	})
 }
