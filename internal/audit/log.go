@@ -210,6 +210,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 			refusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_signer_refusals_total",
 				Help: "Checkpoints this replica refused to sign because the shared log's database holds what no replica wrote (an entry without a valid MAC, a root over other leaves, a rolled-back or forked tree)."})}
 		ls.loadFloor()
+		ls.checkRowAtStart(ctx, db)
 		signer = ls
 		cfg.CheckpointInterval = max(cfg.CheckpointInterval, time.Second)
 		if cfg.Bundles == nil {
@@ -677,7 +678,7 @@ func (l *Log) watchCheckpoint(now time.Time) {
 			older = true
 		}
 		if older && !l.cpBack {
-			l.log.Error("ALERT audit log: the published checkpoint went back to an older one (the log's database rolled back or its Checkpoint row replaced); this replica will not sign a tree smaller than, or forked from, the largest it has seen",
+			l.log.Error(rollbackAlert,
 				"published_size", published, "largest_seen", max(l.cpSeen, l.signerFloor()))
 		}
 		l.cpBack = older

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -431,6 +432,16 @@ func (s *leaderSigner) observe(cp []byte, published bool) (older bool) {
 		if c.Size < s.published {
 			return true
 		}
+		if c.Size > s.published && s.floorPath != "" {
+			// Kept on this replica's disk, so that a rollback across its restart is seen.
+			err := os.MkdirAll(filepath.Dir(s.floorPath), 0o700)
+			if err == nil {
+				err = fsutil.WriteFileAtomic(publishedPath(s.floorPath), strconv.AppendUint(nil, c.Size, 10), 0o600)
+			}
+			if err != nil {
+				s.log.Warn("audit log: cannot keep the published checkpoint's size on this replica's disk", "err", err)
+			}
+		}
 		s.published = c.Size
 	}
 	if c.Size < s.seen {
@@ -461,7 +472,13 @@ func floorPath(dir string) string {
 	return filepath.Join(dir, ".state", "shared-log-checkpoint")
 }
 
-// loadFloor starts the signer from the checkpoint kept on this replica's disk, if any.
+// publishedPath is where, beside the floor, a replica keeps the size of the largest
+// checkpoint it read published in the database (observe): one the row later holds a
+// smaller one than, even after a restart, is a rollback.
+func publishedPath(floor string) string { return floor + ".published" }
+
+// loadFloor starts the signer from the checkpoint kept on this replica's disk, if any,
+// and the rollback watch from the published size kept beside it.
 func (s *leaderSigner) loadFloor() {
 	if s.floorPath == "" {
 		return
@@ -469,7 +486,35 @@ func (s *leaderSigner) loadFloor() {
 	if cp, err := os.ReadFile(s.floorPath); err == nil {
 		s.observe(cp, false) // perhaps signed here and never published: a floor, not a rollback mark
 	}
+	if b, err := os.ReadFile(publishedPath(s.floorPath)); err == nil {
+		if n, err := strconv.ParseUint(string(b), 10, 64); err == nil {
+			s.mu.Lock()
+			s.published = max(s.published, n)
+			s.mu.Unlock()
+		}
+	}
 }
+
+// checkRowAtStart compares the database's Checkpoint row, when a replica starts, with the
+// largest published checkpoint it read before it stopped (loadFloor): a smaller one is a
+// rollback while it was away. The replica's first checkpoint may replace the row before
+// the watch (watchCheckpoint) reads it, so it is said here.
+func (s *leaderSigner) checkRowAtStart(ctx context.Context, db *sql.DB) {
+	var cp []byte
+	if err := db.QueryRowContext(ctx, "SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&cp); err != nil || !signedBy(s.Signer, cp) {
+		return
+	}
+	size, ok := checkpointSize(cp)
+	s.mu.Lock()
+	was := s.published
+	s.mu.Unlock()
+	if ok && size < was {
+		s.log.Error(rollbackAlert+" (while this replica was stopped)", "published_size", size, "largest_seen", was)
+	}
+}
+
+// rollbackAlert is the ALERT of a Checkpoint row older than one read before.
+const rollbackAlert = "ALERT audit log: the published checkpoint went back to an older one (the log's database rolled back or its Checkpoint row replaced); this replica will not sign a tree smaller than, or forked from, the largest it has seen"
 
 // extends checks that cand is the checked tree (size s.checked, root s.root) with entries
 // appended that replicas wrote (s.mu held).
