@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"errors"
 	"fmt"
 	"io"
@@ -84,9 +85,7 @@ func testWitness(t *testing.T, name string, s note.Signer, v note.Verifier) (tes
 func TestRepairFloorBehindWitness(t *testing.T) {
 	t.Parallel() // see sqlTestDB
 	ctx := context.Background()
-	dsn := sqlTestDB(t)
-	s, v, _ := newKeys(t, "strongroom.test/repair-witness")
-	db := testAdmin(t, dsn)
+	dsn, s, v, db := sharedTestLog(t, "strongroom.test/repair-witness")
 	w1, mode1 := testWitness(t, "witness.test/w1", s, v)
 	w2, mode2 := testWitness(t, "witness.test/w2", s, v)
 	group := tessera.NewWitnessGroup(1, w1, w2)
@@ -106,22 +105,15 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 			}
 		}
 	}
-	checkpointRow := func() []byte {
-		var b []byte
-		if err := db.QueryRow("SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&b); err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
 
 	l1 := open()
 	record(l1, 10)
 	a := a2WaitVerify(t, l1, v, 10, nil).Size
-	older := checkpointRow()
+	older := checkpointRow(t, db)
 	mode2.Store(witnessDown) // it misses the checkpoints from here on: it stays behind
 	record(l1, 10)
 	b := a2WaitVerify(t, l1, v, a+10, nil).Size
-	latest := checkpointRow()
+	latest := checkpointRow(t, db)
 	orig := a2Entries(t, l1.reader)
 	l1.Close(ctx)
 	mode2.Store(witnessUp)
@@ -231,4 +223,22 @@ func FuzzWitnessAnswer(f *testing.F) {
 			t.Fatalf("status %d body %q counted as the witness's cosignature", status, body)
 		}
 	})
+}
+
+// sharedTestLog is a new database for a shared log, its key, and an admin connection.
+func sharedTestLog(t *testing.T, name string) (dsn string, s note.Signer, v note.Verifier, db *sql.DB) {
+	t.Helper()
+	dsn = sqlTestDB(t)
+	s, v, _ = newKeys(t, name)
+	return dsn, s, v, testAdmin(t, dsn)
+}
+
+// checkpointRow is the shared log's Checkpoint row, read over plain SQL.
+func checkpointRow(t *testing.T, db *sql.DB) []byte {
+	t.Helper()
+	var b []byte
+	if err := db.QueryRow("SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&b); err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -18,9 +18,7 @@ import (
 func TestRollbackAcrossRestart(t *testing.T) {
 	t.Parallel() // see sqlTestDB
 	ctx := context.Background()
-	dsn := sqlTestDB(t)
-	s, v, _ := newKeys(t, "strongroom.test/rollback-restart")
-	db := testAdmin(t, dsn)
+	dsn, s, v, db := sharedTestLog(t, "strongroom.test/rollback-restart")
 	dir := t.TempDir()
 	open := func(dir string) (*Log, *syncBuffer) {
 		logs := &syncBuffer{}
@@ -31,13 +29,6 @@ func TestRollbackAcrossRestart(t *testing.T) {
 		t.Cleanup(func() { l.Close(ctx) })
 		return l, logs
 	}
-	row := func() []byte {
-		var b []byte
-		if err := db.QueryRow("SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&b); err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
 	l, _ := open(dir)
 	for i := range 5 {
 		if _, err := l.Record(ctx, event(i)); err != nil {
@@ -45,7 +36,7 @@ func TestRollbackAcrossRestart(t *testing.T) {
 		}
 	}
 	a := a2WaitVerify(t, l, v, 5, nil).Size
-	older := row()
+	older := checkpointRow(t, db)
 	for i := range 5 {
 		if _, err := l.Record(ctx, event(10+i)); err != nil {
 			t.Fatal(err)
