@@ -1,9 +1,15 @@
 package audit
 
 import (
+	"bytes"
 	"cmp"
 	"context"
+	"encoding/binary"
+	"hash/crc32"
+	"os"
+	"path/filepath"
 	"slices"
+	"syscall"
 
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/tessera"
@@ -19,6 +25,17 @@ import (
 // the signed entries; one that is not there raises an ALERT and is appended again, from
 // the bytes it kept (same bytes: its MAC, its meaning). Its index is then another than its
 // caller was told; what the caller acknowledged is in the log.
+
+// They are also kept on the replica's own disk (<log_dir>/.state/shared-log-mine), written
+// before the append is acknowledged, so that a replica killed before the check (kill -9,
+// an OOM) makes it when it comes back: an attacker who can crash a replica and write the
+// database cannot erase what it acknowledged. Each is one write(2) to the page cache, no
+// fsync (the database's commit is the durability; this copy is for the attacker's rewrite,
+// and survives the process, not a power cut of its host); the file is rewritten with what
+// is left after each check.
+//
+//	frame = u32le(len(payload)) || u32le(CRC-32C(payload)) || payload
+//	payload = uvarint(index) || uvarint(after) || entry       a torn last frame is dropped
 
 // maxMine bounds the entries a replica keeps for the check (a signer refusing for long
 // lets them pile up): past it, new ones are not checked, with a warning.
@@ -49,7 +66,103 @@ func (l *Log) rememberMine(index uint64, raw []byte) {
 	after, _ := l.signer.trusted()
 	// The future that gives the index may be read after a checkpoint covered the entry:
 	// what it was appended above is then its index, at most.
-	l.mine = append(l.mine, mineEntry{index, raw, min(after, index)})
+	m := mineEntry{index, raw, min(after, index)}
+	l.mine = append(l.mine, m)
+	if l.mineF != nil {
+		if _, err := l.mineF.Write(appendMineFrame(nil, m)); err != nil {
+			l.mineFileFailed(err)
+		}
+	}
+}
+
+func appendMineFrame(b []byte, m mineEntry) []byte {
+	start := len(b)
+	b = append(b, make([]byte, 8)...)
+	b = binary.AppendUvarint(b, m.index)
+	b = binary.AppendUvarint(b, m.after)
+	b = append(b, m.raw...)
+	payload := b[start+8:]
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(payload, castagnoli))
+	return b
+}
+
+// parseMine reads the kept entries; a short or damaged frame ends them (a write the
+// process's death cut off: that entry was not acknowledged).
+func parseMine(b []byte) []mineEntry {
+	var ms []mineEntry
+	for len(b) >= 8 {
+		n := uint64(binary.LittleEndian.Uint32(b))
+		if n > uint64(len(b)-8) || n > MaxEventSize+2*binary.MaxVarintLen64 {
+			break
+		}
+		payload := b[8 : 8+n]
+		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(b[4:]) {
+			break
+		}
+		index, k := binary.Uvarint(payload)
+		after, k2 := binary.Uvarint(payload[max(k, 0):])
+		if k <= 0 || k2 <= 0 || len(payload) == k+k2 {
+			break
+		}
+		ms = append(ms, mineEntry{index: index, after: min(after, index), raw: bytes.Clone(payload[k+k2:])})
+		b = b[8+n:]
+	}
+	return ms
+}
+
+// openMine takes up the entries a previous run of this replica kept at path (checked like
+// its own) and opens the file for this run's.
+func (l *Log) openMine(path string) {
+	l.minePath = path
+	if b, err := os.ReadFile(path); err == nil {
+		if ms := parseMine(b); len(ms) > 0 {
+			l.mine = ms
+			l.log.Warn("audit log: entries this replica appended before it stopped are checked to be in the signed log", "entries", len(ms))
+		}
+	}
+	l.mineMu.Lock()
+	defer l.mineMu.Unlock()
+	l.rewriteMine()
+}
+
+// rewriteMine replaces the kept file with the entries still waiting (l.mineMu held).
+func (l *Log) rewriteMine() {
+	if l.minePath == "" {
+		return
+	}
+	if l.mineF != nil {
+		l.mineF.Close()
+		l.mineF = nil
+	}
+	var b []byte
+	for _, m := range l.mine {
+		b = appendMineFrame(b, m)
+	}
+	tmp := l.minePath + ".tmp"
+	err := os.MkdirAll(filepath.Dir(l.minePath), 0o700)
+	if err == nil {
+		err = os.WriteFile(tmp, b, 0o600)
+	}
+	if err == nil {
+		err = os.Rename(tmp, l.minePath)
+	}
+	if err == nil {
+		l.mineF, err = os.OpenFile(l.minePath, os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+	}
+	if err != nil {
+		l.mineFileFailed(err)
+	}
+}
+
+// mineFileFailed: the kept entries are in memory only from now on (l.mineMu held).
+func (l *Log) mineFileFailed(err error) {
+	if l.mineF != nil {
+		l.mineF.Close()
+		l.mineF = nil
+	}
+	l.log.Error("ALERT audit log: cannot keep this replica's appended entries on its disk; until it can, a replica killed before a checkpoint covers them cannot restore one erased from the database", "err", err)
+	l.minePath = "" // said once; a restart tries again
 }
 
 // checkMine looks for the entries this replica appended that a checkpoint it trusts now
@@ -106,4 +219,7 @@ func (l *Log) checkMine(ctx context.Context) {
 		}
 		l.rememberMine(idx.Index, m.raw)
 	}
+	l.mineMu.Lock()
+	l.rewriteMine() // what is found goes; until now the file kept it (and those appended again)
+	l.mineMu.Unlock()
 }

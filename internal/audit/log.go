@@ -143,6 +143,8 @@ type Log struct {
 	mineMu   sync.Mutex  // durable.go
 	mine     []mineEntry // entries this replica appended to a shared log, until signed and found
 	mineFull bool
+	minePath string   // where they are kept on this replica's disk ("": memory only)
+	mineF    *os.File // minePath, open for appending
 	// idxOwned: the search index was found to hold this log's entries (ownIndex), checked
 	// once per process; only catchUp (indexMu held) reads and sets it.
 	idxOwned bool
@@ -294,6 +296,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 				return nil, fmt.Errorf("audit: metrics: %w", err)
 			}
 		}
+	}
+	if ls != nil && cfg.Dir != "" {
+		l.openMine(filepath.Join(cfg.Dir, ".state", "shared-log-mine"))
 	}
 	if cfg.Journal != "" && db == nil {
 		fb := &Batcher{log: l, bundles: l.bundles, maxRecords: cfg.JournalBatch, journalKey: cfg.JournalKey}
@@ -1158,6 +1163,12 @@ func (l *Log) Close(ctx context.Context) error {
 		l.loops.Wait() // no probe writes into the directory after Close
 		err = errors.Join(err, l.catchUp(ctx))
 		l.cancel()
+		l.mineMu.Lock()
+		if l.mineF != nil {
+			l.mineF.Close() // what it holds is checked at the next start
+			l.mineF = nil
+		}
+		l.mineMu.Unlock()
 		if l.db != nil {
 			l.leader.release() // the next replica signs without waiting for a dead socket
 			l.db.Close()

@@ -1,0 +1,180 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/mod/sumdb/note"
+)
+
+// TestMineReplicaProcess is the killed replica of TestKilledReplicaErasedEntry: a separate
+// process (this test binary, re-run) that records one entry on the shared log, says its
+// index, records three more, and waits to be killed.
+func TestMineReplicaProcess(t *testing.T) {
+	dsn, skey, dir := os.Getenv("SR_TEST_MINE_DSN"), os.Getenv("SR_TEST_MINE_SKEY"), os.Getenv("SR_TEST_MINE_DIR")
+	if dsn == "" {
+		t.Skip("run by TestKilledReplicaErasedEntry")
+	}
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Dir: dir, Signer: s, ShutdownTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := event(7)
+	victim.Fields = map[string]string{"n": "victim-unseal"}
+	x, err := l.Record(context.Background(), victim) // acknowledged: the operation goes ahead
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("victim=%d\n", x)
+	a7Record(t, l, 200, 3)
+	fmt.Println("ready")
+	select {}
+}
+
+// TestKilledReplicaErasedEntry: DURABLE across a crash. A replica records an entry (the
+// operation it guards goes ahead) and is killed with SIGKILL before a checkpoint covers
+// it; the attacker, holding the Checkpoint row so that nothing is published meanwhile,
+// rewrites the unsigned tail without the entry (every MAC valid, tiles and tree state
+// consistent) and lets the other replica sign it. The replica that appended the entry had
+// kept it on its own disk: when it comes back it finds the entry missing from the signed
+// log, says so, and appends it again (before, its copy died with it and the entry was lost
+// for good: TestAttack9UnsignedRecordErased covered only a replica that stays up).
+func TestKilledReplicaErasedEntry(t *testing.T) {
+	t.Parallel() // see sqlTestDB
+	dsn := sqlTestDB(t)
+	skey, vkey, err := note.GenerateKey(rand.Reader, "strongroom.test/killed-erased")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := note.NewSigner(skey)
+	v, _ := note.NewVerifier(vkey)
+	db := testAdmin(t, dsn)
+	b, _ := a3Open(t, dsn, s, &syncBuffer{}) // the other replica: it signs
+	a7Record(t, b, 100, 5)
+	a2WaitVerify(t, b, v, 5, nil)
+
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	var cp []byte
+	if err := tx.QueryRow("SELECT `note` FROM `Checkpoint` WHERE `id` = 0 FOR UPDATE").Scan(&cp); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMineReplicaProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "SR_TEST_MINE_DSN="+dsn, "SR_TEST_MINE_SKEY="+skey, "SR_TEST_MINE_DIR="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	lines := bufio.NewScanner(out)
+	var x uint64
+	for lines.Scan() {
+		if v, ok := strings.CutPrefix(lines.Text(), "victim="); ok {
+			x, _ = strconv.ParseUint(v, 10, 64)
+		}
+		if lines.Text() == "ready" {
+			break
+		}
+	}
+	if x == 0 {
+		t.Fatal("the replica process did not record its entry")
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+
+	leaves := a3ReadLeaves(t, db)
+	if uint64(len(leaves)) <= x || a7Field(leaves[x]) != "victim-unseal" {
+		t.Fatalf("setup: entry %d of %d is not the victim", x, len(leaves))
+	}
+	gone := leaves[x]
+	rest := append(leaves[:x:x], leaves[x+1:]...)
+	a5RewriteTail(t, tx, rest) // commits, releasing the Checkpoint row
+	if a5WaitSigned(t, db, v, uint64(len(rest))-1, 15*time.Second, nil) == 0 {
+		t.Fatal("setup: no checkpoint was signed over the tail without the entry")
+	}
+
+	// The killed replica comes back (same data directory).
+	a, logs := a3OpenDir(t, dsn, s, dir)
+	found := func() bool {
+		cp, _, ok := a4Signed(db, v)
+		if !ok {
+			return false
+		}
+		es := a2Entries(t, a.reader)
+		for i := uint64(0); i < cp.Size && i < uint64(len(es)); i++ {
+			if string(es[i]) == string(gone) {
+				return true
+			}
+		}
+		return false
+	}
+	if !a6Until(20*time.Second, found) {
+		t.Fatalf("DURABLE BROKEN: entry %d, acknowledged by a replica killed before a checkpoint covered it, was erased through the database and is not in the signed log after the replica came back (ALERT: %v)",
+			x, strings.Contains(logs.String(), "ALERT"))
+	}
+	if !strings.Contains(logs.String(), "ALERT audit log: an entry this replica appended is not in the signed log") {
+		t.Fatalf("the erased entry came back without an ALERT:\n%s", logs.String())
+	}
+}
+
+// a3OpenDir is a3Open for a replica with a data directory of its own.
+func a3OpenDir(t *testing.T, dsn string, s note.Signer, dir string) (*Log, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Dir: dir, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close(context.Background()) })
+	return l, logs
+}
+
+// FuzzParseMine: the kept entries read back as written; any bytes (a file cut or damaged
+// on the replica's disk) parse without panicking, into at most what they hold.
+func FuzzParseMine(f *testing.F) {
+	var b []byte
+	for i, raw := range []string{"{\"v\":1}", "x", strings.Repeat("y", 300)} {
+		b = appendMineFrame(b, mineEntry{index: uint64(10 + i), after: uint64(i), raw: []byte(raw)})
+	}
+	f.Add(b)
+	f.Add(b[:len(b)-1])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ms := parseMine(b)
+		var again []byte
+		for _, m := range ms {
+			if m.after > m.index || len(m.raw) == 0 {
+				t.Fatalf("entry %+v", m)
+			}
+			again = appendMineFrame(again, m)
+		}
+		if len(again) > len(b) {
+			t.Fatalf("%d entries re-encode to %d bytes, more than the %d read", len(ms), len(again), len(b))
+		}
+		if back := parseMine(again); len(back) != len(ms) {
+			t.Fatalf("%d entries re-encoded read back as %d", len(ms), len(back))
+		}
+	})
+}
