@@ -105,12 +105,30 @@ func (l *Log) Repair(ctx context.Context, entry uint64, reason string, actor map
 	if err := l.leader.check(ctx); err != nil {
 		return RepairReport{}, fmt.Errorf("audit: repair: another replica holds the checkpoint signer's lock (%w): stop every replica of this log first", err)
 	}
+	// The witnesses are asked before the transaction (it holds the tree state, which every
+	// replica's appends wait on, and a witness can be slow); the transaction then checks
+	// that the floor is still the one they were asked about.
+	floor, floorRoot := l.floorTree(ctx, l.db)
+	if entry < floor {
+		return RepairReport{Entry: entry}, signedHistory(entry, floor)
+	}
+	wc, err := l.checkFloorWitnessed(ctx, floor, floorRoot, func(from uint64) ([][]byte, error) {
+		pb, err := client.NewProofBuilder(ctx, floor, l.reader.ReadTile)
+		if err != nil {
+			return nil, err
+		}
+		return pb.ConsistencyProof(ctx, from, floor)
+	})
+	if err != nil {
+		return RepairReport{Entry: entry, Witnesses: wc}, err
+	}
 	l.indexMu.Lock() // no catch-up reads the log before the repair and indexes after it
 	defer l.indexMu.Unlock()
 	var rep RepairReport
-	err := sqlutil.InTx(ctx, l.db, func(tx *sql.Tx) error {
+	err = sqlutil.InTx(ctx, l.db, func(tx *sql.Tx) error {
 		var err error
-		if rep, err = l.repairTx(ctx, tx, entry, reason, actor); err != nil || keep == nil {
+		rep, err = l.repairTx(ctx, tx, entry, reason, actor, floor, floorRoot, wc)
+		if err != nil || keep == nil {
 			return err
 		}
 		return keep(rep)
@@ -269,7 +287,9 @@ func checkTilesBack(ctx context.Context, f txFetcher, floor, size uint64, leaves
 
 // floorTree is the largest tree the log key signed that this replica knows: the tree its
 // signer trusts, or the database's Checkpoint row when that is larger and signed.
-func (l *Log) floorTree(ctx context.Context, tx *sql.Tx) (uint64, []byte) {
+func (l *Log) floorTree(ctx context.Context, tx interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) (uint64, []byte) {
 	size, root := l.signer.trusted()
 	var note []byte
 	if err := tx.QueryRowContext(ctx, "SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&note); err == nil && signedBy(l.signer.Signer, note) {
@@ -281,8 +301,13 @@ func (l *Log) floorTree(ctx context.Context, tx *sql.Tx) (uint64, []byte) {
 	return size, root
 }
 
-func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string, actor map[string]string) (RepairReport, error) {
-	rep := RepairReport{Entry: p}
+// signedHistory is the refusal of a repair at p below the floor.
+func signedHistory(p, floor uint64) error {
+	return securityf("repair: entry %d is covered by a checkpoint the log key signed (size %d): signed history is never rewritten", p, floor)
+}
+
+func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string, actor map[string]string, asked uint64, askedRoot []byte, wc WitnessCheck) (RepairReport, error) {
+	rep := RepairReport{Entry: p, Witnesses: wc}
 	var treeSize uint64
 	var treeRoot []byte
 	if err := tx.QueryRowContext(ctx, "SELECT `size`, `root` FROM `TreeState` WHERE `id` = 0 FOR UPDATE").Scan(&treeSize, &treeRoot); err != nil {
@@ -290,7 +315,10 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	}
 	floor, floorRoot := l.floorTree(ctx, tx)
 	if p < floor {
-		return rep, securityf("repair: entry %d is covered by a checkpoint the log key signed (size %d): signed history is never rewritten", p, floor)
+		return rep, signedHistory(p, floor)
+	}
+	if floor != asked || !bytes.Equal(floorRoot, askedRoot) {
+		return rep, fmt.Errorf("%w: repair: the signed tree moved from size %d to %d while the witnesses were asked (a checkpoint was published): run the repair again", ErrUnavailable, asked, floor)
 	}
 	f := txFetcher{tx}
 	first := floor / layout.EntryBundleWidth * layout.EntryBundleWidth
@@ -327,17 +355,6 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		if r, err := tree.GetRootHash(nil); err != nil || !bytes.Equal(r, floorRoot) {
 			return rep, securityf("repair: the tiles under the signed tree (size %d) do not hash to its root: they were altered (the scrubber names where); restore them first", floor)
 		}
-	}
-	wc, err := l.checkFloorWitnessed(ctx, floor, floorRoot, func(from uint64) ([][]byte, error) {
-		pb, err := client.NewProofBuilder(ctx, floor, f.ReadTile)
-		if err != nil {
-			return nil, err
-		}
-		return pb.ConsistencyProof(ctx, from, floor)
-	})
-	rep.Witnesses = wc
-	if err != nil {
-		return rep, err
 	}
 	// The leaves the tiles hold from the floor on, read as rows whatever size the tree state
 	// claims (an attacker can lower it): for the order and the evidence. And the signed

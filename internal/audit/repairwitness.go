@@ -3,7 +3,9 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"maps"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/rfc6962"
+	"github.com/transparency-dev/tessera"
 	"golang.org/x/mod/sumdb/note"
 )
 
@@ -24,34 +27,47 @@ import (
 // someone with write access can put an older authentic checkpoint back into. A floor below
 // the log's real one would let the repair rewrite entries an outsider already holds a
 // signed checkpoint for. The witnesses saw every checkpoint published (tessera publishes
-// none without their quorum), so before the repair changes anything each configured
-// witness is asked for the tree it holds, over its own protocol (C2SP tlog-witness): an
-// add-checkpoint of the floor's tree with "old" set to the floor. A witness holding that
-// very tree cosigns it again (200); one holding another size answers 409 with that size,
-// and one holding a smaller tree is then sent the floor's tree with a consistency proof
-// from its size, which it cosigns (moving it to the floor: an authentic checkpoint); one
-// holding another tree answers 422 (a fork). Only a 200 carrying the witness's valid
-// cosignature of the floor's tree counts as an answer: a 409 or 422 is unauthenticated, so
-// one can only make the repair refuse, never let it through. The repair goes on when at
-// least the policy's quorum answered and none holds a larger tree or another tree.
+// none without their policy met), so before the repair changes anything each witness of
+// the policy is asked for the tree it holds, over its own protocol (C2SP tlog-witness):
+// an add-checkpoint of the floor's tree with "old" set to the floor. A witness holding
+// that very tree cosigns it again (200); one holding another size answers 409 with that
+// size, and one holding a smaller tree is then sent the floor's tree with a consistency
+// proof from its size, which it cosigns (moving it to the floor: an authentic checkpoint);
+// one holding another tree answers 422 (a fork).
+//
+// What counts, against an attacker who can answer in a witness's place (plain HTTP):
+//   - only a 200 carrying the witness's valid cosignature of the checkpoint sent, which
+//     carries a fresh random extension line ("strongroom-repair-probe NONCE"; cosignature/v1
+//     signs every line of the note), so a cosignature from the Checkpoint row or one seen
+//     on the wire earlier cannot be replayed; 409 and 422 are unauthenticated, so one can
+//     only make the repair refuse;
+//   - the witnesses that cosigned must meet the policy, and must meet every set that could
+//     have published a checkpoint: the others — unreachable, refusing, impersonated — must
+//     not satisfy the policy by themselves (with a 1-of-2 policy both must answer: the one
+//     not asked could have cosigned a larger tree alone). The policy is evaluated as
+//     tessera does, nested groups included.
+// The repair goes on only then, and when no witness holds a larger tree or another tree.
 
 // WitnessCheck is what the witnesses said of a repair's floor.
 type WitnessCheck struct {
 	Configured int      // witnesses in the log's policy (0: none, nothing was checked)
-	Quorum     int      // how many must cosign the floor's tree
-	Answered   int      // witnesses that cosigned it
+	Unbound    bool     // the policy needs no cosignature: publication proves nothing, nothing was checked
+	Answered   int      // witnesses that cosigned the floor's tree
 	Unanswered []string // "URL: why" for each that did not
 }
 
 // String is the check for a person: one line.
 func (w WitnessCheck) String() string {
-	if w.Configured == 0 {
+	switch {
+	case w.Configured == 0:
 		return "no witnesses configured: the floor was not checked against any"
+	case w.Unbound:
+		return "the witness policy needs no cosignature: the floor was not checked against the witnesses"
 	}
-	return fmt.Sprintf("%d of %d witnesses (quorum %d) cosigned the floor's tree and hold none past it", w.Answered, w.Configured, w.Quorum)
+	return fmt.Sprintf("%d of %d witnesses cosigned the floor's tree and hold none past it (they meet the policy; the others cannot alone)", w.Answered, w.Configured)
 }
 
-// checkFloorWitnessed asks every configured witness whether it holds a tree past the
+// checkFloorWitnessed asks every witness of the policy whether it holds a tree past the
 // repair's floor (see above); proof gives the consistency proof from a smaller tree to the
 // floor's. An error means the repair must not go on.
 func (l *Log) checkFloorWitnessed(ctx context.Context, floor uint64, root []byte, proof func(from uint64) ([][]byte, error)) (WitnessCheck, error) {
@@ -61,18 +77,26 @@ func (l *Log) checkFloorWitnessed(ctx context.Context, floor uint64, root []byte
 	}
 	ends := l.witnesses.Endpoints()
 	urls := slices.Sorted(maps.Keys(ends))
-	wc.Configured, wc.Quorum = len(urls), max(l.witnesses.N, 1)
+	wc.Configured = len(urls)
 	if wc.Configured == 0 {
+		return wc, nil
+	}
+	if policyMet(*l.witnesses, func(string) bool { return false }) {
+		wc.Unbound = true
 		return wc, nil
 	}
 	if floor == 0 {
 		root = rfc6962.DefaultHasher.EmptyRoot()
 	}
-	signed, err := note.Sign(&note.Note{Text: string(log.Checkpoint{Origin: l.origin, Size: floor, Hash: root}.Marshal())}, l.signer.Signer)
+	var nonce [16]byte
+	rand.Read(nonce[:])
+	text := string(log.Checkpoint{Origin: l.origin, Size: floor, Hash: root}.Marshal()) + "strongroom-repair-probe " + hex.EncodeToString(nonce[:]) + "\n"
+	signed, err := note.Sign(&note.Note{Text: text}, l.signer.Signer)
 	if err != nil {
 		return wc, fmt.Errorf("audit: repair: signing the floor's checkpoint for the witnesses: %w", err)
 	}
 	w := witnessProbe{client: &http.Client{Timeout: max(l.witnessTimeout, 3*time.Second)}, cp: signed, floor: floor}
+	cosigned := map[string]bool{}
 	for _, u := range urls {
 		w.url, w.key = u, ends[u]
 		why, err := w.ask(ctx, proof)
@@ -83,13 +107,39 @@ func (l *Log) checkFloorWitnessed(ctx context.Context, floor uint64, root []byte
 			wc.Unanswered = append(wc.Unanswered, u+": "+why)
 			continue
 		}
+		cosigned[u] = true
 		wc.Answered++
 	}
-	if wc.Answered < wc.Quorum {
-		return wc, fmt.Errorf("%w: repair: only %d of %d witnesses cosigned the floor's tree (quorum %d), so the floor (size %d) cannot be checked against the published log: %s",
-			ErrUnavailable, wc.Answered, wc.Configured, wc.Quorum, floor, strings.Join(wc.Unanswered, "; "))
+	if !policyMet(*l.witnesses, func(u string) bool { return cosigned[u] }) || policyMet(*l.witnesses, func(u string) bool { return !cosigned[u] }) {
+		return wc, fmt.Errorf("%w: repair: %d of %d witnesses cosigned the floor's tree (size %d); the repair needs the policy met by those that did, and not by those that did not (they could have cosigned a larger tree by themselves): %s",
+			ErrUnavailable, wc.Answered, wc.Configured, floor, strings.Join(wc.Unanswered, "; "))
 	}
 	return wc, nil
+}
+
+// policyMet evaluates a witness policy as tessera does (WitnessGroup.Satisfied), with
+// in saying which witnesses (by add-checkpoint URL) signed. A component of a kind it does
+// not know counts as met: the check fails closed.
+func policyMet(c any, in func(url string) bool) bool {
+	switch c := c.(type) {
+	case tessera.Witness:
+		return in(c.URL)
+	case tessera.WitnessGroup:
+		if c.N <= 0 {
+			return true
+		}
+		n := 0
+		for _, sub := range c.Components {
+			if policyMet(sub, in) {
+				n++
+			}
+		}
+		return n >= c.N
+	case *tessera.WitnessGroup:
+		return c == nil || policyMet(*c, in)
+	default:
+		return true
+	}
 }
 
 // witnessProbe asks one witness about the floor's tree.

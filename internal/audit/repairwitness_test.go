@@ -9,67 +9,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/strongroom/strongroom/internal/witness"
 	f_note "github.com/transparency-dev/formats/note"
 	"github.com/transparency-dev/tessera"
 	"golang.org/x/mod/sumdb/note"
 )
-
-// witnessMode is how a test witness answers: as itself, or as a network attacker in front
-// of it would.
-const (
-	witnessUp      = iota
-	witnessDown    // 503
-	witnessLies    // 409 "0": claims to hold nothing, whatever it holds
-	witnessFake200 // 200 with a cosignature line of another key
-)
-
-// testWitness is a real witness over loopback behind a switch of witnessMode.
-func testWitness(t *testing.T, name string, s note.Signer, v note.Verifier) (tessera.Witness, *atomic.Int32) {
-	t.Helper()
-	skey, vkey, _ := note.GenerateKey(rand.Reader, name)
-	cs, err := f_note.NewSignerForCosignatureV1(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cv, _ := f_note.VKeyToCosignatureV1(vkey)
-	ws, err := witness.New(witness.Config{Signer: cs, Logs: map[string]note.Verifier{s.Name(): v}, StateDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fakeKey, _, _ := note.GenerateKey(rand.Reader, name)
-	fake, _ := f_note.NewSignerForCosignatureV1(fakeKey)
-	mode := &atomic.Int32{}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch mode.Load() {
-		case witnessDown:
-			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
-		case witnessLies:
-			w.WriteHeader(http.StatusConflict)
-			io.WriteString(w, "0\n")
-		case witnessFake200:
-			signed, _ := note.Sign(&note.Note{Text: s.Name() + "\n1\nAAAA\n"}, fake)
-			_, sig, _ := bytes.Cut(signed, []byte("\n\n"))
-			w.Write(sig)
-		default:
-			ws.ServeHTTP(w, r)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	u, _ := url.Parse(srv.URL)
-	w, err := tessera.NewWitness(cv, u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w, mode
-}
 
 // TestRepairFloorBehindWitness: a repair's floor is the largest signed tree its replica
 // knows. An attacker with write access to the shared log's database puts an older signed
@@ -86,9 +33,12 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 	t.Parallel() // see sqlTestDB
 	ctx := context.Background()
 	dsn, s, v, db := sharedTestLog(t, "strongroom.test/repair-witness")
-	w1, mode1 := testWitness(t, "witness.test/w1", s, v)
-	w2, mode2 := testWitness(t, "witness.test/w2", s, v)
-	group := tessera.NewWitnessGroup(1, w1, w2)
+	w1, w2 := newA10Witness(t, "witness.test/w1", s, v), newA10Witness(t, "witness.test/w2", s, v)
+	group := tessera.NewWitnessGroup(1, w1.w, w2.w)
+	// A cosignature line of another key: what a network attacker in w2's place can make.
+	fakeKey, _, _ := note.GenerateKey(rand.Reader, "witness.test/w2")
+	fake, _ := f_note.NewSignerForCosignatureV1(fakeKey)
+	fakeNote, _ := note.Sign(&note.Note{Text: s.Name() + "\n1\nAAAA\n"}, fake)
 	open := func() *Log {
 		l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Dir: t.TempDir(), Signer: s, Witnesses: &group, WitnessTimeout: 3 * time.Second,
 			ShutdownTimeout: time.Second, Logger: newTextLogger(&syncBuffer{})})
@@ -110,13 +60,13 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 	record(l1, 10)
 	a := a2WaitVerify(t, l1, v, 10, nil).Size
 	older := checkpointRow(t, db)
-	mode2.Store(witnessDown) // it misses the checkpoints from here on: it stays behind
+	w2.set(a10Down) // it misses the checkpoints from here on: it stays behind
 	record(l1, 10)
 	b := a2WaitVerify(t, l1, v, a+10, nil).Size
 	latest := checkpointRow(t, db)
 	orig := a2Entries(t, l1.reader)
 	l1.Close(ctx)
-	mode2.Store(witnessUp)
+	w2.set(nil)
 
 	// The attack: the older checkpoint back in the row, a published entry overwritten.
 	if _, err := db.Exec("UPDATE `Checkpoint` SET `note` = ? WHERE `id` = 0", older); err != nil {
@@ -152,23 +102,23 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 		t.Fatalf("forged entry at %d, below the witnessed tree %d", bad, b)
 	}
 	for _, c := range []struct {
-		m1, m2 int32
+		h1, h2 http.HandlerFunc
 		want   []string
 	}{
-		{witnessDown, witnessDown, []string{"only 0 of 2 witnesses cosigned", "status 503"}},
-		{witnessLies, witnessFake200, []string{"only 0 of 2 witnesses cosigned", "status 409", "200 without a valid cosignature"}},
+		{a10Down, a10Down, []string{"0 of 2 witnesses cosigned the floor's tree", "status 503"}},
+		{a10Reply(http.StatusConflict, "0\n"), a10Reply(http.StatusOK, a10Sigs(t, fakeNote)), []string{"0 of 2 witnesses cosigned the floor's tree", "status 409", "200 without a valid cosignature"}},
 	} {
-		mode1.Store(c.m1)
-		mode2.Store(c.m2)
+		w1.set(c.h1)
+		w2.set(c.h2)
 		_, err := l2.Repair(ctx, bad, "witnesses away", nil, nil)
 		for _, w := range c.want {
 			if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), w) {
-				t.Fatalf("repair with witnesses %d and %d: %v (want %q)", c.m1, c.m2, err, w)
+				t.Fatalf("repair with witnesses away or impersonated: %v (want %q)", err, w)
 			}
 		}
 	}
-	mode1.Store(witnessUp)
-	mode2.Store(witnessUp)
+	w1.set(nil)
+	w2.set(nil)
 	rep, err = l2.Repair(ctx, bad, "incident 12", nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -177,7 +127,7 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 		t.Fatalf("repair report: %+v", rep)
 	}
 	ev, err := ParseEvent(a2Entries(t, l2.reader)[rep.At])
-	if err != nil || ev.Kind != KindLogRepair || ev.Fields["witnesses"] != "2 of 2 witnesses (quorum 1) cosigned the floor's tree and hold none past it" {
+	if err != nil || ev.Kind != KindLogRepair || ev.Fields["witnesses"] != "2 of 2 witnesses cosigned the floor's tree and hold none past it (they meet the policy; the others cannot alone)" {
 		t.Fatalf("repair entry: %+v %v", ev, err)
 	}
 	a2WaitVerify(t, l2, v, rep.At+1, nil)
