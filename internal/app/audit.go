@@ -91,6 +91,29 @@ func (a *App) LogVerifier() (note.Verifier, string, error) {
 	return v, vkey, err
 }
 
+// witnessPolicy is the checkpoint publication policy: quorum of the witnesses, all of them
+// when quorum is 0 (as `audit verify` counts them). A threshold of 0 would tell tessera to
+// publish without waiting for any cosignature: witnesses listed and the quorum left out
+// must not mean that.
+func witnessPolicy(ws []config.Witness, quorum int) (tessera.WitnessGroup, error) {
+	if quorum == 0 {
+		quorum = len(ws)
+	}
+	// tessera takes a witness policy in the sigsum policy syntax.
+	var p strings.Builder
+	var names []string
+	for i, w := range ws {
+		fmt.Fprintf(&p, "witness w%d %s %s\n", i, w.VKey, w.URL)
+		names = append(names, fmt.Sprintf("w%d", i))
+	}
+	fmt.Fprintf(&p, "group g %d %s\nquorum g\n", quorum, strings.Join(names, " "))
+	group, err := tessera.NewWitnessGroupFromPolicy([]byte(p.String()))
+	if err != nil {
+		return tessera.WitnessGroup{}, fmt.Errorf("audit witness policy: %w", err)
+	}
+	return group, nil
+}
+
 // WitnessVerifiers returns the configured witnesses' cosignature verifiers.
 func WitnessVerifiers(ws []config.Witness) ([]note.Verifier, error) {
 	var out []note.Verifier
@@ -139,17 +162,9 @@ func (a *App) openAudit(ctx context.Context) error {
 		// key (the same in every replica); on a shared engine the signer checks them.
 		EntryKey: audit.EntryKey(hk)}
 	if len(c.Audit.Witnesses) > 0 {
-		// tessera takes a witness policy in the sigsum policy syntax.
-		var p strings.Builder
-		var names []string
-		for i, w := range c.Audit.Witnesses {
-			fmt.Fprintf(&p, "witness w%d %s %s\n", i, w.VKey, w.URL)
-			names = append(names, fmt.Sprintf("w%d", i))
-		}
-		fmt.Fprintf(&p, "group g %d %s\nquorum g\n", c.Audit.Quorum, strings.Join(names, " "))
-		group, err := tessera.NewWitnessGroupFromPolicy([]byte(p.String()))
+		group, err := witnessPolicy(c.Audit.Witnesses, c.Audit.Quorum)
 		if err != nil {
-			return fmt.Errorf("audit witness policy: %w", err)
+			return err
 		}
 		cfg.Witnesses = &group
 	}

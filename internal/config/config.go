@@ -224,7 +224,7 @@ type Audit struct {
 	LogDB   string `json:"log_db,omitempty"`
 	LogKey  string `json:"log_key"`  // signed-note private key of the log (Ed25519)
 	HMACKey string `json:"hmac_key"` // 32-byte key for digests of sensitive fields
-	// Witnesses that must cosign before a checkpoint is published; Quorum of them.
+	// Witnesses that must cosign before a checkpoint is published; Quorum of them (0: all).
 	Witnesses []Witness `json:"witnesses,omitempty"`
 	Quorum    int       `json:"quorum,omitempty"`
 	// Request records are committed in batches, one log entry per batch (audit/batch.go):
