@@ -467,12 +467,19 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 		Subject: map[string]string{"entry": strconv.FormatUint(p, 10), "leaf_hash": hex.EncodeToString(pLeaf)},
 		Fields: map[string]string{"old_size": strconv.FormatUint(rep.OldSize, 10), "floor": strconv.FormatUint(floor, 10),
 			"moved": strconv.Itoa(rep.Moved), "dropped": strconv.Itoa(len(rep.Dropped)), "witnesses": rep.Witnesses.String()}}
+	if len(rep.Witnesses.Unanswered) > 0 {
+		ev.Fields["witnesses_unanswered"] = strings.Join(rep.Witnesses.Unanswered, "; ")
+	}
 	var named []string
 	for _, d := range rep.Dropped[:min(len(rep.Dropped), maxRepairNamed)] {
 		named = append(named, strconv.FormatUint(d.Index, 10)+":"+d.LeafHash)
 	}
 	ev.Fields["dropped_entries"] = strings.Join(named, " ")
 	body, err := ev.Marshal()
+	if errors.Is(err, ErrTooLarge) || err == nil && len(body)+macSuffix > MaxEventSize {
+		ev = ev.Truncated() // a long reason: the evidence file keeps what is cut
+		body, err = ev.Marshal()
+	}
 	if err != nil {
 		return rep, err
 	}

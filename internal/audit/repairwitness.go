@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -98,13 +100,13 @@ func (l *Log) checkFloorWitnessed(ctx context.Context, floor uint64, root []byte
 	w := witnessProbe{client: &http.Client{Timeout: max(l.witnessTimeout, 3*time.Second)}, cp: signed, floor: floor}
 	cosigned := map[string]bool{}
 	for _, u := range urls {
-		w.url, w.key = u, ends[u]
+		w.url, w.key, w.name = u, ends[u], redactURL(u)
 		why, err := w.ask(ctx, proof)
 		if err != nil {
 			return wc, err
 		}
 		if why != "" {
-			wc.Unanswered = append(wc.Unanswered, u+": "+why)
+			wc.Unanswered = append(wc.Unanswered, w.name+": "+why)
 			continue
 		}
 		cosigned[u] = true
@@ -142,12 +144,22 @@ func policyMet(c any, in func(url string) bool) bool {
 	}
 }
 
+// redactURL is u without a password, for messages and the log.
+func redactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(a witness URL that does not parse)"
+	}
+	return p.Redacted()
+}
+
 // witnessProbe asks one witness about the floor's tree.
 type witnessProbe struct {
 	client *http.Client
 	cp     []byte // the floor's checkpoint, signed by the log key
 	floor  uint64
 	url    string
+	name   string        // url without its password, for messages
 	key    note.Verifier // the witness's cosignature key
 }
 
@@ -161,7 +173,7 @@ func (w witnessProbe) ask(ctx context.Context, proof func(from uint64) ([][]byte
 		case perr != nil || held == w.floor:
 			return "409 without a usable tree size", nil
 		case held > w.floor:
-			return "", securityf("repair: witness %s holds a checkpoint of size %d, past this repair's floor %d: the floor (this replica's trusted tree or the database's Checkpoint row) is behind the published log — put the latest signed checkpoint back in the Checkpoint row, then repair", w.url, held, w.floor)
+			return "", securityf("repair: witness %s holds a checkpoint of size %d, past this repair's floor %d: the floor (this replica's trusted tree or the database's Checkpoint row) is behind the published log — put the latest signed checkpoint back in the Checkpoint row, then repair", w.name, held, w.floor)
 		}
 		var p [][]byte
 		if held > 0 {
@@ -173,7 +185,7 @@ func (w witnessProbe) ask(ctx context.Context, proof func(from uint64) ([][]byte
 		status, b, why = w.post(ctx, held, p)
 		if status == http.StatusConflict {
 			if n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); n > w.floor {
-				return "", securityf("repair: witness %s holds a checkpoint of size %d, past this repair's floor %d: put the latest signed checkpoint back in the Checkpoint row, then repair", w.url, n, w.floor)
+				return "", securityf("repair: witness %s holds a checkpoint of size %d, past this repair's floor %d: put the latest signed checkpoint back in the Checkpoint row, then repair", w.name, n, w.floor)
 			}
 		}
 	}
@@ -184,7 +196,7 @@ func (w witnessProbe) ask(ctx context.Context, proof func(from uint64) ([][]byte
 		}
 		return "", nil
 	case http.StatusUnprocessableEntity:
-		return "", securityf("repair: witness %s does not take the floor's tree (size %d) as an extension of the tree it holds (422): a fork, or tiles under the floor altered; nothing was changed", w.url, w.floor)
+		return "", securityf("repair: witness %s does not take the floor's tree (size %d) as an extension of the tree it holds (422): a fork, or tiles under the floor altered; nothing was changed", w.name, w.floor)
 	case 0:
 		return why, nil
 	default:
@@ -207,6 +219,10 @@ func (w witnessProbe) post(ctx context.Context, old uint64, proof [][]byte) (int
 	}
 	resp, err := w.client.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its text names the URL, credentials included
+		}
 		return 0, nil, "unreachable: " + err.Error()
 	}
 	defer resp.Body.Close()

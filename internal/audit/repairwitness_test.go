@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -191,4 +192,36 @@ func checkpointRow(t *testing.T, db *sql.DB) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestWitnessCheckNames: a 2-of-3 policy, one witness away behind a URL with a password.
+// Two cosign: the repair may go on (the one away cannot have published alone); the check
+// names the one away without its password, and says so in one line.
+func TestWitnessCheckNames(t *testing.T) {
+	s, v, _ := newKeys(t, "strongroom.test/witness-names")
+	w1, w2, w3 := newA10Witness(t, "witness.test/n1", s, v), newA10Witness(t, "witness.test/n2", s, v), newA10Witness(t, "witness.test/n3", s, v)
+	w3.set(a10Down)
+	u, _ := url.Parse(w3.w.URL)
+	u.User = url.UserPassword("ops", "hunter2-secret")
+	w3.w.URL = u.String()
+	g := tessera.NewWitnessGroup(2, w1.w, w2.w, w3.w)
+	l := &Log{origin: s.Name(), signer: &leaderSigner{Signer: s}, witnesses: &g, witnessTimeout: time.Second}
+	wc, err := l.checkFloorWitnessed(context.Background(), 0, nil, func(uint64) ([][]byte, error) { return nil, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wc.Configured != 3 || wc.Answered != 2 || len(wc.Unanswered) != 1 || !strings.Contains(wc.Unanswered[0], "ops:xxxxx@") ||
+		strings.Contains(wc.Unanswered[0], "hunter2") || !strings.Contains(wc.Unanswered[0], "status 503") {
+		t.Fatalf("check: %+v", wc)
+	}
+	if got := wc.String(); got != "2 of 3 witnesses cosigned the floor's tree and hold none past it (they meet the policy; the others cannot alone)" {
+		t.Fatalf("check says %q", got)
+	}
+	// And with the one away reached only through a dead address: its error names no password.
+	w3.w.URL = "http://ops:hunter2-secret@127.0.0.1:1/add-checkpoint"
+	g = tessera.NewWitnessGroup(2, w1.w, w2.w, w3.w)
+	wc, err = l.checkFloorWitnessed(context.Background(), 0, nil, func(uint64) ([][]byte, error) { return nil, nil })
+	if err != nil || len(wc.Unanswered) != 1 || strings.Contains(wc.Unanswered[0], "hunter2") || !strings.Contains(wc.Unanswered[0], "unreachable") {
+		t.Fatalf("check with a dead address: %+v %v", wc, err)
+	}
 }
