@@ -4,15 +4,20 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"errors"
 	"hash/crc32"
 	"os"
 	"path/filepath"
 	"slices"
 	"syscall"
 
-	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/formats/log"
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera"
+	"github.com/transparency-dev/tessera/client"
 )
 
 // Appended entries stay in the log. Someone with write access to a shared log's database
@@ -165,15 +170,29 @@ func (l *Log) mineFileFailed(err error) {
 	l.minePath = "" // said once; a restart tries again
 }
 
-// checkMine looks for the entries this replica appended that a checkpoint it trusts now
-// covers among the signed entries above the trees it trusted when it appended them (a
-// repair moves entries, never below those), and appends again, with an ALERT, any that is
-// not there.
+// checkMine looks for the entries this replica appended that the published checkpoint
+// covers among the leaves of its tree above the trees this replica trusted when it appended
+// them (a repair moves entries, never below those), and appends again, with an ALERT, any
+// that is not there. The published checkpoint — the database's row, signed by the log key —
+// not this replica's own signature: a checkpoint it signed whose publication failed is
+// one no outsider holds, and another replica may sign a tree without the entry (an outside
+// round lost an entry so). And the tree's leaves, proven against that checkpoint's root —
+// not the entry bundles' bytes, which the database's writer can change for the moment of
+// the check: a copy of the entry put elsewhere made it look present (and lost it), the
+// entry's bytes replaced made it look missing (and appended it twice).
 func (l *Log) checkMine(ctx context.Context) {
 	if l.db == nil || l.signer == nil {
 		return
 	}
-	signed, _ := l.signer.trusted()
+	cp, err := l.reader.ReadCheckpoint(ctx)
+	if err != nil || !signedBy(l.signer.Signer, cp) {
+		return // none published yet, or the row is not the log key's: the entries stay due
+	}
+	var c log.Checkpoint
+	if _, err := c.Unmarshal(cp); err != nil {
+		return
+	}
+	signed := c.Size
 	l.mineMu.Lock()
 	var due, rest []mineEntry
 	for _, m := range l.mine {
@@ -188,18 +207,13 @@ func (l *Log) checkMine(ctx context.Context) {
 		return
 	}
 	from := slices.MinFunc(due, func(a, b mineEntry) int { return cmp.Compare(a.after, b.after) }).after
-	present := map[[32]byte]bool{}
-	if err := ReadEntries(ctx, l.reader.ReadEntryBundle, from, signed, func(batch []store.AuditEvent) error {
-		for _, e := range batch {
-			present[store.EntryDigest(e.Raw)] = true
-		}
-		return nil
-	}); err != nil {
-		return // read again at the next round; the entries stay due
+	present, err := l.provenLeaves(ctx, from, c)
+	if err != nil {
+		return // read again at the next round; the entries stay due (the scrubber names damage)
 	}
 	var again []mineEntry
 	for _, m := range due {
-		if present[store.EntryDigest(m.raw)] {
+		if present[[32]byte(rfc6962.DefaultHasher.HashLeaf(m.raw))] {
 			continue
 		}
 		l.log.Error("ALERT audit log: an entry this replica appended is not in the signed log (its unsigned tail was rewritten through the database); it is appended again",
@@ -222,4 +236,36 @@ func (l *Log) checkMine(ctx context.Context) {
 	l.mineMu.Lock()
 	l.rewriteMine() // what is found goes; until now the file kept it (and those appended again)
 	l.mineMu.Unlock()
+}
+
+// provenLeaves is the set of the leaf hashes of c's tree from entry from on, read from the
+// tiles and proven by recomputing c's root with the tiles' nodes of the tree before from.
+func (l *Log) provenLeaves(ctx context.Context, from uint64, c log.Checkpoint) (map[[32]byte]bool, error) {
+	nodes, err := client.FetchRangeNodes(ctx, from, l.reader.ReadTile)
+	if err != nil {
+		return nil, err
+	}
+	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	tree, err := rf.NewRange(0, from, slices.Clone(nodes))
+	if err != nil {
+		return nil, err
+	}
+	leaves, err := client.FetchLeafHashes(ctx, l.reader.ReadTile, from, c.Size-from, c.Size)
+	if err != nil {
+		return nil, err
+	}
+	set := make(map[[32]byte]bool, len(leaves))
+	for _, h := range leaves {
+		if len(h) != sha256.Size {
+			return nil, errors.New("a leaf hash of another size")
+		}
+		if err := tree.Append(h, nil); err != nil {
+			return nil, err
+		}
+		set[[32]byte(h)] = true
+	}
+	if root, err := tree.GetRootHash(nil); err != nil || !bytes.Equal(root, c.Hash) {
+		return nil, errors.New("the tiles do not give the published checkpoint's root")
+	}
+	return set, nil
 }

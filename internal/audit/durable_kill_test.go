@@ -1,48 +1,15 @@
 package audit
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
+	"database/sql"
 	"fmt"
-	"os"
-	"os/exec"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
 )
-
-// TestMineReplicaProcess is the killed replica of TestKilledReplicaErasedEntry: a separate
-// process (this test binary, re-run) that records one entry on the shared log, says its
-// index, records three more, and waits to be killed.
-func TestMineReplicaProcess(t *testing.T) {
-	dsn, skey, dir := os.Getenv("SR_TEST_MINE_DSN"), os.Getenv("SR_TEST_MINE_SKEY"), os.Getenv("SR_TEST_MINE_DIR")
-	if dsn == "" {
-		t.Skip("run by TestKilledReplicaErasedEntry")
-	}
-	s, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Dir: dir, Signer: s, ShutdownTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	victim := event(7)
-	victim.Fields = map[string]string{"n": "victim-unseal"}
-	x, err := l.Record(context.Background(), victim) // acknowledged: the operation goes ahead
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Printf("victim=%d\n", x)
-	a7Record(t, l, 200, 3)
-	fmt.Println("ready")
-	select {}
-}
 
 // TestKilledReplicaErasedEntry: DURABLE across a crash. A replica records an entry (the
 // operation it guards goes ahead) and is killed with SIGKILL before a checkpoint covers
@@ -55,55 +22,20 @@ func TestMineReplicaProcess(t *testing.T) {
 func TestKilledReplicaErasedEntry(t *testing.T) {
 	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
-	skey, vkey, err := note.GenerateKey(rand.Reader, "strongroom.test/killed-erased")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, _ := note.NewSigner(skey)
-	v, _ := note.NewVerifier(vkey)
+	skey, s, v := a11Key(t, "strongroom.test/killed-erased")
 	db := testAdmin(t, dsn)
 	b, _ := a3Open(t, dsn, s, &syncBuffer{}) // the other replica: it signs
 	a7Record(t, b, 100, 5)
 	a2WaitVerify(t, b, v, 5, nil)
 
-	tx, err := db.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
-	var cp []byte
-	if err := tx.QueryRow("SELECT `note` FROM `Checkpoint` WHERE `id` = 0 FOR UPDATE").Scan(&cp); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdCheckpointRow(t, db)
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestMineReplicaProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "SR_TEST_MINE_DSN="+dsn, "SR_TEST_MINE_SKEY="+skey, "SR_TEST_MINE_DIR="+dir)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
+	a := a11Start(t, dsn, skey, dir) // a replica process (TestAttack11ReplicaProcess)
+	x := a.rec("victim-unseal")      // acknowledged: the operation goes ahead
+	for i := range 3 {
+		a.rec(fmt.Sprint("after-", i))
 	}
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	lines := bufio.NewScanner(out)
-	var x uint64
-	for lines.Scan() {
-		if v, ok := strings.CutPrefix(lines.Text(), "victim="); ok {
-			x, _ = strconv.ParseUint(v, 10, 64)
-		}
-		if lines.Text() == "ready" {
-			break
-		}
-	}
-	if x == 0 {
-		t.Fatal("the replica process did not record its entry")
-	}
-	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
+	a.kill()
 
 	leaves := a3ReadLeaves(t, db)
 	if uint64(len(leaves)) <= x || a7Field(leaves[x]) != "victim-unseal" {
@@ -117,13 +49,13 @@ func TestKilledReplicaErasedEntry(t *testing.T) {
 	}
 
 	// The killed replica comes back (same data directory).
-	a, logs := a3OpenDir(t, dsn, s, dir)
+	a2, logs := a3OpenDir(t, dsn, s, dir)
 	found := func() bool {
 		cp, _, ok := a4Signed(db, v)
 		if !ok {
 			return false
 		}
-		es := a2Entries(t, a.reader)
+		es := a2Entries(t, a2.reader)
 		for i := uint64(0); i < cp.Size && i < uint64(len(es)); i++ {
 			if string(es[i]) == string(gone) {
 				return true
@@ -177,4 +109,20 @@ func FuzzParseMine(f *testing.F) {
 			t.Fatalf("%d entries re-encoded read back as %d", len(ms), len(back))
 		}
 	})
+}
+
+// holdCheckpointRow holds the shared log's Checkpoint row (SELECT ... FOR UPDATE) in a
+// transaction: no checkpoint is published until it commits or the test ends.
+func holdCheckpointRow(t *testing.T, db *sql.DB) *sql.Tx {
+	t.Helper()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback() })
+	var cp []byte
+	if err := tx.QueryRow("SELECT `note` FROM `Checkpoint` WHERE `id` = 0 FOR UPDATE").Scan(&cp); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }

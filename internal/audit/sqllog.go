@@ -506,10 +506,19 @@ func (s *leaderSigner) checkRowAtStart(ctx context.Context, db *sql.DB) {
 	}
 	size, ok := checkpointSize(cp)
 	s.mu.Lock()
-	was := s.published
+	was, signed := s.published, s.seen
 	s.mu.Unlock()
-	if ok && size < was {
+	switch {
+	case !ok:
+	case size < was:
 		s.log.Error(rollbackAlert+" (while this replica was stopped)", "published_size", size, "largest_seen", was)
+	case size < signed:
+		// Its own last checkpoint, published or not: the row read back by the watch comes up
+		// to a second later, and a replica killed in between kept only its signature (an
+		// outside round put the row back so, unsaid). Rarely, a publication that failed as
+		// the replica stopped: the witnesses hold what was published.
+		s.log.Error("ALERT audit log: the published checkpoint went back to an older one than this replica signed before it stopped (the Checkpoint row was put back, or that checkpoint's publication failed as it stopped: the witnesses hold the latest published); this replica will not sign a tree smaller than, or forked from, the largest it has seen",
+			"published_size", size, "signed_size", signed)
 	}
 }
 

@@ -74,15 +74,7 @@ func TestAttack9UnsignedRecordErased(t *testing.T) {
 	if !a6Until(10*time.Second, func() bool { n, _ := l.signer.trusted(); return n >= size0 }) {
 		t.Fatal("setup: the signer does not trust the first entries")
 	}
-	tx, err := db.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
-	var cp []byte
-	if err := tx.QueryRow("SELECT `note` FROM `Checkpoint` WHERE `id` = 0 FOR UPDATE").Scan(&cp); err != nil {
-		t.Fatal(err)
-	}
+	tx := holdCheckpointRow(t, db)
 	victim := event(7)
 	victim.Fields = map[string]string{"n": "victim-unseal"}
 	x, err := l.Record(ctx, victim) // durable: the operation goes ahead
