@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/compact"
@@ -184,7 +185,9 @@ func (l *Log) checkMine(ctx context.Context) {
 	if l.db == nil || l.signer == nil {
 		return
 	}
-	cp, err := l.reader.ReadCheckpoint(ctx)
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second) // the reads; a locked table waits for the next round
+	defer cancel()
+	cp, err := l.reader.ReadCheckpoint(rctx)
 	if err != nil || !signedBy(l.signer.Signer, cp) {
 		return // none published yet, or the row is not the log key's: the entries stay due
 	}
@@ -207,7 +210,7 @@ func (l *Log) checkMine(ctx context.Context) {
 		return
 	}
 	from := slices.MinFunc(due, func(a, b mineEntry) int { return cmp.Compare(a.after, b.after) }).after
-	present, err := l.provenLeaves(ctx, from, c)
+	present, err := l.provenLeaves(rctx, from, c)
 	if err != nil {
 		return // read again at the next round; the entries stay due (the scrubber names damage)
 	}
