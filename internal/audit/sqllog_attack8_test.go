@@ -293,7 +293,8 @@ func TestAttack8RepairCutEvidence(t *testing.T) {
 // poisoned entry's bundle and inserts 2000 more full rows of one-byte entries past the tree
 // (512k entries, 1.5 MB of SQL). The repair must finish promptly and still be the remedy.
 func TestAttack8RepairHugeTail(t *testing.T) {
-	t.Parallel() // see sqlTestDB
+	// Not parallel: its bound is on the repair's time and memory, and another test's load on
+	// the same MariaDB (400 MB of inserts, replica processes) made it ten times slower.
 	ctx := context.Background()
 	dsn, _, v, db, l, _, _ := a5Start(t, "strongroom.test/attack8huge")
 	bad := a7Poisoned(t, dsn, l, 5, 5, nil)
@@ -326,7 +327,7 @@ func TestAttack8RepairHugeTail(t *testing.T) {
 	var kept int
 	rep, err := l.Repair(ctx, bad, "incident: poisoned tail", map[string]string{"principal": "operator"}, func(r RepairReport) error { kept = len(r.Dropped); return nil })
 	took := time.Since(start)
-	if took > 60*time.Second {
+	if took > 3*time.Minute { // alone, under -race: ~7 s; quadratic work took far longer
 		t.Fatalf("PROMISE R6 BROKEN: Repair(%d) over %d attacker rows took %v (err %v)", bad, rows, took, err)
 	}
 	if err != nil {

@@ -272,7 +272,8 @@ func TestAttack9IndexStuckOnLostBundle(t *testing.T) {
 // dies of memory at whatever size the attacker picks. Allowed here: 512 MB of heap growth
 // for the repair.
 func TestAttack9RepairLargeTail(t *testing.T) {
-	t.Parallel() // see sqlTestDB
+	// Not parallel: its bound is on the repair's time and memory, and another test's load on
+	// the same MariaDB (400 MB of inserts, replica processes) made it ten times slower.
 	ctx := context.Background()
 	dsn, _, v, db, l, _, _ := a5Start(t, "strongroom.test/attack9large")
 	bad := a7Poisoned(t, dsn, l, 5, 5, nil)
