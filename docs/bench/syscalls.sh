@@ -1,0 +1,34 @@
+#!/bin/bash
+# syscalls.sh BIN [PEERS-OPTIONS...] — run ../shared/bench/peers for Strongroom binary BIN
+# alone (one round, 10 s) and count the syscalls its process makes over 4 s in the middle
+# of the load (perf's syscall tracepoints; no hardware counters are needed), with the
+# process's task-clock. Prints one line per syscall: its count, and per request (or per
+# chunk with --stream: requests × 200), from the round's req/s. Use it to set two builds
+# side by side (the shipped binary and the log-off copy, docs/bench/log-off.patch):
+# syscalls per request do not depend on the machine's noise as CPU time does.
+set -u
+bin=$1; shift
+cd "$(dirname "$0")/../.."
+out=$(mktemp)
+../shared/bench/peers --strongroom "$bin" --rounds 1 --duration 10 --only strongroom "$@" >"$out" 2>&1 &
+peers=$!
+pid=
+for _ in $(seq 1 600); do
+	pid=$(pgrep -f -- "$(basename "$bin") --data" | head -1)
+	[ -n "$pid" ] && break
+	sleep 0.1
+done
+[ -n "$pid" ] || { echo "syscalls.sh: the strongroom process did not start" >&2; exit 1; }
+sleep 5 # the warm-up (3 s) and a little of the run
+events=syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_fdatasync,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_nanosleep,syscalls:sys_enter_pwrite64
+stat=$(perf stat -x, -e "$events,task-clock" -p "$pid" -- sleep 4 2>&1)
+wait $peers
+rate=$(awk '/^round/ {print $4}' "$out")
+per=1
+case " $* " in *" --stream "*) per=200 ;; esac
+echo "req/s $rate (CPU line: $(grep '^round' "$out" | sed 's/.*CPU/CPU/'))"
+echo "$stat" | awk -F, -v rate="$rate" -v per="$per" '$3 != "" && $1 ~ /^[0-9.]+$/ {
+	n = rate * 4 * per
+	printf "%-34s %10d  %.4f per %s\n", $3, $1, $1 / n, (per == 1 ? "request" : "chunk")
+}'
+rm -f "$out"
