@@ -517,8 +517,8 @@ func (s *leaderSigner) checkRowAtStart(ctx context.Context, db *sql.DB) {
 		// to a second later, and a replica killed in between kept only its signature (an
 		// outside round put the row back so, unsaid). Rarely, a publication that failed as
 		// the replica stopped: the witnesses hold what was published.
-		s.log.Error("ALERT audit log: the published checkpoint went back to an older one than this replica signed before it stopped (the Checkpoint row was put back, or that checkpoint's publication failed as it stopped: the witnesses hold the latest published); this replica will not sign a tree smaller than, or forked from, the largest it has seen",
-			"published_size", size, "signed_size", signed)
+		s.log.Error("ALERT audit log: the published checkpoint went back to an older one than the largest this replica saw signed before it stopped (the Checkpoint row was put back — or, if that one was this replica's own, its publication failed as it stopped: the witnesses hold the latest published); this replica will not sign a tree smaller than, or forked from, the largest it has seen",
+			"published_size", size, "largest_signed_seen", signed)
 	}
 }
 
