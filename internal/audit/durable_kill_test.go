@@ -1,9 +1,7 @@
 package audit
 
 import (
-	"context"
 	"database/sql"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -30,17 +28,7 @@ func TestKilledReplicaErasedEntry(t *testing.T) {
 
 	tx := holdCheckpointRow(t, db)
 	dir := t.TempDir()
-	a := a11Start(t, dsn, skey, dir) // a replica process (TestAttack11ReplicaProcess)
-	x := a.rec("victim-unseal")      // acknowledged: the operation goes ahead
-	for i := range 3 {
-		a.rec(fmt.Sprint("after-", i))
-	}
-	a.kill()
-
-	leaves := a3ReadLeaves(t, db)
-	if uint64(len(leaves)) <= x || a7Field(leaves[x]) != "victim-unseal" {
-		t.Fatalf("setup: entry %d of %d is not the victim", x, len(leaves))
-	}
+	x, leaves := a11KilledAfterVictim(t, db, dsn, skey, dir) // a replica process (TestAttack11ReplicaProcess)
 	gone := leaves[x]
 	rest := append(leaves[:x:x], leaves[x+1:]...)
 	a5RewriteTail(t, tx, rest) // commits, releasing the Checkpoint row
@@ -75,13 +63,7 @@ func TestKilledReplicaErasedEntry(t *testing.T) {
 // a3OpenDir is a3Open for a replica with a data directory of its own.
 func a3OpenDir(t *testing.T, dsn string, s note.Signer, dir string) (*Log, *syncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
-	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Dir: dir, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(logs)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close(context.Background()) })
-	return l, logs
+	return a3OpenIn(t, dsn, s, dir, &syncBuffer{})
 }
 
 // FuzzParseMine: the kept entries read back as written; any bytes (a file cut or damaged

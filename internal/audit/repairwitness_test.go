@@ -40,29 +40,13 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 	fakeKey, _, _ := note.GenerateKey(rand.Reader, "witness.test/w2")
 	fake, _ := f_note.NewSignerForCosignatureV1(fakeKey)
 	fakeNote, _ := note.Sign(&note.Note{Text: s.Name() + "\n1\nAAAA\n"}, fake)
-	open := func() *Log {
-		l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Dir: t.TempDir(), Signer: s, Witnesses: &group, WitnessTimeout: 3 * time.Second,
-			ShutdownTimeout: time.Second, Logger: newTextLogger(&syncBuffer{})})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close(ctx) })
-		return l
-	}
-	record := func(l *Log, n int) {
-		for i := range n {
-			if _, err := l.Record(ctx, event(i)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 
-	l1 := open()
-	record(l1, 10)
+	l1 := a10Open(t, dsn, s, group)
+	a7Record(t, l1, 0, 10)
 	a := a2WaitVerify(t, l1, v, 10, nil).Size
 	older := checkpointRow(t, db)
 	w2.set(a10Down) // it misses the checkpoints from here on: it stays behind
-	record(l1, 10)
+	a7Record(t, l1, 10, 10)
 	b := a2WaitVerify(t, l1, v, a+10, nil).Size
 	latest := checkpointRow(t, db)
 	orig := a2Entries(t, l1.reader)
@@ -76,9 +60,8 @@ func TestRepairFloorBehindWitness(t *testing.T) {
 	signedEntry := a + 2
 	poisonEntry(t, db, signedEntry, unsealed(t, a5Forged("rewritten after publication")))
 
-	l2 := open() // a data directory that never saw checkpoint b
+	l2 := a10Open(t, dsn, s, group) // a data directory that never saw checkpoint b
 	before := a2Entries(t, l2.reader)
-	waitFor(t, func() bool { return l2.leader.check(ctx) == nil })
 	rep, err := l2.Repair(ctx, signedEntry, "the signer refuses", nil, nil)
 	if !errors.Is(err, ErrSecurity) || !strings.Contains(err.Error(), fmt.Sprintf("holds a checkpoint of size %d, past this repair's floor %d", b, a)) {
 		t.Fatalf("repair below the witnessed tree: %+v, %v", rep, err)

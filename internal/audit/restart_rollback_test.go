@@ -20,28 +20,11 @@ func TestRollbackAcrossRestart(t *testing.T) {
 	ctx := context.Background()
 	dsn, s, v, db := sharedTestLog(t, "strongroom.test/rollback-restart")
 	dir := t.TempDir()
-	open := func(dir string) (*Log, *syncBuffer) {
-		logs := &syncBuffer{}
-		l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Dir: dir, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(logs)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { l.Close(ctx) })
-		return l, logs
-	}
-	l, _ := open(dir)
-	for i := range 5 {
-		if _, err := l.Record(ctx, event(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	l, _ := a3OpenDir(t, dsn, s, dir)
+	a7Record(t, l, 0, 5)
 	a := a2WaitVerify(t, l, v, 5, nil).Size
 	older := checkpointRow(t, db)
-	for i := range 5 {
-		if _, err := l.Record(ctx, event(10+i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	a7Record(t, l, 10, 5)
 	b := a2WaitVerify(t, l, v, a+5, nil).Size
 	// The watch reads the row once a second: wait until this replica has kept size b.
 	waitFor(t, func() bool {
@@ -53,7 +36,7 @@ func TestRollbackAcrossRestart(t *testing.T) {
 	if _, err := db.Exec("UPDATE `Checkpoint` SET `note` = ? WHERE `id` = 0", older); err != nil {
 		t.Fatal(err)
 	}
-	_, logs := open(dir)
+	_, logs := a3OpenDir(t, dsn, s, dir)
 	deadline := time.Now().Add(20 * time.Second)
 	for !strings.Contains(logs.String(), "ALERT audit log: the published checkpoint went back to an older one") {
 		if time.Now().After(deadline) {

@@ -146,16 +146,6 @@ func a10Open(t *testing.T, dsn string, s note.Signer, g tessera.WitnessGroup) *L
 	return l
 }
 
-// a10Row is the Checkpoint row's note.
-func a10Row(t *testing.T, db *sql.DB) []byte {
-	t.Helper()
-	var b []byte
-	if err := db.QueryRow("SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&b); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 // a10Cosigned says whether the note n carries a valid cosignature by w.
 func a10Cosigned(n []byte, w *a10Witness) bool {
 	_, err := note.Open(n, note.VerifierList(w.w.Key))
@@ -246,7 +236,7 @@ func a10PublishedState(t *testing.T, dsn string, s note.Signer, v note.Verifier,
 		}
 	}
 	a = a2WaitVerify(t, l1, v, 10, nil).Size
-	older = a10Row(t, db)
+	older = checkpointRow(t, db)
 	for i := range 10 {
 		if _, err := l1.Record(ctx, event(100+i)); err != nil {
 			t.Fatal(err)
@@ -254,7 +244,7 @@ func a10PublishedState(t *testing.T, dsn string, s note.Signer, v note.Verifier,
 	}
 	stB = a2WaitVerify(t, l1, v, a+10, nil)
 	b = stB.Size
-	latest = a10Row(t, db)
+	latest = checkpointRow(t, db)
 	leaves, entries = a7Leaves(t, l1), a2Entries(t, l1.reader)
 	l1.Close(ctx)
 	if _, err := db.Exec("UPDATE `Checkpoint` SET `note` = ? WHERE `id` = 0", older); err != nil {
@@ -407,7 +397,7 @@ func TestAttack10NestedPolicy(t *testing.T) {
 		}
 	}
 	a2WaitVerify(t, l, v, 5, nil)
-	if row := a10Row(t, db); !g.Satisfied(row) {
+	if row := checkpointRow(t, db); !g.Satisfied(row) {
 		t.Fatal("setup: the published checkpoint does not satisfy the policy")
 	}
 	bad := a2AppendForged(t, dsn, s.Name(), unsealed(t, a5Forged("attacker"))).Index
@@ -463,7 +453,7 @@ func TestAttack10OfflineWitnessImpersonated(t *testing.T) {
 	bad := a2AppendForged(t, dsn, s.Name(), unsealed(t, a5Forged("attacker"))).Index
 	poisonEntry(t, db, bad, unsealed(t, a5Forged("decoy")))
 	a7Record(t, l, 3000, 3)
-	row := a10Row(t, db)
+	row := checkpointRow(t, db)
 	if !a10Cosigned(row, w2) {
 		t.Fatal("setup: the published checkpoint carries no cosignature of w2")
 	}
@@ -510,10 +500,10 @@ func TestAttack10RefusedChangesNothing(t *testing.T) {
 	l := a10Open(t, dsn, s, g)
 	a7Record(t, l, 0, 3)
 	a2WaitVerify(t, l, v, 3, nil)
-	older := a10Row(t, db)
+	older := checkpointRow(t, db)
 	a7Record(t, l, 100, 3)
 	a2WaitVerify(t, l, v, 6, nil)
-	row := a10Row(t, db)
+	row := checkpointRow(t, db)
 	bad := a2AppendForged(t, dsn, s.Name(), unsealed(t, a5Forged("attacker"))).Index
 	poisonEntry(t, db, bad, unsealed(t, a5Forged("decoy")))
 	a7Record(t, l, 3000, 5)
@@ -637,7 +627,7 @@ func TestAttack10PublishedFork(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	row := a10Row(t, db)
+	row := checkpointRow(t, db)
 	_, errPrior := Verify(ctx, f, VerifyOptions{LogKey: v, Bundles: l2.Bundles().Bundle, Prior: &stB})
 	if errPrior != nil {
 		t.Fatalf("PROMISE P1 BROKEN: a monitor holding the published checkpoint %d (cosigned by w1) is shown a fork: %v; the log now publishes size %d from the repair (floor %d), cosigned by w1: %v, by w2: %v",

@@ -317,6 +317,25 @@ func a11SetLeaf(t *testing.T, db *sql.DB, k uint64, raw []byte) []byte {
 	return was
 }
 
+// a11KilledAfterVictim starts a replica process on dir, has it record the entry
+// "victim-unseal" (acknowledged: the operation it guards goes ahead) and three more, kills
+// it with SIGKILL, and returns the victim's index and the log's entries as the database
+// holds them.
+func a11KilledAfterVictim(t *testing.T, db *sql.DB, dsn, skey, dir string) (uint64, [][]byte) {
+	t.Helper()
+	r := a11Start(t, dsn, skey, dir)
+	x := r.rec("victim-unseal")
+	for i := range 3 {
+		r.rec(fmt.Sprint("after-", i))
+	}
+	r.kill()
+	leaves := a3ReadLeaves(t, db)
+	if uint64(len(leaves)) <= x || a7Field(leaves[x]) != "victim-unseal" {
+		t.Fatalf("setup: entry %d of %d is not the victim", x, len(leaves))
+	}
+	return x, leaves
+}
+
 // a11Alerts is the ALERT lines of a replica's logs.
 func a11Alerts(logs string) []string {
 	var out []string
@@ -447,16 +466,7 @@ func TestAttack11FakePresence(t *testing.T) {
 
 	tx := holdCheckpointRow(t, db)
 	dirB := t.TempDir()
-	b := a11Start(t, dsn, skey, dirB)
-	x := b.rec("victim-unseal") // acknowledged
-	for i := range 3 {
-		b.rec(fmt.Sprint("after-", i))
-	}
-	b.kill()
-	leaves := a3ReadLeaves(t, db)
-	if uint64(len(leaves)) <= x || a7Field(leaves[x]) != "victim-unseal" {
-		t.Fatalf("setup: entry %d of %d is not the victim", x, len(leaves))
-	}
+	x, leaves := a11KilledAfterVictim(t, db, dsn, skey, dirB)
 	gone := leaves[x]
 	if !a11MineHas(dirB, gone) {
 		t.Fatal("setup: the killed replica does not keep the entry")

@@ -32,7 +32,13 @@ const a3AlertForged = "ALERT audit log: an entry in the shared log was not writt
 // the end of the test.
 func a3Open(t *testing.T, dsn string, s note.Signer, logs *syncBuffer) (*Log, *syncBuffer) {
 	t.Helper()
-	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(logs)})
+	return a3OpenIn(t, dsn, s, "", logs)
+}
+
+// a3OpenIn is a3Open for a replica whose data directory is dir ("": none).
+func a3OpenIn(t *testing.T, dsn string, s note.Signer, dir string, logs *syncBuffer) (*Log, *syncBuffer) {
+	t.Helper()
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Dir: dir, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(logs)})
 	if err != nil {
 		t.Fatal(err)
 	}
