@@ -181,16 +181,15 @@ func (l *Log) mineFileFailed(err error) {
 // not the entry bundles' bytes, which the database's writer can change for the moment of
 // the check: a copy of the entry put elsewhere made it look present (and lost it), the
 // entry's bytes replaced made it look missing (and appended it twice).
-func (l *Log) checkMine(ctx context.Context) {
-	if l.db == nil || l.signer == nil {
+//
+// cp is the published checkpoint as the watch read it this round, signed by the log key
+// (nil: none, or unreadable — the entries stay due).
+func (l *Log) checkMine(ctx context.Context, cp []byte) {
+	if l.db == nil || l.signer == nil || cp == nil {
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second) // the reads; a locked table waits for the next round
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second) // the tiles' reads; a locked table waits for the next round
 	defer cancel()
-	cp, err := l.reader.ReadCheckpoint(rctx)
-	if err != nil || !signedBy(l.signer.Signer, cp) {
-		return // none published yet, or the row is not the log key's: the entries stay due
-	}
 	var c log.Checkpoint
 	if _, err := c.Unmarshal(cp); err != nil {
 		return

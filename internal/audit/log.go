@@ -644,10 +644,10 @@ func (l *Log) indexLoop() {
 		if err := l.catchUp(context.Background()); err != nil {
 			l.log.Warn("audit index behind the log", "err", err)
 		}
-		l.watchCheckpoint(time.Now())
-		// After the watch: the check reads the checkpoint row too, and a row locked by an
-		// attacker (LOCK TABLES) must not keep the watch from saying so.
-		l.checkMine(context.Background())
+		// The durable check uses the checkpoint the watch read (one read of the row a
+		// round; the watch's is bounded, so a row locked by an attacker with LOCK TABLES
+		// keeps neither from going on).
+		l.checkMine(context.Background(), l.watchCheckpoint(time.Now()))
 	})
 }
 
@@ -662,8 +662,9 @@ var CheckpointStall = 30 * time.Second
 // wait for it, or could not be read that long (its table renamed, locked or altered by
 // someone with access to the database: publication then stops too, and tessera's own
 // errors go to a logger nobody reads). Records stay durable meanwhile; what stalls is their
-// proof to outsiders.
-func (l *Log) watchCheckpoint(now time.Time) {
+// proof to outsiders. It returns the checkpoint it read when the log key signed it (nil
+// otherwise, and for a log on local disk).
+func (l *Log) watchCheckpoint(now time.Time) (signed []byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	var why error // the checkpoint or the tree's size could not be read
@@ -678,6 +679,9 @@ func (l *Log) watchCheckpoint(now time.Time) {
 		// attacker's (one claiming 2^64-1 entries made the lag 0 and silenced this watch).
 		why = fmt.Errorf("the published checkpoint is not signed by the log key")
 	} else if err == nil {
+		if l.signer != nil {
+			signed = cp
+		}
 		published, _ = checkpointSize(cp)
 		read = true
 		older := published < l.cpSeen
@@ -703,7 +707,7 @@ func (l *Log) watchCheckpoint(now time.Time) {
 			l.cpStalled = false
 			l.log.Warn("audit log: checkpoints are published again", "checkpoint_size", published, "integrated", size)
 		}
-		return
+		return signed
 	}
 	if l.cpSince.IsZero() {
 		l.cpSince = now
@@ -716,6 +720,7 @@ func (l *Log) watchCheckpoint(now time.Time) {
 		}
 		l.log.Error("ALERT audit log: entries are durable but no signed checkpoint covers them", args...)
 	}
+	return signed
 }
 
 // signerFloor is the size of the largest signed checkpoint this replica of a shared log has
