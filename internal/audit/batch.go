@@ -505,10 +505,9 @@ func (b *Batcher) run() {
 	for {
 		select {
 		case <-b.stop:
-			for _, p := range b.takeReady() {
+			for _, p := range b.takeAll() {
 				b.commit(p)
 			}
-			b.commit(b.take())
 			return
 		case <-b.kick:
 			for _, p := range b.takeReady() {
@@ -520,7 +519,9 @@ func (b *Batcher) run() {
 			}
 		case <-timer.C:
 			armed = false
-			b.commit(b.take())
+			for _, p := range b.takeAll() {
+				b.commit(p)
+			}
 		}
 	}
 }
@@ -548,8 +549,7 @@ func (b *Batcher) runJournal() {
 	for {
 		select {
 		case <-b.stop:
-			write(b.takeReady()...)
-			write(b.take())
+			write(b.takeAll()...)
 			b.rotate()
 			close(b.folds)
 			<-b.foldDone
@@ -563,7 +563,7 @@ func (b *Batcher) runJournal() {
 			}
 		case <-group.C:
 			groupArmed = false
-			write(b.take())
+			write(b.takeAll()...)
 		case <-fold.C:
 			foldArmed = false
 			b.rotate()
@@ -578,8 +578,7 @@ func (b *Batcher) runJournal() {
 				}
 			}
 		case reply := <-b.barrier:
-			write(b.takeReady()...)
-			write(b.take())
+			write(b.takeAll()...)
 			b.rotate()
 			b.folds <- foldItem{done: reply}
 		}
@@ -724,15 +723,20 @@ func (b *Batcher) takeReady() []*pendingBatch {
 	return r
 }
 
-func (b *Batcher) take() *pendingBatch {
+// takeAll takes the full batches and then the one being gathered, under one lock: the
+// gathered one is newer than every full one, and committing it first (a group timer that
+// fired while full batches waited) would put records in the log out of order.
+func (b *Batcher) takeAll() []*pendingBatch {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	p := b.cur
-	if p != nil {
+	r := b.ready
+	b.ready = nil
+	if p := b.cur; p != nil {
+		r = append(r, p)
 		b.last = p
+		b.cur = nil
 	}
-	b.cur = nil
-	return p
+	return r
 }
 
 // Barrier commits the records submitted so far without waiting for the batch to fill or
