@@ -157,18 +157,27 @@ func (l *Log) rewriteMine() {
 		l.mineF, err = os.OpenFile(l.minePath, os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
 	}
 	if err != nil {
+		os.Remove(tmp) // a full disk: what did fit is not left taking the room
 		l.mineFileFailed(err)
+		return
+	}
+	if l.mineDiskFailed {
+		l.mineDiskFailed = false
+		l.log.Warn("audit log: this replica's appended entries are kept on its disk again", "entries", len(l.mine))
 	}
 }
 
-// mineFileFailed: the kept entries are in memory only from now on (l.mineMu held).
+// mineFileFailed: the kept entries are in memory only until a rewrite succeeds — each
+// watch round tries one (checkMine) — (l.mineMu held). The ALERT is once per failure.
 func (l *Log) mineFileFailed(err error) {
 	if l.mineF != nil {
 		l.mineF.Close()
 		l.mineF = nil
 	}
-	l.log.Error("ALERT audit log: cannot keep this replica's appended entries on its disk; until it can, a replica killed before a checkpoint covers them cannot restore one erased from the database", "err", err)
-	l.minePath = "" // said once; a restart tries again
+	if !l.mineDiskFailed {
+		l.mineDiskFailed = true
+		l.log.Error("ALERT audit log: cannot keep this replica's appended entries on its disk; until it can, a replica killed before a checkpoint covers them cannot restore one erased from the database", "err", err)
+	}
 }
 
 // checkMine looks for the entries this replica appended that the published checkpoint
@@ -185,7 +194,15 @@ func (l *Log) mineFileFailed(err error) {
 // cp is the published checkpoint as the watch read it this round, signed by the log key
 // (nil: none, or unreadable — the entries stay due).
 func (l *Log) checkMine(ctx context.Context, cp []byte) {
-	if l.db == nil || l.signer == nil || cp == nil {
+	if l.db == nil || l.signer == nil {
+		return
+	}
+	l.mineMu.Lock()
+	if l.mineF == nil && l.minePath != "" {
+		l.rewriteMine() // the disk failed (full, read-only): keep what waits there again
+	}
+	l.mineMu.Unlock()
+	if cp == nil {
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second) // the tiles' reads; a locked table waits for the next round

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"hash/crc32"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -120,11 +119,7 @@ func TestAttackJournalRefoldOtherBatchSize(t *testing.T) {
 // before folding. The next process reads the segment: every acknowledged record must be
 // readable (or the start must refuse); reading stops at the partial frame instead.
 func TestAttackJournalPartialWriteThenCrash(t *testing.T) {
-	fs := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", fs).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", fs).Run() })
+	fs := tmpfsDir(t, "16m")
 	tl := openTestLogAt(t, filepath.Join(fs, "log"))
 	ctx := context.Background()
 	jdir := filepath.Join(tl.dir, "journal")

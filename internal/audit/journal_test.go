@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -471,15 +470,7 @@ func TestJournalDiskFull(t *testing.T) {
 }
 
 func testJournalDiskFull(t *testing.T, journalOnly bool) {
-	fs := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", fs).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (needs root with mount rights): %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", fs).CombinedOutput(); err != nil {
-			t.Errorf("umount: %v %s", err, out)
-		}
-	})
+	fs := tmpfsDir(t, "16m")
 	logDir, jdir := filepath.Join(fs, "log"), ""
 	if journalOnly {
 		logDir, jdir = filepath.Join(t.TempDir(), "log"), filepath.Join(fs, "journal")
@@ -509,17 +500,7 @@ func testJournalDiskFull(t *testing.T, journalOnly bool) {
 	if _, _, err := b.Barrier(ctx); err != nil {
 		t.Fatal(err)
 	}
-	fill, err := os.Create(filepath.Join(fs, "fill"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := fill.Write(chunk); err != nil {
-			break
-		}
-	}
-	fill.Sync()
+	fill := fillDisk(t, fs)
 	refused := 0
 	for range 2000 {
 		if err := submit(); err != nil {
@@ -538,8 +519,7 @@ func testJournalDiskFull(t *testing.T, journalOnly bool) {
 	if tl.log.Healthy() == nil {
 		t.Fatal("log healthy on a full disk")
 	}
-	fill.Close()
-	os.Remove(fill.Name())
+	os.Remove(fill)
 	waitFor(t, func() bool { return b.Healthy() == nil })
 	for range 30 {
 		if err := submit(); err != nil {

@@ -138,13 +138,14 @@ type Log struct {
 
 	// recent holds index records of events this process appended, keyed by log index,
 	// so that the index catch-up need not read them back from disk and parse them.
-	recentMu sync.Mutex
-	recent   map[uint64]store.AuditEvent
-	mineMu   sync.Mutex  // durable.go
-	mine     []mineEntry // entries this replica appended to a shared log, until signed and found
-	mineFull bool
-	minePath string   // where they are kept on this replica's disk ("": memory only)
-	mineF    *os.File // minePath, open for appending
+	recentMu       sync.Mutex
+	recent         map[uint64]store.AuditEvent
+	mineMu         sync.Mutex  // durable.go
+	mine           []mineEntry // entries this replica appended to a shared log, until signed and found
+	mineFull       bool
+	minePath       string   // where they are kept on this replica's disk ("": memory only)
+	mineF          *os.File // minePath, open for appending
+	mineDiskFailed bool     // the last write or rewrite of minePath failed (ALERTed once)
 	// idxOwned: the search index was found to hold this log's entries (ownIndex), checked
 	// once per process; only catchUp (indexMu held) reads and sets it.
 	idxOwned bool
