@@ -32,7 +32,7 @@ import (
 //	event   = the record's canonical Event bytes (Event.Marshal)
 //	entry   = Event{Kind: "audit.batch", Subject: {bundle: <sha256 hex>},
 //	                Fields: {records: N, root: <hex RFC 6962 root over the events>,
-//	                         first_ts, last_ts}}
+//	                         first_ts, last_ts[, journal]}}   journal: folded from it
 //
 // "Request R was recorded in checkpoint C" is two inclusion proofs: R's event in its
 // batch's root (leaf index = its position, tree size = N), and the batch entry in C. Verify
@@ -433,6 +433,12 @@ func (b *Batcher) SubmitEncoded(ctx context.Context, rec store.AuditEvent) Futur
 		err := fmt.Errorf("%w: a record of %d bytes", ErrEvent, len(rec.Raw))
 		return func() (uint64, error) { return 0, err }
 	}
+	// The batch entry carries its records' times: one that no entry can carry would be
+	// acknowledged (journaled) and then hold every later fold behind it.
+	if y := rec.TS.UTC().Year(); rec.TS.IsZero() || y < 0 || y > 9999 {
+		err := fmt.Errorf("%w: a record's time %v", ErrEvent, rec.TS)
+		return func() (uint64, error) { return 0, err }
+	}
 	if werr := b.Healthy(); werr != nil {
 		return func() (uint64, error) { return 0, werr }
 	}
@@ -670,22 +676,45 @@ var DeadJournalEvery = 5 * time.Second
 // the journal meanwhile, and the log's failure refuses new records); after Close it gives
 // up and leaves the segment for the next process.
 func (b *Batcher) foldRetrying(seg *segment) error {
-	for {
+	for closing := 0; ; {
 		err := b.fold(seg, nil)
 		if err == nil {
 			return nil
 		}
-		b.log.log.Error("ALERT request records durable in the journal are not yet in the log; retrying", "segment", filepath.Base(seg.path), "err", err)
 		select {
 		case <-b.stop:
-			return err
-		case <-time.After(b.foldEvery):
+			// Closing: a few quick tries (one transient fault at Close left every record of
+			// a gateway that was then retired out of the log), then the next process's.
+			if closing++; closing >= closeFoldTries {
+				b.log.log.Error("ALERT request records durable in the journal are not in the log; the next process on this data directory folds them", "segment", filepath.Base(seg.path), "err", err)
+				return err
+			}
+			b.log.log.Error("ALERT request records durable in the journal are not yet in the log; retrying before closing", "segment", filepath.Base(seg.path), "err", err)
+			time.Sleep(closeFoldRetry)
+		default:
+			b.log.log.Error("ALERT request records durable in the journal are not yet in the log; retrying", "segment", filepath.Base(seg.path), "err", err)
+			select {
+			case <-b.stop:
+			case <-time.After(b.foldEvery):
+			}
 		}
 	}
 }
 
+// A closing batcher tries a failing fold closeFoldTries times, closeFoldRetry apart.
+const (
+	closeFoldTries = 5
+	closeFoldRetry = 100 * time.Millisecond
+)
+
 // fold commits a segment's records as batch entries of at most MaxRecords, from where an
 // earlier attempt stopped, skipping batches in have, then removes the segment's file.
+// Each batch entry names where its records were in the journal (Fields["journal"]:
+// journalSource), and a refold skips the batches so named among the log's last entries
+// (recentBatches) — not batches of the same bytes: two acknowledged records can be byte
+// for byte the same, and an outside test had the second dropped when batches were
+// recognized by their bundle. Batch entries of versions before the name are recognized
+// by their bundle, as they were.
 func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 	per := seg.batch // cut as its writer would have (a refold recognizes its batches)
 	if per <= 0 || per > MaxBatch {
@@ -693,21 +722,24 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 	}
 	for len(seg.recs) > 0 {
 		chunk := seg.recs[:min(len(seg.recs), per)]
-		var name string
+		src := journalSource(seg.path, seg.done)
+		var old string
 		if have != nil { // a dead journal's: skip what the log has (a live fold has no such)
-			_, name = EncodeBundle(raws(chunk))
+			_, name := EncodeBundle(raws(chunk))
+			old = "bundle:" + name
 		}
-		if have == nil || !have[name] {
-			idx, err := b.commitRecords(chunk)
+		if have == nil || !have["journal:"+src] && !have[old] {
+			idx, err := b.commitRecords(chunk, src)
 			if err != nil {
 				return err
 			}
-			b.lastIdx, b.folded = idx, true
 			if have != nil {
-				have[name] = true // the same records met again in this pass are not folded twice
+				have["journal:"+src] = true
+			} else {
+				b.lastIdx, b.folded = idx, true // Barrier's answer: this batcher's records only
 			}
 		}
-		seg.recs = seg.recs[len(chunk):]
+		seg.recs, seg.done = seg.recs[len(chunk):], seg.done+len(chunk)
 	}
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -792,11 +824,12 @@ func (b *Batcher) commit(p *pendingBatch) {
 		return
 	}
 	defer close(p.finished)
-	p.index, p.err = b.commitRecords(p.records)
+	p.index, p.err = b.commitRecords(p.records, "")
 }
 
 // commitRecords writes records' bundle, then their batch entry, and returns its index.
-func (b *Batcher) commitRecords(recs []store.AuditEvent) (uint64, error) {
+// source: where in the journal the records were (journalSource), "" when committed directly.
+func (b *Batcher) commitRecords(recs []store.AuditEvent, source string) (uint64, error) {
 	ctx := context.Background()
 	rs := raws(recs)
 	bundle, name := AppendBundle(b.bundleBuf, rs)
@@ -813,6 +846,9 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent) (uint64, error) {
 		Subject: map[string]string{"bundle": name},
 		Fields: map[string]string{"records": strconv.Itoa(len(recs)), "root": hex.EncodeToString(BatchRoot(rs)),
 			"first_ts": first.Format(time.RFC3339Nano), "last_ts": last.Format(time.RFC3339Nano)}}
+	if source != "" {
+		ev.Fields["journal"] = source
+	}
 	idx, err := b.log.Record(ctx, ev)
 	if err == nil && b.log.idx != nil {
 		b.log.rememberRecords(name, recs)

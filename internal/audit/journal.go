@@ -63,8 +63,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type journal struct {
 	root  string
-	dir   string   // this process's own directory under the journal root
-	lock  *os.File // flock'ed for the process's life: others leave the directory alone
+	dir   string      // this process's own directory under the journal root
+	lock  journalLock // held for the process's life: others leave the directory alone
 	f     *os.File
 	seq   uint64
 	batch int                // records per batch entry, written in each segment's header
@@ -78,15 +78,71 @@ type journal struct {
 // segment is a closed journal segment: its file, its records, its batch size.
 type segment struct {
 	path  string
-	recs  []store.AuditEvent
+	recs  []store.AuditEvent // those not yet folded
 	batch int
+	done  int // records folded from its start
+}
+
+// journalSource names a batch folded from a journal: its process directory, segment and
+// first record's position in the segment ("<dir>/<segment>@<n>"). Directories are named
+// at random when a process claims one, so the name is the batch's, never another's.
+func journalSource(segPath string, first int) string {
+	return filepath.Base(filepath.Dir(segPath)) + "/" + filepath.Base(segPath) + "@" + strconv.Itoa(first)
 }
 
 // orphan is the journal directory of a process that is gone, locked by this one until its
 // segments are folded (then removed).
 type orphan struct {
 	dir  string
-	lock *os.File
+	lock journalLock
+}
+
+// journalLock is what a live process holds on its journal directory: an exclusive flock on
+// the directory itself, and one on its "lock" file. A scanner takes both, so a directory is
+// left alone while either is held: the file's alone is not enough — removed (by hand, or
+// an age-based cleaner: it is never written after the start) and made anew by a scanner,
+// it is another inode, and an outside test had a live process's journal folded and removed
+// under it, its records logged twice — and older versions hold only the file.
+type journalLock struct{ dir, file *os.File }
+
+func (l journalLock) Close() {
+	for _, f := range []*os.File{l.dir, l.file} {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
+// errJournalBusy: another process holds a journal directory's lock.
+var errJournalBusy = errors.New("journal directory in use")
+
+// lockJournal takes d's locks without waiting (errJournalBusy if a process holds one).
+// newDir: d was just made by this process (its lock file must not exist yet).
+func lockJournal(d string, newDir bool) (journalLock, error) {
+	var l journalLock
+	var err error
+	if l.dir, err = os.OpenFile(d, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0); err != nil {
+		return l, err
+	}
+	flags := os.O_CREATE | os.O_RDWR | syscall.O_CLOEXEC
+	if newDir {
+		flags |= os.O_EXCL
+	}
+	if err = unix.Flock(int(l.dir.Fd()), unix.LOCK_EX|unix.LOCK_NB); err == nil {
+		// A claimed directory always has its lock file; one without it lost it (removed by
+		// hand): its segments are still acknowledged records, so the file is made anew.
+		if l.file, err = os.OpenFile(filepath.Join(d, "lock"), flags, 0o600); err == nil {
+			err = unix.Flock(int(l.file.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		}
+	}
+	if errors.Is(err, unix.EWOULDBLOCK) {
+		err = errJournalBusy
+	}
+	if err != nil {
+		l.Close()
+		return journalLock{}, err
+	}
+	return l, nil
 }
 
 func segmentName(seq uint64) string { return fmt.Sprintf("%016x.wal", seq) }
@@ -129,18 +185,12 @@ func deadJournals(root string, key []byte) ([]segment, []orphan, error) {
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue // a directory being claimed is still dot-named
 		}
-		// A claimed directory always has its lock file; one without it lost it (removed
-		// by hand): its segments are still acknowledged records, so the lock is made anew.
-		lock, err := os.OpenFile(filepath.Join(d, "lock"), os.O_CREATE|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
-		if errors.Is(err, os.ErrNotExist) {
-			continue // removed as we looked (a clean exit)
+		lock, err := lockJournal(d, false)
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, errJournalBusy) {
+			continue // removed as we looked (a clean exit), or its process lives (or is this one)
 		}
 		if err != nil {
 			errs = append(errs, err)
-			continue
-		}
-		if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
-			lock.Close() // its process lives (or it is this process's own)
 			continue
 		}
 		segs, err := readSegments(d, key)
@@ -166,15 +216,13 @@ func (j *journal) claim() error {
 	rand.Read(id)
 	name := hex.EncodeToString(id)
 	tmp := filepath.Join(j.root, ".new-"+name)
+	if err := os.MkdirAll(j.root, 0o700); err != nil { // the root removed (rm -rf): made again
+		return err
+	}
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return err
 	}
-	lock, err := os.OpenFile(filepath.Join(tmp, "lock"), os.O_CREATE|os.O_EXCL|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
-	if err == nil {
-		if err = unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			lock.Close()
-		}
-	}
+	lock, err := lockJournal(tmp, true)
 	if err == nil {
 		if err = os.Rename(tmp, filepath.Join(j.root, name)); err == nil {
 			err = fsutil.SyncDir(j.root)
@@ -187,20 +235,18 @@ func (j *journal) claim() error {
 		os.RemoveAll(tmp)
 		return err
 	}
-	if j.lock != nil {
-		j.lock.Close()
-	}
+	j.lock.Close()
 	j.dir, j.lock, j.seq = filepath.Join(j.root, name), lock, 0
 	return nil
 }
 
-// ours reports whether the process's directory is still there with its lock file.
+// ours reports whether the process's directory is still there (the one it holds locked).
 func (j *journal) ours() bool {
-	st, err := os.Stat(filepath.Join(j.dir, "lock"))
+	st, err := os.Stat(j.dir)
 	if err != nil {
 		return false
 	}
-	lst, err := j.lock.Stat()
+	lst, err := j.lock.dir.Stat()
 	return err == nil && os.SameFile(st, lst)
 }
 

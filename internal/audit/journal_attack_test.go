@@ -92,7 +92,7 @@ func TestAttackJournalRefoldOtherBatchSize(t *testing.T) {
 	j.close()
 	// The dead process's fold got as far as its first batch entry.
 	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 20}
-	if _, err := folder.commitRecords(rawRecs(0, 20)); err != nil {
+	if _, err := folder.commitRecords(rawRecs(0, 20), ""); err != nil {
 		t.Fatal(err)
 	}
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 50, Journal: jdir})

@@ -394,7 +394,8 @@ func (l *Log) batchRecords(ctx context.Context, entry []byte) ([][]byte, error) 
 // Bundles is where this log keeps request batches' bundles.
 func (l *Log) Bundles() BundleStore { return l.bundles }
 
-// recentBatches names the bundles of the batch entries among the log's last n entries.
+// recentBatches names the batch entries among the log's last n entries: "journal:<place>" for
+// those folded from a journal (journalSource), "bundle:<name>" for those before the place.
 func (l *Log) recentBatches(ctx context.Context, n uint64) (map[string]bool, error) {
 	size, err := l.reader.IntegratedSize(ctx)
 	if err != nil {
@@ -408,7 +409,11 @@ func (l *Log) recentBatches(ctx context.Context, n uint64) (map[string]bool, err
 				if err != nil {
 					return fmt.Errorf("batch entry %d: %w", e.Index, err)
 				}
-				have[ev.Subject["bundle"]] = true
+				if src := ev.Fields["journal"]; src != "" {
+					have["journal:"+src] = true
+				} else {
+					have["bundle:"+ev.Subject["bundle"]] = true // folded before batches named their place
+				}
 			}
 		}
 		return nil
