@@ -606,7 +606,10 @@ func (b *Batcher) journalCommit(ps ...*pendingBatch) {
 	if len(live) == 0 {
 		return
 	}
-	if err := b.j.appendGroups(groups...); err != nil {
+	end := b.log.beginWrite()
+	err := b.j.appendGroups(groups...)
+	end()
+	if err != nil {
 		err = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		for _, p := range live {
 			p.err = err
@@ -834,7 +837,10 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string) (uint64,
 	rs := raws(recs)
 	bundle, name := AppendBundle(b.bundleBuf, rs)
 	b.bundleBuf = bundle
-	if err := b.bundles.PutBundle(ctx, name, bundle); err != nil {
+	end := b.log.beginWrite()
+	err := b.bundles.PutBundle(ctx, name, bundle)
+	end()
+	if err != nil {
 		err = fmt.Errorf("%w: batch bundle: %v", ErrUnavailable, err)
 		b.log.records.WithLabelValues("failed").Add(float64(len(recs)))
 		b.log.setErr(err)

@@ -58,6 +58,7 @@ type Config struct {
 	CheckpointInterval time.Duration         // default 200ms (1s, the driver's least, with DB)
 	ShutdownTimeout    time.Duration         // how long Close waits for a covering checkpoint; default 30s
 	ScrubEvery         time.Duration         // a shared log: one step of the history walk (scrub.go); default DefaultScrubEvery
+	AppendStall        time.Duration         // a write in flight this long makes the log unavailable (stall.go); default DefaultAppendStall
 	Metrics            prometheus.Registerer // optional: records, failures, health
 	Logger             *slog.Logger
 	// Bundles keeps request batches' records (batch.go); default DirBundles{Dir}.
@@ -135,6 +136,8 @@ type Log struct {
 	// journalErr is nil while the request-record journal takes appends (journal.go); its
 	// batcher sets and clears it (an empty frame appended is its probe).
 	journalErr atomic.Pointer[error]
+	// writes are the writes to the log's storage in flight, watched by the probe (stall.go).
+	writes writeWatch
 
 	// recent holds index records of events this process appended, keyed by log index,
 	// so that the index catch-up need not read them back from disk and parse them.
@@ -172,6 +175,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	if cfg.CheckpointInterval == 0 {
 		cfg.CheckpointInterval = 200 * time.Millisecond
+	}
+	if cfg.AppendStall <= 0 {
+		cfg.AppendStall = DefaultAppendStall
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 30 * time.Second
@@ -254,7 +260,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		reader = trimReader{reader}
 		ls.reader.Store(&reader)
 	}
-	l := &Log{dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
+	l := &Log{writes: writeWatch{stall: cfg.AppendStall}, dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{},
 		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout}
 	if l.bundles == nil {
@@ -433,6 +439,7 @@ const probeEvery = 50 * time.Millisecond
 // A log on a shared engine is probed with a ping instead: a replica that cannot reach
 // it refuses what needs a record at once rather than after a failed append.
 func (l *Log) probe() {
+	l.watchWrites(time.Now())
 	var err error
 	if l.db != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -560,10 +567,12 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	l.closeMu.RUnlock()
 	l.inflight.Add(1)
 	t0 := time.Now()
+	end := l.beginWrite()
 	f := l.add(ctx, tessera.NewEntry(b))
 	return sync.OnceValues(func() (uint64, error) {
 		defer l.pending.Done()
 		i, err := f()
+		end()
 		l.inflight.Add(-1)
 		l.durable.Observe(time.Since(t0).Seconds())
 		if err != nil {
@@ -623,6 +632,9 @@ func (l *Log) setJournalErr(err error) {
 
 // Healthy returns the last recording error, nil while the log records.
 func (l *Log) Healthy() error {
+	if serr := l.writes.err.Load(); serr != nil {
+		return *serr
+	}
 	if werr := l.writable.Load(); werr != nil {
 		return *werr
 	}

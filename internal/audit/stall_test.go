@@ -1,0 +1,66 @@
+package audit
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestAppendStall: a shared log's engine that takes connections and pings but not writes
+// (the table the batch bundles go to locked by another session). The record waiting on it
+// is not refused — it may still become durable — but within the stall time the log says
+// it is unavailable (Healthy, with one ALERT), so new records are refused at once instead
+// of piling up behind it; once the lock goes, the waiting record is durable and the log
+// takes records again, without a restart. Without the watch the log stayed "healthy" for
+// as long as the lock was held (20 s tried), every record waiting.
+func TestAppendStall(t *testing.T) {
+	dsn, s, _, db := sharedTestLog(t, "strongroom.test/append-stall")
+	ctx := context.Background()
+	logs := &syncBuffer{}
+	l, err := Open(ctx, Config{EntryKey: testEntryKey, DB: dsn, Dir: t.TempDir(), Signer: s, ShutdownTimeout: time.Second,
+		AppendStall: 300 * time.Millisecond, Logger: newTextLogger(logs)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close(ctx) })
+	bt := NewBatcher(l, l.Bundles(), BatcherConfig{MaxRecords: 16, MaxDelay: 2 * time.Millisecond})
+	defer bt.Close()
+	if _, err := bt.Submit(ctx, requestEvent(0))(); err != nil {
+		t.Fatal(err)
+	}
+	locker, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer locker.Close()
+	if _, err := locker.ExecContext(ctx, "LOCK TABLES `StrongroomBatch` WRITE"); err != nil {
+		t.Fatal(err)
+	}
+	waiting := bt.Submit(ctx, requestEvent(1))
+	waitFor(t, func() bool { return l.Healthy() != nil })
+	if err := l.Healthy(); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "has not ended") {
+		t.Fatalf("Healthy while writes do not end: %v", err)
+	}
+	if _, err := bt.Submit(ctx, requestEvent(2))(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a record submitted while writes do not end: %v, want ErrUnavailable at once", err)
+	}
+	const alert = "writes to its storage do not end"
+	if _, err := locker.ExecContext(ctx, "UNLOCK TABLES"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := waiting(); err != nil {
+		t.Fatalf("the record that waited on the lock: %v", err)
+	}
+	waitFor(t, func() bool { return l.Healthy() == nil })
+	if _, err := bt.Submit(ctx, requestEvent(3))(); err != nil {
+		t.Fatalf("a record after the lock went: %v", err)
+	}
+	if n := strings.Count(logs.String(), alert); n != 1 {
+		t.Fatalf("the ALERT %d times, want once:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "writes to its storage end again") {
+		t.Fatal("no word when writes end again")
+	}
+}
