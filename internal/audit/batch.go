@@ -676,8 +676,8 @@ func (b *Batcher) foldLoop() {
 var DeadJournalEvery = 5 * time.Second
 
 // foldRetrying folds a segment, retrying while the log refuses (its records are durable in
-// the journal meanwhile, and the log's failure refuses new records); after Close it gives
-// up and leaves the segment for the next process.
+// the journal meanwhile, and the log's failure refuses new records); after Close it tries
+// closeFoldTries times, then leaves the segment for the next process.
 func (b *Batcher) foldRetrying(seg *segment) error {
 	for closing := 0; ; {
 		err := b.fold(seg, nil)
