@@ -137,7 +137,8 @@ type Log struct {
 	// batcher sets and clears it (an empty frame appended is its probe).
 	journalErr atomic.Pointer[error]
 	// writes are the writes to the log's storage in flight, watched by the probe (stall.go).
-	writes writeWatch
+	writes  writeWatch
+	gaugeMu sync.Mutex // setHealthGauge
 
 	// recent holds index records of events this process appended, keyed by log index,
 	// so that the index catch-up need not read them back from disk and parse them.
@@ -460,7 +461,7 @@ func (l *Log) probe() {
 	if err != nil {
 		if l.writable.Swap(&err) == nil {
 			l.log.Error("ALERT audit log storage unavailable; refusing what needs a record", "err", err)
-			l.healthy.Set(0)
+			l.setHealthGauge()
 		}
 		return
 	}
@@ -469,7 +470,7 @@ func (l *Log) probe() {
 		l.mu.Lock()
 		l.lastErr = nil // the failures were the directory's; the next record proves it
 		l.mu.Unlock()
-		l.healthy.Set(1)
+		l.setHealthGauge()
 		return
 	}
 	l.retryAfterFailure()
@@ -484,6 +485,10 @@ const retryWriteEvery = 500 * time.Millisecond
 // lastErr set, every record was refused while it was, and so no record could ever clear
 // it (an outside test kept a fleet replica refusing for good after one reset). The write
 // is the empty bundle's: content-addressed, named by no batch, harmless to write again.
+// A shared log must also be able to lock its tree state's row, which every append's
+// integration takes: with that row held by another session each append timed out while
+// the bundle write went through, and the replica turned healthy between the timeouts
+// (an outside test, helper-23), each new request waiting out the next one.
 func (l *Log) retryAfterFailure() {
 	l.mu.Lock()
 	failed := l.lastErr
@@ -498,6 +503,9 @@ func (l *Log) retryAfterFailure() {
 	if err := l.bundles.PutBundle(ctx, name, b); err != nil {
 		return
 	}
+	if l.db != nil && l.treeLockable(ctx) != nil {
+		return
+	}
 	l.mu.Lock()
 	cleared := l.lastErr == failed // a newer failure stands
 	if cleared {
@@ -506,9 +514,7 @@ func (l *Log) retryAfterFailure() {
 	l.mu.Unlock()
 	if cleared {
 		l.log.Warn("audit log storage takes writes again after a recording failure", "failure", failed)
-		if l.Healthy() == nil {
-			l.healthy.Set(1)
-		}
+		l.setHealthGauge()
 	}
 }
 
@@ -558,6 +564,10 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 		l.records.WithLabelValues("failed").Inc()
 		return func() (uint64, error) { return 0, *werr }
 	}
+	if serr := l.writes.err.Load(); serr != nil { // writes do not end (stall.go): none joins them
+		l.records.WithLabelValues("failed").Inc()
+		return func() (uint64, error) { return 0, *serr }
+	}
 	l.closeMu.RLock()
 	if l.closed {
 		l.closeMu.RUnlock()
@@ -604,13 +614,26 @@ func (l *Log) setErr(err error) {
 	if err != nil {
 		l.log.Error("audit log cannot record", "err", err)
 		l.records.WithLabelValues("failed").Inc()
-		l.healthy.Set(0)
 	} else {
 		l.records.WithLabelValues("ok").Inc()
-		l.healthy.Set(1)
 	}
 	l.lastErr = err
 	l.mu.Unlock()
+	l.setHealthGauge()
+}
+
+// setHealthGauge sets strongroom_audit_log_healthy from Healthy, after any of its causes
+// changed. One record that went through does not make a log healthy whose storage is
+// failing otherwise (an entry durable during a stall set the gauge to 1 while /healthz
+// said 503: helper-23). Serialized, so the last to set it read the last change.
+func (l *Log) setHealthGauge() {
+	l.gaugeMu.Lock()
+	defer l.gaugeMu.Unlock()
+	if l.Healthy() == nil {
+		l.healthy.Set(1)
+	} else {
+		l.healthy.Set(0)
+	}
 }
 
 // setJournalErr records whether the request-record journal takes appends.
@@ -618,15 +641,13 @@ func (l *Log) setJournalErr(err error) {
 	if err != nil {
 		if l.journalErr.Swap(&err) == nil {
 			l.log.Error("ALERT request journal cannot append; refusing what needs a record", "err", err)
-			l.healthy.Set(0)
+			l.setHealthGauge()
 		}
 		return
 	}
 	if l.journalErr.Swap(nil) != nil {
 		l.log.Warn("request journal appends again")
-		if l.Healthy() == nil {
-			l.healthy.Set(1)
-		}
+		l.setHealthGauge()
 	}
 }
 

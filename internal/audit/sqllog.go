@@ -167,6 +167,24 @@ func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
 // so that every replica serves, verifies and indexes every batch.
 type SQLBundles struct{ DB *sql.DB }
 
+// treeLockable says whether an append could lock the tree state's row now — the row every
+// append's integration takes (tessera's TreeState, SELECT … FOR UPDATE) — without waiting:
+// NOWAIT (MariaDB 10.3+, MySQL 8) fails at once on a row or table another session holds.
+// The lock is given back at once (rolled back).
+func (l *Log) treeLockable(ctx context.Context) error {
+	tx, err := l.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var size uint64
+	err = tx.QueryRowContext(ctx, "SELECT `size` FROM `TreeState` WHERE `id` = 0 FOR UPDATE NOWAIT").Scan(&size)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil // a log with no entry yet: nothing to hold
+	}
+	return err
+}
+
 func (s SQLBundles) PutBundle(ctx context.Context, name string, b []byte) error {
 	if !validBundleName(name) {
 		return fmt.Errorf("%w: bundle name %q", ErrEvent, name)

@@ -47,6 +47,11 @@ func (l *Log) beginWrite() (end func()) {
 		w.mu.Lock()
 		delete(w.start, id)
 		w.mu.Unlock()
+		if w.err.Load() != nil {
+			// At once, not at the next probe: what this write was for goes on now (a batch
+			// entry after its bundle), and must not be refused for the stall it just ended.
+			l.watchWrites(time.Now())
+		}
 	}
 }
 
@@ -67,15 +72,13 @@ func (l *Log) watchWrites(now time.Time) {
 		if w.err.Load() == nil {
 			err := fmt.Errorf("%w: a write to the log's storage has not ended for %v (%d in flight): it takes connections, not writes", ErrUnavailable, now.Sub(oldest).Round(time.Second), n)
 			w.err.Store(&err)
-			l.healthy.Set(0)
+			l.setHealthGauge()
 			l.log.Error("ALERT audit log: writes to its storage do not end; refusing what needs a record until they do", "for", now.Sub(oldest).Round(time.Second), "in_flight", n)
 		}
 		return
 	}
 	if w.err.Swap(nil) != nil {
 		l.log.Warn("audit log: writes to its storage end again")
-		if l.Healthy() == nil {
-			l.healthy.Set(1)
-		}
+		l.setHealthGauge()
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestAppendStall: a shared log's engine that takes connections and pings but not writes
@@ -46,6 +48,15 @@ func TestAppendStall(t *testing.T) {
 	if _, err := bt.Submit(ctx, requestEvent(2))(); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("a record submitted while writes do not end: %v, want ErrUnavailable at once", err)
 	}
+	if _, err := l.Record(ctx, event(3)); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("an entry submitted while writes do not end: %v, want ErrUnavailable at once", err)
+	}
+	// A record that went through meanwhile (one begun before the stall, to a table not
+	// locked) leaves the gauge as Healthy says (it set it to 1 while /healthz said 503).
+	l.setErr(nil)
+	if g := testutil.ToFloat64(l.healthy); g != 0 || l.Healthy() == nil {
+		t.Fatalf("after a record went through, writes still stalled: strongroom_audit_log_healthy %v, Healthy %v", g, l.Healthy())
+	}
 	const alert = "writes to its storage do not end"
 	if _, err := locker.ExecContext(ctx, "UNLOCK TABLES"); err != nil {
 		t.Fatal(err)
@@ -56,6 +67,9 @@ func TestAppendStall(t *testing.T) {
 	waitFor(t, func() bool { return l.Healthy() == nil })
 	if _, err := bt.Submit(ctx, requestEvent(3))(); err != nil {
 		t.Fatalf("a record after the lock went: %v", err)
+	}
+	if g := testutil.ToFloat64(l.healthy); g != 1 {
+		t.Fatalf("healthy again, strongroom_audit_log_healthy %v", g)
 	}
 	if n := strings.Count(logs.String(), alert); n != 1 {
 		t.Fatalf("the ALERT %d times, want once:\n%s", n, logs.String())
