@@ -606,7 +606,7 @@ func (b *Batcher) journalCommit(ps ...*pendingBatch) {
 	if len(live) == 0 {
 		return
 	}
-	end := b.log.beginWrite()
+	end := b.log.beginWrite(writeJournal)
 	err := b.j.appendGroups(groups...)
 	end()
 	if err != nil {
@@ -837,7 +837,7 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string) (uint64,
 	rs := raws(recs)
 	bundle, name := AppendBundle(b.bundleBuf, rs)
 	b.bundleBuf = bundle
-	end := b.log.beginWrite()
+	end := b.log.beginWrite(writeBundle)
 	err := b.bundles.PutBundle(ctx, name, bundle)
 	end()
 	if err != nil {

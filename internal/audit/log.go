@@ -577,7 +577,7 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	l.closeMu.RUnlock()
 	l.inflight.Add(1)
 	t0 := time.Now()
-	end := l.beginWrite()
+	end := l.beginWrite(writeEntry)
 	f := l.add(ctx, tessera.NewEntry(b))
 	return sync.OnceValues(func() (uint64, error) {
 		defer l.pending.Done()

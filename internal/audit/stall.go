@@ -28,24 +28,47 @@ type writeWatch struct {
 	stall time.Duration
 	mu    sync.Mutex
 	next  uint64
-	start map[uint64]time.Time // writes in flight: when each began
+	kinds [writeKinds]writeKind
 	err   atomic.Pointer[error]
 }
 
-// beginWrite marks a write to the log's storage in flight; call end when it ends.
-func (l *Log) beginWrite() (end func()) {
+// A write's kind: the storage's paths an append takes, each of which can stop alone (a
+// locked bundle table, the tree state's row, the journal's disk).
+const (
+	writeEntry = iota
+	writeBundle
+	writeJournal
+	writeKinds
+)
+
+var writeKindNames = [writeKinds]string{"entry", "batch bundle", "journal"}
+
+// writeKind is one kind's writes in flight (when each began) and when the last ended.
+type writeKind struct {
+	start   map[uint64]time.Time
+	lastEnd time.Time
+}
+
+// beginWrite marks a write of a kind to the log's storage in flight; call end when it ends.
+func (l *Log) beginWrite(kind int) (end func()) {
 	w := &l.writes
+	now := time.Now()
 	w.mu.Lock()
 	id := w.next
 	w.next++
-	if w.start == nil {
-		w.start = make(map[uint64]time.Time)
+	k := &w.kinds[kind]
+	if k.start == nil {
+		k.start = make(map[uint64]time.Time)
 	}
-	w.start[id] = time.Now()
+	if len(k.start) == 0 {
+		k.lastEnd = now // the kind's wait starts now: none was in flight
+	}
+	k.start[id] = now
 	w.mu.Unlock()
 	return func() {
 		w.mu.Lock()
-		delete(w.start, id)
+		delete(k.start, id)
+		k.lastEnd = time.Now()
 		w.mu.Unlock()
 		if w.err.Load() != nil {
 			// At once, not at the next probe: what this write was for goes on now (a batch
@@ -55,25 +78,38 @@ func (l *Log) beginWrite() (end func()) {
 	}
 }
 
-// watchWrites (the probe's) sets the stall while a write has been in flight for the
-// stall time, and clears it when none has.
+// watchWrites (the probe's) sets the stall while, for one kind, a write has been in
+// flight for the stall time and none of that kind ended meanwhile — stuck, not slow: a
+// backlog whose writes go on ending (tessera integrating thousands of entries under load)
+// is not a stall, and an outside-load test was refused when the oldest write's age alone
+// counted — and clears it when no kind is so.
 func (l *Log) watchWrites(now time.Time) {
 	w := &l.writes
 	w.mu.Lock()
-	var oldest time.Time
-	for _, t := range w.start {
-		if oldest.IsZero() || t.Before(oldest) {
-			oldest = t
+	stuck, n, age := -1, 0, time.Duration(0)
+	for i := range w.kinds {
+		k := &w.kinds[i]
+		if len(k.start) == 0 || now.Sub(k.lastEnd) < w.stall {
+			continue
+		}
+		var oldest time.Time
+		for _, t := range k.start {
+			if oldest.IsZero() || t.Before(oldest) {
+				oldest = t
+			}
+		}
+		if now.Sub(oldest) >= w.stall {
+			stuck, n, age = i, len(k.start), now.Sub(k.lastEnd)
+			break
 		}
 	}
-	n := len(w.start)
 	w.mu.Unlock()
-	if !oldest.IsZero() && now.Sub(oldest) >= w.stall {
+	if stuck >= 0 {
 		if w.err.Load() == nil {
-			err := fmt.Errorf("%w: a write to the log's storage has not ended for %v (%d in flight): it takes connections, not writes", ErrUnavailable, now.Sub(oldest).Round(time.Second), n)
+			err := fmt.Errorf("%w: no %s write to the log's storage has ended for %v (%d in flight): it takes connections, not writes", ErrUnavailable, writeKindNames[stuck], age.Round(time.Second), n)
 			w.err.Store(&err)
 			l.setHealthGauge()
-			l.log.Error("ALERT audit log: writes to its storage do not end; refusing what needs a record until they do", "for", now.Sub(oldest).Round(time.Second), "in_flight", n)
+			l.log.Error("ALERT audit log: writes to its storage do not end; refusing what needs a record until they do", "kind", writeKindNames[stuck], "for", age.Round(time.Second), "in_flight", n)
 		}
 		return
 	}

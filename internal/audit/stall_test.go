@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -42,7 +43,7 @@ func TestAppendStall(t *testing.T) {
 	}
 	waiting := bt.Submit(ctx, requestEvent(1))
 	waitFor(t, func() bool { return l.Healthy() != nil })
-	if err := l.Healthy(); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "has not ended") {
+	if err := l.Healthy(); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "no batch bundle write") {
 		t.Fatalf("Healthy while writes do not end: %v", err)
 	}
 	if _, err := bt.Submit(ctx, requestEvent(2))(); !errors.Is(err, ErrUnavailable) {
@@ -76,5 +77,48 @@ func TestAppendStall(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "writes to its storage end again") {
 		t.Fatal("no word when writes end again")
+	}
+}
+
+// TestWriteWatchStuckNotSlow: a kind of write counts as stuck when its oldest has been in
+// flight for the stall time and none of that kind ended meanwhile — not when writes are
+// merely slow (a backlog that goes on ending: an in-process load test was refused when the
+// oldest write's age alone counted); one kind stuck while another flows (the bundle table
+// locked, entries to other tables going through) is stuck.
+func TestWriteWatchStuckNotSlow(t *testing.T) {
+	l := &Log{writes: writeWatch{stall: time.Second}, healthy: prometheus.NewGauge(prometheus.GaugeOpts{Name: "h"}), log: newTextLogger(&syncBuffer{})}
+	now := time.Now()
+	set := func(kind int, oldest, lastEnd time.Duration) {
+		l.writes.kinds[kind] = writeKind{start: map[uint64]time.Time{uint64(kind): now.Add(-oldest)}, lastEnd: now.Add(-lastEnd)}
+	}
+	for _, tc := range []struct {
+		name  string
+		setup func()
+		stuck string // "" = not stuck
+	}{
+		{"slow entries, one ended 100 ms ago", func() { set(writeEntry, 5*time.Second, 100*time.Millisecond) }, ""},
+		{"entries, none ended for 2 s", func() { set(writeEntry, 5*time.Second, 2*time.Second) }, "entry"},
+		{"young write, none ended for 2 s", func() { set(writeEntry, 500*time.Millisecond, 2*time.Second) }, ""},
+		{"bundles stuck while entries flow", func() {
+			set(writeEntry, 5*time.Second, 0)
+			set(writeBundle, 3*time.Second, 3*time.Second)
+		}, "batch bundle"},
+		{"journal stuck", func() { set(writeJournal, 2*time.Second, 2*time.Second) }, "journal"},
+	} {
+		l.writes.kinds = [writeKinds]writeKind{}
+		l.writes.err.Store(nil)
+		l.healthy.Set(1) // as Open leaves it
+		tc.setup()
+		l.watchWrites(now)
+		err := l.Healthy()
+		switch {
+		case tc.stuck == "" && err != nil:
+			t.Errorf("%s: %v, want healthy", tc.name, err)
+		case tc.stuck != "" && (err == nil || !strings.Contains(err.Error(), "no "+tc.stuck+" write")):
+			t.Errorf("%s: %v, want the %s writes stuck", tc.name, err, tc.stuck)
+		}
+		if g := testutil.ToFloat64(l.healthy); (g == 1) != (err == nil) {
+			t.Errorf("%s: gauge %v with Healthy %v", tc.name, g, err)
+		}
 	}
 }
