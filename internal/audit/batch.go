@@ -726,12 +726,15 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 	for len(seg.recs) > 0 {
 		chunk := seg.recs[:min(len(seg.recs), per)]
 		src := journalSource(seg.path, seg.done)
-		var old string
+		logged := false
 		if have != nil { // a dead journal's: skip what the log has (a live fold has no such)
-			_, name := EncodeBundle(raws(chunk))
-			old = "bundle:" + name
+			logged = have["journal:"+src]
+			if !logged { // folded before batches named their place?
+				_, name := EncodeBundle(raws(chunk))
+				logged = have["bundle:"+name]
+			}
 		}
-		if have == nil || !have["journal:"+src] && !have[old] {
+		if !logged {
 			idx, err := b.commitRecords(chunk, src)
 			if err != nil {
 				return err
