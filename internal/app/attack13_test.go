@@ -366,6 +366,18 @@ func a13Until(t *testing.T, bound time.Duration, what string, cond func() bool) 
 	return time.Since(t0)
 }
 
+// a13Answers collects the answers of concurrent clients.
+type a13Answers struct {
+	mu   sync.Mutex
+	list []a13Answer
+}
+
+func (s *a13Answers) keep(a a13Answer) {
+	s.mu.Lock()
+	s.list = append(s.list, a)
+	s.mu.Unlock()
+}
+
 // recorded waits (bounded) for a signed checkpoint covering every acknowledged answer's
 // record, verifies the log (entry MACs and batches included), and reports any acknowledged
 // answer without a record (promises 1 and 3).
@@ -486,13 +498,8 @@ func (e *a13Env) noSecret(t *testing.T) {
 func TestAttack13LockedBatchTable(t *testing.T) {
 	admin, user, pw, addr, name := a13DB(t)
 	e := a13Open(t, fmt.Sprintf("mysql://%s:%s@tcp(%s)/%s", user, pw, addr, name), pw)
-	var acked []a13Answer
-	var mu sync.Mutex
-	keep := func(a a13Answer) {
-		mu.Lock()
-		acked = append(acked, a)
-		mu.Unlock()
-	}
+	var answers a13Answers
+	keep := answers.keep
 	for _, s := range []bool{false, true} {
 		a := e.ask(s, 10*time.Second)
 		if a.status != 200 || !a.complete {
@@ -585,12 +592,12 @@ func TestAttack13LockedBatchTable(t *testing.T) {
 		}
 		keep(a)
 	}
-	for _, a := range acked {
+	for _, a := range answers.list {
 		if a.status == 200 && !a.complete {
 			t.Logf("an answer 200 left incomplete (allowed): %+v", a)
 		}
 	}
-	e.recorded(t, acked)
+	e.recorded(t, answers.list)
 	e.noSecret(t)
 }
 
@@ -700,13 +707,8 @@ func TestAttack13PathFaults(t *testing.T) {
 	_, user, pw, addr, name := a13DB(t)
 	p := newA13Path(t, addr)
 	e := a13Open(t, fmt.Sprintf("mysql://%s:%s@tcp(%s)/%s", user, pw, p.ln.Addr(), name), pw)
-	var acked []a13Answer
-	var mu sync.Mutex
-	keep := func(a a13Answer) {
-		mu.Lock()
-		acked = append(acked, a)
-		mu.Unlock()
-	}
+	var answers a13Answers
+	keep := answers.keep
 	if a := e.ask(false, 10*time.Second); a.status != 200 {
 		t.Fatalf("baseline: %+v", a)
 	} else {
@@ -765,7 +767,7 @@ func TestAttack13PathFaults(t *testing.T) {
 			wg.Wait()
 		})
 	}
-	e.recorded(t, acked)
+	e.recorded(t, answers.list)
 	e.noSecret(t)
 }
 

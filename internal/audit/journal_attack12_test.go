@@ -197,6 +197,20 @@ func a12CheckOnceInOrder(t *testing.T, recs []a12Rec, acked map[string]bool) map
 	return entry
 }
 
+// a12NextProcessFolds starts a batcher on jdir (as the next process would: it folds what
+// the dead one left), closes it and the log, and returns how many records the log holds.
+func a12NextProcessFolds(t *testing.T, tl *testLog, jdir string) int {
+	t.Helper()
+	nb := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 1, Journal: jdir})
+	healthy := nb.Healthy()
+	nb.Close()
+	if healthy != nil {
+		t.Fatalf("the next process refused the journal: %v", healthy)
+	}
+	tl.close(t)
+	return len(a12Logged(t, tl.dir, tl.vkey))
+}
+
 // TestAttack12RefoldIdenticalRecords. Attack: two requests produce byte-identical records
 // (same timestamp, same fields: a retried request, a coarse clock, a client that can
 // repeat a request at will); the batcher (here MaxRecords 1, as a quiet gateway's folds
@@ -239,14 +253,7 @@ func TestAttack12RefoldIdenticalRecords(t *testing.T) {
 			}
 		}
 		j.close() // killed: the segments stay, the directory is unlocked
-		nb := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 1, Journal: jdir})
-		healthy := nb.Healthy()
-		nb.Close()
-		if healthy != nil {
-			t.Fatalf("the next process refused the journal: %v", healthy)
-		}
-		tl.close(t)
-		if n := len(a12Logged(t, tl.dir, tl.vkey)); n != 2 {
+		if n := a12NextProcessFolds(t, tl, jdir); n != 2 {
 			t.Fatalf("EXACTLY-ONCE BROKEN: two acknowledged (identical) records in a killed process's journal, %d in the log after the next process folded it", n)
 		}
 	})
@@ -268,14 +275,7 @@ func TestAttack12RefoldIdenticalRecords(t *testing.T) {
 			t.Fatal(err)
 		}
 		j.close()
-		nb := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 1, Journal: jdir})
-		healthy := nb.Healthy()
-		nb.Close()
-		if healthy != nil {
-			t.Fatalf("the next process refused the journal: %v", healthy)
-		}
-		tl.close(t)
-		if n := len(a12Logged(t, tl.dir, tl.vkey)); n != 2 {
+		if n := a12NextProcessFolds(t, tl, jdir); n != 2 {
 			t.Fatalf("EXACTLY-ONCE BROKEN: a record acknowledged twice (once folded, once left in a killed process's journal) is in the log %d times after the refold", n)
 		}
 	})
