@@ -760,12 +760,54 @@ func TestParseUsage(t *testing.T) {
 		`{"usage":null,"choices":[]}`:           {},
 		`{"usage": null}`:                       {},
 		"{\"usage\": \n {\"prompt_tokens\":3}}": {PromptTokens: 3},
+		// the scan's shapes and the decoder's: both give the same
+		`{"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":0}}}`: {PromptTokens: 9, CompletionTokens: 4},
+		`{"usage":{"prompt_tokens":1,"prompt_tokens":8}}`:                                                                   {PromptTokens: 8},
+		`{"usage":{"PROMPT_TOKENS":6,"completion_tokens":2}}`:                                                               {PromptTokens: 6, CompletionTokens: 2},
+		`{"usage":{"\u0070rompt_tokens":5}}`:                                                                                {PromptTokens: 5},
+		`{"usage":{"prompt_tokens":5.0}}`:                                                                                   {},
+		`{"usage":{"prompt_tokens":"5"}}`:                                                                                   {},
+		`{"usage":{"prompt_tokens":null,"completion_tokens":3}}`:                                                            {CompletionTokens: 3},
+		`{"usage":{"prompt_tokens":05}}`:                                                                                    {},
+		`{"usage":{"prompt_tokens":-5,"completion_tokens":100}}`:                                                            {}, // a negative count is not believed
+		`{"usage":{"prompt_tokens":1,"x":[1,{"a":"}"}],"completion_tokens":2}}`:                                             {PromptTokens: 1, CompletionTokens: 2},
 	} {
 		got, _ := parseUsage([]byte(in))
 		if got != want {
 			t.Errorf("%s: %+v, want %+v", in, got, want)
 		}
 	}
+}
+
+// TestUsageScanNoAlloc: an engine's usage block, as engines send it, is read by the scan
+// and costs no allocation.
+func TestUsageScanNoAlloc(t *testing.T) {
+	body := []byte(`{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":0}}}`)
+	if _, _, sure := scanUsage(body[bytes.LastIndex(body, usageKey)+len(usageKey):]); !sure {
+		t.Fatal("the common shape went to encoding/json")
+	}
+	if n := testing.AllocsPerRun(100, func() { parseUsage(body) }); n != 0 {
+		t.Fatalf("parseUsage allocates %v times", n)
+	}
+}
+
+// FuzzUsageScan: the allocation-free scan of a usage block gives encoding/json's answer
+// whenever it answers at all.
+func FuzzUsageScan(f *testing.F) {
+	for _, s := range []string{`{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}`, `{"prompt_tokens":1,"prompt_tokens":-0}`,
+		`{"Prompt_tokens":3}`, `{"completion_tokens":123456789012345678}`, `{"a":{"b":1,"c":2},"prompt_tokens":7}`, `{}`, ` { "prompt_tokens" : 2 } x`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		u, ok, sure := scanUsage(b)
+		if !sure {
+			return
+		}
+		du, dok := decodeUsage(b)
+		if ok != dok || u != du {
+			t.Fatalf("%q: scan %+v %v, encoding/json %+v %v", b, u, ok, du, dok)
+		}
+	})
 }
 
 // FuzzRequestAndResponse: the parsers of client bodies and upstream answers never panic,
