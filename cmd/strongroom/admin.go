@@ -105,7 +105,7 @@ func devCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return serveAll(ctx, log, guard, []listener{
-				{addr: listen, h: gw, ready: func(addr net.Addr) { env.URL = "http://" + addr.String() + "/v1" }},
+				{addr: listen, h: gw, h1: servedByH1(a), ready: func(addr net.Addr) { env.URL = "http://" + addr.String() + "/v1" }},
 				{addr: adminListen, h: admin, onShutdown: stopAdmin, ready: func(addr net.Addr) { env.AdminURL = "http://" + addr.String() }},
 			}, func() { env.Print(w) })
 		},

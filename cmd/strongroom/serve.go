@@ -61,6 +61,15 @@ type listener struct {
 	tls   *tls.Config // nil: plain HTTP
 	// onShutdown, if set, runs when shutdown starts: long-lived streams end then.
 	onShutdown func()
+	h1         bool // served by internal/h1 rather than net/http's server
+}
+
+// server is what serveAll needs of net/http's server and of h1's.
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+	Close() error
+	RegisterOnShutdown(func())
 }
 
 // serveAll binds every listener, calls allReady, and serves until ctx ends. Every
@@ -72,7 +81,7 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 			return err
 		}
 	}
-	var srvs []*http.Server
+	var srvs []server
 	var lns []net.Listener
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
@@ -88,7 +97,10 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 		if l.tls != nil {
 			ln = tls.NewListener(ln, l.tls)
 		}
-		srv := guard.Server(l.h, l.tls)
+		var srv server = guard.Server(l.h, l.tls)
+		if l.h1 {
+			srv = guard.H1Server(l.h, log)
+		}
 		if l.onShutdown != nil {
 			srv.RegisterOnShutdown(l.onShutdown)
 		}
@@ -109,11 +121,11 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	for _, s := range srvs {
+	for i, s := range srvs {
 		e := s.Shutdown(sctx)
 		if errors.Is(e, context.DeadlineExceeded) {
 			// Requests still running after the grace (a long generation, a stream): cut them.
-			log.Info("closing connections still busy after the shutdown grace", "addr", s.Addr)
+			log.Info("closing connections still busy after the shutdown grace", "addr", lns[i].Addr().String())
 			e = s.Close()
 		}
 		if e != nil && !errors.Is(e, http.ErrServerClosed) {
@@ -125,6 +137,10 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 	}
 	return err
 }
+
+// servedByH1 reports whether the gateway's listener is served by internal/h1
+// (config gateway.http_server).
+func servedByH1(a *app.App) bool { return a.Config.Gateway.HTTPServer != "net/http" }
 
 // serveUntilDone serves one handler.
 func serveUntilDone(ctx context.Context, addr string, h http.Handler, log *slog.Logger, ready func(net.Addr)) error {
@@ -193,7 +209,7 @@ func serveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			return serveAll(cmd.Context(), a.Log, guard, []listener{
-				{addr: listen, h: gw, tls: tc, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=%s://%s/v1\n", scheme, addr) }},
+				{addr: listen, h: gw, tls: tc, h1: servedByH1(a), ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_URL=%s://%s/v1\n", scheme, addr) }},
 				{addr: adminListen, h: admin, onShutdown: stopAdmin, ready: func(addr net.Addr) { fmt.Fprintf(w, "STRONGROOM_ADMIN_URL=http://%s\n", addr) }},
 				cl,
 			}, func() {})

@@ -146,6 +146,10 @@ type Gateway struct {
 	MaxBodyBytes        int64       `json:"max_body_bytes,omitempty"`
 	UpstreamTimeout     string      `json:"upstream_timeout,omitempty"` // e.g. "60s"
 	Connections         Connections `json:"connections,omitzero"`
+	// HTTPServer is what serves the gateway's listener: "h1" (the default: internal/h1,
+	// HTTP/1.1 only, less CPU per request) or "net/http" (Go's server, which also offers
+	// HTTP/2 over TLS).
+	HTTPServer string `json:"http_server,omitempty"`
 }
 
 // Route says where a model is served (gateway.Route): the model clients ask for ("NAME:VERSION",
@@ -404,6 +408,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: custody.lease_ttl %s is under a second", c.Custody.LeaseTTL)
 	case c.Gateway.InternalCountry != "" && (len(c.Gateway.InternalCountry) != 2 || strings.ToUpper(c.Gateway.InternalCountry) != c.Gateway.InternalCountry):
 		return fmt.Errorf("config: gateway.internal_country %q is not an ISO 3166-1 alpha-2 code", c.Gateway.InternalCountry)
+	case c.Gateway.HTTPServer != "" && c.Gateway.HTTPServer != "h1" && c.Gateway.HTTPServer != "net/http":
+		return fmt.Errorf("config: gateway.http_server %q is neither \"h1\" nor \"net/http\"", c.Gateway.HTTPServer)
 	case c.Audit.Quorum < 0 || c.Audit.Quorum > len(c.Audit.Witnesses):
 		return fmt.Errorf("config: audit.quorum %d with %d witnesses", c.Audit.Quorum, len(c.Audit.Witnesses))
 	}

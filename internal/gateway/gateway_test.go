@@ -38,6 +38,7 @@ import (
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/engineauth"
+	"github.com/strongroom/strongroom/internal/h1"
 	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/obs"
@@ -77,9 +78,38 @@ func (rc *recorder) body() map[string]any {
 	return m
 }
 
+// testServer is a gateway served for a test by internal/h1, as `strongroom serve` serves
+// it (config gateway.http_server, default "h1").
+type testServer struct {
+	URL      string
+	Listener net.Listener
+	srv      *h1.Server
+}
+
+func serveH1(t testing.TB, h http.Handler, tc *tls.Config) *testServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &testServer{URL: "http://" + ln.Addr().String(), Listener: ln, srv: &h1.Server{Handler: h}}
+	if tc != nil {
+		s.URL = "https://" + ln.Addr().String()
+		ln = tls.NewListener(ln, tc)
+	}
+	go s.srv.Serve(ln)
+	return s
+}
+
+// Close closes the server and waits for its handlers to return (as httptest's does).
+func (s *testServer) Close() {
+	s.srv.Close()
+	s.srv.Wait()
+}
+
 type fixture struct {
 	gw      *Gateway
-	srv     *httptest.Server
+	srv     *testServer
 	st      store.Store
 	log     *audit.Log
 	logDir  string
@@ -163,7 +193,7 @@ func newFixture(t testing.TB, mutate func(*Config)) *fixture {
 	// Cleanups run last-registered first: the server stops (its handlers return) before the
 	// log closes.
 	t.Cleanup(func() { l.Close(context.Background()) })
-	srv := httptest.NewServer(gw)
+	srv := serveH1(t, gw, nil)
 	t.Cleanup(srv.Close)
 	return &fixture{gw: gw, srv: srv, st: st, log: l, logDir: logDir, up: rec, alice: alice, bob: bob, limiter: lim}
 }
@@ -666,12 +696,17 @@ func TestMTLS(t *testing.T) {
 	srv.TLS = &tls.Config{ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: pool}
 	srv.StartTLS()
 	defer srv.Close()
+	// The same requests to net/http's server and to h1's (the gateway's default), both
+	// over TLS with srv's certificate.
+	fast := serveH1(t, gw, srv.TLS.Clone())
+	defer fast.Close()
+	url := srv.URL
 	do := func(cert *tls.Certificate, bearer string) int {
 		tr := srv.Client().Transport.(*http.Transport).Clone()
 		if cert != nil {
 			tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
 		}
-		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions",
+		req, _ := http.NewRequest(http.MethodPost, url+"/v1/chat/completions",
 			strings.NewReader(`{"model":"frontier","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`))
 		if bearer != "" {
 			req.Header.Set("Authorization", "Bearer "+bearer)
@@ -684,24 +719,31 @@ func TestMTLS(t *testing.T) {
 		return resp.StatusCode
 	}
 	alice := client(ca, caKey, "alice")
-	if s := do(&alice, ""); s != 200 {
-		t.Fatalf("alice by certificate: %d", s)
-	}
 	bob := client(ca, caKey, "bob") // registered, but no role for the restricted model
-	if s := do(&bob, ""); s != 403 {
-		t.Fatalf("bob by certificate: %d", s)
-	}
 	ghost := client(ca, caKey, "ghost")
-	if s := do(&ghost, ""); s != 401 {
-		t.Fatalf("unregistered principal: %d", s)
-	}
 	otherKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	selfSigned := client(&x509.Certificate{SerialNumber: big.NewInt(9), Subject: pkix.Name{CommonName: "evil CA"}, IsCA: true, BasicConstraintsValid: true,
 		KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}, otherKey, "alice")
+	for _, url = range []string{srv.URL, fast.URL} {
+		mtlsChecks(t, do, alice, bob, ghost, selfSigned, f.alice)
+	}
+}
+
+func mtlsChecks(t *testing.T, do func(*tls.Certificate, string) int, alice, bob, ghost, selfSigned tls.Certificate, bearer string) {
+	t.Helper()
+	if s := do(&alice, ""); s != 200 {
+		t.Fatalf("alice by certificate: %d", s)
+	}
+	if s := do(&bob, ""); s != 403 {
+		t.Fatalf("bob by certificate: %d", s)
+	}
+	if s := do(&ghost, ""); s != 401 {
+		t.Fatalf("unregistered principal: %d", s)
+	}
 	if s := do(&selfSigned, ""); s != -1 && s != 401 {
 		t.Fatalf("certificate from another CA: %d", s)
 	}
-	if s := do(nil, f.alice); s != 200 {
+	if s := do(nil, bearer); s != 200 {
 		t.Fatalf("no certificate, bearer token: %d", s)
 	}
 }

@@ -6,6 +6,7 @@ package netguard
 import (
 	"crypto/tls"
 	"errors"
+	"github.com/strongroom/strongroom/internal/h1"
 	"io"
 	"log/slog"
 	"net"
@@ -208,6 +209,18 @@ func (g *Guard) Server(h http.Handler, tc *tls.Config) *http.Server {
 		ReadHeaderTimeout: g.lim.HeaderTimeout,
 		IdleTimeout:       g.lim.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
+	}
+}
+
+// H1Server is Server's counterpart on the h1 server (the gateway's, internal/h1): the
+// same header, idle and body timeouts and header bound.
+func (g *Guard) H1Server(h http.Handler, log *slog.Logger) *h1.Server {
+	return &h1.Server{
+		Handler:           g.bodyDeadline(h),
+		ReadHeaderTimeout: g.lim.HeaderTimeout,
+		IdleTimeout:       g.lim.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		Log:               log,
 	}
 }
 

@@ -1,0 +1,329 @@
+package h1
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// parseError is a request the server refuses to read: answered with status and msg, and
+// the connection closed.
+type parseError struct {
+	status int
+	msg    string
+}
+
+func (e *parseError) Error() string { return e.msg }
+
+func bad(format string, a ...any) error {
+	return &parseError{status: http.StatusBadRequest, msg: "h1: " + fmt.Sprintf(format, a...)}
+}
+
+var errHeaderTooLarge = &parseError{status: http.StatusRequestHeaderFieldsTooLarge, msg: "h1: request headers too large"}
+
+// What the reader refuses that net/http's reads (each is a way two parsers on one path —
+// a proxy in front, this server, the engine behind — can disagree on where a request
+// ends or what it says):
+//   - a line ending in a bare LF, or a CR anywhere but before the LF;
+//   - an obsolete line folding (a header line that starts with a space or tab);
+//   - space before a header's colon; a header name that is not a token;
+//   - more than one Content-Length (even if equal), or one that is not plain digits;
+//   - Transfer-Encoding other than exactly one "chunked", or with a Content-Length;
+//   - more than one Host, or none in HTTP/1.1;
+//   - a request target that is not origin-form ("/..."), except "*" for OPTIONS;
+//   - HTTP versions other than 1.0 and 1.1 (a request line of another shape).
+// Chunked bodies (body.go) take only hex sizes of up to 15 digits, a CRLF after each
+// chunk, and trailers no larger than the header bound.
+
+// readLine returns the next line without its CRLF; the line must fit in what is left of
+// the header bound (*left).
+func (c *conn) readLine(left *int) ([]byte, error) {
+	line, err := c.br.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		// A line longer than the reader's buffer: gather it, within the bound.
+		buf := append([]byte(nil), line...)
+		for err == bufio.ErrBufferFull {
+			if len(buf) > *left {
+				return nil, errHeaderTooLarge
+			}
+			line, err = c.br.ReadSlice('\n')
+			buf = append(buf, line...)
+		}
+		line = buf
+	}
+	if err != nil {
+		if len(line) > 0 && err == io.EOF {
+			return nil, bad("request cut short")
+		}
+		return nil, err
+	}
+	*left -= len(line)
+	if *left < 0 {
+		return nil, errHeaderTooLarge
+	}
+	if len(line) < 2 || line[len(line)-2] != '\r' {
+		return nil, bad("a line does not end in CRLF")
+	}
+	line = line[:len(line)-2]
+	if bytes.IndexByte(line, '\r') >= 0 {
+		return nil, bad("a CR inside a line")
+	}
+	return line, nil
+}
+
+func (c *conn) readRequest() (*http.Request, error) {
+	left := c.s.maxHeader()
+	line, err := c.readLine(&left)
+	if err != nil {
+		return nil, err
+	}
+	// Some clients send a CRLF after a request's body (RFC 9112 2.2: a server SHOULD
+	// ignore at least one empty line before the request line).
+	if len(line) == 0 {
+		if line, err = c.readLine(&left); err != nil {
+			return nil, err
+		}
+	}
+	method, rest, ok1 := bytes.Cut(line, []byte{' '})
+	target, proto, ok2 := bytes.Cut(rest, []byte{' '})
+	if !ok1 || !ok2 || len(method) == 0 || !isToken(method) {
+		return nil, bad("malformed request line")
+	}
+	r := &http.Request{Method: internMethod(method), Header: make(http.Header, 12), RemoteAddr: c.remote, TLS: c.tls}
+	if len(target) == 0 || (target[0] != '/' && !(string(target) == "*" && r.Method == http.MethodOptions)) {
+		return nil, bad("the request target is not a path")
+	}
+	switch string(proto) {
+	case "HTTP/1.1":
+		r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/1.1", 1, 1
+	case "HTTP/1.0":
+		r.Proto, r.ProtoMajor, r.ProtoMinor = "HTTP/1.0", 1, 0
+	default:
+		return nil, &parseError{status: http.StatusHTTPVersionNotSupported, msg: "h1: only HTTP/1.0 and HTTP/1.1 are served"}
+	}
+	r.RequestURI = string(target)
+	if r.URL, err = url.ParseRequestURI(r.RequestURI); err != nil {
+		return nil, bad("malformed request target")
+	}
+	if err := c.readHeaders(r, &left); err != nil {
+		return nil, err
+	}
+	hosts := r.Header["Host"]
+	switch {
+	case len(hosts) > 1:
+		return nil, bad("more than one Host header")
+	case len(hosts) == 0 && r.ProtoMinor == 1:
+		return nil, bad("no Host header")
+	case len(hosts) == 1:
+		if !httpguts.ValidHostHeader(hosts[0]) {
+			return nil, bad("malformed Host header")
+		}
+		r.Host = hosts[0]
+	}
+	delete(r.Header, "Host") // net/http moves it to r.Host
+	if p := r.Header["Pragma"]; len(p) > 0 && p[0] == "no-cache" && len(r.Header["Cache-Control"]) == 0 {
+		r.Header["Cache-Control"] = []string{"no-cache"} // net/http's reading does this (RFC 7234 5.4)
+	}
+	if err := c.setBody(r); err != nil {
+		return nil, err
+	}
+	r.Close = closeAfter(r)
+	return r, nil
+}
+
+// closeAfter reports whether the client asked the connection to close after r: HTTP/1.0
+// unless it asked to keep it, HTTP/1.1 when it said close.
+func closeAfter(r *http.Request) bool {
+	vs := r.Header["Connection"]
+	if r.ProtoMinor == 0 {
+		return !hasToken(vs, "keep-alive")
+	}
+	return hasToken(vs, "close")
+}
+
+func hasToken(vs []string, tok string) bool {
+	for _, v := range vs {
+		for f := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(f), tok) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (c *conn) readHeaders(r *http.Request, left *int) error {
+	for {
+		line, err := c.readLine(left)
+		if err != nil {
+			return err
+		}
+		if len(line) == 0 {
+			return nil
+		}
+		name, value, err := headerLine(line)
+		if err != nil {
+			return err
+		}
+		if len(r.Header) >= 100 {
+			return errHeaderTooLarge
+		}
+		key := internHeader(name)
+		if key == "" {
+			key = textproto.CanonicalMIMEHeaderKey(string(name))
+		}
+		r.Header[key] = append(r.Header[key], internValue(value))
+	}
+}
+
+// headerLine splits a header (or trailer) line into its name and its value, trimmed.
+func headerLine(line []byte) (name, value []byte, err error) {
+	if line[0] == ' ' || line[0] == '\t' {
+		return nil, nil, bad("obsolete line folding")
+	}
+	name, value, ok := bytes.Cut(line, []byte{':'})
+	if !ok || len(name) == 0 || !isToken(name) {
+		return nil, nil, bad("malformed header line")
+	}
+	value = bytes.Trim(value, " \t")
+	if !validValue(value) {
+		return nil, nil, bad("a header value has a control byte")
+	}
+	return name, value, nil
+}
+
+// validValue is httpguts.ValidHeaderFieldValue on bytes: no control byte but tab.
+func validValue(b []byte) bool {
+	for _, c := range b {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func isToken(b []byte) bool {
+	for _, c := range b {
+		if !httpguts.IsTokenRune(rune(c)) {
+			return false
+		}
+	}
+	return true
+}
+
+// setBody gives r its body from Content-Length or chunked framing.
+func (c *conn) setBody(r *http.Request) error {
+	te, cl := r.Header["Transfer-Encoding"], r.Header["Content-Length"]
+	switch {
+	case len(te) > 0:
+		if len(cl) > 0 {
+			return bad("both Transfer-Encoding and Content-Length")
+		}
+		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") || r.ProtoMinor == 0 {
+			return &parseError{status: http.StatusNotImplemented, msg: "h1: unsupported Transfer-Encoding"}
+		}
+		r.ContentLength = -1
+		r.TransferEncoding = []string{"chunked"}
+		delete(r.Header, "Transfer-Encoding") // net/http's reading does the same
+		r.Body = &body{c: c, chunked: true}
+	case len(cl) > 1:
+		return bad("more than one Content-Length")
+	case len(cl) == 1:
+		n, ok := parseLength(cl[0])
+		if !ok {
+			return bad("malformed Content-Length")
+		}
+		r.ContentLength = n
+		if n == 0 {
+			r.Body = http.NoBody
+		} else {
+			r.Body = &body{c: c, left: n}
+		}
+	default:
+		r.Body = http.NoBody
+	}
+	if r.Body != http.NoBody {
+		if ex := r.Header["Expect"]; len(ex) > 0 {
+			if len(ex) != 1 || !strings.EqualFold(ex[0], "100-continue") {
+				return &parseError{status: http.StatusExpectationFailed, msg: "h1: unsupported Expect"}
+			}
+			r.Body.(*body).cont = true
+		}
+	}
+	return nil
+}
+
+// parseLength reads a Content-Length: 1 to 18 digits.
+func parseLength(s string) (int64, bool) {
+	if len(s) == 0 || len(s) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(s[i]-'0')
+	}
+	return n, true
+}
+
+func internMethod(b []byte) string {
+	switch string(b) {
+	case "GET":
+		return http.MethodGet
+	case "POST":
+		return http.MethodPost
+	case "HEAD":
+		return http.MethodHead
+	case "OPTIONS":
+		return http.MethodOptions
+	case "PUT":
+		return http.MethodPut
+	case "DELETE":
+		return http.MethodDelete
+	}
+	return string(b)
+}
+
+// commonHeaders are names sent with most requests (curl's, Go's, the OpenAI SDKs'),
+// canonical: their keys cost no allocation.
+var commonHeaders = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{"Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
+		"Authorization", "Content-Type", "Content-Length", "Connection", "Transfer-Encoding", "Expect",
+		"X-Request-Id", "Openai-Organization", "Openai-Project", "Idempotency-Key", "Traceparent",
+		"X-Stainless-Arch", "X-Stainless-Lang", "X-Stainless-Os", "X-Stainless-Package-Version",
+		"X-Stainless-Retry-Count", "X-Stainless-Runtime", "X-Stainless-Runtime-Version",
+		"X-Stainless-Timeout", "X-Stainless-Async", "X-Forwarded-For"} {
+		m[k] = k
+		m[strings.ToLower(k)] = k
+	}
+	return m
+}()
+
+func internHeader(name []byte) string { return commonHeaders[string(name)] }
+
+// commonValues are header values common enough to share.
+var commonValues = map[string]string{}
+
+func init() {
+	for _, v := range []string{"application/json", "*/*", "keep-alive", "close", "chunked", "gzip",
+		"gzip, deflate", "gzip, deflate, br", "100-continue", "text/event-stream", "application/json; charset=utf-8"} {
+		commonValues[v] = v
+	}
+}
+
+func internValue(b []byte) string {
+	if v, ok := commonValues[string(b)]; ok {
+		return v
+	}
+	return string(b)
+}

@@ -1,0 +1,319 @@
+package h1
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// holdBytes is how much of an answer is held before its headers go: an answer the
+// handler ends within it is sent with a Content-Length, a longer or flushed one chunked.
+const holdBytes = 4 << 10
+
+// response is the http.ResponseWriter of one request.
+type response struct {
+	c        *conn
+	req      *http.Request
+	cancel   context.CancelFunc // the request's context
+	header   http.Header
+	status   int
+	sent     bool // status line and headers are in c.bw
+	chunked  bool
+	noBody   bool  // HEAD, 1xx, 204, 304: nothing after the headers
+	declared int64 // the handler's Content-Length (-1: none)
+	written  int64
+	close    bool // the connection closes after this answer
+	err      error
+	hold     []byte
+}
+
+func (c *conn) answer(req *http.Request) bool {
+	ctx, cancel := context.WithCancel(c.ctx)
+	req = req.WithContext(ctx)
+	w := &response{c: c, req: req, cancel: cancel, header: make(http.Header, 4), declared: -1, close: req.Close, hold: c.hold[:0]}
+	c.bodyRead.Store(req.Body == http.NoBody)
+	c.watchMu.Lock()
+	c.req, c.cancelReq = req, cancel
+	c.watchMu.Unlock()
+	c.busySince.Store(time.Now().UnixNano())
+	c.s.watchLater(c)
+	c.s.Handler.ServeHTTP(w, req)
+	c.unwatch()
+	w.finish()
+	c.busySince.Store(0)
+	cancel()
+	reuse := !w.close && w.err == nil && !c.peerGone.Load()
+	if b, ok := req.Body.(*body); ok {
+		if reuse {
+			reuse = b.drain(256 << 10)
+		}
+		b.closed = true // a read after the handler returned fails, as net/http's does
+	}
+	return reuse
+}
+
+func (w *response) Header() http.Header { return w.header }
+
+func (w *response) WriteHeader(code int) {
+	if code < 100 || code > 999 {
+		panic("h1: invalid WriteHeader code " + strconv.Itoa(code))
+	}
+	if w.status != 0 || code < 200 {
+		return // informational answers are not sent; a second status is ignored, as net/http does
+	}
+	w.status = code
+	if v := w.header.Get("Content-Length"); v != "" {
+		if n, ok := parseLength(v); ok {
+			w.declared = n
+		} else {
+			w.header.Del("Content-Length")
+		}
+	}
+	w.noBody = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+}
+
+func (w *response) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.noBody {
+		if w.req.Method == http.MethodHead {
+			w.written += int64(len(p))
+			return len(p), nil
+		}
+		return 0, http.ErrBodyNotAllowed
+	}
+	if w.declared >= 0 && w.written+int64(len(p)) > w.declared {
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if !w.sent {
+		if len(w.hold)+len(p) <= holdBytes {
+			w.hold = append(w.hold, p...)
+			return len(p), nil
+		}
+		w.sendHeader(false)
+	}
+	w.body(p)
+	return len(p), w.err
+}
+
+// body writes p as the answer's bytes (a chunk when chunked) into the connection's buffer.
+func (w *response) body(p []byte) {
+	if len(p) == 0 || w.err != nil {
+		return
+	}
+	bw := w.c.bw
+	if w.chunked {
+		var nb [20]byte
+		bw.Write(strconv.AppendUint(nb[:0], uint64(len(p)), 16))
+		bw.WriteString("\r\n")
+		bw.Write(p)
+		_, w.err = bw.WriteString("\r\n")
+	} else {
+		_, w.err = bw.Write(p)
+	}
+	w.failed()
+}
+
+// failed ends the request's context once a write to the client failed: the client is gone.
+func (w *response) failed() {
+	if w.err != nil {
+		w.close = true
+		w.c.peerGone.Store(true)
+		w.cancel()
+	}
+}
+
+// sendHeader puts the status line and headers in the connection's buffer, then what was
+// held. last: the handler has returned (the held bytes are the whole answer).
+func (w *response) sendHeader(last bool) {
+	if w.sent {
+		return
+	}
+	w.sent = true
+	c := w.c
+	if c.s.shutting.Load() {
+		w.close = true
+	}
+	h := w.header
+	if !w.noBody {
+		if _, typed := h["Content-Type"]; !typed && len(w.hold) > 0 {
+			h.Set("Content-Type", http.DetectContentType(w.hold))
+		}
+		switch {
+		case w.declared >= 0:
+		case last:
+			w.declared = int64(len(w.hold))
+		case w.req.ProtoMinor == 0:
+			w.close = true // HTTP/1.0 has no chunks: the answer ends with the connection
+		default:
+			w.chunked = true
+		}
+	}
+	if hasToken(h["Connection"], "close") {
+		w.close = true
+	}
+	bw := c.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(statusLine(w.status))
+	bw.WriteString("\r\n")
+	for k, vs := range h {
+		switch k {
+		case "Content-Length", "Transfer-Encoding", "Connection", "Date":
+			continue // the server's to write
+		}
+		if !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		for _, v := range vs {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			writeValue(bw, v)
+			bw.WriteString("\r\n")
+		}
+	}
+	bw.WriteString("Date: ")
+	bw.WriteString(httpDate())
+	bw.WriteString("\r\n")
+	if !w.noBody || w.req.Method == http.MethodHead && w.declared >= 0 {
+		if w.chunked {
+			bw.WriteString("Transfer-Encoding: chunked\r\n")
+		} else if w.declared >= 0 {
+			var nb [20]byte
+			bw.WriteString("Content-Length: ")
+			bw.Write(strconv.AppendInt(nb[:0], w.declared, 10))
+			bw.WriteString("\r\n")
+		}
+	}
+	switch {
+	case w.close:
+		bw.WriteString("Connection: close\r\n")
+	case w.req.ProtoMinor == 0:
+		bw.WriteString("Connection: keep-alive\r\n")
+	}
+	_, w.err = bw.WriteString("\r\n")
+	w.failed()
+	held := w.hold
+	w.hold = nil
+	w.body(held)
+}
+
+// writeValue writes a header value with CR and LF made spaces (net/http's rule: a value
+// cannot add lines).
+func writeValue(bw interface {
+	WriteString(string) (int, error)
+	WriteByte(byte) error
+}, v string) {
+	if !strings.ContainsAny(v, "\r\n") {
+		bw.WriteString(v)
+		return
+	}
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; c {
+		case '\r', '\n':
+			bw.WriteByte(' ')
+		default:
+			bw.WriteByte(c)
+		}
+	}
+}
+
+// Flush sends the headers (the answer is then chunked) and what was written so far.
+func (w *response) Flush() { w.FlushError() }
+
+// FlushError is Flush with its error (http.ResponseController's Flush).
+func (w *response) FlushError() error {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	w.sendHeader(false)
+	if w.err != nil {
+		return w.err
+	}
+	w.err = w.c.bw.Flush()
+	w.failed()
+	return w.err
+}
+
+// SetReadDeadline and SetWriteDeadline are http.ResponseController's.
+func (w *response) SetReadDeadline(t time.Time) error  { return w.c.rw.SetReadDeadline(t) }
+func (w *response) SetWriteDeadline(t time.Time) error { return w.c.rw.SetWriteDeadline(t) }
+
+var errShortBody = errors.New("h1: the handler wrote less than its Content-Length")
+
+// finish ends the answer after the handler returned: headers if not yet sent (with the
+// held bytes' length), the last chunk, and the buffer to the connection.
+func (w *response) finish() {
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	w.sendHeader(true)
+	if w.err == nil && w.chunked {
+		_, w.err = w.c.bw.WriteString("0\r\n\r\n")
+	}
+	if w.err == nil && !w.noBody && w.declared >= 0 && w.written < w.declared {
+		w.err = errShortBody // the client would wait for the rest: the connection closes
+	}
+	if err := w.c.bw.Flush(); err != nil && w.err == nil {
+		w.err = err
+	}
+	if w.err != nil {
+		w.close = true
+	}
+}
+
+// statusLines are "200 OK" and the like, made once.
+var statusLines = func() (s [600]string) {
+	for code := 100; code < 600; code++ {
+		s[code] = makeStatusLine(code)
+	}
+	return s
+}()
+
+func statusLine(code int) string {
+	if code < len(statusLines) {
+		return statusLines[code]
+	}
+	return makeStatusLine(code)
+}
+
+func makeStatusLine(code int) string {
+	if t := http.StatusText(code); t != "" {
+		return strconv.Itoa(code) + " " + t
+	}
+	return strconv.Itoa(code) + " status code " + strconv.Itoa(code)
+}
+
+// httpDate is the Date header's value, made once a second.
+func httpDate() string {
+	now := time.Now().Unix()
+	if d := dateCache.Load(); d != nil && d.unix == now {
+		return d.s
+	}
+	d := &cachedDate{unix: now, s: time.Unix(now, 0).UTC().Format(http.TimeFormat)}
+	dateCache.Store(d)
+	return d.s
+}
+
+type cachedDate struct {
+	unix int64
+	s    string
+}
+
+var dateCache atomic.Pointer[cachedDate]
+
+// continue100 tells a client that waits for it to send the request's body.
+func (c *conn) continue100() {
+	c.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+	c.bw.Flush()
+}

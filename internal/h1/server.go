@@ -1,0 +1,346 @@
+// Package h1 is the gateway's HTTP/1.1 server: an http.Handler served over keep-alive
+// connections with less work per request than net/http's server (one buffer for the
+// answer and its framing, headers interned, no read in the background while the handler
+// runs unless it runs long). It serves HTTP/1.1 and 1.0 only — a TLS listener offers no
+// h2 — and is stricter than net/http about what it reads: a request net/http would read
+// differently, or that a proxy in front might, is refused with 400 and the connection
+// closed (see parse.go).
+//
+// What a handler sees is net/http's: *http.Request with the same URL, Header, Host,
+// ContentLength, Body, TLS and RemoteAddr; a ResponseWriter that is an http.Flusher and
+// takes http.ResponseController's Flush, SetReadDeadline and SetWriteDeadline; the
+// request's context ends when the handler returns, when the server closes, and when the
+// client goes away (watched from WatchAfter on: a request answered sooner is not
+// watched — its answer is written before a watch would notice anything).
+package h1
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Server serves Handler on the connections of a listener.
+type Server struct {
+	Handler           http.Handler
+	ReadHeaderTimeout time.Duration // from a request's first byte to its headers' end; 0: 10 s
+	IdleTimeout       time.Duration // between requests on a connection; 0: ReadHeaderTimeout
+	MaxHeaderBytes    int           // request line and headers; 0: 64 KiB
+	// WatchAfter is how long a handler runs before the client's connection is watched
+	// for a close (which cancels the request's context); 0: 50 ms.
+	WatchAfter time.Duration
+	Log        *slog.Logger
+
+	sweeping   atomic.Bool // watch.go
+	running    sync.WaitGroup
+	mu         sync.Mutex
+	lns        map[*net.Listener]struct{}
+	conns      map[*conn]struct{}
+	onShutdown []func()
+	shutting   atomic.Bool
+	base       context.Context
+	stop       context.CancelFunc
+}
+
+// ErrServerClosed is what Serve returns after Shutdown or Close (net/http's, so callers
+// that check for it need not know which server they run).
+var ErrServerClosed = http.ErrServerClosed
+
+func (s *Server) init() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns == nil {
+		s.conns = map[*conn]struct{}{}
+		s.lns = map[*net.Listener]struct{}{}
+		s.base, s.stop = context.WithCancel(context.Background())
+	}
+}
+
+// RegisterOnShutdown adds a function Shutdown calls as it starts (long streams end then).
+func (s *Server) RegisterOnShutdown(f func()) {
+	s.mu.Lock()
+	s.onShutdown = append(s.onShutdown, f)
+	s.mu.Unlock()
+}
+
+// Serve accepts connections on ln until it fails or the server is shut down; each is
+// served on its own goroutine. A *tls.Conn is served over TLS (its handshake bounded by
+// ReadHeaderTimeout), its state in each request's TLS.
+func (s *Server) Serve(ln net.Listener) error {
+	s.init()
+	if s.shutting.Load() {
+		return ErrServerClosed
+	}
+	s.mu.Lock()
+	s.lns[&ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.lns, &ln)
+		s.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		rw, err := ln.Accept()
+		if err != nil {
+			if s.shutting.Load() {
+				return ErrServerClosed
+			}
+			if temporary(err) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		c := s.newConn(rw)
+		if c == nil {
+			rw.Close()
+			return ErrServerClosed
+		}
+		go c.serve()
+	}
+}
+
+// temporary reports whether an accept loop should wait err out (EMFILE, ENFILE,
+// ECONNABORTED, timeouts: net/http's rule).
+func temporary(err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	t, ok := err.(interface{ Temporary() bool })
+	return ok && t.Temporary()
+}
+
+func (s *Server) newConn(rw net.Conn) *conn {
+	c := &conn{s: s, rw: rw, remote: rw.RemoteAddr().String()}
+	c.ctx, c.cancel = context.WithCancel(s.base)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutting.Load() {
+		c.cancel()
+		return nil
+	}
+	s.conns[c] = struct{}{}
+	s.running.Add(1)
+	return c
+}
+
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.running.Done()
+}
+
+// Wait returns once every connection has ended and its handler returned (after Close,
+// or Shutdown).
+func (s *Server) Wait() { s.running.Wait() }
+
+// Shutdown stops accepting, closes idle connections, and waits for busy ones to finish
+// their request (or ctx to end: then it returns ctx's error and leaves them to Close).
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.shutting.Store(true)
+	s.mu.Lock()
+	for ln := range s.lns {
+		(*ln).Close()
+	}
+	fs := s.onShutdown
+	s.mu.Unlock()
+	for _, f := range fs {
+		go f()
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if s.closeIdle() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// closeIdle closes the connections waiting for a request; it reports whether none is left.
+func (s *Server) closeIdle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if c.state.Load() == stateIdle {
+			c.rw.Close()
+		}
+	}
+	return len(s.conns) == 0
+}
+
+// Close closes the listeners and every connection at once; requests' contexts end.
+func (s *Server) Close() error {
+	s.init()
+	s.shutting.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ln := range s.lns {
+		(*ln).Close()
+	}
+	for c := range s.conns {
+		c.rw.Close()
+	}
+	s.stop()
+	return nil
+}
+
+const (
+	stateIdle int32 = iota // waiting for a request's first byte
+	stateBusy              // reading or answering a request
+)
+
+// conn is one client connection.
+type conn struct {
+	s      *Server
+	rw     net.Conn
+	remote string
+	tls    *tls.ConnectionState
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	state  atomic.Int32
+	ctx    context.Context // the connection's: ends when it closes
+	cancel context.CancelFunc
+	hold   []byte // a response's held bytes (response.go)
+	// The request being answered, and the watch for its client's close (watch.go).
+	busySince atomic.Int64 // unix ns its handler started; 0: none runs
+	watchMu   sync.Mutex
+	req       *http.Request      // watchMu
+	cancelReq context.CancelFunc // watchMu
+	watching  bool               // watchMu
+	watchDone bool               // watchMu: the handler returned
+	watchEnd  chan struct{}
+	peerGone  atomic.Bool
+	bodyRead  atomic.Bool // the request's body was read to its end: the reader is free
+}
+
+func (s *Server) headerTimeout() time.Duration {
+	if s.ReadHeaderTimeout > 0 {
+		return s.ReadHeaderTimeout
+	}
+	return 10 * time.Second
+}
+
+func (s *Server) idleTimeout() time.Duration {
+	if s.IdleTimeout > 0 {
+		return s.IdleTimeout
+	}
+	return s.headerTimeout()
+}
+
+func (s *Server) maxHeader() int {
+	if s.MaxHeaderBytes > 0 {
+		return s.MaxHeaderBytes
+	}
+	return 64 << 10
+}
+
+func (s *Server) watchAfter() time.Duration {
+	if s.WatchAfter > 0 {
+		return s.WatchAfter
+	}
+	return 50 * time.Millisecond
+}
+
+func (c *conn) serve() {
+	defer func() {
+		if p := recover(); p != nil && p != http.ErrAbortHandler {
+			if c.s.Log != nil {
+				c.s.Log.Error("h1: panic serving a request", "remote", c.remote, "panic", p)
+			}
+		}
+		c.cancel()
+		c.rw.Close()
+		c.s.forget(c)
+	}()
+	if tc, ok := c.rw.(*tls.Conn); ok {
+		c.rw.SetDeadline(time.Now().Add(c.s.headerTimeout()))
+		if err := tc.HandshakeContext(c.ctx); err != nil {
+			return
+		}
+		c.rw.SetDeadline(time.Time{})
+		st := tc.ConnectionState()
+		c.tls = &st
+	}
+	c.hold = make([]byte, 0, holdBytes)
+	c.br = bufio.NewReaderSize(c.rw, 4<<10)
+	c.bw = bufio.NewWriterSize(c.rw, 4<<10)
+	for first := true; ; first = false {
+		if !c.next(first) {
+			return
+		}
+		if c.s.shutting.Load() {
+			return
+		}
+	}
+}
+
+// next waits for a request, reads it, and answers it; it reports whether the connection
+// stays open for another.
+func (c *conn) next(first bool) bool {
+	c.state.Store(stateIdle)
+	if c.s.shutting.Load() {
+		return false
+	}
+	if c.br.Buffered() == 0 {
+		wait := c.s.idleTimeout()
+		if first {
+			wait = c.s.headerTimeout()
+		}
+		c.rw.SetReadDeadline(time.Now().Add(wait))
+		if _, err := c.br.Peek(1); err != nil {
+			return false
+		}
+	}
+	c.state.Store(stateBusy)
+	if c.s.shutting.Load() {
+		return false
+	}
+	c.rw.SetReadDeadline(time.Now().Add(c.s.headerTimeout()))
+	req, err := c.readRequest()
+	if err != nil {
+		c.refuse(err)
+		return false
+	}
+	return c.answer(req)
+}
+
+// refuse answers a request that could not be read with a one-line error, and the
+// connection closes.
+func (c *conn) refuse(err error) {
+	var pe *parseError
+	if !errors.As(err, &pe) {
+		return // the connection failed or timed out: nothing to answer
+	}
+	c.rw.SetWriteDeadline(time.Now().Add(c.s.headerTimeout()))
+	c.bw.WriteString("HTTP/1.1 ")
+	c.bw.WriteString(statusLine(pe.status))
+	c.bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
+	msg := pe.msg + "\n"
+	var nb [20]byte
+	c.bw.Write(strconv.AppendInt(nb[:0], int64(len(msg)), 10))
+	c.bw.WriteString("\r\n\r\n")
+	c.bw.WriteString(msg)
+	c.bw.Flush()
+	if tcp, ok := c.rw.(interface{ CloseWrite() error }); ok {
+		tcp.CloseWrite()
+	}
+}

@@ -1,0 +1,102 @@
+package h1
+
+import "time"
+
+// A request's context ends when its client goes away. net/http reads from the
+// connection in the background for the whole of every request to notice; here a
+// connection is watched only once its handler has run for WatchAfter (a sweep finds
+// those), and only after the request's body was read (until then the handler reads the
+// connection, and a close shows as its read error). Answers given sooner — most, under
+// load — are never watched: whatever a watch would notice, the answer's write does.
+
+// watchLater makes sure a sweep runs while any request is being answered.
+func (s *Server) watchLater(c *conn) {
+	if s.sweeping.CompareAndSwap(false, true) {
+		go s.sweep()
+	}
+}
+
+// sweep starts the watch of every connection whose handler has run longer than
+// WatchAfter; it ends when no connection is left.
+func (s *Server) sweep() {
+	every := s.watchAfter() / 2
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-s.base.Done():
+			s.sweeping.Store(false)
+			return
+		}
+		now := time.Now().UnixNano()
+		after := s.watchAfter().Nanoseconds()
+		s.mu.Lock()
+		n := len(s.conns)
+		for c := range s.conns {
+			if since := c.busySince.Load(); since != 0 && now-since >= after {
+				c.watch()
+			}
+		}
+		s.mu.Unlock()
+		if n == 0 {
+			s.sweeping.Store(false)
+			// A connection made between the count and the store starts its own sweep.
+			s.mu.Lock()
+			more := len(s.conns) > 0
+			s.mu.Unlock()
+			if !more || !s.sweeping.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}
+}
+
+// watch starts a goroutine that waits for the client's next byte or close, once the
+// request's body was read to its end.
+func (c *conn) watch() {
+	c.watchMu.Lock()
+	defer c.watchMu.Unlock()
+	if c.watching || c.watchDone || c.req == nil {
+		return
+	}
+	if !c.bodyRead.Load() {
+		return // the handler reads the connection (or never will: then no watch)
+	}
+	c.watching = true
+	c.watchEnd = make(chan struct{})
+	cancel := c.cancelReq
+	go func() {
+		defer close(c.watchEnd)
+		c.rw.SetReadDeadline(time.Time{})
+		_, err := c.br.Peek(1)
+		c.watchMu.Lock()
+		stopping := c.watchDone
+		c.watchMu.Unlock()
+		if err != nil && !stopping {
+			c.peerGone.Store(true) // closed, reset, or a TLS alert: the request is over
+			cancel()
+		}
+		// A byte (the next request, pipelined) stays in the reader for the next request.
+	}()
+}
+
+// unwatch stops the watch, if one runs, once the handler returned; later sweeps leave
+// the connection alone until its next request.
+func (c *conn) unwatch() {
+	c.busySince.Store(0)
+	c.watchMu.Lock()
+	c.watchDone = true
+	running := c.watching
+	c.watchMu.Unlock()
+	if running {
+		c.rw.SetReadDeadline(aLongTimeAgo)
+		<-c.watchEnd
+		c.rw.SetReadDeadline(time.Time{})
+	}
+	c.watchMu.Lock()
+	c.watching, c.watchDone, c.req, c.cancelReq = false, false, nil, nil
+	c.watchMu.Unlock()
+}
+
+var aLongTimeAgo = time.Unix(1, 0)
