@@ -202,7 +202,11 @@ func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http
 		// to the client (net/http's server panics on some).
 		return nil, fmt.Errorf("engine answered with status %d", resp.StatusCode)
 	}
-	if cl.timeout > 0 {
+	if cl.timeout > 0 && (resp.ContentLength < 0 || int64(ec.br.Buffered()) < resp.ContentLength) {
+		// The body is read without the headers' bound (a stream can last minutes). A body
+		// already read in needs no lift (it costs a timer update per request): the next
+		// request on the connection sets its own deadline, and a pooled connection whose
+		// deadline passed fails its peek and is closed.
 		ec.c.SetDeadline(time.Time{})
 	}
 	resp.Body = &engineBody{cl: cl, ec: ec, r: resp.Body, stop: stop, keep: !resp.Close}

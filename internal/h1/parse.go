@@ -9,6 +9,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -250,6 +251,14 @@ func (c *conn) setBody(r *http.Request) error {
 		r.Body = http.NoBody
 	}
 	if r.Body != http.NoBody {
+		b := r.Body.(*body)
+		if t := c.s.BodyTimeout; t > 0 && (b.chunked || int64(c.br.Buffered()) < b.left) {
+			// A body not all here is bounded (a body that is, is read without waiting).
+			// The deadline is not lifted at the body's end: only reads obey it, and after
+			// the body nothing reads the connection until the watch (which clears it) or
+			// the next request (which sets its own).
+			c.rw.SetReadDeadline(time.Now().Add(t))
+		}
 		if ex := r.Header["Expect"]; len(ex) > 0 {
 			if len(ex) != 1 || !strings.EqualFold(ex[0], "100-continue") {
 				return &parseError{status: http.StatusExpectationFailed, msg: "h1: unsupported Expect"}

@@ -16,6 +16,7 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -34,6 +35,9 @@ type Server struct {
 	ReadHeaderTimeout time.Duration // from a request's first byte to its headers' end; 0: 10 s
 	IdleTimeout       time.Duration // between requests on a connection; 0: ReadHeaderTimeout
 	MaxHeaderBytes    int           // request line and headers; 0: 64 KiB
+	// BodyTimeout bounds reading a request's body (from its headers' end); it is lifted
+	// once the body was read, so that a long answer is not cut. 0: none.
+	BodyTimeout time.Duration
 	// WatchAfter is how long a handler runs before the client's connection is watched
 	// for a close (which cancels the request's context); 0: 50 ms.
 	WatchAfter time.Duration
@@ -314,7 +318,11 @@ func (c *conn) next(first bool) bool {
 	if c.s.shutting.Load() {
 		return false
 	}
-	c.rw.SetReadDeadline(time.Now().Add(c.s.headerTimeout()))
+	if !headersBuffered(c.br) {
+		// Headers still to come are bounded; headers already here need no deadline (it
+		// costs a timer update per request).
+		c.rw.SetReadDeadline(time.Now().Add(c.s.headerTimeout()))
+	}
 	req, err := c.readRequest()
 	if err != nil {
 		c.refuse(err)
@@ -322,6 +330,14 @@ func (c *conn) next(first bool) bool {
 	}
 	return c.answer(req)
 }
+
+// headersBuffered reports whether a request's whole header block is in br's buffer.
+func headersBuffered(br *bufio.Reader) bool {
+	b, _ := br.Peek(br.Buffered())
+	return bytes.Contains(b, crlfcrlf)
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
 
 // refuse answers a request that could not be read with a one-line error, and the
 // connection closes.

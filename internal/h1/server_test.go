@@ -368,3 +368,59 @@ func TestShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSlowClientsCut: a client that sends half its headers, or half its body, and stalls
+// is cut by the header or body timeout; a body read in full lifts the body timeout, so a
+// handler that answers long after it is not cut.
+func TestSlowClientsCut(t *testing.T) {
+	bodyErr := make(chan error, 1)
+	var answered atomic.Int32
+	release, started := make(chan struct{}), make(chan struct{})
+	s := &Server{ReadHeaderTimeout: 200 * time.Millisecond, BodyTimeout: 200 * time.Millisecond, WatchAfter: time.Hour,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/ok" {
+				started <- struct{}{} // the body is sent only now: it was not read in with the headers
+			}
+			_, err := io.ReadAll(r.Body)
+			if r.URL.Path == "/stall" {
+				bodyErr <- err
+				return
+			}
+			<-release // past the body timeout
+			answered.Add(1)
+			io.WriteString(w, "late")
+		})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	addr := ln.Addr().String()
+
+	half := dial(t, addr)
+	io.WriteString(half, "POST /x HTTP/1.1\r\nHost: h\r\nContent-Le")
+	if _, err := io.ReadAll(half); err != nil {
+		t.Fatalf("half headers: %v", err) // EOF: the server closed it
+	}
+
+	stall := dial(t, addr)
+	io.WriteString(stall, "POST /stall HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n{\"a\":")
+	if err := <-bodyErr; err == nil {
+		t.Fatal("a stalled body was read without error")
+	}
+
+	whole := dial(t, addr)
+	io.WriteString(whole, "POST /ok HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n")
+	<-started
+	io.WriteString(whole, "{}")
+	time.Sleep(400 * time.Millisecond) // twice the body timeout, then the answer
+	close(release)
+	resp, err := http.ReadResponse(bufio.NewReader(whole), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := io.ReadAll(resp.Body); string(b) != "late" {
+		t.Fatalf("%q", b)
+	}
+}

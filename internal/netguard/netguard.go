@@ -213,10 +213,12 @@ func (g *Guard) Server(h http.Handler, tc *tls.Config) *http.Server {
 }
 
 // H1Server is Server's counterpart on the h1 server (the gateway's, internal/h1): the
-// same header, idle and body timeouts and header bound.
+// same header, idle and body timeouts and header bound (h1 bounds the body itself, and
+// only when it is not already read in).
 func (g *Guard) H1Server(h http.Handler, log *slog.Logger) *h1.Server {
 	return &h1.Server{
-		Handler:           g.bodyDeadline(h),
+		Handler:           h,
+		BodyTimeout:       g.lim.BodyTimeout,
 		ReadHeaderTimeout: g.lim.HeaderTimeout,
 		IdleTimeout:       g.lim.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
