@@ -95,7 +95,14 @@ func serveAll(ctx context.Context, log *slog.Logger, guard *netguard.Guard, ls [
 		l.ready(ln.Addr())
 		ln = guard.Listener(ln)
 		if l.tls != nil {
-			ln = tls.NewListener(ln, l.tls)
+			tc := l.tls
+			if l.h1 {
+				// h1 speaks HTTP/1.1 only: ALPN must not offer h2 (net/http's server adds it
+				// to a config it is given).
+				tc = tc.Clone()
+				tc.NextProtos = []string{"http/1.1"}
+			}
+			ln = tls.NewListener(ln, tc)
 		}
 		var srv server = guard.Server(l.h, l.tls)
 		if l.h1 {

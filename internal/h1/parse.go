@@ -161,6 +161,7 @@ func hasToken(vs []string, tok string) bool {
 }
 
 func (c *conn) readHeaders(r *http.Request, left *int) error {
+	vals := make([]string, 0, 16) // one backing array for the values (as net/http does)
 	for {
 		line, err := c.readLine(left)
 		if err != nil {
@@ -180,7 +181,12 @@ func (c *conn) readHeaders(r *http.Request, left *int) error {
 		if key == "" {
 			key = textproto.CanonicalMIMEHeaderKey(string(name))
 		}
-		r.Header[key] = append(r.Header[key], internValue(value))
+		if vs, seen := r.Header[key]; seen {
+			r.Header[key] = append(vs, internValue(value))
+			continue
+		}
+		vals = append(vals, internValue(value))
+		r.Header[key] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 }
 
