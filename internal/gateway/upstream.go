@@ -21,7 +21,8 @@ import (
 // connection. net/http's Transport hands every request to two goroutines per connection
 // (its read and write loops) and back; under load those hand-offs were a quarter of the
 // gateway's CPU (docs/PERFORMANCE.md, "The engine client"). The answer is parsed by
-// net/http's own http.ReadResponse. https engines go through the Transport (fallback).
+// readAnswer (answer.go), stricter than net/http's http.ReadResponse and never different.
+// https engines go through the Transport (fallback).
 //
 // What the Transport did that this keeps: a connection is reused only after its answer
 // was read to its end and did not ask to close; a pooled connection is peeked at before
@@ -185,7 +186,7 @@ func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http
 	for {
 		// 1xx answers before the answer (100 Continue, 103 Early Hints) are skipped, as
 		// the Transport does; all of them count toward the headers' bound.
-		resp, err = http.ReadResponse(ec.br, req)
+		resp, err = readAnswer(ec.br)
 		if err != nil || resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}

@@ -45,8 +45,13 @@ var errHeaderTooLarge = &parseError{status: http.StatusRequestHeaderFieldsTooLar
 
 // readLine returns the next line without its CRLF; the line must fit in what is left of
 // the header bound (*left).
-func (c *conn) readLine(left *int) ([]byte, error) {
-	line, err := c.br.ReadSlice('\n')
+func (c *conn) readLine(left *int) ([]byte, error) { return ReadLine(c.br, left) }
+
+// ReadLine returns br's next line without its CRLF, within what is left of a bound
+// (*left, which it lowers): a line ending in a bare LF, or with a CR before its end, is
+// refused, and so is a line past the bound (431).
+func ReadLine(br *bufio.Reader, left *int) ([]byte, error) {
+	line, err := br.ReadSlice('\n')
 	if err == bufio.ErrBufferFull {
 		// A line longer than the reader's buffer: gather it, within the bound.
 		buf := append([]byte(nil), line...)
@@ -54,14 +59,14 @@ func (c *conn) readLine(left *int) ([]byte, error) {
 			if len(buf) > *left {
 				return nil, errHeaderTooLarge
 			}
-			line, err = c.br.ReadSlice('\n')
+			line, err = br.ReadSlice('\n')
 			buf = append(buf, line...)
 		}
 		line = buf
 	}
 	if err != nil {
 		if len(line) > 0 && err == io.EOF {
-			return nil, bad("request cut short")
+			return nil, bad("cut short")
 		}
 		return nil, err
 	}
@@ -144,12 +149,14 @@ func (c *conn) readRequest() (*http.Request, error) {
 func closeAfter(r *http.Request) bool {
 	vs := r.Header["Connection"]
 	if r.ProtoMinor == 0 {
-		return !hasToken(vs, "keep-alive")
+		return !HasToken(vs, "keep-alive")
 	}
-	return hasToken(vs, "close")
+	return HasToken(vs, "close")
 }
 
-func hasToken(vs []string, tok string) bool {
+// HasToken reports whether a comma-separated list in vs (Connection's, say) names tok,
+// case-insensitively.
+func HasToken(vs []string, tok string) bool {
 	for _, v := range vs {
 		for f := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(strings.TrimSpace(f), tok) {
@@ -170,7 +177,7 @@ func (c *conn) readHeaders(r *http.Request, left *int) error {
 		if len(line) == 0 {
 			return nil
 		}
-		name, value, err := headerLine(line)
+		name, value, err := HeaderLine(line)
 		if err != nil {
 			return err
 		}
@@ -190,8 +197,10 @@ func (c *conn) readHeaders(r *http.Request, left *int) error {
 	}
 }
 
-// headerLine splits a header (or trailer) line into its name and its value, trimmed.
-func headerLine(line []byte) (name, value []byte, err error) {
+// HeaderLine splits a header (or trailer) line into its name and its value, trimmed:
+// obsolete folding, a name that is not a token, a missing colon, space before the colon
+// and control bytes in the value are refused.
+func HeaderLine(line []byte) (name, value []byte, err error) {
 	if line[0] == ' ' || line[0] == '\t' {
 		return nil, nil, bad("obsolete line folding")
 	}
@@ -239,11 +248,11 @@ func (c *conn) setBody(r *http.Request) error {
 		r.ContentLength = -1
 		r.TransferEncoding = []string{"chunked"}
 		delete(r.Header, "Transfer-Encoding") // net/http's reading does the same
-		r.Body = &body{c: c, chunked: true}
+		r.Body = &body{c: c, chunked: true, ch: NewChunked(c.br, c.s.maxHeader())}
 	case len(cl) > 1:
 		return bad("more than one Content-Length")
 	case len(cl) == 1:
-		n, ok := parseLength(cl[0])
+		n, ok := ParseLength(cl[0])
 		if !ok {
 			return bad("malformed Content-Length")
 		}
@@ -275,8 +284,8 @@ func (c *conn) setBody(r *http.Request) error {
 	return nil
 }
 
-// parseLength reads a Content-Length: 1 to 18 digits.
-func parseLength(s string) (int64, bool) {
+// ParseLength reads a Content-Length: 1 to 18 digits.
+func ParseLength(s string) (int64, bool) {
 	if len(s) == 0 || len(s) > 18 {
 		return 0, false
 	}

@@ -69,7 +69,7 @@ func (w *response) WriteHeader(code int) {
 	}
 	w.status = code
 	if v := w.header.Get("Content-Length"); v != "" {
-		if n, ok := parseLength(v); ok {
+		if n, ok := ParseLength(v); ok {
 			w.declared = n
 		} else {
 			w.header.Del("Content-Length")
@@ -160,7 +160,7 @@ func (w *response) sendHeader(last bool) {
 			w.chunked = true
 		}
 	}
-	if hasToken(h["Connection"], "close") {
+	if HasToken(h["Connection"], "close") {
 		w.close = true
 	}
 	bw := c.bw

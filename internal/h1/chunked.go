@@ -1,0 +1,151 @@
+package h1
+
+import (
+	"bufio"
+	"errors"
+	"io"
+)
+
+// ErrChunkFormat is a chunked body whose framing does not add up.
+var ErrChunkFormat = errors.New("malformed chunked body")
+
+// Chunked reads a chunked body (RFC 9112 7.1) from br: hex sizes of at most 15 digits,
+// extensions after ';' ignored, a CRLF after each chunk's data, trailers read and dropped
+// within maxTrailer bytes. Errors are sticky; io.EOF once the last chunk and the trailers
+// were read (nothing after them is read).
+type Chunked struct {
+	br         *bufio.Reader
+	maxTrailer int
+	left       int64 // of the current chunk
+	err        error
+}
+
+// NewChunked reads a chunked body from br.
+func NewChunked(br *bufio.Reader, maxTrailer int) *Chunked {
+	return &Chunked{br: br, maxTrailer: maxTrailer}
+}
+
+func (c *Chunked) Read(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.left == 0 {
+		n, err := c.size()
+		if err == nil && n == 0 {
+			err = c.trailers()
+			if err == nil {
+				err = io.EOF
+			}
+		}
+		if err != nil {
+			c.err = err
+			return 0, err
+		}
+		c.left = n
+	}
+	if int64(len(p)) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.br.Read(p)
+	c.left -= int64(n)
+	if c.left == 0 && err == nil {
+		err = c.crlf()
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		c.err = err
+	}
+	return n, err
+}
+
+// line reads a chunk-size line (at most 4 KiB).
+func (c *Chunked) line() ([]byte, error) {
+	left := 4 << 10
+	line, err := ReadLine(c.br, &left)
+	if err != nil {
+		if err == io.EOF {
+			return nil, io.ErrUnexpectedEOF
+		}
+		var pe *parseError
+		if errors.As(err, &pe) {
+			return nil, ErrChunkFormat
+		}
+		return nil, err
+	}
+	return line, nil
+}
+
+// size reads a chunk's size line.
+func (c *Chunked) size() (int64, error) {
+	line, err := c.line()
+	if err != nil {
+		return 0, err
+	}
+	size := line
+	for i, ch := range line {
+		if ch == ';' {
+			size = line[:i]
+			break
+		}
+	}
+	if len(size) == 0 || len(size) > 15 {
+		return 0, ErrChunkFormat
+	}
+	var n int64
+	for _, ch := range size {
+		var d byte
+		switch {
+		case ch >= '0' && ch <= '9':
+			d = ch - '0'
+		case ch >= 'a' && ch <= 'f':
+			d = ch - 'a' + 10
+		case ch >= 'A' && ch <= 'F':
+			d = ch - 'A' + 10
+		default:
+			return 0, ErrChunkFormat
+		}
+		n = n<<4 | int64(d)
+	}
+	return n, nil
+}
+
+// crlf reads the CRLF that ends a chunk's data.
+func (c *Chunked) crlf() error {
+	var two [2]byte
+	if _, err := io.ReadFull(c.br, two[:]); err != nil {
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	if two != [2]byte{'\r', '\n'} {
+		return ErrChunkFormat
+	}
+	return nil
+}
+
+// trailers reads (and drops) the trailer section after the last chunk.
+func (c *Chunked) trailers() error {
+	left := c.maxTrailer
+	for {
+		line, err := ReadLine(c.br, &left)
+		if err != nil {
+			if err == io.EOF {
+				return io.ErrUnexpectedEOF
+			}
+			var pe *parseError
+			if errors.As(err, &pe) {
+				return ErrChunkFormat
+			}
+			return err
+		}
+		if len(line) == 0 {
+			return nil
+		}
+		if _, _, err := HeaderLine(line); err != nil {
+			return ErrChunkFormat
+		}
+	}
+}
