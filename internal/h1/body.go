@@ -3,11 +3,14 @@ package h1
 import (
 	"errors"
 	"io"
+	"net/http"
+	"time"
 )
 
 // body is a request's body, read from the connection: Content-Length bytes, or chunks.
 type body struct {
 	c       *conn
+	req     *http.Request // the handler's: its Trailer is set at the body's end
 	chunked bool
 	ch      *Chunked // when chunked
 	left    int64    // bytes left of the body (Content-Length)
@@ -31,7 +34,13 @@ func (b *body) Read(p []byte) (int, error) {
 	}
 	if b.cont {
 		b.cont = false
-		b.c.continue100()
+		if w := b.c.resp; w == nil || !w.sent {
+			b.c.continue100()
+		} else {
+			// The answer has started: no 100 in its middle (net/http's rule); the client
+			// may still send the body, and the connection closes after the answer.
+			w.close = true
+		}
 	}
 	if !b.chunked {
 		if int64(len(p)) > b.left {
@@ -64,6 +73,9 @@ func (b *body) Read(p []byte) (int, error) {
 // handler's (a watch may wait on it).
 func (b *body) eof() {
 	b.sawEOF = true
+	if b.ch != nil && b.ch.Trailer != nil && b.req != nil {
+		b.req.Trailer = b.ch.Trailer
+	}
 	b.c.bodyRead.Store(true)
 }
 
@@ -87,6 +99,11 @@ func (b *body) drain(limit int64) bool {
 	}
 	if !b.chunked && b.left > limit {
 		return false
+	}
+	if b.chunked || int64(b.c.br.Buffered()) < b.left {
+		// The server's own read of a body no handler wanted: bounded like headers (a body
+		// trickled forever must not hold the connection; BodyTimeout may be none).
+		b.c.rw.SetReadDeadline(time.Now().Add(b.c.s.headerTimeout()))
 	}
 	was := b.closed
 	b.closed = false

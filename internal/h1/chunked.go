@@ -2,8 +2,11 @@ package h1
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
+	"net/http"
+	"net/textproto"
 )
 
 // ErrChunkFormat is a chunked body whose framing does not add up.
@@ -18,6 +21,8 @@ type Chunked struct {
 	maxTrailer int
 	left       int64 // of the current chunk
 	err        error
+	// Trailer holds the trailer section's fields (canonical names), once read.
+	Trailer http.Header
 }
 
 // NewChunked reads a chunked body from br.
@@ -50,6 +55,14 @@ func (c *Chunked) Read(p []byte) (int, error) {
 	c.left -= int64(n)
 	if c.left == 0 && err == nil {
 		err = c.crlf()
+		if err == nil && c.lastBuffered() {
+			// The last chunk is already here: the body ends with this read (a reader that
+			// stops at the data's end — a JSON decoder — still sees its end), as net/http's
+			// chunked reader does.
+			c.br.Discard(len(lastChunk))
+			c.err = io.EOF
+			return n, io.EOF
+		}
 	}
 	if err == io.EOF {
 		err = io.ErrUnexpectedEOF
@@ -58,6 +71,18 @@ func (c *Chunked) Read(p []byte) (int, error) {
 		c.err = err
 	}
 	return n, err
+}
+
+var lastChunk = []byte("0\r\n\r\n")
+
+// lastBuffered reports whether the body's last chunk, with no extensions or trailers,
+// is next in the buffer.
+func (c *Chunked) lastBuffered() bool {
+	if c.br.Buffered() < len(lastChunk) {
+		return false
+	}
+	b, _ := c.br.Peek(len(lastChunk))
+	return bytes.Equal(b, lastChunk)
 }
 
 // line reads a chunk-size line (at most 4 KiB).
@@ -144,8 +169,14 @@ func (c *Chunked) trailers() error {
 		if len(line) == 0 {
 			return nil
 		}
-		if _, _, err := HeaderLine(line); err != nil {
+		name, value, err := HeaderLine(line)
+		if err != nil {
 			return ErrChunkFormat
 		}
+		if c.Trailer == nil {
+			c.Trailer = http.Header{}
+		}
+		key := textproto.CanonicalMIMEHeaderKey(string(name))
+		c.Trailer[key] = append(c.Trailer[key], string(value))
 	}
 }

@@ -90,13 +90,8 @@ func (c *conn) readRequest() (*http.Request, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Some clients send a CRLF after a request's body (RFC 9112 2.2: a server SHOULD
-	// ignore at least one empty line before the request line).
-	if len(line) == 0 {
-		if line, err = c.readLine(&left); err != nil {
-			return nil, err
-		}
-	}
+	// An empty line where a request line belongs is refused, as net/http does (RFC 9112
+	// 2.2 allows skipping it; two servers on one path must agree on where requests start).
 	method, rest, ok1 := bytes.Cut(line, []byte{' '})
 	target, proto, ok2 := bytes.Cut(rest, []byte{' '})
 	if !ok1 || !ok2 || len(method) == 0 || !isToken(method) {
@@ -144,31 +139,45 @@ func (c *conn) readRequest() (*http.Request, error) {
 	return r, nil
 }
 
-// closeAfter reports whether the client asked the connection to close after r: HTTP/1.0
-// unless it asked to keep it, HTTP/1.1 when it said close.
+// closeAfter reports whether the client asked the connection to close after r: net/http's
+// rule (HTTP/1.0 unless it asked to keep it, or when it said close).
 func closeAfter(r *http.Request) bool {
 	vs := r.Header["Connection"]
+	closing := HasToken(vs, "close")
 	if r.ProtoMinor == 0 {
-		return !HasToken(vs, "keep-alive")
+		return closing || !HasToken(vs, "keep-alive")
 	}
-	return HasToken(vs, "close")
+	return closing
 }
 
 // HasToken reports whether a comma-separated list in vs (Connection's, say) names tok,
-// case-insensitively.
-func HasToken(vs []string, tok string) bool {
-	for _, v := range vs {
-		for f := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(f), tok) {
-				return true
-			}
+// in ASCII case (httpguts': net/http's comparison, no Unicode folding or spaces).
+func HasToken(vs []string, tok string) bool { return httpguts.HeaderValuesContainsToken(vs, tok) }
+
+// asciiEqualFold is strings.EqualFold in ASCII only (no Unicode folding: "chun\u212Aed"
+// is not "chunked").
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
 		}
 	}
-	return false
+	return true
 }
 
 func (c *conn) readHeaders(r *http.Request, left *int) error {
 	vals := make([]string, 0, 16) // one backing array for the values (as net/http does)
+	lines := 0
 	for {
 		line, err := c.readLine(left)
 		if err != nil {
@@ -181,7 +190,7 @@ func (c *conn) readHeaders(r *http.Request, left *int) error {
 		if err != nil {
 			return err
 		}
-		if len(r.Header) >= 100 {
+		if lines++; lines > 100 {
 			return errHeaderTooLarge
 		}
 		key := internHeader(name)
@@ -242,13 +251,13 @@ func (c *conn) setBody(r *http.Request) error {
 		if len(cl) > 0 {
 			return bad("both Transfer-Encoding and Content-Length")
 		}
-		if len(te) != 1 || !strings.EqualFold(te[0], "chunked") || r.ProtoMinor == 0 {
+		if len(te) != 1 || !asciiEqualFold(te[0], "chunked") || r.ProtoMinor == 0 {
 			return &parseError{status: http.StatusNotImplemented, msg: "h1: unsupported Transfer-Encoding"}
 		}
 		r.ContentLength = -1
 		r.TransferEncoding = []string{"chunked"}
 		delete(r.Header, "Transfer-Encoding") // net/http's reading does the same
-		r.Body = &body{c: c, chunked: true, ch: NewChunked(c.br, c.s.maxHeader())}
+		r.Body = &body{c: c, req: r, chunked: true, ch: NewChunked(c.br, c.s.maxHeader())}
 	case len(cl) > 1:
 		return bad("more than one Content-Length")
 	case len(cl) == 1:
@@ -265,20 +274,32 @@ func (c *conn) setBody(r *http.Request) error {
 	default:
 		r.Body = http.NoBody
 	}
+	if _, ok := r.Header["Trailer"]; ok {
+		return bad("request trailers are not accepted") // net/http's rules for them are many; no client here sends them
+	}
+	if ex := r.Header["Expect"]; len(ex) > 0 {
+		// net/http's rule: a first Expect value naming 100-continue waits for it (HTTP/1.1,
+		// with a body); any other Expect is 417.
+		if !HasToken(ex[:1], "100-continue") {
+			return &parseError{status: http.StatusExpectationFailed, msg: "h1: unsupported Expect"}
+		}
+		if b, ok := r.Body.(*body); ok && r.ProtoMinor == 1 {
+			b.cont = true
+		}
+	}
 	if r.Body != http.NoBody {
 		b := r.Body.(*body)
-		if t := c.s.BodyTimeout; t > 0 && (b.chunked || int64(c.br.Buffered()) < b.left) {
-			// A body not all here is bounded (a body that is, is read without waiting).
-			// The deadline is not lifted at the body's end: only reads obey it, and after
-			// the body nothing reads the connection until the watch (which clears it) or
-			// the next request (which sets its own).
-			c.rw.SetReadDeadline(time.Now().Add(t))
-		}
-		if ex := r.Header["Expect"]; len(ex) > 0 {
-			if len(ex) != 1 || !strings.EqualFold(ex[0], "100-continue") {
-				return &parseError{status: http.StatusExpectationFailed, msg: "h1: unsupported Expect"}
+		if b.chunked || int64(c.br.Buffered()) < b.left {
+			// A body not all here gets its own deadline (BodyTimeout; none when 0), not the
+			// header's or the idle one; a body that is here is read without waiting. The
+			// deadline is not lifted at the body's end: only reads obey it, and after the
+			// body nothing reads the connection until the watch (which clears it) or the
+			// next request (which sets its own).
+			var d time.Time
+			if t := c.s.BodyTimeout; t > 0 {
+				d = time.Now().Add(t)
 			}
-			r.Body.(*body).cont = true
+			c.rw.SetReadDeadline(d)
 		}
 	}
 	return nil

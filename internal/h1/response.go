@@ -18,26 +18,32 @@ const holdBytes = 4 << 10
 
 // response is the http.ResponseWriter of one request.
 type response struct {
-	c        *conn
-	req      *http.Request
-	cancel   context.CancelFunc // the request's context
-	header   http.Header
-	status   int
-	sent     bool // status line and headers are in c.bw
-	chunked  bool
-	noBody   bool  // HEAD, 1xx, 204, 304: nothing after the headers
-	declared int64 // the handler's Content-Length (-1: none)
-	written  int64
-	close    bool // the connection closes after this answer
-	err      error
-	hold     []byte
+	c         *conn
+	req       *http.Request
+	cancel    context.CancelFunc // the request's context
+	deadlines bool               // the handler set a read or write deadline
+	header    http.Header
+	status    int
+	sent      bool // status line and headers are in c.bw
+	chunked   bool
+	noBody    bool  // HEAD, 1xx, 204, 304: nothing after the headers
+	declared  int64 // the handler's Content-Length (-1: none)
+	written   int64
+	close     bool // the connection closes after this answer
+	err       error
+	hold      []byte
 }
 
 func (c *conn) answer(req *http.Request) bool {
 	ctx, cancel := context.WithCancel(c.ctx)
 	req = req.WithContext(ctx)
 	w := &response{c: c, req: req, cancel: cancel, header: make(http.Header, 4), declared: -1, close: req.Close, hold: c.hold[:0]}
-	c.bodyRead.Store(req.Body == http.NoBody)
+	b, _ := req.Body.(*body)
+	if b != nil {
+		b.req = req
+	}
+	c.resp = w
+	c.bodyRead.Store(b == nil)
 	c.watchMu.Lock()
 	c.req, c.cancelReq = req, cancel
 	c.watchMu.Unlock()
@@ -48,14 +54,34 @@ func (c *conn) answer(req *http.Request) bool {
 	w.finish()
 	c.busySince.Store(0)
 	cancel()
-	reuse := !w.close && w.err == nil && !c.peerGone.Load()
-	if b, ok := req.Body.(*body); ok {
-		if reuse {
-			reuse = b.drain(256 << 10)
-		}
-		b.closed = true // a read after the handler returned fails, as net/http's does
+	c.resp = nil
+	if w.deadlines {
+		// A handler's deadlines end with its request (net/http's rule).
+		c.rw.SetReadDeadline(time.Time{})
+		c.rw.SetWriteDeadline(time.Time{})
 	}
-	return reuse
+	if b != nil {
+		b.closed = true // a read after the handler returned fails, as net/http's does
+		if !b.sawEOF {
+			c.linger = true // unread bytes: close so that the client reads the answer first
+		}
+	}
+	return !w.close && w.err == nil && !c.peerGone.Load()
+}
+
+// settleBody decides, as the answer's headers go out, what becomes of a request body the
+// handler did not read to its end (net/http's rule): up to 256 KiB is read and dropped
+// so that the connection can carry the next request; a larger body, one that fails, or
+// one whose client waits for a 100 Continue it was never sent, closes the connection
+// after the answer — and the answer says so.
+func (w *response) settleBody() {
+	b, ok := w.req.Body.(*body)
+	if !ok || b.sawEOF || b.err != nil && b.closed {
+		return
+	}
+	if b.cont || b.err != nil || !b.drain(256<<10) {
+		w.close = true
+	}
 }
 
 func (w *response) Header() http.Header { return w.header }
@@ -142,7 +168,8 @@ func (w *response) sendHeader(last bool) {
 	}
 	w.sent = true
 	c := w.c
-	if c.s.shutting.Load() {
+	w.settleBody()
+	if c.s.shutting.Load() || c.peerGone.Load() {
 		w.close = true
 	}
 	h := w.header
@@ -168,12 +195,8 @@ func (w *response) sendHeader(last bool) {
 	bw.WriteString(statusLine(w.status))
 	bw.WriteString("\r\n")
 	for k, vs := range h {
-		switch k {
-		case "Content-Length", "Transfer-Encoding", "Connection", "Date":
-			continue // the server's to write
-		}
-		if !httpguts.ValidHeaderFieldName(k) {
-			continue
+		if serverHeader(k) || !httpguts.ValidHeaderFieldName(k) {
+			continue // framing is the server's to write, under any spelling of its names
 		}
 		for _, v := range vs {
 			bw.WriteString(k)
@@ -206,6 +229,21 @@ func (w *response) sendHeader(last bool) {
 	held := w.hold
 	w.hold = nil
 	w.body(held)
+}
+
+// serverHeader reports whether k names a header the server writes itself.
+func serverHeader(k string) bool {
+	switch len(k) {
+	case 4:
+		return asciiEqualFold(k, "Date")
+	case 10:
+		return asciiEqualFold(k, "Connection")
+	case 14:
+		return asciiEqualFold(k, "Content-Length")
+	case 17:
+		return asciiEqualFold(k, "Transfer-Encoding")
+	}
+	return false
 }
 
 // writeValue writes a header value with CR and LF made spaces (net/http's rule: a value
@@ -246,8 +284,15 @@ func (w *response) FlushError() error {
 }
 
 // SetReadDeadline and SetWriteDeadline are http.ResponseController's.
-func (w *response) SetReadDeadline(t time.Time) error  { return w.c.rw.SetReadDeadline(t) }
-func (w *response) SetWriteDeadline(t time.Time) error { return w.c.rw.SetWriteDeadline(t) }
+func (w *response) SetReadDeadline(t time.Time) error {
+	w.deadlines = true
+	return w.c.rw.SetReadDeadline(t)
+}
+
+func (w *response) SetWriteDeadline(t time.Time) error {
+	w.deadlines = true
+	return w.c.rw.SetWriteDeadline(t)
+}
 
 var errShortBody = errors.New("h1: the handler wrote less than its Content-Length")
 

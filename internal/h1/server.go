@@ -20,6 +20,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -223,7 +224,9 @@ type conn struct {
 	state  atomic.Int32
 	ctx    context.Context // the connection's: ends when it closes
 	cancel context.CancelFunc
-	hold   []byte // a response's held bytes (response.go)
+	hold   []byte    // a response's held bytes (response.go)
+	resp   *response // the answer being given (a body's 100 Continue looks at it)
+	linger bool      // a request's body was left unread: close gently (lingerClose)
 	// The request being answered, and the watch for its client's close (watch.go).
 	busySince atomic.Int64 // unix ns its handler started; 0: none runs
 	watchMu   sync.Mutex
@@ -272,6 +275,9 @@ func (c *conn) serve() {
 			}
 		}
 		c.cancel()
+		if c.linger {
+			c.lingerClose()
+		}
 		c.rw.Close()
 		c.s.forget(c)
 	}()
@@ -356,7 +362,25 @@ func (c *conn) refuse(err error) {
 	c.bw.WriteString("\r\n\r\n")
 	c.bw.WriteString(msg)
 	c.bw.Flush()
-	if tcp, ok := c.rw.(interface{ CloseWrite() error }); ok {
-		tcp.CloseWrite()
+	c.linger = true
+}
+
+// lingerClose ends a connection whose client may still be sending (a body left unread, a
+// refused request): closing with unread bytes makes the kernel send a reset, which can
+// destroy the answer before the client reads it. So the write side closes first, and what
+// the client still sends is read and dropped for up to 500 ms (1 MiB of it; past that
+// the rest of the time passes without reading), as net/http and other servers do.
+func (c *conn) lingerClose() {
+	if cw, ok := c.rw.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else if tc, ok := c.rw.(*tls.Conn); ok {
+		tc.CloseWrite()
+	}
+	end := time.Now().Add(500 * time.Millisecond)
+	c.rw.SetReadDeadline(end)
+	if n, _ := io.CopyN(io.Discard, c.rw, 1<<20); n == 1<<20 {
+		// Still sending: stop reading (its writes stall) and give it the rest of the
+		// time to read the answer before the reset.
+		time.Sleep(time.Until(end))
 	}
 }

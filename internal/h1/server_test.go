@@ -26,7 +26,17 @@ func serve(t *testing.T, h http.Handler, tc *tls.Config) (*Server, string) {
 	if tc != nil {
 		ln = tls.NewListener(ln, tc)
 	}
+	return serveOn(t, ln, h, nil), ln.Addr().String()
+}
+
+// serveOn serves h on ln (cfg, if set, adjusts the Server first) until the test ends;
+// Serve must then return ErrServerClosed.
+func serveOn(t *testing.T, ln net.Listener, h http.Handler, cfg func(*Server)) *Server {
+	t.Helper()
 	s := &Server{Handler: h, WatchAfter: 20 * time.Millisecond}
+	if cfg != nil {
+		cfg(s)
+	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ln) }()
 	t.Cleanup(func() {
@@ -35,7 +45,7 @@ func serve(t *testing.T, h http.Handler, tc *tls.Config) (*Server, string) {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return s, ln.Addr().String()
+	return s
 }
 
 func dial(t *testing.T, addr string) net.Conn {

@@ -19,7 +19,7 @@ func (s *Server) watchLater(c *conn) {
 // sweep starts the watch of every connection whose handler has run longer than
 // WatchAfter; it ends when no connection is left.
 func (s *Server) sweep() {
-	every := s.watchAfter() / 2
+	every := max(s.watchAfter()/2, time.Millisecond)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -66,9 +66,11 @@ func (c *conn) watch() {
 	c.watching = true
 	c.watchEnd = make(chan struct{})
 	cancel := c.cancelReq
+	// The deadline is cleared here, under watchMu, not in the goroutine: unwatch's
+	// deadline (which ends the watch) must come after it, never before.
+	c.rw.SetReadDeadline(time.Time{})
 	go func() {
 		defer close(c.watchEnd)
-		c.rw.SetReadDeadline(time.Time{})
 		_, err := c.br.Peek(1)
 		c.watchMu.Lock()
 		stopping := c.watchDone
