@@ -30,47 +30,67 @@ func NewChunked(br *bufio.Reader, maxTrailer int) *Chunked {
 	return &Chunked{br: br, maxTrailer: maxTrailer}
 }
 
+// Read reads as much of the body as is at hand: after a chunk's end it goes on to the
+// next chunk when that chunk's size line is already buffered (a stream's events arrive
+// several to a read, and their reader sees them together), and it blocks only when it
+// has nothing yet, as net/http's chunked reader does.
 func (c *Chunked) Read(p []byte) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
-	if c.left == 0 {
-		n, err := c.size()
-		if err == nil && n == 0 {
-			err = c.trailers()
-			if err == nil {
+	n := 0
+	for c.err == nil {
+		if c.left == 0 {
+			if n > 0 && !c.sizeBuffered() {
+				break
+			}
+			size, err := c.size()
+			if err == nil && size == 0 {
+				err = c.trailers()
+				if err == nil {
+					err = io.EOF
+				}
+			}
+			if err != nil {
+				c.err = err
+				break
+			}
+			c.left = size
+		}
+		if len(p) == 0 || n > 0 && c.br.Buffered() == 0 {
+			break
+		}
+		rd := p
+		if int64(len(rd)) > c.left {
+			rd = rd[:c.left]
+		}
+		m, err := c.br.Read(rd)
+		n += m
+		p = p[m:]
+		c.left -= int64(m)
+		if c.left == 0 && err == nil {
+			err = c.crlf()
+			if err == nil && c.lastBuffered() {
+				// The last chunk is already here: the body ends with this read (a reader
+				// that stops at the data's end — a JSON decoder — still sees its end).
+				c.br.Discard(len(lastChunk))
 				err = io.EOF
 			}
 		}
+		if err == io.EOF && c.left > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 		if err != nil {
 			c.err = err
-			return 0, err
-		}
-		c.left = n
-	}
-	if int64(len(p)) > c.left {
-		p = p[:c.left]
-	}
-	n, err := c.br.Read(p)
-	c.left -= int64(n)
-	if c.left == 0 && err == nil {
-		err = c.crlf()
-		if err == nil && c.lastBuffered() {
-			// The last chunk is already here: the body ends with this read (a reader that
-			// stops at the data's end — a JSON decoder — still sees its end), as net/http's
-			// chunked reader does.
-			c.br.Discard(len(lastChunk))
-			c.err = io.EOF
-			return n, io.EOF
 		}
 	}
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
+	if c.err != nil && (n == 0 || c.err == io.EOF) {
+		return n, c.err
 	}
-	if err != nil {
-		c.err = err
-	}
-	return n, err
+	return n, nil
+}
+
+// sizeBuffered reports whether a whole chunk-size line is in the buffer.
+func (c *Chunked) sizeBuffered() bool {
+	b, _ := c.br.Peek(c.br.Buffered())
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 var lastChunk = []byte("0\r\n\r\n")
