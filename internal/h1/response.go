@@ -76,7 +76,7 @@ func (c *conn) answer(req *http.Request) bool {
 // after the answer — and the answer says so.
 func (w *response) settleBody() {
 	b, ok := w.req.Body.(*body)
-	if !ok || b.sawEOF || b.err != nil && b.closed {
+	if !ok || b.sawEOF {
 		return
 	}
 	if b.cont || b.err != nil || !b.drain(256<<10) {

@@ -434,3 +434,32 @@ func TestSlowClientsCut(t *testing.T) {
 		t.Fatalf("%q", b)
 	}
 }
+
+// TestBadBodyClosesConnection: a chunked body whose framing breaks fails the handler's
+// read, and whatever the handler does next — closing the body, answering — the
+// connection closes after the answer: nothing after the broken body is read as a request.
+func TestBadBodyClosesConnection(t *testing.T) {
+	var calls atomic.Int32
+	_, addr := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if _, err := io.ReadAll(r.Body); err == nil {
+			t.Errorf("%s: a broken body read without error", r.URL.Path)
+		}
+		r.Body.Close()
+		http.Error(w, "bad body", 400)
+	}), nil)
+	c := dial(t, addr)
+	io.WriteString(c, "POST /broken HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXXGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	if resp.StatusCode != 400 || !resp.Close {
+		t.Fatalf("status %d, close %v", resp.StatusCode, resp.Close)
+	}
+	if rest, _ := io.ReadAll(br); len(rest) != 0 || calls.Load() != 1 {
+		t.Fatalf("after the broken body: %q, %d handler calls", rest, calls.Load())
+	}
+}
