@@ -113,7 +113,7 @@ func answerBody(resp *http.Response, br *bufio.Reader) error {
 		delete(h, "Transfer-Encoding")
 		resp.TransferEncoding = []string{"chunked"}
 		resp.ContentLength = -1
-		resp.Body = io.NopCloser(h1.NewChunked(br, 64<<10))
+		resp.Body = io.NopCloser(h1.NewChunked(br, h1.MaxTrailer))
 	case length >= 0:
 		resp.ContentLength = length
 		if length == 0 {

@@ -20,6 +20,7 @@ type Chunked struct {
 	br         *bufio.Reader
 	maxTrailer int
 	left       int64 // of the current chunk
+	excess     int64 // framing bytes beyond what data justifies (net/http's rule)
 	err        error
 	// Trailer holds the trailer section's fields (canonical names), once read.
 	Trailer http.Header
@@ -138,6 +139,10 @@ func (c *Chunked) size() (int64, error) {
 	if len(size) == 0 || len(size) > 15 {
 		return 0, ErrChunkFormat
 	}
+	// net/http's bound on framing: each chunk may carry 16 bytes of size line and
+	// extensions beyond twice its data; past 16 KiB of excess the body is refused (tiny
+	// chunks with long extensions are work, not data).
+	c.excess += int64(len(line)) + 2
 	var n int64
 	for _, ch := range size {
 		var d byte
@@ -153,8 +158,18 @@ func (c *Chunked) size() (int64, error) {
 		}
 		n = n<<4 | int64(d)
 	}
+	c.excess = max(c.excess-16-2*n, 0)
+	if c.excess > 16<<10 {
+		return 0, ErrTooMuchFraming
+	}
 	return n, nil
 }
+
+// ErrTooMuchFraming is a chunked body whose size lines and extensions outweigh its data.
+var ErrTooMuchFraming = errors.New("chunked body with too much non-data")
+
+// MaxTrailer bounds a chunked body's trailer section (net/http's: its reader's buffer).
+const MaxTrailer = 4 << 10
 
 // crlf reads the CRLF that ends a chunk's data.
 func (c *Chunked) crlf() error {

@@ -257,7 +257,7 @@ func (c *conn) setBody(r *http.Request) error {
 		r.ContentLength = -1
 		r.TransferEncoding = []string{"chunked"}
 		delete(r.Header, "Transfer-Encoding") // net/http's reading does the same
-		r.Body = &body{c: c, req: r, chunked: true, ch: NewChunked(c.br, c.s.maxHeader())}
+		r.Body = &body{c: c, req: r, chunked: true, ch: NewChunked(c.br, MaxTrailer)}
 	case len(cl) > 1:
 		return bad("more than one Content-Length")
 	case len(cl) == 1:

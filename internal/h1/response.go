@@ -20,6 +20,7 @@ const holdBytes = 4 << 10
 type response struct {
 	c         *conn
 	req       *http.Request
+	reqBody   *body              // the request's, as read (nil: none)
 	cancel    context.CancelFunc // the request's context
 	deadlines bool               // the handler set a read or write deadline
 	header    http.Header
@@ -37,8 +38,10 @@ type response struct {
 func (c *conn) answer(req *http.Request) bool {
 	ctx, cancel := context.WithCancel(c.ctx)
 	req = req.WithContext(ctx)
-	w := &response{c: c, req: req, cancel: cancel, header: make(http.Header, 4), declared: -1, close: req.Close, hold: c.hold[:0]}
 	b, _ := req.Body.(*body)
+	// The body is kept here, not looked up in req when the answer goes out: a handler may
+	// replace r.Body (http.MaxBytesReader, io.LimitReader) and leave bytes unread behind it.
+	w := &response{c: c, req: req, reqBody: b, cancel: cancel, header: make(http.Header, 4), declared: -1, close: req.Close, hold: c.hold[:0]}
 	if b != nil {
 		b.req = req
 	}
@@ -75,8 +78,19 @@ func (c *conn) answer(req *http.Request) bool {
 // one whose client waits for a 100 Continue it was never sent, closes the connection
 // after the answer — and the answer says so.
 func (w *response) settleBody() {
-	b, ok := w.req.Body.(*body)
-	if !ok || b.sawEOF {
+	b := w.reqBody
+	if b == nil {
+		return
+	}
+	// A 413 is a handler refusing the body as too large (http.MaxBytesReader's answer,
+	// whose hook into net/http's server is unexported): the rest is not read and the
+	// connection closes, as net/http's does — also when the limit's reader happened to
+	// read the body to its end.
+	if w.status == http.StatusRequestEntityTooLarge {
+		w.close = true
+		return
+	}
+	if b.sawEOF {
 		return
 	}
 	if b.cont || b.err != nil || !b.drain(256<<10) {
