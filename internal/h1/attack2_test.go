@@ -353,7 +353,7 @@ func TestAttack25ShutdownMidPipeline(t *testing.T) {
 		defer cancel()
 		done <- s.Shutdown(ctx)
 	}()
-	time.Sleep(30 * time.Millisecond) // Shutdown has begun (it polls every 10 ms)
+	waitFor(t, "Shutdown to begin", s.shutting.Load)
 	close(release)
 	out, _ := io.ReadAll(c)
 	if err := <-done; err != nil {

@@ -128,11 +128,18 @@ func a24Responses(out []byte, methods ...string) []string {
 
 // a24Seen is what a handler saw of one request.
 type a24Seen struct {
-	mu   sync.Mutex
-	list []string
+	mu      sync.Mutex
+	list    []string
+	running atomic.Int32 // handlers started and not yet recorded
 }
 
+// take returns what was recorded, once no handler is still running (a handler whose
+// client has gone records its body's error a moment after the client sees the close).
 func (s *a24Seen) take() []string {
+	deadline := time.Now().Add(30 * time.Second)
+	for s.running.Load() != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	l := s.list
@@ -144,6 +151,8 @@ func (s *a24Seen) take() []string {
 // read (method, target, host, proto, framing, headers, body, trailers, close).
 func (s *a24Seen) handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.running.Add(1)
+		defer s.running.Add(-1)
 		b, err := io.ReadAll(r.Body)
 		line := fmt.Sprintf("%s %s path=%q query=%q host=%q %s cl=%d te=%v close=%v header=%s body=%q bodyerr=%v trailer=%s",
 			r.Method, r.RequestURI, r.URL.Path, r.URL.RawQuery, r.Host, r.Proto, r.ContentLength, r.TransferEncoding,
