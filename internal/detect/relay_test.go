@@ -119,7 +119,7 @@ func TestSharedDetectionAcrossReplicas(t *testing.T) {
 	for range 2 {
 		a := &seqAudit{}
 		r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: a, Duration: time.Hour, Bus: bus})
-		go r.Run(ctx, time.Hour)
+		runResponder(t, ctx, r)
 		rs, auds = append(rs, r), append(auds, a)
 	}
 	for i := range 4 {
@@ -173,7 +173,7 @@ func TestStartingReplicaReplaysHistory(t *testing.T) {
 	defer cancel()
 	aud := &seqAudit{}
 	r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: aud, Duration: time.Hour, Bus: bus})
-	go r.Run(ctx, time.Hour)
+	runResponder(t, ctx, r)
 	waitFor(t, "history replayed", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.index == 7 })
 	if a, _ := r.Sanction("old-mallory"); a != "" || countKind(aud, "detect.alert") != 0 {
 		t.Fatalf("history re-alerted: sanction %q, %s", a, aud.kinds())
@@ -229,7 +229,7 @@ func TestBusDownDetectsLocally(t *testing.T) {
 	if degraded() != 0 {
 		t.Fatal("degraded before any failure")
 	}
-	go r.Run(ctx, time.Hour)
+	runResponder(t, ctx, r)
 	for i := range 4 {
 		r.Observe(sweep(i))
 		if i == 0 {
@@ -428,4 +428,15 @@ func FuzzBusRecord(f *testing.F) {
 		}
 		e.CampaignAlerts(3, w.Req.TS)
 	})
+}
+
+// runResponder runs r until ctx ends; the test's cleanup waits for Run to return (the
+// caller cancels ctx first, in a defer), so no Responder goroutine outlives its test.
+func runResponder(t *testing.T, ctx context.Context, r *Responder) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.Run(ctx, time.Hour)
+	}()
+	t.Cleanup(func() { <-done })
 }

@@ -179,9 +179,13 @@ func (r *Responder) Observe(o obs.Observation) {
 // sanctions every 2 seconds and, with a bus, publishes and reads observations, until ctx
 // ends.
 func (r *Responder) Run(ctx context.Context, every time.Duration) {
+	// The bus's goroutines end with ctx, and Run returns only after them: nothing of the
+	// Responder still runs once Run has returned.
+	var bus sync.WaitGroup
+	defer bus.Wait()
 	if r.relay != nil {
-		go r.publish(ctx)
-		go r.consume(ctx)
+		bus.Go(func() { r.publish(ctx) })
+		bus.Go(func() { r.consume(ctx) })
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
