@@ -51,7 +51,7 @@ func (c *conn) answer(req *http.Request) bool {
 	c.req, c.cancelReq = req, cancel
 	c.watchMu.Unlock()
 	c.busySince.Store(time.Now().UnixNano())
-	c.s.watchLater(c)
+	c.s.watchLater()
 	c.s.Handler.ServeHTTP(w, req)
 	c.unwatch()
 	w.finish()
@@ -90,10 +90,7 @@ func (w *response) settleBody() {
 		w.close = true
 		return
 	}
-	if b.sawEOF {
-		return
-	}
-	if b.cont || b.err != nil || !b.drain(256<<10) {
+	if !b.drain(256 << 10) {
 		w.close = true
 	}
 }

@@ -448,18 +448,14 @@ func TestBadBodyClosesConnection(t *testing.T) {
 		r.Body.Close()
 		http.Error(w, "bad body", 400)
 	}), nil)
-	c := dial(t, addr)
-	io.WriteString(c, "POST /broken HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXXGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n")
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, nil)
+	status, closed, rest, err := a24First(t, addr, "POST /broken HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXXGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	io.ReadAll(resp.Body)
-	if resp.StatusCode != 400 || !resp.Close {
-		t.Fatalf("status %d, close %v", resp.StatusCode, resp.Close)
+	if status != 400 || !closed {
+		t.Fatalf("status %d, close %v", status, closed)
 	}
-	if rest, _ := io.ReadAll(br); len(rest) != 0 || calls.Load() != 1 {
+	if len(rest) != 0 || calls.Load() != 1 {
 		t.Fatalf("after the broken body: %q, %d handler calls", rest, calls.Load())
 	}
 }

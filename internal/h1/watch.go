@@ -10,7 +10,7 @@ import "time"
 // load — are never watched: whatever a watch would notice, the answer's write does.
 
 // watchLater makes sure a sweep runs while any request is being answered.
-func (s *Server) watchLater(c *conn) {
+func (s *Server) watchLater() {
 	if s.sweeping.CompareAndSwap(false, true) {
 		go s.sweep()
 	}
