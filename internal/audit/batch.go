@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -74,10 +75,63 @@ func (d DirBundles) PutBundle(_ context.Context, name string, b []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+	if err := mkdirSynced(filepath.Dir(p)); err != nil {
 		return err
 	}
 	return fsutil.WriteFileAtomic(p, b, 0o644)
+}
+
+// BundleLinker is a BundleStore that can take a file as a bundle without copying it.
+type BundleLinker interface {
+	// LinkBundle puts the file at src, whose SHA-256 is name and whose data is durable
+	// already, in place as bundle name.
+	LinkBundle(ctx context.Context, name, src string) error
+}
+
+// LinkBundle hard-links src (a closed journal segment, a bundle v2: its frames were each
+// synced as they were written) as bundle name: the records are written once, in the
+// journal, and only the new name is synced here. An existing bundle of that name is
+// replaced, atomically, as PutBundle does.
+func (d DirBundles) LinkBundle(_ context.Context, name, src string) error {
+	p, err := d.path(name)
+	if err != nil {
+		return err
+	}
+	if err := mkdirSynced(filepath.Dir(p)); err != nil {
+		return err
+	}
+	var r [8]byte
+	rand.Read(r[:])
+	tmp := p + ".tmp-link-" + hex.EncodeToString(r[:])
+	if err := os.Link(src, tmp); err != nil {
+		return err
+	}
+	defer os.Remove(tmp) // renamed away, or (the same file was there already) still here
+	if err := os.Chmod(tmp, 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(p))
+}
+
+// mkdirSynced makes dir and its missing parents, syncing the parent of each one made, so
+// that a file synced into dir cannot be lost with a directory entry above it.
+func mkdirSynced(dir string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirSynced(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return fsutil.SyncDir(parent)
 }
 
 func (d DirBundles) Bundle(_ context.Context, name string) ([]byte, error) {
@@ -126,8 +180,23 @@ func AppendBundle(dst []byte, records [][]byte) (bundle []byte, name string) {
 	return b, hex.EncodeToString(sum[:])
 }
 
-// DecodeBundle splits a bundle into its records, refusing anything malformed.
+// DecodeBundle splits a bundle into its records, refusing anything malformed. A bundle is
+// v1 (written by the batcher) or v2, a request journal's closed segment taken as it stands
+// (journal.go): whole frames, each CRC-checked; their MACs (the journal key's) are not
+// checked here — the bundle's name, its SHA-256, fixes its content.
 func DecodeBundle(b []byte) ([][]byte, error) {
+	if bytes.HasPrefix(b, []byte(journalMagic)) {
+		recs, _, n, err := scanSegment(b, "bundle", nil, true)
+		switch {
+		case err != nil:
+			return nil, err
+		case n < journalHeader || n != len(b):
+			return nil, fmt.Errorf("%w: bundle (a journal segment) cut short or with bytes after its last frame", ErrEvent)
+		case len(recs) > MaxBatch:
+			return nil, fmt.Errorf("%w: bundle holds over %d records", ErrEvent, MaxBatch)
+		}
+		return recs, nil
+	}
 	rest, ok := bytes.CutPrefix(b, []byte(bundleMagic))
 	if !ok {
 		return nil, fmt.Errorf("%w: not a strongroom batch bundle", ErrEvent)
@@ -593,18 +662,47 @@ func (b *Batcher) runJournal() {
 
 // journalCommit makes groups durable in the journal — one frame each, one write and one
 // fdatasync for all (several are ready when CommitNow ran during the last fdatasync) — and
-// resolves their futures.
+// resolves their futures. A segment never holds more than MaxRecords records (groups hold
+// at most that many): a group that would take it past is written to the next, so that a
+// segment is one batch, and its file the batch's bundle (fold).
 func (b *Batcher) journalCommit(ps ...*pendingBatch) {
-	live := ps[:0:0]
-	var groups [][]store.AuditEvent
-	n := 0
+	var live []*pendingBatch
 	for _, p := range ps {
 		if p != nil && len(p.records) > 0 {
-			live, groups, n = append(live, p), append(groups, p.records), n+len(p.records)
+			live = append(live, p)
 		}
 	}
-	if len(live) == 0 {
-		return
+	var err error
+	for len(live) > 0 && err == nil {
+		k, n := 0, len(b.j.recs)
+		for k < len(live) && n+len(live[k].records) <= b.maxRecords {
+			n += len(live[k].records)
+			k++
+		}
+		if k == 0 && len(b.j.recs) > 0 {
+			b.rotate()
+			continue
+		}
+		k = max(k, 1)
+		err = b.journalAppend(live[:k])
+		live = live[k:]
+		if len(live) > 0 && err == nil {
+			b.rotate()
+		}
+	}
+	for _, p := range live { // not written: an earlier group's append failed
+		p.err = err
+		b.log.records.WithLabelValues("failed").Add(float64(len(p.records)))
+		close(p.finished)
+	}
+}
+
+// journalAppend appends groups to the open segment together and resolves their futures.
+func (b *Batcher) journalAppend(live []*pendingBatch) error {
+	groups := make([][]store.AuditEvent, len(live))
+	n := 0
+	for i, p := range live {
+		groups[i], n = p.records, n+len(p.records)
 	}
 	end := b.log.beginWrite(writeJournal)
 	err := b.j.appendGroups(groups...)
@@ -621,6 +719,7 @@ func (b *Batcher) journalCommit(ps ...*pendingBatch) {
 	for _, p := range live {
 		close(p.finished)
 	}
+	return err
 }
 
 // abandonSegment follows a failed append: nothing more goes after a (perhaps partial)
@@ -735,7 +834,11 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 			}
 		}
 		if !logged {
-			idx, err := b.commitRecords(chunk, src)
+			var whole *segment // the segment is this batch's bundle as it stands
+			if seg.sum != nil && seg.done == 0 && len(chunk) == len(seg.recs) {
+				whole = seg
+			}
+			idx, err := b.commitRecords(chunk, src, whole)
 			if err != nil {
 				return err
 			}
@@ -830,18 +933,31 @@ func (b *Batcher) commit(p *pendingBatch) {
 		return
 	}
 	defer close(p.finished)
-	p.index, p.err = b.commitRecords(p.records, "")
+	p.index, p.err = b.commitRecords(p.records, "", nil)
 }
 
 // commitRecords writes records' bundle, then their batch entry, and returns its index.
 // source: where in the journal the records were (journalSource), "" when committed directly.
-func (b *Batcher) commitRecords(recs []store.AuditEvent, source string) (uint64, error) {
+// seg: a journal segment holding exactly these records, whole (segment.sum), linked in as
+// the bundle when the store can (BundleLinker) instead of written again.
+func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *segment) (uint64, error) {
 	ctx := context.Background()
 	rs := raws(recs)
-	bundle, name := AppendBundle(b.bundleBuf, rs)
-	b.bundleBuf = bundle
+	var name string
+	err := errNoLink
 	end := b.log.beginWrite(writeBundle)
-	err := b.bundles.PutBundle(ctx, name, bundle)
+	if l, ok := b.bundles.(BundleLinker); ok && seg != nil {
+		name = hex.EncodeToString(seg.sum)
+		if err = l.LinkBundle(ctx, name, seg.path); err != nil {
+			b.log.log.Warn("request journal segment not linked as its batch's bundle; writing the bundle", "segment", filepath.Base(seg.path), "err", err)
+		}
+	}
+	if err != nil {
+		var bundle []byte
+		bundle, name = AppendBundle(b.bundleBuf, rs)
+		b.bundleBuf = bundle
+		err = b.bundles.PutBundle(ctx, name, bundle)
+	}
 	end()
 	if err != nil {
 		err = fmt.Errorf("%w: batch bundle: %v", ErrUnavailable, err)
@@ -864,6 +980,8 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string) (uint64,
 	}
 	return idx, err
 }
+
+var errNoLink = errors.New("no segment to link")
 
 // raws is the records' canonical bytes.
 func raws(recs []store.AuditEvent) [][]byte {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -215,9 +216,36 @@ func FuzzDecodeBundle(f *testing.F) {
 	b, _ := EncodeBundle([][]byte{[]byte(`{"a":1}`), nil, []byte("x")})
 	f.Add(b)
 	f.Add([]byte(bundleMagic + "\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"))
+	dir := f.TempDir()
+	for i, key := range [][]byte{nil, bytes.Repeat([]byte{3}, 32)} {
+		j, err := openJournal(filepath.Join(dir, strconv.Itoa(i)), 7, key)
+		if err != nil {
+			f.Fatal(err)
+		}
+		j.append(rawRecs(0, 2))
+		j.append(nil)
+		j.append(rawRecs(2, 3))
+		seg, _ := j.rotate()
+		j.close()
+		b, _ := os.ReadFile(seg.path)
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		recs, err := DecodeBundle(in)
 		if err != nil {
+			return
+		}
+		if bytes.HasPrefix(in, []byte(journalMagic)) {
+			// A journal segment (v2): accepted only whole — not with a byte less or more.
+			if _, err := DecodeBundle(in[:len(in)-1]); err == nil {
+				t.Fatalf("a segment bundle cut by a byte still decodes")
+			}
+			if _, err := DecodeBundle(append(bytes.Clone(in), 0)); err == nil {
+				t.Fatalf("a segment bundle with a byte after it still decodes")
+			}
+			if len(recs) > MaxBatch {
+				t.Fatalf("%d records", len(recs))
+			}
 			return
 		}
 		again, _ := EncodeBundle(recs)

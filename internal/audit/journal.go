@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"os"
 	"path/filepath"
@@ -73,6 +74,7 @@ type journal struct {
 	size  int64              // the open segment's bytes up to its last whole frame
 	recs  []store.AuditEvent // the open segment's records, in order
 	buf   []byte
+	sum   hash.Hash // SHA-256 of the open segment's bytes up to its last whole frame
 }
 
 // segment is a closed journal segment: its file, its records, its batch size.
@@ -81,6 +83,11 @@ type segment struct {
 	recs  []store.AuditEvent // those not yet folded
 	batch int
 	done  int // records folded from its start
+	// sum is the SHA-256 of the segment's file when the file is exactly its whole frames
+	// (closed by rotate, or read whole after a crash): such a segment of at most batch
+	// records is its batch's bundle as it stands (bundle v2, batch.go), linked into place
+	// instead of written again. nil: the file may hold more (a torn or cut-back frame).
+	sum []byte
 }
 
 // journalSource names a batch folded from a journal: its process directory, segment and
@@ -270,7 +277,11 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 	var out []segment
 	for _, seq := range seqs {
 		p := filepath.Join(dir, segmentName(seq))
-		raw, batch, err := readSegment(p, key)
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		raw, batch, n, err := scanSegment(b, filepath.Base(p), key, false)
 		if err != nil {
 			return nil, err
 		}
@@ -283,7 +294,12 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 			}
 			recs[i] = indexRecord(0, r)
 		}
-		out = append(out, segment{path: p, recs: recs, batch: batch})
+		seg := segment{path: p, recs: recs, batch: batch}
+		if n == len(b) {
+			sum := sha256.Sum256(b)
+			seg.sum = sum[:]
+		}
+		out = append(out, seg)
 	}
 	return out, nil
 }
@@ -329,6 +345,8 @@ func (j *journal) start() error {
 		return err
 	}
 	j.f, j.size, j.mac = f, int64(len(hdr)), firstMAC(j.key, name)
+	j.sum = sha256.New()
+	j.sum.Write(hdr)
 	return nil
 }
 
@@ -394,6 +412,7 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	}
 	j.size += int64(len(b))
 	j.mac = mac
+	j.sum.Write(b)
 	for _, recs := range groups {
 		j.recs = append(j.recs, recs...)
 	}
@@ -409,23 +428,26 @@ func (j *journal) abandon() *segment {
 		j.f.Truncate(j.size)
 		unix.Fdatasync(int(j.f.Fd()))
 	}
-	return j.closeSegment()
+	return j.closeSegment(false) // the cut may not have happened: not a bundle as it stands
 }
 
 // rotate closes the open segment and starts the next; the closed one is returned for
 // folding (nil when it held no record).
 func (j *journal) rotate() (*segment, error) {
-	seg := j.closeSegment()
+	seg := j.closeSegment(true)
 	return seg, j.start()
 }
 
-// closeSegment closes the open segment and returns it with its records; one that holds no
-// record is removed and nil returned.
-func (j *journal) closeSegment() *segment {
+// closeSegment closes the open segment and returns it with its records (and, when whole,
+// the SHA-256 of its file); one that holds no record is removed and nil returned.
+func (j *journal) closeSegment(whole bool) *segment {
 	if j.f == nil {
 		return nil
 	}
 	seg := &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
+	if whole {
+		seg.sum = j.sum.Sum(nil)
+	}
 	j.f.Close()
 	j.f, j.recs = nil, nil
 	if len(seg.recs) == 0 {
@@ -438,7 +460,7 @@ func (j *journal) closeSegment() *segment {
 // close closes the open segment (its records, if any, stay for the next process), and,
 // when no segment is left (every one folded), the process's directory; then drops the lock.
 func (j *journal) close() {
-	j.closeSegment()
+	j.closeSegment(false)
 	if segs, err := filepath.Glob(filepath.Join(j.dir, "*.wal")); err == nil && len(segs) == 0 && j.ours() {
 		os.RemoveAll(j.dir)
 	}
@@ -459,69 +481,79 @@ func readSegment(path string, key []byte) ([][]byte, int, error) {
 // frames after it, a frame whose records do not parse, a MAC that fails, or a segment
 // written without a MAC when a key is given (or with one when none is) is an error.
 func parseSegment(b []byte, name string, key []byte) ([][]byte, int, error) {
+	recs, batch, _, err := scanSegment(b, name, key, false)
+	return recs, batch, err
+}
+
+// scanSegment is parseSegment that also returns how many of b's bytes are whole frames
+// (len(b): nothing torn or left unwritten after them). With anyMAC (reading a segment as a
+// batch's bundle, whose content its name fixes) key must be nil and frames' MACs are
+// skipped unchecked, whichever the header says.
+func scanSegment(b []byte, name string, key []byte, anyMAC bool) (recs [][]byte, batch, n int, err error) {
 	rest, ok := bytes.CutPrefix(b, []byte(journalMagic))
 	if !ok {
 		if strings.HasPrefix(journalMagic, string(b)) {
-			return nil, 0, nil // created, cut before its header was whole: no record in it
+			return nil, 0, 0, nil // created, cut before its header was whole: no record in it
 		}
-		return nil, 0, fmt.Errorf("%w: %s: not a strongroom journal segment (v2)", ErrEvent, name)
+		return nil, 0, 0, fmt.Errorf("%w: %s: not a strongroom journal segment (v2)", ErrEvent, name)
 	}
 	if len(rest) < 5 {
-		return nil, 0, nil // the same, cut inside the header
+		return nil, 0, 0, nil // the same, cut inside the header
 	}
-	batch := int(binary.LittleEndian.Uint32(rest))
+	batch = int(binary.LittleEndian.Uint32(rest))
 	keyed := rest[4]
 	rest = rest[5:]
 	macLen := 0
 	switch {
 	case keyed > 1 || batch < 1 || batch > MaxBatch:
-		return nil, 0, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
+		return nil, 0, 0, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
+	case anyMAC:
+		macLen = int(keyed) * sha256.Size
 	case keyed == 1 && key == nil:
-		return nil, 0, fmt.Errorf("%w: %s: written with a MAC key, none given", ErrEvent, name)
+		return nil, 0, 0, fmt.Errorf("%w: %s: written with a MAC key, none given", ErrEvent, name)
 	case keyed == 0 && key != nil:
-		return nil, 0, fmt.Errorf("%w: %s: no MAC, a key is configured (altered?)", ErrEvent, name)
+		return nil, 0, 0, fmt.Errorf("%w: %s: no MAC, a key is configured (altered?)", ErrEvent, name)
 	case keyed == 1:
 		macLen = sha256.Size
 	}
 	mac := firstMAC(key, name)
-	var recs [][]byte
 	for len(rest) > 0 {
 		if len(rest) < 8 || allZero(rest) {
 			break // torn: the last frame's header cut, or space the crash left unwritten
 		}
-		n := uint64(binary.LittleEndian.Uint32(rest[0:4]))
-		whole := 8 + n + uint64(macLen)
-		if n > maxFrame || whole > uint64(len(rest)) {
-			if n <= maxFrame {
+		m := uint64(binary.LittleEndian.Uint32(rest[0:4]))
+		whole := 8 + m + uint64(macLen)
+		if m > maxFrame || whole > uint64(len(rest)) {
+			if m <= maxFrame {
 				break // torn: the last frame, cut short
 			}
-			return nil, 0, fmt.Errorf("%w: %s: frame of %d bytes", ErrEvent, name, n)
+			return nil, 0, 0, fmt.Errorf("%w: %s: frame of %d bytes", ErrEvent, name, m)
 		}
-		payload := rest[8 : 8+n]
+		payload := rest[8 : 8+m]
 		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(rest[4:8]) {
 			if whole == uint64(len(rest)) {
 				break // torn: the last frame, written in part
 			}
-			return nil, 0, fmt.Errorf("%w: %s: damaged frame with whole frames after it", ErrEvent, name)
+			return nil, 0, 0, fmt.Errorf("%w: %s: damaged frame with whole frames after it", ErrEvent, name)
 		}
 		if key != nil {
 			want := nextMAC(key, mac, payload)
-			if !hmac.Equal(want, rest[8+n:whole]) {
-				return nil, 0, fmt.Errorf("%w: %s: frame MAC fails (records altered, reordered or moved)", ErrEvent, name)
+			if !hmac.Equal(want, rest[8+m:whole]) {
+				return nil, 0, 0, fmt.Errorf("%w: %s: frame MAC fails (records altered, reordered or moved)", ErrEvent, name)
 			}
 			mac = want
 		}
 		for len(payload) > 0 {
-			m, k := binary.Uvarint(payload)
-			if k <= 0 || m > uint64(len(payload)-k) || m > MaxEventSize {
-				return nil, 0, fmt.Errorf("%w: %s: malformed record in a whole frame", ErrEvent, name)
+			l, k := binary.Uvarint(payload)
+			if k <= 0 || l > uint64(len(payload)-k) || l > MaxEventSize {
+				return nil, 0, 0, fmt.Errorf("%w: %s: malformed record in a whole frame", ErrEvent, name)
 			}
-			recs = append(recs, payload[k:k+int(m)])
-			payload = payload[k+int(m):]
+			recs = append(recs, payload[k:k+int(l)])
+			payload = payload[k+int(l):]
 		}
 		rest = rest[whole:]
 	}
-	return recs, batch, nil
+	return recs, batch, len(b) - len(rest), nil
 }
 
 func allZero(b []byte) bool {

@@ -674,6 +674,15 @@ func (f *a12FlakyBundles) PutBundle(ctx context.Context, name string, b []byte) 
 	return f.DirBundles.PutBundle(ctx, name, b)
 }
 
+// LinkBundle fails as PutBundle does (the fold links a whole segment instead of writing it).
+func (f *a12FlakyBundles) LinkBundle(ctx context.Context, name, src string) error {
+	if f.fail.Load() {
+		f.fails.Add(1)
+		return errors.New("injected: bundle link failed (EIO)")
+	}
+	return f.DirBundles.LinkBundle(ctx, name, src)
+}
+
 // TestAttack12BundleWriteFails. Attack: the bundle store fails (EIO) mid-run, under load,
 // then recovers. Promise 3: without a journal a record whose batch's bundle failed is
 // refused (its future errs), Healthy reports it; with a journal records stay acknowledged
@@ -1049,7 +1058,7 @@ func TestAttack12TwoBatchersDeadJournals(t *testing.T) {
 			t.Fatal(err)
 		}
 		if d%2 == 1 { // killed after folding its first batch, before removing the segment
-			if _, err := folder.commitRecords(recs[:3], ""); err != nil {
+			if _, err := folder.commitRecords(recs[:3], "", nil); err != nil {
 				t.Fatal(err)
 			}
 		}

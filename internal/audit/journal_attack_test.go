@@ -92,7 +92,7 @@ func TestAttackJournalRefoldOtherBatchSize(t *testing.T) {
 	j.close()
 	// The dead process's fold got as far as its first batch entry.
 	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 20}
-	if _, err := folder.commitRecords(rawRecs(0, 20), ""); err != nil {
+	if _, err := folder.commitRecords(rawRecs(0, 20), "", nil); err != nil {
 		t.Fatal(err)
 	}
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 50, Journal: jdir})
@@ -225,6 +225,14 @@ func (g *gateBundles) PutBundle(ctx context.Context, name string, b []byte) erro
 		<-g.release
 	}
 	return g.DirBundles.PutBundle(ctx, name, b)
+}
+
+// LinkBundle is held as PutBundle is (the fold links a whole segment instead of writing it).
+func (g *gateBundles) LinkBundle(ctx context.Context, name, src string) error {
+	if g.hold.Load() {
+		<-g.release
+	}
+	return g.DirBundles.LinkBundle(ctx, name, src)
 }
 
 // TestAttackJournalPlantedAlias: someone with write access to the data directory plants an
