@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -17,7 +18,6 @@ import (
 
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/store"
-	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 )
@@ -216,18 +216,45 @@ func DecodeBundle(b []byte) ([][]byte, error) {
 	return out, nil
 }
 
-// BatchRoot is the RFC 6962 Merkle root over the records (as log leaves).
+// BatchRoot is the RFC 6962 Merkle root over the records (as log leaves). It folds the
+// leaves as a compact range does (merkle/compact), with one digest and a stack of perfect
+// subtrees' roots instead of a digest and a slice per hash: the fold hashes every request
+// record, so this runs for each of them (TestBatchRootMatchesCompactRange).
 func BatchRoot(records [][]byte) []byte {
-	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
-	r := rf.NewEmptyRange(0)
-	for _, rec := range records {
-		r.Append(rfc6962.DefaultHasher.HashLeaf(rec), nil)
-	}
-	root, _ := r.GetRootHash(nil)
-	if root == nil {
+	if len(records) == 0 {
 		return rfc6962.DefaultHasher.EmptyRoot()
 	}
-	return root
+	h := sha256.New()
+	var stack [64][sha256.Size]byte // stack[k]: the root of a perfect subtree, larger below
+	top := 0
+	for i, rec := range records {
+		h.Reset()
+		h.Write(leafPrefix)
+		h.Write(rec)
+		h.Sum(stack[top][:0])
+		top++
+		// Leaf i completes a subtree for each trailing one bit of i: merge that many pairs.
+		for n := i; n&1 == 1; n >>= 1 {
+			top--
+			hashChildren(h, &stack[top-1], &stack[top-1], &stack[top])
+		}
+	}
+	for top > 1 { // the perfect subtrees' roots, merged from the right
+		top--
+		hashChildren(h, &stack[top-1], &stack[top-1], &stack[top])
+	}
+	return bytes.Clone(stack[0][:])
+}
+
+var leafPrefix, nodePrefix = []byte{rfc6962.RFC6962LeafHashPrefix}, []byte{rfc6962.RFC6962NodeHashPrefix}
+
+// hashChildren sets dst to the RFC 6962 hash of the nodes l and r (dst may be l).
+func hashChildren(h hash.Hash, dst, l, r *[sha256.Size]byte) {
+	h.Reset()
+	h.Write(nodePrefix)
+	h.Write(l[:])
+	h.Write(r[:])
+	h.Sum(dst[:0])
 }
 
 // BatchInclusion is the RFC 6962 inclusion proof of records[i] in BatchRoot(records).

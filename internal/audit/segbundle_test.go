@@ -8,10 +8,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/transparency-dev/merkle/compact"
+	"github.com/transparency-dev/merkle/rfc6962"
 )
 
 // bundleFiles is every file under dir/batches: name → bytes (temporary names included).
@@ -267,5 +271,63 @@ func TestSegmentBundleMatchesEntry(t *testing.T) {
 	}
 	if _, err := tl.verifyBatches(); err == nil {
 		t.Fatal("a record altered in a linked bundle: the log still verifies")
+	}
+}
+
+// compactRangeRoot is BatchRoot as it was: merkle/compact's range over rfc6962's hashes.
+func compactRangeRoot(recs [][]byte) []byte {
+	rf := compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}
+	r := rf.NewEmptyRange(0)
+	for _, rec := range recs {
+		r.Append(rfc6962.DefaultHasher.HashLeaf(rec), nil)
+	}
+	root, _ := r.GetRootHash(nil)
+	if root == nil {
+		return rfc6962.DefaultHasher.EmptyRoot()
+	}
+	return root
+}
+
+// TestBatchRootMatchesCompactRange: BatchRoot is the root merkle/compact (and so RFC 6962)
+// gives, for every count up to 300 and a few larger ones.
+func TestBatchRootMatchesCompactRange(t *testing.T) {
+	var recs [][]byte
+	check := func() {
+		if got, want := BatchRoot(recs), compactRangeRoot(recs); !bytes.Equal(got, want) {
+			t.Fatalf("%d records: root %x, compact range %x", len(recs), got, want)
+		}
+	}
+	for i := range 300 {
+		check()
+		recs = append(recs, []byte(strings.Repeat("r", i%37)+strconv.Itoa(i)))
+	}
+	for len(recs) < MaxBatch {
+		recs = append(recs, []byte(strconv.Itoa(len(recs))))
+		if len(recs)%1021 == 0 || len(recs) == MaxBatch {
+			check()
+		}
+	}
+}
+
+// BenchmarkBatchRoot: a fold's Merkle root over a full batch of gateway-sized records,
+// next to the compact range it replaced (the baseline, same run).
+//
+//	go test ./internal/audit -run '^$' -bench BatchRoot -count 5
+func BenchmarkBatchRoot(b *testing.B) {
+	recs := make([][]byte, MaxBatch)
+	for i := range recs {
+		recs[i] = bytes.Repeat([]byte{byte(i)}, 600)
+	}
+	for _, c := range []struct {
+		name string
+		root func([][]byte) []byte
+	}{{"compact-range", compactRangeRoot}, {"BatchRoot", BatchRoot}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.SetBytes(int64(len(recs) * 600))
+			b.ReportAllocs()
+			for b.Loop() {
+				c.root(recs)
+			}
+		})
 	}
 }
