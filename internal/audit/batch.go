@@ -31,6 +31,8 @@ import (
 //	bundle  = "strongroom-batch/v1\n" || record*       (DATA/log/batches/<sha256 hex>,
 //	record  = uvarint(len(event)) || event               served at /log/batches/<hex>)
 //	event   = the record's canonical Event bytes (Event.Marshal)
+//	bundle  = a closed request-journal segment, as it stands (v2: journal.go; the batch's
+//	          records are its frames' records, in order)
 //	entry   = Event{Kind: "audit.batch", Subject: {bundle: <sha256 hex>},
 //	                Fields: {records: N, root: <hex RFC 6962 root over the events>,
 //	                         first_ts, last_ts[, journal]}}   journal: folded from it

@@ -36,11 +36,13 @@ func BenchmarkGroupSync(b *testing.B) {
 		flags    int
 		prewrite bool
 		sync     bool
+		falloc   bool
 	}{
-		{"grow", 0, false, true},
-		{"prewritten", 0, true, true},
-		{"prewritten-dsync", unix.O_DSYNC, true, false},
-		{"prewritten-direct", unix.O_DSYNC | unix.O_DIRECT, true, false},
+		{"grow", 0, false, true, false},
+		{"fallocated", 0, false, true, true},
+		{"prewritten", 0, true, true, false},
+		{"prewritten-dsync", unix.O_DSYNC, true, false, false},
+		{"prewritten-direct", unix.O_DSYNC | unix.O_DIRECT, true, false, false},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			runtime.LockOSThread()
@@ -62,6 +64,12 @@ func BenchmarkGroupSync(b *testing.B) {
 				b.Skipf("open with flags %#x: %v", c.flags, err)
 			}
 			defer f.Close()
+			if c.falloc {
+				if err := unix.Fallocate(int(f.Fd()), 0, 0, int64(b.N*group)); err != nil {
+					b.Skipf("fallocate: %v", err)
+				}
+				f.Sync()
+			}
 			buf := alignedBuf(group)
 			for i := range buf {
 				buf[i] = byte(i)
