@@ -187,7 +187,7 @@ func AppendBundle(dst []byte, records [][]byte) (bundle []byte, name string) {
 // (journal.go): whole frames, each CRC-checked; their MACs (the journal key's) are not
 // checked here — the bundle's name, its SHA-256, fixes its content.
 func DecodeBundle(b []byte) ([][]byte, error) {
-	if bytes.HasPrefix(b, []byte(journalMagic)) {
+	if bytes.HasPrefix(b, []byte(journalMagic)) || bytes.HasPrefix(b, []byte(journalMagicV2)) {
 		recs, _, n, err := scanSegment(b, "bundle", nil, true)
 		switch {
 		case err != nil:
@@ -372,7 +372,8 @@ type Batcher struct {
 	lastIdx     uint64 // the folder's last batch entry
 	folded      bool   // the folder has made one
 
-	bundleBuf []byte // the last bundle's storage, reused by commitRecords (one goroutine at a time)
+	bundleBuf  []byte // the last bundle's storage, reused by commitRecords (one goroutine at a time)
+	linkWarned bool   // commitRecords said a segment could not be linked
 }
 
 type pendingBatch struct {
@@ -977,8 +978,9 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *seg
 	end := b.log.beginWrite(writeBundle)
 	if l, ok := b.bundles.(BundleLinker); ok && seg != nil {
 		name = hex.EncodeToString(seg.sum)
-		if err = l.LinkBundle(ctx, name, seg.path); err != nil {
-			b.log.log.Warn("request journal segment not linked as its batch's bundle; writing the bundle", "segment", filepath.Base(seg.path), "err", err)
+		if err = l.LinkBundle(ctx, name, seg.path); err != nil && !b.linkWarned {
+			b.linkWarned = true // once: a store that cannot link (another file system) fails every time
+			b.log.log.Warn("request journal segment not linked as its batch's bundle; writing the bundle (said once)", "segment", filepath.Base(seg.path), "err", err)
 		}
 	}
 	if err != nil {

@@ -235,7 +235,7 @@ func FuzzDecodeBundle(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if bytes.HasPrefix(in, []byte(journalMagic)) {
+		if bytes.HasPrefix(in, []byte(journalMagic)) || bytes.HasPrefix(in, []byte(journalMagicV2)) {
 			// A journal segment (v2): accepted only whole — not with a byte less or more.
 			if _, err := DecodeBundle(in[:len(in)-1]); err == nil {
 				t.Fatalf("a segment bundle cut by a byte still decodes")

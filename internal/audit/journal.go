@@ -34,12 +34,13 @@ import (
 // directory folds them before it takes a record, skipping any batch the log already has
 // (a fold that died between its entry and the segment's removal).
 //
-//	segment = "strongroom-journal/v2\n" || u32le(batch) || u8(keyed) || frame*
+//	segment = "strongroom-journal/v3\n" || u32le(batch) || u8(keyed) || frame*
 //	                                                         (DIR/<process>/<16 hex digits>.wal)
 //	frame   = u32le(len(payload)) || u32le(CRC-32C(payload)) || payload || mac?
 //	payload = (uvarint(len(event)) || event)*             one group of records
 //	mac     = HMAC-SHA256(key, previous mac || payload)     when keyed; the first frame's
-//	          "previous mac" is HMAC-SHA256(key, segment file name)
+//	          "previous mac" is HMAC-SHA256(key, directory name "/" segment file name)
+//	          (v2 segments, still read: the segment file name alone)
 //
 // batch is the records per batch entry the segment's writer folds with, so that a refold
 // by another process cuts the same batches (and recognizes those already in the log).
@@ -49,10 +50,16 @@ import (
 // crash, and a torn frame held no acknowledged record: a short or CRC-failing frame at the
 // end ends the segment, anywhere else it is damage and the segment is refused. With a key
 // (the deployment's audit key, derived), a frame whose MAC fails is refused too: records
-// cannot be altered, reordered or moved between segments while they wait in the journal
+// cannot be altered, reordered, or moved between segments or directories while they wait in the journal
 // without the key. Dropping a segment's last frames cannot be told from a crash.
 
-const journalMagic = "strongroom-journal/v2\n"
+const journalMagic = "strongroom-journal/v3\n"
+
+// journalMagicV2 begins the segments of versions before the eleventh session, whose first
+// MAC binds the segment's file name only (v3: its directory's name too, so that a segment
+// copied into another process's directory — a bundle is a closed segment, served — fails
+// its MAC). They are still read, as they were written.
+const journalMagicV2 = "strongroom-journal/v2\n"
 
 // journalHeader is the magic, the batch size and the keyed flag.
 const journalHeader = len(journalMagic) + 4 + 1
@@ -281,7 +288,7 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 		if err != nil {
 			return nil, err
 		}
-		raw, batch, n, err := scanSegment(b, filepath.Base(p), key, false)
+		raw, batch, n, err := scanSegment(b, p, key, false)
 		if err != nil {
 			return nil, err
 		}
@@ -344,11 +351,14 @@ func (j *journal) start() error {
 		os.Remove(f.Name())
 		return err
 	}
-	j.f, j.size, j.mac = f, int64(len(hdr)), firstMAC(j.key, name)
+	j.f, j.size, j.mac = f, int64(len(hdr)), firstMAC(j.key, macName(j.dir, name))
 	j.sum = sha256.New()
 	j.sum.Write(hdr)
 	return nil
 }
+
+// macName is what a v3 segment's first MAC binds: its directory's name and its own.
+func macName(dir, file string) string { return filepath.Base(dir) + "/" + file }
 
 func firstMAC(key []byte, name string) []byte {
 	if key == nil {
@@ -473,15 +483,16 @@ func readSegment(path string, key []byte) ([][]byte, int, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	return parseSegment(b, filepath.Base(path), key)
+	return parseSegment(b, path, key)
 }
 
 // parseSegment reads a segment. A short or CRC-failing frame at the end is a write a crash
 // cut off (its records were never acknowledged) and ends the segment; one with whole
 // frames after it, a frame whose records do not parse, a MAC that fails, or a segment
-// written without a MAC when a key is given (or with one when none is) is an error.
-func parseSegment(b []byte, name string, key []byte) ([][]byte, int, error) {
-	recs, batch, _, err := scanSegment(b, name, key, false)
+// written without a MAC when a key is given (or with one when none is) is an error. path
+// is the segment's file (its first MAC binds its name and, in v3, its directory's).
+func parseSegment(b []byte, path string, key []byte) ([][]byte, int, error) {
+	recs, batch, _, err := scanSegment(b, path, key, false)
 	return recs, batch, err
 }
 
@@ -489,13 +500,20 @@ func parseSegment(b []byte, name string, key []byte) ([][]byte, int, error) {
 // (len(b): nothing torn or left unwritten after them). With anyMAC (reading a segment as a
 // batch's bundle, whose content its name fixes) key must be nil and frames' MACs are
 // skipped unchecked, whichever the header says.
-func scanSegment(b []byte, name string, key []byte, anyMAC bool) (recs [][]byte, batch, n int, err error) {
+func scanSegment(b []byte, path string, key []byte, anyMAC bool) (recs [][]byte, batch, n int, err error) {
+	name := filepath.Base(path)
+	macFor := macName(filepath.Dir(path), name)
 	rest, ok := bytes.CutPrefix(b, []byte(journalMagic))
 	if !ok {
-		if strings.HasPrefix(journalMagic, string(b)) {
+		if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV2)); ok {
+			macFor = name
+		}
+	}
+	if !ok {
+		if strings.HasPrefix(journalMagic, string(b)) || strings.HasPrefix(journalMagicV2, string(b)) {
 			return nil, 0, 0, nil // created, cut before its header was whole: no record in it
 		}
-		return nil, 0, 0, fmt.Errorf("%w: %s: not a strongroom journal segment (v2)", ErrEvent, name)
+		return nil, 0, 0, fmt.Errorf("%w: %s: not a strongroom journal segment", ErrEvent, name)
 	}
 	if len(rest) < 5 {
 		return nil, 0, 0, nil // the same, cut inside the header
@@ -516,7 +534,7 @@ func scanSegment(b []byte, name string, key []byte, anyMAC bool) (recs [][]byte,
 	case keyed == 1:
 		macLen = sha256.Size
 	}
-	mac := firstMAC(key, name)
+	mac := firstMAC(key, macFor)
 	for len(rest) > 0 {
 		if len(rest) < 8 || allZero(rest) {
 			break // torn: the last frame's header cut, or space the crash left unwritten

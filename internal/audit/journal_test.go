@@ -570,7 +570,7 @@ func TestJournalKeyed(t *testing.T) {
 // an empty group (the disk probe) included; and they read back as every record in order.
 func TestJournalAppendGroups(t *testing.T) {
 	recs := rawRecs(0, 12)
-	var name string
+	var path string
 	segment := func(write func(j *journal)) []byte {
 		j, err := openJournal(filepath.Join(t.TempDir(), "journal"), 100, []byte("k1"))
 		if err != nil {
@@ -578,8 +578,8 @@ func TestJournalAppendGroups(t *testing.T) {
 		}
 		defer j.close()
 		write(j)
-		name = filepath.Base(j.f.Name())
-		b, err := os.ReadFile(j.f.Name())
+		path = j.f.Name()
+		b, err := os.ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -593,6 +593,7 @@ func TestJournalAppendGroups(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	togetherPath := path
 	oneByOne := segment(func(j *journal) {
 		for _, g := range [][]store.AuditEvent{recs[:5], nil, recs[5:7], recs[7:]} {
 			if err := j.append(g); err != nil {
@@ -600,10 +601,16 @@ func TestJournalAppendGroups(t *testing.T) {
 			}
 		}
 	})
+	// The two journals are in two directories, which their first MACs bind: the segments
+	// are the same bytes once the second's MAC chain is made the first's.
+	if _, _, err := parseSegment(oneByOne, path, []byte("k1")); err != nil {
+		t.Fatal(err)
+	}
+	oneByOne = remac(t, oneByOne, []byte("k1"), firstMAC([]byte("k1"), macName(filepath.Dir(togetherPath), filepath.Base(togetherPath))))
 	if !bytes.Equal(together, oneByOne) {
 		t.Fatalf("frames differ: %d bytes together, %d one by one", len(together), len(oneByOne))
 	}
-	got, _, err := parseSegment(together, name, []byte("k1"))
+	got, _, err := parseSegment(together, togetherPath, []byte("k1"))
 	if err != nil || len(got) != 12 {
 		t.Fatalf("%d records read back (%v), want 12", len(got), err)
 	}
@@ -612,4 +619,19 @@ func TestJournalAppendGroups(t *testing.T) {
 			t.Fatalf("record %d differs", i)
 		}
 	}
+}
+
+// remac is a keyed segment with its frames' MACs chained anew from first.
+func remac(t *testing.T, seg, key, first []byte) []byte {
+	t.Helper()
+	out := bytes.Clone(seg[:journalHeader])
+	rest := seg[journalHeader:]
+	mac := first
+	for len(rest) > 0 {
+		n := int(binary.LittleEndian.Uint32(rest))
+		mac = nextMAC(key, mac, rest[8:8+n])
+		out = append(append(out, rest[:8+n]...), mac...)
+		rest = rest[8+n+sha256.Size:]
+	}
+	return out
 }

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 )
@@ -58,7 +59,7 @@ func checkBundles(t *testing.T, dir string) (v2, v1 int) {
 			t.Fatalf("batches/%s: %v", name, err)
 		}
 		switch {
-		case bytes.HasPrefix(b, []byte(journalMagic)):
+		case bytes.HasPrefix(b, []byte(journalMagic)), bytes.HasPrefix(b, []byte(journalMagicV2)):
 			v2++
 		case bytes.HasPrefix(b, []byte(bundleMagic)):
 			v1++
@@ -330,4 +331,123 @@ func BenchmarkBatchRoot(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestJournalReplayOfABundle. Attack: someone who can write the data directory, without
+// the audit key, takes a folded segment — a v3 bundle, served at /log/batches/ — and puts
+// it back in the journal as a dead process's segment, to have its records logged twice:
+// (a) under a new directory name, (b) under its own directory's name again. The segment's
+// first MAC binds its directory, so (a) fails its MAC and is refused (the operator is told,
+// nothing logged); (b) is recognized as a batch the log has (fields.journal) and skipped.
+// Either way every record is in the log once.
+func TestJournalReplayOfABundle(t *testing.T) {
+	key := bytes.Repeat([]byte{9}, 32)
+	for _, sameDir := range []bool{false, true} {
+		t.Run(map[bool]string{false: "new-directory", true: "same-directory"}[sameDir], func(t *testing.T) {
+			tl := openTestLog(t)
+			jdir := filepath.Join(tl.dir, "journal")
+			cfg := BatcherConfig{MaxRecords: 100, MaxDelay: time.Millisecond, FoldEvery: time.Hour, Journal: jdir, JournalKey: key}
+			b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, cfg)
+			var fs []Future
+			for i := range 6 {
+				fs = append(fs, b.Submit(context.Background(), requestEvent(i)))
+			}
+			for _, f := range fs {
+				if _, err := f(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, ok, err := b.Barrier(context.Background()); !ok || err != nil {
+				t.Fatal(ok, err)
+			}
+			b.Close()
+			files := bundleFiles(t, tl.dir)
+			if len(files) != 1 {
+				t.Fatalf("%d bundles, want 1", len(files))
+			}
+			// Where the segment was: the batch entry's fields.journal, "<dir>/<segment>@0".
+			var src string
+			ctx := context.Background()
+			size, _ := tl.log.IntegratedSize(ctx)
+			ReadEntries(ctx, tl.log.Reader().ReadEntryBundle, 0, size, func(evs []store.AuditEvent) error {
+				for _, e := range evs {
+					if ev, err := ParseEvent(e.Raw); err == nil && ev.Kind == KindBatch {
+						src = ev.Fields["journal"]
+					}
+				}
+				return nil
+			})
+			dirName, rest, _ := strings.Cut(src, "/")
+			segName, _, _ := strings.Cut(rest, "@")
+			if dirName == "" || segName == "" {
+				t.Fatalf("batch entry's journal field %q", src)
+			}
+			if !sameDir {
+				dirName = "0123456789abcdef0123456789abcdef"
+			}
+			d := filepath.Join(jdir, dirName)
+			if err := os.MkdirAll(d, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			for _, content := range files {
+				if err := os.WriteFile(filepath.Join(d, segName), content, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b = NewBatcher(tl.log, DirBundles{Dir: tl.dir}, cfg)
+			healthy := b.Healthy()
+			b.Close()
+			if sameDir {
+				if healthy != nil {
+					t.Fatalf("a segment the log has already was refused instead of skipped: %v", healthy)
+				}
+				if _, err := os.Stat(d); !os.IsNotExist(err) {
+					t.Fatalf("the replayed directory is still there (%v)", err)
+				}
+			} else if healthy == nil || !strings.Contains(healthy.Error(), "MAC") {
+				t.Fatalf("a segment copied into another directory was taken: healthy %v", healthy)
+			}
+			tl.close(t)
+			wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 6)
+		})
+	}
+}
+
+// TestJournalV2SegmentsStillFolded: a segment an earlier version left (v2: its first MAC
+// binds its file name only) is still folded after an upgrade, and linked as its bundle.
+func TestJournalV2SegmentsStillFolded(t *testing.T) {
+	key := bytes.Repeat([]byte{5}, 32)
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	j, err := openJournal(jdir, 100, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(rawRecs(0, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(rawRecs(4, 7)); err != nil {
+		t.Fatal(err)
+	}
+	p := j.f.Name()
+	j.close()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := remac(t, b, key, firstMAC(key, filepath.Base(p)))
+	copy(v2, journalMagicV2)
+	if err := os.WriteFile(p, v2, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bt := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, Journal: jdir, JournalKey: key})
+	if err := bt.Healthy(); err != nil {
+		t.Fatal(err)
+	}
+	bt.Close()
+	tl.close(t)
+	if v2n, v1n := checkBundles(t, tl.dir); v2n != 1 || v1n != 0 {
+		t.Fatalf("%d bundles linked, %d written: want the v2 segment linked", v2n, v1n)
+	}
+	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 7)
 }
