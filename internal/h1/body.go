@@ -17,14 +17,23 @@ type body struct {
 	cont    bool     // the client waits for 100 Continue before sending the body
 	sawEOF  bool
 	closed  bool
+	dropped bool  // settleBody read (some of) it and dropped it
 	err     error // a framing error: sticky
 }
 
 var errBodyClosed = errors.New("h1: read of a closed request body")
 
+// errBodyDropped: the handler reads a body the server read and dropped as the answer's
+// headers went out (settleBody) — the handler wanted none of it then (net/http: "invalid
+// Read on closed Body").
+var errBodyDropped = errors.New("h1: read of a request body dropped when the answer started")
+
 func (b *body) Read(p []byte) (int, error) {
 	if b.closed {
 		return 0, errBodyClosed
+	}
+	if b.dropped {
+		return 0, errBodyDropped
 	}
 	if b.err != nil {
 		return 0, b.err
@@ -109,5 +118,8 @@ func (b *body) drain(limit int64) bool {
 	b.closed = false
 	n, err := io.Copy(io.Discard, io.LimitReader(b, limit+1))
 	b.closed = was
+	if n > 0 || err != nil {
+		b.dropped = true // the handler reads no more of it: an error, not a clean (empty) end
+	}
 	return err == nil && n <= limit && b.sawEOF
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,7 +34,16 @@ type response struct {
 	close     bool // the connection closes after this answer
 	err       error
 	hold      []byte
+	// mu orders the ResponseWriter's methods with finish: a goroutine the handler left
+	// behind may call them after it returned, and done (set by finish) makes them fail
+	// then, so that nothing reaches the connection after the answer's end — where it would
+	// be read as the start of the next answer (behind a proxy: another user's).
+	mu   sync.Mutex
+	done bool
 }
+
+// errAfterReturn is what a ResponseWriter's methods return once its handler has returned.
+var errAfterReturn = errors.New("h1: the response was used after its handler returned")
 
 func (c *conn) answer(req *http.Request) bool {
 	ctx, cancel := context.WithCancel(c.ctx)
@@ -101,6 +111,14 @@ func (w *response) WriteHeader(code int) {
 	if code < 100 || code > 999 {
 		panic("h1: invalid WriteHeader code " + strconv.Itoa(code))
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.writeHeader(code)
+	}
+}
+
+func (w *response) writeHeader(code int) {
 	if w.status != 0 || code < 200 {
 		return // informational answers are not sent; a second status is ignored, as net/http does
 	}
@@ -116,8 +134,13 @@ func (w *response) WriteHeader(code int) {
 }
 
 func (w *response) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return 0, errAfterReturn
+	}
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	if w.err != nil {
 		return 0, w.err
@@ -282,8 +305,13 @@ func (w *response) Flush() { w.FlushError() }
 
 // FlushError is Flush with its error (http.ResponseController's Flush).
 func (w *response) FlushError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return errAfterReturn
+	}
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	w.sendHeader(false)
 	if w.err != nil {
@@ -295,12 +323,23 @@ func (w *response) FlushError() error {
 }
 
 // SetReadDeadline and SetWriteDeadline are http.ResponseController's.
+// After the handler returned they fail: the connection's deadlines are the next request's.
 func (w *response) SetReadDeadline(t time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return errAfterReturn
+	}
 	w.deadlines = true
 	return w.c.rw.SetReadDeadline(t)
 }
 
 func (w *response) SetWriteDeadline(t time.Time) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.done {
+		return errAfterReturn
+	}
 	w.deadlines = true
 	return w.c.rw.SetWriteDeadline(t)
 }
@@ -310,8 +349,11 @@ var errShortBody = errors.New("h1: the handler wrote less than its Content-Lengt
 // finish ends the answer after the handler returned: headers if not yet sent (with the
 // held bytes' length), the last chunk, and the buffer to the connection.
 func (w *response) finish() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.done = true
 	if w.status == 0 {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	w.sendHeader(true)
 	if w.err == nil && w.chunked {

@@ -274,6 +274,11 @@ func (c *conn) serve() {
 				c.s.Log.Error("h1: panic serving a request", "remote", c.remote, "panic", p)
 			}
 		}
+		if w := c.resp; w != nil { // a handler panicked: what it left behind writes nowhere
+			w.mu.Lock()
+			w.done = true
+			w.mu.Unlock()
+		}
 		c.cancel()
 		if c.linger {
 			c.lingerClose()
