@@ -363,14 +363,15 @@ type Batcher struct {
 	broken  error // the journal cannot be used: every record is refused
 
 	// With a journal: the committer sends closed segments (and barriers) to the folder.
-	j           *journal
-	journalRoot string
-	journalKey  []byte
-	barrier     chan chan barrierResult
-	folds       chan foldItem
-	foldDone    chan struct{}
-	lastIdx     uint64 // the folder's last batch entry
-	folded      bool   // the folder has made one
+	j            *journal
+	journalRoot  string
+	journalKey   []byte
+	growSegments bool
+	barrier      chan chan barrierResult
+	folds        chan foldItem
+	foldDone     chan struct{}
+	lastIdx      uint64 // the folder's last batch entry
+	folded       bool   // the folder has made one
 
 	bundleBuf  []byte // the last bundle's storage, reused by commitRecords (one goroutine at a time)
 	linkWarned bool   // commitRecords said a segment could not be linked
@@ -405,6 +406,10 @@ type BatcherConfig struct {
 	// JournalKey MACs the journal's frames (journal.go); serve derives it from the audit
 	// key. Without it frames carry only a CRC.
 	JournalKey []byte
+	// GrowSegments: journal segments grow with each group (a write and an fdatasync)
+	// instead of being prewritten and written in place (journal_direct.go). Segments grow
+	// anyway where the file system has no O_DIRECT.
+	GrowSegments bool
 }
 
 // DefaultGroupDelay is how long a group of records gathers before one journal append.
@@ -443,7 +448,7 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 		return b
 	}
 	b.barrier, b.folds, b.foldDone = make(chan chan barrierResult), make(chan foldItem, 1024), make(chan struct{})
-	b.journalRoot, b.journalKey = cfg.Journal, cfg.JournalKey
+	b.journalRoot, b.journalKey, b.growSegments = cfg.Journal, cfg.JournalKey, cfg.GrowSegments
 	if err := b.openJournal(cfg.Journal); err != nil {
 		b.broken = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		l.log.Error("ALERT request journal unusable; refusing what needs a record", "err", err)
@@ -466,7 +471,7 @@ func (b *Batcher) openJournal(root string) error {
 	if err := b.foldDead(root); err != nil {
 		return err
 	}
-	j, err := openJournal(root, b.maxRecords, b.journalKey)
+	j, err := openJournalGrowing(root, b.maxRecords, b.journalKey, b.growSegments)
 	if err != nil {
 		return err
 	}

@@ -82,6 +82,12 @@ type journal struct {
 	recs  []store.AuditEvent // the open segment's records, in order
 	buf   []byte
 	sum   hash.Hash // SHA-256 of the open segment's bytes up to its last whole frame
+	// Prewritten segments (journal_direct.go).
+	direct   bool        // the open segment was prepared: written in place
+	page     []byte      // direct: its last partial page's bytes, then a write's (aligned)
+	spare    chan *spare // the next segment, being prepared (nil: none)
+	noDirect bool        // a preparation failed: segments grow
+	prewrite int64       // how many bytes of zeros the next preparation writes
 }
 
 // segment is a closed journal segment: its file, its records, its batch size.
@@ -165,10 +171,15 @@ func segmentName(seq uint64) string { return fmt.Sprintf("%016x.wal", seq) }
 // (replicas on one host, like the log itself) each write their own directory,
 // root/<random id>, holding an exclusive flock on its "lock" file while they live.
 func openJournal(root string, batch int, key []byte) (*journal, error) {
+	return openJournalGrowing(root, batch, key, false)
+}
+
+// openJournalGrowing is openJournal; grow: segments are never prewritten (BatcherConfig.GrowSegments).
+func openJournalGrowing(root string, batch int, key []byte, grow bool) (*journal, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
-	j := &journal{root: root, batch: batch, key: key}
+	j := &journal{root: root, batch: batch, key: key, prewrite: prewriteMin, noDirect: grow}
 	if err := j.claim(); err != nil {
 		return nil, err
 	}
@@ -330,31 +341,53 @@ func (j *journal) start() error {
 	seq := j.seq
 	j.seq++
 	name := segmentName(seq)
-	f, err := os.OpenFile(filepath.Join(j.dir, name), os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
-	if err != nil {
-		return err
+	path := filepath.Join(j.dir, name)
+	hdr := j.header()
+	sp := j.takeSpare()
+	if sp != nil && sp.path != path { // prepared for another directory or number: unused
+		sp.f.Close()
+		os.Remove(sp.path)
+		sp = nil
 	}
+	if sp != nil {
+		j.f, j.direct = sp.f, true
+		if len(j.page) < pageSize {
+			j.page = alignedBytes(256 << 10)
+		}
+		copy(j.page, hdr)
+	} else {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+		if err != nil {
+			return err
+		}
+		if _, err = f.Write(hdr); err == nil {
+			err = f.Sync()
+		}
+		if err == nil {
+			err = fsutil.SyncDir(j.dir)
+		}
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+			return err
+		}
+		j.f, j.direct = f, false
+	}
+	j.size, j.mac = int64(len(hdr)), firstMAC(j.key, macName(j.dir, name))
+	j.sum = sha256.New()
+	j.sum.Write(hdr)
+	j.prepareNext()
+	return nil
+}
+
+// header is a segment's header: magic, batch size, keyed flag.
+func (j *journal) header() []byte {
 	hdr := binary.LittleEndian.AppendUint32([]byte(journalMagic), uint32(j.batch))
 	keyed := byte(0)
 	if j.key != nil {
 		keyed = 1
 	}
-	hdr = append(hdr, keyed)
-	if _, err = f.Write(hdr); err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = fsutil.SyncDir(j.dir)
-	}
-	if err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	j.f, j.size, j.mac = f, int64(len(hdr)), firstMAC(j.key, macName(j.dir, name))
-	j.sum = sha256.New()
-	j.sum.Write(hdr)
-	return nil
+	return append(hdr, keyed)
 }
 
 // macName is what a v3 segment's first MAC binds: its directory's name and its own.
@@ -414,11 +447,17 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 		}
 	}
 	j.buf = b
-	if _, err := j.f.Write(b); err != nil {
-		return err
-	}
-	if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
-		return err
+	if j.direct {
+		if err := j.writeInPlace(b); err != nil {
+			return err
+		}
+	} else {
+		if _, err := j.f.Write(b); err != nil {
+			return err
+		}
+		if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
+			return err
+		}
 	}
 	j.size += int64(len(b))
 	j.mac = mac
@@ -454,6 +493,13 @@ func (j *journal) closeSegment(whole bool) *segment {
 	if j.f == nil {
 		return nil
 	}
+	if j.direct {
+		// Its zeros cut off (whole only if that is durable: the bundle's name is the
+		// SHA-256 of the file), and the next preparation sized after it.
+		whole = j.cutToSize() && whole
+		j.prewrite = min(max(j.size+j.size/4, prewriteMin), prewriteMax)
+		j.direct = false
+	}
 	seg := &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
 	if whole {
 		seg.sum = j.sum.Sum(nil)
@@ -471,6 +517,7 @@ func (j *journal) closeSegment(whole bool) *segment {
 // when no segment is left (every one folded), the process's directory; then drops the lock.
 func (j *journal) close() {
 	j.closeSegment(false)
+	j.dropSpare()
 	if segs, err := filepath.Glob(filepath.Join(j.dir, "*.wal")); err == nil && len(segs) == 0 && j.ours() {
 		os.RemoveAll(j.dir)
 	}
@@ -542,15 +589,15 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (recs [][]byte,
 		m := uint64(binary.LittleEndian.Uint32(rest[0:4]))
 		whole := 8 + m + uint64(macLen)
 		if m > maxFrame || whole > uint64(len(rest)) {
-			if m <= maxFrame {
-				break // torn: the last frame, cut short
+			if m <= maxFrame || allZero(rest[8:]) {
+				break // torn: the last frame, cut short (or its length written in part)
 			}
 			return nil, 0, 0, fmt.Errorf("%w: %s: frame of %d bytes", ErrEvent, name, m)
 		}
 		payload := rest[8 : 8+m]
 		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(rest[4:8]) {
-			if whole == uint64(len(rest)) {
-				break // torn: the last frame, written in part
+			if allZero(rest[whole:]) {
+				break // torn: the last frame, written in part (a prewritten segment's zeros after it)
 			}
 			return nil, 0, 0, fmt.Errorf("%w: %s: damaged frame with whole frames after it", ErrEvent, name)
 		}

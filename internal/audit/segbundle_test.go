@@ -451,3 +451,103 @@ func TestJournalV2SegmentsStillFolded(t *testing.T) {
 	}
 	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 7)
 }
+
+// TestJournalPrewrittenSegments: from the second segment on, a segment is prepared ahead
+// (zeros, synced) and written in place; a closed one is cut to its whole frames (its
+// bundle as it stands); the one prepared next is removed at close; every record reads
+// back in order — also from a segment left unclosed, zeros after its frames, as a killed
+// process leaves it.
+func TestJournalPrewrittenSegments(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "journal")
+	j, err := openJournal(dir, 100, bytes.Repeat([]byte{2}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(rawRecs(0, 3)); err != nil {
+		t.Fatal(err)
+	}
+	first, err := j.rotate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !j.direct {
+		t.Skip("this file system has no O_DIRECT: segments grow")
+	}
+	n := 3
+	for _, k := range []int{1, 7, 2, 40, 5} { // frames across page boundaries
+		if err := j.append(rawRecs(n, n+k)); err != nil {
+			t.Fatal(err)
+		}
+		n += k
+	}
+	open := j.f.Name()
+	if st, err := os.Stat(open); err != nil || st.Size() < prewriteMin {
+		t.Fatalf("the open segment is not prewritten: %v %v", st.Size(), err)
+	}
+	// As a killed process leaves it: frames, then the prepared zeros.
+	b, err := os.ReadFile(open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := parseSegment(b, open, j.key)
+	if err != nil || len(recs) != n-3 {
+		t.Fatalf("a prewritten segment read as a crash leaves it: %d records, %v", len(recs), err)
+	}
+	second, err := j.rotate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = os.ReadFile(second.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum := sha256.Sum256(b); second.sum == nil || !bytes.Equal(sum[:], second.sum) {
+		t.Fatal("a closed prewritten segment is not cut to its whole frames")
+	}
+	got := append([][]byte(nil), raws(first.recs)...)
+	if recs, err = DecodeBundle(b); err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, recs...)
+	for i, want := range rawRecs(0, n) {
+		if !bytes.Equal(got[i], want.Raw) {
+			t.Fatalf("record %d differs", i)
+		}
+	}
+	next := filepath.Join(j.dir, segmentName(j.seq))
+	if _, err := os.Stat(next); err != nil {
+		t.Fatalf("no segment being prepared next: %v", err)
+	}
+	j.close()
+	if _, err := os.Stat(next); !os.IsNotExist(err) {
+		t.Fatalf("the segment prepared next is left after close: %v", err)
+	}
+}
+
+// TestParseSegmentTornBeforeZeros: in a prewritten segment a crash leaves zeros after
+// the last frame: a damaged frame followed only by zeros is torn (its records were never
+// acknowledged); one followed by a whole frame is damage, refused.
+func TestParseSegmentTornBeforeZeros(t *testing.T) {
+	dir := t.TempDir()
+	j, err := openJournalGrowing(dir, 100, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j.append(rawRecs(0, 2))
+	j.append(rawRecs(2, 3))
+	j.append(rawRecs(3, 5))
+	b, _ := os.ReadFile(j.f.Name())
+	j.close()
+	last := bytes.Index(b, rawRecs(3, 4)[0].Raw) // inside the third frame
+	torn := append(bytes.Clone(b), make([]byte, 8192)...)
+	torn[last+5] ^= 0xff
+	if recs, _, err := parseSegment(torn, "s", nil); err != nil || len(recs) != 3 {
+		t.Fatalf("a torn last frame before zeros: %d records, %v; want the 3 of the whole frames", len(recs), err)
+	}
+	second := bytes.Index(b, rawRecs(2, 3)[0].Raw) // inside the second frame
+	damaged := append(bytes.Clone(b), make([]byte, 8192)...)
+	damaged[second+5] ^= 0xff
+	if _, _, err := parseSegment(damaged, "s", nil); err == nil {
+		t.Fatal("a damaged frame with a whole frame after it was read as torn")
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -70,7 +69,7 @@ func BenchmarkGroupSync(b *testing.B) {
 				}
 				f.Sync()
 			}
-			buf := alignedBuf(group)
+			buf := alignedBytes(group)
 			for i := range buf {
 				buf[i] = byte(i)
 			}
@@ -90,14 +89,4 @@ func BenchmarkGroupSync(b *testing.B) {
 			b.ReportMetric(float64(time.Since(t0).Microseconds())/float64(b.N), "wall-µs/group")
 		})
 	}
-}
-
-// alignedBuf is n bytes starting on a 4 KiB boundary (O_DIRECT needs it).
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+4096)
-	off := 0
-	for uintptr(unsafe.Pointer(&b[off]))%4096 != 0 {
-		off++
-	}
-	return b[off : off+n]
 }
