@@ -65,7 +65,8 @@ func (a *App) RequestRecords() *audit.Batcher {
 	a.batchOnce.Do(func() {
 		ac := a.Config.Audit
 		a.batcher = audit.NewBatcher(a.AuditLog, a.AuditLog.Bundles(), audit.BatcherConfig{MaxRecords: ac.RequestBatchRecords,
-			MaxDelay: ac.RequestBatchDelay.Duration, Journal: a.requestJournal(), JournalKey: a.journalKey})
+			MaxDelay: ac.RequestBatchDelay.Duration, Journal: a.requestJournal(), JournalKey: a.journalKey,
+			GrowSegments: ac.JournalGrowSegments})
 	})
 	return a.batcher
 }

@@ -9,13 +9,17 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/gateway"
@@ -227,4 +231,64 @@ func TestRevocationAnnouncedThroughRedis(t *testing.T) {
 	for call() != 401 {
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TestJournalGrowSegmentsConfig: audit.journal_grow_segments reaches the request journal —
+// with it the open segment is written as it grows; by default (where the file system
+// allows O_DIRECT) the segment opened after a rotation is a prepared one, open O_DIRECT.
+func TestJournalGrowSegmentsConfig(t *testing.T) {
+	ctx := context.Background()
+	for _, grow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("grow=%v", grow), func(t *testing.T) {
+			a, _ := initApp(t, ctx, func(c *config.Config) { c.Audit.JournalGrowSegments = grow })
+			b := a.RequestRecords()
+			ev := audit.Event{V: 1, TS: time.Now(), Kind: audit.KindRequest, Decision: audit.Allow,
+				Actor: map[string]string{"principal": "p"}, Subject: map[string]string{"model": "m"}}
+			if _, err := b.Submit(ctx, ev)(); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := b.Barrier(ctx); err != nil { // folds, and opens the next segment
+				t.Fatal(err)
+			}
+			direct, open := journalFDs(t, a.requestJournal())
+			switch {
+			case open == 0:
+				t.Fatal("no journal segment open after a rotation")
+			case grow && direct > 0:
+				t.Fatalf("grow: %d journal segments open O_DIRECT", direct)
+			case !grow && direct == 0:
+				t.Skip("this file system refused O_DIRECT: segments grow")
+			}
+		})
+	}
+}
+
+// journalFDs counts this process's open descriptors on segments under root, and those of
+// them open O_DIRECT (/proc/self/fdinfo's flags).
+func journalFDs(t *testing.T, root string) (direct, open int) {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	for _, e := range ents {
+		target, err := os.Readlink(filepath.Join("/proc/self/fd", e.Name()))
+		if err != nil || !strings.HasPrefix(target, root) || !strings.HasSuffix(target, ".wal") {
+			continue
+		}
+		info, err := os.ReadFile(filepath.Join("/proc/self/fdinfo", e.Name()))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(info), "\n") {
+			if v, ok := strings.CutPrefix(line, "flags:"); ok {
+				flags, _ := strconv.ParseUint(strings.TrimSpace(v), 8, 64)
+				open++
+				if flags&syscall.O_DIRECT != 0 {
+					direct++
+				}
+			}
+		}
+	}
+	return direct, open
 }
