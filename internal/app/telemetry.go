@@ -66,7 +66,7 @@ func (a *App) RequestRecords() *audit.Batcher {
 		ac := a.Config.Audit
 		a.batcher = audit.NewBatcher(a.AuditLog, a.AuditLog.Bundles(), audit.BatcherConfig{MaxRecords: ac.RequestBatchRecords,
 			MaxDelay: ac.RequestBatchDelay.Duration, Journal: a.requestJournal(), JournalKey: a.journalKey,
-			GrowSegments: ac.JournalGrowSegments})
+			PrewriteSegments: ac.JournalPrewrittenSegments})
 	})
 	return a.batcher
 }

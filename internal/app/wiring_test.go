@@ -233,14 +233,15 @@ func TestRevocationAnnouncedThroughRedis(t *testing.T) {
 	}
 }
 
-// TestJournalGrowSegmentsConfig: audit.journal_grow_segments reaches the request journal —
-// with it the open segment is written as it grows; by default (where the file system
-// allows O_DIRECT) the segment opened after a rotation is a prepared one, open O_DIRECT.
-func TestJournalGrowSegmentsConfig(t *testing.T) {
+// TestJournalPrewrittenSegmentsConfig: audit.journal_prewritten_segments reaches the
+// request journal — by default the open segment grows (no descriptor open O_DIRECT after a
+// rotation); with it (where the file system allows O_DIRECT) the segment opened after a
+// rotation is a prepared one, open O_DIRECT.
+func TestJournalPrewrittenSegmentsConfig(t *testing.T) {
 	ctx := context.Background()
-	for _, grow := range []bool{false, true} {
-		t.Run(fmt.Sprintf("grow=%v", grow), func(t *testing.T) {
-			a, _ := initApp(t, ctx, func(c *config.Config) { c.Audit.JournalGrowSegments = grow })
+	for _, prewrite := range []bool{false, true} {
+		t.Run(fmt.Sprintf("prewritten=%v", prewrite), func(t *testing.T) {
+			a, _ := initApp(t, ctx, func(c *config.Config) { c.Audit.JournalPrewrittenSegments = prewrite })
 			b := a.RequestRecords()
 			ev := audit.Event{V: 1, TS: time.Now(), Kind: audit.KindRequest, Decision: audit.Allow,
 				Actor: map[string]string{"principal": "p"}, Subject: map[string]string{"model": "m"}}
@@ -254,9 +255,9 @@ func TestJournalGrowSegmentsConfig(t *testing.T) {
 			switch {
 			case open == 0:
 				t.Fatal("no journal segment open after a rotation")
-			case grow && direct > 0:
-				t.Fatalf("grow: %d journal segments open O_DIRECT", direct)
-			case !grow && direct == 0:
+			case !prewrite && direct > 0:
+				t.Fatalf("default: %d journal segments open O_DIRECT", direct)
+			case prewrite && direct == 0:
 				t.Skip("this file system refused O_DIRECT: segments grow")
 			}
 		})

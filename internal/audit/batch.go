@@ -406,10 +406,11 @@ type BatcherConfig struct {
 	// JournalKey MACs the journal's frames (journal.go); serve derives it from the audit
 	// key. Without it frames carry only a CRC.
 	JournalKey []byte
-	// GrowSegments: journal segments grow with each group (a write and an fdatasync)
-	// instead of being prewritten and written in place (journal_direct.go). Segments grow
-	// anyway where the file system has no O_DIRECT.
-	GrowSegments bool
+	// PrewriteSegments: journal segments are prepared ahead and written in place with
+	// O_DIRECT|O_DSYNC (journal_direct.go) instead of growing with each group (a write
+	// and an fdatasync). Off by default (config audit.journal_prewritten_segments): see
+	// journal_direct.go for the crash case that keeps it so.
+	PrewriteSegments bool
 }
 
 // DefaultGroupDelay is how long a group of records gathers before one journal append.
@@ -448,7 +449,7 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 		return b
 	}
 	b.barrier, b.folds, b.foldDone = make(chan chan barrierResult), make(chan foldItem, 1024), make(chan struct{})
-	b.journalRoot, b.journalKey, b.growSegments = cfg.Journal, cfg.JournalKey, cfg.GrowSegments
+	b.journalRoot, b.journalKey, b.growSegments = cfg.Journal, cfg.JournalKey, !cfg.PrewriteSegments
 	if err := b.openJournal(cfg.Journal); err != nil {
 		b.broken = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		l.log.Error("ALERT request journal unusable; refusing what needs a record", "err", err)

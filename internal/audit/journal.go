@@ -61,6 +61,8 @@ const journalMagic = "strongroom-journal/v3\n"
 // its MAC). They are still read, as they were written.
 const journalMagicV2 = "strongroom-journal/v2\n"
 
+const journalMagicLen = len(journalMagic)
+
 // journalHeader is the magic, the batch size and the keyed flag.
 const journalHeader = len(journalMagic) + 4 + 1
 
@@ -82,6 +84,8 @@ type journal struct {
 	recs  []store.AuditEvent // the open segment's records, in order
 	buf   []byte
 	sum   hash.Hash // SHA-256 of the open segment's bytes up to its last whole frame
+	// zeroTail: the open segment's last frame is an unkeyed empty one (all zeros).
+	zeroTail bool
 	// Prewritten segments (journal_direct.go).
 	direct   bool        // the open segment was prepared: written in place
 	page     []byte      // direct: its last partial page's bytes, then a write's (aligned)
@@ -171,10 +175,11 @@ func segmentName(seq uint64) string { return fmt.Sprintf("%016x.wal", seq) }
 // (replicas on one host, like the log itself) each write their own directory,
 // root/<random id>, holding an exclusive flock on its "lock" file while they live.
 func openJournal(root string, batch int, key []byte) (*journal, error) {
-	return openJournalGrowing(root, batch, key, false)
+	return openJournalGrowing(root, batch, key, true)
 }
 
-// openJournalGrowing is openJournal; grow: segments are never prewritten (BatcherConfig.GrowSegments).
+// openJournalGrowing is openJournal; grow false: segments are prewritten
+// (BatcherConfig.PrewriteSegments).
 func openJournalGrowing(root string, batch int, key []byte, grow bool) (*journal, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
@@ -313,7 +318,9 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 			recs[i] = indexRecord(0, r)
 		}
 		seg := segment{path: p, recs: recs, batch: batch}
-		if n == len(b) {
+		// Only a v3 segment is linked as its bundle: a v2 one's MACs do not bind its
+		// directory, and a served copy of it could be replayed into another.
+		if n == len(b) && bytes.HasPrefix(b, []byte(journalMagic)) && !zeroLastFrame(b, key) {
 			sum := sha256.Sum256(b)
 			seg.sum = sum[:]
 		}
@@ -373,7 +380,7 @@ func (j *journal) start() error {
 		}
 		j.f, j.direct = f, false
 	}
-	j.size, j.mac = int64(len(hdr)), firstMAC(j.key, macName(j.dir, name))
+	j.size, j.mac, j.zeroTail = int64(len(hdr)), firstMAC(j.key, macName(j.dir, name)+string(hdr)), false
 	j.sum = sha256.New()
 	j.sum.Write(hdr)
 	j.prepareNext()
@@ -390,7 +397,9 @@ func (j *journal) header() []byte {
 	return append(hdr, keyed)
 }
 
-// macName is what a v3 segment's first MAC binds: its directory's name and its own.
+// macName is what a v3 segment's first MAC binds, with its header (whose batch size cuts
+// its batches at a refold: an edited one would have batches the log has logged again):
+// its directory's name and its own.
 func macName(dir, file string) string { return filepath.Base(dir) + "/" + file }
 
 func firstMAC(key []byte, name string) []byte {
@@ -462,6 +471,9 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	j.size += int64(len(b))
 	j.mac = mac
 	j.sum.Write(b)
+	// An unkeyed empty frame (the disk probe's) is eight zero bytes: last in a segment, it
+	// reads as a crash's zeros, so such a segment is not its bundle as it stands.
+	j.zeroTail = j.key == nil && len(groups) > 0 && len(groups[len(groups)-1]) == 0
 	for _, recs := range groups {
 		j.recs = append(j.recs, recs...)
 	}
@@ -501,7 +513,7 @@ func (j *journal) closeSegment(whole bool) *segment {
 		j.direct = false
 	}
 	seg := &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
-	if whole {
+	if whole && !j.zeroTail {
 		seg.sum = j.sum.Sum(nil)
 	}
 	j.f.Close()
@@ -550,6 +562,9 @@ func parseSegment(b []byte, path string, key []byte) ([][]byte, int, error) {
 func scanSegment(b []byte, path string, key []byte, anyMAC bool) (recs [][]byte, batch, n int, err error) {
 	name := filepath.Base(path)
 	macFor := macName(filepath.Dir(path), name)
+	if len(b) >= journalHeader {
+		macFor += string(b[:journalHeader])
+	}
 	rest, ok := bytes.CutPrefix(b, []byte(journalMagic))
 	if !ok {
 		if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV2)); ok {
@@ -628,4 +643,10 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// zeroLastFrame reports whether an unkeyed segment ends with an empty frame (eight zero
+// bytes, which a bundle reader takes for a crash's zeros).
+func zeroLastFrame(b, key []byte) bool {
+	return key == nil && len(b) >= journalHeader+8 && b[journalMagicLen+4] == 0 && allZero(b[len(b)-8:])
 }

@@ -498,7 +498,7 @@ func testJournalDiskFull(t *testing.T, journalOnly bool, pad int, grow bool) {
 	}
 	ctx := context.Background()
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxDelay: time.Millisecond, FoldEvery: 20 * time.Millisecond,
-		Journal: jdir, GrowSegments: grow})
+		Journal: jdir, PrewriteSegments: !grow})
 	n := 0
 	submit := func() error {
 		_, err := b.Submit(ctx, event(n))()
@@ -639,7 +639,7 @@ func TestJournalAppendGroups(t *testing.T) {
 	if _, _, err := parseSegment(oneByOne, path, []byte("k1")); err != nil {
 		t.Fatal(err)
 	}
-	oneByOne = remac(t, oneByOne, []byte("k1"), firstMAC([]byte("k1"), macName(filepath.Dir(togetherPath), filepath.Base(togetherPath))))
+	oneByOne = remac(t, oneByOne, []byte("k1"), firstMAC([]byte("k1"), macName(filepath.Dir(togetherPath), filepath.Base(togetherPath))+string(oneByOne[:journalHeader])))
 	if !bytes.Equal(together, oneByOne) {
 		t.Fatalf("frames differ: %d bytes together, %d one by one", len(together), len(oneByOne))
 	}

@@ -414,7 +414,8 @@ func TestJournalReplayOfABundle(t *testing.T) {
 }
 
 // TestJournalV2SegmentsStillFolded: a segment an earlier version left (v2: its first MAC
-// binds its file name only) is still folded after an upgrade, and linked as its bundle.
+// binds its file name only) is still folded after an upgrade — written as a v1 bundle, not
+// linked (served, it could be replayed into another directory: TestAttack17ReplayV2BundleElsewhere).
 func TestJournalV2SegmentsStillFolded(t *testing.T) {
 	key := bytes.Repeat([]byte{5}, 32)
 	tl := openTestLog(t)
@@ -446,8 +447,8 @@ func TestJournalV2SegmentsStillFolded(t *testing.T) {
 	}
 	bt.Close()
 	tl.close(t)
-	if v2n, v1n := checkBundles(t, tl.dir); v2n != 1 || v1n != 0 {
-		t.Fatalf("%d bundles linked, %d written: want the v2 segment linked", v2n, v1n)
+	if v2n, v1n := checkBundles(t, tl.dir); v2n != 0 || v1n != 1 {
+		t.Fatalf("%d bundles linked, %d written: want the v2 segment written as a v1 bundle (a v2 segment's MACs do not bind its directory: served, it could be replayed elsewhere)", v2n, v1n)
 	}
 	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 7)
 }
@@ -459,7 +460,7 @@ func TestJournalV2SegmentsStillFolded(t *testing.T) {
 // process leaves it.
 func TestJournalPrewrittenSegments(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "journal")
-	j, err := openJournal(dir, 100, bytes.Repeat([]byte{2}, 32))
+	j, err := openJournalGrowing(dir, 100, bytes.Repeat([]byte{2}, 32), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -515,9 +516,7 @@ func TestJournalPrewrittenSegments(t *testing.T) {
 		}
 	}
 	next := filepath.Join(j.dir, segmentName(j.seq))
-	if _, err := os.Stat(next); err != nil {
-		t.Fatalf("no segment being prepared next: %v", err)
-	}
+	waitFor(t, func() bool { _, err := os.Stat(next); return err == nil }) // being prepared
 	j.close()
 	if _, err := os.Stat(next); !os.IsNotExist(err) {
 		t.Fatalf("the segment prepared next is left after close: %v", err)

@@ -243,11 +243,12 @@ type Audit struct {
 	// latency; a crash can lose the last batch of answers already given). Default: an
 	// answer is completed only once its record is in the log.
 	AsyncRequestRecords bool `json:"async_request_records,omitempty"`
-	// JournalGrowSegments makes the journal's segments grow with each group (a write and
-	// an fdatasync) instead of being prewritten and written in place with O_DIRECT|O_DSYNC
-	// (audit/journal_direct.go) — for a file system whose O_DIRECT the operator distrusts.
-	// Segments grow anyway where O_DIRECT is refused.
-	JournalGrowSegments bool `json:"journal_grow_segments,omitempty"`
+	// JournalPrewrittenSegments prepares the journal's segments ahead (zeros, synced) and
+	// writes each group in place with O_DIRECT|O_DSYNC instead of a write and an fdatasync
+	// on a growing file (audit/journal_direct.go). Off by default: a power cut that
+	// persists an in-place write's later page before its first leaves a segment the next
+	// start refuses (fail closed, records kept) — docs/DESIGN.md.
+	JournalPrewrittenSegments bool `json:"journal_prewritten_segments,omitempty"`
 }
 
 // Telemetry exports OpenTelemetry traces (gateway → engine) when OTLPEndpoint is set.
