@@ -27,6 +27,13 @@ import (
 // frames when it is closed, so that it is its batch's bundle as it stands (fold). Where
 // the file system cannot (no O_DIRECT — tmpfs —, no space for the zeros), segments grow
 // as before.
+//
+// Off by default (BatcherConfig.PrewriteSegments, config audit.journal_prewritten_segments):
+// a device may persist a multi-page write's pages in any order, and a power cut that keeps
+// a write's later page but not its first leaves zeros and then frame bytes after the last
+// acknowledged frame, which the next start refuses as damage (fail closed, nothing lost:
+// TestAttack17TornWriteLaterPageFirst, known open). Starting each group on a fresh page
+// (a zero first page then ends the segment) would close it.
 
 // pageSize is the alignment of O_DIRECT writes.
 const pageSize = 4096
