@@ -31,7 +31,7 @@ import (
 //	bundle  = "strongroom-batch/v1\n" || record*       (DATA/log/batches/<sha256 hex>,
 //	record  = uvarint(len(event)) || event               served at /log/batches/<hex>)
 //	event   = the record's canonical Event bytes (Event.Marshal)
-//	bundle  = a closed request-journal segment, as it stands (v2: journal.go; the batch's
+//	bundle  = a closed request-journal segment, as it stands (v3: journal.go; the batch's
 //	          records are its frames' records, in order)
 //	entry   = Event{Kind: "audit.batch", Subject: {bundle: <sha256 hex>},
 //	                Fields: {records: N, root: <hex RFC 6962 root over the events>,
@@ -183,9 +183,10 @@ func AppendBundle(dst []byte, records [][]byte) (bundle []byte, name string) {
 }
 
 // DecodeBundle splits a bundle into its records, refusing anything malformed. A bundle is
-// v1 (written by the batcher) or v2, a request journal's closed segment taken as it stands
-// (journal.go): whole frames, each CRC-checked; their MACs (the journal key's) are not
-// checked here — the bundle's name, its SHA-256, fixes its content.
+// v1 (written by the batcher) or a request journal's closed segment taken as it stands
+// (v3; v2 is read too, though none is linked: journal.go): whole frames, each
+// CRC-checked; their MACs (the journal key's) are not checked here — the bundle's name,
+// its SHA-256, fixes its content.
 func DecodeBundle(b []byte) ([][]byte, error) {
 	if bytes.HasPrefix(b, []byte(journalMagic)) || bytes.HasPrefix(b, []byte(journalMagicV2)) {
 		recs, _, n, err := scanSegment(b, "bundle", nil, true)
