@@ -981,16 +981,19 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *seg
 	ctx := context.Background()
 	rs := raws(recs)
 	var name string
-	err := errNoLink
+	var err error
+	linked := false
 	end := b.log.beginWrite(writeBundle)
 	if l, ok := b.bundles.(BundleLinker); ok && seg != nil {
 		name = hex.EncodeToString(seg.sum)
-		if err = l.LinkBundle(ctx, name, seg.path); err != nil && !b.linkWarned {
+		if lerr := l.LinkBundle(ctx, name, seg.path); lerr == nil {
+			linked = true
+		} else if !b.linkWarned {
 			b.linkWarned = true // once: a store that cannot link (another file system) fails every time
-			b.log.log.Warn("request journal segment not linked as its batch's bundle; writing the bundle (said once)", "segment", filepath.Base(seg.path), "err", err)
+			b.log.log.Warn("request journal segment not linked as its batch's bundle; writing the bundle (said once)", "segment", filepath.Base(seg.path), "err", lerr)
 		}
 	}
-	if err != nil {
+	if !linked {
 		var bundle []byte
 		bundle, name = AppendBundle(b.bundleBuf, rs)
 		b.bundleBuf = bundle
@@ -1018,8 +1021,6 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *seg
 	}
 	return idx, err
 }
-
-var errNoLink = errors.New("no segment to link")
 
 // raws is the records' canonical bytes.
 func raws(recs []store.AuditEvent) [][]byte {

@@ -61,8 +61,6 @@ const journalMagic = "strongroom-journal/v3\n"
 // its MAC). They are still read, as they were written.
 const journalMagicV2 = "strongroom-journal/v2\n"
 
-const journalMagicLen = len(journalMagic)
-
 // journalHeader is the magic, the batch size and the keyed flag.
 const journalHeader = len(journalMagic) + 4 + 1
 
@@ -319,8 +317,9 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 		}
 		seg := segment{path: p, recs: recs, batch: batch}
 		// Only a v3 segment is linked as its bundle: a v2 one's MACs do not bind its
-		// directory, and a served copy of it could be replayed into another.
-		if n == len(b) && bytes.HasPrefix(b, []byte(journalMagic)) && !zeroLastFrame(b, key) {
+		// directory, and a served copy of it could be replayed into another. (One ending
+		// with an unkeyed empty frame, eight zeros, is not whole: its zeros read as torn.)
+		if n == len(b) && bytes.HasPrefix(b, []byte(journalMagic)) {
 			sum := sha256.Sum256(b)
 			seg.sum = sum[:]
 		}
@@ -352,8 +351,7 @@ func (j *journal) start() error {
 	hdr := j.header()
 	sp := j.takeSpare()
 	if sp != nil && sp.path != path { // prepared for another directory or number: unused
-		sp.f.Close()
-		os.Remove(sp.path)
+		sp.discard()
 		sp = nil
 	}
 	if sp != nil {
@@ -643,10 +641,4 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-// zeroLastFrame reports whether an unkeyed segment ends with an empty frame (eight zero
-// bytes, which a bundle reader takes for a crash's zeros).
-func zeroLastFrame(b, key []byte) bool {
-	return key == nil && len(b) >= journalHeader+8 && b[journalMagicLen+4] == 0 && allZero(b[len(b)-8:])
 }

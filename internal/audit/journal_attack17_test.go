@@ -162,27 +162,7 @@ func TestAttack17ReplayBundleWithEditedBatchSize(t *testing.T) {
 func TestAttack17ReplayV2BundleElsewhere(t *testing.T) {
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	j, err := openJournal(jdir, 100, a17Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := j.append(rawRecs(0, 4)); err != nil {
-		t.Fatal(err)
-	}
-	if err := j.append(rawRecs(4, 7)); err != nil {
-		t.Fatal(err)
-	}
-	p := j.f.Name()
-	j.close()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2 := remac(t, b, a17Key, firstMAC(a17Key, filepath.Base(p)))
-	copy(v2, journalMagicV2)
-	if err := os.WriteFile(p, v2, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	p := writeDeadV2Segment(t, jdir, a17Key)
 	if err := a17NextStart(tl, jdir, a17Key); err != nil {
 		t.Fatal(err)
 	}

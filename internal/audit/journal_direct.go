@@ -124,12 +124,17 @@ func (j *journal) takeSpare() *spare {
 	return sp
 }
 
-// dropSpare removes a prepared segment that will not be used.
+// dropSpare removes the segment being prepared, if any: it will not be used.
 func (j *journal) dropSpare() {
 	if sp := j.takeSpare(); sp != nil {
-		sp.f.Close()
-		os.Remove(sp.path)
+		sp.discard()
 	}
+}
+
+// discard closes and removes a prepared segment that will not be used.
+func (sp *spare) discard() {
+	sp.f.Close()
+	os.Remove(sp.path)
 }
 
 // writeInPlace writes b (whole frames) after the segment's last byte, durably: one

@@ -420,27 +420,7 @@ func TestJournalV2SegmentsStillFolded(t *testing.T) {
 	key := bytes.Repeat([]byte{5}, 32)
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	j, err := openJournal(jdir, 100, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := j.append(rawRecs(0, 4)); err != nil {
-		t.Fatal(err)
-	}
-	if err := j.append(rawRecs(4, 7)); err != nil {
-		t.Fatal(err)
-	}
-	p := j.f.Name()
-	j.close()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2 := remac(t, b, key, firstMAC(key, filepath.Base(p)))
-	copy(v2, journalMagicV2)
-	if err := os.WriteFile(p, v2, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeDeadV2Segment(t, jdir, key)
 	bt := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, Journal: jdir, JournalKey: key})
 	if err := bt.Healthy(); err != nil {
 		t.Fatal(err)
@@ -549,4 +529,33 @@ func TestParseSegmentTornBeforeZeros(t *testing.T) {
 	if _, _, err := parseSegment(damaged, "s", nil); err == nil {
 		t.Fatal("a damaged frame with a whole frame after it was read as torn")
 	}
+}
+
+// writeDeadV2Segment leaves under jdir the journal of a dead process of an earlier version:
+// one keyed v2 segment (first MAC over its file name only) of records 0–6, in two frames.
+// It returns the segment's path.
+func writeDeadV2Segment(t *testing.T, jdir string, key []byte) string {
+	t.Helper()
+	j, err := openJournal(jdir, 100, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(rawRecs(0, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(rawRecs(4, 7)); err != nil {
+		t.Fatal(err)
+	}
+	p := j.f.Name()
+	j.close()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := remac(t, b, key, firstMAC(key, filepath.Base(p)))
+	copy(v2, journalMagicV2)
+	if err := os.WriteFile(p, v2, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
