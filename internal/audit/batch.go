@@ -184,21 +184,21 @@ func AppendBundle(dst []byte, records [][]byte) (bundle []byte, name string) {
 
 // DecodeBundle splits a bundle into its records, refusing anything malformed. A bundle is
 // v1 (written by the batcher) or a request journal's closed segment taken as it stands
-// (v3; v2 is read too, though none is linked: journal.go): whole frames, each
+// (v4 and v3; v2 is read too, though none is linked: journal.go): whole frames, each
 // CRC-checked; their MACs (the journal key's) are not checked here — the bundle's name,
 // its SHA-256, fixes its content.
 func DecodeBundle(b []byte) ([][]byte, error) {
-	if bytes.HasPrefix(b, []byte(journalMagic)) || bytes.HasPrefix(b, []byte(journalMagicV2)) {
-		recs, _, n, err := scanSegment(b, "bundle", nil, true)
+	if bytes.HasPrefix(b, []byte(journalMagic)) || bytes.HasPrefix(b, []byte(journalMagicV3)) || bytes.HasPrefix(b, []byte(journalMagicV2)) {
+		sc, err := scanSegment(b, "bundle", nil, true)
 		switch {
 		case err != nil:
 			return nil, err
-		case n < journalHeader || n != len(b):
+		case sc.n == 0 || sc.n != len(b):
 			return nil, fmt.Errorf("%w: bundle (a journal segment) cut short or with bytes after its last frame", ErrEvent)
-		case len(recs) > MaxBatch:
+		case len(sc.recs) > MaxBatch:
 			return nil, fmt.Errorf("%w: bundle holds over %d records", ErrEvent, MaxBatch)
 		}
-		return recs, nil
+		return sc.recs, nil
 	}
 	rest, ok := bytes.CutPrefix(b, []byte(bundleMagic))
 	if !ok {
@@ -468,12 +468,17 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 }
 
 // openJournal folds what dead processes left in the journal (Open did at the log's
-// opening; one may have died since), then opens this process's own.
+// opening; one may have died since), then opens this process's own, its first segment's
+// floor the log's size now.
 func (b *Batcher) openJournal(root string) error {
 	if err := b.foldDead(root); err != nil {
 		return err
 	}
-	j, err := openJournalGrowing(root, b.maxRecords, b.journalKey, b.growSegments)
+	size, err := b.log.reader.IntegratedSize(context.Background())
+	if err != nil {
+		return fmt.Errorf("reading the log's size: %w", err)
+	}
+	j, err := openJournalFrom(root, b.maxRecords, b.journalKey, b.growSegments, size)
 	if err != nil {
 		return err
 	}
@@ -481,8 +486,14 @@ func (b *Batcher) openJournal(root string) error {
 	return nil
 }
 
+// legacyWindow is how far back from the log's end a refold looks for the batches of a
+// segment written before segments had a floor (v2, v3).
+const legacyWindow = 4096
+
 // foldDead folds the segments of dead processes' journals under root into the log,
-// skipping batches already among its last entries, and removes their directories.
+// skipping batches the log has (from the oldest segment's floor on), and removes their
+// directories. A directory whose segments' links do not hold (a segment missing whose
+// records are not in the log, one that lost frames) is left alone and named in the error.
 func (b *Batcher) foldDead(root string) error {
 	left, dead, derr := deadJournals(root, b.journalKey)
 	defer func() {
@@ -491,27 +502,46 @@ func (b *Batcher) foldDead(root string) error {
 		}
 	}()
 	if len(left) > 0 {
-		n := uint64(0)
+		ctx := context.Background()
+		size, err := b.log.reader.IntegratedSize(ctx)
+		if err != nil {
+			return fmt.Errorf("reading the log's size: %w", err)
+		}
+		from, n := size, uint64(0)
 		for _, seg := range left {
 			n += uint64(len(seg.recs)/max(seg.batch, 1) + 1)
 		}
-		have, err := b.log.recentBatches(context.Background(), 4096+n)
-		if err != nil {
-			return fmt.Errorf("reading the log's last entries: %w", err)
+		for _, seg := range left {
+			switch {
+			case len(seg.recs) == 0:
+			case seg.scan.v4:
+				from = min(from, seg.scan.floor)
+			default:
+				from = min(from, size-min(size, legacyWindow+n))
+			}
 		}
+		have, err := b.log.loggedBatches(ctx, from, size)
+		if err != nil {
+			return fmt.Errorf("reading the log's entries: %w", err)
+		}
+		var errs []error
+		left, dead, errs = dropBroken(left, dead, have)
+		derr = errors.Join(append(errs, derr)...)
 		for i := range left {
 			if err := b.fold(&left[i], have); err != nil {
 				return err
 			}
 		}
-		b.log.log.Warn("request records of a stopped process folded from its journal into the log", "segments", len(left))
+		if len(left) > 0 {
+			b.log.log.Warn("request records of a stopped process folded from its journal into the log", "segments", len(left))
+		}
 	}
 	for _, o := range dead {
 		if err := removeOrphan(o); err != nil {
 			return err
 		}
 	}
-	return derr // a directory that could not be read: its records wait, the operator is told
+	return derr // a directory that could not be read or whose links fail: its records wait, the operator is told
 }
 
 // Submit adds a record. Its Future resolves once the record is durable: without a journal
@@ -849,8 +879,8 @@ const (
 // fold commits a segment's records as batch entries of at most MaxRecords, from where an
 // earlier attempt stopped, skipping batches in have, then removes the segment's file.
 // Each batch entry names where its records were in the journal (Fields["journal"]:
-// journalSource), and a refold skips the batches so named among the log's last entries
-// (recentBatches) — not batches of the same bytes: two acknowledged records can be byte
+// journalSource), and a refold skips the batches so named from the segment's floor on
+// (loggedBatches) — not batches of the same bytes: two acknowledged records can be byte
 // for byte the same, and an outside test had the second dropped when batches were
 // recognized by their bundle. Batch entries of versions before the name are recognized
 // by their bundle, as they were.
@@ -883,6 +913,9 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 				have["journal:"+src] = true
 			} else {
 				b.lastIdx, b.folded = idx, true // Barrier's answer: this batcher's records only
+			}
+			if b.j != nil {
+				b.j.floor.Store(idx) // later segments' batches come after it
 			}
 		}
 		seg.recs, seg.done = seg.recs[len(chunk):], seg.done+len(chunk)

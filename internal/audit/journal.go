@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
@@ -34,35 +35,66 @@ import (
 // directory folds them before it takes a record, skipping any batch the log already has
 // (a fold that died between its entry and the segment's removal).
 //
-//	segment = "strongroom-journal/v3\n" || u32le(batch) || u8(keyed) || frame*
+//	segment = "strongroom-journal/v4\n" || u32le(batch) || u8(keyed) || link || frame*
 //	                                                         (DIR/<process>/<16 hex digits>.wal)
-//	frame   = u32le(len(payload)) || u32le(CRC-32C(payload)) || payload || mac?
+//	link    = u64le(floor) || u64le(prev + 1, 0: none) || u32le(prev records) || prev MAC[32]
+//	frame   = u32le(len(payload)) || u32le(CRC-32C(the length's 4 bytes)) ||
+//	          u32le(CRC-32C(payload)) || payload || mac?
 //	payload = (uvarint(len(event)) || event)*             one group of records
 //	mac     = HMAC-SHA256(key, previous mac || payload)     when keyed; the first frame's
-//	          "previous mac" is HMAC-SHA256(key, directory name "/" segment file name)
-//	          (v2 segments, still read: the segment file name alone)
+//	          "previous mac" is HMAC-SHA256(key, directory name "/" segment file name || header)
 //
 // batch is the records per batch entry the segment's writer folds with, so that a refold
 // by another process cuts the same batches (and recognizes those already in the log).
+// floor is a log size the writer knew when it started the segment: every batch of its
+// records is at that index or later, so a refold looks for the batches the log already has
+// from there (however old a segment put back into the journal is). prev is the number of
+// the process's last segment before this one that held records, with its record count and
+// last MAC (zeros unkeyed): a dead journal whose middle segment was removed, or whose
+// segment lost its last frames while a later one exists, is refused unless the missing
+// records are in the log (the segment folded and removed). The length has a check of its
+// own: a damaged length is damage, not a frame cut short by a crash.
+//
 // Each frame is synced before its records' futures resolve and before the next frame is
 // written; after a failed append the segment is closed (cut back to its last whole frame)
 // and the next group starts a new one. So only a segment's last frame can be torn by a
 // crash, and a torn frame held no acknowledged record: a short or CRC-failing frame at the
 // end ends the segment, anywhere else it is damage and the segment is refused. With a key
 // (the deployment's audit key, derived), a frame whose MAC fails is refused too: records
-// cannot be altered, reordered, or moved between segments or directories while they wait in the journal
-// without the key. Dropping a segment's last frames cannot be told from a crash.
+// cannot be altered, reordered, or moved between segments or directories while they wait in
+// the journal without the key. Dropping the last frames of a process's last segment (or
+// its last segments) cannot be told from a crash.
+//
+// Versions before (still read, as they were written): v3 (the twelfth session's first
+// change), no link and an 8-byte frame header (length, payload CRC); v2, whose first MAC
+// binds the segment's file name only.
 
-const journalMagic = "strongroom-journal/v3\n"
+const journalMagic = "strongroom-journal/v4\n"
+
+// journalMagicV3 begins the segments of the eleventh session: no link, no length check.
+const journalMagicV3 = "strongroom-journal/v3\n"
 
 // journalMagicV2 begins the segments of versions before the eleventh session, whose first
 // MAC binds the segment's file name only (v3: its directory's name too, so that a segment
 // copied into another process's directory — a bundle is a closed segment, served — fails
-// its MAC). They are still read, as they were written.
+// its MAC).
 const journalMagicV2 = "strongroom-journal/v2\n"
 
-// journalHeader is the magic, the batch size and the keyed flag.
-const journalHeader = len(journalMagic) + 4 + 1
+// journalHeader is a v4 header's length: magic, batch size, keyed flag, link.
+const journalHeader = len(journalMagic) + 4 + 1 + linkSize
+
+// linkSize is a v4 header's link: floor, previous segment, its records, its last MAC.
+const linkSize = 8 + 8 + 4 + sha256.Size
+
+// journalHeaderV3 is a v2 or v3 header's length.
+const journalHeaderV3 = len(journalMagicV3) + 4 + 1
+
+// frameHeader is a v4 frame's header (length, its CRC, the payload's CRC); frameHeaderV3
+// a v2 or v3 frame's (length, the payload's CRC).
+const (
+	frameHeader   = 12
+	frameHeaderV3 = 8
+)
 
 // maxFrame bounds a frame's payload (a group of at most MaxBatch records).
 const maxFrame = MaxBatch * (MaxEventSize + binary.MaxVarintLen64)
@@ -82,8 +114,13 @@ type journal struct {
 	recs  []store.AuditEvent // the open segment's records, in order
 	buf   []byte
 	sum   hash.Hash // SHA-256 of the open segment's bytes up to its last whole frame
-	// zeroTail: the open segment's last frame is an unkeyed empty one (all zeros).
-	zeroTail bool
+	open  uint64    // the open segment's number
+	// prev is the link the next segment's header carries: the last closed segment that
+	// held records (zero: none in this directory yet).
+	prev segLink
+	// floor is a log size known before the open segment's records can be folded (the
+	// Batcher sets it: the log's size at its start, then each fold's entry index).
+	floor atomic.Uint64
 	// Prewritten segments (journal_direct.go).
 	direct   bool        // the open segment was prepared: written in place
 	page     []byte      // direct: its last partial page's bytes, then a write's (aligned)
@@ -92,12 +129,23 @@ type journal struct {
 	prewrite int64       // how many bytes of zeros the next preparation writes
 }
 
+// segLink names a segment from the next one's header: its number + 1 (0: none), its
+// record count, its last MAC (the MAC chain's end; zeros unkeyed).
+type segLink struct {
+	seq  uint64
+	recs uint32
+	mac  [sha256.Size]byte
+}
+
 // segment is a closed journal segment: its file, its records, its batch size.
 type segment struct {
 	path  string
 	recs  []store.AuditEvent // those not yet folded
 	batch int
 	done  int // records folded from its start
+	// Read from a dead journal (readSegments): its number, header and MAC chain's end.
+	seq  uint64
+	scan segScan
 	// sum is the SHA-256 of the segment's file when the file is exactly its whole frames
 	// (closed by rotate, or read whole after a crash): such a segment of at most batch
 	// records is its batch's bundle as it stands (bundle v2, batch.go), linked into place
@@ -179,10 +227,16 @@ func openJournal(root string, batch int, key []byte) (*journal, error) {
 // openJournalGrowing is openJournal; grow false: segments are prewritten
 // (BatcherConfig.PrewriteSegments).
 func openJournalGrowing(root string, batch int, key []byte, grow bool) (*journal, error) {
+	return openJournalFrom(root, batch, key, grow, 0)
+}
+
+// openJournalFrom is openJournalGrowing with the first segment's floor (the log's size).
+func openJournalFrom(root string, batch int, key []byte, grow bool, floor uint64) (*journal, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, err
 	}
 	j := &journal{root: root, batch: batch, key: key, prewrite: prewriteMin, noDirect: grow}
+	j.floor.Store(floor)
 	if err := j.claim(); err != nil {
 		return nil, err
 	}
@@ -264,7 +318,7 @@ func (j *journal) claim() error {
 		return err
 	}
 	j.lock.Close()
-	j.dir, j.lock, j.seq = filepath.Join(j.root, name), lock, 0
+	j.dir, j.lock, j.seq, j.prev = filepath.Join(j.root, name), lock, 0, segLink{}
 	return nil
 }
 
@@ -302,12 +356,12 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 		if err != nil {
 			return nil, err
 		}
-		raw, batch, n, err := scanSegment(b, p, key, false)
+		sc, err := scanSegment(b, p, key, false)
 		if err != nil {
 			return nil, err
 		}
-		recs := make([]store.AuditEvent, len(raw))
-		for i, r := range raw {
+		recs := make([]store.AuditEvent, len(sc.recs))
+		for i, r := range sc.recs {
 			// Only what Submit could have written is folded: a record that is not a
 			// canonical event is damage (or a plant), and the segment is refused whole.
 			if _, err := ParseEvent(r); err != nil {
@@ -315,17 +369,82 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 			}
 			recs[i] = indexRecord(0, r)
 		}
-		seg := segment{path: p, recs: recs, batch: batch}
-		// Only a v3 segment is linked as its bundle: a v2 one's MACs do not bind its
-		// directory, and a served copy of it could be replayed into another. (One ending
-		// with an unkeyed empty frame, eight zeros, is not whole: its zeros read as torn.)
-		if n == len(b) && bytes.HasPrefix(b, []byte(journalMagic)) {
+		seg := segment{path: p, recs: recs, batch: sc.batch, seq: seq, scan: sc}
+		seg.scan.recs = nil
+		// Only a v3 or v4 segment is linked as its bundle: a v2 one's MACs do not bind its
+		// directory, and a served copy of it could be replayed into another.
+		if sc.n == len(b) && !bytes.HasPrefix(b, []byte(journalMagicV2)) {
 			sum := sha256.Sum256(b)
 			seg.sum = sum[:]
 		}
 		out = append(out, seg)
 	}
 	return out, nil
+}
+
+// dropBroken takes out of a dead journal's segments (left) and directories (dead) those of
+// each directory whose links do not hold (checkLinks), unlocking it, and says why.
+func dropBroken(left []segment, dead []orphan, have map[string]bool) ([]segment, []orphan, []error) {
+	var errs []error
+	keep := dead[:0]
+	for _, o := range dead {
+		mine := func(s segment) bool { return filepath.Dir(s.path) == o.dir }
+		i := slices.IndexFunc(left, mine)
+		k := i
+		for k >= 0 && k < len(left) && mine(left[k]) {
+			k++
+		}
+		if i >= 0 {
+			if err := checkLinks(left[i:k], have); err != nil {
+				errs = append(errs, err)
+				left = slices.Delete(left, i, k)
+				o.lock.Close()
+				continue
+			}
+		}
+		keep = append(keep, o)
+	}
+	return left, keep, errs
+}
+
+// checkLinks checks a dead journal directory's segments (oldest first) against their
+// links: a v4 segment that holds records names the one before it that did, which must be
+// there and end as named (after one of its frames), or be in the log (have: folded, then
+// removed — its last batch's entry). Nothing is checked after the last segment: a
+// process's last segments removed cannot be told from a crash before they were written.
+func checkLinks(segs []segment, have map[string]bool) error {
+	var before *segment // the last segment seen that holds records
+	for i := range segs {
+		s := &segs[i]
+		if len(s.recs) == 0 {
+			continue
+		}
+		if !s.scan.v4 {
+			before = s
+			continue
+		}
+		p := s.scan.prev
+		name := filepath.Base(s.path)
+		switch {
+		case p.seq == 0 && before != nil:
+			return fmt.Errorf("%w: %s: a segment that names none before it, after %s", ErrEvent, s.path, filepath.Base(before.path))
+		case p.seq == 0:
+		case before != nil && before.seq == p.seq-1:
+			if !slices.Contains(before.scan.ends, segLink{recs: p.recs, mac: p.mac}) {
+				return fmt.Errorf("%w: %s does not end as %s names it (frames removed or altered)", ErrEvent, before.path, name)
+			}
+		case before != nil && before.seq > p.seq-1:
+			return fmt.Errorf("%w: %s: %s is between it and the segment it names", ErrEvent, s.path, filepath.Base(before.path))
+		default:
+			gone := filepath.Join(filepath.Dir(s.path), segmentName(p.seq-1))
+			last := (int(p.recs) - 1) / max(s.batch, 1) * max(s.batch, 1)
+			if p.recs == 0 || !have["journal:"+journalSource(gone, last)] {
+				return fmt.Errorf("%w: %s: the segment it names, %s, is missing and its records are not in the log", ErrEvent, s.path, filepath.Base(gone))
+			}
+		}
+		before = s
+	}
+	return nil
 }
 
 // removeOrphan removes a dead process's journal directory once its segments are folded.
@@ -378,21 +497,26 @@ func (j *journal) start() error {
 		}
 		j.f, j.direct = f, false
 	}
-	j.size, j.mac, j.zeroTail = int64(len(hdr)), firstMAC(j.key, macName(j.dir, name)+string(hdr)), false
+	j.size, j.mac, j.open = int64(len(hdr)), firstMAC(j.key, macName(j.dir, name)+string(hdr)), seq
 	j.sum = sha256.New()
 	j.sum.Write(hdr)
 	j.prepareNext()
 	return nil
 }
 
-// header is a segment's header: magic, batch size, keyed flag.
+// header is a segment's header: magic, batch size, keyed flag, link (floor, the previous
+// segment that held records).
 func (j *journal) header() []byte {
 	hdr := binary.LittleEndian.AppendUint32([]byte(journalMagic), uint32(j.batch))
 	keyed := byte(0)
 	if j.key != nil {
 		keyed = 1
 	}
-	return append(hdr, keyed)
+	hdr = append(hdr, keyed)
+	hdr = binary.LittleEndian.AppendUint64(hdr, j.floor.Load())
+	hdr = binary.LittleEndian.AppendUint64(hdr, j.prev.seq)
+	hdr = binary.LittleEndian.AppendUint32(hdr, j.prev.recs)
+	return append(hdr, j.prev.mac[:]...)
 }
 
 // macName is what a v3 segment's first MAC binds, with its header (whose batch size cuts
@@ -416,6 +540,21 @@ func nextMAC(key, prev, payload []byte) []byte {
 	return m.Sum(nil)
 }
 
+// sealFrame completes the frame that starts at b[start] — frameHeader bytes left for its
+// header, then its payload, to b's end — and appends its MAC (keyed: chained from prev,
+// returned; else prev is returned as it is).
+func sealFrame(b []byte, start int, key, prev []byte) ([]byte, []byte) {
+	payload := b[start+frameHeader:]
+	binary.LittleEndian.PutUint32(b[start:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(b[start:start+4], castagnoli))
+	binary.LittleEndian.PutUint32(b[start+8:], crc32.Checksum(payload, castagnoli))
+	if key == nil {
+		return b, prev
+	}
+	mac := nextMAC(key, prev, payload)
+	return append(b, mac...), mac
+}
+
 // append writes one group of records as a frame and syncs it: when it returns nil the
 // records survive a crash. After an error the segment must be abandoned (abandon).
 func (j *journal) append(recs []store.AuditEvent) error { return j.appendGroups(recs) }
@@ -437,21 +576,15 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	mac := j.mac
 	for _, recs := range groups {
 		start := len(b)
-		b = append(b, make([]byte, 8)...)
+		b = append(b, make([]byte, frameHeader)...)
 		for _, r := range recs {
 			b = binary.AppendUvarint(b, uint64(len(r.Raw)))
 			b = append(b, r.Raw...)
 		}
-		frame := b[start+8:]
-		if len(frame) > maxFrame {
-			return fmt.Errorf("journal frame of %d bytes", len(frame))
+		if len(b)-start-frameHeader > maxFrame {
+			return fmt.Errorf("journal frame of %d bytes", len(b)-start-frameHeader)
 		}
-		binary.LittleEndian.PutUint32(b[start:], uint32(len(frame)))
-		binary.LittleEndian.PutUint32(b[start+4:], crc32.Checksum(frame, castagnoli))
-		if j.key != nil {
-			mac = nextMAC(j.key, mac, frame)
-			b = append(b, mac...)
-		}
+		b, mac = sealFrame(b, start, j.key, mac)
 	}
 	j.buf = b
 	if j.direct {
@@ -469,9 +602,6 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	j.size += int64(len(b))
 	j.mac = mac
 	j.sum.Write(b)
-	// An unkeyed empty frame (the disk probe's) is eight zero bytes: last in a segment, it
-	// reads as a crash's zeros, so such a segment is not its bundle as it stands.
-	j.zeroTail = j.key == nil && len(groups) > 0 && len(groups[len(groups)-1]) == 0
 	for _, recs := range groups {
 		j.recs = append(j.recs, recs...)
 	}
@@ -511,8 +641,12 @@ func (j *journal) closeSegment(whole bool) *segment {
 		j.direct = false
 	}
 	seg := &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
-	if whole && !j.zeroTail {
+	if whole {
 		seg.sum = j.sum.Sum(nil)
+	}
+	if len(seg.recs) > 0 { // the next segment names this one
+		j.prev = segLink{seq: j.open + 1, recs: uint32(len(seg.recs))}
+		copy(j.prev.mac[:], j.mac)
 	}
 	j.f.Close()
 	j.f, j.recs = nil, nil
@@ -545,93 +679,131 @@ func readSegment(path string, key []byte) ([][]byte, int, error) {
 
 // parseSegment reads a segment. A short or CRC-failing frame at the end is a write a crash
 // cut off (its records were never acknowledged) and ends the segment; one with whole
-// frames after it, a frame whose records do not parse, a MAC that fails, or a segment
-// written without a MAC when a key is given (or with one when none is) is an error. path
-// is the segment's file (its first MAC binds its name and, in v3, its directory's).
+// frames after it, a damaged length, a frame whose records do not parse, a MAC that fails,
+// or a segment written without a MAC when a key is given (or with one when none is) is an
+// error. path is the segment's file (its first MAC binds its name and, from v3, its
+// directory's).
 func parseSegment(b []byte, path string, key []byte) ([][]byte, int, error) {
-	recs, batch, _, err := scanSegment(b, path, key, false)
-	return recs, batch, err
+	sc, err := scanSegment(b, path, key, false)
+	return sc.recs, sc.batch, err
 }
 
-// scanSegment is parseSegment that also returns how many of b's bytes are whole frames
-// (len(b): nothing torn or left unwritten after them). With anyMAC (reading a segment as a
+// segScan is what reading a segment finds.
+type segScan struct {
+	recs  [][]byte
+	batch int
+	n     int  // how many bytes are the header and whole frames (len: nothing torn or unwritten after)
+	v4    bool // the header has a link
+	floor uint64
+	prev  segLink
+	// ends is, after each whole frame, the records so far and the MAC chain's value: the
+	// next segment's link must name one of them (its last, unless an append failed after
+	// its frame was written: those records were refused, and are folded all the same).
+	ends []segLink
+}
+
+// scanSegment is parseSegment with all it finds. With anyMAC (reading a segment as a
 // batch's bundle, whose content its name fixes) key must be nil and frames' MACs are
 // skipped unchecked, whichever the header says.
-func scanSegment(b []byte, path string, key []byte, anyMAC bool) (recs [][]byte, batch, n int, err error) {
+func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, err error) {
 	name := filepath.Base(path)
 	macFor := macName(filepath.Dir(path), name)
-	if len(b) >= journalHeader {
-		macFor += string(b[:journalHeader])
-	}
+	hdrLen, fh := journalHeader, frameHeader
 	rest, ok := bytes.CutPrefix(b, []byte(journalMagic))
+	sc.v4 = ok
 	if !ok {
-		if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV2)); ok {
-			macFor = name
+		hdrLen, fh = journalHeaderV3, frameHeaderV3
+		if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV3)); !ok {
+			if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV2)); ok {
+				macFor, hdrLen = name, -1
+			}
 		}
 	}
 	if !ok {
-		if strings.HasPrefix(journalMagic, string(b)) || strings.HasPrefix(journalMagicV2, string(b)) {
-			return nil, 0, 0, nil // created, cut before its header was whole: no record in it
+		for _, m := range []string{journalMagic, journalMagicV3, journalMagicV2} {
+			if strings.HasPrefix(m, string(b)) {
+				return segScan{}, nil // created, cut before its header was whole: no record in it
+			}
 		}
-		return nil, 0, 0, fmt.Errorf("%w: %s: not a strongroom journal segment", ErrEvent, name)
+		return segScan{}, fmt.Errorf("%w: %s: not a strongroom journal segment", ErrEvent, name)
 	}
-	if len(rest) < 5 {
-		return nil, 0, 0, nil // the same, cut inside the header
+	if len(b) < max(hdrLen, journalHeaderV3) {
+		return segScan{}, nil // the same, cut inside the header
 	}
-	batch = int(binary.LittleEndian.Uint32(rest))
+	if hdrLen > 0 {
+		macFor += string(b[:hdrLen])
+	}
+	sc.batch = int(binary.LittleEndian.Uint32(rest))
 	keyed := rest[4]
-	rest = rest[5:]
+	rest = b[max(hdrLen, journalHeaderV3):]
+	if sc.v4 {
+		l := b[journalHeaderV3:journalHeader]
+		sc.floor = binary.LittleEndian.Uint64(l)
+		sc.prev.seq = binary.LittleEndian.Uint64(l[8:])
+		sc.prev.recs = binary.LittleEndian.Uint32(l[16:])
+		copy(sc.prev.mac[:], l[20:])
+	}
 	macLen := 0
 	switch {
-	case keyed > 1 || batch < 1 || batch > MaxBatch:
-		return nil, 0, 0, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
+	case keyed > 1 || sc.batch < 1 || sc.batch > MaxBatch:
+		return segScan{}, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
 	case anyMAC:
 		macLen = int(keyed) * sha256.Size
 	case keyed == 1 && key == nil:
-		return nil, 0, 0, fmt.Errorf("%w: %s: written with a MAC key, none given", ErrEvent, name)
+		return segScan{}, fmt.Errorf("%w: %s: written with a MAC key, none given", ErrEvent, name)
 	case keyed == 0 && key != nil:
-		return nil, 0, 0, fmt.Errorf("%w: %s: no MAC, a key is configured (altered?)", ErrEvent, name)
+		return segScan{}, fmt.Errorf("%w: %s: no MAC, a key is configured (altered?)", ErrEvent, name)
 	case keyed == 1:
 		macLen = sha256.Size
 	}
 	mac := firstMAC(key, macFor)
 	for len(rest) > 0 {
-		if len(rest) < 8 || allZero(rest) {
+		if len(rest) < fh || allZero(rest) {
 			break // torn: the last frame's header cut, or space the crash left unwritten
 		}
 		m := uint64(binary.LittleEndian.Uint32(rest[0:4]))
-		whole := 8 + m + uint64(macLen)
-		if m > maxFrame || whole > uint64(len(rest)) {
-			if m <= maxFrame || allZero(rest[8:]) {
-				break // torn: the last frame, cut short (or its length written in part)
+		if sc.v4 && crc32.Checksum(rest[0:4], castagnoli) != binary.LittleEndian.Uint32(rest[4:8]) {
+			if allZero(rest[fh:]) {
+				break // torn: the last frame's header written in part
 			}
-			return nil, 0, 0, fmt.Errorf("%w: %s: frame of %d bytes", ErrEvent, name, m)
+			return segScan{}, fmt.Errorf("%w: %s: damaged frame length with bytes after it", ErrEvent, name)
 		}
-		payload := rest[8 : 8+m]
-		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(rest[4:8]) {
+		whole := uint64(fh) + m + uint64(macLen)
+		if m > maxFrame || whole > uint64(len(rest)) {
+			if !sc.v4 && (m <= maxFrame || allZero(rest[fh:])) || sc.v4 && m <= maxFrame {
+				break // torn: the last frame, cut short (v3: or its length written in part)
+			}
+			return segScan{}, fmt.Errorf("%w: %s: frame of %d bytes", ErrEvent, name, m)
+		}
+		payload := rest[fh : uint64(fh)+m]
+		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(rest[fh-4:fh]) {
 			if allZero(rest[whole:]) {
 				break // torn: the last frame, written in part (a prewritten segment's zeros after it)
 			}
-			return nil, 0, 0, fmt.Errorf("%w: %s: damaged frame with whole frames after it", ErrEvent, name)
+			return segScan{}, fmt.Errorf("%w: %s: damaged frame with whole frames after it", ErrEvent, name)
 		}
 		if key != nil {
 			want := nextMAC(key, mac, payload)
-			if !hmac.Equal(want, rest[8+m:whole]) {
-				return nil, 0, 0, fmt.Errorf("%w: %s: frame MAC fails (records altered, reordered or moved)", ErrEvent, name)
+			if !hmac.Equal(want, rest[uint64(fh)+m:whole]) {
+				return segScan{}, fmt.Errorf("%w: %s: frame MAC fails (records altered, reordered or moved)", ErrEvent, name)
 			}
 			mac = want
 		}
 		for len(payload) > 0 {
 			l, k := binary.Uvarint(payload)
 			if k <= 0 || l > uint64(len(payload)-k) || l > MaxEventSize {
-				return nil, 0, 0, fmt.Errorf("%w: %s: malformed record in a whole frame", ErrEvent, name)
+				return segScan{}, fmt.Errorf("%w: %s: malformed record in a whole frame", ErrEvent, name)
 			}
-			recs = append(recs, payload[k:k+int(l)])
+			sc.recs = append(sc.recs, payload[k:k+int(l)])
 			payload = payload[k+int(l):]
 		}
+		end := segLink{recs: uint32(len(sc.recs))}
+		copy(end.mac[:], mac)
+		sc.ends = append(sc.ends, end)
 		rest = rest[whole:]
 	}
-	return recs, batch, len(b) - len(rest), nil
+	sc.n = len(b) - len(rest)
+	return sc, nil
 }
 
 func allZero(b []byte) bool {

@@ -200,8 +200,9 @@ func TestAttack17ReplayV2BundleElsewhere(t *testing.T) {
 // Reproduction: fold requestEvent(0..5) (one bundle), record 4,200 other entries, copy the
 // bundle back to journal/<its dir>/<its file>, start a batcher. Seen: healthy, 12 records.
 // Should be: 6 (the replay refused or skipped, however old the batch).
+// Fixed in the twelfth session (journal v4): a segment's header carries a floor, bound by
+// its first MAC, and a refold looks for the log's batches from the oldest floor on.
 func TestAttack17ReplayAfterManyEntries(t *testing.T) {
-	knownOpen(t, "a replay of an old bundle under its own names is recognized only among the log's last 4096+n entries")
 	if testing.Short() {
 		t.Skip("records 4,200 entries")
 	}
@@ -227,13 +228,13 @@ func a17Frames(b []byte, keyed bool) []int {
 		macLen = sha256.Size
 	}
 	var offs []int
-	for off := journalHeader; off+8 <= len(b); {
+	for off := journalHeader; off+frameHeader <= len(b); {
 		m := int(binary.LittleEndian.Uint32(b[off:]))
-		if m == 0 && allZero(b[off:min(len(b), off+8+macLen)]) {
+		if m == 0 && allZero(b[off:min(len(b), off+frameHeader+macLen)]) {
 			break
 		}
 		offs = append(offs, off)
-		off += 8 + m + macLen
+		off += frameHeader + m + macLen
 	}
 	return offs
 }
@@ -250,8 +251,9 @@ func a17Frames(b []byte, keyed bool) []int {
 // Reproduction: keyed segment, three frames of 10 records; the process dies; byte 2 of the
 // second frame's length field ^= 0x10 (length + 1 MiB). Seen: healthy, 10 of 30 records in
 // the log. Should be: refused (a frame with whole frames after it is damage), or all 30.
+// Fixed in the twelfth session (journal v4): a frame's length has a CRC of its own; a
+// damaged one with bytes after it is damage (refused, the operator told).
 func TestAttack17LengthBitFlipDropsFrames(t *testing.T) {
-	knownOpen(t, "a frame's length is not checked on its own: a flipped length bit reads as a torn last frame")
 	for _, prewritten := range []bool{false, true} {
 		t.Run(map[bool]string{false: "closed-segment", true: "prewritten-crash"}[prewritten], func(t *testing.T) {
 			tl := openTestLog(t)
@@ -640,8 +642,10 @@ func TestAttack17SwappedSegments(t *testing.T) {
 // Reproduction: keyed journal, segments 0,1,2 of 10 records each, the process dies,
 // rm 0000000000000001.wal. Seen: healthy, 20 records logged. Should be: refused (the
 // operator told), or 30.
+// Fixed in the twelfth session (journal v4): a segment's header links the one before it
+// that held records (number, count, last MAC); one missing whose records are not in the log
+// is refused.
 func TestAttack17MiddleSegmentRemoved(t *testing.T) {
-	knownOpen(t, "segments' MAC chains are not linked: a removed middle segment is not noticed")
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
 	j, err := openJournal(jdir, 100, a17Key)
@@ -833,18 +837,13 @@ func a17Segment(groups [][][]byte, key []byte) []byte {
 	b := j.header()
 	mac := firstMAC(key, "d/0000000000000000.wal")
 	for _, g := range groups {
-		var payload []byte
+		start := len(b)
+		b = append(b, make([]byte, frameHeader)...)
 		for _, r := range g {
-			payload = binary.AppendUvarint(payload, uint64(len(r)))
-			payload = append(payload, r...)
+			b = binary.AppendUvarint(b, uint64(len(r)))
+			b = append(b, r...)
 		}
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
-		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, castagnoli))
-		b = append(b, payload...)
-		if key != nil {
-			mac = nextMAC(key, mac, payload)
-			b = append(b, mac...)
-		}
+		b, mac = sealFrame(b, start, key, mac)
 	}
 	return b
 }
@@ -934,13 +933,17 @@ func a17StrictDecode(b []byte) (recs [][]byte, ok bool) {
 	if rest, v1 := bytes.CutPrefix(b, []byte(bundleMagic)); v1 {
 		return recs, records(rest) && len(recs) <= MaxBatch
 	}
-	rest, v3 := bytes.CutPrefix(b, []byte(journalMagic))
-	if !v3 {
-		if rest, v3 = bytes.CutPrefix(b, []byte(journalMagicV2)); !v3 {
-			return nil, false
+	hdr, fh := journalHeader, frameHeader
+	rest, ok := bytes.CutPrefix(b, []byte(journalMagic))
+	if !ok {
+		hdr, fh = journalHeaderV3, frameHeaderV3
+		if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV3)); !ok {
+			if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV2)); !ok {
+				return nil, false
+			}
 		}
 	}
-	if len(rest) < 5 {
+	if len(b) < hdr {
 		return nil, false
 	}
 	batch, keyed := binary.LittleEndian.Uint32(rest), rest[4]
@@ -948,19 +951,22 @@ func a17StrictDecode(b []byte) (recs [][]byte, ok bool) {
 		return nil, false
 	}
 	macLen := int(keyed) * sha256.Size
-	for rest = rest[5:]; len(rest) > 0; {
-		if len(rest) < 8 {
+	for rest = b[hdr:]; len(rest) > 0; {
+		if len(rest) < fh {
 			return nil, false
 		}
 		m := uint64(binary.LittleEndian.Uint32(rest))
-		if 8+m+uint64(macLen) > uint64(len(rest)) {
+		if fh == frameHeader && crc32.Checksum(rest[:4], castagnoli) != binary.LittleEndian.Uint32(rest[4:]) {
 			return nil, false
 		}
-		payload := rest[8 : 8+m]
-		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(rest[4:]) || !records(payload) {
+		if uint64(fh)+m+uint64(macLen) > uint64(len(rest)) {
 			return nil, false
 		}
-		rest = rest[8+int(m)+macLen:]
+		payload := rest[fh : uint64(fh)+m]
+		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(rest[fh-4:]) || !records(payload) {
+			return nil, false
+		}
+		rest = rest[fh+int(m)+macLen:]
 	}
 	return recs, len(recs) <= MaxBatch
 }
@@ -976,6 +982,7 @@ func FuzzAttack17DecodeBundleStrict(f *testing.F) {
 	f.Add(append(a17Segment([][][]byte{r}, nil), make([]byte, 16)...))
 	v1, _ := EncodeBundle(r)
 	f.Add(v1)
+	f.Add(legacySegment(journalMagicV3, [][]store.AuditEvent{rawRecs(0, 2), nil}, a17Key, "d/0000000000000000.wal"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		got, err := DecodeBundle(b)
 		if err != nil {

@@ -3,7 +3,6 @@ package audit
 import (
 	"context"
 	"encoding/binary"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,8 +48,8 @@ func TestAttackJournalCorruptMiddleFrame(t *testing.T) {
 		}
 	}
 	path := j.f.Name()
-	j.close()                        // the process dies: its directory stays, unlocked
-	flip(t, path, journalHeader+8+3) // a byte inside the first frame's payload
+	j.close()                                  // the process dies: its directory stays, unlocked
+	flip(t, path, journalHeader+frameHeader+3) // a byte inside the first frame's payload
 
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, Journal: jdir})
 	healthy := b.Healthy()
@@ -406,11 +405,8 @@ func TestAttackJournalAlteredSegment(t *testing.T) {
 		payload = binary.AppendUvarint(payload, uint64(len(r)))
 		payload = append(payload, r...)
 	}
-	seg := binary.LittleEndian.AppendUint32([]byte(journalMagic), 100)
-	seg = append(seg, 0)
-	seg = binary.LittleEndian.AppendUint32(seg, uint32(len(payload)))
-	seg = binary.LittleEndian.AppendUint32(seg, crc32.Checksum(payload, castagnoli))
-	seg = append(seg, payload...)
+	seg := append(testHeader(), make([]byte, frameHeader)...)
+	seg, _ = sealFrame(append(seg, payload...), len(testHeader()), nil, nil)
 	os.WriteFile(path, seg, 0o600)
 
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, Journal: jdir, JournalKey: key})

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -254,7 +253,7 @@ func TestParseSegmentTorn(t *testing.T) {
 	if recs, _, err := parseSegment(whole, "s", nil); err != nil || len(recs) != 3 {
 		t.Fatalf("whole: %d %v", len(recs), err)
 	}
-	last := journalHeader + 8 + 2*(1+7)
+	last := journalHeader + frameHeader + 2*(1+7)
 	for cut := last; cut < len(whole); cut++ {
 		recs, _, err := parseSegment(whole[:cut], "s", nil)
 		if err != nil || len(recs) != 2 {
@@ -272,22 +271,27 @@ func TestParseSegmentTorn(t *testing.T) {
 		}
 	}
 	// A frame whose CRC holds but whose records do not parse is damage, not a torn write.
-	payload := []byte{0x7f, 'x'}
-	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(payload)))
-	frame = binary.LittleEndian.AppendUint32(frame, crc32.Checksum(payload, castagnoli))
-	if _, _, err := parseSegment(append(testHeader(), append(frame, payload...)...), "s", nil); err == nil {
+	frame, _ := sealFrame(append(testHeader(), make([]byte, frameHeader)...), len(testHeader()), nil, nil)
+	frame = append(frame, 0x7f, 'x')
+	frame, _ = sealFrame(frame, len(testHeader()), nil, nil)
+	if _, _, err := parseSegment(frame, "s", nil); err == nil {
 		t.Fatal("malformed records in a whole frame accepted")
 	}
 }
 
 // testHeader is an unkeyed segment's header (batches of 100).
 func testHeader() []byte {
-	return append(binary.LittleEndian.AppendUint32([]byte(journalMagic), 100), 0)
+	return (&journal{batch: 100}).header()
 }
 
 func FuzzParseSegment(f *testing.F) {
 	f.Add(testHeader())
 	f.Add(append(testHeader(), 2, 0, 0, 0, 0, 0, 0, 0, 1, 'x'))
+	one, _ := sealFrame(append(testHeader(), make([]byte, frameHeader)...), len(testHeader()), nil, nil)
+	one = append(one, 1, 'x')
+	one, _ = sealFrame(one, len(testHeader()), nil, nil)
+	f.Add(one)
+	f.Add(legacySegment(journalMagicV3, [][]store.AuditEvent{rawRecs(0, 2)}, nil, "d/s"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		recs, _, err := parseSegment(b, "fuzz", nil)
 		if err != nil {
@@ -662,9 +666,9 @@ func remac(t *testing.T, seg, key, first []byte) []byte {
 	mac := first
 	for len(rest) > 0 {
 		n := int(binary.LittleEndian.Uint32(rest))
-		mac = nextMAC(key, mac, rest[8:8+n])
-		out = append(append(out, rest[:8+n]...), mac...)
-		rest = rest[8+n+sha256.Size:]
+		mac = nextMAC(key, mac, rest[frameHeader:frameHeader+n])
+		out = append(append(out, rest[:frameHeader+n]...), mac...)
+		rest = rest[frameHeader+n+sha256.Size:]
 	}
 	return out
 }

@@ -401,15 +401,12 @@ func (l *Log) batchRecords(ctx context.Context, entry []byte) ([][]byte, error) 
 // Bundles is where this log keeps request batches' bundles.
 func (l *Log) Bundles() BundleStore { return l.bundles }
 
-// recentBatches names the batch entries among the log's last n entries: "journal:<place>" for
-// those folded from a journal (journalSource), "bundle:<name>" for those before the place.
-func (l *Log) recentBatches(ctx context.Context, n uint64) (map[string]bool, error) {
-	size, err := l.reader.IntegratedSize(ctx)
-	if err != nil {
-		return nil, err
-	}
+// loggedBatches names the batch entries at index from and later (up to size, the log's
+// integrated size): "journal:<place>" for those folded from a journal (journalSource),
+// "bundle:<name>" for those before the place.
+func (l *Log) loggedBatches(ctx context.Context, from, size uint64) (map[string]bool, error) {
 	have := map[string]bool{}
-	err = ReadEntries(ctx, l.reader.ReadEntryBundle, size-min(size, n), size, func(evs []store.AuditEvent) error {
+	err := ReadEntries(ctx, l.reader.ReadEntryBundle, min(from, size), size, func(evs []store.AuditEvent) error {
 		for _, e := range evs {
 			if e.Kind == string(KindBatch) {
 				ev, err := ParseEvent(e.Raw)

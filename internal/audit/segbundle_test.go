@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -548,14 +550,38 @@ func writeDeadV2Segment(t *testing.T, jdir string, key []byte) string {
 	}
 	p := j.f.Name()
 	j.close()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2 := remac(t, b, key, firstMAC(key, filepath.Base(p)))
-	copy(v2, journalMagicV2)
+	v2 := legacySegment(journalMagicV2, [][]store.AuditEvent{rawRecs(0, 4), rawRecs(4, 7)}, key, p)
 	if err := os.WriteFile(p, v2, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// legacySegment is a segment as the versions before v4 wrote it at path (magic v2 or v3:
+// no link, frames with an 8-byte header), batches of 100, keyed or not.
+func legacySegment(magic string, groups [][]store.AuditEvent, key []byte, path string) []byte {
+	b := append(binary.LittleEndian.AppendUint32([]byte(magic), 100), 0)
+	if key != nil {
+		b[len(b)-1] = 1
+	}
+	macFor := filepath.Base(path)
+	if magic == journalMagicV3 {
+		macFor = macName(filepath.Dir(path), filepath.Base(path)) + string(b)
+	}
+	mac := firstMAC(key, macFor)
+	for _, g := range groups {
+		var payload []byte
+		for _, r := range g {
+			payload = binary.AppendUvarint(payload, uint64(len(r.Raw)))
+			payload = append(payload, r.Raw...)
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(payload)))
+		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, castagnoli))
+		b = append(b, payload...)
+		if key != nil {
+			mac = nextMAC(key, mac, payload)
+			b = append(b, mac...)
+		}
+	}
+	return b
 }

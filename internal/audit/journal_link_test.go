@@ -1,0 +1,192 @@
+package audit
+
+import (
+	"context"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/store"
+)
+
+// Journal v4 (twelfth session): each segment's header carries a floor (a log size before
+// its batches) and a link to the segment before it that held records.
+
+// deadJournal writes, as a killed process leaves them, keyed segments holding the given
+// groups (one segment per element of segs, each a list of groups) and returns their paths.
+func deadJournal(t *testing.T, jdir string, segs ...[][]store.AuditEvent) []string {
+	t.Helper()
+	j, err := openJournal(jdir, 100, a17Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for i, groups := range segs {
+		if i > 0 {
+			if _, err := j.rotate(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, g := range groups {
+			if err := j.append(g); err != nil {
+				t.Fatal(err)
+			}
+		}
+		paths = append(paths, j.f.Name())
+	}
+	j.close()
+	return paths
+}
+
+// TestJournalLinkMiddleSegmentCut: a dead journal's segment that lost its last frame while
+// a later segment exists is refused — the later one's link names the records it held.
+// (Before v4 the cut read as a crash's torn frame: 10 acknowledged records gone silently.)
+func TestJournalLinkMiddleSegmentCut(t *testing.T) {
+	tl := openTestLog(t)
+	tl.record(t, 1) // an empty log has no checkpoint to verify
+	jdir := filepath.Join(tl.dir, "journal")
+	paths := deadJournal(t, jdir, [][]store.AuditEvent{rawRecs(0, 10), rawRecs(10, 20)}, [][]store.AuditEvent{rawRecs(20, 30)})
+	b, err := os.ReadFile(paths[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := a17Frames(b, true)
+	if len(frames) != 2 {
+		t.Fatalf("%d frames", len(frames))
+	}
+	if err := os.Truncate(paths[0], int64(frames[1])); err != nil {
+		t.Fatal(err)
+	}
+	healthy := a17NextStart(tl, jdir, a17Key)
+	tl.close(t)
+	if healthy == nil || !strings.Contains(healthy.Error(), "does not end as") {
+		t.Fatalf("a middle segment cut by a frame was taken (healthy: %v)", healthy)
+	}
+	if !fileExists(paths[0]) || !fileExists(paths[1]) {
+		t.Fatal("the refused journal's segments were removed")
+	}
+	if got := loggedRecords(t, tl.dir, tl.vkey); len(got) != 0 {
+		t.Fatalf("%d records logged from a refused journal", len(got))
+	}
+}
+
+// TestJournalLinkRefusedFrameWrittenWhole: when an append fails after its frame reached
+// the file whole (the write landed, its fdatasync failed, the cut back failed too), the
+// next segment's link names the segment's end before that frame; the segment is taken,
+// and the refused records are folded with the rest (in the log, never acknowledged).
+func TestJournalLinkRefusedFrameWrittenWhole(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	j, err := openJournal(jdir, 100, a17Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(rawRecs(0, 5)); err != nil {
+		t.Fatal(err)
+	}
+	acked := segLink{recs: 5}
+	copy(acked.mac[:], j.mac)
+	if err := j.append(rawRecs(5, 8)); err != nil {
+		t.Fatal(err)
+	}
+	// As a failed append leaves the journal: the frame not counted, the chain before it.
+	j.recs, j.mac = j.recs[:5], acked.mac[:]
+	if _, err := j.rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := j.append(rawRecs(8, 12)); err != nil {
+		t.Fatal(err)
+	}
+	j.close()
+	segs, err := readSegments(j.dir, a17Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(segs) != 2 || len(segs[0].recs) != 8 || segs[1].scan.prev != (segLink{seq: 1, recs: 5, mac: acked.mac}) {
+		t.Fatalf("%d segments; the second's link %+v", len(segs), segs[min(1, len(segs)-1)].scan.prev)
+	}
+	healthy := a17NextStart(tl, jdir, a17Key)
+	tl.close(t)
+	if healthy != nil {
+		t.Fatalf("a segment holding a refused frame after the link's end was refused: %v", healthy)
+	}
+	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 12)
+}
+
+// TestJournalSegmentFloor: a batcher's first segment's floor is the log's size when it
+// started; a segment started after a fold has that fold's entry as its floor.
+func TestJournalSegmentFloor(t *testing.T) {
+	tl := openTestLog(t)
+	tl.record(t, 30)
+	ctx := context.Background()
+	size, err := tl.log.reader.IntegratedSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jdir := filepath.Join(tl.dir, "journal")
+	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, MaxDelay: time.Millisecond, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key})
+	defer b.Close()
+	floorOfNewest := func() uint64 {
+		t.Helper()
+		var newest string
+		filepath.WalkDir(jdir, func(p string, _ os.DirEntry, _ error) error {
+			if strings.HasSuffix(p, ".wal") && filepath.Base(p) > filepath.Base(newest) {
+				newest = p
+			}
+			return nil
+		})
+		raw, err := os.ReadFile(newest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := scanSegment(raw, newest, a17Key, false)
+		if err != nil || !sc.v4 {
+			t.Fatalf("%s: v4 %v, %v", newest, sc.v4, err)
+		}
+		return sc.floor
+	}
+	if got := floorOfNewest(); got != size || size < 30 {
+		t.Fatalf("first segment's floor %d, the log's size %d", got, size)
+	}
+	var idx []uint64
+	for round := range 2 {
+		if _, err := b.Submit(ctx, requestEvent(round))(); err != nil {
+			t.Fatal(err)
+		}
+		i, ok, err := b.Barrier(ctx)
+		if !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		idx = append(idx, i)
+	}
+	// The second barrier started the open segment before folding the one it closed.
+	if got := floorOfNewest(); got != idx[0] {
+		t.Fatalf("floor %d after folds at %v: want the first fold's entry", got, idx)
+	}
+}
+
+// TestJournalV3SegmentsStillFolded: a segment the eleventh session's version left (v3: no
+// link, 8-byte frame headers) is folded after an upgrade and linked as its bundle (its MACs
+// bind its directory); the log verifies.
+func TestJournalV3SegmentsStillFolded(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	paths := deadJournal(t, jdir, [][]store.AuditEvent{rawRecs(0, 1)})
+	v3 := legacySegment(journalMagicV3, [][]store.AuditEvent{rawRecs(0, 4), rawRecs(4, 7)}, a17Key, paths[0])
+	if err := os.WriteFile(paths[0], v3, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := a17NextStart(tl, jdir, a17Key); err != nil {
+		t.Fatal(err)
+	}
+	tl.close(t)
+	bundles := bundleFiles(t, tl.dir)
+	if !slices.ContainsFunc(slices.Collect(maps.Values(bundles)), func(b []byte) bool { return string(b) == string(v3) }) {
+		t.Fatal("the v3 segment was not linked as its bundle")
+	}
+	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 7)
+}
