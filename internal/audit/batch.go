@@ -410,7 +410,7 @@ type BatcherConfig struct {
 	// PrewriteSegments: journal segments are prepared ahead and written in place with
 	// O_DIRECT|O_DSYNC (journal_direct.go) instead of growing with each group (a write
 	// and an fdatasync). Off by default (config audit.journal_prewritten_segments): see
-	// journal_direct.go for the crash case that keeps it so.
+	// journal_direct.go.
 	PrewriteSegments bool
 }
 

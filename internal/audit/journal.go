@@ -80,7 +80,7 @@ const journalMagicV3 = "strongroom-journal/v3\n"
 // its MAC).
 const journalMagicV2 = "strongroom-journal/v2\n"
 
-// journalHeader is a v4 header's length: magic, batch size, keyed flag, link.
+// journalHeader is a v4 header's length: magic, batch size, flags, link.
 const journalHeader = len(journalMagic) + 4 + 1 + linkSize
 
 // linkSize is a v4 header's link: floor, previous segment, its records, its last MAC.
@@ -88,6 +88,12 @@ const linkSize = 8 + 8 + 4 + sha256.Size
 
 // journalHeaderV3 is a v2 or v3 header's length.
 const journalHeaderV3 = len(journalMagicV3) + 4 + 1
+
+// A v4 header's flags (v2, v3: 1 keyed, 0 not).
+const (
+	flagKeyed = 1 // frames carry a MAC
+	flagPaged = 2 // each group's frames start on a fresh page, zeros before it (journal_direct.go)
+)
 
 // frameHeader is a v4 frame's header (length, its CRC, the payload's CRC); frameHeaderV3
 // a v2 or v3 frame's (length, the payload's CRC).
@@ -467,19 +473,28 @@ func (j *journal) start() error {
 	j.seq++
 	name := segmentName(seq)
 	path := filepath.Join(j.dir, name)
-	hdr := j.header()
 	sp := j.takeSpare()
 	if sp != nil && sp.path != path { // prepared for another directory or number: unused
 		sp.discard()
 		sp = nil
 	}
+	var hdr []byte
 	if sp != nil {
-		j.f, j.direct = sp.f, true
+		// The header as it is now (its link, its floor) over the one prepared, before any
+		// group: groups start on the pages after it (journal_direct.go).
+		hdr = j.header(true)
 		if len(j.page) < pageSize {
 			j.page = alignedBytes(256 << 10)
 		}
 		copy(j.page, hdr)
+		clear(j.page[len(hdr):pageSize])
+		if _, err := sp.f.WriteAt(j.page[:pageSize], 0); err != nil {
+			sp.discard()
+			return err
+		}
+		j.f, j.direct = sp.f, true
 	} else {
+		hdr = j.header(false)
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
 		if err != nil {
 			return err
@@ -504,15 +519,18 @@ func (j *journal) start() error {
 	return nil
 }
 
-// header is a segment's header: magic, batch size, keyed flag, link (floor, the previous
-// segment that held records).
-func (j *journal) header() []byte {
+// header is a segment's header: magic, batch size, flags, link (floor, the previous
+// segment that held records). paged: its groups start on fresh pages (prewritten).
+func (j *journal) header(paged bool) []byte {
 	hdr := binary.LittleEndian.AppendUint32([]byte(journalMagic), uint32(j.batch))
-	keyed := byte(0)
+	flags := byte(0)
 	if j.key != nil {
-		keyed = 1
+		flags |= flagKeyed
 	}
-	hdr = append(hdr, keyed)
+	if paged {
+		flags |= flagPaged
+	}
+	hdr = append(hdr, flags)
 	hdr = binary.LittleEndian.AppendUint64(hdr, j.floor.Load())
 	hdr = binary.LittleEndian.AppendUint64(hdr, j.prev.seq)
 	hdr = binary.LittleEndian.AppendUint32(hdr, j.prev.recs)
@@ -588,9 +606,12 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	}
 	j.buf = b
 	if j.direct {
-		if err := j.writeInPlace(b); err != nil {
+		base := (j.size + pageSize - 1) &^ (pageSize - 1) // a fresh page
+		if err := j.writeInPlace(b, base); err != nil {
 			return err
 		}
+		j.sum.Write(zeroPage[:base-j.size])
+		j.size = base
 	} else {
 		if _, err := j.f.Write(b); err != nil {
 			return err
@@ -734,7 +755,9 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 		macFor += string(b[:hdrLen])
 	}
 	sc.batch = int(binary.LittleEndian.Uint32(rest))
-	keyed := rest[4]
+	flags := rest[4]
+	keyed := flags & flagKeyed
+	paged := sc.v4 && flags&flagPaged != 0
 	rest = b[max(hdrLen, journalHeaderV3):]
 	if sc.v4 {
 		l := b[journalHeaderV3:journalHeader]
@@ -745,7 +768,7 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 	}
 	macLen := 0
 	switch {
-	case keyed > 1 || sc.batch < 1 || sc.batch > MaxBatch:
+	case sc.v4 && flags&^(flagKeyed|flagPaged) != 0, !sc.v4 && flags > 1, sc.batch < 1, sc.batch > MaxBatch:
 		return segScan{}, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
 	case anyMAC:
 		macLen = int(keyed) * sha256.Size
@@ -757,31 +780,44 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 		macLen = sha256.Size
 	}
 	mac := firstMAC(key, macFor)
+scan:
 	for len(rest) > 0 {
 		if len(rest) < fh || allZero(rest) {
 			break // torn: the last frame's header cut, or space the crash left unwritten
 		}
-		m := uint64(binary.LittleEndian.Uint32(rest[0:4]))
-		if sc.v4 && crc32.Checksum(rest[0:4], castagnoli) != binary.LittleEndian.Uint32(rest[4:8]) {
-			if allZero(rest[fh:]) {
-				break // torn: the last frame's header written in part
-			}
-			return segScan{}, fmt.Errorf("%w: %s: damaged frame length with bytes after it", ErrEvent, name)
+		off := len(b) - len(rest)
+		if next := (off + pageSize - 1) &^ (pageSize - 1); paged && next != off && allZero(b[off:min(next, len(b))]) {
+			rest = b[min(next, len(b)):] // a group's padding to the next page
+			continue
 		}
-		whole := uint64(fh) + m + uint64(macLen)
-		if m > maxFrame || whole > uint64(len(rest)) {
-			if !sc.v4 && (m <= maxFrame || allZero(rest[fh:])) || sc.v4 && m <= maxFrame {
-				break // torn: the last frame, cut short (v3: or its length written in part)
+		m, whole, bad := frameAt(rest, fh, macLen, sc.v4)
+		if bad != "" && paged {
+			// A crash can tear only the last group's write, in any of its pages: what
+			// follows it is unwritten, or the same write's pages. A frame that checks on a
+			// later page boundary (where every group starts) makes this one damage.
+			for p := off + pageSize - off%pageSize; p+fh <= len(b); p += pageSize {
+				if _, _, bad2 := frameAt(b[p:], fh, macLen, true); bad2 == "" {
+					return segScan{}, fmt.Errorf("%w: %s: %s, with a whole frame after it", ErrEvent, name, bad)
+				}
 			}
+			break // torn: the last group's write
+		}
+		switch {
+		case bad == "":
+		case sc.v4 && bad == badLength && allZero(rest[fh:]):
+			break scan // torn: the last frame's header written in part
+		case bad == badLength:
+			return segScan{}, fmt.Errorf("%w: %s: %s, with bytes after it", ErrEvent, name, bad)
+		case bad == badSize && (m <= maxFrame || !sc.v4 && allZero(rest[fh:])):
+			break scan // torn: the last frame, cut short (v3: or its length written in part)
+		case bad == badCRC && allZero(rest[whole:]):
+			break scan // torn: the last frame, written in part (zeros after it)
+		case bad == badCRC:
+			return segScan{}, fmt.Errorf("%w: %s: damaged frame with whole frames after it", ErrEvent, name)
+		default:
 			return segScan{}, fmt.Errorf("%w: %s: frame of %d bytes", ErrEvent, name, m)
 		}
 		payload := rest[fh : uint64(fh)+m]
-		if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(rest[fh-4:fh]) {
-			if allZero(rest[whole:]) {
-				break // torn: the last frame, written in part (a prewritten segment's zeros after it)
-			}
-			return segScan{}, fmt.Errorf("%w: %s: damaged frame with whole frames after it", ErrEvent, name)
-		}
 		if key != nil {
 			want := nextMAC(key, mac, payload)
 			if !hmac.Equal(want, rest[uint64(fh)+m:whole]) {
@@ -804,6 +840,31 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 	}
 	sc.n = len(b) - len(rest)
 	return sc, nil
+}
+
+// Why a frame fails its checks (frameAt).
+const (
+	badLength = "damaged frame length"
+	badSize   = "frame runs past the segment's end"
+	badCRC    = "damaged frame"
+)
+
+// frameAt checks the frame at r's start: its length (v4: against its CRC), that it fits in
+// r, its payload's CRC. It returns the payload's length and the frame's, and why it fails
+// ("" when it holds).
+func frameAt(r []byte, fh, macLen int, v4 bool) (m, whole uint64, bad string) {
+	m = uint64(binary.LittleEndian.Uint32(r[0:4]))
+	if v4 && crc32.Checksum(r[0:4], castagnoli) != binary.LittleEndian.Uint32(r[4:8]) {
+		return m, 0, badLength
+	}
+	whole = uint64(fh) + m + uint64(macLen)
+	if m > maxFrame || whole > uint64(len(r)) {
+		return m, whole, badSize
+	}
+	if crc32.Checksum(r[fh:uint64(fh)+m], castagnoli) != binary.LittleEndian.Uint32(r[fh-4:fh]) {
+		return m, whole, badCRC
+	}
+	return m, whole, ""
 }
 
 func allZero(b []byte) bool {

@@ -14,26 +14,26 @@ import (
 // Prewritten segments (eleventh session). A group's fdatasync on a segment that grows
 // commits the file's new size and blocks through the file system's journal each time; on a
 // segment whose blocks were written (zeros) and synced beforehand a write is only data.
-// So while a segment fills, the next one is prepared in the background — its header, then
-// zeros to prewriteBytes, synced, its name synced — and opened O_DIRECT|O_DSYNC: a group
-// is then one aligned write that is durable when it returns (the last partial page is
-// rewritten with the same bytes in front of the new ones, so a torn write cannot damage
-// what was acknowledged), no fdatasync. BenchmarkGroupSync: ~half the CPU and wall time
-// per group of a growing segment's write + fdatasync; under the gateway's load the answer
-// waits less, so fewer requests wait on each wakeup.
+// So while a segment fills, the next one is prepared in the background — a header, then
+// zeros to prewriteBytes, synced, its name synced — and opened O_DIRECT|O_DSYNC: its
+// header is written over as it is at the start (v4's link and floor), and each group is
+// then one aligned write, on the pages after the last group's (journal flag "paged"),
+// durable when it returns, no fdatasync. BenchmarkGroupSync: ~half the CPU and wall time
+// per group of a growing segment's write + fdatasync.
 //
-// What a crash leaves: whole frames, perhaps a torn last one, then zeros (parseSegment
-// reads a damaged frame followed only by zeros as torn). A segment is cut to its whole
-// frames when it is closed, so that it is its batch's bundle as it stands (fold). Where
-// the file system cannot (no O_DIRECT — tmpfs —, no space for the zeros), segments grow
-// as before.
+// What a crash leaves: whole frames, each group from a page boundary, zeros between; the
+// last group's write perhaps torn — a device may persist a multi-page write's pages in any
+// order, so any of its pages may be zeros — then zeros. No write rewrites a page holding
+// an acknowledged frame (the eleventh session's rewrote the last partial page: a power cut
+// that kept a later page but not that one left zeros then frame bytes, refused as damage,
+// TestAttack17TornWriteLaterPageFirst). scanSegment reads a damaged frame as the torn last
+// write when no frame checks on a later page boundary, and as damage when one does. A
+// segment is cut to its whole frames when it is closed, so that it is its batch's bundle
+// as it stands (fold). Where the file system cannot (no O_DIRECT — tmpfs —, no space for
+// the zeros), segments grow as before.
 //
-// Off by default (BatcherConfig.PrewriteSegments, config audit.journal_prewritten_segments):
-// a device may persist a multi-page write's pages in any order, and a power cut that keeps
-// a write's later page but not its first leaves zeros and then frame bytes after the last
-// acknowledged frame, which the next start refuses as damage (fail closed, nothing lost:
-// TestAttack17TornWriteLaterPageFirst, known open). Starting each group on a fresh page
-// (a zero first page then ends the segment) would close it.
+// Off by default (BatcherConfig.PrewriteSegments, config audit.journal_prewritten_segments)
+// until an outside round has read the paged layout.
 
 // pageSize is the alignment of O_DIRECT writes.
 const pageSize = 4096
@@ -101,7 +101,7 @@ func (j *journal) prepareNext() {
 	}
 	ch := make(chan *spare, 1)
 	j.spare = ch
-	path, hdr, size := filepath.Join(j.dir, segmentName(j.seq)), j.header(), j.prewrite
+	path, hdr, size := filepath.Join(j.dir, segmentName(j.seq)), j.header(true), j.prewrite
 	go func() {
 		f, err := prepareSegment(path, hdr, size)
 		ch <- &spare{path: path, f: f, err: err}
@@ -137,28 +137,22 @@ func (sp *spare) discard() {
 	os.Remove(sp.path)
 }
 
-// writeInPlace writes b (whole frames) after the segment's last byte, durably: one
-// O_DIRECT|O_DSYNC write from the start of the last partial page, whose bytes are written
-// again as they are. j.page holds that page's bytes in front.
-func (j *journal) writeInPlace(b []byte) error {
-	base := j.size &^ (pageSize - 1)
-	pre := int(j.size - base)
-	n := pre + len(b)
-	end := (n + pageSize - 1) &^ (pageSize - 1)
+// writeInPlace writes b (whole frames) at base, a page boundary after the segment's last
+// byte, durably: one O_DIRECT|O_DSYNC write, zeros after b to the page's end. No page
+// holding an acknowledged frame is written again, so a torn write damages only its own.
+func (j *journal) writeInPlace(b []byte, base int64) error {
+	end := (len(b) + pageSize - 1) &^ (pageSize - 1)
 	if end > len(j.page) {
-		np := alignedBytes(max(end, 2*len(j.page)))
-		copy(np, j.page[:pre])
-		j.page = np
+		j.page = alignedBytes(max(end, 2*len(j.page)))
 	}
-	copy(j.page[pre:], b)
-	clear(j.page[n:end])
-	if _, err := j.f.WriteAt(j.page[:end], base); err != nil {
-		return err
-	}
-	last := int((j.size+int64(len(b)))&^(pageSize-1) - base)
-	copy(j.page, j.page[last:n])
-	return nil
+	copy(j.page, b)
+	clear(j.page[len(b):end])
+	_, err := j.f.WriteAt(j.page[:end], base)
+	return err
 }
+
+// zeroPage is a page of zeros (the padding before a group of a paged segment).
+var zeroPage [pageSize]byte
 
 // cutToSize cuts a prewritten segment's zeros off (its bytes are then exactly its whole
 // frames: a bundle as it stands); false if that could not be made durable.

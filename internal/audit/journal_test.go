@@ -281,7 +281,7 @@ func TestParseSegmentTorn(t *testing.T) {
 
 // testHeader is an unkeyed segment's header (batches of 100).
 func testHeader() []byte {
-	return (&journal{batch: 100}).header()
+	return (&journal{batch: 100}).header(false)
 }
 
 func FuzzParseSegment(f *testing.F) {

@@ -245,9 +245,9 @@ type Audit struct {
 	AsyncRequestRecords bool `json:"async_request_records,omitempty"`
 	// JournalPrewrittenSegments prepares the journal's segments ahead (zeros, synced) and
 	// writes each group in place with O_DIRECT|O_DSYNC instead of a write and an fdatasync
-	// on a growing file (audit/journal_direct.go). Off by default: a power cut that
-	// persists an in-place write's later page before its first leaves a segment the next
-	// start refuses (fail closed, records kept) — docs/DESIGN.md.
+	// on a growing file (audit/journal_direct.go; each group on a fresh page since the
+	// twelfth session, so a torn write damages only its own pages). Off by default until an
+	// outside round has read that layout — docs/DESIGN.md.
 	JournalPrewrittenSegments bool `json:"journal_prewritten_segments,omitempty"`
 }
 
