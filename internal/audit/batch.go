@@ -486,10 +486,6 @@ func (b *Batcher) openJournal(root string) error {
 	return nil
 }
 
-// legacyWindow is how far back from the log's end a refold looks for the batches of a
-// segment written before segments had a floor (v2, v3).
-const legacyWindow = 4096
-
 // foldDead folds the segments of dead processes' journals under root into the log,
 // skipping batches the log has (from the oldest segment's floor on), and removes their
 // directories. A directory whose segments' links do not hold (a segment missing whose
@@ -507,17 +503,16 @@ func (b *Batcher) foldDead(root string) error {
 		if err != nil {
 			return fmt.Errorf("reading the log's size: %w", err)
 		}
-		from, n := size, uint64(0)
-		for _, seg := range left {
-			n += uint64(len(seg.recs)/max(seg.batch, 1) + 1)
-		}
+		from := size
 		for _, seg := range left {
 			switch {
-			case len(seg.recs) == 0:
-			case seg.scan.v4:
+			case seg.scan.v4 && (len(seg.recs) > 0 || seg.scan.prev.seq != 0):
 				from = min(from, seg.scan.floor)
-			default:
-				from = min(from, size-min(size, legacyWindow+n))
+			case len(seg.recs) > 0:
+				// A segment of a version before v4 has no floor: the whole log is read
+				// (once, after the upgrade; again only if one is put back — a served v3
+				// bundle, replayed after any number of entries, is then still skipped).
+				from = 0
 			}
 		}
 		have, err := b.log.loggedBatches(ctx, from, size)
@@ -895,7 +890,7 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 		logged := false
 		if have != nil { // a dead journal's: skip what the log has (a live fold has no such)
 			logged = have["journal:"+src]
-			if !logged { // folded before batches named their place?
+			if !logged && seg.legacy() { // folded before batches named their place?
 				_, name := EncodeBundle(raws(chunk))
 				logged = have["bundle:"+name]
 			}

@@ -127,6 +127,11 @@ type journal struct {
 	// floor is a log size known before the open segment's records can be folded (the
 	// Batcher sets it: the log's size at its start, then each fold's entry index).
 	floor atomic.Uint64
+	// prevFloor is the floor when prev was closed: its batches are at that index or later,
+	// so the next segment's floor is at most that (a refold looks for prev's batches from
+	// there when prev is gone) — the floor may have moved past them since (an abandoned
+	// segment is folded before the next one starts).
+	prevFloor uint64
 	// Prewritten segments (journal_direct.go).
 	direct   bool        // the open segment was prepared: written in place
 	page     []byte      // direct: its last partial page's bytes, then a write's (aligned)
@@ -158,6 +163,12 @@ type segment struct {
 	// instead of written again. nil: the file may hold more (a torn or cut-back frame).
 	sum []byte
 }
+
+// legacy reports whether the segment is of a version whose batches may have been folded
+// before batch entries named their place in the journal (v2): those are recognized by
+// their bundle's name. Later ones only by their place — two segments can hold the same
+// bytes (identical records), and a batch with the same bundle is not this one.
+func (s *segment) legacy() bool { return s.scan.v2 }
 
 // journalSource names a batch folded from a journal: its process directory, segment and
 // first record's position in the segment ("<dir>/<segment>@<n>"). Directories are named
@@ -422,11 +433,15 @@ func checkLinks(segs []segment, have map[string]bool) error {
 	var before *segment // the last segment seen that holds records
 	for i := range segs {
 		s := &segs[i]
-		if len(s.recs) == 0 {
-			continue
-		}
-		if !s.scan.v4 {
+		if !s.scan.v4 && len(s.recs) > 0 {
 			before = s
+		}
+		// An empty segment's link is checked too (a crash right after a rotate leaves one,
+		// naming the segment before it); one that links none — the first, or a prepared
+		// segment never started — has nothing to check. (Its header has no MAC: someone
+		// without the key can rewrite it, as they can remove the segment — a process's
+		// last segments are not protected.)
+		if !s.scan.v4 || len(s.recs) == 0 && s.scan.prev.seq == 0 {
 			continue
 		}
 		p := s.scan.prev
@@ -448,7 +463,9 @@ func checkLinks(segs []segment, have map[string]bool) error {
 				return fmt.Errorf("%w: %s: the segment it names, %s, is missing and its records are not in the log", ErrEvent, s.path, filepath.Base(gone))
 			}
 		}
-		before = s
+		if len(s.recs) > 0 {
+			before = s
+		}
 	}
 	return nil
 }
@@ -531,7 +548,11 @@ func (j *journal) header(paged bool) []byte {
 		flags |= flagPaged
 	}
 	hdr = append(hdr, flags)
-	hdr = binary.LittleEndian.AppendUint64(hdr, j.floor.Load())
+	floor := j.floor.Load()
+	if j.prev.seq != 0 {
+		floor = min(floor, j.prevFloor)
+	}
+	hdr = binary.LittleEndian.AppendUint64(hdr, floor)
 	hdr = binary.LittleEndian.AppendUint64(hdr, j.prev.seq)
 	hdr = binary.LittleEndian.AppendUint32(hdr, j.prev.recs)
 	return append(hdr, j.prev.mac[:]...)
@@ -579,7 +600,8 @@ func (j *journal) append(recs []store.AuditEvent) error { return j.appendGroups(
 
 // appendGroups appends one frame per group (an empty group: an empty frame, the disk
 // probe) and makes them durable together: one write, one fdatasync. The frames are those
-// that appending each group alone would write.
+// that appending each group alone would write. In a paged segment the write is one frame
+// holding every group's records, on a fresh page.
 func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	if j.f == nil {
 		if err := j.start(); err != nil {
@@ -592,17 +614,35 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	}
 	b := j.buf[:0]
 	mac := j.mac
-	for _, recs := range groups {
-		start := len(b)
-		b = append(b, make([]byte, frameHeader)...)
+	start := -1 // the open frame's
+	seal := func() error {
+		if n := len(b) - start - frameHeader; n > maxFrame {
+			return fmt.Errorf("journal frame of %d bytes", n)
+		}
+		b, mac = sealFrame(b, start, j.key, mac)
+		return nil
+	}
+	for i, recs := range groups {
+		// A paged segment's write is one frame (all its groups): a torn write is then
+		// always its last frame, and a frame on a later page boundary another write.
+		if i == 0 || !j.direct {
+			if start >= 0 {
+				if err := seal(); err != nil {
+					return err
+				}
+			}
+			start = len(b)
+			b = append(b, make([]byte, frameHeader)...)
+		}
 		for _, r := range recs {
 			b = binary.AppendUvarint(b, uint64(len(r.Raw)))
 			b = append(b, r.Raw...)
 		}
-		if len(b)-start-frameHeader > maxFrame {
-			return fmt.Errorf("journal frame of %d bytes", len(b)-start-frameHeader)
+	}
+	if start >= 0 {
+		if err := seal(); err != nil {
+			return err
 		}
-		b, mac = sealFrame(b, start, j.key, mac)
 	}
 	j.buf = b
 	if j.direct {
@@ -666,7 +706,7 @@ func (j *journal) closeSegment(whole bool) *segment {
 		seg.sum = j.sum.Sum(nil)
 	}
 	if len(seg.recs) > 0 { // the next segment names this one
-		j.prev = segLink{seq: j.open + 1, recs: uint32(len(seg.recs))}
+		j.prev, j.prevFloor = segLink{seq: j.open + 1, recs: uint32(len(seg.recs))}, j.floor.Load()
 		copy(j.prev.mac[:], j.mac)
 	}
 	j.f.Close()
@@ -715,6 +755,7 @@ type segScan struct {
 	batch int
 	n     int  // how many bytes are the header and whole frames (len: nothing torn or unwritten after)
 	v4    bool // the header has a link
+	v2    bool // a version before the eleventh session's
 	floor uint64
 	prev  segLink
 	// ends is, after each whole frame, the records so far and the MAC chain's value: the
@@ -736,7 +777,7 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 		hdrLen, fh = journalHeaderV3, frameHeaderV3
 		if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV3)); !ok {
 			if rest, ok = bytes.CutPrefix(b, []byte(journalMagicV2)); ok {
-				macFor, hdrLen = name, -1
+				macFor, hdrLen, sc.v2 = name, -1, true
 			}
 		}
 	}
@@ -786,21 +827,40 @@ scan:
 			break // torn: the last frame's header cut, or space the crash left unwritten
 		}
 		off := len(b) - len(rest)
-		if next := (off + pageSize - 1) &^ (pageSize - 1); paged && next != off && allZero(b[off:min(next, len(b))]) {
-			rest = b[min(next, len(b)):] // a group's padding to the next page
+		if next := (off + pageSize - 1) &^ (pageSize - 1); paged && next != off {
+			if !allZero(b[off:min(next, len(b))]) {
+				return segScan{}, fmt.Errorf("%w: %s: bytes between a frame and the next page", ErrEvent, name)
+			}
+			rest = b[min(next, len(b)):] // a write's padding to the next page
 			continue
+		}
+		// Each write of a paged segment is one frame from a page boundary. A crash tears
+		// only the last write and loses whole pages of it (zeros, as prepared): a frame
+		// that fails is that torn write when one of its pages (span bytes from its start)
+		// is zeros, or the file ends inside it, and no frame checks on a later page
+		// boundary (a later write); anything else is damage.
+		pagedTorn := func(span int, cut bool) bool {
+			lost := cut
+			for p := 0; p < span && !lost; p += pageSize {
+				lost = allZero(rest[p:min(p+pageSize, len(rest))])
+			}
+			for p := off + pageSize; lost && p+fh <= len(b); p += pageSize {
+				if _, _, later := frameAt(b[p:], fh, macLen, true); later == "" {
+					lost = false
+				}
+			}
+			return lost
 		}
 		m, whole, bad := frameAt(rest, fh, macLen, sc.v4)
 		if bad != "" && paged {
-			// A crash can tear only the last group's write, in any of its pages: what
-			// follows it is unwritten, or the same write's pages. A frame that checks on a
-			// later page boundary (where every group starts) makes this one damage.
-			for p := off + pageSize - off%pageSize; p+fh <= len(b); p += pageSize {
-				if _, _, bad2 := frameAt(b[p:], fh, macLen, true); bad2 == "" {
-					return segScan{}, fmt.Errorf("%w: %s: %s, with a whole frame after it", ErrEvent, name, bad)
-				}
+			span := pageSize
+			if bad != badLength {
+				span = int(min(whole, uint64(len(rest))))
 			}
-			break // torn: the last group's write
+			if !pagedTorn(span, bad == badSize) {
+				return segScan{}, fmt.Errorf("%w: %s: %s in a paged segment, not a torn last write", ErrEvent, name, bad)
+			}
+			break scan
 		}
 		switch {
 		case bad == "":
@@ -820,7 +880,12 @@ scan:
 		payload := rest[fh : uint64(fh)+m]
 		if key != nil {
 			want := nextMAC(key, mac, payload)
-			if !hmac.Equal(want, rest[uint64(fh)+m:whole]) {
+			if got := rest[uint64(fh)+m : whole]; !hmac.Equal(want, got) {
+				// A torn last write can have kept the payload and lost the MAC's page
+				// (paged), or the MAC's bytes (zeros, nothing after them).
+				if paged && pagedTorn(int(whole), false) || !paged && allZero(rest[uint64(fh)+m:]) {
+					break scan
+				}
 				return segScan{}, fmt.Errorf("%w: %s: frame MAC fails (records altered, reordered or moved)", ErrEvent, name)
 			}
 			mac = want

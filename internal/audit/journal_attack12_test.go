@@ -1061,8 +1061,8 @@ func TestAttack12TwoBatchersDeadJournals(t *testing.T) {
 		if err := j.append(recs[5:]); err != nil {
 			t.Fatal(err)
 		}
-		if d%2 == 1 { // killed after folding its first batch, before removing the segment
-			if _, err := folder.commitRecords(recs[:3], "", nil); err != nil {
+		if d%2 == 1 { // killed after folding its first batch (named by its place), before removing the segment
+			if _, err := folder.commitRecords(recs[:3], journalSource(j.f.Name(), 0), nil); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -76,8 +76,9 @@ func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 // middle of folding a 60-record segment: the first batch entry (records 0..19) is in the
 // log, the segment is not yet removed. The operator restarts it with another
 // request_batch_records (50). The refold skips batches "already in the log" by their
-// bundle name, which depends on where the chunks are cut: records 0..19 must not be
-// logged twice.
+// place (the segment's header keeps the batch size it was cut with): records 0..19 must
+// not be logged twice. (Written when batches were recognized by their bundle name, which
+// depends on where the chunks are cut; since round 18 only v2 segments' are.)
 func TestAttackJournalRefoldOtherBatchSize(t *testing.T) {
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
@@ -88,10 +89,11 @@ func TestAttackJournalRefoldOtherBatchSize(t *testing.T) {
 	if err := j.append(rawRecs(0, 60)); err != nil {
 		t.Fatal(err)
 	}
+	seg := j.f.Name()
 	j.close()
-	// The dead process's fold got as far as its first batch entry.
+	// The dead process's fold got as far as its first batch entry (named by its place).
 	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 20}
-	if _, err := folder.commitRecords(rawRecs(0, 20), "", nil); err != nil {
+	if _, err := folder.commitRecords(rawRecs(0, 20), journalSource(seg, 0), nil); err != nil {
 		t.Fatal(err)
 	}
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 50, Journal: jdir})

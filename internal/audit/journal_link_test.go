@@ -325,3 +325,22 @@ func TestJournalPagedDamage(t *testing.T) {
 		})
 	}
 }
+
+// TestJournalV2BatchRecognizedByBundle: a v2 segment's batch may have been folded before
+// batch entries named their place in the journal; such a batch is still recognized by its
+// bundle's name at a refold (only for v2: TestAttack18BundleFallbackSkipsIdenticalRecords).
+func TestJournalV2BatchRecognizedByBundle(t *testing.T) {
+	key := bytes.Repeat([]byte{5}, 32)
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	writeDeadV2Segment(t, jdir, key) // records 0..6
+	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 100}
+	if _, err := folder.commitRecords(rawRecs(0, 7), "", nil); err != nil { // an old version's fold
+		t.Fatal(err)
+	}
+	if err := a17NextStart(tl, jdir, key); err != nil {
+		t.Fatal(err)
+	}
+	tl.close(t)
+	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 7)
+}
