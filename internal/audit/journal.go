@@ -35,12 +35,13 @@ import (
 // directory folds them before it takes a record, skipping any batch the log already has
 // (a fold that died between its entry and the segment's removal).
 //
-//	segment = "strongroom-journal/v4\n" || u32le(batch) || u8(keyed) || link || frame*
+//	segment = "strongroom-journal/v4\n" || u32le(batch) || u8(flags) || link || (zeros || frame)*
 //	                                                         (DIR/<process>/<16 hex digits>.wal)
+//	flags   = 2 | 1 if keyed                        (2: each write one frame from a page boundary)
 //	link    = u64le(floor) || u64le(prev + 1, 0: none) || u32le(prev records) || prev MAC[32]
 //	frame   = u32le(len(payload)) || u32le(CRC-32C(the length's 4 bytes)) ||
-//	          u32le(CRC-32C(payload)) || payload || mac?
-//	payload = (uvarint(len(event)) || event)*             one group of records
+//	          u32le(CRC-32C(payload)) || payload || mac?      from a 4 KiB boundary, zeros before
+//	payload = (uvarint(len(event)) || event)*             one write's groups of records
 //	mac     = HMAC-SHA256(key, previous mac || payload)     when keyed; the first frame's
 //	          "previous mac" is HMAC-SHA256(key, directory name "/" segment file name || header)
 //
@@ -55,19 +56,29 @@ import (
 // records are in the log (the segment folded and removed). The length has a check of its
 // own: a damaged length is damage, not a frame cut short by a crash.
 //
-// Each frame is synced before its records' futures resolve and before the next frame is
-// written; after a failed append the segment is closed (cut back to its last whole frame)
-// and the next group starts a new one. So only a segment's last frame can be torn by a
-// crash, and a torn frame held no acknowledged record: a short or CRC-failing frame at the
-// end ends the segment, anywhere else it is damage and the segment is refused. With a key
-// (the deployment's audit key, derived), a frame whose MAC fails is refused too: records
-// cannot be altered, reordered, or moved between segments or directories while they wait in
-// the journal without the key. Dropping the last frames of a process's last segment (or
-// its last segments) cannot be told from a crash.
+// Each write — one frame holding the groups gathered for it — starts on a fresh page (the
+// bytes before it zeros: a hole, or a prewritten segment's zeros) and is synced before its
+// records' futures resolve and before the next is written; after a failed append the
+// segment is closed (cut back to its last whole frame) and the next group starts a new
+// one. So only a segment's last frame can be torn by a crash, it held no acknowledged
+// record, and no write changes a page holding an acknowledged frame (a growing file's last
+// partial page may be written again, with the same bytes: zeros after EOF). A crash loses whole
+// sectors of the last write, in any order (a device persists a multi-page write's pages
+// as it likes; a file system flushes a growing file's new blocks with any journal commit),
+// and lost sectors read as zeros: a frame that fails its checks is that torn write when
+// one of its sectors is zeros (or the file ends inside it) and no frame checks on a later
+// page boundary; otherwise it is damage and the segment is refused — a flipped byte leaves
+// no zero sector. With a key (the deployment's audit key, derived), a frame whose MAC
+// fails is refused too (unless it is the torn write): records cannot be altered,
+// reordered, or moved between segments or directories while they wait in the journal
+// without the key. Dropping the last frames of a process's last segment (or its last
+// segments) cannot be told from a crash, nor can a sector of zeros in its last frame.
+// A segment file of zeros (its header lost by a crash) holds no record.
 //
-// Versions before (still read, as they were written): v3 (the twelfth session's first
-// change), no link and an 8-byte frame header (length, payload CRC); v2, whose first MAC
-// binds the segment's file name only.
+// Versions before (still read, as they were written): v3 (the eleventh session), no link,
+// an 8-byte frame header (length, payload CRC), frames one after another, a frame per
+// group, a damaged frame torn only when zeros follow it; v2, whose first MAC binds the
+// segment's file name only.
 
 const journalMagic = "strongroom-journal/v4\n"
 
@@ -92,8 +103,11 @@ const journalHeaderV3 = len(journalMagicV3) + 4 + 1
 // A v4 header's flags (v2, v3: 1 keyed, 0 not).
 const (
 	flagKeyed = 1 // frames carry a MAC
-	flagPaged = 2 // each group's frames start on a fresh page, zeros before it (journal_direct.go)
+	flagPaged = 2 // each write is one frame from a fresh page, zeros before it: set in every v4 segment
 )
+
+// sectorSize is the smallest unit a device writes whole: a torn write loses whole sectors.
+const sectorSize = 512
 
 // frameHeader is a v4 frame's header (length, its CRC, the payload's CRC); frameHeaderV3
 // a v2 or v3 frame's (length, the payload's CRC).
@@ -499,7 +513,7 @@ func (j *journal) start() error {
 	if sp != nil {
 		// The header as it is now (its link, its floor) over the one prepared, before any
 		// group: groups start on the pages after it (journal_direct.go).
-		hdr = j.header(true)
+		hdr = j.header()
 		if len(j.page) < pageSize {
 			j.page = alignedBytes(256 << 10)
 		}
@@ -511,8 +525,8 @@ func (j *journal) start() error {
 		}
 		j.f, j.direct = sp.f, true
 	} else {
-		hdr = j.header(false)
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND|syscall.O_CLOEXEC, 0o600)
+		hdr = j.header()
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_CLOEXEC, 0o600)
 		if err != nil {
 			return err
 		}
@@ -537,15 +551,12 @@ func (j *journal) start() error {
 }
 
 // header is a segment's header: magic, batch size, flags, link (floor, the previous
-// segment that held records). paged: its groups start on fresh pages (prewritten).
-func (j *journal) header(paged bool) []byte {
+// segment that held records).
+func (j *journal) header() []byte {
 	hdr := binary.LittleEndian.AppendUint32([]byte(journalMagic), uint32(j.batch))
-	flags := byte(0)
+	flags := byte(flagPaged)
 	if j.key != nil {
 		flags |= flagKeyed
-	}
-	if paged {
-		flags |= flagPaged
 	}
 	hdr = append(hdr, flags)
 	floor := j.floor.Load()
@@ -598,10 +609,9 @@ func sealFrame(b []byte, start int, key, prev []byte) ([]byte, []byte) {
 // records survive a crash. After an error the segment must be abandoned (abandon).
 func (j *journal) append(recs []store.AuditEvent) error { return j.appendGroups(recs) }
 
-// appendGroups appends one frame per group (an empty group: an empty frame, the disk
-// probe) and makes them durable together: one write, one fdatasync. The frames are those
-// that appending each group alone would write. In a paged segment the write is one frame
-// holding every group's records, on a fresh page.
+// appendGroups appends the groups' records as one frame (no record: an empty frame, the
+// disk probe) from the next page boundary, and makes it durable: one write, one fdatasync
+// (prewritten segments: one O_DIRECT|O_DSYNC write).
 func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	if j.f == nil {
 		if err := j.start(); err != nil {
@@ -623,9 +633,9 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 		return nil
 	}
 	for i, recs := range groups {
-		// A paged segment's write is one frame (all its groups): a torn write is then
-		// always its last frame, and a frame on a later page boundary another write.
-		if i == 0 || !j.direct {
+		// A write is one frame (all its groups), from a fresh page: a torn write is then
+		// always the last frame, and a frame on a later page boundary another write.
+		if i == 0 {
 			if start >= 0 {
 				if err := seal(); err != nil {
 					return err
@@ -645,22 +655,21 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 		}
 	}
 	j.buf = b
+	base := (j.size + pageSize - 1) &^ (pageSize - 1) // a fresh page: zeros (a hole) before it
 	if j.direct {
-		base := (j.size + pageSize - 1) &^ (pageSize - 1) // a fresh page
 		if err := j.writeInPlace(b, base); err != nil {
 			return err
 		}
-		j.sum.Write(zeroPage[:base-j.size])
-		j.size = base
 	} else {
-		if _, err := j.f.Write(b); err != nil {
+		if _, err := j.f.WriteAt(b, base); err != nil {
 			return err
 		}
 		if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
 			return err
 		}
 	}
-	j.size += int64(len(b))
+	j.sum.Write(zeroPage[:base-j.size])
+	j.size = base + int64(len(b))
 	j.mac = mac
 	j.sum.Write(b)
 	for _, recs := range groups {
@@ -787,6 +796,11 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 				return segScan{}, nil // created, cut before its header was whole: no record in it
 			}
 		}
+		if allZero(b) {
+			// Created, and a crash lost its header (a growing segment's before its sync,
+			// a prepared one's before its preparation's): no record in it.
+			return segScan{}, nil
+		}
 		return segScan{}, fmt.Errorf("%w: %s: not a strongroom journal segment", ErrEvent, name)
 	}
 	if len(b) < max(hdrLen, journalHeaderV3) {
@@ -798,7 +812,6 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 	sc.batch = int(binary.LittleEndian.Uint32(rest))
 	flags := rest[4]
 	keyed := flags & flagKeyed
-	paged := sc.v4 && flags&flagPaged != 0
 	rest = b[max(hdrLen, journalHeaderV3):]
 	if sc.v4 {
 		l := b[journalHeaderV3:journalHeader]
@@ -809,7 +822,7 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 	}
 	macLen := 0
 	switch {
-	case sc.v4 && flags&^(flagKeyed|flagPaged) != 0, !sc.v4 && flags > 1, sc.batch < 1, sc.batch > MaxBatch:
+	case sc.v4 && flags&^flagKeyed != flagPaged, !sc.v4 && flags > 1, sc.batch < 1, sc.batch > MaxBatch:
 		return segScan{}, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
 	case anyMAC:
 		macLen = int(keyed) * sha256.Size
@@ -827,22 +840,26 @@ scan:
 			break // torn: the last frame's header cut, or space the crash left unwritten
 		}
 		off := len(b) - len(rest)
-		if next := (off + pageSize - 1) &^ (pageSize - 1); paged && next != off {
+		if next := (off + pageSize - 1) &^ (pageSize - 1); sc.v4 && next != off {
 			if !allZero(b[off:min(next, len(b))]) {
 				return segScan{}, fmt.Errorf("%w: %s: bytes between a frame and the next page", ErrEvent, name)
 			}
 			rest = b[min(next, len(b)):] // a write's padding to the next page
 			continue
 		}
-		// Each write of a paged segment is one frame from a page boundary. A crash tears
-		// only the last write and loses whole pages of it (zeros, as prepared): a frame
-		// that fails is that torn write when one of its pages (span bytes from its start)
-		// is zeros, or the file ends inside it, and no frame checks on a later page
-		// boundary (a later write); anything else is damage.
-		pagedTorn := func(span int, cut bool) bool {
+		// Each write of a v4 segment is one frame from a page boundary. A crash tears only
+		// the last write, and loses whole pages of it — in any order: a device persists a
+		// multi-page write's pages as it likes, and a file system flushes a growing file's
+		// new blocks with any journal commit; a device with 512-byte sectors may keep part
+		// of a page — which read as zeros (prepared, or never written); the page before
+		// the write is never written again. So a frame that fails is that torn write when
+		// one of its sectors (in span bytes from its start) is zeros, or the file ends
+		// inside it, and no frame checks on a later page boundary
+		// (a later write); anything else is damage.
+		torn := func(span int, cut bool) bool {
 			lost := cut
-			for p := 0; p < span && !lost; p += pageSize {
-				lost = allZero(rest[p:min(p+pageSize, len(rest))])
+			for p := 0; p < span && !lost; p += sectorSize {
+				lost = allZero(rest[p:min(p+sectorSize, len(rest))])
 			}
 			for p := off + pageSize; lost && p+fh <= len(b); p += pageSize {
 				if _, _, later := frameAt(b[p:], fh, macLen, true); later == "" {
@@ -852,24 +869,21 @@ scan:
 			return lost
 		}
 		m, whole, bad := frameAt(rest, fh, macLen, sc.v4)
-		if bad != "" && paged {
+		if bad != "" && sc.v4 {
 			span := pageSize
 			if bad != badLength {
 				span = int(min(whole, uint64(len(rest))))
 			}
-			if !pagedTorn(span, bad == badSize) {
-				return segScan{}, fmt.Errorf("%w: %s: %s in a paged segment, not a torn last write", ErrEvent, name, bad)
+			if !torn(span, bad == badSize) {
+				return segScan{}, fmt.Errorf("%w: %s: %s, not a torn last write", ErrEvent, name, bad)
 			}
 			break scan
 		}
+		// v2, v3: groups one after another, each synced before the next.
 		switch {
 		case bad == "":
-		case sc.v4 && bad == badLength && allZero(rest[fh:]):
-			break scan // torn: the last frame's header written in part
-		case bad == badLength:
-			return segScan{}, fmt.Errorf("%w: %s: %s, with bytes after it", ErrEvent, name, bad)
-		case bad == badSize && (m <= maxFrame || !sc.v4 && allZero(rest[fh:])):
-			break scan // torn: the last frame, cut short (v3: or its length written in part)
+		case bad == badSize && (m <= maxFrame || allZero(rest[fh:])):
+			break scan // torn: the last frame, cut short (or its length written in part)
 		case bad == badCRC && allZero(rest[whole:]):
 			break scan // torn: the last frame, written in part (zeros after it)
 		case bad == badCRC:
@@ -881,9 +895,8 @@ scan:
 		if key != nil {
 			want := nextMAC(key, mac, payload)
 			if got := rest[uint64(fh)+m : whole]; !hmac.Equal(want, got) {
-				// A torn last write can have kept the payload and lost the MAC's page
-				// (paged), or the MAC's bytes (zeros, nothing after them).
-				if paged && pagedTorn(int(whole), false) || !paged && allZero(rest[uint64(fh)+m:]) {
+				// A torn last write can have kept the payload and lost the MAC's page.
+				if sc.v4 && torn(int(whole), false) {
 					break scan
 				}
 				return segScan{}, fmt.Errorf("%w: %s: frame MAC fails (records altered, reordered or moved)", ErrEvent, name)

@@ -711,7 +711,7 @@ func TestAttack17PlantedPreparedSegments(t *testing.T) {
 	}
 	live := filepath.Join(jdir, dirs[0].Name())
 	j := &journal{batch: 5, key: a17Key}
-	prepared := append(j.header(true), make([]byte, 2*pageSize)...)
+	prepared := append(j.header(), make([]byte, 2*pageSize)...)
 	for seq := uint64(2); seq < 6; seq++ {
 		if err := os.WriteFile(filepath.Join(live, segmentName(seq)), prepared, 0o600); err != nil {
 			t.Fatal(err)
@@ -849,7 +849,7 @@ func TestAttack17NoLeaksAfterClose(t *testing.T) {
 // writes them), keyed or not.
 func a17Segment(groups [][][]byte, key []byte) []byte {
 	j := &journal{batch: 100, key: key}
-	b := j.header(false)
+	b := j.header()
 	mac := firstMAC(key, "d/0000000000000000.wal")
 	for _, g := range groups {
 		start := len(b)

@@ -21,22 +21,11 @@ import (
 // durable when it returns, no fdatasync. BenchmarkGroupSync: ~half the CPU and wall time
 // per group of a growing segment's write + fdatasync.
 //
-// What a crash leaves: whole frames, each write one frame from a page boundary (all its
-// groups), zeros between; the last write perhaps torn — a device may persist a multi-page
-// write's pages in any order, so any of its pages may read as zeros — then zeros. No write
-// rewrites a page holding an acknowledged frame (the eleventh session's rewrote the last
-// partial page: a power cut that kept a later page but not that one left zeros then frame
-// bytes, refused as damage, TestAttack17TornWriteLaterPageFirst). scanSegment reads a
-// frame that fails as the torn last write when one of its pages is all zeros and no frame
-// checks on a later page boundary; otherwise as damage (a flipped byte leaves no zero
-// page: TestAttack18PagedFlipBeforeGroupOfSameWrite). One frame per write, not per group:
-// a write's later group on a page boundary, kept while its first page was lost, read as a
-// later write and the torn write as damage (TestAttack18PagedTornWriteGroupOnPageBoundary).
-// Left: a record crafted to hold, on a page boundary, bytes that check as a frame would
-// make a torn write that holds it read as damage — a refusal after a power cut, never a
-// loss. A segment is cut to its whole frames when it is closed, so that it is its batch's
-// bundle as it stands (fold). Where the file system cannot (no O_DIRECT — tmpfs before
-// Linux 6.6 —, no space for the zeros), segments grow as before.
+// What a crash leaves, and how it is read: journal.go (every v4 segment, growing or
+// prewritten, writes each write as one frame from a page boundary). A segment is cut to
+// its whole frames when it is closed, so that it is its batch's bundle as it stands
+// (fold). Where the file system cannot (no O_DIRECT — tmpfs before Linux 6.6 —, no space
+// for the zeros), segments grow.
 //
 // Off by default (BatcherConfig.PrewriteSegments, config audit.journal_prewritten_segments)
 // until an outside round has read the paged layout.
@@ -109,7 +98,7 @@ func (j *journal) prepareNext() {
 	j.spare = ch
 	// The header names no segment before it until the segment is started (start writes it
 	// over): a prepared segment a crash leaves unused links nothing.
-	path, hdr, size := filepath.Join(j.dir, segmentName(j.seq)), (&journal{batch: j.batch, key: j.key}).header(true), j.prewrite
+	path, hdr, size := filepath.Join(j.dir, segmentName(j.seq)), (&journal{batch: j.batch, key: j.key}).header(), j.prewrite
 	go func() {
 		f, err := prepareSegment(path, hdr, size)
 		ch <- &spare{path: path, f: f, err: err}

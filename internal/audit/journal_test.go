@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -237,8 +236,9 @@ func TestJournalPlantedRecord(t *testing.T) {
 	}
 }
 
-// TestParseSegmentTorn: a crash can cut only the last frame; what it held was never
-// acknowledged, and the frames before it are read whole.
+// TestParseSegmentTorn: a crash can cut only the last frame (write); what it held was
+// never acknowledged, and the frames before it are read whole. A byte flipped in it is
+// not a crash's doing: refused.
 func TestParseSegmentTorn(t *testing.T) {
 	dir := t.TempDir()
 	j, err := openJournal(dir, 100, nil)
@@ -253,17 +253,24 @@ func TestParseSegmentTorn(t *testing.T) {
 	if recs, _, err := parseSegment(whole, "s", nil); err != nil || len(recs) != 3 {
 		t.Fatalf("whole: %d %v", len(recs), err)
 	}
-	last := journalHeader + frameHeader + 2*(1+7)
-	for cut := last; cut < len(whole); cut++ {
+	frames := a17Frames(whole, false)
+	if len(frames) != 2 || frames[0]%pageSize != 0 || frames[1]%pageSize != 0 {
+		t.Fatalf("frames at %v: want two, each from a page boundary", frames)
+	}
+	for cut := frames[0] + frameHeader + 2*(1+7); cut < len(whole); cut++ { // the padding, then the last frame cut
 		recs, _, err := parseSegment(whole[:cut], "s", nil)
 		if err != nil || len(recs) != 2 {
 			t.Fatalf("cut at %d: %d records, %v", cut, len(recs), err)
 		}
 	}
 	bad := append([]byte(nil), whole...)
-	bad[len(bad)-1] ^= 1 // the last frame's CRC fails: torn
+	bad[len(bad)-1] ^= 1 // the last frame's CRC fails, no sector of it lost: damage
+	if recs, _, err := parseSegment(bad, "s", nil); err == nil {
+		t.Fatalf("flipped last byte read as a torn write: %d records", len(recs))
+	}
+	clear(bad[frames[1]:]) // its sector lost (zeros), the file as long: torn
 	if recs, _, err := parseSegment(bad, "s", nil); err != nil || len(recs) != 2 {
-		t.Fatalf("flipped last byte: %d %v", len(recs), err)
+		t.Fatalf("the last frame's sector lost: %d %v", len(recs), err)
 	}
 	for cut := range journalHeader {
 		if recs, _, err := parseSegment(whole[:cut], "s", nil); err != nil || len(recs) != 0 {
@@ -281,7 +288,7 @@ func TestParseSegmentTorn(t *testing.T) {
 
 // testHeader is an unkeyed segment's header (batches of 100).
 func testHeader() []byte {
-	return (&journal{batch: 100}).header(false)
+	return (&journal{batch: 100}).header()
 }
 
 func FuzzParseSegment(f *testing.F) {
@@ -602,9 +609,9 @@ func TestJournalKeyed(t *testing.T) {
 	}
 }
 
-// TestJournalAppendGroups: groups appended together (one write, one fdatasync) are the
-// same frames, byte for byte and in the same MAC chain, as the groups appended one by one,
-// an empty group (the disk probe) included; and they read back as every record in order.
+// TestJournalAppendGroups: groups appended together (one write, one fdatasync) are one
+// frame from a page boundary (v4), an empty group (the disk probe) included; groups
+// appended one by one a frame each; both read back as every record in order.
 func TestJournalAppendGroups(t *testing.T) {
 	recs := rawRecs(0, 12)
 	var path string
@@ -638,14 +645,15 @@ func TestJournalAppendGroups(t *testing.T) {
 			}
 		}
 	})
-	// The two journals are in two directories, which their first MACs bind: the segments
-	// are the same bytes once the second's MAC chain is made the first's.
-	if _, _, err := parseSegment(oneByOne, path, []byte("k1")); err != nil {
-		t.Fatal(err)
+	// A write is one frame, from a page boundary: two frames together, four one by one.
+	if f := a17Frames(together, true); len(f) != 2 || f[0]%pageSize != 0 || f[1]%pageSize != 0 {
+		t.Fatalf("groups appended together: frames at %v, want 2 from page boundaries", f)
 	}
-	oneByOne = remac(t, oneByOne, []byte("k1"), firstMAC([]byte("k1"), macName(filepath.Dir(togetherPath), filepath.Base(togetherPath))+string(oneByOne[:journalHeader])))
-	if !bytes.Equal(together, oneByOne) {
-		t.Fatalf("frames differ: %d bytes together, %d one by one", len(together), len(oneByOne))
+	if f := a17Frames(oneByOne, true); len(f) != 4 {
+		t.Fatalf("groups appended one by one: frames at %v, want 4", f)
+	}
+	if got, _, err := parseSegment(oneByOne, path, []byte("k1")); err != nil || len(got) != 12 {
+		t.Fatalf("one by one: %d records read back (%v), want 12", len(got), err)
 	}
 	got, _, err := parseSegment(together, togetherPath, []byte("k1"))
 	if err != nil || len(got) != 12 {
@@ -656,19 +664,4 @@ func TestJournalAppendGroups(t *testing.T) {
 			t.Fatalf("record %d differs", i)
 		}
 	}
-}
-
-// remac is a keyed segment with its frames' MACs chained anew from first.
-func remac(t *testing.T, seg, key, first []byte) []byte {
-	t.Helper()
-	out := bytes.Clone(seg[:journalHeader])
-	rest := seg[journalHeader:]
-	mac := first
-	for len(rest) > 0 {
-		n := int(binary.LittleEndian.Uint32(rest))
-		mac = nextMAC(key, mac, rest[frameHeader:frameHeader+n])
-		out = append(append(out, rest[:frameHeader+n]...), mac...)
-		rest = rest[frameHeader+n+sha256.Size:]
-	}
-	return out
 }

@@ -506,8 +506,9 @@ func TestJournalPrewrittenSegments(t *testing.T) {
 }
 
 // TestParseSegmentTornBeforeZeros: in a prewritten segment a crash leaves zeros after
-// the last frame: a damaged frame followed only by zeros is torn (its records were never
-// acknowledged); one followed by a whole frame is damage, refused.
+// the last frame: a damaged frame followed only by zeros is torn when a sector of it is
+// zeros (its records were never acknowledged); a byte flipped in it is damage; a damaged
+// frame followed by a whole frame is damage too, refused.
 func TestParseSegmentTornBeforeZeros(t *testing.T) {
 	dir := t.TempDir()
 	j, err := openJournalGrowing(dir, 100, nil, true)
@@ -522,6 +523,11 @@ func TestParseSegmentTornBeforeZeros(t *testing.T) {
 	last := bytes.Index(b, rawRecs(3, 4)[0].Raw) // inside the third frame
 	torn := append(bytes.Clone(b), make([]byte, 8192)...)
 	torn[last+5] ^= 0xff
+	if recs, _, err := parseSegment(torn, "s", nil); err == nil {
+		t.Fatalf("a byte flipped in the last frame read as torn: %d records", len(recs))
+	}
+	sector := (last + 5) &^ (sectorSize - 1)
+	clear(torn[sector : sector+sectorSize]) // the sector a power cut did not write
 	if recs, _, err := parseSegment(torn, "s", nil); err != nil || len(recs) != 3 {
 		t.Fatalf("a torn last frame before zeros: %d records, %v; want the 3 of the whole frames", len(recs), err)
 	}
