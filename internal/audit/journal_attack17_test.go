@@ -852,6 +852,7 @@ func a17Segment(groups [][][]byte, key []byte) []byte {
 	b := j.header()
 	mac := firstMAC(key, "d/0000000000000000.wal")
 	for _, g := range groups {
+		b = append(b, make([]byte, (pageSize-len(b)%pageSize)%pageSize)...) // v4: a write from a page boundary
 		start := len(b)
 		b = append(b, make([]byte, frameHeader)...)
 		for _, r := range g {
