@@ -16,10 +16,10 @@ import (
 // segment whose blocks were written (zeros) and synced beforehand a write is only data.
 // So while a segment fills, the next one is prepared in the background — a header, then
 // zeros to prewriteBytes, synced, its name synced — and opened O_DIRECT|O_DSYNC: its
-// header is written over as it is at the start (v4's link and floor), and each group is
-// then one aligned write, on the pages after the last group's (journal flag "paged"),
-// durable when it returns, no fdatasync. BenchmarkGroupSync: ~half the CPU and wall time
-// per group of a growing segment's write + fdatasync.
+// header is written over as it is at the start (v4's link and floor), and each write is
+// then one aligned write, durable when it returns, no fdatasync. BenchmarkGroupSync: ~half
+// the CPU of a growing segment's write + fdatasync for the syscalls alone;
+// BenchmarkJournalAppend: the journal's whole group commit (docs/PERFORMANCE.md).
 //
 // What a crash leaves, and how it is read: journal.go (every v4 segment, growing or
 // prewritten, writes each write as one frame from a page boundary). A segment is cut to
@@ -27,8 +27,11 @@ import (
 // (fold). Where the file system cannot (no O_DIRECT — tmpfs before Linux 6.6 —, no space
 // for the zeros), segments grow.
 //
-// Off by default (BatcherConfig.PrewriteSegments, config audit.journal_prewritten_segments)
-// until an outside round has read the paged layout.
+// Off by default (BatcherConfig.PrewriteSegments, config audit.journal_prewritten_segments):
+// two outside rounds (18, 19) have read the paged layout, but the gain measured is within
+// the noise — BenchmarkJournalAppend equal, peers 1.41 against 1.50 × bifrost-core
+// (medians of four ABBA rounds) on the twelfth session's machine — and the reserved zeros
+// cost disk (4–64 MiB a process) and change the full-disk behaviour (TestJournalDiskFull).
 
 // pageSize is the alignment of O_DIRECT writes.
 const pageSize = 4096
@@ -148,7 +151,7 @@ func (j *journal) writeInPlace(b []byte, base int64) error {
 	return err
 }
 
-// zeroPage is a page of zeros (the padding before a group of a paged segment).
+// zeroPage is a page of zeros (what a segment holds before a write's page).
 var zeroPage [pageSize]byte
 
 // cutToSize cuts a prewritten segment's zeros off (its bytes are then exactly its whole

@@ -246,8 +246,8 @@ type Audit struct {
 	// JournalPrewrittenSegments prepares the journal's segments ahead (zeros, synced) and
 	// writes each group in place with O_DIRECT|O_DSYNC instead of a write and an fdatasync
 	// on a growing file (audit/journal_direct.go; each group on a fresh page since the
-	// twelfth session, so a torn write damages only its own pages). Off by default until an
-	// outside round has read that layout — docs/DESIGN.md.
+	// twelfth session, so a torn write damages only its own pages). Off by default: its
+	// measured gain is within the noise (docs/PERFORMANCE.md) — docs/DESIGN.md.
 	JournalPrewrittenSegments bool `json:"journal_prewritten_segments,omitempty"`
 }
 
