@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
 	"github.com/strongroom/strongroom/internal/store"
@@ -295,6 +296,9 @@ func deadJournals(root string, key []byte) ([]segment, []orphan, error) {
 	var errs []error
 	for _, e := range ents {
 		d := filepath.Join(root, e.Name())
+		if e.IsDir() && strings.HasPrefix(e.Name(), ".new-") {
+			removeStaleClaim(d)
+		}
 		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
 			continue // a directory being claimed is still dot-named
 		}
@@ -320,6 +324,26 @@ func deadJournals(root string, key []byte) ([]segment, []orphan, error) {
 		dead = append(dead, orphan{dir: d, lock: lock})
 	}
 	return left, dead, errors.Join(errs...)
+}
+
+// staleClaim is how old a directory still being claimed (".new-*") must be to be taken
+// for one a process died claiming: a claim takes a mkdir, a lock and a rename.
+const staleClaim = time.Minute
+
+// removeStaleClaim removes a directory a process died claiming (killed between its mkdir
+// and its rename): it never holds a segment — they are made after the rename — so it is
+// only litter. One younger than staleClaim, or locked, is left alone.
+func removeStaleClaim(d string) {
+	st, err := os.Lstat(d)
+	if err != nil || time.Since(st.ModTime()) < staleClaim {
+		return
+	}
+	lock, err := lockJournal(d, false)
+	if err != nil {
+		return
+	}
+	os.RemoveAll(d)
+	lock.Close()
 }
 
 // claim makes this process's directory: created under a dot name, locked, then renamed into
@@ -622,38 +646,19 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 	if err := unix.Fstat(int(j.f.Fd()), &st); err != nil || st.Nlink == 0 {
 		return errors.New("journal segment removed from under the process")
 	}
-	b := j.buf[:0]
-	mac := j.mac
-	start := -1 // the open frame's
-	seal := func() error {
-		if n := len(b) - start - frameHeader; n > maxFrame {
-			return fmt.Errorf("journal frame of %d bytes", n)
-		}
-		b, mac = sealFrame(b, start, j.key, mac)
-		return nil
-	}
-	for i, recs := range groups {
-		// A write is one frame (all its groups), from a fresh page: a torn write is then
-		// always the last frame, and a frame on a later page boundary another write.
-		if i == 0 {
-			if start >= 0 {
-				if err := seal(); err != nil {
-					return err
-				}
-			}
-			start = len(b)
-			b = append(b, make([]byte, frameHeader)...)
-		}
+	// A write is one frame (all its groups), from a fresh page: a torn write is then always
+	// the last frame, and a frame on a later page boundary another write.
+	b := append(j.buf[:0], make([]byte, frameHeader)...)
+	for _, recs := range groups {
 		for _, r := range recs {
 			b = binary.AppendUvarint(b, uint64(len(r.Raw)))
 			b = append(b, r.Raw...)
 		}
 	}
-	if start >= 0 {
-		if err := seal(); err != nil {
-			return err
-		}
+	if n := len(b) - frameHeader; n > maxFrame {
+		return fmt.Errorf("journal frame of %d bytes", n)
 	}
+	b, mac := sealFrame(b, 0, j.key, j.mac)
 	j.buf = b
 	base := (j.size + pageSize - 1) &^ (pageSize - 1) // a fresh page: zeros (a hole) before it
 	if j.direct {
@@ -854,8 +859,8 @@ scan:
 		// of a page — which read as zeros (prepared, or never written); the page before
 		// the write is never written again. So a frame that fails is that torn write when
 		// one of its sectors (in span bytes from its start) is zeros, or the file ends
-		// inside it, and no frame checks on a later page boundary
-		// (a later write); anything else is damage.
+		// inside it, and no frame checks on a later page boundary (a later write);
+		// anything else is damage.
 		torn := func(span int, cut bool) bool {
 			lost := cut
 			for p := 0; p < span && !lost; p += sectorSize {
@@ -874,7 +879,7 @@ scan:
 			if bad != badLength {
 				span = int(min(whole, uint64(len(rest))))
 			}
-			if !torn(span, bad == badSize) {
+			if !torn(span, bad == badSize && m <= maxFrame) { // a checked length over the bound: damage
 				return segScan{}, fmt.Errorf("%w: %s: %s, not a torn last write", ErrEvent, name, bad)
 			}
 			break scan

@@ -344,3 +344,31 @@ func TestJournalV2BatchRecognizedByBundle(t *testing.T) {
 	tl.close(t)
 	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 7)
 }
+
+// TestJournalStaleClaimRemoved: a directory a process died claiming (".new-*", killed
+// between its mkdir and its rename) is removed by the next scan once it is older than
+// staleClaim; a younger one — a claim in progress — is left alone.
+func TestJournalStaleClaimRemoved(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	stale, fresh := filepath.Join(jdir, ".new-00dead00"), filepath.Join(jdir, ".new-00live00")
+	for _, d := range []string{stale, fresh} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-2 * staleClaim)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := a17NextStart(tl, jdir, a17Key); err != nil {
+		t.Fatal(err)
+	}
+	tl.close(t)
+	if fileExists(stale) {
+		t.Fatal("a directory a process died claiming a while ago is still there")
+	}
+	if !fileExists(fresh) {
+		t.Fatal("a directory being claimed now was removed")
+	}
+}
