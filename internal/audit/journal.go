@@ -149,7 +149,7 @@ type journal struct {
 	prevFloor uint64
 	// Prewritten segments (journal_direct.go).
 	direct   bool        // the open segment was prepared: written in place
-	page     []byte      // direct: its last partial page's bytes, then a write's (aligned)
+	page     []byte      // direct: a write's bytes, page-aligned (O_DIRECT)
 	spare    chan *spare // the next segment, being prepared (nil: none)
 	noDirect bool        // a preparation failed: segments grow
 	prewrite int64       // how many bytes of zeros the next preparation writes
@@ -428,7 +428,7 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 		seg.scan.recs = nil
 		// Only a v3 or v4 segment is linked as its bundle: a v2 one's MACs do not bind its
 		// directory, and a served copy of it could be replayed into another.
-		if sc.n == len(b) && !bytes.HasPrefix(b, []byte(journalMagicV2)) {
+		if sc.n == len(b) && !sc.v2 {
 			sum := sha256.Sum256(b)
 			seg.sum = sum[:]
 		}
@@ -533,23 +533,17 @@ func (j *journal) start() error {
 		sp.discard()
 		sp = nil
 	}
-	var hdr []byte
+	hdr := j.header()
 	if sp != nil {
 		// The header as it is now (its link, its floor) over the one prepared, before any
-		// group: groups start on the pages after it (journal_direct.go).
-		hdr = j.header()
-		if len(j.page) < pageSize {
-			j.page = alignedBytes(256 << 10)
-		}
-		copy(j.page, hdr)
-		clear(j.page[len(hdr):pageSize])
-		if _, err := sp.f.WriteAt(j.page[:pageSize], 0); err != nil {
+		// write: writes start on the pages after it.
+		j.f, j.direct = sp.f, true
+		if err := j.writeInPlace(hdr, 0); err != nil {
+			j.f, j.direct = nil, false
 			sp.discard()
 			return err
 		}
-		j.f, j.direct = sp.f, true
 	} else {
-		hdr = j.header()
 		f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_CLOEXEC, 0o600)
 		if err != nil {
 			return err
@@ -593,7 +587,7 @@ func (j *journal) header() []byte {
 	return append(hdr, j.prev.mac[:]...)
 }
 
-// macName is what a v3 segment's first MAC binds, with its header (whose batch size cuts
+// macName is what a v3 or v4 segment's first MAC binds, with its header (whose batch size cuts
 // its batches at a refold: an edited one would have batches the log has logged again):
 // its directory's name and its own.
 func macName(dir, file string) string { return filepath.Base(dir) + "/" + file }
