@@ -32,6 +32,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // ---------------------------------------------------------------------------------------
@@ -55,16 +57,14 @@ func a26GoProxy(t *testing.T, backend string, conns int) string {
 	return a24Std(t, rp, nil)
 }
 
-// a26Nginx runs nginx (found on PATH; the test is skipped without it) in front of backend:
+// a26Nginx runs nginx (found on PATH — scripts/test installs it; without it the test skips,
+// or fails under STRONGROOM_REQUIRE_INTEGRATION=1) in front of backend:
 // HTTP/1.1 to the upstream with a keep-alive cache of keepalive connections — the
 // recommended configuration for keep-alive upstreams. It returns nginx's address and a
 // function returning its error log.
 func a26Nginx(t *testing.T, backend string, keepalive int) (string, func() string) {
 	t.Helper()
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		t.Skip("nginx not on PATH")
-	}
+	bin := testenv.Program(t, "nginx")
 	dir := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
