@@ -459,3 +459,83 @@ func TestBadBodyClosesConnection(t *testing.T) {
 		t.Fatalf("after the broken body: %q, %d handler calls", rest, calls.Load())
 	}
 }
+
+// writeCounter counts the writes to its connections.
+type writeCounter struct {
+	net.Listener
+	writes atomic.Int64
+}
+
+func (l *writeCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &countedConn{Conn: c, writes: &l.writes}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestStreamFlushOneWrite: once an answer is chunked (flushed by its handler before its end), a
+// flush of 20 KiB of events goes to the connection in one write, not one per 4 KiB (the
+// connection's own buffer); after the stream the connection answers its next request
+// byte for byte through its own buffer again.
+func TestStreamFlushOneWrite(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wc := &writeCounter{Listener: ln}
+	event := "data: " + strings.Repeat("e", 500) + "\n\n"
+	var flushWrites, nextBuf atomic.Int64
+	serveOn(t, wc, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/small" {
+			nextBuf.Store(int64(w.(*response).c.bw.Size())) // the serve goroutine's: no race
+			io.WriteString(w, "small answer")
+			return
+		}
+		io.WriteString(w, event)
+		w.(http.Flusher).Flush()
+		before := wc.writes.Load()
+		for range 40 {
+			io.WriteString(w, event)
+		}
+		w.(http.Flusher).Flush()
+		flushWrites.Store(wc.writes.Load() - before)
+		io.WriteString(w, event)
+	}), nil)
+	c := dial(t, ln.Addr().String())
+	io.WriteString(c, "GET /stream HTTP/1.1\r\nHost: h\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || string(b) != strings.Repeat(event, 42) {
+		t.Fatalf("streamed answer: %d bytes (want %d), %v", len(b), 42*len(event), err)
+	}
+	if n := flushWrites.Load(); n != 1 {
+		t.Errorf("a flush of %d bytes took %d writes, want 1", 40*len(event), n)
+	}
+	io.WriteString(c, "GET /small HTTP/1.1\r\nHost: h\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	if string(b) != "small answer" || resp.ContentLength != int64(len(b)) {
+		t.Fatalf("next answer %q (length %d)", b, resp.ContentLength)
+	}
+	if n := nextBuf.Load(); n != 4<<10 {
+		t.Errorf("after the stream the connection writes through a buffer of %d bytes, want its own 4 KiB", n)
+	}
+}
