@@ -718,7 +718,13 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	}
 	respBody := out.Bytes()
 	if st.shaper != nil {
-		respBody = st.shaper.rewrite(respBody)
+		var ok bool
+		if respBody, ok = st.shaper.rewrite(respBody); !ok {
+			// Hardening fails closed: an answer whose logprobs cannot be shaped is not
+			// relayed raw.
+			st.fail(w, errUpstreamDown, "engine answer the gateway could not parse to shape its logprobs")
+			return
+		}
 	}
 	st.outHash.Write(respBody)
 	if u, ok := parseUsage(out.Bytes()); ok {
@@ -744,7 +750,7 @@ func upstreamPath(endpoint string) string {
 }
 
 var (
-	dataPrefix   = []byte("data: ")
+	logprobWord  = []byte("logprob")
 	emptyChoices = []byte(`"choices":[]`)
 )
 
@@ -755,6 +761,23 @@ var (
 // spelling the event-stream grammar or a lenient client accepts: the space after the colon
 // is optional, and a value that merely starts with [DONE] counts (fail closed: such a line
 // is held until the answer is recorded).
+// ssePayload is a data line's value as an event-stream parser reads it ("data:", one
+// optional space), with its line end; ok is false for any other line.
+func ssePayload(line []byte) (payload []byte, ok bool) {
+	v, ok := bytes.CutPrefix(line, []byte("data:"))
+	if len(v) > 0 && v[0] == ' ' {
+		v = v[1:]
+	}
+	return v, ok
+}
+
+// blankLine reports whether line is an empty line (the end of an event).
+func blankLine(line []byte) bool { return len(line) == 1 || len(line) == 2 && line[0] == '\r' }
+
+// maxStreamLine bounds one line of an engine's stream (gathered whole when longer than the
+// stream reader's buffer).
+const maxStreamLine = 1 << 20
+
 func isDone(line []byte) bool {
 	v, ok := bytes.CutPrefix(line, []byte("data:"))
 	if len(v) > 0 && v[0] == ' ' {
@@ -849,16 +872,39 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 		streamReaders.Put(br)
 	}()
 	var outBytes int
+	var long []byte    // a line longer than br's buffer, gathered whole (at most maxStreamLine)
+	skipBlank := false // a usage event the client did not ask for was dropped: its blank line too
 	for {
 		line, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			// A line longer than the reader's buffer is gathered whole and then HMAC'd,
+			// checked and shaped as one line: relayed in pieces, a logprobs chunk's pieces
+			// could not be parsed and went out unshaped, and the pieces after the first
+			// were left out of the output HMAC.
+			if len(long)+len(line) > maxStreamLine {
+				st.reason = "engine sent a line over 1 MiB; the stream ends here"
+				break
+			}
+			long = append(long, line...)
+			continue
+		}
+		joined := long != nil
+		if joined {
+			line, long = append(long, line...), nil
+		}
 		if len(line) > 0 {
 			forward := true
-			if payload, ok := bytes.CutPrefix(line, dataPrefix); ok {
+			if skipBlank {
+				skipBlank = false
+				forward = !blankLine(line) // only a blank line: anything else is the next event's
+			}
+			payload, isData := ssePayload(line)
+			if isData {
 				if u, ok := parseUsage(payload); ok {
 					st.usage = u
 					if !clientWantsUsage && bytes.Contains(payload, emptyChoices) {
 						forward = false
-						br.ReadSlice('\n') // the blank line that ends the event
+						skipBlank = true
 					}
 				}
 				st.outHash.Write(payload)
@@ -875,15 +921,21 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				forward = false
 			}
 			shaped := false
-			if forward && st.shaper != nil {
-				if payload, ok := bytes.CutPrefix(line, dataPrefix); ok && bytes.Contains(payload, []byte(`"logprob"`)) {
-					line = append(append([]byte("data: "), st.shaper.rewrite(bytes.TrimRight(payload, "\n"))...), '\n')
-					shaped = true
+			if forward && isData && st.shaper != nil && bytes.Contains(payload, logprobWord) && !isDone(line) {
+				// Every data line that names logprobs (chat's "logprob", completions'
+				// "token_logprobs" and "top_logprobs") is shaped; one that cannot be parsed
+				// ends the stream — hardening fails closed, never relays raw values.
+				out, ok := st.shaper.rewrite(bytes.TrimRight(payload, "\r\n"))
+				if !ok {
+					st.reason = "a logprobs event the gateway could not shape; the stream ends here"
+					break
 				}
+				line = append(append([]byte("data: "), out...), '\n')
+				shaped = true
 			}
 			if forward {
 				end := len(line) == 1 // the blank line that ends an event
-				if !end && !shaped && err == nil && br.Buffered() > 0 {
+				if !end && !shaped && !joined && err == nil && br.Buffered() > 0 {
 					// The blank line that ends this event is here already: it goes out in the
 					// same Write. It is the byte right after line in the reader's buffer (no
 					// fill happens while a byte is buffered), so line reaches over it.
@@ -904,9 +956,6 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 					fl.Flush()
 				}
 			}
-		}
-		if errors.Is(err, bufio.ErrBufferFull) {
-			continue
 		}
 		if err != nil {
 			break

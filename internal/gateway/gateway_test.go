@@ -874,7 +874,7 @@ func FuzzRequestAndResponse(f *testing.F) {
 			}
 		}
 		parseUsage(body)
-		s.rewrite(body)
+		s.rewrite(body) // must not panic
 	})
 }
 

@@ -46,12 +46,12 @@ func (s *logprobShaper) shape(v float64, pos int, token string) float64 {
 
 // rewrite applies the shaper to every logprob in an OpenAI response or stream chunk (chat:
 // choices[].logprobs.content[].logprob and its top_logprobs; completions:
-// choices[].logprobs.token_logprobs and top_logprobs maps). Anything it cannot parse is
-// returned unchanged.
-func (s *logprobShaper) rewrite(body []byte) []byte {
+// choices[].logprobs.token_logprobs and top_logprobs maps). ok is false when body is not
+// a JSON object: the caller must not relay it (its logprobs, if any, are unshaped).
+func (s *logprobShaper) rewrite(body []byte) (out []byte, ok bool) {
 	var doc map[string]any
 	if json.Unmarshal(body, &doc) != nil {
-		return body
+		return body, false
 	}
 	choices, _ := doc["choices"].([]any)
 	changed := false
@@ -101,11 +101,11 @@ func (s *logprobShaper) rewrite(body []byte) []byte {
 		}
 	}
 	if !changed {
-		return body
+		return body, true
 	}
 	out, err := json.Marshal(doc)
 	if err != nil {
-		return body
+		return body, false
 	}
-	return out
+	return out, true
 }
