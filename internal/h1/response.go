@@ -19,11 +19,12 @@ import (
 const holdBytes = 4 << 10
 
 // streamWriters are the write buffers a chunked answer (flushed by its handler before its
-// end, or longer than holdBytes) writes through, from its headers to its end. A connection's own buffer is 4 KiB (kept
-// small: every idle keep-alive connection holds one); a flush of more went out as one
-// write per 4 KiB, and an SSE relay flushes whatever its engine sent in one read (peers
-// --stream, docs/bench/syscalls.sh: 0.067 writes a chunk through 4 KiB, 0.038 through
-// this — about one per engine read, 0.038 — and ~8 % less CPU a chunk).
+// end, or longer than holdBytes) writes through, from its headers to its end. A
+// connection's own buffer is 4 KiB (kept small: every idle keep-alive connection holds
+// one); a flush of more went out as one write per 4 KiB, and an SSE relay flushes whatever
+// its engine sent in one read (peers --stream, docs/bench/syscalls.sh: 0.067 writes a
+// chunk through 4 KiB, 0.038 through this — about one per engine read — and ~8 % less CPU
+// a chunk).
 var streamWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 
 // response is the http.ResponseWriter of one request.
