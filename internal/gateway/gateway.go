@@ -750,7 +750,7 @@ func upstreamPath(endpoint string) string {
 }
 
 var (
-	logprobWord  = []byte("logprob")
+	utf8BOM      = []byte("\xef\xbb\xbf")
 	emptyChoices = []byte(`"choices":[]`)
 )
 
@@ -872,6 +872,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 	var outBytes int
 	var long []byte    // a line longer than br's buffer, gathered whole (at most maxStreamLine)
 	skipBlank := false // a usage event the client did not ask for was dropped: its blank line too
+	first := true
 	for {
 		line, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -889,6 +890,11 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 		joined := long != nil
 		if joined {
 			line, long = append(long, line...), nil
+		}
+		if first {
+			// An event-stream parser skips one byte-order mark at the stream's start: so
+			// does this loop, or a first event behind one would pass unread.
+			line, first = bytes.TrimPrefix(line, utf8BOM), false
 		}
 		if len(line) > 0 {
 			forward := true
@@ -919,10 +925,10 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				forward = false
 			}
 			shaped := false
-			if forward && isData && st.shaper != nil && bytes.Contains(payload, logprobWord) && !isDone(line) {
-				// Every data line that names logprobs (chat's "logprob", completions'
-				// "token_logprobs" and "top_logprobs") is shaped; one that cannot be parsed
-				// ends the stream — hardening fails closed, never relays raw values.
+			if forward && isData && st.shaper != nil && !isDone(line) {
+				// Every data line is parsed, shaped and re-encoded (a filter on the bytes
+				// missed escaped key spellings); one that cannot be parsed ends the stream
+				// — hardening fails closed, never relays raw values.
 				out, ok := st.shaper.rewrite(bytes.TrimRight(payload, "\r\n"))
 				if !ok {
 					st.reason = "a logprobs event the gateway could not shape; the stream ends here"

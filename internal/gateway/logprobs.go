@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"strings"
+
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -44,68 +46,62 @@ func (s *logprobShaper) shape(v float64, pos int, token string) float64 {
 	return v
 }
 
-// rewrite applies the shaper to every logprob in an OpenAI response or stream chunk (chat:
-// choices[].logprobs.content[].logprob and its top_logprobs; completions:
-// choices[].logprobs.token_logprobs and top_logprobs maps). ok is false when body is not
-// a JSON object: the caller must not relay it (its logprobs, if any, are unshaped).
+// rewrite shapes every log-probability in an answer or stream chunk, wherever an
+// OpenAI-compatible engine puts one: any number whose key, or the key of an array or map
+// it sits in, names logprobs in any case (chat's logprobs.content[].logprob and
+// top_logprobs, logprobs.refusal, completions' token_logprobs and top_logprobs maps,
+// vLLM's prompt_logprobs at the top or per choice, a "Logprobs" a case-blind decoder
+// reads) — but not the fields there that are no log-probability (notLogprob: ranks, token
+// ids, byte values, offsets). The answer is re-encoded from what was parsed, changed or
+// not: bytes the parser dropped (a duplicated key's other value) never go out. ok is false
+// when body is not a JSON object: the caller must not relay it.
 func (s *logprobShaper) rewrite(body []byte) (out []byte, ok bool) {
 	var doc map[string]any
 	if json.Unmarshal(body, &doc) != nil {
 		return body, false
 	}
-	choices, _ := doc["choices"].([]any)
-	changed := false
-	for _, c := range choices {
-		ch, _ := c.(map[string]any)
-		lp, _ := ch["logprobs"].(map[string]any)
-		if lp == nil {
-			continue
-		}
-		if content, ok := lp["content"].([]any); ok { // chat
-			for pos, it := range content {
-				e, _ := it.(map[string]any)
-				if v, ok := e["logprob"].(float64); ok {
-					tok, _ := e["token"].(string)
-					e["logprob"], changed = s.shape(v, pos, tok), true
-				}
-				tops, _ := e["top_logprobs"].([]any)
-				for _, t := range tops {
-					te, _ := t.(map[string]any)
-					if v, ok := te["logprob"].(float64); ok {
-						tok, _ := te["token"].(string)
-						te["logprob"] = s.shape(v, pos, tok)
-					}
-				}
-			}
-		}
-		if tl, ok := lp["token_logprobs"].([]any); ok { // completions
-			toks, _ := lp["tokens"].([]any)
-			for pos, v := range tl {
-				if f, ok := v.(float64); ok {
-					tok := ""
-					if pos < len(toks) {
-						tok, _ = toks[pos].(string)
-					}
-					tl[pos], changed = s.shape(f, pos, tok), true
-				}
-			}
-			tops, _ := lp["top_logprobs"].([]any)
-			for pos, t := range tops {
-				m, _ := t.(map[string]any)
-				for tok, v := range m {
-					if f, ok := v.(float64); ok {
-						m[tok] = s.shape(f, pos, tok)
-					}
-				}
-			}
-		}
-	}
-	if !changed {
-		return body, true
-	}
+	s.walk(doc, false, 0, "")
 	out, err := json.Marshal(doc)
 	if err != nil {
 		return body, false
 	}
 	return out, true
 }
+
+// walk shapes the numbers under v; under: a key on the way names logprobs; pos and tok:
+// the nearest array index and token (a "token" or "decoded_token" beside it, or the key
+// of a token-to-logprob map), which key the noise.
+func (s *logprobShaper) walk(v any, under bool, pos int, tok string) any {
+	switch x := v.(type) {
+	case map[string]any:
+		if t, ok := x["token"].(string); ok {
+			tok = t
+		} else if t, ok := x["decoded_token"].(string); ok {
+			tok = t
+		}
+		for k, c := range x {
+			lk := strings.ToLower(k)
+			if notLogprob[lk] {
+				continue
+			}
+			named := strings.Contains(lk, "logprob")
+			ctok := tok
+			if under && !named {
+				ctok = k // a map of token (or token id) to its logprob
+			}
+			x[k] = s.walk(c, under || named, pos, ctok)
+		}
+	case []any:
+		for i, c := range x {
+			x[i] = s.walk(c, under, i, tok)
+		}
+	case float64:
+		if under {
+			return s.shape(x, pos, tok)
+		}
+	}
+	return v
+}
+
+// notLogprob are the fields beside logprobs that hold other numbers.
+var notLogprob = map[string]bool{"rank": true, "bytes": true, "text_offset": true, "token_id": true, "token_ids": true, "index": true, "id": true}

@@ -57,6 +57,7 @@ type features struct {
 	BestOf         *int
 	LogprobsOn     bool // chat: logprobs true
 	LogprobsN      *int // completions: the count
+	logprobsBool   bool // logprobs given as true or false (completions refuses it)
 	TopLogprobs    *int
 	PromptLogprobs *int
 	Echo           bool
@@ -138,6 +139,12 @@ func parseRequest(body []byte, endpoint string) (*features, error) {
 	if _, err := dec.ReadToken(); err != io.EOF {
 		return nil, refuse("trailing data after the JSON object")
 	}
+	if endpoint == "completions" && f.logprobsBool {
+		// Completions' logprobs is a count. An engine that reads a boolean as one (vLLM's
+		// lax validation: false is 0, the sampled token's logprob) would answer with
+		// logprobs that "false" told hardening were not asked for.
+		return nil, refuse("logprobs must be a number (how many) on completions")
+	}
 	return f, nil
 }
 
@@ -177,9 +184,10 @@ func (f *features) field(dec *jsontext.Decoder, name string) error {
 	case "prompt_logprobs":
 		f.PromptLogprobs, err = readCount(dec, name)
 	case "logprobs":
-		if dec.PeekKind() == '0' { // completions: the number of logprobs
+		if k := dec.PeekKind(); k == '0' { // completions: the number of logprobs
 			f.LogprobsN, err = readCount(dec, name)
 		} else {
+			f.logprobsBool = k == 't' || k == 'f'
 			f.LogprobsOn, err = readBool(dec, name)
 		}
 	case "logit_bias":
