@@ -1,13 +1,13 @@
 package gateway
 
 import (
-	"strings"
-
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"math"
+	"strings"
 )
 
 // logprobShaper rounds logprobs and adds noise that is deterministic per (key, principal,
@@ -47,17 +47,20 @@ func (s *logprobShaper) shape(v float64, pos int, token string) float64 {
 }
 
 // rewrite shapes every log-probability in an answer or stream chunk, wherever an
-// OpenAI-compatible engine puts one: any number whose key, or the key of an array or map
-// it sits in, names logprobs in any case (chat's logprobs.content[].logprob and
-// top_logprobs, logprobs.refusal, completions' token_logprobs and top_logprobs maps,
-// vLLM's prompt_logprobs at the top or per choice, a "Logprobs" a case-blind decoder
-// reads) — but not the fields there that are no log-probability (notLogprob: ranks, token
-// ids, byte values, offsets). The answer is re-encoded from what was parsed, changed or
-// not: bytes the parser dropped (a duplicated key's other value) never go out. ok is false
-// when body is not a JSON object: the caller must not relay it.
+// OpenAI-compatible engine puts one: every number under a key that names logprobs in any
+// case (chat's logprobs.content[].logprob and top_logprobs, logprobs.refusal, completions'
+// token_logprobs and top_logprobs maps, vLLM's prompt_logprobs at the top or per choice, a
+// "Logprobs" a case-blind decoder reads), but the non-negative integers written as such
+// there — ranks, token ids, byte values, offsets; a log-probability is a float at most 0.
+// Fields are not told apart by name: a token-to-logprob map's keys are tokens, and a
+// client can make the model emit a token named "rank". The answer is re-encoded from what
+// was parsed, changed or not: bytes the parser dropped (a duplicated key's other value)
+// never go out. ok is false when body is not a JSON object: the caller must not relay it.
 func (s *logprobShaper) rewrite(body []byte) (out []byte, ok bool) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
 	var doc map[string]any
-	if json.Unmarshal(body, &doc) != nil {
+	if dec.Decode(&doc) != nil || dec.InputOffset() != int64(len(bytes.TrimRight(body, " \t\r\n"))) {
 		return body, false
 	}
 	s.walk(doc, false, 0, "")
@@ -80,11 +83,7 @@ func (s *logprobShaper) walk(v any, under bool, pos int, tok string) any {
 			tok = t
 		}
 		for k, c := range x {
-			lk := strings.ToLower(k)
-			if notLogprob[lk] {
-				continue
-			}
-			named := strings.Contains(lk, "logprob")
+			named := strings.Contains(strings.ToLower(k), "logprob")
 			ctok := tok
 			if under && !named {
 				ctok = k // a map of token (or token id) to its logprob
@@ -95,13 +94,26 @@ func (s *logprobShaper) walk(v any, under bool, pos int, tok string) any {
 		for i, c := range x {
 			x[i] = s.walk(c, under, i, tok)
 		}
-	case float64:
-		if under {
-			return s.shape(x, pos, tok)
+	case json.Number:
+		if !under || counting(string(x)) {
+			return x // written back as it was read
 		}
+		f, err := x.Float64()
+		if err != nil {
+			return math.Inf(-1) // beyond float64: json.Marshal refuses it, the answer is not relayed
+		}
+		return s.shape(f, pos, tok)
 	}
 	return v
 }
 
-// notLogprob are the fields beside logprobs that hold other numbers.
-var notLogprob = map[string]bool{"rank": true, "bytes": true, "text_offset": true, "token_id": true, "token_ids": true, "index": true, "id": true}
+// counting reports whether a JSON number is written as a non-negative integer (a rank, an
+// id, a byte, an offset — never a log-probability, which engines write as floats ≤ 0).
+func counting(n string) bool {
+	for i := 0; i < len(n); i++ {
+		if n[i] < '0' || n[i] > '9' {
+			return false
+		}
+	}
+	return n != ""
+}

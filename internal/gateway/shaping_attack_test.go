@@ -168,3 +168,28 @@ func TestStreamUsageEventWithoutBlankLine(t *testing.T) {
 	}
 	t.Fatalf("no request record among %d", len(kept.recs))
 }
+
+// TestShapingTokensNamedLikeFields: in a token-to-logprob map the keys are tokens, and a
+// client can make the model emit one spelled "rank" or "index": its logprob is shaped like
+// any other, while the real ranks, ids and byte values beside logprobs stay as written.
+func TestShapingTokensNamedLikeFields(t *testing.T) {
+	s := &logprobShaper{decimals: 2}
+	in := `{"choices":[{"index":0,"text":"x","logprobs":{"tokens":["rank"],"token_logprobs":[-0.123456789],` +
+		`"top_logprobs":[{"rank":-0.123456789,"index":-1.123456789,"bytes":-2.123456789}],"text_offset":[7]}}],` +
+		`"prompt_logprobs":[null,{"1234":{"logprob":-0.123456789,"rank":1,"decoded_token":"id"}}],` +
+		`"x":{"content":[{"token":"a","logprob":-0.987654321,"bytes":[97]}]}}`
+	out, ok := s.rewrite([]byte(in))
+	if !ok {
+		t.Fatal("not parsed")
+	}
+	got := string(out)
+	if strings.Contains(got, "123456789") || strings.Contains(got, "987654321") {
+		t.Fatalf("a logprob went out unshaped: %s", got)
+	}
+	for _, want := range []string{`"rank":-0.12`, `"index":-1.12`, `"bytes":-2.12`, `"text_offset":[7]`, `"rank":1`,
+		`"logprob":-0.12`, `"index":0`, `"logprob":-0.99`, `"bytes":[97]`} {
+		if !strings.Contains(got, want) {
+			t.Fatalf("%s missing from %s", want, got)
+		}
+	}
+}
