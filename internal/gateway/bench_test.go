@@ -185,3 +185,21 @@ func BenchmarkMetricsObserve(b *testing.B) {
 		m.observe(st, st.start.Add(3*time.Millisecond))
 	}
 }
+
+// BenchmarkShapeChunk: the logprob shaper on one chat stream chunk with top_logprobs 5
+// (what every chunk of a stream that asks for logprobs costs it), CPU per chunk.
+func BenchmarkShapeChunk(b *testing.B) {
+	s := &logprobShaper{decimals: 2, sigma: 0.5, key: []byte("k"), ctx: []byte("alice")}
+	chunk := []byte(`{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":" the"},` +
+		`"logprobs":{"content":[{"token":" the","logprob":-0.0312,"bytes":[32,116,104,101],"top_logprobs":[` +
+		`{"token":" the","logprob":-0.0312,"bytes":[32,116,104,101]},{"token":" a","logprob":-3.52,"bytes":[32,97]},` +
+		`{"token":" this","logprob":-5.1,"bytes":[32,116,104,105,115]},{"token":" that","logprob":-6.25,"bytes":[32,116,104,97,116]},` +
+		`{"token":" an","logprob":-7.5,"bytes":[32,97,110]}]}]},"finish_reason":null}]}`)
+	cpu0 := testenv.CPUTime()
+	for b.Loop() {
+		if _, ok := s.rewrite(chunk); !ok {
+			b.Fatal("not parsed")
+		}
+	}
+	b.ReportMetric(float64((testenv.CPUTime()-cpu0).Nanoseconds())/1e3/float64(b.N), "cpu-µs/chunk")
+}
