@@ -751,6 +751,7 @@ func upstreamPath(endpoint string) string {
 
 var (
 	utf8BOM      = []byte("\xef\xbb\xbf")
+	doneValue    = []byte("[DONE]")
 	emptyChoices = []byte(`"choices":[]`)
 )
 
@@ -770,15 +771,6 @@ func blankLine(line []byte) bool { return len(line) == 1 || len(line) == 2 && li
 // maxStreamLine bounds one line of an engine's stream (gathered whole when longer than the
 // stream reader's buffer).
 const maxStreamLine = 1 << 20
-
-// isDone reports whether a line is the OpenAI stream's last event, "data: [DONE]", in any
-// spelling the event-stream grammar or a lenient client accepts: the space after the colon
-// is optional, and a value that merely starts with [DONE] counts (fail closed: such a line
-// is held until the answer is recorded).
-func isDone(line []byte) bool {
-	v, ok := ssePayload(line)
-	return ok && bytes.HasPrefix(v, []byte("[DONE]")) // the line's end cannot be part of the prefix
-}
 
 // maxHeldAfterDone bounds what is held from [DONE] on until the answer's record is durable.
 const maxHeldAfterDone = 64 << 10
@@ -903,6 +895,11 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				forward = !blankLine(line) // only a blank line: anything else is the next event's
 			}
 			payload, isData := ssePayload(line)
+			// The OpenAI stream's last event, "data: [DONE]", in any spelling the
+			// event-stream grammar or a lenient client accepts: the space after the colon
+			// is optional, and a value that merely starts with [DONE] counts (fail closed:
+			// such a line is held until the answer is recorded).
+			lastEvent := isData && bytes.HasPrefix(payload, doneValue)
 			if isData {
 				if u, ok := parseUsage(payload); ok {
 					st.usage = u
@@ -914,7 +911,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				st.outHash.Write(payload)
 				outBytes += len(payload)
 			}
-			if forward && g.cfg.RecordAnswers && g.cfg.Records != nil && (done != nil || isDone(line)) {
+			if forward && g.cfg.RecordAnswers && g.cfg.Records != nil && (done != nil || lastEvent) {
 				if len(done)+len(line) > maxHeldAfterDone {
 					// An engine that goes on after [DONE] is not held in memory without bound:
 					// the rest is dropped and the stream ends here.
@@ -925,7 +922,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				forward = false
 			}
 			shaped := false
-			if forward && isData && st.shaper != nil && !isDone(line) {
+			if forward && isData && st.shaper != nil && !lastEvent {
 				// Every data line is parsed, shaped and re-encoded (a filter on the bytes
 				// missed escaped key spellings); one that cannot be parsed ends the stream
 				// — hardening fails closed, never relays raw values.
