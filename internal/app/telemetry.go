@@ -66,7 +66,8 @@ func (a *App) RequestRecords() *audit.Batcher {
 		ac := a.Config.Audit
 		a.batcher = audit.NewBatcher(a.AuditLog, a.AuditLog.Bundles(), audit.BatcherConfig{MaxRecords: ac.RequestBatchRecords,
 			MaxDelay: ac.RequestBatchDelay.Duration, Journal: a.requestJournal(), JournalKey: a.journalKey,
-			PrewriteSegments: ac.JournalPrewrittenSegments})
+			PrewriteSegments: ac.JournalPrewrittenSegments, Written: ac.RequestDurability != "synced",
+			SyncEvery: ac.RequestSyncInterval.Duration})
 	})
 	return a.batcher
 }

@@ -241,7 +241,10 @@ func TestJournalPrewrittenSegmentsConfig(t *testing.T) {
 	ctx := context.Background()
 	for _, prewrite := range []bool{false, true} {
 		t.Run(fmt.Sprintf("prewritten=%v", prewrite), func(t *testing.T) {
-			a, _ := initApp(t, ctx, func(c *config.Config) { c.Audit.JournalPrewrittenSegments = prewrite })
+			a, _ := initApp(t, ctx, func(c *config.Config) {
+				c.Audit.JournalPrewrittenSegments = prewrite
+				c.Audit.RequestDurability = "synced" // the group commit's segments (written ones are not prewritten)
+			})
 			b := a.RequestRecords()
 			ev := audit.Event{V: 1, TS: time.Now(), Kind: audit.KindRequest, Decision: audit.Allow,
 				Actor: map[string]string{"principal": "p"}, Subject: map[string]string{"model": "m"}}
@@ -292,4 +295,38 @@ func journalFDs(t *testing.T, root string) (direct, open int) {
 		}
 	}
 	return direct, open
+}
+
+// TestRequestDurabilityConfig: by default request records are written (audit.
+// request_durability "written": a shadow of the open segment on tmpfs names the journal);
+// "synced" keeps the group commit (no shadow).
+func TestRequestDurabilityConfig(t *testing.T) {
+	if audit.ShadowBase != "/dev/shm" {
+		t.Skip("no tmpfs at /dev/shm")
+	}
+	ctx := context.Background()
+	for _, mode := range []string{"", "synced"} {
+		t.Run("durability="+mode, func(t *testing.T) {
+			a, _ := initApp(t, ctx, func(c *config.Config) { c.Audit.RequestDurability = mode })
+			ev := audit.Event{V: 1, TS: time.Now(), Kind: audit.KindRequest, Decision: audit.Allow,
+				Actor: map[string]string{"principal": "p"}, Subject: map[string]string{"model": "m"}}
+			if _, err := a.RequestRecords().Submit(ctx, ev)(); err != nil {
+				t.Fatal(err)
+			}
+			root, err := filepath.EvalSymlinks(a.requestJournal())
+			if err != nil {
+				t.Fatal(err)
+			}
+			markers, _ := filepath.Glob("/dev/shm/strongroom-journal-*/journal")
+			shadowed := false
+			for _, m := range markers {
+				if b, err := os.ReadFile(m); err == nil && string(b) == root {
+					shadowed = true
+				}
+			}
+			if shadowed != (mode == "") {
+				t.Fatalf("request_durability %q: a shadow of the open segment %v", mode, shadowed)
+			}
+		})
+	}
 }

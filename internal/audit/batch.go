@@ -374,6 +374,9 @@ type Batcher struct {
 	lastIdx      uint64 // the folder's last batch entry
 	folded       bool   // the folder has made one
 
+	written   bool          // records are written by their submitters (BatcherConfig.Written)
+	syncEvery time.Duration // written: how often the open segment is synced
+
 	bundleBuf  []byte // the last bundle's storage, reused by commitRecords (one goroutine at a time)
 	linkWarned bool   // commitRecords said a segment could not be linked
 }
@@ -412,6 +415,12 @@ type BatcherConfig struct {
 	// and an fdatasync). Off by default (config audit.journal_prewritten_segments): see
 	// journal_direct.go.
 	PrewriteSegments bool
+	// Written (with a journal): a request's goroutine writes its record into the journal
+	// through a shared mapping, and its Future is resolved when that returns — the record
+	// survives the process at once and the host after SyncEvery (journal_mapped.go) —
+	// instead of a group commit whose Futures resolve after its fdatasync.
+	Written   bool
+	SyncEvery time.Duration // Written: how often written records are synced (DefaultSyncEvery)
 }
 
 // DefaultGroupDelay is how long a group of records gathers before one journal append.
@@ -451,6 +460,10 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 	}
 	b.barrier, b.folds, b.foldDone = make(chan chan barrierResult), make(chan foldItem, 1024), make(chan struct{})
 	b.journalRoot, b.journalKey, b.growSegments = cfg.Journal, cfg.JournalKey, !cfg.PrewriteSegments
+	b.written, b.syncEvery = cfg.Written, cfg.SyncEvery
+	if b.syncEvery <= 0 {
+		b.syncEvery = DefaultSyncEvery
+	}
 	if err := b.openJournal(cfg.Journal); err != nil {
 		b.broken = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		l.log.Error("ALERT request journal unusable; refusing what needs a record", "err", err)
@@ -463,7 +476,11 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 		return b
 	}
 	go b.foldLoop()
-	go b.runJournal()
+	if b.written {
+		go b.runWritten()
+	} else {
+		go b.runJournal()
+	}
 	return b
 }
 
@@ -471,6 +488,9 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 // opening; one may have died since), then opens this process's own, its first segment's
 // floor the log's size now.
 func (b *Batcher) openJournal(root string) error {
+	if b.written {
+		sweepShadows()
+	}
 	if err := b.foldDead(root); err != nil {
 		return err
 	}
@@ -478,7 +498,7 @@ func (b *Batcher) openJournal(root string) error {
 	if err != nil {
 		return fmt.Errorf("reading the log's size: %w", err)
 	}
-	j, err := openJournalFrom(root, b.maxRecords, b.journalKey, b.growSegments, size)
+	j, err := openJournalWith(&journal{root: root, batch: b.maxRecords, key: b.journalKey, prewrite: prewriteMin, noDirect: b.growSegments, packed: b.written, mapped: mapped{warn: b.log.log.Warn}}, size)
 	if err != nil {
 		return err
 	}
@@ -505,6 +525,10 @@ func (b *Batcher) foldDead(root string) error {
 		}
 		from := size
 		for _, seg := range left {
+			if seg.scan.lost {
+				b.log.log.Error("ALERT request journal segment of a stopped process ends in bytes that are not a frame: records written after its last sync were lost (the host crashed) or the segment was damaged; the records before them are folded",
+					"segment", filepath.Base(seg.path), "records", len(seg.recs))
+			}
 			switch {
 			case seg.scan.v4 && (len(seg.recs) > 0 || seg.scan.prev.seq != 0):
 				from = min(from, seg.scan.floor)
@@ -573,6 +597,9 @@ func (b *Batcher) SubmitEncoded(ctx context.Context, rec store.AuditEvent) Futur
 	if werr := b.Healthy(); werr != nil {
 		return func() (uint64, error) { return 0, werr }
 	}
+	if b.written {
+		return b.write(rec)
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -613,6 +640,9 @@ func (b *Batcher) SubmitEncoded(ctx context.Context, rec store.AuditEvent) Futur
 // serving waits on a record — no one is left to join the group, so waiting longer only
 // adds latency.
 func (b *Batcher) CommitNow() {
+	if b.written {
+		return // no group: each record is written by its request
+	}
 	b.mu.Lock()
 	if p := b.cur; p != nil && len(p.records) > 0 {
 		b.ready = append(b.ready, p)
@@ -917,6 +947,9 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 	}
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	if d := shadowDirFor(filepath.Dir(seg.path)); d != "" {
+		os.Remove(filepath.Join(d, filepath.Base(seg.path))) // a dead process's open segment's
 	}
 	return nil
 }

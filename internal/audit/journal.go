@@ -104,7 +104,10 @@ const journalHeaderV3 = len(journalMagicV3) + 4 + 1
 // A v4 header's flags (v2, v3: 1 keyed, 0 not).
 const (
 	flagKeyed = 1 // frames carry a MAC
-	flagPaged = 2 // each write is one frame from a fresh page, zeros before it: set in every v4 segment
+	flagPaged = 2 // each write is one frame from a fresh page, zeros before it: set in every v4 segment but a packed one
+	// flagPacked (instead of flagPaged): frames one after another from the segment's
+	// second page, written through a shared mapping (journal_mapped.go).
+	flagPacked = 4
 )
 
 // sectorSize is the smallest unit a device writes whole: a torn write loses whole sectors.
@@ -153,6 +156,9 @@ type journal struct {
 	spare    chan *spare // the next segment, being prepared (nil: none)
 	noDirect bool        // a preparation failed: segments grow
 	prewrite int64       // how many bytes of zeros the next preparation writes
+	// Packed segments written through a shared mapping (journal_mapped.go).
+	packed bool
+	mapped
 }
 
 // segLink names a segment from the next one's header: its number + 1 (0: none), its
@@ -264,10 +270,15 @@ func openJournalGrowing(root string, batch int, key []byte, grow bool) (*journal
 
 // openJournalFrom is openJournalGrowing with the first segment's floor (the log's size).
 func openJournalFrom(root string, batch int, key []byte, grow bool, floor uint64) (*journal, error) {
-	if err := os.MkdirAll(root, 0o700); err != nil {
+	return openJournalWith(&journal{root: root, batch: batch, key: key, prewrite: prewriteMin, noDirect: grow}, floor)
+}
+
+// openJournalWith claims a directory for j (set up, not yet opened) under j.root and
+// starts its first segment, whose floor is floor.
+func openJournalWith(j *journal, floor uint64) (*journal, error) {
+	if err := os.MkdirAll(j.root, 0o700); err != nil {
 		return nil, err
 	}
-	j := &journal{root: root, batch: batch, key: key, prewrite: prewriteMin, noDirect: grow}
 	j.floor.Store(floor)
 	if err := j.claim(); err != nil {
 		return nil, err
@@ -415,6 +426,10 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 		if err != nil {
 			return nil, err
 		}
+		whole := sc.n == len(b) && !sc.v2
+		if sc, whole, err = withShadow(sc, whole, p, b, key); err != nil {
+			return nil, err
+		}
 		recs := make([]store.AuditEvent, len(sc.recs))
 		for i, r := range sc.recs {
 			// Only what Submit could have written is folded: a record that is not a
@@ -428,7 +443,7 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 		seg.scan.recs = nil
 		// Only a v3 or v4 segment is linked as its bundle: a v2 one's MACs do not bind its
 		// directory, and a served copy of it could be replayed into another.
-		if sc.n == len(b) && !sc.v2 {
+		if whole {
 			sum := sha256.Sum256(b)
 			seg.sum = sum[:]
 		}
@@ -510,6 +525,7 @@ func checkLinks(segs []segment, have map[string]bool) error {
 
 // removeOrphan removes a dead process's journal directory once its segments are folded.
 func removeOrphan(o orphan) error {
+	removeShadows(o.dir)
 	err := os.RemoveAll(o.dir)
 	o.lock.Close()
 	return err
@@ -519,6 +535,9 @@ func removeOrphan(o orphan) error {
 // A process whose directory was removed under it claims a new one first. A failed start is
 // retried under the next number.
 func (j *journal) start() error {
+	if j.packed {
+		return j.startMapped()
+	}
 	if !j.ours() {
 		if err := j.claim(); err != nil {
 			return err
@@ -575,6 +594,9 @@ func (j *journal) header() []byte {
 	flags := byte(flagPaged)
 	if j.key != nil {
 		flags |= flagKeyed
+	}
+	if j.packed {
+		flags ^= flagPaged | flagPacked
 	}
 	hdr = append(hdr, flags)
 	floor := j.floor.Load()
@@ -702,6 +724,10 @@ func (j *journal) closeSegment(whole bool) *segment {
 	if j.f == nil {
 		return nil
 	}
+	if j.packed {
+		seg, _ := j.closeMapped(whole)
+		return seg
+	}
 	if j.direct {
 		// Its zeros cut off (whole only if that is durable: the bundle's name is the
 		// SHA-256 of the file), and the next preparation sized after it.
@@ -730,8 +756,10 @@ func (j *journal) closeSegment(whole bool) *segment {
 // when no segment is left (every one folded), the process's directory; then drops the lock.
 func (j *journal) close() {
 	j.closeSegment(false)
+	j.dropShadow()
 	j.dropSpare()
 	if segs, err := filepath.Glob(filepath.Join(j.dir, "*.wal")); err == nil && len(segs) == 0 && j.ours() {
+		removeShadows(j.dir)
 		os.RemoveAll(j.dir)
 	}
 	j.lock.Close()
@@ -766,6 +794,9 @@ type segScan struct {
 	v2    bool // a version before the eleventh session's
 	floor uint64
 	prev  segLink
+	// lost: a packed segment has bytes after its last whole frame that are not zeros and
+	// not a frame — a crash of the host before they were synced, or damage (an ALERT).
+	lost bool
 	// ends is, after each whole frame, the records so far and the MAC chain's value: the
 	// next segment's link must name one of them (its last, unless an append failed after
 	// its frame was written: those records were refused, and are folded all the same).
@@ -821,7 +852,7 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 	}
 	macLen := 0
 	switch {
-	case sc.v4 && flags&^flagKeyed != flagPaged, !sc.v4 && flags > 1, sc.batch < 1, sc.batch > MaxBatch:
+	case sc.v4 && flags&^flagKeyed != flagPaged && flags&^flagKeyed != flagPacked, !sc.v4 && flags > 1, sc.batch < 1, sc.batch > MaxBatch:
 		return segScan{}, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
 	case anyMAC:
 		macLen = int(keyed) * sha256.Size
@@ -833,6 +864,9 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 		macLen = sha256.Size
 	}
 	mac := firstMAC(key, macFor)
+	if sc.v4 && flags&flagPacked != 0 {
+		return scanPacked(b, sc, name, key, macLen, mac)
+	}
 scan:
 	for len(rest) > 0 {
 		if len(rest) < fh || allZero(rest) {
@@ -902,21 +936,29 @@ scan:
 			}
 			mac = want
 		}
-		for len(payload) > 0 {
-			l, k := binary.Uvarint(payload)
-			if k <= 0 || l > uint64(len(payload)-k) || l > MaxEventSize {
-				return segScan{}, fmt.Errorf("%w: %s: malformed record in a whole frame", ErrEvent, name)
-			}
-			sc.recs = append(sc.recs, payload[k:k+int(l)])
-			payload = payload[k+int(l):]
+		if err := sc.addFrame(payload, mac, name); err != nil {
+			return segScan{}, err
 		}
-		end := segLink{recs: uint32(len(sc.recs))}
-		copy(end.mac[:], mac)
-		sc.ends = append(sc.ends, end)
 		rest = rest[whole:]
 	}
 	sc.n = len(b) - len(rest)
 	return sc, nil
+}
+
+// addFrame takes a whole frame's records (its payload; mac the chain's value after it).
+func (sc *segScan) addFrame(payload, mac []byte, name string) error {
+	for len(payload) > 0 {
+		l, k := binary.Uvarint(payload)
+		if k <= 0 || l > uint64(len(payload)-k) || l > MaxEventSize {
+			return fmt.Errorf("%w: %s: malformed record in a whole frame", ErrEvent, name)
+		}
+		sc.recs = append(sc.recs, payload[k:k+int(l)])
+		payload = payload[k+int(l):]
+	}
+	end := segLink{recs: uint32(len(sc.recs))}
+	copy(end.mac[:], mac)
+	sc.ends = append(sc.ends, end)
+	return nil
 }
 
 // Why a frame fails its checks (frameAt).

@@ -70,8 +70,6 @@ func TestAttackJournalCorruptMiddleFrame(t *testing.T) {
 	}
 }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
 // TestAttackJournalRefoldOtherBatchSize: a process (RequestBatchRecords 20) dies in the
 // middle of folding a 60-record segment: the first batch entry (records 0..19) is in the
 // log, the segment is not yet removed. The operator restarts it with another

@@ -113,6 +113,22 @@ func TestJournal(t *testing.T) {
 	for i := range 30 {
 		fs = append(fs, b.Submit(ctx, requestEvent(150+i)))
 	}
+	got := journalEnd(t, tl, b, jdir, fs)
+	// Rows made from the submitted events (not parsed) are the rows parsed from the bytes.
+	for _, r := range got {
+		want := indexRecord(r.Index, r.Raw)
+		if !r.TS.Equal(want.TS) || r.Kind != want.Kind || r.Principal != want.Principal || r.Decision != want.Decision {
+			t.Fatalf("index row %+v, parsed from its record %+v", r, want)
+		}
+	}
+}
+
+// journalEnd ends TestJournal and TestWrittenJournal: the futures resolve, Close leaves no
+// segment and refuses records, the log holds requestEvent(0..179) in order, and "p1"'s
+// records are found (returned).
+func journalEnd(t *testing.T, tl *testLog, b *Batcher, jdir string, fs []Future) []store.AuditEvent {
+	t.Helper()
+	ctx := context.Background()
 	for _, f := range fs {
 		if _, err := f(); err != nil {
 			t.Fatal(err)
@@ -131,13 +147,7 @@ func TestJournal(t *testing.T) {
 	if err != nil || len(got) != 180/4 {
 		t.Fatalf("search: %d records, %v", len(got), err)
 	}
-	// Rows made from the submitted events (not parsed) are the rows parsed from the bytes.
-	for _, r := range got {
-		want := indexRecord(r.Index, r.Raw)
-		if !r.TS.Equal(want.TS) || r.Kind != want.Kind || r.Principal != want.Principal || r.Decision != want.Decision {
-			t.Fatalf("index row %+v, parsed from its record %+v", r, want)
-		}
-	}
+	return got
 }
 
 // TestJournalRefold: a process that died after folding a segment's batches but before
@@ -299,6 +309,8 @@ func FuzzParseSegment(f *testing.F) {
 	one, _ = sealFrame(one, len(testHeader()), nil, nil)
 	f.Add(one)
 	f.Add(legacySegment(journalMagicV3, [][]store.AuditEvent{rawRecs(0, 2)}, nil, "d/s"))
+	f.Add(packedSeed()) // written records (journal_mapped.go)
+	f.Add(packedSeed()[:pageSize+5])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		recs, _, err := parseSegment(b, "fuzz", nil)
 		if err != nil {
@@ -333,7 +345,8 @@ func TestJournalCrashHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := NewBatcher(l, DirBundles{Dir: dir}, BatcherConfig{MaxRecords: 64, Journal: filepath.Join(dir, "journal"), FoldEvery: 20 * time.Millisecond})
+	b := NewBatcher(l, DirBundles{Dir: dir}, BatcherConfig{MaxRecords: 64, Journal: filepath.Join(dir, "journal"), FoldEvery: 20 * time.Millisecond,
+		Written: os.Getenv("AUDIT_JOURNAL_WRITTEN") != "", SyncEvery: time.Hour})
 	var mu sync.Mutex
 	out := bufio.NewWriter(os.Stdout)
 	var wg sync.WaitGroup
@@ -359,15 +372,22 @@ func TestJournalCrashHelper(t *testing.T) {
 
 // TestJournalKillUnderLoad: kill -9 a process whose request records go through the
 // journal, while folds run; after restart every acknowledged record is in the log exactly
-// once and the log verifies.
+// once and the log verifies. Written records (journal_mapped.go) with no sync at all
+// (SyncEvery an hour): what the process wrote into the mapping outlives it.
 func TestJournalKillUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns a process")
 	}
+	for _, written := range []string{"", "1"} {
+		t.Run(map[string]string{"": "synced", "1": "written"}[written], func(t *testing.T) { testJournalKillUnderLoad(t, written) })
+	}
+}
+
+func testJournalKillUnderLoad(t *testing.T, written string) {
 	dir := filepath.Join(t.TempDir(), "log")
 	skey, vkey, _ := note.GenerateKey(nil, "strongroom.test/journal-crash")
 	acked := map[string]bool{}
-	for _, line := range ackedUntilKilled(t, "TestJournalCrashHelper", 2000, "AUDIT_JOURNAL_DIR="+dir, "AUDIT_CRASH_SKEY="+skey) {
+	for _, line := range ackedUntilKilled(t, "TestJournalCrashHelper", 2000, "AUDIT_JOURNAL_DIR="+dir, "AUDIT_CRASH_SKEY="+skey, "AUDIT_JOURNAL_WRITTEN="+written) {
 		acked[line] = true
 	}
 	s, _ := note.NewSigner(skey)
@@ -484,13 +504,17 @@ func TestJournalDiskFull(t *testing.T) {
 	for _, journalOnly := range []bool{false, true} {
 		for _, pad := range []int{0, 48 << 10} {
 			name := map[bool]string{false: "log", true: "journal only"}[journalOnly] + map[bool]string{false: "", true: "/48KiB records"}[pad > 0]
-			t.Run(name, func(t *testing.T) { testJournalDiskFull(t, journalOnly, pad, journalOnly) })
+			t.Run(name, func(t *testing.T) { testJournalDiskFull(t, journalOnly, pad, journalOnly, false) })
 		}
 	}
-	t.Run("journal only/prewritten", func(t *testing.T) { testJournalDiskFull(t, true, 48<<10, false) })
+	t.Run("journal only/prewritten", func(t *testing.T) { testJournalDiskFull(t, true, 48<<10, false, false) })
+	// Written records: a segment is allocated whole when it starts, so a full disk refuses
+	// the segment (and every record until the probe starts one), never a record in it.
+	t.Run("journal only/written", func(t *testing.T) { testJournalDiskFull(t, true, 48<<10, true, true) })
+	t.Run("log/written", func(t *testing.T) { testJournalDiskFull(t, false, 0, true, true) })
 }
 
-func testJournalDiskFull(t *testing.T, journalOnly bool, pad int, grow bool) {
+func testJournalDiskFull(t *testing.T, journalOnly bool, pad int, grow, written bool) {
 	event := func(i int) Event {
 		ev := requestEvent(i)
 		if pad > 0 {
@@ -509,7 +533,7 @@ func testJournalDiskFull(t *testing.T, journalOnly bool, pad int, grow bool) {
 	}
 	ctx := context.Background()
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxDelay: time.Millisecond, FoldEvery: 20 * time.Millisecond,
-		Journal: jdir, PrewriteSegments: !grow})
+		Journal: jdir, PrewriteSegments: !grow, Written: written})
 	n := 0
 	submit := func() error {
 		_, err := b.Submit(ctx, event(n))()
@@ -541,13 +565,14 @@ func testJournalDiskFull(t *testing.T, journalOnly bool, pad int, grow bool) {
 			}
 		}
 	}
-	if journalOnly && !grow {
+	if (journalOnly && !grow) || written {
 		// Prewritten segments on the full disk, folded to the log's own: records go into
 		// segments reserved before (freed by their folds) as long as a preparation finds
 		// room — most runs take every record, some refuse once the next preparation does
 		// not fit (v4's page-aligned writes leave less of a cut segment to free). Either
 		// way nothing refused is acknowledged, and the recovery below holds.
-		t.Logf("prewritten segments on a full disk: %d refused", refused)
+		// Written records the same: a segment's space is allocated when it starts.
+		t.Logf("prewritten or written segments on a full disk: %d refused", refused)
 	} else {
 		if refused < 20 {
 			t.Fatalf("a full disk took every record (%d refused)", refused)

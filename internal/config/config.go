@@ -249,6 +249,16 @@ type Audit struct {
 	// twelfth session, so a torn write damages only its own pages). Off by default: its
 	// measured gain is within the noise (docs/PERFORMANCE.md) — docs/DESIGN.md.
 	JournalPrewrittenSegments bool `json:"journal_prewritten_segments,omitempty"`
+	// RequestDurability is when a request record (with a log on local disk) is durable
+	// before its answer completes: "written" (the default) — copied by the request into
+	// the open journal segment's shadow on tmpfs: it survives the process (kill -9, a
+	// crash) at once and the host after RequestSyncInterval (default 50ms), the interval
+	// a power loss or kernel crash can lose (audit/journal_mapped.go); "synced" — a group
+	// commit: every answer waits for its group's fdatasync. Security decisions are synced
+	// before they take effect either way. Not used with log_db (a fleet's records go to
+	// the shared log in batches).
+	RequestDurability   string   `json:"request_durability,omitempty"`
+	RequestSyncInterval Duration `json:"request_sync_interval,omitzero"`
 }
 
 // Telemetry exports OpenTelemetry traces (gateway → engine) when OTLPEndpoint is set.
@@ -416,6 +426,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: gateway.internal_country %q is not an ISO 3166-1 alpha-2 code", c.Gateway.InternalCountry)
 	case c.Gateway.HTTPServer != "" && c.Gateway.HTTPServer != "h1" && c.Gateway.HTTPServer != "net/http":
 		return fmt.Errorf("config: gateway.http_server %q is neither \"h1\" nor \"net/http\"", c.Gateway.HTTPServer)
+	case c.Audit.RequestDurability != "" && c.Audit.RequestDurability != "written" && c.Audit.RequestDurability != "synced":
+		return fmt.Errorf("config: audit.request_durability %q: want \"written\" or \"synced\"", c.Audit.RequestDurability)
+	case c.Audit.RequestSyncInterval.Duration < 0:
+		return fmt.Errorf("config: audit.request_sync_interval %v is negative", c.Audit.RequestSyncInterval.Duration)
 	case c.Audit.Quorum < 0 || c.Audit.Quorum > len(c.Audit.Witnesses):
 		return fmt.Errorf("config: audit.quorum %d with %d witnesses", c.Audit.Quorum, len(c.Audit.Witnesses))
 	}

@@ -1,0 +1,685 @@
+package audit
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/store"
+	"golang.org/x/sys/unix"
+)
+
+// Records written, synced at intervals (BatcherConfig.Written; config
+// audit.request_durability "written", the default). A group commit makes every answer wait
+// for a write and an fdatasync, and that wait — not the write — was most of what the log
+// cost a request (docs/PERFORMANCE.md): a handler parked and woken, fewer requests a second
+// for the same fixed costs. Here the request's own goroutine writes its record into the
+// open segment through a shared mapping of the file (MAP_SHARED): the bytes are in the
+// kernel's page cache when the store returns, so they survive the process — killed,
+// crashed, out of memory — without a system call or a wait. They reach the disk within
+// SyncEvery (an fdatasync in the background), and at once when the segment is closed. So
+// the promise is: an answer the client has is in the log unless the *host* lost its power
+// or kernel within SyncEvery of it; every security decision (leases, approvals, unseal,
+// revocation, key changes, detector actions) is still durable before it takes effect, and
+// "synced" keeps the group commit for request records too.
+//
+// A packed segment (v4 header, flags flagPacked | keyed): the header, zeros to the end of
+// its first page, then frames one after another — a v4 frame each (length, its CRC, the
+// payload's CRC, the payload, the MAC chained from the previous frame's), one record per
+// frame — then zeros: the file is allocated mappedSize bytes when it starts (fallocate: a
+// full disk refuses the segment, never a record in it) and cut to its frames when it is
+// closed (its batch's bundle as it stands, like a paged segment). The header is written and
+// synced, with the file's name, before the first record; a closed segment is synced before
+// the next one's header (which links it) is written, so a later segment's link names what
+// is on the disk. Reading (scanPacked): frames until one fails or zeros begin; after a
+// crash of the host, pages past the last sync may be lost in any order, so a frame that
+// fails ends the segment, and bytes after it that are not zeros are reported (lost, an
+// ALERT) — they cannot be checked (the MAC chain runs through the lost frame). A segment
+// with a later one is held to its link as every v4 segment (checkLinks), so this leniency
+// is the last segment's only: what an attacker with the disk could already do to a paged
+// segment's last frames (drop them) — not alter, reorder or move records.
+
+// mappedSize is a packed segment's room: ~4,096 request records of ~1 KiB. A record that
+// does not fit closes the segment.
+var mappedSize int64 = 4 << 20
+
+// DefaultSyncEvery is how often written records are synced (BatcherConfig.SyncEvery).
+const DefaultSyncEvery = 50 * time.Millisecond
+
+// ShadowBase is the tmpfs under which journals keep their open segments' shadows
+// (shadowRootFor); "" (no tmpfs at /dev/shm): records are written to the segment with
+// pwrite, a system call each. Tests may set it.
+var ShadowBase = func() string {
+	var st unix.Statfs_t
+	if unix.Statfs("/dev/shm", &st) == nil && st.Type == unix.TMPFS_MAGIC {
+		return "/dev/shm"
+	}
+	return ""
+}()
+
+// shadowRootFor is where the journal rooted at root keeps its shadows: a directory under
+// ShadowBase named after root's absolute path ("" without ShadowBase). A process's shadows
+// are in <shadow root>/<its journal directory's name>/<segment name>.
+func shadowRootFor(root string) string {
+	if ShadowBase == "" {
+		return ""
+	}
+	return shadowRootAt(resolvedPath(root))
+}
+
+// resolvedPath is p absolute, its links resolved while it exists.
+func resolvedPath(p string) string {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = r
+	}
+	return abs
+}
+
+// shadowRootAt is shadowRootFor for a resolved journal root.
+func shadowRootAt(resolved string) string {
+	h := sha256.Sum256([]byte(resolved))
+	return filepath.Join(ShadowBase, "strongroom-journal-"+hex.EncodeToString(h[:8]))
+}
+
+// shadowDirFor is the shadow directory of the journal directory dir ("" without one).
+func shadowDirFor(dir string) string {
+	r := shadowRootFor(filepath.Dir(dir))
+	if r == "" {
+		return ""
+	}
+	return filepath.Join(r, filepath.Base(dir))
+}
+
+// mapped is a journal's state for packed segments; wmu guards it and the journal's open
+// segment (the writers are the requests' goroutines).
+type mapped struct {
+	wmu sync.Mutex
+	// smu orders the sync's copy out of the shadow against the shadow's unmapping (a
+	// close: under wmu, then smu); gen counts closed segments and synced is the open
+	// one's bytes known durable (both under smu; set under wmu too).
+	smu    sync.Mutex
+	gen    uint64
+	synced int64
+	cut    error    // the open segment or its shadow was cut or removed (checkSegment)
+	shadow *os.File // the open segment's shadow (nil: records go to the segment by pwrite)
+	// shadowPath is the shadow's name (a closed segment's shadow is kept, renamed for the
+	// next); shadowUsed how many of its bytes were written.
+	shadowPath string
+	shadowUsed int64
+	mm         []byte    // the shadow's mapping
+	firstAt    time.Time // when the open segment's first record was written
+	hm         hash.Hash // HMAC-SHA256 with the journal's key, reused
+	macBuf     [sha256.Size]byte
+	closedW    bool        // the batcher closed: no more records
+	faulted    atomic.Bool // the shadow's mapping faulted (cut from under the process)
+	noShm      bool        // a shadow could not be made: this journal writes with pwrite
+	warn       func(msg string, args ...any)
+}
+
+// errSegmentFault: the shadow's mapping faulted (the file cut from under the process).
+var errSegmentFault = errors.New("journal shadow faulted (cut from under the process?)")
+
+// startMapped starts a packed segment: its header written and synced with its name, and
+// its shadow made (the header, room for mappedSize bytes allocated, mapped and its pages
+// mapped in writable ahead — MADV_POPULATE_WRITE: a store is then a copy, no fault).
+func (j *journal) startMapped() (err error) {
+	if !j.ours() {
+		if err := j.claim(); err != nil {
+			return err
+		}
+	}
+	seq := j.seq
+	j.seq++
+	name := segmentName(seq)
+	path := filepath.Join(j.dir, name)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(path)
+		}
+	}()
+	hdr := j.header()
+	if _, err = f.Write(hdr); err != nil {
+		return err
+	}
+	if err = unix.Fdatasync(int(f.Fd())); err != nil {
+		return err
+	}
+	if err = fsutil.SyncDir(j.dir); err != nil {
+		return err
+	}
+	j.f, j.open = f, seq
+	j.size = pageSize
+	j.smu.Lock()
+	j.synced = int64(len(hdr))
+	j.smu.Unlock()
+	if !j.noShm {
+		if serr := j.startShadow(name, hdr); serr != nil {
+			j.noShm = true // said once; records are written with pwrite from here on
+			if j.warn != nil {
+				j.warn("request journal: no shadow on tmpfs for written records; each is written with a system call (slower)", "err", serr)
+			}
+		}
+	}
+	j.mac = firstMAC(j.key, macName(j.dir, name)+string(hdr))
+	if j.key != nil && j.hm == nil {
+		j.hm = hmac.New(sha256.New, j.key)
+	}
+	j.sum = sha256.New()
+	j.sum.Write(hdr)
+	j.sum.Write(zeroPage[:pageSize-len(hdr)])
+	return nil
+}
+
+// startShadow makes the open segment's shadow: hdr, room for mappedSize, mapped.
+func (j *journal) startShadow(name string, hdr []byte) error {
+	dir := shadowDirFor(j.dir)
+	if dir == "" {
+		return errors.New("no tmpfs for shadows")
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if marker := filepath.Join(filepath.Dir(dir), "journal"); !fileExists(marker) {
+		// Which journal the shadows are for: a sweep removes them once it is gone.
+		os.WriteFile(marker, []byte(resolvedPath(j.root)), 0o600)
+	}
+	path := filepath.Join(dir, name)
+	if j.mm != nil {
+		// The last segment's shadow, kept: its pages are in memory already (on this VM a
+		// page's first store after it was freed cost ~5 µs — the host's fault, not the
+		// guest's: MADV_POPULATE_WRITE did not avoid it). Cleared, the header written,
+		// renamed: a crash between leaves a shadow whose header is not its segment's,
+		// which reading ignores (withShadow).
+		err := j.copyOut(func() error {
+			clear(j.mm[:j.shadowUsed])
+			copy(j.mm, hdr)
+			return nil
+		})
+		if err == nil {
+			err = os.Rename(j.shadowPath, path)
+		}
+		if err == nil {
+			j.shadowPath, j.shadowUsed = path, int64(len(hdr))
+			return nil
+		}
+		j.dropShadow()
+	}
+	s, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	err = unix.Fallocate(int(s.Fd()), 0, 0, mappedSize) // tmpfs: a full one says so here
+	if err == nil {
+		_, err = s.WriteAt(hdr, 0)
+	}
+	var mm []byte
+	if err == nil {
+		mm, err = unix.Mmap(int(s.Fd()), 0, int(mappedSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	}
+	if err == nil {
+		// Its pages mapped in writable ahead, in one call (Linux 5.14+; before, each page
+		// faults at its first store: slower, not wrong). MAP_POPULATE maps a shared
+		// mapping's pages read-only: each first store still faulted.
+		unix.Madvise(mm, unix.MADV_POPULATE_WRITE)
+	}
+	if err != nil {
+		s.Close()
+		os.Remove(path)
+		return err
+	}
+	j.shadow, j.mm, j.shadowPath, j.shadowUsed = s, mm, path, int64(len(hdr))
+	return nil
+}
+
+// writeMapped writes one record as a frame of the open packed segment (wmu held),
+// closing it first — returned, for folding — when it holds max records or the frame does
+// not fit, and starting one when none is open. When it returns nil the record survives
+// the process (in the shadow on tmpfs, or the segment's page cache), and reaches the
+// disk within SyncEvery.
+func (j *journal) writeMapped(rec store.AuditEvent, max int) (closed *segment, err error) {
+	need := int64(frameHeader + binary.MaxVarintLen64 + len(rec.Raw) + sha256.Size)
+	if j.f != nil && (len(j.recs) >= max || j.size+need > mappedSize) {
+		if closed, err = j.closeMapped(true); err != nil {
+			return closed, err
+		}
+	}
+	if j.f == nil {
+		if err := j.start(); err != nil {
+			return closed, err
+		}
+	}
+	if err := j.frameMapped(rec.Raw); err != nil {
+		return closed, err
+	}
+	if len(j.recs) == 0 {
+		j.firstAt = time.Now()
+	}
+	j.recs = append(j.recs, rec)
+	return closed, nil
+}
+
+// frameMapped writes raw as the next frame: a copy into the shadow, or a pwrite into the
+// segment. A fault of the shadow's mapping (the file cut: SIGBUS) is an error, not a crash.
+func (j *journal) frameMapped(raw []byte) (err error) {
+	start := j.size
+	fr := append(j.buf[:0], make([]byte, frameHeader)...)
+	fr = binary.AppendUvarint(fr, uint64(len(raw)))
+	fr = append(fr, raw...)
+	b := fr[frameHeader:]
+	binary.LittleEndian.PutUint32(fr, uint32(len(b)))
+	binary.LittleEndian.PutUint32(fr[4:], crc32.Checksum(fr[:4], castagnoli))
+	binary.LittleEndian.PutUint32(fr[8:], crc32.Checksum(b, castagnoli))
+	var mac [sha256.Size]byte
+	if j.hm != nil {
+		j.hm.Reset()
+		j.hm.Write(j.mac)
+		j.hm.Write(b)
+		fr = append(fr, j.hm.Sum(mac[:0])...) // j.mac moves only once the frame is stored
+	}
+	j.buf = fr
+	if j.mm != nil {
+		if err := j.copyToShadow(fr, start); err != nil {
+			return err
+		}
+	} else if _, err := j.f.WriteAt(fr, start); err != nil {
+		return err
+	}
+	if j.hm != nil {
+		j.macBuf = mac
+		j.mac = j.macBuf[:]
+	}
+	j.sum.Write(fr)
+	j.size = start + int64(len(fr))
+	return nil
+}
+
+// copyToShadow stores fr at off in the shadow's mapping.
+func (j *journal) copyToShadow(fr []byte, off int64) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if recover() != nil {
+			j.faulted.Store(true)
+			err = errSegmentFault
+		}
+	}()
+	copy(j.mm[off:], fr)
+	return nil
+}
+
+// flushShadow writes the shadow's bytes not yet in the segment, from synced to size, into
+// the segment (those bytes never change once written: the writers only append).
+func (j *journal) flushShadow(f *os.File, mm []byte, synced, size int64) error {
+	if mm == nil || size <= synced {
+		return nil
+	}
+	_, err := f.WriteAt(mm[synced:size], synced)
+	return err
+}
+
+// closeMapped closes the open packed segment: the shadow's bytes written into it, synced
+// (before the next header names it), the shadow removed. It returns the segment with its
+// records (nil: none) and whether that was all durable (an error: records written since
+// the last sync may not be — they are folded all the same, from memory).
+func (j *journal) closeMapped(whole bool) (*segment, error) {
+	j.smu.Lock()
+	err := j.checkSegment()
+	if err != nil {
+		whole = false // cut or removed from under the process: not the bytes written
+		err = nil     // its records are folded from memory; the next segment is new
+	}
+	if j.mm != nil {
+		err = j.copyOut(func() error { return j.flushShadow(j.f, j.mm, j.synced, j.size) })
+	}
+	if err == nil {
+		err = unix.Fdatasync(int(j.f.Fd()))
+	}
+	if j.faulted.Swap(false) {
+		whole = false // the shadow is not what was written: no bundle as it stands
+	}
+	if err != nil {
+		whole = false
+	}
+	j.gen++
+	if j.cut != nil || !whole {
+		j.dropShadow() // cut, faulted, or not synced: not to be reused
+	}
+	j.shadowUsed = j.size
+	j.cut = nil
+	j.smu.Unlock()
+	seg := &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
+	if whole {
+		seg.sum = j.sum.Sum(nil)
+	}
+	if len(seg.recs) > 0 { // the next segment names this one
+		j.prev, j.prevFloor = segLink{seq: j.open + 1, recs: uint32(len(seg.recs))}, j.floor.Load()
+		copy(j.prev.mac[:], j.mac)
+	}
+	j.f.Close()
+	j.f, j.recs, j.mac = nil, nil, nil
+	if len(seg.recs) == 0 {
+		os.Remove(seg.path)
+		return nil, err
+	}
+	return seg, err
+}
+
+// copyOut runs fn, which reads the shadow's mapping: a fault is an error.
+func (j *journal) copyOut(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if recover() != nil {
+			j.faulted.Store(true)
+			err = errSegmentFault
+		}
+	}()
+	return fn()
+}
+
+// dropShadow unmaps, closes and removes the open segment's shadow, if any (its bytes are
+// in the segment, synced, or the segment is abandoned).
+func (j *journal) dropShadow() {
+	if j.mm == nil {
+		return
+	}
+	unix.Munmap(j.mm)
+	os.Remove(j.shadowPath)
+	j.shadow.Close()
+	j.mm, j.shadow = nil, nil
+}
+
+// syncMapped makes the open packed segment's records durable: the shadow's new bytes
+// written into the segment, and an fdatasync. The writers go on meanwhile: wmu is held
+// only to read where they are; smu keeps the segment's shadow mapped (a writer closing the
+// segment waits, then copies and syncs what is left itself).
+func (j *journal) syncMapped() error {
+	j.wmu.Lock()
+	f, mm, size, gen := j.f, j.mm, j.size, j.gen
+	j.wmu.Unlock()
+	if f == nil {
+		return nil
+	}
+	j.smu.Lock()
+	defer j.smu.Unlock()
+	if j.gen != gen {
+		return nil // closed meanwhile: closing synced it
+	}
+	synced := j.synced
+	if err := j.checkSegment(); err != nil {
+		return err
+	}
+	if size <= synced {
+		return nil
+	}
+	err := j.copyOut(func() error { return j.flushShadow(f, mm, synced, size) })
+	if err == nil {
+		err = unix.Fdatasync(int(f.Fd()))
+	}
+	if err == nil {
+		j.synced = size
+	}
+	return err
+}
+
+// withShadow reads the shadow of the segment at path, if there is one (a process that
+// died with the segment open: killed, crashed), and returns what it holds instead of sc —
+// the segment holds what was synced, its shadow every record written — after checking
+// that the segment's records begin it (the shadow on tmpfs is lost with the host, never
+// torn: a disagreement is an outside hand, refused). A shadow's last frame may be cut (a
+// process killed in its copy: a record never acknowledged), so it is not reported as lost.
+// A shadow whose header is not the segment's (disk) is not its own: a closed segment's
+// shadow is kept for the next one, and a crash can come between its renaming and its
+// rewriting.
+func withShadow(sc segScan, whole bool, path string, disk, key []byte) (segScan, bool, error) {
+	d := shadowDirFor(filepath.Dir(path))
+	if d == "" {
+		return sc, whole, nil
+	}
+	b, err := os.ReadFile(filepath.Join(d, filepath.Base(path)))
+	if errors.Is(err, os.ErrNotExist) {
+		return sc, whole, nil
+	}
+	if err != nil {
+		return sc, whole, err
+	}
+	if !bytes.Equal(b[:min(len(b), journalHeader)], disk[:min(len(disk), journalHeader)]) {
+		return sc, whole, nil // another segment's, kept for this one and not yet rewritten
+	}
+	ssc, err := scanSegment(b, path, key, false)
+	if err != nil {
+		return sc, whole, fmt.Errorf("%s: its shadow: %w", path, err)
+	}
+	if len(ssc.recs) < len(sc.recs) {
+		return sc, whole, fmt.Errorf("%w: %s: its shadow holds fewer records than it (%d, %d)", ErrEvent, path, len(ssc.recs), len(sc.recs))
+	}
+	for i, r := range sc.recs {
+		if !bytes.Equal(r, ssc.recs[i]) {
+			return sc, whole, fmt.Errorf("%w: %s: record %d differs from its shadow's", ErrEvent, path, i)
+		}
+	}
+	ssc.lost = false
+	return ssc, false, nil
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// sweepShadows removes the shadows of journals that are gone (a data directory removed
+// while a process that wrote it had died: its shadows would hold tmpfs memory until the
+// host restarts). A shadow root names its journal in its "journal" file; one without it
+// is left alone.
+func sweepShadows() {
+	if ShadowBase == "" {
+		return
+	}
+	roots, _ := filepath.Glob(filepath.Join(ShadowBase, "strongroom-journal-*"))
+	for _, r := range roots {
+		b, err := os.ReadFile(filepath.Join(r, "journal"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		if _, err := os.Stat(string(b)); errors.Is(err, os.ErrNotExist) && shadowRootAt(string(b)) == r {
+			os.RemoveAll(r)
+		}
+	}
+}
+
+// removeShadows removes the shadow directory of the journal directory dir, if any.
+func removeShadows(dir string) {
+	if d := shadowDirFor(dir); d != "" {
+		os.RemoveAll(d)
+		if ents, err := os.ReadDir(filepath.Dir(d)); err == nil && len(ents) == 1 && ents[0].Name() == "journal" {
+			os.RemoveAll(filepath.Dir(d)) // the journal root's: no shadow left in it
+		}
+	}
+}
+
+// checkSegment (smu held) says whether the open segment or its shadow was removed or cut
+// from under the process (the segment below what was synced); once it has, it stays so.
+func (j *journal) checkSegment() error {
+	if j.cut != nil {
+		return j.cut
+	}
+	var st unix.Stat_t
+	switch err := unix.Fstat(int(j.f.Fd()), &st); {
+	case err != nil:
+		j.cut = err
+	case st.Nlink == 0:
+		j.cut = errors.New("journal segment removed from under the process")
+	case st.Size < j.synced:
+		j.cut = fmt.Errorf("journal segment cut from under the process (%d bytes, %d synced)", st.Size, j.synced)
+	case j.shadow != nil && (unix.Fstat(int(j.shadow.Fd()), &st) != nil || st.Nlink == 0 || st.Size < mappedSize):
+		j.cut = errors.New("journal shadow removed or cut from under the process")
+	}
+	return j.cut
+}
+
+// scanPacked reads a packed segment's frames (scanSegment, past its header; mac the
+// chain's first value): see the comment at the top of this file for what a crash leaves.
+func scanPacked(b []byte, sc segScan, name string, key []byte, macLen int, mac []byte) (segScan, error) {
+	if !allZero(b[journalHeader:min(pageSize, len(b))]) {
+		return segScan{}, fmt.Errorf("%w: %s: bytes between the header and the first frame", ErrEvent, name)
+	}
+	rest := b[min(pageSize, len(b)):]
+	for len(rest) > 0 && !allZero(rest) {
+		if len(rest) < frameHeader {
+			sc.lost = true
+			break
+		}
+		m, whole, bad := frameAt(rest, frameHeader, macLen, true)
+		payload := rest[:0]
+		if bad == "" {
+			payload = rest[frameHeader : frameHeader+m]
+			if key != nil {
+				want := nextMAC(key, mac, payload)
+				if !hmac.Equal(want, rest[frameHeader+m:whole]) {
+					bad = "MAC"
+				}
+				mac = want
+			}
+		}
+		if bad != "" {
+			sc.lost = true // a host crash's lost pages, or damage: either way the end
+			break
+		}
+		if err := sc.addFrame(payload, mac, name); err != nil {
+			return segScan{}, err
+		}
+		rest = rest[whole:]
+	}
+	sc.n = len(b) - len(rest)
+	return sc, nil
+}
+
+// recorded is the Future of a written record.
+func recorded() (uint64, error) { return 0, nil }
+
+// write is SubmitEncoded with BatcherConfig.Written: the record is written by the caller
+// into the open segment, and the returned Future is resolved. A segment it closes (full)
+// goes to the folder, in order (under wmu).
+func (b *Batcher) write(rec store.AuditEvent) Future {
+	j := b.j
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	if j.closedW {
+		return func() (uint64, error) { return 0, fmt.Errorf("%w: log closed", ErrUnavailable) }
+	}
+	seg, err := j.writeMapped(rec, b.maxRecords)
+	if seg != nil {
+		b.folds <- foldItem{seg: seg}
+	}
+	if err != nil {
+		err = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
+		b.log.records.WithLabelValues("failed").Inc()
+		b.log.setJournalErr(err)
+		return func() (uint64, error) { return 0, err }
+	}
+	return recorded
+}
+
+// rotateWritten closes the open packed segment when it holds records (to the folder) and
+// starts the next; a failure makes the journal refuse records until a probe succeeds.
+// always: start a segment even when the open one is empty (the probe: a start is a
+// header written and synced).
+func (b *Batcher) rotateWritten(always bool) {
+	j := b.j
+	j.wmu.Lock()
+	defer j.wmu.Unlock()
+	if j.closedW || (!always && len(j.recs) == 0 && j.f != nil) {
+		return
+	}
+	var err error
+	var seg *segment
+	if j.f != nil {
+		seg, err = j.closeMapped(true)
+	}
+	if seg != nil {
+		b.folds <- foldItem{seg: seg}
+	}
+	if err == nil {
+		err = j.start()
+	}
+	if err != nil {
+		b.log.log.Error("ALERT request journal: cannot close or start a segment; refusing what needs a record", "err", err)
+		b.log.setJournalErr(fmt.Errorf("%w: request journal: %v", ErrUnavailable, err))
+		return
+	}
+	if always {
+		b.log.setJournalErr(nil)
+	}
+}
+
+// runWritten is the committer with BatcherConfig.Written: the writers write; it syncs the
+// open segment every SyncEvery, closes it for folding once its first record is FoldEvery
+// old (a full one is closed by its writer), probes after a failure, and answers barriers.
+func (b *Batcher) runWritten() {
+	defer close(b.done)
+	j := b.j
+	sync := time.NewTicker(b.syncEvery)
+	defer sync.Stop()
+	fold := time.NewTicker(max(b.foldEvery/4, time.Millisecond))
+	defer fold.Stop()
+	probe := time.NewTicker(min(b.foldEvery, 200*time.Millisecond))
+	defer probe.Stop()
+	for {
+		select {
+		case <-b.stop:
+			j.wmu.Lock()
+			j.closedW = true
+			if j.f != nil {
+				seg, err := j.closeMapped(true)
+				if err != nil {
+					b.log.log.Error("ALERT request journal: the last segment could not be synced at close", "err", err)
+				}
+				if seg != nil {
+					b.folds <- foldItem{seg: seg}
+				}
+			}
+			j.wmu.Unlock()
+			close(b.folds)
+			<-b.foldDone
+			j.close()
+			return
+		case <-sync.C:
+			if err := j.syncMapped(); err != nil {
+				b.log.log.Error("ALERT request journal: records written since the last sync may not be durable; refusing what needs a record", "err", err)
+				b.log.setJournalErr(fmt.Errorf("%w: request journal: %v", ErrUnavailable, err))
+			}
+		case <-fold.C:
+			j.wmu.Lock()
+			due := len(j.recs) > 0 && time.Since(j.firstAt) >= b.foldEvery
+			j.wmu.Unlock()
+			if due {
+				b.rotateWritten(false)
+			}
+		case <-probe.C:
+			if b.log.journalErr.Load() != nil {
+				b.rotateWritten(true)
+			}
+		case reply := <-b.barrier:
+			b.rotateWritten(false)
+			b.folds <- foldItem{done: reply}
+		}
+	}
+}

@@ -1,0 +1,413 @@
+package audit
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/store"
+	"golang.org/x/sys/unix"
+)
+
+// TestWrittenJournal: written records (journal_mapped.go) are in the open segment's file
+// when their futures resolve — read back through the file, not our memory —, reach the log
+// in order, one batch per MaxRecords, are searchable, and the log verifies.
+func TestWrittenJournal(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour, Journal: jdir,
+		JournalKey: a17Key, Written: true, SyncEvery: time.Hour})
+	ctx := context.Background()
+	size0, _ := tl.log.IntegratedSize(ctx)
+	for i := range 150 {
+		if _, err := b.Submit(ctx, requestEvent(i))(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// No sync has run (SyncEvery an hour): the 50 records of the open segment are read
+	// from its shadow (or the page cache), as a process started after a kill -9 would.
+	dirs, _ := filepath.Glob(filepath.Join(jdir, "*"))
+	journaled := 0
+	for _, d := range dirs {
+		segs, err := readSegments(d, a17Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range segs {
+			journaled += len(s.recs)
+		}
+	}
+	if journaled < 50 {
+		t.Fatalf("%d records in the journal's files after 150 resolved, want at least the 50 not folded", journaled)
+	}
+	idx, ok, err := b.Barrier(ctx)
+	if err != nil || !ok {
+		t.Fatalf("barrier: %d %v %v", idx, ok, err)
+	}
+	if size, _ := tl.log.IntegratedSize(ctx); idx != size-1 || size-size0 != 2 {
+		t.Fatalf("after the barrier the log grew from %d to %d (barrier's batch %d), want two batch entries (100 + 50)", size0, size, idx)
+	}
+	var fs []Future
+	for i := range 30 {
+		fs = append(fs, b.Submit(ctx, requestEvent(150+i)))
+	}
+	journalEnd(t, tl, b, jdir, fs)
+}
+
+// writtenSegment writes n records into a packed segment and returns its file's bytes as a
+// crash would leave them (the whole allocation, zeros after the frames), with the frames'
+// offsets.
+func writtenSegment(t *testing.T, n int) (b []byte, path string, frames []int) {
+	t.Helper()
+	j, err := openJournalWith(&journal{root: t.TempDir(), batch: 100, key: a17Key, packed: true}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	for i := range n {
+		frames = append(frames, int(j.size))
+		if _, err := j.writeMapped(rawRecs(i, i+1)[0], 100); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path = j.f.Name()
+	if j.mm != nil { // the shadow holds them (the segment: what was synced)
+		return append([]byte(nil), j.mm...), path, frames
+	}
+	b, err = os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, path, frames
+}
+
+// TestPackedSegmentCrash: what a host crash can leave of a packed segment — its unsynced
+// pages lost in any order (zeros), a frame cut — ends the segment there, and bytes after
+// that are not zeros are reported (lost); a flipped byte anywhere ends it the same way
+// (the last segment cannot tell damage from a crash: a later one's link can, below);
+// bytes where the header's page must hold zeros are refused.
+func TestPackedSegmentCrash(t *testing.T) {
+	const n = 40
+	b, path, frames := writtenSegment(t, n)
+	if frames[0] != pageSize {
+		t.Fatalf("first frame at %d, want %d", frames[0], pageSize)
+	}
+	sc, err := scanSegment(b, path, a17Key, false)
+	if err != nil || len(sc.recs) != n || sc.lost {
+		t.Fatalf("whole: %d records, lost %v, %v", len(sc.recs), sc.lost, err)
+	}
+	wantRecs := func(name string, b []byte, want int, lost bool) {
+		t.Helper()
+		sc, err := scanSegment(b, path, a17Key, false)
+		if err != nil || len(sc.recs) != want || sc.lost != lost {
+			t.Fatalf("%s: %d records, lost %v, %v; want %d, lost %v", name, len(sc.recs), sc.lost, err, want, lost)
+		}
+		for i, r := range sc.recs {
+			if string(r) != string(rawRecs(i, i+1)[0].Raw) {
+				t.Fatalf("%s: record %d is not the %dth written", name, i, i)
+			}
+		}
+	}
+	// The frames' second page lost (zeros), the rest kept: records before it, the rest lost.
+	second := pageSize * 2
+	k := 0
+	for k < n && frames[k]+frameHeader <= second {
+		k++
+	}
+	if k >= n-1 {
+		t.Fatalf("%d records fit in a page: make them longer", k)
+	}
+	c := append([]byte(nil), b...)
+	clear(c[second : second+pageSize])
+	wantRecs("a lost page", c, k-1, true)
+	// Cut inside frame 10 (the file's size kept by a crash, or cut by hand): ten records.
+	// Cut inside frame 10 (by hand: a crash keeps the allocation's size, and closing cuts
+	// after a frame), or zeros from inside it (its last page lost): ten records, the rest
+	// reported. Zeros from its start are what an unsynced tail most often is: nothing to
+	// report.
+	for _, cut := range []int{frames[10] + 1, frames[10] + frameHeader + 3, frames[11] - 1} {
+		wantRecs("cut", append([]byte(nil), b[:cut]...), 10, true)
+		c = append([]byte(nil), b...)
+		clear(c[cut:])
+		wantRecs("zeros from inside a frame", c, 10, true)
+	}
+	wantRecs("cut after a frame", append([]byte(nil), b[:frames[10]]...), 10, false)
+	c = append([]byte(nil), b...)
+	clear(c[frames[10]:])
+	wantRecs("zeros from a frame's start", c, 10, false)
+	// A flipped byte in frame 20's payload, MAC or header: twenty records, the rest lost.
+	for _, at := range []int{frames[20], frames[20] + 5, frames[20] + frameHeader + 4, frames[21] - 1} {
+		c = append([]byte(nil), b...)
+		c[at] ^= 0x20
+		wantRecs("flipped byte", c, 20, true)
+	}
+	c = append([]byte(nil), b...)
+	c[journalHeader+7] = 1
+	if _, err := scanSegment(c, path, a17Key, false); err == nil {
+		t.Fatal("a byte between the header and the first frame accepted")
+	}
+	// Without the key, or under another, the segment is refused (not read as a crash).
+	if _, err := scanSegment(b, path, nil, false); err == nil {
+		t.Fatal("a keyed packed segment read without a key")
+	}
+	// Under another name (moved, or a served bundle put back) its first MAC fails: no
+	// record is read (lost: the ALERT), none replayed.
+	if sc, _ := scanSegment(b, filepath.Join(filepath.Dir(path), "0000000000000009.wal"), a17Key, false); len(sc.recs) != 0 {
+		t.Fatalf("a segment read under another name kept %d records (its first MAC binds the name)", len(sc.recs))
+	}
+}
+
+// TestWrittenDeadJournalLinks: a killed process's packed segments fold (all of them, the
+// open one read from what the process wrote, nothing synced); a closed segment that lost
+// its last frames while a later one names it is refused, as paged ones are.
+func TestWrittenDeadJournalLinks(t *testing.T) {
+	for _, damage := range []bool{false, true} {
+		tl, jdir, j := openWrittenJournal(t)
+		var first string
+		for i := range 250 {
+			seg, err := j.writeMapped(store.AuditEvent{Raw: mustMarshal(t, requestEvent(i))}, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seg != nil && first == "" {
+				first = seg.path
+			}
+		}
+		writtenKill(j) // nothing closed, synced or cut
+		if damage {
+			b, _ := os.ReadFile(first)
+			os.WriteFile(first, b[:len(b)-40], 0o600) // the last frame's MAC cut
+		}
+		b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key, Written: true})
+		herr := b.Healthy()
+		size, _ := tl.log.IntegratedSize(context.Background())
+		b.Close()
+		tl.close(t)
+		if damage {
+			if herr == nil || size != 0 {
+				t.Fatalf("a segment that lost its last frame before a later one: healthy %v, %d entries folded", herr, size)
+			}
+			continue
+		}
+		if herr != nil {
+			t.Fatal(herr)
+		}
+		wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 250)
+	}
+}
+
+func mustMarshal(t *testing.T, ev Event) []byte {
+	t.Helper()
+	raw, err := ev.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// TestWrittenSegmentCut: the open segment cut from under the process — the segment (the
+// sync notices) or its shadow (the next store faults: SIGBUS) — refuses records, not the
+// process; the probe starts a new segment, records are taken again, and every acknowledged
+// one is in the log (those before the cut folded from memory), and the log verifies.
+func TestWrittenSegmentCut(t *testing.T) {
+	for _, what := range []string{"segment", "shadow"} {
+		t.Run(what, func(t *testing.T) {
+			tl := openTestLog(t)
+			jdir := filepath.Join(tl.dir, "journal")
+			b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: MaxBatch, FoldEvery: time.Hour, Journal: jdir,
+				JournalKey: a17Key, Written: true, SyncEvery: 5 * time.Millisecond})
+			ctx := context.Background()
+			n := 0
+			submit := func() error {
+				_, err := b.Submit(ctx, requestEvent(n))()
+				if err == nil {
+					n++
+				} else if !errors.Is(err, ErrUnavailable) {
+					t.Fatalf("record into a cut segment: %v", err)
+				}
+				return err
+			}
+			for range 10 {
+				if err := submit(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitFor(t, func() bool { // synced once: the cut is below what the sync knows
+				b.j.smu.Lock()
+				defer b.j.smu.Unlock()
+				return b.j.synced == b.j.size
+			})
+			b.j.wmu.Lock()
+			cut := b.j.f.Name()
+			if what == "shadow" {
+				if b.j.shadow == nil {
+					b.j.wmu.Unlock()
+					t.Skip("no tmpfs for shadows")
+				}
+				cut = b.j.shadow.Name()
+			}
+			b.j.wmu.Unlock()
+			if err := os.Truncate(cut, 0); err != nil {
+				t.Fatal(err)
+			}
+			// The shadow: the next store faults. The segment: the next sync (5 ms) notices —
+			// records come a millisecond apart meanwhile, all folded all the same.
+			for submit() == nil {
+				if n > MaxBatch/2 {
+					t.Fatal("records acknowledged on and on after their segment was cut")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			waitFor(t, func() bool { return b.Healthy() == nil })
+			for range 10 {
+				if err := submit(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b.Close()
+			tl.close(t)
+			wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), n)
+		})
+	}
+}
+
+// packedSeed is an unkeyed packed segment of three records, cut to its frames (a seed of
+// FuzzParseSegment).
+func packedSeed() []byte {
+	seed := (&journal{batch: 100, packed: true}).header()
+	seed = append(seed, make([]byte, pageSize-len(seed))...)
+	for i := range 3 {
+		start := len(seed)
+		seed = append(seed, make([]byte, frameHeader)...)
+		raw := rawRecs(i, i+1)[0].Raw
+		seed = append(binary.AppendUvarint(seed, uint64(len(raw))), raw...)
+		seed, _ = sealFrame(seed, start, nil, nil)
+	}
+	return seed
+}
+
+// TestPackedSeed: the fuzz seed is a packed segment of three records.
+func TestPackedSeed(t *testing.T) {
+	if recs, _, err := parseSegment(packedSeed(), "fuzz", nil); err != nil || len(recs) != 3 {
+		t.Fatalf("seed: %d records, %v", len(recs), err)
+	}
+}
+
+// openWrittenJournal opens a test log and a keyed written journal in its "journal"
+// directory (batches of 100), whose shadows are removed at the test's end.
+func openWrittenJournal(t *testing.T) (*testLog, string, *journal) {
+	t.Helper()
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	t.Cleanup(func() { os.RemoveAll(shadowRootFor(jdir)) }) // a refused directory's
+	j, err := openJournalWith(&journal{root: jdir, batch: 100, key: a17Key, packed: true}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tl, jdir, j
+}
+
+// writtenKill leaves j as kill -9 leaves a written journal: its shadow as it is.
+func writtenKill(j *journal) {
+	if j.mm != nil {
+		unix.Munmap(j.mm)
+		j.shadow.Close()
+		j.mm, j.shadow = nil, nil
+	}
+	a18Kill(j)
+}
+
+// TestWrittenShadowRead: a killed process's open segment is read from its shadow (the
+// records after the last sync are there only); a shadow that disagrees with what its
+// segment synced (a byte flipped: its frame fails, fewer records) refuses the directory;
+// a shadow whose header is another segment's is ignored (the disk's records are folded).
+func TestWrittenShadowRead(t *testing.T) {
+	if ShadowBase == "" {
+		t.Skip("no tmpfs at /dev/shm")
+	}
+	for _, c := range []string{"as left", "flipped", "another header"} {
+		t.Run(c, func(t *testing.T) {
+			tl, jdir, j := openWrittenJournal(t)
+			for i := range 30 {
+				if _, err := j.writeMapped(store.AuditEvent{Raw: mustMarshal(t, requestEvent(i))}, 100); err != nil {
+					t.Fatal(err)
+				}
+				if i == 19 { // twenty synced to the disk, ten in the shadow only
+					if err := j.syncMapped(); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			shadow := j.shadowPath
+			writtenKill(j)
+			sb, err := os.ReadFile(shadow)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := 30
+			switch c {
+			case "flipped":
+				sb[pageSize+frameHeader+5] ^= 1
+			case "another header":
+				sb[journalHeader-1] ^= 1 // the link's MAC: another segment's header
+				want = 20
+			}
+			if err := os.WriteFile(shadow, sb, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key, Written: true})
+			herr := b.Healthy()
+			size, _ := tl.log.IntegratedSize(context.Background())
+			b.Close()
+			tl.close(t)
+			if c == "flipped" {
+				if herr == nil || size != 0 {
+					t.Fatalf("a shadow that disagrees with its segment: healthy %v, %d entries", herr, size)
+				}
+				return
+			}
+			if herr != nil {
+				t.Fatal(herr)
+			}
+			wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), want)
+			if _, err := os.Stat(shadow); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the folded segment's shadow is left: %v", err)
+			}
+		})
+	}
+}
+
+// TestSweepShadows: shadows of a journal whose directory is gone are removed at the next
+// written batcher's start; those of a live one are not.
+func TestSweepShadows(t *testing.T) {
+	if ShadowBase == "" {
+		t.Skip("no tmpfs at /dev/shm")
+	}
+	gone, kept := filepath.Join(t.TempDir(), "gone"), filepath.Join(t.TempDir(), "kept")
+	for _, root := range []string{gone, kept} {
+		j, err := openJournalWith(&journal{root: root, batch: 100, packed: true}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := j.writeMapped(rawRecs(0, 1)[0], 100); err != nil {
+			t.Fatal(err)
+		}
+		writtenKill(j)
+	}
+	goneShadows, keptShadows := shadowRootFor(gone), shadowRootFor(kept)
+	t.Cleanup(func() { os.RemoveAll(keptShadows) })
+	if err := os.RemoveAll(gone); err != nil {
+		t.Fatal(err)
+	}
+	sweepShadows()
+	if _, err := os.Stat(goneShadows); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("shadows of a removed journal left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(keptShadows, "journal")); err != nil {
+		t.Fatalf("shadows of a journal still there removed: %v", err)
+	}
+}
