@@ -78,7 +78,28 @@ func shadowRootFor(root string) string {
 	if ShadowBase == "" {
 		return ""
 	}
-	return shadowRootAt(resolvedPath(root))
+	r := shadowRootAt(resolvedPath(root))
+	if !trustedShadowRoot(r) {
+		return ""
+	}
+	return r
+}
+
+// trustedShadowRoot: r does not exist yet (this process makes it, 0700), or is a
+// directory — not a link — of this user's that no one else may write or read. /dev/shm is
+// everyone's and r's name can be computed: one planted by another user (to feed this
+// process shadows, or have it write through a link) is not used — records are then written
+// with pwrite, and a dead journal is read from the disk.
+func trustedShadowRoot(r string) bool {
+	st, err := os.Lstat(r)
+	if errors.Is(err, os.ErrNotExist) {
+		return true
+	}
+	if err != nil || !st.IsDir() || st.Mode().Perm()&0o077 != 0 {
+		return false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	return ok && int(sys.Uid) == os.Geteuid()
 }
 
 // resolvedPath is p absolute, its links resolved while it exists.
@@ -202,6 +223,9 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	if !trustedShadowRoot(filepath.Dir(dir)) { // made by another as this one looked
+		return fmt.Errorf("shadow directory %s is not this user's alone", filepath.Dir(dir))
+	}
 	if marker := filepath.Join(filepath.Dir(dir), "journal"); !fileExists(marker) {
 		// Which journal the shadows are for: a sweep removes them once it is gone.
 		os.WriteFile(marker, []byte(resolvedPath(j.root)), 0o600)
@@ -227,7 +251,7 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 		}
 		j.dropShadow()
 	}
-	s, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
+	s, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_RDWR|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
@@ -495,6 +519,9 @@ func sweepShadows() {
 	}
 	roots, _ := filepath.Glob(filepath.Join(ShadowBase, "strongroom-journal-*"))
 	for _, r := range roots {
+		if !trustedShadowRoot(r) {
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join(r, "journal"))
 		if err != nil || len(b) == 0 {
 			continue

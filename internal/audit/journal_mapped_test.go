@@ -411,3 +411,42 @@ func TestSweepShadows(t *testing.T) {
 		t.Fatalf("shadows of a journal still there removed: %v", err)
 	}
 }
+
+// TestShadowRootNotTrusted: a shadow root someone else could write (here: made ahead with
+// mode 0755 — another user's would be refused the same) is not used: records are written
+// with pwrite and still reach the log; a shadow planted in it is not read.
+func TestShadowRootNotTrusted(t *testing.T) {
+	if ShadowBase == "" {
+		t.Skip("no tmpfs at /dev/shm")
+	}
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	if err := os.MkdirAll(jdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	root := shadowRootAt(resolvedPath(jdir))
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(root, 0o755) // past the umask
+	t.Cleanup(func() { os.RemoveAll(root) })
+	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key, Written: true})
+	ctx := context.Background()
+	for i := range 10 {
+		if _, err := b.Submit(ctx, requestEvent(i))(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.j.wmu.Lock()
+	shadowed := b.j.mm != nil
+	b.j.wmu.Unlock()
+	if shadowed {
+		t.Fatal("records written into a shadow under a root others can write")
+	}
+	if ents, _ := os.ReadDir(root); len(ents) != 0 {
+		t.Fatalf("the untrusted root was written: %v", ents)
+	}
+	b.Close()
+	tl.close(t)
+	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 10)
+}
