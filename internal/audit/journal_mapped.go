@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -146,6 +147,7 @@ type mapped struct {
 	shadowPath string
 	shadowUsed int64
 	mm         []byte    // the shadow's mapping
+	own        []byte    // with a shadow: the segment's bytes as written, what syncs copy to the disk
 	firstAt    time.Time // when the open segment's first record was written
 	hm         hash.Hash // HMAC-SHA256 with the journal's key, reused
 	macBuf     [sha256.Size]byte
@@ -197,7 +199,9 @@ func (j *journal) startMapped() (err error) {
 	j.synced = int64(len(hdr))
 	j.smu.Unlock()
 	if !j.noShm {
-		if serr := j.startShadow(name, hdr); serr != nil {
+		if serr := j.startShadow(name, hdr); serr == nil {
+			j.startOwn(hdr)
+		} else {
 			j.noShm = true // said once; records are written with pwrite from here on
 			if j.warn != nil {
 				j.warn("request journal: no shadow on tmpfs for written records; each is written with a system call (slower)", "err", serr)
@@ -278,6 +282,16 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 	return nil
 }
 
+// startOwn readies the process's own copy of a shadowed segment's bytes (kept from segment
+// to segment): the header, zeros to the first frame.
+func (j *journal) startOwn(hdr []byte) {
+	if j.own == nil {
+		j.own = make([]byte, mappedSize)
+	}
+	clear(j.own[:pageSize])
+	copy(j.own, hdr)
+}
+
 // writeMapped writes one record as a frame of the open packed segment (wmu held),
 // closing it first — returned, for folding — when it holds max records or the frame does
 // not fit, and starting one when none is open. When it returns nil the record survives
@@ -328,6 +342,7 @@ func (j *journal) frameMapped(raw []byte) (err error) {
 		if err := j.copyToShadow(fr, start); err != nil {
 			return err
 		}
+		copy(j.own[start:], fr)
 	} else if _, err := j.f.WriteAt(fr, start); err != nil {
 		return err
 	}
@@ -353,13 +368,17 @@ func (j *journal) copyToShadow(fr []byte, off int64) (err error) {
 	return nil
 }
 
-// flushShadow writes the shadow's bytes not yet in the segment, from synced to size, into
-// the segment (those bytes never change once written: the writers only append).
-func (j *journal) flushShadow(f *os.File, mm []byte, synced, size int64) error {
-	if mm == nil || size <= synced {
+// flushOwn writes the segment's bytes not yet on the disk, from synced to size, from the
+// process's own copy (own; nil: written by pwrite already) — never from the shadow, which
+// anyone who can write /dev/shm as this user could have altered: the segment on disk is
+// linked as its batch's bundle under the SHA-256 of what was written (outside round 32 had
+// an altered shadow byte linked so). Those bytes never change once written: the writers
+// only append.
+func flushOwn(f *os.File, own []byte, synced, size int64) error {
+	if own == nil || size <= synced {
 		return nil
 	}
-	_, err := f.WriteAt(mm[synced:size], synced)
+	_, err := f.WriteAt(own[synced:size], synced)
 	return err
 }
 
@@ -375,7 +394,7 @@ func (j *journal) closeMapped(whole bool) (*segment, error) {
 		err = nil     // its records are folded from memory; the next segment is new
 	}
 	if j.mm != nil {
-		err = j.copyOut(func() error { return j.flushShadow(j.f, j.mm, j.synced, j.size) })
+		err = flushOwn(j.f, j.own, j.synced, j.size)
 	}
 	if err == nil {
 		err = unix.Fdatasync(int(j.f.Fd()))
@@ -435,12 +454,15 @@ func (j *journal) dropShadow() {
 }
 
 // syncMapped makes the open packed segment's records durable: the shadow's new bytes
-// written into the segment, and an fdatasync. The writers go on meanwhile: wmu is held
-// only to read where they are; smu keeps the segment's shadow mapped (a writer closing the
-// segment waits, then copies and syncs what is left itself).
+// written into the segment (from the process's own copy), and an fdatasync. The writers go
+// on meanwhile: wmu is held only to read where they are; smu orders this against a close
+// (a writer closing the segment waits, then copies and syncs what is left itself).
 func (j *journal) syncMapped() error {
 	j.wmu.Lock()
-	f, mm, size, gen := j.f, j.mm, j.size, j.gen
+	f, own, size, gen := j.f, j.own, j.size, j.gen
+	if j.mm == nil {
+		own = nil // written by pwrite: only the sync is left
+	}
 	j.wmu.Unlock()
 	if f == nil {
 		return nil
@@ -457,7 +479,7 @@ func (j *journal) syncMapped() error {
 	if size <= synced {
 		return nil
 	}
-	err := j.copyOut(func() error { return j.flushShadow(f, mm, synced, size) })
+	err := flushOwn(f, own, synced, size)
 	if err == nil {
 		err = unix.Fdatasync(int(f.Fd()))
 	}
@@ -481,12 +503,12 @@ func withShadow(sc segScan, whole bool, path string, disk, key []byte) (segScan,
 	if d == "" {
 		return sc, whole, nil
 	}
-	b, err := os.ReadFile(filepath.Join(d, filepath.Base(path)))
+	b, err := readShadow(filepath.Join(d, filepath.Base(path)))
 	if errors.Is(err, os.ErrNotExist) {
 		return sc, whole, nil
 	}
 	if err != nil {
-		return sc, whole, err
+		return sc, whole, fmt.Errorf("%w: %s: its shadow: %v", ErrEvent, path, err)
 	}
 	if !bytes.Equal(b[:min(len(b), journalHeader)], disk[:min(len(disk), journalHeader)]) {
 		return sc, whole, nil // another segment's, kept for this one and not yet rewritten
@@ -530,6 +552,34 @@ func sweepShadows() {
 			os.RemoveAll(r)
 		}
 	}
+}
+
+// maxShadow bounds a shadow's size when it is read (this version makes them mappedSize).
+const maxShadow = 64 << 20
+
+// readShadow reads a shadow file: one this process could have made — a regular file (not
+// a link, FIFO or device: opened without following or waiting) of at most maxShadow bytes.
+// Outside round 32 had a FIFO hang the next start and a 1 TiB sparse file crash it.
+func readShadow(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, err
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("not a regular file (%v)", st.Mode().Type())
+	case st.Size() > maxShadow:
+		return nil, fmt.Errorf("%d bytes, over %d", st.Size(), maxShadow)
+	}
+	b := make([]byte, st.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // removeShadows removes the shadow directory of the journal directory dir, if any.
