@@ -49,6 +49,7 @@ func TestMetrics(t *testing.T) {
 		{"strongroom_gateway_tokens_total", map[string]string{"model": "m", "kind": "completion"}, 1},
 		{"strongroom_audit_durable_seconds", nil, 1},
 		{"strongroom_audit_inflight_events", nil, 0},
+		{"strongroom_audit_request_records_written", nil, 1}, // the default: written records
 		{"strongroom_custody_leases_live", nil, 0},
 		{"strongroom_detect_sanctions_in_force", nil, 0},
 	} {

@@ -477,6 +477,12 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 	}
 	go b.foldLoop()
 	if b.written {
+		mode := func() (bool, bool) {
+			b.j.wmu.Lock()
+			defer b.j.wmu.Unlock()
+			return true, !b.j.noShm
+		}
+		l.requestMode.Store(&mode)
 		go b.runWritten()
 	} else {
 		go b.runJournal()

@@ -722,6 +722,7 @@ func (b *Batcher) runWritten() {
 	for {
 		select {
 		case <-b.stop:
+			b.log.requestMode.Store(nil)
 			j.wmu.Lock()
 			j.closedW = true
 			if j.f != nil {

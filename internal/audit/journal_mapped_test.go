@@ -450,3 +450,37 @@ func TestShadowRootNotTrusted(t *testing.T) {
 	tl.close(t)
 	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 10)
 }
+
+// TestRequestRecordsModeMetric: the gauges strongroom_audit_request_records_written and
+// _shadowed say how request records are made durable — written into a shadow, written
+// with pwrite (no tmpfs), or synced (both 0).
+func TestRequestRecordsModeMetric(t *testing.T) {
+	for _, c := range []struct {
+		name              string
+		written, noTmpfs  bool
+		wantW, wantShadow bool
+	}{
+		{"written", true, false, true, ShadowBase != ""},
+		{"written without tmpfs", true, true, true, false},
+		{"synced", false, false, false, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.noTmpfs {
+				defer func(s string) { ShadowBase = s }(ShadowBase)
+				ShadowBase = ""
+			}
+			tl := openTestLog(t)
+			b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{Journal: filepath.Join(tl.dir, "journal"), JournalKey: a17Key, Written: c.written})
+			if _, err := b.Submit(context.Background(), requestEvent(0))(); err != nil {
+				t.Fatal(err)
+			}
+			if w, sh := tl.log.requestRecordsMode(); w != c.wantW || sh != c.wantShadow {
+				t.Fatalf("written %v shadowed %v, want %v %v", w, sh, c.wantW, c.wantShadow)
+			}
+			b.Close()
+			if w, _ := tl.log.requestRecordsMode(); w {
+				t.Fatal("still written after Close")
+			}
+		})
+	}
+}

@@ -136,6 +136,9 @@ type Log struct {
 	// journalErr is nil while the request-record journal takes appends (journal.go); its
 	// batcher sets and clears it (an empty frame appended is its probe).
 	journalErr atomic.Pointer[error]
+	// requestMode says how request records are made durable (the batcher sets it):
+	// written, and written into a shadow (journal_mapped.go).
+	requestMode atomic.Pointer[func() (written, shadowed bool)]
 	// writes are the writes to the log's storage in flight, watched by the probe (stall.go).
 	writes  writeWatch
 	gaugeMu sync.Mutex // setHealthGauge
@@ -292,7 +295,17 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		}
 		return 0
 	})
-	collectors := []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing}
+	written := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_request_records_written",
+		Help: "1 while request records are written before their answers and synced every request_sync_interval (a host crash can lose that interval); 0: each answer waits for an fdatasync, or no journal."}, func() float64 {
+		w, _ := l.requestRecordsMode()
+		return b2f(w)
+	})
+	shadowed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_request_records_shadowed",
+		Help: "1 while written request records go to a shadow on tmpfs; 0 with written records: a system call each (no usable tmpfs)."}, func() float64 {
+		_, sh := l.requestRecordsMode()
+		return b2f(sh)
+	})
+	collectors := []prometheus.Collector{l.records, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing, written, shadowed}
 	if ls != nil {
 		l.scrub = newScrubber(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery))
 		collectors = append(collectors, ls.refusals, l.scrub.failures)
@@ -1233,3 +1246,18 @@ var quietDependencies = sync.OnceFunc(func() {
 	klog.LogToStderr(false)
 	klog.SetOutput(io.Discard)
 })
+
+// requestRecordsMode is how request records are made durable now (Log.requestMode).
+func (l *Log) requestRecordsMode() (written, shadowed bool) {
+	if f := l.requestMode.Load(); f != nil {
+		return (*f)()
+	}
+	return false, false
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
