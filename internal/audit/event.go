@@ -421,11 +421,16 @@ func (r *Redactor) Digest(value string) string {
 
 // DigestBytes is Digest of a value held as bytes (no copy into a string).
 func (r *Redactor) DigestBytes(value []byte) string {
+	return string(r.AppendDigestBytes(nil, value))
+}
+
+// AppendDigestBytes appends DigestBytes(value) to dst.
+func (r *Redactor) AppendDigestBytes(dst, value []byte) []byte {
 	m := r.NewHash()
 	m.Write(value)
-	d := HashDigest(m)
+	dst = AppendHashDigest(dst, m)
 	r.Release(m)
-	return d
+	return dst
 }
 
 // NewHash returns an HMAC to feed a large value (a streamed answer) piece by piece;
@@ -440,11 +445,15 @@ func (r *Redactor) Release(h hash.Hash) {
 
 // HashDigest formats a NewHash result like Digest.
 func HashDigest(h hash.Hash) string {
-	var sum [sha256.Size]byte
 	var out [len(digestPrefix) + 2*sha256.Size]byte
-	copy(out[:], digestPrefix)
-	hex.Encode(out[len(digestPrefix):], h.Sum(sum[:0]))
-	return string(out[:])
+	return string(AppendHashDigest(out[:0], h))
+}
+
+// AppendHashDigest appends HashDigest(h) to dst.
+func AppendHashDigest(dst []byte, h hash.Hash) []byte {
+	var sum [sha256.Size]byte
+	dst = append(dst, digestPrefix...)
+	return hex.AppendEncode(dst, h.Sum(sum[:0]))
 }
 
 // Matches reports, in constant time, whether digest is Digest(value).

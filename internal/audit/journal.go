@@ -126,19 +126,20 @@ const maxFrame = MaxBatch * (MaxEventSize + binary.MaxVarintLen64)
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 type journal struct {
-	root  string
-	dir   string      // this process's own directory under the journal root
-	lock  journalLock // held for the process's life: others leave the directory alone
-	f     *os.File
-	seq   uint64
-	batch int                // records per batch entry, written in each segment's header
-	key   []byte             // MAC key; nil: frames carry no MAC
-	mac   []byte             // the open segment's last MAC
-	size  int64              // the open segment's bytes up to its last whole frame
-	recs  []store.AuditEvent // the open segment's records, in order
-	buf   []byte
-	sum   hash.Hash // SHA-256 of the open segment's bytes up to its last whole frame
-	open  uint64    // the open segment's number
+	root     string
+	dir      string      // this process's own directory under the journal root
+	lock     journalLock // held for the process's life: others leave the directory alone
+	f        *os.File
+	seq      uint64
+	batch    int                // records per batch entry, written in each segment's header
+	key      []byte             // MAC key; nil: frames carry no MAC
+	mac      []byte             // the open segment's last MAC
+	size     int64              // the open segment's bytes up to its last whole frame
+	recs     []store.AuditEvent // the open segment's records, in order
+	lastRecs int                // how many the last closed packed segment held (its successor's room)
+	buf      []byte
+	sum      hash.Hash // SHA-256 of the open segment's bytes up to its last whole frame
+	open     uint64    // the open segment's number
 	// prev is the link the next segment's header carries: the last closed segment that
 	// held records (zero: none in this directory yet).
 	prev segLink

@@ -1096,10 +1096,10 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 		recs, ok := l.bundleRecs[name]
 		l.bundleMu.Unlock()
 		if ok { // this process's batch: the fields were kept from the events, not parsed
-			for pos, r := range recs {
-				r.Index = RecordIndex(bt.index, pos)
-				out = append(out, r)
+			for pos := range recs {
+				recs[pos].Index = RecordIndex(bt.index, pos) // the log's own copy (rememberRecords)
 			}
+			out = append(out, recs...)
 			continue
 		}
 		b, err := l.bundles.Bundle(ctx, name)

@@ -1104,39 +1104,53 @@ func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent 
 	b = append(b, `,"reason":`...)
 	b = audit.AppendJSONString(b, st.reason)
 	b = append(b, `,"fields":{`...)
-	field := func(k, v string) {
+	key := func(k string) { // our own keys: nothing to escape
 		if b[len(b)-1] != '{' {
 			b = append(b, ',')
 		}
 		b = append(b, '"')
-		b = append(b, k...) // our own keys: nothing to escape
+		b = append(b, k...)
 		b = append(b, `":`...)
+	}
+	field := func(k, v string) {
+		key(k)
 		b = audit.AppendJSONString(b, v)
 	}
-	var num [20]byte
-	itoa := func(n int64) string { return string(strconv.AppendInt(num[:0], n, 10)) }
+	// A number or a digest needs no escaping: written in place, not made a string first.
+	number := func(k string, n int64) {
+		key(k)
+		b = append(b, '"')
+		b = strconv.AppendInt(b, n, 10)
+		b = append(b, '"')
+	}
 	if versioned {
 		field("classification", st.rec.Attrs.Classification)
 	}
 	if !start {
-		field("completion_tokens", itoa(int64(st.usage.CompletionTokens)))
+		number("completion_tokens", int64(st.usage.CompletionTokens))
 	}
 	field("country", st.country)
 	if st.ip.IsValid() {
 		field("ip", g.ipDigest(st.ip))
 	}
 	if !start {
-		field("latency_ms", itoa(g.cfg.Now().Sub(st.start).Milliseconds()))
+		number("latency_ms", g.cfg.Now().Sub(st.start).Milliseconds())
 	}
 	if st.outHash != nil && !start {
-		field("output_hmac", audit.HashDigest(st.outHash))
+		key("output_hmac")
+		b = append(b, '"')
+		b = audit.AppendHashDigest(b, st.outHash)
+		b = append(b, '"')
 	}
 	if st.prompt != nil {
-		field("prompt_hmac", g.cfg.Redactor.DigestBytes(st.prompt))
+		key("prompt_hmac")
+		b = append(b, '"')
+		b = g.cfg.Redactor.AppendDigestBytes(b, st.prompt)
+		b = append(b, '"')
 	}
 	if !start {
-		field("prompt_tokens", itoa(int64(st.usage.PromptTokens)))
-		field("status", itoa(int64(st.status)))
+		number("prompt_tokens", int64(st.usage.PromptTokens))
+		number("status", int64(st.status))
 	}
 	if st.usage.Estimated {
 		field("usage_estimated", "true")

@@ -667,7 +667,10 @@ func (s *sqlStore) indexQuery(rows int) string {
 
 func (s *sqlStore) IndexAudit(ctx context.Context, evs []AuditEvent) error {
 	var recs []AuditEvent
-	if i := slices.IndexFunc(evs, func(e AuditEvent) bool { return isRecordIndex(e.Index) }); i >= 0 {
+	i := slices.IndexFunc(evs, func(e AuditEvent) bool { return isRecordIndex(e.Index) })
+	if i >= 0 && !slices.ContainsFunc(evs[i:], func(e AuditEvent) bool { return !isRecordIndex(e.Index) }) {
+		evs, recs = evs[:i], evs[i:] // entries, then records (as the log hands them): no copy
+	} else if i >= 0 {
 		entries := slices.Clone(evs[:i])
 		recs = make([]AuditEvent, 0, len(evs)-i)
 		for _, e := range evs[i:] {
