@@ -224,17 +224,32 @@ func DecodeBundle(b []byte) ([][]byte, error) {
 // subtrees' roots instead of a digest and a slice per hash: the fold hashes every request
 // record, so this runs for each of them (TestBatchRootMatchesCompactRange).
 func BatchRoot(records [][]byte) []byte {
-	if len(records) == 0 {
+	h := sha256.New()
+	return merkleRoot(len(records), h, func(i int, dst *[sha256.Size]byte) { recordLeaf(h, records[i], dst) })
+}
+
+// leavesRoot is BatchRoot of the records whose leaf hashes (recordLeaf) are leaves.
+func leavesRoot(leaves [][sha256.Size]byte) []byte {
+	return merkleRoot(len(leaves), sha256.New(), func(i int, dst *[sha256.Size]byte) { *dst = leaves[i] })
+}
+
+// recordLeaf sets dst to rec's RFC 6962 leaf hash (h: a SHA-256, reset here).
+func recordLeaf(h hash.Hash, rec []byte, dst *[sha256.Size]byte) {
+	h.Reset()
+	h.Write(leafPrefix)
+	h.Write(rec)
+	h.Sum(dst[:0])
+}
+
+// merkleRoot is the RFC 6962 root over n leaves, leaf(i, dst) setting leaf i's hash.
+func merkleRoot(n int, h hash.Hash, leaf func(i int, dst *[sha256.Size]byte)) []byte {
+	if n == 0 {
 		return rfc6962.DefaultHasher.EmptyRoot()
 	}
-	h := sha256.New()
 	var stack [64][sha256.Size]byte // stack[k]: the root of a perfect subtree, larger below
 	top := 0
-	for i, rec := range records {
-		h.Reset()
-		h.Write(leafPrefix)
-		h.Write(rec)
-		h.Sum(stack[top][:0])
+	for i := range n {
+		leaf(i, &stack[top])
 		top++
 		// Leaf i completes a subtree for each trailing one bit of i: merge that many pairs.
 		for n := i; n&1 == 1; n >>= 1 {
@@ -936,7 +951,11 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 			if seg.sum != nil && seg.done == 0 && len(chunk) == len(seg.recs) {
 				whole = seg
 			}
-			idx, err := b.commitRecords(chunk, src, whole)
+			var leaves [][sha256.Size]byte // kept by the writer, when it did
+			if len(seg.leaves) >= len(chunk) {
+				leaves = seg.leaves[:len(chunk)]
+			}
+			idx, err := b.commitRecords(chunk, src, whole, leaves)
 			if err != nil {
 				return err
 			}
@@ -950,6 +969,9 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 			}
 		}
 		seg.recs, seg.done = seg.recs[len(chunk):], seg.done+len(chunk)
+		if len(seg.leaves) >= len(chunk) {
+			seg.leaves = seg.leaves[len(chunk):]
+		}
 	}
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -1037,14 +1059,15 @@ func (b *Batcher) commit(p *pendingBatch) {
 		return
 	}
 	defer close(p.finished)
-	p.index, p.err = b.commitRecords(p.records, "", nil)
+	p.index, p.err = b.commitRecords(p.records, "", nil, nil)
 }
 
 // commitRecords writes records' bundle, then their batch entry, and returns its index.
 // source: where in the journal the records were (journalSource), "" when committed directly.
 // seg: a journal segment holding exactly these records, whole (segment.sum), linked in as
-// the bundle when the store can (BundleLinker) instead of written again.
-func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *segment) (uint64, error) {
+// the bundle when the store can (BundleLinker) instead of written again. leaves: the
+// records' leaf hashes when the writer kept them (nil: computed here).
+func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *segment, leaves [][sha256.Size]byte) (uint64, error) {
 	ctx := context.Background()
 	rs := raws(recs)
 	var name string
@@ -1073,11 +1096,17 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *seg
 		b.log.setErr(err)
 		return 0, err
 	}
+	var root []byte
+	if len(leaves) == len(recs) {
+		root = leavesRoot(leaves)
+	} else {
+		root = BatchRoot(rs)
+	}
 	first, last := recs[0].TS.UTC(), recs[len(recs)-1].TS.UTC()
 	ev := Event{V: 1, TS: last, Kind: KindBatch, Decision: Allow,
 		Actor:   map[string]string{"principal": "strongroom/gateway"},
 		Subject: map[string]string{"bundle": name},
-		Fields: map[string]string{"records": strconv.Itoa(len(recs)), "root": hex.EncodeToString(BatchRoot(rs)),
+		Fields: map[string]string{"records": strconv.Itoa(len(recs)), "root": hex.EncodeToString(root),
 			"first_ts": first.Format(time.RFC3339Nano), "last_ts": last.Format(time.RFC3339Nano)}}
 	if source != "" {
 		ev.Fields["journal"] = source

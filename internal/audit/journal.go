@@ -108,6 +108,14 @@ const (
 	// flagPacked (instead of flagPaged): frames one after another from the segment's
 	// second page, written through a shared mapping (journal_mapped.go).
 	flagPacked = 4
+	// flagLeafMAC (with flagPacked, set in every packed segment since it was added): a
+	// frame holds one record, and its MAC is chained over the record's RFC 6962 leaf hash
+	// (SHA-256 of 0x00 and the record), not over its bytes — the leaf the batch's Merkle
+	// root needs, so a written record's bytes are hashed for it once, not twice (the
+	// frame's MAC, then the fold's root). Equally binding: the leaf hash is collision
+	// resistant, the frame's length is CRC-checked and the payload must be exactly one
+	// record.
+	flagLeafMAC = 8
 )
 
 // sectorSize is the smallest unit a device writes whole: a torn write loses whole sectors.
@@ -131,12 +139,13 @@ type journal struct {
 	lock     journalLock // held for the process's life: others leave the directory alone
 	f        *os.File
 	seq      uint64
-	batch    int                // records per batch entry, written in each segment's header
-	key      []byte             // MAC key; nil: frames carry no MAC
-	mac      []byte             // the open segment's last MAC
-	size     int64              // the open segment's bytes up to its last whole frame
-	recs     []store.AuditEvent // the open segment's records, in order
-	lastRecs int                // how many the last closed packed segment held (its successor's room)
+	batch    int                 // records per batch entry, written in each segment's header
+	key      []byte              // MAC key; nil: frames carry no MAC
+	mac      []byte              // the open segment's last MAC
+	size     int64               // the open segment's bytes up to its last whole frame
+	recs     []store.AuditEvent  // the open segment's records, in order
+	leaves   [][sha256.Size]byte // packed: their RFC 6962 leaf hashes (flagLeafMAC)
+	lastRecs int                 // how many the last closed packed segment held (its successor's room)
 	buf      []byte
 	sum      hash.Hash // SHA-256 of the open segment's bytes up to its last whole frame
 	open     uint64    // the open segment's number
@@ -172,10 +181,13 @@ type segLink struct {
 
 // segment is a closed journal segment: its file, its records, its batch size.
 type segment struct {
-	path  string
-	recs  []store.AuditEvent // those not yet folded
-	batch int
-	done  int // records folded from its start
+	path string
+	recs []store.AuditEvent // those not yet folded
+	// leaves are recs' RFC 6962 leaf hashes when the writer kept them (a packed segment
+	// closed by this process), else nil: the fold computes them.
+	leaves [][sha256.Size]byte
+	batch  int
+	done   int // records folded from its start
 	// Read from a dead journal (readSegments): its number, header and MAC chain's end.
 	seq  uint64
 	scan segScan
@@ -597,7 +609,7 @@ func (j *journal) header() []byte {
 		flags |= flagKeyed
 	}
 	if j.packed {
-		flags ^= flagPaged | flagPacked
+		flags ^= flagPaged | flagPacked | flagLeafMAC
 	}
 	hdr = append(hdr, flags)
 	floor := j.floor.Load()
@@ -853,7 +865,7 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 	}
 	macLen := 0
 	switch {
-	case sc.v4 && flags&^flagKeyed != flagPaged && flags&^flagKeyed != flagPacked, !sc.v4 && flags > 1, sc.batch < 1, sc.batch > MaxBatch:
+	case sc.v4 && !slices.Contains([]byte{flagPaged, flagPacked, flagPacked | flagLeafMAC}, flags&^flagKeyed), !sc.v4 && flags > 1, sc.batch < 1, sc.batch > MaxBatch:
 		return segScan{}, fmt.Errorf("%w: %s: malformed header", ErrEvent, name)
 	case anyMAC:
 		macLen = int(keyed) * sha256.Size
@@ -866,7 +878,7 @@ func scanSegment(b []byte, path string, key []byte, anyMAC bool) (sc segScan, er
 	}
 	mac := firstMAC(key, macFor)
 	if sc.v4 && flags&flagPacked != 0 {
-		return scanPacked(b, sc, name, key, macLen, mac)
+		return scanPacked(b, sc, name, key, macLen, mac, flags&flagLeafMAC != 0)
 	}
 scan:
 	for len(rest) > 0 {

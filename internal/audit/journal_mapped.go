@@ -29,19 +29,20 @@ import (
 // for a write and an fdatasync, and that wait — not the write — was most of what the log
 // cost a request (docs/PERFORMANCE.md): a handler parked and woken, fewer requests a second
 // for the same fixed costs. Here the request's own goroutine writes its record into the
-// open segment through a shared mapping of the file (MAP_SHARED): the bytes are in the
-// kernel's page cache when the store returns, so they survive the process — killed,
-// crashed, out of memory — without a system call or a wait. They reach the disk within
-// SyncEvery (an fdatasync in the background), and at once when the segment is closed. So
+// open segment's shadow, a file on tmpfs mapped shared (startShadow): the bytes are in
+// kernel memory when the store returns, so they survive the process — killed, crashed,
+// out of memory — without a system call or a wait. The process's own copy of them reaches
+// the disk within SyncEvery (a write and an fdatasync in the background), and at once
+// when the segment is closed. So
 // the promise is: an answer the client has is in the log unless the *host* lost its power
 // or kernel within SyncEvery of it; every security decision (leases, approvals, unseal,
 // revocation, key changes, detector actions) is still durable before it takes effect, and
 // "synced" keeps the group commit for request records too.
 //
-// A packed segment (v4 header, flags flagPacked | keyed): the header, zeros to the end of
-// its first page, then frames one after another — a v4 frame each (length, its CRC, the
-// payload's CRC, the payload, the MAC chained from the previous frame's), one record per
-// frame — then zeros: the file is allocated mappedSize bytes when it starts (fallocate: a
+// A packed segment (v4 header, flags flagPacked | flagLeafMAC | keyed): the header, zeros
+// to the end of its first page, then frames one after another — a v4 frame each (length,
+// its CRC, the payload's CRC, the payload, the MAC chained from the previous frame's over
+// the record's leaf hash), one record per frame — then zeros: the file is allocated mappedSize bytes when it starts (fallocate: a
 // full disk refuses the segment, never a record in it) and cut to its frames when it is
 // closed (its batch's bundle as it stands, like a paged segment). The header is written and
 // synced, with the file's name, before the first record; a closed segment is synced before
@@ -150,6 +151,7 @@ type mapped struct {
 	own        []byte    // with a shadow: the segment's bytes as written, what syncs copy to the disk
 	firstAt    time.Time // when the open segment's first record was written
 	hm         hash.Hash // HMAC-SHA256 with the journal's key, reused
+	leafH      hash.Hash // SHA-256, reused for records' leaf hashes
 	macBuf     [sha256.Size]byte
 	closedW    bool        // the batcher closed: no more records
 	faulted    atomic.Bool // the shadow's mapping faulted (cut from under the process)
@@ -309,25 +311,29 @@ func (j *journal) writeMapped(rec store.AuditEvent, most int) (closed *segment, 
 			return closed, err
 		}
 	}
-	if err := j.frameMapped(rec.Raw); err != nil {
+	leaf, err := j.frameMapped(rec.Raw)
+	if err != nil {
 		return closed, err
 	}
 	if len(j.recs) == 0 {
 		j.firstAt = time.Now()
 		if j.recs == nil {
 			// Room for as many as the last segment held, twice (a segment under load holds
-			// max): grown record by record, the slice's copies — a write barrier per
+			// most): grown record by record, the slices' copies — a write barrier per
 			// pointer while the GC runs — cost ~0.7 µs a record (BenchmarkRequestRecord).
-			j.recs = make([]store.AuditEvent, 0, min(most, max(64, 2*j.lastRecs)))
+			n := min(most, max(64, 2*j.lastRecs))
+			j.recs, j.leaves = make([]store.AuditEvent, 0, n), make([][sha256.Size]byte, 0, n)
 		}
 	}
 	j.recs = append(j.recs, rec)
+	j.leaves = append(j.leaves, leaf)
 	return closed, nil
 }
 
 // frameMapped writes raw as the next frame: a copy into the shadow, or a pwrite into the
-// segment. A fault of the shadow's mapping (the file cut: SIGBUS) is an error, not a crash.
-func (j *journal) frameMapped(raw []byte) (err error) {
+// segment. It returns raw's leaf hash (its frame's MAC is chained over it: flagLeafMAC). A
+// fault of the shadow's mapping (the file cut: SIGBUS) is an error, not a crash.
+func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, err error) {
 	start := j.size
 	fr := append(j.buf[:0], make([]byte, frameHeader)...)
 	fr = binary.AppendUvarint(fr, uint64(len(raw)))
@@ -336,21 +342,25 @@ func (j *journal) frameMapped(raw []byte) (err error) {
 	binary.LittleEndian.PutUint32(fr, uint32(len(b)))
 	binary.LittleEndian.PutUint32(fr[4:], crc32.Checksum(fr[:4], castagnoli))
 	binary.LittleEndian.PutUint32(fr[8:], crc32.Checksum(b, castagnoli))
+	if j.leafH == nil {
+		j.leafH = sha256.New()
+	}
+	recordLeaf(j.leafH, raw, &leaf)
 	var mac [sha256.Size]byte
 	if j.hm != nil {
 		j.hm.Reset()
 		j.hm.Write(j.mac)
-		j.hm.Write(b)
+		j.hm.Write(leaf[:])
 		fr = append(fr, j.hm.Sum(mac[:0])...) // j.mac moves only once the frame is stored
 	}
 	j.buf = fr
 	if j.mm != nil {
 		if err := j.copyToShadow(fr, start); err != nil {
-			return err
+			return leaf, err
 		}
 		copy(j.own[start:], fr)
 	} else if _, err := j.f.WriteAt(fr, start); err != nil {
-		return err
+		return leaf, err
 	}
 	if j.hm != nil {
 		j.macBuf = mac
@@ -358,7 +368,7 @@ func (j *journal) frameMapped(raw []byte) (err error) {
 	}
 	j.sum.Write(fr)
 	j.size = start + int64(len(fr))
-	return nil
+	return leaf, nil
 }
 
 // copyToShadow stores fr at off in the shadow's mapping.
@@ -418,7 +428,7 @@ func (j *journal) closeMapped(whole bool) (*segment, error) {
 	j.shadowUsed = j.size
 	j.cut = nil
 	j.smu.Unlock()
-	seg := &segment{path: j.f.Name(), recs: j.recs, batch: j.batch}
+	seg := &segment{path: j.f.Name(), recs: j.recs, leaves: j.leaves, batch: j.batch}
 	j.lastRecs = len(j.recs)
 	if whole {
 		seg.sum = j.sum.Sum(nil)
@@ -428,7 +438,7 @@ func (j *journal) closeMapped(whole bool) (*segment, error) {
 		copy(j.prev.mac[:], j.mac)
 	}
 	j.f.Close()
-	j.f, j.recs, j.mac = nil, nil, nil
+	j.f, j.recs, j.leaves, j.mac = nil, nil, nil, nil
 	if len(seg.recs) == 0 {
 		os.Remove(seg.path)
 		return nil, err
@@ -621,7 +631,12 @@ func (j *journal) checkSegment() error {
 
 // scanPacked reads a packed segment's frames (scanSegment, past its header; mac the
 // chain's first value): see the comment at the top of this file for what a crash leaves.
-func scanPacked(b []byte, sc segScan, name string, key []byte, macLen int, mac []byte) (segScan, error) {
+func scanPacked(b []byte, sc segScan, name string, key []byte, macLen int, mac []byte, leafMAC bool) (segScan, error) {
+	var h hash.Hash
+	var leaf [sha256.Size]byte
+	if leafMAC {
+		h = sha256.New()
+	}
 	if !allZero(b[journalHeader:min(pageSize, len(b))]) {
 		return segScan{}, fmt.Errorf("%w: %s: bytes between the header and the first frame", ErrEvent, name)
 	}
@@ -635,8 +650,17 @@ func scanPacked(b []byte, sc segScan, name string, key []byte, macLen int, mac [
 		payload := rest[:0]
 		if bad == "" {
 			payload = rest[frameHeader : frameHeader+m]
-			if key != nil {
-				want := nextMAC(key, mac, payload)
+			macOf := payload
+			if leafMAC { // one record, its MAC over its leaf hash
+				if l, k := binary.Uvarint(payload); k <= 0 || l != uint64(len(payload)-k) {
+					bad = "not one record"
+				} else if key != nil {
+					recordLeaf(h, payload[k:], &leaf)
+					macOf = leaf[:]
+				}
+			}
+			if bad == "" && key != nil {
+				want := nextMAC(key, mac, macOf)
 				if !hmac.Equal(want, rest[frameHeader+m:whole]) {
 					bad = "MAC"
 				}

@@ -1,7 +1,9 @@
 package audit
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"os"
@@ -290,10 +292,19 @@ func packedSeed() []byte {
 	return seed
 }
 
-// TestPackedSeed: the fuzz seed is a packed segment of three records.
+// oldPackedSeed is packedSeed as written before flagLeafMAC (flagPacked alone).
+func oldPackedSeed() []byte {
+	seed := packedSeed()
+	seed[len(journalMagic)+4] = flagPacked
+	return seed
+}
+
+// TestPackedSeed: the fuzz seeds are packed segments of three records.
 func TestPackedSeed(t *testing.T) {
-	if recs, _, err := parseSegment(packedSeed(), "fuzz", nil); err != nil || len(recs) != 3 {
-		t.Fatalf("seed: %d records, %v", len(recs), err)
+	for _, seed := range [][]byte{packedSeed(), oldPackedSeed()} {
+		if recs, _, err := parseSegment(seed, "fuzz", nil); err != nil || len(recs) != 3 {
+			t.Fatalf("seed: %d records, %v", len(recs), err)
+		}
 	}
 }
 
@@ -482,5 +493,87 @@ func TestRequestRecordsModeMetric(t *testing.T) {
 				t.Fatal("still written after Close")
 			}
 		})
+	}
+}
+
+// TestLeafMAC: a packed segment's frames hold one record each, their MACs chained over the
+// records' RFC 6962 leaf hashes (flagLeafMAC), and the writer keeps those leaves for the
+// fold. Built here with the key (what an attacker without it cannot): a frame of two
+// records, or one MACed over its bytes (the rule before the flag), ends the segment there
+// (lost); a segment of the rule before the flag (flagPacked alone) is still read whole.
+func TestLeafMAC(t *testing.T) {
+	const n = 12
+	b, path, frames := writtenSegment(t, n)
+	if flags := b[len(journalMagic)+4]; flags != flagKeyed|flagPacked|flagLeafMAC {
+		t.Fatalf("a written segment's flags %#x", flags)
+	}
+	raw := func(i int) []byte { return rawRecs(i, i+1)[0].Raw }
+	leaf := func(r []byte) []byte { l := sha256.Sum256(append([]byte{0}, r...)); return l[:] }
+	// frame appends a frame of recs with the MAC macOf(payload) chained from prev.
+	frame := func(seg, prev []byte, macOf func(payload []byte) []byte, recs ...[]byte) ([]byte, []byte) {
+		start := len(seg)
+		seg = append(seg, make([]byte, frameHeader)...)
+		for _, r := range recs {
+			seg = append(binary.AppendUvarint(seg, uint64(len(r))), r...)
+		}
+		seg, _ = sealFrame(seg, start, nil, nil)
+		mac := nextMAC(a17Key, prev, macOf(seg[start+frameHeader:]))
+		return append(seg, mac...), mac
+	}
+	byLeaf := func(p []byte) []byte { _, k := binary.Uvarint(p); return leaf(p[k:]) }
+	byBytes := func(p []byte) []byte { return p }
+	sc, err := scanSegment(b[:frames[5]], path, a17Key, false)
+	if err != nil || len(sc.recs) != 5 {
+		t.Fatalf("first five frames: %d records, %v", len(sc.recs), err)
+	}
+	prev := sc.ends[len(sc.ends)-1].mac[:]
+	for _, c := range []struct {
+		name  string
+		macOf func([]byte) []byte
+		recs  [][]byte
+		want  int
+	}{
+		{"one record, MAC over its leaf", byLeaf, [][]byte{raw(5)}, 6},
+		{"one record, MAC over its bytes", byBytes, [][]byte{raw(5)}, 5},
+		{"two records, MAC over the frame's bytes", byBytes, [][]byte{raw(5), raw(6)}, 5},
+		{"two records, MAC over the first's leaf", byLeaf, [][]byte{raw(5), raw(6)}, 5},
+	} {
+		seg, _ := frame(append([]byte(nil), b[:frames[5]]...), prev, c.macOf, c.recs...)
+		sc, err := scanSegment(seg, path, a17Key, false)
+		if err != nil || len(sc.recs) != c.want || sc.lost != (c.want == 5) {
+			t.Fatalf("%s: %d records, lost %v, %v; want %d", c.name, len(sc.recs), sc.lost, err, c.want)
+		}
+	}
+	// The rule before the flag: MACs over the frames' bytes, flagPacked alone.
+	old := append([]byte(nil), b[:journalHeader]...)
+	old[len(journalMagic)+4] = flagKeyed | flagPacked
+	mac := firstMAC(a17Key, macName(filepath.Dir(path), filepath.Base(path))+string(old))
+	old = append(old, make([]byte, pageSize-len(old))...)
+	for i := range 3 {
+		old, mac = frame(old, mac, byBytes, raw(i))
+	}
+	if sc, err := scanSegment(old, path, a17Key, false); err != nil || len(sc.recs) != 3 || sc.lost {
+		t.Fatalf("a segment of the rule before flagLeafMAC: %d records, lost %v, %v", len(sc.recs), sc.lost, err)
+	}
+	// The writer's leaves are its records' (the fold's Merkle root is made of them).
+	j, err := openJournalWith(&journal{root: t.TempDir(), batch: 100, key: a17Key, packed: true}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	var raws [][]byte
+	for i := range n {
+		if _, err := j.writeMapped(rawRecs(i, i+1)[0], 100); err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, raw(i))
+	}
+	for i, l := range j.leaves {
+		if !bytes.Equal(l[:], leaf(raws[i])) {
+			t.Fatalf("leaf %d is not record %d's", i, i)
+		}
+	}
+	if len(j.leaves) != n || !bytes.Equal(leavesRoot(j.leaves), BatchRoot(raws)) {
+		t.Fatalf("%d leaves kept for %d records, or their root is not the records'", len(j.leaves), n)
 	}
 }

@@ -311,6 +311,7 @@ func FuzzParseSegment(f *testing.F) {
 	f.Add(legacySegment(journalMagicV3, [][]store.AuditEvent{rawRecs(0, 2)}, nil, "d/s"))
 	f.Add(packedSeed()) // written records (journal_mapped.go)
 	f.Add(packedSeed()[:pageSize+5])
+	f.Add(oldPackedSeed()) // the rule before flagLeafMAC
 	f.Fuzz(func(t *testing.T, b []byte) {
 		recs, _, err := parseSegment(b, "fuzz", nil)
 		if err != nil {

@@ -292,12 +292,21 @@ func compactRangeRoot(recs [][]byte) []byte {
 }
 
 // TestBatchRootMatchesCompactRange: BatchRoot is the root merkle/compact (and so RFC 6962)
-// gives, for every count up to 300 and a few larger ones.
+// gives, for every count up to 300 and a few larger ones; so is leavesRoot over the
+// records' leaf hashes (a written segment's fold: flagLeafMAC).
 func TestBatchRootMatchesCompactRange(t *testing.T) {
 	var recs [][]byte
 	check := func() {
-		if got, want := BatchRoot(recs), compactRangeRoot(recs); !bytes.Equal(got, want) {
+		want := compactRangeRoot(recs)
+		if got := BatchRoot(recs); !bytes.Equal(got, want) {
 			t.Fatalf("%d records: root %x, compact range %x", len(recs), got, want)
+		}
+		leaves := make([][sha256.Size]byte, len(recs))
+		for i, r := range recs {
+			leaves[i] = sha256.Sum256(append([]byte{0}, r...))
+		}
+		if got := leavesRoot(leaves); !bytes.Equal(got, want) {
+			t.Fatalf("%d records: root of leaves %x, compact range %x", len(recs), got, want)
 		}
 	}
 	for i := range 300 {
