@@ -951,8 +951,8 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 			if seg.sum != nil && seg.done == 0 && len(chunk) == len(seg.recs) {
 				whole = seg
 			}
-			var leaves [][sha256.Size]byte // kept by the writer, when it did
-			if len(seg.leaves) >= len(chunk) {
+			var leaves [][sha256.Size]byte // kept by the writer, when it did (one a record)
+			if len(seg.leaves) == len(seg.recs) {
 				leaves = seg.leaves[:len(chunk)]
 			}
 			idx, err := b.commitRecords(chunk, src, whole, leaves)
@@ -968,10 +968,12 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 				b.j.floor.Store(idx) // later segments' batches come after it
 			}
 		}
-		seg.recs, seg.done = seg.recs[len(chunk):], seg.done+len(chunk)
-		if len(seg.leaves) >= len(chunk) {
+		if len(seg.leaves) == len(seg.recs) {
 			seg.leaves = seg.leaves[len(chunk):]
+		} else {
+			seg.leaves = nil
 		}
+		seg.recs, seg.done = seg.recs[len(chunk):], seg.done+len(chunk)
 	}
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

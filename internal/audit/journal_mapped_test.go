@@ -577,3 +577,33 @@ func TestLeafMAC(t *testing.T) {
 		t.Fatalf("%d leaves kept for %d records, or their root is not the records'", len(j.leaves), n)
 	}
 }
+
+// TestFoldLeaves: a fold makes each batch's Merkle root from the leaf hashes its writer
+// kept only while there is one a record (trimmed with them, batch by batch); else from the
+// records — a root from misaligned leaves would not be the bundle's, and the log would
+// fail to verify.
+func TestFoldLeaves(t *testing.T) {
+	tl := openTestLog(t)
+	recs := rawRecs(0, 30)
+	leaves := make([][sha256.Size]byte, len(recs))
+	for i, r := range recs {
+		leaves[i] = sha256.Sum256(append([]byte{0}, r.Raw...))
+	}
+	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 20}
+	for _, seg := range []*segment{
+		{recs: recs[0:10], leaves: leaves[0:10], batch: 4},   // paired: batches of 4, 4, 2
+		{recs: recs[10:20], leaves: leaves[11:20], batch: 4}, // one short (and shifted)
+		{recs: recs[20:30], leaves: leaves[20:30], batch: 3},
+	} {
+		seg.path = filepath.Join(t.TempDir(), "0000000000000000.wal")
+		if err := folder.fold(seg, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tl.close(t)
+	got := loggedRecords(t, tl.dir, tl.vkey) // verifies every batch's root against its bundle
+	if len(got) != 30 {
+		t.Fatalf("%d records in the log, want 30", len(got))
+	}
+	wantInOrder(t, got, 30)
+}
