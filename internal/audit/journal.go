@@ -431,9 +431,9 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 	var out []segment
 	for _, seq := range seqs {
 		p := filepath.Join(dir, segmentName(seq))
-		b, err := os.ReadFile(p)
+		b, err := readRegular(p, maxSegmentBytes)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("journal segment %s: %w", p, err) // a FIFO, a link, a huge file: named for an operator
 		}
 		sc, err := scanSegment(b, p, key, false)
 		if err != nil {
@@ -780,7 +780,7 @@ func (j *journal) close() {
 
 // readSegment reads a segment's records and batch size (see parseSegment).
 func readSegment(path string, key []byte) ([][]byte, int, error) {
-	b, err := os.ReadFile(path)
+	b, err := readRegular(path, maxSegmentBytes)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -561,7 +561,7 @@ func sweepShadows() {
 		if !trustedShadowRoot(r) {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(r, "journal"))
+		b, err := readRegular(filepath.Join(r, "journal"), 4<<10)
 		if err != nil || len(b) == 0 {
 			continue
 		}
@@ -574,10 +574,21 @@ func sweepShadows() {
 // maxShadow bounds a shadow's size when it is read (this version makes them mappedSize).
 const maxShadow = 64 << 20
 
-// readShadow reads a shadow file: one this process could have made — a regular file (not
-// a link, FIFO or device: opened without following or waiting) of at most maxShadow bytes.
-// Outside round 32 had a FIFO hang the next start and a 1 TiB sparse file crash it.
-func readShadow(p string) ([]byte, error) {
+// maxSegmentBytes bounds a journal segment's file (and so a bundle, which may be one): a
+// page for the header, then at most MaxBatch records of at most MaxEventSize bytes, each
+// in a frame of its own padded to a page (a paged segment's worst case), ~280 MiB.
+const maxSegmentBytes = pageSize + MaxBatch*(frameHeader+binary.MaxVarintLen64+MaxEventSize+sha256.Size+pageSize)
+
+// readShadow reads a shadow file: one this process could have made (readRegular, at most
+// maxShadow bytes).
+func readShadow(p string) ([]byte, error) { return readRegular(p, maxShadow) }
+
+// readRegular reads a file the process made and someone with its directory could have
+// replaced: only a regular file (not a link, FIFO or device: opened without following or
+// waiting) of at most max bytes. Outside round 32 had a FIFO shadow hang the next start
+// and a 1 TiB sparse one crash it; round 33 the same with a shadow root's "journal"
+// marker, a dead journal's segment on the disk, and a bundle (audit verify, the index).
+func readRegular(p string, max int64) ([]byte, error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, err
@@ -589,8 +600,8 @@ func readShadow(p string) ([]byte, error) {
 		return nil, err
 	case !st.Mode().IsRegular():
 		return nil, fmt.Errorf("not a regular file (%v)", st.Mode().Type())
-	case st.Size() > maxShadow:
-		return nil, fmt.Errorf("%d bytes, over %d", st.Size(), maxShadow)
+	case st.Size() > max:
+		return nil, fmt.Errorf("%d bytes, over %d", st.Size(), max)
 	}
 	b := make([]byte, st.Size())
 	if _, err := io.ReadFull(f, b); err != nil {
@@ -652,7 +663,9 @@ func scanPacked(b []byte, sc segScan, name string, key []byte, macLen int, mac [
 			payload = rest[frameHeader : frameHeader+m]
 			macOf := payload
 			if leafMAC { // one record, its MAC over its leaf hash
-				if l, k := binary.Uvarint(payload); k <= 0 || l != uint64(len(payload)-k) {
+				if l, k := binary.Uvarint(payload); k <= 0 || l != uint64(len(payload)-k) || k != uvarintLen(l) {
+					// One record, its length in the shortest form: nothing in the frame
+					// the MAC does not fix (round 33 re-encoded a length longer).
 					bad = "not one record"
 				} else if key != nil {
 					recordLeaf(h, payload[k:], &leaf)
@@ -678,6 +691,12 @@ func scanPacked(b []byte, sc segScan, name string, key []byte, macLen int, mac [
 	}
 	sc.n = len(b) - len(rest)
 	return sc, nil
+}
+
+// uvarintLen is how many bytes binary.AppendUvarint writes for v.
+func uvarintLen(v uint64) int {
+	var b [binary.MaxVarintLen64]byte
+	return len(binary.AppendUvarint(b[:0], v))
 }
 
 // recorded is the Future of a written record.

@@ -607,3 +607,42 @@ func TestFoldLeaves(t *testing.T) {
 	}
 	wantInOrder(t, got, 30)
 }
+
+// TestReadRegular: the files a process made and someone with its directory could replace
+// (shadows, shadow roots' markers, dead segments, bundles, a replica's kept entries and
+// floor) are read only as regular files of bounded size: a FIFO, a link or a file over the
+// bound is refused at once (rounds 32, 33: a FIFO hung a start, a sparse 1 TiB file
+// crashed it).
+func TestReadRegular(t *testing.T) {
+	d := t.TempDir()
+	reg, fifo, link, big := filepath.Join(d, "reg"), filepath.Join(d, "fifo"), filepath.Join(d, "link"), filepath.Join(d, "big")
+	if err := os.WriteFile(reg, []byte("twelve bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(reg, link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(big, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(big, 1<<40); err != nil {
+		t.Skipf("no sparse files here: %v", err)
+	}
+	if b, err := readRegular(reg, 12); err != nil || string(b) != "twelve bytes" {
+		t.Fatalf("a regular file at the bound: %q, %v", b, err)
+	}
+	for _, c := range []struct {
+		p   string
+		max int64
+	}{{reg, 11}, {fifo, 1 << 20}, {link, 1 << 20}, {big, maxSegmentBytes}} {
+		if b, err := readRegular(c.p, c.max); err == nil {
+			t.Fatalf("%s (bound %d) read: %d bytes", filepath.Base(c.p), c.max, len(b))
+		}
+	}
+	if _, err := readRegular(filepath.Join(d, "none"), 1); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a missing file: %v, want ErrNotExist", err)
+	}
+}

@@ -501,10 +501,10 @@ func (s *leaderSigner) loadFloor() {
 	if s.floorPath == "" {
 		return
 	}
-	if cp, err := os.ReadFile(s.floorPath); err == nil {
+	if cp, err := readRegular(s.floorPath, 1<<20); err == nil { // a planted FIFO must not hang the start
 		s.observe(cp, false) // perhaps signed here and never published: a floor, not a rollback mark
 	}
-	if b, err := os.ReadFile(publishedPath(s.floorPath)); err == nil {
+	if b, err := readRegular(publishedPath(s.floorPath), 1<<20); err == nil {
 		if n, err := strconv.ParseUint(string(b), 10, 64); err == nil {
 			s.mu.Lock()
 			s.published = max(s.published, n)
