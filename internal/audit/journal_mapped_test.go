@@ -544,6 +544,19 @@ func TestLeafMAC(t *testing.T) {
 			t.Fatalf("%s: %d records, lost %v, %v; want %d", c.name, len(sc.recs), sc.lost, err, c.want)
 		}
 	}
+	// The length in a longer form than the shortest (the MAC over the leaf does not cover
+	// it: the bytes would not be what was written; round 33): the segment ends there too.
+	long := append([]byte(nil), b[:frames[5]]...)
+	start := len(long)
+	long = append(long, make([]byte, frameHeader)...)
+	v := binary.AppendUvarint(nil, uint64(len(raw(5))))
+	v[len(v)-1] |= 0x80
+	long = append(append(long, append(v, 0)...), raw(5)...) // the same value, a byte longer
+	long, _ = sealFrame(long, start, nil, nil)
+	long = append(long, nextMAC(a17Key, prev, leaf(raw(5)))...)
+	if sc, err := scanSegment(long, path, a17Key, false); err != nil || len(sc.recs) != 5 || !sc.lost {
+		t.Fatalf("a frame whose length is not in its shortest form: %d records, lost %v, %v", len(sc.recs), sc.lost, err)
+	}
 	// The rule before the flag: MACs over the frames' bytes, flagPacked alone.
 	old := append([]byte(nil), b[:journalHeader]...)
 	old[len(journalMagic)+4] = flagKeyed | flagPacked
