@@ -58,6 +58,25 @@ func flip(t *testing.T, path string, off int) {
 	os.WriteFile(path, b, 0o644)
 }
 
+// flipInPlace flips the low bit of the byte at off of a file a live process holds (a
+// segment, a mapped shadow), in place: rewriting it whole (flip) would cut it for a moment.
+func flipInPlace(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var c [1]byte
+	if _, err := f.ReadAt(c[:], off); err != nil {
+		t.Fatal(err)
+	}
+	c[0] ^= 1
+	if _, err := f.WriteAt(c[:], off); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // rewriteBundle decodes an entry bundle, changes its entries and encodes it again.
 func rewriteBundle(t *testing.T, path string, fn func([][]byte) [][]byte) {
 	t.Helper()

@@ -544,6 +544,20 @@ func removeOrphan(o orphan) error {
 	return err
 }
 
+// nextSegment takes the next segment's number, name and path, claiming a new directory
+// first when the process's own was removed under it.
+func (j *journal) nextSegment() (seq uint64, name, path string, err error) {
+	if !j.ours() {
+		if err := j.claim(); err != nil {
+			return 0, "", "", err
+		}
+	}
+	seq = j.seq
+	j.seq++
+	name = segmentName(seq)
+	return seq, name, filepath.Join(j.dir, name), nil
+}
+
 // start creates the next segment; its name is durable before any record is written to it.
 // A process whose directory was removed under it claims a new one first. A failed start is
 // retried under the next number.
@@ -551,15 +565,10 @@ func (j *journal) start() error {
 	if j.packed {
 		return j.startMapped()
 	}
-	if !j.ours() {
-		if err := j.claim(); err != nil {
-			return err
-		}
+	seq, name, path, err := j.nextSegment()
+	if err != nil {
+		return err
 	}
-	seq := j.seq
-	j.seq++
-	name := segmentName(seq)
-	path := filepath.Join(j.dir, name)
 	sp := j.takeSpare()
 	if sp != nil && sp.path != path { // prepared for another directory or number: unused
 		sp.discard()

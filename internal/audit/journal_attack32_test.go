@@ -72,18 +72,7 @@ func TestAttack32LiveShadowAlteredBundle(t *testing.T) {
 	if shadow == "" {
 		t.Skip("no shadow")
 	}
-	f, err := os.OpenFile(shadow, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	off := int64(pageSize + frameHeader + 30) // inside the first record's payload
-	var c [1]byte
-	f.ReadAt(c[:], off)
-	c[0] ^= 0x01
-	if _, err := f.WriteAt(c[:], off); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	flipInPlace(t, shadow, pageSize+frameHeader+30) // inside the first record's payload
 	b.Close()
 	tl.close(t)
 	// Every bundle in the store must be what its name says.

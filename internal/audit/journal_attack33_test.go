@@ -490,18 +490,7 @@ func TestAttack33LiveDiskSegmentAltered(t *testing.T) {
 	b.j.wmu.Lock()
 	seg := b.j.f.Name()
 	b.j.wmu.Unlock()
-	f, err := os.OpenFile(seg, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	off := int64(pageSize + frameHeader + 30)
-	var c [1]byte
-	f.ReadAt(c[:], off)
-	c[0] ^= 1
-	if _, err := f.WriteAt(c[:], off); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	flipInPlace(t, seg, pageSize+frameHeader+30)
 	b.Close()
 	tl.close(t)
 	// Not fixed (a residual, DESIGN.md): the segment is linked as it is on the disk, and

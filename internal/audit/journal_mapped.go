@@ -166,15 +166,10 @@ var errSegmentFault = errors.New("journal shadow faulted (cut from under the pro
 // its shadow made (the header, room for mappedSize bytes allocated, mapped and its pages
 // mapped in writable ahead — MADV_POPULATE_WRITE: a store is then a copy, no fault).
 func (j *journal) startMapped() (err error) {
-	if !j.ours() {
-		if err := j.claim(); err != nil {
-			return err
-		}
+	seq, name, path, err := j.nextSegment()
+	if err != nil {
+		return err
 	}
-	seq := j.seq
-	j.seq++
-	name := segmentName(seq)
-	path := filepath.Join(j.dir, name)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_RDWR|syscall.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
@@ -213,6 +208,9 @@ func (j *journal) startMapped() (err error) {
 	j.mac = firstMAC(j.key, macName(j.dir, name)+string(hdr))
 	if j.key != nil && j.hm == nil {
 		j.hm = hmac.New(sha256.New, j.key)
+	}
+	if j.leafH == nil {
+		j.leafH = sha256.New()
 	}
 	j.sum = sha256.New()
 	j.sum.Write(hdr)
@@ -342,9 +340,6 @@ func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, err error) {
 	binary.LittleEndian.PutUint32(fr, uint32(len(b)))
 	binary.LittleEndian.PutUint32(fr[4:], crc32.Checksum(fr[:4], castagnoli))
 	binary.LittleEndian.PutUint32(fr[8:], crc32.Checksum(b, castagnoli))
-	if j.leafH == nil {
-		j.leafH = sha256.New()
-	}
 	recordLeaf(j.leafH, raw, &leaf)
 	var mac [sha256.Size]byte
 	if j.hm != nil {
