@@ -95,7 +95,7 @@ type Log struct {
 	witnessTimeout time.Duration
 
 	records *prometheus.CounterVec
-	healthy prometheus.Gauge
+	healthy prometheus.GaugeFunc
 	bundles BundleStore
 	// bundleRecs holds the records of batches this process committed, by bundle name,
 	// until the index has them (then they are read back from the bundle store).
@@ -140,8 +140,7 @@ type Log struct {
 	// written, and written into a shadow (journal_mapped.go).
 	requestMode atomic.Pointer[func() (written, shadowed bool)]
 	// writes are the writes to the log's storage in flight, watched by the probe (stall.go).
-	writes  writeWatch
-	gaugeMu sync.Mutex // setHealthGauge
+	writes writeWatch
 
 	// recent holds index records of events this process appended, keyed by log index,
 	// so that the index catch-up need not read them back from disk and parse them.
@@ -277,9 +276,11 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
 		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
-	l.healthy = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_log_healthy",
-		Help: "1 while the audit log records, 0 after a recording failure."})
-	l.healthy.Set(1)
+	// Derived from Healthy when scraped, never set: a gauge set after each cause changed
+	// lagged /healthz (the app's TestAttack13PathFaults read /healthz 503 and the gauge 1
+	// while the probe was still logging its ALERT; helper-23 before that had a record
+	// durable during a stall set it back to 1).
+	l.healthy = l.healthGauge()
 	l.durable = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "strongroom_audit_durable_seconds",
 		Help: "Time from submitting an event to its being sequenced and durable.", Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}})
 	l.indexLag = prometheus.NewGauge(prometheus.GaugeOpts{Name: "strongroom_audit_index_lag_entries",
@@ -477,7 +478,6 @@ func (l *Log) probe() {
 	if err != nil {
 		if l.writable.Swap(&err) == nil {
 			l.log.Error("ALERT audit log storage unavailable; refusing what needs a record", "err", err)
-			l.setHealthGauge()
 		}
 		return
 	}
@@ -486,7 +486,6 @@ func (l *Log) probe() {
 		l.mu.Lock()
 		l.lastErr = nil // the failures were the directory's; the next record proves it
 		l.mu.Unlock()
-		l.setHealthGauge()
 		return
 	}
 	l.retryAfterFailure()
@@ -530,7 +529,6 @@ func (l *Log) retryAfterFailure() {
 	l.mu.Unlock()
 	if cleared {
 		l.log.Warn("audit log storage takes writes again after a recording failure", "failure", failed)
-		l.setHealthGauge()
 	}
 }
 
@@ -635,21 +633,6 @@ func (l *Log) setErr(err error) {
 	}
 	l.lastErr = err
 	l.mu.Unlock()
-	l.setHealthGauge()
-}
-
-// setHealthGauge sets strongroom_audit_log_healthy from Healthy, after any of its causes
-// changed. One record that went through does not make a log healthy whose storage is
-// failing otherwise (an entry durable during a stall set the gauge to 1 while /healthz
-// said 503: helper-23). Serialized, so the last to set it read the last change.
-func (l *Log) setHealthGauge() {
-	l.gaugeMu.Lock()
-	defer l.gaugeMu.Unlock()
-	if l.Healthy() == nil {
-		l.healthy.Set(1)
-	} else {
-		l.healthy.Set(0)
-	}
 }
 
 // setJournalErr records whether the request-record journal takes appends.
@@ -657,14 +640,23 @@ func (l *Log) setJournalErr(err error) {
 	if err != nil {
 		if l.journalErr.Swap(&err) == nil {
 			l.log.Error("ALERT request journal cannot append; refusing what needs a record", "err", err)
-			l.setHealthGauge()
 		}
 		return
 	}
 	if l.journalErr.Swap(nil) != nil {
 		l.log.Warn("request journal appends again")
-		l.setHealthGauge()
 	}
+}
+
+// healthGauge is strongroom_audit_log_healthy: Healthy, read when scraped.
+func (l *Log) healthGauge() prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_log_healthy",
+		Help: "1 while the audit log records, 0 after a recording failure."}, func() float64 {
+		if l.Healthy() != nil {
+			return 0
+		}
+		return 1
+	})
 }
 
 // Healthy returns the last recording error, nil while the log records.

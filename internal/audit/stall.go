@@ -108,13 +108,11 @@ func (l *Log) watchWrites(now time.Time) {
 		if w.err.Load() == nil {
 			err := fmt.Errorf("%w: no %s write to the log's storage has ended for %v (%d in flight): it takes connections, not writes", ErrUnavailable, writeKindNames[stuck], age.Round(time.Second), n)
 			w.err.Store(&err)
-			l.setHealthGauge()
 			l.log.Error("ALERT audit log: writes to its storage do not end; refusing what needs a record until they do", "kind", writeKindNames[stuck], "for", age.Round(time.Second), "in_flight", n)
 		}
 		return
 	}
 	if w.err.Swap(nil) != nil {
 		l.log.Warn("audit log: writes to its storage end again")
-		l.setHealthGauge()
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -86,7 +85,8 @@ func TestAppendStall(t *testing.T) {
 // oldest write's age alone counted); one kind stuck while another flows (the bundle table
 // locked, entries to other tables going through) is stuck.
 func TestWriteWatchStuckNotSlow(t *testing.T) {
-	l := &Log{writes: writeWatch{stall: time.Second}, healthy: prometheus.NewGauge(prometheus.GaugeOpts{Name: "h"}), log: newTextLogger(&syncBuffer{})}
+	l := &Log{writes: writeWatch{stall: time.Second}, log: newTextLogger(&syncBuffer{})}
+	l.healthy = l.healthGauge()
 	now := time.Now()
 	set := func(kind int, oldest, lastEnd time.Duration) {
 		l.writes.kinds[kind] = writeKind{start: map[uint64]time.Time{uint64(kind): now.Add(-oldest)}, lastEnd: now.Add(-lastEnd)}
@@ -107,7 +107,6 @@ func TestWriteWatchStuckNotSlow(t *testing.T) {
 	} {
 		l.writes.kinds = [writeKinds]writeKind{}
 		l.writes.err.Store(nil)
-		l.healthy.Set(1) // as Open leaves it
 		tc.setup()
 		l.watchWrites(now)
 		err := l.Healthy()
