@@ -166,6 +166,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
+	// STRONGROOM_MEMPROFILE=FILE writes the allocations' profile (go tool pprof
+	// -sample_index=alloc_space) at exit, the same way.
+	if path := os.Getenv("STRONGROOM_MEMPROFILE"); path != "" {
+		defer func() {
+			if f, err := os.Create(path); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
 	root := newRoot()
 	root.SetArgs(args)
 	root.SetOut(stdout)

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,6 +139,8 @@ type Gateway struct {
 	engines *engineClient
 	log     *slog.Logger
 	down    sync.Map // upstream URL -> time it was found down
+	urlMu   sync.RWMutex
+	urls    map[upstreamKey]*url.URL // upstreamURL's cache
 	pool    sync.Pool
 	refused *refusals
 	metrics *metrics
@@ -654,14 +657,18 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		if !allDown && recent(base) {
 			continue
 		}
-		req, rerr := http.NewRequestWithContext(r.Context(), http.MethodPost, strings.TrimSuffix(base, "/")+"/"+upstreamPath(st.endpoint), bytes.NewReader(body))
+		u, rerr := g.upstreamURL(base, st.endpoint)
 		if rerr != nil {
 			err = rerr
 			continue
 		}
-		req.Header.Set("Content-Type", "application/json")
+		// The request is only written out (DoFor): no body reader, no context of its own,
+		// and the constant headers' values shared (only read; the tracer's Set replaces).
+		req := &http.Request{Method: http.MethodPost, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: make(http.Header, 4), Host: u.Host, ContentLength: int64(len(body))}
+		req.Header["Content-Type"] = headerJSON
 		if st.feat.Stream {
-			req.Header.Set("Accept", "text/event-stream")
+			req.Header["Accept"] = headerEventStream
 		}
 		if st.route.UpstreamKey != "" {
 			req.Header.Set("Authorization", "Bearer "+st.route.UpstreamKey)
@@ -672,7 +679,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		}
 		span := g.upstreamSpan(st.traceCtx, req, base)
 		t0 := time.Now()
-		resp, err = g.engines.DoFor(st.p.Tenant, req, body)
+		resp, err = g.engines.DoFor(r.Context(), st.p.Tenant, req, body)
 		st.upstreamWait = time.Since(t0)
 		span.End()
 		if err == nil {
@@ -700,9 +707,11 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	st.status = resp.StatusCode
 	st.watermarked = st.watermark && resp.Header.Get(engineauth.WatermarkHeader) == "applied"
 	h := w.Header()
-	for _, k := range []string{"Content-Type", "Cache-Control", "X-Request-Id"} {
-		if v := resp.Header.Get(k); v != "" {
-			h.Set(k, v)
+	for _, k := range relayedHeaders {
+		// readAnswer's keys are canonical and its values slices of their own: the first
+		// value is relayed as it is (Header.Get, then Set, made a slice a header).
+		if vs := resp.Header[k]; len(vs) > 0 && vs[0] != "" {
+			h[k] = vs[:1:1]
 		}
 	}
 	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
@@ -741,6 +750,40 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	w.WriteHeader(resp.StatusCode)
 	w.Write(respBody)
 }
+
+var (
+	headerJSON        = []string{"application/json"}
+	headerEventStream = []string{"text/event-stream"}
+	relayedHeaders    = []string{"Content-Type", "Cache-Control", "X-Request-Id"}
+)
+
+// upstreamURL is the engine URL of endpoint at base, parsed once: the result is shared by
+// every request to it and must only be read. The cache is dropped whole when it reaches
+// maxUpstreamURLs (routes are changed by an operator, not per request).
+func (g *Gateway) upstreamURL(base, endpoint string) (*url.URL, error) {
+	k := upstreamKey{base, endpoint}
+	g.urlMu.RLock()
+	u := g.urls[k]
+	g.urlMu.RUnlock()
+	if u != nil {
+		return u, nil
+	}
+	u, err := url.Parse(strings.TrimSuffix(base, "/") + "/" + upstreamPath(endpoint))
+	if err != nil {
+		return nil, err
+	}
+	g.urlMu.Lock()
+	if g.urls == nil || len(g.urls) >= maxUpstreamURLs {
+		g.urls = map[upstreamKey]*url.URL{}
+	}
+	g.urls[k] = u
+	g.urlMu.Unlock()
+	return u, nil
+}
+
+type upstreamKey struct{ base, endpoint string }
+
+const maxUpstreamURLs = 1024
 
 func upstreamPath(endpoint string) string {
 	if endpoint == "chat" {

@@ -143,3 +143,25 @@ func TestLoneRequestNotDelayed(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkRequestRecordBytes: one request record's bytes, with the field values of
+// ../shared/bench's load (a 100-byte prompt, a 330-byte answer's content hashed).
+func BenchmarkRequestRecordBytes(b *testing.B) {
+	red, err := audit.NewRedactor(bytes.Repeat([]byte{7}, 32))
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := &Gateway{cfg: Config{Redactor: red, Now: time.Now}}
+	prompt := []byte(`{"model":"demo","messages":[{"role":"user","content":"Say hello to the benchmark, please."}]}`)
+	out := []byte(strings.Repeat("o", 330))
+	st := &reqState{start: time.Now(), endpoint: "/v1/chat/completions", country: "ZZ", decision: audit.Allow,
+		reason: "policy permits", status: 200, usage: Usage{PromptTokens: 12, CompletionTokens: 20},
+		p:     &authn.Principal{Principal: store.Principal{ID: "bench", Tenant: "default"}, KeyID: "k_0123456789abcdef"},
+		route: &Route{Model: "demo"}, ip: netip.AddrFrom4([4]byte{127, 0, 0, 1}), prompt: prompt}
+	b.ReportAllocs()
+	for b.Loop() {
+		st.outHash = red.NewHash()
+		st.outHash.Write(out)
+		_ = g.requestRecord(st, audit.KindRequest)
+	}
+}

@@ -65,7 +65,8 @@ type features struct {
 	IncludeUsage   bool // stream_options.include_usage
 	Temperature    *float64
 	Prompt         []byte
-	members        []member // top-level members in order, for rewriting
+	members        []member  // top-level members in order, for rewriting
+	memberBuf      [8]member // members' first eight, with the features
 }
 
 // member is one top-level name/value pair as byte offsets into the body.
@@ -105,8 +106,18 @@ func parseRequest(body []byte, endpoint string) (*features, error) {
 	if tok.Kind() != '{' {
 		return nil, refuse("body is not a JSON object")
 	}
-	names := foldSet{}
-	promptField := map[string]string{"chat": "messages", "completions": "prompt", "embeddings": "input"}[endpoint]
+	var seen [16]string // a request's top-level names: on the stack unless there are more
+	names := foldSet(seen[:0])
+	f.members = f.memberBuf[:0]
+	var promptField string
+	switch endpoint {
+	case "chat":
+		promptField = "messages"
+	case "completions":
+		promptField = "prompt"
+	case "embeddings":
+		promptField = "input"
+	}
 	for dec.PeekKind() != '}' {
 		prev := int(dec.InputOffset())
 		nt, err := readToken(dec)
@@ -115,7 +126,7 @@ func parseRequest(body []byte, endpoint string) (*features, error) {
 		}
 		name := nt.String()
 		nameEnd := int(dec.InputOffset())
-		if err := names.add(name); err != nil {
+		if names, err = names.with(name); err != nil {
 			return nil, err
 		}
 		if !judged[name] {
@@ -400,15 +411,20 @@ func skipChecked(dec *jsontext.Decoder, depth int) error {
 // (the usual case) are a slice.
 type foldSet []string
 
-func (s *foldSet) add(name string) error {
+func (s *foldSet) add(name string) (err error) {
+	*s, err = s.with(name)
+	return err
+}
+
+// with is s with name added (add without a pointer: a set on the caller's stack stays there).
+func (s foldSet) with(name string) (foldSet, error) {
 	k := foldKey(name)
-	for _, o := range *s {
+	for _, o := range s {
 		if o == k {
-			return refuse("duplicate field %q (names differing only in case are duplicates)", name)
+			return s, refuse("duplicate field %q (names differing only in case are duplicates)", name)
 		}
 	}
-	*s = append(*s, k)
-	return nil
+	return append(s, k), nil
 }
 
 // foldKey maps s to a representative of its Unicode simple-case-folding class: the

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -131,17 +132,24 @@ func (cl *engineClient) fallbackFor(tenant string) *http.Client {
 	return tc.c
 }
 
-// Do is DoFor with the pool of no tenant.
+// Do is DoFor with the pool of no tenant, under req's context.
 func (cl *engineClient) Do(req *http.Request, body []byte) (*http.Response, error) {
-	return cl.DoFor("", req, body)
+	return cl.DoFor(req.Context(), "", req, body)
 }
 
-// DoFor sends tenant's req, whose body is body (req.Body is not read on this path), over a
-// connection of tenant's pool and returns the answer; its Body must be closed. req's Header
-// goes out as it is, with Host and Content-Length.
-func (cl *engineClient) DoFor(tenant string, req *http.Request, body []byte) (*http.Response, error) {
+// DoFor sends tenant's req, whose body is body (req.Body and req's context are not used on
+// this path: ctx cancels it), over a connection of tenant's pool and returns the answer;
+// its Body must be closed. req's Header goes out as it is, with Host and Content-Length.
+// req.URL is only read (the gateway shares one parsed URL between requests).
+func (cl *engineClient) DoFor(ctx context.Context, tenant string, req *http.Request, body []byte) (*http.Response, error) {
 	if req.URL.Scheme != "http" {
-		return cl.fallbackFor(tenant).Do(req)
+		// The Transport reads the body and may send it again (GetBody): a request of its own.
+		hr, err := http.NewRequestWithContext(ctx, req.Method, req.URL.String(), bytes.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		hr.Header = req.Header
+		return cl.fallbackFor(tenant).Do(hr)
 	}
 	addr := req.URL.Host
 	if req.URL.Port() == "" {
@@ -150,7 +158,6 @@ func (cl *engineClient) DoFor(tenant string, req *http.Request, body []byte) (*h
 	if err := checkEngineHeaders(req.Header); err != nil {
 		return nil, err
 	}
-	ctx := req.Context()
 	ec, err := cl.conn(ctx, poolKey{tenant, addr})
 	if err != nil {
 		return nil, err

@@ -111,7 +111,7 @@ func TestEngineIdleTotal(t *testing.T) {
 	for i := range 6 { // six tenants' answers open at once: six connections
 		wg.Go(func() {
 			req, _ := http.NewRequest(http.MethodPost, e.url()+"/chat/completions", nil)
-			resp, err := cl.DoFor(fmt.Sprint("tenant", i), req, []byte(`{}`))
+			resp, err := cl.DoFor(req.Context(), fmt.Sprint("tenant", i), req, []byte(`{}`))
 			if err != nil {
 				t.Error(err)
 				return

@@ -110,7 +110,7 @@ func engineDoFor(t *testing.T, cl *engineClient, tenant string, ctx context.Cont
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := cl.DoFor(tenant, req, []byte(body))
+	resp, err := cl.DoFor(req.Context(), tenant, req, []byte(body))
 	if err != nil {
 		return 0, "", err
 	}

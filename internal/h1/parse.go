@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -84,7 +85,12 @@ func ReadLine(br *bufio.Reader, left *int) ([]byte, error) {
 	return line, nil
 }
 
-func (c *conn) readRequest() (*http.Request, error) {
+// blankRequest is what a request is made from: (*http.Request).WithContext is the only
+// way to give one its context, and it copies.
+var blankRequest http.Request
+
+// readRequest reads the next request, whose context is ctx.
+func (c *conn) readRequest(ctx context.Context) (*http.Request, error) {
 	left := c.s.maxHeader()
 	line, err := c.readLine(&left)
 	if err != nil {
@@ -97,7 +103,8 @@ func (c *conn) readRequest() (*http.Request, error) {
 	if !ok1 || !ok2 || len(method) == 0 || !isToken(method) {
 		return nil, bad("malformed request line")
 	}
-	r := &http.Request{Method: internMethod(method), Header: make(http.Header, 12), RemoteAddr: c.remote, TLS: c.tls}
+	r := blankRequest.WithContext(ctx)
+	r.Method, r.Header, r.RemoteAddr, r.TLS = internMethod(method), make(http.Header, 12), c.remote, c.tls
 	if len(target) == 0 || (target[0] != '/' && !(string(target) == "*" && r.Method == http.MethodOptions)) {
 		return nil, bad("the request target is not a path")
 	}

@@ -3,6 +3,7 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -16,7 +17,7 @@ import (
 // parseBytes reads one request (and its whole body) from data with h1's reader.
 func parseBytes(data []byte) (*http.Request, []byte, error) {
 	c := &conn{s: &Server{}, rw: deadlineless{}, br: bufio.NewReaderSize(bytes.NewReader(data), 4<<10), bw: bufio.NewWriter(io.Discard), remote: "192.0.2.1:1"}
-	r, err := c.readRequest()
+	r, err := c.readRequest(context.Background())
 	if err != nil {
 		return nil, nil, err
 	}

@@ -56,9 +56,8 @@ type response struct {
 // errAfterReturn is what a ResponseWriter's methods return once its handler has returned.
 var errAfterReturn = errors.New("h1: the response was used after its handler returned")
 
-func (c *conn) answer(req *http.Request) bool {
-	ctx, cancel := context.WithCancel(c.ctx)
-	req = req.WithContext(ctx)
+// answer runs the handler on req, whose context's cancel is cancel.
+func (c *conn) answer(req *http.Request, cancel context.CancelFunc) bool {
 	b, _ := req.Body.(*body)
 	// The body is kept here, not looked up in req when the answer goes out: a handler may
 	// replace r.Body (http.MaxBytesReader, io.LimitReader) and leave bytes unread behind it.

@@ -334,12 +334,16 @@ func (c *conn) next(first bool) bool {
 		// costs a timer update per request).
 		c.rw.SetReadDeadline(time.Now().Add(c.s.headerTimeout()))
 	}
-	req, err := c.readRequest()
+	// The request's context is made before the request (readRequest makes the request
+	// with it: WithContext afterwards would copy the request).
+	ctx, cancel := context.WithCancel(c.ctx)
+	req, err := c.readRequest(ctx)
 	if err != nil {
+		cancel()
 		c.refuse(err)
 		return false
 	}
-	return c.answer(req)
+	return c.answer(req, cancel)
 }
 
 // headersBuffered reports whether a request's whole header block is in br's buffer.
