@@ -153,6 +153,8 @@ type mapped struct {
 	hm         hash.Hash // HMAC-SHA256 with the journal's key, reused
 	leafH      hash.Hash // SHA-256, reused for records' leaf hashes
 	macBuf     [sha256.Size]byte
+	macOut     [sha256.Size]byte // frameMapped's MAC and leaf sums (wmu)
+	leafOut    [sha256.Size]byte
 	closedW    bool        // the batcher closed: no more records
 	faulted    atomic.Bool // the shadow's mapping faulted (cut from under the process)
 	noShm      bool        // a shadow could not be made: this journal writes with pwrite
@@ -340,13 +342,15 @@ func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, err error) {
 	binary.LittleEndian.PutUint32(fr, uint32(len(b)))
 	binary.LittleEndian.PutUint32(fr[4:], crc32.Checksum(fr[:4], castagnoli))
 	binary.LittleEndian.PutUint32(fr[8:], crc32.Checksum(b, castagnoli))
-	recordLeaf(j.leafH, raw, &leaf)
-	var mac [sha256.Size]byte
+	// The hashes' sums go into the journal's own arrays: a local's address handed to an
+	// interface's Sum is a heap allocation a record.
+	recordLeaf(j.leafH, raw, &j.leafOut)
+	leaf = j.leafOut
 	if j.hm != nil {
 		j.hm.Reset()
 		j.hm.Write(j.mac)
 		j.hm.Write(leaf[:])
-		fr = append(fr, j.hm.Sum(mac[:0])...) // j.mac moves only once the frame is stored
+		fr = append(fr, j.hm.Sum(j.macOut[:0])...) // j.mac moves only once the frame is stored
 	}
 	j.buf = fr
 	if j.mm != nil {
@@ -358,7 +362,7 @@ func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, err error) {
 		return leaf, err
 	}
 	if j.hm != nil {
-		j.macBuf = mac
+		j.macBuf = j.macOut
 		j.mac = j.macBuf[:]
 	}
 	j.sum.Write(fr)
