@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"golang.org/x/net/http/httpguts"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -534,4 +536,45 @@ func FuzzEngineAnswer(f *testing.F) {
 			t.Fatalf("answer %q: connection reused with bytes left over", answer)
 		}
 	})
+}
+
+// TestUpstreamURL: an engine URL parsed once gives what parsing it each time gave (bases
+// with and without a trailing slash or a path, every endpoint), is shared by later calls,
+// is not cached when it does not parse, and the cache is dropped whole at its bound.
+func TestUpstreamURL(t *testing.T) {
+	g := &Gateway{}
+	bases := []string{"http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1/", "http://engine/", "http://engine",
+		"https://engine.example:8443/base/v1", "http://[::1]:9/v1", "http://e/v1?x=1"}
+	for _, base := range bases {
+		for _, ep := range []string{"chat", "completions", "embeddings"} {
+			want, err := url.Parse(strings.TrimSuffix(base, "/") + "/" + upstreamPath(ep))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := g.upstreamURL(base, ep)
+			if err != nil {
+				t.Fatalf("%s %s: %v", base, ep, err)
+			}
+			if got.String() != want.String() || got.Host != want.Host || got.RequestURI() != want.RequestURI() {
+				t.Fatalf("%s %s: %s, want %s", base, ep, got, want)
+			}
+			if again, _ := g.upstreamURL(base, ep); again != got {
+				t.Fatalf("%s %s: parsed again", base, ep)
+			}
+		}
+	}
+	if _, err := g.upstreamURL("http://bad host/", "chat"); err == nil {
+		t.Fatal("a base that does not parse gave a URL")
+	}
+	if _, ok := g.urls[upstreamKey{"http://bad host/", "chat"}]; ok {
+		t.Fatal("a failed parse was cached")
+	}
+	for i := range maxUpstreamURLs + 5 {
+		if _, err := g.upstreamURL(fmt.Sprintf("http://e%d/v1", i), "chat"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(g.urls); n > maxUpstreamURLs {
+		t.Fatalf("the cache holds %d URLs, more than its bound %d", n, maxUpstreamURLs)
+	}
 }
