@@ -337,14 +337,15 @@ func readStreamOptions(dec *jsontext.Decoder) (bool, error) {
 	case t.Kind() != '{':
 		return false, refuse("stream_options must be an object")
 	}
-	names, usage := foldSet{}, false
+	var seen [4]string
+	names, usage := foldSet(seen[:0]), false
 	for dec.PeekKind() != '}' {
 		kt, err := readToken(dec)
 		if err != nil {
 			return false, err
 		}
 		k := kt.String()
-		if err := names.add(k); err != nil {
+		if names, err = names.with(k); err != nil {
 			return false, err
 		}
 		switch {
@@ -375,13 +376,14 @@ func skipChecked(dec *jsontext.Decoder, depth int) error {
 	}
 	switch t.Kind() {
 	case '{':
-		var names foldSet
+		var seen [8]string // a message's names: on the stack unless there are more
+		names := foldSet(seen[:0])
 		for dec.PeekKind() != '}' {
 			kt, err := readToken(dec)
 			if err != nil {
 				return err
 			}
-			if err := names.add(kt.String()); err != nil {
+			if names, err = names.with(kt.String()); err != nil {
 				return err
 			}
 			if err := skipChecked(dec, depth+1); err != nil {
@@ -411,12 +413,8 @@ func skipChecked(dec *jsontext.Decoder, depth int) error {
 // (the usual case) are a slice.
 type foldSet []string
 
-func (s *foldSet) add(name string) (err error) {
-	*s, err = s.with(name)
-	return err
-}
-
-// with is s with name added (add without a pointer: a set on the caller's stack stays there).
+// with is s with name added, or an error if a name fold-equal to it is there (a value,
+// not a pointer receiver: a set backed by the caller's stack array stays there).
 func (s foldSet) with(name string) (foldSet, error) {
 	k := foldKey(name)
 	for _, o := range s {

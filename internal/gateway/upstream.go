@@ -249,8 +249,7 @@ func writeEngineRequest(w *bufio.Writer, req *http.Request, body []byte) {
 	w.WriteString(" HTTP/1.1\r\nHost: ")
 	w.WriteString(req.URL.Host)
 	w.WriteString("\r\nContent-Length: ")
-	var nb [20]byte
-	w.Write(strconv.AppendInt(nb[:0], int64(len(body)), 10))
+	w.Write(strconv.AppendInt(w.AvailableBuffer(), int64(len(body)), 10)) // no copy, no allocation
 	w.WriteString("\r\n")
 	for k, vs := range req.Header {
 		for _, v := range vs {
