@@ -385,7 +385,7 @@ var a34Tenants sync.Map
 func TestAttack34BaseURLForms(t *testing.T) {
 	cases := []struct {
 		name, network, listen, base string // base: %s is the engine's host:port
-		wantPath                        string
+		wantPath                    string
 	}{
 		{"trailing-slash", "tcp", "127.0.0.1:0", "http://%s/v1/", "/v1/chat/completions"},
 		{"prefix", "tcp", "127.0.0.1:0", "http://%s/tenant-a/engine/v1", "/tenant-a/engine/v1/chat/completions"},
