@@ -49,14 +49,6 @@ func TestAttack34H1FreshContextPerRequest(t *testing.T) {
 		}
 		prev = context.WithValue(ctx, a34Key{}, "x")
 		mu.Unlock()
-		// Outlast WatchAfter so the watch runs on every request.
-		waitFor(t, "the watch to start", func() bool { return s.watchState(true) })
-		rc := http.NewResponseController(w)
-		if r.URL.Path == "/deadlines" {
-			rc.SetReadDeadline(time.Unix(1, 0))
-			rc.SetWriteDeadline(time.Now().Add(time.Millisecond))
-			return
-		}
 		if r.URL.Path == "/last" {
 			select {
 			case <-ctx.Done():
@@ -64,6 +56,14 @@ func TestAttack34H1FreshContextPerRequest(t *testing.T) {
 			case <-time.After(a34Wait):
 				gone <- false
 			}
+			return
+		}
+		// Outlast WatchAfter so the watch runs on every request.
+		waitFor(t, "the watch to start", func() bool { return s.watchState(true) })
+		rc := http.NewResponseController(w)
+		if r.URL.Path == "/deadlines" {
+			rc.SetReadDeadline(time.Unix(1, 0))
+			rc.SetWriteDeadline(time.Now().Add(time.Millisecond))
 			return
 		}
 		if ctx.Err() != nil {
@@ -90,8 +90,13 @@ func TestAttack34H1FreshContextPerRequest(t *testing.T) {
 	io.WriteString(c, "GET /last HTTP/1.1\r\nHost: h\r\n\r\n")
 	waitFor(t, "the watch on /last", func() bool { return s.watchState(true) })
 	c.Close()
-	if !<-gone {
-		t.Error("the last request's context did not end when its client left")
+	select {
+	case ok := <-gone:
+		if !ok {
+			t.Error("the last request's context did not end when its client left")
+		}
+	case <-time.After(2 * a34Wait):
+		t.Error("the last request's handler never finished")
 	}
 	mu.Lock()
 	defer mu.Unlock()
