@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/gateway"
 )
 
 // routeCmd edits gateway.routes in the config file: where each model is served. What may
@@ -26,9 +27,10 @@ func routeCmd(g *globals) *cobra.Command {
 			if len(upstreams) == 0 {
 				return usagef("at least one --upstream URL (ending in /v1) is required")
 			}
-			for _, u := range upstreams {
-				if !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
-					return usagef("--upstream %q: want an http:// or https:// URL ending in /v1", u)
+			for i, u := range upstreams {
+				// The URL is not repeated: it may hold a password (refused: an upstream key).
+				if err := gateway.CheckUpstream(u); err != nil {
+					return usagef("--upstream %d: %v (want an http:// or https:// URL ending in /v1)", i+1, err)
 				}
 			}
 			r := config.Route{Model: args[0], Upstreams: upstreams}

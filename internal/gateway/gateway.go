@@ -229,6 +229,11 @@ func New(cfg Config) (*Gateway, error) {
 		if _, dup := g.routes[r.Model]; dup {
 			return nil, fmt.Errorf("gateway: model %s routed twice", r.Model)
 		}
+		for j, base := range r.Upstreams {
+			if err := CheckUpstream(base); err != nil {
+				return nil, fmt.Errorf("gateway: route %s, upstream %d: %w", r.Model, j+1, err)
+			}
+		}
 		g.routes[r.Model] = r
 		g.names = append(g.names, r.Model)
 	}
@@ -269,7 +274,11 @@ func (g *Gateway) HealthCheck(ctx context.Context, interval time.Duration) {
 func (g *Gateway) probe(ctx context.Context, rt *Route, base string) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/models", nil)
+	u, err := g.upstreamURL(base, "models")
+	if err != nil {
+		return
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
 	if err != nil {
 		return
 	}
@@ -757,9 +766,32 @@ var (
 	relayedHeaders    = []string{"Content-Type", "Cache-Control", "X-Request-Id"}
 )
 
-// upstreamURL is the engine URL of endpoint at base, parsed once: the result is shared by
-// every request to it and must only be read. The cache is dropped whole when it reaches
-// maxUpstreamURLs (routes are changed by an operator, not per request).
+// CheckUpstream refuses an engine base URL the gateway cannot send requests to as
+// written: not http or https, no host, credentials in it (they would be logged and sent
+// by the health probe only: the route's upstream_key is where a key goes), or a fragment
+// (no part of a request). A query is kept on every request (an api-version, say). The
+// error never repeats the URL: it may hold a password.
+func CheckUpstream(base string) error {
+	u, err := url.Parse(base)
+	switch {
+	case err != nil:
+		return errors.New("the engine URL does not parse")
+	case u.Scheme != "http" && u.Scheme != "https":
+		return errors.New("the engine URL is not http or https")
+	case u.Host == "" || u.Opaque != "":
+		return errors.New("the engine URL has no host")
+	case u.User != nil:
+		return errors.New("the engine URL holds credentials: give the route an upstream key instead")
+	case u.Fragment != "" || strings.Contains(base, "#"):
+		return errors.New("the engine URL has a fragment")
+	}
+	return nil
+}
+
+// upstreamURL is the engine URL of endpoint at base — the base's path and the endpoint's
+// joined, the base's query kept — parsed once: the result is shared by every request to
+// it and must only be read. The cache is dropped whole when it reaches maxUpstreamURLs
+// (routes are changed by an operator, not per request).
 func (g *Gateway) upstreamURL(base, endpoint string) (*url.URL, error) {
 	k := upstreamKey{base, endpoint}
 	g.urlMu.RLock()
@@ -768,10 +800,17 @@ func (g *Gateway) upstreamURL(base, endpoint string) (*url.URL, error) {
 	if u != nil {
 		return u, nil
 	}
-	u, err := url.Parse(strings.TrimSuffix(base, "/") + "/" + upstreamPath(endpoint))
+	if err := CheckUpstream(base); err != nil {
+		return nil, err
+	}
+	bu, err := url.Parse(base)
 	if err != nil {
 		return nil, err
 	}
+	if bu.Path == "" {
+		bu.Path = "/" // JoinPath keeps an empty path relative: "chat/completions" is no request target
+	}
+	u = bu.JoinPath(upstreamPath(endpoint))
 	g.urlMu.Lock()
 	if g.urls == nil || len(g.urls) >= maxUpstreamURLs {
 		g.urls = map[upstreamKey]*url.URL{}

@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -538,36 +537,46 @@ func FuzzEngineAnswer(f *testing.F) {
 	})
 }
 
-// TestUpstreamURL: an engine URL parsed once gives what parsing it each time gave (bases
-// with and without a trailing slash or a path, every endpoint), is shared by later calls,
-// is not cached when it does not parse, and the cache is dropped whole at its bound.
+// TestUpstreamURL: an engine URL is the base's host, the base's path and the endpoint's
+// joined (one slash between, escapes kept), and the base's query; it is parsed once and
+// shared by later calls, a base CheckUpstream refuses gives no URL and is not cached, and
+// the cache is dropped whole at its bound.
 func TestUpstreamURL(t *testing.T) {
 	g := &Gateway{}
-	bases := []string{"http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1/", "http://engine/", "http://engine",
-		"https://engine.example:8443/base/v1", "http://[::1]:9/v1", "http://e/v1?x=1"}
-	for _, base := range bases {
-		for _, ep := range []string{"chat", "completions", "embeddings"} {
-			want, err := url.Parse(strings.TrimSuffix(base, "/") + "/" + upstreamPath(ep))
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := g.upstreamURL(base, ep)
-			if err != nil {
-				t.Fatalf("%s %s: %v", base, ep, err)
-			}
-			if got.String() != want.String() || got.Host != want.Host || got.RequestURI() != want.RequestURI() {
-				t.Fatalf("%s %s: %s, want %s", base, ep, got, want)
-			}
-			if again, _ := g.upstreamURL(base, ep); again != got {
-				t.Fatalf("%s %s: parsed again", base, ep)
-			}
+	cases := []struct{ base, endpoint, host, target string }{
+		{"http://127.0.0.1:8080/v1", "chat", "127.0.0.1:8080", "/v1/chat/completions"},
+		{"http://127.0.0.1:8080/v1/", "completions", "127.0.0.1:8080", "/v1/completions"},
+		{"http://127.0.0.1:8080/v1//", "embeddings", "127.0.0.1:8080", "/v1/embeddings"},
+		{"http://engine", "chat", "engine", "/chat/completions"},
+		{"http://engine/", "models", "engine", "/models"},
+		{"HTTP://Engine:80/v1", "chat", "Engine:80", "/v1/chat/completions"},
+		{"https://engine.example:8443/base/v1", "chat", "engine.example:8443", "/base/v1/chat/completions"},
+		{"http://[::1]:9/v1", "chat", "[::1]:9", "/v1/chat/completions"},
+		{"http://e/a%2Fb/v1", "chat", "e", "/a%2Fb/v1/chat/completions"},
+		{"http://e/v1?api-version=2", "chat", "e", "/v1/chat/completions?api-version=2"},
+		{"http://e/v1/?api-version=2&x=a%20b", "models", "e", "/v1/models?api-version=2&x=a%20b"},
+	}
+	for _, c := range cases {
+		got, err := g.upstreamURL(c.base, c.endpoint)
+		if err != nil {
+			t.Fatalf("%s %s: %v", c.base, c.endpoint, err)
+		}
+		if got.Host != c.host || got.RequestURI() != c.target {
+			t.Fatalf("%s %s: host %q target %q, want %q %q", c.base, c.endpoint, got.Host, got.RequestURI(), c.host, c.target)
+		}
+		if again, _ := g.upstreamURL(c.base, c.endpoint); again != got {
+			t.Fatalf("%s %s: parsed again", c.base, c.endpoint)
 		}
 	}
-	if _, err := g.upstreamURL("http://bad host/", "chat"); err == nil {
-		t.Fatal("a base that does not parse gave a URL")
-	}
-	if _, ok := g.urls[upstreamKey{"http://bad host/", "chat"}]; ok {
-		t.Fatal("a failed parse was cached")
+	for _, bad := range []string{"http://bad host/", "ftp://e/v1", "/v1", "http:///v1", "http:e", "http://user:s3cret@e/v1", "http://e/v1#frag", "http://e/v1#"} {
+		if _, err := g.upstreamURL(bad, "chat"); err == nil {
+			t.Fatalf("%q gave a URL", bad)
+		} else if strings.Contains(err.Error(), "s3cret") {
+			t.Fatalf("the refusal repeats the password: %v", err)
+		}
+		if _, ok := g.urls[upstreamKey{bad, "chat"}]; ok {
+			t.Fatalf("%q was cached", bad)
+		}
 	}
 	for i := range maxUpstreamURLs + 5 {
 		if _, err := g.upstreamURL(fmt.Sprintf("http://e%d/v1", i), "chat"); err != nil {
@@ -576,5 +585,23 @@ func TestUpstreamURL(t *testing.T) {
 	}
 	if n := len(g.urls); n > maxUpstreamURLs {
 		t.Fatalf("the cache holds %d URLs, more than its bound %d", n, maxUpstreamURLs)
+	}
+}
+
+// TestNewRefusesUpstreams: a route whose engine URL the gateway cannot send to as written
+// (credentials, a fragment, not http) is refused when the gateway is made, and the error
+// does not repeat a password.
+func TestNewRefusesUpstreams(t *testing.T) {
+	f := newFixture(t, nil)
+	for _, bad := range []string{"http://user:s3cret@127.0.0.1:9/v1", "http://127.0.0.1:9/v1#x", "ftp://127.0.0.1:9/v1", "127.0.0.1:9/v1"} {
+		cfg := f.gw.cfg
+		cfg.Routes = []Route{{Model: "m", Upstreams: []string{"http://127.0.0.1:9/v1", bad}}}
+		_, err := New(cfg)
+		if err == nil {
+			t.Fatalf("%q: a route to it was made", bad)
+		}
+		if strings.Contains(err.Error(), "s3cret") || !strings.Contains(err.Error(), "upstream 2") {
+			t.Fatalf("%q: %v", bad, err)
+		}
 	}
 }
