@@ -1065,19 +1065,7 @@ func TestAttack24WatchStopRace(t *testing.T) {
 }
 
 // a24Watching reports whether some connection's watch has been started (c.watching).
-func (s *Server) a24Watching() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for c := range s.conns {
-		c.watchMu.Lock()
-		w := c.watching
-		c.watchMu.Unlock()
-		if w {
-			return true
-		}
-	}
-	return false
-}
+func (s *Server) a24Watching() bool { return s.someWatch(func(*conn) bool { return true }) }
 
 // a24WatchStuck describes the watch state of the server's connections.
 func (s *Server) a24WatchStuck() string {
@@ -1463,7 +1451,7 @@ func TestAttack24PipelinedWhileWatched(t *testing.T) {
 			a24Poll(t, a24Wait, "the watch to start", s.a24Watching)
 			next <- struct{}{}
 			<-next
-			a24Poll(t, a24Wait, "the watch to see the next request", func() bool { return s.watchState(false) })
+			a24Poll(t, a24Wait, "the watch to see the next request", s.watchSawNext)
 			cancelled.Store(r.Context().Err() != nil)
 		}
 		fmt.Fprintf(w, "%s:%s", r.URL.Path, b)

@@ -59,7 +59,7 @@ func TestAttack34H1FreshContextPerRequest(t *testing.T) {
 			return
 		}
 		// Outlast WatchAfter so the watch runs on every request.
-		waitFor(t, "the watch to start", func() bool { return s.watchState(true) })
+		waitFor(t, "the watch to start", s.watchRunning)
 		rc := http.NewResponseController(w)
 		if r.URL.Path == "/deadlines" {
 			rc.SetReadDeadline(time.Unix(1, 0))
@@ -88,7 +88,7 @@ func TestAttack34H1FreshContextPerRequest(t *testing.T) {
 		}
 	}
 	io.WriteString(c, "GET /last HTTP/1.1\r\nHost: h\r\n\r\n")
-	waitFor(t, "the watch on /last", func() bool { return s.watchState(true) })
+	waitFor(t, "the watch on /last", s.watchRunning)
 	c.Close()
 	select {
 	case ok := <-gone:
@@ -121,7 +121,7 @@ func TestAttack34H1PipelinedByteThenClose(t *testing.T) {
 	}), nil)
 	c := dial(t, addr)
 	io.WriteString(c, "GET /work HTTP/1.1\r\nHost: h\r\n\r\nG")
-	waitFor(t, "the watch to run and end at the byte", func() bool { return s.watchState(false) })
+	waitFor(t, "the watch to see the byte", s.watchSawNext)
 	c.Close()
 	if !<-gone {
 		t.Fatal("request context not cancelled after the client closed (a pipelined byte stopped the watch)")
@@ -168,7 +168,7 @@ func TestAttack34H1SlowHeadersAfterGoodRequest(t *testing.T) {
 	addr := ln.Addr().String()
 	s = serveOn(t, ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
-			waitFor(t, "the watch to run and end", func() bool { return s.watchState(false) })
+			waitFor(t, "the watch to see the next request's start", s.watchSawNext)
 		}
 		io.WriteString(w, "ok")
 	}), func(s *Server) {

@@ -236,7 +236,8 @@ type conn struct {
 	watchDone bool               // watchMu: the handler returned
 	watchEnd  chan struct{}
 	peerGone  atomic.Bool
-	bodyRead  atomic.Bool // the request's body was read to its end: the reader is free
+	watchSaw  atomic.Int64 // bytes the running watch has seen buffered (the next request's)
+	bodyRead  atomic.Bool  // the request's body was read to its end: the reader is free
 }
 
 func (s *Server) headerTimeout() time.Duration {

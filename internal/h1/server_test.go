@@ -165,10 +165,10 @@ func TestPipelinedNotCancelled(t *testing.T) {
 	watching, sent := make(chan struct{}), make(chan struct{})
 	s, addr := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
-			waitFor(t, "the watch to start", func() bool { return s.watchState(true) })
+			waitFor(t, "the watch to start", s.watchRunning)
 			close(watching)
 			<-sent
-			waitFor(t, "the watch to see the next request", func() bool { return s.watchState(false) })
+			waitFor(t, "the watch to see the next request", s.watchSawNext)
 			cancelled.Store(r.Context().Err() != nil)
 		}
 		io.WriteString(w, r.URL.Path)
@@ -194,30 +194,38 @@ func TestPipelinedNotCancelled(t *testing.T) {
 	}
 }
 
-// watchState reports whether some connection's watch is running (running) or has run
-// and ended (!running).
-func (s *Server) watchState(running bool) bool {
+// someWatch reports whether f holds for some connection whose watch was started (f is
+// called with the connection's watchMu held).
+func (s *Server) someWatch(f func(c *conn) bool) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
 		c.watchMu.Lock()
-		w, end := c.watching, c.watchEnd
+		ok := c.watching && f(c)
 		c.watchMu.Unlock()
-		if !w {
-			continue
-		}
-		select {
-		case <-end:
-			if !running {
-				return true
-			}
-		default:
-			if running {
-				return true
-			}
+		if ok {
+			return true
 		}
 	}
 	return false
+}
+
+// watchSawNext reports whether a connection's watch has seen bytes of the next request
+// (pipelined) come in.
+func (s *Server) watchSawNext() bool {
+	return s.someWatch(func(c *conn) bool { return c.watchSaw.Load() > 0 })
+}
+
+// watchRunning reports whether a connection's watch runs (started, not ended).
+func (s *Server) watchRunning() bool {
+	return s.someWatch(func(c *conn) bool {
+		select {
+		case <-c.watchEnd:
+			return false
+		default:
+			return true
+		}
+	})
 }
 
 // TestRefusalCloses: a request that cannot be read unambiguously gets one answer (400)

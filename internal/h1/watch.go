@@ -1,6 +1,11 @@
 package h1
 
-import "time"
+import (
+	"bufio"
+	"errors"
+	"net"
+	"time"
+)
 
 // A request's context ends when its client goes away. net/http reads from the
 // connection in the background for the whole of every request to notice; here a
@@ -64,6 +69,7 @@ func (c *conn) watch() {
 		return // the handler reads the connection (or never will: then no watch)
 	}
 	c.watching = true
+	c.watchSaw.Store(0)
 	c.watchEnd = make(chan struct{})
 	cancel := c.cancelReq
 	// The deadline is cleared here, under watchMu, not in the goroutine: unwatch's
@@ -71,15 +77,28 @@ func (c *conn) watch() {
 	c.rw.SetReadDeadline(time.Time{})
 	go func() {
 		defer close(c.watchEnd)
-		_, err := c.br.Peek(1)
-		c.watchMu.Lock()
-		stopping := c.watchDone
-		c.watchMu.Unlock()
-		if err != nil && !stopping {
-			c.peerGone.Store(true) // closed, reset, or a TLS alert: the request is over
-			cancel()
+		// Bytes that come (the next request, pipelined) stay in the reader for the next
+		// request, and the watch goes on past them: a client that sent one more byte and
+		// closed is gone all the same (outside round 34 held an engine's work open so).
+		// Only a full reader ends the watch: a pipelined request that large waits its turn.
+		for n := 1; n <= c.br.Size(); n = c.br.Buffered() + 1 {
+			_, err := c.br.Peek(n)
+			if err == nil {
+				c.watchSaw.Store(int64(n))
+				continue
+			}
+			c.watchMu.Lock()
+			stopping := c.watchDone
+			c.watchMu.Unlock()
+			var ne net.Error
+			if !stopping && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, bufio.ErrBufferFull) {
+				// Closed, reset, or a TLS alert: the request is over. (A deadline the
+				// handler set is its own business, not the client leaving.)
+				c.peerGone.Store(true)
+				cancel()
+			}
+			return
 		}
-		// A byte (the next request, pipelined) stays in the reader for the next request.
 	}()
 }
 
