@@ -230,3 +230,51 @@ func TestPeerTimeout(t *testing.T) {
 		t.Fatalf("TCP_USER_TIMEOUT %d ms, SO_KEEPALIVE %d", userTimeout, keepalive)
 	}
 }
+
+// TestPeerTimeoutStalledReader: a client that stays connected but stops reading (its
+// receive window shut, its kernel still answering the zero-window probes) is dropped
+// within PeerTimeout too: the writer's write fails instead of blocking for good — a
+// gateway stream to such a client would otherwise hold its engine's work open (outside
+// round 34's question; h1 sets no write deadline of its own).
+func TestPeerTimeoutStalledReader(t *testing.T) {
+	g, err := New(Limits{PeerTimeout: 2 * time.Second}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	gl := g.Listener(ln)
+	// A small receive buffer, set before connecting: the window shuts soon.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<10) })
+	}}
+	client, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close() // open, never read, until the test ends
+	c, err := gl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	failed := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				failed <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-failed:
+		t.Logf("the stalled reader's connection ended: %v", err)
+	case <-time.After(2 * time.Minute): // a bound against hanging, far past the 2 s timeout
+		t.Fatal("a write to a client that stopped reading was still blocked after 2 minutes")
+	}
+}
