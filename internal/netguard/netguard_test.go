@@ -192,19 +192,25 @@ func TestDefaultMaxConnsFromRlimit(t *testing.T) {
 	}
 }
 
+// peerListener is a loopback listener and its guarded form with peer timeout d; the
+// listener closes when the test ends.
+func peerListener(t *testing.T, d time.Duration) (ln, guarded net.Listener) {
+	t.Helper()
+	g, err := New(Limits{PeerTimeout: d}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln, g.Listener(ln)
+}
+
 // TestPeerTimeout: accepted connections carry keepalive probes and TCP_USER_TIMEOUT, so a
 // peer that vanishes without closing (a runtime host cut off mid-watch) is dropped.
 func TestPeerTimeout(t *testing.T) {
-	g, err := New(Limits{PeerTimeout: 12 * time.Second}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	gl := g.Listener(ln)
+	ln, gl := peerListener(t, 12*time.Second)
 	go func() {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err == nil {
@@ -237,16 +243,7 @@ func TestPeerTimeout(t *testing.T) {
 // gateway stream to such a client would otherwise hold its engine's work open (outside
 // round 34's question; h1 sets no write deadline of its own).
 func TestPeerTimeoutStalledReader(t *testing.T) {
-	g, err := New(Limits{PeerTimeout: 2 * time.Second}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	gl := g.Listener(ln)
+	ln, gl := peerListener(t, 2*time.Second)
 	// A small receive buffer, set before connecting: the window shuts soon.
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
 		return rc.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<10) })
