@@ -5,7 +5,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/transparency-dev/tessera/api"
 )
@@ -98,3 +100,21 @@ func rewriteBundle(t *testing.T, path string, fn func([][]byte) [][]byte) {
 
 // testEntryKey is the entry MAC key the tests' shared-log replicas hold (EntryKey).
 var testEntryKey = EntryKey([]byte("strongroom test audit HMAC key, 32 bytes"))
+
+// untilFIFOHang runs f and returns its result, and whether it was still running after wait
+// — blocked, say, opening fifo for reading (os.ReadFile of a FIFO waits for a writer). A
+// hung f is released by opening fifo for writing and closing it (its reader sees EOF), so
+// the test can end and report the hang.
+func untilFIFOHang[T any](fifo string, wait time.Duration, f func() T) (T, bool) {
+	done := make(chan T, 1)
+	go func() { done <- f() }()
+	select {
+	case v := <-done:
+		return v, false
+	case <-time.After(wait):
+		if w, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+			w.Close()
+		}
+		return <-done, true
+	}
+}

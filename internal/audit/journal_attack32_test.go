@@ -12,7 +12,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -98,22 +97,9 @@ func TestAttack32ShadowFIFO(t *testing.T) {
 	if err := unix.Mkfifo(shadow, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan *Batcher, 1)
-	go func() {
-		done <- NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key, Written: true})
-	}()
-	var b *Batcher
-	hung := false
-	select {
-	case b = <-done:
-	case <-time.After(5 * time.Second):
-		hung = true
-		// Unblock the reader (a writer opened and closed: EOF), so the test can end.
-		if w, err := os.OpenFile(shadow, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-			w.Close()
-		}
-		b = <-done
-	}
+	b, hung := untilFIFOHang(shadow, 5*time.Second, func() *Batcher {
+		return NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key, Written: true})
+	})
 	b.Close()
 	tl.close(t)
 	if hung {

@@ -16,7 +16,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -258,21 +257,10 @@ func TestAttack33ShadowMarkerFIFO(t *testing.T) {
 	}
 	tl := openTestLog(t)
 	jdir := filepath.Join(tl.dir, "journal")
-	done := make(chan *Batcher, 1)
-	go func() {
-		done <- NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key, Written: true})
-	}()
-	var b *Batcher
-	hung := false
-	select {
-	case b = <-done:
-	case <-time.After(time.Minute): // a hang: forever; a slow machine under -race: seconds
-		hung = true
-		if w, err := os.OpenFile(marker, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-			w.Close() // the reader sees EOF: the test can end
-		}
-		b = <-done
-	}
+	// A hang: forever; a slow machine under -race: seconds.
+	b, hung := untilFIFOHang(marker, time.Minute, func() *Batcher {
+		return NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key, Written: true})
+	})
 	b.Close()
 	tl.close(t)
 	if hung {
@@ -378,22 +366,16 @@ func TestAttack33BundleFIFO(t *testing.T) {
 	if err := unix.Mkfifo(p, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() {
+	// A hang: forever; a slow machine under -race: seconds.
+	err, hung := untilFIFOHang(p, time.Minute, func() error {
 		_, err := Verify(context.Background(), client.FileFetcher{Root: tl.dir}, VerifyOptions{LogKey: tl.vkey, Bundles: DirBundles{Dir: tl.dir}.Bundle})
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("the log verifies with its bundle replaced by a FIFO")
-		}
-	case <-time.After(time.Minute): // a hang: forever; a slow machine under -race: seconds
-		if w, err := os.OpenFile(p, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
-			w.Close()
-		}
-		<-done
+		return err
+	})
+	if hung {
 		t.Fatal("Verify (audit verify's DirBundles) hung for a minute on a bundle replaced by a FIFO (os.ReadFile blocks in open)")
+	}
+	if err == nil {
+		t.Fatal("the log verifies with its bundle replaced by a FIFO")
 	}
 }
 
