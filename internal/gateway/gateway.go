@@ -772,20 +772,26 @@ var (
 // (no part of a request). A query is kept on every request (an api-version, say). The
 // error never repeats the URL: it may hold a password.
 func CheckUpstream(base string) error {
+	_, err := parseUpstream(base)
+	return err
+}
+
+// parseUpstream is base parsed, or CheckUpstream's refusal.
+func parseUpstream(base string) (*url.URL, error) {
 	u, err := url.Parse(base)
 	switch {
 	case err != nil:
-		return errors.New("the engine URL does not parse")
+		return nil, errors.New("the engine URL does not parse")
 	case u.Scheme != "http" && u.Scheme != "https":
-		return errors.New("the engine URL is not http or https")
+		return nil, errors.New("the engine URL is not http or https")
 	case u.Host == "" || u.Opaque != "":
-		return errors.New("the engine URL has no host")
+		return nil, errors.New("the engine URL has no host")
 	case u.User != nil:
-		return errors.New("the engine URL holds credentials: give the route an upstream key instead")
+		return nil, errors.New("the engine URL holds credentials: give the route an upstream key instead")
 	case u.Fragment != "" || strings.Contains(base, "#"):
-		return errors.New("the engine URL has a fragment")
+		return nil, errors.New("the engine URL has a fragment")
 	}
-	return nil
+	return u, nil
 }
 
 // upstreamURL is the engine URL of endpoint at base — the base's path and the endpoint's
@@ -800,10 +806,7 @@ func (g *Gateway) upstreamURL(base, endpoint string) (*url.URL, error) {
 	if u != nil {
 		return u, nil
 	}
-	if err := CheckUpstream(base); err != nil {
-		return nil, err
-	}
-	bu, err := url.Parse(base)
+	bu, err := parseUpstream(base)
 	if err != nil {
 		return nil, err
 	}
