@@ -220,9 +220,13 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	// The gateway owns its routes: a copy of each and of its engine list, so a caller that
+	// reuses or changes its Config later changes nothing a request reads.
+	cfg.Routes = slices.Clone(cfg.Routes)
 	g := &Gateway{cfg: cfg, routes: map[string]*Route{}, log: cfg.Logger, refused: newRefusals(), metrics: newMetrics()}
 	for i := range cfg.Routes {
 		r := &cfg.Routes[i]
+		r.Upstreams = slices.Clone(r.Upstreams)
 		if r.Model == "" || len(r.Upstreams) == 0 {
 			return nil, fmt.Errorf("gateway: route %d needs model and upstreams", i)
 		}

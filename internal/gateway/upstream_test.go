@@ -605,3 +605,21 @@ func TestNewRefusesUpstreams(t *testing.T) {
 		}
 	}
 }
+
+// TestNewOwnsRoutes: a caller that changes its Config's routes after New (or reuses the
+// slices for another gateway) changes nothing the gateway reads.
+func TestNewOwnsRoutes(t *testing.T) {
+	f := newFixture(t, nil)
+	cfg := f.gw.cfg
+	cfg.Routes = []Route{{Model: "m", Upstreams: []string{"http://127.0.0.1:9/v1"}, UpstreamKey: "k"}}
+	g, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Routes[0].Upstreams[0] = "http://127.0.0.1:10/elsewhere"
+	cfg.Routes[0].Model, cfg.Routes[0].UpstreamKey = "other", "k2"
+	r := g.routes["m"]
+	if r == nil || r.Model != "m" || r.UpstreamKey != "k" || len(r.Upstreams) != 1 || r.Upstreams[0] != "http://127.0.0.1:9/v1" {
+		t.Fatalf("the gateway's route changed with its caller's config: %+v", r)
+	}
+}
