@@ -6,6 +6,7 @@ package h1
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -161,5 +163,82 @@ func TestAttack35H1TrickledPipelineBounded(t *testing.T) {
 		t.Logf("cut %v after the answer", time.Since(t0).Round(time.Millisecond))
 	case <-time.After(a35Wait):
 		t.Fatalf("a trickled pipelined head held the connection %v past its answer (header timeout 300 ms)", a35Wait)
+	}
+}
+
+// pipeListener hands out the server ends of net.Pipe connections: a pipe has no buffer,
+// so a peer that stops reading blocks every write to it — a TLS close_notify included.
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+func (l *pipeListener) Close() error   { l.once.Do(func() { close(l.done) }); return nil }
+func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// TestStalledTLSPeersDoNotHoldShutdown: idle TLS connections whose clients stopped reading
+// (after one answer each) do not hold up Shutdown or Close. Each used to be closed under
+// the server's lock with tls.Conn.Close, whose close_notify waits up to 5 s on such a peer:
+// four of them held Shutdown ~20 s (outside round 35 saw it by reading the code).
+func TestStalledTLSPeersDoNotHoldShutdown(t *testing.T) {
+	for _, how := range []string{"shutdown", "close"} {
+		t.Run(how, func(t *testing.T) {
+			srvTLS, cliTLS := a35TLS(t)
+			pl := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+			s := serveOn(t, tls.NewListener(pl, srvTLS), http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				io.WriteString(w, "ok")
+			}), nil)
+			const n = 4
+			for range n {
+				cli, srv := net.Pipe()
+				t.Cleanup(func() { cli.Close() })
+				pl.conns <- srv
+				tc := tls.Client(cli, cliTLS)
+				io.WriteString(tc, "GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+				resp, err := http.ReadResponse(bufio.NewReader(tc), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				io.ReadAll(resp.Body) // and never reads again
+			}
+			waitFor(t, "every connection idle", func() bool {
+				s.mu.Lock()
+				defer s.mu.Unlock()
+				idle := 0
+				for c := range s.conns {
+					if c.state.Load() == stateIdle {
+						idle++
+					}
+				}
+				return idle == n
+			})
+			// The bound is twice one close_notify's wait, half of what four in a row took.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			var err error
+			if how == "shutdown" {
+				err = s.Shutdown(ctx)
+			} else {
+				done := make(chan struct{})
+				go func() { s.Close(); s.Wait(); close(done) }()
+				select {
+				case <-done:
+				case <-ctx.Done():
+					err = ctx.Err()
+				}
+			}
+			if err != nil {
+				t.Fatalf("%s with %d stalled TLS peers: %v", how, n, err)
+			}
+		})
 	}
 }

@@ -181,31 +181,55 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // closeIdle closes the connections waiting for a request; it reports whether none is left.
+// The closes are hard (hardClose) and made outside the server's lock: a TLS connection's
+// own Close writes a close_notify first, which waits (up to 5 s, crypto/tls) on a peer that
+// stopped reading — under the lock, one such peer after another held up accepts and every
+// connection's end. An idle HTTP/1.1 client takes the TCP close as the server's.
 func (s *Server) closeIdle() bool {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var idle []*conn
 	for c := range s.conns {
 		if c.state.Load() == stateIdle {
-			c.rw.Close()
+			idle = append(idle, c)
 		}
 	}
-	return len(s.conns) == 0
+	left := len(s.conns)
+	s.mu.Unlock()
+	for _, c := range idle {
+		hardClose(c.rw)
+	}
+	return left == 0
 }
 
-// Close closes the listeners and every connection at once; requests' contexts end.
+// Close closes the listeners and every connection at once; requests' contexts end. A TLS
+// connection's socket is closed without its close_notify (hardClose): Close does not wait
+// on peers.
 func (s *Server) Close() error {
 	s.init()
 	s.shutting.Store(true)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for ln := range s.lns {
 		(*ln).Close()
 	}
+	all := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
-		c.rw.Close()
+		all = append(all, c)
+	}
+	s.mu.Unlock()
+	for _, c := range all {
+		hardClose(c.rw)
 	}
 	s.stop()
 	return nil
+}
+
+// hardClose closes nc's connection at once: under TLS, the connection under it, so no
+// close_notify is written (the connection's own end closes the TLS one later).
+func hardClose(nc net.Conn) error {
+	if tc, ok := nc.(*tls.Conn); ok {
+		return tc.NetConn().Close()
+	}
+	return nc.Close()
 }
 
 const (
@@ -235,6 +259,8 @@ type conn struct {
 	watching  bool               // watchMu
 	watchDone bool               // watchMu: the handler returned
 	watchEnd  chan struct{}
+	closing   atomic.Bool   // closeIdle closed it (or is closing it)
+	watchStop chan struct{} // closed by unwatch: ends a watch that polls for a hang-up
 	peerGone  atomic.Bool
 	watchSaw  atomic.Int64 // bytes the running watch has seen buffered (the next request's)
 	bodyRead  atomic.Bool  // the request's body was read to its end: the reader is free

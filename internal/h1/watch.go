@@ -2,9 +2,13 @@ package h1
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"net"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A request's context ends when its client goes away. net/http reads from the
@@ -70,7 +74,8 @@ func (c *conn) watch() {
 	}
 	c.watching = true
 	c.watchSaw.Store(0)
-	c.watchEnd = make(chan struct{})
+	c.watchEnd, c.watchStop = make(chan struct{}), make(chan struct{})
+	stop := c.watchStop
 	cancel := c.cancelReq
 	// The deadline is cleared here, under watchMu, not in the goroutine: unwatch's
 	// deadline (which ends the watch) must come after it, never before.
@@ -80,18 +85,21 @@ func (c *conn) watch() {
 		// Bytes that come (the next request, pipelined) stay in the reader for the next
 		// request, and the watch goes on past them: a client that sent one more byte and
 		// closed is gone all the same (outside round 34 held an engine's work open so).
-		// Only a full reader ends the watch: a pipelined request that large waits its turn.
+		// A full reader stops the reading: a pipelined request that large waits its turn.
 		for n := 1; n <= c.br.Size(); n = c.br.Buffered() + 1 {
 			_, err := c.br.Peek(n)
 			if err == nil {
 				c.watchSaw.Store(int64(n))
 				continue
 			}
+			if errors.Is(err, bufio.ErrBufferFull) {
+				break
+			}
 			c.watchMu.Lock()
 			stopping := c.watchDone
 			c.watchMu.Unlock()
 			var ne net.Error
-			if !stopping && !(errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, bufio.ErrBufferFull) {
+			if !stopping && !(errors.As(err, &ne) && ne.Timeout()) {
 				// Closed, reset, or a TLS alert: the request is over. (A deadline the
 				// handler set is its own business, not the client leaving.)
 				c.peerGone.Store(true)
@@ -99,7 +107,70 @@ func (c *conn) watch() {
 			}
 			return
 		}
+		// The reader is full of pipelined bytes and nothing more is read; a client that
+		// closed after them is gone all the same (outside round 35: 8 KiB pipelined, then a
+		// close, held the engine's work to its end). The kernel says so without a read.
+		c.watchHangup(stop, cancel)
 	}()
+}
+
+// hangupEvery is how often a watch whose reader is full asks the kernel whether the
+// client hung up.
+const hangupEvery = 50 * time.Millisecond
+
+// watchHangup polls the connection's socket for a hang-up (the client closed or half-closed
+// its end, or reset it: POLLRDHUP, POLLHUP, POLLERR — each seen past unread bytes) until
+// stop is closed; a hang-up cancels the request. A connection with no socket under it (a
+// test's pipe) is not watched further.
+func (c *conn) watchHangup(stop <-chan struct{}, cancel context.CancelFunc) {
+	rc := rawConnOf(c.rw)
+	if rc == nil {
+		return
+	}
+	t := time.NewTicker(hangupEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if hungUp(rc) {
+			c.peerGone.Store(true)
+			cancel()
+			return
+		}
+	}
+}
+
+// rawConnOf is the socket under nc, through TLS and wrappers that give their NetConn.
+func rawConnOf(nc net.Conn) syscall.RawConn {
+	for range 8 {
+		switch v := nc.(type) {
+		case syscall.Conn:
+			rc, err := v.SyscallConn()
+			if err != nil {
+				return nil
+			}
+			return rc
+		case interface{ NetConn() net.Conn }:
+			nc = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
+// hungUp asks the kernel, without reading or waiting, whether the peer of rc hung up.
+func hungUp(rc syscall.RawConn) bool {
+	gone := false
+	err := rc.Control(func(fd uintptr) {
+		p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		n, err := unix.Poll(p, 0)
+		gone = err == nil && n > 0 && p[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+	})
+	return gone || err != nil // a closed socket: gone
 }
 
 // unwatch stops the watch, if one runs, once the handler returned; later sweeps leave
@@ -111,6 +182,7 @@ func (c *conn) unwatch() {
 	running := c.watching
 	c.watchMu.Unlock()
 	if running {
+		close(c.watchStop)
 		c.rw.SetReadDeadline(aLongTimeAgo)
 		<-c.watchEnd
 		c.rw.SetReadDeadline(time.Time{})

@@ -199,6 +199,10 @@ func (c *conn) Close() error {
 	return c.Conn.Close()
 }
 
+// NetConn is the connection under the guard's (h1 asks its socket whether a client hung
+// up while its reader is full: internal/h1's watch).
+func (c *conn) NetConn() net.Conn { return c.Conn }
+
 // Server returns an http.Server for h with the Guard's timeouts. There is no whole-request
 // ReadTimeout or WriteTimeout, which would cut long streams (SSE, custody watches): the
 // body's deadline is set per request and lifted once the body is read.
