@@ -387,7 +387,8 @@ func TestAttack34BaseURLForms(t *testing.T) {
 	}{
 		{"trailing-slash", "tcp", "127.0.0.1:0", "http://%s/v1/", "/v1/chat/completions"},
 		{"prefix", "tcp", "127.0.0.1:0", "http://%s/tenant-a/engine/v1", "/tenant-a/engine/v1/chat/completions"},
-		{"escaped-prefix", "tcp", "127.0.0.1:0", "http://%s/a%%2Fb/v1", "/a%2Fb/v1/chat/completions"},
+		{"escaped-prefix", "tcp", "127.0.0.1:0", "http://%s/a%%2Fb/v1", ""}, // refused by New since round 35 (an encoded slash)
+		{"escaped-space", "tcp", "127.0.0.1:0", "http://%s/a%%20b/v1", "/a%20b/v1/chat/completions"},
 		{"query", "tcp", "127.0.0.1:0", "http://%s/v1?api-version=2", "/v1/chat/completions"},
 		{"fragment", "tcp", "127.0.0.1:0", "http://%s/v1#frag", ""},        // refused by New
 		{"userinfo", "tcp", "127.0.0.1:0", "http://user:s3cret@%s/v1", ""}, // refused by New

@@ -772,9 +772,10 @@ var (
 
 // CheckUpstream refuses an engine base URL the gateway cannot send requests to as
 // written: not http or https, no host, credentials in it (they would be logged and sent
-// by the health probe only: the route's upstream_key is where a key goes), or a fragment
-// (no part of a request). A query is kept on every request (an api-version, say). The
-// error never repeats the URL: it may hold a password.
+// by the health probe only: the route's upstream_key is where a key goes), a fragment
+// (no part of a request), or a path that parsers read differently (plainPath: dot or
+// empty segments, encoded separators). A query is kept on every request (an api-version,
+// say). The error never repeats the URL: it may hold a password.
 func CheckUpstream(base string) error {
 	_, err := parseUpstream(base)
 	return err
@@ -794,8 +795,37 @@ func parseUpstream(base string) (*url.URL, error) {
 		return nil, errors.New("the engine URL holds credentials: give the route an upstream key instead")
 	case u.Fragment != "" || strings.Contains(base, "#"):
 		return nil, errors.New("the engine URL has a fragment")
+	case !plainPath(u.EscapedPath()):
+		return nil, errors.New("the engine URL's path has an empty or dot segment, an encoded dot, slash or backslash, a backslash or a semicolon: write it as the engine should receive it")
 	}
 	return u, nil
+}
+
+// plainPath: every segment of the escaped path p (trailing slashes aside) is one that
+// every parser reads alike — not empty, not "." or "..", no percent-encoded '.', '/' or
+// '\', no '\' or ';'. An engine (or a proxy before it) that decodes before it resolves
+// would take "/v1/%2e%2e/admin" or "/v1/..;/admin" outside the base (outside round 35), and
+// one that does not would not: such a base is refused rather than sent as written or
+// quietly rewritten.
+func plainPath(p string) bool {
+	p = strings.TrimRight(p, "/")
+	if p == "" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(p, "/")
+	if !ok {
+		return false
+	}
+	for seg := range strings.SplitSeq(rest, "/") {
+		if seg == "" || seg == "." || seg == ".." || strings.ContainsAny(seg, `;\`) {
+			return false
+		}
+		low := strings.ToLower(seg)
+		if strings.Contains(low, "%2e") || strings.Contains(low, "%2f") || strings.Contains(low, "%5c") {
+			return false
+		}
+	}
+	return true
 }
 
 // upstreamURL is the engine URL of endpoint at base — the base's path and the endpoint's

@@ -552,7 +552,7 @@ func TestUpstreamURL(t *testing.T) {
 		{"HTTP://Engine:80/v1", "chat", "Engine:80", "/v1/chat/completions"},
 		{"https://engine.example:8443/base/v1", "chat", "engine.example:8443", "/base/v1/chat/completions"},
 		{"http://[::1]:9/v1", "chat", "[::1]:9", "/v1/chat/completions"},
-		{"http://e/a%2Fb/v1", "chat", "e", "/a%2Fb/v1/chat/completions"},
+		{"http://e/a%20b/v1", "chat", "e", "/a%20b/v1/chat/completions"},
 		{"http://e/v1?api-version=2", "chat", "e", "/v1/chat/completions?api-version=2"},
 		{"http://e/v1/?api-version=2&x=a%20b", "models", "e", "/v1/models?api-version=2&x=a%20b"},
 	}
@@ -568,7 +568,9 @@ func TestUpstreamURL(t *testing.T) {
 			t.Fatalf("%s %s: parsed again", c.base, c.endpoint)
 		}
 	}
-	for _, bad := range []string{"http://bad host/", "ftp://e/v1", "/v1", "http:///v1", "http:e", "http://user:s3cret@e/v1", "http://e/v1#frag", "http://e/v1#"} {
+	for _, bad := range []string{"http://bad host/", "ftp://e/v1", "/v1", "http:///v1", "http:e", "http://user:s3cret@e/v1", "http://e/v1#frag", "http://e/v1#",
+		"http://e/a%2Fb/v1", "http://e/v1/%2e%2e/admin", "http://e/v1/.%2E/x", "http://e/v1/%5c/x", "http://e/v1/..;/admin",
+		"http://e/v1;x", "http://e/v1/./x", "http://e/v1/../x", "http://e//v1", "http://e/v1//x", `http://e/v1\x`} {
 		if _, err := g.upstreamURL(bad, "chat"); err == nil {
 			t.Fatalf("%q gave a URL", bad)
 		} else if strings.Contains(err.Error(), "s3cret") {
