@@ -848,3 +848,41 @@ func TestAttack35ContinueNoBody(t *testing.T) {
 		t.Fatalf("engine got %d requests", n)
 	}
 }
+
+// TestEscapedEndpointPaths: an inference endpoint written with percent-escapes in its path
+// ("/v1/chat%2Fcompletions", an escaped letter) is not served: a proxy in front that allows
+// or refuses by the raw path would read it as another path than the gateway's router,
+// which reads the decoded one (outside round 35, by reading the code). The plain path is
+// served, and a model id may still be escaped in /v1/models/{id}.
+func TestEscapedEndpointPaths(t *testing.T) {
+	ok := newA35OKEngine(t)
+	f := newFixture(t, a35Route("ok", ok.url()))
+	front := a35Serve(t, f.gw, false, a35Limits())
+	body := a35Body("ok", false)
+	ask := func(method, target string, body string) int {
+		c, _ := front.a35Dial(t)
+		c.SetDeadline(time.Now().Add(a35Wait))
+		io.WriteString(c, method+" "+target+" HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer a35-acme\r\nContent-Type: application/json\r\nContent-Length: "+
+			strconv.Itoa(len(body))+"\r\n\r\n"+body)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%s %s: %v", method, target, err)
+		}
+		io.ReadAll(resp.Body)
+		return resp.StatusCode
+	}
+	for _, target := range []string{"/v1/chat%2Fcompletions", "/v1/chat%2fcompletions", "/v1/chat/complet%69ons", "/v1%2Fchat/completions", "/v1/embedding%73"} {
+		if code := ask("POST", target, body); code != http.StatusNotFound {
+			t.Errorf("POST %s: %d, want 404", target, code)
+		}
+	}
+	if n := len(ok.all()); n != 0 {
+		t.Fatalf("the engine got %d requests for escaped endpoint paths", n)
+	}
+	if code := ask("POST", "/v1/chat/completions", body); code != http.StatusOK {
+		t.Fatalf("the plain path: %d", code)
+	}
+	if code := ask("GET", "/v1/models/o%6B", ""); code != http.StatusOK {
+		t.Fatalf("an escaped model id: %d", code)
+	}
+}

@@ -304,8 +304,16 @@ func (g *Gateway) probe(ctx context.Context, rt *Route, base string) {
 	g.down.Delete(base)
 }
 
-// ServeHTTP routes the OpenAI endpoints.
+// ServeHTTP routes the OpenAI endpoints. An endpoint is matched only as written plainly:
+// a path with escapes where none are needed ("/v1/chat%2Fcompletions", an escaped letter)
+// is not found — a proxy in front that filters by the raw path would read it as another
+// path than this router, which reads the decoded one. A model id in /v1/models/{id} may be
+// escaped (SDKs escape ids).
 func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.RawPath != "" && !strings.HasPrefix(r.URL.RawPath, "/v1/models/") {
+		errNotFound.write(w)
+		return
+	}
 	switch r.URL.Path {
 	case "/v1/models":
 		if r.Method != http.MethodGet {
