@@ -760,45 +760,9 @@ func (b *Batcher) rotateWritten(always bool, why string) {
 	}
 }
 
-// paceMark is where the open segment stood at the committer's last sync.
-type paceMark struct {
-	gen  uint64
-	recs int
-	size int64
-}
-
-// fullSoon reports whether the open segment will likely be full before the next sync, at
-// the pace it filled since the last one (half as much again, for a burst). Closed now,
-// just synced, its close syncs a few records and does not wait on a sync in flight; left
-// to fill, the writer that fills it closes it under the journal's lock — every request
-// waits — and syncs up to SyncEvery of records first: ~3.5 ms a close under peers' load
-// (docs/PERFORMANCE.md, eighteenth session).
-func (b *Batcher) fullSoon(last *paceMark) bool {
-	j := b.j
-	j.wmu.Lock()
-	now := paceMark{gen: j.gen, recs: len(j.recs), size: j.size}
-	open := j.f != nil
-	j.wmu.Unlock()
-	grew := now
-	if now.gen == last.gen {
-		grew.recs, grew.size = now.recs-last.recs, now.size-last.size
-	} else {
-		grew.size = now.size - pageSize // a new segment starts after its header's page
-	}
-	*last = now
-	return open && now.recs > 0 && closeAhead(now.recs, grew.recs, now.size, grew.size, b.maxRecords, mappedSize)
-}
-
-// closeAhead: a segment holding recs records in size bytes, grown by dr and ds since the
-// last sync, reaches most records or room bytes within one and a half intervals more.
-func closeAhead(recs, dr int, size, ds int64, most int, room int64) bool {
-	return recs+dr+dr/2 >= most || size+ds+ds/2 >= room
-}
-
 // runWritten is the committer with BatcherConfig.Written: the writers write; it syncs the
 // open segment every SyncEvery, closes it for folding once its first record is FoldEvery
-// old or once it would fill before the next sync (fullSoon; one that fills anyway is closed
-// by its writer), probes after a failure, and answers barriers.
+// old (a full one is closed by its writer), probes after a failure, and answers barriers.
 func (b *Batcher) runWritten() {
 	defer close(b.done)
 	j := b.j
@@ -808,7 +772,6 @@ func (b *Batcher) runWritten() {
 	defer fold.Stop()
 	probe := time.NewTicker(min(b.foldEvery, 200*time.Millisecond))
 	defer probe.Stop()
-	var pace paceMark
 	for {
 		select {
 		case <-b.stop:
@@ -833,8 +796,6 @@ func (b *Batcher) runWritten() {
 			if err := j.syncMapped(); err != nil {
 				b.log.log.Error("ALERT request journal: records written since the last sync may not be durable; refusing what needs a record", "err", err)
 				b.log.setJournalErr(fmt.Errorf("%w: request journal: %v", ErrUnavailable, err))
-			} else if b.fullSoon(&pace) {
-				b.rotateWritten(false, "ahead")
 			}
 		case <-fold.C:
 			j.wmu.Lock()

@@ -96,9 +96,9 @@ type Log struct {
 
 	records *prometheus.CounterVec
 	// segments counts the request journal's closed segments by why (written records):
-	// "full" — a request's writer filled it and closed it, every request waiting meanwhile;
-	// "ahead" — the committer closed it just after a sync, before a writer would fill it;
-	// "due" — its first record was FoldEvery old.
+	// "full" — a request's writer filled it and closed it, every request waiting meanwhile
+	// (a close syncs; docs/PERFORMANCE.md, eighteenth session); "due" — its first record
+	// was FoldEvery old.
 	segments *prometheus.CounterVec
 	healthy  prometheus.GaugeFunc
 	bundles  BundleStore
@@ -282,7 +282,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
 		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
 	l.segments = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_request_segments_total",
-		Help: "Request journal segments closed, by why: full (a request's writer closed it; requests waited), ahead (closed by the committer just after a sync, before it filled), due (fold interval)."}, []string{"closed"})
+		Help: "Request journal segments closed, by why: full (a request's writer closed it, requests waiting on the close's sync), due (fold interval)."}, []string{"closed"})
 	// Derived from Healthy when scraped, never set: a gauge set after each cause changed
 	// lagged /healthz (the app's TestAttack13PathFaults read /healthz 503 and the gauge 1
 	// while the probe was still logging its ALERT; helper-23 before that had a record
