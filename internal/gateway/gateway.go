@@ -256,6 +256,18 @@ func New(cfg Config) (*Gateway, error) {
 	return g, nil
 }
 
+// maxPooledBuffer bounds the buffers kept for reuse: one that grew past it for a large
+// body or answer (a client's up to MaxBody, an engine's up to 64 MiB) is left to the GC
+// rather than held — and handed to requests that need a few KiB.
+const maxPooledBuffer = 256 << 10
+
+// putBuffer returns b to the pool unless it grew past maxPooledBuffer.
+func (g *Gateway) putBuffer(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledBuffer {
+		g.pool.Put(b)
+	}
+}
+
 // HealthCheck probes every upstream's /models every interval until ctx ends: an upstream
 // that does not answer 200 is skipped (as after a failed connection) until it does.
 func (g *Gateway) HealthCheck(ctx context.Context, interval time.Duration) {
@@ -518,7 +530,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	}
 	buf := g.pool.Get().(*bytes.Buffer)
 	buf.Reset()
-	defer g.pool.Put(buf)
+	defer g.putBuffer(buf)
 	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, g.cfg.MaxBody)); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -741,7 +753,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	}
 	out := g.pool.Get().(*bytes.Buffer)
 	out.Reset()
-	defer g.pool.Put(out)
+	defer g.putBuffer(out)
 	if _, err := out.ReadFrom(io.LimitReader(resp.Body, 64<<20)); err != nil {
 		st.fail(w, errUpstreamDown, "reading upstream: "+err.Error())
 		return

@@ -625,3 +625,18 @@ func TestNewOwnsRoutes(t *testing.T) {
 		t.Fatalf("the gateway's route changed with its caller's config: %+v", r)
 	}
 }
+
+// TestPooledBuffersBounded: a buffer grown for a large body or answer is not kept for reuse
+// (the pool hands out only buffers at most maxPooledBuffer large).
+func TestPooledBuffersBounded(t *testing.T) {
+	g := &Gateway{}
+	g.pool.New = func() any { return new(bytes.Buffer) }
+	big := bytes.NewBuffer(make([]byte, 0, 8<<20))
+	g.putBuffer(big)
+	g.putBuffer(bytes.NewBuffer(make([]byte, 0, 4<<10)))
+	for range 4 { // (sync.Pool may drop what it was given: only what it hands out is checked)
+		if b := g.pool.Get().(*bytes.Buffer); b == big || b.Cap() > maxPooledBuffer {
+			t.Fatalf("the pool handed out a %d-byte buffer", b.Cap())
+		}
+	}
+}
