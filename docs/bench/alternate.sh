@@ -3,7 +3,11 @@
 # binaries in turn, ROUNDS times; each round's lines go to OUT under "### BIN round R". Use it
 # to set the shipped binary next to the log-off copy (log-off.patch): the machine's noise
 # between runs is larger than the differences measured, so rounds must alternate.
-# EXTRA="--stream" (or other peers options) is passed through.
+# EXTRA="--stream" (or other peers options) is passed through. GOMAXPROCS=1 in the
+# environment reaches every Go system peers starts (the mock too): one P each narrows the
+# round-to-round spread about tenfold for JSON answers — a lens for comparing builds, not a
+# setting to ship (streams cost twice as much a chunk with it; docs/PERFORMANCE.md,
+# eighteenth session).
 set -u
 out=$1; n=$2; shift 2
 cd "$(dirname "$0")/../.."
