@@ -259,7 +259,6 @@ type conn struct {
 	watching  bool               // watchMu
 	watchDone bool               // watchMu: the handler returned
 	watchEnd  chan struct{}
-	closing   atomic.Bool   // closeIdle closed it (or is closing it)
 	watchStop chan struct{} // closed by unwatch: ends a watch that polls for a hang-up
 	peerGone  atomic.Bool
 	watchSaw  atomic.Int64 // bytes the running watch has seen buffered (the next request's)
