@@ -85,6 +85,10 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 		if logLoc == "" {
 			logLoc = c.Audit.LogDir
 			if c.Audit.LogDB != "" {
+				if !audit.IsSQLLog(c.Audit.LogDB) {
+					// Not repeated: it may hold a password.
+					return nil, o, usagef("audit.log_db (STRONGROOM_LOG_DB) must be a mysql:// DSN")
+				}
 				logLoc = c.Audit.LogDB
 			}
 		}
@@ -108,6 +112,9 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 	o.Quorum = s.quorum
 	if o.Quorum == 0 {
 		o.Quorum = len(o.Witnesses)
+	}
+	if audit.LooksLikeDSN(logLoc) {
+		return nil, o, usagef("--log looks like a database DSN without its scheme: write mysql://… (the value is not repeated: it may hold a password)")
 	}
 	if strings.HasPrefix(logLoc, "http://") || strings.HasPrefix(logLoc, "https://") {
 		u, err := url.Parse(logLoc)

@@ -223,7 +223,7 @@ type Connections struct {
 type Audit struct {
 	LogDir string `json:"log_dir"` // tessera POSIX directory
 	// LogDB puts the log on a shared MariaDB/MySQL engine instead of LogDir, for a fleet of
-	// replicas: "mysql://user:password@tcp(host:port)/database" (go-sql-driver DSN). Empty:
+	// replicas: "mysql://user:password@tcp(host:port)/database" (mysql:// then a go-sql-driver DSN). Empty:
 	// the POSIX log in LogDir. Keep the password out of the file with STRONGROOM_LOG_DB.
 	LogDB   string `json:"log_db,omitempty"`
 	LogKey  string `json:"log_key"`  // signed-note private key of the log (Ed25519)
