@@ -68,6 +68,7 @@ func testAdmin(t testing.TB, dsn string) *sql.DB {
 	if err != nil {
 		t.Fatal(err)
 	}
+	delete(c.Params, "wait_timeout") // another party's session: the server's defaults, not the log's idle limit
 	db, err := sql.Open("mysql", c.FormatDSN())
 	if err != nil {
 		t.Fatal(err)
