@@ -24,7 +24,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -215,48 +214,10 @@ func a35HoldEngine(t *testing.T, stream bool) (*tcpEngine, *atomic.Int64, *atomi
 	return e, &got, &closed
 }
 
-// a35OKEngine answers every request with a small completion; heads are the raw request heads.
-type a35OKEngine struct {
-	*tcpEngine
-	mu    sync.Mutex
-	heads []string
-}
-
-func newA35OKEngine(t *testing.T) *a35OKEngine {
-	e := &a35OKEngine{}
-	e.tcpEngine = newTCPEngine(t, func(te *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
-		for {
-			var head strings.Builder
-			cl := 0
-			for {
-				line, err := br.ReadString('\n')
-				if err != nil {
-					return
-				}
-				head.WriteString(line)
-				if line == "\r\n" {
-					break
-				}
-				if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "Content-Length") {
-					cl, _ = strconv.Atoi(strings.TrimSpace(v))
-				}
-			}
-			if _, err := io.CopyN(io.Discard, br, int64(cl)); err != nil {
-				return
-			}
-			e.mu.Lock()
-			e.heads = append(e.heads, head.String())
-			e.mu.Unlock()
-			io.WriteString(c, okAnswer(`{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}`))
-		}
-	})
-	return e
-}
-
-func (e *a35OKEngine) all() []string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]string(nil), e.heads...)
+// newA35OKEngine answers every request with a small completion and keeps the raw request
+// heads (round 34's raw engine, on a fresh loopback listener).
+func newA35OKEngine(t *testing.T) *a34RawEngine {
+	return newA34RawEngine(t, a34Listen(t, "tcp", "127.0.0.1:0"))
 }
 
 // a35ReadsToClose reports (on the channel) when c's reads end: the server closed it.
