@@ -230,6 +230,22 @@ func a36Open(t testing.TB, p *a36Proxy, dsn string, s note.Signer) *Log {
 	return l
 }
 
+// a36SignerAndProxied opens two replicas of a fresh log: b first (the signer), then a,
+// whose every connection goes through a proxy. At the test's end the proxy is killed,
+// then a and b are closed.
+func a36SignerAndProxied(t *testing.T) (a, b *Log, p *a36Proxy, v note.Verifier) {
+	t.Helper()
+	dsn := sqlTestDB(t)
+	s, v, _ := newKeys(t, "strongroom.test/attack36")
+	b = openSQLTestLog(t, dsn, s)
+	t.Cleanup(func() { a36Close(b) })
+	p = newA36Proxy(t, a2Target(t, dsn))
+	a = a36Open(t, p, dsn, s)
+	t.Cleanup(func() { a36Close(a) })
+	t.Cleanup(p.kill)
+	return a, b, p, v
+}
+
 func a36Close(l *Log) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	l.Close(ctx)
@@ -307,15 +323,8 @@ func TestAttack36CommitAckLost(t *testing.T) {
 		t.Skip("open weakness, outside round 36: a lost COMMIT answer reports recorded appends as failed (STRONGROOM_OPEN_ATTACKS=1 runs it)")
 	}
 	t.Parallel() // see sqlTestDB
-	dsn := sqlTestDB(t)
-	s, v, _ := newKeys(t, "strongroom.test/attack36")
 	ctx := context.Background()
-	b := openSQLTestLog(t, dsn, s) // first: the signer
-	defer a36Close(b)
-	p := newA36Proxy(t, a2Target(t, dsn))
-	a := a36Open(t, p, dsn, s)
-	defer a36Close(a)
-	defer p.kill()
+	a, b, p, v := a36SignerAndProxied(t)
 	if !b.Signer() || a.Signer() {
 		t.Fatalf("signers: a %v, b %v; want b", a.Signer(), b.Signer())
 	}
@@ -388,7 +397,7 @@ func TestAttack36CommitAckLost(t *testing.T) {
 	}
 	var acked, failed, failedInLog int
 	for _, r := range results {
-		want := a36Sealed(t, s.Name(), a36Event(r.id))
+		want := a36Sealed(t, v.Name(), a36Event(r.id)) // the log's origin: its key's name
 		at := count[string(want)]
 		if r.err == nil {
 			acked++
@@ -422,15 +431,8 @@ func TestAttack36CommitAckLost(t *testing.T) {
 // the engine, records a new event and a checkpoint covers it within 15 s.
 func TestAttack36ReplicaPartitionedMidAppend(t *testing.T) {
 	t.Parallel() // see sqlTestDB
-	dsn := sqlTestDB(t)
-	s, v, _ := newKeys(t, "strongroom.test/attack36")
 	ctx := context.Background()
-	b := openSQLTestLog(t, dsn, s) // first: the signer
-	defer a36Close(b)
-	p := newA36Proxy(t, a2Target(t, dsn))
-	a := a36Open(t, p, dsn, s)
-	defer a36Close(a)
-	defer p.kill()
+	a, b, p, v := a36SignerAndProxied(t)
 	for i := range 3 {
 		if _, err := a.Record(ctx, a36Event(i)); err != nil {
 			t.Fatal(err)
