@@ -97,6 +97,7 @@
 //
 //	The log itself:
 //	  audit.foreign_entry      an operator acknowledged an entry no replica wrote: its index and leaf hash (foreign.go)
+//	  audit.refused_entry      an entry reported not recorded (its operation refused) was found in the log: its index and leaf hash (lostcommit.go)
 //	  audit.log_repair         an operator rebuilt a shared log's poisoned unsigned tail: P, P's old leaf, dropped leaves (repair.go)
 //	  audit.unsealed_entry     never written: the search index's kind for a shared log's unsealed entries
 //	  audit.copied_entry       never written: the search index's kind for an entry whose bytes repeat an earlier one's

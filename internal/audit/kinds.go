@@ -67,6 +67,7 @@ const (
 	// The log itself (the batch entry, KindBatch, is in batch.go).
 	KindForeignEntry Kind = "audit.foreign_entry" // an operator acknowledged an entry no replica wrote (foreign.go)
 	KindLogRepair    Kind = "audit.log_repair"    // an operator cut a poisoned unsigned tail back and re-appended it (repair.go)
+	KindRefusedEntry Kind = "audit.refused_entry" // an entry reported not recorded (its operation refused) was found in the log (lostcommit.go)
 	// KindUnsealedEntry is never written: the search index lists a shared log's entries
 	// that no replica sealed under it (Log.markUnsealed), whatever kind they claim.
 	KindUnsealedEntry Kind = "audit.unsealed_entry"

@@ -154,9 +154,10 @@ type Log struct {
 	mineMu         sync.Mutex  // durable.go
 	mine           []mineEntry // entries this replica appended to a shared log, until signed and found
 	mineFull       bool
-	minePath       string   // where they are kept on this replica's disk ("": memory only)
-	mineF          *os.File // minePath, open for appending
-	mineDiskFailed bool     // the last write or rewrite of minePath failed (ALERTed once)
+	minePath       string       // where they are kept on this replica's disk ("": memory only)
+	mineF          *os.File     // minePath, open for appending
+	mineDiskFailed bool         // the last write or rewrite of minePath failed (ALERTed once)
+	lost           lostResolver // failed appends that may be in the log (lostcommit.go)
 	// idxOwned: the search index was found to hold this log's entries (ownIndex), checked
 	// once per process; only catchUp (indexMu held) reads and sets it.
 	idxOwned bool
@@ -281,6 +282,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	l.records = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_records_total",
 		Help: "Audit events submitted, by result (ok: durable; failed: not recorded, operation refused)."}, []string{"result"})
+	l.lost.outcomes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_failed_appends_resolved_total",
+		Help: "Shared log: failed appends looked for in the log (a lost commit answer), by outcome (found: in the log, acknowledged; absent: not recorded; unresolved: the engine did not answer, looked for again; refused_later: found later, an audit.refused_entry recorded)."}, []string{"outcome"})
 	l.segments = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_request_segments_total",
 		Help: "Request journal segments closed, by why: full (a request's writer closed it, requests waiting on the close's sync), due (fold interval)."}, []string{"closed"})
 	// Derived from Healthy when scraped, never set: a gauge set after each cause changed
@@ -313,7 +316,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		_, sh := l.requestRecordsMode()
 		return b2f(sh)
 	})
-	collectors := []prometheus.Collector{l.records, l.segments, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing, written, shadowed}
+	collectors := []prometheus.Collector{l.records, l.lost.outcomes, l.segments, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing, written, shadowed}
 	if ls != nil {
 		l.scrub = newScrubber(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery))
 		collectors = append(collectors, ls.refusals, l.scrub.failures)
@@ -598,11 +601,30 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	l.closeMu.RUnlock()
 	l.inflight.Add(1)
 	t0 := time.Now()
+	var after uint64 // shared log: the entry is not below the tree trusted now (lostcommit.go)
+	if l.db != nil && l.signer != nil {
+		after, _ = l.signer.trusted()
+	}
 	end := l.beginWrite(writeEntry)
 	f := l.add(ctx, tessera.NewEntry(b))
 	return sync.OnceValues(func() (uint64, error) {
 		defer l.pending.Done()
 		i, err := f()
+		if err != nil && l.db != nil && mayHideCommit(err) {
+			lost := lostEntry{raw: b, after: after}
+			switch index, found, rerr := l.resolveLost(time.Now(), lost); {
+			case found:
+				l.lost.outcomes.WithLabelValues("found").Inc()
+				l.log.Warn("audit log: an append's commit answer was lost; the entry is in the log", "entry", index, "err", err)
+				i, err = tessera.Index{Index: index}, nil
+			case rerr != nil:
+				l.lost.outcomes.WithLabelValues("unresolved").Inc()
+				l.log.Error("ALERT audit log: a failed append cannot be looked for in the log; reported not recorded, and looked for again", "err", rerr)
+				l.keepUnresolved(lost)
+			default:
+				l.lost.outcomes.WithLabelValues("absent").Inc()
+			}
+		}
 		end()
 		l.inflight.Add(-1)
 		l.durable.Observe(time.Since(t0).Seconds())
@@ -702,6 +724,9 @@ func (l *Log) indexLoop() {
 		// round; the watch's is bounded, so a row locked by an attacker with LOCK TABLES
 		// keeps neither from going on).
 		l.checkMine(context.Background(), l.watchCheckpoint(time.Now()))
+		if l.db != nil {
+			l.resolveKept()
+		}
 	})
 }
 

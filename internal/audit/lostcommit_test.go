@@ -1,0 +1,170 @@
+package audit
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/transparency-dev/merkle/rfc6962"
+	"github.com/transparency-dev/tessera"
+)
+
+func TestMayHideCommit(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{mysql.ErrInvalidConn, true},                            // the connection died: the COMMIT may have run
+		{errors.New("read tcp: i/o timeout"), true},             // no answer in time
+		{fmt.Errorf("wrapped: %w", mysql.ErrInvalidConn), true}, // as a driver may wrap it
+		{tessera.ErrPushback, false},                            // refused before anything was sent
+		{tessera.ErrPushbackIntegration, false},
+		{&mysql.MySQLError{Number: 1213, Message: "Deadlock found"}, false}, // the server answered: rolled back
+		{fmt.Errorf("commit: %w", &mysql.MySQLError{Number: 1205}), false},
+	} {
+		if got := mayHideCommit(c.err); got != c.want {
+			t.Errorf("mayHideCommit(%v) = %v, want %v", c.err, got, c.want)
+		}
+	}
+}
+
+// a36Batch submits n events (ids from first) on l at once — one batch for tessera — and
+// returns their futures' results.
+func a36Batch(l *Log, first, n int) (idx []uint64, errs []error) {
+	var fs []Future
+	for i := range n {
+		fs = append(fs, l.Submit(context.Background(), a36Event(first+i)))
+	}
+	for _, f := range fs {
+		i, err := f()
+		idx = append(idx, i)
+		errs = append(errs, err)
+	}
+	return idx, errs
+}
+
+// TestLostCommitDeliveredLate — the replica's connection is cut after it sent the COMMIT
+// of a batch, and the COMMIT reaches the server only later (a packet held up in the
+// network): when the replica gets its error, nothing is committed yet. Reading the tree
+// then would say "not in the log", and the commit would land after. The replica must wait
+// until the failed transaction has ended (it holds the tree's row until then) and find the
+// entries: each append acknowledged, at the index the log holds it.
+func TestLostCommitDeliveredLate(t *testing.T) {
+	t.Parallel() // see sqlTestDB
+	ctx := context.Background()
+	a, b, p, v := a36SignerAndProxied(t)
+	if _, err := a.Record(ctx, a36Event(1)); err != nil {
+		t.Fatal(err)
+	}
+	p.late.Store(1)
+	idx, errs := a36Batch(a, 10, 4)
+	if !a36WaitFor(2*lateFallback, func() bool { return p.lated.Load() == 1 }) {
+		t.Fatalf("late commits delivered: %d, want 1", p.lated.Load())
+	}
+	if p.lateOnAsk.Load() != 1 {
+		t.Errorf("the late COMMIT went on after %v without the replica asking for the tree's lock (the failed append was answered without settling the tree)", lateFallback)
+	}
+	size, err := b.IntegratedSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2WaitVerify(t, b, v, size, nil)
+	ents := a2Entries(t, b.Reader())
+	for i, err := range errs {
+		want := a36Sealed(t, v.Name(), a36Event(10+i))
+		in := -1
+		for k, e := range ents {
+			if string(e) == string(want) {
+				in = int(k)
+			}
+		}
+		switch {
+		case err != nil && in >= 0:
+			t.Errorf("append %d reported failed (%v) is in the log at %d", 10+i, err, in)
+		case err == nil && in != int(idx[i]):
+			t.Errorf("append %d acknowledged at %d is in the log at %d", 10+i, idx[i], in)
+		case err != nil:
+			t.Errorf("append %d failed (%v) and is not in the log: the late COMMIT did not commit? (the test's premise)", 10+i, err)
+		}
+	}
+	if got := testutil.ToFloat64(a.lost.outcomes.WithLabelValues("found")); got != 4 {
+		t.Errorf("found after a lost commit: %v, want 4", got)
+	}
+}
+
+// TestLostCommitUnreachableThenRefused — the COMMIT's answer is lost and the engine is
+// then unreachable from the replica (every connection cut, new ones refused): the failed
+// appends cannot be looked for, so they are reported failed and their callers refuse. The
+// log holds them all the same. When the engine answers again, the replica must find them
+// and record, for each, an audit.refused_entry naming its index and leaf hash — so that the
+// audit trail does not say operations happened that were refused.
+func TestLostCommitUnreachableThenRefused(t *testing.T) {
+	t.Parallel() // see sqlTestDB
+	ctx := context.Background()
+	a, b, p, v := a36SignerAndProxied(t)
+	if _, err := a.Record(ctx, a36Event(1)); err != nil {
+		t.Fatal(err)
+	}
+	p.refuseOnSwallow.Store(true)
+	p.swallow.Store(1)
+	_, errs := a36Batch(a, 20, 4)
+	if p.swallowed.Load() != 1 {
+		t.Fatalf("commit answers swallowed: %d, want 1", p.swallowed.Load())
+	}
+	for i, err := range errs {
+		if err == nil {
+			t.Fatalf("append %d acknowledged while the engine was unreachable", 20+i)
+		}
+	}
+	if got := testutil.ToFloat64(a.lost.outcomes.WithLabelValues("unresolved")); got != 4 {
+		t.Errorf("unresolved: %v, want 4", got)
+	}
+	p.refusing.Store(false) // the engine answers again
+
+	refused := map[string]string{} // leaf hash → index named
+	var ents map[uint64][]byte
+	if !a36WaitFor(30*time.Second, func() bool {
+		if testutil.ToFloat64(a.lost.outcomes.WithLabelValues("refused_later")) < 4 {
+			return false
+		}
+		ents = a2Entries(t, b.Reader())
+		clear(refused)
+		for _, e := range ents {
+			if ev, err := ParseEvent(e); err == nil && ev.Kind == KindRefusedEntry {
+				refused[ev.Subject["leaf_hash"]] = ev.Subject["entry"]
+			}
+		}
+		return len(refused) >= 4
+	}) {
+		t.Fatalf("refused-entry records: %d in the log, %v counted; want 4", len(refused), testutil.ToFloat64(a.lost.outcomes.WithLabelValues("refused_later")))
+	}
+	for i := range 4 {
+		want := a36Sealed(t, v.Name(), a36Event(20+i))
+		leaf := hex.EncodeToString(rfc6962.DefaultHasher.HashLeaf(want))
+		var at uint64
+		var in bool
+		for k, e := range ents {
+			if string(e) == string(want) {
+				at, in = k, true
+			}
+		}
+		if !in {
+			t.Errorf("append %d is not in the log: the swallowed commit did not commit? (the test's premise)", 20+i)
+			continue
+		}
+		if got := refused[leaf]; got != strconv.FormatUint(at, 10) {
+			t.Errorf("append %d, in the log at %d and reported failed: refused-entry record names entry %q", 20+i, at, got)
+		}
+	}
+	size, err := b.IntegratedSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a2WaitVerify(t, b, v, size, nil)
+}
