@@ -205,7 +205,12 @@ func (l *Log) checkMine(ctx context.Context, cp []byte) {
 	if l.mineF == nil && l.minePath != "" {
 		l.rewriteMine() // the disk failed (full, read-only): keep what waits there again
 	}
+	unsure := l.mineUnsure
+	l.mineUnsure = nil
 	l.mineMu.Unlock()
+	for _, u := range unsure {
+		l.resolveReappend(u.raw, u.after)
+	}
 	if cp == nil {
 		return
 	}
@@ -236,7 +241,7 @@ func (l *Log) checkMine(ctx context.Context, cp []byte) {
 	}
 	var again []mineEntry
 	for _, m := range due {
-		if present[[32]byte(rfc6962.DefaultHasher.HashLeaf(m.raw))] {
+		if len(present[[32]byte(rfc6962.DefaultHasher.HashLeaf(m.raw))]) > 0 {
 			continue
 		}
 		l.log.Error("ALERT audit log: an entry this replica appended is not in the signed log (its unsigned tail was rewritten through the database); it is appended again",
@@ -248,7 +253,13 @@ func (l *Log) checkMine(ctx context.Context, cp []byte) {
 	l.mineFull = false
 	l.mineMu.Unlock()
 	for _, m := range again {
+		after, _ := l.signer.trusted()
 		idx, err := l.add(ctx, tessera.NewEntry(m.raw))()
+		if err != nil && mayHideCommit(err) {
+			// Appended or not: appending once more on a guess made two copies (round 37).
+			l.resolveReappend(m.raw, after)
+			continue
+		}
 		if err != nil {
 			l.log.Error("ALERT audit log: an entry this replica appended could not be appended again", "entry", m.index, "err", err)
 			l.rememberMine(m.index, m.raw) // due again next round
@@ -261,9 +272,29 @@ func (l *Log) checkMine(ctx context.Context, cp []byte) {
 	l.mineMu.Unlock()
 }
 
-// provenLeaves is the set of the leaf hashes of c's tree from entry from on, read from the
-// tiles and proven by recomputing c's root with the tiles' nodes of the tree before from.
-func (l *Log) provenLeaves(ctx context.Context, from uint64, c log.Checkpoint) (map[[32]byte]bool, error) {
+// resolveReappend settles a re-append whose failure may hide a commit (lostcommit.go):
+// found, the entry is kept at its new index; proven absent, it is due again (appended at
+// the next round if the signed tree still lacks it); not resolved, it is resolved again at
+// the next round, never appended on a guess.
+func (l *Log) resolveReappend(raw []byte, after uint64) {
+	index, _, found, err := l.resolveLost(time.Now(), raw, after)
+	switch {
+	case err != nil:
+		l.log.Error("ALERT audit log: an entry appended again may or may not be in the log (the answer to its commit was lost); looked for again", "err", err)
+		l.mineMu.Lock()
+		l.mineUnsure = append(l.mineUnsure, lostEntry{raw: raw, after: after})
+		l.mineMu.Unlock()
+	case found:
+		l.rememberMine(index, raw)
+	default:
+		l.rememberMine(after, raw)
+	}
+}
+
+// provenLeaves is the leaf hashes of c's tree from entry from on, each with the indices it
+// is at, read from the tiles and proven by recomputing c's root with the tiles' nodes of
+// the tree before from.
+func (l *Log) provenLeaves(ctx context.Context, from uint64, c log.Checkpoint) (map[[32]byte][]uint64, error) {
 	nodes, err := client.FetchRangeNodes(ctx, from, l.reader.ReadTile)
 	if err != nil {
 		return nil, err
@@ -277,15 +308,15 @@ func (l *Log) provenLeaves(ctx context.Context, from uint64, c log.Checkpoint) (
 	if err != nil {
 		return nil, err
 	}
-	set := make(map[[32]byte]bool, len(leaves))
-	for _, h := range leaves {
+	set := make(map[[32]byte][]uint64, len(leaves))
+	for i, h := range leaves {
 		if len(h) != sha256.Size {
 			return nil, errors.New("a leaf hash of another size")
 		}
 		if err := tree.Append(h, nil); err != nil {
 			return nil, err
 		}
-		set[[32]byte(h)] = true
+		set[[32]byte(h)] = append(set[[32]byte(h)], from+uint64(i))
 	}
 	if root, err := tree.GetRootHash(nil); err != nil || !bytes.Equal(root, c.Hash) {
 		return nil, errors.New("the tiles do not give the published checkpoint's root")

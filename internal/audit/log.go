@@ -21,6 +21,7 @@ import (
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera"
 	"github.com/transparency-dev/tessera/api"
 	"github.com/transparency-dev/tessera/api/layout"
@@ -123,15 +124,17 @@ type Log struct {
 	cpBack    bool   // the published checkpoint is older than one seen (alerted)
 	cpSince   time.Time
 	cpStalled bool
-	mu        sync.Mutex
-	lastErr   error
-	lastRetry time.Time // the last write probe after a failure (probe's goroutine only)
-	stop      chan struct{}
-	closeOnce sync.Once
-	closeMu   sync.RWMutex
-	closed    bool
-	pending   sync.WaitGroup
-	loops     sync.WaitGroup // the index catch-up and the writability probe; Close waits
+	// treeHeldSince: since when the tree's row has been seen held (reapHolders; indexLoop only).
+	treeHeldSince time.Time
+	mu            sync.Mutex
+	lastErr       error
+	lastRetry     time.Time // the last write probe after a failure (probe's goroutine only)
+	stop          chan struct{}
+	closeOnce     sync.Once
+	closeMu       sync.RWMutex
+	closed        bool
+	pending       sync.WaitGroup
+	loops         sync.WaitGroup // the index catch-up and the writability probe; Close waits
 
 	// writable is nil while the log directory accepts writes (probed every probeEvery);
 	// else why not. Submit refuses at once then, before tessera can meet the condition
@@ -157,6 +160,7 @@ type Log struct {
 	minePath       string       // where they are kept on this replica's disk ("": memory only)
 	mineF          *os.File     // minePath, open for appending
 	mineDiskFailed bool         // the last write or rewrite of minePath failed (ALERTed once)
+	mineUnsure     []lostEntry  // entries appended again whose commit's outcome is not known yet
 	lost           lostResolver // failed appends that may be in the log (lostcommit.go)
 	// idxOwned: the search index was found to hold this log's entries (ownIndex), checked
 	// once per process; only catchUp (indexMu held) reads and sets it.
@@ -566,7 +570,10 @@ type Future func() (uint64, error)
 // Submit queues an event for the log and returns at once; the gateway's hot path calls
 // Submit for many requests and resolves the futures together. The event is durable only
 // when its future returns without error.
-func (l *Log) Submit(ctx context.Context, ev Event) Future {
+func (l *Log) Submit(ctx context.Context, ev Event) Future { return l.submit(ctx, ev, false) }
+
+// submit is Submit; internal: the log's own record, taken while the log closes too.
+func (l *Log) submit(ctx context.Context, ev Event, internal bool) Future {
 	ev.MAC = ""
 	b, err := ev.Marshal()
 	if err == nil && l.entryKey != nil && len(b)+macSuffix > MaxEventSize {
@@ -593,7 +600,7 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 		return func() (uint64, error) { return 0, *serr }
 	}
 	l.closeMu.RLock()
-	if l.closed {
+	if l.closed && !internal {
 		l.closeMu.RUnlock()
 		return func() (uint64, error) { return 0, fmt.Errorf("%w: log closed", ErrUnavailable) }
 	}
@@ -607,22 +614,22 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 	}
 	end := l.beginWrite(writeEntry)
 	f := l.add(ctx, tessera.NewEntry(b))
-	return sync.OnceValues(func() (uint64, error) {
+	finish := func() (uint64, error) {
 		defer l.pending.Done()
 		i, err := f()
-		if err != nil && l.db != nil && mayHideCommit(err) {
-			lost := lostEntry{raw: b, after: after}
-			switch index, found, rerr := l.resolveLost(time.Now(), lost); {
+		if err != nil && l.db != nil && l.signer != nil && mayHideCommit(err) {
+			switch index, size, found, rerr := l.resolveLost(time.Now(), b, after); {
 			case found:
 				l.lost.outcomes.WithLabelValues("found").Inc()
 				l.log.Warn("audit log: an append's commit answer was lost; the entry is in the log", "entry", index, "err", err)
 				i, err = tessera.Index{Index: index}, nil
 			case rerr != nil:
 				l.lost.outcomes.WithLabelValues("unresolved").Inc()
-				l.log.Error("ALERT audit log: a failed append cannot be looked for in the log; reported not recorded, and looked for again", "err", rerr)
-				l.keepUnresolved(lost)
+				l.log.Error("ALERT audit log: a failed append cannot be looked for in the log; reported not recorded, and watched for", "err", rerr)
+				l.watch(b, after, after, false)
 			default:
 				l.lost.outcomes.WithLabelValues("absent").Inc()
+				l.watch(b, after, size, true)
 			}
 		}
 		end()
@@ -635,6 +642,9 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 		}
 		l.setErr(nil)
 		l.rememberMine(i.Index, b)
+		if l.db != nil {
+			l.acknowledged([32]byte(rfc6962.DefaultHasher.HashLeaf(b)), i.Index)
+		}
 		if l.idx != nil {
 			l.recentMu.Lock()
 			if len(l.recent) < maxRecent {
@@ -643,6 +653,42 @@ func (l *Log) Submit(ctx context.Context, ev Event) Future {
 			l.recentMu.Unlock()
 		}
 		return i.Index, nil
+	}
+	if l.db == nil || ctx.Done() == nil {
+		return sync.OnceValues(finish)
+	}
+	// A shared log's append can hang on a dead connection until the driver's read timeout
+	// (30 s): the caller's context bounds its wait (round 37). What it abandons may still
+	// be appended; then the log gets a record saying it was refused.
+	return sync.OnceValues(func() (uint64, error) {
+		type result struct {
+			i   uint64
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			i, err := finish()
+			done <- result{i, err}
+		}()
+		select {
+		case r := <-done:
+			return r.i, r.err
+		case <-ctx.Done():
+		}
+		err := fmt.Errorf("%w: gave up waiting for the append: %v", ErrUnavailable, context.Cause(ctx))
+		l.records.WithLabelValues("failed").Inc()
+		go func() {
+			if r := <-done; r.err == nil {
+				l.unacknowledged([32]byte(rfc6962.DefaultHasher.HashLeaf(b)), r.i)
+				l.log.Error("ALERT audit log: an append its caller gave up on (its operation refused) is in the log; recording that it was refused", "entry", r.i)
+				if _, err := l.submit(context.Background(), RefusedEntryEvent(r.i, b), true)(); err != nil {
+					l.watch(b, r.i, r.i, false) // recorded by the watch once it can be
+				} else {
+					l.lost.outcomes.WithLabelValues("refused_later").Inc()
+				}
+			}
+		}()
+		return 0, err
 	})
 }
 
@@ -723,9 +769,15 @@ func (l *Log) indexLoop() {
 		// The durable check uses the checkpoint the watch read (one read of the row a
 		// round; the watch's is bounded, so a row locked by an attacker with LOCK TABLES
 		// keeps neither from going on).
-		l.checkMine(context.Background(), l.watchCheckpoint(time.Now()))
+		signed := l.watchCheckpoint(time.Now())
+		l.checkMine(context.Background(), signed)
 		if l.db != nil {
-			l.resolveKept()
+			l.watchRound(signed)
+			if l.leader.held.Load() {
+				l.reapHolders(time.Now())
+			} else {
+				l.treeHeldSince = time.Time{}
+			}
 		}
 	})
 }
@@ -1240,6 +1292,9 @@ func (l *Log) Close(ctx context.Context) error {
 		l.closed = true // no Submit after this point, so Wait cannot race an Add
 		l.closeMu.Unlock()
 		l.pending.Wait() // every submitted event is durable (or failed) before shutdown
+		if l.db != nil && l.signer != nil {
+			l.drainWatched(ctx) // before shutdown: this replica may be the one that signs
+		}
 		if err = l.shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
 			// The entries are durable; only their checkpoint is late (a shared log's signer
 			// is another replica, or the witnesses are slow): the next one covers them.

@@ -530,9 +530,9 @@ func a37Report(t *testing.T, bad []string) {
 }
 
 func a37Kept(l *Log) int {
-	l.lost.pendMu.Lock()
-	defer l.lost.pendMu.Unlock()
-	return len(l.lost.unresolved)
+	l.lost.wmu.Lock()
+	defer l.lost.wmu.Unlock()
+	return len(l.lost.watched)
 }
 
 func a37Count(l *Log, outcome string) float64 {
