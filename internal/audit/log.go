@@ -260,7 +260,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	// The appender's background work (integration, checkpoints) outlives the caller's ctx
 	// and ends in Close.
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	app, shutdown, reader, err := tessera.NewAppender(bg, driver, opts)
+	if lc, ok := driver.(appendLifecycle); ok && quietTesseraStats {
+		driver = quietStats{lc} // quietstats.go
+	}
+	app, shutdown, reader, err := tessera.NewAppender(context.WithValue(bg, tesseraOwn{}, true), driver, opts)
 	if err != nil {
 		cancel()
 		if db != nil {

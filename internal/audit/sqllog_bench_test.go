@@ -97,3 +97,40 @@ func cpSize(cp []byte) uint64 {
 	}
 	return 0
 }
+
+// BenchmarkSQLLogIdleQueries: the statements a second an idle replica of a log on MariaDB
+// sends the engine (the server's Questions counter over 3 s), with tessera's own size
+// polls answered from a cache (quiet) and without (tessera): run it alone — the counter
+// is the server's.
+//
+//	./scripts/test go test -run '^$' -bench SQLLogIdleQueries -benchtime 1x ./internal/audit/
+func BenchmarkSQLLogIdleQueries(b *testing.B) {
+	for _, quiet := range []bool{true, false} {
+		name := "tessera"
+		if quiet {
+			name = "quiet"
+		}
+		b.Run(name, func(b *testing.B) {
+			quietTesseraStats = quiet
+			defer func() { quietTesseraStats = true }()
+			dsn := sqlTestDB(b)
+			s, _, _ := newKeys(b, "strongroom.test/idle")
+			l := openSQLTestLog(b, dsn, s)
+			defer l.Close(context.Background())
+			admin := testAdmin(b, dsn)
+			questions := func() float64 {
+				var name string
+				var n float64
+				if err := admin.QueryRow("SHOW GLOBAL STATUS LIKE 'Questions'").Scan(&name, &n); err != nil {
+					b.Fatal(err)
+				}
+				return n
+			}
+			for b.Loop() {
+				q0, t0 := questions(), time.Now()
+				time.Sleep(3 * time.Second)
+				b.ReportMetric((questions()-q0-1)/time.Since(t0).Seconds(), "statements/s")
+			}
+		})
+	}
+}

@@ -1,0 +1,94 @@
+#!/bin/bash
+# openloop.sh RATE ROUNDS BIN [OFFBIN] — CPU per request of proxies sent the SAME offered
+# load: RATE requests a second for 8 s (after 2 s of warm-up), by docs/bench/openloop (an
+# open loop: a slower answer does not lower the rate, unlike peers' wrk), to the kit's
+# mock upstream through httputil, bifrost-core, strongroom BIN and, if given, OFFBIN (the
+# log-off copy, log-off.patch). Systems alternate within each round; CPU is the process's
+# utime+stime from /proc, read after it settled (under 5% of a core for 1 s), as peers
+# does. Prints one line a run and the same-round ratios' medians. Pick RATE below every
+# system's closed-loop req/s (peers), so that all keep up; GOMAXPROCS passes through.
+set -euo pipefail
+rate=$1 rounds=$2 sr=$3 off=${4:-}
+kit=$(cd "$(dirname "$0")/../../../shared/bench" && pwd)
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+work=$(mktemp -d -t openloop.XXXXXX)
+pids=()
+declare -A procs url
+cleanup() {
+	set +e
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+	wait 2>/dev/null
+	rm -rf "$work"
+}
+trap cleanup EXIT
+bg() { local n=$1; shift; "$@" >"$work/$n.log" 2>&1 & pids+=($!); procs[$n]=$!; }
+addr() {
+	local i a
+	for i in $(seq 1200); do
+		a=$(sed -n "s|^$2||p" "$work/$1.log" | head -n1)
+		[ -n "$a" ] && { echo "$a"; return 0; }
+		kill -0 "${procs[$1]}" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "openloop: $1 did not start:" >&2; tail -n 20 "$work/$1.log" >&2; return 1
+}
+mkdir -p "$work/bin"
+for m in mock httputil bifrostcore; do (cd "$kit/$m" && GOWORK=off go build -buildvcs=false -o "$work/bin/$m" .); done
+(cd "$repo" && go build -o "$work/bin/openloop" ./docs/bench/openloop)
+bg mock "$work/bin/mock" -listen 127.0.0.1:0 -chunks 200
+mock=$(addr mock 'listening on ')
+bg httputil "$work/bin/httputil" -upstream "$mock" -listen 127.0.0.1:0
+url[httputil]=$(addr httputil 'listening on ')/v1/chat/completions
+bg bifrost-core "$work/bin/bifrostcore" -upstream "$mock" -listen 127.0.0.1:0
+url[bifrost-core]=$(addr bifrost-core 'listening on ')/v1/chat/completions
+systems=(httputil bifrost-core strongroom)
+[ -n "$off" ] && systems+=(strongroom-off)
+key=none
+for s in strongroom strongroom-off; do
+	b=$sr && [ $s = strongroom-off ] && b=$off
+	[ -n "$b" ] || continue
+	d=$work/$s-data
+	"$b" init --data "$d" >"$work/$s-setup.log" 2>&1
+	"$b" principal add bench --tenant bench --data "$d" >>"$work/$s-setup.log" 2>&1
+	k=$("$b" key create --principal bench --data "$d" 2>>"$work/$s-setup.log")
+	[ $s = strongroom ] && key=$k
+	jq --arg u "$mock/v1" '.gateway.routes = [{model: "demo", upstreams: [$u], classification: "public"}]' "$d/config.json" >"$d/config.new" && mv "$d/config.new" "$d/config.json"
+	bg $s "$b" --data "$d" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --custody-listen 127.0.0.1:0
+	url[$s]=$(addr $s 'STRONGROOM_URL=')/chat/completions
+	eval "key_${s//-/_}=\$k"
+done
+body='{"model":"demo","max_tokens":256,"messages":[{"role":"user","content":"hello there"}]}'
+hz=$(getconf CLK_TCK)
+ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+settle() {
+	local t0 t1 i
+	t1=$(ticks "$1")
+	for i in $(seq 120); do
+		t0=$t1 && sleep 1 && t1=$(ticks "$1")
+		((t1 - t0 <= hz / 20)) && break
+	done
+	echo "$t1"
+}
+res=$work/res
+for r in $(seq "$rounds"); do
+	for s in "${systems[@]}"; do
+		k=none
+		case $s in strongroom) k=$key_strongroom ;; strongroom-off) k=$key_strongroom_off ;; esac
+		"$work/bin/openloop" -url "${url[$s]}" -key "$k" -body "$body" -rate "$rate" -duration 2s >/dev/null
+		t0=$(settle "${procs[$s]}")
+		out=$("$work/bin/openloop" -url "${url[$s]}" -key "$k" -body "$body" -rate "$rate" -duration 8s)
+		t1=$(settle "${procs[$s]}")
+		n=$(sed -n 's/.* ok \([0-9]*\) .*/\1/p' <<<"$out")
+		cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+		echo "round $r $s cpu_us_per_req $cpu | $out"
+		echo "$r $s $cpu" >>"$res"
+	done
+done
+awk '{ c[$2, $1] = $3; R = $1 > R ? $1 : R }
+function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }; return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+function ratio(x, y, label,   r, a) { for (r = 1; r <= R; r++) a[r] = c[y, r] > 0 ? c[x, r] / c[y, r] : 0; printf "%s: %.2f (median over %d rounds)\n", label, med(a, R), R }
+END {
+	ratio("strongroom", "bifrost-core", "strongroom/bifrost-core CPU per request at one offered rate")
+	ratio("strongroom", "httputil", "strongroom/httputil CPU per request at one offered rate")
+	if (c["strongroom-off", 1] > 0) ratio("strongroom", "strongroom-off", "log on/log off CPU per request at one offered rate")
+}' "$res"
