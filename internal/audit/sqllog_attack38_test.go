@@ -188,3 +188,58 @@ func TestAttack38CloseMidRecoveryBounded(t *testing.T) {
 	}
 	a37Report(t, a37Settled(t, b, v, []a37Outcome{out}, 10*time.Second))
 }
+
+// TestAttack38GaveUpThenRefusalAnswerLost — claim 2 ("every append reported failed,
+// including one whose caller's context ended first, is absent, or the log later holds an
+// audit.refused_entry naming its index and leaf hash; none names an acknowledged entry")
+// and claim 4 (no flood of records). Replica a's append reaches its COMMIT, which is held
+// until the caller's context (1 s) has ended: the caller is told "failed", then the COMMIT
+// goes on and the entry lands. a records an audit.refused_entry for it — and that record's
+// own COMMIT answer is lost. The log must end with exactly one audit.refused_entry naming
+// the entry (index and leaf hash), none naming anything else, and verify.
+func TestAttack38GaveUpThenRefusalAnswerLost(t *testing.T) {
+	a, b, p, v, _ := a37Pair(t)
+	a37Submit(a, "a", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var cutRefusal *a37Rule
+	held := p.arm(a37Before, a37IsAppendCommit, func(a37Cmd) {
+		<-ctx.Done()
+		cutRefusal = p.arm(a37CutReply, a37IsAppendCommit, nil)
+	})
+	t0 := time.Now()
+	idx, err := a.Record(ctx, a36Event(1000))
+	out := a37Outcome{id: 1000, replica: "a", idx: idx, err: err, took: time.Since(t0)}
+	t.Logf("a's Record answered after %v: idx %d, err %v", out.took.Round(time.Millisecond), idx, err)
+	if !a36WaitFor(5*time.Second, held.hasFired) {
+		t.Fatal("a's append did not reach its COMMIT")
+	}
+	if !a36WaitFor(10*time.Second, func() bool { return cutRefusal != nil && cutRefusal.hasFired() }) {
+		t.Log("the refused_entry record's COMMIT was not seen (not cut)")
+	}
+	bad := a37Settled(t, b, v, []a37Outcome{out}, 20*time.Second)
+	a37Report(t, bad)
+	ents := a2Entries(t, b.Reader())
+	raw := a36Sealed(t, v.Name(), a36Event(1000))
+	n := 0
+	for _, r := range a37Refusals(ents) {
+		t.Logf("audit.refused_entry at %d names entry %s leaf %.16s…", r.at, r.entry, r.leaf)
+		if r.leaf == a37Leaf(raw) {
+			n++
+		}
+	}
+	if err != nil {
+		var in bool
+		for _, e := range ents {
+			if string(e) == string(raw) {
+				in = true
+			}
+		}
+		if in && n != 1 {
+			t.Errorf("the append its caller gave up on is in the log, named by %d audit.refused_entry records (want exactly 1)", n)
+		}
+	}
+	if refs := a37Refusals(ents); len(refs) > 1 {
+		t.Errorf("%d audit.refused_entry records for one failed append", len(refs))
+	}
+}
