@@ -126,6 +126,7 @@ type Log struct {
 	cpStalled bool
 	// treeHeldSince: since when the tree's row has been seen held (reapHolders; indexLoop only).
 	treeHeldSince time.Time
+	reapDenied    bool // the engine would not say who holds the tree (warned once)
 	mu            sync.Mutex
 	lastErr       error
 	lastRetry     time.Time // the last write probe after a failure (probe's goroutine only)
@@ -162,6 +163,9 @@ type Log struct {
 	mineDiskFailed bool         // the last write or rewrite of minePath failed (ALERTed once)
 	mineUnsure     []lostEntry  // entries appended again whose commit's outcome is not known yet
 	lost           lostResolver // failed appends that may be in the log (lostcommit.go)
+	// lostCtx bounds resolutions: cancelled when Close's context ends, and after Close.
+	lostCtx    context.Context
+	lostCancel context.CancelFunc
 	// idxOwned: the search index was found to hold this log's entries (ownIndex), checked
 	// once per process; only catchUp (indexMu held) reads and sets it.
 	idxOwned bool
@@ -282,6 +286,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
 	}
+	l.lostCtx, l.lostCancel = context.WithCancel(context.Background())
+
 	// The search index keeps request records' bytes out of its rows and reads them from
 	// their bundles, checked against the batch's entry (store.RecordSource).
 	if rs, ok := cfg.Index.(interface{ SetRecordSource(store.RecordSource) }); ok {
@@ -1291,6 +1297,10 @@ func ReadEntries(ctx context.Context, readBundle func(ctx context.Context, i uin
 func (l *Log) Close(ctx context.Context) error {
 	var err error
 	l.closeOnce.Do(func() {
+		// A resolution still running (lostcommit.go) ends with Close's context: pending
+		// appends waiting on one must not hold Close past it (round 38).
+		defer context.AfterFunc(ctx, l.lostCancel)()
+		defer l.lostCancel()
 		l.closeMu.Lock()
 		l.closed = true // no Submit after this point, so Wait cannot race an Add
 		l.closeMu.Unlock()

@@ -172,7 +172,7 @@ func (l *Log) resolveLost(failedAt time.Time, raw []byte, after uint64) (index, 
 // settledLeaves settles the tree, waits for a signed checkpoint covering it, and returns
 // that tree's size and its leaves from index from on, proven against the checkpoint.
 func (l *Log) settledLeaves(from uint64) (uint64, map[[32]byte][]uint64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), settleWait)
+	ctx, cancel := context.WithTimeout(l.lostCtx, settleWait) // Close's end cuts it short
 	defer cancel()
 	size, err := l.settleTree(ctx)
 	if err != nil {
@@ -189,10 +189,27 @@ func (l *Log) settledLeaves(from uint64) (uint64, map[[32]byte][]uint64, error) 
 	return c.Size, leaves, nil
 }
 
-// settleTree takes and gives back the tree state's row lock, on a connection of its own
-// that waits for the lock longer than the server keeps a vanished client's session, and
-// returns the tree's size.
+// settleTree takes and gives back the tree state's row lock and returns the tree's size.
+// The lock may be held for as long as the server keeps a vanished client's session
+// (sessionIdle), and the settle's own connection may go dead (round 38): it asks in short
+// attempts, each on a new connection, until ctx ends.
 func (l *Log) settleTree(ctx context.Context) (uint64, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, settleAttempt)
+		size, err := l.settleOnce(actx)
+		cancel()
+		var me *mysql.MySQLError
+		retry := errors.Is(err, context.DeadlineExceeded) || errors.As(err, &me) && me.Number == 1205 // lock wait timeout
+		if err == nil || !retry || ctx.Err() != nil {
+			return size, err
+		}
+	}
+}
+
+// settleAttempt bounds one attempt to settle the tree (its lock wait: 1 s).
+const settleAttempt = 2 * time.Second
+
+func (l *Log) settleOnce(ctx context.Context) (uint64, error) {
 	c, err := l.db.Conn(ctx)
 	if err != nil {
 		return 0, err
@@ -201,7 +218,7 @@ func (l *Log) settleTree(ctx context.Context) (uint64, error) {
 		c.Raw(func(any) error { return driver.ErrBadConn }) // its lock wait is not the pool's
 		c.Close()
 	}()
-	if _, err := c.ExecContext(ctx, fmt.Sprintf("SET SESSION innodb_lock_wait_timeout = %d", 2*sessionIdle)); err != nil {
+	if _, err := c.ExecContext(ctx, "SET SESSION innodb_lock_wait_timeout = 1"); err != nil {
 		return 0, err
 	}
 	tx, err := c.BeginTx(ctx, nil)
@@ -375,11 +392,19 @@ func RefusedEntryEvent(index uint64, entry []byte) Event {
 // its wait_timeout (sessionIdle), rolling back what it held — but a replica whose path to
 // the engine trickles a statement's bytes (a few every second or two, as over a path losing
 // most packets) is never idle to it while its transaction holds the tree's row, and every
-// replica's appends wait (round 37). Such a session shows in the process list as asleep
-// (between commands: the server is reading the next one) for longer than the log's
-// wait_timeout, which no idle log session can be. The signer, when the tree's row has been
-// held for sessionIdle/2 seconds, ends the log database's sessions of its own user that have
-// slept that long (a user may end its own sessions; another user's are not seen).
+// replica's appends wait (round 37). The signer, once the tree's row has been held for
+// sessionIdle/2 seconds, asks the engine which transaction the appends waiting on the tree
+// state wait for (information_schema.INNODB_LOCK_WAITS, INNODB_LOCKS, INNODB_TRX: the PROCESS
+// privilege) and ends its session if that session is asleep — between statements, or in
+// the middle of receiving one — for longer than the log's wait_timeout: no log session in
+// a transaction can be. A holder busy in a statement (a repair's work) is left alone, and so
+// is every session that holds nothing (round 38 steered the first version, which ended
+// every long-asleep session of its user, to an operator's idle one).
+const holderQuery = "SELECT DISTINCT t.`trx_mysql_thread_id`, p.`TIME` FROM information_schema.INNODB_LOCK_WAITS w " +
+	"JOIN information_schema.INNODB_LOCKS k ON k.`lock_id` = w.`requested_lock_id` " +
+	"JOIN information_schema.INNODB_TRX t ON t.`trx_id` = w.`blocking_trx_id` " +
+	"JOIN information_schema.PROCESSLIST p ON p.`ID` = t.`trx_mysql_thread_id` " +
+	"WHERE k.`lock_table` LIKE '%`TreeState`' AND p.`COMMAND` = 'Sleep' AND p.`TIME` > ?"
 
 // reapHolders is the signer's check, once a watch round (indexLoop).
 func (l *Log) reapHolders(now time.Time) {
@@ -396,8 +421,12 @@ func (l *Log) reapHolders(now time.Time) {
 	if now.Sub(l.treeHeldSince) < sessionIdle*time.Second/2 {
 		return
 	}
-	rows, err := l.db.QueryContext(ctx, "SELECT `ID`, `TIME` FROM information_schema.PROCESSLIST WHERE `COMMAND` = 'Sleep' AND `TIME` > ? AND `ID` <> CONNECTION_ID() AND `DB` = DATABASE()", sessionIdle)
+	rows, err := l.db.QueryContext(ctx, holderQuery, sessionIdle)
 	if err != nil {
+		if !l.reapDenied {
+			l.reapDenied = true
+			l.log.Warn("audit log: the tree's row is held and the engine does not say by whom (the log's database user needs the PROCESS privilege): a session trickling its bytes cannot be ended", "err", err)
+		}
 		return
 	}
 	type stuck struct{ id, secs int64 }
@@ -411,7 +440,7 @@ func (l *Log) reapHolders(now time.Time) {
 	rows.Close()
 	for _, s := range ss {
 		if _, err := l.db.ExecContext(ctx, fmt.Sprintf("KILL CONNECTION %d", s.id)); err == nil {
-			l.log.Error("ALERT audit log: ended a database session that held the tree without falling silent (a replica's path trickling); the fleet's appends were waiting on it",
+			l.log.Error("ALERT audit log: ended a database session that held the tree without falling silent (a replica's path trickling, or a transaction left open); the fleet's appends were waiting on it",
 				"session", s.id, "asleep_s", s.secs, "tree_held_for", now.Sub(l.treeHeldSince).Round(time.Second))
 		}
 	}
