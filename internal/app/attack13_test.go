@@ -641,6 +641,31 @@ func TestAttack13RowLockedTreeState(t *testing.T) {
 	if err := tx.QueryRowContext(ctx, "SELECT `size`, `root` FROM `TreeState` WHERE `id` = 0 FOR UPDATE").Scan(&size, &root); err != nil {
 		t.Fatal(err)
 	}
+	// The holder stays busy in statements while it holds the row (nineteenth session): the
+	// signer ends a session of the log's own user that holds the tree *asleep* past the
+	// log's wait_timeout (audit.reapHolders, outside rounds 37–38), which this session —
+	// the log's user, idle in its transaction — was; a busy holder it leaves alone, and the
+	// stall this test is about stays.
+	var holderID int64
+	if err := tx.QueryRowContext(ctx, "SELECT CONNECTION_ID()").Scan(&holderID); err != nil {
+		t.Fatal(err)
+	}
+	stopBusy := make(chan struct{})
+	busy := make(chan error, 1)
+	go func() { // short statements, one after the other: never asleep for long
+		for {
+			select {
+			case <-stopBusy:
+				busy <- nil
+				return
+			default:
+			}
+			if _, err := tx.ExecContext(ctx, "DO SLEEP(1)"); err != nil {
+				busy <- err
+				return
+			}
+		}
+	}()
 	// A first request finds out: it waits ≤ readTimeout and is refused.
 	first := e.ask(false, 60*time.Second)
 	acked = append(acked, first)
@@ -685,6 +710,10 @@ func TestAttack13RowLockedTreeState(t *testing.T) {
 	}
 	if worst > 2*time.Second {
 		t.Errorf("PROMISE 2: after detection, a new request still waited %v before its answer (want refused at once)", worst)
+	}
+	close(stopBusy)
+	if err := <-busy; err != nil {
+		t.Fatalf("the holder (session %d) failed while holding the row: %v", holderID, err)
 	}
 	if err := tx.Rollback(); err != nil {
 		t.Fatal(err)

@@ -45,7 +45,7 @@ import (
 // settleWait bounds how long resolving a failed append may take: a failed transaction's
 // session holds the tree's row until the server ends it (at once when its socket is closed,
 // after sessionIdle when its client vanished), then a signed checkpoint must cover the tree.
-const settleWait = 3 * sessionIdle * time.Second
+const settleWait = sessionIdle*time.Second + 5*time.Second
 
 // watchFor is how long a failed append's entry is looked for after it was first proven
 // absent.
@@ -197,9 +197,10 @@ func (l *Log) settleTree(ctx context.Context) (uint64, error) {
 	for {
 		actx, cancel := context.WithTimeout(ctx, settleAttempt)
 		size, err := l.settleOnce(actx)
+		timedOut := actx.Err() != nil // whatever error the driver made of it
 		cancel()
 		var me *mysql.MySQLError
-		retry := errors.Is(err, context.DeadlineExceeded) || errors.As(err, &me) && me.Number == 1205 // lock wait timeout
+		retry := timedOut || errors.As(err, &me) && me.Number == 1205 // lock wait timeout
 		if err == nil || !retry || ctx.Err() != nil {
 			return size, err
 		}
@@ -397,14 +398,18 @@ func RefusedEntryEvent(index uint64, entry []byte) Event {
 // state wait for (information_schema.INNODB_LOCK_WAITS, INNODB_LOCKS, INNODB_TRX: the PROCESS
 // privilege) and ends its session if that session is asleep — between statements, or in
 // the middle of receiving one — for longer than the log's wait_timeout: no log session in
-// a transaction can be. A holder busy in a statement (a repair's work) is left alone, and so
-// is every session that holds nothing (round 38 steered the first version, which ended
-// every long-asleep session of its user, to an operator's idle one).
+// a transaction can be. Only the log's own sessions are candidates (its database user, on
+// its database): another party's session that holds the tree (an administrator's) is the
+// stall round 13 tests, answered by refusing, not by ending it. A holder busy in a
+// statement (a repair's work) is left alone, and so is every session that holds nothing
+// (round 38 steered the first version, which ended every long-asleep session of its user,
+// to an operator's idle one).
 const holderQuery = "SELECT DISTINCT t.`trx_mysql_thread_id`, p.`TIME` FROM information_schema.INNODB_LOCK_WAITS w " +
 	"JOIN information_schema.INNODB_LOCKS k ON k.`lock_id` = w.`requested_lock_id` " +
 	"JOIN information_schema.INNODB_TRX t ON t.`trx_id` = w.`blocking_trx_id` " +
 	"JOIN information_schema.PROCESSLIST p ON p.`ID` = t.`trx_mysql_thread_id` " +
-	"WHERE k.`lock_table` LIKE '%`TreeState`' AND p.`COMMAND` = 'Sleep' AND p.`TIME` > ?"
+	"WHERE k.`lock_table` LIKE '%`TreeState`' AND p.`COMMAND` = 'Sleep' AND p.`TIME` > ? " +
+	"AND p.`USER` = SUBSTRING_INDEX(CURRENT_USER(), '@', 1) AND p.`DB` = DATABASE()"
 
 // reapHolders is the signer's check, once a watch round (indexLoop).
 func (l *Log) reapHolders(now time.Time) {
