@@ -34,21 +34,6 @@ func TestMayHideCommit(t *testing.T) {
 	}
 }
 
-// a36Batch submits n events (ids from first) on l at once — one batch for tessera — and
-// returns their futures' results.
-func a36Batch(l *Log, first, n int) (idx []uint64, errs []error) {
-	var fs []Future
-	for i := range n {
-		fs = append(fs, l.Submit(context.Background(), a36Event(first+i)))
-	}
-	for _, f := range fs {
-		i, err := f()
-		idx = append(idx, i)
-		errs = append(errs, err)
-	}
-	return idx, errs
-}
-
 // TestLostCommitDeliveredLate — the replica's connection is cut after it sent the COMMIT
 // of a batch, and the COMMIT reaches the server only later (a packet held up in the
 // network): when the replica gets its error, nothing is committed yet. Reading the tree
@@ -63,7 +48,7 @@ func TestLostCommitDeliveredLate(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.late.Store(1)
-	idx, errs := a36Batch(a, 10, 4)
+	outs := a37Submit(a, "a", 10, 11, 12, 13)
 	if !a36WaitFor(2*lateFallback, func() bool { return p.lated.Load() == 1 }) {
 		t.Fatalf("late commits delivered: %d, want 1", p.lated.Load())
 	}
@@ -76,7 +61,8 @@ func TestLostCommitDeliveredLate(t *testing.T) {
 	}
 	a2WaitVerify(t, b, v, size, nil)
 	ents := a2Entries(t, b.Reader())
-	for i, err := range errs {
+	for i, o := range outs {
+		err := o.err
 		want := a36Sealed(t, v.Name(), a36Event(10+i))
 		in := -1
 		for k, e := range ents {
@@ -87,8 +73,8 @@ func TestLostCommitDeliveredLate(t *testing.T) {
 		switch {
 		case err != nil && in >= 0:
 			t.Errorf("append %d reported failed (%v) is in the log at %d", 10+i, err, in)
-		case err == nil && in != int(idx[i]):
-			t.Errorf("append %d acknowledged at %d is in the log at %d", 10+i, idx[i], in)
+		case err == nil && in != int(o.idx):
+			t.Errorf("append %d acknowledged at %d is in the log at %d", 10+i, o.idx, in)
 		case err != nil:
 			t.Errorf("append %d failed (%v) and is not in the log: the late COMMIT did not commit? (the test's premise)", 10+i, err)
 		}
@@ -113,13 +99,13 @@ func TestLostCommitUnreachableThenRefused(t *testing.T) {
 	}
 	p.refuseOnSwallow.Store(true)
 	p.swallow.Store(1)
-	_, errs := a36Batch(a, 20, 4)
+	outs := a37Submit(a, "a", 20, 21, 22, 23)
 	if p.swallowed.Load() != 1 {
 		t.Fatalf("commit answers swallowed: %d, want 1", p.swallowed.Load())
 	}
-	for i, err := range errs {
-		if err == nil {
-			t.Fatalf("append %d acknowledged while the engine was unreachable", 20+i)
+	for _, o := range outs {
+		if o.err == nil {
+			t.Fatalf("append %d acknowledged while the engine was unreachable", o.id)
 		}
 	}
 	if got := testutil.ToFloat64(a.lost.outcomes.WithLabelValues("unresolved")); got != 4 {

@@ -122,13 +122,30 @@ func (p *a36Proxy) serve() {
 	}
 }
 
-func (p *a36Proxy) dsnVia(t testing.TB, dsn string) string {
+func (p *a36Proxy) dsnVia(t testing.TB, dsn string) string { return dsnAt(t, dsn, p.ln.Addr()) }
+
+// dsnAt is dsn with its server's address replaced by addr (a proxy's).
+func dsnAt(t testing.TB, dsn string, addr net.Addr) string {
 	c, err := ParseLogDSN(dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Addr = p.ln.Addr().String()
+	c.Addr = addr.String()
 	return "mysql://" + c.FormatDSN()
+}
+
+// readMySQLPacket reads one MySQL protocol packet: its 4-byte header (3-byte little-endian
+// length, sequence number) and its payload.
+func readMySQLPacket(r io.Reader) (hdr, payload []byte, err error) {
+	hdr = make([]byte, 4)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return nil, nil, err
+	}
+	payload = make([]byte, int(hdr[0])|int(hdr[1])<<8|int(hdr[2])<<16)
+	if _, err := io.ReadFull(r, payload); err != nil {
+		return nil, nil, err
+	}
+	return hdr, payload, nil
 }
 
 func (p *a36Proxy) pipe(c net.Conn) {
@@ -178,18 +195,13 @@ func (p *a36Proxy) pipe(c net.Conn) {
 	}()
 	// client → server, packet by packet
 	wroteLeaves := false
-	hdr := make([]byte, 4)
 	for {
-		if _, err := io.ReadFull(c, hdr); err != nil {
+		hdr, payload, err := readMySQLPacket(c)
+		if err != nil {
 			closeBoth()
 			return
 		}
-		n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
-		payload := make([]byte, n)
-		if _, err := io.ReadFull(c, payload); err != nil {
-			closeBoth()
-			return
-		}
+		n := len(payload)
 		if p.isFrozen() {
 			<-make(chan struct{})
 		}

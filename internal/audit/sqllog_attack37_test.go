@@ -120,14 +120,7 @@ func newA37Proxy(t testing.TB, target string) *a37Proxy {
 	return p
 }
 
-func (p *a37Proxy) dsnVia(t testing.TB, dsn string) string {
-	c, err := ParseLogDSN(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Addr = p.ln.Addr().String()
-	return "mysql://" + c.FormatDSN()
-}
+func (p *a37Proxy) dsnVia(t testing.TB, dsn string) string { return dsnAt(t, dsn, p.ln.Addr()) }
 
 // arm adds a one-shot rule: the first command it matches gets the action.
 func (p *a37Proxy) arm(action a37Action, match func(a37Cmd) bool, hook func(a37Cmd)) *a37Rule {
@@ -280,18 +273,13 @@ func (p *a37Proxy) pipe(c net.Conn) {
 	// client → server, packet by packet
 	var lastPrep string
 	var inTx, leaves, cp bool
-	hdr := make([]byte, 4)
 	for {
-		if _, err := io.ReadFull(c, hdr); err != nil {
+		hdr, payload, err := readMySQLPacket(c)
+		if err != nil {
 			closeBoth()
 			return
 		}
-		n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
-		payload := make([]byte, n)
-		if _, err := io.ReadFull(c, payload); err != nil {
-			closeBoth()
-			return
-		}
+		n := len(payload)
 		if frozen.Load() {
 			<-p.done
 			return
