@@ -141,8 +141,9 @@ type mapped struct {
 	smu    sync.Mutex
 	gen    uint64
 	synced int64
-	cut    error    // the open segment or its shadow was cut or removed (checkSegment)
-	shadow *os.File // the open segment's shadow (nil: records go to the segment by pwrite)
+	wrote  atomic.Bool // a sync wrote and flushed bytes (taken by runWritten: Log.proven)
+	cut    error       // the open segment or its shadow was cut or removed (checkSegment)
+	shadow *os.File    // the open segment's shadow (nil: records go to the segment by pwrite)
 	// shadowPath is the shadow's name (a closed segment's shadow is kept, renamed for the
 	// next); shadowUsed how many of its bytes were written.
 	shadowPath string
@@ -501,6 +502,7 @@ func (j *journal) syncMapped() error {
 	}
 	if err == nil {
 		j.synced = size
+		j.wrote.Store(true)
 	}
 	return err
 }
@@ -796,6 +798,8 @@ func (b *Batcher) runWritten() {
 			if err := j.syncMapped(); err != nil {
 				b.log.log.Error("ALERT request journal: records written since the last sync may not be durable; refusing what needs a record", "err", err)
 				b.log.setJournalErr(fmt.Errorf("%w: request journal: %v", ErrUnavailable, err))
+			} else if j.wrote.Swap(false) {
+				b.log.proven.Store(true) // the log's directory took a write and a sync
 			}
 		case <-fold.C:
 			j.wmu.Lock()

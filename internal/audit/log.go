@@ -142,6 +142,11 @@ type Log struct {
 	// itself: its POSIX driver panics when it cannot open its lock file.
 	writable  atomic.Pointer[error]
 	probePath string
+	// proven is set when a write to the log directory's disk succeeded — the request
+	// journal's sync (runWritten) — and taken by the next probe, which then skips its open
+	// unless probeOpenEvery has passed since the last (lastOpen: the probe's goroutine only).
+	proven   atomic.Bool
+	lastOpen time.Time
 	// journalErr is nil while the request-record journal takes appends (journal.go); its
 	// batcher sets and clears it (an empty frame appended is its probe).
 	journalErr atomic.Pointer[error]
@@ -469,6 +474,16 @@ func (l *Log) Signer() bool { return l.leader == nil || l.leader.held.Load() }
 // read-only or full directory (or a process out of file descriptors) goes unnoticed.
 const probeEvery = 50 * time.Millisecond
 
+// probeOpenEvery is the longest the probe goes without opening its file while the request
+// journal's syncs prove the disk takes writes (a sync every 50 ms under load): a sync
+// proves what the open does — the directory's file system is writable and not out of
+// space for what was written — but not that the process can still open files, which
+// tessera needs (it panics when it cannot open its lock file). Under load each open
+// cost ~0.3 ms of CPU, contending with the journal's and tessera's own writes in the
+// directory: 20 a second were ~7 µs a request at 2,000 requests a second
+// (docs/PERFORMANCE.md, twentieth session).
+const probeOpenEvery = time.Second
+
 // probe opens (creating) a file beside tessera's lock file for writing. It must not be the
 // lock file itself: closing any descriptor of it would drop this process's fcntl lock.
 // A log on a shared engine is probed with a ping instead: a replica that cannot reach
@@ -482,7 +497,10 @@ func (l *Log) probe() {
 			err = fmt.Errorf("%w: log database unreachable: %v", ErrUnavailable, err)
 		}
 		cancel()
+	} else if l.writable.Load() == nil && l.proven.Swap(false) && time.Since(l.lastOpen) < probeOpenEvery {
+		// A journal sync since the last probe proved the disk; the open can wait.
 	} else {
+		l.lastOpen = time.Now()
 		var f *os.File
 		// The file is opened for writing as it is (O_CREATE only when it is missing: an
 		// open with O_CREAT takes the directory's lock exclusively, even for a file that

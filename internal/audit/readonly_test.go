@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -49,6 +52,61 @@ func TestReadOnlyLogDir(t *testing.T) {
 	waitFor(t, func() bool { return tl.log.Healthy() == nil })
 	if _, err := tl.log.Record(ctx, Event{V: 1, TS: time.Now(), Kind: "test.after"}); err != nil {
 		t.Fatalf("record after recovery: %v", err)
+	}
+}
+
+// TestProbeOpensUnlessProven: the writability probe skips its open only while the request
+// journal's syncs prove the disk (Log.proven), the last open was under probeOpenEvery ago
+// and the directory was last found writable; otherwise it opens, and finds a directory it
+// cannot write to (here one that is gone).
+func TestProbeOpensUnlessProven(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	l := &Log{probePath: filepath.Join(dir, "strongroom.probe"), log: slog.New(slog.DiscardHandler)}
+	broken := func() bool { return l.writable.Load() != nil }
+	l.probe() // never opened, never proven: opens, and the directory is missing
+	if !broken() {
+		t.Fatal("a missing directory was not found")
+	}
+	// Found unwritable: a proof does not stop the next open (only a success clears it).
+	l.proven.Store(true)
+	l.probe()
+	if !broken() {
+		t.Fatal("a failing directory was taken as proven")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l.probe()
+	if broken() {
+		t.Fatalf("writable directory still refused: %v", *l.writable.Load())
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	// Proven since the last probe, opened just now: the open is skipped.
+	l.proven.Store(true)
+	l.probe()
+	if broken() {
+		t.Fatal("the probe opened although a sync had proven the disk")
+	}
+	// The proof is taken: without a new one the next probe opens.
+	l.probe()
+	if !broken() {
+		t.Fatal("no open without a new proof")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l.probe()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	// Proven every time, but probeOpenEvery since the last open: it opens.
+	l.lastOpen = time.Now().Add(-probeOpenEvery)
+	l.proven.Store(true)
+	l.probe()
+	if !broken() {
+		t.Fatal("proven syncs kept the probe from opening for over probeOpenEvery")
 	}
 }
 
