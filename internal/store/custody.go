@@ -307,7 +307,7 @@ func leaseWhere(q LeaseQuery) (string, []any) {
 
 func (s *sqlStore) ListLeases(ctx context.Context, q LeaseQuery) ([]Lease, error) {
 	where, args := leaseWhere(q)
-	return list(ctx, s.db, s.q(`SELECT `+leaseCols+` FROM leases WHERE `+where+` ORDER BY granted_at, id`), args, scanLease)
+	return list(ctx, s.polled(), s.q(`SELECT `+leaseCols+` FROM leases WHERE `+where+` ORDER BY granted_at, id`), args, scanLease)
 }
 
 func (s *sqlStore) ExtendLease(ctx context.Context, id string, expires time.Time) error {

@@ -36,6 +36,9 @@ type sqlStore struct {
 	indexOnce sync.Once
 	indexStmt *sql.Stmt
 	indexErr  error
+	// polls holds the statements of queries run many times a second by every process
+	// (polled): prepared once each, instead of parsed at every run.
+	polls sync.Map // query text → *sql.Stmt
 	// records, once set (SetRecordSource), gives request records' bytes from their batch's
 	// bundle: groups indexed after that keep none of their own (auditgroups.go).
 	records atomic.Pointer[RecordSource]
@@ -343,6 +346,31 @@ func (s *sqlStore) tx1(ctx context.Context, fn func(*sql.Tx) error) error {
 }
 
 func (s *sqlStore) Close() error { return s.db.Close() }
+
+// polled is the store's database for a query that a process runs several times a second
+// whatever its load — the custody service's revocation poll (every 100 ms), the key
+// cache's — run through a statement prepared once. On SQLite, parsing and planning the
+// statement was 60 % of each run: the revocation poll alone cost an idle gateway 11 ms of
+// CPU a second (docs/PERFORMANCE.md, twentieth session). A statement that cannot be
+// prepared runs as before.
+func (s *sqlStore) polled() querier { return pollQuerier{s} }
+
+type pollQuerier struct{ s *sqlStore }
+
+func (p pollQuerier) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st, ok := p.s.polls.Load(query); ok {
+		return st.(*sql.Stmt).QueryContext(ctx, args...)
+	}
+	st, err := p.s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return p.s.db.QueryContext(ctx, query, args...)
+	}
+	if prev, loaded := p.s.polls.LoadOrStore(query, st); loaded {
+		st.Close()
+		st = prev.(*sql.Stmt)
+	}
+	return st.QueryContext(ctx, args...)
+}
 
 // getOne runs a query for one row: no row is ErrNotFound, named by what; other failures
 // are named by op.
@@ -992,7 +1020,7 @@ func (s *sqlStore) AuditPrincipalsPerDay(ctx context.Context, kind string, since
 }
 
 func (s *sqlStore) RevokedAPIKeys(ctx context.Context, since time.Time) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id FROM api_keys WHERE revoked_at > ? ORDER BY id`), nanos(since))
+	rows, err := s.polled().QueryContext(ctx, s.q(`SELECT id FROM api_keys WHERE revoked_at > ? ORDER BY id`), nanos(since))
 	if err != nil {
 		return nil, fmt.Errorf("store: revoked api keys: %w", err)
 	}
