@@ -52,7 +52,7 @@ type bucket struct {
 type scopeState struct {
 	req, tok   bucket
 	inflight   int
-	day        string
+	day        int // the UTC day of dayTokens, yyyymmdd
 	dayTokens  int64
 	lastActive time.Time
 }
@@ -84,10 +84,17 @@ func refill(b *bucket, perMin int, now time.Time, cost float64) (bool, time.Dura
 // Admit implements Limiter.
 func (l *Local) Admit(_ context.Context, scopes []Scope, est int) (func(int), *Denied, error) {
 	now := l.now()
-	day := now.UTC().Format("2006-01-02")
+	y, m, d := now.UTC().Date()
+	day := y*10000 + int(m)*100 + d
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	states := make([]*scopeState, len(scopes))
+	a := &admission{l: l, scopes: scopes, est: est}
+	states := a.inline[:0]
+	if len(scopes) > len(a.inline) {
+		states = make([]*scopeState, 0, len(scopes))
+	}
+	states = states[:len(scopes)]
+	a.states = states
 	for i, sc := range scopes {
 		s := l.st[sc.Name]
 		if s == nil {
@@ -130,20 +137,33 @@ func (l *Local) Admit(_ context.Context, scopes []Scope, est int) (func(int), *D
 			s.tok.tokens -= float64(est)
 		}
 	}
-	var once sync.Once
-	return func(actual int) {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			diff := actual - est
-			for i, sc := range scopes {
-				s := states[i]
-				s.inflight--
-				s.dayTokens += int64(diff)
-				if sc.Limits.TPM > 0 {
-					s.tok.tokens -= float64(diff)
-				}
+	return a.release, nil, nil
+}
+
+// admission is what Admit charged: one allocation a request (its scopes' states inline
+// for up to four), released once.
+type admission struct {
+	l      *Local
+	scopes []Scope
+	est    int
+	states []*scopeState
+	inline [4]*scopeState
+	once   sync.Once
+}
+
+// release settles the admission with the request's actual tokens; later calls do nothing.
+func (a *admission) release(actual int) {
+	a.once.Do(func() {
+		a.l.mu.Lock()
+		defer a.l.mu.Unlock()
+		diff := actual - a.est
+		for i, sc := range a.scopes {
+			s := a.states[i]
+			s.inflight--
+			s.dayTokens += int64(diff)
+			if sc.Limits.TPM > 0 {
+				s.tok.tokens -= float64(diff)
 			}
-		})
-	}, nil, nil
+		}
+	})
 }
