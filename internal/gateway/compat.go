@@ -88,34 +88,29 @@ func (f *features) generations() int {
 	return max(g, 1)
 }
 
-// sentFields is what the client sent of the fields hardening strips or caps.
+// sentFields is what the client sent of the fields hardening strips or caps (a value:
+// no allocation a request).
 type sentFields struct {
 	logitBias, logprobsOn bool
-	counts                []*int // as hardenedCounts
+	counts                [len(hardenedNames)]int  // as hardenedCounts
+	has                   [len(hardenedNames)]bool // the client sent counts[i]
 }
 
-// hardenedCounts are the count fields hardening caps or strips, in header order.
-func hardenedCounts(f *features) []struct {
-	name string
-	v    *int
-} {
-	return []struct {
-		name string
-		v    *int
-	}{{"logprobs", f.LogprobsN}, {"top_logprobs", f.TopLogprobs}, {"prompt_logprobs", f.PromptLogprobs},
-		{"n", f.N}, {"best_of", f.BestOf}, {"max_tokens", f.MaxTokens}, {"max_completion_tokens", f.MaxCompl}}
+// hardenedNames are the count fields hardening caps or strips, in header order.
+var hardenedNames = [...]string{"logprobs", "top_logprobs", "prompt_logprobs", "n", "best_of", "max_tokens", "max_completion_tokens"}
+
+// hardenedCounts are f's values of hardenedNames' fields (nil: not sent).
+func hardenedCounts(f *features) [len(hardenedNames)]*int {
+	return [...]*int{f.LogprobsN, f.TopLogprobs, f.PromptLogprobs, f.N, f.BestOf, f.MaxTokens, f.MaxCompl}
 }
 
 // sent copies what the client asked before hardening changes f.
 func sent(f *features) sentFields {
 	s := sentFields{logitBias: len(f.LogitBias) > 0, logprobsOn: f.LogprobsOn}
-	for _, c := range hardenedCounts(f) {
-		var v *int
-		if c.v != nil {
-			n := *c.v
-			v = &n
+	for i, v := range hardenedCounts(f) {
+		if v != nil {
+			s.counts[i], s.has[i] = *v, true
 		}
-		s.counts = append(s.counts, v)
 	}
 	return s
 }
@@ -136,14 +131,13 @@ func hardened(before sentFields, f *features) string {
 	if before.logprobsOn && !f.LogprobsOn {
 		add("logprobs", "stripped")
 	}
-	for i, c := range hardenedCounts(f) {
-		was := before.counts[i]
+	for i, v := range hardenedCounts(f) {
 		switch {
-		case was == nil:
-		case c.v == nil:
-			add(c.name, "stripped")
-		case *c.v < *was:
-			add(c.name, strconv.Itoa(*c.v))
+		case !before.has[i]:
+		case v == nil:
+			add(hardenedNames[i], "stripped")
+		case *v < before.counts[i]:
+			add(hardenedNames[i], strconv.Itoa(*v))
 		}
 	}
 	return string(b)

@@ -76,6 +76,7 @@ type engineConn struct {
 	since time.Time // idle since
 	// left bounds what the reader may still take while headers are read (-1: no bound).
 	left int
+	peek *peeker // idleOpen's, made at its first reuse
 }
 
 func (ec *engineConn) Read(p []byte) (int, error) {
@@ -277,7 +278,7 @@ func (cl *engineClient) conn(ctx context.Context, pool poolKey) (*engineConn, er
 		list[len(list)-1] = nil
 		cl.take(pool, list[:len(list)-1])
 		cl.mu.Unlock()
-		if now.Sub(ec.since) < cl.idleFor && idleOpen(ec.c) {
+		if now.Sub(ec.since) < cl.idleFor && ec.idleOpen() {
 			return ec, nil
 		}
 		ec.c.Close()
@@ -382,22 +383,56 @@ func (cl *engineClient) sweepLater() {
 // skipped it for connections idle under 50 ms, and an outside test had one tenant read
 // another's answer through that gap.
 func idleOpen(c net.Conn) bool {
+	p := newPeeker(c)
+	return p != nil && p.idleOpen()
+}
+
+// idleOpen is idleOpen(ec.c) through the connection's own peeker: made once, not a raw
+// connection and a closure at every reuse.
+func (ec *engineConn) idleOpen() bool {
+	if ec.peek == nil {
+		if ec.peek = newPeeker(ec.c); ec.peek == nil {
+			return false
+		}
+	}
+	return ec.peek.idleOpen()
+}
+
+// peeker peeks at a connection's socket without blocking (idleOpen).
+type peeker struct {
+	rc   syscall.RawConn // nil: not a socket (a test's pipe): taken as open
+	fn   func(fd uintptr) bool
+	open bool
+	b    [1]byte
+}
+
+// newPeeker is c's peeker; nil if its socket cannot be had.
+func newPeeker(c net.Conn) *peeker {
+	p := &peeker{}
 	sc, ok := c.(syscall.Conn)
 	if !ok {
-		return true
+		return p
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return nil
 	}
-	open := false
-	var b [1]byte
-	err = rc.Read(func(fd uintptr) bool {
-		_, _, rerr := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		open = rerr == syscall.EAGAIN
+	p.rc = rc
+	p.fn = func(fd uintptr) bool {
+		_, _, rerr := syscall.Recvfrom(int(fd), p.b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		p.open = rerr == syscall.EAGAIN
 		return true
-	})
-	return err == nil && open
+	}
+	return p
+}
+
+func (p *peeker) idleOpen() bool {
+	if p.rc == nil {
+		return true
+	}
+	p.open = false
+	err := p.rc.Read(p.fn)
+	return err == nil && p.open
 }
 
 // engineBody is an answer's body: its connection goes back to the pool once the body
