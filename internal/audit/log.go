@@ -124,6 +124,7 @@ type Log struct {
 	cpBack    bool   // the published checkpoint is older than one seen (alerted)
 	cpSince   time.Time
 	cpStalled bool
+	cpEvery   time.Duration // how often tessera publishes a checkpoint
 	// treeHeldSince: since when the tree's row has been seen held (reapHolders; indexLoop only).
 	treeHeldSince time.Time
 	reapDenied    bool // the engine would not say who holds the tree (warned once)
@@ -287,7 +288,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	l := &Log{writes: writeWatch{stall: cfg.AppendStall}, dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{},
-		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout}
+		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout, cpEvery: cfg.CheckpointInterval}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
 	}
@@ -892,6 +893,44 @@ func (l *Log) signerFloor() uint64 {
 	return l.signer.seen
 }
 
+// awaitCovered waits, on a log on local disk, until a published checkpoint covers every
+// entry integrated now — not only this process's own (tessera's shutdown waits for those):
+// a process killed after integrating entries and before its next checkpoint leaves them
+// durable and in no checkpoint, and one that then opened and closed at once (folding
+// nothing of its own) left them so for an outside verifier, who reads the log up to its
+// checkpoint (round 12's kill test lost acknowledged records that way under load;
+// TestCloseCoversAPredecessorsEntries). tessera's publisher reads the tree from the disk,
+// so its next checkpoint covers them; this waits for it. A shared log's checkpoints are
+// the signer replica's, which may be another: not waited for here.
+func (l *Log) awaitCovered(ctx context.Context) error {
+	if l.db != nil {
+		return nil
+	}
+	// Bounded whatever ctx says: a checkpoint that cannot be published (its witnesses
+	// refuse, the disk is read-only) must not hold Close for ever; the entries stay
+	// durable, and the next process's checkpoint covers them.
+	ctx, cancel := context.WithTimeout(ctx, 5*l.cpEvery+2*time.Second)
+	defer cancel()
+	size, err := l.reader.IntegratedSize(ctx)
+	if err != nil {
+		return fmt.Errorf("audit log: reading its size before closing: %w", err)
+	}
+	tick := time.NewTicker(max(l.cpEvery/4, 10*time.Millisecond))
+	defer tick.Stop()
+	for {
+		if cp, err := l.reader.ReadCheckpoint(ctx); err == nil {
+			if n, ok := checkpointSize(cp); ok && n >= size {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("audit log: entries up to %d are in no published checkpoint: %w", size, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
 // checkpointSize is a checkpoint's tree size (its second line).
 func checkpointSize(cp []byte) (uint64, bool) {
 	_, rest, ok := bytes.Cut(cp, []byte("\n"))
@@ -1326,7 +1365,8 @@ func (l *Log) Close(ctx context.Context) error {
 		if l.db != nil && l.signer != nil {
 			l.drainWatched(ctx) // before shutdown: this replica may be the one that signs
 		}
-		if err = l.shutdown(ctx); errors.Is(err, context.DeadlineExceeded) {
+		cerr := l.awaitCovered(ctx)
+		if err = errors.Join(cerr, l.shutdown(ctx)); errors.Is(err, context.DeadlineExceeded) {
 			// The entries are durable; only their checkpoint is late (a shared log's signer
 			// is another replica, or the witnesses are slow): the next one covers them.
 			err = fmt.Errorf("audit log: no checkpoint covering this process's entries was published before closing (they are recorded; a later checkpoint covers them): %w", err)
