@@ -170,7 +170,6 @@ func RedactDSN(loc string) string {
 
 // openSQL opens the log database and creates its tables if missing.
 func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
-	quietDriver()
 	c, err := ParseLogDSN(loc)
 	if err != nil {
 		return nil, err
@@ -718,6 +717,9 @@ func OpenSQLReader(ctx context.Context, loc string) (tessera.LogReader, BundleSt
 	return trimReader{st}, SQLBundles{DB: db}, db.Close, nil
 }
 
-// quietDriver stops go-sql-driver/mysql's process-global logger from writing to stderr
-// ("packets.go: unexpected EOF" when a connection drops): failures reach callers as errors.
-var quietDriver = sync.OnceFunc(func() { mysql.SetLogger(stdlog.New(io.Discard, "", 0)) })
+// go-sql-driver/mysql's process-global logger is stopped from writing to stderr
+// ("packets.go: unexpected EOF" when a connection drops): failures reach callers as
+// errors. It is set at the package's initialization, before any goroutine can read it:
+// set lazily at the first Open, it raced with a DSN parsed on another goroutine (the race
+// detector caught it when only parallel MariaDB tests ran, twentieth session).
+func init() { mysql.SetLogger(stdlog.New(io.Discard, "", 0)) }
