@@ -63,6 +63,21 @@ func TestProbeOpensUnlessProven(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	l := &Log{probePath: filepath.Join(dir, "strongroom.probe"), log: slog.New(slog.DiscardHandler)}
 	broken := func() bool { return l.writable.Load() != nil }
+	// openedThenGone: with the directory there, a probe that opens finds it writable; then
+	// the directory is removed again.
+	openedThenGone := func() {
+		t.Helper()
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		l.probe()
+		if broken() {
+			t.Fatalf("writable directory still refused: %v", *l.writable.Load())
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+	}
 	l.probe() // never opened, never proven: opens, and the directory is missing
 	if !broken() {
 		t.Fatal("a missing directory was not found")
@@ -73,16 +88,7 @@ func TestProbeOpensUnlessProven(t *testing.T) {
 	if !broken() {
 		t.Fatal("a failing directory was taken as proven")
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	l.probe()
-	if broken() {
-		t.Fatalf("writable directory still refused: %v", *l.writable.Load())
-	}
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
+	openedThenGone()
 	// Proven since the last probe, opened just now: the open is skipped.
 	l.proven.Store(true)
 	l.probe()
@@ -94,13 +100,7 @@ func TestProbeOpensUnlessProven(t *testing.T) {
 	if !broken() {
 		t.Fatal("no open without a new proof")
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	l.probe()
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
+	openedThenGone()
 	// Proven every time, but probeOpenEvery since the last open: it opens.
 	l.lastOpen = time.Now().Add(-probeOpenEvery)
 	l.proven.Store(true)

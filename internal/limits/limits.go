@@ -89,12 +89,12 @@ func (l *Local) Admit(_ context.Context, scopes []Scope, est int) (func(int), *D
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	a := &admission{l: l, scopes: scopes, est: est}
-	states := a.inline[:0]
-	if len(scopes) > len(a.inline) {
-		states = make([]*scopeState, 0, len(scopes))
+	if len(scopes) <= len(a.inline) {
+		a.states = a.inline[:len(scopes)]
+	} else {
+		a.states = make([]*scopeState, len(scopes))
 	}
-	states = states[:len(scopes)]
-	a.states = states
+	states := a.states
 	for i, sc := range scopes {
 		s := l.st[sc.Name]
 		if s == nil {
