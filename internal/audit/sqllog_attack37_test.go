@@ -69,7 +69,11 @@ type a37Rule struct {
 	match  func(a37Cmd) bool
 	action a37Action
 	// hook runs for a37CutReply once the server's answer arrived (the statement is done on
-	// the server) and before the cut; for a37Drop before the cut.
+	// the server) and before the cut; for a37Drop before the cut; for a37Before before the
+	// command goes on. A cutting rule (a37Drop, a37CutReply) is marked fired before its hook
+	// runs: the hook may itself cut the client's connection (p.unreachable), and a test
+	// that checks hasFired as soon as its append failed raced the hook (1 run in 9 under
+	// load). a37Before fires after its hook: what the hook did is what its test waits for.
 	hook  func(a37Cmd)
 	fired chan struct{}
 	once  sync.Once
@@ -315,19 +319,19 @@ func (p *a37Proxy) pipe(c net.Conn) {
 		}
 		switch action {
 		case a37Drop:
+			rule.fire(cmd)
 			if rule.hook != nil {
 				rule.hook(cmd)
 			}
-			rule.fire(cmd)
 			c.Close()
 			up.Close()
 			return
 		case a37CutReply:
 			h := func() {
+				rule.fire(cmd)
 				if rule.hook != nil {
 					rule.hook(cmd)
 				}
-				rule.fire(cmd)
 			}
 			onReply.Store(&h)
 		case a37Before:
