@@ -69,11 +69,7 @@ type a37Rule struct {
 	match  func(a37Cmd) bool
 	action a37Action
 	// hook runs for a37CutReply once the server's answer arrived (the statement is done on
-	// the server) and before the cut; for a37Drop before the cut; for a37Before before the
-	// command goes on. A cutting rule (a37Drop, a37CutReply) is marked fired before its hook
-	// runs: the hook may itself cut the client's connection (p.unreachable), and a test
-	// that checks hasFired as soon as its append failed raced the hook (1 run in 9 under
-	// load). a37Before fires after its hook: what the hook did is what its test waits for.
+	// the server) and before the cut; for a37Drop before the cut.
 	hook  func(a37Cmd)
 	fired chan struct{}
 	once  sync.Once
@@ -92,6 +88,20 @@ func (r *a37Rule) hasFired() bool {
 	case <-r.fired:
 		return true
 	default:
+		return false
+	}
+}
+
+// firedWithin is hasFired for a rule whose hook cuts the client's own connection
+// (p.unreachable): the rule fires once its hook returns, and the client, cut inside the
+// hook, may have its answer first — a premise checked at once found the rule not fired
+// (1 run in 24 under three-way load). Firing before the hook instead broke the tests that
+// read what a hook wrote once the rule fired.
+func (r *a37Rule) firedWithin(d time.Duration) bool {
+	select {
+	case <-r.fired:
+		return true
+	case <-time.After(d):
 		return false
 	}
 }
@@ -319,19 +329,19 @@ func (p *a37Proxy) pipe(c net.Conn) {
 		}
 		switch action {
 		case a37Drop:
-			rule.fire(cmd)
 			if rule.hook != nil {
 				rule.hook(cmd)
 			}
+			rule.fire(cmd)
 			c.Close()
 			up.Close()
 			return
 		case a37CutReply:
 			h := func() {
-				rule.fire(cmd)
 				if rule.hook != nil {
 					rule.hook(cmd)
 				}
+				rule.fire(cmd)
 			}
 			onReply.Store(&h)
 		case a37Before:
@@ -383,14 +393,19 @@ func (p *a37Proxy) pipe(c net.Conn) {
 // a37Pair opens two replicas of a fresh log: b first (the signer, direct to the engine),
 // then a, every connection of which goes through a proxy. At the test's end the proxy is
 // killed, then a and b are closed. admin is a pool on the log's database (another party).
-func a37Pair(t *testing.T) (a, b *Log, p *a37Proxy, v note.Verifier, admin *sql.DB) {
+// set, if given, changes a's configuration.
+func a37Pair(t *testing.T, set ...func(*Config)) (a, b *Log, p *a37Proxy, v note.Verifier, admin *sql.DB) {
 	t.Helper()
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack37")
 	b = openSQLTestLog(t, dsn, s)
 	t.Cleanup(func() { a36Close(b) })
 	p = newA37Proxy(t, a2Target(t, dsn))
-	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: 2 * time.Second})
+	cfg := Config{EntryKey: testEntryKey, DB: p.dsnVia(t, dsn), Signer: s, ShutdownTimeout: 2 * time.Second}
+	for _, f := range set {
+		f(&cfg)
+	}
+	l, err := Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -550,7 +565,10 @@ func a37IsAppendCommit(c a37Cmd) bool {
 func TestAttack37InsiderLowersTreeOverLostCommit(t *testing.T) {
 	t.Parallel() // see sqlTestDB
 	ctx := context.Background()
-	a, b, p, v, admin := a37Pair(t)
+	// The batch of 4 must be one transaction: with the default 2 ms to gather a batch, a
+	// loaded machine split it (3 + 1, 1 run in 21), and the fourth append then ran against
+	// the row the insider had lowered — another scenario than this one.
+	a, b, p, v, admin := a37Pair(t, func(c *Config) { c.BatchMaxAge = 500 * time.Millisecond })
 	var outs []a37Outcome
 	outs = append(outs, a37Submit(a, "a", 1, 2)...)
 	outs = append(outs, a37Submit(b, "b", 3)...)
@@ -615,8 +633,8 @@ func TestAttack37InsiderPlantsLeafForFalseRefusal(t *testing.T) {
 	rule := p.arm(a37Drop, a37IsAppendCommit, func(a37Cmd) { p.unreachable() })
 	e := a37Submit(a, "a", 2)
 	outs = append(outs, e...)
-	if !rule.hasFired() || e[0].err == nil {
-		t.Fatalf("premise: E's COMMIT dropped (%v) and E reported failed: %v", rule.hasFired(), e[0].err)
+	if fired := rule.firedWithin(5 * time.Second); !fired || e[0].err == nil {
+		t.Fatalf("premise: E's COMMIT dropped (%v) and E reported failed: %v", fired, e[0].err)
 	}
 	if a37Kept(a) != 1 {
 		t.Fatalf("premise: E kept to be looked for later: %d kept", a37Kept(a))
@@ -828,8 +846,8 @@ func TestAttack37CloseForgetsUnresolved(t *testing.T) {
 	rule := p.arm(a37CutReply, a37IsAppendCommit, func(a37Cmd) { p.unreachable() })
 	batch := a37Submit(a, "a", 10, 11, 12)
 	outs = append(outs, batch...)
-	if !rule.hasFired() || a37Kept(a) == 0 {
-		t.Fatalf("premise: a COMMIT answer lost (%v) and appends kept to be looked for (%d)", rule.hasFired(), a37Kept(a))
+	if fired := rule.firedWithin(5 * time.Second); !fired || a37Kept(a) == 0 {
+		t.Fatalf("premise: a COMMIT answer lost (%v) and appends kept to be looked for (%d)", fired, a37Kept(a))
 	}
 	p.refusing.Store(false)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -857,8 +875,8 @@ func TestAttack37DuplicateEventFalseRefusal(t *testing.T) {
 	}
 	rule := p.arm(a37Drop, a37IsAppendCommit, func(a37Cmd) { p.unreachable() })
 	second := a37Submit(a, "a", 7)
-	if !rule.hasFired() || second[0].err == nil {
-		t.Fatalf("premise: the second COMMIT dropped (%v) and the append reported failed: %v", rule.hasFired(), second[0].err)
+	if fired := rule.firedWithin(5 * time.Second); !fired || second[0].err == nil {
+		t.Fatalf("premise: the second COMMIT dropped (%v) and the append reported failed: %v", fired, second[0].err)
 	}
 	p.refusing.Store(false)
 	// Either a refusal is recorded, or a resolves the kept entry without one.
