@@ -31,14 +31,10 @@ type dialect struct {
 type sqlStore struct {
 	db *sql.DB
 	d  dialect
-	// indexStmt inserts a full chunk of indexRows audit events, prepared once (parsing the
-	// 768-parameter statement for every chunk was a fifth of the index's CPU).
-	indexOnce sync.Once
-	indexStmt *sql.Stmt
-	indexErr  error
-	// polls holds the statements of queries run many times a second by every process
-	// (polled): prepared once each, instead of parsed at every run.
-	polls sync.Map // query text → *sql.Stmt
+	// stmts holds the statements prepared once (prepared): the queries run many times a
+	// second by every process (polled), and the insert of a full chunk of indexRows audit
+	// events (parsing its 768 parameters for every chunk was a fifth of the index's CPU).
+	stmts sync.Map // query text → *sql.Stmt
 	// records, once set (SetRecordSource), gives request records' bytes from their batch's
 	// bundle: groups indexed after that keep none of their own (auditgroups.go).
 	records atomic.Pointer[RecordSource]
@@ -358,18 +354,30 @@ func (s *sqlStore) polled() querier { return pollQuerier{s} }
 type pollQuerier struct{ s *sqlStore }
 
 func (p pollQuerier) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	if st, ok := p.s.polls.Load(query); ok {
-		return st.(*sql.Stmt).QueryContext(ctx, args...)
-	}
-	st, err := p.s.db.PrepareContext(ctx, query)
+	st, err := p.s.prepared(ctx, query)
 	if err != nil {
 		return p.s.db.QueryContext(ctx, query, args...)
 	}
-	if prev, loaded := p.s.polls.LoadOrStore(query, st); loaded {
-		st.Close()
-		st = prev.(*sql.Stmt)
-	}
 	return st.QueryContext(ctx, args...)
+}
+
+// prepared is query's statement, prepared at its first use. A failure is not kept: the
+// next use prepares again (the index's statement once kept its first error, and one
+// transient failure — the database away at that moment — stopped indexing full chunks
+// until a restart).
+func (s *sqlStore) prepared(ctx context.Context, query string) (*sql.Stmt, error) {
+	if st, ok := s.stmts.Load(query); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := s.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if prev, loaded := s.stmts.LoadOrStore(query, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
 }
 
 // getOne runs a query for one row: no row is ErrNotFound, named by what; other failures
@@ -710,10 +718,11 @@ func (s *sqlStore) IndexAudit(ctx context.Context, evs []AuditEvent) error {
 		}
 		evs = entries
 	}
+	var chunkStmt *sql.Stmt
 	if len(evs) >= indexRows {
-		s.indexOnce.Do(func() { s.indexStmt, s.indexErr = s.db.PrepareContext(context.Background(), s.indexQuery(indexRows)) })
-		if s.indexErr != nil {
-			return fmt.Errorf("store: index audit events: %w", s.indexErr)
+		var err error
+		if chunkStmt, err = s.prepared(ctx, s.indexQuery(indexRows)); err != nil {
+			return fmt.Errorf("store: index audit events: %w", err)
 		}
 	}
 	err := s.tx(ctx, func(tx *sql.Tx) error {
@@ -727,7 +736,7 @@ func (s *sqlStore) IndexAudit(ctx context.Context, evs []AuditEvent) error {
 			var err error
 			if len(chunk) == indexRows {
 				if full == nil {
-					full = tx.StmtContext(ctx, s.indexStmt)
+					full = tx.StmtContext(ctx, chunkStmt)
 					defer full.Close()
 				}
 				_, err = full.ExecContext(ctx, args...)
