@@ -391,12 +391,84 @@ type leaderSigner struct {
 	published uint64
 
 	refusals prometheus.Counter // strongroom_audit_signer_refusals_total
+
+	// pub is the last checkpoint this replica signed for publication, and what became of
+	// it (publishBackoff).
+	pub struct {
+		msg      []byte    // its text; nil: none pending
+		at       time.Time // when it was signed
+		failures int       // publications in a row that did not reach the row
+		retryAt  time.Time // no signature before this (zero: none refused)
+	}
+	now func() time.Time // nil: time.Now; tests move it
+}
+
+func (s *leaderSigner) clock() time.Time {
+	if s.now != nil {
+		return s.now()
+	}
+	return time.Now()
+}
+
+// publishBackoff is how long the signer refuses to sign after a publication that failed —
+// the checkpoint it signed never reached the database's row — given how long that attempt
+// took and how many failed in a row. tessera's storage/mysql asks the witnesses inside
+// publishCheckpoint's transaction, which holds the tree state's row that every replica's
+// appends need: a witness that hangs holds the fleet's appends for the witness timeout,
+// and tessera retries a failed publication at the next append batch, not a second later
+// (outside round 39: 0.2 % of the fleet's records got through). Waiting three times the
+// failed attempt's time, doubling with each failure in a row up to max(3 × it, 10 s),
+// keeps the row held at most a quarter of the time while the witnesses fail, and a
+// recovered witness is asked again within that bound (at most 30 s).
+func publishBackoff(took time.Duration, failures int) time.Duration {
+	base := min(max(3*took, time.Second), 30*time.Second)
+	limit := max(base, 10*time.Second)
+	d := base
+	for i := 1; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// errPublishBackoff is the signer's refusal while it waits after a failed publication.
+var errPublishBackoff = errors.New("audit: the last checkpoint publication failed (its witnesses?); the signer waits before the next")
+
+// publishGate decides whether tessera may publish now. It first learns what became of the
+// last checkpoint signed: published (the row holds it) ends a run of failures; not
+// published, once per signature, is a failure, and sets when the next may be signed. A
+// row that cannot be read decides nothing (the publication itself will fail or not).
+func (s *leaderSigner) publishGate(ctx context.Context) error {
+	now := s.clock()
+	if s.pub.msg != nil && s.pub.retryAt.IsZero() {
+		if r := s.reader.Load(); r != nil {
+			if cp, err := (*r).ReadCheckpoint(ctx); err == nil {
+				if len(cp) > len(s.pub.msg) && bytes.HasPrefix(cp, s.pub.msg) && cp[len(s.pub.msg)] == '\n' {
+					s.pub.failures = 0
+					s.pub.msg = nil
+				} else {
+					s.pub.failures++
+					wait := publishBackoff(now.Sub(s.pub.at), s.pub.failures)
+					s.pub.retryAt = now.Add(wait)
+					s.log.Warn("audit log: a checkpoint publication failed (a witness did not cosign, or the row's write failed); the signer waits before the next",
+						"failures_in_a_row", s.pub.failures, "attempt", now.Sub(s.pub.at).Round(time.Millisecond), "wait", wait)
+				}
+			}
+		}
+	}
+	if now.Before(s.pub.retryAt) {
+		return errPublishBackoff
+	}
+	return nil
 }
 
 func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := s.l.check(ctx); err != nil {
+		s.pub.msg, s.pub.failures, s.pub.retryAt = nil, 0, time.Time{} // another replica signs
+		return nil, err
+	}
+	if err := s.publishGate(ctx); err != nil {
 		return nil, err
 	}
 	if s.key != nil {
@@ -406,6 +478,7 @@ func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
 	}
 	sig, err := s.Signer.Sign(msg)
 	if err == nil {
+		s.pub.msg, s.pub.at, s.pub.retryAt = bytes.Clone(msg), s.clock(), time.Time{}
 		// What this replica signs is its floor from now on, published or not: it will not
 		// sign a smaller tree, or another at this size, even after a restart.
 		s.observe(append(append(bytes.Clone(msg), '\n'), sigLine(s.Signer, sig)...), false)
