@@ -240,7 +240,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		ld.tick(ctx)
 		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger, floorPath: floorPath(cfg.Dir),
 			refusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_signer_refusals_total",
-				Help: "Checkpoints this replica refused to sign because the shared log's database holds what no replica wrote (an entry without a valid MAC, a root over other leaves, a rolled-back or forked tree)."})}
+				Help: "Checkpoints this replica refused to sign because the shared log's database holds what no replica wrote (an entry without a valid MAC, a root over other leaves, a rolled-back or forked tree)."}),
+			pubFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_publications_failed_total",
+				Help: "Checkpoints this replica signed that never reached the shared log's row (a witness did not cosign, or the write failed); after each the signer waits before the next."})}
 		ls.loadFloor()
 		ls.checkRowAtStart(ctx, db)
 		signer = ls
@@ -338,7 +340,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	collectors := []prometheus.Collector{l.records, l.lost.outcomes, l.segments, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing, written, shadowed}
 	if ls != nil {
 		l.scrub = newScrubber(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery))
-		collectors = append(collectors, ls.refusals, l.scrub.failures)
+		collectors = append(collectors, ls.refusals, ls.pubFailed, l.scrub.failures)
 	}
 	if cfg.Metrics != nil {
 		for _, c := range collectors {

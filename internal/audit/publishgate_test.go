@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/transparency-dev/tessera"
 )
 
@@ -50,7 +52,8 @@ func TestPublishGate(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	r := &rowReader{row: []byte("A\n\n\u2014 k sig\n")}
 	var lr tessera.LogReader = r
-	s := &leaderSigner{log: newTextLogger(io.Discard), now: func() time.Time { return now }}
+	failed := prometheus.NewCounter(prometheus.CounterOpts{Name: "f"})
+	s := &leaderSigner{log: newTextLogger(io.Discard), now: func() time.Time { return now }, pubFailed: failed}
 	s.reader.Store(&lr)
 	ctx := context.Background()
 	signed := func(msg string) { s.pub.msg, s.pub.at, s.pub.retryAt = []byte(msg), now, time.Time{} }
@@ -97,6 +100,9 @@ func TestPublishGate(t *testing.T) {
 	now = now.Add(50 * time.Millisecond)
 	if err := s.publishGate(ctx); err != nil || s.pub.failures != 0 {
 		t.Fatalf("D published: %v, failures %d", err, s.pub.failures)
+	}
+	if n := testutil.ToFloat64(failed); n != 2 {
+		t.Fatalf("strongroom_audit_publications_failed_total %v, want 2 (B and C)", n)
 	}
 
 	// A row that cannot be read decides nothing; a row holding a longer text that merely

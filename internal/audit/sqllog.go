@@ -390,7 +390,8 @@ type leaderSigner struct {
 	// (an outside test's runs raised that ALERT falsely).
 	published uint64
 
-	refusals prometheus.Counter // strongroom_audit_signer_refusals_total
+	refusals  prometheus.Counter // strongroom_audit_signer_refusals_total
+	pubFailed prometheus.Counter // strongroom_audit_publications_failed_total (nil: none)
 
 	// pub is the last checkpoint this replica signed for publication, and what became of
 	// it (publishBackoff).
@@ -447,6 +448,9 @@ func (s *leaderSigner) publishGate(ctx context.Context) error {
 					s.pub.msg = nil
 				} else {
 					s.pub.failures++
+					if s.pubFailed != nil {
+						s.pubFailed.Inc()
+					}
 					wait := publishBackoff(now.Sub(s.pub.at), s.pub.failures)
 					s.pub.retryAt = now.Add(wait)
 					s.log.Warn("audit log: a checkpoint publication failed (a witness did not cosign, or the row's write failed); the signer waits before the next",
