@@ -161,7 +161,7 @@ func leaseCmd(g *globals) *cobra.Command {
 			if len(args) == 1 {
 				q.Lease = args[0]
 			}
-			if q == (store.LeaseQuery{}) && !everything {
+			if q.Empty() && !everything {
 				return usagef("name a lease, --runtime, --model, or --all")
 			}
 			ls, err := s.Revoke(cmd.Context(), q, reason)

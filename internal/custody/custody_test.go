@@ -873,9 +873,8 @@ func TestRevocationPollOnlyWhileWatched(t *testing.T) {
 	ctx := context.Background()
 	var lc *listCounter
 	e := newEnv(t, func(c *Config) { lc = &listCounter{Store: c.Store}; c.Store = lc })
-	since := e.clk.now().Add(-time.Minute)
 	for range 3 {
-		if asked, err := e.svc.pollRevocations(ctx, &since); asked || err != nil {
+		if asked, err := e.svc.pollRevocations(ctx); asked || err != nil {
 			t.Fatalf("no watcher: asked %v, err %v", asked, err)
 		}
 	}
@@ -909,7 +908,7 @@ func TestRevocationPollOnlyWhileWatched(t *testing.T) {
 	if _, err := e.st.RevokeLeases(ctx, store.LeaseQuery{Lease: "l-after"}, now.Add(time.Second), "after"); err != nil {
 		t.Fatal(err)
 	}
-	if asked, err := e.svc.pollRevocations(ctx, &since); !asked || err != nil {
+	if asked, err := e.svc.pollRevocations(ctx); !asked || err != nil {
 		t.Fatalf("watched: asked %v, err %v", asked, err)
 	}
 	select {

@@ -1,10 +1,12 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -61,10 +63,17 @@ type Lease struct {
 // LeaseQuery selects leases; empty fields match everything.
 type LeaseQuery struct {
 	Lease, Runtime, Model, Version string
+	Leases                         []string  // non-empty: only these leases (ids)
 	LiveAt                         time.Time // non-zero: only leases unrevoked and unexpired at this time
 	RevokedAfter                   time.Time // non-zero: only leases revoked after this time
 	ExpiredBy                      time.Time // non-zero: only leases expired at this time
 	SeenBefore                     time.Time // non-zero: only leases whose runtime was last heard from before this time
+}
+
+// Empty reports whether q selects every lease.
+func (q LeaseQuery) Empty() bool {
+	return q.Lease == "" && q.Runtime == "" && q.Model == "" && q.Version == "" && len(q.Leases) == 0 &&
+		q.LiveAt.IsZero() && q.RevokedAfter.IsZero() && q.ExpiredBy.IsZero() && q.SeenBefore.IsZero()
 }
 
 // ApprovalRequest asks k distinct approvers to allow a release (a lease or an unseal).
@@ -290,6 +299,19 @@ func leaseWhere(q LeaseQuery) (string, []any) {
 			where, args = append(where, c.col+" = ?"), append(args, c.v)
 		}
 	}
+	if n := len(q.Leases); n > 0 {
+		// The list is padded (its last id repeated) to a power of two: the statement is
+		// prepared once per length, and few lengths are used (ListLeases takes at most
+		// maxLeaseIDs a query).
+		width := 1
+		for width < n {
+			width *= 2
+		}
+		where = append(where, "id IN (?"+strings.Repeat(", ?", width-1)+")")
+		for i := range width {
+			args = append(args, q.Leases[min(i, n-1)])
+		}
+	}
 	if !q.LiveAt.IsZero() {
 		where, args = append(where, "revoked_at = 0 AND expires_at > ?"), append(args, q.LiveAt.UnixNano())
 	}
@@ -305,7 +327,27 @@ func leaseWhere(q LeaseQuery) (string, []any) {
 	return strings.Join(where, " AND "), args
 }
 
+// maxLeaseIDs is the most lease ids one query of ListLeases names (LeaseQuery.Leases).
+const maxLeaseIDs = 64
+
 func (s *sqlStore) ListLeases(ctx context.Context, q LeaseQuery) ([]Lease, error) {
+	if len(q.Leases) > maxLeaseIDs {
+		var out []Lease
+		ids := q.Leases
+		for len(ids) > 0 {
+			q.Leases = ids[:min(len(ids), maxLeaseIDs)]
+			ids = ids[len(q.Leases):]
+			ls, err := s.ListLeases(ctx, q)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, ls...)
+		}
+		slices.SortFunc(out, func(a, b Lease) int {
+			return cmp.Or(a.GrantedAt.Compare(b.GrantedAt), strings.Compare(a.ID, b.ID))
+		})
+		return slices.CompactFunc(out, func(a, b Lease) bool { return a.ID == b.ID }), nil
+	}
 	where, args := leaseWhere(q)
 	return list(ctx, s.polled(), s.q(`SELECT `+leaseCols+` FROM leases WHERE `+where+` ORDER BY granted_at, id`), args, scanLease)
 }

@@ -3,6 +3,8 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -120,6 +122,58 @@ func testLeases(t *testing.T, s store.Store) {
 		t.Fatalf("revoked after: %d", len(ls))
 	}
 	testLeaseLiveness(t, s)
+	testLeasesByID(t, s)
+}
+
+// testLeasesByID: LeaseQuery.Leases selects exactly the named leases (ids repeated, absent
+// or past one query's 64 included), with the other conditions, in grant order; an empty
+// query is Empty and a query naming leases is not.
+func testLeasesByID(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	ts := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	var ids, want []string
+	for i := range 70 {
+		id := fmt.Sprintf("byid-%02d", i)
+		if err := s.PutLease(ctx, store.Lease{ID: id, Runtime: "rt-byid", Model: "byid", Version: "1",
+			GrantedAt: ts.Add(time.Duration(70-i) * time.Second), ExpiresAt: ts.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+		if i%3 == 0 {
+			if _, err := s.RevokeLeases(ctx, store.LeaseQuery{Lease: id}, ts.Add(time.Minute), "byid"); err != nil {
+				t.Fatal(err)
+			}
+			want = append([]string{id}, want...) // granted later for smaller i: grant order is the reverse
+		}
+	}
+	for _, c := range []struct {
+		name string
+		ids  []string
+	}{
+		{"all 70 and more", append(append(slices.Clone(ids), "byid-absent", ids[3]), ids[0])},
+		{"three", []string{ids[0], ids[1], ids[3]}},
+		{"one", []string{ids[69]}},
+	} {
+		ls, err := s.ListLeases(ctx, store.LeaseQuery{Leases: c.ids, RevokedAfter: time.Unix(0, 0)})
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		var got, exp []string
+		for _, l := range ls {
+			got = append(got, l.ID)
+		}
+		for _, id := range want {
+			if slices.Contains(c.ids, id) {
+				exp = append(exp, id)
+			}
+		}
+		if !slices.Equal(got, exp) {
+			t.Fatalf("%s: revoked leases by id %v, want %v", c.name, got, exp)
+		}
+	}
+	if !(store.LeaseQuery{}).Empty() || (store.LeaseQuery{Leases: ids[:1]}).Empty() || (store.LeaseQuery{SeenBefore: ts}).Empty() {
+		t.Fatal("LeaseQuery.Empty")
+	}
 }
 
 // testLeaseLiveness: when a lease's runtime was last heard from, watch-stream generations,
