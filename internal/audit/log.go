@@ -238,7 +238,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		driver = st
 		ld = &leader{db: db, name: signerLock(dbName), log: cfg.Logger}
 		ld.tick(ctx)
-		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger, floorPath: floorPath(cfg.Dir),
+		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger, floorPath: floorPath(cfg.Dir), witnessWait: witnessWait(cfg),
 			refusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_signer_refusals_total",
 				Help: "Checkpoints this replica refused to sign because the shared log's database holds what no replica wrote (an entry without a valid MAC, a root over other leaves, a rolled-back or forked tree)."}),
 			pubFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_publications_failed_total",
@@ -810,6 +810,14 @@ func (l *Log) indexLoop() {
 			}
 		}
 	})
+}
+
+// witnessWait is how long a publication may wait on cfg's witnesses (0: none).
+func witnessWait(cfg Config) time.Duration {
+	if cfg.Witnesses == nil {
+		return 0
+	}
+	return cmp.Or(cfg.WitnessTimeout, tessera.DefaultWitnessTimeout)
 }
 
 // CheckpointStall is how long entries may wait, integrated, for a signed checkpoint before

@@ -9,17 +9,16 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/transparency-dev/tessera"
 )
 
-// rowReader answers ReadCheckpoint with whatever the test put in the row.
-type rowReader struct {
-	tessera.LogReader
-	row []byte
-	err error
+// fakeRow is the Checkpoint row as the test sets it.
+type fakeRow struct {
+	note []byte
+	at   time.Time
+	err  error
 }
 
-func (r *rowReader) ReadCheckpoint(context.Context) ([]byte, error) { return r.row, r.err }
+func (r *fakeRow) read(context.Context) ([]byte, time.Time, error) { return r.note, r.at, r.err }
 
 func TestPublishBackoff(t *testing.T) {
 	for _, c := range []struct {
@@ -50,11 +49,9 @@ func TestPublishBackoff(t *testing.T) {
 // signs once more; a publication that reaches the row ends the run of failures.
 func TestPublishGate(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
-	r := &rowReader{row: []byte("A\n\n\u2014 k sig\n")}
-	var lr tessera.LogReader = r
+	r := &fakeRow{note: []byte("A\n\n\u2014 k sig\n")}
 	failed := prometheus.NewCounter(prometheus.CounterOpts{Name: "f"})
-	s := &leaderSigner{log: newTextLogger(io.Discard), now: func() time.Time { return now }, pubFailed: failed}
-	s.reader.Store(&lr)
+	s := &leaderSigner{log: newTextLogger(io.Discard), now: func() time.Time { return now }, pubFailed: failed, row: r.read, witnessWait: 3 * time.Second}
 	ctx := context.Background()
 	signed := func(msg string) { s.pub.msg, s.pub.at, s.pub.retryAt = []byte(msg), now, time.Time{} }
 
@@ -62,6 +59,7 @@ func TestPublishGate(t *testing.T) {
 		t.Fatalf("nothing signed yet: %v", err)
 	}
 	signed("A\n")
+	r.at = now.Add(20 * time.Millisecond) // a witness that answers at once
 	now = now.Add(time.Second)
 	if err := s.publishGate(ctx); err != nil || s.pub.failures != 0 || s.pub.msg != nil {
 		t.Fatalf("A was published: err %v, failures %d", err, s.pub.failures)
@@ -96,23 +94,40 @@ func TestPublishGate(t *testing.T) {
 		t.Fatalf("after the second wait: %v", err)
 	}
 	signed("D\n")
-	r.row = []byte("D\n\n\u2014 k sig\n")
-	now = now.Add(50 * time.Millisecond)
-	if err := s.publishGate(ctx); err != nil || s.pub.failures != 0 {
-		t.Fatalf("D published: %v, failures %d", err, s.pub.failures)
+	r.note, r.at = []byte("D\n\n\u2014 k sig\n"), now.Add(2600*time.Millisecond) // a slow witness that answers
+	now = now.Add(3 * time.Second)
+	if err := s.publishGate(ctx); !errors.Is(err, errPublishBackoff) || s.pub.failures != 0 {
+		t.Fatalf("D published after 2.6 s: %v, failures %d (want the wait of three times the hold)", err, s.pub.failures)
+	}
+	now = now.Add(4900 * time.Millisecond) // 2.6 s + 3 × 2.6 s = 10.4 s after D's signature
+	if err := s.publishGate(ctx); !errors.Is(err, errPublishBackoff) {
+		t.Fatalf("7.9 s after D's signature: %v", err)
+	}
+	now = now.Add(2600 * time.Millisecond)
+	if err := s.publishGate(ctx); err != nil {
+		t.Fatalf("10.5 s after D's signature: %v", err)
 	}
 	if n := testutil.ToFloat64(failed); n != 2 {
 		t.Fatalf("strongroom_audit_publications_failed_total %v, want 2 (B and C)", n)
 	}
 
+	// A row's time beyond what a witness round can take (an insider's published_at in the
+	// future) makes no wait.
+	signed("F\n")
+	r.note, r.at = []byte("F\n\n\u2014 k sig\n"), now.Add(time.Minute)
+	now = now.Add(time.Second)
+	if err := s.publishGate(ctx); err != nil {
+		t.Fatalf("published_at a minute ahead: %v", err)
+	}
+
 	// A row that cannot be read decides nothing; a row holding a longer text that merely
 	// begins with the signed one is not it.
 	signed("E\n")
-	r.row, r.err = nil, errors.New("connection refused")
+	r.note, r.err = nil, errors.New("connection refused")
 	if err := s.publishGate(ctx); err != nil || s.pub.failures != 0 {
 		t.Fatalf("unreadable row: %v, failures %d", err, s.pub.failures)
 	}
-	r.row, r.err = []byte("E\nmore\n\n\u2014 k sig\n"), nil
+	r.note, r.err = []byte("E\nmore\n\n\u2014 k sig\n"), nil
 	if err := s.publishGate(ctx); !errors.Is(err, errPublishBackoff) || s.pub.failures != 1 {
 		t.Fatalf("another text in the row: %v, failures %d", err, s.pub.failures)
 	}
