@@ -435,13 +435,14 @@ func publishBackoff(took time.Duration, failures int) time.Duration {
 	return min(d, limit)
 }
 
-// errPublishBackoff is the signer's refusal while it waits after a failed publication.
-var errPublishBackoff = errors.New("audit: the last checkpoint publication failed (its witnesses?); the signer waits before the next")
+// errPublishBackoff is the signer's refusal while it waits after a failed or slow publication.
+var errPublishBackoff = errors.New("audit: the signer waits before the next checkpoint publication (the last failed, or its witnesses were slow)")
 
 // publishGate decides whether tessera may publish now. It first learns what became of the
-// last checkpoint signed: published (the row holds it) ends a run of failures; not
-// published, once per signature, is a failure, and sets when the next may be signed. A
-// row that cannot be read decides nothing (the publication itself will fail or not).
+// last checkpoint signed: published (the row holds it) ends a run of failures, and after
+// a slow witness round sets a wait of three times its hold; not published, once per
+// signature, is a failure, and sets when the next may be signed (publishBackoff). A row
+// that cannot be read decides nothing (the publication itself will fail or not).
 func (s *leaderSigner) publishGate(ctx context.Context) error {
 	now := s.clock()
 	if s.pub.msg != nil && s.pub.retryAt.IsZero() {

@@ -149,8 +149,9 @@ func (c *a40CPs) snapshot() ([]string, []time.Time, uint64) {
 // of the time; (2) no checkpoint is published without its cosignature; (3) once the
 // witness is back, checkpoints resume within ~10 s (30 s at most). Two replicas append
 // for 12 s with the witness hanging every other request (3 s timeout), then it recovers.
-// Failure: the fleet records under half its rate with the witness answering, an uncosigned checkpoint
-// published, or no cosigned checkpoint covering the new entries within 30 s of recovery.
+// Failure: more than two hung witness rounds in the 12 s (the rates are logged), an
+// uncosigned checkpoint published, or no cosigned checkpoint covering the new entries
+// within 30 s of recovery.
 // (The tree-row NOWAIT probe is logged only: appends under load hold the row most of the
 // time by themselves, 90 % with the witness answering.)
 func TestAttack40IntermittentWitnessThenRecovery(t *testing.T) {
@@ -187,8 +188,12 @@ func TestAttack40IntermittentWitnessThenRecovery(t *testing.T) {
 		w.n.Load(), w.hangs.Load(), 100*frac, samples, okN, len(outs), len(grown))
 	rate2 := float64(len(outs)) / window.Seconds()
 	t.Logf("fleet rate: %.0f records/s with the witness answering, %.0f (%.0f%%) with it hanging every other request", rate1, rate2, 100*rate2/rate1)
-	if rate2 < 0.5*rate1 {
-		t.Errorf("CLAIM BROKEN (a failing witness holds the tree at most a quarter of the time): the fleet recorded %.0f%% of its rate", 100*rate2/rate1)
+	// The rates are logged, not judged: on a shared machine they move with other work
+	// (a full suite's run gave 31 % where a quiet one gave 62–69 %). What the signer
+	// decides is judged: the witness rounds that hung (3 s each, the tree held) in the
+	// window. Each is followed by a wait of 9 s, so 12 s hold at most two.
+	if h := w.hangs.Load(); h > 2 {
+		t.Errorf("CLAIM BROKEN (a failing witness holds the tree at most a quarter of the time): %d witness rounds hung (3 s each) in %v", h, window)
 	}
 	// Recovery.
 	w.mode.Store(0)
@@ -231,9 +236,8 @@ func a40FirstCosigned(t *testing.T, a, b *Log, w *a40Witness) {
 // tree at most a quarter of the time". A witness that answers each request after 2.6 s
 // (just under the 3 s timeout) never fails, so publishGate never waits: every publication
 // holds the tree state's row (every replica's appends) for 2.6 s, and tessera publishes
-// again one checkpoint interval later. Failure: the fleet records under half its rate with
-// the witness answering (a quarter held would leave ~75 %; round 39 measured 52 % on a
-// loaded machine with the witness answering normally).
+// again one checkpoint interval later. Failure: more than two witness rounds in 12 s (the
+// tree held for more than about half of them); the fleet's rates are logged.
 func TestAttack40SlowWitnessJustUnderTimeout(t *testing.T) {
 	a, b, w, _, _, dsn, _ := a40Fleet(t)
 	admin := testAdmin(t, dsn)
@@ -256,9 +260,12 @@ func TestAttack40SlowWitnessJustUnderTimeout(t *testing.T) {
 	rate2 := float64(len(o2)) / 12
 	t.Logf("witness answering: %.0f records/s, tree held %.0f%%; witness answering after 2.6 s: %.0f records/s (%.0f%%), tree held %.0f%% of %d probes, %d witness requests",
 		rate1, 100*frac1, rate2, 100*rate2/rate1, 100*frac2, samples, w.n.Load()-n0)
-	if rate2 < 0.5*rate1 {
-		t.Errorf("CLAIM BROKEN (a slow witness — 2.6 s, under the 3 s timeout — holds the fleet's appends far beyond a quarter of the time): the tree state's row was held in %.0f%% of probes; the fleet recorded %.0f%% of its rate",
-			100*frac2, 100*rate2/rate1)
+	// The rates are logged, not judged (they move with the machine's other work). Judged:
+	// the witness rounds in the 12 s — each holds the tree 2.6 s, and after each the
+	// signer waits 3 × 2.6 s, so at most two begin (four did before the signer waited).
+	if r := w.n.Load() - n0; r > 2 {
+		t.Errorf("CLAIM BROKEN (a slow witness — 2.6 s, under the 3 s timeout — holds the fleet's appends far beyond a quarter of the time): %d witness rounds of 2.6 s in 12 s; the fleet recorded %.0f%% of its rate",
+			r, 100*rate2/rate1)
 	}
 }
 
