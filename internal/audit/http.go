@@ -74,7 +74,7 @@ func (l *Log) Handler() http.Handler {
 	if l.db == nil {
 		return Handler(l.dir)
 	}
-	return ReaderHandler(l.reader, l.bundles)
+	return ReaderHandler(l.served, l.bundles)
 }
 
 // ReaderHandler serves the checkpoint, tiles, entry bundles and batch bundles read through

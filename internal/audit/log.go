@@ -94,6 +94,11 @@ type Log struct {
 	// witnesses is the log's witness policy (nil: none); a repair asks them (repairwitness.go).
 	witnesses      *tessera.WitnessGroup
 	witnessTimeout time.Duration
+	// cosign asks a shared log's witnesses outside tessera's transaction (cosign.go; nil:
+	// no witnesses, or a log on local disk, whose tessera asks them); served is the log as
+	// outsiders read it — with cosign, its checkpoint is the witnessed row's.
+	cosign *cosigner
+	served tessera.LogReader
 
 	records *prometheus.CounterVec
 	// segments counts the request journal's closed segments by why (written records):
@@ -120,6 +125,7 @@ type Log struct {
 	// The checkpoint watch (watchCheckpoint, the index loop's goroutine only): the published
 	// size last seen, since when, and whether the stall was alerted.
 	cpSeen    uint64 // the largest published size seen
+	stallSeen uint64 // the largest size whose progress the stall watch saw (the witnessed checkpoint's with cosign)
 	cpSize    uint64 // the integrated size last read
 	cpBack    bool   // the published checkpoint is older than one seen (alerted)
 	cpSince   time.Time
@@ -238,11 +244,11 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		driver = st
 		ld = &leader{db: db, name: signerLock(dbName), log: cfg.Logger}
 		ld.tick(ctx)
-		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger, floorPath: floorPath(cfg.Dir), witnessWait: witnessWait(cfg),
+		ls = &leaderSigner{Signer: cfg.Signer, l: ld, key: cfg.EntryKey, log: cfg.Logger, floorPath: floorPath(cfg.Dir),
 			refusals: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_signer_refusals_total",
 				Help: "Checkpoints this replica refused to sign because the shared log's database holds what no replica wrote (an entry without a valid MAC, a root over other leaves, a rolled-back or forked tree)."}),
 			pubFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_audit_publications_failed_total",
-				Help: "Checkpoints this replica signed that never reached the shared log's row (a witness did not cosign, or the write failed); after each the signer waits before the next."})}
+				Help: "Checkpoint publications of a shared log that failed: a checkpoint this replica signed never reached the row (its write failed), or its witness round got no quorum of cosignatures; after each the next waits."})}
 		ls.loadFloor()
 		ls.checkRowAtStart(ctx, db)
 		signer = ls
@@ -265,7 +271,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		WithCheckpointInterval(cfg.CheckpointInterval).
 		WithPushback(1 << 16).
 		WithShutdownTimeout(cfg.ShutdownTimeout)
-	if cfg.Witnesses != nil {
+	if cfg.Witnesses != nil && db == nil {
+		// A shared log's witnesses are asked outside tessera's transaction (cosign.go).
 		opts = opts.WithWitnesses(*cfg.Witnesses, &tessera.WitnessOptions{Timeout: cfg.WitnessTimeout})
 	}
 	quietDependencies()
@@ -293,6 +300,11 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout, cpEvery: cfg.CheckpointInterval}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
+	}
+	l.served = reader
+	if db != nil && cfg.Witnesses != nil {
+		l.cosign = newCosigner(l, cfg.Signer, *cfg.Witnesses, witnessWait(cfg), cfg.Logger, ls.pubFailed)
+		l.served = witnessedReader{reader, func(ctx context.Context) ([]byte, error) { return readWitnessed(ctx, l) }}
 	}
 	l.lostCtx, l.lostCancel = context.WithCancel(context.Background())
 
@@ -376,6 +388,15 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 				ctx, cancel := context.WithTimeout(bg, 10*time.Second)
 				defer cancel()
 				l.scrubStep(ctx)
+			})
+		})
+	}
+	if l.cosign != nil {
+		l.loops.Go(func() {
+			l.every(cosignEvery, func() {
+				ctx, cancel := context.WithTimeout(bg, witnessWait(cfg)+5*time.Second)
+				defer cancel()
+				l.cosign.round(ctx)
 			})
 		})
 	}
@@ -786,10 +807,11 @@ func (l *Log) IntegratedSize(ctx context.Context) (uint64, error) {
 }
 
 // Checkpoint returns the latest published checkpoint.
-func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) { return l.reader.ReadCheckpoint(ctx) }
+// On a shared log with witnesses it is the latest cosigned under their policy.
+func (l *Log) Checkpoint(ctx context.Context) ([]byte, error) { return l.served.ReadCheckpoint(ctx) }
 
-// Reader gives read access to tiles and entry bundles.
-func (l *Log) Reader() tessera.LogReader { return l.reader }
+// Reader gives read access to tiles, entry bundles and the published checkpoint.
+func (l *Log) Reader() tessera.LogReader { return l.served }
 
 func (l *Log) indexLoop() {
 	l.every(time.Second, func() {
@@ -868,10 +890,17 @@ func (l *Log) watchCheckpoint(now time.Time) (signed []byte) {
 	} else {
 		why = err
 	}
+	if read {
+		l.cpSeen = published
+	}
+	if l.cosign != nil {
+		// What outsiders are given is the witnessed checkpoint: its progress is what stalls.
+		published, read, why = l.witnessedProgress(ctx, why)
+	}
 	lag := size - min(size, published)
 	l.cpLag.Set(float64(lag))
-	if (read && (published != l.cpSeen || l.cpSince.IsZero())) || (why == nil && lag == 0) {
-		l.cpSeen, l.cpSince = published, now
+	if (read && (published != l.stallSeen || l.cpSince.IsZero())) || (why == nil && lag == 0) {
+		l.stallSeen, l.cpSince = published, now
 		if l.cpStalled {
 			l.cpStalled = false
 			l.log.Warn("audit log: checkpoints are published again", "checkpoint_size", published, "integrated", size)
@@ -890,6 +919,23 @@ func (l *Log) watchCheckpoint(now time.Time) (signed []byte) {
 		l.log.Error("ALERT audit log: entries are durable but no signed checkpoint covers them", args...)
 	}
 	return signed
+}
+
+// witnessedProgress is the size of a shared log's witnessed checkpoint for the stall watch
+// (never below one seen before: progress is a larger tree), whether it was read, and why
+// not (why: the tessera row's error, kept when this one reads).
+func (l *Log) witnessedProgress(ctx context.Context, why error) (uint64, bool, error) {
+	cp, err := readWitnessed(ctx, l)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return l.stallSeen, true, why
+	case err != nil:
+		return l.stallSeen, false, err
+	case !signedBy(l.signer.Signer, cp):
+		return l.stallSeen, false, errors.New("the witnessed checkpoint is not signed by the log key")
+	}
+	n, _ := checkpointSize(cp)
+	return max(n, l.stallSeen), true, why
 }
 
 // signerFloor is the size of the largest signed checkpoint this replica of a shared log has

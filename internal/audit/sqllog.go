@@ -42,8 +42,8 @@ import (
 // replica at a time signs checkpoints: the one holding the log's named lock (signerLock) on
 // a dedicated connection (leader below).
 
-// tesseraSchema is tessera v1.0.4's storage/mysql/schema.sql, statement by statement, and
-// the table of request batches' bundles.
+// tesseraSchema is tessera v1.0.4's storage/mysql/schema.sql, statement by statement, the
+// table of request batches' bundles, and the witnessed checkpoint's.
 var tesseraSchema = []string{
 	"CREATE TABLE IF NOT EXISTS `Tessera` (`id` TINYINT UNSIGNED NOT NULL, `compatibilityVersion` BIGINT UNSIGNED NOT NULL, PRIMARY KEY (`id`))",
 	"INSERT IGNORE INTO `Tessera` (`id`, `compatibilityVersion`) VALUES (0, 1)",
@@ -52,6 +52,7 @@ var tesseraSchema = []string{
 	"CREATE TABLE IF NOT EXISTS `Subtree` (`level` TINYINT UNSIGNED NOT NULL, `index` BIGINT UNSIGNED NOT NULL, `nodes` MEDIUMBLOB NOT NULL, PRIMARY KEY(`level`, `index`))",
 	"CREATE TABLE IF NOT EXISTS `TiledLeaves` (`tile_index` BIGINT UNSIGNED NOT NULL, `size` SMALLINT UNSIGNED NOT NULL, `data` LONGBLOB NOT NULL, PRIMARY KEY(`tile_index`))",
 	"CREATE TABLE IF NOT EXISTS `StrongroomBatch` (`name` CHAR(64) NOT NULL, `data` LONGBLOB NOT NULL, PRIMARY KEY(`name`))",
+	witnessedSchema, // cosign.go
 }
 
 // signerLock is the name of the MariaDB named lock whose holder signs the checkpoints of
@@ -401,11 +402,8 @@ type leaderSigner struct {
 		failures int       // publications in a row that did not reach the row
 		retryAt  time.Time // no signature before this (zero: none refused)
 	}
-	// witnessWait is the witnesses' timeout (0: no witnesses), the longest a publication
-	// holds the tree for them.
-	witnessWait time.Duration
-	now         func() time.Time                                 // nil: time.Now; tests move it
-	row         func(context.Context) ([]byte, time.Time, error) // nil: the Checkpoint row (readRow); tests fake it
+	now func() time.Time                      // nil: time.Now; tests move it
+	row func(context.Context) ([]byte, error) // nil: the Checkpoint row (readRow); tests fake it
 }
 
 func (s *leaderSigner) clock() time.Time {
@@ -415,16 +413,13 @@ func (s *leaderSigner) clock() time.Time {
 	return time.Now()
 }
 
-// publishBackoff is how long the signer refuses to sign after a publication that failed —
-// the checkpoint it signed never reached the database's row — given how long that attempt
-// took and how many failed in a row. tessera's storage/mysql asks the witnesses inside
-// publishCheckpoint's transaction, which holds the tree state's row that every replica's
-// appends need: a witness that hangs holds the fleet's appends for the witness timeout,
-// and tessera retries a failed publication at the next append batch, not a second later
-// (outside round 39: 0.2 % of the fleet's records got through). Waiting three times the
-// failed attempt's time, doubling with each failure in a row up to max(3 × it, 10 s),
-// keeps the row held at most a quarter of the time while the witnesses fail, and a
-// recovered witness is asked again within that bound (at most 30 s).
+// publishBackoff is how long the next try waits after a publication that failed — a
+// checkpoint the signer signed never reached the database's row, or a witness round got
+// no quorum (cosign.go) — given how long that attempt took and how many failed in a row.
+// Waiting three times the failed attempt's time, doubling with each failure in a row up to
+// max(3 × it, 10 s), keeps a failing database or witness busy with us at most a quarter
+// of the time (outside round 39: tessera retried at once, at every append batch), and a
+// recovered one is asked again within that bound (at most 30 s).
 func publishBackoff(took time.Duration, failures int) time.Duration {
 	base := min(max(3*took, time.Second), 30*time.Second)
 	limit := max(base, 10*time.Second)
@@ -436,31 +431,21 @@ func publishBackoff(took time.Duration, failures int) time.Duration {
 }
 
 // errPublishBackoff is the signer's refusal while it waits after a failed or slow publication.
-var errPublishBackoff = errors.New("audit: the signer waits before the next checkpoint publication (the last failed, or its witnesses were slow)")
+var errPublishBackoff = errors.New("audit: the signer waits before the next checkpoint publication (the last failed)")
 
 // publishGate decides whether tessera may publish now. It first learns what became of the
-// last checkpoint signed: published (the row holds it) ends a run of failures, and after
-// a slow witness round sets a wait of three times its hold; not published, once per
-// signature, is a failure, and sets when the next may be signed (publishBackoff). A row
-// that cannot be read decides nothing (the publication itself will fail or not).
+// last checkpoint signed: published (the row holds it) ends a run of failures; not
+// published, once per signature, is a failure, and sets when the next may be signed
+// (publishBackoff): tessera retries a failed publication at its next append batch,
+// milliseconds later, and each try takes the tree state's row. A row that cannot be read
+// decides nothing (the publication itself will fail or not).
 func (s *leaderSigner) publishGate(ctx context.Context) error {
 	now := s.clock()
 	if s.pub.msg != nil && s.pub.retryAt.IsZero() {
-		if cp, at, err := s.readRow(ctx); err == nil {
+		if cp, err := s.readRow(ctx); err == nil {
 			if len(cp) > len(s.pub.msg) && bytes.HasPrefix(cp, s.pub.msg) && cp[len(s.pub.msg)] == '\n' {
-				// Published. A slow witness that still answers held the tree from the
-				// signature to the row's write: the next waits three times that (outside
-				// round 40: a witness answering in 2.6 s of a 3 s timeout, every second,
-				// left the fleet a quarter of its rate). A witness answering in 50 ms
-				// delays nothing (the next is a checkpoint interval away).
-				// The row's time is the database's to write (an insider's too): a hold
-				// longer than a witness round can take is not one, and the wait starts
-				// no later than now.
 				s.pub.failures = 0
 				s.pub.msg = nil
-				if held := at.Sub(s.pub.at); s.witnessWait > 0 && held > 0 && held <= s.witnessWait+time.Second {
-					s.pub.retryAt = minTime(at, now).Add(3 * held)
-				}
 			} else {
 				s.pub.failures++
 				if s.pubFailed != nil {
@@ -468,7 +453,7 @@ func (s *leaderSigner) publishGate(ctx context.Context) error {
 				}
 				wait := publishBackoff(now.Sub(s.pub.at), s.pub.failures)
 				s.pub.retryAt = now.Add(wait)
-				s.log.Warn("audit log: a checkpoint publication failed (a witness did not cosign, or the row's write failed); the signer waits before the next",
+				s.log.Warn("audit log: a checkpoint publication failed (the row's write failed); the signer waits before the next",
 					"failures_in_a_row", s.pub.failures, "attempt", now.Sub(s.pub.at).Round(time.Millisecond), "wait", wait)
 			}
 		}
@@ -479,23 +464,14 @@ func (s *leaderSigner) publishGate(ctx context.Context) error {
 	return nil
 }
 
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-// readRow reads the shared log's Checkpoint row: the note and when tessera wrote it (by
-// this replica's clock: the signer's tessera writes it).
-func (s *leaderSigner) readRow(ctx context.Context) ([]byte, time.Time, error) {
+// readRow reads the shared log's Checkpoint row's note.
+func (s *leaderSigner) readRow(ctx context.Context) ([]byte, error) {
 	if s.row != nil {
 		return s.row(ctx)
 	}
 	var note []byte
-	var ms int64
-	err := s.l.db.QueryRowContext(ctx, "SELECT `note`, `published_at` FROM `Checkpoint` WHERE `id` = 0").Scan(&note, &ms)
-	return note, time.UnixMilli(ms), err
+	err := s.l.db.QueryRowContext(ctx, "SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&note)
+	return note, err
 }
 
 func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {

@@ -418,7 +418,7 @@ func a39Load(ctx context.Context, d time.Duration, first int, ls ...*Log) (outs 
 	return outs, asked
 }
 
-// TestAttack39HangingWitnessHoldsTheTree — claim (DESIGN, "Witnesses inside the lock"):
+// TestAttack39HangingWitnessHoldsTheTree — claim (DESIGN, "Witnesses outside the lock", as first written when the round ran inside the lock):
 // with witnesses configured every replica's appends wait on the witnesses at each
 // publication "at most the witness timeout, 3 s, at least a second apart: a slow or
 // hostile witness slows the fleet's records by up to three quarters"; and the stall is

@@ -27,13 +27,16 @@ import (
 )
 
 // a40Witness is a real witness behind a switch: mode 0 passes every request, 1 hangs every
-// other one (until the client gives up), 2 hangs every one, 3 answers each after delay.
+// other one (until the client gives up), 2 hangs every one, 3 answers each after delay, 4
+// holds each until release is closed (or the client gives up), then answers.
 type a40Witness struct {
-	w     tessera.Witness
-	mode  atomic.Int32
-	delay atomic.Int64 // ns, mode 3
-	n     atomic.Int64
-	hangs atomic.Int64
+	w       tessera.Witness
+	mode    atomic.Int32
+	delay   atomic.Int64 // ns, mode 3
+	n       atomic.Int64
+	hangs   atomic.Int64
+	release chan struct{} // mode 4
+	holding atomic.Int64  // requests mode 4 holds now
 }
 
 func newA40Witness(t *testing.T, s note.Signer, v note.Verifier) *a40Witness {
@@ -48,7 +51,7 @@ func newA40Witness(t *testing.T, s note.Signer, v note.Verifier) *a40Witness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &a40Witness{}
+	a := &a40Witness{release: make(chan struct{})}
 	stop := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := a.n.Add(1)
@@ -72,6 +75,16 @@ func newA40Witness(t *testing.T, s note.Signer, v note.Verifier) *a40Witness {
 			select {
 			case <-time.After(time.Duration(a.delay.Load())):
 			case <-r.Context().Done():
+				return
+			}
+		case 4:
+			a.holding.Add(1)
+			defer a.holding.Add(-1)
+			select {
+			case <-a.release:
+			case <-r.Context().Done():
+				return
+			case <-stop:
 				return
 			}
 		}
@@ -232,12 +245,12 @@ func a40FirstCosigned(t *testing.T, a, b *Log, w *a40Witness) {
 	}
 }
 
-// TestAttack40SlowWitnessJustUnderTimeout — claim: "a failing or hanging witness holds the
-// tree at most a quarter of the time". A witness that answers each request after 2.6 s
-// (just under the 3 s timeout) never fails, so publishGate never waits: every publication
-// holds the tree state's row (every replica's appends) for 2.6 s, and tessera publishes
-// again one checkpoint interval later. Failure: more than two witness rounds in 12 s (the
-// tree held for more than about half of them); the fleet's rates are logged.
+// TestAttack40SlowWitnessJustUnderTimeout — claim (DESIGN "Witnesses outside the lock"): a
+// slow witness holds no append. A witness that answers each request after 2.6 s (just
+// under the 3 s timeout) never fails; before cosign.go every publication held the tree
+// state's row (every replica's appends) for those 2.6 s, one checkpoint interval apart
+// (the fleet at 24 % of its rate). Judged: the slowest Record of the 12 s, which waited
+// ≥ 2.6 s whenever a witness round held the tree; the rates and rounds are logged.
 func TestAttack40SlowWitnessJustUnderTimeout(t *testing.T) {
 	a, b, w, _, _, dsn, _ := a40Fleet(t)
 	admin := testAdmin(t, dsn)
@@ -260,12 +273,18 @@ func TestAttack40SlowWitnessJustUnderTimeout(t *testing.T) {
 	rate2 := float64(len(o2)) / 12
 	t.Logf("witness answering: %.0f records/s, tree held %.0f%%; witness answering after 2.6 s: %.0f records/s (%.0f%%), tree held %.0f%% of %d probes, %d witness requests",
 		rate1, 100*frac1, rate2, 100*rate2/rate1, 100*frac2, samples, w.n.Load()-n0)
-	// The rates are logged, not judged (they move with the machine's other work). Judged:
-	// the witness rounds in the 12 s — each holds the tree 2.6 s, and after each the
-	// signer waits 3 × 2.6 s, so at most two begin (four did before the signer waited).
-	if r := w.n.Load() - n0; r > 2 {
-		t.Errorf("CLAIM BROKEN (a slow witness — 2.6 s, under the 3 s timeout — holds the fleet's appends far beyond a quarter of the time): %d witness rounds of 2.6 s in 12 s; the fleet recorded %.0f%% of its rate",
-			r, 100*rate2/rate1)
+	// The rates are logged, not judged (they move with the machine's other work).
+	var slowest time.Duration
+	for _, o := range o2 {
+		slowest = max(slowest, o.took)
+	}
+	t.Logf("slowest Record with the slow witness: %v", slowest.Round(time.Millisecond))
+	if w.n.Load()-n0 < 2 {
+		t.Errorf("premise: %d witness rounds in 12 s, want at least 2", w.n.Load()-n0)
+	}
+	if slowest >= 2*time.Second {
+		t.Errorf("CLAIM BROKEN (a slow witness holds no append): a Record took %v while the witness answered in 2.6 s; the fleet recorded %.0f%% of its rate",
+			slowest.Round(time.Millisecond), 100*rate2/rate1)
 	}
 }
 
