@@ -69,7 +69,7 @@ func newCosigner(l *Log, s note.Signer, g tessera.WitnessGroup, timeout time.Dur
 	c.publish = tessera.NewAppendOptions().
 		WithCheckpointSigner(c.replay).
 		WithWitnesses(g, &tessera.WitnessOptions{Timeout: timeout}).
-		CheckpointPublisher(witnessedReader{l.reader, c.readNote}, http.DefaultClient)
+		CheckpointPublisher(witnessedReader{l.reader, c.readSigned}, http.DefaultClient)
 	return c
 }
 
@@ -94,9 +94,14 @@ func (c *cosigner) round(ctx context.Context) {
 	if !ok || size <= c.done {
 		return
 	}
+	// A row not signed by the log key (an insider's: a size of 2^64-1 would keep every
+	// later write out) is replaced, not compared with.
+	force := false
 	if w, err := c.readNote(ctx); err == nil {
 		if n, ok := checkpointSize(w); ok && signedBy(c.signer, w) {
 			c.done = max(c.done, n)
+		} else {
+			force = true
 		}
 	}
 	if size <= c.done {
@@ -111,7 +116,7 @@ func (c *cosigner) round(ctx context.Context) {
 	c.rounds.Add(1)
 	out, err := c.publish(ctx, size, root)
 	if err == nil {
-		err = c.store(ctx, size, out)
+		err = c.store(ctx, size, out, force)
 	}
 	if err != nil {
 		c.failures++
@@ -131,15 +136,29 @@ func (c *cosigner) round(ctx context.Context) {
 }
 
 // store writes a cosigned checkpoint to the witnessed row unless that row already holds
-// a larger tree (a signer that took over meanwhile).
-func (c *cosigner) store(ctx context.Context, size uint64, cp []byte) error {
-	_, err := c.l.db.ExecContext(ctx, "INSERT INTO `"+witnessedTable+"` (`id`, `size`, `note`) VALUES (0, ?, ?) "+
-		"ON DUPLICATE KEY UPDATE `note` = IF(VALUES(`size`) > `size`, VALUES(`note`), `note`), `size` = GREATEST(`size`, VALUES(`size`))", size, cp)
+// a larger tree (a signer that took over meanwhile); force: whatever the row holds.
+func (c *cosigner) store(ctx context.Context, size uint64, cp []byte, force bool) error {
+	q := "INSERT INTO `" + witnessedTable + "` (`id`, `size`, `note`) VALUES (0, ?, ?) " +
+		"ON DUPLICATE KEY UPDATE `note` = IF(VALUES(`size`) > `size`, VALUES(`note`), `note`), `size` = GREATEST(`size`, VALUES(`size`))"
+	if force {
+		q = "REPLACE INTO `" + witnessedTable + "` (`id`, `size`, `note`) VALUES (0, ?, ?)"
+	}
+	_, err := c.l.db.ExecContext(ctx, q, size, cp)
 	return err
 }
 
 // readNote reads the witnessed row (os.ErrNotExist: none yet).
 func (c *cosigner) readNote(ctx context.Context) ([]byte, error) { return readWitnessed(ctx, c.l) }
+
+// readSigned is the witnessed row for the witness round's "old" size: only a checkpoint the
+// log key signed (anything else: none, and the witnesses say which size they hold).
+func (c *cosigner) readSigned(ctx context.Context) ([]byte, error) {
+	cp, err := c.readNote(ctx)
+	if err == nil && !signedBy(c.signer, cp) {
+		return nil, os.ErrNotExist
+	}
+	return cp, err
+}
 
 func readWitnessed(ctx context.Context, l *Log) ([]byte, error) {
 	var cp []byte

@@ -98,3 +98,36 @@ func TestWitnessRoundHoldsNoAppend(t *testing.T) {
 	}
 	a37Report(t, a37Settled(t, b, v, outs, 15*time.Second))
 }
+
+// TestWitnessedRowTampered: an insider with write access to the log's database puts a
+// checkpoint no key signed, claiming the largest tree, in the witnessed row. The log says
+// so (the stall ALERT: no signed checkpoint) and, at the next checkpoint, the signer
+// replaces it with a cosigned one: the row is not kept by its claimed size.
+func TestWitnessedRowTampered(t *testing.T) {
+	lowerCheckpointStall(t, 3*time.Second)
+	a, b, w, _, lb, dsn, _ := a40Fleet(t)
+	admin := testAdmin(t, dsn)
+	ctx := context.Background()
+	a40FirstCosigned(t, a, b, w)
+	forged := []byte(b.origin + "\n18446744073709551615\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n\n\u2014 x AAAA\n")
+	if _, err := admin.Exec("UPDATE `"+witnessedTable+"` SET `size` = 18446744073709551615, `note` = ? WHERE `id` = 0", forged); err != nil {
+		t.Fatal(err)
+	}
+	if !a36WaitFor(10*time.Second, func() bool {
+		return strings.Contains(lb.String(), "the witnessed checkpoint is not signed by the log key")
+	}) {
+		t.Errorf("no ALERT naming the unsigned witnessed checkpoint; signer log:\n%s", lb.String())
+	}
+	a37Submit(a, "a", 2, 3)
+	size, err := b.IntegratedSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a36WaitFor(15*time.Second, func() bool {
+		cp, err := b.Checkpoint(ctx)
+		return err == nil && cpSize(cp) >= size && w.cosigned(cp)
+	}) {
+		cp, _ := b.Checkpoint(ctx)
+		t.Fatalf("the forged row stays: served %q; signer log:\n%s", cp, lb.String())
+	}
+}
