@@ -49,6 +49,11 @@ func adminMux(ctx context.Context, a *app.App) (*http.ServeMux, func(), error) {
 			return
 		}
 		fmt.Fprintln(w, "ok")
+		// Records are durable; their proof to outsiders waits (a witness policy unmet, a
+		// signer that cannot publish): said, not refused.
+		if err := a.AuditLog.CheckpointStalled(); err != nil {
+			fmt.Fprintln(w, "warning: "+err.Error())
+		}
 	})
 	return mux, con.Shutdown, nil
 }

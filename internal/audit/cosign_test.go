@@ -118,6 +118,11 @@ func TestWitnessedRowTampered(t *testing.T) {
 	}) {
 		t.Errorf("no ALERT naming the unsigned witnessed checkpoint; signer log:\n%s", lb.String())
 	}
+	if !a36WaitFor(5*time.Second, func() bool { return b.CheckpointStalled() != nil }) {
+		t.Error("CheckpointStalled is nil while the stall is alerted")
+	} else if err := b.CheckpointStalled(); !strings.Contains(err.Error(), "not signed by the log key") {
+		t.Errorf("CheckpointStalled: %v", err)
+	}
 	a37Submit(a, "a", 2, 3)
 	size, err := b.IntegratedSize(ctx)
 	if err != nil {
@@ -129,5 +134,8 @@ func TestWitnessedRowTampered(t *testing.T) {
 	}) {
 		cp, _ := b.Checkpoint(ctx)
 		t.Fatalf("the forged row stays: served %q; signer log:\n%s", cp, lb.String())
+	}
+	if !a36WaitFor(5*time.Second, func() bool { return b.CheckpointStalled() == nil }) {
+		t.Errorf("CheckpointStalled after recovery: %v", b.CheckpointStalled())
 	}
 }

@@ -130,7 +130,8 @@ type Log struct {
 	cpBack    bool   // the published checkpoint is older than one seen (alerted)
 	cpSince   time.Time
 	cpStalled bool
-	cpEvery   time.Duration // how often tessera publishes a checkpoint
+	stall     atomic.Pointer[stallState] // set while the stall is alerted (CheckpointStalled)
+	cpEvery   time.Duration              // how often tessera publishes a checkpoint
 	// treeHeldSince: since when the tree's row has been seen held (reapHolders; indexLoop only).
 	treeHeldSince time.Time
 	reapDenied    bool // the engine would not say who holds the tree (warned once)
@@ -349,7 +350,11 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		_, sh := l.requestRecordsMode()
 		return b2f(sh)
 	})
-	collectors := []prometheus.Collector{l.records, l.lost.outcomes, l.segments, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing, written, shadowed}
+	stalled := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_checkpoint_stalled",
+		Help: "1 while entries have waited audit.CheckpointStall or longer for a published checkpoint (a shared log's with witnesses: a cosigned one)."}, func() float64 {
+		return b2f(l.stall.Load() != nil)
+	})
+	collectors := []prometheus.Collector{l.records, l.lost.outcomes, l.segments, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing, written, shadowed, stalled}
 	if ls != nil {
 		l.scrub = newScrubber(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery))
 		collectors = append(collectors, ls.refusals, ls.pubFailed, l.scrub.failures)
@@ -903,6 +908,7 @@ func (l *Log) watchCheckpoint(now time.Time) (signed []byte) {
 		l.stallSeen, l.cpSince = published, now
 		if l.cpStalled {
 			l.cpStalled = false
+			l.stall.Store(nil)
 			l.log.Warn("audit log: checkpoints are published again", "checkpoint_size", published, "integrated", size)
 		}
 		return signed
@@ -910,15 +916,50 @@ func (l *Log) watchCheckpoint(now time.Time) (signed []byte) {
 	if l.cpSince.IsZero() {
 		l.cpSince = now
 	}
-	if !l.cpStalled && now.Sub(l.cpSince) >= CheckpointStall {
-		l.cpStalled = true
-		args := []any{"waiting_entries", lag, "checkpoint_size", published, "for", now.Sub(l.cpSince).Round(time.Second), "signer_here", l.Signer()}
+	if now.Sub(l.cpSince) >= CheckpointStall {
+		st := &stallState{since: l.cpSince, waiting: lag, size: published}
 		if why != nil {
-			args = append(args, "unreadable", why.Error())
+			st.why = why.Error()
 		}
-		l.log.Error("ALERT audit log: entries are durable but no signed checkpoint covers them", args...)
+		l.stall.Store(st)
+		if !l.cpStalled {
+			l.cpStalled = true
+			args := []any{"waiting_entries", lag, "checkpoint_size", published, "for", now.Sub(l.cpSince).Round(time.Second), "signer_here", l.Signer()}
+			if why != nil {
+				args = append(args, "unreadable", why.Error())
+			}
+			l.log.Error("ALERT audit log: entries are durable but no signed checkpoint covers them", args...)
+		}
 	}
 	return signed
+}
+
+// stallState is what the stall watch last saw while it alerted.
+type stallState struct {
+	since   time.Time // the published checkpoint's last progress
+	waiting uint64    // entries integrated past it
+	size    uint64    // its size
+	why     string    // it could not be read, or not trusted ("": it was)
+}
+
+// CheckpointStalled is non-nil while the stall watch alerts: entries have waited
+// CheckpointStall or longer for a signed checkpoint (on a shared log with witnesses, a
+// cosigned one: a witness policy unmet). Records stay durable meanwhile, so it is a
+// warning (/healthz says it and stays 200), not a refusal.
+func (l *Log) CheckpointStalled() error {
+	st := l.stall.Load()
+	if st == nil {
+		return nil
+	}
+	msg := fmt.Sprintf("audit log: %d entries are durable but no published checkpoint has covered them since %s (the checkpoint's size %d)",
+		st.waiting, st.since.UTC().Format(time.RFC3339), st.size)
+	if st.why != "" {
+		msg += ": " + st.why
+	}
+	if l.cosign != nil {
+		msg += "; the witness policy may be unmet"
+	}
+	return errors.New(msg)
 }
 
 // witnessedProgress is the size of a shared log's witnessed checkpoint for the stall watch
