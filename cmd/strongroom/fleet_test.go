@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,15 +72,14 @@ func init() {
 	// waitmetric URL LINE: wait until the /metrics page at URL has the line LINE (e.g.
 	// "strongroom_audit_log_signer 1"), and print how long that took.
 	scriptCmds["waitmetric"] = func(ts *testscript.TestScript, neg bool, args []string) {
-		start := time.Now()
-		for deadline := start.Add(readyLimit); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-			b, err := httpGet(context.Background(), args[0])
-			if err == nil && slices.Contains(strings.Split(string(b), "\n"), args[1]) {
-				fmt.Fprintf(ts.Stdout(), "%s: %q after %s\n", args[0], args[1], time.Since(start).Round(10*time.Millisecond))
-				return
-			}
-		}
-		ts.Fatalf("%s never showed %q", args[0], args[1])
+		waitLine(ts, args[0], args[1], func(line string) bool { return line == args[1] })
+	}
+	// waitline URL REGEXP: wait until a line of the page at URL (answering 200) matches
+	// REGEXP, and print it and how long that took.
+	scriptCmds["waitline"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		re, err := regexp.Compile(args[1])
+		ts.Check(err)
+		waitLine(ts, args[0], args[1], re.MatchString)
 	}
 	// recorded LOGURL VKEYFILE MODEL N...: wait until the log served at LOGURL, in a signed
 	// checkpoint, holds at least the sum of N... allowed requests for MODEL (a compliance
@@ -121,4 +121,18 @@ func init() {
 		}
 		ts.Fatalf("only %d of %d acknowledged %s answers are in the log's signed checkpoint after %s", got, want, args[2], readyLimit)
 	}
+}
+
+// waitLine waits until a line of the page at u satisfies match, and prints it.
+func waitLine(ts *testscript.TestScript, u, what string, match func(string) bool) {
+	start := time.Now()
+	for deadline := start.Add(readyLimit); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, err := httpGet(context.Background(), u)
+		lines := strings.Split(string(b), "\n")
+		if i := slices.IndexFunc(lines, match); err == nil && i >= 0 {
+			fmt.Fprintf(ts.Stdout(), "%s: %q after %s\n", u, lines[i], time.Since(start).Round(10*time.Millisecond))
+			return
+		}
+	}
+	ts.Fatalf("%s never showed %q", u, what)
 }
