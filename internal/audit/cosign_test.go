@@ -17,6 +17,7 @@ import (
 // it. Before, the round ran inside the transaction holding the tree state's row: every
 // Record waited for the witness (outside rounds 39 and 40).
 func TestWitnessRoundHoldsNoAppend(t *testing.T) {
+	t.Parallel() // see sqlTestDB
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/cosign")
 	w := newA40Witness(t, s, v)
