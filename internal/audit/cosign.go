@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -50,61 +51,120 @@ const cosignEvery = 500 * time.Millisecond
 type cosigner struct {
 	l         *Log
 	signer    note.Signer // the log key's (not the leader's checks: what it cosigns was signed after them)
+	policy    tessera.WitnessGroup
 	replay    *replaySigner
 	publish   func(context.Context, uint64, []byte) ([]byte, error)
 	log       *slog.Logger
 	pubFailed prometheus.Counter // strongroom_audit_publications_failed_total
 
-	done     uint64    // the size of the witnessed row when last read or written
+	done     uint64    // the size of the last good witnessed checkpoint seen or written
+	last     []byte    // that checkpoint (nil: none yet on this replica)
 	failures int       // witness rounds in a row that failed
 	retryAt  time.Time // no round before this
+	alerted  string    // the last tampering ALERT's cause
 	rounds   atomic.Int64
 }
 
+// witnessAnswerMax bounds a witness's answer (a few cosignature lines): tessera's client
+// reads it whole, and a hostile witness streamed 512 MiB into the signer's heap (outside
+// round 41).
+const witnessAnswerMax = 64 << 10
+
 func newCosigner(l *Log, s note.Signer, g tessera.WitnessGroup, timeout time.Duration, lg *slog.Logger, failed prometheus.Counter) *cosigner {
-	c := &cosigner{l: l, signer: s, replay: &replaySigner{name: s.Name(), hash: s.KeyHash()}, log: lg, pubFailed: failed}
+	c := &cosigner{l: l, signer: s, policy: g, replay: &replaySigner{name: s.Name(), hash: s.KeyHash()}, log: lg, pubFailed: failed}
 	// tessera's publisher makes the checkpoint (here: the signature already published,
 	// replayed) and runs the witness protocol: each witness's last size, the consistency
 	// proofs from the log's tiles, the policy.
+	client := &http.Client{Transport: cappedTransport{http.DefaultTransport, witnessAnswerMax}}
 	c.publish = tessera.NewAppendOptions().
 		WithCheckpointSigner(c.replay).
 		WithWitnesses(g, &tessera.WitnessOptions{Timeout: timeout}).
-		CheckpointPublisher(witnessedReader{l.reader, c.readSigned}, http.DefaultClient)
+		CheckpointPublisher(witnessedReader{l.reader, c.readSigned}, client)
 	return c
 }
 
-// round asks the witnesses for tessera's latest checkpoint if it is larger than the
-// witnessed one, and writes the cosigned checkpoint. Only the replica holding the signer
-// lock asks. After a round that failed, the next waits publishBackoff (a hanging witness
-// is not asked back to back: three times the failed round, doubling, at most 30 s).
+// rowRead bounds a read or write of the witnessed row: a row locked by someone else (LOCK
+// TABLES) must not take the witness round's whole time (outside round 41).
+const rowRead = 2 * time.Second
+
+// witnessedRow is the witnessed row as read: its note and size column (found false: no row).
+type witnessedRow struct {
+	note  []byte
+	size  uint64
+	found bool
+}
+
+// fault says what is wrong with the row for the log as this replica knows it ("": nothing):
+// a note the log key did not sign, one without the witness policy met, a size column that
+// is not the note's, a tree smaller than the last good one, or no row after one was seen.
+// The row is anyone's with write access to the database (outside round 41 changed each).
+func (c *cosigner) fault(r witnessedRow) string {
+	switch {
+	case !r.found:
+		if c.done > 0 {
+			return "the witnessed checkpoint's row was removed"
+		}
+		return ""
+	case !signedBy(c.signer, r.note):
+		return "the witnessed checkpoint is not signed by the log key"
+	case !c.policy.Satisfied(r.note):
+		return "the witnessed checkpoint does not meet the witness policy"
+	}
+	n, ok := checkpointSize(r.note)
+	switch {
+	case !ok || n != r.size:
+		return "the witnessed checkpoint's size column is not its tree's size"
+	case n < c.done:
+		return "the witnessed checkpoint went back to an older tree"
+	}
+	return ""
+}
+
+// round checks the witnessed row and, when tessera's latest checkpoint is larger than the
+// witnessed one, asks the witnesses for it and writes the cosigned checkpoint. Only the
+// replica holding the signer lock does. A row that was tampered with is put back to the
+// last good checkpoint (or the next cosigned one), with an ALERT. After a witness round
+// that failed, the next waits publishBackoff (a hanging witness is not asked back to back:
+// three times the failed round, doubling, at most 30 s).
 func (c *cosigner) round(ctx context.Context) {
 	if !c.l.leader.held.Load() {
 		c.failures, c.retryAt = 0, time.Time{}
 		return
 	}
+	row, err := c.readRow(ctx)
+	if err != nil {
+		return // the engine away or the row locked: the watch says so; the next tick tries again
+	}
+	fault := c.fault(row)
+	if fault == "" && row.found && row.size > c.done {
+		c.done, c.last = row.size, row.note // another signer's, before this one took over
+	}
+	if fault != "" {
+		if fault != c.alerted {
+			c.alerted = fault
+			c.log.Error("ALERT audit log: "+fault+" (someone with write access to the log's database); the signer writes it back", "size_column", row.size, "last_good_size", c.done)
+		}
+		if c.last != nil {
+			if c.write(ctx, row, c.done, c.last) {
+				row = witnessedRow{note: c.last, size: c.done, found: true}
+				fault = ""
+			}
+		}
+	} else {
+		c.alerted = ""
+	}
 	now := time.Now()
 	if now.Before(c.retryAt) {
 		return
 	}
-	cp, err := c.l.reader.ReadCheckpoint(ctx)
+	tctx, cancel := context.WithTimeout(ctx, rowRead)
+	cp, err := c.l.reader.ReadCheckpoint(tctx)
+	cancel()
 	if err != nil || !signedBy(c.signer, cp) {
 		return // none yet, or the row is not the log key's (the watch says so)
 	}
 	size, ok := checkpointSize(cp)
-	if !ok || size <= c.done {
-		return
-	}
-	// A row not signed by the log key (an insider's: a size of 2^64-1 would keep every
-	// later write out) is replaced, not compared with.
-	force := false
-	if w, err := c.readNote(ctx); err == nil {
-		if n, ok := checkpointSize(w); ok && signedBy(c.signer, w) {
-			c.done = max(c.done, n)
-		} else {
-			force = true
-		}
-	}
-	if size <= c.done {
+	if !ok || (size <= c.done && fault == "") {
 		return
 	}
 	body, root, sig, err := splitCheckpoint(c.signer, cp)
@@ -115,9 +175,6 @@ func (c *cosigner) round(ctx context.Context) {
 	defer c.replay.set(nil, nil)
 	c.rounds.Add(1)
 	out, err := c.publish(ctx, size, root)
-	if err == nil {
-		err = c.store(ctx, size, out, force)
-	}
 	if err != nil {
 		c.failures++
 		if c.pubFailed != nil {
@@ -125,39 +182,110 @@ func (c *cosigner) round(ctx context.Context) {
 		}
 		wait := publishBackoff(time.Since(now), c.failures)
 		c.retryAt = time.Now().Add(wait)
-		c.log.Warn("audit log: a checkpoint's witness round failed (no quorum of cosignatures, or the row's write failed); appends go on, the published checkpoint waits; the next round",
+		c.log.Warn("audit log: a checkpoint's witness round failed (no quorum of cosignatures); appends go on, the published checkpoint waits; the next round",
 			"size", size, "failures_in_a_row", c.failures, "attempt", time.Since(now).Round(time.Millisecond), "wait", wait, "err", err)
 		return
 	}
 	if c.failures > 0 {
 		c.log.Info("audit log: witnesses cosign again", "size", size)
 	}
-	c.failures, c.retryAt, c.done = 0, time.Time{}, size
-}
-
-// store writes a cosigned checkpoint to the witnessed row unless that row already holds
-// a larger tree (a signer that took over meanwhile); force: whatever the row holds.
-func (c *cosigner) store(ctx context.Context, size uint64, cp []byte, force bool) error {
-	q := "INSERT INTO `" + witnessedTable + "` (`id`, `size`, `note`) VALUES (0, ?, ?) " +
-		"ON DUPLICATE KEY UPDATE `note` = IF(VALUES(`size`) > `size`, VALUES(`note`), `note`), `size` = GREATEST(`size`, VALUES(`size`))"
-	if force {
-		q = "REPLACE INTO `" + witnessedTable + "` (`id`, `size`, `note`) VALUES (0, ?, ?)"
+	c.failures, c.retryAt = 0, time.Time{}
+	if size >= c.done && c.write(ctx, row, size, out) {
+		c.done, c.last = size, out
 	}
-	_, err := c.l.db.ExecContext(ctx, q, size, cp)
-	return err
 }
 
-// readNote reads the witnessed row (os.ErrNotExist: none yet).
-func (c *cosigner) readNote(ctx context.Context) ([]byte, error) { return readWitnessed(ctx, c.l) }
+// write replaces the witnessed row read as old with cp (of size) if the row still holds
+// what was read: a compare-and-set, so that a replica that just lost the signer lock
+// cannot put its checkpoint over a newer signer's. It reports whether the row changed.
+func (c *cosigner) write(ctx context.Context, old witnessedRow, size uint64, cp []byte) bool {
+	ctx, cancel := context.WithTimeout(ctx, rowRead)
+	defer cancel()
+	var res sql.Result
+	var err error
+	if old.found {
+		res, err = c.l.db.ExecContext(ctx, "UPDATE `"+witnessedTable+"` SET `size` = ?, `note` = ? WHERE `id` = 0 AND `size` = ? AND `note` = ?", size, cp, old.size, old.note)
+	} else {
+		res, err = c.l.db.ExecContext(ctx, "INSERT IGNORE INTO `"+witnessedTable+"` (`id`, `size`, `note`) VALUES (0, ?, ?)", size, cp)
+	}
+	if err != nil {
+		c.log.Warn("audit log: the witnessed checkpoint could not be written; the next round tries again", "size", size, "err", err)
+		return false
+	}
+	n, err := res.RowsAffected()
+	return err == nil && n == 1
+}
 
-// readSigned is the witnessed row for the witness round's "old" size: only a checkpoint the
-// log key signed (anything else: none, and the witnesses say which size they hold).
-func (c *cosigner) readSigned(ctx context.Context) ([]byte, error) {
-	cp, err := c.readNote(ctx)
-	if err == nil && !signedBy(c.signer, cp) {
+// readRow reads the witnessed row.
+func (c *cosigner) readRow(ctx context.Context) (witnessedRow, error) {
+	ctx, cancel := context.WithTimeout(ctx, rowRead)
+	defer cancel()
+	var r witnessedRow
+	err := c.l.db.QueryRowContext(ctx, "SELECT `size`, `note` FROM `"+witnessedTable+"` WHERE `id` = 0").Scan(&r.size, &r.note)
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, nil
+	}
+	r.found = err == nil
+	return r, err
+}
+
+// readSigned is the witness round's "old" checkpoint (the size the witnesses last
+// cosigned): the last good witnessed checkpoint (anything else: none, and the witnesses
+// say which size they hold).
+func (c *cosigner) readSigned(context.Context) ([]byte, error) {
+	if c.last == nil {
 		return nil, os.ErrNotExist
 	}
-	return cp, err
+	return c.last, nil
+}
+
+// servedCheckpoint is the checkpoint a shared log with witnesses gives outsiders: the
+// witnessed row's if it is good (checkWitnessed), otherwise the largest good one this
+// replica has seen (an insider's row — uncosigned, older, removed — is never served; the
+// signer puts the row back, and the watch alerts).
+func (l *Log) servedCheckpoint(ctx context.Context) ([]byte, error) {
+	cp, err := readWitnessed(ctx, l)
+	if err == nil && l.checkWitnessed(cp) == nil {
+		return cp, nil
+	}
+	if good := l.goodCP.Load(); good != nil && (err == nil || errors.Is(err, os.ErrNotExist)) {
+		return good.note, nil
+	}
+	if err == nil {
+		err = os.ErrNotExist
+	}
+	return nil, err
+}
+
+// checkWitnessed says what is wrong with cp, read from the witnessed row, for this replica
+// (nil: nothing, and it is kept as the largest good one seen): a note the log key did not
+// sign, one without the witness policy met, or a tree smaller than one seen good before.
+func (l *Log) checkWitnessed(cp []byte) error {
+	switch {
+	case !signedBy(l.signer.Signer, cp):
+		return errors.New("the witnessed checkpoint is not signed by the log key")
+	case !l.witnesses.Satisfied(cp):
+		return errors.New("the witnessed checkpoint does not meet the witness policy")
+	}
+	n, ok := checkpointSize(cp)
+	if !ok {
+		return errors.New("the witnessed checkpoint has no tree size")
+	}
+	for {
+		good := l.goodCP.Load()
+		if good != nil && n < good.size {
+			return fmt.Errorf("the witnessed checkpoint went back from %d to %d entries", good.size, n)
+		}
+		if good != nil && n == good.size || l.goodCP.CompareAndSwap(good, &goodCheckpoint{size: n, note: cp}) {
+			return nil
+		}
+	}
+}
+
+// goodCheckpoint is the largest good witnessed checkpoint a replica has seen.
+type goodCheckpoint struct {
+	size uint64
+	note []byte
 }
 
 func readWitnessed(ctx context.Context, l *Log) ([]byte, error) {
@@ -167,6 +295,39 @@ func readWitnessed(ctx context.Context, l *Log) ([]byte, error) {
 		return nil, os.ErrNotExist
 	}
 	return cp, err
+}
+
+// cappedTransport fails a response body read past max bytes.
+type cappedTransport struct {
+	rt  http.RoundTripper
+	max int64
+}
+
+func (t cappedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.rt.RoundTrip(r)
+	if err == nil {
+		resp.Body = &cappedBody{ReadCloser: resp.Body, left: t.max}
+	}
+	return resp, err
+}
+
+type cappedBody struct {
+	io.ReadCloser
+	left int64
+}
+
+var errWitnessAnswerTooLong = errors.New("audit: a witness's answer is over 64 KiB")
+
+func (b *cappedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, errWitnessAnswerTooLong
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 // splitCheckpoint checks that cp is signed by s and returns its body, root and s's

@@ -99,6 +99,7 @@ type Log struct {
 	// outsiders read it — with cosign, its checkpoint is the witnessed row's.
 	cosign *cosigner
 	served tessera.LogReader
+	goodCP atomic.Pointer[goodCheckpoint] // with cosign: the largest good witnessed checkpoint seen (checkWitnessed)
 
 	records *prometheus.CounterVec
 	// segments counts the request journal's closed segments by why (written records):
@@ -305,7 +306,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	l.served = reader
 	if db != nil && cfg.Witnesses != nil {
 		l.cosign = newCosigner(l, cfg.Signer, *cfg.Witnesses, witnessWait(cfg), cfg.Logger, ls.pubFailed)
-		l.served = witnessedReader{reader, func(ctx context.Context) ([]byte, error) { return readWitnessed(ctx, l) }}
+		l.served = witnessedReader{reader, l.servedCheckpoint}
 	}
 	l.lostCtx, l.lostCancel = context.WithCancel(context.Background())
 
@@ -968,12 +969,15 @@ func (l *Log) CheckpointStalled() error {
 func (l *Log) witnessedProgress(ctx context.Context, why error) (uint64, bool, error) {
 	cp, err := readWitnessed(ctx, l)
 	switch {
+	case errors.Is(err, os.ErrNotExist) && l.stallSeen > 0:
+		return l.stallSeen, false, errors.New("the witnessed checkpoint's row was removed")
 	case errors.Is(err, os.ErrNotExist):
 		return l.stallSeen, true, why
 	case err != nil:
 		return l.stallSeen, false, err
-	case !signedBy(l.signer.Signer, cp):
-		return l.stallSeen, false, errors.New("the witnessed checkpoint is not signed by the log key")
+	}
+	if err := l.checkWitnessed(cp); err != nil {
+		return l.stallSeen, false, err
 	}
 	n, _ := checkpointSize(cp)
 	return max(n, l.stallSeen), true, why

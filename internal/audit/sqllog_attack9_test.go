@@ -28,10 +28,8 @@ package audit
 import (
 	"context"
 	"fmt"
-	"runtime"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -305,34 +303,13 @@ func TestAttack9RepairLargeTail(t *testing.T) {
 	}
 	junkMB := rows * len(row) >> 20
 
-	var base runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&base)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		var m runtime.MemStats
-		for {
-			runtime.ReadMemStats(&m)
-			if m.HeapAlloc > peak.Load() {
-				peak.Store(m.HeapAlloc)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
+	base, stop := heapPeak(20 * time.Millisecond)
 	start := time.Now()
 	var kept int
 	rep, err := l.Repair(ctx, bad, "incident: poisoned tail", map[string]string{"principal": "operator"}, func(r RepairReport) error { kept = len(r.Dropped); return nil })
 	took := time.Since(start)
-	close(stop)
-	<-done
-	grew := int64(peak.Load()-min(peak.Load(), base.HeapAlloc)) >> 20
+	top := stop()
+	grew := int64(top-min(top, base)) >> 20
 	if took > 3*time.Minute || grew > 384 { // alone, under -race: ~5 s of repair, +200 MB
 		t.Fatalf("PROMISE R6 BROKEN: %d rows (%d MB) of junk entries past the tree (SQL only); Repair(%d) took %v and its heap grew by %d MB (err %v; dropped %d): the remedy's memory grows with what the attacker inserts, without bound",
 			rows, junkMB, bad, took.Round(time.Millisecond), grew, err, kept)
