@@ -132,11 +132,18 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		}
 		ts.Fatalf("nothing listens on %s", args[0])
 	},
-	// witnessconfig DATA QUORUM URL VKEYFILE [URL VKEYFILE]...: set the log's witness policy.
+	// witnessconfig DATA QUORUM URL VKEYFILE [URL VKEYFILE]... [stall DURATION]: set the
+	// log's witness policy (and audit.checkpoint_stall).
 	"witnessconfig": func(ts *testscript.TestScript, neg bool, args []string) {
 		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
 		c, err := config.ReadRaw(path)
 		ts.Check(err)
+		if n := len(args); n >= 2 && args[n-2] == "stall" {
+			d, err := time.ParseDuration(args[n-1])
+			ts.Check(err)
+			c.Audit.CheckpointStall.Duration = d
+			args = args[:n-2]
+		}
 		c.Audit.Quorum, _ = strconv.Atoi(args[1])
 		c.Audit.Witnesses = nil
 		for i := 2; i+1 < len(args); i += 2 {

@@ -54,6 +54,7 @@ type Config struct {
 	Index              Index       // optional search index
 	Witnesses          *tessera.WitnessGroup
 	WitnessTimeout     time.Duration
+	CheckpointStall    time.Duration         // the stall ALERT's wait (0: the package's CheckpointStall)
 	BatchMaxSize       uint                  // default 1024
 	BatchMaxAge        time.Duration         // default 2ms (request records come in batches of their own: audit.Batcher): the longest an event waits for companions
 	CheckpointInterval time.Duration         // default 200ms (1s, the driver's least, with DB)
@@ -133,6 +134,7 @@ type Log struct {
 	cpStalled bool
 	stall     atomic.Pointer[stallState] // set while the stall is alerted (CheckpointStalled)
 	cpEvery   time.Duration              // how often tessera publishes a checkpoint
+	cpStall   time.Duration              // Config.CheckpointStall, or CheckpointStall
 	// treeHeldSince: since when the tree's row has been seen held (reapHolders; indexLoop only).
 	treeHeldSince time.Time
 	reapDenied    bool // the engine would not say who holds the tree (warned once)
@@ -299,7 +301,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	l := &Log{writes: writeWatch{stall: cfg.AppendStall}, dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{},
-		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout, cpEvery: cfg.CheckpointInterval}
+		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout, cpEvery: cfg.CheckpointInterval, cpStall: cmp.Or(cfg.CheckpointStall, CheckpointStall)}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
 	}
@@ -352,7 +354,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		return b2f(sh)
 	})
 	stalled := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_checkpoint_stalled",
-		Help: "1 while entries have waited audit.CheckpointStall or longer for a published checkpoint (a shared log's with witnesses: a cosigned one)."}, func() float64 {
+		Help: "1 while entries have waited audit.checkpoint_stall (30s) or longer for a published checkpoint (a shared log's with witnesses: a cosigned one)."}, func() float64 {
 		return b2f(l.stall.Load() != nil)
 	})
 	collectors := []prometheus.Collector{l.records, l.lost.outcomes, l.segments, l.healthy, l.durable, l.indexLag, l.cpLag, inflight, signing, written, shadowed, stalled}
@@ -398,9 +400,19 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		})
 	}
 	if l.cosign != nil {
+		// A round in progress ends with Close (its witnesses are not waited for).
+		cctx, ccancel := context.WithCancel(bg)
 		l.loops.Go(func() {
+			defer ccancel()
+			go func() {
+				select {
+				case <-l.stop:
+					ccancel()
+				case <-cctx.Done():
+				}
+			}()
 			l.every(cosignEvery, func() {
-				ctx, cancel := context.WithTimeout(bg, witnessWait(cfg)+5*time.Second)
+				ctx, cancel := context.WithTimeout(cctx, witnessWait(cfg)+5*time.Second)
 				defer cancel()
 				l.cosign.round(ctx)
 			})
@@ -917,7 +929,7 @@ func (l *Log) watchCheckpoint(now time.Time) (signed []byte) {
 	if l.cpSince.IsZero() {
 		l.cpSince = now
 	}
-	if now.Sub(l.cpSince) >= CheckpointStall {
+	if now.Sub(l.cpSince) >= l.cpStall {
 		st := &stallState{since: l.cpSince, waiting: lag, size: published}
 		if why != nil {
 			st.why = why.Error()

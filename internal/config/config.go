@@ -231,6 +231,10 @@ type Audit struct {
 	// Witnesses that must cosign before a checkpoint is published; Quorum of them (0: all).
 	Witnesses []Witness `json:"witnesses,omitempty"`
 	Quorum    int       `json:"quorum,omitempty"`
+	// CheckpointStall is how long durable entries may wait for a published checkpoint
+	// (with witnesses: a cosigned one) before the log raises its stall ALERT, /healthz adds
+	// a warning and strongroom_audit_checkpoint_stalled is 1 (default 30s; at least 1s).
+	CheckpointStall Duration `json:"checkpoint_stall,omitzero"`
 	// Request records are committed in batches, one log entry per batch (audit/batch.go):
 	// at most RequestBatchRecords (default 1024, at most 4096) or after RequestBatchDelay
 	// (default 10ms) from the batch's first record. With a log on local disk records are
