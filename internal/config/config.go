@@ -436,6 +436,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: audit.request_sync_interval %v is negative", c.Audit.RequestSyncInterval.Duration)
 	case c.Audit.Quorum < 0 || c.Audit.Quorum > len(c.Audit.Witnesses):
 		return fmt.Errorf("config: audit.quorum %d with %d witnesses", c.Audit.Quorum, len(c.Audit.Witnesses))
+	case c.Audit.CheckpointStall.Duration != 0 && c.Audit.CheckpointStall.Duration < time.Second:
+		return fmt.Errorf("config: audit.checkpoint_stall %v is under a second", c.Audit.CheckpointStall.Duration)
 	}
 	return nil
 }

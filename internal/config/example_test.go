@@ -92,3 +92,21 @@ func hasPath(doc any, p []string) bool {
 	}
 	return false
 }
+
+// TestCheckpointStallBounds: audit.checkpoint_stall is left out (the default) or at least a
+// second; a shorter one would alert on every publication interval.
+func TestCheckpointStallBounds(t *testing.T) {
+	c, err := ReadRaw("../../docs/config.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.resolve("/data")
+	for d, ok := range map[string]bool{"0s": true, "1s": true, "45s": true, "999ms": false, "-5s": false} {
+		if err := json.Unmarshal([]byte(`"`+d+`"`), &c.Audit.CheckpointStall); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Validate(); (err == nil) != ok {
+			t.Errorf("checkpoint_stall %s: Validate %v, want ok=%v", d, err, ok)
+		}
+	}
+}
