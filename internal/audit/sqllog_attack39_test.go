@@ -289,9 +289,18 @@ func a39Witnessed(t *testing.T, set func(*Config)) (a, b *Log, w *a10Witness, la
 
 func a39WitnessPairKey(t *testing.T, dsn string, g tessera.WitnessGroup, set func(*Config), s note.Signer) (a, b *Log, la, lb *syncBuffer) {
 	t.Helper()
+	return a39WitnessPairAll(t, dsn, g, set, nil, s)
+}
+
+// a39WitnessPairAll is a39WitnessPairKey with all applied to both replicas' configs.
+func a39WitnessPairAll(t *testing.T, dsn string, g tessera.WitnessGroup, set, all func(*Config), s note.Signer) (a, b *Log, la, lb *syncBuffer) {
+	t.Helper()
 	open := func(buf *syncBuffer, db string) *Log {
 		cfg := Config{EntryKey: testEntryKey, DB: db, Dir: t.TempDir(), Signer: s, Witnesses: &g, WitnessTimeout: 3 * time.Second,
 			ShutdownTimeout: 2 * time.Second, Logger: newTextLogger(buf)}
+		if all != nil {
+			all(&cfg)
+		}
 		if set != nil && buf == la {
 			set(&cfg)
 		}

@@ -107,11 +107,18 @@ func (a *a40Witness) cosigned(cp []byte) bool {
 // a40Fleet opens two replicas (b signs) with a 1-of-1 witness policy on w, 3 s timeout.
 func a40Fleet(t *testing.T) (a, b *Log, w *a40Witness, la, lb *syncBuffer, dsn string, v note.Verifier) {
 	t.Helper()
+	return a40FleetStall(t, 0)
+}
+
+// a40FleetStall is a40Fleet with both replicas' Config.CheckpointStall (0: the default): a
+// test with its own stall needs no package variable, and may run in parallel.
+func a40FleetStall(t *testing.T, stall time.Duration) (a, b *Log, w *a40Witness, la, lb *syncBuffer, dsn string, v note.Verifier) {
+	t.Helper()
 	dsn = sqlTestDB(t)
 	s, vv, _ := newKeys(t, "strongroom.test/attack40")
 	w = newA40Witness(t, s, vv)
 	g := tessera.NewWitnessGroup(1, w.w)
-	a, b, la, lb = a39WitnessPairKey(t, dsn, g, nil, s)
+	a, b, la, lb = a39WitnessPairAll(t, dsn, g, nil, func(c *Config) { c.CheckpointStall = stall }, s)
 	return a, b, w, la, lb, dsn, vv
 }
 
@@ -296,8 +303,8 @@ func TestAttack40SlowWitnessJustUnderTimeout(t *testing.T) {
 // arriving. Failure: no checkpoint-stall ALERT on the signer within 4 × CheckpointStall (3 s)
 // while publication is stopped; and after the insider stops, no checkpoint within 15 s.
 func TestAttack40InsiderNudgesPublishedAt(t *testing.T) {
-	lowerCheckpointStall(t, 3*time.Second)
-	a, b, w, la, lb, dsn, _ := a40Fleet(t)
+	t.Parallel() // see sqlTestDB
+	a, b, w, la, lb, dsn, _ := a40FleetStall(t, 3*time.Second)
 	admin := testAdmin(t, dsn)
 	ctx := context.Background()
 	a40FirstCosigned(t, a, b, w)
