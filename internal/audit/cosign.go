@@ -51,14 +51,11 @@ const cosignEvery = 500 * time.Millisecond
 type cosigner struct {
 	l         *Log
 	signer    note.Signer // the log key's (not the leader's checks: what it cosigns was signed after them)
-	policy    tessera.WitnessGroup
 	replay    *replaySigner
 	publish   func(context.Context, uint64, []byte) ([]byte, error)
 	log       *slog.Logger
 	pubFailed prometheus.Counter // strongroom_audit_publications_failed_total
 
-	done     uint64    // the size of the last good witnessed checkpoint seen or written
-	last     []byte    // that checkpoint (nil: none yet on this replica)
 	failures int       // witness rounds in a row that failed
 	retryAt  time.Time // no round before this
 	alerted  string    // the last tampering ALERT's cause
@@ -71,7 +68,7 @@ type cosigner struct {
 const witnessAnswerMax = 64 << 10
 
 func newCosigner(l *Log, s note.Signer, g tessera.WitnessGroup, timeout time.Duration, lg *slog.Logger, failed prometheus.Counter) *cosigner {
-	c := &cosigner{l: l, signer: s, policy: g, replay: &replaySigner{name: s.Name(), hash: s.KeyHash()}, log: lg, pubFailed: failed}
+	c := &cosigner{l: l, signer: s, replay: &replaySigner{name: s.Name(), hash: s.KeyHash()}, log: lg, pubFailed: failed}
 	// tessera's publisher makes the checkpoint (here: the signature already published,
 	// replayed) and runs the witness protocol: each witness's last size, the consistency
 	// proofs from the log's tiles, the policy.
@@ -95,27 +92,22 @@ type witnessedRow struct {
 }
 
 // fault says what is wrong with the row for the log as this replica knows it ("": nothing):
-// a note the log key did not sign, one without the witness policy met, a size column that
-// is not the note's, a tree smaller than the last good one, or no row after one was seen.
-// The row is anyone's with write access to the database (outside round 41 changed each).
+// what checkWitnessed finds in its note (every replica's check), a size column that is not
+// the note's (the column the signer's compare-and-set reads), or no row after a good one
+// was seen. The row is anyone's with write access to the database (outside round 41
+// changed each).
 func (c *cosigner) fault(r witnessedRow) string {
-	switch {
-	case !r.found:
-		if c.done > 0 {
+	if !r.found {
+		if c.l.goodCP.Load() != nil {
 			return "the witnessed checkpoint's row was removed"
 		}
 		return ""
-	case !signedBy(c.signer, r.note):
-		return "the witnessed checkpoint is not signed by the log key"
-	case !c.policy.Satisfied(r.note):
-		return "the witnessed checkpoint does not meet the witness policy"
 	}
-	n, ok := checkpointSize(r.note)
-	switch {
-	case !ok || n != r.size:
+	if err := c.l.checkWitnessed(r.note); err != nil {
+		return err.Error()
+	}
+	if n, _ := checkpointSize(r.note); n != r.size {
 		return "the witnessed checkpoint's size column is not its tree's size"
-	case n < c.done:
-		return "the witnessed checkpoint went back to an older tree"
 	}
 	return ""
 }
@@ -131,24 +123,24 @@ func (c *cosigner) round(ctx context.Context) {
 		c.failures, c.retryAt = 0, time.Time{}
 		return
 	}
-	row, err := c.readRow(ctx)
+	row, err := readWitnessedRow(ctx, c.l)
 	if err != nil {
 		return // the engine away or the row locked: the watch says so; the next tick tries again
 	}
-	fault := c.fault(row)
-	if fault == "" && row.found && row.size > c.done {
-		c.done, c.last = row.size, row.note // another signer's, before this one took over
-	}
+	fault := c.fault(row) // a good row (another signer's, before this one took over) is kept as l.goodCP
+	good := c.l.goodCP.Load()
 	if fault != "" {
 		if fault != c.alerted {
 			c.alerted = fault
-			c.log.Error("ALERT audit log: "+fault+" (someone with write access to the log's database); the signer writes it back", "size_column", row.size, "last_good_size", c.done)
-		}
-		if c.last != nil {
-			if c.write(ctx, row, c.done, c.last) {
-				row = witnessedRow{note: c.last, size: c.done, found: true}
-				fault = ""
+			var goodSize uint64
+			if good != nil {
+				goodSize = good.size
 			}
+			c.log.Error("ALERT audit log: "+fault+" (someone with write access to the log's database); the signer writes it back", "size_column", row.size, "last_good_size", goodSize)
+		}
+		if good != nil && c.write(ctx, row, good.size, good.note) {
+			row = witnessedRow{note: good.note, size: good.size, found: true}
+			fault = ""
 		}
 	} else {
 		c.alerted = ""
@@ -164,7 +156,7 @@ func (c *cosigner) round(ctx context.Context) {
 		return // none yet, or the row is not the log key's (the watch says so)
 	}
 	size, ok := checkpointSize(cp)
-	if !ok || (size <= c.done && fault == "") {
+	if !ok || (good != nil && size <= good.size && fault == "") {
 		return
 	}
 	body, root, sig, err := splitCheckpoint(c.signer, cp)
@@ -190,8 +182,8 @@ func (c *cosigner) round(ctx context.Context) {
 		c.log.Info("audit log: witnesses cosign again", "size", size)
 	}
 	c.failures, c.retryAt = 0, time.Time{}
-	if size >= c.done && c.write(ctx, row, size, out) {
-		c.done, c.last = size, out
+	if (good == nil || size >= good.size) && c.write(ctx, row, size, out) {
+		c.l.checkWitnessed(out) // the largest good one now
 	}
 }
 
@@ -216,12 +208,12 @@ func (c *cosigner) write(ctx context.Context, old witnessedRow, size uint64, cp 
 	return err == nil && n == 1
 }
 
-// readRow reads the witnessed row.
-func (c *cosigner) readRow(ctx context.Context) (witnessedRow, error) {
+// readWitnessedRow reads the witnessed row (found false: none), bounded by rowRead.
+func readWitnessedRow(ctx context.Context, l *Log) (witnessedRow, error) {
 	ctx, cancel := context.WithTimeout(ctx, rowRead)
 	defer cancel()
 	var r witnessedRow
-	err := c.l.db.QueryRowContext(ctx, "SELECT `size`, `note` FROM `"+witnessedTable+"` WHERE `id` = 0").Scan(&r.size, &r.note)
+	err := l.db.QueryRowContext(ctx, "SELECT `size`, `note` FROM `"+witnessedTable+"` WHERE `id` = 0").Scan(&r.size, &r.note)
 	if errors.Is(err, sql.ErrNoRows) {
 		return r, nil
 	}
@@ -229,14 +221,23 @@ func (c *cosigner) readRow(ctx context.Context) (witnessedRow, error) {
 	return r, err
 }
 
-// readSigned is the witness round's "old" checkpoint (the size the witnesses last
-// cosigned): the last good witnessed checkpoint (anything else: none, and the witnesses
-// say which size they hold).
-func (c *cosigner) readSigned(context.Context) ([]byte, error) {
-	if c.last == nil {
-		return nil, os.ErrNotExist
+// readWitnessed is the witnessed row's note (os.ErrNotExist: no row).
+func readWitnessed(ctx context.Context, l *Log) ([]byte, error) {
+	r, err := readWitnessedRow(ctx, l)
+	if err == nil && !r.found {
+		err = os.ErrNotExist
 	}
-	return c.last, nil
+	return r.note, err
+}
+
+// readSigned is the witness round's "old" checkpoint (the size the witnesses last
+// cosigned): the largest good witnessed checkpoint (anything else: none, and the
+// witnesses say which size they hold).
+func (c *cosigner) readSigned(context.Context) ([]byte, error) {
+	if good := c.l.goodCP.Load(); good != nil {
+		return good.note, nil
+	}
+	return nil, os.ErrNotExist
 }
 
 // servedCheckpoint is the checkpoint a shared log with witnesses gives outsiders: the
@@ -274,7 +275,7 @@ func (l *Log) checkWitnessed(cp []byte) error {
 	for {
 		good := l.goodCP.Load()
 		if good != nil && n < good.size {
-			return fmt.Errorf("the witnessed checkpoint went back from %d to %d entries", good.size, n)
+			return fmt.Errorf("the witnessed checkpoint went back to an older tree (%d entries after %d)", n, good.size)
 		}
 		if good != nil && n == good.size || l.goodCP.CompareAndSwap(good, &goodCheckpoint{size: n, note: cp}) {
 			return nil
@@ -286,15 +287,6 @@ func (l *Log) checkWitnessed(cp []byte) error {
 type goodCheckpoint struct {
 	size uint64
 	note []byte
-}
-
-func readWitnessed(ctx context.Context, l *Log) ([]byte, error) {
-	var cp []byte
-	err := l.db.QueryRowContext(ctx, "SELECT `note` FROM `"+witnessedTable+"` WHERE `id` = 0").Scan(&cp)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, os.ErrNotExist
-	}
-	return cp, err
 }
 
 // cappedTransport fails a response body read past max bytes.

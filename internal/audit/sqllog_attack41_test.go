@@ -98,10 +98,10 @@ func a41Guarded(t *testing.T, a, b *Log, w *a40Witness, lb *syncBuffer, least ui
 		t.Errorf("CLAIM BROKEN (the insider's write is said): no ALERT %q on the signer; log tail:\n%s", why, a41Tail(lb, 6))
 	}
 	if !a36WaitFor(5*time.Second, func() bool {
-		r, err := b.cosign.readRow(ctx)
+		r, err := readWitnessedRow(ctx, b)
 		return err == nil && r.found && b.cosign.fault(r) == ""
 	}) {
-		r, err := b.cosign.readRow(ctx)
+		r, err := readWitnessedRow(ctx, b)
 		t.Errorf("CLAIM BROKEN (the row is written back): still %q (%v): %s", a41Head(r.note), err, b.cosign.fault(r))
 	}
 	check()
