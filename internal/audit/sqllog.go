@@ -430,7 +430,7 @@ func publishBackoff(took time.Duration, failures int) time.Duration {
 	return min(d, limit)
 }
 
-// errPublishBackoff is the signer's refusal while it waits after a failed or slow publication.
+// errPublishBackoff is the signer's refusal while it waits after a failed publication.
 var errPublishBackoff = errors.New("audit: the signer waits before the next checkpoint publication (the last failed)")
 
 // publishGate decides whether tessera may publish now. It first learns what became of the
@@ -464,14 +464,16 @@ func (s *leaderSigner) publishGate(ctx context.Context) error {
 	return nil
 }
 
-// readRow reads the shared log's Checkpoint row's note.
+// readRow reads the shared log's Checkpoint row through tessera's reader.
 func (s *leaderSigner) readRow(ctx context.Context) ([]byte, error) {
 	if s.row != nil {
 		return s.row(ctx)
 	}
-	var note []byte
-	err := s.l.db.QueryRowContext(ctx, "SELECT `note` FROM `Checkpoint` WHERE `id` = 0").Scan(&note)
-	return note, err
+	r := s.reader.Load()
+	if r == nil {
+		return nil, errors.New("audit: the signer's reader is not ready")
+	}
+	return (*r).ReadCheckpoint(ctx)
 }
 
 func (s *leaderSigner) Sign(msg []byte) ([]byte, error) {
