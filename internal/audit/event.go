@@ -452,9 +452,14 @@ func HashDigest(h hash.Hash) string {
 
 // AppendHashDigest appends HashDigest(h) to dst.
 func AppendHashDigest(dst []byte, h hash.Hash) []byte {
-	var sum [sha256.Size]byte
+	// The sum goes into dst's room first and is moved to a local to be encoded: a local
+	// handed to the interface's Sum went to the heap, once a record.
 	dst = append(dst, digestPrefix...)
-	return hex.AppendEncode(dst, h.Sum(sum[:0]))
+	n := len(dst)
+	dst = h.Sum(dst)
+	var sum [sha256.Size]byte
+	copy(sum[:], dst[n:])
+	return hex.AppendEncode(dst[:n], sum[:])
 }
 
 // Matches reports, in constant time, whether digest is Digest(value).

@@ -350,7 +350,7 @@ func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, err error) {
 	if j.hm != nil {
 		j.hm.Reset()
 		j.hm.Write(j.mac)
-		j.hm.Write(leaf[:])
+		j.hm.Write(j.leafOut[:])                   // not leaf's: a local handed to the interface goes to the heap
 		fr = append(fr, j.hm.Sum(j.macOut[:0])...) // j.mac moves only once the frame is stored
 	}
 	j.buf = fr

@@ -173,17 +173,20 @@ const MaxTrailer = 4 << 10
 
 // crlf reads the CRLF that ends a chunk's data.
 func (c *Chunked) crlf() error {
-	var two [2]byte
-	if _, err := io.ReadFull(c.br, two[:]); err != nil {
-		if err == io.EOF {
-			return io.ErrUnexpectedEOF
+	// Peeked, not read into a local array: that went to the heap through io.ReadFull's
+	// io.Reader, one allocation for every chunk of a stream.
+	two, err := c.br.Peek(2)
+	if len(two) == 2 {
+		if two[0] != '\r' || two[1] != '\n' {
+			return ErrChunkFormat
 		}
-		return err
+		c.br.Discard(2)
+		return nil
 	}
-	if two != [2]byte{'\r', '\n'} {
-		return ErrChunkFormat
+	if err == io.EOF || err == nil {
+		return io.ErrUnexpectedEOF
 	}
-	return nil
+	return err
 }
 
 // trailers reads (and drops) the trailer section after the last chunk.

@@ -184,8 +184,7 @@ func (w *response) body(p []byte) {
 	}
 	bw := w.c.bw
 	if w.chunked {
-		var nb [20]byte
-		bw.Write(strconv.AppendUint(nb[:0], uint64(len(p)), 16))
+		writeNumber(bw, uint64(len(p)), 16)
 		bw.WriteString("\r\n")
 		bw.Write(p)
 		_, w.err = bw.WriteString("\r\n")
@@ -193,6 +192,13 @@ func (w *response) body(p []byte) {
 		_, w.err = bw.Write(p)
 	}
 	w.failed()
+}
+
+// writeNumber writes n in base into bw, through bw's own free space: a number formatted
+// into a local array went to the heap (bufio.Writer.Write may hand its argument to the
+// connection), one allocation for every chunk of a stream.
+func writeNumber(bw *bufio.Writer, n uint64, base int) {
+	bw.Write(strconv.AppendUint(bw.AvailableBuffer(), n, base))
 }
 
 // failed ends the request's context once a write to the client failed: the client is gone.
@@ -265,9 +271,8 @@ func (w *response) sendHeader(last bool) {
 		if w.chunked {
 			bw.WriteString("Transfer-Encoding: chunked\r\n")
 		} else if w.declared >= 0 {
-			var nb [20]byte
 			bw.WriteString("Content-Length: ")
-			bw.Write(strconv.AppendInt(nb[:0], w.declared, 10))
+			writeNumber(bw, uint64(w.declared), 10)
 			bw.WriteString("\r\n")
 		}
 	}

@@ -24,7 +24,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -392,8 +391,7 @@ func (c *conn) refuse(err error) {
 	c.bw.WriteString(statusLine(pe.status))
 	c.bw.WriteString("\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: ")
 	msg := pe.msg + "\n"
-	var nb [20]byte
-	c.bw.Write(strconv.AppendInt(nb[:0], int64(len(msg)), 10))
+	writeNumber(c.bw, uint64(len(msg)), 10)
 	c.bw.WriteString("\r\n\r\n")
 	c.bw.WriteString(msg)
 	c.bw.Flush()
