@@ -2,8 +2,9 @@
 # loadprofile.sh BIN PROFILE RATE DURATION — one `strongroom serve` (BIN) sent RATE
 # requests a second for DURATION (e.g. 40s) by docs/bench/openloop, after 2 s of warm-up,
 # with STRONGROOM_CPUPROFILE=PROFILE (and STRONGROOM_MEMPROFILE=$MEMPROF if set); prints
-# the generator's line and the CPU ticks the process used during the load. For profiles
-# longer than openloop.sh's 8 s runs; alternate two builds for a comparison.
+# the generator's line and the CPU ticks, minor page faults and context switches of the
+# process during the load. For profiles longer than openloop.sh's 8 s runs; alternate two
+# builds for a comparison.
 set -euo pipefail
 b=$1 prof=$2 rate=$3 dur=$4
 kit=$(cd "$(dirname "$0")/../../../shared/bench" && pwd)
@@ -28,8 +29,13 @@ url=$(sed -n 's/^STRONGROOM_URL=//p' "$w/sr.log" | head -1)/chat/completions
 body='{"model":"demo","max_tokens":256,"messages":[{"role":"user","content":"hello there"}]}'
 "$w/openloop" -url "$url" -key "$k" -body "$body" -rate "$rate" -duration 2s >/dev/null
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
-t0=$(ticks $sp)
+# Minor page faults (each ~11 µs of CPU on this VM: a heap page the runtime's scavenger
+# gave back, touched again) and context switches of all the process's threads: counts,
+# less noisy than CPU time.
+faults() { awk '{sub(/^.*\) /, ""); print $8}' "/proc/$1/stat"; }
+switches() { cat /proc/$1/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s}'; }
+t0=$(ticks $sp) f0=$(faults $sp) c0=$(switches $sp)
 "$w/openloop" -url "$url" -key "$k" -body "$body" -rate "$rate" -duration "$dur"
-t1=$(ticks $sp)
-echo "ticks during load: $((t1 - t0)) (of $(getconf CLK_TCK) a second)"
+t1=$(ticks $sp) f1=$(faults $sp) c1=$(switches $sp)
+echo "ticks during load: $((t1 - t0)) (of $(getconf CLK_TCK) a second); minor faults $((f1 - f0)); context switches $((c1 - c0))"
 kill $sp; wait $sp || true

@@ -1213,7 +1213,18 @@ func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent 
 		rec.Principal = audit.ValidUTF8(st.p.ID)
 	}
 	start := kind == audit.KindStreamStart
-	b := make([]byte, 0, 768)
+	// Written in a reused buffer, then copied at its size: the record is kept until its
+	// segment is folded and indexed (a second or two), and a buffer made big enough for any
+	// record held 768 bytes for a ~470-byte record — the heap's swing from fold to fold,
+	// which the runtime's scavenger gave back and the next requests faulted in again.
+	sp := recordBufs.Get().(*[]byte)
+	b := (*sp)[:0]
+	defer func() {
+		if cap(b) <= 4<<10 {
+			*sp = b[:0]
+			recordBufs.Put(sp)
+		}
+	}()
 	b = append(b, `{"v":1,"ts":"`...)
 	b = rec.TS.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","kind":`...)
@@ -1315,9 +1326,12 @@ func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent 
 		rec.Raw, rec.Principal = raw, audit.ValidUTF8(ev.Actor["principal"]) // as cut
 		return rec
 	}
-	rec.Raw = b
+	rec.Raw = bytes.Clone(b)
 	return rec
 }
+
+// recordBufs holds requestRecord's buffers.
+var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // requestEvent is the request's log record.
 func (g *Gateway) requestEvent(st *reqState) audit.Event {
