@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -56,6 +55,9 @@ type cosigner struct {
 	log       *slog.Logger
 	pubFailed prometheus.Counter // strongroom_audit_publications_failed_total
 
+	answers *witnessAnswers // the transport: each witness's answer in the round
+	judge   *witnessJudge
+
 	failures int       // witness rounds in a row that failed
 	retryAt  time.Time // no round before this
 	alerted  string    // the last tampering ALERT's cause
@@ -72,7 +74,9 @@ func newCosigner(l *Log, s note.Signer, g tessera.WitnessGroup, timeout time.Dur
 	// tessera's publisher makes the checkpoint (here: the signature already published,
 	// replayed) and runs the witness protocol: each witness's last size, the consistency
 	// proofs from the log's tiles, the policy.
-	client := &http.Client{Transport: cappedTransport{http.DefaultTransport, witnessAnswerMax}}
+	c.answers = &witnessAnswers{rt: http.DefaultTransport, max: witnessAnswerMax}
+	c.judge = newWitnessJudge(g)
+	client := witnessClient(c.answers, 0) // the round's context bounds it (timeout)
 	c.publish = tessera.NewAppendOptions().
 		WithCheckpointSigner(c.replay).
 		WithWitnesses(g, &tessera.WitnessOptions{Timeout: timeout}).
@@ -136,7 +140,17 @@ func (c *cosigner) round(ctx context.Context) {
 			if good != nil {
 				goodSize = good.size
 			}
-			c.log.Error("ALERT audit log: "+fault+" (someone with write access to the log's database); the signer writes it back", "size_column", row.size, "last_good_size", goodSize)
+			who := "someone with write access to the log's database"
+			if fault == errWitnessPolicy.Error() {
+				// A row cosigned under another policy: an operator's change, or replicas
+				// configured apart — not only an insider (outside round 42).
+				who = "a witness policy changed, replicas configured with different witness policies, or someone with write access to the log's database"
+			}
+			then := "the signer writes it back"
+			if good == nil {
+				then = "the signer's next cosigned checkpoint replaces it"
+			}
+			c.log.Error("ALERT audit log: "+fault+" ("+who+"); "+then, "size_column", row.size, "last_good_size", goodSize)
 		}
 		if good != nil && c.write(ctx, row, good.size, good.note) {
 			row = witnessedRow{note: good.note, size: good.size, found: true}
@@ -166,7 +180,9 @@ func (c *cosigner) round(ctx context.Context) {
 	c.replay.set(body, sig)
 	defer c.replay.set(nil, nil)
 	c.rounds.Add(1)
+	asked := c.answers.start()
 	out, err := c.publish(ctx, size, root)
+	c.judge.judge(c.log, c.answers.take(asked), size)
 	if err != nil {
 		c.failures++
 		if c.pubFailed != nil {
@@ -266,7 +282,7 @@ func (l *Log) checkWitnessed(cp []byte) error {
 	case !signedBy(l.signer.Signer, cp):
 		return errors.New("the witnessed checkpoint is not signed by the log key")
 	case !l.witnesses.Satisfied(cp):
-		return errors.New("the witnessed checkpoint does not meet the witness policy")
+		return errWitnessPolicy
 	}
 	n, ok := checkpointSize(cp)
 	if !ok {
@@ -283,43 +299,12 @@ func (l *Log) checkWitnessed(cp []byte) error {
 	}
 }
 
+var errWitnessPolicy = errors.New("the witnessed checkpoint does not meet the witness policy")
+
 // goodCheckpoint is the largest good witnessed checkpoint a replica has seen.
 type goodCheckpoint struct {
 	size uint64
 	note []byte
-}
-
-// cappedTransport fails a response body read past max bytes.
-type cappedTransport struct {
-	rt  http.RoundTripper
-	max int64
-}
-
-func (t cappedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	resp, err := t.rt.RoundTrip(r)
-	if err == nil {
-		resp.Body = &cappedBody{ReadCloser: resp.Body, left: t.max}
-	}
-	return resp, err
-}
-
-type cappedBody struct {
-	io.ReadCloser
-	left int64
-}
-
-var errWitnessAnswerTooLong = errors.New("audit: a witness's answer is over 64 KiB")
-
-func (b *cappedBody) Read(p []byte) (int, error) {
-	if b.left <= 0 {
-		return 0, errWitnessAnswerTooLong
-	}
-	if int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.ReadCloser.Read(p)
-	b.left -= int64(n)
-	return n, err
 }
 
 // splitCheckpoint checks that cp is signed by s and returns its body, root and s's

@@ -362,6 +362,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.scrub = newScrubber(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery))
 		collectors = append(collectors, ls.refusals, ls.pubFailed, l.scrub.failures)
 	}
+	if l.cosign != nil {
+		collectors = append(collectors, l.cosign.judge.bad)
+	}
 	if cfg.Metrics != nil {
 		for _, c := range collectors {
 			if err := cfg.Metrics.Register(c); err != nil {

@@ -97,7 +97,7 @@ func (l *Log) checkFloorWitnessed(ctx context.Context, floor uint64, root []byte
 	if err != nil {
 		return wc, fmt.Errorf("audit: repair: signing the floor's checkpoint for the witnesses: %w", err)
 	}
-	w := witnessProbe{client: &http.Client{Timeout: max(l.witnessTimeout, 3*time.Second)}, cp: signed, floor: floor}
+	w := witnessProbe{client: witnessClient(http.DefaultTransport, max(l.witnessTimeout, 3*time.Second)), cp: signed, floor: floor}
 	cosigned := map[string]bool{}
 	for _, u := range urls {
 		w.url, w.key, w.name = u, ends[u], redactURL(u)
