@@ -55,9 +55,6 @@ type cosigner struct {
 	log       *slog.Logger
 	pubFailed prometheus.Counter // strongroom_audit_publications_failed_total
 
-	answers *witnessAnswers // the transport: each witness's answer in the round
-	judge   *witnessJudge
-
 	failures int       // witness rounds in a row that failed
 	retryAt  time.Time // no round before this
 	alerted  string    // the last tampering ALERT's cause
@@ -69,14 +66,12 @@ type cosigner struct {
 // round 41).
 const witnessAnswerMax = 64 << 10
 
-func newCosigner(l *Log, s note.Signer, g tessera.WitnessGroup, timeout time.Duration, lg *slog.Logger, failed prometheus.Counter) *cosigner {
+func newCosigner(l *Log, s note.Signer, g tessera.WitnessGroup, judge *witnessJudge, timeout time.Duration, lg *slog.Logger, failed prometheus.Counter) *cosigner {
 	c := &cosigner{l: l, signer: s, replay: &replaySigner{name: s.Name(), hash: s.KeyHash()}, log: lg, pubFailed: failed}
 	// tessera's publisher makes the checkpoint (here: the signature already published,
 	// replayed) and runs the witness protocol: each witness's last size, the consistency
 	// proofs from the log's tiles, the policy.
-	c.answers = &witnessAnswers{rt: http.DefaultTransport, max: witnessAnswerMax}
-	c.judge = newWitnessJudge(g)
-	client := witnessClient(c.answers, 0) // the round's context bounds it (timeout)
+	client := witnessClient(witnessTransport{rt: http.DefaultTransport, max: witnessAnswerMax, judge: judge, log: lg}, 0) // the round's context bounds it (timeout)
 	c.publish = tessera.NewAppendOptions().
 		WithCheckpointSigner(c.replay).
 		WithWitnesses(g, &tessera.WitnessOptions{Timeout: timeout}).
@@ -180,9 +175,7 @@ func (c *cosigner) round(ctx context.Context) {
 	c.replay.set(body, sig)
 	defer c.replay.set(nil, nil)
 	c.rounds.Add(1)
-	asked := c.answers.start()
 	out, err := c.publish(ctx, size, root)
-	c.judge.judge(c.log, c.answers.take(asked), size)
 	if err != nil {
 		c.failures++
 		if c.pubFailed != nil {

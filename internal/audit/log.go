@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -218,6 +219,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	var wj *witnessJudge // every answer of the policy's witnesses judged (witnessanswers.go)
+	if cfg.Witnesses != nil {
+		wj = newWitnessJudge(*cfg.Witnesses)
+	}
 	var (
 		driver tessera.Driver
 		db     *sql.DB
@@ -262,7 +267,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		}
 	} else {
 		var err error
-		if driver, err = posix.New(ctx, posix.Config{Path: cfg.Dir}); err != nil {
+		// tessera asks a local log's witnesses itself, through this client (by default
+		// net/http's, which follows a witness's redirects and reads its answer whole).
+		hc := witnessClient(witnessTransport{rt: http.DefaultTransport, max: witnessAnswerMax, judge: wj, log: cfg.Logger}, 0)
+		if driver, err = posix.New(ctx, posix.Config{Path: cfg.Dir, HTTPClient: hc}); err != nil {
 			return nil, fmt.Errorf("audit: %w", err)
 		}
 		if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
@@ -307,7 +315,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	l.served = reader
 	if db != nil && cfg.Witnesses != nil {
-		l.cosign = newCosigner(l, cfg.Signer, *cfg.Witnesses, witnessWait(cfg), cfg.Logger, ls.pubFailed)
+		l.cosign = newCosigner(l, cfg.Signer, *cfg.Witnesses, wj, witnessWait(cfg), cfg.Logger, ls.pubFailed)
 		l.served = witnessedReader{reader, l.servedCheckpoint}
 	}
 	l.lostCtx, l.lostCancel = context.WithCancel(context.Background())
@@ -362,8 +370,8 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.scrub = newScrubber(cmp.Or(cfg.ScrubEvery, DefaultScrubEvery))
 		collectors = append(collectors, ls.refusals, ls.pubFailed, l.scrub.failures)
 	}
-	if l.cosign != nil {
-		collectors = append(collectors, l.cosign.judge.bad)
+	if wj != nil {
+		collectors = append(collectors, wj.bad)
 	}
 	if cfg.Metrics != nil {
 		for _, c := range collectors {

@@ -21,8 +21,8 @@ import (
 // round met the policy. tessera returns a round's checkpoint as soon as the policy is met
 // and drops the other witnesses' errors: in a 2-of-3 policy a witness answering with its
 // real key's cosignature of a forked checkpoint went unseen while the other two made the
-// quorum (outside round 42). The transport keeps each answer of the round (witnessAnswers);
-// after the round the cosigner checks them (judge) and says which witness misbehaved.
+// quorum (outside round 42). The witness clients' transport (witnessTransport) has each
+// answer judged as it is read, and says which witness misbehaved.
 
 // witnessClient is the http.Client a log reaches its witnesses with: it follows no
 // redirect — a witness answering 307 made the signer POST its request wherever the witness
@@ -34,16 +34,17 @@ func witnessClient(rt http.RoundTripper, timeout time.Duration) *http.Client {
 	}}
 }
 
-// witnessAnswers is the cosigner's transport: it reads at most max bytes of an answer
-// (tessera reads it whole: a hostile witness streamed 512 MiB into the signer's heap,
-// outside round 41) and keeps the current round's answers.
-type witnessAnswers struct {
-	rt  http.RoundTripper
-	max int64
-
-	mu    sync.Mutex
-	round uint64
-	got   []witnessAnswer
+// witnessTransport is every witness client's transport: it reads at most max bytes of an
+// answer (tessera reads it whole: a hostile witness streamed 512 MiB into the signer's
+// heap, outside round 41) and has each answer judged once it is read.
+type witnessTransport struct {
+	rt    http.RoundTripper
+	max   int64
+	judge *witnessJudge
+	log   interface {
+		Error(string, ...any)
+		Warn(string, ...any)
+	}
 }
 
 // witnessAnswer is one witness's answer as the transport saw it.
@@ -59,39 +60,7 @@ type witnessAnswer struct {
 // checkpoint and a consistency proof, a few KiB).
 const witnessRequestMax = 1 << 20
 
-// start begins a round: answers of earlier rounds that come later are not kept.
-func (w *witnessAnswers) start() uint64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.round++
-	w.got = nil
-	return w.round
-}
-
-// take returns round's answers so far.
-func (w *witnessAnswers) take(round uint64) []witnessAnswer {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if round != w.round {
-		return nil
-	}
-	got := w.got
-	w.got = nil
-	return got
-}
-
-func (w *witnessAnswers) add(round uint64, a witnessAnswer) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if round == w.round {
-		w.got = append(w.got, a)
-	}
-}
-
-func (w *witnessAnswers) RoundTrip(r *http.Request) (*http.Response, error) {
-	w.mu.Lock()
-	round := w.round
-	w.mu.Unlock()
+func (w witnessTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	var sent []byte
 	if r.GetBody != nil {
 		if b, err := r.GetBody(); err == nil {
@@ -109,7 +78,9 @@ func (w *witnessAnswers) RoundTrip(r *http.Request) (*http.Response, error) {
 	a := witnessAnswer{url: r.URL.String(), sent: sent, status: resp.StatusCode}
 	resp.Body = &answerBody{ReadCloser: resp.Body, left: w.max, done: func(body []byte, rerr error) {
 		a.body, a.err = body, rerr
-		w.add(round, a)
+		if w.judge != nil {
+			w.judge.judge(w.log, a)
+		}
 	}}
 	return resp, nil
 }
@@ -155,9 +126,10 @@ func (b *answerBody) finish(err error) {
 	b.once.Do(func() { b.done(b.kept, err) })
 }
 
-// witnessJudge says which witnesses answered a round wrongly, once for each new cause.
+// witnessJudge says which witnesses answered wrongly, once for each new cause.
 type witnessJudge struct {
 	verifiers map[string]note.Verifier // by add-checkpoint URL
+	mu        sync.Mutex               // witnesses answer at once
 	said      map[string]string        // the last cause said, by witness
 	bad       *prometheus.CounterVec   // strongroom_audit_witness_bad_answers_total{witness}
 }
@@ -169,53 +141,54 @@ func newWitnessJudge(g tessera.WitnessGroup) *witnessJudge {
 			[]string{"witness"})}
 }
 
-// judge checks a round's answers for a checkpoint of size and says, with an ALERT for a
-// forged cosignature or a larger tree and a WARN otherwise, which witness answered wrongly
-// (a witness answering well again is said no more until it errs again).
+// judge checks a witness's answer and says, with an ALERT for a forged cosignature or a
+// larger tree and a WARN otherwise, that the witness answered wrongly (a witness answering
+// well again is said no more until it errs again).
 func (j *witnessJudge) judge(lg interface {
 	Error(string, ...any)
 	Warn(string, ...any)
-}, answers []witnessAnswer, size uint64) {
-	for _, a := range answers {
-		v := j.verifiers[a.url]
-		if v == nil || errors.Is(a.err, context.Canceled) {
-			continue // not one of ours; or cut short once the policy was met
+}, a witnessAnswer) {
+	v := j.verifiers[a.url]
+	if v == nil || errors.Is(a.err, context.Canceled) {
+		return // not one of the policy's; or cut short once the policy was met
+	}
+	size, _ := checkpointSize(a.sent)
+	name := v.Name()
+	cause, alert := "", false
+	switch {
+	case a.err != nil:
+		cause = "sent an answer that could not be read: " + a.err.Error()
+	case a.status == http.StatusOK:
+		if a.sent == nil {
+			return
 		}
-		name := v.Name()
-		cause, alert := "", false
-		switch {
-		case a.err != nil:
-			cause = "sent an answer that could not be read: " + a.err.Error()
-		case a.status == http.StatusOK:
-			if a.sent == nil {
-				continue
-			}
-			signed := append(append(make([]byte, 0, len(a.sent)+len(a.body)), a.sent...), a.body...)
-			if _, err := note.Open(signed, note.VerifierList(v)); err != nil {
-				cause, alert = "answered with a cosignature that does not verify for the checkpoint it was sent (a hostile or broken witness; the answer counts for nothing)", true
-			}
-		case a.status == http.StatusConflict:
-			held, err := strconv.ParseUint(strings.TrimSpace(string(a.body)), 10, 64)
-			if err == nil && held > size {
-				cause, alert = fmt.Sprintf("claims to have cosigned a tree of %d entries, larger than the log's %d: a fork of this log, a database rolled back, or a lying witness", held, size), true
-			}
-			// Otherwise the usual 409: it holds another size, and tessera asks again with it.
-		default:
-			cause = fmt.Sprintf("answered HTTP %d", a.status)
+		signed := append(append(make([]byte, 0, len(a.sent)+len(a.body)), a.sent...), a.body...)
+		if _, err := note.Open(signed, note.VerifierList(v)); err != nil {
+			cause, alert = "answered with a cosignature that does not verify for the checkpoint it was sent (a hostile or broken witness; the answer counts for nothing)", true
 		}
-		if cause == "" {
-			delete(j.said, name)
-			continue
+	case a.status == http.StatusConflict:
+		held, err := strconv.ParseUint(strings.TrimSpace(string(a.body)), 10, 64)
+		if err == nil && a.sent != nil && held > size {
+			cause, alert = fmt.Sprintf("claims to have cosigned a tree of %d entries, larger than the log's %d: a fork of this log, a database rolled back, or a lying witness", held, size), true
 		}
-		j.bad.WithLabelValues(name).Inc()
-		if j.said[name] == cause {
-			continue
-		}
-		j.said[name] = cause
-		if alert {
-			lg.Error("ALERT audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
-		} else {
-			lg.Warn("audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
-		}
+		// Otherwise the usual 409: it holds another size, and tessera asks again with it.
+	default:
+		cause = fmt.Sprintf("answered HTTP %d", a.status)
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if cause == "" {
+		delete(j.said, name)
+		return
+	}
+	j.bad.WithLabelValues(name).Inc()
+	if j.said[name] == cause {
+		return
+	}
+	j.said[name] = cause
+	if alert {
+		lg.Error("ALERT audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
+	} else {
+		lg.Warn("audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
 	}
 }

@@ -1,10 +1,15 @@
 package audit
 
 import (
+	"context"
 	"crypto/rand"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	f_note "github.com/transparency-dev/formats/note"
 	"github.com/transparency-dev/tessera"
@@ -67,7 +72,7 @@ func TestWitnessJudge(t *testing.T) {
 		{"the same forgery again: not said again", http.StatusOK, forged, false, false},
 	} {
 		var lg recordingLog
-		j.judge(&lg, []witnessAnswer{{url: u, sent: cp, status: c.status, body: []byte(c.body)}}, 5)
+		j.judge(&lg, witnessAnswer{url: u, sent: cp, status: c.status, body: []byte(c.body)})
 		if got := len(lg.errs) > 0; got != c.alert {
 			t.Errorf("%s: ALERT %v, want %v (%q)", c.what, got, c.alert, lg.errs)
 		}
@@ -93,12 +98,48 @@ func FuzzWitnessJudge(f *testing.F) {
 	f.Add(500, strings.Repeat("\n", 100))
 	f.Fuzz(func(t *testing.T, status int, body string) {
 		var lg recordingLog
-		j.judge(&lg, []witnessAnswer{{url: u, sent: cp, status: status, body: []byte(body)}}, 5)
+		j.judge(&lg, witnessAnswer{url: u, sent: cp, status: status, body: []byte(body)})
 		lg = recordingLog{}
 		j.said = map[string]string{}
-		j.judge(&lg, []witnessAnswer{{url: u, sent: cp, status: http.StatusOK, body: []byte(sig)}}, 5)
+		j.judge(&lg, witnessAnswer{url: u, sent: cp, status: http.StatusOK, body: []byte(sig)})
 		if len(lg.errs)+len(lg.warns) > 0 {
 			t.Fatalf("an honest cosignature was said wrong: %q %q", lg.errs, lg.warns)
 		}
 	})
+}
+
+// A log on local disk: tessera asks its witnesses itself, through the client Open gives
+// it. A witness answering 307 to an internal address must not make the log POST there (by
+// default tessera's posix storage used net/http's client, which follows redirects), and
+// must be said.
+func TestLocalLogWitnessRedirect(t *testing.T) {
+	var hits atomic.Int64
+	inner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer inner.Close()
+	s, v, _ := newKeys(t, "strongroom.test/local-redirect")
+	w := newA10Witness(t, "witness.test/local-redirect", s, v) // honest at first: the log's first checkpoint needs it
+	group := tessera.NewWitnessGroup(1, w.w)
+	var logged syncBuffer
+	l, err := Open(context.Background(), Config{Dir: t.TempDir(), Signer: s, CheckpointInterval: 100 * time.Millisecond, EntryKey: testEntryKey,
+		Witnesses: &group, WitnessTimeout: time.Second, Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close(context.Background())
+	w.set(func(rw http.ResponseWriter, r *http.Request) {
+		http.Redirect(rw, r, inner.URL+"/internal/admin", http.StatusTemporaryRedirect)
+	})
+	go l.Record(context.Background(), event(1)) // durable whatever the witness does; its checkpoint waits
+	said := "audit log: witness witness.test/local-redirect answered HTTP 307"
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(logged.String(), said) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(logged.String(), said) {
+		t.Errorf("no %q within 20 s (%d witness requests answered by the redirect); log:\n%s", said, w.faked.Load(), logged.String())
+	}
+	if n := hits.Load(); n > 0 {
+		t.Errorf("the internal address got %d requests through the witness's redirect", n)
+	}
+	w.set(nil) // honest again: the waiting checkpoint goes out, and Close need not wait on it
 }
