@@ -10,11 +10,18 @@ set -u
 bin=$1; shift
 cd "$(dirname "$0")/../.."
 out=$(mktemp)
-../shared/bench/peers --strongroom "$bin" --rounds 1 --duration 10 --only strongroom "$@" >"$out" 2>&1 &
+# SYS=httputil (or another peers system whose binary the kit builds: bifrostcore's row is
+# bifrost-core) counts that system's process instead, under the same load.
+sys=${SYS:-strongroom}
+../shared/bench/peers --strongroom "$bin" --rounds 1 --duration 10 --only "$sys" "$@" >"$out" 2>&1 &
 peers=$!
 pid=
 for _ in $(seq 1 600); do
-	pid=$(pgrep -f -- "$(basename "$bin") --data" | head -1)
+	case $sys in
+	strongroom) pid=$(pgrep -f -- "$(basename "$bin") --data" | head -1) ;;
+	bifrost-core) pid=$(pgrep -f -- "^/tmp/peers.*/bin/bifrostcore" | head -1) ;;
+	*) pid=$(pgrep -f -- "^/tmp/peers.*/bin/$sys" | head -1) ;;
+	esac
 	[ -n "$pid" ] && break
 	sleep 0.1
 done
