@@ -71,7 +71,7 @@ func newCosigner(l *Log, s note.Signer, g tessera.WitnessGroup, judge *witnessJu
 	// tessera's publisher makes the checkpoint (here: the signature already published,
 	// replayed) and runs the witness protocol: each witness's last size, the consistency
 	// proofs from the log's tiles, the policy.
-	client := witnessClient(witnessTransport{rt: http.DefaultTransport, max: witnessAnswerMax, judge: judge, log: lg}, 0) // the round's context bounds it (timeout)
+	client := witnessClient(witnessTransport{rt: http.DefaultTransport, max: witnessAnswerMax, judge: judge}, 0) // the round's context bounds it (timeout)
 	c.publish = tessera.NewAppendOptions().
 		WithCheckpointSigner(c.replay).
 		WithWitnesses(g, &tessera.WitnessOptions{Timeout: timeout}).

@@ -221,7 +221,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	var wj *witnessJudge // every answer of the policy's witnesses judged (witnessanswers.go)
 	if cfg.Witnesses != nil {
-		wj = newWitnessJudge(*cfg.Witnesses)
+		wj = newWitnessJudge(*cfg.Witnesses, cfg.Logger)
 	}
 	var (
 		driver tessera.Driver
@@ -269,7 +269,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		var err error
 		// tessera asks a local log's witnesses itself, through this client (by default
 		// net/http's, which follows a witness's redirects and reads its answer whole).
-		hc := witnessClient(witnessTransport{rt: http.DefaultTransport, max: witnessAnswerMax, judge: wj, log: cfg.Logger}, 0)
+		hc := witnessClient(witnessTransport{rt: http.DefaultTransport, max: witnessAnswerMax, judge: wj}, 0)
 		if driver, err = posix.New(ctx, posix.Config{Path: cfg.Dir, HTTPClient: hc}); err != nil {
 			return nil, fmt.Errorf("audit: %w", err)
 		}

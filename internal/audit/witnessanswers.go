@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -40,11 +41,7 @@ func witnessClient(rt http.RoundTripper, timeout time.Duration) *http.Client {
 type witnessTransport struct {
 	rt    http.RoundTripper
 	max   int64
-	judge *witnessJudge
-	log   interface {
-		Error(string, ...any)
-		Warn(string, ...any)
-	}
+	judge *witnessJudge // nil: no witness policy, nothing to judge by
 }
 
 // witnessAnswer is one witness's answer as the transport saw it.
@@ -79,7 +76,7 @@ func (w witnessTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp.Body = &answerBody{ReadCloser: resp.Body, left: w.max, done: func(body []byte, rerr error) {
 		a.body, a.err = body, rerr
 		if w.judge != nil {
-			w.judge.judge(w.log, a)
+			w.judge.judge(a)
 		}
 	}}
 	return resp, nil
@@ -129,13 +126,17 @@ func (b *answerBody) finish(err error) {
 // witnessJudge says which witnesses answered wrongly, once for each new cause.
 type witnessJudge struct {
 	verifiers map[string]note.Verifier // by add-checkpoint URL
-	mu        sync.Mutex               // witnesses answer at once
-	said      map[string]string        // the last cause said, by witness
-	bad       *prometheus.CounterVec   // strongroom_audit_witness_bad_answers_total{witness}
+	log       interface {
+		Error(string, ...any)
+		Warn(string, ...any)
+	}
+	mu   sync.Mutex             // witnesses answer at once
+	said map[string]string      // the last cause said, by witness
+	bad  *prometheus.CounterVec // strongroom_audit_witness_bad_answers_total{witness}
 }
 
-func newWitnessJudge(g tessera.WitnessGroup) *witnessJudge {
-	return &witnessJudge{verifiers: g.Endpoints(), said: map[string]string{},
+func newWitnessJudge(g tessera.WitnessGroup, lg *slog.Logger) *witnessJudge {
+	return &witnessJudge{verifiers: g.Endpoints(), log: lg, said: map[string]string{},
 		bad: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_audit_witness_bad_answers_total",
 			Help: "Witness answers that did not count, by witness (its key's name): a cosignature that does not verify for the checkpoint sent, a claim of a larger tree than the log's, a status other than 200 or 409, an answer that could not be read. Counted whether or not the round met the policy."},
 			[]string{"witness"})}
@@ -144,10 +145,7 @@ func newWitnessJudge(g tessera.WitnessGroup) *witnessJudge {
 // judge checks a witness's answer and says, with an ALERT for a forged cosignature or a
 // larger tree and a WARN otherwise, that the witness answered wrongly (a witness answering
 // well again is said no more until it errs again).
-func (j *witnessJudge) judge(lg interface {
-	Error(string, ...any)
-	Warn(string, ...any)
-}, a witnessAnswer) {
+func (j *witnessJudge) judge(a witnessAnswer) {
 	v := j.verifiers[a.url]
 	if v == nil || errors.Is(a.err, context.Canceled) {
 		return // not one of the policy's; or cut short once the policy was met
@@ -187,8 +185,8 @@ func (j *witnessJudge) judge(lg interface {
 	}
 	j.said[name] = cause
 	if alert {
-		lg.Error("ALERT audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
+		j.log.Error("ALERT audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
 	} else {
-		lg.Warn("audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
+		j.log.Warn("audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
 	}
 }

@@ -49,7 +49,7 @@ func judgeFixture(t testing.TB) (*witnessJudge, string, []byte, string) {
 		t.Fatal(err)
 	}
 	sig := string(cosigned[strings.Index(string(cosigned), "\n\n")+2:])
-	return newWitnessJudge(tessera.NewWitnessGroup(1, w)), w.URL, cp, sig
+	return newWitnessJudge(tessera.NewWitnessGroup(1, w), nil), w.URL, cp, sig
 }
 
 func TestWitnessJudge(t *testing.T) {
@@ -72,7 +72,8 @@ func TestWitnessJudge(t *testing.T) {
 		{"the same forgery again: not said again", http.StatusOK, forged, false, false},
 	} {
 		var lg recordingLog
-		j.judge(&lg, witnessAnswer{url: u, sent: cp, status: c.status, body: []byte(c.body)})
+		j.log = &lg
+		j.judge(witnessAnswer{url: u, sent: cp, status: c.status, body: []byte(c.body)})
 		if got := len(lg.errs) > 0; got != c.alert {
 			t.Errorf("%s: ALERT %v, want %v (%q)", c.what, got, c.alert, lg.errs)
 		}
@@ -97,11 +98,12 @@ func FuzzWitnessJudge(f *testing.F) {
 	f.Add(200, "— witness.test/judge AAAA\n")
 	f.Add(500, strings.Repeat("\n", 100))
 	f.Fuzz(func(t *testing.T, status int, body string) {
-		var lg recordingLog
-		j.judge(&lg, witnessAnswer{url: u, sent: cp, status: status, body: []byte(body)})
-		lg = recordingLog{}
+		j.log = &recordingLog{}
+		j.judge(witnessAnswer{url: u, sent: cp, status: status, body: []byte(body)})
+		lg := &recordingLog{}
+		j.log = lg
 		j.said = map[string]string{}
-		j.judge(&lg, witnessAnswer{url: u, sent: cp, status: http.StatusOK, body: []byte(sig)})
+		j.judge(witnessAnswer{url: u, sent: cp, status: http.StatusOK, body: []byte(sig)})
 		if len(lg.errs)+len(lg.warns) > 0 {
 			t.Fatalf("an honest cosignature was said wrong: %q %q", lg.errs, lg.warns)
 		}
