@@ -261,6 +261,10 @@ func (r *Responder) Mode(d string) string {
 // raised or claimed the alert) it also writes the alert and action to the audit log, shares
 // the sanction through the store and opens the incident.
 func (r *Responder) actAs(a Alert, record bool) {
+	// Counted before its sanction shows: whoever sees the sanction and then calls Wait
+	// waits for its records too (an Add after a Wait had begun was a race the race detector
+	// reported in TestSharedDetectionAcrossReplicas, and Wait could miss the records).
+	r.pending.Add(1)
 	now := r.cfg.Now().UTC()
 	var imposed *store.Sanction
 	mode := r.Mode(a.Detector)
@@ -274,6 +278,7 @@ func (r *Responder) actAs(a Alert, record bool) {
 		r.mu.Unlock()
 	}
 	if !record {
+		r.pending.Done()
 		return
 	}
 	fields := map[string]string{"detector": a.Detector, "score": strconv.FormatFloat(a.Score, 'f', 4, 64), "action": string(a.Action),
@@ -298,7 +303,6 @@ func (r *Responder) actAs(a Alert, record bool) {
 			Subject: map[string]string{"principal": a.Principal},
 			Fields:  map[string]string{"detector": a.Detector, "action": string(a.Action), "until": now.Add(r.cfg.Duration).Format(time.RFC3339)}})
 	}
-	r.pending.Add(1)
 	go func() {
 		defer r.pending.Done()
 		if imposed != nil && r.cfg.Incidents != nil {
