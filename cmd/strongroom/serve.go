@@ -54,6 +54,9 @@ func adminMux(ctx context.Context, a *app.App) (*http.ServeMux, func(), error) {
 		if err := a.AuditLog.CheckpointStalled(); err != nil {
 			fmt.Fprintln(w, "warning: "+err.Error())
 		}
+		if err := a.AuditLog.WitnessPoliciesDiffer(); err != nil {
+			fmt.Fprintln(w, "warning: "+err.Error())
+		}
 	})
 	return mux, con.Shutdown, nil
 }

@@ -102,6 +102,9 @@ type Log struct {
 	cosign *cosigner
 	served tessera.LogReader
 	goodCP atomic.Pointer[goodCheckpoint] // with cosign: the largest good witnessed checkpoint seen (checkWitnessed)
+	// policies compares this replica's witness policy with the other live replicas' (a
+	// shared log only; witnesspolicy.go).
+	policies *policyWatch
 
 	records *prometheus.CounterVec
 	// segments counts the request journal's closed segments by why (written records):
@@ -318,6 +321,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.cosign = newCosigner(l, cfg.Signer, *cfg.Witnesses, wj, witnessWait(cfg), cfg.Logger, ls.pubFailed)
 		l.served = witnessedReader{reader, l.servedCheckpoint}
 	}
+	if db != nil {
+		l.policies = newPolicyWatch(l, cfg.Witnesses)
+	}
 	l.lostCtx, l.lostCancel = context.WithCancel(context.Background())
 
 	// The search index keeps request records' bytes out of its rows and reads them from
@@ -373,6 +379,11 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if wj != nil {
 		collectors = append(collectors, wj.bad)
 	}
+	if l.policies != nil {
+		collectors = append(collectors, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_audit_witness_policies",
+			Help: "How many witness policies the live replicas of this shared log run (1: they agree; more: ALERT, the signer's policy decides what is cosigned; 0: not read yet)."},
+			func() float64 { return float64(l.policies.count.Load()) }))
+	}
 	if cfg.Metrics != nil {
 		for _, c := range collectors {
 			if err := cfg.Metrics.Register(c); err != nil {
@@ -408,6 +419,12 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 				defer cancel()
 				l.scrubStep(ctx)
 			})
+		})
+	}
+	if l.policies != nil {
+		l.loops.Go(func() {
+			l.policies.round(bg)
+			l.every(policyEvery, func() { l.policies.round(bg) })
 		})
 	}
 	if l.cosign != nil {
@@ -1506,6 +1523,7 @@ func (l *Log) Close(ctx context.Context) error {
 		}
 		l.mineMu.Unlock()
 		if l.db != nil {
+			l.policies.leave(ctx)
 			l.leader.release() // the next replica signs without waiting for a dead socket
 			l.db.Close()
 		}

@@ -52,7 +52,8 @@ var tesseraSchema = []string{
 	"CREATE TABLE IF NOT EXISTS `Subtree` (`level` TINYINT UNSIGNED NOT NULL, `index` BIGINT UNSIGNED NOT NULL, `nodes` MEDIUMBLOB NOT NULL, PRIMARY KEY(`level`, `index`))",
 	"CREATE TABLE IF NOT EXISTS `TiledLeaves` (`tile_index` BIGINT UNSIGNED NOT NULL, `size` SMALLINT UNSIGNED NOT NULL, `data` LONGBLOB NOT NULL, PRIMARY KEY(`tile_index`))",
 	"CREATE TABLE IF NOT EXISTS `StrongroomBatch` (`name` CHAR(64) NOT NULL, `data` LONGBLOB NOT NULL, PRIMARY KEY(`name`))",
-	witnessedSchema, // cosign.go
+	witnessedSchema,     // cosign.go
+	replicaPolicySchema, // witnesspolicy.go
 }
 
 // signerLock is the name of the MariaDB named lock whose holder signs the checkpoints of

@@ -417,6 +417,8 @@ func newA42Fleet(t *testing.T, quorum int, names ...string) *a42Fleet {
 		t.Fatalf("premise: no cosigned checkpoint of 3 entries; signer log tail:\n%s", a41Tail(f.lb, 6))
 	}
 	f.watch = a42Watch(t, f.s, true, f.rep("a"), f.rep("b"))
+	// One policy on both: neither says they differ (witnesspolicy.go).
+	requirePolicies(t, "premise", false, f.a, f.b)
 	return f
 }
 
@@ -773,11 +775,14 @@ func TestAttack42DifferentPoliciesAcrossReplicas(t *testing.T) {
 		t.Logf("%s: %s; the witnessed row: size %d, cosigned by A %v, by B %v", name, a42Served(p, q), row.size, gA.Satisfied(row.note), gB.Satisfied(row.note))
 	}
 	phase("p signs (policy A)", p, q, f.la)
+	// Both replicas say that they run different policies (the twenty-fifth session).
+	requirePolicies(t, "policies A and B", true, f.a, f.b)
 	a42TakeOver(t, admin, f.a, f.b)
 	phase("q signs (policy B)", q, p, f.lb)
 	a42TakeOver(t, admin, f.b, f.a)
 	phase("p signs again", p, q, f.la)
 	t.Logf("ALERTs (p = b, q = a):\n%s", a41Alerted(f.la, f.lb))
+	requirePolicyAlerts(t, "policies A and B, three signers", f.la, f.lb)
 	a42Check(t, watch)
 	f.settle(t, f.b)
 }
@@ -808,6 +813,8 @@ func TestAttack42PolicyAndNoPolicyReplicas(t *testing.T) {
 		t.Fatalf("premise: p signs and serves nothing cosigned: %s", a42Served(p, n))
 	}
 	t.Logf("p signs: %s; n serves an uncosigned checkpoint: %v", a42Served(p, n), uncosigned())
+	// Both say that the replicas run different policies: n's "none" is one (the twenty-fifth session).
+	requirePolicies(t, "a policy and none", true, f.a, f.b)
 
 	a42TakeOver(t, admin, f.a, f.b)
 	off := len(f.lb.String())
@@ -826,8 +833,16 @@ func TestAttack42PolicyAndNoPolicyReplicas(t *testing.T) {
 		t.Errorf("CLAIM BROKEN (p serves every entry cosigned once it signs again): %s of %d", a42Served(p), size)
 	}
 	t.Logf("p signs again: %s; ALERTs (n = a, p = b):\n%s", a42Served(p, n), a41Alerted(f.la, f.lb))
+	requirePolicyAlerts(t, "a policy and none", f.la, f.lb)
 	a42Check(t, watch)
 	f.settle(t, f.b)
+	// n stops: p, alone, says the replicas agree again.
+	watch.remove(f.a)
+	a36Close(f.a)
+	requirePolicies(t, "n closed", false, f.b)
+	if !strings.Contains(f.lb.String(), policyAgain) {
+		t.Errorf("p did not say that the replicas agree again; its log tail:\n%s", a41Tail(f.lb, 5))
+	}
 }
 
 // TestAttack42SignerFlapping — the signer changes again and again while witness rounds are
