@@ -494,6 +494,10 @@ type reqState struct {
 	outHash      hash.Hash
 	streamStart  audit.Future   // the stream's start record, submitted when the request was forwarded
 	shaper       *logprobShaper // nil unless logprobs are requested and the route shapes them
+	// cut: the answer's stream was cut short (the engine's body broke, a line the gateway
+	// would not relay, its record failed): infer aborts the response, so that no client
+	// reads the part sent as a whole answer.
+	cut bool
 }
 
 func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
@@ -656,6 +660,13 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	st.outHash = g.cfg.Redactor.NewHash()
 	g.proxy(w, r, st, upBody)
 	done(st.usage.PromptTokens + st.usage.CompletionTokens)
+	if st.cut {
+		// Ended without the chunked body's end (HTTP/1.1) or with a stream reset (HTTP/2):
+		// a client that takes a stream without [DONE] as complete (openai-go does) sees an
+		// error. The deferred record and counts run as the panic unwinds; both servers take
+		// this panic as "abort" and log nothing.
+		panic(http.ErrAbortHandler)
+	}
 }
 
 func (st *reqState) fail(w http.ResponseWriter, e *apiError, reason string) {
@@ -754,8 +765,13 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	out := g.pool.Get().(*bytes.Buffer)
 	out.Reset()
 	defer g.putBuffer(out)
-	if _, err := out.ReadFrom(io.LimitReader(resp.Body, 64<<20)); err != nil {
+	if _, err := out.ReadFrom(io.LimitReader(resp.Body, maxAnswer+1)); err != nil {
 		st.fail(w, errUpstreamDown, "reading upstream: "+err.Error())
+		return
+	}
+	if out.Len() > maxAnswer {
+		// Cut at the bound, it would be relayed (and recorded) as a whole answer.
+		st.fail(w, errUpstreamDown, "engine answer over 64 MiB")
 		return
 	}
 	respBody := out.Bytes()
@@ -907,6 +923,9 @@ func ssePayload(line []byte) (payload []byte, ok bool) {
 // blankLine reports whether line is an empty line (the end of an event).
 func blankLine(line []byte) bool { return len(line) == 1 || len(line) == 2 && line[0] == '\r' }
 
+// maxAnswer bounds an engine's answer that is not streamed (read whole before it is relayed).
+const maxAnswer = 64 << 20
+
 // maxStreamLine bounds one line of an engine's stream (gathered whole when longer than the
 // stream reader's buffer).
 const maxStreamLine = 1 << 20
@@ -917,10 +936,16 @@ const maxHeldAfterDone = 64 << 10
 // lfReader turns the bare CR line ends the event-stream grammar allows into LF, so that the
 // stream loop, which splits lines at LF, sees every line (a [DONE] hidden in a CR-ended
 // line would otherwise pass unrecognized). CRLF is left as it is. A CR at the end of a read
-// is held back until the next byte says which it is.
+// is held back until the next byte says which it is — unless it ends a blank line (the
+// line before it ended): that is an event's end, whatever follows, so it goes out at once as
+// LF and an LF right after it is dropped. Held back, it kept the whole event from the
+// client until the engine sent more (outside round 43); the price is that a CRLF blank
+// line cut between its CR and LF reaches the client as LF.
 type lfReader struct {
-	r    io.Reader
-	held bool // a CR was held back
+	r       io.Reader
+	held    bool // a CR was held back
+	skipLF  bool // a blank line's CR ended the last read and went out as LF: an LF next is its
+	lastEnd bool // the last byte handed out ended a line
 }
 
 func (l *lfReader) Read(p []byte) (int, error) {
@@ -932,10 +957,11 @@ func (l *lfReader) Read(p []byte) (int, error) {
 		off = 1
 	}
 	n, err := l.r.Read(p[off:])
-	if l.held {
+	switch {
+	case l.held:
 		if n == 0 {
 			if err != nil { // the stream ended after the CR: it ended a line
-				l.held = false
+				l.held, l.lastEnd = false, true
 				p[0] = '\n'
 				return 1, err
 			}
@@ -947,6 +973,11 @@ func (l *lfReader) Read(p []byte) (int, error) {
 		}
 		l.held = false
 		n++
+	case l.skipLF && n > 0:
+		l.skipLF = false
+		if p[0] == '\n' {
+			n = copy(p, p[1:n])
+		}
 	}
 	for i := 0; i < n; {
 		j := bytes.IndexByte(p[i:n], '\r')
@@ -961,11 +992,16 @@ func (l *lfReader) Read(p []byte) (int, error) {
 			}
 		case err != nil:
 			p[i] = '\n'
+		case i > 0 && p[i-1] == '\n' || i == 0 && l.lastEnd:
+			p[i], l.skipLF = '\n', true // a blank line: an event's end
 		default:
 			l.held = true
 			n--
 		}
 		i++
+	}
+	if n > 0 {
+		l.lastEnd = p[n-1] == '\n'
 	}
 	return n, err
 }
@@ -1012,7 +1048,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 			// could not be parsed and went out unshaped, and the pieces after the first
 			// were left out of the output HMAC.
 			if len(long)+len(line) > maxStreamLine {
-				st.reason = "engine sent a line over 1 MiB; the stream ends here"
+				st.reason, st.cut = "engine sent a line over 1 MiB; the stream ends here", true
 				break
 			}
 			long = append(long, line...)
@@ -1047,9 +1083,8 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 						skipBlank = true
 					}
 				}
-				st.outHash.Write(payload)
-				outBytes += len(payload)
 			}
+			held := false
 			if forward && g.cfg.RecordAnswers && g.cfg.Records != nil && (done != nil || lastEvent) {
 				if len(done)+len(line) > maxHeldAfterDone {
 					// An engine that goes on after [DONE] is not held in memory without bound:
@@ -1058,7 +1093,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 					break
 				}
 				done = append(done, line...) // [DONE], and whatever follows it, waits for the record
-				forward = false
+				forward, held = false, true
 			}
 			shaped := false
 			if forward && isData && st.shaper != nil && !lastEvent {
@@ -1067,21 +1102,30 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 				// — hardening fails closed, never relays raw values.
 				out, ok := st.shaper.rewrite(bytes.TrimRight(payload, "\r\n"))
 				if !ok {
-					st.reason = "a logprobs event the gateway could not shape; the stream ends here"
+					st.reason, st.cut = "a logprobs event the gateway could not shape; the stream ends here", true
 					break
 				}
 				line = append(append([]byte("data: "), out...), '\n')
-				shaped = true
+				payload, shaped = line[len("data: "):], true
+			}
+			if isData && (forward || held) {
+				// The output HMAC is of what the client is given: shaped values, not the
+				// engine's; neither a usage event the client did not ask for nor a line
+				// dropped at the bound after [DONE] (outside round 43: both were in it).
+				st.outHash.Write(payload)
+				outBytes += len(payload)
 			}
 			if forward {
-				end := len(line) == 1 // the blank line that ends an event
+				end := blankLine(line) // the blank line that ends an event (LF or CRLF)
 				if !end && !shaped && !joined && err == nil && br.Buffered() > 0 {
 					// The blank line that ends this event is here already: it goes out in the
-					// same Write. It is the byte right after line in the reader's buffer (no
-					// fill happens while a byte is buffered), so line reaches over it.
-					if nb, _ := br.Peek(1); nb[0] == '\n' {
-						line = line[:len(line)+1]
-						br.Discard(1)
+					// same Write. It is right after line in the reader's buffer (no fill
+					// happens while its bytes are buffered: only those buffered are peeked),
+					// so line reaches over it.
+					nb, _ := br.Peek(min(2, br.Buffered()))
+					if k := blankPrefix(nb); k > 0 {
+						line = line[:len(line)+k]
+						br.Discard(k)
 						end = true
 					}
 				}
@@ -1098,6 +1142,11 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 			}
 		}
 		if err != nil {
+			if err != io.EOF && ctx.Err() == nil {
+				// The engine's body broke (cut mid-chunk, framing it could not keep, less
+				// than its Content-Length): what was relayed is not the whole answer.
+				st.reason, st.cut = "engine's stream broke off: "+err.Error(), true
+			}
 			break
 		}
 	}
@@ -1115,7 +1164,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 	}
 	if err := g.recordAnswer(ctx, st); err != nil {
 		// The stream stays without its end: the client must not take it as complete.
-		st.recorded = false
+		st.recorded, st.cut = false, true
 		st.reason = "answer not recorded: " + err.Error()
 		g.log.Error("ALERT answer not recorded; stream left without [DONE]", "err", err)
 		return
@@ -1135,10 +1184,21 @@ var streamReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 
 // eventBuffered reports whether br already holds a whole event (up to its blank line).
 func eventBuffered(br *bufio.Reader) bool {
 	b, _ := br.Peek(br.Buffered())
-	return bytes.Contains(b, eventEnd)
+	return bytes.Contains(b, eventEnd) || bytes.Contains(b, eventEndCRLF)
 }
 
-var eventEnd = []byte("\n\n")
+var eventEnd, eventEndCRLF = []byte("\n\n"), []byte("\n\r\n")
+
+// blankPrefix is the length of the blank line b starts with (LF or CRLF; 0: none).
+func blankPrefix(b []byte) int {
+	switch {
+	case len(b) > 0 && b[0] == '\n':
+		return 1
+	case len(b) > 1 && b[0] == '\r' && b[1] == '\n':
+		return 2
+	}
+	return 0
+}
 
 // finish records the request: one audit event (submitted, not awaited; a failure marks the
 // log unhealthy and later requests are refused) and one observation for the detectors.

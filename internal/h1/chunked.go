@@ -66,6 +66,13 @@ func (c *Chunked) Read(p []byte) (int, error) {
 		n += m
 		p = p[m:]
 		c.left -= int64(m)
+		if err == io.EOF {
+			// The data's read may return its last bytes with io.EOF (a bufio.Reader reading
+			// straight into p from a TLS connection closed after them): the chunk's CRLF and
+			// the last chunk are still owed, so the body was cut (outside round 43: a body
+			// cut after a chunk's data read as complete).
+			err = io.ErrUnexpectedEOF
+		}
 		if c.left == 0 && err == nil {
 			err = c.crlf()
 			if err == nil && c.lastBuffered() {
@@ -74,9 +81,6 @@ func (c *Chunked) Read(p []byte) (int, error) {
 				c.br.Discard(len(lastChunk))
 				err = io.EOF
 			}
-		}
-		if err == io.EOF && c.left > 0 {
-			err = io.ErrUnexpectedEOF
 		}
 		if err != nil {
 			c.err = err
