@@ -132,18 +132,21 @@ type Config struct {
 
 // Gateway is an http.Handler for /v1/.
 type Gateway struct {
-	cfg     Config
-	routes  map[string]*Route
-	names   []string
-	client  *http.Client
-	engines *engineClient
-	log     *slog.Logger
-	down    sync.Map // upstream URL -> time it was found down
-	urlMu   sync.RWMutex
-	urls    map[upstreamKey]*url.URL // upstreamURL's cache
-	pool    sync.Pool
-	refused *refusals
-	metrics *metrics
+	cfg Config
+	// answered is what engines' answers read whole (not streamed) hold now, in bytes,
+	// across requests: at most maxAnswersHeld (answerBudget).
+	answered atomic.Int64
+	routes   map[string]*Route
+	names    []string
+	client   *http.Client
+	engines  *engineClient
+	log      *slog.Logger
+	down     sync.Map // upstream URL -> time it was found down
+	urlMu    sync.RWMutex
+	urls     map[upstreamKey]*url.URL // upstreamURL's cache
+	pool     sync.Pool
+	refused  *refusals
+	metrics  *metrics
 	// noiseKey keys the deterministic logprob noise; random per process is enough, since
 	// its purpose is only that repeats of one query see the same value.
 	noiseKey []byte
@@ -765,11 +768,19 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	out := g.pool.Get().(*bytes.Buffer)
 	out.Reset()
 	defer g.putBuffer(out)
-	if _, err := out.ReadFrom(io.LimitReader(resp.Body, maxAnswer+1)); err != nil {
+	ab := &answerBudget{r: io.LimitReader(resp.Body, maxAnswer+1), held: &g.answered}
+	defer ab.release() // once the answer went out: its buffer is held until then
+	_, err = out.ReadFrom(ab)
+	if errors.Is(err, errAnswersHeld) {
+		g.log.Error("ALERT engine answers read whole hold the gateway's bound; an answer refused", "bound_bytes", maxAnswersHeld, "model", st.route.Model)
+		st.fail(w, errUnavailable, err.Error())
+		return
+	}
+	if err != nil {
 		st.fail(w, errUpstreamDown, "reading upstream: "+err.Error())
 		return
 	}
-	if out.Len() > maxAnswer {
+	if int64(out.Len()) > maxAnswer {
 		// Cut at the bound, it would be relayed (and recorded) as a whole answer.
 		st.fail(w, errUpstreamDown, "engine answer over 64 MiB")
 		return
@@ -923,8 +934,38 @@ func ssePayload(line []byte) (payload []byte, ok bool) {
 // blankLine reports whether line is an empty line (the end of an event).
 func blankLine(line []byte) bool { return len(line) == 1 || len(line) == 2 && line[0] == '\r' }
 
-// maxAnswer bounds an engine's answer that is not streamed (read whole before it is relayed).
-const maxAnswer = 64 << 20
+// maxAnswer bounds an engine's answer that is not streamed (read whole before it is
+// relayed). A variable for tests.
+var maxAnswer int64 = 64 << 20
+
+// maxAnswersHeld bounds what the engines' answers read whole hold at once, across
+// requests: each may be up to maxAnswer, and engines that all answered that much to many
+// requests at once would take the gateway's memory (outside round 43's note). A variable
+// for tests.
+var maxAnswersHeld int64 = 1 << 30
+
+var errAnswersHeld = errors.New("engine answers in memory over the gateway's bound")
+
+// answerBudget reads an answer while counting its bytes in held, the gateway's total;
+// past maxAnswersHeld the read fails (errAnswersHeld). release gives the bytes back.
+type answerBudget struct {
+	r    io.Reader
+	held *atomic.Int64
+	n    int64
+}
+
+func (a *answerBudget) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 {
+		a.n += int64(n)
+		if a.held.Add(int64(n)) > maxAnswersHeld {
+			return n, errAnswersHeld
+		}
+	}
+	return n, err
+}
+
+func (a *answerBudget) release() { a.held.Add(-a.n) }
 
 // maxStreamLine bounds one line of an engine's stream (gathered whole when longer than the
 // stream reader's buffer).
