@@ -422,9 +422,20 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		})
 	}
 	if l.policies != nil {
+		// A round in progress ends with Close: a database away must not hold Close for
+		// its statements' bounds.
+		pctx, pcancel := context.WithCancel(bg)
+		go func() {
+			select {
+			case <-l.stop:
+			case <-pctx.Done():
+			}
+			pcancel()
+		}()
 		l.loops.Go(func() {
-			l.policies.round(bg)
-			l.every(policyEvery, func() { l.policies.round(bg) })
+			defer pcancel()
+			l.policies.round(pctx)
+			l.every(policyEvery, func() { l.policies.round(pctx) })
 		})
 	}
 	if l.cosign != nil {

@@ -84,6 +84,7 @@ type policyWatch struct {
 	alerted string // the disagreement last alerted ("": none)
 	differ  atomic.Pointer[string]
 	count   atomic.Int64 // policies among the live replicas (0: not read yet)
+	wrote   atomic.Bool  // the last round wrote this replica's row (leave removes it only then)
 }
 
 func newPolicyWatch(l *Log, g *tessera.WitnessGroup) *policyWatch {
@@ -97,7 +98,9 @@ func (w *policyWatch) round(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, rowRead)
 	defer cancel()
 	db := w.log.db
-	if _, err := db.ExecContext(ctx, "INSERT INTO `"+replicaPolicyTable+"` (`replica`, `policy`, `seen`) VALUES (?, ?, NOW(3)) ON DUPLICATE KEY UPDATE `policy` = VALUES(`policy`), `seen` = NOW(3)", w.id, w.digest); err != nil {
+	_, err := db.ExecContext(ctx, "INSERT INTO `"+replicaPolicyTable+"` (`replica`, `policy`, `seen`) VALUES (?, ?, NOW(3)) ON DUPLICATE KEY UPDATE `policy` = VALUES(`policy`), `seen` = NOW(3)", w.id, w.digest)
+	w.wrote.Store(err == nil)
+	if err != nil {
 		return // the engine away: its own watches say so; the next round tries again
 	}
 	db.ExecContext(ctx, "DELETE FROM `"+replicaPolicyTable+"` WHERE `seen` < NOW(3) - INTERVAL ? SECOND", int(policyForget.Seconds()))
@@ -148,9 +151,14 @@ func (w *policyWatch) round(ctx context.Context) {
 	}
 }
 
-// leave removes this replica's row (Close): a replica stopped on purpose stops counting at once.
+// leave removes this replica's row (Close): a replica stopped on purpose stops counting at
+// once. Only when the last round could write it, and briefly: with the database away, Close
+// does not wait on it (the row stops counting policyAlive after its last refresh anyway).
 func (w *policyWatch) leave(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, rowRead)
+	if !w.wrote.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	w.log.db.ExecContext(ctx, "DELETE FROM `"+replicaPolicyTable+"` WHERE `replica` = ?", w.id)
 }
