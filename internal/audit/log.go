@@ -424,14 +424,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if l.policies != nil {
 		// A round in progress ends with Close: a database away must not hold Close for
 		// its statements' bounds.
-		pctx, pcancel := context.WithCancel(bg)
-		go func() {
-			select {
-			case <-l.stop:
-			case <-pctx.Done():
-			}
-			pcancel()
-		}()
+		pctx, pcancel := l.untilStop(bg)
 		l.loops.Go(func() {
 			defer pcancel()
 			l.policies.round(pctx)
@@ -440,16 +433,9 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	}
 	if l.cosign != nil {
 		// A round in progress ends with Close (its witnesses are not waited for).
-		cctx, ccancel := context.WithCancel(bg)
+		cctx, ccancel := l.untilStop(bg)
 		l.loops.Go(func() {
 			defer ccancel()
-			go func() {
-				select {
-				case <-l.stop:
-					ccancel()
-				case <-cctx.Done():
-				}
-			}()
 			l.every(cosignEvery, func() {
 				ctx, cancel := context.WithTimeout(cctx, witnessWait(cfg)+5*time.Second)
 				defer cancel()
@@ -655,6 +641,20 @@ func (l *Log) retryAfterFailure() {
 }
 
 // every calls fn every d until Close.
+// untilStop is a context of parent that ends when Close stops the loops (or cancel is
+// called): a loop's work in progress ends with Close rather than holding it.
+func (l *Log) untilStop(parent context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(parent)
+	go func() {
+		select {
+		case <-l.stop:
+		case <-ctx.Done():
+		}
+		cancel()
+	}()
+	return ctx, cancel
+}
+
 func (l *Log) every(d time.Duration, fn func()) {
 	t := time.NewTicker(d)
 	defer t.Stop()
