@@ -603,14 +603,21 @@ func (b *Batcher) Submit(ctx context.Context, ev Event) Future {
 	if err != nil {
 		return func() (uint64, error) { return 0, err }
 	}
-	return b.SubmitEncoded(ctx, store.AuditEvent{TS: ev.TS, Kind: string(ev.Kind), Principal: ValidUTF8(ev.Actor["principal"]), Decision: ev.Decision, Raw: raw})
+	return b.submit(store.AuditEvent{TS: ev.TS, Kind: string(ev.Kind), Principal: ValidUTF8(ev.Actor["principal"]), Decision: ev.Decision, Raw: raw}, true)
 }
 
 // SubmitEncoded is Submit for a record whose canonical bytes (rec.Raw: what Marshal gives
 // for the event, at most MaxEventSize) the caller wrote itself, with the fields the search
 // index needs. The gateway writes its request records so, without an Event's maps; its
-// tests hold the bytes equal to Marshal's.
+// tests hold the bytes equal to Marshal's. rec.Raw is not kept past the call: the caller
+// may write its next record into the same buffer (a written record is copied into the
+// journal's segment, where it stays until indexed; one waiting for its group, copied).
 func (b *Batcher) SubmitEncoded(ctx context.Context, rec store.AuditEvent) Future {
+	return b.submit(rec, false)
+}
+
+// submit is SubmitEncoded; owned: rec.Raw is the batcher's to keep.
+func (b *Batcher) submit(rec store.AuditEvent, owned bool) Future {
 	if len(rec.Raw) == 0 || len(rec.Raw) > MaxEventSize {
 		err := fmt.Errorf("%w: a record of %d bytes", ErrEvent, len(rec.Raw))
 		return func() (uint64, error) { return 0, err }
@@ -626,6 +633,9 @@ func (b *Batcher) SubmitEncoded(ctx context.Context, rec store.AuditEvent) Futur
 	}
 	if b.written {
 		return b.write(rec)
+	}
+	if !owned {
+		rec.Raw = bytes.Clone(rec.Raw)
 	}
 	b.mu.Lock()
 	if b.closed {
@@ -961,7 +971,7 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 			if len(seg.leaves) == len(seg.recs) {
 				leaves = seg.leaves[:len(chunk)]
 			}
-			idx, err := b.commitRecords(chunk, src, whole, leaves)
+			idx, err := b.commitRecords(chunk, src, whole, leaves, seg.own)
 			if err != nil {
 				return err
 			}
@@ -987,6 +997,8 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 	if d := shadowDirFor(filepath.Dir(seg.path)); d != "" {
 		os.Remove(filepath.Join(d, filepath.Base(seg.path))) // a dead process's open segment's
 	}
+	seg.own.release() // folded: the index holds what it still needs
+	seg.own = nil
 	return nil
 }
 
@@ -1067,7 +1079,7 @@ func (b *Batcher) commit(p *pendingBatch) {
 		return
 	}
 	defer close(p.finished)
-	p.index, p.err = b.commitRecords(p.records, "", nil, nil)
+	p.index, p.err = b.commitRecords(p.records, "", nil, nil, nil)
 }
 
 // commitRecords writes records' bundle, then their batch entry, and returns its index.
@@ -1075,7 +1087,8 @@ func (b *Batcher) commit(p *pendingBatch) {
 // seg: a journal segment holding exactly these records, whole (segment.sum), linked in as
 // the bundle when the store can (BundleLinker) instead of written again. leaves: the
 // records' leaf hashes when the writer kept them (nil: computed here).
-func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *segment, leaves [][sha256.Size]byte) (uint64, error) {
+// own: what holds the records' bytes when it is a journal's buffer (nil: their own).
+func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *segment, leaves [][sha256.Size]byte, own *ownBuf) (uint64, error) {
 	ctx := context.Background()
 	rs := raws(recs)
 	var name string
@@ -1121,7 +1134,7 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *seg
 	}
 	idx, err := b.log.Record(ctx, ev)
 	if err == nil && b.log.idx != nil {
-		b.log.rememberRecords(name, recs)
+		b.log.rememberRecords(name, recs, own)
 	}
 	return idx, err
 }

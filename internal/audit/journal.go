@@ -196,6 +196,9 @@ type segment struct {
 	// records is its batch's bundle as it stands (bundle v2, batch.go), linked into place
 	// instead of written again. nil: the file may hold more (a torn or cut-back frame).
 	sum []byte
+	// own holds the records' bytes (their Raw) of a packed segment this process wrote:
+	// released once it is folded (fold), and by the index once it has them.
+	own *ownBuf
 }
 
 // legacy reports whether the segment is of a version whose batches may have been folded

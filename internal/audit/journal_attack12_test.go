@@ -1062,7 +1062,7 @@ func TestAttack12TwoBatchersDeadJournals(t *testing.T) {
 			t.Fatal(err)
 		}
 		if d%2 == 1 { // killed after folding its first batch (named by its place), before removing the segment
-			if _, err := folder.commitRecords(recs[:3], journalSource(j.f.Name(), 0), nil, nil); err != nil {
+			if _, err := folder.commitRecords(recs[:3], journalSource(j.f.Name(), 0), nil, nil, nil); err != nil {
 				t.Fatal(err)
 			}
 		}

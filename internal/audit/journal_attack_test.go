@@ -91,7 +91,7 @@ func TestAttackJournalRefoldOtherBatchSize(t *testing.T) {
 	j.close()
 	// The dead process's fold got as far as its first batch entry (named by its place).
 	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 20}
-	if _, err := folder.commitRecords(rawRecs(0, 20), journalSource(seg, 0), nil, nil); err != nil {
+	if _, err := folder.commitRecords(rawRecs(0, 20), journalSource(seg, 0), nil, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 50, Journal: jdir})

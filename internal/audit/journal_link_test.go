@@ -335,7 +335,7 @@ func TestJournalV2BatchRecognizedByBundle(t *testing.T) {
 	jdir := filepath.Join(tl.dir, "journal")
 	writeDeadV2Segment(t, jdir, key) // records 0..6
 	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 100}
-	if _, err := folder.commitRecords(rawRecs(0, 7), "", nil, nil); err != nil { // an old version's fold
+	if _, err := folder.commitRecords(rawRecs(0, 7), "", nil, nil, nil); err != nil { // an old version's fold
 		t.Fatal(err)
 	}
 	if err := a17NextStart(tl, jdir, key); err != nil {

@@ -149,7 +149,9 @@ type mapped struct {
 	shadowPath string
 	shadowUsed int64
 	mm         []byte    // the shadow's mapping
-	own        []byte    // with a shadow: the segment's bytes as written, what syncs copy to the disk
+	own        []byte    // with a shadow: the segment's bytes as written, what syncs copy to the disk (ownBuf's)
+	ownBuf     *ownBuf   // own's holder: the closed segment takes it (its records' Raw point into it)
+	owns       ownPool   // own buffers whose segments are folded and indexed, for the next segments
 	firstAt    time.Time // when the open segment's first record was written
 	hm         hash.Hash // HMAC-SHA256 with the journal's key, reused
 	leafH      hash.Hash // SHA-256, reused for records' leaf hashes
@@ -285,14 +287,81 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 	return nil
 }
 
-// startOwn readies the process's own copy of a shadowed segment's bytes (kept from segment
-// to segment): the header, zeros to the first frame.
+// startOwn readies the process's own copy of a shadowed segment's bytes (a buffer a folded
+// and indexed segment gave back, or a new one): the header, zeros to the first frame.
 func (j *journal) startOwn(hdr []byte) {
-	if j.own == nil {
-		j.own = make([]byte, mappedSize)
+	if j.ownBuf == nil { // else left by a start that failed after it: no segment holds it
+		j.ownBuf = j.owns.get()
+		j.own = j.ownBuf.b
 	}
 	clear(j.own[:pageSize])
 	copy(j.own, hdr)
+}
+
+// An ownBuf holds a packed segment's bytes as this process wrote them (mapped.own). The
+// records written into it keep their Raw there — not each a copy on the heap, which held
+// about a second of records from fold to fold, a swing the runtime's scavenger gave back
+// and the next requests faulted in again (docs/PERFORMANCE.md, twenty-fourth and
+// twenty-sixth sessions). The closed segment takes it; the fold holds it until the
+// segment is folded, the log's index until it has the batch's records (Log.rememberRecords);
+// then it goes back to its pool for a later segment, its pages still mapped in.
+type ownBuf struct {
+	b    []byte
+	refs atomic.Int32
+	pool *ownPool
+	// The segment's records and leaf hashes (closeMapped), for the next segment's too.
+	recs   []store.AuditEvent
+	leaves [][sha256.Size]byte
+}
+
+// hold counts one more user of o's records (nil: none to count).
+func (o *ownBuf) hold() {
+	if o != nil {
+		o.refs.Add(1)
+	}
+}
+
+// release ends a use of o's records; the last gives o back to its pool. Nothing may read
+// a record's Raw out of o after its release.
+func (o *ownBuf) release() {
+	if o != nil && o.refs.Add(-1) == 0 {
+		o.pool.put(o)
+	}
+}
+
+// ownPool keeps a few given-back own buffers (each mappedSize bytes, only the pages
+// written mapped in).
+type ownPool struct {
+	mu   sync.Mutex
+	free []*ownBuf
+	made int // buffers made (tests)
+}
+
+// ownPoolSize: an open segment, one being folded, one waiting for the index.
+const ownPoolSize = 3
+
+func (p *ownPool) get() *ownBuf {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.free); n > 0 && int64(len(p.free[n-1].b)) == mappedSize {
+		o := p.free[n-1]
+		p.free = p.free[:n-1]
+		o.refs.Store(1)
+		return o
+	}
+	p.made++
+	o := &ownBuf{b: make([]byte, mappedSize), pool: p}
+	o.refs.Store(1)
+	return o
+}
+
+func (p *ownPool) put(o *ownBuf) {
+	clear(o.recs[:cap(o.recs)]) // no stale record's strings kept alive
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.free) < ownPoolSize {
+		p.free = append(p.free, o)
+	}
 }
 
 // writeMapped writes one record as a frame of the open packed segment (wmu held),
@@ -312,18 +381,24 @@ func (j *journal) writeMapped(rec store.AuditEvent, most int) (closed *segment, 
 			return closed, err
 		}
 	}
-	leaf, err := j.frameMapped(rec.Raw)
+	leaf, kept, err := j.frameMapped(rec.Raw)
 	if err != nil {
 		return closed, err
 	}
+	rec.Raw = kept // the caller's buffer is its own again
 	if len(j.recs) == 0 {
 		j.firstAt = time.Now()
 		if j.recs == nil {
 			// Room for as many as the last segment held, twice (a segment under load holds
 			// most): grown record by record, the slices' copies — a write barrier per
 			// pointer while the GC runs — cost ~0.7 µs a record (BenchmarkRequestRecord).
+			// With an own buffer, its slices from an earlier segment when they are as big.
 			n := min(most, max(64, 2*j.lastRecs))
-			j.recs, j.leaves = make([]store.AuditEvent, 0, n), make([][sha256.Size]byte, 0, n)
+			if o := j.ownBuf; o != nil && cap(o.recs) >= n && cap(o.leaves) >= n {
+				j.recs, j.leaves = o.recs[:0], o.leaves[:0]
+			} else {
+				j.recs, j.leaves = make([]store.AuditEvent, 0, n), make([][sha256.Size]byte, 0, n)
+			}
 		}
 	}
 	j.recs = append(j.recs, rec)
@@ -331,13 +406,20 @@ func (j *journal) writeMapped(rec store.AuditEvent, most int) (closed *segment, 
 	return closed, nil
 }
 
-// frameMapped writes raw as the next frame: a copy into the shadow, or a pwrite into the
-// segment. It returns raw's leaf hash (its frame's MAC is chained over it: flagLeafMAC). A
-// fault of the shadow's mapping (the file cut: SIGBUS) is an error, not a crash.
-func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, err error) {
+// frameMapped writes raw as the next frame: into the process's own copy and from there
+// into the shadow, or by pwrite into the segment. It returns raw's leaf hash (its frame's
+// MAC is chained over it: flagLeafMAC) and the record's bytes as the journal keeps them
+// (in own; without a shadow a copy). A fault of the shadow's mapping (the file cut:
+// SIGBUS) is an error, not a crash.
+func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, kept []byte, err error) {
 	start := j.size
-	fr := append(j.buf[:0], make([]byte, frameHeader)...)
+	fr := j.buf[:0]
+	if j.mm != nil {
+		fr = j.own[start:start] // writeMapped made room (mappedSize)
+	}
+	fr = append(fr, make([]byte, frameHeader)...)
 	fr = binary.AppendUvarint(fr, uint64(len(raw)))
+	at := len(fr)
 	fr = append(fr, raw...)
 	b := fr[frameHeader:]
 	binary.LittleEndian.PutUint32(fr, uint32(len(b)))
@@ -353,14 +435,20 @@ func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, err error) {
 		j.hm.Write(j.leafOut[:])                   // not leaf's: a local handed to the interface goes to the heap
 		fr = append(fr, j.hm.Sum(j.macOut[:0])...) // j.mac moves only once the frame is stored
 	}
-	j.buf = fr
 	if j.mm != nil {
-		if err := j.copyToShadow(fr, start); err != nil {
-			return leaf, err
+		if &fr[0] != &j.own[start] { // grown past own: never (writeMapped's room), but never a record lost to it
+			return leaf, nil, errors.New("journal frame does not fit its segment")
 		}
-		copy(j.own[start:], fr)
-	} else if _, err := j.f.WriteAt(fr, start); err != nil {
-		return leaf, err
+		if err := j.copyToShadow(fr, start); err != nil {
+			return leaf, nil, err
+		}
+		kept = fr[at : at+len(raw) : at+len(raw)]
+	} else {
+		j.buf = fr
+		if _, err := j.f.WriteAt(fr, start); err != nil {
+			return leaf, nil, err
+		}
+		kept = bytes.Clone(raw)
 	}
 	if j.hm != nil {
 		j.macBuf = j.macOut
@@ -368,7 +456,7 @@ func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, err error) {
 	}
 	j.sum.Write(fr)
 	j.size = start + int64(len(fr))
-	return leaf, nil
+	return leaf, kept, nil
 }
 
 // copyToShadow stores fr at off in the shadow's mapping.
@@ -428,7 +516,11 @@ func (j *journal) closeMapped(whole bool) (*segment, error) {
 	j.shadowUsed = j.size
 	j.cut = nil
 	j.smu.Unlock()
-	seg := &segment{path: j.f.Name(), recs: j.recs, leaves: j.leaves, batch: j.batch}
+	seg := &segment{path: j.f.Name(), recs: j.recs, leaves: j.leaves, batch: j.batch, own: j.ownBuf}
+	if o := j.ownBuf; o != nil && cap(j.recs) > cap(o.recs) { // the larger of the slices, for later segments
+		o.recs, o.leaves = j.recs[:0], j.leaves[:0]
+	}
+	j.own, j.ownBuf = nil, nil // the records' bytes: the segment's now
 	j.lastRecs = len(j.recs)
 	if whole {
 		seg.sum = j.sum.Sum(nil)
@@ -441,6 +533,7 @@ func (j *journal) closeMapped(whole bool) (*segment, error) {
 	j.f, j.recs, j.leaves, j.mac = nil, nil, nil, nil
 	if len(seg.recs) == 0 {
 		os.Remove(seg.path)
+		seg.own.release()
 		return nil, err
 	}
 	return seg, err

@@ -117,7 +117,7 @@ type Log struct {
 	// bundleRecs holds the records of batches this process committed, by bundle name,
 	// until the index has them (then they are read back from the bundle store).
 	bundleMu   sync.Mutex
-	bundleRecs map[string][]store.AuditEvent
+	bundleRecs map[string]keptRecords
 	// checked keeps the records of the last few bundles a search read (batchRecords), by
 	// name: a bundle is named by its digest, so what was checked once stays true.
 	checkedMu sync.Mutex
@@ -311,7 +311,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		ls.reader.Store(&reader)
 	}
 	l := &Log{writes: writeWatch{stall: cfg.AppendStall}, dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
-		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string][]store.AuditEvent{},
+		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string]keptRecords{},
 		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout, cpEvery: cfg.CheckpointInterval, cpStall: cmp.Or(cfg.CheckpointStall, CheckpointStall)}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
@@ -1387,8 +1387,9 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 	for _, bt := range batches {
 		name := bt.ev.Subject["bundle"]
 		l.bundleMu.Lock()
-		recs, ok := l.bundleRecs[name]
+		k, ok := l.bundleRecs[name]
 		l.bundleMu.Unlock()
+		recs := k.recs
 		if ok { // this process's batch: the fields were kept from the events, not parsed
 			for pos := range recs {
 				recs[pos].Index = RecordIndex(bt.index, pos) // the log's own copy (rememberRecords)
@@ -1421,7 +1422,11 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 	}
 	l.bundleMu.Lock()
 	for _, bt := range batches {
-		delete(l.bundleRecs, bt.ev.Subject["bundle"])
+		name := bt.ev.Subject["bundle"]
+		if k, ok := l.bundleRecs[name]; ok {
+			delete(l.bundleRecs, name)
+			k.own.release() // out, which read them, is done with
+		}
 	}
 	l.bundleMu.Unlock()
 	return nil
@@ -1429,12 +1434,22 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 
 // rememberRecords keeps a committed batch's records for the index (bounded: past the
 // bound they are read back from the bundle store).
-func (l *Log) rememberRecords(name string, recs []store.AuditEvent) {
+// own holds the records' bytes when a journal's buffer does: held until the index has
+// them (or none is kept).
+func (l *Log) rememberRecords(name string, recs []store.AuditEvent, own *ownBuf) {
 	l.bundleMu.Lock()
-	if len(l.bundleRecs) < 64 {
-		l.bundleRecs[name] = recs
+	defer l.bundleMu.Unlock()
+	if _, dup := l.bundleRecs[name]; len(l.bundleRecs) < 64 && !dup {
+		l.bundleRecs[name] = keptRecords{recs, own}
+		own.hold()
 	}
-	l.bundleMu.Unlock()
+}
+
+// keptRecords are a committed batch's records kept for the index, and what holds their
+// bytes (nil: their own).
+type keptRecords struct {
+	recs []store.AuditEvent
+	own  *ownBuf
 }
 
 // indexRecord is an entry's (or a batched record's) row in the search index: it needs four

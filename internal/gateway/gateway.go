@@ -58,7 +58,8 @@ type (
 		Healthy() error
 	}
 	// RecordSink takes request records already in canonical bytes (audit.Batcher's
-	// SubmitEncoded): the gateway writes them without building an audit.Event.
+	// SubmitEncoded): the gateway writes them without building an audit.Event, in a
+	// buffer it reuses once SubmitEncoded returns — a sink copies what it keeps of rec.Raw.
 	RecordSink interface {
 		SubmitEncoded(ctx context.Context, rec store.AuditEvent) audit.Future
 		Healthy() error
@@ -691,7 +692,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	if st.feat.Stream && g.cfg.RecordAnswers && g.cfg.Records != nil {
 		// The stream's start record goes to the log now and is awaited before the first
 		// byte (stream): its commit overlaps the engine's time to first token.
-		st.streamStart = g.cfg.Records.SubmitEncoded(context.WithoutCancel(r.Context()), g.requestRecord(st, audit.KindStreamStart))
+		st.streamStart = g.submitRecord(r.Context(), st, audit.KindStreamStart)
 	}
 	// Upstreams found down in the last 5 s are skipped while another one is not: when all
 	// are, each is tried anyway (an engine that just started must not wait for the probe).
@@ -1060,7 +1061,7 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 		// prompt's HMAC); its usage and output HMAC follow in the request's record at the end.
 		start := st.streamStart
 		if start == nil { // an engine that streams without being asked to
-			start = g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindStreamStart))
+			start = g.submitRecord(ctx, st, audit.KindStreamStart)
 		}
 		if err := g.awaitRecord(start); err != nil {
 			st.decision = audit.Deny
@@ -1262,7 +1263,7 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 		}
 		if g.cfg.Records != nil {
 			// The batcher marks the log unhealthy itself when a batch fails: nothing to wait on.
-			g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindRequest))
+			g.submitRecord(ctx, st, audit.KindRequest)
 		} else {
 			fut := g.cfg.Audit.Submit(context.WithoutCancel(ctx), g.requestEvent(st))
 			go fut() // resolution marks the log unhealthy on failure
@@ -1289,7 +1290,7 @@ func (g *Gateway) recordAnswer(ctx context.Context, st *reqState) error {
 		return nil
 	}
 	st.recorded = true
-	return g.awaitRecord(g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), g.requestRecord(st, audit.KindRequest)))
+	return g.awaitRecord(g.submitRecord(ctx, st, audit.KindRequest))
 }
 
 // streamStartEvent is a stream's start record: the request's record as it stands when
@@ -1309,23 +1310,34 @@ func (g *Gateway) streamStartEvent(st *reqState) audit.Event {
 // written without its maps, key by key in sorted order. A record over audit.MaxEventSize
 // (a very long reason) goes the event's way, to be truncated.
 func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent {
+	rec, _ := g.appendRecord(nil, st, kind)
+	return rec
+}
+
+// submitRecord hands the request's record (requestRecord) to the record sink, written in a
+// reused buffer: the sink keeps no caller's bytes (SubmitEncoded copies them into its
+// journal segment, where they stay until indexed) — a copy a record on the heap, held from
+// fold to fold, was the heap's swing that the runtime's scavenger gave back and the next
+// requests faulted in again.
+func (g *Gateway) submitRecord(ctx context.Context, st *reqState, kind audit.Kind) audit.Future {
+	sp := recordBufs.Get().(*[]byte)
+	rec, b := g.appendRecord((*sp)[:0], st, kind)
+	f := g.cfg.Records.SubmitEncoded(context.WithoutCancel(ctx), rec)
+	if cap(b) <= 4<<10 {
+		*sp = b[:0]
+		recordBufs.Put(sp)
+	}
+	return f
+}
+
+// appendRecord is requestRecord written into b (the record's Raw is b's bytes, or its own
+// when the record had to be cut), and b as grown.
+func (g *Gateway) appendRecord(b []byte, st *reqState, kind audit.Kind) (store.AuditEvent, []byte) {
 	rec := store.AuditEvent{TS: st.start.UTC(), Kind: string(kind), Decision: st.decision}
 	if st.p != nil {
 		rec.Principal = audit.ValidUTF8(st.p.ID)
 	}
 	start := kind == audit.KindStreamStart
-	// Written in a reused buffer, then copied at its size: the record is kept until its
-	// segment is folded and indexed (a second or two), and a buffer made big enough for any
-	// record held 768 bytes for a ~470-byte record — the heap's swing from fold to fold,
-	// which the runtime's scavenger gave back and the next requests faulted in again.
-	sp := recordBufs.Get().(*[]byte)
-	b := (*sp)[:0]
-	defer func() {
-		if cap(b) <= 4<<10 {
-			*sp = b[:0]
-			recordBufs.Put(sp)
-		}
-	}()
 	b = append(b, `{"v":1,"ts":"`...)
 	b = rec.TS.AppendFormat(b, time.RFC3339Nano)
 	b = append(b, `","kind":`...)
@@ -1425,10 +1437,10 @@ func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent 
 			raw = nil // SubmitEncoded refuses an empty record: the request fails closed
 		}
 		rec.Raw, rec.Principal = raw, audit.ValidUTF8(ev.Actor["principal"]) // as cut
-		return rec
+		return rec, b
 	}
-	rec.Raw = bytes.Clone(b)
-	return rec
+	rec.Raw = b
+	return rec, b
 }
 
 // recordBufs holds requestRecord's buffers.
