@@ -1132,9 +1132,13 @@ func (b *Batcher) commitRecords(recs []store.AuditEvent, source string, seg *seg
 	if source != "" {
 		ev.Fields["journal"] = source
 	}
+	remembered := b.log.idx != nil && b.log.rememberRecords(name, recs, own)
 	idx, err := b.log.Record(ctx, ev)
-	if err == nil && b.log.idx != nil {
-		b.log.rememberRecords(name, recs, own)
+	switch {
+	case remembered && err != nil:
+		b.log.forgetRecords(name)
+	case remembered:
+		b.log.rememberedAt(name, idx)
 	}
 	return idx, err
 }

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -118,6 +119,7 @@ type Log struct {
 	// until the index has them (then they are read back from the bundle store).
 	bundleMu   sync.Mutex
 	bundleRecs map[string]keptRecords
+	ownsHeld   int // bundleRecs' entries holding a journal buffer
 	// checked keeps the records of the last few bundles a search read (batchRecords), by
 	// name: a bundle is named by its digest, so what was checked once stays true.
 	checkedMu sync.Mutex
@@ -1127,6 +1129,7 @@ func (l *Log) catchUp(ctx context.Context) error {
 	defer func() {
 		if done, err := l.idx.AuditIndexed(ctx); err == nil && done <= size {
 			l.indexLag.Set(float64(size - done))
+			l.pruneRemembered(done)
 		}
 	}()
 	// Entries this process appended are indexed from memory, in order, as far as they
@@ -1422,34 +1425,107 @@ func (l *Log) indexWithRecords(ctx context.Context, evs []store.AuditEvent) erro
 	}
 	l.bundleMu.Lock()
 	for _, bt := range batches {
-		name := bt.ev.Subject["bundle"]
-		if k, ok := l.bundleRecs[name]; ok {
-			delete(l.bundleRecs, name)
-			k.own.release() // out, which read them, is done with
-		}
+		l.dropRemembered(bt.ev.Subject["bundle"]) // out, which read them, is done with
 	}
 	l.bundleMu.Unlock()
 	return nil
 }
 
-// rememberRecords keeps a committed batch's records for the index (bounded: past the
-// bound they are read back from the bundle store).
-// own holds the records' bytes when a journal's buffer does: held until the index has
-// them (or none is kept).
-func (l *Log) rememberRecords(name string, recs []store.AuditEvent, own *ownBuf) {
+// rememberRecords keeps a batch's records for the index, before its entry is appended (an
+// index catching up meanwhile would read the entry from the log and the records from the
+// bundle, and what was kept after would be kept for good: outside round 44), and says
+// whether it did: bounded at maxRemembered batches (past it they are read back from the
+// bundle store). own holds the records' bytes when a journal's buffer does: held until the
+// index has them — at most maxOwnsHeld buffers (4 MiB each) at a time, past which the
+// records are copied out at their size (an index away held a buffer per one-record
+// segment: round 44).
+func (l *Log) rememberRecords(name string, recs []store.AuditEvent, own *ownBuf) bool {
 	l.bundleMu.Lock()
 	defer l.bundleMu.Unlock()
-	if _, dup := l.bundleRecs[name]; len(l.bundleRecs) < 64 && !dup {
-		l.bundleRecs[name] = keptRecords{recs, own}
+	if _, dup := l.bundleRecs[name]; dup || len(l.bundleRecs) >= maxRemembered {
+		return false
+	}
+	if own != nil && l.ownsHeld >= maxOwnsHeld {
+		recs, own = copyRecords(recs), nil
+	}
+	if own != nil {
 		own.hold()
+		l.ownsHeld++
+	}
+	l.bundleRecs[name] = keptRecords{recs: recs, own: own}
+	return true
+}
+
+// Bounds of what Log.rememberRecords keeps.
+const (
+	maxRemembered = 64
+	maxOwnsHeld   = 4
+)
+
+// copyRecords copies records and their bytes (one allocation for all the bytes).
+func copyRecords(recs []store.AuditEvent) []store.AuditEvent {
+	n := 0
+	for _, r := range recs {
+		n += len(r.Raw)
+	}
+	out, arena := slices.Clone(recs), make([]byte, 0, n)
+	for i := range out {
+		arena = append(arena, out[i].Raw...)
+		out[i].Raw = arena[len(arena)-len(out[i].Raw) : len(arena) : len(arena)]
+	}
+	return out
+}
+
+// rememberedAt says the remembered batch name is entry idx of the log (its append
+// succeeded): once the index is past it, it is dropped whoever indexed it.
+func (l *Log) rememberedAt(name string, idx uint64) {
+	l.bundleMu.Lock()
+	defer l.bundleMu.Unlock()
+	if k, ok := l.bundleRecs[name]; ok {
+		k.entry, k.logged = idx, true
+		l.bundleRecs[name] = k
 	}
 }
 
-// keptRecords are a committed batch's records kept for the index, and what holds their
-// bytes (nil: their own).
+// forgetRecords drops a remembered batch (its append failed, or the index has it).
+func (l *Log) forgetRecords(name string) {
+	l.bundleMu.Lock()
+	defer l.bundleMu.Unlock()
+	l.dropRemembered(name)
+}
+
+// dropRemembered is forgetRecords with bundleMu held.
+func (l *Log) dropRemembered(name string) {
+	k, ok := l.bundleRecs[name]
+	if !ok {
+		return
+	}
+	delete(l.bundleRecs, name)
+	if k.own != nil {
+		k.own.release()
+		l.ownsHeld--
+	}
+}
+
+// pruneRemembered drops the remembered batches whose entries are below the index's size:
+// indexed without them (by another process sharing the index, or before they were kept).
+func (l *Log) pruneRemembered(indexed uint64) {
+	l.bundleMu.Lock()
+	defer l.bundleMu.Unlock()
+	for name, k := range l.bundleRecs {
+		if k.logged && k.entry < indexed {
+			l.dropRemembered(name)
+		}
+	}
+}
+
+// keptRecords are a batch's records kept for the index, what holds their bytes (nil: their
+// own), and their entry once appended (logged).
 type keptRecords struct {
-	recs []store.AuditEvent
-	own  *ownBuf
+	recs   []store.AuditEvent
+	own    *ownBuf
+	entry  uint64
+	logged bool
 }
 
 // indexRecord is an entry's (or a batched record's) row in the search index: it needs four
