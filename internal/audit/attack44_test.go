@@ -249,7 +249,7 @@ func a44WrittenLog(t *testing.T, segSize int64, maxRecords int, foldEvery time.D
 }
 
 func TestAttack44ConcurrentMixedSizes(t *testing.T) {
-	tl, b := a44WrittenLog(t, 256<<10, 37, 15 * time.Millisecond)
+	tl, b := a44WrittenLog(t, 256<<10, 37, 15*time.Millisecond)
 	a := newA44Acked()
 	var stop atomic.Bool
 	var bg sync.WaitGroup
@@ -485,7 +485,7 @@ func TestAttack44FoldFailing(t *testing.T) {
 // and a full catch-up, after which nothing may be kept; up to ~4 s of rounds (before the
 // fix it showed in round 3 of one run, 13 of another).
 func TestAttack44RememberedAfterIndexed(t *testing.T) {
-	tl, b := a44WrittenLog(t, 64<<10, 5, 2 * time.Millisecond)
+	tl, b := a44WrittenLog(t, 64<<10, 5, 2*time.Millisecond)
 	a := newA44Acked()
 	ctx := context.Background()
 	end := time.Now().Add(4 * time.Second)
@@ -590,7 +590,7 @@ func TestAttack44IndexAwayPinsBuffers(t *testing.T) {
 // their buffers recycled. Exactly the acknowledged records must be in the log, in order,
 // and in search.
 func TestAttack44CutUnderLoad(t *testing.T) {
-	tl, b := a44WrittenLog(t, 256<<10, 41, 20 * time.Millisecond)
+	tl, b := a44WrittenLog(t, 256<<10, 41, 20*time.Millisecond)
 	a := newA44Acked()
 	var stop atomic.Bool
 	var cuts atomic.Int64
