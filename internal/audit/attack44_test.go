@@ -224,12 +224,15 @@ func a44BundleRecsLeft(l *Log) (n, owned int) {
 	return n, owned
 }
 
-// a44SmallSegments makes packed segments small (so near-MaxEventSize records fill one in
-// a few, and buffers recycle often) for the test.
-func a44SmallSegments(t *testing.T, size int64) {
-	old := mappedSize
-	mappedSize = size
-	t.Cleanup(func() { mappedSize = old })
+// a44WrittenLog opens a test log with segments of segSize bytes (small: near-MaxEventSize
+// records fill one in a few, and buffers recycle often) and a written batcher on it
+// (its journal's shadows removed at the end) closing segments at maxRecords or foldEvery.
+func a44WrittenLog(t *testing.T, segSize int64, maxRecords int, foldEvery time.Duration) (*testLog, *Batcher) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	t.Cleanup(func() { removeShadows(jdir) })
+	return tl, NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: maxRecords, FoldEvery: foldEvery,
+		Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond, segmentBytes: segSize})
 }
 
 // TestAttack44ConcurrentMixedSizes: 8 writers, records tiny to within bytes of
@@ -237,18 +240,9 @@ func a44SmallSegments(t *testing.T, size int64) {
 // buffer scribbled after every SubmitEncoded; segments closed by size, by count, by age
 // (FoldEvery 15 ms) and by Barrier; the index catching up continuously. Every record in the
 // log and in search must be byte for byte what was acknowledged, once, in order.
-// a44WrittenLog opens a test log with segments of segSize bytes and a written batcher on it
-// (its journal's shadows removed at the end) closing segments at maxRecords or foldEvery.
-func a44WrittenLog(t *testing.T, segSize int64, maxRecords int, foldEvery time.Duration) (*testLog, *Batcher) {
-	a44SmallSegments(t, segSize)
-	tl := openTestLog(t)
-	jdir := filepath.Join(tl.dir, "journal")
-	t.Cleanup(func() { removeShadows(jdir) })
-	return tl, NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: maxRecords, FoldEvery: foldEvery,
-		Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond})
-}
 
 func TestAttack44ConcurrentMixedSizes(t *testing.T) {
+	t.Parallel()
 	tl, b := a44WrittenLog(t, 256<<10, 37, 15*time.Millisecond)
 	a := newA44Acked()
 	var stop atomic.Bool
@@ -327,14 +321,14 @@ func a44OpenWithIndex(t *testing.T, wrap func(store.Store) Index) *testLog {
 // the ones written (their buffers not given back and rewritten), records past the bound
 // read from the bundles, and the search must find every record byte for byte.
 func TestAttack44IndexAwayManyBatches(t *testing.T) {
-	a44SmallSegments(t, 128<<10)
+	t.Parallel()
 	var idx *a44Index
 	tl := a44OpenWithIndex(t, func(s store.Store) Index { idx = &a44Index{Store: s}; return idx })
 	idx.fail.Store(true)
 	jdir := filepath.Join(tl.dir, "journal")
 	t.Cleanup(func() { removeShadows(jdir) })
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 9, FoldEvery: time.Hour,
-		Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond})
+		Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond, segmentBytes: 128 << 10})
 	a := newA44Acked()
 	ctx := context.Background()
 	var bg sync.WaitGroup
@@ -428,9 +422,9 @@ func (f a44LinkingFlaky) LinkBundle(ctx context.Context, name, src string) error
 // while. Exactly the acknowledged records must be in the log, once, in order, and in
 // search, byte for byte.
 func TestAttack44FoldFailing(t *testing.T) {
+	t.Parallel()
 	for _, linked := range []bool{true, false} {
 		t.Run(fmt.Sprintf("linked=%v", linked), func(t *testing.T) {
-			a44SmallSegments(t, 256<<10)
 			tl := openTestLog(t)
 			jdir := filepath.Join(tl.dir, "journal")
 			t.Cleanup(func() { removeShadows(jdir) })
@@ -440,7 +434,7 @@ func TestAttack44FoldFailing(t *testing.T) {
 				bs = a44LinkingFlaky{flaky}
 			}
 			b := NewBatcher(tl.log, bs, BatcherConfig{MaxRecords: 23, FoldEvery: 10 * time.Millisecond,
-				Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond})
+				Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond, segmentBytes: 256 << 10})
 			a := newA44Acked()
 			var stop atomic.Bool
 			var bg sync.WaitGroup
@@ -485,6 +479,7 @@ func TestAttack44FoldFailing(t *testing.T) {
 // and a full catch-up, after which nothing may be kept; up to ~4 s of rounds (before the
 // fix it showed in round 3 of one run, 13 of another).
 func TestAttack44RememberedAfterIndexed(t *testing.T) {
+	t.Parallel()
 	tl, b := a44WrittenLog(t, 64<<10, 5, 2*time.Millisecond)
 	a := newA44Acked()
 	ctx := context.Background()
@@ -580,7 +575,7 @@ func TestAttack44IndexAwayPinsBuffers(t *testing.T) {
 	tl.close(t)
 	a44CheckLog(t, tl, a, false)
 	if grown > 32<<20 {
-		t.Errorf("70 records of ~%d bytes, one a segment, with the index away hold %d MiB of live heap (%d journal buffers of %d MiB pinned for the index)", len(a.byW[0][0]), grown>>20, owned, mappedSize>>20)
+		t.Errorf("70 records of ~%d bytes, one a segment, with the index away hold %d MiB of live heap (%d journal buffers of %d MiB pinned for the index)", len(a.byW[0][0]), grown>>20, owned, b.j.room()>>20)
 	}
 }
 
@@ -590,6 +585,7 @@ func TestAttack44IndexAwayPinsBuffers(t *testing.T) {
 // their buffers recycled. Exactly the acknowledged records must be in the log, in order,
 // and in search.
 func TestAttack44CutUnderLoad(t *testing.T) {
+	t.Parallel()
 	tl, b := a44WrittenLog(t, 256<<10, 41, 20*time.Millisecond)
 	a := newA44Acked()
 	var stop atomic.Bool
@@ -662,6 +658,7 @@ func TestAttack44CutUnderLoad(t *testing.T) {
 // must be in the log once (a record acknowledged after Close began must still be there),
 // nothing refused may be, and no call may hang.
 func TestAttack44BarrierCloseRace(t *testing.T) {
+	t.Parallel()
 	for round := range 2 {
 		t.Run(strconv.Itoa(round), func(t *testing.T) {
 			tl := openTestLog(t)
@@ -719,7 +716,7 @@ func TestAttack44BarrierCloseRace(t *testing.T) {
 // data directory would have) with writers each, their own buffers in separate pools; the
 // log must hold each batcher's acknowledged records once, none mixed with another's.
 func TestAttack44ManyBatchers(t *testing.T) {
-	a44SmallSegments(t, 128<<10)
+	t.Parallel()
 	tl := openTestLog(t)
 	a := newA44Acked()
 	var bs []*Batcher
@@ -727,7 +724,7 @@ func TestAttack44ManyBatchers(t *testing.T) {
 		jdir := filepath.Join(tl.dir, "journal"+strconv.Itoa(k))
 		t.Cleanup(func() { removeShadows(jdir) })
 		bs = append(bs, NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: 13 + k, FoldEvery: 7 * time.Millisecond,
-			Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond}))
+			Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond, segmentBytes: 128 << 10}))
 	}
 	var stop atomic.Bool
 	var bg sync.WaitGroup

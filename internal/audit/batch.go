@@ -395,8 +395,9 @@ type Batcher struct {
 	lastIdx      uint64 // the folder's last batch entry
 	folded       bool   // the folder has made one
 
-	written   bool          // records are written by their submitters (BatcherConfig.Written)
-	syncEvery time.Duration // written: how often the open segment is synced
+	written      bool          // records are written by their submitters (BatcherConfig.Written)
+	syncEvery    time.Duration // written: how often the open segment is synced
+	segmentBytes int64         // BatcherConfig.segmentBytes
 
 	bundleBuf  []byte // the last bundle's storage, reused by commitRecords (one goroutine at a time)
 	linkWarned bool   // commitRecords said a segment could not be linked
@@ -442,6 +443,8 @@ type BatcherConfig struct {
 	// instead of a group commit whose Futures resolve after its fdatasync.
 	Written   bool
 	SyncEvery time.Duration // Written: how often written records are synced (DefaultSyncEvery)
+	// segmentBytes: a packed segment's room (tests; 0: mappedSize, 4 MiB).
+	segmentBytes int64
 }
 
 // DefaultGroupDelay is how long a group of records gathers before one journal append.
@@ -481,7 +484,7 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 	}
 	b.barrier, b.folds, b.foldDone = make(chan chan barrierResult), make(chan foldItem, 1024), make(chan struct{})
 	b.journalRoot, b.journalKey, b.growSegments = cfg.Journal, cfg.JournalKey, !cfg.PrewriteSegments
-	b.written, b.syncEvery = cfg.Written, cfg.SyncEvery
+	b.written, b.syncEvery, b.segmentBytes = cfg.Written, cfg.SyncEvery, cfg.segmentBytes
 	if b.syncEvery <= 0 {
 		b.syncEvery = DefaultSyncEvery
 	}
@@ -525,7 +528,7 @@ func (b *Batcher) openJournal(root string) error {
 	if err != nil {
 		return fmt.Errorf("reading the log's size: %w", err)
 	}
-	j, err := openJournalWith(&journal{root: root, batch: b.maxRecords, key: b.journalKey, prewrite: prewriteMin, noDirect: b.growSegments, packed: b.written, mapped: mapped{warn: b.log.log.Warn}}, size)
+	j, err := openJournalWith(&journal{root: root, batch: b.maxRecords, key: b.journalKey, prewrite: prewriteMin, noDirect: b.growSegments, packed: b.written, mapped: mapped{warn: b.log.log.Warn, segBytes: b.segmentBytes}}, size)
 	if err != nil {
 		return err
 	}

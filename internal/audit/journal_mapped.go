@@ -59,6 +59,14 @@ import (
 // does not fit closes the segment.
 var mappedSize int64 = 4 << 20
 
+// room is a packed segment's room: mappedSize unless the batcher was given another.
+func (j *journal) room() int64 {
+	if j.segBytes > 0 {
+		return j.segBytes
+	}
+	return mappedSize
+}
+
 // DefaultSyncEvery is how often written records are synced (BatcherConfig.SyncEvery).
 const DefaultSyncEvery = 50 * time.Millisecond
 
@@ -161,6 +169,7 @@ type mapped struct {
 	closedW    bool        // the batcher closed: no more records
 	faulted    atomic.Bool // the shadow's mapping faulted (cut from under the process)
 	noShm      bool        // a shadow could not be made: this journal writes with pwrite
+	segBytes   int64       // a packed segment's room (0: mappedSize; tests make it small)
 	warn       func(msg string, args ...any)
 }
 
@@ -264,13 +273,13 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 	if err != nil {
 		return err
 	}
-	err = unix.Fallocate(int(s.Fd()), 0, 0, mappedSize) // tmpfs: a full one says so here
+	err = unix.Fallocate(int(s.Fd()), 0, 0, j.room()) // tmpfs: a full one says so here
 	if err == nil {
 		_, err = s.WriteAt(hdr, 0)
 	}
 	var mm []byte
 	if err == nil {
-		mm, err = unix.Mmap(int(s.Fd()), 0, int(mappedSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		mm, err = unix.Mmap(int(s.Fd()), 0, int(j.room()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	}
 	if err == nil {
 		// Its pages mapped in writable ahead, in one call (Linux 5.14+; before, each page
@@ -291,7 +300,7 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 // and indexed segment gave back, or a new one): the header, zeros to the first frame.
 func (j *journal) startOwn(hdr []byte) {
 	if j.ownBuf == nil { // else left by a start that failed after it: no segment holds it
-		j.ownBuf = j.owns.get()
+		j.ownBuf = j.owns.get(j.room())
 		j.own = j.ownBuf.b
 	}
 	clear(j.own[:pageSize])
@@ -329,7 +338,7 @@ func (o *ownBuf) release() {
 	}
 }
 
-// ownPool keeps a few given-back own buffers (each mappedSize bytes, only the pages
+// ownPool keeps a few given-back own buffers (each a segment's room, only the pages
 // written mapped in).
 type ownPool struct {
 	mu   sync.Mutex
@@ -340,17 +349,17 @@ type ownPool struct {
 // ownPoolSize: an open segment, one being folded, one waiting for the index.
 const ownPoolSize = 3
 
-func (p *ownPool) get() *ownBuf {
+func (p *ownPool) get(size int64) *ownBuf {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if n := len(p.free); n > 0 && int64(len(p.free[n-1].b)) == mappedSize {
+	if n := len(p.free); n > 0 && int64(len(p.free[n-1].b)) == size {
 		o := p.free[n-1]
 		p.free = p.free[:n-1]
 		o.refs.Store(1)
 		return o
 	}
 	p.made++
-	o := &ownBuf{b: make([]byte, mappedSize), pool: p}
+	o := &ownBuf{b: make([]byte, size), pool: p}
 	o.refs.Store(1)
 	return o
 }
@@ -371,7 +380,7 @@ func (p *ownPool) put(o *ownBuf) {
 // disk within SyncEvery.
 func (j *journal) writeMapped(rec store.AuditEvent, most int) (closed *segment, err error) {
 	need := int64(frameHeader + binary.MaxVarintLen64 + len(rec.Raw) + sha256.Size)
-	if j.f != nil && (len(j.recs) >= most || j.size+need > mappedSize) {
+	if j.f != nil && (len(j.recs) >= most || j.size+need > j.room()) {
 		if closed, err = j.closeMapped(true); err != nil {
 			return closed, err
 		}
@@ -415,7 +424,7 @@ func (j *journal) frameMapped(raw []byte) (leaf [sha256.Size]byte, kept []byte, 
 	start := j.size
 	fr := j.buf[:0]
 	if j.mm != nil {
-		fr = j.own[start:start] // writeMapped made room (mappedSize)
+		fr = j.own[start:start] // writeMapped made room (j.room())
 	}
 	fr = append(fr, make([]byte, frameHeader)...)
 	fr = binary.AppendUvarint(fr, uint64(len(raw)))
@@ -728,7 +737,7 @@ func (j *journal) checkSegment() error {
 		j.cut = errors.New("journal segment removed from under the process")
 	case st.Size < j.synced:
 		j.cut = fmt.Errorf("journal segment cut from under the process (%d bytes, %d synced)", st.Size, j.synced)
-	case j.shadow != nil && (unix.Fstat(int(j.shadow.Fd()), &st) != nil || st.Nlink == 0 || st.Size < mappedSize):
+	case j.shadow != nil && (unix.Fstat(int(j.shadow.Fd()), &st) != nil || st.Nlink == 0 || st.Size < j.room()):
 		j.cut = errors.New("journal shadow removed or cut from under the process")
 	}
 	return j.cut
