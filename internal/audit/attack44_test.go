@@ -37,6 +37,16 @@ func a44Deadline(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// a44Loop runs fn again and again, pause apart, on a goroutine counted in bg, until stop.
+func a44Loop(bg *sync.WaitGroup, stop *atomic.Bool, pause time.Duration, fn func()) {
+	bg.Go(func() {
+		for !stop.Load() {
+			fn()
+			time.Sleep(pause)
+		}
+	})
+}
+
 // a44Raw is writer w's i-th record, of a size chosen by kind: 0 tiny, 1 small, 2 a few
 // KiB, 3 within 64 bytes of MaxEventSize.
 func a44Raw(t testing.TB, w, i, kind int) (store.AuditEvent, []byte) {
@@ -247,27 +257,13 @@ func TestAttack44ConcurrentMixedSizes(t *testing.T) {
 	a := newA44Acked()
 	var stop atomic.Bool
 	var bg sync.WaitGroup
-	bg.Add(2)
-	go func() { // barriers
-		defer bg.Done()
-		for !stop.Load() {
-			b.Barrier(context.Background())
-			time.Sleep(3 * time.Millisecond)
-		}
-	}()
-	go func() { // the index, as eager as it can be
-		defer bg.Done()
-		for !stop.Load() {
-			tl.log.catchUp(context.Background())
-		}
-	}()
+	a44Loop(&bg, &stop, 3*time.Millisecond, func() { b.Barrier(context.Background()) }) // barriers
+	a44Loop(&bg, &stop, 0, func() { tl.log.catchUp(context.Background()) })             // the index, as eager as it can be
 	var wg sync.WaitGroup
 	for w := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			a44Writer(t, b, a, w, 80, []int{0, 3, 1, 3, 2, 0, 0, 3}, nil)
-		}()
+		})
 	}
 	wg.Wait()
 	stop.Store(true)
@@ -333,25 +329,16 @@ func TestAttack44IndexAwayManyBatches(t *testing.T) {
 	ctx := context.Background()
 	var bg sync.WaitGroup
 	var stop atomic.Bool
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
-		for !stop.Load() {
-			tl.log.catchUp(ctx) // fails: the index is away
-			time.Sleep(time.Millisecond)
-		}
-	}()
+	a44Loop(&bg, &stop, time.Millisecond, func() { tl.log.catchUp(ctx) }) // fails: the index is away
 	for round := range 30 {
 		var wg sync.WaitGroup
 		for w := range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				// each writer's records continue across rounds
 				for i := round * 10; i < round*10+10; i++ {
 					a44Submit(ctx, t, b, a, w, i, []int{0, 1, 3, 2}[(w+i)%4], nil)
 				}
-			}()
+			})
 		}
 		wg.Wait()
 		if _, _, err := b.Barrier(ctx); err != nil {
@@ -438,21 +425,12 @@ func TestAttack44FoldFailing(t *testing.T) {
 			a := newA44Acked()
 			var stop atomic.Bool
 			var bg sync.WaitGroup
-			bg.Add(1)
-			go func() {
-				defer bg.Done()
-				for !stop.Load() {
-					tl.log.catchUp(context.Background())
-					time.Sleep(time.Millisecond)
-				}
-			}()
+			a44Loop(&bg, &stop, time.Millisecond, func() { tl.log.catchUp(context.Background()) })
 			var wg sync.WaitGroup
 			for w := range 6 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				wg.Go(func() {
 					a44WriterP(t, b, a, w, 100, []int{0, 3, 1, 2}, nil, true)
-				}()
+				})
 			}
 			wg.Wait()
 			flaky.mu.Lock()
@@ -489,25 +467,17 @@ func TestAttack44RememberedAfterIndexed(t *testing.T) {
 		var stop atomic.Bool
 		var bg sync.WaitGroup
 		for range 2 {
-			bg.Add(1)
-			go func() {
-				defer bg.Done()
-				for !stop.Load() {
-					tl.log.catchUp(ctx)
-				}
-			}()
+			a44Loop(&bg, &stop, 0, func() { tl.log.catchUp(ctx) })
 		}
 		var wg sync.WaitGroup
 		for w := range 3 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				// writer w's records of this round: numbered on from the last round's
 				var buf []byte
 				for i := round * 60; i < round*60+60; i++ {
 					buf, _ = a44Submit(ctx, t, b, a, w, i, i%2, buf)
 				}
-			}()
+			})
 		}
 		wg.Wait()
 		if _, _, err := b.Barrier(ctx); err != nil {
@@ -591,16 +561,8 @@ func TestAttack44CutUnderLoad(t *testing.T) {
 	var stop atomic.Bool
 	var cuts atomic.Int64
 	var bg sync.WaitGroup
-	bg.Add(2)
-	go func() {
-		defer bg.Done()
-		for !stop.Load() {
-			tl.log.catchUp(context.Background())
-			time.Sleep(time.Millisecond)
-		}
-	}()
-	go func() {
-		defer bg.Done()
+	a44Loop(&bg, &stop, time.Millisecond, func() { tl.log.catchUp(context.Background()) })
+	bg.Go(func() {
 		for k := 0; !stop.Load(); k++ {
 			// Under wmu, so the file cut is the open segment (or its shadow): no close can
 			// come between choosing it and cutting it. (Cutting a segment already closed and
@@ -634,14 +596,12 @@ func TestAttack44CutUnderLoad(t *testing.T) {
 			}
 			time.Sleep(15 * time.Millisecond)
 		}
-	}()
+	})
 	var wg sync.WaitGroup
 	for w := range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			a44WriterP(t, b, a, w, 250, []int{0, 3, 1, 2, 0}, nil, true)
-		}()
+		})
 	}
 	wg.Wait()
 	stop.Store(true)
@@ -670,21 +630,17 @@ func TestAttack44BarrierCloseRace(t *testing.T) {
 			var stop atomic.Bool
 			var wg sync.WaitGroup
 			for w := range 6 {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
+				wg.Go(func() {
 					a44Writer(t, b, a, w, 100000, []int{0, 1, 3}, &stop)
-				}()
+				})
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
+			wg.Go(func() {
 				for !stop.Load() {
 					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 					b.Barrier(ctx)
 					cancel()
 				}
-			}()
+			})
 			a44Deadline(t, 10*time.Second, "records", func() bool {
 				a.mu.Lock()
 				defer a.mu.Unlock()
@@ -728,20 +684,12 @@ func TestAttack44ManyBatchers(t *testing.T) {
 	}
 	var stop atomic.Bool
 	var bg sync.WaitGroup
-	bg.Add(1)
-	go func() {
-		defer bg.Done()
-		for !stop.Load() {
-			tl.log.catchUp(context.Background())
-		}
-	}()
+	a44Loop(&bg, &stop, 0, func() { tl.log.catchUp(context.Background()) })
 	var wg sync.WaitGroup
 	for w := range 9 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			a44Writer(t, bs[w%3], a, w, 70, []int{3, 0, 2, 1}, nil)
-		}()
+		})
 	}
 	wg.Wait()
 	stop.Store(true)
