@@ -1304,17 +1304,7 @@ func (g *Gateway) streamStartEvent(st *reqState) audit.Event {
 	return ev
 }
 
-// requestRecord is the request's log record (kind KindRequest), or its stream's start
-// record (KindStreamStart), in canonical bytes: exactly what audit.Event.Marshal gives for
-// requestEvent's (streamStartEvent's) event — TestRequestRecordCanonical holds them equal —
-// written without its maps, key by key in sorted order. A record over audit.MaxEventSize
-// (a very long reason) goes the event's way, to be truncated.
-func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent {
-	rec, _ := g.appendRecord(nil, st, kind)
-	return rec
-}
-
-// submitRecord hands the request's record (requestRecord) to the record sink, written in a
+// submitRecord hands the request's record (appendRecord) to the record sink, written in a
 // reused buffer: the sink keeps no caller's bytes (SubmitEncoded copies them into its
 // journal segment, where they stay until indexed) — a copy a record on the heap, held from
 // fold to fold, was the heap's swing that the runtime's scavenger gave back and the next
@@ -1330,8 +1320,12 @@ func (g *Gateway) submitRecord(ctx context.Context, st *reqState, kind audit.Kin
 	return f
 }
 
-// appendRecord is requestRecord written into b (the record's Raw is b's bytes, or its own
-// when the record had to be cut), and b as grown.
+// appendRecord writes into b the request's log record (kind KindRequest), or its stream's
+// start record (KindStreamStart), in canonical bytes: exactly what audit.Event.Marshal gives
+// for requestEvent's (streamStartEvent's) event — TestRequestRecordCanonical holds them
+// equal — written without its maps, key by key in sorted order. It returns the record (its
+// Raw is b's bytes) and b as grown. A record over audit.MaxEventSize (a very long reason)
+// goes the event's way, to be truncated (its Raw then its own).
 func (g *Gateway) appendRecord(b []byte, st *reqState, kind audit.Kind) (store.AuditEvent, []byte) {
 	rec := store.AuditEvent{TS: st.start.UTC(), Kind: string(kind), Decision: st.decision}
 	if st.p != nil {
@@ -1443,7 +1437,7 @@ func (g *Gateway) appendRecord(b []byte, st *reqState, kind audit.Kind) (store.A
 	return rec, b
 }
 
-// recordBufs holds requestRecord's buffers.
+// recordBufs holds submitRecord's buffers.
 var recordBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // requestEvent is the request's log record.

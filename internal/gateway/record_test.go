@@ -15,6 +15,13 @@ import (
 	"github.com/strongroom/strongroom/internal/store"
 )
 
+// requestRecord is the request's record as submitRecord writes it (appendRecord), in its
+// own bytes.
+func (g *Gateway) requestRecord(st *reqState, kind audit.Kind) store.AuditEvent {
+	rec, _ := g.appendRecord(nil, st, kind)
+	return rec
+}
+
 // TestRequestRecordCanonical: the request records the gateway writes itself (requestRecord)
 // are byte for byte what audit.Event.Marshal gives for the same request's event — over
 // random requests with every optional part on or off and hostile strings (quotes,
