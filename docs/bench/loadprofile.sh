@@ -34,8 +34,11 @@ ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 # less noisy than CPU time.
 faults() { awk '{sub(/^.*\) /, ""); print $8}' "/proc/$1/stat"; }
 switches() { cat /proc/$1/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s}'; }
-t0=$(ticks $sp) f0=$(faults $sp) c0=$(switches $sp)
+# Read- and write-family system calls (every read, recvmsg, write, sendmsg, pwrite...).
+sysr() { awk '/^syscr/ {print $2}' "/proc/$1/io"; }
+sysw() { awk '/^syscw/ {print $2}' "/proc/$1/io"; }
+t0=$(ticks $sp) f0=$(faults $sp) c0=$(switches $sp) r0=$(sysr $sp) w0=$(sysw $sp)
 "$w/openloop" -url "$url" -key "$k" -body "$body" -rate "$rate" -duration "$dur"
-t1=$(ticks $sp) f1=$(faults $sp) c1=$(switches $sp)
-echo "ticks during load: $((t1 - t0)) (of $(getconf CLK_TCK) a second); minor faults $((f1 - f0)); context switches $((c1 - c0))"
+t1=$(ticks $sp) f1=$(faults $sp) c1=$(switches $sp) r1=$(sysr $sp) w1=$(sysw $sp)
+echo "ticks during load: $((t1 - t0)) (of $(getconf CLK_TCK) a second); minor faults $((f1 - f0)); context switches $((c1 - c0)); read calls $((r1 - r0)), write calls $((w1 - w0))"
 kill $sp; wait $sp || true
