@@ -60,6 +60,7 @@ done
 body='{"model":"demo","max_tokens":256,"messages":[{"role":"user","content":"hello there"}]}'
 hz=$(getconf CLK_TCK)
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+uticks() { awk '{sub(/^.*\) /, ""); print $12}' "/proc/$1/stat"; }
 settle() {
 	local t0 t1 i
 	t1=$(ticks "$1")
@@ -75,12 +76,14 @@ for r in $(seq "$rounds"); do
 		k=none
 		case $s in strongroom) k=$key_strongroom ;; strongroom-off) k=$key_strongroom_off ;; esac
 		"$work/bin/openloop" -url "${url[$s]}" -key "$k" -body "$body" -rate "$rate" -duration 2s >/dev/null
-		t0=$(settle "${procs[$s]}")
+		t0=$(settle "${procs[$s]}") u0=$(uticks "${procs[$s]}")
 		out=$("$work/bin/openloop" -url "${url[$s]}" -key "$k" -body "$body" -rate "$rate" -duration 8s)
-		t1=$(settle "${procs[$s]}")
+		t1=$(settle "${procs[$s]}") u1=$(uticks "${procs[$s]}")
 		n=$(sed -n 's/.* ok \([0-9]*\) .*/\1/p' <<<"$out")
 		cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
-		echo "round $r $s cpu_us_per_req $cpu | $out"
+		# The user-space share of it (the rest is the kernel's: system calls, the network).
+		user=$(awk -v u=$((u1 - u0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f%%", (t > 0 ? 100 * u / t : 0) }')
+		echo "round $r $s cpu_us_per_req $cpu (user $user) | $out"
 		echo "$r $s $cpu" >>"$res"
 	done
 done

@@ -23,7 +23,7 @@ import (
 // other than exactly "chunked". With both a coding and a length, the coding wins and the
 // connection is not reused (RFC 9112 6.3). The header bound is the engineConn's
 // (maxEngineHeader).
-func readAnswer(br *bufio.Reader) (*http.Response, error) {
+func readAnswer(br *bufio.Reader, recent *h1.Recent) (*http.Response, error) {
 	left := maxEngineHeader
 	line, err := h1.ReadLine(br, &left)
 	if err != nil {
@@ -46,7 +46,7 @@ func readAnswer(br *bufio.Reader) (*http.Response, error) {
 	resp.StatusCode = int(code[0]-'0')*100 + int(code[1]-'0')*10 + int(code[2]-'0')
 	resp.Status = string(rest)
 	vals := make([]string, 0, 8)
-	for {
+	for lines := 0; ; {
 		line, err := h1.ReadLine(br, &left)
 		if err != nil {
 			return nil, answerErr(err)
@@ -58,14 +58,9 @@ func readAnswer(br *bufio.Reader) (*http.Response, error) {
 		if err != nil {
 			return nil, answerErr(err)
 		}
-		key := answerHeaders[string(name)]
-		if key == "" {
-			key = textproto.CanonicalMIMEHeaderKey(string(name))
-		}
-		v := answerValues[string(value)]
-		if v == "" {
-			v = string(value)
-		}
+		key := recent.Key(lines, name, answerHeader, textproto.CanonicalMIMEHeaderKey)
+		v := recent.Value(lines, value, answerValue)
+		lines++
 		if vs, seen := resp.Header[key]; seen {
 			resp.Header[key] = append(vs, v)
 			continue
@@ -181,3 +176,6 @@ var answerHeaders, answerValues = func() (map[string]string, map[string]string) 
 	}
 	return names, values
 }()
+
+func answerHeader(name []byte) string { return answerHeaders[string(name)] }
+func answerValue(v []byte) string     { return answerValues[string(v)] }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/strongroom/strongroom/internal/h1"
 )
 
 // engineClient is the gateway's HTTP/1.1 client to plain-http engines: the request is
@@ -77,6 +79,9 @@ type engineConn struct {
 	// left bounds what the reader may still take while headers are read (-1: no bound).
 	left int
 	peek *peeker // idleOpen's, made at its first reuse
+	// The strings of the last answer's header lines (h1.Recent): an engine's answers
+	// mostly repeat them.
+	recent h1.Recent
 }
 
 func (ec *engineConn) Read(p []byte) (int, error) {
@@ -194,7 +199,7 @@ func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http
 	for {
 		// 1xx answers before the answer (100 Continue, 103 Early Hints) are skipped, as
 		// the Transport does; all of them count toward the headers' bound.
-		resp, err = readAnswer(ec.br)
+		resp, err = readAnswer(ec.br, &ec.recent)
 		if err != nil || resp.StatusCode < 100 || resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}

@@ -116,7 +116,10 @@ func (c *conn) readRequest(ctx context.Context) (*http.Request, error) {
 	default:
 		return nil, &parseError{status: http.StatusHTTPVersionNotSupported, msg: "h1: only HTTP/1.0 and HTTP/1.1 are served"}
 	}
-	r.RequestURI = string(target)
+	if r.RequestURI = c.lastURI; r.RequestURI != string(target) { // most repeat the last
+		r.RequestURI = string(target)
+		c.lastURI = r.RequestURI
+	}
 	if r.URL, err = url.ParseRequestURI(r.RequestURI); err != nil {
 		return nil, bad("malformed request target")
 	}
@@ -200,15 +203,13 @@ func (c *conn) readHeaders(r *http.Request, left *int) error {
 		if lines++; lines > 100 {
 			return errHeaderTooLarge
 		}
-		key := internHeader(name)
-		if key == "" {
-			key = textproto.CanonicalMIMEHeaderKey(string(name))
-		}
+		key := c.recent.Key(lines-1, name, internHeader, textproto.CanonicalMIMEHeaderKey)
+		v := c.recent.Value(lines-1, value, commonValue)
 		if vs, seen := r.Header[key]; seen {
-			r.Header[key] = append(vs, internValue(value))
+			r.Header[key] = append(vs, v)
 			continue
 		}
-		vals = append(vals, internValue(value))
+		vals = append(vals, v)
 		r.Header[key] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
 }
@@ -373,9 +374,52 @@ func init() {
 	}
 }
 
-func internValue(b []byte) string {
-	if v, ok := commonValues[string(b)]; ok {
+// commonValue is b's shared string when b is a common value, else "".
+func commonValue(b []byte) string { return commonValues[string(b)] }
+
+// Recent remembers, by position, the strings made for the header lines of a connection's
+// last message: the next request on a keep-alive connection (an SDK's: its User-Agent, its
+// Authorization, its X-Stainless-* values), or the next answer of an engine, mostly repeats
+// them byte for byte, and then shares them instead of making new ones (each was an
+// allocation a header a request). Strings are immutable: sharing is safe. It holds what
+// the connection last sent, until the connection closes. The zero Recent is ready; it is
+// not safe for concurrent use (one reader a connection).
+type Recent struct {
+	names, keys, vals [RecentLines]string
+}
+
+// RecentLines is how many header lines a Recent remembers.
+const RecentLines = 24
+
+// Value is common(b) when that is not "", else line i's value of the last message when b
+// repeats it, else string(b) (then remembered as line i's).
+func (r *Recent) Value(i int, b []byte, common func([]byte) string) string {
+	if v := common(b); v != "" {
 		return v
 	}
-	return string(b)
+	if i < RecentLines && r.vals[i] == string(b) { // compared in place: no allocation
+		return r.vals[i]
+	}
+	v := string(b)
+	if i < RecentLines {
+		r.vals[i] = v
+	}
+	return v
+}
+
+// Key is name's canonical key (canon(string(name)) when it is not a common one), or line
+// i's key of the last message when name repeats its name.
+func (r *Recent) Key(i int, name []byte, common func([]byte) string, canon func(string) string) string {
+	if k := common(name); k != "" {
+		return k
+	}
+	if i < RecentLines && r.names[i] == string(name) && r.keys[i] != "" {
+		return r.keys[i]
+	}
+	n := string(name)
+	k := canon(n)
+	if i < RecentLines {
+		r.names[i], r.keys[i] = n, k
+	}
+	return k
 }
