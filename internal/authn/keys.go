@@ -106,7 +106,7 @@ func (k *Keys) Create(ctx context.Context, principal string, ttl time.Duration, 
 	}
 	rand.Read(secret)
 	defer clear(secret)
-	h := sha256.Sum256(secret)
+	h := sha256.Sum256(secret[:])
 	rec := store.APIKey{ID: hex.EncodeToString(idb[:]), Principal: principal, Hash: h[:], Models: models, CreatedAt: k.now().UTC()}
 	if ttl > 0 {
 		rec.ExpiresAt = rec.CreatedAt.Add(ttl)
@@ -205,29 +205,55 @@ func (k *Keys) forget(id string) {
 
 // ParseToken splits a token into key id and secret.
 func ParseToken(tok string) (string, []byte, error) {
-	rest, ok := strings.CutPrefix(tok, tokenPrefix)
-	if !ok || len(rest) < idLen+1 || rest[idLen] != '.' {
-		return "", nil, errors.New("not a strongroom API key")
-	}
-	id := rest[:idLen]
-	if _, err := hex.DecodeString(id); err != nil {
-		return "", nil, errors.New("bad key id")
-	}
-	secret, err := base64.RawURLEncoding.Strict().DecodeString(rest[idLen+1:])
-	if err != nil || len(secret) != secretLen {
-		return "", nil, errors.New("bad key secret")
+	secret := make([]byte, secretLen)
+	id, err := parseToken(tok, (*[secretLen]byte)(secret))
+	if err != nil {
+		return "", nil, err
 	}
 	return id, secret, nil
+}
+
+// secretEncoding is a key secret's encoding (Strict makes a copy: made once), and
+// secretEncLen the length of a secret's encoding.
+var secretEncoding = base64.RawURLEncoding.Strict()
+
+const secretEncLen = (secretLen*8 + 5) / 6
+
+// parseToken is ParseToken into the caller's secret: no allocation (the id is tok's).
+func parseToken(tok string, secret *[secretLen]byte) (string, error) {
+	rest, ok := strings.CutPrefix(tok, tokenPrefix)
+	if !ok || len(rest) < idLen+1 || rest[idLen] != '.' {
+		return "", errors.New("not a strongroom API key")
+	}
+	id := rest[:idLen]
+	for i := range len(id) { // hex.DecodeString's alphabet, either case
+		if c := id[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return "", errors.New("bad key id")
+		}
+	}
+	enc := rest[idLen+1:]
+	// The only length that decodes to secretLen bytes; checked first, so that Decode's
+	// output fits secret whatever the token's length.
+	if len(enc) != secretEncLen {
+		return "", errors.New("bad key secret")
+	}
+	var src [secretEncLen]byte // a copy on the stack: []byte(enc) would be one on the heap
+	if n, err := secretEncoding.Decode(secret[:], src[:copy(src[:], enc)]); err != nil || n != secretLen {
+		clear(secret[:])
+		return "", errors.New("bad key secret")
+	}
+	return id, nil
 }
 
 // Authenticate checks a bearer token and returns the principal. Every failure is
 // ErrUnauthenticated, wrapped with the reason for the operator.
 func (k *Keys) Authenticate(ctx context.Context, tok string) (*Principal, error) {
-	id, secret, err := ParseToken(tok)
+	var secret [secretLen]byte
+	id, err := parseToken(tok, &secret)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnauthenticated, err)
 	}
-	defer clear(secret)
+	defer clear(secret[:])
 	now := k.now()
 	k.mu.RLock()
 	c, ok := k.cache[id]
@@ -250,7 +276,7 @@ func (k *Keys) Authenticate(ctx context.Context, tok string) (*Principal, error)
 		}
 		// The store is unreachable and Watch knows it: the cached key, unverified.
 	}
-	h := sha256.Sum256(secret)
+	h := sha256.Sum256(secret[:])
 	if subtle.ConstantTimeCompare(h[:], c.key.Hash) != 1 {
 		return nil, fmt.Errorf("%w: key %s: wrong secret", ErrUnauthenticated, id)
 	}

@@ -1,7 +1,10 @@
 package authn
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -97,12 +100,53 @@ func TestKeyLifecycle(t *testing.T) {
 func FuzzParseToken(f *testing.F) {
 	f.Add("sr_0123456789abcdef." + strings.Repeat("A", 43))
 	f.Add("")
+	f.Add("sr_0123456789ABCDEF." + strings.Repeat("A", 42) + "B") // non-zero trailing bits: refused
+	f.Add("sr_0123456789abcdeg." + strings.Repeat("_", 43))
+	f.Add("sr_0123456789abcdef." + strings.Repeat("-", 43) + "=")
 	f.Fuzz(func(t *testing.T, s string) {
 		id, secret, err := ParseToken(s)
 		if err == nil && (len(id) != idLen || len(secret) != secretLen) {
 			t.Fatalf("accepted %q", s)
 		}
+		// The library's reading: hex for the id, strict unpadded URL base64 for the secret.
+		wantID, wantSecret, wantErr := refParseToken(s)
+		if err != nil && wantErr == nil && strings.ContainsAny(s, "\r\n") {
+			return // encoding/base64 skips CR and LF in an encoding; a key has one spelling here
+		}
+		if (err == nil) != (wantErr == nil) || id != wantID || !bytes.Equal(secret, wantSecret) {
+			t.Fatalf("%q: read as (%q, %x, %v), the libraries' reading (%q, %x, %v)", s, id, secret, err, wantID, wantSecret, wantErr)
+		}
 	})
+}
+
+// refParseToken is a token read with encoding/hex and encoding/base64 (what ParseToken did
+// before it stopped allocating).
+func refParseToken(tok string) (string, []byte, error) {
+	rest, ok := strings.CutPrefix(tok, tokenPrefix)
+	if !ok || len(rest) < idLen+1 || rest[idLen] != '.' {
+		return "", nil, errors.New("not a key")
+	}
+	if _, err := hex.DecodeString(rest[:idLen]); err != nil {
+		return "", nil, err
+	}
+	secret, err := base64.RawURLEncoding.Strict().DecodeString(rest[idLen+1:])
+	if err != nil || len(secret) != secretLen {
+		return "", nil, errors.New("bad secret")
+	}
+	return rest[:idLen], secret, nil
+}
+
+// TestParseTokenAllocates nothing: a key is read on every request.
+func TestParseTokenAllocates(t *testing.T) {
+	tok := "sr_0123456789abcdef." + strings.Repeat("A", 43)
+	var secret [secretLen]byte
+	if allocs := testing.AllocsPerRun(50, func() {
+		if _, err := parseToken(tok, &secret); err != nil {
+			t.Fatal(err)
+		}
+	}); allocs != 0 {
+		t.Errorf("%.0f allocations reading a key, want 0", allocs)
+	}
 }
 
 // TestRevocationByAnotherProcess: a key revoked by another process (the CLI, another

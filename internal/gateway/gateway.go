@@ -87,6 +87,7 @@ type Route struct {
 	// engineauth); required to serve a model whose record asks for watermarking.
 	UpstreamKey string        `json:"upstream_key,omitempty"`
 	Limits      limits.Limits `json:"limits,omitzero"`
+	scope       string        // its limiter scope's name, "model:"+Model (made by New)
 }
 
 // Config wires a Gateway.
@@ -242,6 +243,7 @@ func New(cfg Config) (*Gateway, error) {
 				return nil, fmt.Errorf("gateway: route %s, upstream %d: %w", r.Model, j+1, err)
 			}
 		}
+		r.scope = "model:" + r.Model
 		g.routes[r.Model] = r
 		g.names = append(g.names, r.Model)
 	}
@@ -374,6 +376,20 @@ func authError(err error) *apiError {
 	return errUnauthenticated
 }
 
+// ipText is ip.String(), without making it when r's peer address spells it: an IPv4 peer
+// (not behind a trusted proxy) is the host part of RemoteAddr, and an IPv4 address that
+// netip parses has one spelling (no leading zeros).
+func ipText(r *http.Request, ip netip.Addr) string {
+	if ip.Is4() {
+		if i := strings.LastIndexByte(r.RemoteAddr, ':'); i > 0 && i <= len("255.255.255.255") {
+			if a, err := netip.ParseAddr(r.RemoteAddr[:i]); err == nil && a == ip {
+				return r.RemoteAddr[:i]
+			}
+		}
+	}
+	return ip.String()
+}
+
 // clientIP is the peer address or, behind trusted proxies, the rightmost address in
 // X-Forwarded-For (all header lines taken as one list, in order) that is not itself a
 // trusted proxy. An entry that is not an address makes the client unknown (the zero
@@ -481,6 +497,7 @@ type reqState struct {
 	endpoint     string
 	p            *authn.Principal
 	ip           netip.Addr
+	ipText       string // ip.String() (ipText)
 	country      string
 	route        *Route
 	rec          modelrec.Record // the route's inventory record when the request came
@@ -506,6 +523,7 @@ type reqState struct {
 
 func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string) {
 	st := &reqState{start: g.cfg.Now(), endpoint: endpoint, decision: audit.Deny, ip: g.clientIP(r)}
+	st.ipText = ipText(r, st.ip)
 	defer g.finish(r.Context(), st)
 	g.inflight.Add(1)
 	defer g.leave()
@@ -584,7 +602,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	if !p.MFAAt.IsZero() {
 		mfaAge = int64(st.start.Sub(p.MFAAt).Seconds())
 	}
-	pctx := policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ip.String(), HourUTC: st.start.UTC().Hour(),
+	pctx := policy.Context{Endpoint: endpoint, ClientCountry: st.country, IP: st.ipText, HourUTC: st.start.UTC().Hour(),
 		MFAAgeS: mfaAge, Stream: st.feat.Stream, Logprobs: logprobs, TopLogprobs: top, LogitBias: len(st.asked.LogitBias) > 0,
 		N: n, MaxTokens: st.asked.MaxTokens, TemperatureMilli: st.asked.TemperatureMilli}
 	pm := PolicyModel(rec)
@@ -638,7 +656,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	scopes := []limits.Scope{
 		{Name: "key:" + p.KeyID, Limits: g.cfg.KeyLimits},
 		{Name: "tenant:" + p.Tenant, Limits: g.cfg.TenantLimits},
-		{Name: "model:" + rt.Model, Limits: rt.Limits},
+		{Name: rt.scope, Limits: rt.Limits},
 	}
 	if sanction == obs.Throttle {
 		scopes = append(scopes, limits.Scope{Name: "sanction:" + p.ID, Limits: limits.Limits{RPM: 6, Concurrent: 1}})
@@ -769,7 +787,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	out := g.pool.Get().(*bytes.Buffer)
 	out.Reset()
 	defer g.putBuffer(out)
-	ab := &answerBudget{r: io.LimitReader(resp.Body, maxAnswer+1), held: &g.answered}
+	ab := &answerBudget{r: io.LimitedReader{R: resp.Body, N: maxAnswer + 1}, held: &g.answered}
 	defer ab.release() // once the answer went out: its buffer is held until then
 	_, err = out.ReadFrom(ab)
 	if errors.Is(err, errAnswersHeld) {
@@ -950,7 +968,7 @@ var errAnswersHeld = errors.New("engine answers in memory over the gateway's bou
 // answerBudget reads an answer while counting its bytes in held, the gateway's total;
 // past maxAnswersHeld the read fails (errAnswersHeld). release gives the bytes back.
 type answerBudget struct {
-	r    io.Reader
+	r    io.LimitedReader // held in place: io.LimitReader's would be an allocation a request
 	held *atomic.Int64
 	n    int64
 }
@@ -1275,7 +1293,7 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 	}
 	if g.cfg.Detector != nil && st.p != nil {
 		a := st.asked
-		g.cfg.Detector.Observe(obs.Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ip.String(),
+		g.cfg.Detector.Observe(obs.Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ipText,
 			Model: st.feat.Model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: a.MaxTokens, Logprobs: a.Logprobs,
 			TopLogprobs: a.TopLogprobs, LogitBias: a.LogitBias, N: a.N, PromptTokens: st.usage.PromptTokens,
 			CompletionTokens: st.usage.CompletionTokens, Decision: st.decision})
