@@ -16,9 +16,9 @@ type decisionCache struct {
 	m  map[string]Decision
 }
 
-func (c *decisionCache) get(k string) (Decision, bool) {
+func (c *decisionCache) get(k []byte) (Decision, bool) {
 	c.mu.Lock()
-	d, ok := c.m[k]
+	d, ok := c.m[string(k)] // no string made for a lookup
 	c.mu.Unlock()
 	return d, ok
 }
@@ -32,9 +32,9 @@ func (c *decisionCache) put(k string, d Decision) {
 	c.mu.Unlock()
 }
 
-// key encodes every field of r unambiguously (strings and lists length-prefixed).
-func (r *Request) key() string {
-	b := make([]byte, 0, 256)
+// appendKey appends to b an encoding of every field of r, unambiguous (strings and lists
+// length-prefixed).
+func (r *Request) appendKey(b []byte) []byte {
 	str := func(s string) {
 		b = strconv.AppendInt(b, int64(len(s)), 10)
 		b = append(b, ':')
@@ -82,5 +82,5 @@ func (r *Request) key() string {
 	num(int64(c.N))
 	num(int64(c.MaxTokens))
 	num(c.TemperatureMilli)
-	return string(b)
+	return b
 }

@@ -57,13 +57,30 @@ func TestDecisionCache(t *testing.T) {
 	// Lists are length-prefixed: one role "a,b" is not two roles "a" and "b".
 	a := Request{Principal: Principal{Roles: []string{"researcher,admin"}}}
 	b := Request{Principal: Principal{Roles: []string{"researcher", "admin"}}}
-	if a.key() == b.key() {
+	if string(a.appendKey(nil)) == string(b.appendKey(nil)) {
 		t.Fatal("different role lists share a cache key")
 	}
 	c := Request{Principal: Principal{ID: "a", Tenant: "b"}}
 	d := Request{Principal: Principal{ID: "a:1", Tenant: ""}}
-	if c.key() == d.key() {
+	if string(c.appendKey(nil)) == string(d.appendKey(nil)) {
 		t.Fatal("different principals share a cache key")
+	}
+}
+
+// TestCachedDecisionAllocates nothing: every request of the gateway asks.
+func TestCachedDecisionAllocates(t *testing.T) {
+	s, err := Load("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := Request{Action: ActionInfer, Principal: Principal{ID: "alice", Tenant: "acme", Country: "US", Screening: "clear", Roles: []string{"researcher"}},
+		Model: Model{Name: "m", Classification: "public"}, Context: Context{Endpoint: "chat.completions", ClientCountry: "US", IP: "10.0.0.1", MFAAgeS: -1, N: 1, TemperatureMilli: -1}}
+	d := s.Decide(r)
+	if !d.Allow || d.Reason() != s.decide(r).reasonText() {
+		t.Fatalf("decision %+v, reason %q", d, d.Reason())
+	}
+	if allocs := testing.AllocsPerRun(50, func() { s.Decide(r).Reason() }); allocs != 0 {
+		t.Errorf("a cached decision and its reason: %.0f allocations, want 0", allocs)
 	}
 }
 

@@ -87,10 +87,18 @@ type Decision struct {
 	Allow    bool
 	Policies []string
 	Errors   []string
+	reason   string // reasonText, made once by authorize (a cached decision is read per request)
 }
 
 // Reason is a one-line reason for logs and audit.
 func (d Decision) Reason() string {
+	if d.reason != "" {
+		return d.reason
+	}
+	return d.reasonText()
+}
+
+func (d Decision) reasonText() string {
 	switch {
 	case len(d.Errors) > 0:
 		return "policy evaluation error: " + strings.Join(d.Errors, "; ")
@@ -205,12 +213,13 @@ func strSet(xs []string) cedar.Set {
 // Decide evaluates a request. Evaluation errors deny. The answer may be shared with other
 // callers: do not modify its slices.
 func (s *Set) Decide(r Request) Decision {
-	k := r.key()
+	var buf [256]byte // most keys fit: a cached decision costs no allocation
+	k := r.appendKey(buf[:0])
 	if d, ok := s.cache.get(k); ok {
 		return d
 	}
 	d := s.decide(r)
-	s.cache.put(k, d)
+	s.cache.put(string(k), d)
 	return d
 }
 
@@ -334,5 +343,6 @@ func (s *Set) authorize(entities cedar.EntityMap, req cedar.Request) Decision {
 		d.Allow = false
 	}
 	slices.Sort(d.Policies)
+	d.reason = d.reasonText()
 	return d
 }
