@@ -67,14 +67,19 @@ func TestDecisionCache(t *testing.T) {
 	}
 }
 
+// aliceRequest is a gateway request of a researcher for model m of classification.
+func aliceRequest(classification string) Request {
+	return Request{Action: ActionInfer, Principal: Principal{ID: "alice", Tenant: "acme", Country: "US", Screening: "clear", Roles: []string{"researcher"}},
+		Model: Model{Name: "m", Classification: classification}, Context: Context{Endpoint: "chat.completions", ClientCountry: "US", IP: "10.0.0.1", MFAAgeS: -1, N: 1, TemperatureMilli: -1}}
+}
+
 // TestCachedDecisionAllocates nothing: every request of the gateway asks.
 func TestCachedDecisionAllocates(t *testing.T) {
 	s, err := Load("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := Request{Action: ActionInfer, Principal: Principal{ID: "alice", Tenant: "acme", Country: "US", Screening: "clear", Roles: []string{"researcher"}},
-		Model: Model{Name: "m", Classification: "public"}, Context: Context{Endpoint: "chat.completions", ClientCountry: "US", IP: "10.0.0.1", MFAAgeS: -1, N: 1, TemperatureMilli: -1}}
+	r := aliceRequest("public")
 	d := s.Decide(r)
 	if !d.Allow || d.Reason() != s.decide(r).reasonText() {
 		t.Fatalf("decision %+v, reason %q", d, d.Reason())
@@ -92,8 +97,7 @@ func BenchmarkDecideCache(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	r := Request{Action: ActionInfer, Principal: Principal{ID: "alice", Tenant: "acme", Country: "US", Screening: "clear", Roles: []string{"researcher"}},
-		Model: Model{Name: "m", Classification: "restricted"}, Context: Context{Endpoint: "chat.completions", ClientCountry: "US", IP: "10.0.0.1", MFAAgeS: -1, N: 1, TemperatureMilli: -1}}
+	r := aliceRequest("restricted")
 	b.Run("cedar", func(b *testing.B) {
 		for b.Loop() {
 			s.decide(r)
