@@ -382,14 +382,19 @@ func commonValue(b []byte) string { return commonValues[string(b)] }
 // Authorization, its X-Stainless-* values), or the next answer of an engine, mostly repeats
 // them byte for byte, and then shares them instead of making new ones (each was an
 // allocation a header a request). Strings are immutable: sharing is safe. It holds what
-// the connection last sent, until the connection closes. The zero Recent is ready; it is
-// not safe for concurrent use (one reader a connection).
+// the connection last sent (lines up to RecentMax bytes), until the connection closes.
+// The zero Recent is ready; it is not safe for concurrent use (one reader a connection).
 type Recent struct {
 	names, keys, vals [RecentLines]string
 }
 
-// RecentLines is how many header lines a Recent remembers.
-const RecentLines = 24
+// RecentLines is how many header lines a Recent remembers, and RecentMax the longest
+// string it keeps: an idle connection holds at most ~12 KiB of them (a header section may
+// be 64 KiB; its long lines are made anew each time).
+const (
+	RecentLines = 24
+	RecentMax   = 256
+)
 
 // Value is common(b) when that is not "", else line i's value of the last message when b
 // repeats it, else string(b) (then remembered as line i's).
@@ -401,7 +406,7 @@ func (r *Recent) Value(i int, b []byte, common func([]byte) string) string {
 		return r.vals[i]
 	}
 	v := string(b)
-	if i < RecentLines {
+	if i < RecentLines && len(v) <= RecentMax {
 		r.vals[i] = v
 	}
 	return v
@@ -418,7 +423,7 @@ func (r *Recent) Key(i int, name []byte, common func([]byte) string, canon func(
 	}
 	n := string(name)
 	k := canon(n)
-	if i < RecentLines {
+	if i < RecentLines && len(n) <= RecentMax {
 		r.names[i], r.keys[i] = n, k
 	}
 	return k

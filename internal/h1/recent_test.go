@@ -168,3 +168,25 @@ func FuzzRecent(f *testing.F) {
 		}
 	})
 }
+
+// TestRecentKeepsShortLines: an idle connection holds at most RecentLines short strings
+// of each kind: a long value (or name) is not kept, and is still read right.
+func TestRecentKeepsShortLines(t *testing.T) {
+	var r Recent
+	none := func([]byte) string { return "" }
+	long := bytes.Repeat([]byte("v"), RecentMax+1)
+	if v := r.Value(0, long, none); v != string(long) {
+		t.Fatal("a long value read wrong")
+	}
+	if r.vals[0] != "" {
+		t.Errorf("a %d-byte value kept", len(long))
+	}
+	if k := r.Key(0, long, none, strings.ToUpper); k != strings.ToUpper(string(long)) || r.names[0] != "" || r.keys[0] != "" {
+		t.Errorf("a %d-byte name kept (key read %d bytes)", len(long), len(k))
+	}
+	short := long[:RecentMax]
+	r.Value(1, short, none)
+	if r.vals[1] != string(short) {
+		t.Errorf("a %d-byte value not kept", len(short))
+	}
+}
