@@ -118,7 +118,9 @@ func (c *conn) readRequest(ctx context.Context) (*http.Request, error) {
 	}
 	if r.RequestURI = c.lastURI; r.RequestURI != string(target) { // most repeat the last
 		r.RequestURI = string(target)
-		c.lastURI = r.RequestURI
+		if len(target) <= RecentMax { // as Recent's lines: a long one is not held idle
+			c.lastURI = r.RequestURI
+		}
 	}
 	if r.URL, err = url.ParseRequestURI(r.RequestURI); err != nil {
 		return nil, bad("malformed request target")
@@ -389,8 +391,9 @@ type Recent struct {
 }
 
 // RecentLines is how many header lines a Recent remembers, and RecentMax the longest
-// string it keeps: an idle connection holds at most ~12 KiB of them (a header section may
-// be 64 KiB; its long lines are made anew each time).
+// string it (and a connection's last target) keeps: an idle connection holds at most
+// ~19 KiB of them — a name, its canonical key and a value a line — where a request may be
+// 64 KiB (its long lines are made anew each time).
 const (
 	RecentLines = 24
 	RecentMax   = 256
