@@ -29,6 +29,7 @@ url=$(sed -n 's/^STRONGROOM_URL=//p' "$w/sr.log" | head -1)/chat/completions
 body='{"model":"demo","max_tokens":256,"messages":[{"role":"user","content":"hello there"}]}'
 "$w/openloop" -url "$url" -key "$k" -body "$body" -rate "$rate" -duration 2s >/dev/null
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
+uticks() { awk '{sub(/^.*\) /, ""); print $12}' "/proc/$1/stat"; }
 # Minor page faults (each ~11 µs of CPU on this VM: a heap page the runtime's scavenger
 # gave back, touched again) and context switches of all the process's threads: counts,
 # less noisy than CPU time.
@@ -37,8 +38,8 @@ switches() { cat /proc/$1/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s +=
 # Read- and write-family system calls (every read, recvmsg, write, sendmsg, pwrite...).
 sysr() { awk '/^syscr/ {print $2}' "/proc/$1/io"; }
 sysw() { awk '/^syscw/ {print $2}' "/proc/$1/io"; }
-t0=$(ticks $sp) f0=$(faults $sp) c0=$(switches $sp) r0=$(sysr $sp) w0=$(sysw $sp)
+t0=$(ticks $sp) u0=$(uticks $sp) f0=$(faults $sp) c0=$(switches $sp) r0=$(sysr $sp) w0=$(sysw $sp)
 "$w/openloop" -url "$url" -key "$k" -body "$body" -rate "$rate" -duration "$dur"
-t1=$(ticks $sp) f1=$(faults $sp) c1=$(switches $sp) r1=$(sysr $sp) w1=$(sysw $sp)
-echo "ticks during load: $((t1 - t0)) (of $(getconf CLK_TCK) a second); minor faults $((f1 - f0)); context switches $((c1 - c0)); read calls $((r1 - r0)), write calls $((w1 - w0))"
+t1=$(ticks $sp) u1=$(uticks $sp) f1=$(faults $sp) c1=$(switches $sp) r1=$(sysr $sp) w1=$(sysw $sp)
+echo "ticks during load: $((t1 - t0)) (of $(getconf CLK_TCK) a second; user $((u1 - u0))); minor faults $((f1 - f0)); context switches $((c1 - c0)); read calls $((r1 - r0)), write calls $((w1 - w0))"
 kill $sp; wait $sp || true
