@@ -106,7 +106,7 @@ func (k *Keys) Create(ctx context.Context, principal string, ttl time.Duration, 
 	}
 	rand.Read(secret)
 	defer clear(secret)
-	h := sha256.Sum256(secret[:])
+	h := sha256.Sum256(secret)
 	rec := store.APIKey{ID: hex.EncodeToString(idb[:]), Principal: principal, Hash: h[:], Models: models, CreatedAt: k.now().UTC()}
 	if ttl > 0 {
 		rec.ExpiresAt = rec.CreatedAt.Add(ttl)
