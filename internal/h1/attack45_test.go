@@ -755,7 +755,7 @@ func TestAttack45DistinctCredentialsPipelined(t *testing.T) {
 // a45Retained is the bytes of strings a connection keeps from its past requests: its last
 // target and its Recent's names, keys and values (a key that is its name counted once).
 func a45Retained(c *conn) int {
-	n := len(c.lastURI)
+	n := len(c.recent.target)
 	for i := range RecentLines {
 		n += len(c.recent.names[i]) + len(c.recent.vals[i])
 		if c.recent.keys[i] != c.recent.names[i] {
@@ -767,7 +767,7 @@ func a45Retained(c *conn) int {
 
 // TestAttack45IdleConnectionRetainsLittle: DESIGN says a connection's remembered strings
 // are kept only for lines of at most 256 bytes, so that an idle connection holds at most
-// ~12 KiB of them (24 lines). What a connection keeps between requests — its last target
+// ~19 KiB of them (24 lines). What a connection keeps between requests — its last target
 // included — must stay within 24 lines × (name, key, value) × 256 B + 256 B (19 KiB),
 // whatever the last request sent: here a 60 KiB target and 24 names and values of 256 B.
 // Then over real sockets: idle connections that last sent a 60 KiB target must not each
@@ -788,7 +788,7 @@ func TestAttack45IdleConnectionRetainsLittle(t *testing.T) {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if n := a45Retained(c); n > bound {
-			t.Errorf("%s: the connection keeps %d bytes of the request's strings after it (target %d B), bound %d", tc.name, n, len(c.lastURI), bound)
+			t.Errorf("%s: the connection keeps %d bytes of the request's strings after it (target %d B), bound %d", tc.name, n, len(c.recent.target), bound)
 		}
 	}
 

@@ -116,12 +116,7 @@ func (c *conn) readRequest(ctx context.Context) (*http.Request, error) {
 	default:
 		return nil, &parseError{status: http.StatusHTTPVersionNotSupported, msg: "h1: only HTTP/1.0 and HTTP/1.1 are served"}
 	}
-	if r.RequestURI = c.lastURI; r.RequestURI != string(target) { // most repeat the last
-		r.RequestURI = string(target)
-		if len(target) <= RecentMax { // as Recent's lines: a long one is not held idle
-			c.lastURI = r.RequestURI
-		}
-	}
+	r.RequestURI = c.recent.Target(target)
 	if r.URL, err = url.ParseRequestURI(r.RequestURI); err != nil {
 		return nil, bad("malformed request target")
 	}
@@ -388,10 +383,11 @@ func commonValue(b []byte) string { return commonValues[string(b)] }
 // The zero Recent is ready; it is not safe for concurrent use (one reader a connection).
 type Recent struct {
 	names, keys, vals [RecentLines]string
+	target            string // a request's target (the server's)
 }
 
 // RecentLines is how many header lines a Recent remembers, and RecentMax the longest
-// string it (and a connection's last target) keeps: an idle connection holds at most
+// string it keeps (a line's, or the target's): an idle connection holds at most
 // ~19 KiB of them — a name, its canonical key and a value a line — where a request may be
 // 64 KiB (its long lines are made anew each time).
 const (
@@ -405,14 +401,26 @@ func (r *Recent) Value(i int, b []byte, common func([]byte) string) string {
 	if v := common(b); v != "" {
 		return v
 	}
-	if i < RecentLines && r.vals[i] == string(b) { // compared in place: no allocation
-		return r.vals[i]
+	if i >= RecentLines {
+		return string(b)
 	}
-	v := string(b)
-	if i < RecentLines && len(v) <= RecentMax {
-		r.vals[i] = v
+	return share(&r.vals[i], b)
+}
+
+// Target is the last request's target when b repeats it, else string(b) (then remembered).
+func (r *Recent) Target(b []byte) string { return share(&r.target, b) }
+
+// share is *kept when b repeats it (compared in place: no allocation), else string(b),
+// then kept in *kept when at most RecentMax bytes.
+func share(kept *string, b []byte) string {
+	if *kept == string(b) {
+		return *kept
 	}
-	return v
+	s := string(b)
+	if len(s) <= RecentMax {
+		*kept = s
+	}
+	return s
 }
 
 // Key is name's canonical key (canon(string(name)) when it is not a common one), or line

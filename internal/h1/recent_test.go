@@ -135,8 +135,8 @@ func TestRecentSharesRepeats(t *testing.T) {
 		}
 		io.Copy(io.Discard, rq.Body)
 	}
-	c.recent, c.lastURI = Recent{}, ""
-	first := testing.AllocsPerRun(1, func() { c.recent, c.lastURI = Recent{}, ""; read() })
+	c.recent = Recent{}
+	first := testing.AllocsPerRun(1, func() { c.recent = Recent{}; read() })
 	read()
 	again := testing.AllocsPerRun(20, read)
 	if first-again < 5 {

@@ -263,8 +263,7 @@ type conn struct {
 	watchSaw  atomic.Int64 // bytes the running watch has seen buffered (the next request's)
 	bodyRead  atomic.Bool  // the request's body was read to its end: the reader is free
 	// The strings of the last request's target and header lines (its reading goroutine's).
-	lastURI string
-	recent  Recent
+	recent Recent
 }
 
 func (s *Server) headerTimeout() time.Duration {
