@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/strongroom/strongroom/internal/h1"
+	"github.com/strongroom/strongroom/internal/rawsock"
 )
 
 // engineClient is the gateway's HTTP/1.1 client to plain-http engines: the request is
@@ -292,6 +293,7 @@ func (cl *engineClient) conn(ctx context.Context, pool poolKey) (*engineConn, er
 	if err != nil {
 		return nil, err
 	}
+	c = rawsock.Wrap(c) // raw reads and writes (package rawsock)
 	ec := &engineConn{c: c, pool: pool, left: -1}
 	ec.br = bufio.NewReaderSize(ec, 16<<10)
 	ec.bw = bufio.NewWriterSize(c, 8<<10)
@@ -408,7 +410,6 @@ type peeker struct {
 	rc   syscall.RawConn // nil: not a socket (a test's pipe): taken as open
 	fn   func(fd uintptr) bool
 	open bool
-	b    [1]byte
 }
 
 // newPeeker is c's peeker; nil if its socket cannot be had.
@@ -424,8 +425,7 @@ func newPeeker(c net.Conn) *peeker {
 	}
 	p.rc = rc
 	p.fn = func(fd uintptr) bool {
-		_, _, rerr := syscall.Recvfrom(int(fd), p.b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		p.open = rerr == syscall.EAGAIN
+		p.open = rawsock.PeekOpen(fd)
 		return true
 	}
 	return p

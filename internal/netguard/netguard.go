@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"github.com/strongroom/strongroom/internal/h1"
+	"github.com/strongroom/strongroom/internal/rawsock"
 	"io"
 	"log/slog"
 	"net"
@@ -166,6 +167,9 @@ func (g *Guard) admit(c net.Conn) net.Conn {
 		g.mu.Unlock()
 	}
 	peerTimeout(c, g.lim.PeerTimeout)
+	// Its reads and writes are raw system calls (package rawsock: the scheduler's monitor
+	// is not woken by each).
+	c = rawsock.Wrap(c)
 	return &conn{Conn: c, release: sync.OnceFunc(func() {
 		if capped {
 			g.mu.Lock()

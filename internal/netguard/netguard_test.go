@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/strongroom/strongroom/internal/rawsock"
 	"golang.org/x/sys/unix"
 )
 
@@ -223,7 +224,7 @@ func TestPeerTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	rc, err := c.(*conn).Conn.(*net.TCPConn).SyscallConn()
+	rc, err := c.(*conn).Conn.(syscall.Conn).SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,5 +274,39 @@ func TestPeerTimeoutStalledReader(t *testing.T) {
 		t.Logf("the stalled reader's connection ended: %v", err)
 	case <-time.After(2 * time.Minute): // a bound against hanging, far past the 2 s timeout
 		t.Fatal("a write to a client that stopped reading was still blocked after 2 minutes")
+	}
+}
+
+// An admitted TCP connection reads and writes with raw system calls (package rawsock),
+// under the guard's wrapper (which h1's client-gone watch unwraps to peek).
+func TestAdmittedConnRaw(t *testing.T) {
+	g, err := New(Limits{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gl := g.Listener(ln)
+	defer gl.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := gl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	under := s.(interface{ NetConn() net.Conn }).NetConn()
+	if _, ok := under.(*rawsock.Conn); !ok {
+		t.Fatalf("admitted connection is %T under the guard, not raw", under)
+	}
+	io.WriteString(c, "ping")
+	var p [4]byte
+	if _, err := io.ReadFull(s, p[:]); err != nil || string(p[:]) != "ping" {
+		t.Fatalf("read through the guard: %q %v", p, err)
 	}
 }

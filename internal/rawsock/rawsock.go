@@ -1,0 +1,180 @@
+// Package rawsock reads and writes a TCP connection's socket without telling Go's
+// scheduler that a system call is under way.
+//
+// Every system call made through package syscall (net.Conn's Read and Write among them)
+// enters and leaves the scheduler's "in a system call" state, in case it blocks; on the
+// way in it wakes the scheduler's monitor thread (sysmon) if that thread sleeps, and a
+// woken sysmon polls every 20 µs until the process has been idle a while. A proxy at a
+// moderate load goes idle and busy thousands of times a second, and each time its next
+// read wakes sysmon again: on this project's 2-core benchmark that cost 12–14 % of the
+// gateway's CPU (docs/PERFORMANCE.md, twenty-eighth session; golang/go#19563 and #18236
+// describe the same cost). A read or write on a non-blocking socket never blocks, so the
+// scheduler need not know about it: Conn makes them with RawSyscall, inside the
+// connection's own poller (syscall.RawConn), which keeps net.Conn's deadlines, its
+// serialized reads and writes, and its closing rules.
+//
+// Under the race detector the same code makes the calls through package syscall, whose
+// annotations tell the detector that a write to a socket happens before the read of it.
+package rawsock
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxIO bounds one read or write call: a raw call holds its thread's P for as long as
+// the kernel copies (~30 µs for 256 KiB), where the scheduler would have handed it on.
+const maxIO = 256 << 10
+
+// Conn is a TCP connection whose Read and Write are raw system calls on its non-blocking
+// socket. Every other method is the *net.TCPConn's.
+type Conn struct {
+	*net.TCPConn
+	rc syscall.RawConn
+
+	rmu  sync.Mutex // Read's state below; concurrent Reads are serialized anyway
+	rfn  func(fd uintptr) bool
+	rb   []byte
+	rn   int
+	rerr syscall.Errno
+	reof bool
+
+	wmu  sync.Mutex
+	wfn  func(fd uintptr) bool
+	wb   []byte
+	wn   int
+	werr syscall.Errno
+}
+
+// Wrap returns c as a *Conn when it is a *net.TCPConn over a non-blocking socket (every
+// one the net package makes), else c itself.
+func Wrap(c net.Conn) net.Conn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return c
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil || !nonBlocking(rc) {
+		return c
+	}
+	x := &Conn{TCPConn: tc, rc: rc}
+	x.rfn, x.wfn = x.read, x.write
+	return x
+}
+
+// nonBlocking reports whether rc's descriptor is in non-blocking mode: a raw call on a
+// blocking one could park its thread, unseen by the scheduler, for as long as a peer
+// likes.
+func nonBlocking(rc syscall.RawConn) bool {
+	nb := false
+	err := rc.Control(func(fd uintptr) {
+		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		nb = err == nil && fl&unix.O_NONBLOCK != 0
+	})
+	return err == nil && nb
+}
+
+// read is the poller's callback: true when done (bytes, end of stream or an error),
+// false to wait until the socket is readable.
+func (c *Conn) read(fd uintptr) bool {
+	if len(c.rb) == 0 {
+		return true
+	}
+	for {
+		n, e := sysRead(fd, c.rb[:min(len(c.rb), maxIO)])
+		switch e {
+		case 0:
+			c.rn, c.reof = n, n == 0
+			return true
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.rerr = e
+			return true
+		}
+	}
+}
+
+// write is the poller's callback: true once all of wb is written or on an error, false
+// to wait until the socket takes more.
+func (c *Conn) write(fd uintptr) bool {
+	for c.wn < len(c.wb) {
+		n, e := sysWrite(fd, c.wb[c.wn:min(len(c.wb), c.wn+maxIO)])
+		switch e {
+		case 0:
+			c.wn += n
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			c.werr = e
+			return true
+		}
+	}
+	return true
+}
+
+// Read is net.Conn's Read, with its errors: io.EOF at the end of the stream, a
+// *net.OpError otherwise (net.ErrClosed, os.ErrDeadlineExceeded, an errno).
+func (c *Conn) Read(p []byte) (int, error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.rb, c.rn, c.rerr, c.reof = p, 0, 0, false
+	err := c.rc.Read(c.rfn)
+	c.rb = nil
+	switch {
+	case err != nil:
+		return 0, opError(err, "read")
+	case c.rerr != 0:
+		return 0, c.opError("read", c.rerr)
+	case c.reof:
+		return 0, io.EOF
+	}
+	return c.rn, nil
+}
+
+// Write is net.Conn's Write: all of p, or what was written and a *net.OpError.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wb, c.wn, c.werr = p, 0, 0
+	err := c.rc.Write(c.wfn)
+	c.wb = nil
+	switch {
+	case err != nil:
+		return c.wn, opError(err, "write")
+	case c.werr != 0:
+		return c.wn, c.opError("write", c.werr)
+	}
+	return c.wn, nil
+}
+
+// opError names the raw connection's error (an *net.OpError "raw-read" or "raw-write":
+// closed, a deadline) as net.Conn's own Read or Write would.
+func opError(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+	}
+	return err
+}
+
+func (c *Conn) opError(op string, e syscall.Errno) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, e)}
+}
+
+// PeekOpen reports whether the socket fd is open with nothing to read (a peek that
+// would block); call it inside the connection's RawConn.Read.
+func PeekOpen(fd uintptr) bool {
+	for {
+		e := sysPeek(fd)
+		if e != syscall.EINTR {
+			return e == syscall.EAGAIN
+		}
+	}
+}
