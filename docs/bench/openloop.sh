@@ -7,6 +7,7 @@
 # utime+stime from /proc, read after it settled (under 5% of a core for 1 s), as peers
 # does. Prints one line a run and the same-round ratios' medians. Pick RATE below every
 # system's closed-loop req/s (peers), so that all keep up; GOMAXPROCS passes through.
+# Rounds alternate the systems' order; ONLY="a b" limits the systems run.
 set -euo pipefail
 rate=$1 rounds=$2 sr=$3 off=${4:-}
 kit=$(cd "$(dirname "$0")/../../../shared/bench" && pwd)
@@ -43,6 +44,8 @@ bg bifrost-core "$work/bin/bifrostcore" -upstream "$mock" -listen 127.0.0.1:0
 url[bifrost-core]=$(addr bifrost-core 'listening on ')/v1/chat/completions
 systems=(httputil bifrost-core strongroom)
 [ -n "$off" ] && systems+=(strongroom-off)
+# ONLY="strongroom strongroom-off" runs just those (e.g. more rounds of on against off).
+[ -n "${ONLY:-}" ] && read -ra systems <<<"$ONLY"
 key=none
 for s in strongroom strongroom-off; do
 	b=$sr && [ $s = strongroom-off ] && b=$off
@@ -72,7 +75,14 @@ settle() {
 }
 res=$work/res
 for r in $(seq "$rounds"); do
-	for s in "${systems[@]}"; do
+	# Every other round runs the systems in reverse order (ABBA), so that a drift of the
+	# machine within a round is not always against the same system.
+	order=("${systems[@]}")
+	if ((r % 2 == 0)); then
+		order=()
+		for ((i = ${#systems[@]} - 1; i >= 0; i--)); do order+=("${systems[i]}"); done
+	fi
+	for s in "${order[@]}"; do
 		k=none
 		case $s in strongroom) k=$key_strongroom ;; strongroom-off) k=$key_strongroom_off ;; esac
 		"$work/bin/openloop" -url "${url[$s]}" -key "$k" -body "$body" -rate "$rate" -duration 2s >/dev/null
@@ -91,7 +101,7 @@ awk '{ c[$2, $1] = $3; R = $1 > R ? $1 : R }
 function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }; return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
 function ratio(x, y, label,   r, a) { for (r = 1; r <= R; r++) a[r] = c[y, r] > 0 ? c[x, r] / c[y, r] : 0; printf "%s: %.2f (median over %d rounds)\n", label, med(a, R), R }
 END {
-	ratio("strongroom", "bifrost-core", "strongroom/bifrost-core CPU per request at one offered rate")
-	ratio("strongroom", "httputil", "strongroom/httputil CPU per request at one offered rate")
+	if (c["bifrost-core", 1] > 0) ratio("strongroom", "bifrost-core", "strongroom/bifrost-core CPU per request at one offered rate")
+	if (c["httputil", 1] > 0) ratio("strongroom", "httputil", "strongroom/httputil CPU per request at one offered rate")
 	if (c["strongroom-off", 1] > 0) ratio("strongroom", "strongroom-off", "log on/log off CPU per request at one offered rate")
 }' "$res"
