@@ -33,6 +33,7 @@ import (
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/obs"
 	"github.com/strongroom/strongroom/internal/policy"
+	"github.com/strongroom/strongroom/internal/rawsock"
 	"github.com/strongroom/strongroom/internal/store"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -247,14 +248,7 @@ func New(cfg Config) (*Gateway, error) {
 		g.routes[r.Model] = r
 		g.names = append(g.names, r.Model)
 	}
-	g.client = &http.Client{Transport: &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: cfg.UpstreamTimeout,
-		DisableCompression:    true,
-	}}
+	g.client = &http.Client{Transport: engineTransport(cfg.UpstreamTimeout)}
 	g.engines = newEngineClient(cfg.UpstreamTimeout, g.client)
 	g.pool.New = func() any { return new(bytes.Buffer) }
 	g.noiseKey = make([]byte, 32)
@@ -1495,4 +1489,24 @@ func (g *Gateway) requestEvent(st *reqState) audit.Event {
 		ev.Fields["output_hmac"] = audit.HashDigest(st.outHash)
 	}
 	return ev
+}
+
+// engineTransport is the Transport of https engines (engineClient's fallback, cloned per
+// tenant). Its connections read and write raw too (package rawsock), under TLS.
+func engineTransport(upstreamTimeout time.Duration) *http.Transport {
+	dialer := &net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return rawsock.Wrap(c), nil
+		},
+		MaxIdleConns:          1024,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: upstreamTimeout,
+		DisableCompression:    true,
+	}
 }
