@@ -203,6 +203,15 @@ func (c *conn) Close() error {
 	return c.Conn.Close()
 }
 
+// CloseWrite half-closes the connection when the one under the guard can (h1's gentle
+// close after a body left unread sends its FIN so; the wrapper hid it: outside round 46).
+func (c *conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
 // NetConn is the connection under the guard's (h1 asks its socket whether a client hung
 // up while its reader is full: internal/h1's watch).
 func (c *conn) NetConn() net.Conn { return c.Conn }

@@ -277,9 +277,9 @@ func TestPeerTimeoutStalledReader(t *testing.T) {
 	}
 }
 
-// An admitted TCP connection reads and writes with raw system calls (package rawsock),
-// under the guard's wrapper (which h1's client-gone watch unwraps to peek).
-func TestAdmittedConnRaw(t *testing.T) {
+// admittedPair is a client connection and its server side as the guard admitted it.
+func admittedPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
 	g, err := New(Limits{}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -289,17 +289,24 @@ func TestAdmittedConnRaw(t *testing.T) {
 		t.Fatal(err)
 	}
 	gl := g.Listener(ln)
-	defer gl.Close()
+	t.Cleanup(func() { gl.Close() })
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	s, err := gl.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
+	t.Cleanup(func() { s.Close() })
+	return c, s
+}
+
+// An admitted TCP connection reads and writes with raw system calls (package rawsock),
+// under the guard's wrapper (which h1's client-gone watch unwraps to peek).
+func TestAdmittedConnRaw(t *testing.T) {
+	c, s := admittedPair(t)
 	under := s.(interface{ NetConn() net.Conn }).NetConn()
 	if _, ok := under.(*rawsock.Conn); !ok {
 		t.Fatalf("admitted connection is %T under the guard, not raw", under)
@@ -308,5 +315,29 @@ func TestAdmittedConnRaw(t *testing.T) {
 	var p [4]byte
 	if _, err := io.ReadFull(s, p[:]); err != nil || string(p[:]) != "ping" {
 		t.Fatalf("read through the guard: %q %v", p, err)
+	}
+}
+
+// An admitted connection half-closes: the client reads the end of the stream while it
+// can still send (h1's gentle close after a body left unread).
+func TestAdmittedConnCloseWrite(t *testing.T) {
+	c, s := admittedPair(t)
+	cw, ok := s.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatal("the guard's connection cannot half-close")
+	}
+	io.WriteString(s, "bye")
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Second)) // a bound, not a timing
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "bye" {
+		t.Fatalf("client read %q, %v (want the answer, then the end of the stream)", got, err)
+	}
+	io.WriteString(c, "still open")
+	var p [10]byte
+	if _, err := io.ReadFull(s, p[:]); err != nil || string(p[:]) != "still open" {
+		t.Fatalf("server read after its half-close: %q, %v", p, err)
 	}
 }

@@ -23,8 +23,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-
-	"golang.org/x/sys/unix"
 )
 
 // maxIO bounds one read or write call: a raw call holds its thread's P for as long as
@@ -48,18 +46,18 @@ type Conn struct {
 	wfn  func(fd uintptr) bool
 	wb   []byte
 	wn   int
-	werr syscall.Errno
+	werr error
 }
 
-// Wrap returns c as a *Conn when it is a *net.TCPConn over a non-blocking socket (every
-// one the net package makes), else c itself.
+// Wrap returns c as a *Conn when it is a *net.TCPConn, else c itself. The calls are made
+// with MSG_DONTWAIT, so they never block even if the socket is put in blocking mode.
 func Wrap(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return c
 	}
 	rc, err := tc.SyscallConn()
-	if err != nil || !nonBlocking(rc) {
+	if err != nil {
 		return c
 	}
 	x := &Conn{TCPConn: tc, rc: rc}
@@ -67,24 +65,9 @@ func Wrap(c net.Conn) net.Conn {
 	return x
 }
 
-// nonBlocking reports whether rc's descriptor is in non-blocking mode: a raw call on a
-// blocking one could park its thread, unseen by the scheduler, for as long as a peer
-// likes.
-func nonBlocking(rc syscall.RawConn) bool {
-	nb := false
-	err := rc.Control(func(fd uintptr) {
-		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
-		nb = err == nil && fl&unix.O_NONBLOCK != 0
-	})
-	return err == nil && nb
-}
-
 // read is the poller's callback: true when done (bytes, end of stream or an error),
 // false to wait until the socket is readable.
 func (c *Conn) read(fd uintptr) bool {
-	if len(c.rb) == 0 {
-		return true
-	}
 	for {
 		n, e := sysRead(fd, c.rb[:min(len(c.rb), maxIO)])
 		switch e {
@@ -101,28 +84,46 @@ func (c *Conn) read(fd uintptr) bool {
 	}
 }
 
-// write is the poller's callback: true once all of wb is written or on an error, false
-// to wait until the socket takes more.
+// write is the poller's callback: true once all of wb is written (an empty wb: after
+// one call, as net.Conn's Write makes one) or on an error, false to wait until the
+// socket takes more.
 func (c *Conn) write(fd uintptr) bool {
-	for c.wn < len(c.wb) {
+	for {
 		n, e := sysWrite(fd, c.wb[c.wn:min(len(c.wb), c.wn+maxIO)])
-		switch e {
-		case 0:
+		if e == syscall.EINTR {
+			continue
+		}
+		if e == 0 {
 			c.wn += n
-		case syscall.EINTR:
-		case syscall.EAGAIN:
+		}
+		switch {
+		case e == 0 && c.wn == len(c.wb):
+			return true
+		case e == syscall.EAGAIN:
 			return false
-		default:
-			c.werr = e
+		case e != 0:
+			c.werr = os.NewSyscallError("write", e)
+			return true
+		case n == 0:
+			c.werr = io.ErrUnexpectedEOF // as net.Conn's: the kernel took nothing, said nothing
 			return true
 		}
 	}
-	return true
 }
 
 // Read is net.Conn's Read, with its errors: io.EOF at the end of the stream, a
 // *net.OpError otherwise (net.ErrClosed, os.ErrDeadlineExceeded, an errno).
 func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		// net.Conn's answers at once, past a deadline too, unless the connection is closed.
+		if err := c.rc.Control(noop); err != nil {
+			if oe, ok := err.(*net.OpError); ok {
+				return 0, c.opError("read", oe.Err) // Control's names no addresses
+			}
+			return 0, err
+		}
+		return 0, nil
+	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	c.rb, c.rn, c.rerr, c.reof = p, 0, 0, false
@@ -132,7 +133,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 	case err != nil:
 		return 0, opError(err, "read")
 	case c.rerr != 0:
-		return 0, c.opError("read", c.rerr)
+		return 0, c.opError("read", os.NewSyscallError("read", c.rerr))
 	case c.reof:
 		return 0, io.EOF
 	}
@@ -143,17 +144,19 @@ func (c *Conn) Read(p []byte) (int, error) {
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.wb, c.wn, c.werr = p, 0, 0
+	c.wb, c.wn, c.werr = p, 0, nil
 	err := c.rc.Write(c.wfn)
 	c.wb = nil
 	switch {
 	case err != nil:
 		return c.wn, opError(err, "write")
-	case c.werr != 0:
+	case c.werr != nil:
 		return c.wn, c.opError("write", c.werr)
 	}
 	return c.wn, nil
 }
+
+func noop(uintptr) {}
 
 // opError names the raw connection's error (an *net.OpError "raw-read" or "raw-write":
 // closed, a deadline) as net.Conn's own Read or Write would.
@@ -164,8 +167,8 @@ func opError(err error, op string) error {
 	return err
 }
 
-func (c *Conn) opError(op string, e syscall.Errno) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, e)}
+func (c *Conn) opError(op string, err error) error {
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
 
 // PeekOpen reports whether the socket fd is open with nothing to read (a peek that

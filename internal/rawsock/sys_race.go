@@ -8,6 +8,10 @@ import "syscall"
 // that a write to a descriptor happens before a read of it (a test's goroutines often
 // hand each other work so), which raw calls would not.
 
+// raceBuild: these calls, like net.Conn's own, block on a descriptor put in blocking
+// mode; the raw ones (sys.go) never do.
+const raceBuild = true
+
 func sysRead(fd uintptr, p []byte) (int, syscall.Errno) {
 	n, err := syscall.Read(int(fd), p)
 	return max(n, 0), errno(err)
