@@ -8,7 +8,7 @@
 // moderate load goes idle and busy thousands of times a second, and each time its next
 // read wakes sysmon again: on this project's 2-core benchmark that cost 12–14 % of the
 // gateway's CPU (docs/PERFORMANCE.md, twenty-eighth session; golang/go#19563 and #18236
-// describe the same cost). A read or write on a non-blocking socket never blocks, so the
+// describe the same cost). A read or write with MSG_DONTWAIT never blocks, so the
 // scheduler need not know about it: Conn makes them with RawSyscall, inside the
 // connection's own poller (syscall.RawConn), which keeps net.Conn's deadlines, its
 // serialized reads and writes, and its closing rules.
@@ -29,8 +29,8 @@ import (
 // the kernel copies (~30 µs for 256 KiB), where the scheduler would have handed it on.
 const maxIO = 256 << 10
 
-// Conn is a TCP connection whose Read and Write are raw system calls on its non-blocking
-// socket. Every other method is the *net.TCPConn's.
+// Conn is a TCP connection whose Read and Write are raw system calls (recvfrom and sendto
+// with MSG_DONTWAIT). Every other method is the *net.TCPConn's.
 type Conn struct {
 	*net.TCPConn
 	rc syscall.RawConn
