@@ -39,8 +39,7 @@ type Conn struct {
 	rfn  func(fd uintptr) bool
 	rb   []byte
 	rn   int
-	rerr syscall.Errno
-	reof bool
+	rerr error // io.EOF at the end of the stream
 
 	wmu  sync.Mutex
 	wfn  func(fd uintptr) bool
@@ -72,13 +71,15 @@ func (c *Conn) read(fd uintptr) bool {
 		n, e := sysRead(fd, c.rb[:min(len(c.rb), maxIO)])
 		switch e {
 		case 0:
-			c.rn, c.reof = n, n == 0
+			if c.rn = n; n == 0 {
+				c.rerr = io.EOF
+			}
 			return true
 		case syscall.EINTR:
 		case syscall.EAGAIN:
 			return false
 		default:
-			c.rerr = e
+			c.rerr = os.NewSyscallError("read", e)
 			return true
 		}
 	}
@@ -126,16 +127,16 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
-	c.rb, c.rn, c.rerr, c.reof = p, 0, 0, false
+	c.rb, c.rn, c.rerr = p, 0, nil
 	err := c.rc.Read(c.rfn)
 	c.rb = nil
 	switch {
 	case err != nil:
-		return 0, opError(err, "read")
-	case c.rerr != 0:
-		return 0, c.opError("read", os.NewSyscallError("read", c.rerr))
-	case c.reof:
+		return 0, renameOp(err, "read")
+	case c.rerr == io.EOF:
 		return 0, io.EOF
+	case c.rerr != nil:
+		return 0, c.opError("read", c.rerr)
 	}
 	return c.rn, nil
 }
@@ -149,7 +150,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 	c.wb = nil
 	switch {
 	case err != nil:
-		return c.wn, opError(err, "write")
+		return c.wn, renameOp(err, "write")
 	case c.werr != nil:
 		return c.wn, c.opError("write", c.werr)
 	}
@@ -158,15 +159,16 @@ func (c *Conn) Write(p []byte) (int, error) {
 
 func noop(uintptr) {}
 
-// opError names the raw connection's error (an *net.OpError "raw-read" or "raw-write":
+// renameOp names the raw connection's error (an *net.OpError "raw-read" or "raw-write":
 // closed, a deadline) as net.Conn's own Read or Write would.
-func opError(err error, op string) error {
+func renameOp(err error, op string) error {
 	if oe, ok := err.(*net.OpError); ok {
 		oe.Op = op
 	}
 	return err
 }
 
+// opError is err (an errno's, or io.ErrUnexpectedEOF) as net.Conn's Read or Write wraps it.
 func (c *Conn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 }
