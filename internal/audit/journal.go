@@ -707,10 +707,10 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 			return err
 		}
 	} else {
-		if _, err := j.f.WriteAt(b, base); err != nil {
+		if err := fsutil.WriteAt(j.f, b, base); err != nil {
 			return err
 		}
-		if err := unix.Fdatasync(int(j.f.Fd())); err != nil {
+		if err := fsutil.SyncData(j.f); err != nil {
 			return err
 		}
 	}
@@ -731,7 +731,7 @@ func (j *journal) appendGroups(groups ...[]store.AuditEvent) error {
 func (j *journal) abandon() *segment {
 	if j.f != nil {
 		j.f.Truncate(j.size)
-		unix.Fdatasync(int(j.f.Fd()))
+		fsutil.SyncData(j.f)
 	}
 	return j.closeSegment(false) // the cut may not have happened: not a bundle as it stands
 }

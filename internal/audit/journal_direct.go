@@ -8,7 +8,6 @@ import (
 	"unsafe"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
-	"golang.org/x/sys/unix"
 )
 
 // Prewritten segments (eleventh session). A group's fdatasync on a segment that grows
@@ -157,7 +156,7 @@ var zeroPage [pageSize]byte
 // cutToSize cuts a prewritten segment's zeros off (its bytes are then exactly its whole
 // frames: a bundle as it stands); false if that could not be made durable.
 func (j *journal) cutToSize() bool {
-	return j.f.Truncate(j.size) == nil && unix.Fdatasync(int(j.f.Fd())) == nil
+	return j.f.Truncate(j.size) == nil && fsutil.SyncData(j.f) == nil
 }
 
 // alignedBytes is n bytes starting on a page boundary (O_DIRECT's buffers must be).

@@ -198,7 +198,7 @@ func (j *journal) startMapped() (err error) {
 	if _, err = f.Write(hdr); err != nil {
 		return err
 	}
-	if err = unix.Fdatasync(int(f.Fd())); err != nil {
+	if err = fsutil.SyncData(f); err != nil {
 		return err
 	}
 	if err = fsutil.SyncDir(j.dir); err != nil {
@@ -487,12 +487,38 @@ func (j *journal) copyToShadow(fr []byte, off int64) (err error) {
 // linked as its batch's bundle under the SHA-256 of what was written (outside round 32 had
 // an altered shadow byte linked so). Those bytes never change once written: the writers
 // only append.
-func flushOwn(f *os.File, own []byte, synced, size int64) error {
+//
+// A segment cut from under the process below synced and then written here again past
+// the cut (pwrite extends the file: the cut bytes read as zeros) has a size checkSegment
+// cannot tell from an intact one's; so once written, the bytes just before synced are read
+// back and held to own's (checkKept). smu held.
+func (j *journal) flushOwn(f *os.File, own []byte, synced, size int64) error {
 	if own == nil || size <= synced {
 		return nil
 	}
-	_, err := f.WriteAt(own[synced:size], synced)
-	return err
+	if err := fsutil.WriteAt(f, own[synced:size], synced); err != nil {
+		return err
+	}
+	return j.checkKept(f, own, synced)
+}
+
+// checkKept (smu held) reads back the segment's last bytes before at (up to a MAC's
+// length: a frame ends with its MAC, the first page with the header) and holds them to
+// own's; a difference or an end of file is a cut (j.cut, as checkSegment's), an error
+// reading is returned as it is.
+func (j *journal) checkKept(f *os.File, own []byte, at int64) error {
+	var got [sha256.Size]byte
+	from := max(0, at-int64(len(got)))
+	b := got[:at-from]
+	err := fsutil.ReadAt(f, b, from)
+	if err == nil && bytes.Equal(b, own[from:at]) {
+		return nil
+	}
+	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		return err
+	}
+	j.cut = fmt.Errorf("journal segment cut from under the process (the bytes before %d, synced, are gone)", at)
+	return j.cut
 }
 
 // closeMapped closes the open packed segment: the shadow's bytes written into it, synced
@@ -507,10 +533,13 @@ func (j *journal) closeMapped(whole bool) (*segment, error) {
 		err = nil     // its records are folded from memory; the next segment is new
 	}
 	if j.mm != nil {
-		err = flushOwn(j.f, j.own, j.synced, j.size)
+		err = j.flushOwn(j.f, j.own, j.synced, j.size)
+		if err != nil && err == j.cut {
+			whole, err = false, nil // as a cut found above
+		}
 	}
 	if err == nil {
-		err = unix.Fdatasync(int(j.f.Fd()))
+		err = fsutil.SyncData(j.f)
 	}
 	if j.faulted.Swap(false) {
 		whole = false // the shadow is not what was written: no bundle as it stands
@@ -598,9 +627,9 @@ func (j *journal) syncMapped() error {
 	if size <= synced {
 		return nil
 	}
-	err := flushOwn(f, own, synced, size)
+	err := j.flushOwn(f, own, synced, size)
 	if err == nil {
-		err = unix.Fdatasync(int(f.Fd()))
+		err = fsutil.SyncData(f)
 	}
 	if err == nil {
 		j.synced = size
