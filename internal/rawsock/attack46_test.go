@@ -279,7 +279,7 @@ func TestAttack46DeadlineMovedWhileBlocked(t *testing.T) {
 // written, and exactly n of them (nothing reported as written was lost, nothing extra).
 func TestAttack46CloseRacesBlockedWrite(t *testing.T) {
 	both(t, func(t *testing.T, a net.Conn, b *net.TCPConn) {
-		big := make([]byte, 64<<20)
+		big := make([]byte, raceSmaller(64<<20))
 		for i := range big {
 			big[i] = byte(i * 131 >> 3)
 		}
@@ -380,7 +380,7 @@ func TestAttack46ConcurrentReads(t *testing.T) {
 // arrives whole and in order.
 func TestAttack46HugeWrite(t *testing.T) {
 	a, b := pair(t, true)
-	const size = 192 << 20
+	size := raceSmaller(192 << 20)
 	big := make([]byte, size)
 	for i := 0; i < size; i += 4 {
 		big[i], big[i+1], big[i+2], big[i+3] = byte(i), byte(i>>8), byte(i>>16), byte(i>>24)
@@ -402,7 +402,7 @@ func TestAttack46HugeWrite(t *testing.T) {
 	if werr := <-done; werr != nil || n != size {
 		t.Fatalf("write: %d, %v", n, werr)
 	}
-	if got != size || h.Sum32() != want {
+	if got != int64(size) || h.Sum32() != want {
 		t.Fatalf("peer got %d bytes of %d, checksum equal %v", got, size, h.Sum32() == want)
 	}
 }
