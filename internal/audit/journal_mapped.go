@@ -541,15 +541,29 @@ func (j *journal) closeMapped(whole bool) (*segment, error) {
 	if err == nil {
 		err = fsutil.SyncData(j.f)
 	}
-	if j.faulted.Swap(false) {
+	if err == nil && whole && !j.namesOpen() {
+		whole = false // lengthened or replaced from under the process (outside round 47)
+	}
+	faulted := j.faulted.Swap(false)
+	if faulted {
 		whole = false // the shadow is not what was written: no bundle as it stands
 	}
 	if err != nil {
 		whole = false
 	}
 	j.gen++
-	if j.cut != nil || !whole {
-		j.dropShadow() // cut, faulted, or not synced: not to be reused
+	switch {
+	case j.cut != nil || faulted:
+		j.dropShadow() // not what was written: not to be reused, nor read by the next process
+	case err != nil:
+		// Not synced (a full disk, EIO): the shadow is the only copy of the records since
+		// the last sync that outlives this process. Kept on tmpfs (not reused) until the
+		// segment is folded, which removes it; a process that dies first leaves it to the
+		// next, which reads it with the segment (outside round 47 lost such records when
+		// the fold failed too and the shadow had been removed).
+		j.leaveShadow()
+	case !whole:
+		j.dropShadow()
 	}
 	j.shadowUsed = j.size
 	j.cut = nil
@@ -587,6 +601,29 @@ func (j *journal) copyOut(fn func() error) (err error) {
 		}
 	}()
 	return fn()
+}
+
+// namesOpen (smu held) says whether the open segment, now synced, is exactly what was
+// written and still at its name: its size the frames' end (not lengthened: zeros after
+// the last frame make no bundle DecodeBundle reads) and its path naming the descriptor's
+// file (not moved away with another put in its place — the fold links the path).
+func (j *journal) namesOpen() bool {
+	var fd, at unix.Stat_t
+	if unix.Fstat(int(j.f.Fd()), &fd) != nil || unix.Stat(j.f.Name(), &at) != nil {
+		return false
+	}
+	return fd.Size == j.size && fd.Dev == at.Dev && fd.Ino == at.Ino
+}
+
+// leaveShadow unmaps and closes the open segment's shadow, if any, leaving its file where
+// it is (the next segment makes a new one).
+func (j *journal) leaveShadow() {
+	if j.mm == nil {
+		return
+	}
+	unix.Munmap(j.mm)
+	j.shadow.Close()
+	j.mm, j.shadow = nil, nil
 }
 
 // dropShadow unmaps, closes and removes the open segment's shadow, if any (its bytes are

@@ -67,6 +67,9 @@ func control(f *os.File, fn func(fd uintptr) error) error {
 // SyncData is f's fdatasync (its data and the metadata needed to read it back), made as a
 // blocking call (above). Errors are os.File.Sync's: *os.PathError with the errno.
 func SyncData(f *os.File) error {
+	if f == nil {
+		return os.ErrInvalid
+	}
 	err := control(f, func(fd uintptr) error {
 		for {
 			_, _, e := blockingSyscall(syscall.SYS_FDATASYNC, fd, 0, 0, 0, 0, 0)
@@ -112,8 +115,13 @@ var errNoProgress = errors.New("no progress")
 // positioned makes pread or pwrite (trap) calls until b is done, going on after a short
 // one; it returns how many bytes were moved, and errNoProgress when a call moved none.
 func positioned(f *os.File, op string, trap uintptr, b []byte, off int64) (done int, err error) {
-	if off < 0 {
+	switch {
+	case f == nil:
+		return 0, os.ErrInvalid // as os.File's methods on a nil file
+	case off < 0:
 		return 0, &os.PathError{Op: op, Path: f.Name(), Err: errors.New("negative offset")}
+	case len(b) == 0:
+		return 0, nil // as os.File: the descriptor is not touched (closed or not)
 	}
 	err = control(f, func(fd uintptr) error {
 		for len(b) > 0 {
