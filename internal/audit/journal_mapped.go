@@ -42,12 +42,19 @@ import (
 // A packed segment (v4 header, flags flagPacked | flagLeafMAC | keyed): the header, zeros
 // to the end of its first page, then frames one after another — a v4 frame each (length,
 // its CRC, the payload's CRC, the payload, the MAC chained from the previous frame's over
-// the record's leaf hash), one record per frame — then zeros: the file is allocated mappedSize bytes when it starts (fallocate: a
-// full disk refuses the segment, never a record in it) and cut to its frames when it is
-// closed (its batch's bundle as it stands, like a paged segment). The header is written and
-// synced, with the file's name, before the first record; a closed segment is synced before
-// the next one's header (which links it) is written, so a later segment's link names what
-// is on the disk. Reading (scanPacked): frames until one fails or zeros begin; after a
+// the record's leaf hash), one record per frame. The file on the disk grows as the syncs
+// write its frames (its shadow on tmpfs is the one allocated whole, mappedSize bytes, when
+// it starts), so a closed segment is exactly its frames: its batch's bundle as it stands —
+// if its size is still the frames' end and its name still the open file's (namesOpen;
+// else its records are folded from memory). The header is written and synced, with the
+// file's name, before the first record; a closed segment is synced before the next one's
+// header (which links it) is written, so a later segment's link names what is on the disk
+// — except when the close's own write or sync failed (a full disk, EIO): the link then
+// names the end the process wrote, and the closed segment's shadow is kept on tmpfs until
+// its fold, so that a process dying first leaves those records to the next (a host lost
+// with them is the residual: the next process finds the link broken and refuses records
+// until the directory is repaired — outside round 47's TestAttack47SegmentImmutableThroughClose
+// without the shadow). Reading (scanPacked): frames until one fails or zeros begin; after a
 // crash of the host, pages past the last sync may be lost in any order, so a frame that
 // fails ends the segment, and bytes after it that are not zeros are reported (lost, an
 // ALERT) — they cannot be checked (the MAC chain runs through the lost frame). A segment
