@@ -855,16 +855,31 @@ func TestAttack43HTTPSEngineReadsReusedBuffer(t *testing.T) {
 	// pooled (maxPooledBuffer); max_tokens within the default cap, so it goes unedited.
 	aBody := `{"model":"tls","max_tokens":16,"messages":[{"role":"user","content":"` + strings.Repeat("a", 150<<10) + `"}]}`
 	bBody := `{"model":"elsewhere","messages":[{"role":"user","content":"` + strings.Repeat(secret, 9<<10) + `"}]}`
-	for attempt := 0; attempt < 5; attempt++ {
+	// This engine closes each connection after its one answer without saying so (no
+	// "Connection: close"): a request the Transport sends on such a connection, pooled as
+	// idle just before the close, fails ("broken pipe", "use of closed network
+	// connection") and the gateway answers 502 — fail closed, the engine never saw it (a
+	// loaded machine did so 2–4 times in 15 runs). Such an attempt is not counted; five
+	// served ones are needed, in at most 15.
+	served := 0
+	for attempt := 0; served < 5; attempt++ {
+		if attempt == 15 {
+			t.Fatalf("tenant alpha's request served %d times in %d attempts", served, attempt)
+		}
 		resp, err := a43Do(t, http.DefaultClient, context.Background(), f.srv.URL+"/v1/chat/completions", "a34-alpha", aBody)
 		if err != nil {
 			t.Fatal(err)
 		}
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
+		if resp.StatusCode == http.StatusBadGateway {
+			t.Logf("attempt %d: 502 (a connection the engine had closed)", attempt+1)
+			continue
+		}
 		if resp.StatusCode != 200 {
 			t.Fatalf("tenant alpha's request: status %d", resp.StatusCode)
 		}
+		served++
 		var wg sync.WaitGroup
 		for range 4 {
 			wg.Go(func() {
