@@ -29,8 +29,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/strongroom/strongroom/internal/store"
-	"github.com/transparency-dev/tessera/client"
 	"golang.org/x/sys/unix"
 )
 
@@ -243,37 +241,28 @@ func (r *a47Rig) salvage() string {
 	}
 	found := map[string]int{}
 	undecodable, inFrames := 0, 0
-	err = ReadEntries(ctx, client.FileFetcher{Root: r.tl.dir}.ReadEntryBundle, 0, st, func(evs []store.AuditEvent) error {
-		for _, e := range evs {
-			if e.Kind != string(KindBatch) {
-				continue
-			}
-			ev, err := ParseEvent(e.Raw)
-			if err != nil {
-				return err
-			}
-			raw, err := DirBundles{Dir: r.tl.dir}.Bundle(ctx, ev.Subject["bundle"])
-			if err != nil {
-				undecodable++
-				continue
-			}
-			recs, err := DecodeBundle(raw)
-			if err != nil {
-				undecodable++
-				// The records may still be there, in whole frames the reader refuses
-				// for what is around them (bytes after the last frame).
-				if sc, serr := scanSegment(raw, "bundle", nil, true); serr == nil {
-					for _, rec := range sc.recs {
-						if r.a.acked[string(rec)] > 0 {
-							inFrames++
-						}
+	err = eachBatchEntry(ctx, r.tl.dir, st, func(_ uint64, ev *Event) error {
+		raw, err := DirBundles{Dir: r.tl.dir}.Bundle(ctx, ev.Subject["bundle"])
+		if err != nil {
+			undecodable++
+			return nil
+		}
+		recs, err := DecodeBundle(raw)
+		if err != nil {
+			undecodable++
+			// The records may still be there, in whole frames the reader refuses
+			// for what is around them (bytes after the last frame).
+			if sc, serr := scanSegment(raw, "bundle", nil, true); serr == nil {
+				for _, rec := range sc.recs {
+					if r.a.acked[string(rec)] > 0 {
+						inFrames++
 					}
 				}
-				continue
 			}
-			for _, rec := range recs {
-				found[string(rec)]++
-			}
+			return nil
+		}
+		for _, rec := range recs {
+			found[string(rec)]++
 		}
 		return nil
 	})

@@ -68,24 +68,12 @@ func a12Logged(t *testing.T, dir string, vkey note.Verifier) []a12Rec {
 		t.Fatalf("log does not verify: %v", err)
 	}
 	var out []a12Rec
-	err = ReadEntries(ctx, client.FileFetcher{Root: dir}.ReadEntryBundle, 0, st.Size, func(evs []store.AuditEvent) error {
-		for _, e := range evs {
-			if e.Kind != string(KindBatch) {
-				continue
-			}
-			ev, err := ParseEvent(e.Raw)
-			if err != nil {
-				return err
-			}
-			recs, err := BatchRecords(ctx, opts, ev)
-			if err != nil {
-				return err
-			}
-			for _, r := range recs {
-				out = append(out, a12Rec{entry: e.Index, raw: r})
-			}
+	err = eachBatchEntry(ctx, dir, st.Size, func(index uint64, ev *Event) error {
+		recs, err := BatchRecords(ctx, opts, ev)
+		for _, r := range recs {
+			out = append(out, a12Rec{entry: index, raw: r})
 		}
-		return nil
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)

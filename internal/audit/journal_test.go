@@ -29,7 +29,21 @@ func loggedRecords(t *testing.T, dir string, vkey note.Verifier) [][]byte {
 		t.Fatalf("log does not verify: %v", err)
 	}
 	var out [][]byte
-	err = ReadEntries(ctx, client.FileFetcher{Root: dir}.ReadEntryBundle, 0, st.Size, func(evs []store.AuditEvent) error {
+	err = eachBatchEntry(ctx, dir, st.Size, func(_ uint64, ev *Event) error {
+		recs, err := BatchRecords(ctx, VerifyOptions{Bundles: DirBundles{Dir: dir}.Bundle}, ev)
+		out = append(out, recs...)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// eachBatchEntry calls fn with each request batch entry (its log index and event) of the
+// log in dir, of its first size entries, in log order.
+func eachBatchEntry(ctx context.Context, dir string, size uint64, fn func(index uint64, ev *Event) error) error {
+	return ReadEntries(ctx, client.FileFetcher{Root: dir}.ReadEntryBundle, 0, size, func(evs []store.AuditEvent) error {
 		for _, e := range evs {
 			if e.Kind != string(KindBatch) {
 				continue
@@ -38,18 +52,12 @@ func loggedRecords(t *testing.T, dir string, vkey note.Verifier) [][]byte {
 			if err != nil {
 				return err
 			}
-			recs, err := BatchRecords(ctx, VerifyOptions{Bundles: DirBundles{Dir: dir}.Bundle}, ev)
-			if err != nil {
+			if err := fn(e.Index, ev); err != nil {
 				return err
 			}
-			out = append(out, recs...)
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out
 }
 
 // wantInOrder: the log holds requestEvent(0..n-1), each once, in order.
