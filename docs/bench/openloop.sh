@@ -74,6 +74,58 @@ settle() {
 	echo "$t1"
 }
 res=$work/res
+# PAIRED=1 (with ONLY="a b", two systems): each round loads the two AT THE SAME TIME, one
+# openloop client each at RATE, and counts each one's CPU over the same window — a drift
+# of this shared machine (another guest's load, the host's clock) then lands on both,
+# where taking turns let it land on one (log on ÷ off swung 0.97–1.39 over one run's
+# rounds taking turns). The two compete for the same cores, so a figure is only for the
+# ratio, not comparable with a taking-turns run's.
+if [ -n "${PAIRED:-}" ]; then
+	((${#systems[@]} == 2)) || { echo "openloop: PAIRED needs ONLY with two systems" >&2; exit 2; }
+	a=${systems[0]} b=${systems[1]}
+	kof() { case $1 in strongroom) echo "$key_strongroom" ;; strongroom-off) echo "$key_strongroom_off" ;; *) echo none ;; esac; }
+	for r in $(seq "$rounds"); do
+		warm=()
+		for s in "$a" "$b"; do
+			"$work/bin/openloop" -url "${url[$s]}" -key "$(kof "$s")" -body "$body" -rate "$rate" -duration 2s >/dev/null &
+			warm+=($!)
+		done
+		wait "${warm[@]}"
+		# Which one is waited on to settle first alternates (ABBA): the other's window is
+		# the longer by that wait, its idle CPU counted with it.
+		if ((r % 2)); then ta0=$(settle "${procs[$a]}") tb0=$(settle "${procs[$b]}"); else tb0=$(settle "${procs[$b]}") ta0=$(settle "${procs[$a]}"); fi
+		"$work/bin/openloop" -url "${url[$a]}" -key "$(kof "$a")" -body "$body" -rate "$rate" -duration 8s >"$work/out-a" &
+		pa=$!
+		"$work/bin/openloop" -url "${url[$b]}" -key "$(kof "$b")" -body "$body" -rate "$rate" -duration 8s >"$work/out-b" &
+		pb=$!
+		# PERF=DIR: the first round's load is sampled in each process too (perf record -g,
+		# cpu-clock; DIR/NAME.txt is perf script's text, for docs/bench/perfstacks.py A B).
+		if [ -n "${PERF:-}" ] && ((r == 1)); then
+			mkdir -p "$PERF"
+			perfs=()
+			for s in "$a" "$b"; do
+				perf record -e cpu-clock -F 999 -g -p "${procs[$s]}" -o "$PERF/$s.data" -- sleep 6 >/dev/null 2>&1 &
+				perfs+=($!)
+			done
+		fi
+		wait $pa $pb
+		if [ -n "${PERF:-}" ] && ((r == 1)); then
+			wait "${perfs[@]}" || true
+			for s in "$a" "$b"; do perf script -i "$PERF/$s.data" >"$PERF/$s.txt" 2>/dev/null; done
+		fi
+		if ((r % 2)); then ta1=$(settle "${procs[$a]}") tb1=$(settle "${procs[$b]}"); else tb1=$(settle "${procs[$b]}") ta1=$(settle "${procs[$a]}"); fi
+		for x in a b; do
+			s=$a t0=$ta0 t1=$ta1
+			[ $x = b ] && s=$b t0=$tb0 t1=$tb1
+			out=$(cat "$work/out-$x")
+			n=$(sed -n 's/.* ok \([0-9]*\) .*/\1/p' <<<"$out")
+			cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
+			echo "round $r $s cpu_us_per_req $cpu (paired) | $out"
+			echo "$r $s $cpu" >>"$res"
+		done
+	done
+	rounds=0
+fi
 for r in $(seq "$rounds"); do
 	# Every other round runs the systems in reverse order (ABBA), so that a drift of the
 	# machine within a round is not always against the same system.
