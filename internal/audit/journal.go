@@ -496,7 +496,7 @@ func dropBroken(left []segment, dead []orphan, have map[string]bool) ([]segment,
 // checkLinks checks a dead journal directory's segments (oldest first) against their
 // links: a v4 segment that holds records names the one before it that did, which must be
 // there and end as named (after one of its frames), or be in the log (have: folded, then
-// removed — its last batch's entry). Nothing is checked after the last segment: a
+// removed or left short — its last batch's entry). Nothing is checked after the last segment: a
 // process's last segments removed cannot be told from a crash before they were written.
 func checkLinks(segs []segment, have map[string]bool) error {
 	var before *segment // the last segment seen that holds records
@@ -520,15 +520,17 @@ func checkLinks(segs []segment, have map[string]bool) error {
 			return fmt.Errorf("%w: %s: a segment that names none before it, after %s", ErrEvent, s.path, filepath.Base(before.path))
 		case p.seq == 0:
 		case before != nil && before.seq == p.seq-1:
-			if !slices.Contains(before.scan.ends, segLink{recs: p.recs, mac: p.mac}) {
+			// Short or altered, it is still taken when the batch its link's last record
+			// belongs to is in the log: folded from the process's memory (a close whose
+			// flush failed folds so) before the segment was removed — nothing of it is lost.
+			if !slices.Contains(before.scan.ends, segLink{recs: p.recs, mac: p.mac}) && !linkedInLog(before.path, p, before.batch, have) {
 				return fmt.Errorf("%w: %s does not end as %s names it (frames removed or altered)", ErrEvent, before.path, name)
 			}
 		case before != nil && before.seq > p.seq-1:
 			return fmt.Errorf("%w: %s: %s is between it and the segment it names", ErrEvent, s.path, filepath.Base(before.path))
 		default:
 			gone := filepath.Join(filepath.Dir(s.path), segmentName(p.seq-1))
-			last := (int(p.recs) - 1) / max(s.batch, 1) * max(s.batch, 1)
-			if p.recs == 0 || !have["journal:"+journalSource(gone, last)] {
+			if !linkedInLog(gone, p, s.batch, have) {
 				return fmt.Errorf("%w: %s: the segment it names, %s, is missing and its records are not in the log", ErrEvent, s.path, filepath.Base(gone))
 			}
 		}
@@ -537,6 +539,13 @@ func checkLinks(segs []segment, have map[string]bool) error {
 		}
 	}
 	return nil
+}
+
+// linkedInLog says whether the batch holding the last record a link names, of the segment
+// at path (batches of the given size), is in the log (have: its source).
+func linkedInLog(path string, p segLink, batch int, have map[string]bool) bool {
+	last := (int(p.recs) - 1) / max(batch, 1) * max(batch, 1)
+	return p.recs > 0 && have["journal:"+journalSource(path, last)]
 }
 
 // removeOrphan removes a dead process's journal directory once its segments are folded.

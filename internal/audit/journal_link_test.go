@@ -43,6 +43,22 @@ func deadJournal(t *testing.T, jdir string, segs ...[][]store.AuditEvent) []stri
 	return paths
 }
 
+// cutLastFrame cuts the keyed segment at path, of two frames, to its first.
+func cutLastFrame(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := a17Frames(b, true)
+	if len(frames) != 2 {
+		t.Fatalf("%d frames", len(frames))
+	}
+	if err := os.Truncate(path, int64(frames[1])); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestJournalLinkMiddleSegmentCut: a dead journal's segment that lost its last frame while
 // a later segment exists is refused — the later one's link names the records it held.
 // (Before v4 the cut read as a crash's torn frame: 10 acknowledged records gone silently.)
@@ -51,17 +67,7 @@ func TestJournalLinkMiddleSegmentCut(t *testing.T) {
 	tl.record(t, 1) // an empty log has no checkpoint to verify
 	jdir := filepath.Join(tl.dir, "journal")
 	paths := deadJournal(t, jdir, [][]store.AuditEvent{rawRecs(0, 10), rawRecs(10, 20)}, [][]store.AuditEvent{rawRecs(20, 30)})
-	b, err := os.ReadFile(paths[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	frames := a17Frames(b, true)
-	if len(frames) != 2 {
-		t.Fatalf("%d frames", len(frames))
-	}
-	if err := os.Truncate(paths[0], int64(frames[1])); err != nil {
-		t.Fatal(err)
-	}
+	cutLastFrame(t, paths[0])
 	healthy := a17NextStart(tl, jdir, a17Key)
 	tl.close(t)
 	if healthy == nil || !strings.Contains(healthy.Error(), "does not end as") {
@@ -371,4 +377,35 @@ func TestJournalStaleClaimRemoved(t *testing.T) {
 	if !fileExists(fresh) {
 		t.Fatal("a directory being claimed now was removed")
 	}
+}
+
+// TestJournalLinkShortSegmentAlreadyLogged (outside round 47's residual): a segment left
+// short on the disk — a close whose flush failed folds its records from the process's
+// memory, and the process died before removing it — while the next segment's link names
+// its longer end. Its batch is in the log, so nothing of it is lost: the directory is
+// taken, nothing logged twice, and removed. (Short with its batch not in the log, it is
+// still refused: TestJournalLinkMiddleSegmentCut.)
+func TestJournalLinkShortSegmentAlreadyLogged(t *testing.T) {
+	tl := openTestLog(t)
+	jdir := filepath.Join(tl.dir, "journal")
+	paths := deadJournal(t, jdir, [][]store.AuditEvent{rawRecs(0, 10), rawRecs(10, 20)}, [][]store.AuditEvent{rawRecs(20, 30)})
+	saved := t.TempDir()
+	copyDir(t, jdir, saved)
+	if err := a17NextStart(tl, jdir, a17Key); err != nil {
+		t.Fatalf("the whole journal: %v", err)
+	}
+	if fileExists(paths[0]) || fileExists(paths[1]) {
+		t.Fatal("folded segments were not removed")
+	}
+	copyDir(t, saved, jdir)   // as the dead process left it, but:
+	cutLastFrame(t, paths[0]) // its last 10 records not on the disk
+	healthy := a17NextStart(tl, jdir, a17Key)
+	tl.close(t)
+	if healthy != nil {
+		t.Fatalf("a short segment whose batch is in the log was refused: %v", healthy)
+	}
+	if fileExists(paths[0]) || fileExists(paths[1]) {
+		t.Fatal("the taken journal's segments were not removed")
+	}
+	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), 30)
 }
