@@ -949,7 +949,11 @@ const (
 // for byte the same, and an outside test had the second dropped when batches were
 // recognized by their bundle. Batch entries of versions before the name are recognized
 // by their bundle, as they were.
-func (b *Batcher) fold(seg *segment, have map[string]bool) error {
+//
+// have counts the records each logged batch holds: a batch of this place that holds fewer
+// than the segment has there (folded from a shorter copy) is skipped for those only, and
+// the rest are folded as a batch of their own place.
+func (b *Batcher) fold(seg *segment, have map[string]int) error {
 	per := seg.batch // cut as its writer would have (a refold recognizes its batches)
 	if per <= 0 || per > MaxBatch {
 		per = b.maxRecords
@@ -957,15 +961,17 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 	for len(seg.recs) > 0 {
 		chunk := seg.recs[:min(len(seg.recs), per)]
 		src := journalSource(seg.path, seg.done)
-		logged := false
+		logged := 0
 		if have != nil { // a dead journal's: skip what the log has (a live fold has no such)
 			logged = have["journal:"+src]
-			if !logged && seg.legacy() { // folded before batches named their place?
+			if logged == 0 && seg.legacy() { // folded before batches named their place?
 				_, name := EncodeBundle(raws(chunk))
 				logged = have["bundle:"+name]
 			}
 		}
-		if !logged {
+		if logged > 0 {
+			chunk = chunk[:min(logged, len(chunk))]
+		} else {
 			var whole *segment // the segment is this batch's bundle as it stands
 			if seg.sum != nil && seg.done == 0 && len(chunk) == len(seg.recs) {
 				whole = seg
@@ -979,7 +985,7 @@ func (b *Batcher) fold(seg *segment, have map[string]bool) error {
 				return err
 			}
 			if have != nil {
-				have["journal:"+src] = true
+				have["journal:"+src] = len(chunk)
 			} else {
 				b.lastIdx, b.folded = idx, true // Barrier's answer: this batcher's records only
 			}

@@ -470,7 +470,7 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 
 // dropBroken takes out of a dead journal's segments (left) and directories (dead) those of
 // each directory whose links do not hold (checkLinks), unlocking it, and says why.
-func dropBroken(left []segment, dead []orphan, have map[string]bool) ([]segment, []orphan, []error) {
+func dropBroken(left []segment, dead []orphan, have map[string]int) ([]segment, []orphan, []error) {
 	var errs []error
 	keep := dead[:0]
 	for _, o := range dead {
@@ -498,7 +498,7 @@ func dropBroken(left []segment, dead []orphan, have map[string]bool) ([]segment,
 // there and end as named (after one of its frames), or be in the log (have: folded, then
 // removed or left short — its last batch's entry). Nothing is checked after the last segment: a
 // process's last segments removed cannot be told from a crash before they were written.
-func checkLinks(segs []segment, have map[string]bool) error {
+func checkLinks(segs []segment, have map[string]int) error {
 	var before *segment // the last segment seen that holds records
 	for i := range segs {
 		s := &segs[i]
@@ -523,14 +523,14 @@ func checkLinks(segs []segment, have map[string]bool) error {
 			// Short or altered, it is still taken when the batch its link's last record
 			// belongs to is in the log: folded from the process's memory (a close whose
 			// flush failed folds so) before the segment was removed — nothing of it is lost.
-			if !slices.Contains(before.scan.ends, segLink{recs: p.recs, mac: p.mac}) && !linkedInLog(before.path, p, before.batch, have) {
+			if !slices.Contains(before.scan.ends, segLink{recs: p.recs, mac: p.mac}) && !linkedInLog(before.path, p, have) {
 				return fmt.Errorf("%w: %s does not end as %s names it (frames removed or altered)", ErrEvent, before.path, name)
 			}
 		case before != nil && before.seq > p.seq-1:
 			return fmt.Errorf("%w: %s: %s is between it and the segment it names", ErrEvent, s.path, filepath.Base(before.path))
 		default:
 			gone := filepath.Join(filepath.Dir(s.path), segmentName(p.seq-1))
-			if !linkedInLog(gone, p, s.batch, have) {
+			if !linkedInLog(gone, p, have) {
 				return fmt.Errorf("%w: %s: the segment it names, %s, is missing and its records are not in the log", ErrEvent, s.path, filepath.Base(gone))
 			}
 		}
@@ -541,11 +541,21 @@ func checkLinks(segs []segment, have map[string]bool) error {
 	return nil
 }
 
-// linkedInLog says whether the batch holding the last record a link names, of the segment
-// at path (batches of the given size), is in the log (have: its source).
-func linkedInLog(path string, p segLink, batch int, have map[string]bool) bool {
-	last := (int(p.recs) - 1) / max(batch, 1) * max(batch, 1)
-	return p.recs > 0 && have["journal:"+journalSource(path, last)]
+// linkedInLog says whether every record a link names, of the segment at path, is in the
+// log: its batches' places (have, with their counts), walked from the first record as fold
+// cut them, reach the link's count. (The last batch alone was not enough: one folded from
+// a shorter copy of the segment holds fewer records than the link names — outside round
+// 48.)
+func linkedInLog(path string, p segLink, have map[string]int) bool {
+	at := 0
+	for at < int(p.recs) {
+		n := have["journal:"+journalSource(path, at)]
+		if n <= 0 {
+			return false
+		}
+		at += n
+	}
+	return p.recs > 0
 }
 
 // removeOrphan removes a dead process's journal directory once its segments are folded.

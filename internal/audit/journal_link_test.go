@@ -21,42 +21,7 @@ import (
 // groups (one segment per element of segs, each a list of groups) and returns their paths.
 func deadJournal(t *testing.T, jdir string, segs ...[][]store.AuditEvent) []string {
 	t.Helper()
-	j, err := openJournal(jdir, 100, a17Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var paths []string
-	for i, groups := range segs {
-		if i > 0 {
-			if _, err := j.rotate(); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, g := range groups {
-			if err := j.append(g); err != nil {
-				t.Fatal(err)
-			}
-		}
-		paths = append(paths, j.f.Name())
-	}
-	j.close()
-	return paths
-}
-
-// cutLastFrame cuts the keyed segment at path, of two frames, to its first.
-func cutLastFrame(t *testing.T, path string) {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	frames := a17Frames(b, true)
-	if len(frames) != 2 {
-		t.Fatalf("%d frames", len(frames))
-	}
-	if err := os.Truncate(path, int64(frames[1])); err != nil {
-		t.Fatal(err)
-	}
+	return a48Journal(t, jdir, 100, segs...)
 }
 
 // TestJournalLinkMiddleSegmentCut: a dead journal's segment that lost its last frame while
@@ -67,7 +32,7 @@ func TestJournalLinkMiddleSegmentCut(t *testing.T) {
 	tl.record(t, 1) // an empty log has no checkpoint to verify
 	jdir := filepath.Join(tl.dir, "journal")
 	paths := deadJournal(t, jdir, [][]store.AuditEvent{rawRecs(0, 10), rawRecs(10, 20)}, [][]store.AuditEvent{rawRecs(20, 30)})
-	cutLastFrame(t, paths[0])
+	a48KeepFrames(t, paths[0], 1)
 	healthy := a17NextStart(tl, jdir, a17Key)
 	tl.close(t)
 	if healthy == nil || !strings.Contains(healthy.Error(), "does not end as") {
@@ -397,8 +362,8 @@ func TestJournalLinkShortSegmentAlreadyLogged(t *testing.T) {
 	if fileExists(paths[0]) || fileExists(paths[1]) {
 		t.Fatal("folded segments were not removed")
 	}
-	copyDir(t, saved, jdir)   // as the dead process left it, but:
-	cutLastFrame(t, paths[0]) // its last 10 records not on the disk
+	copyDir(t, saved, jdir)       // as the dead process left it, but:
+	a48KeepFrames(t, paths[0], 1) // its last 10 records not on the disk
 	healthy := a17NextStart(tl, jdir, a17Key)
 	tl.close(t)
 	if healthy != nil {

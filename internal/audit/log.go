@@ -513,10 +513,14 @@ func (l *Log) batchRecords(ctx context.Context, entry []byte) ([][]byte, error) 
 func (l *Log) Bundles() BundleStore { return l.bundles }
 
 // loggedBatches names the batch entries at index from and later (up to size, the log's
-// integrated size): "journal:<place>" for those folded from a journal (journalSource),
-// "bundle:<name>" for those before the place.
-func (l *Log) loggedBatches(ctx context.Context, from, size uint64) (map[string]bool, error) {
-	have := map[string]bool{}
+// integrated size), each with the number of records it holds: "journal:<place>" for those
+// folded from a journal (journalSource), "bundle:<name>" for those before the place. The
+// count matters: a batch folded from a segment cut short (a dead process's torn tail, or
+// an older copy put back) holds fewer records than the same place in the whole segment
+// (outside round 48 had the rest skipped by the name alone, five acknowledged records
+// gone). A count the entry does not give as a number is taken as a whole batch.
+func (l *Log) loggedBatches(ctx context.Context, from, size uint64) (map[string]int, error) {
+	have := map[string]int{}
 	err := ReadEntries(ctx, l.reader.ReadEntryBundle, min(from, size), size, func(evs []store.AuditEvent) error {
 		for _, e := range evs {
 			if e.Kind == string(KindBatch) {
@@ -524,11 +528,16 @@ func (l *Log) loggedBatches(ctx context.Context, from, size uint64) (map[string]
 				if err != nil {
 					return fmt.Errorf("batch entry %d: %w", e.Index, err)
 				}
-				if src := ev.Fields["journal"]; src != "" {
-					have["journal:"+src] = true
-				} else {
-					have["bundle:"+ev.Subject["bundle"]] = true // folded before batches named their place
+				n, err := strconv.Atoi(ev.Fields["records"])
+				if err != nil || n <= 0 || n > MaxBatch {
+					n = MaxBatch
 				}
+				k := "bundle:" + ev.Subject["bundle"] // folded before batches named their place
+				if src := ev.Fields["journal"]; src != "" {
+					k = "journal:" + src
+				}
+				have[k] = max(have[k], n) // a place logged twice holds what its largest batch does
+
 			}
 		}
 		return nil
