@@ -9,12 +9,15 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // TestSuite: over the simulated suite, every attack principal is detected within the
 // issue's budgets and no benign principal-day is flagged. Several seeds, so the test does
 // not pass by one lucky draw.
 func TestSuite(t *testing.T) {
+	testenv.StatisticsOnly(t)
 	for _, seed := range []uint64{1, 2, 3} {
 		for _, intensity := range []float64{1, 0.3} {
 			reqs, err := Simulate("all", seed, intensity)

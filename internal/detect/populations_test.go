@@ -4,6 +4,8 @@ import (
 	"hash/fnv"
 	"slices"
 	"testing"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 func traceHash(reqs []Request) uint64 {
@@ -18,6 +20,7 @@ func traceHash(reqs []Request) uint64 {
 // TestHardNegativeScenarios: the issue-14 populations generate non-empty, deterministic,
 // labelled-benign, one-day traces. Not a detector assertion.
 func TestHardNegativeScenarios(t *testing.T) {
+	testenv.StatisticsOnly(t)
 	for _, sc := range hardNegativeScenarios {
 		if !slices.Contains(Scenarios, sc) {
 			t.Errorf("%s is not listed in Scenarios", sc)

@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 func tkeys(t testing.TB, tenants ...string) []*Tournament {
@@ -80,6 +82,7 @@ func tsample(rng *rand.Rand, k *Tournament, n, vocab int, scale float64) ([]int,
 // replacement, tenant attribution, and FPR near nominal — the targets, on
 // synthetic distributions of controlled entropy.
 func TestTournamentRates(t *testing.T) {
+	testenv.StatisticsOnly(t)
 	ks := tkeys(t, "acme", "globex", "initech")
 	rng := rand.New(rand.NewPCG(3, 4))
 	const vocab, runs, alpha = 1000, 600, 1e-3

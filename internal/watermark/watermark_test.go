@@ -5,6 +5,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // sampler draws tokens from synthetic logits with a controlled entropy, optionally
@@ -55,6 +57,7 @@ func keys(t *testing.T, tenants ...string) []*Key {
 // TestRates: TPR at T=200 with high entropy, robustness to 20% random replacement, the
 // tenant is named, and the false-positive rate on unwatermarked text stays near nominal.
 func TestRates(t *testing.T) {
+	testenv.StatisticsOnly(t)
 	ks := keys(t, "acme", "globex", "initech")
 	rng := rand.New(rand.NewPCG(1, 2))
 	const vocab, runs, alpha = 1000, 300, 1e-3
