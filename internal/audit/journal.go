@@ -495,9 +495,10 @@ func dropBroken(left []segment, dead []orphan, have map[string]int) ([]segment, 
 
 // checkLinks checks a dead journal directory's segments (oldest first) against their
 // links: a v4 segment that holds records names the one before it that did, which must be
-// there and end as named (after one of its frames), or be in the log (have: folded, then
-// removed or left short — its last batch's entry). Nothing is checked after the last segment: a
-// process's last segments removed cannot be told from a crash before they were written.
+// there and end as named (after one of its frames), or have every record up to the link in
+// the log (have: folded, then removed or left short — linkedInLog). Nothing is checked
+// after the last segment: a process's last segments removed cannot be told from a crash
+// before they were written.
 func checkLinks(segs []segment, have map[string]int) error {
 	var before *segment // the last segment seen that holds records
 	for i := range segs {
@@ -520,9 +521,9 @@ func checkLinks(segs []segment, have map[string]int) error {
 			return fmt.Errorf("%w: %s: a segment that names none before it, after %s", ErrEvent, s.path, filepath.Base(before.path))
 		case p.seq == 0:
 		case before != nil && before.seq == p.seq-1:
-			// Short or altered, it is still taken when the batch its link's last record
-			// belongs to is in the log: folded from the process's memory (a close whose
-			// flush failed folds so) before the segment was removed — nothing of it is lost.
+			// Short or altered, it is still taken when every record its link names is in
+			// the log: folded from the process's memory (a close whose flush failed folds
+			// so) before the segment was removed — nothing of it is lost.
 			if !slices.Contains(before.scan.ends, segLink{recs: p.recs, mac: p.mac}) && !linkedInLog(before.path, p, have) {
 				return fmt.Errorf("%w: %s does not end as %s names it (frames removed or altered)", ErrEvent, before.path, name)
 			}

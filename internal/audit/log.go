@@ -537,7 +537,6 @@ func (l *Log) loggedBatches(ctx context.Context, from, size uint64) (map[string]
 					k = "journal:" + src
 				}
 				have[k] = max(have[k], n) // a place logged twice holds what its largest batch does
-
 			}
 		}
 		return nil
