@@ -146,13 +146,7 @@ func (r *a47Rig) startWriters(n int) {
 func (r *a47Rig) stopWriters() {
 	r.t.Helper()
 	r.stop.Store(true)
-	done := make(chan struct{})
-	go func() { r.writers.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		r.t.Fatal("a writer hung (a Submit did not return within 10 s)")
-	}
+	a47Within(r.t, "a writer hung (a Submit did not return within 10 s)", func() { r.writers.Wait() })
 }
 
 // waitSynced waits until the open segment's bytes are all synced (SyncEvery is 1 ms).
@@ -196,16 +190,22 @@ func (r *a47Rig) waitHealthy(d time.Duration) bool {
 	return true
 }
 
-// close closes the batcher and the log, each within 10 s.
-func (r *a47Rig) close() {
-	r.t.Helper()
+// a47Within runs fn and fails the test with msg if it has not returned within 10 s.
+func a47Within(t testing.TB, msg string, fn func()) {
+	t.Helper()
 	done := make(chan struct{})
-	go func() { r.b.Close(); close(done) }()
+	go func() { fn(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		r.t.Fatal("Batcher.Close hung (10 s)")
+		t.Fatal(msg)
 	}
+}
+
+// close closes the batcher and the log, each within 10 s.
+func (r *a47Rig) close() {
+	r.t.Helper()
+	a47Within(r.t, "Batcher.Close hung (10 s)", func() { r.b.Close() })
 	r.tl.close(r.t)
 }
 
@@ -650,13 +650,7 @@ func TestAttack47DirectoryReadOnly(t *testing.T) {
 			refusedDuring := r.refused() - refused0
 			if c.throughClose {
 				r.stopWriters()
-				done := make(chan struct{})
-				go func() { r.b.Close(); close(done) }()
-				select {
-				case <-done:
-				case <-time.After(10 * time.Second):
-					t.Fatal("Batcher.Close hung with the journal directory append-only")
-				}
+				a47Within(t, "Batcher.Close hung with the journal directory append-only", func() { r.b.Close() })
 				a47SetFlags(dir, 0, c.flag)
 				// The next process on the data directory folds what is left.
 				b2 := NewBatcher(r.tl.log, DirBundles{Dir: r.tl.dir}, BatcherConfig{MaxRecords: 41, FoldEvery: time.Hour,
@@ -779,13 +773,7 @@ func TestAttack47SegmentImmutableThroughClose(t *testing.T) {
 	if segB == seg {
 		t.Fatal("the immutable segment is still the open one")
 	}
-	done := make(chan struct{})
-	go func() { r.b.Close(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Batcher.Close hung with a segment file immutable")
-	}
+	a47Within(t, "Batcher.Close hung with a segment file immutable", func() { r.b.Close() })
 	a47SetFlags(seg, 0, a47ImmutableFL)
 	var layout []string
 	for _, p := range []string{seg, segB} {
@@ -832,13 +820,7 @@ func TestAttack47DiskFullAtClose(t *testing.T) {
 	}
 	r.submitN(10) // in the shadow: survives the process, synced within SyncEvery
 	fill := fillDisk(t, fs)
-	done := make(chan struct{})
-	go func() { r.b.Close(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Batcher.Close hung on a full disk")
-	}
+	a47Within(t, "Batcher.Close hung on a full disk", func() { r.b.Close() })
 	os.Remove(fill)
 	// What the journal holds now (segments on the disk, and their shadows): what the next
 	// process can fold.
