@@ -639,10 +639,8 @@ func (j *journal) dropShadow() {
 	if j.mm == nil {
 		return
 	}
-	unix.Munmap(j.mm)
 	os.Remove(j.shadowPath)
-	j.shadow.Close()
-	j.mm, j.shadow = nil, nil
+	j.leaveShadow()
 }
 
 // syncMapped makes the open packed segment's records durable: the shadow's new bytes
