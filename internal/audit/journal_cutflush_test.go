@@ -46,6 +46,13 @@ func TestWrittenSegmentCutBeforeFlush(t *testing.T) {
 				t.Fatal(err)
 			}
 			cut := map[string]int64{"0": 0, "header": 10, "synced frames": pageSize + 100, "synced-1": j.synced - 1}[at]
+			// A cut of bytes that were zeros, written again past it as zeros (the hole),
+			// leaves the segment byte for byte as written: nothing to find. The last MAC
+			// byte is 0 once in 256 runs (this failed the suite once); cut from the last
+			// byte before synced that is not.
+			for cut > 0 && j.own[cut] == 0 && at == "synced-1" {
+				cut--
+			}
 			if err := os.Truncate(j.f.Name(), cut); err != nil {
 				j.smu.Unlock()
 				t.Fatal(err)
