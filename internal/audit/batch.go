@@ -574,7 +574,12 @@ func (b *Batcher) foldDead(root string) error {
 			return fmt.Errorf("reading the log's entries: %w", err)
 		}
 		var errs []error
-		left, dead, errs = dropBroken(left, dead, have)
+		left, dead, errs = dropBroken(left, dead, func(segs []segment) error {
+			if err := checkLinks(segs, have); err != nil {
+				return err
+			}
+			return b.checkLogged(ctx, segs, have)
+		})
 		derr = errors.Join(append(errs, derr)...)
 		for i := range left {
 			if err := b.fold(&left[i], have); err != nil {
@@ -903,6 +908,85 @@ func (b *Batcher) foldLoop() {
 	}
 }
 
+// perBatch is how many records a batch of seg holds: as its writer cut them, so that a
+// refold recognizes its batches.
+func (b *Batcher) perBatch(seg *segment) int {
+	if seg.batch <= 0 || seg.batch > MaxBatch {
+		return b.maxRecords
+	}
+	return seg.batch
+}
+
+// eachBatch walks seg's records as a fold cuts them: from seg.done, per records at a time,
+// a batch the log has (have: its place logged; a dead journal's refold) cut to the records
+// it holds — the rest then a batch of their own place. fn gets each batch's place, its
+// records, their leaf hashes when the writer kept them (else nil) and the log's batch of
+// that place (nil: none); seg is moved past each batch fn took.
+func (seg *segment) eachBatch(per int, have map[string]loggedBatch, fn func(src string, chunk []store.AuditEvent, leaves [][sha256.Size]byte, logged *loggedBatch) error) error {
+	for len(seg.recs) > 0 {
+		chunk := seg.recs[:min(len(seg.recs), per)]
+		src := journalSource(seg.path, seg.done)
+		var logged *loggedBatch
+		if lb, ok := have["journal:"+src]; ok {
+			logged = &lb
+		} else if have != nil && seg.legacy() { // folded before batches named their place?
+			_, name := EncodeBundle(raws(chunk))
+			if lb, ok := have["bundle:"+name]; ok {
+				logged = &lb
+			}
+		}
+		if logged != nil {
+			chunk = chunk[:min(logged.n, len(chunk))]
+		}
+		kept := len(seg.leaves) == len(seg.recs)
+		var leaves [][sha256.Size]byte
+		if kept {
+			leaves = seg.leaves[:len(chunk)]
+		}
+		if err := fn(src, chunk, leaves, logged); err != nil {
+			return err
+		}
+		if kept {
+			seg.leaves = seg.leaves[len(chunk):]
+		} else {
+			seg.leaves = nil
+		}
+		seg.recs, seg.done = seg.recs[len(chunk):], seg.done+len(chunk)
+	}
+	return nil
+}
+
+// checkLogged holds a dead journal directory's segments to the log's word where a refold
+// would skip their records: a batch the log has of one of their places must hold them —
+// its bundle read and checked against its entry (CheckBatch), these records first, byte
+// for byte. An entry alone is not the records: one whose bundle is missing or altered, or
+// that counts records its bundle does not hold (written by a hand in the log's storage),
+// would have the refold skip acknowledged records. Refused as a broken link is: the
+// directory is left alone and named.
+func (b *Batcher) checkLogged(ctx context.Context, segs []segment, have map[string]loggedBatch) error {
+	for _, s := range segs { // a copy: eachBatch moves it
+		err := s.eachBatch(b.perBatch(&s), have, func(src string, chunk []store.AuditEvent, _ [][sha256.Size]byte, logged *loggedBatch) error {
+			if logged == nil || logged.entry == nil {
+				return nil
+			}
+			recs, err := b.log.batchRecords(ctx, logged.entry)
+			if err != nil {
+				return fmt.Errorf("%w: %s: the log's batch of %s does not hold its records: %v", ErrEvent, s.path, src, err)
+			}
+			for i, r := range chunk {
+				if i >= len(recs) || !bytes.Equal(r.Raw, recs[i]) {
+					return fmt.Errorf("%w: %s: record %d is not the log's batch of %s's (a batch entry not of these records)", ErrEvent, s.path, s.done+i, src)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // DeadJournalEvery is how often a running batcher looks for journals of dead processes.
 var DeadJournalEvery = 5 * time.Second
 
@@ -952,53 +1036,33 @@ const (
 //
 // have counts the records each logged batch holds: a batch of this place that holds fewer
 // than the segment has there (folded from a shorter copy) is skipped for those only, and
-// the rest are folded as a batch of their own place.
-func (b *Batcher) fold(seg *segment, have map[string]int) error {
-	per := seg.batch // cut as its writer would have (a refold recognizes its batches)
-	if per <= 0 || per > MaxBatch {
-		per = b.maxRecords
-	}
-	for len(seg.recs) > 0 {
-		chunk := seg.recs[:min(len(seg.recs), per)]
-		src := journalSource(seg.path, seg.done)
-		logged := 0
-		if have != nil { // a dead journal's: skip what the log has (a live fold has no such)
-			logged = have["journal:"+src]
-			if logged == 0 && seg.legacy() { // folded before batches named their place?
-				_, name := EncodeBundle(raws(chunk))
-				logged = have["bundle:"+name]
-			}
+// the rest are folded as a batch of their own place. (A dead journal's batches the log
+// has were held to their bundles first: checkLogged.)
+func (b *Batcher) fold(seg *segment, have map[string]loggedBatch) error {
+	err := seg.eachBatch(b.perBatch(seg), have, func(src string, chunk []store.AuditEvent, leaves [][sha256.Size]byte, logged *loggedBatch) error {
+		if logged != nil {
+			return nil // in the log (a dead journal's: checkLogged held the batch's bundle to them)
 		}
-		if logged > 0 {
-			chunk = chunk[:min(logged, len(chunk))]
+		var whole *segment // the segment is this batch's bundle as it stands
+		if seg.sum != nil && seg.done == 0 && len(chunk) == len(seg.recs) {
+			whole = seg
+		}
+		idx, err := b.commitRecords(chunk, src, whole, leaves, seg.own)
+		if err != nil {
+			return err
+		}
+		if have != nil {
+			have["journal:"+src] = loggedBatch{n: len(chunk)}
 		} else {
-			var whole *segment // the segment is this batch's bundle as it stands
-			if seg.sum != nil && seg.done == 0 && len(chunk) == len(seg.recs) {
-				whole = seg
-			}
-			var leaves [][sha256.Size]byte // kept by the writer, when it did (one a record)
-			if len(seg.leaves) == len(seg.recs) {
-				leaves = seg.leaves[:len(chunk)]
-			}
-			idx, err := b.commitRecords(chunk, src, whole, leaves, seg.own)
-			if err != nil {
-				return err
-			}
-			if have != nil {
-				have["journal:"+src] = len(chunk)
-			} else {
-				b.lastIdx, b.folded = idx, true // Barrier's answer: this batcher's records only
-			}
-			if b.j != nil {
-				b.j.floor.Store(idx) // later segments' batches come after it
-			}
+			b.lastIdx, b.folded = idx, true // Barrier's answer: this batcher's records only
 		}
-		if len(seg.leaves) == len(seg.recs) {
-			seg.leaves = seg.leaves[len(chunk):]
-		} else {
-			seg.leaves = nil
+		if b.j != nil {
+			b.j.floor.Store(idx) // later segments' batches come after it
 		}
-		seg.recs, seg.done = seg.recs[len(chunk):], seg.done+len(chunk)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err

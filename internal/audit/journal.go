@@ -469,8 +469,9 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 }
 
 // dropBroken takes out of a dead journal's segments (left) and directories (dead) those of
-// each directory whose links do not hold (checkLinks), unlocking it, and says why.
-func dropBroken(left []segment, dead []orphan, have map[string]int) ([]segment, []orphan, []error) {
+// each directory that check refuses (its links do not hold: checkLinks; the log's word
+// for its records does not: Batcher.checkLogged), unlocking it, and says why.
+func dropBroken(left []segment, dead []orphan, check func([]segment) error) ([]segment, []orphan, []error) {
 	var errs []error
 	keep := dead[:0]
 	for _, o := range dead {
@@ -481,7 +482,7 @@ func dropBroken(left []segment, dead []orphan, have map[string]int) ([]segment, 
 			k++
 		}
 		if i >= 0 {
-			if err := checkLinks(left[i:k], have); err != nil {
+			if err := check(left[i:k]); err != nil {
 				errs = append(errs, err)
 				left = slices.Delete(left, i, k)
 				o.lock.Close()
@@ -499,7 +500,7 @@ func dropBroken(left []segment, dead []orphan, have map[string]int) ([]segment, 
 // the log (have: folded, then removed or left short — linkedInLog). Nothing is checked
 // after the last segment: a process's last segments removed cannot be told from a crash
 // before they were written.
-func checkLinks(segs []segment, have map[string]int) error {
+func checkLinks(segs []segment, have map[string]loggedBatch) error {
 	var before *segment // the last segment seen that holds records
 	for i := range segs {
 		s := &segs[i]
@@ -547,10 +548,10 @@ func checkLinks(segs []segment, have map[string]int) error {
 // cut them, reach the link's count. (The last batch alone was not enough: one folded from
 // a shorter copy of the segment holds fewer records than the link names — outside round
 // 48.)
-func linkedInLog(path string, p segLink, have map[string]int) bool {
+func linkedInLog(path string, p segLink, have map[string]loggedBatch) bool {
 	at := 0
 	for at < int(p.recs) {
-		n := have["journal:"+journalSource(path, at)]
+		n := have["journal:"+journalSource(path, at)].n
 		if n <= 0 {
 			return false
 		}

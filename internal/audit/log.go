@@ -512,15 +512,23 @@ func (l *Log) batchRecords(ctx context.Context, entry []byte) ([][]byte, error) 
 // Bundles is where this log keeps request batches' bundles.
 func (l *Log) Bundles() BundleStore { return l.bundles }
 
+// loggedBatch is a batch the log holds of a journal place: how many records it says it
+// holds and its entry's bytes (nil: committed by this process — no need to read it back).
+type loggedBatch struct {
+	n     int
+	entry []byte
+}
+
 // loggedBatches names the batch entries at index from and later (up to size, the log's
 // integrated size), each with the number of records it holds: "journal:<place>" for those
 // folded from a journal (journalSource), "bundle:<name>" for those before the place. The
 // count matters: a batch folded from a segment cut short (a dead process's torn tail, or
 // an older copy put back) holds fewer records than the same place in the whole segment
 // (outside round 48 had the rest skipped by the name alone, five acknowledged records
-// gone). A count the entry does not give as a number is taken as a whole batch.
-func (l *Log) loggedBatches(ctx context.Context, from, size uint64) (map[string]int, error) {
-	have := map[string]int{}
+// gone). A count the entry does not give as a number is taken as a whole batch; a refold
+// skips records on an entry's word only once its bundle holds them (Batcher.checkLogged).
+func (l *Log) loggedBatches(ctx context.Context, from, size uint64) (map[string]loggedBatch, error) {
+	have := map[string]loggedBatch{}
 	err := ReadEntries(ctx, l.reader.ReadEntryBundle, min(from, size), size, func(evs []store.AuditEvent) error {
 		for _, e := range evs {
 			if e.Kind == string(KindBatch) {
@@ -536,7 +544,9 @@ func (l *Log) loggedBatches(ctx context.Context, from, size uint64) (map[string]
 				if src := ev.Fields["journal"]; src != "" {
 					k = "journal:" + src
 				}
-				have[k] = max(have[k], n) // a place logged twice holds what its largest batch does
+				if n > have[k].n { // a place logged twice holds what its largest batch does
+					have[k] = loggedBatch{n: n, entry: e.Raw}
+				}
 			}
 		}
 		return nil
