@@ -100,11 +100,17 @@ if [ -n "${PAIRED:-}" ]; then
 		pb=$!
 		# PERF=DIR: the first round's load is sampled in each process too (perf record -g,
 		# cpu-clock; DIR/NAME.txt is perf script's text, for docs/bench/perfstacks.py A B).
+		# PERF_EVENT=EV records that event instead (every one, with its stack), e.g.
+		# raw_syscalls:sys_enter to count each process's system calls by number.
 		if [ -n "${PERF:-}" ] && ((r == 1)); then
 			mkdir -p "$PERF"
 			perfs=()
 			for s in "$a" "$b"; do
-				perf record -e cpu-clock -F 999 -g -p "${procs[$s]}" -o "$PERF/$s.data" -- sleep 6 >/dev/null 2>&1 &
+				if [ -n "${PERF_EVENT:-}" ]; then # e.g. raw_syscalls:sys_enter: every event, no stacks
+					perf record -e "$PERF_EVENT" -g -p "${procs[$s]}" -o "$PERF/$s.data" -- sleep 6 >/dev/null 2>&1 &
+				else
+					perf record -e cpu-clock -F 999 -g -p "${procs[$s]}" -o "$PERF/$s.data" -- sleep 6 >/dev/null 2>&1 &
+				fi
 				perfs+=($!)
 			done
 		fi
