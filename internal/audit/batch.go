@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -575,7 +576,7 @@ func (b *Batcher) foldDead(root string) error {
 		}
 		var errs []error
 		left, dead, errs = dropBroken(left, dead, func(segs []segment) error {
-			if err := checkLinks(segs, have); err != nil {
+			if err := checkLinks(segs, have, func(lb loggedBatch) bool { return b.batchHeld(ctx, lb) == nil }); err != nil {
 				return err
 			}
 			return b.checkLogged(ctx, segs, have)
@@ -583,7 +584,7 @@ func (b *Batcher) foldDead(root string) error {
 		derr = errors.Join(append(errs, derr)...)
 		for i := range left {
 			if err := b.fold(&left[i], have); err != nil {
-				return err
+				return fmt.Errorf("%s: %w", filepath.Dir(left[i].path), err) // named: the operator's to look at
 			}
 		}
 		if len(left) > 0 {
@@ -936,7 +937,9 @@ func (seg *segment) eachBatch(per int, have map[string]loggedBatch, fn func(src 
 			}
 		}
 		if logged != nil {
-			chunk = chunk[:min(logged.n, len(chunk))]
+			// What it holds, even past a batch of the writer's (a count over the segment's
+			// batch size: refused by checkLogged unless the bundle holds those records).
+			chunk = seg.recs[:min(logged.n, len(seg.recs))]
 		}
 		kept := len(seg.leaves) == len(seg.recs)
 		var leaves [][sha256.Size]byte
@@ -965,7 +968,10 @@ func (seg *segment) eachBatch(per int, have map[string]loggedBatch, fn func(src 
 // directory is left alone and named.
 func (b *Batcher) checkLogged(ctx context.Context, segs []segment, have map[string]loggedBatch) error {
 	for _, s := range segs { // a copy: eachBatch moves it
+		places := map[string]bool{}
+		all := s.done + len(s.recs)
 		err := s.eachBatch(b.perBatch(&s), have, func(src string, chunk []store.AuditEvent, _ [][sha256.Size]byte, logged *loggedBatch) error {
+			places["journal:"+src] = true
 			if logged == nil || logged.entry == nil {
 				return nil
 			}
@@ -983,8 +989,30 @@ func (b *Batcher) checkLogged(ctx context.Context, segs []segment, have map[stri
 		if err != nil {
 			return err
 		}
+		// A batch the log has at a place inside the segment that the walk does not reach
+		// (a place within a batch) holds records the refold logs again: not one of this
+		// segment's batches as its writer or a refold cut them.
+		prefix := "journal:" + journalSource(s.path, 0)
+		prefix = prefix[:len(prefix)-1]
+		for k := range have {
+			if at, ok := strings.CutPrefix(k, prefix); ok && !places[k] {
+				if n, err := strconv.Atoi(at); err == nil && n < all {
+					return fmt.Errorf("%w: %s: the log has a batch at record %d, inside one of its batches", ErrEvent, s.path, n)
+				}
+			}
+		}
 	}
 	return nil
+}
+
+// batchHeld checks a logged batch against its bundle (read and held to its entry:
+// CheckBatch); one this process committed (no entry kept) is held.
+func (b *Batcher) batchHeld(ctx context.Context, lb loggedBatch) error {
+	if lb.entry == nil {
+		return nil
+	}
+	_, err := b.log.batchRecords(ctx, lb.entry)
+	return err
 }
 
 // DeadJournalEvery is how often a running batcher looks for journals of dead processes.

@@ -500,7 +500,10 @@ func dropBroken(left []segment, dead []orphan, check func([]segment) error) ([]s
 // the log (have: folded, then removed or left short — linkedInLog). Nothing is checked
 // after the last segment: a process's last segments removed cannot be told from a crash
 // before they were written.
-func checkLinks(segs []segment, have map[string]loggedBatch) error {
+//
+// held says whether a logged batch's bundle holds what its entry says (nil: taken on the
+// entry's word): a link is taken on the log's batches only when each one it counts does.
+func checkLinks(segs []segment, have map[string]loggedBatch, held func(loggedBatch) bool) error {
 	var before *segment // the last segment seen that holds records
 	for i := range segs {
 		s := &segs[i]
@@ -525,14 +528,14 @@ func checkLinks(segs []segment, have map[string]loggedBatch) error {
 			// Short or altered, it is still taken when every record its link names is in
 			// the log: folded from the process's memory (a close whose flush failed folds
 			// so) before the segment was removed — nothing of it is lost.
-			if !slices.Contains(before.scan.ends, segLink{recs: p.recs, mac: p.mac}) && !linkedInLog(before.path, p, have) {
+			if !slices.Contains(before.scan.ends, segLink{recs: p.recs, mac: p.mac}) && !linkedInLog(before.path, p, have, held) {
 				return fmt.Errorf("%w: %s does not end as %s names it (frames removed or altered)", ErrEvent, before.path, name)
 			}
 		case before != nil && before.seq > p.seq-1:
 			return fmt.Errorf("%w: %s: %s is between it and the segment it names", ErrEvent, s.path, filepath.Base(before.path))
 		default:
 			gone := filepath.Join(filepath.Dir(s.path), segmentName(p.seq-1))
-			if !linkedInLog(gone, p, have) {
+			if !linkedInLog(gone, p, have, held) {
 				return fmt.Errorf("%w: %s: the segment it names, %s, is missing and its records are not in the log", ErrEvent, s.path, filepath.Base(gone))
 			}
 		}
@@ -548,14 +551,14 @@ func checkLinks(segs []segment, have map[string]loggedBatch) error {
 // cut them, reach the link's count. (The last batch alone was not enough: one folded from
 // a shorter copy of the segment holds fewer records than the link names — outside round
 // 48.)
-func linkedInLog(path string, p segLink, have map[string]loggedBatch) bool {
+func linkedInLog(path string, p segLink, have map[string]loggedBatch, held func(loggedBatch) bool) bool {
 	at := 0
 	for at < int(p.recs) {
-		n := have["journal:"+journalSource(path, at)].n
-		if n <= 0 {
+		lb := have["journal:"+journalSource(path, at)]
+		if lb.n <= 0 || held != nil && !held(lb) {
 			return false
 		}
-		at += n
+		at += lb.n
 	}
 	return p.recs > 0
 }

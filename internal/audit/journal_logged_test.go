@@ -44,9 +44,7 @@ func TestJournalRefoldHoldsLoggedBatchToItsBundle(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			tl := openTestLog(t)
-			tl.record(t, 1)
-			jdir := filepath.Join(tl.dir, "journal")
+			tl, jdir := a49Log(t)
 			paths := a48Journal(t, jdir, 10, [][]store.AuditEvent{rawRecs(0, 5), rawRecs(5, 10)})
 			name := strings.Repeat("ab", 32)
 			root := BatchRoot(raws(rawRecs(0, 10)))
