@@ -74,6 +74,8 @@ settle() {
 	echo "$t1"
 }
 res=$work/res
+# kof SYSTEM: the API key to send it (none for the peers, which ask for none).
+kof() { case $1 in strongroom) echo "$key_strongroom" ;; strongroom-off) echo "$key_strongroom_off" ;; *) echo none ;; esac; }
 # PAIRED=1 (with ONLY="a b", two systems): each round loads the two AT THE SAME TIME, one
 # openloop client each at RATE, and counts each one's CPU over the same window — a drift
 # of this shared machine (another guest's load, the host's clock) then lands on both,
@@ -83,7 +85,6 @@ res=$work/res
 if [ -n "${PAIRED:-}" ]; then
 	((${#systems[@]} == 2)) || { echo "openloop: PAIRED needs ONLY with two systems" >&2; exit 2; }
 	a=${systems[0]} b=${systems[1]}
-	kof() { case $1 in strongroom) echo "$key_strongroom" ;; strongroom-off) echo "$key_strongroom_off" ;; *) echo none ;; esac; }
 	for r in $(seq "$rounds"); do
 		warm=()
 		for s in "$a" "$b"; do
@@ -106,11 +107,9 @@ if [ -n "${PAIRED:-}" ]; then
 			mkdir -p "$PERF"
 			perfs=()
 			for s in "$a" "$b"; do
-				if [ -n "${PERF_EVENT:-}" ]; then # e.g. raw_syscalls:sys_enter: every event, no stacks
-					perf record -e "$PERF_EVENT" -g -p "${procs[$s]}" -o "$PERF/$s.data" -- sleep 6 >/dev/null 2>&1 &
-				else
-					perf record -e cpu-clock -F 999 -g -p "${procs[$s]}" -o "$PERF/$s.data" -- sleep 6 >/dev/null 2>&1 &
-				fi
+				ev=(-e cpu-clock -F 999)
+				[ -n "${PERF_EVENT:-}" ] && ev=(-e "$PERF_EVENT") # every event, e.g. raw_syscalls:sys_enter
+				perf record "${ev[@]}" -g -p "${procs[$s]}" -o "$PERF/$s.data" -- sleep 6 >/dev/null 2>&1 &
 				perfs+=($!)
 			done
 		fi
@@ -141,8 +140,7 @@ for r in $(seq "$rounds"); do
 		for ((i = ${#systems[@]} - 1; i >= 0; i--)); do order+=("${systems[i]}"); done
 	fi
 	for s in "${order[@]}"; do
-		k=none
-		case $s in strongroom) k=$key_strongroom ;; strongroom-off) k=$key_strongroom_off ;; esac
+		k=$(kof "$s")
 		"$work/bin/openloop" -url "${url[$s]}" -key "$k" -body "$body" -rate "$rate" -duration 2s >/dev/null
 		t0=$(settle "${procs[$s]}") u0=$(uticks "${procs[$s]}")
 		out=$("$work/bin/openloop" -url "${url[$s]}" -key "$k" -body "$body" -rate "$rate" -duration 8s)
