@@ -77,6 +77,8 @@ type Config struct {
 	// process appends with a MAC, and with DB the signer checks every entry's before it
 	// signs (entrymac.go). Without it entries carry no MAC and a database writer can append.
 	EntryKey []byte
+
+	tempSweepAge time.Duration // tests': tempsweep.go's tempSweepAge
 }
 
 // Log is the audit log.
@@ -152,12 +154,15 @@ type Log struct {
 	closeMu       sync.RWMutex
 	closed        bool
 	pending       sync.WaitGroup
-	loops         sync.WaitGroup // the index catch-up and the writability probe; Close waits
+	loops         sync.WaitGroup // the index catch-up, the writability probe and its sweeps; Close waits
 
 	// writable is nil while the log directory accepts writes (probed every probeEvery);
 	// else why not. Submit refuses at once then, before tessera can meet the condition
 	// itself: its POSIX driver panics when it cannot open its lock file.
-	writable  atomic.Pointer[error]
+	writable atomic.Pointer[error]
+	// temps sweeps the temporary files tessera leaves after failed writes (a POSIX log
+	// only; tempsweep.go).
+	temps     *tempSweep
 	probePath string
 	// proven is set when a write to the log directory's disk succeeded — the request
 	// journal's sync (runWritten) — and taken by the next probe, which then skips its open
@@ -317,6 +322,10 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout, cpEvery: cfg.CheckpointInterval, cpStall: cmp.Or(cfg.CheckpointStall, CheckpointStall)}
 	if l.bundles == nil {
 		l.bundles = DirBundles{Dir: cfg.Dir}
+	}
+	if db == nil {
+		l.temps = &tempSweep{dir: cfg.Dir, age: cmp.Or(cfg.tempSweepAge, tempSweepAge)}
+		l.temps.failed(time.Now()) // what an earlier process left: swept once it is old enough
 	}
 	l.served = reader
 	if db != nil && cfg.Witnesses != nil {
@@ -576,7 +585,9 @@ const probeOpenEvery = time.Second
 // A log on a shared engine is probed with a ping instead: a replica that cannot reach
 // it refuses what needs a record at once rather than after a failed append.
 func (l *Log) probe() {
-	l.watchWrites(time.Now())
+	now := time.Now()
+	l.watchWrites(now)
+	l.temps.poll(now, l.loops.Go, l.stop, l.sweptTemps)
 	var err error
 	if l.db != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -604,6 +615,7 @@ func (l *Log) probe() {
 		}
 	}
 	if err != nil {
+		l.temps.failed(now)
 		if l.writable.Swap(&err) == nil {
 			l.log.Error("ALERT audit log storage unavailable; refusing what needs a record", "err", err)
 		}
@@ -617,6 +629,16 @@ func (l *Log) probe() {
 		return
 	}
 	l.retryAfterFailure()
+}
+
+// sweptTemps reports a sweep of tessera's temporary files (tempsweep.go).
+func (l *Log) sweptTemps(n int, size int64, err error) {
+	if n > 0 {
+		l.log.Warn("audit log: removed temporary files left by failed writes", "files", n, "bytes", size)
+	}
+	if err != nil {
+		l.log.Warn("audit log: sweeping temporary files", "err", err)
+	}
 }
 
 // retryWriteEvery spaces the write probes of a log whose last recording failed.
@@ -831,6 +853,7 @@ func (l *Log) setErr(err error) {
 	if err != nil {
 		l.log.Error("audit log cannot record", "err", err)
 		l.records.WithLabelValues("failed").Inc()
+		l.temps.failed(time.Now())
 	} else {
 		l.records.WithLabelValues("ok").Inc()
 	}
