@@ -519,11 +519,14 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 // opening; one may have died since), then opens this process's own, its first segment's
 // floor the log's size now.
 func (b *Batcher) openJournal(root string) error {
-	if b.written {
-		sweepShadows()
-	}
 	if err := b.foldDead(root); err != nil {
 		return err
+	}
+	if b.written {
+		// After the refold, which reads a dead directory's shadows wherever its journal
+		// root was (deadShadowDirs): a root moved since its process died is gone by its
+		// old name.
+		sweepShadows()
 	}
 	size, err := b.log.reader.IntegratedSize(context.Background())
 	if err != nil {
@@ -966,13 +969,28 @@ func (seg *segment) eachBatch(per int, have map[string]loggedBatch, fn func(src 
 // that counts records its bundle does not hold (written by a hand in the log's storage),
 // would have the refold skip acknowledged records. Refused as a broken link is: the
 // directory is left alone and named.
+//
+// A batch is of one segment: one the log has that reaches past the records its segment
+// held — the count the next segment's link names for it (a segment on the disk can be
+// short of that: its tail folded from memory) — or is placed at or past that count, would
+// have the next segment's own records logged again: refused too (outside round 50).
 func (b *Batcher) checkLogged(ctx context.Context, segs []segment, have map[string]loggedBatch) error {
-	for _, s := range segs { // a copy: eachBatch moves it
+	for i, s := range segs { // a copy: eachBatch moves it
 		places := map[string]bool{}
 		all := s.done + len(s.recs)
+		held := linkedCount(segs[i:])
+		at := s.done
 		err := s.eachBatch(b.perBatch(&s), have, func(src string, chunk []store.AuditEvent, _ [][sha256.Size]byte, logged *loggedBatch) error {
 			places["journal:"+src] = true
-			if logged == nil || logged.entry == nil {
+			from := at
+			at += len(chunk)
+			if logged == nil {
+				return nil
+			}
+			if held >= 0 && from+logged.n > held {
+				return fmt.Errorf("%w: %s: the log's batch of %s holds %d records, past the %d the segment held (the next one's)", ErrEvent, s.path, src, logged.n, held)
+			}
+			if logged.entry == nil {
 				return nil
 			}
 			recs, err := b.log.batchRecords(ctx, logged.entry)
@@ -998,11 +1016,29 @@ func (b *Batcher) checkLogged(ctx context.Context, segs []segment, have map[stri
 			if at, ok := strings.CutPrefix(k, prefix); ok && !places[k] {
 				if n, err := strconv.Atoi(at); err == nil && n < all {
 					return fmt.Errorf("%w: %s: the log has a batch at record %d, inside one of its batches", ErrEvent, s.path, n)
+				} else if err == nil && held >= 0 && n >= held {
+					return fmt.Errorf("%w: %s: the log has a batch at record %d, at or past the %d records it held", ErrEvent, s.path, n, held)
 				}
 			}
 		}
 	}
 	return nil
+}
+
+// linkedCount is how many records segs[0] held as the next segment of its directory that
+// links one (segs are a directory's, oldest first) names it: that link's count when it
+// names segs[0], else -1 (unknown: the last segment, or a later one links past a missing
+// one).
+func linkedCount(segs []segment) int {
+	for _, o := range segs[1:] {
+		if o.scan.prev.seq != 0 {
+			if o.scan.prev.seq == segs[0].seq+1 {
+				return int(o.scan.prev.recs)
+			}
+			return -1
+		}
+	}
+	return -1
 }
 
 // batchHeld checks a logged batch against its bundle (read and held to its entry:
@@ -1095,8 +1131,12 @@ func (b *Batcher) fold(seg *segment, have map[string]loggedBatch) error {
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if d := shadowDirFor(filepath.Dir(seg.path)); d != "" {
-		os.Remove(filepath.Join(d, filepath.Base(seg.path))) // a dead process's open segment's
+	if seg.dead {
+		for _, d := range deadShadowDirs(filepath.Dir(seg.path)) {
+			if d.trusted {
+				os.Remove(filepath.Join(d.path, filepath.Base(seg.path))) // a dead process's open segment's
+			}
+		}
 	}
 	seg.own.release() // folded: the index holds what it still needs
 	seg.own = nil

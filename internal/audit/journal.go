@@ -191,6 +191,7 @@ type segment struct {
 	// Read from a dead journal (readSegments): its number, header and MAC chain's end.
 	seq  uint64
 	scan segScan
+	dead bool // read from a dead journal: its shadow, if any, is removed once folded
 	// sum is the SHA-256 of the segment's file when the file is exactly its whole frames
 	// (closed by rotate, or read whole after a crash): such a segment of at most batch
 	// records is its batch's bundle as it stands (bundle v2, batch.go), linked into place
@@ -414,7 +415,10 @@ func (j *journal) ours() bool {
 	return err == nil && os.SameFile(st, lst)
 }
 
-// readSegments reads the segments in dir, oldest first. Only canonical names count.
+// readSegments reads the segments in dir, oldest first. Only canonical names count. A
+// segment whose file is gone but whose shadow holds records (deadShadowDirs) is read from
+// the shadow: a directory put back in part (a restore being copied, an older copy) is
+// then refused by its links, not folded without its last segment's records.
 func readSegments(dir string, key []byte) ([]segment, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -422,11 +426,13 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 	}
 	var seqs []uint64
 	for _, e := range ents {
-		hexSeq, ok := strings.CutSuffix(e.Name(), ".wal")
-		if !ok || !e.Type().IsRegular() {
-			continue
+		if seq, ok := segmentSeq(e.Name()); ok && e.Type().IsRegular() {
+			seqs = append(seqs, seq)
 		}
-		if seq, err := strconv.ParseUint(hexSeq, 16, 64); err == nil && segmentName(seq) == e.Name() {
+	}
+	shadows := deadShadowDirs(dir)
+	for _, seq := range deadShadowNames(shadows) {
+		if !slices.Contains(seqs, seq) {
 			seqs = append(seqs, seq)
 		}
 	}
@@ -435,16 +441,23 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 	for _, seq := range seqs {
 		p := filepath.Join(dir, segmentName(seq))
 		b, err := readRegular(p, maxSegmentBytes)
-		if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			b = nil // its shadow's alone
+		} else if err != nil {
 			return nil, fmt.Errorf("journal segment %s: %w", p, err) // a FIFO, a link, a huge file: named for an operator
 		}
-		sc, err := scanSegment(b, p, key, false)
-		if err != nil {
+		var sc segScan
+		if b != nil {
+			if sc, err = scanSegment(b, p, key, false); err != nil {
+				return nil, err
+			}
+		}
+		whole := b != nil && sc.n == len(b) && !sc.v2
+		if sc, whole, err = withShadow(sc, whole, p, b, key, shadows); err != nil {
 			return nil, err
 		}
-		whole := sc.n == len(b) && !sc.v2
-		if sc, whole, err = withShadow(sc, whole, p, b, key); err != nil {
-			return nil, err
+		if b == nil && len(sc.recs) == 0 {
+			continue // a shadow of no record of its name: another segment's, kept
 		}
 		recs := make([]store.AuditEvent, len(sc.recs))
 		for i, r := range sc.recs {
@@ -455,7 +468,7 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 			}
 			recs[i] = indexRecord(0, r)
 		}
-		seg := segment{path: p, recs: recs, batch: sc.batch, seq: seq, scan: sc}
+		seg := segment{path: p, recs: recs, batch: sc.batch, seq: seq, scan: sc, dead: true}
 		seg.scan.recs = nil
 		// Only a v3 or v4 segment is linked as its bundle: a v2 one's MACs do not bind its
 		// directory, and a served copy of it could be replayed into another.
@@ -563,9 +576,20 @@ func linkedInLog(path string, p segLink, have map[string]loggedBatch, held func(
 	return p.recs > 0
 }
 
-// removeOrphan removes a dead process's journal directory once its segments are folded.
+// segmentSeq is the number a canonical segment name (segmentName) stands for.
+func segmentSeq(name string) (uint64, bool) {
+	hexSeq, ok := strings.CutSuffix(name, ".wal")
+	if !ok {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(hexSeq, 16, 64)
+	return seq, err == nil && segmentName(seq) == name
+}
+
+// removeOrphan removes a dead process's journal directory once its segments are folded,
+// and its shadows (those this user's alone: deadShadowDirs).
 func removeOrphan(o orphan) error {
-	removeShadows(o.dir)
+	removeDeadShadows(o.dir)
 	err := os.RemoveAll(o.dir)
 	o.lock.Close()
 	return err

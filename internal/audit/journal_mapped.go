@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -680,44 +681,123 @@ func (j *journal) syncMapped() error {
 	return err
 }
 
-// withShadow reads the shadow of the segment at path, if there is one (a process that
-// died with the segment open: killed, crashed), and returns what it holds instead of sc —
-// the segment holds what was synced, its shadow every record written — after checking
-// that the segment's records begin it (the shadow on tmpfs is lost with the host, never
-// torn: a disagreement is an outside hand, refused). A shadow's last frame may be cut (a
-// process killed in its copy: a record never acknowledged), so it is not reported as lost.
-// A shadow whose header is not the segment's (disk) is not its own: a closed segment's
-// shadow is kept for the next one, and a crash can come between its renaming and its
-// rewriting.
-func withShadow(sc segScan, whole bool, path string, disk, key []byte) (segScan, bool, error) {
-	d := shadowDirFor(filepath.Dir(path))
-	if d == "" {
-		return sc, whole, nil
+// deadShadowDirs are the directories that may hold the shadows of the dead journal
+// directory dir, for reading: its shadow root's (trusted or not: shadowRootAt, for a
+// refold run as another user or after the root's mode changed) and any other root's
+// directory of the same name — the journal root moved or renamed since the process died
+// (a process directory's name is random: the same name is the same directory). What is
+// read there is held to the journal's MACs, which bind the segment's directory name,
+// file name and header: a plant can be refused, never taken. Only real directories
+// (not links) are listed; those that are this user's alone are marked for removal.
+func deadShadowDirs(dir string) (dirs []shadowDir) {
+	if ShadowBase == "" {
+		return nil
 	}
-	b, err := readShadow(filepath.Join(d, filepath.Base(path)))
-	if errors.Is(err, os.ErrNotExist) {
-		return sc, whole, nil
+	base := filepath.Base(dir)
+	own := shadowRootAt(resolvedPath(filepath.Dir(dir)))
+	roots, _ := filepath.Glob(filepath.Join(ShadowBase, "strongroom-journal-*"))
+	if !slices.Contains(roots, own) {
+		roots = append(roots, own)
 	}
-	if err != nil {
-		return sc, whole, fmt.Errorf("%w: %s: its shadow: %v", ErrEvent, path, err)
+	for _, r := range roots {
+		d := filepath.Join(r, base)
+		if st, err := os.Lstat(d); err != nil || !st.IsDir() {
+			continue
+		}
+		dirs = append(dirs, shadowDir{path: d, trusted: trustedShadowRoot(r) && trustedShadowRoot(d), own: r == own})
 	}
-	if !bytes.Equal(b[:min(len(b), journalHeader)], disk[:min(len(disk), journalHeader)]) {
-		return sc, whole, nil // another segment's, kept for this one and not yet rewritten
-	}
-	ssc, err := scanSegment(b, path, key, false)
-	if err != nil {
-		return sc, whole, fmt.Errorf("%s: its shadow: %w", path, err)
-	}
-	if len(ssc.recs) < len(sc.recs) {
-		return sc, whole, fmt.Errorf("%w: %s: its shadow holds fewer records than it (%d, %d)", ErrEvent, path, len(ssc.recs), len(sc.recs))
-	}
-	for i, r := range sc.recs {
-		if !bytes.Equal(r, ssc.recs[i]) {
-			return sc, whole, fmt.Errorf("%w: %s: record %d differs from its shadow's", ErrEvent, path, i)
+	return dirs
+}
+
+// shadowDir is a directory of a dead journal's shadows (deadShadowDirs).
+type shadowDir struct {
+	path    string
+	trusted bool // this user's alone: its shadows may be removed once folded
+	own     bool // under the journal root's own shadow root
+}
+
+// deadShadowNames lists the canonical segment names that have a shadow in dirs.
+func deadShadowNames(dirs []shadowDir) (seqs []uint64) {
+	for _, d := range dirs {
+		ents, _ := os.ReadDir(d.path)
+		for _, e := range ents {
+			if seq, ok := segmentSeq(e.Name()); ok && e.Type().IsRegular() && !slices.Contains(seqs, seq) {
+				seqs = append(seqs, seq)
+			}
 		}
 	}
-	ssc.lost = false
-	return ssc, false, nil
+	return seqs
+}
+
+// withShadow reads the shadow of the segment at path (disk: its bytes, nil when it is not
+// on the disk), if there is one (a process that died with the segment open: killed,
+// crashed), and returns what it holds instead of sc — the segment holds what was synced,
+// its shadow every record written — after checking that the segment's records begin it
+// (the shadow on tmpfs is lost with the host, never torn: a disagreement is an outside
+// hand, refused). A shadow's last frame may be cut (a process killed in its copy: a
+// record never acknowledged), so it is not reported as lost; a frame that fails with a
+// whole frame after it is damage, refused. A shadow is the segment's own when its records
+// check under the segment's name and header (the MAC chain binds both): a closed
+// segment's shadow is kept for the next one, and a crash between its renaming and its
+// rewriting leaves one under the next name holding no record of it — ignored. So a
+// segment whose file on the disk is gone, cut inside its header or has its header edited
+// is read from its shadow, not dropped with it (outside round 50).
+func withShadow(sc segScan, whole bool, path string, disk, key []byte, dirs []shadowDir) (segScan, bool, error) {
+	for _, d := range dirs {
+		b, err := readShadow(filepath.Join(d.path, filepath.Base(path)))
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		sameHeader := disk != nil && bytes.Equal(b[:min(len(b), journalHeader)], disk[:min(len(disk), journalHeader)])
+		if err != nil {
+			if d.trusted && (sameHeader || disk == nil) {
+				return sc, whole, fmt.Errorf("%w: %s: its shadow: %v", ErrEvent, path, err)
+			}
+			continue // another user's plant, or not this segment's: its records would not check
+		}
+		ssc, err := scanSegment(b, path, key, false)
+		if err == nil && ssc.lost && laterFrame(b, ssc.n) {
+			// Also a shadow whose header was edited: its first frame fails, its others
+			// are whole (a kept shadow a crash left under the next name holds none).
+			err = fmt.Errorf("%w: %s: its shadow: a frame that fails with whole frames after it (damaged)", ErrEvent, path)
+		}
+		if err != nil {
+			if d.trusted && (sameHeader || disk == nil || ssc.lost) {
+				return sc, whole, fmt.Errorf("%s: its shadow: %w", path, err)
+			}
+			continue
+		}
+		if len(ssc.recs) == 0 && !sameHeader {
+			continue // another segment's, kept for this one and not yet rewritten
+		}
+		if len(ssc.recs) < len(sc.recs) {
+			return sc, whole, fmt.Errorf("%w: %s: its shadow holds fewer records than it (%d, %d)", ErrEvent, path, len(ssc.recs), len(sc.recs))
+		}
+		for i, r := range sc.recs {
+			if !bytes.Equal(r, ssc.recs[i]) {
+				return sc, whole, fmt.Errorf("%w: %s: record %d differs from its shadow's", ErrEvent, path, i)
+			}
+		}
+		ssc.lost = false
+		return ssc, false, nil
+	}
+	return sc, whole, nil
+}
+
+// laterFrame says whether b holds, past from, a frame whose length and payload check
+// (CRC32C) — a whole frame written after the one that ended a shadow's scan. A process
+// killed in its copy leaves only that one in part, and zeros after it.
+func laterFrame(b []byte, from int) bool {
+	end := len(b)
+	for end > from && b[end-1] == 0 {
+		end--
+	}
+	for p := from + 1; p+frameHeader <= end; p++ {
+		if _, _, bad := frameAt(b[p:end], frameHeader, 0, true); bad == "" {
+			return true
+		}
+	}
+	return false
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -784,13 +864,29 @@ func readRegular(p string, max int64) ([]byte, error) {
 	return b, nil
 }
 
+// removeDeadShadows removes a folded dead journal directory's shadows: in each of
+// deadShadowDirs that is this user's alone (another's is left to its sweep).
+func removeDeadShadows(dir string) {
+	for _, d := range deadShadowDirs(dir) {
+		if d.trusted {
+			os.RemoveAll(d.path)
+			removeEmptyShadowRoot(filepath.Dir(d.path))
+		}
+	}
+}
+
+// removeEmptyShadowRoot removes a shadow root left with no shadow directory in it.
+func removeEmptyShadowRoot(r string) {
+	if ents, err := os.ReadDir(r); err == nil && len(ents) == 1 && ents[0].Name() == "journal" {
+		os.RemoveAll(r)
+	}
+}
+
 // removeShadows removes the shadow directory of the journal directory dir, if any.
 func removeShadows(dir string) {
 	if d := shadowDirFor(dir); d != "" {
 		os.RemoveAll(d)
-		if ents, err := os.ReadDir(filepath.Dir(d)); err == nil && len(ents) == 1 && ents[0].Name() == "journal" {
-			os.RemoveAll(filepath.Dir(d)) // the journal root's: no shadow left in it
-		}
+		removeEmptyShadowRoot(filepath.Dir(d))
 	}
 }
 

@@ -336,12 +336,15 @@ func writtenKill(j *journal) {
 // TestWrittenShadowRead: a killed process's open segment is read from its shadow (the
 // records after the last sync are there only); a shadow that disagrees with what its
 // segment synced (a byte flipped: its frame fails, fewer records) refuses the directory;
-// a shadow whose header is another segment's is ignored (the disk's records are folded).
+// a shadow whose header is another segment's and that holds no frame (a closed segment's
+// shadow kept for the next one, a crash before its rewriting) is ignored (the disk's
+// records are folded); one whose header was edited while frames follow it (its frames
+// fail, whole: damage — outside round 50) refuses the directory.
 func TestWrittenShadowRead(t *testing.T) {
 	if ShadowBase == "" {
 		t.Skip("no tmpfs at /dev/shm")
 	}
-	for _, c := range []string{"as left", "flipped", "another header"} {
+	for _, c := range []string{"as left", "flipped", "another header", "kept"} {
 		t.Run(c, func(t *testing.T) {
 			tl, jdir, j := openWrittenJournal(t)
 			for i := range 30 {
@@ -366,6 +369,9 @@ func TestWrittenShadowRead(t *testing.T) {
 				sb[pageSize+frameHeader+5] ^= 1
 			case "another header":
 				sb[journalHeader-1] ^= 1 // the link's MAC: another segment's header
+			case "kept":
+				sb[journalHeader-1] ^= 1
+				clear(sb[pageSize:]) // no frame: as a kept shadow's, renamed, not yet rewritten
 				want = 20
 			}
 			if err := os.WriteFile(shadow, sb, 0o600); err != nil {
@@ -376,7 +382,7 @@ func TestWrittenShadowRead(t *testing.T) {
 			size, _ := tl.log.IntegratedSize(context.Background())
 			b.Close()
 			tl.close(t)
-			if c == "flipped" {
+			if c == "flipped" || c == "another header" {
 				if herr == nil || size != 0 {
 					t.Fatalf("a shadow that disagrees with its segment: healthy %v, %d entries", herr, size)
 				}
