@@ -704,7 +704,7 @@ func deadShadowDirs(dir string) (dirs []shadowDir) {
 		if st, err := os.Lstat(d); err != nil || !st.IsDir() {
 			continue
 		}
-		dirs = append(dirs, shadowDir{path: d, trusted: trustedShadowRoot(r) && trustedShadowRoot(d), own: r == own})
+		dirs = append(dirs, shadowDir{path: d, trusted: trustedShadowRoot(r) && trustedShadowRoot(d)})
 	}
 	return dirs
 }
@@ -713,7 +713,6 @@ func deadShadowDirs(dir string) (dirs []shadowDir) {
 type shadowDir struct {
 	path    string
 	trusted bool // this user's alone: its shadows may be removed once folded
-	own     bool // under the journal root's own shadow root
 }
 
 // deadShadowNames lists the canonical segment names that have a shadow in dirs.
