@@ -38,7 +38,15 @@ func a3Open(t *testing.T, dsn string, s note.Signer, logs *syncBuffer) (*Log, *s
 // a3OpenIn is a3Open for a replica whose data directory is dir ("": none).
 func a3OpenIn(t *testing.T, dsn string, s note.Signer, dir string, logs *syncBuffer) (*Log, *syncBuffer) {
 	t.Helper()
-	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Dir: dir, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(logs)})
+	return a3OpenStalling(t, dsn, s, dir, logs, 0)
+}
+
+// a3OpenStalling is a3OpenIn with the stall ALERT's wait (Config.CheckpointStall) set for
+// this log alone (0: the package's): a test that lowers it can run beside others, which
+// lowering the package's CheckpointStall (lowerCheckpointStall) does not allow.
+func a3OpenStalling(t *testing.T, dsn string, s note.Signer, dir string, logs *syncBuffer, stall time.Duration) (*Log, *syncBuffer) {
+	t.Helper()
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Dir: dir, Signer: s, ShutdownTimeout: time.Second, Logger: newTextLogger(logs), CheckpointStall: stall})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,20 +329,21 @@ func TestAttack3RootSubstitutionViaTessera(t *testing.T) {
 
 // a3Stall: with entries being recorded, the attacker does something to the Checkpoint
 // table (do) and undoes it at the end (undo); promise 3: publication stops only with an
-// ALERT (CheckpointStall lowered to 3 s; we wait four times as long).
+// ALERT (the log's CheckpointStall lowered to 3 s; we wait four times as long).
 func a3Stall(t *testing.T, name string, do func(t *testing.T, db *sql.DB) (undo func())) {
-	lowerCheckpointStall(t, 3*time.Second)
+	t.Parallel() // see sqlTestDB; the lowered stall is this log's own
+	const stall = 3 * time.Second
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack3s")
 	ctx := context.Background()
-	l, logs := a3Open(t, dsn, s, &syncBuffer{})
+	l, logs := a3OpenStalling(t, dsn, s, "", &syncBuffer{}, stall)
 	if _, err := l.Record(ctx, event(0)); err != nil {
 		t.Fatal(err)
 	}
 	before := a2WaitVerify(t, l, v, 1, nil)
 	db := testAdmin(t, dsn)
 	defer do(t, db)() // undone before the log is closed
-	wait := 4 * CheckpointStall
+	wait := 4 * stall
 	deadline := time.Now().Add(wait)
 	recorded := 0
 	for i := 1; time.Now().Before(deadline); i++ {
@@ -368,7 +377,7 @@ func a3Stall(t *testing.T, name string, do func(t *testing.T, db *sql.DB) (undo 
 		status = err.Error()
 	}
 	t.Errorf("PROMISE 3 BROKEN (%s): %d entries recorded (Healthy() = %v) and no checkpoint published past size %d for %v (CheckpointStall %v), and no ALERT (GET /log/checkpoint: %s); replica log:\n%s",
-		name, recorded, l.Healthy(), before.Size, wait, CheckpointStall, status, logs.String())
+		name, recorded, l.Healthy(), before.Size, wait, stall, status, logs.String())
 }
 
 func firstLine(s, sub string) string {

@@ -343,13 +343,14 @@ func TestAttack4OldEntrySwappedBelowChecked(t *testing.T) {
 // reads in a row never see the same size. Entries recorded after are durable and never
 // covered.
 func TestAttack4StallFlippingCheckpoints(t *testing.T) {
-	lowerCheckpointStall(t, 3*time.Second)
+	t.Parallel() // see sqlTestDB; the lowered stall is this log's own
+	const stall = 3 * time.Second
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack4s")
 	ctx := context.Background()
 	db := testAdmin(t, dsn)
 	logs := &syncBuffer{}
-	l, _ := a3Open(t, dsn, s, logs)
+	l, _ := a3OpenStalling(t, dsn, s, "", logs, stall)
 	s1, s2, _ := a4Setup(t, l, v, db)
 	for i := 10; i < 12; i++ {
 		if _, err := l.Record(ctx, event(i)); err != nil {
@@ -379,7 +380,7 @@ func TestAttack4StallFlippingCheckpoints(t *testing.T) {
 		}
 	}()
 	defer func() { close(stop); <-done }()
-	wait := 4 * CheckpointStall
+	wait := 4 * stall
 	deadline := time.Now().Add(wait)
 	recorded := 0
 	for i := 20; time.Now().Before(deadline); i++ {
@@ -398,5 +399,5 @@ func TestAttack4StallFlippingCheckpoints(t *testing.T) {
 	}
 	size, _ := l.IntegratedSize(ctx)
 	t.Errorf("PROMISE 3 BROKEN: %d entries recorded (integrated size %d), no checkpoint published past size %d for %v (CheckpointStall %v), and no ALERT; replica log:\n%s",
-		recorded, size, s4.Size, wait, CheckpointStall, logs.String())
+		recorded, size, s4.Size, wait, stall, logs.String())
 }

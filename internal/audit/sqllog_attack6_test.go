@@ -81,9 +81,16 @@ const (
 // to a buffer of its own; it is closed at the end of the test.
 func a6Replica(t *testing.T, dsn string, s note.Signer, every time.Duration) (*Log, *syncBuffer) {
 	t.Helper()
+	return a6ReplicaStalling(t, dsn, s, every, 0)
+}
+
+// a6ReplicaStalling is a6Replica with its own stall ALERT wait (Config.CheckpointStall;
+// 0: the package's).
+func a6ReplicaStalling(t *testing.T, dsn string, s note.Signer, every, stall time.Duration) (*Log, *syncBuffer) {
+	t.Helper()
 	logs := &syncBuffer{}
 	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: time.Second,
-		Logger: newTextLogger(logs), ScrubEvery: every})
+		Logger: newTextLogger(logs), ScrubEvery: every, CheckpointStall: stall})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -535,11 +542,12 @@ func TestAttack6WalkThrottled(t *testing.T) {
 // from the row unsigned: an unsigned row claiming 2^64-1 entries makes the lag 0, and
 // that ALERT never comes either. Then entry 1 is altered: total silence.
 func TestAttack6WalkNeverStarts(t *testing.T) {
-	lowerCheckpointStall(t, 2*time.Second)
+	t.Parallel() // see sqlTestDB; the lowered stall is the replicas' own
+	const stall = 2 * time.Second
 	dsn := sqlTestDB(t)
 	s, v, _ := newKeys(t, "strongroom.test/attack6-never")
 	db := testAdmin(t, dsn)
-	l1, _ := a6Replica(t, dsn, s, 5*time.Millisecond)
+	l1, _ := a6ReplicaStalling(t, dsn, s, 5*time.Millisecond, stall)
 	a5Fill(t, l1, 6)
 	a2WaitVerify(t, l1, v, 6, nil)
 	if err := l1.Close(context.Background()); err != nil {
@@ -548,7 +556,7 @@ func TestAttack6WalkNeverStarts(t *testing.T) {
 	holdSignerLock(t, dsn)
 	a6Exec(t, db, "DELETE FROM `Checkpoint`")
 
-	r, logs := a6Replica(t, dsn, s, 5*time.Millisecond)
+	r, logs := a6ReplicaStalling(t, dsn, s, 5*time.Millisecond, stall)
 	bogus := fmt.Sprintf("%s\n18446744073709551615\n%s\n\n\u2014 %s AAAAAAAAAAAA\n", r.Origin(), base64.StdEncoding.EncodeToString(make([]byte, 32)), r.Origin())
 	a6Exec(t, db, "INSERT INTO `Checkpoint` (`id`, `note`, `published_at`) VALUES (0, ?, ?)", bogus, time.Now().UnixMilli())
 	a5Fill(t, r, 3) // the replica serves traffic

@@ -384,7 +384,10 @@ func TestSignedBy(t *testing.T) {
 }
 
 // lowerCheckpointStall sets CheckpointStall to d for the test, and back after the logs it
-// opens afterwards are closed (their watches read it until then): call it first.
+// opens afterwards are closed (their watches read it until then): call it first. Every
+// log opened meanwhile takes it, so its test cannot run beside others: a test that can
+// set its own logs' Config.CheckpointStall (a3OpenStalling, a6ReplicaStalling) does that
+// and runs in parallel.
 func lowerCheckpointStall(t *testing.T, d time.Duration) {
 	old := CheckpointStall
 	CheckpointStall = d
@@ -413,13 +416,13 @@ func (s *syncBuffer) String() string {
 // signer that never publishes: here another connection holds the log's lock) raise one
 // ALERT and show in strongroom_audit_checkpoint_lag_entries; a checkpoint ends it.
 func TestSQLLogCheckpointStallAlert(t *testing.T) {
-	lowerCheckpointStall(t, 2*time.Second)
+	t.Parallel() // the lowered stall is this log's own (Config.CheckpointStall)
 	dsn := sqlTestDB(t)
 	release := holdSignerLock(t, dsn)
 	s, _, _ := newKeys(t, "strongroom.test/shared")
 	var logs syncBuffer
 	reg := prometheus.NewRegistry()
-	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: 3 * time.Second, Logger: newTextLogger(&logs), Metrics: reg})
+	l, err := Open(context.Background(), Config{EntryKey: testEntryKey, DB: dsn, Signer: s, ShutdownTimeout: 3 * time.Second, Logger: newTextLogger(&logs), Metrics: reg, CheckpointStall: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
