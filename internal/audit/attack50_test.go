@@ -111,6 +111,17 @@ func a50Start(tl *testLog, jdir string) error {
 	return healthy
 }
 
+// a50Refold folds the dead journals under jdir by a written batcher's start (a50Start) or,
+// with open, by Log.Open's (a50Reopen), and returns its Healthy.
+func a50Refold(t *testing.T, tl *testLog, jdir string, open bool) error {
+	t.Helper()
+	if open {
+		_, healthy := a50Reopen(t, tl, nil, jdir)
+		return healthy
+	}
+	return a50Start(tl, jdir)
+}
+
 // a50Judge: refused naming the directory (left on disk), or requestEvent(0..want-1) each
 // logged exactly once, in order. The log is closed.
 func a50Judge(t *testing.T, tl *testLog, healthy error, dir string, want int) {
@@ -146,12 +157,7 @@ func TestAttack50PackedControl(t *testing.T) {
 			if len(segs) != 3 || shadow == "" {
 				t.Fatalf("%d segments, shadow %q", len(segs), shadow)
 			}
-			var healthy error
-			if by == "batcher" {
-				healthy = a50Start(tl, jdir)
-			} else {
-				_, healthy = a50Reopen(t, tl, nil, jdir)
-			}
+			healthy := a50Refold(t, tl, jdir, by == "open")
 			if healthy != nil {
 				t.Fatalf("an honest killed written journal refused: %v", healthy)
 			}
@@ -282,12 +288,7 @@ func TestAttack50ShadowRootNotTrustedAtRefold(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer os.Chmod(root, 0o700)
-			var healthy error
-			if by == "batcher" {
-				healthy = a50Start(tl, jdir)
-			} else {
-				_, healthy = a50Reopen(t, tl, nil, jdir)
-			}
+			healthy := a50Refold(t, tl, jdir, by == "open")
 			t.Logf("the shadow (30 records past the last sync) left on /dev/shm: %v", fileExists(shadow))
 			a50Judge(t, tl, healthy, dir, 250)
 		})
@@ -472,24 +473,7 @@ func TestAttack50TwoWrittenBatchersDeadJournals(t *testing.T) {
 	t.Cleanup(a.Close)
 	t.Cleanup(bb.Close)
 	var acks a12Acks
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for g, b := range []*Batcher{a, bb} {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := fmt.Sprintf("live%d.%d", g, i)
-				if _, err := b.Submit(ctx, a12Event(id))(); err == nil {
-					acks.add(id)
-				}
-				time.Sleep(100 * time.Microsecond)
-			}
-		})
-	}
+	stopWriters := a12Writers(ctx, &acks, 100*time.Microsecond, a, bb)
 	folder := &Batcher{log: tl.log, bundles: DirBundles{Dir: tl.dir}, maxRecords: 3}
 	var dirs []string
 	for d := range 10 {
@@ -537,8 +521,7 @@ func TestAttack50TwoWrittenBatchersDeadJournals(t *testing.T) {
 	}) {
 		t.Fatalf("dead journals left unfolded: healthy a %v, b %v", a.Healthy(), bb.Healthy())
 	}
-	close(stop)
-	wg.Wait()
+	stopWriters()
 	a.Close()
 	bb.Close()
 	tl.close(t)
@@ -1237,12 +1220,7 @@ func TestAttack50JournalMovedAfterKill(t *testing.T) {
 				dir = filepath.Join(moved, filepath.Base(dir))
 				jdir = moved
 			}
-			var healthy error
-			if mode == "moved/open" {
-				_, healthy = a50Reopen(t, tl, nil, jdir)
-			} else {
-				healthy = a50Start(tl, jdir)
-			}
+			healthy := a50Refold(t, tl, jdir, mode == "moved/open")
 			t.Logf("the old shadow (30 records) still on /dev/shm: %v", fileExists(shadow))
 			a50Judge(t, tl, healthy, dir, 250)
 		})

@@ -1131,11 +1131,9 @@ func (b *Batcher) fold(seg *segment, have map[string]loggedBatch) error {
 	if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if seg.dead {
-		for _, d := range deadShadowDirs(filepath.Dir(seg.path)) {
-			if d.trusted {
-				os.Remove(filepath.Join(d.path, filepath.Base(seg.path))) // a dead process's open segment's
-			}
+	for _, d := range seg.shadows {
+		if d.trusted {
+			os.Remove(filepath.Join(d.path, filepath.Base(seg.path))) // a dead process's open segment's
 		}
 	}
 	seg.own.release() // folded: the index holds what it still needs

@@ -191,7 +191,9 @@ type segment struct {
 	// Read from a dead journal (readSegments): its number, header and MAC chain's end.
 	seq  uint64
 	scan segScan
-	dead bool // read from a dead journal: its shadow, if any, is removed once folded
+	// shadows are where a dead journal's segment may have its shadow (deadShadowDirs, as
+	// readSegments found them): removed from there once it is folded.
+	shadows []shadowDir
 	// sum is the SHA-256 of the segment's file when the file is exactly its whole frames
 	// (closed by rotate, or read whole after a crash): such a segment of at most batch
 	// records is its batch's bundle as it stands (bundle v2, batch.go), linked into place
@@ -468,7 +470,7 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 			}
 			recs[i] = indexRecord(0, r)
 		}
-		seg := segment{path: p, recs: recs, batch: sc.batch, seq: seq, scan: sc, dead: true}
+		seg := segment{path: p, recs: recs, batch: sc.batch, seq: seq, scan: sc, shadows: shadows}
 		seg.scan.recs = nil
 		// Only a v3 or v4 segment is linked as its bundle: a v2 one's MACs do not bind its
 		// directory, and a served copy of it could be replayed into another.

@@ -122,6 +122,33 @@ func a12Until(d time.Duration, cond func() bool) bool {
 }
 
 // a12Acks collects acknowledged records from many goroutines.
+// a12Writers submits records "live<batcher>.<n>" through each of bs, one goroutine each,
+// pausing pause after each, adding the acknowledged ones to acks, until the returned stop
+// is called (it waits for them).
+func a12Writers(ctx context.Context, acks *a12Acks, pause time.Duration, bs ...*Batcher) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for g, b := range bs {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				id := fmt.Sprintf("live%d.%d", g, i)
+				if _, err := b.Submit(ctx, a12Event(id))(); err == nil {
+					acks.add(id)
+				}
+				if pause > 0 {
+					time.Sleep(pause)
+				}
+			}
+		})
+	}
+	return func() { close(done); wg.Wait() }
+}
+
 type a12Acks struct {
 	mu  sync.Mutex
 	ids map[string]bool
@@ -1010,23 +1037,7 @@ func TestAttack12TwoBatchersDeadJournals(t *testing.T) {
 	a := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, cfg)
 	bb := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, cfg)
 	var acks a12Acks
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for g, b := range []*Batcher{a, bb} {
-		wg.Go(func() {
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				id := fmt.Sprintf("live%d.%d", g, i)
-				if _, err := b.Submit(ctx, a12Event(id))(); err == nil {
-					acks.add(id)
-				}
-			}
-		})
-	}
+	stopWriters := a12Writers(ctx, &acks, 0, a, bb)
 	dead := 12
 	if testing.Short() {
 		dead = 5
@@ -1067,8 +1078,7 @@ func TestAttack12TwoBatchersDeadJournals(t *testing.T) {
 		}
 		return len(ents) == live
 	})
-	close(stop)
-	wg.Wait()
+	stopWriters()
 	a.Close()
 	bb.Close()
 	tl.close(t)

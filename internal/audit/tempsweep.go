@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"cmp"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -70,54 +71,36 @@ func (s *tempSweep) poll(now time.Time, spawn func(func()), stop <-chan struct{}
 // touched. It returns how many files it removed and their size; a directory it cannot read
 // is an error, after the rest is swept. A closed stop ends the walk.
 func sweepTesseraTemps(dir string, cutoff time.Time, stop <-chan struct{}) (n int, size int64, err error) {
-	remove := func(path string, info fs.FileInfo) {
-		if info.Mode().IsRegular() && info.ModTime().Before(cutoff) && os.Remove(path) == nil {
+	werr := filepath.WalkDir(dir, func(path string, d fs.DirEntry, derr error) error {
+		if derr != nil { // unreadable: named, the rest swept
+			err = cmp.Or(err, derr)
+			return nil
+		}
+		select {
+		case <-stop:
+			return filepath.SkipAll
+		default:
+		}
+		rel, rerr := filepath.Rel(dir, path)
+		rel = filepath.ToSlash(rel)
+		switch {
+		case rerr != nil:
+			return nil
+		case d.IsDir():
+			if rel != "." && !strings.Contains(rel, "/") && rel != ".state" && rel != "tile" {
+				return filepath.SkipDir // the journal, batches, index: not tessera's
+			}
+			return nil
+		case !tesseraTemp(rel):
+			return nil
+		}
+		if info, ierr := d.Info(); ierr == nil && info.Mode().IsRegular() && info.ModTime().Before(cutoff) && os.Remove(path) == nil {
 			n++
 			size += info.Size()
 		}
-	}
-	top, err := os.ReadDir(dir)
-	if err != nil {
-		return 0, 0, err
-	}
-	for _, e := range top {
-		if tesseraTemp(e.Name()) {
-			if info, ierr := e.Info(); ierr == nil {
-				remove(filepath.Join(dir, e.Name()), info)
-			}
-		}
-	}
-	for _, sub := range []string{".state", "tile"} {
-		root := filepath.Join(dir, sub)
-		werr := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				if path == root && os.IsNotExist(err) {
-					return nil
-				}
-				return err
-			}
-			select {
-			case <-stop:
-				return filepath.SkipAll
-			default:
-			}
-			if d.IsDir() {
-				return nil
-			}
-			rel, rerr := filepath.Rel(dir, path)
-			if rerr != nil || !tesseraTemp(filepath.ToSlash(rel)) {
-				return nil
-			}
-			if info, ierr := d.Info(); ierr == nil {
-				remove(path, info)
-			}
-			return nil
-		})
-		if err == nil {
-			err = werr
-		}
-	}
-	return n, size, err
+		return nil
+	})
+	return n, size, cmp.Or(err, werr)
 }
 
 // tesseraTemp says whether rel (a path under a tessera POSIX log, '/'-separated) names
