@@ -815,6 +815,11 @@ func (l *Log) submit(ctx context.Context, ev Event, internal bool) Future {
 			i   uint64
 			err error
 		}
+		// Held until the refusal below is submitted, if it comes to that: its submit's Add
+		// then comes while the count is above zero (finish's own Done can come first), and
+		// Close's pending.Wait waits for the refusal. Taken here, while finish (not yet
+		// run) holds this entry's count, so never from zero.
+		l.pending.Add(1)
 		done := make(chan result, 1)
 		go func() {
 			i, err := finish()
@@ -822,12 +827,14 @@ func (l *Log) submit(ctx context.Context, ev Event, internal bool) Future {
 		}()
 		select {
 		case r := <-done:
+			l.pending.Done()
 			return r.i, r.err
 		case <-ctx.Done():
 		}
 		err := fmt.Errorf("%w: gave up waiting for the append: %v", ErrUnavailable, context.Cause(ctx))
 		l.records.WithLabelValues("failed").Inc()
 		go func() {
+			defer l.pending.Done()
 			if r := <-done; r.err == nil {
 				l.unacknowledged([32]byte(rfc6962.DefaultHasher.HashLeaf(b)), r.i)
 				l.log.Error("ALERT audit log: an append its caller gave up on (its operation refused) is in the log; recording that it was refused", "entry", r.i)
