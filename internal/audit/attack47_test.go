@@ -82,8 +82,8 @@ func a47Open(t *testing.T, c a47Config) *a47Rig {
 	}
 	b := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, BatcherConfig{MaxRecords: c.maxRecords, FoldEvery: c.foldEvery,
 		Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: c.syncEvery, segmentBytes: c.segBytes})
-	if b.broken != nil {
-		t.Fatalf("batcher: %v", b.broken)
+	if err := b.broken.Load(); err != nil {
+		t.Fatalf("batcher: %v", *err)
 	}
 	return &a47Rig{t: t, tl: tl, b: b, jdir: jdir, logs: logs, a: newA44Acked(), next: make([]int, 16)}
 }
@@ -655,8 +655,8 @@ func TestAttack47DirectoryReadOnly(t *testing.T) {
 				// The next process on the data directory folds what is left.
 				b2 := NewBatcher(r.tl.log, DirBundles{Dir: r.tl.dir}, BatcherConfig{MaxRecords: 41, FoldEvery: time.Hour,
 					Journal: r.jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond})
-				if b2.broken != nil {
-					t.Errorf("next batcher: %v", b2.broken)
+				if err := b2.broken.Load(); err != nil {
+					t.Errorf("next batcher: %v", *err)
 				}
 				r.b = b2
 				t.Logf("refused while append-only: %d", refusedDuring)
@@ -784,8 +784,8 @@ func TestAttack47SegmentImmutableThroughClose(t *testing.T) {
 	t.Logf("left in the journal: %s", strings.Join(layout, "; "))
 	b2 := NewBatcher(r.tl.log, DirBundles{Dir: r.tl.dir}, BatcherConfig{MaxRecords: 100, FoldEvery: time.Hour,
 		Journal: r.jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond})
-	if b2.broken != nil {
-		t.Errorf("next batcher (every record it is given is refused): %v", b2.broken)
+	if err := b2.broken.Load(); err != nil {
+		t.Errorf("next batcher (every record it is given is refused): %v", *err)
 	}
 	r.b = b2
 	t.Logf("the log said: %s", a47Said(r.logs.String()))
@@ -847,8 +847,8 @@ func TestAttack47DiskFullAtClose(t *testing.T) {
 	}
 	tl.reopen(t)
 	b2 := NewBatcher(tl.log, DirBundles{Dir: tl.dir}, cfg)
-	if b2.broken != nil {
-		t.Errorf("next batcher: %v", b2.broken)
+	if err := b2.broken.Load(); err != nil {
+		t.Errorf("next batcher: %v", *err)
 	}
 	r.b = b2
 	t.Logf("the log said: %s", a47Said(logs.String()))

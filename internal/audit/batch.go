@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
@@ -383,7 +384,9 @@ type Batcher struct {
 	done    chan struct{}
 	closed  bool
 	closeMu sync.Once
-	broken  error // the journal cannot be used: every record is refused
+	// broken: the journal cannot be used — every record is refused — while a start's
+	// refold or journal failed and its retry (retryStart) has not yet succeeded.
+	broken atomic.Pointer[error]
 
 	// With a journal: the committer sends closed segments (and barriers) to the folder.
 	j            *journal
@@ -490,16 +493,54 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 		b.syncEvery = DefaultSyncEvery
 	}
 	if err := b.openJournal(cfg.Journal); err != nil {
-		b.broken = fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
-		l.log.Error("ALERT request journal unusable; refusing what needs a record", "err", err)
-		l.setErr(b.broken)
-		if b.j != nil {
-			b.j.close()
-		}
-		close(b.done)
-		close(b.foldDone)
+		broken := fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
+		b.broken.Store(&broken)
+		l.log.Error("ALERT request journal unusable; refusing what needs a record until it can be opened", "err", err)
+		l.setErr(broken)
+		go b.retryStart(broken)
 		return b
 	}
+	b.start()
+	return b
+}
+
+// maxStartRetry bounds retryStart's wait between tries.
+const maxStartRetry = 5 * time.Second
+
+// retryStart tries a failed start's refold and journal again (openJournal: a bundle store
+// that was away, a full disk), every foldEvery doubling up to maxStartRetry, until one
+// succeeds — then the batcher takes records (start) — or the batcher is closed. Until
+// then every record is refused (Healthy). A refold is safe to repeat: what the log holds
+// is skipped, what a try left is folded by the next.
+func (b *Batcher) retryStart(first error) {
+	wait := b.foldEvery
+	for {
+		t := time.NewTimer(wait)
+		select {
+		case <-b.stop:
+			t.Stop()
+			close(b.done)
+			close(b.foldDone)
+			return
+		case <-t.C:
+		}
+		err := b.openJournal(b.journalRoot)
+		if err == nil {
+			break
+		}
+		broken := fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
+		b.broken.Store(&broken)
+		b.log.log.Warn("request journal still unusable; refusing what needs a record", "err", err, "retry_in", wait)
+		wait = min(2*wait, maxStartRetry)
+	}
+	b.start()
+	b.broken.Store(nil)
+	b.log.clearErr(first)
+	b.log.log.Warn("request journal opened after a failed start: request records are taken again")
+}
+
+// start runs the batcher's loops over its opened journal.
+func (b *Batcher) start() {
 	go b.foldLoop()
 	if b.written {
 		mode := func() (bool, bool) {
@@ -507,12 +548,11 @@ func NewBatcher(l *Log, bundles BundleStore, cfg BatcherConfig) *Batcher {
 			defer b.j.wmu.Unlock()
 			return true, !b.j.noShm
 		}
-		l.requestMode.Store(&mode)
+		b.log.requestMode.Store(&mode)
 		go b.runWritten()
 	} else {
 		go b.runJournal()
 	}
-	return b
 }
 
 // openJournal folds what dead processes left in the journal (Open did at the log's
@@ -707,8 +747,8 @@ func (b *Batcher) CommitNow() {
 
 // Healthy is nil while records can be made durable.
 func (b *Batcher) Healthy() error {
-	if b.broken != nil {
-		return b.broken
+	if broken := b.broken.Load(); broken != nil {
+		return *broken
 	}
 	return b.log.Healthy()
 }
@@ -1170,8 +1210,8 @@ func (b *Batcher) takeAll() []*pendingBatch {
 // that covers them (false: none was ever submitted). Detectors call it before gathering
 // an incident's evidence.
 func (b *Batcher) Barrier(ctx context.Context) (uint64, bool, error) {
-	if b.broken != nil {
-		return 0, false, b.broken
+	if broken := b.broken.Load(); broken != nil {
+		return 0, false, *broken
 	}
 	if b.j != nil {
 		reply := make(chan barrierResult, 1)

@@ -868,6 +868,16 @@ func (l *Log) setErr(err error) {
 	l.mu.Unlock()
 }
 
+// clearErr clears the log's last error if it is still err (a batcher whose failed start
+// it reported has opened its journal since).
+func (l *Log) clearErr(err error) {
+	l.mu.Lock()
+	if l.lastErr == err {
+		l.lastErr = nil
+	}
+	l.mu.Unlock()
+}
+
 // setJournalErr records whether the request-record journal takes appends.
 func (l *Log) setJournalErr(err error) {
 	if err != nil {
