@@ -1216,12 +1216,16 @@ func TestAttack50TwoStartsRaceForDeadJournal(t *testing.T) {
 // names a path that is gone), then folds S2 from the disk: 220 records. A process crash
 // is to lose nothing. Expected: 250 once, or refused. Control "same path": 250.
 //
-// Serial: a written start anywhere on the host sweeps the shadow roots whose journal's
-// path is gone (sweepShadows) — a moved journal's among them, so its next start must come
-// first (residual, DESIGN.md); the package's parallel tests start written batchers.
+// Fixed (thirty-second session): a dead directory's shadows are read from every root's
+// directory of its name (deadShadowDirs). Thirty-third: another process's written start
+// on the host sweeping first (its sweep of roots whose journal is gone) keeps the moved
+// journal's shadows ShadowOrphanGrace (sweepShadows) — so this test runs beside the
+// package's written batchers; "moved/swept first" sweeps before the refold itself.
 func TestAttack50JournalMovedAfterKill(t *testing.T) {
-	for _, mode := range []string{"moved/batcher", "moved/open", "same path"} {
+	t.Parallel()
+	for _, mode := range []string{"moved/batcher", "moved/open", "moved/swept first", "same path"} {
 		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
 			tl, jdir, dir, _, shadow := a50Dead(t, 250, 100, 20)
 			if mode != "same path" {
 				moved := filepath.Join(tl.dir, "journal-moved")
@@ -1231,6 +1235,9 @@ func TestAttack50JournalMovedAfterKill(t *testing.T) {
 				}
 				dir = filepath.Join(moved, filepath.Base(dir))
 				jdir = moved
+			}
+			if mode == "moved/swept first" {
+				sweepShadows()
 			}
 			healthy := a50Refold(t, tl, jdir, mode == "moved/open")
 			t.Logf("the old shadow (30 records) still on /dev/shm: %v", fileExists(shadow))

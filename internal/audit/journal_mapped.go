@@ -801,10 +801,24 @@ func laterFrame(b []byte, from int) bool {
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
+// ShadowOrphanGrace is how long a sweep keeps a shadow root whose journal is gone but
+// that still holds shadows. A journal root moved after its process died (a data directory
+// moved to another disk, or mounted at another path by the next container) has the
+// records written after its last sync only there; its next start reads them by the dead
+// directory's name (deadShadowDirs) and removes them once folded. A root without shadows
+// goes at once.
+var ShadowOrphanGrace = 24 * time.Hour
+
+// shadowGoneMarker is a shadow root's file whose time is when a sweep first found its
+// journal gone (sweepShadows).
+const shadowGoneMarker = "gone"
+
 // sweepShadows removes the shadows of journals that are gone (a data directory removed
 // while a process that wrote it had died: its shadows would hold tmpfs memory until the
 // host restarts). A shadow root names its journal in its "journal" file; one without it
-// is left alone.
+// is left alone. A root that still holds shadows is marked when its journal is first
+// found gone and removed ShadowOrphanGrace later (the journal may have moved); found
+// again, its mark is dropped.
 func sweepShadows() {
 	if ShadowBase == "" {
 		return
@@ -818,10 +832,50 @@ func sweepShadows() {
 		if err != nil || len(b) == 0 {
 			continue
 		}
-		if _, err := os.Stat(string(b)); errors.Is(err, os.ErrNotExist) && shadowRootAt(string(b)) == r {
+		mark := filepath.Join(r, shadowGoneMarker)
+		_, err = os.Stat(string(b))
+		switch {
+		case err == nil:
+			os.Remove(mark) // back (moved back, a disk mounted again)
+		case !errors.Is(err, os.ErrNotExist) || shadowRootAt(string(b)) != r:
+		case !holdsShadows(r):
 			os.RemoveAll(r)
+		default:
+			st, err := os.Lstat(mark)
+			switch {
+			case errors.Is(err, os.ErrNotExist):
+				if f, err := os.OpenFile(mark, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600); err == nil {
+					f.Close()
+				}
+			case err == nil && st.Mode().IsRegular() && time.Since(st.ModTime()) >= ShadowOrphanGrace:
+				os.RemoveAll(r)
+			}
 		}
 	}
+}
+
+// holdsShadows says whether the shadow root r holds a shadow with bytes in it (in one of
+// its journal directories' shadow directories); a root it cannot read is taken to.
+func holdsShadows(r string) bool {
+	dirs, err := os.ReadDir(r)
+	if err != nil {
+		return true
+	}
+	for _, d := range dirs {
+		if !d.IsDir() {
+			continue
+		}
+		files, err := os.ReadDir(filepath.Join(r, d.Name()))
+		if err != nil {
+			return true
+		}
+		for _, f := range files {
+			if info, err := f.Info(); err != nil || !info.Mode().IsRegular() || info.Size() > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // maxShadow bounds a shadow's size when it is read (this version makes them mappedSize).
@@ -876,7 +930,21 @@ func removeDeadShadows(dir string) {
 
 // removeEmptyShadowRoot removes a shadow root left with no shadow directory in it.
 func removeEmptyShadowRoot(r string) {
-	if ents, err := os.ReadDir(r); err == nil && len(ents) == 1 && ents[0].Name() == "journal" {
+	ents, err := os.ReadDir(r)
+	if err != nil {
+		return
+	}
+	marked := false
+	for _, e := range ents {
+		switch e.Name() {
+		case "journal":
+			marked = true
+		case shadowGoneMarker:
+		default:
+			return
+		}
+	}
+	if marked {
 		os.RemoveAll(r)
 	}
 }

@@ -399,34 +399,84 @@ func TestWrittenShadowRead(t *testing.T) {
 	}
 }
 
-// TestSweepShadows: shadows of a journal whose directory is gone are removed at the next
-// written batcher's start; those of a live one are not.
+// TestSweepShadows: the shadows of a journal whose directory is gone are kept
+// ShadowOrphanGrace after a sweep first finds it gone (the journal may have moved: its
+// next start reads them), then removed; a root without shadows goes at once; a journal
+// found again has its mark dropped; those of a live one are never touched.
 func TestSweepShadows(t *testing.T) {
 	if ShadowBase == "" {
 		t.Skip("no tmpfs at /dev/shm")
 	}
-	gone, kept := filepath.Join(t.TempDir(), "gone"), filepath.Join(t.TempDir(), "kept")
-	for _, root := range []string{gone, kept} {
+	gone, kept, back, empty := filepath.Join(t.TempDir(), "gone"), filepath.Join(t.TempDir(), "kept"),
+		filepath.Join(t.TempDir(), "back"), filepath.Join(t.TempDir(), "empty")
+	for _, root := range []string{gone, kept, back, empty} {
 		j, err := openJournalWith(&journal{root: root, batch: 100, packed: true}, 0)
 		if err != nil {
 			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(shadowRootAt(resolvedPath(root))) })
+		if root == empty {
+			j.close() // a clean close: no shadow left, only the root's marker
+			continue
 		}
 		if _, err := j.writeMapped(rawRecs(0, 1)[0], 100); err != nil {
 			t.Fatal(err)
 		}
 		writtenKill(j)
 	}
-	goneShadows, keptShadows := shadowRootFor(gone), shadowRootFor(kept)
-	t.Cleanup(func() { os.RemoveAll(keptShadows) })
-	if err := os.RemoveAll(gone); err != nil {
+	roots := map[string]string{}
+	for _, root := range []string{gone, kept, back, empty} {
+		roots[root] = shadowRootFor(root)
+	}
+	aside := back + ".aside"
+	if err := os.Rename(back, aside); err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range []string{gone, empty} {
+		if err := os.RemoveAll(root); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.MkdirAll(roots[empty], 0o700); err != nil { // as a dead process's root can be left
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(roots[empty], "journal"), []byte(resolvedPath(empty)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	exists := func(p string) bool { _, err := os.Lstat(p); return err == nil }
+	sweepShadows()
+	if exists(roots[empty]) {
+		t.Error("a shadow root without shadows whose journal is gone was kept")
+	}
+	for _, root := range []string{gone, back} {
+		if !exists(filepath.Join(roots[root], shadowGoneMarker)) {
+			t.Fatalf("%s: the shadows of a journal gone at the first sweep are not kept and marked (the journal may have moved)", filepath.Base(root))
+		}
+	}
+	if exists(filepath.Join(roots[kept], shadowGoneMarker)) || !exists(filepath.Join(roots[kept], "journal")) {
+		t.Fatal("the shadows of a journal still there were marked or removed")
+	}
+	// The journal put back; then the grace past for the gone one (and for the back one's
+	// mark, were it kept).
+	if err := os.Rename(aside, back); err != nil {
 		t.Fatal(err)
 	}
 	sweepShadows()
-	if _, err := os.Stat(goneShadows); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("shadows of a removed journal left: %v", err)
+	if exists(filepath.Join(roots[back], shadowGoneMarker)) {
+		t.Error("the mark of a journal found again was kept")
 	}
-	if _, err := os.Stat(filepath.Join(keptShadows, "journal")); err != nil {
-		t.Fatalf("shadows of a journal still there removed: %v", err)
+	old := time.Now().Add(-ShadowOrphanGrace - time.Minute)
+	for _, root := range []string{gone, back} {
+		os.Chtimes(filepath.Join(roots[root], shadowGoneMarker), old, old) // back's: none
+	}
+	sweepShadows()
+	if exists(roots[gone]) {
+		t.Fatal("the shadows of a journal gone ShadowOrphanGrace were left")
+	}
+	for _, root := range []string{kept, back} {
+		if !exists(filepath.Join(roots[root], "journal")) {
+			t.Fatalf("%s: the shadows of a journal still there were removed", filepath.Base(root))
+		}
 	}
 }
 
