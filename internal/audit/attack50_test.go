@@ -1237,7 +1237,7 @@ func TestAttack50JournalMovedAfterKill(t *testing.T) {
 				jdir = moved
 			}
 			if mode == "moved/swept first" {
-				sweepShadows()
+				sweepShadows(nil)
 			}
 			healthy := a50Refold(t, tl, jdir, mode == "moved/open")
 			t.Logf("the old shadow (30 records) still on /dev/shm: %v", fileExists(shadow))

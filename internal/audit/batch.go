@@ -566,7 +566,7 @@ func (b *Batcher) openJournal(root string) error {
 		// After the refold, which reads a dead directory's shadows wherever its journal
 		// root was (deadShadowDirs): a root moved since its process died is gone by its
 		// old name.
-		sweepShadows()
+		sweepShadows(b.log.log)
 	}
 	size, err := b.log.reader.IntegratedSize(context.Background())
 	if err != nil {
@@ -1172,7 +1172,7 @@ func (b *Batcher) fold(seg *segment, have map[string]loggedBatch) error {
 		return err
 	}
 	for _, d := range seg.shadows {
-		if d.trusted {
+		if d.mine {
 			os.Remove(filepath.Join(d.path, filepath.Base(seg.path))) // a dead process's open segment's
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -246,7 +247,13 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 	if dir == "" {
 		return errors.New("no tmpfs for shadows")
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// The root may be removed between MkdirAll's steps by another process's close that
+	// found it empty (removeEmptyShadowRoot): tried again.
+	err := os.MkdirAll(dir, 0o700)
+	for try := 0; errors.Is(err, os.ErrNotExist) && try < 3; try++ {
+		err = os.MkdirAll(dir, 0o700)
+	}
+	if err != nil {
 		return err
 	}
 	if !trustedShadowRoot(filepath.Dir(dir)) { // made by another as this one looked
@@ -704,7 +711,8 @@ func deadShadowDirs(dir string) (dirs []shadowDir) {
 		if st, err := os.Lstat(d); err != nil || !st.IsDir() {
 			continue
 		}
-		dirs = append(dirs, shadowDir{path: d, trusted: trustedShadowRoot(r) && trustedShadowRoot(d)})
+		trusted := trustedShadowRoot(r) && trustedShadowRoot(d)
+		dirs = append(dirs, shadowDir{path: d, trusted: trusted, mine: trusted && (r == own || shadowJournalGone(r))})
 	}
 	return dirs
 }
@@ -712,7 +720,23 @@ func deadShadowDirs(dir string) (dirs []shadowDir) {
 // shadowDir is a directory of a dead journal's shadows (deadShadowDirs).
 type shadowDir struct {
 	path    string
-	trusted bool // this user's alone: its shadows may be removed once folded
+	trusted bool // this user's alone: damage in it refuses the directory
+	// mine: trusted, and in dir's own shadow root or in one whose journal is gone (moved
+	// here): its shadows are removed once folded. Another root's directory of the same
+	// name whose journal is there is a copy's original (a directory copied into another
+	// data directory keeps its name: outside round 51) — read, never removed.
+	mine bool
+}
+
+// shadowJournalGone says whether the shadow root r names, in its "journal" file, a
+// journal root that no longer exists.
+func shadowJournalGone(r string) bool {
+	b, err := readRegular(filepath.Join(r, "journal"), 4<<10)
+	if err != nil || len(b) == 0 {
+		return false
+	}
+	_, err = os.Stat(string(b))
+	return errors.Is(err, os.ErrNotExist)
 }
 
 // deadShadowNames lists the canonical segment names that have a shadow in dirs.
@@ -817,9 +841,10 @@ const shadowGoneMarker = "gone"
 // while a process that wrote it had died: its shadows would hold tmpfs memory until the
 // host restarts). A shadow root names its journal in its "journal" file; one without it
 // is left alone. A root that still holds shadows is marked when its journal is first
-// found gone and removed ShadowOrphanGrace later (the journal may have moved); found
-// again, its mark is dropped.
-func sweepShadows() {
+// found gone — a warning naming the journal — and removed ShadowOrphanGrace later, with
+// an ALERT (the records in it, written after its process's last sync, are lost unless the
+// journal was started again at its new path meanwhile); found again, its mark is dropped.
+func sweepShadows(log *slog.Logger) {
 	if ShadowBase == "" {
 		return
 	}
@@ -832,12 +857,12 @@ func sweepShadows() {
 		if err != nil || len(b) == 0 {
 			continue
 		}
-		mark := filepath.Join(r, shadowGoneMarker)
-		_, err = os.Stat(string(b))
+		journal, mark := string(b), filepath.Join(r, shadowGoneMarker)
+		_, err = os.Stat(journal)
 		switch {
 		case err == nil:
 			os.Remove(mark) // back (moved back, a disk mounted again)
-		case !errors.Is(err, os.ErrNotExist) || shadowRootAt(string(b)) != r:
+		case !errors.Is(err, os.ErrNotExist) || shadowRootAt(journal) != r:
 		case !holdsShadows(r):
 			os.RemoveAll(r)
 		default:
@@ -846,9 +871,15 @@ func sweepShadows() {
 			case errors.Is(err, os.ErrNotExist):
 				if f, err := os.OpenFile(mark, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600); err == nil {
 					f.Close()
+					if log != nil {
+						log.Warn("request journal gone with the shadows of a stopped process's unsynced records: kept until the journal starts at its new path, or removed after the grace", "journal", journal, "shadows", r, "grace", ShadowOrphanGrace)
+					}
 				}
 			case err == nil && st.Mode().IsRegular() && time.Since(st.ModTime()) >= ShadowOrphanGrace:
 				os.RemoveAll(r)
+				if log != nil {
+					log.Error("ALERT request journal gone for the grace: the shadows of a stopped process's records written after its last sync removed — those records are lost unless its journal was started at its new path", "journal", journal, "shadows", r, "grace", ShadowOrphanGrace)
+				}
 			}
 		}
 	}
@@ -918,17 +949,23 @@ func readRegular(p string, max int64) ([]byte, error) {
 }
 
 // removeDeadShadows removes a folded dead journal directory's shadows: in each of
-// deadShadowDirs that is this user's alone (another's is left to its sweep).
+// deadShadowDirs that is its own (mine; another user's is left to its sweep, a copy's
+// original to the original).
 func removeDeadShadows(dir string) {
 	for _, d := range deadShadowDirs(dir) {
-		if d.trusted {
+		if d.mine {
 			os.RemoveAll(d.path)
 			removeEmptyShadowRoot(filepath.Dir(d.path))
 		}
 	}
 }
 
-// removeEmptyShadowRoot removes a shadow root left with no shadow directory in it.
+// removeEmptyShadowRoot removes a shadow root left with no shadow directory in it: its
+// markers, then the directory itself only if still empty — never recursively, so that a
+// process starting a segment in it meanwhile (its directory made after the look) keeps
+// its shadow (outside round 51: a clean close racing three starts unlinked a new shadow
+// whose records were then acknowledged). That process writes the marker again
+// (startShadow).
 func removeEmptyShadowRoot(r string) {
 	ents, err := os.ReadDir(r)
 	if err != nil {
@@ -945,7 +982,9 @@ func removeEmptyShadowRoot(r string) {
 		}
 	}
 	if marked {
-		os.RemoveAll(r)
+		os.Remove(filepath.Join(r, shadowGoneMarker))
+		os.Remove(filepath.Join(r, "journal"))
+		os.Remove(r) // fails, not empty, if a directory was made since the look
 	}
 }
 

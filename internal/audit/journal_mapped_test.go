@@ -444,7 +444,7 @@ func TestSweepShadows(t *testing.T) {
 		t.Fatal(err)
 	}
 	exists := func(p string) bool { _, err := os.Lstat(p); return err == nil }
-	sweepShadows()
+	sweepShadows(nil)
 	if exists(roots[empty]) {
 		t.Error("a shadow root without shadows whose journal is gone was kept")
 	}
@@ -461,7 +461,7 @@ func TestSweepShadows(t *testing.T) {
 	if err := os.Rename(aside, back); err != nil {
 		t.Fatal(err)
 	}
-	sweepShadows()
+	sweepShadows(nil)
 	if exists(filepath.Join(roots[back], shadowGoneMarker)) {
 		t.Error("the mark of a journal found again was kept")
 	}
@@ -469,7 +469,7 @@ func TestSweepShadows(t *testing.T) {
 	for _, root := range []string{gone, back} {
 		os.Chtimes(filepath.Join(roots[root], shadowGoneMarker), old, old) // back's: none
 	}
-	sweepShadows()
+	sweepShadows(nil)
 	if exists(roots[gone]) {
 		t.Fatal("the shadows of a journal gone ShadowOrphanGrace were left")
 	}
