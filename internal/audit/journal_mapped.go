@@ -692,10 +692,12 @@ func (j *journal) syncMapped() error {
 // directory dir, for reading: its shadow root's (trusted or not: shadowRootAt, for a
 // refold run as another user or after the root's mode changed) and any other root's
 // directory of the same name — the journal root moved or renamed since the process died
-// (a process directory's name is random: the same name is the same directory). What is
-// read there is held to the journal's MACs, which bind the segment's directory name,
-// file name and header: a plant can be refused, never taken. Only real directories
-// (not links) are listed; those that are this user's alone are marked for removal.
+// (a process directory's name is random: the same name is the same directory, or a copy
+// of it). What is read there is held to the journal's MACs, which bind the segment's
+// directory name, file name and header: a plant can be refused, never taken. Only real
+// directories (not links) are listed; those that are this user's alone are trusted, and
+// those of them that are dir's own (its root's, or a root whose journal is gone) are
+// marked for removal.
 func deadShadowDirs(dir string) (dirs []shadowDir) {
 	if ShadowBase == "" {
 		return nil

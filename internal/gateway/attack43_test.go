@@ -461,8 +461,10 @@ func TestAttack43DigestAfterDoneBound(t *testing.T) {
 
 // a43ModeEngine answers each request as its prompt "MODE|NONCE" says: a stream of three
 // events carrying NONCE, framed per MODE (plain, odd but valid, or broken), followed in
-// some modes by bytes no request asked for (an answer smuggled after the end).
-func a43ModeEngine(t *testing.T) *tcpEngine {
+// some modes by bytes no request asked for (an answer smuggled after the end). smuggled
+// counts the smuggled answers written.
+func a43ModeEngine(t *testing.T) (*tcpEngine, *atomic.Int32) {
+	smuggledN := new(atomic.Int32)
 	return newTCPEngine(t, func(e *tcpEngine, c net.Conn, br *bufio.Reader, _ int64) {
 		for {
 			_, body, err := e.readReq(br)
@@ -534,6 +536,7 @@ func a43ModeEngine(t *testing.T) *tcpEngine {
 				// first, maybe found waiting when the connection is next taken.
 				io.WriteString(c, out[:len(out)-len(okAnswer(smuggled))])
 				io.WriteString(c, okAnswer(smuggled))
+				smuggledN.Add(1)
 				continue
 			}
 			io.WriteString(c, out)
@@ -542,7 +545,7 @@ func a43ModeEngine(t *testing.T) *tcpEngine {
 				return
 			}
 		}
-	})
+	}), smuggledN
 }
 
 // TestAttack43EngineFramingKeepAlive: for each way an engine may frame (or mis-frame) a
@@ -551,7 +554,7 @@ func a43ModeEngine(t *testing.T) *tcpEngine {
 // [DONE] when the framing is valid), and its next request on the same connection gets its
 // own answer, never bytes of the first engine answer nor of an answer smuggled after it.
 func TestAttack43EngineFramingKeepAlive(t *testing.T) {
-	e := a43ModeEngine(t)
+	e, smuggled := a43ModeEngine(t)
 	f := newFixture(t, a34Route("frame", e.url(), false))
 	valid := map[string]bool{"plain": true, "leading-zeros": true, "upper-hex-ext": true, "trailers": true, "one-byte-chunks": true,
 		"one-byte-writes": true, "length": true, "length-and-chunked": true, "smuggle-after-last": true, "smuggle-after-length": true}
@@ -610,6 +613,22 @@ func TestAttack43EngineFramingKeepAlive(t *testing.T) {
 		}
 		if err == nil && resp.Close {
 			redial()
+		}
+		if strings.HasPrefix(mode, "smuggle") {
+			// The smuggled answer is on the connection before the next request is sent:
+			// an answer that arrives only after it is indistinguishable from its own in
+			// HTTP/1.1 (net/http's Transport alike) — this test holds the gateway to
+			// what it can see at reuse. On a loaded machine the engine's second write
+			// can come that late (the suite, once).
+			want := int32(0)
+			for _, m := range modes[:i+1] {
+				if strings.HasPrefix(m, "smuggle") {
+					want++
+				}
+			}
+			for deadline := time.Now().Add(5 * time.Second); smuggled.Load() < want && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
 		}
 		next := fmt.Sprintf("m%02dx", i)
 		resp, got, err = ask("plain|" + next)
