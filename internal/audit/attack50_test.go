@@ -863,6 +863,32 @@ func TestAttack50StartRefoldStoreFails(t *testing.T) {
 	}
 }
 
+// TestStartRetryEndsWithItsLog: a batcher whose start failed (its bundle store fails
+// every write) retries the start until the batcher or its log is closed: with the log
+// closed — the process shutting down, or a test's cleanup — the retry ends (the batcher's
+// done closed) without Batcher.Close.
+func TestStartRetryEndsWithItsLog(t *testing.T) {
+	t.Parallel()
+	tl, jdir, _, _, _ := a50Dead(t, 30, 10, -1)
+	s := &a50Store{d: DirBundles{Dir: tl.dir}}
+	s.failFrom.Store(1)
+	s.failTo.Store(1 << 30)
+	b := NewBatcher(tl.log, a50Linker{s}, BatcherConfig{MaxRecords: 10, FoldEvery: time.Millisecond, Journal: jdir, JournalKey: a17Key, Written: true})
+	t.Cleanup(b.Close)
+	if b.Healthy() == nil {
+		t.Fatal("premise: the start met a failing store, yet it is healthy")
+	}
+	if !a12Until(10*time.Second, func() bool { return s.failed.Load() >= 3 }) {
+		t.Fatalf("the failed start was not retried: %d failed writes", s.failed.Load())
+	}
+	tl.close(t)
+	select {
+	case <-b.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the retry of a failed start outlives its log")
+	}
+}
+
 // a50Check: the log holds requestEvent(0..n-1) once each, in order, and each of the
 // acknowledged live records (a12Event ids) once, each stream in order.
 func a50Check(t *testing.T, tl *testLog, n int, live map[string]bool) {

@@ -142,9 +142,10 @@ func TestAttack51CopyRefoldedWhileLive(t *testing.T) {
 // shadow directory in the root, so removeShadows → removeEmptyShadowRoot removes the
 // root — while three others start and make their first shadows there (openJournalWith:
 // what a written batcher's start runs after its refold). Repeated until a starting
-// process's shadow is found unlinked right after its start (or 3 s pass: then the test
-// passes, saying the race was not hit). Then that process acknowledges 30
-// records (no sync yet: SyncEvery is 50 ms) and is killed. Expected: the next start logs
+// process's shadow is found unlinked right after its start (or 1.5 s pass: then the test
+// passes, saying the race was not hit; before the fix it was hit within 36 rounds, ~0.15
+// s). Then that process acknowledges 30 records (no sync yet: SyncEvery is 50 ms) and is
+// killed. Expected: the next start logs
 // the 30, or refuses — not 0 silently. (Unkilled, the next sync sees the shadow unlinked:
 // an ALERT and records refused until the probe — at a plain start.)
 //
@@ -167,7 +168,7 @@ func TestAttack51ShadowRootRemovedUnderStart(t *testing.T) {
 		}
 		return j
 	}
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(1500 * time.Millisecond)
 	rounds, pwrite := 0, 0
 	for time.Now().Before(deadline) && !t.Failed() {
 		rounds++

@@ -509,20 +509,26 @@ const maxStartRetry = 5 * time.Second
 
 // retryStart tries a failed start's refold and journal again (openJournal: a bundle store
 // that was away, a full disk), every foldEvery doubling up to maxStartRetry, until one
-// succeeds — then the batcher takes records (start) — or the batcher is closed. Until
-// then every record is refused (Healthy). A refold is safe to repeat: what the log holds
-// is skipped, what a try left is folded by the next.
+// succeeds — then the batcher takes records (start) — or the batcher or its log is
+// closed. Until then every record is refused (Healthy). A refold is safe to repeat: what
+// the log holds is skipped, what a try left is folded by the next.
 func (b *Batcher) retryStart(first error) {
 	wait := b.foldEvery
 	for {
 		t := time.NewTimer(wait)
+		stopped := false
 		select {
 		case <-b.stop:
+			stopped = true
+		case <-b.log.stop:
+			stopped = true
+		case <-t.C:
+		}
+		if stopped {
 			t.Stop()
 			close(b.done)
 			close(b.foldDone)
 			return
-		case <-t.C:
 		}
 		err := b.openJournal(b.journalRoot)
 		if err == nil {
@@ -530,8 +536,8 @@ func (b *Batcher) retryStart(first error) {
 		}
 		broken := fmt.Errorf("%w: request journal: %v", ErrUnavailable, err)
 		b.broken.Store(&broken)
-		b.log.log.Warn("request journal still unusable; refusing what needs a record", "err", err, "retry_in", wait)
 		wait = min(2*wait, maxStartRetry)
+		b.log.log.Warn("request journal still unusable; refusing what needs a record", "err", err, "retry_in", wait)
 	}
 	b.start()
 	b.broken.Store(nil)
