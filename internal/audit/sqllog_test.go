@@ -268,15 +268,20 @@ func TestSQLLogCredentials(t *testing.T) {
 
 func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 
-// waitCheckpoint waits up to 5 s from t0 for l's published checkpoint to cover size.
+// waitCheckpoint waits up to 20 s from t0 for l's published checkpoint to cover size.
+//
+// The bound is for a broken failover, not the documented one (250 ms + 2 × 1 s, DESIGN
+// "Failover"; the callers log what they measured): the clean-close failover that takes
+// 1.8 s alone under -race took over 5 s once in the suite on a slower VM, beside the
+// other packages' tests.
 func waitCheckpoint(t *testing.T, l *Log, size uint64, t0 time.Time, what string) {
 	t.Helper()
 	for {
 		if cp, err := l.Checkpoint(context.Background()); err == nil && cpSize(cp) >= size {
 			return
 		}
-		if time.Since(t0) > 5*time.Second {
-			t.Fatalf("no checkpoint of size %d within 5s %s", size, what)
+		if time.Since(t0) > 20*time.Second {
+			t.Fatalf("no checkpoint of size %d within 20s %s", size, what)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
