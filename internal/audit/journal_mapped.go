@@ -733,13 +733,23 @@ type shadowDir struct {
 // shadowJournalGone says whether the shadow root r names, in its "journal" file, a
 // journal root that no longer exists.
 func shadowJournalGone(r string) bool {
-	b, err := readRegular(filepath.Join(r, "journal"), 4<<10)
-	if err != nil || len(b) == 0 {
-		return false
-	}
-	_, err = os.Stat(string(b))
+	_, err := shadowJournal(r)
 	return errors.Is(err, os.ErrNotExist)
 }
+
+// shadowJournal reads the journal root that the shadow root r names in its "journal"
+// file and stats it: the error is the stat's (os.ErrNotExist: the journal is gone), or
+// errNoMarker when r names none.
+func shadowJournal(r string) (string, error) {
+	b, err := readRegular(filepath.Join(r, "journal"), 4<<10)
+	if err != nil || len(b) == 0 {
+		return "", errNoMarker
+	}
+	_, err = os.Stat(string(b))
+	return string(b), err
+}
+
+var errNoMarker = errors.New("shadow root names no journal")
 
 // deadShadowNames lists the canonical segment names that have a shadow in dirs.
 func deadShadowNames(dirs []shadowDir) (seqs []uint64) {
@@ -855,12 +865,11 @@ func sweepShadows(log *slog.Logger) {
 		if !trustedShadowRoot(r) {
 			continue
 		}
-		b, err := readRegular(filepath.Join(r, "journal"), 4<<10)
-		if err != nil || len(b) == 0 {
+		journal, err := shadowJournal(r)
+		if errors.Is(err, errNoMarker) {
 			continue
 		}
-		journal, mark := string(b), filepath.Join(r, shadowGoneMarker)
-		_, err = os.Stat(journal)
+		mark := filepath.Join(r, shadowGoneMarker)
 		switch {
 		case err == nil:
 			os.Remove(mark) // back (moved back, a disk mounted again)
