@@ -210,3 +210,29 @@ func TestRepairPoisonedTail(t *testing.T) {
 		}
 	}
 }
+
+// TestRepairRetakesDroppedLock: the only replica's signer lock dropped (its connection's
+// ping slower than 2 s under load) and still free: the repair takes it back at once and
+// goes on (here to refuse a signed entry), instead of telling the operator that another
+// replica signs — the next poll would have taken it anyway.
+func TestRepairRetakesDroppedLock(t *testing.T) {
+	t.Parallel() // see sqlTestDB
+	ctx := context.Background()
+	_, _, v, _, l, _, _ := a5Start(t, "strongroom.test/repairlock")
+	for i := range 3 {
+		if _, err := l.Record(ctx, event(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a2WaitVerify(t, l, v, 4, nil)
+	l.leader.mu.Lock()
+	l.leader.drop("test: a slow ping")
+	l.leader.mu.Unlock()
+	_, err := l.Repair(ctx, 1, "below the floor", nil, nil)
+	if err == nil || strings.Contains(err.Error(), "stop every replica") || !errors.Is(err, ErrSecurity) {
+		t.Fatalf("repair after the only replica's lock dropped: %v (want the signed-history refusal)", err)
+	}
+	if !l.leader.held.Load() {
+		t.Fatal("the repair did not take the free lock back")
+	}
+}
