@@ -609,6 +609,10 @@ func (b *Batcher) foldDead(root string) error {
 				b.log.log.Error("ALERT request journal segment of a stopped process ends in bytes that are not a frame: records written after its last sync were lost (the host crashed) or the segment was damaged; the records before them are folded",
 					"segment", filepath.Base(seg.path), "records", len(seg.recs))
 			}
+			if seg.shadowGone {
+				b.log.log.Error("ALERT request journal of a stopped process wrote into shadows on tmpfs, and its last segment's is gone (the host restarted, or /dev/shm was replaced or cleared): records it acknowledged after its last sync, up to request_sync_interval of answers, may be lost; those on the disk are folded",
+					"segment", filepath.Base(seg.path), "records", len(seg.recs))
+			}
 			switch {
 			case seg.scan.v4 && (len(seg.recs) > 0 || seg.scan.prev.seq != 0):
 				from = min(from, seg.scan.floor)

@@ -194,6 +194,9 @@ type segment struct {
 	// shadows are where a dead journal's segment may have its shadow (deadShadowDirs, as
 	// readSegments found them): removed from there once it is folded.
 	shadows []shadowDir
+	// shadowGone: the dead directory's last segment, written into shadows
+	// (shadowedMarker), and no shadow of it found — an ALERT when folded.
+	shadowGone bool
 	// sum is the SHA-256 of the segment's file when the file is exactly its whole frames
 	// (closed by rotate, or read whole after a crash): such a segment of at most batch
 	// records is its batch's bundle as it stands (bundle v2, batch.go), linked into place
@@ -472,6 +475,8 @@ func readSegments(dir string, key []byte) ([]segment, error) {
 		}
 		seg := segment{path: p, recs: recs, batch: sc.batch, seq: seq, scan: sc, shadows: shadows}
 		seg.scan.recs = nil
+		seg.shadowGone = seq == seqs[len(seqs)-1] && !slices.Contains(deadShadowNames(shadows), seq) &&
+			fileExists(filepath.Join(dir, shadowedMarker))
 		// Only a v3 or v4 segment is linked as its bundle: a v2 one's MACs do not bind its
 		// directory, and a served copy of it could be replayed into another.
 		if whole {

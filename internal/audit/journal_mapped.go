@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -215,6 +216,11 @@ func (j *journal) startMapped() (err error) {
 	if err = fsutil.SyncData(f); err != nil {
 		return err
 	}
+	if !j.noShm && ShadowBase != "" && !fileExists(filepath.Join(j.dir, shadowedMarker)) {
+		// Synced with the header's directory: a refold that finds no shadow of this
+		// directory's last segment says what may be lost (readSegments).
+		os.WriteFile(filepath.Join(j.dir, shadowedMarker), nil, 0o600)
+	}
 	if err = fsutil.SyncDir(j.dir); err != nil {
 		return err
 	}
@@ -228,6 +234,7 @@ func (j *journal) startMapped() (err error) {
 			j.startOwn(hdr)
 		} else {
 			j.noShm = true // said once; records are written with pwrite from here on
+			os.Remove(filepath.Join(j.dir, shadowedMarker))
 			if j.warn != nil {
 				j.warn("request journal: no shadow on tmpfs for written records; each is written with a system call (slower)", "err", serr)
 			}
@@ -267,6 +274,12 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 	if marker := filepath.Join(filepath.Dir(dir), "journal"); !fileExists(marker) {
 		// Which journal the shadows are for: a sweep removes them once it is gone.
 		os.WriteFile(marker, []byte(resolvedPath(j.root)), 0o600)
+	}
+	if owner := filepath.Join(dir, shadowOwnerFile); !fileExists(owner) {
+		// Which journal directory, on the disk, the shadows are of: a copy's is another.
+		if id := journalDirID(j.dir); id != "" {
+			os.WriteFile(owner, []byte(id), 0o600)
+		}
 	}
 	path := filepath.Join(dir, name)
 	if j.mm != nil {
@@ -709,6 +722,7 @@ func deadShadowDirs(dir string) (dirs []shadowDir) {
 	}
 	base := filepath.Base(dir)
 	own := shadowRootAt(resolvedPath(filepath.Dir(dir)))
+	id := journalDirID(dir)
 	roots, _ := filepath.Glob(filepath.Join(ShadowBase, "strongroom-journal-*"))
 	if !slices.Contains(roots, own) {
 		roots = append(roots, own)
@@ -719,19 +733,57 @@ func deadShadowDirs(dir string) (dirs []shadowDir) {
 			continue
 		}
 		trusted := trustedShadowRoot(r) && trustedShadowRoot(d)
-		dirs = append(dirs, shadowDir{path: d, trusted: trusted, mine: trusted && (r == own || shadowJournalGone(r))})
+		mine := trusted && (r == own || shadowJournalGone(r))
+		if b, err := readRegular(filepath.Join(d, shadowOwnerFile), 64); trusted && err == nil && len(b) > 0 {
+			mine = id != "" && string(b) == id
+		}
+		dirs = append(dirs, shadowDir{path: d, trusted: trusted, mine: mine})
 	}
 	return dirs
+}
+
+// shadowedMarker, in a journal directory on the disk, says that its process wrote records
+// into shadows (its last segment's records past its last sync were on tmpfs alone): made
+// when its first segment starts, removed if the journal falls back to pwrite. A refold
+// that finds no shadow of such a directory's last segment — the host restarted, or
+// /dev/shm was replaced or cleared between the process's lifetimes (a container's new
+// private /dev/shm, systemd's RemoveIPC: outside round 52, 30 acknowledged records lost
+// silently) — says so in an ALERT: what the process wrote after its last sync, up to
+// request_sync_interval of answered requests, may be lost.
+const shadowedMarker = "shadowed"
+
+// shadowOwnerFile, in a journal directory's shadow directory, names that journal
+// directory on the disk (journalDirID). A directory's path does not: a journal root moved
+// away and a copy put at its path, or a copy refolded while the original is moved or
+// unmounted, have the same directory names (outside round 52: the copy's refold took the
+// moved original's shadows, which then lost 30 acknowledged records silently). Not a
+// segment's name: readers skip it.
+const shadowOwnerFile = "journal-dir"
+
+// journalDirID is the journal directory dir's identity on the disk — its device and
+// inode, which a rename within its file system, a symlink or a bind mount keep and a
+// copy does not ("" if it cannot be read).
+func journalDirID(dir string) string {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return ""
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	return strconv.FormatUint(sys.Dev, 10) + ":" + strconv.FormatUint(sys.Ino, 10)
 }
 
 // shadowDir is a directory of a dead journal's shadows (deadShadowDirs).
 type shadowDir struct {
 	path    string
 	trusted bool // this user's alone: damage in it refuses the directory
-	// mine: trusted, and in dir's own shadow root or in one whose journal is gone (moved
-	// here): its shadows are removed once folded. Another root's directory of the same
-	// name whose journal is there is a copy's original (a directory copied into another
-	// data directory keeps its name: outside round 51) — read, never removed.
+	// mine: trusted, and its shadowOwnerFile names dir (the same directory on the disk,
+	// reached by any path); without one (made by an older version), in dir's own shadow
+	// root or in one whose journal is gone (moved here). Its shadows are removed once
+	// folded. Another's — a copy's original (a directory copied elsewhere keeps its name:
+	// outside rounds 51 and 52) — are read, never removed.
 	mine bool
 }
 
@@ -917,6 +969,9 @@ func holdsShadows(r string) bool {
 			return true
 		}
 		for _, f := range files {
+			if f.Name() == shadowOwnerFile {
+				continue
+			}
 			if info, err := f.Info(); err != nil || !info.Mode().IsRegular() || info.Size() > 0 {
 				return true
 			}
