@@ -79,9 +79,9 @@ func (j *journal) room() int64 {
 
 // DefaultSyncEvery is how often written records are synced (BatcherConfig.SyncEvery):
 // the most a host crash (power, the kernel) can lose of answered requests' records. It was
-// 50 ms until the thirty-fourth session; at 100 ms the log costs ~3.5 % less CPU a request
-// (log on ÷ off 1.09 against 1.13, paired, docs/PERFORMANCE.md) — the budget is
-// 10 %, and request records are many and each matters little alone. Security decisions
+// 50 ms until the thirty-fourth session; at 100 ms the log costs ~2 % less CPU a request
+// (the 50 ms build ÷ this one 1.02, paired, docs/PERFORMANCE.md), toward the 10 %
+// budget — request records are many and each matters little alone. Security decisions
 // are synced before they take effect either way; "synced" durability has no window.
 const DefaultSyncEvery = 100 * time.Millisecond
 
