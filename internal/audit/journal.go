@@ -842,6 +842,7 @@ func (j *journal) close() {
 		removeShadows(j.dir)
 		os.RemoveAll(j.dir)
 	}
+	j.releaseShadowLock()
 	j.lock.Close()
 }
 

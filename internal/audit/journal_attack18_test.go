@@ -31,6 +31,7 @@ func a18Kill(j *journal) {
 		}
 		j.spare = nil
 	}
+	j.releaseShadowLock() // a dead process's locks go with it
 	j.lock.Close()
 }
 

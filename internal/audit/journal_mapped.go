@@ -184,8 +184,12 @@ type mapped struct {
 	closedW    bool        // the batcher closed: no more records
 	faulted    atomic.Bool // the shadow's mapping faulted (cut from under the process)
 	noShm      bool        // a shadow could not be made: this journal writes with pwrite
-	segBytes   int64       // a packed segment's room (0: mappedSize; tests make it small)
-	warn       func(msg string, args ...any)
+	// shadowLock is the open segment's shadow directory, flocked shared while this process
+	// may write shadows in it (lockShadowDir: shadowLive), and shadowLockDir its path.
+	shadowLock    *os.File
+	shadowLockDir string
+	segBytes      int64 // a packed segment's room (0: mappedSize; tests make it small)
+	warn          func(msg string, args ...any)
 }
 
 // errSegmentFault: the shadow's mapping faulted (the file cut from under the process).
@@ -270,6 +274,10 @@ func (j *journal) startShadow(name string, hdr []byte) error {
 	}
 	if !trustedShadowRoot(filepath.Dir(dir)) { // made by another as this one looked
 		return fmt.Errorf("shadow directory %s is not this user's alone", filepath.Dir(dir))
+	}
+	if j.shadowLockDir != dir {
+		j.releaseShadowLock()
+		j.shadowLock, j.shadowLockDir = lockShadowDir(dir), dir
 	}
 	if marker := filepath.Join(filepath.Dir(dir), "journal"); !fileExists(marker) {
 		// Which journal the shadows are for: a sweep removes them once it is gone.
@@ -737,6 +745,9 @@ func deadShadowDirs(dir string) (dirs []shadowDir) {
 		if b, err := readRegular(filepath.Join(d, shadowOwnerFile), 64); trusted && err == nil && len(b) > 0 {
 			mine = id != "" && string(b) == id
 		}
+		if mine && shadowLive(d) {
+			mine = false // a living process writes there: never its to remove
+		}
 		dirs = append(dirs, shadowDir{path: d, trusted: trusted, mine: mine})
 	}
 	return dirs
@@ -751,6 +762,57 @@ func deadShadowDirs(dir string) (dirs []shadowDir) {
 // silently) — says so in an ALERT: what the process wrote after its last sync, up to
 // request_sync_interval of answered requests, may be lost.
 const shadowedMarker = "shadowed"
+
+// lockShadowDir opens the shadow directory dir and takes a shared flock on it, held while
+// the process lives (nil if it cannot: the process then does without). flock works across
+// mount namespaces on one tmpfs, where a path does not: two containers sharing /dev/shm
+// (--ipc=host) see each other's shadow roots, and each other's journal paths as gone
+// (outside round 52's list: a sweep in one would remove the other's live shadows after the
+// grace). A sweep's probe (shadowLive) holds the lock exclusively for two system calls, so
+// a refused try is tried again.
+func lockShadowDir(dir string) *os.File {
+	f, err := os.OpenFile(dir, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	for range 3 {
+		if err = unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err == nil {
+			return f
+		}
+	}
+	f.Close()
+	return nil
+}
+
+// releaseShadowLock drops the shadow directory's lock (lockShadowDir), if held.
+func (j *journal) releaseShadowLock() {
+	if j.shadowLock != nil {
+		j.shadowLock.Close()
+	}
+	j.shadowLock, j.shadowLockDir = nil, ""
+}
+
+// shadowLive says whether a living process holds the shadow directory d (lockShadowDir):
+// its shadows are being written, whatever its root's marker says.
+func shadowLive(d string) bool {
+	f, err := os.OpenFile(d, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer f.Close() // and with it the probe's lock
+	return errors.Is(unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB), unix.EWOULDBLOCK)
+}
+
+// rootLive says whether a living process holds any shadow directory of the root r.
+func rootLive(r string) bool {
+	ents, _ := os.ReadDir(r)
+	for _, e := range ents {
+		if e.IsDir() && shadowLive(filepath.Join(r, e.Name())) {
+			return true
+		}
+	}
+	return false
+}
 
 // shadowOwnerFile, in a journal directory's shadow directory, names that journal
 // directory on the disk (journalDirID). A directory's path does not: a journal root moved
@@ -931,6 +993,8 @@ func sweepShadows(log *slog.Logger) {
 		case err == nil:
 			os.Remove(mark) // back (moved back, a disk mounted again)
 		case !errors.Is(err, os.ErrNotExist) || shadowRootAt(journal) != r:
+		case rootLive(r):
+			os.Remove(mark) // a living process writes its shadows: its journal is where it sees it
 		case !holdsShadows(r):
 			os.RemoveAll(r)
 		default:

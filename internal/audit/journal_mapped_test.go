@@ -742,3 +742,54 @@ func TestWrittenSegmentsMetric(t *testing.T) {
 	tl.close(t)
 	wantInOrder(t, loggedRecords(t, tl.dir, tl.vkey), n)
 }
+
+// TestSweepShadowsKeepsLiveRoot: a living process's shadow root whose journal path this
+// process cannot see — another container's, sharing /dev/shm in another mount namespace —
+// is neither marked nor removed by a sweep, however old its mark; once that process is
+// dead (its lock gone with it), the root is an orphan's and goes after the grace.
+func TestSweepShadowsKeepsLiveRoot(t *testing.T) {
+	if ShadowBase == "" {
+		t.Skip("no tmpfs at /dev/shm")
+	}
+	root := filepath.Join(t.TempDir(), "journal")
+	j, err := openJournalWith(&journal{root: root, batch: 100, packed: true}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := shadowRootFor(root)
+	t.Cleanup(func() { os.RemoveAll(r) })
+	if _, err := j.writeMapped(rawRecs(0, 1)[0], 100); err != nil {
+		t.Fatal(err)
+	}
+	shadows := filepath.Join(r, filepath.Base(j.dir))
+	// The other namespace's view: the journal's path is not there.
+	if err := os.Rename(root, root+".elsewhere"); err != nil {
+		t.Fatal(err)
+	}
+	mark := filepath.Join(r, shadowGoneMarker)
+	aged := func() {
+		old := time.Now().Add(-2 * ShadowOrphanGrace)
+		if err := os.WriteFile(mark, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(mark, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exists := func(p string) bool { _, err := os.Lstat(p); return err == nil }
+	sweepShadows(nil)
+	if exists(mark) {
+		t.Error("a living process's shadow root was marked gone")
+	}
+	aged()
+	sweepShadows(nil)
+	if !exists(shadows) {
+		t.Fatal("a sweep removed a living process's shadows (its journal's path not seen here)")
+	}
+	writtenKill(j)
+	aged()
+	sweepShadows(nil)
+	if exists(r) {
+		t.Fatal("a dead process's shadow root, its journal gone past the grace, was kept")
+	}
+}
