@@ -106,8 +106,10 @@ func (l *Log) Repair(ctx context.Context, entry uint64, reason string, actor map
 		// The lock dropped a moment ago (a ping slower than its 2 s under load) and still
 		// free is taken now, not at the next poll: the operator's remedy is not refused
 		// for a tick (seen with the package's tests six at a time under -race).
-		l.leader.tick(ctx)
-		if err := l.leader.check(ctx); err != nil {
+		// The server frees a dropped connection's lock once it has seen the connection
+		// end: tried for up to 3 s (seen taking over one try under the suite's load).
+		err = retakeLock(ctx, l.leader, 3*time.Second)
+		if err != nil {
 			return RepairReport{}, fmt.Errorf("audit: repair: another replica holds the checkpoint signer's lock (%w): stop every replica of this log first", err)
 		}
 	}
@@ -622,4 +624,22 @@ func writeBundles(ctx context.Context, tx *sql.Tx, head [][]byte, p uint64, entr
 		}
 	}
 	return nil
+}
+
+// retakeLock tries to take the signer's lock (leader.tick) until it holds it or within
+// wait; the last check's error if it does not.
+func retakeLock(ctx context.Context, ld *leader, wait time.Duration) error {
+	deadline := time.Now().Add(wait)
+	for {
+		ld.tick(ctx)
+		err := ld.check(ctx)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
