@@ -114,16 +114,7 @@ func TestAttack51CopyRefoldedWhileLive(t *testing.T) {
 	}
 	tl, jdir, j := openWrittenJournal(t)
 	tl.record(t, 1)
-	for i := range 250 {
-		if _, err := j.writeMapped(store.AuditEvent{Raw: mustMarshal(t, requestEvent(i))}, 100); err != nil {
-			t.Fatal(err)
-		}
-		if i == 219 {
-			if err := j.syncMapped(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	a51WriteSyncedAt220(t, j)
 	dir := j.dir
 	tl2, jdir2 := a51Copy(t, dir)
 	h2 := a50Start(tl2, jdir2)
@@ -640,4 +631,20 @@ func TestAttack51KeptShadowFoldedThenKilled(t *testing.T) {
 	t.Logf("S0's kept shadow still there at the kill: %v", fileExists(shadow))
 	healthy := a50Start(tl, jdir)
 	a50Judge(t, tl, healthy, dir, 60)
+}
+
+// a51WriteSyncedAt220 writes 250 request records into the written journal j (segments of
+// 100), synced after the 220th: the last 30 are in the open segment's shadow alone.
+func a51WriteSyncedAt220(t *testing.T, j *journal) {
+	t.Helper()
+	for i := range 250 {
+		if _, err := j.writeMapped(store.AuditEvent{Raw: mustMarshal(t, requestEvent(i))}, 100); err != nil {
+			t.Fatal(err)
+		}
+		if i == 219 {
+			if err := j.syncMapped(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }

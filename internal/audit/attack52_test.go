@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/strongroom/strongroom/internal/store"
 )
 
 // Outside round 52 (helper-52): the written journal's shadows against the product's notion
@@ -50,16 +48,7 @@ func a52Dead(t *testing.T, root string) (dir, shadow string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := range 250 {
-		if _, err := j.writeMapped(store.AuditEvent{Raw: mustMarshal(t, requestEvent(i))}, 100); err != nil {
-			t.Fatal(err)
-		}
-		if i == 219 {
-			if err := j.syncMapped(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	a51WriteSyncedAt220(t, j)
 	dir, shadow = j.dir, j.shadowPath
 	writtenKill(j)
 	a52Premise(t, dir, shadow)
