@@ -333,13 +333,16 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	// Every entry is read; kept in memory are those before p and those a replica sealed, and
 	// the others only up to maxEvidence bytes (an attacker can insert any amount: an outside
 	// test's 400 MB of junk rows took 2.5 times that in memory).
-	evidence := 0
+	evidence, evidenceCap := 0, maxEvidence
+	if l.evidenceCap != 0 {
+		evidenceCap = l.evidenceCap
+	}
 	entries, err := f.entriesFrom(ctx, first/layout.EntryBundleWidth, func(i uint64, e []byte) bool {
 		if i < p || checkEntry(l.entryKey, l.origin, e) == nil {
 			return true
 		}
 		evidence += len(e)
-		return evidence <= maxEvidence
+		return evidence <= evidenceCap
 	})
 	if err != nil {
 		return rep, fmt.Errorf("audit: repair: %w", err)
