@@ -2,6 +2,7 @@ package fingerprint
 
 import (
 	"fmt"
+	"github.com/strongroom/strongroom/internal/testenv"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -62,6 +63,7 @@ func derived(t testing.TB, a *Model, other func() *Model) []derivedCopy {
 // original and the marked copy stay in memory: unrelated models, surrogates and derived
 // copies are made, scored and dropped one at a time.
 func TestScanLikeness(t *testing.T) {
+	testenv.StatisticsOnly(t)
 	for _, sh := range evalShapes() {
 		t.Run(fmt.Sprintf("%.1fM", sh.params()/1e6), func(t *testing.T) {
 			const model = "m:1"

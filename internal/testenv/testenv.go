@@ -51,10 +51,11 @@ func CPUTime() time.Duration {
 }
 
 // StatisticsOnly skips the calling test under the race detector. For long evaluations
-// that run in one goroutine — a detector's or a watermark's rates over many generated
-// samples — the detector multiplies the time 4–5× and has nothing to find: they were
-// ~115 s of the suite's race pass. scripts/test runs their packages again without -race,
-// where they run whole; their packages' concurrent code keeps its own raced tests.
+// that run in one goroutine — a detector's, a watermark's or a fingerprint's rates over
+// many generated samples, a differential check against a plain filter — the detector
+// multiplies the time 4–15× and has nothing to find: they were ~200 s of the suite's race
+// pass. scripts/test runs their packages again without -race, where they run whole; their
+// packages' concurrent code keeps its own raced tests.
 func StatisticsOnly(t testing.TB) {
 	t.Helper()
 	if Race {
