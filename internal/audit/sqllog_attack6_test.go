@@ -137,8 +137,10 @@ func a6Until(d time.Duration, cond func() bool) bool {
 func a6Steps(t *testing.T, l *Log, n int64) {
 	t.Helper()
 	base := l.scrub.steps.Load()
-	if !a6Until(30*time.Second, func() bool { return l.scrub.steps.Load() >= base+n }) {
-		t.Fatalf("the walk did not advance %d steps in 30 s (at %d)", n, l.scrub.steps.Load())
+	// 60 s: a bound for a walk that stopped, not its pace (900 steps of 5 ms took over 30 s
+	// once, in a suite that ran three test processes on two cores).
+	if !a6Until(60*time.Second, func() bool { return l.scrub.steps.Load() >= base+n }) {
+		t.Fatalf("the walk did not advance %d steps in 60 s (from %d, at %d)", n, base, l.scrub.steps.Load())
 	}
 }
 
