@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/strongroom/strongroom/internal/testenv"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -25,6 +24,7 @@ import (
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/refmodel"
 	"github.com/strongroom/strongroom/internal/store"
+	"github.com/strongroom/strongroom/internal/testenv"
 	"golang.org/x/mod/sumdb/note"
 )
 

@@ -2,9 +2,10 @@ package fingerprint
 
 import (
 	"fmt"
-	"github.com/strongroom/strongroom/internal/testenv"
 	"slices"
 	"testing"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 var testSecret = []byte("0123456789abcdef0123456789abcdef")

@@ -2,7 +2,6 @@ package fingerprint
 
 import (
 	"fmt"
-	"github.com/strongroom/strongroom/internal/testenv"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 type shape struct{ layers, d, ff, vocab, heads, kv int }

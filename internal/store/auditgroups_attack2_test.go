@@ -4,12 +4,13 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"github.com/strongroom/strongroom/internal/testenv"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // TestAttackSearchAuditIsAPlainFilter: over a SQLite index holding log entries and many
