@@ -708,6 +708,10 @@ func TestAttack30HugeFlushes(t *testing.T) {
 	for range 3 {
 		wg.Go(func() {
 			c := dial(t, addr)
+			// Two minutes, a bound for a hung server: three such conversations of 9.6 MB
+			// flushed a byte at a time took over dial's 20 s under -race on a saturated
+			// machine (the suite's three lines of work).
+			c.SetDeadline(time.Now().Add(2 * time.Minute))
 			io.WriteString(c, "GET /huge HTTP/1.1\r\nHost: h\r\n\r\nGET /huge HTTP/1.1\r\nHost: h\r\n\r\nGET /small HTTP/1.1\r\nHost: h\r\n\r\n")
 			br := bufio.NewReader(c)
 			for range 2 {
