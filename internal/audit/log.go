@@ -95,10 +95,7 @@ type Log struct {
 	scrub    *scrubber // a shared log's history walk (scrub.go), nil for a POSIX log
 	entryKey []byte    // seals appended entries (entrymac.go); nil: no MACs
 	leader   *leader   // with db: holds the checkpoint signer's lock
-	// evidenceCap, when not 0, replaces maxEvidence for this log's repairs (a test's
-	// smaller junk tail past a smaller bound).
-	evidenceCap int
-	signer      *leaderSigner
+	signer   *leaderSigner
 	// witnesses is the log's witness policy (nil: none); a repair asks them (repairwitness.go).
 	witnesses      *tessera.WitnessGroup
 	witnessTimeout time.Duration

@@ -333,16 +333,13 @@ func (l *Log) repairTx(ctx context.Context, tx *sql.Tx, p uint64, reason string,
 	// Every entry is read; kept in memory are those before p and those a replica sealed, and
 	// the others only up to maxEvidence bytes (an attacker can insert any amount: an outside
 	// test's 400 MB of junk rows took 2.5 times that in memory).
-	evidence, evidenceCap := 0, maxEvidence
-	if l.evidenceCap != 0 {
-		evidenceCap = l.evidenceCap
-	}
+	evidence := 0
 	entries, err := f.entriesFrom(ctx, first/layout.EntryBundleWidth, func(i uint64, e []byte) bool {
 		if i < p || checkEntry(l.entryKey, l.origin, e) == nil {
 			return true
 		}
 		evidence += len(e)
-		return evidence <= evidenceCap
+		return evidence <= maxEvidence
 	})
 	if err != nil {
 		return rep, fmt.Errorf("audit: repair: %w", err)
