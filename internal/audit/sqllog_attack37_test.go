@@ -1080,8 +1080,9 @@ func TestAttack37CutAtEveryStatement(t *testing.T) {
 		add(o)
 		var fired []string
 		for _, r := range rules {
-			fired = append(fired, strconv.FormatBool(r.hasFired()))
-			if !r.hasFired() {
+			f := r.hasFired() // once: the log line and the count say the same
+			fired = append(fired, strconv.FormatBool(f))
+			if !f {
 				unfired = append(unfired, name)
 			}
 		}

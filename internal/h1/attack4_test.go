@@ -710,7 +710,7 @@ func TestAttack30HugeFlushes(t *testing.T) {
 			c := dial(t, addr)
 			// Two minutes, a bound for a hung server: three such conversations of 9.6 MB
 			// flushed a byte at a time took over dial's 20 s under -race on a saturated
-			// machine (the suite's three lines of work).
+			// machine (a three-process layout of the suite, tried and not kept).
 			c.SetDeadline(time.Now().Add(2 * time.Minute))
 			io.WriteString(c, "GET /huge HTTP/1.1\r\nHost: h\r\n\r\nGET /huge HTTP/1.1\r\nHost: h\r\n\r\nGET /small HTTP/1.1\r\nHost: h\r\n\r\n")
 			br := bufio.NewReader(c)
