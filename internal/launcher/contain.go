@@ -165,6 +165,14 @@ func (k *keeper) close() {
 	if k.cmd == nil {
 		return
 	}
+	// Shut the socket down before closing it: close alone does not end the reader's
+	// recvmsg blocked on it (the call holds the socket open), so the reaper saw no end and
+	// every run that ended before its engine started (a refusal, a denial) waited out the
+	// 10 s below and killed it. Shutdown ends both directions now; the descriptor is closed
+	// once the reader has returned (not reused under it).
+	unix.Shutdown(k.fd, unix.SHUT_RDWR)
+	for range k.events {
+	}
 	unix.Close(k.fd)
 	select {
 	case <-k.waited:
