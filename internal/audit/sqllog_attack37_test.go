@@ -609,7 +609,14 @@ func TestAttack37InsiderLowersTreeOverLostCommit(t *testing.T) {
 	}
 	t.Logf("a's failed appends resolved: found %v, absent %v, unresolved %v", a37Count(a, "found"), a37Count(a, "absent"), a37Count(a, "unresolved"))
 	outs = append(outs, a37Submit(b, "b", 20)...)
-	a37Report(t, a37Settled(t, b, v, outs, 10*time.Second))
+	// "Later": a's watch looks for its entries in each newer signed tree, once a second, for
+	// watchFor after it first proved them absent. 10 s was not enough on a saturated machine
+	// (the thirty-fifth session: the batch's checkpoint and a's watch rounds were slower than
+	// that, and the test failed with no refusal yet); waiting stops as soon as it holds.
+	t0 := time.Now()
+	bad := a37Settled(t, b, v, outs, watchFor)
+	t.Logf("settled (or gave up) after %v: a's outcomes found %v absent %v refused_later %v", time.Since(t0).Round(time.Millisecond), a37Count(a, "found"), a37Count(a, "absent"), a37Count(a, "refused_later"))
+	a37Report(t, bad)
 }
 
 // ---- claim 4: a false audit.refused_entry ----
