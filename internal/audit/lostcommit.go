@@ -304,16 +304,18 @@ func (l *Log) watchRound(cp []byte) int {
 		}
 	}
 	done := map[[32]byte]bool{}
+	// The refusals found this round are submitted together (one batch), then waited for.
+	type refusal struct {
+		leaf [32]byte
+		f    Future
+	}
+	var refusals []refusal
 	for i := range ws {
 		w := &ws[i]
 		if c.Size > w.scanned {
 			if index, found := l.unacked(w.leaf, leaves[w.leaf], w.scanned, c.Size); found {
 				l.log.Error("ALERT audit log: an entry reported not recorded (its operation refused) is in the log: its commit's answer was lost; recording that it was refused", "entry", index)
-				if _, err := l.submit(context.Background(), RefusedEntryEvent(index, w.raw), true)(); err != nil {
-					continue // looked for again next round
-				}
-				l.lost.outcomes.WithLabelValues("refused_later").Inc()
-				done[w.leaf] = true
+				refusals = append(refusals, refusal{w.leaf, l.submit(context.Background(), RefusedEntryEvent(index, w.raw), true)})
 				continue
 			}
 			w.scanned = c.Size
@@ -324,6 +326,13 @@ func (l *Log) watchRound(cp []byte) int {
 		if !w.until.IsZero() && now.After(w.until) {
 			done[w.leaf] = true
 		}
+	}
+	for _, r := range refusals {
+		if _, err := r.f(); err != nil {
+			continue // looked for again next round
+		}
+		l.lost.outcomes.WithLabelValues("refused_later").Inc()
+		done[r.leaf] = true
 	}
 	// Put back what is still watched, with its progress; entries watched meanwhile stay.
 	r.wmu.Lock()
