@@ -93,7 +93,6 @@ func ackedUntilKilled(t *testing.T, helper string, min int, env ...string) []str
 // TestKillUnderLoad: kill -9 a process that is recording under load; after restart every
 // acknowledged event is in the log, at its index, and the tree verifies.
 func TestKillUnderLoad(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	if testing.Short() {
 		t.Skip("spawns a process")
 	}

@@ -431,7 +431,6 @@ func TestAttack12BarrierIndex(t *testing.T) {
 // every record its goroutine had submitted (and had acknowledged) before it; a Submit after
 // Close fails.
 func TestAttack12CloseRace(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	for _, tc := range []struct {
 		journal    bool
 		maxRecords int
@@ -597,7 +596,6 @@ func TestAttack12KillChild(t *testing.T) {
 // the last restart every acknowledged record is in the log exactly once, no record is in it
 // twice, each stream in submission order, and each process's records before the next's.
 func TestAttack12KillUnderLoadOrder(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
@@ -923,7 +921,6 @@ func TestAttack12JournalRootRemoved(t *testing.T) {
 // acknowledgement) and recorded truncated by Submit; MaxBatch records are one batch entry
 // whose bundle verifies.
 func TestAttack12SizeBoundaries(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	exact := func(id string, size int) Event {
 		ev := a12Event(id)
 		ev.Fields["pad"] = ""

@@ -203,7 +203,6 @@ func TestAttack17ReplayV2BundleElsewhere(t *testing.T) {
 // Fixed in the twelfth session (journal v4): a segment's header carries a floor, bound by
 // its first MAC, and a refold looks for the log's batches from the oldest floor on.
 func TestAttack17ReplayAfterManyEntries(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	if testing.Short() {
 		t.Skip("records 4,200 entries")
 	}

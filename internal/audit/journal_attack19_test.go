@@ -293,7 +293,6 @@ func TestAttack19DirRemovedUnderLiveJournal(t *testing.T) {
 // segment's fold. The next start takes the journal (no false refusal) and every
 // acknowledged record is logged once, in order — grown and prewritten segments.
 func TestAttack19ProbeSegmentKilled(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	for _, grow := range []bool{true, false} {
 		for _, foldFirst := range []bool{false, true} {
 			name := map[bool]string{true: "grow", false: "prewritten"}[grow] + map[bool]string{false: "/abandoned-unfolded", true: "/abandoned-folded"}[foldFirst]

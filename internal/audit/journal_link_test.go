@@ -189,7 +189,6 @@ func pagedJournal(t *testing.T, jdir string) *journal {
 // every acknowledged record, and of the torn write's only whole groups before the lost page
 // — also for a write of two groups, and when the lost page is the last.
 func TestJournalPagedTornWrite(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	for _, c := range []struct {
 		name   string
 		groups [][]store.AuditEvent

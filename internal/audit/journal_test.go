@@ -384,7 +384,6 @@ func TestJournalCrashHelper(t *testing.T) {
 // once and the log verifies. Written records (journal_mapped.go) with no sync at all
 // (SyncEvery an hour): what the process wrote into the mapping outlives it.
 func TestJournalKillUnderLoad(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	if testing.Short() {
 		t.Skip("spawns a process")
 	}
@@ -502,7 +501,6 @@ func TestJournalSharedRoot(t *testing.T) {
 // (A read-only remount cannot be tested like the log's: the kernel refuses it while the
 // journal holds a segment open for writing.)
 func TestJournalDiskFull(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	// The whole log on the full disk (a fold's bundle write fails too, and recovers through
 	// the fold's retry), and the journal alone on it (the log's disk has room: only the
 	// journal's own probe can end the refusal).

@@ -21,7 +21,6 @@ import (
 // earlier segments' records wait for the index: a buffer given back too soon shows here as
 // records that are not the ones submitted.
 func TestSubmitEncodedKeepsNoCallerBytes(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	written := func(jdir string) BatcherConfig {
 		return BatcherConfig{MaxRecords: 10, FoldEvery: time.Hour, Journal: jdir, JournalKey: a17Key, Written: true, SyncEvery: time.Millisecond}
 	}

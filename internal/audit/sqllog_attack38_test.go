@@ -72,7 +72,6 @@ func a38HoldTree(t *testing.T, admin *sql.DB, secs int) (id int64, release func(
 // test watches the operator's session for 16 s (it is asleep > 10 s after ~11 s) and fails
 // if it disappears from the process list or no longer answers.
 func TestAttack38ReaperEndsIdleOperatorSession(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	ctx := context.Background()
 	dsn := sqlTestDB(t)
 	s, _, _ := newKeys(t, "strongroom.test/attack38")
@@ -138,7 +137,6 @@ func TestAttack38ReaperEndsIdleOperatorSession(t *testing.T) {
 // checkpoint covers the log, the entry — in the log, its caller told it failed — must be
 // named by an audit.refused_entry, or a must have acknowledged it.
 func TestAttack38CloseMidRecoveryBounded(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	a, b, p, v, _ := a37Pair(t)
 	a37Submit(a, "a", 1)
 	cut := p.arm(a37CutReply, a37IsAppendCommit, nil)
@@ -200,7 +198,6 @@ func TestAttack38CloseMidRecoveryBounded(t *testing.T) {
 // own COMMIT answer is lost. The log must end with exactly one audit.refused_entry naming
 // the entry (index and leaf hash), none naming anything else, and verify.
 func TestAttack38GaveUpThenRefusalAnswerLost(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	a, b, p, v, _ := a37Pair(t)
 	a37Submit(a, "a", 1)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

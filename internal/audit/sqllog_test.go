@@ -222,7 +222,6 @@ func TestSQLLogSignerDies(t *testing.T) {
 
 // TestSQLLogOrigin: a replica with another log key refuses to open the shared log.
 func TestSQLLogOrigin(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	dsn := sqlTestDB(t)
 	s, _, _ := newKeys(t, "strongroom.test/shared")
 	a := openSQLTestLog(t, dsn, s)
@@ -338,7 +337,6 @@ func TestSignerLockName(t *testing.T) {
 // TestSQLLogCloseWithoutSigner: a replica that never signs (another holds the log's lock and
 // publishes nothing) closes with a late-checkpoint error that says its entries are recorded.
 func TestSQLLogCloseWithoutSigner(t *testing.T) {
-	t.Parallel() // no package variable, no claim on a quiet machine's timing
 	dsn := sqlTestDB(t)
 	holdSignerLock(t, dsn)
 	s, _, _ := newKeys(t, "strongroom.test/shared")
