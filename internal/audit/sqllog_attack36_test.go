@@ -430,8 +430,11 @@ func TestAttack36CommitAckLost(t *testing.T) {
 	for k := range bites {
 		p.swallow.Store(1)
 		// A bound for a replica that never commits again, not a figure: in the suite under
-		// -race on the thirty-fourth session's VM the fourth bite took over 10 s once.
-		if !a36WaitFor(30*time.Second, func() bool { return p.swallowed.Load() >= int32(k+1) }) {
+		// -race on the thirty-fourth session's VM the fourth bite took over 10 s once, and on
+		// the thirty-sixth's more than 30 s (the first three took ~68 s). a's writers wait for
+		// the previous bite's resolution (up to settleWait, then a signed checkpoint's proof)
+		// before they append again.
+		if !a36WaitFor(60*time.Second, func() bool { return p.swallowed.Load() >= int32(k+1) }) {
 			close(stop)
 			wg.Wait()
 			t.Fatalf("the proxy swallowed %d commit answers, want %d", p.swallowed.Load(), k+1)
