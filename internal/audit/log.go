@@ -1192,23 +1192,32 @@ func (l *Log) catchUp(ctx context.Context) error {
 	}()
 	// Entries this process appended are indexed from memory, in order, as far as they
 	// reach; the rest (other processes' events, a restart, a full buffer) from the log.
-	var batch []store.AuditEvent
+	// A bundle's width at a time, as from the log: an index that refuses (its store away)
+	// then costs each round one chunk's work — the batches' records gathered, read back
+	// from their bundles past the ones kept in memory, and checked — not the whole
+	// backlog's, every second for as long as it is away.
 	l.recentMu.Lock()
-	for i := from; i < size; i++ {
-		e, ok := l.recent[i]
-		if !ok {
-			break
-		}
-		batch = append(batch, e)
-		delete(l.recent, i)
-	}
 	for i := range l.recent {
 		if i < from {
 			delete(l.recent, i) // indexed already (read back from the log)
 		}
 	}
 	l.recentMu.Unlock()
-	if len(batch) > 0 {
+	for from < size {
+		var batch []store.AuditEvent
+		l.recentMu.Lock()
+		for i := from; i < size && len(batch) < layout.EntryBundleWidth; i++ {
+			e, ok := l.recent[i]
+			if !ok {
+				break
+			}
+			batch = append(batch, e)
+			delete(l.recent, i)
+		}
+		l.recentMu.Unlock()
+		if len(batch) == 0 {
+			break
+		}
 		if err := l.indexWithRecords(ctx, batch); err != nil {
 			l.recentMu.Lock()
 			for _, e := range batch { // keep them for the next round
@@ -1218,9 +1227,9 @@ func (l *Log) catchUp(ctx context.Context) error {
 			return err
 		}
 		from += uint64(len(batch))
-		if from >= size {
-			return nil
-		}
+	}
+	if from >= size {
+		return nil
 	}
 	return ReadEntries(ctx, l.reader.ReadEntryBundle, from, size, func(batch []store.AuditEvent) error {
 		l.markUnsealed(batch)

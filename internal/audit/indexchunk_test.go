@@ -1,0 +1,70 @@
+package audit
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	"github.com/strongroom/strongroom/internal/store"
+	"github.com/transparency-dev/tessera/api/layout"
+)
+
+// chunkIndex refuses writes while fail is set and keeps the most entries one write was
+// handed.
+type chunkIndex struct {
+	store.Store
+	fail atomic.Bool
+	most atomic.Int64
+}
+
+func (x *chunkIndex) IndexAudit(ctx context.Context, evs []store.AuditEvent) error {
+	if n := int64(len(evs)); n > x.most.Load() {
+		x.most.Store(n)
+	}
+	if x.fail.Load() {
+		return errFound // any error: the store refuses writes
+	}
+	return x.Store.IndexAudit(ctx, evs)
+}
+
+// TestIndexAwayCostsAChunkARound: a search index that answers reads but refuses writes (a
+// PostgreSQL failed over to a read-only standby, a full disk) costs each round of the
+// catch-up one bundle's width of entries — gathered, their batches' records read back and
+// checked — not the whole backlog's, every second for as long as it refuses (the backlog
+// held in memory is up to 2^18 entries). Once it takes writes again, every entry is indexed.
+func TestIndexAwayCostsAChunkARound(t *testing.T) {
+	t.Parallel()
+	var idx *chunkIndex
+	tl := a44OpenWithIndex(t, func(s store.Store) Index { idx = &chunkIndex{Store: s}; return idx })
+	idx.fail.Store(true)
+	ctx := context.Background()
+	const n = 3*layout.EntryBundleWidth + 10
+	fs := make([]Future, n)
+	for i := range n {
+		fs[i] = tl.log.Submit(ctx, event(i))
+	}
+	for _, f := range fs {
+		if _, err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		if err := tl.log.catchUp(ctx); err == nil {
+			t.Fatal("the catch-up succeeded while the index refused writes")
+		}
+	}
+	if most := idx.most.Load(); most > layout.EntryBundleWidth {
+		t.Errorf("a refused index write was handed %d entries (the backlog), want at most a bundle's width (%d)", most, layout.EntryBundleWidth)
+	}
+	idx.fail.Store(false)
+	if err := tl.log.catchUp(ctx); err != nil {
+		t.Fatal(err)
+	}
+	size, err := tl.log.reader.IntegratedSize(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done, err := tl.st.AuditIndexed(ctx); err != nil || done != size {
+		t.Fatalf("indexed %d of %d entries once the index took writes: %v", done, size, err)
+	}
+}
