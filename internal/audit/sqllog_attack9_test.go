@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/store"
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // a9HoldCheckpoint holds the Checkpoint row (SELECT ... FOR UPDATE) in a transaction of its
@@ -269,6 +270,12 @@ func TestAttack9IndexStuckOnLostBundle(t *testing.T) {
 // report for keep: its heap grows with the junk, twice over — the remedy of a poisoned tail
 // dies of memory at whatever size the attacker picks. Allowed here: 384 MB of heap growth
 // for the repair over 256 MB of junk (the repair's own ~200 MB, and less than twice the junk).
+//
+// Under -race the tail is 16 MB and the heap is not judged: the full form cost ~136 s of CPU
+// raced (56 s user, 72 s system, 7.5 s MariaDB's; the thirty-sixth session), a tenth of the
+// race pass's, while everything else on the machine waited; the race detector has the same
+// repair code to watch at 16 MB. scripts/test runs the full form without -race, beside the
+// fuzz.
 func TestAttack9RepairLargeTail(t *testing.T) {
 	t.Parallel() // see sqlTestDB; TestAttack8RepairHugeTail, the other repair-size test, runs alone
 	ctx := context.Background()
@@ -298,6 +305,9 @@ func TestAttack9RepairLargeTail(t *testing.T) {
 	a6Exec(t, db, "UPDATE `TiledLeaves` SET `data` = ?, `size` = 256 WHERE `tile_index` = 0", a3Bundle(b0))
 	row := a3Bundle(slices.Repeat([][]byte{junk}, 256))
 	rows := (256 << 20) / len(row) // ~256 MB of junk: read twice over, 512 MB, past the bound below
+	if testenv.Race {
+		rows = (16 << 20) / len(row)
+	}
 	for i := 1; i <= rows; i++ {
 		a6Exec(t, db, "INSERT INTO `TiledLeaves` (`tile_index`, `size`, `data`) VALUES (?, 256, ?)", i, row)
 	}
@@ -310,7 +320,7 @@ func TestAttack9RepairLargeTail(t *testing.T) {
 	took := time.Since(start)
 	top := stop()
 	grew := int64(top-min(top, base)) >> 20
-	if took > 3*time.Minute || grew > 384 { // alone, under -race: ~5 s of repair, +200 MB
+	if took > 3*time.Minute || grew > 384 && !testenv.Race { // alone, under -race: ~5 s of repair, +200 MB
 		t.Fatalf("PROMISE R6 BROKEN: %d rows (%d MB) of junk entries past the tree (SQL only); Repair(%d) took %v and its heap grew by %d MB (err %v; dropped %d): the remedy's memory grows with what the attacker inserts, without bound",
 			rows, junkMB, bad, took.Round(time.Millisecond), grew, err, kept)
 	}
