@@ -10,11 +10,12 @@ import (
 )
 
 // chunkIndex refuses writes while fail is set and keeps the most entries one write was
-// handed.
+// handed, and how many the last refused write was.
 type chunkIndex struct {
 	store.Store
 	fail atomic.Bool
 	most atomic.Int64
+	last atomic.Int64
 }
 
 func (x *chunkIndex) IndexAudit(ctx context.Context, evs []store.AuditEvent) error {
@@ -22,16 +23,18 @@ func (x *chunkIndex) IndexAudit(ctx context.Context, evs []store.AuditEvent) err
 		x.most.Store(n)
 	}
 	if x.fail.Load() {
+		x.last.Store(int64(len(evs)))
 		return errFound // any error: the store refuses writes
 	}
 	return x.Store.IndexAudit(ctx, evs)
 }
 
 // TestIndexAwayCostsAChunkARound: a search index that answers reads but refuses writes (a
-// PostgreSQL failed over to a read-only standby, a full disk) costs each round of the
-// catch-up one bundle's width of entries — gathered, their batches' records read back and
-// checked — not the whole backlog's, every second for as long as it refuses (the backlog
-// held in memory is up to 2^18 entries). Once it takes writes again, every entry is indexed.
+// PostgreSQL failed over to a read-only standby, a full disk) costs the catch-up's first
+// round one bundle's width of entries, and each round after it one entry — gathered, its
+// batch's records read back and checked — not the whole backlog's, every second for as long
+// as it refuses (the backlog held in memory is up to 2^18 entries). Once it takes writes
+// again, every entry is indexed in that round.
 func TestIndexAwayCostsAChunkARound(t *testing.T) {
 	t.Parallel()
 	var idx *chunkIndex
@@ -55,6 +58,9 @@ func TestIndexAwayCostsAChunkARound(t *testing.T) {
 	}
 	if most := idx.most.Load(); most > layout.EntryBundleWidth {
 		t.Errorf("a refused index write was handed %d entries (the backlog), want at most a bundle's width (%d)", most, layout.EntryBundleWidth)
+	}
+	if last := idx.last.Load(); last != 1 {
+		t.Errorf("after a refusal, the index was handed %d entries a round, want 1", last)
 	}
 	idx.fail.Store(false)
 	if err := tl.log.catchUp(ctx); err != nil {

@@ -200,6 +200,8 @@ type Log struct {
 	// validated: the index's entries below it were compared with the log's, entry by entry,
 	// once a checkpoint this replica trusts covered them (validateIndex; indexMu held).
 	validated uint64
+	// idxRefused: the index refused the last write handed to it (indexChunked; indexMu held).
+	idxRefused bool
 }
 
 // maxRecent bounds recent: beyond it (an index that cannot keep up) entries are read back
@@ -1192,10 +1194,11 @@ func (l *Log) catchUp(ctx context.Context) error {
 	}()
 	// Entries this process appended are indexed from memory, in order, as far as they
 	// reach; the rest (other processes' events, a restart, a full buffer) from the log.
-	// A bundle's width at a time, as from the log: an index that refuses (its store away)
-	// then costs each round one chunk's work — the batches' records gathered, read back
-	// from their bundles past the ones kept in memory, and checked — not the whole
-	// backlog's, every second for as long as it is away.
+	// A bundle's width at a time, as from the log, and one entry at a time while the index
+	// refuses (indexChunked): an index whose store is away then costs each round one
+	// entry's work — its batch's records gathered, read back from their bundle if not kept
+	// in memory, and checked — not the whole backlog's, every second for as long as it is
+	// away.
 	l.recentMu.Lock()
 	for i := range l.recent {
 		if i < from {
@@ -1218,23 +1221,48 @@ func (l *Log) catchUp(ctx context.Context) error {
 		if len(batch) == 0 {
 			break
 		}
-		if err := l.indexWithRecords(ctx, batch); err != nil {
+		n, err := l.indexChunked(ctx, batch)
+		from += uint64(n)
+		if err != nil {
 			l.recentMu.Lock()
-			for _, e := range batch { // keep them for the next round
+			for _, e := range batch[n:] { // keep them for the next round
 				l.recent[e.Index] = e
 			}
 			l.recentMu.Unlock()
 			return err
 		}
-		from += uint64(len(batch))
 	}
 	if from >= size {
 		return nil
 	}
 	return ReadEntries(ctx, l.reader.ReadEntryBundle, from, size, func(batch []store.AuditEvent) error {
 		l.markUnsealed(batch)
-		return l.indexWithRecords(ctx, batch)
+		_, err := l.indexChunked(ctx, batch)
+		return err
 	})
+}
+
+// indexChunked indexes evs (consecutive entries) and says how many it indexed: all at once,
+// or, once the index refused a write, one entry first and the rest only after the index
+// took it. A refusing index (its store read-only or full) is handed one entry a round.
+// indexMu held.
+func (l *Log) indexChunked(ctx context.Context, evs []store.AuditEvent) (int, error) {
+	n := 0
+	if l.idxRefused && len(evs) > 1 {
+		if err := l.indexWithRecords(ctx, evs[:1]); err != nil {
+			return 0, err
+		}
+		l.idxRefused = false
+		n = 1
+	}
+	if n < len(evs) {
+		if err := l.indexWithRecords(ctx, evs[n:]); err != nil {
+			l.idxRefused = true
+			return n, err
+		}
+	}
+	l.idxRefused = false
+	return len(evs), nil
 }
 
 // ownIndex checks, once, that the search index holds this log's entries: its entry 0 must
