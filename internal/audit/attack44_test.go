@@ -283,16 +283,24 @@ func TestAttack44ConcurrentMixedSizes(t *testing.T) {
 	t.Logf("own buffers made: %d", made)
 }
 
-// a44Index is a search index that refuses writes while fail is set.
+// a44Index is a search index that refuses writes while fail is set. It counts the writes
+// handed to it, and keeps the most entries one was handed and how many the last refused
+// one was.
 type a44Index struct {
 	store.Store
 	fail  atomic.Bool
 	calls atomic.Int64
+	most  atomic.Int64
+	last  atomic.Int64
 }
 
 func (x *a44Index) IndexAudit(ctx context.Context, evs []store.AuditEvent) error {
 	x.calls.Add(1)
+	if n := int64(len(evs)); n > x.most.Load() {
+		x.most.Store(n)
+	}
 	if x.fail.Load() {
+		x.last.Store(int64(len(evs)))
 		return errors.New("a44: index store away")
 	}
 	return x.Store.IndexAudit(ctx, evs)

@@ -2,32 +2,11 @@ package audit
 
 import (
 	"context"
-	"sync/atomic"
 	"testing"
 
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/tessera/api/layout"
 )
-
-// chunkIndex refuses writes while fail is set and keeps the most entries one write was
-// handed, and how many the last refused write was.
-type chunkIndex struct {
-	store.Store
-	fail atomic.Bool
-	most atomic.Int64
-	last atomic.Int64
-}
-
-func (x *chunkIndex) IndexAudit(ctx context.Context, evs []store.AuditEvent) error {
-	if n := int64(len(evs)); n > x.most.Load() {
-		x.most.Store(n)
-	}
-	if x.fail.Load() {
-		x.last.Store(int64(len(evs)))
-		return errFound // any error: the store refuses writes
-	}
-	return x.Store.IndexAudit(ctx, evs)
-}
 
 // TestIndexAwayCostsAChunkARound: a search index that answers reads but refuses writes (a
 // PostgreSQL failed over to a read-only standby, a full disk) costs the catch-up's first
@@ -37,8 +16,8 @@ func (x *chunkIndex) IndexAudit(ctx context.Context, evs []store.AuditEvent) err
 // again, every entry is indexed in that round.
 func TestIndexAwayCostsAChunkARound(t *testing.T) {
 	t.Parallel()
-	var idx *chunkIndex
-	tl := a44OpenWithIndex(t, func(s store.Store) Index { idx = &chunkIndex{Store: s}; return idx })
+	var idx *a44Index
+	tl := a44OpenWithIndex(t, func(s store.Store) Index { idx = &a44Index{Store: s}; return idx })
 	idx.fail.Store(true)
 	ctx := context.Background()
 	const n = 3*layout.EntryBundleWidth + 10

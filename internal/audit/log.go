@@ -1252,7 +1252,6 @@ func (l *Log) indexChunked(ctx context.Context, evs []store.AuditEvent) (int, er
 		if err := l.indexWithRecords(ctx, evs[:1]); err != nil {
 			return 0, err
 		}
-		l.idxRefused = false
 		n = 1
 	}
 	if n < len(evs) {

@@ -387,14 +387,8 @@ func TestAttack36CommitAckLost(t *testing.T) {
 	if !b.Signer() || a.Signer() {
 		t.Fatalf("signers: a %v, b %v; want b", a.Signer(), b.Signer())
 	}
-	type result struct {
-		id      int
-		replica string
-		idx     uint64
-		err     error
-	}
 	var mu sync.Mutex
-	var results []result
+	var results []a37Outcome
 	var next atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -419,7 +413,7 @@ func TestAttack36CommitAckLost(t *testing.T) {
 				for i, f := range fs {
 					idx, err := f()
 					mu.Lock()
-					results = append(results, result{ids[i], r.name, idx, err})
+					results = append(results, a37Outcome{id: ids[i], replica: r.name, idx: idx, err: err})
 					mu.Unlock()
 				}
 			}
@@ -487,11 +481,7 @@ func TestAttack36CommitAckLost(t *testing.T) {
 	// before the watch, allowed no failed append in the log at all, and failed once so in
 	// the thirty-sixth session's suite).
 	if failedInLog > 0 {
-		outs := make([]a37Outcome, len(results))
-		for i, r := range results {
-			outs[i] = a37Outcome{id: r.id, replica: r.replica, idx: r.idx, err: r.err}
-		}
-		a37Report(t, a37Settled(t, b, v, outs, watchFor))
+		a37Report(t, a37Settled(t, b, v, results, watchFor))
 	}
 }
 
