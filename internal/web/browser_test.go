@@ -127,6 +127,27 @@ func TestBrowser(t *testing.T) {
 			t.Fatalf("%s: %v (screenshot in %s); the page:\n%s", what, err, out, page)
 		}
 	}
+	// open navigates to url and makes sure the browser stays there: a live page's reload
+	// that began before the navigation cancels it and brings the old page back (seen under
+	// load: the approvals page, reloading as the runtime took its lease, won over the
+	// navigation to the leases page), so the navigation is made again until it holds.
+	open := func(url string) chromedp.Action[chromedp.Void] {
+		return func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+			for {
+				if _, err := chromedp.Navigate(url)(ctx, tg); err != nil {
+					return chromedp.Void{}, err
+				}
+				href, err := chromedp.Evaluate[string](`location.href`)(ctx, tg)
+				if err == nil && href == url {
+					return chromedp.Void{}, nil
+				}
+				if ctx.Err() != nil {
+					return chromedp.Void{}, fmt.Errorf("%w (at %q, not %q)", ctx.Err(), href, url)
+				}
+				t.Logf("open %s: the browser is at %q (err %v); navigating again", url, href, err)
+			}
+		}
+	}
 	css := func(s string) chromedp.CSS { return chromedp.CSS(s) }
 	// ask evaluates js in the page until its value satisfies ok.
 	ask := func(js string, ok func(string) bool) chromedp.Action[string] {
@@ -178,14 +199,14 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("signed in as %q", got)
 	}
 
-	do("inventory", chromedp.Navigate(u+"/console/inventory"), chromedp.WaitVisible(css("#inventory")), screenshot("inventory"))
+	do("inventory", open(u+"/console/inventory"), chromedp.WaitVisible(css("#inventory")), screenshot("inventory"))
 	if inv := text("#inventory"); !strings.Contains(inv, "llama-guard:3") || !strings.Contains(inv, "confidential") || !strings.Contains(inv, "verified (OMS v1.0)") {
 		t.Fatalf("inventory shows:\n%s", inv)
 	}
 
 	row := `tr.approval[data-approval="` + pending.ID + `"] `
 	do("approve",
-		chromedp.Navigate(u+"/console/approvals"),
+		open(u+"/console/approvals"),
 		chromedp.WaitVisible(css(row+"form")),
 		screenshot("approvals-pending"),
 		chromedp.SetValue(css(row+`select[name=decision]`), "approve"),
@@ -203,7 +224,7 @@ func TestBrowser(t *testing.T) {
 
 	// The leases page, opened before the runtime has its lease, shows it once it has: the
 	// live update reloads it.
-	do("leases", chromedp.Navigate(u+"/console/leases"), chromedp.WaitVisible(css("#leases")),
+	do("leases", open(u+"/console/leases"), chromedp.WaitVisible(css("#leases")),
 		shown("tr.lease"), screenshot("leases-live"))
 	var pid int
 	waitFor(t, 10*time.Second, "the engine", func() bool {
@@ -237,7 +258,7 @@ func TestBrowser(t *testing.T) {
 	t.Logf("revoked in the browser: page updated and engine dead %v after the click", time.Since(start).Round(time.Millisecond))
 
 	do("incident",
-		chromedp.Navigate(u+"/console/incidents"),
+		open(u+"/console/incidents"),
 		chromedp.WaitVisible(css("#incidents")),
 		screenshot("incidents"),
 		chromedp.Click(css(`a[href="/console/incidents/inc-0001"]`)),
@@ -292,14 +313,14 @@ func TestBrowser(t *testing.T) {
 	}
 
 	h.events(t, store.AuditQuery{Kind: "lease.revoke"}) // the search index trails the log by up to a second
-	do("audit", chromedp.Navigate(u+"/console/audit?kind=lease.revoke"), chromedp.WaitVisible(css("#audit")), screenshot("audit"))
+	do("audit", open(u+"/console/audit?kind=lease.revoke"), chromedp.WaitVisible(css("#audit")), screenshot("audit"))
 	if a := text("#audit"); !strings.Contains(a, "lease.revoke") || !strings.Contains(a, h.admin.ID) {
 		t.Fatalf("the revocation is not in the audit explorer under its actor:\n%s", a)
 	}
 	do("principals and policies",
-		chromedp.Navigate(u+"/console/principals"), chromedp.WaitVisible(css("#principals")), screenshot("principals"),
+		open(u+"/console/principals"), chromedp.WaitVisible(css("#principals")), screenshot("principals"),
 		chromedp.Click(css(`a[href="/console/principals/`+h.admin.ID+`"]`)), chromedp.WaitVisible(css("#keys")), screenshot("principal-keys"),
-		chromedp.Navigate(u+"/console/policies"), chromedp.WaitVisible(css("#validation")), screenshot("policies"))
+		open(u+"/console/policies"), chromedp.WaitVisible(css("#validation")), screenshot("policies"))
 	// The same page served with another key than the log's: the browser refuses the proofs.
 	_, otherVKey, err := note.GenerateKey(nil, "strongroom.local/impostor")
 	if err != nil {

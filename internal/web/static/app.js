@@ -11,6 +11,14 @@
   if (!follows || !window.EventSource) return;
   var typing = false;
   document.addEventListener("input", function () { typing = true; });
+  // Once the user leaves the page (a link, the address bar), a reload would cancel that
+  // navigation and bring back this page: the events are not followed while one is under
+  // way. A page still here 10 s later was not left (a link that was a download).
+  var leaving = false;
+  window.addEventListener("beforeunload", function () {
+    leaving = true;
+    setTimeout(function () { leaving = false; }, 10000);
+  });
   function key(st) { return follows.map(function (k) { return String(st[k]); }).join("|"); }
   var last = null;
   try { last = key(JSON.parse(document.body.dataset.state)); } catch (e) { /* no state: the first event sets it */ }
@@ -25,6 +33,7 @@
   }
   function onState(ev) {
     var k = key(JSON.parse(ev.data));
+    if (leaving) return;
     if (last !== null && k !== last && !typing) {
       es.close();
       window.location.reload();
