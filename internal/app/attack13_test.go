@@ -45,22 +45,7 @@ import (
 )
 
 // a13Buf is a goroutine-safe log sink.
-type a13Buf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *a13Buf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *a13Buf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type a13Buf = testenv.LogBuffer
 
 // a13Path is a TCP path to MariaDB that the test can stop (connections refused), make
 // reset (every connection, old and new, closed with RST) or black-hole (connections

@@ -400,22 +400,7 @@ func lowerCheckpointStall(t *testing.T, d time.Duration) {
 }
 
 // syncBuffer is a log sink safe for the log's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testenv.LogBuffer
 
 // TestSQLLogCheckpointStallAlert: entries that no checkpoint covers for CheckpointStall (a
 // signer that never publishes: here another connection holds the log's lock) raise one

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"math/rand"
 	"net"
 	"net/http"
@@ -43,6 +44,12 @@ import (
 // a Transport that puts every user's request on at most conns upstream connections.
 func a26GoProxy(t *testing.T, backend string, conns int) string {
 	t.Helper()
+	return a26GoProxyLogged(t, backend, conns, io.Discard)
+}
+
+// a26GoProxyLogged is a26GoProxy with the proxy's error log written to errlog.
+func a26GoProxyLogged(t *testing.T, backend string, conns int, errlog io.Writer) string {
+	t.Helper()
 	target, err := url.Parse("http://" + backend)
 	if err != nil {
 		t.Fatal(err)
@@ -52,7 +59,7 @@ func a26GoProxy(t *testing.T, backend string, conns int) string {
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.Out.Host = pr.In.Host },
 		Transport: tr,
-		ErrorLog:  log.New(io.Discard, "", 0),
+		ErrorLog:  log.New(errlog, "proxy: ", log.Lmicroseconds),
 	}
 	return a24Std(t, rp, nil)
 }
@@ -390,11 +397,16 @@ func a26HonestRun(t *testing.T, addr string, honest, hostile, rounds int) []stri
 // set framing headers in odd spellings, leave bodies unread or wrapped, write 1 MiB, set
 // deadlines, ask for 101. Every honest user must read exactly its own answer, 200.
 func TestAttack26ProxyQueuePoisoning(t *testing.T) {
-	_, backend := a24H1(t, a26Backend(), func(s *Server) { s.Log = nil })
+	// Both logs go to one buffer, printed when an honest answer goes wrong: seen under
+	// load (1 in ~40–300 runs raced beside two busy loops), an honest /echo-stream answer
+	// through httputil cut after its first part, "unexpected EOF" — not explained yet
+	// (PERFORMANCE, thirty-seventh session).
+	var logs testenv.LogBuffer
+	_, backend := a24H1(t, a26Backend(), func(s *Server) { s.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
 	t.Run("go-reverseproxy", func(t *testing.T) {
-		addr := a26GoProxy(t, backend, 2)
+		addr := a26GoProxyLogged(t, backend, 2, &logs)
 		if bad := a26HonestRun(t, addr, 6, 4, 30); len(bad) > 0 {
-			t.Errorf("%d honest requests through httputil.ReverseProxy did not read their own answer; first: %q", len(bad), a24Trunc(bad[:min(len(bad), 5)]))
+			t.Errorf("%d honest requests through httputil.ReverseProxy did not read their own answer; first: %q\nthe proxy's and our server's logs: %.6000s", len(bad), a24Trunc(bad[:min(len(bad), 5)]), a26Tail(logs.String(), 6000))
 		}
 	})
 	t.Run("nginx", func(t *testing.T) {

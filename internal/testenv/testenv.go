@@ -4,8 +4,10 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -61,4 +63,24 @@ func StatisticsOnly(t testing.TB) {
 	if Race {
 		t.Skip("one goroutine of statistics: run without -race (scripts/test's second pass)")
 	}
+}
+
+// LogBuffer is a log sink that many goroutines can write at once (a slog handler's, a
+// log.Logger's), read back by the test.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String is everything written so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
