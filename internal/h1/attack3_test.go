@@ -402,7 +402,9 @@ func TestAttack26ProxyQueuePoisoning(t *testing.T) {
 	// through httputil cut after its first part, "unexpected EOF" — not explained yet
 	// (PERFORMANCE, thirty-seventh session).
 	var logs testenv.LogBuffer
-	_, backend := a24H1(t, a26Backend(), func(s *Server) { s.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
+	_, backend := a24H1(t, a26Backend(), func(s *Server) {
+		s.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
 	t.Run("go-reverseproxy", func(t *testing.T) {
 		addr := a26GoProxyLogged(t, backend, 2, &logs)
 		if bad := a26HonestRun(t, addr, 6, 4, 30); len(bad) > 0 {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -75,6 +76,12 @@ func (c *conn) answer(req *http.Request, cancel context.CancelFunc) bool {
 	c.s.Handler.ServeHTTP(w, req)
 	c.unwatch()
 	w.finish()
+	if (w.err != nil || c.peerGone.Load()) && c.s.Log != nil && c.s.Log.Enabled(req.Context(), slog.LevelDebug) {
+		// Why an answer ended short of its end: the write's error, or the client seen gone
+		// by the watch. The path only: a query may carry what is not ours to log.
+		c.s.Log.Debug("h1: answer ended early", "remote", c.remote, "method", req.Method, "path", req.URL.Path,
+			"written", w.written, "err", w.err, "peer_gone", c.peerGone.Load())
+	}
 	c.busySince.Store(0)
 	cancel()
 	c.resp = nil

@@ -103,6 +103,9 @@ func (c *conn) watch() {
 				// Closed, reset, or a TLS alert: the request is over. (A deadline the
 				// handler set is its own business, not the client leaving.)
 				c.peerGone.Store(true)
+				if c.s.Log != nil {
+					c.s.Log.Debug("h1: watch saw the client go", "remote", c.remote, "err", err)
+				}
 				cancel()
 			}
 			return
