@@ -55,7 +55,11 @@ for s in strongroom strongroom-off; do
 	"$b" principal add bench --tenant bench --data "$d" >>"$work/$s-setup.log" 2>&1
 	k=$("$b" key create --principal bench --data "$d" 2>>"$work/$s-setup.log")
 	[ $s = strongroom ] && key=$k
-	jq --arg u "$mock/v1" '.gateway.routes = [{model: "demo", upstreams: [$u], classification: "public"}]' "$d/config.json" >"$d/config.new" && mv "$d/config.new" "$d/config.json"
+	# ON_JQ: a jq filter applied to the log-on copy's config after the route (e.g.
+	# '.audit.request_sync_interval = "200ms"'), to measure a setting against the log off.
+	f='.gateway.routes = [{model: "demo", upstreams: [$u], classification: "public"}]'
+	[ $s = strongroom ] && [ -n "${ON_JQ:-}" ] && f="$f | $ON_JQ"
+	jq --arg u "$mock/v1" "$f" "$d/config.json" >"$d/config.new" && mv "$d/config.new" "$d/config.json"
 	bg $s "$b" --data "$d" serve --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --custody-listen 127.0.0.1:0
 	url[$s]=$(addr $s 'STRONGROOM_URL=')/chat/completions
 	eval "key_${s//-/_}=\$k"

@@ -30,6 +30,7 @@ import (
 	tmysql "github.com/transparency-dev/tessera/storage/mysql"
 	"github.com/transparency-dev/tessera/storage/posix"
 	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
 
@@ -1712,6 +1713,9 @@ func (l *Log) Close(ctx context.Context) error {
 		l.loops.Wait() // no probe writes into the directory after Close
 		err = errors.Join(err, l.catchUp(ctx))
 		l.cancel()
+		if l.db == nil {
+			awaitPOSIXTasks(ctx, l.dir)
+		}
 		l.mineMu.Lock()
 		if l.mineF != nil {
 			l.mineF.Close() // what it holds is checked at the next start
@@ -1725,6 +1729,50 @@ func (l *Log) Close(ctx context.Context) error {
 		}
 	})
 	return err
+}
+
+// posixTaskLocks are the lock files, in a local log's .state, that tessera's POSIX driver
+// holds while a task of its own writes the log: an integration (treeState), a checkpoint
+// publication (publish), a garbage collection (gcState).
+var posixTaskLocks = []string{"treeState.lock", "publish.lock", "gcState.lock"}
+
+// posixTaskWait bounds awaitPOSIXTasks: the longest task, a checkpoint publication, waits
+// on its witnesses for at most their timeout (Config.WitnessTimeout, seconds).
+const posixTaskWait = 30 * time.Second
+
+// awaitPOSIXTasks waits (until ctx ends) for the tasks of tessera's POSIX driver that are
+// in flight when its context is cancelled: they stop only at their next turn, and nothing
+// of tessera's says when; one that runs on wrote its state files into the directory after
+// Close returned (a test's temporary directory failed to be removed: "directory not
+// empty"). Each task holds its lock file (a process-associated fcntl lock) while it
+// writes; an open file description lock conflicts with those even within one process, so
+// taking each in turn waits for the task holding it. A task that has not taken its lock
+// yet when this passes is not waited for. The wait is bounded (posixTaskWait) besides ctx:
+// a task of this process's takes far less, and a lock held longer is another's.
+func awaitPOSIXTasks(ctx context.Context, dir string) {
+	ctx, cancel := context.WithTimeout(ctx, posixTaskWait)
+	defer cancel()
+	for _, name := range posixTaskLocks {
+		f, err := os.OpenFile(filepath.Join(dir, ".state", name), os.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue // never taken: no task of that kind ran
+		}
+		got := make(chan struct{})
+		go func() {
+			defer close(got)
+			lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+			for unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLKW, &lk) == unix.EINTR {
+			}
+			// Closing drops this lock, and any process-associated lock this process holds on
+			// the file: none, as ours was granted.
+			f.Close()
+		}()
+		select {
+		case <-got:
+		case <-ctx.Done():
+			return // the goroutine closes its file once the lock comes
+		}
+	}
 }
 
 // quietDependencies stops tessera's klog from writing to stderr: the CLI's stderr carries

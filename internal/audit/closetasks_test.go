@@ -1,0 +1,169 @@
+package audit
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestCloseWaitsForTesseraTask: a task of tessera's POSIX driver in flight when the log
+// closes — holding its lock file, as each does while it writes the log's state — is
+// waited for: Close does not return before it lets go. (Without the wait, such a task
+// wrote into .state after Close returned, and a test's temporary directory could not be
+// removed: "unlinkat …/log/.state: directory not empty".) The task is stood in for by a
+// child process holding the lock tessera takes (fcntl F_SETLKW) on each lock file in turn:
+// a lock of this process's own would be dropped by any close of the file here.
+func TestCloseWaitsForTesseraTask(t *testing.T) {
+	for _, name := range posixTaskLocks {
+		t.Run(name, func(t *testing.T) {
+			tl := openTestLog(t)
+			tl.record(t, 3)
+			// Published first: Close's shutdown waits for a checkpoint covering them, and
+			// tessera's publisher would wait on the child's lock.
+			for {
+				if st, err := tl.verify(nil); err == nil && st.Size >= 3 {
+					break
+				}
+				time.Sleep(10 * time.Millisecond) // a poll's pace, not a bound
+			}
+			p := filepath.Join(tl.dir, ".state", name)
+			hold := holdLock(t, p)
+			closed := make(chan error, 1)
+			go func() { closed <- tl.log.Close(context.Background()) }()
+			// Readiness, not a sleep: the kernel lists Close's lock request (an open file
+			// description lock) as blocked on the file, or Close returned without waiting.
+			st, err := os.Stat(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ino := st.Sys().(*syscall.Stat_t).Ino
+			for !blockedOn(t, ino) {
+				select {
+				case err := <-closed:
+					t.Fatalf("Close returned (err %v) while a tessera task held %s", err, name)
+				case <-time.After(5 * time.Millisecond): // a poll's pace, not a bound
+				}
+			}
+			select {
+			case err := <-closed:
+				t.Fatalf("Close returned (err %v) while a tessera task held %s", err, name)
+			default:
+			}
+			hold() // the task ends: its lock goes with its process
+			if err := <-closed; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// holdLock has a child process take a process-associated write lock on p (created), as
+// tessera's lockFile does, and returns what ends the child (its lock with it).
+func holdLock(t *testing.T, p string) (release func()) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHoldLockHelper$", "-test.v=false")
+	cmd.Env = append(os.Environ(), "AUDIT_HOLD_LOCK="+p)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	if line != "locked\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("lock holder: %q", line)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			stdin.Close()
+			cmd.Wait()
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// TestHoldLockHelper is holdLock's child: it locks AUDIT_HOLD_LOCK, says so, and holds the
+// lock until its stdin ends.
+func TestHoldLockHelper(t *testing.T) {
+	p := os.Getenv("AUDIT_HOLD_LOCK")
+	if p == "" {
+		t.Skip("a helper process (holdLock)")
+	}
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLKW, &lk); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("locked")
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// blockedOn reports whether /proc/locks lists an open file description lock request (what
+// awaitPOSIXTasks asks; tessera's are process-associated) blocked on inode ino.
+func blockedOn(t *testing.T, ino uint64) bool {
+	t.Helper()
+	f, err := os.Open("/proc/locks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := fmt.Sprintf(":%d ", ino)
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if l := sc.Text(); strings.Contains(l, "-> OFDLCK") && strings.Contains(l, want) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestAwaitPOSIXTasksEndsWithContext: a task that never lets go holds Close only until
+// Close's context ends.
+func TestAwaitPOSIXTasksEndsWithContext(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, ".state"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, ".state", posixTaskLocks[0])
+	holdLock(t, p)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { awaitPOSIXTasks(ctx, dir); close(done) }()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for !blockedOn(t, st.Sys().(*syscall.Stat_t).Ino) {
+		select {
+		case <-done:
+			t.Fatal("awaitPOSIXTasks returned while the lock was held")
+		case <-time.After(5 * time.Millisecond): // a poll's pace, not a bound
+		}
+	}
+	cancel()
+	<-done
+}
