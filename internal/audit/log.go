@@ -93,6 +93,7 @@ type Log struct {
 	origin   string
 	dir      string
 	db       *sql.DB   // the shared engine, nil for a POSIX log
+	probeDB  *sql.DB   // db's probe: a connection of its own (openProbe)
 	scrub    *scrubber // a shared log's history walk (scrub.go), nil for a POSIX log
 	entryKey []byte    // seals appended entries (entrymac.go); nil: no MACs
 	leader   *leader   // with db: holds the checkpoint signer's lock
@@ -165,6 +166,7 @@ type Log struct {
 	// only; tempsweep.go).
 	temps     *tempSweep
 	probePath string
+	probes    atomic.Uint64 // probes done (tests wait on it)
 	// proven is set when a write to the log directory's disk succeeded — the request
 	// journal's sync (runWritten) — and taken by the next probe, which then skips its open
 	// unless probeOpenEvery has passed since the last (lastOpen: the probe's goroutine only).
@@ -316,11 +318,18 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		}
 		return nil, fmt.Errorf("audit: open log: %w", err)
 	}
+	var probeDB *sql.DB
 	if db != nil {
 		reader = trimReader{reader}
 		ls.reader.Store(&reader)
+		if probeDB, err = openProbe(cfg.DB); err != nil { // parsed before: never
+			cancel()
+			ld.release()
+			db.Close()
+			return nil, err
+		}
 	}
-	l := &Log{writes: writeWatch{stall: cfg.AppendStall}, dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
+	l := &Log{probeDB: probeDB, writes: writeWatch{stall: cfg.AppendStall}, dir: cfg.Dir, db: db, leader: ld, signer: ls, probePath: filepath.Join(cfg.Dir, ".state", "strongroom.probe"), recent: map[uint64]store.AuditEvent{}, add: app.Add, shutdown: shutdown, cancel: cancel, reader: reader, idx: cfg.Index, log: cfg.Logger,
 		origin: cfg.Signer.Name(), entryKey: cfg.EntryKey, stop: make(chan struct{}), bundles: cfg.Bundles, bundleRecs: map[string]keptRecords{},
 		witnesses: cfg.Witnesses, witnessTimeout: cfg.WitnessTimeout, cpEvery: cfg.CheckpointInterval, cpStall: cmp.Or(cfg.CheckpointStall, CheckpointStall)}
 	if l.bundles == nil {
@@ -585,16 +594,18 @@ const probeOpenEvery = time.Second
 
 // probe opens (creating) a file beside tessera's lock file for writing. It must not be the
 // lock file itself: closing any descriptor of it would drop this process's fcntl lock.
-// A log on a shared engine is probed with a ping instead: a replica that cannot reach
-// it refuses what needs a record at once rather than after a failed append.
+// A log on a shared engine is probed with a ping instead, over a connection of the probe's
+// own (openProbe): a replica that cannot reach it refuses what needs a record at once
+// rather than after a failed append.
 func (l *Log) probe() {
 	now := time.Now()
 	l.watchWrites(now)
 	l.temps.poll(now, l.loops.Go, l.stop, l.sweptTemps)
 	var err error
+	defer l.probes.Add(1)
 	if l.db != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		if err = l.db.PingContext(ctx); err != nil {
+		if err = l.probeDB.PingContext(ctx); err != nil {
 			err = fmt.Errorf("%w: log database unreachable: %v", ErrUnavailable, err)
 		}
 		cancel()
@@ -1726,6 +1737,7 @@ func (l *Log) Close(ctx context.Context) error {
 			l.policies.leave(ctx)
 			l.leader.release() // the next replica signs without waiting for a dead socket
 			l.db.Close()
+			l.probeDB.Close()
 		}
 	})
 	return err

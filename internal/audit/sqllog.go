@@ -170,8 +170,8 @@ func RedactDSN(loc string) string {
 	return scheme + rest
 }
 
-// openSQL opens the log database and creates its tables if missing.
-func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
+// logPool is a pool of up to open connections (idle kept) to the log database at loc.
+func logPool(loc string, open, idle int) (*sql.DB, error) {
 	c, err := ParseLogDSN(loc)
 	if err != nil {
 		return nil, err
@@ -181,10 +181,19 @@ func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
 		return nil, fmt.Errorf("audit: log database %s: %v", RedactDSN(loc), err)
 	}
 	db := sql.OpenDB(conn)
-	db.SetMaxOpenConns(32)
-	db.SetMaxIdleConns(16)
+	db.SetMaxOpenConns(open)
+	db.SetMaxIdleConns(idle)
 	db.SetConnMaxLifetime(10 * time.Minute)
 	db.SetConnMaxIdleTime(sessionIdle * time.Second / 2) // before the server's wait_timeout
+	return db, nil
+}
+
+// openSQL opens the log database and creates its tables if missing.
+func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
+	db, err := logPool(loc, 32, 16)
+	if err != nil {
+		return nil, err
+	}
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	for _, q := range tesseraSchema {
@@ -195,6 +204,14 @@ func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
 	}
 	return db, nil
 }
+
+// openProbe is the log database's probe (Log.probe): a pool of its own, of one
+// connection. Pinged through the log's pool, the engine was "unreachable" whenever every
+// connection of the pool was busy for the ping's second (appends waiting on the tree's
+// lock under load, say), and the replica refused everything that needs a record while the
+// engine answered. Whether appends keep up is the write watch's to say (writeWatch); the
+// probe says whether the engine can be reached.
+func openProbe(loc string) (*sql.DB, error) { return logPool(loc, 1, 1) }
 
 // SQLBundles keeps request batches' bundles in the log database (table StrongroomBatch),
 // so that every replica serves, verifies and indexes every batch.

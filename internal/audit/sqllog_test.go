@@ -356,6 +356,45 @@ func TestSQLLogCloseWithoutSigner(t *testing.T) {
 	}
 }
 
+// TestSQLLogProbeSeesTheEngineNotThePool: a replica whose pool of connections to the log
+// database is all in use (appends waiting on the tree's lock under load, say) can still
+// reach the engine: its probe says so, and it goes on taking records. Probed through that
+// pool, the ping waited its second for a connection and the replica declared the engine
+// unreachable, refusing everything that needs a record while the engine answered.
+func TestSQLLogProbeSeesTheEngineNotThePool(t *testing.T) {
+	t.Parallel() // see sqlTestDB
+	dsn := sqlTestDB(t)
+	s, _, _ := newKeys(t, "strongroom.test/shared")
+	l := openSQLTestLog(t, dsn, s)
+	defer l.Close(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var held []*sql.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for st := l.db.Stats(); st.InUse < st.MaxOpenConnections; st = l.db.Stats() {
+		c, err := l.db.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	// Three probes begun after the pool was taken have ended (the first may have begun
+	// before): a ping through the pool fails in one.
+	for p0 := l.probes.Load(); l.probes.Load() < p0+3; {
+		if ctx.Err() != nil {
+			t.Fatal("the probe stopped")
+		}
+		time.Sleep(10 * time.Millisecond) // a poll's pace, not a bound
+	}
+	if err := l.Healthy(); err != nil {
+		t.Fatalf("with every pooled connection in use (%d held) and the engine up: %v", len(held), err)
+	}
+}
+
 // TestSignedBy: a checkpoint signed by the replica's key (beside a witness's cosignature)
 // is recognized; one signed by another key of the same name, a line with this key's name
 // and hash over a made-up signature, or unsigned text, is not.
