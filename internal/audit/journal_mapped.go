@@ -78,12 +78,15 @@ func (j *journal) room() int64 {
 }
 
 // DefaultSyncEvery is how often written records are synced (BatcherConfig.SyncEvery):
-// the most a host crash (power, the kernel) can lose of answered requests' records. It was
-// 50 ms until the thirty-fourth session; at 100 ms the log costs ~2 % less CPU a request
-// (the 50 ms build ÷ this one 1.02, paired, docs/PERFORMANCE.md), toward the 10 %
-// budget — request records are many and each matters little alone. Security decisions
-// are synced before they take effect either way; "synced" durability has no window.
-const DefaultSyncEvery = 100 * time.Millisecond
+// the most a host crash (power, the kernel) can lose of answered requests' records; a
+// process crash loses nothing (the shadow on tmpfs). It was 50 ms until the thirty-fourth
+// session and 100 ms until the thirty-eighth; each doubling took about half of the sync's
+// share of the log's CPU a request (log on ÷ off, paired, 14 rounds each: 1.113 at 100
+// ms, 1.093 at 200 ms; docs/PERFORMANCE.md), toward the 10 % budget — request
+// records are many and each matters little alone, and PostgreSQL's asynchronous commit
+// accepts up to three times its 200 ms wal_writer_delay. Security decisions are synced
+// before they take effect either way; "synced" durability has no window.
+const DefaultSyncEvery = 200 * time.Millisecond
 
 // ShadowBase is the tmpfs under which journals keep their open segments' shadows
 // (shadowRootFor); "" (no tmpfs at /dev/shm): records are written to the segment with

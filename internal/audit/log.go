@@ -583,7 +583,7 @@ func (l *Log) Signer() bool { return l.leader == nil || l.leader.held.Load() }
 const probeEvery = 50 * time.Millisecond
 
 // probeOpenEvery is the longest the probe goes without opening its file while the request
-// journal's syncs prove the disk takes writes (a sync every 50 ms under load): a sync
+// journal's syncs prove the disk takes writes (one every DefaultSyncEvery under load): a sync
 // proves what the open does — the directory's file system is writable and not out of
 // space for what was written — but not that the process can still open files, which
 // tessera needs (it panics when it cannot open its lock file). Under load each open

@@ -256,7 +256,7 @@ type Audit struct {
 	// RequestDurability is when a request record (with a log on local disk) is durable
 	// before its answer completes: "written" (the default) — copied by the request into
 	// the open journal segment's shadow on tmpfs: it survives the process (kill -9, a
-	// crash) at once and the host after RequestSyncInterval (default 100ms), the interval
+	// crash) at once and the host after RequestSyncInterval (default 200ms), the interval
 	// a power loss or kernel crash can lose (audit/journal_mapped.go); "synced" — a group
 	// commit: every answer waits for its group's fdatasync. Security decisions are synced
 	// before they take effect either way. Not used with log_db (a fleet's records go to

@@ -11,6 +11,7 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"os"
@@ -56,12 +58,54 @@ func a26GoProxyLogged(t *testing.T, backend string, conns int, errlog io.Writer)
 	}
 	tr := &http.Transport{MaxConnsPerHost: conns, MaxIdleConnsPerHost: conns, DisableCompression: true}
 	t.Cleanup(tr.CloseIdleConnections)
+	l := log.New(errlog, "proxy: ", log.Lmicroseconds)
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.Out.Host = pr.In.Host },
-		Transport: tr,
-		ErrorLog:  log.New(errlog, "proxy: ", log.Lmicroseconds),
+		Transport: a26TracedRT{rt: tr, log: l},
+		ErrorLog:  l,
 	}
 	return a24Std(t, rp, nil)
+}
+
+// a26TracedRT logs, for an upstream answer whose body breaks, the request's path, the
+// upstream connection it went on (reused or new, idle how long), and its context's state.
+type a26TracedRT struct {
+	rt  http.RoundTripper
+	log *log.Logger
+}
+
+func (a a26TracedRT) RoundTrip(req *http.Request) (*http.Response, error) {
+	if a.log.Writer() == io.Discard {
+		return a.rt.RoundTrip(req)
+	}
+	var conn atomic.Value
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
+		conn.Store(fmt.Sprintf("local=%s reused=%v idle=%v/%v", i.Conn.LocalAddr(), i.Reused, i.WasIdle, i.IdleTime))
+	}}
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
+	resp, err := a.rt.RoundTrip(req)
+	if err != nil {
+		a.log.Printf("trace: %s %s: round trip: %v (%v; ctx %v)", req.Method, req.URL.Path, err, conn.Load(), context.Cause(req.Context()))
+		return nil, err
+	}
+	resp.Body = &a26TracedBody{ReadCloser: resp.Body, what: func(err error) string {
+		return fmt.Sprintf("trace: %s %s: body: %v (%v; ctx %v)", req.Method, req.URL.Path, err, conn.Load(), context.Cause(req.Context()))
+	}, log: a.log}
+	return resp, nil
+}
+
+type a26TracedBody struct {
+	io.ReadCloser
+	what func(error) string
+	log  *log.Logger
+}
+
+func (b *a26TracedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.log.Print(b.what(err))
+	}
+	return n, err
 }
 
 // a26Nginx runs nginx (found on PATH — scripts/test installs it; without it the test skips,
@@ -408,7 +452,7 @@ func TestAttack26ProxyQueuePoisoning(t *testing.T) {
 	t.Run("go-reverseproxy", func(t *testing.T) {
 		addr := a26GoProxyLogged(t, backend, 2, &logs)
 		if bad := a26HonestRun(t, addr, 6, 4, 30); len(bad) > 0 {
-			t.Errorf("%d honest requests through httputil.ReverseProxy did not read their own answer; first: %q\nthe lines of both logs about honest paths or a broken body copy:\n%s\nthe logs' tail: %.6000s", len(bad), a24Trunc(bad[:min(len(bad), 5)]), a26Lines(logs.String(), "path=/echo", "body copy"), a26Tail(logs.String(), 6000))
+			t.Errorf("%d honest requests through httputil.ReverseProxy did not read their own answer; first: %q\nthe lines of both logs about honest paths or a broken body copy:\n%s\nthe logs' tail: %.6000s", len(bad), a24Trunc(bad[:min(len(bad), 5)]), a26Lines(logs.String(), "path=/echo", "body copy", "trace: POST /echo", "trace: GET /echo"), a26Tail(logs.String(), 6000))
 		}
 	})
 	t.Run("nginx", func(t *testing.T) {
