@@ -52,6 +52,14 @@ func a26GoProxy(t *testing.T, backend string, conns int) string {
 // a26GoProxyLogged is a26GoProxy with the proxy's error log written to errlog.
 func a26GoProxyLogged(t *testing.T, backend string, conns int, errlog io.Writer) string {
 	t.Helper()
+	return a26GoProxyTraced(t, backend, conns, errlog, nil)
+}
+
+// a26GoProxyTraced is a26GoProxyLogged that also notes, in selfClosed, the X-Secret of each
+// request whose answer the proxy's own Transport cut by closing the upstream connection
+// under it (a26TracedRT).
+func a26GoProxyTraced(t *testing.T, backend string, conns int, errlog io.Writer, selfClosed *sync.Map) string {
+	t.Helper()
 	target, err := url.Parse("http://" + backend)
 	if err != nil {
 		t.Fatal(err)
@@ -61,7 +69,7 @@ func a26GoProxyLogged(t *testing.T, backend string, conns int, errlog io.Writer)
 	l := log.New(errlog, "proxy: ", log.Lmicroseconds)
 	rp := &httputil.ReverseProxy{
 		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target); pr.Out.Host = pr.In.Host },
-		Transport: a26TracedRT{rt: tr, log: l},
+		Transport: a26TracedRT{rt: tr, log: l, selfClosed: selfClosed},
 		ErrorLog:  l,
 	}
 	return a24Std(t, rp, nil)
@@ -69,18 +77,32 @@ func a26GoProxyLogged(t *testing.T, backend string, conns int, errlog io.Writer)
 
 // a26TracedRT logs, for an upstream answer whose body breaks, the request's path, the
 // upstream connection it went on (reused or new, idle how long), and its context's state.
+//
+// It also recognizes one failure as the proxy's own (selfClosed, when set): the body's read
+// fails because the proxy's Transport closed the connection itself (net.ErrClosed), on a
+// connection handed straight from the request before it (reused, never idle), while this
+// request's context is live. That is net/http's Transport racing itself: when an answer
+// without a body comes (a 204, a Content-Length of 0), its read loop hands the connection
+// to the next waiting request before it gives the answer to its own request; if that
+// request's context ends just then, its round trip finds no answer yet and closes the
+// connection — the next request's now (golang/go#9496, #41600). Seen ~1 run in 200 of
+// round 26 raced under load, an honest streamed answer cut after its first part; our
+// server had logged nothing wrong with it (thirty-eighth session).
 type a26TracedRT struct {
-	rt  http.RoundTripper
-	log *log.Logger
+	rt         http.RoundTripper
+	log        *log.Logger
+	selfClosed *sync.Map // X-Secret → the trace line
 }
 
 func (a a26TracedRT) RoundTrip(req *http.Request) (*http.Response, error) {
-	if a.log.Writer() == io.Discard {
+	if a.log.Writer() == io.Discard && a.selfClosed == nil {
 		return a.rt.RoundTrip(req)
 	}
 	var conn atomic.Value
+	var handedOn atomic.Bool // reused, never idle: straight from the request before it
 	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) {
 		conn.Store(fmt.Sprintf("local=%s reused=%v idle=%v/%v", i.Conn.LocalAddr(), i.Reused, i.WasIdle, i.IdleTime))
+		handedOn.Store(i.Reused && !i.WasIdle)
 	}}
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
 	resp, err := a.rt.RoundTrip(req)
@@ -89,7 +111,11 @@ func (a a26TracedRT) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp.Body = &a26TracedBody{ReadCloser: resp.Body, what: func(err error) string {
-		return fmt.Sprintf("trace: %s %s: body: %v (%v; ctx %v)", req.Method, req.URL.Path, err, conn.Load(), context.Cause(req.Context()))
+		line := fmt.Sprintf("trace: %s %s: body: %v (%v; ctx %v)", req.Method, req.URL.Path, err, conn.Load(), context.Cause(req.Context()))
+		if a.selfClosed != nil && errors.Is(err, net.ErrClosed) && handedOn.Load() && context.Cause(req.Context()) == nil {
+			a.selfClosed.Store(req.Header.Get("X-Secret"), line)
+		}
+		return line
 	}, log: a.log}
 	return resp, nil
 }
@@ -363,16 +389,28 @@ func a26Hostile(addr string, hc *http.Client, rnd *rand.Rand) {
 	}
 }
 
+// a26Bad is an honest request that did not read its own answer: its secret, and what it got.
+type a26Bad struct{ secret, what string }
+
+// a26Whats is what the first (at most) n of bad got.
+func a26Whats(bad []a26Bad, n int) []string {
+	var out []string
+	for _, b := range bad[:min(len(bad), n)] {
+		out = append(out, b.what)
+	}
+	return out
+}
+
 // a26HonestRun drives honest clients (each request with a secret of its own in a header,
 // the query and the body) and hostile ones at the proxy at addr; it returns every honest
 // request whose answer was not exactly its own.
-func a26HonestRun(t *testing.T, addr string, honest, hostile, rounds int) []string {
+func a26HonestRun(t *testing.T, addr string, honest, hostile, rounds int) []a26Bad {
 	t.Helper()
 	tr := &http.Transport{MaxIdleConnsPerHost: honest + hostile, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: a24Wait}
 	var mu sync.Mutex
-	var bad []string
+	var bad []a26Bad
 	var wg sync.WaitGroup
 	pad := strings.Repeat("p", 6000)
 	for g := 0; g < honest; g++ {
@@ -413,7 +451,7 @@ func a26HonestRun(t *testing.T, addr string, honest, hostile, rounds int) []stri
 					got = got[:400] + "..."
 				}
 				mu.Lock()
-				bad = append(bad, fmt.Sprintf("%s %s: got %s", req.Method, req.URL.Path, got))
+				bad = append(bad, a26Bad{secret: secret, what: fmt.Sprintf("%s %s: got %s", req.Method, req.URL.Path, got)})
 				mu.Unlock()
 			}
 		}(g)
@@ -441,24 +479,35 @@ func a26HonestRun(t *testing.T, addr string, honest, hostile, rounds int) []stri
 // set framing headers in odd spellings, leave bodies unread or wrapped, write 1 MiB, set
 // deadlines, ask for 101. Every honest user must read exactly its own answer, 200.
 func TestAttack26ProxyQueuePoisoning(t *testing.T) {
-	// Both logs go to one buffer, printed when an honest answer goes wrong: seen under
-	// load (1 in ~40–300 runs raced beside two busy loops), an honest /echo-stream answer
-	// through httputil cut after its first part, "unexpected EOF" — not explained yet
-	// (PERFORMANCE, thirty-seventh session).
+	// Both logs go to one buffer, printed when an honest answer goes wrong. Under load
+	// (~1 run in 200 raced beside two busy loops) an honest /echo-stream answer through
+	// httputil was cut after its first part: the proxy's own Transport closing the
+	// connection it had just handed to the request (a26TracedRT; thirty-eighth session).
+	// Such a cut, recognized by its trace, is logged and not held against our server;
+	// any other fails the test.
 	var logs testenv.LogBuffer
 	_, backend := a24H1(t, a26Backend(), func(s *Server) {
 		s.Log = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
 	t.Run("go-reverseproxy", func(t *testing.T) {
-		addr := a26GoProxyLogged(t, backend, 2, &logs)
-		if bad := a26HonestRun(t, addr, 6, 4, 30); len(bad) > 0 {
-			t.Errorf("%d honest requests through httputil.ReverseProxy did not read their own answer; first: %q\nthe lines of both logs about honest paths or a broken body copy:\n%s\nthe logs' tail: %.6000s", len(bad), a24Trunc(bad[:min(len(bad), 5)]), a26Lines(logs.String(), "path=/echo", "body copy", "trace: POST /echo", "trace: GET /echo"), a26Tail(logs.String(), 6000))
+		var selfClosed sync.Map
+		addr := a26GoProxyTraced(t, backend, 2, &logs, &selfClosed)
+		var bad []a26Bad
+		for _, b := range a26HonestRun(t, addr, 6, 4, 30) {
+			if line, ok := selfClosed.Load(b.secret); ok {
+				t.Logf("an honest answer cut by the proxy's own Transport, not our server (golang/go#9496, #41600: it closed the connection it had handed to the request): %.200s\n  %s", b.what, line)
+				continue
+			}
+			bad = append(bad, b)
+		}
+		if len(bad) > 0 {
+			t.Errorf("%d honest requests through httputil.ReverseProxy did not read their own answer; first: %q\nthe lines of both logs about honest paths or a broken body copy:\n%s\nthe logs' tail: %.6000s", len(bad), a24Trunc(a26Whats(bad, 5)), a26Lines(logs.String(), "path=/echo", "body copy", "trace: POST /echo", "trace: GET /echo"), a26Tail(logs.String(), 6000))
 		}
 	})
 	t.Run("nginx", func(t *testing.T) {
 		addr, errlog := a26Nginx(t, backend, 2)
 		if bad := a26HonestRun(t, addr, 6, 4, 30); len(bad) > 0 {
-			t.Errorf("%d honest requests through nginx did not read their own answer; first: %q\nnginx log tail: %.3000s", len(bad), a24Trunc(bad[:min(len(bad), 5)]), a26Tail(errlog(), 3000))
+			t.Errorf("%d honest requests through nginx did not read their own answer; first: %q\nnginx log tail: %.3000s", len(bad), a24Trunc(a26Whats(bad, 5)), a26Tail(errlog(), 3000))
 		}
 	})
 }
