@@ -78,14 +78,15 @@ func a26GoProxyTraced(t *testing.T, backend string, conns int, errlog io.Writer,
 // a26TracedRT logs, for an upstream answer whose body breaks, the request's path, the
 // upstream connection it went on (reused or new, idle how long), and its context's state.
 //
-// It also recognizes one failure as the proxy's own (selfClosed, when set): the body's read
-// fails because the proxy's Transport closed the connection itself (net.ErrClosed), on a
-// connection handed straight from the request before it (reused, never idle), while this
-// request's context is live. That is net/http's Transport racing itself: when an answer
-// without a body comes (a 204, a Content-Length of 0), its read loop hands the connection
-// to the next waiting request before it gives the answer to its own request; if that
-// request's context ends just then, its round trip finds no answer yet and closes the
-// connection — the next request's now (golang/go#9496, #41600). Seen ~1 run in 200 of
+// It also recognizes one failure as the proxy's own (selfClosed, when set): the round trip
+// or the body's read fails because the proxy's Transport closed the connection itself
+// (net.ErrClosed), on a connection handed straight from the request before it (reused,
+// never idle), while this request's context is live. Only the Transport closes its own
+// connection; the known way it closes one it has handed on is a race of its own: when an
+// answer without a body comes (a 204, a Content-Length of 0), its read loop hands the
+// connection to the next waiting request before it gives the answer to its own request;
+// if that request's context ends just then, its round trip finds no answer yet and closes
+// the connection — the next request's now (golang/go#9496, #41600). Seen ~1 run in 200 of
 // round 26 raced under load, an honest streamed answer cut after its first part; our
 // server had logged nothing wrong with it (thirty-eighth session).
 type a26TracedRT struct {
@@ -105,18 +106,19 @@ func (a a26TracedRT) RoundTrip(req *http.Request) (*http.Response, error) {
 		handedOn.Store(i.Reused && !i.WasIdle)
 	}}
 	req = req.WithContext(httptrace.WithClientTrace(req.Context(), trace))
-	resp, err := a.rt.RoundTrip(req)
-	if err != nil {
-		a.log.Printf("trace: %s %s: round trip: %v (%v; ctx %v)", req.Method, req.URL.Path, err, conn.Load(), context.Cause(req.Context()))
-		return nil, err
-	}
-	resp.Body = &a26TracedBody{ReadCloser: resp.Body, what: func(err error) string {
-		line := fmt.Sprintf("trace: %s %s: body: %v (%v; ctx %v)", req.Method, req.URL.Path, err, conn.Load(), context.Cause(req.Context()))
+	note := func(where string, err error) string {
+		line := fmt.Sprintf("trace: %s %s: %s: %v (%v; ctx %v)", req.Method, req.URL.Path, where, err, conn.Load(), context.Cause(req.Context()))
 		if a.selfClosed != nil && errors.Is(err, net.ErrClosed) && handedOn.Load() && context.Cause(req.Context()) == nil {
 			a.selfClosed.Store(req.Header.Get("X-Secret"), line)
 		}
 		return line
-	}, log: a.log}
+	}
+	resp, err := a.rt.RoundTrip(req)
+	if err != nil {
+		a.log.Print(note("round trip", err))
+		return nil, err
+	}
+	resp.Body = &a26TracedBody{ReadCloser: resp.Body, what: func(err error) string { return note("body", err) }, log: a.log}
 	return resp, nil
 }
 
