@@ -39,30 +39,20 @@ func TestCloseWaitsForTesseraTask(t *testing.T) {
 			}
 			p := filepath.Join(tl.dir, ".state", name)
 			hold := holdLock(t, p)
-			closed := make(chan error, 1)
-			go func() { closed <- tl.log.Close(context.Background()) }()
-			// Readiness, not a sleep: the kernel lists Close's lock request (an open file
-			// description lock) as blocked on the file, or Close returned without waiting.
-			st, err := os.Stat(p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ino := st.Sys().(*syscall.Stat_t).Ino
-			for !blockedOn(t, ino) {
-				select {
-				case err := <-closed:
-					t.Fatalf("Close returned (err %v) while a tessera task held %s", err, name)
-				case <-time.After(5 * time.Millisecond): // a poll's pace, not a bound
-				}
+			var closeErr error
+			closed := make(chan struct{})
+			go func() { closeErr = tl.log.Close(context.Background()); close(closed) }()
+			if !waitBlockedOn(t, p, closed) {
+				t.Fatalf("Close returned (err %v) while a tessera task held %s", closeErr, name)
 			}
 			select {
-			case err := <-closed:
-				t.Fatalf("Close returned (err %v) while a tessera task held %s", err, name)
+			case <-closed:
+				t.Fatalf("Close returned (err %v) while a tessera task held %s", closeErr, name)
 			default:
 			}
 			hold() // the task ends: its lock goes with its process
-			if err := <-closed; err != nil {
-				t.Fatal(err)
+			if <-closed; closeErr != nil {
+				t.Fatal(closeErr)
 			}
 		})
 	}
@@ -122,6 +112,25 @@ func TestHoldLockHelper(t *testing.T) {
 	io.Copy(io.Discard, os.Stdin)
 }
 
+// waitBlockedOn waits — on readiness, not a sleep — until the kernel lists an open file
+// description lock request blocked on the file at p (blockedOn), and reports true; false
+// if gone closes first (the waiter returned without waiting).
+func waitBlockedOn(t *testing.T, p string, gone <-chan struct{}) bool {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ino := st.Sys().(*syscall.Stat_t).Ino; !blockedOn(t, ino); {
+		select {
+		case <-gone:
+			return false
+		case <-time.After(5 * time.Millisecond): // a poll's pace, not a bound
+		}
+	}
+	return true
+}
+
 // blockedOn reports whether /proc/locks lists an open file description lock request (what
 // awaitPOSIXTasks asks; tessera's are process-associated) blocked on inode ino.
 func blockedOn(t *testing.T, ino uint64) bool {
@@ -153,16 +162,8 @@ func TestAwaitPOSIXTasksEndsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { awaitPOSIXTasks(ctx, dir); close(done) }()
-	st, err := os.Stat(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for !blockedOn(t, st.Sys().(*syscall.Stat_t).Ino) {
-		select {
-		case <-done:
-			t.Fatal("awaitPOSIXTasks returned while the lock was held")
-		case <-time.After(5 * time.Millisecond): // a poll's pace, not a bound
-		}
+	if !waitBlockedOn(t, p, done) {
+		t.Fatal("awaitPOSIXTasks returned while the lock was held")
 	}
 	cancel()
 	<-done
