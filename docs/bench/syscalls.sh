@@ -27,14 +27,14 @@ for _ in $(seq 1 600); do
 done
 [ -n "$pid" ] || { echo "syscalls.sh: the strongroom process did not start" >&2; exit 1; }
 sleep 5 # the warm-up (3 s) and a little of the run
-events=syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_fdatasync,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_nanosleep,syscalls:sys_enter_pwrite64
+events=syscalls:sys_enter_recvfrom,syscalls:sys_enter_sendto,syscalls:sys_enter_read,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_fdatasync,syscalls:sys_enter_futex,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_nanosleep,syscalls:sys_enter_pwrite64
 # sys_exit_read filtered on EAGAIN (-11): the reads that found nothing to read, each a
 # park on the poller and a second read later (Go's netpoll must try a read before it
 # waits: its poll reset drops a readiness that came first). Page faults and context
 # switches are the process's too.
 stat=$(perf stat -x, -e "$events,task-clock,page-faults,context-switches" \
-	-e syscalls:sys_exit_read --filter 'ret == -11' -p "$pid" -- sleep 4 2>&1 |
-	sed 's/syscalls:sys_exit_read/reads that returned EAGAIN/')
+	-e syscalls:sys_exit_read --filter 'ret == -11' -e syscalls:sys_exit_recvfrom --filter 'ret == -11' -p "$pid" -- sleep 4 2>&1 |
+	sed 's/syscalls:sys_exit_read/reads that returned EAGAIN/; s/syscalls:sys_exit_recvfrom/recvfroms that returned EAGAIN/')
 wait $peers
 rate=$(awk '/^round/ {print $4}' "$out")
 per=1

@@ -725,10 +725,20 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		// The request is only written out (DoFor): no body reader, no context of its own,
 		// and the constant headers' values shared (only read; the tracer's Set replaces).
 		req := &http.Request{Method: http.MethodPost, URL: u, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-			Header: make(http.Header, 4), Host: u.Host, ContentLength: int64(len(body))}
-		req.Header["Content-Type"] = headerJSON
-		if st.feat.Stream {
-			req.Header["Accept"] = headerEventStream
+			Host: u.Host, ContentLength: int64(len(body))}
+		if st.route.UpstreamKey == "" && !st.watermark && g.cfg.Tracer == nil {
+			// Nothing of the request's own among the headers: a map shared by all, only
+			// ever read (DoFor writes it out), not one made a request.
+			req.Header = engineHeaderJSON
+			if st.feat.Stream {
+				req.Header = engineHeaderStream
+			}
+		} else {
+			req.Header = make(http.Header, 4)
+			req.Header["Content-Type"] = headerJSON
+			if st.feat.Stream {
+				req.Header["Accept"] = headerEventStream
+			}
 		}
 		if st.route.UpstreamKey != "" {
 			req.Header.Set("Authorization", "Bearer "+st.route.UpstreamKey)
@@ -827,7 +837,11 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 var (
 	headerJSON        = []string{"application/json"}
 	headerEventStream = []string{"text/event-stream"}
-	relayedHeaders    = []string{"Content-Type", "Cache-Control", "X-Request-Id"}
+	// An engine request's headers when it has none of its own (no upstream key, watermark
+	// or trace), for an answer and for a stream: shared, never written to.
+	engineHeaderJSON   = http.Header{"Content-Type": headerJSON}
+	engineHeaderStream = http.Header{"Content-Type": headerJSON, "Accept": headerEventStream}
+	relayedHeaders     = []string{"Content-Type", "Cache-Control", "X-Request-Id"}
 )
 
 // CheckUpstream refuses an engine base URL the gateway cannot send requests to as

@@ -83,6 +83,8 @@ type engineConn struct {
 	// The strings of the last answer's header lines (h1.Recent): an engine's answers
 	// mostly repeat them.
 	recent h1.Recent
+	// deadline is the one roundTrip set last (SetDeadline: reads and writes).
+	deadline h1.Deadline
 }
 
 func (ec *engineConn) Read(p []byte) (int, error) {
@@ -178,7 +180,7 @@ func (cl *engineClient) DoFor(ctx context.Context, tenant string, req *http.Requ
 }
 
 func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http.Request, body []byte) (resp *http.Response, err error) {
-	stop := context.AfterFunc(ctx, func() { ec.c.Close() })
+	stop := afterFunc(ctx, func() { ec.c.Close() })
 	defer func() {
 		if err != nil {
 			stop()
@@ -189,8 +191,11 @@ func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http
 	}()
 	if cl.timeout > 0 {
 		// An engine that does not read the request (its body can be MiBs) holds the
-		// write, not the read: the bound covers both.
-		ec.c.SetDeadline(time.Now().Add(cl.timeout))
+		// write, not the read: the bound covers both. A connection's deadline moves
+		// only when it must (h1.Deadline).
+		if d, set := ec.deadline.Renew(time.Now(), cl.timeout); set {
+			ec.c.SetDeadline(d)
+		}
 	}
 	writeEngineRequest(ec.bw, req, body)
 	if err := ec.bw.Flush(); err != nil {
@@ -223,9 +228,19 @@ func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http
 		// request on the connection sets its own deadline, and a pooled connection whose
 		// deadline passed fails its peek and is closed.
 		ec.c.SetDeadline(time.Time{})
+		ec.deadline.Forget()
 	}
 	resp.Body = &engineBody{cl: cl, ec: ec, r: resp.Body, stop: stop, keep: !resp.Close}
 	return resp, nil
+}
+
+// afterFunc is context.AfterFunc, or the context's own when it has one (h1's request
+// context: no context, channel or map of its own — ~1.5 µs a request less under load).
+func afterFunc(ctx context.Context, f func()) (stop func() bool) {
+	if a, ok := ctx.(interface{ AfterFunc(func()) func() bool }); ok {
+		return a.AfterFunc(f)
+	}
+	return context.AfterFunc(ctx, f)
 }
 
 var errEngineHeader = errors.New("engine request: invalid header")

@@ -113,6 +113,7 @@ func (b *body) drain(limit int64) bool {
 		// The server's own read of a body no handler wanted: bounded like headers (a body
 		// trickled forever must not hold the connection; BodyTimeout may be none).
 		b.c.rw.SetReadDeadline(time.Now().Add(b.c.s.headerTimeout()))
+		b.c.readBy.Forget()
 	}
 	was := b.closed
 	b.closed = false

@@ -104,7 +104,7 @@ func (c *conn) readRequest(ctx context.Context) (*http.Request, error) {
 		return nil, bad("malformed request line")
 	}
 	r := blankRequest.WithContext(ctx)
-	r.Method, r.Header, r.RemoteAddr, r.TLS = internMethod(method), make(http.Header, 12), c.remote, c.tls
+	r.Method, r.Header, r.RemoteAddr, r.TLS = internMethod(method), make(http.Header, c.headerHint()), c.remote, c.tls
 	if len(target) == 0 || (target[0] != '/' && !(string(target) == "*" && r.Method == http.MethodOptions)) {
 		return nil, bad("the request target is not a path")
 	}
@@ -183,8 +183,9 @@ func asciiEqualFold(a, b string) bool {
 }
 
 func (c *conn) readHeaders(r *http.Request, left *int) error {
-	vals := make([]string, 0, 16) // one backing array for the values (as net/http does)
+	vals := make([]string, 0, c.headerHint()) // one backing array for the values (as net/http does)
 	lines := 0
+	defer func() { c.headers = lines }()
 	for {
 		line, err := c.readLine(left)
 		if err != nil {
@@ -209,6 +210,18 @@ func (c *conn) readHeaders(r *http.Request, left *int) error {
 		vals = append(vals, v)
 		r.Header[key] = vals[len(vals)-1 : len(vals) : len(vals)]
 	}
+}
+
+// headerHint is how many header lines the connection's last request had (its client's
+// next request mostly has as many): the size the header map and its values are made
+// with. A map made for more than 8 is a table of groups from the start, made for 8 or fewer
+// a single group (the thirty-ninth session's profile: a map made for 12, for requests
+// that had 4, cost ~0.7 µs a request under load).
+func (c *conn) headerHint() int {
+	if c.headers == 0 {
+		return 8
+	}
+	return min(c.headers, 100)
 }
 
 // HeaderLine splits a header (or trailer) line into its name and its value, trimmed:
@@ -305,6 +318,7 @@ func (c *conn) setBody(r *http.Request) error {
 				d = time.Now().Add(t)
 			}
 			c.rw.SetReadDeadline(d)
+			c.readBy.Forget()
 		}
 	}
 	return nil

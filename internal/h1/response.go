@@ -2,7 +2,6 @@ package h1
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -32,9 +31,9 @@ var streamWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 
 type response struct {
 	c         *conn
 	req       *http.Request
-	reqBody   *body              // the request's, as read (nil: none)
-	cancel    context.CancelFunc // the request's context
-	deadlines bool               // the handler set a read or write deadline
+	reqBody   *body   // the request's, as read (nil: none)
+	ctx       *reqCtx // the request's context
+	deadlines bool    // the handler set a read or write deadline
 	header    http.Header
 	status    int
 	sent      bool // status line and headers are in c.bw
@@ -57,20 +56,23 @@ type response struct {
 // errAfterReturn is what a ResponseWriter's methods return once its handler has returned.
 var errAfterReturn = errors.New("h1: the response was used after its handler returned")
 
-// answer runs the handler on req, whose context's cancel is cancel.
-func (c *conn) answer(req *http.Request, cancel context.CancelFunc) bool {
+// answer runs the handler on req, whose context is rc.
+func (c *conn) answer(req *http.Request, rc *reqCtx) bool {
 	b, _ := req.Body.(*body)
 	// The body is kept here, not looked up in req when the answer goes out: a handler may
 	// replace r.Body (http.MaxBytesReader, io.LimitReader) and leave bytes unread behind it.
-	w := &response{c: c, req: req, reqBody: b, cancel: cancel, header: make(http.Header, 4), declared: -1, close: req.Close, hold: c.hold[:0]}
+	w := &response{c: c, req: req, reqBody: b, ctx: rc, header: make(http.Header, 4), declared: -1, close: req.Close, hold: c.hold[:0]}
 	if b != nil {
 		b.req = req
 	}
 	c.resp = w
 	c.bodyRead.Store(b == nil)
 	c.watchMu.Lock()
-	c.req, c.cancelReq = req, cancel
+	c.req, c.reqCtx = req, rc
 	c.watchMu.Unlock()
+	if c.s.base.Err() != nil {
+		rc.cancel() // the server closed before endRequest could see the request
+	}
 	c.busySince.Store(time.Now().UnixNano())
 	c.s.watchLater()
 	c.s.Handler.ServeHTTP(w, req)
@@ -83,12 +85,13 @@ func (c *conn) answer(req *http.Request, cancel context.CancelFunc) bool {
 			"written", w.written, "err", w.err, "peer_gone", c.peerGone.Load())
 	}
 	c.busySince.Store(0)
-	cancel()
+	rc.cancel()
 	c.resp = nil
 	if w.deadlines {
 		// A handler's deadlines end with its request (net/http's rule).
 		c.rw.SetReadDeadline(time.Time{})
 		c.rw.SetWriteDeadline(time.Time{})
+		c.readBy.Forget()
 	}
 	if b != nil {
 		b.closed = true // a read after the handler returned fails, as net/http's does
@@ -213,7 +216,7 @@ func (w *response) failed() {
 	if w.err != nil {
 		w.close = true
 		w.c.peerGone.Store(true)
-		w.cancel()
+		w.ctx.cancel()
 	}
 }
 

@@ -128,13 +128,12 @@ func temporary(err error) bool {
 
 func (s *Server) newConn(rw net.Conn) *conn {
 	c := &conn{s: s, rw: rw, remote: rw.RemoteAddr().String()}
-	c.ctx, c.cancel = context.WithCancel(s.base)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutting.Load() {
-		c.cancel()
 		return nil
 	}
+	c.stopEnd = context.AfterFunc(s.base, c.endRequest)
 	s.conns[c] = struct{}{}
 	s.running.Add(1)
 	return c
@@ -245,25 +244,30 @@ type conn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	state  atomic.Int32
-	ctx    context.Context // the connection's: ends when it closes
-	cancel context.CancelFunc
-	hold   []byte    // a response's held bytes (response.go)
-	resp   *response // the answer being given (a body's 100 Continue looks at it)
-	linger bool      // a request's body was left unread: close gently (lingerClose)
+	// stopEnd stops the server's end (Close) from calling endRequest once the connection
+	// has ended.
+	stopEnd func() bool
+	hold    []byte    // a response's held bytes (response.go)
+	resp    *response // the answer being given (a body's 100 Continue looks at it)
+	linger  bool      // a request's body was left unread: close gently (lingerClose)
 	// The request being answered, and the watch for its client's close (watch.go).
 	busySince atomic.Int64 // unix ns its handler started; 0: none runs
 	watchMu   sync.Mutex
-	req       *http.Request      // watchMu
-	cancelReq context.CancelFunc // watchMu
-	watching  bool               // watchMu
-	watchDone bool               // watchMu: the handler returned
+	req       *http.Request // watchMu
+	reqCtx    *reqCtx       // watchMu
+	watching  bool          // watchMu
+	watchDone bool          // watchMu: the handler returned
 	watchEnd  chan struct{}
 	watchStop chan struct{} // closed by unwatch: ends a watch that polls for a hang-up
 	peerGone  atomic.Bool
 	watchSaw  atomic.Int64 // bytes the running watch has seen buffered (the next request's)
 	bodyRead  atomic.Bool  // the request's body was read to its end: the reader is free
 	// The strings of the last request's target and header lines (its reading goroutine's).
-	recent Recent
+	recent  Recent
+	headers int // header lines of the last request read (headerHint)
+	// readBy is the read deadline next() set last (the connection's goroutine's); every
+	// other setting of the read deadline forgets it.
+	readBy Deadline
 }
 
 func (s *Server) headerTimeout() time.Duration {
@@ -306,7 +310,7 @@ func (c *conn) serve() {
 			w.done = true
 			w.mu.Unlock()
 		}
-		c.cancel()
+		c.stopEnd()
 		if c.linger {
 			c.lingerClose()
 		}
@@ -315,7 +319,7 @@ func (c *conn) serve() {
 	}()
 	if tc, ok := c.rw.(*tls.Conn); ok {
 		c.rw.SetDeadline(time.Now().Add(c.s.headerTimeout()))
-		if err := tc.HandshakeContext(c.ctx); err != nil {
+		if err := tc.HandshakeContext(c.s.base); err != nil {
 			return
 		}
 		c.rw.SetDeadline(time.Time{})
@@ -347,7 +351,9 @@ func (c *conn) next(first bool) bool {
 		if first {
 			wait = c.s.headerTimeout()
 		}
-		c.rw.SetReadDeadline(time.Now().Add(wait))
+		if d, set := c.readBy.Renew(time.Now(), wait); set {
+			c.rw.SetReadDeadline(d)
+		}
 		if _, err := c.br.Peek(1); err != nil {
 			return false
 		}
@@ -359,18 +365,20 @@ func (c *conn) next(first bool) bool {
 	if !headersBuffered(c.br) {
 		// Headers still to come are bounded; headers already here need no deadline (it
 		// costs a timer update per request).
-		c.rw.SetReadDeadline(time.Now().Add(c.s.headerTimeout()))
+		if d, set := c.readBy.Renew(time.Now(), c.s.headerTimeout()); set {
+			c.rw.SetReadDeadline(d)
+		}
 	}
 	// The request's context is made before the request (readRequest makes the request
 	// with it: WithContext afterwards would copy the request).
-	ctx, cancel := context.WithCancel(c.ctx)
-	req, err := c.readRequest(ctx)
+	rc := newReqCtx()
+	req, err := c.readRequest(rc)
 	if err != nil {
-		cancel()
+		rc.cancel()
 		c.refuse(err)
 		return false
 	}
-	return c.answer(req, cancel)
+	return c.answer(req, rc)
 }
 
 // headersBuffered reports whether a request's whole header block is in br's buffer.

@@ -2,7 +2,6 @@ package h1
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"net"
 	"syscall"
@@ -76,7 +75,7 @@ func (c *conn) watch() {
 	c.watchSaw.Store(0)
 	c.watchEnd, c.watchStop = make(chan struct{}), make(chan struct{})
 	stop := c.watchStop
-	cancel := c.cancelReq
+	rc := c.reqCtx
 	// The deadline is cleared here, under watchMu, not in the goroutine: unwatch's
 	// deadline (which ends the watch) must come after it, never before.
 	c.rw.SetReadDeadline(time.Time{})
@@ -106,14 +105,14 @@ func (c *conn) watch() {
 				if c.s.Log != nil {
 					c.s.Log.Debug("h1: watch saw the client go", "remote", c.remote, "err", err)
 				}
-				cancel()
+				rc.cancel()
 			}
 			return
 		}
 		// The reader is full of pipelined bytes and nothing more is read; a client that
 		// closed after them is gone all the same (outside round 35: 8 KiB pipelined, then a
 		// close, held the engine's work to its end). The kernel says so without a read.
-		c.watchHangup(stop, cancel)
+		c.watchHangup(stop, rc)
 	}()
 }
 
@@ -125,7 +124,7 @@ const hangupEvery = 50 * time.Millisecond
 // its end, or reset it: POLLRDHUP, POLLHUP, POLLERR — each seen past unread bytes) until
 // stop is closed; a hang-up cancels the request. A connection with no socket under it (a
 // test's pipe) is not watched further.
-func (c *conn) watchHangup(stop <-chan struct{}, cancel context.CancelFunc) {
+func (c *conn) watchHangup(stop <-chan struct{}, req *reqCtx) {
 	rc := rawConnOf(c.rw)
 	if rc == nil {
 		return
@@ -140,7 +139,7 @@ func (c *conn) watchHangup(stop <-chan struct{}, cancel context.CancelFunc) {
 		}
 		if hungUp(rc) {
 			c.peerGone.Store(true)
-			cancel()
+			req.cancel()
 			return
 		}
 	}
@@ -189,9 +188,10 @@ func (c *conn) unwatch() {
 		c.rw.SetReadDeadline(aLongTimeAgo)
 		<-c.watchEnd
 		c.rw.SetReadDeadline(time.Time{})
+		c.readBy.Forget() // the watch lifted it too
 	}
 	c.watchMu.Lock()
-	c.watching, c.watchDone, c.req, c.cancelReq = false, false, nil, nil
+	c.watching, c.watchDone, c.req, c.reqCtx = false, false, nil, nil
 	c.watchMu.Unlock()
 }
 
