@@ -409,14 +409,23 @@ const (
 	RecentMax   = 256
 )
 
-// Value is common(b) when that is not "", else line i's value of the last message when b
-// repeats it, else string(b) (then remembered as line i's).
+// Value is line i's value of the last message when b repeats it, else common(b) when that
+// is not "" (common must return b's own bytes or ""), else string(b); line i's is then
+// remembered. The line's own is looked at first: a compare in place, where common is a map
+// lookup (the thirty-ninth session: ~0.5 µs a request in map lookups for lines that repeat).
 func (r *Recent) Value(i int, b []byte, common func([]byte) string) string {
-	if v := common(b); v != "" {
-		return v
-	}
 	if i >= RecentLines {
+		if v := common(b); v != "" {
+			return v
+		}
 		return string(b)
+	}
+	if r.vals[i] == string(b) {
+		return r.vals[i]
+	}
+	if v := common(b); v != "" {
+		r.vals[i] = v
+		return v
 	}
 	return share(&r.vals[i], b)
 }
@@ -437,18 +446,22 @@ func share(kept *string, b []byte) string {
 	return s
 }
 
-// Key is name's canonical key (canon(string(name)) when it is not a common one), or line
-// i's key of the last message when name repeats its name.
+// Key is line i's key of the last message when name repeats its name, else name's
+// canonical key — common(name) when that is not "", else canon(string(name)) — then
+// remembered as line i's (with the name).
 func (r *Recent) Key(i int, name []byte, common func([]byte) string, canon func(string) string) string {
-	if k := common(name); k != "" {
-		return k
-	}
 	if i < RecentLines && r.names[i] == string(name) && r.keys[i] != "" {
 		return r.keys[i]
 	}
-	n := string(name)
-	k := canon(n)
-	if i < RecentLines && len(n) <= RecentMax {
+	k, n := common(name), ""
+	if k == "" {
+		n = string(name)
+		k = canon(n)
+	}
+	if i < RecentLines && len(name) <= RecentMax {
+		if n == "" {
+			n = string(name)
+		}
 		r.names[i], r.keys[i] = n, k
 	}
 	return k
