@@ -80,11 +80,44 @@ type engineConn struct {
 	// left bounds what the reader may still take while headers are read (-1: no bound).
 	left int
 	peek *peeker // idleOpen's, made at its first reuse
+	// reused: taken again from the pool, not yet peeked (idleOpen): its first write
+	// peeks first. last: the write under way is the request's last (roundTrip's Flush).
+	reused, last bool
 	// The strings of the last answer's header lines (h1.Recent): an engine's answers
 	// mostly repeat them.
 	recent h1.Recent
 	// deadline is the one roundTrip set last (SetDeadline: reads and writes).
 	deadline h1.Deadline
+}
+
+// errStale is a reused connection's write refused by its peek (idleOpen): the engine closed
+// it, or sent bytes no request asked for. Nothing was written; DoFor takes another.
+var errStale = errors.New("engine connection: closed or not quiet while idle")
+
+// Write is the request's bytes (its buffered writer's): a reused connection's first write
+// peeks first, and nothing is written if the peek finds it closed or not quiet (errStale);
+// the request's last bytes are written with rawsock's Exchange, which waits for the
+// answer without a read that finds nothing (and peeks in the same pass when still to do).
+func (ec *engineConn) Write(p []byte) (int, error) {
+	if x, ok := ec.c.(*rawsock.Conn); ok && ec.last {
+		n, open, err := x.Exchange(p, ec.reused)
+		if !open {
+			return 0, errStale
+		}
+		ec.reused = false
+		if err != nil || n == len(p) {
+			return n, err
+		}
+		m, err := ec.c.Write(p[n:])
+		return n + m, err
+	}
+	if ec.reused {
+		if !ec.idleOpen() {
+			return 0, errStale
+		}
+		ec.reused = false
+	}
+	return ec.c.Write(p)
 }
 
 func (ec *engineConn) Read(p []byte) (int, error) {
@@ -167,16 +200,21 @@ func (cl *engineClient) DoFor(ctx context.Context, tenant string, req *http.Requ
 	if err := checkEngineHeaders(req.Header); err != nil {
 		return nil, err
 	}
-	ec, err := cl.conn(ctx, poolKey{tenant, addr})
-	if err != nil {
-		return nil, err
+	for {
+		ec, err := cl.conn(ctx, poolKey{tenant, addr})
+		if err != nil {
+			return nil, err
+		}
+		resp, err := cl.roundTrip(ctx, ec, req, body)
+		if err != nil {
+			ec.c.Close()
+			if errors.Is(err, errStale) {
+				continue // nothing was sent on it: the next idle one, or a new one
+			}
+			return nil, err
+		}
+		return resp, nil
 	}
-	resp, err := cl.roundTrip(ctx, ec, req, body)
-	if err != nil {
-		ec.c.Close()
-		return nil, err
-	}
-	return resp, nil
 }
 
 func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http.Request, body []byte) (resp *http.Response, err error) {
@@ -198,7 +236,10 @@ func (cl *engineClient) roundTrip(ctx context.Context, ec *engineConn, req *http
 		}
 	}
 	writeEngineRequest(ec.bw, req, body)
-	if err := ec.bw.Flush(); err != nil {
+	ec.last = true
+	err = ec.bw.Flush()
+	ec.last = false
+	if err != nil {
 		return nil, err
 	}
 	ec.left = maxEngineHeader
@@ -299,7 +340,8 @@ func (cl *engineClient) conn(ctx context.Context, pool poolKey) (*engineConn, er
 		list[len(list)-1] = nil
 		cl.take(pool, list[:len(list)-1])
 		cl.mu.Unlock()
-		if now.Sub(ec.since) < cl.idleFor && ec.idleOpen() {
+		if now.Sub(ec.since) < cl.idleFor {
+			ec.reused = true // peeked at its first write (Write)
 			return ec, nil
 		}
 		ec.c.Close()
@@ -311,7 +353,7 @@ func (cl *engineClient) conn(ctx context.Context, pool poolKey) (*engineConn, er
 	c = rawsock.Wrap(c) // raw reads and writes (package rawsock)
 	ec := &engineConn{c: c, pool: pool, left: -1}
 	ec.br = bufio.NewReaderSize(ec, 16<<10)
-	ec.bw = bufio.NewWriterSize(c, 8<<10)
+	ec.bw = bufio.NewWriterSize(ec, 8<<10)
 	return ec, nil
 }
 

@@ -46,6 +46,17 @@ type Conn struct {
 	wb   []byte
 	wn   int
 	werr error
+
+	xfn func(fd uintptr) bool // Exchange's (rmu and wmu held)
+	x   exchange
+}
+
+// exchange is Exchange's state.
+type exchange struct {
+	peek   bool // a peek must find the connection open and quiet first
+	looked bool // the peek was made
+	quiet  bool // and found it so
+	sent   bool // all of wb is written: waiting for the socket to be readable
 }
 
 // Wrap returns c as a *Conn when it is a *net.TCPConn, else c itself. The calls are made
@@ -60,7 +71,7 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	x := &Conn{TCPConn: tc, rc: rc}
-	x.rfn, x.wfn = x.read, x.write
+	x.rfn, x.wfn, x.xfn = x.read, x.write, x.exchange
 	return x
 }
 
@@ -155,6 +166,58 @@ func (c *Conn) Write(p []byte) (int, error) {
 		return c.wn, c.opError("write", c.werr)
 	}
 	return c.wn, nil
+}
+
+// Exchange writes p and waits until the socket is readable — a request sent, its answer's
+// first bytes (or the connection's end) come — in one pass through the connection's poller,
+// without a read that finds nothing. Read must try a read before it waits (the poller's
+// reset drops a readiness that came before it, so waiting first would miss an answer
+// already in), and right after a request that try finds nothing: a system call, ~1 µs,
+// every round trip (the thirty-ninth session). Here the poller's reset comes before the
+// write, so the answer's readiness, which can only come after it, is kept.
+//
+// With peek, the connection (one taken again from a pool) must first peek open with
+// nothing to read (PeekOpen), in the same pass; if not, nothing is written and open is
+// false (open is true when no peek was made: the poller failed first, err says why). n < len(p) with a nil error: the socket took only n bytes without waiting — write
+// the rest with Write. Either way the answer is then read with Read. err is the poller's
+// (the connection closed, a deadline) or the write's.
+func (c *Conn) Exchange(p []byte, peek bool) (n int, open bool, err error) {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wb, c.wn, c.werr = p, 0, nil
+	c.x = exchange{peek: peek}
+	err = c.rc.Read(c.xfn)
+	n, open = c.wn, !c.x.looked || c.x.quiet
+	c.wb = nil
+	switch {
+	case err != nil:
+		return n, open, renameOp(err, "write")
+	case c.werr != nil:
+		return n, open, c.opError("write", c.werr)
+	}
+	return n, open, nil
+}
+
+// exchange is Exchange's callback in the poller: true once done (not open, an error, or
+// the socket took part of wb and would block: Write does the rest), false to wait for the
+// socket to be readable — after all of wb is written — and true when it is.
+func (c *Conn) exchange(fd uintptr) bool {
+	if c.x.sent {
+		return true
+	}
+	if c.x.peek && !c.x.looked {
+		c.x.looked = true
+		if c.x.quiet = PeekOpen(fd); !c.x.quiet {
+			return true
+		}
+	}
+	if !c.write(fd) || c.werr != nil {
+		return true // the socket would block (Write does the rest), or the write failed
+	}
+	c.x.sent = true
+	return false
 }
 
 func noop(uintptr) {}
