@@ -100,7 +100,7 @@ var errStale = errors.New("engine connection: closed or not quiet while idle")
 // answer without a read that finds nothing (and peeks in the same pass when still to do).
 func (ec *engineConn) Write(p []byte) (int, error) {
 	if x, ok := ec.c.(*rawsock.Conn); ok && ec.last {
-		n, open, err := x.Exchange(p, ec.reused)
+		n, open, err := x.Exchange(p, ec.reused, nil)
 		if !open {
 			return 0, errStale
 		}

@@ -77,7 +77,7 @@ func (c *conn) answer(req *http.Request, rc *reqCtx) bool {
 	c.s.watchLater()
 	c.s.Handler.ServeHTTP(w, req)
 	c.unwatch()
-	w.finish()
+	w.finish(c.raw != nil && c.br.Buffered() == 0 && !c.s.shutting.Load())
 	if (w.err != nil || c.peerGone.Load()) && c.s.Log != nil && c.s.Log.Enabled(req.Context(), slog.LevelDebug) {
 		// Why an answer ended short of its end: the write's error, or the client seen gone
 		// by the watch. The path only: a query may carry what is not ours to log.
@@ -99,7 +99,15 @@ func (c *conn) answer(req *http.Request, rc *reqCtx) bool {
 			c.linger = true // unread bytes: close so that the client reads the answer first
 		}
 	}
-	return !w.close && w.err == nil && !c.peerGone.Load()
+	keep := !w.close && w.err == nil && !c.peerGone.Load()
+	if c.held && (!keep || c.linger) {
+		// The connection ends after this answer: its last bytes go out now.
+		c.held = false
+		if c.bw.Flush() != nil {
+			keep = false
+		}
+	}
+	return keep
 }
 
 // settleBody decides, as the answer's headers go out, what becomes of a request body the
@@ -382,7 +390,9 @@ var errShortBody = errors.New("h1: the handler wrote less than its Content-Lengt
 
 // finish ends the answer after the handler returned: headers if not yet sent (with the
 // held bytes' length), the last chunk, and the buffer to the connection.
-func (w *response) finish() {
+// finish ends the answer. hold: its last bytes may stay in the connection's writer for
+// the next request's wait to send (sendHeld), when nothing else is to be written.
+func (w *response) finish(hold bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.done = true
@@ -396,7 +406,9 @@ func (w *response) finish() {
 	if w.err == nil && !w.noBody && w.declared >= 0 && w.written < w.declared {
 		w.err = errShortBody // the client would wait for the rest: the connection closes
 	}
-	if err := w.c.bw.Flush(); err != nil && w.err == nil {
+	if hold && w.err == nil && !w.close && w.small == nil && !w.deadlines {
+		w.c.held = true
+	} else if err := w.c.bw.Flush(); err != nil && w.err == nil {
 		w.err = err
 	}
 	if w.small != nil {

@@ -20,6 +20,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"github.com/strongroom/strongroom/internal/rawsock"
 	"io"
 	"log/slog"
 	"net"
@@ -265,6 +266,13 @@ type conn struct {
 	// The strings of the last request's target and header lines (its reading goroutine's).
 	recent  Recent
 	headers int // header lines of the last request read (headerHint)
+	// The answer held for the next request's wait (out.go): raw is the socket under the
+	// connection (nil under TLS), held that c.bw holds an answer's last bytes, exchange
+	// that c.bw's flush is that wait's, idle the state's store once they are written.
+	raw            *rawsock.Conn
+	held, exchange bool
+	idle           func()
+	sentHeld       atomic.Int32 // answers sent so (tests)
 	// readBy is the read deadline next() set last (the connection's goroutine's); every
 	// other setting of the read deadline forgets it.
 	readBy Deadline
@@ -328,7 +336,11 @@ func (c *conn) serve() {
 	}
 	c.hold = make([]byte, 0, holdBytes)
 	c.br = bufio.NewReaderSize(c.rw, 4<<10)
-	c.bw = bufio.NewWriterSize(c.rw, 4<<10)
+	c.bw = bufio.NewWriterSize((*connOut)(c), 4<<10)
+	if c.tls == nil {
+		c.raw = rawOf(c.rw)
+		c.idle = func() { c.state.Store(stateIdle) }
+	}
 	for first := true; ; first = false {
 		if !c.next(first) {
 			return
@@ -342,6 +354,9 @@ func (c *conn) serve() {
 // next waits for a request, reads it, and answers it; it reports whether the connection
 // stays open for another.
 func (c *conn) next(first bool) bool {
+	if c.held && !c.sendHeld() {
+		return false
+	}
 	c.state.Store(stateIdle)
 	if c.s.shutting.Load() {
 		return false

@@ -24,7 +24,7 @@ func TestExchange(t *testing.T) {
 		}
 		b.Write(append([]byte("answer to "), req...))
 	}()
-	n, open, err := c.Exchange([]byte("hello"), true)
+	n, open, err := c.Exchange([]byte("hello"), true, nil)
 	if n != 5 || !open || err != nil {
 		t.Fatalf("Exchange: %d %v %v", n, open, err)
 	}
@@ -38,7 +38,7 @@ func TestExchange(t *testing.T) {
 	a2, b2 := pair(t, true)
 	b2.Write([]byte("stale"))
 	waitReadable(t, a2.(*Conn))
-	if n, open, err := a2.(*Conn).Exchange([]byte("secret request"), true); open || n != 0 || err != nil {
+	if n, open, err := a2.(*Conn).Exchange([]byte("secret request"), true, nil); open || n != 0 || err != nil {
 		t.Fatalf("Exchange on a connection with unasked bytes: %d %v %v", n, open, err)
 	}
 	b2.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
@@ -50,21 +50,21 @@ func TestExchange(t *testing.T) {
 	a3, b3 := pair(t, true)
 	b3.Close()
 	waitReadable(t, a3.(*Conn))
-	if n, open, _ := a3.(*Conn).Exchange([]byte("x"), true); open || n != 0 {
+	if n, open, _ := a3.(*Conn).Exchange([]byte("x"), true, nil); open || n != 0 {
 		t.Fatalf("Exchange on a connection its peer closed: %d %v", n, open)
 	}
 
 	// Closed here first: the poller's error, open (no peek was made).
 	a4, _ := pair(t, true)
 	a4.Close()
-	if _, open, err := a4.(*Conn).Exchange([]byte("x"), true); !open || !errors.Is(err, net.ErrClosed) {
+	if _, open, err := a4.(*Conn).Exchange([]byte("x"), true, nil); !open || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Exchange on a closed connection: open %v, %v", open, err)
 	}
 
 	// A deadline that passes while waiting for the answer.
 	a5, b5 := pair(t, true)
 	a5.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if n, _, err := a5.(*Conn).Exchange([]byte("x"), false); n != 1 || !errors.Is(err, os.ErrDeadlineExceeded) {
+	if n, _, err := a5.(*Conn).Exchange([]byte("x"), false, nil); n != 1 || !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Exchange past its deadline: %d %v", n, err)
 	}
 	if k, _ := b5.Read(make([]byte, 1)); k != 1 {
@@ -88,7 +88,7 @@ func TestExchangePartial(t *testing.T) {
 		all, _ := io.ReadAll(io.LimitReader(b, int64(len(big))))
 		got <- all
 	}()
-	n, open, err := c.Exchange(big, true)
+	n, open, err := c.Exchange(big, true, nil)
 	close(start)
 	if !open || err != nil || n == 0 || n >= len(big) {
 		t.Fatalf("Exchange of 32 MiB: %d %v %v (want a part written)", n, open, err)

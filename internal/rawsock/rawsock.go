@@ -57,6 +57,7 @@ type exchange struct {
 	looked bool // the peek was made
 	quiet  bool // and found it so
 	sent   bool // all of wb is written: waiting for the socket to be readable
+	onSent func()
 }
 
 // Wrap returns c as a *Conn when it is a *net.TCPConn, else c itself. The calls are made
@@ -181,13 +182,16 @@ func (c *Conn) Write(p []byte) (int, error) {
 // false (open is true when no peek was made: the poller failed first, err says why). n < len(p) with a nil error: the socket took only n bytes without waiting — write
 // the rest with Write. Either way the answer is then read with Read. err is the poller's
 // (the connection closed, a deadline) or the write's.
-func (c *Conn) Exchange(p []byte, peek bool) (n int, open bool, err error) {
+//
+// sent, if not nil, is called once all of p is written, before the wait (in the poller's
+// pass: it must not block).
+func (c *Conn) Exchange(p []byte, peek bool, sent func()) (n int, open bool, err error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.wb, c.wn, c.werr = p, 0, nil
-	c.x = exchange{peek: peek}
+	c.x = exchange{peek: peek, onSent: sent}
 	err = c.rc.Read(c.xfn)
 	n, open = c.wn, !c.x.looked || c.x.quiet
 	c.wb = nil
@@ -217,6 +221,9 @@ func (c *Conn) exchange(fd uintptr) bool {
 		return true // the socket would block (Write does the rest), or the write failed
 	}
 	c.x.sent = true
+	if c.x.onSent != nil {
+		c.x.onSent()
+	}
 	return false
 }
 

@@ -1,0 +1,67 @@
+package h1
+
+import (
+	"net"
+	"time"
+
+	"github.com/strongroom/strongroom/internal/rawsock"
+)
+
+// An answer's last bytes and the wait for the next request go through the connection's
+// poller in one pass (rawsock.Exchange): the next request cannot come before the answer
+// went out, and a read tried right after it (as a read must try before it waits: Go's
+// poller drops a readiness that came before the wait) finds nothing — a system call,
+// ~1 µs, every request (the thirty-ninth session). So answer leaves the last bytes in the
+// connection's writer (finish's hold: keep-alive, no TLS, nothing pipelined, no deadline
+// of the handler's), and next sends them with Exchange, under the idle deadline, and
+// waits there; the connection counts as idle (Shutdown closes it) once they are written,
+// not before. An answer after which the connection ends is sent at once (answer).
+
+// connOut is the connection's writer under c.bw: c.rw's Write, or Exchange while next
+// sends a held answer.
+type connOut conn
+
+func (o *connOut) Write(p []byte) (int, error) {
+	c := (*conn)(o)
+	if !c.exchange {
+		return c.rw.Write(p)
+	}
+	n, _, err := c.raw.Exchange(p, false, c.idle)
+	if err != nil || n == len(p) {
+		return n, err
+	}
+	m, err := c.rw.Write(p[n:]) // the socket took part: the rest waits for room
+	return n + m, err
+}
+
+// sendHeld sends the held answer and waits for the next request (or the client's close),
+// bounded by the idle deadline; false: the connection ends.
+func (c *conn) sendHeld() bool {
+	c.held = false
+	if d, set := c.readBy.Renew(time.Now(), c.s.idleTimeout()); set {
+		c.rw.SetReadDeadline(d)
+	}
+	c.sentHeld.Add(1)
+	c.exchange = true
+	err := c.bw.Flush()
+	c.exchange = false
+	return err == nil
+}
+
+// rawOf is the raw socket under nc (through wrappers that give their NetConn), made raw
+// if it is a plain TCP connection; nil if there is none.
+func rawOf(nc net.Conn) *rawsock.Conn {
+	for {
+		switch v := nc.(type) {
+		case *rawsock.Conn:
+			return v
+		case *net.TCPConn:
+			r, _ := rawsock.Wrap(v).(*rawsock.Conn)
+			return r
+		case interface{ NetConn() net.Conn }:
+			nc = v.NetConn()
+		default:
+			return nil
+		}
+	}
+}
