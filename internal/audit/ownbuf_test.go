@@ -97,3 +97,32 @@ func TestSubmitEncodedKeepsNoCallerBytes(t *testing.T) {
 		})
 	}
 }
+
+// TestOwnPoolKeepsWhatWasOut: buffers given back together (the index's catch-up releases a
+// second's segments at once) are all kept for the next ones, up to ownPoolMax: five out at
+// a time make five in all, not one more each round.
+func TestOwnPoolKeepsWhatWasOut(t *testing.T) {
+	var p ownPool
+	for round := 0; round < 10; round++ {
+		var out []*ownBuf
+		for range 5 {
+			out = append(out, p.get(64))
+		}
+		for _, o := range out {
+			o.release()
+		}
+	}
+	if p.made != 5 {
+		t.Fatalf("%d buffers made for 10 rounds of 5 out at once, want 5", p.made)
+	}
+	var out []*ownBuf
+	for range 3 * ownPoolMax {
+		out = append(out, p.get(64))
+	}
+	for _, o := range out {
+		o.release()
+	}
+	if len(p.free) != ownPoolMax {
+		t.Fatalf("the pool kept %d buffers, want at most %d", len(p.free), ownPoolMax)
+	}
+}
