@@ -64,8 +64,10 @@ func TestExchange(t *testing.T) {
 	// A deadline that passes while waiting for the answer.
 	a5, b5 := pair(t, true)
 	a5.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if n, _, err := a5.(*Conn).Exchange([]byte("x"), false, nil); n != 1 || !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("Exchange past its deadline: %d %v", n, err)
+	n, _, err = a5.(*Conn).Exchange([]byte("x"), false, nil)
+	var oe *net.OpError
+	if n != 1 || !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &oe) || oe.Op != "read" {
+		t.Fatalf("Exchange past its deadline: %d %v (the wait for the answer, a read, failed)", n, err)
 	}
 	if k, _ := b5.Read(make([]byte, 1)); k != 1 {
 		t.Fatal("the request was not sent before the deadline passed")

@@ -196,6 +196,8 @@ func (c *Conn) Exchange(p []byte, peek bool, sent func()) (n int, open bool, err
 	n, open = c.wn, !c.x.looked || c.x.quiet
 	c.wb = nil
 	switch {
+	case err != nil && c.x.sent:
+		return n, open, renameOp(err, "read") // the wait for the answer failed (closed, its deadline)
 	case err != nil:
 		return n, open, renameOp(err, "write")
 	case c.werr != nil:
