@@ -5,7 +5,9 @@
 # process's task-clock. Prints one line per syscall: its count, and per request (or per
 # chunk with --stream: requests × 200), from the round's req/s. Use it to set two builds
 # side by side (the shipped binary and the log-off copy, docs/bench/log-off.patch):
-# syscalls per request do not depend on the machine's noise as CPU time does.
+# syscalls per request do not depend on the machine's noise as CPU time does. Strongroom's
+# sockets are read and written with recvfrom and sendto (package rawsock), counted first;
+# peers' Go systems use read and write.
 set -u
 bin=$1; shift
 cd "$(dirname "$0")/../.."

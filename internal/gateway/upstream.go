@@ -445,7 +445,9 @@ func (cl *engineClient) sweepLater() {
 // buffered) — mean it is not reused: the next client would read them as its answer. It
 // costs a syscall per reuse (~2.7 % of the gateway's CPU under load); an earlier version
 // skipped it for connections idle under 50 ms, and an outside test had one tenant read
-// another's answer through that gap.
+// another's answer through that gap. A request that fits the writer's buffer makes the
+// same peek inside rawsock.Exchange (engineConn.Write), where it takes the place of the
+// read that would have found nothing after the request.
 func idleOpen(c net.Conn) bool {
 	p := newPeeker(c)
 	return p != nil && p.idleOpen()

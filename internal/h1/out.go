@@ -12,13 +12,13 @@ import (
 // went out, and a read tried right after it (as a read must try before it waits: Go's
 // poller drops a readiness that came before the wait) finds nothing — a system call,
 // ~1 µs, every request (the thirty-ninth session). So answer leaves the last bytes in the
-// connection's writer (finish's hold: keep-alive, no TLS, nothing pipelined, no deadline
+// connection's writer (finish's leave: keep-alive, no TLS, nothing pipelined, no deadline
 // of the handler's), and next sends them with Exchange, under the idle deadline, and
 // waits there; the connection counts as idle (Shutdown closes it) once they are written,
 // not before. An answer after which the connection ends is sent at once (answer).
 
 // connOut is the connection's writer under c.bw: c.rw's Write, or Exchange while next
-// sends a held answer.
+// sends an answer left unsent.
 type connOut conn
 
 func (o *connOut) Write(p []byte) (int, error) {
@@ -34,14 +34,14 @@ func (o *connOut) Write(p []byte) (int, error) {
 	return n + m, err
 }
 
-// sendHeld sends the held answer and waits for the next request (or the client's close),
+// sendUnsent sends the answer left unsent and waits for the next request (or the client's close),
 // bounded by the idle deadline; false: the connection ends.
-func (c *conn) sendHeld() bool {
-	c.held = false
+func (c *conn) sendUnsent() bool {
+	c.unsent = false
 	if d, set := c.readBy.Renew(time.Now(), c.s.idleTimeout()); set {
 		c.rw.SetReadDeadline(d)
 	}
-	c.sentHeld.Add(1)
+	c.unsentSends.Add(1)
 	c.exchange = true
 	err := c.bw.Flush()
 	c.exchange = false

@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// heldServer serves a one-word answer with the idle timeout given; requests on a
-// keep-alive connection have their answers held for the next request's wait (out.go).
-func heldServer(t *testing.T, idle time.Duration) (*Server, string) {
+// unsentServer serves a one-word answer with the idle timeout given; requests on a
+// keep-alive connection have their answers' last bytes sent by the next request's wait (out.go).
+func unsentServer(t *testing.T, idle time.Duration) (*Server, string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -39,38 +39,38 @@ func roundTrips(t *testing.T, c net.Conn, br *bufio.Reader, n int) {
 	}
 }
 
-func sentHeld(s *Server) (n int) {
+func unsentSends(s *Server) (n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		n += int(c.sentHeld.Load())
+		n += int(c.unsentSends.Load())
 	}
 	return n
 }
 
-// TestHeldAnswerShutdown: a connection waiting for its next request after a held answer
+// TestUnsentAnswerShutdown: a connection waiting for its next request after an answer left unsent
 // counts as idle — Shutdown closes it at once and returns, well before the idle timeout
 // (a minute) — and the client has every answer.
-func TestHeldAnswerShutdown(t *testing.T) {
-	s, addr := heldServer(t, time.Minute)
+func TestUnsentAnswerShutdown(t *testing.T) {
+	s, addr := unsentServer(t, time.Minute)
 	c := dial(t, addr)
 	br := bufio.NewReader(c)
 	roundTrips(t, c, br, 3)
-	waitFor(t, "the third answer's wait", func() bool { return sentHeld(s) == 3 })
+	waitFor(t, "the third answer's wait", func() bool { return unsentSends(s) == 3 })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown with a connection waiting after a held answer: %v", err)
+		t.Fatalf("Shutdown with a connection waiting after an answer left unsent: %v", err)
 	}
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("the connection after Shutdown: %v", err)
 	}
 }
 
-// TestHeldAnswerIdleTimeout: the wait after a held answer ends at the idle timeout: the
+// TestUnsentAnswerIdleTimeout: the wait after an answer left unsent ends at the idle timeout: the
 // connection closes, the answers all delivered.
-func TestHeldAnswerIdleTimeout(t *testing.T) {
-	_, addr := heldServer(t, 100*time.Millisecond)
+func TestUnsentAnswerIdleTimeout(t *testing.T) {
+	_, addr := unsentServer(t, 100*time.Millisecond)
 	c := dial(t, addr)
 	br := bufio.NewReader(c)
 	roundTrips(t, c, br, 2)

@@ -100,9 +100,9 @@ func (c *conn) answer(req *http.Request, rc *reqCtx) bool {
 		}
 	}
 	keep := !w.close && w.err == nil && !c.peerGone.Load()
-	if c.held && (!keep || c.linger) {
+	if c.unsent && (!keep || c.linger) {
 		// The connection ends after this answer: its last bytes go out now.
-		c.held = false
+		c.unsent = false
 		if c.bw.Flush() != nil {
 			keep = false
 		}
@@ -389,10 +389,10 @@ func (w *response) SetWriteDeadline(t time.Time) error {
 var errShortBody = errors.New("h1: the handler wrote less than its Content-Length")
 
 // finish ends the answer after the handler returned: headers if not yet sent (with the
-// held bytes' length), the last chunk, and the buffer to the connection.
-// finish ends the answer. hold: its last bytes may stay in the connection's writer for
-// the next request's wait to send (sendHeld), when nothing else is to be written.
-func (w *response) finish(hold bool) {
+// held bytes' length), the last chunk, and the buffer to the connection — or, with leave,
+// the buffer left for the next request's wait to send (out.go) when nothing else is to be
+// written (no error, keep-alive, no stream writer, no deadline of the handler's).
+func (w *response) finish(leave bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.done = true
@@ -406,8 +406,8 @@ func (w *response) finish(hold bool) {
 	if w.err == nil && !w.noBody && w.declared >= 0 && w.written < w.declared {
 		w.err = errShortBody // the client would wait for the rest: the connection closes
 	}
-	if hold && w.err == nil && !w.close && w.small == nil && !w.deadlines {
-		w.c.held = true
+	if leave && w.err == nil && !w.close && w.small == nil && !w.deadlines {
+		w.c.unsent = true
 	} else if err := w.c.bw.Flush(); err != nil && w.err == nil {
 		w.err = err
 	}

@@ -20,7 +20,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"github.com/strongroom/strongroom/internal/rawsock"
 	"io"
 	"log/slog"
 	"net"
@@ -28,6 +27,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/rawsock"
 )
 
 // Server serves Handler on the connections of a listener.
@@ -266,13 +267,13 @@ type conn struct {
 	// The strings of the last request's target and header lines (its reading goroutine's).
 	recent  Recent
 	headers int // header lines of the last request read (headerHint)
-	// The answer held for the next request's wait (out.go): raw is the socket under the
-	// connection (nil under TLS), held that c.bw holds an answer's last bytes, exchange
-	// that c.bw's flush is that wait's, idle the state's store once they are written.
-	raw            *rawsock.Conn
-	held, exchange bool
-	idle           func()
-	sentHeld       atomic.Int32 // answers sent so (tests)
+	// An answer's last bytes left for the next request's wait to send (out.go): raw is the
+	// socket under the connection (nil under TLS), unsent that c.bw holds such bytes,
+	// exchange that c.bw's flush is that wait's, idle the state's store once they are out.
+	raw              *rawsock.Conn
+	unsent, exchange bool
+	idle             func()
+	unsentSends      atomic.Int32 // answers sent so (tests)
 	// readBy is the read deadline next() set last (the connection's goroutine's); every
 	// other setting of the read deadline forgets it.
 	readBy Deadline
@@ -354,7 +355,7 @@ func (c *conn) serve() {
 // next waits for a request, reads it, and answers it; it reports whether the connection
 // stays open for another.
 func (c *conn) next(first bool) bool {
-	if c.held && !c.sendHeld() {
+	if c.unsent && !c.sendUnsent() {
 		return false
 	}
 	c.state.Store(stateIdle)
