@@ -6,6 +6,8 @@
 # does not follow threads started later). Prints the split by object (the binary, the
 # kernel, the vdso) and the top user-space and kernel symbols, and µs a request of each
 # from the round's req/s. BIN is the Strongroom binary (needed for SYSTEM=strongroom).
+# KEEP=PREFIX keeps the samples: PREFIX.data (perf.data) and PREFIX.txt (`perf script`,
+# for docs/bench/perfstacks.py or a stack walk of your own).
 set -u
 sys=$1
 bin=${2:-}
@@ -36,3 +38,8 @@ perf report -i "$dir/perf.data" --stdio --no-children --show-nr-samples --sort d
 			for (i in n) printf "%8s %6d %7.1f µs  %s\n", share[i], n[i], n[i] / 999 / 5 / r * 1e6, name[i]}'
 echo "top symbols:"
 perf report -i "$dir/perf.data" --no-children --sort sym -q -g none 2>/dev/null | head -25
+if [ -n "${KEEP:-}" ]; then
+	cp "$dir/perf.data" "$KEEP.data"
+	perf script -i "$KEEP.data" >"$KEEP.txt" 2>/dev/null
+	echo "kept: $KEEP.data, $KEEP.txt"
+fi
