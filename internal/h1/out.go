@@ -42,7 +42,7 @@ func (c *conn) sendUnsent() bool {
 		c.rw.SetReadDeadline(d)
 	}
 	c.unsentSends.Add(1)
-	c.exchange = true
+	c.exchange = c.br.Buffered() == 0 // a request already read in: nothing to wait for
 	err := c.bw.Flush()
 	c.exchange = false
 	return err == nil

@@ -77,7 +77,7 @@ func (c *conn) answer(req *http.Request, rc *reqCtx) bool {
 	c.s.watchLater()
 	c.s.Handler.ServeHTTP(w, req)
 	c.unwatch()
-	w.finish(c.raw != nil && c.br.Buffered() == 0 && !c.s.shutting.Load())
+	w.finish(c.raw != nil && !c.s.shutting.Load())
 	if (w.err != nil || c.peerGone.Load()) && c.s.Log != nil && c.s.Log.Enabled(req.Context(), slog.LevelDebug) {
 		// Why an answer ended short of its end: the write's error, or the client seen gone
 		// by the watch. The path only: a query may carry what is not ours to log.
@@ -406,7 +406,10 @@ func (w *response) finish(leave bool) {
 	if w.err == nil && !w.noBody && w.declared >= 0 && w.written < w.declared {
 		w.err = errShortBody // the client would wait for the rest: the connection closes
 	}
-	if leave && w.err == nil && !w.close && w.small == nil && !w.deadlines {
+	// The reader is looked at here, after sendHeader: its drain of a body the handler left
+	// may have read the client's next request in (then the wait would wait for nothing:
+	// outside round 39).
+	if leave && w.err == nil && !w.close && w.small == nil && !w.deadlines && w.c.br.Buffered() == 0 {
 		w.c.unsent = true
 	} else if err := w.c.bw.Flush(); err != nil && w.err == nil {
 		w.err = err

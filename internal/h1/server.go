@@ -320,6 +320,12 @@ func (c *conn) serve() {
 			w.mu.Unlock()
 		}
 		c.stopEnd()
+		if c.unsent {
+			// An answer's last bytes left for a wait that will not come (Shutdown began
+			// after the answer was given: outside round 39) go out before the close.
+			c.unsent = false
+			c.bw.Flush()
+		}
 		if c.linger {
 			c.lingerClose()
 		}
