@@ -112,8 +112,7 @@ func (b *body) drain(limit int64) bool {
 	if b.chunked || int64(b.c.br.Buffered()) < b.left {
 		// The server's own read of a body no handler wanted: bounded like headers (a body
 		// trickled forever must not hold the connection; BodyTimeout may be none).
-		b.c.rw.SetReadDeadline(time.Now().Add(b.c.s.headerTimeout()))
-		b.c.readBy.Forget()
+		b.c.setReadDeadline(time.Now().Add(b.c.s.headerTimeout()))
 	}
 	was := b.closed
 	b.closed = false

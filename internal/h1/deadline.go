@@ -24,3 +24,19 @@ func (dl *Deadline) Renew(now time.Time, d time.Duration) (time.Time, bool) {
 
 // Forget drops what Renew remembers: the connection's deadline was set (or lifted) another way.
 func (dl *Deadline) Forget() { dl.at = time.Time{} }
+
+// readWithin bounds the connection's next read at d from now, moving its read deadline
+// only when it must (Deadline).
+func (c *conn) readWithin(d time.Duration) {
+	if at, set := c.readBy.Renew(time.Now(), d); set {
+		c.rw.SetReadDeadline(at)
+	}
+}
+
+// setReadDeadline sets the connection's read deadline another way than readWithin (a
+// body's bound, a lift), so that the next readWithin sets its own. The connection's
+// goroutine's only: the watch's goroutine sets the deadline directly, and unwatch forgets.
+func (c *conn) setReadDeadline(t time.Time) {
+	c.rw.SetReadDeadline(t)
+	c.readBy.Forget()
+}

@@ -2,7 +2,6 @@ package h1
 
 import (
 	"net"
-	"time"
 
 	"github.com/strongroom/strongroom/internal/rawsock"
 )
@@ -38,9 +37,7 @@ func (o *connOut) Write(p []byte) (int, error) {
 // bounded by the idle deadline; false: the connection ends.
 func (c *conn) sendUnsent() bool {
 	c.unsent = false
-	if d, set := c.readBy.Renew(time.Now(), c.s.idleTimeout()); set {
-		c.rw.SetReadDeadline(d)
-	}
+	c.readWithin(c.s.idleTimeout())
 	c.unsentSends.Add(1)
 	c.exchange = c.br.Buffered() == 0 // a request already read in: nothing to wait for
 	err := c.bw.Flush()

@@ -317,8 +317,7 @@ func (c *conn) setBody(r *http.Request) error {
 			if t := c.s.BodyTimeout; t > 0 {
 				d = time.Now().Add(t)
 			}
-			c.rw.SetReadDeadline(d)
-			c.readBy.Forget()
+			c.setReadDeadline(d)
 		}
 	}
 	return nil

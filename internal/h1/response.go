@@ -89,9 +89,8 @@ func (c *conn) answer(req *http.Request, rc *reqCtx) bool {
 	c.resp = nil
 	if w.deadlines {
 		// A handler's deadlines end with its request (net/http's rule).
-		c.rw.SetReadDeadline(time.Time{})
+		c.setReadDeadline(time.Time{})
 		c.rw.SetWriteDeadline(time.Time{})
-		c.readBy.Forget()
 	}
 	if b != nil {
 		b.closed = true // a read after the handler returned fails, as net/http's does

@@ -274,8 +274,8 @@ type conn struct {
 	unsent, exchange bool
 	idle             func()
 	unsentSends      atomic.Int32 // answers sent so (tests)
-	// readBy is the read deadline next() set last (the connection's goroutine's); every
-	// other setting of the read deadline forgets it.
+	// readBy is the read deadline readWithin set last (the connection's goroutine's); the
+	// goroutine's other settings go through setReadDeadline, which forgets it.
 	readBy Deadline
 }
 
@@ -373,9 +373,7 @@ func (c *conn) next(first bool) bool {
 		if first {
 			wait = c.s.headerTimeout()
 		}
-		if d, set := c.readBy.Renew(time.Now(), wait); set {
-			c.rw.SetReadDeadline(d)
-		}
+		c.readWithin(wait)
 		if _, err := c.br.Peek(1); err != nil {
 			return false
 		}
@@ -387,9 +385,7 @@ func (c *conn) next(first bool) bool {
 	if !headersBuffered(c.br) {
 		// Headers still to come are bounded; headers already here need no deadline (it
 		// costs a timer update per request).
-		if d, set := c.readBy.Renew(time.Now(), c.s.headerTimeout()); set {
-			c.rw.SetReadDeadline(d)
-		}
+		c.readWithin(c.s.headerTimeout())
 	}
 	// The request's context is made before the request (readRequest makes the request
 	// with it: WithContext afterwards would copy the request).

@@ -187,8 +187,7 @@ func (c *conn) unwatch() {
 		close(c.watchStop)
 		c.rw.SetReadDeadline(aLongTimeAgo)
 		<-c.watchEnd
-		c.rw.SetReadDeadline(time.Time{})
-		c.readBy.Forget() // the watch lifted it too
+		c.setReadDeadline(time.Time{}) // the watch lifted it too
 	}
 	c.watchMu.Lock()
 	c.watching, c.watchDone, c.req, c.reqCtx = false, false, nil, nil
