@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"crypto/tls"
 	"net"
 
 	"github.com/strongroom/strongroom/internal/rawsock"
@@ -45,20 +46,21 @@ func (c *conn) sendUnsent() bool {
 	return err == nil
 }
 
-// rawOf is the raw socket under nc (through wrappers that give their NetConn), made raw
-// if it is a plain TCP connection; nil if there is none.
+// rawOf is the raw socket under nc (through wrappers that give their NetConn, never
+// through TLS), made raw if it is a plain TCP connection; nil if there is none.
 func rawOf(nc net.Conn) *rawsock.Conn {
-	for {
-		switch v := nc.(type) {
-		case *rawsock.Conn:
-			return v
-		case *net.TCPConn:
-			r, _ := rawsock.Wrap(v).(*rawsock.Conn)
-			return r
-		case interface{ NetConn() net.Conn }:
-			nc = v.NetConn()
-		default:
-			return nil
+	switch v := under(nc, func(c net.Conn) bool {
+		switch c.(type) {
+		case *rawsock.Conn, *net.TCPConn, *tls.Conn:
+			return true
 		}
+		return false
+	}).(type) {
+	case *rawsock.Conn:
+		return v
+	case *net.TCPConn:
+		r, _ := rawsock.Wrap(v).(*rawsock.Conn)
+		return r
 	}
+	return nil // none, or TLS: its bytes are not the socket's
 }

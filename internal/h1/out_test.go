@@ -3,11 +3,14 @@ package h1
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/rawsock"
 )
 
 // unsentServer serves a one-word answer with the idle timeout given; requests on a
@@ -76,5 +79,38 @@ func TestUnsentAnswerIdleTimeout(t *testing.T) {
 	roundTrips(t, c, br, 2)
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("the idle connection: %v", err)
+	}
+}
+
+type netConnWrapper struct{ net.Conn }
+
+func (w netConnWrapper) NetConn() net.Conn { return w.Conn }
+
+// TestRawOf: the raw socket is found under wrappers that give their NetConn (netguard's
+// listener gives a raw one), a plain TCP connection is made raw, and nothing is found
+// under TLS (its bytes are not the socket's) or under a pipe.
+func TestRawOf(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	tcp := dial(t, ln.Addr().String())
+	r := rawOf(tcp)
+	if r == nil || r.TCPConn != tcp {
+		t.Fatalf("a plain TCP connection: %v", r)
+	}
+	wrapped := rawsock.Wrap(tcp).(*rawsock.Conn)
+	if got := rawOf(netConnWrapper{netConnWrapper{wrapped}}); got != wrapped {
+		t.Fatalf("under two wrappers: %v, want the raw connection", got)
+	}
+	if got := rawOf(tls.Client(netConnWrapper{wrapped}, &tls.Config{})); got != nil {
+		t.Fatalf("under TLS: %v, want none", got)
+	}
+	p1, p2 := net.Pipe()
+	defer p1.Close()
+	defer p2.Close()
+	if got := rawOf(p1); got != nil {
+		t.Fatalf("a pipe: %v, want none", got)
 	}
 }

@@ -147,19 +147,29 @@ func (c *conn) watchHangup(stop <-chan struct{}, req *reqCtx) {
 
 // rawConnOf is the socket under nc, through TLS and wrappers that give their NetConn.
 func rawConnOf(nc net.Conn) syscall.RawConn {
+	sc, ok := under(nc, func(c net.Conn) bool { _, ok := c.(syscall.Conn); return ok }).(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+// under is the first connection is accepts, from nc down through the wrappers that give
+// their NetConn (TLS's among them), at most 8 deep; nil if there is none.
+func under(nc net.Conn, is func(net.Conn) bool) net.Conn {
 	for range 8 {
-		switch v := nc.(type) {
-		case syscall.Conn:
-			rc, err := v.SyscallConn()
-			if err != nil {
-				return nil
-			}
-			return rc
-		case interface{ NetConn() net.Conn }:
-			nc = v.NetConn()
-		default:
+		if is(nc) {
+			return nc
+		}
+		w, ok := nc.(interface{ NetConn() net.Conn })
+		if !ok {
 			return nil
 		}
+		nc = w.NetConn()
 	}
 	return nil
 }
