@@ -48,11 +48,11 @@ func (m *metrics) series(endpoint, model string) *routeSeries {
 // are dropped).
 type lazy[T any] struct{ p atomic.Pointer[T] }
 
-func (l *lazy[T]) get(make func() T) T {
+func (l *lazy[T]) get(mk func() T) T {
 	if p := l.p.Load(); p != nil {
 		return *p
 	}
-	v := make()
+	v := mk()
 	l.p.CompareAndSwap(nil, &v)
 	return *l.p.Load()
 }
