@@ -121,7 +121,7 @@ func waitBlockedOn(t *testing.T, p string, gone <-chan struct{}) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for ino := st.Sys().(*syscall.Stat_t).Ino; !blockedOn(t, ino); {
+	for ino := st.Sys().(*syscall.Stat_t).Ino; !blockedOn(t, ino, "OFDLCK"); {
 		select {
 		case <-gone:
 			return false
@@ -131,9 +131,10 @@ func waitBlockedOn(t *testing.T, p string, gone <-chan struct{}) bool {
 	return true
 }
 
-// blockedOn reports whether /proc/locks lists an open file description lock request (what
-// awaitPOSIXTasks asks; tessera's are process-associated) blocked on inode ino.
-func blockedOn(t *testing.T, ino uint64) bool {
+// blockedOn reports whether /proc/locks lists a lock request of the kind given blocked on
+// inode ino: OFDLCK (an open file description lock, what awaitPOSIXTasks asks), POSIX
+// (process-associated, tessera's), FLOCK (flock(2), the sequencing gate).
+func blockedOn(t *testing.T, ino uint64, kind string) bool {
 	t.Helper()
 	f, err := os.Open("/proc/locks")
 	if err != nil {
@@ -143,7 +144,7 @@ func blockedOn(t *testing.T, ino uint64) bool {
 	want := fmt.Sprintf(":%d ", ino)
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if l := sc.Text(); strings.Contains(l, "-> OFDLCK") && strings.Contains(l, want) {
+		if l := sc.Text(); strings.Contains(l, "-> "+kind+" ") && strings.Contains(l, want) {
 			return true
 		}
 	}

@@ -95,6 +95,7 @@ type Log struct {
 	db       *sql.DB   // the shared engine, nil for a POSIX log
 	probeDB  *sql.DB   // db's probe: a connection of its own (openProbe)
 	scrub    *scrubber // a shared log's history walk (scrub.go), nil for a POSIX log
+	gate     *seqGate  // a POSIX log's sequencing gate (seqgate.go), nil for a shared log
 	entryKey []byte    // seals appended entries (entrymac.go); nil: no MACs
 	leader   *leader   // with db: holds the checkpoint signer's lock
 	signer   *leaderSigner
@@ -310,9 +311,28 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if lc, ok := driver.(appendLifecycle); ok && quietTesseraStats {
 		driver = quietStats{lc} // quietstats.go
 	}
+	var gate *seqGate // a local log: one process's sequencer at a time (seqgate.go)
+	if db == nil {
+		var err error
+		if gate, err = openSeqGate(cfg.Dir); err != nil {
+			cancel()
+			return nil, err
+		}
+		if err := gate.enter(); err != nil { // the appender's start integrates
+			cancel()
+			gate.close()
+			return nil, err
+		}
+	}
 	app, shutdown, reader, err := tessera.NewAppender(context.WithValue(bg, tesseraOwn{}, true), driver, opts)
+	if gate != nil {
+		gate.leave()
+	}
 	if err != nil {
 		cancel()
+		if gate != nil {
+			gate.close()
+		}
 		if db != nil {
 			ld.release()
 			db.Close()
@@ -337,6 +357,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		l.bundles = DirBundles{Dir: cfg.Dir}
 	}
 	if db == nil {
+		l.gate, l.add = gate, gate.add(app.Add)
 		l.temps = &tempSweep{dir: cfg.Dir, age: cmp.Or(cfg.tempSweepAge, tempSweepAge)}
 		l.temps.failed(time.Now()) // what an earlier process left: swept once it is old enough
 	}
@@ -1739,6 +1760,7 @@ func (l *Log) Close(ctx context.Context) error {
 		l.cancel()
 		if l.db == nil {
 			awaitPOSIXTasks(ctx, l.dir)
+			l.gate.close()
 		}
 		l.mineMu.Lock()
 		if l.mineF != nil {
