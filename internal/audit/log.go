@@ -318,7 +318,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 			cancel()
 			return nil, err
 		}
-		if err := gate.enter(); err != nil { // the appender's start integrates
+		if err := gate.enterStart(ctx); err != nil { // the appender's start integrates
 			cancel()
 			gate.close()
 			return nil, err

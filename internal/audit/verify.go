@@ -198,6 +198,9 @@ func Verify(ctx context.Context, f Fetcher, o VerifyOptions) (State, error) {
 	if err != nil {
 		return State{}, err
 	}
+	if cp.Size == 0 {
+		root = rfc6962.DefaultHasher.EmptyRoot() // an empty range has no hash of its own
+	}
 	// Compare every tile with the tree recomputed from the entries; the first difference
 	// names the first entry (level 0) or subtree whose record was altered.
 	if err := checkTiles(ctx, f, cp.Size, nodes); err != nil {
