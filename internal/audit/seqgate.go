@@ -105,6 +105,9 @@ func (g *seqGate) enter(ctx context.Context) error {
 		}
 		if g.f != nil && !g.draining && !g.starting {
 			if err := g.look(); err != nil {
+				if g.n == 0 {
+					g.release() // taking no entry, it keeps no one out
+				}
 				return err
 			}
 		}
