@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -100,16 +99,28 @@ func TestHoldLockHelper(t *testing.T) {
 	if p == "" {
 		t.Skip("a helper process (holdLock)")
 	}
+	posixLock(t, p)
+	fmt.Println("locked")
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// posixLock takes a process-associated write lock on the file at p (made), as tessera's
+// lockFile does, waiting for it; the lock lasts as long as the process.
+func posixLock(t *testing.T, p string) {
+	t.Helper()
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
-	if err := unix.FcntlFlock(f.Fd(), unix.F_SETLKW, &lk); err != nil {
-		t.Fatal(err)
+	for {
+		if err = unix.FcntlFlock(f.Fd(), unix.F_SETLKW, &lk); err != unix.EINTR {
+			break
+		}
 	}
-	fmt.Println("locked")
-	io.Copy(io.Discard, os.Stdin)
+	if err != nil {
+		t.Fatalf("%s: %v", filepath.Base(p), err)
+	}
 }
 
 // waitBlockedOn waits — on readiness, not a sleep — until the kernel lists an open file
@@ -117,11 +128,7 @@ func TestHoldLockHelper(t *testing.T) {
 // if gone closes first (the waiter returned without waiting).
 func waitBlockedOn(t *testing.T, p string, gone <-chan struct{}) bool {
 	t.Helper()
-	st, err := os.Stat(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for ino := st.Sys().(*syscall.Stat_t).Ino; !blockedOn(t, ino, "OFDLCK"); {
+	for ino := inode(t, p); !blockedOn(t, ino, "OFDLCK"); {
 		select {
 		case <-gone:
 			return false

@@ -386,6 +386,24 @@ func (p *o54Proc) describe() string {
 	return fmt.Sprintf("process %s (%s), %d acks, lines %q, errors %q, stderr:\n%s", p.id, st, len(p.acks), p.lines, p.errs, p.stderr.String())
 }
 
+// awaitAcks waits until p has acknowledged n entries; the test fails if it does not.
+func (p *o54Proc) awaitAcks(t *testing.T, n int) {
+	t.Helper()
+	if !o54Poll(60*time.Second, func() bool { return p.nacks() >= n }) {
+		t.Fatalf("%s does not append (fewer than %d acknowledged): %s", p.id, n, p.describe())
+	}
+}
+
+// stopClean tells p to stop (its stdin ends); it must exit, having closed its log, with
+// no append refused.
+func (p *o54Proc) stopClean(t *testing.T) {
+	t.Helper()
+	p.in.Close()
+	if !o54Poll(60*time.Second, p.exited) || !p.has("closed") || p.nerrs() > 0 {
+		t.Errorf("%s did not close cleanly: %s", p.id, p.describe())
+	}
+}
+
 // o54Poll polls cond every 5 ms (a pace, not a bound) until it holds or d passes.
 func o54Poll(d time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(d)
@@ -565,9 +583,7 @@ func TestOutside54RecordIgnoresDeadline(t *testing.T) {
 		t.Fatalf("B did not open: %s", b.describe())
 	}
 	a := lg.start(t, "A", "stream", "O54_DEPTH=4096", "O54_EVERY=1ms")
-	if !o54Poll(60*time.Second, func() bool { return a.nacks() >= 50 }) {
-		t.Fatalf("A does not stream: %s", a.describe())
-	}
+	a.awaitAcks(t, 50)
 	b.say("go")
 	t0 := time.Now()
 	aBefore := a.nacks()
@@ -599,9 +615,7 @@ func TestOutside54StreamBlocksCLIOpen(t *testing.T) {
 	t.Parallel()
 	lg := o54New(t)
 	a := lg.start(t, "A", "stream", "O54_DEPTH=4096", "O54_EVERY=1ms")
-	if !o54Poll(60*time.Second, func() bool { return a.nacks() >= 50 }) {
-		t.Fatalf("A does not stream: %s", a.describe())
-	}
+	a.awaitAcks(t, 50)
 	c := lg.start(t, "C", "once", "O54_N=1")
 	t0 := time.Now()
 	aBefore := a.nacks()
@@ -637,9 +651,7 @@ func TestOutside54KillMidAppend(t *testing.T) {
 	t.Parallel()
 	lg := o54New(t)
 	s := lg.start(t, "S", "loop", "O54_G=1")
-	if !o54Poll(60*time.Second, func() bool { return s.nacks() >= 5 }) {
-		t.Fatalf("S does not record: %s", s.describe())
-	}
+	s.awaitAcks(t, 5)
 	for r := range 10 {
 		k := lg.start(t, fmt.Sprintf("K%d", r), "stream", "O54_DEPTH=8")
 		want := int(o54Rand(60)) // 0: killed at once, as it opens
@@ -656,13 +668,7 @@ func TestOutside54KillMidAppend(t *testing.T) {
 			t.Fatalf("S died: %s", s.describe())
 		}
 	}
-	s.in.Close()
-	if !o54Poll(60*time.Second, s.exited) {
-		t.Errorf("S did not close: %s", s.describe())
-	}
-	if !s.has("closed") || s.nerrs() > 0 {
-		t.Errorf("S did not close cleanly or had errors: %s", s.describe())
-	}
+	s.stopClean(t)
 	for _, p := range lg.check(t) {
 		t.Error(p)
 	}
@@ -675,9 +681,7 @@ func TestOutside54StopCont(t *testing.T) {
 	t.Parallel()
 	lg := o54New(t)
 	a := lg.start(t, "A", "stream", "O54_DEPTH=16")
-	if !o54Poll(60*time.Second, func() bool { return a.nacks() >= 30 }) {
-		t.Fatalf("A does not stream: %s", a.describe())
-	}
+	a.awaitAcks(t, 30)
 	b := lg.start(t, "B", "loop", "O54_G=2")
 	a.cmd.Process.Signal(syscall.SIGSTOP)
 	gate := inode(t, filepath.Join(lg.dir, ".state", seqGateFile))
@@ -697,10 +701,7 @@ func TestOutside54StopCont(t *testing.T) {
 	if !o54Poll(60*time.Second, func() bool { return b.nacks() > bBefore+10 || b.exited() }) {
 		t.Errorf("B made no progress once A was gone: %s", b.describe())
 	}
-	b.in.Close()
-	if !o54Poll(60*time.Second, b.exited) || !b.has("closed") || b.nerrs() > 0 {
-		t.Errorf("B did not close cleanly: %s", b.describe())
-	}
+	b.stopClean(t)
 	for _, p := range lg.check(t) {
 		t.Error(p)
 	}
@@ -713,9 +714,7 @@ func TestOutside54ManyCLIs(t *testing.T) {
 	t.Parallel()
 	lg := o54New(t)
 	s := lg.start(t, "S", "loop", "O54_G=1")
-	if !o54Poll(60*time.Second, func() bool { return s.nacks() >= 5 }) {
-		t.Fatalf("S does not record: %s", s.describe())
-	}
+	s.awaitAcks(t, 5)
 	for r := range 2 {
 		var cs []*o54Proc
 		for i := range 6 {
@@ -741,10 +740,7 @@ func TestOutside54ManyCLIs(t *testing.T) {
 			break
 		}
 	}
-	s.in.Close()
-	if !o54Poll(60*time.Second, s.exited) || !s.has("closed") || s.nerrs() > 0 {
-		t.Errorf("S did not close cleanly: %s", s.describe())
-	}
+	s.stopClean(t)
 	for _, c := range lg.ps {
 		c.cmd.Process.Kill()
 		<-c.done
@@ -767,9 +763,7 @@ func TestOutside54StateDirRemoved(t *testing.T) {
 	t.Parallel()
 	lg := o54New(t)
 	a := lg.start(t, "A", "stream", "O54_DEPTH=16")
-	if !o54Poll(60*time.Second, func() bool { return a.nacks() >= 50 }) {
-		t.Fatalf("A does not stream: %s", a.describe())
-	}
+	a.awaitAcks(t, 50)
 	// The third party: rm -rf .state, again until it is gone (the live process writes
 	// into it meanwhile: "directory not empty").
 	state := filepath.Join(lg.dir, ".state")
@@ -935,9 +929,7 @@ func TestOutside54CloseBesideStream(t *testing.T) {
 		t.Fatalf("B did not record: %s", b.describe())
 	}
 	a := lg.start(t, "A", "stream", "O54_DEPTH=4096", "O54_EVERY=1ms")
-	if !o54Poll(60*time.Second, func() bool { return a.nacks() >= 100 }) {
-		t.Fatalf("A does not stream: %s", a.describe())
-	}
+	a.awaitAcks(t, 100)
 	t0 := time.Now()
 	b.in.Close()
 	o54Poll(60*time.Second, b.exited)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/transparency-dev/tessera/client"
 	"golang.org/x/mod/sumdb/note"
-	"golang.org/x/sys/unix"
 )
 
 // TestSeqGateNoFalseDeadlock builds, on real processes, the lock cycle that made tessera's
@@ -132,28 +130,10 @@ func TestSeqGatePeerHelper(t *testing.T) {
 		t.Skip("a helper process (holdGateThenPublish)")
 	}
 	state := filepath.Join(dir, ".state")
-	g, err := os.OpenFile(filepath.Join(state, seqGateFile), os.O_RDWR, 0)
-	if err != nil {
+	if _, err := lockGate(state, true); err != nil { // as a Strongroom process takes it
 		t.Fatal(err)
 	}
-	if err := unix.Flock(int(g.Fd()), unix.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
-	lock := func(name string) {
-		f, err := os.OpenFile(filepath.Join(state, name), os.O_CREATE|os.O_RDWR, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
-		for {
-			if err = unix.FcntlFlock(f.Fd(), unix.F_SETLKW, &lk); err != unix.EINTR {
-				break
-			}
-		}
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-	}
+	lock := func(name string) { posixLock(t, filepath.Join(state, name)) }
 	lock("treeState.lock")
 	fmt.Println("locked")
 	lock("publish.lock")
