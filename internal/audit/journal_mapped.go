@@ -167,7 +167,7 @@ type mapped struct {
 	smu    sync.Mutex
 	gen    uint64
 	synced int64
-	wrote  atomic.Bool // a sync wrote and flushed bytes (taken by runWritten: Log.proven)
+	wrote  atomic.Bool // a sync wrote and flushed bytes (taken by runWritten: Log.provenUntil)
 	cut    error       // the open segment or its shadow was cut or removed (checkSegment)
 	shadow *os.File    // the open segment's shadow (nil: records go to the segment by pwrite)
 	// shadowPath is the shadow's name (a closed segment's shadow is kept, renamed for the
@@ -1324,7 +1324,8 @@ func (b *Batcher) runWritten() {
 				b.log.log.Error("ALERT request journal: records written since the last sync may not be durable; refusing what needs a record", "err", err)
 				b.log.setJournalErr(fmt.Errorf("%w: request journal: %v", ErrUnavailable, err))
 			} else if j.wrote.Swap(false) {
-				b.log.proven.Store(true) // the log's directory took a write and a sync
+				// The log's directory took a write and a sync: proof until the next is due.
+				b.log.provenUntil.Store(time.Now().Add(b.syncEvery + probeEvery).UnixNano())
 			}
 		case <-fold.C:
 			j.wmu.Lock()

@@ -168,11 +168,15 @@ type Log struct {
 	temps     *tempSweep
 	probePath string
 	probes    atomic.Uint64 // probes done (tests wait on it)
-	// proven is set when a write to the log directory's disk succeeded — the request
-	// journal's sync (runWritten) — and taken by the next probe, which then skips its open
-	// unless probeOpenEvery has passed since the last (lastOpen: the probe's goroutine only).
-	proven   atomic.Bool
-	lastOpen time.Time
+	// provenUntil (Unix ns) is set when a write to the log directory's disk succeeded —
+	// the request journal's sync (runWritten) — to when the next sync is due, plus a
+	// probe's period: until then probes skip their open unless probeOpenEvery has passed
+	// since the last (lastOpen: the probe's goroutine only). A sync proves the disk until
+	// the next one, whose failure refuses at once (setJournalErr); a proof taken by one
+	// probe only had the three probes between two syncs open the file, ~15 opens a
+	// second under load.
+	provenUntil atomic.Int64
+	lastOpen    time.Time
 	// journalErr is nil while the request-record journal takes appends (journal.go); its
 	// batcher sets and clears it (an empty frame appended is its probe).
 	journalErr atomic.Pointer[error]
@@ -631,8 +635,8 @@ func (l *Log) probe() {
 			err = fmt.Errorf("%w: log database unreachable: %v", ErrUnavailable, err)
 		}
 		cancel()
-	} else if l.writable.Load() == nil && l.proven.Swap(false) && time.Since(l.lastOpen) < probeOpenEvery {
-		// A journal sync since the last probe proved the disk; the open can wait.
+	} else if l.writable.Load() == nil && now.UnixNano() < l.provenUntil.Load() && now.Sub(l.lastOpen) < probeOpenEvery {
+		// A journal sync proved the disk, and the next is not yet overdue; the open can wait.
 	} else {
 		l.lastOpen = time.Now()
 		var f *os.File

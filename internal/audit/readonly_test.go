@@ -55,14 +55,15 @@ func TestReadOnlyLogDir(t *testing.T) {
 	}
 }
 
-// TestProbeOpensUnlessProven: the writability probe skips its open only while the request
-// journal's syncs prove the disk (Log.proven), the last open was under probeOpenEvery ago
-// and the directory was last found writable; otherwise it opens, and finds a directory it
-// cannot write to (here one that is gone).
+// TestProbeOpensUnlessProven: the writability probe skips its open only while a request
+// journal's sync proved the disk and the next sync is not yet overdue (Log.provenUntil),
+// the last open was under probeOpenEvery ago and the directory was last found writable;
+// otherwise it opens, and finds a directory it cannot write to (here one that is gone).
 func TestProbeOpensUnlessProven(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	l := &Log{probePath: filepath.Join(dir, "strongroom.probe"), log: slog.New(slog.DiscardHandler)}
 	broken := func() bool { return l.writable.Load() != nil }
+	prove := func(d time.Duration) { l.provenUntil.Store(time.Now().Add(d).UnixNano()) }
 	// openedThenGone: with the directory there, a probe that opens finds it writable; then
 	// the directory is removed again.
 	openedThenGone := func() {
@@ -83,27 +84,31 @@ func TestProbeOpensUnlessProven(t *testing.T) {
 		t.Fatal("a missing directory was not found")
 	}
 	// Found unwritable: a proof does not stop the next open (only a success clears it).
-	l.proven.Store(true)
+	prove(time.Hour)
 	l.probe()
 	if !broken() {
 		t.Fatal("a failing directory was taken as proven")
 	}
 	openedThenGone()
-	// Proven since the last probe, opened just now: the open is skipped.
-	l.proven.Store(true)
-	l.probe()
-	if broken() {
-		t.Fatal("the probe opened although a sync had proven the disk")
+	// Proven until the next sync is due, opened just now: every probe until then skips
+	// its open (a proof is not used up by one probe: between two syncs there are several).
+	prove(time.Hour)
+	for range 4 {
+		l.probe()
+		if broken() {
+			t.Fatal("the probe opened although a sync had proven the disk")
+		}
 	}
-	// The proof is taken: without a new one the next probe opens.
+	// The proof's time passed (the next sync overdue): the next probe opens.
+	prove(-time.Nanosecond)
 	l.probe()
 	if !broken() {
-		t.Fatal("no open without a new proof")
+		t.Fatal("no open once the proof ran out")
 	}
 	openedThenGone()
-	// Proven every time, but probeOpenEvery since the last open: it opens.
+	// Proven, but probeOpenEvery since the last open: it opens.
 	l.lastOpen = time.Now().Add(-probeOpenEvery)
-	l.proven.Store(true)
+	prove(time.Hour)
 	l.probe()
 	if !broken() {
 		t.Fatal("proven syncs kept the probe from opening for over probeOpenEvery")
