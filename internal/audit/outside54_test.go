@@ -263,6 +263,7 @@ type o54Proc struct {
 	lines  []string
 	acks   map[uint64]string
 	errs   []string
+	nerr   int      // every "err" line (errs keeps the first 20)
 	dups   []string // an index acknowledged twice in this process
 	done   chan struct{}
 	werr   error
@@ -320,6 +321,7 @@ func (lg *o54Log) start(t *testing.T, id, mode string, env ...string) *o54Proc {
 				}
 				p.acks[i] = f[2]
 			case len(f) > 0 && f[0] == "err":
+				p.nerr++
 				if len(p.errs) < 20 {
 					p.errs = append(p.errs, line)
 				}

@@ -130,7 +130,7 @@ func TestSeqGatePeerHelper(t *testing.T) {
 		t.Skip("a helper process (holdGateThenPublish)")
 	}
 	state := filepath.Join(dir, ".state")
-	if _, err := lockGate(state, true); err != nil { // as a Strongroom process takes it
+	if _, err := lockGate(state, true, nil); err != nil { // as a Strongroom process takes it
 		t.Fatal(err)
 	}
 	lock := func(name string) { posixLock(t, filepath.Join(state, name)) }
