@@ -254,7 +254,11 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 		bus = detect.NewRedisBus(rdb, a.redisPrefix()+"detect:")
 	}
 	r := detect.NewResponder(detect.New(a.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
-		Records: a.RequestRecords(), RecordsDelay: max(time.Second, 3*a.requestBatchDelay()), LogSize: a.AuditLog.IntegratedSize,
+		// Another replica's request record reaches the log when its journal folds it: up to
+		// FoldEvery after it was written, and the fold's own time after that. A delay of one
+		// FoldEvery missed the other replica's requests under the suite's load (redis_detect:
+		// 4 entries of evidence, not 6; forty-first session); two leave a fold's time.
+		Records: a.RequestRecords(), RecordsDelay: max(2*audit.DefaultFoldEvery, 3*a.requestBatchDelay()), LogSize: a.AuditLog.IntegratedSize,
 		Webhook: ac.Webhook, WebhookSecret: secret, Duration: ac.SanctionDuration.Duration, Log: a.Log, Bus: bus, Metrics: a.Metrics})
 	go r.Run(ctx, 10*time.Second)
 	go a.watchDetectModes(ctx, r, 2*time.Second)
