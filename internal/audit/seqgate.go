@@ -404,19 +404,6 @@ func lockErr(name string, err error) error {
 	return fmt.Errorf("%w: the log's sequencing lock %s: %w", ErrUnavailable, name, err)
 }
 
-// flockFile opens (making it) the file at p and flocks it as how says (blocking).
-func flockFile(p string, how int) (*os.File, error) {
-	f, err := openLock(p)
-	if err != nil {
-		return nil, err
-	}
-	if err = flock(f, how); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w: the log's sequencing lock %s: %v", ErrUnavailable, filepath.Base(p), err)
-	}
-	return f, nil
-}
-
 // turnTaken reports whether another waits for the gate: its turn file is locked.
 func turnTaken(dir string) bool {
 	f, err := os.OpenFile(filepath.Join(dir, seqTurnFile), os.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
