@@ -891,8 +891,12 @@ func TestOutside54StateDirRemovedReset(t *testing.T) {
 	}) {
 		t.Fatalf("A's entries were never published: %s", a.describe())
 	}
-	if err := os.RemoveAll(filepath.Join(lg.dir, ".state")); err != nil { // the third party
-		t.Fatal(err)
+	// The third party: rm -rf, again until it holds — A, idle but alive, keeps making files
+	// in .state (tessera's publish.lock, the probe's file), so one pass can meet a file
+	// made after it listed the directory ("directory not empty", once in the suite).
+	var rmErr error
+	if !o54Poll(60*time.Second, func() bool { rmErr = os.RemoveAll(filepath.Join(lg.dir, ".state")); return rmErr == nil }) {
+		t.Fatal(rmErr)
 	}
 	b := lg.start(t, "B", "once", "O54_N=1")
 	if !o54Poll(60*time.Second, b.exited) {
