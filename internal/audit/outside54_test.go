@@ -396,6 +396,14 @@ func (p *o54Proc) awaitAcks(t *testing.T, n int) {
 	}
 }
 
+// ackedMore waits, 60 s at most (for a starved or crashed process, not a pace), until p
+// has acknowledged n more entries than it had when called, or exited; it reports whether
+// either happened.
+func (p *o54Proc) ackedMore(n int) bool {
+	base := p.nacks()
+	return o54Poll(60*time.Second, func() bool { return p.nacks() >= base+n || p.exited() })
+}
+
 // stopClean tells p to stop (its stdin ends); it must exit, having closed its log, with
 // no append refused.
 func (p *o54Proc) stopClean(t *testing.T) {
@@ -662,8 +670,7 @@ func TestOutside54KillMidAppend(t *testing.T) {
 		}
 		k.cmd.Process.Kill() // mid-append
 		<-k.done
-		sBefore := s.nacks()
-		if !o54Poll(60*time.Second, func() bool { return s.nacks() > sBefore+3 || s.exited() }) {
+		if !s.ackedMore(4) {
 			t.Errorf("round %d: S made no progress in 15s after K%d was killed: %s", r, r, s.describe())
 		}
 		if s.exited() {
@@ -691,16 +698,14 @@ func TestOutside54StopCont(t *testing.T) {
 		t.Logf("B never blocked on the gate while A was stopped: %s", b.describe())
 	}
 	a.cmd.Process.Signal(syscall.SIGCONT)
-	aBefore := a.nacks()
-	if !o54Poll(60*time.Second, func() bool { return a.nacks() > aBefore+10 || a.exited() }) {
+	if !a.ackedMore(11) {
 		t.Errorf("A made no progress after SIGCONT: %s", a.describe())
 	}
 	a.in.Close()
 	if !o54Poll(60*time.Second, a.exited) || !a.has("closed") {
 		t.Errorf("A did not close after SIGCONT: %s", a.describe())
 	}
-	bBefore := b.nacks()
-	if !o54Poll(60*time.Second, func() bool { return b.nacks() > bBefore+10 || b.exited() }) {
+	if !b.ackedMore(11) {
 		t.Errorf("B made no progress once A was gone: %s", b.describe())
 	}
 	b.stopClean(t)

@@ -303,8 +303,7 @@ func o55GateReplaced(t *testing.T, kind string) {
 	}
 	d, _ := o55CLI(t, lg, "D")
 	dOut := o55Outcome(d)
-	bBase2 := b.nacks()
-	bRecovered := o54Poll(o55Bound, func() bool { return b.nacks() >= bBase2+10 || b.exited() }) && !b.exited()
+	bRecovered := b.ackedMore(10) && !b.exited()
 	bStopped := o55Stop(b)
 	for _, p := range lg.check(t) {
 		t.Error(p)
@@ -359,6 +358,16 @@ func TestOutside55GateSwappedCycle(t *testing.T) {
 			o55Cycle(t, kind)
 		})
 	}
+}
+
+// o55Streaming starts a log and, on it, id: a loaded process that streams appends (16 in
+// flight), once it has 30 acknowledged.
+func o55Streaming(t *testing.T, id string) (*o54Log, *o54Proc) {
+	t.Helper()
+	lg := o54New(t)
+	p := lg.start(t, id, "stream", "O54_DEPTH=16", "O54_EVERY=1ms")
+	p.awaitAcks(t, 30)
+	return lg, p
 }
 
 // o55GateLoad starts B, the load that keeps the gate without a break (outside round 54's
@@ -443,9 +452,7 @@ func o55Cycle(t *testing.T, kind string) {
 // lets go everyone goes on and nothing is lost (the log checks).
 func TestOutside55TurnHeld(t *testing.T) {
 	t.Parallel()
-	lg := o54New(t)
-	b := lg.start(t, "B", "stream", "O54_DEPTH=16", "O54_EVERY=1ms")
-	b.awaitAcks(t, 30)
+	lg, b := o55Streaming(t, "B")
 	dl := lg.start(t, "Cdl", "once", "O54_WAITGO=1", "O54_TIMEOUT=5s", "O54_N=1")
 	if !o54Poll(o55Bound, func() bool { return dl.has("opened") || dl.exited() }) {
 		t.Fatalf("Cdl did not open: %s", dl.describe())
@@ -700,9 +707,7 @@ func TestOutside55Unwritable(t *testing.T) {
 	t.Parallel()
 	t.Run("perm", func(t *testing.T) {
 		t.Parallel()
-		lg := o54New(t)
-		a := lg.start(t, "A", "stream", "O54_DEPTH=16", "O54_EVERY=1ms")
-		a.awaitAcks(t, 30)
+		lg, a := o55Streaming(t, "A")
 		dirs := []string{lg.dir, filepath.Join(lg.dir, ".state")}
 		lock, unlock := o55Perm(t, dirs)
 		t.Cleanup(unlock)
@@ -714,9 +719,7 @@ func TestOutside55Unwritable(t *testing.T) {
 		if os.Geteuid() != 0 {
 			t.Skip("a read-only file system is made with a read-only bind mount: needs root")
 		}
-		lg := o54New(t)
-		a := lg.start(t, "A", "stream", "O54_DEPTH=16", "O54_EVERY=1ms")
-		a.awaitAcks(t, 30)
+		lg, a := o55Streaming(t, "A")
 		// A read-only bind mount of the directory over itself: every path under it now
 		// resolves on a read-only mount (EROFS for any open for writing; a remount of the
 		// mount A writes through is refused while files are open for writing), and its
@@ -803,7 +806,7 @@ func o55Outage(t *testing.T, lg *o54Log, a *o54Proc, what string, restore func()
 	aMsg := a.describe()
 	restore()
 	n1 := a.nacks()
-	recovered := o54Poll(o55Bound, func() bool { return a.nacks() >= n1+20 || a.exited() }) && !a.exited()
+	recovered := a.ackedMore(20) && !a.exited()
 	d, _ := o55CLI(t, lg, "D")
 	dOut := o55Outcome(d)
 	t.Logf("directory %s: A refused %d, acknowledged %d meanwhile; C %s (%s); after: A acknowledged %d more, D %s",
@@ -869,9 +872,7 @@ func TestOutside55TreeStateLockReplaced(t *testing.T) {
 	for _, kind := range []string{"dir", "dangling"} {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			lg := o54New(t)
-			a := lg.start(t, "A", "stream", "O54_DEPTH=16", "O54_EVERY=1ms")
-			a.awaitAcks(t, 30)
+			lg, a := o55Streaming(t, "A")
 			p := filepath.Join(lg.dir, ".state", "treeState.lock")
 			o55Replace(t, p, kind)
 			e0 := o55Answers(a)
@@ -965,9 +966,7 @@ func TestOutside55TurnReplaced(t *testing.T) {
 // inode it holds itself): only killing it does, after which A goes on.
 func TestOutside55GateLinkedToTurn(t *testing.T) {
 	t.Parallel()
-	lg := o54New(t)
-	a := lg.start(t, "A", "stream", "O54_DEPTH=16", "O54_EVERY=1ms")
-	a.awaitAcks(t, 30)
+	lg, a := o55Streaming(t, "A")
 	state := filepath.Join(lg.dir, ".state")
 	gate, turn := filepath.Join(state, seqGateFile), filepath.Join(state, seqTurnFile)
 	tmp := gate + ".o55link"
@@ -1036,9 +1035,7 @@ func TestOutside55StateFileFIFO(t *testing.T) {
 	for _, name := range []string{"treeState", "checkpoint"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			lg := o54New(t)
-			a := lg.start(t, "A", "stream", "O54_DEPTH=16", "O54_EVERY=1ms")
-			a.awaitAcks(t, 30)
+			lg, a := o55Streaming(t, "A")
 			p, lockName := filepath.Join(lg.dir, ".state", treeStateFile), "treeState.lock"
 			if name == "checkpoint" {
 				p, lockName = filepath.Join(lg.dir, "checkpoint"), "publish.lock"
@@ -1074,8 +1071,7 @@ func TestOutside55StateFileFIFO(t *testing.T) {
 			o54Poll(o55Bound, c.exited)
 			after := fmt.Sprintf("after the file was put back: C %s", o55Outcome(c))
 			o55Kill(c)
-			base2 := a.nacks()
-			aAfter := o54Poll(o55Bound, func() bool { return a.nacks() >= base2+20 || a.exited() }) && !a.exited()
+			aAfter := a.ackedMore(20) && !a.exited()
 			aStopped := o55Stop(a)
 			for _, q := range lg.check(t) {
 				t.Error(q)

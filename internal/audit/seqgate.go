@@ -139,17 +139,13 @@ func (g *seqGate) enter(ctx context.Context) error {
 			return *r
 		}
 		if g.f != nil && !g.draining && !g.starting {
-			if err := g.look(); err != nil {
-				if g.n == 0 {
-					g.release() // taking no entry, it keeps no one out
-				}
-				return err
-			}
+			g.look()
 		}
 		if g.f != nil && !g.draining {
+			// Every entry, not every look: the tree state, tessera's lock file, the checkpoint.
 			if err := stateUsable(g.dir, !g.starting); err != nil {
 				if g.n == 0 {
-					g.release()
+					g.release() // taking no entry, it keeps no one out
 				}
 				return err
 			}
@@ -179,18 +175,16 @@ func (g *seqGate) enter(ctx context.Context) error {
 	}
 }
 
-// look, every quarter turn while the gate is held, checks that the tree state is still
-// there and, once the gate has been held a turn, whether another process waits for it
-// (then the gate drains). mu held.
-func (g *seqGate) look() error {
+// look, every quarter turn while the gate is held, checks that the gate's file is still
+// the one at its path and, once the gate has been held a turn, whether another process
+// waits for it (then the gate drains). The tree state is enter's to check (stateUsable),
+// at every entry. mu held.
+func (g *seqGate) look() {
 	now := time.Now()
 	if now.Sub(g.looked) < seqGateTurn/4 {
-		return nil
+		return
 	}
 	g.looked = now
-	if err := treeStatePresent(g.dir); err != nil {
-		return err
-	}
 	if !sameFile(g.f, filepath.Join(g.dir, seqGateFile)) {
 		// The gate's file was replaced (or removed) while held: a newcomer locking the
 		// file now at the path would sequence beside this process (outside round 55). Lock
@@ -208,7 +202,7 @@ func (g *seqGate) look() error {
 			if g.n == 0 {
 				g.release()
 			}
-			return nil
+			return
 		}
 	}
 	if now.Sub(g.since) >= seqGateTurn && turnTaken(g.dir) {
@@ -217,7 +211,6 @@ func (g *seqGate) look() error {
 			g.release()
 		}
 	}
-	return nil
 }
 
 // enterStart is enter around the appender's start, where a new log has no tree state yet.
@@ -379,13 +372,28 @@ func pause(stop <-chan struct{}) error {
 // openLock opens (making it) the lock file at p: a regular file only — a FIFO, a
 // directory or a link put at the path is refused, not locked (outside round 55).
 func openLock(p string) (*os.File, error) {
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0o644)
-	if err != nil {
+	f, err := openRegular(p, os.O_CREATE|os.O_RDWR)
+	switch {
+	case errors.Is(err, errNotRegular):
+		return nil, fmt.Errorf("%w: the log's sequencing lock %s is not a regular file: remove it", ErrUnavailable, filepath.Base(p))
+	case err != nil:
 		return nil, fmt.Errorf("%w: the log's sequencing lock: %v", ErrUnavailable, err)
+	}
+	return f, nil
+}
+
+var errNotRegular = errors.New("not a regular file")
+
+// openRegular opens p as flag says, never following a link nor waiting on a FIFO, and keeps
+// it only if it is a regular file (else errNotRegular).
+func openRegular(p string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(p, flag|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0o644)
+	if err != nil {
+		return nil, err
 	}
 	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
 		f.Close()
-		return nil, fmt.Errorf("%w: the log's sequencing lock %s is not a regular file: remove it", ErrUnavailable, filepath.Base(p))
+		return nil, errNotRegular
 	}
 	return f, nil
 }
@@ -532,21 +540,14 @@ func (g *seqGate) rollback(index, floor uint64) error {
 // holding it, so a floor lost with the host is only lower than the tree, never higher — a
 // rollback missed, never a refusal of an intact log.
 func (g *seqGate) raise(n uint64) {
-	for cur := g.floor.Load(); n > cur; cur = g.floor.Load() {
-		if g.floor.CompareAndSwap(cur, n) {
-			break
-		}
-	}
+	g.lift(n)
 	g.fmu.Lock()
 	defer g.fmu.Unlock()
-	f, err := os.OpenFile(filepath.Join(filepath.Dir(g.dir), floorFile), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0o644)
+	f, err := openRegular(filepath.Join(filepath.Dir(g.dir), floorFile), os.O_CREATE|os.O_RDWR)
 	if err != nil {
 		return // the next check reads what is there; a refusal is the tree's, not this
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return
-	}
 	if have, _ := readFloor(f); have >= n {
 		return
 	}
@@ -575,17 +576,16 @@ func (g *seqGate) checkFloor() error {
 	if r := g.rolled.Load(); r != nil {
 		return *r
 	}
-	f, err := os.OpenFile(filepath.Join(filepath.Dir(g.dir), floorFile), os.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if errors.Is(err, os.ErrNotExist) {
+	f, err := openRegular(filepath.Join(filepath.Dir(g.dir), floorFile), os.O_RDONLY)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return nil
-	}
-	if err != nil {
+	case errors.Is(err, errNotRegular):
+		return fmt.Errorf("%w: the log's floor file %s is not a regular file: remove it", ErrUnavailable, floorFile)
+	case err != nil:
 		return fmt.Errorf("%w: the log's floor file %s: %v", ErrUnavailable, floorFile, err)
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return fmt.Errorf("%w: the log's floor file %s is not a regular file: remove it", ErrUnavailable, floorFile)
-	}
 	floor, err := readFloor(f)
 	if err != nil {
 		return fmt.Errorf("%w: the log's floor file %s does not parse (%v): remove it", ErrUnavailable, floorFile, err)
@@ -609,7 +609,12 @@ func (g *seqGate) checkFloor() error {
 	if ts.Size < floor {
 		return g.rollback(ts.Size, floor)
 	}
-	for cur := g.floor.Load(); floor > cur && !g.floor.CompareAndSwap(cur, floor); cur = g.floor.Load() {
-	}
+	g.lift(floor)
 	return nil
+}
+
+// lift raises this process's floor to n (never lowers it).
+func (g *seqGate) lift(n uint64) {
+	for cur := g.floor.Load(); n > cur && !g.floor.CompareAndSwap(cur, n); cur = g.floor.Load() {
+	}
 }
