@@ -68,6 +68,12 @@ body='{"model":"demo","max_tokens":256,"messages":[{"role":"user","content":"hel
 hz=$(getconf CLK_TCK)
 ticks() { awk '{sub(/^.*\) /, ""); print $12 + $13}' "/proc/$1/stat"; }
 uticks() { awk '{sub(/^.*\) /, ""); print $12}' "/proc/$1/stat"; }
+# faults PID: the process's minor page faults so far (on this VM a fault that maps a fresh
+# page costs ~5 µs: the host's; docs/PERFORMANCE.md, thirty-ninth session).
+faults() { awk '{sub(/^.*\) /, ""); print $8}' "/proc/$1/stat"; }
+# switches PID: context switches of all its threads so far (each a futex wake and a
+# schedule, costly in this guest).
+switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { n += $2 } END { print n + 0 }'; }
 settle() {
 	local t0 t1 i
 	t1=$(ticks "$1")
@@ -99,6 +105,7 @@ if [ -n "${PAIRED:-}" ]; then
 		# Which one is waited on to settle first alternates (ABBA): the other's window is
 		# the longer by that wait, its idle CPU counted with it.
 		if ((r % 2)); then ta0=$(settle "${procs[$a]}") tb0=$(settle "${procs[$b]}"); else tb0=$(settle "${procs[$b]}") ta0=$(settle "${procs[$a]}"); fi
+		fa0=$(faults "${procs[$a]}") fb0=$(faults "${procs[$b]}") sa0=$(switches "${procs[$a]}") sb0=$(switches "${procs[$b]}")
 		"$work/bin/openloop" -url "${url[$a]}" -key "$(kof "$a")" -body "$body" -rate "$rate" -duration 8s >"$work/out-a" &
 		pa=$!
 		"$work/bin/openloop" -url "${url[$b]}" -key "$(kof "$b")" -body "$body" -rate "$rate" -duration 8s >"$work/out-b" &
@@ -123,13 +130,15 @@ if [ -n "${PAIRED:-}" ]; then
 			for s in "$a" "$b"; do perf script -i "$PERF/$s.data" >"$PERF/$s.txt" 2>/dev/null; done
 		fi
 		if ((r % 2)); then ta1=$(settle "${procs[$a]}") tb1=$(settle "${procs[$b]}"); else tb1=$(settle "${procs[$b]}") ta1=$(settle "${procs[$a]}"); fi
+		fa1=$(faults "${procs[$a]}") fb1=$(faults "${procs[$b]}") sa1=$(switches "${procs[$a]}") sb1=$(switches "${procs[$b]}")
 		for x in a b; do
-			s=$a t0=$ta0 t1=$ta1
-			[ $x = b ] && s=$b t0=$tb0 t1=$tb1
+			s=$a t0=$ta0 t1=$ta1 f=$((fa1 - fa0)) w=$((sa1 - sa0))
+			[ $x = b ] && s=$b t0=$tb0 t1=$tb1 f=$((fb1 - fb0)) w=$((sb1 - sb0))
 			out=$(cat "$work/out-$x")
 			n=$(sed -n 's/.* ok \([0-9]*\) .*/\1/p' <<<"$out")
 			cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? t / hz * 1e6 / n : 0) }')
-			echo "round $r $s cpu_us_per_req $cpu (paired) | $out"
+			fpr=$(awk -v f=$f -v w=$w -v n="$n" 'BEGIN { printf "faults/req %.3f, switches/req %.3f", (n > 0 ? f / n : 0), (n > 0 ? w / n : 0) }')
+			echo "round $r $s cpu_us_per_req $cpu (paired, $fpr) | $out"
 			echo "$r $s $cpu" >>"$res"
 		done
 	done
