@@ -13,6 +13,8 @@ import (
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/store"
+
+	"github.com/strongroom/strongroom/internal/tick"
 )
 
 // configFile is the config this App was opened from.
@@ -63,30 +65,23 @@ func (a *App) SetDetectorMode(ctx context.Context, det, mode string) error {
 // r, so that `detect promote` reaches a running gateway without a restart.
 func (a *App) watchDetectModes(ctx context.Context, r *detect.Responder, every time.Duration) {
 	path := a.configFile()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	tick.Every(ctx, every, func() {
 		c, err := config.ReadRaw(path) // a few hundred bytes every few seconds: no need for mtimes
 		if err != nil {
 			a.Log.Error("detect: config not re-read; detector modes unchanged", "err", err)
-			continue
+			return
 		}
 		dc, err := detect.ParseConfig(c.Detect)
 		if err != nil {
 			a.Log.Error("detect: config not re-read; detector modes unchanged", "err", err)
-			continue
+			return
 		}
 		modes := dc.Modes
 		if modes == nil {
 			modes = map[string]string{"*": "enforce"}
 		}
 		r.SetModes(modes)
-	}
+	})
 }
 
 // DetectorDay is one detector's alerts on one UTC day.

@@ -108,7 +108,9 @@ func (a *App) OpenGateway(ctx context.Context, o GatewayOptions) (*gateway.Gatew
 		if err != nil {
 			return nil, err
 		}
-		lim = limits.NewRedis(rdb, a.redisPrefix()+"limits:", nil)
+		rl := limits.NewRedis(rdb, a.redisPrefix()+"limits:", nil)
+		go rl.Run(ctx) // renews this replica's concurrency slots: a dead one's lapse
+		lim = rl
 		if gc.LocalFallbackPublic {
 			fallback = limits.NewLocal(nil)
 		}

@@ -1,13 +1,17 @@
--- Release a request: free its concurrency slot and charge (or refund) the difference
--- between actual and estimated tokens. ARGV: diff, day, then per scope tpm.
+-- Release a request: free its concurrency slots and charge (or refund) the difference
+-- between actual and estimated tokens. ARGV: diff, day, replica id, then per scope tpm, conc.
 local diff = tonumber(ARGV[1])
 local day = ARGV[2]
+local slots = 'i:' .. ARGV[3]
 for i = 1, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'inflight', -1)
+  local b = 3 + (i - 1) * 2
+  if tonumber(ARGV[b + 2]) > 0 and (tonumber(redis.call('HGET', KEYS[i], slots)) or 0) > 0 then
+    redis.call('HINCRBY', KEYS[i], slots, -1)
+  end
   if redis.call('HGET', KEYS[i], 'day') == day then
     redis.call('HINCRBYFLOAT', KEYS[i], 'dt', diff)
   end
-  if tonumber(ARGV[2 + i]) > 0 then
+  if tonumber(ARGV[b + 1]) > 0 then
     redis.call('HINCRBYFLOAT', KEYS[i], 'tt', -diff)
   end
 end

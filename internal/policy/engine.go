@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/tick"
 )
 
 // Engine serves decisions from the current set and reloads the policy directory when it
@@ -104,14 +106,5 @@ func (e *Engine) Reload() (bool, error) {
 
 // Watch reloads every interval until ctx ends.
 func (e *Engine) Watch(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			e.Reload()
-		}
-	}
+	tick.Every(ctx, interval, func() { e.Reload() })
 }
