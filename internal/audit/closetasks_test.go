@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // TestCloseWaitsForTesseraTask: a task of tessera's POSIX driver in flight when the log
@@ -61,8 +62,7 @@ func TestCloseWaitsForTesseraTask(t *testing.T) {
 // tessera's lockFile does, and returns what ends the child (its lock with it).
 func holdLock(t *testing.T, p string) (release func()) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHoldLockHelper$", "-test.v=false")
-	cmd.Env = append(os.Environ(), "AUDIT_HOLD_LOCK="+p)
+	cmd := testenv.HelperCmd(t, "TestHoldLockHelper", "AUDIT_HOLD_LOCK="+p)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -71,7 +71,6 @@ func holdLock(t *testing.T, p string) (release func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

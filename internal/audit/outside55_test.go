@@ -48,9 +48,13 @@ func o55Answers(p *o54Proc) int {
 // o55Silent reports whether p, running, answered no append (acknowledged or refused) for
 // the whole of o55Bound. A streaming process always has appends pending: silent for the
 // bound, it waits without one.
-func o55Silent(p *o54Proc) bool {
+func o55Silent(p *o54Proc) bool { return o55SilentFor(p, o55Bound) }
+
+// o55SilentFor is o55Silent over window: for a wait that is only logged (a known residual),
+// where the bound's full minute would hold one of the package's two parallel slots.
+func o55SilentFor(p *o54Proc, window time.Duration) bool {
 	base := o55Answers(p)
-	return !o54Poll(o55Bound, func() bool { return o55Answers(p) > base || p.exited() })
+	return !o54Poll(window, func() bool { return o55Answers(p) > base || p.exited() })
 }
 
 // o55Crash is the panic (or fatal error) p exited with, "" if it did not crash. A Go panic
@@ -1061,7 +1065,13 @@ func TestOutside55StateFileFIFO(t *testing.T) {
 			c := lg.start(t, "C", "once", "O54_N=3")
 			o54Poll(o55Bound, c.exited)
 			cHung := !c.exited()
-			aHung := !a.exited() && o55Silent(a)
+			// treeState: A's waiting in tessera's read of the FIFO is the residual below, only
+			// logged — 5 s of silence tell it; A going on once the file is back is held.
+			window := o55Bound
+			if name == "treeState" {
+				window = 5 * time.Second
+			}
+			aHung := !a.exited() && o55SilentFor(a, window)
 			during := fmt.Sprintf("C %s (opened: %v, acknowledged %d, %s); A answered %d appends", o55Outcome(c), c.has("opened"), c.nacks(), o55Said(c), o55Answers(a)-base)
 			aCrash, cCrash := o55Crash(a), o55Crash(c)
 			// The file put back; the blocked readers get EOF.

@@ -16,6 +16,8 @@ import (
 
 	"github.com/transparency-dev/tessera/client"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // TestSeqGateNoFalseDeadlock builds, on real processes, the lock cycle that made tessera's
@@ -97,17 +99,14 @@ func TestSeqGateNoFalseDeadlock(t *testing.T) {
 // peer is blocked on publish.lock; the returned func waits for the peer to end.
 func holdGateThenPublish(t *testing.T, dir string) (wait func()) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSeqGatePeerHelper$", "-test.v=false")
-	cmd.Env = append(os.Environ(), "AUDIT_SEQGATE_PEER="+dir)
+	cmd := testenv.HelperCmd(t, "TestSeqGatePeerHelper", "AUDIT_SEQGATE_PEER="+dir)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill() })
 	if line, _ := bufio.NewReader(out).ReadString('\n'); line != "locked\n" {
 		cmd.Wait()
 		t.Fatalf("peer: %q", line)

@@ -8,7 +8,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/transparency-dev/tessera/client"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // TestSQLLogReplicaProcess is the other replica of TestSQLLogSignerKilled: a separate
@@ -60,17 +61,14 @@ func TestSQLLogSignerKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestSQLLogReplicaProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "SR_TEST_REPLICA_DSN="+dsn, "SR_TEST_REPLICA_SKEY="+skey)
+	cmd := testenv.HelperCmd(t, "TestSQLLogReplicaProcess", "SR_TEST_REPLICA_DSN="+dsn, "SR_TEST_REPLICA_SKEY="+skey)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
 	lines := bufio.NewScanner(out)
 	for _, want := range []string{"signer=true", "appending"} {
 		if !lines.Scan() || !strings.Contains(lines.Text(), want) {

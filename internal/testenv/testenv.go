@@ -84,3 +84,18 @@ func (l *LogBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// HelperCmd is this test binary run again as a helper process: only the test named test
+// (a test that does the helper's part when env names it, and skips otherwise), with env
+// added, its stderr this one's. It is not started; it is killed when t ends, if it runs.
+func HelperCmd(t testing.TB, test string, env ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1", "-test.v=false")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	t.Cleanup(func() {
+		if cmd.Process != nil {
+			cmd.Process.Kill() // an error if it has ended already
+		}
+	})
+	return cmd
+}
