@@ -73,7 +73,10 @@ func (o *OIDC) Authenticate(ctx context.Context, tok string) (*Principal, error)
 	if err != nil {
 		return nil, lookupErr("jwt principal "+id, err)
 	}
-	out := &Principal{Principal: p, KeyID: "jwt"}
+	// Its own key scope for limits (key_limits: "key:jwt:ID"), as an API key or a client
+	// certificate has: one shared "jwt" let any federated user use up every other's, across
+	// tenants (outside round 56).
+	out := &Principal{Principal: p, KeyID: "jwt:" + p.ID}
 	if rs, ok := claims["roles"].([]any); ok {
 		for _, r := range rs {
 			if s, ok := r.(string); ok && !slices.Contains(out.Roles, s) {

@@ -254,12 +254,7 @@ func TestBusDownDetectsLocally(t *testing.T) {
 // scripts/test): records come back in order after the cursor, a reader that starts late
 // sees only what follows, and a claim is won once.
 func TestRedisBus(t *testing.T) {
-	opt, err := redis.ParseURL(testenv.Get(t, "STRONGROOM_TEST_REDIS"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
+	rdb := testenv.Redis(t)
 	ctx := context.Background()
 	prefix := "test:" + strings.ReplaceAll(t.Name(), "/", "_") + ":" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
 	defer rdb.Del(ctx, prefix+"obs")

@@ -675,7 +675,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	st.decision, st.reason = audit.Allow, d.Reason()
 	st.outHash = g.cfg.Redactor.NewHash()
 	g.proxy(w, r, st, upBody)
-	done(st.usage.PromptTokens + st.usage.CompletionTokens)
+	done(st.charged(est))
 	if st.cut {
 		// Ended without the chunked body's end (HTTP/1.1) or with a stream reset (HTTP/2):
 		// a client that takes a stream without [DONE] as complete (openai-go does) sees an
@@ -683,6 +683,22 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		// this panic as "abort" and log nothing.
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// charged is what an admitted request's limits are charged once it ended: its usage as the
+// engine told it (or as estimated from the answer's bytes); else — the client gone before
+// the answer or mid-stream, a stream cut before its usage — the admission's estimate: the
+// engine had the request and may have answered it whole (charged nothing, hanging up was a
+// way around tpm and daily budgets: outside round 56). Nothing for an engine's refusal or
+// failure (an error status, no answer).
+func (st *reqState) charged(est int) int {
+	switch {
+	case st.usage != (Usage{}):
+		return st.usage.PromptTokens + st.usage.CompletionTokens
+	case st.status == 499, st.status >= 200 && st.status < 300, st.cut:
+		return est
+	}
+	return 0
 }
 
 func (st *reqState) fail(w http.ResponseWriter, e *apiError, reason string) {

@@ -88,7 +88,7 @@ func (l *Local) Admit(_ context.Context, scopes []Scope, est int) (func(int), *D
 	day := y*10000 + int(m)*100 + d
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	a := &admission{l: l, scopes: scopes, est: est}
+	a := &admission{l: l, scopes: scopes, est: est, day: day}
 	if len(scopes) <= len(a.inline) {
 		a.states = a.inline[:len(scopes)]
 	} else {
@@ -146,6 +146,7 @@ type admission struct {
 	l      *Local
 	scopes []Scope
 	est    int
+	day    int // the UTC day charged (yyyymmdd)
 	states []*scopeState
 	inline [4]*scopeState
 	once   sync.Once
@@ -160,7 +161,9 @@ func (a *admission) release(actual int) {
 		for i, sc := range a.scopes {
 			s := a.states[i]
 			s.inflight--
-			s.dayTokens += int64(diff)
+			if s.day == a.day { // a day since begun owes nothing to this one's estimate
+				s.dayTokens += int64(diff)
+			}
 			if sc.Limits.TPM > 0 {
 				s.tok.tokens -= float64(diff)
 			}

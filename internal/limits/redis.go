@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,37 +36,40 @@ var (
 const DefaultSlotTTL = 15 * time.Second
 
 // Redis is a Limiter shared by every gateway replica: one Lua script checks and charges
-// all scopes atomically, so a limit holds globally.
+// all scopes atomically, so a limit holds globally. Times and days are Redis's own clock,
+// the same for every replica (a replica's clock skewed across midnight reset the day's
+// budget; one behind locked a scope out of its bucket).
 //
-// Concurrency slots are counted per replica (each Redis value has a random id), and a
-// replica's slots lapse SlotTTL after they were last renewed, by Redis's clock: Run renews
-// them, writing the count the replica really holds. So a replica that dies holding slots
-// (kill -9, its host lost) gives them back within SlotTTL, and a release lost on the way
-// to Redis is set right by the next heartbeat — a shared counter kept them taken until
-// the key's two-day expiry. Without Run, slots lapse SlotTTL after their request began.
+// A concurrency slot is one field a request (its replica's random id and the request's
+// number), and a replica's slots lapse SlotTTL after they were last renewed. Run renews
+// them: it writes again the slots the replica's requests hold (after Redis was flushed or
+// restarted they are back) and frees those whose release did not reach Redis (freeing is
+// idempotent). So a replica that dies holding slots (kill -9, its host lost) gives them back
+// within SlotTTL; without Run, slots lapse SlotTTL after their request began.
 type Redis struct {
 	c       redis.UniversalClient
 	prefix  string
-	now     func() time.Time
+	now     func() time.Time // nil: Redis's clock
 	id      string
+	seq     atomic.Uint64
 	SlotTTL time.Duration // DefaultSlotTTL unless set before use
 
-	// Slots held by this replica, by scope key. A scope stays listed at 0 until a
-	// heartbeat has written the 0 (a lost release healed), then is dropped. An admission
-	// counts its slots here before Redis does (and takes them back if refused), a release
-	// after: what a heartbeat writes is never fewer than the replica holds.
-	mu    sync.Mutex
-	slots map[string]int
+	// The slots this replica's requests hold, by scope key: added once Redis admitted the
+	// request, removed before Redis is told of the release — so that a heartbeat never
+	// writes back a slot being freed, nor one Redis refused. Releases Redis did not get,
+	// by scope key, for the next heartbeat.
+	mu     sync.Mutex
+	slots  map[string]map[uint64]struct{}
+	unsent map[string][]uint64
 }
 
-// NewRedis uses a go-redis client; keys are prefixed (e.g. "strongroom:limits:").
+// NewRedis uses a go-redis client; keys are prefixed (e.g. "strongroom:limits:"). now is
+// for tests: nil (production) uses Redis's clock.
 func NewRedis(c redis.UniversalClient, prefix string, now func() time.Time) *Redis {
-	if now == nil {
-		now = time.Now
-	}
 	var id [8]byte
 	rand.Read(id[:])
-	return &Redis{c: c, prefix: prefix, now: now, id: hex.EncodeToString(id[:]), slots: map[string]int{}}
+	return &Redis{c: c, prefix: prefix, now: now, id: hex.EncodeToString(id[:]),
+		slots: map[string]map[uint64]struct{}{}, unsent: map[string][]uint64{}}
 }
 
 func (r *Redis) ttl() time.Duration {
@@ -86,89 +90,118 @@ func (r *Redis) Run(ctx context.Context) {
 	})
 }
 
-// beat writes the slots this replica holds, renewed for SlotTTL. It holds mu throughout, so
-// that no admission or release of this replica is counted here and not there, or the reverse,
-// but one already in flight to Redis: a count written too high for a beat, never too low.
+// beat writes the slots this replica's requests hold, renewed for SlotTTL, and frees
+// those whose release did not reach Redis. It holds mu throughout: a request admitted or
+// released meanwhile waits to change the lists.
 func (r *Redis) beat(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.slots) == 0 {
+	if len(r.slots) == 0 && len(r.unsent) == 0 {
 		return nil
 	}
-	keys := make([]string, 0, len(r.slots))
+	var keys []string
 	args := []any{r.id, r.ttl().Milliseconds()}
-	for k, n := range r.slots {
+	add := func(k string, held map[uint64]struct{}, free []uint64) {
 		keys = append(keys, k)
-		args = append(args, n)
+		args = append(args, len(held))
+		for n := range held {
+			args = append(args, n)
+		}
+		args = append(args, len(free))
+		for _, n := range free {
+			args = append(args, n)
+		}
+	}
+	for k, held := range r.slots {
+		add(k, held, r.unsent[k])
+	}
+	for k, free := range r.unsent {
+		if _, ok := r.slots[k]; !ok {
+			add(k, nil, free)
+		}
 	}
 	if err := beatScript.Run(ctx, r.c, keys, args...).Err(); err != nil {
 		return fmt.Errorf("limits: redis heartbeat: %w", err)
 	}
-	for k, n := range r.slots {
-		if n == 0 {
-			delete(r.slots, k)
-		}
-	}
+	clear(r.unsent)
 	return nil
 }
 
-// count adds d to this replica's slots of every scope with a concurrency limit.
-func (r *Redis) count(keys []string, scopes []Scope, d int) {
+// hold records (or, with held false, forgets) request n's slots in every scope with a
+// concurrency limit; unsent adds them to the releases the next heartbeat sends.
+func (r *Redis) hold(keys []string, scopes []Scope, n uint64, held, unsent bool) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	for i, s := range scopes {
-		if s.Limits.Concurrent > 0 {
-			r.slots[keys[i]] += d
+		if s.Limits.Concurrent <= 0 {
+			continue
+		}
+		k := keys[i]
+		switch {
+		case held:
+			if r.slots[k] == nil {
+				r.slots[k] = map[uint64]struct{}{}
+			}
+			r.slots[k][n] = struct{}{}
+		case unsent:
+			r.unsent[k] = append(r.unsent[k], n)
+		default:
+			delete(r.slots[k], n)
+			if len(r.slots[k]) == 0 {
+				delete(r.slots, k)
+			}
 		}
 	}
-	r.mu.Unlock()
 }
 
 // Admit implements Limiter. An error (Redis unreachable) is for the caller to turn into a
 // deny or a local fallback.
 func (r *Redis) Admit(ctx context.Context, scopes []Scope, est int) (func(int), *Denied, error) {
-	now := r.now()
 	keys := make([]string, len(scopes))
-	args := []any{now.UnixMilli(), est, now.UTC().Format("2006-01-02"), r.id, r.ttl().Milliseconds()}
+	n := r.seq.Add(1)
+	var now any = ""
+	if r.now != nil {
+		now = r.now().UnixMilli()
+	}
+	args := []any{now, est, r.id, n, r.ttl().Milliseconds()}
 	conc := false
 	for i, s := range scopes {
 		keys[i] = r.prefix + s.Name
 		args = append(args, s.Limits.RPM, s.Limits.TPM, s.Limits.Concurrent, s.Limits.DailyTokens)
 		conc = conc || s.Limits.Concurrent > 0
 	}
-	if conc {
-		r.count(keys, scopes, 1)
-	}
 	res, err := admitScript.Run(ctx, r.c, keys, args...).Slice()
 	if err != nil {
+		// Redis may have admitted it with the answer lost: its slots are freed by the
+		// next heartbeat, never held by a request that is not running.
 		if conc {
-			r.count(keys, scopes, -1)
+			r.hold(keys, scopes, n, false, true)
 		}
 		return nil, nil, fmt.Errorf("limits: redis: %w", err)
 	}
 	if idx, _ := res[0].(int64); idx > 0 {
-		if conc {
-			r.count(keys, scopes, -1)
-		}
 		what, _ := res[1].(string)
 		ms, _ := res[2].(int64)
-		retry := time.Duration(ms) * time.Millisecond
-		if ms < 0 { // daily budget: until midnight UTC
-			retry = now.UTC().Truncate(24 * time.Hour).Add(24 * time.Hour).Sub(now)
-		}
-		return nil, &Denied{Scope: scopes[idx-1].Name, What: what, RetryAfter: retry}, nil
+		return nil, &Denied{Scope: scopes[idx-1].Name, What: what, RetryAfter: time.Duration(ms) * time.Millisecond}, nil
+	}
+	day, _ := res[1].(string)
+	if conc {
+		r.hold(keys, scopes, n, true, false)
 	}
 	var once sync.Once
 	return func(actual int) {
 		once.Do(func() {
-			dargs := []any{actual - est, now.UTC().Format("2006-01-02"), r.id}
+			if conc {
+				r.hold(keys, scopes, n, false, false)
+			}
+			dargs := []any{actual - est, day, r.id, n}
 			for _, s := range scopes {
 				dargs = append(dargs, s.Limits.TPM, s.Limits.Concurrent)
 			}
-			// Best effort: a lost refund only makes the limit stricter for a while, and a
-			// lost release of a slot is set right by the next heartbeat (Run).
-			doneScript.Run(context.WithoutCancel(ctx), r.c, keys, dargs...)
-			if conc {
-				r.count(keys, scopes, -1)
+			// A lost refund only makes the limit stricter for a while; a lost release of a
+			// slot goes with the next heartbeat (Run).
+			if err := doneScript.Run(context.WithoutCancel(ctx), r.c, keys, dargs...).Err(); err != nil && conc {
+				r.hold(keys, scopes, n, false, true)
 			}
 		})
 	}, nil, nil

@@ -12,15 +12,7 @@ import (
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
-func redisClient(t *testing.T) *redis.Client {
-	opt, err := redis.ParseURL(testenv.Get(t, "STRONGROOM_TEST_REDIS"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := redis.NewClient(opt)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
+func redisClient(t *testing.T) *redis.Client { return testenv.Redis(t) }
 
 var prefixes atomic.Int64
 

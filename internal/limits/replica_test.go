@@ -3,11 +3,15 @@ package limits
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/strongroom/strongroom/internal/testenv"
 )
@@ -123,30 +127,86 @@ func TestRedisSlotsHeldWhileAlive(t *testing.T) {
 	doneB(1)
 }
 
-// TestRedisLostReleaseHeals: a release lost on the way to Redis (here: the replica's count
-// raised behind its back, as a lost decrement leaves it) is set right by the replica's
-// next heartbeat, which writes what it really holds.
+// TestRedisLostReleaseHeals: a release that does not reach Redis (its script fails: a
+// network blip) is sent again by the replica's next heartbeat; until then the slot is
+// taken, after it free.
 func TestRedisLostReleaseHeals(t *testing.T) {
 	prefix := uniquePrefix()
-	c := redisClient(t)
-	a, b := NewRedis(c, prefix, nil), NewRedis(redisClient(t), prefix, nil)
-	done, d := admit(t, a, concScope, 1)
+	ca := redisClient(t)
+	drop := &dropDone{}
+	ca.AddHook(drop)
+	a, b := NewRedis(ca, prefix, nil), NewRedis(redisClient(t), prefix, nil)
+	one := []Scope{{Name: "key:one", Limits: Limits{Concurrent: 1}}}
+	done, d := admit(t, a, one, 1)
 	if d != nil {
 		t.Fatal(d)
 	}
+	drop.on.Store(true)
 	done(1)
-	if err := c.HIncrBy(context.Background(), prefix+concScope[0].Name, "i:"+a.id, 2).Err(); err != nil {
-		t.Fatal(err)
+	if drop.dropped.Load() == 0 {
+		t.Fatal("premise: the release reached Redis")
 	}
-	if _, d := admit(t, b, concScope, 1); d == nil || d.What != "concurrent" {
-		t.Fatalf("premise: two lost releases should hold both slots, got %+v", d)
+	drop.on.Store(false)
+	if _, d := admit(t, b, one, 1); d == nil || d.What != "concurrent" {
+		t.Fatalf("premise: the lost release should hold the slot, got %+v", d)
 	}
 	if err := a.beat(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	done, d = admit(t, b, concScope, 1)
+	done, d = admit(t, b, one, 1)
 	if d != nil {
-		t.Fatalf("after the holder's heartbeat, its lost releases still hold the slots: %+v", d)
+		t.Fatalf("after the holder's heartbeat, its lost release still holds the slot: %+v", d)
 	}
 	done(1)
+}
+
+// dropDone fails the release script while on (the network lost on its way).
+type dropDone struct {
+	on      atomic.Bool
+	dropped atomic.Int64
+}
+
+func (h *dropDone) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *dropDone) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (h *dropDone) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); h.on.Load() && len(a) > 1 && (a[1] == doneScript.Hash() || a[1] == doneLua) {
+			h.dropped.Add(1)
+			return errors.New("connection reset (test)")
+		}
+		return next(ctx, cmd)
+	}
+}
+
+// TestRedisDayIsTheUTCDate: the script's date (its own arithmetic: Lua in Redis has no
+// date functions) is Go's UTC date, over leap days, year and century ends.
+func TestRedisDayIsTheUTCDate(t *testing.T) {
+	c := redisClient(t)
+	for _, at := range []time.Time{
+		time.Date(2026, 12, 6, 23, 59, 59, 999e6, time.UTC),
+		time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2028, 2, 29, 12, 0, 0, 0, time.UTC),
+		time.Date(2028, 3, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2100, 2, 28, 23, 0, 0, 0, time.UTC),
+		time.Date(2100, 3, 1, 1, 0, 0, 0, time.UTC),
+		time.Date(2000, 2, 29, 0, 0, 0, 0, time.UTC),
+		time.Date(1999, 12, 31, 23, 59, 59, 0, time.UTC),
+	} {
+		prefix := uniquePrefix()
+		r := NewRedis(c, prefix, func() time.Time { return at })
+		done, d := admit(t, r, []Scope{{Name: "key:d", Limits: Limits{DailyTokens: 10}}}, 1)
+		if d != nil {
+			t.Fatal(d)
+		}
+		done(1)
+		got, err := c.HGet(context.Background(), prefix+"key:d", "day").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := at.Format("2006-01-02"); got != want {
+			t.Errorf("at %v the script's day is %s, want %s", at, got, want)
+		}
+	}
 }

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Get returns the environment variable name or skips (or fails, when integration is required).
@@ -98,4 +100,16 @@ func HelperCmd(t testing.TB, test string, env ...string) *exec.Cmd {
 		}
 	})
 	return cmd
+}
+
+// Redis is a client of the real Redis scripts/test starts (STRONGROOM_TEST_REDIS), closed
+// when t ends; it skips or fails like Get.
+func Redis(t testing.TB) *redis.Client {
+	opt, err := redis.ParseURL(Get(t, "STRONGROOM_TEST_REDIS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := redis.NewClient(opt)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
