@@ -259,6 +259,11 @@ func TestHardenedHeaderValue(t *testing.T) {
 			Hardening{LogitBias: "strip", MaxTopLogprobs: -1, MaxN: 4, MaxTokens: 64}, "logprobs=stripped,top_logprobs=stripped"},
 		{"n and best_of", `{"model":"m","prompt":"x","n":9,"best_of":9}`, "completions", DefaultHardening(), "n=4,best_of=4"},
 		{"max_completion_tokens", `{"model":"m","max_completion_tokens":99999}`, "chat", DefaultHardening(), "max_completion_tokens=4096"},
+		// An engine may read either field (vLLM's completions only max_tokens): each is capped
+		// on its own — a small max_completion_tokens had let a huge max_tokens through.
+		{"both, max_tokens over the cap", `{"model":"m","max_completion_tokens":1,"max_tokens":999999}`, "chat", DefaultHardening(), "max_tokens=4096"},
+		{"both, completions", `{"model":"m","prompt":"x","max_completion_tokens":1,"max_tokens":999999}`, "completions", DefaultHardening(), "max_tokens=4096"},
+		{"both over the cap", `{"model":"m","max_completion_tokens":5000,"max_tokens":6000}`, "chat", DefaultHardening(), "max_tokens=4096,max_completion_tokens=4096"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -274,6 +279,21 @@ func TestHardenedHeaderValue(t *testing.T) {
 				t.Fatalf("got %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestLimitsEstimateTakesTheLargerMaxTokens: with both max_completion_tokens and max_tokens,
+// admission estimates the larger (an engine may read either): a small max_completion_tokens
+// had hidden a max_tokens over the budget.
+func TestLimitsEstimateTakesTheLargerMaxTokens(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.KeyLimits = limits.Limits{DailyTokens: 50} })
+	url := f.srv.URL + "/v1/chat/completions"
+	msg := `"messages":[{"role":"user","content":"hi"}]`
+	if resp, _ := post(t, url, f.alice, `{"model":"demo","max_completion_tokens":1,"max_tokens":60,`+msg+`}`); resp.StatusCode != 429 {
+		t.Fatalf("max_tokens 60 (max_completion_tokens 1) against a budget of 50: %d", resp.StatusCode)
+	}
+	if resp, _ := post(t, url, f.alice, `{"model":"demo","max_completion_tokens":1,"max_tokens":20,`+msg+`}`); resp.StatusCode != 200 {
+		t.Fatalf("max_tokens 20 against a budget of 50: %d", resp.StatusCode)
 	}
 }
 

@@ -58,12 +58,18 @@ func applyHardening(h Hardening, body []byte, f *features, endpoint string) ([]b
 			*c.v = h.MaxN
 		}
 	}
-	if mt := f.maxTokens(); h.MaxTokens > 0 && (mt == 0 || mt > h.MaxTokens) && endpoint != "embeddings" {
-		if f.MaxCompl != nil {
+	if h.MaxTokens > 0 && endpoint != "embeddings" {
+		// Each field the request has is capped on its own (an engine may read either), and a
+		// request with neither gets max_tokens.
+		if p := f.MaxCompl; p != nil && (*p == 0 || *p > h.MaxTokens) {
 			set("max_completion_tokens", h.MaxTokens)
-			*f.MaxCompl = h.MaxTokens
+			*p = h.MaxTokens
 		}
-		if f.MaxTokens != nil || f.MaxCompl == nil {
+		if p := f.MaxTokens; p != nil && (*p == 0 || *p > h.MaxTokens) {
+			set("max_tokens", h.MaxTokens)
+			*p = h.MaxTokens
+		}
+		if f.MaxCompl == nil && f.MaxTokens == nil {
 			set("max_tokens", h.MaxTokens)
 			v := h.MaxTokens
 			f.MaxTokens = &v

@@ -516,14 +516,22 @@ func (f *features) logprobs() (bool, int) {
 	return f.LogprobsOn || f.LogprobsN != nil || f.PromptLogprobs != nil || top > 0, top
 }
 
+// maxTokens is the most tokens a generation may run to, 0 for no bound. Engines differ in
+// which of max_completion_tokens and max_tokens they read (vLLM's completions only
+// max_tokens; its chat the first, else the second), so with both, the larger — and 0 (no
+// bound) if either is 0. Taking max_completion_tokens alone let a request with it small and
+// max_tokens huge pass the hardening cap and the limits' estimate (outside round 56).
 func (f *features) maxTokens() int {
-	switch {
-	case f.MaxCompl != nil:
-		return *f.MaxCompl
-	case f.MaxTokens != nil:
-		return *f.MaxTokens
+	m := 0
+	for _, p := range []*int{f.MaxCompl, f.MaxTokens} {
+		if p != nil {
+			if *p == 0 {
+				return 0
+			}
+			m = max(m, *p)
+		}
 	}
-	return 0
+	return m
 }
 
 func (f *features) n() int {
