@@ -58,10 +58,17 @@ type Redis struct {
 	// request, removed before Redis is told of the release — so that a heartbeat never
 	// writes back a slot being freed, nor one Redis refused. Releases Redis did not get,
 	// by scope key, for the next heartbeat.
-	mu     sync.Mutex
-	slots  map[string]map[uint64]struct{}
-	unsent map[string][]uint64
+	mu      sync.Mutex
+	slots   map[string]map[uint64]struct{}
+	unsent  map[string][]uint64
+	nUnsent int
 }
+
+// maxUnsent bounds the releases kept for the next heartbeat: while Redis is down every
+// admission fails and is kept (Redis may have run it with the answer lost), and an outage
+// must not grow the process without bound. Past it, such a slot — only one Redis did admit
+// — stays taken until this replica ends.
+const maxUnsent = 4096
 
 // NewRedis uses a go-redis client; keys are prefixed (e.g. "strongroom:limits:"). now is
 // for tests: nil (production) uses Redis's clock.
@@ -124,6 +131,7 @@ func (r *Redis) beat(ctx context.Context) error {
 		return fmt.Errorf("limits: redis heartbeat: %w", err)
 	}
 	clear(r.unsent)
+	r.nUnsent = 0
 	return nil
 }
 
@@ -144,7 +152,10 @@ func (r *Redis) hold(keys []string, scopes []Scope, n uint64, held, unsent bool)
 			}
 			r.slots[k][n] = struct{}{}
 		case unsent:
-			r.unsent[k] = append(r.unsent[k], n)
+			if r.nUnsent < maxUnsent {
+				r.unsent[k] = append(r.unsent[k], n)
+				r.nUnsent++
+			}
 		default:
 			delete(r.slots[k], n)
 			if len(r.slots[k]) == 0 {

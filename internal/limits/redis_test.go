@@ -66,3 +66,30 @@ func TestRedisUnreachable(t *testing.T) {
 		t.Fatalf("unreachable redis: %v %v", d, err)
 	}
 }
+
+// TestRedisDownKeepsBoundedReleases: while Redis is down every admission fails and is kept
+// for the next heartbeat to free (Redis may have run it); an outage does not grow them
+// without bound.
+func TestRedisDownKeepsBoundedReleases(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
+	defer c.Close()
+	r := NewRedis(c, "x:", nil)
+	sc := []Scope{{Name: "key:k", Limits: Limits{Concurrent: 1}}, {Name: "model:m", Limits: Limits{Concurrent: 5}}}
+	for range maxUnsent + 100 {
+		if _, _, err := r.Admit(context.Background(), sc, 1); err == nil {
+			t.Fatal("admitted with Redis down")
+		}
+	}
+	r.mu.Lock()
+	n := 0
+	for _, ids := range r.unsent {
+		n += len(ids)
+	}
+	r.mu.Unlock()
+	if n > maxUnsent {
+		t.Fatalf("%d releases kept after %d failed admissions, bound %d", n, maxUnsent+100, maxUnsent)
+	}
+	if n == 0 {
+		t.Fatal("no release kept for the next heartbeat")
+	}
+}
