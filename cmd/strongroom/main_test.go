@@ -189,16 +189,20 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 		ts.Check(err)
 		ts.Check(os.WriteFile(ts.MkAbs(args[3]), []byte(resp.Choices[0].Message.Content), 0o644))
 	},
-	// gatewayconfig DATA REDIS_URL UPSTREAM RPM: route model demo to UPSTREAM, key limit RPM
-	// per minute, limits in Redis.
+	// gatewayconfig DATA REDIS_URL UPSTREAM RPM [CONCURRENT]: route model demo to UPSTREAM,
+	// key limits RPM per minute (0: none) and CONCURRENT requests at once, limits in Redis.
 	"gatewayconfig": func(ts *testscript.TestScript, neg bool, args []string) {
 		path := filepath.Join(ts.MkAbs(args[0]), "config.json")
 		c, err := config.ReadRaw(path)
 		ts.Check(err)
 		rpm, _ := strconv.Atoi(args[3])
+		conc := 0
+		if len(args) > 4 {
+			conc, _ = strconv.Atoi(args[4])
+		}
 		c.Gateway.RedisURL = args[1]
 		c.Gateway.Routes = []config.Route{{Model: "demo", Upstreams: []string{args[2]}}}
-		c.Gateway.KeyLimits = config.Limits{RPM: rpm}
+		c.Gateway.KeyLimits = config.Limits{RPM: rpm, Concurrent: conc}
 		ts.Check(config.Write(path, c))
 	},
 	// hammer KEYFILE N RPM URL...: N chat requests, one after another, spread over the
@@ -207,21 +211,15 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 	// while the hammer ran (one every minute/RPM); every other request is refused with 429.
 	// A slow machine lengthens the run and so may admit a few more, never more than refilled.
 	"hammer": func(ts *testscript.TestScript, neg bool, args []string) {
-		key, err := os.ReadFile(ts.MkAbs(args[0]))
-		ts.Check(err)
 		n, _ := strconv.Atoi(args[1])
 		want, _ := strconv.Atoi(args[2])
 		urls := args[3:]
 		ok, limited := 0, 0
 		start := time.Now()
 		for i := range n {
-			req, _ := http.NewRequest(http.MethodPost, urls[i%len(urls)]+"/v1/chat/completions",
-				strings.NewReader(`{"model":"demo","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`))
-			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-			resp, err := http.DefaultClient.Do(req)
+			code, err := chatStatus(context.Background(), ts, args[0], urls[i%len(urls)])
 			ts.Check(err)
-			resp.Body.Close()
-			switch resp.StatusCode {
+			switch code {
 			case 200:
 				ok++
 			case 429:
@@ -230,7 +228,7 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 				}
 				limited++
 			default:
-				ts.Fatalf("request %d: status %d", i, resp.StatusCode)
+				ts.Fatalf("request %d: status %d", i, code)
 			}
 		}
 		// The key's bucket is made full at its first request, after start: no more than

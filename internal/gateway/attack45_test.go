@@ -691,6 +691,10 @@ func TestAttack45PipelinedKeys(t *testing.T) {
 	}
 	prefix, rest, _ := strings.Cut(alice, "_")
 	upperID := prefix + "_" + strings.ToUpper(rest[:16]) + rest[16:]
+	upperWant := 401
+	if upperID == alice { // an id of digits only ((10/16)^16: 1 key in ~1,800; the suite met one): the same key
+		upperWant = 200
+	}
 	type tc struct {
 		lines []string
 		want  int
@@ -704,7 +708,7 @@ func TestAttack45PipelinedKeys(t *testing.T) {
 		{[]string{"Authorization: Bearer " + alice, "X-Pad: x"}, 200},
 		{[]string{"X-Pad: x", "authorization: Bearer " + flip(alice, len(alice)-10)}, 401},
 		{[]string{"X-Pad: x", "AUTHORIZATION:\tBearer " + alice + " \t"}, 200},
-		{[]string{"X-Pad: x", "Authorization: Bearer " + upperID}, 401},
+		{[]string{"X-Pad: x", "Authorization: Bearer " + upperID}, upperWant},
 		{[]string{"X-Pad: x", "Authorization:"}, 401},
 		{[]string{"X-Pad: x", "Authorization: Bearer " + alice}, 200},
 		{[]string{"X-Pad: x"}, 401},

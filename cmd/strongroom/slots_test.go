@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+)
+
+// holdUpstream is an engine that holds its first chat requests without an answer until the
+// script ends, and answers the rest with a small chat completion.
+type holdUpstream struct {
+	hold, held atomic.Int64
+	release    chan struct{}
+}
+
+var holdUpstreams sync.Map // address → *holdUpstream
+
+// chatStatus sends one chat request with the key in keyFile to the gateway at base and
+// returns its status; ctx may end it unanswered.
+func chatStatus(ctx context.Context, ts *testscript.TestScript, keyFile, base string) (int, error) {
+	key, err := os.ReadFile(ts.MkAbs(keyFile))
+	ts.Check(err)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions",
+		strings.NewReader(`{"model":"demo","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func init() {
+	// holdupstream ADDR N: an engine on ADDR that holds its first N chat requests
+	// unanswered until the script ends, and answers every later one (and any other path).
+	scriptCmds["holdupstream"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		u := &holdUpstream{release: make(chan struct{})}
+		n, _ := strconv.Atoi(args[1])
+		u.hold.Store(int64(n))
+		ln, err := net.Listen("tcp", args[0])
+		ts.Check(err)
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			if !strings.HasSuffix(r.URL.Path, "/chat/completions") { // the gateway's own probes
+				w.Write([]byte(`{"object":"list","data":[{"id":"demo","object":"model"}]}`))
+				return
+			}
+			if u.hold.Add(-1) >= 0 {
+				u.held.Add(1)
+				select {
+				case <-u.release:
+				case <-r.Context().Done():
+				}
+				return
+			}
+			w.Write([]byte(`{"id":"c","object":"chat.completion","created":0,"model":"demo","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}`))
+		})}
+		go srv.Serve(ln)
+		holdUpstreams.Store(args[0], u)
+		ts.Defer(func() {
+			close(u.release)
+			srv.Close()
+			holdUpstreams.Delete(args[0])
+		})
+	}
+	// upstreamheld ADDR N: wait until the holdupstream on ADDR holds N requests.
+	scriptCmds["upstreamheld"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		v, ok := holdUpstreams.Load(args[0])
+		if !ok {
+			ts.Fatalf("no holdupstream on %s", args[0])
+		}
+		n, _ := strconv.ParseInt(args[1], 10, 64)
+		for deadline := time.Now().Add(readyLimit); v.(*holdUpstream).held.Load() < n; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				ts.Fatalf("the engine on %s holds %d requests after %s, want %d", args[0], v.(*holdUpstream).held.Load(), readyLimit, n)
+			}
+		}
+	}
+	// holdreq KEYFILE URL: a chat request to the gateway at URL, left in flight (its answer
+	// never awaited; it ends with the script).
+	scriptCmds["holdreq"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			chatStatus(ctx, ts, args[0], args[1])
+		}()
+		ts.Defer(func() { cancel(); <-done })
+	}
+	// chatstatus KEYFILE URL CODE: one chat request to the gateway at URL answers CODE.
+	scriptCmds["chatstatus"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		code, err := chatStatus(context.Background(), ts, args[0], args[1])
+		ts.Check(err)
+		if want, _ := strconv.Atoi(args[2]); code != want {
+			ts.Fatalf("chat request to %s: status %d, want %d", args[1], code, want)
+		}
+	}
+	// waitstatus KEYFILE URL CODE: chat requests to the gateway at URL until one answers
+	// CODE, and print how long that took.
+	scriptCmds["waitstatus"] = func(ts *testscript.TestScript, neg bool, args []string) {
+		want, _ := strconv.Atoi(args[2])
+		start := time.Now()
+		last := 0
+		for time.Since(start) < readyLimit {
+			code, err := chatStatus(context.Background(), ts, args[0], args[1])
+			ts.Check(err)
+			if last = code; code == want {
+				ts.Logf("status %d after %s", code, time.Since(start).Round(100*time.Millisecond))
+				return
+			}
+			time.Sleep(time.Second) // a poll's pace, not a bound: few requests for the detectors to see
+		}
+		ts.Fatalf("chat requests to %s: still %d after %s, want %d", args[1], last, readyLimit, want)
+	}
+}
