@@ -5,10 +5,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -104,9 +107,9 @@ func init() {
 			ts.Fatalf("chat request to %s: status %d, want %d", args[1], code, want)
 		}
 	}
-	// waitstatus KEYFILE URL CODE: chat requests to the gateway at URL until one answers
+	// waitchat KEYFILE URL CODE: chat requests to the gateway at URL until one answers
 	// CODE, and print how long that took.
-	scriptCmds["waitstatus"] = func(ts *testscript.TestScript, neg bool, args []string) {
+	scriptCmds["waitchat"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		want, _ := strconv.Atoi(args[2])
 		start := time.Now()
 		last := 0
@@ -120,5 +123,37 @@ func init() {
 			time.Sleep(time.Second) // a poll's pace, not a bound: few requests for the detectors to see
 		}
 		ts.Fatalf("chat requests to %s: still %d after %s, want %d", args[1], last, readyLimit, want)
+	}
+}
+
+// TestScriptCmdNamesUnique: no script command is defined twice. The commands are set in
+// scriptCmds's literal and by several files' init functions, so a second definition
+// silently replaces the first — the scripts that used it then run another command (a
+// "waitstatus" of a different form did, and logdb_down failed).
+func TestScriptCmdNamesUnique(t *testing.T) {
+	files, err := filepath.Glob("*_test.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := regexp.MustCompile(`scriptCmds\["([a-z0-9]+)"\]\s*=`)
+	literal := regexp.MustCompile(`(?m)^\t"([a-z0-9]+)": func\(ts \*testscript\.TestScript`)
+	where := map[string]string{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, re := range []*regexp.Regexp{set, literal} {
+			for _, m := range re.FindAllSubmatch(b, -1) {
+				name := string(m[1])
+				if prev, dup := where[name]; dup {
+					t.Errorf("script command %q defined in %s and again in %s", name, prev, f)
+				}
+				where[name] = f
+			}
+		}
+	}
+	if len(where) < len(scriptCmds) {
+		t.Fatalf("found %d command definitions, but scriptCmds has %d: the patterns miss some", len(where), len(scriptCmds))
 	}
 }
