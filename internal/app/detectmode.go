@@ -13,7 +13,6 @@ import (
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/store"
-
 	"github.com/strongroom/strongroom/internal/tick"
 )
 
