@@ -270,16 +270,29 @@ func init() {
 // rawPost posts body args[2] to args[0]'s chat completions with the key in file args[1]
 // ("-": none).
 func rawPost(ts *testscript.TestScript, args []string) (int, []byte) {
-	req, _ := http.NewRequest(http.MethodPost, args[0]+"/v1/chat/completions", strings.NewReader(args[2]))
-	req.Close = true // a fresh connection: the server closes idle ones after 1 s here
-	if args[1] != "-" {
-		key, err := os.ReadFile(ts.MkAbs(args[1]))
-		ts.Check(err)
+	status, b, err := postChat(context.Background(), ts, args[0], args[1], args[2])
+	ts.Check(err)
+	return status, b
+}
+
+// postChat posts body to the chat endpoint of the gateway at base, with the API key in
+// keyFile ("-": none), on a fresh connection (the server closes idle ones after 1 s here);
+// ctx may end it unanswered.
+func postChat(ctx context.Context, ts *testscript.TestScript, base, keyFile, body string) (int, []byte, error) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions", strings.NewReader(body))
+	req.Close = true
+	if keyFile != "-" {
+		key, err := os.ReadFile(ts.MkAbs(keyFile))
+		if err != nil {
+			return 0, nil, err
+		}
 		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
 	}
 	resp, err := http.DefaultClient.Do(req)
-	ts.Check(err)
+	if err != nil {
+		return 0, nil, err
+	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, b
+	return resp.StatusCode, b, nil
 }

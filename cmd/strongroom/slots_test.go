@@ -26,21 +26,8 @@ type holdUpstream struct {
 
 var holdUpstreams sync.Map // address → *holdUpstream
 
-// chatStatus sends one chat request with the key in keyFile to the gateway at base and
-// returns its status; ctx may end it unanswered.
-func chatStatus(ctx context.Context, ts *testscript.TestScript, keyFile, base string) (int, error) {
-	key, err := os.ReadFile(ts.MkAbs(keyFile))
-	ts.Check(err)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/chat/completions",
-		strings.NewReader(`{"model":"demo","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`))
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(key)))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	resp.Body.Close()
-	return resp.StatusCode, nil
-}
+// chatBody is the chat request the scripts' load commands send.
+const chatBody = `{"model":"demo","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`
 
 func init() {
 	// holdupstream ADDR N: an engine on ADDR that holds its first N chat requests
@@ -95,35 +82,11 @@ func init() {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			chatStatus(ctx, ts, args[0], args[1])
+			postChat(ctx, ts, args[1], args[0], chatBody)
 		}()
 		ts.Defer(func() { cancel(); <-done })
 	}
-	// chatstatus KEYFILE URL CODE: one chat request to the gateway at URL answers CODE.
-	scriptCmds["chatstatus"] = func(ts *testscript.TestScript, neg bool, args []string) {
-		code, err := chatStatus(context.Background(), ts, args[0], args[1])
-		ts.Check(err)
-		if want, _ := strconv.Atoi(args[2]); code != want {
-			ts.Fatalf("chat request to %s: status %d, want %d", args[1], code, want)
-		}
-	}
-	// waitchat KEYFILE URL CODE: chat requests to the gateway at URL until one answers
-	// CODE, and print how long that took.
-	scriptCmds["waitchat"] = func(ts *testscript.TestScript, neg bool, args []string) {
-		want, _ := strconv.Atoi(args[2])
-		start := time.Now()
-		last := 0
-		for time.Since(start) < readyLimit {
-			code, err := chatStatus(context.Background(), ts, args[0], args[1])
-			ts.Check(err)
-			if last = code; code == want {
-				ts.Logf("status %d after %s", code, time.Since(start).Round(100*time.Millisecond))
-				return
-			}
-			time.Sleep(time.Second) // a poll's pace, not a bound: few requests for the detectors to see
-		}
-		ts.Fatalf("chat requests to %s: still %d after %s, want %d", args[1], last, readyLimit, want)
-	}
+
 }
 
 // TestScriptCmdNamesUnique: no script command is defined twice. The commands are set in

@@ -133,7 +133,7 @@ func TestRedisSlotsHeldWhileAlive(t *testing.T) {
 func TestRedisLostReleaseHeals(t *testing.T) {
 	prefix := uniquePrefix()
 	ca := redisClient(t)
-	drop := &dropDone{}
+	drop := newScriptHook(doneScript, doneLua, func() error { return errors.New("connection reset (test)") })
 	ca.AddHook(drop)
 	a, b := NewRedis(ca, prefix, nil), NewRedis(redisClient(t), prefix, nil)
 	one := []Scope{{Name: "key:one", Limits: Limits{Concurrent: 1}}}
@@ -143,7 +143,7 @@ func TestRedisLostReleaseHeals(t *testing.T) {
 	}
 	drop.on.Store(true)
 	done(1)
-	if drop.dropped.Load() == 0 {
+	if drop.hits.Load() == 0 {
 		t.Fatal("premise: the release reached Redis")
 	}
 	drop.on.Store(false)
@@ -160,21 +160,31 @@ func TestRedisLostReleaseHeals(t *testing.T) {
 	done(1)
 }
 
-// dropDone fails the release script while on (the network lost on its way).
-type dropDone struct {
-	on      atomic.Bool
-	dropped atomic.Int64
+// scriptHook is a go-redis hook on one of the limiter's scripts: while on, each command
+// that runs it counts a hit and calls hit first, which fails the command with its error or
+// lets it go on with nil (after holding it, say) — the network lost, or slow, on its way.
+type scriptHook struct {
+	hash, lua string
+	hit       func() error
+	on        atomic.Bool
+	hits      atomic.Int64
 }
 
-func (h *dropDone) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (h *dropDone) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func newScriptHook(s *redis.Script, lua string, hit func() error) *scriptHook {
+	return &scriptHook{hash: s.Hash(), lua: lua, hit: hit}
+}
+
+func (h *scriptHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *scriptHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
-func (h *dropDone) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h *scriptHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if a := cmd.Args(); h.on.Load() && len(a) > 1 && (a[1] == doneScript.Hash() || a[1] == doneLua) {
-			h.dropped.Add(1)
-			return errors.New("connection reset (test)")
+		if a := cmd.Args(); h.on.Load() && len(a) > 1 && (a[1] == h.hash || a[1] == h.lua) {
+			h.hits.Add(1)
+			if err := h.hit(); err != nil {
+				return err
+			}
 		}
 		return next(ctx, cmd)
 	}
