@@ -78,8 +78,11 @@ func TestLostCommitDeliveredLate(t *testing.T) {
 			t.Errorf("append %d failed (%v) and is not in the log: the late COMMIT did not commit? (the test's premise)", 10+i, err)
 		}
 	}
-	if got := testutil.ToFloat64(a.lost.outcomes.WithLabelValues("found")); got != 4 {
-		t.Errorf("found after a lost commit: %v, want 4", got)
+	// The four may have gone in more than one batch (BatchMaxAge is 2 ms): the batch after
+	// the late one waits for the tree's row and commits as usual. At least the late batch's
+	// appends were found.
+	if got := testutil.ToFloat64(a.lost.outcomes.WithLabelValues("found")); got < 1 || got > 4 {
+		t.Errorf("found after a lost commit: %v, want 1 to 4", got)
 	}
 }
 
@@ -112,41 +115,48 @@ func TestLostCommitUnreachableThenRefused(t *testing.T) {
 	}
 	p.refusing.Store(false) // the engine answers again
 
+	// Which of the four the log holds: those of the batch whose COMMIT answer was lost.
+	// The four may have gone in more than one batch (tessera closes a batch after
+	// BatchMaxAge, 2 ms, and the suite's load spreads the submissions out); the batches
+	// after the swallowed one met a refusing engine and were never committed.
+	var in map[string]uint64       // leaf hash → where the log holds it
 	refused := map[string]string{} // leaf hash → index named
-	var ents map[uint64][]byte
-	// As long as the replica looks (watchFor): under the suite's load 30 s saw 2 of 4.
 	if !a36WaitFor(watchFor, func() bool {
-		if testutil.ToFloat64(a.lost.outcomes.WithLabelValues("refused_later")) < 4 {
-			return false
+		ents := a2Entries(t, b.Reader())
+		in = map[string]uint64{}
+		for i := range 4 {
+			want := a36Sealed(t, v.Name(), a36Event(20+i))
+			for k, e := range ents {
+				if string(e) == string(want) {
+					in[hex.EncodeToString(rfc6962.DefaultHasher.HashLeaf(want))] = k
+				}
+			}
 		}
-		ents = a2Entries(t, b.Reader())
 		clear(refused)
 		for _, e := range ents {
 			if ev, err := ParseEvent(e); err == nil && ev.Kind == KindRefusedEntry {
 				refused[ev.Subject["leaf_hash"]] = ev.Subject["entry"]
 			}
 		}
-		return len(refused) >= 4
-	}) {
-		t.Fatalf("refused-entry records: %d in the log, %v counted; want 4", len(refused), testutil.ToFloat64(a.lost.outcomes.WithLabelValues("refused_later")))
-	}
-	for i := range 4 {
-		want := a36Sealed(t, v.Name(), a36Event(20+i))
-		leaf := hex.EncodeToString(rfc6962.DefaultHasher.HashLeaf(want))
-		var at uint64
-		var in bool
-		for k, e := range ents {
-			if string(e) == string(want) {
-				at, in = k, true
+		if len(in) == 0 {
+			return false // the swallowed batch is not under a signed checkpoint yet
+		}
+		for leaf := range in {
+			if _, ok := refused[leaf]; !ok {
+				return false
 			}
 		}
-		if !in {
-			t.Errorf("append %d is not in the log: the swallowed commit did not commit? (the test's premise)", 20+i)
-			continue
-		}
+		return testutil.ToFloat64(a.lost.outcomes.WithLabelValues("refused_later")) >= float64(len(in))
+	}) {
+		t.Fatalf("of the four appends reported failed, %d are in the log; refused-entry records: %d in the log, %v counted", len(in), len(refused), testutil.ToFloat64(a.lost.outcomes.WithLabelValues("refused_later")))
+	}
+	for leaf, at := range in {
 		if got := refused[leaf]; got != strconv.FormatUint(at, 10) {
-			t.Errorf("append %d, in the log at %d and reported failed: refused-entry record names entry %q", 20+i, at, got)
+			t.Errorf("leaf %s, in the log at %d and reported failed: refused-entry record names entry %q", leaf, at, got)
 		}
+	}
+	if got := testutil.ToFloat64(a.lost.outcomes.WithLabelValues("refused_later")); got != float64(len(in)) {
+		t.Errorf("refused later: %v, want %d (the appends the log holds)", got, len(in))
 	}
 	size, err := b.IntegratedSize(ctx)
 	if err != nil {
