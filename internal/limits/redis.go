@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,12 +57,14 @@ type Redis struct {
 
 	// The slots this replica's requests hold, by scope key: added once Redis admitted the
 	// request, removed before Redis is told of the release — so that a heartbeat never
-	// writes back a slot being freed, nor one Redis refused. Releases Redis did not get,
-	// by scope key, for the next heartbeat.
+	// writes back one Redis refused, nor a slot being freed (one released while a beat is
+	// on its way is freed again after it). Releases Redis did not get, by scope key, for
+	// the next heartbeat.
 	mu      sync.Mutex
 	slots   map[string]map[uint64]struct{}
 	unsent  map[string][]uint64
 	nUnsent int
+	beating map[string]map[uint64]struct{} // the slots a heartbeat on its way writes
 }
 
 // maxUnsent bounds the releases kept for the next heartbeat: while Redis is down every
@@ -98,14 +101,69 @@ func (r *Redis) Run(ctx context.Context) {
 }
 
 // beat writes the slots this replica's requests hold, renewed for SlotTTL, and frees
-// those whose release did not reach Redis. It holds mu throughout: a request admitted or
-// released meanwhile waits to change the lists.
+// those whose release did not reach Redis. It does not hold mu while Redis answers (a slow
+// Redis must not hold up admissions and releases): a slot released meanwhile may have been
+// freed in Redis before the beat wrote it back, so it is freed again after the beat.
 func (r *Redis) beat(ctx context.Context) error {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if len(r.slots) == 0 && len(r.unsent) == 0 {
+		r.mu.Unlock()
 		return nil
 	}
+	held := make(map[string]map[uint64]struct{}, len(r.slots))
+	for k, s := range r.slots {
+		held[k] = maps.Clone(s)
+	}
+	free := r.unsent
+	r.unsent, r.nUnsent = map[string][]uint64{}, 0
+	r.beating = held
+	r.mu.Unlock()
+
+	err := r.send(ctx, held, free)
+	r.mu.Lock()
+	r.beating = nil
+	if err != nil {
+		for k, ns := range free {
+			for _, n := range ns {
+				r.unsend(k, n)
+			}
+		}
+	}
+	again := err == nil && len(r.unsent) > 0
+	r.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("limits: redis heartbeat: %w", err)
+	}
+	if again {
+		return r.flush(ctx)
+	}
+	return nil
+}
+
+// flush sends the releases that have not reached Redis, and nothing else.
+func (r *Redis) flush(ctx context.Context) error {
+	r.mu.Lock()
+	free := r.unsent
+	r.unsent, r.nUnsent = map[string][]uint64{}, 0
+	r.mu.Unlock()
+	if len(free) == 0 {
+		return nil
+	}
+	if err := r.send(ctx, nil, free); err != nil {
+		r.mu.Lock()
+		for k, ns := range free {
+			for _, n := range ns {
+				r.unsend(k, n)
+			}
+		}
+		r.mu.Unlock()
+		return fmt.Errorf("limits: redis heartbeat: %w", err)
+	}
+	return nil
+}
+
+// send runs the heartbeat script: held's slots written and renewed, free's freed.
+func (r *Redis) send(ctx context.Context, held map[string]map[uint64]struct{}, free map[string][]uint64) error {
 	var keys []string
 	args := []any{r.id, r.ttl().Milliseconds()}
 	add := func(k string, held map[uint64]struct{}, free []uint64) {
@@ -119,20 +177,24 @@ func (r *Redis) beat(ctx context.Context) error {
 			args = append(args, n)
 		}
 	}
-	for k, held := range r.slots {
-		add(k, held, r.unsent[k])
+	for k, h := range held {
+		add(k, h, free[k])
 	}
-	for k, free := range r.unsent {
-		if _, ok := r.slots[k]; !ok {
-			add(k, nil, free)
+	for k, f := range free {
+		if _, ok := held[k]; !ok {
+			add(k, nil, f)
 		}
 	}
-	if err := beatScript.Run(ctx, r.c, keys, args...).Err(); err != nil {
-		return fmt.Errorf("limits: redis heartbeat: %w", err)
+	return beatScript.Run(ctx, r.c, keys, args...).Err()
+}
+
+// unsend keeps request n's release in scope key k for the next heartbeat, within
+// maxUnsent. mu is held.
+func (r *Redis) unsend(k string, n uint64) {
+	if r.nUnsent < maxUnsent {
+		r.unsent[k] = append(r.unsent[k], n)
+		r.nUnsent++
 	}
-	clear(r.unsent)
-	r.nUnsent = 0
-	return nil
 }
 
 // hold records (or, with held false, forgets) request n's slots in every scope with a
@@ -152,14 +214,14 @@ func (r *Redis) hold(keys []string, scopes []Scope, n uint64, held, unsent bool)
 			}
 			r.slots[k][n] = struct{}{}
 		case unsent:
-			if r.nUnsent < maxUnsent {
-				r.unsent[k] = append(r.unsent[k], n)
-				r.nUnsent++
-			}
+			r.unsend(k, n)
 		default:
 			delete(r.slots[k], n)
 			if len(r.slots[k]) == 0 {
 				delete(r.slots, k)
+			}
+			if _, ok := r.beating[k][n]; ok {
+				r.unsend(k, n) // the beat on its way may write it back after this release
 			}
 		}
 	}

@@ -220,3 +220,66 @@ func TestRedisDayIsTheUTCDate(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisSlowBeatHoldsNoRequest: a heartbeat slow to reach Redis (latency, a spike timed
+// to it) must not hold up the replica's admissions and releases meanwhile; and a slot
+// released while the beat was on its way, which the beat then writes back, is freed after
+// it — not held until the replica ends.
+func TestRedisSlowBeatHoldsNoRequest(t *testing.T) {
+	prefix := uniquePrefix()
+	ca := redisClient(t)
+	entered, release := make(chan struct{}, 1), make(chan struct{})
+	slow := newScriptHook(beatScript, beatLua, func() error {
+		entered <- struct{}{}
+		<-release
+		return nil
+	})
+	ca.AddHook(slow)
+	a, b := NewRedis(ca, prefix, nil), NewRedis(redisClient(t), prefix, nil)
+	two := []Scope{{Name: "key:two", Limits: Limits{Concurrent: 2}}}
+	done1, d := admit(t, a, two, 1)
+	if d != nil {
+		t.Fatal(d)
+	}
+	slow.on.Store(true)
+	beaten := make(chan error, 1)
+	go func() { beaten <- a.beat(context.Background()) }()
+	select {
+	case <-entered:
+	case <-time.After(60 * time.Second):
+		t.Fatal("the heartbeat did not start within 60 s")
+	}
+	// The beat is on its way with request 1's slot. Request 2 is admitted and request 1
+	// released meanwhile; neither may wait for the beat.
+	moved := make(chan struct{})
+	var done2 func(int)
+	go func() {
+		defer close(moved)
+		done2, d = admit(t, a, two, 1)
+		done1(1)
+	}()
+	select {
+	case <-moved:
+	case <-time.After(60 * time.Second):
+		close(release)
+		t.Fatal("an admission and a release waited 60 s for a heartbeat on its way to Redis")
+	}
+	if d != nil {
+		t.Fatalf("request 2: %+v", d)
+	}
+	slow.on.Store(false)
+	close(release)
+	if err := <-beaten; err != nil {
+		t.Fatal(err)
+	}
+	// Redis now holds request 2's slot only: one more fits, then none.
+	doneB, d := admit(t, b, two, 1)
+	if d != nil {
+		t.Fatalf("request 1's slot, released while the beat was on its way, is held after it: %+v", d)
+	}
+	if _, d := admit(t, b, two, 1); d == nil || d.What != "concurrent" {
+		t.Fatalf("request 2's slot is not held: a third request was %+v", d)
+	}
+	doneB(1)
+	done2(1)
+}
