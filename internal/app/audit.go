@@ -19,6 +19,7 @@ import (
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/redact"
 	f_note "github.com/transparency-dev/formats/note"
 	"github.com/transparency-dev/tessera"
 	"golang.org/x/mod/sumdb/note"
@@ -101,15 +102,20 @@ func witnessPolicy(ws []config.Witness, quorum int) (tessera.WitnessGroup, error
 	}
 	// tessera takes a witness policy in the sigsum policy syntax.
 	var p strings.Builder
-	var names []string
+	var names, urls []string
 	for i, w := range ws {
+		// tessera quotes a URL it cannot use, password and all (round 57).
+		if u := redact.URL(w.URL); u == redact.Malformed || !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+			return tessera.WitnessGroup{}, fmt.Errorf("audit.witnesses[%d].url: not an http(s) URL (not shown: it may hold a password)", i)
+		}
 		fmt.Fprintf(&p, "witness w%d %s %s\n", i, w.VKey, w.URL)
 		names = append(names, fmt.Sprintf("w%d", i))
+		urls = append(urls, w.URL)
 	}
 	fmt.Fprintf(&p, "group g %d %s\nquorum g\n", quorum, strings.Join(names, " "))
 	group, err := tessera.NewWitnessGroupFromPolicy([]byte(p.String()))
 	if err != nil {
-		return tessera.WitnessGroup{}, fmt.Errorf("audit witness policy: %w", err)
+		return tessera.WitnessGroup{}, fmt.Errorf("audit witness policy: %w", redact.Error(err, redact.URL, urls...))
 	}
 	return group, nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/custody"
 	"github.com/strongroom/strongroom/internal/policy"
+	"github.com/strongroom/strongroom/internal/redact"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/strongroom/strongroom/internal/web"
 )
@@ -162,7 +163,7 @@ func (a *App) consoleOIDC(ctx context.Context) *web.OIDC {
 		return nil
 	}
 	fail := func(err error) *web.OIDC {
-		a.Log.Error("ALERT: console sign-in with the identity provider is off", "issuer", c.Issuer, "err", err)
+		a.Log.Error("ALERT: console sign-in with the identity provider is off", "issuer", redact.URL(c.Issuer), "err", redact.Error(err, redact.URL, c.Issuer, c.RedirectURL))
 		return nil
 	}
 	if c.RedirectURL == "" {

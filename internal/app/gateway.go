@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"github.com/strongroom/strongroom/internal/netguard"
+	"github.com/strongroom/strongroom/internal/redact"
 	"net/netip"
 	"os"
 	"time"
@@ -273,9 +275,14 @@ func (a *App) Redis() (*redis.Client, error) {
 	a.redisMu.Lock()
 	defer a.redisMu.Unlock()
 	if a.redis == nil {
-		opt, err := redis.ParseURL(a.Config.Gateway.RedisURL)
+		raw := a.Config.Gateway.RedisURL
+		if redact.URL(raw) == redact.Malformed {
+			// go-redis quotes the whole URL it cannot parse, password and all (round 57).
+			return nil, errors.New("gateway.redis_url: not a redis:// or rediss:// URL (not shown: it may hold a password)")
+		}
+		opt, err := redis.ParseURL(raw)
 		if err != nil {
-			return nil, fmt.Errorf("gateway.redis_url: %w", err)
+			return nil, fmt.Errorf("gateway.redis_url %s: %w", redact.URL(raw), redact.Error(err, redact.URL, raw))
 		}
 		a.redis = redis.NewClient(opt)
 	}

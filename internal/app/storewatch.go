@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/strongroom/strongroom/internal/redact"
 )
 
 // ErrStoreMissing means an initialised data directory has no store file: it was deleted
@@ -17,10 +18,10 @@ var ErrStoreMissing = errors.New("store missing")
 
 // sqlitePath returns the store's file, "" when the store is not a SQLite file.
 func sqlitePath(dsn string) string {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		return ""
+	if p, pg, err := redact.StoreAddress(dsn); err == nil && !pg {
+		return p
 	}
-	return dsn
+	return ""
 }
 
 // storeWatch notices when the SQLite file a running process opened is deleted or replaced:

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/redact"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
@@ -25,7 +26,7 @@ func (a *App) Tracer() (trace.Tracer, error) {
 	}
 	u, err := url.Parse(ep)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("telemetry.otlp_endpoint %q: want http(s)://HOST:PORT", ep)
+		return nil, fmt.Errorf("telemetry.otlp_endpoint %s: want http(s)://HOST:PORT", redact.URL(ep))
 	}
 	opts := []otlptracehttp.Option{otlptracehttp.WithEndpoint(u.Host), otlptracehttp.WithTimeout(10 * time.Second)}
 	if u.Scheme == "http" {
@@ -36,7 +37,7 @@ func (a *App) Tracer() (trace.Tracer, error) {
 	}
 	exp, err := otlptracehttp.New(context.Background(), opts...)
 	if err != nil {
-		return nil, fmt.Errorf("telemetry: %w", err)
+		return nil, fmt.Errorf("telemetry: %w", redact.Error(err, redact.URL, ep))
 	}
 	name := a.Config.Telemetry.ServiceName
 	if name == "" {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/strongroom/strongroom/internal/redact"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera"
@@ -260,7 +261,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		st, err := tmysql.New(ctx, db)
 		if err != nil {
 			db.Close()
-			return nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, RedactDSN(cfg.DB), err)
+			return nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, redact.DSN(cfg.DB), redact.Error(err, redact.DSN, cfg.DB))
 		}
 		if err := checkOrigin(ctx, st, cfg.Signer); err != nil {
 			db.Close()
@@ -269,7 +270,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 		dbName, err := databaseName(ctx, db)
 		if err != nil {
 			db.Close()
-			return nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, RedactDSN(cfg.DB), err)
+			return nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, redact.DSN(cfg.DB), redact.Error(err, redact.DSN, cfg.DB))
 		}
 		driver = st
 		ld = &leader{db: db, name: signerLock(dbName), log: cfg.Logger}

@@ -21,6 +21,8 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/strongroom/strongroom/internal/redact"
 )
 
 // A repair rewrites the unsigned tail from its floor: the largest tree the log key signed
@@ -100,7 +102,7 @@ func (l *Log) checkFloorWitnessed(ctx context.Context, floor uint64, root []byte
 	w := witnessProbe{client: witnessClient(http.DefaultTransport, max(l.witnessTimeout, 3*time.Second)), cp: signed, floor: floor}
 	cosigned := map[string]bool{}
 	for _, u := range urls {
-		w.url, w.key, w.name = u, ends[u], redactURL(u)
+		w.url, w.key, w.name = u, ends[u], redact.URL(u)
 		why, err := w.ask(ctx, proof)
 		if err != nil {
 			return wc, err
@@ -142,15 +144,6 @@ func policyMet(c any, in func(url string) bool) bool {
 	default:
 		return true
 	}
-}
-
-// redactURL is u without a password, for messages and the log.
-func redactURL(u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		return "(a witness URL that does not parse)"
-	}
-	return p.Redacted()
 }
 
 // witnessProbe asks one witness about the floor's tree.

@@ -26,6 +26,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/redact"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/transparency-dev/formats/log"
 	"github.com/transparency-dev/merkle/proof"
@@ -116,9 +117,12 @@ func ParseLogDSN(loc string) (*mysql.Config, error) {
 	}
 	dsn := loc[len(sqlScheme):]
 	c, err := mysql.ParseDSN(dsn)
+	if err == nil && strings.ContainsAny(loc, " \t\r\n") {
+		err = errors.New("white space") // "user:pw tcp(…)" parses, and the network named is the password
+	}
 	if err != nil {
 		// The driver's error may quote the DSN, password and all: say only what is wrong.
-		return nil, fmt.Errorf("audit: log database %s: malformed DSN", RedactDSN(loc))
+		return nil, fmt.Errorf("audit: log database %s: malformed DSN", redact.DSN(loc))
 	}
 	if c.Timeout == 0 {
 		c.Timeout = 3 * time.Second
@@ -150,26 +154,6 @@ func ParseLogDSN(loc string) (*mysql.Config, error) {
 // witnesses' timeout: 3 s in the app).
 const sessionIdle = 10
 
-// RedactDSN hides a DSN's password: "mysql://user:***@tcp(host)/db". What it cannot parse
-// it hides whole, keeping the scheme.
-func RedactDSN(loc string) string {
-	scheme, rest, ok := strings.Cut(loc, "://")
-	if !ok {
-		scheme, rest = "", loc
-	} else {
-		scheme += "://"
-	}
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
-		return scheme + rest
-	}
-	cred := rest[:at]
-	if user, _, hasPass := strings.Cut(cred, ":"); hasPass {
-		return scheme + user + ":***" + rest[at:]
-	}
-	return scheme + rest
-}
-
 // logPool is a pool of up to open connections (idle kept) to the log database at loc.
 func logPool(loc string, open, idle int) (*sql.DB, error) {
 	c, err := ParseLogDSN(loc)
@@ -178,7 +162,7 @@ func logPool(loc string, open, idle int) (*sql.DB, error) {
 	}
 	conn, err := mysql.NewConnector(c)
 	if err != nil {
-		return nil, fmt.Errorf("audit: log database %s: %v", RedactDSN(loc), err)
+		return nil, fmt.Errorf("audit: log database %s: %v", redact.DSN(loc), redact.Error(err, redact.DSN, loc))
 	}
 	db := sql.OpenDB(conn)
 	db.SetMaxOpenConns(open)
@@ -199,7 +183,7 @@ func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
 	for _, q := range tesseraSchema {
 		if _, err := db.ExecContext(pctx, q); err != nil {
 			db.Close()
-			return nil, fmt.Errorf("%w: log database %s: schema: %v", ErrUnavailable, RedactDSN(loc), err)
+			return nil, fmt.Errorf("%w: log database %s: schema: %v", ErrUnavailable, redact.DSN(loc), redact.Error(err, redact.DSN, loc))
 		}
 	}
 	return db, nil
@@ -818,7 +802,7 @@ func OpenSQLReader(ctx context.Context, loc string) (tessera.LogReader, BundleSt
 	st, err := tmysql.New(ctx, db)
 	if err != nil {
 		db.Close()
-		return nil, nil, nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, RedactDSN(loc), err)
+		return nil, nil, nil, fmt.Errorf("%w: log database %s: %v", ErrUnavailable, redact.DSN(loc), redact.Error(err, redact.DSN, loc))
 	}
 	return trimReader{st}, SQLBundles{DB: db}, db.Close, nil
 }

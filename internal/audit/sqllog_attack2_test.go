@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/strongroom/strongroom/internal/redact"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/strongroom/strongroom/internal/testenv"
 	"github.com/transparency-dev/tessera"
@@ -1088,11 +1089,11 @@ func TestAttack2NoPasswordAnywhere(t *testing.T) {
 		"mysql://u:PWsecretA@/db",
 		"mysql://u:PWsecretA@tcp(127.0.0.1:1)/d@b",
 	} {
-		try("dsn "+RedactDSN(d), d)
+		try("dsn "+redact.DSN(d), d)
 		if _, err := ParseLogDSN(d); err != nil {
 			texts = append(texts, "parse: "+err.Error())
 		}
-		texts = append(texts, "redact: "+RedactDSN(d))
+		texts = append(texts, "redact: "+redact.DSN(d))
 	}
 	secrets = append(secrets, "PW%secret")
 	// A real log through a proxy, then the engine lost: errors, health, handler, verify.

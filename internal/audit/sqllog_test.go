@@ -238,16 +238,7 @@ func TestSQLLogOrigin(t *testing.T) {
 // TestSQLLogCredentials: a DSN's password appears in no error and no log line, including
 // when the engine cannot be reached.
 func TestSQLLogCredentials(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"mysql://u:s3cret@tcp(h:3306)/db?tls=true", "mysql://u:***@tcp(h:3306)/db?tls=true"},
-		{"mysql://u:p@ss:w@rd@tcp(h)/db", "mysql://u:***@tcp(h)/db"},
-		{"mysql://u@tcp(h)/db", "mysql://u@tcp(h)/db"},
-		{"mysql://tcp(h)/db", "mysql://tcp(h)/db"},
-	} {
-		if got := RedactDSN(tc.in); got != tc.want {
-			t.Errorf("RedactDSN(%q) = %q, want %q", tc.in, got, tc.want)
-		}
-	}
+	// How the DSN is shown: redact.TestDSN.
 	const pw = "hunter2-never-printed"
 	c := mysql.NewConfig()
 	c.User, c.Passwd, c.Net, c.Addr, c.DBName = "u", pw, "tcp", "127.0.0.1:1", "db"

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/transparency-dev/tessera"
 	"golang.org/x/mod/sumdb/note"
+
+	"github.com/strongroom/strongroom/internal/redact"
 )
 
 // A witness is a third party, and what each one answers is judged here, whether or not its
@@ -185,8 +187,8 @@ func (j *witnessJudge) judge(a witnessAnswer) {
 	}
 	j.said[name] = cause
 	if alert {
-		j.log.Error("ALERT audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
+		j.log.Error("ALERT audit log: witness "+name+" "+cause, "url", redact.URL(a.url), "size", size)
 	} else {
-		j.log.Warn("audit log: witness "+name+" "+cause, "url", redactURL(a.url), "size", size)
+		j.log.Warn("audit log: witness "+name+" "+cause, "url", redact.URL(a.url), "size", size)
 	}
 }

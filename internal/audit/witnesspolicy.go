@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/transparency-dev/tessera"
+
+	"github.com/strongroom/strongroom/internal/redact"
 )
 
 // Replicas of one shared log with different witness policies (one given a new policy, one
@@ -46,7 +48,7 @@ const (
 const noPolicy = "none"
 
 // policyDigest names a witness policy by what it requires, whatever the order it was
-// written in: each witness by its key (name and key hash) and URL, each group by its
+// written in: each witness by its key (name and key hash) and URL (its password hidden), each group by its
 // threshold and its members, sorted. nil: noPolicy.
 func policyDigest(g *tessera.WitnessGroup) string {
 	if g == nil {
@@ -59,7 +61,9 @@ func policyDigest(g *tessera.WitnessGroup) string {
 func policyForm(c any) string {
 	switch c := c.(type) {
 	case tessera.Witness:
-		return "witness " + c.Key.Name() + " " + strconv.FormatUint(uint64(c.Key.KeyHash()), 16) + " " + c.URL
+		// The URL without its password: the digest is shared (the database, /healthz, the
+		// log), and a hash of a password is a guess's check (round 57).
+		return "witness " + c.Key.Name() + " " + strconv.FormatUint(uint64(c.Key.KeyHash()), 16) + " " + redact.URL(c.URL)
 	case *tessera.Witness:
 		return policyForm(*c)
 	case tessera.WitnessGroup:

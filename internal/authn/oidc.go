@@ -2,6 +2,7 @@ package authn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
+
+	"github.com/strongroom/strongroom/internal/redact"
 )
 
 // OIDCConfig names the identity provider whose bearer tokens (JWTs) the gateway accepts.
@@ -27,6 +30,7 @@ type OIDC struct {
 	v     *oidc.IDTokenVerifier
 	st    Store
 	claim string
+	urls  []string // hidden in errors (redact.Error)
 }
 
 // NewOIDC returns a verifier; keys are fetched from the JWKS URL on first use and refreshed
@@ -34,6 +38,11 @@ type OIDC struct {
 func NewOIDC(ctx context.Context, cfg OIDCConfig, st Store, now func() time.Time) (*OIDC, error) {
 	if cfg.Issuer == "" || cfg.Audience == "" || cfg.JWKSURL == "" {
 		return nil, fmt.Errorf("oidc: issuer, audience and jwks_url are required")
+	}
+	// go-oidc quotes a URL it cannot use in every token's error, password and all, and
+	// the gateway logs those (round 57): a malformed one is refused here, unquoted.
+	if u := redact.URL(cfg.JWKSURL); u == redact.Malformed || !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return nil, errors.New("oidc: jwks_url is not an http(s) URL (not shown: it may hold a password)")
 	}
 	if now == nil {
 		now = time.Now
@@ -52,14 +61,14 @@ func NewOIDC(ctx context.Context, cfg OIDCConfig, st Store, now func() time.Time
 		// Expiry is checked against a clock set back by the allowed skew.
 		Now: func() time.Time { return now().Add(-skew) },
 	})
-	return &OIDC{v: v, st: st, claim: cfg.PrincipalClaim}, nil
+	return &OIDC{v: v, st: st, claim: cfg.PrincipalClaim, urls: []string{cfg.JWKSURL, cfg.Issuer}}, nil
 }
 
 // Authenticate verifies a JWT and returns the registered principal it names.
 func (o *OIDC) Authenticate(ctx context.Context, tok string) (*Principal, error) {
 	idt, err := o.v.Verify(ctx, tok)
 	if err != nil {
-		return nil, fmt.Errorf("%w: jwt: %v", ErrUnauthenticated, err)
+		return nil, fmt.Errorf("%w: jwt: %v", ErrUnauthenticated, redact.Error(err, redact.URL, o.urls...))
 	}
 	var claims map[string]any
 	if err := idt.Claims(&claims); err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/redact"
 )
 
 // FileName is the config file inside the data directory.
@@ -405,12 +406,18 @@ func (c *Config) resolve(dataDir string) {
 	abs(&c.Alerts.WebhookSecretFile)
 }
 
+// isURL says whether the store is not a file's path (a database's address, or a value
+// Validate refuses).
 func isURL(s string) bool {
-	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+	_, pg, err := redact.StoreAddress(s)
+	return pg || err != nil
 }
 
 // Validate checks the configuration in one place.
 func (c *Config) Validate() error {
+	if _, _, err := redact.StoreAddress(c.Store); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
 	switch {
 	case c.Store == "":
 		return errors.New("config: store is empty")

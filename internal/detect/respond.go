@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/obs"
+	"github.com/strongroom/strongroom/internal/redact"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -417,7 +419,13 @@ func Sign(secret, body []byte) string {
 	return "sha256=" + hex.EncodeToString(m.Sum(nil))
 }
 
+// post sends the incident to the webhook. Its errors name the webhook by its origin only:
+// the URL may be the credential (a token in its path), and the HTTP client's errors quote
+// it (round 57).
 func (r *Responder) post(in Incident) error {
+	if redact.Origin(r.cfg.Webhook) == redact.Malformed {
+		return errors.New("alerts.webhook is not a URL (not shown: it may hold a credential)")
+	}
 	body, _ := json.Marshal(in)
 	var last error
 	for attempt := range 3 {
@@ -426,7 +434,7 @@ func (r *Responder) post(in Incident) error {
 		}
 		req, err := http.NewRequest(http.MethodPost, r.cfg.Webhook, bytes.NewReader(body))
 		if err != nil {
-			return err
+			return redact.Error(err, redact.Origin, r.cfg.Webhook)
 		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("X-Strongroom-Signature", Sign(r.cfg.WebhookSecret, body))
@@ -440,7 +448,7 @@ func (r *Responder) post(in Incident) error {
 		}
 		last = err
 	}
-	return last
+	return redact.Error(last, redact.Origin, r.cfg.Webhook)
 }
 
 // Sanction is what the gateway enforces (gateway.Sanctions): the strongest action in force for a principal

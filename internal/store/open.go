@@ -7,21 +7,28 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/strongroom/strongroom/internal/redact"
 )
 
-// Open opens a store from a DSN: "postgres://..." or "postgresql://..." for PostgreSQL,
-// anything else is a SQLite file path. Migrations run before it returns.
+// Open opens a store from a DSN: "postgres://..." or "postgresql://..." (any case), or
+// the keyword/value form, for PostgreSQL; another scheme, or white space at either end, is
+// refused (redact.StoreAddress); anything else is a SQLite file path. Migrations run before
+// it returns.
 func Open(ctx context.Context, dsn string) (Store, error) {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		return OpenPostgres(ctx, dsn)
+	addr, pg, err := redact.StoreAddress(dsn)
+	switch {
+	case err != nil:
+		return nil, err
+	case pg:
+		return OpenPostgres(ctx, addr)
 	}
-	return OpenSQLite(ctx, dsn)
+	return OpenSQLite(ctx, addr)
 }
 
 // OpenSQLite opens (creating) a SQLite database file in WAL mode with full fsync, so that
@@ -59,7 +66,7 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
-		return nil, fmt.Errorf("store: postgres: %w", err)
+		return nil, fmt.Errorf("store: postgres: %w", redact.Error(err, redact.DSN, dsn))
 	}
 	s := &sqlStore{db: db, d: dialect{name: "postgres", bytesType: "BYTEA", dollar: true, isUnique: func(err error) bool {
 		var pe *pgconn.PgError
@@ -68,7 +75,8 @@ func OpenPostgres(ctx context.Context, dsn string) (Store, error) {
 		var pe *pgconn.PgError // serialization failure, deadlock detected
 		return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
 	}}}
-	return s.start(ctx, "postgres")
+	st, err := s.start(ctx, "postgres")
+	return st, redact.Error(err, redact.DSN, dsn)
 }
 
 func (s *sqlStore) start(ctx context.Context, what string) (Store, error) {
