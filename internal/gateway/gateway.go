@@ -89,6 +89,7 @@ type Route struct {
 	UpstreamKey string        `json:"upstream_key,omitempty"`
 	Limits      limits.Limits `json:"limits,omitzero"`
 	scope       string        // its limiter scope's name, "model:"+Model (made by New)
+	keyBytes    []byte        // UpstreamKey, to keep it out of answers (made by New)
 }
 
 // Config wires a Gateway.
@@ -245,6 +246,9 @@ func New(cfg Config) (*Gateway, error) {
 			}
 		}
 		r.scope = "model:" + r.Model
+		if r.UpstreamKey != "" {
+			r.keyBytes = []byte(r.UpstreamKey)
+		}
 		g.routes[r.Model] = r
 		g.names = append(g.names, r.Model)
 	}
@@ -825,6 +829,7 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 		return
 	}
 	respBody := out.Bytes()
+	respBody, _ = g.hideKey(respBody, st)
 	if st.shaper != nil {
 		var ok bool
 		if respBody, ok = st.shaper.rewrite(respBody); !ok {
@@ -848,6 +853,18 @@ func (g *Gateway) proxy(w http.ResponseWriter, r *http.Request, st *reqState, bo
 	}
 	w.WriteHeader(resp.StatusCode)
 	w.Write(respBody)
+}
+
+// hideKey is b with the route's upstream key replaced (a copy, and true) if b holds it. An
+// engine, or a proxy before it, that echoes the request — an error page, a debug answer —
+// would hand the engine's key to the tenant (outside round 57's note).
+func (g *Gateway) hideKey(b []byte, st *reqState) ([]byte, bool) {
+	k := st.route.keyBytes
+	if k == nil || !bytes.Contains(b, k) {
+		return b, false
+	}
+	g.log.Error("ALERT an engine answer held the route's upstream key; hidden from the caller (rotate it if the engine logs requests)", "model", st.route.Model)
+	return bytes.ReplaceAll(b, k, []byte("***")), true
 }
 
 var (
@@ -1146,6 +1163,9 @@ func (g *Gateway) stream(ctx context.Context, w http.ResponseWriter, body io.Rea
 			// An event-stream parser skips one byte-order mark at the stream's start: so
 			// does this loop, or a first event behind one would pass unread.
 			line, first = bytes.TrimPrefix(line, utf8BOM), false
+		}
+		if hidden, ok := g.hideKey(line, st); ok {
+			line, joined = hidden, true // a copy: the blank line after it is not reached over
 		}
 		if len(line) > 0 {
 			forward := true
