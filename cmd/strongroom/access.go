@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/strongroom/strongroom/internal/app"
+	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
 )
@@ -112,12 +113,13 @@ func keyCmd(g *globals) *cobra.Command {
 		Short: "Issue a successor key; the old one keeps working for the overlap",
 		Args:  exactArgs(1),
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
-			tok, rec, err := a.RotateKey(cmd.Context(), args[0], overlap)
+			id := authn.KeyID(args[0]) // a key given whole: its id, the secret printed nowhere
+			tok, rec, err := a.RotateKey(cmd.Context(), id, overlap)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), tok)
-			fmt.Fprintf(cmd.ErrOrStderr(), "key %s replaces %s, which stops working in %s\n", rec.ID, args[0], overlap)
+			fmt.Fprintf(cmd.ErrOrStderr(), "key %s replaces %s, which stops working in %s\n", rec.ID, id, overlap)
 			return nil
 		}),
 	}
@@ -133,7 +135,10 @@ func keyCmd(g *globals) *cobra.Command {
 			return nil
 		},
 		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, args []string) error {
-			ids := args
+			var ids []string
+			for _, a := range args {
+				ids = append(ids, authn.KeyID(a)) // a key given whole (found leaked): its id
+			}
 			if revokeAll != "" {
 				ks, err := a.Store.ListAPIKeys(cmd.Context(), revokeAll)
 				if err != nil {

@@ -189,6 +189,7 @@ func (a *App) CreateKey(ctx context.Context, principal string, ttl time.Duration
 
 // RotateKey issues a successor key; the old one lives for overlap more.
 func (a *App) RotateKey(ctx context.Context, id string, overlap time.Duration) (string, store.APIKey, error) {
+	id = authn.KeyID(id) // a key given whole: its id, the secret nowhere
 	tok, rec, err := a.APIKeys().Rotate(ctx, id, overlap)
 	if err != nil {
 		return "", rec, err
@@ -199,6 +200,7 @@ func (a *App) RotateKey(ctx context.Context, id string, overlap time.Duration) (
 
 // RevokeKey ends a key now.
 func (a *App) RevokeKey(ctx context.Context, id string) error {
+	id = authn.KeyID(id) // a key given whole (one found leaked): its id, the secret nowhere
 	if err := a.Audit(ctx, audit.Event{Kind: audit.KindKeyRevoke, Decision: audit.Allow, Subject: map[string]string{"key_id": id}}); err != nil {
 		return err
 	}

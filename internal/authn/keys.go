@@ -65,6 +65,18 @@ const (
 	secretLen   = 32
 )
 
+// KeyID is the key id s names: s, or — when s is a whole API key, which is what is at hand
+// when one has leaked — its id, the secret dropped. Whatever follows a "." is never
+// kept: an id has none, and a command or form that recorded what it was given wrote the
+// secret into the audit log, and did not revoke the key (outside round 58).
+func KeyID(s string) string {
+	s, _, _ = strings.Cut(s, ".")
+	if rest, ok := strings.CutPrefix(s, tokenPrefix); ok && len(rest) == idLen {
+		return rest
+	}
+	return s
+}
+
 // Keys issues and checks API keys. Verified keys are cached for CacheTTL; a revocation
 // takes effect at once in the process that revokes, and on every other replica within the
 // interval of its Watch.

@@ -567,7 +567,7 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 	body := buf.Bytes()
 	feat, err := parseRequest(body, endpoint)
 	if err != nil {
-		st.fail(w, badRequest("Invalid request body: "+err.Error()+"."), err.Error())
+		st.fail(w, badRequest("Invalid request body: "+err.Error()+"."), recordReason(err))
 		return
 	}
 	st.feat = *feat

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"unicode"
@@ -76,12 +77,48 @@ type member struct {
 	valStart, valEnd int
 }
 
-// errBadRequest marks a body the contract refuses; its text is the one-line reason.
-type errBadRequest struct{ msg string }
+// errBadRequest marks a body the contract refuses; its text is the one-line reason, for
+// the caller. reason is the same without what the caller wrote (the names it used, the
+// decoder's quotes of its bytes), for the request record and the log: the record is
+// public, and member names are content — a tool's parameters, metadata keys, a PIN after
+// a lone surrogate (outside round 58).
+type errBadRequest struct{ msg, reason string }
 
 func (e *errBadRequest) Error() string { return e.msg }
 
-func refuse(format string, a ...any) error { return &errBadRequest{fmt.Sprintf(format, a...)} }
+// refuse is a refusal whose %q and %v arguments are the caller's (names, decoder errors):
+// the record's reason shows each as "…". Other verbs take the contract's own words.
+func refuse(format string, a ...any) error {
+	hidden := slices.Clone(a)
+	n := 0
+	for i := 0; i < len(format)-1; i++ {
+		if format[i] != '%' {
+			continue
+		}
+		i++
+		if format[i] == '%' {
+			continue
+		}
+		if (format[i] == 'q' || format[i] == 'v') && n < len(hidden) {
+			hidden[n] = callerText{}
+		}
+		n++
+	}
+	return &errBadRequest{fmt.Sprintf(format, a...), fmt.Sprintf(format, hidden...)}
+}
+
+// callerText stands for what the caller wrote, in a record's reason.
+type callerText struct{}
+
+func (callerText) Format(f fmt.State, _ rune) { f.Write([]byte("…")) }
+
+// recordReason is err's reason without the caller's text.
+func recordReason(err error) string {
+	if e, ok := err.(*errBadRequest); ok {
+		return e.reason
+	}
+	return "invalid request body"
+}
 
 // pooledDecoder keeps a decoder's buffers between requests.
 type pooledDecoder struct {

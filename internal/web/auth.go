@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/policy"
 	"github.com/strongroom/strongroom/internal/store"
 )
@@ -139,6 +140,15 @@ func (c *Console) act(op string, destructive bool, fn func(w http.ResponseWriter
 		if !equalTokens(q.s.csrf, r.PostFormValue("csrf")) {
 			c.fail(w, r, q, errorf(http.StatusForbidden, "missing or wrong CSRF token"))
 			return
+		}
+		if strings.HasPrefix(op, "key.") {
+			// A key pasted whole (one found leaked): its id, here and in the operation; the
+			// secret is recorded nowhere (outside round 58: it went into console.action).
+			for _, f := range []string{"id", "confirm"} {
+				if v, ok := r.PostForm[f]; ok && len(v) > 0 {
+					r.PostForm[f] = []string{authn.KeyID(v[0])}
+				}
+			}
 		}
 		id := r.PostFormValue("id")
 		subject := map[string]string{"operation": op, "object": id}
