@@ -105,7 +105,7 @@ func witnessPolicy(ws []config.Witness, quorum int) (tessera.WitnessGroup, error
 	var names, urls []string
 	for i, w := range ws {
 		// tessera quotes a URL it cannot use, password and all (round 57).
-		if u := redact.URL(w.URL); u == redact.Malformed || !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		if !redact.HTTP(w.URL) {
 			return tessera.WitnessGroup{}, fmt.Errorf("audit.witnesses[%d].url: not an http(s) URL (not shown: it may hold a password)", i)
 		}
 		fmt.Fprintf(&p, "witness w%d %s %s\n", i, w.VKey, w.URL)

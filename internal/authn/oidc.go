@@ -41,7 +41,7 @@ func NewOIDC(ctx context.Context, cfg OIDCConfig, st Store, now func() time.Time
 	}
 	// go-oidc quotes a URL it cannot use in every token's error, password and all, and
 	// the gateway logs those (round 57): a malformed one is refused here, unquoted.
-	if u := redact.URL(cfg.JWKSURL); u == redact.Malformed || !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+	if !redact.HTTP(cfg.JWKSURL) {
 		return nil, errors.New("oidc: jwks_url is not an http(s) URL (not shown: it may hold a password)")
 	}
 	if now == nil {

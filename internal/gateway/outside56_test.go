@@ -362,36 +362,14 @@ func TestOutside56PromptUnderestimateOverrunsDailyBudget(t *testing.T) {
 // tenant shares one key budget, and any one of them can lock all the others out.
 // Fixed since: a JWT principal's key scope is its own, "key:jwt:ID" (authn/oidc.go).
 func TestOutside56JWTUsersShareOneKeyScope(t *testing.T) {
-	ctx := context.Background()
 	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &priv.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	}))
-	defer jwks.Close()
-	ost, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "oidc.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ost.Close()
-	ost.PutPrincipal(ctx, store.Principal{ID: "fed-a", Tenant: "acme", Screening: "clear"})
-	ost.PutPrincipal(ctx, store.Principal{ID: "fed-b", Tenant: "globex", Screening: "clear"})
-	o, err := authn.NewOIDC(ctx, authn.OIDCConfig{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}, ost, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	o := testOIDC(t, priv, store.Principal{ID: "fed-a", Tenant: "acme", Screening: "clear"},
+		store.Principal{ID: "fed-b", Tenant: "globex", Screening: "clear"})
 	f := newFixture(t, func(c *Config) {
 		c.Auth = authn.Chain{Keys: c.Auth.(*authn.Keys), OIDC: o}
 		c.KeyLimits = limits.Limits{RPM: 2}
 	})
-	signer, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: priv}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
-	token := func(sub string) string {
-		tok, err := jwt.Signed(signer).Claims(jwt.Claims{Issuer: "https://idp.test", Audience: jwt.Audience{"strongroom"}, Subject: sub,
-			IssuedAt: jwt.NewNumericDate(time.Now()), Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour))}).Serialize()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}
+	token := func(sub string) string { return testJWT(t, priv, sub, time.Now().Add(time.Hour)) }
 	url := f.srv.URL + "/v1/chat/completions"
 	body := `{"model":"demo","max_tokens":2,"messages":[{"role":"user","content":"hi"}]}`
 	a, b := token("fed-a"), token("fed-b")
@@ -699,4 +677,41 @@ func TestOutside56OddTokenFieldsNeverUnderEstimate(t *testing.T) {
 			t.Errorf("%s: admitted on a generation estimate of %d, the engine generated %d tokens", fields, gen, a.Usage.CompletionTokens)
 		}
 	}
+}
+
+// testOIDC is a JWT verifier for the issuer "https://idp.test" and audience "strongroom",
+// whose JWKS serves priv's public key as "k1", over a store that holds principals.
+func testOIDC(t *testing.T, priv *ecdsa.PrivateKey, principals ...store.Principal) *authn.OIDC {
+	t.Helper()
+	ctx := context.Background()
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &priv.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	}))
+	t.Cleanup(jwks.Close)
+	st, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "oidc.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	for _, p := range principals {
+		st.PutPrincipal(ctx, p)
+	}
+	o, err := authn.NewOIDC(ctx, authn.OIDCConfig{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}, st, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o
+}
+
+// testJWT is a token for testOIDC's issuer and audience, signed by key as "k1", for sub,
+// expiring at exp (issued two hours before).
+func testJWT(t *testing.T, key *ecdsa.PrivateKey, sub string, exp time.Time) string {
+	t.Helper()
+	signer, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
+	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Issuer: "https://idp.test", Audience: jwt.Audience{"strongroom"}, Subject: sub,
+		IssuedAt: jwt.NewNumericDate(exp.Add(-2 * time.Hour)), Expiry: jwt.NewNumericDate(exp)}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }

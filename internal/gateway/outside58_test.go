@@ -51,8 +51,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -123,29 +121,8 @@ func TestOutside58GatewayChannels(t *testing.T) {
 	// JWT principals (gateway.oidc), as outside round 56 set them up.
 	priv, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &priv.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
-	}))
-	defer jwks.Close()
-	ost, err := store.OpenSQLite(ctx, filepath.Join(t.TempDir(), "oidc.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ost.Close()
-	ost.PutPrincipal(ctx, store.Principal{ID: "fed-a", Tenant: "acme", Screening: "clear"})
-	o, err := authn.NewOIDC(ctx, authn.OIDCConfig{Issuer: "https://idp.test", Audience: "strongroom", JWKSURL: jwks.URL}, ost, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	jwtOf := func(key *ecdsa.PrivateKey, sub string, exp time.Time) string {
-		signer, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
-		tok, err := jwt.Signed(signer).Claims(jwt.Claims{Issuer: "https://idp.test", Audience: jwt.Audience{"strongroom"}, Subject: sub,
-			IssuedAt: jwt.NewNumericDate(exp.Add(-2 * time.Hour)), Expiry: jwt.NewNumericDate(exp)}).Serialize()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
-	}
+	o := testOIDC(t, priv, store.Principal{ID: "fed-a", Tenant: "acme", Screening: "clear"})
+	jwtOf := func(key *ecdsa.PrivateKey, sub string, exp time.Time) string { return testJWT(t, key, sub, exp) }
 
 	var logBuf testenv.LogBuffer
 	spans := tracetest.NewSpanRecorder()

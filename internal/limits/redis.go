@@ -114,52 +114,53 @@ func (r *Redis) beat(ctx context.Context) error {
 	for k, s := range r.slots {
 		held[k] = maps.Clone(s)
 	}
-	free := r.unsent
-	r.unsent, r.nUnsent = map[string][]uint64{}, 0
+	free := r.takeUnsent()
 	r.beating = held
 	r.mu.Unlock()
 
-	err := r.send(ctx, held, free)
+	err := r.sendOrKeep(ctx, held, free)
 	r.mu.Lock()
 	r.beating = nil
-	if err != nil {
-		for k, ns := range free {
-			for _, n := range ns {
-				r.unsend(k, n)
-			}
-		}
-	}
-	again := err == nil && len(r.unsent) > 0
+	again := len(r.unsent) > 0
 	r.mu.Unlock()
-	if err != nil {
-		return fmt.Errorf("limits: redis heartbeat: %w", err)
+	if err != nil || !again {
+		return err
 	}
-	if again {
-		return r.flush(ctx)
-	}
-	return nil
+	return r.flush(ctx)
 }
 
 // flush sends the releases that have not reached Redis, and nothing else.
 func (r *Redis) flush(ctx context.Context) error {
 	r.mu.Lock()
-	free := r.unsent
-	r.unsent, r.nUnsent = map[string][]uint64{}, 0
+	free := r.takeUnsent()
 	r.mu.Unlock()
 	if len(free) == 0 {
 		return nil
 	}
-	if err := r.send(ctx, nil, free); err != nil {
-		r.mu.Lock()
-		for k, ns := range free {
-			for _, n := range ns {
-				r.unsend(k, n)
-			}
-		}
-		r.mu.Unlock()
-		return fmt.Errorf("limits: redis heartbeat: %w", err)
+	return r.sendOrKeep(ctx, nil, free)
+}
+
+// takeUnsent hands over the releases kept for the next heartbeat. mu is held.
+func (r *Redis) takeUnsent() map[string][]uint64 {
+	free := r.unsent
+	r.unsent, r.nUnsent = map[string][]uint64{}, 0
+	return free
+}
+
+// sendOrKeep sends a heartbeat; if it fails, free's releases are kept for the next one.
+func (r *Redis) sendOrKeep(ctx context.Context, held map[string]map[uint64]struct{}, free map[string][]uint64) error {
+	err := r.send(ctx, held, free)
+	if err == nil {
+		return nil
 	}
-	return nil
+	r.mu.Lock()
+	for k, ns := range free {
+		for _, n := range ns {
+			r.unsend(k, n)
+		}
+	}
+	r.mu.Unlock()
+	return fmt.Errorf("limits: redis heartbeat: %w", err)
 }
 
 // send runs the heartbeat script: held's slots written and renewed, free's freed.

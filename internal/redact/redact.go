@@ -29,6 +29,13 @@ func URL(u string) string {
 	return p.Redacted()
 }
 
+// HTTP says whether u is an http or https URL that URL can show (not Malformed): for an
+// address a library would quote, password and all, if it could not use it.
+func HTTP(u string) bool {
+	p, ok := parse(u)
+	return ok && (p.Scheme == "http" || p.Scheme == "https")
+}
+
 // Origin is u's scheme and host only, for an address that is itself the credential (a
 // webhook whose path holds its token).
 func Origin(u string) string {

@@ -139,3 +139,18 @@ func FuzzHidesPassword(f *testing.F) {
 		}
 	})
 }
+
+func TestHTTP(t *testing.T) {
+	for u, want := range map[string]bool{
+		"https://u:pw@idp.example/jwks": true,
+		"HTTP://idp.example:8080/":      true,
+		"redis://h:6379/0":              false,
+		"https://u:pw@h:44x3/jwks":      false, // a bad port: malformed
+		"https://u:p w@h/jwks":          false,
+		"":                              false,
+	} {
+		if got := HTTP(u); got != want {
+			t.Errorf("HTTP(%q) = %v, want %v", u, got, want)
+		}
+	}
+}
