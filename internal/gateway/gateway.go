@@ -576,8 +576,14 @@ func (g *Gateway) infer(w http.ResponseWriter, r *http.Request, endpoint string)
 		return
 	}
 	rt, ok := g.routes[st.feat.Model]
-	if !ok || !p.MayUse(st.feat.Model) {
-		st.fail(w, errModelNotFound, "model "+st.feat.Model+" not routed or not allowed for this key")
+	if !ok {
+		// The name is the caller's text: it goes nowhere (the record, the log line, the
+		// detectors), only a route's own name does.
+		st.fail(w, errModelNotFound, "model not routed")
+		return
+	}
+	if !p.MayUse(rt.Model) {
+		st.fail(w, errModelNotFound, "model "+rt.Model+" not allowed for this key")
 		return
 	}
 	st.route = rt
@@ -1337,8 +1343,12 @@ func (g *Gateway) finish(ctx context.Context, st *reqState) {
 	}
 	if g.cfg.Detector != nil && st.p != nil {
 		a := st.asked
+		var model string // a route's name, never the caller's text for a model no route has
+		if st.route != nil {
+			model = st.route.Model
+		}
 		g.cfg.Detector.Observe(obs.Observation{TS: st.start, Principal: st.p.ID, Tenant: st.p.Tenant, IP: st.ipText,
-			Model: st.feat.Model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: a.MaxTokens, Logprobs: a.Logprobs,
+			Model: model, Endpoint: st.endpoint, Prompt: st.prompt, MaxTokens: a.MaxTokens, Logprobs: a.Logprobs,
 			TopLogprobs: a.TopLogprobs, LogitBias: a.LogitBias, N: a.N, PromptTokens: st.usage.PromptTokens,
 			CompletionTokens: st.usage.CompletionTokens, Decision: st.decision})
 	}

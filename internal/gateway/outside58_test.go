@@ -126,11 +126,13 @@ func TestOutside58GatewayChannels(t *testing.T) {
 
 	var logBuf testenv.LogBuffer
 	spans := tracetest.NewSpanRecorder()
+	det := &captureDetector{} // the detectors' inputs (prompts they need; the model's name they keep)
 	f := newFixture(t, func(c *Config) {
 		c.Auth = authn.Chain{Keys: c.Auth.(*authn.Keys), OIDC: o}
 		c.Logger = slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.Tracer = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)).Tracer("o58")
 		c.MaxBody = 64 << 10
+		c.Detector = det
 		c.Routes = append(c.Routes,
 			Route{Model: "echo", Upstreams: []string{engine.URL + "/v1"}},
 			Route{Model: "tight", Upstreams: []string{engine.URL + "/v1"}, Limits: limits.Limits{RPM: 1}},
@@ -241,6 +243,11 @@ func TestOutside58GatewayChannels(t *testing.T) {
 			body: chat("frontier", "", user("PolicyPromptMarker58")), secrets: []testenv.Secret{S("PolicyPromptMarker58", "a prompt refused by policy")}},
 		{name: "unknown model", path: "/v1/chat/completions", key: f.alice, want: 404,
 			body: chat("nosuch", "", user("UnroutedPromptMarker58")), secrets: []testenv.Secret{S("UnroutedPromptMarker58", "a prompt for an unrouted model")}},
+		// Round 59: the model's name is the caller's text where no route has it.
+		{name: "a model name the gateway does not route", path: "/v1/chat/completions", key: f.alice, want: 404,
+			body: chat("ModelNameMarker59", "", user("hello")), secrets: []testenv.Secret{S("ModelNameMarker59", "a caller-chosen model name")}},
+		{name: "a model name with logit_bias and logprobs", path: "/v1/chat/completions", key: f.alice, want: 404,
+			body: chat("BiasModelMarker59", `,"logprobs":true,"logit_bias":{"5":10,"6":-10}`, user("hello")), secrets: []testenv.Secret{S("BiasModelMarker59", "a caller-chosen model name with a logit sweep")}},
 		{name: "rate limit, admitted", path: "/v1/chat/completions", key: f.alice, want: 200,
 			body: chat("tight", "", user("RateOkMarker58")), secrets: []testenv.Secret{S("RateOkMarker58", "a prompt just under a rate limit"), S(o58Completion("RateOkMarker58"), "a completion under a rate limit")}},
 		{name: "rate limit, refused", path: "/v1/chat/completions", key: f.alice, want: 429,
@@ -359,6 +366,13 @@ func TestOutside58GatewayChannels(t *testing.T) {
 		{"/metrics", mrec.Body.String()},
 		{"the trace spans (sent to the OTLP collector)", spanText.String()},
 	}
+	det.mu.Lock()
+	for _, o := range det.seen {
+		// The detectors keep a model's name (per-model state, an alert's evidence, the
+		// shared detection bus); the prompt they need and keep only as digests.
+		channels = append(channels, channel{"an observation's model name (the detectors' state and evidence)", o.Model})
+	}
+	det.mu.Unlock()
 	for _, e := range evs {
 		channels = append(channels, channel{fmt.Sprintf("audit log entry %d (kind %s: served at /log/, in `audit search --json`)", e.Index, e.Kind), string(e.Raw)})
 	}
