@@ -86,6 +86,7 @@ type App struct {
 	batchOnce      sync.Once
 	batcher        *audit.Batcher
 	journalKey     []byte // MACs the request journal's frames (derived from the audit key)
+	busKey         []byte // seals the detection bus's records (derived from the audit key)
 	tracerMu       sync.Mutex
 	tracer         trace.Tracer
 	tracerProvider *sdktrace.TracerProvider

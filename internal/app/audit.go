@@ -2,9 +2,7 @@ package app
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -156,9 +154,10 @@ func (a *App) openAudit(ctx context.Context) error {
 	}
 	// The request journal's frames are MACed under a key derived from the audit key: records
 	// waiting there cannot be altered, reordered or moved without it (audit/journal.go).
-	jm := hmac.New(sha256.New, hk)
-	jm.Write([]byte("strongroom/request-journal/v2"))
-	a.journalKey = jm.Sum(nil)
+	a.journalKey = audit.DeriveKey(hk, "strongroom/request-journal/v2")
+	// The detection bus's records are sealed under a key every replica derives alike
+	// (detect.NewRedisBus).
+	a.busKey = audit.DeriveKey(hk, "strongroom/detect-bus/v1")
 	// A command waits this long at exit for a (witnessed) checkpoint that covers its events;
 	// they are durable before that either way.
 	cfg := audit.Config{Dir: c.Audit.LogDir, DB: c.Audit.LogDB, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,

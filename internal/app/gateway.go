@@ -257,7 +257,9 @@ func (a *App) Responder(ctx context.Context) (*detect.Responder, error) {
 		if err != nil {
 			return nil, err
 		}
-		bus = detect.NewRedisBus(rdb, a.redisPrefix()+"detect:")
+		if bus, err = detect.NewRedisBus(rdb, a.redisPrefix()+"detect:", a.busKey, a.Log); err != nil {
+			return nil, err
+		}
 	}
 	r := detect.NewResponder(detect.New(a.Detect), detect.ResponderConfig{Audit: a.AuditLog, Incidents: a.Store,
 		// Another replica's request record reaches the log when its journal folds it: up to

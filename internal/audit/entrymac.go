@@ -30,9 +30,13 @@ import (
 const macSuffix = len(`,"mac":""`) + 2*sha256.Size
 
 // EntryKey derives the entry MAC key from the deployment's audit HMAC key.
-func EntryKey(auditKey []byte) []byte {
+func EntryKey(auditKey []byte) []byte { return DeriveKey(auditKey, "strongroom/log-entry/v1") }
+
+// DeriveKey derives a 32-byte key for one use, named by label, from the deployment's audit
+// HMAC key (the same in every replica): HMAC-SHA256(auditKey, label).
+func DeriveKey(auditKey []byte, label string) []byte {
 	m := hmac.New(sha256.New, auditKey)
-	m.Write([]byte("strongroom/log-entry/v1"))
+	m.Write([]byte(label))
 	return m.Sum(nil)
 }
 

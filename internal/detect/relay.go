@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -270,29 +271,42 @@ func decodeWire(b []byte) (wireObs, error) {
 	return w, nil
 }
 
-// RedisBus is a Bus on a Redis stream (observations) and SET NX keys (claims).
+// RedisBus is a Bus on a Redis stream (observations) and SET NX keys (claims). Its records
+// are sealed and its claims' names keyed (busseal.go).
 type RedisBus struct {
 	rdb    redis.UniversalClient
 	prefix string
 	maxLen int64
+	seal   *sealer
 }
 
 // NewRedisBus uses keys under prefix (e.g. "strongroom:detect:"); the stream keeps about
-// the last 100,000 observations (a starting replica replays them: about a second).
-func NewRedisBus(rdb redis.UniversalClient, prefix string) *RedisBus {
-	return &RedisBus{rdb: rdb, prefix: prefix, maxLen: 100_000}
+// the last 100,000 observations (a starting replica replays them: about a second). key (32
+// bytes, the same in every replica) seals the records; log gets the ALERT lines of records
+// refused.
+func NewRedisBus(rdb redis.UniversalClient, prefix string, key []byte, log *slog.Logger) (*RedisBus, error) {
+	b := &RedisBus{rdb: rdb, prefix: prefix, maxLen: 100_000}
+	var err error
+	if b.seal, err = newSealer(key, b.stream(), log); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 func (b *RedisBus) stream() string { return b.prefix + "obs" }
+
+// Rejected counts the records Read refused (not sealed under the key, or repeated).
+func (b *RedisBus) Rejected() int64 { return b.seal.rejected.Load() }
 
 // Publish implements Bus; with no records it checks that Redis answers.
 func (b *RedisBus) Publish(ctx context.Context, recs [][]byte) error {
 	if len(recs) == 0 {
 		return b.rdb.Ping(ctx).Err()
 	}
+	now := time.Now()
 	_, err := b.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, rec := range recs {
-			p.XAdd(ctx, &redis.XAddArgs{Stream: b.stream(), MaxLen: b.maxLen, Approx: true, Values: []any{"o", rec}})
+			p.XAdd(ctx, &redis.XAddArgs{Stream: b.stream(), MaxLen: b.maxLen, Approx: true, Values: []any{"o", b.seal.seal(rec, now)}})
 		}
 		return nil
 	})
@@ -318,9 +332,13 @@ func (b *RedisBus) Read(ctx context.Context, cursor string) (string, [][]byte, e
 	for _, s := range res {
 		for _, m := range s.Messages {
 			cursor = m.ID
-			if v, ok := m.Values["o"].(string); ok {
-				recs = append(recs, []byte(v))
+			v, _ := m.Values["o"].(string)
+			plain, err := b.seal.open([]byte(v), m.ID)
+			if err != nil {
+				b.seal.refuse(m.ID, err)
+				continue
 			}
+			recs = append(recs, plain)
 		}
 	}
 	return cursor, recs, nil
@@ -328,7 +346,7 @@ func (b *RedisBus) Read(ctx context.Context, cursor string) (string, [][]byte, e
 
 // Claim implements Bus.
 func (b *RedisBus) Claim(ctx context.Context, key string, ttl time.Duration) (bool, error) {
-	ok, err := b.rdb.SetNX(ctx, b.prefix+"claim:"+key, time.Now().UTC().Format(time.RFC3339Nano), ttl).Result()
+	ok, err := b.rdb.SetNX(ctx, b.prefix+"claim:"+b.seal.claimName(key), time.Now().UTC().Format(time.RFC3339Nano), ttl).Result()
 	if err != nil {
 		return false, fmt.Errorf("detect bus: claim: %w", err)
 	}

@@ -258,7 +258,7 @@ func TestRedisBus(t *testing.T) {
 	ctx := context.Background()
 	prefix := "test:" + strings.ReplaceAll(t.Name(), "/", "_") + ":" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
 	defer rdb.Del(ctx, prefix+"obs")
-	b := NewRedisBus(rdb, prefix)
+	b := newTestBus(t, rdb, prefix, testBusKey)
 	if err := b.Publish(ctx, [][]byte{[]byte("old")}); err != nil {
 		t.Fatal(err)
 	}
@@ -285,7 +285,7 @@ func TestRedisBus(t *testing.T) {
 		t.Fatalf("ping: %v", err)
 	}
 	key := "alert:logit_harvest:" + prefix
-	defer rdb.Del(ctx, prefix+"claim:"+key)
+	defer rdb.Del(ctx, prefix+"claim:"+b.seal.claimName(key))
 	if won, err := b.Claim(ctx, key, time.Minute); !won || err != nil {
 		t.Fatalf("first claim: %v, %v", won, err)
 	}
@@ -293,7 +293,7 @@ func TestRedisBus(t *testing.T) {
 		t.Fatalf("second claim: %v, %v", won, err)
 	}
 	// A Redis that is gone is an error, not an empty stream.
-	dead := NewRedisBus(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}), prefix)
+	dead := newTestBus(t, redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1}), prefix, testBusKey)
 	if err := dead.Publish(ctx, [][]byte{[]byte("x")}); err == nil {
 		t.Fatal("publish to a dead Redis succeeded")
 	}
@@ -373,7 +373,7 @@ func BenchmarkRelay(b *testing.B) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		eng := New(Config{})
-		r := NewResponder(eng, ResponderConfig{Audit: silent(), Duration: time.Hour, Bus: NewRedisBus(rdb, prefix)})
+		r := NewResponder(eng, ResponderConfig{Audit: silent(), Duration: time.Hour, Bus: newTestBus(b, rdb, prefix, testBusKey)})
 		go r.Run(ctx, time.Hour)
 		cpu0 := testenv.CPUTime()
 		b.ResetTimer()

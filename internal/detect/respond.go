@@ -136,7 +136,7 @@ func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
 // registerBusMetrics exposes the bus's health (a failure to register is logged: metrics
 // are not worth refusing to detect).
 func registerBusMetrics(r *Responder, reg prometheus.Registerer) {
-	for _, c := range []prometheus.Collector{
+	cs := []prometheus.Collector{
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_detect_bus_degraded",
 			Help: "1 while this gateway detects on its own traffic only because the detection bus (Redis) failed."},
 			func() float64 {
@@ -148,7 +148,13 @@ func registerBusMetrics(r *Responder, reg prometheus.Registerer) {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "strongroom_detect_bus_overflow_total",
 			Help: "Requests detected on locally because the queue to the detection bus was full."},
 			func() float64 { return float64(r.relay.dropped.Load()) }),
-	} {
+	}
+	if rb, ok := r.relay.bus.(interface{ Rejected() int64 }); ok {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "strongroom_detect_bus_rejected_total",
+			Help: "Records on the detection bus refused: not sealed under this fleet's key (written or altered in Redis, or another deployment's), or repeated."},
+			func() float64 { return float64(rb.Rejected()) }))
+	}
+	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			r.cfg.Log.Error("detect: metrics", "err", err)
 		}

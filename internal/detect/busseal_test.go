@@ -1,0 +1,229 @@
+package detect
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/strongroom/strongroom/internal/testenv"
+)
+
+var testBusKey = bytes.Repeat([]byte{7}, 32)
+
+func newTestBus(t testing.TB, rdb redis.UniversalClient, prefix string, key []byte) *RedisBus {
+	t.Helper()
+	b, err := NewRedisBus(rdb, prefix, key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func testPrefix(t *testing.T) string {
+	return "test:" + strings.ReplaceAll(t.Name(), "/", "_") + ":" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+}
+
+// sealedBus is a bus on the test Redis under a prefix of the test's own, its stream removed
+// at the end.
+func sealedBus(t *testing.T) (*redis.Client, *RedisBus, string) {
+	rdb := testenv.Redis(t)
+	prefix := testPrefix(t)
+	b := newTestBus(t, rdb, prefix, testBusKey)
+	t.Cleanup(func() { rdb.Del(context.Background(), b.stream()) })
+	return rdb, b, prefix
+}
+
+// wireOf is what a replica publishes for o.
+func wireOf(t *testing.T, principal string, i int) []byte {
+	t.Helper()
+	o := sweep(i)
+	o.Principal, o.Model = principal, principal+"Model"
+	r := FromObservation(o)
+	w := wireObs{Req: r, F: ExtractFeatures(&r)}
+	w.Req.Prompt, w.Req.IP = "", ""
+	b, err := json.Marshal(&w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// rawEntries is what Redis holds of the stream: its entries' ids and values.
+func rawEntries(t *testing.T, rdb *redis.Client, stream string) []redis.XMessage {
+	t.Helper()
+	msgs, err := rdb.XRange(context.Background(), stream, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msgs
+}
+
+// TestBusHoldsNothingReadable: what Redis holds of a published observation and of a claim
+// names neither the principal nor the model nor the request's parameters, and carries
+// none of its features as published.
+func TestBusHoldsNothingReadable(t *testing.T) {
+	rdb, b, prefix := sealedBus(t)
+	ctx := context.Background()
+	rec := wireOf(t, "SealedPrincipal59", 0)
+	if err := b.Publish(ctx, [][]byte{rec}); err != nil {
+		t.Fatal(err)
+	}
+	key := "alert:logit_harvest:SealedPrincipal59"
+	if won, err := b.Claim(ctx, key, time.Minute); !won || err != nil {
+		t.Fatalf("claim: %v %v", won, err)
+	}
+	var held bytes.Buffer
+	keys, err := rdb.Keys(ctx, prefix+"*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		held.WriteString(k + "\n")
+		defer rdb.Del(ctx, k)
+	}
+	for _, m := range rawEntries(t, rdb, b.stream()) {
+		for f, v := range m.Values {
+			held.WriteString(f + "=" + v.(string) + "\n")
+		}
+	}
+	var w wireObs
+	json.Unmarshal(rec, &w)
+	for _, s := range []string{"SealedPrincipal59", w.Req.Model, "logit_bias", `"f":`, strconv.FormatUint(w.F.Exact, 10), strconv.FormatUint(w.F.Sim, 10)} {
+		if s != "" && bytes.Contains(held.Bytes(), []byte(s)) {
+			t.Errorf("Redis holds %q in the clear", s)
+		}
+	}
+	_, recs, err := b.Read(ctx, "")
+	if err != nil || len(recs) != 1 || !bytes.Equal(recs[0], rec) {
+		t.Fatalf("read back: %d records, %v", len(recs), err)
+	}
+}
+
+// TestBusRefusesWhatNoReplicaSealed: someone with access to Redis appends a logit sweep
+// for a victim — as a replica once wrote it (plain JSON), sealed under another key, a
+// genuine record altered, a genuine record repeated, one appended with an id a minute
+// later — and none of it reaches the engine: the victim is not sanctioned, each is
+// counted, and a genuine sweep afterwards is still caught.
+func TestBusRefusesWhatNoReplicaSealed(t *testing.T) {
+	rdb, b, prefix := sealedBus(t)
+	ctx := context.Background()
+	other := newTestBus(t, rdb, prefix, bytes.Repeat([]byte{8}, 32))
+	xadd := func(id string, v []byte) {
+		t.Helper()
+		if id == "" {
+			id = "*"
+		}
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: b.stream(), ID: id, Values: []any{"o", v}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A genuine record of another principal, to repeat and to alter.
+	if err := b.Publish(ctx, [][]byte{wireOf(t, "bystander", 0)}); err != nil {
+		t.Fatal(err)
+	}
+	genuine := []byte(rawEntries(t, rdb, b.stream())[0].Values["o"].(string))
+	var forged int
+	for i := range 4 {
+		xadd("", wireOf(t, "victim", i)) // plain
+		other.Publish(ctx, [][]byte{wireOf(t, "victim", i)})
+		forged += 2
+	}
+	flipped := bytes.Clone(genuine)
+	flipped[len(flipped)/2] ^= 1
+	xadd("", flipped)
+	xadd("", genuine) // the same bytes again
+	xadd("", genuine[:len(genuine)-1])
+	xadd("", nil)
+	forged += 4
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	aud := &seqAudit{}
+	r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: aud, Duration: time.Hour, Bus: b})
+	runResponder(t, runCtx, r)
+	waitFor(t, "the bystander's record read", func() bool { return b.Rejected() == int64(forged) })
+	// A genuine sweep by mallory after the forgeries: caught.
+	for i := range 4 {
+		r.Observe(sweep(i))
+	}
+	waitFor(t, "mallory's sweep to alert", func() bool { a, _ := r.Sanction("mallory"); return a == "strip_logprobs" })
+	// Last (it moves the stream's clock): a genuine record appended again a minute after
+	// its seal, under an id of Redis's choosing that the attacker set.
+	future := time.Now().Add(time.Minute).UnixMilli()
+	xadd(strconv.FormatInt(future, 10)+"-0", genuine)
+	waitFor(t, "the late copy refused", func() bool { return b.Rejected() == int64(forged+1) })
+	r.Wait()
+	if a, _ := r.Sanction("victim"); a != "" {
+		t.Fatalf("the forged sweep sanctioned its victim: %q", a)
+	}
+	if n := countKind(aud, "detect.alert"); n != 1 {
+		t.Fatalf("%d alerts recorded, want 1 (mallory's): %s", n, aud.kinds())
+	}
+	r.mu.Lock()
+	seen := r.index
+	r.mu.Unlock()
+	if seen != 5 { // the bystander's and mallory's four
+		t.Fatalf("the engine saw %d records, want 5", seen)
+	}
+}
+
+// TestBusClaimsKeyed: a claim's name in Redis is keyed — one taken ahead of the replicas
+// under the name a replica once used does not keep the alert from being recorded.
+func TestBusClaimsKeyed(t *testing.T) {
+	rdb := testenv.Redis(t)
+	ctx := context.Background()
+	prefix := testPrefix(t)
+	b := newTestBus(t, rdb, prefix, testBusKey)
+	key := "alert:hydra:mallory"
+	squat := prefix + "claim:" + key
+	rdb.Set(ctx, squat, "attacker", time.Minute)
+	defer rdb.Del(ctx, squat, prefix+"claim:"+b.seal.claimName(key))
+	if won, err := b.Claim(ctx, key, time.Minute); !won || err != nil {
+		t.Fatalf("a squatted claim name kept the replica from its claim: %v %v", won, err)
+	}
+	if other := newTestBus(t, rdb, prefix, bytes.Repeat([]byte{8}, 32)); other.seal.claimName(key) == b.seal.claimName(key) {
+		t.Fatal("claim names do not depend on the key")
+	}
+}
+
+// TestBusKeyRequired: no bus without a 32-byte key.
+func TestBusKeyRequired(t *testing.T) {
+	for _, k := range [][]byte{nil, make([]byte, 16), make([]byte, 33)} {
+		if _, err := NewRedisBus(nil, "p:", k, nil); err == nil {
+			t.Errorf("a %d-byte key accepted", len(k))
+		}
+	}
+}
+
+// FuzzOpenBusRecord: whatever Redis holds at whatever entry id, open refuses it or returns
+// what a replica sealed.
+func FuzzOpenBusRecord(f *testing.F) {
+	s, err := newSealer(testBusKey, "fuzz:obs", nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	now := time.Now()
+	id := strconv.FormatInt(now.UnixMilli(), 10) + "-0"
+	f.Add(s.seal([]byte(`{"r":{}}`), now), id)
+	f.Add([]byte(`{"r":{"principal":"p"}}`), id)
+	f.Add([]byte{sealVersion}, "0-0")
+	f.Add(s.seal(nil, now), "-1-0")
+	f.Fuzz(func(t *testing.T, rec []byte, id string) {
+		plain, err := s.open(rec, id)
+		if err != nil {
+			return
+		}
+		if string(plain) != `{"r":{}}` && len(plain) != 0 {
+			t.Fatalf("opened what was never sealed: %q", plain)
+		}
+		if _, err := s.open(rec, id); err == nil {
+			t.Fatal("the same record opened twice")
+		}
+	})
+}
