@@ -31,7 +31,7 @@ func initCmd(g *globals) *cobra.Command {
 	}
 	f := c.Flags()
 	f.StringVar(&o.KMS, "kms", "local", "key-encryption key provider: local or pkcs11")
-	f.StringVar(&o.Store, "store", "", "store: SQLite path or postgres:// URL (default: SQLite in the data directory)")
+	f.StringVar(&o.Store, "store", "", "store: SQLite path or postgres:// URL, written to the config (default: SQLite in the data directory); a URL with a password shows in ps and the config file: set STRONGROOM_STORE on every command instead")
 	f.StringVar(&o.InternalCountry, "internal-country", "", "ISO country of the deployment's own networks: loopback and private-address clients are there (default: unknown, so only public models are served to them)")
 	f.StringVar(&o.PKCS11.Module, "pkcs11-module", "", "PKCS#11 module path")
 	f.StringVar(&o.PKCS11.TokenLabel, "pkcs11-token", "", "PKCS#11 token label")
