@@ -33,11 +33,13 @@ import (
 //
 //	record = version (1) | sealed at (8, Unix ns, big-endian) | nonce (24) | ciphertext
 //
-// What Redis can still do is drop, delay or repeat records. A repeated one is refused: its
-// stream entry must be appended within busMaxDelay of its seal (Redis names entries by its
-// own clock, and an entry cannot be added before the stream's last), and a nonce seen in
-// the last 2·busMaxDelay is not taken twice. So the replicas' clocks must be within
-// busMaxDelay of Redis's. Refused records are counted
+// What Redis can still do is drop, delay or repeat records. A repeated one is refused: it
+// must have been sealed within busMaxDelay of its stream entry's time (Redis names entries
+// by its own clock, and an entry cannot be added before the stream's last) or of the
+// reader's clock (a stream whose clock was moved ahead by an entry far in the future still
+// carries fresh records), and a nonce seen in the last 2·busMaxDelay of the reader's time
+// is not taken twice. So a replica's clock must be within busMaxDelay of Redis's or of the
+// reader's. Refused records are counted
 // (strongroom_detect_bus_rejected_total) and raise an ALERT line at most every
 // busWarnEvery.
 
@@ -59,7 +61,7 @@ type sealer struct {
 
 	mu        sync.Mutex
 	cur, prev map[uint64]struct{} // nonces (their first 8 bytes) of the last two generations
-	genStart  int64               // the stream time (ms) at which cur began
+	genStart  int64               // the time (Unix ms) at which cur began
 
 	rejected atomic.Int64
 	lastWarn atomic.Int64 // Unix ns of the last ALERT line
@@ -103,8 +105,8 @@ func (s *sealer) aad(header []byte) []byte {
 	return append([]byte(s.stream+"\x00"), header...)
 }
 
-// open checks rec, read at the stream entry id, and returns its plaintext.
-func (s *sealer) open(rec []byte, id string) ([]byte, error) {
+// open checks rec, read at the stream entry id at now, and returns its plaintext.
+func (s *sealer) open(rec []byte, id string, now time.Time) ([]byte, error) {
 	if len(rec) < sealOverhead || rec[0] != sealVersion {
 		return nil, errors.New("not a sealed record")
 	}
@@ -117,15 +119,18 @@ func (s *sealer) open(rec []byte, id string) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("stream entry id %q is not Redis's", id)
 	}
-	sealed := int64(binary.BigEndian.Uint64(rec[1:sealHeader]))
-	if d := time.Duration(ms*int64(time.Millisecond) - sealed); d > busMaxDelay || d < -busMaxDelay {
-		return nil, fmt.Errorf("appended %v after its seal (more than %v: a repeated record, or a replica's clock off Redis's)", d.Round(time.Millisecond), busMaxDelay)
+	// Sealed within busMaxDelay of its entry (Redis's clock) or of now (this replica's:
+	// a stream whose clock someone moved ahead still carries fresh records).
+	sealed := time.Unix(0, int64(binary.BigEndian.Uint64(rec[1:sealHeader])))
+	within := func(d time.Duration) bool { return d <= busMaxDelay && d >= -busMaxDelay }
+	if late := time.UnixMilli(ms).Sub(sealed); !within(late) && !within(now.Sub(sealed)) {
+		return nil, fmt.Errorf("appended %v after its seal (more than %v: a repeated record, or a replica's clock off Redis's)", late.Round(time.Millisecond), busMaxDelay)
 	}
 	n := binary.BigEndian.Uint64(nonce)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if ms-s.genStart > 2*busMaxDelay.Milliseconds() {
-		s.prev, s.cur, s.genStart = s.cur, make(map[uint64]struct{}, len(s.cur)), ms
+	if t := now.UnixMilli(); t-s.genStart > 2*busMaxDelay.Milliseconds() {
+		s.prev, s.cur, s.genStart = s.cur, make(map[uint64]struct{}, len(s.cur)), t
 	}
 	_, a := s.cur[n]
 	_, b := s.prev[n]

@@ -107,9 +107,10 @@ func TestBusHoldsNothingReadable(t *testing.T) {
 
 // TestBusRefusesWhatNoReplicaSealed: someone with access to Redis appends a logit sweep
 // for a victim — as a replica once wrote it (plain JSON), sealed under another key, a
-// genuine record altered, a genuine record repeated, one appended with an id a minute
-// later — and none of it reaches the engine: the victim is not sanctioned, each is
-// counted, and a genuine sweep afterwards is still caught.
+// genuine record altered, repeated, cut, a record sealed minutes before — and none of it
+// reaches the engine: the victim is not sanctioned, each is counted, and genuine sweeps
+// afterwards are still caught, even once an entry far in the future moved the stream's
+// clock.
 func TestBusRefusesWhatNoReplicaSealed(t *testing.T) {
 	rdb, b, prefix := sealedBus(t)
 	ctx := context.Background()
@@ -141,6 +142,10 @@ func TestBusRefusesWhatNoReplicaSealed(t *testing.T) {
 	xadd("", genuine[:len(genuine)-1])
 	xadd("", nil)
 	forged += 4
+	// A genuine sweep's record sealed two minutes ago, appended now: late by Redis's clock
+	// and by the reader's.
+	xadd("", b.seal.seal(wireOf(t, "victim", 0), time.Now().Add(-2*time.Minute)))
+	forged++
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -153,23 +158,31 @@ func TestBusRefusesWhatNoReplicaSealed(t *testing.T) {
 		r.Observe(sweep(i))
 	}
 	waitFor(t, "mallory's sweep to alert", func() bool { a, _ := r.Sanction("mallory"); return a == "strip_logprobs" })
-	// Last (it moves the stream's clock): a genuine record appended again a minute after
-	// its seal, under an id of Redis's choosing that the attacker set.
-	future := time.Now().Add(time.Minute).UnixMilli()
+	// Last, as it moves the stream's clock: an entry an hour ahead (a genuine record
+	// repeated under it), after which Redis names every entry by that hour. Fresh records
+	// still count (sealed within busMaxDelay of the reader's clock): trudy's sweep, each
+	// entry "appended an hour after its seal", is caught; the repeat is not taken.
+	future := time.Now().Add(time.Hour).UnixMilli()
 	xadd(strconv.FormatInt(future, 10)+"-0", genuine)
-	waitFor(t, "the late copy refused", func() bool { return b.Rejected() == int64(forged+1) })
+	for i := range 4 {
+		o := sweep(i)
+		o.Principal = "trudy"
+		r.Observe(o)
+	}
+	waitFor(t, "trudy's sweep to alert", func() bool { a, _ := r.Sanction("trudy"); return a == "strip_logprobs" })
+	waitFor(t, "the repeat under the future id refused", func() bool { return b.Rejected() == int64(forged+1) })
 	r.Wait()
 	if a, _ := r.Sanction("victim"); a != "" {
 		t.Fatalf("the forged sweep sanctioned its victim: %q", a)
 	}
-	if n := countKind(aud, "detect.alert"); n != 1 {
-		t.Fatalf("%d alerts recorded, want 1 (mallory's): %s", n, aud.kinds())
+	if n := countKind(aud, "detect.alert"); n != 2 {
+		t.Fatalf("%d alerts recorded, want 2 (mallory's, trudy's): %s", n, aud.kinds())
 	}
 	r.mu.Lock()
 	seen := r.index
 	r.mu.Unlock()
-	if seen != 5 { // the bystander's and mallory's four
-		t.Fatalf("the engine saw %d records, want 5", seen)
+	if seen != 9 { // the bystander's, mallory's four and trudy's four
+		t.Fatalf("the engine saw %d records, want 9", seen)
 	}
 }
 
@@ -215,14 +228,14 @@ func FuzzOpenBusRecord(f *testing.F) {
 	f.Add([]byte{sealVersion}, "0-0")
 	f.Add(s.seal(nil, now), "-1-0")
 	f.Fuzz(func(t *testing.T, rec []byte, id string) {
-		plain, err := s.open(rec, id)
+		plain, err := s.open(rec, id, time.Now())
 		if err != nil {
 			return
 		}
 		if string(plain) != `{"r":{}}` && len(plain) != 0 {
 			t.Fatalf("opened what was never sealed: %q", plain)
 		}
-		if _, err := s.open(rec, id); err == nil {
+		if _, err := s.open(rec, id, time.Now()); err == nil {
 			t.Fatal("the same record opened twice")
 		}
 	})

@@ -333,7 +333,7 @@ func (b *RedisBus) Read(ctx context.Context, cursor string) (string, [][]byte, e
 		for _, m := range s.Messages {
 			cursor = m.ID
 			v, _ := m.Values["o"].(string)
-			plain, err := b.seal.open([]byte(v), m.ID)
+			plain, err := b.seal.open([]byte(v), m.ID, time.Now())
 			if err != nil {
 				b.seal.refuse(m.ID, err)
 				continue
