@@ -3,6 +3,7 @@ package detect
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -239,4 +240,41 @@ func FuzzOpenBusRecord(f *testing.F) {
 			t.Fatal("the same record opened twice")
 		}
 	})
+}
+
+// TestBusSessions: a reader remembers only publishers whose records opened, forgets one a
+// minute after its last record, and a forgotten one's old records stay refused.
+func TestBusSessions(t *testing.T) {
+	pub, _ := newSealer(testBusKey, "s:obs", nil)
+	rd, _ := newSealer(testBusKey, "s:obs", nil)
+	now := time.Now()
+	id := func(at time.Time) string { return strconv.FormatInt(at.UnixMilli(), 10) + "-0" }
+	for range 1000 { // forged sessions: fresh, well formed, never sealed under the key
+		rec := pub.seal([]byte("x"), now)
+		rand.Read(rec[9 : 9+sealSalt])
+		if _, err := rd.open(rec, id(now), now); err == nil {
+			t.Fatal("a record under a session nobody sealed opened")
+		}
+	}
+	if n := len(rd.sessions); n != 0 {
+		t.Fatalf("the reader holds %d sessions after forged records alone", n)
+	}
+	first := pub.seal([]byte("1"), now)
+	if _, err := rd.open(first, id(now), now); err != nil {
+		t.Fatal(err)
+	}
+	later := now.Add(3 * busMaxDelay)
+	other, _ := newSealer(testBusKey, "s:obs", nil) // another publisher, a minute and a half on
+	if _, err := rd.open(other.seal([]byte("2"), later), id(later), later); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rd.sessions[pub.salt]; ok || len(rd.sessions) != 1 {
+		t.Fatalf("an idle publisher's session not forgotten: %d sessions", len(rd.sessions))
+	}
+	if _, err := rd.open(first, id(later), later); err == nil {
+		t.Fatal("a forgotten session's old record opened again")
+	}
+	if _, err := rd.open(pub.seal([]byte("3"), later), id(later), later); err != nil {
+		t.Fatalf("the idle publisher's next record: %v", err)
+	}
 }
