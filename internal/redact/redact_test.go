@@ -154,3 +154,47 @@ func TestHTTP(t *testing.T) {
 		}
 	}
 }
+
+// TestHiddenInOddForms: addresses the earlier tests did not try — a password in a query,
+// beside a bracketed IPv6 host or a zone, on a unix socket, in go-sql-driver's own DSN
+// form, with the characters that end a URL's user part — keep it out of every form shown.
+func TestHiddenInOddForms(t *testing.T) {
+	urls := map[string]string{
+		"redis://127.0.0.1:6379/0?password=Pw59Query":          "Pw59Query",
+		"redis://:Pw59Ipv6@[::1]:6379/0":                       "Pw59Ipv6",
+		"rediss://user:Pw59Zone@[fe80::1%25eth0]:6379/0":       "Pw59Zone",
+		"redis://user:Pw59%40At@host:6379":                     "Pw59",
+		"unix://:Pw59Unix@/tmp/redis.sock?db=0":                "Pw59Unix",
+		"redis://user:Pw59:Colon@host":                         "Pw59",
+		"redis://user:Pw59#Frag@host:1/0":                      "Pw59",
+		"redis://user:Pw59/Slash@host:1/0":                     "Pw59",
+		"redis://user:Pw59?Q@host:1/0":                         "Pw59",
+		"https://user:Pw59Webhook@[2001:db8::1]:8443/hook?x=1": "Pw59Webhook",
+	}
+	for u, pw := range urls {
+		for name, shown := range map[string]string{"URL": URL(u), "Origin": Origin(u)} {
+			if strings.Contains(shown, pw) {
+				t.Errorf("%s(%q) = %q: the password shows", name, u, shown)
+			}
+		}
+	}
+	dsns := map[string]string{
+		"postgres:///db?host=/var/run/postgresql&password=Pw59PgSock": "Pw59PgSock",
+		"postgresql://u:Pw59Pg6@[::1]:5432/db":                        "Pw59Pg6",
+		"host=/tmp user=u password=Pw59Kv dbname=x":                   "Pw59Kv",
+		"host=/tmp user=u password='Pw59 Quoted' dbname=x":            "Pw59",
+		"user:Pw59MySock@unix(/tmp/mysql.sock)/db":                    "Pw59MySock",
+		"user:Pw59My6@tcp([::1]:3306)/db?parseTime=true":              "Pw59My6",
+		"mysql://user:Pw59MyURL@host/db":                              "Pw59MyURL",
+		"user:Pw59@At@tcp(h:1)/db":                                    "Pw59",
+		"postgres://u@h/db?sslpassword=Pw59Ssl":                       "Pw59Ssl",
+	}
+	for d, pw := range dsns {
+		shown := map[string]string{"DSN": DSN(d), "Error": Error(errors.New("connect "+d+": refused"), DSN, d).Error()}
+		for name, s := range shown {
+			if strings.Contains(s, pw) {
+				t.Errorf("%s(%q) = %q: the password shows", name, d, s)
+			}
+		}
+	}
+}
