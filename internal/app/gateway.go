@@ -111,6 +111,7 @@ func (a *App) OpenGateway(ctx context.Context, o GatewayOptions) (*gateway.Gatew
 			return nil, err
 		}
 		rl := limits.NewRedis(rdb, a.redisPrefix()+"limits:", nil)
+		rl.Log = a.Log
 		go rl.Run(ctx) // renews this replica's concurrency slots: a dead one's lapse
 		lim = rl
 		if gc.LocalFallbackPublic {

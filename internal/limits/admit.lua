@@ -26,10 +26,24 @@ local function civil(ms)
   return string.format('%04d-%02d-%02d', y, m, d)
 end
 local day = civil(now)
--- A bucket refilled up to now; a last time ahead of now (another clock) refills nothing.
+-- What a scope's hash holds is read as no replica could have written it otherwise: someone
+-- with access to Redis must not leave a value that outlasts that access (a day far ahead,
+-- a bucket or slot time in the future, a count out of range). ahead is how far a stored
+-- time may be past now: a clock that went back (Redis failed over) by up to a minute.
+local ahead = 60000
+local function num(v, lo, hi, def)
+  local n = tonumber(v)
+  if n == nil or n ~= n or n < lo or n > hi then return def end
+  return n
+end
+local tomorrow = civil(now + 86400000)
+-- A bucket refilled up to now; a last time ahead of now (another clock) refills nothing,
+-- but one more than ahead past now is no replica's.
 local function bucket(tokens, last, per_min)
-  local t = tonumber(tokens) or per_min
-  local l = tonumber(last) or now
+  local t = per_min -- a new scope's bucket is full; a value out of range, empty
+  if tokens then t = num(tokens, -per_min, per_min, 0) end
+  local l = now -- and one out of range refilled long ago (the refused leave it as it is)
+  if last then l = num(last, 0, now + ahead, 0) end
   return math.min(per_min, t + math.max(0, now - l) / 60000 * per_min)
 end
 -- held: the slots of requests whose replica's slots have not lapsed; a lapsed replica's
@@ -38,7 +52,8 @@ local function held(key)
   local all = redis.call('HGETALL', key)
   local lapse = {}
   for j = 1, #all, 2 do
-    if string.sub(all[j], 1, 2) == 'e:' then lapse[string.sub(all[j], 3)] = tonumber(all[j + 1]) end
+    -- A lapse more than twice the ttl ahead was written by no heartbeat: lapsed.
+    if string.sub(all[j], 1, 2) == 'e:' then lapse[string.sub(all[j], 3)] = num(all[j + 1], 0, clock + 2 * ttl, 0) end
   end
   local n, gone = 0, {}
   for j = 1, #all, 2 do
@@ -65,9 +80,10 @@ for i = 1, #KEYS do
   local h = redis.call('HMGET', KEYS[i], 'rt', 'rl', 'tt', 'tl', 'day', 'dt')
   -- A scope's day never goes back: a clock behind the one that charged it last (only a
   -- test's, or before Redis's clock was used) charges the later day's budget.
+  -- Only a date, and no later than tomorrow.
   local sday = day
-  if h[5] and h[5] > day then sday = h[5] end
-  local dt = tonumber(h[6]) or 0
+  if h[5] and h[5] > day and h[5] <= tomorrow and string.match(h[5], '^%d%d%d%d%-%d%d%-%d%d$') then sday = h[5] end
+  local dt = num(h[6], 0, math.huge, 0)
   if h[5] ~= sday then dt = 0 end
   if conc > 0 and held(KEYS[i]) >= conc then return {i, 'concurrent', 1000} end
   if daily > 0 and dt + est > daily then return {i, 'daily_tokens', 86400000 - now % 86400000} end
@@ -86,8 +102,8 @@ end
 for i = 1, #KEYS do
   local s = state[i]
   local f = {'day', s[9], 'dt', s[4] + est}
-  local l1 = math.max(now, tonumber(s[7]) or now) -- never back: a later clock's refill stays
-  local l2 = math.max(now, tonumber(s[8]) or now)
+  local l1 = math.max(now, num(s[7], 0, now + ahead, now)) -- never back: a later clock's refill stays
+  local l2 = math.max(now, num(s[8], 0, now + ahead, now))
   if s[1] > 0 then table.insert(f, 'rt'); table.insert(f, s[5] - 1); table.insert(f, 'rl'); table.insert(f, l1) end
   if s[2] > 0 then table.insert(f, 'tt'); table.insert(f, s[6] - est); table.insert(f, 'tl'); table.insert(f, l2) end
   if s[3] > 0 then

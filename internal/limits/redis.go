@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	_ "embed"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"sync"
 	"sync/atomic"
@@ -54,6 +56,7 @@ type Redis struct {
 	id      string
 	seq     atomic.Uint64
 	SlotTTL time.Duration // DefaultSlotTTL unless set before use
+	Log     *slog.Logger  // Run's heartbeat failures and ALERTs; nil: none
 
 	// The slots this replica's requests hold, by scope key: added once Redis admitted the
 	// request, removed before Redis is told of the release — so that a heartbeat never
@@ -93,12 +96,25 @@ func (r *Redis) ttl() time.Duration {
 // failed renewal is tried again at the next beat; slots not renewed within SlotTTL lapse
 // (the others may then admit more than the limit until the next beat writes them again).
 func (r *Redis) Run(ctx context.Context) {
+	failing := false
 	tick.Every(ctx, r.ttl()/3, func() {
 		bctx, cancel := context.WithTimeout(ctx, r.ttl()/3)
-		r.beat(bctx)
+		err := r.beat(bctx)
 		cancel()
+		switch {
+		case errors.Is(err, errNotHashes) && r.Log != nil:
+			r.Log.Error("ALERT "+err.Error(), "hint", "someone with access to Redis wrote the limiter's keys")
+		case err != nil && !failing && r.Log != nil: // once an outage
+			r.Log.Error("limits: redis heartbeat failed; this replica's slots lapse unless a later one succeeds", "err", err)
+		case err == nil && failing && r.Log != nil:
+			r.Log.Info("limits: redis heartbeat succeeds again")
+		}
+		failing = err != nil && !errors.Is(err, errNotHashes)
 	})
 }
+
+// errNotHashes: a heartbeat skipped scope keys that are not hashes (the others renewed).
+var errNotHashes = errors.New("limits: redis heartbeat: scope keys that are not hashes skipped; their slots are not renewed and refuse nothing")
 
 // beat writes the slots this replica's requests hold, renewed for SlotTTL, and frees
 // those whose release did not reach Redis. It does not hold mu while Redis answers (a slow
@@ -149,8 +165,11 @@ func (r *Redis) takeUnsent() map[string][]uint64 {
 
 // sendOrKeep sends a heartbeat; if it fails, free's releases are kept for the next one.
 func (r *Redis) sendOrKeep(ctx context.Context, held map[string]map[uint64]struct{}, free map[string][]uint64) error {
-	err := r.send(ctx, held, free)
+	skipped, err := r.send(ctx, held, free)
 	if err == nil {
+		if skipped > 0 {
+			return fmt.Errorf("%w (%d)", errNotHashes, skipped)
+		}
 		return nil
 	}
 	r.mu.Lock()
@@ -163,8 +182,9 @@ func (r *Redis) sendOrKeep(ctx context.Context, held map[string]map[uint64]struc
 	return fmt.Errorf("limits: redis heartbeat: %w", err)
 }
 
-// send runs the heartbeat script: held's slots written and renewed, free's freed.
-func (r *Redis) send(ctx context.Context, held map[string]map[uint64]struct{}, free map[string][]uint64) error {
+// send runs the heartbeat script: held's slots written and renewed, free's freed. It
+// returns how many scope keys the script skipped (not hashes).
+func (r *Redis) send(ctx context.Context, held map[string]map[uint64]struct{}, free map[string][]uint64) (int, error) {
 	var keys []string
 	args := []any{r.id, r.ttl().Milliseconds()}
 	add := func(k string, held map[uint64]struct{}, free []uint64) {
@@ -186,7 +206,7 @@ func (r *Redis) send(ctx context.Context, held map[string]map[uint64]struct{}, f
 			add(k, nil, f)
 		}
 	}
-	return beatScript.Run(ctx, r.c, keys, args...).Err()
+	return beatScript.Run(ctx, r.c, keys, args...).Int()
 }
 
 // unsend keeps request n's release in scope key k for the next heartbeat, within
