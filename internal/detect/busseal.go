@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -222,15 +223,19 @@ func (s *sealer) claimName(key string) string {
 	return hex.EncodeToString(m.Sum(nil)[:16])
 }
 
-// entryTime is the time (Unix ms) in a Redis stream entry id ("<ms>-<seq>").
+// entryTime is the time (Unix ms) in a Redis stream entry id.
 func entryTime(id string) (int64, bool) {
-	ms, seq, ok := strings.Cut(id, "-")
+	ms, _, ok := parseID(id)
+	return int64(ms), ok && ms <= math.MaxInt64
+}
+
+// parseID reads a Redis stream entry id, "<ms>-<seq>".
+func parseID(id string) (ms, seq uint64, ok bool) {
+	m, q, ok := strings.Cut(id, "-")
 	if !ok {
-		return 0, false
+		return 0, 0, false
 	}
-	t, err := strconv.ParseInt(ms, 10, 64)
-	if _, err2 := strconv.ParseUint(seq, 10, 64); err != nil || err2 != nil || t < 0 {
-		return 0, false
-	}
-	return t, true
+	ms, err1 := strconv.ParseUint(m, 10, 64)
+	seq, err2 := strconv.ParseUint(q, 10, 64)
+	return ms, seq, err1 == nil && err2 == nil
 }

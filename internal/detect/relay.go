@@ -2,11 +2,15 @@ package detect
 
 import (
 	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +43,9 @@ type Bus interface {
 type wireObs struct {
 	Req Request  `json:"r"` // Prompt and IP are empty: F holds what detectors need of them
 	F   Features `json:"f"`
+	// Src and N name the record: the publishing relay (random) and its number there, 1 up.
+	Src string `json:"src,omitempty"`
+	N   uint64 `json:"n,omitempty"`
 }
 
 // relay is a Responder's link to the bus.
@@ -48,14 +55,160 @@ type relay struct {
 	out      chan wireObs
 	degraded atomic.Bool
 	dropped  atomic.Int64
+	lost     atomic.Int64 // own records that never came back, detected on here instead
+	gaps     atomic.Int64 // other replicas' records found missing or repeated
+	sources  map[string]source
+
+	// A replica with a bus detects its own traffic as it reads it back. So that what Redis
+	// drops, hides or delays (an entry deleted, the stream rewound or trimmed) is still
+	// detected here, it keeps what it published until the record comes back: a record of
+	// its own that comes back after a later one, or not within echoWait, is taken from
+	// here instead (and counted, and alerted).
+	id       string
+	seq      uint64 // the last N published (publish's goroutine)
+	mu       sync.Mutex
+	pending  []sent // published, not yet back, in order
+	handled  uint64 // the last N detected on (read back or taken from pending)
+	echoWait time.Duration
+}
+
+// sent is a published record waiting to come back.
+type sent struct {
+	w  wireObs
+	at time.Time
 }
 
 // relayQueue bounds the observations waiting to be published; beyond it a replica detects
-// the overflow on its own.
+// the overflow on its own. The records waiting to come back are bounded alike.
 const relayQueue = 1 << 14
 
+// defaultEchoWait is how long a published record may take to come back before it is
+// detected on here.
+const defaultEchoWait = 10 * time.Second
+
 func newRelay(bus Bus, now time.Time) *relay {
-	return &relay{bus: bus, started: now, out: make(chan wireObs, relayQueue)}
+	var id [8]byte
+	rand.Read(id[:])
+	return &relay{bus: bus, started: now, out: make(chan wireObs, relayQueue), id: hex.EncodeToString(id[:]), echoWait: defaultEchoWait,
+		sources: map[string]source{}}
+}
+
+// sending keeps batch (about to be published at now) until its records come back — kept
+// before it is sent, so that a record read back before Publish returned is known; what
+// overflows the bound is returned, to be detected on here.
+func (rl *relay) sending(batch []wireObs, now time.Time) (overflow []wireObs) {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	for _, w := range batch {
+		rl.pending = append(rl.pending, sent{w, now})
+	}
+	if n := len(rl.pending) - relayQueue; n > 0 {
+		overflow = rl.takeLocked(rl.pending[n-1].w.N)
+	}
+	return overflow
+}
+
+// inOrder notes record n of source src (read at now) and reports whether it follows the
+// last one read from src: records of one relay are published in order, so a gap means some
+// were dropped. Sources unheard of for 10 minutes are forgotten (consume's goroutine).
+func (rl *relay) inOrder(src string, n uint64, now time.Time) bool {
+	if src == "" || n == 0 {
+		return true // a record of a replica that does not number them
+	}
+	s, known := rl.sources[src]
+	ok := !known || n == s.last+1
+	if !known {
+		for k, v := range rl.sources {
+			if now.Sub(v.seen) > 10*time.Minute {
+				delete(rl.sources, k)
+			}
+		}
+	}
+	if !ok {
+		rl.gaps.Add(1)
+	}
+	rl.sources[src] = source{last: max(n, s.last), seen: now}
+	return ok
+}
+
+// source is what a reader knows of another relay's records.
+type source struct {
+	last uint64
+	seen time.Time
+}
+
+// unsent drops batch, which could not be published, and returns what of it is to be
+// detected on here: the records not read back already (Redis may have taken some before
+// it failed). One that comes back later is not detected on again.
+func (rl *relay) unsent(batch []wireObs) []wireObs {
+	if len(batch) == 0 {
+		return nil
+	}
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	i := 0
+	for i < len(batch) && batch[i].N <= rl.handled {
+		i++
+	}
+	first, last := batch[0].N, batch[len(batch)-1].N
+	kept := rl.pending[:0]
+	for _, p := range rl.pending {
+		if p.w.N < first || p.w.N > last {
+			kept = append(kept, p)
+		}
+	}
+	rl.pending = kept
+	rl.handled = max(rl.handled, last)
+	return batch[i:]
+}
+
+// echoed is an own record read back: it reports whether it is still to be detected on,
+// and returns the earlier ones it overtook (dropped by Redis), to be detected on here.
+func (rl *relay) echoed(n uint64) (fresh bool, missed []wireObs) {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if n <= rl.handled {
+		return false, nil // taken from pending already
+	}
+	missed = rl.takeLocked(n - 1)
+	if len(rl.pending) > 0 && rl.pending[0].w.N == n {
+		rl.pending = rl.pending[1:]
+	}
+	rl.handled = n
+	return true, missed
+}
+
+// overdue returns the records published more than echoWait before now and not back.
+func (rl *relay) overdue(now time.Time) []wireObs {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	i := 0
+	for i < len(rl.pending) && now.Sub(rl.pending[i].at) > rl.echoWait {
+		i++
+	}
+	if i == 0 {
+		return nil
+	}
+	return rl.takeLocked(rl.pending[i-1].w.N)
+}
+
+// takeLocked removes and returns the pending records up to N n. mu is held.
+func (rl *relay) takeLocked(n uint64) []wireObs {
+	i := 0
+	for i < len(rl.pending) && rl.pending[i].w.N <= n {
+		i++
+	}
+	if i == 0 {
+		return nil
+	}
+	out := make([]wireObs, i)
+	for j := range i {
+		out[j] = rl.pending[j].w
+	}
+	rl.pending = append(rl.pending[:0:0], rl.pending[i:]...)
+	rl.handled = max(rl.handled, out[i-1].N)
+	rl.lost.Add(int64(i))
+	return out
 }
 
 // enqueue hands an observation to the publisher, or reports that it could not.
@@ -168,6 +321,7 @@ func (r *Responder) publish(ctx context.Context) {
 		case w := <-r.relay.out:
 			batch = append(batch, w)
 		case <-retry.C:
+			r.detectLost(r.relay.overdue(time.Now()), "did not come back within "+r.relay.echoWait.String())
 			if !r.relay.degraded.Load() {
 				continue
 			}
@@ -191,12 +345,15 @@ func (r *Responder) publish(ctx context.Context) {
 			}
 		}
 		for i := range batch {
+			r.relay.seq++
+			batch[i].Src, batch[i].N = r.relay.id, r.relay.seq
 			b, err := json.Marshal(&batch[i])
 			if err != nil {
 				continue // not reachable for these types
 			}
 			recs = append(recs, b)
 		}
+		r.detectLost(r.relay.sending(batch, time.Now()), "overflowed the records waiting to come back")
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := r.relay.bus.Publish(pctx, recs)
 		cancel()
@@ -204,10 +361,24 @@ func (r *Responder) publish(ctx context.Context) {
 			if !r.relay.degraded.Swap(true) {
 				r.cfg.Log.Error("detect: bus unavailable; detecting on this replica's traffic alone", "err", err)
 			}
-			for i := range batch {
-				r.observeLocal(&batch[i].Req, &batch[i].F, actRecord)
+			here := r.relay.unsent(batch)
+			for i := range here {
+				r.observeLocal(&here[i].Req, &here[i].F, actRecord)
 			}
 		}
+	}
+}
+
+// detectLost detects here on own records that Redis did not give back (why says how they
+// were missed), records their alerts, and says so.
+func (r *Responder) detectLost(ws []wireObs, why string) {
+	if len(ws) == 0 {
+		return
+	}
+	r.cfg.Log.Error("ALERT detect bus: records this replica published "+why+" (someone with access to Redis deleted, trimmed or hid them, or it lags); detecting on them here",
+		"records", len(ws), "lost_total", r.relay.lost.Load())
+	for i := range ws {
+		r.observeLocal(&ws[i].Req, &ws[i].F, actRecord)
 	}
 }
 
@@ -245,6 +416,16 @@ func (r *Responder) consume(ctx context.Context) {
 				r.cfg.Log.Warn("detect: malformed record on the bus", "err", err)
 				continue
 			}
+			if w.Src == r.relay.id {
+				fresh, missed := r.relay.echoed(w.N)
+				r.detectLost(missed, "came back out of order, or not at all, before a later one")
+				if !fresh {
+					continue
+				}
+			} else if !r.relay.inOrder(w.Src, w.N, time.Now()) {
+				r.cfg.Log.Error("ALERT detect bus: records another replica published are missing or repeated (someone with access to Redis deleted, trimmed or hid them): this replica's detection missed that replica's traffic",
+					"replica", w.Src, "record", w.N, "gaps_total", r.relay.gaps.Load())
+			}
 			mode := actClaim
 			if w.Req.TS.Before(r.relay.started) {
 				mode = actQuiet
@@ -278,6 +459,10 @@ type RedisBus struct {
 	prefix string
 	maxLen int64
 	seal   *sealer
+	// rewindAt is when Read last asked whether the stream was rewound (Unix ns).
+	rewindAt atomic.Int64
+	bellMu   sync.Mutex
+	bell     <-chan *redis.Message // publishers ring it after each batch (ring)
 }
 
 // NewRedisBus uses keys under prefix (e.g. "strongroom:detect:"); the stream keeps about
@@ -308,6 +493,7 @@ func (b *RedisBus) Publish(ctx context.Context, recs [][]byte) error {
 		for _, rec := range recs {
 			p.XAdd(ctx, &redis.XAddArgs{Stream: b.stream(), MaxLen: b.maxLen, Approx: true, Values: []any{"o", b.seal.seal(rec, now)}})
 		}
+		p.Publish(ctx, b.prefix+"bell", "") // the readers' wake-up (Read)
 		return nil
 	})
 	if err != nil {
@@ -321,27 +507,117 @@ func (b *RedisBus) Read(ctx context.Context, cursor string) (string, [][]byte, e
 	if cursor == "" {
 		cursor = "0-0" // the oldest entry still in the stream
 	}
-	res, err := b.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{b.stream(), cursor}, Count: 1024, Block: time.Second}).Result()
-	if errors.Is(err, redis.Nil) {
+	// XREAD would hand go-redis each entry whole (a map sized to all its fields: someone
+	// who can write Redis made 14 MiB of entries cost a reader 184 MiB): read.lua returns
+	// only each entry's record, bounded. It does not block: a reader waits for a
+	// publisher's ring on the bell channel (a message's cost is its size, whoever sends it)
+	// or busPoll, whichever comes first, for up to a second.
+	bell := b.ring(ctx)
+	for len(bell) > 0 { // rings for records this read takes (a busy reader never waits)
+		<-bell
+	}
+	var res []any
+	for deadline := time.Now().Add(time.Second); ; {
+		var err error
+		res, err = readScript.Run(ctx, b.rdb, []string{b.stream()}, cursor, busReadCount, busRecordMax).Slice()
+		if err != nil {
+			return cursor, nil, fmt.Errorf("detect bus: read: %w", err)
+		}
+		if len(res) > 0 || time.Now().After(deadline) {
+			break
+		}
+		t := time.NewTimer(busPoll)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return cursor, nil, ctx.Err()
+		case <-bell:
+			for len(bell) > 0 { // one look answers every ring so far
+				<-bell
+			}
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	if len(res) == 0 {
+		if b.rewound(ctx, cursor) {
+			return "", nil, nil // from the oldest entry again: what was read is refused as repeated
+		}
 		return cursor, nil, nil
 	}
-	if err != nil {
-		return cursor, nil, fmt.Errorf("detect bus: read: %w", err)
-	}
 	var recs [][]byte
-	for _, s := range res {
-		for _, m := range s.Messages {
-			cursor = m.ID
-			v, _ := m.Values["o"].(string)
-			plain, err := b.seal.open([]byte(v), m.ID, time.Now())
-			if err != nil {
-				b.seal.refuse(m.ID, err)
-				continue
-			}
-			recs = append(recs, plain)
+	now := time.Now()
+	for i := 0; i+1 < len(res); i += 2 {
+		id, _ := res[i].(string)
+		v, _ := res[i+1].(string)
+		cursor = id
+		plain, err := b.seal.open([]byte(v), id, now)
+		if err != nil {
+			b.seal.refuse(id, err)
+			continue
 		}
+		recs = append(recs, plain)
 	}
 	return cursor, recs, nil
+}
+
+// What a read takes: up to busReadCount entries, records up to busRecordMax bytes (a
+// request's record is under 2 KiB; a logit_bias of the most ids a route allows, a few
+// tens), so at most 64 MiB a read whatever the stream holds.
+const (
+	busReadCount = 256
+	busRecordMax = 256 << 10
+	busPoll      = 50 * time.Millisecond
+)
+
+// ring is the bell's channel, subscribed at the first read (closed when ctx ends).
+func (b *RedisBus) ring(ctx context.Context) <-chan *redis.Message {
+	b.bellMu.Lock()
+	defer b.bellMu.Unlock()
+	if b.bell == nil {
+		sub := b.rdb.Subscribe(context.WithoutCancel(ctx), b.prefix+"bell")
+		context.AfterFunc(ctx, func() { sub.Close() })
+		b.bell = sub.Channel(redis.WithChannelSize(16))
+	}
+	return b.bell
+}
+
+//go:embed read.lua
+var readLua string
+
+var readScript = redis.NewScript(readLua)
+
+// rewound reports whether the stream's last id is now below cursor: someone moved the
+// stream's id ahead (XSETID) and deleted it, so that every entry after is named below
+// every reader's cursor — no replica would read a record again, its own included, and
+// nothing would show it. Looked at, when a read found nothing, at most every
+// busRewindEvery.
+func (b *RedisBus) rewound(ctx context.Context, cursor string) bool {
+	now := time.Now().UnixNano()
+	if last := b.rewindAt.Load(); now-last < int64(busRewindEvery) || !b.rewindAt.CompareAndSwap(last, now) {
+		return false
+	}
+	info, err := b.rdb.XInfoStream(ctx, b.stream()).Result()
+	if err != nil {
+		return false // no stream yet, or Redis unavailable (the publisher sees that)
+	}
+	if !idBefore(info.LastGeneratedID, cursor) {
+		return false
+	}
+	n := b.seal.rejected.Add(1)
+	b.seal.log.Error("ALERT detect bus: the stream was rewound below this replica's cursor (someone with access to Redis moved its id and deleted it); reading it from its oldest entry again",
+		"stream", b.stream(), "cursor", cursor, "last_id", info.LastGeneratedID, "refused_total", n)
+	return true
+}
+
+// busRewindEvery bounds how often an idle reader asks Redis whether its stream was rewound.
+const busRewindEvery = 5 * time.Second
+
+// idBefore reports whether stream entry id a is before b.
+func idBefore(a, b string) bool {
+	am, as, ok1 := parseID(a)
+	bm, bs, ok2 := parseID(b)
+	return ok1 && ok2 && (am < bm || am == bm && as < bs)
 }
 
 // Claim implements Bus.

@@ -26,6 +26,8 @@ type memBus struct {
 	recs   [][]byte
 	claims map[string]bool
 	fail   bool
+	drop   func(i int) bool // Publish succeeds, but the i-th record published (0 up) is dropped
+	n      int
 }
 
 func newMemBus() *memBus {
@@ -41,7 +43,10 @@ func (b *memBus) Publish(_ context.Context, recs [][]byte) error {
 		return errors.New("bus down")
 	}
 	for _, r := range recs {
-		b.recs = append(b.recs, bytes.Clone(r))
+		if b.drop == nil || !b.drop(b.n) {
+			b.recs = append(b.recs, bytes.Clone(r))
+		}
+		b.n++
 	}
 	b.cond.Broadcast()
 	return nil
@@ -428,10 +433,64 @@ func FuzzBusRecord(f *testing.F) {
 // runResponder runs r until ctx ends; the test's cleanup waits for Run to return (the
 // caller cancels ctx first, in a defer), so no Responder goroutine outlives its test.
 func runResponder(t *testing.T, ctx context.Context, r *Responder) {
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		r.Run(ctx, time.Hour)
 	}()
-	t.Cleanup(func() { <-done })
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// TestOwnRecordsLostStillDetected: a bus that takes a replica's records and gives some or
+// none of them back (Redis's entries deleted, the stream rewound or trimmed) does not keep
+// the replica from detecting its own traffic: a record overtaken by a later one, or not back
+// within echoWait, is detected on here, counted and alerted — and none twice.
+func TestOwnRecordsLostStillDetected(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		drop func(i int) bool
+	}{
+		{"every other record dropped", func(i int) bool { return i%2 == 0 }},
+		{"every record dropped", func(int) bool { return true }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bus := newMemBus()
+			bus.drop = tc.drop
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			aud := &seqAudit{}
+			reg := prometheus.NewRegistry()
+			r := NewResponder(New(Config{HarvestTokens: 20}), ResponderConfig{Audit: aud, Duration: time.Hour, Bus: bus, Metrics: reg})
+			r.relay.echoWait = 200 * time.Millisecond
+			runResponder(t, ctx, r)
+			for i := range 4 {
+				r.Observe(sweep(i))
+			}
+			waitFor(t, "the sweep's alert", func() bool { a, _ := r.Sanction("mallory"); return a == "strip_logprobs" })
+			waitFor(t, "every record detected on once", func() bool { r.mu.Lock(); defer r.mu.Unlock(); return r.index == 4 })
+			r.Wait()
+			if n := countKind(aud, "detect.alert"); n != 1 {
+				t.Fatalf("%d alerts recorded, want 1", n)
+			}
+			if got := r.relay.lost.Load(); got < 2 {
+				t.Fatalf("%d records counted lost, want the 2 or 4 dropped", got)
+			}
+			mfs, _ := reg.Gather()
+			found := false
+			for _, mf := range mfs {
+				found = found || mf.GetName() == "strongroom_detect_bus_lost_total" && mf.GetMetric()[0].GetCounter().GetValue() >= 2
+			}
+			if !found {
+				t.Fatal("strongroom_detect_bus_lost_total does not show them")
+			}
+			// Nothing is left to detect on twice: no record waits, however late it is.
+			if late := r.relay.overdue(time.Now().Add(time.Hour)); len(late) != 0 {
+				t.Fatalf("%d records still wait to come back after all 4 were detected on", len(late))
+			}
+			if fresh, _ := r.relay.echoed(1); fresh {
+				t.Fatal("record 1, back late, would be detected on again")
+			}
+		})
+	}
 }

@@ -149,6 +149,12 @@ func registerBusMetrics(r *Responder, reg prometheus.Registerer) {
 			Help: "Requests detected on locally because the queue to the detection bus was full."},
 			func() float64 { return float64(r.relay.dropped.Load()) }),
 	}
+	cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "strongroom_detect_bus_lost_total",
+		Help: "Records this gateway published that did not come back from the detection bus in order or in time (deleted, trimmed or hidden in Redis, or a lagging reader): detected on locally instead."},
+		func() float64 { return float64(r.relay.lost.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "strongroom_detect_bus_gaps_total",
+			Help: "Times another gateway's records on the detection bus were found missing or repeated (deleted, trimmed or hidden in Redis): this gateway's detection missed part of that one's traffic."},
+			func() float64 { return float64(r.relay.gaps.Load()) }))
 	if rb, ok := r.relay.bus.(interface{ Rejected() int64 }); ok {
 		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "strongroom_detect_bus_rejected_total",
 			Help: "Records on the detection bus refused: not sealed under this fleet's key (written or altered in Redis, or another deployment's), or repeated."},
