@@ -57,7 +57,9 @@ type relay struct {
 	dropped  atomic.Int64
 	lost     atomic.Int64 // own records that never came back, detected on here instead
 	gaps     atomic.Int64 // other replicas' records found missing or repeated
-	sources  map[string]source
+	// unkeptWarn: the ALERT that own records were let go unread was given (once a process).
+	unkeptWarn atomic.Bool
+	sources    map[string]source
 
 	// A replica with a bus detects its own traffic as it reads it back. So that what Redis
 	// drops, hides or delays (an entry deleted, the stream rewound or trimmed) is still
@@ -72,10 +74,12 @@ type relay struct {
 	echoWait time.Duration
 }
 
-// sent is a published record waiting to come back.
+// sent is a published record waiting to come back, as encoded (bytes the collector does
+// not scan: a busy replica holds thousands); decoded only if it is lost.
 type sent struct {
-	w  wireObs
-	at time.Time
+	n   uint64
+	rec []byte
+	at  time.Time
 }
 
 // relayQueue bounds the observations waiting to be published; beyond it a replica detects
@@ -96,17 +100,24 @@ func newRelay(bus Bus, now time.Time) *relay {
 // sending keeps batch (about to be published at now) until its records come back — kept
 // before it is sent, so that a record read back before Publish returned is known; what
 // overflows the bound is returned, to be detected on here.
-func (rl *relay) sending(batch []wireObs, now time.Time) (overflow []wireObs) {
+func (rl *relay) sending(batch []wireObs, recs [][]byte, now time.Time) (unkept int) {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
-	for _, w := range batch {
-		rl.pending = append(rl.pending, sent{w, now})
+	for i := range batch {
+		rl.pending = append(rl.pending, sent{batch[i].N, recs[i], now})
 	}
-	if n := len(rl.pending) - relayQueue; n > 0 {
-		overflow = rl.takeLocked(rl.pending[n-1].w.N)
+	// Past the bound the oldest are let go unread (decoding them here would slow a reader
+	// that lags further still): echoWait at maxPending / echoWait records a second.
+	if n := len(rl.pending) - maxPending; n > 0 {
+		clear(rl.pending[:n])
+		rl.pending = rl.pending[n:]
+		return n
 	}
-	return overflow
+	return 0
 }
+
+// maxPending bounds the records kept until they come back (~0.5 KiB each).
+const maxPending = 1 << 16
 
 // inOrder notes record n of source src (read at now) and reports whether it follows the
 // last one read from src: records of one relay are published in order, so a gap means some
@@ -153,7 +164,7 @@ func (rl *relay) unsent(batch []wireObs) []wireObs {
 	first, last := batch[0].N, batch[len(batch)-1].N
 	kept := rl.pending[:0]
 	for _, p := range rl.pending {
-		if p.w.N < first || p.w.N > last {
+		if p.n < first || p.n > last {
 			kept = append(kept, p)
 		}
 	}
@@ -171,7 +182,8 @@ func (rl *relay) echoed(n uint64) (fresh bool, missed []wireObs) {
 		return false, nil // taken from pending already
 	}
 	missed = rl.takeLocked(n - 1)
-	if len(rl.pending) > 0 && rl.pending[0].w.N == n {
+	if len(rl.pending) > 0 && rl.pending[0].n == n {
+		rl.pending[0] = sent{}
 		rl.pending = rl.pending[1:]
 	}
 	rl.handled = n
@@ -189,24 +201,28 @@ func (rl *relay) overdue(now time.Time) []wireObs {
 	if i == 0 {
 		return nil
 	}
-	return rl.takeLocked(rl.pending[i-1].w.N)
+	return rl.takeLocked(rl.pending[i-1].n)
 }
 
 // takeLocked removes and returns the pending records up to N n. mu is held.
 func (rl *relay) takeLocked(n uint64) []wireObs {
 	i := 0
-	for i < len(rl.pending) && rl.pending[i].w.N <= n {
+	for i < len(rl.pending) && rl.pending[i].n <= n {
 		i++
 	}
 	if i == 0 {
 		return nil
 	}
-	out := make([]wireObs, i)
+	last := rl.pending[i-1].n
+	out := make([]wireObs, 0, i)
 	for j := range i {
-		out[j] = rl.pending[j].w
+		if w, err := decodeWire(rl.pending[j].rec); err == nil { // its own encoding: always
+			out = append(out, w)
+		}
+		rl.pending[j] = sent{}
 	}
-	rl.pending = append(rl.pending[:0:0], rl.pending[i:]...)
-	rl.handled = max(rl.handled, out[i-1].N)
+	rl.handled = max(rl.handled, last)
+	rl.pending = rl.pending[i:]
 	rl.lost.Add(int64(i))
 	return out
 }
@@ -344,16 +360,22 @@ func (r *Responder) publish(ctx context.Context) {
 				break fill
 			}
 		}
+		kept := batch[:0]
 		for i := range batch {
-			r.relay.seq++
-			batch[i].Src, batch[i].N = r.relay.id, r.relay.seq
+			batch[i].Src, batch[i].N = r.relay.id, r.relay.seq+1
 			b, err := json.Marshal(&batch[i])
 			if err != nil {
 				continue // not reachable for these types
 			}
+			r.relay.seq++
+			kept = append(kept, batch[i])
 			recs = append(recs, b)
 		}
-		r.detectLost(r.relay.sending(batch, time.Now()), "overflowed the records waiting to come back")
+		batch = kept
+		if n := r.relay.sending(batch, recs, time.Now()); n > 0 && r.relay.unkeptWarn.CompareAndSwap(false, true) {
+			r.cfg.Log.Error("ALERT detect bus: this replica's reader lags more than 65,536 of its own records behind; those past it are no longer kept to be detected on here if Redis drops them",
+				"records", n)
+		}
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		err := r.relay.bus.Publish(pctx, recs)
 		cancel()
