@@ -817,9 +817,11 @@ func TestOutside54StateDirRemoved(t *testing.T) {
 	}
 	bad := lg.check(t)
 	for _, p := range bad {
-		if strings.Contains(p, "acknowledged twice") {
-			// The residual (DESIGN): tessera read the tree state missing in a batch already
-			// in flight (before the gate's next look) and sequenced from 0 again.
+		// The residual (DESIGN): tessera read the tree state missing in a batch already in
+		// flight (before the gate's next look) and sequenced from 0 again. Either an entry
+		// was acknowledged twice, or the log's floor (strongroom.floor) caught the rolled
+		// back tree first: A refused every entry after, and Open refuses the log.
+		if strings.Contains(p, "acknowledged twice") || strings.Contains(p, "opening the log to check it") && strings.Contains(p, "rolled back") {
 			t.Skipf("residual, not fixed: tessera restarted the tree at 0 under A after .state was removed (%s); %d problems, the first: %s", msg, len(bad), bad[0])
 		}
 	}
