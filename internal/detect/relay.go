@@ -60,6 +60,8 @@ type relay struct {
 	// unkeptWarn: the ALERT that own records were let go unread was given (once a process).
 	unkeptWarn atomic.Bool
 	sources    map[string]source
+	// gapWarned is when the last gap's ALERT line was written (consume's goroutine).
+	gapWarned time.Time
 
 	// A replica with a bus detects its own traffic as it reads it back. So that what Redis
 	// drops, hides or delays (an entry deleted, the stream rewound or trimmed) is still
@@ -444,7 +446,8 @@ func (r *Responder) consume(ctx context.Context) {
 				if !fresh {
 					continue
 				}
-			} else if !r.relay.inOrder(w.Src, w.N, time.Now()) {
+			} else if now := time.Now(); !r.relay.inOrder(w.Src, w.N, now) && now.Sub(r.relay.gapWarned) >= busWarnEvery {
+				r.relay.gapWarned = now // at most every busWarnEvery: a stream with every other record deleted
 				r.cfg.Log.Error("ALERT detect bus: records another replica published are missing or repeated (someone with access to Redis deleted, trimmed or hid them): this replica's detection missed that replica's traffic",
 					"replica", w.Src, "record", w.N, "gaps_total", r.relay.gaps.Load())
 			}
