@@ -97,30 +97,12 @@ func TestOutside59ForgedDayOutlivesAccess(t *testing.T) {
 // every m: field whose e: is not before Redis's clock, whatever it says — until the hash
 // expires two days after its last admission (and a refused admission does not renew it).
 func TestOutside59ForgedSlotNeverLapses(t *testing.T) {
-	c := redisClient(t)
-	prefix := uniquePrefix()
-	r := NewRedis(c, prefix, nil)
-	r.SlotTTL = 300 * time.Millisecond
-	sc := o59Scopes(Limits{Concurrent: 1})
-	done, d := admit(t, r, sc, 10)
-	if d != nil {
-		t.Fatalf("premise: %+v", d)
-	}
-	done(10)
+	c, prefix, r, sc := o59Used(t, Limits{Concurrent: 1}, 300*time.Millisecond)
 	if err := c.HSet(context.Background(), prefix+"key:o59key", "m:evil:1", 1, "e:evil", "99999999999999").Err(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * r.SlotTTL)
-	for {
-		done, d := admit(t, r, sc, 10)
-		if d == nil {
-			done(10)
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a forged slot (lapse in the year 5138) still refuses the key %v after it was written, %d× SlotTTL: %+v", 10*r.SlotTTL, 10, d)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if d := o59AdmittedWithin(t, r, sc, 10*r.SlotTTL); d != nil {
+		t.Fatalf("a forged slot (lapse in the year 5138) still refuses the key %v after it was written, %d× SlotTTL: %+v", 10*r.SlotTTL, 10, d)
 	}
 }
 
@@ -133,28 +115,48 @@ func TestOutside59ForgedSlotNeverLapses(t *testing.T) {
 // bucket's last time never moves back") — until the hash expires two days after the last
 // admission. The same write on a model's scope refuses every caller of the model.
 func TestOutside59ForgedBucketTimeLocksOut(t *testing.T) {
+	c, prefix, r, sc := o59Used(t, Limits{RPM: 600}, 0)
+	future := o59RedisClock(t, c) + 10*365*86400*1000
+	if err := c.HSet(context.Background(), prefix+"key:o59key", "rt", 0, "rl", future).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if d := o59AdmittedWithin(t, r, sc, 3*time.Second); d != nil { // 30 refills' time
+		t.Fatalf("a key of rpm 600 is still refused 3 s after one forged write of its bucket's last time: %+v (retry after %v)", d, d.RetryAfter)
+	}
+}
+
+// o59Used is a limiter on a prefix of its own (slot ttl, if not 0) whose scopes with key's
+// limits were used once, as a replica would have written them.
+func o59Used(t *testing.T, key Limits, ttl time.Duration) (*redis.Client, string, *Redis, []Scope) {
+	t.Helper()
 	c := redisClient(t)
 	prefix := uniquePrefix()
 	r := NewRedis(c, prefix, nil)
-	sc := o59Scopes(Limits{RPM: 600})
+	if ttl > 0 {
+		r.SlotTTL = ttl
+	}
+	sc := o59Scopes(key)
 	done, d := admit(t, r, sc, 10)
 	if d != nil {
 		t.Fatalf("premise: %+v", d)
 	}
 	done(10)
-	future := o59RedisClock(t, c) + 10*365*86400*1000
-	if err := c.HSet(context.Background(), prefix+"key:o59key", "rt", 0, "rl", future).Err(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(3 * time.Second) // 30 refills' time
+	return c, prefix, r, sc
+}
+
+// o59AdmittedWithin asks for admissions until one is admitted (nil) or within has passed
+// (the last refusal).
+func o59AdmittedWithin(t *testing.T, r *Redis, sc []Scope, within time.Duration) *Denied {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for {
 		done, d := admit(t, r, sc, 10)
 		if d == nil {
 			done(10)
-			return
+			return nil
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("a key of rpm 600 is still refused 3 s after one forged write of its bucket's last time: %+v (retry after %v)", d, d.RetryAfter)
+			return d
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -169,15 +171,7 @@ func TestOutside59ForgedBucketTimeLocksOut(t *testing.T) {
 // request ends and sends it back to Redis in done.lua: a replica with N requests in flight
 // holds N copies (the write's size is bounded only by Redis's 512 MB proto-max-bulk-len).
 func TestOutside59HugeDayCopiedPerAdmission(t *testing.T) {
-	c := redisClient(t)
-	prefix := uniquePrefix()
-	r := NewRedis(c, prefix, nil)
-	sc := o59Scopes(Limits{RPM: 1000})
-	done, d := admit(t, r, sc, 10)
-	if d != nil {
-		t.Fatalf("premise: %+v", d)
-	}
-	done(10)
+	c, prefix, r, sc := o59Used(t, Limits{RPM: 1000}, 0)
 	const size = 16 << 20
 	if err := c.HSet(context.Background(), prefix+"model:o59restricted", "day", strings.Repeat("9", size)).Err(); err != nil {
 		t.Fatal(err)
