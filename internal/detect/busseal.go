@@ -67,6 +67,7 @@ type sealer struct {
 	key      []byte // the bus key's sealing subkey: sessions' keys derive from it
 	claimKey []byte // names claims (claimName)
 	stream   string
+	aadHead  []byte // the stream's name and a 0: every record's associated data begins so
 
 	out     cipher.AEAD // this publisher's session
 	salt    [sealSalt]byte
@@ -76,7 +77,7 @@ type sealer struct {
 	sessions map[[sealSalt]byte]*readSession // publishers whose records opened
 
 	rejected atomic.Int64
-	lastWarn atomic.Int64 // Unix ns of the last ALERT line
+	warn     every // the ALERT line of refused records
 	log      *slog.Logger
 }
 
@@ -94,7 +95,7 @@ func newSealer(key []byte, stream string, log *slog.Logger) (*sealer, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &sealer{key: subKey(key, "seal"), claimKey: subKey(key, "claim"), stream: stream, log: log,
+	s := &sealer{key: subKey(key, "seal"), claimKey: subKey(key, "claim"), stream: stream, aadHead: []byte(stream + "\x00"), log: log,
 		sessions: map[[sealSalt]byte]*readSession{}}
 	rand.Read(s.salt[:])
 	var err error
@@ -141,7 +142,7 @@ func nonceOf(rec []byte) []byte {
 }
 
 func (s *sealer) aad(header []byte) []byte {
-	return append([]byte(s.stream+"\x00"), header...)
+	return append(s.aadHead[:len(s.aadHead):len(s.aadHead)], header...)
 }
 
 // open checks rec, read at the stream entry id at now, and returns its plaintext.
@@ -208,11 +209,19 @@ func (s *sealer) forget(now time.Time) {
 // refuse counts a refused record and says so, at most every busWarnEvery.
 func (s *sealer) refuse(id string, err error) {
 	n := s.rejected.Add(1)
-	now := time.Now().UnixNano()
-	if last := s.lastWarn.Load(); now-last >= int64(busWarnEvery) && s.lastWarn.CompareAndSwap(last, now) {
+	if s.warn.due(time.Now(), busWarnEvery) {
 		s.log.Error("ALERT detect bus: a record refused (someone with access to Redis wrote or repeated it, or the replicas' keys or clocks differ)",
 			"stream", s.stream, "entry", id, "err", err, "refused_total", n)
 	}
+}
+
+// every lets something happen at most once a period, whichever goroutines ask.
+type every struct{ last atomic.Int64 } // Unix ns of the last time it was due
+
+// due reports whether period has passed since it was last due, and if so, it is due now.
+func (e *every) due(now time.Time, period time.Duration) bool {
+	last, t := e.last.Load(), now.UnixNano()
+	return t-last >= int64(period) && e.last.CompareAndSwap(last, t)
 }
 
 // claimName is a claim's key in Redis: keyed, so that neither the principal nor the alert

@@ -60,8 +60,7 @@ type relay struct {
 	// unkeptWarn: the ALERT that own records were let go unread was given (once a process).
 	unkeptWarn atomic.Bool
 	sources    map[string]source
-	// gapWarned is when the last gap's ALERT line was written (consume's goroutine).
-	gapWarned time.Time
+	gapWarn    every // the ALERT line of gaps in other replicas' records
 
 	// A replica with a bus detects its own traffic as it reads it back. So that what Redis
 	// drops, hides or delays (an entry deleted, the stream rewound or trimmed) is still
@@ -446,8 +445,8 @@ func (r *Responder) consume(ctx context.Context) {
 				if !fresh {
 					continue
 				}
-			} else if now := time.Now(); !r.relay.inOrder(w.Src, w.N, now) && now.Sub(r.relay.gapWarned) >= busWarnEvery {
-				r.relay.gapWarned = now // at most every busWarnEvery: a stream with every other record deleted
+			} else if now := time.Now(); !r.relay.inOrder(w.Src, w.N, now) && r.relay.gapWarn.due(now, busWarnEvery) {
+				// (at most every busWarnEvery: a stream with every other record deleted)
 				r.cfg.Log.Error("ALERT detect bus: records another replica published are missing or repeated (someone with access to Redis deleted, trimmed or hid them): this replica's detection missed that replica's traffic",
 					"replica", w.Src, "record", w.N, "gaps_total", r.relay.gaps.Load())
 			}
@@ -480,14 +479,13 @@ func decodeWire(b []byte) (wireObs, error) {
 // RedisBus is a Bus on a Redis stream (observations) and SET NX keys (claims). Its records
 // are sealed and its claims' names keyed (busseal.go).
 type RedisBus struct {
-	rdb    redis.UniversalClient
-	prefix string
-	maxLen int64
-	seal   *sealer
-	// rewindAt is when Read last asked whether the stream was rewound (Unix ns).
-	rewindAt atomic.Int64
-	bellMu   sync.Mutex
-	bell     <-chan *redis.Message // publishers ring it after each batch (ring)
+	rdb        redis.UniversalClient
+	prefix     string
+	maxLen     int64
+	seal       *sealer
+	rewindLook every // Read's question whether the stream was rewound
+	bellMu     sync.Mutex
+	bell       <-chan *redis.Message // publishers ring it after each batch (ring)
 }
 
 // NewRedisBus uses keys under prefix (e.g. "strongroom:detect:"); the stream keeps about
@@ -618,8 +616,7 @@ var readScript = redis.NewScript(readLua)
 // nothing would show it. Looked at, when a read found nothing, at most every
 // busRewindEvery.
 func (b *RedisBus) rewound(ctx context.Context, cursor string) bool {
-	now := time.Now().UnixNano()
-	if last := b.rewindAt.Load(); now-last < int64(busRewindEvery) || !b.rewindAt.CompareAndSwap(last, now) {
+	if !b.rewindLook.due(time.Now(), busRewindEvery) {
 		return false
 	}
 	info, err := b.rdb.XInfoStream(ctx, b.stream()).Result()
