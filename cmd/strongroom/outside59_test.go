@@ -11,9 +11,11 @@ package main
 // with a Redis client of its own, nothing else.
 //
 // Found (each fails while it lasts):
-//   - "what Redis holds in the clear": the limiter's keys name API key ids, tenants, models
+//   - "what Redis holds in the clear": the limiter's keys named API key ids, tenants, models
 //     and a throttled principal (limits:sanction:NAME); their values are each one's tokens
-//     today and request buckets; revoked key ids go out on PREFIXkeys:revoked.
+//     today and request buckets; revoked key ids go out on PREFIXkeys:revoked. Since the
+//     forty-fifth session the names are keyed digests (limits.HideNames); the values and
+//     the revoked ids are logged as residuals.
 //   - "restricted budget after one write": one HSET of a key's scope (day 9999-12-31, dt
 //     −10^12) and the restricted model is served to that key past its daily_tokens, with no
 //     end: the forged day is kept ("a scope's day never goes back").
@@ -32,6 +34,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -41,9 +44,11 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/detect"
+	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/store"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
@@ -139,6 +144,18 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 	if err := config.Write(cfgPath, c); err != nil {
 		t.Fatal(err)
 	}
+	// The limiter's key name of a scope, as every replica derives it (limits.HideNames).
+	hkPath := c.Audit.HMACKey
+	if !filepath.IsAbs(hkPath) {
+		hkPath = filepath.Join(dir, hkPath)
+	}
+	hk, err := os.ReadFile(hkPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	namer := limits.NewRedis(nil, prefix+"limits:", nil)
+	namer.HideNames(audit.DeriveKey(hk, limits.NamesLabel))
+	keyScope := func(key string) string { return namer.ScopeKey("key:" + authn.KeyID(key)) }
 	env := []string{"STRONGROOM_DATA=" + dir}
 	s := o57Serve(t, env, "-v")
 	defer s.stop(t)
@@ -214,9 +231,12 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 			post(keys["bob-o59"], `{"model":"o59-public","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`)
 			dump = o59Dump(t, rdb, prefix)
-			if strings.Contains(dump, "sanction:") || time.Now().After(deadline) {
+			if strings.Contains(dump, namer.ScopeKey("sanction:bob-o59")) || time.Now().After(deadline) {
 				break
 			}
+		}
+		if !strings.Contains(dump, namer.ScopeKey("sanction:bob-o59")) {
+			t.Errorf("premise: bob's throttle scope %q is not in Redis after 10 s", namer.ScopeKey("sanction:bob-o59"))
 		}
 		o57In(t, dir, "key", "revoke", authn.KeyID(spare))
 		var revoked string
@@ -227,8 +247,7 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 		}
 		t.Logf("Redis under %s:\n%s", prefix, dump)
 		// Detection's keys (the sealed stream, the keyed claims) must hold none of it; the
-		// limiter's keys hold metadata in the clear, as DESIGN says ("What the scope
-		// hashes hold…": key ids, tenant, model and throttled principals' names, usage).
+		// limiter's key names are keyed digests, and its hashes hold each scope's usage.
 		var detection, limiter strings.Builder
 		for _, l := range strings.Split(dump, "\n") {
 			if strings.HasPrefix(l, prefix+"detect:") {
@@ -249,7 +268,7 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 		if len(entries) == 0 {
 			t.Fatal("premise: the detection stream holds nothing")
 		}
-		var clear, limits []string
+		var clear, named, residual []string
 		for what, s := range map[string]string{
 			"a principal's name (bob-o59's throttle)": "bob-o59",
 			"a tenant's name":                         "acme-o59",
@@ -261,19 +280,30 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 			if strings.Contains(detection.String(), s) {
 				clear = append(clear, fmt.Sprintf("%s (%q)", what, s))
 			}
-			if strings.Contains(limiter.String(), s) {
-				limits = append(limits, fmt.Sprintf("%s (%q)", what, s))
+			switch {
+			case !strings.Contains(limiter.String(), s):
+			case s == "dt=401": // a scope's usage, under a name that says whose it is not
+				residual = append(residual, fmt.Sprintf("%s (%q)", what, s))
+			default:
+				named = append(named, fmt.Sprintf("%s (%q)", what, s))
 			}
 		}
 		if revoked != "" {
-			limits = append(limits, fmt.Sprintf("a revoked key's id, published on %skeys:revoked (%q)", prefix, revoked))
+			residual = append(residual, fmt.Sprintf("a revoked key's id, published on %skeys:revoked (%q)", prefix, revoked))
 		}
 		sort.Strings(clear)
-		sort.Strings(limits)
+		sort.Strings(named)
+		sort.Strings(residual)
 		if len(clear) > 0 {
 			t.Errorf("detection's keys in Redis hold in the clear (DESIGN, \"Replicas\": \"Redis holds no principal, model, parameter or feature in the clear\"):\n  %s", strings.Join(clear, "\n  "))
 		}
-		t.Logf("residual (DESIGN, shared limits): the limiter's keys hold in the clear:\n  %s", strings.Join(limits, "\n  "))
+		if len(named) > 0 {
+			t.Errorf("the limiter's keys in Redis name (DESIGN, \"Shared limits\": its key names are keyed digests of the scopes' names):\n  %s", strings.Join(named, "\n  "))
+		}
+		if !strings.Contains(dump, namer.ScopeKey("key:"+authn.KeyID(keys["alice-o59"]))) {
+			t.Errorf("premise: alice's key scope %q is not in Redis", namer.ScopeKey("key:"+authn.KeyID(keys["alice-o59"])))
+		}
+		t.Logf("residual (DESIGN, shared limits): what Redis holds in the clear:\n  %s", strings.Join(residual, "\n  "))
 	})
 
 	t.Run("restricted budget after one write", func(t *testing.T) {
@@ -289,7 +319,7 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 			t.Fatalf("premise: daily_tokens 1000 at ~401 tokens a request served %d requests, want 3", served)
 		}
 		// The attacker's one write.
-		if err := rdb.HSet(ctx, prefix+"limits:key:"+authn.KeyID(key), "day", "9999-12-31", "dt", "-1000000000000").Err(); err != nil {
+		if err := rdb.HSet(ctx, keyScope(key), "day", "9999-12-31", "dt", "-1000000000000").Err(); err != nil {
 			t.Fatal(err)
 		}
 		more := 0
@@ -299,7 +329,7 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 			}
 		}
 		if more > 3 {
-			day, _ := rdb.HGet(ctx, prefix+"limits:key:"+authn.KeyID(key), "day").Result()
+			day, _ := rdb.HGet(ctx, keyScope(key), "day").Result()
 			t.Errorf("after one HSET of the key's scope the restricted model served %d more requests (~%d tokens) on daily_tokens 1000 (at most 3 more: one reset); the scope still names day %q, so no later day resets it",
 				more, more*401, day)
 		}
@@ -329,10 +359,10 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 		if st := post(key, restricted); st != 200 {
 			t.Fatalf("premise: %d", st)
 		}
-		if err := rdb.Set(ctx, prefix+"limits:key:"+authn.KeyID(key), "x", 0).Err(); err != nil {
+		if err := rdb.Set(ctx, keyScope(key), "x", 0).Err(); err != nil {
 			t.Fatal(err)
 		}
-		defer rdb.Del(ctx, prefix+"limits:key:"+authn.KeyID(key))
+		defer rdb.Del(ctx, keyScope(key))
 		if st := post(key, restricted); st != 503 {
 			t.Errorf("the restricted model answered %d with the key's scope unusable in Redis, want 503", st)
 		}

@@ -87,6 +87,7 @@ type App struct {
 	batcher        *audit.Batcher
 	journalKey     []byte // MACs the request journal's frames (derived from the audit key)
 	busKey         []byte // seals the detection bus's records (derived from the audit key)
+	limitsKey      []byte // names the shared limiter's scopes in Redis (derived from the audit key)
 	tracerMu       sync.Mutex
 	tracer         trace.Tracer
 	tracerProvider *sdktrace.TracerProvider

@@ -17,6 +17,7 @@ import (
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/fsutil"
+	"github.com/strongroom/strongroom/internal/limits"
 	"github.com/strongroom/strongroom/internal/redact"
 	f_note "github.com/transparency-dev/formats/note"
 	"github.com/transparency-dev/tessera"
@@ -158,6 +159,9 @@ func (a *App) openAudit(ctx context.Context) error {
 	// The detection bus's records are sealed under a key every replica derives alike
 	// (detect.NewRedisBus).
 	a.busKey = audit.DeriveKey(hk, "strongroom/detect-bus/v1")
+	// The shared limiter's Redis key names are keyed digests of its scopes' names
+	// (limits.Redis.HideNames).
+	a.limitsKey = audit.DeriveKey(hk, limits.NamesLabel)
 	// A command waits this long at exit for a (witnessed) checkpoint that covers its events;
 	// they are durable before that either way.
 	cfg := audit.Config{Dir: c.Audit.LogDir, DB: c.Audit.LogDB, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,

@@ -111,6 +111,10 @@ func (a *App) OpenGateway(ctx context.Context, o GatewayOptions) (*gateway.Gatew
 			return nil, err
 		}
 		rl := limits.NewRedis(rdb, a.redisPrefix()+"limits:", nil)
+		if a.limitsKey == nil {
+			return nil, errors.New("gateway.redis_url: the shared limiter needs the audit HMAC key (its scopes' names in Redis are keyed digests)")
+		}
+		rl.HideNames(a.limitsKey)
 		rl.Log = a.Log
 		go rl.Run(ctx) // renews this replica's concurrency slots: a dead one's lapse
 		lim = rl

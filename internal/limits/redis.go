@@ -57,6 +57,7 @@ type Redis struct {
 	seq     atomic.Uint64
 	SlotTTL time.Duration // DefaultSlotTTL unless set before use
 	Log     *slog.Logger  // Run's heartbeat failures and ALERTs; nil: none
+	names   scopeNames    // a scope's key name (HideNames)
 
 	// The slots this replica's requests hold, by scope key: added once Redis admitted the
 	// request, removed before Redis is told of the release — so that a heartbeat never
@@ -260,7 +261,7 @@ func (r *Redis) Admit(ctx context.Context, scopes []Scope, est int) (func(int), 
 	args := []any{now, est, r.id, n, r.ttl().Milliseconds()}
 	conc := false
 	for i, s := range scopes {
-		keys[i] = r.prefix + s.Name
+		keys[i] = r.names.key(r.prefix, s.Name)
 		args = append(args, s.Limits.RPM, s.Limits.TPM, s.Limits.Concurrent, s.Limits.DailyTokens)
 		conc = conc || s.Limits.Concurrent > 0
 	}
