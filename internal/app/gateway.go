@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"github.com/strongroom/strongroom/internal/netguard"
 	"github.com/strongroom/strongroom/internal/redact"
+	"net"
 	"net/netip"
 	"os"
 	"time"
@@ -293,9 +294,33 @@ func (a *App) Redis() (*redis.Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gateway.redis_url %s: %w", redact.URL(raw), redact.Error(err, redact.URL, raw))
 		}
+		// A request's deadline reaches the socket (the limiter bounds its wait on a Redis that
+		// hangs: limits.DefaultTimeout); without it go-redis waits out its read timeout.
+		opt.ContextTimeoutEnabled = true
+		if plaintextRemote(opt) {
+			a.Log.Warn("gateway.redis_url is redis:// (no TLS) to a host that is not this one: its password, the limiter's scopes and usage and the detection bus's (sealed) records cross the network in the clear; use rediss://",
+				"redis", redact.URL(raw))
+		}
 		a.redis = redis.NewClient(opt)
 	}
 	return a.redis, nil
+}
+
+// plaintextRemote: a Redis reached without TLS over TCP to a host that is not a loopback
+// address.
+func plaintextRemote(opt *redis.Options) bool {
+	if opt.TLSConfig != nil || opt.Network == "unix" {
+		return false
+	}
+	host, _, err := net.SplitHostPort(opt.Addr)
+	if err != nil {
+		host = opt.Addr
+	}
+	if host == "localhost" {
+		return false
+	}
+	ip, err := netip.ParseAddr(host)
+	return err != nil || !ip.Unmap().IsLoopback()
 }
 
 func (a *App) redisPrefix() string {
