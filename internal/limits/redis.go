@@ -56,6 +56,7 @@ type Redis struct {
 	id      string
 	seq     atomic.Uint64
 	SlotTTL time.Duration // DefaultSlotTTL unless set before use
+	Timeout time.Duration // DefaultTimeout unless set before use
 	Log     *slog.Logger  // Run's heartbeat failures and ALERTs; nil: none
 	names   scopeNames    // a scope's key name (HideNames)
 
@@ -84,6 +85,20 @@ func NewRedis(c redis.UniversalClient, prefix string, now func() time.Time) *Red
 	rand.Read(id[:])
 	return &Redis{c: c, prefix: prefix, now: now, id: hex.EncodeToString(id[:]),
 		slots: map[string]map[uint64]struct{}{}, unsent: map[string][]uint64{}}
+}
+
+// DefaultTimeout bounds an admission's and a release's wait for Redis (a healthy one answers
+// in well under a millisecond): a Redis that hangs — paused, or its packets dropped — is an
+// error after it, so a restricted model is refused then rather than after the client's read
+// timeouts and retries (~10 s with go-redis's defaults). The client must let the context's
+// deadline reach its reads (go-redis: Options.ContextTimeoutEnabled).
+const DefaultTimeout = 2 * time.Second
+
+func (r *Redis) timeout() time.Duration {
+	if r.Timeout > 0 {
+		return r.Timeout
+	}
+	return DefaultTimeout
 }
 
 func (r *Redis) ttl() time.Duration {
@@ -265,7 +280,9 @@ func (r *Redis) Admit(ctx context.Context, scopes []Scope, est int) (func(int), 
 		args = append(args, s.Limits.RPM, s.Limits.TPM, s.Limits.Concurrent, s.Limits.DailyTokens)
 		conc = conc || s.Limits.Concurrent > 0
 	}
-	res, err := admitScript.Run(ctx, r.c, keys, args...).Slice()
+	actx, cancel := context.WithTimeout(ctx, r.timeout())
+	res, err := admitScript.Run(actx, r.c, keys, args...).Slice()
+	cancel()
 	if err != nil {
 		// Redis may have admitted it with the answer lost: its slots are freed by the
 		// next heartbeat, never held by a request that is not running.
@@ -295,7 +312,9 @@ func (r *Redis) Admit(ctx context.Context, scopes []Scope, est int) (func(int), 
 			}
 			// A lost refund only makes the limit stricter for a while; a lost release of a
 			// slot goes with the next heartbeat (Run).
-			if err := doneScript.Run(context.WithoutCancel(ctx), r.c, keys, dargs...).Err(); err != nil && conc {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout())
+			defer cancel()
+			if err := doneScript.Run(dctx, r.c, keys, dargs...).Err(); err != nil && conc {
 				r.hold(keys, scopes, n, false, true)
 			}
 		})
