@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"github.com/strongroom/strongroom/internal/netguard"
 	"github.com/strongroom/strongroom/internal/redact"
+	"github.com/strongroom/strongroom/internal/respguard"
 	"net"
 	"net/netip"
 	"os"
@@ -297,6 +298,9 @@ func (a *App) Redis() (*redis.Client, error) {
 		// A request's deadline reaches the socket (the limiter bounds its wait on a Redis that
 		// hangs: limits.DefaultTimeout); without it go-redis waits out its read timeout.
 		opt.ContextTimeoutEnabled = true
+		// Redis's replies are outside data: one that announces more than Strongroom ever asks
+		// for fails its connection before go-redis allocates it (respguard).
+		opt.Dialer = respguard.Dialer(redis.NewDialer(opt), respguard.Default)
 		if plaintextRemote(opt) {
 			a.Log.Warn("gateway.redis_url is redis:// (no TLS) to a host that is not this one: its password, the limiter's scopes and usage and the detection bus's (sealed) records cross the network in the clear; use rediss://",
 				"redis", redact.URL(raw))

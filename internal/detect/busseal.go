@@ -125,13 +125,25 @@ func (s *sealer) session(salt []byte) (cipher.AEAD, error) {
 }
 
 // seal returns plain sealed at now, this session's next record.
+// sealPad: a record's plaintext is padded with JSON whitespace to a multiple of it, so that a
+// record's length tells Redis's reader little (a principal's or a model's name length, a
+// prompt's feature counts) — nothing within a 256-byte step. Readers need no change: JSON
+// ends in whitespace.
+const sealPad = 256
+
 func (s *sealer) seal(plain []byte, now time.Time) []byte {
-	out := make([]byte, sealHeader, sealHeader+len(plain)+sealTag)
+	n := (len(plain) + sealPad - 1) / sealPad * sealPad
+	out := make([]byte, sealHeader+n, sealHeader+n+sealTag)
 	out[0] = sealVersion
 	binary.BigEndian.PutUint64(out[1:9], uint64(now.UnixNano()))
 	copy(out[9:], s.salt[:])
 	binary.BigEndian.PutUint64(out[9+sealSalt:], s.counter.Add(1))
-	return s.out.Seal(out, nonceOf(out), plain, s.aad(out[:sealHeader]))
+	body := out[sealHeader:]
+	for i := copy(body, plain); i < n; i++ {
+		body[i] = ' '
+	}
+	// In place: the ciphertext takes the plaintext's bytes (GCM allows the exact overlap).
+	return s.out.Seal(out[:sealHeader], nonceOf(out), body, s.aad(out[:sealHeader]))
 }
 
 // nonceOf is a record's GCM nonce: its counter, zero-padded to 12 bytes.

@@ -278,3 +278,39 @@ func TestBusSessions(t *testing.T) {
 		t.Fatalf("the idle publisher's next record: %v", err)
 	}
 }
+
+// TestBusRecordLengthsPadded: what Redis holds of a record says nothing of a name's length
+// within a 256-byte step — a principal named "a" and one with a 100-byte name, with a model
+// named after each, seal to records of one length — and both still open and decode.
+func TestBusRecordLengthsPadded(t *testing.T) {
+	s, err := newSealer(testBusKey, "test:stream", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, long := wireOf(t, "a", 1), wireOf(t, strings.Repeat("p", 100), 1)
+	if len(long)-len(short) < 150 || len(short)/sealPad != len(long)/sealPad {
+		t.Fatalf("premise: plaintexts of %d and %d bytes, want both in one 256-byte step, 150+ apart", len(short), len(long))
+	}
+	now := time.Now()
+	a, b := s.seal(short, now), s.seal(long, now)
+	if len(a) != len(b) {
+		t.Fatalf("sealed records of %d and %d bytes: the length tells the names apart", len(a), len(b))
+	}
+	if (len(a)-sealHeader-sealTag)%sealPad != 0 {
+		t.Fatalf("sealed body of %d bytes is not padded to %d", len(a)-sealHeader-sealTag, sealPad)
+	}
+	id := strconv.FormatInt(now.UnixMilli(), 10) + "-0"
+	for i, rec := range [][]byte{a, b} {
+		plain, err := s.open(rec, id, now)
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		w, err := decodeWire(plain)
+		if err != nil {
+			t.Fatalf("record %d: %v", i, err)
+		}
+		if want := []string{"a", strings.Repeat("p", 100)}[i]; w.Req.Principal != want {
+			t.Fatalf("record %d: principal %q, want %q", i, w.Req.Principal, want)
+		}
+	}
+}

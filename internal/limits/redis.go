@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -195,7 +196,7 @@ func (r *Redis) sendOrKeep(ctx context.Context, held map[string]map[uint64]struc
 		}
 	}
 	r.mu.Unlock()
-	return fmt.Errorf("limits: redis heartbeat: %w", err)
+	return redisError("limits: redis heartbeat", err)
 }
 
 // send runs the heartbeat script: held's slots written and renewed, free's freed. It
@@ -283,20 +284,22 @@ func (r *Redis) Admit(ctx context.Context, scopes []Scope, est int) (func(int), 
 	actx, cancel := context.WithTimeout(ctx, r.timeout())
 	res, err := admitScript.Run(actx, r.c, keys, args...).Slice()
 	cancel()
+	var day string
+	var denied *Denied
+	if err == nil {
+		day, denied, err = admitAnswer(res, scopes)
+	}
 	if err != nil {
-		// Redis may have admitted it with the answer lost: its slots are freed by the
-		// next heartbeat, never held by a request that is not running.
+		// Redis may have admitted it with the answer lost (or mangled): its slots are freed
+		// by the next heartbeat, never held by a request that is not running.
 		if conc {
 			r.hold(keys, scopes, n, false, true)
 		}
-		return nil, nil, fmt.Errorf("limits: redis: %w", err)
+		return nil, nil, redisError("limits: redis", err)
 	}
-	if idx, _ := res[0].(int64); idx > 0 {
-		what, _ := res[1].(string)
-		ms, _ := res[2].(int64)
-		return nil, &Denied{Scope: scopes[idx-1].Name, What: what, RetryAfter: time.Duration(ms) * time.Millisecond}, nil
+	if denied != nil {
+		return nil, denied, nil
 	}
-	day, _ := res[1].(string)
 	if conc {
 		r.hold(keys, scopes, n, true, false)
 	}
@@ -319,4 +322,65 @@ func (r *Redis) Admit(ctx context.Context, scopes []Scope, est int) (func(int), 
 			}
 		})
 	}, nil, nil
+}
+
+// errNotAdmitAnswer: Redis answered the admission with what admit.lua never returns.
+var errNotAdmitAnswer = errors.New("an answer that is not the admission script's")
+
+// admitAnswer reads admit.lua's answer — {0, day} admitted, {scope index from 1, what,
+// retry ms} refused — checking its shape, since Redis is outside data (outside round 60: an
+// empty array or an index past the scopes panicked the request).
+func admitAnswer(res []any, scopes []Scope) (string, *Denied, error) {
+	if len(res) < 2 {
+		return "", nil, errNotAdmitAnswer
+	}
+	idx, ok := res[0].(int64)
+	switch {
+	case !ok || idx < 0 || idx > int64(len(scopes)):
+		return "", nil, errNotAdmitAnswer
+	case idx == 0:
+		day, ok := res[1].(string)
+		if !ok || len(day) != len("2006-01-02") {
+			return "", nil, errNotAdmitAnswer
+		}
+		return day, nil, nil
+	}
+	what, _ := res[1].(string)
+	var ms int64
+	if len(res) > 2 {
+		ms, _ = res[2].(int64)
+	}
+	switch what {
+	case "rpm", "tpm", "concurrent", "daily_tokens":
+	default:
+		return "", nil, errNotAdmitAnswer
+	}
+	if ms < 0 || ms > 2*24*3600*1000 {
+		return "", nil, errNotAdmitAnswer
+	}
+	return "", &Denied{Scope: scopes[idx-1].Name, What: what, RetryAfter: time.Duration(ms) * time.Millisecond}, nil
+}
+
+// maxRedisError bounds the text of Redis's error kept in an error (and so in the gateway's
+// log lines and a refusal's record): Redis chooses it (outside round 60: a 4 MiB error reply
+// made 4 MiB log lines, a request).
+const maxRedisError = 256
+
+// redisError is err under what, its text clipped to maxRedisError bytes; errors.Is and As
+// still see err.
+func redisError(what string, err error) error { return &clippedError{what: what, err: err} }
+
+type clippedError struct {
+	what string
+	err  error
+}
+
+func (e *clippedError) Unwrap() error { return e.err }
+
+func (e *clippedError) Error() string {
+	msg := e.err.Error()
+	if len(msg) > maxRedisError {
+		msg = strings.ToValidUTF8(msg[:maxRedisError], "") + fmt.Sprintf("… (%d bytes)", len(msg))
+	}
+	return e.what + ": " + msg
 }
