@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -127,8 +128,8 @@ func (s *sealer) session(salt []byte) (cipher.AEAD, error) {
 // seal returns plain sealed at now, this session's next record.
 // sealPad: a record's plaintext is padded with JSON whitespace to a multiple of it, so that a
 // record's length tells Redis's reader little (a principal's or a model's name length, a
-// prompt's feature counts) — nothing within a 256-byte step. Readers need no change: JSON
-// ends in whitespace.
+// prompt's feature counts) — nothing within a 256-byte step. open takes the padding off (a
+// reader of an older version decodes it as JSON's trailing whitespace).
 const sealPad = 256
 
 func (s *sealer) seal(plain []byte, now time.Time) []byte {
@@ -204,7 +205,7 @@ func (s *sealer) open(rec []byte, id string, now time.Time) ([]byte, error) {
 		s.sessions[salt] = rs
 	}
 	rs.last, rs.seen = n, now
-	return plain, nil
+	return bytes.TrimRight(plain, " "), nil // the padding (seal)
 }
 
 // forget drops the sessions without a record for 2·busMaxDelay: a record of theirs sealed
