@@ -61,6 +61,9 @@ const (
 	// clock difference between a replica and Redis or the reader).
 	busMaxDelay  = 30 * time.Second
 	busWarnEvery = 10 * time.Second
+	// busHistoryAge: how old a record sealed before a reader started may be when it reads it
+	// (a starting replica's view of the others' recent traffic, fed to its engine quietly).
+	busHistoryAge = 15 * time.Minute
 )
 
 // sealer seals one publisher's records and opens every publisher's on one stream.
@@ -76,6 +79,8 @@ type sealer struct {
 
 	mu       sync.Mutex
 	sessions map[[sealSalt]byte]*readSession // publishers whose records opened
+
+	started time.Time // records sealed before it are history (open)
 
 	rejected atomic.Int64
 	warn     every // the ALERT line of refused records
@@ -97,7 +102,7 @@ func newSealer(key []byte, stream string, log *slog.Logger) (*sealer, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &sealer{key: subKey(key, "seal"), claimKey: subKey(key, "claim"), stream: stream, aadHead: []byte(stream + "\x00"), log: log,
-		sessions: map[[sealSalt]byte]*readSession{}}
+		sessions: map[[sealSalt]byte]*readSession{}, started: time.Now()}
 	rand.Read(s.salt[:])
 	var err error
 	if s.out, err = s.session(s.salt[:]); err != nil {
@@ -167,11 +172,16 @@ func (s *sealer) open(rec []byte, id string, now time.Time) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("stream entry id %q is not Redis's", id)
 	}
-	// Sealed within busMaxDelay of its entry (Redis's clock) or of now (this replica's).
+	// Sealed within busMaxDelay of now (this replica's clock); or history: sealed before this
+	// reader started, at most busHistoryAge before, and within busMaxDelay of its entry
+	// (Redis's clock). Redis names the entries, so the entry's time alone is its word: a
+	// lying Redis had replayed records sealed an hour before under entry ids of their seal
+	// time, and every reader that did not know their session took them (outside round 60).
 	sealed := time.Unix(0, int64(binary.BigEndian.Uint64(rec[1:9])))
 	within := func(d time.Duration) bool { return d <= busMaxDelay && d >= -busMaxDelay }
 	late := time.UnixMilli(ms).Sub(sealed)
-	fresh := within(late) || within(now.Sub(sealed))
+	history := sealed.Before(s.started) && s.started.Sub(sealed) <= busHistoryAge && within(late)
+	fresh := within(now.Sub(sealed)) || history
 	var salt [sealSalt]byte
 	copy(salt[:], rec[9:])
 	n := binary.BigEndian.Uint64(rec[9+sealSalt:])
@@ -188,14 +198,14 @@ func (s *sealer) open(rec []byte, id string, now time.Time) ([]byte, error) {
 		}
 	}
 	if aead == nil {
-		return nil, fmt.Errorf("appended %v after its seal (more than %v: a repeated record, or a replica's clock off Redis's)", late.Round(time.Millisecond), busMaxDelay)
+		return nil, staleRecord(now, sealed)
 	}
 	plain, err := aead.Open(nil, nonceOf(rec), rec[sealHeader:], s.aad(rec[:sealHeader]))
 	switch {
 	case err != nil:
 		return nil, errors.New("not sealed under this fleet's key (forged, altered, or another deployment's)")
 	case !fresh:
-		return nil, fmt.Errorf("appended %v after its seal (more than %v: a repeated record, or a replica's clock off Redis's)", late.Round(time.Millisecond), busMaxDelay)
+		return nil, staleRecord(now, sealed)
 	case rs != nil && n <= rs.last:
 		return nil, fmt.Errorf("record %d of its publisher after record %d (repeated)", n, rs.last)
 	}
@@ -206,6 +216,11 @@ func (s *sealer) open(rec []byte, id string, now time.Time) ([]byte, error) {
 	}
 	rs.last, rs.seen = n, now
 	return bytes.TrimRight(plain, " "), nil // the padding (seal)
+}
+
+func staleRecord(now, sealed time.Time) error {
+	return fmt.Errorf("sealed %v before it was read (more than %v, and not this reader's history of the last %v: a repeated record, a reader that lags, or a replica's clock off this one's)",
+		now.Sub(sealed).Round(time.Millisecond), busMaxDelay, busHistoryAge)
 }
 
 // forget drops the sessions without a record for 2·busMaxDelay: a record of theirs sealed

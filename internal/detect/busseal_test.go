@@ -314,3 +314,38 @@ func TestBusRecordLengthsPadded(t *testing.T) {
 		}
 	}
 }
+
+// TestBusStaleAndHistory: Redis names stream entries, so a record's entry time is Redis's
+// word. A record sealed more than busMaxDelay before the reader reads it is taken only as
+// history — sealed before the reader started, at most busHistoryAge before — never because
+// its entry id says it is fresh.
+func TestBusStaleAndHistory(t *testing.T) {
+	pub, err := newSealer(testBusKey, "test:stream", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	idAt := func(at time.Time) string { return strconv.FormatInt(at.UnixMilli(), 10) + "-0" }
+	for _, tc := range []struct {
+		name    string
+		started time.Time // the reader's
+		sealed  time.Time
+		taken   bool
+	}{
+		{"fresh", now.Add(-time.Hour), now.Add(-time.Second), true},
+		{"sealed 10 min ago, after the reader started (a replay)", now.Add(-time.Hour), now.Add(-10 * time.Minute), false},
+		{"sealed 10 min before the reader started (history)", now, now.Add(-10 * time.Minute), true},
+		{"sealed an hour before the reader started", now, now.Add(-time.Hour), false},
+	} {
+		rd, err := newSealer(testBusKey, "test:stream", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd.started = tc.started
+		// The entry id Redis gives is the record's seal time: the entry says "fresh".
+		_, err = rd.open(pub.seal([]byte(`{"x":1}`), tc.sealed), idAt(tc.sealed), now)
+		if (err == nil) != tc.taken {
+			t.Errorf("%s: %v, want taken %v", tc.name, err, tc.taken)
+		}
+	}
+}
