@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/store"
 )
 
 // Gateway replicas share detection through a Bus: every replica publishes the requests it
@@ -305,6 +308,72 @@ func (r *Responder) actClaimed(a Alert) {
 		r.cfg.Log.Error("detect: claiming an alert on the bus; recording it here", "err", err)
 	}
 	r.actAs(a, won || err != nil)
+	if !won && err == nil {
+		r.followClaim(a, r.cfg.Now())
+	}
+}
+
+// maxClaimChecks bounds the lost claims followed at once; past it an alert whose claim was
+// lost is recorded here at once (twice rather than lost).
+const maxClaimChecks = 1024
+
+// followClaim makes sure the alert a, whose claim another replica won at lost, is recorded:
+// it looks in the shared audit index for the winner's record of it (at a quarter, a half
+// and the whole of ClaimCheck) and records it here if none comes. A claim is Redis's
+// answer, and a Redis that answered every claim "taken" (outside round 60: the attacker is
+// the server) had left every alert unrecorded — sanctioned in each process's memory only,
+// with no ALERT line, audit event, stored sanction or incident; so had a winner that died
+// between its claim and its record.
+func (r *Responder) followClaim(a Alert, lost time.Time) {
+	if r.cfg.Incidents == nil {
+		return
+	}
+	if r.checks.Add(1) > maxClaimChecks {
+		r.checks.Add(-1)
+		r.recordUnclaimed(a, "more lost claims than are followed at once")
+		return
+	}
+	go func() {
+		defer r.checks.Add(-1)
+		since := lost.Add(-claimSlack)
+		c := r.cfg.ClaimCheck
+		for _, wait := range []time.Duration{c / 4, c / 4, c / 2} { // looks at c/4, c/2, c
+			time.Sleep(wait)
+			if r.recordedSince(a, since) {
+				return
+			}
+		}
+		r.recordUnclaimed(a, "the replica that claimed it has not recorded it")
+	}()
+}
+
+// claimSlack: a winner's record of an alert is looked for from this long before the claim
+// was lost (the replicas' clocks, and the winner's record made before the loser's claim).
+const claimSlack = 30 * time.Second
+
+// recordedSince reports whether the shared audit index holds a detector alert on a's
+// principal by a's detector since since. An index that cannot be read counts as not.
+func (r *Responder) recordedSince(a Alert, since time.Time) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	evs, err := r.cfg.Incidents.SearchAudit(ctx, store.AuditQuery{Principal: "strongroom/detect", Kind: string(audit.KindDetectAlert), Since: since, Limit: 1000})
+	if err != nil {
+		return false
+	}
+	for _, e := range evs {
+		var ev audit.Event
+		if json.Unmarshal(e.Raw, &ev) == nil && ev.Subject["principal"] == a.Principal && ev.Fields["detector"] == a.Detector {
+			return true
+		}
+	}
+	return false
+}
+
+// recordUnclaimed records a here though another replica holds its claim, with an ALERT.
+func (r *Responder) recordUnclaimed(a Alert, why string) {
+	r.cfg.Log.Error("ALERT detect bus: an alert another replica claimed is not on the record ("+why+"; Redis may have answered the claim falsely); recording it here",
+		"principal", a.Principal, "detector", a.Detector)
+	r.actAs(a, true)
 }
 
 // claimTTL is how long a claim keeps other replicas from recording the same alert: they

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,10 @@ type ResponderConfig struct {
 	// alert (the index trails the log by up to a second), so that the requests just before
 	// the alert are part of the evidence; default 5s.
 	EvidenceWait time.Duration
+	// ClaimCheck is how long a replica that lost an alert's claim on the bus waits for the
+	// winner's record of it in the shared audit index before it records the alert itself
+	// (Redis decides claims, and Redis is outside data); default 20s.
+	ClaimCheck time.Duration
 	// Records, if set, batches request records (audit.Batcher): an incident first commits
 	// what it holds (Barrier), then waits RecordsDelay for other replicas' batches and
 	// takes the log's size then (LogSize) as how far the index must reach, so that the
@@ -86,6 +91,7 @@ type Responder struct {
 	modes     map[string]string // live detector modes (SetModes), else the engine's config
 	pending   sync.WaitGroup
 	relay     *relay                 // nil without a bus
+	checks    atomic.Int64           // lost claims waiting for their winner's record (followClaim)
 	alerts    *prometheus.CounterVec // detector, action (what was imposed; "alert" in shadow), mode
 }
 
@@ -115,6 +121,9 @@ func NewResponder(e *Engine, cfg ResponderConfig) *Responder {
 	}
 	if cfg.EvidenceWait == 0 {
 		cfg.EvidenceWait = 5 * time.Second
+	}
+	if cfg.ClaimCheck == 0 {
+		cfg.ClaimCheck = 20 * time.Second
 	}
 	r := &Responder{e: e, cfg: cfg, sanctions: map[string]sanction{}, shared: map[string]sanction{},
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "strongroom_detect_alerts_total",
