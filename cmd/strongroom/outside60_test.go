@@ -588,12 +588,17 @@ func TestOutside60ReplyHeaderCrashes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var armed atomic.Bool
+			var fired atomic.Int64
 			hook := tc.hook()
 			e := o60Setup(t, func(c *o60Conn, args []string) bool {
 				if !armed.Load() {
 					return false
 				}
-				return hook(c, args)
+				if hook(c, args) {
+					fired.Add(1)
+					return true
+				}
+				return false
 			})
 			if st, _ := e.post(e.keys["alice-o60"], o60Restricted); st != 200 {
 				t.Fatalf("premise: the restricted model before the attack: %d", st)
@@ -618,8 +623,16 @@ func TestOutside60ReplyHeaderCrashes(t *testing.T) {
 					c.nc.Close()
 				}
 			}
-			if e.waitEnd(10 * time.Second) {
+			// Until serve met the header twice (it survived the first and asked again), it
+			// ended, or 10 s passed.
+			for deadline := time.Now().Add(10 * time.Second); fired.Load() < 2 && e.alive() && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
+			}
+			if e.waitEnd(100*time.Millisecond) || !e.alive() {
 				t.Fatalf("serve died (%s) with no request at all: Redis answered %s with a header announcing 2^40", e.crashed(), tc.name)
+			}
+			if fired.Load() == 0 {
+				t.Fatalf("premise: the attack's reply was never sent")
 			}
 			if st, _ := e.post(e.keys["alice-o60"], o60Public); st != 200 {
 				t.Errorf("the public model after the attack: %d", st)
