@@ -4,6 +4,11 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/strongroom/strongroom/internal/respguard"
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // TestRedisHiddenNames: with HideNames, Redis's keys name no scope (an API key id, a
@@ -89,5 +94,48 @@ func TestRedisHiddenNames(t *testing.T) {
 	// Without a key the names are Redis's as before (tests and single-host use).
 	if k := NewRedis(c, prefix, nil).ScopeKey(secret[1]); k != prefix+secret[1] {
 		t.Fatalf("unkeyed name %q", k)
+	}
+}
+
+// BenchmarkRedisAdmit: an admission and its release on the real Redis, three scopes (one
+// with a concurrency limit), one goroutine: "plain" names scopes in the clear through a
+// client as tests make them; "served" is serve's — keyed names (HideNames), the replies
+// read through respguard, the context's deadline on the socket. CPU a request (this
+// process's; Redis's own is not counted) is reported beside the wall time.
+func BenchmarkRedisAdmit(b *testing.B) {
+	for _, served := range []bool{false, true} {
+		name := "plain"
+		if served {
+			name = "served"
+		}
+		b.Run(name, func(b *testing.B) {
+			opt, err := redis.ParseURL(testenv.Get(b, "STRONGROOM_TEST_REDIS"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if served {
+				opt.ContextTimeoutEnabled = true
+				opt.Dialer = respguard.Dialer(redis.NewDialer(opt), respguard.Default)
+			}
+			c := redis.NewClient(opt)
+			defer c.Close()
+			r := NewRedis(c, uniquePrefix(), nil)
+			if served {
+				r.HideNames([]byte("0123456789abcdef0123456789abcdef"))
+			}
+			sc := []Scope{{Name: "key:0123456789abcdef", Limits: Limits{RPM: 1 << 30, Concurrent: 1 << 20, DailyTokens: 1 << 40}},
+				{Name: "tenant:acme", Limits: Limits{TPM: 1 << 40}}, {Name: "model:frontier-1", Limits: Limits{Concurrent: 1 << 20}}}
+			ctx := context.Background()
+			cpu0 := testenv.CPUTime()
+			b.ResetTimer()
+			for b.Loop() {
+				done, d, err := r.Admit(ctx, sc, 10)
+				if err != nil || d != nil {
+					b.Fatal(d, err)
+				}
+				done(10)
+			}
+			b.ReportMetric(float64((testenv.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
+		})
 	}
 }
