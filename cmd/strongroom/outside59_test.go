@@ -88,6 +88,33 @@ func o59Dump(t *testing.T, rdb *redis.Client, prefix string) string {
 	return b.String()
 }
 
+// o59FleetConfig writes dir's config for a fleet on redisURL under prefix: routes for
+// TAG-restricted and TAG-public to engineURL, every key concurrent 4 and dailyTokens a day,
+// local_fallback_public, logit harvest at 20 ids; it returns the config written.
+func o59FleetConfig(t *testing.T, dir, redisURL, prefix, tag, engineURL string, dailyTokens int64) config.Config {
+	t.Helper()
+	cfgPath := filepath.Join(dir, config.FileName)
+	c, err := config.ReadRaw(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Gateway.RedisURL = redisURL
+	c.Gateway.RedisPrefix = prefix
+	c.Gateway.Routes = []config.Route{{Model: tag + "-restricted", Upstreams: []string{engineURL + "/v1"}}, {Model: tag + "-public", Upstreams: []string{engineURL + "/v1"}}}
+	c.Gateway.KeyLimits = config.Limits{Concurrent: 4, DailyTokens: dailyTokens}
+	c.Gateway.LocalFallbackPublic = true
+	dc, err := detect.ParseConfig(c.Detect)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc.HarvestTokens = 20
+	c.Detect = dc.JSON()
+	if err := config.Write(cfgPath, c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestOutside59SharedRedisFleet(t *testing.T) {
 	rdb := testenv.Redis(t)
 	ctx := context.Background()
@@ -125,25 +152,7 @@ func TestOutside59SharedRedisFleet(t *testing.T) {
 		keys[p] = strings.TrimSpace(o57In(t, dir, "key", "create", "--principal", p))
 	}
 	spare := strings.TrimSpace(o57In(t, dir, "key", "create", "--principal", "bob-o59"))
-	cfgPath := filepath.Join(dir, config.FileName)
-	c, err := config.ReadRaw(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Gateway.RedisURL = testenv.Get(t, "STRONGROOM_TEST_REDIS")
-	c.Gateway.RedisPrefix = prefix
-	c.Gateway.Routes = []config.Route{{Model: "o59-restricted", Upstreams: []string{engine.URL + "/v1"}}, {Model: "o59-public", Upstreams: []string{engine.URL + "/v1"}}}
-	c.Gateway.KeyLimits = config.Limits{Concurrent: 4, DailyTokens: 1000}
-	c.Gateway.LocalFallbackPublic = true
-	dc, err := detect.ParseConfig(c.Detect)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc.HarvestTokens = 20
-	c.Detect = dc.JSON()
-	if err := config.Write(cfgPath, c); err != nil {
-		t.Fatal(err)
-	}
+	c := o59FleetConfig(t, dir, testenv.Get(t, "STRONGROOM_TEST_REDIS"), prefix, "o59", engine.URL, 1000)
 	// The limiter's key name of a scope, as every replica derives it (limits.HideNames).
 	hkPath := c.Audit.HMACKey
 	if !filepath.IsAbs(hkPath) {

@@ -79,8 +79,6 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/authn"
-	"github.com/strongroom/strongroom/internal/config"
-	"github.com/strongroom/strongroom/internal/detect"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
@@ -401,25 +399,7 @@ func o60Setup(t *testing.T, hook o60Hook) *o60Env {
 		o57In(t, e.dir, "principal", "add", p, "--tenant", "acme-o60", "--roles", "researcher", "--country", "US")
 		e.keys[p] = strings.TrimSpace(o57In(t, e.dir, "key", "create", "--principal", p))
 	}
-	cfgPath := filepath.Join(e.dir, config.FileName)
-	c, err := config.ReadRaw(cfgPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Gateway.RedisURL = r.url()
-	c.Gateway.RedisPrefix = e.prefix
-	c.Gateway.Routes = []config.Route{{Model: "o60-restricted", Upstreams: []string{engine.URL + "/v1"}}, {Model: "o60-public", Upstreams: []string{engine.URL + "/v1"}}}
-	c.Gateway.KeyLimits = config.Limits{Concurrent: 4, DailyTokens: 100000}
-	c.Gateway.LocalFallbackPublic = true
-	dc, err := detect.ParseConfig(c.Detect)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc.HarvestTokens = 20
-	c.Detect = dc.JSON()
-	if err := config.Write(cfgPath, c); err != nil {
-		t.Fatal(err)
-	}
+	o59FleetConfig(t, e.dir, r.url(), e.prefix, "o60", engine.URL, 100000)
 	e.s = o57Serve(t, []string{"STRONGROOM_DATA=" + e.dir}, "-v")
 	t.Cleanup(func() {
 		select {

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/authn"
+	"github.com/strongroom/strongroom/internal/respguard"
 )
 
 // Key revocations reach every gateway replica two ways: with gateway.redis_url, the process
@@ -29,31 +30,15 @@ func (a *App) announceRevocation(ctx context.Context, id string) {
 	}
 }
 
-// followRevocations drops announced keys from keys' cache until ctx ends (go-redis
-// resubscribes after a connection loss).
+// followRevocations drops announced keys from keys' cache until ctx ends (respguard.Subscribe:
+// subscribes again after a connection loss, or a message go-redis could not read).
 func (a *App) followRevocations(ctx context.Context, keys *authn.Keys) {
 	rdb, err := a.Redis()
 	if err != nil {
 		a.Log.Error("key revocations: no Redis; store poll only", "err", err)
 		return
 	}
-	sub := rdb.Subscribe(ctx, a.revocationChannel())
-	defer sub.Close()
-	if _, err := sub.Receive(ctx); err != nil { // the subscription confirmation
-		a.Log.Error("key revocations: subscribe failed; store poll only", "err", err)
-	}
-	ch := sub.Channel()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case m, ok := <-ch:
-			if !ok {
-				return
-			}
-			keys.Forget(m.Payload)
-		}
-	}
+	respguard.Subscribe(ctx, rdb, a.revocationChannel(), a.Log, keys.Forget)
 }
 
 // keyWatchInterval is how often gateways poll the store's revocations (the bound without

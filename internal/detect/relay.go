@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/respguard"
 	"github.com/strongroom/strongroom/internal/store"
 )
 
@@ -554,7 +555,7 @@ type RedisBus struct {
 	seal       *sealer
 	rewindLook every // Read's question whether the stream was rewound
 	bellMu     sync.Mutex
-	bell       <-chan *redis.Message // publishers ring it after each batch (ring)
+	bell       <-chan struct{} // publishers ring it after each batch (ring)
 }
 
 // NewRedisBus uses keys under prefix (e.g. "strongroom:detect:"); the stream keeps about
@@ -662,14 +663,20 @@ const (
 	busPoll      = 50 * time.Millisecond
 )
 
-// ring is the bell's channel, subscribed at the first read (closed when ctx ends).
-func (b *RedisBus) ring(ctx context.Context) <-chan *redis.Message {
+// ring is the bell's channel, subscribed at the first read until ctx ends (respguard.Subscribe:
+// go-redis's own Channel() reader panicked on a message of a shape it did not expect).
+func (b *RedisBus) ring(ctx context.Context) <-chan struct{} {
 	b.bellMu.Lock()
 	defer b.bellMu.Unlock()
 	if b.bell == nil {
-		sub := b.rdb.Subscribe(context.WithoutCancel(ctx), b.prefix+"bell")
-		context.AfterFunc(ctx, func() { sub.Close() })
-		b.bell = sub.Channel(redis.WithChannelSize(16))
+		bell := make(chan struct{}, 16)
+		go respguard.Subscribe(ctx, b.rdb, b.prefix+"bell", b.seal.log, func(string) {
+			select {
+			case bell <- struct{}{}:
+			default: // rung already: one look answers every ring so far
+			}
+		})
+		b.bell = bell
 	}
 	return b.bell
 }

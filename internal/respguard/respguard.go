@@ -11,8 +11,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Limits of one connection's replies. Every field must be positive.
@@ -95,6 +99,7 @@ type Scanner struct {
 	bad      bool   // a byte in it that is not part of a length
 	stack    []open // aggregates open
 	elems    int64  // elements announced in this reply
+	attrs    int    // attributes in this reply
 	replyLen int64  // bytes of this reply so far
 	err      error
 }
@@ -190,6 +195,19 @@ func (s *Scanner) line() error {
 		if err != nil {
 			return err
 		}
+		if s.typ == '|' {
+			// An attribute is no element: go-redis reads it, drops it and reads the value it
+			// is about in its place (a recursion an attribute), so an empty or null one ends
+			// nothing here either (outside round 61: "|0" taken as an element ended replies
+			// go-redis was still reading — 128 MiB in one — and a stream of them overflowed
+			// go-redis's stack). A reply may carry MaxDepth of them.
+			if s.attrs++; s.attrs > s.l.MaxDepth {
+				return s.fail("a reply with over %d attributes", s.l.MaxDepth)
+			}
+			if null || n == 0 {
+				return nil
+			}
+		}
 		if null {
 			s.done()
 			return nil
@@ -243,5 +261,82 @@ func (s *Scanner) done() {
 			return // the value the attribute is about comes next
 		}
 	}
-	s.elems, s.replyLen = 0, 0
+	s.elems, s.replyLen, s.attrs = 0, 0, 0
+}
+
+// pingEvery: a subscription with no message for this long is pinged (a connection that died
+// without a word is found and replaced).
+const pingEvery = 30 * time.Second
+
+// Subscribe calls fn with the payload of every message published on channel until ctx ends.
+// go-redis's own reader panics on pub/sub messages of shapes it does not expect (outside
+// round 61: "*0", or a message whose channel is a number, on a subscription — index out of
+// range or a failed type assertion in the goroutine Channel() reads in, where nothing
+// recovers: the process died). Subscribe reads in its own loop, recovers such a panic, drops
+// that connection and subscribes again; errors (Redis down) are retried every second. log
+// gets a line an outage and an ALERT a panic.
+func Subscribe(ctx context.Context, c redis.UniversalClient, channel string, log *slog.Logger, fn func(payload string)) {
+	failing := false
+	for ctx.Err() == nil {
+		err := follow(ctx, c, channel, fn, func() {
+			if failing {
+				log.Info("redis: subscribed again", "channel", channel)
+				failing = false
+			}
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		switch {
+		case errors.Is(err, errPanic):
+			log.Error("ALERT redis: "+err.Error()+"; subscribing again", "channel", channel)
+		case !failing:
+			log.Error("redis: subscription failed; trying again every second", "channel", channel, "err", err)
+		}
+		failing = true
+		t := time.NewTimer(time.Second)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+var errPanic = errors.New("a pub/sub message go-redis could not read")
+
+// follow is one subscription's life: until an error, a panic or ctx's end.
+func follow(ctx context.Context, c redis.UniversalClient, channel string, fn func(string), up func()) (err error) {
+	sub := c.Subscribe(ctx, channel)
+	defer sub.Close()
+	// A read waits for a message or pingEvery whatever ctx does: its end closes the
+	// subscription, which ends the read.
+	defer context.AfterFunc(ctx, func() { sub.Close() })()
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("%w (%v)", errPanic, p)
+		}
+	}()
+	for {
+		msg, err := sub.ReceiveTimeout(ctx, pingEvery)
+		var ne net.Error
+		switch {
+		case err == nil:
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.As(err, &ne) && ne.Timeout():
+			if err := sub.Ping(ctx); err != nil {
+				return err
+			}
+			continue
+		default:
+			return err
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			up()
+		case *redis.Message:
+			fn(m.Payload)
+		}
+	}
 }
