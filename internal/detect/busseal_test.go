@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/strongroom/strongroom/internal/respguard"
 	"github.com/strongroom/strongroom/internal/testenv"
 )
 
@@ -348,4 +349,54 @@ func TestBusStaleAndHistory(t *testing.T) {
 			t.Errorf("%s: %v, want taken %v", tc.name, err, tc.taken)
 		}
 	}
+}
+
+// TestBusReadWithinGuard: someone with write access to Redis fills the stream with entries of
+// the largest record a read takes (256 KiB each, 256 of them: 64 MiB). A reader whose client
+// reads through respguard (as serve's does: 16 MiB a reply) must refuse them as unsealed and
+// move past them, not fail every read at the same cursor (the stream then stalled for it).
+func TestBusReadWithinGuard(t *testing.T) {
+	opt, err := redis.ParseURL(testenv.Get(t, "STRONGROOM_TEST_REDIS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt.ContextTimeoutEnabled = true
+	opt.Dialer = respguard.Dialer(redis.NewDialer(opt), respguard.Default)
+	guarded := redis.NewClient(opt)
+	defer guarded.Close()
+	rdb := testenv.Redis(t)
+	prefix := testPrefix(t)
+	b := newTestBus(t, guarded, prefix, testBusKey)
+	ctx := context.Background()
+	defer rdb.Del(ctx, b.stream())
+	big := strings.Repeat("x", busRecordMax)
+	for range busReadCount {
+		if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: b.stream(), Values: []any{"o", big}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Publish(ctx, [][]byte{wireOf(t, "after-the-flood", 0)}); err != nil {
+		t.Fatal(err)
+	}
+	cursor, reads := "", 0
+	for ; reads < 2*busReadCount; reads++ {
+		next, recs, err := b.Read(ctx, cursor)
+		if err != nil {
+			t.Fatalf("read %d at cursor %q: %v", reads, cursor, err)
+		}
+		cursor = next
+		if len(recs) == 1 {
+			if w, err := decodeWire(recs[0]); err != nil || w.Req.Principal != "after-the-flood" {
+				t.Fatalf("record after the flood: %v %v", w.Req.Principal, err)
+			}
+			break
+		}
+	}
+	if reads == 2*busReadCount {
+		t.Fatalf("the record after %d crafted entries not read in %d reads", busReadCount, reads)
+	}
+	if b.Rejected() != busReadCount {
+		t.Errorf("%d entries refused, want %d", b.Rejected(), busReadCount)
+	}
+	t.Logf("%d reads to pass %d entries of %d KiB", reads+1, busReadCount, busRecordMax>>10)
 }

@@ -612,7 +612,7 @@ func (b *RedisBus) Read(ctx context.Context, cursor string) (string, [][]byte, e
 	var res []any
 	for deadline := time.Now().Add(time.Second); ; {
 		var err error
-		res, err = readScript.Run(ctx, b.rdb, []string{b.stream()}, cursor, busReadCount, busRecordMax).Slice()
+		res, err = readScript.Run(ctx, b.rdb, []string{b.stream()}, cursor, busReadCount, busRecordMax, busReadBytes).Slice()
 		if err != nil {
 			return cursor, nil, fmt.Errorf("detect bus: read: %w", err)
 		}
@@ -656,10 +656,13 @@ func (b *RedisBus) Read(ctx context.Context, cursor string) (string, [][]byte, e
 
 // What a read takes: up to busReadCount entries, records up to busRecordMax bytes (a
 // request's record is under 2 KiB; a logit_bias of the most ids a route allows, a few
-// tens), so at most 64 MiB a read whatever the stream holds.
+// tens), and at most busReadBytes of records together — within respguard.Default's 16 MiB
+// a reply, which had refused a read of 256 records of 256 KiB (64 MiB) that someone with
+// write access to Redis put in the stream, and the reader then stalled at them.
 const (
 	busReadCount = 256
 	busRecordMax = 256 << 10
+	busReadBytes = 8 << 20
 	busPoll      = 50 * time.Millisecond
 )
 
