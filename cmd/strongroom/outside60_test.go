@@ -307,26 +307,7 @@ func o60ReadValue(br *bufio.Reader) ([]byte, error) {
 
 // o60Args is a client command's arguments (an array of bulk strings).
 func o60Args(raw []byte) ([]string, error) {
-	br := bufio.NewReader(bytes.NewReader(raw))
-	line, err := br.ReadString('\n')
-	if err != nil || line[0] != '*' {
-		return nil, errors.New("not a command")
-	}
-	n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
-	args := make([]string, 0, n)
-	for range n {
-		h, err := br.ReadString('\n')
-		if err != nil || h[0] != '$' {
-			return nil, errors.New("not a bulk string")
-		}
-		l, _ := strconv.Atoi(strings.TrimSpace(h[1:]))
-		b := make([]byte, l+2)
-		if _, err := io.ReadFull(br, b); err != nil {
-			return nil, err
-		}
-		args = append(args, string(b[:l]))
-	}
-	return args, nil
+	return testenv.ReadCommand(bufio.NewReader(bytes.NewReader(raw)))
 }
 
 // o60Script reports whether args run the Lua script in file (EVALSHA of its SHA-1, or EVAL).

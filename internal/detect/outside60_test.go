@@ -30,14 +30,14 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 // o60Server answers every connection's commands: HELLO is refused (RESP2), SUBSCRIBE
@@ -46,39 +46,14 @@ import (
 type o60Server struct {
 	ln   net.Listener
 	read atomic.Pointer[[]byte] // the read script's answer
-	mu   sync.Mutex
-	nc   []net.Conn
 }
 
 func o60Listen(t *testing.T) *o60Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &o60Server{ln: ln}
+	s := &o60Server{}
 	empty := []byte("*0\r\n")
 	s.read.Store(&empty)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.nc = append(s.nc, c)
-			s.mu.Unlock()
-			go s.serve(c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		s.mu.Lock()
-		for _, c := range s.nc {
-			c.Close()
-		}
-		s.mu.Unlock()
-	})
+	s.ln = testenv.FakeRedis(t, s.serve)
 	return s
 }
 
@@ -86,7 +61,7 @@ func (s *o60Server) serve(c net.Conn) {
 	defer c.Close()
 	br := bufio.NewReader(c)
 	for {
-		args, err := o60Command(br)
+		args, err := testenv.ReadCommand(br)
 		if err != nil {
 			return
 		}
@@ -109,35 +84,6 @@ func (s *o60Server) serve(c net.Conn) {
 			return
 		}
 	}
-}
-
-// o60Command reads one client command (an array of bulk strings).
-func o60Command(br *bufio.Reader) ([]string, error) {
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return nil, err
-	}
-	if !strings.HasPrefix(line, "*") {
-		return nil, fmt.Errorf("not a command: %q", line)
-	}
-	n, _ := strconv.Atoi(strings.TrimSpace(line[1:]))
-	args := make([]string, 0, n)
-	for range n {
-		h, err := br.ReadString('\n')
-		if err != nil {
-			return nil, err
-		}
-		l, _ := strconv.Atoi(strings.TrimSpace(h[1:]))
-		b := make([]byte, l+2)
-		if _, err := io.ReadFull(br, b); err != nil {
-			return nil, err
-		}
-		args = append(args, string(b[:l]))
-	}
-	if len(args) == 0 {
-		return nil, fmt.Errorf("empty command")
-	}
-	return args, nil
 }
 
 // answer makes the read script's answer: each record under the id whose time is ids[i].

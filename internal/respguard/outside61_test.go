@@ -77,7 +77,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,6 +85,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/strongroom/strongroom/internal/testenv"
 )
 
 const o61MiB = 1 << 20
@@ -96,37 +97,12 @@ type o61Server struct {
 	ln     net.Listener
 	resp3  bool
 	answer func(nc net.Conn, args []string)
-	mu     sync.Mutex
-	conns  []net.Conn
 }
 
 func o61Start(t *testing.T, resp3 bool, answer func(nc net.Conn, args []string)) *o61Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &o61Server{ln: ln, resp3: resp3, answer: answer}
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			s.conns = append(s.conns, nc)
-			s.mu.Unlock()
-			go s.serve(nc)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		s.mu.Lock()
-		for _, c := range s.conns {
-			c.Close()
-		}
-		s.mu.Unlock()
-	})
+	s := &o61Server{resp3: resp3, answer: answer}
+	s.ln = testenv.FakeRedis(t, s.serve)
 	return s
 }
 
@@ -134,7 +110,7 @@ func (s *o61Server) serve(nc net.Conn) {
 	defer nc.Close()
 	br := bufio.NewReader(nc)
 	for {
-		args, err := o61ReadCommand(br)
+		args, err := testenv.ReadCommand(br)
 		if err != nil {
 			return
 		}
@@ -162,38 +138,6 @@ func (s *o61Server) serve(nc net.Conn) {
 			s.answer(nc, args)
 		}
 	}
-}
-
-// o61ReadCommand reads one client command (an array of bulk strings).
-func o61ReadCommand(br *bufio.Reader) ([]string, error) {
-	line, err := br.ReadString('\n')
-	if err != nil {
-		return nil, err
-	}
-	if len(line) < 4 || line[0] != '*' {
-		return nil, fmt.Errorf("not a command: %q", line)
-	}
-	n, err := strconv.Atoi(strings.TrimSpace(line[1:]))
-	if err != nil || n < 1 {
-		return nil, fmt.Errorf("not a command: %q", line)
-	}
-	args := make([]string, n)
-	for i := range args {
-		h, err := br.ReadString('\n')
-		if err != nil {
-			return nil, err
-		}
-		m, err := strconv.Atoi(strings.TrimSpace(h[1:]))
-		if err != nil || m < 0 {
-			return nil, fmt.Errorf("not a bulk string: %q", h)
-		}
-		b := make([]byte, m+2)
-		if _, err := io.ReadFull(br, b); err != nil {
-			return nil, err
-		}
-		args[i] = string(b[:m])
-	}
-	return args, nil
 }
 
 // o61Client is go-redis as internal/app/gateway.go (*App).Redis makes it.
