@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,7 +19,6 @@ import (
 type hangingRedis struct {
 	ln     net.Listener
 	paused atomic.Bool
-	wg     sync.WaitGroup
 }
 
 func newHangingRedis(t *testing.T) *hangingRedis {
@@ -28,58 +26,38 @@ func newHangingRedis(t *testing.T) *hangingRedis {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &hangingRedis{ln: ln}
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
+	h := &hangingRedis{}
+	h.ln = testenv.FakeRedis(t, func(c net.Conn) {
+		up, err := net.Dial("tcp", opt.Addr)
+		if err != nil {
 			c.Close()
+			return
 		}
-		mu.Unlock()
-		h.wg.Wait()
-	})
-	h.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", opt.Addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			mu.Lock()
-			conns = append(conns, c, up)
-			mu.Unlock()
-			for _, p := range [][2]net.Conn{{c, up}, {up, c}} {
-				h.wg.Go(func() {
-					buf := make([]byte, 32<<10)
-					for {
-						n, err := p[0].Read(buf)
-						if n > 0 && !h.paused.Load() {
-							if _, err := p[1].Write(buf[:n]); err != nil {
-								return
-							}
-						}
-						if err != nil {
-							if err != io.EOF {
-								p[1].Close()
-							}
-							return
-						}
-					}
-				})
-			}
-		}
+		defer up.Close()
+		go h.forward(up, c)
+		h.forward(c, up)
 	})
 	return h
+}
+
+// forward copies from to to while not paused (what it reads when paused is dropped), until
+// either fails; a read that fails but for the end closes to.
+func (h *hangingRedis) forward(from, to net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := from.Read(buf)
+		if n > 0 && !h.paused.Load() {
+			if _, err := to.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			if err != io.EOF {
+				to.Close()
+			}
+			return
+		}
+	}
 }
 
 // client is a go-redis client through the proxy as the app makes one (the context's deadline
