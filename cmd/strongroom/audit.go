@@ -70,6 +70,7 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 		vkey = strings.TrimSpace(string(b))
 	}
 	logLoc := s.log
+	var dbTLS *config.ClientTLS // the data directory's, for its own log database
 	if vkey == "" || logLoc == "" {
 		c, err := config.Load(g.dataDir(), g.config)
 		if err != nil {
@@ -89,7 +90,7 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 					// Not repeated: it may hold a password.
 					return nil, o, usagef("audit.log_db (STRONGROOM_LOG_DB) must be a mysql:// DSN")
 				}
-				logLoc = c.Audit.LogDB
+				logLoc, dbTLS = c.Audit.LogDB, c.Audit.LogDBTLS
 			}
 		}
 	}
@@ -128,7 +129,11 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 		return f, o, err
 	}
 	if audit.IsSQLLog(logLoc) {
-		r, bundles, _, err := audit.OpenSQLReader(context.Background(), logLoc) // closed at exit
+		tc, err := app.ClientTLS("audit.log_db_tls", dbTLS)
+		if err != nil {
+			return nil, o, err
+		}
+		r, bundles, _, err := audit.OpenSQLReader(context.Background(), logLoc, tc) // closed at exit
 		if err != nil {
 			return nil, o, err
 		}

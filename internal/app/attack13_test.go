@@ -227,10 +227,19 @@ func a13Init(t *testing.T, ctx context.Context) (dir, path string, c config.Conf
 // public model "m" on a13Engine.
 func a13Open(t *testing.T, dsn, secret string) *a13Env {
 	t.Helper()
+	return a13OpenWith(t, dsn, secret, nil)
+}
+
+// a13OpenWith is a13Open with more settings: set changes the configuration before Open.
+func a13OpenWith(t *testing.T, dsn, secret string, set func(*config.Config)) *a13Env {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	dir, path, c := a13Init(t, ctx)
 	c.Audit.LogDB = dsn
+	if set != nil {
+		set(&c)
+	}
 	if err := config.Write(path, c); err != nil {
 		t.Fatal(err)
 	}

@@ -170,6 +170,15 @@ func (a *App) openAudit(ctx context.Context) error {
 		// Every entry this process appends carries a MAC under a key derived from the audit
 		// key (the same in every replica); on a shared engine the signer checks them.
 		EntryKey: audit.EntryKey(hk)}
+	if cfg.DBTLS, err = ClientTLS("audit.log_db_tls", c.Audit.LogDBTLS); err != nil {
+		return err
+	}
+	if c.Audit.LogDB != "" && cfg.DBTLS == nil {
+		if dc, err := audit.ParseLogDSN(c.Audit.LogDB); err == nil && dc.TLS == nil && plaintextRemote(dc.Net, dc.Addr) {
+			a.Log.Warn("audit.log_db has no TLS to a host that is not this one: its password and every log entry cross the network in the clear; set audit.log_db_tls (or tls=true in the DSN)",
+				"log_db", redact.DSN(c.Audit.LogDB))
+		}
+	}
 	cfg.CheckpointStall = c.Audit.CheckpointStall.Duration // 0: the default (Validate: ≥ 1 s)
 	if len(c.Audit.Witnesses) > 0 {
 		group, err := witnessPolicy(c.Audit.Witnesses, c.Audit.Quorum)

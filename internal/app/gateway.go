@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"github.com/strongroom/strongroom/internal/netguard"
 	"github.com/strongroom/strongroom/internal/redact"
 	"github.com/strongroom/strongroom/internal/respguard"
+	"github.com/strongroom/strongroom/internal/tlsclient"
 	"net"
 	"net/netip"
 	"os"
@@ -230,13 +230,9 @@ func (a *App) GatewayTLS() (*tls.Config, error) {
 	}
 	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	if t.ClientCAFile != "" {
-		pem, err := os.ReadFile(t.ClientCAFile)
+		pool, err := tlsclient.CAPool(t.ClientCAFile)
 		if err != nil {
 			return nil, fmt.Errorf("gateway.tls.client_ca_file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("gateway.tls.client_ca_file: no certificates in %s", t.ClientCAFile)
 		}
 		cfg.ClientCAs, cfg.ClientAuth = pool, tls.VerifyClientCertIfGiven
 	}
@@ -298,10 +294,24 @@ func (a *App) Redis() (*redis.Client, error) {
 		// A request's deadline reaches the socket (the limiter bounds its wait on a Redis that
 		// hangs: limits.DefaultTimeout); without it go-redis waits out its read timeout.
 		opt.ContextTimeoutEnabled = true
+		if opt.TLSConfig != nil && opt.TLSConfig.InsecureSkipVerify {
+			return nil, errors.New("gateway.redis_url: skip_verify does not check the server's certificate; name its CA in gateway.redis_tls")
+		}
+		if a.Config.Gateway.RedisTLS != nil {
+			if opt.TLSConfig == nil { // Validate refuses this; the URL may come from the environment after it
+				return nil, errors.New("gateway.redis_tls is set but gateway.redis_url is not a rediss:// URL")
+			}
+			tc, err := ClientTLS("gateway.redis_tls", a.Config.Gateway.RedisTLS)
+			if err != nil {
+				return nil, err
+			}
+			tc.ServerName = opt.TLSConfig.ServerName // the URL's host
+			opt.TLSConfig = tc
+		}
 		// Redis's replies are outside data: one that announces more than Strongroom ever asks
 		// for fails its connection before go-redis allocates it (respguard).
 		opt.Dialer = respguard.Dialer(redis.NewDialer(opt), respguard.Default)
-		if plaintextRemote(opt) {
+		if opt.TLSConfig == nil && plaintextRemote(opt.Network, opt.Addr) {
 			a.Log.Warn("gateway.redis_url is redis:// (no TLS) to a host that is not this one: its password, the limiter's scopes and usage and the detection bus's (sealed) records cross the network in the clear; use rediss://",
 				"redis", redact.URL(raw))
 		}
@@ -310,15 +320,15 @@ func (a *App) Redis() (*redis.Client, error) {
 	return a.redis, nil
 }
 
-// plaintextRemote: a Redis reached without TLS over TCP to a host that is not a loopback
-// address.
-func plaintextRemote(opt *redis.Options) bool {
-	if opt.TLSConfig != nil || opt.Network == "unix" {
+// plaintextRemote: an engine reached (without TLS: the caller knows) over network to an
+// address whose host is not a loopback address.
+func plaintextRemote(network, addr string) bool {
+	if network == "unix" {
 		return false
 	}
-	host, _, err := net.SplitHostPort(opt.Addr)
+	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		host = opt.Addr
+		host = addr
 	}
 	if host == "localhost" {
 		return false

@@ -47,7 +47,7 @@ func TestRedisPlaintextRemoteWarned(t *testing.T) {
 			continue
 		}
 		opt, _ := redis.ParseURL(tc.url)
-		if !plaintextRemote(opt) {
+		if opt.TLSConfig != nil || !plaintextRemote(opt.Network, opt.Addr) {
 			t.Errorf("%s: plaintextRemote false", tc.url)
 		}
 	}

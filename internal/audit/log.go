@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -53,7 +54,10 @@ type Config struct {
 	Dir string // tessera POSIX directory; served read-only at /log/
 	// DB, when set, puts the log on a shared MariaDB/MySQL engine ("mysql://DSN", see
 	// sqllog.go) instead of Dir: every replica appends, one signs checkpoints.
-	DB                 string
+	DB string
+	// DBTLS, when set, is the TLS with which DB is reached (tlsclient: the fleet's CA and
+	// the replica's client certificate), whatever DB's tls parameter says.
+	DBTLS              *tls.Config
 	Signer             note.Signer // the deployment's Ed25519 log key
 	Index              Index       // optional search index
 	Witnesses          *tessera.WitnessGroup
@@ -254,7 +258,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	)
 	if cfg.DB != "" {
 		var err error
-		if db, err = openSQL(ctx, cfg.DB); err != nil {
+		if db, err = openSQL(ctx, cfg.DB, cfg.DBTLS); err != nil {
 			return nil, err
 		}
 		quietDependencies()
@@ -348,7 +352,7 @@ func Open(ctx context.Context, cfg Config) (*Log, error) {
 	if db != nil {
 		reader = trimReader{reader}
 		ls.reader.Store(&reader)
-		if probeDB, err = openProbe(cfg.DB); err != nil { // parsed before: never
+		if probeDB, err = openProbe(cfg.DB, cfg.DBTLS); err != nil { // parsed before: never
 			cancel()
 			ld.release()
 			db.Close()

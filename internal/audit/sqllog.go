@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"database/sql"
 	"database/sql/driver"
 	"encoding/base64"
@@ -124,6 +125,15 @@ func ParseLogDSN(loc string) (*mysql.Config, error) {
 		// The driver's error may quote the DSN, password and all: say only what is wrong.
 		return nil, fmt.Errorf("audit: log database %s: malformed DSN", redact.DSN(loc))
 	}
+	// TLS that does not check the server is no TLS against whoever sits on the path (and
+	// "preferred" falls back to plaintext when the path says the server has no TLS): give
+	// the server's CA in audit.log_db_tls instead.
+	if c.AllowFallbackToPlaintext {
+		return nil, fmt.Errorf("audit: log database %s: tls=preferred or allowFallbackToPlaintext let the path turn TLS off; name the server's CA in audit.log_db_tls", redact.DSN(loc))
+	}
+	if c.TLS != nil && c.TLS.InsecureSkipVerify {
+		return nil, fmt.Errorf("audit: log database %s: tls=skip-verify does not check the server's certificate; name its CA in audit.log_db_tls", redact.DSN(loc))
+	}
 	if c.Timeout == 0 {
 		c.Timeout = 3 * time.Second
 	}
@@ -154,11 +164,15 @@ func ParseLogDSN(loc string) (*mysql.Config, error) {
 // witnesses' timeout: 3 s in the app).
 const sessionIdle = 10
 
-// logPool is a pool of up to open connections (idle kept) to the log database at loc.
-func logPool(loc string, open, idle int) (*sql.DB, error) {
+// logPool is a pool of up to open connections (idle kept) to the log database at loc,
+// over TLS with tc if it is not nil (whatever the DSN's tls parameter says).
+func logPool(loc string, tc *tls.Config, open, idle int) (*sql.DB, error) {
 	c, err := ParseLogDSN(loc)
 	if err != nil {
 		return nil, err
+	}
+	if tc != nil {
+		c.TLS, c.TLSConfig = tc.Clone(), "" // the driver names the server from the DSN's host
 	}
 	conn, err := mysql.NewConnector(c)
 	if err != nil {
@@ -173,8 +187,8 @@ func logPool(loc string, open, idle int) (*sql.DB, error) {
 }
 
 // openSQL opens the log database and creates its tables if missing.
-func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
-	db, err := logPool(loc, 32, 16)
+func openSQL(ctx context.Context, loc string, tc *tls.Config) (*sql.DB, error) {
+	db, err := logPool(loc, tc, 32, 16)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +209,7 @@ func openSQL(ctx context.Context, loc string) (*sql.DB, error) {
 // lock under load, say), and the replica refused everything that needs a record while the
 // engine answered. Whether appends keep up is the write watch's to say (writeWatch); the
 // probe says whether the engine can be reached.
-func openProbe(loc string) (*sql.DB, error) { return logPool(loc, 1, 1) }
+func openProbe(loc string, tc *tls.Config) (*sql.DB, error) { return logPool(loc, tc, 1, 1) }
 
 // SQLBundles keeps request batches' bundles in the log database (table StrongroomBatch),
 // so that every replica serves, verifies and indexes every batch.
@@ -793,8 +807,8 @@ func (r trimReader) ReadEntryBundle(ctx context.Context, index uint64, p uint8) 
 
 // OpenSQLReader reads a log on a shared engine (for `audit verify` inside a replica's data
 // directory): its checkpoint, tiles and entry bundles, and its batches' bundles.
-func OpenSQLReader(ctx context.Context, loc string) (tessera.LogReader, BundleStore, func() error, error) {
-	db, err := openSQL(ctx, loc)
+func OpenSQLReader(ctx context.Context, loc string, tc *tls.Config) (tessera.LogReader, BundleStore, func() error, error) {
+	db, err := openSQL(ctx, loc, tc)
 	if err != nil {
 		return nil, nil, nil, err
 	}

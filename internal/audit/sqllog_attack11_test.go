@@ -280,7 +280,7 @@ func a11Count(entries [][]byte, raw []byte) int {
 // a11Reader reads the shared log over plain SQL, as a verifier would.
 func a11Reader(t *testing.T, dsn string) tessera.LogReader {
 	t.Helper()
-	r, _, closeFn, err := OpenSQLReader(context.Background(), dsn)
+	r, _, closeFn, err := OpenSQLReader(context.Background(), dsn, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -329,7 +329,7 @@ func TestAttack2TamperRows(t *testing.T) {
 	if err := l.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	r, bundles, closeR, err := OpenSQLReader(ctx, dsn)
+	r, bundles, closeR, err := OpenSQLReader(ctx, dsn, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -506,7 +506,7 @@ func TestAttack2RollbackAndFork(t *testing.T) {
 	if _, err := db.Exec("UPDATE `Checkpoint` SET `note` = ? WHERE `id` = 0", s1.Checkpoint); err != nil {
 		t.Fatal(err)
 	}
-	r, bundles, closeR, err := OpenSQLReader(ctx, dsn)
+	r, bundles, closeR, err := OpenSQLReader(ctx, dsn, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1051,7 +1051,7 @@ func TestAttack2NoPasswordAnywhere(t *testing.T) {
 			return
 		}
 		texts = append(texts, what+": "+err.Error())
-		if _, _, _, err := OpenSQLReader(ctx, dsn); err != nil {
+		if _, _, _, err := OpenSQLReader(ctx, dsn, nil); err != nil {
 			texts = append(texts, what+" (reader): "+err.Error())
 		}
 	}

@@ -622,3 +622,28 @@ func TestLooksLikeDSN(t *testing.T) {
 		t.Errorf("an operator's own wait_timeout is kept: %v", c.Params)
 	}
 }
+
+// TestParseLogDSNRefusesUncheckedTLS: a DSN whose TLS would not check the server's
+// certificate (skip-verify), or would fall back to plaintext (preferred,
+// allowFallbackToPlaintext), is refused without repeating its password; tls=true and no
+// tls stay allowed (audit.log_db_tls brings a private CA).
+func TestParseLogDSNRefusesUncheckedTLS(t *testing.T) {
+	const base = "mysql://u:s3cretpw@tcp(127.0.0.1:1)/db"
+	for q, ok := range map[string]bool{
+		"":                 true,
+		"?tls=true":        true,
+		"?tls=false":       true,
+		"?tls=skip-verify": false,
+		"?tls=preferred":   false,
+		"?tls=true&allowFallbackToPlaintext=true": false,
+		"?allowFallbackToPlaintext=true":          false,
+	} {
+		_, err := ParseLogDSN(base + q)
+		if (err == nil) != ok {
+			t.Errorf("%q: err %v, want accepted %v", q, err, ok)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cretpw") {
+			t.Errorf("%q: the error quotes the password: %v", q, err)
+		}
+	}
+}

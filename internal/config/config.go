@@ -138,6 +138,9 @@ type Gateway struct {
 	// RedisURL makes limits global across gateway replicas and lets them share detection;
 	// empty: in-process limits and detection.
 	RedisURL string `json:"redis_url,omitempty"`
+	// RedisTLS: the CA that vouches for the Redis server (instead of the system's roots)
+	// and the client certificate to present, for a rediss:// redis_url (tlsclient).
+	RedisTLS *ClientTLS `json:"redis_tls,omitempty"`
 	// RedisPrefix starts every key this deployment uses in Redis (default "strongroom:"),
 	// so that deployments can share a Redis.
 	RedisPrefix string `json:"redis_prefix,omitempty"`
@@ -226,9 +229,12 @@ type Audit struct {
 	// LogDB puts the log on a shared MariaDB/MySQL engine instead of LogDir, for a fleet of
 	// replicas: "mysql://user:password@tcp(host:port)/database" (mysql:// then a go-sql-driver DSN). Empty:
 	// the POSIX log in LogDir. Keep the password out of the file with STRONGROOM_LOG_DB.
-	LogDB   string `json:"log_db,omitempty"`
-	LogKey  string `json:"log_key"`  // signed-note private key of the log (Ed25519)
-	HMACKey string `json:"hmac_key"` // 32-byte key for digests of sensitive fields
+	LogDB string `json:"log_db,omitempty"`
+	// LogDBTLS: TLS to the log database with this CA (instead of the system's roots) and
+	// client certificate, whatever the DSN's tls parameter says (tlsclient).
+	LogDBTLS *ClientTLS `json:"log_db_tls,omitempty"`
+	LogKey   string     `json:"log_key"`  // signed-note private key of the log (Ed25519)
+	HMACKey  string     `json:"hmac_key"` // 32-byte key for digests of sensitive fields
 	// Witnesses that must cosign before a checkpoint is published; Quorum of them (0: all).
 	Witnesses []Witness `json:"witnesses,omitempty"`
 	Quorum    int       `json:"quorum,omitempty"`
@@ -279,6 +285,28 @@ type TLS struct {
 	CertFile     string `json:"cert_file"`
 	KeyFile      string `json:"key_file"`
 	ClientCAFile string `json:"client_ca_file,omitempty"`
+}
+
+// ClientTLS names the PEM files with which a replica reaches a shared engine (Redis, the
+// log database) over TLS: CAFile, the server's CA (empty: the system's roots), and the
+// client certificate and its key (both or neither), read again when they change.
+type ClientTLS struct {
+	CAFile   string `json:"ca_file,omitempty"`
+	CertFile string `json:"cert_file,omitempty"`
+	KeyFile  string `json:"key_file,omitempty"`
+}
+
+// check says what is wrong with t as the setting name (nil t: nothing).
+func (t *ClientTLS) check(name string) error {
+	switch {
+	case t == nil:
+		return nil
+	case (t.CertFile == "") != (t.KeyFile == ""):
+		return fmt.Errorf("config: %s: a client certificate needs both cert_file and key_file", name)
+	case *t == ClientTLS{}:
+		return fmt.Errorf("config: %s is empty: name its ca_file, or its cert_file and key_file", name)
+	}
+	return nil
 }
 
 // Witness is one tlog-witness: its cosignature/v1 verifier key and base URL.
@@ -445,8 +473,17 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("config: audit.quorum %d with %d witnesses", c.Audit.Quorum, len(c.Audit.Witnesses))
 	case c.Audit.CheckpointStall.Duration != 0 && c.Audit.CheckpointStall.Duration < time.Second:
 		return fmt.Errorf("config: audit.checkpoint_stall %v is under a second", c.Audit.CheckpointStall.Duration)
+	case c.Gateway.RedisTLS != nil && !hasScheme(c.Gateway.RedisURL, "rediss://"):
+		return errors.New("config: gateway.redis_tls is set but gateway.redis_url is not a rediss:// URL")
+	case c.Audit.LogDBTLS != nil && c.Audit.LogDB == "":
+		return errors.New("config: audit.log_db_tls is set but audit.log_db is not")
 	}
-	return nil
+	return errors.Join(c.Gateway.RedisTLS.check("gateway.redis_tls"), c.Audit.LogDBTLS.check("audit.log_db_tls"))
+}
+
+// hasScheme: u begins with scheme, in any case.
+func hasScheme(u, scheme string) bool {
+	return len(u) >= len(scheme) && strings.EqualFold(u[:len(scheme)], scheme)
 }
 
 // Write stores c at path atomically (temp file, fsync, rename), mode 0600.

@@ -110,3 +110,38 @@ func TestCheckpointStallBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestClientTLSSettings: gateway.redis_tls needs a rediss:// redis_url, audit.log_db_tls a
+// log_db, and either needs its client certificate whole (cert and key) or not at all.
+func TestClientTLSSettings(t *testing.T) {
+	base, err := ReadRaw("../../docs/config.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base.resolve("/data")
+	if err := base.Validate(); err != nil {
+		t.Fatalf("the example: %v", err)
+	}
+	for name, tc := range map[string]struct {
+		set func(*Config)
+		ok  bool
+	}{
+		"redis CA only":               {func(c *Config) { c.Gateway.RedisTLS = &ClientTLS{CAFile: "ca.pem"} }, true},
+		"redis upper-case scheme":     {func(c *Config) { c.Gateway.RedisURL = "REDISS://h:6380/0" }, true},
+		"redis:// with redis_tls":     {func(c *Config) { c.Gateway.RedisURL = "redis://h:6379/0" }, false},
+		"redis_tls without redis_url": {func(c *Config) { c.Gateway.RedisURL = "" }, false},
+		"redis cert without key":      {func(c *Config) { c.Gateway.RedisTLS = &ClientTLS{CAFile: "ca.pem", CertFile: "c.pem"} }, false},
+		"redis_tls empty":             {func(c *Config) { c.Gateway.RedisTLS = &ClientTLS{} }, false},
+		"log_db key without cert":     {func(c *Config) { c.Audit.LogDBTLS = &ClientTLS{KeyFile: "k.pem"} }, false},
+		"log_db_tls without log_db":   {func(c *Config) { c.Audit.LogDB = "" }, false},
+		"no TLS settings":             {func(c *Config) { c.Gateway.RedisTLS, c.Audit.LogDBTLS = nil, nil }, true},
+	} {
+		c := base
+		rt, lt := *base.Gateway.RedisTLS, *base.Audit.LogDBTLS
+		c.Gateway.RedisTLS, c.Audit.LogDBTLS = &rt, &lt
+		tc.set(&c)
+		if err := c.Validate(); (err == nil) != tc.ok {
+			t.Errorf("%s: Validate %v, want ok=%v", name, err, tc.ok)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package limits
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -9,6 +10,7 @@ import (
 
 	"github.com/strongroom/strongroom/internal/respguard"
 	"github.com/strongroom/strongroom/internal/testenv"
+	"github.com/strongroom/strongroom/internal/tlsclient"
 )
 
 // TestRedisHiddenNames: with HideNames, Redis's keys name no scope (an API key id, a
@@ -100,18 +102,30 @@ func TestRedisHiddenNames(t *testing.T) {
 // BenchmarkRedisAdmit: an admission and its release on the real Redis, three scopes (one
 // with a concurrency limit), one goroutine: "plain" names scopes in the clear through a
 // client as tests make them; "served" is serve's — keyed names (HideNames), the replies
-// read through respguard, the context's deadline on the socket. CPU a request (this
+// read through respguard, the context's deadline on the socket; "served-tls" the same over
+// Redis's TLS port with the fleet CA and a client certificate. CPU a request (this
 // process's; Redis's own is not counted) is reported beside the wall time.
 func BenchmarkRedisAdmit(b *testing.B) {
-	for _, served := range []bool{false, true} {
-		name := "plain"
-		if served {
-			name = "served"
-		}
+	for _, name := range []string{"plain", "served", "served-tls"} {
+		served := name != "plain"
 		b.Run(name, func(b *testing.B) {
-			opt, err := redis.ParseURL(testenv.Get(b, "STRONGROOM_TEST_REDIS"))
+			url := "STRONGROOM_TEST_REDIS"
+			if name == "served-tls" {
+				url = "STRONGROOM_TEST_REDIS_TLS" // the fleet CA and a client certificate, as app.Redis with gateway.redis_tls
+			}
+			opt, err := redis.ParseURL(testenv.Get(b, url))
 			if err != nil {
 				b.Fatal(err)
+			}
+			if name == "served-tls" {
+				dir := testenv.Get(b, "STRONGROOM_TEST_TLS_DIR")
+				tc, err := tlsclient.Config(tlsclient.Files{CA: filepath.Join(dir, "ca.pem"),
+					Cert: filepath.Join(dir, "client.pem"), Key: filepath.Join(dir, "client.key")})
+				if err != nil {
+					b.Fatal(err)
+				}
+				tc.ServerName = opt.TLSConfig.ServerName
+				opt.TLSConfig = tc
 			}
 			if served {
 				opt.ContextTimeoutEnabled = true

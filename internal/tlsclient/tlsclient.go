@@ -1,0 +1,131 @@
+// Package tlsclient builds the TLS configuration with which a replica reaches the engines a
+// fleet shares — Redis (gateway.redis_tls) and the log's MariaDB/MySQL (audit.log_db_tls) —
+// through a private CA and a client certificate:
+//
+//   - with a CA file, only its certificates are trusted for the server, not the system's
+//     roots (a private CA is the usual way these engines are run; trusting every public CA
+//     as well would let any of them vouch for "redis.internal");
+//   - the client certificate and key are read when the configuration is built (a bad pair
+//     is an error at start, not at the first connection) and read again when either file
+//     changes, so a rotated certificate serves from the next handshake without a restart;
+//     a pair that does not load (a rotation half done) leaves the last good one in use
+//     until it expires;
+//   - TLS 1.2 at least.
+package tlsclient
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// Files names the PEM files: CA (the server's trust anchors; empty: the system's roots),
+// Cert and Key (the client certificate and its key; both or neither).
+type Files struct {
+	CA, Cert, Key string
+}
+
+// Config is a client TLS configuration for f. The caller sets ServerName (or lets its driver
+// set it from the address it dials).
+func Config(f Files) (*tls.Config, error) {
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.CA != "" {
+		pool, err := CAPool(f.CA)
+		if err != nil {
+			return nil, fmt.Errorf("CA file: %w", err)
+		}
+		c.RootCAs = pool
+	}
+	switch {
+	case f.Cert == "" && f.Key == "":
+	case f.Cert == "" || f.Key == "":
+		return nil, errors.New("a client certificate needs both its cert_file and its key_file")
+	default:
+		r := &reloader{cert: f.Cert, key: f.Key}
+		if err := r.load(); err != nil {
+			return nil, err
+		}
+		c.GetClientCertificate = r.get
+	}
+	return c, nil
+}
+
+// CAPool is the certificates of the PEM file at path (at least one).
+func CAPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no PEM certificate in %s", path)
+	}
+	return pool, nil
+}
+
+// reloader is the client certificate, read again when its files change. The files are
+// read whole at every handshake (a pooled connection's, so rare; a few kilobytes) and
+// compared with what was loaded: a rotation is seen whatever the file system's time stamps
+// resolve.
+type reloader struct {
+	cert, key string
+
+	mu       sync.Mutex
+	cur      *tls.Certificate
+	certPEM  []byte   // what cur was made of: the certificate file's bytes
+	keySum   [32]byte // and the key file's SHA-256 (its bytes are not kept)
+	notAfter time.Time
+}
+
+// read returns both files' bytes.
+func (r *reloader) read() (cert, key []byte, err error) {
+	cert, err0 := os.ReadFile(r.cert)
+	key, err1 := os.ReadFile(r.key)
+	if err := errors.Join(err0, err1); err != nil {
+		return nil, nil, fmt.Errorf("client certificate: %w", err)
+	}
+	return cert, key, nil
+}
+
+// load reads the pair; on success it replaces the current certificate.
+func (r *reloader) load() error {
+	cert, key, err := r.read()
+	if err != nil {
+		return err
+	}
+	return r.use(cert, key)
+}
+
+// use parses the pair and makes it current; it clears key.
+func (r *reloader) use(cert, key []byte) error {
+	defer clear(key)
+	pair, err := tls.X509KeyPair(cert, key)
+	if err != nil {
+		// The error names the files, never their contents.
+		return fmt.Errorf("client certificate %s with key %s: %w", r.cert, r.key, err)
+	}
+	r.cur, r.certPEM, r.keySum, r.notAfter = &pair, cert, sha256.Sum256(key), pair.Leaf.NotAfter
+	return nil
+}
+
+// get is tls.Config.GetClientCertificate: the current certificate, read again first if
+// either file has changed since.
+func (r *reloader) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	cert, key, err := r.read()
+	if err == nil && (!bytes.Equal(cert, r.certPEM) || sha256.Sum256(key) != r.keySum) {
+		err = r.use(cert, key)
+	}
+	clear(key)
+	if err != nil && !time.Now().Before(r.notAfter) {
+		return nil, fmt.Errorf("%w (and the last good one expired at %s)", err, r.notAfter.UTC().Format(time.RFC3339))
+	}
+	return r.cur, nil
+}
