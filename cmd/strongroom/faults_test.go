@@ -14,15 +14,17 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	_ "github.com/go-sql-driver/mysql"
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/strongroom/strongroom/internal/audit"
+	"github.com/strongroom/strongroom/internal/config"
 	"github.com/transparency-dev/tessera"
 	"github.com/transparency-dev/tessera/api"
 	tmysql "github.com/transparency-dev/tessera/storage/mysql"
@@ -115,6 +117,11 @@ func init() {
 	// logdb poison VKEYFILE: append a forged entry the same way, then overwrite its bytes in
 	// its entry bundle (the tree keeps the leaf of bytes nobody holds any more); sets
 	// $POISONED to its index.
+	// logdb tls DATADIR [off]: the database of logdb new (directly, no cuttable path) as the
+	// test MariaDB's user that must bring a client certificate from the test CA
+	// ($STRONGROOM_TEST_MARIADB_TLS, REQUIRE X509), in $STRONGROOM_LOG_DB; DATADIR's
+	// audit.log_db_tls names that CA and certificate ("off": removes it). Sets
+	// $LOGDB_PASSWORD to the user's password.
 	scriptCmds["logdb"] = func(ts *testscript.TestScript, neg bool, args []string) {
 		dbPathsMu.Lock()
 		defer dbPathsMu.Unlock()
@@ -155,6 +162,26 @@ func init() {
 				ts.Check(err)
 				return raw
 			}), 10))
+			return
+		}
+		if args[0] == "tls" {
+			direct, err := mysql.ParseDSN(ts.Getenv("STRONGROOM_TEST_LOGDB_DIRECT"))
+			ts.Check(err)
+			c, err := audit.ParseLogDSN(ts.Getenv("STRONGROOM_TEST_MARIADB_TLS"))
+			ts.Check(err)
+			c.DBName = direct.DBName
+			ts.Setenv("STRONGROOM_LOG_DB", "mysql://"+c.FormatDSN())
+			ts.Setenv("LOGDB_PASSWORD", c.Passwd)
+			path := filepath.Join(ts.MkAbs(args[1]), "config.json")
+			cfg, err := config.ReadRaw(path)
+			ts.Check(err)
+			dir := ts.Getenv("STRONGROOM_TEST_TLS_DIR")
+			cfg.Audit.LogDBTLS = &config.ClientTLS{CAFile: filepath.Join(dir, "ca.pem"),
+				CertFile: filepath.Join(dir, "client.pem"), KeyFile: filepath.Join(dir, "client.key")}
+			if len(args) > 2 && args[2] == "off" {
+				cfg.Audit.LogDBTLS = nil
+			}
+			ts.Check(config.Write(path, cfg))
 			return
 		}
 		if args[0] != "new" {

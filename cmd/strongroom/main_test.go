@@ -258,7 +258,8 @@ var scriptCmds = map[string]func(ts *testscript.TestScript, neg bool, args []str
 
 // TestScriptsHSM runs the scripts that need the SoftHSM2 token and PostgreSQL from scripts/test.
 func TestScriptsHSM(t *testing.T) {
-	vars := []string{"SOFTHSM2_CONF", "STRONGROOM_TEST_PKCS11_MODULE", "STRONGROOM_TEST_PKCS11_TOKEN", "STRONGROOM_TEST_PKCS11_PIN", "STRONGROOM_TEST_POSTGRES", "STRONGROOM_TEST_REDIS", "STRONGROOM_TEST_MARIADB"}
+	vars := []string{"SOFTHSM2_CONF", "STRONGROOM_TEST_PKCS11_MODULE", "STRONGROOM_TEST_PKCS11_TOKEN", "STRONGROOM_TEST_PKCS11_PIN", "STRONGROOM_TEST_POSTGRES", "STRONGROOM_TEST_REDIS", "STRONGROOM_TEST_MARIADB",
+		"STRONGROOM_TEST_MARIADB_TLS", "STRONGROOM_TEST_TLS_DIR"}
 	vals := map[string]string{}
 	for _, v := range vars {
 		vals[v] = testenv.Get(t, v)
