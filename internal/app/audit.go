@@ -170,7 +170,7 @@ func (a *App) openAudit(ctx context.Context) error {
 		// Every entry this process appends carries a MAC under a key derived from the audit
 		// key (the same in every replica); on a shared engine the signer checks them.
 		EntryKey: audit.EntryKey(hk)}
-	if cfg.DBTLS, err = ClientTLS("audit.log_db_tls", c.Audit.LogDBTLS); err != nil {
+	if cfg.DBTLS, err = a.clientTLS("audit.log_db_tls", c.Audit.LogDBTLS); err != nil {
 		return err
 	}
 	if c.Audit.LogDB != "" && cfg.DBTLS == nil {

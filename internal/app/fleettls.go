@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"fmt"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/strongroom/strongroom/internal/config"
 	"github.com/strongroom/strongroom/internal/tlsclient"
 )
@@ -12,12 +14,41 @@ import (
 // audit.log_db_tls; name is the setting's, for errors), nil when t is: a private CA
 // instead of the system's roots, a client certificate read again when its files change.
 func ClientTLS(name string, t *config.ClientTLS) (*tls.Config, error) {
+	l, err := clientLink(name, t)
+	if l == nil {
+		return nil, err
+	}
+	return l.TLS, nil
+}
+
+func clientLink(name string, t *config.ClientTLS) (*tlsclient.Link, error) {
 	if t == nil {
 		return nil, nil
 	}
-	c, err := tlsclient.Config(tlsclient.Files{CA: t.CAFile, Cert: t.CertFile, Key: t.KeyFile})
+	l, err := tlsclient.New(tlsclient.Files{CA: t.CAFile, Cert: t.CertFile, Key: t.KeyFile})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	return c, nil
+	return l, nil
+}
+
+// clientTLS is ClientTLS for this process's own links: the client certificate's expiry is
+// a metric, strongroom_tls_client_cert_expiry_timestamp_seconds{link=name}, to alert on
+// before the engine refuses the replica (the certificate is read again when its files
+// change, and the gauge follows).
+func (a *App) clientTLS(name string, t *config.ClientTLS) (*tls.Config, error) {
+	l, err := clientLink(name, t)
+	if l == nil {
+		return nil, err
+	}
+	if a.Metrics != nil && t.CertFile != "" {
+		g := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "strongroom_tls_client_cert_expiry_timestamp_seconds",
+			Help:        "When the client certificate a replica presents to a shared engine expires (Unix seconds), by link (the setting that names it).",
+			ConstLabels: prometheus.Labels{"link": name}},
+			func() float64 { return float64(l.CertNotAfter().Unix()) })
+		if err := a.Metrics.Register(g); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return l.TLS, nil
 }

@@ -3,9 +3,12 @@ package app
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -76,6 +79,19 @@ func TestFleetLinksOverTLS(t *testing.T) {
 	}
 	if strings.Contains(e.logs.String(), password) || strings.Contains(e.seen.String(), password) {
 		t.Fatal("the log database's password appears in the replica's logs or answers")
+	}
+	// The client certificate's expiry, for each link, on /metrics.
+	pair, err := tls.LoadX509KeyPair(files.CertFile, files.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := e.metrics()
+	for _, link := range []string{"audit.log_db_tls", "gateway.redis_tls"} {
+		want := fmt.Sprintf(`strongroom_tls_client_cert_expiry_timestamp_seconds{link=%q} %s`, link,
+			strconv.FormatFloat(float64(pair.Leaf.NotAfter.Unix()), 'g', -1, 64))
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
 	}
 	if strings.Contains(e.logs.String(), "no TLS") {
 		t.Fatalf("a plaintext warning for TLS links: %s", e.logs.String())

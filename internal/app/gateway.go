@@ -301,7 +301,7 @@ func (a *App) Redis() (*redis.Client, error) {
 			if opt.TLSConfig == nil { // Validate refuses this; the URL may come from the environment after it
 				return nil, errors.New("gateway.redis_tls is set but gateway.redis_url is not a rediss:// URL")
 			}
-			tc, err := ClientTLS("gateway.redis_tls", a.Config.Gateway.RedisTLS)
+			tc, err := a.clientTLS("gateway.redis_tls", a.Config.Gateway.RedisTLS)
 			if err != nil {
 				return nil, err
 			}

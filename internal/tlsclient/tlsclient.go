@@ -31,29 +31,55 @@ type Files struct {
 	CA, Cert, Key string
 }
 
-// Config is a client TLS configuration for f. The caller sets ServerName (or lets its driver
-// set it from the address it dials).
+// Link is a client TLS configuration and the client certificate it presents.
+type Link struct {
+	TLS *tls.Config
+	r   *reloader // nil without a client certificate
+}
+
+// CertNotAfter is when the client certificate in use expires (zero without one): what an
+// operator alerts on before the engines start refusing the replica.
+func (l *Link) CertNotAfter() time.Time {
+	if l.r == nil {
+		return time.Time{}
+	}
+	l.r.mu.Lock()
+	defer l.r.mu.Unlock()
+	return l.r.notAfter
+}
+
+// Config is New's TLS configuration.
 func Config(f Files) (*tls.Config, error) {
-	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	l, err := New(f)
+	if err != nil {
+		return nil, err
+	}
+	return l.TLS, nil
+}
+
+// New is a client TLS configuration for f. The caller sets ServerName (or lets its driver
+// set it from the address it dials).
+func New(f Files) (*Link, error) {
+	l := &Link{TLS: &tls.Config{MinVersion: tls.VersionTLS12}}
 	if f.CA != "" {
 		pool, err := CAPool(f.CA)
 		if err != nil {
 			return nil, fmt.Errorf("CA file: %w", err)
 		}
-		c.RootCAs = pool
+		l.TLS.RootCAs = pool
 	}
 	switch {
 	case f.Cert == "" && f.Key == "":
 	case f.Cert == "" || f.Key == "":
 		return nil, errors.New("a client certificate needs both its cert_file and its key_file")
 	default:
-		r := &reloader{cert: f.Cert, key: f.Key}
-		if err := r.load(); err != nil {
+		l.r = &reloader{cert: f.Cert, key: f.Key}
+		if err := l.r.load(); err != nil {
 			return nil, err
 		}
-		c.GetClientCertificate = r.get
+		l.TLS.GetClientCertificate = l.r.get
 	}
-	return c, nil
+	return l, nil
 }
 
 // CAPool is the certificates of the PEM file at path (at least one).
