@@ -32,6 +32,7 @@ import (
 	"github.com/strongroom/strongroom/internal/modelrec"
 	"github.com/strongroom/strongroom/internal/netguard"
 	"github.com/strongroom/strongroom/internal/policy"
+	"github.com/strongroom/strongroom/internal/redact"
 	"github.com/strongroom/strongroom/internal/store"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -284,6 +285,10 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 	}
 	if a.Store, err = store.Open(ctx, c.Store); err != nil {
 		return fail(err)
+	}
+	if storeUnverifiedRemote(c.Store) {
+		a.Log.Warn("store: the PostgreSQL DSN reaches another host without TLS that checks its certificate: wrapped keys, principals and leases cross the network open to the path; use sslmode=verify-full with sslrootcert",
+			"store", redact.DSN(c.Store))
 	}
 	if p := sqlitePath(c.Store); p != "" {
 		if a.storeWatch, err = watchStore(p); err != nil {

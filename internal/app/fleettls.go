@@ -3,10 +3,14 @@ package app
 import (
 	"crypto/tls"
 	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/redact"
 	"github.com/strongroom/strongroom/internal/tlsclient"
 )
 
@@ -51,4 +55,36 @@ func (a *App) clientTLS(name string, t *config.ClientTLS) (*tls.Config, error) {
 		}
 	}
 	return l.TLS, nil
+}
+
+// storeUnverifiedRemote says whether a PostgreSQL store DSN reaches a host that is not
+// loopback by a path without TLS that checks the server (sslmode disable, allow, prefer —
+// whose fallback is plaintext — or require without sslrootcert): the store's wrapped data
+// keys, principals and leases would cross the network open to whoever is on the path.
+// pgx's own reading of the DSN decides (its environment variables included); a DSN it
+// cannot read is store.Open's to report.
+func storeUnverifiedRemote(store string) bool {
+	dsn, postgres, err := redact.StoreAddress(store)
+	if err != nil || !postgres {
+		return false
+	}
+	c, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return false
+	}
+	unchecked := func(host string, t *tls.Config) bool {
+		if strings.HasPrefix(host, "/") || !plaintextRemote("tcp", host) {
+			return false // a unix socket, or this host
+		}
+		return t == nil || (t.InsecureSkipVerify && t.VerifyPeerCertificate == nil)
+	}
+	if unchecked(c.Host, c.TLSConfig) {
+		return true
+	}
+	for _, f := range c.Fallbacks {
+		if unchecked(f.Host, f.TLSConfig) {
+			return true
+		}
+	}
+	return false
 }

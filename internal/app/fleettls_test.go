@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/config"
+	"github.com/strongroom/strongroom/internal/store"
 	"github.com/strongroom/strongroom/internal/testenv"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -181,4 +184,78 @@ func TestFleetLinksRefuseWithoutTLS(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestStoreUnverifiedRemote: which PostgreSQL store addresses serve gets warned about — a
+// host that is not this one reached without TLS that checks the server — as pgx reads them.
+func TestStoreUnverifiedRemote(t *testing.T) {
+	ca := testenv.NewCA(t, "store CA").CAFile
+	for dsn, want := range map[string]bool{
+		"postgres://u:pw@10.0.0.5/db?sslmode=disable":                          true,
+		"postgres://u:pw@10.0.0.5/db?sslmode=prefer":                           true, // falls back to plaintext
+		"postgres://u:pw@10.0.0.5/db":                                          true, // pgx's default: prefer
+		"postgres://u:pw@db.internal/db?sslmode=require":                       true, // TLS, the server unchecked
+		"postgres://u:pw@10.0.0.5/db?sslmode=verify-full&sslrootcert=" + ca:    false,
+		"postgres://u:pw@10.0.0.5/db?sslmode=verify-ca&sslrootcert=" + ca:      false,
+		"postgres://u:pw@10.0.0.5/db?sslmode=require&sslrootcert=" + ca:        false, // verify-ca, as libpq
+		"POSTGRES://u:pw@10.0.0.5/db?sslmode=disable":                          true,
+		"postgres://u:pw@127.0.0.1,10.0.0.5/db?sslmode=disable":                true, // a second host
+		"postgres://u:pw@127.0.0.1:5432/db?sslmode=disable":                    false,
+		"postgres://u:pw@localhost/db?sslmode=disable":                         false,
+		"postgres://u:pw@[::1]:5432/db?sslmode=disable":                        false,
+		"host=10.0.0.5 user=u password=pw dbname=db sslmode=disable":           true,
+		"host=/var/run/postgresql user=u dbname=db sslmode=disable":            false,
+		"postgres://u:pw@10.0.0.5/db?sslmode=verify-full&sslrootcert=/no/such": false, // unreadable: Open says so
+		"strongroom.db": false,
+	} {
+		if got := storeUnverifiedRemote(dsn); got != want {
+			t.Errorf("%s: %v, want %v", dsn, got, want)
+		}
+	}
+}
+
+// TestStoreOverTLS: the store on the real PostgreSQL over TLS with the fleet CA
+// (sslmode=verify-full) as a role that must bring the CA's client certificate (cert auth),
+// through store.Open as serve opens it; without the client certificate, or with another
+// CA, it is refused.
+func TestStoreOverTLS(t *testing.T) {
+	files := fleetTLS(t)
+	base := testenv.Get(t, "STRONGROOM_TEST_POSTGRES_TLS")
+	other := testenv.NewCA(t, "not the fleet's CA").CAFile
+	ctx := context.Background()
+	dsn := func(ca string, cert bool) string {
+		q := url.Values{"sslmode": {"verify-full"}, "sslrootcert": {ca}, "connect_timeout": {"10"}}
+		if cert {
+			q.Set("sslcert", files.CertFile)
+			q.Set("sslkey", files.KeyFile)
+		}
+		return base + "?" + q.Encode()
+	}
+	good := dsn(files.CAFile, true)
+	s, err := store.Open(ctx, good)
+	if err != nil {
+		t.Fatalf("the store over TLS with the fleet CA and a client certificate: %v", err)
+	}
+	s.Close()
+	if storeUnverifiedRemote(good) {
+		t.Error("a verify-full DSN is taken for an unverified one")
+	}
+	db, err := sql.Open("pgx", good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var ssl bool
+	if err := db.QueryRowContext(ctx, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&ssl); err != nil || !ssl {
+		t.Fatalf("the session is not over TLS: ssl %v, err %v", ssl, err)
+	}
+	for name, d := range map[string]string{
+		"no client certificate": dsn(files.CAFile, false),
+		"another CA":            dsn(other, true),
+	} {
+		if s, err := store.Open(ctx, d); err == nil {
+			s.Close()
+			t.Errorf("%s: the store opened", name)
+		}
+	}
 }
