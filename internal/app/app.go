@@ -65,33 +65,36 @@ type App struct {
 	redisMu  sync.Mutex
 	redis    *redis.Client
 	// responders opened by Responder: Close waits for their incidents in flight.
-	responders     []*detect.Responder
-	gateways       []*gateway.Gateway
-	keysOnce       sync.Once
-	keys           *authn.Keys
-	storeWatch     *storeWatch
-	storeAlert     sync.Once
-	guardOnce      sync.Once
-	guard          *netguard.Guard
-	guardErr       error
-	modelsMu       sync.Mutex
-	models         *modelrec.Table
-	authOnce       sync.Once
-	auth           authn.Chain
-	authErr        error
-	custodyMu      sync.Mutex
-	custody        *custody.Service
-	caOnce         sync.Once
-	ca             *custody.CA
-	caErr          error
-	batchOnce      sync.Once
-	batcher        *audit.Batcher
-	journalKey     []byte // MACs the request journal's frames (derived from the audit key)
-	busKey         []byte // seals the detection bus's records (derived from the audit key)
-	limitsKey      []byte // names the shared limiter's scopes in Redis (derived from the audit key)
-	tracerMu       sync.Mutex
-	tracer         trace.Tracer
-	tracerProvider *sdktrace.TracerProvider
+	responders []*detect.Responder
+	gateways   []*gateway.Gateway
+	keysOnce   sync.Once
+	keys       *authn.Keys
+	storeWatch *storeWatch
+	storeAlert sync.Once
+	guardOnce  sync.Once
+	guard      *netguard.Guard
+	guardErr   error
+	modelsMu   sync.Mutex
+	models     *modelrec.Table
+	authOnce   sync.Once
+	auth       authn.Chain
+	authErr    error
+	custodyMu  sync.Mutex
+	custody    *custody.Service
+	caOnce     sync.Once
+	ca         *custody.CA
+	caErr      error
+	batchOnce  sync.Once
+	batcher    *audit.Batcher
+	journalKey []byte // MACs the request journal's frames (derived from the audit key)
+	busKey     []byte // seals the detection bus's records (derived from the audit key)
+	limitsKey  []byte // names the shared limiter's scopes in Redis (derived from the audit key)
+	revokeKey  []byte // seals key-revocation announcements on Redis (derived from the audit key)
+	// revocationsRejected counts announcements dropped unopened (revocation.go).
+	revocationsRejected prometheus.Counter
+	tracerMu            sync.Mutex
+	tracer              trace.Tracer
+	tracerProvider      *sdktrace.TracerProvider
 
 	// The App's own goroutines (goBackground) run until Close cancels bg and waits.
 	bg     context.Context
@@ -294,6 +297,11 @@ func Open(ctx context.Context, dataDir, configPath string, log *slog.Logger) (*A
 		if a.storeWatch, err = watchStore(p); err != nil {
 			return fail(err)
 		}
+	}
+	a.revocationsRejected = prometheus.NewCounter(prometheus.CounterOpts{Name: "strongroom_gateway_revocation_announcements_rejected_total",
+		Help: "Key-revocation announcements on Redis dropped because they did not open under the revocation key or were stale (forged, or from a replica of an older version)."})
+	if err := a.Metrics.Register(a.revocationsRejected); err != nil {
+		return fail(err)
 	}
 	if err := a.registerStoreMetrics(); err != nil {
 		return fail(err)

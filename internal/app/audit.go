@@ -162,6 +162,8 @@ func (a *App) openAudit(ctx context.Context) error {
 	// The shared limiter's Redis key names are keyed digests of its scopes' names
 	// (limits.Redis.HideNames).
 	a.limitsKey = audit.DeriveKey(hk, limits.NamesLabel)
+	// Key-revocation announcements on Redis are sealed (revocation.go).
+	a.revokeKey = audit.DeriveKey(hk, revocationLabel)
 	// A command waits this long at exit for a (witnessed) checkpoint that covers its events;
 	// they are durable before that either way.
 	cfg := audit.Config{Dir: c.Audit.LogDir, DB: c.Audit.LogDB, Signer: signer, Index: a.Store, Logger: a.Log, Metrics: a.Metrics,

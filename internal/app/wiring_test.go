@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/strongroom/strongroom/internal/audit"
 	"github.com/strongroom/strongroom/internal/authn"
 	"github.com/strongroom/strongroom/internal/config"
@@ -227,9 +229,72 @@ func TestRevocationAnnouncedThroughRedis(t *testing.T) {
 	if s := call(); s != 200 {
 		t.Fatalf("cache dropped without the announcement (%d): the test would prove nothing", s)
 	}
+	// Announcements that do not open under the revocation key — the id in the clear (a
+	// forger, or a replica of an older version), one sealed under another key, one sealed
+	// 10 minutes ago — are dropped and counted; the cache keeps the key.
+	other := &App{revokeKey: make([]byte, 32)}
+	ch := a.revocationChannel()
+	for _, m := range [][]byte{[]byte(rec.ID), sealRevocation(other.revocationAEAD(), ch, rec.ID, time.Now()),
+		sealRevocation(a.revocationAEAD(), ch, rec.ID, time.Now().Add(-10*time.Minute))} {
+		if err := rdb.Publish(ctx, ch, m).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for testutil.ToFloat64(a.revocationsRejected) < 3 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if s := call(); s != 200 {
+		t.Fatalf("an announcement that does not open dropped the key from the cache (%d)", s)
+	}
+	// The real one: sealed, the key's id nowhere in it.
+	sub := rdb.Subscribe(ctx, ch)
+	defer sub.Close()
+	if _, err := sub.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
 	a.announceRevocation(ctx, rec.ID)
 	for call() != 401 {
 		time.Sleep(5 * time.Millisecond)
+	}
+	m := <-sub.Channel()
+	if strings.Contains(m.Payload, rec.ID) {
+		t.Fatalf("the announcement on Redis holds the key id %s in the clear", rec.ID)
+	}
+}
+
+// TestRevocationSeal: an announcement opens only under its key, on its channel, whole,
+// within revocationMaxAge of its seal.
+func TestRevocationSeal(t *testing.T) {
+	a := &App{revokeKey: bytes.Repeat([]byte{7}, 32)}
+	b := &App{revokeKey: bytes.Repeat([]byte{8}, 32)}
+	g := a.revocationAEAD()
+	now := time.Now()
+	m := sealRevocation(g, "p:keys:revoked", "0123456789abcdef", now)
+	if id, err := openRevocation(g, "p:keys:revoked", m, now.Add(time.Minute)); err != nil || id != "0123456789abcdef" {
+		t.Fatalf("open: %q %v", id, err)
+	}
+	flipped := bytes.Clone(m)
+	flipped[5] ^= 1 // the seal time
+	long := sealRevocation(g, "p:keys:revoked", strings.Repeat("x", revocationMaxID+1), now)
+	for name, tc := range map[string]struct {
+		msg     []byte
+		g       *App
+		channel string
+		at      time.Time
+	}{
+		"another key":         {m, b, "p:keys:revoked", now},
+		"another channel":     {m, a, "q:keys:revoked", now},
+		"stale":               {m, a, "p:keys:revoked", now.Add(revocationMaxAge + time.Second)},
+		"from the future":     {m, a, "p:keys:revoked", now.Add(-revocationMaxAge - time.Second)},
+		"its time altered":    {flipped, a, "p:keys:revoked", now},
+		"truncated":           {m[:len(m)-1], a, "p:keys:revoked", now},
+		"the id in the clear": {[]byte("0123456789abcdef"), a, "p:keys:revoked", now},
+		"empty":               {nil, a, "p:keys:revoked", now},
+		"an id too long":      {long, a, "p:keys:revoked", now},
+	} {
+		if id, err := openRevocation(tc.g.revocationAEAD(), tc.channel, tc.msg, tc.at); err == nil {
+			t.Errorf("%s: opened as %q", name, id)
+		}
 	}
 }
 
