@@ -432,6 +432,23 @@ func (c *Config) resolve(dataDir string) {
 	abs(&c.Gateway.PolicyDir)
 	abs(&c.Custody.CADir)
 	abs(&c.Alerts.WebhookSecretFile)
+	// Every file a setting names is the data directory's when relative (outside round 62:
+	// the TLS links' CA and certificate files were read from the working directory, where
+	// a rogue CA's would do).
+	abs(&c.Gateway.GeoMMDB)
+	abs(&c.Gateway.ScreeningList)
+	if t := c.Gateway.TLS; t != nil {
+		abs(&t.CertFile)
+		abs(&t.KeyFile)
+		abs(&t.ClientCAFile)
+	}
+	for _, t := range []*ClientTLS{c.Gateway.RedisTLS, c.Audit.LogDBTLS} {
+		if t != nil {
+			abs(&t.CAFile)
+			abs(&t.CertFile)
+			abs(&t.KeyFile)
+		}
+	}
 }
 
 // isURL says whether the store is not a file's path (a database's address, or a value

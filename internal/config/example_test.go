@@ -145,3 +145,31 @@ func TestClientTLSSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestRelativeFilesAreTheDataDirectorys: every file a setting names is resolved against the
+// data directory when relative — the TLS links' and the gateway's certificate files among
+// them (outside round 62: they were read from the working directory).
+func TestRelativeFilesAreTheDataDirectorys(t *testing.T) {
+	c, err := ReadRaw("../../docs/config.example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel := &ClientTLS{CAFile: "tls/ca.pem", CertFile: "tls/c.pem", KeyFile: "tls/c.key"}
+	rt, lt := *rel, *rel
+	c.Gateway.RedisTLS, c.Audit.LogDBTLS = &rt, &lt
+	c.Gateway.TLS = &TLS{CertFile: "tls/gw.pem", KeyFile: "tls/gw.key", ClientCAFile: "tls/clients.pem"}
+	c.Gateway.GeoMMDB, c.Gateway.ScreeningList = "geo.mmdb", "lists/sdn.csv"
+	c.resolve("/data")
+	for name, p := range map[string]string{
+		"redis_tls.ca_file": c.Gateway.RedisTLS.CAFile, "redis_tls.cert_file": c.Gateway.RedisTLS.CertFile,
+		"redis_tls.key_file": c.Gateway.RedisTLS.KeyFile, "log_db_tls.ca_file": c.Audit.LogDBTLS.CAFile,
+		"log_db_tls.cert_file": c.Audit.LogDBTLS.CertFile, "log_db_tls.key_file": c.Audit.LogDBTLS.KeyFile,
+		"tls.cert_file": c.Gateway.TLS.CertFile, "tls.key_file": c.Gateway.TLS.KeyFile,
+		"tls.client_ca_file": c.Gateway.TLS.ClientCAFile, "geo_mmdb": c.Gateway.GeoMMDB,
+		"screening_list": c.Gateway.ScreeningList,
+	} {
+		if !strings.HasPrefix(p, "/data/") {
+			t.Errorf("%s resolved to %q, not under the data directory", name, p)
+		}
+	}
+}

@@ -20,8 +20,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -84,7 +86,7 @@ func New(f Files) (*Link, error) {
 
 // CAPool is the certificates of the PEM file at path (at least one).
 func CAPool(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
+	pem, err := readPEM(path)
 	if err != nil {
 		return nil, err
 	}
@@ -95,14 +97,48 @@ func CAPool(path string) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// maxPEM bounds a CA, certificate or key file: a chain of a few certificates is a few
+// kilobytes.
+const maxPEM = 1 << 20
+
+// readPEM reads the PEM file at path, which must be a regular file (through symlinks, as a
+// rotation agent's are) of at most maxPEM bytes. It is opened without blocking: a FIFO put
+// in its place (outside round 62) had held every handshake of the link for good, and a
+// symlink to /dev/zero had filled the memory.
+func readPEM(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	switch {
+	case err != nil:
+		return nil, err
+	case !fi.Mode().IsRegular():
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
+	case fi.Size() > maxPEM:
+		return nil, fmt.Errorf("%s is over %d bytes", path, maxPEM)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxPEM+1))
+	if err == nil && len(b) > maxPEM {
+		err = fmt.Errorf("%s is over %d bytes", path, maxPEM)
+	}
+	if err != nil {
+		clear(b)
+		return nil, err
+	}
+	return b, nil
+}
+
 // reloader is the client certificate, read again when its files change. The files are
-// read whole at every handshake (a pooled connection's, so rare; a few kilobytes) and
-// compared with what was loaded: a rotation is seen whatever the file system's time stamps
-// resolve.
+// read whole at every handshake (a pooled connection's, so rare; a few kilobytes), outside
+// the lock, and compared with what was loaded: a rotation is seen whatever the file
+// system's time stamps resolve.
 type reloader struct {
 	cert, key string
 
-	mu       sync.Mutex
+	mu       sync.Mutex // never held across a file's read
 	cur      *tls.Certificate
 	certPEM  []byte   // what cur was made of: the certificate file's bytes
 	keySum   [32]byte // and the key file's SHA-256 (its bytes are not kept)
@@ -111,30 +147,40 @@ type reloader struct {
 
 // read returns both files' bytes.
 func (r *reloader) read() (cert, key []byte, err error) {
-	cert, err0 := os.ReadFile(r.cert)
-	key, err1 := os.ReadFile(r.key)
+	cert, err0 := readPEM(r.cert)
+	key, err1 := readPEM(r.key)
 	if err := errors.Join(err0, err1); err != nil {
+		clear(key)
 		return nil, nil, fmt.Errorf("client certificate: %w", err)
 	}
 	return cert, key, nil
 }
 
-// load reads the pair; on success it replaces the current certificate.
+// load reads the pair and makes it current, or says why it cannot (at start).
 func (r *reloader) load() error {
 	cert, key, err := r.read()
 	if err != nil {
 		return err
 	}
-	return r.use(cert, key)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.use(cert, key, time.Now())
 }
 
-// use parses the pair and makes it current; it clears key.
-func (r *reloader) use(cert, key []byte) error {
+// use parses the pair and, if it is valid at now, makes it current; it clears key. r.mu
+// is held.
+func (r *reloader) use(cert, key []byte, now time.Time) error {
 	defer clear(key)
 	pair, err := tls.X509KeyPair(cert, key)
 	if err != nil {
 		// The error names the files, never their contents.
 		return fmt.Errorf("client certificate %s with key %s: %w", r.cert, r.key, err)
+	}
+	// A pair the engines would refuse (rotated to an expired or not yet valid one) does not
+	// replace one they take.
+	if l := pair.Leaf; now.Before(l.NotBefore) || !now.Before(l.NotAfter) {
+		return fmt.Errorf("client certificate %s is valid from %s to %s, not now", r.cert,
+			l.NotBefore.UTC().Format(time.RFC3339), l.NotAfter.UTC().Format(time.RFC3339))
 	}
 	r.cur, r.certPEM, r.keySum, r.notAfter = &pair, cert, sha256.Sum256(key), pair.Leaf.NotAfter
 	return nil
@@ -143,14 +189,15 @@ func (r *reloader) use(cert, key []byte) error {
 // get is tls.Config.GetClientCertificate: the current certificate, read again first if
 // either file has changed since.
 func (r *reloader) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	cert, key, err := r.read()
+	defer clear(key)
+	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	cert, key, err := r.read()
 	if err == nil && (!bytes.Equal(cert, r.certPEM) || sha256.Sum256(key) != r.keySum) {
-		err = r.use(cert, key)
+		err = r.use(cert, key, now)
 	}
-	clear(key)
-	if err != nil && !time.Now().Before(r.notAfter) {
+	if err != nil && !now.Before(r.notAfter) {
 		return nil, fmt.Errorf("%w (and the last good one expired at %s)", err, r.notAfter.UTC().Format(time.RFC3339))
 	}
 	return r.cur, nil
