@@ -31,7 +31,6 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -557,22 +556,8 @@ func o57Do(t *testing.T, method, u, key, body string) string {
 // /healthz, /metrics, /log/ and console; `key revoke` and `--json audit search` beside it.
 // No secret may be in any answer, log line, output, the audit trail or a file.
 func TestOutside57ServeRuntime(t *testing.T) {
-	pgURL := testenv.Get(t, "STRONGROOM_TEST_POSTGRES")
+	pgURL, dbName := testenv.PostgresDB(t, "o57_")
 	redisHost := o57Host(t, "STRONGROOM_TEST_REDIS")
-	// A database of its own on the test cluster (trust authentication: any password is
-	// accepted, so the marker is the password the replica holds and sends).
-	admin, err := sql.Open("pgx", pgURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	var rb [6]byte
-	rand.Read(rb[:])
-	dbName := "o57_" + hex.EncodeToString(rb[:])
-	if _, err := admin.Exec("CREATE DATABASE " + dbName); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { admin.Exec("DROP DATABASE IF EXISTS " + dbName + " WITH (FORCE)") })
 	pu, _ := url.Parse(pgURL)
 	store := "postgres://strongroom:" + o57PG + "@" + pu.Host + "/" + dbName + "?sslmode=disable"
 

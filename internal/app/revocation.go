@@ -27,9 +27,9 @@ import (
 // so that whoever can read Redis does not learn which keys are revoked, and whoever can
 // publish there cannot make the gateways drop keys from their caches (each forged drop had
 // cost a store lookup at the key's next request). An announcement that does not open, or
-// was sealed more than revocationMaxAge ago (or as far ahead), is dropped with an ALERT at
-// most every revocationWarnEvery; the store poll carries the revocation either way. A
-// replayed fresh one only drops a revoked key's cache entry again. A replica of an older
+// was sealed more than revocationMaxAge ago (or as far ahead), or repeats one taken (its
+// nonce), is dropped with an ALERT at most every revocationWarnEvery; the store poll
+// carries the revocation either way. A replica of an older
 // version publishes the id in the clear: newer ones drop that announcement (ALERT) and
 // see the revocation at their next poll.
 
@@ -126,9 +126,25 @@ func (a *App) followRevocations(ctx context.Context, keys *authn.Keys) {
 	}
 	channel := a.revocationChannel()
 	var lastWarn time.Time
-	respguard.Subscribe(ctx, rdb, channel, a.Log, func(msg string) {
+	seen := map[[12]byte]time.Time{} // nonces of the announcements taken within revocationMaxAge
+	respguard.SubscribeRefusing(ctx, rdb, channel, a.Log, func(msg string) {
 		now := time.Now()
 		id, err := openRevocation(g, channel, []byte(msg), now)
+		if err == nil {
+			// A genuine announcement replayed (a rotation's names a key still live for its
+			// overlap: each replay had cost that key a store read — outside round 63).
+			nonce := [12]byte([]byte(msg[9:revocationHeader]))
+			if _, again := seen[nonce]; again {
+				err = errors.New("a repeat of an announcement already taken")
+			} else {
+				for n, at := range seen {
+					if now.Sub(at) > 2*revocationMaxAge {
+						delete(seen, n)
+					}
+				}
+				seen[nonce] = now
+			}
+		}
 		if err != nil {
 			if a.revocationsRejected != nil {
 				a.revocationsRejected.Inc()
@@ -141,6 +157,10 @@ func (a *App) followRevocations(ctx context.Context, keys *authn.Keys) {
 			return
 		}
 		keys.Forget(id)
+	}, func() { // a message past the reply guard's limits: an announcement dropped too
+		if a.revocationsRejected != nil {
+			a.revocationsRejected.Inc()
+		}
 	})
 }
 

@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -195,4 +196,25 @@ func treeRoot(t *testing.T, ctx context.Context, f client.FileFetcher, size uint
 		return nil, err
 	}
 	return mth(leaves), nil
+}
+
+// TestDigestsNeverHandOutDerivedKeys (outside round 63): the records' digests of values a
+// client chooses — a prompt, a watermark question — are public (the log), and every key
+// Strongroom derives is DeriveKey(audit key, label); a digest of a label must not be that
+// key.
+func TestDigestsNeverHandOutDerivedKeys(t *testing.T) {
+	hk := bytes.Repeat([]byte{0x5a}, 32)
+	r, err := NewRedactor(hk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, label := range []string{"strongroom/log-entry/v1", "strongroom/request-journal/v2", "strongroom/detect-bus/v1",
+		"strongroom/limit-scopes/v1", "strongroom/key-revocations/v1", DigestLabel, ""} {
+		k := hex.EncodeToString(DeriveKey(hk, label))
+		for _, d := range []string{r.Digest(label), r.DigestBytes([]byte(label))} {
+			if strings.Contains(d, k) {
+				t.Errorf("the digest of %q is the key derived for it", label)
+			}
+		}
+	}
 }

@@ -399,17 +399,26 @@ type Redactor struct {
 	macs sync.Pool
 }
 
-// NewRedactor uses a deployment's audit HMAC key (32 bytes).
+// NewRedactor uses a deployment's audit HMAC key (32 bytes). Its digests are keyed by
+// DeriveKey(key, DigestLabel), not by the audit key itself: every key Strongroom derives
+// is HMAC-SHA256(audit key, label), so digests under the audit key of values a client
+// chooses — a prompt, a watermark question's text, both in the public log — had handed
+// out the derived keys (the shared log's entry MACs, the journal's, the detection bus's,
+// the limiter's names, the revocation announcements'): outside round 63. A digest now
+// never computes HMAC(audit key, ·).
 func NewRedactor(key []byte) (*Redactor, error) {
 	if len(key) != 32 {
 		return nil, fmt.Errorf("audit: HMAC key is %d bytes, want 32", len(key))
 	}
-	r := &Redactor{key: bytes.Clone(key)}
+	r := &Redactor{key: DeriveKey(key, DigestLabel)}
 	r.macs.New = func() any { return hmac.New(sha256.New, r.key) }
 	return r, nil
 }
 
 const digestPrefix = "hmac-sha256:"
+
+// DigestLabel names the key of the records' digests (NewRedactor).
+const DigestLabel = "strongroom/record-digest/v1"
 
 // Digest returns "hmac-sha256:HEX" of value.
 func (r *Redactor) Digest(value string) string {

@@ -171,8 +171,11 @@ func (k *Keys) Revoke(ctx context.Context, id string) error {
 }
 
 // revocationSkew is how far back Watch looks beyond its last poll, for clocks of other
-// hosts (revocation times are the revoker's clock) and commits that land late.
-const revocationSkew = time.Minute
+// hosts (revocation times are the revoker's clock) and commits that land late. Ten
+// minutes: a revoker whose clock was 3 minutes behind had been missed by every poll, and
+// its key worked until the cache's 5 s ran out (outside round 63); the poll's answer is
+// the keys revoked in that window, a few ids.
+const revocationSkew = 10 * time.Minute
 
 // Watch drops revoked keys from the cache every interval until ctx ends, so that a key
 // revoked by another process (the CLI, another replica) stops working here within one
@@ -292,7 +295,10 @@ func (k *Keys) Authenticate(ctx context.Context, tok string) (*Principal, error)
 	if subtle.ConstantTimeCompare(h[:], c.key.Hash) != 1 {
 		return nil, fmt.Errorf("%w: key %s: wrong secret", ErrUnauthenticated, id)
 	}
-	if !c.key.RevokedAt.IsZero() && !now.Before(c.key.RevokedAt) {
+	// A revocation holds from when it is written, whatever its time says: the time is the
+	// revoking host's clock, and a key revoked by a host whose clock ran ahead had kept
+	// working here for the difference (outside round 63). Nothing revokes for later.
+	if !c.key.RevokedAt.IsZero() {
 		return nil, fmt.Errorf("%w: key %s revoked", ErrUnauthenticated, id)
 	}
 	if !c.key.ExpiresAt.IsZero() && !now.Before(c.key.ExpiresAt) {

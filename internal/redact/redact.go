@@ -74,6 +74,13 @@ func DSN(dsn string) string {
 	if at < 0 || strings.ContainsAny(dsn, " \t\r\n") || !schemeLike(scheme) {
 		return Malformed // "user:pass" with no address: the password cannot be told apart
 	}
+	if q := strings.Index(rest, "?"); q >= 0 && q < at {
+		// An "@" after a "?": in a query value ("…?password=p@ss": pgx reads it so, and
+		// everything before that "@" had been shown as the user — outside round 63), or in
+		// a password holding a "?" (go-sql-driver reads "u:pa?ss@tcp(h)/db" so). Which one
+		// cannot be told apart: show the scheme only.
+		return scheme + "://***"
+	}
 	cred, _, hasPass := strings.Cut(rest[:at], ":")
 	if hasPass {
 		cred += ":***"

@@ -275,8 +275,21 @@ const pingEvery = 30 * time.Second
 // recovers: the process died). Subscribe reads in its own loop, recovers such a panic, drops
 // that connection and subscribes again; errors (Redis down) are retried every second. log
 // gets a line an outage and an ALERT a panic.
+//
+// A message past the guard's limits (ErrLimit: Redis, or whoever publishes there, sent
+// more than Strongroom ever asks for) is hostile: an ALERT, and the subscription is taken
+// again at once, not a second later, unless the last such refusal was under a second ago —
+// one oversized message had silenced the channel for that second, with no ALERT (outside
+// round 63).
 func Subscribe(ctx context.Context, c redis.UniversalClient, channel string, log *slog.Logger, fn func(payload string)) {
+	SubscribeRefusing(ctx, c, channel, log, fn, nil)
+}
+
+// SubscribeRefusing is Subscribe that also calls refused (if not nil) for each message the
+// guard refused (ErrLimit), e.g. to count it beside the messages fn drops.
+func SubscribeRefusing(ctx context.Context, c redis.UniversalClient, channel string, log *slog.Logger, fn func(payload string), refused func()) {
 	failing := false
+	var lastRefused time.Time
 	for ctx.Err() == nil {
 		err := follow(ctx, c, channel, fn, func() {
 			if failing {
@@ -287,14 +300,24 @@ func Subscribe(ctx context.Context, c redis.UniversalClient, channel string, log
 		if ctx.Err() != nil {
 			return
 		}
+		wait := time.Second
 		switch {
 		case errors.Is(err, errPanic):
 			log.Error("ALERT redis: "+err.Error()+"; subscribing again", "channel", channel)
+		case errors.Is(err, ErrLimit):
+			log.Error("ALERT redis: a message on the subscription was past the reply guard's limits; subscribing again", "channel", channel, "err", err)
+			if refused != nil {
+				refused()
+			}
+			if time.Since(lastRefused) >= time.Second {
+				wait = 0
+			}
+			lastRefused = time.Now()
 		case !failing:
 			log.Error("redis: subscription failed; trying again every second", "channel", channel, "err", err)
 		}
 		failing = true
-		t := time.NewTimer(time.Second)
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 		case <-t.C:

@@ -5,6 +5,9 @@ package testenv
 
 import (
 	"bytes"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"sync"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver of PostgresDB
 	"github.com/redis/go-redis/v9"
 )
 
@@ -112,4 +116,28 @@ func Redis(t testing.TB) *redis.Client {
 	c := redis.NewClient(opt)
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// PostgresDB creates a database named prefix + 12 random hex digits on the PostgreSQL
+// scripts/test starts (STRONGROOM_TEST_POSTGRES), dropped when t ends (with its sessions);
+// it returns the server's URL and the database's name. It skips or fails like Get.
+func PostgresDB(t testing.TB, prefix string) (serverURL, name string) {
+	t.Helper()
+	serverURL = Get(t, "STRONGROOM_TEST_POSTGRES")
+	admin, err := sql.Open("pgx", serverURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rb [6]byte
+	rand.Read(rb[:])
+	name = prefix + hex.EncodeToString(rb[:])
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		admin.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		admin.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+		admin.Close()
+	})
+	return serverURL, name
 }
