@@ -146,8 +146,47 @@ func (s *logSource) open(g *globals) (audit.Fetcher, audit.VerifyOptions, error)
 
 func auditCmd(g *globals) *cobra.Command {
 	c := &cobra.Command{Use: "audit", Short: "Verify, search and export the transparency log of security events"}
-	c.AddCommand(auditVerifyCmd(g), auditProofCmd(g), auditSearchCmd(g), auditExportCmd(g), auditAcknowledgeCmd(g), auditRepairCmd(g))
+	c.AddCommand(auditVerifyCmd(g), auditProofCmd(g), auditSearchCmd(g), auditExportCmd(g), auditAcknowledgeCmd(g), auditRepairCmd(g), auditExposureCmd(g))
 	return c
+}
+
+func auditExposureCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "exposure",
+		Short: "Look for the audit key's derived keys among the digests in the log (exit 1 if one is there)",
+		Long: `Every key Strongroom derives from the audit HMAC key (the shared log's entry MACs, the
+request journal's, the detection bus's seal, the limiter's scope names, the revocation
+announcements' seal) is HMAC-SHA256(audit key, label). Before the forty-sixth session the
+records' digests of prompts and watermark questions were HMAC-SHA256(audit key, text), so
+a client who sent a label as its text found that key in the public log. This command reads
+every entry and every request record of the log and names each derived key it finds there
+as a digest; if it finds one, treat that key as known.`,
+		Args: exactArgs(0),
+		RunE: g.withApp(func(cmd *cobra.Command, a *app.App, _ []string) error {
+			found, size, err := a.DerivedKeyExposure(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if g.json {
+				if err := g.printJSON(cmd.OutOrStdout(), map[string]any{"entries": size, "exposed": append([]app.Exposure{}, found...)}); err != nil {
+					return err
+				}
+			} else {
+				for _, e := range found {
+					where := fmt.Sprintf("entry %d", e.Entry)
+					if e.Record >= 0 {
+						where = fmt.Sprintf("request record %d of batch entry %d", e.Record, e.Entry)
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "exposed: the key of %s, as a digest in %s\n", e.Key, where)
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%d entries read; %d derived keys found as digests\n", size, len(found))
+			}
+			if len(found) > 0 {
+				return fmt.Errorf("%d of the audit key's derived keys are in the log: treat them as known", len(found))
+			}
+			return nil
+		}),
+	}
 }
 
 func auditAcknowledgeCmd(g *globals) *cobra.Command {
