@@ -782,21 +782,8 @@ func TestOutside62KeyFIFOStopsTheLog(t *testing.T) {
 	}
 	restore := o62FIFO(t, files.KeyFile)
 	// Cut every connection of the replica to its database (as a failover or the path would).
-	rows, err := admin.Query("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'strongroom_x509' AND DB = ?", name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		rows.Scan(&id)
-		ids = append(ids, id)
-	}
-	rows.Close()
-	for _, id := range ids {
-		admin.Exec(fmt.Sprintf("KILL %d", id))
-	}
-	t.Logf("cut %d connections of the replica", len(ids))
+	n := testenv.KillSessions(t, admin, "CONNECTION", "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'strongroom_x509' AND DB = ?", name)
+	t.Logf("cut %d connections of the replica", n)
 	a1 := e.ask(false, 15*time.Second)
 	restore()
 	var a2 a13Answer

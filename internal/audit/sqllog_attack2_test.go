@@ -10,7 +10,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -981,7 +980,7 @@ func TestAttack2DurableAcrossKills(t *testing.T) {
 	t0 := time.Now()
 	for time.Since(t0) < 4*time.Second {
 		time.Sleep(time.Duration(30+time.Since(t0).Milliseconds()%50) * time.Millisecond)
-		kills += killQuery(t, admin, "SELECT `ID` FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID()", c.DBName)
+		kills += testenv.KillSessions(t, admin, "CONNECTION", "SELECT `ID` FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID()", c.DBName)
 	}
 	time.Sleep(time.Second) // the engine is reachable again: more records become durable
 	close(stop)
@@ -1342,28 +1341,4 @@ func TestAttack2TransientFailurePoisonsBatcher(t *testing.T) {
 	t.Logf("request records taken again %v after the failure", time.Since(t1).Round(time.Millisecond))
 	size, _ := l.IntegratedSize(ctx)
 	a2WaitVerify(t, l, v, size, nil)
-}
-
-// killQuery KILLs the server connections whose ids query returns, and returns how many it
-// killed.
-func killQuery(t testing.TB, db *sql.DB, query string, args ...any) int {
-	t.Helper()
-	rows, err := db.Query(query, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []int64
-	for rows.Next() {
-		var id int64
-		rows.Scan(&id)
-		ids = append(ids, id)
-	}
-	rows.Close()
-	killed := 0
-	for _, id := range ids {
-		if _, err := db.Exec(fmt.Sprintf("KILL %d", id)); err == nil {
-			killed++
-		}
-	}
-	return killed
 }

@@ -30,6 +30,7 @@ import (
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/strongroom/strongroom/internal/testenv"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"golang.org/x/mod/sumdb/note"
 )
@@ -1206,21 +1207,7 @@ func TestAttack37SessionKillStorm(t *testing.T) {
 		})
 	}
 	kill := func(what string) int {
-		rows, err := killer.QueryContext(ctx, "SELECT `ID` FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID()", dbName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ids []int64
-		for rows.Next() {
-			var id int64
-			rows.Scan(&id)
-			ids = append(ids, id)
-		}
-		rows.Close()
-		for _, id := range ids {
-			killer.ExecContext(ctx, fmt.Sprintf("KILL %s %d", what, id))
-		}
-		return len(ids)
+		return testenv.KillSessions(t, killer, what, "SELECT `ID` FROM information_schema.PROCESSLIST WHERE `DB` = ? AND `ID` <> CONNECTION_ID()", dbName)
 	}
 	for i := range 10 {
 		time.Sleep(250 * time.Millisecond) // appends go on between the kills

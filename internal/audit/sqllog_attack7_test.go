@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/strongroom/strongroom/internal/store"
+	"github.com/strongroom/strongroom/internal/testenv"
 	"github.com/transparency-dev/merkle/rfc6962"
 )
 
@@ -234,7 +235,7 @@ func TestAttack7RepairSealedDecoy(t *testing.T) {
 			c.Close()
 		}
 		// Free this test's database: end the transactions this process's leaked connection holds.
-		killQuery(t, db, "SELECT t.trx_mysql_thread_id FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id WHERE p.DB = DATABASE()")
+		testenv.KillSessions(t, db, "CONNECTION", "SELECT t.trx_mysql_thread_id FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id WHERE p.DB = DATABASE()")
 		t.Fatalf("PROMISE R4/R5 BROKEN: Repair(%d) of an entry whose bytes the attacker replaced with a sealed copy panicked (%v) inside its transaction; the transaction was never rolled back (a FOR UPDATE on TreeState from another connection: %s)", bad, panicked, held)
 	}
 	if err != nil {

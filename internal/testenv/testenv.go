@@ -5,9 +5,11 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"sync"
@@ -140,4 +142,34 @@ func PostgresDB(t testing.TB, prefix string) (serverURL, name string) {
 		admin.Close()
 	})
 	return serverURL, name
+}
+
+// KillSessions runs KILL what (CONNECTION or QUERY) on every MariaDB session whose id query
+// returns (a session of a replica cut as a failover or a partition would), and returns how
+// many kills the server took. db is a pool or one connection of it (whose own session
+// query can leave out: CONNECTION_ID()).
+func KillSessions(t testing.TB, db interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+	ExecContext(context.Context, string, ...any) (sql.Result, error)
+}, what, query string, args ...any) int {
+	t.Helper()
+	ctx := context.Background()
+	rows, err := db.QueryContext(ctx, query, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for rows.Next() {
+		var id int64
+		rows.Scan(&id)
+		ids = append(ids, id)
+	}
+	rows.Close()
+	killed := 0
+	for _, id := range ids {
+		if _, err := db.ExecContext(ctx, fmt.Sprintf("KILL %s %d", what, id)); err == nil {
+			killed++
+		}
+	}
+	return killed
 }
